@@ -1,0 +1,240 @@
+"""The design-model framework (SPEC §1).
+
+A *design model* states four assumptions about an associative memory ``W`` (``[V, K]`` per head,
+mapping keys to values) and nothing else:
+
+1. **Prior** over ``W_0`` — :class:`MatrixNormalPrior`, ``W_0 ~ MN(M_0, Σ, P_0)``.
+2. **Dynamics** ``W_{t-1} -> W_t`` — :class:`MemoryDynamics`: decay ``α_t = exp(g_t)`` and
+   certainty retention ``γ_t``.
+3. **Write (evidence) model** — how ``(k_t, v_t)`` is evidence about ``W_t``:
+   :class:`RegressionWrite` (``v_t = W_t k_t + ε_t``, the Bayesian Layer, SPEC §1.1) or
+   :class:`SuperpositionWrite` (every key addresses a fresh, empty, orthogonal slot; the linear
+   attention family, SPEC §1.3).
+4. **Readout** — :class:`LinearReadout`, the predictive distribution of ``W_t q̃_t``.
+
+The sequence layer is *derived*: :func:`reference_filter` runs the exact Bayesian filter by asking
+each part for its own step (``predict`` → ``update`` → ``read``), token by token. Nothing in it is
+specific to a named model; every preset in :mod:`probseq.presets` is a design model value. The fast
+forms (``recurrent``, ``chunked`` in :mod:`probseq.ops`) compute the same filter and are tested
+against this one.
+
+All per-token tensors inside the loop are ``[B, H, ·]``; the memory state is
+:class:`~probseq.types.BayesState` with ``mean [B, H, V, K]`` and ``cov [B, H, K, K]`` (``None``
+for designs that do not track a covariance).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+from torch import Tensor
+
+from probseq.types import BayesState, FilterOutput
+
+__all__ = [
+    "DesignModel",
+    "LinearReadout",
+    "MatrixNormalPrior",
+    "MemoryDynamics",
+    "RegressionWrite",
+    "SuperpositionWrite",
+    "reference_filter",
+]
+
+
+@dataclass(frozen=True)
+class MatrixNormalPrior:
+    """Prior ``W_0 ~ MN(M_0, Σ, P_0)``; ``Σ`` (shared by value channels) factors out of the filter.
+
+    Args:
+        mean: ``M_0`` ``[B, H, V, K]``; ``None`` means zeros.
+        cov: ``P_0`` ``[B, H, K, K]`` with ``0 ⪯ P_0 ⪯ I``; ``None`` means ``I`` (prior scale 1).
+    """
+
+    mean: Tensor | None = None
+    cov: Tensor | None = None
+
+    def initial_state(self, batch: int, heads: int, key_dim: int, value_dim: int, *, track_cov: bool,
+                      dtype: torch.dtype, device: torch.device) -> BayesState:
+        mean = (torch.zeros(batch, heads, value_dim, key_dim, dtype=dtype, device=device)
+                if self.mean is None else self.mean.to(dtype))
+        cov = None
+        if track_cov:
+            cov = (torch.eye(key_dim, dtype=dtype, device=device).expand(batch, heads, key_dim, key_dim)
+                   if self.cov is None else self.cov.to(dtype))
+        return BayesState(mean, cov)
+
+
+@dataclass(frozen=True)
+class MemoryDynamics:
+    """Forgetting ``W_t = α_t W_{t-1} + E_t`` with ``E_t ~ MN(0, Σ, Q_t)``.
+
+    The process noise is chosen so that the predicted covariance is a convex mix of a full reset
+    and full retention (SPEC §1.1)::
+
+        M_t^- = α_t M_{t-1}            P_t^- = (1 - γ_t) I + γ_t P_{t-1}
+
+    i.e. ``Q_t = (1 - γ_t) I + (γ_t - α_t²) P_{t-1} ⪰ 0`` for ``α_t, γ_t ∈ [0, 1]``.
+
+    Args:
+        log_decay: ``g = log α ≤ 0``, ``[B, T, H]`` (scalar per head) or ``[B, T, H, K]`` (per key
+            channel: ``α`` multiplies the columns of ``M``; superposition designs only). ``None``
+            means no decay (``α = 1``).
+        retention: certainty retention ``γ ∈ [0, 1]``, ``[B, T, H]``. ``None`` means the covariance is
+            reset before every write (``γ = 0``, the delta-rule family).
+    """
+
+    log_decay: Tensor | None = None
+    retention: Tensor | None = None
+
+    @cached_property
+    def _per_token(self) -> tuple[tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
+        # unbind once, not x[:, t] per step: a slice's backward allocates a full-size gradient.
+        return tuple(None if x is None else x.unbind(1) for x in (self.log_decay, self.retention))
+
+    def predict(self, state: BayesState, t: int) -> BayesState:
+        mean, cov = state
+        log_decay, retention = self._per_token
+        if log_decay is not None:
+            alpha = log_decay[t].exp()
+            # scalar decay [B,H] scales the whole memory; per-channel [B,H,K] scales its columns.
+            mean = mean * (alpha[..., None, None] if alpha.dim() == 2 else alpha[:, :, None, :])
+        if cov is not None:
+            eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+            if self.retention is None:
+                cov = eye.expand_as(cov)
+            else:
+                gamma = retention[t][..., None, None].to(cov.dtype)
+                cov = (1 - gamma) * eye + gamma * cov
+        return BayesState(mean, cov)
+
+
+@dataclass(frozen=True)
+class RegressionWrite:
+    """Write model of the Bayesian Layer: ``v_t = W_t k_t + ε_t``, ``ε_t ~ N(0, r_t Σ)``.
+
+    The exact (Kalman) update, with ``Σ`` factored out (SPEC §1.1)::
+
+        u_t = P_t^- k_t          s_t = k_tᵀ u_t + r_t        e_t = v_t - M_t^- k_t
+        M_t = M_t^- + e_t u_tᵀ / s_t                         P_t = P_t^- - u_t u_tᵀ / s_t
+
+    Args:
+        noise: observation noise ``r ≥ 0``, ``[B, T, H]``. :meth:`from_strength` maps a write
+            strength ``β ∈ (0, 1]`` to ``r = max((1 - β)/β, r_min)``.
+    """
+
+    noise: Tensor
+
+    @cached_property
+    def _per_token(self) -> tuple[Tensor, ...]:
+        return self.noise.unbind(1)
+
+    @classmethod
+    def from_strength(cls, beta: Tensor, r_min: float = 1e-4) -> RegressionWrite:
+        return cls(noise=((1 - beta) / beta).clamp_min(r_min))
+
+    def update(self, state: BayesState, key: Tensor, value: Tensor, t: int) -> BayesState:
+        mean, cov = state
+        u = torch.einsum("bhij,bhj->bhi", cov, key)  # u = P⁻ k
+        s = (key * u).sum(-1) + self._per_token[t].to(u.dtype)  # s = kᵀu + r
+        s = s.clamp_min(torch.finfo(s.dtype).tiny)[..., None]  # s = 0 only if k = 0 and r = 0: then u = 0
+        e = value - torch.einsum("bhvk,bhk->bhv", mean, key)  # innovation
+        mean = mean + torch.einsum("bhv,bhk->bhvk", e, u / s)
+        cov = cov - torch.einsum("bhi,bhj->bhij", u, u / s)
+        return BayesState(mean, cov)
+
+
+@dataclass(frozen=True)
+class SuperpositionWrite:
+    """Write model of the linear-attention family: every key addresses a fresh, empty slot.
+
+    The prior predicts nothing for a fresh slot (``M_t^- k_t = 0``), so the innovation is the value
+    itself and the exact filter superposes the evidence with weight ``β_t`` (SPEC §1.3)::
+
+        M_t = M_t^- + β_t v_t k_tᵀ
+
+    Args:
+        weight: evidence weight ``β > 0``, ``[B, T, H]``; ``None`` means 1.
+    """
+
+    weight: Tensor | None = None
+
+    @cached_property
+    def _per_token(self) -> tuple[Tensor, ...] | None:
+        return None if self.weight is None else self.weight.unbind(1)
+
+    def update(self, state: BayesState, key: Tensor, value: Tensor, t: int) -> BayesState:
+        mean, cov = state
+        if self.weight is not None:
+            value = value * self._per_token[t][..., None].to(value.dtype)
+        return BayesState(mean + torch.einsum("bhv,bhk->bhvk", value, key), cov)
+
+
+@dataclass(frozen=True)
+class LinearReadout:
+    """Readout ``W_t q̃_t ~ N(M_t q̃_t, (q̃_tᵀ P_t q̃_t) Σ)`` with ``q̃_t = scale · q_t``, read after the write.
+
+    Returns the predictive mean ``[B, H, V]`` (the layer output) and the predictive variance
+    ``σ²_t = q̃_tᵀ P_t q̃_t`` ``[B, H]`` (``None`` when the design tracks no covariance).
+    """
+
+    scale: float
+
+    def read(self, state: BayesState, query: Tensor) -> tuple[Tensor, Tensor | None]:
+        mean, cov = state
+        query = query * self.scale
+        out = torch.einsum("bhvk,bhk->bhv", mean, query)
+        var = None if cov is None else torch.einsum("bhi,bhij,bhj->bh", query, cov, query)
+        return out, var
+
+
+@dataclass(frozen=True)
+class DesignModel:
+    """The four explicit assumptions; the layer is their exact filter plus readout."""
+
+    prior: MatrixNormalPrior
+    dynamics: MemoryDynamics
+    write: RegressionWrite | SuperpositionWrite
+    readout: LinearReadout
+
+    @property
+    def tracks_covariance(self) -> bool:
+        """Only the regression write model uses the covariance; superposition never reads it."""
+        return isinstance(self.write, RegressionWrite)
+
+
+def reference_filter(design: DesignModel, q: Tensor, k: Tensor, v: Tensor, *,
+                     output_final_state: bool = False, output_variance: bool = False) -> FilterOutput:
+    """The exact filter of ``design``, token by token: ``predict → update → read`` (SPEC §1).
+
+    Computes in ``float64`` for ``float64`` inputs and ``float32`` otherwise; the output has the dtype
+    of ``v``. Inputs are assumed validated (see :func:`probseq.ops.run_filter`).
+
+    Args:
+        design: the design model; its per-token tensors are ``[B, T, H(, K)]``.
+        q, k: ``[B, T, H, K]``; v: ``[B, T, H, V]``.
+
+    Returns:
+        :class:`FilterOutput` with ``output [B, T, H, V]``, ``state`` (or ``None``) and
+        ``variance [B, T, H]`` (or ``None``).
+    """
+    batch, length, heads, key_dim = q.shape
+    out_dtype = v.dtype
+    dtype = torch.promote_types(v.dtype, torch.float32)
+    q, k, v = (x.to(dtype) for x in (q, k, v))
+    state = design.prior.initial_state(batch, heads, key_dim, v.shape[-1], track_cov=design.tracks_covariance,
+                                       dtype=dtype, device=v.device)
+    outputs, variances = [], []
+    for t, (q_t, k_t, v_t) in enumerate(zip(q.unbind(1), k.unbind(1), v.unbind(1))):
+        state = design.dynamics.predict(state, t)
+        state = design.write.update(state, k_t, v_t, t)
+        out, var = design.readout.read(state, q_t)
+        outputs.append(out)
+        variances.append(var)
+    output = (torch.stack(outputs, dim=1) if length else v.new_zeros(v.shape)).to(out_dtype)
+    variance = None
+    if output_variance and design.tracks_covariance:
+        variance = torch.stack(variances, dim=1) if length else v.new_zeros(v.shape[:3])
+    return FilterOutput(output, state if output_final_state else None, variance)

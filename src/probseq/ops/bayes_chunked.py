@@ -1,0 +1,195 @@
+"""Exact chunk-parallel form of the regression design — the Bayesian Layer's training path (SPEC §2).
+
+Within a chunk of length ``C`` starting from ``(M_0, Z_0 = I - P_0)``, with in-chunk cumulative
+products ``G_t = ∏_{i≤t} γ_i`` and ``A_t = ∏_{i≤t} α_i`` (every ratio from :func:`segsum`, in log space).
+Matrices hold one token per *row* here (``K`` is ``[C, K]``), the transpose of SPEC's columns.
+
+Covariance path (keys, gates, ``r`` and ``Z_0`` only; sequential over chunks through ``Z``):
+  1. ``S = K Kᵀ``, ``R = K Z_0 Kᵀ``.
+  2. ``B_it = sqrt(G_i/G_t) S_it − sqrt(G_i G_t) R_it + δ_it r_i`` (``i ≥ t``, mirrored).
+  3. ``B = L diag(s) Lᵀ`` from a Cholesky factor; the pivots ``s`` are the innovation variances.
+  4. ``U = (I + N)⁻¹ (K − diag(G) K Z_0)`` with ``N_ij = sqrt(G_i/G_j) L_ij`` strictly lower: the rows
+     of ``U`` are the write directions ``u_t = P_t^- k_t``; write keys ``W = diag(1/s) U``.
+  5. ``Z_C = G_C Z_0 + Uᵀ diag(G_C / (G_i s_i)) U``, symmetrised.
+
+Mean path (a generalised delta rule, erase keys ``K``, write keys ``W``):
+  6. ``(I + T) E = V − diag(A) K M_0ᵀ``, ``T_ij = (A_i/A_j) k_iᵀ w_j`` strictly lower: rows of ``E`` are
+     the innovations ``e_t``.
+  7. ``O = diag(A) Q̃ M_0ᵀ + Ω E``, ``Ω_tj = (A_t/A_j) q̃_tᵀ w_j`` for ``j ≤ t``.
+  8. ``σ²_t = ‖q̃_t‖² − G_t q̃_tᵀ Z_0 q̃_t − Σ_{j≤t} (G_t/G_j)(u_jᵀ q̃_t)² / s_j``.
+  9. ``M_C = A_C M_0 + Eᵀ diag(A_C/A_j) W``.
+
+With the covariance reset (``γ ≡ 0``: ``retention is None``) the covariance path is skipped: ``U = K``,
+``s_t = ‖k_t‖² + r_t`` — the Gated DeltaNet chunk algorithm.
+
+Because step 6 does not involve ``M_0``, it is solved for all chunks at once (``Ṽ = (I+T)⁻¹ V``,
+``K̃ = (I+T)⁻¹ diag(A) K``); the loop over chunks then only carries ``M`` (two products per chunk)
+and step 7 runs for all chunks afterwards. The covariance path must run chunk by chunk (``R`` depends
+on ``Z_0``); it is written with as few operations per chunk as the algebra allows, since at
+``C = K = 64`` each one costs more in dispatch than in arithmetic:
+
+- ``sqrt(G_i G_t) R_it`` is ``(K̂ Z_0 K̂ᵀ)_it`` with ``K̂ = diag(√G) K``, so ``B`` is one ``baddbmm``;
+- with the Cholesky factor ``F = L diag(√s)``, ``I + N = (g ∘ F) diag(√s)⁻¹`` (``g_it = sqrt(G_i/G_t)``),
+  so one non-unit triangular solve gives ``X = (g ∘ F)⁻¹ (K − diag(G) K Z_0)`` and
+  ``u_t = √s_t x_t``, ``w_t = x_t / √s_t``, ``Z_C = G_C Z_0 + Σ_i (G_C/G_i) x_i x_iᵀ``.
+
+Per chunk per head the cost is ``O(C K² + C²(K+V) + C³ + C K V)``.
+
+Everything runs in float32 (float64 for float64 inputs); per-chunk tensors come from ``unbind``
+(a slice's backward would allocate a full-size gradient per chunk, quadratic in ``T``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor
+
+from probseq.ops.segsum import log_retention, one_minus_exp, segsum
+from probseq.types import BayesState
+
+
+def to_chunks(x: Tensor, chunk_size: int, pad_value: float = 0.0) -> Tensor:
+    """``[B, T, H, ...]`` → ``[N, B·H, C, ...]``, padding ``T`` up to a multiple of ``C`` with ``pad_value``.
+
+    The chunk axis leads so that ``unbind(0)`` yields contiguous 3-d per-chunk tensors (no copies and
+    ``baddbmm`` in the sequential loops).
+    """
+    pad = (-x.shape[1]) % chunk_size
+    if pad:
+        x = F.pad(x.movedim(1, -1), (0, pad), value=pad_value).movedim(-1, 1)
+    return rearrange(x, "b (n c) h ... -> n (b h) c ...", c=chunk_size).contiguous()
+
+
+def from_chunks(x: Tensor, length: int, batch: int) -> Tensor:
+    """``[N, B·H, C, ...]`` → ``[B, T, H, ...]``, dropping the padding."""
+    return rearrange(x, "n (b h) c ... -> b (n c) h ...", b=batch)[:, :length]
+
+
+def bayes_chunked(q: Tensor, k: Tensor, v: Tensor, log_alpha: Tensor, noise: Tensor, gamma: Tensor | None,
+                  state: BayesState, scale: float, chunk_size: int,
+                  output_variance: bool) -> tuple[Tensor, BayesState, Tensor | None]:
+    """Chunk-parallel exact filter on validated inputs in the compute dtype.
+
+    Padding tokens (``k = 0``, ``α = γ = 1``, ``r = 1``) leave the state unchanged.
+
+    Args:
+        q, k: ``[B, T, H, K]``; v: ``[B, T, H, V]``; log_alpha, noise: ``[B, T, H]``; gamma: ``[B, T, H]``
+            or ``None`` (covariance reset).
+        state: ``BayesState(mean [B, H, V, K], cov [B, H, K, K])``.
+
+    Returns:
+        ``(output [B, T, H, V], state, variance [B, T, H] or None)``.
+    """
+    batch, length, heads, key_dim = k.shape
+    size = chunk_size
+    q, k, v, log_alpha = (to_chunks(x, size) for x in (q * scale, k, v, log_alpha))
+    noise = to_chunks(noise, size, pad_value=1.0)
+    mean = state.mean.flatten(0, 1)  # [B·H, V, K]
+
+    # In-chunk decay ratios (mean path): A_t and A_t/A_j, lower triangular.
+    a_cum = log_alpha.cumsum(-1).exp()  # [N, B·H, C]
+    a_ratio = segsum(log_alpha).exp()  # [N, B·H, C, C]
+
+    if gamma is None:
+        # Covariance reset: P_t^- = I, so u_t = k_t and s_t = ‖k_t‖² + r_t (Gated DeltaNet).
+        s = ((k * k).sum(-1) + noise).clamp_min(torch.finfo(k.dtype).tiny)
+        u, w = k, k / s[..., None]
+    else:
+        x, pivot, g_ratio, prior_var, cov_final = _covariance_path(
+            q, k, noise, to_chunks(gamma, size, pad_value=1.0), state.cov.flatten(0, 1), output_variance)
+        s = pivot.square()
+        u, w = pivot[..., None] * x, x / pivot[..., None]
+
+    # 6. (I + T) Ẽ = ·, solved for all chunks at once (T strictly lower; unit diagonal implied).
+    t_low = a_ratio * (k @ w.transpose(-1, -2))
+    v_tilde, k_tilde = torch.linalg.solve_triangular(t_low, torch.cat([v, a_cum[..., None] * k], dim=-1),
+                                                     upper=False, unitriangular=True).split(
+                                                         [v.shape[-1], key_dim], dim=-1)
+    w_decayed = a_ratio[..., -1, :, None] * w  # 9. diag(A_C/A_j) W
+    a_last = a_cum[..., -1, None, None]
+
+    starts, innovations = [], []
+    for v_n, k_n, w_n, a_n in zip(v_tilde.unbind(0), k_tilde.unbind(0), w_decayed.unbind(0), a_last.unbind(0)):
+        innovation = torch.baddbmm(v_n, k_n, mean.transpose(-1, -2), alpha=-1)  # rows e_t = ṽ_t − k̃_t M_0ᵀ
+        starts.append(mean)
+        innovations.append(innovation)
+        mean = torch.baddbmm(a_n * mean, innovation.transpose(-1, -2), w_n)  # 9.
+    starts, innovations = torch.stack(starts), torch.stack(innovations)
+    omega = a_ratio * (q @ w.transpose(-1, -2))  # 7. Ω (zero above the diagonal)
+    output = (a_cum[..., None] * q) @ starts.transpose(-1, -2) + omega @ innovations
+    output = from_chunks(output, length, batch)
+
+    if gamma is None:
+        # P_T = I − u uᵀ/s of the last real token (the covariance is reset before every write).
+        last = (length - 1) % size
+        u_last = k[-1, :, last] * s[-1, :, last, None].rsqrt()
+        cov = torch.eye(key_dim, dtype=k.dtype, device=k.device) - u_last[..., :, None] * u_last[..., None, :]
+    else:
+        cov = cov_final
+
+    variance = None
+    if output_variance:
+        if gamma is None:  # only the token's own write survives the reset
+            variance = (q * q).sum(-1) - (q * k).sum(-1).square() / s
+        else:  # 8., with (u_jᵀ q̃_t)² / s_j = (x_jᵀ q̃_t)²
+            variance = prior_var - (g_ratio * (q @ x.transpose(-1, -2)).square()).sum(-1)
+        variance = from_chunks(variance, length, batch)
+    unflat = (batch, heads)
+    return output, BayesState(mean.unflatten(0, unflat), cov.unflatten(0, unflat)), variance
+
+
+def _covariance_path(q: Tensor, k: Tensor, noise: Tensor, gamma: Tensor, cov0: Tensor,
+                     output_variance: bool) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor]:
+    """Steps 1–5, chunk by chunk through the covariance ``P`` (SPEC's ``Z = I − P`` substituted).
+
+    Args:
+        q, k: ``[N, B·H, C, K]`` (``q`` already scaled); noise, gamma: ``[N, B·H, C]``; cov0: ``[B·H, K, K]``.
+
+    Returns:
+        ``x [N, B·H, C, K]`` (``u_t = √s_t x_t``), the pivots ``√s [N, B·H, C]``, ``G_t/G_j [N, B·H, C, C]``,
+        the prior part of the variance ``(1 − G_t)‖q̃_t‖² + G_t q̃_tᵀ P_0 q̃_t`` ``[N, B·H, C]`` (``None``
+        unless ``output_variance``) and the final covariance ``P [B·H, K, K]``.
+    """
+    size, key_dim = k.shape[-2:]
+    eye_k = torch.eye(key_dim, dtype=k.dtype, device=k.device)
+    log_g = log_retention(gamma)
+    seg = segsum(log_g)
+    g_ratio = seg.exp()  # G_t/G_j
+    g_half = (0.5 * seg).exp()  # sqrt(G_i/G_t), lower triangular incl. diagonal
+    log_g_cum = log_g.cumsum(-1)
+    g_cum = log_g_cum.exp()  # G_t
+    reset = one_minus_exp(log_g_cum)  # 1 − G_t, accurate when G_t ≈ 1
+    g_sqrt = (0.5 * log_g_cum).exp()[..., None]  # √G_t
+    k_hat = g_sqrt * k  # K̂ = diag(√G) K
+    # 2. the P_0-free part of B: sqrt(G_i/G_t)(1 − G_t) S_it (i ≥ t, mirrored) + diag(r).
+    mask = g_half * reset[..., None, :]
+    b_base = (mask + mask.transpose(-1, -2) - torch.diag_embed(reset)) * (k @ k.transpose(-1, -2)) \
+        + torch.diag_embed(noise)
+    rhs_base = reset[..., None] * k  # (1 − G_t) k_t
+    z_gain = g_half[..., -1, :, None]  # sqrt(G_C/G_i)
+    p_decay = g_cum[..., -1, None, None]  # G_C
+    p_reset = reset[..., -1, None, None] * eye_k  # (1 − G_C) I
+
+    cov = cov0
+    xs, pivots, covs = [], [], []
+    for kh_n, rb_n, gs_n, b_n, gh_n, zg_n, pd_n, pr_n in zip(k_hat.unbind(0), rhs_base.unbind(0), g_sqrt.unbind(0),
+                                                              b_base.unbind(0), g_half.unbind(0), z_gain.unbind(0),
+                                                              p_decay.unbind(0), p_reset.unbind(0)):
+        pk = kh_n @ cov  # rows √G_t (P_0 k_t)ᵀ
+        factor = torch.linalg.cholesky(torch.baddbmm(b_n, pk, kh_n.transpose(-1, -2)))  # 1–3.
+        # 4. rows x_t = u_t / √s_t with u_t = (1 − G_t) k_t + G_t P_0 k_t − Σ_{j<t} …
+        x_n = torch.linalg.solve_triangular(gh_n * factor, torch.addcmul(rb_n, gs_n, pk), upper=False)
+        if output_variance:
+            covs.append(cov)
+        xz = zg_n * x_n
+        # 5. P_C = (1 − G_C) I + G_C P_0 − Σ_i (G_C/G_i) x_i x_iᵀ
+        cov = torch.baddbmm(torch.addcmul(pr_n, pd_n, cov), xz.transpose(-1, -2), xz, alpha=-1)
+        xs.append(x_n)
+        pivots.append(factor.diagonal(dim1=-2, dim2=-1))
+    cov = 0.5 * (cov + cov.transpose(-1, -2))
+    prior_var = None
+    if output_variance:
+        prior_var = reset * (q * q).sum(-1) + g_cum * ((q @ torch.stack(covs)) * q).sum(-1)
+    return torch.stack(xs), torch.stack(pivots), g_ratio, prior_var, cov

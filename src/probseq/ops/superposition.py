@@ -1,0 +1,99 @@
+"""Recurrent and chunked forms of the superposition design — the linear-attention family (SPEC §1.3).
+
+The write model assumes every key addresses a fresh, empty slot, so the innovation is the value and
+the exact filter is::
+
+    M_t = M_{t-1} ⊙ decay_t + β_t v_t k_tᵀ          o_t = M_t q̃_t
+
+with ``decay_t = α_t`` (scalar per head) or ``diag(α_t)`` on the columns (per key channel, GLA).
+The chunked form is chunked linear attention with decay masks; it needs no covariance path.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from probseq.ops.bayes_chunked import from_chunks, to_chunks
+from probseq.ops.segsum import segsum
+
+
+def _decay_columns(mean: Tensor, log_alpha: Tensor) -> Tensor:
+    """``M ⊙ decay``: scalar ``log_alpha [B, H]`` or per key channel ``[B, H, K]``."""
+    alpha = log_alpha.exp()
+    return mean * (alpha[..., None, None] if alpha.dim() == 2 else alpha[:, :, None, :])
+
+
+def superposition_step_core(q: Tensor, k: Tensor, v: Tensor, log_alpha: Tensor | None, weight: Tensor | None,
+                            mean: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """One token: ``q, k [B, H, K]``, ``v [B, H, V]``, ``log_alpha [B, H]`` or ``[B, H, K]``, ``weight [B, H]``.
+
+    Returns:
+        ``(output [B, H, V], mean [B, H, V, K])``.
+    """
+    if log_alpha is not None:
+        mean = _decay_columns(mean, log_alpha)
+    if weight is not None:
+        v = v * weight[..., None]
+    mean = mean + v[..., :, None] * k[..., None, :]
+    return torch.einsum("bhvk,bhk->bhv", mean, q * scale), mean
+
+
+def superposition_recurrent(q: Tensor, k: Tensor, v: Tensor, log_alpha: Tensor | None, weight: Tensor | None,
+                            mean: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """:func:`superposition_step_core` over ``T`` tokens; inputs ``[B, T, H, ·]``.
+
+    Returns:
+        ``(output [B, T, H, V], mean [B, H, V, K])``.
+    """
+    length = k.shape[1]
+    gates = [None if x is None else x.unbind(1) for x in (log_alpha, weight)]
+    gates = [[None] * length if x is None else x for x in gates]
+    outputs = []
+    for q_t, k_t, v_t, g_t, b_t in zip(q.unbind(1), k.unbind(1), v.unbind(1), *gates):
+        out, mean = superposition_step_core(q_t, k_t, v_t, g_t, b_t, mean, scale)
+        outputs.append(out)
+    return torch.stack(outputs, dim=1), mean
+
+
+def superposition_chunked(q: Tensor, k: Tensor, v: Tensor, log_alpha: Tensor | None, weight: Tensor | None,
+                          mean: Tensor, scale: float, chunk_size: int) -> tuple[Tensor, Tensor]:
+    """Chunked linear attention with decay masks; inputs as :func:`superposition_recurrent`.
+
+    Per chunk, with ``b_t = Σ_{l≤t} log α_l`` (in-chunk) and ``ṽ_j = β_j v_j``::
+
+        O = diag-decayed Q̃ M_0ᵀ + (decay mask ∘ Q̃ Kᵀ) Ṽ        M_C = M_0 ⊙ exp(b_C) + Ṽᵀ (exp(b_C − b_j) ⊙ K)
+
+    A scalar decay needs the ``[C, C]`` mask ``exp(segsum)``; a per-channel decay needs ``[C, C, K]``
+    (memory ``O(T C K)`` per head: prefer ``C = 16`` there). Padding tokens (``k = 0``, ``α = 1``) leave
+    the state unchanged.
+    """
+    batch, length, heads, _ = k.shape
+    mean = mean.flatten(0, 1)
+    if weight is not None:
+        v = v * weight[..., None]
+    q, k, v = (to_chunks(x, chunk_size) for x in (q * scale, k, v))
+    if log_alpha is None:
+        log_alpha = k.new_zeros(k.shape[:-1])
+    else:
+        log_alpha = to_chunks(log_alpha, chunk_size)
+    per_channel = log_alpha.dim() == k.dim()
+    if per_channel:  # [N,B·H,C,K]: masks per key channel
+        seg = segsum(log_alpha.transpose(-1, -2)).exp()  # [N,B·H,K,C,C]
+        scores = torch.einsum("nbtk,nbjk,nbktj->nbtj", q, k, seg)
+        q_decayed = q * log_alpha.cumsum(-2).exp()
+        k_decayed = k * seg[..., -1, :].transpose(-1, -2)  # exp(b_C − b_j) per channel
+        carry = log_alpha.sum(-2).exp()[..., None, :]  # [N,B·H,1,K] multiplies columns of M
+    else:
+        mask = segsum(log_alpha).exp()
+        scores = mask * (q @ k.transpose(-1, -2))
+        q_decayed = q * log_alpha.cumsum(-1).exp()[..., None]
+        k_decayed = k * mask[..., -1, :, None]
+        carry = log_alpha.sum(-1).exp()[..., None, None]
+    intra = scores @ v  # [N,B·H,C,V], all chunks at once
+    outputs = []
+    for intra_n, q_n, k_n, v_n, carry_n in zip(intra.unbind(0), q_decayed.unbind(0), k_decayed.unbind(0),
+                                               v.unbind(0), carry.unbind(0)):
+        outputs.append(intra_n + q_n @ mean.transpose(-1, -2))
+        mean = carry_n * mean + v_n.transpose(-1, -2) @ k_n
+    return from_chunks(torch.stack(outputs), length, batch), mean.unflatten(0, (batch, heads))

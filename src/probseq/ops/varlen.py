@@ -1,0 +1,36 @@
+"""Variable-length packing (``cu_seqlens``, FlashAttention convention).
+
+Packed ``[1, T, H, ·]`` inputs holding sequences ``[cu[i], cu[i+1])`` are laid out as a padded batch
+``[S, T_max, H, ·]``; padding goes *after* each sequence and is chosen to leave the state unchanged
+(``k = 0``, ``α = γ = 1``), so each row's final state is its sequence's final state.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class Packing:
+    """Index maps between packed ``[1, T]`` and padded ``[S, T_max]`` token positions."""
+
+    def __init__(self, cu_seqlens: Tensor, device: torch.device):
+        cu = cu_seqlens.to(device=device, dtype=torch.long)
+        lengths = cu[1:] - cu[:-1]
+        self.num_sequences = lengths.numel()
+        self.max_length = int(lengths.max()) if self.num_sequences else 0
+        offsets = torch.arange(self.max_length, device=device)
+        self.valid = offsets[None, :] < lengths[:, None]  # [S, T_max]
+        self.source = (cu[:-1, None] + offsets[None, :]).masked_fill(~self.valid, 0)  # packed index
+
+    def pad(self, x: Tensor | None, pad_value: float = 0.0) -> Tensor | None:
+        """``[1, T, ...]`` → ``[S, T_max, ...]``."""
+        if x is None:
+            return None
+        padded = x[0, self.source]
+        mask = self.valid.reshape(*self.valid.shape, *([1] * (padded.dim() - 2)))
+        return torch.where(mask, padded, torch.full((), pad_value, dtype=x.dtype, device=x.device))
+
+    def unpad(self, y: Tensor | None) -> Tensor | None:
+        """``[S, T_max, ...]`` → ``[1, T, ...]`` (sequences are contiguous and in order)."""
+        return None if y is None else y[self.valid][None]

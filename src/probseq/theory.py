@@ -1,0 +1,1 @@
+"""Closed-form retrieval dynamics (SPEC §4)."""
