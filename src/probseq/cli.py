@@ -1,0 +1,26 @@
+"""The ``probseq`` command line: ``probseq <command> --help`` for each command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="probseq", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    from probseq import bench
+    from probseq.experiments import collision, demo
+
+    for module in (collision, bench, demo):
+        module.add_parser(commands)
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except ValueError as error:
+        print(f"probseq {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
