@@ -3,8 +3,8 @@
 
 External oracles are flash-linear-attention 0.6.0's pure-PyTorch references (float32 inside; key-first
 states ``[B, H, K, V]``, ours are value-first ``[B, H, V, K]``). Mamba-2 and Longhorn are checked against
-formulations written here that share nothing with the recurrence: SSD's quadratic (attention) form and
-Longhorn's online-regression ``argmin``, solved densely.
+:mod:`probseq.oracles`, formulations that share nothing with the recurrence: SSD's quadratic
+(attention) form and Longhorn's online-regression ``argmin``, solved densely.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from probseq import presets
 from probseq.ops import BayesState
+from probseq.oracles import longhorn_argmin, ssd_quadratic
 from tests.conftest import assert_close
 
 fla_naive = pytest.importorskip("fla.ops.gated_delta_rule.naive")
@@ -76,25 +77,6 @@ def test_gla_is_superposition_filter(shape, impl):
     assert_close(ours.state.mean, s.transpose(-1, -2), TOL, "state")
 
 
-def _ssd_quadratic(x, dt, A, B, C, h0):
-    """Mamba-2's SSD in its attention form, float64: y_t = Σ_{s≤t} (C_t·B_s) L_ts Δ_s x_s + C_t h0-part,
-    with L_ts = exp(A Σ_{l=s+1}^{t} Δ_l) written as an explicit product (no recurrence)."""
-    x, dt, B, C, h0 = (t.double() for t in (x, dt, B, C, h0))
-    A = A.double()
-    b, t, h, p = x.shape
-    decay = torch.exp(dt * A)  # [B,T,H] per-step factors
-    L = torch.zeros(b, h, t, t, dtype=torch.float64)
-    for i in range(t):
-        for j in range(i + 1):
-            L[:, :, i, j] = decay[:, j + 1:i + 1].prod(dim=1)
-    to_start = torch.stack([decay[:, :i + 1].prod(dim=1) for i in range(t)], dim=2)  # [B,H,T]
-    scores = torch.einsum("bthn,bshn->bhts", C, B) * L
-    y = torch.einsum("bhts,bsh,bshp->bthp", scores, dt, x)
-    y = y + torch.einsum("bhpn,bthn,bht->bthp", h0, C, to_start)
-    hT = torch.einsum("bhs,bsh,bshp,bshn->bhpn", L[:, :, -1], dt, x, B) + to_start[:, :, -1, None, None] * h0
-    return y, hT
-
-
 @pytest.mark.parametrize("impl", IMPLS)
 def test_mamba2_is_superposition_filter(impl):
     gen = torch.Generator().manual_seed(3)
@@ -104,7 +86,7 @@ def test_mamba2_is_superposition_filter(impl):
     A = -torch.exp(torch.randn(h, generator=gen) * 0.5)
     h0 = torch.randn(b, h, p, n, generator=gen)
     ours = presets.mamba2(x, dt, A, B, C, initial_state=h0, output_final_state=True, impl=impl)
-    y, hT = _ssd_quadratic(x, dt, A, B, C, h0)
+    y, hT = ssd_quadratic(x, dt, A, B, C, h0)
     assert_close(ours.output, y, TOL, "y")
     assert_close(ours.state.mean, hT, TOL, "state")
 
@@ -151,26 +133,12 @@ def test_gated_deltanet_l2norm_in_kernel_matches_normalised_keys():
     assert_close(ours.output, o, TOL, "output")
 
 
-def _longhorn_argmin(q, k, v, beta, s0, scale):
-    """S_t = argmin_S ‖S − S_{t−1}‖² + β‖S k_t − v_t‖², i.e. S_t (I + β k kᵀ) = S_{t−1} + β v kᵀ, solved densely."""
-    q, k, v, beta, s = (t.double() for t in (q, k, v, beta, s0))
-    eye = torch.eye(k.shape[-1], dtype=torch.float64)
-    outs = []
-    for t in range(k.shape[1]):
-        kt, vt, bt = k[:, t], v[:, t], beta[:, t, :, None, None]
-        lhs = eye + bt * kt[..., :, None] * kt[..., None, :]
-        rhs = s + bt * vt[..., :, None] * kt[..., None, :]
-        s = torch.linalg.solve(lhs, rhs.transpose(-1, -2)).transpose(-1, -2)  # lhs symmetric
-        outs.append(torch.einsum("bhvk,bhk->bhv", s, q[:, t] * scale))
-    return torch.stack(outs, dim=1), s
-
-
 @pytest.mark.parametrize("impl", IMPLS)
 def test_longhorn_is_covariance_reset_regression_on_raw_keys(impl):
     q, k, v, s0, gen = _qkv(SHAPES[0], 7)  # raw, unnormalised keys
     beta = torch.rand(v.shape[:3], generator=gen) * 3 + 0.01
     ours = presets.longhorn(q, k, v, beta, initial_state=s0, output_final_state=True, impl=impl)
-    o, s = _longhorn_argmin(q, k, v, beta, s0, k.shape[-1] ** -0.5)
+    o, s = longhorn_argmin(q, k, v, beta, k.shape[-1] ** -0.5, s0)
     assert_close(ours.output, o, TOL, "output")
     assert_close(ours.state.mean, s, TOL, "state")
 

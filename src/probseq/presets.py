@@ -39,38 +39,37 @@ __all__ = ["bayesian", "deltanet", "gated_deltanet", "gla", "linear_attention", 
            "simple_gla"]
 
 
-def _superposition(q, k, v, g, beta, scale, initial_state, output_final_state, impl, chunk_size=None):
+def _superposition(q, k, v, g, beta, scale, initial_state, output_final_state, impl, chunk_size):
     scale = check_scale(scale, check_qkv(q, k, v)[3])
     design = superposition_design(g, beta, scale=scale, initial_state=initial_state)
-    if chunk_size is None:
-        chunk_size = 16 if g is not None and g.dim() == 4 else 64
     return run_filter(design, q, k, v, impl=impl, chunk_size=chunk_size, output_final_state=output_final_state)
 
 
 def linear_attention(q: Tensor, k: Tensor, v: Tensor, *, scale: float | None = None,
                      initial_state: Tensor | BayesState | None = None, output_final_state: bool = False,
-                     impl: Impl = "auto") -> FilterOutput:
+                     impl: Impl = "auto", chunk_size: int = 64) -> FilterOutput:
     """Linear attention ``o_t = (Σ_{j≤t} v_j k_jᵀ) q̃_t``: q, k ``[B, T, H, K]``, v ``[B, T, H, V]``."""
-    return _superposition(q, k, v, None, None, scale, initial_state, output_final_state, impl)
+    return _superposition(q, k, v, None, None, scale, initial_state, output_final_state, impl, chunk_size)
 
 
 def simple_gla(q: Tensor, k: Tensor, v: Tensor, g: Tensor, *, scale: float | None = None,
                initial_state: Tensor | BayesState | None = None, output_final_state: bool = False,
-               impl: Impl = "auto") -> FilterOutput:
+               impl: Impl = "auto", chunk_size: int = 64) -> FilterOutput:
     """RetNet / scalar-gated linear attention, ``M_t = exp(g_t) M_{t-1} + v_t k_tᵀ``; g ``[B, T, H]`` ≤ 0."""
-    return _superposition(q, k, v, g, None, scale, initial_state, output_final_state, impl)
+    return _superposition(q, k, v, g, None, scale, initial_state, output_final_state, impl, chunk_size)
 
 
 def gla(q: Tensor, k: Tensor, v: Tensor, gk: Tensor, *, scale: float | None = None,
         initial_state: Tensor | BayesState | None = None, output_final_state: bool = False,
-        impl: Impl = "auto") -> FilterOutput:
-    """Gated linear attention, ``M_t = M_{t-1} diag(exp(gk_t)) + v_t k_tᵀ``; gk ``[B, T, H, K]`` ≤ 0."""
-    return _superposition(q, k, v, gk, None, scale, initial_state, output_final_state, impl)
+        impl: Impl = "auto", chunk_size: int = 16) -> FilterOutput:
+    """Gated linear attention, ``M_t = M_{t-1} diag(exp(gk_t)) + v_t k_tᵀ``; gk ``[B, T, H, K]`` ≤ 0
+    (per-channel decay masks are ``[C, C, K]``: the default chunk is 16)."""
+    return _superposition(q, k, v, gk, None, scale, initial_state, output_final_state, impl, chunk_size)
 
 
 def mamba2(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, *,
            initial_state: Tensor | BayesState | None = None, output_final_state: bool = False,
-           impl: Impl = "auto") -> FilterOutput:
+           impl: Impl = "auto", chunk_size: int = 64) -> FilterOutput:
     """Mamba-2 / SSD without the ``D`` skip: ``h_t = exp(Δ_t A) h_{t-1} + Δ_t x_t B_tᵀ``, ``y_t = h_t C_t``.
 
     Args:
@@ -86,7 +85,7 @@ def mamba2(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, *,
     check_gate("A", A, (heads,), "[H]", high=0.0)
     if bool((A.detach() == 0).any()):
         raise ValueError("A must be negative (Mamba-2 parametrises A = -exp(A_log)), found zeros")
-    return _superposition(C, B, x, dt * A, dt, 1.0, initial_state, output_final_state, impl)
+    return _superposition(C, B, x, dt * A, dt, 1.0, initial_state, output_final_state, impl, chunk_size)
 
 
 def _unit_keys(name: str, q: Tensor, k: Tensor, normalize: bool) -> tuple[Tensor, Tensor]:
@@ -153,8 +152,8 @@ def longhorn(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, *, scale: float | No
 def bayesian(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, beta: Tensor, gamma: Tensor | None, *,
              scale: float | None = None, initial_state: BayesState | None = None,
              output_final_state: bool = False, output_variance: bool = False, impl: Impl = "auto",
-             chunk_size: int = 64) -> FilterOutput:
+             chunk_size: int = 64, r_min: float = 1e-4) -> FilterOutput:
     """The Bayesian Layer (regression design with certainty retention γ); see :func:`probseq.ops.bayes_filter`."""
     return bayes_filter(q, k, v, g, beta, gamma, scale=scale, initial_state=initial_state,
                         output_final_state=output_final_state, output_variance=output_variance, impl=impl,
-                        chunk_size=chunk_size)
+                        chunk_size=chunk_size, r_min=r_min)

@@ -348,7 +348,7 @@ def ridge_readout_weights(gram: Tensor, counts: Tensor, r: Scalar) -> Tensor:
     gram = gram.to(torch.float64)
     scaled = counts.to(torch.float64)[..., :, None] * gram  # N G
     eye = torch.eye(gram.shape[-1], dtype=torch.float64)
-    # W = N (G N + rI)^{-1} G = (N G + rI)^{-1} N G  (N G and G N + rI commute through N).
+    # N (G N + rI)^{-1} = (N G + rI)^{-1} N, since (N G + rI) N = N (G N + rI).
     return torch.linalg.solve(scaled + r * eye, scaled)
 
 

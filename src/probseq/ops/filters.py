@@ -122,6 +122,7 @@ def _dispatch(design: DesignModel, q: Tensor, k: Tensor, v: Tensor, form: str, c
         return reference_filter(design, q, k, v, output_final_state=output_final_state,
                                 output_variance=output_variance)
     batch, length, heads, key_dim = k.shape
+    chunk_size = max(1, min(chunk_size, length))  # a chunk longer than the sequence is pure padding
     out_dtype = v.dtype
     dtype = compute_dtype(q, k, v)
     q, k, v = (x.to(dtype) for x in (q, k, v))

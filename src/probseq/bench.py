@@ -1,0 +1,351 @@
+"""``probseq bench`` — the performance protocol (SPEC §6).
+
+Times forward and forward+backward of each method at ``B=1, H=4, K=V=64`` (configurable), float32,
+all in one run, and reports time, tokens/s, peak memory, analytical FLOPs and achieved GFLOP/s next to
+this machine's float32 matmul GFLOP/s measured in the same run. Ratios, not absolute times, are the
+figures of merit on shared machines; the ratio table compares them with the project's targets.
+
+Methods: the Bayesian Layer (chunked, recurrent, and the token-loop reference), Gated DeltaNet
+through the same chunked code path (``γ ≡ 0``), chunked linear attention, PyTorch SDPA causal
+attention, and — when flash-linear-attention is installed — its pure-PyTorch references
+``naive_chunk_gated_delta_rule`` and ``naive_mesa_net_CG`` (30 CG iterations).
+
+Conventions: a time is the median of ``repeats`` runs after ``warmup`` runs; forward runs under
+``torch.no_grad``; forward+backward backpropagates ``output.sum()`` into every input. Peak memory is
+the peak of bytes allocated by torch during one call (profiler allocation events), inputs excluded.
+FLOPs are analytical (multiply-add = 2) for the forward; forward+backward counts 3× the forward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from probseq.experiments.common import apply_overrides, atomic_write_json, environment
+from probseq.ops import bayes_filter, bayes_step, superposition_filter
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What ``probseq bench`` measures; ``--set key=value`` overrides any field."""
+
+    preset: Literal["quick", "full"] = "quick"
+    batch: int = 1
+    heads: int = 4
+    key_dim: int = 64
+    value_dim: int = 64
+    chunk_size: int = 64
+    lengths: tuple[int, ...] = (1024, 4096, 16384)
+    reference_length: int = 4096  # the token-loop reference is slow: measured at this length only
+    decode_positions: tuple[int, ...] = (1024, 16384)
+    repeats: int = 3
+    warmup: int = 1
+    seed: int = 0
+
+
+PRESETS = {
+    "quick": BenchConfig(),
+    "full": BenchConfig(preset="full", lengths=(1024, 2048, 4096, 8192, 16384, 32768),
+                        decode_positions=(1024, 4096, 16384, 65536), repeats=5, warmup=2),
+}
+
+# (description, numerator, denominator, comparison, target): each side is (method, T, pass).
+TARGETS = [
+    ("Bayesian chunked fwd+bwd / our Gated DeltaNet chunked fwd+bwd, T=4096",
+     ("bayes_chunked", 4096, "fwd+bwd"), ("gdn_chunked", 4096, "fwd+bwd"), "<=", 2.0),
+    ("Bayesian chunked fwd+bwd / fla naive_chunk_gated_delta_rule fwd+bwd, T=4096",
+     ("bayes_chunked", 4096, "fwd+bwd"), ("fla_gdn_naive_chunk", 4096, "fwd+bwd"), "<=", 1.0),
+    ("Bayesian chunked fwd+bwd time, T=16384 / T=4096",
+     ("bayes_chunked", 16384, "fwd+bwd"), ("bayes_chunked", 4096, "fwd+bwd"), "<=", 4.6),
+    ("Bayesian chunked forward / PyTorch SDPA causal forward, T=16384",
+     ("bayes_chunked", 16384, "fwd"), ("sdpa_causal", 16384, "fwd"), "<=", 0.5),
+    ("fla naive MesaNet (CG, 30 iters) fwd+bwd / Bayesian chunked fwd+bwd, T=1024",
+     ("fla_mesanet_cg", 1024, "fwd+bwd"), ("bayes_chunked", 1024, "fwd+bwd"), ">=", 3.0),
+    ("Bayesian reference (token loop) fwd+bwd / chunked fwd+bwd, T=4096",
+     ("bayes_reference", 4096, "fwd+bwd"), ("bayes_chunked", 4096, "fwd+bwd"), ">=", 20.0),
+    ("decoding step time at position 16,384 / at position 1,024",
+     ("bayes_step", 16384, "step"), ("bayes_step", 1024, "step"), "<=", 1.1),
+]
+
+
+@dataclass
+class Measurement:
+    method: str
+    length: int
+    mode: str  # "fwd", "fwd+bwd" or "step"
+    seconds: float
+    tokens_per_s: float
+    peak_mb: float | None
+    gflop: float | None
+    gflops: float | None
+    runs: list[float] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# Analytical forward FLOPs per (batch · head), multiply-add = 2.
+
+
+def flops(method: str, length: int, key_dim: int, value_dim: int, chunk: int) -> float | None:
+    k, v, c = key_dim, value_dim, chunk
+    n = math.ceil(length / c)
+    mean_path = n * (2 * c * c * k + c * c * (v + k) + 2 * c * c * k + 2 * c * c * v + 6 * c * k * v)
+    if method == "gdn_chunked" or method == "fla_gdn_naive_chunk":
+        return mean_path
+    if method == "bayes_chunked":
+        covariance_path = n * (2 * c * c * k + 4 * c * k * k + 2 * c * c * k + c ** 3 / 3 + c * c * k)
+        return mean_path + covariance_path
+    if method in ("bayes_recurrent", "bayes_reference"):
+        return length * (8 * k * k + 6 * k * v)
+    if method == "bayes_step":
+        return 8 * k * k + 6 * k * v
+    if method == "la_chunked":
+        return n * (2 * c * c * k + 2 * c * c * v + 4 * c * k * v)
+    if method == "sdpa_causal":
+        return 2 * length * length * (k + v) / 2
+    return None
+
+
+def matmul_gflops(size: int = 1024, repeats: int = 5) -> float:
+    """This machine's float32 matmul throughput (GFLOP/s), measured now."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * size ** 3 / statistics.median(times) / 1e9
+
+
+def peak_memory_mb(fn: Callable[[], object]) -> float:
+    """Peak bytes allocated by torch during ``fn()`` (MB), from the profiler's allocation events."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+    current = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        usage = event.cpu_memory_usage if event.name == "[memory]" else event.self_cpu_memory_usage
+        current += usage
+        peak = max(peak, current)
+    return peak / 1e6
+
+
+# ---------------------------------------------------------------------------------------------
+# The methods: each returns (forward, forward+backward) closures over fresh inputs.
+
+
+def _inputs(config: BenchConfig, length: int, requires_grad: bool) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(config.seed)
+    shape = (config.batch, length, config.heads)
+    x = {
+        "q": torch.randn(*shape, config.key_dim, generator=gen),
+        "k": F.normalize(torch.randn(*shape, config.key_dim, generator=gen), dim=-1),
+        "v": torch.randn(*shape, config.value_dim, generator=gen),
+        "g": F.logsigmoid(torch.randn(shape, generator=gen) + 4),
+        "beta": torch.rand(shape, generator=gen) * 0.9 + 0.05,
+        "gamma": torch.rand(shape, generator=gen),
+    }
+    return {name: t.requires_grad_(requires_grad) for name, t in x.items()}
+
+
+def _method(name: str, config: BenchConfig) -> Callable[[dict], torch.Tensor] | None:
+    c = config.chunk_size
+    if name == "bayes_chunked":
+        return lambda x: bayes_filter(**x, impl="chunked", chunk_size=c).output
+    if name == "bayes_recurrent":
+        return lambda x: bayes_filter(**x, impl="recurrent").output
+    if name == "bayes_reference":
+        return lambda x: bayes_filter(**x, impl="reference").output
+    if name == "gdn_chunked":
+        return lambda x: bayes_filter(**{**x, "gamma": None}, impl="chunked", chunk_size=c).output
+    if name == "la_chunked":
+        return lambda x: superposition_filter(x["q"], x["k"], x["v"], impl="chunked", chunk_size=c).output
+    if name == "sdpa_causal":
+        return lambda x: F.scaled_dot_product_attention(*(x[n].transpose(1, 2) for n in "qkv"), is_causal=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from fla.ops.gated_delta_rule.naive import naive_chunk_gated_delta_rule
+            from fla.ops.mesa_net.naive import naive_mesa_net_CG
+    except ImportError:
+        return None
+    if name == "fla_gdn_naive_chunk":
+        return lambda x: naive_chunk_gated_delta_rule(x["q"], x["k"], x["v"], x["g"], x["beta"], chunk_size=c)[0]
+    if name == "fla_mesanet_cg":
+        def mesa(x):
+            lamb = torch.ones(config.heads, config.key_dim)
+            return naive_mesa_net_CG(x["q"], x["k"], x["v"], x["g"], lamb, x["beta"], c, max_CG_iteration=30)[0]
+        return mesa
+    raise ValueError(f"unknown method {name!r}")
+
+
+def _time(fn: Callable[[], object], repeats: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - start)
+    return runs
+
+
+def measure(name: str, length: int, mode: str, config: BenchConfig, matmul: float,
+            repeats: int | None = None, warmup: int | None = None, memory: bool = True) -> Measurement | None:
+    """Time one method at one length in one mode (``fwd`` or ``fwd+bwd``)."""
+    method = _method(name, config)
+    if method is None:
+        return None
+    backward = mode == "fwd+bwd"
+    x = _inputs(config, length, requires_grad=backward)
+
+    def call():
+        if backward:
+            for t in x.values():
+                t.grad = None
+            method(x).sum().backward()
+        else:
+            with torch.no_grad():
+                method(x)
+
+    runs = _time(call, config.repeats if repeats is None else repeats, config.warmup if warmup is None else warmup)
+    return _measurement(name, length, mode, runs, config, matmul, peak_memory_mb(call) if memory else None)
+
+
+def _measurement(name, length, mode, runs, config, matmul, peak) -> Measurement:
+    seconds = statistics.median(runs)
+    forward = flops(name, length, config.key_dim, config.value_dim, config.chunk_size)
+    total = None if forward is None else forward * config.batch * config.heads * (3 if mode == "fwd+bwd" else 1)
+    gflop = None if total is None else total / 1e9
+    return Measurement(name, length, mode, seconds, config.batch * (1 if mode == "step" else length) / seconds,
+                       peak, gflop, None if gflop is None else gflop / seconds, runs)
+
+
+def measure_step(position: int, config: BenchConfig, matmul: float) -> Measurement:
+    """Time one decoding step from the state after ``position`` tokens (prefilled by the chunked form)."""
+    x = _inputs(config, position + 1, requires_grad=False)
+    with torch.no_grad():
+        state = bayes_filter(**{n: t[:, :position] for n, t in x.items()}, output_final_state=True,
+                             chunk_size=config.chunk_size).state
+    token = {n: t[:, position] for n, t in x.items()}
+
+    def call():
+        with torch.no_grad():
+            bayes_step(**token, state=state)
+
+    runs = _time(call, max(50, config.repeats), max(10, config.warmup))
+    return _measurement("bayes_step", position, "step", runs, config, matmul, peak_memory_mb(call))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def plan(config: BenchConfig) -> list[tuple[str, int, str]]:
+    """Every (method, T, mode) to measure."""
+    cases = []
+    for length in config.lengths:
+        for mode in ("fwd", "fwd+bwd"):
+            cases += [("bayes_chunked", length, mode), ("gdn_chunked", length, mode), ("la_chunked", length, mode)]
+        cases.append(("sdpa_causal", length, "fwd"))
+        if length <= 4096:
+            cases += [("bayes_recurrent", length, "fwd"), ("fla_gdn_naive_chunk", length, "fwd+bwd")]
+        if length <= 1024:
+            cases.append(("fla_mesanet_cg", length, "fwd+bwd"))
+    cases.append(("bayes_reference", config.reference_length, "fwd+bwd"))
+    return cases
+
+
+def run_bench(config: BenchConfig) -> dict:
+    """Run every case; return the JSON-ready results with the ratio table."""
+    torch.manual_seed(config.seed)
+    matmul = matmul_gflops()
+    measurements = []
+    cases = plan(config)
+    for name, length, mode in tqdm(cases, desc="bench", file=sys.stderr):
+        slow = name == "bayes_reference"
+        result = measure(name, length, mode, config, matmul, repeats=1 if slow else None,
+                         warmup=0 if slow else None, memory=not slow)
+        if result is not None:
+            measurements.append(result)
+    for position in tqdm(config.decode_positions, desc="decode", file=sys.stderr):
+        measurements.append(measure_step(position, config, matmul))
+    return {
+        "config": dataclasses.asdict(config),
+        "environment": environment(),
+        "matmul_gflops": matmul,
+        "measurements": [dataclasses.asdict(m) for m in measurements],
+        "ratios": ratios(measurements),
+    }
+
+
+def ratios(measurements: list[Measurement]) -> list[dict]:
+    index = {(m.method, m.length, m.mode): m.seconds for m in measurements}
+    rows = []
+    for description, top, bottom, op, target in TARGETS:
+        if top not in index or bottom not in index:
+            rows.append(dict(figure=description, ratio=None, target=f"{op} {target}", met=None))
+            continue
+        value = index[top] / index[bottom]
+        rows.append(dict(figure=description, ratio=value, target=f"{op} {target}",
+                         met=bool(value <= target if op == "<=" else value >= target)))
+    return rows
+
+
+def format_tables(results: dict) -> str:
+    """Markdown tables: every measurement, then the ratios against the targets."""
+    lines = [f"float32 matmul on this machine: {results['matmul_gflops']:.1f} GFLOP/s", "",
+             "| method | T | pass | time (ms) | tokens/s | peak MB | GFLOP | GFLOP/s | % of matmul |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for m in results["measurements"]:
+        share = "" if m["gflops"] is None else f"{100 * m['gflops'] / results['matmul_gflops']:.1f}"
+        lines.append(f"| {m['method']} | {m['length']} | {m['mode']} | {1e3 * m['seconds']:.2f} | "
+                     f"{m['tokens_per_s']:,.0f} | {_fmt(m['peak_mb'], '.1f')} | {_fmt(m['gflop'], '.3f')} | "
+                     f"{_fmt(m['gflops'], '.1f')} | {share} |")
+    lines += ["", "| figure | ratio | target | met |", "|---|---:|---|---|"]
+    for r in results["ratios"]:
+        met = "n/a" if r["met"] is None else ("yes" if r["met"] else "**no**")
+        lines.append(f"| {r['figure']} | {_fmt(r['ratio'], '.2f')} | {r['target']} | {met} |")
+    return "\n".join(lines)
+
+
+def _fmt(value, spec):
+    return "" if value is None else format(value, spec)
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser("bench", help="time the filters against their peers (SPEC §6)",
+                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
+    parser.add_argument("--out", default=None, help="write the results JSON here")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a BenchConfig field, e.g. --set lengths=[1024,4096]")
+    parser.set_defaults(run=_run_cli)
+
+
+def _run_cli(args) -> int:
+    config = apply_overrides(PRESETS[args.preset], args.overrides)
+    results = run_bench(config)
+    print(format_tables(results))
+    if args.out:
+        atomic_write_json(args.out, results)
+        print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(json.dumps(run_bench(PRESETS["quick"]), indent=2))
