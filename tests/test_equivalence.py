@@ -152,3 +152,26 @@ def test_superposition_chunked_float32(per_channel):
     actual = _run_superposition(inputs32, mean32, "chunked", 32)
     for i, (a, e) in enumerate(zip(actual, expected)):
         assert_close(a, e, 1e-4, f"float32 per_channel={per_channel} #{i}")
+
+
+@pytest.mark.parametrize("regime", ["random", "reset"])
+def test_bayes_chunked_over_several_segments(monkeypatch, regime):
+    """Long inputs are filtered segment by segment, carrying the state: exactly the same filter."""
+    import probseq.ops.filters as filters
+    monkeypatch.setattr(filters, "SEGMENT_CHUNKS", 2)  # segments of 2 chunks of 4 tokens
+    inputs = bayes_inputs(length=37, regime=regime, seed=21)
+    expected = _run_bayes(inputs, "reference")
+    actual = _run_bayes(inputs, "chunked", chunk_size=4)
+    for name, value in expected.items():
+        assert_close(actual[name], value, TOLERANCE[torch.float64], f"segmented {name}")
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_superposition_chunked_over_several_segments(monkeypatch, per_channel):
+    import probseq.ops.filters as filters
+    monkeypatch.setattr(filters, "SEGMENT_CHUNKS", 2)
+    inputs, mean0 = _superposition_inputs(per_channel, seed=4)
+    expected = _run_superposition(inputs, mean0, "reference", 4)
+    actual = _run_superposition(inputs, mean0, "chunked", 4)
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        assert_close(a, e, 1e-9, f"segmented per_channel={per_channel} #{i}")

@@ -102,3 +102,21 @@ def test_near_singular_chunk_regime(gamma, beta, tol):
     assert_close(out.output, ref.output, tol, "output")
     assert_close(out.state.cov, ref.state.cov, tol, "cov")
     assert_close(out.variance, ref.variance, tol, "variance")
+
+
+@pytest.mark.slow
+def test_long_sequence_recurrent_and_chunked_agree():
+    """65,536 tokens in float32: the decoding recurrence and the chunked form stay together (the
+    chunked state passes through 1,024 chunk boundaries and 16 segments)."""
+    length = 65_536
+    (q, k, v), gen = _inputs(length, heads=1)
+    shape = (1, length, 1)
+    args = (q, k, v, F.logsigmoid(torch.randn(shape, generator=gen) + 5), torch.rand(shape, generator=gen),
+            torch.rand(shape, generator=gen))
+    with torch.no_grad():
+        chunked = bayes_filter(*args, output_final_state=True, output_variance=True, impl="chunked")
+        recurrent = bayes_filter(*args, output_final_state=True, output_variance=True, impl="recurrent")
+    assert_close(chunked.output, recurrent.output, 1e-4, "output")
+    assert_close(chunked.variance, recurrent.variance, 1e-4, "variance")
+    assert_close(chunked.state.cov, recurrent.state.cov, 1e-4, "cov")
+    _check_state(chunked.state, "chunked")

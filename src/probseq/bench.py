@@ -10,9 +10,12 @@ through the same chunked code path (``γ ≡ 0``), chunked linear attention, PyT
 attention, and — when flash-linear-attention is installed — its pure-PyTorch references
 ``naive_chunk_gated_delta_rule`` and ``naive_mesa_net_CG`` (30 CG iterations).
 
-Conventions: a time is the median of ``repeats`` runs after ``warmup`` runs; forward runs under
+Conventions: every case is timed in ``warmup + repeats`` interleaved rounds (each round runs every
+case once, so the drift of a shared machine affects all methods alike) and a time is the median of
+the ``repeats`` timed rounds; the slow token-loop reference runs once. Forward runs under
 ``torch.no_grad``; forward+backward backpropagates ``output.sum()`` into every input. Peak memory is
-the peak of bytes allocated by torch during one call (profiler allocation events), inputs excluded.
+the peak of bytes allocated by torch during one call (profiler allocation events), inputs excluded;
+it is not profiled for the token loops (reference, recurrent), whose cost the profiler would dominate.
 FLOPs are analytical (multiply-add = 2) for the forward; forward+backward counts 3× the forward.
 """
 
@@ -194,20 +197,8 @@ def _method(name: str, config: BenchConfig) -> Callable[[dict], torch.Tensor] | 
     raise ValueError(f"unknown method {name!r}")
 
 
-def _time(fn: Callable[[], object], repeats: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    runs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - start)
-    return runs
-
-
-def measure(name: str, length: int, mode: str, config: BenchConfig, matmul: float,
-            repeats: int | None = None, warmup: int | None = None, memory: bool = True) -> Measurement | None:
-    """Time one method at one length in one mode (``fwd`` or ``fwd+bwd``)."""
+def _call(name: str, length: int, mode: str, config: BenchConfig) -> Callable[[], object] | None:
+    """A closure running one method once on fixed inputs (``None`` when the method is not installed)."""
     method = _method(name, config)
     if method is None:
         return None
@@ -223,21 +214,11 @@ def measure(name: str, length: int, mode: str, config: BenchConfig, matmul: floa
             with torch.no_grad():
                 method(x)
 
-    runs = _time(call, config.repeats if repeats is None else repeats, config.warmup if warmup is None else warmup)
-    return _measurement(name, length, mode, runs, config, matmul, peak_memory_mb(call) if memory else None)
+    return call
 
 
-def _measurement(name, length, mode, runs, config, matmul, peak) -> Measurement:
-    seconds = statistics.median(runs)
-    forward = flops(name, length, config.key_dim, config.value_dim, config.chunk_size)
-    total = None if forward is None else forward * config.batch * config.heads * (3 if mode == "fwd+bwd" else 1)
-    gflop = None if total is None else total / 1e9
-    return Measurement(name, length, mode, seconds, config.batch * (1 if mode == "step" else length) / seconds,
-                       peak, gflop, None if gflop is None else gflop / seconds, runs)
-
-
-def measure_step(position: int, config: BenchConfig, matmul: float) -> Measurement:
-    """Time one decoding step from the state after ``position`` tokens (prefilled by the chunked form)."""
+def _step_call(position: int, config: BenchConfig) -> Callable[[], object]:
+    """One decoding step from the state after ``position`` tokens (prefilled by the chunked form)."""
     x = _inputs(config, position + 1, requires_grad=False)
     with torch.no_grad():
         state = bayes_filter(**{n: t[:, :position] for n, t in x.items()}, output_final_state=True,
@@ -246,10 +227,29 @@ def measure_step(position: int, config: BenchConfig, matmul: float) -> Measureme
 
     def call():
         with torch.no_grad():
-            bayes_step(**token, state=state)
+            for _ in range(STEPS_PER_CALL):
+                bayes_step(**token, state=state)
 
-    runs = _time(call, max(50, config.repeats), max(10, config.warmup))
-    return _measurement("bayes_step", position, "step", runs, config, matmul, peak_memory_mb(call))
+    return call
+
+
+STEPS_PER_CALL = 20  # a decoding step is ~0.1 ms: time several per call
+
+
+def _measurement(name, length, mode, runs, config, peak) -> Measurement:
+    seconds = statistics.median(runs)
+    forward = flops(name, length, config.key_dim, config.value_dim, config.chunk_size)
+    total = None if forward is None else forward * config.batch * config.heads * (3 if mode == "fwd+bwd" else 1)
+    gflop = None if total is None else total / 1e9
+    tokens = config.batch * (1 if mode == "step" else length)
+    return Measurement(name, length, mode, seconds, tokens / seconds, peak, gflop,
+                       None if gflop is None else gflop / seconds, runs)
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,19 +271,40 @@ def plan(config: BenchConfig) -> list[tuple[str, int, str]]:
 
 
 def run_bench(config: BenchConfig) -> dict:
-    """Run every case; return the JSON-ready results with the ratio table."""
+    """Run every case; return the JSON-ready results with the ratio table.
+
+    Cases are timed in interleaved rounds — round ``r`` runs every case once — so that a slow spell
+    of a shared machine falls on all methods alike instead of on whichever ran then; the ratios
+    compare medians over the same rounds. The token-loop reference runs once, outside the rounds.
+    """
     torch.manual_seed(config.seed)
     matmul = matmul_gflops()
+    calls = {}
+    for name, length, mode in plan(config):
+        call = _call(name, length, mode, config)
+        if call is not None:
+            calls[(name, length, mode)] = call
+    for position in config.decode_positions:
+        calls[("bayes_step", position, "step")] = _step_call(position, config)
+    once = {case for case in calls if case[0] == "bayes_reference"}
+    rounds = [case for case in calls if case not in once]
+    runs = {case: [] for case in calls}
+    with tqdm(total=len(rounds) * (config.warmup + config.repeats) + len(once), desc="bench", file=sys.stderr) as bar:
+        for round_ in range(config.warmup + config.repeats):
+            for case in rounds:
+                seconds = _timed(calls[case])
+                if round_ >= config.warmup:
+                    runs[case].append(seconds / (STEPS_PER_CALL if case[2] == "step" else 1))
+                bar.update()
+        for case in once:
+            runs[case].append(_timed(calls[case]))
+            bar.update()
     measurements = []
-    cases = plan(config)
-    for name, length, mode in tqdm(cases, desc="bench", file=sys.stderr):
-        slow = name == "bayes_reference"
-        result = measure(name, length, mode, config, matmul, repeats=1 if slow else None,
-                         warmup=0 if slow else None, memory=not slow)
-        if result is not None:
-            measurements.append(result)
-    for position in tqdm(config.decode_positions, desc="decode", file=sys.stderr):
-        measurements.append(measure_step(position, config, matmul))
+    for case, call in tqdm(calls.items(), desc="memory", file=sys.stderr):
+        # Token loops: the profiler's per-operation cost would dominate (75 s for T = 4096), and
+        # their memory is the O(K² + KV) state plus the outputs.
+        profiled = case[0] not in ("bayes_reference", "bayes_recurrent")
+        measurements.append(_measurement(*case, runs[case], config, peak_memory_mb(call) if profiled else None))
     return {
         "config": dataclasses.asdict(config),
         "environment": environment(),

@@ -95,12 +95,11 @@ def bayes_chunked(q: Tensor, k: Tensor, v: Tensor, log_alpha: Tensor, noise: Ten
     if gamma is None:
         # Covariance reset: P_t^- = I, so u_t = k_t and s_t = ‖k_t‖² + r_t (Gated DeltaNet).
         s = ((k * k).sum(-1) + noise).clamp_min(torch.finfo(k.dtype).tiny)
-        u, w = k, k / s[..., None]
+        w = k / s[..., None]
     else:
         x, pivot, g_ratio, prior_var, cov_final = _covariance_path(
             q, k, noise, to_chunks(gamma, size, pad_value=1.0), state.cov.flatten(0, 1), output_variance)
-        s = pivot.square()
-        u, w = pivot[..., None] * x, x / pivot[..., None]
+        w = x / pivot[..., None]
 
     # 6. (I + T) Ẽ = ·, solved for all chunks at once (T strictly lower; unit diagonal implied).
     t_low = a_ratio * (k @ w.transpose(-1, -2))
@@ -148,48 +147,52 @@ def _covariance_path(q: Tensor, k: Tensor, noise: Tensor, gamma: Tensor, cov0: T
         q, k: ``[N, B·H, C, K]`` (``q`` already scaled); noise, gamma: ``[N, B·H, C]``; cov0: ``[B·H, K, K]``.
 
     Returns:
-        ``x [N, B·H, C, K]`` (``u_t = √s_t x_t``), the pivots ``√s [N, B·H, C]``, ``G_t/G_j [N, B·H, C, C]``,
-        the prior part of the variance ``(1 − G_t)‖q̃_t‖² + G_t q̃_tᵀ P_0 q̃_t`` ``[N, B·H, C]`` (``None``
-        unless ``output_variance``) and the final covariance ``P [B·H, K, K]``.
+        ``x [N, B·H, C, K]`` (``u_t = √s_t x_t``), the pivots ``√s [N, B·H, C]``, ``G_t/G_j [N, B·H, C, C]``
+        and the prior part of the variance ``(1 − G_t)‖q̃_t‖² + G_t q̃_tᵀ P_0 q̃_t`` ``[N, B·H, C]`` (both
+        ``None`` unless ``output_variance``), and the final covariance ``P [B·H, K, K]``.
     """
-    size, key_dim = k.shape[-2:]
-    eye_k = torch.eye(key_dim, dtype=k.dtype, device=k.device)
-    log_g = log_retention(gamma)
-    seg = segsum(log_g)
-    g_ratio = seg.exp()  # G_t/G_j
-    g_half = (0.5 * seg).exp()  # sqrt(G_i/G_t), lower triangular incl. diagonal
-    log_g_cum = log_g.cumsum(-1)
-    g_cum = log_g_cum.exp()  # G_t
-    reset = one_minus_exp(log_g_cum)  # 1 − G_t, accurate when G_t ≈ 1
-    g_sqrt = (0.5 * log_g_cum).exp()[..., None]  # √G_t
+    half_log_g = 0.5 * log_retention(gamma)
+    g_half = segsum(half_log_g).exp()  # sqrt(G_i/G_t), lower triangular incl. diagonal
+    half_log_g_cum = half_log_g.cumsum(-1)
+    g_sqrt = half_log_g_cum.exp()[..., None]  # √G_t
+    g_cum = g_sqrt[..., 0].square()  # G_t
+    reset = one_minus_exp(2 * half_log_g_cum)  # 1 − G_t, accurate when G_t ≈ 1
     k_hat = g_sqrt * k  # K̂ = diag(√G) K
-    # 2. the P_0-free part of B: sqrt(G_i/G_t)(1 − G_t) S_it (i ≥ t, mirrored) + diag(r).
+    # 2. the P_0-free part of B: sqrt(G_i/G_t)(1 − G_t) S_it (i ≥ t, mirrored) + diag(r); the
+    # diagonal of the mask is (1 − G_t), counted twice by the mirroring.
     mask = g_half * reset[..., None, :]
-    b_base = (mask + mask.transpose(-1, -2) - torch.diag_embed(reset)) * (k @ k.transpose(-1, -2)) \
-        + torch.diag_embed(noise)
+    mask = mask + mask.transpose(-1, -2)
+    mask.diagonal(dim1=-2, dim2=-1).sub_(reset)
+    b_base = mask * (k @ k.transpose(-1, -2))
+    b_base.diagonal(dim1=-2, dim2=-1).add_(noise)
     rhs_base = reset[..., None] * k  # (1 − G_t) k_t
-    z_gain = g_half[..., -1, :, None]  # sqrt(G_C/G_i)
     p_decay = g_cum[..., -1, None, None]  # G_C
-    p_reset = reset[..., -1, None, None] * eye_k  # (1 − G_C) I
+    p_reset = reset[..., -1, None, None] * torch.eye(k.shape[-1], dtype=k.dtype, device=k.device)  # (1 − G_C) I
+    z_gain = g_half[..., -1, :, None]  # sqrt(G_C/G_i)
 
-    cov = cov0
-    xs, pivots, covs = [], [], []
+    cov, xs, pivots, covs, failures = cov0, [], [], [], []
     for kh_n, rb_n, gs_n, b_n, gh_n, zg_n, pd_n, pr_n in zip(k_hat.unbind(0), rhs_base.unbind(0), g_sqrt.unbind(0),
                                                               b_base.unbind(0), g_half.unbind(0), z_gain.unbind(0),
                                                               p_decay.unbind(0), p_reset.unbind(0)):
-        pk = kh_n @ cov  # rows √G_t (P_0 k_t)ᵀ
-        factor = torch.linalg.cholesky(torch.baddbmm(b_n, pk, kh_n.transpose(-1, -2)))  # 1–3.
-        # 4. rows x_t = u_t / √s_t with u_t = (1 − G_t) k_t + G_t P_0 k_t − Σ_{j<t} …
-        x_n = torch.linalg.solve_triangular(gh_n * factor, torch.addcmul(rb_n, gs_n, pk), upper=False)
         if output_variance:
             covs.append(cov)
+        pk = kh_n @ cov  # rows √G_t (P_0 k_t)ᵀ
+        factor, info = torch.linalg.cholesky_ex(torch.baddbmm(b_n, pk, kh_n.transpose(-1, -2)))  # 1–3.
+        failures.append(info)
+        # 4. rows x_t = u_t / √s_t with u_t = (1 − G_t) k_t + G_t P_0 k_t − Σ_{j<t} …
+        x_n = torch.linalg.solve_triangular(gh_n * factor, torch.addcmul(rb_n, gs_n, pk), upper=False)
         xz = zg_n * x_n
         # 5. P_C = (1 − G_C) I + G_C P_0 − Σ_i (G_C/G_i) x_i x_iᵀ
         cov = torch.baddbmm(torch.addcmul(pr_n, pd_n, cov), xz.transpose(-1, -2), xz, alpha=-1)
         xs.append(x_n)
         pivots.append(factor.diagonal(dim1=-2, dim2=-1))
+    if bool(torch.stack(failures).any()):
+        raise ValueError("the chunk covariance matrix lost positive definiteness; raise r_min (the floor on the "
+                         "write noise) or use impl='recurrent'")
+    xs, pivots = torch.stack(xs), torch.stack(pivots)
     cov = 0.5 * (cov + cov.transpose(-1, -2))
-    prior_var = None
-    if output_variance:
-        prior_var = reset * (q * q).sum(-1) + g_cum * ((q @ torch.stack(covs)) * q).sum(-1)
-    return torch.stack(xs), torch.stack(pivots), g_ratio, prior_var, cov
+    if not output_variance:
+        return xs, pivots, None, None, cov
+    prior_var = reset * (q * q).sum(-1) + g_cum * ((q @ torch.stack(covs)) * q).sum(-1)
+    return xs, pivots, g_half.square(), prior_var, cov  # G_t/G_j
+

@@ -14,6 +14,8 @@ All forms return :class:`~probseq.types.FilterOutput` and agree to float roundin
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -122,39 +124,70 @@ def _dispatch(design: DesignModel, q: Tensor, k: Tensor, v: Tensor, form: str, c
         return reference_filter(design, q, k, v, output_final_state=output_final_state,
                                 output_variance=output_variance)
     batch, length, heads, key_dim = k.shape
-    chunk_size = max(1, min(chunk_size, length))  # a chunk longer than the sequence is pure padding
-    out_dtype = v.dtype
-    dtype = compute_dtype(q, k, v)
+    out_dtype, dtype = v.dtype, compute_dtype(q, k, v)
     q, k, v = (x.to(dtype) for x in (q, k, v))
     regression = design.tracks_covariance
     state = design.prior.initial_state(batch, heads, key_dim, v.shape[-1], track_cov=regression, dtype=dtype,
                                        device=v.device)
-    log_alpha = design.dynamics.log_decay
-    log_alpha = (k.new_zeros(batch, length, heads) if log_alpha is None and regression
-                 else None if log_alpha is None else log_alpha.to(dtype))
-    variance = None
     if length == 0:
-        output = v.new_zeros(v.shape)
         variance = v.new_zeros(v.shape[:3]) if output_variance and regression else None
-    elif regression:
-        noise = design.write.noise.to(dtype)
-        gamma = None if design.dynamics.retention is None else design.dynamics.retention.to(dtype)
-        scale = design.readout.scale
-        if form == "recurrent":
-            output, state, variance = bayes_recurrent(q, k, v, log_alpha, noise, gamma, state, scale)
-        else:
-            output, state, variance = bayes_chunked(q, k, v, log_alpha, noise, gamma, state, scale, chunk_size,
-                                                    output_variance)
-        variance = variance if output_variance else None
+        return FilterOutput(v.to(out_dtype), state if output_final_state else None, variance)
+    chunk_size = min(chunk_size, length)  # a chunk longer than the sequence is pure padding
+    log_alpha = None if design.dynamics.log_decay is None else design.dynamics.log_decay.to(dtype)
+    if regression:
+        output, state, variance = _regression(design, q, k, v, log_alpha, state, form, chunk_size, output_variance)
     else:
-        weight = None if design.write.weight is None else design.write.weight.to(dtype)
-        scale = design.readout.scale
-        if form == "recurrent":
-            output, mean = superposition_recurrent(q, k, v, log_alpha, weight, state.mean, scale)
-        else:
-            output, mean = superposition_chunked(q, k, v, log_alpha, weight, state.mean, scale, chunk_size)
-        state = BayesState(mean, None)
+        output, state, variance = _superposition(design, q, k, v, log_alpha, state, form, chunk_size)
     return FilterOutput(output.to(out_dtype), state if output_final_state else None, variance)
+
+
+def _regression(design, q, k, v, log_alpha, state, form, chunk_size, output_variance):
+    if log_alpha is None:
+        log_alpha = k.new_zeros(k.shape[:3])
+    noise = design.write.noise.to(k.dtype)
+    gamma = None if design.dynamics.retention is None else design.dynamics.retention.to(k.dtype)
+    scale = design.readout.scale
+    if form == "recurrent":
+        output, state, variance = bayes_recurrent(q, k, v, log_alpha, noise, gamma, state, scale)
+        return output, state, variance if output_variance else None
+    outputs, variances = [], []
+    for q_s, k_s, v_s, g_s, r_s, gamma_s in _segments(chunk_size, q, k, v, log_alpha, noise, gamma):
+        out, state, var = bayes_chunked(q_s, k_s, v_s, g_s, r_s, gamma_s, state, scale, chunk_size, output_variance)
+        outputs.append(out)
+        variances.append(var)
+    return torch.cat(outputs, dim=1), state, torch.cat(variances, dim=1) if output_variance else None
+
+
+def _superposition(design, q, k, v, log_alpha, state, form, chunk_size):
+    weight = None if design.write.weight is None else design.write.weight.to(k.dtype)
+    scale, mean = design.readout.scale, state.mean
+    if form == "recurrent":
+        output, mean = superposition_recurrent(q, k, v, log_alpha, weight, mean, scale)
+    else:
+        outputs = []
+        for q_s, k_s, v_s, g_s, b_s in _segments(chunk_size, q, k, v, log_alpha, weight):
+            out, mean = superposition_chunked(q_s, k_s, v_s, g_s, b_s, mean, scale, chunk_size)
+            outputs.append(out)
+        output = torch.cat(outputs, dim=1)
+    return output, BayesState(mean, None), None
+
+
+SEGMENT_CHUNKS = 64  # the chunked forms run over segments of at most this many chunks
+
+
+def _segments(chunk_size: int, *tensors: Tensor | None) -> list[tuple[Tensor | None, ...]]:
+    """Split ``[B, T, ...]`` tensors into time segments of ``SEGMENT_CHUNKS`` chunks (``None`` passes through).
+
+    The chunked forms are exact from any state, so filtering segment by segment, carrying the state,
+    changes nothing but the size of every intermediate: ``[N, B·H, C, C]`` tensors stay below the size
+    the allocator serves from fresh pages, which keeps long sequences linear in ``T`` (at ``T = 16384``
+    unsegmented tensors are 16 MB each and page-fault on every call). ``split`` keeps the backward
+    linear too: its gradient is one concatenation.
+    """
+    size = SEGMENT_CHUNKS * chunk_size
+    parts = [[None] * math.ceil(tensors[0].shape[1] / size) if x is None else x.split(size, dim=1)
+             for x in tensors]
+    return list(zip(*parts))
 
 
 def regression_design(g: Tensor | None, beta: Tensor, gamma: Tensor | None, *, scale: float,
