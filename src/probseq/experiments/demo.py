@@ -137,7 +137,8 @@ def report(results: dict) -> str:
     env = results["environment"]
     lines = ["# probseq demo — Memory by Design: Probabilistic Sequence Layers", "",
              f"torch {env['torch']}, {env['cpu_count']} CPUs, {env['torch_threads']} threads; "
-             f"load average at the end {env['load_average_1min']}. Reproduce with `make demo`.", ""]
+             f"1-minute load average at the end {env['load_average_1min'] or float('nan'):.2f}. "
+             "Reproduce with `make demo`.", ""]
     lines += ["## Claims and where they are reproduced", "",
               "| # | claim | here |", "|---|---|---|",
               "| 1 | design model → exact Bayesian filter → readout | §2 (dense conditioning) and `probseq.design` |",
