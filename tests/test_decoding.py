@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from probseq.ops import BayesState, bayes_filter, bayes_step, superposition_filter, superposition_step
+from probseq.ops import bayes_filter, bayes_step, superposition_filter, superposition_step
 from tests.conftest import assert_close, bayes_inputs
 
 FIELDS = ("q", "k", "v", "g", "beta", "gamma")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from probseq.design import DesignModel, LinearReadout, MatrixNormalPrior, MemoryDynamics, RegressionWrite
-from probseq.ops import BayesState, bayes_filter, dense_conditioning, regression_design, run_filter
+from probseq.ops import bayes_filter, dense_conditioning, regression_design, run_filter
 from tests.conftest import assert_close, bayes_inputs
 
 FIELDS = ("q", "k", "v", "g", "beta", "gamma")
