@@ -34,6 +34,7 @@ from torch import Tensor
 from probseq.types import BayesState, FilterOutput
 
 __all__ = [
+    "R_MIN",
     "DesignModel",
     "LinearReadout",
     "MatrixNormalPrior",
@@ -42,6 +43,9 @@ __all__ = [
     "SuperpositionWrite",
     "reference_filter",
 ]
+
+
+R_MIN = 1e-4  # default floor on the write noise r (keeps the chunk Cholesky defined when γ ≈ 1, β ≈ 1)
 
 
 @dataclass(frozen=True)
@@ -132,7 +136,7 @@ class RegressionWrite:
         return self.noise.unbind(1)
 
     @classmethod
-    def from_strength(cls, beta: Tensor, r_min: float = 1e-4) -> RegressionWrite:
+    def from_strength(cls, beta: Tensor, r_min: float = R_MIN) -> RegressionWrite:
         return cls(noise=((1 - beta) / beta).clamp_min(r_min))
 
     def update(self, state: BayesState, key: Tensor, value: Tensor, t: int) -> BayesState:

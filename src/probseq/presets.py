@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from probseq.design import DesignModel, LinearReadout, MatrixNormalPrior, MemoryDynamics, RegressionWrite
-from probseq.ops.filters import _as_state, bayes_filter, run_filter, superposition_design
-from probseq.ops.validation import check_gate, check_qkv, check_scale
+from probseq.design import R_MIN, DesignModel, LinearReadout, MatrixNormalPrior, MemoryDynamics, RegressionWrite
+from probseq.ops.filters import bayes_filter, run_filter, superposition_design
+from probseq.ops.validation import as_state, check_gate, check_qkv, check_scale
 from probseq.types import BayesState, FilterOutput, Impl
 
 __all__ = ["bayesian", "deltanet", "gated_deltanet", "gla", "linear_attention", "longhorn", "mamba2",
@@ -105,7 +105,7 @@ def _unit_keys(name: str, q: Tensor, k: Tensor, normalize: bool) -> tuple[Tensor
 
 def _reset_design(g: Tensor | None, noise: Tensor, scale: float, initial_state) -> DesignModel:
     """Regression design with the covariance reset before every write (``γ = 0``)."""
-    state = _as_state(initial_state)
+    state = as_state("initial_state", initial_state)
     prior = MatrixNormalPrior() if state is None else MatrixNormalPrior(*state)
     return DesignModel(prior, MemoryDynamics(g, None), RegressionWrite(noise), LinearReadout(scale))
 
@@ -152,7 +152,7 @@ def longhorn(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, *, scale: float | No
 def bayesian(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, beta: Tensor, gamma: Tensor | None, *,
              scale: float | None = None, initial_state: BayesState | None = None,
              output_final_state: bool = False, output_variance: bool = False, impl: Impl = "auto",
-             chunk_size: int = 64, r_min: float = 1e-4) -> FilterOutput:
+             chunk_size: int = 64, r_min: float = R_MIN) -> FilterOutput:
     """The Bayesian Layer (regression design with certainty retention γ); see :func:`probseq.ops.bayes_filter`."""
     return bayes_filter(q, k, v, g, beta, gamma, scale=scale, initial_state=initial_state,
                         output_final_state=output_final_state, output_variance=output_variance, impl=impl,

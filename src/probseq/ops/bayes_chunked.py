@@ -1,37 +1,36 @@
 """Exact chunk-parallel form of the regression design — the Bayesian Layer's training path (SPEC §2).
 
-Within a chunk of length ``C`` starting from ``(M_0, Z_0 = I - P_0)``, with in-chunk cumulative
-products ``G_t = ∏_{i≤t} γ_i`` and ``A_t = ∏_{i≤t} α_i`` (every ratio from :func:`segsum`, in log space).
+Within a chunk of length ``C`` starting from ``(M_0, P_0)``, with in-chunk cumulative products
+``G_t = ∏_{i≤t} γ_i`` and ``A_t = ∏_{i≤t} α_i`` (every ratio from :func:`segsum`, in log space).
 Matrices hold one token per *row* here (``K`` is ``[C, K]``), the transpose of SPEC's columns.
 
-Covariance path (keys, gates, ``r`` and ``Z_0`` only; sequential over chunks through ``Z``):
-  1. ``S = K Kᵀ``, ``R = K Z_0 Kᵀ``.
-  2. ``B_it = sqrt(G_i/G_t) S_it − sqrt(G_i G_t) R_it + δ_it r_i`` (``i ≥ t``, mirrored).
-  3. ``B = L diag(s) Lᵀ`` from a Cholesky factor; the pivots ``s`` are the innovation variances.
-  4. ``U = (I + N)⁻¹ (K − diag(G) K Z_0)`` with ``N_ij = sqrt(G_i/G_j) L_ij`` strictly lower: the rows
-     of ``U`` are the write directions ``u_t = P_t^- k_t``; write keys ``W = diag(1/s) U``.
-  5. ``Z_C = G_C Z_0 + Uᵀ diag(G_C / (G_i s_i)) U``, symmetrised.
+SPEC §2 carries the certainty ``Z = I − P``; substituting ``R = K Z_0 Kᵀ = S − K P_0 Kᵀ`` gives the
+same algebra in ``P``, which never forms a difference of near-equal numbers when ``P → 0``
+(recursive least squares). With ``K̂ = diag(√G) K``, ``g_it = sqrt(G_i/G_t)`` and ``1 − G_t`` from
+:func:`one_minus_exp`:
+
+Covariance path (keys, gates, ``r`` and ``P_0`` only; sequential over chunks through ``P``):
+  1. ``S = K Kᵀ``.
+  2. ``B_it = g_it (1 − G_t) S_it + (K̂ P_0 K̂ᵀ)_it + δ_it r_i`` (``i ≥ t``, mirrored) — one ``baddbmm``.
+  3. ``B = F Fᵀ`` (Cholesky); the squared pivots ``s_t = F_tt²`` are the innovation variances.
+  4. ``X = (g ∘ F)⁻¹ ((1 − G) ∘ K + diag(G) K P_0)``, one non-unit triangular solve; the write
+     directions are ``u_t = P_t^- k_t = √s_t x_t`` and the write keys ``w_t = x_t / √s_t``.
+  5. ``P_C = (1 − G_C) I + G_C P_0 − Σ_i (G_C/G_i) x_i x_iᵀ``; symmetrised at the end.
 
 Mean path (a generalised delta rule, erase keys ``K``, write keys ``W``):
   6. ``(I + T) E = V − diag(A) K M_0ᵀ``, ``T_ij = (A_i/A_j) k_iᵀ w_j`` strictly lower: rows of ``E`` are
      the innovations ``e_t``.
   7. ``O = diag(A) Q̃ M_0ᵀ + Ω E``, ``Ω_tj = (A_t/A_j) q̃_tᵀ w_j`` for ``j ≤ t``.
-  8. ``σ²_t = ‖q̃_t‖² − G_t q̃_tᵀ Z_0 q̃_t − Σ_{j≤t} (G_t/G_j)(u_jᵀ q̃_t)² / s_j``.
+  8. ``σ²_t = (1 − G_t)‖q̃_t‖² + G_t q̃_tᵀ P_0 q̃_t − Σ_{j≤t} (G_t/G_j)(x_jᵀ q̃_t)²``.
   9. ``M_C = A_C M_0 + Eᵀ diag(A_C/A_j) W``.
 
-With the covariance reset (``γ ≡ 0``: ``retention is None``) the covariance path is skipped: ``U = K``,
+With the covariance reset (``γ ≡ 0``: ``retention is None``) the covariance path is skipped: ``u = k``,
 ``s_t = ‖k_t‖² + r_t`` — the Gated DeltaNet chunk algorithm.
 
 Because step 6 does not involve ``M_0``, it is solved for all chunks at once (``Ṽ = (I+T)⁻¹ V``,
 ``K̃ = (I+T)⁻¹ diag(A) K``); the loop over chunks then only carries ``M`` (two products per chunk)
-and step 7 runs for all chunks afterwards. The covariance path must run chunk by chunk (``R`` depends
-on ``Z_0``); it is written with as few operations per chunk as the algebra allows, since at
-``C = K = 64`` each one costs more in dispatch than in arithmetic:
-
-- ``sqrt(G_i G_t) R_it`` is ``(K̂ Z_0 K̂ᵀ)_it`` with ``K̂ = diag(√G) K``, so ``B`` is one ``baddbmm``;
-- with the Cholesky factor ``F = L diag(√s)``, ``I + N = (g ∘ F) diag(√s)⁻¹`` (``g_it = sqrt(G_i/G_t)``),
-  so one non-unit triangular solve gives ``X = (g ∘ F)⁻¹ (K − diag(G) K Z_0)`` and
-  ``u_t = √s_t x_t``, ``w_t = x_t / √s_t``, ``Z_C = G_C Z_0 + Σ_i (G_C/G_i) x_i x_iᵀ``.
+and step 7 runs for all chunks afterwards. The covariance path must run chunk by chunk (``B``
+depends on ``P_0``).
 
 Per chunk per head the cost is ``O(C K² + C²(K+V) + C³ + C K V)``.
 

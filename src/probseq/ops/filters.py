@@ -19,17 +19,16 @@ import math
 import torch
 from torch import Tensor
 
-from probseq.design import (DesignModel, LinearReadout, MatrixNormalPrior, MemoryDynamics, RegressionWrite,
+from probseq.design import (R_MIN, DesignModel, LinearReadout, MatrixNormalPrior, MemoryDynamics, RegressionWrite,
                             SuperpositionWrite, reference_filter)
 from probseq.ops.bayes_chunked import bayes_chunked
 from probseq.ops.bayes_recurrent import bayes_recurrent, bayes_step_core
 from probseq.ops.superposition import superposition_chunked, superposition_recurrent, superposition_step_core
 from probseq.types import BayesState, FilterOutput, Impl, resolve_impl
-from probseq.ops.validation import (check_chunk_size, check_cu_seqlens, check_gate, check_qkv, check_scale,
-                                    check_state)
+from probseq.ops.validation import (as_state, check_chunk_size, check_cu_seqlens, check_gate, check_qkv,
+                                    check_scale, check_state)
 from probseq.ops.varlen import Packing
 
-R_MIN = 1e-4  # default floor on the write noise r (keeps the chunk Cholesky defined when γ ≈ 1, β ≈ 1)
 
 
 def compute_dtype(*tensors: Tensor | None) -> torch.dtype:
@@ -199,17 +198,6 @@ def regression_design(g: Tensor | None, beta: Tensor, gamma: Tensor | None, *, s
                        LinearReadout(scale))
 
 
-def _as_state(initial_state: BayesState | Tensor | tuple | None) -> BayesState | None:
-    if initial_state is None or isinstance(initial_state, BayesState):
-        return initial_state
-    if isinstance(initial_state, Tensor):
-        return BayesState(initial_state, None)
-    if isinstance(initial_state, tuple) and len(initial_state) == 2:
-        return BayesState(*initial_state)
-    raise ValueError("initial_state must be a BayesState(mean, cov), a (mean, cov) tuple or a mean tensor "
-                     f"[B, H, V, K], got {type(initial_state).__name__}")
-
-
 def _check_r_min(r_min: float) -> float:
     if isinstance(r_min, bool) or not isinstance(r_min, (int, float)) or not r_min >= 0:
         raise ValueError(f"r_min must be a float >= 0, got {r_min!r}")
@@ -247,7 +235,8 @@ def bayes_filter(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, beta: Tensor
             and bool((gamma == 0).all()):
         gamma = None
     design = regression_design(g, beta, gamma, scale=check_scale(scale, key_dim),
-                               initial_state=_as_state(initial_state), r_min=_check_r_min(r_min))
+                               initial_state=as_state("initial_state", initial_state),
+                               r_min=_check_r_min(r_min))
     return run_filter(design, q, k, v, impl=impl, chunk_size=chunk_size, output_final_state=output_final_state,
                       output_variance=output_variance, cu_seqlens=cu_seqlens)
 
@@ -255,7 +244,7 @@ def bayes_filter(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, beta: Tensor
 def superposition_design(g: Tensor | None, beta: Tensor | None, *, scale: float,
                          initial_state: BayesState | Tensor | None = None) -> DesignModel:
     """The linear-attention family's design model (SPEC §1.3)."""
-    state = _as_state(initial_state)
+    state = as_state("initial_state", initial_state)
     prior = MatrixNormalPrior() if state is None else MatrixNormalPrior(state.mean, state.cov)
     return DesignModel(prior, MemoryDynamics(g, None), SuperpositionWrite(beta), LinearReadout(scale))
 
@@ -306,11 +295,11 @@ def bayes_step(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, beta: Tensor, 
     check_gate("gamma", gamma, shape, "[B, H]", low=0.0, high=1.0)
     scale = check_scale(scale, key_dim)
     dtype = compute_dtype(q, k, v)
-    state = check_state("state", _as_state(state), batch, heads, key_dim, value_dim, with_cov=True,
+    state = check_state("state", as_state("state", state), batch, heads, key_dim, value_dim, with_cov=True,
                         check_range=False)
     state = MatrixNormalPrior(*(state or (None, None))).initial_state(
         batch, heads, key_dim, value_dim, track_cov=True, dtype=dtype, device=v.device)
-    noise = ((1 - beta) / beta).clamp_min(_check_r_min(r_min)).to(dtype)
+    noise = RegressionWrite.from_strength(beta, _check_r_min(r_min)).noise.to(dtype)
     log_alpha = torch.zeros(shape, dtype=dtype, device=v.device) if g is None else g.to(dtype)
     output, state, variance = bayes_step_core(q.to(dtype), k.to(dtype), v.to(dtype), log_alpha, noise,
                                               None if gamma is None else gamma.to(dtype), state, scale)
@@ -330,7 +319,7 @@ def superposition_step(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = None,
     check_gate("beta", beta, (batch, heads), "[B, H]", low=0.0, low_open=True)
     scale = check_scale(scale, key_dim)
     dtype = compute_dtype(q, k, v)
-    state = check_state("state", _as_state(state), batch, heads, key_dim, value_dim, with_cov=False)
+    state = check_state("state", as_state("state", state), batch, heads, key_dim, value_dim, with_cov=False)
     mean = (torch.zeros(batch, heads, value_dim, key_dim, dtype=dtype, device=v.device) if state is None
             else state.mean.to(dtype))
     output, mean = superposition_step_core(q.to(dtype), k.to(dtype), v.to(dtype),

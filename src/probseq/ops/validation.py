@@ -95,24 +95,28 @@ def check_chunk_size(chunk_size: int) -> int:
     return chunk_size
 
 
-def check_state(name: str, state: BayesState | Tensor | None, batch: int, heads: int, key_dim: int,
-                value_dim: int, *, with_cov: bool, check_range: bool = True) -> BayesState | None:
-    """Check an initial state and return it as a :class:`BayesState` with a symmetrised covariance.
+def as_state(name: str, state: BayesState | Tensor | tuple | None) -> BayesState | None:
+    """Accept a :class:`BayesState`, a ``(mean, cov)`` tuple or a bare mean tensor."""
+    if state is None or isinstance(state, BayesState):
+        return state
+    if isinstance(state, Tensor):
+        return BayesState(state, None)
+    if isinstance(state, tuple) and len(state) == 2:
+        return BayesState(*state)
+    raise ValueError(f"{name} must be a BayesState(mean, cov), a (mean, cov) tuple or a mean tensor [B, H, V, K], "
+                     f"got {type(state).__name__}")
 
-    A bare tensor is taken as the mean. ``mean`` must be ``[B, H, V, K]`` and ``cov`` ``[B, H, K, K]``
-    with eigenvalues in ``[0, 1]`` up to :data:`COV_TOLERANCE` (checked when ``check_range``: it costs
-    ``O(K³)`` per head, so the per-token decoding step skips it).
+
+def check_state(name: str, state: BayesState | None, batch: int, heads: int, key_dim: int,
+                value_dim: int, *, with_cov: bool, check_range: bool = True) -> BayesState | None:
+    """Check an initial state and return it with a symmetrised covariance.
+
+    ``mean`` must be ``[B, H, V, K]`` and ``cov`` ``[B, H, K, K]`` with eigenvalues in ``[0, 1]`` up to
+    :data:`COV_TOLERANCE` (checked when ``check_range``: it costs ``O(K³)`` per head, so the per-token
+    decoding step skips it).
     """
     if state is None:
         return None
-    if isinstance(state, Tensor):
-        state = BayesState(state, None)
-    if not isinstance(state, BayesState):
-        if isinstance(state, tuple) and len(state) == 2:
-            state = BayesState(*state)
-        else:
-            raise ValueError(f"{name} must be a BayesState(mean, cov), a (mean, cov) tuple or a mean tensor, "
-                             f"got {type(state).__name__}")
     mean, cov = state
     check_floating(f"{name}.mean", mean)
     expected = [batch, heads, value_dim, key_dim]
