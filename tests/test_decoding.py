@@ -63,9 +63,14 @@ def test_superposition_prefill_then_steps_equals_one_pass(per_channel):
     assert_close(state.mean, full.state.mean, 1e-9, "state")
 
 
-def test_step_state_is_constant_size():
-    """Decoding memory does not grow with position: the state is [B, H, V, K] + [B, H, K, K] always."""
-    x = bayes_inputs(1, 200, 1, 4, 3, seed=4, with_state=False)
-    out = bayes_filter(**{n: x[n] for n in FIELDS}, output_final_state=True)
-    step = bayes_step(*(x[n][:, -1] for n in FIELDS), out.state)
+def test_step_at_a_late_position_is_constant_size_and_exact():
+    """Decoding memory does not grow with position — the state is [B, H, V, K] + [B, H, K, K] at token 200
+    as at token 1 — and the step there still equals the parallel pass."""
+    x = bayes_inputs(1, 201, 1, 4, 3, seed=4, with_state=False)
+    head = bayes_filter(**{n: x[n][:, :200] for n in FIELDS}, output_final_state=True)
+    full = bayes_filter(**{n: x[n] for n in FIELDS}, output_final_state=True, output_variance=True, impl="reference")
+    step = bayes_step(*(x[n][:, -1] for n in FIELDS), head.state)
     assert step.state.mean.shape == (1, 1, 3, 4) and step.state.cov.shape == (1, 1, 4, 4)
+    assert_close(step.output, full.output[:, -1], 1e-9, "output")
+    assert_close(step.variance, full.variance[:, -1], 1e-9, "variance")
+    assert_close(step.state.cov, full.state.cov, 1e-9, "cov")

@@ -7,14 +7,19 @@ import pytest
 import torch
 
 from probseq.ops import BayesState, bayes_filter, superposition_filter
-from tests.conftest import TOLERANCE, assert_close, bayes_inputs
+from tests.conftest import stable_seed, TOLERANCE, assert_close, bayes_inputs
 
 FIELDS = ("q", "k", "v", "g", "beta", "gamma")
 
 
-def _run_bayes(inputs, impl, chunk_size=16, requires_grad=True):
-    """Filter, then backpropagate a fixed random projection of every output into every input."""
+def _run_bayes(inputs, impl, chunk_size=16, requires_grad=True, reset=False):
+    """Filter, then backpropagate a fixed random projection of every output into every input.
+
+    ``reset``: pass ``gamma=None`` (the covariance-reset fast path, Gated DeltaNet) instead of ``inputs["gamma"]``.
+    """
     leaves = {n: inputs[n].clone().requires_grad_(requires_grad) for n in FIELDS}
+    if reset:
+        leaves["gamma"] = None
     state = inputs["initial_state"]
     if state is not None:
         state = BayesState(*(t.clone().requires_grad_(requires_grad) for t in state))
@@ -26,16 +31,16 @@ def _run_bayes(inputs, impl, chunk_size=16, requires_grad=True):
         loss = sum((r.double() * torch.randn(r.shape, generator=gen, dtype=torch.float64)).sum()
                    for r in results.values())
         loss.backward()
-        results.update({f"d{n}": leaves[n].grad for n in FIELDS})
+        results.update({f"d{n}": leaves[n].grad for n in FIELDS if leaves[n] is not None})
         if state is not None:
             results.update({"dmean0": state.mean.grad, "dcov0": state.cov.grad})
-    return results
+    return {name: value for name, value in results.items() if value is not None}  # reset: P_0 has no gradient
 
 
 @pytest.mark.parametrize("regime", ["random", "retain", "reset", "mixed"])
 @pytest.mark.parametrize("impl,chunk_size", [("recurrent", 16), ("chunked", 16), ("chunked", 32), ("chunked", 5)])
 def test_bayes_forms_match_reference_float64(regime, impl, chunk_size):
-    inputs = bayes_inputs(length=37, regime=regime, seed=hash((regime, chunk_size)) % 1000)
+    inputs = bayes_inputs(length=37, regime=regime, seed=stable_seed(regime, chunk_size))
     expected = _run_bayes(inputs, "reference")
     actual = _run_bayes(inputs, impl, chunk_size)
     for name, value in expected.items():
@@ -53,17 +58,38 @@ def test_bayes_chunked_float32_matches_float64_reference(chunk_size):
         assert_close(actual[name], value, TOLERANCE[torch.float32], f"float32 chunked C={chunk_size} {name}")
 
 
+@pytest.mark.parametrize("reset", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("impl,chunk_size", [("chunked", 16), ("chunked", 5), ("recurrent", 16)])
+def test_reset_path_gradients_match_reference(impl, chunk_size, dtype, reset):
+    """The γ ≡ 0 fast path (``gamma=None``: every Gated DeltaNet and a distilled layer's start) has its own
+    backward: outputs, state and the gradient of every input equal the float64 reference's."""
+    inputs = bayes_inputs(length=37, regime="reset", seed=stable_seed("reset", impl, chunk_size))
+    expected = _run_bayes(inputs, "reference", reset=reset)
+    actual = _run_bayes({n: (x.to(dtype) if isinstance(x, torch.Tensor) else x) for n, x in inputs.items()},
+                        impl, chunk_size, reset=reset)
+    assert ("dgamma" in actual) != reset and set(actual) == set(expected)
+    for name, value in expected.items():
+        assert_close(actual[name], value, TOLERANCE[dtype], f"{impl}/reset={reset}/{dtype}/{name}")
+
+
+@pytest.mark.parametrize("reset", [False, True])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_bayes_chunked_half_inputs(dtype):
+def test_bayes_chunked_half_inputs(dtype, reset):
+    """Half inputs: the filter computes in float32. Tolerances belong to what is compared — half where a half
+    tensor is involved (the output, and every gradient: the cotangent of a half output is itself half); the
+    float32 state and variance must be float32-accurate (a half-precision r would be 1000× off)."""
     half = bayes_inputs(length=70, key_dim=16, value_dim=8, dtype=dtype, seed=3)
     # The reference sees exactly the rounded inputs, so the comparison measures the filter alone.
     exact = {n: (x.double() if isinstance(x, torch.Tensor) else x) for n, x in half.items()}
-    expected = _run_bayes(exact, "reference")
-    actual = _run_bayes(half, "chunked", 32)
+    expected = _run_bayes(exact, "reference", reset=reset)
+    actual = _run_bayes(half, "chunked", 32, reset=reset)
     assert actual["output"].dtype == dtype
     assert actual["mean"].dtype == torch.float32 and actual["cov"].dtype == torch.float32
+    assert set(actual) == set(expected)
     for name, value in expected.items():
-        assert_close(actual[name], value, TOLERANCE[dtype], f"{dtype} {name}")
+        tol = TOLERANCE[torch.float32] if name in ("mean", "cov", "variance") else TOLERANCE[dtype]
+        assert_close(actual[name], value, tol, f"{dtype} {name} ({actual[name].dtype})")
 
 
 def test_gamma_zero_takes_reset_path_and_matches_explicit_zeros():
@@ -110,6 +136,7 @@ def test_empty_sequence_returns_initial_state():
                            output_final_state=True, output_variance=True, impl=impl)
         assert out.output.shape == (2, 0, 2, 6) and out.variance.shape == (2, 0, 2)
         assert_close(out.state.mean, inputs["initial_state"].mean, 1e-12, impl)
+        assert_close(out.state.cov, inputs["initial_state"].cov, 1e-12, impl)
 
 
 def _superposition_inputs(per_channel: bool, dtype=torch.float64, seed=0, length=45):
@@ -157,7 +184,7 @@ def test_superposition_chunked_float32(per_channel):
 @pytest.mark.parametrize("regime", ["random", "reset"])
 def test_bayes_chunked_over_several_segments(monkeypatch, regime):
     """Long inputs are filtered segment by segment, carrying the state: exactly the same filter."""
-    import probseq.ops.filters as filters
+    import probseq.ops.run as filters
     monkeypatch.setattr(filters, "SEGMENT_CHUNKS", 2)  # segments of 2 chunks of 4 tokens
     inputs = bayes_inputs(length=37, regime=regime, seed=21)
     expected = _run_bayes(inputs, "reference")
@@ -168,7 +195,7 @@ def test_bayes_chunked_over_several_segments(monkeypatch, regime):
 
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_superposition_chunked_over_several_segments(monkeypatch, per_channel):
-    import probseq.ops.filters as filters
+    import probseq.ops.run as filters
     monkeypatch.setattr(filters, "SEGMENT_CHUNKS", 2)
     inputs, mean0 = _superposition_inputs(per_channel, seed=4)
     expected = _run_superposition(inputs, mean0, "reference", 4)

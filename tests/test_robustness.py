@@ -1,4 +1,4 @@
-"""The numerical contract (SPEC §7): no NaN/Inf for long sequences, extreme gates, zero keys and half
+"""The numerical contract (docs/numerics.md): no NaN/Inf for long sequences, extreme gates, zero keys and half
 inputs; the covariance stays symmetric with eigenvalues in [−1e-5, 1 + 1e-5]; the near-singular chunk
 regime (γ ≈ 1, β ≈ 1, C > K) stays accurate."""
 
@@ -59,8 +59,14 @@ def test_constant_extreme_gates(g, gamma, beta):
     gates = [torch.full(shape, value).requires_grad_() for value in (g, beta, gamma)]
     out = bayes_filter(*leaves, gates[0], gates[1], gates[2], output_final_state=True, output_variance=True,
                        impl="chunked")
-    assert torch.isfinite(out.output).all() and torch.isfinite(out.variance).all()
+    ref = bayes_filter(*(x.detach().double() for x in leaves + gates), output_final_state=True,
+                       output_variance=True, impl="reference")
     _check_state(out.state, f"g={g} gamma={gamma} beta={beta}")
+    # γ = β = 1 over 300 tokens is recursive least squares at r = r_min: float32 is ~1e-3 there (docs/numerics.md)
+    tol = 5e-3 if gamma == 1.0 and beta == 1.0 else 1e-4
+    for name, a, e in [("output", out.output, ref.output), ("variance", out.variance, ref.variance),
+                       ("mean", out.state.mean, ref.state.mean), ("cov", out.state.cov, ref.state.cov)]:
+        assert_close(a, e, tol, f"g={g} gamma={gamma} beta={beta} {name}")
     (out.output.sum() + out.variance.sum() + out.state.mean.sum() + out.state.cov.sum()).backward()
     for x in leaves + gates:
         assert torch.isfinite(x.grad).all()
@@ -82,10 +88,12 @@ def test_random_extreme_gates_match_reference(dtype):
     ref = bayes_filter(*(x.double() for x in (q, k, v, g, beta, gamma)), output_final_state=True,
                        output_variance=True, impl="reference")
     _check_state(out.state, str(dtype))
-    tol = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 1e-2}[dtype]
-    assert_close(out.output, ref.output, tol, "output")
-    assert_close(out.variance, ref.variance, tol, "variance")
-    assert_close(out.state.cov, ref.state.cov, tol, "cov")
+    # the reference sees the rounded inputs: the float32 variance and covariance must be float32-accurate;
+    # only the output is in the half dtype.
+    assert_close(out.output, ref.output, {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 1e-2}[dtype],
+                 "output")
+    assert_close(out.variance, ref.variance, 1e-4, "variance")
+    assert_close(out.state.cov, ref.state.cov, 1e-4, "cov")
 
 
 @pytest.mark.parametrize("gamma,beta,tol", [(1.0, 1.0, 1e-2), (0.999, 0.999, 1e-4)])

@@ -29,15 +29,15 @@ X = bayes_inputs(2, 5, 3, 4, 2, seed=0, with_state=False)
     (dict(beta=X["beta"][..., None]), r"beta must have shape \[B, T, H\]"),
     (dict(gamma=X["gamma"].mT), r"gamma \(certainty retention\) must have shape"),
     (dict(g=X["g"].abs() + 0.1), r"g \(log decay\) must lie in \(-inf, 0\]"),
-    (dict(beta=X["beta"] * 0), r"beta must lie in \(0, 1\]"),
-    (dict(beta=X["beta"] + 1.0), r"beta must lie in \(0, 1\]"),
+    (dict(beta=X["beta"] - 1.0), r"beta must lie in \[0, 1\]"),
+    (dict(beta=X["beta"] + 1.0), r"beta must lie in \[0, 1\]"),
     (dict(gamma=X["gamma"] - 1.0), r"gamma \(certainty retention\) must lie in \[0, 1\]"),
     (dict(gamma=X["gamma"] * float("nan")), r"gamma \(certainty retention\) must lie in \[0, 1\]"),
     (dict(q=X["q"].long()), r"q must have a floating dtype"),
     (dict(impl="fast"), r"impl must be one of"),
     (dict(chunk_size=0), r"chunk_size must be a positive int"),
-    (dict(scale=-1.0), r"scale must be a positive float"),
-    (dict(r_min=-1.0), r"r_min must be a float >= 0"),
+    (dict(scale=-1.0), r"scale must be a finite float > 0"),
+    (dict(r_min=-1.0), r"r_min must be a finite float >= 0"),
     (dict(initial_state=torch.zeros(2, 3, 4, 2)), r"initial_state.mean must have shape \[B, H, V, K\] = \[2, 3, 2, 4\]"),
     (dict(initial_state=BayesState(torch.zeros(2, 3, 2, 4), torch.zeros(2, 3, 4))), r"initial_state.cov must have shape"),
     (dict(initial_state=BayesState(torch.zeros(2, 3, 2, 4, dtype=torch.float64), 2 * torch.eye(4, dtype=torch.float64).expand(2, 3, 4, 4))),
@@ -76,7 +76,7 @@ def test_step_and_superposition_reject():
         bayes_step(q, k, v, g, beta, gamma[:, :2], None)
     with pytest.raises(ValueError, match=r"state.mean must have shape"):
         bayes_step(q, k, v, g, beta, gamma, BayesState(torch.zeros(1, 3, 2, 4), None))
-    with pytest.raises(ValueError, match=r"beta \(evidence weight\) must lie in \(0, inf\]"):
+    with pytest.raises(ValueError, match=r"beta \(evidence weight\) must lie in \[0, inf\]"):
         superposition_filter(x["q"], x["k"], x["v"], beta=-x["beta"])
     with pytest.raises(ValueError, match=r"gamma \(certainty retention\) applies to regression designs only"):
         from probseq.design import DesignModel, LinearReadout, MatrixNormalPrior, MemoryDynamics, SuperpositionWrite

@@ -11,21 +11,30 @@ from tests.conftest import assert_close, bayes_inputs
 FIELDS = ("q", "k", "v", "g", "beta", "gamma")
 
 
+@pytest.mark.parametrize("retention", ["random", "zeros", "reset"])
 @pytest.mark.parametrize("impl", ["reference", "recurrent", "chunked"])
-def test_bayes_varlen_equals_separate_runs(impl):
+def test_bayes_varlen_equals_separate_runs(impl, retention):
+    """Every sequence's outputs, variances, final mean and covariance and gradients equal a separate run —
+    with random γ, an all-zero γ tensor and the covariance reset (γ = None), whose padding must not reset
+    the final covariance of a shorter sequence (an empty one keeps its P_0)."""
     lengths = [5, 0, 17, 1, 9]
     total = sum(lengths)
-    x = bayes_inputs(1, total, 2, 6, 4, seed=5, with_state=False)
+    x = bayes_inputs(1, total, 2, 6, 4, seed=5, with_state=False, regime="reset" if retention != "random" else "random")
+    fields = FIELDS if retention != "reset" else FIELDS[:-1]
     gen = torch.Generator().manual_seed(0)
     states = BayesState(torch.randn(len(lengths), 2, 4, 6, dtype=torch.float64, generator=gen),
                         torch.eye(6, dtype=torch.float64).expand(len(lengths), 2, 6, 6) * 0.5)
     cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist())
-    leaves = {n: x[n].clone().requires_grad_() for n in FIELDS}
+    leaves = {n: x[n].clone().requires_grad_() for n in fields}
+    if retention == "reset":
+        leaves["gamma"] = None
     packed = bayes_filter(**leaves, initial_state=states, output_final_state=True, output_variance=True,
                           impl=impl, chunk_size=4, cu_seqlens=cu)
     (packed.output.sum() + packed.state.mean.sum() + packed.variance.sum()).backward()
     for i, (start, end) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
-        alone_leaves = {n: x[n][:, start:end].clone().requires_grad_() for n in FIELDS}
+        alone_leaves = {n: x[n][:, start:end].clone().requires_grad_() for n in fields}
+        if retention == "reset":
+            alone_leaves["gamma"] = None
         alone = bayes_filter(**alone_leaves, initial_state=BayesState(states.mean[i:i + 1], states.cov[i:i + 1]),
                              output_final_state=True, output_variance=True, impl="reference")
         assert_close(packed.output[:, start:end], alone.output, 1e-9, f"seq {i} output")
@@ -34,7 +43,7 @@ def test_bayes_varlen_equals_separate_runs(impl):
         assert_close(packed.state.cov[i:i + 1], alone.state.cov, 1e-9, f"seq {i} cov")
         if end > start:
             (alone.output.sum() + alone.state.mean.sum() + alone.variance.sum()).backward()
-            for n in FIELDS:
+            for n in fields:
                 assert_close(leaves[n].grad[:, start:end], alone_leaves[n].grad, 1e-9, f"seq {i} d{n}")
 
 

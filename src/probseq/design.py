@@ -34,6 +34,7 @@ from torch import Tensor
 from probseq.types import BayesState, FilterOutput
 
 __all__ = [
+    "R_MAX",
     "R_MIN",
     "DesignModel",
     "LinearReadout",
@@ -41,11 +42,39 @@ __all__ = [
     "MemoryDynamics",
     "RegressionWrite",
     "SuperpositionWrite",
+    "compute_dtype",
+    "noise_from_strength",
     "reference_filter",
+    "regression_design",
+    "superposition_design",
 ]
 
 
 R_MIN = 1e-4  # default floor on the write noise r (keeps the chunk Cholesky defined when γ ≈ 1, β ≈ 1)
+# Ceiling on r: β = 0 (a sigmoid that underflowed) means "no write", r = ∞. A gain of 1/(1 + 1e30) is zero at
+# every working precision, while every form (the chunk Cholesky included) stays finite; see docs/numerics.md.
+R_MAX = 1e30
+
+
+def noise_from_strength(beta: Tensor | float, r_min: float = R_MIN) -> Tensor | float:
+    """Write noise ``r = clamp((1 − β)/β, r_min, R_MAX)`` of a write strength ``β ∈ [0, 1]``.
+
+    ``r_min = 0`` gives the delta rule's exact ``r`` (its gain on a unit key, ``1/(1 + r)``, is ``β``).
+    ``β = 0`` gives ``r = R_MAX`` (no write) with a finite, zero gradient. Compute it in the filter's
+    compute dtype: ``(1 − β)/β`` formed in bfloat16 is off by 0.4 %.
+    """
+    if not isinstance(beta, Tensor):
+        return min(max((1 - beta) / beta, r_min), R_MAX) if beta > 0 else R_MAX
+    # clamp β first: (1 − β)/β at β = 0 has an infinite derivative, and 0 · ∞ is NaN in the backward.
+    beta = beta.clamp_min(1 / (1 + R_MAX))
+    return ((1 - beta) / beta).clamp(r_min, R_MAX)
+
+
+def compute_dtype(*tensors: Tensor | None) -> torch.dtype:
+    """The dtype every filter form computes and keeps its state in: ``float64`` if any floating input
+    (``q, k, v``, a gate or the initial state) is ``float64``, else ``float32``. Half-precision inputs are
+    allowed; states and factorisations never run in half. The output has the dtype of ``v``."""
+    return torch.float64 if any(x is not None and x.dtype == torch.float64 for x in tensors) else torch.float32
 
 
 @dataclass(frozen=True)
@@ -59,6 +88,13 @@ class MatrixNormalPrior:
 
     mean: Tensor | None = None
     cov: Tensor | None = None
+
+    @classmethod
+    def from_state(cls, state: BayesState | Tensor | None) -> MatrixNormalPrior:
+        """The prior centred on a given state (a bare tensor is a mean; ``None``: the default ``MN(0, Σ, I)``)."""
+        if state is None:
+            return cls()
+        return cls(state, None) if isinstance(state, Tensor) else cls(state.mean, state.cov)
 
     def initial_state(self, batch: int, heads: int, key_dim: int, value_dim: int, *, track_cov: bool,
                       dtype: torch.dtype, device: torch.device) -> BayesState:
@@ -137,7 +173,8 @@ class RegressionWrite:
 
     @classmethod
     def from_strength(cls, beta: Tensor, r_min: float = R_MIN) -> RegressionWrite:
-        return cls(noise=((1 - beta) / beta).clamp_min(r_min))
+        """``r = clamp((1 − β)/β, r_min, R_MAX)`` (:func:`noise_from_strength`)."""
+        return cls(noise=noise_from_strength(beta, r_min))
 
     def update(self, state: BayesState, key: Tensor, value: Tensor, t: int) -> BayesState:
         mean, cov = state
@@ -208,13 +245,53 @@ class DesignModel:
         """Only the regression write model uses the covariance; superposition never reads it."""
         return isinstance(self.write, RegressionWrite)
 
+    def tensors(self) -> tuple[Tensor | None, ...]:
+        """Every tensor of the design (gates and prior), for dtype and device rules."""
+        write = self.write.noise if isinstance(self.write, RegressionWrite) else self.write.weight
+        return (self.prior.mean, self.prior.cov, self.dynamics.log_decay, self.dynamics.retention, write)
+
+    def to(self, dtype: torch.dtype) -> DesignModel:
+        """The same design with every tensor cast to ``dtype`` (gradients flow through the cast)."""
+        def cast(x: Tensor | None) -> Tensor | None:
+            return None if x is None else x.to(dtype)
+        write = (RegressionWrite(cast(self.write.noise)) if isinstance(self.write, RegressionWrite)
+                 else SuperpositionWrite(cast(self.write.weight)))
+        return DesignModel(MatrixNormalPrior(cast(self.prior.mean), cast(self.prior.cov)),
+                           MemoryDynamics(cast(self.dynamics.log_decay), cast(self.dynamics.retention)),
+                           write, self.readout)
+
+
+def regression_design(g: Tensor | None, beta: Tensor, gamma: Tensor | None, *, scale: float,
+                      initial_state: BayesState | None = None, r_min: float = R_MIN,
+                      dtype: torch.dtype | None = None) -> DesignModel:
+    """The Bayesian Layer's design model from its gates (docs/design-model.md): decay ``α = exp(g)``,
+    retention ``γ`` (``None``: the covariance is reset before every write, the delta-rule family) and
+    noise ``r = clamp((1 − β)/β, r_min, R_MAX)`` formed in ``dtype`` (default: :func:`compute_dtype` of
+    the gates and state). The one place gates become a design."""
+    prior = MatrixNormalPrior.from_state(initial_state)
+    dtype = dtype or compute_dtype(g, beta, gamma, prior.mean, prior.cov)
+    return DesignModel(prior, MemoryDynamics(g, gamma),
+                       RegressionWrite.from_strength(beta.to(dtype), r_min), LinearReadout(scale)).to(dtype)
+
+
+def superposition_design(g: Tensor | None, beta: Tensor | None, *, scale: float,
+                         initial_state: BayesState | None = None,
+                         dtype: torch.dtype | None = None) -> DesignModel:
+    """The linear-attention family's design model: decay ``exp(g)`` (``[B, T, H]`` or per key channel
+    ``[B, T, H, K]``) and evidence weight ``β`` (``None``: 1)."""
+    prior = MatrixNormalPrior.from_state(initial_state)
+    dtype = dtype or compute_dtype(g, beta, prior.mean, prior.cov)
+    return DesignModel(prior, MemoryDynamics(g, None),
+                       SuperpositionWrite(beta), LinearReadout(scale)).to(dtype)
+
 
 def reference_filter(design: DesignModel, q: Tensor, k: Tensor, v: Tensor, *,
                      output_final_state: bool = False, output_variance: bool = False) -> FilterOutput:
-    """The exact filter of ``design``, token by token: ``predict → update → read`` (SPEC §1).
+    """The exact filter of ``design``, token by token: ``predict → update → read`` (docs/design-model.md).
 
-    Computes in ``float64`` for ``float64`` inputs and ``float32`` otherwise; the output has the dtype
-    of ``v``. Inputs are assumed validated (see :func:`probseq.ops.run_filter`).
+    Computes in :func:`compute_dtype` of all inputs (``float64`` if any is, else ``float32``), like every
+    form; the output has the dtype of ``v``. Inputs are assumed validated (see
+    :func:`probseq.ops.run_filter`).
 
     Args:
         design: the design model; its per-token tensors are ``[B, T, H(, K)]``.
@@ -226,7 +303,8 @@ def reference_filter(design: DesignModel, q: Tensor, k: Tensor, v: Tensor, *,
     """
     batch, length, heads, key_dim = q.shape
     out_dtype = v.dtype
-    dtype = torch.promote_types(v.dtype, torch.float32)
+    dtype = compute_dtype(q, k, v, *design.tensors())
+    design = design.to(dtype)
     q, k, v = (x.to(dtype) for x in (q, k, v))
     state = design.prior.initial_state(batch, heads, key_dim, v.shape[-1], track_cov=design.tracks_covariance,
                                        dtype=dtype, device=v.device)

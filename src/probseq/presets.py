@@ -1,4 +1,4 @@
-"""Named recurrences of the literature as design-model presets (SPEC §1.2–§1.3).
+"""Named recurrences of the literature as design-model presets (docs/design-model.md).
 
 Each function takes the named model's *native* parameters (flash-linear-attention conventions:
 ``[B, T, H, ·]`` layout, log-space decays) and runs the exact filter of one design model through
@@ -31,45 +31,49 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from probseq.design import R_MIN, DesignModel, LinearReadout, MatrixNormalPrior, MemoryDynamics, RegressionWrite
-from probseq.ops.filters import bayes_filter, run_filter, superposition_design
-from probseq.ops.validation import as_state, check_gate, check_qkv, check_scale
+from probseq.ops import bayes_filter, run_filter, superposition_filter
+from probseq.ops.validation import ValueChecks, as_state, check_gate, check_qkv, check_scale
 from probseq.types import BayesState, FilterOutput, Impl
 
 __all__ = ["bayesian", "deltanet", "gated_deltanet", "gla", "linear_attention", "longhorn", "mamba2",
            "simple_gla"]
 
 
-def _superposition(q, k, v, g, beta, scale, initial_state, output_final_state, impl, chunk_size):
-    scale = check_scale(scale, check_qkv(q, k, v)[3])
-    design = superposition_design(g, beta, scale=scale, initial_state=initial_state)
-    return run_filter(design, q, k, v, impl=impl, chunk_size=chunk_size, output_final_state=output_final_state)
-
-
 def linear_attention(q: Tensor, k: Tensor, v: Tensor, *, scale: float | None = None,
                      initial_state: Tensor | BayesState | None = None, output_final_state: bool = False,
-                     impl: Impl = "auto", chunk_size: int = 64) -> FilterOutput:
+                     impl: Impl = "auto", chunk_size: int = 64, validate: bool = True) -> FilterOutput:
     """Linear attention ``o_t = (Σ_{j≤t} v_j k_jᵀ) q̃_t``: q, k ``[B, T, H, K]``, v ``[B, T, H, V]``."""
-    return _superposition(q, k, v, None, None, scale, initial_state, output_final_state, impl, chunk_size)
+    return superposition_filter(q, k, v, scale=scale, initial_state=initial_state,
+                                output_final_state=output_final_state, impl=impl, chunk_size=chunk_size,
+                                validate=validate)
 
 
 def simple_gla(q: Tensor, k: Tensor, v: Tensor, g: Tensor, *, scale: float | None = None,
                initial_state: Tensor | BayesState | None = None, output_final_state: bool = False,
-               impl: Impl = "auto", chunk_size: int = 64) -> FilterOutput:
+               impl: Impl = "auto", chunk_size: int = 64, validate: bool = True) -> FilterOutput:
     """RetNet / scalar-gated linear attention, ``M_t = exp(g_t) M_{t-1} + v_t k_tᵀ``; g ``[B, T, H]`` ≤ 0."""
-    return _superposition(q, k, v, g, None, scale, initial_state, output_final_state, impl, chunk_size)
+    if g is not None and g.dim() != 3:
+        raise ValueError(f"g must have shape [B, T, H] (a scalar decay per head), got {list(g.shape)}")
+    return superposition_filter(q, k, v, g, scale=scale, initial_state=initial_state,
+                                output_final_state=output_final_state, impl=impl, chunk_size=chunk_size,
+                                validate=validate)
 
 
 def gla(q: Tensor, k: Tensor, v: Tensor, gk: Tensor, *, scale: float | None = None,
         initial_state: Tensor | BayesState | None = None, output_final_state: bool = False,
-        impl: Impl = "auto", chunk_size: int = 16) -> FilterOutput:
+        impl: Impl = "auto", chunk_size: int = 16, validate: bool = True) -> FilterOutput:
     """Gated linear attention, ``M_t = M_{t-1} diag(exp(gk_t)) + v_t k_tᵀ``; gk ``[B, T, H, K]`` ≤ 0
     (per-channel decay masks are ``[C, C, K]``: the default chunk is 16)."""
-    return _superposition(q, k, v, gk, None, scale, initial_state, output_final_state, impl, chunk_size)
+    if gk is not None and gk.dim() != 4:
+        raise ValueError(f"gk must have shape [B, T, H, K] (a decay per key channel), got {list(gk.shape)}")
+    return superposition_filter(q, k, v, gk, scale=scale, initial_state=initial_state,
+                                output_final_state=output_final_state, impl=impl, chunk_size=chunk_size,
+                                validate=validate)
 
 
 def mamba2(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, *,
            initial_state: Tensor | BayesState | None = None, output_final_state: bool = False,
-           impl: Impl = "auto", chunk_size: int = 64) -> FilterOutput:
+           impl: Impl = "auto", chunk_size: int = 64, validate: bool = True) -> FilterOutput:
     """Mamba-2 / SSD without the ``D`` skip: ``h_t = exp(Δ_t A) h_{t-1} + Δ_t x_t B_tᵀ``, ``y_t = h_t C_t``.
 
     Args:
@@ -81,79 +85,89 @@ def mamba2(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, *,
         :class:`FilterOutput` with ``output = y [B, T, H, P]``.
     """
     batch, length, heads, _, _ = check_qkv(C, B, x)
-    check_gate("dt", dt, (batch, length, heads), "[B, T, H]", low=0.0, low_open=True)
-    check_gate("A", A, (heads,), "[H]", high=0.0)
-    if bool((A.detach() == 0).any()):
-        raise ValueError("A must be negative (Mamba-2 parametrises A = -exp(A_log)), found zeros")
-    return _superposition(C, B, x, dt * A, dt, 1.0, initial_state, output_final_state, impl, chunk_size)
+    checks = ValueChecks() if validate else None
+    check_gate("dt", dt, (batch, length, heads), "[B, T, H]", checks, low=0.0, low_open=True, device=x.device)
+    check_gate("A", A, (heads,), "[H]", checks, high=0.0, device=x.device)
+    if checks is not None:
+        checks.finite("dt", dt)
+        checks.require((A.detach() < 0).all(), lambda: "A must be negative (Mamba-2 parametrises A = -exp(A_log)), "
+                                                       "found zeros")
+        checks.resolve()
+    return superposition_filter(C, B, x, dt * A, dt, scale=1.0, initial_state=initial_state,
+                                output_final_state=output_final_state, impl=impl, chunk_size=chunk_size,
+                                validate=validate)
 
 
-def _unit_keys(name: str, q: Tensor, k: Tensor, normalize: bool) -> tuple[Tensor, Tensor]:
+def _unit_keys(name: str, q: Tensor, k: Tensor, normalize: bool, validate: bool) -> tuple[Tensor, Tensor]:
     """L2-normalise ``q, k`` or check that ``k`` has unit (or zero) norm."""
     check_qkv(q, k, k)
     if normalize:
         return F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-    norm2 = k.detach().float().square().sum(-1)
-    tolerance = max(1e-3, 8 * torch.finfo(k.dtype).eps)
-    bad = ~(((norm2 - 1).abs() <= tolerance) | (norm2 == 0))
-    if bool(bad.any()):
-        raise ValueError(f"{name} is the covariance-reset reduction for unit-norm keys: k must have ‖k‖ = 1 "
-                         f"(or 0) along its last dim, found ‖k‖² = {norm2[bad][0].item():.4g}; L2-normalise "
-                         "the keys or pass use_qk_l2norm_in_kernel=True")
+    if validate:
+        norm2 = k.detach().float().square().sum(-1)
+        tolerance = max(1e-3, 8 * torch.finfo(k.dtype).eps)
+        bad = ~(((norm2 - 1).abs() <= tolerance) | (norm2 == 0))
+        checks = ValueChecks()
+        checks.require(~bad.any(), lambda: (
+            f"{name} is the covariance-reset reduction for unit-norm keys: k must have ‖k‖ = 1 (or 0) along its "
+            f"last dim, found ‖k‖² = {norm2[bad][0].item():.4g}; L2-normalise the keys or pass "
+            "use_qk_l2norm_in_kernel=True"))
+        checks.resolve()
     return q, k
 
 
-def _reset_design(g: Tensor | None, noise: Tensor, scale: float, initial_state) -> DesignModel:
-    """Regression design with the covariance reset before every write (``γ = 0``)."""
-    state = as_state("initial_state", initial_state)
-    prior = MatrixNormalPrior() if state is None else MatrixNormalPrior(*state)
-    return DesignModel(prior, MemoryDynamics(g, None), RegressionWrite(noise), LinearReadout(scale))
-
-
 def _delta(name, q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel, impl,
-           chunk_size):
-    _, length, heads, key_dim, _ = check_qkv(q, k, v)
-    q, k = _unit_keys(name, q, k, use_qk_l2norm_in_kernel)
-    check_gate("beta", beta, (k.shape[0], length, heads), "[B, T, H]", low=0.0, high=1.0, low_open=True)
+           chunk_size, validate):
+    q, k = _unit_keys(name, q, k, use_qk_l2norm_in_kernel, validate)
     # r = (1-β)/β exactly (no floor): with unit keys the write key k/(1 + r) is β k.
-    design = _reset_design(g, (1 - beta) / beta, check_scale(scale, key_dim), initial_state)
-    return run_filter(design, q, k, v, impl=impl, chunk_size=chunk_size, output_final_state=output_final_state)
+    return bayes_filter(q, k, v, g, beta, None, scale=scale, initial_state=initial_state,
+                        output_final_state=output_final_state, impl=impl, chunk_size=chunk_size, r_min=0.0,
+                        validate=validate)
 
 
 def deltanet(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, *, scale: float | None = None,
              initial_state: Tensor | BayesState | None = None, output_final_state: bool = False,
-             use_qk_l2norm_in_kernel: bool = False, impl: Impl = "auto", chunk_size: int = 64) -> FilterOutput:
-    """DeltaNet ``M_t = M_{t-1}(I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ``: beta ``[B, T, H]`` in ``(0, 1]``."""
+             use_qk_l2norm_in_kernel: bool = False, impl: Impl = "auto", chunk_size: int = 64,
+             validate: bool = True) -> FilterOutput:
+    """DeltaNet ``M_t = M_{t-1}(I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ``: beta ``[B, T, H]`` in ``[0, 1]``."""
     return _delta("DeltaNet", q, k, v, None, beta, scale, initial_state, output_final_state,
-                  use_qk_l2norm_in_kernel, impl, chunk_size)
+                  use_qk_l2norm_in_kernel, impl, chunk_size, validate)
 
 
 def gated_deltanet(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, *, scale: float | None = None,
                    initial_state: Tensor | BayesState | None = None, output_final_state: bool = False,
                    use_qk_l2norm_in_kernel: bool = False, impl: Impl = "auto",
-                   chunk_size: int = 64) -> FilterOutput:
+                   chunk_size: int = 64, validate: bool = True) -> FilterOutput:
     """Gated DeltaNet ``M_t = α_t M_{t-1}(I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ``, ``α = exp(g)``;
     g, beta ``[B, T, H]`` (flash-linear-attention's ``chunk_gated_delta_rule`` argument order)."""
     return _delta("Gated DeltaNet", q, k, v, g, beta, scale, initial_state, output_final_state,
-                  use_qk_l2norm_in_kernel, impl, chunk_size)
+                  use_qk_l2norm_in_kernel, impl, chunk_size, validate)
 
 
 def longhorn(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, *, scale: float | None = None,
              initial_state: Tensor | BayesState | None = None, output_final_state: bool = False,
-             impl: Impl = "auto", chunk_size: int = 64) -> FilterOutput:
+             impl: Impl = "auto", chunk_size: int = 64, validate: bool = True) -> FilterOutput:
     """Longhorn's online regression ``M_t = argmin ‖M − M_{t-1}‖² + β'‖M k_t − v_t‖²``, i.e. the gain
     ``β' k /(1 + β'‖k‖²)`` on raw keys; beta ``[B, T, H]`` is ``β' > 0`` (noise ``r = 1/β'``)."""
     _, length, heads, key_dim, _ = check_qkv(q, k, v)
-    check_gate("beta", beta, (k.shape[0], length, heads), "[B, T, H]", low=0.0, low_open=True)
-    design = _reset_design(None, 1 / beta, check_scale(scale, key_dim), initial_state)
-    return run_filter(design, q, k, v, impl=impl, chunk_size=chunk_size, output_final_state=output_final_state)
+    checks = ValueChecks() if validate else None
+    check_gate("beta", beta, (k.shape[0], length, heads), "[B, T, H]", checks, low=0.0, low_open=True,
+               device=k.device)
+    if checks is not None:
+        checks.finite("beta", beta)
+        checks.resolve()
+    state = as_state("initial_state", initial_state)
+    design = DesignModel(MatrixNormalPrior.from_state(state), MemoryDynamics(None, None), RegressionWrite(1 / beta),
+                         LinearReadout(check_scale(scale, key_dim)))
+    return run_filter(design, q, k, v, impl=impl, chunk_size=chunk_size, output_final_state=output_final_state,
+                      validate=validate)
 
 
 def bayesian(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, beta: Tensor, gamma: Tensor | None, *,
              scale: float | None = None, initial_state: BayesState | None = None,
              output_final_state: bool = False, output_variance: bool = False, impl: Impl = "auto",
-             chunk_size: int = 64, r_min: float = R_MIN) -> FilterOutput:
+             chunk_size: int = 64, r_min: float = R_MIN, validate: bool = True) -> FilterOutput:
     """The Bayesian Layer (regression design with certainty retention γ); see :func:`probseq.ops.bayes_filter`."""
     return bayes_filter(q, k, v, g, beta, gamma, scale=scale, initial_state=initial_state,
                         output_final_state=output_final_state, output_variance=output_variance, impl=impl,
-                        chunk_size=chunk_size, r_min=r_min)
+                        chunk_size=chunk_size, r_min=r_min, validate=validate)

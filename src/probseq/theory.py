@@ -33,6 +33,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from probseq.design import noise_from_strength  # re-exported: r of a write strength β, one definition
+
 __all__ = [
     "RiccatiPath",
     "bayes_interference_factor",
@@ -67,16 +69,6 @@ __all__ = [
 ]
 
 Scalar = float | Tensor
-
-
-def noise_from_strength(beta: Scalar, r_min: float = 0.0) -> Scalar:
-    """Write noise ``r = max((1 − β)/β, r_min)`` of a write strength ``β ∈ (0, 1]`` (SPEC §1.1).
-
-    ``r_min = 0`` gives the delta rule's exact ``r`` (its gain ``1/(1 + r)`` is ``β``); the Bayesian
-    Layer uses ``r_min = 1e-4``.
-    """
-    r = (1 - beta) / beta
-    return r.clamp_min(r_min) if isinstance(r, Tensor) else max(r, r_min)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -363,7 +363,7 @@ def run_unit(scenario: str, model: Model, config: CollisionConfig) -> dict[str, 
 
 def scenario_notes(config: CollisionConfig) -> dict[str, dict[str, Any]]:
     """What each scenario fixes, and reference curves that belong to no single model."""
-    r = theory.noise_from_strength(config.beta)
+    r = theory.noise_from_strength(config.beta, 0.0)
     ns = torch.tensor(capacity_grid(config), dtype=F64)
     return {
         "repeated_key": {"noise_std": config.noise_std,

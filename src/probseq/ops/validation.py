@@ -1,7 +1,24 @@
-"""Input validation at the public boundary (SPEC §7): a clear ``ValueError`` naming the argument and
-the expected shape or range — never a silent broadcast."""
+"""Input validation at the public boundary (docs/numerics.md, "Validation").
+
+Every public entry point (``bayes_filter``, ``bayes_step``, ``superposition_filter``,
+``superposition_step``, ``run_filter`` and the presets) returns a correct result or raises a
+``ValueError`` naming the argument and the expected shape or range — never a silent broadcast.
+
+Two kinds of check:
+
+- **Structure** (types, ranks, shapes, dtypes, Python scalars): free, always done.
+- **Values** (finiteness, gate ranges, the covariance range of a given ``P_0``, ``cu_seqlens``
+  ordering, and a numerical breakdown of the result): each is a reduction on the device. They are
+  collected in :class:`ValueChecks` and resolved with **one** host synchronisation per call, and the
+  whole set is skipped with ``validate=False`` (for trusted training loops, GPUs and
+  ``torch.compile``: no synchronisation at all then).
+"""
 
 from __future__ import annotations
+
+import math
+import numbers
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -15,6 +32,63 @@ COV_TOLERANCE = 1e-4
 
 def _shape(x: Tensor) -> list[int]:
     return list(x.shape)
+
+
+class ValueChecks:
+    """Value checks collected as device booleans and resolved with one host synchronisation.
+
+    ``require(ok, message)`` registers a 0-d bool tensor and a function that builds the error message
+    (called only on failure, so it may inspect the data); :meth:`resolve` raises the first failure in
+    registration order.
+    """
+
+    def __init__(self) -> None:
+        self._flags: list[Tensor] = []
+        self._messages: list[Callable[[], str]] = []
+
+    def require(self, ok: Tensor, message: Callable[[], str]) -> None:
+        self._flags.append(ok.reshape(()).to(torch.bool))
+        self._messages.append(message)
+
+    def finite(self, name: str, x: Tensor | None) -> None:
+        if x is None or x.numel() == 0:
+            return
+        x = x.detach()
+        self.require(torch.isfinite(x).all(), lambda: f"{name} contains NaN or Inf ({_count_nonfinite(x)})")
+
+    def in_range(self, name: str, x: Tensor | None, *, low: float | None = None, high: float | None = None,
+                 low_open: bool = False) -> None:
+        """``x`` in ``[low, high]`` (``(low, high]`` with ``low_open``); NaN is outside every range,
+        ``±inf`` inside an unbounded side."""
+        if x is None or x.numel() == 0:
+            return
+        x = x.detach()
+        inside = ~torch.isnan(x)
+        if low is not None:
+            inside &= (x > low) if low_open else (x >= low)
+        if high is not None:
+            inside &= x <= high
+
+        def message() -> str:
+            interval = (f"{'(' if low_open or low is None else '['}{'-inf' if low is None else f'{low:g}'}, "
+                        f"{'inf' if high is None else f'{high:g}'}]")
+            bad = x[~inside]
+            return f"{name} must lie in {interval}; found {bad.numel()} value(s) outside, e.g. {bad[0].item():g}"
+
+        self.require(inside.all(), message)
+
+    def resolve(self) -> None:
+        if not self._flags:
+            return
+        flags = torch.stack(self._flags).tolist()  # the one host synchronisation
+        for ok, message in zip(flags, self._messages):
+            if not ok:
+                raise ValueError(message())
+
+
+def _count_nonfinite(x: Tensor) -> str:
+    nan, inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+    return f"{nan} NaN, {inf} Inf of {x.numel()} values"
 
 
 def check_floating(name: str, x: Tensor) -> None:
@@ -53,11 +127,11 @@ def check_qkv(q: Tensor, k: Tensor, v: Tensor, *, step: bool = False) -> tuple[i
     return batch, length, heads, key_dim, v.shape[-1]
 
 
-def check_gate(name: str, x: Tensor | None, shape: tuple[int, ...], layout: str, *,
+def check_gate(name: str, x: Tensor | None, shape: tuple[int, ...], layout: str, checks: ValueChecks | None, *,
                low: float | None = None, high: float | None = None, low_open: bool = False,
-               allow_channel: int | None = None) -> None:
-    """Check a per-token gate: its shape is ``shape`` (or ``shape + (allow_channel,)``) and its values
-    lie in ``[low, high]`` (``(low, high]`` with ``low_open``). NaN is out of every range."""
+               allow_channel: int | None = None, device: torch.device | None = None) -> None:
+    """Check a per-token gate: a floating tensor of shape ``shape`` (or ``shape + (allow_channel,)``) on
+    ``device``; its values in ``[low, high]`` are registered with ``checks`` (skipped when ``None``)."""
     if x is None:
         return
     check_floating(name, x)
@@ -65,34 +139,34 @@ def check_gate(name: str, x: Tensor | None, shape: tuple[int, ...], layout: str,
     if tuple(x.shape) not in shapes:
         expected = " or ".join(f"{layout if i == 0 else layout[:-1] + ', K]'} = {list(s)}" for i, s in enumerate(shapes))
         raise ValueError(f"{name} must have shape {expected}, got {_shape(x)}")
-    if x.numel() == 0:
-        return
-    x = x.detach()
-    inside = torch.ones_like(x, dtype=torch.bool)
-    if low is not None:
-        inside &= (x > low) if low_open else (x >= low)
-    if high is not None:
-        inside &= x <= high
-    if not bool(inside.all()):
-        interval = (f"{'(' if low_open or low is None else '['}{'-inf' if low is None else f'{low:g}'}, "
-                    f"{'inf' if high is None else f'{high:g}'}]")
-        bad = x[~inside]
-        raise ValueError(f"{name} must lie in {interval}; found {bad.numel()} value(s) outside, "
-                         f"e.g. {bad[0].item():g}")
+    if device is not None and x.device != device:
+        raise ValueError(f"{name} must be on the device of q, k, v ({device}), got {x.device}")
+    if checks is not None:
+        checks.in_range(name, x, low=low, high=high, low_open=low_open)
+
+
+def check_positive_number(name: str, value, *, allow_zero: bool = False, hint: str = "") -> float:
+    """A finite real number ``> 0`` (``≥ 0`` with ``allow_zero``): Python and NumPy scalars alike."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or not (value >= 0 if allow_zero else value > 0):
+        raise ValueError(f"{name} must be a finite float {'>= 0' if allow_zero else '> 0'}{hint}, got {value!r}")
+    return float(value)
 
 
 def check_scale(scale: float | None, key_dim: int) -> float:
     if scale is None:
         return key_dim ** -0.5
-    if isinstance(scale, Tensor) or not isinstance(scale, (int, float)) or not scale > 0 or scale != scale:
-        raise ValueError(f"scale must be a positive float (default K**-0.5), got {scale!r}")
-    return float(scale)
+    return check_positive_number("scale", scale, hint=" (default K**-0.5)")
+
+
+def check_r_min(r_min: float) -> float:
+    return check_positive_number("r_min", r_min, allow_zero=True, hint=" (the floor on the write noise r)")
 
 
 def check_chunk_size(chunk_size: int) -> int:
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int (16, 32, 64 or 128 are typical), got {chunk_size!r}")
-    return chunk_size
+    return int(chunk_size)
 
 
 def as_state(name: str, state: BayesState | Tensor | tuple | None) -> BayesState | None:
@@ -107,14 +181,16 @@ def as_state(name: str, state: BayesState | Tensor | tuple | None) -> BayesState
                      f"got {type(state).__name__}")
 
 
-def check_state(name: str, state: BayesState | None, batch: int, heads: int, key_dim: int,
-                value_dim: int, *, with_cov: bool, check_range: bool = True) -> BayesState | None:
-    """Check an initial state and return it with a symmetrised covariance.
+def check_state(name: str, state: BayesState | Tensor | tuple | None, batch: int, heads: int, key_dim: int,
+                value_dim: int, checks: ValueChecks | None, *, with_cov: bool,
+                check_range: bool = True) -> BayesState | None:
+    """Check an initial state; return it as a :class:`BayesState` with a symmetrised covariance.
 
-    ``mean`` must be ``[B, H, V, K]`` and ``cov`` ``[B, H, K, K]`` with eigenvalues in ``[0, 1]`` up to
-    :data:`COV_TOLERANCE` (checked when ``check_range``: it costs ``O(K³)`` per head, so the per-token
-    decoding step skips it).
+    ``mean`` must be ``[B, H, V, K]`` and ``cov`` ``[B, H, K, K]``. With ``checks``, both must be finite
+    and (when ``check_range``) ``cov`` must have eigenvalues in ``[0, 1]`` up to :data:`COV_TOLERANCE`
+    (``O(K³)`` per head: the per-token decoding step skips it).
     """
+    state = as_state(name, state)
     if state is None:
         return None
     mean, cov = state
@@ -122,6 +198,8 @@ def check_state(name: str, state: BayesState | None, batch: int, heads: int, key
     expected = [batch, heads, value_dim, key_dim]
     if _shape(mean) != expected:
         raise ValueError(f"{name}.mean must have shape [B, H, V, K] = {expected} (value-first), got {_shape(mean)}")
+    if checks is not None:
+        checks.finite(f"{name}.mean", mean)
     if cov is None:
         return BayesState(mean, None)
     if not with_cov:
@@ -131,27 +209,35 @@ def check_state(name: str, state: BayesState | None, batch: int, heads: int, key
     if _shape(cov) != expected:
         raise ValueError(f"{name}.cov must have shape [B, H, K, K] = {expected}, got {_shape(cov)}")
     cov = 0.5 * (cov + cov.transpose(-1, -2))
-    if check_range and cov.numel():
-        eig = torch.linalg.eigvalsh(cov.detach().double())
-        if not bool(((eig >= -COV_TOLERANCE) & (eig <= 1 + COV_TOLERANCE)).all()):
-            raise ValueError(f"{name}.cov must be a covariance within [0, I] (eigenvalues in [0, 1] up to "
-                             f"{COV_TOLERANCE:g}); found eigenvalues in [{eig.min().item():.3g}, {eig.max().item():.3g}]")
+    if checks is not None and cov.numel():
+        checks.finite(f"{name}.cov", cov)
+        if check_range:
+            _check_cov_range(name, cov, checks)
     return BayesState(mean, cov)
 
 
-def check_cu_seqlens(cu_seqlens: Tensor | None, batch: int, length: int) -> Tensor | None:
+def _check_cov_range(name: str, cov: Tensor, checks: ValueChecks) -> None:
+    cov = cov.detach().double()
+    finite = torch.isfinite(cov).all(dim=(-1, -2), keepdim=True)
+    eig = torch.linalg.eigvalsh(torch.where(finite, cov, torch.zeros((), dtype=cov.dtype, device=cov.device)))
+    ok = ((eig >= -COV_TOLERANCE) & (eig <= 1 + COV_TOLERANCE)).all()
+    checks.require(ok, lambda: f"{name}.cov must be a covariance within [0, I] (eigenvalues in [0, 1] up to "
+                               f"{COV_TOLERANCE:g}); found eigenvalues in [{eig.min().item():.3g}, {eig.max().item():.3g}]")
+
+
+def check_cu_seqlens(cu_seqlens: Tensor | None, batch: int, length: int, checks: ValueChecks | None) -> Tensor | None:
     """``cu_seqlens`` (FlashAttention convention): 1-d integer tensor ``[0, t_1, ..., T]``, nondecreasing,
-    with ``B == 1``."""
+    with ``B == 1``. Its values are checked through ``checks``."""
     if cu_seqlens is None:
         return None
     if not isinstance(cu_seqlens, Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.is_floating_point() \
-            or cu_seqlens.dtype == torch.bool:
+            or cu_seqlens.dtype == torch.bool or cu_seqlens.numel() < 2:
         raise ValueError("cu_seqlens must be a 1-d integer tensor [0, t_1, ..., T] (FlashAttention convention)")
     if batch != 1:
         raise ValueError(f"cu_seqlens requires packed inputs with B == 1, got B = {batch}")
-    values = cu_seqlens.tolist()
-    if len(values) < 2 or values[0] != 0 or values[-1] != length:
-        raise ValueError(f"cu_seqlens must start at 0 and end at T = {length}, got {values}")
-    if any(b < a for a, b in zip(values, values[1:])):
-        raise ValueError(f"cu_seqlens must be nondecreasing, got {values}")
+    if checks is not None:
+        checks.require((cu_seqlens[0] == 0) & (cu_seqlens[-1] == length),
+                       lambda: f"cu_seqlens must start at 0 and end at T = {length}, got {cu_seqlens.tolist()}")
+        checks.require((cu_seqlens[1:] >= cu_seqlens[:-1]).all(),
+                       lambda: f"cu_seqlens must be nondecreasing, got {cu_seqlens.tolist()}")
     return cu_seqlens

@@ -18,6 +18,9 @@ class Packing:
         cu = cu_seqlens.to(device=device, dtype=torch.long)
         lengths = cu[1:] - cu[:-1]
         self.num_sequences = lengths.numel()
+        self.nonempty = lengths > 0  # [S]
+        self.last_index = (cu[1:] - 1).clamp_min(0)  # packed index of each sequence's last token [S]
+        # the one host synchronisation of packing: the padded length is a shape
         self.max_length = int(lengths.max()) if self.num_sequences else 0
         offsets = torch.arange(self.max_length, device=device)
         self.valid = offsets[None, :] < lengths[:, None]  # [S, T_max]

@@ -1,4 +1,4 @@
-"""Exact chunk-parallel form of the regression design — the Bayesian Layer's training path (SPEC §2).
+"""Exact chunk-parallel form of the regression design — the Bayesian Layer's training path (docs/chunked-algorithm.md).
 
 Within a chunk of length ``C`` starting from ``(M_0, P_0)``, with in-chunk cumulative products
 ``G_t = ∏_{i≤t} γ_i`` and ``A_t = ∏_{i≤t} α_i`` (every ratio from :func:`segsum`, in log space).
@@ -41,34 +41,16 @@ Everything runs in float32 (float64 for float64 inputs); per-chunk tensors come 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor
 
+from probseq.ops.chunks import from_chunks, to_chunks
 from probseq.ops.segsum import log_retention, one_minus_exp, segsum
 from probseq.types import BayesState
 
 
-def to_chunks(x: Tensor, chunk_size: int, pad_value: float = 0.0) -> Tensor:
-    """``[B, T, H, ...]`` → ``[N, B·H, C, ...]``, padding ``T`` up to a multiple of ``C`` with ``pad_value``.
-
-    The chunk axis leads so that ``unbind(0)`` yields contiguous 3-d per-chunk tensors (no copies and
-    ``baddbmm`` in the sequential loops).
-    """
-    pad = (-x.shape[1]) % chunk_size
-    if pad:
-        x = F.pad(x.movedim(1, -1), (0, pad), value=pad_value).movedim(-1, 1)
-    return rearrange(x, "b (n c) h ... -> n (b h) c ...", c=chunk_size).contiguous()
-
-
-def from_chunks(x: Tensor, length: int, batch: int) -> Tensor:
-    """``[N, B·H, C, ...]`` → ``[B, T, H, ...]``, dropping the padding."""
-    return rearrange(x, "n (b h) c ... -> b (n c) h ...", b=batch)[:, :length]
-
-
 def bayes_chunked(q: Tensor, k: Tensor, v: Tensor, log_alpha: Tensor, noise: Tensor, gamma: Tensor | None,
                   state: BayesState, scale: float, chunk_size: int,
-                  output_variance: bool) -> tuple[Tensor, BayesState, Tensor | None]:
+                  output_variance: bool) -> tuple[Tensor, BayesState, Tensor | None, Tensor | None]:
     """Chunk-parallel exact filter on validated inputs in the compute dtype.
 
     Padding tokens (``k = 0``, ``α = γ = 1``, ``r = 1``) leave the state unchanged.
@@ -79,7 +61,9 @@ def bayes_chunked(q: Tensor, k: Tensor, v: Tensor, log_alpha: Tensor, noise: Ten
         state: ``BayesState(mean [B, H, V, K], cov [B, H, K, K])``.
 
     Returns:
-        ``(output [B, T, H, V], state, variance [B, T, H] or None)``.
+        ``(output [B, T, H, V], state, variance [B, T, H] or None, failed)``; ``failed`` is a bool scalar
+        tensor, true when a chunk's Cholesky factorisation failed (``None`` on the reset path). The
+        caller decides whether to synchronise on it (:func:`probseq.ops.run.filter_design`).
     """
     batch, length, heads, key_dim = k.shape
     size = chunk_size
@@ -95,8 +79,9 @@ def bayes_chunked(q: Tensor, k: Tensor, v: Tensor, log_alpha: Tensor, noise: Ten
         # Covariance reset: P_t^- = I, so u_t = k_t and s_t = ‖k_t‖² + r_t (Gated DeltaNet).
         s = ((k * k).sum(-1) + noise).clamp_min(torch.finfo(k.dtype).tiny)
         w = k / s[..., None]
+        failed = None
     else:
-        x, pivot, g_ratio, prior_var, cov_final = _covariance_path(
+        x, pivot, g_ratio, prior_var, cov_final, failed = _covariance_path(
             q, k, noise, to_chunks(gamma, size, pad_value=1.0), state.cov.flatten(0, 1), output_variance)
         w = x / pivot[..., None]
 
@@ -135,11 +120,11 @@ def bayes_chunked(q: Tensor, k: Tensor, v: Tensor, log_alpha: Tensor, noise: Ten
             variance = prior_var - (g_ratio * (q @ x.transpose(-1, -2)).square()).sum(-1)
         variance = from_chunks(variance, length, batch)
     unflat = (batch, heads)
-    return output, BayesState(mean.unflatten(0, unflat), cov.unflatten(0, unflat)), variance
+    return output, BayesState(mean.unflatten(0, unflat), cov.unflatten(0, unflat)), variance, failed
 
 
 def _covariance_path(q: Tensor, k: Tensor, noise: Tensor, gamma: Tensor, cov0: Tensor,
-                     output_variance: bool) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor]:
+                     output_variance: bool) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor, Tensor]:
     """Steps 1–5, chunk by chunk through the covariance ``P`` (SPEC's ``Z = I − P`` substituted).
 
     Args:
@@ -148,7 +133,8 @@ def _covariance_path(q: Tensor, k: Tensor, noise: Tensor, gamma: Tensor, cov0: T
     Returns:
         ``x [N, B·H, C, K]`` (``u_t = √s_t x_t``), the pivots ``√s [N, B·H, C]``, ``G_t/G_j [N, B·H, C, C]``
         and the prior part of the variance ``(1 − G_t)‖q̃_t‖² + G_t q̃_tᵀ P_0 q̃_t`` ``[N, B·H, C]`` (both
-        ``None`` unless ``output_variance``), and the final covariance ``P [B·H, K, K]``.
+        ``None`` unless ``output_variance``), the final covariance ``P [B·H, K, K]`` and ``failed`` (a bool
+        scalar: some chunk matrix was not positive definite; checked by the caller, without a sync here).
     """
     half_log_g = 0.5 * log_retention(gamma)
     g_half = segsum(half_log_g).exp()  # sqrt(G_i/G_t), lower triangular incl. diagonal
@@ -185,13 +171,11 @@ def _covariance_path(q: Tensor, k: Tensor, noise: Tensor, gamma: Tensor, cov0: T
         cov = torch.baddbmm(torch.addcmul(pr_n, pd_n, cov), xz.transpose(-1, -2), xz, alpha=-1)
         xs.append(x_n)
         pivots.append(factor.diagonal(dim1=-2, dim2=-1))
-    if bool(torch.stack(failures).any()):
-        raise ValueError("the chunk covariance matrix lost positive definiteness; raise r_min (the floor on the "
-                         "write noise) or use impl='recurrent'")
+    failed = torch.stack(failures).any()
     xs, pivots = torch.stack(xs), torch.stack(pivots)
     cov = 0.5 * (cov + cov.transpose(-1, -2))
     if not output_variance:
-        return xs, pivots, None, None, cov
+        return xs, pivots, None, None, cov, failed
     prior_var = reset * (q * q).sum(-1) + g_cum * ((q @ torch.stack(covs)) * q).sum(-1)
-    return xs, pivots, g_half.square(), prior_var, cov  # G_t/G_j
+    return xs, pivots, g_half.square(), prior_var, cov, failed  # G_t/G_j
 
