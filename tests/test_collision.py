@@ -1,4 +1,4 @@
-"""The collision study (SPEC §5.1): outputs, agreement with theory, resumability, config checks."""
+"""The collision study (the paper's collision study): outputs, agreement with theory, resumability, config checks."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The Bayesian Layer is the exact Bayesian filter of its design model: the float64 reference equals
-dense Gaussian conditioning of the joint model (SPEC §2.1), which never runs the filter recursion;
-and the named special cases of the regression design hold (SPEC §1.1)."""
+dense Gaussian conditioning of the joint model (src/probseq/ops/dense.py), which never runs the filter recursion;
+and the named special cases of the regression design hold (docs/design-model.md §2)."""
 
 from __future__ import annotations
 

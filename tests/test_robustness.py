@@ -128,3 +128,26 @@ def test_long_sequence_recurrent_and_chunked_agree():
     assert_close(chunked.variance, recurrent.variance, 1e-4, "variance")
     assert_close(chunked.state.cov, recurrent.state.cov, 1e-4, "cov")
     _check_state(chunked.state, "chunked")
+
+
+@pytest.mark.parametrize("r_min", [1e-4, 1e-5])
+def test_float64_covariance_path_restores_float32_accuracy_near_rls(r_min):
+    """γ = β = 1 (recursive least squares at r = r_min), float32 inputs, C = 64 > K = 8: the float32 chunked form
+    loses ~1e-3 there; ``covariance_dtype=torch.float64`` brings outputs, state and gradients to float32 accuracy."""
+    (q, k, v), _ = _inputs(300, key_dim=8, value_dim=8)
+    shape = (1, 300, 2)
+    ones = torch.ones(shape)
+    leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+    out = bayes_filter(*leaves, None, ones, ones, r_min=r_min, output_final_state=True, impl="chunked",
+                       covariance_dtype=torch.float64)
+    ref_leaves = [x.detach().double().requires_grad_() for x in (q, k, v)]
+    ref = bayes_filter(*ref_leaves, None, ones.double(), ones.double(), r_min=r_min, output_final_state=True,
+                       impl="recurrent")
+    assert out.state.cov.dtype == torch.float32
+    for name, a, e in [("output", out.output, ref.output), ("mean", out.state.mean, ref.state.mean),
+                       ("cov", out.state.cov, ref.state.cov)]:
+        assert_close(a, e, 1e-5, name)
+    out.output.sum().backward()
+    ref.output.sum().backward()
+    for name, a, e in zip("qkv", leaves, ref_leaves):
+        assert_close(a.grad, e.grad, 1e-4, f"d{name}")

@@ -1,4 +1,4 @@
-"""Monte Carlo checks of the closed-form retrieval dynamics (SPEC §4) against the actual filters.
+"""Monte Carlo checks of the closed-form retrieval dynamics (docs/theory.md) against the actual filters.
 
 Two kinds of check. *Exact* ones feed one-hot values (value channel ``i`` carries only write ``i``),
 so the readout's channels are the weights of the values in the readout; these must match the

@@ -1,4 +1,4 @@
-"""Bad input is a clear ValueError naming the argument and the expected shape or range (SPEC §7)."""
+"""Bad input is a clear ValueError naming the argument and the expected shape or range (docs/numerics.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``probseq bench`` — the performance protocol (SPEC §6).
+"""``probseq bench`` — the performance protocol (README, Benchmark).
 
 Times forward and forward+backward of each method at ``B=1, H=4, K=V=64`` (configurable), float32,
 all in one run, and reports time, tokens/s, peak memory, analytical FLOPs and achieved GFLOP/s next to
@@ -78,6 +78,8 @@ TARGETS = [
      ("fla_mesanet_cg", 1024, "fwd+bwd"), ("bayes_chunked", 1024, "fwd+bwd"), ">=", 3.0),
     ("Bayesian reference (token loop) fwd+bwd / chunked fwd+bwd, T=4096",
      ("bayes_reference", 4096, "fwd+bwd"), ("bayes_chunked", 4096, "fwd+bwd"), ">=", 20.0),
+    ("Bayesian chunked fwd+bwd, float64 covariance path / float32, T=4096 (the cost of RLS accuracy)",
+     ("bayes_chunked_cov64", 4096, "fwd+bwd"), ("bayes_chunked", 4096, "fwd+bwd"), "<=", 2.0),
     ("decoding step time at position 16,384 / at position 1,024",
      ("bayes_step", 16384, "step"), ("bayes_step", 1024, "step"), "<=", 1.1),
 ]
@@ -106,7 +108,7 @@ def flops(method: str, length: int, key_dim: int, value_dim: int, chunk: int) ->
     mean_path = n * (2 * c * c * k + c * c * (v + k) + 2 * c * c * k + 2 * c * c * v + 6 * c * k * v)
     if method == "gdn_chunked" or method == "fla_gdn_naive_chunk":
         return mean_path
-    if method == "bayes_chunked":
+    if method in ("bayes_chunked", "bayes_chunked_cov64"):
         covariance_path = n * (2 * c * c * k + 4 * c * k * k + 2 * c * c * k + c ** 3 / 3 + c * c * k)
         return mean_path + covariance_path
     if method in ("bayes_recurrent", "bayes_reference"):
@@ -170,6 +172,8 @@ def _method(name: str, config: BenchConfig) -> Callable[[dict], torch.Tensor] | 
     c = config.chunk_size
     if name == "bayes_chunked":
         return lambda x: bayes_filter(**x, impl="chunked", chunk_size=c).output
+    if name == "bayes_chunked_cov64":  # the covariance path in float64 (accuracy near RLS; docs/numerics.md)
+        return lambda x: bayes_filter(**x, impl="chunked", chunk_size=c, covariance_dtype=torch.float64).output
     if name == "bayes_recurrent":
         return lambda x: bayes_filter(**x, impl="recurrent").output
     if name == "bayes_reference":
@@ -264,6 +268,8 @@ def plan(config: BenchConfig) -> list[tuple[str, int, str]]:
         cases.append(("sdpa_causal", length, "fwd"))
         if length <= 4096:
             cases += [("bayes_recurrent", length, "fwd"), ("fla_gdn_naive_chunk", length, "fwd+bwd")]
+        if length == 4096:
+            cases.append(("bayes_chunked_cov64", length, "fwd+bwd"))
         if length <= 1024:
             cases.append(("fla_mesanet_cg", length, "fwd+bwd"))
     cases.append(("bayes_reference", config.reference_length, "fwd+bwd"))
@@ -349,7 +355,7 @@ def _fmt(value, spec):
 
 
 def add_parser(commands) -> None:
-    parser = commands.add_parser("bench", help="time the filters against their peers (SPEC §6)",
+    parser = commands.add_parser("bench", help="time the filters against their peers (README, Benchmark)",
                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
     parser.add_argument("--out", default=None, help="write the results JSON here")

@@ -1,4 +1,4 @@
-"""The design-model framework (SPEC §1).
+"""The design-model framework (docs/design-model.md).
 
 A *design model* states four assumptions about an associative memory ``W`` (``[V, K]`` per head,
 mapping keys to values) and nothing else:
@@ -7,9 +7,9 @@ mapping keys to values) and nothing else:
 2. **Dynamics** ``W_{t-1} -> W_t`` — :class:`MemoryDynamics`: decay ``α_t = exp(g_t)`` and
    certainty retention ``γ_t``.
 3. **Write (evidence) model** — how ``(k_t, v_t)`` is evidence about ``W_t``:
-   :class:`RegressionWrite` (``v_t = W_t k_t + ε_t``, the Bayesian Layer, SPEC §1.1) or
+   :class:`RegressionWrite` (``v_t = W_t k_t + ε_t``, the Bayesian Layer, docs/design-model.md §2) or
    :class:`SuperpositionWrite` (every key addresses a fresh, empty, orthogonal slot; the linear
-   attention family, SPEC §1.3).
+   attention family, docs/design-model.md §7).
 4. **Readout** — :class:`LinearReadout`, the predictive distribution of ``W_t q̃_t``.
 
 The sequence layer is *derived*: :func:`reference_filter` runs the exact Bayesian filter by asking
@@ -112,7 +112,7 @@ class MemoryDynamics:
     """Forgetting ``W_t = α_t W_{t-1} + E_t`` with ``E_t ~ MN(0, Σ, Q_t)``.
 
     The process noise is chosen so that the predicted covariance is a convex mix of a full reset
-    and full retention (SPEC §1.1)::
+    and full retention (docs/design-model.md §2)::
 
         M_t^- = α_t M_{t-1}            P_t^- = (1 - γ_t) I + γ_t P_{t-1}
 
@@ -155,7 +155,7 @@ class MemoryDynamics:
 class RegressionWrite:
     """Write model of the Bayesian Layer: ``v_t = W_t k_t + ε_t``, ``ε_t ~ N(0, r_t Σ)``.
 
-    The exact (Kalman) update, with ``Σ`` factored out (SPEC §1.1)::
+    The exact (Kalman) update, with ``Σ`` factored out (docs/design-model.md §2)::
 
         u_t = P_t^- k_t          s_t = k_tᵀ u_t + r_t        e_t = v_t - M_t^- k_t
         M_t = M_t^- + e_t u_tᵀ / s_t                         P_t = P_t^- - u_t u_tᵀ / s_t
@@ -192,7 +192,7 @@ class SuperpositionWrite:
     """Write model of the linear-attention family: every key addresses a fresh, empty slot.
 
     The prior predicts nothing for a fresh slot (``M_t^- k_t = 0``), so the innovation is the value
-    itself and the exact filter superposes the evidence with weight ``β_t`` (SPEC §1.3)::
+    itself and the exact filter superposes the evidence with weight ``β_t`` (docs/design-model.md §7)::
 
         M_t = M_t^- + β_t v_t k_tᵀ
 

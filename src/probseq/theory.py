@@ -1,4 +1,4 @@
-"""Closed-form retrieval dynamics (SPEC §4).
+"""Closed-form retrieval dynamics (docs/theory.md).
 
 Predictions of what each design remembers, stated as functions and checked against Monte Carlo runs
 of the actual filters in ``tests/test_theory.py``. Unless a function says otherwise:

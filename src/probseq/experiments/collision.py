@@ -1,4 +1,4 @@
-"""Collision study (SPEC §5.1): what each memory design retrieves when writes collide.
+"""Collision study (the paper's collision study): what each memory design retrieves when writes collide.
 
 No training. Every model reads with the key it wants to retrieve (``q = k``, ``scale = 1``) from unit
 keys, and the error is per value channel, ``E‖o − v‖² / V``. Values are uniform on the sphere of radius
@@ -19,7 +19,7 @@ dimension ``B`` of one filter call (``H = 1``). Four scenarios:
 
 Models: linear attention, DeltaNet, Gated DeltaNet (fixed decay ``α``), and the Bayesian Layer
 (``α = 1``) with several certainty retentions ``γ``; all with the same write strength ``β``. Theory
-curves come from :mod:`probseq.theory` (SPEC §4) wherever a closed form exists; the agreement of each
+curves come from :mod:`probseq.theory` (docs/theory.md) wherever a closed form exists; the agreement of each
 curve is recorded as ``max |sim − theory|`` and ``max |sim − theory| / CI95``.
 
 Each (scenario, model) unit is seeded from ``(seed, scenario, model)`` and cached on completion, so an
@@ -509,10 +509,10 @@ def run_collision(config: CollisionConfig, out: str | Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- CLI
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("collision", help="collision study: simulation vs closed-form theory (SPEC §5.1)",
-                                 description="Collision study (SPEC §5.1): linear attention, DeltaNet, Gated "
+    parser = commands.add_parser("collision", help="collision study: simulation vs closed-form theory (the paper's collision study)",
+                                 description="Collision study (the paper's collision study): linear attention, DeltaNet, Gated "
                                              "DeltaNet and the Bayesian Layer on colliding writes, against the "
-                                             "closed forms of SPEC §4.")
+                                             "closed forms of docs/theory.md.")
     parser.add_argument("--out", required=True, type=Path, help="output folder (resumes if it has a cache)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
     parser.add_argument("--seed", type=int, default=0)

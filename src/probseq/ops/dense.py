@@ -1,4 +1,4 @@
-"""Dense-conditioning oracle for regression designs (SPEC §2.1) — no filter recursion inside.
+"""Dense-conditioning oracle for regression designs (docs/design-model.md §2; the independent oracle of CONVENTIONS 4) — no filter recursion inside.
 
 Each row ``w`` of the memory (one value channel; ``Σ`` factors out) follows the linear-Gaussian model
 

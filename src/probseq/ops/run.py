@@ -28,8 +28,8 @@ from probseq.ops.bayes.chunked import bayes_chunked
 from probseq.ops.bayes.recurrent import bayes_recurrent
 from probseq.ops.superposition.chunked import superposition_chunked
 from probseq.ops.superposition.recurrent import superposition_recurrent
-from probseq.ops.validation import (ValueChecks, check_chunk_size, check_cu_seqlens, check_gate, check_qkv,
-                                    check_scale, check_state)
+from probseq.ops.validation import (ValueChecks, check_chunk_size, check_covariance_dtype, check_cu_seqlens,
+                                    check_gate, check_qkv, check_scale, check_state)
 from probseq.ops.varlen import Packing
 from probseq.types import BayesState, FilterOutput, Impl, resolve_impl
 
@@ -38,7 +38,8 @@ SEGMENT_CHUNKS = 64  # the chunked forms run over segments of at most this many 
 
 def run_filter(design: DesignModel, q: Tensor, k: Tensor, v: Tensor, *, impl: Impl = "auto",
                chunk_size: int = 64, output_final_state: bool = False, output_variance: bool = False,
-               cu_seqlens: Tensor | None = None, validate: bool = True) -> FilterOutput:
+               cu_seqlens: Tensor | None = None, validate: bool = True,
+               covariance_dtype: torch.dtype | None = None) -> FilterOutput:
     """The exact filter of any design model, in the form ``impl``.
 
     Args:
@@ -54,6 +55,9 @@ def run_filter(design: DesignModel, q: Tensor, k: Tensor, v: Tensor, *, impl: Im
             the prior at each boundary, as if each sequence were filtered on its own.
         validate: check values (finiteness, gate ranges, the prior's range, a numerical breakdown of the
             result) with one host synchronisation; ``False`` skips them (structure is always checked).
+        covariance_dtype: ``torch.float64`` runs the chunked form's covariance path in float64 (float32
+            accuracy near recursive least squares, where float32 loses up to 1e-2; docs/numerics.md);
+            ``None`` uses the compute dtype.
 
     Returns:
         :class:`FilterOutput` ``(output [B, T, H, V], state or None, variance [B, T, H] or None)``.
@@ -61,6 +65,7 @@ def run_filter(design: DesignModel, q: Tensor, k: Tensor, v: Tensor, *, impl: Im
     batch, length, heads, key_dim, value_dim = check_qkv(q, k, v)
     form = resolve_impl(impl, length)
     chunk_size = check_chunk_size(chunk_size)
+    covariance_dtype = check_covariance_dtype(covariance_dtype)
     checks = ValueChecks() if validate else None
     cu_seqlens = check_cu_seqlens(cu_seqlens, batch, length, checks)
     batch_state = batch if cu_seqlens is None else cu_seqlens.numel() - 1
@@ -70,7 +75,8 @@ def run_filter(design: DesignModel, q: Tensor, k: Tensor, v: Tensor, *, impl: Im
             checks.finite(name, x)
         checks.resolve()
     return filter_design(design, q, k, v, form=form, chunk_size=chunk_size, output_final_state=output_final_state,
-                         output_variance=output_variance, cu_seqlens=cu_seqlens, validate=validate)
+                         output_variance=output_variance, cu_seqlens=cu_seqlens, validate=validate,
+                         covariance_dtype=covariance_dtype)
 
 
 def _check_design(design: DesignModel, shape: tuple[int, int, int], key_dim: int, value_dim: int,
@@ -109,7 +115,7 @@ def _check_design(design: DesignModel, shape: tuple[int, int, int], key_dim: int
 
 def filter_design(design: DesignModel, q: Tensor, k: Tensor, v: Tensor, *, form: str, chunk_size: int,
                   output_final_state: bool, output_variance: bool, cu_seqlens: Tensor | None,
-                  validate: bool) -> FilterOutput:
+                  validate: bool, covariance_dtype: torch.dtype | None = None) -> FilterOutput:
     """Filter validated inputs: compute dtype, varlen packing, dispatch to one form, and (with ``validate``)
     the check that the result is finite — all with the shapes of :func:`run_filter`.
 
@@ -123,7 +129,8 @@ def filter_design(design: DesignModel, q: Tensor, k: Tensor, v: Tensor, *, form:
     k_packed = k
     if packing is not None:
         padded, q, k, v = _pad_sequences(design, q, k, v, packing)
-    result, failed = _dispatch(padded, q, k, v, form, chunk_size, output_final_state, output_variance)
+    result, failed = _dispatch(padded, q, k, v, form, chunk_size, output_final_state, output_variance,
+                               covariance_dtype)
     if packing is not None:
         state = result.state
         if state is not None and design.tracks_covariance and design.dynamics.retention is None:
@@ -182,7 +189,8 @@ def _reset_final_cov(design: DesignModel, k: Tensor, packing: Packing) -> Tensor
 
 
 def _dispatch(design: DesignModel, q: Tensor, k: Tensor, v: Tensor, form: str, chunk_size: int,
-              output_final_state: bool, output_variance: bool) -> tuple[FilterOutput, Tensor | None]:
+              output_final_state: bool, output_variance: bool,
+              covariance_dtype: torch.dtype | None) -> tuple[FilterOutput, Tensor | None]:
     """One form on inputs already in the design's dtype. Returns the output and the chunked form's
     factorisation failure flag (``None`` for the other forms)."""
     batch, length, heads, key_dim = k.shape
@@ -202,14 +210,16 @@ def _dispatch(design: DesignModel, q: Tensor, k: Tensor, v: Tensor, form: str, c
                                        device=v.device)
     chunk_size = min(chunk_size, length)  # a chunk longer than the sequence is pure padding
     if regression:
-        output, state, variance, failed = _regression(design, q, k, v, state, form, chunk_size, output_variance)
+        output, state, variance, failed = _regression(design, q, k, v, state, form, chunk_size, output_variance,
+                                                      covariance_dtype)
     else:
         output, state, variance, failed = _superposition(design, q, k, v, state, form, chunk_size)
     return FilterOutput(output.to(out_dtype), state if output_final_state else None, variance), failed
 
 
 def _regression(design: DesignModel, q: Tensor, k: Tensor, v: Tensor, state: BayesState, form: str,
-                chunk_size: int, output_variance: bool) -> tuple[Tensor, BayesState, Tensor | None, Tensor | None]:
+                chunk_size: int, output_variance: bool,
+                covariance_dtype: torch.dtype | None) -> tuple[Tensor, BayesState, Tensor | None, Tensor | None]:
     log_alpha = design.dynamics.log_decay
     if log_alpha is None:
         log_alpha = k.new_zeros(k.shape[:3])
@@ -220,7 +230,7 @@ def _regression(design: DesignModel, q: Tensor, k: Tensor, v: Tensor, state: Bay
     outputs, variances, failures = [], [], []
     for q_s, k_s, v_s, g_s, r_s, gamma_s in _segments(chunk_size, q, k, v, log_alpha, noise, gamma):
         out, state, var, failed = bayes_chunked(q_s, k_s, v_s, g_s, r_s, gamma_s, state, scale, chunk_size,
-                                                output_variance)
+                                                output_variance, covariance_dtype)
         outputs.append(out)
         variances.append(var)
         failures.append(failed)

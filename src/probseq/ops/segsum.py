@@ -1,4 +1,4 @@
-"""Segment sums and in-chunk gate ratios computed in log space (SPEC §2).
+"""Segment sums and in-chunk gate ratios computed in log space (docs/chunked-algorithm.md).
 
 Every ratio of cumulative products the chunked algorithms need, ``∏_{l=j+1}^{t} a_l`` (≤ 1), is
 ``exp(segsum(log a))[t, j]`` — never a division of cumulative products, so ``a = 0`` and ``a → 0`` work.

@@ -169,6 +169,12 @@ def check_chunk_size(chunk_size: int) -> int:
     return int(chunk_size)
 
 
+def check_covariance_dtype(dtype: torch.dtype | None) -> torch.dtype | None:
+    if dtype not in (None, torch.float32, torch.float64):
+        raise ValueError(f"covariance_dtype must be None, torch.float32 or torch.float64, got {dtype!r}")
+    return dtype
+
+
 def as_state(name: str, state: BayesState | Tensor | tuple | None) -> BayesState | None:
     """Accept a :class:`BayesState`, a ``(mean, cov)`` tuple or a bare mean tensor."""
     if state is None or isinstance(state, BayesState):

@@ -2,9 +2,9 @@
 
 Within a chunk of length ``C`` starting from ``(M_0, P_0)``, with in-chunk cumulative products
 ``G_t = ∏_{i≤t} γ_i`` and ``A_t = ∏_{i≤t} α_i`` (every ratio from :func:`segsum`, in log space).
-Matrices hold one token per *row* here (``K`` is ``[C, K]``), the transpose of SPEC's columns.
+Matrices hold one token per *row* here (``K`` is ``[C, K]``), the transpose of the column convention of docs/chunked-algorithm.md §1–3.
 
-SPEC §2 carries the certainty ``Z = I − P``; substituting ``R = K Z_0 Kᵀ = S − K P_0 Kᵀ`` gives the
+docs/chunked-algorithm.md §3 derives the algorithm in the certainty ``Z = I − P``; substituting ``R = K Z_0 Kᵀ = S − K P_0 Kᵀ`` gives the
 same algebra in ``P``, which never forms a difference of near-equal numbers when ``P → 0``
 (recursive least squares). With ``K̂ = diag(√G) K``, ``g_it = sqrt(G_i/G_t)`` and ``1 − G_t`` from
 :func:`one_minus_exp`:
@@ -49,8 +49,8 @@ from probseq.types import BayesState
 
 
 def bayes_chunked(q: Tensor, k: Tensor, v: Tensor, log_alpha: Tensor, noise: Tensor, gamma: Tensor | None,
-                  state: BayesState, scale: float, chunk_size: int,
-                  output_variance: bool) -> tuple[Tensor, BayesState, Tensor | None, Tensor | None]:
+                  state: BayesState, scale: float, chunk_size: int, output_variance: bool,
+                  covariance_dtype: torch.dtype | None = None) -> tuple[Tensor, BayesState, Tensor | None, Tensor | None]:
     """Chunk-parallel exact filter on validated inputs in the compute dtype.
 
     Padding tokens (``k = 0``, ``α = γ = 1``, ``r = 1``) leave the state unchanged.
@@ -59,6 +59,7 @@ def bayes_chunked(q: Tensor, k: Tensor, v: Tensor, log_alpha: Tensor, noise: Ten
         q, k: ``[B, T, H, K]``; v: ``[B, T, H, V]``; log_alpha, noise: ``[B, T, H]``; gamma: ``[B, T, H]``
             or ``None`` (covariance reset).
         state: ``BayesState(mean [B, H, V, K], cov [B, H, K, K])``.
+        covariance_dtype: dtype of steps 1–5 (``None``: the compute dtype).
 
     Returns:
         ``(output [B, T, H, V], state, variance [B, T, H] or None, failed)``; ``failed`` is a bool scalar
@@ -81,8 +82,13 @@ def bayes_chunked(q: Tensor, k: Tensor, v: Tensor, log_alpha: Tensor, noise: Ten
         w = k / s[..., None]
         failed = None
     else:
-        x, pivot, g_ratio, prior_var, cov_final, failed = _covariance_path(
-            q, k, noise, to_chunks(gamma, size, pad_value=1.0), state.cov.flatten(0, 1), output_variance)
+        # The covariance path may run in a wider dtype (docs/numerics.md, "Accuracy per regime"): near recursive
+        # least squares its chunk matrix has condition ~1/r, and float64 there restores float32 accuracy.
+        wide = covariance_dtype or k.dtype
+        paths = _covariance_path(*(t.to(wide) for t in (q, k, noise, to_chunks(gamma, size, pad_value=1.0),
+                                                         state.cov.flatten(0, 1))), output_variance)
+        x, pivot, g_ratio, prior_var, cov_final, failed = (
+            t.to(k.dtype) if t is not None and t.is_floating_point() else t for t in paths)
         w = x / pivot[..., None]
 
     # 6. (I + T) Ẽ = ·, solved for all chunks at once (T strictly lower; unit diagonal implied).
@@ -125,7 +131,7 @@ def bayes_chunked(q: Tensor, k: Tensor, v: Tensor, log_alpha: Tensor, noise: Ten
 
 def _covariance_path(q: Tensor, k: Tensor, noise: Tensor, gamma: Tensor, cov0: Tensor,
                      output_variance: bool) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor, Tensor]:
-    """Steps 1–5, chunk by chunk through the covariance ``P`` (SPEC's ``Z = I − P`` substituted).
+    """Steps 1–5, chunk by chunk through the covariance ``P`` (the Z-form's ``Z = I − P`` substituted, docs/chunked-algorithm.md §3).
 
     Args:
         q, k: ``[N, B·H, C, K]`` (``q`` already scaled); noise, gamma: ``[N, B·H, C]``; cov0: ``[B·H, K, K]``.

@@ -8,8 +8,8 @@ from torch import Tensor
 from probseq.design import R_MIN, compute_dtype, regression_design
 from probseq.ops.bayes.recurrent import bayes_step_core
 from probseq.ops.run import filter_design
-from probseq.ops.validation import (ValueChecks, check_chunk_size, check_cu_seqlens, check_gate, check_qkv,
-                                    check_r_min, check_scale, check_state)
+from probseq.ops.validation import (ValueChecks, check_chunk_size, check_covariance_dtype, check_cu_seqlens,
+                                    check_gate, check_qkv, check_r_min, check_scale, check_state)
 from probseq.types import BayesState, FilterOutput, Impl, resolve_impl
 
 
@@ -17,7 +17,7 @@ def bayes_filter(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, beta: Tensor
                  scale: float | None = None, initial_state: BayesState | None = None,
                  output_final_state: bool = False, output_variance: bool = False, impl: Impl = "auto",
                  chunk_size: int = 64, r_min: float = R_MIN, cu_seqlens: Tensor | None = None,
-                 validate: bool = True) -> FilterOutput:
+                 validate: bool = True, covariance_dtype: torch.dtype | None = None) -> FilterOutput:
     """The Bayesian Layer: exact filter of the regression design (docs/design-model.md).
 
     Args:
@@ -41,6 +41,9 @@ def bayes_filter(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, beta: Tensor
         validate: check values — finiteness of every input, gate ranges, the range of a given covariance,
             ``cu_seqlens`` ordering and a finite result — with one host synchronisation. ``False`` skips
             them all (no synchronisation; for trusted training loops and ``torch.compile``).
+        covariance_dtype: ``torch.float64`` runs the chunked covariance path in float64 — float32 accuracy
+            near recursive least squares (γ ≈ β ≈ 1), where the float32 path loses up to 1e-2
+            (docs/numerics.md, "Accuracy per regime"); ``None``: the compute dtype.
 
     Returns:
         :class:`FilterOutput` ``(output [B, T, H, V], state, variance)``; output in the dtype of ``v``,
@@ -49,6 +52,7 @@ def bayes_filter(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, beta: Tensor
     batch, length, heads, key_dim, value_dim = check_qkv(q, k, v)
     form = resolve_impl(impl, length)
     chunk_size, scale, r_min = check_chunk_size(chunk_size), check_scale(scale, key_dim), check_r_min(r_min)
+    covariance_dtype = check_covariance_dtype(covariance_dtype)
     checks = ValueChecks() if validate else None
     cu_seqlens = check_cu_seqlens(cu_seqlens, batch, length, checks)
     shape, layout = (batch, length, heads), "[B, T, H]"
@@ -64,7 +68,8 @@ def bayes_filter(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, beta: Tensor
     dtype = compute_dtype(q, k, v, g, beta, gamma, *(state or ()))
     design = regression_design(g, beta, gamma, scale=scale, initial_state=state, r_min=r_min, dtype=dtype)
     return filter_design(design, q, k, v, form=form, chunk_size=chunk_size, output_final_state=output_final_state,
-                         output_variance=output_variance, cu_seqlens=cu_seqlens, validate=validate)
+                         output_variance=output_variance, cu_seqlens=cu_seqlens, validate=validate,
+                         covariance_dtype=covariance_dtype)
 
 
 def bayes_step(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, beta: Tensor, gamma: Tensor | None,

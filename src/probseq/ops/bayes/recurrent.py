@@ -1,6 +1,6 @@
 """Recurrent (decoding) form of the regression design — the Bayesian Layer — one token at a time.
 
-The per-token update of SPEC §1.1 in its generalised-delta-rule form, with write key
+The per-token update of docs/design-model.md §2 in its generalised-delta-rule form, with write key
 ``w_t = u_t / s_t``::
 
     P_t^- = (1 - γ_t) I + γ_t P_{t-1}        u_t = P_t^- k_t        s_t = k_tᵀ u_t + r_t
