@@ -1,0 +1,137 @@
+"""Causal softmax attention with rotary position embeddings and a KV cache, on PyTorch SDPA.
+
+Constructor and parameter names follow flash-linear-attention's ``Attention`` (``q_proj k_proj v_proj
+o_proj``, optional ``q_norm k_norm``; head dim ``hidden_size / num_heads``; grouped-query heads), with
+GPT-NeoX-style (non-interleaved) rotary embeddings of base ``rope_theta``.
+
+Positions: ``position_ids`` from ``kwargs`` if given (``generate`` passes them), else from the padding
+mask (``cumsum(mask) − 1``, so a left-padded sequence gets the positions it has alone), else from
+``cu_seqlens`` (restarting at each sequence), else ``cached + arange(T)``. Padded keys are masked out;
+packed sequences attend within themselves only.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from probseq.layers.norm import RMSNorm
+from probseq.layers.state import KVState, read_state, write_state
+from probseq.layers.utils import check_no_extra, check_positive, pack_index, padding_mask, zero_padding
+
+
+def rotate(x: Tensor, positions: Tensor, theta: float) -> Tensor:
+    """Rotary embedding of ``x [B, T, H, D]`` at integer ``positions [B, T]`` (non-interleaved halves)."""
+    half = x.shape[-1] // 2
+    inv_freq = theta ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    angles = positions.float()[..., None, None] * inv_freq  # [B, T, 1, D/2]
+    cos, sin = angles.cos(), angles.sin()
+    x1, x2 = x.float()[..., :half], x.float()[..., half:2 * half]
+    rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, x.float()[..., 2 * half:]], dim=-1)
+    return rotated.to(x.dtype)
+
+
+class Attention(nn.Module):
+    """fla ``Attention``'s constructor and forward on SDPA (``window_size`` is refused)."""
+
+    def __init__(self, hidden_size: int = 2048, num_heads: int = 32, num_kv_heads: int | None = None,
+                 qkv_bias: bool = False, qk_norm: bool = False, window_size: int | None = None,
+                 rope_theta: float | None = 10000.0, max_position_embeddings: int | None = None,
+                 layer_idx: int | None = None, **kwargs):
+        super().__init__()
+        check_no_extra("Attention", kwargs)
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        check_positive(hidden_size=hidden_size, num_heads=num_heads, num_kv_heads=num_kv_heads)
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads}")
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_heads={num_heads} must be a multiple of num_kv_heads={num_kv_heads}")
+        if window_size is not None:
+            raise ValueError("sliding-window attention (window_size) is not supported")
+        if rope_theta is not None and not rope_theta > 0:
+            raise ValueError(f"rope_theta must be > 0 or None (no rotary embedding), got {rope_theta!r}")
+        self.hidden_size, self.num_heads, self.num_kv_heads = hidden_size, num_heads, num_kv_heads
+        self.num_kv_groups = num_heads // num_kv_heads
+        self.head_dim = hidden_size // num_heads
+        self.kv_dim = num_kv_heads * self.head_dim
+        self.qkv_bias, self.qk_norm, self.window_size = qkv_bias, qk_norm, window_size
+        self.rope_theta, self.max_position_embeddings, self.layer_idx = rope_theta, max_position_embeddings, layer_idx
+
+        self.q_proj = nn.Linear(hidden_size, hidden_size, bias=qkv_bias)
+        self.k_proj = nn.Linear(hidden_size, self.kv_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(hidden_size, self.kv_dim, bias=qkv_bias)
+        self.o_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        if qk_norm:
+            self.q_norm = RMSNorm(self.head_dim)
+            self.k_norm = RMSNorm(self.head_dim)
+
+    def _positions(self, batch: int, length: int, past: int, attention_mask: Tensor | None,
+                   cu_seqlens: Tensor | None, position_ids: Tensor | None, device: torch.device) -> Tensor:
+        if position_ids is not None:
+            return position_ids[..., -length:].expand(batch, length).to(device)
+        if cu_seqlens is not None:
+            return pack_index(cu_seqlens.to(device))[1][None]
+        if attention_mask is not None:
+            positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            return positions[:, -length:].to(device)
+        return (past + torch.arange(length, device=device))[None].expand(batch, length)
+
+    def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None, past_key_values=None,
+                use_cache: bool | None = False, output_attentions: bool | None = False,
+                **kwargs) -> tuple[Tensor, None, object]:
+        """``hidden_states [B, T, D] → (o [B, T, D], None, past_key_values)``.
+
+        ``attention_mask`` ``[B, S + T]`` covers the cached and the current tokens; ``kwargs`` may hold
+        ``cu_seqlens`` and ``position_ids [B, T]``.
+        """
+        if output_attentions:
+            raise ValueError("Attention runs on SDPA and cannot return attention weights (output_attentions)")
+        cu_seqlens = kwargs.get("cu_seqlens")
+        mask = padding_mask(hidden_states, attention_mask, cu_seqlens)
+        batch, length, _ = hidden_states.shape
+        last = read_state(self, past_key_values)
+        past = 0 if last is None else last.keys.shape[1]
+        if attention_mask is not None and attention_mask.shape[1] < past + length:
+            raise ValueError(f"attention_mask must cover the {past} cached and {length} current tokens, got "
+                             f"{attention_mask.shape[1]} columns")
+
+        q = rearrange(self.q_proj(hidden_states), "b t (h d) -> b t h d", d=self.head_dim)
+        k = rearrange(self.k_proj(hidden_states), "b t (h d) -> b t h d", d=self.head_dim)
+        v = rearrange(self.v_proj(hidden_states), "b t (h d) -> b t h d", d=self.head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rope_theta is not None:
+            positions = self._positions(batch, length, past, attention_mask, cu_seqlens, kwargs.get("position_ids"),
+                                        hidden_states.device)
+            q, k = rotate(q, positions, self.rope_theta), rotate(k, positions, self.rope_theta)
+        if last is not None:
+            k, v = torch.cat([last.keys.to(k.dtype), k], dim=1), torch.cat([last.values.to(v.dtype), v], dim=1)
+        if use_cache:
+            write_state(self, past_key_values, KVState(k, v), length)
+
+        allowed = self._allowed(batch, length, past, attention_mask, cu_seqlens, hidden_states.device)
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           attn_mask=allowed, is_causal=allowed is None and past == 0 and length > 1,
+                                           enable_gqa=self.num_kv_groups > 1)
+        o = self.o_proj(rearrange(o, "b h t d -> b t (h d)"))
+        return zero_padding(o, mask), None, past_key_values
+
+    @staticmethod
+    def _allowed(batch: int, length: int, past: int, attention_mask: Tensor | None, cu_seqlens: Tensor | None,
+                 device: torch.device) -> Tensor | None:
+        """Boolean ``[B, 1, T, S + T]`` mask of the keys each query may attend to (``None``: plain causal)."""
+        if attention_mask is None and cu_seqlens is None and (past == 0 or length == 1):
+            return None
+        query = past + torch.arange(length, device=device)
+        key = torch.arange(past + length, device=device)
+        allowed = (key[None, :] <= query[:, None])[None]  # [1, T, S + T]
+        if cu_seqlens is not None:
+            sequence = pack_index(cu_seqlens.to(device))[0]
+            allowed = allowed & (sequence[:, None] == sequence[None, :])[None]
+        if attention_mask is not None:
+            valid = attention_mask.to(device).bool()[:, -(past + length):]
+            # a padded query sees no real key; let it see itself so its (discarded) row stays finite
+            allowed = (allowed & valid[:, None, :]) | (key[None, :] == query[:, None])[None]
+        return allowed[:, None]

@@ -1,0 +1,79 @@
+"""Depthwise causal short convolution with a decoding state.
+
+``y_t = act(Σ_{j<W} w_j · x_{t−W+1+j} + b)`` per channel, with zeros before the start of each sequence.
+The parameters are those of an ``nn.Conv1d(D, D, W, groups=D)`` (``weight [D, 1, W]``, ``bias [D]``),
+as in flash-linear-attention's ``ShortConvolution`` and Mamba-2's ``conv1d``, so their checkpoints load.
+The state is fla's cache layout ``[N, D, W]``: the last ``W`` inputs of each sequence.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from probseq.layers.utils import packed_to_padded, padded_to_packed, sequence_lengths, zero_padding
+
+ACTIVATIONS = (None, "silu", "swish")
+
+
+class ShortConvolution(nn.Conv1d):
+    """Depthwise causal convolution over ``[B, T, D]`` inputs.
+
+    Args:
+        hidden_size: channels ``D``.
+        kernel_size: ``W``.
+        bias: add a per-channel bias.
+        activation: ``"silu"`` / ``"swish"`` (the same) or ``None``.
+    """
+
+    def __init__(self, hidden_size: int, kernel_size: int, bias: bool = False, activation: str | None = "silu"):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        if not isinstance(kernel_size, int) or kernel_size < 1:
+            raise ValueError(f"conv kernel size must be a positive int, got {kernel_size!r}")
+        super().__init__(hidden_size, hidden_size, kernel_size, groups=hidden_size, padding=kernel_size - 1, bias=bias)
+        self.hidden_size = hidden_size
+        self.activation = activation
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, cache: Tensor | None = None,
+                output_final_state: bool = False, cu_seqlens: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Convolve ``x``, continuing from ``cache``.
+
+        Args:
+            x: ``[B, T, D]`` (``B = 1`` with ``cu_seqlens``).
+            mask: ``[B, T]`` real tokens; padded inputs are zeroed (a left-padded sequence then sees the
+                zero history it would see alone).
+            cache: ``[N, D, W]`` state from the previous call (``N`` = batch or number of sequences).
+            output_final_state: return the new state.
+            cu_seqlens: ``[N + 1]`` packed sequence boundaries; the convolution restarts at each one.
+
+        Returns:
+            ``(y [B, T, D], state [N, D, W] or None)``.
+        """
+        if cu_seqlens is not None:
+            y, state = self._convolve(packed_to_padded(x, cu_seqlens), cache, output_final_state,
+                                      sequence_lengths(cu_seqlens).to(x.device))
+            return padded_to_packed(y, cu_seqlens), state
+        return self._convolve(zero_padding(x, mask), cache, output_final_state, None)
+
+    def _convolve(self, x: Tensor, cache: Tensor | None, output_final_state: bool,
+                  lengths: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        batch, length, channels = x.shape
+        width = self.kernel_size[0]
+        if cache is not None and tuple(cache.shape) != (batch, channels, width):
+            raise ValueError(f"conv state must have shape [N, D, W] = {[batch, channels, width]}, "
+                             f"got {list(cache.shape)}")
+        history = (x.new_zeros(batch, channels, width - 1) if cache is None
+                   else cache[..., 1:].to(x.dtype))
+        inputs = torch.cat([history, x.transpose(1, 2)], dim=-1)  # [N, D, W − 1 + T]
+        y = F.conv1d(inputs, self.weight, self.bias, groups=channels).transpose(1, 2)
+        if self.activation is not None:
+            y = F.silu(y)
+        state = None
+        if output_final_state:
+            # the last W inputs of each sequence: inputs[..., len − 1 : len − 1 + W]
+            ends = torch.full((batch,), length, device=x.device, dtype=torch.long) if lengths is None else lengths
+            index = ends[:, None] - 1 + torch.arange(width, device=x.device)
+            state = inputs.gather(-1, index[:, None, :].expand(batch, channels, width))
+        return y, state
