@@ -21,6 +21,7 @@ The memory state is stored value-first: mean ``[B, H, V, K]``, covariance ``[B, 
 """
 
 from probseq import design, ops, presets, theory
+from probseq import models  # noqa: F401  (registers ProbSeqConfig / ProbSeqForCausalLM with the Auto classes)
 from probseq.ops import BayesState, FilterOutput, bayes_filter, bayes_step, superposition_filter
 
 __version__ = "0.1.0"

@@ -14,7 +14,7 @@ packs variable-length sequences (``B = 1``). ``past_key_values`` is a cache with
 =====================  ==================  ==============================================================
 ``MIXERS`` name        class               filter
 =====================  ==================  ==============================================================
-``bayesian``           BayesianLayer       ``bayes_filter`` with certainty retention γ (SPEC §3)
+``bayesian``           BayesianLayer       ``bayes_filter`` with certainty retention γ
 ``gated_deltanet``     GatedDeltaNet       ``bayes_filter``, γ = 0 (covariance reset), r_min = 0
 ``deltanet``           DeltaNet            ``bayes_filter``, γ = 0, α = 1, r_min = 0
 ``linear_attention``   LinearAttention     ``superposition_filter`` (optional scalar/channel decay)

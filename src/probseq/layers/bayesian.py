@@ -1,17 +1,17 @@
-"""The Bayesian Layer (SPEC §3): a drop-in for flash-linear-attention's ``GatedDeltaNet`` layer.
+"""The Bayesian Layer: a drop-in for flash-linear-attention's ``GatedDeltaNet`` layer.
 
 Same projections, parameter names, shapes and initialisation as fla's ``GatedDeltaNet`` (an fla state
 dict loads with ``strict=True``), plus the certainty retention ``γ``::
 
     q, k, v = SiLU(conv(q_proj x)), SiLU(conv(k_proj x)), SiLU(conv(v_proj x))   depthwise causal, kernel 4
     q, k   ← q/‖q‖, k/‖k‖ per head
-    g      = −exp(A_log) · softplus(a_proj x + dt_bias)       log decay, α = exp(g)      (SPEC §3)
+    g      = −exp(A_log) · softplus(a_proj x + dt_bias)       log decay, α = exp(g)
     β      = sigmoid(b_proj x)                               write strength, r = max((1−β)/β, r_min)
     γ      = 0 (reset) | α² (stationary) | ρ · sigmoid(c_weight x + c_bias) (learned)
-    o      = bayes_filter(q, k, v, g, β, γ)                  predictive mean M_t q̃_t   (SPEC §1.1)
+    o      = bayes_filter(q, k, v, g, β, γ)                  predictive mean M_t q̃_t (docs/design-model.md §2)
     y      = o_proj(RMSNorm(o) ⊙ SiLU(g_proj x))             per-head gated norm
 
-``retention="reset"`` is the covariance-reset reduction: the layer *is* Gated DeltaNet (SPEC §1.2), and
+``retention="reset"`` is the covariance-reset reduction: the layer *is* Gated DeltaNet (docs/design-model.md §6), and
 it runs with ``r_min = 0`` so the write key ``k/(‖k‖² + r)`` equals GDN's ``β k`` exactly.
 
 Function-preserving ``learned`` start (for distillation from a GDN checkpoint): ``ρ = c_scale`` per head

@@ -1,4 +1,5 @@
-"""DeltaNet (Schlag et al., 2021; Yang et al., 2024) as the covariance-reset regression design (SPEC §1.2).
+"""DeltaNet (Schlag et al., 2021; Yang et al., 2024) as the covariance-reset regression design
+(docs/design-model.md §6).
 
 ``M_t = M_{t−1}(I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ``: the regression design with ``γ = 0``, ``α = 1`` and
 noise ``r = (1 − β)/β`` (no floor), exact for the unit-norm keys the layer feeds it. The layer follows

@@ -1,4 +1,4 @@
-"""Gated DeltaNet (Yang et al., 2024) as the covariance-reset Bayesian Layer (SPEC §1.2).
+"""Gated DeltaNet (Yang et al., 2024) as the covariance-reset Bayesian Layer (docs/design-model.md §6).
 
 ``M_t = α_t M_{t−1}(I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ`` is the regression design with ``γ = 0`` and noise
 ``r = (1 − β)/β`` (no floor) for unit-norm keys, so this layer is :class:`BayesianLayer` with

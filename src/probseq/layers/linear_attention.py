@@ -1,4 +1,4 @@
-"""Linear attention (Katharopoulos et al., 2020) as the superposition filter (SPEC §1.3), with an
+"""Linear attention (Katharopoulos et al., 2020) as the superposition filter (docs/design-model.md §7), with an
 optional GLA-style decay.
 
 ``M_t = M_{t−1} ⊙ decay_t + v_t k_tᵀ``, ``o_t = M_t q̃_t``: the exact filter of the superposition design

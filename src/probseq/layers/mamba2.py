@@ -1,4 +1,4 @@
-"""Mamba-2's SSD mixer (Dao & Gu, 2024) as the superposition filter (SPEC §1.3).
+"""Mamba-2's SSD mixer (Dao & Gu, 2024) as the superposition filter (docs/design-model.md §7).
 
 ``h_t = exp(Δ_t A) h_{t−1} + Δ_t x_t B_tᵀ``, ``y_t = h_t C_t + D x_t``: the superposition design with
 ``decay = exp(Δ A)``, evidence weight ``β = Δ``, values ``x``, keys ``B``, queries ``C`` and scale 1.

@@ -85,7 +85,7 @@ def l2_normalize(x: Tensor, eps: float = 1e-6) -> Tensor:
     """``x / max(‖x‖, eps)`` along the last dim, in float32 (float64 stays float64).
 
     The keys are then unit-norm to float rounding, which makes the covariance-reset write key
-    ``k/(‖k‖² + r)`` equal to the delta rule's ``β k`` (SPEC §1.2). fla's kernels divide by
+    ``k/(‖k‖² + r)`` equal to the delta rule's ``β k`` (docs/design-model.md §6). fla's kernels divide by
     ``sqrt(‖x‖² + 1e-6)`` instead; the two differ by ``O(1e-6/‖x‖²)``.
     """
     x = x if x.dtype == torch.float64 else x.float()

@@ -1,0 +1,122 @@
+"""``ProbSeqConfig``: a decoder-only language model with a chosen mixer per layer.
+
+Every block is pre-norm: ``h = h + mixer(RMSNorm(h))``, ``h = h + SwiGLU(RMSNorm(h))``. The mixer of each
+layer is ``mixer`` (a name of :data:`probseq.layers.MIXERS`), except the layers listed in ``attn_layers``
+(or every ``attn_every``-th layer), which are softmax attention — the hybrid pattern.
+
+Sizes of the recurrent mixers are given per head: ``num_heads`` heads of key dim ``head_dim`` and value
+dim ``head_dim · expand_v`` (``bayesian``, ``gated_deltanet``, ``deltanet``, ``linear_attention``; the
+last two are converted to fla's ``expand_k``/``expand_v`` ratios). ``mamba2`` uses ``expand``,
+``head_dim`` (its ``P``), ``state_size`` (``N``) and ``n_groups``; its head count is
+``expand · hidden_size / head_dim``. Attention layers use ``attn_num_heads`` (default ``num_heads``)
+heads of ``hidden_size / attn_num_heads``, ``attn_num_kv_heads``, ``rope_theta``.
+
+A bad configuration raises ``ValueError`` at construction: unknown names, a hybrid pattern out of range,
+and — by building every mixer the config uses once on the ``meta`` device — head sizes that do not
+divide and mixer options a layer refuses (e.g. ``allow_neg_eigval=True``).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PretrainedConfig
+
+from probseq.layers import MIXERS, RETENTIONS
+
+
+class ProbSeqConfig(PretrainedConfig):
+    """Configuration of :class:`~probseq.models.ProbSeqForCausalLM` (``model_type = "probseq"``).
+
+    Args:
+        vocab_size, hidden_size, num_hidden_layers: the usual.
+        mixer: the default mixer of every layer (``"bayesian"``, ``"gated_deltanet"``, ``"deltanet"``,
+            ``"linear_attention"``, ``"mamba2"`` or ``"attention"``).
+        retention, retention_init, r_min: the Bayesian Layer's certainty retention (``"reset"``,
+            ``"stationary"``, ``"learned"``), the initial scale ``ρ`` of ``learned`` (0: function-preserving)
+            and the noise floor (``None``: the layer's default).
+        num_heads, num_v_heads, head_dim, expand_v: recurrent heads (see the module docstring).
+        use_gate, use_short_conv, conv_size, conv_bias, output_gate_activation: fla's GDN / DeltaNet options.
+        allow_neg_eigval: fla's option, refused (``True`` raises).
+        chunk_size: chunk length of the chunked filters (``mamba2`` and ``linear_attention`` default to
+            their own when ``None``).
+        feature_map, decay: ``linear_attention``'s feature map and decay (``None``, ``"scalar"``, ``"channel"``).
+        state_size, expand, n_groups: ``mamba2``.
+        attn_layers, attn_every: hybrid pattern (explicit layer indices, or every n-th layer: ``n−1, 2n−1, …``).
+        attn_num_heads, attn_num_kv_heads, qkv_bias, rope_theta, max_position_embeddings: attention layers.
+        hidden_ratio, intermediate_size: SwiGLU width (fla's rule when ``intermediate_size`` is ``None``).
+        norm_eps, initializer_range, tie_word_embeddings, use_cache, pad/bos/eos_token_id: the usual.
+    """
+
+    model_type = "probseq"
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
+
+    def __init__(self, vocab_size: int = 32000, hidden_size: int = 2048, num_hidden_layers: int = 24,
+                 mixer: str = "bayesian", retention: str = "learned", retention_init: float = 0.0,
+                 r_min: float | None = None, num_heads: int = 6, num_v_heads: int | None = None, head_dim: int = 256,
+                 expand_v: float = 2.0, use_gate: bool = True, use_short_conv: bool = True, conv_size: int = 4,
+                 conv_bias: bool = False, allow_neg_eigval: bool = False, output_gate_activation: str = "swish",
+                 chunk_size: int | None = None, feature_map: str = "elu", decay: str | None = None,
+                 state_size: int = 64, expand: int = 2, n_groups: int = 1, attn_layers: list[int] | None = None,
+                 attn_every: int | None = None, attn_num_heads: int | None = None,
+                 attn_num_kv_heads: int | None = None, qkv_bias: bool = False, rope_theta: float = 10000.0,
+                 max_position_embeddings: int = 2048, hidden_ratio: float | None = 4,
+                 intermediate_size: int | None = None, norm_eps: float = 1e-6, initializer_range: float = 0.02,
+                 tie_word_embeddings: bool = False, use_cache: bool = True, pad_token_id: int | None = None,
+                 bos_token_id: int | None = 1, eos_token_id: int | None = 2, **kwargs):
+        self.vocab_size, self.hidden_size, self.num_hidden_layers = vocab_size, hidden_size, num_hidden_layers
+        self.mixer, self.retention, self.retention_init, self.r_min = mixer, retention, retention_init, r_min
+        self.num_heads, self.num_v_heads, self.head_dim, self.expand_v = num_heads, num_v_heads, head_dim, expand_v
+        self.use_gate, self.use_short_conv = use_gate, use_short_conv
+        self.conv_size, self.conv_bias = conv_size, conv_bias
+        self.allow_neg_eigval, self.output_gate_activation = allow_neg_eigval, output_gate_activation
+        self.chunk_size, self.feature_map, self.decay = chunk_size, feature_map, decay
+        self.state_size, self.expand, self.n_groups = state_size, expand, n_groups
+        self.attn_layers = None if attn_layers is None else list(attn_layers)
+        self.attn_every, self.attn_num_heads, self.attn_num_kv_heads = attn_every, attn_num_heads, attn_num_kv_heads
+        self.qkv_bias, self.rope_theta, self.max_position_embeddings = qkv_bias, rope_theta, max_position_embeddings
+        self.hidden_ratio, self.intermediate_size = hidden_ratio, intermediate_size
+        self.norm_eps, self.initializer_range, self.use_cache = norm_eps, initializer_range, use_cache
+        self._check()
+        super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
+                         tie_word_embeddings=tie_word_embeddings, **kwargs)
+
+    @property
+    def layer_mixers(self) -> list[str]:
+        """The mixer name of every layer."""
+        attn = set(self.attn_layers or ())
+        if self.attn_every:
+            attn |= set(range(self.attn_every - 1, self.num_hidden_layers, self.attn_every))
+        return ["attention" if i in attn else self.mixer for i in range(self.num_hidden_layers)]
+
+    def _check(self) -> None:
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.mixer not in MIXERS:
+            raise ValueError(f"unknown mixer {self.mixer!r}; choose one of {tuple(MIXERS)}")
+        if self.retention not in RETENTIONS:
+            raise ValueError(f"retention must be one of {RETENTIONS}, got {self.retention!r}")
+        if self.attn_layers is not None and self.attn_every is not None:
+            raise ValueError("give the hybrid pattern either as attn_layers or as attn_every, not both")
+        if self.attn_layers is not None:
+            bad = [i for i in self.attn_layers if isinstance(i, bool) or not isinstance(i, int)
+                   or not 0 <= i < self.num_hidden_layers]
+            if bad or len(set(self.attn_layers)) != len(self.attn_layers):
+                raise ValueError(f"attn_layers must be distinct layer indices in [0, {self.num_hidden_layers}), "
+                                 f"got {self.attn_layers}")
+        if self.attn_every is not None and (isinstance(self.attn_every, bool) or not isinstance(self.attn_every, int)
+                                            or self.attn_every <= 0):
+            raise ValueError(f"attn_every must be a positive int or None, got {self.attn_every!r}")
+        if self.intermediate_size is not None and (not isinstance(self.intermediate_size, int)
+                                                   or self.intermediate_size <= 0):
+            raise ValueError(f"intermediate_size must be a positive int or None, got {self.intermediate_size!r}")
+        # Every distinct mixer once, on the meta device: the layers' own checks, at no memory cost.
+        from probseq.models.blocks import build_mixer
+
+        seen = set()
+        for index, name in enumerate(self.layer_mixers):
+            if name not in seen:
+                seen.add(name)
+                with torch.device("meta"):
+                    build_mixer(self, index)

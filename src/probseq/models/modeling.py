@@ -1,0 +1,167 @@
+"""``ProbSeqModel`` and ``ProbSeqForCausalLM``: a stack of pre-norm blocks with a mixer per layer.
+
+Transformers integration (5.x): ``save_pretrained`` / ``from_pretrained`` (safetensors),
+``AutoModelForCausalLM`` (registered in :mod:`probseq.models`), ``generate`` (greedy, sampling, beam
+search; left-padded batches) through :class:`~probseq.models.ProbSeqCache`.
+
+Forward keywords beyond the usual: ``cu_seqlens`` (packed sequences, batch 1) and ``output_variance=True``
+(the Bayesian mixers then store their per-head predictive variance ``[B, T, H]`` in
+``layer.attn.last_variance``; :meth:`ProbSeqModel.variances` collects them).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from probseq.layers import BayesianLayer, GatedRMSNorm, Mamba2, RMSNorm
+from probseq.layers.utils import inverse_softplus_step, log_uniform_decay_rate
+from probseq.models.blocks import ProbSeqBlock
+from probseq.models.cache import ProbSeqCache
+from probseq.models.configuration import ProbSeqConfig
+
+
+class ProbSeqPreTrainedModel(PreTrainedModel):
+    """Weight initialisation (fla's: normal(``initializer_range``) for linear, conv and embedding weights,
+    Mamba-2's gate initialisation for ``A_log`` / ``dt_bias``) and the transformers plumbing."""
+
+    config_class = ProbSeqConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["ProbSeqBlock"]
+    _is_stateful = True
+    _input_embed_layer = "embeddings"
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv1d)):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, (RMSNorm, GatedRMSNorm)) and module.weight is not None:
+            init.ones_(module.weight)
+        if isinstance(module, BayesianLayer):
+            init.copy_(module.A_log, log_uniform_decay_rate(module.num_v_heads, 0.0, 16.0))
+            init.copy_(module.dt_bias, inverse_softplus_step(module.num_v_heads))
+            if module.retention == "learned":
+                init.normal_(module.c_weight, mean=0.0, std=std)
+                init.zeros_(module.c_bias)
+                init.constant_(module.c_scale, module.retention_init)
+        elif isinstance(module, Mamba2):
+            init.copy_(module.A_log, log_uniform_decay_rate(module.num_heads, *module.A_init_range))
+            init.copy_(module.dt_bias, inverse_softplus_step(module.num_heads, module.dt_min, module.dt_max))
+            init.ones_(module.D)
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # the model makes its own ProbSeqCache (recurrent states, not keys and values)
+
+
+class ProbSeqModel(ProbSeqPreTrainedModel):
+    """Embeddings → blocks → final RMSNorm; returns ``BaseModelOutputWithPast(last_hidden_state, cache,
+    hidden_states)``."""
+
+    def __init__(self, config: ProbSeqConfig):
+        super().__init__(config)
+        self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.layers = nn.ModuleList(ProbSeqBlock(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, eps=config.norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def variances(self) -> list[Tensor | None]:
+        """Per layer, the predictive variance ``[B, T, H]`` of the last forward run with
+        ``output_variance=True`` (``None`` for mixers without a covariance)."""
+        return [getattr(block.attn, "last_variance", None) for block in self.layers]
+
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                position_ids: Tensor | None = None, cache: ProbSeqCache | None = None,
+                inputs_embeds: Tensor | None = None, use_cache: bool | None = None,
+                output_hidden_states: bool | None = None, return_dict: bool | None = None,
+                past_key_values: ProbSeqCache | None = None, **kwargs) -> BaseModelOutputWithPast | tuple:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if cache is not None and past_key_values is not None and cache is not past_key_values:
+            raise ValueError("pass the cache once (cache= or its old name past_key_values=)")
+        cache = cache if cache is not None else past_key_values
+        if cache is not None and not isinstance(cache, ProbSeqCache):
+            raise ValueError(f"cache must be a ProbSeqCache, got {type(cache).__name__}")
+        use_cache = (self.config.use_cache and not self.training) if use_cache is None else use_cache
+        output_hidden_states = (self.config.output_hidden_states if output_hidden_states is None
+                                else output_hidden_states)
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        if use_cache and cache is None:
+            cache = ProbSeqCache()
+        if kwargs.pop("output_attentions", False):
+            raise ValueError("ProbSeq models do not return attention weights (output_attentions)")
+        if position_ids is not None:
+            kwargs["position_ids"] = position_ids
+
+        hidden_states = self.embeddings(input_ids) if inputs_embeds is None else inputs_embeds
+        all_hidden_states = () if output_hidden_states else None
+        for block in self.layers:
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            hidden_states = block(hidden_states, attention_mask=attention_mask, past_key_values=cache,
+                                  use_cache=use_cache, **kwargs)
+        hidden_states = self.norm(hidden_states)
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
+        cache = cache if use_cache else None
+        if not return_dict:
+            return tuple(x for x in (hidden_states, cache, all_hidden_states) if x is not None)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache, hidden_states=all_hidden_states)
+
+
+class ProbSeqForCausalLM(ProbSeqPreTrainedModel, GenerationMixin):
+    """Language model head on :class:`ProbSeqModel` (tied to the embeddings with ``tie_word_embeddings``)."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embeddings.weight"}
+
+    def __init__(self, config: ProbSeqConfig):
+        super().__init__(config)
+        self.model = ProbSeqModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_decoder(self) -> ProbSeqModel:
+        return self.model
+
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                position_ids: Tensor | None = None, cache: ProbSeqCache | None = None,
+                inputs_embeds: Tensor | None = None, labels: Tensor | None = None, use_cache: bool | None = None,
+                logits_to_keep: int | Tensor = 0, output_hidden_states: bool | None = None,
+                return_dict: bool | None = None, past_key_values: ProbSeqCache | None = None,
+                **kwargs) -> CausalLMOutputWithPast | tuple:
+        """Logits ``[B, T, vocab]`` (the last ``logits_to_keep`` positions when it is positive), the loss
+        of next-token prediction when ``labels`` are given, and the cache."""
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache,
+                             output_hidden_states=output_hidden_states, return_dict=True,
+                             past_key_values=past_key_values, **kwargs)
+        hidden_states = outputs.last_hidden_state
+        if isinstance(logits_to_keep, int):
+            hidden_states = hidden_states[:, -logits_to_keep:] if logits_to_keep > 0 else hidden_states
+        else:
+            hidden_states = hidden_states[:, logits_to_keep]
+        logits = self.lm_head(hidden_states)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size,
+                                      num_items_in_batch=num_items_in_batch)
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        if not return_dict:
+            output = tuple(x for x in (logits, outputs.cache, outputs.hidden_states) if x is not None)
+            return (loss, *output) if loss is not None else output
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache,
+                                      hidden_states=outputs.hidden_states)
+
+
+__all__ = ["ProbSeqForCausalLM", "ProbSeqModel", "ProbSeqPreTrainedModel"]
