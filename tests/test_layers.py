@@ -1,8 +1,9 @@
 """Mixer layers (probseq.layers): fla compatibility, reductions, decoding, padding and packing.
 
-Oracles that do not share our code: flash-linear-attention's layers for names, shapes and initial values,
-and fla's pure-PyTorch references (``naive_recurrent_gated_delta_rule``, ``naive_gdn_gate``,
-``rms_norm_ref``) assembled into the Gated DeltaNet layer pipeline for the reduction test.
+Oracles that do not share our code: flash-linear-attention's layers for names, shapes and initial values;
+fla's pure-PyTorch references (``naive_recurrent_gated_delta_rule``, ``delta_rule_recurrence``,
+``naive_gdn_gate``, ``rms_norm_ref``) assembled into the Gated DeltaNet and DeltaNet layer pipelines; and
+fla's own Mamba2 layer on its PyTorch path.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tests.conftest import assert_close
 
 fla_layers = pytest.importorskip("fla.layers")
 from fla.modules.norm.layernorm_gated import rms_norm_ref  # noqa: E402
+from fla.ops.delta_rule.naive import delta_rule_recurrence  # noqa: E402
 from fla.ops.gated_delta_rule.gate import naive_gdn_gate  # noqa: E402
 from fla.ops.gated_delta_rule.naive import naive_recurrent_gated_delta_rule  # noqa: E402
 
@@ -117,14 +119,18 @@ def _spread(layer: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return layer
 
 
-def fla_gated_deltanet_reference(layer: GatedDeltaNet, x: torch.Tensor) -> torch.Tensor:
-    """fla's Gated DeltaNet layer built from fla's pure-PyTorch references (float64 around a float32 recurrence)."""
+def fla_delta_layer_reference(layer: GatedDeltaNet | DeltaNet, x: torch.Tensor) -> torch.Tensor:
+    """fla's Gated DeltaNet / DeltaNet layer assembled from fla's pure-PyTorch references (float64 around
+    fla's float32 recurrences)."""
+    gated = isinstance(layer, GatedDeltaNet)
     x = x.double()
     p = {name: t.detach().double() for name, t in layer.state_dict().items()}
+    qk_act = "silu" if gated else layer.qk_activation
 
-    def conv(name, u):  # depthwise causal conv + SiLU, as fla's ShortConvolution
+    def conv(name, u, act):  # fla's ShortConvolution: depthwise causal conv, then its activation
         w = p[f"{name}.weight"]
-        return F.silu(F.conv1d(F.pad(u.transpose(1, 2), (w.shape[-1] - 1, 0)), w, groups=w.shape[0]).transpose(1, 2))
+        u = F.conv1d(F.pad(u.transpose(1, 2), (w.shape[-1] - 1, 0)), w, groups=w.shape[0]).transpose(1, 2)
+        return {"silu": F.silu(u), "relu": F.relu(u), "identity": u}[act]
 
     def heads(u, d):
         return u.unflatten(-1, (-1, d))
@@ -132,25 +138,53 @@ def fla_gated_deltanet_reference(layer: GatedDeltaNet, x: torch.Tensor) -> torch
     def l2norm(u):  # fla's l2norm
         return u * torch.rsqrt(u.square().sum(-1, keepdim=True) + 1e-6)
 
-    groups = layer.num_v_heads // layer.num_heads
-    q = l2norm(heads(conv("q_conv1d", x @ p["q_proj.weight"].T), layer.head_k_dim)).repeat_interleave(groups, 2)
-    k = l2norm(heads(conv("k_conv1d", x @ p["k_proj.weight"].T), layer.head_k_dim)).repeat_interleave(groups, 2)
-    v = heads(conv("v_conv1d", x @ p["v_proj.weight"].T), layer.head_v_dim)
-    g = naive_gdn_gate(x @ p["a_proj.weight"].T, p["A_log"], p["dt_bias"], output_dtype=torch.float64)
+    groups = layer.num_v_heads // layer.num_heads if gated else 1
+    q, k = (l2norm(heads(conv(f"{n}_conv1d", x @ p[f"{n}_proj.weight"].T, qk_act), layer.head_k_dim))
+            .repeat_interleave(groups, 2) for n in "qk")
+    v = heads(conv("v_conv1d", x @ p["v_proj.weight"].T, "silu"), layer.head_v_dim)
     beta = torch.sigmoid(x @ p["b_proj.weight"].T)
-    o, _ = naive_recurrent_gated_delta_rule(q, k, v, beta, g)
+    if gated:
+        g = naive_gdn_gate(x @ p["a_proj.weight"].T, p["A_log"], p["dt_bias"], output_dtype=torch.float64)
+        o, _ = naive_recurrent_gated_delta_rule(q, k, v, beta, g)
+    else:
+        o, _ = delta_rule_recurrence(*(t.transpose(1, 2) for t in (q, k, v, beta)))
+        o = o.transpose(1, 2)
     o = rms_norm_ref(o.double(), p["o_norm.weight"], None, z=heads(x @ p["g_proj.weight"].T, layer.head_v_dim),
                      eps=layer.norm_eps, norm_before_gate=True)
     return o.flatten(-2) @ p["o_proj.weight"].T
 
 
 @pytest.mark.parametrize("mode", ["chunk", "fused_recurrent"])
-def test_gated_deltanet_layer_matches_fla_reference(mode):
-    layer = _spread(GatedDeltaNet(hidden_size=D, head_dim=8, num_heads=2, num_v_heads=4, mode=mode, chunk_size=8))
+@pytest.mark.parametrize("name", ["gated_deltanet", "deltanet"])
+def test_delta_layers_match_fla_reference(name, mode):
+    if name == "gated_deltanet":
+        layer = GatedDeltaNet(hidden_size=D, head_dim=8, num_heads=2, num_v_heads=4, mode=mode, chunk_size=8)
+    else:
+        layer = DeltaNet(hidden_size=D, num_heads=2, use_gate=True, qk_activation="relu", mode=mode, chunk_size=8)
+    layer = _spread(layer)
     x = inputs(length=21)
-    expected = fla_gated_deltanet_reference(layer, x)  # fla's naive recurrence runs in float32
-    assert_close(layer(x)[0], expected, 1e-5, "GDN layer (float32) vs fla")
-    assert_close(copy.deepcopy(layer).double()(x.double())[0], expected, 1e-5, "GDN layer (float64) vs fla")
+    expected = fla_delta_layer_reference(layer, x)
+    assert_close(layer(x)[0], expected, 1e-5, f"{name} layer (float32) vs fla")
+    assert_close(copy.deepcopy(layer).double()(x.double())[0], expected, 1e-5, f"{name} layer (float64) vs fla")
+
+
+def test_mamba2_layer_matches_fla_torch_forward():
+    """fla's Mamba2 on CPU runs its pure-PyTorch SSD (``torch_forward``); its Triton-only activation and gated
+    norm are swapped for PyTorch's SiLU and fla's ``rms_norm_ref``. One group: fla's CPU path tiles the B/C
+    groups over heads, whereas mamba_ssm's kernels (and fla's CUDA path, and ours) give head ``h`` group
+    ``h // (heads/groups)``."""
+    kwargs = dict(hidden_size=D, head_dim=8, state_size=8, n_groups=1, chunk_size=16)
+    torch.manual_seed(0)
+    reference = fla_layers.Mamba2(**kwargs, backend="triton")
+    reference.act = F.silu
+    norm = reference.norm
+    norm.forward = lambda x, z=None: rms_norm_ref(x, norm.weight, None, z=z, eps=norm.eps,
+                                                  group_size=norm.group_size, norm_before_gate=norm.norm_before_gate)
+    torch.manual_seed(0)
+    layer = Mamba2(**kwargs)
+    x = inputs(length=37)
+    with torch.no_grad():
+        assert_close(layer(x)[0], reference(x)[0], 1e-5, "Mamba2 layer vs fla's torch_forward")
 
 
 def test_reset_retention_is_gated_deltanet():
@@ -324,6 +358,8 @@ def test_bad_masks_and_caches_raise():
         layer(x[:1], attention_mask=torch.ones(1, 23), cu_seqlens=torch.tensor([0, 23]))
     with pytest.raises(ValueError, match="batch size 1"):
         layer(x, cu_seqlens=torch.tensor([0, 23]))
+    with pytest.raises(ValueError, match="packed"):
+        make("attention")(x[:1], cu_seqlens=torch.tensor([0, 23]), past_key_values=DictCache(), use_cache=True)
     with pytest.raises(ValueError, match="layer_idx"):
         BayesianLayer(hidden_size=D, head_dim=8, num_heads=2)(x, past_key_values=DictCache(), use_cache=True)
     assert isinstance(RecurrentState((), None), tuple)

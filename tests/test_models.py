@@ -132,8 +132,7 @@ def test_cu_seqlens_packing_equals_padding(case):
         ids[i, width - n:], mask[i, width - n:] = part, 1
     with torch.no_grad():
         padded = model(ids, attention_mask=mask, use_cache=False).last_hidden_state
-        packed = model(torch.cat(parts)[None], cu_seqlens=torch.tensor([0, 7, 10, 19]),
-                       use_cache=False).last_hidden_state
+        packed = model(torch.cat(parts)[None], cu_seqlens=torch.tensor([0, 7, 10, 19])).last_hidden_state
     start = 0
     for i, n in enumerate(lengths):
         assert_close(packed[:, start:start + n], padded[i:i + 1, width - n:], 1e-5, f"{case}: sequence {i}")
@@ -238,3 +237,29 @@ def test_auto_classes_are_registered_on_import():
 def test_bad_configs_raise(overrides, match):
     with pytest.raises(ValueError, match=match):
         tiny_config(**overrides)
+
+
+def test_initialisation_follows_fla_and_keeps_the_retention_start():
+    model = tiny_model("bayesian", retention_init=0.0, initializer_range=0.02)
+    layer = model.model.layers[0].attn
+    assert bool((layer.c_scale == 0).all()) and bool((layer.c_bias == 0).all())
+    assert bool((layer.A_log.exp() >= 0).all()) and bool((layer.A_log.exp() <= 16).all())
+    dt = torch.nn.functional.softplus(layer.dt_bias)
+    assert bool((dt >= 1e-4).all()) and bool((dt <= 0.1 + 1e-6).all())
+    assert abs(layer.q_proj.weight.std().item() - 0.02) < 0.005
+    assert abs(model.model.embeddings.weight.std().item() - 0.02) < 0.005
+    assert bool((model.model.norm.weight == 1).all())
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    ids = prompts(length=12)
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny_model("hybrid").train()
+        if checkpointing:
+            model.activation_checkpointing_enable()
+            assert all(block.gradient_checkpointing for block in model.model.layers)
+        model(ids, labels=ids).loss.backward()
+        grads.append({name: p.grad for name, p in model.named_parameters()})
+    for name, grad in grads[0].items():
+        assert_close(grads[1][name], grad, 1e-5, name)

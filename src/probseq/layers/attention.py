@@ -89,6 +89,8 @@ class Attention(nn.Module):
         if output_attentions:
             raise ValueError("Attention runs on SDPA and cannot return attention weights (output_attentions)")
         cu_seqlens = kwargs.get("cu_seqlens")
+        if cu_seqlens is not None and use_cache:
+            raise ValueError("Attention cannot cache packed sequences (cu_seqlens with use_cache=True)")
         mask = padding_mask(hidden_states, attention_mask, cu_seqlens)
         batch, length, _ = hidden_states.shape
         last = read_state(self, past_key_values)

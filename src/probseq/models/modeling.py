@@ -92,7 +92,8 @@ class ProbSeqModel(ProbSeqPreTrainedModel):
         cache = cache if cache is not None else past_key_values
         if cache is not None and not isinstance(cache, ProbSeqCache):
             raise ValueError(f"cache must be a ProbSeqCache, got {type(cache).__name__}")
-        use_cache = (self.config.use_cache and not self.training) if use_cache is None else use_cache
+        if use_cache is None:  # packed sequences (training layout) are not cached by default
+            use_cache = self.config.use_cache and not self.training and kwargs.get("cu_seqlens") is None
         output_hidden_states = (self.config.output_hidden_states if output_hidden_states is None
                                 else output_hidden_states)
         return_dict = self.config.return_dict if return_dict is None else return_dict
