@@ -18,6 +18,16 @@ VOCAB, PAD = 61, 0
 CASES = [*MIXERS, "hybrid"]  # every mixer alone, and Bayesian layers with attention every 2nd layer
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: intra-op threads only add synchronisation, and on a shared 2-core machine a second
+    OpenMP thread waiting for a busy core slows these tests ~10x. Restored after each test."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_config(case: str = "bayesian", **overrides) -> ProbSeqConfig:
     kwargs = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_heads=2, head_dim=8, expand_v=1.0,
                   intermediate_size=48, retention_init=0.5, state_size=8, attn_num_heads=4, attn_num_kv_heads=2,
