@@ -39,7 +39,8 @@ class ProbSeqConfig(PretrainedConfig):
         allow_neg_eigval: fla's option, refused (``True`` raises).
         chunk_size: chunk length of the chunked filters (``mamba2`` and ``linear_attention`` default to
             their own when ``None``).
-        feature_map, decay: ``linear_attention``'s feature map and decay (``None``, ``"scalar"``, ``"channel"``).
+        feature_map, decay: ``linear_attention``'s feature map (default ``"elu"``, parameter-free; fla's default
+            is ``"elementwise_product"``) and decay (``None``, ``"scalar"``, ``"channel"``).
         state_size, expand, n_groups: ``mamba2``.
         attn_layers, attn_every: hybrid pattern (explicit layer indices, or every n-th layer: ``n−1, 2n−1, …``).
         attn_num_heads, attn_num_kv_heads, qkv_bias, rope_theta, max_position_embeddings: attention layers.
