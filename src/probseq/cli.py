@@ -10,9 +10,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="probseq", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     from probseq import bench
-    from probseq.experiments import collision, demo
+    from probseq.experiments import collision, demo, uncertainty
 
-    for module in (collision, bench, demo):
+    for module in (collision, bench, demo, uncertainty):
         module.add_parser(commands)
     args = parser.parse_args(argv)
     try:
