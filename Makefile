@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo test test-slow bench mutate clean
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ test-slow: install
 
 bench: install
 	$(VENV)/bin/probseq bench --preset quick --out reports/bench.json
+
+# Mutation testing of the fast paths (src/probseq/ops/): every listed bug must fail the tests (scripts/mutate.py).
+mutate: install
+	$(PY) scripts/mutate.py
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache
