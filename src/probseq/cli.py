@@ -11,9 +11,12 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     from probseq import bench
     from probseq.experiments import collision, demo, uncertainty
+    from probseq.interop import fla as fla_interop
 
     for module in (collision, bench, demo, uncertainty):
         module.add_parser(commands)
+    fla_interop.add_convert_parser(commands)
+    fla_interop.add_export_parser(commands)
     args = parser.parse_args(argv)
     try:
         return args.run(args) or 0
