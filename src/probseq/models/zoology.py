@@ -1,0 +1,221 @@
+"""Zoology's MQAR model built from probseq's pieces: ``[short-conv block, mixer] × n``, no MLP.
+
+Arora, Eyuboglu et al., "Zoology: Measuring and Improving Recall in Efficient Language Models" (2023).
+Their MQAR models (``zoology/experiments/.../configs.py``) alternate a gated short-convolution block
+(``BaseConv``, kernel 3) with the sequence mixer under test (``Hybrid`` picks ``configs[layer_idx % 2]``),
+use no state mixer (``torch.nn.Identity`` instead of an MLP), tie the LM head to the embeddings and give
+every mixer the same ``d_model``. This is the same architecture written with probseq's layers::
+
+    h = embed(x)
+    for i in range(n_layers):
+        h = h + (conv_block if i is even else mixer)(RMSNorm(h))     # pre-norm residual blocks
+    logits = lm_head(RMSNorm(h))                                      # lm_head tied to embed
+
+    conv_block(u) = ShortConv_kernel(u) ⊙ Linear(u)                   # Zoology's BaseConv (gated conv)
+
+Differences from Zoology's code, on purpose: RMSNorm instead of LayerNorm, and a plain pre-norm residual
+(Zoology's ``TransformerBlock`` with an identity state mixer adds ``LayerNorm(residual)`` back into the
+residual and ``BaseConv`` adds its own skip; neither changes what the task asks of the mixer).
+
+The mixer is any name of :data:`probseq.layers.MIXERS`, built by :func:`probseq.models.blocks.build_mixer`
+from a :class:`~probseq.models.ProbSeqConfig` with Zoology's head settings for MQAR
+(:meth:`ZoologyConfig.mixer_config`): attention 1 head; DeltaNet / Gated DeltaNet / Bayesian / linear
+attention 2 heads of ``d_model / 2`` (``expand_v = 1``, no output gate, as Zoology's GDN and DeltaNet
+runs); Mamba-2 ``expand = 2``, head dim 64 (or ``d_model`` when smaller), ``state_size = 16``.
+
+``forward(input_ids, logits_mask=None)``: with ``logits_mask [B, T]`` (bool) the LM head runs only at the
+masked positions and ``logits`` is ``[N, vocab]`` for the ``N`` masked positions in row-major order — at
+vocab 8192 the head dominates the cost, and MQAR scores a few positions per sequence. Without it,
+``logits`` is ``[B, T, vocab]``. The model computes no loss: labels are pre-shifted in probseq's tasks,
+and :mod:`probseq.train` owns the loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoModel, PretrainedConfig
+from transformers.utils import ModelOutput
+
+from probseq.layers import MIXERS, RETENTIONS, RMSNorm, ShortConvolution
+from probseq.models.blocks import build_mixer
+from probseq.models.cache import ProbSeqCache
+from probseq.models.configuration import ProbSeqConfig
+from probseq.models.modeling import ProbSeqPreTrainedModel
+
+
+class ZoologyConfig(PretrainedConfig):
+    """Configuration of :class:`ZoologyModel` (``model_type = "probseq_zoology"``).
+
+    Args:
+        vocab_size: tokens.
+        d_model: width of every block (the same for every mixer).
+        n_layers: blocks; even indices are conv blocks, odd ones the mixer (4 = ``[conv, mixer] × 2``).
+        mixer: a name of :data:`probseq.layers.MIXERS`.
+        conv_kernel: kernel of the conv blocks (Zoology: 3).
+        num_heads: heads of the mixer (``None``: Zoology's setting, see the module docstring).
+        expand_v: value-dim ratio of the recurrent mixers.
+        state_size: Mamba-2's ``N``.
+        use_gate: output gate of the delta-rule mixers.
+        retention, retention_init: the Bayesian Layer's certainty retention.
+        feature_map: linear attention's feature map.
+        norm_eps, initializer_range, tie_word_embeddings: the usual.
+    """
+
+    model_type = "probseq_zoology"
+
+    def __init__(self, vocab_size: int = 8192, d_model: int = 64, n_layers: int = 4, mixer: str = "bayesian",
+                 conv_kernel: int = 3, num_heads: int | None = None, expand_v: float = 1.0, state_size: int = 16,
+                 use_gate: bool = False, retention: str = "learned", retention_init: float = 0.0,
+                 feature_map: str = "elu", norm_eps: float = 1e-5, initializer_range: float = 0.02,
+                 tie_word_embeddings: bool = True, **kwargs):
+        self.vocab_size, self.d_model, self.n_layers, self.mixer = vocab_size, d_model, n_layers, mixer
+        self.conv_kernel, self.num_heads, self.expand_v, self.state_size = conv_kernel, num_heads, expand_v, state_size
+        self.use_gate, self.retention, self.retention_init = use_gate, retention, retention_init
+        self.feature_map, self.norm_eps, self.initializer_range = feature_map, norm_eps, initializer_range
+        for name in ("vocab_size", "d_model", "n_layers", "conv_kernel", "state_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if n_layers < 2:
+            raise ValueError(f"n_layers must be >= 2 (a conv block and a mixer), got {n_layers}")
+        if mixer not in MIXERS:
+            raise ValueError(f"unknown mixer {mixer!r}; choose one of {tuple(MIXERS)}")
+        if retention not in RETENTIONS:
+            raise ValueError(f"retention must be one of {RETENTIONS}, got {retention!r}")
+        super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
+        self.mixer_config()  # builds the mixer once on the meta device: bad head sizes fail here
+
+    def mixer_config(self) -> ProbSeqConfig:
+        """The :class:`ProbSeqConfig` the mixers are built from (Zoology's head settings for MQAR)."""
+        d = self.d_model
+        heads = self.num_heads or (1 if self.mixer == "attention" else 2)
+        if self.mixer != "mamba2" and d % heads:
+            raise ValueError(f"d_model={d} must be divisible by num_heads={heads}")
+        if self.mixer == "mamba2":
+            head_dim = min(64, d)
+            if self.num_heads:  # heads = expand · d_model / head_dim
+                head_dim = 2 * d // self.num_heads
+        else:
+            head_dim = d // heads
+        return ProbSeqConfig(vocab_size=self.vocab_size, hidden_size=d, num_hidden_layers=self.n_layers,
+                             mixer=self.mixer, num_heads=heads, head_dim=head_dim, expand_v=self.expand_v,
+                             use_gate=self.use_gate, retention=self.retention, retention_init=self.retention_init,
+                             feature_map=self.feature_map, state_size=self.state_size, expand=2,
+                             attn_num_heads=heads, norm_eps=self.norm_eps, max_position_embeddings=1 << 20)
+
+
+class ConvBlock(nn.Module):
+    """Zoology's ``BaseConv``: ``ShortConv(u) ⊙ Linear(u)`` (depthwise causal conv, no activation)."""
+
+    def __init__(self, d_model: int, kernel_size: int):
+        super().__init__()
+        self.conv = ShortConvolution(d_model, kernel_size, bias=True, activation=None)
+        self.projection = nn.Linear(d_model, d_model)
+
+    def forward(self, u: Tensor) -> Tensor:
+        return self.conv(u)[0] * self.projection(u)
+
+
+@dataclass
+class ZoologyOutput(ModelOutput):
+    """``logits``: ``[B, T, vocab]``, or ``[N, vocab]`` at the ``N`` positions of ``logits_mask``."""
+
+    logits: Tensor | None = None
+
+
+class ZoologyModel(ProbSeqPreTrainedModel):
+    """Embeddings → ``n_layers`` pre-norm residual blocks (conv, mixer, conv, mixer, …) → RMSNorm → tied head.
+
+    Weight initialisation is :class:`~probseq.models.ProbSeqPreTrainedModel`'s (fla's normal(0.02), the
+    Mamba-2/GDN gate initialisation, the Bayesian retention start).
+    """
+
+    config_class = ZoologyConfig
+    base_model_prefix = "zoology"
+    _no_split_modules = ["ConvBlock"]
+    _tied_weights_keys = {"lm_head.weight": "embeddings.weight"}
+
+    def __init__(self, config: ZoologyConfig):
+        super().__init__(config)
+        mixer_config = config.mixer_config()
+        self.embeddings = nn.Embedding(config.vocab_size, config.d_model)
+        self.norms = nn.ModuleList(RMSNorm(config.d_model, eps=config.norm_eps) for _ in range(config.n_layers))
+        self.layers = nn.ModuleList(ConvBlock(config.d_model, config.conv_kernel) if i % 2 == 0
+                                    else build_mixer(mixer_config, i) for i in range(config.n_layers))
+        self.norm = RMSNorm(config.d_model, eps=config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def hidden_states(self, input_ids: Tensor, cache: ProbSeqCache | None = None) -> Tensor:
+        """Final hidden states ``[B, T, D]``; with ``cache``, the mixers write their decoding states into it."""
+        h = self.embeddings(input_ids)
+        for index, (norm, layer) in enumerate(zip(self.norms, self.layers)):
+            if index % 2 == 0:
+                h = h + layer(norm(h))
+            else:
+                h = h + layer(norm(h), past_key_values=cache, use_cache=cache is not None)[0]
+        return self.norm(h)
+
+    def forward(self, input_ids: Tensor, logits_mask: Tensor | None = None, **kwargs) -> ZoologyOutput:
+        """Logits of next-token prediction.
+
+        Args:
+            input_ids: ``[B, T]`` token ids.
+            logits_mask: ``[B, T]`` bool; when given, logits only at these positions.
+
+        Returns:
+            :class:`ZoologyOutput` with ``logits [B, T, V]`` or ``[N, V]``.
+        """
+        if kwargs:
+            raise ValueError(f"ZoologyModel.forward got unexpected arguments {sorted(kwargs)}")
+        hidden = self.hidden_states(input_ids)
+        if logits_mask is not None:
+            if logits_mask.shape != input_ids.shape or logits_mask.dtype != torch.bool:
+                raise ValueError(f"logits_mask must be a bool tensor of shape {list(input_ids.shape)}, got "
+                                 f"{logits_mask.dtype} {list(logits_mask.shape)}")
+            hidden = hidden[logits_mask]
+        return ZoologyOutput(logits=self.lm_head(hidden))
+
+    @torch.no_grad()
+    def state_size(self, sequence_length: int) -> int:
+        """Numbers in the decoding state after ``sequence_length`` tokens (Zoology's ``state_size``; bytes in
+        float32 are 4×): every mixer's cached state (conv states, memory, the covariance of a Bayesian Layer
+        whose retention is not ``reset``; keys and values for attention) plus each conv block's last ``kernel`` inputs. Measured by running the mixers with a cache."""
+        cache = ProbSeqCache()
+        was_training = self.training
+        self.eval()
+        try:
+            self.hidden_states(torch.zeros(1, sequence_length, dtype=torch.long, device=self.device), cache)
+        finally:
+            self.train(was_training)
+        total = 0
+        stack = []
+        for index, slot in enumerate(cache.layers):
+            state = slot.state
+            if getattr(state, "memory", None) is not None and getattr(self.layers[index], "retention", "reset") == "reset":
+                # γ = 0 resets the covariance before every write: what the layer caches of it is not state
+                state = state._replace(memory=state.memory._replace(cov=None))
+            stack.append(state)
+        while stack:
+            item = stack.pop()
+            if isinstance(item, Tensor):
+                total += item.numel()
+            elif isinstance(item, tuple):
+                stack.extend(item)
+        conv_blocks = (self.config.n_layers + 1) // 2
+        return total + conv_blocks * self.config.d_model * self.config.conv_kernel
+
+
+AutoConfig.register(ZoologyConfig.model_type, ZoologyConfig, exist_ok=True)
+AutoModel.register(ZoologyConfig, ZoologyModel, exist_ok=True)
+
+__all__ = ["ConvBlock", "ZoologyConfig", "ZoologyModel", "ZoologyOutput"]
