@@ -1,0 +1,161 @@
+"""Typed, validated training configs: frozen dataclasses, built from dicts or ``key=value`` overrides.
+
+A :class:`TrainConfig` is everything one training run depends on — the model (:class:`ModelSpec`), the data
+(:class:`~probseq.train.data.MQARData` or :class:`~probseq.train.data.RecallData`, told apart by ``kind``),
+the optimisation and the run settings. It is checked on construction: every field against its type
+annotation (``Literal`` choices, ``X | None``, ``tuple[X, ...]``, nested dataclasses), then the ranges.
+:func:`from_dict` and :func:`with_overrides` build one from plain data; an unknown key or a wrong type is
+a ``ValueError`` that names the key by its dotted path (``model.d_model``, ``data.train[0].seq_len``).
+
+This module imports no torch (the CLI stays fast).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from probseq.train.data import MQARData, RecallData
+from probseq.train.schema import check_fields, from_dict, positive, with_overrides
+
+MixerName = Literal["bayesian", "gated_deltanet", "deltanet", "linear_attention", "mamba2", "attention"]
+MIXER_NAMES: tuple[str, ...] = typing.get_args(MixerName)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The MQAR model (:class:`probseq.models.zoology.ZoologyModel`); the vocabulary comes from the data.
+
+    Attributes:
+        mixer: the sequence mixer (a name of :data:`probseq.layers.MIXERS`).
+        d_model: width of every block.
+        n_layers: blocks, alternating conv block and mixer (4 = ``[conv, mixer] × 2``).
+        num_heads: mixer heads (``None``: Zoology's setting per mixer).
+        expand_v: value-dim ratio of the recurrent mixers.
+        state_size: Mamba-2's ``N``.
+        conv_kernel: kernel of the conv blocks.
+        use_gate: output gate of the delta-rule mixers.
+        retention: the Bayesian Layer's certainty retention.
+    """
+
+    mixer: MixerName = "bayesian"
+    d_model: int = 64
+    n_layers: int = 4
+    num_heads: int | None = None
+    expand_v: float = 1.0
+    state_size: int = 16
+    conv_kernel: int = 3
+    use_gate: bool = False
+    retention: Literal["reset", "stationary", "learned"] = "learned"
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        positive(self, "d_model", "n_layers", "state_size", "conv_kernel", "expand_v")
+        if self.num_heads is not None:
+            positive(self, "num_heads")
+        if self.n_layers < 2:
+            raise ValueError(f"n_layers must be >= 2 (a conv block and a mixer), got {self.n_layers}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run (``transformers.Trainer`` underneath; see :func:`probseq.train.train`).
+
+    Attributes:
+        model: the model.
+        data: the task and its train / valid / test splits.
+        learning_rate, weight_decay, max_grad_norm, adam_beta1, adam_beta2: AdamW (torch's).
+        lr_scheduler: schedule after ``warmup`` (a fraction of ``max_steps`` when < 1, else steps).
+        max_steps: optimizer steps.
+        batch_size: examples per device per micro-batch; the global batch is
+            ``batch_size · gradient_accumulation_steps · world_size``.
+        gradient_accumulation_steps: micro-batches per optimizer step.
+        eval_batch_size: examples per device per evaluation batch.
+        seed: model initialisation and data order (``transformers.set_seed``).
+        data_seed: data generation (``None``: ``seed``); train/valid seeds and test seeds are disjoint
+            (:func:`probseq.tasks.split_seeds`).
+        precision: ``"bf16"`` / ``"fp16"`` autocast (accelerate), ``"fp32"`` none.
+        output_dir: checkpoints (``checkpoint-<step>/``, safetensors) and the run's config; ``""`` for a
+            temporary folder that is deleted afterwards (then nothing can be resumed).
+        save_steps: checkpoint every that many steps (0: none).
+        save_total_limit: checkpoints kept (oldest deleted first).
+        resume: continue from the last checkpoint in ``output_dir`` if there is one.
+        logging_steps: log the training loss every that many steps.
+        progress: tqdm progress bars.
+        num_threads: ``torch.set_num_threads`` for the run (``None``: leave it).
+        fsdp, fsdp_wrap: ``TrainingArguments.fsdp`` (e.g. ``"full_shard auto_wrap"``) and the block classes
+            it wraps (``fsdp_config["transformer_layer_cls_to_wrap"]``); for models that outgrow a device.
+    """
+
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: MQARData | RecallData = field(default_factory=MQARData)
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.1
+    max_grad_norm: float = 1.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
+    warmup: float = 0.1
+    max_steps: int = 1000
+    batch_size: int = 64
+    gradient_accumulation_steps: int = 1
+    eval_batch_size: int = 128
+    seed: int = 0
+    data_seed: int | None = None
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    output_dir: str = ""
+    save_steps: int = 0
+    save_total_limit: int | None = 1
+    resume: bool = True
+    logging_steps: int = 50
+    progress: bool = True
+    num_threads: int | None = None
+    fsdp: str = ""
+    fsdp_wrap: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        positive(self, "learning_rate", "max_steps", "batch_size", "gradient_accumulation_steps", "eval_batch_size",
+                 "logging_steps", "adam_beta1", "adam_beta2")
+        for name in ("weight_decay", "max_grad_norm", "warmup", "save_steps", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.data_seed is not None and self.data_seed < 0:
+            raise ValueError(f"data_seed must be >= 0 or None, got {self.data_seed}")
+        if not (self.adam_beta1 < 1 and self.adam_beta2 < 1):
+            raise ValueError(f"adam_beta1 and adam_beta2 must be < 1, got {self.adam_beta1}, {self.adam_beta2}")
+        if self.save_total_limit is not None and self.save_total_limit < 1:
+            raise ValueError(f"save_total_limit must be >= 1 or None, got {self.save_total_limit}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1 or None, got {self.num_threads}")
+        if self.save_steps and not self.output_dir:
+            raise ValueError("save_steps > 0 needs an output_dir for the checkpoints")
+
+    @property
+    def effective_data_seed(self) -> int:
+        return self.seed if self.data_seed is None else self.data_seed
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that decide the result (not where it is written, how it is shown or checkpointed)."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUN_ONLY_FIELDS}
+
+    def fingerprint(self) -> str:
+        """A short stable hash of :meth:`identity`."""
+        text = json.dumps(self.identity(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+# Settings that change neither the trained parameters nor the metrics.
+RUN_ONLY_FIELDS = frozenset({"output_dir", "save_steps", "save_total_limit", "resume", "logging_steps", "progress",
+                             "num_threads", "eval_batch_size"})
+
+
+
+__all__ = ["MIXER_NAMES", "RUN_ONLY_FIELDS", "MixerName", "ModelSpec", "TrainConfig", "from_dict", "with_overrides"]

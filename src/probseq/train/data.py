@@ -1,0 +1,180 @@
+"""Training data as configs: which task, which segments, how many examples, generated from seeds.
+
+A data config has ``train``, ``valid`` and ``test`` splits, each a tuple of segments. Every segment is
+generated from its own seed (:func:`probseq.tasks.split_seeds` of the run's data seed): train and valid
+segments draw from the lower half of the seed range, test segments from the upper half, all distinct —
+so the validation data (used to pick hyper-parameters) is never the test data, and a run is reproducible
+from its config alone.
+
+Segments of different lengths are trained together; a batch is right-padded to its longest example with
+token 0 and label ``IGNORE_INDEX`` (a causal model's outputs at earlier positions do not see the padding).
+Labels are pre-shifted (:mod:`probseq.tasks`): ``labels[t]`` is the target of the prediction at ``t``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+from probseq.tasks import IGNORE_INDEX, MQARSegment, RecallConfig, TaskData, split_seeds
+from probseq.train.schema import check_fields
+
+
+@dataclass(frozen=True)
+class MQARSplit:
+    """One MQAR segment: ``num_examples`` sequences of ``seq_len`` tokens with ``num_kv_pairs`` pairs."""
+
+    seq_len: int
+    num_kv_pairs: int
+    num_examples: int
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    @property
+    def name(self) -> str:
+        return f"T{self.seq_len}_k{self.num_kv_pairs}"
+
+
+@dataclass(frozen=True)
+class MQARData:
+    """Zoology's MQAR (:func:`probseq.tasks.multiquery_ar`) with a shared vocabulary and query law.
+
+    Attributes:
+        kind: ``"mqar"``.
+        vocab_size, power_a, random_non_queries: :class:`probseq.tasks.MQARSegment`'s.
+        train, valid, test: the segments of each split.
+    """
+
+    kind: Literal["mqar"] = "mqar"
+    vocab_size: int = 8192
+    power_a: float = 0.01
+    random_non_queries: bool = True
+    train: tuple[MQARSplit, ...] = (MQARSplit(64, 4, 10_000),)
+    valid: tuple[MQARSplit, ...] = ()
+    test: tuple[MQARSplit, ...] = (MQARSplit(64, 4, 1_000),)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if not self.train:
+            raise ValueError("data.train needs at least one segment")
+        for split in ("valid", "test"):
+            names = [s.name for s in getattr(self, split)]
+            if len(set(names)) != len(names):
+                raise ValueError(f"data.{split} has repeated segments: {names}")
+        for s in self.segments():  # the generator's own checks, on the real arguments
+            MQARSegment(self.vocab_size, s.seq_len, s.num_kv_pairs, s.num_examples, self.power_a,
+                        self.random_non_queries)
+
+    @property
+    def vocab(self) -> int:
+        return self.vocab_size
+
+    def segments(self) -> tuple[MQARSplit, ...]:
+        return self.train + self.valid + self.test
+
+    def generate(self, split: MQARSplit, seed: int) -> TaskData:
+        return MQARSegment(self.vocab_size, split.seq_len, split.num_kv_pairs, split.num_examples, self.power_a,
+                           self.random_non_queries).build(seed)
+
+
+@dataclass(frozen=True)
+class RecallSplit:
+    """One associative-recall segment: ``num_examples`` examples of ``task``, called ``name``."""
+
+    name: str
+    task: RecallConfig
+    num_examples: int
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class RecallData:
+    """Associative recall (:class:`probseq.tasks.RecallConfig`); every segment must share ``num_keys`` and
+    ``num_values`` (one vocabulary).
+
+    Attributes:
+        kind: ``"recall"``.
+        train, valid, test: the segments of each split (names unique within a split).
+    """
+
+    kind: Literal["recall"] = "recall"
+    train: tuple[RecallSplit, ...] = (RecallSplit("train", RecallConfig(), 10_000),)
+    valid: tuple[RecallSplit, ...] = ()
+    test: tuple[RecallSplit, ...] = (RecallSplit("inside", RecallConfig(), 1_000),)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if not self.train:
+            raise ValueError("data.train needs at least one segment")
+        for split in ("valid", "test"):
+            names = [s.name for s in getattr(self, split)]
+            if len(set(names)) != len(names):
+                raise ValueError(f"data.{split} has repeated names: {names}")
+        sizes = {(s.task.num_keys, s.task.num_values) for s in self.segments()}
+        if len(sizes) > 1:
+            raise ValueError(f"every recall segment must share num_keys and num_values (one vocabulary), got {sizes}")
+        for s in self.segments():
+            if s.num_examples < 1:
+                raise ValueError(f"num_examples of segment {s.name!r} must be >= 1, got {s.num_examples}")
+
+    @property
+    def vocab(self) -> int:
+        return self.train[0].task.vocab_size
+
+    def segments(self) -> tuple[RecallSplit, ...]:
+        return self.train + self.valid + self.test
+
+    def generate(self, split: RecallSplit, seed: int) -> TaskData:
+        return split.task.build(split.num_examples, seed)
+
+
+class Splits(NamedTuple):
+    """Generated data: the train segments, and each evaluation segment by name (``valid_<name>``,
+    ``test_<name>``)."""
+
+    train: list[TaskData]
+    evaluation: dict[str, TaskData]
+
+
+def generate(data: MQARData | RecallData, data_seed: int) -> Splits:
+    """Generate every segment of ``data`` from ``data_seed`` (train and valid seeds first, then test)."""
+    seeds = split_seeds(data_seed, len(data.train) + len(data.valid), len(data.test))
+    train_seeds, valid_seeds = seeds.train[: len(data.train)], seeds.train[len(data.train):]
+    train = [data.generate(s, seed) for s, seed in zip(data.train, train_seeds)]
+    evaluation = {f"valid_{s.name}": data.generate(s, seed) for s, seed in zip(data.valid, valid_seeds)}
+    evaluation |= {f"test_{s.name}": data.generate(s, seed) for s, seed in zip(data.test, seeds.test)}
+    return Splits(train, evaluation)
+
+
+class TokenDataset:
+    """A map-style dataset over one or more :class:`TaskData` segments: item ``i`` is
+    ``{"input_ids": [T_i], "labels": [T_i]}``."""
+
+    def __init__(self, segments: list[TaskData]):
+        self.rows = [(inputs[i], labels[i]) for inputs, labels in segments for i in range(len(inputs))]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        inputs, labels = self.rows[index]
+        return {"input_ids": inputs, "labels": labels}
+
+
+def pad_collate(examples: list[dict]) -> dict:
+    """Stack examples, right-padding to the longest with token 0 and label ``IGNORE_INDEX``."""
+    import torch
+
+    length = max(len(e["input_ids"]) for e in examples)
+    inputs = torch.zeros(len(examples), length, dtype=torch.long)
+    labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
+    for row, e in enumerate(examples):
+        inputs[row, : len(e["input_ids"])] = e["input_ids"]
+        labels[row, : len(e["labels"])] = e["labels"]
+    return {"input_ids": inputs, "labels": labels}
+
+
+__all__ = ["MQARData", "MQARSplit", "RecallData", "RecallSplit", "Splits", "TokenDataset", "generate", "pad_collate"]

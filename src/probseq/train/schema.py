@@ -1,0 +1,137 @@
+"""Typed dataclass configs: check fields against their annotations, build from dicts, apply overrides.
+
+Supported annotations: ``int``, ``float`` (an int is accepted), ``str``, ``bool``, ``Literal[...]``,
+``X | None``, ``tuple[X, ...]``, nested dataclasses, and a union of dataclasses told apart by their
+``kind`` field. Errors are ``ValueError`` naming the key by its dotted path (``model.d_model``,
+``data.train[0].seq_len``). No torch here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from typing import Any, Literal
+
+def positive(config: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value!r}")
+
+
+def check_fields(config: Any) -> None:
+    """Check every field of a dataclass instance against its annotation (no conversion)."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        _check(f.name, getattr(config, f.name), hints[f.name], convert=False)
+
+
+def from_dict(cls: type, data: Any, path: str = "") -> Any:
+    """Build the dataclass ``cls`` from ``data`` (a dict; nested dicts for nested dataclasses, lists for
+    tuples). Ints are accepted for floats. Unknown keys, missing required keys and wrong types are a
+    ``ValueError`` naming the key's dotted path."""
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise ValueError(f"{path or cls.__name__} must be a mapping of {cls.__name__} fields, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown config key {_join(path, unknown[0])!r}; known keys of {cls.__name__}: "
+                         f"{', '.join(fields)}")
+    hints = typing.get_type_hints(cls)
+    values = {name: _check(_join(path, name), value, hints[name], convert=True) for name, value in data.items()}
+    try:
+        return cls(**values)
+    except TypeError as error:  # a required field is missing
+        raise ValueError(f"{path or cls.__name__}: {error}") from None
+    except ValueError as error:
+        message = str(error)
+        raise ValueError(f"{path}: {message}" if path and not message.startswith(path) else message) from None
+
+
+def with_overrides(config: Any, overrides: list[str]) -> Any:
+    """``config`` with ``key=value`` overrides; keys are dotted paths (``model.d_model=128``), values JSON
+    (``learning_rate=3e-3``, ``data.train=[{"seq_len": 64, "num_kv_pairs": 4, "num_examples": 1000}]``; a bare
+    word is a string)."""
+    data = dataclasses.asdict(config)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node, parts = data, key.split(".")
+        for depth, part in enumerate(parts[:-1]):
+            if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):
+                raise ValueError(f"unknown config key {'.'.join(parts[: depth + 1])!r}")
+            node = node[part]
+        if parts[-1] not in node:
+            raise ValueError(f"unknown config key {key!r}; known keys here: {', '.join(node)}")
+        node[parts[-1]] = value
+    return from_dict(type(config), data)
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _check(key: str, value: Any, hint: Any, convert: bool) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        classes = [a for a in options if dataclasses.is_dataclass(a)]
+        if classes and len(classes) == len(options):
+            return _check_tagged(key, value, classes, convert)
+        if len(options) == 1:
+            return _check(key, value, options[0], convert)
+        raise TypeError(f"unsupported annotation {hint} for {key}")
+    if origin is Literal:
+        if isinstance(value, bool) or value not in args:
+            raise ValueError(f"{key} must be one of {args}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key} must be a list, got {value!r} ({type(value).__name__})")
+        inner = args[:-1] if len(args) == 2 and args[1] is Ellipsis else args
+        if len(inner) != 1 and len(inner) != len(value):
+            raise ValueError(f"{key} must have {len(inner)} items, got {len(value)}")
+        items = [_check(f"{key}[{i}]", v, inner[0] if len(inner) == 1 else inner[i], convert)
+                 for i, v in enumerate(value)]
+        return tuple(items)
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        if convert:
+            return from_dict(hint, value, key)
+        raise ValueError(f"{key} must be a {hint.__name__}, got {value!r}")
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{key} must be a float, got {value!r} ({type(value).__name__})")
+        return float(value) if convert else value
+    if hint in (int, str, bool):
+        if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+            raise ValueError(f"{key} must be {hint.__name__}, got {value!r} ({type(value).__name__})")
+        return value
+    if hint is Any:
+        return value
+    raise TypeError(f"unsupported annotation {hint} for {key}")
+
+
+def _check_tagged(key: str, value: Any, classes: list[type], convert: bool) -> Any:
+    """One of several dataclasses, chosen by their ``kind`` field."""
+    if any(isinstance(value, c) for c in classes):
+        return value
+    kinds = {c.__dataclass_fields__["kind"].default: c for c in classes}
+    if not convert or not isinstance(value, dict):
+        raise ValueError(f"{key} must be one of {', '.join(c.__name__ for c in classes)}, got {value!r}")
+    kind = value.get("kind")
+    if kind not in kinds:
+        raise ValueError(f"{key}.kind must be one of {tuple(kinds)}, got {kind!r}")
+    return from_dict(kinds[kind], value, key)

@@ -1,0 +1,217 @@
+"""``train(config) -> metrics``: a :class:`TrainConfig` run on ``transformers.Trainer``.
+
+The Trainer (with accelerate) does the training loop: AdamW, the learning-rate schedule with warmup,
+gradient accumulation, clipping, bf16/fp16 autocast, logging and tqdm progress bars, checkpoints
+(``output_dir/checkpoint-<step>/``: ``model.safetensors``, ``config.json``, optimizer, scheduler, RNG states,
+``trainer_state.json``), ``resume_from_checkpoint`` (restores all of them and skips the batches already
+seen, so a resumed run ends where an uninterrupted one does), and data parallelism under ``torchrun``.
+probseq adds:
+
+- :class:`PreShiftedTrainer`: the loss on pre-shifted labels (:func:`~probseq.train.metrics.pre_shifted_cross_entropy`,
+  logits only at supervised positions when the model can) and argmax predictions for the metrics;
+- :func:`~probseq.train.metrics.recall_metrics`: accuracy at supervised positions, per-example accuracy;
+- seeding (``transformers.set_seed(seed)`` before the model is built; data generated from ``data_seed``);
+- a guard against resuming a different run: ``output_dir`` keeps the config it was started with.
+
+Distributed runs (one process per device; the global batch is ``batch_size · grad_accum · world_size``)::
+
+    torchrun --nproc_per_node 2 my_script.py     # CPU: gloo; GPU: nccl (TrainConfig → ddp_backend)
+
+For a model that outgrows one device, shard it with FSDP (GPU, torchrun)::
+
+    TrainConfig(..., fsdp="full_shard auto_wrap", fsdp_wrap=("ConvBlock", "BayesianLayer"))
+    # → TrainingArguments(fsdp="full_shard auto_wrap",
+    #                     fsdp_config={"transformer_layer_cls_to_wrap": ["ConvBlock", "BayesianLayer"]})
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from probseq.models.zoology import ZoologyConfig, ZoologyModel
+from probseq.tasks import IGNORE_INDEX
+from probseq.train.config import TrainConfig
+from probseq.train.data import TokenDataset, generate, pad_collate
+from probseq.train.metrics import pre_shifted_cross_entropy, recall_metrics, scatter_predictions
+
+# The config a run's output_dir was started with (its identity fields), checked before resuming.
+CONFIG_FILE = "probseq_train_config.json"
+
+
+class PreShiftedTrainer(Trainer):
+    """``Trainer`` whose loss is the cross-entropy on pre-shifted labels (no shift), normalised by the
+    supervised tokens of the whole accumulated, all-device batch (``num_items_in_batch``).
+
+    Evaluation returns argmax predictions ``[B, T]`` (``IGNORE_INDEX`` where unscored) instead of logits,
+    so ``compute_metrics`` sees ``EvalPrediction(predictions, label_ids)`` of token ids.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Count the supervised tokens of each accumulated batch (the loss normaliser) — every label, as the
+        # labels are already shifted — and treat the loss as normalised by that count.
+        self.model_accepts_loss_kwargs = True
+        self._loss_shifts_labels = False
+        forward = self.accelerator.unwrap_model(self.model).forward
+        self.gathers_logits = "logits_mask" in inspect.signature(forward).parameters
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs["labels"]
+        if self.gathers_logits:  # the LM head only where a label is
+            logits = model(input_ids=inputs["input_ids"], logits_mask=labels != IGNORE_INDEX).logits
+        else:
+            logits = model(input_ids=inputs["input_ids"]).logits
+        loss = pre_shifted_cross_entropy(logits, labels, num_items_in_batch)
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            # num_items_in_batch counts every device's tokens and DDP averages the gradients
+            loss = loss * self.accelerator.num_processes
+        if not return_outputs:
+            return loss
+        return loss, {"predictions": scatter_predictions(logits.detach(), labels)}
+
+
+def build_model(config: TrainConfig) -> ZoologyModel:
+    """The run's model, initialised from ``transformers.set_seed(config.seed)``."""
+    spec = config.model
+    set_seed(config.seed)
+    return ZoologyModel(ZoologyConfig(vocab_size=config.data.vocab, d_model=spec.d_model, n_layers=spec.n_layers,
+                                      mixer=spec.mixer, conv_kernel=spec.conv_kernel, num_heads=spec.num_heads,
+                                      expand_v=spec.expand_v, state_size=spec.state_size, use_gate=spec.use_gate,
+                                      retention=spec.retention))
+
+
+def training_arguments(config: TrainConfig, output_dir: str | os.PathLike) -> TrainingArguments:
+    """The ``TrainingArguments`` of a run (everything the Trainer does is configured here)."""
+    fsdp_config = {"transformer_layer_cls_to_wrap": list(config.fsdp_wrap)} if config.fsdp_wrap else None
+    return TrainingArguments(
+        output_dir=str(output_dir), max_steps=config.max_steps, per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.eval_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps, learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay, adam_beta1=config.adam_beta1, adam_beta2=config.adam_beta2,
+        max_grad_norm=config.max_grad_norm, optim="adamw_torch", lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup, seed=config.seed, bf16=config.precision == "bf16",
+        fp16=config.precision == "fp16", save_strategy="steps" if config.save_steps else "no",
+        save_steps=config.save_steps or 500, save_total_limit=config.save_total_limit, logging_steps=config.logging_steps,
+        eval_strategy="no", report_to="none", disable_tqdm=not config.progress, label_names=["labels"],
+        remove_unused_columns=False, dataloader_drop_last=True, dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(), ddp_find_unused_parameters=False,
+        use_cpu=not torch.cuda.is_available(), ddp_backend=_ddp_backend(), fsdp=config.fsdp or None,
+        fsdp_config=fsdp_config)
+
+
+def _ddp_backend() -> str | None:
+    """gloo on CPU, nccl on GPU — under ``torchrun`` only (a single process needs no process group)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def build_trainer(config: TrainConfig, output_dir: str | os.PathLike,
+                  callbacks: tuple[TrainerCallback, ...] = ()) -> PreShiftedTrainer:
+    """Model, generated data and arguments, assembled into a :class:`PreShiftedTrainer` (not yet run).
+    The evaluation datasets are ``trainer.eval_dataset`` (a dict by split name)."""
+    args = training_arguments(config, output_dir)
+    model = build_model(config)
+    splits = generate(config.data, config.effective_data_seed)
+    trainer = PreShiftedTrainer(model=model, args=args, train_dataset=TokenDataset(splits.train),
+                                eval_dataset={name: TokenDataset([d]) for name, d in splits.evaluation.items()},
+                                data_collator=pad_collate, compute_metrics=recall_metrics, callbacks=list(callbacks))
+    if not config.progress:
+        trainer.remove_callback(PrinterCallback)  # without bars, the Trainer would print every log dict
+    if len(trainer.train_dataset) < config.batch_size * trainer.args.world_size:
+        raise ValueError(f"the train split has {len(trainer.train_dataset)} examples, fewer than one global batch "
+                         f"({config.batch_size} × {trainer.args.world_size} devices)")
+    return trainer
+
+
+def train(config: TrainConfig, callbacks: tuple[TrainerCallback, ...] = ()) -> dict[str, Any]:
+    """Train (resuming from the last checkpoint in ``config.output_dir`` when ``config.resume``), then
+    evaluate every valid and test segment.
+
+    Returns:
+        ``{"fingerprint", "steps", "resumed_from_step", "train_loss", "seconds_per_step", "num_parameters",
+        "state_size", "state_bytes", "eval": {split: {"accuracy", "example_accuracy", "all_correct",
+        "loss"}}}``; ``state_size`` is :meth:`ZoologyModel.state_size` at the longest train sequence and
+        ``state_bytes`` its float32 size. JSON-serialisable.
+    """
+    with _threads(config.num_threads), _output_dir(config) as output_dir:
+        trainer = build_trainer(config, output_dir, callbacks)
+        checkpoint = get_last_checkpoint(str(output_dir)) if config.resume and config.output_dir else None
+        resumed = int(Path(checkpoint).name.split("-")[-1]) if checkpoint else None
+        started = time.perf_counter()
+        try:
+            output = trainer.train(resume_from_checkpoint=checkpoint)
+        except (OSError, RuntimeError, KeyError) as error:
+            if checkpoint is None:
+                raise
+            raise ValueError(f"could not resume from {checkpoint} ({type(error).__name__}: {error}); delete it to "
+                             f"start over") from error
+        elapsed = time.perf_counter() - started
+        metrics = trainer.evaluate()
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        longest = max(s.task.seq_len if hasattr(s, "task") else s.seq_len for s in config.data.train)
+        state_size = model.state_size(longest)
+    steps_run = output.global_step - (resumed or 0)
+    evaluation = {}
+    for name in trainer.eval_dataset:
+        prefix = f"eval_{name}_"
+        evaluation[name] = {key[len(prefix):]: float(value) for key, value in metrics.items()
+                            if key.startswith(prefix) and key[len(prefix):] in ("accuracy", "example_accuracy",
+                                                                                 "all_correct", "loss")}
+    return {"fingerprint": config.fingerprint(), "steps": output.global_step, "resumed_from_step": resumed,
+            "train_loss": float(output.training_loss), "seconds_per_step": elapsed / max(steps_run, 1),
+            "num_parameters": sum(p.numel() for p in model.parameters()), "state_size": state_size,
+            "state_bytes": 4 * state_size, "eval": evaluation}
+
+
+@contextlib.contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def _output_dir(config: TrainConfig) -> Iterator[Path]:
+    """``config.output_dir`` after checking that it belongs to this config (or a temporary folder)."""
+    if not config.output_dir:
+        with tempfile.TemporaryDirectory(prefix="probseq-train-") as folder:
+            yield Path(folder)
+        return
+    folder = Path(config.output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / CONFIG_FILE
+    identity = json.loads(json.dumps(config.identity()))
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"corrupt {path}: {error}; delete {folder} to start over") from error
+        if saved != identity:
+            changed = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
+            raise ValueError(f"{folder} holds a run of a different config (differs in {', '.join(changed)}); use "
+                             f"another output_dir, or delete it to start over")
+    else:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{CONFIG_FILE}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(identity, handle, indent=2)
+        os.replace(tmp, path)
+    yield folder
+
+
+__all__ = ["CONFIG_FILE", "PreShiftedTrainer", "build_model", "build_trainer", "train", "training_arguments"]

@@ -1,0 +1,214 @@
+"""probseq.train: validated configs, the loss on pre-shifted labels, metrics, resume equivalence, torchrun."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+from transformers.trainer_utils import EvalPrediction
+
+from probseq.tasks import IGNORE_INDEX, RecallConfig
+from probseq.train import (MQARData, MQARSplit, ModelSpec, RecallData, RecallSplit, TrainConfig, from_dict, train,
+                           with_overrides)
+from probseq.train.data import generate, pad_collate
+from probseq.train.metrics import pre_shifted_cross_entropy, recall_metrics, scatter_predictions
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(**changes) -> TrainConfig:
+    config = TrainConfig(model=ModelSpec(mixer="bayesian", d_model=16),
+                         data=MQARData(vocab_size=64, train=(MQARSplit(32, 4, 64),),
+                                       valid=(MQARSplit(32, 4, 16),), test=(MQARSplit(48, 6, 16),)),
+                         learning_rate=1e-2, warmup=0.25, max_steps=6, batch_size=8, eval_batch_size=16, seed=5,
+                         num_threads=1, progress=False, logging_steps=1)
+    return dataclasses.replace(config, **changes)
+
+
+class KeepParameters(TrainerCallback):
+    def __init__(self):
+        self.state = None
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+# ------------------------------------------------------------------------------------------ configs
+
+def test_config_unknown_key_is_an_error_naming_it():
+    with pytest.raises(ValueError, match="'learning_rat'"):
+        from_dict(TrainConfig, {"learning_rat": 1e-3})
+    with pytest.raises(ValueError, match="'model.d_modle'"):
+        from_dict(TrainConfig, {"model": {"d_modle": 32}})
+    with pytest.raises(ValueError, match=r"'data.train\[0\].seqlen'"):
+        from_dict(TrainConfig, {"data": {"kind": "mqar", "train": [{"seqlen": 64}]}})
+    with pytest.raises(ValueError, match="'model.d_modle'"):
+        with_overrides(TrainConfig(), ["model.d_modle=32"])
+    with pytest.raises(ValueError, match="'warmup_ratio'"):
+        with_overrides(TrainConfig(), ["warmup_ratio=0.1"])
+
+
+def test_config_wrong_type_is_an_error_naming_the_key():
+    with pytest.raises(ValueError, match="max_steps"):
+        from_dict(TrainConfig, {"max_steps": "10"})
+    with pytest.raises(ValueError, match="model.d_model"):
+        from_dict(TrainConfig, {"model": {"d_model": 1.5}})
+    with pytest.raises(ValueError, match="model.mixer"):
+        from_dict(TrainConfig, {"model": {"mixer": "transformer"}})
+    with pytest.raises(ValueError, match=r"data.train\[0\].seq_len"):
+        from_dict(TrainConfig, {"data": {"kind": "mqar", "train": [{"seq_len": "64", "num_kv_pairs": 4,
+                                                                    "num_examples": 10}]}})
+    with pytest.raises(ValueError, match="data.kind"):
+        from_dict(TrainConfig, {"data": {"kind": "ruler"}})
+    with pytest.raises(ValueError, match="progress"):
+        with_overrides(TrainConfig(), ["progress=1"])
+    with pytest.raises(ValueError, match="max_steps"):
+        TrainConfig(max_steps=2.5)  # direct construction is checked too
+    with pytest.raises(ValueError, match="learning_rate"):
+        TrainConfig(learning_rate=-1.0)
+
+
+def test_config_round_trips_through_dicts_and_overrides():
+    recall = RecallData(train=(RecallSplit("train", RecallConfig(num_pairs=4, seq_len=32), 64),),
+                        test=(RecallSplit("gap", RecallConfig(num_pairs=4, gap=8, seq_len=40), 16),))
+    for config in (tiny_config(), TrainConfig(data=recall)):
+        assert from_dict(TrainConfig, dataclasses.asdict(config)) == config
+    changed = with_overrides(tiny_config(), ["learning_rate=3e-3", "model.mixer=attention", "max_steps=7",
+                                             "data.vocab_size=128"])
+    assert (changed.learning_rate, changed.model.mixer, changed.max_steps, changed.data.vocab_size) == \
+        (3e-3, "attention", 7, 128)
+    assert with_overrides(tiny_config(), ["learning_rate=1"]).learning_rate == 1.0  # an int is a float
+    # where and how a run is written does not change its identity
+    assert tiny_config(output_dir="x", progress=True).fingerprint() == tiny_config().fingerprint()
+    assert tiny_config(learning_rate=2e-3).fingerprint() != tiny_config().fingerprint()
+
+
+def test_data_is_generated_from_seeds_with_disjoint_splits():
+    data = tiny_config().data
+    first, again, other = generate(data, 1), generate(data, 1), generate(data, 2)
+    assert torch.equal(first.train[0].inputs, again.train[0].inputs)
+    assert not torch.equal(first.train[0].inputs, other.train[0].inputs)
+    assert set(first.evaluation) == {"valid_T32_k4", "test_T48_k6"}
+    # the validation segment has the train segment's shape but its own seed
+    assert not torch.equal(first.evaluation["valid_T32_k4"].inputs, first.train[0].inputs[:16])
+    batch = pad_collate([{"input_ids": torch.ones(3, dtype=torch.long), "labels": torch.tensor([5, -100, 6])},
+                         {"input_ids": torch.ones(5, dtype=torch.long), "labels": torch.full((5,), 7)}])
+    assert batch["input_ids"].tolist()[0] == [1, 1, 1, 0, 0]
+    assert batch["labels"].tolist()[0] == [5, -100, 6, -100, -100]
+
+
+# ------------------------------------------------------------------------------------------ loss, metrics
+
+def test_loss_on_pre_shifted_labels_equals_a_hand_computation():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 7, generator=gen)
+    labels = torch.tensor([[-100, 3, -100, -100, 6], [0, -100, -100, 2, -100]])
+    hand = [-(logits[b, t].exp() / logits[b, t].exp().sum()).log()[labels[b, t]]
+            for b in range(2) for t in range(5) if labels[b, t] != -100]
+    expected = torch.stack(hand).mean()
+    assert torch.allclose(pre_shifted_cross_entropy(logits, labels), expected, atol=1e-6)
+    # logits gathered at the supervised positions give the same loss
+    assert torch.allclose(pre_shifted_cross_entropy(logits[labels != -100], labels), expected, atol=1e-6)
+    # num_items_in_batch is the normaliser (the whole accumulated batch)
+    assert torch.allclose(pre_shifted_cross_entropy(logits, labels, torch.tensor(8)), torch.stack(hand).sum() / 8)
+    # no shift: a causal-LM loss (prediction at t scored against labels[t + 1]) is a different number
+    shifted = F.cross_entropy(logits[:, :-1].reshape(-1, 7), labels[:, 1:].reshape(-1), ignore_index=-100)
+    assert not torch.allclose(shifted, expected)
+    with pytest.raises(ValueError, match="logits"):
+        pre_shifted_cross_entropy(torch.randn(3, 7), labels)
+
+
+def test_trainer_loss_and_predictions_match_the_full_logits(tmp_path):
+    from probseq.train.trainer import build_trainer
+
+    trainer = build_trainer(tiny_config(), output_dir=tmp_path)
+    batch = pad_collate([trainer.train_dataset[i] for i in range(4)])
+    model = trainer.model.eval()
+    with torch.no_grad():
+        loss, outputs = trainer.compute_loss(model, dict(batch), return_outputs=True)
+        full = model(input_ids=batch["input_ids"]).logits  # [B, T, V], no mask
+    assert trainer.gathers_logits
+    assert torch.allclose(loss, pre_shifted_cross_entropy(full, batch["labels"]), atol=1e-5)
+    mask = batch["labels"] != IGNORE_INDEX
+    assert torch.equal(outputs["predictions"][mask], full.argmax(-1)[mask])
+    assert (outputs["predictions"][~mask] == IGNORE_INDEX).all()
+
+
+def test_recall_metrics():
+    labels = np.array([[-100, 3, -100, 4], [5, -100, 6, -100], [-100] * 4])
+    predictions = np.array([[9, 3, 9, 0], [5, 1, 6, 1], [1, 1, 1, 1]])
+    metrics = recall_metrics(EvalPrediction(predictions=predictions, label_ids=labels))
+    assert metrics == {"accuracy": 0.75, "example_accuracy": 0.75, "all_correct": 0.5}
+    scattered = scatter_predictions(torch.eye(3)[[2, 0]], torch.tensor([[-100, 1, 1]]))
+    assert scattered.tolist() == [[-100, 2, 0]]
+
+
+# ------------------------------------------------------------------------------------------ runs
+
+class Crash(Exception):
+    pass
+
+
+class CrashAfterCheckpoint(TrainerCallback):
+    """Stop the process right after checkpoint ``step`` is written (an interruption)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise Crash
+
+
+def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path):
+    whole, keep_whole = tiny_config(output_dir=str(tmp_path / "whole"), save_steps=1), KeepParameters()
+    expected = train(whole, callbacks=(keep_whole,))
+
+    split = tiny_config(output_dir=str(tmp_path / "split"), save_steps=1)
+    with pytest.raises(Crash):
+        train(split, callbacks=(CrashAfterCheckpoint(3),))
+    assert (tmp_path / "split" / "checkpoint-3" / "model.safetensors").exists()
+    keep_split = KeepParameters()
+    resumed = train(split, callbacks=(keep_split,))
+
+    assert resumed["resumed_from_step"] == 3 and resumed["steps"] == expected["steps"] == 6
+    for name, metrics in expected["eval"].items():
+        for key, value in metrics.items():
+            assert resumed["eval"][name][key] == pytest.approx(value, abs=1e-6), (name, key)
+    for key, value in keep_whole.state.items():
+        assert torch.allclose(keep_split.state[key], value, atol=1e-6, rtol=0), key
+    # the parameters did move: the comparison is not of two untouched initialisations
+    initial = KeepParameters()
+    train(tiny_config(max_steps=1, learning_rate=1e-9), callbacks=(initial,))
+    assert not torch.allclose(initial.state["embeddings.weight"], keep_whole.state["embeddings.weight"])
+
+
+def test_output_dir_of_another_config_is_refused(tmp_path):
+    train(tiny_config(output_dir=str(tmp_path), max_steps=1))
+    with pytest.raises(ValueError, match="different config.*learning_rate"):
+        train(tiny_config(output_dir=str(tmp_path), max_steps=1, learning_rate=5e-3))
+
+
+def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    script = ROOT / "tests" / "train_ddp_script.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    single, ddp = tmp_path / "single.safetensors", tmp_path / "ddp.safetensors"
+    subprocess.run([sys.executable, str(script), str(single)], check=True, cwd=tmp_path, env=env,
+                   capture_output=True, timeout=300)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    result = subprocess.run([*torchrun, str(script), str(ddp)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = load_file(single), load_file(ddp)
+    assert one.keys() == two.keys()
+    for key in one:
+        assert torch.allclose(one[key], two[key], atol=1e-5, rtol=0), key
