@@ -24,6 +24,8 @@ the general path runs and ``∂L/∂γ`` at ``γ = 0`` is exact and non-zero; he
 an update that pushes ``ρ`` below 0 does not strand the layer at ``γ ≡ 0`` with a zero gradient.
 A Gated DeltaNet state dict (no ``c_weight c_bias c_scale``) loads with ``strict=True`` and leaves them at
 their initial values — with the default ``retention_init = 0``, exactly that start.
+
+docs/layers.md walks through the module, its decoding state ``(conv, M, P)`` and the variance side channel.
 """
 
 from __future__ import annotations
