@@ -10,12 +10,22 @@ through the same chunked code path (``γ ≡ 0``), chunked linear attention, PyT
 attention, and — when flash-linear-attention is installed — its pure-PyTorch references
 ``naive_chunk_gated_delta_rule`` and ``naive_mesa_net_CG`` (30 CG iterations).
 
+Layer and model cases (``--layer`` runs only these): the Bayesian Layer (``retention="learned"``) against
+the Gated DeltaNet layer, both as fla builds them (projections, short convolutions, gates, gated norm,
+output projection) at ``hidden_size=512``, 4 heads of ``head_dim=128``, ``expand_v=1``, ``B=2``,
+``T=2048``, forward+backward into the input and every parameter; ``bayes_filter`` alone, forward+backward
+on the very inputs the Bayesian Layer hands it (recorded from one layer call), which gives the share of
+the layer's time spent in the filter; and the time per generated token of a small Bayesian
+``ProbSeqForCausalLM`` (2 layers of the same width, byte vocabulary) after a prefill of 128 and of 8192
+tokens: single-token forwards with the cache, as ``generate`` runs them.
+
 Conventions: every case is timed in ``warmup + repeats`` interleaved rounds (each round runs every
 case once, so the drift of a shared machine affects all methods alike) and a time is the median of
 the ``repeats`` timed rounds; the slow token-loop reference runs once. Forward runs under
 ``torch.no_grad``; forward+backward backpropagates ``output.sum()`` into every input. Peak memory is
 the peak of bytes allocated by torch during one call (profiler allocation events), inputs excluded;
-it is not profiled for the token loops (reference, recurrent), whose cost the profiler would dominate.
+it is not profiled for the token loops (reference, recurrent, generation steps), whose cost the profiler
+would dominate.
 FLOPs are analytical (multiply-add = 2) for the forward; forward+backward counts 3× the forward.
 """
 
@@ -31,6 +41,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Literal
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +67,14 @@ class BenchConfig:
     repeats: int = 3
     warmup: int = 1
     seed: int = 0
+    cases: Literal["all", "filters", "layer"] = "all"  # "layer": only the layer and generation cases
+    layer_hidden_size: int = 512
+    layer_heads: int = 4
+    layer_head_dim: int = 128
+    layer_batch: int = 2
+    layer_length: int = 2048
+    generate_contexts: tuple[int, ...] = (128, 8192)
+    generate_layers: int = 2
 
 
 PRESETS = {
@@ -64,7 +83,8 @@ PRESETS = {
                         decode_positions=(1024, 4096, 16384, 65536), repeats=5, warmup=2),
 }
 
-# (description, numerator, denominator, comparison, target): each side is (method, T, pass).
+# (description, numerator, denominator, comparison, target): each side is (method, T, pass); comparison
+# "info" reports the ratio without a target.
 TARGETS = [
     ("Bayesian chunked fwd+bwd / our Gated DeltaNet chunked fwd+bwd, T=4096",
      ("bayes_chunked", 4096, "fwd+bwd"), ("gdn_chunked", 4096, "fwd+bwd"), "<=", 2.0),
@@ -82,6 +102,12 @@ TARGETS = [
      ("bayes_chunked_cov64", 4096, "fwd+bwd"), ("bayes_chunked", 4096, "fwd+bwd"), "<=", 2.0),
     ("decoding step time at position 16,384 / at position 1,024",
      ("bayes_step", 16384, "step"), ("bayes_step", 1024, "step"), "<=", 1.1),
+    ("Bayesian Layer (learned γ) fwd+bwd / Gated DeltaNet layer fwd+bwd, D=512, 4 heads × 128, B=2, T=2048",
+     ("layer_bayes", 2048, "fwd+bwd"), ("layer_gdn", 2048, "fwd+bwd"), "<=", 1.6),
+    ("share of the Bayesian Layer's fwd+bwd time spent in bayes_filter (same inputs), T=2048",
+     ("layer_bayes_filter", 2048, "fwd+bwd"), ("layer_bayes", 2048, "fwd+bwd"), "info", None),
+    ("generation time per token, small Bayesian ProbSeqForCausalLM, context 8,192 / context 128",
+     ("generate_step", 8192, "step"), ("generate_step", 128, "step"), "<=", 1.2),
 ]
 
 
@@ -203,6 +229,12 @@ def _method(name: str, config: BenchConfig) -> Callable[[dict], torch.Tensor] | 
 
 def _call(name: str, length: int, mode: str, config: BenchConfig) -> Callable[[], object] | None:
     """A closure running one method once on fixed inputs (``None`` when the method is not installed)."""
+    if name in LAYER_METHODS:
+        return _layer_call(name, length, config)
+    if name == "generate_step":
+        return _generate_call(length, config)
+    if name == "bayes_step":
+        return _step_call(length, config)
     method = _method(name, config)
     if method is None:
         return None
@@ -238,6 +270,94 @@ def _step_call(position: int, config: BenchConfig) -> Callable[[], object]:
 
 
 STEPS_PER_CALL = 20  # a decoding step is ~0.1 ms: time several per call
+GENERATE_STEPS_PER_CALL = 5  # a model step is tens of ms on a CPU (``validate=True``'s checks included)
+
+
+def steps_per_call(case: tuple[str, int, str]) -> int:
+    """Single-token steps one call of ``case`` runs (1 for a whole-sequence case)."""
+    if case[2] != "step":
+        return 1
+    return GENERATE_STEPS_PER_CALL if case[0] == "generate_step" else STEPS_PER_CALL
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer and model cases.
+
+LAYER_METHODS = ("layer_bayes", "layer_gdn", "layer_bayes_filter")
+
+
+def _layer(name: str, config: BenchConfig) -> torch.nn.Module:
+    from probseq.layers import BayesianLayer, GatedDeltaNet
+
+    torch.manual_seed(config.seed)
+    sizes = dict(hidden_size=config.layer_hidden_size, num_heads=config.layer_heads, head_dim=config.layer_head_dim,
+                 expand_v=1, chunk_size=config.chunk_size)
+    return GatedDeltaNet(**sizes) if name == "layer_gdn" else BayesianLayer(**sizes, retention="learned")
+
+
+def _filter_arguments(layer: torch.nn.Module, x: torch.Tensor) -> tuple[tuple, dict]:
+    """The arguments ``layer`` passes to ``bayes_filter`` on ``x``, as fresh leaves that require grad."""
+    from probseq.layers import bayesian
+
+    recorded = {}
+
+    def record(*args, **kwargs):
+        recorded.update(args=args, kwargs=kwargs)
+        return bayes_filter(*args, **kwargs)
+
+    with torch.no_grad(), mock.patch.object(bayesian, "bayes_filter", record):
+        layer(x)
+    args = tuple(a.detach().clone().requires_grad_(True) if isinstance(a, torch.Tensor) else a
+                 for a in recorded["args"])
+    return args, recorded["kwargs"]
+
+
+def _layer_call(name: str, length: int, config: BenchConfig) -> Callable[[], object]:
+    """Forward+backward of a whole layer (``layer_bayes``, ``layer_gdn``) or of the Bayesian Layer's filter
+    alone on the inputs the layer gives it (``layer_bayes_filter``)."""
+    layer = _layer(name, config)
+    gen = torch.Generator().manual_seed(config.seed)
+    x = torch.randn(config.layer_batch, length, config.layer_hidden_size, generator=gen).requires_grad_(True)
+    if name == "layer_bayes_filter":
+        args, kwargs = _filter_arguments(layer, x)
+        leaves = [a for a in args if isinstance(a, torch.Tensor)]
+
+        def call():
+            for t in leaves:
+                t.grad = None
+            bayes_filter(*args, **kwargs).output.sum().backward()
+
+        return call
+
+    def call():
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        layer(x)[0].sum().backward()
+
+    return call
+
+
+def _generate_call(context: int, config: BenchConfig) -> Callable[[], object]:
+    """``GENERATE_STEPS_PER_CALL`` single-token forwards with the cache of a small Bayesian model prefilled with
+    ``context`` tokens (the state stays the same size, so later steps cost the same)."""
+    from probseq.models import ProbSeqConfig, ProbSeqForCausalLM
+
+    torch.manual_seed(config.seed)
+    model = ProbSeqForCausalLM(ProbSeqConfig(
+        vocab_size=256, hidden_size=config.layer_hidden_size, num_hidden_layers=config.generate_layers,
+        num_heads=config.layer_heads, head_dim=config.layer_head_dim, expand_v=1.0, mixer="bayesian",
+        retention="learned", chunk_size=config.chunk_size, bos_token_id=None, eos_token_id=None)).eval()
+    ids = torch.randint(0, 256, (1, context + 1), generator=torch.Generator().manual_seed(config.seed))
+    with torch.no_grad():
+        cache = model(ids[:, :context], use_cache=True, logits_to_keep=1).cache
+    token = ids[:, context:]
+
+    def call():
+        with torch.no_grad():
+            for _ in range(GENERATE_STEPS_PER_CALL):
+                model(token, cache=cache, use_cache=True)
+
+    return call
 
 
 def _measurement(name, length, mode, runs, config, peak) -> Measurement:
@@ -245,7 +365,8 @@ def _measurement(name, length, mode, runs, config, peak) -> Measurement:
     forward = flops(name, length, config.key_dim, config.value_dim, config.chunk_size)
     total = None if forward is None else forward * config.batch * config.heads * (3 if mode == "fwd+bwd" else 1)
     gflop = None if total is None else total / 1e9
-    tokens = config.batch * (1 if mode == "step" else length)
+    batch = config.layer_batch if name in LAYER_METHODS else config.batch
+    tokens = batch * (1 if mode == "step" else length)
     return Measurement(name, length, mode, seconds, tokens / seconds, peak, gflop,
                        None if gflop is None else gflop / seconds, runs)
 
@@ -260,19 +381,25 @@ def _timed(fn: Callable[[], object]) -> float:
 
 
 def plan(config: BenchConfig) -> list[tuple[str, int, str]]:
-    """Every (method, T, mode) to measure."""
+    """Every (method, T, mode) to measure (``T`` is the position or context of the ``step`` cases)."""
     cases = []
-    for length in config.lengths:
-        for mode in ("fwd", "fwd+bwd"):
-            cases += [("bayes_chunked", length, mode), ("gdn_chunked", length, mode), ("la_chunked", length, mode)]
-        cases.append(("sdpa_causal", length, "fwd"))
-        if length <= 4096:
-            cases += [("bayes_recurrent", length, "fwd"), ("fla_gdn_naive_chunk", length, "fwd+bwd")]
-        if length == 4096:
-            cases.append(("bayes_chunked_cov64", length, "fwd+bwd"))
-        if length <= 1024:
-            cases.append(("fla_mesanet_cg", length, "fwd+bwd"))
-    cases.append(("bayes_reference", config.reference_length, "fwd+bwd"))
+    if config.cases in ("all", "filters"):
+        for length in config.lengths:
+            for mode in ("fwd", "fwd+bwd"):
+                cases += [("bayes_chunked", length, mode), ("gdn_chunked", length, mode),
+                          ("la_chunked", length, mode)]
+            cases.append(("sdpa_causal", length, "fwd"))
+            if length <= 4096:
+                cases += [("bayes_recurrent", length, "fwd"), ("fla_gdn_naive_chunk", length, "fwd+bwd")]
+            if length == 4096:
+                cases.append(("bayes_chunked_cov64", length, "fwd+bwd"))
+            if length <= 1024:
+                cases.append(("fla_mesanet_cg", length, "fwd+bwd"))
+        cases.append(("bayes_reference", config.reference_length, "fwd+bwd"))
+        cases += [("bayes_step", position, "step") for position in config.decode_positions]
+    if config.cases in ("all", "layer"):
+        cases += [(name, config.layer_length, "fwd+bwd") for name in LAYER_METHODS]
+        cases += [("generate_step", context, "step") for context in config.generate_contexts]
     return cases
 
 
@@ -290,8 +417,6 @@ def run_bench(config: BenchConfig) -> dict:
         call = _call(name, length, mode, config)
         if call is not None:
             calls[(name, length, mode)] = call
-    for position in config.decode_positions:
-        calls[("bayes_step", position, "step")] = _step_call(position, config)
     once = {case for case in calls if case[0] == "bayes_reference"}
     rounds = [case for case in calls if case not in once]
     runs = {case: [] for case in calls}
@@ -300,7 +425,7 @@ def run_bench(config: BenchConfig) -> dict:
             for case in rounds:
                 seconds = _timed(calls[case])
                 if round_ >= config.warmup:
-                    runs[case].append(seconds / (STEPS_PER_CALL if case[2] == "step" else 1))
+                    runs[case].append(seconds / steps_per_call(case))
                 bar.update()
         for case in once:
             runs[case].append(_timed(calls[case]))
@@ -309,7 +434,7 @@ def run_bench(config: BenchConfig) -> dict:
     for case, call in tqdm(calls.items(), desc="memory", file=sys.stderr):
         # Token loops: the profiler's per-operation cost would dominate (75 s for T = 4096), and
         # their memory is the O(K² + KV) state plus the outputs.
-        profiled = case[0] not in ("bayes_reference", "bayes_recurrent")
+        profiled = case[0] not in ("bayes_reference", "bayes_recurrent", "generate_step")
         measurements.append(_measurement(*case, runs[case], config, peak_memory_mb(call) if profiled else None))
     return {
         "config": dataclasses.asdict(config),
@@ -321,15 +446,14 @@ def run_bench(config: BenchConfig) -> dict:
 
 
 def ratios(measurements: list[Measurement]) -> list[dict]:
+    """Each row of ``TARGETS``: the ratio, its target and whether it is met (``None``: not measured, or a
+    figure without a target, ``op == "info"``)."""
     index = {(m.method, m.length, m.mode): m.seconds for m in measurements}
     rows = []
     for description, top, bottom, op, target in TARGETS:
-        if top not in index or bottom not in index:
-            rows.append(dict(figure=description, ratio=None, target=f"{op} {target}", met=None))
-            continue
-        value = index[top] / index[bottom]
-        rows.append(dict(figure=description, ratio=value, target=f"{op} {target}",
-                         met=bool(value <= target if op == "<=" else value >= target)))
+        value = index[top] / index[bottom] if top in index and bottom in index else None
+        met = None if value is None or op == "info" else bool(value <= target if op == "<=" else value >= target)
+        rows.append(dict(figure=description, ratio=value, target="—" if op == "info" else f"{op} {target}", met=met))
     return rows
 
 
@@ -359,6 +483,9 @@ def add_parser(commands) -> None:
                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
     parser.add_argument("--out", default=None, help="write the results JSON here")
+    parser.add_argument("--layer", action="store_true",
+                        help="only the layer and generation cases (Bayesian Layer vs Gated DeltaNet layer, filter share, "
+                             "time per generated token)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a BenchConfig field, e.g. --set lengths=[1024,4096]")
     parser.set_defaults(run=_run_cli)
@@ -366,6 +493,8 @@ def add_parser(commands) -> None:
 
 def _run_cli(args) -> int:
     config = apply_overrides(PRESETS[args.preset], args.overrides)
+    if args.layer:
+        config = dataclasses.replace(config, cases="layer")
     results = run_bench(config)
     print(format_tables(results))
     if args.out:
