@@ -252,3 +252,25 @@ def test_gamma_fast_path_is_chosen_by_argument_not_by_values(monkeypatch):
     assert not calls, "gamma=None must take the reset path"
     assert_close(reset.output, explicit.output, 1e-12, "output")
     assert_close(reset.state.cov, explicit.state.cov, 1e-12, "cov")
+
+
+@pytest.mark.parametrize("mixer", ["bayesian", "gated_deltanet", "deltanet", "linear_attention", "mamba2"])
+def test_layers_skip_value_checks_by_default(monkeypatch, mixer):
+    """A layer in a training loop or a decoding step runs no value check (no host synchronisation, no O(K³)
+    covariance check per generated token); ``validate=True`` turns them on."""
+    from probseq.layers import MIXERS
+    from probseq.ops.validation import ValueChecks
+
+    kwargs = dict(hidden_size=32, num_heads=2)
+    if mixer in ("bayesian", "gated_deltanet"):
+        kwargs.update(head_dim=16, expand_v=1)
+    elif mixer == "mamba2":
+        kwargs = dict(hidden_size=32, head_dim=16, state_size=8)
+    calls = []
+    monkeypatch.setattr(ValueChecks, "resolve", lambda self: calls.append(1))
+    layer = MIXERS[mixer](**kwargs)
+    layer(torch.randn(2, 9, 32))
+    assert not calls
+    layer = MIXERS[mixer](**kwargs, validate=True)
+    layer(torch.randn(2, 9, 32))
+    assert calls

@@ -100,6 +100,9 @@ class BayesianLayer(nn.Module):
                  retention_init: float = 0.0, r_min: float | None = None, chunk_size: int = 64, **kwargs):
         super().__init__()
         name = type(self).__name__
+        # validate: the filter's value checks (NaN/Inf, ranges, a finite result) with one host synchronisation per
+        # call; off by default, as in a training loop (docs/numerics.md, "Validation"). Set True to debug.
+        self.validate = bool(kwargs.pop("validate", False))
         check_no_extra(name, kwargs)
         num_v_heads = num_heads if num_v_heads is None else num_v_heads
         check_positive(hidden_size=hidden_size, head_dim=head_dim, num_heads=num_heads, num_v_heads=num_v_heads,
@@ -228,7 +231,7 @@ class BayesianLayer(nn.Module):
             out = bayes_filter(q, k, v, g, beta, gamma, initial_state=None if last is None else last.memory,
                                output_final_state=bool(use_cache), output_variance=output_variance,
                                impl=MODES[self.mode], chunk_size=self.chunk_size, r_min=self.r_min,
-                               cu_seqlens=cu_seqlens)
+                               cu_seqlens=cu_seqlens, validate=self.validate)
         self.last_variance = zero_padding(out.variance, mask)
         if use_cache:
             write_state(self, past_key_values, RecurrentState(conv_state, out.state), length)

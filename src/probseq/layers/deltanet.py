@@ -51,6 +51,9 @@ class DeltaNet(nn.Module):
                  allow_neg_eigval: bool = False, layer_idx: int | None = None, qk_activation: str = "silu",
                  qk_norm: str = "l2", norm_eps: float = 1e-5, *, chunk_size: int = 64, **kwargs):
         super().__init__()
+        # validate: the filter's value checks (NaN/Inf, ranges, a finite result) with one host synchronisation per
+        # call; off by default, as in a training loop (docs/numerics.md, "Validation"). Set True to debug.
+        self.validate = bool(kwargs.pop("validate", False))
         check_no_extra("DeltaNet", kwargs)
         hidden_size = hidden_size if d_model is None else d_model
         check_positive(hidden_size=hidden_size, num_heads=num_heads, conv_size=conv_size, chunk_size=chunk_size)
@@ -125,7 +128,7 @@ class DeltaNet(nn.Module):
         with full_precision(x.device.type):
             out = bayes_filter(q, k, v, None, beta, None, initial_state=None if last is None else last.memory,
                                output_final_state=bool(use_cache), impl=MODES[self.mode],
-                               chunk_size=self.chunk_size, r_min=0.0, cu_seqlens=cu_seqlens)
+                               chunk_size=self.chunk_size, r_min=0.0, cu_seqlens=cu_seqlens, validate=self.validate)
         if use_cache:
             write_state(self, past_key_values, RecurrentState(conv_state, out.state), hidden_states.shape[1])
 

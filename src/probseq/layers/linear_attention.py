@@ -73,6 +73,9 @@ class LinearAttention(nn.Module):
                  norm_eps: float = 1e-5, layer_idx: int | None = None, *, decay: str | None = None,
                  gate_logit_normalizer: float = 16.0, chunk_size: int | None = None, **kwargs):
         super().__init__()
+        # validate: the filter's value checks (NaN/Inf, ranges, a finite result) with one host synchronisation per
+        # call; off by default, as in a training loop (docs/numerics.md, "Validation"). Set True to debug.
+        self.validate = bool(kwargs.pop("validate", False))
         check_no_extra("LinearAttention", kwargs)
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         check_positive(hidden_size=hidden_size, num_heads=num_heads, num_kv_heads=num_kv_heads)
@@ -145,7 +148,7 @@ class LinearAttention(nn.Module):
         with full_precision(x.device.type):
             out = superposition_filter(q, k, v, g, initial_state=None if last is None else last.memory,
                                        output_final_state=bool(use_cache), impl=MODES[self.mode],
-                                       chunk_size=self.chunk_size, cu_seqlens=cu_seqlens)
+                                       chunk_size=self.chunk_size, cu_seqlens=cu_seqlens, validate=self.validate)
         if use_cache:
             write_state(self, past_key_values, RecurrentState((), out.state), hidden_states.shape[1])
         o = self.o_proj(rearrange(self.norm(out.output), "b t h d -> b t (h d)"))

@@ -46,6 +46,9 @@ class Mamba2(nn.Module):
                  use_bias: bool = False, norm_eps: float = 1e-5, chunk_size: int = 256, layer_idx: int | None = None,
                  backend: str = "cuda", **kwargs):
         super().__init__()
+        # validate: the filter's value checks (NaN/Inf, ranges, a finite result) with one host synchronisation per
+        # call; off by default, as in a training loop (docs/numerics.md, "Validation"). Set True to debug.
+        self.validate = bool(kwargs.pop("validate", False))
         check_no_extra("Mamba2", kwargs)
         check_positive(head_dim=head_dim, hidden_size=hidden_size, state_size=state_size, expand=expand,
                        n_groups=n_groups, conv_kernel=conv_kernel, chunk_size=chunk_size)
@@ -112,7 +115,7 @@ class Mamba2(nn.Module):
             out = superposition_filter(c, b, x, log_decay, delta, scale=1.0,
                                        initial_state=None if last is None else last.memory,
                                        output_final_state=bool(use_cache), chunk_size=self.chunk_size,
-                                       cu_seqlens=cu_seqlens)
+                                       cu_seqlens=cu_seqlens, validate=self.validate)
         if use_cache:
             write_state(self, past_key_values, RecurrentState((conv_state,), out.state), hidden_states.shape[1])
 
