@@ -5,7 +5,10 @@ Writes ``OUT/report.md`` (tables, plot links), ``OUT/results.json`` and the plot
 1. *Unification*: every preset against an independent implementation of its named model.
 2. *Exactness*: the Bayesian Layer's chunked filter against dense Gaussian conditioning.
 3. *Closed-form retrieval dynamics and robustness*: the collision study (simulation vs theory).
-4. *Efficiency*: the benchmark's ratio table (skipped with ``--skip-bench``).
+4. *Uncertainty*: the predictive variance a small Bayesian model assigns to each token and head
+   (``probseq uncertainty``; randomly initialised until a trained checkpoint exists).
+5. *Efficiency*: the benchmark's ratio table, only with ``--bench`` (timings need an idle machine;
+   ``make bench`` runs them on their own).
 
 Each section's result is cached under ``OUT/cache``: an interrupted demo resumes where it stopped.
 """
@@ -31,7 +34,10 @@ from probseq.oracles import fla_references, longhorn_argmin, ssd_quadratic
 @dataclass(frozen=True)
 class DemoConfig:
     seed: int = 0
-    bench: bool = True
+    bench: bool = False
+
+DEMO_TEXT = ("The key to the blue box is 4. The key to the red box is 7. The key to the blue box is 9. "
+             "Which key opens the blue box?")
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -100,7 +106,7 @@ def exactness_rows(seed: int = 0) -> list[dict]:
 
 def run_demo(config: DemoConfig, out: str | Path) -> dict:
     from probseq import bench
-    from probseq.experiments import collision
+    from probseq.experiments import collision, uncertainty
 
     out = Path(out)
     cache = ResultCache(out, config)
@@ -111,6 +117,8 @@ def run_demo(config: DemoConfig, out: str | Path) -> dict:
         ("exactness", lambda: exactness_rows(config.seed)),
         ("collision", lambda: collision.run_collision(
             dataclasses.replace(collision.PRESETS["quick"], seed=config.seed), out / "collision")),
+        ("uncertainty", lambda: uncertainty.run_uncertainty(
+            uncertainty.UncertaintyConfig(text=DEMO_TEXT, seed=config.seed), out / "uncertainty")),
         ("bench", (lambda: bench.run_bench(bench.PRESETS["quick"])) if config.bench else None),
     ]:
         if compute is None:
@@ -148,7 +156,7 @@ def report(results: dict) -> str:
               "| 5 | closed-form retrieval dynamics, verified empirically | §3 |",
               "| 6 | robustness beyond the training regime | §3 (collision study); learned recall and MQAR: not yet |",
               "| 7 | distillation into Gated DeltaNet, RULER | not yet |",
-              "| 8 | efficient: chunk-parallel training, constant-memory decoding | §4 |", ""]
+              "| 8 | efficient: chunk-parallel training, constant-memory decoding | §5 with `--bench`; `make bench` |", ""]
     lines += ["## 1. Unification: every preset is its named model", "",
               "Relative error of the output, float32 preset vs the independent implementation (T = 64).", "",
               "| preset | design | independent implementation | rel. error |", "|---|---|---|---:|"]
@@ -162,8 +170,15 @@ def report(results: dict) -> str:
     lines += ["", "## 3. Closed-form retrieval dynamics vs simulation (collision study)", "",
               collision.format_table(s["collision"]), ""]
     lines += [f"![{name}](collision/{name})" for name in results["collision_plots"]]
+    if "uncertainty" in s:
+        u = s["uncertainty"]
+        lines += ["", "## 4. The Bayesian Layer's predictive variance, per token and head", "",
+                  f"{u['title'].splitlines()[-1]}: `probseq uncertainty --text \"...\" --out DIR`. Each row is one "
+                  "head of one Bayesian layer, each column a token; the variance `q̃ᵀ P q̃` of the retrieved "
+                  "association — what no attention layer can show.", "",
+                  "![predictive variance](uncertainty/variance.png)"]
     if "bench" in s:
-        lines += ["", "## 4. Efficiency (`probseq bench --preset quick`)", "", bench.format_tables(s["bench"])]
+        lines += ["", "## 5. Efficiency (`probseq bench --preset quick`)", "", bench.format_tables(s["bench"])]
     lines += ["", f"Total time: {results['seconds']:.0f} s."]
     return "\n".join(lines) + "\n"
 
@@ -173,12 +188,13 @@ def add_parser(commands) -> None:
                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="reports/demo")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--skip-bench", action="store_true", help="leave out the benchmark section")
+    parser.add_argument("--bench", action="store_true",
+                        help="add the benchmark section (minutes; timings need an idle machine)")
     parser.set_defaults(run=_run_cli)
 
 
 def _run_cli(args) -> int:
-    results = run_demo(DemoConfig(seed=args.seed, bench=not args.skip_bench), args.out)
+    results = run_demo(DemoConfig(seed=args.seed, bench=args.bench), args.out)
     print(report(results))
     print(f"wrote {Path(args.out) / 'report.md'}")
     return 0
