@@ -6,6 +6,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def tiny_config(**changes) -> TrainConfig:
     config = TrainConfig(model=ModelSpec(mixer="bayesian", d_model=16),
-                         data=MQARData(vocab_size=64, train=(MQARSplit(32, 4, 64),),
+                         data=MQARData(vocab_size=64, train=(MQARSplit(32, 4, 32),),
                                        valid=(MQARSplit(32, 4, 16),), test=(MQARSplit(48, 6, 16),)),
                          learning_rate=1e-2, warmup=0.25, max_steps=6, batch_size=8, eval_batch_size=16, seed=5,
                          num_threads=1, progress=False, logging_steps=1)
@@ -169,18 +170,25 @@ class CrashAfterCheckpoint(TrainerCallback):
             raise Crash
 
 
-def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path):
+@pytest.mark.parametrize("partial_save", [False, True], ids=["after-checkpoint", "during-checkpoint"])
+def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path, partial_save):
+    # 32 examples in batches of 8: 4 steps per epoch, so the run resumes in its second epoch
     whole, keep_whole = tiny_config(output_dir=str(tmp_path / "whole"), save_steps=1), KeepParameters()
     expected = train(whole, callbacks=(keep_whole,))
 
-    split = tiny_config(output_dir=str(tmp_path / "split"), save_steps=1)
+    split = tiny_config(output_dir=str(tmp_path / "split"), save_steps=1, save_total_limit=None)
     with pytest.raises(Crash):
-        train(split, callbacks=(CrashAfterCheckpoint(3),))
-    assert (tmp_path / "split" / "checkpoint-3" / "model.safetensors").exists()
+        train(split, callbacks=(CrashAfterCheckpoint(5),))
+    assert (tmp_path / "split" / "checkpoint-5" / "model.safetensors").exists()
+    if partial_save:  # interrupted while writing checkpoint 5: the Trainer writes trainer_state.json last
+        (tmp_path / "split" / "checkpoint-5" / "trainer_state.json").unlink()
     keep_split = KeepParameters()
-    resumed = train(split, callbacks=(keep_split,))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = train(split, callbacks=(keep_split,))
+    assert any("incomplete checkpoint" in str(w.message) for w in caught) == partial_save
 
-    assert resumed["resumed_from_step"] == 3 and resumed["steps"] == expected["steps"] == 6
+    assert resumed["resumed_from_step"] == (4 if partial_save else 5) and resumed["steps"] == expected["steps"] == 6
     for name, metrics in expected["eval"].items():
         for key, value in metrics.items():
             assert resumed["eval"][name][key] == pytest.approx(value, abs=1e-6), (name, key)

@@ -80,7 +80,8 @@ class TrainConfig:
             (:func:`probseq.tasks.split_seeds`).
         precision: ``"bf16"`` / ``"fp16"`` autocast (accelerate), ``"fp32"`` none.
         output_dir: checkpoints (``checkpoint-<step>/``, safetensors) and the run's config; ``""`` for a
-            temporary folder that is deleted afterwards (then nothing can be resumed).
+            temporary folder that is deleted afterwards (then nothing can be resumed; the sweeps of
+            :mod:`probseq.train.sweep` set it per run).
         save_steps: checkpoint every that many steps (0: none).
         save_total_limit: checkpoints kept (oldest deleted first).
         resume: continue from the last checkpoint in ``output_dir`` if there is one.
@@ -132,8 +133,6 @@ class TrainConfig:
             raise ValueError(f"save_total_limit must be >= 1 or None, got {self.save_total_limit}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"num_threads must be >= 1 or None, got {self.num_threads}")
-        if self.save_steps and not self.output_dir:
-            raise ValueError("save_steps > 0 needs an output_dir for the checkpoints")
 
     @property
     def effective_data_seed(self) -> int:

@@ -30,14 +30,17 @@ import contextlib
 import inspect
 import json
 import os
+import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils import logging as hf_logging
 
 from probseq.models.zoology import ZoologyConfig, ZoologyModel
 from probseq.tasks import IGNORE_INDEX
@@ -104,7 +107,7 @@ def training_arguments(config: TrainConfig, output_dir: str | os.PathLike) -> Tr
         fp16=config.precision == "fp16", save_strategy="steps" if config.save_steps else "no",
         save_steps=config.save_steps or 500, save_total_limit=config.save_total_limit, logging_steps=config.logging_steps,
         eval_strategy="no", report_to="none", disable_tqdm=not config.progress, label_names=["labels"],
-        remove_unused_columns=False, dataloader_drop_last=True, dataloader_num_workers=0,
+        remove_unused_columns=False, dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(), ddp_find_unused_parameters=False,
         use_cpu=not torch.cuda.is_available(), ddp_backend=_ddp_backend(), fsdp=config.fsdp or None,
         fsdp_config=fsdp_config)
@@ -145,9 +148,9 @@ def train(config: TrainConfig, callbacks: tuple[TrainerCallback, ...] = ()) -> d
         "loss"}}}``; ``state_size`` is :meth:`ZoologyModel.state_size` at the longest train sequence and
         ``state_bytes`` its float32 size. JSON-serialisable.
     """
-    with _threads(config.num_threads), _output_dir(config) as output_dir:
+    with _threads(config.num_threads), _progress_bars(config.progress), _output_dir(config) as output_dir:
         trainer = build_trainer(config, output_dir, callbacks)
-        checkpoint = get_last_checkpoint(str(output_dir)) if config.resume and config.output_dir else None
+        checkpoint = last_complete_checkpoint(output_dir) if config.resume and config.output_dir else None
         resumed = int(Path(checkpoint).name.split("-")[-1]) if checkpoint else None
         started = time.perf_counter()
         try:
@@ -175,6 +178,19 @@ def train(config: TrainConfig, callbacks: tuple[TrainerCallback, ...] = ()) -> d
             "state_bytes": 4 * state_size, "eval": evaluation}
 
 
+def last_complete_checkpoint(folder: str | os.PathLike) -> str | None:
+    """The newest ``checkpoint-<step>`` in ``folder`` that was completely written (the Trainer writes
+    ``trainer_state.json`` last); newer, partly written ones (an interruption while saving) are deleted."""
+    while (checkpoint := get_last_checkpoint(str(folder))) is not None:
+        try:
+            json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+            return checkpoint
+        except (OSError, json.JSONDecodeError):
+            warnings.warn(f"deleting the incomplete checkpoint {checkpoint}", stacklevel=2)
+            shutil.rmtree(checkpoint, ignore_errors=True)
+    return None
+
+
 @contextlib.contextmanager
 def _threads(count: int | None) -> Iterator[None]:
     before = torch.get_num_threads()
@@ -184,6 +200,19 @@ def _threads(count: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def _progress_bars(enabled: bool) -> Iterator[None]:
+    """Without progress bars, also silence transformers' own (checkpoint writing)."""
+    before = hf_logging.is_progress_bar_enabled()
+    if not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if before and not enabled:
+            hf_logging.enable_progress_bar()
 
 
 @contextlib.contextmanager
@@ -214,4 +243,5 @@ def _output_dir(config: TrainConfig) -> Iterator[Path]:
     yield folder
 
 
-__all__ = ["CONFIG_FILE", "PreShiftedTrainer", "build_model", "build_trainer", "train", "training_arguments"]
+__all__ = ["CONFIG_FILE", "PreShiftedTrainer", "build_model", "build_trainer", "last_complete_checkpoint", "train",
+           "training_arguments"]
