@@ -10,10 +10,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="probseq", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     from probseq import bench
-    from probseq.experiments import collision, demo, uncertainty
+    from probseq.experiments import collision, demo, mqar, recall, uncertainty
     from probseq.interop import fla as fla_interop
 
-    for module in (collision, bench, demo, uncertainty):
+    for module in (collision, bench, demo, uncertainty, mqar, recall):
         module.add_parser(commands)
     fla_interop.add_convert_parser(commands)
     fla_interop.add_export_parser(commands)

@@ -1,0 +1,320 @@
+"""Zoology MQAR (SPEC §5.3): which mixers recall, at which state size, inside and beyond training.
+
+Protocol (Arora, Eyuboglu et al., "Zoology", 2023; ``zoology/experiments/paper_configs/.../configs.py``):
+Zoology's MQAR data (:func:`probseq.tasks.multiquery_ar`: keys from the lower half of the vocabulary,
+values from the upper half, power-law query placement ``a = 0.01``, labels −100 except at the queries),
+train segments ``(T, k)`` = (64, 4), (128, 8), (256, 16), (256, 32), (256, 64) mixed in one training set,
+test segments (64, 4) … (256, 64) and beyond them (512, 128), (1024, 256). The model is Zoology's
+``[short-conv block, mixer] × 2`` without MLP (:class:`probseq.models.zoology.ZoologyModel`), one
+``d_model`` for every mixer. Each ``(mixer, d_model, lr, seed)`` is one training run (a *unit*, cached on
+completion and resumable from checkpoints, :mod:`probseq.train.sweep`). Per ``(mixer, d_model)`` and test
+point, the learning rate is picked by accuracy on a *validation* segment of the same shape (train-range
+seeds, never the test data), and the test accuracy at that rate is reported as mean ± 95% CI over seeds.
+
+Outputs in ``--out``: ``results.json`` (config, environment, every unit's metrics, every point),
+``mqar.csv`` (one row per mixer, d_model and test point), ``mqar_runs.csv`` (one row per run, with its
+time per step), ``mqar_accuracy_vs_kv.png`` (accuracy vs ``num_kv_pairs`` per mixer, as Zoology's figure)
+and ``mqar_accuracy_vs_state.png`` (accuracy vs recurrent state size in bytes, as Zoology's figure 2).
+
+Presets (the CPU figures are measured on this project's 2-core machine, single-threaded):
+
+- ``quick`` — the demo: d_model 64, vocab 256, train (32, 4) + (32, 8), test up to (128, 32), 400 steps of
+  batch 32, lrs {3e-3, 1e-2}, one seed; a few minutes.
+- ``cpu`` — Zoology's segments and test points at d_model 64, vocab 8192, fewer examples (20k + 4 × 4k),
+  2000 steps of batch 64, lrs {1e-3, 3e-3, 1e-2}, 3 seeds; hours, run by run (see ``mqar_runs.csv``).
+- ``paper`` — Zoology's grid for a GPU (not run here): d_model {64, 128, 256}, lrs logspace(−3, −1.5, 4),
+  100k + 4 × 20k train examples, batch 256 for 32 epochs (≈ 22.5k steps), 3 seeds, bf16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from probseq.experiments.common import apply_overrides, atomic_write_json, environment, write_csv
+from probseq.train.config import MIXER_NAMES, ModelSpec, TrainConfig
+from probseq.train.data import MQARData, MQARSplit
+from probseq.train.sweep import Unit, best_by_validation, check_writable, run_units
+
+ZOOLOGY_TRAIN = ((64, 4), (128, 8), (256, 16), (256, 32), (256, 64))
+ZOOLOGY_TEST = ((64, 4), (64, 8), (64, 16), (128, 32), (256, 64), (512, 128), (1024, 256))
+
+
+@dataclass(frozen=True)
+class MQARConfig:
+    """The MQAR experiment (validated on construction; ``--set key=value`` overrides).
+
+    Attributes:
+        mixers: mixers compared (names of :data:`probseq.layers.MIXERS`).
+        d_models: model widths (every mixer at every width).
+        learning_rates: the lr sweep; the best per point is chosen on validation data.
+        seeds: one run per seed (model init, data order and data).
+        vocab_size: ``V`` (Zoology: 8192); must exceed every segment length.
+        train_segments: ``(T, k)`` train segments, mixed in one training set.
+        train_examples: examples per train segment (one number per segment).
+        test_segments: ``(T, k)`` test points (also the validation points).
+        test_examples, valid_examples: examples per test / validation point.
+        max_steps, batch_size, warmup, weight_decay: optimisation (AdamW, cosine schedule).
+        eval_batch_size: evaluation batch.
+        n_layers: blocks of the model (4 = ``[conv, mixer] × 2``).
+        precision: ``fp32`` on CPU, ``bf16`` on a GPU.
+        save_steps: checkpoint interval of a run (resume granularity).
+        num_threads: torch threads per run (``None``: torch's default).
+    """
+
+    mixers: tuple[str, ...] = MIXER_NAMES
+    d_models: tuple[int, ...] = (64,)
+    learning_rates: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    vocab_size: int = 8192
+    train_segments: tuple[tuple[int, int], ...] = ZOOLOGY_TRAIN
+    train_examples: tuple[int, ...] = (20_000, 4_000, 4_000, 4_000, 4_000)
+    test_segments: tuple[tuple[int, int], ...] = ZOOLOGY_TEST
+    test_examples: int = 1_000
+    valid_examples: int = 250
+    max_steps: int = 2_000
+    batch_size: int = 64
+    warmup: float = 0.1
+    weight_decay: float = 0.1
+    eval_batch_size: int = 64
+    n_layers: int = 4
+    precision: str = "fp32"
+    save_steps: int = 100
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.mixers if m not in MIXER_NAMES]
+        if not self.mixers or unknown or len(set(self.mixers)) != len(self.mixers):
+            raise ValueError(f"mixers must be distinct names of {MIXER_NAMES}, got {self.mixers}")
+        for name in ("d_models", "learning_rates", "seeds", "train_segments", "test_segments"):
+            values = getattr(self, name)
+            if not values or len(set(values)) != len(values):
+                raise ValueError(f"{name} must be a non-empty list of distinct values, got {values}")
+        for name in ("train_segments", "test_segments"):
+            if any(len(s) != 2 for s in getattr(self, name)):
+                raise ValueError(f"{name} must be [seq_len, num_kv_pairs] pairs, got {getattr(self, name)}")
+        if len(self.train_examples) != len(self.train_segments):
+            raise ValueError(f"train_examples needs one count per train segment ({len(self.train_segments)}), "
+                             f"got {self.train_examples}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        # every run's config is validated here, before any work (segment shapes, vocabulary, d_model, …)
+        for mixer in self.mixers:
+            for d_model in self.d_models:
+                self.train_config(mixer, d_model, self.learning_rates[0], self.seeds[0])
+
+    @property
+    def max_train_kv(self) -> int:
+        return max(k for _, k in self.train_segments)
+
+    def data(self) -> MQARData:
+        return MQARData(vocab_size=self.vocab_size,
+                        train=tuple(MQARSplit(t, k, n) for (t, k), n in zip(self.train_segments, self.train_examples)),
+                        valid=tuple(MQARSplit(t, k, self.valid_examples) for t, k in self.test_segments),
+                        test=tuple(MQARSplit(t, k, self.test_examples) for t, k in self.test_segments))
+
+    def train_config(self, mixer: str, d_model: int, lr: float, seed: int) -> TrainConfig:
+        return TrainConfig(model=ModelSpec(mixer=mixer, d_model=d_model, n_layers=self.n_layers), data=self.data(),
+                           learning_rate=lr, weight_decay=self.weight_decay, warmup=self.warmup,
+                           max_steps=self.max_steps, batch_size=self.batch_size, eval_batch_size=self.eval_batch_size,
+                           seed=seed, precision=self.precision, save_steps=self.save_steps, progress=False,
+                           logging_steps=max(1, self.max_steps // 10), num_threads=self.num_threads)
+
+    def units(self) -> list[Unit]:
+        return [Unit(f"{mixer}-d{d}-lr{lr:g}-s{seed}", self.train_config(mixer, d, lr, seed))
+                for mixer in self.mixers for d in self.d_models for lr in self.learning_rates for seed in self.seeds]
+
+
+PRESETS: dict[str, MQARConfig] = {
+    # The demo (CPU, minutes): small vocabulary and segments, two learning rates, one seed.
+    "quick": MQARConfig(learning_rates=(3e-3, 1e-2), seeds=(0,), vocab_size=256, train_segments=((32, 4), (32, 8)),
+                        train_examples=(4_000, 4_000), test_segments=((32, 4), (32, 8), (64, 16), (128, 32)),
+                        test_examples=256, valid_examples=128, max_steps=400, batch_size=32, warmup=0.05,
+                        eval_batch_size=128, save_steps=50, num_threads=1),
+    # CPU, hours in the background: Zoology's segments and test points at d_model 64, fewer examples and steps.
+    "cpu": MQARConfig(),
+    # Zoology's grid for a GPU (documented, not run here): 100k + 4 × 20k examples, batch 256, 32 epochs.
+    "paper": MQARConfig(d_models=(64, 128, 256), learning_rates=(1e-3, 3.1623e-3, 1e-2, 3.1623e-2),
+                        train_examples=(100_000, 20_000, 20_000, 20_000, 20_000), max_steps=22_500, batch_size=256,
+                        eval_batch_size=32, precision="bf16", save_steps=1_000),
+}
+
+
+# ------------------------------------------------------------------------------------------ results
+
+def summarise(config: MQARConfig, metrics: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (mixer, d_model, test point): best lr by validation, test accuracy mean ± CI95."""
+    units = {unit.name: unit.config for unit in config.units()}
+    points = []
+    for mixer in config.mixers:
+        for d_model in config.d_models:
+            runs = [{"learning_rate": units[name].learning_rate, "seed": units[name].seed, "metrics": m}
+                    for name, m in metrics.items()
+                    if units[name].model.mixer == mixer and units[name].model.d_model == d_model]
+            state_bytes = runs[0]["metrics"]["state_bytes"]
+            for seq_len, kv in config.test_segments:
+                best = best_by_validation(runs, MQARSplit(seq_len, kv, 1).name)
+                points.append({"mixer": mixer, "d_model": d_model, "seq_len": seq_len, "num_kv_pairs": kv,
+                               "beyond_training": kv > config.max_train_kv, "state_bytes": state_bytes, **best})
+    return points
+
+
+def csv_rows(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: p[k] for k in ("mixer", "d_model", "seq_len", "num_kv_pairs", "beyond_training", "state_bytes",
+                               "best_lr", "valid_accuracy", "accuracy", "ci95")} | {"seeds": len(p["accuracies"])}
+            for p in points]
+
+
+def run_rows(config: MQARConfig, metrics: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for unit in config.units():
+        m = metrics[unit.name]
+        rows.append({"unit": unit.name, "mixer": unit.config.model.mixer, "d_model": unit.config.model.d_model,
+                     "learning_rate": unit.config.learning_rate, "seed": unit.config.seed, "steps": m["steps"],
+                     "seconds_per_step": m["seconds_per_step"], "train_loss": m["train_loss"],
+                     "num_parameters": m["num_parameters"], "state_bytes": m["state_bytes"],
+                     **{f"{name}_accuracy": e["accuracy"] for name, e in m["eval"].items()}})
+    return rows
+
+
+def accuracy_cell(point: dict[str, Any]) -> str:
+    """``mean ± CI95``, or the mean alone for a single seed."""
+    if len(point["accuracies"]) == 1:
+        return f"{point['accuracy']:.3f}"
+    return f"{point['accuracy']:.3f} ± {point['ci95']:.3f}"
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """Markdown: per mixer (and d_model), test accuracy mean ± CI95 at each point, with the chosen lr."""
+    config = results["config"]
+    segments = [tuple(s) for s in config["test_segments"]]
+    max_train = max(k for _, k in config["train_segments"])
+    header = ["mixer", "state (bytes)"] + [f"({t}, {k}){'*' if k > max_train else ''}" for t, k in segments]
+    lines = ["| " + " | ".join(header) + " |", "|---|---:|" + "---:|" * len(segments)]
+    rows: dict[tuple[str, int], dict[tuple[int, int], dict[str, Any]]] = {}
+    for p in results["points"]:
+        rows.setdefault((p["mixer"], p["d_model"]), {})[(p["seq_len"], p["num_kv_pairs"])] = p
+    for (mixer, d_model), cells in rows.items():
+        name = mixer if len(config["d_models"]) == 1 else f"{mixer} (d={d_model})"
+        first = next(iter(cells.values()))
+        lines.append(f"| {name} | {first['state_bytes']:,} | " + " | ".join(
+            f"{accuracy_cell(cells[s])} (lr {cells[s]['best_lr']:g})" for s in segments) + " |")
+    seeds = len(config["seeds"])
+    lines += ["", f"(T, k) test points; * beyond the training segments. Test accuracy at the learning rate chosen on "
+                  f"validation data, mean ± 95% CI over {seeds} seed{'s' if seeds > 1 else ''}."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any], out: Path) -> list[Path]:
+    """``mqar_accuracy_vs_kv.png`` and ``mqar_accuracy_vs_state.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    config, points = results["config"], results["points"]
+    mixers, d_models = config["mixers"], config["d_models"]
+    max_train = max(k for _, k in config["train_segments"])
+    colors = {m: f"C{i}" for i, m in enumerate(mixers)}
+    paths = [out / "mqar_accuracy_vs_kv.png", out / "mqar_accuracy_vs_state.png"]
+
+    fig, axes = plt.subplots(1, len(d_models), figsize=(5.2 * len(d_models), 4.2), squeeze=False)
+    for ax, d_model in zip(axes[0], d_models):
+        for mixer in mixers:
+            rows = sorted((p for p in points if p["mixer"] == mixer and p["d_model"] == d_model),
+                          key=lambda p: (p["num_kv_pairs"], p["seq_len"]))
+            ax.errorbar([p["num_kv_pairs"] for p in rows], [p["accuracy"] for p in rows],
+                        yerr=[p["ci95"] for p in rows], marker="o", ms=4, capsize=2, color=colors[mixer], label=mixer)
+        beyond = sorted({p["num_kv_pairs"] for p in points if p["num_kv_pairs"] > max_train})
+        if beyond:  # shade from halfway (on the log axis) between the last trained and the first beyond
+            ax.axvspan((max_train * beyond[0]) ** 0.5, beyond[-1] * 1.3, color="0.92", zorder=0)
+        ax.axhline(1 / (config["vocab_size"] - config["vocab_size"] // 2), color="0.4", lw=0.8, ls=":")
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel("key-value pairs k (shaded: beyond training; dotted: chance)")
+        ax.set_ylabel("MQAR accuracy")
+        ax.set_title(f"d_model = {d_model}")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("MQAR accuracy vs number of key-value pairs\n(best lr by validation, mean ± 95% CI over seeds)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(paths[0], dpi=120)
+    plt.close(fig)
+
+    segments = [tuple(s) for s in config["test_segments"]]
+    shown = sorted({max((s for s in segments if s[1] <= max_train), key=lambda s: s[1]), segments[-1]},
+                   key=lambda s: s[1])
+    fig, axes = plt.subplots(1, len(shown), figsize=(5.2 * len(shown), 4.2), squeeze=False)
+    for ax, (seq_len, kv) in zip(axes[0], shown):
+        for mixer in mixers:
+            rows = sorted((p for p in points if p["mixer"] == mixer and (p["seq_len"], p["num_kv_pairs"]) == (seq_len, kv)),
+                          key=lambda p: p["state_bytes"])
+            ax.errorbar([p["state_bytes"] for p in rows], [p["accuracy"] for p in rows], yerr=[p["ci95"] for p in rows],
+                        marker="o", ms=5, capsize=2, color=colors[mixer], label=mixer)
+        ax.set_xscale("log")
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel("recurrent state size (bytes, float32; attention: KV cache)")
+        ax.set_ylabel("MQAR accuracy")
+        ax.set_title(f"(T, k) = ({seq_len}, {kv}){' beyond training' if kv > max_train else ''}")
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("MQAR accuracy vs state size\n(one marker per d_model; state after the longest train sequence)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(paths[1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def run_mqar(config: MQARConfig, out: str | Path, *, log=None) -> dict[str, Any]:
+    """Run (or resume) the experiment into ``out``; write results.json, the CSVs and the plots; return the
+    results (as saved). ``results["from_cache"]`` counts the units taken from the cache."""
+    out = check_writable(out)
+    started = time.perf_counter()
+    sweep = run_units(config.units(), "mqar", out, log=log)
+    points = summarise(config, sweep.metrics)
+    results = {"experiment": "mqar", "config": dataclasses.asdict(config), "environment": environment(),
+               "units": {unit.name: {"mixer": unit.config.model.mixer, "d_model": unit.config.model.d_model,
+                                     "learning_rate": unit.config.learning_rate, "seed": unit.config.seed,
+                                     "metrics": sweep.metrics[unit.name]} for unit in config.units()},
+               "points": points, "num_units": len(sweep.metrics), "from_cache": sweep.from_cache,
+               "runtime_s": time.perf_counter() - started}
+    write_csv(out / "mqar.csv", csv_rows(points))
+    write_csv(out / "mqar_runs.csv", run_rows(config, sweep.metrics))
+    plot(json.loads(json.dumps(results)), out)
+    atomic_write_json(out / "results.json", results)
+    return json.loads(json.dumps(results))
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("mqar", help="Zoology MQAR: accuracy vs key-value pairs and state size, per mixer",
+                                 description=__doc__.split("\n\n")[0] + " Resumable: rerun the same command.",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, type=Path, help="output folder (resumes if it has a cache)")
+    parser.add_argument("--preset", choices=list(PRESETS), default="quick",
+                        help="quick: CPU demo (minutes); cpu: hours on 2 cores; paper: Zoology's grid for a GPU")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override an MQARConfig field (repeatable), e.g. --set 'mixers=[\"bayesian\"]'")
+    parser.set_defaults(run=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    config = apply_overrides(PRESETS[args.preset], args.overrides)
+    try:
+        results = run_mqar(config, args.out)
+    except KeyboardInterrupt:
+        print("\ninterrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
+    print(format_table(results))
+    print(f"wrote {args.out}/results.json, mqar.csv, mqar_runs.csv and 2 plots in {results['runtime_s']:.0f} s; "
+          f"{results['from_cache']} of {results['num_units']} units from the cache")
+    return 0

@@ -1,0 +1,302 @@
+"""Learned associative recall (SPEC §5.2): trained inside one regime, evaluated inside and beyond it.
+
+Small models (:class:`probseq.models.zoology.ZoologyModel`, ``[short-conv block, mixer] × 2``, one
+``d_model`` for every mixer) are trained end to end on :func:`probseq.tasks.associative_recall` with key
+noise, collisions (a key written twice: the latest value is the answer) and distractor writes, on a grid
+of ``num_pairs × gap`` train segments. They are then tested at the *inside* point (the largest train
+``num_pairs`` and ``gap``, the train collisions and key noise) and at points that move one knob beyond the
+training regime: more pairs, longer gaps (recall distance), more collisions, more key noise.
+
+Every ``(mixer, lr, seed)`` is one resumable, cached training run (:mod:`probseq.train.sweep`); per mixer
+and test point the learning rate is chosen on a validation segment of the same shape (train-range seeds),
+and the test accuracy there is reported as mean ± 95% CI over seeds.
+
+Outputs in ``--out``: ``results.json``, ``recall.csv`` (mixer × test point), ``recall_runs.csv`` (one row per
+run, with its time per step) and ``recall_beyond_training.png`` (one panel per knob: accuracy vs the knob,
+the inside point first).
+
+Presets: ``quick`` (the demo: 32 keys and values, 2–4 pairs, gaps 0–8; 2 lrs, one seed, 500 steps of
+batch 32; minutes), ``cpu`` (64 keys and values, 4–8 pairs, gaps 0–16, tested up to 32 pairs and gap 256;
+3 lrs, 3 seeds, 2000 steps of batch 64; hours on 2 cores), ``paper`` (a GPU: d_model 128, 256 keys, 4 lrs,
+3 seeds, 20k steps of batch 256, bf16; documented, not run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from probseq.experiments.common import apply_overrides, atomic_write_json, environment, write_csv
+from probseq.experiments.mqar import accuracy_cell
+from probseq.tasks import RecallConfig
+from probseq.train.config import MIXER_NAMES, ModelSpec, TrainConfig
+from probseq.train.data import RecallData, RecallSplit
+from probseq.train.sweep import Unit, best_by_validation, check_writable, run_units
+
+# The knobs moved beyond training, in plotting order: (config field of RecallExperiment, RecallConfig field).
+KNOBS = (("eval_pairs", "num_pairs"), ("eval_gaps", "gap"), ("eval_collisions", "collisions"),
+         ("eval_key_noise", "key_noise"))
+
+
+@dataclass(frozen=True)
+class RecallExperiment:
+    """The associative-recall experiment (validated on construction; ``--set key=value`` overrides).
+
+    Attributes:
+        mixers: mixers compared.
+        d_model: model width (every mixer).
+        learning_rates: the lr sweep (best per test point by validation).
+        seeds: one run per seed.
+        num_keys, num_values: the vocabulary (``1 + 2·num_keys + num_values`` tokens).
+        train_pairs, train_gaps: the training grid (one segment per pair count and gap).
+        collisions, distractors, key_noise: the training regime's collisions (queried keys written twice),
+            distractor writes and key-noise probability.
+        train_examples: examples per train segment.
+        eval_pairs, eval_gaps, eval_collisions, eval_key_noise: test points beyond training, each moving one
+            knob away from the inside point.
+        test_examples, valid_examples: examples per test / validation point.
+        max_steps, batch_size, warmup, weight_decay, eval_batch_size, n_layers, precision, save_steps,
+            num_threads: as in :class:`probseq.experiments.mqar.MQARConfig`.
+    """
+
+    mixers: tuple[str, ...] = MIXER_NAMES
+    d_model: int = 64
+    learning_rates: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    num_keys: int = 64
+    num_values: int = 64
+    train_pairs: tuple[int, ...] = (4, 8)
+    train_gaps: tuple[int, ...] = (0, 16)
+    collisions: int = 1
+    distractors: int = 2
+    key_noise: float = 0.1
+    train_examples: int = 5_000
+    eval_pairs: tuple[int, ...] = (16, 32)
+    eval_gaps: tuple[int, ...] = (64, 256)
+    eval_collisions: tuple[int, ...] = (2, 4)
+    eval_key_noise: tuple[float, ...] = (0.3, 0.5)
+    test_examples: int = 1_000
+    valid_examples: int = 250
+    max_steps: int = 2_000
+    batch_size: int = 64
+    warmup: float = 0.1
+    weight_decay: float = 0.1
+    eval_batch_size: int = 128
+    n_layers: int = 4
+    precision: str = "fp32"
+    save_steps: int = 100
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.mixers if m not in MIXER_NAMES]
+        if not self.mixers or unknown or len(set(self.mixers)) != len(self.mixers):
+            raise ValueError(f"mixers must be distinct names of {MIXER_NAMES}, got {self.mixers}")
+        for name in ("learning_rates", "seeds", "train_pairs", "train_gaps"):
+            values = getattr(self, name)
+            if not values or len(set(values)) != len(values):
+                raise ValueError(f"{name} must be a non-empty list of distinct values, got {values}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        for knob, field in KNOBS:  # beyond training means beyond it
+            inside = getattr(self.inside(), field)
+            if any(v <= inside for v in getattr(self, knob)):
+                raise ValueError(f"{knob} must all exceed the inside point's {field} = {inside}, got "
+                                 f"{getattr(self, knob)}")
+        self.train_config(self.mixers[0], self.learning_rates[0], self.seeds[0])  # validates every segment
+
+    def task(self, num_pairs: int, gap: int, collisions: int, key_noise: float) -> RecallConfig:
+        """A recall task of this vocabulary; every pair queried; the sequence just holds the last answer."""
+        writes = num_pairs + self.distractors + collisions
+        return RecallConfig(num_pairs=num_pairs, num_queries=num_pairs, collisions=collisions,
+                            distractors=self.distractors, key_noise=key_noise, gap=gap, num_keys=self.num_keys,
+                            num_values=self.num_values, seq_len=2 * writes + gap + 2 * num_pairs)
+
+    def inside(self) -> RecallConfig:
+        return self.task(max(self.train_pairs), max(self.train_gaps), self.collisions, self.key_noise)
+
+    def test_points(self) -> dict[str, RecallConfig]:
+        """``inside`` and one point per value of each knob beyond training, by name."""
+        inside = {"num_pairs": max(self.train_pairs), "gap": max(self.train_gaps), "collisions": self.collisions,
+                  "key_noise": self.key_noise}
+        points = {"inside": self.task(**inside)}
+        for knob, field in KNOBS:  # the sequence length follows the knobs (more writes, a longer gap)
+            for value in getattr(self, knob):
+                points[f"{field}={value:g}"] = self.task(**(inside | {field: value}))
+        return points
+
+    def data(self) -> RecallData:
+        train = tuple(RecallSplit(f"pairs={p},gap={g}", self.task(p, g, self.collisions, self.key_noise),
+                                  self.train_examples) for p in self.train_pairs for g in self.train_gaps)
+        points = self.test_points()
+        return RecallData(train=train,
+                          valid=tuple(RecallSplit(n, t, self.valid_examples) for n, t in points.items()),
+                          test=tuple(RecallSplit(n, t, self.test_examples) for n, t in points.items()))
+
+    def train_config(self, mixer: str, lr: float, seed: int) -> TrainConfig:
+        return TrainConfig(model=ModelSpec(mixer=mixer, d_model=self.d_model, n_layers=self.n_layers),
+                           data=self.data(), learning_rate=lr, weight_decay=self.weight_decay, warmup=self.warmup,
+                           max_steps=self.max_steps, batch_size=self.batch_size, eval_batch_size=self.eval_batch_size,
+                           seed=seed, precision=self.precision, save_steps=self.save_steps, progress=False,
+                           logging_steps=max(1, self.max_steps // 10), num_threads=self.num_threads)
+
+    def units(self) -> list[Unit]:
+        return [Unit(f"{mixer}-lr{lr:g}-s{seed}", self.train_config(mixer, lr, seed))
+                for mixer in self.mixers for lr in self.learning_rates for seed in self.seeds]
+
+
+PRESETS: dict[str, RecallExperiment] = {
+    # The demo (CPU, minutes).
+    "quick": RecallExperiment(learning_rates=(1e-3, 3e-3), seeds=(0,), num_keys=32, num_values=32, train_pairs=(2, 4),
+                              train_gaps=(0, 8), distractors=1, train_examples=4_000, eval_pairs=(8,), eval_gaps=(32,),
+                              eval_collisions=(2,), eval_key_noise=(0.3,), test_examples=256, valid_examples=128,
+                              max_steps=500, batch_size=32, warmup=0.05, save_steps=50, num_threads=1),
+    # CPU, hours in the background.
+    "cpu": RecallExperiment(),
+    # A GPU (documented, not run here).
+    "paper": RecallExperiment(d_model=128, learning_rates=(1e-3, 3.1623e-3, 1e-2, 3.1623e-2), num_keys=256,
+                              num_values=256, train_pairs=(8, 16, 32), train_gaps=(0, 32, 128), train_examples=40_000,
+                              eval_pairs=(64, 128), eval_gaps=(512, 2048), eval_collisions=(4, 8),
+                              eval_key_noise=(0.3, 0.5), max_steps=20_000, batch_size=256, precision="bf16",
+                              save_steps=1_000),
+}
+
+
+# ------------------------------------------------------------------------------------------ results
+
+def summarise(config: RecallExperiment, metrics: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (mixer, test point): best lr by validation, test accuracy mean ± CI95."""
+    units = {unit.name: unit.config for unit in config.units()}
+    points = config.test_points()
+    rows = []
+    for mixer in config.mixers:
+        runs = [{"learning_rate": units[name].learning_rate, "seed": units[name].seed, "metrics": m}
+                for name, m in metrics.items() if units[name].model.mixer == mixer]
+        for name, task in points.items():
+            rows.append({"mixer": mixer, "point": name, "num_pairs": task.num_pairs, "gap": task.gap,
+                         "collisions": task.collisions, "key_noise": task.key_noise, "seq_len": task.seq_len,
+                         "state_bytes": runs[0]["metrics"]["state_bytes"], **best_by_validation(runs, name)})
+    return rows
+
+
+def csv_rows(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    keys = ("mixer", "point", "num_pairs", "gap", "collisions", "key_noise", "seq_len", "state_bytes", "best_lr",
+            "valid_accuracy", "accuracy", "ci95")
+    return [{k: p[k] for k in keys} | {"seeds": len(p["accuracies"])} for p in points]
+
+
+def run_rows(config: RecallExperiment, metrics: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for unit in config.units():
+        m = metrics[unit.name]
+        rows.append({"unit": unit.name, "mixer": unit.config.model.mixer, "learning_rate": unit.config.learning_rate,
+                     "seed": unit.config.seed, "steps": m["steps"], "seconds_per_step": m["seconds_per_step"],
+                     "train_loss": m["train_loss"], "num_parameters": m["num_parameters"],
+                     "state_bytes": m["state_bytes"],
+                     **{f"{name}_accuracy": e["accuracy"] for name, e in m["eval"].items()}})
+    return rows
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """Markdown: per mixer, test accuracy mean ± CI95 at the inside point and each point beyond training."""
+    names = list(dict.fromkeys(p["point"] for p in results["points"]))
+    lines = ["| mixer | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    by_mixer: dict[str, dict[str, dict[str, Any]]] = {}
+    for p in results["points"]:
+        by_mixer.setdefault(p["mixer"], {})[p["point"]] = p
+    for mixer, cells in by_mixer.items():
+        lines.append(f"| {mixer} | " + " | ".join(accuracy_cell(cells[n]) for n in names) + " |")
+    seeds = len(results["config"]["seeds"])
+    inside = next(p for p in results["points"] if p["point"] == "inside")
+    lines += ["", f"inside = the training regime's largest point (pairs={inside['num_pairs']}, gap={inside['gap']}, "
+                  f"collisions={inside['collisions']}, key_noise={inside['key_noise']:g}); every other column moves one "
+                  f"knob beyond training. Test accuracy at the lr chosen on validation data, mean ± 95% CI over "
+                  f"{seeds} seed{'s' if seeds > 1 else ''}."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any], out: Path) -> Path:
+    """``recall_beyond_training.png``: one panel per knob, accuracy vs the knob's value (inside point first)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mixers = results["config"]["mixers"]
+    fig, axes = plt.subplots(1, len(KNOBS), figsize=(4.2 * len(KNOBS), 3.8), squeeze=False)
+    for ax, (_, field) in zip(axes[0], KNOBS):
+        for index, mixer in enumerate(mixers):
+            rows = [p for p in results["points"] if p["mixer"] == mixer
+                    and (p["point"] == "inside" or p["point"].startswith(f"{field}="))]
+            rows.sort(key=lambda p: p[field])
+            ax.errorbar([p[field] for p in rows], [p["accuracy"] for p in rows], yerr=[p["ci95"] for p in rows],
+                        marker="o", ms=4, capsize=2, color=f"C{index}", label=mixer)
+        inside = next(p for p in results["points"] if p["point"] == "inside")[field]
+        ax.axvline(inside, color="0.6", lw=0.8, ls="--")
+        ax.axhline(1 / results["config"]["num_values"], color="0.4", lw=0.8, ls=":", label="chance")
+        if field in ("num_pairs", "gap") and inside > 0:
+            ax.set_xscale("log", base=2)
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel(f"{field} (dashed: inside point; dotted: chance)")
+        ax.set_ylabel("recall accuracy")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Associative recall inside and beyond the training regime (best lr by validation, mean ± 95% CI "
+                 "over seeds)", fontsize=10)
+    fig.tight_layout()
+    path = out / "recall_beyond_training.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def run_recall(config: RecallExperiment, out: str | Path, *, log=None) -> dict[str, Any]:
+    """Run (or resume) the experiment into ``out``; write results.json, the CSVs and the plot; return the
+    results (as saved). ``results["from_cache"]`` counts the units taken from the cache."""
+    out = check_writable(out)
+    started = time.perf_counter()
+    sweep = run_units(config.units(), "recall", out, log=log)
+    points = summarise(config, sweep.metrics)
+    results = {"experiment": "recall", "config": dataclasses.asdict(config), "environment": environment(),
+               "test_points": {name: dataclasses.asdict(task) for name, task in config.test_points().items()},
+               "units": {unit.name: {"mixer": unit.config.model.mixer, "learning_rate": unit.config.learning_rate,
+                                     "seed": unit.config.seed, "metrics": sweep.metrics[unit.name]}
+                         for unit in config.units()},
+               "points": points, "num_units": len(sweep.metrics), "from_cache": sweep.from_cache,
+               "runtime_s": time.perf_counter() - started}
+    write_csv(out / "recall.csv", csv_rows(points))
+    write_csv(out / "recall_runs.csv", run_rows(config, sweep.metrics))
+    plot(json.loads(json.dumps(results)), out)
+    atomic_write_json(out / "results.json", results)
+    return json.loads(json.dumps(results))
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("recall", help="learned associative recall inside and beyond the training regime",
+                                 description=__doc__.split("\n\n")[0] + " Resumable: rerun the same command.")
+    parser.add_argument("--out", required=True, type=Path, help="output folder (resumes if it has a cache)")
+    parser.add_argument("--preset", choices=list(PRESETS), default="quick",
+                        help="quick: CPU demo (minutes); cpu: hours on 2 cores; paper: a GPU")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a RecallExperiment field (repeatable), e.g. --set max_steps=500")
+    parser.set_defaults(run=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    config = apply_overrides(PRESETS[args.preset], args.overrides)
+    try:
+        results = run_recall(config, args.out)
+    except KeyboardInterrupt:
+        print("\ninterrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
+    print(format_table(results))
+    print(f"wrote {args.out}/results.json, recall.csv, recall_runs.csv and 1 plot in {results['runtime_s']:.0f} s; "
+          f"{results['from_cache']} of {results['num_units']} units from the cache")
+    return 0

@@ -1,0 +1,154 @@
+"""probseq mqar / probseq recall end to end on toy settings: files, table, cache, resume, errors; and the
+sweep summaries (lr chosen on validation data, mean ± 95% CI over seeds)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+
+from probseq import cli
+from probseq.experiments import mqar, recall
+from probseq.train.sweep import Unit, best_by_validation, mean_ci95, run_units, runs_root
+
+TINY_MQAR = ['mixers=["bayesian","attention"]', "d_models=[16]", "learning_rates=[0.01,0.03]", "seeds=[0,1]",
+             "vocab_size=64", "train_segments=[[16,2],[32,4]]", "train_examples=[16,16]",
+             "test_segments=[[16,2],[48,8]]", "test_examples=16", "valid_examples=8", "max_steps=3", "batch_size=8",
+             "eval_batch_size=16", "save_steps=1", "num_threads=1"]
+TINY_RECALL = ['mixers=["deltanet","mamba2"]', "d_model=16", "learning_rates=[0.01]", "seeds=[0]", "num_keys=8",
+               "num_values=12", "train_pairs=[2]", "train_gaps=[0,2]", "distractors=1", "train_examples=16",
+               "eval_pairs=[4]", "eval_gaps=[6]", "eval_collisions=[2]", "eval_key_noise=[0.4]", "test_examples=16",
+               "valid_examples=8", "max_steps=2", "batch_size=8", "eval_batch_size=16", "save_steps=1",
+               "num_threads=1"]
+
+
+@pytest.fixture(autouse=True)
+def _runs_in_tmp(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+
+
+def _cli(command: str, out, overrides: list[str]) -> list[str]:
+    return [command, "--preset", "quick", "--out", str(out), *(arg for o in overrides for arg in ("--set", o))]
+
+
+def test_mqar_end_to_end_then_every_unit_from_the_cache(tmp_path, capsys):
+    out = tmp_path / "mqar"
+    assert cli.main(_cli("mqar", out, TINY_MQAR)) == 0
+    first = capsys.readouterr()
+    for name in ("results.json", "mqar.csv", "mqar_runs.csv", "mqar_accuracy_vs_kv.png", "mqar_accuracy_vs_state.png"):
+        assert (out / name).stat().st_size > 0, name
+    results = json.loads((out / "results.json").read_text())
+    assert results["num_units"] == 8 and results["from_cache"] == 0
+    assert {(p["mixer"], p["seq_len"], p["num_kv_pairs"]) for p in results["points"]} == \
+        {(m, t, k) for m in ("bayesian", "attention") for t, k in ((16, 2), (48, 8))}
+    for point in results["points"]:
+        assert point["best_lr"] in (0.01, 0.03) and len(point["accuracies"]) == 2
+        assert 0 <= point["accuracy"] <= 1 and point["ci95"] >= 0
+        assert point["beyond_training"] == (point["num_kv_pairs"] > 4)
+        assert point["state_bytes"] > 0
+    attention = next(p for p in results["points"] if p["mixer"] == "attention")
+    bayes = next(p for p in results["points"] if p["mixer"] == "bayesian")
+    assert attention["state_bytes"] != bayes["state_bytes"]
+    assert "| bayesian |" in first.out and "(48, 8)*" in first.out and "0 of 8 units from the cache" in first.out
+    assert len((out / "mqar.csv").read_text().strip().splitlines()) == 1 + 4
+    assert "seconds_per_step" in (out / "mqar_runs.csv").read_text().splitlines()[0]
+    assert not any((runs_root() / "mqar").iterdir())  # finished runs leave no checkpoints behind
+
+    assert cli.main(_cli("mqar", out, TINY_MQAR)) == 0
+    second = capsys.readouterr()
+    assert "8 of 8 units from the cache" in second.out
+    assert "training" not in second.err
+    again = json.loads((out / "results.json").read_text())
+    assert again["points"] == results["points"] and again["from_cache"] == 8
+
+
+def test_recall_end_to_end_then_every_unit_from_the_cache(tmp_path, capsys):
+    out = tmp_path / "recall"
+    assert cli.main(_cli("recall", out, TINY_RECALL)) == 0
+    first = capsys.readouterr()
+    for name in ("results.json", "recall.csv", "recall_runs.csv", "recall_beyond_training.png"):
+        assert (out / name).stat().st_size > 0, name
+    results = json.loads((out / "results.json").read_text())
+    names = ["inside", "num_pairs=4", "gap=6", "collisions=2", "key_noise=0.4"]
+    assert list(results["test_points"]) == names
+    assert results["test_points"]["gap=6"]["gap"] == 6 and results["test_points"]["inside"]["gap"] == 2
+    assert {(p["mixer"], p["point"]) for p in results["points"]} == {(m, n) for m in ("deltanet", "mamba2")
+                                                                     for n in names}
+    assert "| deltanet |" in first.out and "0 of 2 units from the cache" in first.out
+    assert cli.main(_cli("recall", out, TINY_RECALL)) == 0
+    assert "2 of 2 units from the cache" in capsys.readouterr().out
+
+
+def test_an_interrupted_unit_resumes_from_its_checkpoint(tmp_path):
+    from transformers import TrainerCallback
+
+    from probseq.train import train
+
+    config = dataclasses.replace(mqar.apply_overrides(mqar.PRESETS["quick"], TINY_MQAR), mixers=("attention",),
+                                 learning_rates=(0.01,), seeds=(0,), max_steps=4)
+    unit = config.units()[0]
+
+    class Crash(Exception):
+        pass
+
+    class CrashAfterCheckpoint(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                raise Crash
+
+    run_dir = runs_root() / "mqar" / f"{unit.name}-{unit.config.fingerprint()}"
+    with pytest.raises(Crash):  # what a Ctrl-C during the sweep leaves behind
+        train(dataclasses.replace(unit.config, output_dir=str(run_dir)), callbacks=(CrashAfterCheckpoint(),))
+    lines = []
+    resumed = run_units([unit], "mqar", tmp_path / "out", log=lines.append)
+    assert "resuming" in lines[0]
+    assert resumed.metrics[unit.name]["resumed_from_step"] == 2
+    fresh = run_units([Unit(unit.name, unit.config)], "mqar", tmp_path / "fresh", log=lines.append)
+    assert fresh.metrics[unit.name]["resumed_from_step"] is None
+    for split, metrics in fresh.metrics[unit.name]["eval"].items():
+        for key, value in metrics.items():
+            assert resumed.metrics[unit.name]["eval"][split][key] == pytest.approx(value, abs=1e-6)
+
+
+def test_unwritable_out_is_an_error_before_any_work(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert cli.main(_cli("mqar", blocker / "out", TINY_MQAR)) == 2
+    assert "not a writable folder" in capsys.readouterr().err
+    assert not runs_root().exists()
+
+
+def test_bad_override_names_the_key(tmp_path, capsys):
+    assert cli.main(_cli("mqar", tmp_path, ["max_stepz=3"])) == 2
+    assert "max_stepz" in capsys.readouterr().err
+    assert cli.main(_cli("recall", tmp_path, ["max_steps=lots"])) == 2
+    assert "max_steps" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="train_examples"):
+        mqar.MQARConfig(train_examples=(1, 2))
+    with pytest.raises(ValueError, match="eval_gaps"):
+        recall.RecallExperiment(eval_gaps=(4,))  # not beyond the training gaps
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mqar, "run_mqar", interrupted)
+    assert cli.main(_cli("mqar", tmp_path, TINY_MQAR)) == 130
+    assert "rerun the same command to resume" in capsys.readouterr().err
+
+
+def test_learning_rate_is_chosen_on_validation_and_summarised_over_seeds():
+    def run(lr, seed, valid, test):
+        return {"learning_rate": lr, "seed": seed,
+                "metrics": {"eval": {"valid_p": {"accuracy": valid}, "test_p": {"accuracy": test}}}}
+
+    # lr 0.1 has the better test accuracy but the worse validation accuracy: validation decides
+    runs = [run(0.01, s, 0.8, t) for s, t in enumerate((0.5, 0.6, 0.7))] + [run(0.1, s, 0.2, 0.99) for s in range(3)]
+    best = best_by_validation(runs, "p")
+    assert best["best_lr"] == 0.01 and best["valid_accuracy"] == pytest.approx(0.8)
+    assert best["accuracy"] == pytest.approx(0.6) and best["accuracies"] == [0.5, 0.6, 0.7]
+    assert best["ci95"] == pytest.approx(4.303 * 0.1 / math.sqrt(3), rel=1e-4)  # Student t, 2 degrees of freedom
+    assert mean_ci95([0.3]) == (0.3, 0.0)
