@@ -200,6 +200,20 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path, partial_save):
     assert not torch.allclose(initial.state["embeddings.weight"], keep_whole.state["embeddings.weight"])
 
 
+def test_gradient_accumulation_matches_the_larger_batch():
+    # labels of different examples hold different numbers of supervised tokens (two segments): the loss
+    # is normalised by the supervised tokens of the whole accumulated batch, so 2 × 8 equals 1 × 16
+    data = MQARData(vocab_size=64, train=(MQARSplit(32, 4, 16), MQARSplit(48, 10, 16)), test=(MQARSplit(32, 4, 8),))
+    params = []
+    for batch, accumulation in ((16, 1), (8, 2)):
+        keep = KeepParameters()
+        train(tiny_config(data=data, batch_size=batch, gradient_accumulation_steps=accumulation, max_steps=3),
+              callbacks=(keep,))
+        params.append(keep.state)
+    for key, value in params[0].items():
+        assert torch.allclose(params[1][key], value, atol=1e-6, rtol=0), key
+
+
 def test_output_dir_of_another_config_is_refused(tmp_path):
     train(tiny_config(output_dir=str(tmp_path), max_steps=1))
     with pytest.raises(ValueError, match="different config.*learning_rate"):

@@ -195,6 +195,10 @@ def run_rows(config: MQARConfig, metrics: dict[str, dict[str, Any]]) -> list[dic
     return rows
 
 
+def over_seeds(seeds: int) -> str:
+    return f"mean ± 95% CI over {seeds} seeds" if seeds > 1 else "one seed (no confidence interval)"
+
+
 def accuracy_cell(point: dict[str, Any]) -> str:
     """``mean ± CI95``, or the mean alone for a single seed."""
     if len(point["accuracies"]) == 1:
@@ -219,7 +223,7 @@ def format_table(results: dict[str, Any]) -> str:
             f"{accuracy_cell(cells[s])} (lr {cells[s]['best_lr']:g})" for s in segments) + " |")
     seeds = len(config["seeds"])
     lines += ["", f"(T, k) test points; * beyond the training segments. Test accuracy at the learning rate chosen on "
-                  f"validation data, mean ± 95% CI over {seeds} seed{'s' if seeds > 1 else ''}."]
+                  f"validation data, {over_seeds(seeds)}."]
     return "\n".join(lines) + "\n"
 
 
