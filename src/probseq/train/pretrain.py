@@ -1,0 +1,433 @@
+"""Pretrain a Gated DeltaNet language model on the offline corpus, and export it as an fla checkpoint.
+
+``pretrain(config, out)`` (``probseq pretrain --config small --out DIR``):
+
+1. the corpus (:func:`probseq.data.prepare_corpus`: KJV Bible + Python docs + retrieval-format text);
+2. a byte-level BPE tokenizer trained on its train split (``OUT/tokenizer/``; kept when it exists);
+3. the corpus tokenised as documents ``<|bos|> text <|eos|>`` in a seeded random document order, concatenated,
+   cut into blocks of ``seq_len`` tokens (``OUT/data/{train,valid}.npy``); a block is ``input_ids`` and its own
+   ``labels`` (the model shifts them: next-token cross-entropy at every position but the last);
+4. a :class:`~probseq.models.ProbSeqForCausalLM` with ``mixer="gated_deltanet"`` (fla's Gated DeltaNet block:
+   pre-norm, short convs, gated output norm, SwiGLU), trained with ``transformers.Trainer`` (AdamW, cosine
+   schedule after a linear warmup, gradient clipping, checkpoints in ``OUT/checkpoints/``, resume from the last
+   complete one, data parallelism under ``torchrun``);
+5. the validation loss, then :func:`probseq.interop.fla.export_fla` writes ``OUT`` as an fla
+   ``GatedDeltaNetForCausalLM`` directory (``config.json``, ``model.safetensors``) with the tokenizer files, so
+   ``probseq distill --teacher OUT`` reads the same layout as a real fla checkpoint; ``OUT/train_log.json`` has the
+   config, token count, timings and the loss history.
+
+The token budget ``tokens`` sets the steps: ``max_steps = ceil(tokens / (batch_size · seq_len ·
+gradient_accumulation_steps · world_size))``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+import numpy as np
+import torch
+
+from probseq.train.schema import check_fields, from_dict, positive, with_overrides
+
+TRAIN_LOG = "train_log.json"
+RUN_CONFIG = "probseq_run_config.json"
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """A pretraining run (presets: :data:`PRESETS`).
+
+    Attributes:
+        hidden_size, num_hidden_layers, num_heads, head_dim, expand_v, hidden_ratio, conv_size,
+            tie_word_embeddings: the Gated DeltaNet (fla's ``GatedDeltaNetConfig`` fields of the same names).
+        vocab_size: entries of the BPE tokenizer trained on the corpus (the model's vocabulary).
+        seq_len: tokens per training sequence (the training context).
+        tokens: the token budget (sets the number of optimizer steps).
+        batch_size: sequences per device per micro-batch; gradient_accumulation_steps: micro-batches per step.
+        learning_rate, weight_decay, warmup (fraction of the steps when < 1, else steps), adam_beta1, adam_beta2,
+            max_grad_norm, lr_scheduler: AdamW and its schedule.
+        seed: initialisation, document order and batch order.
+        precision: ``"bf16"`` / ``"fp16"`` autocast on a GPU, ``"fp32"`` none.
+        corpus_dir: the corpus cache (``""``: ``~/.cache/probseq/corpus`` or ``$PROBSEQ_CORPUS_DIR``).
+        tokenizer: an existing tokenizer folder to use instead of training one (``""``: train).
+        valid_blocks: validation sequences for the final loss (at most).
+        save_steps, save_total_limit, logging_steps, progress, num_threads: run settings (not the result).
+    """
+
+    hidden_size: int = 256
+    num_hidden_layers: int = 4
+    num_heads: int = 2
+    head_dim: int = 128
+    expand_v: float = 1.0
+    hidden_ratio: int = 4
+    conv_size: int = 4
+    tie_word_embeddings: bool = True
+    vocab_size: int = 8192
+    seq_len: int = 512
+    tokens: int = 20_000_000
+    batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1.5e-3
+    weight_decay: float = 0.1
+    warmup: float = 0.05
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    max_grad_norm: float = 1.0
+    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
+    seed: int = 0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    corpus_dir: str = ""
+    tokenizer: str = ""
+    valid_blocks: int = 64
+    save_steps: int = 200
+    save_total_limit: int = 2
+    logging_steps: int = 10
+    progress: bool = True
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        positive(self, "hidden_size", "num_hidden_layers", "num_heads", "head_dim", "expand_v", "hidden_ratio",
+                 "conv_size", "vocab_size", "seq_len", "tokens", "batch_size", "gradient_accumulation_steps",
+                 "learning_rate", "adam_beta1", "adam_beta2", "valid_blocks", "logging_steps", "save_total_limit")
+        for name in ("weight_decay", "warmup", "max_grad_norm", "save_steps", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if not (self.adam_beta1 < 1 and self.adam_beta2 < 1):
+            raise ValueError(f"adam_beta1 and adam_beta2 must be < 1, got {self.adam_beta1}, {self.adam_beta2}")
+        if self.vocab_size < 260:
+            raise ValueError(f"vocab_size must be >= 260 (256 bytes and the special tokens), got {self.vocab_size}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1 or None, got {self.num_threads}")
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that decide the trained model (a resumed run must match them)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in RUN_ONLY_FIELDS}
+
+
+RUN_ONLY_FIELDS = frozenset({"save_steps", "save_total_limit", "logging_steps", "progress", "num_threads",
+                             "corpus_dir", "valid_blocks"})
+
+#: ``tiny``: a smoke test (seconds); ``small``: the CPU teacher (5.8 M parameters); ``340m``: fla's Gated DeltaNet
+#: 340M layout (flame's ``configs/gated_deltanet_340M.json``: hidden 1024, 21 layers, 6 heads × 256, ``expand_v``
+#: 2, SwiGLU ratio 4, untied) with its recipe's optimiser (lr 3e-4, 32 × 2048 tokens per device and step) — a GPU
+#: run; docs/distillation.md.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_heads=2, head_dim=32, vocab_size=1024, seq_len=128,
+                 tokens=16_384, batch_size=4, learning_rate=3e-3, save_steps=16, logging_steps=4, valid_blocks=8),
+    "small": dict(),
+    "340m": dict(hidden_size=1024, num_hidden_layers=21, num_heads=6, head_dim=256, expand_v=2.0,
+                 tie_word_embeddings=False, vocab_size=32000, seq_len=2048, tokens=2_000_000_000, batch_size=32,
+                 learning_rate=3e-4, warmup=0.03, precision="bf16", save_steps=1000, logging_steps=32),
+}
+
+
+def pretrain_config(preset: str = "small", overrides: list[str] | tuple[str, ...] = ()) -> PretrainConfig:
+    """The preset ``preset`` with ``key=value`` overrides (an unknown key or a wrong type is a ``ValueError``
+    naming the key)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown --config {preset!r}; choose one of {tuple(PRESETS)}")
+    return with_overrides(from_dict(PretrainConfig, PRESETS[preset]), list(overrides))
+
+
+def model_config(config: PretrainConfig, tokenizer):
+    """The :class:`~probseq.models.ProbSeqConfig` of the Gated DeltaNet (special-token ids from ``tokenizer``)."""
+    from probseq.models import ProbSeqConfig
+
+    return ProbSeqConfig(vocab_size=len(tokenizer), hidden_size=config.hidden_size,
+                         num_hidden_layers=config.num_hidden_layers, mixer="gated_deltanet", num_heads=config.num_heads,
+                         head_dim=config.head_dim, expand_v=config.expand_v, hidden_ratio=config.hidden_ratio,
+                         conv_size=config.conv_size, tie_word_embeddings=config.tie_word_embeddings,
+                         max_position_embeddings=config.seq_len, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data: token arrays and packed blocks (shared with distillation)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def tokenize_documents(tokenizer, documents: list[str], seed: int) -> np.ndarray:
+    """``<|bos|> doc <|eos|>`` for every document, in a random order drawn from ``seed``, concatenated.
+
+    The bos comes from ``tokenizer(doc)`` (a tokenizer that adds none gets one prepended when it has a bos
+    token), the eos is appended. Returns uint16 ids when the vocabulary fits, else int32.
+    """
+    order = list(range(len(documents)))
+    random.Random(seed).shuffle(order)
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no eos token (documents are separated by it)")
+    pieces = []
+    for start in range(0, len(order), 256):
+        batch = [documents[i] for i in order[start:start + 256]]
+        for ids in tokenizer(batch, add_special_tokens=True)["input_ids"]:
+            if bos is not None and (not ids or ids[0] != bos):
+                ids = [bos, *ids]
+            pieces.append(np.asarray([*ids, eos], dtype=np.int64))
+    tokens = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+    return tokens.astype(np.uint16 if len(tokenizer) <= 65536 else np.int32)
+
+
+class PackedBlocks(torch.utils.data.Dataset):
+    """Consecutive blocks of ``seq_len`` tokens of a token array: ``{"input_ids": [T], "labels": [T]}`` (equal;
+    the causal-LM loss shifts). Documents run across block boundaries (the recurrent state starts at zero in
+    every block)."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, limit: int | None = None):
+        self.tokens, self.seq_len = tokens, seq_len
+        self.count = len(tokens) // seq_len if limit is None else min(limit, len(tokens) // seq_len)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not 0 <= index < self.count:
+            raise IndexError(index)
+        ids = torch.from_numpy(self.tokens[index * self.seq_len:(index + 1) * self.seq_len].astype(np.int64))
+        return {"input_ids": ids, "labels": ids.clone()}
+
+
+def corpus_token_arrays(tokenizer, folder: Path, corpus_dir: str, seed: int) -> dict[str, np.ndarray]:
+    """The corpus' train and valid splits tokenised (cached as ``folder/{split}.npy`` with a key of the tokenizer
+    and the corpus manifest; recomputed when either changes)."""
+    from probseq.data import corpus
+
+    paths = corpus.prepare_corpus(corpus_dir or None)  # through the module: tests replace it
+    key = json.dumps({"tokenizer": tokenizer.backend_tokenizer.to_str() if hasattr(tokenizer, "backend_tokenizer")
+                      else repr(tokenizer), "manifest": paths.manifest.read_text(), "seed": seed}, sort_keys=True)
+    digest = __import__("hashlib").sha256(key.encode()).hexdigest()[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for split in ("train", "valid"):
+        path = folder / f"{split}-{digest}.npy"
+        if not path.exists():
+            tokens = tokenize_documents(tokenizer, list(corpus.iter_documents(paths, split)), seed)
+            tmp = folder / f".{path.name}.tmp.npy"
+            np.save(tmp, tokens)
+            os.replace(tmp, path)
+        arrays[split] = np.load(path, mmap_mode="r")
+    return arrays
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Trainer plumbing (shared with distillation)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def training_arguments(output_dir: Path, *, max_steps: int, batch_size: int, gradient_accumulation_steps: int,
+                       learning_rate: float, weight_decay: float, warmup: float, adam_beta1: float,
+                       adam_beta2: float, max_grad_norm: float, lr_scheduler: str, seed: int, precision: str,
+                       save_steps: int, save_total_limit: int | None, logging_steps: int, progress: bool):
+    """``TrainingArguments`` for a causal-LM run on packed blocks (CPU, one GPU, or ``torchrun``)."""
+    from transformers import TrainingArguments
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return TrainingArguments(
+        output_dir=str(output_dir), max_steps=max_steps, per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
+        learning_rate=learning_rate, weight_decay=weight_decay, adam_beta1=adam_beta1, adam_beta2=adam_beta2,
+        max_grad_norm=max_grad_norm, optim="adamw_torch", lr_scheduler_type=lr_scheduler, warmup_steps=warmup,
+        seed=seed, data_seed=seed, bf16=precision == "bf16", fp16=precision == "fp16",
+        save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500, save_total_limit=save_total_limit,
+        logging_steps=logging_steps, eval_strategy="no", report_to="none", disable_tqdm=not progress,
+        remove_unused_columns=False, dataloader_drop_last=True, dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(), ddp_find_unused_parameters=False,
+        use_cpu=not torch.cuda.is_available(),
+        ddp_backend=("nccl" if torch.cuda.is_available() else "gloo") if distributed else None)
+
+
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest ``checkpoint-<step>`` in ``folder`` whose ``trainer_state.json`` (written last) reads; newer,
+    partly written ones are deleted."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not folder.is_dir():
+        return None
+    while (checkpoint := get_last_checkpoint(str(folder))) is not None:
+        try:
+            json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+            return checkpoint
+        except (OSError, json.JSONDecodeError):
+            warnings.warn(f"deleting the incomplete checkpoint {checkpoint}", stacklevel=2)
+            shutil.rmtree(checkpoint, ignore_errors=True)
+    return None
+
+
+def run_trainer(trainer, checkpoints: Path) -> tuple[Any, int | None, float]:
+    """``trainer.train()``, resuming from the last complete checkpoint: ``(output, resumed_step, seconds)``."""
+    from transformers import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    checkpoint = last_complete_checkpoint(checkpoints)
+    resumed = int(Path(checkpoint).name.split("-")[-1]) if checkpoint else None
+    started = time.perf_counter()
+    if resumed is not None and resumed >= trainer.args.max_steps:
+        # finished before: the Trainer would run one more step when resumed at max_steps; load the weights instead
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        model.load_state_dict(type(model).from_pretrained(checkpoint).state_dict())
+        trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+        losses = [entry["train_loss"] for entry in trainer.state.log_history if "train_loss" in entry]
+        loss = losses[-1] if losses else float("nan")
+        return TrainOutput(resumed, loss, {}), resumed, time.perf_counter() - started
+    try:
+        output = trainer.train(resume_from_checkpoint=checkpoint)
+    except (OSError, RuntimeError, KeyError) as error:
+        if checkpoint is None:
+            raise
+        raise ValueError(f"could not resume from {checkpoint} ({type(error).__name__}: {error}); delete it to start "
+                         "over") from error
+    return output, resumed, time.perf_counter() - started
+
+
+def check_run_config(folder: Path, identity: dict[str, Any]) -> None:
+    """Refuse to resume a run in ``folder`` that was started with another config; record it otherwise."""
+    path = folder / RUN_CONFIG
+    identity = json.loads(json.dumps(identity))
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"corrupt {path}: {error}; delete {folder} to start over") from error
+        if saved != identity:
+            changed = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
+            raise ValueError(f"{folder} holds a run of a different config (differs in {', '.join(changed)}); use "
+                             "another --out, or delete it to start over")
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(path, identity)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as JSON atomically (a temporary file in the same folder, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool) -> Iterator[None]:
+    """Without progress bars, also silence transformers' and huggingface_hub's own (checkpoint writing)."""
+    import huggingface_hub.utils as hub_utils
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.is_progress_bar_enabled(), not hub_utils.are_progress_bars_disabled()
+    if not enabled:
+        hf_logging.disable_progress_bar()
+        hub_utils.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not enabled:
+            if before[0]:
+                hf_logging.enable_progress_bar()
+            if before[1]:
+                hub_utils.enable_progress_bars()
+
+
+@contextlib.contextmanager
+def threads(count: int | None) -> Iterator[None]:
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def copy_tokenizer(tokenizer, dst: Path) -> None:
+    """Save ``tokenizer``'s files into ``dst`` (next to a model)."""
+    tokenizer.save_pretrained(str(dst))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------------------
+
+
+def pretrain(config: PretrainConfig, out: str | os.PathLike) -> dict[str, Any]:
+    """Run (or resume) the pretraining ``config`` in ``out``; export the model there as an fla checkpoint.
+
+    Returns:
+        The ``train_log.json`` content: ``config``, ``tokens`` (trained; ``steps × tokens_per_step``),
+        ``tokens_per_step``, ``steps``, ``resumed_from_step``, ``seconds``, ``seconds_per_step``,
+        ``tokens_per_second``, ``train_loss``, ``valid_loss``, ``num_parameters``, ``corpus_tokens``, ``history``.
+    """
+    from transformers import PrinterCallback, Trainer, default_data_collator, set_seed
+
+    from probseq.data import load_tokenizer, train_tokenizer
+    from probseq.data import corpus as corpus_lib
+    from probseq.interop.fla import export_fla
+    from probseq.models import ProbSeqForCausalLM
+
+    out = Path(out)
+    check_run_config(out, config.identity())
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    tokens_per_step = config.batch_size * config.seq_len * config.gradient_accumulation_steps * world_size
+    max_steps = math.ceil(config.tokens / tokens_per_step)
+    with threads(config.num_threads), progress_bars(config.progress):
+        args = training_arguments(out / "checkpoints", max_steps=max_steps, batch_size=config.batch_size,
+                                   gradient_accumulation_steps=config.gradient_accumulation_steps,
+                                   learning_rate=config.learning_rate, weight_decay=config.weight_decay,
+                                   warmup=config.warmup, adam_beta1=config.adam_beta1, adam_beta2=config.adam_beta2,
+                                   max_grad_norm=config.max_grad_norm, lr_scheduler=config.lr_scheduler,
+                                   seed=config.seed, precision=config.precision, save_steps=config.save_steps,
+                                   save_total_limit=config.save_total_limit, logging_steps=config.logging_steps,
+                                   progress=config.progress)
+        with args.main_process_first(desc="corpus, tokenizer and token arrays"):
+            if config.tokenizer:
+                tokenizer = load_tokenizer(config.tokenizer)
+            elif (out / "tokenizer" / "tokenizer.json").exists():
+                tokenizer = load_tokenizer(out / "tokenizer")
+            else:
+                paths = corpus_lib.prepare_corpus(config.corpus_dir or None)
+                tokenizer = train_tokenizer(corpus_lib.iter_documents(paths, "train"), out / "tokenizer",
+                                            config.vocab_size)
+            arrays = corpus_token_arrays(tokenizer, out / "data", config.corpus_dir, config.seed)
+        train_data = PackedBlocks(arrays["train"], config.seq_len)
+        valid_data = PackedBlocks(arrays["valid"], config.seq_len, limit=config.valid_blocks)
+        if len(train_data) < config.batch_size * world_size:
+            raise ValueError(f"the corpus has {len(train_data)} training sequences of {config.seq_len} tokens, fewer "
+                             f"than one batch ({config.batch_size} × {world_size} devices)")
+        set_seed(config.seed)
+        model = ProbSeqForCausalLM(model_config(config, tokenizer))
+        trainer = Trainer(model=model, args=args, train_dataset=train_data, data_collator=default_data_collator)
+        if not config.progress:
+            trainer.remove_callback(PrinterCallback)
+        output, resumed, seconds = run_trainer(trainer, out / "checkpoints")
+        valid_loss = (trainer.evaluate(eval_dataset=valid_data)["eval_loss"] if len(valid_data) else float("nan"))
+        model = trainer.accelerator.unwrap_model(trainer.model)
+    steps_run = output.global_step - (resumed or 0)
+    log = {
+        "config": dataclasses.asdict(config), "kind": "pretrain", "mixer": "gated_deltanet",
+        "tokens": output.global_step * tokens_per_step, "tokens_per_step": tokens_per_step, "steps": output.global_step,
+        "resumed_from_step": resumed, "seconds": seconds, "seconds_per_step": seconds / max(steps_run, 1),
+        "tokens_per_second": steps_run * tokens_per_step / max(seconds, 1e-9),
+        "train_loss": float(output.training_loss), "valid_loss": float(valid_loss),
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "corpus_tokens": {split: int(len(a)) for split, a in arrays.items()},
+        "history": trainer.state.log_history,
+    }
+    if trainer.is_world_process_zero():
+        with progress_bars(config.progress):
+            export_fla(model, out)
+        copy_tokenizer(tokenizer, out)
+        write_json(out / TRAIN_LOG, log)
+    return log
+
+
+__all__ = ["PRESETS", "PackedBlocks", "PretrainConfig", "corpus_token_arrays", "last_complete_checkpoint",
+           "model_config", "pretrain", "pretrain_config", "run_trainer", "tokenize_documents", "training_arguments"]
