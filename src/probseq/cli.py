@@ -17,6 +17,10 @@ def main(argv: list[str] | None = None) -> int:
         module.add_parser(commands)
     fla_interop.add_convert_parser(commands)
     fla_interop.add_export_parser(commands)
+    from probseq.experiments import pretrain, ruler_eval  # pretrain, distill, ruler: training code loads on use
+
+    pretrain.add_parsers(commands)
+    ruler_eval.add_parser(commands)
     args = parser.parse_args(argv)
     try:
         return args.run(args) or 0
