@@ -1,0 +1,162 @@
+"""``probseq ruler`` (probseq.experiments.ruler_eval): RULER generation, batched greedy completion, scoring, files,
+resume, fla folders and errors — on tiny random models with a tiny tokenizer trained here on generated text."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import probseq  # noqa: F401  (registers the Auto classes)
+from probseq.cli import main
+from probseq.data import retrieval_documents, train_tokenizer
+from probseq.experiments import ruler_eval
+from probseq.experiments.ruler_eval import RulerConfig, mean_ci, run_ruler
+from probseq.interop.fla import export_fla
+from probseq.models import ProbSeqConfig, ProbSeqForCausalLM
+
+LENGTH = 640  # room for niah's template with this small vocabulary
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    texts = [text for _, text in retrieval_documents(3, 80_000)]
+    texts += ["Some special magic numbers are hidden within the following text. Make sure to memorize it. "
+              "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."] * 20
+    return train_tokenizer(texts, tmp_path_factory.mktemp("tok") / "tokenizer", vocab_size=640)
+
+
+def tiny_model(tokenizer, mixer: str = "bayesian") -> ProbSeqForCausalLM:
+    torch.manual_seed(0)
+    config = ProbSeqConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, mixer=mixer,
+                           retention="learned", retention_init=0.5, num_heads=2, head_dim=16, expand_v=1.0,
+                           intermediate_size=48, pad_token_id=tokenizer.pad_token_id,
+                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    return ProbSeqForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tokenizer, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("model")
+    tiny_model(tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def config(model: Path, **overrides) -> RulerConfig:
+    kwargs = dict(model=str(model), tasks=("niah_single_1", "fwe"), lengths=(LENGTH,), samples=3, batch_size=2,
+                  max_new_tokens=6, num_threads=1, progress=False)
+    return RulerConfig(**{**kwargs, **overrides})
+
+
+def test_ruler_end_to_end_writes_files_and_scores(model_dir, tmp_path, capsys):
+    out = tmp_path / "ruler"
+    code = main(["ruler", "--model", str(model_dir), "--tasks", "niah_single_1,fwe", "vt", "--lengths", str(LENGTH),
+                 "--samples", "3", "--batch-size", "2", "--max-new-tokens", "6", "--out", str(out), "--threads", "1",
+                 "--no-progress"])
+    assert code == 0
+    for name in ("summary.csv", "predictions.jsonl", "results.json", "ruler.png"):
+        assert (out / name).is_file(), name
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert [(r["task"], int(r["length"])) for r in rows] == [("niah_single_1", LENGTH), ("fwe", LENGTH), ("vt", LENGTH)]
+    for row in rows[:2]:
+        assert row["status"] == "ok" and int(row["samples"]) == 3
+        assert 0 <= float(row["ci_low"]) <= float(row["score"]) <= float(row["ci_high"]) <= 100
+        assert float(row["prompt_tokens"]) <= LENGTH
+    assert rows[2]["status"].startswith("skipped:")  # vt's solved example alone needs ~500 tokens
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 6 and {p["task"] for p in predictions} == {"niah_single_1", "fwe"}
+    assert all(isinstance(p["prediction"], str) and p["references"] for p in predictions)
+    results = json.loads((out / "results.json").read_text())
+    assert results["units"] == [{**r, "length": int(r["length"])} | _numbers(r) for r in rows]
+    assert "niah_single_1" in capsys.readouterr().out
+
+
+def _numbers(row: dict) -> dict:
+    numbers = {}
+    for key in ("score", "ci_low", "ci_high", "prompt_tokens"):
+        numbers[key] = float(row[key]) if row[key] else None
+    numbers["samples"] = int(row["samples"])
+    return numbers
+
+
+def test_scores_reference_answers_100_and_resumes_per_unit(model_dir, tmp_path, monkeypatch):
+    out = tmp_path / "oracle"
+    seen = []
+
+    def oracle(model, tokenizer, prompts, max_new_tokens, batch_size, progress=False):
+        seen.append(len(prompts))
+        from probseq.ruler import generate
+
+        # the reference answers of the prompts being completed, as a perfect model would write them
+        task = "niah_single_1" if "special magic" in prompts[0] else "fwe"
+        records = generate(task, tokenizer, LENGTH, len(prompts), 42)
+        assert [r["input"] + r["answer_prefix"] for r in records] == prompts
+        return [" " + ", ".join(r["outputs"]) + "." for r in records], [LENGTH] * len(prompts)
+
+    monkeypatch.setattr(ruler_eval, "complete", oracle)
+    results = run_ruler(config(model_dir), out)
+    assert [u["score"] for u in results["units"]] == [100.0, 100.0] and seen == [3, 3]
+    # a rerun reads every finished unit from the cache: no model is loaded, nothing is generated
+    monkeypatch.setattr(ruler_eval, "load_model", lambda *a, **k: pytest.fail("the model was loaded again"))
+    again = run_ruler(config(model_dir), out)
+    assert again["units"] == results["units"] and seen == [3, 3]
+    # a new length is one more unit; the old ones stay cached
+    monkeypatch.undo()
+    monkeypatch.setattr(ruler_eval, "complete", oracle)
+    with pytest.raises(AssertionError):  # the oracle only knows LENGTH: proves the new unit was computed
+        run_ruler(config(model_dir, lengths=(LENGTH, 2 * LENGTH)), out)
+
+
+def test_fla_gated_deltanet_folder_is_evaluated_as_is(tokenizer, tmp_path):
+    fla = tmp_path / "fla"
+    export_fla(tiny_model(tokenizer, mixer="gated_deltanet"), fla)
+    tokenizer.save_pretrained(fla)
+    model, _, description = ruler_eval.load_model(fla)
+    assert "fla Gated DeltaNet" in description
+    assert {type(b.attn).__name__ for b in model.model.layers} == {"BayesianLayer"}
+    assert {b.attn.retention for b in model.model.layers} == {"reset"}
+    results = run_ruler(config(fla, tasks=("niah_single_1",), samples=2), tmp_path / "out")
+    assert results["units"][0]["status"] == "ok"
+
+
+def test_batched_left_padded_greedy_equals_one_by_one(model_dir):
+    model, tokenizer, _ = ruler_eval.load_model(model_dir)
+    prompts = ["One of the special magic numbers for key is: 12345. The special magic number for key is",
+               "The grass is green."]
+    batched, counts = ruler_eval.complete(model, tokenizer, prompts, 5, batch_size=2)
+    single = [ruler_eval.complete(model, tokenizer, [p], 5, batch_size=1)[0][0] for p in prompts]
+    assert batched == single
+    assert counts == [len(tokenizer(p)["input_ids"]) for p in prompts]
+
+
+def test_unwritable_out_and_bad_config_are_errors_before_work(model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(ruler_eval, "load_model", lambda *a, **k: pytest.fail("work started"))
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ValueError, match="not a folder"):
+        run_ruler(config(model_dir), blocker)
+    for bad, message in (({"tasks": ("niah",)}, "--tasks"), ({"lengths": (0,)}, "--lengths"),
+                         ({"samples": 0}, "--samples"), ({"max_new_tokens": 0}, "--max-new-tokens")):
+        with pytest.raises(ValueError, match=message):
+            config(model_dir, **bad)
+    with pytest.raises(ValueError, match="is not a folder"):
+        run_ruler(config(tmp_path / "missing"), tmp_path / "o")
+    assert main(["ruler", "--model", str(model_dir), "--lengths", "x", "--out", str(tmp_path / "o2")]) == 2
+
+
+def test_mean_ci():
+    assert mean_ci([100.0]) == (100.0, 100.0, 100.0)
+    mean, low, high = mean_ci([0.0, 100.0, 100.0, 100.0])
+    assert mean == 75.0 and 0.0 <= low < 75.0 < high == 100.0
