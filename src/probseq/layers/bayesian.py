@@ -7,7 +7,7 @@ dict loads with ``strict=True``), plus the certainty retention ``γ``::
     q, k   ← q/‖q‖, k/‖k‖ per head
     g      = −exp(A_log) · softplus(a_proj x + dt_bias)       log decay, α = exp(g)
     β      = sigmoid(b_proj x)                               write strength, r = max((1−β)/β, r_min)
-    γ      = 0 (reset) | α² (stationary) | ρ · sigmoid(c_weight x + c_bias) (learned)
+    γ      = 0 (reset) | α² (stationary) | α² · ρ · sigmoid(c_weight x + c_bias) (learned, ≤ α²)
     o      = bayes_filter(q, k, v, g, β, γ)                  predictive mean M_t q̃_t (docs/design-model.md §2)
     y      = o_proj(RMSNorm(o) ⊙ SiLU(g_proj x))             per-head gated norm
 
@@ -19,7 +19,7 @@ starts at exactly 0, so ``γ ≡ 0`` and the layer computes Gated DeltaNet — u
 ``r_min`` (the same output whenever ``β ≤ 1/(1 + r_min)``; ``r_min = 1e-4`` by default, which keeps the
 chunked Cholesky defined once ``γ`` grows). ``γ`` is passed to the filter as a tensor (not ``None``), so
 the general path runs and ``∂L/∂γ`` at ``γ = 0`` is exact and non-zero; hence
-``∂L/∂ρ_h = Σ_t ∂L/∂γ_{t,h} · sigmoid(c_weight x_t + c_bias)_h ≠ 0``. ``ρ`` enters through a clamp to
+``∂L/∂ρ_h = Σ_t ∂L/∂γ_{t,h} · α_{t,h}² · sigmoid(c_weight x_t + c_bias)_h ≠ 0``. ``ρ`` enters through a clamp to
 ``[0, 1]`` whose backward passes the gradient straight through, so ``γ`` is always a valid retention and
 an update that pushes ``ρ`` below 0 does not strand the layer at ``γ ≡ 0`` with a zero gradient.
 A Gated DeltaNet state dict (no ``c_weight c_bias c_scale``) loads with ``strict=True`` and leaves them at
@@ -179,8 +179,11 @@ class BayesianLayer(nn.Module):
             return None
         if self.retention == "stationary":
             return torch.exp(2 * g)
+        # γ = α² · ρ · σ(c(x)): between the reset (0) and the stationary memory (α²). Certainty retained beyond
+        # α² would keep the decayed mean αM as confident as M was (the prior's marginal covariance shrinks
+        # below I): gains collapse and the memory stops writing (docs/layers.md, "Learned retention").
         scale = _StraightThroughUnitClamp.apply(self.c_scale.float())
-        return scale * torch.sigmoid(F.linear(x, self.c_weight).float() + self.c_bias.float())
+        return torch.exp(2 * g) * scale * torch.sigmoid(F.linear(x, self.c_weight).float() + self.c_bias.float())
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
