@@ -81,6 +81,7 @@ def teacher(corpus, tmp_path_factory) -> Path:
 def test_pretrain_exports_an_fla_checkpoint_with_tokenizer_and_resumes(teacher, corpus):
     fla_config = json.loads((teacher / "config.json").read_text())
     assert fla_config["model_type"] == "gated_deltanet" and fla_config["architectures"] == ["GatedDeltaNetForCausalLM"]
+    assert fla_config["use_cache"] is True  # not the Trainer's training-time False
     for name in ("model.safetensors", "tokenizer.json", "tokenizer_config.json", "train_log.json"):
         assert (teacher / name).is_file(), name
     log = json.loads((teacher / "train_log.json").read_text())
@@ -160,6 +161,7 @@ def test_both_arms_train_on_the_same_tokens(teacher, tmp_path):
         assert written["tokens"] == logs[arm]["tokens"]
         model = AutoModelForCausalLM.from_pretrained(folder)
         assert {type(b.attn).__name__ for b in model.model.layers} == {expected}
+        assert model.config.use_cache  # generate() decodes with the recurrent state
         assert (folder / "tokenizer.json").is_file()
     assert stage_steps(distill_config("tiny", "t", 2560, overrides=["seq_len=64", "batch_size=4"])) == (256, 2, 8)
 

@@ -141,6 +141,19 @@ def test_batched_left_padded_greedy_equals_one_by_one(model_dir):
     assert counts == [len(tokenizer(p)["input_ids"]) for p in prompts]
 
 
+def test_generation_uses_the_recurrent_cache_even_if_the_config_says_not(model_dir):
+    model, tokenizer, _ = ruler_eval.load_model(model_dir)
+    model.config.use_cache = False  # what a transformers.Trainer saves
+    lengths = []
+    hook = model.model.register_forward_pre_hook(lambda module, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]),
+                                                 with_kwargs=True)
+    try:
+        ruler_eval.complete(model, tokenizer, ["The grass is green. The sky is"], 4, batch_size=1)
+    finally:
+        hook.remove()
+    assert lengths[0] > 1 and lengths[1:] == [1, 1, 1]  # prefill once, then one token per step
+
+
 def test_unwritable_out_and_bad_config_are_errors_before_work(model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(ruler_eval, "load_model", lambda *a, **k: pytest.fail("work started"))
     blocker = tmp_path / "file"

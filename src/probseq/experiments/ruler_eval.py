@@ -166,7 +166,9 @@ def complete(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
     for start in tqdm(range(0, len(prompts), batch_size), desc="batches", leave=False, disable=not progress):
         batch = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True)
         batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
-        output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+        # use_cache=True whatever the saved config says (a Trainer saves use_cache=False): without the recurrent
+        # cache every new token reruns the whole prompt
+        output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         new = output[:, batch["input_ids"].shape[1]:]
         texts += tokenizer.batch_decode(new, skip_special_tokens=True)

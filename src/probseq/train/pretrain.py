@@ -76,8 +76,8 @@ class PretrainConfig:
     vocab_size: int = 8192
     seq_len: int = 512
     tokens: int = 20_000_000
-    batch_size: int = 16
-    gradient_accumulation_steps: int = 1
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 2
     learning_rate: float = 1.5e-3
     weight_decay: float = 0.1
     warmup: float = 0.05
@@ -125,11 +125,13 @@ RUN_ONLY_FIELDS = frozenset({"save_steps", "save_total_limit", "logging_steps", 
 #: run; docs/distillation.md.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_heads=2, head_dim=32, vocab_size=1024, seq_len=128,
-                 tokens=16_384, batch_size=4, learning_rate=3e-3, save_steps=16, logging_steps=4, valid_blocks=8),
+                 tokens=16_384, batch_size=4, gradient_accumulation_steps=1, learning_rate=3e-3, save_steps=16,
+                 logging_steps=4, valid_blocks=8),
     "small": dict(),
     "340m": dict(hidden_size=1024, num_hidden_layers=21, num_heads=6, head_dim=256, expand_v=2.0,
                  tie_word_embeddings=False, vocab_size=32000, seq_len=2048, tokens=2_000_000_000, batch_size=32,
-                 learning_rate=3e-4, warmup=0.03, precision="bf16", save_steps=1000, logging_steps=32),
+                 gradient_accumulation_steps=1, learning_rate=3e-4, warmup=0.03, precision="bf16", save_steps=1000,
+                 logging_steps=32),
 }
 
 
@@ -245,7 +247,10 @@ def training_arguments(output_dir: Path, *, max_steps: int, batch_size: int, gra
         remove_unused_columns=False, dataloader_drop_last=True, dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(), ddp_find_unused_parameters=False,
         use_cpu=not torch.cuda.is_available(),
-        ddp_backend=("nccl" if torch.cuda.is_available() else "gloo") if distributed else None)
+        ddp_backend=("nccl" if torch.cuda.is_available() else "gloo") if distributed else None,
+        # the Trainer copies this into model.config.use_cache, which is saved: False would make generate() rerun the
+        # whole sequence for every new token (training forwards never cache anyway)
+        use_cache=True)
 
 
 def last_complete_checkpoint(folder: Path) -> str | None:
