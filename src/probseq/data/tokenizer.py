@@ -71,11 +71,16 @@ def train_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size
 def load_tokenizer(folder: str | os.PathLike):
     """``AutoTokenizer.from_pretrained(folder)``, with a ``ValueError`` naming the folder when it holds none."""
     from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # an fla folder's config.json has a model type transformers does not know: harmless
     try:
         return AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot load a tokenizer from {folder}: {error}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 __all__ = ["BOS", "EOS", "PAD", "SPECIAL_TOKENS", "load_tokenizer", "train_tokenizer"]

@@ -6,7 +6,7 @@ docs/distillation.md):
 **Student arm.** ``student = convert_fla(teacher, retention="learned")``: every Gated DeltaNet layer becomes a
 :class:`~probseq.layers.BayesianLayer` with ``ρ = 0`` — the same function (logged: ``max_abs_logit_diff`` of the
 converted model against the teacher). Its retention scale is then set to ``ρ = retention_init`` (default 0.5:
-``γ = ρ · sigmoid(c_weight x + c_bias)`` ≈ 0.25 at the start), so the layers keep certainty from the first step
+``γ = α² · ρ · sigmoid(c_weight x + c_bias)`` ≈ α²/4 at the start), so the layers keep certainty from the first step
 and stage 1 has something to align; ``retention_init = 0`` keeps the exact start, where stage 1's loss and
 gradient are zero (a function-preserving start is a stationary point of a teacher-matching loss).
 
