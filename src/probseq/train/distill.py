@@ -27,7 +27,7 @@ student arm is the layer type (and stage 1's objective, which is zero for an unc
 world_size))``, ``stage1_steps = round(stage1_fraction · steps)``; both arms log the tokens they trained on
 (``train_log.json``: ``tokens`` and per stage). Each stage is a ``transformers.Trainer`` run (AdamW, warmup then
 cosine, checkpoints in ``OUT/stage{1,2}/checkpoints``, resumed after an interruption; stage 2 uses another batch
-order seed so it does not replay stage 1's blocks). ``OUT`` gets the final ``save_pretrained`` model, the
+order seed so it does not start by replaying stage 1's blocks). ``OUT`` gets the final ``save_pretrained`` model, the
 teacher's tokenizer and ``train_log.json`` (tokens, stage logs, and validation ``mse``, ``nmse``, ``kl``, ``lm``
 before and after each stage).
 """
@@ -372,6 +372,18 @@ _TRAINER_CLASS = None
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _stage_arguments(config: DistillConfig, out: Path, stage: int, steps: int):
+    """The ``TrainingArguments`` of stage ``stage`` (its learning rate; batch order seed ``seed + stage − 1``)."""
+    return training_arguments(
+        out / f"stage{stage}" / "checkpoints", max_steps=steps, batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.stage1_learning_rate if stage == 1 else config.learning_rate,
+        weight_decay=config.weight_decay, warmup=config.warmup, adam_beta1=config.adam_beta1,
+        adam_beta2=config.adam_beta2, max_grad_norm=config.max_grad_norm, lr_scheduler=config.lr_scheduler,
+        seed=config.seed + stage - 1, precision=config.precision, save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit, logging_steps=config.logging_steps, progress=config.progress)
+
+
 def distill(config: DistillConfig, out: str | os.PathLike) -> dict[str, Any]:
     """Run (or resume) one arm in ``out``; see the module docstring.
 
@@ -394,21 +406,28 @@ def distill(config: DistillConfig, out: str | os.PathLike) -> dict[str, Any]:
     tokens_per_step, steps1, steps2 = stage_steps(config, world_size)
     trainer_class = distill_trainer_class()
     with threads(config.num_threads), progress_bars(config.progress):
-        tokenizer = load_tokenizer(config.teacher)
-        teacher = load_teacher(config.teacher)
-        layers = recurrent_layers(teacher)
-        if not layers:
-            raise ValueError(f"--teacher {config.teacher} has no Gated DeltaNet layers")
-        arrays = corpus_token_arrays(tokenizer, out / "data", config.corpus_dir, config.seed)
+        # the first TrainingArguments sets up torch.distributed under torchrun: rank 0 prepares the files first
+        probe = _stage_arguments(config, out, 1, max(steps1, 1))
+        device = probe.device
+        with probe.main_process_first(desc="token arrays and conversion"):
+            tokenizer = load_tokenizer(config.teacher)
+            teacher = load_teacher(config.teacher).to(device)
+            layers = recurrent_layers(teacher)
+            if not layers:
+                raise ValueError(f"--teacher {config.teacher} has no Gated DeltaNet layers")
+            arrays = corpus_token_arrays(tokenizer, out / "data", config.corpus_dir, config.seed)
+            if config.baseline:
+                student = copy.deepcopy(teacher).train().requires_grad_(True)
+            elif probe.process_index == 0:
+                student = convert_student(config.teacher, out / "converted").to(device)
+            else:
+                with tempfile.TemporaryDirectory(prefix="probseq-student-") as tmp:
+                    student = convert_student(config.teacher, Path(tmp)).to(device)
         train_data = PackedBlocks(arrays["train"], config.seq_len)
         valid_data = PackedBlocks(arrays["valid"], config.seq_len, limit=config.valid_blocks)
         if len(train_data) < config.batch_size * world_size:
             raise ValueError(f"the corpus has {len(train_data)} training sequences of {config.seq_len} tokens, fewer "
                              f"than one batch ({config.batch_size} × {world_size} devices)")
-        if config.baseline:
-            student = copy.deepcopy(teacher).train().requires_grad_(True)
-        else:
-            student = convert_student(config.teacher, out / "converted")
         evaluations = {}
         if len(valid_data):
             evaluations["converted"] = evaluate(student, teacher, valid_data, layers, config.batch_size)
@@ -430,14 +449,7 @@ def distill(config: DistillConfig, out: str | os.PathLike) -> dict[str, Any]:
                 student.load_state_dict(ProbSeqForCausalLM.from_pretrained(final).state_dict())
                 stages.append(json.loads(log_path.read_text()))
             elif steps:
-                args = training_arguments(
-                    out / f"stage{stage}" / "checkpoints", max_steps=steps, batch_size=config.batch_size,
-                    gradient_accumulation_steps=config.gradient_accumulation_steps, learning_rate=learning_rate,
-                    weight_decay=config.weight_decay, warmup=config.warmup, adam_beta1=config.adam_beta1,
-                    adam_beta2=config.adam_beta2, max_grad_norm=config.max_grad_norm,
-                    lr_scheduler=config.lr_scheduler, seed=config.seed + stage - 1, precision=config.precision,
-                    save_steps=config.save_steps, save_total_limit=config.save_total_limit,
-                    logging_steps=config.logging_steps, progress=config.progress)
+                args = _stage_arguments(config, out, stage, steps)
                 set_seed(config.seed + stage - 1)
                 trainer = trainer_class(model=student, args=args, train_dataset=train_data,
                                         data_collator=default_data_collator, teacher=teacher, objective=objective,
