@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-slow bench mutate clean
+.PHONY: install demo test test-slow bench mutate clean corpus cpu-presets
 
 install: $(STAMP)
 
@@ -34,3 +34,12 @@ mutate: install
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache
+
+# Offline text corpus for pretraining the distillation teacher (Debian's KJV Bible and Python docs, plus
+# generated retrieval-format text; docs/distillation.md). Downloads ~15 MB from Debian's registry.
+corpus: install
+	$(PY) -c "from probseq.data import prepare_corpus; print(prepare_corpus().root)"
+
+# The issue-8 evidence runs (hours, resumable, in the background): probseq mqar / recall --preset cpu.
+cpu-presets: install
+	nohup scripts/run_cpu_presets.sh > $(HOME)/.cache/probseq/experiments/cpu_presets.log 2>&1 &
