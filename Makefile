@@ -42,4 +42,5 @@ corpus: install
 
 # The issue-8 evidence runs (hours, resumable, in the background): probseq mqar / recall --preset cpu.
 cpu-presets: install
+	mkdir -p $(HOME)/.cache/probseq/experiments
 	nohup scripts/run_cpu_presets.sh > $(HOME)/.cache/probseq/experiments/cpu_presets.log 2>&1 &
