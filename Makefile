@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: install
-	$(VENV)/bin/probseq demo --out reports/demo
+	$(VENV)/bin/probseq reproduce --preset quick --out reports/demo
 
 test: install
 	$(PY) -m pytest -q

@@ -10,11 +10,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="probseq", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     from probseq import bench
-    from probseq.experiments import collision, demo, mqar, recall, uncertainty
+    from probseq.experiments import collision, mqar, recall, reproduce, uncertainty
     from probseq.interop import fla as fla_interop
 
-    for module in (collision, bench, demo, uncertainty, mqar, recall):
+    for module in (collision, bench, uncertainty, mqar, recall, reproduce):
         module.add_parser(commands)
+    reproduce.add_parser(commands, "demo", help="alias of reproduce (--preset quick by default)")
     fla_interop.add_convert_parser(commands)
     fla_interop.add_export_parser(commands)
     from probseq.experiments import pretrain, ruler_eval  # pretrain, distill, ruler: training code loads on use
