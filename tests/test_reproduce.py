@@ -115,3 +115,21 @@ def test_demo_is_an_alias(tmp_path):
     except SystemExit as exit_:
         parser_help.append(exit_.code)
     assert parser_help == [0]
+
+
+def test_cpu_preset_reads_the_background_results_and_never_recomputes(tmp_path, monkeypatch):
+    import json
+
+    from probseq.experiments import mqar, recall
+
+    for study in ("recall", "mqar"):
+        saved = tmp_path / "experiments" / f"{study}_cpu"
+        saved.mkdir(parents=True)
+        (saved / "results.json").write_text(json.dumps({"experiment": study, "points": [], "num_units": 54}))
+        (saved / "plot.png").write_bytes(b"png")
+    monkeypatch.setattr(recall, "run_recall", lambda *a, **k: pytest.fail("recomputed recall"))
+    monkeypatch.setattr(mqar, "run_mqar", lambda *a, **k: pytest.fail("recomputed mqar"))
+    for study in ("recall", "mqar"):
+        results = reproduce._learned(study, reproduce.ReproduceConfig(preset="cpu"), tmp_path / "out")
+        assert results["num_units"] == 54 and results["source"].endswith(f"{study}_cpu/results.json")
+        assert (tmp_path / "out" / study / "plot.png").exists()
