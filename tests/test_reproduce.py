@@ -52,7 +52,8 @@ def test_reproduce_end_to_end_then_everything_from_the_cache(tmp_path, capsys):
     assert "inconclusive" in text  # one seed
     assert "make bench" in text and "probseq distill" in text
     plots = [line for line in text.splitlines() if line.startswith("![")]
-    order = [next(i for i, p in enumerate(plots) if word in p) for word in ("variance", "collision_", "recall_", "mqar_")]
+    order = [next(i for i, p in enumerate(plots) if word in p)
+             for word in ("variance", "collision_", "recall_", "mqar_")]
     assert order == sorted(order)  # plots in the claims' order, not alphabetical
     for plot in plots:
         assert (out / plot.split("(")[1].rstrip(")")).exists(), plot

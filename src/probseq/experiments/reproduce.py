@@ -139,12 +139,12 @@ def run_reproduce(config: ReproduceConfig, out: str | os.PathLike, *, log=None) 
             log(f"[reproduce {index}/{len(plan)}] {name} ...")
             t0 = time.perf_counter()
             value = compute()
-            entry = {"value": value, "seconds": time.perf_counter() - t0}
+            entry = {"value": value, "seconds": time.perf_counter() - t0, "load": os.getloadavg()[0]}
             cache.put(name, entry)
-            timing[name] = {"seconds": entry["seconds"], "cached": False}
+            timing[name] = {"seconds": entry["seconds"], "load": entry["load"], "cached": False}
         else:
             log(f"[reproduce {index}/{len(plan)}] {name}: from the cache")
-            timing[name] = {"seconds": entry["seconds"], "cached": True}
+            timing[name] = {"seconds": entry["seconds"], "load": entry.get("load"), "cached": True}
         results[name] = entry["value"]
     summary = {"config": dataclasses.asdict(config), "environment": environment(), "sections": results,
                "timing": timing, "this_run_s": time.perf_counter() - started,
@@ -238,8 +238,9 @@ def report(summary: dict[str, Any]) -> str:
     preset = cfg["preset"]
     tail = f" --preset {preset} --out DIR"
     over = "".join(f" --set {shlex.quote(o)}" for o in cfg["overrides"])
+    overridden = (" with overrides " + ", ".join(f"`{o}`" for o in cfg["overrides"])) if cfg["overrides"] else ""
     lines = ["# probseq reproduce — Memory by Design: Probabilistic Sequence Layers", "",
-             f"Preset `{preset}`{' with overrides ' + ', '.join(f'`{o}`' for o in cfg['overrides']) if cfg['overrides'] else ''}"
+             f"Preset `{preset}`{overridden}"
              f", seed {cfg['seed']}. torch {env['torch']}, {env['cpu_count']} CPUs, {env['torch_threads']} threads; "
              f"1-minute load average at the end {env['load_average_1min'] or float('nan'):.2f}. "
              f"Regenerate everything: `probseq reproduce{tail}{over}` (`make demo` for the quick preset).", ""]
@@ -329,7 +330,8 @@ def report(summary: dict[str, Any]) -> str:
     # 6 learned robustness
     lines += ["## 6. Learned robustness beyond the training regime", ""]
     for number, study, module, plots in (("6a", "recall", recall, ["recall_beyond_training.png"]),
-                                          ("6b", "mqar", mqar, ["mqar_accuracy_vs_kv.png", "mqar_accuracy_vs_state.png"])):
+                                          ("6b", "mqar", mqar,
+                                           ["mqar_accuracy_vs_kv.png", "mqar_accuracy_vs_state.png"])):
         r = s[study]
         rc = r["config"]
         title = "Associative recall" if study == "recall" else "Zoology MQAR"
@@ -340,7 +342,8 @@ def report(summary: dict[str, Any]) -> str:
                  "test_segments", "max_steps", "batch_size"])
         source = r.get("source", "this run")
         lines += [f"### {number}. {title}", "",
-                  f"Settings: {_settings(rc, keys)}. Results from {'this run' if source == 'this run' else '`' + source + '`'}"
+                  f"Settings: {_settings(rc, keys)}. Results from "
+                  f"{'this run' if source == 'this run' else '`' + source + '`'}"
                   f" ({r['num_units']} training runs).", "", module.format_table(r), ""]
         lines += [f"![{p}]({study}/{p})" for p in plots]
         lines += ["", learned_verdict(study, r) + f" Command: `probseq {study} --preset {preset} --out DIR`.", ""]
@@ -363,12 +366,13 @@ def report(summary: dict[str, Any]) -> str:
     units = [(s[st].get("from_cache", 0), s[st].get("num_units", 0)) for st in ("recall", "mqar")
              if s[st].get("source", "this run") == "this run"]
     lines += ["## Run", "",
-              "| section | seconds | from |", "|---|---:|---|"]
-    lines += [f"| {n} | {t['seconds']:.0f} | {'cache (earlier run)' if t['cached'] else 'this run'} |"
-              for n, t in timing.items()]
+              "| section | seconds | 1-min load when it finished | from |", "|---|---:|---:|---|"]
+    lines += [f"| {n} | {t['seconds']:.0f} | {'—' if t['load'] is None else f"{t['load']:.1f}"} | "
+              f"{'cache (earlier run)' if t['cached'] else 'this run'} |" for n, t in timing.items()]
     lines += ["", f"This run: {summary['this_run_s']:.0f} s; {len(cached)} of {summary['num_sections']} sections from "
                   f"the cache (they took {sum(t['seconds'] for t in cached.values()):.0f} s when computed)"
-              + (f"; training runs from the unit cache: {sum(a for a, _ in units)} of {sum(b for _, b in units)}"
+              + (f"; training runs taken from the unit cache when recall/MQAR were computed: {sum(a for a, _ in units)} "
+                 f"of {sum(b for _, b in units)}"
                  if units else "") + "."]
     return "\n".join(lines) + "\n"
 
