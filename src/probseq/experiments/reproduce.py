@@ -227,6 +227,10 @@ def agreement_rows(collision_results: dict[str, Any]) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------------------------------------- report
 
+def _load(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
 def _settings(config: dict[str, Any], keys: list[str]) -> str:
     return "; ".join(f"{k} = {json.dumps(config[k])}" for k in keys if k in config)
 
@@ -367,7 +371,7 @@ def report(summary: dict[str, Any]) -> str:
              if s[st].get("source", "this run") == "this run"]
     lines += ["## Run", "",
               "| section | seconds | 1-min load when it finished | from |", "|---|---:|---:|---|"]
-    lines += [f"| {n} | {t['seconds']:.0f} | {'—' if t['load'] is None else f"{t['load']:.1f}"} | "
+    lines += [f"| {n} | {t['seconds']:.0f} | {_load(t['load'])} | "
               f"{'cache (earlier run)' if t['cached'] else 'this run'} |" for n, t in timing.items()]
     lines += ["", f"This run: {summary['this_run_s']:.0f} s; {len(cached)} of {summary['num_sections']} sections from "
                   f"the cache (they took {sum(t['seconds'] for t in cached.values()):.0f} s when computed)"
