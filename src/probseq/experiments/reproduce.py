@@ -280,7 +280,7 @@ def report(summary: dict[str, Any]) -> str:
               "**Verdict:** reproduced as a capability (variance per token and head is computed and plotted)"
               + ("; the model is randomly initialised, so the heat map shows the mechanism, not a trained model's "
                  "uncertainty." if u["randomly_initialised"] else ".")
-              + f" Command: `probseq uncertainty --text \"...\" --out DIR`.", ""]
+              + " Command: `probseq uncertainty --text \"...\" --out DIR`.", ""]
 
     # 3 unification
     lines += ["## 3. Unification: linear attention, GLA, Mamba-2/SSD are exact filters of one design", "",

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from probseq.layers.conv import ShortConvolution
 from probseq.layers.norm import GATE_ACTIVATIONS, GatedRMSNorm, RMSNorm
 from probseq.layers.state import RecurrentState, read_state, write_state
-from probseq.layers.utils import (check_no_extra, check_positive, full_precision, guard_zero_keys, hold_padding,
+from probseq.layers.utils import (gated_output, check_no_extra, check_positive, full_precision, guard_zero_keys, hold_padding,
                                   inverse_softplus_step, l2_normalize, log_uniform_decay_rate, padding_mask,
                                   repeat_heads, zero_padding)
 from probseq.ops import R_MIN, bayes_filter
@@ -239,10 +239,4 @@ class BayesianLayer(nn.Module):
         if use_cache:
             write_state(self, past_key_values, RecurrentState(conv_state, out.state), length)
 
-        o = out.output
-        if self.use_gate:
-            o = self.o_norm(o, rearrange(self.g_proj(x), "b t (h d) -> b t h d", d=self.head_v_dim))
-        else:
-            o = self.o_norm(o)
-        o = self.o_proj(rearrange(o, "b t h d -> b t (h d)"))
-        return zero_padding(o, mask), None, past_key_values
+        return zero_padding(gated_output(self, out.output, x), mask), None, past_key_values

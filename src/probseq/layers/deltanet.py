@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from probseq.layers.conv import ShortConvolution
 from probseq.layers.norm import GatedRMSNorm, RMSNorm
 from probseq.layers.state import RecurrentState, read_state, write_state
-from probseq.layers.utils import (check_no_extra, check_positive, full_precision, guard_zero_keys, hold_padding,
+from probseq.layers.utils import (gated_output, check_no_extra, check_positive, full_precision, guard_zero_keys, hold_padding,
                                   l2_normalize, padding_mask, zero_padding)
 from probseq.ops import bayes_filter
 
@@ -132,10 +132,4 @@ class DeltaNet(nn.Module):
         if use_cache:
             write_state(self, past_key_values, RecurrentState(conv_state, out.state), hidden_states.shape[1])
 
-        o = out.output
-        if self.use_gate:
-            o = self.o_norm(o, rearrange(self.g_proj(x), "b t (h d) -> b t h d", d=self.head_v_dim))
-        else:
-            o = self.o_norm(o)
-        o = self.o_proj(rearrange(o, "b t h d -> b t (h d)"))
-        return zero_padding(o, mask), None, past_key_values
+        return zero_padding(gated_output(self, out.output, x), mask), None, past_key_values

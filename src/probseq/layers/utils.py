@@ -14,7 +14,8 @@ import contextlib
 import math
 
 import torch
-from torch import Tensor
+from einops import rearrange
+from torch import Tensor, nn
 
 
 def padding_mask(hidden_states: Tensor, attention_mask: Tensor | None, cu_seqlens: Tensor | None) -> Tensor | None:
@@ -155,3 +156,13 @@ def inverse_softplus_step(num_heads: int, dt_min: float = 1e-3, dt_max: float = 
     log_dt = torch.rand(num_heads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
     dt = log_dt.exp().clamp(min=floor)
     return dt + torch.log(-torch.expm1(-dt))
+
+
+def gated_output(layer: nn.Module, o: Tensor, x: Tensor) -> Tensor:
+    """The delta-rule layers' output: per-head RMSNorm of the filter output ``o [B, T, H, V]``, gated by
+    ``SiLU(g_proj x)`` when ``layer.use_gate`` (fla's ``o_norm``), then ``o_proj`` → ``[B, T, D]``."""
+    if layer.use_gate:
+        o = layer.o_norm(o, rearrange(layer.g_proj(x), "b t (h d) -> b t h d", d=layer.head_v_dim))
+    else:
+        o = layer.o_norm(o)
+    return layer.o_proj(rearrange(o, "b t h d -> b t (h d)"))

@@ -50,8 +50,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from probseq.train.pretrain import (PackedBlocks, check_run_config, copy_tokenizer, corpus_token_arrays, progress_bars,
-                                    run_trainer, threads, training_arguments, write_json)
+from probseq.train.pretrain import (PackedBlocks, check_run_config, copy_tokenizer, corpus_token_arrays, run_trainer,
+                                    training_arguments, write_json)
+from probseq.train.trainer import progress_bars, run_threads
 from probseq.train.schema import check_fields, from_dict, positive, with_overrides
 
 Objective = Literal["mse", "kl_lm"]
@@ -405,7 +406,7 @@ def distill(config: DistillConfig, out: str | os.PathLike) -> dict[str, Any]:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     tokens_per_step, steps1, steps2 = stage_steps(config, world_size)
     trainer_class = distill_trainer_class()
-    with threads(config.num_threads), progress_bars(config.progress):
+    with run_threads(config.num_threads), progress_bars(config.progress):
         # the first TrainingArguments sets up torch.distributed under torchrun: rank 0 prepares the files first
         probe = _stage_arguments(config, out, 1, max(steps1, 1))
         device = probe.device

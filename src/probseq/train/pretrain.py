@@ -22,7 +22,6 @@ gradient_accumulation_steps · world_size))``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -33,12 +32,13 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from probseq.train.schema import check_fields, from_dict, positive, with_overrides
+from probseq.train.trainer import progress_bars, run_threads
 
 TRAIN_LOG = "train_log.json"
 RUN_CONFIG = "probseq_run_config.json"
@@ -322,37 +322,6 @@ def write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-@contextlib.contextmanager
-def progress_bars(enabled: bool) -> Iterator[None]:
-    """Without progress bars, also silence transformers' and huggingface_hub's own (checkpoint writing)."""
-    import huggingface_hub.utils as hub_utils
-    from transformers.utils import logging as hf_logging
-
-    before = hf_logging.is_progress_bar_enabled(), not hub_utils.are_progress_bars_disabled()
-    if not enabled:
-        hf_logging.disable_progress_bar()
-        hub_utils.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if not enabled:
-            if before[0]:
-                hf_logging.enable_progress_bar()
-            if before[1]:
-                hub_utils.enable_progress_bars()
-
-
-@contextlib.contextmanager
-def threads(count: int | None) -> Iterator[None]:
-    before = torch.get_num_threads()
-    if count is not None:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def copy_tokenizer(tokenizer, dst: Path) -> None:
     """Save ``tokenizer``'s files into ``dst`` (next to a model)."""
     tokenizer.save_pretrained(str(dst))
@@ -383,7 +352,7 @@ def pretrain(config: PretrainConfig, out: str | os.PathLike) -> dict[str, Any]:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     tokens_per_step = config.batch_size * config.seq_len * config.gradient_accumulation_steps * world_size
     max_steps = math.ceil(config.tokens / tokens_per_step)
-    with threads(config.num_threads), progress_bars(config.progress):
+    with run_threads(config.num_threads), progress_bars(config.progress):
         args = training_arguments(out / "checkpoints", max_steps=max_steps, batch_size=config.batch_size,
                                    gradient_accumulation_steps=config.gradient_accumulation_steps,
                                    learning_rate=config.learning_rate, weight_decay=config.weight_decay,

@@ -148,7 +148,7 @@ def train(config: TrainConfig, callbacks: tuple[TrainerCallback, ...] = ()) -> d
         "loss"}}}``; ``state_size`` is :meth:`ZoologyModel.state_size` at the longest train sequence and
         ``state_bytes`` its float32 size. JSON-serialisable.
     """
-    with _threads(config.num_threads), _progress_bars(config.progress), _output_dir(config) as output_dir:
+    with run_threads(config.num_threads), progress_bars(config.progress), _output_dir(config) as output_dir:
         trainer = build_trainer(config, output_dir, callbacks)
         checkpoint = last_complete_checkpoint(output_dir) if config.resume and config.output_dir else None
         resumed = int(Path(checkpoint).name.split("-")[-1]) if checkpoint else None
@@ -192,7 +192,8 @@ def last_complete_checkpoint(folder: str | os.PathLike) -> str | None:
 
 
 @contextlib.contextmanager
-def _threads(count: int | None) -> Iterator[None]:
+def run_threads(count: int | None) -> Iterator[None]:
+    """``torch.set_num_threads(count)`` for the block (``None``: leave it), restored afterwards."""
     before = torch.get_num_threads()
     if count is not None:
         torch.set_num_threads(count)
@@ -203,16 +204,22 @@ def _threads(count: int | None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _progress_bars(enabled: bool) -> Iterator[None]:
-    """Without progress bars, also silence transformers' own (checkpoint writing)."""
-    before = hf_logging.is_progress_bar_enabled()
+def progress_bars(enabled: bool) -> Iterator[None]:
+    """Without progress bars, also silence transformers' and huggingface_hub's own (checkpoint writing)."""
+    import huggingface_hub.utils as hub_utils
+
+    before = hf_logging.is_progress_bar_enabled(), not hub_utils.are_progress_bars_disabled()
     if not enabled:
         hf_logging.disable_progress_bar()
+        hub_utils.disable_progress_bars()
     try:
         yield
     finally:
-        if before and not enabled:
-            hf_logging.enable_progress_bar()
+        if not enabled:
+            if before[0]:
+                hf_logging.enable_progress_bar()
+            if before[1]:
+                hub_utils.enable_progress_bars()
 
 
 @contextlib.contextmanager
