@@ -43,4 +43,4 @@ corpus: install
 # The issue-8 evidence runs (hours, resumable, in the background): probseq mqar / recall --preset cpu.
 cpu-presets: install
 	mkdir -p $(HOME)/.cache/probseq/experiments
-	nohup scripts/run_cpu_presets.sh > $(HOME)/.cache/probseq/experiments/cpu_presets.log 2>&1 &
+	nohup scripts/run_cpu_presets.sh >> $(HOME)/.cache/probseq/experiments/cpu_presets.log 2>&1 &

@@ -19,6 +19,13 @@ the layer's time spent in the filter; and the time per generated token of a smal
 ``ProbSeqForCausalLM`` (2 layers of the same width, byte vocabulary) after a prefill of 128 and of 8192
 tokens: single-token forwards with the cache, as ``generate`` runs them.
 
+MQAR training cases (``--mqar`` runs only these): the training throughput of the MQAR model
+(:class:`probseq.models.zoology.ZoologyModel`, ``[conv block, mixer] × 2``) per mixer at the ``cpu``
+preset's shapes of ``probseq mqar`` (``d_model=64``, vocabulary 8192, a batch of 64 sequences of 256 tokens
+with 64 key–value pairs): one optimizer step — forward with logits at the supervised positions only, the
+cross-entropy, backward, AdamW — as :class:`probseq.train.PreShiftedTrainer` runs it; tokens/s counts every
+input token of the batch.
+
 Conventions: every case is timed in ``warmup + repeats`` interleaved rounds (each round runs every
 case once, so the drift of a shared machine affects all methods alike) and a time is the median of
 the ``repeats`` timed rounds; the slow token-loop reference runs once. Forward runs under
@@ -45,6 +52,7 @@ from unittest import mock
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from tqdm import tqdm
 
 from probseq.experiments.common import apply_overrides, atomic_write_json, environment
@@ -67,7 +75,7 @@ class BenchConfig:
     repeats: int = 3
     warmup: int = 1
     seed: int = 0
-    cases: Literal["all", "filters", "layer"] = "all"  # "layer": only the layer and generation cases
+    cases: Literal["all", "filters", "layer", "mqar"] = "all"  # "layer" / "mqar": only those cases
     layer_hidden_size: int = 512
     layer_heads: int = 4
     layer_head_dim: int = 128
@@ -75,6 +83,13 @@ class BenchConfig:
     layer_length: int = 2048
     generate_contexts: tuple[int, ...] = (128, 8192)
     generate_layers: int = 2
+    mqar_mixers: tuple[str, ...] = ("bayesian", "gated_deltanet", "deltanet", "linear_attention", "mamba2",
+                                    "attention")
+    mqar_d_model: int = 64
+    mqar_vocab: int = 8192
+    mqar_batch: int = 64
+    mqar_length: int = 256
+    mqar_kv_pairs: int = 64
 
 
 PRESETS = {
@@ -108,6 +123,8 @@ TARGETS = [
      ("layer_bayes_filter", 2048, "fwd+bwd"), ("layer_bayes", 2048, "fwd+bwd"), "info", None),
     ("generation time per token, small Bayesian ProbSeqForCausalLM, context 8,192 / context 128",
      ("generate_step", 8192, "step"), ("generate_step", 128, "step"), "<=", 1.2),
+    ("MQAR model training step, Bayesian Layer (learned γ) / Gated DeltaNet, d_model=64, 64 × 256 tokens",
+     ("mqar_train_bayesian", 256, "train"), ("mqar_train_gated_deltanet", 256, "train"), "info", None),
 ]
 
 
@@ -115,7 +132,7 @@ TARGETS = [
 class Measurement:
     method: str
     length: int
-    mode: str  # "fwd", "fwd+bwd" or "step"
+    mode: str  # "fwd", "fwd+bwd", "step" or "train" (one optimizer step)
     seconds: float
     tokens_per_s: float
     peak_mb: float | None
@@ -233,6 +250,8 @@ def _call(name: str, length: int, mode: str, config: BenchConfig) -> Callable[[]
         return _layer_call(name, length, config)
     if name == "generate_step":
         return _generate_call(length, config)
+    if name.startswith(MQAR_PREFIX):
+        return mqar_training_step(name[len(MQAR_PREFIX):], length, config)[1]
     if name == "bayes_step":
         return _step_call(length, config)
     method = _method(name, config)
@@ -360,12 +379,40 @@ def _generate_call(context: int, config: BenchConfig) -> Callable[[], object]:
     return call
 
 
+MQAR_PREFIX = "mqar_train_"
+
+
+def mqar_training_step(mixer: str, length: int, config: BenchConfig) -> tuple[torch.nn.Module, Callable[[], Tensor]]:
+    """The MQAR model with ``mixer`` and a closure that runs one training step of it on a fixed batch of
+    MQAR data (``config.mqar_*``) and returns the step's loss."""
+    from probseq.models.zoology import ZoologyConfig, ZoologyModel
+    from probseq.tasks import IGNORE_INDEX, multiquery_ar
+    from probseq.train.metrics import pre_shifted_cross_entropy
+
+    torch.manual_seed(config.seed)
+    model = ZoologyModel(ZoologyConfig(vocab_size=config.mqar_vocab, d_model=config.mqar_d_model, mixer=mixer))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    inputs, labels = multiquery_ar(config.mqar_vocab, config.mqar_batch, length, seed=config.seed,
+                                   num_kv_pairs=config.mqar_kv_pairs)
+    mask = labels != IGNORE_INDEX
+
+    def call():
+        optimizer.zero_grad(set_to_none=True)
+        logits = model(input_ids=inputs, logits_mask=mask).logits
+        loss = pre_shifted_cross_entropy(logits, labels)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return model, call
+
+
 def _measurement(name, length, mode, runs, config, peak) -> Measurement:
     seconds = statistics.median(runs)
     forward = flops(name, length, config.key_dim, config.value_dim, config.chunk_size)
     total = None if forward is None else forward * config.batch * config.heads * (3 if mode == "fwd+bwd" else 1)
     gflop = None if total is None else total / 1e9
-    batch = config.layer_batch if name in LAYER_METHODS else config.batch
+    batch = config.layer_batch if name in LAYER_METHODS else config.mqar_batch if mode == "train" else config.batch
     tokens = batch * (1 if mode == "step" else length)
     return Measurement(name, length, mode, seconds, tokens / seconds, peak, gflop,
                        None if gflop is None else gflop / seconds, runs)
@@ -400,6 +447,8 @@ def plan(config: BenchConfig) -> list[tuple[str, int, str]]:
     if config.cases in ("all", "layer"):
         cases += [(name, config.layer_length, "fwd+bwd") for name in LAYER_METHODS]
         cases += [("generate_step", context, "step") for context in config.generate_contexts]
+    if config.cases in ("all", "mqar"):
+        cases += [(MQAR_PREFIX + mixer, config.mqar_length, "train") for mixer in config.mqar_mixers]
     return cases
 
 
@@ -435,6 +484,7 @@ def run_bench(config: BenchConfig) -> dict:
         # Token loops: the profiler's per-operation cost would dominate (75 s for T = 4096), and
         # their memory is the O(K² + KV) state plus the outputs.
         profiled = case[0] not in ("bayes_reference", "bayes_recurrent", "generate_step")
+        profiled = profiled and case[2] != "train"  # a training step changes the model: time it, do not profile
         measurements.append(_measurement(*case, runs[case], config, peak_memory_mb(call) if profiled else None))
     return {
         "config": dataclasses.asdict(config),
@@ -469,6 +519,8 @@ def format_tables(results: dict) -> str:
                      f"{_fmt(m['gflops'], '.1f')} | {share} |")
     lines += ["", "| figure | ratio | target | met |", "|---|---:|---|---|"]
     for r in results["ratios"]:
+        if r["ratio"] is None:  # a case group that was not run (--layer, --mqar)
+            continue
         met = "n/a" if r["met"] is None else ("yes" if r["met"] else "**no**")
         lines.append(f"| {r['figure']} | {_fmt(r['ratio'], '.2f')} | {r['target']} | {met} |")
     return "\n".join(lines)
@@ -486,6 +538,8 @@ def add_parser(commands) -> None:
     parser.add_argument("--layer", action="store_true",
                         help="only the layer and generation cases (Bayesian Layer vs Gated DeltaNet layer, filter share, "
                              "time per generated token)")
+    parser.add_argument("--mqar", action="store_true",
+                        help="only the MQAR training-throughput cases (tokens/s of one training step per mixer)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a BenchConfig field, e.g. --set lengths=[1024,4096]")
     parser.set_defaults(run=_run_cli)
@@ -495,6 +549,8 @@ def _run_cli(args) -> int:
     config = apply_overrides(PRESETS[args.preset], args.overrides)
     if args.layer:
         config = dataclasses.replace(config, cases="layer")
+    if args.mqar:
+        config = dataclasses.replace(config, cases="mqar")
     results = run_bench(config)
     print(format_tables(results))
     if args.out:
