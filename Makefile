@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-slow bench mutate clean corpus cpu-presets
+.PHONY: install demo test test-slow bench mutate clean corpus cpu-presets evidence
 
 install: $(STAMP)
 
@@ -40,7 +40,14 @@ clean:
 corpus: install
 	$(PY) -c "from probseq.data import prepare_corpus; print(prepare_corpus().root)"
 
-# The issue-8 evidence runs (hours, resumable, in the background): probseq mqar / recall --preset cpu.
+# Every long evidence run in order (mqar, recall, pretrain, distill ×2, ruler ×3), background, resumable.
+evidence: install corpus
+	mkdir -p $(HOME)/.cache/probseq/experiments
+	nohup scripts/run_evidence.sh >> $(HOME)/.cache/probseq/experiments/evidence.log 2>&1 &
+	@echo "started; log: ~/.cache/probseq/experiments/evidence.log; rerun 'make evidence' to resume"
+
+# The issue-8 evidence runs only (probseq mqar / recall --preset cpu), background, resumable.
 cpu-presets: install
 	mkdir -p $(HOME)/.cache/probseq/experiments
-	nohup scripts/run_cpu_presets.sh >> $(HOME)/.cache/probseq/experiments/cpu_presets.log 2>&1 &
+	nohup scripts/run_evidence.sh mqar_cpu recall_cpu >> $(HOME)/.cache/probseq/experiments/evidence.log 2>&1 &
+	@echo "started; log: ~/.cache/probseq/experiments/evidence.log; rerun 'make cpu-presets' to resume"

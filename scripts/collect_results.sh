@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Copy the small result files of the evidence runs (scripts/run_evidence.sh) from ~/.cache/probseq into
+# results/ — results.json, CSVs, PNGs, training logs; files over 1 MB are left out (and named).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT="${PROBSEQ_CACHE:-$HOME/.cache/probseq}"
+copy() {  # copy SOURCE_DIR DEST_DIR PATTERN…
+  local src=$1 dest=$2; shift 2
+  [[ -d "$src" ]] || return 0
+  mkdir -p "$dest"
+  for pattern in "$@"; do
+    for file in "$src"/$pattern; do
+      [[ -f "$file" ]] || continue
+      if (( $(stat -c %s "$file") > 1048576 )); then echo "left out (over 1 MB): $file"; continue; fi
+      cp "$file" "$dest/" && echo "copied $file → $dest/"
+    done
+  done
+}
+for exp in mqar_cpu recall_cpu; do
+  copy "$ROOT/experiments/$exp" "results/$exp" results.json '*.csv' '*.png'
+done
+for arm in teacher bayes gdn; do
+  copy "$ROOT/distill/$arm" "results/distill/$arm" train_log.json config.json
+  copy "$ROOT/experiments/ruler/$arm" "results/ruler/$arm" summary.csv results.json ruler.png predictions.jsonl
+done

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Every long evidence run, one after the other (the machine has 2 cores), in the background, resumable:
+#   issue 8: probseq mqar --preset cpu, probseq recall --preset cpu (cached per run, checkpointed);
+#   issue 9: probseq pretrain (small teacher) → distill (Bayesian arm) → distill --baseline (matched compute)
+#            → probseq ruler on teacher, Bayesian arm and baseline.
+# `run_evidence.sh STAGE…` runs only the named stages (e.g. `mqar_cpu recall_cpu`).
+# Rerun after an interruption: finished stages are skipped (a .done marker per stage), the others resume
+# from their checkpoints. Everything lives outside the work tree (~/.cache/probseq); scripts/collect_results.sh
+# copies the small result files into results/.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT="${PROBSEQ_CACHE:-$HOME/.cache/probseq}"
+EXP="$ROOT/experiments" RUNS="$ROOT/distill" THREADS="${PROBSEQ_THREADS:-2}"
+mkdir -p "$EXP" "$RUNS"
+exec 9>"$EXP/.evidence.lock"
+flock -n 9 || { echo "[$(date -Is)] another run_evidence.sh is running (lock $EXP/.evidence.lock)"; exit 1; }
+P=.venv/bin/probseq
+
+ONLY=" $* "
+stage() {  # stage NAME COMMAND…: run COMMAND unless NAME finished before (or is not among the chosen stages)
+  local name=$1; shift
+  if [[ "$ONLY" != "  " && "$ONLY" != *" $name "* ]]; then return; fi
+  if [[ -e "$EXP/.done-$name" ]]; then echo "[$(date -Is)] $name: done before, skipped"; return; fi
+  echo "[$(date -Is)] $name: $*"
+  local started=$SECONDS
+  "$@" || { echo "[$(date -Is)] $name stopped ($?); rerun this script to resume"; exit 1; }
+  echo "[$(date -Is)] $name: finished in $((SECONDS - started)) s (this invocation)"
+  touch "$EXP/.done-$name"
+}
+
+stage mqar_cpu $P mqar --preset cpu --out "$EXP/mqar_cpu"
+stage recall_cpu $P recall --preset cpu --out "$EXP/recall_cpu"
+stage pretrain $P pretrain --config small --out "$RUNS/teacher" --set num_threads="$THREADS"
+stage distill_bayes $P distill --teacher "$RUNS/teacher" --out "$RUNS/bayes" --tokens 5M --set num_threads="$THREADS"
+stage distill_gdn $P distill --teacher "$RUNS/teacher" --out "$RUNS/gdn" --tokens 5M --baseline \
+  --set num_threads="$THREADS"
+for arm in teacher bayes gdn; do
+  stage "ruler_$arm" $P ruler --model "$RUNS/$arm" --out "$EXP/ruler/$arm" --lengths 512 1024 2048 4096 \
+    --samples 50 --threads "$THREADS"
+done
+echo "[$(date -Is)] all evidence runs done; scripts/collect_results.sh copies them into results/"
