@@ -6,7 +6,8 @@ import argparse
 import sys
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser: every command with its arguments (imports each command's module)."""
     parser = argparse.ArgumentParser(prog="probseq", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     from probseq import bench
@@ -22,7 +23,11 @@ def main(argv: list[str] | None = None) -> int:
 
     pretrain.add_parsers(commands)
     ruler_eval.add_parser(commands)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return args.run(args) or 0
     except ValueError as error:
