@@ -32,3 +32,17 @@ def test_commands_go_to_the_full_cli(capsys):
     with pytest.raises(SystemExit) as exit:
         probseq_cli.main(["mqar", "--help"])
     assert exit.value.code == 0 and "--preset" in capsys.readouterr().out
+
+
+REQUIRED = {"pretrain": ["--out", "o"], "distill": ["--teacher", "t", "--out", "o", "--tokens", "1k"],
+            "mqar": ["--out", "o"], "recall": ["--out", "o"], "collision": ["--out", "o"], "reproduce": [],
+            "demo": [], "bench": []}
+
+
+@pytest.mark.parametrize("command", sorted(REQUIRED))
+def test_every_set_option_accumulates(command):
+    """``--set a=1 --set b=2 c=3`` keeps all three overrides in every command (a repeated ``--set`` once
+    silently replaced the earlier ones in pretrain and distill)."""
+    args = build_parser().parse_args([command, *REQUIRED[command], "--set", "a=1", "--set", "b=2", "c=3"])
+    overrides = getattr(args, "overrides", None) or getattr(args, "set")
+    assert overrides == ["a=1", "b=2", "c=3"]

@@ -540,7 +540,7 @@ def add_parser(commands) -> None:
                              "time per generated token)")
     parser.add_argument("--mqar", action="store_true",
                         help="only the MQAR training-throughput cases (tokens/s of one training step per mixer)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                         help="override a BenchConfig field, e.g. --set lengths=[1024,4096]")
     parser.set_defaults(run=_run_cli)
 

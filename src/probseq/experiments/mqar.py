@@ -318,7 +318,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder (resumes if it has a cache)")
     parser.add_argument("--preset", choices=list(PRESETS), default="quick",
                         help="quick: CPU demo (minutes); cpu: hours on 2 cores; paper: Zoology's grid for a GPU")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                         help="override an MQARConfig field (repeatable), e.g. --set 'mixers=[\"bayesian\"]'")
     parser.set_defaults(run=main)
 

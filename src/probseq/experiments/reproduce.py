@@ -390,7 +390,7 @@ def add_parser(commands, name: str = "reproduce", **kwargs) -> argparse.Argument
     parser.add_argument("--preset", choices=("quick", "cpu"), default="quick",
                         help="quick: minutes on CPU (make demo); cpu: reads the background cpu runs")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="STUDY.KEY=VALUE",
+    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="STUDY.KEY=VALUE",
                         help="override a study's config (collision, recall, mqar), e.g. --set recall.max_steps=50")
     parser.set_defaults(run=main)
     return parser
