@@ -19,6 +19,10 @@ copy() {  # copy SOURCE_DIR DEST_DIR PATTERN…
 for exp in mqar_cpu recall_cpu; do
   copy "$ROOT/experiments/$exp" "results/$exp" results.json '*.csv' '*.png'
 done
+copy "$ROOT/experiments/reproduce_cpu" results/reproduce_cpu REPORT.md results.json
+for section in collision uncertainty; do
+  copy "$ROOT/experiments/reproduce_cpu/$section" "results/reproduce_cpu/$section" '*.json' '*.csv' '*.png'
+done
 for arm in teacher bayes gdn; do
   copy "$ROOT/distill/$arm" "results/distill/$arm" train_log.json config.json
   copy "$ROOT/experiments/ruler/$arm" "results/ruler/$arm" summary.csv results.json ruler.png predictions.jsonl

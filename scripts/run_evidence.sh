@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every long evidence run, one after the other (the machine has 2 cores), in the background, resumable:
-#   issue 8: probseq mqar --preset cpu, probseq recall --preset cpu (cached per run, checkpointed);
+#   issue 8: probseq mqar --preset cpu, probseq recall --preset cpu (cached per run, checkpointed), then
+#            probseq reproduce --preset cpu (REPORT.md from those two runs, plus the collision study at cpu scale);
 #   issue 9: probseq pretrain (small teacher) → distill (Bayesian arm) → distill --baseline (matched compute)
 #            → probseq ruler on teacher, Bayesian arm and baseline.
 # `run_evidence.sh STAGE…` runs only the named stages (e.g. `mqar_cpu recall_cpu`).
@@ -30,6 +31,7 @@ stage() {  # stage NAME COMMAND…: run COMMAND unless NAME finished before (or 
 
 stage mqar_cpu $P mqar --preset cpu --out "$EXP/mqar_cpu"
 stage recall_cpu $P recall --preset cpu --out "$EXP/recall_cpu"
+stage reproduce_cpu $P reproduce --preset cpu --out "$EXP/reproduce_cpu"  # reads the two runs above
 stage pretrain $P pretrain --config small --out "$RUNS/teacher" --set num_threads="$THREADS"
 stage distill_bayes $P distill --teacher "$RUNS/teacher" --out "$RUNS/bayes" --tokens 5M --set num_threads="$THREADS"
 stage distill_gdn $P distill --teacher "$RUNS/teacher" --out "$RUNS/gdn" --tokens 5M --baseline \
