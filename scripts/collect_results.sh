@@ -18,6 +18,8 @@ copy() {  # copy SOURCE_DIR DEST_DIR PATTERN…
 }
 for exp in mqar_cpu recall_cpu; do
   copy "$ROOT/experiments/$exp" "results/$exp" results.json '*.csv' '*.png'
+  # every finished run's metrics (a few kB each): the partial record, and what run_evidence.sh restores
+  copy "$ROOT/experiments/$exp/cache" "results/$exp/units" '*.json'
 done
 copy "$ROOT/experiments/reproduce_cpu" results/reproduce_cpu REPORT.md results.json
 for section in collision uncertainty; do

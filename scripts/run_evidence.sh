@@ -29,6 +29,14 @@ stage() {  # stage NAME COMMAND…: run COMMAND unless NAME finished before (or 
   touch "$EXP/.done-$name"
 }
 
+# Finished runs committed under results/<exp>/units/ (scripts/collect_results.sh) count as done here too,
+# so a machine whose ~/.cache was wiped does not retrain them (a cached run is keyed by its config's hash).
+for exp in mqar_cpu recall_cpu; do
+  if compgen -G "results/$exp/units/*.json" > /dev/null; then
+    mkdir -p "$EXP/$exp/cache" && cp -n results/$exp/units/*.json "$EXP/$exp/cache/"
+  fi
+done
+
 stage mqar_cpu $P mqar --preset cpu --out "$EXP/mqar_cpu"
 stage recall_cpu $P recall --preset cpu --out "$EXP/recall_cpu"
 stage reproduce_cpu $P reproduce --preset cpu --out "$EXP/reproduce_cpu"  # reads the two runs above
