@@ -152,3 +152,39 @@ def test_learning_rate_is_chosen_on_validation_and_summarised_over_seeds():
     assert best["accuracy"] == pytest.approx(0.6) and best["accuracies"] == [0.5, 0.6, 0.7]
     assert best["ci95"] == pytest.approx(4.303 * 0.1 / math.sqrt(3), rel=1e-4)  # Student t, 2 degrees of freedom
     assert mean_ci95([0.3]) == (0.3, 0.0)
+
+
+def test_two_workers_share_a_sweep(tmp_path, monkeypatch):
+    """Two workers on one sweep: every unit is trained exactly once, and both end with every unit's metrics
+    (a worker that finds a unit locked goes on, then waits for it and reads it from the cache)."""
+    import threading
+    import time
+
+    from probseq.train import trainer
+
+    config = mqar.apply_overrides(mqar.PRESETS["quick"], TINY_MQAR)
+    units = config.units()
+    trained, guard = [], threading.Lock()
+
+    def fake_train(run_config):  # what train() returns, after long enough for the other worker to arrive
+        with guard:
+            trained.append(run_config.output_dir)
+        time.sleep(0.2)
+        return {"seconds_per_step": 0.1, "eval": {"test_x": {"accuracy": len(run_config.output_dir) / 1000}},
+                "resumed_from_step": None}
+
+    monkeypatch.setattr(trainer, "train", fake_train)
+    results = [None, None]
+
+    def worker(slot):
+        results[slot] = run_units(units, "mqar", tmp_path / "out", log=lambda line: None)
+
+    threads = [threading.Thread(target=worker, args=(slot,)) for slot in (0, 1)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.05)
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(trained) == sorted(set(trained)) and len(trained) == len(units)
+    assert all(0 < r.from_cache < len(units) for r in results)  # each trained some, read the others' results
+    assert results[0].metrics == results[1].metrics and list(results[0].metrics) == [u.name for u in units]

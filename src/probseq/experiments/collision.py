@@ -44,7 +44,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from probseq import presets, theory
-from probseq.experiments.common import ResultCache, apply_overrides, atomic_write_json, environment, write_csv
+from probseq.experiments.common import (ResultCache, apply_overrides, atomic_write_json, environment, save_figure,
+                                        write_csv)
 from probseq.ops import R_MIN, bayes_filter
 from probseq.types import BayesState, FilterOutput
 
@@ -437,7 +438,7 @@ def plot_scenario(name: str, entry: dict[str, Any], labels: dict[str, str], path
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"{spec.title}\nlines: theory (probseq.theory), markers: simulation mean ± 95% CI", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
 
 

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from probseq.experiments.common import apply_overrides, atomic_write_json, environment, write_csv
+from probseq.experiments.common import apply_overrides, atomic_write_json, environment, save_figure, write_csv
 from probseq.train.config import MIXER_NAMES, ModelSpec, TrainConfig
 from probseq.train.data import MQARData, MQARSplit
 from probseq.train.sweep import Unit, best_by_validation, check_writable, run_units
@@ -261,7 +261,7 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
     fig.suptitle("MQAR accuracy vs number of key-value pairs\n(best lr by validation, mean ± 95% CI over seeds)",
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(paths[0], dpi=120)
+    save_figure(fig, paths[0])
     plt.close(fig)
 
     segments = [tuple(s) for s in config["test_segments"]]
@@ -284,7 +284,7 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
     fig.suptitle("MQAR accuracy vs state size\n(one marker per d_model; state after the longest train sequence)",
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(paths[1], dpi=120)
+    save_figure(fig, paths[1])
     plt.close(fig)
     return paths
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from probseq.experiments.common import apply_overrides, atomic_write_json, environment, write_csv
+from probseq.experiments.common import apply_overrides, atomic_write_json, environment, save_figure, write_csv
 from probseq.experiments.mqar import accuracy_cell, over_seeds
 from probseq.tasks import RecallConfig
 from probseq.train.config import MIXER_NAMES, ModelSpec, TrainConfig
@@ -258,7 +258,7 @@ def plot(results: dict[str, Any], out: Path) -> Path:
                  "over seeds)", fontsize=10)
     fig.tight_layout()
     path = out / "recall_beyond_training.png"
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 

@@ -7,6 +7,12 @@ and never recomputed; while it runs, its checkpoints live in ``runs_root()/<expe
 unfinished unit from its last checkpoint, and ends with the metrics of an uninterrupted one. A changed
 config changes the fingerprint, so stale results and checkpoints are never reused.
 
+Several workers may run one sweep at once (e.g. two single-threaded processes on a 2-core machine, which
+train ~12 % more per hour than one process with two threads): a unit is trained by whichever worker
+first takes its lock (``out/cache/.locks/<key>.lock``, ``fcntl.flock``); the others skip it,
+go on, and at the end wait for it and read its metrics from the cache (or train it themselves if its
+worker died). Every worker ends with every unit's metrics.
+
 Summaries: the best learning rate of a (model, point) is chosen by *validation* accuracy (the mean over
 seeds on the validation segment of that point — data the test never sees), and the test accuracy at that
 rate is reported as mean ± 95% confidence half-width over seeds (Student's t).
@@ -14,7 +20,9 @@ rate is reported as mean ± 95% confidence half-width over seeds (Student's t).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import math
 import os
@@ -23,7 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 from probseq.train.config import TrainConfig
 
@@ -78,34 +86,78 @@ def run_units(units: list[Unit], experiment: str, out: str | os.PathLike, *, log
     if len(set(names)) != len(names):
         raise ValueError(f"unit names must be unique, got {names}")
     cache = Path(out) / "cache"
-    metrics, from_cache = {}, 0
+    metrics, from_cache, deferred = {}, 0, []
+
+    def cached(unit: Unit, key: str) -> bool:
+        path = cache / f"{key}.json"
+        if not path.exists():
+            return False
+        try:
+            metrics[unit.name] = json.loads(path.read_text())["metrics"]
+        except (json.JSONDecodeError, KeyError) as error:
+            raise ValueError(f"corrupt cached result {path}: {error}; delete it to recompute") from error
+        return True
+
     for index, unit in enumerate(units, 1):
         key = f"{unit.name}-{unit.config.fingerprint()}"
-        path = cache / f"{key}.json"
-        if path.exists():
-            try:
-                metrics[unit.name] = json.loads(path.read_text())["metrics"]
-            except (json.JSONDecodeError, KeyError) as error:
-                raise ValueError(f"corrupt cached result {path}: {error}; delete it to recompute") from error
+        if cached(unit, key):
             from_cache += 1
             continue
-        from probseq.train.trainer import train  # transformers: imported only when something is trained
-
-        run_dir = runs_root() / experiment / key
-        config = dataclasses.replace(unit.config, output_dir=str(run_dir))
-        resuming = run_dir.exists() and any(run_dir.glob("checkpoint-*"))
-        log(f"[{index}/{len(units)}] {unit.name}: {'resuming' if resuming else 'training'} "
-            f"({config.max_steps} steps; checkpoints in {run_dir})")
-        started = time.perf_counter()
-        result = train(config)
-        _atomic_json(path, {"unit": unit.name, "config": config.identity(), "metrics": result})
-        shutil.rmtree(run_dir, ignore_errors=True)
-        metrics[unit.name] = result
-        accuracy = ", ".join(f"{name.removeprefix('test_')} {m['accuracy']:.3f}" for name, m in result["eval"].items()
-                             if name.startswith("test_"))
-        log(f"[{index}/{len(units)}] {unit.name}: done in {time.perf_counter() - started:.0f} s "
-            f"({result['seconds_per_step'] * 1000:.0f} ms/step); test accuracy {accuracy}")
+        with _unit_lock(cache, key, wait=False) as held:
+            if not held:  # another worker trains it: come back at the end
+                deferred.append((index, unit, key))
+                continue
+            if cached(unit, key):  # finished by another worker since the check above
+                from_cache += 1
+                continue
+            metrics[unit.name] = _train_unit(unit, key, experiment, cache, f"[{index}/{len(units)}]", log)
+    for index, unit, key in deferred:
+        log(f"[{index}/{len(units)}] {unit.name}: another worker is training it; waiting")
+        with _unit_lock(cache, key, wait=True):
+            if cached(unit, key):
+                from_cache += 1
+            else:  # its worker stopped without finishing: resume it here
+                metrics[unit.name] = _train_unit(unit, key, experiment, cache, f"[{index}/{len(units)}]", log)
+    metrics = {unit.name: metrics[unit.name] for unit in units}  # the sweep's order
     return SweepResult(metrics, from_cache)
+
+
+def _train_unit(unit: Unit, key: str, experiment: str, cache: Path, tag: str, log) -> dict[str, Any]:
+    """Train (or resume) one unit, write its metrics to ``cache/<key>.json``, delete its checkpoints."""
+    from probseq.train.trainer import train  # transformers: imported only when something is trained
+
+    run_dir = runs_root() / experiment / key
+    config = dataclasses.replace(unit.config, output_dir=str(run_dir))
+    resuming = run_dir.exists() and any(run_dir.glob("checkpoint-*"))
+    log(f"{tag} {unit.name}: {'resuming' if resuming else 'training'} ({config.max_steps} steps; checkpoints in "
+        f"{run_dir})")
+    started = time.perf_counter()
+    result = train(config)
+    _atomic_json(cache / f"{key}.json", {"unit": unit.name, "config": config.identity(), "metrics": result})
+    shutil.rmtree(run_dir, ignore_errors=True)
+    accuracy = ", ".join(f"{name.removeprefix('test_')} {m['accuracy']:.3f}" for name, m in result["eval"].items()
+                         if name.startswith("test_"))
+    log(f"{tag} {unit.name}: done in {time.perf_counter() - started:.0f} s "
+        f"({result['seconds_per_step'] * 1000:.0f} ms/step); test accuracy {accuracy}")
+    return result
+
+
+@contextlib.contextmanager
+def _unit_lock(cache: Path, key: str, wait: bool) -> Iterator[bool]:
+    """Hold the unit's lock for the block (``True``), or ``False`` at once when another worker holds it
+    and ``wait`` is false. The lock is released when the holder exits, however it exits."""
+    path = cache / ".locks" / f"{key}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def mean_ci95(values: list[float]) -> tuple[float, float]:
