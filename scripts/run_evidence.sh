@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every long evidence run, one after the other (the machine has 2 cores), in the background, resumable:
-#   issue 8: probseq mqar --preset cpu, probseq recall --preset cpu (cached per run, checkpointed), then
+#   issue 8: probseq mqar --preset cpu, probseq recall --preset cpu (cached per run, checkpointed), MQAR again
+#            with the Bayesian Layer's stationary retention, then
 #            probseq reproduce --preset cpu (REPORT.md from those two runs, plus the collision study at cpu scale);
 #   issue 9: probseq pretrain (small teacher) → distill (Bayesian arm) → distill --baseline (matched compute)
 #            → probseq ruler on teacher, Bayesian arm and baseline.
@@ -31,7 +32,7 @@ stage() {  # stage NAME COMMAND…: run COMMAND unless NAME finished before (or 
 
 # Finished runs committed under results/<exp>/units/ (scripts/collect_results.sh) count as done here too,
 # so a machine whose ~/.cache was wiped does not retrain them (a cached run is keyed by its config's hash).
-for exp in mqar_cpu recall_cpu; do
+for exp in mqar_cpu recall_cpu mqar_cpu_stationary; do
   if compgen -G "results/$exp/units/*.json" > /dev/null; then
     mkdir -p "$EXP/$exp/cache" && cp -n results/$exp/units/*.json "$EXP/$exp/cache/"
   fi
@@ -50,6 +51,10 @@ two_workers() {  # COMMAND…: two single-threaded workers share one sweep (its 
 
 stage mqar_cpu two_workers $P mqar --preset cpu --out "$EXP/mqar_cpu"
 stage recall_cpu two_workers $P recall --preset cpu --out "$EXP/recall_cpu"
+# The stationary retention (γ = α², the filter that never resets its covariance) on the same MQAR sweep: the
+# cleanest test of "restoring the covariance", next to the learned retention of mqar_cpu.
+stage mqar_cpu_stationary two_workers $P mqar --preset cpu --out "$EXP/mqar_cpu_stationary" \
+  --set 'mixers=["bayesian"]' retention=stationary
 stage reproduce_cpu $P reproduce --preset cpu --out "$EXP/reproduce_cpu"  # reads the two runs above
 stage pretrain $P pretrain --config small --out "$RUNS/teacher" --set num_threads="$THREADS"
 stage distill_bayes $P distill --teacher "$RUNS/teacher" --out "$RUNS/bayes" --tokens 5M --set num_threads="$THREADS"
