@@ -1,0 +1,37 @@
+"""Markdown table of finished sweep runs, one row per run: ``python scripts/summarize_units.py DIR``.
+
+``DIR`` holds a sweep's per-run metrics (``results/<exp>/units/*.json``, copied there by
+``scripts/collect_results.sh`` from ``~/.cache/probseq/experiments/<exp>/cache``). For a sweep still running,
+this is the partial record; the finished sweep's ``results.json`` / CSVs have the per-point summaries."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def main(folder: str) -> int:
+    rows = []
+    for path in sorted(Path(folder).glob("*.json")):
+        record = json.loads(path.read_text())
+        config, metrics = record["config"], record["metrics"]
+        tests = {name.removeprefix("test_"): m["accuracy"] for name, m in metrics["eval"].items()
+                 if name.startswith("test_")}
+        rows.append((config["model"]["mixer"], config["model"].get("retention", ""), config["learning_rate"],
+                     config["seed"], metrics["train_loss"], metrics["seconds_per_step"], tests))
+    if not rows:
+        print(f"no runs in {folder}")
+        return 1
+    points = list(rows[0][-1])
+    print("| mixer | lr | seed | train loss | s/step | " + " | ".join(points) + " |")
+    print("|---|---:|---:|---:|---:|" + "---:|" * len(points))
+    for mixer, retention, lr, seed, loss, step, tests in sorted(rows, key=lambda r: (r[0], r[2], r[3])):
+        name = f"{mixer} ({retention})" if mixer == "bayesian" and retention else mixer
+        print(f"| {name} | {lr:g} | {seed} | {loss:.2f} | {step:.2f} | "
+              + " | ".join(f"{tests[p]:.3f}" for p in points) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "results/mqar_cpu/units"))
