@@ -44,10 +44,10 @@ corpus: install
 evidence: install corpus
 	mkdir -p $(HOME)/.cache/probseq/experiments
 	nohup scripts/run_evidence.sh >> $(HOME)/.cache/probseq/experiments/evidence.log 2>&1 &
-	@echo "started; log: ~/.cache/probseq/experiments/evidence.log; rerun 'make evidence' to resume"
+	@echo "starting (unless one is running already); log: ~/.cache/probseq/experiments/evidence.log; rerun 'make evidence' to resume"
 
 # The issue-8 evidence runs only (probseq mqar / recall --preset cpu), background, resumable.
 cpu-presets: install
 	mkdir -p $(HOME)/.cache/probseq/experiments
 	nohup scripts/run_evidence.sh mqar_cpu recall_cpu mqar_cpu_stationary reproduce_cpu >> $(HOME)/.cache/probseq/experiments/evidence.log 2>&1 &
-	@echo "started; log: ~/.cache/probseq/experiments/evidence.log; rerun 'make cpu-presets' to resume"
+	@echo "starting (unless one is running already); log: ~/.cache/probseq/experiments/evidence.log; rerun 'make cpu-presets' to resume"

@@ -13,9 +13,17 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT="${PROBSEQ_CACHE:-$HOME/.cache/probseq}"
 EXP="$ROOT/experiments" RUNS="$ROOT/distill" THREADS="${PROBSEQ_THREADS:-2}"
+export PROBSEQ_EXPERIMENTS="$EXP"  # where `probseq reproduce --preset cpu` looks for the sweeps
+STAGES="mqar_cpu recall_cpu mqar_cpu_stationary reproduce_cpu pretrain distill_bayes distill_gdn ruler_teacher
+ruler_bayes ruler_gdn"
+for name in "$@"; do
+  [[ " ${STAGES//$'\n'/ } " == *" $name "* ]] || { echo "unknown stage $name; the stages: ${STAGES//$'\n'/ }"; exit 2; }
+done
 mkdir -p "$EXP" "$RUNS"
 exec 9>"$EXP/.evidence.lock"
-flock -n 9 || { echo "[$(date -Is)] another run_evidence.sh is running (lock $EXP/.evidence.lock)"; exit 1; }
+# The lock is inherited by every stage's processes: it is held until the last of them exits.
+flock -n 9 || { echo "[$(date -Is)] another run_evidence.sh (or a worker it started) is running (lock" \
+  "$EXP/.evidence.lock); not started"; exit 1; }
 P=.venv/bin/probseq
 
 ONLY=" $* "
@@ -25,7 +33,8 @@ stage() {  # stage NAME COMMAND…: run COMMAND unless NAME finished before (or 
   if [[ -e "$EXP/.done-$name" ]]; then echo "[$(date -Is)] $name: done before, skipped"; return; fi
   echo "[$(date -Is)] $name: $*"
   local started=$SECONDS
-  "$@" || { echo "[$(date -Is)] $name stopped ($?); rerun this script to resume"; exit 1; }
+  "$@"; local rc=$?
+  if (( rc != 0 )); then echo "[$(date -Is)] $name stopped (exit $rc); rerun this script to resume"; exit 1; fi
   echo "[$(date -Is)] $name: finished in $((SECONDS - started)) s (this invocation)"
   touch "$EXP/.done-$name"
 }
@@ -38,15 +47,19 @@ for exp in mqar_cpu recall_cpu mqar_cpu_stationary; do
   fi
 done
 
-two_workers() {  # COMMAND…: two single-threaded workers share one sweep (its per-run locks split the runs), then
-  # one cached pass writes the outputs alone. On 2 cores, two 1-thread processes train ~12 % more per hour than
-  # one 2-thread process, and a stray job slows one worker instead of stalling a 2-thread OpenMP team.
+two_workers() {  # COMMAND…: two single-threaded workers share one sweep (its per-run locks split the runs).
+  # On 2 cores, two 1-thread processes train ~12 % more per hour than one 2-thread process, and a stray job
+  # slows one worker instead of stalling a 2-thread OpenMP team. Both write the same outputs atomically.
   "$@" --set num_threads=1 & local first=$!
+  trap 'kill "$first" 2>/dev/null' INT TERM EXIT  # a background job ignores Ctrl-C: stop it with us
   sleep 30
   "$@" --set num_threads=1; local second=$?
   wait "$first"; local first_rc=$?
-  (( first_rc == 0 && second == 0 )) || return 1
-  "$@" --set num_threads=1  # every run cached: seconds
+  trap - INT TERM EXIT
+  (( first_rc == 0 && second == 0 )) && return 0
+  # A worker failed (the other may have finished its runs): one more pass trains whatever is missing.
+  echo "[$(date -Is)] a worker stopped ($first_rc, $second); finishing the sweep in one process"
+  "$@" --set num_threads=1
 }
 
 stage mqar_cpu two_workers $P mqar --preset cpu --out "$EXP/mqar_cpu"

@@ -54,7 +54,8 @@ def test_mqar_end_to_end_then_every_unit_from_the_cache(tmp_path, capsys):
     assert "| bayesian |" in first.out and "(48, 8)*" in first.out and "0 of 8 units from the cache" in first.out
     assert len((out / "mqar.csv").read_text().strip().splitlines()) == 1 + 4
     assert "seconds_per_step" in (out / "mqar_runs.csv").read_text().splitlines()[0]
-    assert not any((runs_root() / "mqar").iterdir())  # finished runs leave no checkpoints behind
+    # finished runs leave no checkpoints behind (only their empty lock files)
+    assert [p.name for p in (runs_root() / "mqar").iterdir()] == [".locks"]
 
     assert cli.main(_cli("mqar", out, TINY_MQAR)) == 0
     second = capsys.readouterr()

@@ -23,8 +23,8 @@ MQAR training cases (``--mqar`` runs only these): the training throughput of the
 (:class:`probseq.models.zoology.ZoologyModel`, ``[conv block, mixer] × 2``) per mixer at the ``cpu``
 preset's shapes of ``probseq mqar`` (``d_model=64``, vocabulary 8192, a batch of 64 sequences of 256 tokens
 with 64 key–value pairs): one optimizer step — forward with logits at the supervised positions only, the
-cross-entropy, backward, AdamW — as :class:`probseq.train.PreShiftedTrainer` runs it; tokens/s counts every
-input token of the batch.
+cross-entropy, backward, AdamW — as :class:`probseq.train.PreShiftedTrainer` runs it, less its gradient
+clipping and learning-rate schedule (negligible at this size); tokens/s counts every input token of the batch.
 
 Conventions: every case is timed in ``warmup + repeats`` interleaved rounds (each round runs every
 case once, so the drift of a shared machine affects all methods alike) and a time is the median of
@@ -123,7 +123,7 @@ TARGETS = [
      ("layer_bayes_filter", 2048, "fwd+bwd"), ("layer_bayes", 2048, "fwd+bwd"), "info", None),
     ("generation time per token, small Bayesian ProbSeqForCausalLM, context 8,192 / context 128",
      ("generate_step", 8192, "step"), ("generate_step", 128, "step"), "<=", 1.2),
-    ("MQAR model training step, Bayesian Layer (learned γ) / Gated DeltaNet, d_model=64, 64 × 256 tokens",
+    ("MQAR model training step, Bayesian Layer (learned γ) / Gated DeltaNet (mqar_* shapes, T=256)",
      ("mqar_train_bayesian", 256, "train"), ("mqar_train_gated_deltanet", 256, "train"), "info", None),
 ]
 

@@ -8,10 +8,10 @@ unfinished unit from its last checkpoint, and ends with the metrics of an uninte
 config changes the fingerprint, so stale results and checkpoints are never reused.
 
 Several workers may run one sweep at once (e.g. two single-threaded processes on a 2-core machine, which
-train ~12 % more per hour than one process with two threads): a unit is trained by whichever worker
-first takes its lock (``out/cache/.locks/<key>.lock``, ``fcntl.flock``); the others skip it,
-go on, and at the end wait for it and read its metrics from the cache (or train it themselves if its
-worker died). Every worker ends with every unit's metrics.
+train ~12 % more per hour than one process with two threads): a unit is trained by whichever worker first
+takes its lock (``fcntl.flock`` on ``runs_root()/<experiment>/.locks/<key>.lock``, next to the checkpoints);
+the others skip it, go on, and at the end wait for it and read its metrics from the cache (or train it
+themselves if its worker died). Every worker ends with every unit's metrics.
 
 Summaries: the best learning rate of a (model, point) is chosen by *validation* accuracy (the mean over
 seeds on the validation segment of that point — data the test never sees), and the test accuracy at that
@@ -103,7 +103,7 @@ def run_units(units: list[Unit], experiment: str, out: str | os.PathLike, *, log
         if cached(unit, key):
             from_cache += 1
             continue
-        with _unit_lock(cache, key, wait=False) as held:
+        with _unit_lock(experiment, key, wait=False) as held:
             if not held:  # another worker trains it: come back at the end
                 deferred.append((index, unit, key))
                 continue
@@ -113,7 +113,7 @@ def run_units(units: list[Unit], experiment: str, out: str | os.PathLike, *, log
             metrics[unit.name] = _train_unit(unit, key, experiment, cache, f"[{index}/{len(units)}]", log)
     for index, unit, key in deferred:
         log(f"[{index}/{len(units)}] {unit.name}: another worker is training it; waiting")
-        with _unit_lock(cache, key, wait=True):
+        with _unit_lock(experiment, key, wait=True):
             if cached(unit, key):
                 from_cache += 1
             else:  # its worker stopped without finishing: resume it here
@@ -143,10 +143,11 @@ def _train_unit(unit: Unit, key: str, experiment: str, cache: Path, tag: str, lo
 
 
 @contextlib.contextmanager
-def _unit_lock(cache: Path, key: str, wait: bool) -> Iterator[bool]:
+def _unit_lock(experiment: str, key: str, wait: bool) -> Iterator[bool]:
     """Hold the unit's lock for the block (``True``), or ``False`` at once when another worker holds it
     and ``wait`` is false. The lock is released when the holder exits, however it exits."""
-    path = cache / ".locks" / f"{key}.lock"
+    # next to the checkpoints it guards, which every sweep of the same run shares whatever its ``out``
+    path = runs_root() / experiment / ".locks" / f"{key}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
         try:
