@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every long evidence run, one after the other (the machine has 2 cores), in the background, resumable:
-#   issue 8: probseq mqar --preset cpu, probseq recall --preset cpu (cached per run, checkpointed), MQAR again
-#            with the Bayesian Layer's stationary retention, then
+#   issue 8: probseq mqar --preset cpu, MQAR again with the Bayesian Layer's stationary retention, probseq
+#            recall --preset cpu (each cached per run, checkpointed), then
 #            probseq reproduce --preset cpu (REPORT.md from those two runs, plus the collision study at cpu scale);
 #   issue 9: probseq pretrain (small teacher) → distill (Bayesian arm) → distill --baseline (matched compute)
 #            → probseq ruler on teacher, Bayesian arm and baseline.
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 ROOT="${PROBSEQ_CACHE:-$HOME/.cache/probseq}"
 EXP="$ROOT/experiments" RUNS="$ROOT/distill" THREADS="${PROBSEQ_THREADS:-2}"
 export PROBSEQ_EXPERIMENTS="$EXP"  # where `probseq reproduce --preset cpu` looks for the sweeps
-STAGES="mqar_cpu recall_cpu mqar_cpu_stationary reproduce_cpu pretrain distill_bayes distill_gdn ruler_teacher
+STAGES="mqar_cpu mqar_cpu_stationary recall_cpu reproduce_cpu pretrain distill_bayes distill_gdn ruler_teacher
 ruler_bayes ruler_gdn"
 for name in "$@"; do
   [[ " ${STAGES//$'\n'/ } " == *" $name "* ]] || { echo "unknown stage $name; the stages: ${STAGES//$'\n'/ }"; exit 2; }
@@ -63,11 +63,11 @@ two_workers() {  # COMMAND…: two single-threaded workers share one sweep (its 
 }
 
 stage mqar_cpu two_workers $P mqar --preset cpu --out "$EXP/mqar_cpu"
-stage recall_cpu two_workers $P recall --preset cpu --out "$EXP/recall_cpu"
 # The stationary retention (γ = α², the filter that never resets its covariance) on the same MQAR sweep: the
 # cleanest test of "restoring the covariance", next to the learned retention of mqar_cpu.
 stage mqar_cpu_stationary two_workers $P mqar --preset cpu --out "$EXP/mqar_cpu_stationary" \
   --set 'mixers=["bayesian"]' retention=stationary
+stage recall_cpu two_workers $P recall --preset cpu --out "$EXP/recall_cpu"
 stage reproduce_cpu $P reproduce --preset cpu --out "$EXP/reproduce_cpu"  # reads the two runs above
 stage pretrain $P pretrain --config small --out "$RUNS/teacher" --set num_threads="$THREADS"
 stage distill_bayes $P distill --teacher "$RUNS/teacher" --out "$RUNS/bayes" --tokens 5M --set num_threads="$THREADS"
