@@ -57,6 +57,7 @@ from tqdm import tqdm
 
 from probseq.experiments.common import apply_overrides, atomic_write_json, environment
 from probseq.ops import bayes_filter, bayes_step, superposition_filter
+from probseq.train.config import MIXER_NAMES
 
 
 @dataclass(frozen=True)
@@ -83,8 +84,7 @@ class BenchConfig:
     layer_length: int = 2048
     generate_contexts: tuple[int, ...] = (128, 8192)
     generate_layers: int = 2
-    mqar_mixers: tuple[str, ...] = ("bayesian", "gated_deltanet", "deltanet", "linear_attention", "mamba2",
-                                    "attention")
+    mqar_mixers: tuple[str, ...] = MIXER_NAMES
     mqar_d_model: int = 64
     mqar_vocab: int = 8192
     mqar_batch: int = 64

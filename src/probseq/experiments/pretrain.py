@@ -30,7 +30,8 @@ def add_parsers(commands) -> None:
                                  description=PRETRAIN_HELP)
     parser.add_argument("--config", default="small", help="preset: tiny, small or 340m (default small)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (the fla checkpoint)")
-    parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE", help="override config fields")
+    parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override config fields")
     parser.set_defaults(run=_run_pretrain)
 
     parser = commands.add_parser("distill", help="distil an fla GDN teacher into Bayesian Layers (or the GDN baseline)",
@@ -40,7 +41,8 @@ def add_parsers(commands) -> None:
     parser.add_argument("--tokens", required=True, type=_tokens, help="token budget of both stages (e.g. 5000000 or 5M)")
     parser.add_argument("--baseline", action="store_true", help="fine-tune the GDN teacher instead (matched compute)")
     parser.add_argument("--config", default="small", help="preset: tiny, small or 340m (default small)")
-    parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE", help="override config fields")
+    parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override config fields")
     parser.set_defaults(run=_run_distill)
 
 

@@ -41,9 +41,9 @@ from torch import Tensor, nn
 from probseq.layers.conv import ShortConvolution
 from probseq.layers.norm import GATE_ACTIVATIONS, GatedRMSNorm, RMSNorm
 from probseq.layers.state import RecurrentState, read_state, write_state
-from probseq.layers.utils import (gated_output, check_no_extra, check_positive, full_precision, guard_zero_keys, hold_padding,
-                                  inverse_softplus_step, l2_normalize, log_uniform_decay_rate, padding_mask,
-                                  repeat_heads, zero_padding)
+from probseq.layers.utils import (check_no_extra, check_positive, full_precision, gated_output, guard_zero_keys,
+                                  hold_padding, inverse_softplus_step, l2_normalize, log_uniform_decay_rate,
+                                  padding_mask, repeat_heads, zero_padding)
 from probseq.ops import R_MIN, bayes_filter
 
 Retention = Literal["reset", "stationary", "learned"]

@@ -22,8 +22,8 @@ from torch import Tensor, nn
 from probseq.layers.conv import ShortConvolution
 from probseq.layers.norm import GatedRMSNorm, RMSNorm
 from probseq.layers.state import RecurrentState, read_state, write_state
-from probseq.layers.utils import (gated_output, check_no_extra, check_positive, full_precision, guard_zero_keys, hold_padding,
-                                  l2_normalize, padding_mask, zero_padding)
+from probseq.layers.utils import (check_no_extra, check_positive, full_precision, gated_output, guard_zero_keys,
+                                  hold_padding, l2_normalize, padding_mask, zero_padding)
 from probseq.ops import bayes_filter
 
 QK_ACTIVATIONS = ("silu", "relu", "elu", "identity")
