@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 from transformers.trainer_utils import EvalPrediction
+from transformers.utils import logging as hf_logging
 
 from probseq.tasks import IGNORE_INDEX, RecallConfig
 from probseq.train import (MQARData, MQARSplit, ModelSpec, RecallData, RecallSplit, TrainConfig, from_dict, train,
@@ -171,7 +172,7 @@ class CrashAfterCheckpoint(TrainerCallback):
 
 
 @pytest.mark.parametrize("partial_save", [False, True], ids=["after-checkpoint", "during-checkpoint"])
-def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path, partial_save):
+def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path, partial_save, caplog, monkeypatch):
     # 32 examples in batches of 8: 4 steps per epoch, so the run resumes in its second epoch
     whole, keep_whole = tiny_config(output_dir=str(tmp_path / "whole"), save_steps=1), KeepParameters()
     expected = train(whole, callbacks=(keep_whole,))
@@ -183,10 +184,12 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path, partial_save):
     if partial_save:  # interrupted while writing checkpoint 5: the Trainer writes trainer_state.json last
         (tmp_path / "split" / "checkpoint-5" / "trainer_state.json").unlink()
     keep_split = KeepParameters()
+    monkeypatch.setattr(hf_logging.get_logger(), "propagate", True)  # transformers' log records reach caplog
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         resumed = train(split, callbacks=(keep_split,))
     assert any("incomplete checkpoint" in str(w.message) for w in caught) == partial_save
+    assert "missing keys" not in caplog.text  # the tied head is re-tied on load, not reported lost
 
     assert resumed["resumed_from_step"] == (4 if partial_save else 5) and resumed["steps"] == expected["steps"] == 6
     for name, metrics in expected["eval"].items():

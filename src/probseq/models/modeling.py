@@ -58,6 +58,12 @@ class ProbSeqPreTrainedModel(PreTrainedModel):
             init.copy_(module.dt_bias, inverse_softplus_step(module.num_heads, module.dt_min, module.dt_max))
             init.ones_(module.D)
 
+    def post_init(self) -> None:
+        super().post_init()
+        # A tied head is not written to checkpoints; saying so lets Trainer re-tie it on resume instead of
+        # warning "There were missing keys in the checkpoint model loaded: ['lm_head.weight']".
+        self._keys_to_ignore_on_save |= set(self.all_tied_weights_keys)
+
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
         return False  # the model makes its own ProbSeqCache (recurrent states, not keys and values)
