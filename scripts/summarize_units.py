@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+from probseq.train.sweep import train_seconds
+
 
 def main(folder: str) -> int:
     rows = []
@@ -19,17 +21,20 @@ def main(folder: str) -> int:
         tests = {name.removeprefix("test_"): m["accuracy"] for name, m in metrics["eval"].items()
                  if name.startswith("test_")}
         rows.append((config["model"]["mixer"], config["model"].get("retention", ""), config["learning_rate"],
-                     config["seed"], metrics["train_loss"], metrics["seconds_per_step"], tests))
+                     config["seed"], metrics["train_loss"], metrics["seconds_per_step"], train_seconds(metrics),
+                     tests))
     if not rows:
         print(f"no runs in {folder}")
         return 1
     points = list(rows[0][-1])
-    print("| mixer | lr | seed | train loss | s/step | " + " | ".join(points) + " |")
-    print("|---|---:|---:|---:|---:|" + "---:|" * len(points))
-    for mixer, retention, lr, seed, loss, step, tests in sorted(rows, key=lambda r: (r[0], r[2], r[3])):
+    print("| mixer | lr | seed | train loss | s/step | train min | " + " | ".join(points) + " |")
+    print("|---|---:|---:|---:|---:|---:|" + "---:|" * len(points))
+    for mixer, retention, lr, seed, loss, step, seconds, tests in sorted(rows, key=lambda r: (r[0], r[2], r[3])):
         name = f"{mixer} ({retention})" if mixer == "bayesian" and retention else mixer
-        print(f"| {name} | {lr:g} | {seed} | {loss:.2f} | {step:.2f} | "
+        print(f"| {name} | {lr:g} | {seed} | {loss:.2f} | {step:.2f} | {seconds / 60:.1f} | "
               + " | ".join(f"{tests[p]:.3f}" for p in points) + " |")
+    print(f"\n{len(rows)} runs, {sum(r[6] for r in rows) / 3600:.2f} h of training in all "
+          "(runs cached before train_seconds was recorded: s/step × steps)")
     return 0
 
 

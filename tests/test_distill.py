@@ -91,6 +91,7 @@ def test_pretrain_exports_an_fla_checkpoint_with_tokenizer_and_resumes(teacher, 
     again = pretrain(pretrain_config("tiny", ["vocab_size=384", "tokens=6144", "batch_size=4", "seq_len=128",
                                               "save_steps=6", *TINY]), teacher)
     assert again["resumed_from_step"] == 12 and again["steps"] == 12
+    assert 0.5 * log["train_seconds"] < again["train_seconds"] <= log["train_seconds"]  # kept, not reset to 0
     # another config in the same folder is refused, naming what differs
     with pytest.raises(ValueError, match="seq_len"):
         pretrain(pretrain_config("tiny", ["vocab_size=384", "tokens=6144", "seq_len=64", *TINY]), teacher)

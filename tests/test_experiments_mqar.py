@@ -53,7 +53,9 @@ def test_mqar_end_to_end_then_every_unit_from_the_cache(tmp_path, capsys):
     assert attention["state_bytes"] != bayes["state_bytes"]
     assert "| bayesian |" in first.out and "(48, 8)*" in first.out and "0 of 8 units from the cache" in first.out
     assert len((out / "mqar.csv").read_text().strip().splitlines()) == 1 + 4
-    assert "seconds_per_step" in (out / "mqar_runs.csv").read_text().splitlines()[0]
+    assert {"seconds_per_step", "train_seconds"} <= set((out / "mqar_runs.csv").read_text().splitlines()[0].split(","))
+    assert results["train_seconds"] == pytest.approx(sum(u["metrics"]["train_seconds"] for u in results["units"].values()))
+    assert "training took" in first.out
     # finished runs leave no checkpoints behind (only their empty lock files)
     assert [p.name for p in (runs_root() / "mqar").iterdir()] == [".locks"]
 
@@ -171,7 +173,8 @@ def test_two_workers_share_a_sweep(tmp_path, monkeypatch):
         with guard:
             trained.append(run_config.output_dir)
         time.sleep(0.2)
-        return {"seconds_per_step": 0.1, "eval": {"test_x": {"accuracy": len(run_config.output_dir) / 1000}},
+        return {"seconds_per_step": 0.1, "train_seconds": 0.2,
+                "eval": {"test_x": {"accuracy": len(run_config.output_dir) / 1000}},
                 "resumed_from_step": None}
 
     monkeypatch.setattr(trainer, "train", fake_train)

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainerState
 from transformers.trainer_utils import EvalPrediction
 from transformers.utils import logging as hf_logging
 
@@ -23,6 +23,7 @@ from probseq.train import (MQARData, MQARSplit, ModelSpec, RecallData, RecallSpl
                            with_overrides)
 from probseq.train.data import generate, pad_collate
 from probseq.train.metrics import pre_shifted_cross_entropy, recall_metrics, scatter_predictions
+from probseq.train.trainer import TrainingClock
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -183,6 +184,9 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path, partial_save, capl
     assert (tmp_path / "split" / "checkpoint-5" / "model.safetensors").exists()
     if partial_save:  # interrupted while writing checkpoint 5: the Trainer writes trainer_state.json last
         (tmp_path / "split" / "checkpoint-5" / "trainer_state.json").unlink()
+    resume_point = tmp_path / "split" / f"checkpoint-{4 if partial_save else 5}" / "trainer_state.json"
+    seconds_before = TrainingClock.saved_seconds(TrainerState.load_from_json(str(resume_point)))
+    assert seconds_before > 0  # each checkpoint stores the training time so far
     keep_split = KeepParameters()
     monkeypatch.setattr(hf_logging.get_logger(), "propagate", True)  # transformers' log records reach caplog
     with warnings.catch_warnings(record=True) as caught:
@@ -192,6 +196,7 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path, partial_save, capl
     assert "missing keys" not in caplog.text  # the tied head is re-tied on load, not reported lost
 
     assert resumed["resumed_from_step"] == (4 if partial_save else 5) and resumed["steps"] == expected["steps"] == 6
+    assert seconds_before < resumed["train_seconds"] <= seconds_before + resumed["seconds_per_step"] * (6 - 4)
     for name, metrics in expected["eval"].items():
         for key, value in metrics.items():
             assert resumed["eval"][name][key] == pytest.approx(value, abs=1e-6), (name, key)
@@ -201,6 +206,17 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path, partial_save, capl
     initial = KeepParameters()
     train(tiny_config(max_steps=1, learning_rate=1e-9), callbacks=(initial,))
     assert not torch.allclose(initial.state["embeddings.weight"], keep_whole.state["embeddings.weight"])
+
+
+def test_training_clock_adds_the_resumed_checkpoints_time():
+    clock, state = TrainingClock(), TrainerState()
+    state.stateful_callbacks = {"TrainingClock": {"args": {}, "attributes": {"seconds": 100.0}}}
+    clock.on_train_begin(None, state, None)
+    clock.on_train_end(None, state, None)
+    assert 100.0 <= clock.seconds < 110.0 and clock.state()["attributes"]["seconds"] == clock.seconds
+    fresh = TrainingClock()
+    fresh.on_train_begin(None, TrainerState(), None)  # a run from scratch, or a checkpoint without a clock
+    assert fresh.seconds < 10.0
 
 
 def test_gradient_accumulation_matches_the_larger_batch():

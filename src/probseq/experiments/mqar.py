@@ -47,7 +47,7 @@ from typing import Any, Literal
 from probseq.experiments.common import apply_overrides, atomic_write_json, environment, save_figure, write_csv
 from probseq.train.config import MIXER_NAMES, ModelSpec, TrainConfig
 from probseq.train.data import MQARData, MQARSplit
-from probseq.train.sweep import Unit, best_by_validation, check_writable, run_units
+from probseq.train.sweep import Unit, best_by_validation, check_writable, run_units, train_seconds
 
 ZOOLOGY_TRAIN = ((64, 4), (128, 8), (256, 16), (256, 32), (256, 64))
 ZOOLOGY_TEST = ((64, 4), (64, 8), (64, 16), (128, 32), (256, 64), (512, 128), (1024, 256))
@@ -189,7 +189,8 @@ def run_rows(config: MQARConfig, metrics: dict[str, dict[str, Any]]) -> list[dic
         m = metrics[unit.name]
         rows.append({"unit": unit.name, "mixer": unit.config.model.mixer, "d_model": unit.config.model.d_model,
                      "learning_rate": unit.config.learning_rate, "seed": unit.config.seed, "steps": m["steps"],
-                     "seconds_per_step": m["seconds_per_step"], "train_loss": m["train_loss"],
+                     "seconds_per_step": m["seconds_per_step"],
+                     "train_seconds": train_seconds(m), "train_loss": m["train_loss"],
                      "num_parameters": m["num_parameters"], "state_bytes": m["state_bytes"],
                      **{f"{name}_accuracy": e["accuracy"] for name, e in m["eval"].items()}})
     return rows
@@ -301,7 +302,8 @@ def run_mqar(config: MQARConfig, out: str | Path, *, log=None) -> dict[str, Any]
                                      "learning_rate": unit.config.learning_rate, "seed": unit.config.seed,
                                      "metrics": sweep.metrics[unit.name]} for unit in config.units()},
                "points": points, "num_units": len(sweep.metrics), "from_cache": sweep.from_cache,
-               "runtime_s": time.perf_counter() - started}
+               "runtime_s": time.perf_counter() - started,
+               "train_seconds": sum(train_seconds(m) for m in sweep.metrics.values())}
     write_csv(out / "mqar.csv", csv_rows(points))
     write_csv(out / "mqar_runs.csv", run_rows(config, sweep.metrics))
     plot(json.loads(json.dumps(results)), out)
@@ -332,5 +334,6 @@ def main(args: argparse.Namespace) -> int:
         return 130
     print(format_table(results))
     print(f"wrote {args.out}/results.json, mqar.csv, mqar_runs.csv and 2 plots in {results['runtime_s']:.0f} s; "
-          f"{results['from_cache']} of {results['num_units']} units from the cache")
+          f"{results['from_cache']} of {results['num_units']} units from the cache;\n"
+          f"training took {results['train_seconds'] / 3600:.2f} h in all (the sum over units and sessions)")
     return 0

@@ -44,7 +44,7 @@ from probseq.experiments.mqar import accuracy_cell, over_seeds
 from probseq.tasks import RecallConfig
 from probseq.train.config import MIXER_NAMES, ModelSpec, TrainConfig
 from probseq.train.data import RecallData, RecallSplit
-from probseq.train.sweep import Unit, best_by_validation, check_writable, run_units
+from probseq.train.sweep import Unit, best_by_validation, check_writable, run_units, train_seconds
 
 # The knobs moved beyond training, in plotting order: (config field of RecallExperiment, RecallConfig field).
 KNOBS = (("eval_pairs", "num_pairs"), ("eval_gaps", "gap"), ("eval_collisions", "collisions"),
@@ -205,6 +205,7 @@ def run_rows(config: RecallExperiment, metrics: dict[str, dict[str, Any]]) -> li
         m = metrics[unit.name]
         rows.append({"unit": unit.name, "mixer": unit.config.model.mixer, "learning_rate": unit.config.learning_rate,
                      "seed": unit.config.seed, "steps": m["steps"], "seconds_per_step": m["seconds_per_step"],
+                     "train_seconds": train_seconds(m),
                      "train_loss": m["train_loss"], "num_parameters": m["num_parameters"],
                      "state_bytes": m["state_bytes"],
                      **{f"{name}_accuracy": e["accuracy"] for name, e in m["eval"].items()}})
@@ -276,7 +277,8 @@ def run_recall(config: RecallExperiment, out: str | Path, *, log=None) -> dict[s
                                      "seed": unit.config.seed, "metrics": sweep.metrics[unit.name]}
                          for unit in config.units()},
                "points": points, "num_units": len(sweep.metrics), "from_cache": sweep.from_cache,
-               "runtime_s": time.perf_counter() - started}
+               "runtime_s": time.perf_counter() - started,
+               "train_seconds": sum(train_seconds(m) for m in sweep.metrics.values())}
     write_csv(out / "recall.csv", csv_rows(points))
     write_csv(out / "recall_runs.csv", run_rows(config, sweep.metrics))
     plot(json.loads(json.dumps(results)), out)
@@ -306,5 +308,6 @@ def main(args: argparse.Namespace) -> int:
         return 130
     print(format_table(results))
     print(f"wrote {args.out}/results.json, recall.csv, recall_runs.csv and 1 plot in {results['runtime_s']:.0f} s; "
-          f"{results['from_cache']} of {results['num_units']} units from the cache")
+          f"{results['from_cache']} of {results['num_units']} units from the cache;\n"
+          f"training took {results['train_seconds'] / 3600:.2f} h in all (the sum over units and sessions)")
     return 0

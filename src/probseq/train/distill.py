@@ -458,9 +458,10 @@ def distill(config: DistillConfig, out: str | os.PathLike) -> dict[str, Any]:
                                         lm_weight=config.lm_weight)
                 if not config.progress:
                     trainer.remove_callback(PrinterCallback)
-                output, resumed, seconds = run_trainer(trainer, out / f"stage{stage}" / "checkpoints")
+                output, resumed, seconds, train_seconds = run_trainer(trainer, out / f"stage{stage}" / "checkpoints")
                 student = trainer.accelerator.unwrap_model(trainer.model)
                 record.update(train_loss=float(output.training_loss), resumed_from_step=resumed, seconds=seconds,
+                              train_seconds=train_seconds,
                               seconds_per_step=seconds / max(output.global_step - (resumed or 0), 1),
                               history=trainer.state.log_history)
                 if trainer.is_world_process_zero():

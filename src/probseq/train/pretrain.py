@@ -270,11 +270,17 @@ def last_complete_checkpoint(folder: Path) -> str | None:
     return None
 
 
-def run_trainer(trainer, checkpoints: Path) -> tuple[Any, int | None, float]:
-    """``trainer.train()``, resuming from the last complete checkpoint: ``(output, resumed_step, seconds)``."""
+def run_trainer(trainer, checkpoints: Path) -> tuple[Any, int | None, float, float]:
+    """``trainer.train()``, resuming from the last complete checkpoint: ``(output, resumed_step, seconds,
+    train_seconds)``; ``seconds`` is this call's, ``train_seconds`` the run's over all its resumes
+    (:class:`~probseq.train.trainer.TrainingClock`)."""
     from transformers import TrainerState
     from transformers.trainer_utils import TrainOutput
 
+    from probseq.train.trainer import TrainingClock
+
+    clock = TrainingClock()
+    trainer.add_callback(clock)
     checkpoint = last_complete_checkpoint(checkpoints)
     resumed = int(Path(checkpoint).name.split("-")[-1]) if checkpoint else None
     started = time.perf_counter()
@@ -285,7 +291,8 @@ def run_trainer(trainer, checkpoints: Path) -> tuple[Any, int | None, float]:
         trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
         losses = [entry["train_loss"] for entry in trainer.state.log_history if "train_loss" in entry]
         loss = losses[-1] if losses else float("nan")
-        return TrainOutput(resumed, loss, {}), resumed, time.perf_counter() - started
+        return (TrainOutput(resumed, loss, {}), resumed, time.perf_counter() - started,
+                TrainingClock.saved_seconds(trainer.state))
     try:
         output = trainer.train(resume_from_checkpoint=checkpoint)
     except (OSError, RuntimeError, KeyError) as error:
@@ -293,7 +300,7 @@ def run_trainer(trainer, checkpoints: Path) -> tuple[Any, int | None, float]:
             raise
         raise ValueError(f"could not resume from {checkpoint} ({type(error).__name__}: {error}); delete it to start "
                          "over") from error
-    return output, resumed, time.perf_counter() - started
+    return output, resumed, time.perf_counter() - started, clock.seconds
 
 
 def check_run_config(folder: Path, identity: dict[str, Any]) -> None:
@@ -338,7 +345,8 @@ def pretrain(config: PretrainConfig, out: str | os.PathLike) -> dict[str, Any]:
     Returns:
         The ``train_log.json`` content: ``config``, ``tokens`` (trained; ``steps × tokens_per_step``),
         ``tokens_per_step``, ``steps``, ``resumed_from_step``, ``seconds``, ``seconds_per_step``,
-        ``tokens_per_second``, ``train_loss``, ``valid_loss``, ``num_parameters``, ``corpus_tokens``, ``history``.
+        ``train_seconds`` (over all resumes), ``tokens_per_second``, ``train_loss``, ``valid_loss``,
+        ``num_parameters``, ``corpus_tokens``, ``history``.
     """
     from transformers import PrinterCallback, Trainer, default_data_collator, set_seed
 
@@ -381,7 +389,7 @@ def pretrain(config: PretrainConfig, out: str | os.PathLike) -> dict[str, Any]:
         trainer = Trainer(model=model, args=args, train_dataset=train_data, data_collator=default_data_collator)
         if not config.progress:
             trainer.remove_callback(PrinterCallback)
-        output, resumed, seconds = run_trainer(trainer, out / "checkpoints")
+        output, resumed, seconds, train_seconds = run_trainer(trainer, out / "checkpoints")
         valid_loss = (trainer.evaluate(eval_dataset=valid_data)["eval_loss"] if len(valid_data) else float("nan"))
         model = trainer.accelerator.unwrap_model(trainer.model)
     steps_run = output.global_step - (resumed or 0)
@@ -389,6 +397,7 @@ def pretrain(config: PretrainConfig, out: str | os.PathLike) -> dict[str, Any]:
         "config": dataclasses.asdict(config), "kind": "pretrain", "mixer": "gated_deltanet",
         "tokens": output.global_step * tokens_per_step, "tokens_per_step": tokens_per_step, "steps": output.global_step,
         "resumed_from_step": resumed, "seconds": seconds, "seconds_per_step": seconds / max(steps_run, 1),
+        "train_seconds": train_seconds,
         "tokens_per_second": steps_run * tokens_per_step / max(seconds, 1e-9),
         "train_loss": float(output.training_loss), "valid_loss": float(valid_loss),
         "num_parameters": sum(p.numel() for p in model.parameters()),

@@ -137,8 +137,8 @@ def _train_unit(unit: Unit, key: str, experiment: str, cache: Path, tag: str, lo
     shutil.rmtree(run_dir, ignore_errors=True)
     accuracy = ", ".join(f"{name.removeprefix('test_')} {m['accuracy']:.3f}" for name, m in result["eval"].items()
                          if name.startswith("test_"))
-    log(f"{tag} {unit.name}: done in {time.perf_counter() - started:.0f} s "
-        f"({result['seconds_per_step'] * 1000:.0f} ms/step); test accuracy {accuracy}")
+    log(f"{tag} {unit.name}: done in {time.perf_counter() - started:.0f} s (trained {result['train_seconds']:.0f} s "
+        f"in all, {result['seconds_per_step'] * 1000:.0f} ms/step); test accuracy {accuracy}")
     return result
 
 
@@ -159,6 +159,14 @@ def _unit_lock(experiment: str, key: str, wait: bool) -> Iterator[bool]:
             yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def train_seconds(metrics: dict[str, Any]) -> float:
+    """A unit's training time over all its resumes; for units cached before ``train_seconds`` was recorded,
+    the estimate ``seconds_per_step × steps`` (the rate of its last stretch of training)."""
+    if "train_seconds" in metrics:
+        return float(metrics["train_seconds"])
+    return float(metrics["seconds_per_step"]) * int(metrics["steps"])
 
 
 def mean_ci95(values: list[float]) -> tuple[float, float]:

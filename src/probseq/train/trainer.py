@@ -39,6 +39,7 @@ from typing import Any, Iterator
 
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging as hf_logging
 
@@ -82,6 +83,40 @@ class PreShiftedTrainer(Trainer):
         if not return_outputs:
             return loss
         return loss, {"predictions": scatter_predictions(logits.detach(), labels)}
+
+
+class TrainingClock(TrainerCallback, ExportableState):
+    """Seconds of training behind the current weights, summed over resumes.
+
+    The running total is saved with every checkpoint (``trainer_state.json`` → ``stateful_callbacks``) and read
+    back when a run resumes, so ``seconds`` is the time of the steps that produced the final weights; steps lost
+    to an interruption (after the last checkpoint, then redone) are not counted twice. Evaluation is outside.
+    """
+
+    def __init__(self):
+        self.seconds_before = 0.0
+        self._started: float | None = None
+
+    @staticmethod
+    def saved_seconds(state) -> float:
+        """The total stored in a ``TrainerState`` (0 when the checkpoint predates the clock)."""
+        saved = (state.stateful_callbacks or {}).get(TrainingClock.__name__)
+        return float(saved["attributes"]["seconds"]) if saved else 0.0
+
+    @property
+    def seconds(self) -> float:
+        running = time.perf_counter() - self._started if self._started is not None else 0.0
+        return self.seconds_before + running
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.seconds_before = self.saved_seconds(state)  # the resumed checkpoint's state is loaded by now
+        self._started = time.perf_counter()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.seconds_before, self._started = self.seconds, None
+
+    def state(self) -> dict[str, Any]:
+        return {"args": {}, "attributes": {"seconds": self.seconds}}
 
 
 def build_model(config: TrainConfig) -> ZoologyModel:
@@ -143,13 +178,15 @@ def train(config: TrainConfig, callbacks: tuple[TrainerCallback, ...] = ()) -> d
     evaluate every valid and test segment.
 
     Returns:
-        ``{"fingerprint", "steps", "resumed_from_step", "train_loss", "seconds_per_step", "num_parameters",
-        "state_size", "state_bytes", "eval": {split: {"accuracy", "example_accuracy", "all_correct",
-        "loss"}}}``; ``state_size`` is :meth:`ZoologyModel.state_size` at the longest train sequence and
-        ``state_bytes`` its float32 size. JSON-serialisable.
+        ``{"fingerprint", "steps", "resumed_from_step", "train_loss", "seconds_per_step", "train_seconds",
+        "num_parameters", "state_size", "state_bytes", "eval": {split: {"accuracy", "example_accuracy",
+        "all_correct", "loss"}}}``; ``train_loss`` and ``seconds_per_step`` cover the steps run by this call,
+        ``train_seconds`` the whole run over its resumes (:class:`TrainingClock`); ``state_size`` is
+        :meth:`ZoologyModel.state_size` at the longest train sequence and ``state_bytes`` its float32 size. JSON-serialisable.
     """
     with run_threads(config.num_threads), progress_bars(config.progress), _output_dir(config) as output_dir:
-        trainer = build_trainer(config, output_dir, callbacks)
+        clock = TrainingClock()
+        trainer = build_trainer(config, output_dir, (*callbacks, clock))
         checkpoint = last_complete_checkpoint(output_dir) if config.resume and config.output_dir else None
         resumed = int(Path(checkpoint).name.split("-")[-1]) if checkpoint else None
         started = time.perf_counter()
@@ -174,6 +211,7 @@ def train(config: TrainConfig, callbacks: tuple[TrainerCallback, ...] = ()) -> d
                                                                                  "all_correct", "loss")}
     return {"fingerprint": config.fingerprint(), "steps": output.global_step, "resumed_from_step": resumed,
             "train_loss": float(output.training_loss), "seconds_per_step": elapsed / max(steps_run, 1),
+            "train_seconds": clock.seconds,
             "num_parameters": sum(p.numel() for p in model.parameters()), "state_size": state_size,
             "state_bytes": 4 * state_size, "eval": evaluation}
 
