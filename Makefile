@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-slow bench mutate clean corpus cpu-presets evidence
+.PHONY: install demo test test-slow bench mutate clean corpus cpu-presets evidence evidence-stop
 
 install: $(STAMP)
 
@@ -51,3 +51,7 @@ cpu-presets: install
 	mkdir -p $(HOME)/.cache/probseq/experiments
 	nohup scripts/run_evidence.sh mqar_cpu mqar_cpu_stationary recall_cpu reproduce_cpu >> $(HOME)/.cache/probseq/experiments/evidence.log 2>&1 &
 	@echo "starting (unless one is running already); log: ~/.cache/probseq/experiments/evidence.log; rerun 'make cpu-presets' to resume"
+
+# Stop the background evidence runs (their checkpoints stay; 'make evidence' resumes).
+evidence-stop:
+	@pkill -TERM -f scripts/run_evidence.sh && echo "stopping; 'make evidence' resumes" || echo "no evidence run is running"

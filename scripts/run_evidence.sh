@@ -33,7 +33,13 @@ stage() {  # stage NAME COMMAND…: run COMMAND unless NAME finished before (or 
   if [[ -e "$EXP/.done-$name" ]]; then echo "[$(date -Is)] $name: done before, skipped"; return; fi
   echo "[$(date -Is)] $name: $*"
   local started=$SECONDS
-  "$@"; local rc=$?
+  # In the background and waited for: a TERM or Ctrl-C to this script then stops the stage at once (bash runs
+  # a trap only after a foreground child ends). Its checkpoints stay; rerunning resumes.
+  "$@" & local child=$!
+  trap "kill -TERM $child 2>/dev/null; wait $child; echo \"[\$(date -Is)] $name: stopped by a signal; rerun to \
+resume\"; exit 143" INT TERM
+  wait "$child"; local rc=$?
+  trap - INT TERM
   if (( rc != 0 )); then echo "[$(date -Is)] $name stopped (exit $rc); rerun this script to resume"; exit 1; fi
   echo "[$(date -Is)] $name: finished in $((SECONDS - started)) s (this invocation)"
   touch "$EXP/.done-$name"
@@ -50,16 +56,25 @@ done
 two_workers() {  # COMMAND…: two single-threaded workers share one sweep (its per-run locks split the runs).
   # On 2 cores, two 1-thread processes train ~12 % more per hour than one 2-thread process, and a stray job
   # slows one worker instead of stalling a 2-thread OpenMP team. Both write the same outputs atomically.
-  "$@" --set num_threads=1 & local first=$!
-  trap 'kill "$first" 2>/dev/null' INT TERM EXIT  # a background job ignores Ctrl-C: stop it with us
-  sleep 30
-  "$@" --set num_threads=1; local second=$?
-  wait "$first"; local first_rc=$?
-  trap - INT TERM EXIT
-  (( first_rc == 0 && second == 0 )) && return 0
+  local pids=()
+  trap 'kill -TERM "${pids[@]}" 2>/dev/null; wait; exit 143' INT TERM  # stop the workers with us
+  "$@" --set num_threads=1 & pids+=($!)
+  sleep 30 & wait $!
+  "$@" --set num_threads=1 & pids+=($!)
+  wait "${pids[1]}"; local second=$?
+  wait "${pids[0]}"; local first=$?
+  trap - INT TERM
+  (( first == 0 && second == 0 )) && return 0
+  if (( first > 128 || second > 128 )); then  # a worker was killed: stop here, as for the whole queue
+    echo "[$(date -Is)] a worker was stopped by a signal ($first, $second)"; return 143
+  fi
   # A worker failed (the other may have finished its runs): one more pass trains whatever is missing.
-  echo "[$(date -Is)] a worker stopped ($first_rc, $second); finishing the sweep in one process"
-  "$@" --set num_threads=1
+  echo "[$(date -Is)] a worker stopped ($first, $second); finishing the sweep in one process"
+  pids=(); "$@" --set num_threads=1 & pids+=($!)
+  trap 'kill -TERM "${pids[@]}" 2>/dev/null; wait; exit 143' INT TERM
+  wait "${pids[0]}"; local rc=$?
+  trap - INT TERM
+  return $rc
 }
 
 stage mqar_cpu two_workers $P mqar --preset cpu --out "$EXP/mqar_cpu"
