@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -206,6 +207,19 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path, partial_save, capl
     initial = KeepParameters()
     train(tiny_config(max_steps=1, learning_rate=1e-9), callbacks=(initial,))
     assert not torch.allclose(initial.state["embeddings.weight"], keep_whole.state["embeddings.weight"])
+
+
+def test_resumes_a_checkpoint_saved_without_the_clock(tmp_path):
+    config = tiny_config(output_dir=str(tmp_path / "run"), save_steps=1, save_total_limit=None)
+    with pytest.raises(Crash):
+        train(config, callbacks=(CrashAfterCheckpoint(4),))
+    state_file = tmp_path / "run" / "checkpoint-4" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    del state["stateful_callbacks"]["TrainingClock"]  # as written before TrainingClock existed
+    state_file.write_text(json.dumps(state))
+    resumed = train(config)
+    assert resumed["resumed_from_step"] == 4 and resumed["steps"] == 6
+    assert 0 < resumed["train_seconds"] <= resumed["seconds_per_step"] * 2  # counts from the resume on
 
 
 def test_training_clock_adds_the_resumed_checkpoints_time():

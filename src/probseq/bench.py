@@ -55,7 +55,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from probseq.experiments.common import apply_overrides, atomic_write_json, environment
+from probseq.experiments.common import apply_overrides, environment
+from probseq.files import atomic_write_json
 from probseq.ops import bayes_filter, bayes_step, superposition_filter
 from probseq.train.config import MIXER_NAMES
 

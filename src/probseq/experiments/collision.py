@@ -44,8 +44,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from probseq import presets, theory
-from probseq.experiments.common import (ResultCache, apply_overrides, atomic_write_json, environment, save_figure,
-                                        write_csv)
+from probseq.experiments.common import ResultCache, apply_overrides, environment, write_csv
+from probseq.files import atomic_write_json, save_figure
 from probseq.ops import R_MIN, bayes_filter
 from probseq.types import BayesState, FilterOutput
 

@@ -44,7 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from probseq.experiments.common import apply_overrides, atomic_write_json, environment, save_figure, write_csv
+from probseq.experiments.common import apply_overrides, environment, write_csv
+from probseq.files import atomic_write_json, save_figure
 from probseq.train.config import MIXER_NAMES, ModelSpec, TrainConfig
 from probseq.train.data import MQARData, MQARSplit
 from probseq.train.sweep import Unit, best_by_validation, check_writable, run_units, train_seconds

@@ -39,7 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from probseq.experiments.common import apply_overrides, atomic_write_json, environment, save_figure, write_csv
+from probseq.experiments.common import apply_overrides, environment, write_csv
+from probseq.files import atomic_write_json, save_figure
 from probseq.experiments.mqar import accuracy_cell, over_seeds
 from probseq.tasks import RecallConfig
 from probseq.train.config import MIXER_NAMES, ModelSpec, TrainConfig

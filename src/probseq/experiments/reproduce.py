@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from probseq.experiments.common import ResultCache, apply_overrides, atomic_write_json, atomic_write_text, environment
+from probseq.experiments.common import ResultCache, apply_overrides, environment
+from probseq.files import atomic_write_json, atomic_write_text
 
 STUDIES = ("collision", "recall", "mqar")
 DEMO_TEXT = ("The key to the blue box is 4. The key to the red box is 7. The key to the blue box is 9. "

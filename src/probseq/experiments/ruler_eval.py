@@ -39,8 +39,8 @@ from typing import Literal
 
 import torch
 
-from probseq.experiments.common import (ResultCache, atomic_write_bytes, atomic_write_json, atomic_write_text,
-                                        environment, write_csv)
+from probseq.experiments.common import ResultCache, environment, write_csv
+from probseq.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 DEFAULT_TASKS = ("niah_single_1", "niah_multikey_2", "niah_multikey_3", "vt", "cwe", "fwe")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from probseq.experiments.common import atomic_write_bytes, atomic_write_json, environment, write_csv
+from probseq.experiments.common import environment, write_csv
+from probseq.files import atomic_write_bytes, atomic_write_json
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")

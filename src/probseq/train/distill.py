@@ -50,8 +50,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from probseq.files import atomic_write_json
 from probseq.train.pretrain import (PackedBlocks, check_run_config, copy_tokenizer, corpus_token_arrays, run_trainer,
-                                    training_arguments, write_json)
+                                    training_arguments)
 from probseq.train.trainer import progress_bars, run_threads
 from probseq.train.schema import check_fields, from_dict, positive, with_overrides
 
@@ -466,7 +467,7 @@ def distill(config: DistillConfig, out: str | os.PathLike) -> dict[str, Any]:
                               history=trainer.state.log_history)
                 if trainer.is_world_process_zero():
                     student.save_pretrained(final)
-                    write_json(log_path, record)
+                    atomic_write_json(log_path, record)
                 stages.append(record)
             else:
                 stages.append(record)
@@ -481,7 +482,7 @@ def distill(config: DistillConfig, out: str | os.PathLike) -> dict[str, Any]:
         with progress_bars(config.progress):
             student.save_pretrained(out)
         copy_tokenizer(tokenizer, out)
-        write_json(out / "train_log.json", log)
+        atomic_write_json(out / "train_log.json", log)
     return log
 
 

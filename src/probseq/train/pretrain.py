@@ -37,6 +37,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from probseq.files import atomic_write_json
 from probseq.train.schema import check_fields, from_dict, positive, with_overrides
 from probseq.train.trainer import progress_bars, run_threads
 
@@ -318,15 +319,7 @@ def check_run_config(folder: Path, identity: dict[str, Any]) -> None:
                              "another --out, or delete it to start over")
         return
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(path, identity)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON atomically (a temporary file in the same folder, then a rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, identity)
 
 
 def copy_tokenizer(tokenizer, dst: Path) -> None:
@@ -408,7 +401,7 @@ def pretrain(config: PretrainConfig, out: str | os.PathLike) -> dict[str, Any]:
         with progress_bars(config.progress):
             export_fla(model, out)
         copy_tokenizer(tokenizer, out)
-        write_json(out / TRAIN_LOG, log)
+        atomic_write_json(out / TRAIN_LOG, log)
     return log
 
 

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
+from probseq.files import atomic_write_json
 from probseq.train.config import TrainConfig
 
 # Two-sided 95% Student-t quantiles by degrees of freedom (df > 30: the normal 1.96).
@@ -133,7 +134,7 @@ def _train_unit(unit: Unit, key: str, experiment: str, cache: Path, tag: str, lo
         f"{run_dir})")
     started = time.perf_counter()
     result = train(config)
-    _atomic_json(cache / f"{key}.json", {"unit": unit.name, "config": config.identity(), "metrics": result})
+    atomic_write_json(cache / f"{key}.json", {"unit": unit.name, "config": config.identity(), "metrics": result})
     shutil.rmtree(run_dir, ignore_errors=True)
     accuracy = ", ".join(f"{name.removeprefix('test_')} {m['accuracy']:.3f}" for name, m in result["eval"].items()
                          if name.startswith("test_"))
@@ -205,20 +206,6 @@ def best_by_validation(runs: list[dict[str, Any]], point: str) -> dict[str, Any]
     mean, ci = mean_ci95(accuracies)
     return {"best_lr": best, "valid_accuracy": valid[best], "accuracy": mean, "ci95": ci, "accuracies": accuracies,
             "valid_by_lr": {str(lr): v for lr, v in sorted(valid.items())}}
-
-
-def _atomic_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(obj, handle, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 __all__ = ["SweepResult", "Unit", "best_by_validation", "check_writable", "mean_ci95", "run_units", "runs_root"]

@@ -43,6 +43,7 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging as hf_logging
 
+from probseq.files import atomic_write_json
 from probseq.models.zoology import ZoologyConfig, ZoologyModel
 from probseq.tasks import IGNORE_INDEX
 from probseq.train.config import TrainConfig
@@ -111,6 +112,9 @@ class TrainingClock(TrainerCallback, ExportableState):
     def on_train_begin(self, args, state, control, **kwargs):
         self.seconds_before = self.saved_seconds(state)  # the resumed checkpoint's state is loaded by now
         self._started = time.perf_counter()
+        # the Trainer updates stateful_callbacks[name] at each save and fails with a KeyError if the resumed
+        # checkpoint has no entry (one written before the clock existed)
+        state.stateful_callbacks.setdefault(type(self).__name__, self.state())
 
     def on_train_end(self, args, state, control, **kwargs):
         self.seconds_before, self._started = self.seconds, None
@@ -182,7 +186,8 @@ def train(config: TrainConfig, callbacks: tuple[TrainerCallback, ...] = ()) -> d
         "num_parameters", "state_size", "state_bytes", "eval": {split: {"accuracy", "example_accuracy",
         "all_correct", "loss"}}}``; ``train_loss`` and ``seconds_per_step`` cover the steps run by this call,
         ``train_seconds`` the whole run over its resumes (:class:`TrainingClock`); ``state_size`` is
-        :meth:`ZoologyModel.state_size` at the longest train sequence and ``state_bytes`` its float32 size. JSON-serialisable.
+        :meth:`ZoologyModel.state_size` at the longest train sequence and ``state_bytes`` its float32 size.
+        JSON-serialisable.
     """
     with run_threads(config.num_threads), progress_bars(config.progress), _output_dir(config) as output_dir:
         clock = TrainingClock()
@@ -281,10 +286,7 @@ def _output_dir(config: TrainConfig) -> Iterator[Path]:
             raise ValueError(f"{folder} holds a run of a different config (differs in {', '.join(changed)}); use "
                              f"another output_dir, or delete it to start over")
     else:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{CONFIG_FILE}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(identity, handle, indent=2)
-        os.replace(tmp, path)
+        atomic_write_json(path, identity)
     yield folder
 
 

@@ -1,0 +1,63 @@
+"""Atomic file writes: a reader, a second writer or an interruption never leaves half a file.
+
+Each writer goes to a temporary file in the target's folder, fsyncs it and renames it over the target
+(``os.replace`` is atomic on one filesystem). Used for every result, metric, log and figure that a resumed
+or concurrent run may read back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (creating its folder)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """``obj`` as indented JSON; dataclasses, tensors and paths are converted, anything else unknown is an
+    error (``TypeError``) rather than a silently stringified value."""
+    atomic_write_text(path, json.dumps(obj, indent=2, default=json_default) + "\n")
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:
+    """``fig.savefig`` as PNG, written atomically."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def json_default(obj: Any) -> Any:
+    """``json.dumps(default=…)``: dataclasses as dicts, paths as strings, tensors and arrays as lists."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    if type(obj).__module__.split(".")[0] in ("torch", "numpy") and hasattr(obj, "tolist"):
+        return obj.tolist()  # tensors, arrays and numpy scalars
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "json_default", "save_figure"]
