@@ -222,6 +222,24 @@ def test_resumes_a_checkpoint_saved_without_the_clock(tmp_path):
     assert 0 < resumed["train_seconds"] <= resumed["seconds_per_step"] * 2  # counts from the resume on
 
 
+class FailAtStep(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 5:
+            raise RuntimeError("a failure in training, not in resuming")
+
+
+def test_only_a_failed_resume_is_reported_as_one(tmp_path):
+    config = tiny_config(output_dir=str(tmp_path / "run"), save_steps=1, save_total_limit=None)
+    with pytest.raises(Crash):
+        train(config, callbacks=(CrashAfterCheckpoint(4),))
+    with pytest.raises(RuntimeError, match="a failure in training"):  # after the resume: raised as it is
+        train(config, callbacks=(FailAtStep(),))
+    for checkpoint in (tmp_path / "run").glob("checkpoint-*"):
+        (checkpoint / "optimizer.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="(?s)could not resume from .*checkpoint-4.*delete it to start over"):
+        train(config)
+
+
 def test_training_clock_adds_the_resumed_checkpoints_time():
     clock, state = TrainingClock(), TrainerState()
     state.stateful_callbacks = {"TrainingClock": {"args": {}, "attributes": {"seconds": 100.0}}}

@@ -296,11 +296,11 @@ def run_trainer(trainer, checkpoints: Path) -> tuple[Any, int | None, float, flo
                 TrainingClock.saved_seconds(trainer.state))
     try:
         output = trainer.train(resume_from_checkpoint=checkpoint)
-    except (OSError, RuntimeError, KeyError) as error:
-        if checkpoint is None:
-            raise
-        raise ValueError(f"could not resume from {checkpoint} ({type(error).__name__}: {error}); delete it to start "
-                         "over") from error
+    except Exception as error:  # a resume failure only if it fails before training goes on
+        if checkpoint is None or trainer.state.global_step > resumed:
+            raise  # not a resume failure: it fails after training went on from the checkpoint
+        raise ValueError(f"could not resume from {checkpoint} ({type(error).__name__}: {error}); if the checkpoint "
+                         "is damaged, delete it to start over") from error
     return output, resumed, time.perf_counter() - started, clock.seconds
 
 
