@@ -1,4 +1,5 @@
-"""Sweeps: a list of :class:`~probseq.train.TrainConfig` run as resumable units, and their summaries.
+"""Sweeps: a list of :class:`~probseq.train.TrainConfig` run as resumable units, and their summaries
+(docs/training.md).
 
 Each unit (one training run, e.g. one ``(mixer, lr, seed)``) is identified by its name and the fingerprint
 of its config. When it finishes, its metrics are written atomically to ``out/cache/<name>-<fp>.json``
