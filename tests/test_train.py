@@ -222,6 +222,19 @@ def test_resumes_a_checkpoint_saved_without_the_clock(tmp_path):
     assert 0 < resumed["train_seconds"] <= resumed["seconds_per_step"] * 2  # counts from the resume on
 
 
+def test_a_run_stopped_after_its_last_checkpoint_resumes_without_another_step(tmp_path):
+    whole, keep_whole = tiny_config(output_dir=str(tmp_path / "whole")), KeepParameters()
+    expected = train(whole, callbacks=(keep_whole,))
+    split = tiny_config(output_dir=str(tmp_path / "split"), save_steps=1, save_total_limit=None)
+    with pytest.raises(Crash):
+        train(split, callbacks=(CrashAfterCheckpoint(6),))  # stopped before its metrics were computed
+    resumed = train(split)
+    assert resumed["resumed_from_step"] == 6 and resumed["steps"] == 6 and resumed["train_seconds"] > 0
+    for name, metrics in expected["eval"].items():
+        assert resumed["eval"][name]["accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-6), name
+        assert resumed["eval"][name]["loss"] == pytest.approx(metrics["loss"], abs=1e-5), name
+
+
 class FailAtStep(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == 5:

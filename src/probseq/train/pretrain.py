@@ -27,9 +27,6 @@ import json
 import math
 import os
 import random
-import shutil
-import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -39,7 +36,7 @@ import torch
 
 from probseq.files import atomic_write_json
 from probseq.train.schema import check_fields, from_dict, positive, with_overrides
-from probseq.train.trainer import progress_bars, run_threads
+from probseq.train.trainer import last_complete_checkpoint, progress_bars, run_threads, run_trainer
 
 TRAIN_LOG = "train_log.json"
 RUN_CONFIG = "probseq_run_config.json"
@@ -252,56 +249,6 @@ def training_arguments(output_dir: Path, *, max_steps: int, batch_size: int, gra
         # the Trainer copies this into model.config.use_cache, which is saved: False would make generate() rerun the
         # whole sequence for every new token (training forwards never cache anyway)
         use_cache=True)
-
-
-def last_complete_checkpoint(folder: Path) -> str | None:
-    """The newest ``checkpoint-<step>`` in ``folder`` whose ``trainer_state.json`` (written last) reads; newer,
-    partly written ones are deleted."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    if not folder.is_dir():
-        return None
-    while (checkpoint := get_last_checkpoint(str(folder))) is not None:
-        try:
-            json.loads((Path(checkpoint) / "trainer_state.json").read_text())
-            return checkpoint
-        except (OSError, json.JSONDecodeError):
-            warnings.warn(f"deleting the incomplete checkpoint {checkpoint}", stacklevel=2)
-            shutil.rmtree(checkpoint, ignore_errors=True)
-    return None
-
-
-def run_trainer(trainer, checkpoints: Path) -> tuple[Any, int | None, float, float]:
-    """``trainer.train()``, resuming from the last complete checkpoint: ``(output, resumed_step, seconds,
-    train_seconds)``; ``seconds`` is this call's, ``train_seconds`` the run's over all its resumes
-    (:class:`~probseq.train.trainer.TrainingClock`)."""
-    from transformers import TrainerState
-    from transformers.trainer_utils import TrainOutput
-
-    from probseq.train.trainer import TrainingClock
-
-    clock = TrainingClock()
-    trainer.add_callback(clock)
-    checkpoint = last_complete_checkpoint(checkpoints)
-    resumed = int(Path(checkpoint).name.split("-")[-1]) if checkpoint else None
-    started = time.perf_counter()
-    if resumed is not None and resumed >= trainer.args.max_steps:
-        # finished before: the Trainer would run one more step when resumed at max_steps; load the weights instead
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        model.load_state_dict(type(model).from_pretrained(checkpoint).state_dict())
-        trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
-        losses = [entry["train_loss"] for entry in trainer.state.log_history if "train_loss" in entry]
-        loss = losses[-1] if losses else float("nan")
-        return (TrainOutput(resumed, loss, {}), resumed, time.perf_counter() - started,
-                TrainingClock.saved_seconds(trainer.state))
-    try:
-        output = trainer.train(resume_from_checkpoint=checkpoint)
-    except Exception as error:  # a resume failure only if it fails before training goes on
-        if checkpoint is None or trainer.state.global_step > resumed:
-            raise  # not a resume failure: it fails after training went on from the checkpoint
-        raise ValueError(f"could not resume from {checkpoint} ({type(error).__name__}: {error}); if the checkpoint "
-                         "is damaged, delete it to start over") from error
-    return output, resumed, time.perf_counter() - started, clock.seconds
 
 
 def check_run_config(folder: Path, identity: dict[str, Any]) -> None:

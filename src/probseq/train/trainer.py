@@ -190,19 +190,9 @@ def train(config: TrainConfig, callbacks: tuple[TrainerCallback, ...] = ()) -> d
         JSON-serialisable.
     """
     with run_threads(config.num_threads), progress_bars(config.progress), _output_dir(config) as output_dir:
-        clock = TrainingClock()
-        trainer = build_trainer(config, output_dir, (*callbacks, clock))
-        checkpoint = last_complete_checkpoint(output_dir) if config.resume and config.output_dir else None
-        resumed = int(Path(checkpoint).name.split("-")[-1]) if checkpoint else None
-        started = time.perf_counter()
-        try:
-            output = trainer.train(resume_from_checkpoint=checkpoint)
-        except Exception as error:  # a resume failure only if it fails before training goes on
-            if checkpoint is None or trainer.state.global_step > resumed:
-                raise  # not a resume failure: it fails after training went on from the checkpoint
-            raise ValueError(f"could not resume from {checkpoint} ({type(error).__name__}: {error}); if the checkpoint "
-                             "is damaged, delete it to start over") from error
-        elapsed = time.perf_counter() - started
+        trainer = build_trainer(config, output_dir, callbacks)
+        output, resumed, elapsed, train_seconds = run_trainer(trainer, output_dir,
+                                                              resume=config.resume and bool(config.output_dir))
         metrics = trainer.evaluate()
         model = trainer.accelerator.unwrap_model(trainer.model)
         longest = max(s.task.seq_len if hasattr(s, "task") else s.seq_len for s in config.data.train)
@@ -216,14 +206,53 @@ def train(config: TrainConfig, callbacks: tuple[TrainerCallback, ...] = ()) -> d
                                                                                  "all_correct", "loss")}
     return {"fingerprint": config.fingerprint(), "steps": output.global_step, "resumed_from_step": resumed,
             "train_loss": float(output.training_loss), "seconds_per_step": elapsed / max(steps_run, 1),
-            "train_seconds": clock.seconds,
+            "train_seconds": train_seconds,
             "num_parameters": sum(p.numel() for p in model.parameters()), "state_size": state_size,
             "state_bytes": 4 * state_size, "eval": evaluation}
+
+
+def run_trainer(trainer: Trainer, checkpoints: str | os.PathLike, *,
+                resume: bool = True) -> tuple[Any, int | None, float, float]:
+    """``trainer.train()``, resuming from the last complete checkpoint in ``checkpoints`` (if ``resume``).
+
+    Returns:
+        ``(output, resumed_step, seconds, train_seconds)``: the ``TrainOutput`` (``training_loss`` over the
+        steps of this call), the step resumed from (``None``: from scratch), this call's seconds, and the
+        run's training time over all its resumes (:class:`TrainingClock`).
+    """
+    from transformers import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    clock = TrainingClock()
+    trainer.add_callback(clock)
+    checkpoint = last_complete_checkpoint(checkpoints) if resume else None
+    resumed = int(Path(checkpoint).name.split("-")[-1]) if checkpoint else None
+    started = time.perf_counter()
+    if resumed is not None and resumed >= trainer.args.max_steps:
+        # finished before (stopped after its last checkpoint): the Trainer would run one more step when resumed
+        # at max_steps, so load the final weights and state instead
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        model.load_state_dict(type(model).from_pretrained(checkpoint).state_dict())
+        trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+        losses = [entry["train_loss"] for entry in trainer.state.log_history if "train_loss" in entry]
+        loss = losses[-1] if losses else float("nan")
+        return (TrainOutput(resumed, loss, {}), resumed, time.perf_counter() - started,
+                TrainingClock.saved_seconds(trainer.state))
+    try:
+        output = trainer.train(resume_from_checkpoint=checkpoint)
+    except Exception as error:  # a resume failure only if it fails before training goes on
+        if checkpoint is None or trainer.state.global_step > resumed:
+            raise  # not a resume failure: it fails after training went on from the checkpoint
+        raise ValueError(f"could not resume from {checkpoint} ({type(error).__name__}: {error}); if the checkpoint "
+                         "is damaged, delete it to start over") from error
+    return output, resumed, time.perf_counter() - started, clock.seconds
 
 
 def last_complete_checkpoint(folder: str | os.PathLike) -> str | None:
     """The newest ``checkpoint-<step>`` in ``folder`` that was completely written (the Trainer writes
     ``trainer_state.json`` last); newer, partly written ones (an interruption while saving) are deleted."""
+    if not Path(folder).is_dir():
+        return None
     while (checkpoint := get_last_checkpoint(str(folder))) is not None:
         try:
             json.loads((Path(checkpoint) / "trainer_state.json").read_text())
@@ -290,5 +319,5 @@ def _output_dir(config: TrainConfig) -> Iterator[Path]:
     yield folder
 
 
-__all__ = ["CONFIG_FILE", "PreShiftedTrainer", "build_model", "build_trainer", "last_complete_checkpoint", "train",
-           "training_arguments"]
+__all__ = ["CONFIG_FILE", "PreShiftedTrainer", "TrainingClock", "build_model", "build_trainer", "last_complete_checkpoint",
+           "run_trainer", "train", "training_arguments"]
