@@ -21,7 +21,7 @@ def main(folder: str) -> int:
         tests = {name.removeprefix("test_"): m["accuracy"] for name, m in metrics["eval"].items()
                  if name.startswith("test_")}
         rows.append((config["model"]["mixer"], config["model"].get("retention", ""), config["learning_rate"],
-                     config["seed"], metrics["train_loss"], metrics["seconds_per_step"], train_seconds(metrics),
+                     config["seed"], metrics.get("final_train_loss", metrics["train_loss"]), metrics["seconds_per_step"], train_seconds(metrics),
                      tests))
     if not rows:
         print(f"no runs in {folder}")
@@ -33,8 +33,9 @@ def main(folder: str) -> int:
         name = f"{mixer} ({retention})" if mixer == "bayesian" and retention else mixer
         print(f"| {name} | {lr:g} | {seed} | {loss:.2f} | {step:.2f} | {seconds / 60:.1f} | "
               + " | ".join(f"{tests[p]:.3f}" for p in points) + " |")
-    print(f"\n{len(rows)} runs, {sum(r[6] for r in rows) / 3600:.2f} h of training in all "
-          "(runs cached before train_seconds was recorded: s/step × steps)")
+    print(f"\n{len(rows)} runs, {sum(r[6] for r in rows) / 3600:.2f} h of training in all (runs cached before "
+          "train_seconds was recorded: s/step × steps). Train loss: the last logging window's (older runs: the "
+          "mean since their last resume).")
     return 0
 
 

@@ -198,6 +198,7 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path, partial_save, capl
 
     assert resumed["resumed_from_step"] == (4 if partial_save else 5) and resumed["steps"] == expected["steps"] == 6
     assert seconds_before < resumed["train_seconds"] <= seconds_before + resumed["seconds_per_step"] * (6 - 4)
+    assert resumed["final_train_loss"] == pytest.approx(expected["final_train_loss"], abs=1e-5)
     for name, metrics in expected["eval"].items():
         for key, value in metrics.items():
             assert resumed["eval"][name][key] == pytest.approx(value, abs=1e-6), (name, key)

@@ -207,7 +207,8 @@ def run_rows(config: RecallExperiment, metrics: dict[str, dict[str, Any]]) -> li
         rows.append({"unit": unit.name, "mixer": unit.config.model.mixer, "learning_rate": unit.config.learning_rate,
                      "seed": unit.config.seed, "steps": m["steps"], "seconds_per_step": m["seconds_per_step"],
                      "train_seconds": train_seconds(m),
-                     "train_loss": m["train_loss"], "num_parameters": m["num_parameters"],
+                     "train_loss": m["train_loss"], "final_train_loss": m.get("final_train_loss"),
+                     "num_parameters": m["num_parameters"],
                      "state_bytes": m["state_bytes"],
                      **{f"{name}_accuracy": e["accuracy"] for name, e in m["eval"].items()}})
     return rows

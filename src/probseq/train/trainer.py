@@ -182,9 +182,10 @@ def train(config: TrainConfig, callbacks: tuple[TrainerCallback, ...] = ()) -> d
     evaluate every valid and test segment.
 
     Returns:
-        ``{"fingerprint", "steps", "resumed_from_step", "train_loss", "seconds_per_step", "train_seconds",
-        "num_parameters", "state_size", "state_bytes", "eval": {split: {"accuracy", "example_accuracy",
-        "all_correct", "loss"}}}``; ``train_loss`` and ``seconds_per_step`` cover the steps run by this call,
+        ``{"fingerprint", "steps", "resumed_from_step", "train_loss", "final_train_loss", "seconds_per_step",
+        "train_seconds", "num_parameters", "state_size", "state_bytes", "eval": {split: {"accuracy",
+        "example_accuracy", "all_correct", "loss"}}}``; ``train_loss`` and ``seconds_per_step`` cover the steps
+        run by this call, ``final_train_loss`` the last logging window,
         ``train_seconds`` the whole run over its resumes (:class:`TrainingClock`); ``state_size`` is
         :meth:`ZoologyModel.state_size` at the longest train sequence and ``state_bytes`` its float32 size.
         JSON-serialisable.
@@ -205,10 +206,17 @@ def train(config: TrainConfig, callbacks: tuple[TrainerCallback, ...] = ()) -> d
                             if key.startswith(prefix) and key[len(prefix):] in ("accuracy", "example_accuracy",
                                                                                  "all_correct", "loss")}
     return {"fingerprint": config.fingerprint(), "steps": output.global_step, "resumed_from_step": resumed,
-            "train_loss": float(output.training_loss), "seconds_per_step": elapsed / max(steps_run, 1),
+            "train_loss": float(output.training_loss), "final_train_loss": _last_logged_loss(trainer.state),
+            "seconds_per_step": elapsed / max(steps_run, 1),
             "train_seconds": train_seconds,
             "num_parameters": sum(p.numel() for p in model.parameters()), "state_size": state_size,
             "state_bytes": 4 * state_size, "eval": evaluation}
+
+
+def _last_logged_loss(state) -> float:
+    """The training loss of the last logging window (``logging_steps`` steps; kept across resumes)."""
+    losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
+    return float(losses[-1]) if losses else float("nan")
 
 
 def run_trainer(trainer: Trainer, checkpoints: str | os.PathLike, *,
