@@ -54,4 +54,4 @@ cpu-presets: install
 
 # Stop the background evidence runs (their checkpoints stay; 'make evidence' resumes).
 evidence-stop:
-	@pkill -TERM -f scripts/run_evidence.sh && echo "stopping; 'make evidence' resumes" || echo "no evidence run is running"
+	@pkill -TERM -f '[s]cripts/run_evidence.sh' && echo "stopping; 'make evidence' resumes" || echo "no evidence run is running"

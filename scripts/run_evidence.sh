@@ -57,7 +57,7 @@ two_workers() {  # COMMAND…: two single-threaded workers share one sweep (its 
   # On 2 cores, two 1-thread processes train ~12 % more per hour than one 2-thread process, and a stray job
   # slows one worker instead of stalling a 2-thread OpenMP team. Both write the same outputs atomically.
   local pids=()
-  trap 'kill -TERM "${pids[@]}" 2>/dev/null; wait; exit 143' INT TERM  # stop the workers with us
+  trap 'kill -TERM $(jobs -p) 2>/dev/null; wait; exit 143' INT TERM  # stop the workers (and the stagger) with us
   "$@" --set num_threads=1 & pids+=($!)
   sleep 30 & wait $!
   "$@" --set num_threads=1 & pids+=($!)
@@ -70,9 +70,9 @@ two_workers() {  # COMMAND…: two single-threaded workers share one sweep (its 
   fi
   # A worker failed (the other may have finished its runs): one more pass trains whatever is missing.
   echo "[$(date -Is)] a worker stopped ($first, $second); finishing the sweep in one process"
-  pids=(); "$@" --set num_threads=1 & pids+=($!)
-  trap 'kill -TERM "${pids[@]}" 2>/dev/null; wait; exit 143' INT TERM
-  wait "${pids[0]}"; local rc=$?
+  trap 'kill -TERM $(jobs -p) 2>/dev/null; wait; exit 143' INT TERM
+  "$@" --set num_threads=1 & local last=$!
+  wait "$last"; local rc=$?
   trap - INT TERM
   return $rc
 }

@@ -3,6 +3,7 @@ cache, save/load and the Auto classes, gradients, bf16, configuration errors, fl
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -167,6 +168,23 @@ def test_save_load_round_trip_is_exact(tmp_path, tie):
         with torch.no_grad():
             assert torch.equal(loaded.eval()(ids).logits, model(ids).logits)
         assert (loaded.lm_head.weight is loaded.model.embeddings.weight) == tie
+
+
+def test_a_head_left_untied_on_load_is_saved(tmp_path):
+    # a config that asks for tying over a checkpoint with its own head: transformers keeps the head untied,
+    # and saving the loaded model must then write it (the keys not saved are the ties that hold at save time)
+    model = tiny_model("hybrid", tie_word_embeddings=False)
+    assert model._keys_to_ignore_on_save == set()
+    model.save_pretrained(tmp_path / "a")
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    (tmp_path / "a" / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
+    loaded = ProbSeqForCausalLM.from_pretrained(tmp_path / "a").eval()
+    assert loaded.lm_head.weight is not loaded.model.embeddings.weight
+    loaded.save_pretrained(tmp_path / "b")
+    again = ProbSeqForCausalLM.from_pretrained(tmp_path / "b").eval()
+    with torch.no_grad():
+        assert torch.equal(again(prompts()).logits, model(prompts()).logits)
+    assert tiny_model("hybrid", tie_word_embeddings=True)._keys_to_ignore_on_save == {"lm_head.weight"}
 
 
 @pytest.mark.parametrize("case", CASES)

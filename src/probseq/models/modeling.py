@@ -58,11 +58,25 @@ class ProbSeqPreTrainedModel(PreTrainedModel):
             init.copy_(module.dt_bias, inverse_softplus_step(module.num_heads, module.dt_min, module.dt_max))
             init.ones_(module.D)
 
-    def post_init(self) -> None:
-        super().post_init()
-        # A tied head is not written to checkpoints; saying so lets Trainer re-tie it on resume instead of
-        # warning "There were missing keys in the checkpoint model loaded: ['lm_head.weight']".
-        self._keys_to_ignore_on_save |= set(self.all_tied_weights_keys)
+    # A head tied to the embeddings is not written to checkpoints. Listing it among the keys not saved lets the
+    # Trainer re-tie it on resume instead of warning "There were missing keys …: ['lm_head.weight']". The list
+    # is worked out when it is read (at save or load), from the ties that hold then: a head that is not tied
+    # (tie_word_embeddings=False, or a checkpoint whose head differs) is always saved.
+    @property
+    def _keys_to_ignore_on_save(self) -> set[str]:
+        ignored = set(self.__dict__.get("_ignored_on_save") or ())
+        tied = getattr(self, "all_tied_weights_keys", None) or {}
+        return ignored | {key for key, source in tied.items() if self._shares_parameter(key, source)}
+
+    @_keys_to_ignore_on_save.setter
+    def _keys_to_ignore_on_save(self, value) -> None:
+        self.__dict__["_ignored_on_save"] = set(value or ())
+
+    def _shares_parameter(self, name: str, other: str) -> bool:
+        try:
+            return self.get_parameter(name) is self.get_parameter(other)
+        except AttributeError:
+            return False
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:

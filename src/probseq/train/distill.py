@@ -392,7 +392,8 @@ def distill(config: DistillConfig, out: str | os.PathLike) -> dict[str, Any]:
     Returns:
         The ``train_log.json`` content: ``arm`` (``"bayesian"`` / ``"baseline"``), ``config``, ``tokens`` (trained),
         ``tokens_requested``, ``tokens_per_step``, ``stages`` (per stage: ``objective``, ``steps``, ``tokens``,
-        ``learning_rate``, ``trainable_parameters``, ``train_loss``, ``seconds``, ``history``) and ``eval``
+        ``learning_rate``, ``trainable_parameters``, ``train_loss``, ``seconds`` (this call), ``train_seconds``
+        (over all resumes), ``seconds_per_step``, ``history``) and ``eval``
         (validation metrics: ``converted``, ``start``, ``after_stage1``, ``after_stage2``).
     """
     from transformers import PrinterCallback, default_data_collator, set_seed
@@ -461,9 +462,10 @@ def distill(config: DistillConfig, out: str | os.PathLike) -> dict[str, Any]:
                     trainer.remove_callback(PrinterCallback)
                 output, resumed, seconds, train_seconds = run_trainer(trainer, out / f"stage{stage}" / "checkpoints")
                 student = trainer.accelerator.unwrap_model(trainer.model)
+                steps_run = output.global_step - (resumed or 0)
                 record.update(train_loss=float(output.training_loss), resumed_from_step=resumed, seconds=seconds,
                               train_seconds=train_seconds,
-                              seconds_per_step=seconds / max(output.global_step - (resumed or 0), 1),
+                              seconds_per_step=seconds / steps_run if steps_run else train_seconds / max(steps, 1),
                               history=trainer.state.log_history)
                 if trainer.is_world_process_zero():
                     student.save_pretrained(final)

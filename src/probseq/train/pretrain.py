@@ -336,7 +336,7 @@ def pretrain(config: PretrainConfig, out: str | os.PathLike) -> dict[str, Any]:
     log = {
         "config": dataclasses.asdict(config), "kind": "pretrain", "mixer": "gated_deltanet",
         "tokens": output.global_step * tokens_per_step, "tokens_per_step": tokens_per_step, "steps": output.global_step,
-        "resumed_from_step": resumed, "seconds": seconds, "seconds_per_step": seconds / max(steps_run, 1),
+        "resumed_from_step": resumed, "seconds": seconds, "seconds_per_step": seconds / steps_run if steps_run else train_seconds / max(output.global_step, 1),
         "train_seconds": train_seconds,
         "tokens_per_second": steps_run * tokens_per_step / max(seconds, 1e-9),
         "train_loss": float(output.training_loss), "valid_loss": float(valid_loss),

@@ -87,37 +87,51 @@ class PreShiftedTrainer(Trainer):
 
 
 class TrainingClock(TrainerCallback, ExportableState):
-    """Seconds of training behind the current weights, summed over resumes.
+    """Seconds of training behind the current weights, summed over resumes (docs/training.md).
 
     The running total is saved with every checkpoint (``trainer_state.json`` → ``stateful_callbacks``) and read
     back when a run resumes, so ``seconds`` is the time of the steps that produced the final weights; steps lost
     to an interruption (after the last checkpoint, then redone) are not counted twice. Evaluation is outside.
+    ``restored`` says whether the resumed checkpoint had a total (one written before the clock existed has
+    none); ``stepped`` whether an optimizer step began in this call (so a failure came after the resume).
     """
 
     def __init__(self):
         self.seconds_before = 0.0
+        self.restored = False
+        self.stepped = False
         self._started: float | None = None
 
     @staticmethod
-    def saved_seconds(state) -> float:
-        """The total stored in a ``TrainerState`` (0 when the checkpoint predates the clock)."""
+    def saved_seconds(state) -> float | None:
+        """The total stored in a ``TrainerState`` (``None`` when the checkpoint predates the clock)."""
         saved = (state.stateful_callbacks or {}).get(TrainingClock.__name__)
-        return float(saved["attributes"]["seconds"]) if saved else 0.0
+        if isinstance(saved, list):  # the Trainer's format for several callbacks of one class: the last one
+            saved = saved[-1] if saved else None
+        return float(saved["attributes"]["seconds"]) if saved else None
 
     @property
     def seconds(self) -> float:
         running = time.perf_counter() - self._started if self._started is not None else 0.0
         return self.seconds_before + running
 
+    @seconds.setter
+    def seconds(self, value: float) -> None:  # what restoring the callback from its saved state sets
+        self.seconds_before, self._started = float(value), None
+
     def on_train_begin(self, args, state, control, **kwargs):
-        self.seconds_before = self.saved_seconds(state)  # the resumed checkpoint's state is loaded by now
-        self._started = time.perf_counter()
+        saved = self.saved_seconds(state)  # the resumed checkpoint's state is loaded by now
+        self.restored = saved is not None
+        self.seconds_before, self._started = saved or 0.0, time.perf_counter()
         # the Trainer updates stateful_callbacks[name] at each save and fails with a KeyError if the resumed
         # checkpoint has no entry (one written before the clock existed)
         state.stateful_callbacks.setdefault(type(self).__name__, self.state())
 
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.stepped = True
+
     def on_train_end(self, args, state, control, **kwargs):
-        self.seconds_before, self._started = self.seconds, None
+        self.seconds = self.seconds
 
     def state(self) -> dict[str, Any]:
         return {"args": {}, "attributes": {"seconds": self.seconds}}
@@ -185,7 +199,8 @@ def train(config: TrainConfig, callbacks: tuple[TrainerCallback, ...] = ()) -> d
         ``{"fingerprint", "steps", "resumed_from_step", "train_loss", "final_train_loss", "seconds_per_step",
         "train_seconds", "num_parameters", "state_size", "state_bytes", "eval": {split: {"accuracy",
         "example_accuracy", "all_correct", "loss"}}}``; ``train_loss`` and ``seconds_per_step`` cover the steps
-        run by this call, ``final_train_loss`` the last logging window,
+        run by this call (for a run that had finished, the mean over the run), ``final_train_loss`` the last
+        logging window (``logging_steps`` steps),
         ``train_seconds`` the whole run over its resumes (:class:`TrainingClock`); ``state_size`` is
         :meth:`ZoologyModel.state_size` at the longest train sequence and ``state_bytes`` its float32 size.
         JSON-serialisable.
@@ -207,7 +222,7 @@ def train(config: TrainConfig, callbacks: tuple[TrainerCallback, ...] = ()) -> d
                                                                                  "all_correct", "loss")}
     return {"fingerprint": config.fingerprint(), "steps": output.global_step, "resumed_from_step": resumed,
             "train_loss": float(output.training_loss), "final_train_loss": _last_logged_loss(trainer.state),
-            "seconds_per_step": elapsed / max(steps_run, 1),
+            "seconds_per_step": elapsed / steps_run if steps_run else train_seconds / max(output.global_step, 1),
             "train_seconds": train_seconds,
             "num_parameters": sum(p.numel() for p in model.parameters()), "state_size": state_size,
             "state_bytes": 4 * state_size, "eval": evaluation}
@@ -226,34 +241,48 @@ def run_trainer(trainer: Trainer, checkpoints: str | os.PathLike, *,
     Returns:
         ``(output, resumed_step, seconds, train_seconds)``: the ``TrainOutput`` (``training_loss`` over the
         steps of this call), the step resumed from (``None``: from scratch), this call's seconds, and the
-        run's training time over all its resumes (:class:`TrainingClock`).
-    """
-    from transformers import TrainerState
-    from transformers.trainer_utils import TrainOutput
+        run's training time over all its resumes (:class:`TrainingClock`; for a run resumed from a checkpoint
+        without a clock, the steps before it are counted at this call's seconds per step).
 
+    A failure before the first optimizer step after a resume is a ``ValueError`` "could not resume from …"
+    naming the checkpoint and the cause; a failure after that is raised as it is.
+    """
     clock = TrainingClock()
     trainer.add_callback(clock)
     checkpoint = last_complete_checkpoint(checkpoints) if resume else None
     resumed = int(Path(checkpoint).name.split("-")[-1]) if checkpoint else None
     started = time.perf_counter()
-    if resumed is not None and resumed >= trainer.args.max_steps:
-        # finished before (stopped after its last checkpoint): the Trainer would run one more step when resumed
-        # at max_steps, so load the final weights and state instead
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        model.load_state_dict(type(model).from_pretrained(checkpoint).state_dict())
-        trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
-        losses = [entry["train_loss"] for entry in trainer.state.log_history if "train_loss" in entry]
-        loss = losses[-1] if losses else float("nan")
-        return (TrainOutput(resumed, loss, {}), resumed, time.perf_counter() - started,
-                TrainingClock.saved_seconds(trainer.state))
     try:
+        if resumed is not None and resumed >= trainer.args.max_steps:
+            return _finished_run(trainer, checkpoint, resumed, started)
         output = trainer.train(resume_from_checkpoint=checkpoint)
-    except Exception as error:  # a resume failure only if it fails before training goes on
-        if checkpoint is None or trainer.state.global_step > resumed:
-            raise  # not a resume failure: it fails after training went on from the checkpoint
+    except Exception as error:
+        if checkpoint is None or clock.stepped:
+            raise  # not a resume failure: training went on from the checkpoint
         raise ValueError(f"could not resume from {checkpoint} ({type(error).__name__}: {error}); if the checkpoint "
                          "is damaged, delete it to start over") from error
-    return output, resumed, time.perf_counter() - started, clock.seconds
+    seconds, train_seconds = time.perf_counter() - started, clock.seconds
+    if resumed and not clock.restored:  # a checkpoint from before the clock: estimate the steps before it
+        train_seconds += resumed * seconds / max(output.global_step - resumed, 1)
+    return output, resumed, seconds, train_seconds
+
+
+def _finished_run(trainer: Trainer, checkpoint: str, steps: int, started: float) -> tuple[Any, int, float, float]:
+    """A run stopped after its last checkpoint: the Trainer would run one more step when resumed at
+    ``max_steps``, so load the final weights and state instead (``training_loss``: the mean logged loss)."""
+    from transformers import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    model.load_state_dict(type(model).from_pretrained(checkpoint).state_dict())
+    state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    state.is_local_process_zero = trainer.is_local_process_zero()
+    state.is_world_process_zero = trainer.is_world_process_zero()
+    trainer.state = state
+    losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
+    loss = sum(losses) / len(losses) if losses else float("nan")
+    saved = TrainingClock.saved_seconds(state)
+    return TrainOutput(steps, loss, {}), steps, time.perf_counter() - started, saved if saved is not None else 0.0
 
 
 def last_complete_checkpoint(folder: str | os.PathLike) -> str | None:
