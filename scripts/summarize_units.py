@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from probseq.train.sweep import train_seconds
+from probseq.train.sweep import mean_retention_scale, train_seconds
 
 
 def main(folder: str) -> int:
@@ -21,21 +21,21 @@ def main(folder: str) -> int:
         tests = {name.removeprefix("test_"): m["accuracy"] for name, m in metrics["eval"].items()
                  if name.startswith("test_")}
         rows.append((config["model"]["mixer"], config["model"].get("retention", ""), config["learning_rate"],
-                     config["seed"], metrics.get("final_train_loss", metrics["train_loss"]), metrics["seconds_per_step"], train_seconds(metrics),
-                     tests))
+                     config["seed"], metrics.get("final_train_loss", metrics["train_loss"]),
+                     metrics["seconds_per_step"], train_seconds(metrics), mean_retention_scale(metrics), tests))
     if not rows:
         print(f"no runs in {folder}")
         return 1
     points = list(rows[0][-1])
-    print("| mixer | lr | seed | train loss | s/step | train min | " + " | ".join(points) + " |")
-    print("|---|---:|---:|---:|---:|---:|" + "---:|" * len(points))
-    for mixer, retention, lr, seed, loss, step, seconds, tests in sorted(rows, key=lambda r: (r[0], r[2], r[3])):
+    print("| mixer | lr | seed | train loss | s/step | train min | ρ | " + " | ".join(points) + " |")
+    print("|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(points))
+    for mixer, retention, lr, seed, loss, step, seconds, rho, tests in sorted(rows, key=lambda r: (r[0], r[2], r[3])):
         name = f"{mixer} ({retention})" if mixer == "bayesian" and retention else mixer
         print(f"| {name} | {lr:g} | {seed} | {loss:.2f} | {step:.2f} | {seconds / 60:.1f} | "
-              + " | ".join(f"{tests[p]:.3f}" for p in points) + " |")
+              f"{'' if rho is None else f'{rho:.2f}'} | " + " | ".join(f"{tests[p]:.3f}" for p in points) + " |")
     print(f"\n{len(rows)} runs, {sum(r[6] for r in rows) / 3600:.2f} h of training in all (runs cached before "
           "train_seconds was recorded: s/step × steps). Train loss: the last logging window's (older runs: the "
-          "mean since their last resume).")
+          "mean since their last resume). ρ: the learned retention's mean trained scale (runs that record it).")
     return 0
 
 

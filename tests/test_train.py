@@ -199,6 +199,11 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path, partial_save, capl
     assert resumed["resumed_from_step"] == (4 if partial_save else 5) and resumed["steps"] == expected["steps"] == 6
     assert seconds_before < resumed["train_seconds"] <= seconds_before + resumed["seconds_per_step"] * (6 - 4)
     assert resumed["final_train_loss"] == pytest.approx(expected["final_train_loss"], abs=1e-5)
+    # the learned retention's trained scale ρ per Bayesian layer and head (the mixers at layers 1 and 3)
+    assert list(expected["retention_scale"]) == ["layers.1", "layers.3"]
+    assert all(0 <= rho <= 1 for heads in expected["retention_scale"].values() for rho in heads)
+    for layer, heads in expected["retention_scale"].items():
+        assert resumed["retention_scale"][layer] == pytest.approx(heads, abs=1e-6), layer
     for name, metrics in expected["eval"].items():
         for key, value in metrics.items():
             assert resumed["eval"][name][key] == pytest.approx(value, abs=1e-6), (name, key)

@@ -171,6 +171,12 @@ def train_seconds(metrics: dict[str, Any]) -> float:
     return float(metrics["seconds_per_step"]) * int(metrics["steps"])
 
 
+def mean_retention_scale(metrics: dict[str, Any]) -> float | None:
+    """The mean trained ``ρ`` over a run's learned-retention Bayesian layers and heads (``None`` without)."""
+    scales = [rho for heads in metrics.get("retention_scale", {}).values() for rho in heads]
+    return sum(scales) / len(scales) if scales else None
+
+
 def mean_ci95(values: list[float]) -> tuple[float, float]:
     """Mean and 95% confidence half-width (Student's t; 0 for one value)."""
     n = len(values)

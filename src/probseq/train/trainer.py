@@ -200,7 +200,8 @@ def train(config: TrainConfig, callbacks: tuple[TrainerCallback, ...] = ()) -> d
         "train_seconds", "num_parameters", "state_size", "state_bytes", "eval": {split: {"accuracy",
         "example_accuracy", "all_correct", "loss"}}}``; ``train_loss`` and ``seconds_per_step`` cover the steps
         run by this call (for a run that had finished, the mean over the run), ``final_train_loss`` the last
-        logging window (``logging_steps`` steps),
+        logging window (``logging_steps`` steps), ``retention_scale`` (only with learned-retention Bayesian
+        Layers: each layer's trained ``ρ`` per head),
         ``train_seconds`` the whole run over its resumes (:class:`TrainingClock`); ``state_size`` is
         :meth:`ZoologyModel.state_size` at the longest train sequence and ``state_bytes`` its float32 size.
         JSON-serialisable.
@@ -225,7 +226,18 @@ def train(config: TrainConfig, callbacks: tuple[TrainerCallback, ...] = ()) -> d
             "seconds_per_step": elapsed / steps_run if steps_run else train_seconds / max(output.global_step, 1),
             "train_seconds": train_seconds,
             "num_parameters": sum(p.numel() for p in model.parameters()), "state_size": state_size,
-            "state_bytes": 4 * state_size, "eval": evaluation}
+            "state_bytes": 4 * state_size, "eval": evaluation, **_retention_scales(model)}
+
+
+def _retention_scales(model: torch.nn.Module) -> dict[str, Any]:
+    """``{"retention_scale": {layer: [ρ_h]}}`` for the Bayesian Layers with learned retention (the trained
+    ``c_scale``, clamped to [0, 1] as the layer uses it: 0 is Gated DeltaNet's reset, 1 allows the stationary
+    retention); empty for other models."""
+    from probseq.layers import BayesianLayer
+
+    scales = {name: module.c_scale.detach().float().clamp(0, 1).tolist() for name, module in model.named_modules()
+              if isinstance(module, BayesianLayer) and module.retention == "learned"}
+    return {"retention_scale": scales} if scales else {}
 
 
 def _last_logged_loss(state) -> float:
