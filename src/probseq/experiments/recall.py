@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from probseq.experiments.common import apply_overrides, environment, write_csv
-from probseq.files import atomic_write_json, save_figure
 from probseq.experiments.mqar import accuracy_cell, over_seeds
+from probseq.files import atomic_write_json, save_figure
 from probseq.tasks import RecallConfig
 from probseq.train.config import MIXER_NAMES, ModelSpec, TrainConfig
 from probseq.train.data import RecallData, RecallSplit
