@@ -192,3 +192,27 @@ def test_two_workers_share_a_sweep(tmp_path, monkeypatch):
     assert sorted(trained) == sorted(set(trained)) and len(trained) == len(units)
     assert all(0 < r.from_cache < len(units) for r in results)  # each trained some, read the others' results
     assert results[0].metrics == results[1].metrics and list(results[0].metrics) == [u.name for u in units]
+
+
+def test_the_committed_runs_are_still_the_presets_units():
+    """A finished run is cached under ``<name>-<fingerprint>``. Any change to a preset or to what a config's
+    fingerprint covers (a new TrainConfig field, say) would silently orphan the committed runs and retrain
+    them: every committed run must still be a unit of its sweep, and its stored config must hash to its key."""
+    from pathlib import Path
+
+    from probseq.train.config import TrainConfig, from_dict
+
+    root = Path(__file__).resolve().parents[1] / "results"
+    sweeps = {"mqar_cpu": mqar.PRESETS["cpu"],
+              "mqar_cpu_stationary": mqar.apply_overrides(mqar.PRESETS["cpu"],
+                                                          ['mixers=["bayesian"]', "retention=stationary"]),
+              "recall_cpu": recall.PRESETS["cpu"]}
+    checked = 0
+    for folder, config in sweeps.items():
+        keys = {f"{unit.name}-{unit.config.fingerprint()}" for unit in config.units()}
+        for path in sorted((root / folder / "units").glob("*.json")):
+            assert path.stem in keys, f"{path} is no longer a unit of the {folder} sweep"
+            assert from_dict(TrainConfig, json.loads(path.read_text())["config"]).fingerprint() == \
+                path.stem.rsplit("-", 1)[1], path
+            checked += 1
+    assert checked > 0

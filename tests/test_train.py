@@ -19,12 +19,13 @@ from transformers import TrainerCallback, TrainerState
 from transformers.trainer_utils import EvalPrediction
 from transformers.utils import logging as hf_logging
 
+from probseq.layers import BayesianLayer
 from probseq.tasks import IGNORE_INDEX, RecallConfig
 from probseq.train import (MQARData, MQARSplit, ModelSpec, RecallData, RecallSplit, TrainConfig, from_dict, train,
                            with_overrides)
 from probseq.train.data import generate, pad_collate
 from probseq.train.metrics import pre_shifted_cross_entropy, recall_metrics, scatter_predictions
-from probseq.train.trainer import TrainingClock
+from probseq.train.trainer import TrainingClock, build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,6 +95,20 @@ def test_config_round_trips_through_dicts_and_overrides():
     # where and how a run is written does not change its identity
     assert tiny_config(output_dir="x", progress=True).fingerprint() == tiny_config().fingerprint()
     assert tiny_config(learning_rate=2e-3).fingerprint() != tiny_config().fingerprint()
+    # a field added later counts only when it differs from its default (the runs cached before keep their keys)
+    started_stationary = with_overrides(tiny_config(), ["model.retention_init=1.0"])
+    assert "retention_init" not in tiny_config().identity()["model"]
+    assert started_stationary.identity()["model"]["retention_init"] == 1.0
+    assert started_stationary.fingerprint() != tiny_config().fingerprint()
+    with pytest.raises(ValueError, match="retention_init must be in"):
+        with_overrides(tiny_config(), ["model.retention_init=2.0"])
+
+
+def test_retention_init_reaches_the_bayesian_layers():
+    for rho in (0.0, 1.0):
+        model = build_model(with_overrides(tiny_config(), [f"model.retention_init={rho}"]))
+        scales = [m.c_scale for m in model.modules() if isinstance(m, BayesianLayer)]
+        assert len(scales) == 2 and all(torch.all(scale == rho) for scale in scales)
 
 
 def test_data_is_generated_from_seeds_with_disjoint_splits():

@@ -30,7 +30,8 @@ Presets (times measured on this project's shared 2-core machine; one training st
 - ``paper`` — Zoology's grid for a GPU (not run here): d_model {64, 128, 256}, lrs logspace(−3, −1.5, 4),
   100k + 4 × 20k train examples, batch 256 for ≈ 32 epochs (22.5k steps), 3 seeds, bf16: 216 runs.
 
-Set ``retention=stationary`` (or ``reset``) to run the Bayesian Layer with another certainty retention.
+Set ``retention=stationary`` (or ``reset``) to run the Bayesian Layer with another certainty retention, and
+``retention_init=1`` to start the learned one at the stationary end instead of Gated DeltaNet's reset.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ class MQARConfig:
         max_steps, batch_size, warmup, weight_decay: optimisation (AdamW, cosine schedule).
         eval_batch_size: evaluation batch.
         n_layers: blocks of the model (4 = ``[conv, mixer] × 2``).
-        retention: the Bayesian Layer's certainty retention (only the ``bayesian`` runs).
+        retention, retention_init: the Bayesian Layer's certainty retention and, for ``learned``, its starting
+            scale ``ρ`` (only the ``bayesian`` runs).
         precision: ``fp32`` on CPU, ``bf16`` on a GPU.
         save_steps: checkpoint interval of a run (resume granularity).
         num_threads: torch threads per run (``None``: torch's default).
@@ -95,6 +97,7 @@ class MQARConfig:
     eval_batch_size: int = 64
     n_layers: int = 4
     retention: Literal["reset", "stationary", "learned"] = "learned"
+    retention_init: float = 0.0
     precision: str = "fp32"
     save_steps: int = 100
     num_threads: int | None = None
@@ -133,7 +136,8 @@ class MQARConfig:
     def train_config(self, mixer: str, d_model: int, lr: float, seed: int) -> TrainConfig:
         # retention reaches the bayesian runs only, so changing it leaves the other runs' cache keys alone
         model = ModelSpec(mixer=mixer, d_model=d_model, n_layers=self.n_layers,
-                          **({"retention": self.retention} if mixer == "bayesian" else {}))
+                          **({"retention": self.retention, "retention_init": self.retention_init}
+                             if mixer == "bayesian" else {}))
         return TrainConfig(model=model, data=self.data(),
                            learning_rate=lr, weight_decay=self.weight_decay, warmup=self.warmup,
                            max_steps=self.max_steps, batch_size=self.batch_size, eval_batch_size=self.eval_batch_size,

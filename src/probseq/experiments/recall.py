@@ -70,8 +70,8 @@ class RecallExperiment:
         eval_pairs, eval_gaps, eval_collisions, eval_key_noise: test points beyond training, each moving one
             knob away from the inside point.
         test_examples, valid_examples: examples per test / validation point.
-        max_steps, batch_size, warmup, weight_decay, eval_batch_size, n_layers, retention, precision,
-            save_steps, num_threads: as in :class:`probseq.experiments.mqar.MQARConfig`.
+        max_steps, batch_size, warmup, weight_decay, eval_batch_size, n_layers, retention, retention_init,
+            precision, save_steps, num_threads: as in :class:`probseq.experiments.mqar.MQARConfig`.
     """
 
     mixers: tuple[str, ...] = MIXER_NAMES
@@ -99,6 +99,7 @@ class RecallExperiment:
     eval_batch_size: int = 128
     n_layers: int = 4
     retention: Literal["reset", "stationary", "learned"] = "learned"
+    retention_init: float = 0.0
     precision: str = "fp32"
     save_steps: int = 100
     num_threads: int | None = None
@@ -150,7 +151,8 @@ class RecallExperiment:
 
     def train_config(self, mixer: str, lr: float, seed: int) -> TrainConfig:
         model = ModelSpec(mixer=mixer, d_model=self.d_model, n_layers=self.n_layers,
-                          **({"retention": self.retention} if mixer == "bayesian" else {}))
+                          **({"retention": self.retention, "retention_init": self.retention_init}
+                             if mixer == "bayesian" else {}))
         return TrainConfig(model=model, data=self.data(), learning_rate=lr, weight_decay=self.weight_decay, warmup=self.warmup,
                            max_steps=self.max_steps, batch_size=self.batch_size, eval_batch_size=self.eval_batch_size,
                            seed=seed, precision=self.precision, save_steps=self.save_steps, progress=False,

@@ -40,6 +40,8 @@ class ModelSpec:
         conv_kernel: kernel of the conv blocks.
         use_gate: output gate of the delta-rule mixers.
         retention: the Bayesian Layer's certainty retention.
+        retention_init: the starting scale ``ρ`` of the ``learned`` retention (0: Gated DeltaNet's reset,
+            1: up to the stationary retention; docs/layers.md).
     """
 
     mixer: MixerName = "bayesian"
@@ -51,10 +53,13 @@ class ModelSpec:
     conv_kernel: int = 3
     use_gate: bool = False
     retention: Literal["reset", "stationary", "learned"] = "learned"
+    retention_init: float = 0.0
 
     def __post_init__(self) -> None:
         check_fields(self)
         positive(self, "d_model", "n_layers", "state_size", "conv_kernel", "expand_v")
+        if not 0 <= self.retention_init <= 1:
+            raise ValueError(f"retention_init must be in [0, 1], got {self.retention_init!r}")
         if self.num_heads is not None:
             positive(self, "num_heads")
         if self.n_layers < 2:
@@ -142,14 +147,23 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def identity(self) -> dict[str, Any]:
-        """The fields that decide the result (not where it is written, how it is shown or checkpointed)."""
-        return {k: v for k, v in self.to_dict().items() if k not in RUN_ONLY_FIELDS}
+        """The fields that decide the result (not where it is written, how it is shown or checkpointed).
+        A field added after runs were cached is left out while it holds its default (``ADDED_FIELDS``), so
+        those runs keep their keys."""
+        identity = {k: v for k, v in self.to_dict().items() if k not in RUN_ONLY_FIELDS}
+        for (section, name), default in ADDED_FIELDS.items():
+            if identity[section].get(name) == default:
+                del identity[section][name]
+        return identity
 
     def fingerprint(self) -> str:
         """A short stable hash of :meth:`identity`."""
         text = json.dumps(self.identity(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
+
+# Fields added after runs were cached, with the default that reproduces those runs: (section, field) → default.
+ADDED_FIELDS = {("model", "retention_init"): 0.0}
 
 # Settings that change neither the trained parameters nor the metrics.
 RUN_ONLY_FIELDS = frozenset({"output_dir", "save_steps", "save_total_limit", "resume", "logging_steps", "progress",
