@@ -40,7 +40,8 @@ clean:
 corpus: install
 	$(PY) -c "from probseq.data import prepare_corpus; print(prepare_corpus().root)"
 
-# Every long evidence run in order (mqar, mqar with stationary retention, recall, reproduce, pretrain, distill ×2, ruler ×3), background, resumable.
+# Every long evidence run in order (mqar, mqar with stationary retention, recall, reproduce, pretrain, distill ×2,
+# ruler ×3, mqar with the learned retention started at ρ = 1), background, resumable.
 evidence: install corpus
 	mkdir -p $(HOME)/.cache/probseq/experiments
 	nohup scripts/run_evidence.sh >> $(HOME)/.cache/probseq/experiments/evidence.log 2>&1 &

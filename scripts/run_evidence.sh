@@ -4,7 +4,8 @@
 #            recall --preset cpu (each cached per run, checkpointed), then
 #            probseq reproduce --preset cpu (REPORT.md from those two runs, plus the collision study at cpu scale);
 #   issue 9: probseq pretrain (small teacher) → distill (Bayesian arm) → distill --baseline (matched compute)
-#            → probseq ruler on teacher, Bayesian arm and baseline.
+#            → probseq ruler on teacher, Bayesian arm and baseline;
+#   last, MQAR again with the learned retention started at the stationary end (retention_init=1).
 # `run_evidence.sh STAGE…` runs only the named stages (e.g. `mqar_cpu recall_cpu`).
 # Rerun after an interruption: finished stages are skipped (a .done marker per stage), the others resume
 # from their checkpoints. Everything lives outside the work tree (~/.cache/probseq); scripts/collect_results.sh
@@ -15,7 +16,7 @@ ROOT="${PROBSEQ_CACHE:-$HOME/.cache/probseq}"
 EXP="$ROOT/experiments" RUNS="$ROOT/distill" THREADS="${PROBSEQ_THREADS:-2}"
 export PROBSEQ_EXPERIMENTS="$EXP"  # where `probseq reproduce --preset cpu` looks for the sweeps
 STAGES="mqar_cpu mqar_cpu_stationary recall_cpu reproduce_cpu pretrain distill_bayes distill_gdn ruler_teacher
-ruler_bayes ruler_gdn"
+ruler_bayes ruler_gdn mqar_cpu_init1"
 for name in "$@"; do
   [[ " ${STAGES//$'\n'/ } " == *" $name "* ]] || { echo "unknown stage $name; the stages: ${STAGES//$'\n'/ }"; exit 2; }
 done
@@ -47,7 +48,7 @@ resume\"; exit 143" INT TERM
 
 # Finished runs committed under results/<exp>/units/ (scripts/collect_results.sh) count as done here too,
 # so a machine whose ~/.cache was wiped does not retrain them (a cached run is keyed by its config's hash).
-for exp in mqar_cpu recall_cpu mqar_cpu_stationary; do
+for exp in mqar_cpu recall_cpu mqar_cpu_stationary mqar_cpu_init1; do
   if compgen -G "results/$exp/units/*.json" > /dev/null; then
     mkdir -p "$EXP/$exp/cache" && cp -n results/$exp/units/*.json "$EXP/$exp/cache/"
   fi
@@ -95,4 +96,8 @@ for arm in teacher bayes gdn; do
   stage "ruler_$arm" $P ruler --model "$RUNS/$arm" --out "$EXP/ruler/$arm" --lengths 512 1024 2048 4096 \
     --samples 50 --threads "$THREADS"
 done
+# Last, a follow-up of the quick retention study (results/mqar_quick_retention): the learned retention started
+# at the stationary end (ρ = 1) instead of Gated DeltaNet's reset, on the same MQAR sweep.
+stage mqar_cpu_init1 two_workers $P mqar --preset cpu --out "$EXP/mqar_cpu_init1" \
+  --set 'mixers=["bayesian"]' retention_init=1.0
 echo "[$(date -Is)] all evidence runs done; scripts/collect_results.sh copies them into results/"

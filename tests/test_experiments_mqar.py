@@ -53,8 +53,10 @@ def test_mqar_end_to_end_then_every_unit_from_the_cache(tmp_path, capsys):
     assert attention["state_bytes"] != bayes["state_bytes"]
     assert "| bayesian |" in first.out and "(48, 8)*" in first.out and "0 of 8 units from the cache" in first.out
     assert len((out / "mqar.csv").read_text().strip().splitlines()) == 1 + 4
-    assert {"seconds_per_step", "train_seconds"} <= set((out / "mqar_runs.csv").read_text().splitlines()[0].split(","))
-    assert results["train_seconds"] == pytest.approx(sum(u["metrics"]["train_seconds"] for u in results["units"].values()))
+    header = (out / "mqar_runs.csv").read_text().splitlines()[0].split(",")
+    assert {"seconds_per_step", "train_seconds", "final_train_loss", "retention_scale_mean"} <= set(header)
+    unit_seconds = [u["metrics"]["train_seconds"] for u in results["units"].values()]
+    assert results["train_seconds"] == pytest.approx(sum(unit_seconds)) and min(unit_seconds) > 0
     assert "training took" in first.out
     # finished runs leave no checkpoints behind (only their empty lock files)
     assert [p.name for p in (runs_root() / "mqar").iterdir()] == [".locks"]
@@ -206,6 +208,8 @@ def test_the_committed_runs_are_still_the_presets_units():
     sweeps = {"mqar_cpu": mqar.PRESETS["cpu"],
               "mqar_cpu_stationary": mqar.apply_overrides(mqar.PRESETS["cpu"],
                                                           ['mixers=["bayesian"]', "retention=stationary"]),
+              "mqar_cpu_init1": mqar.apply_overrides(mqar.PRESETS["cpu"],
+                                                     ['mixers=["bayesian"]', "retention_init=1.0"]),
               "recall_cpu": recall.PRESETS["cpu"]}
     checked = 0
     for folder, config in sweeps.items():
