@@ -17,6 +17,8 @@ def main(folder: str) -> int:
     rows = []
     for path in sorted(Path(folder).glob("*.json")):
         record = json.loads(path.read_text())
+        if not isinstance(record, dict) or not {"config", "metrics"} <= record.keys():
+            continue  # not a run's record
         config, metrics = record["config"], record["metrics"]
         tests = {name.removeprefix("test_"): m["accuracy"] for name, m in metrics["eval"].items()
                  if name.startswith("test_")}

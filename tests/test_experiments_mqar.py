@@ -220,3 +220,19 @@ def test_the_committed_runs_are_still_the_presets_units():
                 path.stem.rsplit("-", 1)[1], path
             checked += 1
     assert checked > 0
+
+
+def test_summarize_units_tabulates_every_committed_run(capsys):
+    import runpy
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    units = sorted((root / "results" / "mqar_cpu" / "units").glob("*.json"))
+    summarize = runpy.run_path(str(root / "scripts" / "summarize_units.py"))["main"]
+    assert summarize(str(root / "results" / "mqar_cpu" / "units")) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 1 + len(units) and rows[0].startswith("| mixer | lr | seed | train loss")
+    for record in (json.loads(path.read_text()) for path in units):  # every run's (64, 4) accuracy is in the table
+        cell = f"{record['metrics']['eval']['test_T64_k4']['accuracy']:.3f}"
+        assert any(f"| {record['config']['seed']} |" in row and cell in row for row in rows[1:])
+    assert summarize(str(root / "results")) == 1  # a folder without runs
