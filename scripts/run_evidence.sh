@@ -57,26 +57,22 @@ done
 two_workers() {  # COMMAND…: two single-threaded workers share one sweep (its per-run locks split the runs).
   # On 2 cores, two 1-thread processes train ~12 % more per hour than one 2-thread process, and a stray job
   # slows one worker instead of stalling a 2-thread OpenMP team. Both write the same outputs atomically.
-  local pids=()
-  trap 'kill -TERM $(jobs -p) 2>/dev/null; wait; exit 143' INT TERM  # stop the workers (and the stagger) with us
-  "$@" --set num_threads=1 & pids+=($!)
-  sleep 30 & wait $!
-  "$@" --set num_threads=1 & pids+=($!)
-  wait "${pids[1]}"; local second=$?
-  wait "${pids[0]}"; local first=$?
-  trap - INT TERM
-  if (( first == 0 && second == 0 )); then
-    # once more, every run from the cache (seconds): outputs from the current code, and the table in this log
-    "$@" --set num_threads=1; return
-  fi
-  if (( first > 128 || second > 128 )); then  # a worker was killed: stop here, as for the whole queue
-    echo "[$(date -Is)] a worker was stopped by a signal ($first, $second)"; return 143
-  fi
-  # A worker failed (the other may have finished its runs): one more pass trains whatever is missing.
-  echo "[$(date -Is)] a worker stopped ($first, $second); finishing the sweep in one process"
+  # Every process runs in the background and is waited for, so a TERM or Ctrl-C stops them all at once.
   trap 'kill -TERM $(jobs -p) 2>/dev/null; wait; exit 143' INT TERM
-  "$@" --set num_threads=1 & local last=$!
-  wait "$last"; local rc=$?
+  "$@" --set num_threads=1 & local first=$!
+  sleep 30 & wait $!
+  "$@" --set num_threads=1 & local second=$!
+  wait "$second"; local second_rc=$?
+  wait "$first"; local first_rc=$? rc=0
+  if (( first_rc > 128 || second_rc > 128 )); then  # a worker was killed: stop here, as for the whole queue
+    echo "[$(date -Is)] a worker was stopped by a signal ($first_rc, $second_rc)"; rc=143
+  else
+    # Both done: one more pass takes every run from the cache (seconds) and writes the outputs with the
+    # current code and the table into this log. A worker failed: the pass trains whatever is missing.
+    (( first_rc == 0 && second_rc == 0 )) ||
+      echo "[$(date -Is)] a worker stopped ($first_rc, $second_rc); finishing the sweep in one process"
+    "$@" --set num_threads=1 & wait $!; rc=$?
+  fi
   trap - INT TERM
   return $rc
 }

@@ -49,8 +49,7 @@ from probseq.experiments.common import apply_overrides, environment, write_csv
 from probseq.files import atomic_write_json, save_figure
 from probseq.train.config import MIXER_NAMES, ModelSpec, TrainConfig
 from probseq.train.data import MQARData, MQARSplit
-from probseq.train.sweep import (Unit, best_by_validation, check_writable, mean_retention_scale, run_units,
-                                  train_seconds)
+from probseq.train.sweep import Unit, best_by_validation, check_writable, run_columns, run_units, train_seconds
 
 ZOOLOGY_TRAIN = ((64, 4), (128, 8), (256, 16), (256, 32), (256, 64))
 ZOOLOGY_TEST = ((64, 4), (64, 8), (64, 16), (128, 32), (256, 64), (512, 128), (1024, 256))
@@ -192,15 +191,8 @@ def csv_rows(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def run_rows(config: MQARConfig, metrics: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for unit in config.units():
-        m = metrics[unit.name]
         rows.append({"unit": unit.name, "mixer": unit.config.model.mixer, "d_model": unit.config.model.d_model,
-                     "learning_rate": unit.config.learning_rate, "seed": unit.config.seed, "steps": m["steps"],
-                     "seconds_per_step": m["seconds_per_step"],
-                     "train_seconds": train_seconds(m), "train_loss": m["train_loss"],
-                     "final_train_loss": m.get("final_train_loss"),
-                     "retention_scale_mean": mean_retention_scale(m),
-                     "num_parameters": m["num_parameters"], "state_bytes": m["state_bytes"],
-                     **{f"{name}_accuracy": e["accuracy"] for name, e in m["eval"].items()}})
+                     "learning_rate": unit.config.learning_rate, "seed": unit.config.seed, **run_columns(metrics[unit.name])})
     return rows
 
 

@@ -45,8 +45,7 @@ from probseq.files import atomic_write_json, save_figure
 from probseq.tasks import RecallConfig
 from probseq.train.config import MIXER_NAMES, ModelSpec, TrainConfig
 from probseq.train.data import RecallData, RecallSplit
-from probseq.train.sweep import (Unit, best_by_validation, check_writable, mean_retention_scale, run_units,
-                                  train_seconds)
+from probseq.train.sweep import Unit, best_by_validation, check_writable, run_columns, run_units, train_seconds
 
 # The knobs moved beyond training, in plotting order: (config field of RecallExperiment, RecallConfig field).
 KNOBS = (("eval_pairs", "num_pairs"), ("eval_gaps", "gap"), ("eval_collisions", "collisions"),
@@ -206,15 +205,8 @@ def csv_rows(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def run_rows(config: RecallExperiment, metrics: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for unit in config.units():
-        m = metrics[unit.name]
         rows.append({"unit": unit.name, "mixer": unit.config.model.mixer, "learning_rate": unit.config.learning_rate,
-                     "seed": unit.config.seed, "steps": m["steps"], "seconds_per_step": m["seconds_per_step"],
-                     "train_seconds": train_seconds(m),
-                     "train_loss": m["train_loss"], "final_train_loss": m.get("final_train_loss"),
-                     "retention_scale_mean": mean_retention_scale(m),
-                     "num_parameters": m["num_parameters"],
-                     "state_bytes": m["state_bytes"],
-                     **{f"{name}_accuracy": e["accuracy"] for name, e in m["eval"].items()}})
+                     "seed": unit.config.seed, **run_columns(metrics[unit.name])})
     return rows
 
 

@@ -51,9 +51,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from probseq.files import atomic_write_json
-from probseq.train.pretrain import (PackedBlocks, check_run_config, copy_tokenizer, corpus_token_arrays, run_trainer,
+from probseq.train.pretrain import (PackedBlocks, check_run_config, copy_tokenizer, corpus_token_arrays,
                                     training_arguments)
-from probseq.train.trainer import progress_bars, run_threads
+from probseq.train.trainer import progress_bars, run_threads, run_trainer
 from probseq.train.schema import check_fields, from_dict, positive, with_overrides
 
 Objective = Literal["mse", "kl_lm"]
@@ -460,12 +460,11 @@ def distill(config: DistillConfig, out: str | os.PathLike) -> dict[str, Any]:
                                         lm_weight=config.lm_weight)
                 if not config.progress:
                     trainer.remove_callback(PrinterCallback)
-                output, resumed, seconds, train_seconds = run_trainer(trainer, out / f"stage{stage}" / "checkpoints")
+                run = run_trainer(trainer, out / f"stage{stage}" / "checkpoints")
                 student = trainer.accelerator.unwrap_model(trainer.model)
-                steps_run = output.global_step - (resumed or 0)
-                record.update(train_loss=float(output.training_loss), resumed_from_step=resumed, seconds=seconds,
-                              train_seconds=train_seconds,
-                              seconds_per_step=seconds / steps_run if steps_run else train_seconds / max(steps, 1),
+                record.update(train_loss=float(run.output.training_loss), resumed_from_step=run.resumed_from_step,
+                              seconds=run.seconds, train_seconds=run.train_seconds,
+                              seconds_per_step=run.seconds_per_step,
                               history=trainer.state.log_history)
                 if trainer.is_world_process_zero():
                     student.save_pretrained(final)

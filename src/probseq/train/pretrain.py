@@ -36,7 +36,7 @@ import torch
 
 from probseq.files import atomic_write_json
 from probseq.train.schema import check_fields, from_dict, positive, with_overrides
-from probseq.train.trainer import last_complete_checkpoint, progress_bars, run_threads, run_trainer
+from probseq.train.trainer import progress_bars, run_threads, run_trainer
 
 TRAIN_LOG = "train_log.json"
 RUN_CONFIG = "probseq_run_config.json"
@@ -329,17 +329,17 @@ def pretrain(config: PretrainConfig, out: str | os.PathLike) -> dict[str, Any]:
         trainer = Trainer(model=model, args=args, train_dataset=train_data, data_collator=default_data_collator)
         if not config.progress:
             trainer.remove_callback(PrinterCallback)
-        output, resumed, seconds, train_seconds = run_trainer(trainer, out / "checkpoints")
+        run = run_trainer(trainer, out / "checkpoints")
         valid_loss = (trainer.evaluate(eval_dataset=valid_data)["eval_loss"] if len(valid_data) else float("nan"))
         model = trainer.accelerator.unwrap_model(trainer.model)
-    steps_run = output.global_step - (resumed or 0)
+    steps = run.output.global_step
     log = {
         "config": dataclasses.asdict(config), "kind": "pretrain", "mixer": "gated_deltanet",
-        "tokens": output.global_step * tokens_per_step, "tokens_per_step": tokens_per_step, "steps": output.global_step,
-        "resumed_from_step": resumed, "seconds": seconds, "seconds_per_step": seconds / steps_run if steps_run else train_seconds / max(output.global_step, 1),
-        "train_seconds": train_seconds,
-        "tokens_per_second": steps_run * tokens_per_step / max(seconds, 1e-9),
-        "train_loss": float(output.training_loss), "valid_loss": float(valid_loss),
+        "tokens": steps * tokens_per_step, "tokens_per_step": tokens_per_step, "steps": steps,
+        "resumed_from_step": run.resumed_from_step, "seconds": run.seconds, "seconds_per_step": run.seconds_per_step,
+        "train_seconds": run.train_seconds,
+        "tokens_per_second": tokens_per_step / run.seconds_per_step if run.seconds_per_step else 0.0,
+        "train_loss": float(run.output.training_loss), "valid_loss": float(valid_loss),
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "corpus_tokens": {split: int(len(a)) for split, a in arrays.items()},
         "history": trainer.state.log_history,
@@ -352,5 +352,5 @@ def pretrain(config: PretrainConfig, out: str | os.PathLike) -> dict[str, Any]:
     return log
 
 
-__all__ = ["PRESETS", "PackedBlocks", "PretrainConfig", "corpus_token_arrays", "last_complete_checkpoint",
-           "model_config", "pretrain", "pretrain_config", "run_trainer", "tokenize_documents", "training_arguments"]
+__all__ = ["PRESETS", "PackedBlocks", "PretrainConfig", "corpus_token_arrays", "model_config", "pretrain",
+           "pretrain_config", "tokenize_documents", "training_arguments"]

@@ -177,6 +177,16 @@ def mean_retention_scale(metrics: dict[str, Any]) -> float | None:
     return sum(scales) / len(scales) if scales else None
 
 
+def run_columns(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A finished run's CSV columns (after the experiment's own: unit, mixer, lr, seed …): steps, time, losses,
+    the learned retention's mean ρ, size, and the accuracy of every evaluation split."""
+    return {"steps": metrics["steps"], "seconds_per_step": metrics["seconds_per_step"],
+            "train_seconds": train_seconds(metrics), "train_loss": metrics["train_loss"],
+            "final_train_loss": metrics.get("final_train_loss"), "retention_scale_mean": mean_retention_scale(metrics),
+            "num_parameters": metrics["num_parameters"], "state_bytes": metrics["state_bytes"],
+            **{f"{name}_accuracy": e["accuracy"] for name, e in metrics["eval"].items()}}
+
+
 def mean_ci95(values: list[float]) -> tuple[float, float]:
     """Mean and 95% confidence half-width (Student's t; 0 for one value)."""
     n = len(values)

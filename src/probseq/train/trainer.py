@@ -35,7 +35,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
@@ -198,33 +198,31 @@ def train(config: TrainConfig, callbacks: tuple[TrainerCallback, ...] = ()) -> d
     Returns:
         ``{"fingerprint", "steps", "resumed_from_step", "train_loss", "final_train_loss", "seconds_per_step",
         "train_seconds", "num_parameters", "state_size", "state_bytes", "eval": {split: {"accuracy",
-        "example_accuracy", "all_correct", "loss"}}}``; ``train_loss`` and ``seconds_per_step`` cover the steps
-        run by this call (for a run that had finished, the mean over the run), ``final_train_loss`` the last
-        logging window (``logging_steps`` steps), ``retention_scale`` (only with learned-retention Bayesian
-        Layers: each layer's trained ``ρ`` per head),
+        "example_accuracy", "all_correct", "loss"}}}``, plus ``"retention_scale"`` with learned-retention
+        Bayesian layers (each layer's trained ``ρ`` per head). ``train_loss`` and ``seconds_per_step`` cover
+        the steps run by this call (:class:`TrainerRun`), ``final_train_loss`` the last logging window,
         ``train_seconds`` the whole run over its resumes (:class:`TrainingClock`); ``state_size`` is
         :meth:`ZoologyModel.state_size` at the longest train sequence and ``state_bytes`` its float32 size.
         JSON-serialisable.
     """
     with run_threads(config.num_threads), progress_bars(config.progress), _output_dir(config) as output_dir:
         trainer = build_trainer(config, output_dir, callbacks)
-        output, resumed, elapsed, train_seconds = run_trainer(trainer, output_dir,
-                                                              resume=config.resume and bool(config.output_dir))
+        run = run_trainer(trainer, output_dir, resume=config.resume and bool(config.output_dir))
         metrics = trainer.evaluate()
         model = trainer.accelerator.unwrap_model(trainer.model)
         longest = max(s.task.seq_len if hasattr(s, "task") else s.seq_len for s in config.data.train)
         state_size = model.state_size(longest)
-    steps_run = output.global_step - (resumed or 0)
     evaluation = {}
     for name in trainer.eval_dataset:
         prefix = f"eval_{name}_"
         evaluation[name] = {key[len(prefix):]: float(value) for key, value in metrics.items()
                             if key.startswith(prefix) and key[len(prefix):] in ("accuracy", "example_accuracy",
                                                                                  "all_correct", "loss")}
-    return {"fingerprint": config.fingerprint(), "steps": output.global_step, "resumed_from_step": resumed,
-            "train_loss": float(output.training_loss), "final_train_loss": _last_logged_loss(trainer.state),
-            "seconds_per_step": elapsed / steps_run if steps_run else train_seconds / max(output.global_step, 1),
-            "train_seconds": train_seconds,
+    losses = logged_losses(trainer.state)
+    return {"fingerprint": config.fingerprint(), "steps": run.output.global_step,
+            "resumed_from_step": run.resumed_from_step, "train_loss": float(run.output.training_loss),
+            "final_train_loss": losses[-1] if losses else float("nan"),
+            "seconds_per_step": run.seconds_per_step, "train_seconds": run.train_seconds,
             "num_parameters": sum(p.numel() for p in model.parameters()), "state_size": state_size,
             "state_bytes": 4 * state_size, "eval": evaluation, **_retention_scales(model)}
 
@@ -240,21 +238,36 @@ def _retention_scales(model: torch.nn.Module) -> dict[str, Any]:
     return {"retention_scale": scales} if scales else {}
 
 
-def _last_logged_loss(state) -> float:
-    """The training loss of the last logging window (``logging_steps`` steps; kept across resumes)."""
-    losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
-    return float(losses[-1]) if losses else float("nan")
+def logged_losses(state) -> list[float]:
+    """The training loss of each logging window (``logging_steps`` steps), in order; kept across resumes."""
+    return [float(entry["loss"]) for entry in state.log_history if "loss" in entry]
 
 
-def run_trainer(trainer: Trainer, checkpoints: str | os.PathLike, *,
-                resume: bool = True) -> tuple[Any, int | None, float, float]:
+class TrainerRun(NamedTuple):
+    """What :func:`run_trainer` ran: the ``TrainOutput`` (``training_loss`` over the steps of this call), the
+    step resumed from (``None``: from scratch), this call's seconds, and the run's training time over all its
+    resumes (:class:`TrainingClock`; for a run resumed from a checkpoint without a clock, the steps before it
+    are counted at this call's rate)."""
+
+    output: Any
+    resumed_from_step: int | None
+    seconds: float
+    train_seconds: float
+
+    @property
+    def steps_run(self) -> int:
+        return self.output.global_step - (self.resumed_from_step or 0)
+
+    @property
+    def seconds_per_step(self) -> float:
+        """This call's seconds per step; for a run that had finished before (no step run), the run's mean."""
+        if self.steps_run:
+            return self.seconds / self.steps_run
+        return self.train_seconds / max(self.output.global_step, 1)
+
+
+def run_trainer(trainer: Trainer, checkpoints: str | os.PathLike, *, resume: bool = True) -> TrainerRun:
     """``trainer.train()``, resuming from the last complete checkpoint in ``checkpoints`` (if ``resume``).
-
-    Returns:
-        ``(output, resumed_step, seconds, train_seconds)``: the ``TrainOutput`` (``training_loss`` over the
-        steps of this call), the step resumed from (``None``: from scratch), this call's seconds, and the
-        run's training time over all its resumes (:class:`TrainingClock`; for a run resumed from a checkpoint
-        without a clock, the steps before it are counted at this call's seconds per step).
 
     A failure before the first optimizer step after a resume is a ``ValueError`` "could not resume from …"
     naming the checkpoint and the cause; a failure after that is raised as it is.
@@ -276,10 +289,10 @@ def run_trainer(trainer: Trainer, checkpoints: str | os.PathLike, *,
     seconds, train_seconds = time.perf_counter() - started, clock.seconds
     if resumed and not clock.restored:  # a checkpoint from before the clock: estimate the steps before it
         train_seconds += resumed * seconds / max(output.global_step - resumed, 1)
-    return output, resumed, seconds, train_seconds
+    return TrainerRun(output, resumed, seconds, train_seconds)
 
 
-def _finished_run(trainer: Trainer, checkpoint: str, steps: int, started: float) -> tuple[Any, int, float, float]:
+def _finished_run(trainer: Trainer, checkpoint: str, steps: int, started: float) -> TrainerRun:
     """A run stopped after its last checkpoint: the Trainer would run one more step when resumed at
     ``max_steps``, so load the final weights and state instead (``training_loss``: the mean logged loss)."""
     from transformers import TrainerState
@@ -291,10 +304,11 @@ def _finished_run(trainer: Trainer, checkpoint: str, steps: int, started: float)
     state.is_local_process_zero = trainer.is_local_process_zero()
     state.is_world_process_zero = trainer.is_world_process_zero()
     trainer.state = state
-    losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
+    losses = logged_losses(state)
     loss = sum(losses) / len(losses) if losses else float("nan")
     saved = TrainingClock.saved_seconds(state)
-    return TrainOutput(steps, loss, {}), steps, time.perf_counter() - started, saved if saved is not None else 0.0
+    return TrainerRun(TrainOutput(steps, loss, {}), steps, time.perf_counter() - started,
+                      saved if saved is not None else 0.0)
 
 
 def last_complete_checkpoint(folder: str | os.PathLike) -> str | None:
@@ -368,5 +382,5 @@ def _output_dir(config: TrainConfig) -> Iterator[Path]:
     yield folder
 
 
-__all__ = ["CONFIG_FILE", "PreShiftedTrainer", "TrainingClock", "build_model", "build_trainer", "last_complete_checkpoint",
-           "run_trainer", "train", "training_arguments"]
+__all__ = ["CONFIG_FILE", "PreShiftedTrainer", "TrainerRun", "TrainingClock", "build_model", "build_trainer",
+           "last_complete_checkpoint", "logged_losses", "run_trainer", "train", "training_arguments"]
