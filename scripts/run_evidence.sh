@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Every long evidence run, one after the other (the machine has 2 cores), in the background, resumable:
-#   issue 8: probseq mqar --preset cpu, MQAR again with the Bayesian Layer's stationary retention, probseq
-#            recall --preset cpu (each cached per run, checkpointed), then
+#   issue 8: probseq mqar --preset cpu, probseq recall --preset cpu (each cached per run, checkpointed), then
 #            probseq reproduce --preset cpu (REPORT.md from those two runs, plus the collision study at cpu scale);
 #   issue 9: probseq pretrain (small teacher) → distill (Bayesian arm) → distill --baseline (matched compute)
 #            → probseq ruler on teacher, Bayesian arm and baseline;
-#   last, MQAR again with the learned retention started at the stationary end (retention_init=1).
+#   then MQAR again with the Bayesian Layer's stationary retention, and with the learned retention started at
+#   the stationary end (retention_init=1).
 # `run_evidence.sh STAGE…` runs only the named stages (e.g. `mqar_cpu recall_cpu`).
 # Rerun after an interruption: finished stages are skipped (a .done marker per stage), the others resume
 # from their checkpoints. Everything lives outside the work tree (~/.cache/probseq); scripts/collect_results.sh
@@ -15,8 +15,8 @@ cd "$(dirname "$0")/.."
 ROOT="${PROBSEQ_CACHE:-$HOME/.cache/probseq}"
 EXP="$ROOT/experiments" RUNS="$ROOT/distill" THREADS="${PROBSEQ_THREADS:-2}"
 export PROBSEQ_EXPERIMENTS="$EXP"  # where `probseq reproduce --preset cpu` looks for the sweeps
-STAGES="mqar_cpu mqar_cpu_stationary recall_cpu reproduce_cpu pretrain distill_bayes distill_gdn ruler_teacher
-ruler_bayes ruler_gdn mqar_cpu_init1"
+STAGES="mqar_cpu recall_cpu reproduce_cpu pretrain distill_bayes distill_gdn ruler_teacher ruler_bayes ruler_gdn
+mqar_cpu_stationary mqar_cpu_init1"
 for name in "$@"; do
   [[ " ${STAGES//$'\n'/ } " == *" $name "* ]] || { echo "unknown stage $name; the stages: ${STAGES//$'\n'/ }"; exit 2; }
 done
@@ -78,10 +78,6 @@ two_workers() {  # COMMAND…: two single-threaded workers share one sweep (its 
 }
 
 stage mqar_cpu two_workers $P mqar --preset cpu --out "$EXP/mqar_cpu"
-# The stationary retention (γ = α², the filter that never resets its covariance) on the same MQAR sweep: the
-# cleanest test of "restoring the covariance", next to the learned retention of mqar_cpu.
-stage mqar_cpu_stationary two_workers $P mqar --preset cpu --out "$EXP/mqar_cpu_stationary" \
-  --set 'mixers=["bayesian"]' retention=stationary
 stage recall_cpu two_workers $P recall --preset cpu --out "$EXP/recall_cpu"
 stage reproduce_cpu $P reproduce --preset cpu --out "$EXP/reproduce_cpu"  # reads the two runs above
 stage pretrain $P pretrain --config small --out "$RUNS/teacher" --set num_threads="$THREADS"
@@ -92,6 +88,11 @@ for arm in teacher bayes gdn; do
   stage "ruler_$arm" $P ruler --model "$RUNS/$arm" --out "$EXP/ruler/$arm" --lengths 512 1024 2048 4096 \
     --samples 50 --threads "$THREADS"
 done
+# After what issues 8 and 9 require: the stationary retention (γ = α², the filter that never resets its
+# covariance) on the same MQAR sweep, the cleanest test of "restoring the covariance", next to the learned
+# retention of mqar_cpu.
+stage mqar_cpu_stationary two_workers $P mqar --preset cpu --out "$EXP/mqar_cpu_stationary" \
+  --set 'mixers=["bayesian"]' retention=stationary
 # Last, a follow-up of the quick retention study (results/mqar_quick_retention): the learned retention started
 # at the stationary end (ρ = 1) instead of Gated DeltaNet's reset, on the same MQAR sweep.
 stage mqar_cpu_init1 two_workers $P mqar --preset cpu --out "$EXP/mqar_cpu_init1" \
