@@ -1,4 +1,5 @@
-"""The console script: the fast overview answers without torch and lists exactly the full CLI's commands."""
+"""The console script: every command's arguments parse without importing torch, each command's function
+exists, and the parsers' choices mirror the constants of the modules that run them."""
 
 from __future__ import annotations
 
@@ -8,38 +9,83 @@ import sys
 import pytest
 
 import probseq_cli
-from probseq.cli import build_parser
+from probseq.cli import build_parser, command_function
+from probseq_cli import parsers
 
+COMMANDS = build_parser()._subparsers._group_actions[0].choices  # name → its ArgumentParser
 
-def test_overview_lists_the_full_clis_commands():
-    commands = build_parser()._subparsers._group_actions[0]
-    assert {action.dest: action.help for action in commands._choices_actions} == probseq_cli.COMMANDS
-
-
-@pytest.mark.parametrize("argv, code", [(["--help"], 0), ([], 2), (["no-such-command"], 2)])
-def test_overview_answers_without_importing_torch(argv, code):
-    script = ("import sys, probseq_cli\n"
-              "try:\n    probseq_cli.main(sys.argv[1:])\n"
-              "except SystemExit as exit:\n"
-              "    assert 'torch' not in sys.modules and 'probseq' not in sys.modules, 'imported torch'\n"
-              "    raise\n")
-    result = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=60)
-    assert result.returncode == code, result.stderr
-    assert "mqar" in result.stdout + result.stderr
-
-
-def test_commands_go_to_the_full_cli(capsys):
-    with pytest.raises(SystemExit) as exit:
-        probseq_cli.main(["mqar", "--help"])
-    assert exit.value.code == 0 and "--preset" in capsys.readouterr().out
-
-
+# The arguments each command needs to parse (its required ones).
 REQUIRED = {"pretrain": ["--out", "o"], "distill": ["--teacher", "t", "--out", "o", "--tokens", "1k"],
             "mqar": ["--out", "o"], "recall": ["--out", "o"], "collision": ["--out", "o"], "reproduce": [],
-            "demo": [], "bench": []}
+            "demo": [], "bench": [], "uncertainty": ["--text", "t", "--out", "o"], "convert-fla": ["a", "b"],
+            "export-fla": ["a", "b"], "ruler": ["--model", "m", "--out", "o"]}
+
+
+def test_every_command_is_covered_here():
+    assert set(COMMANDS) == set(REQUIRED)
 
 
 @pytest.mark.parametrize("command", sorted(REQUIRED))
+def test_every_command_names_a_function_that_exists(command):
+    args = build_parser().parse_args([command, *REQUIRED[command]])
+    assert callable(command_function(args.run)), args.run
+
+
+HELP_WITHOUT_TORCH = ("import sys, probseq_cli\n"
+                      "try:\n    probseq_cli.main(sys.argv[1:])\n"
+                      "except SystemExit as exit:\n"
+                      "    assert 'torch' not in sys.modules and 'probseq' not in sys.modules, 'imported torch'\n"
+                      "    raise\n")
+
+
+@pytest.mark.parametrize("argv, code, shown", [
+    (["--help"], 0, "mqar"), ([], 2, "mqar"), (["no-such-command"], 2, "mqar"),
+    (["mqar", "--help"], 0, "--preset"), (["ruler", "--help"], 0, "summary.csv"), (["bench", "-h"], 0, "--mqar"),
+    (["mqar", "--out", "o", "--preset", "huge"], 2, "invalid choice"), (["distill", "--tokens", "5X"], 2, "--tokens"),
+])
+def test_help_and_bad_arguments_answer_without_importing_torch(argv, code, shown):
+    result = subprocess.run([sys.executable, "-c", HELP_WITHOUT_TORCH, *argv], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == code, result.stderr
+    assert shown in result.stdout + result.stderr
+
+
+def test_help_shows_the_modules_docstrings(capsys):
+    with pytest.raises(SystemExit) as exit:
+        probseq_cli.main(["mqar", "--help"])
+    from probseq.experiments import mqar
+
+    assert exit.value.code == 0 and mqar.__doc__.split("\n\n")[0].split("\n")[0] in capsys.readouterr().out
+
+
+def test_choices_mirror_the_modules_constants():
+    from probseq import bench
+    from probseq.experiments import collision, mqar, recall, ruler_eval
+    from probseq.interop import fla
+    from probseq.layers import RETENTIONS
+
+    assert parsers.EXPERIMENT_PRESETS == tuple(mqar.PRESETS) == tuple(recall.PRESETS)
+    assert parsers.COLLISION_PRESETS == tuple(sorted(collision.PRESETS))
+    assert parsers.BENCH_PRESETS == tuple(sorted(bench.PRESETS))
+    assert parsers.RETENTIONS == tuple(RETENTIONS)
+    assert parsers.CONVERT_DTYPES == tuple(fla.DTYPES) and parsers.RULER_DTYPES == tuple(ruler_eval.DTYPES)
+    assert parsers.RULER_TASKS == tuple(ruler_eval.DEFAULT_TASKS)
+
+
+@pytest.mark.parametrize("text, tokens", [("5000000", 5_000_000), ("5M", 5_000_000), ("2.5m", 2_500_000),
+                                          ("500k", 500_000), ("1G", 10**9)])
+def test_token_counts(text, tokens):
+    assert parsers.token_count(text) == tokens
+
+
+@pytest.mark.parametrize("text", ["0", "-3", "1.5", "lots", "5X"])
+def test_bad_token_counts(text):
+    with pytest.raises(Exception, match="--tokens"):
+        parsers.token_count(text)
+
+
+@pytest.mark.parametrize("command", ["pretrain", "distill", "mqar", "recall", "collision", "reproduce", "demo",
+                                     "bench"])
 def test_every_set_option_accumulates(command):
     """``--set a=1 --set b=2 c=3`` keeps all three overrides in every command (a repeated ``--set`` once
     silently replaced the earlier ones in pretrain and distill)."""

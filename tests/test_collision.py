@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
@@ -10,6 +9,7 @@ import shutil
 
 import pytest
 
+from probseq import cli
 from probseq.experiments import collision
 from probseq.experiments.collision import PRESETS, CollisionConfig, run_collision
 from probseq.experiments.common import apply_overrides
@@ -131,11 +131,8 @@ def test_overrides_and_presets():
 
 
 def test_cli(tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    collision.add_parser(parser.add_subparsers())
     overrides = [f"{k}={json.dumps(v)}" for k, v in dataclasses.asdict(TINY).items() if k != "seed"]
-    args = parser.parse_args(["collision", "--out", str(tmp_path), "--seed", "3",
-                              *[x for o in overrides for x in ("--set", o)]])
-    assert args.run(args) == 0
+    assert cli.main(["collision", "--out", str(tmp_path), "--seed", "3",
+                     *[x for o in overrides for x in ("--set", o)]]) == 0
     assert json.loads((tmp_path / "results.json").read_text())["seed"] == 3
     assert "(a) one key, noisy values" in capsys.readouterr().out

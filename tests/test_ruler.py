@@ -15,7 +15,7 @@ from collections import Counter
 import pytest
 
 from probseq.ruler import TASKS, generate, score, string_match_all, string_match_part, tokens_to_generate
-from probseq.ruler.common import NOISE, SortedCompounds, count_tokens, wordlist
+from probseq.ruler.common import SortedCompounds, count_tokens, wordlist
 from probseq.ruler.fwe import zeta
 from probseq.ruler.metrics import postprocess_pred
 

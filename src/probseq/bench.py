@@ -38,7 +38,6 @@ FLOPs are analytical (multiply-add = 2) for the forward; forward+backward counts
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -531,22 +530,7 @@ def _fmt(value, spec):
     return "" if value is None else format(value, spec)
 
 
-def add_parser(commands) -> None:
-    parser = commands.add_parser("bench", help="time the filters against their peers (README, Benchmark)",
-                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
-    parser.add_argument("--out", default=None, help="write the results JSON here")
-    parser.add_argument("--layer", action="store_true",
-                        help="only the layer and generation cases (Bayesian Layer vs Gated DeltaNet layer, filter share, "
-                             "time per generated token)")
-    parser.add_argument("--mqar", action="store_true",
-                        help="only the MQAR training-throughput cases (tokens/s of one training step per mixer)")
-    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="override a BenchConfig field, e.g. --set lengths=[1024,4096]")
-    parser.set_defaults(run=_run_cli)
-
-
-def _run_cli(args) -> int:
+def main(args) -> int:
     config = apply_overrides(PRESETS[args.preset], args.overrides)
     if args.layer:
         config = dataclasses.replace(config, cases="layer")

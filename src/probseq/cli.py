@@ -1,38 +1,37 @@
-"""The ``probseq`` command line: ``probseq <command> --help`` for each command."""
+"""The ``probseq`` command line: ``probseq <command> --help`` for each command.
+
+The arguments are defined in :mod:`probseq_cli.parsers` (torch-free, so that help answers at once); each parsed
+command names its function as ``"module:function"`` and :func:`run` imports it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
+from probseq_cli.parsers import build_parser
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full parser: every command with its arguments (imports each command's module)."""
-    parser = argparse.ArgumentParser(prog="probseq", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    from probseq import bench
-    from probseq.experiments import collision, mqar, recall, reproduce, uncertainty
-    from probseq.interop import fla as fla_interop
-
-    for module in (collision, bench, uncertainty, mqar, recall, reproduce):
-        module.add_parser(commands)
-    reproduce.add_parser(commands, "demo", help="alias of reproduce (--preset quick by default)")
-    fla_interop.add_convert_parser(commands)
-    fla_interop.add_export_parser(commands)
-    from probseq.experiments import pretrain, ruler_eval  # pretrain, distill, ruler: training code loads on use
-
-    pretrain.add_parsers(commands)
-    ruler_eval.add_parser(commands)
-    return parser
+__all__ = ["build_parser", "command_function", "main", "run"]
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def command_function(target: str):
+    """``"probseq.experiments.mqar:main"`` → that function (imports its module)."""
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed command; a ``ValueError`` (bad input) becomes a one-line error and exit code 2."""
     try:
-        return args.run(args) or 0
+        return command_function(args.run)(args) or 0
     except ValueError as error:
         print(f"probseq {args.command}: error: {error}", file=sys.stderr)
         return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -509,19 +509,6 @@ def run_collision(config: CollisionConfig, out: str | Path) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- CLI
 
-def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("collision", help="collision study: simulation vs closed-form theory (the paper's collision study)",
-                                 description="Collision study (the paper's collision study): linear attention, DeltaNet, Gated "
-                                             "DeltaNet and the Bayesian Layer on colliding writes, against the "
-                                             "closed forms of docs/theory.md.")
-    parser.add_argument("--out", required=True, type=Path, help="output folder (resumes if it has a cache)")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="override a CollisionConfig field (repeatable), e.g. --set trials=512")
-    parser.set_defaults(run=main)
-
-
 def main(args: argparse.Namespace) -> int:
     config = apply_overrides(dataclasses.replace(PRESETS[args.preset], seed=args.seed), args.overrides)
     results = run_collision(config, args.out)

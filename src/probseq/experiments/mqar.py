@@ -313,18 +313,6 @@ def run_mqar(config: MQARConfig, out: str | Path, *, log=None) -> dict[str, Any]
 
 # ------------------------------------------------------------------------------------------ CLI
 
-def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("mqar", help="Zoology MQAR: accuracy vs key-value pairs and state size, per mixer",
-                                 description=__doc__.split("\n\n")[0] + " Resumable: rerun the same command.",
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, type=Path, help="output folder (resumes if it has a cache)")
-    parser.add_argument("--preset", choices=list(PRESETS), default="quick",
-                        help="quick: CPU demo (minutes); cpu: hours on 2 cores; paper: Zoology's grid for a GPU")
-    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="override an MQARConfig field (repeatable), e.g. --set 'mixers=[\"bayesian\"]'")
-    parser.set_defaults(run=main)
-
-
 def main(args: argparse.Namespace) -> int:
     config = apply_overrides(PRESETS[args.preset], args.overrides)
     try:

@@ -286,17 +286,6 @@ def run_recall(config: RecallExperiment, out: str | Path, *, log=None) -> dict[s
 
 # ------------------------------------------------------------------------------------------ CLI
 
-def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("recall", help="learned associative recall inside and beyond the training regime",
-                                 description=__doc__.split("\n\n")[0] + " Resumable: rerun the same command.")
-    parser.add_argument("--out", required=True, type=Path, help="output folder (resumes if it has a cache)")
-    parser.add_argument("--preset", choices=list(PRESETS), default="quick",
-                        help="quick: CPU demo (minutes); cpu: hours on 2 cores; paper: a GPU")
-    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="override a RecallExperiment field (repeatable), e.g. --set max_steps=500")
-    parser.set_defaults(run=main)
-
-
 def main(args: argparse.Namespace) -> int:
     config = apply_overrides(PRESETS[args.preset], args.overrides)
     try:

@@ -384,19 +384,6 @@ def report(summary: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------------------------------------- CLI
 
-def add_parser(commands, name: str = "reproduce", **kwargs) -> argparse.ArgumentParser:
-    parser = commands.add_parser(name, help=kwargs.pop("help", "reproduce the paper's claims → OUT/REPORT.md"),
-                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="reports/demo", help="output folder (resumes if it has a cache)")
-    parser.add_argument("--preset", choices=("quick", "cpu"), default="quick",
-                        help="quick: minutes on CPU (make demo); cpu: reads the background cpu runs")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="STUDY.KEY=VALUE",
-                        help="override a study's config (collision, recall, mqar), e.g. --set recall.max_steps=50")
-    parser.set_defaults(run=main)
-    return parser
-
-
 def main(args: argparse.Namespace) -> int:
     config = ReproduceConfig(preset=args.preset, seed=args.seed, overrides=tuple(args.overrides))
     check_writable(args.out)  # before any work

@@ -24,7 +24,6 @@ error before any work.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import io
 import json
@@ -287,25 +286,7 @@ def _list(text: list[str], kind=str) -> tuple:
         raise ValueError(f"cannot read {items} as {kind.__name__}s") from None
 
 
-def add_parser(commands) -> None:
-    parser = commands.add_parser("ruler", help="RULER retrieval scores of a model at several context lengths",
-                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="model folder (save_pretrained or fla), with its tokenizer")
-    parser.add_argument("--tasks", nargs="+", default=[",".join(DEFAULT_TASKS)], help="tasks (space or comma separated)")
-    parser.add_argument("--lengths", nargs="+", default=["512,1024,2048,4096"], help="context lengths in tokens")
-    parser.add_argument("--samples", type=int, default=20, help="samples per task and length")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--seed", type=int, default=42, help="the generators' seed")
-    parser.add_argument("--batch-size", type=int, default=4, help="prompts per generate call")
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's tokens to generate")
-    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.set_defaults(run=_run_cli)
-
-
-def _run_cli(args) -> int:
+def main(args) -> int:
     config = RulerConfig(model=args.model, tasks=_list(args.tasks), lengths=_list(args.lengths, int),
                          samples=args.samples, seed=args.seed, batch_size=args.batch_size,
                          max_new_tokens=args.max_new_tokens, dtype=args.dtype, device=args.device,
@@ -319,4 +300,4 @@ def _run_cli(args) -> int:
     return 0
 
 
-__all__ = ["DEFAULT_TASKS", "RulerConfig", "add_parser", "complete", "load_model", "mean_ci", "run_ruler", "run_unit"]
+__all__ = ["DEFAULT_TASKS", "RulerConfig", "complete", "load_model", "main", "mean_ci", "run_ruler", "run_unit"]

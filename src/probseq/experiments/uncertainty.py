@@ -19,7 +19,6 @@ linear attention, Mamba-2) are skipped, with a note in ``results.json``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import io
 import os
@@ -226,18 +225,7 @@ def run_uncertainty(config: UncertaintyConfig, out: str | os.PathLike) -> dict:
     return results
 
 
-def add_parser(commands) -> None:
-    parser = commands.add_parser("uncertainty", help="heat map of the Bayesian layers' predictive variance per token",
-                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="save_pretrained folder (omit: a randomly initialised model)")
-    parser.add_argument("--text", required=True, help="the text to read")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model's, else UTF-8 bytes)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of a random initialisation")
-    parser.set_defaults(run=_run_cli)
-
-
-def _run_cli(args) -> int:
+def main(args) -> int:
     config = UncertaintyConfig(text=args.text, model=args.model, tokenizer=args.tokenizer, seed=args.seed)
     results = run_uncertainty(config, args.out)
     for note in results["notes"]:

@@ -441,32 +441,7 @@ def export_fla(model_or_dir, dst_dir) -> Path:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def add_convert_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "convert-fla", help="convert an fla Gated DeltaNet checkpoint into a probseq model (docs/interop.md)",
-        description="Convert a flash-linear-attention GatedDeltaNetForCausalLM directory (config.json + "
-                    "safetensors) into a ProbSeqForCausalLM of Bayesian Layers, saved to DST_DIR.")
-    parser.add_argument("src", metavar="SRC_DIR", type=Path, help="the fla model directory")
-    parser.add_argument("dst", metavar="DST_DIR", type=Path, help="where to save the probseq model")
-    parser.add_argument("--retention", choices=RETENTIONS, default="reset",
-                        help="reset: the same model; learned: + retention parameters at their function-preserving "
-                             "start; stationary: γ = α²")
-    parser.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="default: the checkpoint's dtype")
-    parser.set_defaults(run=_run_convert)
-
-
-def add_export_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "export-fla", help="export a probseq model that is a Gated DeltaNet to fla's format (docs/interop.md)",
-        description="Write a probseq model whose recurrent layers are Gated DeltaNets (gated_deltanet, or bayesian "
-                    "with reset retention or learned retention at ρ = 0) as an fla GatedDeltaNetForCausalLM "
-                    "directory.")
-    parser.add_argument("src", metavar="SRC", type=Path, help="the probseq model directory")
-    parser.add_argument("dst", metavar="DST", type=Path, help="the fla directory to write")
-    parser.set_defaults(run=_run_export)
-
-
-def _run_convert(args: argparse.Namespace) -> int:
+def convert_main(args: argparse.Namespace) -> int:
     try:
         model = convert_fla(args.src, args.dst, retention=args.retention, dtype=args.dtype)
     except OSError as error:  # a missing directory or file: the CLI reports it without a traceback
@@ -478,7 +453,7 @@ def _run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_export(args: argparse.Namespace) -> int:
+def export_main(args: argparse.Namespace) -> int:
     try:
         export_fla(args.src, args.dst)
     except OSError as error:
@@ -487,5 +462,5 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["ATTENTION_SPEC_KEYS", "FIXED_FIELDS", "KERNEL_CHOICES", "MAPPED_FIELDS", "add_convert_parser",
-           "add_export_parser", "config_from_fla", "config_to_fla", "convert_fla", "export_fla"]
+__all__ = ["ATTENTION_SPEC_KEYS", "FIXED_FIELDS", "KERNEL_CHOICES", "MAPPED_FIELDS", "config_from_fla",
+           "config_to_fla", "convert_fla", "convert_main", "export_fla", "export_main"]

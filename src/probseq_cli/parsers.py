@@ -1,0 +1,215 @@
+"""Every ``probseq`` command's arguments, defined without importing ``probseq`` (which loads torch and
+transformers: seconds), so that ``probseq <command> --help`` and a mistyped argument answer at once.
+
+Each command names the function that runs it as ``"module:function"`` (``args.run``); :func:`probseq.cli.run`
+imports that module only then. The descriptions are the docstrings of those modules, read from their source
+files. Choices that mirror a module's constants (presets, dtypes, retentions, RULER tasks) are checked against
+them by ``tests/test_cli.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "probseq"  # installed or editable, the two are siblings
+
+EXPERIMENT_PRESETS = ("quick", "cpu", "paper")  # probseq.experiments.{mqar,recall}.PRESETS
+COLLISION_PRESETS = ("full", "quick")  # probseq.experiments.collision.PRESETS
+BENCH_PRESETS = ("full", "quick")  # probseq.bench.PRESETS
+RETENTIONS = ("reset", "stationary", "learned")  # probseq.layers.RETENTIONS
+CONVERT_DTYPES = ("float32", "bfloat16", "float16", "float64")  # probseq.interop.fla.DTYPES
+RULER_DTYPES = ("float32", "bfloat16", "float16")  # probseq.experiments.ruler_eval.DTYPES
+RULER_TASKS = ("niah_single_1", "niah_multikey_2", "niah_multikey_3", "vt", "cwe", "fwe")  # ruler_eval.DEFAULT_TASKS
+
+
+def module_doc(module: str, first_paragraph: bool = False) -> str:
+    """The docstring of ``probseq.<module>`` (e.g. ``"experiments.mqar"``), read from its source, not imported."""
+    doc = ast.get_docstring(ast.parse((PACKAGE / (module.replace(".", "/") + ".py")).read_text("utf-8"))) or ""
+    return doc.split("\n\n")[0] if first_paragraph else doc
+
+
+def add_overrides(parser: argparse.ArgumentParser, help: str, dest: str = "overrides",
+                  metavar: str = "KEY=VALUE") -> None:
+    """``--set KEY=VALUE …``, repeatable: every occurrence adds to the list."""
+    parser.add_argument("--set", dest=dest, action="extend", nargs="+", default=[], metavar=metavar, help=help)
+
+
+def token_count(text: str) -> int:
+    """``5000000``, ``5M``, ``2.5M``, ``500k``, ``1G`` → a positive whole number of tokens."""
+    scale = {"k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}.get(text[-1:].lower(), 1)
+    try:
+        value = float(text[:-1] if scale != 1 else text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--tokens must be a number like 5000000 or 5M, got {text!r}") from None
+    if value <= 0 or value != int(value):
+        raise argparse.ArgumentTypeError(f"--tokens must be a positive whole number of tokens, got {text!r}")
+    return int(value)
+
+
+def add_collision(commands) -> None:
+    parser = commands.add_parser(
+        "collision", help="collision study: simulation vs closed-form theory (the paper's collision study)",
+        description="Collision study (the paper's collision study): linear attention, DeltaNet, Gated DeltaNet and "
+                    "the Bayesian Layer on colliding writes, against the closed forms of docs/theory.md.")
+    parser.add_argument("--out", required=True, type=Path, help="output folder (resumes if it has a cache)")
+    parser.add_argument("--preset", choices=COLLISION_PRESETS, default="quick")
+    parser.add_argument("--seed", type=int, default=0)
+    add_overrides(parser, "override a CollisionConfig field (repeatable), e.g. --set trials=512")
+    parser.set_defaults(run="probseq.experiments.collision:main")
+
+
+def add_bench(commands) -> None:
+    parser = commands.add_parser("bench", help="time the filters against their peers (README, Benchmark)",
+                                 description=module_doc("bench"), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=BENCH_PRESETS, default="quick")
+    parser.add_argument("--out", default=None, help="write the results JSON here")
+    parser.add_argument("--layer", action="store_true",
+                        help="only the layer and generation cases (Bayesian Layer vs Gated DeltaNet layer, filter share, "
+                             "time per generated token)")
+    parser.add_argument("--mqar", action="store_true",
+                        help="only the MQAR training-throughput cases (tokens/s of one training step per mixer)")
+    add_overrides(parser, "override a BenchConfig field, e.g. --set lengths=[1024,4096]")
+    parser.set_defaults(run="probseq.bench:main")
+
+
+def add_uncertainty(commands) -> None:
+    parser = commands.add_parser("uncertainty", help="heat map of the Bayesian layers' predictive variance per token",
+                                 description=module_doc("experiments.uncertainty"),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="save_pretrained folder (omit: a randomly initialised model)")
+    parser.add_argument("--text", required=True, help="the text to read")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model's, else UTF-8 bytes)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of a random initialisation")
+    parser.set_defaults(run="probseq.experiments.uncertainty:main")
+
+
+def add_mqar(commands) -> None:
+    parser = commands.add_parser("mqar", help="Zoology MQAR: accuracy vs key-value pairs and state size, per mixer",
+                                 description=module_doc("experiments.mqar", first_paragraph=True)
+                                 + " Resumable: rerun the same command.",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, type=Path, help="output folder (resumes if it has a cache)")
+    parser.add_argument("--preset", choices=EXPERIMENT_PRESETS, default="quick",
+                        help="quick: CPU demo (minutes); cpu: hours on 2 cores; paper: Zoology's grid for a GPU")
+    add_overrides(parser, "override an MQARConfig field (repeatable), e.g. --set 'mixers=[\"bayesian\"]'")
+    parser.set_defaults(run="probseq.experiments.mqar:main")
+
+
+def add_recall(commands) -> None:
+    parser = commands.add_parser("recall", help="learned associative recall inside and beyond the training regime",
+                                 description=module_doc("experiments.recall", first_paragraph=True)
+                                 + " Resumable: rerun the same command.")
+    parser.add_argument("--out", required=True, type=Path, help="output folder (resumes if it has a cache)")
+    parser.add_argument("--preset", choices=EXPERIMENT_PRESETS, default="quick",
+                        help="quick: CPU demo (minutes); cpu: hours on 2 cores; paper: a GPU")
+    add_overrides(parser, "override a RecallExperiment field (repeatable), e.g. --set max_steps=500")
+    parser.set_defaults(run="probseq.experiments.recall:main")
+
+
+def add_reproduce(commands, name: str = "reproduce",
+                  help: str = "reproduce the paper's claims → OUT/REPORT.md") -> None:
+    parser = commands.add_parser(name, help=help, description=module_doc("experiments.reproduce"),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="reports/demo", help="output folder (resumes if it has a cache)")
+    parser.add_argument("--preset", choices=("quick", "cpu"), default="quick",
+                        help="quick: minutes on CPU (make demo); cpu: reads the background cpu runs")
+    parser.add_argument("--seed", type=int, default=0)
+    add_overrides(parser, "override a study's config (collision, recall, mqar), e.g. --set recall.max_steps=50",
+                  metavar="STUDY.KEY=VALUE")
+    parser.set_defaults(run="probseq.experiments.reproduce:main")
+
+
+def add_convert_fla(commands) -> None:
+    parser = commands.add_parser(
+        "convert-fla", help="convert an fla Gated DeltaNet checkpoint into a probseq model (docs/interop.md)",
+        description="Convert a flash-linear-attention GatedDeltaNetForCausalLM directory (config.json + "
+                    "safetensors) into a ProbSeqForCausalLM of Bayesian Layers, saved to DST_DIR.")
+    parser.add_argument("src", metavar="SRC_DIR", type=Path, help="the fla model directory")
+    parser.add_argument("dst", metavar="DST_DIR", type=Path, help="where to save the probseq model")
+    parser.add_argument("--retention", choices=RETENTIONS, default="reset",
+                        help="reset: the same model; learned: + retention parameters at their function-preserving "
+                             "start; stationary: γ = α²")
+    parser.add_argument("--dtype", choices=CONVERT_DTYPES, default=None, help="default: the checkpoint's dtype")
+    parser.set_defaults(run="probseq.interop.fla:convert_main")
+
+
+def add_export_fla(commands) -> None:
+    parser = commands.add_parser(
+        "export-fla", help="export a probseq model that is a Gated DeltaNet to fla's format (docs/interop.md)",
+        description="Write a probseq model whose recurrent layers are Gated DeltaNets (gated_deltanet, or bayesian "
+                    "with reset retention or learned retention at ρ = 0) as an fla GatedDeltaNetForCausalLM "
+                    "directory.")
+    parser.add_argument("src", metavar="SRC", type=Path, help="the probseq model directory")
+    parser.add_argument("dst", metavar="DST", type=Path, help="the fla directory to write")
+    parser.set_defaults(run="probseq.interop.fla:export_main")
+
+
+PRETRAIN_HELP = """Pretrain a Gated DeltaNet language model on the offline corpus (KJV Bible and Python docs from Debian
+packages, plus retrieval-format text), then export it as an fla GatedDeltaNetForCausalLM directory in OUT
+(config.json, model.safetensors, tokenizer files, train_log.json). Checkpoints in OUT/checkpoints; rerunning
+the same command resumes. --set key=value overrides a field of the preset (see probseq.train.pretrain.PretrainConfig),
+e.g. --set tokens=2000000 batch_size=8 num_threads=2."""
+
+DISTILL_HELP = """Distil an fla Gated DeltaNet teacher into Bayesian Layers (convert_fla with learned retention; stage 1:
+layer-wise mixer-output matching, stage 2: logit KL + LM loss), or with --baseline fine-tune the GDN itself with
+the same tokens, steps, batch and optimiser (LM + KL). OUT gets the save_pretrained model, the tokenizer and
+train_log.json (tokens per stage, validation losses). --set key=value overrides a field of
+probseq.train.distill.DistillConfig, e.g. --set stage1_fraction=0.5 retention_init=0.25."""
+
+
+def add_pretrain(commands) -> None:
+    parser = commands.add_parser("pretrain", help="pretrain a Gated DeltaNet LM on the offline corpus, export as fla",
+                                 description=PRETRAIN_HELP)
+    parser.add_argument("--config", default="small", help="preset: tiny, small or 340m (default small)")
+    parser.add_argument("--out", required=True, type=Path, help="output folder (the fla checkpoint)")
+    add_overrides(parser, "override config fields", dest="set")
+    parser.set_defaults(run="probseq.experiments.pretrain:pretrain_main")
+
+
+def add_distill(commands) -> None:
+    parser = commands.add_parser("distill", help="distil an fla GDN teacher into Bayesian Layers (or the GDN baseline)",
+                                 description=DISTILL_HELP)
+    parser.add_argument("--teacher", required=True, type=Path, help="the fla Gated DeltaNet directory")
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--tokens", required=True, type=token_count,
+                        help="token budget of both stages (e.g. 5000000 or 5M)")
+    parser.add_argument("--baseline", action="store_true", help="fine-tune the GDN teacher instead (matched compute)")
+    parser.add_argument("--config", default="small", help="preset: tiny, small or 340m (default small)")
+    add_overrides(parser, "override config fields", dest="set")
+    parser.set_defaults(run="probseq.experiments.pretrain:distill_main")
+
+
+def add_ruler(commands) -> None:
+    parser = commands.add_parser("ruler", help="RULER retrieval scores of a model at several context lengths",
+                                 description=module_doc("experiments.ruler_eval"),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="model folder (save_pretrained or fla), with its tokenizer")
+    parser.add_argument("--tasks", nargs="+", default=[",".join(RULER_TASKS)], help="tasks (space or comma separated)")
+    parser.add_argument("--lengths", nargs="+", default=["512,1024,2048,4096"], help="context lengths in tokens")
+    parser.add_argument("--samples", type=int, default=20, help="samples per task and length")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--seed", type=int, default=42, help="the generators' seed")
+    parser.add_argument("--batch-size", type=int, default=4, help="prompts per generate call")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's tokens to generate")
+    parser.add_argument("--dtype", choices=RULER_DTYPES, default="float32")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(run="probseq.experiments.ruler_eval:main")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line, in the order ``probseq --help`` lists it."""
+    parser = argparse.ArgumentParser(prog="probseq",
+                                     description="The ``probseq`` command line: ``probseq <command> --help`` for each "
+                                                 "command.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add in (add_collision, add_bench, add_uncertainty, add_mqar, add_recall, add_reproduce):
+        add(commands)
+    add_reproduce(commands, "demo", help="alias of reproduce (--preset quick by default)")
+    for add in (add_convert_fla, add_export_fla, add_pretrain, add_distill, add_ruler):
+        add(commands)
+    return parser
