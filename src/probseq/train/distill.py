@@ -51,17 +51,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from probseq.files import atomic_write_json
-from probseq.train.pretrain import (PackedBlocks, check_run_config, copy_tokenizer, corpus_token_arrays,
-                                    training_arguments)
+from probseq.train.pretrain import LMRunConfig, PackedBlocks, check_run_config, copy_tokenizer, corpus_token_arrays
 from probseq.train.trainer import progress_bars, run_threads, run_trainer
-from probseq.train.schema import check_fields, from_dict, positive, with_overrides
+from probseq.train.schema import from_dict, positive, with_overrides
 
 Objective = Literal["mse", "kl_lm"]
 
 
 @dataclass(frozen=True)
-class DistillConfig:
-    """A distillation run (either arm).
+class DistillConfig(LMRunConfig):
+    """A distillation run (either arm); the data, optimiser and run fields are :class:`LMRunConfig`'s.
 
     Attributes:
         teacher: the fla ``GatedDeltaNetForCausalLM`` directory (with its tokenizer).
@@ -69,17 +68,8 @@ class DistillConfig:
         baseline: fine-tune the GDN teacher itself instead of converting it.
         stage1_fraction: share of the steps spent in stage 1.
         retention_init: ``ρ`` of the student's Bayesian Layers when training starts (0: the exact conversion).
-        seq_len: tokens per training sequence.
-        batch_size, gradient_accumulation_steps: sequences per device per micro-batch; micro-batches per step.
         stage1_learning_rate, learning_rate: peak learning rates of stage 1 and stage 2.
         kl_weight, lm_weight, temperature: stage 2's loss.
-        weight_decay, warmup (fraction of a stage's steps when < 1), adam_beta1, adam_beta2, max_grad_norm,
-            lr_scheduler: AdamW and its schedule, per stage.
-        seed: document order and batch order.
-        precision: ``"bf16"`` / ``"fp16"`` autocast on a GPU, ``"fp32"`` none.
-        corpus_dir: the corpus cache (``""``: the default).
-        valid_blocks: validation sequences for the logged metrics.
-        save_steps, save_total_limit, logging_steps, progress, num_threads: run settings.
     """
 
     teacher: str
@@ -87,38 +77,18 @@ class DistillConfig:
     baseline: bool = False
     stage1_fraction: float = 0.25
     retention_init: float = 0.5
-    seq_len: int = 512
-    batch_size: int = 8
-    gradient_accumulation_steps: int = 1
     stage1_learning_rate: float = 1e-4
     learning_rate: float = 3e-4
     kl_weight: float = 1.0
     lm_weight: float = 1.0
     temperature: float = 1.0
-    weight_decay: float = 0.0
-    warmup: float = 0.05
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    max_grad_norm: float = 1.0
-    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
-    seed: int = 0
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    corpus_dir: str = ""
-    valid_blocks: int = 16
-    save_steps: int = 100
-    save_total_limit: int = 1
-    logging_steps: int = 10
-    progress: bool = True
-    num_threads: int | None = None
 
     def __post_init__(self) -> None:
-        check_fields(self)
+        super().__post_init__()
         if not self.teacher:
             raise ValueError("teacher must name the fla teacher directory")
-        positive(self, "tokens", "seq_len", "batch_size", "gradient_accumulation_steps", "stage1_learning_rate",
-                 "learning_rate", "temperature", "adam_beta1", "adam_beta2", "logging_steps", "save_total_limit")
-        for name in ("weight_decay", "warmup", "max_grad_norm", "save_steps", "seed", "kl_weight", "lm_weight",
-                     "valid_blocks"):
+        positive(self, "tokens", "stage1_learning_rate", "learning_rate", "temperature")
+        for name in ("kl_weight", "lm_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         for name in ("stage1_fraction", "retention_init"):
@@ -126,17 +96,7 @@ class DistillConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
         if self.kl_weight == 0 and self.lm_weight == 0:
             raise ValueError("kl_weight and lm_weight are both 0: stage 2 would have no loss")
-        if not (self.adam_beta1 < 1 and self.adam_beta2 < 1):
-            raise ValueError(f"adam_beta1 and adam_beta2 must be < 1, got {self.adam_beta1}, {self.adam_beta2}")
-        if self.num_threads is not None and self.num_threads < 1:
-            raise ValueError(f"num_threads must be >= 1 or None, got {self.num_threads}")
 
-    def identity(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in RUN_ONLY_FIELDS}
-
-
-RUN_ONLY_FIELDS = frozenset({"save_steps", "save_total_limit", "logging_steps", "progress", "num_threads",
-                             "corpus_dir", "valid_blocks"})
 
 #: Settings per model size (``--config``); ``tokens`` and ``teacher`` come from the command line.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -160,7 +120,7 @@ def distill_config(preset: str, teacher: str, tokens: int, baseline: bool = Fals
 
 def stage_steps(config: DistillConfig, world_size: int = 1) -> tuple[int, int, int]:
     """``(tokens_per_step, stage1_steps, stage2_steps)`` of ``config``."""
-    tokens_per_step = config.batch_size * config.seq_len * config.gradient_accumulation_steps * world_size
+    tokens_per_step = config.tokens_per_step(world_size)
     total = max(1, math.ceil(config.tokens / tokens_per_step))
     first = min(total, round(config.stage1_fraction * total))
     return tokens_per_step, first, total - first
@@ -376,14 +336,9 @@ _TRAINER_CLASS = None
 
 def _stage_arguments(config: DistillConfig, out: Path, stage: int, steps: int):
     """The ``TrainingArguments`` of stage ``stage`` (its learning rate; batch order seed ``seed + stage − 1``)."""
-    return training_arguments(
-        out / f"stage{stage}" / "checkpoints", max_steps=steps, batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=config.stage1_learning_rate if stage == 1 else config.learning_rate,
-        weight_decay=config.weight_decay, warmup=config.warmup, adam_beta1=config.adam_beta1,
-        adam_beta2=config.adam_beta2, max_grad_norm=config.max_grad_norm, lr_scheduler=config.lr_scheduler,
-        seed=config.seed + stage - 1, precision=config.precision, save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit, logging_steps=config.logging_steps, progress=config.progress)
+    return config.training_arguments(out / f"stage{stage}" / "checkpoints", max_steps=steps,
+                                     learning_rate=config.stage1_learning_rate if stage == 1 else config.learning_rate,
+                                     seed=config.seed + stage - 1)
 
 
 def distill(config: DistillConfig, out: str | os.PathLike) -> dict[str, Any]:

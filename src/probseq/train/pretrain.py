@@ -23,6 +23,7 @@ gradient_accumulation_steps · world_size))``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -42,25 +43,100 @@ TRAIN_LOG = "train_log.json"
 RUN_CONFIG = "probseq_run_config.json"
 
 
+@dataclass(frozen=True, kw_only=True)
+class LMRunConfig:
+    """What a pretraining and a distillation run share: packed blocks of the corpus, AdamW with a schedule, and run
+    settings. The defaults are distillation's; :class:`PretrainConfig` changes five of them.
+
+    Attributes:
+        seq_len: tokens per training sequence (the training context).
+        batch_size: sequences per device per micro-batch; gradient_accumulation_steps: micro-batches per step.
+        weight_decay, warmup (fraction of the steps when < 1, else steps), adam_beta1, adam_beta2, max_grad_norm,
+            lr_scheduler: AdamW and its schedule (per stage, in distillation).
+        seed: document order and batch order (and the initialisation, in pretraining).
+        precision: ``"bf16"`` / ``"fp16"`` autocast on a GPU, ``"fp32"`` none.
+        corpus_dir: the corpus cache (``""``: ``~/.cache/probseq/corpus`` or ``$PROBSEQ_CORPUS_DIR``).
+        valid_blocks: validation sequences for the logged metrics (at most).
+        save_steps, save_total_limit, logging_steps, progress, num_threads: run settings (not the result).
+    """
+
+    seq_len: int = 512
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    weight_decay: float = 0.0
+    warmup: float = 0.05
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    max_grad_norm: float = 1.0
+    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
+    seed: int = 0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    corpus_dir: str = ""
+    valid_blocks: int = 16
+    save_steps: int = 100
+    save_total_limit: int = 1
+    logging_steps: int = 10
+    progress: bool = True
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        positive(self, "seq_len", "batch_size", "gradient_accumulation_steps", "adam_beta1", "adam_beta2",
+                 "logging_steps", "save_total_limit")
+        for name in ("weight_decay", "warmup", "max_grad_norm", "save_steps", "seed", "valid_blocks"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if not (self.adam_beta1 < 1 and self.adam_beta2 < 1):
+            raise ValueError(f"adam_beta1 and adam_beta2 must be < 1, got {self.adam_beta1}, {self.adam_beta2}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1 or None, got {self.num_threads}")
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that decide the trained model (a resumed run must match them)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in RUN_ONLY_FIELDS}
+
+    def tokens_per_step(self, world_size: int = 1) -> int:
+        """Tokens of one optimizer step over ``world_size`` processes."""
+        return self.batch_size * self.seq_len * self.gradient_accumulation_steps * world_size
+
+    def training_arguments(self, output_dir: Path, *, max_steps: int, learning_rate: float, seed: int):
+        """``TrainingArguments`` for a causal-LM run on packed blocks (CPU, one GPU, or ``torchrun``)."""
+        from transformers import TrainingArguments
+
+        distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        return TrainingArguments(
+            output_dir=str(output_dir), max_steps=max_steps, per_device_train_batch_size=self.batch_size,
+            per_device_eval_batch_size=self.batch_size, gradient_accumulation_steps=self.gradient_accumulation_steps,
+            learning_rate=learning_rate, weight_decay=self.weight_decay, adam_beta1=self.adam_beta1,
+            adam_beta2=self.adam_beta2, max_grad_norm=self.max_grad_norm, optim="adamw_torch",
+            lr_scheduler_type=self.lr_scheduler, warmup_steps=self.warmup, seed=seed, data_seed=seed,
+            bf16=self.precision == "bf16", fp16=self.precision == "fp16",
+            save_strategy="steps" if self.save_steps else "no", save_steps=self.save_steps or 500,
+            save_total_limit=self.save_total_limit, logging_steps=self.logging_steps, eval_strategy="no",
+            report_to="none", disable_tqdm=not self.progress, remove_unused_columns=False, dataloader_drop_last=True,
+            dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
+            ddp_find_unused_parameters=False, use_cpu=not torch.cuda.is_available(),
+            ddp_backend=("nccl" if torch.cuda.is_available() else "gloo") if distributed else None,
+            # the Trainer copies this into model.config.use_cache, which is saved: False would make generate() rerun
+            # the whole sequence for every new token (training forwards never cache anyway)
+            use_cache=True)
+
+
+RUN_ONLY_FIELDS = frozenset({"save_steps", "save_total_limit", "logging_steps", "progress", "num_threads",
+                             "corpus_dir", "valid_blocks"})
+
+
 @dataclass(frozen=True)
-class PretrainConfig:
-    """A pretraining run (presets: :data:`PRESETS`).
+class PretrainConfig(LMRunConfig):
+    """A pretraining run (presets: :data:`PRESETS`); the run fields are :class:`LMRunConfig`'s.
 
     Attributes:
         hidden_size, num_hidden_layers, num_heads, head_dim, expand_v, hidden_ratio, conv_size,
             tie_word_embeddings: the Gated DeltaNet (fla's ``GatedDeltaNetConfig`` fields of the same names).
         vocab_size: entries of the BPE tokenizer trained on the corpus (the model's vocabulary).
-        seq_len: tokens per training sequence (the training context).
         tokens: the token budget (sets the number of optimizer steps).
-        batch_size: sequences per device per micro-batch; gradient_accumulation_steps: micro-batches per step.
-        learning_rate, weight_decay, warmup (fraction of the steps when < 1, else steps), adam_beta1, adam_beta2,
-            max_grad_norm, lr_scheduler: AdamW and its schedule.
-        seed: initialisation, document order and batch order.
-        precision: ``"bf16"`` / ``"fp16"`` autocast on a GPU, ``"fp32"`` none.
-        corpus_dir: the corpus cache (``""``: ``~/.cache/probseq/corpus`` or ``$PROBSEQ_CORPUS_DIR``).
+        learning_rate: AdamW's peak learning rate.
         tokenizer: an existing tokenizer folder to use instead of training one (``""``: train).
-        valid_blocks: validation sequences for the final loss (at most).
-        save_steps, save_total_limit, logging_steps, progress, num_threads: run settings (not the result).
     """
 
     hidden_size: int = 256
@@ -72,50 +148,23 @@ class PretrainConfig:
     conv_size: int = 4
     tie_word_embeddings: bool = True
     vocab_size: int = 8192
-    seq_len: int = 512
     tokens: int = 20_000_000
-    batch_size: int = 8
-    gradient_accumulation_steps: int = 2
     learning_rate: float = 1.5e-3
-    weight_decay: float = 0.1
-    warmup: float = 0.05
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    max_grad_norm: float = 1.0
-    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
-    seed: int = 0
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    corpus_dir: str = ""
     tokenizer: str = ""
+    # distillation's defaults, changed
+    gradient_accumulation_steps: int = 2
+    weight_decay: float = 0.1
     valid_blocks: int = 64
     save_steps: int = 200
     save_total_limit: int = 2
-    logging_steps: int = 10
-    progress: bool = True
-    num_threads: int | None = None
 
     def __post_init__(self) -> None:
-        check_fields(self)
+        super().__post_init__()
         positive(self, "hidden_size", "num_hidden_layers", "num_heads", "head_dim", "expand_v", "hidden_ratio",
-                 "conv_size", "vocab_size", "seq_len", "tokens", "batch_size", "gradient_accumulation_steps",
-                 "learning_rate", "adam_beta1", "adam_beta2", "valid_blocks", "logging_steps", "save_total_limit")
-        for name in ("weight_decay", "warmup", "max_grad_norm", "save_steps", "seed"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if not (self.adam_beta1 < 1 and self.adam_beta2 < 1):
-            raise ValueError(f"adam_beta1 and adam_beta2 must be < 1, got {self.adam_beta1}, {self.adam_beta2}")
+                 "conv_size", "vocab_size", "tokens", "learning_rate")
         if self.vocab_size < 260:
             raise ValueError(f"vocab_size must be >= 260 (256 bytes and the special tokens), got {self.vocab_size}")
-        if self.num_threads is not None and self.num_threads < 1:
-            raise ValueError(f"num_threads must be >= 1 or None, got {self.num_threads}")
 
-    def identity(self) -> dict[str, Any]:
-        """The fields that decide the trained model (a resumed run must match them)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in RUN_ONLY_FIELDS}
-
-
-RUN_ONLY_FIELDS = frozenset({"save_steps", "save_total_limit", "logging_steps", "progress", "num_threads",
-                             "corpus_dir", "valid_blocks"})
 
 #: ``tiny``: a smoke test (seconds); ``small``: the CPU teacher (5.8 M parameters); ``340m``: fla's Gated DeltaNet
 #: 340M layout (flame's ``configs/gated_deltanet_340M.json``: hidden 1024, 21 layers, 6 heads × 256, ``expand_v``
@@ -207,7 +256,7 @@ def corpus_token_arrays(tokenizer, folder: Path, corpus_dir: str, seed: int) -> 
     paths = corpus.prepare_corpus(corpus_dir or None)  # through the module: tests replace it
     key = json.dumps({"tokenizer": tokenizer.backend_tokenizer.to_str() if hasattr(tokenizer, "backend_tokenizer")
                       else repr(tokenizer), "manifest": paths.manifest.read_text(), "seed": seed}, sort_keys=True)
-    digest = __import__("hashlib").sha256(key.encode()).hexdigest()[:16]
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     folder.mkdir(parents=True, exist_ok=True)
     arrays = {}
     for split in ("train", "valid"):
@@ -224,31 +273,6 @@ def corpus_token_arrays(tokenizer, folder: Path, corpus_dir: str, seed: int) -> 
 # ---------------------------------------------------------------------------------------------------------
 # Trainer plumbing (shared with distillation)
 # ---------------------------------------------------------------------------------------------------------
-
-
-def training_arguments(output_dir: Path, *, max_steps: int, batch_size: int, gradient_accumulation_steps: int,
-                       learning_rate: float, weight_decay: float, warmup: float, adam_beta1: float,
-                       adam_beta2: float, max_grad_norm: float, lr_scheduler: str, seed: int, precision: str,
-                       save_steps: int, save_total_limit: int | None, logging_steps: int, progress: bool):
-    """``TrainingArguments`` for a causal-LM run on packed blocks (CPU, one GPU, or ``torchrun``)."""
-    from transformers import TrainingArguments
-
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return TrainingArguments(
-        output_dir=str(output_dir), max_steps=max_steps, per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
-        learning_rate=learning_rate, weight_decay=weight_decay, adam_beta1=adam_beta1, adam_beta2=adam_beta2,
-        max_grad_norm=max_grad_norm, optim="adamw_torch", lr_scheduler_type=lr_scheduler, warmup_steps=warmup,
-        seed=seed, data_seed=seed, bf16=precision == "bf16", fp16=precision == "fp16",
-        save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500, save_total_limit=save_total_limit,
-        logging_steps=logging_steps, eval_strategy="no", report_to="none", disable_tqdm=not progress,
-        remove_unused_columns=False, dataloader_drop_last=True, dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(), ddp_find_unused_parameters=False,
-        use_cpu=not torch.cuda.is_available(),
-        ddp_backend=("nccl" if torch.cuda.is_available() else "gloo") if distributed else None,
-        # the Trainer copies this into model.config.use_cache, which is saved: False would make generate() rerun the
-        # whole sequence for every new token (training forwards never cache anyway)
-        use_cache=True)
 
 
 def check_run_config(folder: Path, identity: dict[str, Any]) -> None:
@@ -298,17 +322,11 @@ def pretrain(config: PretrainConfig, out: str | os.PathLike) -> dict[str, Any]:
     out = Path(out)
     check_run_config(out, config.identity())
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    tokens_per_step = config.batch_size * config.seq_len * config.gradient_accumulation_steps * world_size
+    tokens_per_step = config.tokens_per_step(world_size)
     max_steps = math.ceil(config.tokens / tokens_per_step)
     with run_threads(config.num_threads), progress_bars(config.progress):
-        args = training_arguments(out / "checkpoints", max_steps=max_steps, batch_size=config.batch_size,
-                                   gradient_accumulation_steps=config.gradient_accumulation_steps,
-                                   learning_rate=config.learning_rate, weight_decay=config.weight_decay,
-                                   warmup=config.warmup, adam_beta1=config.adam_beta1, adam_beta2=config.adam_beta2,
-                                   max_grad_norm=config.max_grad_norm, lr_scheduler=config.lr_scheduler,
-                                   seed=config.seed, precision=config.precision, save_steps=config.save_steps,
-                                   save_total_limit=config.save_total_limit, logging_steps=config.logging_steps,
-                                   progress=config.progress)
+        args = config.training_arguments(out / "checkpoints", max_steps=max_steps, learning_rate=config.learning_rate,
+                                         seed=config.seed)
         with args.main_process_first(desc="corpus, tokenizer and token arrays"):
             if config.tokenizer:
                 tokenizer = load_tokenizer(config.tokenizer)
@@ -352,5 +370,5 @@ def pretrain(config: PretrainConfig, out: str | os.PathLike) -> dict[str, Any]:
     return log
 
 
-__all__ = ["PRESETS", "PackedBlocks", "PretrainConfig", "corpus_token_arrays", "model_config", "pretrain",
-           "pretrain_config", "tokenize_documents", "training_arguments"]
+__all__ = ["PRESETS", "LMRunConfig", "PackedBlocks", "PretrainConfig", "corpus_token_arrays", "model_config", "pretrain",
+           "pretrain_config", "tokenize_documents"]
