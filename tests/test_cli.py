@@ -41,7 +41,8 @@ HELP_WITHOUT_TORCH = ("import sys, probseq_cli\n"
 @pytest.mark.parametrize("argv, code, shown", [
     (["--help"], 0, "mqar"), ([], 2, "mqar"), (["no-such-command"], 2, "mqar"),
     (["mqar", "--help"], 0, "--preset"), (["ruler", "--help"], 0, "summary.csv"), (["bench", "-h"], 0, "--mqar"),
-    (["mqar", "--out", "o", "--preset", "huge"], 2, "invalid choice"), (["distill", "--tokens", "5X"], 2, "--tokens"),
+    (["mqar", "--out", "o", "--preset", "huge"], 2, "invalid choice"),
+    (["distill", "--teacher", "t", "--out", "o", "--tokens", "5X"], 2, "must be a number like"),
 ])
 def test_help_and_bad_arguments_answer_without_importing_torch(argv, code, shown):
     result = subprocess.run([sys.executable, "-c", HELP_WITHOUT_TORCH, *argv], capture_output=True, text=True,
@@ -60,11 +61,12 @@ def test_help_shows_the_modules_docstrings(capsys):
 
 def test_choices_mirror_the_modules_constants():
     from probseq import bench
-    from probseq.experiments import collision, mqar, recall, ruler_eval
+    from probseq.experiments import collision, mqar, recall, reproduce, ruler_eval
     from probseq.interop import fla
     from probseq.layers import RETENTIONS
 
     assert parsers.EXPERIMENT_PRESETS == tuple(mqar.PRESETS) == tuple(recall.PRESETS)
+    assert parsers.REPRODUCE_PRESETS == reproduce.PRESETS
     assert parsers.COLLISION_PRESETS == tuple(sorted(collision.PRESETS))
     assert parsers.BENCH_PRESETS == tuple(sorted(bench.PRESETS))
     assert parsers.RETENTIONS == tuple(RETENTIONS)
@@ -92,3 +94,9 @@ def test_every_set_option_accumulates(command):
     args = build_parser().parse_args([command, *REQUIRED[command], "--set", "a=1", "--set", "b=2", "c=3"])
     overrides = getattr(args, "overrides", None) or getattr(args, "set")
     assert overrides == ["a=1", "b=2", "c=3"]
+
+
+def test_a_missing_source_file_gives_an_empty_description(monkeypatch, tmp_path):
+    monkeypatch.setattr(parsers, "PACKAGE", tmp_path)
+    assert parsers.module_doc("experiments.mqar") == ""
+    assert build_parser().parse_args(["mqar", "--out", "o"]).run == "probseq.experiments.mqar:main"

@@ -180,6 +180,15 @@ def test_config_errors_name_the_key():
         pretrain_config("small", ["hidden=3"])
     with pytest.raises(ValueError, match="unknown --config"):
         pretrain_config("huge")
+    # the shared run fields (LMRunConfig) are checked in both configs; the validation blocks only in pretraining
+    for make in (lambda o: pretrain_config("small", o), lambda o: distill_config("small", "teacher", 1000, overrides=o)):
+        with pytest.raises(ValueError, match="adam_beta2 must be < 1"):
+            make(["adam_beta2=1.0"])
+        with pytest.raises(ValueError, match="warmup must be >= 0"):
+            make(["warmup=-1"])
+    with pytest.raises(ValueError, match="valid_blocks must be > 0"):
+        pretrain_config("small", ["valid_blocks=0"])
+    assert distill_config("small", "teacher", 1000, overrides=["valid_blocks=0"]).valid_blocks == 0
 
 
 def test_cli_reports_errors_in_one_line(tmp_path, capsys):

@@ -1,4 +1,5 @@
-"""Atomic writes (probseq.files): a failed write leaves the previous file whole and no temporary behind."""
+"""probseq.files: a failed write leaves the previous file whole and no temporary behind; a bad output path is a
+clear error before any work."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from probseq.files import atomic_write_json, atomic_write_text, save_figure
+from probseq.files import atomic_write_json, atomic_write_text, check_writable, check_writable_file, save_figure
 
 
 @dataclasses.dataclass
@@ -48,3 +49,34 @@ def test_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         atomic_write_text(path, "new\n")
     assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_check_writable_creates_the_folder_and_names_out_when_it_cannot(tmp_path):
+    assert check_writable(tmp_path / "a" / "b") == tmp_path / "a" / "b" and (tmp_path / "a" / "b").is_dir()
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match="--out .* exists and is not a folder"):
+        check_writable(blocker)
+    with pytest.raises(ValueError, match="--out .* is not a writable folder"):
+        check_writable(blocker / "sub")
+    assert check_writable_file(tmp_path / "c" / "r.json") == tmp_path / "c" / "r.json" and (tmp_path / "c").is_dir()
+    with pytest.raises(ValueError, match="is a folder"):
+        check_writable_file(tmp_path / "c")
+    with pytest.raises(ValueError, match="not a writable folder"):
+        check_writable_file(blocker / "sub" / "r.json")
+
+
+@pytest.mark.parametrize("command", [["bench", "--out"], ["collision", "--out"]])
+def test_commands_check_out_before_any_work(tmp_path, monkeypatch, capsys, command):
+    from probseq import bench, cli
+    from probseq.experiments import collision
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the run started before --out was checked")
+
+    monkeypatch.setattr(bench, "run_bench", no_work)
+    monkeypatch.setattr(collision, "ResultCache", no_work)
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    assert cli.main([*command, str(blocker / "sub" / "out")]) == 2
+    assert "not a writable folder" in capsys.readouterr().err

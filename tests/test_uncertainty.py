@@ -111,7 +111,7 @@ def test_unwritable_out_fails_before_the_run(tmp_path, monkeypatch, capsys):
     blocker = tmp_path / "file.txt"
     blocker.write_text("not a folder")
     assert main(["uncertainty", "--text", TEXT, "--out", str(blocker / "sub")]) == 2
-    assert "not writable" in capsys.readouterr().err
+    assert "not a writable folder" in capsys.readouterr().err
     assert main(["uncertainty", "--text", TEXT, "--out", str(blocker)]) == 2
     assert "not a folder" in capsys.readouterr().err
 

@@ -55,7 +55,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from probseq.experiments.common import apply_overrides, environment
-from probseq.files import atomic_write_json
+from probseq.files import atomic_write_json, check_writable_file
 from probseq.ops import bayes_filter, bayes_step, superposition_filter
 from probseq.train.config import MIXER_NAMES
 
@@ -536,6 +536,8 @@ def main(args) -> int:
         config = dataclasses.replace(config, cases="layer")
     if args.mqar:
         config = dataclasses.replace(config, cases="mqar")
+    if args.out:
+        check_writable_file(args.out)  # before the run, not after it
     results = run_bench(config)
     print(format_tables(results))
     if args.out:

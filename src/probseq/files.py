@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader, a second writer or an interruption never leaves half a file.
+"""Atomic file writes (a reader, a second writer or an interruption never leaves half a file), and the check
+that an output folder is writable before any work.
 
 Each writer goes to a temporary file in the target's folder, fsyncs it and renames it over the target
 (``os.replace`` is atomic on one filesystem). Used for every result, metric, log and figure that a resumed
@@ -49,6 +50,30 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def check_writable(out: str | os.PathLike) -> Path:
+    """Create the folder ``out`` and write a probe file in it: a ``ValueError`` naming ``--out`` if either fails.
+    Called before any work, so that a bad ``--out`` costs seconds, not a finished run."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise ValueError(f"--out {out} is not a writable folder: {error.strerror or error}") from None
+    return out
+
+
+def check_writable_file(path: str | os.PathLike) -> Path:
+    """The file ``path`` can be written (its folder is created): a ``ValueError`` naming ``--out`` otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"--out {path} is a folder; name the file to write")
+    check_writable(path.parent if str(path.parent) else Path("."))
+    return path
+
+
 def json_default(obj: Any) -> Any:
     """``json.dumps(default=…)``: dataclasses as dicts, paths as strings, tensors and arrays as lists."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
@@ -60,4 +85,5 @@ def json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "json_default", "save_figure"]
+__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "check_writable", "check_writable_file",
+           "json_default", "save_figure"]

@@ -16,6 +16,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "probseq"  # installed or editable, the two are siblings
 
 EXPERIMENT_PRESETS = ("quick", "cpu", "paper")  # probseq.experiments.{mqar,recall}.PRESETS
+REPRODUCE_PRESETS = ("quick", "cpu")  # probseq.experiments.reproduce.PRESETS
 COLLISION_PRESETS = ("full", "quick")  # probseq.experiments.collision.PRESETS
 BENCH_PRESETS = ("full", "quick")  # probseq.bench.PRESETS
 RETENTIONS = ("reset", "stationary", "learned")  # probseq.layers.RETENTIONS
@@ -25,8 +26,13 @@ RULER_TASKS = ("niah_single_1", "niah_multikey_2", "niah_multikey_3", "vt", "cwe
 
 
 def module_doc(module: str, first_paragraph: bool = False) -> str:
-    """The docstring of ``probseq.<module>`` (e.g. ``"experiments.mqar"``), read from its source, not imported."""
-    doc = ast.get_docstring(ast.parse((PACKAGE / (module.replace(".", "/") + ".py")).read_text("utf-8"))) or ""
+    """The docstring of ``probseq.<module>`` (e.g. ``"experiments.mqar"``), read from its source, not imported
+    (``""`` where the installation has no source files)."""
+    try:
+        source = (PACKAGE / (module.replace(".", "/") + ".py")).read_text("utf-8")
+    except OSError:
+        return ""
+    doc = ast.get_docstring(ast.parse(source)) or ""
     return doc.split("\n\n")[0] if first_paragraph else doc
 
 
@@ -114,7 +120,7 @@ def add_reproduce(commands, name: str = "reproduce",
     parser = commands.add_parser(name, help=help, description=module_doc("experiments.reproduce"),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="reports/demo", help="output folder (resumes if it has a cache)")
-    parser.add_argument("--preset", choices=("quick", "cpu"), default="quick",
+    parser.add_argument("--preset", choices=REPRODUCE_PRESETS, default="quick",
                         help="quick: minutes on CPU (make demo); cpu: reads the background cpu runs")
     parser.add_argument("--seed", type=int, default=0)
     add_overrides(parser, "override a study's config (collision, recall, mqar), e.g. --set recall.max_steps=50",

@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from probseq import presets, theory
 from probseq.experiments.common import ResultCache, apply_overrides, environment, write_csv
-from probseq.files import atomic_write_json, save_figure
+from probseq.files import atomic_write_json, check_writable, save_figure
 from probseq.ops import R_MIN, bayes_filter
 from probseq.types import BayesState, FilterOutput
 
@@ -475,8 +475,7 @@ def format_table(results: dict[str, Any]) -> str:
 def run_collision(config: CollisionConfig, out: str | Path) -> dict[str, Any]:
     """Run (or resume) the study into ``out``; write ``results.json``, ``collision.csv`` and one PNG per
     scenario; return the results dict (JSON-serialisable)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_writable(out)
     cache = ResultCache(out, config)
     started = time.perf_counter()
     compared = models(config)

@@ -46,10 +46,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from probseq.experiments.common import apply_overrides, environment, write_csv
-from probseq.files import atomic_write_json, save_figure
+from probseq.files import atomic_write_json, check_writable, save_figure
 from probseq.train.config import MIXER_NAMES, ModelSpec, TrainConfig
 from probseq.train.data import MQARData, MQARSplit
-from probseq.train.sweep import Unit, best_by_validation, check_writable, run_columns, run_units, train_seconds
+from probseq.train.sweep import Unit, best_by_validation, run_columns, run_units, train_seconds
 
 ZOOLOGY_TRAIN = ((64, 4), (128, 8), (256, 16), (256, 32), (256, 64))
 ZOOLOGY_TEST = ((64, 4), (64, 8), (64, 16), (128, 32), (256, 64), (512, 128), (1024, 256))

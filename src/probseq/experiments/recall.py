@@ -41,11 +41,11 @@ from typing import Any, Literal
 
 from probseq.experiments.common import apply_overrides, environment, write_csv
 from probseq.experiments.mqar import accuracy_cell, over_seeds
-from probseq.files import atomic_write_json, save_figure
+from probseq.files import atomic_write_json, check_writable, save_figure
 from probseq.tasks import RecallConfig
 from probseq.train.config import MIXER_NAMES, ModelSpec, TrainConfig
 from probseq.train.data import RecallData, RecallSplit
-from probseq.train.sweep import Unit, best_by_validation, check_writable, run_columns, run_units, train_seconds
+from probseq.train.sweep import Unit, best_by_validation, run_columns, run_units, train_seconds
 
 # The knobs moved beyond training, in plotting order: (config field of RecallExperiment, RecallConfig field).
 KNOBS = (("eval_pairs", "num_pairs"), ("eval_gaps", "gap"), ("eval_collisions", "collisions"),

@@ -30,12 +30,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from probseq.experiments.common import ResultCache, apply_overrides, environment
-from probseq.files import atomic_write_json, atomic_write_text
+from probseq.files import atomic_write_json, atomic_write_text, check_writable
 
 STUDIES = ("collision", "recall", "mqar")
 DEMO_TEXT = ("The key to the blue box is 4. The key to the red box is 7. The key to the blue box is 9. "
              "Which key opens the blue box?")
 AGREE_CI = 3.0  # a theory curve agrees when its largest gap to simulation is within this many CI half-widths
+
+
+PRESETS = ("quick", "cpu")  # quick: computed here (make demo); cpu: read from the background runs
 
 
 @dataclass(frozen=True)
@@ -48,8 +51,8 @@ class ReproduceConfig:
     overrides: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.preset not in ("quick", "cpu"):
-            raise ValueError(f"preset must be quick or cpu, got {self.preset!r}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {PRESETS}, got {self.preset!r}")
         for item in self.overrides:
             study = item.split(".", 1)[0]
             if "." not in item or study not in STUDIES:
@@ -116,12 +119,6 @@ def sections(config: ReproduceConfig, out: Path) -> list[tuple[str, Callable[[],
         ("recall", lambda: _learned("recall", config, out)),
         ("mqar", lambda: _learned("mqar", config, out)),
     ]
-
-
-def check_writable(out: str | os.PathLike) -> Path:
-    from probseq.experiments.uncertainty import check_writable as check
-
-    return check(out)
 
 
 def run_reproduce(config: ReproduceConfig, out: str | os.PathLike, *, log=None) -> dict[str, Any]:

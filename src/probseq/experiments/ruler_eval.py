@@ -39,7 +39,7 @@ from typing import Literal
 import torch
 
 from probseq.experiments.common import ResultCache, environment, write_csv
-from probseq.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from probseq.files import atomic_write_bytes, atomic_write_json, atomic_write_text, check_writable
 
 DEFAULT_TASKS = ("niah_single_1", "niah_multikey_2", "niah_multikey_3", "vt", "cwe", "fwe")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -237,8 +237,6 @@ def plot(units: list[dict], title: str) -> bytes:
 def run_ruler(config: RulerConfig, out: str | os.PathLike) -> dict:
     """Evaluate ``config`` into ``out`` (resuming finished units); returns ``results.json``'s content."""
     from tqdm.auto import tqdm
-
-    from probseq.experiments.uncertainty import check_writable
 
     out = check_writable(out)
     folder = Path(config.model)

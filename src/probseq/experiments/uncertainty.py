@@ -23,14 +23,13 @@ import dataclasses
 import io
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from probseq.experiments.common import environment, write_csv
-from probseq.files import atomic_write_bytes, atomic_write_json
+from probseq.files import atomic_write_bytes, atomic_write_json, check_writable
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -71,20 +70,6 @@ class Tokens:
     labels: list[str]
     source: str  # "bytes" or the tokenizer folder
     vocab_size: int  # ids are below this
-
-
-def check_writable(out: str | os.PathLike) -> Path:
-    """Create ``out`` and check that a file can be written in it (before any work is done)."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as error:
-        raise ValueError(f"--out {out} is not writable: {error.strerror or error}") from error
-    return out
 
 
 def _has_checkpoint(folder: Path) -> bool:

@@ -58,7 +58,7 @@ from probseq.train.schema import from_dict, positive, with_overrides
 Objective = Literal["mse", "kl_lm"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DistillConfig(LMRunConfig):
     """A distillation run (either arm); the data, optimiser and run fields are :class:`LMRunConfig`'s.
 

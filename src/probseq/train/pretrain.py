@@ -126,7 +126,7 @@ RUN_ONLY_FIELDS = frozenset({"save_steps", "save_total_limit", "logging_steps", 
                              "corpus_dir", "valid_blocks"})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PretrainConfig(LMRunConfig):
     """A pretraining run (presets: :data:`PRESETS`); the run fields are :class:`LMRunConfig`'s.
 
@@ -161,7 +161,7 @@ class PretrainConfig(LMRunConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         positive(self, "hidden_size", "num_hidden_layers", "num_heads", "head_dim", "expand_v", "hidden_ratio",
-                 "conv_size", "vocab_size", "tokens", "learning_rate")
+                 "conv_size", "vocab_size", "tokens", "learning_rate", "valid_blocks")
         if self.vocab_size < 260:
             raise ValueError(f"vocab_size must be >= 260 (256 bytes and the special tokens), got {self.vocab_size}")
 

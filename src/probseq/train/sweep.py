@@ -29,7 +29,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
@@ -60,18 +59,6 @@ class SweepResult(NamedTuple):
 def runs_root() -> Path:
     """Where unfinished runs keep their checkpoints: ``$XDG_CACHE_HOME/probseq/runs`` (``~/.cache``)."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "probseq" / "runs"
-
-
-def check_writable(out: str | os.PathLike) -> Path:
-    """Create ``out`` and write a probe file into it; a ``ValueError`` if that fails (before any work)."""
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".probe-"):
-            pass
-    except OSError as error:
-        raise ValueError(f"--out {out} is not a writable folder: {error.strerror or error}") from None
-    return out
 
 
 def run_units(units: list[Unit], experiment: str, out: str | os.PathLike, *, log=None) -> SweepResult:
@@ -225,4 +212,4 @@ def best_by_validation(runs: list[dict[str, Any]], point: str) -> dict[str, Any]
             "valid_by_lr": {str(lr): v for lr, v in sorted(valid.items())}}
 
 
-__all__ = ["SweepResult", "Unit", "best_by_validation", "check_writable", "mean_ci95", "run_units", "runs_root"]
+__all__ = ["SweepResult", "Unit", "best_by_validation", "mean_ci95", "run_units", "runs_root"]
