@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import probseq_cli
-from probseq.cli import build_parser, command_function
+from probseq.cli import RESUMABLE, build_parser, command_function
 from probseq_cli import parsers
 
 COMMANDS = build_parser()._subparsers._group_actions[0].choices  # name → its ArgumentParser
@@ -100,3 +100,20 @@ def test_a_missing_source_file_gives_an_empty_description(monkeypatch, tmp_path)
     monkeypatch.setattr(parsers, "PACKAGE", tmp_path)
     assert parsers.module_doc("experiments.mqar") == ""
     assert build_parser().parse_args(["mqar", "--out", "o"]).run == "probseq.experiments.mqar:main"
+
+
+@pytest.mark.parametrize("command, resumable", [("mqar", True), ("bench", False)])
+def test_ctrl_c_is_one_line_that_says_whether_to_rerun(monkeypatch, capsys, command, resumable):
+    import probseq.cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(probseq.cli, "command_function", lambda target: interrupted)
+    assert probseq.cli.main([command, *REQUIRED[command]]) == 130
+    err = capsys.readouterr().err
+    assert f"probseq {command}: interrupted" in err and ("rerun the same command" in err) == resumable
+
+
+def test_resumable_commands_exist():
+    assert RESUMABLE <= set(COMMANDS)

@@ -104,7 +104,7 @@ def test_ctrl_c_says_rerun_to_resume_and_the_rerun_resumes(tmp_path, capsys, mon
     monkeypatch.setattr(reproduce, "sections", interrupted)
     assert cli.main(["reproduce", "--out", str(out)]) == 130
     err = capsys.readouterr().err
-    assert "interrupted — rerun the same command to resume" in err and "Traceback" not in err
+    assert "interrupted: rerun the same command to resume" in err and "Traceback" not in err
     cache = reproduce.ResultCache(out, reproduce.ReproduceConfig())  # the finished section is kept for the rerun
     assert cache.get("unification") is not None and cache.get("exactness") is None
 

@@ -12,7 +12,10 @@ import sys
 
 from probseq_cli.parsers import build_parser
 
-__all__ = ["build_parser", "command_function", "main", "run"]
+__all__ = ["RESUMABLE", "build_parser", "command_function", "main", "run"]
+
+#: Commands that keep their finished work (caches, checkpoints) and continue it when rerun.
+RESUMABLE = frozenset({"collision", "mqar", "recall", "reproduce", "demo", "pretrain", "distill", "ruler"})
 
 
 def command_function(target: str):
@@ -22,12 +25,17 @@ def command_function(target: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run a parsed command; a ``ValueError`` (bad input) becomes a one-line error and exit code 2."""
+    """Run a parsed command; a ``ValueError`` (bad input) becomes a one-line error and exit code 2, Ctrl-C a line
+    that says how to resume (exit code 130), neither a traceback."""
     try:
         return command_function(args.run)(args) or 0
     except ValueError as error:
         print(f"probseq {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        resume = ": rerun the same command to resume" if args.command in RESUMABLE else ""
+        print(f"\nprobseq {args.command}: interrupted{resume}", file=sys.stderr)
+        return 130
 
 
 def main(argv: list[str] | None = None) -> int:

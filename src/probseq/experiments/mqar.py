@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -315,11 +314,7 @@ def run_mqar(config: MQARConfig, out: str | Path, *, log=None) -> dict[str, Any]
 
 def main(args: argparse.Namespace) -> int:
     config = apply_overrides(PRESETS[args.preset], args.overrides)
-    try:
-        results = run_mqar(config, args.out)
-    except KeyboardInterrupt:
-        print("\ninterrupted: rerun the same command to resume", file=sys.stderr)
-        return 130
+    results = run_mqar(config, args.out)
     print(format_table(results))
     print(f"wrote {args.out}/results.json, mqar.csv, mqar_runs.csv and 2 plots in {results['runtime_s']:.0f} s; "
           f"{results['from_cache']} of {results['num_units']} units from the cache;\n"

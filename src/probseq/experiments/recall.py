@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -288,11 +287,7 @@ def run_recall(config: RecallExperiment, out: str | Path, *, log=None) -> dict[s
 
 def main(args: argparse.Namespace) -> int:
     config = apply_overrides(PRESETS[args.preset], args.overrides)
-    try:
-        results = run_recall(config, args.out)
-    except KeyboardInterrupt:
-        print("\ninterrupted: rerun the same command to resume", file=sys.stderr)
-        return 130
+    results = run_recall(config, args.out)
     print(format_table(results))
     print(f"wrote {args.out}/results.json, recall.csv, recall_runs.csv and 1 plot in {results['runtime_s']:.0f} s; "
           f"{results['from_cache']} of {results['num_units']} units from the cache;\n"

@@ -384,11 +384,7 @@ def report(summary: dict[str, Any]) -> str:
 def main(args: argparse.Namespace) -> int:
     config = ReproduceConfig(preset=args.preset, seed=args.seed, overrides=tuple(args.overrides))
     check_writable(args.out)  # before any work
-    try:
-        summary = run_reproduce(config, args.out)
-    except KeyboardInterrupt:
-        print("\ninterrupted — rerun the same command to resume", file=sys.stderr)
-        return 130
+    summary = run_reproduce(config, args.out)
     cached = sum(t["seconds"] for t in summary["timing"].values() if t["cached"])
     print(f"wrote {Path(args.out) / 'REPORT.md'} and results.json; this run {summary['this_run_s']:.0f} s, "
           f"{summary['sections_from_cache']} of {summary['num_sections']} sections from the cache "
