@@ -111,6 +111,33 @@ def test_retention_init_reaches_the_bayesian_layers():
         assert len(scales) == 2 and all(torch.all(scale == rho) for scale in scales)
 
 
+def test_init_is_fla_by_default_and_zoology_on_request():
+    """``model.init`` enters the fingerprint only as ``"zoology"`` (the cached runs are fla's); Zoology's
+    initialisation leaves the short convolutions at PyTorch's default (uniform ±1/√kernel, depthwise), keeps
+    normal(0.02) linear weights — PyTorch's Kaiming default for Mamba-2 — and scales attention's output
+    projection by 1/√(2 n_layers)."""
+    assert "init" not in tiny_config().identity()["model"]
+    zoology = with_overrides(tiny_config(), ["model.init=zoology"])
+    assert zoology.identity()["model"]["init"] == "zoology" and zoology.fingerprint() != tiny_config().fingerprint()
+    with pytest.raises(ValueError, match="init must be one of"):
+        with_overrides(tiny_config(), ["model.init=xavier"])
+
+    def weights(config, mixer):
+        model = build_model(with_overrides(config, [f"model.mixer={mixer}", "model.d_model=64"]))
+        return {name: p for name, p in model.named_parameters() if p.dim() > 1}
+
+    fla, zoo = weights(tiny_config(), "gated_deltanet"), weights(zoology, "gated_deltanet")
+    for name in ("layers.1.k_conv1d.weight", "layers.0.conv.weight"):  # fan-in = kernel (depthwise)
+        bound = 1 / fla[name].shape[-1] ** 0.5
+        assert fla[name].std() < 0.03 and 0.5 * bound < zoo[name].abs().max() <= bound
+    assert abs(float(zoo["layers.1.q_proj.weight"].std()) - 0.02) < 0.003
+    mamba = weights(zoology, "mamba2")
+    fan_in = mamba["layers.1.in_proj.weight"].shape[1]
+    assert abs(float(mamba["layers.1.in_proj.weight"].std()) - (3 * fan_in) ** -0.5) < 0.01
+    attention = weights(zoology, "attention")
+    assert abs(float(attention["layers.1.o_proj.weight"].std()) - 0.02 / (2 * 4) ** 0.5) < 0.002
+
+
 def test_data_is_generated_from_seeds_with_disjoint_splits():
     data = tiny_config().data
     first, again, other = generate(data, 1), generate(data, 1), generate(data, 2)

@@ -73,6 +73,8 @@ class MQARConfig:
         n_layers: blocks of the model (4 = ``[conv, mixer] × 2``).
         retention, retention_init: the Bayesian Layer's certainty retention and, for ``learned``, its starting
             scale ``ρ`` (only the ``bayesian`` runs).
+        init: weight initialisation of every run, ``"fla"`` or Zoology's ``"zoology"``
+            (:class:`probseq.models.zoology.ZoologyModel`).
         precision: ``fp32`` on CPU, ``bf16`` on a GPU.
         save_steps: checkpoint interval of a run (resume granularity).
         num_threads: torch threads per run (``None``: torch's default).
@@ -96,6 +98,7 @@ class MQARConfig:
     n_layers: int = 4
     retention: Literal["reset", "stationary", "learned"] = "learned"
     retention_init: float = 0.0
+    init: Literal["fla", "zoology"] = "fla"
     precision: str = "fp32"
     save_steps: int = 100
     num_threads: int | None = None
@@ -133,7 +136,7 @@ class MQARConfig:
 
     def train_config(self, mixer: str, d_model: int, lr: float, seed: int) -> TrainConfig:
         # retention reaches the bayesian runs only, so changing it leaves the other runs' cache keys alone
-        model = ModelSpec(mixer=mixer, d_model=d_model, n_layers=self.n_layers,
+        model = ModelSpec(mixer=mixer, d_model=d_model, n_layers=self.n_layers, init=self.init,
                           **({"retention": self.retention, "retention_init": self.retention_init}
                              if mixer == "bayesian" else {}))
         return TrainConfig(model=model, data=self.data(),

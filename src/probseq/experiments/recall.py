@@ -69,7 +69,7 @@ class RecallExperiment:
             knob away from the inside point.
         test_examples, valid_examples: examples per test / validation point.
         max_steps, batch_size, warmup, weight_decay, eval_batch_size, n_layers, retention, retention_init,
-            precision, save_steps, num_threads: as in :class:`probseq.experiments.mqar.MQARConfig`.
+            init, precision, save_steps, num_threads: as in :class:`probseq.experiments.mqar.MQARConfig`.
     """
 
     mixers: tuple[str, ...] = MIXER_NAMES
@@ -98,6 +98,7 @@ class RecallExperiment:
     n_layers: int = 4
     retention: Literal["reset", "stationary", "learned"] = "learned"
     retention_init: float = 0.0
+    init: Literal["fla", "zoology"] = "fla"
     precision: str = "fp32"
     save_steps: int = 100
     num_threads: int | None = None
@@ -148,7 +149,7 @@ class RecallExperiment:
                           test=tuple(RecallSplit(n, t, self.test_examples) for n, t in points.items()))
 
     def train_config(self, mixer: str, lr: float, seed: int) -> TrainConfig:
-        model = ModelSpec(mixer=mixer, d_model=self.d_model, n_layers=self.n_layers,
+        model = ModelSpec(mixer=mixer, d_model=self.d_model, n_layers=self.n_layers, init=self.init,
                           **({"retention": self.retention, "retention_init": self.retention_init}
                              if mixer == "bayesian" else {}))
         return TrainConfig(model=model, data=self.data(), learning_rate=lr, weight_decay=self.weight_decay, warmup=self.warmup,

@@ -44,7 +44,12 @@ class ProbSeqPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             init.normal_(module.weight, mean=0.0, std=std)
-        elif isinstance(module, (RMSNorm, GatedRMSNorm)) and module.weight is not None:
+        self._init_mixer_parameters(module)
+
+    def _init_mixer_parameters(self, module: nn.Module) -> None:
+        """Norm weights and the mixers' own parameters (decay rates, step sizes, retention)."""
+        std = self.config.initializer_range
+        if isinstance(module, (RMSNorm, GatedRMSNorm)) and module.weight is not None:
             init.ones_(module.weight)
         if isinstance(module, BayesianLayer):
             init.copy_(module.A_log, log_uniform_decay_rate(module.num_v_heads, 0.0, 16.0))

@@ -15,7 +15,9 @@ every mixer the same ``d_model``. This is the same architecture written with pro
 
 Differences from Zoology's code, on purpose: RMSNorm instead of LayerNorm, and a plain pre-norm residual
 (Zoology's ``TransformerBlock`` with an identity state mixer adds ``LayerNorm(residual)`` back into the
-residual and ``BaseConv`` adds its own skip; neither changes what the task asks of the mixer).
+residual and ``BaseConv`` adds its own skip; neither changes what the task asks of the mixer), and fla's
+weight initialisation by default (``init="fla"``; Zoology's is ``init="zoology"``, which learned MQAR in fewer
+quick runs: results/mqar_quick_init/README.md).
 
 The mixer is any name of :data:`probseq.layers.MIXERS`, built by :func:`probseq.models.blocks.build_mixer`
 from a :class:`~probseq.models.ProbSeqConfig` with Zoology's head settings for MQAR
@@ -32,18 +34,23 @@ and :mod:`probseq.train` owns the loss.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig
+from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from probseq.layers import MIXERS, RETENTIONS, RMSNorm, ShortConvolution
+from probseq.layers import MIXERS, RETENTIONS, Attention, Mamba2, RMSNorm, ShortConvolution
 from probseq.models.blocks import build_mixer
 from probseq.models.cache import ProbSeqCache
 from probseq.models.configuration import ProbSeqConfig
 from probseq.models.modeling import ProbSeqPreTrainedModel
+
+
+INITS = ("fla", "zoology")
 
 
 class ZoologyConfig(PretrainedConfig):
@@ -62,6 +69,7 @@ class ZoologyConfig(PretrainedConfig):
         retention, retention_init: the Bayesian Layer's certainty retention.
         feature_map: linear attention's feature map.
         norm_eps, initializer_range, tie_word_embeddings: the usual.
+        init: weight initialisation, ``"fla"`` (the default) or ``"zoology"`` (Zoology's; :class:`ZoologyModel`).
     """
 
     model_type = "probseq_zoology"
@@ -70,7 +78,7 @@ class ZoologyConfig(PretrainedConfig):
                  conv_kernel: int = 3, num_heads: int | None = None, expand_v: float = 1.0, state_size: int = 16,
                  use_gate: bool = False, retention: str = "learned", retention_init: float = 0.0,
                  feature_map: str = "elu", norm_eps: float = 1e-5, initializer_range: float = 0.02,
-                 tie_word_embeddings: bool = True, **kwargs):
+                 tie_word_embeddings: bool = True, init: str = "fla", **kwargs):
         self.vocab_size, self.d_model, self.n_layers, self.mixer = vocab_size, d_model, n_layers, mixer
         self.conv_kernel, self.num_heads, self.expand_v, self.state_size = conv_kernel, num_heads, expand_v, state_size
         self.use_gate, self.retention, self.retention_init = use_gate, retention, retention_init
@@ -83,6 +91,9 @@ class ZoologyConfig(PretrainedConfig):
             raise ValueError(f"n_layers must be >= 2 (a conv block and a mixer), got {n_layers}")
         if mixer not in MIXERS:
             raise ValueError(f"unknown mixer {mixer!r}; choose one of {tuple(MIXERS)}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        self.init = init
         if retention not in RETENTIONS:
             raise ValueError(f"retention must be one of {RETENTIONS}, got {retention!r}")
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
@@ -129,8 +140,15 @@ class ZoologyOutput(ModelOutput):
 class ZoologyModel(ProbSeqPreTrainedModel):
     """Embeddings → ``n_layers`` pre-norm residual blocks (conv, mixer, conv, mixer, …) → RMSNorm → tied head.
 
-    Weight initialisation is :class:`~probseq.models.ProbSeqPreTrainedModel`'s (fla's normal(0.02), the
-    Mamba-2/GDN gate initialisation, the Bayesian retention start).
+    Weight initialisation (``config.init``): ``"fla"`` (the default, and every committed run's) is
+    :class:`~probseq.models.ProbSeqPreTrainedModel`'s: fla's normal(0.02) for every linear and convolution
+    weight. ``"zoology"`` is Zoology's ``_init_weights``
+    (``zoology/model.py``): embeddings and linear weights normal(0.02) — for Mamba-2 the linear weights keep
+    PyTorch's default (Kaiming uniform) — biases zero, convolutions left at PyTorch's default (uniform
+    ±1/√kernel for the depthwise short convolutions), and the output projections Zoology's mixers call
+    ``out_proj`` (attention; Mamba-2) rescaled: normal(0.02 / √(2 n_layers)), for Mamba-2 Kaiming uniform
+    / √n_layers. Both keep the mixers' own parameters (Mamba-2/GDN decay rates and step
+    sizes, the Bayesian retention start). docs/training.md, "Initialisation", compares the two on MQAR.
     """
 
     config_class = ZoologyConfig
@@ -148,6 +166,34 @@ class ZoologyModel(ProbSeqPreTrainedModel):
         self.norm = RMSNorm(config.d_model, eps=config.norm_eps)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.post_init()
+        if config.init == "zoology":
+            self._rescale_output_projections()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        if self.config.init == "fla":
+            return super()._init_weights(module)
+        std, mamba = self.config.initializer_range, self.config.mixer == "mamba2"
+        if isinstance(module, nn.Linear):
+            if not mamba:
+                init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        self._init_mixer_parameters(module)
+
+    @torch.no_grad()
+    def _rescale_output_projections(self) -> None:
+        """Zoology's GPT-2-style 1/√depth scaling of the output projections it names ``out_proj``; after
+        ``post_init`` (which may visit a layer before its linear children)."""
+        n, std = self.config.n_layers, self.config.initializer_range
+        for layer in self.layers:
+            if isinstance(layer, Mamba2):
+                init.kaiming_uniform_(layer.out_proj.weight, a=math.sqrt(5))
+                layer.out_proj.weight.div_(math.sqrt(n))
+            elif isinstance(layer, Attention):
+                init.normal_(layer.o_proj.weight, mean=0.0, std=std / math.sqrt(2 * n))
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embeddings

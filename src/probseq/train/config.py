@@ -42,6 +42,8 @@ class ModelSpec:
         retention: the Bayesian Layer's certainty retention.
         retention_init: the starting scale ``ρ`` of the ``learned`` retention (0: Gated DeltaNet's reset,
             1: up to the stationary retention; docs/layers.md).
+        init: weight initialisation (:class:`probseq.models.zoology.ZoologyModel`): ``"zoology"`` (Zoology's)
+            or ``"fla"``. The default stays ``"fla"``, what every run cached before this field had.
     """
 
     mixer: MixerName = "bayesian"
@@ -54,6 +56,7 @@ class ModelSpec:
     use_gate: bool = False
     retention: Literal["reset", "stationary", "learned"] = "learned"
     retention_init: float = 0.0
+    init: Literal["fla", "zoology"] = "fla"
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -163,7 +166,7 @@ class TrainConfig:
 
 
 # Fields added after runs were cached, with the default that reproduces those runs: (section, field) → default.
-ADDED_FIELDS = {("model", "retention_init"): 0.0}
+ADDED_FIELDS = {("model", "retention_init"): 0.0, ("model", "init"): "fla"}
 
 # Settings that change neither the trained parameters nor the metrics.
 RUN_ONLY_FIELDS = frozenset({"output_dir", "save_steps", "save_total_limit", "resume", "logging_steps", "progress",

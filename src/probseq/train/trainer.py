@@ -144,7 +144,8 @@ def build_model(config: TrainConfig) -> ZoologyModel:
     return ZoologyModel(ZoologyConfig(vocab_size=config.data.vocab, d_model=spec.d_model, n_layers=spec.n_layers,
                                       mixer=spec.mixer, conv_kernel=spec.conv_kernel, num_heads=spec.num_heads,
                                       expand_v=spec.expand_v, state_size=spec.state_size, use_gate=spec.use_gate,
-                                      retention=spec.retention, retention_init=spec.retention_init))
+                                      retention=spec.retention, retention_init=spec.retention_init,
+                                      init=spec.init))
 
 
 def training_arguments(config: TrainConfig, output_dir: str | os.PathLike) -> TrainingArguments:
