@@ -4,9 +4,10 @@ Protocol (Arora, Eyuboglu et al., "Zoology", 2023; ``zoology/experiments/paper_c
 Zoology's MQAR data (:func:`probseq.tasks.multiquery_ar`: keys from the lower half of the vocabulary,
 values from the upper half, power-law query placement ``a = 0.01``, labels −100 except at the queries),
 train segments ``(T, k)`` = (64, 4), (128, 8), (256, 16), (256, 32), (256, 64) mixed in one training set,
-test segments (64, 4) … (256, 64) and beyond them (512, 128), (1024, 256). The model is Zoology's
-``[short-conv block, mixer] × 2`` without MLP (:class:`probseq.models.zoology.ZoologyModel`), one
-``d_model`` for every mixer. Each ``(mixer, d_model, lr, seed)`` is one training run (a *unit*, cached on
+test segments (64, 4) … (256, 64) and beyond them (512, 128), (1024, 256). The model is Zoology's: short-conv
+blocks alternating with the mixer, no MLP (:class:`probseq.models.zoology.ZoologyModel`), one ``d_model`` for
+every mixer. Zoology's configs use ``n_layers = 2`` (one conv block, then the mixer; the ``paper`` preset);
+the ``quick`` and ``cpu`` presets use ``n_layers = 4`` (``[conv, mixer] × 2``: two mixer layers). Each ``(mixer, d_model, lr, seed)`` is one training run (a *unit*, cached on
 completion and resumable from checkpoints, :mod:`probseq.train.sweep`). Per ``(mixer, d_model)`` and test
 point, the learning rate is picked by accuracy on a *validation* segment of the same shape (train-range
 seeds, never the test data), and the test accuracy at that rate is reported as mean ± 95% CI over seeds.
@@ -28,7 +29,8 @@ Presets (times measured on this project's shared 2-core machine; one training st
   gated_deltanet 0.63, deltanet 0.57, linear_attention 0.31, attention 0.31; on 2 threads ≈ 0.6×), plus
   ≈ 1 min of evaluation per run. Run it in the background; each finished run is kept.
 - ``paper`` — Zoology's grid for a GPU (not run here): d_model {64, 128, 256}, lrs logspace(−3, −1.5, 4),
-  100k + 4 × 20k train examples, batch 256 for ≈ 32 epochs (22.5k steps), 3 seeds, bf16: 216 runs.
+  100k + 4 × 20k train examples, batch 256 for ≈ 32 epochs (22.5k steps), 3 seeds, bf16, Zoology's 2-layer
+  model: 216 runs.
 
 Set ``retention=stationary`` (or ``reset``) to run the Bayesian Layer with another certainty retention, and
 ``retention_init=1`` to start the learned one at the stationary end instead of Gated DeltaNet's reset.
@@ -158,10 +160,11 @@ PRESETS: dict[str, MQARConfig] = {
                         eval_batch_size=128, save_steps=50, num_threads=1),
     # CPU, hours in the background: Zoology's segments and test points at d_model 64, fewer examples and steps.
     "cpu": MQARConfig(),
-    # Zoology's grid for a GPU (documented, not run here): 100k + 4 × 20k examples, batch 256, 32 epochs.
+    # Zoology's grid for a GPU (documented, not run here): 100k + 4 × 20k examples, batch 256, 32 epochs, and
+    # Zoology's 2-layer model (one conv block, one mixer).
     "paper": MQARConfig(d_models=(64, 128, 256), learning_rates=(1e-3, 3.1623e-3, 1e-2, 3.1623e-2),
                         train_examples=(100_000, 20_000, 20_000, 20_000, 20_000), max_steps=22_500, batch_size=256,
-                        eval_batch_size=32, precision="bf16", save_steps=1_000),
+                        eval_batch_size=32, precision="bf16", save_steps=1_000, n_layers=2),
 }
 
 

@@ -4,7 +4,8 @@ Arora, Eyuboglu et al., "Zoology: Measuring and Improving Recall in Efficient La
 Their MQAR models (``zoology/experiments/.../configs.py``) alternate a gated short-convolution block
 (``BaseConv``, kernel 3) with the sequence mixer under test (``Hybrid`` picks ``configs[layer_idx % 2]``),
 use no state mixer (``torch.nn.Identity`` instead of an MLP), tie the LM head to the embeddings and give
-every mixer the same ``d_model``. This is the same architecture written with probseq's layers::
+every mixer the same ``d_model``; their MQAR configs use ``n_layers = 2`` (one conv block, then the mixer).
+This is the same architecture written with probseq's layers::
 
     h = embed(x)
     for i in range(n_layers):
