@@ -48,3 +48,17 @@ def test_run_bench_reports_mqar_throughput():
                                            / rows["mqar_train_gated_deltanet"]["seconds"])
     assert ratio["met"] is None
     assert "mqar_train_bayesian" in bench.format_tables(results)
+
+
+def test_memory_profiling_prints_nothing_and_keeps_stderr():
+    """The profiler's C++ lines ("USDT: … profiler_start") stay off the terminal; stderr works afterwards."""
+    import subprocess
+    import sys
+
+    script = ("import sys, torch\nfrom probseq.bench import peak_memory_mb\n"
+              "print(peak_memory_mb(lambda: torch.ones(1000, 1000) @ torch.ones(1000, 1000)))\n"
+              "print('after', file=sys.stderr)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout) > 3.9  # the 4 MB product (at least)
+    assert result.stderr.strip() == "after"

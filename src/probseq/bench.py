@@ -38,9 +38,11 @@ FLOPs are analytical (multiply-add = 2) for the forward; forward+backward counts
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -177,14 +179,34 @@ def matmul_gflops(size: int = 1024, repeats: int = 5) -> float:
     return 2 * size ** 3 / statistics.median(times) / 1e9
 
 
+@contextlib.contextmanager
+def _silent_stderr():
+    """File descriptor 2 to /dev/null (C++ libraries write there directly, past ``sys.stderr``)."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def peak_memory_mb(fn: Callable[[], object]) -> float:
     """Peak bytes allocated by torch during ``fn()`` (MB), from the profiler's allocation events."""
     from torch.profiler import ProfilerActivity, profile
 
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        with _silent_stderr():  # kineto prints "USDT: … profiler_start" / "profiler_stop" from C++
+            prof.start()
+        try:
             fn()
+        finally:
+            with _silent_stderr():
+                prof.stop()
     current = peak = 0
     for event in sorted(prof.events(), key=lambda e: e.time_range.start):
         usage = event.cpu_memory_usage if event.name == "[memory]" else event.self_cpu_memory_usage
