@@ -29,3 +29,5 @@ for arm in teacher bayes gdn; do
   copy "$ROOT/distill/$arm" "results/distill/$arm" train_log.json config.json
   copy "$ROOT/experiments/ruler/$arm" "results/ruler/$arm" summary.csv results.json ruler.png predictions.jsonl
 done
+# the three arms side by side (results/ruler/comparison.md, .png), once RULER has run
+[[ -d results/ruler ]] && .venv/bin/python scripts/ruler_compare.py results
