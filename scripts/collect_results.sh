@@ -30,4 +30,4 @@ for arm in teacher bayes gdn; do
   copy "$ROOT/experiments/ruler/$arm" "results/ruler/$arm" summary.csv results.json ruler.png predictions.jsonl
 done
 # the three arms side by side (results/ruler/comparison.md, .png), once RULER has run
-[[ -d results/ruler ]] && .venv/bin/python scripts/ruler_compare.py results
+if [[ -d results/ruler ]]; then .venv/bin/python scripts/ruler_compare.py results; fi

@@ -3,7 +3,7 @@
 ``RESULTS`` (default ``results``) holds ``ruler/<arm>/summary.csv`` (``probseq ruler``, one folder per arm:
 ``teacher``, ``bayes``, ``gdn``) and, when present, ``distill/<arm>/train_log.json`` (``probseq pretrain`` /
 ``probseq distill``); ``scripts/collect_results.sh`` copies both there. Writes ``ruler/comparison.md`` (the score
-per task and length for every arm with its 95 % interval, the mean over the tasks scored at every length, and the wall time of each stage)
+per task and length for every arm with its 95 % interval, the mean over the tasks scored at every length, and each stage's time: training time over all resumes, evaluation time for RULER)
 and ``ruler/comparison.png`` (score vs length, one panel per task and one for the mean, one line per arm).
 """
 
@@ -89,8 +89,8 @@ def markdown(arms: dict[str, list[dict]], root: Path) -> str:
         out.write(f"| {task} | {length} | " + " | ".join(shown) + " |\n")
     stages = stage_times(root)
     if stages:
-        out.write("\n| stage | wall time (h) | tokens |\n|---|---:|---:|\n")
-        for name, hours, tokens in stages:
+        out.write("\n| stage | time (h) | tokens |\n|---|---:|---:|\n")
+        for name, hours, tokens in stages:  # training time over all resumes; for ruler, the evaluation time
             out.write(f"| {name} | {hours:.2f} | {tokens:,} |\n" if tokens else f"| {name} | {hours:.2f} | |\n")
     return out.getvalue()
 

@@ -117,3 +117,17 @@ def test_ctrl_c_is_one_line_that_says_whether_to_rerun(monkeypatch, capsys, comm
 
 def test_resumable_commands_exist():
     assert RESUMABLE <= set(COMMANDS)
+
+
+def test_the_console_script_dies_by_sigint_after_ctrl_c():
+    """After its one-line message the console script re-raises SIGINT, as Python does for an uncaught Ctrl-C, so
+    that a shell loop around it stops as well (an exit status of 130 would let bash carry on)."""
+    import signal
+
+    script = ("import sys, probseq.cli, probseq_cli\n"
+              "def interrupted(target):\n    def run(args):\n        raise KeyboardInterrupt\n    return run\n"
+              "probseq.cli.command_function = interrupted\n"
+              "probseq_cli.main(['collision', '--out', sys.argv[1]])\n")
+    result = subprocess.run([sys.executable, "-c", script, "unused"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == -signal.SIGINT, (result.returncode, result.stderr)
+    assert "probseq collision: interrupted: rerun the same command to resume" in result.stderr

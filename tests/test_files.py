@@ -62,20 +62,24 @@ def test_check_writable_creates_the_folder_and_names_out_when_it_cannot(tmp_path
     assert check_writable_file(tmp_path / "c" / "r.json") == tmp_path / "c" / "r.json" and (tmp_path / "c").is_dir()
     with pytest.raises(ValueError, match="is a folder"):
         check_writable_file(tmp_path / "c")
-    with pytest.raises(ValueError, match="not a writable folder"):
+    with pytest.raises(ValueError, match="--out .*r.json: cannot write into its folder .*not a writable folder"):
         check_writable_file(blocker / "sub" / "r.json")
 
 
-@pytest.mark.parametrize("command", [["bench", "--out"], ["collision", "--out"]])
+@pytest.mark.parametrize("command", [["bench", "--out"], ["collision", "--out"], ["pretrain", "--config", "tiny", "--out"],
+                                     ["distill", "--teacher", "t", "--tokens", "1k", "--out"]])
 def test_commands_check_out_before_any_work(tmp_path, monkeypatch, capsys, command):
     from probseq import bench, cli
     from probseq.experiments import collision
+    from probseq.train import distill, pretrain
 
     def no_work(*args, **kwargs):
         raise AssertionError("the run started before --out was checked")
 
     monkeypatch.setattr(bench, "run_bench", no_work)
     monkeypatch.setattr(collision, "ResultCache", no_work)
+    monkeypatch.setattr(pretrain, "pretrain", no_work)
+    monkeypatch.setattr(distill, "distill", no_work)
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
     assert cli.main([*command, str(blocker / "sub" / "out")]) == 2

@@ -134,6 +134,8 @@ def test_init_is_fla_by_default_and_zoology_on_request():
     mamba = weights(zoology, "mamba2")
     fan_in = mamba["layers.1.in_proj.weight"].shape[1]
     assert abs(float(mamba["layers.1.in_proj.weight"].std()) - (3 * fan_in) ** -0.5) < 0.01
+    out_fan_in = mamba["layers.1.out_proj.weight"].shape[1]  # Kaiming / √(2 Mamba-2 layers)
+    assert abs(float(mamba["layers.1.out_proj.weight"].std()) - (3 * out_fan_in) ** -0.5 / 2 ** 0.5) < 0.004
     attention = weights(zoology, "attention")
     assert abs(float(attention["layers.1.o_proj.weight"].std()) - 0.02 / (2 * 4) ** 0.5) < 0.002
 

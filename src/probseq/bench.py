@@ -183,7 +183,17 @@ def matmul_gflops(size: int = 1024, repeats: int = 5) -> float:
 def _silent_stderr():
     """File descriptor 2 to /dev/null (C++ libraries write there directly, past ``sys.stderr``)."""
     sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        saved = os.dup(2)
+    except OSError:  # no fd 2 (2>&-): nothing to silence
+        yield
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        os.close(saved)
+        yield
+        return
     os.dup2(devnull, 2)
     try:
         yield

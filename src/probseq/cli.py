@@ -12,7 +12,10 @@ import sys
 
 from probseq_cli.parsers import build_parser
 
-__all__ = ["RESUMABLE", "build_parser", "command_function", "main", "run"]
+__all__ = ["INTERRUPTED", "RESUMABLE", "build_parser", "command_function", "main", "run"]
+
+#: What :func:`run` returns after Ctrl-C (128 + SIGINT); the console script then re-raises SIGINT.
+INTERRUPTED = 130
 
 #: Commands that keep their finished work (caches, checkpoints) and continue it when rerun.
 RESUMABLE = frozenset({"collision", "mqar", "recall", "reproduce", "demo", "pretrain", "distill", "ruler"})
@@ -35,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         resume = ": rerun the same command to resume" if args.command in RESUMABLE else ""
         print(f"\nprobseq {args.command}: interrupted{resume}", file=sys.stderr)
-        return 130
+        return INTERRUPTED
 
 
 def main(argv: list[str] | None = None) -> int:

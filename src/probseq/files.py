@@ -70,7 +70,10 @@ def check_writable_file(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"--out {path} is a folder; name the file to write")
-    check_writable(path.parent if str(path.parent) else Path("."))
+    try:
+        check_writable(path.parent)
+    except ValueError as error:
+        raise ValueError(f"--out {path}: cannot write into its folder ({error})") from None
     return path
 
 

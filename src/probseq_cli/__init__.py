@@ -5,6 +5,8 @@ a command that parses goes to :func:`probseq.cli.run`, which imports the module 
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 from probseq_cli.parsers import build_parser
@@ -12,9 +14,13 @@ from probseq_cli.parsers import build_parser
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # --help and argument errors exit here, before any heavy import
-    from probseq.cli import run
+    from probseq.cli import INTERRUPTED, run
 
-    return run(args)
+    code = run(args)
+    if code == INTERRUPTED:  # Ctrl-C: after the one-line message, die by SIGINT as Python itself would, so that
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # a shell loop or script around the command stops too
+        os.kill(os.getpid(), signal.SIGINT)
+    return code
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ values from the upper half, power-law query placement ``a = 0.01``, labels −10
 train segments ``(T, k)`` = (64, 4), (128, 8), (256, 16), (256, 32), (256, 64) mixed in one training set,
 test segments (64, 4) … (256, 64) and beyond them (512, 128), (1024, 256). The model is Zoology's: short-conv
 blocks alternating with the mixer, no MLP (:class:`probseq.models.zoology.ZoologyModel`), one ``d_model`` for
-every mixer. Zoology's configs use ``n_layers = 2`` (one conv block, then the mixer; the ``paper`` preset);
-the ``quick`` and ``cpu`` presets use ``n_layers = 4`` (``[conv, mixer] × 2``: two mixer layers). Each ``(mixer, d_model, lr, seed)`` is one training run (a *unit*, cached on
+every mixer. Zoology's configs use ``n_layers = 2``: one conv block, then the mixer (the ``paper`` preset), except
+for Mamba-2, which Zoology runs as two Mamba-2 blocks without conv blocks (here it keeps the conv block); the
+``quick`` and ``cpu`` presets use ``n_layers = 4`` (``[conv, mixer] × 2``: two mixer layers). Each ``(mixer, d_model, lr, seed)`` is one training run (a *unit*, cached on
 completion and resumable from checkpoints, :mod:`probseq.train.sweep`). Per ``(mixer, d_model)`` and test
 point, the learning rate is picked by accuracy on a *validation* segment of the same shape (train-range
 seeds, never the test data), and the test accuracy at that rate is reported as mean ± 95% CI over seeds.
@@ -30,7 +31,7 @@ Presets (times measured on this project's shared 2-core machine; one training st
   ≈ 1 min of evaluation per run. Run it in the background; each finished run is kept.
 - ``paper`` — Zoology's grid for a GPU (not run here): d_model {64, 128, 256}, lrs logspace(−3, −1.5, 4),
   100k + 4 × 20k train examples, batch 256 for ≈ 32 epochs (22.5k steps), 3 seeds, bf16, Zoology's 2-layer
-  model: 216 runs.
+  model (one conv block, one mixer; Zoology's Mamba-2 model is two Mamba-2 blocks instead): 216 runs.
 
 Set ``retention=stationary`` (or ``reset``) to run the Bayesian Layer with another certainty retention, and
 ``retention_init=1`` to start the learned one at the stationary end instead of Gated DeltaNet's reset.

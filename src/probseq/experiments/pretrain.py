@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import sys
 
+from probseq.files import check_writable
+
 def pretrain_main(args) -> int:
     from probseq.train.pretrain import pretrain, pretrain_config
 
     config = pretrain_config(args.config, args.set)
+    check_writable(args.out)
     log = pretrain(config, args.out)
     print(f"wrote {args.out}: fla GatedDeltaNetForCausalLM, {log['num_parameters']:,} parameters, "
           f"{log['tokens']:,} tokens in {log['steps']} steps, {log['seconds_per_step']:.3f} s/step "
@@ -24,6 +27,7 @@ def distill_main(args) -> int:
     from probseq.train.distill import distill, distill_config
 
     config = distill_config(args.config, str(args.teacher), args.tokens, args.baseline, args.set)
+    check_writable(args.out)
     log = distill(config, args.out)
     stages = ", ".join(f"stage {s['stage']} {s['objective']} {s['steps']} steps" for s in log["stages"])
     final = log["eval"].get("after_stage2") or {}

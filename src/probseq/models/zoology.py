@@ -4,7 +4,8 @@ Arora, Eyuboglu et al., "Zoology: Measuring and Improving Recall in Efficient La
 Their MQAR models (``zoology/experiments/.../configs.py``) alternate a gated short-convolution block
 (``BaseConv``, kernel 3) with the sequence mixer under test (``Hybrid`` picks ``configs[layer_idx % 2]``),
 use no state mixer (``torch.nn.Identity`` instead of an MLP), tie the LM head to the embeddings and give
-every mixer the same ``d_model``; their MQAR configs use ``n_layers = 2`` (one conv block, then the mixer).
+every mixer the same ``d_model``; their MQAR configs use ``n_layers = 2`` (one conv block, then the mixer; their
+Mamba-2 models are two Mamba-2 blocks without conv blocks, which this class does not build).
 This is the same architecture written with probseq's layers::
 
     h = embed(x)
@@ -148,7 +149,7 @@ class ZoologyModel(ProbSeqPreTrainedModel):
     PyTorch's default (Kaiming uniform) — biases zero, convolutions left at PyTorch's default (uniform
     ±1/√kernel for the depthwise short convolutions), and the output projections Zoology's mixers call
     ``out_proj`` (attention; Mamba-2) rescaled: normal(0.02 / √(2 n_layers)), for Mamba-2 Kaiming uniform
-    / √n_layers. Both keep the mixers' own parameters (Mamba-2/GDN decay rates and step
+    / √(Mamba-2 layers). Both keep the mixers' own parameters (Mamba-2/GDN decay rates and step
     sizes, the Bayesian retention start). docs/training.md, "Initialisation", compares the two on MQAR.
     """
 
@@ -187,12 +188,15 @@ class ZoologyModel(ProbSeqPreTrainedModel):
     @torch.no_grad()
     def _rescale_output_projections(self) -> None:
         """Zoology's GPT-2-style 1/√depth scaling of the output projections it names ``out_proj``; after
-        ``post_init`` (which may visit a layer before its linear children)."""
+        ``post_init`` (which may visit a layer before its linear children). Depth is Zoology's ``n_layers``: every
+        block for the conv/mixer models, the Mamba-2 blocks alone for Mamba-2 (Zoology's Mamba-2 models have no
+        conv blocks)."""
         n, std = self.config.n_layers, self.config.initializer_range
+        mamba_layers = sum(isinstance(layer, Mamba2) for layer in self.layers)
         for layer in self.layers:
             if isinstance(layer, Mamba2):
                 init.kaiming_uniform_(layer.out_proj.weight, a=math.sqrt(5))
-                layer.out_proj.weight.div_(math.sqrt(n))
+                layer.out_proj.weight.div_(math.sqrt(mamba_layers))
             elif isinstance(layer, Attention):
                 init.normal_(layer.o_proj.weight, mean=0.0, std=std / math.sqrt(2 * n))
 
