@@ -124,7 +124,7 @@ def test_init_is_fla_by_default_and_zoology_on_request():
 
     def weights(config, mixer):
         model = build_model(with_overrides(config, [f"model.mixer={mixer}", "model.d_model=64"]))
-        return {name: p for name, p in model.named_parameters() if p.dim() > 1}
+        return {name: p.detach() for name, p in model.named_parameters() if p.dim() > 1}
 
     fla, zoo = weights(tiny_config(), "gated_deltanet"), weights(zoology, "gated_deltanet")
     for name in ("layers.1.k_conv1d.weight", "layers.0.conv.weight"):  # fan-in = kernel (depthwise)
