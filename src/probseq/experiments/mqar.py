@@ -240,6 +240,7 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     config, points = results["config"], results["points"]
     mixers, d_models = config["mixers"], config["d_models"]
@@ -282,6 +283,9 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
             ax.errorbar([p["state_bytes"] for p in rows], [p["accuracy"] for p in rows], yerr=[p["ci95"] for p in rows],
                         marker="o", ms=5, capsize=2, color=colors[mixer], label=mixer)
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1e3:g}k"))
+        ax.xaxis.set_minor_formatter(NullFormatter())  # the default labels 2×10⁴, 3×10⁴, … overlap
         ax.set_ylim(-0.03, 1.03)
         ax.set_xlabel("recurrent state size (bytes, float32; attention: KV cache)")
         ax.set_ylabel("MQAR accuracy")
