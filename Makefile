@@ -40,17 +40,17 @@ clean:
 corpus: install
 	$(PY) -c "from probseq.data import prepare_corpus; print(prepare_corpus().root)"
 
-# Every long evidence run in order (mqar, mqar with stationary retention, recall, reproduce, pretrain, distill ×2,
-# ruler ×3, mqar with the learned retention started at ρ = 1), background, resumable.
+# Every long evidence run in order (mqar, recall, reproduce, pretrain, distill ×2, ruler ×3, then mqar with the
+# stationary retention and mqar with the learned retention started at ρ = 1), background, resumable.
 evidence: install corpus
 	mkdir -p $(HOME)/.cache/probseq/experiments
 	nohup scripts/run_evidence.sh >> $(HOME)/.cache/probseq/experiments/evidence.log 2>&1 &
 	@echo "starting (unless one is running already); log: ~/.cache/probseq/experiments/evidence.log; rerun 'make evidence' to resume"
 
-# The issue-8 evidence runs only (probseq mqar / recall --preset cpu), background, resumable.
+# The issue-8 evidence runs only (probseq mqar / recall --preset cpu, then the cpu report), background, resumable.
 cpu-presets: install
 	mkdir -p $(HOME)/.cache/probseq/experiments
-	nohup scripts/run_evidence.sh mqar_cpu mqar_cpu_stationary recall_cpu reproduce_cpu >> $(HOME)/.cache/probseq/experiments/evidence.log 2>&1 &
+	nohup scripts/run_evidence.sh mqar_cpu recall_cpu reproduce_cpu >> $(HOME)/.cache/probseq/experiments/evidence.log 2>&1 &
 	@echo "starting (unless one is running already); log: ~/.cache/probseq/experiments/evidence.log; rerun 'make cpu-presets' to resume"
 
 # Stop the background evidence runs (their checkpoints stay; 'make evidence' resumes).

@@ -26,9 +26,10 @@ Presets (times measured on this project's shared 2-core machine; one training st
   attention 15).
 - ``cpu`` — Zoology's train segments and test points at d_model 64, vocab 8192, 20k + 4 × 4k train
   examples, 1500 steps of batch 64 (batches mostly padded to 256 tokens), lrs {3e-3, 1e-2}, 3 seeds: 36
-  runs, ≈ 7 h on 2 threads, ≈ 11 h on one (s/step on 1 thread: bayesian 1.04, mamba2 1.05,
-  gated_deltanet 0.63, deltanet 0.57, linear_attention 0.31, attention 0.31; on 2 threads ≈ 0.6×), plus
-  ≈ 1 min of evaluation per run. Run it in the background; each finished run is kept.
+  runs. Measured: 13.1 h of training summed over the runs as two single-threaded workers on the shared
+  machine, ≈ 7 h of wall time (s/step on 1 thread, idle: bayesian 1.04, mamba2 1.05, gated_deltanet 0.63,
+  deltanet 0.57, linear_attention 0.31, attention 0.31; on 2 threads ≈ 0.6×), plus ≈ 1 min of evaluation per
+  run. Run it in the background; each finished run is kept.
 - ``paper`` — Zoology's grid for a GPU (not run here): d_model {64, 128, 256}, lrs logspace(−3, −1.5, 4),
   100k + 4 × 20k train examples, batch 256 for ≈ 32 epochs (22.5k steps), 3 seeds, bf16, Zoology's 2-layer
   model (one conv block, one mixer; Zoology's Mamba-2 model is two Mamba-2 blocks instead): 216 runs.

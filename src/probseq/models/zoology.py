@@ -142,7 +142,7 @@ class ZoologyOutput(ModelOutput):
 class ZoologyModel(ProbSeqPreTrainedModel):
     """Embeddings → ``n_layers`` pre-norm residual blocks (conv, mixer, conv, mixer, …) → RMSNorm → tied head.
 
-    Weight initialisation (``config.init``): ``"fla"`` (the default, and every committed run's) is
+    Weight initialisation (``config.init``): ``"fla"`` (the default, and every committed ``cpu`` run's) is
     :class:`~probseq.models.ProbSeqPreTrainedModel`'s: fla's normal(0.02) for every linear and convolution
     weight. ``"zoology"`` is Zoology's ``_init_weights``
     (``zoology/model.py``): embeddings and linear weights normal(0.02) — for Mamba-2 the linear weights keep
