@@ -37,13 +37,15 @@ class ProbSeqPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Conv1d)):
-            init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            init.normal_(module.weight, mean=0.0, std=std)
+        self._init_parameters(module, normal=(nn.Linear, nn.Conv1d), zero_bias=(nn.Linear, nn.Conv1d))
+
+    def _init_parameters(self, module: nn.Module, normal: tuple[type, ...], zero_bias: tuple[type, ...]) -> None:
+        """normal(``initializer_range``) weights for embeddings and the ``normal`` module types, zero biases for the
+        ``zero_bias`` types (other weights keep PyTorch's default), then the norms and mixer parameters."""
+        if isinstance(module, (nn.Embedding, *normal)):
+            init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+        if isinstance(module, zero_bias) and module.bias is not None:
+            init.zeros_(module.bias)
         self._init_mixer_parameters(module)
 
     def _init_mixer_parameters(self, module: nn.Module) -> None:

@@ -175,15 +175,9 @@ class ZoologyModel(ProbSeqPreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         if self.config.init == "fla":
             return super()._init_weights(module)
-        std, mamba = self.config.initializer_range, self.config.mixer == "mamba2"
-        if isinstance(module, nn.Linear):
-            if not mamba:
-                init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            init.normal_(module.weight, mean=0.0, std=std)
-        self._init_mixer_parameters(module)
+        # Zoology's: linear weights normal (Mamba-2's keep PyTorch's Kaiming default), convolutions untouched
+        self._init_parameters(module, normal=() if self.config.mixer == "mamba2" else (nn.Linear,),
+                              zero_bias=(nn.Linear,))
 
     @torch.no_grad()
     def _rescale_output_projections(self) -> None:
