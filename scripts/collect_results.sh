@@ -16,7 +16,7 @@ copy() {  # copy SOURCE_DIR DEST_DIR PATTERN…
     done
   done
 }
-for exp in mqar_cpu recall_cpu mqar_cpu_stationary mqar_cpu_init1; do
+for exp in mqar_cpu recall_cpu mqar_cpu_lr mqar_cpu_stationary mqar_cpu_init1; do
   copy "$ROOT/experiments/$exp" "results/$exp" results.json '*.csv' '*.png'
   # every finished run's metrics (a few kB each): the partial record, and what run_evidence.sh restores
   copy "$ROOT/experiments/$exp/cache" "results/$exp/units" '*.json'
