@@ -23,7 +23,7 @@ Presets (times measured on this project's shared 2-core machine):
 - ``cpu`` — 64 keys and values, 4–8 pairs, gaps 0–16, tested up to 32 pairs, gap 256, 4 collisions, key
   noise 0.5; 3000 steps of batch 64, lrs {1e-3, 3e-3, 1e-2}, 3 seeds: 54 runs, 5.1 h of training on one
   thread per run (measured; 2.8 h of wall time as two workers; ms/step on one thread: bayesian ≈ 180,
-  gated_deltanet, deltanet and mamba2 110–125, linear_attention and attention ≈ 50). Results:
+  gated_deltanet, deltanet and mamba2 104–131, linear_attention and attention ≈ 50). Results:
   ``results/recall_cpu/``.
 - ``paper`` — a GPU (documented, not run): d_model 128, 256 keys and values, 8–32 pairs, gaps 0–128, tested up
   to 128 pairs and gap 2048; 4 lrs, 3 seeds, 20k steps of batch 256, bf16.
