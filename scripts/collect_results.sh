@@ -7,11 +7,11 @@ ROOT="${PROBSEQ_CACHE:-$HOME/.cache/probseq}"
 copy() {  # copy SOURCE_DIR DEST_DIR PATTERN…
   local src=$1 dest=$2; shift 2
   [[ -d "$src" ]] || return 0
-  mkdir -p "$dest"
   for pattern in "$@"; do
     for file in "$src"/$pattern; do
       [[ -f "$file" ]] || continue
       if (( $(stat -c %s "$file") > 1048576 )); then echo "left out (over 1 MB): $file"; continue; fi
+      mkdir -p "$dest"  # only for a stage that has results: no empty folders under results/
       cp "$file" "$dest/" && echo "copied $file → $dest/"
     done
   done
