@@ -41,7 +41,8 @@ corpus: install
 	$(PY) -c "from probseq.data import prepare_corpus; print(prepare_corpus().root)"
 
 # Every long evidence run in order (mqar, recall, reproduce, pretrain, distill ×2, ruler ×3, then mqar's Bayesian
-# Layer and GDN with a third lr, 1e-3; mqar with the stationary retention; with the learned retention started at ρ = 1), background, resumable.
+# Layer and GDN with a third lr, 1e-3; mqar with the stationary retention; mqar with the learned retention
+# started at ρ = 1), background, resumable.
 evidence: install corpus
 	mkdir -p $(HOME)/.cache/probseq/experiments
 	nohup scripts/run_evidence.sh >> $(HOME)/.cache/probseq/experiments/evidence.log 2>&1 &

@@ -94,8 +94,7 @@ done
 # from mqar_cpu's cache (same unit configs), so only the 6 runs at 1e-3 train; the table picks the best of three.
 mqar_cpu_lr() {
   mkdir -p "$EXP/mqar_cpu_lr/cache"
-  cp -n "$EXP"/mqar_cpu/cache/bayesian-*.json "$EXP"/mqar_cpu/cache/gated_deltanet-*.json "$EXP/mqar_cpu_lr/cache/" \
-    2>/dev/null
+  cp -n "$EXP"/mqar_cpu/cache/bayesian-*.json "$EXP"/mqar_cpu/cache/gated_deltanet-*.json "$EXP/mqar_cpu_lr/cache/"
   two_workers $P mqar --preset cpu --out "$EXP/mqar_cpu_lr" --set 'mixers=["bayesian","gated_deltanet"]' \
     'learning_rates=[0.001,0.003,0.01]'
 }

@@ -20,7 +20,7 @@ Presets (times measured on this project's shared 2-core machine):
 - ``quick`` — the demo: 32 keys and values, 2–4 pairs, gaps 0–8, tested at 8 pairs, gap 32, 2 collisions,
   key noise 0.3; 500 steps of batch 32, lrs {1e-3, 3e-3}, one seed: 12 runs, ≈ 3.3 minutes single-threaded
   (ms/step: bayesian 46, gated_deltanet 35, deltanet 35, mamba2 29, linear_attention 16, attention 14).
-- ``cpu`` — 64 keys and values, 4–8 pairs, gaps 0–16, tested up to 32 pairs, gap 256, 4 collisions, key
+- ``cpu`` — 64 keys and values, trained on pairs {4, 8} × gaps {0, 16}, tested up to 32 pairs, gap 256, 4 collisions, key
   noise 0.5; 3000 steps of batch 64, lrs {1e-3, 3e-3, 1e-2}, 3 seeds: 54 runs, 5.1 h of training on one
   thread per run (measured; 2.8 h of wall time as two workers; ms/step on one thread: bayesian ≈ 180,
   gated_deltanet, deltanet and mamba2 104–131, linear_attention and attention ≈ 50). Results:
