@@ -39,7 +39,7 @@ stage() {  # stage NAME COMMAND…: run COMMAND unless NAME finished before (or 
   # In the background and waited for: a TERM or Ctrl-C to this script then stops the stage at once (bash runs
   # a trap only after a foreground child ends). Its checkpoints stay; rerunning resumes.
   "$@" & local child=$!
-  trap "kill -TERM $child 2>/dev/null; wait $child; echo \"[\$(date -Is)] $name: stopped by a signal; rerun to \
+  trap "trap '' INT TERM; kill -TERM $child 2>/dev/null; wait $child; echo \"[\$(date -Is)] $name: stopped by a signal; rerun to \
 resume\"; exit 143" INT TERM
   wait "$child"; local rc=$?
   trap - INT TERM
@@ -82,9 +82,27 @@ two_workers() {  # COMMAND…: two single-threaded workers share one sweep (its 
 stage mqar_cpu two_workers $P mqar --preset cpu --out "$EXP/mqar_cpu"
 stage recall_cpu two_workers $P recall --preset cpu --out "$EXP/recall_cpu"
 stage pretrain $P pretrain --config small --out "$RUNS/teacher" --set num_threads="$THREADS"
-stage distill_bayes $P distill --teacher "$RUNS/teacher" --out "$RUNS/bayes" --tokens 5M --set num_threads="$THREADS"
-stage distill_gdn $P distill --teacher "$RUNS/teacher" --out "$RUNS/gdn" --tokens 5M --baseline \
-  --set num_threads="$THREADS"
+# The two distillation arms side by side, one thread each: same machine load for both (their s/step compare),
+# equal progress at any interruption, and ~10 % more throughput on 2 cores than one after the other on 2 threads.
+# Each arm's progress goes to its own log ($EXP/distill_<arm>.log), this log gets the stage lines. `exec`: the
+# stage's TERM then reaches the python process itself, not a bash subshell that would leave it running.
+side_by_side() {  # STAGE_A STAGE_B: run the two stages (functions below) at once; stop if either fails
+  trap 'kill -TERM $(jobs -p) 2>/dev/null; wait; exit 143' INT TERM
+  stage "$1" "$1" >> "$EXP/$1.log" 2>&1 & local a=$!
+  stage "$2" "$2" >> "$EXP/$2.log" 2>&1 & local b=$!
+  echo "[$(date -Is)] $1 and $2 side by side (logs: $EXP/$1.log, $EXP/$2.log)"
+  wait "$a"; local rc_a=$?; wait "$b"; local rc_b=$?
+  trap - INT TERM
+  tail -n 1 "$EXP/$1.log" "$EXP/$2.log"
+  if (( rc_a != 0 || rc_b != 0 )); then echo "[$(date -Is)] $1/$2 stopped ($rc_a, $rc_b)"; exit 1; fi
+}
+distill_arm() {  # OUT [--baseline]
+  local command=($P distill --teacher "$RUNS/teacher" --out "$RUNS/$1" --tokens 5M "${@:2}" --set num_threads=1)
+  echo "${command[*]}"; exec "${command[@]}"
+}
+distill_bayes() { distill_arm bayes; }
+distill_gdn() { distill_arm gdn --baseline; }
+side_by_side distill_bayes distill_gdn
 for arm in teacher bayes gdn; do
   stage "ruler_$arm" $P ruler --model "$RUNS/$arm" --out "$EXP/ruler/$arm" --lengths 512 1024 2048 4096 \
     --samples 50 --threads "$THREADS"
