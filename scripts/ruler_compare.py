@@ -3,7 +3,9 @@
 ``RESULTS`` (default ``results``) holds ``ruler/<arm>/summary.csv`` (``probseq ruler``, one folder per arm:
 ``teacher``, ``bayes``, ``gdn``) and, when present, ``distill/<arm>/train_log.json`` (``probseq pretrain`` /
 ``probseq distill``); ``scripts/collect_results.sh`` copies both there. Writes ``ruler/comparison.md`` (the score
-per task and length for every arm with its 95 % interval, the mean over the tasks scored at every length, and each stage's time: training time over all resumes, evaluation time for RULER)
+per task and length for every arm with its 95 % interval, the mean over the tasks scored at every length, the
+Bayesian arm minus the GDN baseline paired over the same prompts when both have ``predictions.jsonl``, and each
+stage's time: training time over all resumes, evaluation time for RULER)
 and ``ruler/comparison.png`` (score vs length, one panel per task and one for the mean, one line per arm).
 """
 
@@ -53,6 +55,44 @@ def score_table(arms: dict[str, list[dict]]) -> tuple[list[str], list[tuple]]:
     return tasks, table
 
 
+def paired_difference(root: Path, arm: str = "bayes", other: str = "gdn") -> list[tuple[str, str, float, float,
+                                                                                        float, int]]:
+    """``arm − other`` on the same prompts, from both arms' ``predictions.jsonl``: rows ``(task, length, mean
+    difference, 95 % low, 95 % high, pairs)`` per unit scored by both, then ``("all", "all", …)`` over every pair.
+
+    Both arms see identical prompts (RULER's generators with one seed and one tokenizer: the student keeps its
+    teacher's), so the difference is paired per sample; the interval is the normal one of the mean difference.
+    A pair whose references differ means the prompts were not the same: an error, not a silent mismatch.
+    """
+    def read(name):
+        path = root / "ruler" / name / "predictions.jsonl"
+        if not path.exists():
+            return None
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return {(r["task"], int(r["length"]), int(r["index"])): r for r in rows}
+
+    first, second = read(arm), read(other)
+    if first is None or second is None:
+        return []
+    by_unit: dict[tuple[str, int], list[float]] = defaultdict(list)
+    for key in sorted(first.keys() & second.keys(), key=lambda k: (k[0], k[1], k[2])):
+        if first[key]["references"] != second[key]["references"]:
+            raise ValueError(f"{arm} and {other} were scored on different samples at {key}: "
+                             f"{first[key]['references']} vs {second[key]['references']}")
+        by_unit[key[:2]].append(float(first[key]["score"]) - float(second[key]["score"]))
+    rows = [(task, str(length), *_mean_interval(diffs), len(diffs)) for (task, length), diffs in by_unit.items()]
+    every = [d for diffs in by_unit.values() for d in diffs]
+    return rows + ([("all", "all", *_mean_interval(every), len(every))] if every else [])
+
+
+def _mean_interval(values: list[float]) -> tuple[float, float, float]:
+    """Mean and 95 % normal interval of the mean (unclipped: a difference may be negative)."""
+    n = len(values)
+    mean = sum(values) / n
+    half = 1.96 * (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 / n ** 0.5 if n > 1 else 0.0
+    return mean, mean - half, mean + half
+
+
 def stage_times(root: Path) -> list[tuple[str, float, int]]:
     """``(stage, hours of training, tokens)`` from the training logs that exist."""
     stages = []
@@ -87,6 +127,12 @@ def markdown(arms: dict[str, list[dict]], root: Path) -> str:
             else:
                 shown.append(str(value))
         out.write(f"| {task} | {length} | " + " | ".join(shown) + " |\n")
+    differences = paired_difference(root)
+    if differences:
+        out.write(f"\n{ARMS['bayes']} − {ARMS['gdn']}, paired over the same prompts (score points; 95 % interval):\n\n"
+                  "| task | length | difference | 95 % interval | pairs |\n|---|---:|---:|---|---:|\n")
+        for task, length, mean, low, high, count in differences:
+            out.write(f"| {task} | {length} | {mean:+.1f} | [{low:+.1f}, {high:+.1f}] | {count} |\n")
     stages = stage_times(root)
     if stages:
         out.write("\n| stage | time (h) | tokens |\n|---|---:|---:|\n")

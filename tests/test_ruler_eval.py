@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -209,3 +210,32 @@ def test_ruler_compare_tabulates_and_plots_the_three_arms(tmp_path, capsys):
     assert "| ruler, gdn | 0.50 | |" in text
     assert (tmp_path / "ruler" / "comparison.png").stat().st_size > 10_000
     assert main(str(tmp_path / "empty")) == 1
+
+
+def test_ruler_compare_pairs_the_bayesian_arm_with_the_baseline_per_prompt(tmp_path):
+    """The paired difference Bayesian − GDN baseline: per unit and over all pairs, from predictions.jsonl; samples
+    with different references (not the same prompts) are an error."""
+    import runpy
+
+    module = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "ruler_compare.py"))
+    scores = {"bayes": {("vt", 512): [100, 100, 0, 50], ("vt", 1024): [0, 0]},
+              "gdn": {("vt", 512): [0, 100, 0, 50], ("vt", 1024): [100, 0], ("cwe", 512): [100]}}
+    for arm, units in scores.items():
+        (tmp_path / "ruler" / arm).mkdir(parents=True)
+        lines = [json.dumps({"task": task, "length": length, "index": i, "references": [f"r{i}"], "score": value})
+                 for (task, length), values in units.items() for i, value in enumerate(values)]
+        (tmp_path / "ruler" / arm / "predictions.jsonl").write_text("\n".join(lines) + "\n")
+    rows = module["paired_difference"](tmp_path)
+    by_unit = {(task, length): (mean, low, high, n) for task, length, mean, low, high, n in rows}
+    assert set(by_unit) == {("vt", "512"), ("vt", "1024"), ("all", "all")}  # cwe: only one arm scored it
+    mean, low, high, n = by_unit[("vt", "512")]
+    assert (mean, n) == (25.0, 4) and low < 0 < 25 < high  # differences 100, 0, 0, 0: sd 50, half-width 49
+    assert math.isclose(high - mean, 1.96 * 50 / 2)
+    assert by_unit[("vt", "1024")][:1] == (-50.0,) and by_unit[("all", "all")][0] == 0.0
+    assert by_unit[("all", "all")][3] == 6
+    text = module["markdown"]({"bayes": [], "gdn": []}, tmp_path)
+    assert "| vt | 512 | +25.0 | [-24.0, +74.0] | 4 |" in text and "| all | all | +0.0 |" in text
+    (tmp_path / "ruler" / "gdn" / "predictions.jsonl").write_text(json.dumps(
+        {"task": "vt", "length": 512, "index": 0, "references": ["other"], "score": 0}) + "\n")
+    with pytest.raises(ValueError, match="different samples"):
+        module["paired_difference"](tmp_path)
