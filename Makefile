@@ -40,7 +40,7 @@ clean:
 corpus: install
 	$(PY) -c "from probseq.data import prepare_corpus; print(prepare_corpus().root)"
 
-# Every long evidence run in order (mqar, recall, reproduce, pretrain, distill ×2, ruler ×3, then mqar's Bayesian
+# Every long evidence run in order (mqar, recall, pretrain, distill ×2, ruler ×3, reproduce, then mqar's Bayesian
 # Layer and GDN with a third lr, 1e-3; mqar with the stationary retention; mqar with the learned retention
 # started at ρ = 1), background, resumable.
 evidence: install corpus

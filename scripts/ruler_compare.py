@@ -71,26 +71,20 @@ def paired_difference(root: Path, arm: str = "bayes", other: str = "gdn") -> lis
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         return {(r["task"], int(r["length"]), int(r["index"])): r for r in rows}
 
+    from probseq.experiments.ruler_eval import mean_interval
+
     first, second = read(arm), read(other)
     if first is None or second is None:
         return []
     by_unit: dict[tuple[str, int], list[float]] = defaultdict(list)
-    for key in sorted(first.keys() & second.keys(), key=lambda k: (k[0], k[1], k[2])):
+    for key in sorted(first.keys() & second.keys()):
         if first[key]["references"] != second[key]["references"]:
             raise ValueError(f"{arm} and {other} were scored on different samples at {key}: "
                              f"{first[key]['references']} vs {second[key]['references']}")
         by_unit[key[:2]].append(float(first[key]["score"]) - float(second[key]["score"]))
-    rows = [(task, str(length), *_mean_interval(diffs), len(diffs)) for (task, length), diffs in by_unit.items()]
+    rows = [(task, str(length), *mean_interval(diffs), len(diffs)) for (task, length), diffs in by_unit.items()]
     every = [d for diffs in by_unit.values() for d in diffs]
-    return rows + ([("all", "all", *_mean_interval(every), len(every))] if every else [])
-
-
-def _mean_interval(values: list[float]) -> tuple[float, float, float]:
-    """Mean and 95 % normal interval of the mean (unclipped: a difference may be negative)."""
-    n = len(values)
-    mean = sum(values) / n
-    half = 1.96 * (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 / n ** 0.5 if n > 1 else 0.0
-    return mean, mean - half, mean + half
+    return rows + ([("all", "all", *mean_interval(every), len(every))] if every else [])
 
 
 def stage_times(root: Path) -> list[tuple[str, float, int]]:

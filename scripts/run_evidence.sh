@@ -83,7 +83,8 @@ stage mqar_cpu two_workers $P mqar --preset cpu --out "$EXP/mqar_cpu"
 stage recall_cpu two_workers $P recall --preset cpu --out "$EXP/recall_cpu"
 stage pretrain $P pretrain --config small --out "$RUNS/teacher" --set num_threads="$THREADS"
 # The two distillation arms side by side, one thread each: same machine load for both (their s/step compare),
-# equal progress at any interruption, and ~10 % more throughput on 2 cores than one after the other on 2 threads.
+# equal progress at any interruption (two 1-thread workers gave ~12 % more throughput than one 2-thread run on
+# the MQAR/recall sweeps; not measured for distillation).
 # Each arm's progress goes to its own log ($EXP/distill_<arm>.log), this log gets the stage lines. `exec`: the
 # stage's TERM then reaches the python process itself, not a bash subshell that would leave it running.
 side_by_side() {  # STAGE_A STAGE_B: run the two stages (functions below) at once; stop if either fails

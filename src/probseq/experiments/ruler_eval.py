@@ -143,15 +143,18 @@ def load_model(folder: str | os.PathLike, dtype: str = "float32", device: str = 
     return model.to(device=device, dtype=DTYPES[dtype]).eval(), tokenizer, description
 
 
-def mean_ci(values: list[float]) -> tuple[float, float, float]:
-    """Mean and 95 % normal interval of the mean, clipped to [0, 100] (a single sample: the mean itself)."""
+def mean_interval(values: list[float]) -> tuple[float, float, float]:
+    """Mean and 95 % normal interval of the mean, unclipped (a single sample: the mean itself)."""
     n = len(values)
     mean = sum(values) / n
-    if n < 2:
-        return mean, mean, mean
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = 1.96 * sd / math.sqrt(n)
-    return mean, max(0.0, mean - half), min(100.0, mean + half)
+    half = 1.96 * math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) / math.sqrt(n) if n > 1 else 0.0
+    return mean, mean - half, mean + half
+
+
+def mean_ci(values: list[float]) -> tuple[float, float, float]:
+    """:func:`mean_interval` of scores, clipped to [0, 100]."""
+    mean, low, high = mean_interval(values)
+    return mean, max(0.0, low), min(100.0, high)
 
 
 @torch.no_grad()
