@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 import probseq  # noqa: F401  (registers the Auto classes)
 from probseq.cli import main
@@ -239,3 +240,38 @@ def test_ruler_compare_pairs_the_bayesian_arm_with_the_baseline_per_prompt(tmp_p
         {"task": "vt", "length": 512, "index": 0, "references": ["other"], "score": 0}) + "\n")
     with pytest.raises(ValueError, match="different samples"):
         module["paired_difference"](tmp_path)
+
+
+def test_answer_likelihood_scores_reference_against_a_foil(model_dir, tokenizer, tmp_path):
+    """scripts/ruler_answer_likelihood.py: log p(answer | prompt) by teacher forcing equals the sum of the model's
+    next-token log-probabilities; foils are of the reference's form (multikey: another needle in the same prompt);
+    the same model twice gives a paired difference of exactly 0."""
+    import runpy
+
+    from probseq.ruler import generate
+
+    module = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "ruler_answer_likelihood.py"))
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    prompt, answer = "The grass is green. The sky is", " 1234567"
+    ids = tokenizer(prompt + answer, return_tensors="pt")["input_ids"]
+    start = len(tokenizer(prompt)["input_ids"])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
+    expected = sum(float(logp[t - 1, ids[0, t]]) for t in range(start, ids.shape[1]))
+    assert module["answer_logprob"](model, tokenizer, prompt, answer) == pytest.approx(expected, abs=1e-4)
+
+    records = generate("niah_multikey_2", tokenizer, LENGTH, 3, 42)
+    for record, foil in zip(records, module["foils"]("niah_multikey_2", records)):
+        assert foil != record["outputs"][0] and f"is: {foil}." in record["input"] and len(foil) == 7
+    single = generate("niah_single_1", tokenizer, LENGTH, 1, 42)
+    assert module["foils"]("niah_single_1", single)[0] != single[0]["outputs"][0]  # one sample: not itself
+
+    out = tmp_path / "likelihood"
+    assert module["main"](["--models", f"bayes={model_dir}", f"gdn={model_dir}", "--out", str(out), "--lengths",
+                           str(LENGTH), "--samples", "2", "--threads", "1"]) == 0
+    rows = list(csv.DictReader((out / "answer_likelihood.csv").open()))
+    assert [(r["model"], r["task"]) for r in rows] == [(m, t) for m in ("bayes", "gdn")
+                                                       for t in ("niah_single_1", "niah_multikey_2")]
+    assert all(0.0 <= float(r["reference_preferred"]) <= 1.0 and float(r["logp_reference"]) < 0 for r in rows)
+    text = (out / "answer_likelihood.md").read_text()
+    assert "| all | all | +0.00 | [+0.00, +0.00] | 4 |" in text
