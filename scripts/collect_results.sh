@@ -29,5 +29,7 @@ for arm in teacher bayes gdn; do
   copy "$ROOT/distill/$arm" "results/distill/$arm" train_log.json config.json
   copy "$ROOT/experiments/ruler/$arm" "results/ruler/$arm" summary.csv results.json ruler.png predictions.jsonl
 done
+# scripts/ruler_answer_likelihood.py's output (the needle value's likelihood against a foil), when it was run there
+copy "$ROOT/experiments/answer_likelihood" results/ruler answer_likelihood.csv answer_likelihood.md
 # the three arms side by side (results/ruler/comparison.md, .png), once RULER has run
 if [[ -d results/ruler ]]; then .venv/bin/python scripts/ruler_compare.py results; fi
