@@ -23,7 +23,6 @@ tokens (the tokenizer splits digits one by one); a prompt whose tokens are not a
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import re
 import sys
@@ -130,7 +129,9 @@ def main(argv: list[str]) -> int:
     models = dict(item.split("=", 1) for item in args.models)
     if args.threads:
         torch.set_num_threads(args.threads)
+    from probseq.experiments.common import write_csv
     from probseq.experiments.ruler_eval import load_model
+    from probseq.files import atomic_write_text
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -139,10 +140,7 @@ def main(argv: list[str]) -> int:
         model, tokenizer, _ = load_model(folder)
         rows[name] = score_model(model, tokenizer, args.tasks, args.lengths, args.samples, args.seed)
         table += summary(name, rows[name])
-    with (out / "answer_likelihood.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(table[0]))
-        writer.writeheader()
-        writer.writerows(table)
+    write_csv(out / "answer_likelihood.csv", table)
     text = io.StringIO()
     text.write("| model | task | length | margin (nats) | 95 % interval | reference preferred | log p(reference) |\n"
                "|---|---|---:|---:|---|---:|---:|\n")
@@ -154,7 +152,7 @@ def main(argv: list[str]) -> int:
                    "| task | length | difference | 95 % interval | pairs |\n|---|---:|---:|---|---:|\n")
         for task, length, mean, low, high, n in paired(rows["bayes"], rows["gdn"]):
             text.write(f"| {task} | {length} | {mean:+.2f} | [{low:+.2f}, {high:+.2f}] | {n} |\n")
-    (out / "answer_likelihood.md").write_text(text.getvalue())
+    atomic_write_text(out / "answer_likelihood.md", text.getvalue())
     print(text.getvalue())
     return 0
 
