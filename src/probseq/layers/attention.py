@@ -7,7 +7,9 @@ GPT-NeoX-style (non-interleaved) rotary embeddings of base ``rope_theta``.
 Positions: ``position_ids`` from ``kwargs`` if given (``generate`` passes them), else from the padding
 mask (``cumsum(mask) − 1``, so a left-padded sequence gets the positions it has alone), else from
 ``cu_seqlens`` (restarting at each sequence), else ``cached + arange(T)``. Padded keys are masked out;
-packed sequences attend within themselves only.
+packed sequences attend within themselves only. The mask is read as the recurrent mixers read it
+(:func:`probseq.layers.utils.full_padding_mask`: bool or exactly 0/1, anything else refused), and padded
+hidden states are replaced by zeros before the projections, so NaN or Inf there never reaches a real token.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from probseq.layers.norm import RMSNorm
-from probseq.layers.state import KVState, read_state, write_state
-from probseq.layers.utils import check_no_extra, check_positive, pack_index, padding_mask, zero_padding
+from probseq.layers.state import KVState, StateLayout, read_state, write_state
+from probseq.layers.utils import check_no_extra, check_positive, layer_inputs, pack_index, zero_padding
 
 
 def rotate(x: Tensor, positions: Tensor, theta: float) -> Tensor:
@@ -33,15 +35,31 @@ def rotate(x: Tensor, positions: Tensor, theta: float) -> Tensor:
     return rotated.to(x.dtype)
 
 
+def _check_position_ids(position_ids: Tensor, batch: int, length: int) -> None:
+    """``position_ids [B, S]``, ``[1, S]`` or ``[S]`` with ``S ≥ T`` (the last ``T`` are the current tokens)."""
+    layout = isinstance(position_ids, Tensor) and position_ids.dtype != torch.bool and (
+        position_ids.dim() == 1 or (position_ids.dim() == 2 and position_ids.shape[0] in (1, batch)))
+    if layout and position_ids.shape[-1] >= length:
+        return
+    got = list(position_ids.shape) if isinstance(position_ids, Tensor) else type(position_ids).__name__
+    raise ValueError(f"position_ids must be a tensor [B, T] or [1, T] of positions covering the {length} current "
+                     f"tokens (batch {batch}), got {got}")
+
+
 class Attention(nn.Module):
-    """fla ``Attention``'s constructor and forward on SDPA (``window_size`` is refused)."""
+    """fla ``Attention``'s constructor and forward on SDPA (``window_size`` is refused).
+
+    ``validate=True`` (ours, as in the recurrent mixers) checks ``hidden_states`` for NaN/Inf at real tokens,
+    naming the first bad ``(batch, time)``, with one host synchronisation per call.
+    """
 
     def __init__(self, hidden_size: int = 2048, num_heads: int = 32, num_kv_heads: int | None = None,
                  qkv_bias: bool = False, qk_norm: bool = False, window_size: int | None = None,
                  rope_theta: float | None = 10000.0, max_position_embeddings: int | None = None,
-                 layer_idx: int | None = None, **kwargs):
+                 layer_idx: int | None = None, *, validate: bool = False, **kwargs):
         super().__init__()
         check_no_extra("Attention", kwargs)
+        self.validate = bool(validate)
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         check_positive(hidden_size=hidden_size, num_heads=num_heads, num_kv_heads=num_kv_heads)
         if hidden_size % num_heads:
@@ -67,15 +85,20 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(self.head_dim)
             self.k_norm = RMSNorm(self.head_dim)
 
+    def state_layout(self) -> StateLayout:
+        """Keys and values ``[N, S, H_kv, D_h]`` (:mod:`probseq.layers.state`)."""
+        return StateLayout(KVState, (), (self.num_kv_heads, self.head_dim))
+
     def _positions(self, batch: int, length: int, past: int, attention_mask: Tensor | None,
                    cu_seqlens: Tensor | None, position_ids: Tensor | None, device: torch.device) -> Tensor:
         if position_ids is not None:
-            return position_ids[..., -length:].expand(batch, length).to(device)
+            _check_position_ids(position_ids, batch, length)
+            return position_ids[..., position_ids.shape[-1] - length:].expand(batch, length).to(device)
         if cu_seqlens is not None:
             return pack_index(cu_seqlens.to(device))[1][None]
         if attention_mask is not None:
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-            return positions[:, -length:].to(device)
+            return positions[:, positions.shape[1] - length:].to(device)  # (not [:, -length:]: T = 0)
         return (past + torch.arange(length, device=device))[None].expand(batch, length)
 
     def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None, past_key_values=None,
@@ -83,25 +106,27 @@ class Attention(nn.Module):
                 **kwargs) -> tuple[Tensor, None, object]:
         """``hidden_states [B, T, D] → (o [B, T, D], None, past_key_values)``.
 
-        ``attention_mask`` ``[B, S + T]`` covers the cached and the current tokens; ``kwargs`` may hold
-        ``cu_seqlens`` and ``position_ids [B, T]``.
+        ``attention_mask`` ``[B, S + T]`` (0/1 or bool, 0 = padding) covers the cached and the current tokens;
+        ``kwargs`` may hold ``cu_seqlens`` and ``position_ids [B, T]``.
         """
         if output_attentions:
             raise ValueError("Attention runs on SDPA and cannot return attention weights (output_attentions)")
-        cu_seqlens = kwargs.get("cu_seqlens")
-        if cu_seqlens is not None and use_cache:
+        if kwargs.get("cu_seqlens") is not None and use_cache:
             raise ValueError("Attention cannot cache packed sequences (cu_seqlens with use_cache=True)")
-        mask = padding_mask(hidden_states, attention_mask, cu_seqlens)
-        batch, length, _ = hidden_states.shape
-        last = read_state(self, past_key_values)
+        x, mask, attention_mask, cu_seqlens = layer_inputs(self, hidden_states, attention_mask,
+                                                           kwargs.get("cu_seqlens"), self.q_proj.weight)
+        batch, length, _ = x.shape
+        last = read_state(self, past_key_values, batch)
+        if last is not None and cu_seqlens is not None:
+            raise ValueError("Attention cannot continue packed sequences (cu_seqlens) from a cache (past_key_values)")
         past = 0 if last is None else last.keys.shape[1]
         if attention_mask is not None and attention_mask.shape[1] < past + length:
             raise ValueError(f"attention_mask must cover the {past} cached and {length} current tokens, got "
                              f"{attention_mask.shape[1]} columns")
 
-        q = rearrange(self.q_proj(hidden_states), "b t (h d) -> b t h d", d=self.head_dim)
-        k = rearrange(self.k_proj(hidden_states), "b t (h d) -> b t h d", d=self.head_dim)
-        v = rearrange(self.v_proj(hidden_states), "b t (h d) -> b t h d", d=self.head_dim)
+        q = rearrange(self.q_proj(x), "b t (h d) -> b t h d", d=self.head_dim)
+        k = rearrange(self.k_proj(x), "b t (h d) -> b t h d", d=self.head_dim)
+        v = rearrange(self.v_proj(x), "b t (h d) -> b t h d", d=self.head_dim)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         if self.rope_theta is not None:
@@ -133,7 +158,7 @@ class Attention(nn.Module):
             sequence = pack_index(cu_seqlens.to(device))[0]
             allowed = allowed & (sequence[:, None] == sequence[None, :])[None]
         if attention_mask is not None:
-            valid = attention_mask.to(device).bool()[:, -(past + length):]
+            valid = attention_mask.to(device)[:, attention_mask.shape[1] - (past + length):]
             # a padded query sees no real key; let it see itself so its (discarded) row stays finite
             allowed = (allowed & valid[:, None, :]) | (key[None, :] == query[:, None])[None]
         return allowed[:, None]

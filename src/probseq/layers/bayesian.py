@@ -40,10 +40,10 @@ from torch import Tensor, nn
 
 from probseq.layers.conv import ShortConvolution
 from probseq.layers.norm import GATE_ACTIVATIONS, GatedRMSNorm, RMSNorm
-from probseq.layers.state import RecurrentState, read_state, write_state
+from probseq.layers.state import RecurrentState, StateLayout, read_state, write_state
 from probseq.layers.utils import (check_no_extra, check_positive, full_precision, gated_output, guard_zero_keys,
-                                  hold_padding, inverse_softplus_step, l2_normalize, log_uniform_decay_rate,
-                                  padding_mask, repeat_heads, zero_padding)
+                                  hold_padding, inverse_softplus_step, l2_normalize, layer_inputs,
+                                  log_uniform_decay_rate, num_sequences, repeat_heads, zero_padding)
 from probseq.ops import R_MIN, bayes_filter
 
 Retention = Literal["reset", "stationary", "learned"]
@@ -82,6 +82,8 @@ class BayesianLayer(nn.Module):
         retention_init: initial ``ρ`` of ``learned`` in ``[0, 1]``; ``0`` is the function-preserving start.
         r_min: noise floor of the filter; default ``0`` for ``reset`` and ``R_MIN = 1e-4`` otherwise.
         chunk_size: chunk length of the chunked form.
+        validate: check ``hidden_states`` (NaN/Inf, naming the first bad ``(batch, time)``) and the filter's
+            values, one host synchronisation each per call (docs/numerics.md, "Validation").
 
     Forward (fla's): ``layer(hidden_states [B, T, D], attention_mask=None, past_key_values=None,
     use_cache=False, output_attentions=False, **kwargs) -> (o [B, T, D], None, past_key_values)``;
@@ -97,12 +99,13 @@ class BayesianLayer(nn.Module):
                  use_short_conv: bool = True, allow_neg_eigval: bool = False, conv_size: int = 4,
                  conv_bias: bool = False, layer_idx: int | None = None, norm_eps: float = 1e-5,
                  output_gate_activation: str = "swish", *, retention: Retention = "learned",
-                 retention_init: float = 0.0, r_min: float | None = None, chunk_size: int = 64, **kwargs):
+                 retention_init: float = 0.0, r_min: float | None = None, chunk_size: int = 64,
+                 validate: bool = False, **kwargs):
         super().__init__()
         name = type(self).__name__
-        # validate: the filter's value checks (NaN/Inf, ranges, a finite result) with one host synchronisation per
-        # call; off by default, as in a training loop (docs/numerics.md, "Validation"). Set True to debug.
-        self.validate = bool(kwargs.pop("validate", False))
+        # validate: hidden_states and the filter's values checked (NaN/Inf, ranges, a finite result) with one host
+        # synchronisation each per call; off by default, as in a training loop (docs/numerics.md, "Validation").
+        self.validate = bool(validate)
         check_no_extra(name, kwargs)
         num_v_heads = num_heads if num_v_heads is None else num_v_heads
         check_positive(hidden_size=hidden_size, head_dim=head_dim, num_heads=num_heads, num_v_heads=num_v_heads,
@@ -128,8 +131,8 @@ class BayesianLayer(nn.Module):
                 or not 0 <= retention_init <= 1):
             raise ValueError(f"retention_init must be a float in [0, 1], got {retention_init!r}")
         r_min = (0.0 if retention == "reset" else R_MIN) if r_min is None else r_min
-        if isinstance(r_min, bool) or not isinstance(r_min, (int, float)) or not r_min >= 0:
-            raise ValueError(f"r_min must be a float >= 0, got {r_min!r}")
+        if isinstance(r_min, bool) or not isinstance(r_min, (int, float)) or not 0 <= r_min < math.inf:
+            raise ValueError(f"r_min must be a finite float >= 0, got {r_min!r}")
 
         self.hidden_size, self.expand_v, self.head_dim = hidden_size, expand_v, head_dim
         self.num_heads, self.num_v_heads = num_heads, num_v_heads
@@ -172,6 +175,12 @@ class BayesianLayer(nn.Module):
     def extra_repr(self) -> str:
         return f"retention={self.retention!r}, r_min={self.r_min:g}, mode={self.mode!r}"
 
+    def state_layout(self) -> StateLayout:
+        """Conv states ``[N, D, W]`` of q, k, v and the mean ``[N, H_v, V, K]`` (:mod:`probseq.layers.state`)."""
+        conv = ((self.key_dim, self.conv_size),) * 2 + ((self.value_dim, self.conv_size),)
+        return StateLayout(RecurrentState, conv if self.use_short_conv else (),
+                           (self.num_v_heads, self.head_v_dim, self.head_k_dim))
+
     def certainty_retention(self, x: Tensor, g: Tensor) -> Tensor | None:
         """``γ [B, T, H_v]`` in ``[0, 1]`` for inputs ``x [B, T, D]`` and log decay ``g [B, T, H_v]``
         (``None`` for ``reset``: the covariance-reset fast path)."""
@@ -210,11 +219,10 @@ class BayesianLayer(nn.Module):
                 use_cache: bool | None = False, output_attentions: bool | None = False,
                 **kwargs) -> tuple[Tensor, None, object]:
         """See the class docstring. ``hidden_states [B, T, D] → (o [B, T, D], None, past_key_values)``."""
-        cu_seqlens = kwargs.get("cu_seqlens")
-        mask = padding_mask(hidden_states, attention_mask, cu_seqlens)
-        last = read_state(self, past_key_values)
-        length = hidden_states.shape[1]
-        x = hidden_states
+        x, mask, _, cu_seqlens = layer_inputs(self, hidden_states, attention_mask, kwargs.get("cu_seqlens"),
+                                              self.q_proj.weight)
+        last = read_state(self, past_key_values, num_sequences(x, cu_seqlens))
+        length = x.shape[1]
 
         q, k, v, conv_state = self._short_conv(x, mask, last.conv if last is not None else None, use_cache,
                                                cu_seqlens)

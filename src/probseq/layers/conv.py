@@ -42,14 +42,15 @@ class ShortConvolution(nn.Conv1d):
 
         Args:
             x: ``[B, T, D]`` (``B = 1`` with ``cu_seqlens``).
-            mask: ``[B, T]`` real tokens; padded inputs are zeroed (a left-padded sequence then sees the
-                zero history it would see alone).
+            mask: ``[B, T]`` real tokens; padded inputs are replaced by zeros (a selection, so NaN there does
+                not spread; a left-padded sequence then sees the zero history it would see alone).
             cache: ``[N, D, W]`` state from the previous call (``N`` = batch or number of sequences).
             output_final_state: return the new state.
             cu_seqlens: ``[N + 1]`` packed sequence boundaries; the convolution restarts at each one.
 
         Returns:
-            ``(y [B, T, D], state [N, D, W] or None)``.
+            ``(y [B, T, D], state [N, D, W] or None)``; for ``T = 0`` (or an empty packed sequence) ``y`` is
+            empty and the state is ``cache`` (zeros without one).
         """
         if cu_seqlens is not None:
             y, state = self._convolve(packed_to_padded(x, cu_seqlens), cache, output_final_state,
@@ -64,16 +65,19 @@ class ShortConvolution(nn.Conv1d):
         if cache is not None and tuple(cache.shape) != (batch, channels, width):
             raise ValueError(f"conv state must have shape [N, D, W] = {[batch, channels, width]}, "
                              f"got {list(cache.shape)}")
-        history = (x.new_zeros(batch, channels, width - 1) if cache is None
-                   else cache[..., 1:].to(x.dtype))
-        inputs = torch.cat([history, x.transpose(1, 2)], dim=-1)  # [N, D, W − 1 + T]
-        y = F.conv1d(inputs, self.weight, self.bias, groups=channels).transpose(1, 2)
+        # the last W inputs before the first token (zeros for a fresh sequence), then the W + T inputs
+        history = x.new_zeros(batch, channels, width) if cache is None else cache.to(x.dtype)
+        inputs = torch.cat([history, x.transpose(1, 2)], dim=-1)  # [N, D, W + T]
+        if length == 0:  # conv1d refuses an input shorter than its kernel
+            y = x.new_zeros(batch, 0, channels)
+        else:
+            y = F.conv1d(inputs[..., 1:], self.weight, self.bias, groups=channels).transpose(1, 2)  # [N, T, D]
         if self.activation is not None:
             y = F.silu(y)
         state = None
         if output_final_state:
-            # the last W inputs of each sequence: inputs[..., len − 1 : len − 1 + W]
+            # the last W inputs of each sequence: inputs[..., len : len + W] (the history itself if len = 0)
             ends = torch.full((batch,), length, device=x.device, dtype=torch.long) if lengths is None else lengths
-            index = ends[:, None] - 1 + torch.arange(width, device=x.device)
+            index = ends[:, None] + torch.arange(width, device=x.device)
             state = inputs.gather(-1, index[:, None, :].expand(batch, channels, width))
         return y, state

@@ -21,9 +21,9 @@ from torch import Tensor, nn
 
 from probseq.layers.conv import ShortConvolution
 from probseq.layers.norm import GatedRMSNorm, RMSNorm
-from probseq.layers.state import RecurrentState, read_state, write_state
+from probseq.layers.state import RecurrentState, StateLayout, read_state, write_state
 from probseq.layers.utils import (check_no_extra, check_positive, full_precision, gated_output, guard_zero_keys,
-                                  hold_padding, l2_normalize, padding_mask, zero_padding)
+                                  hold_padding, l2_normalize, layer_inputs, num_sequences, zero_padding)
 from probseq.ops import bayes_filter
 
 QK_ACTIVATIONS = ("silu", "relu", "elu", "identity")
@@ -42,18 +42,20 @@ class DeltaNet(nn.Module):
     """fla ``DeltaNet``'s constructor (same defaults) and forward.
 
     Refused: ``allow_neg_eigval=True`` (β ∈ (0, 2)) and ``qk_norm="sum"`` (the delta rule is the regression
-    design's reset only for unit-norm keys). ``chunk_size`` is ours.
+    design's reset only for unit-norm keys). ``chunk_size`` and ``validate`` (as in :class:`BayesianLayer`) are
+    ours.
     """
 
     def __init__(self, mode: str = "chunk", d_model: int | None = None, hidden_size: int = 1024,
                  expand_k: float = 1.0, expand_v: float = 1.0, num_heads: int = 4, use_beta: bool = True,
                  use_gate: bool = False, use_short_conv: bool = True, conv_size: int = 4, conv_bias: bool = False,
                  allow_neg_eigval: bool = False, layer_idx: int | None = None, qk_activation: str = "silu",
-                 qk_norm: str = "l2", norm_eps: float = 1e-5, *, chunk_size: int = 64, **kwargs):
+                 qk_norm: str = "l2", norm_eps: float = 1e-5, *, chunk_size: int = 64, validate: bool = False,
+                 **kwargs):
         super().__init__()
-        # validate: the filter's value checks (NaN/Inf, ranges, a finite result) with one host synchronisation per
-        # call; off by default, as in a training loop (docs/numerics.md, "Validation"). Set True to debug.
-        self.validate = bool(kwargs.pop("validate", False))
+        # validate: hidden_states and the filter's values checked (NaN/Inf, ranges, a finite result) with one host
+        # synchronisation each per call; off by default, as in a training loop (docs/numerics.md, "Validation").
+        self.validate = bool(validate)
         check_no_extra("DeltaNet", kwargs)
         hidden_size = hidden_size if d_model is None else d_model
         check_positive(hidden_size=hidden_size, num_heads=num_heads, conv_size=conv_size, chunk_size=chunk_size)
@@ -97,14 +99,19 @@ class DeltaNet(nn.Module):
             self.o_norm = RMSNorm(self.head_v_dim, eps=norm_eps)
         self.o_proj = nn.Linear(self.value_dim, hidden_size, bias=False)
 
+    def state_layout(self) -> StateLayout:
+        """Conv states ``[N, D, W]`` of q, k, v and the mean ``[N, H, V, K]`` (:mod:`probseq.layers.state`)."""
+        conv = ((self.key_dim, self.conv_size),) * 2 + ((self.value_dim, self.conv_size),)
+        return StateLayout(RecurrentState, conv if self.use_short_conv else (),
+                           (self.num_heads, self.head_v_dim, self.head_k_dim))
+
     def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None, past_key_values=None,
                 use_cache: bool | None = False, output_attentions: bool | None = False,
                 **kwargs) -> tuple[Tensor, None, object]:
         """``hidden_states [B, T, D] → (o [B, T, D], None, past_key_values)``; ``kwargs``: ``cu_seqlens``."""
-        cu_seqlens = kwargs.get("cu_seqlens")
-        mask = padding_mask(hidden_states, attention_mask, cu_seqlens)
-        last = read_state(self, past_key_values)
-        x = hidden_states
+        x, mask, _, cu_seqlens = layer_inputs(self, hidden_states, attention_mask, kwargs.get("cu_seqlens"),
+                                              self.q_proj.weight)
+        last = read_state(self, past_key_values, num_sequences(x, cu_seqlens))
 
         conv_state: tuple[Tensor, ...] = ()
         if self.use_short_conv:

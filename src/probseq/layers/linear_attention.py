@@ -23,9 +23,9 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from probseq.layers.norm import RMSNorm
-from probseq.layers.state import RecurrentState, read_state, write_state
-from probseq.layers.utils import (check_no_extra, check_positive, full_precision, hold_padding, padding_mask,
-                                  repeat_heads, zero_padding)
+from probseq.layers.state import RecurrentState, StateLayout, read_state, write_state
+from probseq.layers.utils import (check_no_extra, check_positive, full_precision, hold_padding, layer_inputs,
+                                  num_sequences, repeat_heads, zero_padding)
 from probseq.ops import superposition_filter
 
 FEATURE_MAPS = ("elementwise_product", "elu", "relu", "identity")
@@ -71,11 +71,12 @@ class LinearAttention(nn.Module):
                  tie_feature_map_qk: bool = False, output_norm: str = "rmsnorm", norm_q: bool = False,
                  norm_k: bool = False, do_feature_map_norm: bool = False, elementwise_affine: bool = True,
                  norm_eps: float = 1e-5, layer_idx: int | None = None, *, decay: str | None = None,
-                 gate_logit_normalizer: float = 16.0, chunk_size: int | None = None, **kwargs):
+                 gate_logit_normalizer: float = 16.0, chunk_size: int | None = None, validate: bool = False,
+                 **kwargs):
         super().__init__()
-        # validate: the filter's value checks (NaN/Inf, ranges, a finite result) with one host synchronisation per
-        # call; off by default, as in a training loop (docs/numerics.md, "Validation"). Set True to debug.
-        self.validate = bool(kwargs.pop("validate", False))
+        # validate: hidden_states and the filter's values checked (NaN/Inf, ranges, a finite result) with one host
+        # synchronisation each per call; off by default, as in a training loop (docs/numerics.md, "Validation").
+        self.validate = bool(validate)
         check_no_extra("LinearAttention", kwargs)
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         check_positive(hidden_size=hidden_size, num_heads=num_heads, num_kv_heads=num_kv_heads)
@@ -94,6 +95,8 @@ class LinearAttention(nn.Module):
             raise ValueError(f"output_norm must be 'rmsnorm' or 'identity', got {output_norm!r}")
         if decay not in DECAYS:
             raise ValueError(f"decay must be one of {DECAYS}, got {decay!r}")
+        if chunk_size is not None:
+            check_positive(chunk_size=chunk_size)
         if not gate_logit_normalizer > 0:
             raise ValueError(f"gate_logit_normalizer must be > 0, got {gate_logit_normalizer!r}")
         key_dim, value_dim = hidden_size * expand_k, hidden_size * expand_v
@@ -121,14 +124,17 @@ class LinearAttention(nn.Module):
         if decay is not None:
             self.gk_proj = nn.Linear(hidden_size, num_heads if decay == "scalar" else self.key_dim, bias=True)
 
+    def state_layout(self) -> StateLayout:
+        """No conv state; the mean ``[N, H, V, K]`` (:mod:`probseq.layers.state`)."""
+        return StateLayout(RecurrentState, (), (self.num_heads, self.head_v_dim, self.head_k_dim))
+
     def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None, past_key_values=None,
                 use_cache: bool | None = False, output_attentions: bool | None = False,
                 **kwargs) -> tuple[Tensor, None, object]:
         """``hidden_states [B, T, D] → (o [B, T, D], None, past_key_values)``; ``kwargs``: ``cu_seqlens``."""
-        cu_seqlens = kwargs.get("cu_seqlens")
-        mask = padding_mask(hidden_states, attention_mask, cu_seqlens)
-        last = read_state(self, past_key_values)
-        x = hidden_states
+        x, mask, _, cu_seqlens = layer_inputs(self, hidden_states, attention_mask, kwargs.get("cu_seqlens"),
+                                              self.q_proj.weight)
+        last = read_state(self, past_key_values, num_sequences(x, cu_seqlens))
 
         q = rearrange(self.q_proj(x), "b t (h d) -> b t h d", d=self.head_k_dim)
         k = repeat_heads(rearrange(self.k_proj(x), "b t (h d) -> b t h d", d=self.head_k_dim), self.num_kv_groups)

@@ -23,18 +23,34 @@ from torch import Tensor, nn
 
 from probseq.layers.conv import ShortConvolution
 from probseq.layers.norm import GatedRMSNorm
-from probseq.layers.state import RecurrentState, read_state, write_state
+from probseq.layers.state import RecurrentState, StateLayout, read_state, write_state
 from probseq.layers.utils import (check_no_extra, check_positive, full_precision, hold_padding,
-                                  inverse_softplus_step, log_uniform_decay_rate, padding_mask, repeat_heads,
-                                  zero_padding)
+                                  inverse_softplus_step, layer_inputs, log_uniform_decay_rate, num_sequences,
+                                  repeat_heads, zero_padding)
 from probseq.ops import superposition_filter
+
+
+def _check_ranges(A_init_range, dt_min, dt_max, dt_init_floor, conv_init) -> None:  # noqa: N803 (mamba_ssm's name)
+    """The initialisation ranges: ``A ~ U(A_init_range)`` and ``Δ`` log-uniform in ``[dt_min, dt_max]`` take
+    logarithms, so a negative or zero bound would give NaN or infinite parameters."""
+    low, high = A_init_range
+    if not 0 < low <= high < float("inf"):
+        raise ValueError(f"A_init_range must be (low, high) with 0 < low <= high < inf, got {A_init_range!r}")
+    if not 0 < dt_min <= dt_max < float("inf"):
+        raise ValueError(f"dt_min and dt_max must satisfy 0 < dt_min <= dt_max < inf, got {dt_min!r}, {dt_max!r}")
+    if not 0 <= dt_init_floor < float("inf"):
+        raise ValueError(f"dt_init_floor must be a finite float >= 0, got {dt_init_floor!r}")
+    if conv_init is not None and not 0 < conv_init < float("inf"):
+        raise ValueError(f"conv_init must be None or a finite float > 0 (weights ~ U(-conv_init, conv_init)), "
+                         f"got {conv_init!r}")
 
 
 class Mamba2(nn.Module):
     """fla / mamba_ssm ``Mamba2``'s constructor (same defaults) and fla's forward.
 
     ``backend`` (fla's conv-kernel choice) is accepted and ignored; ``hidden_act`` must be SiLU;
-    ``chunk_size`` is the chunk length of the filter's chunked form.
+    ``chunk_size`` is the chunk length of the filter's chunked form; ``validate`` checks ``hidden_states`` and the
+    filter's values (as in :class:`~probseq.layers.BayesianLayer`).
     """
 
     def __init__(self, num_heads: int | None = None, head_dim: int = 64, hidden_size: int = 2048,
@@ -44,11 +60,11 @@ class Mamba2(nn.Module):
                  norm_before_gate: bool = False, dt_min: float = 0.001, dt_max: float = 0.1,
                  dt_init_floor: float = 1e-4, dt_limit: tuple[float, float] = (0.0, float("inf")),
                  use_bias: bool = False, norm_eps: float = 1e-5, chunk_size: int = 256, layer_idx: int | None = None,
-                 backend: str = "cuda", **kwargs):
+                 backend: str = "cuda", *, validate: bool = False, **kwargs):
         super().__init__()
-        # validate: the filter's value checks (NaN/Inf, ranges, a finite result) with one host synchronisation per
-        # call; off by default, as in a training loop (docs/numerics.md, "Validation"). Set True to debug.
-        self.validate = bool(kwargs.pop("validate", False))
+        # validate: hidden_states and the filter's values checked (NaN/Inf, ranges, a finite result) with one host
+        # synchronisation each per call; off by default, as in a training loop (docs/numerics.md, "Validation").
+        self.validate = bool(validate)
         check_no_extra("Mamba2", kwargs)
         check_positive(head_dim=head_dim, hidden_size=hidden_size, state_size=state_size, expand=expand,
                        n_groups=n_groups, conv_kernel=conv_kernel, chunk_size=chunk_size)
@@ -66,6 +82,7 @@ class Mamba2(nn.Module):
             raise ValueError(f"Mamba2 supports hidden_act='silu' only, got {hidden_act!r}")
         if not 0 <= dt_limit[0] <= dt_limit[1]:
             raise ValueError(f"dt_limit must be (low, high) with 0 <= low <= high, got {dt_limit!r}")
+        _check_ranges(A_init_range, dt_min, dt_max, dt_init_floor, conv_init)
 
         self.hidden_size, self.expand, self.intermediate_size = hidden_size, expand, intermediate_size
         self.num_heads, self.head_dim, self.ssm_state_size, self.n_groups = num_heads, head_dim, state_size, n_groups
@@ -90,15 +107,20 @@ class Mamba2(nn.Module):
         self.D._no_weight_decay = True
         self.out_proj = nn.Linear(intermediate_size, hidden_size, bias=use_bias)
 
+    def state_layout(self) -> StateLayout:
+        """One conv state ``[N, conv_dim, W]`` and the SSM state ``[N, H, P, N_state]`` (probseq.layers.state)."""
+        return StateLayout(RecurrentState, ((self.conv_dim, self.conv_kernel_size),),
+                           (self.num_heads, self.head_dim, self.ssm_state_size))
+
     def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None, past_key_values=None,
                 use_cache: bool | None = False, output_attentions: bool | None = False,
                 **kwargs) -> tuple[Tensor, None, object]:
         """``hidden_states [B, T, D] → (o [B, T, D], None, past_key_values)``; ``kwargs``: ``cu_seqlens``."""
-        cu_seqlens = kwargs.get("cu_seqlens")
-        mask = padding_mask(hidden_states, attention_mask, cu_seqlens)
-        last = read_state(self, past_key_values)
+        u, mask, _, cu_seqlens = layer_inputs(self, hidden_states, attention_mask, kwargs.get("cu_seqlens"),
+                                              self.in_proj.weight)
+        last = read_state(self, past_key_values, num_sequences(u, cu_seqlens))
 
-        z, xbc, dt = self.in_proj(hidden_states).split([self.intermediate_size, self.conv_dim, self.num_heads], -1)
+        z, xbc, dt = self.in_proj(u).split([self.intermediate_size, self.conv_dim, self.num_heads], -1)
         xbc, conv_state = self.conv1d(xbc, mask=mask, cache=None if last is None else last.conv[0],
                                       output_final_state=use_cache, cu_seqlens=cu_seqlens)
         x, b, c = xbc.split([self.intermediate_size, self.n_groups * self.ssm_state_size,
@@ -111,7 +133,7 @@ class Mamba2(nn.Module):
         log_decay = delta * -self.A_log.float().exp()
         b, log_decay, _, _ = hold_padding(mask, b, log_decay)
 
-        with full_precision(hidden_states.device.type):
+        with full_precision(u.device.type):
             out = superposition_filter(c, b, x, log_decay, delta, scale=1.0,
                                        initial_state=None if last is None else last.memory,
                                        output_final_state=bool(use_cache), chunk_size=self.chunk_size,

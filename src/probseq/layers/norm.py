@@ -11,11 +11,23 @@ Parameter names (``weight``) match those modules, so their checkpoints load.
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 GATE_ACTIVATIONS = ("swish", "silu", "sigmoid")
+
+
+def _check_size_and_eps(norm: str, hidden_size: int, eps: float) -> None:
+    """``hidden_size`` a positive int; ``ε`` a finite float ``≥ 0`` (a negative one makes ``mean(x²) + ε``
+    negative for small ``x``: NaN outputs)."""
+    if isinstance(hidden_size, bool) or not isinstance(hidden_size, numbers.Integral) or hidden_size <= 0:
+        raise ValueError(f"{norm} hidden_size must be a positive int, got {hidden_size!r}")
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"{norm} eps (the layer's norm_eps) must be a finite float >= 0, got {eps!r}")
 
 
 def _rms(x: Tensor, eps: float, group_size: int | None = None) -> Tensor:
@@ -30,6 +42,7 @@ class RMSNorm(nn.Module):
 
     def __init__(self, hidden_size: int, eps: float = 1e-5, elementwise_affine: bool = True):
         super().__init__()
+        _check_size_and_eps("RMSNorm", hidden_size, eps)
         self.hidden_size, self.eps = hidden_size, eps
         self.weight = nn.Parameter(torch.ones(hidden_size)) if elementwise_affine else None
 
@@ -58,6 +71,7 @@ class GatedRMSNorm(nn.Module):
     def __init__(self, hidden_size: int, eps: float = 1e-5, activation: str = "swish", norm_before_gate: bool = True,
                  group_size: int | None = None):
         super().__init__()
+        _check_size_and_eps("GatedRMSNorm", hidden_size, eps)
         if activation not in GATE_ACTIVATIONS:
             raise ValueError(f"gate activation must be one of {GATE_ACTIVATIONS}, got {activation!r}")
         if not norm_before_gate and activation == "sigmoid":

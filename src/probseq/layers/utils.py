@@ -1,30 +1,109 @@
 """Small helpers shared by the mixers: input checks, padding, packing, head layout.
 
+Every mixer starts its forward with :func:`layer_inputs`: ``hidden_states`` of the layer's width, dtype and
+device; ``attention_mask`` in one convention for all mixers (:data:`MASK_CONVENTION`); ``cu_seqlens``
+matching ``T``; with ``validate=True``, finite real tokens. Bad inputs raise a ``ValueError`` naming them
+before any projection or convolution runs.
+
 Padding (fla's 2-D ``attention_mask``, 0 = padding) is handled without moving tokens: a padded token is
 made *state-preserving* — its key is zeroed (it writes nothing), its decay is 1 (``g = 0``) and its
 retention is 1 (``γ = 1``, the covariance is kept) — and its short-convolution input is zeroed, which is
 exactly the zero history a sequence run alone starts from. Each sequence of a left-padded batch therefore
 gets the state and outputs it would get alone; outputs at padded positions are zero, as fla's re-padding
-leaves them.
+leaves them. Every one of these is a selection (``torch.where``), never a product with the mask, and the
+padded hidden states themselves are replaced by zeros first: ``0 · NaN = NaN``, so a product would carry a
+NaN or Inf at a padded position into the chunk sums of the real tokens.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+from typing import NamedTuple
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from probseq.ops.validation import ValueChecks, check_cu_seqlens
 
-def padding_mask(hidden_states: Tensor, attention_mask: Tensor | None, cu_seqlens: Tensor | None) -> Tensor | None:
-    """Check a mixer's inputs and return the boolean mask ``[B, T]`` of real tokens (``None``: no padding).
+
+MASK_CONVENTION = ("fla's 0/1 padding mask [B, T] (1 = real token, 0 = padding), as bool or as integers/floats "
+                   "that are exactly 0 or 1")
+
+
+class LayerInputs(NamedTuple):
+    """A mixer's checked inputs (:func:`layer_inputs`).
+
+    Attributes:
+        x: ``hidden_states [B, T, D]`` with zeros at padded positions.
+        mask: ``[B, T]`` real tokens among the current ones (``None``: no padding).
+        full_mask: the whole ``attention_mask`` as bool ``[B, T_all]`` (``None`` without one).
+        cu_seqlens: ``[S + 1]`` packed sequence boundaries, checked against ``T`` (or ``None``).
+    """
+
+    x: Tensor
+    mask: Tensor | None
+    full_mask: Tensor | None
+    cu_seqlens: Tensor | None
+
+
+def layer_inputs(layer: nn.Module, hidden_states: Tensor, attention_mask: Tensor | None,
+                 cu_seqlens: Tensor | None, weight: Tensor) -> LayerInputs:
+    """Check a mixer's inputs at its boundary, before any projection or convolution.
+
+    ``hidden_states`` must be ``[B, T, hidden_size]`` with the dtype and device of ``weight`` (the input
+    projection; float32, bfloat16 or float16 under autocast); ``attention_mask`` follows
+    :data:`MASK_CONVENTION`; ``cu_seqlens`` must be ``[0, …, T]``, nondecreasing (the ops' check, done here
+    whatever ``validate`` is: a wrong packing is otherwise silent or fails deep inside). Padded positions are
+    *selected* away (``where``, not a multiplication), so NaN or Inf there never reaches a real token. With
+    ``layer.validate`` the real tokens of ``hidden_states`` must be finite; the message names the first bad
+    ``(batch, time)``. Host synchronisations: ``cu_seqlens`` and ``validate`` share one; a mask costs one
+    (two if it is not bool: its values are checked).
+    """
+    check_hidden_states(layer, hidden_states, weight)
+    full = full_padding_mask(hidden_states, attention_mask, cu_seqlens)
+    mask = current_mask(full, hidden_states.shape[1])
+    x = keep_real(hidden_states, mask)
+    validate = getattr(layer, "validate", False)
+    if cu_seqlens is not None or validate:  # no value check (and no synchronisation) otherwise
+        checks = ValueChecks()
+        check_cu_seqlens(cu_seqlens, hidden_states.shape[0], hidden_states.shape[1], checks)
+        if validate:
+            checks.finite("hidden_states", x, dims=("batch", "time"))
+        checks.resolve()
+    return LayerInputs(x, mask, full, cu_seqlens)
+
+
+def check_hidden_states(layer: nn.Module, hidden_states: Tensor, weight: Tensor) -> None:
+    """``hidden_states`` is ``[B, T, hidden_size]`` with ``weight``'s dtype (any float under autocast) and device."""
+    name = type(layer).__name__
+    if not isinstance(hidden_states, Tensor):
+        raise ValueError(f"hidden_states must be a torch.Tensor [B, T, D], got {type(hidden_states).__name__}")
+    if hidden_states.dim() != 3 or hidden_states.shape[-1] != layer.hidden_size:
+        raise ValueError(f"hidden_states must have shape [B, T, D] with D = hidden_size = {layer.hidden_size} of "
+                         f"{name}, got {list(hidden_states.shape)}")
+    autocast = torch.is_autocast_enabled(hidden_states.device.type)
+    allowed = {weight.dtype} | ({torch.float32, torch.bfloat16, torch.float16} if autocast else set())
+    if hidden_states.dtype not in allowed:
+        raise ValueError(f"hidden_states has dtype {hidden_states.dtype}, {name}'s parameters are {weight.dtype}: "
+                         f"cast the input (hidden_states.to({weight.dtype})) or the layer (layer.to(dtype)), or run "
+                         "under torch.autocast")
+    if hidden_states.device != weight.device:
+        raise ValueError(f"hidden_states is on {hidden_states.device}, {name}'s parameters are on {weight.device}")
+
+
+def full_padding_mask(hidden_states: Tensor, attention_mask: Tensor | None,
+                      cu_seqlens: Tensor | None) -> Tensor | None:
+    """Check the padding inputs of a mixer; return ``attention_mask`` as bool ``[B, T_all]`` on the device of
+    ``hidden_states`` (``None`` without one).
 
     Args:
         hidden_states: ``[B, T, D]``.
         attention_mask: fla's 0/1 padding mask ``[B, T_all]`` (0 = padding), ``T_all ≥ T``: while decoding
-            it covers the cached tokens too, and its last ``T`` columns are the current tokens.
+            it covers the cached tokens too, and its last ``T`` columns are the current tokens. Bool, or
+            integers/floats that are all exactly 0 or 1; anything else (an additive 0/−inf mask, ``2·m``,
+            ``0.5·m``, NaN) is refused — one host synchronisation checks the values.
         cu_seqlens: ``[S + 1]`` boundaries of packed sequences (``B == 1``).
     """
     if hidden_states.dim() != 3:
@@ -38,19 +117,52 @@ def padding_mask(hidden_states: Tensor, attention_mask: Tensor | None, cu_seqlen
         return None
     if attention_mask is None:
         return None
+    if not isinstance(attention_mask, Tensor):
+        raise ValueError(f"attention_mask must be a torch.Tensor, {MASK_CONVENTION}; got "
+                         f"{type(attention_mask).__name__}")
     if attention_mask.dim() != 2 or attention_mask.shape[0] != batch or attention_mask.shape[1] < length:
         raise ValueError("attention_mask must be a 0/1 padding mask [B, T] (0 = padding) covering the current "
                          f"tokens, got shape {list(attention_mask.shape)} for hidden_states "
                          f"{list(hidden_states.shape)}; "
                          "arbitrary [B, T, T] masks are not supported")
-    mask = attention_mask[:, attention_mask.shape[1] - length:].bool()
+    mask = attention_mask.to(hidden_states.device)
+    if mask.dtype != torch.bool:
+        binary = (mask == 0) | (mask == 1)
+        if not bool(binary.all()):
+            bad = mask[~binary]
+            raise ValueError(f"attention_mask must be {MASK_CONVENTION}; got {mask.dtype} values such as "
+                             f"{bad[:3].tolist()} ({bad.numel()} not 0 or 1). An additive mask (0 = keep, "
+                             "-inf = padding) is not this convention: pass (attention_mask == 0) instead")
+    return mask != 0
+
+
+def current_mask(full_mask: Tensor | None, length: int) -> Tensor | None:
+    """The last ``length`` columns of a bool mask ``[B, T_all]`` (``None`` if there are no padded ones)."""
+    if full_mask is None:
+        return None
+    mask = full_mask[:, full_mask.shape[1] - length:]
     return None if bool(mask.all()) else mask
+
+
+def padding_mask(hidden_states: Tensor, attention_mask: Tensor | None, cu_seqlens: Tensor | None) -> Tensor | None:
+    """Check a mixer's padding inputs (:func:`full_padding_mask`) and return the boolean mask ``[B, T]`` of
+    the current real tokens (``None``: no padding)."""
+    return current_mask(full_padding_mask(hidden_states, attention_mask, cu_seqlens), hidden_states.shape[1])
+
+
+def keep_real(x: Tensor | None, mask: Tensor | None, fill: float = 0.0) -> Tensor | None:
+    """``x [B, T, ...]`` at real tokens, ``fill`` at padded ones — a selection, so a NaN or Inf at a padded
+    position is dropped (``0 · NaN`` would be NaN)."""
+    if x is None or mask is None:
+        return x
+    return torch.where(mask.reshape(*mask.shape, *([1] * (x.dim() - 2))), x, fill)
 
 
 def hold_padding(mask: Tensor | None, k: Tensor, g: Tensor | None, beta: Tensor | None = None,
                  gamma: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """Make padded tokens state-preserving: ``k = 0``, ``g = 0``, ``γ = 1`` and ``β = 1/2`` (any ``β``
     in ``(0, 1)`` keeps the noise ``r > 0``, so the innovation variance of a zero key stays positive).
+    Every one is a selection (:func:`keep_real`), so whatever the padded values were never matters.
 
     Args:
         mask: ``[B, T]`` real tokens, or ``None`` (returns the inputs unchanged).
@@ -58,15 +170,7 @@ def hold_padding(mask: Tensor | None, k: Tensor, g: Tensor | None, beta: Tensor 
     """
     if mask is None:
         return k, g, beta, gamma
-    m = mask[:, :, None]
-    k = k * m[..., None].to(k.dtype)
-    if g is not None:
-        g = torch.where(m[..., None] if g.dim() == 4 else m, g, 0.0)
-    if beta is not None:
-        beta = torch.where(m, beta, 0.5)
-    if gamma is not None:
-        gamma = torch.where(m, gamma, 1.0)
-    return k, g, beta, gamma
+    return keep_real(k, mask), keep_real(g, mask), keep_real(beta, mask, 0.5), keep_real(gamma, mask, 1.0)
 
 
 def guard_zero_keys(k: Tensor, beta: Tensor) -> Tensor:
@@ -76,10 +180,8 @@ def guard_zero_keys(k: Tensor, beta: Tensor) -> Tensor:
 
 
 def zero_padding(x: Tensor | None, mask: Tensor | None) -> Tensor | None:
-    """Zero ``x [B, T, ...]`` at padded positions."""
-    if x is None or mask is None:
-        return x
-    return x * mask.reshape(*mask.shape, *([1] * (x.dim() - 2))).to(x.dtype)
+    """Zero ``x [B, T, ...]`` at padded positions (a selection: NaN there becomes 0 too)."""
+    return keep_real(x, mask)
 
 
 def l2_normalize(x: Tensor, eps: float = 1e-6) -> Tensor:
@@ -166,3 +268,8 @@ def gated_output(layer: nn.Module, o: Tensor, x: Tensor) -> Tensor:
     else:
         o = layer.o_norm(o)
     return layer.o_proj(rearrange(o, "b t h d -> b t (h d)"))
+
+
+def num_sequences(hidden_states: Tensor, cu_seqlens: Tensor | None) -> int:
+    """The sequences of a call, each with its own decoding state: ``B``, or ``S`` packed ones."""
+    return hidden_states.shape[0] if cu_seqlens is None else cu_seqlens.numel() - 1

@@ -50,11 +50,14 @@ class ValueChecks:
         self._flags.append(ok.reshape(()).to(torch.bool))
         self._messages.append(message)
 
-    def finite(self, name: str, x: Tensor | None) -> None:
+    def finite(self, name: str, x: Tensor | None, dims: tuple[str, ...] = ()) -> None:
+        """``x`` has no NaN or Inf; with ``dims`` (names of the leading dims, e.g. ``("batch", "time")``)
+        the message also gives the index of the first bad value along them."""
         if x is None or x.numel() == 0:
             return
         x = x.detach()
-        self.require(torch.isfinite(x).all(), lambda: f"{name} contains NaN or Inf ({_count_nonfinite(x)})")
+        self.require(torch.isfinite(x).all(),
+                     lambda: f"{name} contains NaN or Inf ({_count_nonfinite(x)}{_first_nonfinite(x, dims)})")
 
     def in_range(self, name: str, x: Tensor | None, *, low: float | None = None, high: float | None = None,
                  low_open: bool = False) -> None:
@@ -89,6 +92,14 @@ class ValueChecks:
 def _count_nonfinite(x: Tensor) -> str:
     nan, inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
     return f"{nan} NaN, {inf} Inf of {x.numel()} values"
+
+
+def _first_nonfinite(x: Tensor, dims: tuple[str, ...]) -> str:
+    """``"; first at batch 1, time 5"``: the leading indices of the first non-finite value (row-major)."""
+    if not dims:
+        return ""
+    index = (~torch.isfinite(x)).nonzero()[0].tolist()
+    return "; first at " + ", ".join(f"{dim} {i}" for dim, i in zip(dims, index))
 
 
 def check_floating(name: str, x: Tensor) -> None:
