@@ -1,9 +1,16 @@
-"""Atomic file writes (a reader, a second writer or an interruption never leaves half a file), and the check
-that an output folder is writable before any work.
+"""Atomic file writes (a reader, a second writer or an interruption never leaves half a file), strict JSON in
+and out, checks of what a JSON file holds, and the check that an output folder is writable before any work.
 
 Each writer goes to a temporary file in the target's folder, fsyncs it and renames it over the target
 (``os.replace`` is atomic on one filesystem). Used for every result, metric, log and figure that a resumed
 or concurrent run may read back.
+
+JSON is strict both ways: :func:`atomic_write_json` refuses NaN and ±Infinity (which ``json.dumps`` would write as
+the bare words ``NaN`` / ``Infinity``, not JSON), naming where the value is, so a value that can legitimately be
+non-finite is converted to ``None`` (``null``) by its writer (:func:`finite_or_none`); :func:`read_json` refuses
+them too, and says which file is not JSON. :func:`json_problem` checks what a parsed file holds against a small
+spec (:class:`ListOf`, :class:`MapOf`, dicts of required keys, types), so that a reader can name the file and
+what is wrong with it instead of failing later with a ``KeyError`` or ``TypeError``.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -38,9 +46,160 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """``obj`` as indented JSON; dataclasses, tensors and paths are converted, anything else unknown is an
-    error (``TypeError``) rather than a silently stringified value."""
-    atomic_write_text(path, json.dumps(obj, indent=2, default=json_default) + "\n")
+    """``obj`` as indented, strict JSON; dataclasses, tensors and paths are converted, anything else unknown is an
+    error (``TypeError``) rather than a silently stringified value, and a NaN or ±Infinity anywhere is a
+    ``ValueError`` naming where it is (nothing is written): convert such values to ``None`` first."""
+    try:
+        text = json.dumps(obj, indent=2, default=json_default, allow_nan=False)
+    except ValueError as error:
+        where = nonfinite_path(obj)
+        if where is None:
+            raise
+        raise ValueError(f"cannot write {path}: {where[0] or 'the value'} is {where[1]!r}, which JSON has no value "
+                         "for; a value that can be non-finite must be written as None (null)") from None
+    atomic_write_text(path, text + "\n")
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """``value`` as a float, or ``None`` when it is ``None``, NaN or ±Infinity (JSON's ``null``)."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def nonfinite_path(obj: Any, where: str = "") -> tuple[str, float] | None:
+    """``(dotted path, value)`` of the first NaN or ±Infinity in ``obj`` (dicts, lists, tuples, and what
+    :func:`json_default` converts), or ``None``: ``("units.a.loss", nan)``, ``("x[1]", inf)``."""
+    if isinstance(obj, float):
+        return None if math.isfinite(obj) else (where, obj)
+    if isinstance(obj, dict):
+        items = ((f"{where}.{key}" if where else str(key), value) for key, value in obj.items())
+    elif isinstance(obj, (list, tuple)):
+        items = ((f"{where}[{index}]", value) for index, value in enumerate(obj))
+    elif obj is None or isinstance(obj, (str, int)):
+        return None
+    else:
+        try:
+            return nonfinite_path(json_default(obj), where)
+        except TypeError:
+            return None
+    for key, value in items:
+        found = nonfinite_path(value, key)
+        if found is not None:
+            return found
+    return None
+
+
+def read_json(path: str | os.PathLike, advice: str = "") -> Any:
+    """The content of the JSON file ``path``. A file that is not strict JSON (not UTF-8 text, truncated,
+    ``NaN`` / ``Infinity``) is a ``ValueError`` naming the file, what is wrong and ``advice`` (e.g. "delete it to
+    recompute"). ``OSError`` (a missing file) is raised as it is."""
+    path = Path(path)
+    suffix = f"; {advice}" if advice else ""
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not JSON text ({error}){suffix}") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}){suffix}") from None
+    where = nonfinite_path(value)
+    if where is not None:
+        raise ValueError(f"{path} is not strict JSON: {where[0] or 'the value'} is {json.dumps(where[1])}{suffix}")
+    return value
+
+
+class ListOf:
+    """A :func:`json_problem` spec: a list whose every item matches ``item``."""
+
+    def __init__(self, item: Any):
+        self.item = item
+
+
+class MapOf:
+    """A :func:`json_problem` spec: a JSON object whose every value matches ``value`` (any keys)."""
+
+    def __init__(self, value: Any):
+        self.value = value
+
+
+#: A :func:`json_problem` spec: a number (``int`` or ``float``; never ``bool``).
+NUMBER = (int, float)
+
+
+def json_problem(value: Any, spec: Any, where: str = "") -> str | None:
+    """What is wrong with parsed JSON ``value`` against ``spec``, or ``None`` when it matches.
+
+    ``spec`` is one of: a type (``int``, ``str``, ``dict``, ``type(None)``, …; ``bool`` never counts as a number);
+    a tuple of specs (any one of them); a ``dict`` of required keys to specs (a key ending in ``?`` is optional;
+    other keys are allowed); :class:`ListOf`; :class:`MapOf`; ``Any`` (anything).
+
+    Returns:
+        e.g. ``'metrics.eval.valid_x.accuracy must be a number, got "1" (str)'`` or ``"metrics is missing"``.
+    """
+    label = where or "the content"
+    if spec is Any:
+        return None
+    if isinstance(spec, tuple):  # any one of the options
+        if any(json_problem(value, option, where) is None for option in spec):
+            return None
+        container = [o for o in spec if isinstance(o, (dict, MapOf, ListOf)) and _same_kind(value, o)]
+        if len(spec) == 1 or container:  # the option of the value's kind says what is wrong inside it
+            return json_problem(value, container[0] if container else spec[0], where)
+        return f"{label} must be {_describe(spec)}, got {_shown(value)}"
+    if isinstance(spec, type):
+        matches = isinstance(value, spec) and not (isinstance(value, bool) and spec in (int, float))
+        return None if matches else f"{label} must be {_describe(spec)}, got {_shown(value)}"
+    if isinstance(spec, dict):
+        if not isinstance(value, dict):
+            return f"{label} must be a JSON object, got {_shown(value)}"
+        for key, inner in spec.items():
+            name = key.removesuffix("?")
+            path = f"{where}.{name}" if where else name
+            if name not in value:
+                if key.endswith("?"):
+                    continue
+                return f"{path} is missing"
+            problem = json_problem(value[name], inner, path)
+            if problem:
+                return problem
+        return None
+    if isinstance(spec, ListOf):
+        if not isinstance(value, list):
+            return f"{label} must be a list, got {_shown(value)}"
+        return next((p for i, item in enumerate(value) if (p := json_problem(item, spec.item, f"{where}[{i}]"))),
+                    None)
+    if isinstance(spec, MapOf):
+        if not isinstance(value, dict):
+            return f"{label} must be a JSON object, got {_shown(value)}"
+        return next((p for key, item in value.items()
+                     if (p := json_problem(item, spec.value, f"{where}.{key}" if where else str(key)))), None)
+    raise TypeError(f"unsupported spec {spec!r}")
+
+
+def _same_kind(value: Any, spec: Any) -> bool:
+    return isinstance(value, list) if isinstance(spec, ListOf) else isinstance(value, dict)
+
+
+def _describe(spec: Any) -> str:
+    if isinstance(spec, tuple):
+        numbers = int in spec and float in spec
+        words = ["a number"] * numbers + [_describe(o) for o in spec if not (numbers and o in NUMBER)]
+        return " or ".join(dict.fromkeys(words))
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a JSON object",
+             list: "a list", type(None): "null"}
+    if isinstance(spec, ListOf):
+        return "a list"
+    if isinstance(spec, (dict, MapOf)):
+        return "a JSON object"
+    return names.get(spec, getattr(spec, "__name__", str(spec)))
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, float) or math.isfinite(value) else repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})" if not isinstance(value, (dict, list)) else text
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:
@@ -88,5 +247,6 @@ def json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "check_writable", "check_writable_file",
-           "json_default", "save_figure"]
+__all__ = ["NUMBER", "ListOf", "MapOf", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
+           "check_writable", "check_writable_file", "finite_or_none", "json_default", "json_problem", "nonfinite_path",
+           "read_json", "save_figure"]

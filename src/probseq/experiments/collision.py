@@ -23,7 +23,9 @@ curves come from :mod:`probseq.theory` (docs/theory.md) wherever a closed form e
 curve is recorded as ``max |sim − theory|`` and ``max |sim − theory| / CI95``.
 
 Each (scenario, model) unit is seeded from ``(seed, scenario, model)`` and cached on completion, so an
-interrupted run resumes where it stopped and ends with identical results.
+interrupted run resumes where it stopped and ends with identical results. A cache file that is not JSON or not a
+unit of its scenario (another shape, missing metrics, curves of another length) is a ``ValueError`` naming the
+file; delete it to recompute.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from tqdm import tqdm
 
 from probseq import presets, theory
 from probseq.experiments.common import ResultCache, apply_overrides, environment, write_csv
-from probseq.files import atomic_write_json, check_writable, save_figure
+from probseq.files import NUMBER, ListOf, MapOf, atomic_write_json, check_writable, json_problem, save_figure
 from probseq.ops import R_MIN, bayes_filter
 from probseq.types import BayesState, FilterOutput
 
@@ -355,6 +357,29 @@ def unit_seed(seed: int, scenario: str, model: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}/{scenario}/{model}".encode()).digest()[:8], "little")
 
 
+# A unit's result: the x values and, per metric, mean / CI / theory curves of the same length (what is cached).
+CURVE_SPEC = {"mean": ListOf(NUMBER), "ci95": ListOf(NUMBER), "theory": (ListOf(NUMBER), type(None)),
+              "agreement": ({"max_abs_diff": NUMBER, "max_diff_over_ci": NUMBER, "within_ci": NUMBER}, type(None))}
+UNIT_SPEC = {"x": ListOf(NUMBER), "metrics": MapOf(CURVE_SPEC)}
+METRICS = {"random_keys": ("error", "signal")}  # every other scenario: ("error",)
+
+
+def unit_problem(scenario: str, unit: Any) -> str | None:
+    """What is wrong with a cached ``unit`` of ``scenario`` (its shape, its metrics, the curves' lengths), or
+    ``None``."""
+    problem = json_problem(unit, UNIT_SPEC)
+    if problem is not None:
+        return problem
+    expected = METRICS.get(scenario, ("error",))
+    if sorted(unit["metrics"]) != sorted(expected):
+        return f"metrics are {sorted(unit['metrics'])}, the scenario's are {list(expected)}"
+    for name, curve in unit["metrics"].items():
+        for key in ("mean", "ci95", "theory"):
+            if curve[key] is not None and len(curve[key]) != len(unit["x"]):
+                return f"metrics.{name}.{key} has {len(curve[key])} values for {len(unit['x'])} x values"
+    return None
+
+
 def run_unit(scenario: str, model: Model, config: CollisionConfig) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(unit_seed(config.seed, scenario, model.name))
     return SCENARIOS[scenario].run(model, config, gen)
@@ -486,7 +511,7 @@ def run_collision(config: CollisionConfig, out: str | Path) -> dict[str, Any]:
     for scenario, model in progress:
         progress.set_postfix_str(f"{scenario}/{model.name}")
         name = f"{scenario}--{model.name}"
-        unit = cache.get(name)
+        unit = cache.get(name, check=lambda value, scenario=scenario: unit_problem(scenario, value))
         if unit is None:
             unit = run_unit(scenario, model, config)
             cache.put(name, unit)

@@ -1,5 +1,9 @@
 """What every experiment shares: typed configs with checked overrides, atomic writes, the
-environment record, CSV tables and resumable per-unit results."""
+environment record, CSV tables and resumable per-unit results.
+
+A cached result is read strictly (:meth:`ResultCache.get`): a file that is not JSON, or whose content does not
+match the spec its experiment gives, is a ``ValueError`` naming the file and what is wrong — never recomputed
+over silently (delete the file to recompute it)."""
 
 from __future__ import annotations
 
@@ -8,26 +12,43 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import os
 import platform
 import sys
+import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from probseq.files import atomic_write_json, atomic_write_text, json_default
+from probseq.files import atomic_write_json, atomic_write_text, json_default, json_problem, read_json
 
 
 def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
-    """Write ``rows`` (dicts with the same keys) as CSV, atomically."""
+    """Write ``rows`` as CSV, atomically. The columns are every key of every row, in the order first seen (a
+    row without a column, e.g. a diverged run's accuracies, leaves it empty; so does ``None``)."""
     buffer = io.StringIO()
     if rows:
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
         writer.writeheader()
         writer.writerows(rows)
     atomic_write_text(path, buffer.getvalue())
+
+
+def report_diverged(diverged: list[str], total: int) -> int:
+    """Say on stderr which units of a sweep diverged (recorded as such, their learning rates not chosen); the
+    exit code: 1 when every unit diverged (the tables hold no result), else 0."""
+    if not diverged:
+        return 0
+    if len(diverged) == total:
+        print(f"every unit diverged ({', '.join(diverged)}): the tables hold no result; lower the learning rates",
+              file=sys.stderr)
+        return 1
+    print(f"{len(diverged)} of {total} units diverged ({', '.join(diverged)}): recorded as diverged, their "
+          "learning rates not chosen", file=sys.stderr)
+    return 0
 
 
 def environment() -> dict[str, Any]:
@@ -55,7 +76,8 @@ def apply_overrides(config: Any, overrides: list[str]) -> Any:
     """Return ``config`` with ``key=value`` overrides applied.
 
     Values are parsed as JSON (``n=3``, ``rhos=[0.1,0.5]``, ``name="x"``; a bare word is a string) and
-    checked against the field's type: an unknown key or a wrong type is a ``ValueError``.
+    checked against the field's type: an unknown key, a wrong type or a number that is not finite (JSON's
+    ``NaN``, ``Infinity``) is a ``ValueError``.
     """
     fields = {f.name: f for f in dataclasses.fields(config)}
     hints = typing.get_type_hints(type(config))
@@ -76,6 +98,13 @@ def apply_overrides(config: Any, overrides: list[str]) -> Any:
 
 def _check_type(key: str, value: Any, hint: Any) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):  # X | None
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) != 1:
+            raise TypeError(f"unsupported annotation {hint} for {key}")
+        return _check_type(key, value, options[0])
     if origin is typing.Literal:
         if value not in args:
             raise ValueError(f"{key} must be one of {args}, got {value!r}")
@@ -87,6 +116,8 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
         return (tuple if origin is tuple else list)(_check_type(key, v, inner) for v in value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{key} must be a finite number, got {value!r}")
     if hint in (int, float, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
         raise ValueError(f"{key} must be {hint.__name__}, got {value!r}")
     return value
@@ -96,8 +127,8 @@ class ResultCache:
     """Resumable results: one JSON file per finished unit of work under ``out/cache/``.
 
     A unit is identified by a name and the hash of the config it ran under, so a changed config
-    never reuses stale results. Files are written atomically: an interrupted run resumes from the
-    last finished unit and ends with the same numbers as an uninterrupted one.
+    never reuses stale results. Files are written atomically (strict JSON): an interrupted run resumes from
+    the last finished unit and ends with the same numbers as an uninterrupted one.
     """
 
     def __init__(self, out: str | os.PathLike, config: Any):
@@ -106,14 +137,28 @@ class ResultCache:
     def _path(self, name: str) -> Path:
         return self.folder / f"{name}.json"
 
-    def get(self, name: str) -> Any | None:
+    def get(self, name: str, spec: Any = Any, check: Callable[[Any], str | None] | None = None) -> Any | None:
+        """The cached result of unit ``name``, or ``None`` when there is none.
+
+        Args:
+            spec: what the file must hold (:func:`probseq.files.json_problem`; default: any JSON).
+            check: further checks of a value that matches ``spec``: what is wrong, or ``None``.
+
+        Raises:
+            ValueError: the file is not strict JSON, or its content fails ``spec`` or ``check``; the message
+                names the file and what is wrong ("delete it to recompute").
+        """
         path = self._path(name)
         if not path.exists():
             return None
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"corrupt cached result {path}: {error}; delete it to recompute") from error
+        advice = "delete it to recompute"
+        value = read_json(path, advice)
+        problem = json_problem(value, spec)
+        if problem is None and check is not None:
+            problem = check(value)
+        if problem is not None:
+            raise ValueError(f"cached result {path} does not hold a result of {name}: {problem}; {advice}")
+        return value
 
     def put(self, name: str, value: Any) -> None:
         atomic_write_json(self._path(name), value)

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from probseq.experiments.common import apply_overrides, environment, write_csv
+from probseq.experiments.common import apply_overrides, environment, report_diverged, write_csv
 from probseq.files import atomic_write_json, check_writable, save_figure
 from probseq.train.config import MIXER_NAMES, ModelSpec, TrainConfig
 from probseq.train.data import MQARData, MQARSplit
@@ -190,9 +190,10 @@ def summarise(config: MQARConfig, metrics: dict[str, dict[str, Any]]) -> list[di
 
 
 def csv_rows(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per point; ``status`` is ``diverged`` (and the lr and accuracies empty) when every lr diverged."""
     return [{k: p[k] for k in ("mixer", "d_model", "seq_len", "num_kv_pairs", "beyond_training", "state_bytes",
-                               "best_lr", "valid_accuracy", "accuracy", "ci95")} | {"seeds": len(p["accuracies"])}
-            for p in points]
+                               "best_lr", "valid_accuracy", "accuracy", "ci95")}
+            | {"seeds": len(p["accuracies"]), "status": p.get("status", "ok")} for p in points]
 
 
 def run_rows(config: MQARConfig, metrics: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -208,7 +209,9 @@ def over_seeds(seeds: int) -> str:
 
 
 def accuracy_cell(point: dict[str, Any]) -> str:
-    """``mean ± CI95``, or the mean alone for a single seed."""
+    """``mean ± CI95``, the mean alone for a single seed, or ``diverged`` when every learning rate diverged."""
+    if point.get("status") == "diverged":
+        return "diverged"
     if len(point["accuracies"]) == 1:
         return f"{point['accuracy']:.3f}"
     return f"{point['accuracy']:.3f} ± {point['ci95']:.3f}"
@@ -228,11 +231,20 @@ def format_table(results: dict[str, Any]) -> str:
         name = mixer if len(config["d_models"]) == 1 else f"{mixer} (d={d_model})"
         first = next(iter(cells.values()))
         lines.append(f"| {name} | {first['state_bytes']:,} | " + " | ".join(
-            f"{accuracy_cell(cells[s])} (lr {cells[s]['best_lr']:g})" for s in segments) + " |")
+            accuracy_cell(cells[s]) + ("" if cells[s]["best_lr"] is None else f" (lr {cells[s]['best_lr']:g})")
+            for s in segments) + " |")
     seeds = len(config["seeds"])
     lines += ["", f"(T, k) test points; * beyond the training segments. Test accuracy at the learning rate chosen on "
-                  f"validation data, {over_seeds(seeds)}."]
+                  f"validation data, {over_seeds(seeds)}." + diverged_note(results["points"])]
     return "\n".join(lines) + "\n"
+
+
+def diverged_note(points: list[dict[str, Any]]) -> str:
+    """`` Diverged (not candidates): mixer lr …`` for the learning rates with a diverged run, or ``""``."""
+    rates = {p["mixer"] + (f" (d={p['d_model']})" if "d_model" in p else ""): p.get("diverged_lrs", [])
+             for p in points}
+    listed = [f"{model} lr {', '.join(f'{lr:g}' for lr in lrs)}" for model, lrs in rates.items() if lrs]
+    return f" Diverged (not candidates): {'; '.join(listed)}." if listed else ""
 
 
 def plot(results: dict[str, Any], out: Path) -> list[Path]:
@@ -252,8 +264,8 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
     fig, axes = plt.subplots(1, len(d_models), figsize=(5.2 * len(d_models), 4.2), squeeze=False)
     for ax, d_model in zip(axes[0], d_models):
         for mixer in mixers:
-            rows = sorted((p for p in points if p["mixer"] == mixer and p["d_model"] == d_model),
-                          key=lambda p: (p["num_kv_pairs"], p["seq_len"]))
+            rows = sorted((p for p in points if p["mixer"] == mixer and p["d_model"] == d_model
+                           and p["accuracy"] is not None), key=lambda p: (p["num_kv_pairs"], p["seq_len"]))
             ax.errorbar([p["num_kv_pairs"] for p in rows], [p["accuracy"] for p in rows],
                         yerr=[p["ci95"] for p in rows], marker="o", ms=4, capsize=2, color=colors[mixer], label=mixer)
         beyond = sorted({p["num_kv_pairs"] for p in points if p["num_kv_pairs"] > max_train})
@@ -279,8 +291,8 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
     fig, axes = plt.subplots(1, len(shown), figsize=(5.2 * len(shown), 4.2), squeeze=False)
     for ax, (seq_len, kv) in zip(axes[0], shown):
         for mixer in mixers:
-            rows = sorted((p for p in points if p["mixer"] == mixer and (p["seq_len"], p["num_kv_pairs"]) == (seq_len, kv)),
-                          key=lambda p: p["state_bytes"])
+            rows = sorted((p for p in points if p["mixer"] == mixer and p["accuracy"] is not None
+                           and (p["seq_len"], p["num_kv_pairs"]) == (seq_len, kv)), key=lambda p: p["state_bytes"])
             ax.errorbar([p["state_bytes"] for p in rows], [p["accuracy"] for p in rows], yerr=[p["ci95"] for p in rows],
                         marker="o", ms=5, capsize=2, color=colors[mixer], label=mixer)
         ax.set_xscale("log")
@@ -306,14 +318,14 @@ def run_mqar(config: MQARConfig, out: str | Path, *, log=None) -> dict[str, Any]
     results (as saved). ``results["from_cache"]`` counts the units taken from the cache."""
     out = check_writable(out)
     started = time.perf_counter()
-    sweep = run_units(config.units(), "mqar", out, log=log)
+    sweep = run_units(config.units(), "mqar", out, log=log, complete=True)
     points = summarise(config, sweep.metrics)
     results = {"experiment": "mqar", "config": dataclasses.asdict(config), "environment": environment(),
                "units": {unit.name: {"mixer": unit.config.model.mixer, "d_model": unit.config.model.d_model,
                                      "learning_rate": unit.config.learning_rate, "seed": unit.config.seed,
                                      "metrics": sweep.metrics[unit.name]} for unit in config.units()},
                "points": points, "num_units": len(sweep.metrics), "from_cache": sweep.from_cache,
-               "runtime_s": time.perf_counter() - started,
+               "diverged_units": sweep.diverged, "runtime_s": time.perf_counter() - started,
                "train_seconds": sum(train_seconds(m) for m in sweep.metrics.values())}
     write_csv(out / "mqar.csv", csv_rows(points))
     write_csv(out / "mqar_runs.csv", run_rows(config, sweep.metrics))
@@ -331,4 +343,4 @@ def main(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}/results.json, mqar.csv, mqar_runs.csv and 2 plots in {results['runtime_s']:.0f} s; "
           f"{results['from_cache']} of {results['num_units']} units from the cache;\n"
           f"training took {results['train_seconds'] / 3600:.2f} h in all (the sum over units and sessions)")
-    return 0
+    return report_diverged(results["diverged_units"], results["num_units"])

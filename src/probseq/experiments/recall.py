@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from probseq.experiments.common import apply_overrides, environment, write_csv
-from probseq.experiments.mqar import accuracy_cell, over_seeds
+from probseq.experiments.common import apply_overrides, environment, report_diverged, write_csv
+from probseq.experiments.mqar import accuracy_cell, diverged_note, over_seeds
 from probseq.files import atomic_write_json, check_writable, save_figure
 from probseq.tasks import RecallConfig
 from probseq.train.config import MIXER_NAMES, ModelSpec, TrainConfig
@@ -200,7 +200,7 @@ def summarise(config: RecallExperiment, metrics: dict[str, dict[str, Any]]) -> l
 def csv_rows(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     keys = ("mixer", "point", "num_pairs", "gap", "collisions", "key_noise", "seq_len", "state_bytes", "best_lr",
             "valid_accuracy", "accuracy", "ci95")
-    return [{k: p[k] for k in keys} | {"seeds": len(p["accuracies"])} for p in points]
+    return [{k: p[k] for k in keys} | {"seeds": len(p["accuracies"]), "status": p.get("status", "ok")} for p in points]
 
 
 def run_rows(config: RecallExperiment, metrics: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -224,7 +224,8 @@ def format_table(results: dict[str, Any]) -> str:
     inside = next(p for p in results["points"] if p["point"] == "inside")
     lines += ["", f"inside = the training regime's largest point (pairs={inside['num_pairs']}, gap={inside['gap']}, "
                   f"collisions={inside['collisions']}, key_noise={inside['key_noise']:g}); every other column moves one "
-                  f"knob beyond training. Test accuracy at the lr chosen on validation data, {over_seeds(seeds)}."]
+                  f"knob beyond training. Test accuracy at the lr chosen on validation data, {over_seeds(seeds)}."
+                  + diverged_note(results["points"])]
     return "\n".join(lines) + "\n"
 
 
@@ -239,7 +240,7 @@ def plot(results: dict[str, Any], out: Path) -> Path:
     fig, axes = plt.subplots(1, len(KNOBS), figsize=(4.2 * len(KNOBS), 3.8), squeeze=False)
     for ax, (_, field) in zip(axes[0], KNOBS):
         for index, mixer in enumerate(mixers):
-            rows = [p for p in results["points"] if p["mixer"] == mixer
+            rows = [p for p in results["points"] if p["mixer"] == mixer and p["accuracy"] is not None
                     and (p["point"] == "inside" or p["point"].startswith(f"{field}="))]
             rows.sort(key=lambda p: p[field])
             ax.errorbar([p[field] for p in rows], [p["accuracy"] for p in rows], yerr=[p["ci95"] for p in rows],
@@ -268,7 +269,7 @@ def run_recall(config: RecallExperiment, out: str | Path, *, log=None) -> dict[s
     results (as saved). ``results["from_cache"]`` counts the units taken from the cache."""
     out = check_writable(out)
     started = time.perf_counter()
-    sweep = run_units(config.units(), "recall", out, log=log)
+    sweep = run_units(config.units(), "recall", out, log=log, complete=True)
     points = summarise(config, sweep.metrics)
     results = {"experiment": "recall", "config": dataclasses.asdict(config), "environment": environment(),
                "test_points": {name: dataclasses.asdict(task) for name, task in config.test_points().items()},
@@ -276,7 +277,7 @@ def run_recall(config: RecallExperiment, out: str | Path, *, log=None) -> dict[s
                                      "seed": unit.config.seed, "metrics": sweep.metrics[unit.name]}
                          for unit in config.units()},
                "points": points, "num_units": len(sweep.metrics), "from_cache": sweep.from_cache,
-               "runtime_s": time.perf_counter() - started,
+               "diverged_units": sweep.diverged, "runtime_s": time.perf_counter() - started,
                "train_seconds": sum(train_seconds(m) for m in sweep.metrics.values())}
     write_csv(out / "recall.csv", csv_rows(points))
     write_csv(out / "recall_runs.csv", run_rows(config, sweep.metrics))
@@ -294,4 +295,4 @@ def main(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}/results.json, recall.csv, recall_runs.csv and 1 plot in {results['runtime_s']:.0f} s; "
           f"{results['from_cache']} of {results['num_units']} units from the cache;\n"
           f"training took {results['train_seconds'] / 3600:.2f} h in all (the sum over units and sessions)")
-    return 0
+    return report_diverged(results["diverged_units"], results["num_units"])

@@ -11,6 +11,9 @@ resumes where it stopped; the learned experiments also resume run by run):
    the background runs' ``results.json`` (``$PROBSEQ_EXPERIMENTS``, default
    ``~/.cache/probseq/experiments/{recall,mqar}_cpu``) are read when they exist, never recomputed.
 
+A cached section, or a background ``results.json``, that is not JSON or does not hold what the report reads is a
+``ValueError`` naming the file and what is wrong (delete it to recompute).
+
 Distillation + RULER and the efficiency benchmark are not run: the report gives their commands
 (timings need an idle machine; ``make bench``).
 """
@@ -30,7 +33,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from probseq.experiments.common import ResultCache, apply_overrides, environment
-from probseq.files import atomic_write_json, atomic_write_text, check_writable
+from probseq.files import NUMBER, ListOf, MapOf, atomic_write_json, atomic_write_text, check_writable, json_problem, \
+    read_json
 
 STUDIES = ("collision", "recall", "mqar")
 DEMO_TEXT = ("The key to the blue box is 4. The key to the red box is 7. The key to the blue box is 9. "
@@ -70,6 +74,25 @@ class ReproduceConfig:
             apply_overrides(module.PRESETS[self.preset], self.study_overrides(study))
 
 
+# What the report reads of a learned study's results (``probseq recall`` / ``probseq mqar``), and of each section.
+LEARNED_SPEC = {"config?": dict, "num_units": int,
+                "points": ListOf({"mixer": str, "accuracy": (NUMBER, type(None)), "ci95": (NUMBER, type(None)),
+                                  "accuracies": ListOf(NUMBER)})}
+
+
+def section_spec(name: str) -> Any:
+    """The :func:`probseq.files.json_problem` spec of a cached section ``{"value", "seconds", "load"}``."""
+    from probseq.experiments.collision import UNIT_SPEC
+
+    value = {"unification": ListOf({"preset": str, "design": str, "oracle": str, "rel_error": NUMBER}),
+             "exactness": ListOf({"case": str, "output": NUMBER, "variance": NUMBER, "mean": NUMBER, "cov": NUMBER}),
+             "collision": {"config": dict, "models": ListOf({"name": str, "label": str}),
+                           "scenarios": MapOf({"notes": dict, "models": MapOf(UNIT_SPEC)})},
+             "uncertainty": {"title": str, "randomly_initialised": bool},
+             "recall": LEARNED_SPEC, "mqar": LEARNED_SPEC}.get(name, Any)
+    return {"value": value, "seconds": NUMBER, "load?": (NUMBER, type(None))}
+
+
 def experiments_root() -> Path:
     return Path(os.environ.get("PROBSEQ_EXPERIMENTS", Path.home() / ".cache" / "probseq" / "experiments"))
 
@@ -92,7 +115,11 @@ def _learned(study: str, config: ReproduceConfig, out: Path) -> dict[str, Any]:
     target = out / study
     saved = experiments_root() / f"{study}_cpu" / "results.json"
     if config.preset == "cpu" and not config.study_overrides(study) and saved.exists():
-        results = json.loads(saved.read_text())
+        results = read_json(saved, f"rerun probseq {study} --preset cpu to rewrite it")
+        problem = json_problem(results, LEARNED_SPEC)
+        if problem is not None:
+            raise ValueError(f"{saved} is not the results of probseq {study}: {problem}; rerun probseq {study} "
+                             "--preset cpu to rewrite it")
         target.mkdir(parents=True, exist_ok=True)
         for png in saved.parent.glob("*.png"):
             shutil.copy2(png, target / png.name)
@@ -132,7 +159,7 @@ def run_reproduce(config: ReproduceConfig, out: str | os.PathLike, *, log=None) 
     timing: dict[str, dict[str, Any]] = {}
     plan = sections(config, out)
     for index, (name, compute) in enumerate(plan, 1):
-        entry = cache.get(name)
+        entry = cache.get(name, section_spec(name))
         if entry is None:
             log(f"[reproduce {index}/{len(plan)}] {name} ...")
             t0 = time.perf_counter()
@@ -176,7 +203,8 @@ def compare(study: str, results: dict[str, Any], a: str = "bayesian", b: str = "
     points = (_inside_points if inside else _beyond_points)(study, results)
     first = {_point_key(study, p): p for p in points if p["mixer"] == a}
     second = {_point_key(study, p): p for p in points if p["mixer"] == b}
-    keys = [k for k in first if k in second]
+    # a point where every learning rate diverged has no accuracy to compare
+    keys = [k for k in first if k in second and first[k]["accuracy"] is not None and second[k]["accuracy"] is not None]
     if not keys:
         return None
     diffs = [100 * (first[k]["accuracy"] - second[k]["accuracy"]) for k in keys]

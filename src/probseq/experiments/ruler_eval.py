@@ -18,8 +18,9 @@ or an fla ``GatedDeltaNetForCausalLM`` folder (``model_type = "gated_deltanet"``
 (``convert_fla(retention="reset")``: the same model); its tokenizer files must be in the folder.
 
 Resumable: every finished unit is cached in ``OUT/cache/<key>/`` (the key covers the model's weights file sizes and
-times, samples, seed, new tokens and dtype), so a rerun computes only the missing units. An unwritable ``OUT`` is an
-error before any work.
+times, samples, seed, new tokens and dtype), so a rerun computes only the missing units; a cache file that is not
+JSON or not a unit's record (of this task and length) is an error naming the file (delete it to recompute). An
+unwritable ``OUT`` is an error before any work.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from typing import Literal
 import torch
 
 from probseq.experiments.common import ResultCache, environment, write_csv
-from probseq.files import atomic_write_bytes, atomic_write_json, atomic_write_text, check_writable
+from probseq.files import NUMBER, ListOf, atomic_write_bytes, atomic_write_json, atomic_write_text, check_writable
 
 DEFAULT_TASKS = ("niah_single_1", "niah_multikey_2", "niah_multikey_3", "vt", "cwe", "fwe")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -178,6 +179,22 @@ def complete(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
     return texts, counts
 
 
+# A finished unit as cached (:func:`run_unit`'s dict).
+UNIT_SPEC = {"task": str, "length": int, "status": str, "score": (NUMBER, type(None)), "ci_low": (NUMBER, type(None)),
+             "ci_high": (NUMBER, type(None)), "samples": int, "prompt_tokens": (NUMBER, type(None)),
+             "seconds": NUMBER, "predictions": ListOf({"score": NUMBER, "prediction": str})}
+
+
+def _unit_problem(unit: dict, task: str, length: int) -> str | None:
+    """A cached unit (that matches :data:`UNIT_SPEC`) of another task or length, or an ``ok`` unit without a
+    score."""
+    if (unit["task"], unit["length"]) != (task, length):
+        return f"it is the unit of {unit['task']} at {unit['length']} tokens"
+    if unit["status"] == "ok" and unit["score"] is None:
+        return "status is ok but score is null"
+    return None
+
+
 def run_unit(model, tokenizer, task: str, length: int, config: RulerConfig) -> dict:
     """One task at one length: ``{"task", "length", "status", "score", "ci_low", "ci_high", "samples",
     "prompt_tokens", "seconds", "predictions": [...]}``."""
@@ -256,7 +273,7 @@ def run_ruler(config: RulerConfig, out: str | os.PathLike) -> dict:
         todo = [(task, length) for task in config.tasks for length in config.lengths]
         for task, length in tqdm(todo, desc="RULER units", disable=not config.progress):
             name = f"{task}-{length}"
-            unit = cache.get(name)
+            unit = cache.get(name, UNIT_SPEC, lambda value, t=task, n=length: _unit_problem(value, t, n))
             if unit is None:
                 if model is None:
                     model, tokenizer, description = load_model(folder, config.dtype, config.device)
@@ -268,7 +285,8 @@ def run_ruler(config: RulerConfig, out: str | os.PathLike) -> dict:
     summary = [{key: unit[key] for key in ("task", "length", "score", "ci_low", "ci_high", "samples", "prompt_tokens",
                                            "status")} for unit in units]
     write_csv(out / "summary.csv", summary)
-    atomic_write_text(out / "predictions.jsonl", "".join(json.dumps(p) + "\n" for u in units for p in u["predictions"]))
+    atomic_write_text(out / "predictions.jsonl",
+                      "".join(json.dumps(p, allow_nan=False) + "\n" for u in units for p in u["predictions"]))
     title = f"RULER: {folder.name}"
     atomic_write_bytes(out / "ruler.png", plot(units, title))
     results = {"config": dataclasses.asdict(config), "environment": environment(),

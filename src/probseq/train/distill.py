@@ -27,7 +27,9 @@ student arm is the layer type (and stage 1's objective, which is zero for an unc
 world_size))``, ``stage1_steps = round(stage1_fraction · steps)``; both arms log the tokens they trained on
 (``train_log.json``: ``tokens`` and per stage). Each stage is a ``transformers.Trainer`` run (AdamW, warmup then
 cosine, checkpoints in ``OUT/stage{1,2}/checkpoints``, resumed after an interruption; stage 2 uses another batch
-order seed so it does not start by replaying stage 1's blocks). ``OUT`` gets the final ``save_pretrained`` model, the
+order seed so it does not start by replaying stage 1's blocks; a non-finite gradient norm or loss stops the stage
+with :class:`~probseq.train.trainer.TrainingDiverged`, and nothing of it is saved). ``OUT`` gets the final
+``save_pretrained`` model, the
 teacher's tokenizer and ``train_log.json`` (tokens, stage logs, and validation ``mse``, ``nmse``, ``kl``, ``lm``
 before and after each stage).
 """
@@ -37,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import json
 import math
 import os
 import tempfile
@@ -50,9 +51,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from probseq.files import atomic_write_json
+from probseq.files import NUMBER, ListOf, atomic_write_json, finite_or_none, json_problem, read_json
 from probseq.train.pretrain import LMRunConfig, PackedBlocks, check_run_config, copy_tokenizer, corpus_token_arrays
-from probseq.train.trainer import progress_bars, run_threads, run_trainer
+from probseq.train.trainer import TrainingDiverged, progress_bars, run_threads, run_trainer
 from probseq.train.schema import from_dict, positive, with_overrides
 
 Objective = Literal["mse", "kl_lm"]
@@ -341,6 +342,22 @@ def _stage_arguments(config: DistillConfig, out: Path, stage: int, steps: int):
                                      seed=config.seed + stage - 1)
 
 
+def read_stage_log(path: Path, expected: dict[str, Any]) -> dict[str, Any]:
+    """A finished stage's ``stage_log.json``: a ``ValueError`` naming the file when it is not JSON, not a stage
+    log, or the log of another stage or objective than ``expected``'s."""
+    advice = f"delete {path.parent} to run the stage again"
+    log = read_json(path, advice)
+    problem = json_problem(log, {"stage": int, "objective": str, "steps": int, "tokens": int,
+                                 "learning_rate": NUMBER, "train_loss": (NUMBER, type(None)),
+                                 "history": ListOf(dict)})
+    if problem is None:
+        problem = next((f"{key} is {log[key]!r}, this stage's is {value!r}" for key, value in expected.items()
+                        if key in ("stage", "objective") and log[key] != value), None)
+    if problem is not None:
+        raise ValueError(f"{path} is not this stage's log: {problem}; {advice}")
+    return log
+
+
 def distill(config: DistillConfig, out: str | os.PathLike) -> dict[str, Any]:
     """Run (or resume) one arm in ``out``; see the module docstring.
 
@@ -405,7 +422,7 @@ def distill(config: DistillConfig, out: str | os.PathLike) -> dict[str, Any]:
             log_path = out / f"stage{stage}" / "stage_log.json"
             if steps and (final / "model.safetensors").exists() and log_path.exists():
                 student.load_state_dict(ProbSeqForCausalLM.from_pretrained(final).state_dict())
-                stages.append(json.loads(log_path.read_text()))
+                stages.append(read_stage_log(log_path, record))
             elif steps:
                 args = _stage_arguments(config, out, stage, steps)
                 set_seed(config.seed + stage - 1)
@@ -416,8 +433,11 @@ def distill(config: DistillConfig, out: str | os.PathLike) -> dict[str, Any]:
                 if not config.progress:
                     trainer.remove_callback(PrinterCallback)
                 run = run_trainer(trainer, out / f"stage{stage}" / "checkpoints")
+                if run.diverged is not None:  # nothing is saved; the stage's checkpoints before the step stay
+                    raise TrainingDiverged(f"distillation stage {stage} in {out}: {run.diverged['message']}")
                 student = trainer.accelerator.unwrap_model(trainer.model)
-                record.update(train_loss=float(run.output.training_loss), resumed_from_step=run.resumed_from_step,
+                record.update(train_loss=finite_or_none(run.output.training_loss),
+                              resumed_from_step=run.resumed_from_step,
                               seconds=run.seconds, train_seconds=run.train_seconds,
                               seconds_per_step=run.seconds_per_step,
                               history=trainer.state.log_history)

@@ -10,7 +10,9 @@
 4. a :class:`~probseq.models.ProbSeqForCausalLM` with ``mixer="gated_deltanet"`` (fla's Gated DeltaNet block:
    pre-norm, short convs, gated output norm, SwiGLU), trained with ``transformers.Trainer`` (AdamW, cosine
    schedule after a linear warmup, gradient clipping, checkpoints in ``OUT/checkpoints/``, resume from the last
-   complete one, data parallelism under ``torchrun``);
+   complete one, data parallelism under ``torchrun``); a non-finite gradient norm or loss stops the run at that
+   step with :class:`~probseq.train.trainer.TrainingDiverged` (step, learning rate, last finite loss; nothing is
+   exported);
 5. the validation loss, then :func:`probseq.interop.fla.export_fla` writes ``OUT`` as an fla
    ``GatedDeltaNetForCausalLM`` directory (``config.json``, ``model.safetensors``) with the tokenizer files, so
    ``probseq distill --teacher OUT`` reads the same layout as a real fla checkpoint; ``OUT/train_log.json`` has the
@@ -35,9 +37,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from probseq.files import atomic_write_json
+from probseq.files import atomic_write_json, finite_or_none
 from probseq.train.schema import check_fields, from_dict, positive, with_overrides
-from probseq.train.trainer import progress_bars, run_threads, run_trainer
+from probseq.train.trainer import TrainingDiverged, check_saved_config, progress_bars, run_threads, run_trainer
 
 TRAIN_LOG = "train_log.json"
 RUN_CONFIG = "probseq_run_config.json"
@@ -112,7 +114,9 @@ class LMRunConfig:
             lr_scheduler_type=self.lr_scheduler, warmup_steps=self.warmup, seed=seed, data_seed=seed,
             bf16=self.precision == "bf16", fp16=self.precision == "fp16",
             save_strategy="steps" if self.save_steps else "no", save_steps=self.save_steps or 500,
-            save_total_limit=self.save_total_limit, logging_steps=self.logging_steps, eval_strategy="no",
+            save_total_limit=self.save_total_limit, logging_steps=self.logging_steps,
+            logging_nan_inf_filter=False,  # log a non-finite loss as it is (the DivergenceGuard stops the run there)
+            eval_strategy="no",
             report_to="none", disable_tqdm=not self.progress, remove_unused_columns=False, dataloader_drop_last=True,
             dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
             ddp_find_unused_parameters=False, use_cpu=not torch.cuda.is_available(),
@@ -277,20 +281,8 @@ def corpus_token_arrays(tokenizer, folder: Path, corpus_dir: str, seed: int) -> 
 
 def check_run_config(folder: Path, identity: dict[str, Any]) -> None:
     """Refuse to resume a run in ``folder`` that was started with another config; record it otherwise."""
-    path = folder / RUN_CONFIG
-    identity = json.loads(json.dumps(identity))
-    if path.exists():
-        try:
-            saved = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"corrupt {path}: {error}; delete {folder} to start over") from error
-        if saved != identity:
-            changed = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
-            raise ValueError(f"{folder} holds a run of a different config (differs in {', '.join(changed)}); use "
-                             "another --out, or delete it to start over")
-        return
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, identity)
+    check_saved_config(folder / RUN_CONFIG, identity, "--out")
 
 
 def copy_tokenizer(tokenizer, dst: Path) -> None:
@@ -348,7 +340,9 @@ def pretrain(config: PretrainConfig, out: str | os.PathLike) -> dict[str, Any]:
         if not config.progress:
             trainer.remove_callback(PrinterCallback)
         run = run_trainer(trainer, out / "checkpoints")
-        valid_loss = (trainer.evaluate(eval_dataset=valid_data)["eval_loss"] if len(valid_data) else float("nan"))
+        if run.diverged is not None:  # no model is exported; the checkpoints before the step stay
+            raise TrainingDiverged(f"pretraining in {out}: {run.diverged['message']}")
+        valid_loss = trainer.evaluate(eval_dataset=valid_data)["eval_loss"] if len(valid_data) else None
         model = trainer.accelerator.unwrap_model(trainer.model)
     steps = run.output.global_step
     log = {
@@ -357,7 +351,7 @@ def pretrain(config: PretrainConfig, out: str | os.PathLike) -> dict[str, Any]:
         "resumed_from_step": run.resumed_from_step, "seconds": run.seconds, "seconds_per_step": run.seconds_per_step,
         "train_seconds": run.train_seconds,
         "tokens_per_second": tokens_per_step / run.seconds_per_step if run.seconds_per_step else 0.0,
-        "train_loss": float(run.output.training_loss), "valid_loss": float(valid_loss),
+        "train_loss": finite_or_none(run.output.training_loss), "valid_loss": finite_or_none(valid_loss),
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "corpus_tokens": {split: int(len(a)) for split, a in arrays.items()},
         "history": trainer.state.log_history,

@@ -2,14 +2,16 @@
 
 Supported annotations: ``int``, ``float`` (an int is accepted), ``str``, ``bool``, ``Literal[...]``,
 ``X | None``, ``tuple[X, ...]``, nested dataclasses, and a union of dataclasses told apart by their
-``kind`` field. Errors are ``ValueError`` naming the key by its dotted path (``model.d_model``,
-``data.train[0].seq_len``). No torch here.
+``kind`` field. A float must be finite (``NaN`` and ``Infinity`` are JSON words an override can carry). Errors
+are ``ValueError`` naming the key by its dotted path (``model.d_model``, ``data.train[0].seq_len``). No torch
+here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from typing import Any, Literal
@@ -114,6 +116,8 @@ def _check(key: str, value: Any, hint: Any, convert: bool) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{key} must be a float, got {value!r} ({type(value).__name__})")
+        if not math.isfinite(value):  # JSON's NaN / Infinity, or float("nan")
+            raise ValueError(f"{key} must be a finite number, got {value!r}")
         return float(value) if convert else value
     if hint in (int, str, bool):
         if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):

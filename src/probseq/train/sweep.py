@@ -14,9 +14,20 @@ takes its lock (``fcntl.flock`` on ``runs_root()/<experiment>/.locks/<key>.lock`
 the others skip it, go on, and at the end wait for it and read its metrics from the cache (or train it
 themselves if its worker died). Every worker ends with every unit's metrics.
 
+A unit that diverges (:class:`~probseq.train.trainer.TrainingDiverged`: its gradient norm or loss stopped being
+finite) is recorded as such — ``{"status": "diverged", "diverged": {"step", "learning_rate", …}, …}``, no
+evaluation — cached like a finished unit (a rerun takes it from the cache: training is seeded, so it would diverge
+again at the same step; a changed learning rate is another unit), and the sweep goes on.
+
+A cache file is read strictly: one that is not JSON, or whose content is not a unit's record (``[]``, ``{}``,
+``{"metrics": null}``, a missing or mistyped field, a NaN written before divergence was detected, another
+unit's record) is a ``ValueError`` naming the file and what is wrong, never recomputed over silently: delete it
+to recompute.
+
 Summaries: the best learning rate of a (model, point) is chosen by *validation* accuracy (the mean over
 seeds on the validation segment of that point — data the test never sees), and the test accuracy at that
-rate is reported as mean ± 95% confidence half-width over seeds (Student's t).
+rate is reported as mean ± 95% confidence half-width over seeds (Student's t). A learning rate with a diverged
+run is not a candidate; a point whose every learning rate diverged is ``"status": "diverged"`` (no accuracy).
 """
 
 from __future__ import annotations
@@ -24,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import json
 import math
 import os
 import shutil
@@ -33,7 +43,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
-from probseq.files import atomic_write_json
+from probseq.files import NUMBER, ListOf, MapOf, atomic_write_json, json_problem, read_json
 from probseq.train.config import TrainConfig
 
 # Two-sided 95% Student-t quantiles by degrees of freedom (df > 30: the normal 1.96).
@@ -50,10 +60,40 @@ class Unit(NamedTuple):
 
 
 class SweepResult(NamedTuple):
-    """Metrics of every unit by name (:func:`probseq.train.train`'s dict), and how many came from the cache."""
+    """Metrics of every unit by name (:func:`probseq.train.train`'s dict, or a diverged unit's record), and how
+    many came from the cache."""
 
     metrics: dict[str, dict[str, Any]]
     from_cache: int
+
+    @property
+    def diverged(self) -> list[str]:
+        """The units that diverged, in the sweep's order."""
+        return [name for name, metrics in self.metrics.items() if is_diverged(metrics)]
+
+
+# What a cached unit's file holds (checked on reading; a key ending in "?" may be absent: older caches lack some).
+SPLIT_SPEC = {"accuracy": NUMBER, "example_accuracy?": (NUMBER, type(None)), "all_correct?": (NUMBER, type(None)),
+              "loss?": (NUMBER, type(None))}
+METRICS_SPEC = {"status?": str, "fingerprint?": str, "steps?": int, "resumed_from_step?": (int, type(None)),
+                "train_loss?": (NUMBER, type(None)), "final_train_loss?": (NUMBER, type(None)),
+                "seconds_per_step?": NUMBER, "train_seconds?": NUMBER, "num_parameters?": int, "state_size?": int,
+                "state_bytes?": int, "retention_scale?": MapOf(ListOf(NUMBER)), "eval": MapOf(SPLIT_SPEC)}
+DIVERGED_SPEC = {"steps": int, "state_bytes": int, "train_seconds": NUMBER,
+                 "diverged": {"step": int, "message": str, "last_finite_loss": (NUMBER, type(None))}}
+RECORD_SPEC = {"unit?": str, "config?": dict, "metrics": METRICS_SPEC}
+# What the experiments' tables read of a finished unit (``run_units(complete=True)``), besides every split.
+TABLE_KEYS = ("steps", "seconds_per_step", "train_loss", "num_parameters", "state_bytes")
+
+
+def is_diverged(metrics: dict[str, Any]) -> bool:
+    """Whether a unit's metrics are a diverged run's record."""
+    return metrics.get("status") == "diverged"
+
+
+def unit_key(unit: Unit) -> str:
+    """``<name>-<fingerprint>``: the unit's cache file name (``out/cache/<key>.json``) and checkpoint folder."""
+    return f"{unit.name}-{unit.config.fingerprint()}"
 
 
 def runs_root() -> Path:
@@ -61,7 +101,8 @@ def runs_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "probseq" / "runs"
 
 
-def run_units(units: list[Unit], experiment: str, out: str | os.PathLike, *, log=None) -> SweepResult:
+def run_units(units: list[Unit], experiment: str, out: str | os.PathLike, *, log=None,
+              complete: bool = False) -> SweepResult:
     """Run (or take from the cache) every unit; see the module docstring.
 
     Args:
@@ -69,6 +110,11 @@ def run_units(units: list[Unit], experiment: str, out: str | os.PathLike, *, log
         experiment: folder name under :func:`runs_root` for the checkpoints.
         out: the experiment's output folder (``out/cache/`` holds the finished units).
         log: ``print``-like function for one line per unit (default: stderr).
+        complete: also require of every cached finished unit what the experiments' tables read
+            (:data:`TABLE_KEYS` and every evaluation split of the unit's config).
+
+    Raises:
+        ValueError: a cache file that is not JSON or not a record of its unit, naming the file.
     """
     log = log or (lambda text: print(text, file=sys.stderr, flush=True))
     names = [unit.name for unit in units]
@@ -81,14 +127,11 @@ def run_units(units: list[Unit], experiment: str, out: str | os.PathLike, *, log
         path = cache / f"{key}.json"
         if not path.exists():
             return False
-        try:
-            metrics[unit.name] = json.loads(path.read_text())["metrics"]
-        except (json.JSONDecodeError, KeyError) as error:
-            raise ValueError(f"corrupt cached result {path}: {error}; delete it to recompute") from error
+        metrics[unit.name] = read_cached_unit(path, unit, complete)
         return True
 
     for index, unit in enumerate(units, 1):
-        key = f"{unit.name}-{unit.config.fingerprint()}"
+        key = unit_key(unit)
         if cached(unit, key):
             from_cache += 1
             continue
@@ -111,9 +154,45 @@ def run_units(units: list[Unit], experiment: str, out: str | os.PathLike, *, log
     return SweepResult(metrics, from_cache)
 
 
+def read_cached_unit(path: Path, unit: Unit, complete: bool = False) -> dict[str, Any]:
+    """The metrics in the cache file ``path`` of ``unit``; a ``ValueError`` naming the file and what is wrong when
+    it is not JSON or not a record of this unit (see :func:`run_units` for ``complete``)."""
+    advice = "delete it to recompute"
+    record = read_json(path, advice)
+    problem = json_problem(record, RECORD_SPEC)
+    if problem is None:
+        problem = _record_problem(record, unit, complete)
+    if problem is not None:
+        raise ValueError(f"cached result {path} is not a record of unit {unit.name}: {problem}; {advice}")
+    return record["metrics"]
+
+
+def _record_problem(record: dict[str, Any], unit: Unit, complete: bool) -> str | None:
+    """What the structure check cannot see: the unit's name and fingerprint, the status, what a diverged record
+    holds, and (``complete``) what the tables read."""
+    metrics, fingerprint = record["metrics"], unit.config.fingerprint()
+    if record.get("unit", unit.name) != unit.name:
+        return f"unit is {record['unit']!r}"
+    if metrics.get("fingerprint", fingerprint) != fingerprint:
+        return f"metrics.fingerprint is {metrics['fingerprint']!r}, the unit's config has {fingerprint!r}"
+    status = metrics.get("status", "ok")
+    if status == "diverged":
+        return json_problem(metrics, DIVERGED_SPEC, "metrics")
+    if status != "ok":
+        return f'metrics.status must be "ok" or "diverged", got {status!r}'
+    if not complete:
+        return None
+    missing = [f"metrics.{key}" for key in TABLE_KEYS if key not in metrics]
+    data = unit.config.data
+    missing += [f"metrics.eval.{split}" for split in [f"valid_{s.name}" for s in data.valid]
+                + [f"test_{s.name}" for s in data.test] if split not in metrics["eval"]]
+    return f"{', '.join(missing)} missing" if missing else None
+
+
 def _train_unit(unit: Unit, key: str, experiment: str, cache: Path, tag: str, log) -> dict[str, Any]:
-    """Train (or resume) one unit, write its metrics to ``cache/<key>.json``, delete its checkpoints."""
-    from probseq.train.trainer import train  # transformers: imported only when something is trained
+    """Train (or resume) one unit, write its metrics (or, when it diverged, its record) to ``cache/<key>.json``,
+    delete its checkpoints."""
+    from probseq.train.trainer import TrainingDiverged, train  # transformers: imported when something is trained
 
     run_dir = runs_root() / experiment / key
     config = dataclasses.replace(unit.config, output_dir=str(run_dir))
@@ -121,9 +200,15 @@ def _train_unit(unit: Unit, key: str, experiment: str, cache: Path, tag: str, lo
     log(f"{tag} {unit.name}: {'resuming' if resuming else 'training'} ({config.max_steps} steps; checkpoints in "
         f"{run_dir})")
     started = time.perf_counter()
-    result = train(config)
+    try:
+        result = train(config)
+    except TrainingDiverged as error:
+        result = error.record
+        log(f"{tag} {unit.name}: {error}. Recorded as diverged (a rerun takes this record from the cache)")
     atomic_write_json(cache / f"{key}.json", {"unit": unit.name, "config": config.identity(), "metrics": result})
     shutil.rmtree(run_dir, ignore_errors=True)
+    if is_diverged(result):
+        return result
     accuracy = ", ".join(f"{name.removeprefix('test_')} {m['accuracy']:.3f}" for name, m in result["eval"].items()
                          if name.startswith("test_"))
     log(f"{tag} {unit.name}: done in {time.perf_counter() - started:.0f} s (trained {result['train_seconds']:.0f} s "
@@ -165,13 +250,17 @@ def mean_retention_scale(metrics: dict[str, Any]) -> float | None:
 
 
 def run_columns(metrics: dict[str, Any]) -> dict[str, Any]:
-    """A finished run's CSV columns (after the experiment's own: unit, mixer, lr, seed …): steps, time, losses,
-    the learned retention's mean ρ, size, and the accuracy of every evaluation split."""
-    return {"steps": metrics["steps"], "seconds_per_step": metrics["seconds_per_step"],
-            "train_seconds": train_seconds(metrics), "train_loss": metrics["train_loss"],
-            "final_train_loss": metrics.get("final_train_loss"), "retention_scale_mean": mean_retention_scale(metrics),
-            "num_parameters": metrics["num_parameters"], "state_bytes": metrics["state_bytes"],
-            **{f"{name}_accuracy": e["accuracy"] for name, e in metrics["eval"].items()}}
+    """A run's CSV columns (after the experiment's own: unit, mixer, lr, seed …): status (``ok`` / ``diverged``),
+    steps, time, losses, the step it diverged at and its last finite loss (empty for a finished run), the
+    learned retention's mean ρ, size, and the accuracy of every evaluation split (none for a diverged run)."""
+    diverged = metrics.get("diverged") or {}
+    return {"status": metrics.get("status", "ok"), "steps": metrics["steps"],
+            "seconds_per_step": metrics["seconds_per_step"], "train_seconds": train_seconds(metrics),
+            "train_loss": metrics["train_loss"], "final_train_loss": metrics.get("final_train_loss"),
+            "diverged_step": diverged.get("step"), "last_finite_loss": diverged.get("last_finite_loss"),
+            "retention_scale_mean": mean_retention_scale(metrics), "num_parameters": metrics["num_parameters"],
+            "state_bytes": metrics["state_bytes"], **{f"{name}_accuracy": e["accuracy"]
+                                                      for name, e in metrics["eval"].items()}}
 
 
 def mean_ci95(values: list[float]) -> tuple[float, float]:
@@ -191,25 +280,35 @@ def mean_ci95(values: list[float]) -> tuple[float, float]:
 def best_by_validation(runs: list[dict[str, Any]], point: str) -> dict[str, Any]:
     """Pick the learning rate of one (model, point) by validation and report its test accuracy.
 
+    A learning rate with a diverged run (any seed) is not a candidate: its mean over seeds does not exist.
+
     Args:
         runs: ``{"learning_rate", "seed", "metrics"}`` for every (lr, seed) of one model.
-        point: the segment name; ``metrics["eval"]`` must hold ``valid_<point>`` and ``test_<point>``.
+        point: the segment name; ``metrics["eval"]`` must hold ``valid_<point>`` and ``test_<point>`` (but for
+            a diverged run).
 
     Returns:
-        ``{"best_lr", "valid_accuracy" (mean over seeds at the best lr), "accuracy" (test mean),
-        "ci95", "accuracies" (test, per seed), "valid_by_lr" ({lr: mean valid accuracy})}``.
+        ``{"status": "ok", "best_lr", "valid_accuracy" (mean over seeds at the best lr), "accuracy" (test mean),
+        "ci95", "accuracies" (test, per seed), "valid_by_lr" ({lr: mean valid accuracy}), "diverged_lrs"}``;
+        when every learning rate diverged, ``"status": "diverged"`` with ``None`` for the lr and the accuracies.
     """
     by_lr: dict[float, list[dict[str, Any]]] = {}
     for run in runs:
         by_lr.setdefault(run["learning_rate"], []).append(run)
+    diverged = sorted(lr for lr, group in by_lr.items() if any(is_diverged(r["metrics"]) for r in group))
     valid = {lr: sum(r["metrics"]["eval"][f"valid_{point}"]["accuracy"] for r in group) / len(group)
-             for lr, group in by_lr.items()}
+             for lr, group in by_lr.items() if lr not in diverged}
+    if not valid:
+        return {"status": "diverged", "best_lr": None, "valid_accuracy": None, "accuracy": None, "ci95": None,
+                "accuracies": [], "valid_by_lr": {}, "diverged_lrs": diverged}
     best = max(sorted(valid), key=lambda lr: valid[lr])  # ties: the smallest rate
     accuracies = [r["metrics"]["eval"][f"test_{point}"]["accuracy"]
                   for r in sorted(by_lr[best], key=lambda r: r["seed"])]
     mean, ci = mean_ci95(accuracies)
-    return {"best_lr": best, "valid_accuracy": valid[best], "accuracy": mean, "ci95": ci, "accuracies": accuracies,
-            "valid_by_lr": {str(lr): v for lr, v in sorted(valid.items())}}
+    return {"status": "ok", "best_lr": best, "valid_accuracy": valid[best], "accuracy": mean, "ci95": ci,
+            "accuracies": accuracies, "valid_by_lr": {str(lr): v for lr, v in sorted(valid.items())},
+            "diverged_lrs": diverged}
 
 
-__all__ = ["SweepResult", "Unit", "best_by_validation", "mean_ci95", "run_units", "runs_root"]
+__all__ = ["SweepResult", "Unit", "best_by_validation", "is_diverged", "mean_ci95", "read_cached_unit", "run_units",
+           "runs_root", "unit_key"]

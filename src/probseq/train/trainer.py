@@ -11,7 +11,11 @@ probseq adds:
   logits only at supervised positions when the model can) and argmax predictions for the metrics;
 - :func:`~probseq.train.metrics.recall_metrics`: accuracy at supervised positions, per-example accuracy;
 - seeding (``transformers.set_seed(seed)`` before the model is built; data generated from ``data_seed``);
-- a guard against resuming a different run: ``output_dir`` keeps the config it was started with.
+- a guard against resuming a different run: ``output_dir`` keeps the config it was started with;
+- :class:`DivergenceGuard`: a non-finite gradient norm or logged loss stops the run at that step, which
+  :func:`train` reports as :class:`TrainingDiverged` (the step, the learning rate, the last finite loss); the
+  loss is logged as it is (``logging_nan_inf_filter=False``: the Trainer's default would log a NaN step as the
+  mean of the finite ones so far, ``0.0`` right after a log, and drop NaN evaluation batches from the loss).
 
 Distributed runs (one process per device; the global batch is ``batch_size · grad_accum · world_size``)::
 
@@ -29,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -43,7 +48,7 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging as hf_logging
 
-from probseq.files import atomic_write_json
+from probseq.files import atomic_write_json, finite_or_none, read_json
 from probseq.models.zoology import ZoologyConfig, ZoologyModel
 from probseq.tasks import IGNORE_INDEX
 from probseq.train.config import TrainConfig
@@ -137,6 +142,68 @@ class TrainingClock(TrainerCallback, ExportableState):
         return {"args": {}, "attributes": {"seconds": self.seconds}}
 
 
+class TrainingDiverged(ValueError):
+    """A run stopped because its gradient norm or its loss stopped being finite (:class:`DivergenceGuard`).
+
+    ``record`` is what :func:`train` knows of the run (``"status": "diverged"``, ``"diverged": {"step",
+    "learning_rate", "scheduled_learning_rate", "cause", "loss", "grad_norm", "last_finite_loss",
+    "last_finite_loss_step", "message"}``, the model's
+    size; no evaluation), strict JSON: the sweeps cache it as the unit's result. A ``ValueError``: the command
+    line prints the message as one line (the usual cure is a smaller learning rate)."""
+
+    def __init__(self, message: str, record: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.record = record
+
+
+class DivergenceGuard(TrainerCallback):
+    """Stops training at the first optimizer step whose gradient norm, or logged loss, is not finite.
+
+    Before each update (``on_pre_optimizer_step``) the guard takes ``‖g‖₂`` over every gradient (after clipping,
+    which leaves non-finite gradients non-finite: ``g · c/‖g‖`` with ``‖g‖ = NaN`` or ``∞``); every log is checked
+    for a non-finite ``loss`` as well (a loss can overflow while its gradients stay finite). On the first
+    non-finite value it records ``diverged = {"step", "scheduled_learning_rate", "cause"}`` and sets
+    ``control.should_training_stop``; that step's loss is logged as it is, and no checkpoint is written at it, so
+    the run folder keeps the last finite one (a resumed run diverges again at the same step). Under ``torchrun``
+    every process takes the same decision: the flag is the maximum over processes. Costs one norm over the
+    gradients and one device sync per step.
+    """
+
+    def __init__(self):
+        self.diverged: dict[str, Any] | None = None
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, lr_scheduler=None, **kwargs):
+        if self.diverged is not None or model is None:
+            return
+        grads = [p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad  # a shard under FSDP
+                 for p in model.parameters() if p.grad is not None]
+        if not grads:
+            return
+        bad = (~torch.isfinite(torch.nn.utils.get_total_norm(grads))).float()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+        if bad.item():
+            rate = lr_scheduler.get_last_lr()[0] if lr_scheduler is not None else args.learning_rate
+            self._stop(control, state.global_step + 1, rate, "the gradient norm")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.diverged is not None and self.diverged["step"] == state.global_step:
+            control.should_log = True  # the diverging step's loss, as it is
+            control.should_save = control.should_evaluate = False
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if self.diverged is None and "loss" in logs and not math.isfinite(logs["loss"]):
+            self._stop(control, state.global_step, logs.get("learning_rate", args.learning_rate), "the loss")
+            control.should_save = control.should_evaluate = False
+        if self.diverged is not None and self.diverged["step"] == state.global_step and "loss" in logs:
+            self.diverged.update(loss=logs["loss"], grad_norm=logs.get("grad_norm"))
+
+    def _stop(self, control, step: int, learning_rate: float, cause: str) -> None:
+        self.diverged = {"step": step, "scheduled_learning_rate": float(learning_rate), "cause": cause}
+        control.should_training_stop = True
+
+
 def build_model(config: TrainConfig) -> ZoologyModel:
     """The run's model, initialised from ``transformers.set_seed(config.seed)``."""
     spec = config.model
@@ -160,6 +227,7 @@ def training_arguments(config: TrainConfig, output_dir: str | os.PathLike) -> Tr
         warmup_steps=config.warmup, seed=config.seed, bf16=config.precision == "bf16",
         fp16=config.precision == "fp16", save_strategy="steps" if config.save_steps else "no",
         save_steps=config.save_steps or 500, save_total_limit=config.save_total_limit, logging_steps=config.logging_steps,
+        logging_nan_inf_filter=False,  # log a non-finite loss as it is (DivergenceGuard stops the run there)
         eval_strategy="no", report_to="none", disable_tqdm=not config.progress, label_names=["labels"],
         remove_unused_columns=False, dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(), ddp_find_unused_parameters=False,
@@ -197,35 +265,79 @@ def train(config: TrainConfig, callbacks: tuple[TrainerCallback, ...] = ()) -> d
     evaluate every valid and test segment.
 
     Returns:
-        ``{"fingerprint", "steps", "resumed_from_step", "train_loss", "final_train_loss", "seconds_per_step",
-        "train_seconds", "num_parameters", "state_size", "state_bytes", "eval": {split: {"accuracy",
-        "example_accuracy", "all_correct", "loss"}}}``, plus ``"retention_scale"`` with learned-retention
-        Bayesian layers (each layer's trained ``ρ`` per head). ``train_loss`` and ``seconds_per_step`` cover
-        the steps run by this call (:class:`TrainerRun`), ``final_train_loss`` the last logging window,
-        ``train_seconds`` the whole run over its resumes (:class:`TrainingClock`); ``state_size`` is
-        :meth:`ZoologyModel.state_size` at the longest train sequence and ``state_bytes`` its float32 size.
-        JSON-serialisable.
+        ``{"status": "ok", "fingerprint", "steps", "resumed_from_step", "train_loss", "final_train_loss",
+        "seconds_per_step", "train_seconds", "num_parameters", "state_size", "state_bytes", "eval": {split:
+        {"accuracy", "example_accuracy", "all_correct", "loss"}}}``, plus ``"retention_scale"`` with
+        learned-retention Bayesian layers (each layer's trained ``ρ`` per head). ``train_loss`` and
+        ``seconds_per_step`` cover the steps run by this call (:class:`TrainerRun`), ``final_train_loss`` the last
+        logging window, ``train_seconds`` the whole run over its resumes (:class:`TrainingClock`); ``state_size``
+        is :meth:`ZoologyModel.state_size` at the longest train sequence and ``state_bytes`` its float32 size.
+        Strict JSON: a share that does not exist (no scored example in a split) is ``None``, with a warning.
+
+    Raises:
+        TrainingDiverged: the gradient norm or the training loss stopped being finite (:class:`DivergenceGuard`:
+            the run stops at that step and is not evaluated), or the trained model's evaluation loss is not
+            finite on some split (its outputs overflow: its accuracies would be those of NaN logits); the
+            error's ``record`` holds what is known of the run.
     """
     with run_threads(config.num_threads), progress_bars(config.progress), _output_dir(config) as output_dir:
         trainer = build_trainer(config, output_dir, callbacks)
         run = run_trainer(trainer, output_dir, resume=config.resume and bool(config.output_dir))
-        metrics = trainer.evaluate()
         model = trainer.accelerator.unwrap_model(trainer.model)
         longest = max(s.task.seq_len if hasattr(s, "task") else s.seq_len for s in config.data.train)
         state_size = model.state_size(longest)
-    evaluation = {}
-    for name in trainer.eval_dataset:
-        prefix = f"eval_{name}_"
-        evaluation[name] = {key[len(prefix):]: float(value) for key, value in metrics.items()
-                            if key.startswith(prefix) and key[len(prefix):] in ("accuracy", "example_accuracy",
-                                                                                 "all_correct", "loss")}
+        size = {"num_parameters": sum(p.numel() for p in model.parameters()), "state_size": state_size,
+                "state_bytes": 4 * state_size}
+        if run.diverged is None:
+            metrics = trainer.evaluate()
+            evaluation = {name: _split_metrics(name, metrics) for name in trainer.eval_dataset}
+            overflow = [name for name, values in evaluation.items() if not math.isfinite(values["loss"])]
+            if overflow:  # diverged in the last steps: finite gradients, weights whose outputs are not finite
+                diverged = _evaluation_overflow(trainer, overflow, evaluation)
+                run = run._replace(diverged=_divergence(diverged, trainer))
+        if run.diverged is not None:
+            raise TrainingDiverged(run.diverged["message"], _diverged_record(config, run, size))
     losses = logged_losses(trainer.state)
-    return {"fingerprint": config.fingerprint(), "steps": run.output.global_step,
-            "resumed_from_step": run.resumed_from_step, "train_loss": float(run.output.training_loss),
-            "final_train_loss": losses[-1] if losses else float("nan"),
-            "seconds_per_step": run.seconds_per_step, "train_seconds": run.train_seconds,
-            "num_parameters": sum(p.numel() for p in model.parameters()), "state_size": state_size,
-            "state_bytes": 4 * state_size, "eval": evaluation, **_retention_scales(model)}
+    evaluation = {name: {key: finite_or_none(value) for key, value in values.items()}
+                  for name, values in evaluation.items()}
+    return {"status": "ok", "fingerprint": config.fingerprint(), "steps": run.output.global_step,
+            "resumed_from_step": run.resumed_from_step, "train_loss": finite_or_none(run.output.training_loss),
+            "final_train_loss": finite_or_none(losses[-1]) if losses else None,
+            "seconds_per_step": run.seconds_per_step, "train_seconds": run.train_seconds, **size, "eval": evaluation,
+            **_retention_scales(model)}
+
+
+def _split_metrics(name: str, metrics: dict[str, float]) -> dict[str, float]:
+    """One evaluation split's accuracy, example accuracy, all-correct share and loss (from ``trainer.evaluate()``'s
+    ``eval_<split>_<metric>``); a share that does not exist (no example scored) is NaN, with a warning."""
+    prefix = f"eval_{name}_"
+    names = ("accuracy", "example_accuracy", "all_correct", "loss")
+    values = {key[len(prefix):]: float(value) for key, value in metrics.items()
+              if key.startswith(prefix) and key[len(prefix):] in names}
+    empty = [key for key, value in values.items() if key != "loss" and not math.isfinite(value)]
+    if empty:
+        warnings.warn(f"evaluation on {name}: {', '.join(empty)} not defined (no example has a scored position); "
+                      "recorded as null", stacklevel=3)
+    return values
+
+
+def _evaluation_overflow(trainer: Trainer, splits: list[str], evaluation: dict[str, dict[str, float]]):
+    """A :class:`DivergenceGuard` record for a run whose evaluation loss is not finite on ``splits``."""
+    rates = [entry["learning_rate"] for entry in trainer.state.log_history if "learning_rate" in entry]
+    return {"step": trainer.state.global_step, "scheduled_learning_rate": rates[-1] if rates else
+            trainer.args.learning_rate, "cause": f"the evaluation loss on {', '.join(splits)}",
+            "loss": evaluation[splits[0]]["loss"], "grad_norm": None}
+
+
+def _diverged_record(config: TrainConfig, run: TrainerRun, size: dict[str, int]) -> dict[str, Any]:
+    """What a diverged run leaves (strict JSON): the step, learning rate, losses and gradient norm (``None`` where
+    not finite), the time it took and the model's size; no evaluation."""
+    diverged = {key: finite_or_none(value) if isinstance(value, float) else value
+                for key, value in run.diverged.items()}
+    return {"status": "diverged", "fingerprint": config.fingerprint(), "steps": run.diverged["step"],
+            "max_steps": config.max_steps, "resumed_from_step": run.resumed_from_step, "diverged": diverged,
+            "train_loss": None, "final_train_loss": None, "seconds_per_step": run.seconds_per_step,
+            "train_seconds": run.train_seconds, **size, "eval": {}}
 
 
 def _retention_scales(model: torch.nn.Module) -> dict[str, Any]:
@@ -248,12 +360,13 @@ class TrainerRun(NamedTuple):
     """What :func:`run_trainer` ran: the ``TrainOutput`` (``training_loss`` over the steps of this call), the
     step resumed from (``None``: from scratch), this call's seconds, and the run's training time over all its
     resumes (:class:`TrainingClock`; for a run resumed from a checkpoint without a clock, the steps before it
-    are counted at this call's rate)."""
+    are counted at this call's rate). ``diverged`` is ``None``, or how the run diverged (:func:`run_trainer`)."""
 
     output: Any
     resumed_from_step: int | None
     seconds: float
     train_seconds: float
+    diverged: dict[str, Any] | None = None
 
     @property
     def steps_run(self) -> int:
@@ -268,13 +381,18 @@ class TrainerRun(NamedTuple):
 
 
 def run_trainer(trainer: Trainer, checkpoints: str | os.PathLike, *, resume: bool = True) -> TrainerRun:
-    """``trainer.train()``, resuming from the last complete checkpoint in ``checkpoints`` (if ``resume``).
+    """``trainer.train()``, resuming from the last complete checkpoint in ``checkpoints`` (if ``resume``), with a
+    :class:`DivergenceGuard`.
 
     A failure before the first optimizer step after a resume is a ``ValueError`` "could not resume from …"
-    naming the checkpoint and the cause; a failure after that is raised as it is.
+    naming the checkpoint and the cause; a failure after that is raised as it is. A run that diverged returns
+    with ``diverged = {"step", "learning_rate", "scheduled_learning_rate", "cause", "loss", "grad_norm",
+    "last_finite_loss", "last_finite_loss_step", "message"}`` (the logged values at that step, and the last
+    finite logged loss); its caller decides what to do with the weights (they are not finite).
     """
-    clock = TrainingClock()
+    clock, guard = TrainingClock(), DivergenceGuard()
     trainer.add_callback(clock)
+    trainer.add_callback(guard)
     checkpoint = last_complete_checkpoint(checkpoints) if resume else None
     resumed = int(Path(checkpoint).name.split("-")[-1]) if checkpoint else None
     started = time.perf_counter()
@@ -290,7 +408,27 @@ def run_trainer(trainer: Trainer, checkpoints: str | os.PathLike, *, resume: boo
     seconds, train_seconds = time.perf_counter() - started, clock.seconds
     if resumed and not clock.restored:  # a checkpoint from before the clock: estimate the steps before it
         train_seconds += resumed * seconds / max(output.global_step - resumed, 1)
-    return TrainerRun(output, resumed, seconds, train_seconds)
+    diverged = _divergence(guard.diverged, trainer) if guard.diverged is not None else None
+    return TrainerRun(output, resumed, seconds, train_seconds, diverged)
+
+
+def _divergence(diverged: dict[str, Any], trainer: Trainer) -> dict[str, Any]:
+    """The guard's record with the logged loss and gradient norm at the diverging step, the last finite logged
+    loss before it (the log is restored on resume, so a resumed run reports the same) and a message."""
+    step, rate = diverged["step"], diverged["scheduled_learning_rate"]
+    finite = [(entry["step"], entry["loss"]) for entry in trainer.state.log_history
+              if "loss" in entry and entry["step"] <= step and math.isfinite(entry["loss"])]
+    last_step, last_loss = finite[-1] if finite else (None, None)
+    loss, norm = diverged.get("loss"), diverged.get("grad_norm")
+    values = ", ".join(f"{name} {value:.4g}" for name, value in (("loss", loss), ("gradient norm", norm))
+                       if value is not None)
+    message = (f"training diverged at step {step} of {trainer.args.max_steps}: {diverged['cause']} is not finite"
+               f"{f' ({values})' if values else ''}; learning rate {trainer.args.learning_rate:g} (scheduled "
+               f"{rate:.4g} at that step); "
+               + (f"last finite loss {last_loss:.4g} at step {last_step}" if finite else "no finite loss was logged")
+               + ". Lower the learning rate (or lengthen the warmup, or clip gradients harder)")
+    return {**diverged, "learning_rate": trainer.args.learning_rate, "loss": loss, "grad_norm": norm,
+            "last_finite_loss": last_loss, "last_finite_loss_step": last_step, "message": message}
 
 
 def _finished_run(trainer: Trainer, checkpoint: str, steps: int, started: float) -> TrainerRun:
@@ -367,21 +505,29 @@ def _output_dir(config: TrainConfig) -> Iterator[Path]:
         return
     folder = Path(config.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / CONFIG_FILE
-    identity = json.loads(json.dumps(config.identity()))
-    if path.exists():
-        try:
-            saved = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"corrupt {path}: {error}; delete {folder} to start over") from error
-        if saved != identity:
-            changed = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
-            raise ValueError(f"{folder} holds a run of a different config (differs in {', '.join(changed)}); use "
-                             f"another output_dir, or delete it to start over")
-    else:
-        atomic_write_json(path, identity)
+    check_saved_config(folder / CONFIG_FILE, config.identity(), "output_dir")
     yield folder
 
 
-__all__ = ["CONFIG_FILE", "PreShiftedTrainer", "TrainerRun", "TrainingClock", "build_model", "build_trainer",
-           "last_complete_checkpoint", "logged_losses", "run_trainer", "train", "training_arguments"]
+def check_saved_config(path: Path, identity: dict[str, Any], option: str) -> None:
+    """Refuse to resume the run whose folder holds ``path`` when it was started with another config (a
+    ``ValueError`` naming the fields that differ, or ``path`` when it is not a config); record ``identity`` there
+    when it is a new run. ``option`` names the folder's setting in the message (``output_dir``, ``--out``)."""
+    folder = path.parent
+    identity = json.loads(json.dumps(identity))
+    if not path.exists():
+        atomic_write_json(path, identity)
+        return
+    saved = read_json(path, f"delete {folder} to start over")
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path} must hold a run's config (a JSON object), not {type(saved).__name__}; delete "
+                         f"{folder} to start over")
+    if saved != identity:
+        changed = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
+        raise ValueError(f"{folder} holds a run of a different config (differs in {', '.join(changed)}); use "
+                         f"another {option}, or delete it to start over")
+
+
+__all__ = ["CONFIG_FILE", "DivergenceGuard", "PreShiftedTrainer", "TrainerRun", "TrainingClock", "TrainingDiverged",
+           "build_model", "build_trainer", "check_saved_config", "last_complete_checkpoint", "logged_losses",
+           "run_trainer", "train", "training_arguments"]

@@ -1,0 +1,332 @@
+"""Reliability of training and the experiment caches (issue 18, rows 1 and 7, and problems of the same class):
+a diverging run stops with a message and is recorded as diverged, results files are strict JSON, and a cache file
+with the wrong content is an error that names the file. Tiny configs: the whole file runs in well under a minute."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from probseq import cli
+from probseq.experiments import collision, mqar, recall, reproduce, ruler_eval
+from probseq.experiments.common import ResultCache, apply_overrides, write_csv
+from probseq.files import atomic_write_json, read_json
+from probseq.train import MQARData, MQARSplit, ModelSpec, TrainConfig, from_dict, train, with_overrides
+from probseq.train.pretrain import check_run_config
+from probseq.train.sweep import run_units
+from probseq.train.trainer import TrainingDiverged
+
+# one fast mixer, two learning rates (1e6 diverges at its third step: the first update makes the weights huge,
+# the second non-finite), three steps
+MQAR_SET = ['mixers=["linear_attention"]', "d_models=[16]", "learning_rates=[0.01,1000000.0]", "seeds=[0]",
+            "vocab_size=64", "train_segments=[[16,2]]", "train_examples=[16]", "test_segments=[[16,2],[32,4]]",
+            "test_examples=8", "valid_examples=8", "max_steps=3", "batch_size=8", "eval_batch_size=16",
+            "save_steps=1", "num_threads=1"]
+RECALL_SET = ['mixers=["linear_attention"]', "d_model=16", "learning_rates=[1000000.0]", "seeds=[0]", "num_keys=8",
+              "num_values=12", "train_pairs=[2]", "train_gaps=[0]", "distractors=1", "train_examples=16",
+              "eval_pairs=[4]", "eval_gaps=[4]", "eval_collisions=[2]", "eval_key_noise=[0.4]", "test_examples=8",
+              "valid_examples=8", "max_steps=3", "batch_size=8", "eval_batch_size=16", "save_steps=1",
+              "num_threads=1"]
+TINY_COLLISION = collision.CollisionConfig(key_dim=4, value_dim=2, trials=16, batch_trials=16, max_repeats=4,
+                                           rhos=(0.0, 0.5), capacity_points=3, confident_writes=2,
+                                           colliding_writes=3, gammas=(1.0,))
+# valid JSON, wrong content: what a hand edit, another program or an old format leaves in a cache file
+BAD_CONTENTS = {"list": [], "empty": {}, "null-metrics": {"metrics": None}, "metrics-list": {"metrics": []},
+                "eval-list": {"metrics": {"eval": []}}, "accuracy-text": {"metrics": {"eval": {"x": {"accuracy": "1"}}}},
+                "status-unknown": {"metrics": {"status": "crashed", "eval": {}}}}
+
+
+@pytest.fixture(autouse=True)
+def _runs_in_tmp(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("PROBSEQ_EXPERIMENTS", str(tmp_path / "experiments"))
+
+
+def tiny_config(**changes) -> TrainConfig:
+    config = TrainConfig(model=ModelSpec(mixer="linear_attention", d_model=16),
+                         data=MQARData(vocab_size=64, train=(MQARSplit(16, 2, 16),), valid=(MQARSplit(16, 2, 8),),
+                                       test=(MQARSplit(32, 4, 8),)),
+                         learning_rate=1e-2, warmup=0.0, max_steps=4, batch_size=8, eval_batch_size=16, seed=0,
+                         num_threads=1, progress=False, logging_steps=1)
+    return dataclasses.replace(config, **changes)
+
+
+def strict_json(path: Path):
+    """The file's content; a bare NaN / Infinity (not JSON) fails the test."""
+    def refuse(constant):
+        raise AssertionError(f"{path} holds {constant}, which is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def _cli(command: str, out, overrides: list[str]) -> list[str]:
+    return [command, "--preset", "quick", "--out", str(out), *(arg for o in overrides for arg in ("--set", o))]
+
+
+class LoggedLosses(TrainerCallback):
+    def __init__(self):
+        self.losses = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if "loss" in logs:
+            self.losses.append(logs["loss"])
+
+
+# ------------------------------------------------------------------------------------------ row 1: divergence
+
+def test_row01_diverging_run_stops_at_the_step_with_a_message_naming_step_and_lr():
+    logged = LoggedLosses()
+    with pytest.raises(TrainingDiverged, match=r"diverged at step 3 of 4: .*not finite.*learning rate 1e\+06") as caught:
+        train(tiny_config(learning_rate=1e6), callbacks=(logged,))
+    assert isinstance(caught.value, ValueError)  # the CLI prints it as one line, exit code 2
+    record = caught.value.record
+    assert record["status"] == "diverged" and record["steps"] == 3
+    assert record["diverged"]["step"] == 3 and record["diverged"]["learning_rate"] == 1e6
+    # the last finite loss is the second step's, and the diverging step's loss is logged as it is (not 0.0)
+    assert record["diverged"]["last_finite_loss"] == pytest.approx(logged.losses[1])
+    assert record["diverged"]["last_finite_loss_step"] == 2
+    assert len(logged.losses) == 3 and all(map(math.isfinite, logged.losses[:2])) and math.isnan(logged.losses[2])
+    assert record["eval"] == {} and record["state_bytes"] > 0
+    json.dumps(record, allow_nan=False)  # strict JSON as it is
+
+
+def test_row01_diverged_run_saves_no_checkpoint_of_the_diverged_weights(tmp_path):
+    config = tiny_config(learning_rate=1e6, output_dir=str(tmp_path / "run"), save_steps=1, save_total_limit=None)
+    with pytest.raises(TrainingDiverged) as first:
+        train(config)
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    with pytest.raises(TrainingDiverged) as again:  # a rerun resumes from step 2 and decides the same
+        train(config)
+    assert again.value.record["resumed_from_step"] == 2
+    for key in ("step", "last_finite_loss", "last_finite_loss_step", "learning_rate", "scheduled_learning_rate"):
+        assert again.value.record["diverged"][key] == first.value.record["diverged"][key], key
+
+
+def test_row01_the_logged_loss_is_the_real_loss():
+    from probseq.train.trainer import training_arguments
+
+    assert training_arguments(tiny_config(), "unused").logging_nan_inf_filter is False
+
+
+def test_row01_sweep_records_the_diverged_unit_and_goes_on(tmp_path, capsys):
+    out = tmp_path / "mqar"
+    assert cli.main(_cli("mqar", out, MQAR_SET)) == 0
+    first = capsys.readouterr()
+    assert "linear_attention-d16-lr1e+06-s0: training diverged at step 3 of 3" in first.err
+    assert "learning rate 1e+06" in first.err and "1 of 2 units diverged" in first.err
+    results = strict_json(out / "results.json")
+    diverged = results["units"]["linear_attention-d16-lr1e+06-s0"]["metrics"]
+    assert diverged["status"] == "diverged" and diverged["diverged"]["step"] == 3
+    assert results["units"]["linear_attention-d16-lr0.01-s0"]["metrics"]["status"] == "ok"
+    for point in results["points"]:  # chosen among the runs that did not diverge
+        assert point["status"] == "ok" and point["best_lr"] == 0.01 and point["diverged_lrs"] == [1e6]
+    rows = list(csv.DictReader((out / "mqar_runs.csv").open()))
+    assert [(r["learning_rate"], r["status"]) for r in rows] == [("0.01", "ok"), ("1000000.0", "diverged")]
+    assert rows[1]["diverged_step"] == "3" and rows[1]["test_T32_k4_accuracy"] == ""
+    cache = sorted((out / "cache").glob("linear_attention-d16-lr1e+06-s0-*.json"))
+    assert len(cache) == 1 and strict_json(cache[0])["metrics"]["status"] == "diverged"
+    # a rerun takes both from the cache: the diverged one stays diverged, nothing is trained again
+    assert cli.main(_cli("mqar", out, MQAR_SET)) == 0
+    second = capsys.readouterr()
+    assert "2 of 2 units from the cache" in second.out and "training" not in second.err
+    assert strict_json(out / "results.json")["points"] == results["points"]
+
+
+def test_row01_a_sweep_where_every_unit_diverged_says_so(tmp_path, capsys):
+    out = tmp_path / "mqar"
+    assert cli.main(_cli("mqar", out, [*MQAR_SET, "learning_rates=[1000000.0]"])) == 1
+    captured = capsys.readouterr()
+    assert "every unit diverged" in captured.err
+    results = strict_json(out / "results.json")
+    assert all(p["status"] == "diverged" and p["accuracy"] is None and p["best_lr"] is None
+               for p in results["points"])
+    assert "diverged" in mqar.format_table(results)
+    assert (out / "mqar_accuracy_vs_kv.png").stat().st_size > 0
+
+    out = tmp_path / "recall"
+    assert cli.main(_cli("recall", out, RECALL_SET)) == 1
+    assert "every unit diverged" in capsys.readouterr().err
+    results = strict_json(out / "results.json")
+    assert {p["status"] for p in results["points"]} == {"diverged"}
+    assert "| linear_attention | diverged |" in recall.format_table(results)
+
+
+def test_row01_results_files_are_strict_json(tmp_path):
+    with pytest.raises(ValueError, match=r"units\.a\.loss is nan.*None"):
+        atomic_write_json(tmp_path / "r.json", {"units": {"a": {"loss": float("nan")}}})
+    with pytest.raises(ValueError, match=r"x\[1\] is inf"):
+        atomic_write_json(tmp_path / "r.json", {"x": torch.tensor([1.0, float("inf")])})
+    assert not (tmp_path / "r.json").exists()
+
+
+# ------------------------------------------------------------------------------------------ row 7: cache contents
+
+def _first_unit_cache(config, out: Path) -> Path:
+    unit = config.units()[0]
+    return out / "cache" / f"{unit.name}-{unit.config.fingerprint()}.json"
+
+
+@pytest.mark.parametrize("content", list(BAD_CONTENTS.values()), ids=list(BAD_CONTENTS))
+@pytest.mark.parametrize("experiment", ["mqar", "recall"])
+def test_row07_sweep_cache_with_wrong_content_is_an_error_naming_the_file(tmp_path, capsys, experiment, content):
+    module = mqar if experiment == "mqar" else recall
+    overrides = MQAR_SET if experiment == "mqar" else RECALL_SET
+    path = _first_unit_cache(apply_overrides(module.PRESETS["quick"], overrides), tmp_path / "out")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(content))
+    assert cli.main(_cli(experiment, tmp_path / "out", overrides)) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "delete it to recompute" in err
+    assert "training" not in err
+
+
+def test_row07_sweep_cache_missing_what_the_tables_need_is_an_error_naming_it(tmp_path, capsys):
+    config = apply_overrides(mqar.PRESETS["quick"], [*MQAR_SET, "learning_rates=[0.01]"])
+    out = tmp_path / "out"
+    assert cli.main(_cli("mqar", out, [*MQAR_SET, "learning_rates=[0.01]"])) == 0
+    path = _first_unit_cache(config, out)
+    record = json.loads(path.read_text())
+    del record["metrics"]["eval"]["valid_T32_k4"]
+    path.write_text(json.dumps(record))
+    capsys.readouterr()
+    assert cli.main(_cli("mqar", out, [*MQAR_SET, "learning_rates=[0.01]"])) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "valid_T32_k4" in err
+    record["metrics"]["eval"]["valid_T32_k4"] = record["metrics"]["eval"]["valid_T16_k2"]
+    del record["metrics"]["state_bytes"]
+    path.write_text(json.dumps(record))
+    assert cli.main(_cli("mqar", out, [*MQAR_SET, "learning_rates=[0.01]"])) == 2
+    assert "state_bytes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", [[], {}, {"x": [1.0], "metrics": None}, {"x": [1.0], "metrics": {"error": {}}},
+                                     {"x": [1.0, 2.0], "metrics": {"error": {"mean": [1.0], "ci95": [0.1],
+                                                                            "theory": None, "agreement": None}}}],
+                         ids=["list", "empty", "null-metrics", "metric-empty", "length"])
+def test_row07_collision_cache_with_wrong_content_is_an_error_naming_the_file(tmp_path, content):
+    cache = ResultCache(tmp_path, TINY_COLLISION)
+    first = f"{next(iter(collision.SCENARIOS))}--linear_attention"
+    cache.put(first, content)
+    with pytest.raises(ValueError, match=f"(?s){first}.json.*delete it to recompute"):
+        collision.run_collision(TINY_COLLISION, tmp_path)
+
+
+@pytest.mark.parametrize("content", [[], {}, {"task": "fwe", "length": 64, "status": "ok", "score": None},
+                                     {"task": "vt", "length": 64, "status": "ok", "score": 1.0, "ci_low": 1.0,
+                                      "ci_high": 1.0, "samples": 1, "prompt_tokens": 60.0, "seconds": 1.0,
+                                      "predictions": []}],
+                         ids=["list", "empty", "missing-keys", "other-task"])
+def test_row07_ruler_cache_with_wrong_content_is_an_error_naming_the_file(tmp_path, monkeypatch, content):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    config = ruler_eval.RulerConfig(model=str(model), tasks=("fwe",), lengths=(64,), samples=1, progress=False)
+    cache = ResultCache(tmp_path / "out", ruler_eval._UnitKey(ruler_eval._weights_fingerprint(model), 1, 42, None,
+                                                              "float32"))
+    cache.put("fwe-64", content)
+    monkeypatch.setattr(ruler_eval, "load_model", lambda *a, **k: pytest.fail("recomputed instead of refused"))
+    with pytest.raises(ValueError, match="(?s)fwe-64.json.*delete it to recompute"):
+        ruler_eval.run_ruler(config, tmp_path / "out")
+
+
+def test_row07_reproduce_cache_with_wrong_content_is_an_error_naming_the_file(tmp_path, monkeypatch):
+    config = reproduce.ReproduceConfig(preset="quick")
+    for content in ([], {}, {"value": None, "seconds": 1.0}, {"value": [{"rel_error": "small"}], "seconds": 1.0}):
+        ResultCache(tmp_path, config).put("unification", content)
+        monkeypatch.setattr(reproduce, "sections", lambda *a: [("unification", lambda: pytest.fail("recomputed"))])
+        with pytest.raises(ValueError, match="(?s)unification.json.*delete it to recompute"):
+            reproduce.run_reproduce(config, tmp_path, log=lambda line: None)
+
+
+# ------------------------------------------------------------------------------------------ the same class, elsewhere
+
+def test_extra_cache_file_that_is_not_text_names_the_file(tmp_path):
+    cache = ResultCache(tmp_path, TINY_COLLISION)
+    cache.folder.mkdir(parents=True)
+    (cache.folder / "unit.json").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ValueError, match="unit.json.*delete it to recompute"):
+        cache.get("unit")
+    (cache.folder / "unit.json").write_text('{"metrics": {"eval": {')  # truncated
+    with pytest.raises(ValueError, match="unit.json.*not valid JSON.*delete it to recompute"):
+        cache.get("unit")
+
+
+def test_extra_cached_unit_holding_nan_from_an_undetected_divergence_is_refused(tmp_path, capsys):
+    # what a sweep wrote before divergence was detected: accuracy 0, a bare NaN eval loss
+    config = apply_overrides(mqar.PRESETS["quick"], [*MQAR_SET, "learning_rates=[0.01]"])
+    path = _first_unit_cache(config, tmp_path / "out")
+    path.parent.mkdir(parents=True)
+    split = {"loss": float("nan"), "accuracy": 0.0, "example_accuracy": 0.0, "all_correct": 0.0}
+    metrics = {"steps": 3, "seconds_per_step": 0.1, "train_loss": 4.0, "final_train_loss": 0.0,
+               "num_parameters": 10, "state_bytes": 10, "eval": {"valid_T16_k2": split}}
+    path.write_text(json.dumps({"unit": config.units()[0].name, "metrics": metrics}))
+    assert cli.main(_cli("mqar", tmp_path / "out", [*MQAR_SET, "learning_rates=[0.01]"])) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "metrics.eval.valid_T16_k2.loss" in err and "NaN" in err
+
+
+def test_extra_non_finite_override_is_refused():
+    with pytest.raises(ValueError, match="warmup must be a finite number"):
+        apply_overrides(mqar.PRESETS["quick"], ["warmup=NaN"])
+    with pytest.raises(ValueError, match="learning_rates must be a finite number"):
+        apply_overrides(mqar.PRESETS["quick"], ["learning_rates=[Infinity]"])
+    with pytest.raises(ValueError, match="noise_std must be a finite number"):
+        apply_overrides(TINY_COLLISION, ["noise_std=Infinity"])
+    with pytest.raises(ValueError, match="warmup must be a finite number"):
+        with_overrides(TrainConfig(), ["warmup=NaN"])
+    with pytest.raises(ValueError, match="learning_rate must be a finite number"):
+        from_dict(TrainConfig, {"learning_rate": float("inf")})
+
+
+def test_extra_evaluation_loss_that_overflows_is_a_divergence_not_an_accuracy():
+    class BreakTheModel(TrainerCallback):  # finite training, then weights whose logits are not finite
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            with torch.no_grad():
+                model.embeddings.weight.fill_(float("inf"))
+
+    with pytest.raises(TrainingDiverged, match=r"step 2 of 2: the evaluation loss on valid_T16_k2, test_T32_k4 is "
+                                               r"not finite \(loss nan\).*last finite loss .* at step 2") as caught:
+        train(tiny_config(max_steps=2), callbacks=(BreakTheModel(),))
+    record = caught.value.record
+    assert record["status"] == "diverged" and record["steps"] == 2 and record["eval"] == {}
+    json.dumps(record, allow_nan=False)
+
+
+def test_extra_run_config_file_with_wrong_content_names_the_file(tmp_path):
+    for content in ("[]", '"text"', "{"):
+        (tmp_path / "probseq_train_config.json").write_text(content)
+        with pytest.raises(ValueError, match="probseq_train_config.json"):
+            train(tiny_config(output_dir=str(tmp_path), max_steps=1))
+        (tmp_path / "probseq_run_config.json").write_text(content)
+        with pytest.raises(ValueError, match="probseq_run_config.json"):
+            check_run_config(tmp_path, {"tokens": 1})
+
+
+def test_extra_csv_rows_with_different_columns_keep_every_column(tmp_path):
+    write_csv(tmp_path / "runs.csv", [{"unit": "a", "status": "diverged"}, {"unit": "b", "status": "ok", "acc": 0.5}])
+    rows = list(csv.DictReader((tmp_path / "runs.csv").open()))
+    assert rows == [{"unit": "a", "status": "diverged", "acc": ""}, {"unit": "b", "status": "ok", "acc": "0.5"}]
+
+
+def test_extra_background_results_with_wrong_content_name_the_file(tmp_path):
+    saved = tmp_path / "experiments" / "mqar_cpu" / "results.json"
+    saved.parent.mkdir(parents=True)
+    for content in ("[]", '{"points": {}}', "{"):
+        saved.write_text(content)
+        with pytest.raises(ValueError, match="mqar_cpu/results.json"):
+            reproduce._learned("mqar", reproduce.ReproduceConfig(preset="cpu"), tmp_path / "out")
+
+
+def test_extra_read_json_refuses_non_finite_numbers(tmp_path):
+    (tmp_path / "a.json").write_text('{"a": [1, NaN]}')
+    with pytest.raises(ValueError, match=r"a.json.*a\[1\] is NaN"):
+        read_json(tmp_path / "a.json")
