@@ -36,6 +36,30 @@ def map_state(state, fn: Callable[[Tensor], Tensor]):
     raise TypeError(f"cannot map a cache state of type {type(state).__name__}")
 
 
+def _layout_difference(there: tuple, here: tuple) -> str:
+    """The first mixer in which two cache layouts (see :meth:`ProbSeqCache.check_layout`) differ, in words."""
+    by_index = [dict((entry[0], entry) for entry in layout) for layout in (there, here)]
+    for index in sorted(set(by_index[0]) | set(by_index[1])):
+        a, b = by_index[0].get(index), by_index[1].get(index)
+        if a == b:
+            continue
+        if a is None or b is None:
+            there, here = ("no mixer" if entry is None else entry[1] for entry in (a, b))
+            return f"layer {index} is {there} there, {here} here"
+        if a[1] != b[1]:
+            return f"layer {index} is a {a[1]} there, a {b[1]} here"
+        shapes_a, shapes_b = dict(a[2]), dict(b[2])
+        for name in sorted(set(shapes_a) | set(shapes_b)):
+            if shapes_a.get(name) != shapes_b.get(name):
+                return (f"layer {index} ({a[1]}) has {name} of shape {_shape(shapes_a.get(name))} there, "
+                        f"{_shape(shapes_b.get(name))} here")
+    return "the layouts differ"
+
+
+def _shape(shape: tuple[int, ...] | None) -> str:
+    return "none" if shape is None else str(list(shape))
+
+
 class ProbSeqCacheLayer:
     """The cache slot of one layer: its state and the number of tokens it has seen."""
 
@@ -96,6 +120,18 @@ class ProbSeqCache(Cache):
 
     def __init__(self):
         super().__init__(layer_class_to_replicate=ProbSeqCacheLayer)
+        self.layout: tuple | None = None
+
+    def check_layout(self, layout: tuple) -> None:
+        """Refuse to continue another model's states. ``layout`` describes the model that calls: per mixer, its
+        ``layer_idx``, class and ``(parameter name, shape)`` pairs (what sizes its state). The first model to use
+        the cache sets it; a model of another layout (other mixers, sizes or depth) raises a ``ValueError``
+        naming the first layer that differs — instead of a shape error deep inside a layer."""
+        if self.layout is None:
+            self.layout = layout
+        elif self.layout != layout:
+            raise ValueError(f"this cache was filled by another model: {_layout_difference(self.layout, layout)}; "
+                             "start from a new ProbSeqCache() (or cache=None) for this model")
 
     def get_layer_state(self, layer_idx: int) -> State | None:
         """The state of layer ``layer_idx`` (``None`` before its first token)."""

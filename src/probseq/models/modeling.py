@@ -7,20 +7,38 @@ search; left-padded batches) through :class:`~probseq.models.ProbSeqCache`.
 Forward keywords beyond the usual: ``cu_seqlens`` (packed sequences, batch 1) and ``output_variance=True``
 (the Bayesian mixers then store their per-head predictive variance ``[B, T, H]`` in
 ``layer.attn.last_variance``; :meth:`ProbSeqModel.variances` collects them).
+
+Checked at the boundary (a ``ValueError`` naming the argument, :mod:`probseq.models.checks`): ``input_ids`` an
+integer ``[B, T]`` of ids in ``[0, vocab_size)`` (the first bad one is named with its position), ``labels`` of the
+same shape with ids or ``-100``, ``inputs_embeds`` ``[B, T, hidden_size]`` of the model's dtype, a 2-D
+``attention_mask`` ``[B, T]`` or ``[B, S + T]`` with ``S`` cached tokens, ``position_ids`` ``[B, T]``,
+``logits_to_keep``, and a cache filled by a model of another layout. An empty input (``T = 0``) gives an empty
+result (logits ``[B, 0, V]``) and leaves the cache as it was; ``generate`` refuses an empty prompt.
+
+``from_pretrained`` is strict about the checkpoint: a tensor the model needs that the checkpoint lacks, or one it
+holds that the model does not have, is a ``ValueError`` naming them (``strict=False`` loads anyway: missing
+tensors get a new model's initialisation, unexpected ones are dropped); a damaged or truncated safetensors
+file is a ``ValueError`` naming the file.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from probseq.layers import BayesianLayer, GatedRMSNorm, Mamba2, RMSNorm
+from probseq.layers import MIXERS, BayesianLayer, GatedRMSNorm, Mamba2, RMSNorm
 from probseq.layers.utils import inverse_softplus_step, log_uniform_decay_rate
 from probseq.models.blocks import ProbSeqBlock
 from probseq.models.cache import ProbSeqCache
+from probseq.models.checks import (check_attention_mask, check_input_ids, check_inputs_embeds, check_labels,
+                                   check_logits_to_keep, check_position_ids)
 from probseq.models.configuration import ProbSeqConfig
 
 
@@ -34,6 +52,54 @@ class ProbSeqPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["ProbSeqBlock"]
     _is_stateful = True
     _input_embed_layer = "embeddings"
+
+    def __init__(self, config, *inputs, **kwargs):
+        check = getattr(config, "_check", None)
+        if callable(check):  # values set after the config was built (config.x = …, from_pretrained overrides)
+            check()
+        super().__init__(config, *inputs, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args, strict: bool = True,
+                        **kwargs):
+        """transformers' ``from_pretrained``, strict about the checkpoint.
+
+        Args:
+            strict: ``True`` (the default): a tensor the model needs that the checkpoint lacks (it would be
+                initialised at random), or one the checkpoint holds that the model does not have, is a
+                ``ValueError`` naming them — usually a ``config.json`` that does not describe these weights.
+                ``False``: load anyway; missing tensors get a new model's initialisation, unexpected ones are
+                dropped, and transformers' load report lists them. Tensors tied to others (a head tied to the
+                embeddings) are never missing.
+            output_loading_info, and every other keyword: transformers'.
+
+        Raises:
+            ValueError: missing or unexpected tensors (with ``strict``), or a damaged or truncated safetensors
+                file (named; the ``SafetensorError`` is the ``__cause__``).
+        """
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        try:
+            model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args,
+                                                  output_loading_info=True, **kwargs)
+        except SafetensorError as error:
+            where = _damaged_file(pretrained_model_name_or_path, kwargs.get("subfolder", ""))
+            raise ValueError(f"{where}: damaged or truncated safetensors file ({error}); save or download the "
+                             "checkpoint again") from error
+        if strict:
+            _check_loaded_keys(cls.__name__, pretrained_model_name_or_path, info)
+        return (model, info) if output_loading_info else model
+
+    def cache_layout(self) -> tuple:
+        """What a :class:`ProbSeqCache` filled by this model holds: per mixer, ``(layer_idx, class name,
+        ((parameter name, shape), …))`` (see :meth:`ProbSeqCache.check_layout`). Worked out once."""
+        layout = self.__dict__.get("_cache_layout")
+        if layout is None:
+            mixers = [m for m in self.modules() if isinstance(m, tuple(MIXERS.values()))]
+            layout = tuple((m.layer_idx, type(m).__name__, tuple((name, tuple(p.shape))
+                                                                 for name, p in m.named_parameters()))
+                           for m in mixers)
+            self.__dict__["_cache_layout"] = layout
+        return layout
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -90,9 +156,45 @@ class ProbSeqPreTrainedModel(PreTrainedModel):
         return False  # the model makes its own ProbSeqCache (recurrent states, not keys and values)
 
 
+def _damaged_file(path: str | os.PathLike, subfolder: str) -> str:
+    """The safetensors file of a local checkpoint that cannot be opened, or the checkpoint's path."""
+    folder = Path(path) / subfolder
+    for file in sorted(folder.glob("*.safetensors")) if folder.is_dir() else ():
+        try:
+            with safe_open(file, framework="pt"):
+                pass
+        except (SafetensorError, OSError):
+            return str(file)
+    return str(path)
+
+
+def _check_loaded_keys(model_name: str, path: str | os.PathLike, info: dict) -> None:
+    """Refuse a load that left tensors missing (randomly initialised) or unexpected (dropped)."""
+    missing, unexpected = sorted(info.get("missing_keys") or ()), sorted(info.get("unexpected_keys") or ())
+    problems = []
+    if missing:
+        problems.append(f"lacks tensor(s) {missing} that {model_name} needs (they would be initialised at random)")
+    if unexpected:
+        problems.append(f"holds tensor(s) {unexpected} that {model_name} does not have")
+    if problems:
+        raise ValueError(f"{path}: the checkpoint {'; and it '.join(problems)}. Its config.json does not describe "
+                         "these weights (another retention, mixer or size?); pass strict=False to from_pretrained to "
+                         "load it anyway")
+
+
+def _clear_variance(mixer: nn.Module, batch: int, output_variance: bool, device: torch.device) -> None:
+    """A skipped mixer (empty input) must not keep the variance of an earlier call."""
+    if hasattr(mixer, "last_variance"):
+        mixer.last_variance = (torch.zeros(batch, 0, mixer.num_v_heads, device=device) if output_variance
+                               else None)
+
+
 class ProbSeqModel(ProbSeqPreTrainedModel):
     """Embeddings → blocks → final RMSNorm; returns ``BaseModelOutputWithPast(last_hidden_state, cache,
     hidden_states)``."""
+
+    # The body of a causal LM checkpoint loads into the base model: its head is not an unexpected tensor.
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\.weight$"]
 
     def __init__(self, config: ProbSeqConfig):
         super().__init__(config)
@@ -119,6 +221,7 @@ class ProbSeqModel(ProbSeqPreTrainedModel):
         cache = cache if cache is not None else past_key_values
         if cache is not None and not isinstance(cache, ProbSeqCache):
             raise ValueError(f"cache must be a ProbSeqCache, got {type(cache).__name__}")
+        batch, length = self._check_inputs(input_ids, inputs_embeds, attention_mask, position_ids, cache)
         if use_cache is None:  # packed sequences (training layout) are not cached by default
             use_cache = self.config.use_cache and not self.training and kwargs.get("cu_seqlens") is None
         output_hidden_states = (self.config.output_hidden_states if output_hidden_states is None
@@ -126,6 +229,8 @@ class ProbSeqModel(ProbSeqPreTrainedModel):
         return_dict = self.config.return_dict if return_dict is None else return_dict
         if use_cache and cache is None:
             cache = ProbSeqCache()
+        if cache is not None:
+            cache.check_layout(self.cache_layout())
         if kwargs.pop("output_attentions", False):
             raise ValueError("ProbSeq models do not return attention weights (output_attentions)")
         if position_ids is not None:
@@ -136,6 +241,9 @@ class ProbSeqModel(ProbSeqPreTrainedModel):
         for block in self.layers:
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
+            if length == 0:  # an empty input passes every block unchanged: an empty result, the cache untouched
+                _clear_variance(block.attn, batch, bool(kwargs.get("output_variance")), hidden_states.device)
+                continue
             hidden_states = block(hidden_states, attention_mask=attention_mask, past_key_values=cache,
                                   use_cache=use_cache, **kwargs)
         hidden_states = self.norm(hidden_states)
@@ -145,6 +253,19 @@ class ProbSeqModel(ProbSeqPreTrainedModel):
         if not return_dict:
             return tuple(x for x in (hidden_states, cache, all_hidden_states) if x is not None)
         return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache, hidden_states=all_hidden_states)
+
+    def _check_inputs(self, input_ids: Tensor | None, inputs_embeds: Tensor | None, attention_mask: Tensor | None,
+                      position_ids: Tensor | None, cache: ProbSeqCache | None) -> tuple[int, int]:
+        """The boundary checks of :meth:`forward` (module docstring); returns ``(B, T)``."""
+        if input_ids is not None:
+            check_input_ids(input_ids, self.config.vocab_size)
+            batch, length = input_ids.shape
+        else:
+            check_inputs_embeds(inputs_embeds, self.config.hidden_size, self.embeddings.weight.dtype)
+            batch, length = inputs_embeds.shape[:2]
+        check_attention_mask(attention_mask, batch, length, cache.get_seq_length() if cache is not None else 0)
+        check_position_ids(position_ids, batch, length)
+        return batch, length
 
 
 class ProbSeqForCausalLM(ProbSeqPreTrainedModel, GenerationMixin):
@@ -170,6 +291,11 @@ class ProbSeqForCausalLM(ProbSeqPreTrainedModel, GenerationMixin):
         """Logits ``[B, T, vocab]`` (the last ``logits_to_keep`` positions when it is positive), the loss
         of next-token prediction when ``labels`` are given, and the cache."""
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        check_logits_to_keep(logits_to_keep)
+        source = input_ids if input_ids is not None else inputs_embeds
+        if labels is not None and isinstance(source, Tensor) and source.dim() >= 2:
+            check_labels(labels, tuple(source.shape[:2]), self.config.vocab_size, logits_to_keep)
+            labels = labels.long()  # any integer dtype: the loss takes int64 targets
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache,
                              output_hidden_states=output_hidden_states, return_dict=True,
@@ -190,6 +316,18 @@ class ProbSeqForCausalLM(ProbSeqPreTrainedModel, GenerationMixin):
             return (loss, *output) if loss is not None else output
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache,
                                       hidden_states=outputs.hidden_states)
+
+    def generate(self, inputs: Tensor | None = None, *args, **kwargs):
+        """transformers' ``generate``. A prompt of no tokens (``[B, 0]``) is refused: there is no last token
+        whose logits would give the first new one (``inputs=None`` starts from ``bos_token_id``)."""
+        prompt, name = inputs, "inputs"
+        for key in ("input_ids", "inputs_embeds"):
+            if prompt is None and kwargs.get(key) is not None:
+                prompt, name = kwargs[key], key
+        if isinstance(prompt, Tensor) and prompt.dim() >= 2 and prompt.shape[1] == 0:
+            raise ValueError(f"generate needs at least one prompt token, got {name} of shape {list(prompt.shape)}; "
+                             "pass inputs=None to start from bos_token_id")
+        return super().generate(inputs, *args, **kwargs)
 
 
 __all__ = ["ProbSeqForCausalLM", "ProbSeqModel", "ProbSeqPreTrainedModel"]

@@ -48,7 +48,9 @@ from transformers.utils import ModelOutput
 from probseq.layers import MIXERS, RETENTIONS, Attention, Mamba2, RMSNorm, ShortConvolution
 from probseq.models.blocks import build_mixer
 from probseq.models.cache import ProbSeqCache
-from probseq.models.configuration import ProbSeqConfig
+from probseq.models.checks import (boolean, check_config_keys, check_input_ids, describe, one_of, positive_int,
+                                   positive_real, real_in)
+from probseq.models.configuration import ProbSeqConfig, config_keys
 from probseq.models.modeling import ProbSeqPreTrainedModel
 
 
@@ -72,6 +74,10 @@ class ZoologyConfig(PretrainedConfig):
         feature_map: linear attention's feature map.
         norm_eps, initializer_range, tie_word_embeddings: the usual.
         init: weight initialisation, ``"fla"`` (the default) or ``"zoology"`` (Zoology's; :class:`ZoologyModel`).
+
+    As :class:`~probseq.models.ProbSeqConfig`, a key the class does not know or an invalid value (a size that is
+    not a positive int, an epsilon or rate that is not a finite number > 0, a choice outside its values) is a
+    ``ValueError`` naming it, at construction and again when a model is built.
     """
 
     model_type = "probseq_zoology"
@@ -85,21 +91,39 @@ class ZoologyConfig(PretrainedConfig):
         self.conv_kernel, self.num_heads, self.expand_v, self.state_size = conv_kernel, num_heads, expand_v, state_size
         self.use_gate, self.retention, self.retention_init = use_gate, retention, retention_init
         self.feature_map, self.norm_eps, self.initializer_range = feature_map, norm_eps, initializer_range
-        for name in ("vocab_size", "d_model", "n_layers", "conv_kernel", "state_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if n_layers < 2:
-            raise ValueError(f"n_layers must be >= 2 (a conv block and a mixer), got {n_layers}")
-        if mixer not in MIXERS:
-            raise ValueError(f"unknown mixer {mixer!r}; choose one of {tuple(MIXERS)}")
-        if init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {init!r}")
-        self.init = init
-        if retention not in RETENTIONS:
-            raise ValueError(f"retention must be one of {RETENTIONS}, got {retention!r}")
+        self.init, self.tie_word_embeddings = init, tie_word_embeddings
+        check_config_keys(type(self).__name__, kwargs, config_keys(type(self)))
+        self._check()
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
-        self.mixer_config()  # builds the mixer once on the meta device: bad head sizes fail here
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """As :meth:`ProbSeqConfig.from_dict`: unknown override keys are an error, the values are checked again."""
+        return_unused = kwargs.pop("return_unused_kwargs", False)
+        config, unused = super().from_dict(config_dict, return_unused_kwargs=True, **kwargs)
+        if not return_unused:
+            check_config_keys(cls.__name__, unused, config_keys(cls))
+        config._check()
+        return (config, unused) if return_unused else config
+
+    def _check(self) -> None:
+        """Every field, naming the first bad one; then the mixer is built once on the meta device (bad head
+        sizes fail here)."""
+        for name in ("vocab_size", "d_model", "n_layers", "conv_kernel", "state_size"):
+            positive_int(name, getattr(self, name))
+        if self.n_layers < 2:
+            raise ValueError(f"n_layers must be >= 2 (a conv block and a mixer), got {self.n_layers}")
+        positive_int("num_heads", self.num_heads, optional=True)
+        for name in ("expand_v", "norm_eps", "initializer_range"):
+            positive_real(name, getattr(self, name))
+        real_in("retention_init", self.retention_init, 0.0, 1.0)
+        boolean("use_gate", self.use_gate)
+        boolean("tie_word_embeddings", self.tie_word_embeddings)
+        if self.mixer not in MIXERS:
+            raise ValueError(f"unknown mixer {self.mixer!r}: mixer must be one of {tuple(MIXERS)}")
+        one_of("init", self.init, INITS)
+        one_of("retention", self.retention, RETENTIONS)
+        self.mixer_config()  # a ProbSeqConfig: its own checks, and the mixer built once on the meta device
 
     def mixer_config(self) -> ProbSeqConfig:
         """The :class:`ProbSeqConfig` the mixers are built from (Zoology's head settings for MQAR)."""
@@ -117,7 +141,8 @@ class ZoologyConfig(PretrainedConfig):
                              mixer=self.mixer, num_heads=heads, head_dim=head_dim, expand_v=self.expand_v,
                              use_gate=self.use_gate, retention=self.retention, retention_init=self.retention_init,
                              feature_map=self.feature_map, state_size=self.state_size, expand=2,
-                             attn_num_heads=heads, norm_eps=self.norm_eps, max_position_embeddings=1 << 20)
+                             attn_num_heads=heads, norm_eps=self.norm_eps, max_position_embeddings=1 << 20,
+                             bos_token_id=None, eos_token_id=None)  # the mixers use no token ids
 
 
 class ConvBlock(nn.Module):
@@ -201,8 +226,18 @@ class ZoologyModel(ProbSeqPreTrainedModel):
         return self.lm_head
 
     def hidden_states(self, input_ids: Tensor, cache: ProbSeqCache | None = None) -> Tensor:
-        """Final hidden states ``[B, T, D]``; with ``cache``, the mixers write their decoding states into it."""
+        """Final hidden states ``[B, T, D]``; with ``cache``, the mixers write their decoding states into it.
+
+        ``input_ids`` must be an integer ``[B, T]`` of ids in ``[0, vocab_size)`` and ``cache`` one this model (or
+        one of its layout) filled (``ValueError`` otherwise); an empty input (``T = 0``) gives ``[B, 0, D]``."""
+        check_input_ids(input_ids, self.config.vocab_size)
+        if cache is not None:
+            if not isinstance(cache, ProbSeqCache):
+                raise ValueError(f"cache must be a ProbSeqCache, got {type(cache).__name__}")
+            cache.check_layout(self.cache_layout())
         h = self.embeddings(input_ids)
+        if input_ids.shape[1] == 0:  # nothing to mix: an empty result, the cache untouched
+            return self.norm(h)
         for index, (norm, layer) in enumerate(zip(self.norms, self.layers)):
             if index % 2 == 0:
                 h = h + layer(norm(h))
@@ -224,9 +259,10 @@ class ZoologyModel(ProbSeqPreTrainedModel):
             raise ValueError(f"ZoologyModel.forward got unexpected arguments {sorted(kwargs)}")
         hidden = self.hidden_states(input_ids)
         if logits_mask is not None:
-            if logits_mask.shape != input_ids.shape or logits_mask.dtype != torch.bool:
+            if (not isinstance(logits_mask, Tensor) or logits_mask.shape != input_ids.shape
+                    or logits_mask.dtype != torch.bool):
                 raise ValueError(f"logits_mask must be a bool tensor of shape {list(input_ids.shape)}, got "
-                                 f"{logits_mask.dtype} {list(logits_mask.shape)}")
+                                 f"{describe(logits_mask)}")
             hidden = hidden[logits_mask]
         return ZoologyOutput(logits=self.lm_head(hidden))
 
@@ -234,7 +270,9 @@ class ZoologyModel(ProbSeqPreTrainedModel):
     def state_size(self, sequence_length: int) -> int:
         """Numbers in the decoding state after ``sequence_length`` tokens (Zoology's ``state_size``; bytes in
         float32 are 4×): every mixer's cached state (conv states, memory, the covariance of a Bayesian Layer
-        whose retention is not ``reset``; keys and values for attention) plus each conv block's last ``kernel`` inputs. Measured by running the mixers with a cache."""
+        whose retention is not ``reset``; keys and values for attention) plus each conv block's last ``kernel``
+        inputs. Measured by running the mixers with a cache; ``sequence_length`` must be a positive int."""
+        positive_int("sequence_length", sequence_length)
         cache = ProbSeqCache()
         was_training = self.training
         self.eval()
@@ -246,7 +284,8 @@ class ZoologyModel(ProbSeqPreTrainedModel):
         stack = []
         for index, slot in enumerate(cache.layers):
             state = slot.state
-            if getattr(state, "memory", None) is not None and getattr(self.layers[index], "retention", "reset") == "reset":
+            retention = getattr(self.layers[index], "retention", "reset")
+            if getattr(state, "memory", None) is not None and retention == "reset":
                 # γ = 0 resets the covariance before every write: what the layer caches of it is not state
                 state = state._replace(memory=state.memory._replace(cov=None))
             stack.append(state)
