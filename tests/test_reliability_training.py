@@ -330,3 +330,71 @@ def test_extra_read_json_refuses_non_finite_numbers(tmp_path):
     (tmp_path / "a.json").write_text('{"a": [1, NaN]}')
     with pytest.raises(ValueError, match=r"a.json.*a\[1\] is NaN"):
         read_json(tmp_path / "a.json")
+
+
+def test_extra_fp16_overflow_steps_are_not_divergence():
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl, TrainerState
+
+    from probseq.train.trainer import DivergenceGuard
+
+    model = torch.nn.Linear(2, 2)
+    model.weight.grad = torch.full((2, 2), float("inf"))  # what a loss-scaled fp16 step overflows to
+    for fp16, stops in ((True, False), (False, True)):
+        guard, control = DivergenceGuard(), TrainerControl()
+        guard.on_pre_optimizer_step(SimpleNamespace(fp16=fp16, learning_rate=1e-3), TrainerState(), control,
+                                    model=model)
+        assert control.should_training_stop == stops and (guard.diverged is not None) == stops
+    # the loss is still checked at every log, fp16 or not
+    guard, control = DivergenceGuard(), TrainerControl()
+    guard.on_log(SimpleNamespace(fp16=True, learning_rate=1e-3), TrainerState(global_step=7), control,
+                 logs={"loss": float("nan"), "learning_rate": 5e-4})
+    assert control.should_training_stop and not control.should_save
+    assert (guard.diverged["step"], guard.diverged["scheduled_learning_rate"]) == (7, 5e-4)
+    assert guard.diverged["cause"] == "the loss" and math.isnan(guard.diverged["loss"])
+
+
+def test_extra_cached_token_array_that_is_not_one_names_the_file(tmp_path):
+    import numpy as np
+
+    from probseq.train.pretrain import load_token_array
+
+    np.save(tmp_path / "ok.npy", np.arange(5, dtype=np.uint16))
+    assert load_token_array(tmp_path / "ok.npy").tolist() == [0, 1, 2, 3, 4]
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "ok.npy").read_bytes()[:-4])  # truncated
+    np.save(tmp_path / "float.npy", np.zeros((2, 3)))
+    for name in ("cut.npy", "float.npy"):
+        with pytest.raises(ValueError, match=f"{name}.*delete it to tokenise the corpus again"):
+            load_token_array(tmp_path / name)
+
+
+def test_extra_pretrain_summary_line_when_no_validation_loss_was_measured(monkeypatch, capsys, tmp_path):
+    from types import SimpleNamespace
+
+    from probseq.experiments import pretrain as pretrain_cli
+    from probseq.train import pretrain as pretrain_module
+
+    log = {"num_parameters": 10, "tokens": 100, "steps": 2, "seconds_per_step": 0.5, "tokens_per_second": 100.0,
+           "valid_loss": None}
+    monkeypatch.setattr(pretrain_module, "pretrain", lambda config, out: log)
+    args = SimpleNamespace(config="tiny", set=[], out=tmp_path)
+    assert pretrain_cli.pretrain_main(args) == 0
+    assert "valid loss n/a" in capsys.readouterr().out
+
+
+def test_row01_diverging_pretraining_stops_and_exports_nothing(tmp_path, monkeypatch):
+    from test_distill import write_fake_corpus
+
+    from probseq.data import corpus as corpus_lib
+    from probseq.train.pretrain import pretrain, pretrain_config
+
+    paths = write_fake_corpus(tmp_path / "corpus")
+    monkeypatch.setattr(corpus_lib, "prepare_corpus", lambda cache_dir=None, **kwargs: paths)
+    config = pretrain_config("tiny", ["vocab_size=384", "tokens=4096", "batch_size=4", "seq_len=128", "save_steps=1",
+                                      "learning_rate=1000000.0", "num_threads=1", "progress=false"])
+    with pytest.raises(TrainingDiverged, match=r"pretraining in .*: training diverged at step 3 of 8: .*1e\+06"):
+        pretrain(config, tmp_path / "out")
+    assert not (tmp_path / "out" / "model.safetensors").exists() and not (tmp_path / "out" / "train_log.json").exists()
+    # the last checkpoint is the last finite step's, not the diverged one's
+    assert max(int(p.name.split("-")[1]) for p in (tmp_path / "out" / "checkpoints").glob("checkpoint-*")) == 2

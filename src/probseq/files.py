@@ -68,6 +68,19 @@ def finite_or_none(value: float | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def nonfinite_to_none(obj: Any) -> Any:
+    """A copy of ``obj`` (dicts, lists, tuples) with every NaN / ±Infinity float replaced by ``None``: for a value
+    that can legitimately be non-finite, e.g. a Trainer log's ``grad_norm`` at an fp16 overflow step (which the
+    loss scaler skips)."""
+    if isinstance(obj, float):
+        return finite_or_none(obj)
+    if isinstance(obj, dict):
+        return {key: nonfinite_to_none(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [nonfinite_to_none(value) for value in obj]
+    return obj
+
+
 def nonfinite_path(obj: Any, where: str = "") -> tuple[str, float] | None:
     """``(dotted path, value)`` of the first NaN or ±Infinity in ``obj`` (dicts, lists, tuples, and what
     :func:`json_default` converts), or ``None``: ``("units.a.loss", nan)``, ``("x[1]", inf)``."""
@@ -249,4 +262,4 @@ def json_default(obj: Any) -> Any:
 
 __all__ = ["NUMBER", "ListOf", "MapOf", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
            "check_writable", "check_writable_file", "finite_or_none", "json_default", "json_problem", "nonfinite_path",
-           "read_json", "save_figure"]
+           "nonfinite_to_none", "read_json", "save_figure"]

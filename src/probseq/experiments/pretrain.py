@@ -11,6 +11,12 @@ import sys
 
 from probseq.files import check_writable
 
+
+def _loss(value: float | None) -> str:
+    """A logged loss for the summary line (``None``: none was measured, e.g. no validation blocks)."""
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def pretrain_main(args) -> int:
     from probseq.train.pretrain import pretrain, pretrain_config
 
@@ -19,7 +25,7 @@ def pretrain_main(args) -> int:
     log = pretrain(config, args.out)
     print(f"wrote {args.out}: fla GatedDeltaNetForCausalLM, {log['num_parameters']:,} parameters, "
           f"{log['tokens']:,} tokens in {log['steps']} steps, {log['seconds_per_step']:.3f} s/step "
-          f"({log['tokens_per_second']:,.0f} tokens/s), valid loss {log['valid_loss']:.4f}")
+          f"({log['tokens_per_second']:,.0f} tokens/s), valid loss {_loss(log['valid_loss'])}")
     return 0
 
 
@@ -32,7 +38,7 @@ def distill_main(args) -> int:
     stages = ", ".join(f"stage {s['stage']} {s['objective']} {s['steps']} steps" for s in log["stages"])
     final = log["eval"].get("after_stage2") or {}
     print(f"wrote {args.out}: {log['arm']} arm, {log['tokens']:,} tokens ({stages})"
-          + (f"; valid KL {final['kl']:.4f}, LM {final['lm']:.4f}" if final else ""), file=sys.stdout)
+          + (f"; valid KL {_loss(final['kl'])}, LM {_loss(final['lm'])}" if final else ""), file=sys.stdout)
     return 0
 
 

@@ -42,6 +42,7 @@ import dataclasses
 import math
 import os
 import tempfile
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +52,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from probseq.files import NUMBER, ListOf, atomic_write_json, finite_or_none, json_problem, read_json
+from probseq.files import NUMBER, ListOf, atomic_write_json, finite_or_none, json_problem, nonfinite_to_none, \
+    read_json
 from probseq.train.pretrain import LMRunConfig, PackedBlocks, check_run_config, copy_tokenizer, corpus_token_arrays
 from probseq.train.trainer import TrainingDiverged, progress_bars, run_threads, run_trainer
 from probseq.train.schema import from_dict, positive, with_overrides
@@ -342,6 +344,16 @@ def _stage_arguments(config: DistillConfig, out: Path, stage: int, steps: int):
                                      seed=config.seed + stage - 1)
 
 
+def _checked(name: str, metrics: dict[str, float]) -> dict[str, float | None]:
+    """Validation ``metrics`` with a value that is not finite (the student's outputs overflow) as ``None``, and a
+    warning naming it."""
+    bad = {key: value for key, value in metrics.items() if not math.isfinite(value)}
+    if bad:
+        warnings.warn(f"validation {name}: {', '.join(f'{k} = {v}' for k, v in bad.items())} is not finite (the "
+                      "model's outputs overflow); recorded as null in train_log.json", stacklevel=2)
+    return {key: finite_or_none(value) for key, value in metrics.items()}
+
+
 def read_stage_log(path: Path, expected: dict[str, Any]) -> dict[str, Any]:
     """A finished stage's ``stage_log.json``: a ``ValueError`` naming the file when it is not JSON, not a stage
     log, or the log of another stage or objective than ``expected``'s."""
@@ -405,11 +417,13 @@ def distill(config: DistillConfig, out: str | os.PathLike) -> dict[str, Any]:
                              f"than one batch ({config.batch_size} × {world_size} devices)")
         evaluations = {}
         if len(valid_data):
-            evaluations["converted"] = evaluate(student, teacher, valid_data, layers, config.batch_size)
+            evaluations["converted"] = _checked("converted", evaluate(student, teacher, valid_data, layers,
+                                                                      config.batch_size))
         if not config.baseline:
             set_retention(student, config.retention_init)
         if len(valid_data):
-            evaluations["start"] = evaluate(student, teacher, valid_data, layers, config.batch_size)
+            evaluations["start"] = _checked("start", evaluate(student, teacher, valid_data, layers,
+                                                              config.batch_size))
 
         stages = []
         for stage, steps in ((1, steps1), (2, steps2)):
@@ -440,7 +454,7 @@ def distill(config: DistillConfig, out: str | os.PathLike) -> dict[str, Any]:
                               resumed_from_step=run.resumed_from_step,
                               seconds=run.seconds, train_seconds=run.train_seconds,
                               seconds_per_step=run.seconds_per_step,
-                              history=trainer.state.log_history)
+                              history=nonfinite_to_none(trainer.state.log_history))
                 if trainer.is_world_process_zero():
                     student.save_pretrained(final)
                     atomic_write_json(log_path, record)
@@ -448,7 +462,8 @@ def distill(config: DistillConfig, out: str | os.PathLike) -> dict[str, Any]:
             else:
                 stages.append(record)
             if len(valid_data):
-                evaluations[f"after_stage{stage}"] = evaluate(student, teacher, valid_data, layers, config.batch_size)
+                evaluations[f"after_stage{stage}"] = _checked(f"after_stage{stage}", evaluate(
+                    student, teacher, valid_data, layers, config.batch_size))
     student.requires_grad_(True)
     log = {"arm": "baseline" if config.baseline else "bayesian", "kind": "distill", "teacher": str(config.teacher),
            "config": dataclasses.asdict(config), "tokens": sum(s["tokens"] for s in stages),

@@ -12,7 +12,7 @@
    schedule after a linear warmup, gradient clipping, checkpoints in ``OUT/checkpoints/``, resume from the last
    complete one, data parallelism under ``torchrun``); a non-finite gradient norm or loss stops the run at that
    step with :class:`~probseq.train.trainer.TrainingDiverged` (step, learning rate, last finite loss; nothing is
-   exported);
+   exported), and so does a validation loss that is not finite;
 5. the validation loss, then :func:`probseq.interop.fla.export_fla` writes ``OUT`` as an fla
    ``GatedDeltaNetForCausalLM`` directory (``config.json``, ``model.safetensors``) with the tokenizer files, so
    ``probseq distill --teacher OUT`` reads the same layout as a real fla checkpoint; ``OUT/train_log.json`` has the
@@ -37,7 +37,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from probseq.files import atomic_write_json, finite_or_none
+from probseq.files import atomic_write_json, finite_or_none, nonfinite_to_none
 from probseq.train.schema import check_fields, from_dict, positive, with_overrides
 from probseq.train.trainer import TrainingDiverged, check_saved_config, progress_bars, run_threads, run_trainer
 
@@ -270,8 +270,22 @@ def corpus_token_arrays(tokenizer, folder: Path, corpus_dir: str, seed: int) -> 
             tmp = folder / f".{path.name}.tmp.npy"
             np.save(tmp, tokens)
             os.replace(tmp, path)
-        arrays[split] = np.load(path, mmap_mode="r")
+        arrays[split] = load_token_array(path)
     return arrays
+
+
+def load_token_array(path: Path) -> np.ndarray:
+    """A cached token array ``[N]`` (memory-mapped); a ``ValueError`` naming the file when it is not a 1-D array
+    of integers (truncated, or written by something else)."""
+    advice = "delete it to tokenise the corpus again"
+    try:
+        tokens = np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as error:
+        raise ValueError(f"{path} is not a token array ({error}); {advice}") from None
+    if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
+        raise ValueError(f"{path} must hold a 1-D array of token ids, got shape {list(tokens.shape)} of "
+                         f"{tokens.dtype}; {advice}")
+    return tokens
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -343,6 +357,9 @@ def pretrain(config: PretrainConfig, out: str | os.PathLike) -> dict[str, Any]:
         if run.diverged is not None:  # no model is exported; the checkpoints before the step stay
             raise TrainingDiverged(f"pretraining in {out}: {run.diverged['message']}")
         valid_loss = trainer.evaluate(eval_dataset=valid_data)["eval_loss"] if len(valid_data) else None
+        if valid_loss is not None and not math.isfinite(valid_loss):  # the last updates made the outputs overflow
+            raise TrainingDiverged(f"pretraining in {out}: the validation loss is not finite ({valid_loss}) after "
+                                   f"step {run.output.global_step}; lower the learning rate")
         model = trainer.accelerator.unwrap_model(trainer.model)
     steps = run.output.global_step
     log = {
@@ -354,7 +371,7 @@ def pretrain(config: PretrainConfig, out: str | os.PathLike) -> dict[str, Any]:
         "train_loss": finite_or_none(run.output.training_loss), "valid_loss": finite_or_none(valid_loss),
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "corpus_tokens": {split: int(len(a)) for split, a in arrays.items()},
-        "history": trainer.state.log_history,
+        "history": nonfinite_to_none(trainer.state.log_history),  # grad_norm is inf at an fp16 overflow step
     }
     if trainer.is_world_process_zero():
         with progress_bars(config.progress):

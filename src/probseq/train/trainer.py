@@ -166,15 +166,16 @@ class DivergenceGuard(TrainerCallback):
     ``control.should_training_stop``; that step's loss is logged as it is, and no checkpoint is written at it, so
     the run folder keeps the last finite one (a resumed run diverges again at the same step). Under ``torchrun``
     every process takes the same decision: the flag is the maximum over processes. Costs one norm over the
-    gradients and one device sync per step.
+    gradients and one device sync per step. Under ``fp16`` only the logged loss is checked: loss scaling
+    overflows on purpose (non-finite gradients at that step, which the scaler skips, lowering its scale).
     """
 
     def __init__(self):
         self.diverged: dict[str, Any] | None = None
 
     def on_pre_optimizer_step(self, args, state, control, model=None, lr_scheduler=None, **kwargs):
-        if self.diverged is not None or model is None:
-            return
+        if self.diverged is not None or model is None or args.fp16:
+            return  # fp16: an overflow step's gradients are inf by design, and the loss scaler skips that step
         grads = [p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad  # a shard under FSDP
                  for p in model.parameters() if p.grad is not None]
         if not grads:
