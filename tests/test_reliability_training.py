@@ -398,3 +398,29 @@ def test_row01_diverging_pretraining_stops_and_exports_nothing(tmp_path, monkeyp
     assert not (tmp_path / "out" / "model.safetensors").exists() and not (tmp_path / "out" / "train_log.json").exists()
     # the last checkpoint is the last finite step's, not the diverged one's
     assert max(int(p.name.split("-")[1]) for p in (tmp_path / "out" / "checkpoints").glob("checkpoint-*")) == 2
+
+
+def test_extra_collision_config_refuses_non_finite_numbers():
+    for field, value in (("noise_std", float("nan")), ("collision_rho", float("nan")), ("rhos", (0.0, float("nan"))),
+                         ("noise_std", float("inf"))):
+        with pytest.raises(ValueError, match=f"{field}.* must be a finite number"):
+            dataclasses.replace(TINY_COLLISION, **{field: value})
+
+
+def test_extra_uncertainty_refuses_a_variance_that_is_not_finite():
+    from types import SimpleNamespace
+
+    from probseq.experiments.uncertainty import layer_variances
+
+    variance = torch.ones(1, 4, 2)
+    variance[0, 3, 1] = float("nan")
+
+    class Model:  # what layer_variances reads of a ProbSeqForCausalLM
+        config = SimpleNamespace(vocab_size=10)
+        model = SimpleNamespace(variances=lambda: [variance], layers=[SimpleNamespace(attn=None)])
+
+        def __call__(self, *args, **kwargs):
+            return None
+
+    with pytest.raises(ValueError, match="layer 0, head 1 is not finite at token 3 .nan."):
+        layer_variances(Model(), [1, 2, 3, 4])

@@ -95,6 +95,12 @@ class CollisionConfig:
     impl: Literal["chunked", "recurrent"] = "chunked"
 
     def __post_init__(self) -> None:
+        reals = dict(beta=self.beta, gdn_alpha=self.gdn_alpha, noise_std=self.noise_std,
+                     collision_rho=self.collision_rho, **{f"gammas[{i}]": g for i, g in enumerate(self.gammas)},
+                     **{f"rhos[{i}]": rho for i, rho in enumerate(self.rhos)})
+        for name, value in reals.items():  # NaN passes every comparison below
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
         positive = dict(key_dim=self.key_dim, value_dim=self.value_dim, batch_trials=self.batch_trials,
                         max_repeats=self.max_repeats, capacity_points=self.capacity_points,
                         confident_writes=self.confident_writes)

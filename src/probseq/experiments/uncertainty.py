@@ -131,7 +131,8 @@ def tokenize(text: str, tokenizer_dir: str | None, model_dir: str | None) -> Tok
 
 
 def layer_variances(model, ids: list[int]) -> tuple[list[tuple[int, torch.Tensor]], list[str]]:
-    """Run ``model`` on ``ids`` with ``output_variance=True``: ``([(layer, variance [T, H])], notes)``."""
+    """Run ``model`` on ``ids`` with ``output_variance=True``: ``([(layer, variance [T, H])], notes)``; a variance
+    that is not finite is a ``ValueError`` naming the layer, head and token (no file would hold a number)."""
     if max(ids) >= model.config.vocab_size:
         raise ValueError(f"token id {max(ids)} is outside the model's vocabulary ({model.config.vocab_size}); "
                          "give the model's tokenizer with --tokenizer")
@@ -146,6 +147,12 @@ def layer_variances(model, ids: list[int]) -> tuple[list[tuple[int, torch.Tensor
             found.append((index, variance[0].float()))
     if not found:
         raise ValueError("the model has no Bayesian layers (mixer 'bayesian' or 'gated_deltanet'): no variance")
+    for layer, variance in found:  # [T, H]
+        bad = (~torch.isfinite(variance)).nonzero()
+        if len(bad):
+            t, head = bad[0].tolist()
+            raise ValueError(f"the predictive variance of layer {layer}, head {head} is not finite at token {t} "
+                             f"({variance[t, head].item()}): the model's weights are damaged or diverged")
     return found, notes
 
 
