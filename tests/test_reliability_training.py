@@ -424,3 +424,12 @@ def test_extra_uncertainty_refuses_a_variance_that_is_not_finite():
 
     with pytest.raises(ValueError, match="layer 0, head 1 is not finite at token 3 .nan."):
         layer_variances(Model(), [1, 2, 3, 4])
+
+
+def test_extra_ruler_model_config_with_wrong_content_names_the_file(tmp_path):
+    (tmp_path / "config.json").write_text("[]")
+    with pytest.raises(ValueError, match="config.json must hold a model config"):
+        ruler_eval.load_model(tmp_path)
+    (tmp_path / "config.json").write_text('{"model_type": ')
+    with pytest.raises(ValueError, match="config.json is not valid JSON"):
+        ruler_eval.load_model(tmp_path)

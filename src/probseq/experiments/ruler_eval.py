@@ -40,7 +40,8 @@ from typing import Literal
 import torch
 
 from probseq.experiments.common import ResultCache, environment, write_csv
-from probseq.files import NUMBER, ListOf, atomic_write_bytes, atomic_write_json, atomic_write_text, check_writable
+from probseq.files import NUMBER, ListOf, atomic_write_bytes, atomic_write_json, atomic_write_text, check_writable, \
+    read_json
 
 DEFAULT_TASKS = ("niah_single_1", "niah_multikey_2", "niah_multikey_3", "vt", "cwe", "fwe")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -122,7 +123,11 @@ def load_model(folder: str | os.PathLike, dtype: str = "float32", device: str = 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise ValueError(f"--model {folder} is not a model folder (no config.json)")
-    model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    model_config = read_json(folder / "config.json", "is the folder a model's?")
+    if not isinstance(model_config, dict):
+        raise ValueError(f"--model {folder}/config.json must hold a model config (a JSON object), got "
+                         f"{type(model_config).__name__}")
+    model_type = model_config.get("model_type")
     if model_type == "gated_deltanet":
         from probseq.interop.fla import convert_fla
 
