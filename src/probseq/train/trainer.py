@@ -143,13 +143,15 @@ class TrainingClock(TrainerCallback, ExportableState):
 
 
 class TrainingDiverged(ValueError):
-    """A run stopped because its gradient norm or its loss stopped being finite (:class:`DivergenceGuard`).
+    """A run stopped because its gradient norm or its loss stopped being finite (:class:`DivergenceGuard`), or its
+    trained model's evaluation loss is not finite.
 
-    ``record`` is what :func:`train` knows of the run (``"status": "diverged"``, ``"diverged": {"step",
-    "learning_rate", "scheduled_learning_rate", "cause", "loss", "grad_norm", "last_finite_loss",
-    "last_finite_loss_step", "message"}``, the model's
-    size; no evaluation), strict JSON: the sweeps cache it as the unit's result. A ``ValueError``: the command
-    line prints the message as one line (the usual cure is a smaller learning rate)."""
+    ``record`` is what :func:`train` knows of the run, strict JSON (``None`` for a value that is not finite):
+    ``"status": "diverged"``, ``"diverged": {"step", "learning_rate", "scheduled_learning_rate", "cause", "loss",
+    "grad_norm", "last_finite_loss", "last_finite_loss_step", "message"}``, the model's size, no evaluation; the
+    sweeps cache it as the unit's result (``None`` from :func:`pretrain <probseq.train.pretrain.pretrain>` and
+    distillation). A ``ValueError``: the command line prints the message as one line (exit code 2); the usual cure
+    is a smaller learning rate."""
 
     def __init__(self, message: str, record: dict[str, Any] | None = None):
         super().__init__(message)
@@ -178,9 +180,10 @@ class DivergenceGuard(TrainerCallback):
             return  # fp16: an overflow step's gradients are inf by design, and the loss scaler skips that step
         grads = [p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad  # a shard under FSDP
                  for p in model.parameters() if p.grad is not None]
-        if not grads:
-            return
-        bad = (~torch.isfinite(torch.nn.utils.get_total_norm(grads))).float()
+        if grads:
+            bad = (~torch.isfinite(torch.nn.utils.get_total_norm(grads))).float()
+        else:  # nothing to check here, but every process must join the reduction below
+            bad = torch.zeros((), device=next(model.parameters()).device)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
         if bad.item():
