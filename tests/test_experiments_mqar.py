@@ -236,3 +236,25 @@ def test_summarize_units_tabulates_every_committed_run(capsys):
         cell = f"{record['metrics']['eval']['test_T64_k4']['accuracy']:.3f}"
         assert any(f"| {record['config']['seed']} |" in row and cell in row for row in rows[1:])
     assert summarize(str(root / "results")) == 1  # a folder without runs
+
+
+def test_summarize_units_shows_a_diverged_run_as_diverged(tmp_path, capsys):
+    """A diverged unit's record (no accuracies) is a row saying so, never a crash or an accuracy of 0."""
+    import runpy
+    import shutil
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    finished = sorted((root / "results" / "mqar_cpu" / "units").glob("*.json"))[0]
+    shutil.copy(finished, tmp_path / finished.name)
+    record = json.loads(finished.read_text())
+    record["config"]["seed"] = 99
+    record["metrics"] = {"status": "diverged", "fingerprint": record["metrics"]["fingerprint"], "steps": 7,
+                         "diverged": {"step": 7, "message": "loss nan", "last_finite_loss": 4.25}}
+    (tmp_path / "diverged.json").write_text(json.dumps(record))
+    summarize = runpy.run_path(str(root / "scripts" / "summarize_units.py"))["main"]
+    assert summarize(str(tmp_path)) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 3
+    diverged = next(row for row in rows if "| 99 |" in row)
+    assert "diverged at step 7" in diverged and "4.25" in diverged and "0.000" not in diverged

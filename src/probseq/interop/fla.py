@@ -37,6 +37,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 from transformers import PretrainedConfig
 
+from probseq.files import atomic_write_text
 from probseq.layers import RETENTIONS, BayesianLayer
 from probseq.models import ProbSeqConfig, ProbSeqForCausalLM
 from probseq.ops import R_MIN
@@ -430,7 +431,7 @@ def export_fla(model_or_dir, dst_dir) -> Path:
     for stale in [*dst.glob("model*.safetensors"), dst / WEIGHTS_INDEX_NAME]:
         stale.unlink(missing_ok=True)
     save_torch_state_dict(tensors, dst, metadata={"format": "pt"})
-    (dst / "config.json").write_text(json.dumps(fla_config, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(dst / "config.json", json.dumps(fla_config, indent=2, sort_keys=True) + "\n")
     if src is not None:
         _copy_tokenizer(src, dst)
     return dst
