@@ -30,8 +30,12 @@ def command_function(target: str):
 def run(args: argparse.Namespace) -> int:
     """Run a parsed command; a ``ValueError`` (bad input) becomes a one-line error and exit code 2, Ctrl-C a line
     that says how to resume (exit code 130), neither a traceback."""
+    from probseq.cpu import flush_subnormals, keep_freed_memory
+
+    keep_freed_memory()  # with subnormals flushed: the same results, faster (probseq.cpu)
     try:
-        return command_function(args.run)(args) or 0
+        with flush_subnormals():
+            return command_function(args.run)(args) or 0
     except ValueError as error:
         print(f"probseq {args.command}: error: {error}", file=sys.stderr)
         return 2
