@@ -49,8 +49,10 @@ class Mamba2(nn.Module):
     """fla / mamba_ssm ``Mamba2``'s constructor (same defaults) and fla's forward.
 
     ``backend`` (fla's conv-kernel choice) is accepted and ignored; ``hidden_act`` must be SiLU;
-    ``chunk_size`` is the chunk length of the filter's chunked form; ``validate`` checks ``hidden_states`` and the
-    filter's values (as in :class:`~probseq.layers.BayesianLayer`).
+    ``chunk_size`` is the chunk length of the filter's chunked form (64, not mamba_ssm's 256: that is its GPU
+    kernel's tile; in PyTorch a chunk costs ``O(C²)`` per head in masks and scores, and at the MQAR model's
+    T = 256 a single 256-token chunk made Mamba-2's training step 1.5× slower than with C = 64); ``validate``
+    checks ``hidden_states`` and the filter's values (as in :class:`~probseq.layers.BayesianLayer`).
     """
 
     def __init__(self, num_heads: int | None = None, head_dim: int = 64, hidden_size: int = 2048,
@@ -59,7 +61,7 @@ class Mamba2(nn.Module):
                  A_init_range: tuple[float, float] = (1, 16), D_has_hdim: bool = False, rmsnorm: bool = True,
                  norm_before_gate: bool = False, dt_min: float = 0.001, dt_max: float = 0.1,
                  dt_init_floor: float = 1e-4, dt_limit: tuple[float, float] = (0.0, float("inf")),
-                 use_bias: bool = False, norm_eps: float = 1e-5, chunk_size: int = 256, layer_idx: int | None = None,
+                 use_bias: bool = False, norm_eps: float = 1e-5, chunk_size: int = 64, layer_idx: int | None = None,
                  backend: str = "cuda", *, validate: bool = False, **kwargs):
         super().__init__()
         # validate: hidden_states and the filter's values checked (NaN/Inf, ranges, a finite result) with one host
