@@ -83,7 +83,8 @@ def check_hidden_states(layer: nn.Module, hidden_states: Tensor, weight: Tensor)
     if hidden_states.dim() != 3 or hidden_states.shape[-1] != layer.hidden_size:
         raise ValueError(f"hidden_states must have shape [B, T, D] with D = hidden_size = {layer.hidden_size} of "
                          f"{name}, got {list(hidden_states.shape)}")
-    autocast = torch.is_autocast_enabled(hidden_states.device.type)
+    device_type = hidden_states.device.type  # autocast exists for cpu, cuda, …, not for meta
+    autocast = torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
     allowed = {weight.dtype} | ({torch.float32, torch.bfloat16, torch.float16} if autocast else set())
     if hidden_states.dtype not in allowed:
         raise ValueError(f"hidden_states has dtype {hidden_states.dtype}, {name}'s parameters are {weight.dtype}: "
@@ -204,7 +205,11 @@ def repeat_heads(x: Tensor, groups: int) -> Tensor:
 @contextlib.contextmanager
 def full_precision(device_type: str):
     """Run the filter outside autocast: it computes in float32 itself (its factorisations and state
-    never run in half precision), and autocast would otherwise cast its matmuls down."""
+    never run in half precision), and autocast would otherwise cast its matmuls down. A device type without
+    autocast (``meta``) needs nothing."""
+    if not torch.amp.is_autocast_available(device_type):
+        yield
+        return
     with torch.autocast(device_type=device_type, enabled=False):
         yield
 

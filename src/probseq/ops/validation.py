@@ -158,7 +158,8 @@ def check_gate(name: str, x: Tensor | None, shape: tuple[int, ...], layout: str,
 
 def check_positive_number(name: str, value, *, allow_zero: bool = False, hint: str = "") -> float:
     """A finite real number ``> 0`` (``≥ 0`` with ``allow_zero``): Python and NumPy scalars alike."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+    # -inf < value < inf rather than math.isfinite: false for NaN alike, and torch.compile traces comparisons
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not -math.inf < value < math.inf \
             or not (value >= 0 if allow_zero else value > 0):
         raise ValueError(f"{name} must be a finite float {'>= 0' if allow_zero else '> 0'}{hint}, got {value!r}")
     return float(value)

@@ -96,6 +96,8 @@ class TrainConfig:
         logging_steps: log the training loss every that many steps.
         progress: tqdm progress bars.
         num_threads: ``torch.set_num_threads`` for the run (``None``: leave it).
+        compile: ``torch.compile`` the model (the Trainer's ``torch_compile``; inductor). The filters and every
+            layer trace as one graph (``tests/test_compile.py``); results agree with eager to float rounding.
         fsdp, fsdp_wrap: ``TrainingArguments.fsdp`` (e.g. ``"full_shard auto_wrap"``) and the block classes
             it wraps (``fsdp_config["transformer_layer_cls_to_wrap"]``); for models that outgrow a device.
     """
@@ -123,6 +125,7 @@ class TrainConfig:
     logging_steps: int = 50
     progress: bool = True
     num_threads: int | None = None
+    compile: bool = False
     fsdp: str = ""
     fsdp_wrap: tuple[str, ...] = ()
 
@@ -157,6 +160,9 @@ class TrainConfig:
         for (section, name), default in ADDED_FIELDS.items():
             if identity[section].get(name) == default:
                 del identity[section][name]
+        for name, default in ADDED_TOP_FIELDS.items():
+            if identity.get(name) == default:
+                del identity[name]
         return identity
 
     def fingerprint(self) -> str:
@@ -167,6 +173,7 @@ class TrainConfig:
 
 # Fields added after runs were cached, with the default that reproduces those runs: (section, field) → default.
 ADDED_FIELDS = {("model", "retention_init"): 0.0, ("model", "init"): "fla"}
+ADDED_TOP_FIELDS = {"compile": False}  # the same for fields of the run itself
 
 # Settings that change neither the trained parameters nor the metrics.
 RUN_ONLY_FIELDS = frozenset({"output_dir", "save_steps", "save_total_limit", "resume", "logging_steps", "progress",
