@@ -11,14 +11,18 @@ from probseq import bench
 from probseq.train.trainer import run_threads
 
 TINY = dataclasses.replace(bench.PRESETS["quick"], repeats=1, warmup=0, mqar_d_model=16, mqar_vocab=512,
-                           mqar_batch=2, mqar_length=256, mqar_kv_pairs=4)  # the ratio row is at T = 256
+                           mqar_batch=2, mqar_length=256, mqar_kv_pairs=4,  # the ratio row is at T = 256
+                           recall_batch=2)
 
 
 def test_plan_groups_cases():
     mqar = bench.plan(dataclasses.replace(TINY, cases="mqar"))
-    assert mqar == [(f"mqar_train_{m}", 256, "train") for m in TINY.mqar_mixers]
+    assert mqar == ([(f"mqar_train_{m}", 256, "train") for m in TINY.mqar_mixers]
+                    + [(f"recall_train_{m}", 0, "train") for m in TINY.recall_mixers])
     everything = bench.plan(TINY)
     assert set(mqar) < set(everything)
+    filters = bench.plan(dataclasses.replace(TINY, cases="filters"))
+    assert {("bayes_chunked_small", 256, "fwd+bwd"), ("gdn_chunked_small", 256, "fwd+bwd")} <= set(filters)
     assert not any(case[2] == "train" for case in bench.plan(dataclasses.replace(TINY, cases="layer")))
 
 
@@ -37,7 +41,8 @@ def test_mqar_training_step_is_an_optimizer_step(mixer):
 
 def test_run_bench_reports_mqar_throughput():
     with run_threads(1):
-        results = bench.run_bench(dataclasses.replace(TINY, cases="mqar", mqar_mixers=("bayesian", "gated_deltanet")))
+        results = bench.run_bench(dataclasses.replace(TINY, cases="mqar", mqar_mixers=("bayesian", "gated_deltanet"),
+                                                      recall_mixers=()))
     rows = {m["method"]: m for m in results["measurements"]}
     assert set(rows) == {"mqar_train_bayesian", "mqar_train_gated_deltanet"}
     for row in rows.values():
@@ -46,8 +51,38 @@ def test_run_bench_reports_mqar_throughput():
     ratio = next(r for r in results["ratios"] if r["figure"].startswith("MQAR model training step"))
     assert ratio["ratio"] == pytest.approx(rows["mqar_train_bayesian"]["seconds"]
                                            / rows["mqar_train_gated_deltanet"]["seconds"])
-    assert ratio["met"] is None
+    assert ratio["met"] == (ratio["ratio"] <= 1.2)
     assert "mqar_train_bayesian" in bench.format_tables(results)
+
+
+@pytest.mark.parametrize("mixer", ["bayesian", "mamba2"])
+def test_recall_training_step_is_an_optimizer_step_on_the_recall_segment(mixer):
+    with run_threads(1):
+        model, step = bench.recall_training_step(mixer, TINY)
+        losses = [float(step()) for _ in range(5)]
+    assert model.config.mixer == mixer and model.config.vocab_size == 1 + 2 * 64 + 64
+    assert losses[-1] < losses[0]
+
+
+def test_the_experiments_filter_shape_uses_each_form_at_its_default_chunk_size(monkeypatch):
+    """``_small``: one sequence of B·H = 128 heads, K = V = 32 — the MQAR/recall layers' filter calls; the Bayesian
+    form at ``bayes_chunk_size`` (the layer's default), Gated DeltaNet at ``chunk_size``."""
+    from probseq.layers import BayesianLayer
+
+    x = bench._inputs(TINY, 64, requires_grad=False, small=True)
+    assert x["q"].shape == (1, 64, 128, 32) and x["v"].shape == (1, 64, 128, 32)
+    assert TINY.bayes_chunk_size == BayesianLayer(hidden_size=64, num_heads=2, head_dim=32).chunk_size
+    calls = {}
+    original = bench.bayes_filter
+
+    def spy(*args, **kwargs):
+        calls[kwargs["gamma"] is None if "gamma" in kwargs else args[5] is None] = kwargs["chunk_size"]
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "bayes_filter", spy)
+    bench._method("bayes_chunked_small", TINY)(x)
+    bench._method("gdn_chunked_small", TINY)(x)
+    assert calls == {False: TINY.bayes_chunk_size, True: TINY.chunk_size}
 
 
 def test_memory_profiling_prints_nothing_and_keeps_stderr():

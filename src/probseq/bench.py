@@ -71,7 +71,8 @@ class BenchConfig:
     heads: int = 4
     key_dim: int = 64
     value_dim: int = 64
-    chunk_size: int = 64
+    chunk_size: int = 64  # every chunked filter but the Bayesian covariance path's
+    bayes_chunk_size: int = 32  # the Bayesian Layer's default (its C³ Cholesky per chunk favours C = 32 on CPU)
     lengths: tuple[int, ...] = (1024, 4096, 16384)
     reference_length: int = 4096  # the token-loop reference is slow: measured at this length only
     decode_positions: tuple[int, ...] = (1024, 16384)
@@ -92,6 +93,13 @@ class BenchConfig:
     mqar_batch: int = 64
     mqar_length: int = 256
     mqar_kv_pairs: int = 64
+    small_heads: int = 128  # the experiments' filter shape: B·H = 64 · 2, K = V = 32, T = 256
+    small_key_dim: int = 32
+    small_length: int = 256
+    recall_mixers: tuple[str, ...] = ("bayesian", "gated_deltanet", "mamba2")
+    recall_batch: int = 64  # the recall cpu preset's training batch: 8 pairs, gap 16, 1 collision, 2 distractors
+    recall_pairs: int = 8
+    recall_gap: int = 16
 
 
 PRESETS = {
@@ -103,8 +111,10 @@ PRESETS = {
 # (description, numerator, denominator, comparison, target): each side is (method, T, pass); comparison
 # "info" reports the ratio without a target.
 TARGETS = [
-    ("Bayesian chunked fwd+bwd / our Gated DeltaNet chunked fwd+bwd, T=4096",
-     ("bayes_chunked", 4096, "fwd+bwd"), ("gdn_chunked", 4096, "fwd+bwd"), "<=", 2.0),
+    ("Bayesian chunked fwd+bwd / our Gated DeltaNet chunked fwd+bwd, T=4096, K=64",
+     ("bayes_chunked", 4096, "fwd+bwd"), ("gdn_chunked", 4096, "fwd+bwd"), "<=", 1.5),
+    ("Bayesian chunked fwd+bwd / our Gated DeltaNet, K=32, T=256, B·H=128 (the experiments' shape)",
+     ("bayes_chunked_small", 256, "fwd+bwd"), ("gdn_chunked_small", 256, "fwd+bwd"), "<=", 1.3),
     ("Bayesian chunked fwd+bwd / fla naive_chunk_gated_delta_rule fwd+bwd, T=4096",
      ("bayes_chunked", 4096, "fwd+bwd"), ("fla_gdn_naive_chunk", 4096, "fwd+bwd"), "<=", 1.0),
     ("Bayesian chunked fwd+bwd time, T=16384 / T=4096",
@@ -126,7 +136,11 @@ TARGETS = [
     ("generation time per token, small Bayesian ProbSeqForCausalLM, context 8,192 / context 128",
      ("generate_step", 8192, "step"), ("generate_step", 128, "step"), "<=", 1.2),
     ("MQAR model training step, Bayesian Layer (learned γ) / Gated DeltaNet (mqar_* shapes, T=256)",
-     ("mqar_train_bayesian", 256, "train"), ("mqar_train_gated_deltanet", 256, "train"), "info", None),
+     ("mqar_train_bayesian", 256, "train"), ("mqar_train_gated_deltanet", 256, "train"), "<=", 1.2),
+    ("MQAR model training step, Mamba-2 / Gated DeltaNet (mqar_* shapes, T=256)",
+     ("mqar_train_mamba2", 256, "train"), ("mqar_train_gated_deltanet", 256, "train"), "<=", 1.1),
+    ("recall model training step, Bayesian Layer (learned γ) / Gated DeltaNet (recall_* shapes)",
+     ("recall_train_bayesian", 0, "train"), ("recall_train_gated_deltanet", 0, "train"), "<=", 1.2),
 ]
 
 
@@ -229,13 +243,16 @@ def peak_memory_mb(fn: Callable[[], object]) -> float:
 # The methods: each returns (forward, forward+backward) closures over fresh inputs.
 
 
-def _inputs(config: BenchConfig, length: int, requires_grad: bool) -> dict[str, torch.Tensor]:
+def _inputs(config: BenchConfig, length: int, requires_grad: bool, small: bool = False) -> dict[str, torch.Tensor]:
+    """Random filter inputs ``[B, T, H, ·]``; ``small``: the experiments' shape (``small_*``, B = 1)."""
     gen = torch.Generator().manual_seed(config.seed)
-    shape = (config.batch, length, config.heads)
+    heads, key_dim, value_dim = ((config.small_heads, config.small_key_dim, config.small_key_dim) if small
+                                 else (config.heads, config.key_dim, config.value_dim))
+    shape = (1 if small else config.batch, length, heads)
     x = {
-        "q": torch.randn(*shape, config.key_dim, generator=gen),
-        "k": F.normalize(torch.randn(*shape, config.key_dim, generator=gen), dim=-1),
-        "v": torch.randn(*shape, config.value_dim, generator=gen),
+        "q": torch.randn(*shape, key_dim, generator=gen),
+        "k": F.normalize(torch.randn(*shape, key_dim, generator=gen), dim=-1),
+        "v": torch.randn(*shape, value_dim, generator=gen),
         "g": F.logsigmoid(torch.randn(shape, generator=gen) + 4),
         "beta": torch.rand(shape, generator=gen) * 0.9 + 0.05,
         "gamma": torch.rand(shape, generator=gen),
@@ -244,11 +261,12 @@ def _inputs(config: BenchConfig, length: int, requires_grad: bool) -> dict[str, 
 
 
 def _method(name: str, config: BenchConfig) -> Callable[[dict], torch.Tensor] | None:
-    c = config.chunk_size
+    c, cb = config.chunk_size, config.bayes_chunk_size
+    name = name.removesuffix("_small")  # the same method at the experiments' shape (_inputs)
     if name == "bayes_chunked":
-        return lambda x: bayes_filter(**x, impl="chunked", chunk_size=c).output
+        return lambda x: bayes_filter(**x, impl="chunked", chunk_size=cb).output
     if name == "bayes_chunked_cov64":  # the covariance path in float64 (accuracy near RLS; docs/numerics.md)
-        return lambda x: bayes_filter(**x, impl="chunked", chunk_size=c, covariance_dtype=torch.float64).output
+        return lambda x: bayes_filter(**x, impl="chunked", chunk_size=cb, covariance_dtype=torch.float64).output
     if name == "bayes_recurrent":
         return lambda x: bayes_filter(**x, impl="recurrent").output
     if name == "bayes_reference":
@@ -284,13 +302,15 @@ def _call(name: str, length: int, mode: str, config: BenchConfig) -> Callable[[]
         return _generate_call(length, config)
     if name.startswith(MQAR_PREFIX):
         return mqar_training_step(name[len(MQAR_PREFIX):], length, config)[1]
+    if name.startswith(RECALL_PREFIX):
+        return recall_training_step(name[len(RECALL_PREFIX):], config)[1]
     if name == "bayes_step":
         return _step_call(length, config)
     method = _method(name, config)
     if method is None:
         return None
     backward = mode == "fwd+bwd"
-    x = _inputs(config, length, requires_grad=backward)
+    x = _inputs(config, length, requires_grad=backward, small=name.endswith("_small"))
 
     def call():
         if backward:
@@ -439,6 +459,36 @@ def mqar_training_step(mixer: str, length: int, config: BenchConfig) -> tuple[to
     return model, call
 
 
+RECALL_PREFIX = "recall_train_"
+
+
+def recall_training_step(mixer: str, config: BenchConfig) -> tuple[torch.nn.Module, Callable[[], Tensor]]:
+    """The recall model (:mod:`probseq.experiments.recall`'s ``cpu`` preset shapes: ``d_model`` 64, 4 layers, 64
+    keys and values) with ``mixer`` and a closure that runs one training step on a fixed batch of its training
+    segment (``recall_*``: pairs, gap, one collision, two distractors, key noise 0.1)."""
+    from probseq.models.zoology import ZoologyConfig, ZoologyModel
+    from probseq.tasks import IGNORE_INDEX, RecallConfig
+    from probseq.train.metrics import pre_shifted_cross_entropy
+
+    task = RecallConfig(num_pairs=config.recall_pairs, num_queries=config.recall_pairs, collisions=1,
+                        distractors=2, key_noise=0.1, gap=config.recall_gap, num_keys=64, num_values=64)
+    task = dataclasses.replace(task, seq_len=2 * task.num_writes + task.gap + 2 * task.num_pairs)
+    torch.manual_seed(config.seed)
+    model = ZoologyModel(ZoologyConfig(vocab_size=task.vocab_size, d_model=64, mixer=mixer))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    inputs, labels = task.build(config.recall_batch, config.seed)
+    mask = labels != IGNORE_INDEX
+
+    def call():
+        optimizer.zero_grad(set_to_none=True)
+        loss = pre_shifted_cross_entropy(model(input_ids=inputs, logits_mask=mask).logits, labels)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return model, call
+
+
 def _measurement(name, length, mode, runs, config, peak) -> Measurement:
     seconds = statistics.median(runs)
     forward = flops(name, length, config.key_dim, config.value_dim, config.chunk_size)
@@ -479,8 +529,12 @@ def plan(config: BenchConfig) -> list[tuple[str, int, str]]:
     if config.cases in ("all", "layer"):
         cases += [(name, config.layer_length, "fwd+bwd") for name in LAYER_METHODS]
         cases += [("generate_step", context, "step") for context in config.generate_contexts]
+    if config.cases in ("all", "filters"):
+        cases += [("bayes_chunked_small", config.small_length, "fwd+bwd"),
+                  ("gdn_chunked_small", config.small_length, "fwd+bwd")]
     if config.cases in ("all", "mqar"):
         cases += [(MQAR_PREFIX + mixer, config.mqar_length, "train") for mixer in config.mqar_mixers]
+        cases += [(RECALL_PREFIX + mixer, 0, "train") for mixer in config.recall_mixers]  # T varies: 0
     return cases
 
 
