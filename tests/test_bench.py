@@ -18,7 +18,7 @@ TINY = dataclasses.replace(bench.PRESETS["quick"], repeats=1, warmup=0, mqar_d_m
 def test_plan_groups_cases():
     mqar = bench.plan(dataclasses.replace(TINY, cases="mqar"))
     assert mqar == ([(f"mqar_train_{m}", 256, "train") for m in TINY.mqar_mixers]
-                    + [(f"recall_train_{m}", 0, "train") for m in TINY.recall_mixers])
+                    + [(f"recall_train_{m}", bench.recall_task(TINY).seq_len, "train") for m in TINY.recall_mixers])
     everything = bench.plan(TINY)
     assert set(mqar) < set(everything)
     filters = bench.plan(dataclasses.replace(TINY, cases="filters"))
