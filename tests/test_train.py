@@ -23,7 +23,7 @@ from probseq.layers import BayesianLayer
 from probseq.tasks import IGNORE_INDEX, RecallConfig
 from probseq.train import (MQARData, MQARSplit, ModelSpec, RecallData, RecallSplit, TrainConfig, from_dict, train,
                            with_overrides)
-from probseq.train.data import generate, pad_collate
+from probseq.train.data import TokenDataset, generate, pad_collate
 from probseq.train.metrics import pre_shifted_cross_entropy, recall_metrics, scatter_predictions
 from probseq.train.trainer import TrainingClock, build_model
 
@@ -138,6 +138,76 @@ def test_init_is_fla_by_default_and_zoology_on_request():
     assert abs(float(mamba["layers.1.out_proj.weight"].std()) - (3 * out_fan_in) ** -0.5 / 2 ** 0.5) < 0.004
     attention = weights(zoology, "attention")
     assert abs(float(attention["layers.1.o_proj.weight"].std()) - 0.02 / (2 * 4) ** 0.5) < 0.002
+
+
+# The mixers that share Gated DeltaNet's parameters: GDN itself and the Bayesian Layer with each retention.
+PAIRED = {"gated_deltanet": ["model.mixer=gated_deltanet"], "reset": ["model.retention=reset"],
+          "stationary": ["model.retention=stationary"], "learned": ["model.retention=learned"]}
+
+
+def step0(config: TrainConfig, batch: dict) -> tuple[dict, torch.Tensor, dict]:
+    """The initial parameters, the loss on ``batch`` and its gradients of the model of ``config``."""
+    model = build_model(config)
+    labels = batch["labels"]
+    loss = pre_shifted_cross_entropy(model(input_ids=batch["input_ids"], logits_mask=labels != IGNORE_INDEX).logits,
+                                     labels)
+    loss.backward()
+    return ({n: p.detach() for n, p in model.named_parameters()}, loss.detach(),
+            {n: p.grad for n, p in model.named_parameters()})
+
+
+@pytest.mark.parametrize("init", ["fla", "zoology"])
+def test_mixers_sharing_gated_deltanets_parameters_start_paired(init):
+    """For one seed, every variant starts from Gated DeltaNet's weights, bit for bit; the learned retention's own
+    parameters come from their own stream. At ρ = 0 the learned retention is GDN (γ ≡ 0) and ``reset`` is GDN, so
+    step 0 gives GDN's loss bit for bit, and GDN's gradients: exactly for ``reset`` (the same code), to float
+    rounding for ``learned`` (γ is a tensor of zeros, so the filter's general path runs and its backward sums in
+    another order)."""
+    base = with_overrides(tiny_config(), [f"model.init={init}", "model.d_model=32"])
+    batch = pad_collate([TokenDataset(generate(base.data, 0).train)[i] for i in range(8)])
+    runs = {name: step0(with_overrides(base, overrides), batch) for name, overrides in PAIRED.items()}
+    gdn_params, gdn_loss, gdn_grads = runs.pop("gated_deltanet")
+    for name, (params, loss, grads) in runs.items():
+        own = sorted(set(params) - set(gdn_params))
+        assert own == ([f"layers.{i}.{p}" for i in (1, 3) for p in ("c_bias", "c_scale", "c_weight")]
+                       if name == "learned" else []), name
+        for key, value in gdn_params.items():
+            assert torch.equal(params[key], value), (name, key)
+        if name == "stationary":
+            continue  # γ = α² is another function of the same weights
+        assert torch.equal(loss, gdn_loss), (name, loss.item(), gdn_loss.item())
+        for key, value in gdn_grads.items():
+            if name == "reset":
+                assert torch.equal(grads[key], value), key
+            else:
+                torch.testing.assert_close(grads[key], value, rtol=1e-4, atol=1e-5 * float(value.abs().max()))
+    params = runs["learned"][0]
+    assert not torch.equal(params["layers.1.c_weight"], params["layers.3.c_weight"])  # seeded by layer too
+    other_seed = build_model(dataclasses.replace(with_overrides(base, PAIRED["learned"]), seed=6))
+    assert not torch.equal(other_seed.layers[1].c_weight, params["layers.1.c_weight"])  # and by the run's seed
+
+
+def test_paired_mixers_see_the_same_batches(monkeypatch):
+    """The Trainer's data order does not depend on the mixer: the first training batches of GDN and of the
+    Bayesian Layer are the same, and so is the first logged loss at ρ = 0."""
+    from probseq.train.trainer import PreShiftedTrainer
+
+    seen = []
+    compute_loss = PreShiftedTrainer.compute_loss
+
+    def record(self, model, inputs, *args, **kwargs):
+        loss = compute_loss(self, model, inputs, *args, **kwargs)
+        if model.training:
+            seen[-1].append((inputs["input_ids"].clone(), loss.detach().clone()))
+        return loss
+
+    monkeypatch.setattr(PreShiftedTrainer, "compute_loss", record)
+    for name in ("gated_deltanet", "learned"):
+        seen.append([])
+        train(with_overrides(tiny_config(max_steps=2), PAIRED[name]))
+    assert len(seen[0]) == len(seen[1]) == 2
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(*seen))
+    assert torch.equal(seen[0][0][1], seen[1][0][1])  # step 0's loss
 
 
 def test_data_is_generated_from_seeds_with_disjoint_splits():
