@@ -261,6 +261,29 @@ def test_trainer_loss_and_predictions_match_the_full_logits(tmp_path):
     assert (outputs["predictions"][~mask] == IGNORE_INDEX).all()
 
 
+@pytest.mark.parametrize("mixer", ["bayesian", "mamba2", "attention"])
+def test_weight_decay_spares_marked_parameters_and_every_norm_weight(tmp_path, mixer):
+    """AdamW's no-decay group holds exactly the biases (transformers: every name with "bias"), the parameters
+    marked ``_no_weight_decay`` (A_log, dt_bias, Mamba-2's D, the learned retention's c_scale) and every norm weight
+    (``norms.0.weight`` included, which transformers' name patterns miss); everything else decays at
+    ``weight_decay``."""
+    from probseq.train.trainer import build_trainer
+
+    trainer = build_trainer(with_overrides(tiny_config(), [f"model.mixer={mixer}"]), output_dir=tmp_path)
+    optimizer = trainer.create_optimizer()
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    groups = {group["weight_decay"]: {names[id(p)] for p in group["params"]} for group in optimizer.param_groups}
+    assert set(groups) == {0.0, 0.1}
+    norms = {f"norms.{i}.weight" for i in range(4)} | {"norm.weight"}
+    marked = {"bayesian": {"A_log", "dt_bias", "c_scale"}, "mamba2": {"A_log", "dt_bias", "D"}, "attention": set()}
+    inner_norms = {"bayesian": {"o_norm"}, "mamba2": {"norm"}, "attention": set()}
+    expected = norms | {n for n in names.values() if "bias" in n.split(".")[-1] or n.split(".")[-1] in marked[mixer]
+                        or n.split(".")[-2] in inner_norms[mixer]}
+    assert {"layers.1.A_log", "layers.3.dt_bias"} <= expected or mixer == "attention"
+    assert groups[0.0] == expected
+    assert groups[0.1] == set(names.values()) - expected and "embeddings.weight" in groups[0.1]
+
+
 def test_recall_metrics():
     labels = np.array([[-100, 3, -100, 4], [5, -100, 6, -100], [-100] * 4])
     predictions = np.array([[9, 3, 9, 0], [5, 1, 6, 1], [1, 1, 1, 1]])

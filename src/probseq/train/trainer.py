@@ -49,6 +49,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging as hf_logging
 
 from probseq.files import atomic_write_json, finite_or_none, read_json
+from probseq.layers.norm import GatedRMSNorm, RMSNorm
 from probseq.models.zoology import ZoologyConfig, ZoologyModel
 from probseq.tasks import IGNORE_INDEX
 from probseq.train.config import TrainConfig
@@ -76,6 +77,12 @@ class PreShiftedTrainer(Trainer):
         forward = self.accelerator.unwrap_model(self.model).forward
         self.gathers_logits = "logits_mask" in inspect.signature(forward).parameters
 
+    def get_decay_parameter_names(self, model: torch.nn.Module) -> list[str]:
+        """transformers' rule (no decay for biases and parameters named like a norm), less
+        :func:`no_decay_parameter_names`: the parameters marked ``_no_weight_decay`` and every norm weight."""
+        exempt = no_decay_parameter_names(model)
+        return [name for name in super().get_decay_parameter_names(model) if name not in exempt]
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
         if self.gathers_logits:  # the LM head only where a label is
@@ -89,6 +96,24 @@ class PreShiftedTrainer(Trainer):
         if not return_outputs:
             return loss
         return loss, {"predictions": scatter_predictions(logits.detach(), labels)}
+
+
+# Normalisation modules: their weights (gains, 1 at the start) are not decayed towards 0.
+NORM_TYPES = (RMSNorm, GatedRMSNorm, torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.RMSNorm)
+
+
+def no_decay_parameter_names(model: torch.nn.Module) -> set[str]:
+    """The parameters AdamW must not decay, beyond transformers' rule (biases, parameters named like a norm):
+    those marked ``_no_weight_decay`` by their layer (``A_log``, ``dt_bias``, Mamba-2's ``D``, the learned
+    retention's ``c_scale`` — decay would pull ``ρ`` towards 0, i.e. towards Gated DeltaNet) and every weight of a
+    normalisation module (:data:`NORM_TYPES`; ``norms.0.weight`` escapes transformers' name patterns). Names as
+    ``model.named_parameters()`` gives them (a tied parameter once)."""
+    exempt = set()
+    for prefix, module in model.named_modules():
+        for name, parameter in module.named_parameters(recurse=False):
+            if getattr(parameter, "_no_weight_decay", False) or isinstance(module, NORM_TYPES):
+                exempt.add(f"{prefix}.{name}" if prefix else name)
+    return exempt
 
 
 class TrainingClock(TrainerCallback, ExportableState):
@@ -532,6 +557,6 @@ def check_saved_config(path: Path, identity: dict[str, Any], option: str) -> Non
                          f"another {option}, or delete it to start over")
 
 
-__all__ = ["CONFIG_FILE", "DivergenceGuard", "PreShiftedTrainer", "TrainerRun", "TrainingClock", "TrainingDiverged",
-           "build_model", "build_trainer", "check_saved_config", "last_complete_checkpoint", "logged_losses",
-           "run_trainer", "train", "training_arguments"]
+__all__ = ["CONFIG_FILE", "NORM_TYPES", "DivergenceGuard", "PreShiftedTrainer", "TrainerRun", "TrainingClock",
+           "TrainingDiverged", "build_model", "build_trainer", "check_saved_config", "last_complete_checkpoint",
+           "logged_losses", "no_decay_parameter_names", "run_trainer", "train", "training_arguments"]
