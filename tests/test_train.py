@@ -245,6 +245,99 @@ def test_loss_on_pre_shifted_labels_equals_a_hand_computation():
         pre_shifted_cross_entropy(torch.randn(3, 7), labels)
 
 
+def test_loss_weighted_per_example_equals_a_hand_computation():
+    """``weighting="example"``: each example's mean over its supervised tokens, then the mean over the examples
+    that have one; ``"token"`` (the default) is the mean over every supervised token, as before."""
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(3, 5, 7, generator=gen)
+    labels = torch.tensor([[-100, 3, -100, -100, 6], [0, 1, 5, 2, -100], [-100] * 5])  # 2, 4 and 0 queries
+
+    def nll(b, t):
+        return -(logits[b, t].exp() / logits[b, t].exp().sum()).log()[labels[b, t]]
+
+    rows = [[nll(b, t) for t in range(5) if labels[b, t] != -100] for b in range(3)]
+    example = (torch.stack(rows[0]).mean() + torch.stack(rows[1]).mean()) / 2  # the empty row does not count
+    token = torch.stack(rows[0] + rows[1]).mean()  # here the second example weighs twice the first
+    assert torch.allclose(pre_shifted_cross_entropy(logits, labels, weighting="example"), example, atol=1e-6)
+    assert torch.allclose(pre_shifted_cross_entropy(logits[labels != -100], labels, weighting="example"), example,
+                          atol=1e-6)  # logits gathered at the supervised positions, in row-major order
+    # num_items_in_batch counts the examples of the accumulated batch
+    half = (torch.stack(rows[0]).mean() + torch.stack(rows[1]).mean()) / 4
+    assert torch.allclose(pre_shifted_cross_entropy(logits, labels, torch.tensor(4), "example"), half, atol=1e-6)
+    assert torch.equal(pre_shifted_cross_entropy(logits, labels), pre_shifted_cross_entropy(logits, labels,
+                                                                                            weighting="token"))
+    assert torch.allclose(pre_shifted_cross_entropy(logits, labels), token, atol=1e-6)
+    assert not torch.allclose(example, token)
+    with pytest.raises(ValueError, match="weighting"):
+        pre_shifted_cross_entropy(logits, labels, weighting="sequence")
+    with pytest.raises(ValueError, match=r"labels \[B, T\]"):
+        pre_shifted_cross_entropy(logits[labels != -100], labels[labels != -100], weighting="example")
+
+
+def test_loss_weighting_is_a_config_option_that_keeps_the_cached_keys():
+    from probseq.experiments import mqar, recall
+    from probseq.experiments.common import apply_overrides
+
+    assert tiny_config().loss_weighting == "token" and "loss_weighting" not in tiny_config().identity()
+    example = with_overrides(tiny_config(), ["loss_weighting=example"])
+    assert example.identity()["loss_weighting"] == "example" and example.fingerprint() != tiny_config().fingerprint()
+    with pytest.raises(ValueError, match="loss_weighting must be one of"):
+        with_overrides(tiny_config(), ["loss_weighting=sequence"])
+    for experiment in (mqar.PRESETS["quick"], recall.PRESETS["quick"]):  # probseq mqar --set loss_weighting=example
+        assert {unit.config.loss_weighting for unit in experiment.units()} == {"token"}
+        chosen = apply_overrides(experiment, ["loss_weighting=example"])
+        assert {unit.config.loss_weighting for unit in chosen.units()} == {"example"}
+
+
+def test_per_example_weighting_trains_through_the_trainer(tmp_path, monkeypatch):
+    """The Trainer's loss with ``loss_weighting="example"`` is the hand computation's: the first logged loss, of
+    one batch of 16 or of 2 accumulated micro-batches of 8, is the sum of the examples' means over the examples of
+    the whole accumulated batch (the normaliser counts examples, not tokens); the accumulated run ends with the
+    one-batch run's parameters, and differs from the token-weighted run (examples with 4 and 10 queries)."""
+    from probseq.train.trainer import PreShiftedTrainer, build_trainer
+
+    data = MQARData(vocab_size=64, train=(MQARSplit(32, 4, 16), MQARSplit(48, 10, 16)), test=(MQARSplit(32, 4, 8),))
+    trainer = build_trainer(tiny_config(data=data, loss_weighting="example"), output_dir=tmp_path)
+    batch = pad_collate([trainer.train_dataset[i] for i in (0, 1, 20, 21)])
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+        full = trainer.model(input_ids=batch["input_ids"]).logits
+    assert torch.allclose(loss, pre_shifted_cross_entropy(full, batch["labels"], weighting="example"), atol=1e-6)
+
+    seen = []
+    compute_loss = PreShiftedTrainer.compute_loss
+
+    def record(self, model, inputs, *args, **kwargs):
+        if model.training:
+            seen.append({key: value.clone() for key, value in inputs.items()})
+        return compute_loss(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(PreShiftedTrainer, "compute_loss", record)
+    for size, accumulation in ((16, 1), (8, 2)):
+        seen.clear()
+        config = tiny_config(data=data, batch_size=size, gradient_accumulation_steps=accumulation, max_steps=1,
+                             loss_weighting="example")
+        logged = train(config)["final_train_loss"]
+        model = build_model(config)  # the run's initial weights
+        with torch.no_grad():
+            sums = [pre_shifted_cross_entropy(model(input_ids=b["input_ids"]).logits, b["labels"], 1, "example")
+                    for b in seen]  # Σ_b mean_b of each micro-batch
+        examples = sum(int((b["labels"] != IGNORE_INDEX).any(-1).sum()) for b in seen)
+        assert len(seen) == accumulation and examples == 16
+        assert logged == pytest.approx(float(sum(sums)) / examples, abs=1e-5)
+    monkeypatch.undo()
+
+    params = []
+    for weighting, size, accumulation in (("example", 16, 1), ("example", 8, 2), ("token", 16, 1)):
+        keep = KeepParameters()
+        train(tiny_config(data=data, batch_size=size, gradient_accumulation_steps=accumulation, max_steps=3,
+                          loss_weighting=weighting), callbacks=(keep,))
+        params.append(keep.state)
+    for key, value in params[0].items():
+        assert torch.allclose(params[1][key], value, atol=1e-6, rtol=0), key
+    assert not torch.allclose(params[2]["embeddings.weight"], params[0]["embeddings.weight"], atol=1e-6, rtol=0)
+
+
 def test_trainer_loss_and_predictions_match_the_full_logits(tmp_path):
     from probseq.train.trainer import build_trainer
 

@@ -70,7 +70,8 @@ class RecallExperiment:
             knob away from the inside point.
         test_examples, valid_examples: examples per test / validation point.
         max_steps, batch_size, warmup, weight_decay, eval_batch_size, n_layers, retention, retention_init,
-            init, precision, save_steps, num_threads: as in :class:`probseq.experiments.mqar.MQARConfig`.
+            init, loss_weighting, precision, save_steps, num_threads: as in
+            :class:`probseq.experiments.mqar.MQARConfig`.
     """
 
     mixers: tuple[str, ...] = MIXER_NAMES
@@ -100,6 +101,7 @@ class RecallExperiment:
     retention: Literal["reset", "stationary", "learned"] = "learned"
     retention_init: float = 0.0
     init: Literal["fla", "zoology"] = "fla"
+    loss_weighting: Literal["token", "example"] = "token"
     precision: str = "fp32"
     save_steps: int = 100
     num_threads: int | None = None
@@ -156,7 +158,8 @@ class RecallExperiment:
         return TrainConfig(model=model, data=self.data(), learning_rate=lr, weight_decay=self.weight_decay, warmup=self.warmup,
                            max_steps=self.max_steps, batch_size=self.batch_size, eval_batch_size=self.eval_batch_size,
                            seed=seed, precision=self.precision, save_steps=self.save_steps, progress=False,
-                           logging_steps=max(1, self.max_steps // 10), num_threads=self.num_threads)
+                           logging_steps=max(1, self.max_steps // 10), num_threads=self.num_threads,
+                           loss_weighting=self.loss_weighting)
 
     def units(self) -> list[Unit]:
         return [Unit(f"{mixer}-lr{lr:g}-s{seed}", self.train_config(mixer, lr, seed))

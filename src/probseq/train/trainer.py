@@ -62,13 +62,18 @@ CONFIG_FILE = "probseq_train_config.json"
 
 class PreShiftedTrainer(Trainer):
     """``Trainer`` whose loss is the cross-entropy on pre-shifted labels (no shift), normalised by the
-    supervised tokens of the whole accumulated, all-device batch (``num_items_in_batch``).
+    supervised tokens of the whole accumulated, all-device batch (``num_items_in_batch``) — or, with
+    ``loss_weighting="example"``, each example's mean over its supervised tokens normalised by the examples of that
+    batch (``num_items_in_batch`` then counts the examples with a supervised token).
 
     Evaluation returns argmax predictions ``[B, T]`` (``IGNORE_INDEX`` where unscored) instead of logits,
     so ``compute_metrics`` sees ``EvalPrediction(predictions, label_ids)`` of token ids.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, loss_weighting: str = "token", **kwargs):
+        if loss_weighting not in ("token", "example"):
+            raise ValueError(f"loss_weighting must be 'token' or 'example', got {loss_weighting!r}")
+        self.loss_weighting = loss_weighting
         super().__init__(*args, **kwargs)
         # Count the supervised tokens of each accumulated batch (the loss normaliser) — every label, as the
         # labels are already shifted — and treat the loss as normalised by that count.
@@ -76,6 +81,15 @@ class PreShiftedTrainer(Trainer):
         self._loss_shifts_labels = False
         forward = self.accelerator.unwrap_model(self.model).forward
         self.gathers_logits = "logits_mask" in inspect.signature(forward).parameters
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device):
+        """The loss normaliser of an accumulated batch (gathered over devices by the Trainer): its supervised
+        tokens, or with ``loss_weighting="example"`` its examples with a supervised token (each such row counted as
+        one supervised label)."""
+        if self.loss_weighting == "example":
+            batch_samples = [{"labels": torch.where((batch["labels"] != IGNORE_INDEX).any(-1), 0, IGNORE_INDEX)}
+                             if "labels" in batch else batch for batch in batch_samples]
+        return super()._get_num_items_in_batch(batch_samples, device)
 
     def get_decay_parameter_names(self, model: torch.nn.Module) -> list[str]:
         """transformers' rule (no decay for biases and parameters named like a norm), less
@@ -89,7 +103,7 @@ class PreShiftedTrainer(Trainer):
             logits = model(input_ids=inputs["input_ids"], logits_mask=labels != IGNORE_INDEX).logits
         else:
             logits = model(input_ids=inputs["input_ids"]).logits
-        loss = pre_shifted_cross_entropy(logits, labels, num_items_in_batch)
+        loss = pre_shifted_cross_entropy(logits, labels, num_items_in_batch, self.loss_weighting)
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             # num_items_in_batch counts every device's tokens and DDP averages the gradients
             loss = loss * self.accelerator.num_processes
@@ -280,7 +294,8 @@ def build_trainer(config: TrainConfig, output_dir: str | os.PathLike,
     splits = generate(config.data, config.effective_data_seed)
     trainer = PreShiftedTrainer(model=model, args=args, train_dataset=TokenDataset(splits.train),
                                 eval_dataset={name: TokenDataset([d]) for name, d in splits.evaluation.items()},
-                                data_collator=pad_collate, compute_metrics=recall_metrics, callbacks=list(callbacks))
+                                data_collator=pad_collate, compute_metrics=recall_metrics, callbacks=list(callbacks),
+                                loss_weighting=config.loss_weighting)
     if not config.progress:
         trainer.remove_callback(PrinterCallback)  # without bars, the Trainer would print every log dict
     if len(trainer.train_dataset) < config.batch_size * trainer.args.world_size:
