@@ -58,6 +58,9 @@ from probseq.train.metrics import pre_shifted_cross_entropy, recall_metrics, sca
 
 # The config a run's output_dir was started with (its identity fields), checked before resuming.
 CONFIG_FILE = "probseq_train_config.json"
+# A finished run's weights: output_dir/final/ holds model.safetensors and config.json (save_pretrained), the whole
+# TrainConfig (FINAL_CONFIG) and the run's metrics (FINAL_METRICS); probseq.train.saved reads them back.
+FINAL_DIR, FINAL_CONFIG, FINAL_METRICS = "final", "train_config.json", "metrics.json"
 
 
 class PreShiftedTrainer(Trainer):
@@ -341,14 +344,46 @@ def train(config: TrainConfig, callbacks: tuple[TrainerCallback, ...] = ()) -> d
                 run = run._replace(diverged=_divergence(diverged, trainer))
         if run.diverged is not None:
             raise TrainingDiverged(run.diverged["message"], _diverged_record(config, run, size))
-    losses = logged_losses(trainer.state)
-    evaluation = {name: {key: finite_or_none(value) for key, value in values.items()}
-                  for name, values in evaluation.items()}
-    return {"status": "ok", "fingerprint": config.fingerprint(), "steps": run.output.global_step,
-            "resumed_from_step": run.resumed_from_step, "train_loss": finite_or_none(run.output.training_loss),
-            "final_train_loss": finite_or_none(losses[-1]) if losses else None,
-            "seconds_per_step": run.seconds_per_step, "train_seconds": run.train_seconds, **size, "eval": evaluation,
-            **_retention_scales(model)}
+        losses = logged_losses(trainer.state)
+        evaluation = {name: {key: finite_or_none(value) for key, value in values.items()}
+                      for name, values in evaluation.items()}
+        metrics = {"status": "ok", "fingerprint": config.fingerprint(), "steps": run.output.global_step,
+                   "resumed_from_step": run.resumed_from_step, "train_loss": finite_or_none(run.output.training_loss),
+                   "final_train_loss": finite_or_none(losses[-1]) if losses else None,
+                   "seconds_per_step": run.seconds_per_step, "train_seconds": run.train_seconds, **size,
+                   "eval": evaluation, **_retention_scales(model)}
+        if config.output_dir:
+            save_final(trainer, config, metrics, output_dir)
+    return metrics
+
+
+def save_final(trainer: Trainer, config: TrainConfig, metrics: dict[str, Any], output_dir: str | os.PathLike) -> Path:
+    """Keep a finished run's weights in ``output_dir/final/``: ``model.safetensors`` and ``config.json``
+    (``Trainer.save_model``, which gathers a sharded model), the whole :class:`TrainConfig` (``train_config.json``:
+    what built the model and its data, the evaluation batch included) and the run's metrics (``metrics.json``).
+    Written into ``.final.partial/``, then renamed over ``final/``, so a reader finds the old or the new folder,
+    never half of one. Every process calls it (FSDP gathers); the main process writes. Returns ``final/``."""
+    folder = Path(output_dir)
+    final, partial = folder / FINAL_DIR, folder / f".{FINAL_DIR}.partial"
+    writes = trainer.args.should_save
+    if writes:
+        shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted save
+    trainer.save_model(str(partial))
+    if not writes:
+        return final
+    try:
+        (partial / "training_args.bin").unlink(missing_ok=True)  # the Trainer's pickle: not needed to reuse the model
+        atomic_write_json(partial / FINAL_CONFIG, config.to_dict())
+        atomic_write_json(partial / FINAL_METRICS, metrics)
+        if final.exists():  # a rerun of a finished run: the same weights
+            old = Path(tempfile.mkdtemp(dir=folder, prefix=f".{FINAL_DIR}.old."))
+            os.replace(final, old / FINAL_DIR)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(partial, final)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return final
 
 
 def _split_metrics(name: str, metrics: dict[str, float]) -> dict[str, float]:
@@ -572,6 +607,7 @@ def check_saved_config(path: Path, identity: dict[str, Any], option: str) -> Non
                          f"another {option}, or delete it to start over")
 
 
-__all__ = ["CONFIG_FILE", "NORM_TYPES", "DivergenceGuard", "PreShiftedTrainer", "TrainerRun", "TrainingClock",
-           "TrainingDiverged", "build_model", "build_trainer", "check_saved_config", "last_complete_checkpoint",
-           "logged_losses", "no_decay_parameter_names", "run_trainer", "train", "training_arguments"]
+__all__ = ["CONFIG_FILE", "FINAL_CONFIG", "FINAL_DIR", "FINAL_METRICS", "NORM_TYPES", "DivergenceGuard",
+           "PreShiftedTrainer", "TrainerRun", "TrainingClock", "TrainingDiverged", "build_model", "build_trainer",
+           "check_saved_config", "last_complete_checkpoint", "logged_losses", "no_decay_parameter_names",
+           "run_trainer", "save_final", "train", "training_arguments"]
