@@ -12,6 +12,9 @@ probseq adds:
 - :func:`~probseq.train.metrics.recall_metrics`: accuracy at supervised positions, per-example accuracy;
 - seeding (``transformers.set_seed(seed)`` before the model is built; data generated from ``data_seed``);
 - a guard against resuming a different run: ``output_dir`` keeps the config it was started with;
+- the final weights kept for reuse (``output_dir/final/``, :func:`save_final`; :mod:`probseq.train.saved`);
+- no weight decay on biases, norm weights and parameters marked ``_no_weight_decay``
+  (:meth:`PreShiftedTrainer.get_decay_parameter_names`);
 - :class:`DivergenceGuard`: a non-finite gradient norm or logged loss stops the run at that step, which
   :func:`train` reports as :class:`TrainingDiverged` (the step, the learning rate, the last finite loss); the
   loss is logged as it is (``logging_nan_inf_filter=False``: the Trainer's default would log a NaN step as the
@@ -309,7 +312,8 @@ def build_trainer(config: TrainConfig, output_dir: str | os.PathLike,
 
 def train(config: TrainConfig, callbacks: tuple[TrainerCallback, ...] = ()) -> dict[str, Any]:
     """Train (resuming from the last checkpoint in ``config.output_dir`` when ``config.resume``), then
-    evaluate every valid and test segment.
+    evaluate every valid and test segment; with an ``output_dir``, keep the final weights in ``output_dir/final/``
+    (:func:`save_final`; not for a run that diverged).
 
     Returns:
         ``{"status": "ok", "fingerprint", "steps", "resumed_from_step", "train_loss", "final_train_loss",
@@ -361,8 +365,9 @@ def save_final(trainer: Trainer, config: TrainConfig, metrics: dict[str, Any], o
     """Keep a finished run's weights in ``output_dir/final/``: ``model.safetensors`` and ``config.json``
     (``Trainer.save_model``, which gathers a sharded model), the whole :class:`TrainConfig` (``train_config.json``:
     what built the model and its data, the evaluation batch included) and the run's metrics (``metrics.json``).
-    Written into ``.final.partial/``, then renamed over ``final/``, so a reader finds the old or the new folder,
-    never half of one. Every process calls it (FSDP gathers); the main process writes. Returns ``final/``."""
+    Written into ``.final.partial/``, then renamed to ``final/`` (an older ``final/`` is moved away just before), so
+    a reader finds a whole folder or, for that instant, none — never half of one. Every process calls it (FSDP
+    gathers); the main process writes. Returns ``final/``."""
     folder = Path(output_dir)
     final, partial = folder / FINAL_DIR, folder / f".{FINAL_DIR}.partial"
     writes = trainer.args.should_save
