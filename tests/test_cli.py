@@ -131,3 +131,33 @@ def test_the_console_script_dies_by_sigint_after_ctrl_c():
     result = subprocess.run([sys.executable, "-c", script, "unused"], capture_output=True, text=True, timeout=120)
     assert result.returncode == -signal.SIGINT, (result.returncode, result.stderr)
     assert "probseq collision: interrupted: rerun the same command to resume" in result.stderr
+
+
+@pytest.mark.parametrize("argv, shown", [
+    (["mqar", "eval", "--run", "r", "--points", "64x4", "--out", "e.csv"], "an MQAR point is T,k"),
+    (["mqar", "eval", "--run", "r", "--points", "64,0", "--out", "e.csv"], "an MQAR point is T,k"),
+    (["mqar", "eval", "--run", "r", "--points", "64,4", "64,4", "--out", "e.csv"], "repeated: (64, 4)"),
+    (["mqar", "eval", "--points", "64,4", "--out", "e.csv"], "--run"),
+    (["recall", "eval", "--run", "r", "--points", "gaps=3", "--out", "e.csv"], "KNOB one of num_pairs"),
+    (["recall", "eval", "--run", "r", "--points", "key_noise=1.5", "--out", "e.csv"], "must be in [0, 1)"),
+    (["recall", "eval", "--run", "r", "--points", "gap=2.5", "--out", "e.csv"], "must be a whole number"),
+    (["mqar"], "required: --out"),
+])
+def test_eval_arguments_are_checked_without_importing_torch(argv, shown):
+    result = subprocess.run([sys.executable, "-c", HELP_WITHOUT_TORCH, *argv], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert shown in result.stderr
+
+
+def test_eval_sub_actions_parse_and_name_their_functions():
+    from probseq.experiments import recall
+
+    args = build_parser().parse_args(["mqar", "eval", "--run", "r", "--points", "512,128", "64,4", "--out", "e.csv"])
+    assert (args.action, args.points, callable(command_function(args.run))) == ("eval", [(512, 128), (64, 4)], True)
+    args = build_parser().parse_args(["recall", "eval", "--run", "r", "--points", "inside", "gap=256,num_pairs=16",
+                                      "key_noise=0.50", "--out", "e.csv"])
+    assert args.points == ["inside", "num_pairs=16,gap=256", "key_noise=0.5"]  # the experiment's names
+    assert callable(command_function(args.run))
+    assert parsers.RECALL_KNOBS == tuple(field for _, field in recall.KNOBS)
+    assert build_parser().parse_args(["mqar", "--out", "o"]).action is None  # training, as before

@@ -58,8 +58,9 @@ def test_mqar_end_to_end_then_every_unit_from_the_cache(tmp_path, capsys):
     unit_seconds = [u["metrics"]["train_seconds"] for u in results["units"].values()]
     assert results["train_seconds"] == pytest.approx(sum(unit_seconds)) and min(unit_seconds) > 0
     assert "training took" in first.out
-    # finished runs leave no checkpoints behind (only their empty lock files)
-    assert [p.name for p in (runs_root() / "mqar").iterdir()] == [".locks"]
+    # finished runs leave no checkpoints behind (their empty lock files, and their final weights for reuse)
+    kept = {p.name: sorted(q.name for q in p.iterdir()) for p in (runs_root() / "mqar").iterdir() if p.name != ".locks"}
+    assert len(kept) == 8 and all(names == ["final", "probseq_train_config.json"] for names in kept.values())
 
     assert cli.main(_cli("mqar", out, TINY_MQAR)) == 0
     second = capsys.readouterr()
@@ -258,3 +259,108 @@ def test_summarize_units_shows_a_diverged_run_as_diverged(tmp_path, capsys):
     assert len(rows) == 3
     diverged = next(row for row in rows if "| 99 |" in row)
     assert "diverged at step 7" in diverged and "4.25" in diverged and "0.000" not in diverged
+
+
+# ------------------------------------------------------------------------------------------ saved runs
+
+def _eval_rows(command: str, run_dir, points: list[str], csv_path, capsys) -> list[dict[str, str]]:
+    import csv
+
+    assert cli.main([command, "eval", "--run", str(run_dir), "--points", *points, "--out", str(csv_path)]) == 0, \
+        capsys.readouterr().err
+    with open(csv_path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_a_saved_mqar_run_reproduces_its_recorded_test_accuracy_and_scores_new_points(tmp_path, capsys):
+    """Every finished run keeps its final weights; ``probseq mqar eval`` scores them with the experiment's test data
+    and seeds: at the run's own test points it gives the recorded accuracy and loss exactly, a new point is scored
+    on data fixed by the data seed and the point (the same for every mixer of a seed), and the CSV has the sweep's
+    point columns and the run's identity."""
+    overrides = [o for o in TINY_MQAR if not o.startswith(("learning_rates", "seeds"))] + \
+        ["learning_rates=[0.03]", "seeds=[0]", "max_steps=8"]
+    assert cli.main(_cli("mqar", tmp_path / "out", overrides)) == 0
+    units = json.loads((tmp_path / "out" / "results.json").read_text())["units"]
+    capsys.readouterr()
+    runs = runs_root() / "mqar"
+    rows = _eval_rows("mqar", runs, ["16,2", "48,8", "32,8"], tmp_path / "eval.csv", capsys)
+    assert len(rows) == 2 * 3
+    header = list(rows[0])
+    assert {"mixer", "d_model", "seq_len", "num_kv_pairs", "beyond_training", "state_bytes", "accuracy", "status",
+            "learning_rate", "seed", "retention", "run", "tested_in_run", "recorded_accuracy"} <= set(header)
+    for row in rows:
+        unit = units[row["run"].rsplit("-", 1)[0]]
+        assert (row["mixer"], float(row["learning_rate"]), int(row["seed"])) == \
+            (unit["mixer"], unit["learning_rate"], unit["seed"])
+        assert row["retention"] == ("learned" if row["mixer"] == "bayesian" else "")
+        assert int(row["state_bytes"]) == unit["metrics"]["state_bytes"]
+        split = f"test_T{row['seq_len']}_k{row['num_kv_pairs']}"
+        if (row["seq_len"], row["num_kv_pairs"]) == ("32", "8"):  # a point the runs were not tested at
+            assert row["tested_in_run"] == "False" and row["recorded_accuracy"] == ""
+            assert row["beyond_training"] == "True" and row["num_examples"] == "16"
+            continue
+        recorded = unit["metrics"]["eval"][split]
+        assert row["tested_in_run"] == "True" and float(row["recorded_accuracy"]) == recorded["accuracy"]
+        assert float(row["accuracy"]) == recorded["accuracy"] and float(row["loss"]) == recorded["loss"], row
+        assert float(row["all_correct"]) == recorded["all_correct"]
+    assert any(float(row["accuracy"]) > 0 for row in rows)  # not a comparison of two untrained models
+    new = [row for row in rows if row["tested_in_run"] == "False"]
+    assert new[0]["point_seed"] == new[1]["point_seed"] and int(new[0]["point_seed"]) >= 2**31  # the test range
+    # one run folder alone gives its rows again
+    bayesian = next(p for p in runs.iterdir() if p.name.startswith("bayesian"))
+    alone = _eval_rows("mqar", bayesian, ["48,8", "32,8"], tmp_path / "one.csv", capsys)
+    assert alone == [row for row in rows if row["run"] == bayesian.name and row["seq_len"] != "16"]
+
+
+def test_a_saved_recall_run_reproduces_its_recorded_test_accuracy(tmp_path, capsys):
+    """``probseq recall eval`` names points as the experiment does (inside, knob=value): the run's own test points
+    give its recorded accuracy and loss exactly; a new point moves knobs from the run's inside point."""
+    assert cli.main(_cli("recall", tmp_path / "out", TINY_RECALL)) == 0
+    units = json.loads((tmp_path / "out" / "results.json").read_text())["units"]
+    capsys.readouterr()
+    rows = _eval_rows("recall", runs_root() / "recall", ["inside", "gap=6", "num_pairs=3,gap=4"], tmp_path / "r.csv",
+                      capsys)
+    assert [row["point"] for row in rows] == ["inside", "gap=6", "num_pairs=3,gap=4"] * 2
+    for row in rows:
+        metrics = units[row["run"].rsplit("-", 1)[0]]["metrics"]
+        if row["point"] == "num_pairs=3,gap=4":
+            assert row["tested_in_run"] == "False" and (row["num_pairs"], row["gap"]) == ("3", "4")
+            assert row["collisions"] == "1" and int(row["seq_len"]) == 2 * (3 + 1 + 1) + 4 + 2 * 3
+            continue
+        recorded = metrics["eval"][f"test_{row['point']}"]
+        assert row["tested_in_run"] == "True"
+        assert float(row["accuracy"]) == recorded["accuracy"] and float(row["loss"]) == recorded["loss"], row
+
+
+def test_evaluating_saved_runs_names_what_is_wrong(tmp_path, capsys):
+    """A folder without runs, a run without final weights, a run of the other task, a point the run's vocabulary
+    cannot hold: a one-line error (exit code 2), before any evaluation."""
+    def error(argv: list[str]) -> str:
+        assert cli.main(argv) == 2
+        return capsys.readouterr().err
+
+    (tmp_path / "empty").mkdir()
+    assert "holds no training run" in error(["mqar", "eval", "--run", str(tmp_path / "empty"), "--points", "16,2",
+                                              "--out", str(tmp_path / "e.csv")])
+    assert "does not exist" in error(["mqar", "eval", "--run", str(tmp_path / "nowhere"), "--points", "16,2",
+                                      "--out", str(tmp_path / "e.csv")])
+    overrides = [o for o in TINY_MQAR if not o.startswith(("mixers", "seeds"))] + ['mixers=["attention"]', "seeds=[0]"]
+    assert cli.main(_cli("mqar", tmp_path / "out", overrides)) == 0
+    capsys.readouterr()
+    runs = sorted((runs_root() / "mqar").glob("attention-*"))
+    assert "vocab_size must be > input_seq_len" in error(["mqar", "eval", "--run", str(runs[0]), "--points", "64,4",
+                                                          "--out", str(tmp_path / "e.csv")])
+    assert "is a mqar run, not a recall run" in error(["recall", "eval", "--run", str(runs[0]), "--points", "inside",
+                                                       "--out", str(tmp_path / "e.csv")])
+    import shutil
+
+    shutil.rmtree(runs[0] / "final")  # as a run that finished before runs kept their weights
+    assert "has no final weights" in error(["mqar", "eval", "--run", str(runs[0]), "--points", "16,2",
+                                            "--out", str(tmp_path / "e.csv")])
+    # under a folder, such a run is skipped (said on stderr); with no run left, an error
+    rows = _eval_rows("mqar", runs_root(), ["16,2"], tmp_path / "some.csv", capsys)
+    assert [row["run"] for row in rows] == [runs[1].name]
+    shutil.rmtree(runs[1] / "final")
+    message = error(["mqar", "eval", "--run", str(runs_root()), "--points", "16,2", "--out", str(tmp_path / "e.csv")])
+    assert "none of its 2 runs" in message and "no final weights" in message
+    assert not (tmp_path / "e.csv").exists()

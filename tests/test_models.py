@@ -231,6 +231,34 @@ def test_learned_retention_model_starts_function_preserving():
         assert bool((block.attn.c_scale.grad != 0).all())
 
 
+def test_gated_deltanet_and_bayesian_models_start_paired_for_one_seed():
+    """Without copying weights: one seed gives the Bayesian models (reset, stationary, learned) Gated DeltaNet's
+    parameters bit for bit (the learned retention's c_weight comes from its own stream, so the MLPs and the head
+    drawn after it are not shifted), and at ρ = 0 the loss is GDN's bit for bit and the gradients GDN's (exactly
+    for reset, to float rounding for learned: γ is a tensor of zeros, so the filter's general path runs)."""
+    ids = prompts(length=12)
+    runs = {}
+    for name, overrides in {"gdn": dict(case="gated_deltanet"), "reset": dict(retention="reset"),
+                            "stationary": dict(retention="stationary"), "learned": dict(retention="learned")}.items():
+        model = tiny_model(seed=4, retention_init=0.0, **({"case": "bayesian"} | overrides)).train()
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        runs[name] = ({n: p.detach() for n, p in model.named_parameters()}, loss.detach(),
+                      {n: p.grad for n, p in model.named_parameters()})
+    gdn_params, gdn_loss, gdn_grads = runs.pop("gdn")
+    for name, (params, loss, grads) in runs.items():
+        assert sorted(set(params) - set(gdn_params)) == ([f"model.layers.{i}.attn.{p}" for i in (0, 1)
+                                                          for p in ("c_bias", "c_scale", "c_weight")]
+                                                         if name == "learned" else []), name
+        for key, value in gdn_params.items():
+            assert torch.equal(params[key], value), (name, key)
+        if name != "stationary":
+            assert torch.equal(loss, gdn_loss), name
+            for key, value in gdn_grads.items():
+                torch.testing.assert_close(grads[key], value, rtol=0 if name == "reset" else 1e-4,
+                                           atol=0 if name == "reset" else 1e-5 * float(value.abs().max()))
+
+
 def test_fla_gated_deltanet_checkpoint_loads():
     fla_models = pytest.importorskip("fla.models")
     fla_config = fla_models.GatedDeltaNetConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_heads=2,

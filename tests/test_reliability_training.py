@@ -25,13 +25,14 @@ from probseq.train.pretrain import check_run_config
 from probseq.train.sweep import run_units
 from probseq.train.trainer import TrainingDiverged
 
-# one fast mixer, two learning rates (1e6 diverges at its third step: the first update makes the weights huge,
-# the second non-finite), three steps
-MQAR_SET = ['mixers=["linear_attention"]', "d_models=[16]", "learning_rates=[0.01,1000000.0]", "seeds=[0]",
+# one fast mixer, two learning rates (1e10 diverges at its third step: the first updates make the weights huge,
+# the next non-finite; norm weights and A_log are not decayed, so 1e6, which diverged through their decay
+# p ← p (1 − lr · weight_decay), no longer does in three steps), three steps
+MQAR_SET = ['mixers=["linear_attention"]', "d_models=[16]", "learning_rates=[0.01,10000000000.0]", "seeds=[0]",
             "vocab_size=64", "train_segments=[[16,2]]", "train_examples=[16]", "test_segments=[[16,2],[32,4]]",
             "test_examples=8", "valid_examples=8", "max_steps=3", "batch_size=8", "eval_batch_size=16",
             "save_steps=1", "num_threads=1"]
-RECALL_SET = ['mixers=["linear_attention"]', "d_model=16", "learning_rates=[1000000.0]", "seeds=[0]", "num_keys=8",
+RECALL_SET = ['mixers=["linear_attention"]', "d_model=16", "learning_rates=[10000000000.0]", "seeds=[0]", "num_keys=8",
               "num_values=12", "train_pairs=[2]", "train_gaps=[0]", "distractors=1", "train_examples=16",
               "eval_pairs=[4]", "eval_gaps=[4]", "eval_collisions=[2]", "eval_key_noise=[0.4]", "test_examples=8",
               "valid_examples=8", "max_steps=3", "batch_size=8", "eval_batch_size=16", "save_steps=1",
@@ -85,16 +86,16 @@ class LoggedLosses(TrainerCallback):
 
 def test_row01_diverging_run_stops_at_the_step_with_a_message_naming_step_and_lr():
     logged = LoggedLosses()
-    with pytest.raises(TrainingDiverged, match=r"diverged at step 3 of 4: .*not finite.*learning rate 1e\+06") as caught:
-        train(tiny_config(learning_rate=1e6), callbacks=(logged,))
+    with pytest.raises(TrainingDiverged, match=r"diverged at step 2 of 4: .*not finite.*learning rate 1e\+10") as caught:
+        train(tiny_config(learning_rate=1e10), callbacks=(logged,))
     assert isinstance(caught.value, ValueError)  # the CLI prints it as one line, exit code 2
     record = caught.value.record
-    assert record["status"] == "diverged" and record["steps"] == 3
-    assert record["diverged"]["step"] == 3 and record["diverged"]["learning_rate"] == 1e6
-    # the last finite loss is the second step's, and the diverging step's loss is logged as it is (not 0.0)
-    assert record["diverged"]["last_finite_loss"] == pytest.approx(logged.losses[1])
-    assert record["diverged"]["last_finite_loss_step"] == 2
-    assert len(logged.losses) == 3 and all(map(math.isfinite, logged.losses[:2])) and math.isnan(logged.losses[2])
+    assert record["status"] == "diverged" and record["steps"] == 2
+    assert record["diverged"]["step"] == 2 and record["diverged"]["learning_rate"] == 1e10
+    # the last finite loss is the first step's, and the diverging step's loss is logged as it is (not 0.0)
+    assert record["diverged"]["last_finite_loss"] == pytest.approx(logged.losses[0])
+    assert record["diverged"]["last_finite_loss_step"] == 1
+    assert len(logged.losses) == 2 and math.isfinite(logged.losses[0]) and math.isnan(logged.losses[1])
     assert record["eval"] == {} and record["state_bytes"] > 0
     json.dumps(record, allow_nan=False)  # strict JSON as it is
 
@@ -121,18 +122,18 @@ def test_row01_sweep_records_the_diverged_unit_and_goes_on(tmp_path, capsys):
     out = tmp_path / "mqar"
     assert cli.main(_cli("mqar", out, MQAR_SET)) == 0
     first = capsys.readouterr()
-    assert "linear_attention-d16-lr1e+06-s0: training diverged at step 3 of 3" in first.err
-    assert "learning rate 1e+06" in first.err and "1 of 2 units diverged" in first.err
+    assert "linear_attention-d16-lr1e+10-s0: training diverged at step 3 of 3" in first.err
+    assert "learning rate 1e+10" in first.err and "1 of 2 units diverged" in first.err
     results = strict_json(out / "results.json")
-    diverged = results["units"]["linear_attention-d16-lr1e+06-s0"]["metrics"]
+    diverged = results["units"]["linear_attention-d16-lr1e+10-s0"]["metrics"]
     assert diverged["status"] == "diverged" and diverged["diverged"]["step"] == 3
     assert results["units"]["linear_attention-d16-lr0.01-s0"]["metrics"]["status"] == "ok"
     for point in results["points"]:  # chosen among the runs that did not diverge
-        assert point["status"] == "ok" and point["best_lr"] == 0.01 and point["diverged_lrs"] == [1e6]
+        assert point["status"] == "ok" and point["best_lr"] == 0.01 and point["diverged_lrs"] == [1e10]
     rows = list(csv.DictReader((out / "mqar_runs.csv").open()))
-    assert [(r["learning_rate"], r["status"]) for r in rows] == [("0.01", "ok"), ("1000000.0", "diverged")]
+    assert [(r["learning_rate"], r["status"]) for r in rows] == [("0.01", "ok"), ("10000000000.0", "diverged")]
     assert rows[1]["diverged_step"] == "3" and rows[1]["test_T32_k4_accuracy"] == ""
-    cache = sorted((out / "cache").glob("linear_attention-d16-lr1e+06-s0-*.json"))
+    cache = sorted((out / "cache").glob("linear_attention-d16-lr1e+10-s0-*.json"))
     assert len(cache) == 1 and strict_json(cache[0])["metrics"]["status"] == "diverged"
     # a rerun takes both from the cache: the diverged one stays diverged, nothing is trained again
     assert cli.main(_cli("mqar", out, MQAR_SET)) == 0
@@ -143,7 +144,7 @@ def test_row01_sweep_records_the_diverged_unit_and_goes_on(tmp_path, capsys):
 
 def test_row01_a_sweep_where_every_unit_diverged_says_so(tmp_path, capsys):
     out = tmp_path / "mqar"
-    assert cli.main(_cli("mqar", out, [*MQAR_SET, "learning_rates=[1000000.0]"])) == 1
+    assert cli.main(_cli("mqar", out, [*MQAR_SET, "learning_rates=[10000000000.0]"])) == 1
     captured = capsys.readouterr()
     assert "every unit diverged" in captured.err
     results = strict_json(out / "results.json")

@@ -23,7 +23,7 @@ from probseq.layers import BayesianLayer
 from probseq.tasks import IGNORE_INDEX, RecallConfig
 from probseq.train import (MQARData, MQARSplit, ModelSpec, RecallData, RecallSplit, TrainConfig, from_dict, train,
                            with_overrides)
-from probseq.train.data import generate, pad_collate
+from probseq.train.data import TokenDataset, generate, pad_collate
 from probseq.train.metrics import pre_shifted_cross_entropy, recall_metrics, scatter_predictions
 from probseq.train.trainer import TrainingClock, build_model
 
@@ -140,6 +140,76 @@ def test_init_is_fla_by_default_and_zoology_on_request():
     assert abs(float(attention["layers.1.o_proj.weight"].std()) - 0.02 / (2 * 4) ** 0.5) < 0.002
 
 
+# The mixers that share Gated DeltaNet's parameters: GDN itself and the Bayesian Layer with each retention.
+PAIRED = {"gated_deltanet": ["model.mixer=gated_deltanet"], "reset": ["model.retention=reset"],
+          "stationary": ["model.retention=stationary"], "learned": ["model.retention=learned"]}
+
+
+def step0(config: TrainConfig, batch: dict) -> tuple[dict, torch.Tensor, dict]:
+    """The initial parameters, the loss on ``batch`` and its gradients of the model of ``config``."""
+    model = build_model(config)
+    labels = batch["labels"]
+    loss = pre_shifted_cross_entropy(model(input_ids=batch["input_ids"], logits_mask=labels != IGNORE_INDEX).logits,
+                                     labels)
+    loss.backward()
+    return ({n: p.detach() for n, p in model.named_parameters()}, loss.detach(),
+            {n: p.grad for n, p in model.named_parameters()})
+
+
+@pytest.mark.parametrize("init", ["fla", "zoology"])
+def test_mixers_sharing_gated_deltanets_parameters_start_paired(init):
+    """For one seed, every variant starts from Gated DeltaNet's weights, bit for bit; the learned retention's own
+    parameters come from their own stream. At ρ = 0 the learned retention is GDN (γ ≡ 0) and ``reset`` is GDN, so
+    step 0 gives GDN's loss bit for bit, and GDN's gradients: exactly for ``reset`` (the same code), to float
+    rounding for ``learned`` (γ is a tensor of zeros, so the filter's general path runs and its backward sums in
+    another order)."""
+    base = with_overrides(tiny_config(), [f"model.init={init}", "model.d_model=32"])
+    batch = pad_collate([TokenDataset(generate(base.data, 0).train)[i] for i in range(8)])
+    runs = {name: step0(with_overrides(base, overrides), batch) for name, overrides in PAIRED.items()}
+    gdn_params, gdn_loss, gdn_grads = runs.pop("gated_deltanet")
+    for name, (params, loss, grads) in runs.items():
+        own = sorted(set(params) - set(gdn_params))
+        assert own == ([f"layers.{i}.{p}" for i in (1, 3) for p in ("c_bias", "c_scale", "c_weight")]
+                       if name == "learned" else []), name
+        for key, value in gdn_params.items():
+            assert torch.equal(params[key], value), (name, key)
+        if name == "stationary":
+            continue  # γ = α² is another function of the same weights
+        assert torch.equal(loss, gdn_loss), (name, loss.item(), gdn_loss.item())
+        for key, value in gdn_grads.items():
+            if name == "reset":
+                assert torch.equal(grads[key], value), key
+            else:
+                torch.testing.assert_close(grads[key], value, rtol=1e-4, atol=1e-5 * float(value.abs().max()))
+    params = runs["learned"][0]
+    assert not torch.equal(params["layers.1.c_weight"], params["layers.3.c_weight"])  # seeded by layer too
+    other_seed = build_model(dataclasses.replace(with_overrides(base, PAIRED["learned"]), seed=6))
+    assert not torch.equal(other_seed.layers[1].c_weight, params["layers.1.c_weight"])  # and by the run's seed
+
+
+def test_paired_mixers_see_the_same_batches(monkeypatch):
+    """The Trainer's data order does not depend on the mixer: the first training batches of GDN and of the
+    Bayesian Layer are the same, and so is the first logged loss at ρ = 0."""
+    from probseq.train.trainer import PreShiftedTrainer
+
+    seen = []
+    compute_loss = PreShiftedTrainer.compute_loss
+
+    def record(self, model, inputs, *args, **kwargs):
+        loss = compute_loss(self, model, inputs, *args, **kwargs)
+        if model.training:
+            seen[-1].append((inputs["input_ids"].clone(), loss.detach().clone()))
+        return loss
+
+    monkeypatch.setattr(PreShiftedTrainer, "compute_loss", record)
+    for name in ("gated_deltanet", "learned"):
+        seen.append([])
+        train(with_overrides(tiny_config(max_steps=2), PAIRED[name]))
+    assert len(seen[0]) == len(seen[1]) == 2
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(*seen))
+    assert torch.equal(seen[0][0][1], seen[1][0][1])  # step 0's loss
+
+
 def test_data_is_generated_from_seeds_with_disjoint_splits():
     data = tiny_config().data
     first, again, other = generate(data, 1), generate(data, 1), generate(data, 2)
@@ -175,6 +245,99 @@ def test_loss_on_pre_shifted_labels_equals_a_hand_computation():
         pre_shifted_cross_entropy(torch.randn(3, 7), labels)
 
 
+def test_loss_weighted_per_example_equals_a_hand_computation():
+    """``weighting="example"``: each example's mean over its supervised tokens, then the mean over the examples
+    that have one; ``"token"`` (the default) is the mean over every supervised token, as before."""
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(3, 5, 7, generator=gen)
+    labels = torch.tensor([[-100, 3, -100, -100, 6], [0, 1, 5, 2, -100], [-100] * 5])  # 2, 4 and 0 queries
+
+    def nll(b, t):
+        return -(logits[b, t].exp() / logits[b, t].exp().sum()).log()[labels[b, t]]
+
+    rows = [[nll(b, t) for t in range(5) if labels[b, t] != -100] for b in range(3)]
+    example = (torch.stack(rows[0]).mean() + torch.stack(rows[1]).mean()) / 2  # the empty row does not count
+    token = torch.stack(rows[0] + rows[1]).mean()  # here the second example weighs twice the first
+    assert torch.allclose(pre_shifted_cross_entropy(logits, labels, weighting="example"), example, atol=1e-6)
+    assert torch.allclose(pre_shifted_cross_entropy(logits[labels != -100], labels, weighting="example"), example,
+                          atol=1e-6)  # logits gathered at the supervised positions, in row-major order
+    # num_items_in_batch counts the examples of the accumulated batch
+    half = (torch.stack(rows[0]).mean() + torch.stack(rows[1]).mean()) / 4
+    assert torch.allclose(pre_shifted_cross_entropy(logits, labels, torch.tensor(4), "example"), half, atol=1e-6)
+    assert torch.equal(pre_shifted_cross_entropy(logits, labels), pre_shifted_cross_entropy(logits, labels,
+                                                                                            weighting="token"))
+    assert torch.allclose(pre_shifted_cross_entropy(logits, labels), token, atol=1e-6)
+    assert not torch.allclose(example, token)
+    with pytest.raises(ValueError, match="weighting"):
+        pre_shifted_cross_entropy(logits, labels, weighting="sequence")
+    with pytest.raises(ValueError, match=r"labels \[B, T\]"):
+        pre_shifted_cross_entropy(logits[labels != -100], labels[labels != -100], weighting="example")
+
+
+def test_loss_weighting_is_a_config_option_that_keeps_the_cached_keys():
+    from probseq.experiments import mqar, recall
+    from probseq.experiments.common import apply_overrides
+
+    assert tiny_config().loss_weighting == "token" and "loss_weighting" not in tiny_config().identity()
+    example = with_overrides(tiny_config(), ["loss_weighting=example"])
+    assert example.identity()["loss_weighting"] == "example" and example.fingerprint() != tiny_config().fingerprint()
+    with pytest.raises(ValueError, match="loss_weighting must be one of"):
+        with_overrides(tiny_config(), ["loss_weighting=sequence"])
+    for experiment in (mqar.PRESETS["quick"], recall.PRESETS["quick"]):  # probseq mqar --set loss_weighting=example
+        assert {unit.config.loss_weighting for unit in experiment.units()} == {"token"}
+        chosen = apply_overrides(experiment, ["loss_weighting=example"])
+        assert {unit.config.loss_weighting for unit in chosen.units()} == {"example"}
+
+
+def test_per_example_weighting_trains_through_the_trainer(tmp_path, monkeypatch):
+    """The Trainer's loss with ``loss_weighting="example"`` is the hand computation's: the first logged loss, of
+    one batch of 16 or of 2 accumulated micro-batches of 8, is the sum of the examples' means over the examples of
+    the whole accumulated batch (the normaliser counts examples, not tokens); the accumulated run ends with the
+    one-batch run's parameters, and differs from the token-weighted run (examples with 4 and 10 queries)."""
+    from probseq.train.trainer import PreShiftedTrainer, build_trainer
+
+    data = MQARData(vocab_size=64, train=(MQARSplit(32, 4, 16), MQARSplit(48, 10, 16)), test=(MQARSplit(32, 4, 8),))
+    trainer = build_trainer(tiny_config(data=data, loss_weighting="example"), output_dir=tmp_path)
+    batch = pad_collate([trainer.train_dataset[i] for i in (0, 1, 20, 21)])
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+        full = trainer.model(input_ids=batch["input_ids"]).logits
+    assert torch.allclose(loss, pre_shifted_cross_entropy(full, batch["labels"], weighting="example"), atol=1e-6)
+
+    seen = []
+    compute_loss = PreShiftedTrainer.compute_loss
+
+    def record(self, model, inputs, *args, **kwargs):
+        if model.training:
+            seen.append({key: value.clone() for key, value in inputs.items()})
+        return compute_loss(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(PreShiftedTrainer, "compute_loss", record)
+    for size, accumulation in ((16, 1), (8, 2)):
+        seen.clear()
+        config = tiny_config(data=data, batch_size=size, gradient_accumulation_steps=accumulation, max_steps=1,
+                             loss_weighting="example")
+        logged = train(config)["final_train_loss"]
+        model = build_model(config)  # the run's initial weights
+        with torch.no_grad():
+            sums = [pre_shifted_cross_entropy(model(input_ids=b["input_ids"]).logits, b["labels"], 1, "example")
+                    for b in seen]  # Σ_b mean_b of each micro-batch
+        examples = sum(int((b["labels"] != IGNORE_INDEX).any(-1).sum()) for b in seen)
+        assert len(seen) == accumulation and examples == 16
+        assert logged == pytest.approx(float(sum(sums)) / examples, abs=1e-5)
+    monkeypatch.undo()
+
+    params = []
+    for weighting, size, accumulation in (("example", 16, 1), ("example", 8, 2), ("token", 16, 1)):
+        keep = KeepParameters()
+        train(tiny_config(data=data, batch_size=size, gradient_accumulation_steps=accumulation, max_steps=3,
+                          loss_weighting=weighting), callbacks=(keep,))
+        params.append(keep.state)
+    for key, value in params[0].items():
+        assert torch.allclose(params[1][key], value, atol=1e-6, rtol=0), key
+    assert not torch.allclose(params[2]["embeddings.weight"], params[0]["embeddings.weight"], atol=1e-6, rtol=0)
+
+
 def test_trainer_loss_and_predictions_match_the_full_logits(tmp_path):
     from probseq.train.trainer import build_trainer
 
@@ -189,6 +352,29 @@ def test_trainer_loss_and_predictions_match_the_full_logits(tmp_path):
     mask = batch["labels"] != IGNORE_INDEX
     assert torch.equal(outputs["predictions"][mask], full.argmax(-1)[mask])
     assert (outputs["predictions"][~mask] == IGNORE_INDEX).all()
+
+
+@pytest.mark.parametrize("mixer", ["bayesian", "mamba2", "attention"])
+def test_weight_decay_spares_marked_parameters_and_every_norm_weight(tmp_path, mixer):
+    """AdamW's no-decay group holds exactly the biases (transformers: every name with "bias"), the parameters
+    marked ``_no_weight_decay`` (A_log, dt_bias, Mamba-2's D, the learned retention's c_scale) and every norm weight
+    (``norms.0.weight`` included, which transformers' name patterns miss); everything else decays at
+    ``weight_decay``."""
+    from probseq.train.trainer import build_trainer
+
+    trainer = build_trainer(with_overrides(tiny_config(), [f"model.mixer={mixer}"]), output_dir=tmp_path)
+    optimizer = trainer.create_optimizer()
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    groups = {group["weight_decay"]: {names[id(p)] for p in group["params"]} for group in optimizer.param_groups}
+    assert set(groups) == {0.0, 0.1}
+    norms = {f"norms.{i}.weight" for i in range(4)} | {"norm.weight"}
+    marked = {"bayesian": {"A_log", "dt_bias", "c_scale"}, "mamba2": {"A_log", "dt_bias", "D"}, "attention": set()}
+    inner_norms = {"bayesian": {"o_norm"}, "mamba2": {"norm"}, "attention": set()}
+    expected = norms | {n for n in names.values() if "bias" in n.split(".")[-1] or n.split(".")[-1] in marked[mixer]
+                        or n.split(".")[-2] in inner_norms[mixer]}
+    assert {"layers.1.A_log", "layers.3.dt_bias"} <= expected or mixer == "attention"
+    assert groups[0.0] == expected
+    assert groups[0.1] == set(names.values()) - expected and "embeddings.weight" in groups[0.1]
 
 
 def test_recall_metrics():

@@ -23,6 +23,115 @@ RETENTIONS = ("reset", "stationary", "learned")  # probseq.layers.RETENTIONS
 CONVERT_DTYPES = ("float32", "bfloat16", "float16", "float64")  # probseq.interop.fla.DTYPES
 RULER_DTYPES = ("float32", "bfloat16", "float16")  # probseq.experiments.ruler_eval.DTYPES
 RULER_TASKS = ("niah_single_1", "niah_multikey_2", "niah_multikey_3", "vt", "cwe", "fwe")  # ruler_eval.DEFAULT_TASKS
+RECALL_KNOBS = ("num_pairs", "gap", "collisions", "key_noise")  # the RecallConfig fields of recall.KNOBS
+
+
+class CommandParser(argparse.ArgumentParser):
+    """A command's parser. ``required_without_action`` lists ``(option, dest)`` pairs that are required when no
+    sub-action (``probseq mqar eval``) is given: ``probseq mqar --out o`` trains, ``probseq mqar eval --run r …``
+    evaluates, and ``probseq mqar`` alone is an error naming ``--out``."""
+
+    required_without_action: tuple[tuple[str, str], ...] = ()
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if getattr(namespace, "action", None) is None:
+            missing = [option for option, dest in self.required_without_action
+                       if getattr(namespace, dest, None) is None]
+            if missing:
+                self.error(f"the following arguments are required: {', '.join(missing)}")
+        return namespace, extras
+
+
+def mqar_point(text: str) -> tuple[int, int]:
+    """``"512,128"`` → ``(512, 128)``: an MQAR test point, ``T,k`` (sequence length, key-value pairs)."""
+    parts = text.split(",")
+    if len(parts) != 2 or not all(part.strip().isdigit() and int(part) > 0 for part in parts):
+        raise argparse.ArgumentTypeError(f"an MQAR point is T,k (sequence length and key-value pairs, positive whole "
+                                         f"numbers), like 512,128; got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def recall_point_knobs(text: str) -> dict[str, int | float]:
+    """A recall test point by its name (probseq.experiments.recall's names): ``"inside"`` → ``{}`` (the training
+    regime's largest point), ``"gap=256"`` → ``{"gap": 256}``; several knobs joined by commas
+    (``"num_pairs=16,gap=64"``). Knobs: :data:`RECALL_KNOBS`; ``num_pairs`` ≥ 1, ``gap`` and ``collisions`` ≥ 0
+    whole numbers, ``key_noise`` in [0, 1). A ``ValueError`` says what is wrong."""
+    if text == "inside":
+        return {}
+    knobs: dict[str, int | float] = {}
+    for item in text.split(","):
+        name, equals, value = item.partition("=")
+        if not equals or name not in RECALL_KNOBS:
+            raise ValueError(f"a recall point is 'inside' or KNOB=VALUE[,KNOB=VALUE] with KNOB one of "
+                             f"{', '.join(RECALL_KNOBS)} (e.g. gap=256, num_pairs=32); got {text!r}")
+        if name in knobs:
+            raise ValueError(f"recall point {text!r} sets {name} twice")
+        try:
+            number = float(value) if name == "key_noise" else int(value)
+        except ValueError:
+            kind = "a number in [0, 1)" if name == "key_noise" else "a whole number"
+            raise ValueError(f"{name} of recall point {text!r} must be {kind}, got {value!r}") from None
+        low = 1 if name == "num_pairs" else 0
+        if (name == "key_noise" and not 0 <= number < 1) or (name != "key_noise" and number < low):
+            bound = "in [0, 1)" if name == "key_noise" else f">= {low}"
+            raise ValueError(f"{name} of recall point {text!r} must be {bound}, got {value}")
+        knobs[name] = number
+    return {name: knobs[name] for name in RECALL_KNOBS if name in knobs}
+
+
+def recall_point_name(knobs: dict[str, int | float]) -> str:
+    """The point's name as the recall experiment writes it: ``inside``, ``gap=256``, ``num_pairs=16,gap=64``."""
+    return ",".join(f"{name}={value:g}" for name, value in knobs.items()) or "inside"
+
+
+def recall_point(text: str) -> str:
+    """argparse type: a recall point (:func:`recall_point_knobs`) → its name."""
+    try:
+        return recall_point_name(recall_point_knobs(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
+    return int(text)
+
+
+class DistinctPoints(argparse.Action):
+    """``--points``: the points, each once."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        repeated = sorted({str(value) for value in values if values.count(value) > 1})
+        if repeated:
+            parser.error(f"argument --points: each point once; repeated: {', '.join(repeated)}")
+        setattr(namespace, self.dest, values)
+
+
+def add_eval(parser: argparse.ArgumentParser, experiment: str, point_type, point_help: str) -> None:
+    """``probseq <experiment> eval --run DIR --points …``: score trained runs at new test points."""
+    parser.required_without_action = (("--out", "out"),)
+    actions = parser.add_subparsers(dest="action", metavar="eval", title="evaluate trained runs (no training)")
+    sub = actions.add_parser(
+        "eval", help=f"score saved {experiment} runs at test points, without retraining",
+        description=f"Score the final weights of trained {experiment} runs (a run folder, or every run under a "
+                    f"folder, e.g. ~/.cache/probseq/runs/{experiment}) at the given test points, with the test data "
+                    "generation and seeds of the experiment: a point the run was tested at gets its own test data "
+                    "(the recorded accuracy is reproduced), another one a seed of the test range fixed by the run's "
+                    "data seed and the point. Writes a CSV with the sweep's point columns, the run's identity "
+                    "(mixer, lr, seed, retention, …) and the recorded accuracy where there is one.")
+    sub.add_argument("--run", dest="run_dir", required=True, type=Path, metavar="DIR",
+                     help="a run folder (with final/model.safetensors) or a folder of runs")
+    sub.add_argument("--points", required=True, nargs="+", type=point_type, metavar="POINT", help=point_help,
+                     action=DistinctPoints)
+    sub.add_argument("--out", required=True, type=Path, help="the CSV file to write")
+    sub.add_argument("--examples", type=positive_int, default=None,
+                     help="examples per point (default: the run's test examples)")
+    sub.add_argument("--batch-size", type=positive_int, default=None,
+                     help="evaluation batch (default: the run's eval_batch_size)")
+    sub.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's)")
+    sub.set_defaults(run=f"probseq.experiments.{experiment}:eval_main")
 
 
 def module_doc(module: str, first_paragraph: bool = False) -> str:
@@ -97,22 +206,26 @@ def add_mqar(commands) -> None:
                                  description=module_doc("experiments.mqar", first_paragraph=True)
                                  + " Resumable: rerun the same command.",
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, type=Path, help="output folder (resumes if it has a cache)")
+    parser.add_argument("--out", type=Path, help="output folder (resumes if it has a cache); required")
     parser.add_argument("--preset", choices=EXPERIMENT_PRESETS, default="quick",
                         help="quick: CPU demo (minutes); cpu: hours on 2 cores; paper: Zoology's grid for a GPU")
     add_overrides(parser, "override an MQARConfig field (repeatable), e.g. --set 'mixers=[\"bayesian\"]'")
     parser.set_defaults(run="probseq.experiments.mqar:main")
+    add_eval(parser, "mqar", mqar_point, "test points T,k (sequence length, key-value pairs), e.g. 512,128 1024,256")
 
 
 def add_recall(commands) -> None:
     parser = commands.add_parser("recall", help="learned associative recall inside and beyond the training regime",
                                  description=module_doc("experiments.recall", first_paragraph=True)
                                  + " Resumable: rerun the same command.")
-    parser.add_argument("--out", required=True, type=Path, help="output folder (resumes if it has a cache)")
+    parser.add_argument("--out", type=Path, help="output folder (resumes if it has a cache); required")
     parser.add_argument("--preset", choices=EXPERIMENT_PRESETS, default="quick",
                         help="quick: CPU demo (minutes); cpu: hours on 2 cores; paper: a GPU")
     add_overrides(parser, "override a RecallExperiment field (repeatable), e.g. --set max_steps=500")
     parser.set_defaults(run="probseq.experiments.recall:main")
+    add_eval(parser, "recall", recall_point,
+             "test points by name: inside (the training regime's largest point) or KNOB=VALUE moving knobs from it "
+             f"({', '.join(RECALL_KNOBS)}), e.g. inside gap=512 num_pairs=64,gap=32")
 
 
 def add_reproduce(commands, name: str = "reproduce",
@@ -212,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="probseq",
                                      description="The ``probseq`` command line: ``probseq <command> --help`` for each "
                                                  "command.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
     for add in (add_collision, add_bench, add_uncertainty, add_mqar, add_recall, add_reproduce):
         add(commands)
     add_reproduce(commands, "demo", help="alias of reproduce (--preset quick by default)")

@@ -37,6 +37,29 @@ def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
+def format_eval_table(rows: list[dict[str, Any]], point: Callable[[dict[str, Any]], str]) -> str:
+    """Markdown of ``probseq mqar eval`` / ``probseq recall eval``: one line per run, one column per point (named
+    by ``point(row)``), the accuracy with the run's recorded one in brackets where it was tested there."""
+    points = list(dict.fromkeys(point(row) for row in rows))
+    runs: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in rows:
+        runs.setdefault(row["run"], {})[point(row)] = row
+    lines = ["| run | mixer | lr | seed | " + " | ".join(points) + " |", "|---|---|---:|---:|" + "---:|" * len(points)]
+    for name, cells in runs.items():
+        first = next(iter(cells.values()))
+
+        def cell(row: dict[str, Any] | None) -> str:
+            if row is None:
+                return ""
+            recorded = row.get("recorded_accuracy")
+            return f"{row['accuracy']:.3f}" + ("" if recorded is None else f" [{recorded:.3f}]")
+
+        lines.append(f"| {name} | {first['mixer']} | {first['learning_rate']:g} | {first['seed']} | "
+                     + " | ".join(cell(cells.get(p)) for p in points) + " |")
+    return "\n".join(lines + ["", "Test accuracy of each run's final weights; [recorded]: the accuracy the run "
+                                   "recorded at that point (same data)."]) + "\n"
+
+
 def report_diverged(diverged: list[str], total: int) -> int:
     """Say on stderr which units of a sweep diverged (recorded as such, their learning rates not chosen); the
     exit code: 1 when every unit diverged (the tables hold no result), else 0."""

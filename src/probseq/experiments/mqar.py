@@ -43,15 +43,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from probseq.experiments.common import apply_overrides, environment, report_diverged, write_csv
-from probseq.files import atomic_write_json, check_writable, save_figure
+from probseq.experiments.common import apply_overrides, environment, format_eval_table, report_diverged, write_csv
+from probseq.files import atomic_write_json, check_writable, check_writable_file, save_figure
 from probseq.train.config import MIXER_NAMES, ModelSpec, TrainConfig
-from probseq.train.data import MQARData, MQARSplit
+from probseq.train.data import MQARData, MQARSplit, point_seed
 from probseq.train.sweep import Unit, best_by_validation, run_columns, run_units, train_seconds
 
 ZOOLOGY_TRAIN = ((64, 4), (128, 8), (256, 16), (256, 32), (256, 64))
@@ -79,6 +80,8 @@ class MQARConfig:
             scale ``ρ`` (only the ``bayesian`` runs).
         init: weight initialisation of every run, ``"fla"`` or Zoology's ``"zoology"``
             (:class:`probseq.models.zoology.ZoologyModel`).
+        loss_weighting: ``"token"`` (every supervised token of a batch weighs the same; the default) or
+            ``"example"`` (every example weighs the same, as in Zoology) — :class:`~probseq.train.TrainConfig`'s.
         precision: ``fp32`` on CPU, ``bf16`` on a GPU.
         save_steps: checkpoint interval of a run (resume granularity).
         num_threads: torch threads per run (``None``: torch's default).
@@ -103,6 +106,7 @@ class MQARConfig:
     retention: Literal["reset", "stationary", "learned"] = "learned"
     retention_init: float = 0.0
     init: Literal["fla", "zoology"] = "fla"
+    loss_weighting: Literal["token", "example"] = "token"
     precision: str = "fp32"
     save_steps: int = 100
     num_threads: int | None = None
@@ -147,7 +151,8 @@ class MQARConfig:
                            learning_rate=lr, weight_decay=self.weight_decay, warmup=self.warmup,
                            max_steps=self.max_steps, batch_size=self.batch_size, eval_batch_size=self.eval_batch_size,
                            seed=seed, precision=self.precision, save_steps=self.save_steps, progress=False,
-                           logging_steps=max(1, self.max_steps // 10), num_threads=self.num_threads)
+                           logging_steps=max(1, self.max_steps // 10), num_threads=self.num_threads,
+                           loss_weighting=self.loss_weighting)
 
     def units(self) -> list[Unit]:
         return [Unit(f"{mixer}-d{d}-lr{lr:g}-s{seed}", self.train_config(mixer, d, lr, seed))
@@ -334,7 +339,74 @@ def run_mqar(config: MQARConfig, out: str | Path, *, log=None) -> dict[str, Any]
     return json.loads(json.dumps(results))
 
 
+# ------------------------------------------------------------------------------------------ saved runs
+
+def eval_segments(run, points: list[tuple[int, int]], examples: int | None = None
+                  ) -> dict[str, tuple[MQARSplit, int, bool]]:
+    """The test segments of ``points`` (``(T, k)``) for a saved run (:class:`probseq.train.saved.SavedRun`):
+    ``{name: (split, seed, tested_in_run)}``. A point the run was tested at keeps its examples and seed (its own
+    test data); another gets ``examples`` (default: the most of the run's test segments) and the seed
+    :func:`~probseq.train.data.point_seed` fixes for the run's data seed and the point. Every segment is checked
+    against the run's vocabulary (a ``ValueError`` naming the run and the point)."""
+    data = run.config.data
+    tested = {s.name: s for s in data.test}
+    splits = []
+    for seq_len, kv in points:
+        name = MQARSplit(seq_len, kv, 1).name
+        count = examples or (tested[name].num_examples if name in tested else max(s.num_examples for s in data.test))
+        splits.append(MQARSplit(seq_len, kv, count))
+    try:  # the generator's own checks (vocabulary, sequence length, pairs) of every point, before any work
+        MQARData(vocab_size=data.vocab_size, power_a=data.power_a, random_non_queries=data.random_non_queries,
+                 train=data.train, test=tuple(splits))
+    except ValueError as error:
+        raise ValueError(f"run {run.folder}: {error}") from None
+    return {s.name: (s, point_seed(data, run.config.effective_data_seed, s.name), s in data.test) for s in splits}
+
+
+def evaluate_saved(path: str | Path, points: list[tuple[int, int]], examples: int | None = None,
+                   batch_size: int | None = None, log=None) -> list[dict[str, Any]]:
+    """Score the saved MQAR runs at ``path`` (a run folder, or every run under a folder) at ``points``
+    (``(T, k)``), without training: one row per run and point — the run's identity (run folder, mixer, d_model,
+    lr, seed, retention, …), the point's columns of ``mqar.csv`` (seq_len, num_kv_pairs, beyond_training,
+    state_bytes), ``num_examples``, ``point_seed``, ``tested_in_run`` and ``recorded_accuracy`` (the run's own
+    accuracy there, reproduced exactly on the same data), accuracy, example_accuracy, all_correct, loss, status.
+    Every point of every run is checked before the first is evaluated."""
+    from probseq.train.saved import evaluate_run, find_runs, identity_columns, recorded_accuracy
+
+    log = log or (lambda text: print(text, file=sys.stderr, flush=True))
+    runs = find_runs(path, "mqar", log)
+    plans = [(run, eval_segments(run, points, examples)) for run in runs]
+    rows = []
+    for index, (run, plan) in enumerate(plans, 1):
+        data = run.config.data
+        segments = {f"test_{name}": data.generate(split, seed) for name, (split, seed, _) in plan.items()}
+        evaluation, state_bytes = evaluate_run(run, segments, batch_size)
+        max_kv = max(s.num_kv_pairs for s in data.train)
+        for name, (split, seed, tested) in plan.items():
+            rows.append({**identity_columns(run), "seq_len": split.seq_len, "num_kv_pairs": split.num_kv_pairs,
+                         "beyond_training": split.num_kv_pairs > max_kv, "state_bytes": state_bytes,
+                         "num_examples": split.num_examples, "point_seed": seed, "tested_in_run": tested,
+                         "recorded_accuracy": recorded_accuracy(run, f"test_{name}") if tested else None,
+                         **evaluation[f"test_{name}"], "status": "ok"})
+        log(f"[{index}/{len(plans)}] {run.name}: " + ", ".join(
+            f"({row['seq_len']}, {row['num_kv_pairs']}) {row['accuracy']:.3f}" for row in rows[-len(plan):]))
+    return rows
+
+
 # ------------------------------------------------------------------------------------------ CLI
+
+def eval_main(args: argparse.Namespace) -> int:
+    """``probseq mqar eval --run DIR --points T,k … --out FILE.csv``."""
+    from probseq.train.trainer import run_threads
+
+    out = check_writable_file(args.out)
+    with run_threads(args.threads):
+        rows = evaluate_saved(args.run_dir, args.points, args.examples, args.batch_size)
+    write_csv(out, rows)
+    print(format_eval_table(rows, lambda row: f"({row['seq_len']}, {row['num_kv_pairs']})"))
+    print(f"wrote {out}: {len(rows)} rows ({len({row['run'] for row in rows})} runs × {len(args.points)} points)")
+    return 0
+
 
 def main(args: argparse.Namespace) -> int:
     config = apply_overrides(PRESETS[args.preset], args.overrides)

@@ -34,22 +34,34 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from probseq.experiments.common import apply_overrides, environment, report_diverged, write_csv
+from probseq.experiments.common import apply_overrides, environment, format_eval_table, report_diverged, write_csv
 from probseq.experiments.mqar import accuracy_cell, diverged_note, over_seeds
-from probseq.files import atomic_write_json, check_writable, save_figure
+from probseq.files import atomic_write_json, check_writable, check_writable_file, save_figure
 from probseq.tasks import RecallConfig
 from probseq.train.config import MIXER_NAMES, ModelSpec, TrainConfig
-from probseq.train.data import RecallData, RecallSplit
+from probseq.train.data import RecallData, RecallSplit, point_seed
 from probseq.train.sweep import Unit, best_by_validation, run_columns, run_units, train_seconds
+from probseq_cli.parsers import recall_point_knobs, recall_point_name
 
 # The knobs moved beyond training, in plotting order: (config field of RecallExperiment, RecallConfig field).
 KNOBS = (("eval_pairs", "num_pairs"), ("eval_gaps", "gap"), ("eval_collisions", "collisions"),
          ("eval_key_noise", "key_noise"))
+
+
+def recall_task(num_pairs: int, gap: int, collisions: int, key_noise: float, *, distractors: int, num_keys: int,
+                num_values: int) -> RecallConfig:
+    """The experiment's recall task at a point: every pair queried, and the sequence just holds the last answer,
+    ``seq_len = 2 · (num_pairs + distractors + collisions) + gap + 2 · num_pairs``."""
+    writes = num_pairs + distractors + collisions
+    return RecallConfig(num_pairs=num_pairs, num_queries=num_pairs, collisions=collisions, distractors=distractors,
+                        key_noise=key_noise, gap=gap, num_keys=num_keys, num_values=num_values,
+                        seq_len=2 * writes + gap + 2 * num_pairs)
 
 
 @dataclass(frozen=True)
@@ -70,7 +82,8 @@ class RecallExperiment:
             knob away from the inside point.
         test_examples, valid_examples: examples per test / validation point.
         max_steps, batch_size, warmup, weight_decay, eval_batch_size, n_layers, retention, retention_init,
-            init, precision, save_steps, num_threads: as in :class:`probseq.experiments.mqar.MQARConfig`.
+            init, loss_weighting, precision, save_steps, num_threads: as in
+            :class:`probseq.experiments.mqar.MQARConfig`.
     """
 
     mixers: tuple[str, ...] = MIXER_NAMES
@@ -100,6 +113,7 @@ class RecallExperiment:
     retention: Literal["reset", "stationary", "learned"] = "learned"
     retention_init: float = 0.0
     init: Literal["fla", "zoology"] = "fla"
+    loss_weighting: Literal["token", "example"] = "token"
     precision: str = "fp32"
     save_steps: int = 100
     num_threads: int | None = None
@@ -122,11 +136,9 @@ class RecallExperiment:
         self.train_config(self.mixers[0], self.learning_rates[0], self.seeds[0])  # validates every segment
 
     def task(self, num_pairs: int, gap: int, collisions: int, key_noise: float) -> RecallConfig:
-        """A recall task of this vocabulary; every pair queried; the sequence just holds the last answer."""
-        writes = num_pairs + self.distractors + collisions
-        return RecallConfig(num_pairs=num_pairs, num_queries=num_pairs, collisions=collisions,
-                            distractors=self.distractors, key_noise=key_noise, gap=gap, num_keys=self.num_keys,
-                            num_values=self.num_values, seq_len=2 * writes + gap + 2 * num_pairs)
+        """A recall task of this vocabulary (:func:`recall_task`)."""
+        return recall_task(num_pairs, gap, collisions, key_noise, distractors=self.distractors, num_keys=self.num_keys,
+                           num_values=self.num_values)
 
     def inside(self) -> RecallConfig:
         return self.task(max(self.train_pairs), max(self.train_gaps), self.collisions, self.key_noise)
@@ -156,7 +168,8 @@ class RecallExperiment:
         return TrainConfig(model=model, data=self.data(), learning_rate=lr, weight_decay=self.weight_decay, warmup=self.warmup,
                            max_steps=self.max_steps, batch_size=self.batch_size, eval_batch_size=self.eval_batch_size,
                            seed=seed, precision=self.precision, save_steps=self.save_steps, progress=False,
-                           logging_steps=max(1, self.max_steps // 10), num_threads=self.num_threads)
+                           logging_steps=max(1, self.max_steps // 10), num_threads=self.num_threads,
+                           loss_weighting=self.loss_weighting)
 
     def units(self) -> list[Unit]:
         return [Unit(f"{mixer}-lr{lr:g}-s{seed}", self.train_config(mixer, lr, seed))
@@ -286,7 +299,87 @@ def run_recall(config: RecallExperiment, out: str | Path, *, log=None) -> dict[s
     return json.loads(json.dumps(results))
 
 
+# ------------------------------------------------------------------------------------------ saved runs
+
+def eval_segments(run, points: list[str], examples: int | None = None) -> dict[str, tuple[RecallSplit, int, bool]]:
+    """The test segments of the named ``points`` for a saved run (:class:`probseq.train.saved.SavedRun`):
+    ``{name: (split, seed, tested_in_run)}``. A point is named as the experiment names its test points: ``inside``
+    (the run's own inside point: the training regime's largest) or ``knob=value`` moving knobs of it
+    (``num_pairs``, ``gap``, ``collisions``, ``key_noise``; several joined by commas), the task built as
+    :func:`recall_task` builds it from the inside point's distractors and vocabulary. A point the run was tested
+    at keeps its examples and seed; another gets ``examples`` (default: the most of the run's test segments) and
+    the seed :func:`~probseq.train.data.point_seed` fixes for the run's data seed and the point's name. Every task
+    is checked before any work (a ``ValueError`` naming the run and the point)."""
+    data = run.config.data
+    tested = {s.name: s for s in data.test}
+    if "inside" not in tested:
+        raise ValueError(f"run {run.folder} has no 'inside' test point, which its recall points move away from: it "
+                         "was not trained by the recall experiment")
+    inside = tested["inside"].task
+    splits = []
+    for text in points:
+        knobs = recall_point_knobs(text)
+        name = recall_point_name(knobs)
+        values = {field: getattr(inside, field) for _, field in KNOBS} | knobs
+        try:
+            task = recall_task(**values, distractors=inside.distractors, num_keys=inside.num_keys,
+                               num_values=inside.num_values)
+        except ValueError as error:
+            raise ValueError(f"run {run.folder}, recall point {name}: {error}") from None
+        count = examples or (tested[name].num_examples if name in tested else max(s.num_examples for s in data.test))
+        splits.append(RecallSplit(name, task, count))
+    try:
+        RecallData(train=data.train, test=tuple(splits))
+    except ValueError as error:
+        raise ValueError(f"run {run.folder}: {error}") from None
+    return {s.name: (s, point_seed(data, run.config.effective_data_seed, s.name), s in data.test) for s in splits}
+
+
+def evaluate_saved(path: str | Path, points: list[str], examples: int | None = None, batch_size: int | None = None,
+                   log=None) -> list[dict[str, Any]]:
+    """Score the saved recall runs at ``path`` (a run folder, or every run under a folder) at the named
+    ``points`` (:func:`eval_segments`), without training: one row per run and point — the run's identity (run
+    folder, mixer, d_model, lr, seed, retention, …), the point's columns of ``recall.csv`` (point, num_pairs, gap,
+    collisions, key_noise, seq_len, state_bytes), ``num_examples``, ``point_seed``, ``tested_in_run`` and
+    ``recorded_accuracy`` (reproduced exactly on the same data), accuracy, example_accuracy, all_correct, loss,
+    status. Every point of every run is checked before the first is evaluated."""
+    from probseq.train.saved import evaluate_run, find_runs, identity_columns, recorded_accuracy
+
+    log = log or (lambda text: print(text, file=sys.stderr, flush=True))
+    runs = find_runs(path, "recall", log)
+    plans = [(run, eval_segments(run, points, examples)) for run in runs]
+    rows = []
+    for index, (run, plan) in enumerate(plans, 1):
+        data = run.config.data
+        segments = {f"test_{name}": data.generate(split, seed) for name, (split, seed, _) in plan.items()}
+        evaluation, state_bytes = evaluate_run(run, segments, batch_size)
+        for name, (split, seed, tested) in plan.items():
+            task = split.task
+            rows.append({**identity_columns(run), "point": name, "num_pairs": task.num_pairs, "gap": task.gap,
+                         "collisions": task.collisions, "key_noise": task.key_noise, "seq_len": task.seq_len,
+                         "state_bytes": state_bytes, "num_examples": split.num_examples, "point_seed": seed,
+                         "tested_in_run": tested,
+                         "recorded_accuracy": recorded_accuracy(run, f"test_{name}") if tested else None,
+                         **evaluation[f"test_{name}"], "status": "ok"})
+        log(f"[{index}/{len(plans)}] {run.name}: " + ", ".join(f"{row['point']} {row['accuracy']:.3f}"
+                                                              for row in rows[-len(plan):]))
+    return rows
+
+
 # ------------------------------------------------------------------------------------------ CLI
+
+def eval_main(args: argparse.Namespace) -> int:
+    """``probseq recall eval --run DIR --points NAME … --out FILE.csv``."""
+    from probseq.train.trainer import run_threads
+
+    out = check_writable_file(args.out)
+    with run_threads(args.threads):
+        rows = evaluate_saved(args.run_dir, args.points, args.examples, args.batch_size)
+    write_csv(out, rows)
+    print(format_eval_table(rows, lambda row: row["point"]))
+    print(f"wrote {out}: {len(rows)} rows ({len({row['run'] for row in rows})} runs × {len(args.points)} points)")
+    return 0
+
 
 def main(args: argparse.Namespace) -> int:
     config = apply_overrides(PRESETS[args.preset], args.overrides)

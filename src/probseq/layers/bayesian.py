@@ -43,7 +43,7 @@ from probseq.layers.norm import GATE_ACTIVATIONS, GatedRMSNorm, RMSNorm
 from probseq.layers.state import RecurrentState, StateLayout, read_state, write_state
 from probseq.layers.utils import (check_no_extra, check_positive, full_precision, gated_output, guard_zero_keys,
                                   hold_padding, inverse_softplus_step, l2_normalize, layer_inputs,
-                                  log_uniform_decay_rate, num_sequences, repeat_heads, zero_padding)
+                                  log_uniform_decay_rate, num_sequences, own_stream, repeat_heads, zero_padding)
 from probseq.ops import R_MIN, bayes_filter
 
 Retention = Literal["reset", "stationary", "learned"]
@@ -167,8 +167,13 @@ class BayesianLayer(nn.Module):
         self.o_proj = nn.Linear(self.value_dim, hidden_size, bias=False)
         if retention == "learned":
             self.retention_init = float(retention_init)
+            # nn.Linear's default (Kaiming uniform), drawn from the parameter's own stream (own_stream): the global
+            # stream, which draws every parameter Gated DeltaNet has too, is left where it would be without it
+            weight = torch.empty(num_v_heads, hidden_size)
+            nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=own_stream("c_weight", layer_idx))
             self.c_weight = nn.Parameter(torch.empty(num_v_heads, hidden_size))
-            nn.init.kaiming_uniform_(self.c_weight, a=math.sqrt(5))  # nn.Linear's default
+            with torch.no_grad():
+                self.c_weight.copy_(weight)
             self.c_bias = nn.Parameter(torch.zeros(num_v_heads))
             self.c_scale = nn.Parameter(torch.full((num_v_heads,), self.retention_init))
             self.c_scale._no_weight_decay = True

@@ -18,6 +18,7 @@ NaN or Inf at a padded position into the chunk sums of the real tokens.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 from typing import NamedTuple
 
@@ -251,6 +252,20 @@ def check_no_extra(layer: str, kwargs: dict) -> None:
     """Refuse constructor arguments a layer does not know (fla layers swallow them silently)."""
     if kwargs:
         raise ValueError(f"{layer} got unsupported argument(s) {sorted(kwargs)}")
+
+
+def own_stream(parameter: str, layer_idx: int | None) -> torch.Generator:
+    """A CPU generator for a parameter that only some variants of a model have (the learned retention's
+    ``c_weight``), seeded from the run's seed (``torch.initial_seed()``, what ``torch.manual_seed`` /
+    ``transformers.set_seed`` set), the parameter's name and its layer::
+
+        seed = first 63 bits of sha256(f"{torch.initial_seed()}/{parameter}/{layer_idx}")
+
+    Drawing it from here instead of the global stream leaves every later draw of the global stream where it
+    would be without the parameter, so the parameters a variant shares with Gated DeltaNet start bit-identical
+    for one seed (docs/training.md, "Initialisation")."""
+    key = f"{torch.initial_seed()}/{parameter}/{layer_idx}".encode()
+    return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 1)
 
 
 def log_uniform_decay_rate(num_heads: int, low: float, high: float) -> Tensor:

@@ -34,7 +34,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from probseq.layers import MIXERS, BayesianLayer, GatedRMSNorm, Mamba2, RMSNorm
-from probseq.layers.utils import inverse_softplus_step, log_uniform_decay_rate
+from probseq.layers.utils import inverse_softplus_step, log_uniform_decay_rate, own_stream
 from probseq.models.blocks import ProbSeqBlock
 from probseq.models.cache import ProbSeqCache
 from probseq.models.checks import (check_attention_mask, check_input_ids, check_inputs_embeds, check_labels,
@@ -123,7 +123,11 @@ class ProbSeqPreTrainedModel(PreTrainedModel):
             init.copy_(module.A_log, log_uniform_decay_rate(module.num_v_heads, 0.0, 16.0))
             init.copy_(module.dt_bias, inverse_softplus_step(module.num_v_heads))
             if module.retention == "learned":
-                init.normal_(module.c_weight, mean=0.0, std=std)
+                # from the parameter's own stream: the global one, which draws every parameter Gated DeltaNet has,
+                # goes on as it would without it (paired initialisation, docs/training.md)
+                weight = torch.empty(module.c_weight.shape).normal_(0.0, std, generator=own_stream(
+                    "c_weight", module.layer_idx))
+                init.copy_(module.c_weight, weight)
                 init.zeros_(module.c_bias)
                 init.constant_(module.c_scale, module.retention_init)
         elif isinstance(module, Mamba2):

@@ -100,6 +100,12 @@ class TrainConfig:
             layer trace as one graph (``tests/test_compile.py``); results agree with eager to float rounding.
         fsdp, fsdp_wrap: ``TrainingArguments.fsdp`` (e.g. ``"full_shard auto_wrap"``) and the block classes
             it wraps (``fsdp_config["transformer_layer_cls_to_wrap"]``); for models that outgrow a device.
+        loss_weighting: how the cross-entropy of a batch averages its supervised tokens
+            (:func:`~probseq.train.metrics.pre_shifted_cross_entropy`): ``"token"`` (the default, what every run
+            cached before this field had) weighs every supervised token of the (accumulated, all-device) batch
+            equally, so an example with 64 queries weighs 16× one with 4; ``"example"`` takes each example's mean
+            over its supervised tokens, then the mean over the batch's examples (Zoology's: every example weighs
+            the same).
     """
 
     model: ModelSpec = field(default_factory=ModelSpec)
@@ -128,6 +134,7 @@ class TrainConfig:
     compile: bool = False
     fsdp: str = ""
     fsdp_wrap: tuple[str, ...] = ()
+    loss_weighting: Literal["token", "example"] = "token"
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -158,11 +165,9 @@ class TrainConfig:
         those runs keep their keys."""
         identity = {k: v for k, v in self.to_dict().items() if k not in RUN_ONLY_FIELDS}
         for (section, name), default in ADDED_FIELDS.items():
-            if identity[section].get(name) == default:
-                del identity[section][name]
-        for name, default in ADDED_TOP_FIELDS.items():
-            if identity.get(name) == default:
-                del identity[name]
+            fields = identity if section is None else identity[section]
+            if name in fields and fields[name] == default:
+                del fields[name]
         return identity
 
     def fingerprint(self) -> str:
@@ -171,9 +176,10 @@ class TrainConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-# Fields added after runs were cached, with the default that reproduces those runs: (section, field) → default.
-ADDED_FIELDS = {("model", "retention_init"): 0.0, ("model", "init"): "fla"}
-ADDED_TOP_FIELDS = {"compile": False}  # the same for fields of the run itself
+# Fields added after runs were cached, with the default that reproduces those runs: (section, field) → default
+# (section None: a field of TrainConfig itself).
+ADDED_FIELDS = {("model", "retention_init"): 0.0, ("model", "init"): "fla", (None, "loss_weighting"): "token",
+                (None, "compile"): False}
 
 # Settings that change neither the trained parameters nor the metrics.
 RUN_ONLY_FIELDS = frozenset({"output_dir", "save_steps", "save_total_limit", "resume", "logging_steps", "progress",

@@ -13,10 +13,11 @@ Labels are pre-shifted (:mod:`probseq.tasks`): ``labels[t]`` is the target of th
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
-from probseq.tasks import IGNORE_INDEX, MQARSegment, RecallConfig, TaskData, split_seeds
+from probseq.tasks import IGNORE_INDEX, MAX_SEED, MQARSegment, RecallConfig, TaskData, split_seeds
 from probseq.train.schema import check_fields
 
 
@@ -149,6 +150,24 @@ def generate(data: MQARData | RecallData, data_seed: int) -> Splits:
     return Splits(train, evaluation)
 
 
+def point_seed(data: MQARData | RecallData, data_seed: int, name: str) -> int:
+    """The seed of the test segment called ``name`` (:func:`generate`'s ``test_<name>``): for a segment of
+    ``data.test``, the seed :func:`generate` gives it (so its data are the run's own test data); for another one,
+    a seed of the test half of the seed range (disjoint from every train and valid seed) that depends on the data
+    seed and the name alone::
+
+        seed = MAX_SEED/2 + (first 8 bytes of sha256(f"{data_seed}/test/{name}")) mod MAX_SEED/2
+
+    so every run of one data seed (every mixer and learning rate of a sweep's seed) is tested on the same data at
+    a new point, whichever other points are asked for with it."""
+    names = [s.name for s in data.test]
+    if name in names:
+        return split_seeds(data_seed, len(data.train) + len(data.valid), len(data.test)).test[names.index(name)]
+    half = MAX_SEED // 2
+    digest = hashlib.sha256(f"{data_seed}/test/{name}".encode()).digest()
+    return half + int.from_bytes(digest[:8], "little") % half
+
+
 class TokenDataset:
     """A map-style dataset over one or more :class:`TaskData` segments: item ``i`` is
     ``{"input_ids": [T_i], "labels": [T_i]}``."""
@@ -177,4 +196,5 @@ def pad_collate(examples: list[dict]) -> dict:
     return {"input_ids": inputs, "labels": labels}
 
 
-__all__ = ["MQARData", "MQARSplit", "RecallData", "RecallSplit", "Splits", "TokenDataset", "generate", "pad_collate"]
+__all__ = ["MQARData", "MQARSplit", "RecallData", "RecallSplit", "Splits", "TokenDataset", "generate", "pad_collate",
+           "point_seed"]

@@ -6,7 +6,9 @@ of its config. When it finishes, its metrics are written atomically to ``out/cac
 and never recomputed; while it runs, its checkpoints live in ``runs_root()/<experiment>/<name>-<fp>/``
 (``$XDG_CACHE_HOME/probseq/runs`` or ``~/.cache/probseq/runs``), so an interrupted sweep resumes the
 unfinished unit from its last checkpoint, and ends with the metrics of an uninterrupted one. A changed
-config changes the fingerprint, so stale results and checkpoints are never reused.
+config changes the fingerprint, so stale results and checkpoints are never reused. A finished unit's checkpoints
+are deleted; its final weights stay in ``<name>-<fp>/final/`` (:func:`probseq.train.trainer.save_final`), so
+``probseq mqar eval`` / ``probseq recall eval`` can score it at new test points (:mod:`probseq.train.saved`).
 
 Several workers may run one sweep at once (e.g. two single-threaded processes on a 2-core machine, which
 train ~12 % more per hour than one process with two threads): a unit is trained by whichever worker first
@@ -191,7 +193,7 @@ def _record_problem(record: dict[str, Any], unit: Unit, complete: bool) -> str |
 
 def _train_unit(unit: Unit, key: str, experiment: str, cache: Path, tag: str, log) -> dict[str, Any]:
     """Train (or resume) one unit, write its metrics (or, when it diverged, its record) to ``cache/<key>.json``,
-    delete its checkpoints."""
+    delete its checkpoints (a finished unit keeps its final weights, ``final/``; a diverged one keeps nothing)."""
     from probseq.train.trainer import TrainingDiverged, train  # transformers: imported when something is trained
 
     run_dir = runs_root() / experiment / key
@@ -206,9 +208,11 @@ def _train_unit(unit: Unit, key: str, experiment: str, cache: Path, tag: str, lo
         result = error.record
         log(f"{tag} {unit.name}: {error}. Recorded as diverged (a rerun takes this record from the cache)")
     atomic_write_json(cache / f"{key}.json", {"unit": unit.name, "config": config.identity(), "metrics": result})
-    shutil.rmtree(run_dir, ignore_errors=True)
-    if is_diverged(result):
+    if is_diverged(result):  # no weights worth keeping
+        shutil.rmtree(run_dir, ignore_errors=True)
         return result
+    for checkpoint in run_dir.glob("checkpoint-*"):  # the final weights stay (run_dir/final/, probseq mqar eval)
+        shutil.rmtree(checkpoint, ignore_errors=True)
     accuracy = ", ".join(f"{name.removeprefix('test_')} {m['accuracy']:.3f}" for name, m in result["eval"].items()
                          if name.startswith("test_"))
     log(f"{tag} {unit.name}: done in {time.perf_counter() - started:.0f} s (trained {result['train_seconds']:.0f} s "

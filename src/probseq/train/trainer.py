@@ -12,6 +12,9 @@ probseq adds:
 - :func:`~probseq.train.metrics.recall_metrics`: accuracy at supervised positions, per-example accuracy;
 - seeding (``transformers.set_seed(seed)`` before the model is built; data generated from ``data_seed``);
 - a guard against resuming a different run: ``output_dir`` keeps the config it was started with;
+- the final weights kept for reuse (``output_dir/final/``, :func:`save_final`; :mod:`probseq.train.saved`);
+- no weight decay on biases, norm weights and parameters marked ``_no_weight_decay``
+  (:meth:`PreShiftedTrainer.get_decay_parameter_names`);
 - :class:`DivergenceGuard`: a non-finite gradient norm or logged loss stops the run at that step, which
   :func:`train` reports as :class:`TrainingDiverged` (the step, the learning rate, the last finite loss); the
   loss is logged as it is (``logging_nan_inf_filter=False``: the Trainer's default would log a NaN step as the
@@ -50,6 +53,7 @@ from transformers.utils import logging as hf_logging
 
 from probseq.cpu import flush_subnormals
 from probseq.files import atomic_write_json, finite_or_none, read_json
+from probseq.layers.norm import GatedRMSNorm, RMSNorm
 from probseq.models.zoology import ZoologyConfig, ZoologyModel
 from probseq.tasks import IGNORE_INDEX
 from probseq.train.config import TrainConfig
@@ -58,17 +62,25 @@ from probseq.train.metrics import pre_shifted_cross_entropy, recall_metrics, sca
 
 # The config a run's output_dir was started with (its identity fields), checked before resuming.
 CONFIG_FILE = "probseq_train_config.json"
+# A finished run's weights: output_dir/final/ holds model.safetensors and config.json (save_pretrained), the whole
+# TrainConfig (FINAL_CONFIG) and the run's metrics (FINAL_METRICS); probseq.train.saved reads them back.
+FINAL_DIR, FINAL_CONFIG, FINAL_METRICS = "final", "train_config.json", "metrics.json"
 
 
 class PreShiftedTrainer(Trainer):
     """``Trainer`` whose loss is the cross-entropy on pre-shifted labels (no shift), normalised by the
-    supervised tokens of the whole accumulated, all-device batch (``num_items_in_batch``).
+    supervised tokens of the whole accumulated, all-device batch (``num_items_in_batch``) — or, with
+    ``loss_weighting="example"``, each example's mean over its supervised tokens normalised by the examples of that
+    batch (``num_items_in_batch`` then counts the examples with a supervised token).
 
     Evaluation returns argmax predictions ``[B, T]`` (``IGNORE_INDEX`` where unscored) instead of logits,
     so ``compute_metrics`` sees ``EvalPrediction(predictions, label_ids)`` of token ids.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, loss_weighting: str = "token", **kwargs):
+        if loss_weighting not in ("token", "example"):
+            raise ValueError(f"loss_weighting must be 'token' or 'example', got {loss_weighting!r}")
+        self.loss_weighting = loss_weighting
         super().__init__(*args, **kwargs)
         # Count the supervised tokens of each accumulated batch (the loss normaliser) — every label, as the
         # labels are already shifted — and treat the loss as normalised by that count.
@@ -77,19 +89,52 @@ class PreShiftedTrainer(Trainer):
         forward = self.accelerator.unwrap_model(self.model).forward
         self.gathers_logits = "logits_mask" in inspect.signature(forward).parameters
 
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device):
+        """The loss normaliser of an accumulated batch (gathered over devices by the Trainer): its supervised
+        tokens, or with ``loss_weighting="example"`` its examples with a supervised token (each such row counted as
+        one supervised label)."""
+        if self.loss_weighting == "example":
+            batch_samples = [{"labels": torch.where((batch["labels"] != IGNORE_INDEX).any(-1), 0, IGNORE_INDEX)}
+                             if "labels" in batch else batch for batch in batch_samples]
+        return super()._get_num_items_in_batch(batch_samples, device)
+
+    def get_decay_parameter_names(self, model: torch.nn.Module) -> list[str]:
+        """transformers' rule (no decay for biases and parameters named like a norm), less
+        :func:`no_decay_parameter_names`: the parameters marked ``_no_weight_decay`` and every norm weight."""
+        exempt = no_decay_parameter_names(model)
+        return [name for name in super().get_decay_parameter_names(model) if name not in exempt]
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
         if self.gathers_logits:  # the LM head only where a label is
             logits = model(input_ids=inputs["input_ids"], logits_mask=labels != IGNORE_INDEX).logits
         else:
             logits = model(input_ids=inputs["input_ids"]).logits
-        loss = pre_shifted_cross_entropy(logits, labels, num_items_in_batch)
+        loss = pre_shifted_cross_entropy(logits, labels, num_items_in_batch, self.loss_weighting)
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             # num_items_in_batch counts every device's tokens and DDP averages the gradients
             loss = loss * self.accelerator.num_processes
         if not return_outputs:
             return loss
         return loss, {"predictions": scatter_predictions(logits.detach(), labels)}
+
+
+# Normalisation modules: their weights (gains, 1 at the start) are not decayed towards 0.
+NORM_TYPES = (RMSNorm, GatedRMSNorm, torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.RMSNorm)
+
+
+def no_decay_parameter_names(model: torch.nn.Module) -> set[str]:
+    """The parameters AdamW must not decay, beyond transformers' rule (biases, parameters named like a norm):
+    those marked ``_no_weight_decay`` by their layer (``A_log``, ``dt_bias``, Mamba-2's ``D``, the learned
+    retention's ``c_scale`` — decay would pull ``ρ`` towards 0, i.e. towards Gated DeltaNet) and every weight of a
+    normalisation module (:data:`NORM_TYPES`; ``norms.0.weight`` escapes transformers' name patterns). Names as
+    ``model.named_parameters()`` gives them (a tied parameter once)."""
+    exempt = set()
+    for prefix, module in model.named_modules():
+        for name, parameter in module.named_parameters(recurse=False):
+            if getattr(parameter, "_no_weight_decay", False) or isinstance(module, NORM_TYPES):
+                exempt.add(f"{prefix}.{name}" if prefix else name)
+    return exempt
 
 
 class TrainingClock(TrainerCallback, ExportableState):
@@ -256,7 +301,8 @@ def build_trainer(config: TrainConfig, output_dir: str | os.PathLike,
     splits = generate(config.data, config.effective_data_seed)
     trainer = PreShiftedTrainer(model=model, args=args, train_dataset=TokenDataset(splits.train),
                                 eval_dataset={name: TokenDataset([d]) for name, d in splits.evaluation.items()},
-                                data_collator=pad_collate, compute_metrics=recall_metrics, callbacks=list(callbacks))
+                                data_collator=pad_collate, compute_metrics=recall_metrics, callbacks=list(callbacks),
+                                loss_weighting=config.loss_weighting)
     if not config.progress:
         trainer.remove_callback(PrinterCallback)  # without bars, the Trainer would print every log dict
     if len(trainer.train_dataset) < config.batch_size * trainer.args.world_size:
@@ -267,7 +313,8 @@ def build_trainer(config: TrainConfig, output_dir: str | os.PathLike,
 
 def train(config: TrainConfig, callbacks: tuple[TrainerCallback, ...] = ()) -> dict[str, Any]:
     """Train (resuming from the last checkpoint in ``config.output_dir`` when ``config.resume``), then
-    evaluate every valid and test segment.
+    evaluate every valid and test segment; with an ``output_dir``, keep the final weights in ``output_dir/final/``
+    (:func:`save_final`; not for a run that diverged).
 
     Returns:
         ``{"status": "ok", "fingerprint", "steps", "resumed_from_step", "train_loss", "final_train_loss",
@@ -302,14 +349,47 @@ def train(config: TrainConfig, callbacks: tuple[TrainerCallback, ...] = ()) -> d
                 run = run._replace(diverged=_divergence(diverged, trainer))
         if run.diverged is not None:
             raise TrainingDiverged(run.diverged["message"], _diverged_record(config, run, size))
-    losses = logged_losses(trainer.state)
-    evaluation = {name: {key: finite_or_none(value) for key, value in values.items()}
-                  for name, values in evaluation.items()}
-    return {"status": "ok", "fingerprint": config.fingerprint(), "steps": run.output.global_step,
-            "resumed_from_step": run.resumed_from_step, "train_loss": finite_or_none(run.output.training_loss),
-            "final_train_loss": finite_or_none(losses[-1]) if losses else None,
-            "seconds_per_step": run.seconds_per_step, "train_seconds": run.train_seconds, **size, "eval": evaluation,
-            **_retention_scales(model)}
+        losses = logged_losses(trainer.state)
+        evaluation = {name: {key: finite_or_none(value) for key, value in values.items()}
+                      for name, values in evaluation.items()}
+        metrics = {"status": "ok", "fingerprint": config.fingerprint(), "steps": run.output.global_step,
+                   "resumed_from_step": run.resumed_from_step, "train_loss": finite_or_none(run.output.training_loss),
+                   "final_train_loss": finite_or_none(losses[-1]) if losses else None,
+                   "seconds_per_step": run.seconds_per_step, "train_seconds": run.train_seconds, **size,
+                   "eval": evaluation, **_retention_scales(model)}
+        if config.output_dir:
+            save_final(trainer, config, metrics, output_dir)
+    return metrics
+
+
+def save_final(trainer: Trainer, config: TrainConfig, metrics: dict[str, Any], output_dir: str | os.PathLike) -> Path:
+    """Keep a finished run's weights in ``output_dir/final/``: ``model.safetensors`` and ``config.json``
+    (``Trainer.save_model``, which gathers a sharded model), the whole :class:`TrainConfig` (``train_config.json``:
+    what built the model and its data, the evaluation batch included) and the run's metrics (``metrics.json``).
+    Written into ``.final.partial/``, then renamed to ``final/`` (an older ``final/`` is moved away just before), so
+    a reader finds a whole folder or, for that instant, none — never half of one. Every process calls it (FSDP
+    gathers); the main process writes. Returns ``final/``."""
+    folder = Path(output_dir)
+    final, partial = folder / FINAL_DIR, folder / f".{FINAL_DIR}.partial"
+    writes = trainer.args.should_save
+    if writes:
+        shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted save
+    trainer.save_model(str(partial))
+    if not writes:
+        return final
+    try:
+        (partial / "training_args.bin").unlink(missing_ok=True)  # the Trainer's pickle: not needed to reuse the model
+        atomic_write_json(partial / FINAL_CONFIG, config.to_dict())
+        atomic_write_json(partial / FINAL_METRICS, metrics)
+        if final.exists():  # a rerun of a finished run: the same weights
+            old = Path(tempfile.mkdtemp(dir=folder, prefix=f".{FINAL_DIR}.old."))
+            os.replace(final, old / FINAL_DIR)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(partial, final)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return final
 
 
 def _split_metrics(name: str, metrics: dict[str, float]) -> dict[str, float]:
@@ -534,6 +614,7 @@ def check_saved_config(path: Path, identity: dict[str, Any], option: str) -> Non
                          f"another {option}, or delete it to start over")
 
 
-__all__ = ["CONFIG_FILE", "DivergenceGuard", "PreShiftedTrainer", "TrainerRun", "TrainingClock", "TrainingDiverged",
-           "build_model", "build_trainer", "check_saved_config", "last_complete_checkpoint", "logged_losses",
-           "run_trainer", "train", "training_arguments"]
+__all__ = ["CONFIG_FILE", "FINAL_CONFIG", "FINAL_DIR", "FINAL_METRICS", "NORM_TYPES", "DivergenceGuard",
+           "PreShiftedTrainer", "TrainerRun", "TrainingClock", "TrainingDiverged", "build_model", "build_trainer",
+           "check_saved_config", "last_complete_checkpoint", "logged_losses", "no_decay_parameter_names",
+           "run_trainer", "save_final", "train", "training_arguments"]
