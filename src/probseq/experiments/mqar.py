@@ -29,7 +29,9 @@ Presets (times measured on this project's shared 2-core machine; one training st
   runs. Measured: 13.1 h of training summed over the runs as two single-threaded workers on the shared
   machine, ≈ 7 h of wall time (s/step on 1 thread, idle: bayesian 1.04, mamba2 1.05, gated_deltanet 0.63,
   deltanet 0.57, linear_attention 0.31, attention 0.31; on 2 threads ≈ 0.6×), plus ≈ 1 min of evaluation per
-  run. Run it in the background; each finished run is kept.
+  run. Since then (subnormals flushed, freed memory reused, chunk sizes; docs/training.md) one step on 2 threads
+  takes bayesian 0.80, mamba2 0.59, gated_deltanet 0.57, deltanet 0.54, linear_attention 0.35, attention 0.32 s
+  (``probseq bench --mqar``, idle). Run it in the background; each finished run is kept.
 - ``paper`` — Zoology's grid for a GPU (not run here): d_model {64, 128, 256}, lrs logspace(−3, −1.5, 4),
   100k + 4 × 20k train examples, batch 256 for ≈ 32 epochs (22.5k steps), 3 seeds, bf16, Zoology's 2-layer
   model (one conv block, one mixer; Zoology's Mamba-2 model is two Mamba-2 blocks instead): 216 runs.
