@@ -114,3 +114,21 @@ def test_training_config_compile_reaches_the_trainer_and_keeps_eager_fingerprint
     assert dataclasses.replace(compiled, compile=False).fingerprint() == eager.fingerprint()
     assert training_arguments(compiled, tmp_path).torch_compile is True
     assert training_arguments(eager, tmp_path).torch_compile is False
+
+
+@pytest.mark.parametrize("mixer", ["bayesian", "gated_deltanet", "deltanet", "linear_attention", "mamba2", "attention"])
+def test_the_experiments_model_traces_as_one_graph(mixer):
+    """The MQAR/recall model (what ``TrainConfig.compile`` compiles): no graph break, the token-id check included
+    (it is skipped while compiling: it would need the host to read a device value)."""
+    from probseq.models.zoology import ZoologyConfig, ZoologyModel
+
+    torch.manual_seed(0)
+    model = ZoologyModel(ZoologyConfig(vocab_size=64, d_model=32, mixer=mixer))
+    ids = torch.randint(0, 64, (2, 24))
+    mask = torch.zeros(2, 24, dtype=torch.bool)
+    mask[:, -4:] = True
+    run = torch.compile(lambda i, m: model(input_ids=i, logits_mask=m).logits, fullgraph=True, backend="eager")
+    compiled = run(ids, mask)
+    assert_close(compiled, model(input_ids=ids, logits_mask=mask).logits, 1e-6, mixer)
+    compiled.sum().backward()
+    assert all(p.grad is not None for name, p in model.named_parameters() if "c_bias" not in name)
