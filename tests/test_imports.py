@@ -1,6 +1,6 @@
 """The package's import structure: the library never imports the evidence code (checked statically over every
 import statement, lazy ones included), and ``import probseq`` / ``probseq.ops`` / ``probseq.layers`` need torch and
-einops only (checked in fresh interpreters)."""
+einops only: no third-party package beyond what ``import torch`` loads itself (checked in fresh interpreters)."""
 
 from __future__ import annotations
 

@@ -22,8 +22,8 @@ RESUMABLE = frozenset({"collision", "mqar", "recall", "reproduce", "demo", "pret
 
 
 #: The packages of probseq's optional extras (pyproject.toml): the commands need the ``experiments`` extra, which
-#: brings them all; a bare ``pip install probseq`` has torch and einops only.
-EXTRA_PACKAGES = frozenset({"transformers", "safetensors", "huggingface_hub", "accelerate", "tokenizers", "numpy",
+#: brings them all; a bare ``pip install probseq`` has torch, einops and numpy only.
+EXTRA_PACKAGES = frozenset({"transformers", "safetensors", "huggingface_hub", "accelerate", "tokenizers",
                             "matplotlib", "tqdm", "wonderwords"})
 
 
