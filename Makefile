@@ -8,12 +8,13 @@ STAMP  := $(VENV)/.installed
 
 install: $(STAMP)
 
-# torch is pinned to the local CPU build here: a looser requirement makes pip fetch a CUDA build.
-$(STAMP): pyproject.toml Makefile
+# Everything (.[all]: the library, training, experiments, tests) at the exact versions of constraints.txt, torch
+# first: its pin there (2.13.0) is the local CPU build; a looser requirement makes pip fetch a CUDA build.
+$(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -c constraints.txt torch
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[all]'
 	touch $(STAMP)
 
 demo: install

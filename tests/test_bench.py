@@ -85,6 +85,27 @@ def test_the_experiments_filter_shape_uses_each_form_at_its_default_chunk_size(m
     assert calls == {False: TINY.bayes_chunk_size, True: TINY.chunk_size}
 
 
+def test_layer_filter_case_runs_on_the_layers_own_filter_inputs():
+    """``layer_bayes_filter`` times ``bayes_filter`` alone on what the Bayesian Layer hands it — the layer's public
+    ``filter_inputs``, nothing patched — as fresh leaves, so forward+backward reaches every filter input."""
+    config = dataclasses.replace(TINY, layer_hidden_size=32, layer_heads=2, layer_head_dim=16, layer_batch=1)
+    layer = bench._layer("layer_bayes_filter", config)
+    x = torch.randn(1, 24, 32, generator=torch.Generator().manual_seed(0))
+    with run_threads(1):
+        inputs, given = bench._filter_arguments(layer, x), layer.filter_inputs(x)
+        leaves = {name for name, a in inputs.items() if isinstance(a, torch.Tensor) and a.requires_grad}
+        assert sorted(inputs) == sorted(given) and leaves == {"q", "k", "v", "g", "beta", "gamma"}
+        for name, value in inputs.items():
+            if name in leaves:
+                assert value.is_leaf and torch.equal(value, given[name]), name
+            else:
+                assert value == given[name], name
+        bench.bayes_filter(**inputs).output.sum().backward()
+        assert all(inputs[name].grad is not None and bool(inputs[name].grad.isfinite().all()) for name in leaves)
+        bench._layer_call("layer_bayes_filter", 24, config)()
+    assert "mock" not in bench.__dict__
+
+
 def test_memory_profiling_prints_nothing_and_keeps_stderr():
     """The profiler's C++ lines ("USDT: … profiler_start") stay off the terminal; stderr works afterwards."""
     import subprocess

@@ -115,6 +115,37 @@ def test_ctrl_c_is_one_line_that_says_whether_to_rerun(monkeypatch, capsys, comm
     assert f"probseq {command}: interrupted" in err and ("rerun the same command" in err) == resumable
 
 
+@pytest.mark.parametrize("missing, extra", [("matplotlib", True), ("transformers.trainer", True), ("zoology", False)])
+def test_a_missing_extra_is_one_line_that_names_it(monkeypatch, capsys, missing, extra):
+    import probseq.cli
+
+    def needs(args):
+        raise ModuleNotFoundError(f"No module named {missing!r}", name=missing)
+
+    monkeypatch.setattr(probseq.cli, "command_function", lambda target: needs)
+    if not extra:  # not a package of probseq's extras: the error is not ours to explain
+        with pytest.raises(ModuleNotFoundError):
+            probseq.cli.main(["bench"])
+        return
+    assert probseq.cli.main(["bench"]) == 2
+    assert capsys.readouterr().err == (f"probseq bench: error: No module named {missing!r}: the probseq commands "
+                                       "need the experiments extra, pip install 'probseq[experiments]'\n")
+
+
+def test_the_extra_packages_are_those_of_pyproject():
+    """``EXTRA_PACKAGES``: the import names of the packages the ``hf``, ``train`` and ``experiments`` extras add."""
+    import re
+    from pathlib import Path
+
+    import probseq.cli
+
+    tomllib = pytest.importorskip("tomllib")
+    extras = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    packages = {re.match(r"[\w.-]+", r)[0] for name in ("hf", "train", "experiments") for r in extras[name]}
+    assert {p.replace("-", "_") for p in packages if not p.startswith("probseq")} == probseq.cli.EXTRA_PACKAGES
+
+
 def test_resumable_commands_exist():
     assert RESUMABLE <= set(COMMANDS)
 

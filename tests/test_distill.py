@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-import probseq  # noqa: F401  (registers the Auto classes)
+import probseq.models  # noqa: F401  (registers the Auto classes)
 from probseq.cli import main
 from probseq.data import corpus as corpus_lib
 from probseq.data import retrieval_documents

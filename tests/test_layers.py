@@ -250,6 +250,42 @@ def test_variance_side_channel():
     assert bool((var[:, 5:] > 0).all())
 
 
+@pytest.mark.parametrize("name", ["bayesian", "gated_deltanet"])
+def test_filter_inputs_are_the_forwards_filter_call(name, monkeypatch):
+    """``filter_inputs`` returns exactly the arguments the forward hands ``bayes_filter`` — from a cached state,
+    with left padding and the variance requested — and writes neither the cache nor the layer."""
+    from probseq.layers import bayesian
+    from probseq.layers.utils import gated_output
+
+    layer = make(name).eval()
+    x, mask = _left_padded([9, 4], 9)
+    cache = DictCache()
+    layer(inputs(length=5, seed=1), past_key_values=cache, use_cache=True)  # a state to continue from
+    state, seen, variance = cache.states[0], dict(cache.seen), layer.last_variance
+    kwargs = dict(attention_mask=mask, past_key_values=cache, use_cache=True, output_variance=True)
+
+    given = layer.filter_inputs(x, **kwargs)
+    assert cache.states[0] is state and cache.seen == seen and layer.last_variance is variance
+    calls = []
+    original = bayesian.bayes_filter
+    monkeypatch.setattr(bayesian, "bayes_filter", lambda *a, **kw: calls.append((a, kw)) or original(*a, **kw))
+    out = layer(x, **kwargs)[0]
+    (args, passed), = calls
+    assert args == () and sorted(passed) == sorted(given)
+    assert passed["initial_state"] is state.memory and (passed["gamma"] is None) == (name == "gated_deltanet")
+    for key, value in given.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, passed[key]), key
+        elif key == "initial_state":
+            assert value is state.memory
+        else:
+            assert value == passed[key], key
+    assert passed["output_variance"] and passed["output_final_state"] and passed["validate"] is layer.validate
+    padding = ~mask.bool()[..., None]  # the filter on the given inputs, read out as the layer does, is the layer
+    expected = gated_output(layer, original(**given).output, x.masked_fill(padding, 0.0)).masked_fill(padding, 0.0)
+    assert torch.equal(out, expected)
+
+
 # --- decoding, padding, packing: every mixer ----------------------------------------------------------
 
 @pytest.mark.parametrize("name", list(MIXERS))

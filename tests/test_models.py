@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-import probseq  # noqa: F401  (registers the Auto classes)
+import probseq.models  # noqa: F401  (registers the Auto classes)
 from probseq.layers import MIXERS, KVState, RecurrentState
 from probseq.models import ProbSeqCache, ProbSeqConfig, ProbSeqForCausalLM, ProbSeqModel
 from tests.conftest import assert_close

@@ -14,7 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
-import probseq  # noqa: F401  (registers the Auto classes)
+import probseq.models  # noqa: F401  (registers the Auto classes)
 from probseq.layers import MIXERS
 from probseq.models import ProbSeqCache, ProbSeqConfig, ProbSeqForCausalLM, ProbSeqModel
 from probseq.models.zoology import ZoologyConfig, ZoologyModel

@@ -14,7 +14,7 @@ Layer and model cases (``--layer`` runs only these): the Bayesian Layer (``reten
 the Gated DeltaNet layer, both as fla builds them (projections, short convolutions, gates, gated norm,
 output projection) at ``hidden_size=512``, 4 heads of ``head_dim=128``, ``expand_v=1``, ``B=2``,
 ``T=2048``, forward+backward into the input and every parameter; ``bayes_filter`` alone, forward+backward
-on the very inputs the Bayesian Layer hands it (recorded from one layer call), which gives the share of
+on the very inputs the Bayesian Layer hands it (its ``filter_inputs``), which gives the share of
 the layer's time spent in the filter; and the time per generated token of a small Bayesian
 ``ProbSeqForCausalLM`` (2 layers of the same width, byte vocabulary) after a prefill of 128 and of 8192
 tokens: single-token forwards with the cache, as ``generate`` runs them.
@@ -49,7 +49,6 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Literal
-from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -366,21 +365,13 @@ def _layer(name: str, config: BenchConfig) -> torch.nn.Module:
     return GatedDeltaNet(**sizes) if name == "layer_gdn" else BayesianLayer(**sizes, retention="learned")
 
 
-def _filter_arguments(layer: torch.nn.Module, x: torch.Tensor) -> tuple[tuple, dict]:
-    """The arguments ``layer`` passes to ``bayes_filter`` on ``x``, as fresh leaves that require grad."""
-    from probseq.layers import bayesian
-
-    recorded = {}
-
-    def record(*args, **kwargs):
-        recorded.update(args=args, kwargs=kwargs)
-        return bayes_filter(*args, **kwargs)
-
-    with torch.no_grad(), mock.patch.object(bayesian, "bayes_filter", record):
-        layer(x)
-    args = tuple(a.detach().clone().requires_grad_(True) if isinstance(a, torch.Tensor) else a
-                 for a in recorded["args"])
-    return args, recorded["kwargs"]
+def _filter_arguments(layer: torch.nn.Module, x: torch.Tensor) -> dict[str, object]:
+    """The arguments ``layer`` passes to ``bayes_filter`` on ``x``
+    (:meth:`~probseq.layers.BayesianLayer.filter_inputs`), its float tensors as fresh leaves that require grad."""
+    with torch.no_grad():
+        inputs = layer.filter_inputs(x)
+    return {name: a.detach().clone().requires_grad_(True) if isinstance(a, torch.Tensor) and a.is_floating_point()
+            else a for name, a in inputs.items()}
 
 
 def _layer_call(name: str, length: int, config: BenchConfig) -> Callable[[], object]:
@@ -390,13 +381,13 @@ def _layer_call(name: str, length: int, config: BenchConfig) -> Callable[[], obj
     gen = torch.Generator().manual_seed(config.seed)
     x = torch.randn(config.layer_batch, length, config.layer_hidden_size, generator=gen).requires_grad_(True)
     if name == "layer_bayes_filter":
-        args, kwargs = _filter_arguments(layer, x)
-        leaves = [a for a in args if isinstance(a, torch.Tensor)]
+        inputs = _filter_arguments(layer, x)
+        leaves = [a for a in inputs.values() if isinstance(a, torch.Tensor) and a.requires_grad]
 
         def call():
             for t in leaves:
                 t.grad = None
-            bayes_filter(*args, **kwargs).output.sum().backward()
+            bayes_filter(**inputs).output.sum().backward()
 
         return call
 

@@ -12,13 +12,19 @@ import sys
 
 from probseq_cli.parsers import build_parser
 
-__all__ = ["INTERRUPTED", "RESUMABLE", "build_parser", "command_function", "main", "run"]
+__all__ = ["EXTRA_PACKAGES", "INTERRUPTED", "RESUMABLE", "build_parser", "command_function", "main", "run"]
 
 #: What :func:`run` returns after Ctrl-C (128 + SIGINT); the console script then re-raises SIGINT.
 INTERRUPTED = 130
 
 #: Commands that keep their finished work (caches, checkpoints) and continue it when rerun.
 RESUMABLE = frozenset({"collision", "mqar", "recall", "reproduce", "demo", "pretrain", "distill", "ruler"})
+
+
+#: The packages of probseq's optional extras (pyproject.toml): the commands need the ``experiments`` extra, which
+#: brings them all; a bare ``pip install probseq`` has torch, einops and numpy only.
+EXTRA_PACKAGES = frozenset({"transformers", "safetensors", "huggingface_hub", "accelerate", "tokenizers",
+                            "matplotlib", "tqdm", "wonderwords"})
 
 
 def command_function(target: str):
@@ -28,8 +34,9 @@ def command_function(target: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run a parsed command; a ``ValueError`` (bad input) becomes a one-line error and exit code 2, Ctrl-C a line
-    that says how to resume (exit code 130), neither a traceback."""
+    """Run a parsed command; a ``ValueError`` (bad input) or a missing optional package (an extra not installed)
+    becomes a one-line error and exit code 2, Ctrl-C a line that says how to resume (exit code 130), none a
+    traceback."""
     from probseq.cpu import flush_subnormals, keep_freed_memory
 
     keep_freed_memory()  # with subnormals flushed: the same results, faster (probseq.cpu)
@@ -38,6 +45,12 @@ def run(args: argparse.Namespace) -> int:
             return command_function(args.run)(args) or 0
     except ValueError as error:
         print(f"probseq {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as error:
+        if (error.name or "").partition(".")[0] not in EXTRA_PACKAGES:
+            raise
+        print(f"probseq {args.command}: error: {error}: the probseq commands need the experiments extra, "
+              "pip install 'probseq[experiments]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         resume = ": rerun the same command to resume" if args.command in RESUMABLE else ""

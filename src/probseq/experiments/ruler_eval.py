@@ -118,6 +118,7 @@ def load_model(folder: str | os.PathLike, dtype: str = "float32", device: str = 
     """``(model, tokenizer, description)``; an fla Gated DeltaNet folder is converted (``retention="reset"``)."""
     from transformers import AutoModelForCausalLM
 
+    import probseq.models  # noqa: F401  (registers probseq's models with AutoModelForCausalLM)
     from probseq.data import load_tokenizer
 
     folder = Path(folder)

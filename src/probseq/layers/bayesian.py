@@ -31,7 +31,7 @@ docs/layers.md walks through the module, its decoding state ``(conv, M, P)`` and
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -221,14 +221,22 @@ class BayesianLayer(nn.Module):
         (q, sq), (k, sk), (v, sv) = outputs
         return q, k, v, (sq, sk, sv) if use_cache else ()
 
-    def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None, past_key_values=None,
-                use_cache: bool | None = False, output_attentions: bool | None = False,
-                **kwargs) -> tuple[Tensor, None, object]:
-        """See the class docstring. ``hidden_states [B, T, D] → (o [B, T, D], None, past_key_values)``."""
+    def filter_inputs(self, hidden_states: Tensor, attention_mask: Tensor | None = None, past_key_values=None,
+                      use_cache: bool | None = False, **kwargs) -> dict[str, object]:
+        """The keyword arguments :meth:`forward` hands :func:`~probseq.ops.bayes_filter` for these inputs (same
+        arguments as :meth:`forward`): ``q, k [B, T, H_v, K]``, ``v [B, T, H_v, V]``, ``g, beta [B, T, H_v]``,
+        ``gamma`` (``None`` for ``reset``), ``initial_state`` (from ``past_key_values``) and the filter's settings
+        (``impl``, ``chunk_size``, ``r_min``, ``cu_seqlens``, ``validate``, ``output_final_state``,
+        ``output_variance``). :meth:`forward` computes them with this very code, so
+        ``bayes_filter(**layer.filter_inputs(x))`` is the filter call of ``layer(x)``; the cache is read, never
+        written, and the layer's attributes are left as they are."""
+        return self._filter_call(hidden_states, attention_mask, past_key_values, use_cache, kwargs).inputs
+
+    def _filter_call(self, hidden_states: Tensor, attention_mask: Tensor | None, past_key_values,
+                     use_cache: bool | None, kwargs: dict) -> _FilterCall:
         x, mask, _, cu_seqlens = layer_inputs(self, hidden_states, attention_mask, kwargs.get("cu_seqlens"),
                                               self.q_proj.weight)
         last = read_state(self, past_key_values, num_sequences(x, cu_seqlens))
-        length = x.shape[1]
 
         q, k, v, conv_state = self._short_conv(x, mask, last.conv if last is not None else None, use_cache,
                                                cu_seqlens)
@@ -243,14 +251,31 @@ class BayesianLayer(nn.Module):
         gamma = self.certainty_retention(x, g)
         k, g, beta, gamma = hold_padding(mask, k, g, guard_zero_keys(k, beta), gamma)
 
-        output_variance = bool(kwargs.get("output_variance", False))
+        inputs = dict(q=q, k=k, v=v, g=g, beta=beta, gamma=gamma,
+                      initial_state=None if last is None else last.memory, output_final_state=bool(use_cache),
+                      output_variance=bool(kwargs.get("output_variance", False)), impl=MODES[self.mode],
+                      chunk_size=self.chunk_size, r_min=self.r_min, cu_seqlens=cu_seqlens, validate=self.validate)
+        return _FilterCall(inputs, x, mask, conv_state)
+
+    def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None, past_key_values=None,
+                use_cache: bool | None = False, output_attentions: bool | None = False,
+                **kwargs) -> tuple[Tensor, None, object]:
+        """See the class docstring. ``hidden_states [B, T, D] → (o [B, T, D], None, past_key_values)``."""
+        call = self._filter_call(hidden_states, attention_mask, past_key_values, use_cache, kwargs)
+        x, mask = call.x, call.mask
         with full_precision(x.device.type):
-            out = bayes_filter(q, k, v, g, beta, gamma, initial_state=None if last is None else last.memory,
-                               output_final_state=bool(use_cache), output_variance=output_variance,
-                               impl=MODES[self.mode], chunk_size=self.chunk_size, r_min=self.r_min,
-                               cu_seqlens=cu_seqlens, validate=self.validate)
+            out = bayes_filter(**call.inputs)
         self.last_variance = zero_padding(out.variance, mask)
         if use_cache:
-            write_state(self, past_key_values, RecurrentState(conv_state, out.state), length)
+            write_state(self, past_key_values, RecurrentState(call.conv_state, out.state), x.shape[1])
 
         return zero_padding(gated_output(self, out.output, x), mask), None, past_key_values
+
+
+class _FilterCall(NamedTuple):
+    """What :meth:`BayesianLayer.forward` needs besides the filter's arguments."""
+
+    inputs: dict[str, object]  # bayes_filter's keyword arguments
+    x: Tensor  # hidden_states, zero at padded positions
+    mask: Tensor | None
+    conv_state: tuple[Tensor, ...]
