@@ -434,3 +434,29 @@ def test_extra_ruler_model_config_with_wrong_content_names_the_file(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": ')
     with pytest.raises(ValueError, match="config.json is not valid JSON"):
         ruler_eval.load_model(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ follow-up (reviewer's cases)
+
+def test_extra_every_unit_diverged_at_a_single_test_point_still_writes_results_and_exits_1(tmp_path, capsys):
+    # one test point inside training: nothing lands on the log axes (matplotlib refused an empty log axis, exit 2)
+    out = tmp_path / "mqar"
+    assert cli.main(_cli("mqar", out, [*MQAR_SET, "learning_rates=[10000000000.0]", "test_segments=[[16,2]]"])) == 1
+    captured = capsys.readouterr()
+    assert "every unit diverged" in captured.err and "error" not in captured.err
+    results = strict_json(out / "results.json")
+    assert [(p["status"], p["accuracy"]) for p in results["points"]] == [("diverged", None)]
+    assert [r["status"] for r in csv.DictReader((out / "mqar.csv").open())] == ["diverged"]
+    assert [r["status"] for r in csv.DictReader((out / "mqar_runs.csv").open())] == ["diverged"]
+    assert "| diverged |" in captured.out
+    for name in ("mqar_accuracy_vs_kv.png", "mqar_accuracy_vs_state.png"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_extra_mqar_plots_with_every_test_point_beyond_training(tmp_path):
+    # the state plot showed the largest test point inside training: max() of nothing when there is none
+    config = apply_overrides(mqar.PRESETS["quick"], [*MQAR_SET, "learning_rates=[0.01]", "test_segments=[[32,4]]"])
+    results = mqar.run_mqar(config, tmp_path, log=lambda line: None)
+    assert results["points"][0]["beyond_training"] and results["points"][0]["status"] == "ok"
+    assert (tmp_path / "mqar_accuracy_vs_state.png").stat().st_size > 0
+

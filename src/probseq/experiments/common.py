@@ -74,6 +74,22 @@ def report_diverged(diverged: list[str], total: int) -> int:
     return 0
 
 
+def finish_panel(ax, plotted: bool, message: str = "no result: every learning rate diverged") -> bool:
+    """A plot panel with nothing to draw (every run of its points diverged) says so in its middle instead of being
+    left empty: an empty log axis is an error in matplotlib (``Data cannot be log-scaled``). Returns ``plotted``,
+    so the caller sets log scales and legends only on a panel with data."""
+    if not plotted:
+        ax.text(0.5, 0.5, message, transform=ax.transAxes, ha="center", va="center", fontsize=9, color="0.3")
+    return plotted
+
+
+def legend_if_any(ax, **kwargs) -> None:
+    """``ax.legend`` when the panel has labelled artists (none when every run diverged: no empty legend, no
+    warning)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kwargs)
+
+
 def environment() -> dict[str, Any]:
     """What produced a result: versions, threads, machine."""
     return {

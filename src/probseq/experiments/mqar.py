@@ -51,7 +51,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from probseq.experiments.common import apply_overrides, environment, format_eval_table, report_diverged, write_csv
+from probseq.experiments.common import (apply_overrides, environment, finish_panel, format_eval_table, legend_if_any,
+                                        report_diverged, write_csv)
 from probseq.files import atomic_write_json, check_writable, check_writable_file, save_figure
 from probseq.train.config import MIXER_NAMES, ModelSpec, TrainConfig
 from probseq.train.data import MQARData, MQARSplit, point_seed
@@ -270,22 +271,27 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
 
     fig, axes = plt.subplots(1, len(d_models), figsize=(5.2 * len(d_models), 4.2), squeeze=False)
     for ax, d_model in zip(axes[0], d_models):
+        plotted = False
         for mixer in mixers:
             rows = sorted((p for p in points if p["mixer"] == mixer and p["d_model"] == d_model
                            and p["accuracy"] is not None), key=lambda p: (p["num_kv_pairs"], p["seq_len"]))
-            ax.errorbar([p["num_kv_pairs"] for p in rows], [p["accuracy"] for p in rows],
-                        yerr=[p["ci95"] for p in rows], marker="o", ms=4, capsize=2, color=colors[mixer], label=mixer)
-        beyond = sorted({p["num_kv_pairs"] for p in points if p["num_kv_pairs"] > max_train})
-        if beyond:  # shade from halfway (on the log axis) between the last trained and the first beyond
-            ax.axvspan((max_train * beyond[0]) ** 0.5, beyond[-1] * 1.3, color="0.92", zorder=0)
+            if rows:  # a mixer whose every lr diverged at every point has no line (and no legend entry)
+                ax.errorbar([p["num_kv_pairs"] for p in rows], [p["accuracy"] for p in rows],
+                            yerr=[p["ci95"] for p in rows], marker="o", ms=4, capsize=2, color=colors[mixer],
+                            label=mixer)
+                plotted = True
         ax.axhline(1 / (config["vocab_size"] - config["vocab_size"] // 2), color="0.4", lw=0.8, ls=":")
-        ax.set_xscale("log", base=2)
+        if finish_panel(ax, plotted):
+            beyond = sorted({p["num_kv_pairs"] for p in points if p["num_kv_pairs"] > max_train})
+            if beyond:  # shade from halfway (on the log axis) between the last trained and the first beyond
+                ax.axvspan((max_train * beyond[0]) ** 0.5, beyond[-1] * 1.3, color="0.92", zorder=0)
+            ax.set_xscale("log", base=2)
         ax.set_ylim(-0.03, 1.03)
         ax.set_xlabel("key-value pairs k (shaded: beyond training; dotted: chance)")
         ax.set_ylabel("MQAR accuracy")
         ax.set_title(f"d_model = {d_model}")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    legend_if_any(axes[0][0], fontsize=8)
     fig.suptitle("MQAR accuracy vs number of key-value pairs\n(best lr by validation, mean ± 95% CI over seeds)",
                  fontsize=10)
     fig.tight_layout()
@@ -293,25 +299,30 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
     plt.close(fig)
 
     segments = [tuple(s) for s in config["test_segments"]]
-    shown = sorted({max((s for s in segments if s[1] <= max_train), key=lambda s: s[1]), segments[-1]},
-                   key=lambda s: s[1])
+    inside = [s for s in segments if s[1] <= max_train]  # none when every test point lies beyond training
+    shown = sorted({segments[-1]} | ({max(inside, key=lambda s: s[1])} if inside else set()), key=lambda s: s[1])
     fig, axes = plt.subplots(1, len(shown), figsize=(5.2 * len(shown), 4.2), squeeze=False)
     for ax, (seq_len, kv) in zip(axes[0], shown):
+        plotted = False
         for mixer in mixers:
             rows = sorted((p for p in points if p["mixer"] == mixer and p["accuracy"] is not None
                            and (p["seq_len"], p["num_kv_pairs"]) == (seq_len, kv)), key=lambda p: p["state_bytes"])
-            ax.errorbar([p["state_bytes"] for p in rows], [p["accuracy"] for p in rows], yerr=[p["ci95"] for p in rows],
-                        marker="o", ms=5, capsize=2, color=colors[mixer], label=mixer)
-        ax.set_xscale("log")
-        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1e3:g}k"))
-        ax.xaxis.set_minor_formatter(NullFormatter())  # the default labels 2×10⁴, 3×10⁴, … overlap
+            if rows:
+                ax.errorbar([p["state_bytes"] for p in rows], [p["accuracy"] for p in rows],
+                            yerr=[p["ci95"] for p in rows], marker="o", ms=5, capsize=2, color=colors[mixer],
+                            label=mixer)
+                plotted = True
+        if finish_panel(ax, plotted):
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1e3:g}k"))
+            ax.xaxis.set_minor_formatter(NullFormatter())  # the default labels 2×10⁴, 3×10⁴, … overlap
         ax.set_ylim(-0.03, 1.03)
         ax.set_xlabel("recurrent state size (bytes, float32; attention: KV cache)")
         ax.set_ylabel("MQAR accuracy")
         ax.set_title(f"(T, k) = ({seq_len}, {kv}){' beyond training' if kv > max_train else ''}")
         ax.grid(alpha=0.3, which="both")
-    axes[0][0].legend(fontsize=8)
+    legend_if_any(axes[0][0], fontsize=8)
     fig.suptitle("MQAR accuracy vs state size\n(one marker per d_model; state after the longest train sequence)",
                  fontsize=10)
     fig.tight_layout()
@@ -336,8 +347,8 @@ def run_mqar(config: MQARConfig, out: str | Path, *, log=None) -> dict[str, Any]
                "train_seconds": sum(train_seconds(m) for m in sweep.metrics.values())}
     write_csv(out / "mqar.csv", csv_rows(points))
     write_csv(out / "mqar_runs.csv", run_rows(config, sweep.metrics))
+    atomic_write_json(out / "results.json", results)  # before the plots: a plotting problem never costs the results
     plot(json.loads(json.dumps(results)), out)
-    atomic_write_json(out / "results.json", results)
     return json.loads(json.dumps(results))
 
 

@@ -41,7 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from probseq.experiments.common import apply_overrides, environment, format_eval_table, report_diverged, write_csv
+from probseq.experiments.common import (apply_overrides, environment, finish_panel, format_eval_table, legend_if_any,
+                                        report_diverged, write_csv)
 from probseq.experiments.mqar import accuracy_cell, diverged_note, over_seeds
 from probseq.files import atomic_write_json, check_writable, check_writable_file, save_figure
 from probseq.tasks import RecallConfig
@@ -253,22 +254,25 @@ def plot(results: dict[str, Any], out: Path) -> Path:
     mixers = results["config"]["mixers"]
     fig, axes = plt.subplots(1, len(KNOBS), figsize=(4.2 * len(KNOBS), 3.8), squeeze=False)
     for ax, (_, field) in zip(axes[0], KNOBS):
+        plotted = False
         for index, mixer in enumerate(mixers):
             rows = [p for p in results["points"] if p["mixer"] == mixer and p["accuracy"] is not None
                     and (p["point"] == "inside" or p["point"].startswith(f"{field}="))]
             rows.sort(key=lambda p: p[field])
-            ax.errorbar([p[field] for p in rows], [p["accuracy"] for p in rows], yerr=[p["ci95"] for p in rows],
-                        marker="o", ms=4, capsize=2, color=f"C{index}", label=mixer)
+            if rows:  # a mixer whose every lr diverged has no line (and no legend entry)
+                ax.errorbar([p[field] for p in rows], [p["accuracy"] for p in rows], yerr=[p["ci95"] for p in rows],
+                            marker="o", ms=4, capsize=2, color=f"C{index}", label=mixer)
+                plotted = True
         inside = next(p for p in results["points"] if p["point"] == "inside")[field]
         ax.axvline(inside, color="0.6", lw=0.8, ls="--")
         ax.axhline(1 / results["config"]["num_values"], color="0.4", lw=0.8, ls=":", label="chance")
-        if field in ("num_pairs", "gap") and inside > 0:
+        if finish_panel(ax, plotted) and field in ("num_pairs", "gap") and inside > 0:
             ax.set_xscale("log", base=2)
         ax.set_ylim(-0.03, 1.03)
         ax.set_xlabel(f"{field} (dashed: inside point; dotted: chance)")
         ax.set_ylabel("recall accuracy")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    legend_if_any(axes[0][0], fontsize=7)
     fig.suptitle("Associative recall inside and beyond the training regime (best lr by validation, mean ± 95% CI "
                  "over seeds)", fontsize=10)
     fig.tight_layout()
@@ -295,8 +299,8 @@ def run_recall(config: RecallExperiment, out: str | Path, *, log=None) -> dict[s
                "train_seconds": sum(train_seconds(m) for m in sweep.metrics.values())}
     write_csv(out / "recall.csv", csv_rows(points))
     write_csv(out / "recall_runs.csv", run_rows(config, sweep.metrics))
+    atomic_write_json(out / "results.json", results)  # before the plot: a plotting problem never costs the results
     plot(json.loads(json.dumps(results)), out)
-    atomic_write_json(out / "results.json", results)
     return json.loads(json.dumps(results))
 
 
