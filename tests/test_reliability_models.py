@@ -390,3 +390,98 @@ def test_extra_zoology_state_size_needs_a_positive_length():
     with pytest.raises(ValueError, match="sequence_length must be a positive int, got 0"):
         model.state_size(0)
     assert model.state_size(8) > 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Extra (reviewer's follow-up): generate's prompt and mask, from_pretrained's keywords and shapes, logits_to_keep
+# positions, the config's dtype.
+
+
+def test_extra_generate_prompt_must_be_batch_by_time():
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"generate takes inputs as a tensor \[B, T\] of token ids.*\[6\]"):
+        model.generate(ids(1, 6)[0], max_new_tokens=2)
+    with pytest.raises(ValueError, match=r"generate takes input_ids as a tensor \[B, T\].*\[6\]"):
+        model.generate(input_ids=ids(1, 6)[0], max_new_tokens=2)
+    with pytest.raises(ValueError, match=r"batch size B >= 1.*inputs of shape \[0, 6\]"):
+        model.generate(ids(0, 6), max_new_tokens=2)
+    with pytest.raises(ValueError, match=r"generate takes inputs_embeds as a tensor \[B, T, hidden_size\].*\[6, 32\]"):
+        model.generate(inputs_embeds=torch.zeros(6, 32), max_new_tokens=2)
+    assert model.generate(ids(2, 6), max_new_tokens=2, do_sample=False).shape == (2, 8)
+
+
+def test_extra_generate_attention_mask_of_the_wrong_shape_is_named():
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"attention_mask must have the prompt's shape \[B, T\] = \[2, 6\].*\[2, 5\]"):
+        model.generate(ids(2, 6), attention_mask=torch.ones(2, 5, dtype=torch.long), max_new_tokens=2)
+    with pytest.raises(ValueError, match=r"attention_mask must have the prompt's shape.*\[6\]"):
+        model.generate(ids(2, 6), attention_mask=torch.ones(6, dtype=torch.long), max_new_tokens=2)
+
+
+def test_extra_generate_attention_mask_row_of_padding_only_is_refused():
+    model = tiny_model()
+    prompt, mask = ids(3, 6), torch.ones(3, 6, dtype=torch.long)
+    mask[1] = 0
+    prompt[1] = PAD
+    with pytest.raises(ValueError, match=r"attention_mask row\(s\) \[1\] are all padding"):
+        model.generate(prompt, attention_mask=mask, max_new_tokens=2, pad_token_id=PAD)
+    mask[1, 4:] = 1  # a left-padded row with real tokens is fine
+    assert model.generate(prompt, attention_mask=mask, max_new_tokens=2, pad_token_id=PAD).shape == (3, 8)
+
+
+def test_extra_from_pretrained_misspelt_keyword_is_refused(tmp_path):
+    folder = saved(tmp_path, tiny_model(retention="reset"))
+    for load in (ProbSeqForCausalLM.from_pretrained, AutoModelForCausalLM.from_pretrained,
+                 ProbSeqModel.from_pretrained):
+        with pytest.raises(ValueError, match=r"'retension'.*did you mean 'retention'"):
+            load(folder, retension="reset")
+    zoology = ZoologyModel(ZoologyConfig(vocab_size=VOCAB, d_model=32))
+    zoology.save_pretrained(tmp_path / "zoology")
+    with pytest.raises(ValueError, match=r"'d_modle'.*'d_model'"):
+        ZoologyModel.from_pretrained(tmp_path / "zoology", d_modle=32)
+    # transformers' own keywords still work
+    config = ProbSeqConfig.from_pretrained(folder)
+    for kwargs in (dict(strict=True), dict(dtype=torch.float32), dict(torch_dtype="float32"), dict(device_map="cpu"),
+                   dict(config=config), dict(retention="reset"), dict(output_loading_info=False),
+                   dict(ignore_mismatched_sizes=False), dict(low_cpu_mem_usage=True)):
+        assert isinstance(ProbSeqForCausalLM.from_pretrained(folder, **kwargs), ProbSeqForCausalLM), kwargs
+    with pytest.raises(ValueError, match=r"'retension'.*'retention'"):
+        ProbSeqForCausalLM(config, retension="reset")
+
+
+@pytest.mark.parametrize("field,size", [("vocab_size", 62), ("hidden_size", 64)])
+def test_extra_config_sizes_that_do_not_match_the_weights_are_named(tmp_path, field, size):
+    model = tiny_model()
+    folder = saved(tmp_path, model)
+    edit_config(folder, **{field: size})
+    shapes = {"vocab_size": r"model\.embeddings\.weight \(checkpoint \[61, 32\], model \[62, 32\]\)",
+              "hidden_size": r"model\.norm\.weight \(checkpoint \[32\], model \[64\]\)"}[field]
+    for load in (ProbSeqForCausalLM.from_pretrained, AutoModelForCausalLM.from_pretrained):
+        with pytest.raises(ValueError, match=rf"^{folder}: the checkpoint's tensors do not have the shapes.*{shapes}"):
+            load(folder)
+    with pytest.raises(ValueError, match=shapes):
+        ProbSeqForCausalLM.from_pretrained(folder, strict=False)
+    loaded, info = ProbSeqForCausalLM.from_pretrained(folder, ignore_mismatched_sizes=True, output_loading_info=True)
+    assert getattr(loaded.config, field) == size and info["mismatched_keys"]
+
+
+def test_extra_logits_to_keep_positions_out_of_range_are_named():
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"logits_to_keep\[0\] = 10.*\[-6, 6\).*T = 6"):
+        model(ids(2, 6), logits_to_keep=torch.tensor([10]))
+    with pytest.raises(ValueError, match=r"logits_to_keep\[1\] = -7"):
+        model(ids(2, 6), logits_to_keep=torch.tensor([0, -7]))
+    logits = model(ids(2, 6)).logits
+    assert torch.equal(model(ids(2, 6), logits_to_keep=torch.tensor([5, -6])).logits, logits[:, [5, 0]])
+    assert model(ids(2, 6), logits_to_keep=torch.tensor([], dtype=torch.long)).logits.shape == (2, 0, VOCAB)
+
+
+def test_extra_config_dtype_name_is_checked():
+    for name in ("dtype", "torch_dtype"):
+        with pytest.raises(ValueError, match=r"^dtype must be None, a torch\.dtype.*'float32'.*'floatxx'"
+                           .replace("^dtype", f"^{name}")):
+            ProbSeqConfig(**tiny_kwargs(), **{name: "floatxx"})
+    with pytest.raises(ValueError, match=r"^dtype.*'floatxx'"):
+        ZoologyConfig(vocab_size=VOCAB, dtype="floatxx")
+    assert ProbSeqConfig(**tiny_kwargs(), dtype="bfloat16").dtype == torch.bfloat16
+    assert ProbSeqConfig(**tiny_kwargs(), dtype=torch.float16).dtype == torch.float16

@@ -3,7 +3,9 @@ and what is expected — before it reaches an embedding lookup, a loss or a laye
 
 - configuration values (:func:`check_config_keys`, :func:`positive_int`, :func:`positive_real`, …);
 - token ids (:func:`check_token_ids`): ``input_ids`` in ``[0, vocab_size)``; ``labels`` also ``-100``;
-- shapes of ``inputs_embeds``, ``attention_mask``, ``position_ids``, ``labels``, ``logits_to_keep``.
+- shapes of ``inputs_embeds``, ``attention_mask``, ``position_ids``, ``labels``, ``logits_to_keep`` (and its
+  positions), and the prompt and mask of ``generate`` (:func:`check_generate_inputs`);
+- a config's ``dtype`` (:func:`check_dtype`).
 """
 
 from __future__ import annotations
@@ -168,14 +170,58 @@ def check_labels(labels: object, shape: tuple[int, int], vocab_size: int, logits
     check_token_ids("labels", labels, vocab_size, ignore_index=IGNORE_INDEX)
 
 
-def check_logits_to_keep(logits_to_keep: object) -> None:
-    """An int ``>= 0`` (the last ``n`` positions; 0 = all) or a 1-D integer tensor of positions."""
+def check_logits_to_keep(logits_to_keep: object, length: int | None = None) -> None:
+    """An int ``>= 0`` (the last ``n`` positions; 0 = all) or a 1-D integer tensor of positions, each in
+    ``[-T, T)`` for an input of ``length`` ``T`` (the range is not checked inside ``torch.compile``: a host read)."""
     if _is_int(logits_to_keep) and logits_to_keep >= 0:
         return
-    if isinstance(logits_to_keep, Tensor) and logits_to_keep.dim() == 1 and _integer(logits_to_keep):
+    if not (isinstance(logits_to_keep, Tensor) and logits_to_keep.dim() == 1 and _integer(logits_to_keep)):
+        raise ValueError("logits_to_keep must be an int >= 0 (the last n positions, 0 = all) or a 1-D integer tensor "
+                         f"of positions, got {describe(logits_to_keep)}")
+    if length is None or torch.compiler.is_compiling() or logits_to_keep.numel() == 0:
         return
-    raise ValueError("logits_to_keep must be an int >= 0 (the last n positions, 0 = all) or a 1-D integer tensor of "
-                     f"positions, got {describe(logits_to_keep)}")
+    bad = (logits_to_keep < -length) | (logits_to_keep >= length)
+    if bool(bad.any()):
+        index = int(bad.nonzero()[0, 0])
+        raise ValueError(f"logits_to_keep[{index}] = {int(logits_to_keep[index])} is not a position of the input: "
+                         f"tensor logits_to_keep holds positions in [-{length}, {length}) for T = {length}")
+
+
+def check_generate_inputs(prompt: object, name: str, attention_mask: object) -> None:
+    """The prompt of ``generate``: ``input_ids`` (or ``inputs``) ``[B, T]``, or ``inputs_embeds`` ``[B, T, D]``,
+    with ``B >= 1`` and ``T >= 1``; its ``attention_mask`` ``[B, T]`` with at least one real token (non-zero entry)
+    in every row (a row of padding only has no last token to continue from)."""
+    dims = 3 if name == "inputs_embeds" else 2
+    layout = "[B, T, hidden_size]" if dims == 3 else "[B, T] of token ids"
+    if not isinstance(prompt, Tensor) or prompt.dim() != dims:
+        raise ValueError(f"generate takes {name} as a tensor {layout}, got {describe(prompt)}")
+    batch, length = prompt.shape[:2]
+    if batch == 0:
+        raise ValueError(f"generate needs at least one prompt (batch size B >= 1), got {name} of shape "
+                         f"{list(prompt.shape)}")
+    if length == 0:
+        raise ValueError(f"generate needs at least one prompt token, got {name} of shape {list(prompt.shape)}; "
+                         "pass inputs=None to start from bos_token_id")
+    if attention_mask is None:
+        return
+    if not isinstance(attention_mask, Tensor) or tuple(attention_mask.shape) != (batch, length):
+        raise ValueError(f"attention_mask must have the prompt's shape [B, T] = [{batch}, {length}] ({name}), got "
+                         f"{describe(attention_mask)}")
+    empty = ~(attention_mask != 0).any(dim=1)
+    if bool(empty.any()):
+        rows = [int(i) for i in empty.nonzero()[:, 0]]
+        raise ValueError(f"attention_mask row(s) {rows} are all padding (zeros): every prompt needs at least one real "
+                         "token (a 1 in its mask row)")
+
+
+def check_dtype(name: str, value: object) -> None:
+    """``value`` is ``None``, a ``torch.dtype``, a per-module dict of them, or the name of one (``"float32"``)."""
+    if value is None or isinstance(value, (torch.dtype, dict)):
+        return
+    if isinstance(value, str) and isinstance(getattr(torch, value, None), torch.dtype):
+        return
+    names = ("float32", "float16", "bfloat16", "float64")
+    raise ValueError(f"{name} must be None, a torch.dtype or the name of one such as {names}, got {value!r}")
 
 
 def describe(value: object) -> str:

@@ -34,8 +34,8 @@ from transformers import GenerationConfig, PretrainedConfig
 from probseq.layers import MIXERS, RETENTIONS
 from probseq.layers.linear_attention import DECAYS, FEATURE_MAPS
 from probseq.layers.norm import GATE_ACTIVATIONS
-from probseq.models.checks import (boolean, check_config_keys, one_of, positive_int, positive_real, real_in,
-                                   token_id)
+from probseq.models.checks import (boolean, check_config_keys, check_dtype, one_of, positive_int, positive_real,
+                                   real_in, token_id)
 
 
 def _generation_keys() -> set[str]:
@@ -119,6 +119,8 @@ class ProbSeqConfig(PretrainedConfig):
         self.pad_token_id, self.bos_token_id, self.eos_token_id = pad_token_id, bos_token_id, eos_token_id
         self.tie_word_embeddings = tie_word_embeddings
         check_config_keys(type(self).__name__, kwargs, config_keys(type(self)))
+        for name in ("dtype", "torch_dtype"):  # transformers would look the name up in torch (an AttributeError)
+            check_dtype(name, kwargs.get(name))
         self._check()
         super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
                          tie_word_embeddings=tie_word_embeddings, **kwargs)

@@ -37,9 +37,10 @@ from probseq.layers import MIXERS, BayesianLayer, GatedRMSNorm, Mamba2, RMSNorm
 from probseq.layers.utils import inverse_softplus_step, log_uniform_decay_rate, own_stream
 from probseq.models.blocks import ProbSeqBlock
 from probseq.models.cache import ProbSeqCache
-from probseq.models.checks import (check_attention_mask, check_input_ids, check_inputs_embeds, check_labels,
-                                   check_logits_to_keep, check_position_ids)
-from probseq.models.configuration import ProbSeqConfig
+from probseq.models.checks import (check_attention_mask, check_config_keys, check_generate_inputs,
+                                   check_input_ids, check_inputs_embeds, check_labels, check_logits_to_keep,
+                                   check_position_ids)
+from probseq.models.configuration import ProbSeqConfig, config_keys
 
 
 class ProbSeqPreTrainedModel(PreTrainedModel):
@@ -57,7 +58,8 @@ class ProbSeqPreTrainedModel(PreTrainedModel):
         check = getattr(config, "_check", None)
         if callable(check):  # values set after the config was built (config.x = …, from_pretrained overrides)
             check()
-        super().__init__(config, *inputs, **kwargs)
+        _refuse_model_kwargs(config, kwargs)
+        super().__init__(config, *inputs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args, strict: bool = True,
@@ -71,20 +73,29 @@ class ProbSeqPreTrainedModel(PreTrainedModel):
                 ``False``: load anyway; missing tensors get a new model's initialisation, unexpected ones are
                 dropped, and transformers' load report lists them. Tensors tied to others (a head tied to the
                 embeddings) are never missing.
-            output_loading_info, and every other keyword: transformers'.
+            ignore_mismatched_sizes: ``False`` (the default): a tensor whose shape in the checkpoint differs from
+                the model's is a ``ValueError`` naming the directory and every such tensor with both shapes;
+                ``True``: transformers' (those tensors get a new model's initialisation).
+            output_loading_info, and every other keyword: transformers'. A keyword that is neither
+            transformers' nor a key of the config (a misspelt ``retension=``) is a ``ValueError``, as in
+            ``ProbSeqConfig.from_pretrained``.
 
         Raises:
-            ValueError: missing or unexpected tensors (with ``strict``), or a damaged or truncated safetensors
-                file (named; the ``SafetensorError`` is the ``__cause__``).
+            ValueError: missing or unexpected tensors (with ``strict``), tensors of other shapes (a config.json
+                whose sizes do not describe the weights), an unknown keyword, or a damaged or truncated
+                safetensors file (named; the ``SafetensorError`` is the ``__cause__``).
         """
         output_loading_info = kwargs.pop("output_loading_info", False)
-        try:
+        ignore_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
+        try:  # mismatched shapes are reported below (transformers raises a RuntimeError pointing at its log)
             model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args,
-                                                  output_loading_info=True, **kwargs)
+                                                  output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
         except SafetensorError as error:
             where = _damaged_file(pretrained_model_name_or_path, kwargs.get("subfolder", ""))
             raise ValueError(f"{where}: damaged or truncated safetensors file ({error}); save or download the "
                              "checkpoint again") from error
+        if not ignore_mismatched_sizes:
+            _check_shapes(pretrained_model_name_or_path, info)
         if strict:
             _check_loaded_keys(cls.__name__, pretrained_model_name_or_path, info)
         return (model, info) if output_loading_info else model
@@ -172,6 +183,24 @@ def _damaged_file(path: str | os.PathLike, subfolder: str) -> str:
     return str(path)
 
 
+def _refuse_model_kwargs(config, kwargs: dict) -> None:
+    """The models take their configuration only: a keyword left over by ``from_pretrained`` (one neither
+    transformers nor the config knows) is refused as the config refuses it, with the closest key."""
+    if not kwargs:
+        return
+    check_config_keys(type(config).__name__, kwargs, config_keys(type(config)) - set(kwargs))
+
+
+def _check_shapes(path: str | os.PathLike, info: dict) -> None:
+    """Refuse a load whose checkpoint tensors have other shapes than the model's (the config's sizes)."""
+    mismatched = sorted(info.get("mismatched_keys") or ())
+    if mismatched:
+        listed = ", ".join(f"{key} (checkpoint {list(saved)}, model {list(model)})" for key, saved, model in mismatched)
+        raise ValueError(f"{path}: the checkpoint's tensors do not have the shapes its config.json gives: {listed}. "
+                         "Its config.json does not describe these weights (vocab_size, hidden_size, heads?); pass "
+                         "ignore_mismatched_sizes=True to from_pretrained to initialise those tensors anew instead")
+
+
 def _check_loaded_keys(model_name: str, path: str | os.PathLike, info: dict) -> None:
     """Refuse a load that left tensors missing (randomly initialised) or unexpected (dropped)."""
     missing, unexpected = sorted(info.get("missing_keys") or ()), sorted(info.get("unexpected_keys") or ())
@@ -200,8 +229,8 @@ class ProbSeqModel(ProbSeqPreTrainedModel):
     # The body of a causal LM checkpoint loads into the base model: its head is not an unexpected tensor.
     _keys_to_ignore_on_load_unexpected = [r"^lm_head\.weight$"]
 
-    def __init__(self, config: ProbSeqConfig):
-        super().__init__(config)
+    def __init__(self, config: ProbSeqConfig, **kwargs):
+        super().__init__(config, **kwargs)  # a keyword is refused there (one from_pretrained did not use)
         self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
         self.layers = nn.ModuleList(ProbSeqBlock(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, eps=config.norm_eps)
@@ -277,8 +306,8 @@ class ProbSeqForCausalLM(ProbSeqPreTrainedModel, GenerationMixin):
 
     _tied_weights_keys = {"lm_head.weight": "model.embeddings.weight"}
 
-    def __init__(self, config: ProbSeqConfig):
-        super().__init__(config)
+    def __init__(self, config: ProbSeqConfig, **kwargs):
+        super().__init__(config, **kwargs)  # a keyword is refused there (one from_pretrained did not use)
         self.model = ProbSeqModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
@@ -295,8 +324,9 @@ class ProbSeqForCausalLM(ProbSeqPreTrainedModel, GenerationMixin):
         """Logits ``[B, T, vocab]`` (the last ``logits_to_keep`` positions when it is positive), the loss
         of next-token prediction when ``labels`` are given, and the cache."""
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        check_logits_to_keep(logits_to_keep)
         source = input_ids if input_ids is not None else inputs_embeds
+        check_logits_to_keep(logits_to_keep, source.shape[1] if isinstance(source, Tensor) and source.dim() >= 2
+                             else None)
         if labels is not None and isinstance(source, Tensor) and source.dim() >= 2:
             check_labels(labels, tuple(source.shape[:2]), self.config.vocab_size, logits_to_keep)
             labels = labels.long()  # any integer dtype: the loss takes int64 targets
@@ -322,15 +352,16 @@ class ProbSeqForCausalLM(ProbSeqPreTrainedModel, GenerationMixin):
                                       hidden_states=outputs.hidden_states)
 
     def generate(self, inputs: Tensor | None = None, *args, **kwargs):
-        """transformers' ``generate``. A prompt of no tokens (``[B, 0]``) is refused: there is no last token
-        whose logits would give the first new one (``inputs=None`` starts from ``bos_token_id``)."""
+        """transformers' ``generate``. The prompt must be ``[B, T]`` token ids (``inputs_embeds`` ``[B, T, D]``) with
+        ``B >= 1``; a prompt of no tokens (``[B, 0]``) is refused: there is no last token whose logits would give
+        the first new one (``inputs=None`` starts from ``bos_token_id``). An ``attention_mask`` must have the
+        prompt's shape, and a row of it that is all padding is refused, naming the row."""
         prompt, name = inputs, "inputs"
         for key in ("input_ids", "inputs_embeds"):
             if prompt is None and kwargs.get(key) is not None:
                 prompt, name = kwargs[key], key
-        if isinstance(prompt, Tensor) and prompt.dim() >= 2 and prompt.shape[1] == 0:
-            raise ValueError(f"generate needs at least one prompt token, got {name} of shape {list(prompt.shape)}; "
-                             "pass inputs=None to start from bos_token_id")
+        if prompt is not None:
+            check_generate_inputs(prompt, name, kwargs.get("attention_mask"))
         return super().generate(inputs, *args, **kwargs)
 
 

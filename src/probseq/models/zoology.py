@@ -48,8 +48,8 @@ from transformers.utils import ModelOutput
 from probseq.layers import MIXERS, RETENTIONS, Attention, Mamba2, RMSNorm, ShortConvolution
 from probseq.models.blocks import build_mixer
 from probseq.models.cache import ProbSeqCache
-from probseq.models.checks import (boolean, check_config_keys, check_input_ids, describe, one_of, positive_int,
-                                   positive_real, real_in)
+from probseq.models.checks import (boolean, check_config_keys, check_dtype, check_input_ids, describe, one_of,
+                                   positive_int, positive_real, real_in)
 from probseq.models.configuration import ProbSeqConfig, config_keys
 from probseq.models.modeling import ProbSeqPreTrainedModel
 
@@ -93,6 +93,8 @@ class ZoologyConfig(PretrainedConfig):
         self.feature_map, self.norm_eps, self.initializer_range = feature_map, norm_eps, initializer_range
         self.init, self.tie_word_embeddings = init, tie_word_embeddings
         check_config_keys(type(self).__name__, kwargs, config_keys(type(self)))
+        for name in ("dtype", "torch_dtype"):  # transformers would look the name up in torch (an AttributeError)
+            check_dtype(name, kwargs.get(name))
         self._check()
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
 
@@ -183,8 +185,8 @@ class ZoologyModel(ProbSeqPreTrainedModel):
     _no_split_modules = ["ConvBlock"]
     _tied_weights_keys = {"lm_head.weight": "embeddings.weight"}
 
-    def __init__(self, config: ZoologyConfig):
-        super().__init__(config)
+    def __init__(self, config: ZoologyConfig, **kwargs):
+        super().__init__(config, **kwargs)  # a keyword is refused there (one from_pretrained did not use)
         mixer_config = config.mixer_config()
         self.embeddings = nn.Embedding(config.vocab_size, config.d_model)
         self.norms = nn.ModuleList(RMSNorm(config.d_model, eps=config.norm_eps) for _ in range(config.n_layers))
