@@ -460,3 +460,53 @@ def test_extra_mqar_plots_with_every_test_point_beyond_training(tmp_path):
     assert results["points"][0]["beyond_training"] and results["points"][0]["status"] == "ok"
     assert (tmp_path / "mqar_accuracy_vs_state.png").stat().st_size > 0
 
+
+
+@pytest.mark.parametrize("change", ["length", "x-values"])
+def test_extra_collision_cache_for_other_x_values_is_refused_naming_the_file(tmp_path, change):
+    # curves of one length that is not the config's gave an IndexError in format_table; other x values of the
+    # right length were shown as if they were this config's
+    collision.run_collision(TINY_COLLISION, tmp_path)
+    cache = ResultCache(tmp_path, TINY_COLLISION)
+    name = "overlapping_keys--linear_attention"
+    unit = cache.get(name)
+    curve = unit["metrics"]["error"]
+    if change == "length":
+        unit = {"x": [1, 2], "metrics": {"error": {key: curve[key][:2] for key in ("mean", "ci95", "theory")}
+                                         | {"agreement": curve["agreement"]}}}
+    else:
+        unit["x"] = [0.1, 0.3]  # the config's rhos are (0.0, 0.5)
+    cache.put(name, unit)
+    with pytest.raises(ValueError, match=f"(?s){name}.json.*x holds.*the config simulates.*delete it to recompute"):
+        collision.run_collision(TINY_COLLISION, tmp_path)
+
+
+OUT_OF_RANGE = [("accuracy", 7.5), ("accuracy", -0.1), ("all_correct", 1.5), ("example_accuracy", 2.0),
+                ("loss", -1.0), ("steps", -3), ("state_bytes", -8), ("train_seconds", -1.0)]
+
+
+@pytest.mark.parametrize("experiment", ["mqar", "recall"])
+def test_extra_sweep_cache_with_out_of_range_values_is_refused_naming_file_and_field(tmp_path, capsys, experiment):
+    # an accuracy of 7.5 (or a negative count) was read from the cache and shown in the tables
+    module = mqar if experiment == "mqar" else recall
+    overrides = [*(MQAR_SET if experiment == "mqar" else RECALL_SET), "learning_rates=[0.01]"]
+    out = tmp_path / "out"
+    assert cli.main(_cli(experiment, out, overrides)) == 0
+    path = _first_unit_cache(apply_overrides(module.PRESETS["quick"], overrides), out)
+    original = path.read_text()
+    for field, value in OUT_OF_RANGE:
+        record = json.loads(original)
+        if field in record["metrics"]:
+            record["metrics"][field] = value
+            where = f"metrics.{field}"
+        else:
+            split = next(iter(record["metrics"]["eval"]))
+            record["metrics"]["eval"][split][field] = value
+            where = f"metrics.eval.{split}.{field}"
+        path.write_text(json.dumps(record))
+        capsys.readouterr()
+        assert cli.main(_cli(experiment, out, overrides)) == 2, (field, value)
+        err = capsys.readouterr().err
+        assert str(path) in err and where in err and repr(value) in err and "delete it to recompute" in err
+    path.write_text(original)  # the untouched record is still accepted
+    assert cli.main(_cli(experiment, out, overrides)) == 0

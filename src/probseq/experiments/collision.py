@@ -24,8 +24,8 @@ curve is recorded as ``max |sim − theory|`` and ``max |sim − theory| / CI95`
 
 Each (scenario, model) unit is seeded from ``(seed, scenario, model)`` and cached on completion, so an
 interrupted run resumes where it stopped and ends with identical results. A cache file that is not JSON or not a
-unit of its scenario (another shape, missing metrics, curves of another length) is a ``ValueError`` naming the
-file; delete it to recompute.
+unit of its scenario (another shape, missing metrics, curves of another length, x values other than the ones the
+current config simulates, a negative CI) is a ``ValueError`` naming the file; delete it to recompute.
 """
 
 from __future__ import annotations
@@ -370,19 +370,36 @@ UNIT_SPEC = {"x": ListOf(NUMBER), "metrics": MapOf(CURVE_SPEC)}
 METRICS = {"random_keys": ("error", "signal")}  # every other scenario: ("error",)
 
 
-def unit_problem(scenario: str, unit: Any) -> str | None:
-    """What is wrong with a cached ``unit`` of ``scenario`` (its shape, its metrics, the curves' lengths), or
-    ``None``."""
+def expected_x(scenario: str, config: CollisionConfig) -> list[float]:
+    """The x values a unit of ``scenario`` holds under ``config`` (what its simulation writes): (a) ``n = 1..N``,
+    (b) the ``rhos``, (c) :func:`capacity_grid`, (d) ``m = 0..colliding_writes``."""
+    if scenario == "repeated_key":
+        return torch.arange(1, config.max_repeats + 1, dtype=F64).tolist()
+    if scenario == "overlapping_keys":
+        return torch.tensor(config.rhos, dtype=F64).tolist()
+    if scenario == "random_keys":
+        return [float(n) for n in capacity_grid(config)]
+    return torch.arange(config.colliding_writes + 1, dtype=F64).tolist()
+
+
+def unit_problem(scenario: str, unit: Any, config: CollisionConfig | None = None) -> str | None:
+    """What is wrong with a cached ``unit`` of ``scenario`` (its shape, its metrics, the curves' lengths, negative
+    CI half-widths and, given ``config``, x values other than the ones ``config`` simulates), or ``None``."""
     problem = json_problem(unit, UNIT_SPEC)
     if problem is not None:
         return problem
     expected = METRICS.get(scenario, ("error",))
     if sorted(unit["metrics"]) != sorted(expected):
         return f"metrics are {sorted(unit['metrics'])}, the scenario's are {list(expected)}"
+    if config is not None and unit["x"] != (x := expected_x(scenario, config)):
+        shown = lambda values: f"{len(values)} values {values[:4]}{' …' if len(values) > 4 else ''}"  # noqa: E731
+        return f"x holds {shown(unit['x'])}, the config simulates {shown(x)}"
     for name, curve in unit["metrics"].items():
         for key in ("mean", "ci95", "theory"):
             if curve[key] is not None and len(curve[key]) != len(unit["x"]):
                 return f"metrics.{name}.{key} has {len(curve[key])} values for {len(unit['x'])} x values"
+        if any(ci < 0 for ci in curve["ci95"]):
+            return f"metrics.{name}.ci95 holds a negative half-width ({min(curve['ci95'])})"
     return None
 
 
@@ -517,7 +534,7 @@ def run_collision(config: CollisionConfig, out: str | Path) -> dict[str, Any]:
     for scenario, model in progress:
         progress.set_postfix_str(f"{scenario}/{model.name}")
         name = f"{scenario}--{model.name}"
-        unit = cache.get(name, check=lambda value, scenario=scenario: unit_problem(scenario, value))
+        unit = cache.get(name, check=lambda value, scenario=scenario: unit_problem(scenario, value, config))
         if unit is None:
             unit = run_unit(scenario, model, config)
             cache.put(name, unit)

@@ -22,9 +22,9 @@ evaluation — cached like a finished unit (a rerun takes it from the cache: tra
 again at the same step; a changed learning rate is another unit), and the sweep goes on.
 
 A cache file is read strictly: one that is not JSON, or whose content is not a unit's record (``[]``, ``{}``,
-``{"metrics": null}``, a missing or mistyped field, a NaN written before divergence was detected, another
-unit's record) is a ``ValueError`` naming the file and what is wrong, never recomputed over silently: delete it
-to recompute.
+``{"metrics": null}``, a missing or mistyped field, an accuracy outside [0, 1], a negative count, time or
+loss, a NaN written before divergence was detected, another unit's record) is a ``ValueError`` naming the file and
+what is wrong, never recomputed over silently: delete it to recompute.
 
 Summaries: the best learning rate of a (model, point) is chosen by *validation* accuracy (the mean over
 seeds on the validation segment of that point — data the test never sees), and the test accuracy at that
@@ -84,6 +84,10 @@ METRICS_SPEC = {"status?": str, "fingerprint?": str, "steps?": int, "resumed_fro
 DIVERGED_SPEC = {"steps": int, "state_bytes": int, "train_seconds": NUMBER,
                  "diverged": {"step": int, "message": str, "last_finite_loss": (NUMBER, type(None))}}
 RECORD_SPEC = {"unit?": str, "config?": dict, "metrics": METRICS_SPEC}
+# Ranges the structure check cannot see: shares (accuracies) lie in [0, 1]; counts, times and losses are >= 0.
+SHARES = ("accuracy", "example_accuracy", "all_correct")
+NON_NEGATIVE = ("steps", "resumed_from_step", "num_parameters", "state_size", "state_bytes", "seconds_per_step",
+                "train_seconds", "train_loss", "final_train_loss")
 # What the experiments' tables read of a finished unit (``run_units(complete=True)``), besides every split.
 TABLE_KEYS = ("steps", "seconds_per_step", "train_loss", "num_parameters", "state_bytes")
 
@@ -179,9 +183,12 @@ def _record_problem(record: dict[str, Any], unit: Unit, complete: bool) -> str |
         return f"metrics.fingerprint is {metrics['fingerprint']!r}, the unit's config has {fingerprint!r}"
     status = metrics.get("status", "ok")
     if status == "diverged":
-        return json_problem(metrics, DIVERGED_SPEC, "metrics")
+        return json_problem(metrics, DIVERGED_SPEC, "metrics") or _range_problem(metrics)
     if status != "ok":
         return f'metrics.status must be "ok" or "diverged", got {status!r}'
+    problem = _range_problem(metrics)
+    if problem is not None:
+        return problem
     if not complete:
         return None
     missing = [f"metrics.{key}" for key in TABLE_KEYS if key not in metrics]
@@ -189,6 +196,21 @@ def _record_problem(record: dict[str, Any], unit: Unit, complete: bool) -> str |
     missing += [f"metrics.eval.{split}" for split in [f"valid_{s.name}" for s in data.valid]
                 + [f"test_{s.name}" for s in data.test] if split not in metrics["eval"]]
     return f"{', '.join(missing)} missing" if missing else None
+
+
+def _range_problem(metrics: dict[str, Any]) -> str | None:
+    """The first value of a (structurally valid) unit's metrics out of its range: a share (accuracy,
+    example_accuracy, all_correct) outside [0, 1], a negative count, time or loss; ``None`` when all are in range."""
+    values = [(f"metrics.{key}", metrics.get(key), 0.0, math.inf) for key in NON_NEGATIVE]
+    values += [("metrics.diverged.step", (metrics.get("diverged") or {}).get("step"), 0.0, math.inf)]
+    for split, evaluation in metrics.get("eval", {}).items():
+        values += [(f"metrics.eval.{split}.{key}", evaluation.get(key), 0.0, 1.0) for key in SHARES]
+        values += [(f"metrics.eval.{split}.loss", evaluation.get("loss"), 0.0, math.inf)]
+    for where, value, low, high in values:
+        if value is not None and not low <= value <= high:
+            wanted = "lie in [0, 1]" if high == 1.0 else "be >= 0"
+            return f"{where} must {wanted}, got {value!r}"
+    return None
 
 
 def _train_unit(unit: Unit, key: str, experiment: str, cache: Path, tag: str, log) -> dict[str, Any]:
