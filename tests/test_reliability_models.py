@@ -485,3 +485,17 @@ def test_extra_config_dtype_name_is_checked():
         ZoologyConfig(vocab_size=VOCAB, dtype="floatxx")
     assert ProbSeqConfig(**tiny_kwargs(), dtype="bfloat16").dtype == torch.bfloat16
     assert ProbSeqConfig(**tiny_kwargs(), dtype=torch.float16).dtype == torch.float16
+
+
+def test_extra_forward_misspelt_keyword_is_refused():
+    model = tiny_model()
+    mask = torch.ones(2, 6, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"ProbSeqForCausalLM\.forward.*'attention_maks' \(did you mean "
+                                         r"'attention_mask'\?\)"):
+        model(ids(2, 6), attention_maks=mask)
+    with pytest.raises(ValueError, match=r"ProbSeqModel\.forward.*'output_varaince' \(did you mean 'output_variance'"):
+        model.model(ids(2, 6), output_varaince=True)
+    # what transformers and the Trainer pass still works
+    logits = model(ids(2, 6), attention_mask=mask).logits
+    assert torch.equal(model(ids(2, 6), attention_mask=mask, cache_position=torch.arange(6), output_attentions=False,
+                             num_items_in_batch=12, output_variance=True).logits, logits)

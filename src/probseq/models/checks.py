@@ -25,16 +25,27 @@ IGNORE_INDEX = -100  # the label the loss skips (transformers' and PyTorch's cro
 
 def check_config_keys(config_name: str, keys: Iterable[str], known: Iterable[str]) -> None:
     """Refuse keys a configuration does not know, naming each with the closest known key."""
+    unknown = _unknown(keys, known)
+    if unknown:
+        raise ValueError(f"{config_name} got unknown key(s) {unknown}; a key it does not know would be ignored "
+                         "silently (see the class docstring for the valid keys)")
+
+
+def check_keywords(where: str, keywords: Iterable[str], known: Iterable[str]) -> None:
+    """Refuse keyword arguments a function would otherwise drop silently, naming each with the closest known one."""
+    unknown = _unknown(keywords, known)
+    if unknown:
+        raise ValueError(f"{where} got unexpected keyword argument(s) {unknown}; it takes {tuple(known)}")
+
+
+def _unknown(keys: Iterable[str], known: Iterable[str]) -> str:
+    """The keys not in ``known``, each with the closest known key: ``"'retension' (did you mean 'retention'?)"``."""
     known = sorted(set(known))
-    unknown = [key for key in keys if key not in known]
-    if not unknown:
-        return
     parts = []
-    for key in unknown:
+    for key in (key for key in keys if key not in known):
         close = difflib.get_close_matches(key, known, n=1)
         parts.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-    raise ValueError(f"{config_name} got unknown key(s) {', '.join(parts)}; a key it does not know would be "
-                     "ignored silently (see the class docstring for the valid keys)")
+    return ", ".join(parts)
 
 
 def _is_int(value: object) -> bool:

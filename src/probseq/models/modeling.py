@@ -12,13 +12,17 @@ Checked at the boundary (a ``ValueError`` naming the argument, :mod:`probseq.mod
 integer ``[B, T]`` of ids in ``[0, vocab_size)`` (the first bad one is named with its position), ``labels`` of the
 same shape with ids or ``-100``, ``inputs_embeds`` ``[B, T, hidden_size]`` of the model's dtype, a 2-D
 ``attention_mask`` ``[B, T]`` or ``[B, S + T]`` with ``S`` cached tokens, ``position_ids`` ``[B, T]``,
-``logits_to_keep``, and a cache filled by a model of another layout. An empty input (``T = 0``) gives an empty
-result (logits ``[B, 0, V]``) and leaves the cache as it was; ``generate`` refuses an empty prompt.
+``logits_to_keep`` (tensor positions in ``[-T, T)``), a cache filled by a model of another layout, and any other
+keyword (a misspelt ``attention_maks=`` is refused with the closest name, not dropped). An empty input
+(``T = 0``) gives an empty result (logits ``[B, 0, V]``) and leaves the cache as it was. ``generate`` refuses a
+prompt that is not ``[B, T]`` (or ``inputs_embeds`` ``[B, T, D]``), an empty batch or prompt, an
+``attention_mask`` of another shape than the prompt's, and a mask row that is all padding.
 
 ``from_pretrained`` is strict about the checkpoint: a tensor the model needs that the checkpoint lacks, or one it
 holds that the model does not have, is a ``ValueError`` naming them (``strict=False`` loads anyway: missing
-tensors get a new model's initialisation, unexpected ones are dropped); a damaged or truncated safetensors
-file is a ``ValueError`` naming the file.
+tensors get a new model's initialisation, unexpected ones are dropped); so is a tensor whose saved shape differs
+from the model's (``ignore_mismatched_sizes=True`` initialises it anew), and a keyword neither transformers nor
+the config knows; a damaged or truncated safetensors file is a ``ValueError`` naming the file.
 """
 
 from __future__ import annotations
@@ -38,8 +42,8 @@ from probseq.layers.utils import inverse_softplus_step, log_uniform_decay_rate, 
 from probseq.models.blocks import ProbSeqBlock
 from probseq.models.cache import ProbSeqCache
 from probseq.models.checks import (check_attention_mask, check_config_keys, check_generate_inputs,
-                                   check_input_ids, check_inputs_embeds, check_labels, check_logits_to_keep,
-                                   check_position_ids)
+                                   check_input_ids, check_inputs_embeds, check_keywords, check_labels,
+                                   check_logits_to_keep, check_position_ids)
 from probseq.models.configuration import ProbSeqConfig, config_keys
 
 
@@ -222,6 +226,14 @@ def _clear_variance(mixer: nn.Module, batch: int, output_variance: bool, device:
                                else None)
 
 
+# The forward keywords beyond the named arguments: the mixers' (packed sequences, the Bayesian variance) and what
+# transformers may pass (generate's cache_position, output_attentions; the Trainer's num_items_in_batch). Any
+# other keyword (a misspelt attention_maks=) is an error rather than silently dropped.
+FORWARD_KEYWORDS = ("input_ids", "attention_mask", "position_ids", "cache", "inputs_embeds", "use_cache",
+                    "output_hidden_states", "return_dict", "past_key_values", "labels", "logits_to_keep",
+                    "cu_seqlens", "output_variance", "output_attentions", "cache_position", "num_items_in_batch")
+
+
 class ProbSeqModel(ProbSeqPreTrainedModel):
     """Embeddings → blocks → final RMSNorm; returns ``BaseModelOutputWithPast(last_hidden_state, cache,
     hidden_states)``."""
@@ -247,6 +259,7 @@ class ProbSeqModel(ProbSeqPreTrainedModel):
                 inputs_embeds: Tensor | None = None, use_cache: bool | None = None,
                 output_hidden_states: bool | None = None, return_dict: bool | None = None,
                 past_key_values: ProbSeqCache | None = None, **kwargs) -> BaseModelOutputWithPast | tuple:
+        check_keywords(f"{type(self).__name__}.forward", kwargs, FORWARD_KEYWORDS)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if cache is not None and past_key_values is not None and cache is not past_key_values:
@@ -323,6 +336,7 @@ class ProbSeqForCausalLM(ProbSeqPreTrainedModel, GenerationMixin):
                 **kwargs) -> CausalLMOutputWithPast | tuple:
         """Logits ``[B, T, vocab]`` (the last ``logits_to_keep`` positions when it is positive), the loss
         of next-token prediction when ``labels`` are given, and the cache."""
+        check_keywords(f"{type(self).__name__}.forward", kwargs, FORWARD_KEYWORDS)
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         source = input_ids if input_ids is not None else inputs_embeds
         check_logits_to_keep(logits_to_keep, source.shape[1] if isinstance(source, Tensor) and source.dim() >= 2
