@@ -192,3 +192,11 @@ def test_eval_sub_actions_parse_and_name_their_functions():
     assert callable(command_function(args.run))
     assert parsers.RECALL_KNOBS == tuple(field for _, field in recall.KNOBS)
     assert build_parser().parse_args(["mqar", "--out", "o"]).action is None  # training, as before
+
+
+def test_version_answers_without_a_command(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_:
+        probseq_cli.main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"probseq {version('probseq')}"

@@ -84,3 +84,20 @@ def test_commands_check_out_before_any_work(tmp_path, monkeypatch, capsys, comma
     blocker.write_text("x")
     assert cli.main([*command, str(blocker / "sub" / "out")]) == 2
     assert "not a writable folder" in capsys.readouterr().err
+
+
+def test_written_files_get_the_umasks_mode_not_mkstemps(tmp_path):
+    import os
+    import stat
+
+    from probseq.files import atomic_write_text
+
+    before = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        os.umask(0o022)
+        atomic_write_text(tmp_path / "b.txt", "x")
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "b.txt").stat().st_mode) == 0o644

@@ -320,11 +320,22 @@ def add_ruler(commands) -> None:
     parser.set_defaults(run="probseq.experiments.ruler_eval:main")
 
 
+def _version() -> str:
+    """The installed distribution's version (no import of the package: it would load torch)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("probseq")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line, in the order ``probseq --help`` lists it."""
     parser = argparse.ArgumentParser(prog="probseq",
                                      description="The ``probseq`` command line: ``probseq <command> --help`` for each "
                                                  "command.")
+    parser.add_argument("--version", action="version", version=f"probseq {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
     for add in (add_collision, add_bench, add_uncertainty, add_mqar, add_recall, add_reproduce):
         add(commands)
