@@ -76,3 +76,14 @@ def test_a_command_runs_with_subnormals_flushed_and_leaves_the_mode_as_it_was(mo
     monkeypatch.setattr(cli, "command_function", lambda target: lambda args: seen.append(_is_flushed()) or 0)
     assert cli.run(argparse.Namespace(run="any:thing", command="mqar")) == 0
     assert seen == [True] and not _is_flushed()
+
+
+def test_flush_blocks_nest():
+    """A Trainer run (one block) inside a ``probseq`` command (another) leaves the command's mode on."""
+    with cpu.flush_subnormals() as supported:
+        if not supported:
+            pytest.skip("this processor cannot flush subnormals")
+        with cpu.flush_subnormals():
+            pass
+        assert _is_flushed()
+    assert not _is_flushed()

@@ -38,7 +38,7 @@ _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 _MMAP_THRESHOLD = 1 << 30  # allocations up to 1 GiB from the heap
 _TRIM_THRESHOLD = (1 << 31) - 1  # keep up to 2 GiB of freed heap memory
 _TOP_PAD = 64 << 20  # grow the heap in 64 MiB steps
-_process_wide = False  # set by fast_cpu_arithmetic: flush_subnormals leaves the mode on after its block
+_flushing = False  # the mode this module last set (torch has no getter): what a block restores
 
 
 def keep_freed_memory() -> bool:
@@ -64,18 +64,22 @@ def keep_freed_memory() -> bool:
 def flush_subnormals(enabled: bool = True) -> Iterator[bool]:
     """Flush subnormal floats to zero on the CPU inside the block (see the module docstring).
 
-    Yields whether the processor supports it. Afterwards the mode is what it was: off (torch's default), or on
-    after :func:`fast_cpu_arithmetic`.
+    Yields whether the processor supports it. Afterwards the mode is what it was before the block (blocks nest:
+    a Trainer run inside a ``probseq`` command leaves the command's mode on).
     """
+    global _flushing
+    before = _flushing
     supported = torch.set_flush_denormal(enabled)
+    _flushing = enabled and supported
     try:
         yield supported
     finally:
-        torch.set_flush_denormal(_process_wide)
+        torch.set_flush_denormal(before)
+        _flushing = before
 
 
 def fast_cpu_arithmetic() -> None:
     """For the rest of the process: subnormals flushed to zero and freed memory kept for reuse."""
-    global _process_wide
-    _process_wide = torch.set_flush_denormal(True)
+    global _flushing
+    _flushing = torch.set_flush_denormal(True)
     keep_freed_memory()
