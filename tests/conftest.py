@@ -17,6 +17,17 @@ from probseq.ops import BayesState
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 1e-2}
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors on a shared 2-core machine, where a second OpenMP thread waiting for a busy core only slows them
+    down: one intra-op thread for a test module (its module-scoped fixtures included), restored afterwards. A file
+    opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def stable_seed(*parts) -> int:
     """A seed from test parameters that does not change with ``PYTHONHASHSEED`` (unlike ``hash``)."""
     return zlib.crc32(repr(parts).encode()) % 1000

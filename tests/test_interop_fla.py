@@ -50,7 +50,8 @@ with warnings.catch_warnings():
     from fla.ops.gated_delta_rule.naive import naive_recurrent_gated_delta_rule
     from transformers import AutoModelForCausalLM
 
-pytestmark = pytest.mark.filterwarnings("ignore:ShortConvolution is crucial:UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:ShortConvolution is crucial:UserWarning"),
+              pytest.mark.usefixtures("one_thread")]
 
 VOCAB = 97
 BASE = dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_heads=2, head_dim=16, expand_v=1.0,
@@ -68,14 +69,6 @@ CASES = {
     "hybrid-attention": dict(BASE, num_hidden_layers=3, attn={"layers": [1], "num_heads": 4, "num_kv_heads": 2}),
 }
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # --- fla's model on CPU: its Triton calls replaced by pure-PyTorch equivalents ---------------------------

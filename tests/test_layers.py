@@ -28,14 +28,7 @@ from fla.ops.gated_delta_rule.naive import naive_recurrent_gated_delta_rule  # n
 D = 32  # hidden size of every layer here
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation, and on a shared 2-core machine a second
-    OpenMP thread waiting for a busy core slows these tests ~10x. Restored after each test."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(name: str, **overrides) -> torch.nn.Module:

@@ -19,14 +19,7 @@ VOCAB, PAD = 61, 0
 CASES = [*MIXERS, "hybrid"]  # every mixer alone, and Bayesian layers with attention every 2nd layer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation, and on a shared 2-core machine a second
-    OpenMP thread waiting for a busy core slows these tests ~10x. Restored after each test."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(case: str = "bayesian", **overrides) -> ProbSeqConfig:

@@ -29,13 +29,7 @@ CASES = [(name, mode) for name in MIXERS for mode in MODES[name]]
 CASE_IDS = [f"{name}-{mode}" if mode else name for name, mode in CASES]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors on a shared machine: one intra-op thread (restored after each test)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(name: str, mode: str | None = None, **overrides) -> torch.nn.Module:

@@ -17,13 +17,7 @@ from probseq.models import ProbSeqConfig, ProbSeqForCausalLM
 TEXT = "The cat sat; the cät sat."  # 25 characters, 26 UTF-8 bytes (ä is two)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: a second OpenMP thread on a shared 2-core machine only slows these tests down."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def read_outputs(out):
