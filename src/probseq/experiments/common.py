@@ -60,6 +60,22 @@ def format_eval_table(rows: list[dict[str, Any]], point: Callable[[dict[str, Any
                                    "recorded at that point (same data)."]) + "\n"
 
 
+def run_eval_command(args, evaluate_saved: Callable[..., list[dict[str, Any]]],
+                     point: Callable[[dict[str, Any]], str]) -> int:
+    """``probseq <experiment> eval``: score the saved runs under ``args.run_dir`` at ``args.points`` with the
+    experiment's ``evaluate_saved``, write the rows to ``args.out`` (CSV) and print them (``point`` labels a row)."""
+    from probseq.files import check_writable_file
+    from probseq.train.trainer import run_threads
+
+    out = check_writable_file(args.out)
+    with run_threads(args.threads):
+        rows = evaluate_saved(args.run_dir, args.points, args.examples, args.batch_size)
+    write_csv(out, rows)
+    print(format_eval_table(rows, point))
+    print(f"wrote {out}: {len(rows)} rows ({len({row['run'] for row in rows})} runs × {len(args.points)} points)")
+    return 0
+
+
 def report_diverged(diverged: list[str], total: int) -> int:
     """Say on stderr which units of a sweep diverged (recorded as such, their learning rates not chosen); the
     exit code: 1 when every unit diverged (the tables hold no result), else 0."""

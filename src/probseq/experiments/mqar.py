@@ -51,9 +51,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from probseq.experiments.common import (apply_overrides, environment, finish_panel, format_eval_table, legend_if_any,
-                                        report_diverged, write_csv)
-from probseq.files import atomic_write_json, check_writable, check_writable_file, save_figure
+from probseq.experiments.common import (apply_overrides, environment, finish_panel, legend_if_any, report_diverged,
+                                        run_eval_command, write_csv)
+from probseq.files import atomic_write_json, check_writable, save_figure
 from probseq.train.config import MIXER_NAMES, ModelSpec, TrainConfig
 from probseq.train.data import MQARData, MQARSplit, point_seed
 from probseq.train.sweep import Unit, best_by_validation, run_columns, run_units, train_seconds
@@ -410,15 +410,7 @@ def evaluate_saved(path: str | Path, points: list[tuple[int, int]], examples: in
 
 def eval_main(args: argparse.Namespace) -> int:
     """``probseq mqar eval --run DIR --points T,k … --out FILE.csv``."""
-    from probseq.train.trainer import run_threads
-
-    out = check_writable_file(args.out)
-    with run_threads(args.threads):
-        rows = evaluate_saved(args.run_dir, args.points, args.examples, args.batch_size)
-    write_csv(out, rows)
-    print(format_eval_table(rows, lambda row: f"({row['seq_len']}, {row['num_kv_pairs']})"))
-    print(f"wrote {out}: {len(rows)} rows ({len({row['run'] for row in rows})} runs × {len(args.points)} points)")
-    return 0
+    return run_eval_command(args, evaluate_saved, lambda row: f"({row['seq_len']}, {row['num_kv_pairs']})")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -41,10 +41,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from probseq.experiments.common import (apply_overrides, environment, finish_panel, format_eval_table, legend_if_any,
-                                        report_diverged, write_csv)
+from probseq.experiments.common import (apply_overrides, environment, finish_panel, legend_if_any, report_diverged,
+                                        run_eval_command, write_csv)
 from probseq.experiments.mqar import accuracy_cell, diverged_note, over_seeds
-from probseq.files import atomic_write_json, check_writable, check_writable_file, save_figure
+from probseq.files import atomic_write_json, check_writable, save_figure
 from probseq.tasks import RecallConfig
 from probseq.train.config import MIXER_NAMES, ModelSpec, TrainConfig
 from probseq.train.data import RecallData, RecallSplit, point_seed
@@ -375,15 +375,7 @@ def evaluate_saved(path: str | Path, points: list[str], examples: int | None = N
 
 def eval_main(args: argparse.Namespace) -> int:
     """``probseq recall eval --run DIR --points NAME … --out FILE.csv``."""
-    from probseq.train.trainer import run_threads
-
-    out = check_writable_file(args.out)
-    with run_threads(args.threads):
-        rows = evaluate_saved(args.run_dir, args.points, args.examples, args.batch_size)
-    write_csv(out, rows)
-    print(format_eval_table(rows, lambda row: row["point"]))
-    print(f"wrote {out}: {len(rows)} rows ({len({row['run'] for row in rows})} runs × {len(args.points)} points)")
-    return 0
+    return run_eval_command(args, evaluate_saved, lambda row: row["point"])
 
 
 def main(args: argparse.Namespace) -> int:
