@@ -338,6 +338,71 @@ def test_per_example_weighting_trains_through_the_trainer(tmp_path, monkeypatch)
     assert not torch.allclose(params[2]["embeddings.weight"], params[0]["embeddings.weight"], atol=1e-6, rtol=0)
 
 
+def test_segment_batches_hold_one_segment_each_and_drop_incomplete_blocks():
+    from probseq.train.data import SegmentBatches
+
+    data = MQARData(vocab_size=64, train=(MQARSplit(32, 4, 20), MQARSplit(48, 10, 16)), test=(MQARSplit(32, 4, 8),))
+    splits = generate(data, 3)
+    batches = SegmentBatches(splits.train, batch_size=8)
+    assert len(batches) == 2 + 2  # 20 examples: two blocks of 8 (the last 4 dropped); 16: two blocks
+    for index, (segment, start) in enumerate([(0, 0), (0, 8), (1, 0), (1, 8)]):
+        block = batches[index]
+        assert torch.equal(block["input_ids"], splits.train[segment].inputs[start:start + 8])
+        assert torch.equal(block["labels"], splits.train[segment].labels[start:start + 8])
+    collated = pad_collate([batches[3]])  # a block collates to itself: no padding, no reordering
+    assert torch.equal(collated["input_ids"], batches[3]["input_ids"])
+    assert torch.equal(collated["labels"], batches[3]["labels"])
+    mixed = pad_collate([TokenDataset(splits.train)[0], batches[2]])  # a lone example and a block of 8: 9 rows
+    assert mixed["input_ids"].shape == (9, 48) and torch.equal(mixed["input_ids"][1:], batches[2]["input_ids"])
+    assert (mixed["labels"][0, 32:] == IGNORE_INDEX).all()
+    with pytest.raises(ValueError, match=r"at least one full batch \(32 examples\).*\[20, 16\]"):
+        SegmentBatches(splits.train, batch_size=32)
+
+
+def test_batching_by_segment_trains_one_segment_per_step_and_resumes_exactly(tmp_path, monkeypatch):
+    """``batching="by_segment"``: every training step sees ``batch_size`` examples of one segment (no padding),
+    both segments are visited, an interrupted run ends like an uninterrupted one, and the option keeps the cached
+    keys of runs without it."""
+    from probseq.train.trainer import PreShiftedTrainer
+
+    assert "batching" not in tiny_config().identity()
+    data = MQARData(vocab_size=64, train=(MQARSplit(32, 4, 16), MQARSplit(48, 10, 16)),
+                    valid=(MQARSplit(32, 4, 8),), test=(MQARSplit(48, 10, 8),))
+    config = tiny_config(data=data, batching="by_segment", output_dir=str(tmp_path / "whole"), save_steps=1)
+    assert config.identity()["batching"] == "by_segment" and config.fingerprint() != tiny_config(data=data).fingerprint()
+
+    seen = []
+    compute_loss = PreShiftedTrainer.compute_loss
+
+    def record(self, model, inputs, *args, **kwargs):
+        if model.training:
+            seen.append(inputs["labels"].clone())
+        return compute_loss(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(PreShiftedTrainer, "compute_loss", record)
+    keep_whole = KeepParameters()
+    expected = train(config, callbacks=(keep_whole,))
+    monkeypatch.undo()
+    assert len(seen) == 6 and all(labels.shape[0] == 8 for labels in seen)
+    queries = {int((labels != IGNORE_INDEX).sum(-1).unique().item()) for labels in seen}  # one segment per batch
+    assert {labels.shape[1] for labels in seen} == {32, 48} and queries == {4, 10}
+    for labels in seen:
+        assert (labels != IGNORE_INDEX).sum(-1).unique().numel() == 1
+
+    split = dataclasses.replace(config, output_dir=str(tmp_path / "split"), save_total_limit=None)
+    with pytest.raises(Crash):
+        train(split, callbacks=(CrashAfterCheckpoint(5),))
+    keep_split = KeepParameters()
+    resumed = train(split, callbacks=(keep_split,))
+    assert resumed["resumed_from_step"] == 5 and resumed["final_train_loss"] == pytest.approx(
+        expected["final_train_loss"], abs=1e-5)
+    for key, value in keep_whole.state.items():
+        assert torch.allclose(keep_split.state[key], value, atol=1e-6, rtol=0), key
+    mixed = KeepParameters()
+    train(dataclasses.replace(config, batching="mixed", output_dir=""), callbacks=(mixed,))
+    assert not torch.allclose(mixed.state["embeddings.weight"], keep_whole.state["embeddings.weight"])
+
+
 def test_trainer_loss_and_predictions_match_the_full_logits(tmp_path):
     from probseq.train.trainer import build_trainer
 

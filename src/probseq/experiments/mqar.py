@@ -85,6 +85,8 @@ class MQARConfig:
             (:class:`probseq.models.zoology.ZoologyModel`).
         loss_weighting: ``"token"`` (every supervised token of a batch weighs the same; the default) or
             ``"example"`` (every example weighs the same, as in Zoology) — :class:`~probseq.train.TrainConfig`'s.
+        batching: ``"mixed"`` (the default: every train segment's examples in one shuffled set, batches padded) or
+            ``"by_segment"`` (Zoology's: every batch from one segment) — :class:`~probseq.train.TrainConfig`'s.
         precision: ``fp32`` on CPU, ``bf16`` on a GPU.
         save_steps: checkpoint interval of a run (resume granularity).
         num_threads: torch threads per run (``None``: torch's default).
@@ -110,6 +112,7 @@ class MQARConfig:
     retention_init: float = 0.0
     init: Literal["fla", "zoology"] = "fla"
     loss_weighting: Literal["token", "example"] = "token"
+    batching: Literal["mixed", "by_segment"] = "mixed"
     precision: str = "fp32"
     save_steps: int = 100
     num_threads: int | None = None
@@ -155,7 +158,7 @@ class MQARConfig:
                            max_steps=self.max_steps, batch_size=self.batch_size, eval_batch_size=self.eval_batch_size,
                            seed=seed, precision=self.precision, save_steps=self.save_steps, progress=False,
                            logging_steps=max(1, self.max_steps // 10), num_threads=self.num_threads,
-                           loss_weighting=self.loss_weighting)
+                           loss_weighting=self.loss_weighting, batching=self.batching)
 
     def units(self) -> list[Unit]:
         return [Unit(f"{mixer}-d{d}-lr{lr:g}-s{seed}", self.train_config(mixer, d, lr, seed))

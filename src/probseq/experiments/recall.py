@@ -84,7 +84,7 @@ class RecallExperiment:
             knob away from the inside point.
         test_examples, valid_examples: examples per test / validation point.
         max_steps, batch_size, warmup, weight_decay, eval_batch_size, n_layers, retention, retention_init,
-            init, loss_weighting, precision, save_steps, num_threads: as in
+            init, loss_weighting, batching, precision, save_steps, num_threads: as in
             :class:`probseq.experiments.mqar.MQARConfig`.
     """
 
@@ -116,6 +116,7 @@ class RecallExperiment:
     retention_init: float = 0.0
     init: Literal["fla", "zoology"] = "fla"
     loss_weighting: Literal["token", "example"] = "token"
+    batching: Literal["mixed", "by_segment"] = "mixed"
     precision: str = "fp32"
     save_steps: int = 100
     num_threads: int | None = None
@@ -171,7 +172,7 @@ class RecallExperiment:
                            max_steps=self.max_steps, batch_size=self.batch_size, eval_batch_size=self.eval_batch_size,
                            seed=seed, precision=self.precision, save_steps=self.save_steps, progress=False,
                            logging_steps=max(1, self.max_steps // 10), num_threads=self.num_threads,
-                           loss_weighting=self.loss_weighting)
+                           loss_weighting=self.loss_weighting, batching=self.batching)
 
     def units(self) -> list[Unit]:
         return [Unit(f"{mixer}-lr{lr:g}-s{seed}", self.train_config(mixer, lr, seed))

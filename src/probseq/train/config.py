@@ -106,6 +106,11 @@ class TrainConfig:
             equally, so an example with 64 queries weighs 16× one with 4; ``"example"`` takes each example's mean
             over its supervised tokens, then the mean over the batch's examples (Zoology's: every example weighs
             the same).
+        batching: how train batches are drawn from the train segments: ``"mixed"`` (the default, what every run
+            cached before this field had: one shuffled set of every segment's examples, a batch padded to its
+            longest example) or ``"by_segment"`` (Zoology's: every batch from one segment, no padding; the order
+            of the batches shuffled each epoch; :class:`~probseq.train.data.SegmentBatches`). Within a batch of
+            one MQAR segment every example has the same number of queries, so the two loss weightings agree.
     """
 
     model: ModelSpec = field(default_factory=ModelSpec)
@@ -135,6 +140,7 @@ class TrainConfig:
     fsdp: str = ""
     fsdp_wrap: tuple[str, ...] = ()
     loss_weighting: Literal["token", "example"] = "token"
+    batching: Literal["mixed", "by_segment"] = "mixed"
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -179,7 +185,7 @@ class TrainConfig:
 # Fields added after runs were cached, with the default that reproduces those runs: (section, field) → default
 # (section None: a field of TrainConfig itself).
 ADDED_FIELDS = {("model", "retention_init"): 0.0, ("model", "init"): "fla", (None, "loss_weighting"): "token",
-                (None, "compile"): False}
+                (None, "compile"): False, (None, "batching"): "mixed"}
 
 # Settings that change neither the trained parameters nor the metrics.
 RUN_ONLY_FIELDS = frozenset({"output_dir", "save_steps", "save_total_limit", "resume", "logging_steps", "progress",

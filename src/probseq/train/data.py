@@ -6,8 +6,10 @@ segments draw from the lower half of the seed range, test segments from the uppe
 so the validation data (used to pick hyper-parameters) is never the test data, and a run is reproducible
 from its config alone.
 
-Segments of different lengths are trained together; a batch is right-padded to its longest example with
-token 0 and label ``IGNORE_INDEX`` (a causal model's outputs at earlier positions do not see the padding).
+Segments of different lengths are trained together: mixed in one shuffled set, a batch right-padded to its longest
+example with token 0 and label ``IGNORE_INDEX`` (a causal model's outputs at earlier positions do not see the
+padding), or — ``TrainConfig.batching = "by_segment"``, Zoology's — every batch from one segment
+(:class:`SegmentBatches`).
 Labels are pre-shifted (:mod:`probseq.tasks`): ``labels[t]`` is the target of the prediction at ``t``.
 """
 
@@ -183,18 +185,49 @@ class TokenDataset:
         return {"input_ids": inputs, "labels": labels}
 
 
+class SegmentBatches:
+    """A map-style dataset whose items are whole batches, each drawn from one segment (Zoology's batching):
+    item ``j`` is ``{"input_ids": [B, T_s], "labels": [B, T_s]}``, rows ``[i·B, (i+1)·B)`` of one segment ``s``.
+    A segment of ``n`` examples gives ``⌊n / B⌋`` batches (an incomplete last batch is dropped, so every step
+    sees ``B`` examples of one length: no padding). The Trainer shuffles the order of the batches each epoch
+    (its sampler, with batch size 1 and :func:`pad_collate`); the grouping of examples into batches is fixed.
+    """
+
+    def __init__(self, segments: list[TaskData], batch_size: int):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        short = [len(inputs) for inputs, _ in segments if len(inputs) < batch_size]
+        if short:
+            raise ValueError(f"batching by segment needs at least one full batch ({batch_size} examples) in every "
+                             f"train segment; segments of {short} examples are shorter")
+        self.blocks = [(inputs[start:start + batch_size], labels[start:start + batch_size])
+                       for inputs, labels in segments
+                       for start in range(0, len(inputs) - batch_size + 1, batch_size)]
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, index: int) -> dict:
+        inputs, labels = self.blocks[index]
+        return {"input_ids": inputs, "labels": labels}
+
+
 def pad_collate(examples: list[dict]) -> dict:
-    """Stack examples, right-padding to the longest with token 0 and label ``IGNORE_INDEX``."""
+    """Stack examples, right-padding to the longest with token 0 and label ``IGNORE_INDEX``. An item whose
+    ``input_ids`` are two-dimensional (``[n, T]``: a block of :class:`SegmentBatches`) contributes its ``n`` rows."""
     import torch
 
-    length = max(len(e["input_ids"]) for e in examples)
-    inputs = torch.zeros(len(examples), length, dtype=torch.long)
-    labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
-    for row, e in enumerate(examples):
-        inputs[row, : len(e["input_ids"])] = e["input_ids"]
-        labels[row, : len(e["labels"])] = e["labels"]
-    return {"input_ids": inputs, "labels": labels}
+    rows = [(inputs, labels) for e in examples
+            for inputs, labels in (zip(e["input_ids"], e["labels"]) if e["input_ids"].dim() == 2
+                                   else [(e["input_ids"], e["labels"])])]
+    length = max(len(inputs) for inputs, _ in rows)
+    batch_inputs = torch.zeros(len(rows), length, dtype=torch.long)
+    batch_labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+    for row, (inputs, labels) in enumerate(rows):
+        batch_inputs[row, : len(inputs)] = inputs
+        batch_labels[row, : len(labels)] = labels
+    return {"input_ids": batch_inputs, "labels": batch_labels}
 
 
-__all__ = ["MQARData", "MQARSplit", "RecallData", "RecallSplit", "Splits", "TokenDataset", "generate", "pad_collate",
-           "point_seed"]
+__all__ = ["MQARData", "MQARSplit", "RecallData", "RecallSplit", "SegmentBatches", "Splits", "TokenDataset", "generate",
+           "pad_collate", "point_seed"]

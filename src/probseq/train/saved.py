@@ -145,13 +145,13 @@ def evaluate_run(run: SavedRun, segments: dict[str, TaskData], batch_size: int |
 
 def identity_columns(run: SavedRun) -> dict[str, Any]:
     """A run's identity in an evaluation CSV: its folder, mixer, width, learning rate, seed, and (Bayesian Layer
-    only) retention and its start, then the initialisation and the loss weighting."""
+    only) retention and its start, then the initialisation, the loss weighting and the batching."""
     config, model = run.config, run.config.model
     bayesian = model.mixer == "bayesian"
     return {"run": run.name, "mixer": model.mixer, "d_model": model.d_model, "learning_rate": config.learning_rate,
             "seed": config.seed, "retention": model.retention if bayesian else None,
             "retention_init": model.retention_init if bayesian and model.retention == "learned" else None,
-            "init": model.init, "loss_weighting": config.loss_weighting}
+            "init": model.init, "loss_weighting": config.loss_weighting, "batching": config.batching}
 
 
 def recorded_accuracy(run: SavedRun, split: str) -> float | None:

@@ -57,7 +57,7 @@ from probseq.layers.norm import GatedRMSNorm, RMSNorm
 from probseq.models.zoology import ZoologyConfig, ZoologyModel
 from probseq.tasks import IGNORE_INDEX
 from probseq.train.config import TrainConfig
-from probseq.train.data import TokenDataset, generate, pad_collate
+from probseq.train.data import SegmentBatches, TokenDataset, generate, pad_collate
 from probseq.train.metrics import pre_shifted_cross_entropy, recall_metrics, scatter_predictions
 
 # The config a run's output_dir was started with (its identity fields), checked before resuming.
@@ -269,7 +269,9 @@ def training_arguments(config: TrainConfig, output_dir: str | os.PathLike) -> Tr
     """The ``TrainingArguments`` of a run (everything the Trainer does is configured here)."""
     fsdp_config = {"transformer_layer_cls_to_wrap": list(config.fsdp_wrap)} if config.fsdp_wrap else None
     return TrainingArguments(
-        output_dir=str(output_dir), max_steps=config.max_steps, per_device_train_batch_size=config.batch_size,
+        output_dir=str(output_dir), max_steps=config.max_steps,
+        # by segment, every item of the train dataset is a whole batch (SegmentBatches)
+        per_device_train_batch_size=1 if config.batching == "by_segment" else config.batch_size,
         per_device_eval_batch_size=config.eval_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps, learning_rate=config.learning_rate,
         weight_decay=config.weight_decay, adam_beta1=config.adam_beta1, adam_beta2=config.adam_beta2,
@@ -299,13 +301,19 @@ def build_trainer(config: TrainConfig, output_dir: str | os.PathLike,
     args = training_arguments(config, output_dir)
     model = build_model(config)
     splits = generate(config.data, config.effective_data_seed)
-    trainer = PreShiftedTrainer(model=model, args=args, train_dataset=TokenDataset(splits.train),
+    train_dataset = (SegmentBatches(splits.train, config.batch_size) if config.batching == "by_segment"
+                     else TokenDataset(splits.train))
+    trainer = PreShiftedTrainer(model=model, args=args, train_dataset=train_dataset,
                                 eval_dataset={name: TokenDataset([d]) for name, d in splits.evaluation.items()},
                                 data_collator=pad_collate, compute_metrics=recall_metrics, callbacks=list(callbacks),
                                 loss_weighting=config.loss_weighting)
     if not config.progress:
         trainer.remove_callback(PrinterCallback)  # without bars, the Trainer would print every log dict
-    if len(trainer.train_dataset) < config.batch_size * trainer.args.world_size:
+    if config.batching == "by_segment":
+        if len(trainer.train_dataset) < trainer.args.world_size:
+            raise ValueError(f"the train split has {len(trainer.train_dataset)} full batches by segment, fewer than "
+                             f"the {trainer.args.world_size} devices")
+    elif len(trainer.train_dataset) < config.batch_size * trainer.args.world_size:
         raise ValueError(f"the train split has {len(trainer.train_dataset)} examples, fewer than one global batch "
                          f"({config.batch_size} × {trainer.args.world_size} devices)")
     return trainer
