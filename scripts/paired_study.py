@@ -1,0 +1,289 @@
+"""The paired robustness study of issue 21 on associative recall: calibrate, choose on validation, then pair seeds.
+
+    python scripts/paired_study.py run  --root ~/.cache/probseq/experiments/recall_paired [--workers 2]
+    python scripts/paired_study.py report --root ~/.cache/probseq/experiments/recall_paired --out results/recall_paired
+
+``run`` trains everything the plan below needs, stage by stage, as ``probseq recall`` sweeps (each resumable and
+cached; ``--workers`` single-threaded processes share a sweep), and is itself resumable: rerun the same command.
+``report`` reads what has finished and writes the tables and the plot (partial results are marked as such).
+
+The plan (fixed before the runs; ``results/recall_paired/README.md`` states it in words):
+
+1. **Recipe.** ``probseq recall --preset cpu`` with Zoology's two-layer model (one conv block, one mixer), every
+   example weighing the same in the loss, fla's initialisation, paired initial weights and batches per seed.
+2. **Stage 1, learning rate per arm, on validation data.** Seeds 0–2 over the arm's lr grid. The chosen lr maximises
+   the mean over seeds of the mean *validation* accuracy over all nine validation points. An optimum on the grid's
+   edge extends the grid by a half-decade on that side (at most twice) and chooses again.
+3. **Which Bayesian variant is "the Bayesian Layer"** — learned or stationary retention — is chosen from stage 1
+   alone (seeds 0–2 at each variant's chosen lr): the higher mean validation accuracy over the primary endpoints'
+   validation points.
+4. **Stage 2, paired seeds.** Seeds 0 … N−1 (N = 10) of every arm at its chosen lr.
+5. **Endpoints** (test data): accuracy at 16 pairs, 32 pairs and 4 collisions. Statistic: the per-seed paired
+   difference Bayesian Layer − Gated DeltaNet, its mean and 95 % t-interval over the N seeds. Verdict: better
+   (interval above 0), worse (below 0), indistinguishable (contains 0 with half-width ≤ 0.05), undecided
+   (contains 0, half-width > 0.05). Secondary: the same over the seeds where both runs learned the training
+   regime (validation accuracy inside ≥ 0.9).
+6. **Calibration check.** A run has *learned* when its validation accuracy inside is ≥ 0.9; the baselines (attention,
+   Gated DeltaNet, DeltaNet) should learn in ≥ 9 of 10 seeds at their chosen lr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ["n_layers=2", "loss_weighting=example", "num_threads=1"]
+DELTA_GRID = (3e-4, 1e-3, 3e-3)
+STAGE1_SEEDS = (0, 1, 2)
+PAIRED_SEEDS = 10
+LEARNED = 0.9  # validation accuracy inside at or above which a run has learned the training regime
+PRIMARY = ("num_pairs=16", "num_pairs=32", "collisions=4")
+MAX_EXTENSIONS = 2
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    mixer: str
+    grid: tuple[float, ...]
+    sets: tuple[str, ...] = ()
+    paired: bool = True  # part of stage 2 (else: stage 1 only, the ranking check)
+
+
+ARMS = (
+    Arm("gated_deltanet", "gated_deltanet", DELTA_GRID),
+    Arm("bayesian_learned", "bayesian", DELTA_GRID, ("retention=learned",)),
+    Arm("deltanet", "deltanet", DELTA_GRID),
+    Arm("attention", "attention", (1e-3, 3e-3, 1e-2)),
+    Arm("bayesian_stationary", "bayesian", DELTA_GRID, ("retention=stationary",)),
+    Arm("linear_attention", "linear_attention", (1e-3, 3e-3, 1e-2), paired=False),
+    Arm("mamba2", "mamba2", (3e-4, 1e-3, 3e-3), paired=False),
+)
+BAYESIAN = ("bayesian_learned", "bayesian_stationary")
+
+
+def sweep_dir(root: Path, arm: Arm, label: str) -> Path:
+    return root / arm.name / label
+
+
+def run_sweep(root: Path, arm: Arm, label: str, lrs: list[float], seeds: list[int], workers: int) -> dict:
+    """Train one sweep with ``workers`` processes (resumable); return its unit records by (lr, seed)."""
+    out = sweep_dir(root, arm, label)
+    command = [str(ROOT / ".venv/bin/probseq"), "recall", "--preset", "cpu", "--out", str(out), "--set",
+               f'mixers=["{arm.mixer}"]', f"learning_rates={json.dumps(lrs)}", f"seeds={json.dumps(seeds)}",
+               *BASE, *arm.sets]
+    print(f"== {arm.name} {label}: lrs {lrs}, seeds {seeds}", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    logs = [open(out.parent / f"{label}.worker{w}.log", "a") for w in range(workers)]
+    processes = [subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT) for log in logs]
+    codes = [p.wait() for p in processes]
+    for log in logs:
+        log.close()
+    if any(codes):
+        raise SystemExit(f"{arm.name} {label} failed (exit codes {codes}); see {out.parent}/{label}.worker*.log")
+    return read_sweep(out)
+
+
+def read_sweep(out: Path) -> dict:
+    """(lr, seed) → metrics of every finished unit of the sweep in ``out`` (its results.json)."""
+    path = out / "results.json"
+    if not path.exists():
+        return {}
+    units = json.loads(path.read_text())["units"]
+    return {(u["learning_rate"], u["seed"]): u["metrics"] for u in units.values()}
+
+
+def accuracy(metrics: dict, split: str) -> float | None:
+    if metrics.get("status") == "diverged":
+        return None
+    return (metrics.get("eval", {}).get(split) or {}).get("accuracy")
+
+
+def mean_valid(metrics: dict, points: tuple[str, ...] | None = None) -> float:
+    """Mean validation accuracy over ``points`` (every validation point when None); 0 for a diverged run."""
+    evaluation = metrics.get("eval", {})
+    names = [n for n in evaluation if n.startswith("valid_")] if points is None else [f"valid_{p}" for p in points]
+    values = [accuracy(metrics, n) for n in names]
+    return 0.0 if any(v is None for v in values) else statistics.fmean(values)
+
+
+def choose_lr(records: dict, seeds: tuple[int, ...]) -> tuple[float, dict[float, float]]:
+    """The lr with the highest mean over ``seeds`` of the mean validation accuracy (ties: the smaller lr)."""
+    scores = {}
+    for lr in sorted({lr for lr, _ in records}):
+        runs = [records[(lr, s)] for s in seeds if (lr, s) in records]
+        if len(runs) == len(seeds):
+            scores[lr] = statistics.fmean(mean_valid(m) for m in runs)
+    best = max(scores, key=lambda lr: (scores[lr], -lr))
+    return best, scores
+
+
+def stage1(root: Path, arm: Arm, workers: int) -> tuple[float, dict]:
+    """Stage 1 of one arm: the grid, extended while the optimum sits on an edge; the chosen lr and the records."""
+    records = dict(run_sweep(root, arm, "grid", list(arm.grid), list(STAGE1_SEEDS), workers))
+    for _ in range(MAX_EXTENSIONS + 1):
+        best, scores = choose_lr(records, STAGE1_SEEDS)
+        lrs = sorted(scores)
+        if best not in (lrs[0], lrs[-1]):
+            break
+        step = 10 ** (-0.5 if best == lrs[0] else 0.5)
+        new = float(f"{best * step:.3g}")
+        if len([lr for lr in lrs if lr not in arm.grid]) >= MAX_EXTENSIONS:
+            break
+        records |= run_sweep(root, arm, f"lr{new:g}", [new], list(STAGE1_SEEDS), workers)
+    best, _ = choose_lr(records, STAGE1_SEEDS)
+    return best, records
+
+
+def run(args: argparse.Namespace) -> None:
+    root = Path(args.root).expanduser()
+    chosen = {}
+    for arm in ARMS:
+        chosen[arm.name], _ = stage1(root, arm, args.workers)
+        print(f"   {arm.name}: chosen lr {chosen[arm.name]:g}", flush=True)
+    for arm in ARMS:
+        if arm.paired:
+            run_sweep(root, arm, "paired", [chosen[arm.name]], list(range(PAIRED_SEEDS)), args.workers)
+    print("done; python scripts/paired_study.py report --root ... --out ...", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+def all_records(root: Path, arm: Arm) -> dict:
+    records = {}
+    for out in sorted((root / arm.name).glob("*/")):
+        records |= read_sweep(out)
+    return records
+
+
+def t_interval(values: list[float]) -> tuple[float, float]:
+    """Mean and 95 % t half-width (Student's t with n − 1 degrees of freedom; infinite for one value)."""
+    from probseq.train.sweep import mean_ci95  # noqa: PLC0415
+
+    mean, half = mean_ci95(values)
+    return mean, half if len(values) > 1 else math.inf
+
+
+def verdict(mean: float, half: float) -> str:
+    if mean - half > 0:
+        return "better"
+    if mean + half < 0:
+        return "worse"
+    return "indistinguishable" if half <= 0.05 else "undecided"
+
+
+def report(args: argparse.Namespace) -> None:
+    root, out = Path(args.root).expanduser(), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = {arm.name: all_records(root, arm) for arm in ARMS}
+    calibration, chosen = [], {}
+    for arm in ARMS:
+        if not records[arm.name]:
+            continue
+        lrs = sorted({lr for lr, _ in records[arm.name]})
+        try:
+            chosen[arm.name], scores = choose_lr(records[arm.name], STAGE1_SEEDS)
+        except ValueError:  # no lr has all stage-1 seeds yet
+            scores = {}
+        for lr in lrs:
+            runs = {s: m for (l, s), m in records[arm.name].items() if l == lr}
+            learned = sum((accuracy(m, "valid_inside") or 0) >= LEARNED for m in runs.values())
+            calibration.append({"arm": arm.name, "lr": lr, "seeds": len(runs), "learned": learned,
+                                "mean_valid_all": round(statistics.fmean(mean_valid(m) for m in runs.values()), 4),
+                                "stage1_score": round(scores[lr], 4) if lr in scores else None,
+                                "chosen": lr == chosen.get(arm.name)})
+    write_csv(out / "calibration.csv", calibration)
+
+    variant = None
+    if all(b in chosen for b in BAYESIAN):
+        def primary_valid(name):
+            return statistics.fmean(mean_valid(records[name][(chosen[name], s)], PRIMARY) for s in STAGE1_SEEDS)
+        variant = max(BAYESIAN, key=primary_valid)
+    runs, paired = [], []
+    for arm in ARMS:
+        for (lr, seed), m in sorted(records[arm.name].items()):
+            if lr == chosen.get(arm.name):
+                runs.append({"arm": arm.name, "lr": lr, "seed": seed,
+                             "valid_inside": accuracy(m, "valid_inside"),
+                             **{f"test_{p}": accuracy(m, f"test_{p}")
+                                for p in ("inside", *PRIMARY, "gap=256", "key_noise=0.5")},
+                             "retention_scale": json.dumps(m.get("retention_scale")) if m.get("retention_scale")
+                             else None})
+    write_csv(out / "runs.csv", runs)
+    if variant and "gated_deltanet" in chosen:
+        bayes = {r["seed"]: r for r in runs if r["arm"] == variant}
+        gdn = {r["seed"]: r for r in runs if r["arm"] == "gated_deltanet"}
+        seeds = sorted(set(bayes) & set(gdn))
+        for analysis, keep in (("all", seeds), ("both learned", [s for s in seeds if min(
+                bayes[s]["valid_inside"] or 0, gdn[s]["valid_inside"] or 0) >= LEARNED])):
+            for point in PRIMARY:
+                diffs = [bayes[s][f"test_{point}"] - gdn[s][f"test_{point}"] for s in keep
+                         if bayes[s][f"test_{point}"] is not None and gdn[s][f"test_{point}"] is not None]
+                if not diffs:
+                    continue
+                mean, half = t_interval(diffs)
+                paired.append({"analysis": analysis, "bayesian": variant, "endpoint": point, "seeds": len(diffs),
+                               "mean_difference": round(mean, 4), "half_width_95": round(half, 4),
+                               "low": round(mean - half, 4), "high": round(mean + half, 4),
+                               "verdict": verdict(mean, half) if len(diffs) >= PAIRED_SEEDS else "partial"})
+    write_csv(out / "paired.csv", paired)
+    summary = {"chosen_lr": chosen, "bayesian_layer": variant, "paired": paired}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    plot(paired, out / "paired_differences.png")
+    print(json.dumps(summary, indent=1))
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    import csv  # noqa: PLC0415
+
+    with open(path, "w", newline="") as handle:
+        if rows:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def plot(paired: list[dict], path: Path) -> None:
+    if not paired:
+        return
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    labels = [f"{r['endpoint']}\n({r['analysis']}, n={r['seeds']})" for r in paired]
+    means = [r["mean_difference"] for r in paired]
+    halves = [r["half_width_95"] for r in paired]
+    ax.errorbar(range(len(paired)), means, yerr=halves, fmt="o", capsize=4)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xticks(range(len(paired)), labels, fontsize=7)
+    ax.set_ylabel("Bayesian − GDN accuracy")
+    ax.set_title(f"paired differences, 95 % t-intervals ({paired[0]['bayesian']})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_parser = commands.add_parser("run", help="train every stage (resumable)")
+    run_parser.add_argument("--root", required=True)
+    run_parser.add_argument("--workers", type=int, default=2)
+    report_parser = commands.add_parser("report", help="tables and plot from what has finished")
+    report_parser.add_argument("--root", required=True)
+    report_parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    run(args) if args.command == "run" else report(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
