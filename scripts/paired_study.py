@@ -1,30 +1,35 @@
-"""The paired robustness study of issue 21 on associative recall: calibrate, choose on validation, then pair seeds.
+"""The paired robustness studies of issue 21 (recall, MQAR): calibrate, choose on validation, then pair seeds.
 
-    python scripts/paired_study.py run  --root ~/.cache/probseq/experiments/recall_paired [--workers 2]
-    python scripts/paired_study.py report --root ~/.cache/probseq/experiments/recall_paired --out results/recall_paired
+    python scripts/paired_study.py run recall --root ~/.cache/probseq/experiments/recall_paired [--workers 2]
+    python scripts/paired_study.py report recall --root ~/.cache/probseq/experiments/recall_paired \
+        --out results/recall_paired
 
-``run`` trains everything the plan below needs, stage by stage, as ``probseq recall`` sweeps (each resumable and
-cached; ``--workers`` single-threaded processes share a sweep), and is itself resumable: rerun the same command.
-``report`` reads what has finished and writes the tables and the plot (partial results are marked as such).
+(``mqar`` likewise.) ``run`` trains everything the plan below needs, stage by stage, as ``probseq recall`` /
+``probseq mqar`` sweeps (each resumable and cached; ``--workers`` single-threaded processes share a sweep), and is
+itself resumable: rerun the same command. ``report`` reads what has finished and writes the tables and the plot
+(partial results are marked as such).
 
-The plan (fixed before the runs; ``results/recall_paired/README.md`` states it in words):
+The plan (fixed before the runs; ``results/{recall,mqar}_paired/README.md`` state it in words):
 
-1. **Recipe.** ``probseq recall --preset cpu`` with Zoology's two-layer model (one conv block, one mixer), every
-   example weighing the same in the loss, fla's initialisation, paired initial weights and batches per seed.
+1. **Recipe.** The task's ``cpu`` preset with Zoology's two-layer model (one conv block, one mixer), every
+   example weighing the same in the loss (MQAR: every batch from one segment, as Zoology), fla's initialisation,
+   paired initial weights and batches per seed.
 2. **Stage 1, learning rate per arm, on validation data.** Seeds 0–2 over the arm's lr grid. The chosen lr maximises
-   the mean over seeds of the mean *validation* accuracy over all nine validation points. An optimum on the grid's
+   the mean over seeds of the mean *validation* accuracy over all validation points. An optimum on the grid's
    edge extends the grid by a half-decade on that side (at most twice) and chooses again.
 3. **Which Bayesian variant is "the Bayesian Layer"** — learned or stationary retention — is chosen from stage 1
    alone (seeds 0–2 at each variant's chosen lr): the higher mean validation accuracy over the primary endpoints'
    validation points.
 4. **Stage 2, paired seeds.** Seeds 0 … N−1 (N = 10) of every arm at its chosen lr.
-5. **Endpoints** (test data): accuracy at 16 pairs, 32 pairs and 4 collisions. Statistic: the per-seed paired
+5. **Endpoints** (test data): recall: accuracy at 16 pairs, 32 pairs and 4 collisions; MQAR: at (512, 128) and
+   (1024, 256), the two points beyond training. Statistic: the per-seed paired
    difference Bayesian Layer − Gated DeltaNet, its mean and 95 % t-interval over the N seeds. Verdict: better
    (interval above 0), worse (below 0), indistinguishable (contains 0 with half-width ≤ 0.05), undecided
    (contains 0, half-width > 0.05). Secondary: the same over the seeds where both runs learned the training
-   regime (validation accuracy inside ≥ 0.9).
-6. **Calibration check.** A run has *learned* when its validation accuracy inside is ≥ 0.9; the baselines (attention,
-   Gated DeltaNet, DeltaNet) should learn in ≥ 9 of 10 seeds at their chosen lr.
+   regime.
+6. **Calibration check.** A run has *learned* when its validation accuracy at the task's ``learned_point`` (recall:
+   inside; MQAR: (64, 4), the plateau's tell) is ≥ 0.9; the baselines (attention, Gated DeltaNet, DeltaNet) should
+   learn in ≥ 9 of 10 seeds at their chosen lr.
 """
 
 from __future__ import annotations
@@ -39,13 +44,29 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = ["n_layers=2", "loss_weighting=example", "num_threads=1"]
 DELTA_GRID = (3e-4, 1e-3, 3e-3)
 STAGE1_SEEDS = (0, 1, 2)
 PAIRED_SEEDS = 10
-LEARNED = 0.9  # validation accuracy inside at or above which a run has learned the training regime
-PRIMARY = ("num_pairs=16", "num_pairs=32", "collisions=4")
+LEARNED = 0.9  # validation accuracy at the task's learned_point at or above which a run has learned
 MAX_EXTENSIONS = 2
+
+
+@dataclass(frozen=True)
+class Task:
+    command: str  # the probseq subcommand
+    base: tuple[str, ...]  # --set overrides of every sweep
+    primary: tuple[str, ...]  # endpoint names (test_<name> / valid_<name>)
+    learned_point: str  # the validation point that says a run learned the training regime
+    also: tuple[str, ...]  # other test points in runs.csv
+
+
+TASKS = {
+    "recall": Task("recall", ("n_layers=2", "loss_weighting=example", "num_threads=1"),
+                   ("num_pairs=16", "num_pairs=32", "collisions=4"), "inside",
+                   ("inside", "gap=256", "key_noise=0.5")),
+    "mqar": Task("mqar", ("n_layers=2", "loss_weighting=example", "batching=by_segment", "num_threads=1"),
+                 ("T512_k128", "T1024_k256"), "T64_k4", ("T64_k4", "T128_k32", "T256_k64")),
+}
 
 
 @dataclass(frozen=True)
@@ -73,12 +94,12 @@ def sweep_dir(root: Path, arm: Arm, label: str) -> Path:
     return root / arm.name / label
 
 
-def run_sweep(root: Path, arm: Arm, label: str, lrs: list[float], seeds: list[int], workers: int) -> dict:
+def run_sweep(task: Task, root: Path, arm: Arm, label: str, lrs: list[float], seeds: list[int], workers: int) -> dict:
     """Train one sweep with ``workers`` processes (resumable); return its unit records by (lr, seed)."""
     out = sweep_dir(root, arm, label)
-    command = [str(ROOT / ".venv/bin/probseq"), "recall", "--preset", "cpu", "--out", str(out), "--set",
+    command = [str(ROOT / ".venv/bin/probseq"), task.command, "--preset", "cpu", "--out", str(out), "--set",
                f'mixers=["{arm.mixer}"]', f"learning_rates={json.dumps(lrs)}", f"seeds={json.dumps(seeds)}",
-               *BASE, *arm.sets]
+               *task.base, *arm.sets]
     print(f"== {arm.name} {label}: lrs {lrs}, seeds {seeds}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     logs = [open(out.parent / f"{label}.worker{w}.log", "a") for w in range(workers)]
@@ -125,9 +146,9 @@ def choose_lr(records: dict, seeds: tuple[int, ...]) -> tuple[float, dict[float,
     return best, scores
 
 
-def stage1(root: Path, arm: Arm, workers: int) -> tuple[float, dict]:
+def stage1(task: Task, root: Path, arm: Arm, workers: int) -> tuple[float, dict]:
     """Stage 1 of one arm: the grid, extended while the optimum sits on an edge; the chosen lr and the records."""
-    records = dict(run_sweep(root, arm, "grid", list(arm.grid), list(STAGE1_SEEDS), workers))
+    records = dict(run_sweep(task, root, arm, "grid", list(arm.grid), list(STAGE1_SEEDS), workers))
     for _ in range(MAX_EXTENSIONS + 1):
         best, scores = choose_lr(records, STAGE1_SEEDS)
         lrs = sorted(scores)
@@ -137,20 +158,20 @@ def stage1(root: Path, arm: Arm, workers: int) -> tuple[float, dict]:
         new = float(f"{best * step:.3g}")
         if len([lr for lr in lrs if lr not in arm.grid]) >= MAX_EXTENSIONS:
             break
-        records |= run_sweep(root, arm, f"lr{new:g}", [new], list(STAGE1_SEEDS), workers)
+        records |= run_sweep(task, root, arm, f"lr{new:g}", [new], list(STAGE1_SEEDS), workers)
     best, _ = choose_lr(records, STAGE1_SEEDS)
     return best, records
 
 
 def run(args: argparse.Namespace) -> None:
-    root = Path(args.root).expanduser()
+    task, root = TASKS[args.task], Path(args.root).expanduser()
     chosen = {}
     for arm in ARMS:
-        chosen[arm.name], _ = stage1(root, arm, args.workers)
+        chosen[arm.name], _ = stage1(task, root, arm, args.workers)
         print(f"   {arm.name}: chosen lr {chosen[arm.name]:g}", flush=True)
     for arm in ARMS:
         if arm.paired:
-            run_sweep(root, arm, "paired", [chosen[arm.name]], list(range(PAIRED_SEEDS)), args.workers)
+            run_sweep(task, root, arm, "paired", [chosen[arm.name]], list(range(PAIRED_SEEDS)), args.workers)
     print("done; python scripts/paired_study.py report --root ... --out ...", flush=True)
 
 
@@ -180,7 +201,7 @@ def verdict(mean: float, half: float) -> str:
 
 
 def report(args: argparse.Namespace) -> None:
-    root, out = Path(args.root).expanduser(), Path(args.out)
+    task, root, out = TASKS[args.task], Path(args.root).expanduser(), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     records = {arm.name: all_records(root, arm) for arm in ARMS}
     calibration, chosen = [], {}
@@ -194,7 +215,7 @@ def report(args: argparse.Namespace) -> None:
             scores = {}
         for lr in lrs:
             runs = {s: m for (l, s), m in records[arm.name].items() if l == lr}
-            learned = sum((accuracy(m, "valid_inside") or 0) >= LEARNED for m in runs.values())
+            learned = sum((accuracy(m, f"valid_{task.learned_point}") or 0) >= LEARNED for m in runs.values())
             calibration.append({"arm": arm.name, "lr": lr, "seeds": len(runs), "learned": learned,
                                 "mean_valid_all": round(statistics.fmean(mean_valid(m) for m in runs.values()), 4),
                                 "stage1_score": round(scores[lr], 4) if lr in scores else None,
@@ -204,16 +225,16 @@ def report(args: argparse.Namespace) -> None:
     variant = None
     if all(b in chosen for b in BAYESIAN):
         def primary_valid(name):
-            return statistics.fmean(mean_valid(records[name][(chosen[name], s)], PRIMARY) for s in STAGE1_SEEDS)
+            return statistics.fmean(mean_valid(records[name][(chosen[name], s)], task.primary)
+                                    for s in STAGE1_SEEDS)
         variant = max(BAYESIAN, key=primary_valid)
     runs, paired = [], []
     for arm in ARMS:
         for (lr, seed), m in sorted(records[arm.name].items()):
             if lr == chosen.get(arm.name):
                 runs.append({"arm": arm.name, "lr": lr, "seed": seed,
-                             "valid_inside": accuracy(m, "valid_inside"),
-                             **{f"test_{p}": accuracy(m, f"test_{p}")
-                                for p in ("inside", *PRIMARY, "gap=256", "key_noise=0.5")},
+                             "learned": (accuracy(m, f"valid_{task.learned_point}") or 0) >= LEARNED,
+                             **{f"test_{p}": accuracy(m, f"test_{p}") for p in (*task.also, *task.primary)},
                              "retention_scale": json.dumps(m.get("retention_scale")) if m.get("retention_scale")
                              else None})
     write_csv(out / "runs.csv", runs)
@@ -221,9 +242,9 @@ def report(args: argparse.Namespace) -> None:
         bayes = {r["seed"]: r for r in runs if r["arm"] == variant}
         gdn = {r["seed"]: r for r in runs if r["arm"] == "gated_deltanet"}
         seeds = sorted(set(bayes) & set(gdn))
-        for analysis, keep in (("all", seeds), ("both learned", [s for s in seeds if min(
-                bayes[s]["valid_inside"] or 0, gdn[s]["valid_inside"] or 0) >= LEARNED])):
-            for point in PRIMARY:
+        for analysis, keep in (("all", seeds), ("both learned", [s for s in seeds
+                                                                 if bayes[s]["learned"] and gdn[s]["learned"]])):
+            for point in task.primary:
                 diffs = [bayes[s][f"test_{point}"] - gdn[s][f"test_{point}"] for s in keep
                          if bayes[s][f"test_{point}"] is not None and gdn[s][f"test_{point}"] is not None]
                 if not diffs:
@@ -276,9 +297,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     run_parser = commands.add_parser("run", help="train every stage (resumable)")
+    run_parser.add_argument("task", choices=sorted(TASKS))
     run_parser.add_argument("--root", required=True)
     run_parser.add_argument("--workers", type=int, default=2)
     report_parser = commands.add_parser("report", help="tables and plot from what has finished")
+    report_parser.add_argument("task", choices=sorted(TASKS))
     report_parser.add_argument("--root", required=True)
     report_parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
