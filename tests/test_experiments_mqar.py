@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 
 import pytest
 
@@ -111,11 +112,43 @@ def test_an_interrupted_unit_resumes_from_its_checkpoint(tmp_path):
     resumed = run_units([unit], "mqar", tmp_path / "out", log=lines.append)
     assert "resuming" in lines[0]
     assert resumed.metrics[unit.name]["resumed_from_step"] == 2
+    shutil.rmtree(run_dir)  # the finished run's final/ would be taken as it is (the next test)
     fresh = run_units([Unit(unit.name, unit.config)], "mqar", tmp_path / "fresh", log=lines.append)
     assert fresh.metrics[unit.name]["resumed_from_step"] is None
     for split, metrics in fresh.metrics[unit.name]["eval"].items():
         for key, value in metrics.items():
             assert resumed.metrics[unit.name]["eval"][split][key] == pytest.approx(value, abs=1e-6)
+
+
+def test_a_unit_finished_by_another_sweep_is_taken_from_its_final_folder(tmp_path, monkeypatch):
+    """A sweep into another ``out`` holding a unit that has finished (its ``final/`` kept) takes the finished run's
+    metrics instead of training it again; a damaged or foreign ``final/metrics.json`` is trained again."""
+    import probseq.train.trainer as trainer_module
+
+    config = dataclasses.replace(mqar.apply_overrides(mqar.PRESETS["quick"], TINY_MQAR), mixers=("attention",),
+                                 learning_rates=(0.01,), seeds=(0,), max_steps=2)
+    unit = config.units()[0]
+    first = run_units([unit], "mqar", tmp_path / "first", log=lambda line: None).metrics[unit.name]
+    final = runs_root() / "mqar" / f"{unit.name}-{unit.config.fingerprint()}" / "final" / "metrics.json"
+    assert final.exists()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer_module, "train", no_training)
+        lines = []
+        again = run_units([unit], "mqar", tmp_path / "second", log=lines.append).metrics[unit.name]
+    assert again == first and "finished earlier" in lines[0]
+    assert (tmp_path / "second" / "cache" / f"{unit.name}-{unit.config.fingerprint()}.json").exists()
+
+    for damage in ("{not json", json.dumps({**first, "fingerprint": "0123456789ab"})):
+        final.write_text(damage)
+        lines = []
+        retrained = run_units([unit], "mqar", tmp_path / f"third{len(damage)}", log=lines.append).metrics[unit.name]
+        assert "training it again" in lines[0] and retrained["steps"] == 2
+        for split, metrics in first["eval"].items():
+            assert retrained["eval"][split] == pytest.approx(metrics, abs=1e-6), split
 
 
 def test_unwritable_out_is_an_error_before_any_work(tmp_path, capsys):

@@ -7,8 +7,9 @@ and never recomputed; while it runs, its checkpoints live in ``runs_root()/<expe
 (``$XDG_CACHE_HOME/probseq/runs`` or ``~/.cache/probseq/runs``), so an interrupted sweep resumes the
 unfinished unit from its last checkpoint, and ends with the metrics of an uninterrupted one. A changed
 config changes the fingerprint, so stale results and checkpoints are never reused. A finished unit's checkpoints
-are deleted; its final weights stay in ``<name>-<fp>/final/`` (:func:`probseq.train.trainer.save_final`), so
-``probseq mqar eval`` / ``probseq recall eval`` can score it at new test points (:mod:`probseq.train.saved`).
+are deleted; its final weights and metrics stay in ``<name>-<fp>/final/`` (:func:`probseq.train.trainer.save_final`),
+so ``probseq mqar eval`` / ``probseq recall eval`` can score it at new test points (:mod:`probseq.train.saved`), and a
+sweep into another ``out`` that holds the same unit takes its metrics from there instead of training it again.
 
 Several workers may run one sweep at once (e.g. two single-threaded processes on a 2-core machine, which
 train ~12 % more per hour than one process with two threads): a unit is trained by whichever worker first
@@ -221,6 +222,11 @@ def _train_unit(unit: Unit, key: str, experiment: str, cache: Path, tag: str, lo
     run_dir = runs_root() / experiment / key
     config = dataclasses.replace(unit.config, output_dir=str(run_dir))
     resuming = run_dir.exists() and any(run_dir.glob("checkpoint-*"))
+    finished = None if resuming else _finished_run_metrics(unit, run_dir, log, tag)
+    if finished is not None:  # trained to the end by another sweep (another --out): its record, not a rerun
+        atomic_write_json(cache / f"{key}.json", {"unit": unit.name, "config": config.identity(), "metrics": finished})
+        log(f"{tag} {unit.name}: finished earlier (another sweep); its metrics are taken from {run_dir}/final")
+        return finished
     log(f"{tag} {unit.name}: {'resuming' if resuming else 'training'} ({config.max_steps} steps; checkpoints in "
         f"{run_dir})")
     started = time.perf_counter()
@@ -240,6 +246,29 @@ def _train_unit(unit: Unit, key: str, experiment: str, cache: Path, tag: str, lo
     log(f"{tag} {unit.name}: done in {time.perf_counter() - started:.0f} s (trained {result['train_seconds']:.0f} s "
         f"in all, {result['seconds_per_step'] * 1000:.0f} ms/step); test accuracy {accuracy}")
     return result
+
+
+def _finished_run_metrics(unit: Unit, run_dir: Path, log, tag: str) -> dict[str, Any] | None:
+    """The metrics a finished run of ``unit`` kept in ``run_dir/final/`` (written when the run ended, whichever sweep
+    ran it), or ``None`` when there are none or they are not a complete record of this unit (then it is trained
+    again, which rewrites ``final/``)."""
+    from probseq.train.trainer import FINAL_DIR, FINAL_METRICS  # noqa: PLC0415 (transformers: imported late)
+
+    path = run_dir / FINAL_DIR / FINAL_METRICS
+    if not path.exists():
+        return None
+    try:
+        record = {"unit": unit.name, "metrics": read_json(path, "")}
+    except ValueError as error:
+        log(f"{tag} {unit.name}: {path} cannot be read ({error}); training it again")
+        return None
+    problem = json_problem(record, RECORD_SPEC) or _record_problem(record, unit, complete=True)
+    if problem is None and "fingerprint" not in record["metrics"]:
+        problem = "metrics.fingerprint missing"
+    if problem is not None:
+        log(f"{tag} {unit.name}: {path} is not a finished record of this unit ({problem}); training it again")
+        return None
+    return record["metrics"]
 
 
 @contextlib.contextmanager
