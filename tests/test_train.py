@@ -403,6 +403,63 @@ def test_batching_by_segment_trains_one_segment_per_step_and_resumes_exactly(tmp
     assert not torch.allclose(mixed.state["embeddings.weight"], keep_whole.state["embeddings.weight"])
 
 
+def test_retention_parameters_train_at_their_own_learning_rate_and_resume_exactly(tmp_path):
+    """``retention_lr_scale``: the learned retention's ``c_weight``, ``c_bias``, ``c_scale`` sit in optimizer groups
+    of their own at the run's lr times the scale, through warmup and decay; an interrupted run ends like an
+    uninterrupted one; the scale changes training (and the run's key) only when it is not 1."""
+    from probseq.train.trainer import build_trainer
+
+    assert "retention_lr_scale" not in tiny_config().identity()
+    with pytest.raises(ValueError, match="retention_lr_scale"):
+        tiny_config(retention_lr_scale=0.0)
+    config = tiny_config(retention_lr_scale=0.1, output_dir=str(tmp_path / "whole"), save_steps=1)
+    assert config.identity()["retention_lr_scale"] == 0.1
+
+    trainer = build_trainer(config, tmp_path / "probe")
+    trainer.create_optimizer_and_scheduler(num_training_steps=6)
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    retention = ("c_weight", "c_bias", "c_scale")
+    kinds = [{names[id(p)].rsplit(".", 1)[1] in retention for p in g["params"]} for g in trainer.optimizer.param_groups]
+    assert all(len(kind) == 1 for kind in kinds)  # no group mixes retention and other parameters
+    own = [g for g, kind in zip(trainer.optimizer.param_groups, kinds) if kind == {True}]
+    rest = [g for g, kind in zip(trainer.optimizer.param_groups, kinds) if kind == {False}]
+    assert sum(len(g["params"]) for g in own) == 3 * 2  # three tensors in each of the two Bayesian layers
+    for _ in range(4):  # through the warmup and into the decay: the ratio stays
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+        assert rest[0]["lr"] > 0 and all(g["lr"] == pytest.approx(0.1 * rest[0]["lr"], rel=1e-9) for g in own)
+    assert {g["weight_decay"] for g in own} == {0.0, 0.1}  # c_scale is not decayed, c_weight is
+
+    keep_whole = KeepParameters()
+    expected = train(config, callbacks=(keep_whole,))
+    split = dataclasses.replace(config, output_dir=str(tmp_path / "split"), save_total_limit=None)
+    with pytest.raises(Crash):
+        train(split, callbacks=(CrashAfterCheckpoint(4),))
+    keep_split = KeepParameters()
+    assert train(split, callbacks=(keep_split,))["resumed_from_step"] == 4
+    for key, value in keep_whole.state.items():
+        assert torch.allclose(keep_split.state[key], value, atol=1e-6, rtol=0), key
+    full = KeepParameters()  # the same run at scale 1: ρ (c_scale, from 0) moves about ten times as far
+    train(tiny_config(), callbacks=(full,))
+    moved = {name: state["layers.1.c_scale"].abs().max().item() for name, state in (("full", full.state),
+                                                                                    ("scaled", keep_whole.state))}
+    assert 0 < moved["scaled"] < 0.3 * moved["full"]
+    assert expected["retention_trace"]
+
+
+def test_retention_trace_records_rho_and_gradient_norms_at_every_logging_step():
+    metrics = train(tiny_config(logging_steps=2))
+    trace = metrics["retention_trace"]
+    assert [entry["step"] for entry in trace] == [2, 4, 6]
+    for entry in trace:
+        assert 0 <= entry["retention_scale"] <= 1
+        assert entry["retention_grad_norm"] > 0 and entry["other_grad_norm"] > 0
+    layers = metrics["retention_scale"]
+    assert trace[-1]["retention_scale"] == pytest.approx(
+        sum(sum(heads) for heads in layers.values()) / sum(len(heads) for heads in layers.values()), abs=1e-6)
+    assert "retention_trace" not in train(tiny_config(model=ModelSpec(mixer="gated_deltanet", d_model=16)))
+
+
 def test_trainer_loss_and_predictions_match_the_full_logits(tmp_path):
     from probseq.train.trainer import build_trainer
 

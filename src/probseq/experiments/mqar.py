@@ -79,8 +79,9 @@ class MQARConfig:
         max_steps, batch_size, warmup, weight_decay: optimisation (AdamW, cosine schedule).
         eval_batch_size: evaluation batch.
         n_layers: blocks of the model (4 = ``[conv, mixer] × 2``).
-        retention, retention_init: the Bayesian Layer's certainty retention and, for ``learned``, its starting
-            scale ``ρ`` (only the ``bayesian`` runs).
+        retention, retention_init, retention_lr_scale: the Bayesian Layer's certainty retention and, for
+            ``learned``, its starting scale ``ρ`` and its parameters' learning rate relative to the run's (only the
+            ``bayesian`` runs).
         init: weight initialisation of every run, ``"fla"`` or Zoology's ``"zoology"``
             (:class:`probseq.models.zoology.ZoologyModel`).
         loss_weighting: ``"token"`` (every supervised token of a batch weighs the same; the default) or
@@ -110,6 +111,7 @@ class MQARConfig:
     n_layers: int = 4
     retention: Literal["reset", "stationary", "learned"] = "learned"
     retention_init: float = 0.0
+    retention_lr_scale: float = 1.0
     init: Literal["fla", "zoology"] = "fla"
     loss_weighting: Literal["token", "example"] = "token"
     batching: Literal["mixed", "by_segment"] = "mixed"
@@ -158,7 +160,8 @@ class MQARConfig:
                            max_steps=self.max_steps, batch_size=self.batch_size, eval_batch_size=self.eval_batch_size,
                            seed=seed, precision=self.precision, save_steps=self.save_steps, progress=False,
                            logging_steps=max(1, self.max_steps // 10), num_threads=self.num_threads,
-                           loss_weighting=self.loss_weighting, batching=self.batching)
+                           loss_weighting=self.loss_weighting, batching=self.batching,
+                           retention_lr_scale=self.retention_lr_scale if mixer == "bayesian" else 1.0)
 
     def units(self) -> list[Unit]:
         return [Unit(f"{mixer}-d{d}-lr{lr:g}-s{seed}", self.train_config(mixer, d, lr, seed))

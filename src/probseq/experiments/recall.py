@@ -84,7 +84,7 @@ class RecallExperiment:
             knob away from the inside point.
         test_examples, valid_examples: examples per test / validation point.
         max_steps, batch_size, warmup, weight_decay, eval_batch_size, n_layers, retention, retention_init,
-            init, loss_weighting, batching, precision, save_steps, num_threads: as in
+            retention_lr_scale, init, loss_weighting, batching, precision, save_steps, num_threads: as in
             :class:`probseq.experiments.mqar.MQARConfig`.
     """
 
@@ -114,6 +114,7 @@ class RecallExperiment:
     n_layers: int = 4
     retention: Literal["reset", "stationary", "learned"] = "learned"
     retention_init: float = 0.0
+    retention_lr_scale: float = 1.0
     init: Literal["fla", "zoology"] = "fla"
     loss_weighting: Literal["token", "example"] = "token"
     batching: Literal["mixed", "by_segment"] = "mixed"
@@ -172,7 +173,8 @@ class RecallExperiment:
                            max_steps=self.max_steps, batch_size=self.batch_size, eval_batch_size=self.eval_batch_size,
                            seed=seed, precision=self.precision, save_steps=self.save_steps, progress=False,
                            logging_steps=max(1, self.max_steps // 10), num_threads=self.num_threads,
-                           loss_weighting=self.loss_weighting, batching=self.batching)
+                           loss_weighting=self.loss_weighting, batching=self.batching,
+                           retention_lr_scale=self.retention_lr_scale if mixer == "bayesian" else 1.0)
 
     def units(self) -> list[Unit]:
         return [Unit(f"{mixer}-lr{lr:g}-s{seed}", self.train_config(mixer, lr, seed))

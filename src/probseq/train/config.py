@@ -111,6 +111,9 @@ class TrainConfig:
             longest example) or ``"by_segment"`` (Zoology's: every batch from one segment, no padding; the order
             of the batches shuffled each epoch; :class:`~probseq.train.data.SegmentBatches`). Within a batch of
             one MQAR segment every example has the same number of queries, so the two loss weightings agree.
+        retention_lr_scale: the learned retention's own parameters (``c_weight``, ``c_bias``, ``c_scale``) train at
+            ``learning_rate × retention_lr_scale`` (:mod:`probseq.train.retention`); 1 (the default, what every run
+            cached before this field had) is the run's learning rate.
     """
 
     model: ModelSpec = field(default_factory=ModelSpec)
@@ -141,11 +144,12 @@ class TrainConfig:
     fsdp_wrap: tuple[str, ...] = ()
     loss_weighting: Literal["token", "example"] = "token"
     batching: Literal["mixed", "by_segment"] = "mixed"
+    retention_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         check_fields(self)
         positive(self, "learning_rate", "max_steps", "batch_size", "gradient_accumulation_steps", "eval_batch_size",
-                 "logging_steps", "adam_beta1", "adam_beta2")
+                 "logging_steps", "adam_beta1", "adam_beta2", "retention_lr_scale")
         for name in ("weight_decay", "max_grad_norm", "warmup", "save_steps", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
@@ -185,7 +189,8 @@ class TrainConfig:
 # Fields added after runs were cached, with the default that reproduces those runs: (section, field) → default
 # (section None: a field of TrainConfig itself).
 ADDED_FIELDS = {("model", "retention_init"): 0.0, ("model", "init"): "fla", (None, "loss_weighting"): "token",
-                (None, "compile"): False, (None, "batching"): "mixed"}
+                (None, "compile"): False, (None, "batching"): "mixed",
+                (None, "retention_lr_scale"): 1.0}
 
 # Settings that change neither the trained parameters nor the metrics.
 RUN_ONLY_FIELDS = frozenset({"output_dir", "save_steps", "save_total_limit", "resume", "logging_steps", "progress",

@@ -81,7 +81,8 @@ SPLIT_SPEC = {"accuracy": NUMBER, "example_accuracy?": (NUMBER, type(None)), "al
 METRICS_SPEC = {"status?": str, "fingerprint?": str, "steps?": int, "resumed_from_step?": (int, type(None)),
                 "train_loss?": (NUMBER, type(None)), "final_train_loss?": (NUMBER, type(None)),
                 "seconds_per_step?": NUMBER, "train_seconds?": NUMBER, "num_parameters?": int, "state_size?": int,
-                "state_bytes?": int, "retention_scale?": MapOf(ListOf(NUMBER)), "eval": MapOf(SPLIT_SPEC)}
+                "state_bytes?": int, "retention_scale?": MapOf(ListOf(NUMBER)),
+                "retention_trace?": ListOf(dict), "eval": MapOf(SPLIT_SPEC)}
 DIVERGED_SPEC = {"steps": int, "state_bytes": int, "train_seconds": NUMBER,
                  "diverged": {"step": int, "message": str, "last_finite_loss": (NUMBER, type(None))}}
 RECORD_SPEC = {"unit?": str, "config?": dict, "metrics": METRICS_SPEC}

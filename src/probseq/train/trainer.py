@@ -59,6 +59,7 @@ from probseq.tasks import IGNORE_INDEX
 from probseq.train.config import TrainConfig
 from probseq.train.data import SegmentBatches, TokenDataset, generate, pad_collate
 from probseq.train.metrics import pre_shifted_cross_entropy, recall_metrics, scatter_predictions
+from probseq.train.retention import RetentionTrace, retention_trace, split_retention_groups
 
 # The config a run's output_dir was started with (its identity fields), checked before resuming.
 CONFIG_FILE = "probseq_train_config.json"
@@ -77,10 +78,11 @@ class PreShiftedTrainer(Trainer):
     so ``compute_metrics`` sees ``EvalPrediction(predictions, label_ids)`` of token ids.
     """
 
-    def __init__(self, *args, loss_weighting: str = "token", **kwargs):
+    def __init__(self, *args, loss_weighting: str = "token", retention_lr_scale: float = 1.0, **kwargs):
         if loss_weighting not in ("token", "example"):
             raise ValueError(f"loss_weighting must be 'token' or 'example', got {loss_weighting!r}")
         self.loss_weighting = loss_weighting
+        self.retention_lr_scale = retention_lr_scale
         super().__init__(*args, **kwargs)
         # Count the supervised tokens of each accumulated batch (the loss normaliser) — every label, as the
         # labels are already shifted — and treat the loss as normalised by that count.
@@ -103,6 +105,13 @@ class PreShiftedTrainer(Trainer):
         :func:`no_decay_parameter_names`: the parameters marked ``_no_weight_decay`` and every norm weight."""
         exempt = no_decay_parameter_names(model)
         return [name for name in super().get_decay_parameter_names(model) if name not in exempt]
+
+    def create_optimizer(self, model=None):
+        """transformers' AdamW groups, the learned retention's parameters in groups of their own at
+        ``learning_rate × retention_lr_scale`` (:func:`probseq.train.retention.split_retention_groups`)."""
+        optimizer = super().create_optimizer(model)
+        split_retention_groups(optimizer, self.model if model is None else model, self.retention_lr_scale)
+        return optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
@@ -305,8 +314,9 @@ def build_trainer(config: TrainConfig, output_dir: str | os.PathLike,
                      else TokenDataset(splits.train))
     trainer = PreShiftedTrainer(model=model, args=args, train_dataset=train_dataset,
                                 eval_dataset={name: TokenDataset([d]) for name, d in splits.evaluation.items()},
-                                data_collator=pad_collate, compute_metrics=recall_metrics, callbacks=list(callbacks),
-                                loss_weighting=config.loss_weighting)
+                                data_collator=pad_collate, compute_metrics=recall_metrics,
+                                callbacks=[RetentionTrace(), *callbacks], loss_weighting=config.loss_weighting,
+                                retention_lr_scale=config.retention_lr_scale)
     if not config.progress:
         trainer.remove_callback(PrinterCallback)  # without bars, the Trainer would print every log dict
     if config.batching == "by_segment":
@@ -328,7 +338,8 @@ def train(config: TrainConfig, callbacks: tuple[TrainerCallback, ...] = ()) -> d
         ``{"status": "ok", "fingerprint", "steps", "resumed_from_step", "train_loss", "final_train_loss",
         "seconds_per_step", "train_seconds", "num_parameters", "state_size", "state_bytes", "eval": {split:
         {"accuracy", "example_accuracy", "all_correct", "loss"}}}``, plus ``"retention_scale"`` with
-        learned-retention Bayesian layers (each layer's trained ``ρ`` per head). ``train_loss`` and
+        learned-retention Bayesian layers (each layer's trained ``ρ`` per head) and ``"retention_trace"`` (mean ``ρ``
+        and gradient norms at every logging step, :class:`~probseq.train.retention.RetentionTrace`). ``train_loss`` and
         ``seconds_per_step`` cover the steps run by this call (:class:`TrainerRun`), ``final_train_loss`` the last
         logging window, ``train_seconds`` the whole run over its resumes (:class:`TrainingClock`); ``state_size``
         is :meth:`ZoologyModel.state_size` at the longest train sequence and ``state_bytes`` its float32 size.
@@ -365,6 +376,9 @@ def train(config: TrainConfig, callbacks: tuple[TrainerCallback, ...] = ()) -> d
                    "final_train_loss": finite_or_none(losses[-1]) if losses else None,
                    "seconds_per_step": run.seconds_per_step, "train_seconds": run.train_seconds, **size,
                    "eval": evaluation, **_retention_scales(model)}
+        trace = retention_trace(trainer.state)
+        if trace:
+            metrics["retention_trace"] = trace
         if config.output_dir:
             save_final(trainer, config, metrics, output_dir)
     return metrics
