@@ -89,12 +89,12 @@ MUTATIONS: list[Mutation] = [
              "Packed reset path: each sequence's final covariance is rebuilt from its second-to-last token."),
     # 3. dropped decays
     Mutation("bayes-chunked-carry-decay-dropped", BAYES_CHUNKED,
-             "mean = torch.baddbmm(a_n * mean, innovation.transpose(-1, -2), w_n)",
+             "mean = torch.baddbmm(decay_n * mean, innovation.transpose(-1, -2), w_n)",
              "mean = torch.baddbmm(mean, innovation.transpose(-1, -2), w_n)",
              "Chunked regression design: the inter-chunk carry M_C = A_C M_0 + E^T diag(A_C/A_j) W forgets A_C; "
              "only sequences longer than one chunk with alpha < 1 see it."),
     Mutation("bayes-recurrent-alpha-dropped", BAYES_RECURRENT,
-             'mean = alpha * mean + torch.einsum("bhv,bhk->bhvk", innovation, u / s)',
+             'mean = decay * mean + torch.einsum("bhv,bhk->bhvk", innovation, u / s)',
              'mean = mean + torch.einsum("bhv,bhk->bhvk", innovation, u / s)',
              "Decoding step: M_t = alpha M_{t-1} + e w^T loses the decay of the old memory (the innovation still "
              "uses alpha, so the error is small when alpha ~ 1)."),
@@ -105,8 +105,8 @@ MUTATIONS: list[Mutation] = [
              "chunk is not decayed by exp(b_C)."),
     # 4. transposition (the covariance itself is symmetric: its transpose is an equivalent mutant)
     Mutation("cov-transposed-in-pk", BAYES_CHUNKED,
-             "pk = kh_n @ cov  #",
-             "pk = kh_n @ cov.transpose(-1, -2)  #",
+             "pk = k_hat_n @ cov  #",
+             "pk = k_hat_n @ cov.transpose(-1, -2)  #",
              "Covariance path: K-hat P_0 replaced by K-hat P_0^T.",
              equivalent="P_0 reaches the loop symmetrised (validation.check_state, the previous segment's "
                         "symmetrised P_C, or I) and each chunk's update keeps it symmetric (an elementwise "
@@ -114,14 +114,15 @@ MUTATIONS: list[Mutation] = [
                         "mutant equals the original on symmetric matrices, and P_0 only ever enters through "
                         "0.5 (P + P^T), whose composition with either is the same function."),
     Mutation("cholesky-factor-transposed", BAYES_CHUNKED,
-             "x_n = torch.linalg.solve_triangular(gh_n * factor, torch.addcmul(rb_n, gs_n, pk), upper=False)",
-             "x_n = torch.linalg.solve_triangular((gh_n * factor).transpose(-1, -2), torch.addcmul(rb_n, gs_n, pk), "
-             "upper=True)",
+             "x_n = torch.linalg.solve_triangular(ratio_sqrt_n * factor, torch.addcmul(rhs_n, cum_sqrt_n, pk), "
+             "upper=False)",
+             "x_n = torch.linalg.solve_triangular((ratio_sqrt_n * factor).transpose(-1, -2), "
+             "torch.addcmul(rhs_n, cum_sqrt_n, pk), upper=True)",
              "Covariance path step 4: solve with the transposed Cholesky factor F^T instead of F (B = F F^T is "
              "symmetric, F is not): wrong write directions x_t, wrong pivots' meaning."),
     Mutation("delta-rule-T-transposed", BAYES_CHUNKED,
-             "t_low = a_ratio * (k @ w.transpose(-1, -2))",
-             "t_low = a_ratio * (w @ k.transpose(-1, -2))",
+             "t_low = decay_ratio * (k @ w.transpose(-1, -2))",
+             "t_low = decay_ratio * (w @ k.transpose(-1, -2))",
              "Mean path step 6: T_ij = (A_i/A_j) k_i^T w_j becomes (A_i/A_j) w_i^T k_j; K W^T is not symmetric "
              "(W != K), so each erase key is paired with the wrong write key."),
     # 5. dropped symmetrisation
@@ -142,8 +143,8 @@ MUTATIONS: list[Mutation] = [
              "Chunked mean path: the innovation e_t = v~_t - k~_t M_0^T with the wrong sign (visible only from a "
              "nonzero start state, i.e. from the second chunk on or with an initial state)."),
     Mutation("recurrent-gamma-swapped", BAYES_RECURRENT,
-             "cov_pred = gamma[..., None] * cov + (1 - gamma[..., None]) * eye",
-             "cov_pred = (1 - gamma[..., None]) * cov + gamma[..., None] * eye",
+             "cov_pred = retention[..., None] * cov + (1 - retention[..., None]) * eye",
+             "cov_pred = (1 - retention[..., None]) * cov + retention[..., None] * eye",
              "Decoding step: the predicted covariance uses 1 - gamma for gamma (P^- = (1-gamma) I + gamma P); the "
              "write direction u still uses the right gamma, so only the covariance and variance drift."),
     Mutation("missing-unitriangular", BAYES_CHUNKED,
@@ -157,8 +158,8 @@ MUTATIONS: list[Mutation] = [
              "segsum off by one: out[t, j] = sum_{l=j}^{t} x_l instead of sum_{l=j+1}^{t}; every in-chunk ratio "
              "includes the earlier token's own gate."),
     Mutation("log-retention-floor-no-gradient", SEGSUM,
-             "floored = torch.where(gamma < floor, floor + (gamma - gamma.detach()), gamma)",
-             "floored = torch.where(gamma < floor, floor + 0 * gamma, gamma)",
+             "floored = torch.where(retention < floor, floor + (retention - retention.detach()), retention)",
+             "floored = torch.where(retention < floor, floor + 0 * retention, retention)",
              "log_retention: same value, but below the floor the gradient is 0 instead of 1/floor; a layer "
              "started at gamma = 0 could never learn gamma."),
     Mutation("varlen-gamma-padding-zero", RUN,
@@ -171,13 +172,13 @@ MUTATIONS: list[Mutation] = [
              "s = ((k * u).sum(-1)).clamp_min(",
              "Decoding step: the innovation variance s = k^T u + r without r (every write a full, beta = 1 write)."),
     Mutation("superposition-per-channel-decay-axis", SUP_CHUNKED,
-             "q_decayed = q * log_alpha.cumsum(-2).exp()",
-             "q_decayed = q * log_alpha.cumsum(-1).exp()",
+             "q_decayed = q * log_decay.cumsum(-2).exp()",
+             "q_decayed = q * log_decay.cumsum(-1).exp()",
              "Chunked superposition, per-channel decay (GLA): the decay applied to the carried state is "
              "accumulated over key channels instead of over time."),
     Mutation("chunked-variance-ratio-not-squared", BAYES_CHUNKED,
-             "return xs, pivots, g_half.square(), prior_var, cov, failed",
-             "return xs, pivots, g_half, prior_var, cov, failed",
+             "return xs, pivots, retention_ratio_sqrt.square(), prior_var, cov, failed",
+             "return xs, pivots, retention_ratio_sqrt, prior_var, cov, failed",
              "Covariance path step 8: the predictive variance weights (x_j^T q_t)^2 by sqrt(G_t/G_j) instead of "
              "G_t/G_j (correct only where gamma is 0 or 1)."),
     Mutation("varlen-empty-sequence-loses-prior", RUN,

@@ -120,7 +120,7 @@ def test_training_config_compile_reaches_the_trainer_and_keeps_eager_fingerprint
 def test_the_experiments_model_traces_as_one_graph(mixer):
     """The MQAR/recall model (what ``TrainConfig.compile`` compiles): no graph break, the token-id check included
     (it is skipped while compiling: it would need the host to read a device value)."""
-    from probseq.models.zoology import ZoologyConfig, ZoologyModel
+    from probseq.models import ZoologyConfig, ZoologyModel
 
     torch.manual_seed(0)
     model = ZoologyModel(ZoologyConfig(vocab_size=64, d_model=32, mixer=mixer))

@@ -373,14 +373,14 @@ def test_extra_cached_token_array_that_is_not_one_names_the_file(tmp_path):
 def test_extra_pretrain_summary_line_when_no_validation_loss_was_measured(monkeypatch, capsys, tmp_path):
     from types import SimpleNamespace
 
-    from probseq.experiments import pretrain as pretrain_cli
+    from probseq.experiments import distillation as distillation_cli
     from probseq.train import pretrain as pretrain_module
 
     log = {"num_parameters": 10, "tokens": 100, "steps": 2, "seconds_per_step": 0.5, "tokens_per_second": 100.0,
            "valid_loss": None}
     monkeypatch.setattr(pretrain_module, "pretrain", lambda config, out: log)
     args = SimpleNamespace(config="tiny", set=[], out=tmp_path)
-    assert pretrain_cli.pretrain_main(args) == 0
+    assert distillation_cli.pretrain_main(args) == 0
     assert "valid loss n/a" in capsys.readouterr().out
 
 

@@ -20,7 +20,7 @@ the layer's time spent in the filter; and the time per generated token of a smal
 tokens: single-token forwards with the cache, as ``generate`` runs them.
 
 MQAR training cases (``--mqar`` runs only these): the training throughput of the MQAR model
-(:class:`probseq.models.zoology.ZoologyModel`, ``[conv block, mixer] × 2``) per mixer at the ``cpu``
+(:class:`probseq.models.mqar_model.ZoologyModel`, ``[conv block, mixer] × 2``) per mixer at the ``cpu``
 preset's shapes of ``probseq mqar`` (``d_model=64``, vocabulary 8192, a batch of 64 sequences of 256 tokens
 with 64 key–value pairs): one optimizer step — forward with logits at the supervised positions only, the
 cross-entropy, backward, AdamW — as :class:`probseq.train.PreShiftedTrainer` runs it, less its gradient
@@ -428,7 +428,7 @@ MQAR_PREFIX = "mqar_train_"
 def mqar_training_step(mixer: str, length: int, config: BenchConfig) -> tuple[torch.nn.Module, Callable[[], Tensor]]:
     """The MQAR model with ``mixer`` and a closure that runs one training step of it on a fixed batch of
     MQAR data (``config.mqar_*``) and returns the step's loss."""
-    from probseq.models.zoology import ZoologyConfig, ZoologyModel
+    from probseq.models.mqar_model import ZoologyConfig, ZoologyModel
     from probseq.tasks import IGNORE_INDEX, multiquery_ar
     from probseq.train.metrics import pre_shifted_cross_entropy
 
@@ -466,7 +466,7 @@ def recall_training_step(mixer: str, config: BenchConfig) -> tuple[torch.nn.Modu
     """The recall model (:mod:`probseq.experiments.recall`'s ``cpu`` preset shapes: ``d_model`` 64, 4 layers, 64
     keys and values) with ``mixer`` and a closure that runs one training step on a fixed batch of its training
     segment (``recall_*``: pairs, gap, one collision, two distractors, key noise 0.1)."""
-    from probseq.models.zoology import ZoologyConfig, ZoologyModel
+    from probseq.models.mqar_model import ZoologyConfig, ZoologyModel
     from probseq.tasks import IGNORE_INDEX
     from probseq.train.metrics import pre_shifted_cross_entropy
 

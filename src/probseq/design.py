@@ -136,18 +136,18 @@ class MemoryDynamics:
 
     def predict(self, state: BayesState, t: int) -> BayesState:
         mean, cov = state
-        log_decay, retention = self._per_token
-        if log_decay is not None:
-            alpha = log_decay[t].exp()
+        log_decays, retentions = self._per_token
+        if log_decays is not None:
+            decay = log_decays[t].exp()
             # scalar decay [B,H] scales the whole memory; per-channel [B,H,K] scales its columns.
-            mean = mean * (alpha[..., None, None] if alpha.dim() == 2 else alpha[:, :, None, :])
+            mean = mean * (decay[..., None, None] if decay.dim() == 2 else decay[:, :, None, :])
         if cov is not None:
             eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
-            if self.retention is None:
+            if retentions is None:
                 cov = eye.expand_as(cov)
             else:
-                gamma = retention[t][..., None, None].to(cov.dtype)
-                cov = (1 - gamma) * eye + gamma * cov
+                retention = retentions[t][..., None, None].to(cov.dtype)
+                cov = (1 - retention) * eye + retention * cov
         return BayesState(mean, cov)
 
 
@@ -181,8 +181,8 @@ class RegressionWrite:
         u = torch.einsum("bhij,bhj->bhi", cov, key)  # u = P⁻ k
         s = (key * u).sum(-1) + self._per_token[t].to(u.dtype)  # s = kᵀu + r
         s = s.clamp_min(torch.finfo(s.dtype).tiny)[..., None]  # s = 0 only if k = 0 and r = 0: then u = 0
-        e = value - torch.einsum("bhvk,bhk->bhv", mean, key)  # innovation
-        mean = mean + torch.einsum("bhv,bhk->bhvk", e, u / s)
+        innovation = value - torch.einsum("bhvk,bhk->bhv", mean, key)  # e = v − M⁻k
+        mean = mean + torch.einsum("bhv,bhk->bhvk", innovation, u / s)
         cov = cov - torch.einsum("bhi,bhj->bhij", u, u / s)
         return BayesState(mean, cov)
 
@@ -264,10 +264,12 @@ class DesignModel:
 def regression_design(g: Tensor | None, beta: Tensor, gamma: Tensor | None, *, scale: float,
                       initial_state: BayesState | None = None, r_min: float = R_MIN,
                       dtype: torch.dtype | None = None) -> DesignModel:
-    """The Bayesian Layer's design model from its gates (docs/design-model.md): decay ``α = exp(g)``,
-    retention ``γ`` (``None``: the covariance is reset before every write, the delta-rule family) and
-    noise ``r = clamp((1 − β)/β, r_min, R_MAX)`` formed in ``dtype`` (default: :func:`compute_dtype` of
-    the gates and state). The one place gates become a design."""
+    """The Bayesian Layer's design model from its gates (docs/design-model.md; names: docs/notation.md): log
+    decay ``g`` (``α = exp(g)``) becomes ``MemoryDynamics.log_decay``, the certainty retention ``gamma``
+    (``None``: the covariance is reset before every write, the delta-rule family) ``MemoryDynamics.retention``,
+    and the write strength ``beta`` (``β ∈ [0, 1]``, the regression family's meaning) the write noise
+    ``RegressionWrite.noise`` ``r = clamp((1 − β)/β, r_min, R_MAX)``, formed in ``dtype`` (default:
+    :func:`compute_dtype` of the gates and state). The one place gates become a design."""
     prior = MatrixNormalPrior.from_state(initial_state)
     dtype = dtype or compute_dtype(g, beta, gamma, prior.mean, prior.cov)
     return DesignModel(prior, MemoryDynamics(g, gamma),
@@ -277,8 +279,9 @@ def regression_design(g: Tensor | None, beta: Tensor, gamma: Tensor | None, *, s
 def superposition_design(g: Tensor | None, beta: Tensor | None, *, scale: float,
                          initial_state: BayesState | None = None,
                          dtype: torch.dtype | None = None) -> DesignModel:
-    """The linear-attention family's design model: decay ``exp(g)`` (``[B, T, H]`` or per key channel
-    ``[B, T, H, K]``) and evidence weight ``β`` (``None``: 1)."""
+    """The linear-attention family's design model: log decay ``g`` (``α = exp(g)``, ``[B, T, H]`` or per key channel
+    ``[B, T, H, K]``) becomes ``MemoryDynamics.log_decay``, and ``beta`` — the superposition family's meaning, the
+    evidence weight ``β ≥ 0`` (``None``: 1) — ``SuperpositionWrite.weight``."""
     prior = MatrixNormalPrior.from_state(initial_state)
     dtype = dtype or compute_dtype(g, beta, prior.mean, prior.cov)
     return DesignModel(prior, MemoryDynamics(g, None),

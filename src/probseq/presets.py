@@ -22,6 +22,11 @@ With the covariance reset (``γ = 0``) the write key is ``k/(‖k‖² + r)``, w
 exactly when ``‖k‖ = 1`` — so the delta-rule presets require unit-norm (or zero) keys, as those models
 L2-normalise them; pass ``use_qk_l2norm_in_kernel=True`` to normalise here. Longhorn's gain
 ``β' k / (1 + β'‖k‖²)`` is exact for raw keys.
+
+``beta`` keeps each named model's own meaning (docs/notation.md, "beta"): the write strength ``β ∈ [0, 1]``
+with noise ``r = (1 − β)/β`` for ``deltanet``, ``gated_deltanet`` and ``bayesian``; Longhorn's step size
+``β' > 0`` with noise ``r = 1/β'`` for ``longhorn``. The superposition presets take no ``beta`` (Mamba-2's
+evidence weight is its step size ``dt``).
 """
 
 from __future__ import annotations
@@ -77,7 +82,8 @@ def mamba2(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, *,
     """Mamba-2 / SSD without the ``D`` skip: ``h_t = exp(Δ_t A) h_{t-1} + Δ_t x_t B_tᵀ``, ``y_t = h_t C_t``.
 
     Args:
-        x: ``[B, T, H, P]`` inputs (values); dt: ``[B, T, H]`` step sizes ``Δ > 0``; A: ``[H]`` ``< 0``;
+        x: ``[B, T, H, P]`` inputs (values); dt: ``[B, T, H]`` step sizes ``Δ > 0`` (the evidence weight
+            ``β = Δ``, and with ``A`` the log decay ``g = Δ·A``); A: ``[H]`` ``< 0``;
         B, C: ``[B, T, H, N]`` input / output projections (keys / queries).
         initial_state: ``h_0`` ``[B, H, P, N]`` (mamba_ssm's ``ssm_state`` layout).
 
@@ -129,7 +135,8 @@ def deltanet(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, *, scale: float | No
              initial_state: Tensor | BayesState | None = None, output_final_state: bool = False,
              use_qk_l2norm_in_kernel: bool = False, impl: Impl = "auto", chunk_size: int = 64,
              validate: bool = True) -> FilterOutput:
-    """DeltaNet ``M_t = M_{t-1}(I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ``: beta ``[B, T, H]`` in ``[0, 1]``."""
+    """DeltaNet ``M_t = M_{t-1}(I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ``: beta ``[B, T, H]`` is the write strength
+    ``β ∈ [0, 1]`` (write noise ``r = (1 − β)/β``, no floor)."""
     return _delta("DeltaNet", q, k, v, None, beta, scale, initial_state, output_final_state,
                   use_qk_l2norm_in_kernel, impl, chunk_size, validate)
 
@@ -139,7 +146,8 @@ def gated_deltanet(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, *, 
                    use_qk_l2norm_in_kernel: bool = False, impl: Impl = "auto",
                    chunk_size: int = 64, validate: bool = True) -> FilterOutput:
     """Gated DeltaNet ``M_t = α_t M_{t-1}(I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ``, ``α = exp(g)``;
-    g, beta ``[B, T, H]`` (flash-linear-attention's ``chunk_gated_delta_rule`` argument order)."""
+    g, beta ``[B, T, H]`` (flash-linear-attention's ``chunk_gated_delta_rule`` argument order): ``g`` the log decay
+    ``≤ 0``, ``beta`` the write strength ``β ∈ [0, 1]`` (write noise ``r = (1 − β)/β``, no floor)."""
     return _delta("Gated DeltaNet", q, k, v, g, beta, scale, initial_state, output_final_state,
                   use_qk_l2norm_in_kernel, impl, chunk_size, validate)
 
@@ -148,7 +156,11 @@ def longhorn(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, *, scale: float | No
              initial_state: Tensor | BayesState | None = None, output_final_state: bool = False,
              impl: Impl = "auto", chunk_size: int = 64, validate: bool = True) -> FilterOutput:
     """Longhorn's online regression ``M_t = argmin ‖M − M_{t-1}‖² + β'‖M k_t − v_t‖²``, i.e. the gain
-    ``β' k /(1 + β'‖k‖²)`` on raw keys; beta ``[B, T, H]`` is ``β' > 0`` (noise ``r = 1/β'``)."""
+    ``β' k /(1 + β'‖k‖²)`` on raw keys.
+
+    ``beta [B, T, H]`` is Longhorn's step size ``β' > 0`` — unbounded, *not* the write strength of
+    :func:`deltanet` — and sets the write noise ``r = 1/β'`` (on a unit key the write strength is
+    ``β'/(1 + β')``)."""
     _, length, heads, key_dim, _ = check_qkv(q, k, v)
     checks = ValueChecks() if validate else None
     check_gate("beta", beta, (k.shape[0], length, heads), "[B, T, H]", checks, low=0.0, low_open=True,
@@ -157,7 +169,8 @@ def longhorn(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, *, scale: float | No
         checks.finite("beta", beta)
         checks.resolve()
     state = as_state("initial_state", initial_state)
-    design = DesignModel(MatrixNormalPrior.from_state(state), MemoryDynamics(None, None), RegressionWrite(1 / beta),
+    noise = 1 / beta
+    design = DesignModel(MatrixNormalPrior.from_state(state), MemoryDynamics(None, None), RegressionWrite(noise),
                          LinearReadout(check_scale(scale, key_dim)))
     return run_filter(design, q, k, v, impl=impl, chunk_size=chunk_size, output_final_state=output_final_state,
                       validate=validate)
@@ -167,7 +180,9 @@ def bayesian(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, beta: Tensor, ga
              scale: float | None = None, initial_state: BayesState | None = None,
              output_final_state: bool = False, output_variance: bool = False, impl: Impl = "auto",
              chunk_size: int = 64, r_min: float = R_MIN, validate: bool = True) -> FilterOutput:
-    """The Bayesian Layer (regression design with certainty retention γ); see :func:`probseq.ops.bayes_filter`."""
+    """The Bayesian Layer (regression design with certainty retention γ); see :func:`probseq.ops.bayes_filter`:
+    ``g`` the log decay, ``beta`` the write strength ``β ∈ [0, 1]`` (noise ``r = clamp((1 − β)/β, r_min, R_MAX)``),
+    ``gamma`` the certainty retention."""
     return bayes_filter(q, k, v, g, beta, gamma, scale=scale, initial_state=initial_state,
                         output_final_state=output_final_state, output_variance=output_variance, impl=impl,
                         chunk_size=chunk_size, r_min=r_min, validate=validate)

@@ -285,7 +285,7 @@ def add_pretrain(commands) -> None:
     parser.add_argument("--config", default="small", help="preset: tiny, small or 340m (default small)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (the fla checkpoint)")
     add_overrides(parser, "override config fields", dest="set")
-    parser.set_defaults(run="probseq.experiments.pretrain:pretrain_main")
+    parser.set_defaults(run="probseq.experiments.distillation:pretrain_main")
 
 
 def add_distill(commands) -> None:
@@ -298,7 +298,7 @@ def add_distill(commands) -> None:
     parser.add_argument("--baseline", action="store_true", help="fine-tune the GDN teacher instead (matched compute)")
     parser.add_argument("--config", default="small", help="preset: tiny, small or 340m (default small)")
     add_overrides(parser, "override config fields", dest="set")
-    parser.set_defaults(run="probseq.experiments.pretrain:distill_main")
+    parser.set_defaults(run="probseq.experiments.distillation:distill_main")
 
 
 def add_ruler(commands) -> None:

@@ -5,7 +5,7 @@ Zoology's MQAR data (:func:`probseq.tasks.multiquery_ar`: keys from the lower ha
 values from the upper half, power-law query placement ``a = 0.01``, labels −100 except at the queries),
 train segments ``(T, k)`` = (64, 4), (128, 8), (256, 16), (256, 32), (256, 64) mixed in one training set,
 test segments (64, 4) … (256, 64) and beyond them (512, 128), (1024, 256). The model is Zoology's: short-conv
-blocks alternating with the mixer, no MLP (:class:`probseq.models.zoology.ZoologyModel`), one ``d_model`` for
+blocks alternating with the mixer, no MLP (:class:`probseq.models.mqar_model.ZoologyModel`), one ``d_model`` for
 every mixer. Zoology's configs use ``n_layers = 2``: one conv block, then the mixer (the ``paper`` preset), except
 for Mamba-2, which Zoology runs as two Mamba-2 blocks without conv blocks (here it keeps the conv block); the
 ``quick`` and ``cpu`` presets use ``n_layers = 4`` (``[conv, mixer] × 2``: two mixer layers). Each ``(mixer, d_model, lr, seed)`` is one training run (a *unit*, cached on
@@ -83,7 +83,7 @@ class MQARConfig:
             ``learned``, its starting scale ``ρ`` and its parameters' learning rate relative to the run's (only the
             ``bayesian`` runs).
         init: weight initialisation of every run, ``"fla"`` or Zoology's ``"zoology"``
-            (:class:`probseq.models.zoology.ZoologyModel`).
+            (:class:`probseq.models.mqar_model.ZoologyModel`).
         loss_weighting: ``"token"`` (every supervised token of a batch weighs the same; the default) or
             ``"example"`` (every example weighs the same, as in Zoology) — :class:`~probseq.train.TrainConfig`'s.
         batching: ``"mixed"`` (the default: every train segment's examples in one shuffled set, batches padded) or

@@ -1,6 +1,6 @@
-"""Learned associative recall (SPEC §5.2): trained inside one regime, evaluated inside and beyond it.
+"""Learned associative recall: trained inside one regime, evaluated inside and beyond it.
 
-Small models (:class:`probseq.models.zoology.ZoologyModel`, ``[short-conv block, mixer] × 2``, one
+Small models (:class:`probseq.models.mqar_model.ZoologyModel`, ``[short-conv block, mixer] × 2``, one
 ``d_model`` for every mixer) are trained end to end on :func:`probseq.tasks.associative_recall` with key
 noise, collisions (a key written twice: the latest value is the answer) and distractor writes, on a grid
 of ``num_pairs × gap`` train segments. They are then tested at the *inside* point (the largest train

@@ -1,4 +1,4 @@
-"""probseq's mixers as Zoology sequence mixers (HazyResearch/zoology; ARCHITECTURE, floor 4).
+"""probseq's mixers as Zoology sequence mixers (HazyResearch/zoology), for Zoology's own training code.
 
 Zoology builds a mixer from a dotted path and keyword arguments, calls it on ``[B, T, D]`` and counts its
 recurrent state. Each class here has that contract and wraps one :mod:`probseq.layers` mixer::

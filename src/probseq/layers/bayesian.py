@@ -11,8 +11,9 @@ dict loads with ``strict=True``), plus the certainty retention ``γ``::
     o      = bayes_filter(q, k, v, g, β, γ)                  predictive mean M_t q̃_t (docs/design-model.md §2)
     y      = o_proj(RMSNorm(o) ⊙ SiLU(g_proj x))             per-head gated norm
 
-``retention="reset"`` is the covariance-reset reduction: the layer *is* Gated DeltaNet (docs/design-model.md §6), and
-it runs with ``r_min = 0`` so the write key ``k/(‖k‖² + r)`` equals GDN's ``β k`` exactly.
+``retention="reset"`` is the covariance-reset reduction: the layer *is* Gated DeltaNet (docs/design-model.md §6),
+and it runs with ``r_min = 0`` so the write key ``k/(‖k‖² + r)`` equals GDN's ``β k`` exactly. Symbols, argument and
+parameter names: docs/notation.md.
 
 Function-preserving ``learned`` start (for distillation from a GDN checkpoint): ``ρ = c_scale`` per head
 starts at exactly 0, so ``γ ≡ 0`` and the layer computes Gated DeltaNet — up to the noise floor
@@ -197,8 +198,8 @@ class BayesianLayer(nn.Module):
         # γ = α² · ρ · σ(c(x)): between the reset (0) and the stationary memory (α²). Certainty retained beyond
         # α² would keep the decayed mean αM as confident as M was (the prior's marginal covariance shrinks
         # below I): gains collapse and the memory stops writing (docs/layers.md, "Learned retention").
-        scale = _StraightThroughUnitClamp.apply(self.c_scale.float())
-        return torch.exp(2 * g) * scale * torch.sigmoid(F.linear(x, self.c_weight).float() + self.c_bias.float())
+        rho = _StraightThroughUnitClamp.apply(self.c_scale.float())  # ρ = clamp(c_scale, 0, 1)
+        return torch.exp(2 * g) * rho * torch.sigmoid(F.linear(x, self.c_weight).float() + self.c_bias.float())
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):

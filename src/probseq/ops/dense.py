@@ -1,4 +1,5 @@
-"""Dense-conditioning oracle for regression designs (docs/design-model.md §2; the independent oracle of CONVENTIONS 4) — no filter recursion inside.
+"""Dense-conditioning oracle for regression designs (docs/design-model.md §2) — no filter recursion inside: an
+oracle that shares no code with the filter it checks.
 
 Each row ``w`` of the memory (one value channel; ``Σ`` factors out) follows the linear-Gaussian model
 
@@ -40,29 +41,29 @@ def dense_conditioning(design: DesignModel, q: Tensor, k: Tensor, v: Tensor) -> 
     value_dim = v.shape[-1]
     eye = torch.eye(key_dim, dtype=f64)
     dyn = design.dynamics
-    alpha = (torch.ones(batch, heads, length, dtype=f64) if dyn.log_decay is None
+    decay = (torch.ones(batch, heads, length, dtype=f64) if dyn.log_decay is None
              else dyn.log_decay.to(f64).exp().transpose(1, 2))
-    gamma = (torch.zeros(batch, heads, length, dtype=f64) if dyn.retention is None
-             else dyn.retention.to(f64).transpose(1, 2))
+    retention = (torch.zeros(batch, heads, length, dtype=f64) if dyn.retention is None
+                 else dyn.retention.to(f64).transpose(1, 2))
     noise = design.write.noise.to(f64).transpose(1, 2)
     mean0 = (torch.zeros(batch, heads, value_dim, key_dim, dtype=f64) if design.prior.mean is None
              else design.prior.mean.to(f64))
     cov0 = eye.expand(batch, heads, key_dim, key_dim) if design.prior.cov is None else design.prior.cov.to(f64)
     query = q * design.readout.scale
 
-    # c[s, j] = ∏_{l=j+1}^{s} α_l for j ≤ s (s, j = 0..T; α_l is alpha[..., l-1]).
+    # c[s, j] = ∏_{l=j+1}^{s} α_l for j ≤ s (s, j = 0..T; α_l is decay[..., l-1]).
     coef = torch.zeros(batch, heads, length + 1, length + 1, dtype=f64)
     for s in range(length + 1):
         coef[..., s, s] = 1.0
         for j in range(s - 1, -1, -1):
-            coef[..., s, j] = coef[..., s, j + 1] * alpha[..., j]
+            coef[..., s, j] = coef[..., s, j + 1] * decay[..., j]
 
     blocks = [cov0]  # Λ_0 = P_0, then Q_1, Q_2, …
     cov_prev, outputs, variances = cov0, [], []
     mean_t = mean0
     for t in range(1, length + 1):
-        g_t, a_t = gamma[..., t - 1, None, None], alpha[..., t - 1, None, None]
-        blocks.append((1 - g_t) * eye + (g_t - a_t ** 2) * cov_prev)
+        retention_t, decay_t = retention[..., t - 1, None, None], decay[..., t - 1, None, None]
+        blocks.append((1 - retention_t) * eye + (retention_t - decay_t ** 2) * cov_prev)  # Q_t
         lam = torch.stack(blocks, dim=2)  # [B, H, t+1, K, K]
         c = coef[..., : t + 1, : t + 1]
         # Cov(w_s, w_u) = Σ_j c[s,j] c[u,j] Λ_j for s, u = 0..t

@@ -100,14 +100,15 @@ def _check_design(design: DesignModel, shape: tuple[int, int, int], key_dim: int
         if checks is not None and design.write.weight is not None:
             checks.finite("beta (evidence weight)", design.write.weight)
     else:
-        raise ValueError(f"design.write must be RegressionWrite or SuperpositionWrite, got {type(design.write).__name__}")
+        raise ValueError("design.write must be RegressionWrite or SuperpositionWrite, got "
+                         f"{type(design.write).__name__}")
     if not isinstance(design.readout, LinearReadout):
         raise ValueError(f"design.readout must be LinearReadout, got {type(design.readout).__name__}")
     check_scale(design.readout.scale, key_dim)
     if design.prior.mean is None and design.prior.cov is not None:
         raise ValueError("initial_state.mean must be given with initial_state.cov")
-    prior = check_state("initial_state", None if design.prior.mean is None else BayesState(design.prior.mean, design.prior.cov),
-                        batch_state, shape[2], key_dim, value_dim, checks, with_cov=regression)
+    given = None if design.prior.mean is None else BayesState(design.prior.mean, design.prior.cov)
+    prior = check_state("initial_state", given, batch_state, shape[2], key_dim, value_dim, checks, with_cov=regression)
     if prior is None:
         return design
     return DesignModel(type(design.prior)(prior.mean, prior.cov), design.dynamics, design.write, design.readout)
@@ -139,9 +140,10 @@ def filter_design(design: DesignModel, q: Tensor, k: Tensor, v: Tensor, *, form:
     if validate:
         checks = ValueChecks()
         if failed is not None:
-            checks.require(~failed, lambda: "the chunk covariance matrix lost positive definiteness (γ ≈ 1 and β ≈ 1 "
-                                            "over more than K tokens of a chunk); raise r_min (the floor on the write "
-                                            "noise), use a smaller chunk_size or impl='recurrent'")
+            checks.require(~failed, lambda: (
+                "the chunk covariance matrix lost positive definiteness (γ ≈ 1 and β ≈ 1 over more than K tokens "
+                "of a chunk); raise r_min (the floor on the write noise), use a smaller chunk_size or "
+                "impl='recurrent'"))
         for name, x in (("output", result.output), ("variance", result.variance)):
             if x is not None:
                 checks.require(torch.isfinite(x.detach()).all(), lambda name=name: (
@@ -220,34 +222,35 @@ def _dispatch(design: DesignModel, q: Tensor, k: Tensor, v: Tensor, form: str, c
 def _regression(design: DesignModel, q: Tensor, k: Tensor, v: Tensor, state: BayesState, form: str,
                 chunk_size: int, output_variance: bool,
                 covariance_dtype: torch.dtype | None) -> tuple[Tensor, BayesState, Tensor | None, Tensor | None]:
-    log_alpha = design.dynamics.log_decay
-    if log_alpha is None:
-        log_alpha = k.new_zeros(k.shape[:3])
-    noise, gamma, scale = design.write.noise, design.dynamics.retention, design.readout.scale
+    log_decay = design.dynamics.log_decay
+    if log_decay is None:
+        log_decay = k.new_zeros(k.shape[:3])
+    noise, retention, scale = design.write.noise, design.dynamics.retention, design.readout.scale
     if form == "recurrent":
-        output, state, variance = bayes_recurrent(q, k, v, log_alpha, noise, gamma, state, scale)
+        output, state, variance = bayes_recurrent(q, k, v, log_decay, noise, retention, state, scale)
         return output, state, variance if output_variance else None, None
     outputs, variances, failures = [], [], []
-    for q_s, k_s, v_s, g_s, r_s, gamma_s in _segments(chunk_size, q, k, v, log_alpha, noise, gamma):
-        out, state, var, failed = bayes_chunked(q_s, k_s, v_s, g_s, r_s, gamma_s, state, scale, chunk_size,
-                                                output_variance, covariance_dtype)
+    for q_s, k_s, v_s, log_decay_s, noise_s, retention_s in _segments(chunk_size, q, k, v, log_decay, noise,
+                                                                        retention):
+        out, state, var, failed = bayes_chunked(q_s, k_s, v_s, log_decay_s, noise_s, retention_s, state, scale,
+                                                chunk_size, output_variance, covariance_dtype)
         outputs.append(out)
         variances.append(var)
         failures.append(failed)
-    failed = None if gamma is None else torch.stack(failures).any()
+    failed = None if retention is None else torch.stack(failures).any()
     return (torch.cat(outputs, dim=1), state, torch.cat(variances, dim=1) if output_variance else None, failed)
 
 
 def _superposition(design: DesignModel, q: Tensor, k: Tensor, v: Tensor, state: BayesState, form: str,
                    chunk_size: int) -> tuple[Tensor, BayesState, None, None]:
-    log_alpha, weight = design.dynamics.log_decay, design.write.weight
+    log_decay, weight = design.dynamics.log_decay, design.write.weight
     scale, mean = design.readout.scale, state.mean
     if form == "recurrent":
-        output, mean = superposition_recurrent(q, k, v, log_alpha, weight, mean, scale)
+        output, mean = superposition_recurrent(q, k, v, log_decay, weight, mean, scale)
     else:
         outputs = []
-        for q_s, k_s, v_s, g_s, b_s in _segments(chunk_size, q, k, v, log_alpha, weight):
-            out, mean = superposition_chunked(q_s, k_s, v_s, g_s, b_s, mean, scale, chunk_size)
+        for q_s, k_s, v_s, log_decay_s, weight_s in _segments(chunk_size, q, k, v, log_decay, weight):
+            out, mean = superposition_chunked(q_s, k_s, v_s, log_decay_s, weight_s, mean, scale, chunk_size)
             outputs.append(out)
         output = torch.cat(outputs, dim=1)
     return output, BayesState(mean, None), None, None

@@ -25,16 +25,17 @@ def segsum(x: Tensor) -> Tensor:
     return out.masked_fill(~lower, float("-inf"))
 
 
-def log_retention(gamma: Tensor) -> Tensor:
-    """``log γ`` with ``γ`` floored at ``eps(dtype)²`` in value only; the gradient is ``1/max(γ, floor)``.
+def log_retention(retention: Tensor) -> Tensor:
+    """``log γ`` of the certainty retention ``γ``, floored at ``eps(dtype)²`` in value only; the gradient is
+    ``1/max(γ, floor)``.
 
     ``log 0 = -inf`` would make the gradient of every ratio that contains a zero ``0 · ∞ = NaN``. The
     floored value changes ratios by at most ``eps²`` (invisible at the working precision) while the
     gradient stays the derivative of the filter at ``γ = floor``, i.e. the correct one at ``γ = 0`` to
     ``O(eps²)``: the layer can start at ``γ ≡ 0`` and still learn ``γ``.
     """
-    floor = torch.finfo(gamma.dtype).eps ** 2
-    floored = torch.where(gamma < floor, floor + (gamma - gamma.detach()), gamma)
+    floor = torch.finfo(retention.dtype).eps ** 2
+    floored = torch.where(retention < floor, floor + (retention - retention.detach()), retention)
     return floored.log()
 
 

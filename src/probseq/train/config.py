@@ -28,7 +28,7 @@ MIXER_NAMES: tuple[str, ...] = typing.get_args(MixerName)
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """The MQAR model (:class:`probseq.models.zoology.ZoologyModel`); the vocabulary comes from the data.
+    """The MQAR model (:class:`probseq.models.mqar_model.ZoologyModel`); the vocabulary comes from the data.
 
     Attributes:
         mixer: the sequence mixer (a name of :data:`probseq.layers.MIXERS`).
@@ -42,7 +42,7 @@ class ModelSpec:
         retention: the Bayesian Layer's certainty retention.
         retention_init: the starting scale ``ρ`` of the ``learned`` retention (0: Gated DeltaNet's reset,
             1: up to the stationary retention; docs/layers.md).
-        init: weight initialisation (:class:`probseq.models.zoology.ZoologyModel`): ``"zoology"`` (Zoology's)
+        init: weight initialisation (:class:`probseq.models.mqar_model.ZoologyModel`): ``"zoology"`` (Zoology's)
             or ``"fla"``. The default stays ``"fla"``, what every run cached before this field had.
     """
 

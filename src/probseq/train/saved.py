@@ -121,7 +121,7 @@ def evaluate_run(run: SavedRun, segments: dict[str, TaskData], batch_size: int |
     from transformers import PrinterCallback
 
     from probseq.files import finite_or_none
-    from probseq.models.zoology import ZoologyModel
+    from probseq.models.mqar_model import ZoologyModel
     from probseq.train.data import TokenDataset, pad_collate
     from probseq.train.metrics import recall_metrics
     from probseq.train.trainer import PreShiftedTrainer, _split_metrics, progress_bars, training_arguments

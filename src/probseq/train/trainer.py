@@ -54,7 +54,7 @@ from transformers.utils import logging as hf_logging
 from probseq.cpu import flush_subnormals
 from probseq.files import atomic_write_json, finite_or_none, read_json
 from probseq.layers.norm import GatedRMSNorm, RMSNorm
-from probseq.models.zoology import ZoologyConfig, ZoologyModel
+from probseq.models.mqar_model import ZoologyConfig, ZoologyModel
 from probseq.tasks import IGNORE_INDEX
 from probseq.train.config import TrainConfig
 from probseq.train.data import SegmentBatches, TokenDataset, generate, pad_collate

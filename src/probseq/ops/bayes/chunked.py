@@ -2,12 +2,13 @@
 
 Within a chunk of length ``C`` starting from ``(M_0, P_0)``, with in-chunk cumulative products
 ``G_t = ∏_{i≤t} γ_i`` and ``A_t = ∏_{i≤t} α_i`` (every ratio from :func:`segsum`, in log space).
-Matrices hold one token per *row* here (``K`` is ``[C, K]``), the transpose of the column convention of docs/chunked-algorithm.md §1–3.
+Matrices hold one token per *row* (``K`` is ``[C, K]``), as in docs/chunked-algorithm.md; symbols and
+their names in the code: docs/notation.md.
 
-docs/chunked-algorithm.md §3 derives the algorithm in the certainty ``Z = I − P``; substituting ``R = K Z_0 Kᵀ = S − K P_0 Kᵀ`` gives the
-same algebra in ``P``, which never forms a difference of near-equal numbers when ``P → 0``
-(recursive least squares). With ``K̂ = diag(√G) K``, ``g_it = sqrt(G_i/G_t)`` and ``1 − G_t`` from
-:func:`one_minus_exp`:
+docs/chunked-algorithm.md §3 relates the algorithm in the certainty ``Z = I − P`` to this one: substituting
+``R = K Z_0 Kᵀ = S − K P_0 Kᵀ`` gives the same algebra in ``P``, which never forms a difference of
+near-equal numbers when ``P → 0`` (recursive least squares). With ``K̂ = diag(√G) K``,
+``g_it = sqrt(G_i/G_t)`` and ``1 − G_t`` from :func:`one_minus_exp`:
 
 Covariance path (keys, gates, ``r`` and ``P_0`` only; sequential over chunks through ``P``):
   1. ``S = K Kᵀ``.
@@ -48,16 +49,17 @@ from probseq.ops.segsum import log_retention, one_minus_exp, segsum
 from probseq.types import BayesState
 
 
-def bayes_chunked(q: Tensor, k: Tensor, v: Tensor, log_alpha: Tensor, noise: Tensor, gamma: Tensor | None,
+def bayes_chunked(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, noise: Tensor, retention: Tensor | None,
                   state: BayesState, scale: float, chunk_size: int, output_variance: bool,
-                  covariance_dtype: torch.dtype | None = None) -> tuple[Tensor, BayesState, Tensor | None, Tensor | None]:
-    """Chunk-parallel exact filter on validated inputs in the compute dtype.
+                  covariance_dtype: torch.dtype | None = None
+                  ) -> tuple[Tensor, BayesState, Tensor | None, Tensor | None]:
+    """Chunk-parallel exact filter on validated inputs in the compute dtype (names: docs/notation.md).
 
     Padding tokens (``k = 0``, ``α = γ = 1``, ``r = 1``) leave the state unchanged.
 
     Args:
-        q, k: ``[B, T, H, K]``; v: ``[B, T, H, V]``; log_alpha, noise: ``[B, T, H]``; gamma: ``[B, T, H]``
-            or ``None`` (covariance reset).
+        q, k: ``[B, T, H, K]``; v: ``[B, T, H, V]``; log_decay ``log α``, noise ``r``: ``[B, T, H]``;
+            retention ``γ``: ``[B, T, H]`` or ``None`` (covariance reset).
         state: ``BayesState(mean [B, H, V, K], cov [B, H, K, K])``.
         covariance_dtype: dtype of steps 1–5 (``None``: the compute dtype).
 
@@ -68,15 +70,15 @@ def bayes_chunked(q: Tensor, k: Tensor, v: Tensor, log_alpha: Tensor, noise: Ten
     """
     batch, length, heads, key_dim = k.shape
     size = chunk_size
-    q, k, v, log_alpha = (to_chunks(x, size) for x in (q * scale, k, v, log_alpha))
+    q, k, v, log_decay = (to_chunks(x, size) for x in (q * scale, k, v, log_decay))
     noise = to_chunks(noise, size, pad_value=1.0)
     mean = state.mean.flatten(0, 1)  # [B·H, V, K]
 
     # In-chunk decay ratios (mean path): A_t and A_t/A_j, lower triangular.
-    a_cum = log_alpha.cumsum(-1).exp()  # [N, B·H, C]
-    a_ratio = segsum(log_alpha).exp()  # [N, B·H, C, C]
+    decay_cum = log_decay.cumsum(-1).exp()  # [N, B·H, C]
+    decay_ratio = segsum(log_decay).exp()  # [N, B·H, C, C]
 
-    if gamma is None:
+    if retention is None:
         # Covariance reset: P_t^- = I, so u_t = k_t and s_t = ‖k_t‖² + r_t (Gated DeltaNet).
         s = ((k * k).sum(-1) + noise).clamp_min(torch.finfo(k.dtype).tiny)
         w = k / s[..., None]
@@ -85,32 +87,33 @@ def bayes_chunked(q: Tensor, k: Tensor, v: Tensor, log_alpha: Tensor, noise: Ten
         # The covariance path may run in a wider dtype (docs/numerics.md, "Accuracy per regime"): near recursive
         # least squares its chunk matrix has condition ~1/r, and float64 there restores float32 accuracy.
         wide = covariance_dtype or k.dtype
-        paths = _covariance_path(*(t.to(wide) for t in (q, k, noise, to_chunks(gamma, size, pad_value=1.0),
+        paths = _covariance_path(*(t.to(wide) for t in (q, k, noise, to_chunks(retention, size, pad_value=1.0),
                                                          state.cov.flatten(0, 1))), output_variance)
-        x, pivot, g_ratio, prior_var, cov_final, failed = (
+        x, pivot, retention_ratio, prior_var, cov_final, failed = (
             t.to(k.dtype) if t is not None and t.is_floating_point() else t for t in paths)
         w = x / pivot[..., None]
 
     # 6. (I + T) Ẽ = ·, solved for all chunks at once (T strictly lower; unit diagonal implied).
-    t_low = a_ratio * (k @ w.transpose(-1, -2))
-    v_tilde, k_tilde = torch.linalg.solve_triangular(t_low, torch.cat([v, a_cum[..., None] * k], dim=-1),
+    t_low = decay_ratio * (k @ w.transpose(-1, -2))
+    v_tilde, k_tilde = torch.linalg.solve_triangular(t_low, torch.cat([v, decay_cum[..., None] * k], dim=-1),
                                                      upper=False, unitriangular=True).split(
                                                          [v.shape[-1], key_dim], dim=-1)
-    w_decayed = a_ratio[..., -1, :, None] * w  # 9. diag(A_C/A_j) W
-    a_last = a_cum[..., -1, None, None]
+    w_decayed = decay_ratio[..., -1, :, None] * w  # 9. diag(A_C/A_j) W
+    decay_chunk = decay_cum[..., -1, None, None]  # A_C
 
     starts, innovations = [], []
-    for v_n, k_n, w_n, a_n in zip(v_tilde.unbind(0), k_tilde.unbind(0), w_decayed.unbind(0), a_last.unbind(0)):
+    for v_n, k_n, w_n, decay_n in zip(v_tilde.unbind(0), k_tilde.unbind(0), w_decayed.unbind(0),
+                                      decay_chunk.unbind(0)):
         innovation = torch.baddbmm(v_n, k_n, mean.transpose(-1, -2), alpha=-1)  # rows e_t = ṽ_t − k̃_t M_0ᵀ
         starts.append(mean)
         innovations.append(innovation)
-        mean = torch.baddbmm(a_n * mean, innovation.transpose(-1, -2), w_n)  # 9.
+        mean = torch.baddbmm(decay_n * mean, innovation.transpose(-1, -2), w_n)  # 9.
     starts, innovations = torch.stack(starts), torch.stack(innovations)
-    omega = a_ratio * (q @ w.transpose(-1, -2))  # 7. Ω (zero above the diagonal)
-    output = (a_cum[..., None] * q) @ starts.transpose(-1, -2) + omega @ innovations
+    omega = decay_ratio * (q @ w.transpose(-1, -2))  # 7. Ω (zero above the diagonal)
+    output = (decay_cum[..., None] * q) @ starts.transpose(-1, -2) + omega @ innovations
     output = from_chunks(output, length, batch)
 
-    if gamma is None:
+    if retention is None:
         # P_T = I − u uᵀ/s of the last real token (the covariance is reset before every write).
         last = (length - 1) % size
         u_last = k[-1, :, last] * s[-1, :, last, None].rsqrt()
@@ -120,21 +123,22 @@ def bayes_chunked(q: Tensor, k: Tensor, v: Tensor, log_alpha: Tensor, noise: Ten
 
     variance = None
     if output_variance:
-        if gamma is None:  # only the token's own write survives the reset
+        if retention is None:  # only the token's own write survives the reset
             variance = (q * q).sum(-1) - (q * k).sum(-1).square() / s
         else:  # 8., with (u_jᵀ q̃_t)² / s_j = (x_jᵀ q̃_t)²
-            variance = prior_var - (g_ratio * (q @ x.transpose(-1, -2)).square()).sum(-1)
+            variance = prior_var - (retention_ratio * (q @ x.transpose(-1, -2)).square()).sum(-1)
         variance = from_chunks(variance, length, batch)
     unflat = (batch, heads)
     return output, BayesState(mean.unflatten(0, unflat), cov.unflatten(0, unflat)), variance, failed
 
 
-def _covariance_path(q: Tensor, k: Tensor, noise: Tensor, gamma: Tensor, cov0: Tensor,
+def _covariance_path(q: Tensor, k: Tensor, noise: Tensor, retention: Tensor, cov0: Tensor,
                      output_variance: bool) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor, Tensor]:
-    """Steps 1–5, chunk by chunk through the covariance ``P`` (the Z-form's ``Z = I − P`` substituted, docs/chunked-algorithm.md §3).
+    """Steps 1–5, chunk by chunk through the covariance ``P`` (the P-form: docs/chunked-algorithm.md §3).
 
     Args:
-        q, k: ``[N, B·H, C, K]`` (``q`` already scaled); noise, gamma: ``[N, B·H, C]``; cov0: ``[B·H, K, K]``.
+        q, k: ``[N, B·H, C, K]`` (``q`` already scaled); noise ``r``, retention ``γ``: ``[N, B·H, C]``;
+            cov0: the chunk-start ``P_0`` ``[B·H, K, K]``.
 
     Returns:
         ``x [N, B·H, C, K]`` (``u_t = √s_t x_t``), the pivots ``√s [N, B·H, C]``, ``G_t/G_j [N, B·H, C, C]``
@@ -142,39 +146,41 @@ def _covariance_path(q: Tensor, k: Tensor, noise: Tensor, gamma: Tensor, cov0: T
         ``None`` unless ``output_variance``), the final covariance ``P [B·H, K, K]`` and ``failed`` (a bool
         scalar: some chunk matrix was not positive definite; checked by the caller, without a sync here).
     """
-    half_log_g = 0.5 * log_retention(gamma)
-    g_half = segsum(half_log_g).exp()  # sqrt(G_i/G_t), lower triangular incl. diagonal
-    half_log_g_cum = half_log_g.cumsum(-1)
-    g_sqrt = half_log_g_cum.exp()[..., None]  # √G_t
-    g_cum = g_sqrt[..., 0].square()  # G_t
-    reset = one_minus_exp(2 * half_log_g_cum)  # 1 − G_t, accurate when G_t ≈ 1
-    k_hat = g_sqrt * k  # K̂ = diag(√G) K
+    half_log_retention = 0.5 * log_retention(retention)
+    retention_ratio_sqrt = segsum(half_log_retention).exp()  # sqrt(G_i/G_t), lower triangular incl. diagonal
+    half_log_retention_cum = half_log_retention.cumsum(-1)
+    retention_cum_sqrt = half_log_retention_cum.exp()[..., None]  # √G_t
+    retention_cum = retention_cum_sqrt[..., 0].square()  # G_t
+    reset = one_minus_exp(2 * half_log_retention_cum)  # 1 − G_t, accurate when G_t ≈ 1
+    k_hat = retention_cum_sqrt * k  # K̂ = diag(√G) K
     # 2. the P_0-free part of B: sqrt(G_i/G_t)(1 − G_t) S_it (i ≥ t, mirrored) + diag(r); the
     # diagonal of the mask is (1 − G_t), counted twice by the mirroring.
-    mask = g_half * reset[..., None, :]
+    mask = retention_ratio_sqrt * reset[..., None, :]
     mask = mask + mask.transpose(-1, -2)
     mask.diagonal(dim1=-2, dim2=-1).sub_(reset)
     b_base = mask * (k @ k.transpose(-1, -2))
     b_base.diagonal(dim1=-2, dim2=-1).add_(noise)
     rhs_base = reset[..., None] * k  # (1 − G_t) k_t
-    p_decay = g_cum[..., -1, None, None]  # G_C
-    p_reset = reset[..., -1, None, None] * torch.eye(k.shape[-1], dtype=k.dtype, device=k.device)  # (1 − G_C) I
-    z_gain = g_half[..., -1, :, None]  # sqrt(G_C/G_i)
+    retention_chunk = retention_cum[..., -1, None, None]  # G_C
+    reset_chunk = reset[..., -1, None, None] * torch.eye(k.shape[-1], dtype=k.dtype, device=k.device)  # (1 − G_C) I
+    retention_tail_sqrt = retention_ratio_sqrt[..., -1, :, None]  # sqrt(G_C/G_i)
 
     cov, xs, pivots, covs, failures = cov0, [], [], [], []
-    for kh_n, rb_n, gs_n, b_n, gh_n, zg_n, pd_n, pr_n in zip(k_hat.unbind(0), rhs_base.unbind(0), g_sqrt.unbind(0),
-                                                              b_base.unbind(0), g_half.unbind(0), z_gain.unbind(0),
-                                                              p_decay.unbind(0), p_reset.unbind(0)):
+    for k_hat_n, rhs_n, cum_sqrt_n, b_n, ratio_sqrt_n, tail_sqrt_n, retention_chunk_n, reset_chunk_n in zip(
+            k_hat.unbind(0), rhs_base.unbind(0), retention_cum_sqrt.unbind(0), b_base.unbind(0),
+            retention_ratio_sqrt.unbind(0), retention_tail_sqrt.unbind(0), retention_chunk.unbind(0),
+            reset_chunk.unbind(0)):
         if output_variance:
             covs.append(cov)
-        pk = kh_n @ cov  # rows √G_t (P_0 k_t)ᵀ
-        factor, info = torch.linalg.cholesky_ex(torch.baddbmm(b_n, pk, kh_n.transpose(-1, -2)))  # 1–3.
+        pk = k_hat_n @ cov  # rows √G_t (P_0 k_t)ᵀ
+        factor, info = torch.linalg.cholesky_ex(torch.baddbmm(b_n, pk, k_hat_n.transpose(-1, -2)))  # 1–3.
         failures.append(info)
         # 4. rows x_t = u_t / √s_t with u_t = (1 − G_t) k_t + G_t P_0 k_t − Σ_{j<t} …
-        x_n = torch.linalg.solve_triangular(gh_n * factor, torch.addcmul(rb_n, gs_n, pk), upper=False)
-        xz = zg_n * x_n
+        x_n = torch.linalg.solve_triangular(ratio_sqrt_n * factor, torch.addcmul(rhs_n, cum_sqrt_n, pk), upper=False)
+        x_tail = tail_sqrt_n * x_n  # rows sqrt(G_C/G_i) x_i
         # 5. P_C = (1 − G_C) I + G_C P_0 − Σ_i (G_C/G_i) x_i x_iᵀ
-        cov = torch.baddbmm(torch.addcmul(pr_n, pd_n, cov), xz.transpose(-1, -2), xz, alpha=-1)
+        cov = torch.baddbmm(torch.addcmul(reset_chunk_n, retention_chunk_n, cov), x_tail.transpose(-1, -2), x_tail,
+                            alpha=-1)
         xs.append(x_n)
         pivots.append(factor.diagonal(dim1=-2, dim2=-1))
     failed = torch.stack(failures).any()
@@ -182,6 +188,5 @@ def _covariance_path(q: Tensor, k: Tensor, noise: Tensor, gamma: Tensor, cov0: T
     cov = 0.5 * (cov + cov.transpose(-1, -2))
     if not output_variance:
         return xs, pivots, None, None, cov, failed
-    prior_var = reset * (q * q).sum(-1) + g_cum * ((q @ torch.stack(covs)) * q).sum(-1)
-    return xs, pivots, g_half.square(), prior_var, cov, failed  # G_t/G_j
-
+    prior_var = reset * (q * q).sum(-1) + retention_cum * ((q @ torch.stack(covs)) * q).sum(-1)
+    return xs, pivots, retention_ratio_sqrt.square(), prior_var, cov, failed  # G_t/G_j

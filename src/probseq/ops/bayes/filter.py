@@ -18,14 +18,16 @@ def bayes_filter(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, beta: Tensor
                  output_final_state: bool = False, output_variance: bool = False, impl: Impl = "auto",
                  chunk_size: int = 64, r_min: float = R_MIN, cu_seqlens: Tensor | None = None,
                  validate: bool = True, covariance_dtype: torch.dtype | None = None) -> FilterOutput:
-    """The Bayesian Layer: exact filter of the regression design (docs/design-model.md).
+    """The Bayesian Layer: exact filter of the regression design (docs/design-model.md; symbols and names:
+    docs/notation.md).
 
     Args:
         q, k: ``[B, T, H, K]`` queries and keys (used as given; no normalisation inside).
         v: ``[B, T, H, V]`` values.
         g: ``[B, T, H]`` log decay ``≤ 0`` (``α = exp(g)``; ``-inf`` is ``α = 0``); ``None`` means ``α = 1``.
-        beta: ``[B, T, H]`` write strength in ``[0, 1]``; noise ``r = clamp((1 − β)/β, r_min, 1e30)``, so
-            ``β = 0`` is "no write".
+        beta: ``[B, T, H]`` write strength ``β`` in ``[0, 1]`` — the regression family's meaning of ``beta``
+            (Gated DeltaNet's): it sets the write noise ``r = clamp((1 − β)/β, r_min, 1e30)``, so ``β = 0`` is
+            "no write" and, on a unit key with ``γ = 0``, ``β`` is the fraction of the innovation written.
         gamma: ``[B, T, H]`` certainty retention in ``[0, 1]``; ``None`` is the covariance reset
             (``γ ≡ 0``, the Gated DeltaNet fast path). A ``gamma`` tensor always takes the general path,
             even when it is all zeros (so its gradient exists).
@@ -78,7 +80,9 @@ def bayes_step(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, beta: Tensor, 
     """One decoding step of the Bayesian Layer, ``O(K² + KV)`` per head at any position.
 
     Args:
-        q, k: ``[B, H, K]``; v: ``[B, H, V]``; g, beta, gamma: ``[B, H]`` (``g``/``gamma`` may be ``None``).
+        q, k: ``[B, H, K]``; v: ``[B, H, V]``; g, beta, gamma: ``[B, H]`` (``g``/``gamma`` may be ``None``), as in
+            :func:`bayes_filter`: log decay, write strength ``β ∈ [0, 1]`` (noise ``r = (1 − β)/β``), certainty
+            retention.
         state: the previous :class:`BayesState` (``None``: the prior). Its shapes are checked; with
             ``validate`` its values must be finite (its covariance range is not checked: ``O(K³)`` per
             token — :func:`bayes_filter` checks it).
@@ -105,8 +109,8 @@ def bayes_step(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, beta: Tensor, 
     design = regression_design(g, beta, gamma, scale=scale, initial_state=state, r_min=r_min, dtype=dtype)
     current = design.prior.initial_state(batch, heads, key_dim, value_dim, track_cov=True, dtype=dtype,
                                          device=v.device)
-    log_alpha = q.new_zeros(shape, dtype=dtype) if g is None else design.dynamics.log_decay
-    output, current, variance = bayes_step_core(q.to(dtype), k.to(dtype), v.to(dtype), log_alpha, design.write.noise,
+    log_decay = q.new_zeros(shape, dtype=dtype) if g is None else design.dynamics.log_decay
+    output, current, variance = bayes_step_core(q.to(dtype), k.to(dtype), v.to(dtype), log_decay, design.write.noise,
                                                 design.dynamics.retention, current, scale)
     if checks is not None:
         checks.require(torch.isfinite(output.detach()).all(), lambda: (

@@ -19,13 +19,13 @@ from torch import Tensor
 from probseq.types import BayesState
 
 
-def bayes_step_core(q: Tensor, k: Tensor, v: Tensor, log_alpha: Tensor, noise: Tensor, gamma: Tensor | None,
+def bayes_step_core(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, noise: Tensor, retention: Tensor | None,
                     state: BayesState, scale: float) -> tuple[Tensor, BayesState, Tensor]:
-    """One filter step on validated inputs in the compute dtype.
+    """One filter step on validated inputs in the compute dtype (names: docs/notation.md).
 
     Args:
-        q, k: ``[B, H, K]``; v: ``[B, H, V]``; log_alpha, noise: ``[B, H]``; gamma: ``[B, H]`` or
-            ``None`` (covariance reset, ``γ = 0``).
+        q, k: ``[B, H, K]``; v: ``[B, H, V]``; log_decay ``log α``, noise ``r``: ``[B, H]``; retention ``γ``:
+            ``[B, H]`` or ``None`` (covariance reset, ``γ = 0``).
         state: ``BayesState(mean [B, H, V, K], cov [B, H, K, K])``.
 
     Returns:
@@ -33,40 +33,41 @@ def bayes_step_core(q: Tensor, k: Tensor, v: Tensor, log_alpha: Tensor, noise: T
     """
     mean, cov = state
     eye = torch.eye(k.shape[-1], dtype=k.dtype, device=k.device)
-    if gamma is None:
+    if retention is None:
         u, cov_pred = k, eye
     else:
-        gamma = gamma[..., None]
-        u = gamma * torch.einsum("bhij,bhj->bhi", cov, k) + (1 - gamma) * k  # P⁻k without forming P⁻
-        cov_pred = gamma[..., None] * cov + (1 - gamma[..., None]) * eye
+        retention = retention[..., None]
+        u = retention * torch.einsum("bhij,bhj->bhi", cov, k) + (1 - retention) * k  # P⁻k without forming P⁻
+        cov_pred = retention[..., None] * cov + (1 - retention[..., None]) * eye
     s = ((k * u).sum(-1) + noise).clamp_min(torch.finfo(k.dtype).tiny)[..., None]
-    alpha = log_alpha.exp()[..., None, None]
-    innovation = v - alpha[..., 0] * torch.einsum("bhvk,bhk->bhv", mean, k)
-    mean = alpha * mean + torch.einsum("bhv,bhk->bhvk", innovation, u / s)
-    u_scaled = u * s.rsqrt()
-    cov = cov_pred - u_scaled[..., :, None] * u_scaled[..., None, :]
+    decay = log_decay.exp()[..., None, None]
+    innovation = v - decay[..., 0] * torch.einsum("bhvk,bhk->bhv", mean, k)
+    mean = decay * mean + torch.einsum("bhv,bhk->bhvk", innovation, u / s)
+    x = u * s.rsqrt()  # the scaled write direction x = u/√s: u uᵀ/s = x xᵀ
+    cov = cov_pred - x[..., :, None] * x[..., None, :]
     q = q * scale
     output = torch.einsum("bhvk,bhk->bhv", mean, q)
     variance = torch.einsum("bhi,bhij,bhj->bh", q, cov, q)
     return output, BayesState(mean, cov), variance
 
 
-def bayes_recurrent(q: Tensor, k: Tensor, v: Tensor, log_alpha: Tensor, noise: Tensor, gamma: Tensor | None,
+def bayes_recurrent(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, noise: Tensor, retention: Tensor | None,
                     state: BayesState, scale: float) -> tuple[Tensor, BayesState, Tensor]:
     """:func:`bayes_step_core` over ``T`` tokens.
 
     Args:
-        q, k: ``[B, T, H, K]``; v: ``[B, T, H, V]``; log_alpha, noise, gamma: ``[B, T, H]``.
+        q, k: ``[B, T, H, K]``; v: ``[B, T, H, V]``; log_decay, noise, retention: ``[B, T, H]`` (retention may be
+            ``None``).
 
     Returns:
         ``(output [B, T, H, V], state, variance [B, T, H])``.
     """
     outputs, variances = [], []
     # unbind, not x[:, t]: each slice's backward would allocate a full-size gradient (quadratic in T).
-    gammas = [None] * k.shape[1] if gamma is None else gamma.unbind(1)
-    for q_t, k_t, v_t, g_t, r_t, gamma_t in zip(q.unbind(1), k.unbind(1), v.unbind(1), log_alpha.unbind(1),
-                                                noise.unbind(1), gammas):
-        out, state, var = bayes_step_core(q_t, k_t, v_t, g_t, r_t, gamma_t, state, scale)
+    retentions = [None] * k.shape[1] if retention is None else retention.unbind(1)
+    for q_t, k_t, v_t, log_decay_t, noise_t, retention_t in zip(q.unbind(1), k.unbind(1), v.unbind(1),
+                                                                log_decay.unbind(1), noise.unbind(1), retentions):
+        out, state, var = bayes_step_core(q_t, k_t, v_t, log_decay_t, noise_t, retention_t, state, scale)
         outputs.append(out)
         variances.append(var)
     return torch.stack(outputs, dim=1), state, torch.stack(variances, dim=1)

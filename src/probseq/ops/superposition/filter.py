@@ -26,13 +26,15 @@ def superposition_filter(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = Non
                          output_final_state: bool = False, impl: Impl = "auto", chunk_size: int | None = None,
                          cu_seqlens: Tensor | None = None, validate: bool = True) -> FilterOutput:
     """Exact filter of the superposition design: ``M_t = M_{t-1} ⊙ decay_t + β_t v_t k_tᵀ``
-    (docs/design-model.md).
+    (docs/design-model.md §7; symbols and names: docs/notation.md).
 
     Args:
         q, k: ``[B, T, H, K]``; v: ``[B, T, H, V]``.
         g: log decay ``≤ 0``, ``[B, T, H]`` (scalar per head) or ``[B, T, H, K]`` (per key channel);
             ``None`` means no decay.
-        beta: ``[B, T, H]`` evidence weight ``≥ 0`` (default 1).
+        beta: ``[B, T, H]`` evidence weight ``β ≥ 0`` (default 1) — the superposition family's meaning of
+            ``beta``: the value is written as ``β v``, unbounded (Mamba-2's ``Δ``), with no write noise
+            (unlike :func:`~probseq.ops.bayes_filter`'s write strength).
         scale: query scale, default ``K**-0.5``.
         initial_state: mean ``[B, H, V, K]`` (a tensor or ``BayesState(mean, None)``).
         chunk_size: default 64 for scalar decay, 16 for per-channel decay (its masks are ``[C, C, K]``).
@@ -65,7 +67,7 @@ def superposition_step(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = None,
                        state: BayesState | Tensor | None = None, *, scale: float | None = None,
                        validate: bool = True) -> FilterOutput:
     """One decoding step of the superposition design: ``q, k [B, H, K]``, ``v [B, H, V]``, ``g [B, H]`` or
-    ``[B, H, K]``, ``beta [B, H]``.
+    ``[B, H, K]``, ``beta [B, H]`` the evidence weight ``β ≥ 0`` (as in :func:`superposition_filter`).
 
     Returns:
         :class:`FilterOutput` ``(output [B, H, V], BayesState(mean, None), None)``.
