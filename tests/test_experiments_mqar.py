@@ -256,6 +256,23 @@ def test_the_committed_runs_are_still_the_presets_units():
     assert checked > 0
 
 
+def test_set_overrides_keep_the_unit_keys_of_cached_runs():
+    """``--set`` goes through the one override parser (:func:`probseq.train.schema.with_overrides`): the fields it
+    names change, the others keep their values exactly, so a resumed sweep finds its cached runs under these keys
+    (``probseq recall --preset cpu --set …`` and ``probseq mqar --preset quick --set …`` as cached before)."""
+    from probseq.train.sweep import unit_key
+
+    config = recall.apply_overrides(recall.PRESETS["cpu"], ['mixers=["gated_deltanet"]', "learning_rates=[0.0003]",
+                                                            "seeds=[0]", "n_layers=2", "loss_weighting=example",
+                                                            "num_threads=1"])
+    assert [unit_key(unit) for unit in config.units()] == ["gated_deltanet-lr0.0003-s0-89c3881b8b16"]
+    config = mqar.apply_overrides(mqar.PRESETS["quick"], ['mixers=["bayesian"]', "retention=stationary",
+                                                          "retention_init=1", "train_segments=[[32,4],[64,8]]",
+                                                          "warmup=0", "batching=by_segment"])
+    assert [unit_key(unit) for unit in config.units()] == ["bayesian-d64-lr0.003-s0-072d3629d1c7",
+                                                           "bayesian-d64-lr0.01-s0-8bca21fb0880"]
+
+
 def test_summarize_units_tabulates_every_committed_run(capsys):
     import runpy
     from pathlib import Path

@@ -278,7 +278,7 @@ def test_extra_cached_unit_holding_nan_from_an_undetected_divergence_is_refused(
 def test_extra_non_finite_override_is_refused():
     with pytest.raises(ValueError, match="warmup must be a finite number"):
         apply_overrides(mqar.PRESETS["quick"], ["warmup=NaN"])
-    with pytest.raises(ValueError, match="learning_rates must be a finite number"):
+    with pytest.raises(ValueError, match=r"learning_rates\[0\] must be a finite number"):
         apply_overrides(mqar.PRESETS["quick"], ["learning_rates=[Infinity]"])
     with pytest.raises(ValueError, match="noise_std must be a finite number"):
         apply_overrides(TINY_COLLISION, ["noise_std=Infinity"])

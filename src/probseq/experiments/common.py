@@ -1,29 +1,20 @@
-"""What every experiment shares: typed configs with checked overrides, atomic writes, the
-environment record, CSV tables and resumable per-unit results.
-
-A cached result is read strictly (:meth:`ResultCache.get`): a file that is not JSON, or whose content does not
-match the spec its experiment gives, is a ``ValueError`` naming the file and what is wrong — never recomputed
-over silently (delete the file to recompute it)."""
+"""What every experiment shares: checked ``--set`` overrides (:func:`probseq.train.schema.with_overrides`), the
+environment record, CSV and markdown tables, and resumable per-unit results (:mod:`probseq.result_cache`)."""
 
 from __future__ import annotations
 
 import csv
-import dataclasses
-import hashlib
 import io
-import json
-import math
 import os
 import platform
 import sys
-import types
-import typing
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from probseq.files import atomic_write_json, atomic_write_text, json_default, json_problem, read_json
+from probseq.files import atomic_write_text
+from probseq.result_cache import ResultCache, config_hash
+from probseq.train.schema import with_overrides
 
 
 def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
@@ -121,99 +112,10 @@ def environment() -> dict[str, Any]:
     }
 
 
-def config_hash(config: Any) -> str:
-    """A short stable hash of a dataclass config (for resumable caches)."""
-    text = json.dumps(dataclasses.asdict(config), sort_keys=True, default=json_default)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+#: ``--set key=value`` overrides of an experiment config: the project's one override parser and type check,
+#: :func:`probseq.train.schema.with_overrides` (the training configs' too).
+apply_overrides = with_overrides
 
 
-def apply_overrides(config: Any, overrides: list[str]) -> Any:
-    """Return ``config`` with ``key=value`` overrides applied.
-
-    Values are parsed as JSON (``n=3``, ``rhos=[0.1,0.5]``, ``name="x"``; a bare word is a string) and
-    checked against the field's type: an unknown key, a wrong type or a number that is not finite (JSON's
-    ``NaN``, ``Infinity``) is a ``ValueError``.
-    """
-    fields = {f.name: f for f in dataclasses.fields(config)}
-    hints = typing.get_type_hints(type(config))
-    changes = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key=value")
-        key, raw = item.split("=", 1)
-        if key not in fields:
-            raise ValueError(f"unknown config key {key!r}; known keys: {', '.join(sorted(fields))}")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        changes[key] = _check_type(key, value, hints[key])
-    return dataclasses.replace(config, **changes)
-
-
-def _check_type(key: str, value: Any, hint: Any) -> Any:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):  # X | None
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        if len(options) != 1:
-            raise TypeError(f"unsupported annotation {hint} for {key}")
-        return _check_type(key, value, options[0])
-    if origin is typing.Literal:
-        if value not in args:
-            raise ValueError(f"{key} must be one of {args}, got {value!r}")
-        return value
-    if origin in (tuple, list):
-        if not isinstance(value, list):
-            raise ValueError(f"{key} must be a list, got {value!r}")
-        inner = args[0] if args else Any
-        return (tuple if origin is tuple else list)(_check_type(key, v, inner) for v in value)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{key} must be a finite number, got {value!r}")
-    if hint in (int, float, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
-        raise ValueError(f"{key} must be {hint.__name__}, got {value!r}")
-    return value
-
-
-class ResultCache:
-    """Resumable results: one JSON file per finished unit of work under ``out/cache/``.
-
-    A unit is identified by a name and the hash of the config it ran under, so a changed config
-    never reuses stale results. Files are written atomically (strict JSON): an interrupted run resumes from
-    the last finished unit and ends with the same numbers as an uninterrupted one.
-    """
-
-    def __init__(self, out: str | os.PathLike, config: Any):
-        self.folder = Path(out) / "cache" / config_hash(config)
-
-    def _path(self, name: str) -> Path:
-        return self.folder / f"{name}.json"
-
-    def get(self, name: str, spec: Any = Any, check: Callable[[Any], str | None] | None = None) -> Any | None:
-        """The cached result of unit ``name``, or ``None`` when there is none.
-
-        Args:
-            spec: what the file must hold (:func:`probseq.files.json_problem`; default: any JSON).
-            check: further checks of a value that matches ``spec``: what is wrong, or ``None``.
-
-        Raises:
-            ValueError: the file is not strict JSON, or its content fails ``spec`` or ``check``; the message
-                names the file and what is wrong ("delete it to recompute").
-        """
-        path = self._path(name)
-        if not path.exists():
-            return None
-        advice = "delete it to recompute"
-        value = read_json(path, advice)
-        problem = json_problem(value, spec)
-        if problem is None and check is not None:
-            problem = check(value)
-        if problem is not None:
-            raise ValueError(f"cached result {path} does not hold a result of {name}: {problem}; {advice}")
-        return value
-
-    def put(self, name: str, value: Any) -> None:
-        atomic_write_json(self._path(name), value)
+__all__ = ["ResultCache", "apply_overrides", "config_hash", "environment", "finish_panel", "format_eval_table",
+           "legend_if_any", "report_diverged", "run_eval_command", "write_csv"]

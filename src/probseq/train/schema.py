@@ -1,4 +1,5 @@
-"""Typed dataclass configs: check fields against their annotations, build from dicts, apply overrides.
+"""Typed dataclass configs: check fields against their annotations, build from dicts, apply ``key=value``
+overrides — for the training configs and the experiment configs (``--set``) alike.
 
 Supported annotations: ``int``, ``float`` (an int is accepted), ``str``, ``bool``, ``Literal[...]``,
 ``X | None``, ``tuple[X, ...]``, nested dataclasses, and a union of dataclasses told apart by their
@@ -14,7 +15,7 @@ import json
 import math
 import types
 import typing
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 def positive(config: Any, *names: str) -> None:
     for name in names:
@@ -54,11 +55,19 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
         raise ValueError(f"{path}: {message}" if path and not message.startswith(path) else message) from None
 
 
-def with_overrides(config: Any, overrides: list[str]) -> Any:
-    """``config`` with ``key=value`` overrides; keys are dotted paths (``model.d_model=128``), values JSON
-    (``learning_rate=3e-3``, ``data.train=[{"seq_len": 64, "num_kv_pairs": 4, "num_examples": 1000}]``; a bare
-    word is a string)."""
-    data = dataclasses.asdict(config)
+def with_overrides(config: Any, overrides: list[str] | tuple[str, ...]) -> Any:
+    """``config`` with ``key=value`` overrides: the one override parser of the project (``--set`` of every
+    experiment command, the training configs of :mod:`probseq.train`).
+
+    Keys are field names, dotted for a nested dataclass (``model.d_model=128``); values are JSON
+    (``learning_rate=3e-3``, ``rhos=[0.1,0.5]``, ``data.train=[{"seq_len": 64, "num_kv_pairs": 4,
+    "num_examples": 1000}]``; a bare word is a string). Each value is checked against its field's annotation and
+    converted as :func:`from_dict` converts (an int for a float, a list for a tuple, a dict for a dataclass); the
+    fields not named keep their values exactly, so a config's hash changes only by what is overridden. The
+    overrides are applied together (later ones win), then each changed dataclass is rebuilt once with
+    :func:`dataclasses.replace`, so its ``__post_init__`` checks see all of them. An unknown key, a wrong type or
+    a number that is not finite (JSON's ``NaN``, ``Infinity``) is a ``ValueError`` naming the key."""
+    edit = _Edit(config, {})
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r} must look like key=value")
@@ -67,15 +76,45 @@ def with_overrides(config: Any, overrides: list[str]) -> Any:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
-        node, parts = data, key.split(".")
-        for depth, part in enumerate(parts[:-1]):
-            if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):
-                raise ValueError(f"unknown config key {'.'.join(parts[: depth + 1])!r}")
-            node = node[part]
-        if parts[-1] not in node:
-            raise ValueError(f"unknown config key {key!r}; known keys here: {', '.join(node)}")
-        node[parts[-1]] = value
-    return from_dict(type(config), data)
+        _record(edit, key.split("."), value, "")
+    return _build(edit, "")
+
+
+class _Edit(NamedTuple):
+    """Overrides of one dataclass instance: ``changes`` maps a field to its new value or to an :class:`_Edit`
+    of the dataclass it holds."""
+
+    base: Any
+    changes: dict[str, Any]
+
+
+def _record(edit: _Edit, parts: list[str], value: Any, path: str) -> None:
+    """Record ``value`` (checked) for the field at ``parts`` (a dotted key, split) of ``edit.base``."""
+    node, name = edit.base, parts[0]
+    key = _join(path, name)
+    fields = {f.name for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else set()
+    if name not in fields:
+        known = f"; known keys{' of ' + path if path else ''}: {', '.join(sorted(fields))}" if fields else ""
+        raise ValueError(f"unknown config key {key!r}{known}")
+    if len(parts) == 1:
+        edit.changes[name] = _check(key, value, typing.get_type_hints(type(node))[name], convert=True)
+        return
+    inner = edit.changes.get(name)
+    if not isinstance(inner, _Edit):  # the field's current value (or the one an earlier override gave it)
+        inner = _Edit(edit.changes[name] if name in edit.changes else getattr(node, name), {})
+        edit.changes[name] = inner
+    _record(inner, parts[1:], value, key)
+
+
+def _build(edit: _Edit, path: str) -> Any:
+    """``edit.base`` with its changes (nested ones first), checked by its ``__post_init__``."""
+    changes = {name: _build(value, _join(path, name)) if isinstance(value, _Edit) else value
+               for name, value in edit.changes.items()}
+    try:
+        return dataclasses.replace(edit.base, **changes)
+    except ValueError as error:
+        message = str(error)
+        raise ValueError(f"{path}: {message}" if path and not message.startswith(path) else message) from None
 
 
 def _join(path: str, name: str) -> str:

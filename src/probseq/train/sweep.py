@@ -3,7 +3,7 @@
 
 Each unit (one training run, e.g. one ``(mixer, lr, seed)``) is identified by its name and the fingerprint
 of its config. When it finishes, its metrics are written atomically to ``out/cache/<name>-<fp>.json``
-and never recomputed; while it runs, its checkpoints live in ``runs_root()/<experiment>/<name>-<fp>/``
+(:class:`probseq.result_cache.ResultCache`) and never recomputed; while it runs, its checkpoints live in ``runs_root()/<experiment>/<name>-<fp>/``
 (``$XDG_CACHE_HOME/probseq/runs`` or ``~/.cache/probseq/runs``), so an interrupted sweep resumes the
 unfinished unit from its last checkpoint, and ends with the metrics of an uninterrupted one. A changed
 config changes the fingerprint, so stale results and checkpoints are never reused. A finished unit's checkpoints
@@ -46,7 +46,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
-from probseq.files import NUMBER, ListOf, MapOf, atomic_write_json, json_problem, read_json
+from probseq.files import NUMBER, ListOf, MapOf, json_problem
+from probseq.result_cache import ResultCache, read_result
 from probseq.train.config import TrainConfig
 
 # Two-sided 95% Student-t quantiles by degrees of freedom (df > 30: the normal 1.96).
@@ -128,14 +129,14 @@ def run_units(units: list[Unit], experiment: str, out: str | os.PathLike, *, log
     names = [unit.name for unit in units]
     if len(set(names)) != len(names):
         raise ValueError(f"unit names must be unique, got {names}")
-    cache = Path(out) / "cache"
+    cache = ResultCache(out)
     metrics, from_cache, deferred = {}, 0, []
 
     def cached(unit: Unit, key: str) -> bool:
-        path = cache / f"{key}.json"
-        if not path.exists():
+        record = cache.get(key, RECORD_SPEC, lambda record: _record_problem(record, unit, complete))
+        if record is None:
             return False
-        metrics[unit.name] = read_cached_unit(path, unit, complete)
+        metrics[unit.name] = record["metrics"]
         return True
 
     for index, unit in enumerate(units, 1):
@@ -165,14 +166,7 @@ def run_units(units: list[Unit], experiment: str, out: str | os.PathLike, *, log
 def read_cached_unit(path: Path, unit: Unit, complete: bool = False) -> dict[str, Any]:
     """The metrics in the cache file ``path`` of ``unit``; a ``ValueError`` naming the file and what is wrong when
     it is not JSON or not a record of this unit (see :func:`run_units` for ``complete``)."""
-    advice = "delete it to recompute"
-    record = read_json(path, advice)
-    problem = json_problem(record, RECORD_SPEC)
-    if problem is None:
-        problem = _record_problem(record, unit, complete)
-    if problem is not None:
-        raise ValueError(f"cached result {path} is not a record of unit {unit.name}: {problem}; {advice}")
-    return record["metrics"]
+    return read_result(path, unit.name, RECORD_SPEC, lambda record: _record_problem(record, unit, complete))["metrics"]
 
 
 def _record_problem(record: dict[str, Any], unit: Unit, complete: bool) -> str | None:
@@ -215,8 +209,8 @@ def _range_problem(metrics: dict[str, Any]) -> str | None:
     return None
 
 
-def _train_unit(unit: Unit, key: str, experiment: str, cache: Path, tag: str, log) -> dict[str, Any]:
-    """Train (or resume) one unit, write its metrics (or, when it diverged, its record) to ``cache/<key>.json``,
+def _train_unit(unit: Unit, key: str, experiment: str, cache: ResultCache, tag: str, log) -> dict[str, Any]:
+    """Train (or resume) one unit, write its metrics (or, when it diverged, its record) to the cache as ``key``,
     delete its checkpoints (a finished unit keeps its final weights, ``final/``; a diverged one keeps nothing)."""
     from probseq.train.trainer import TrainingDiverged, train  # transformers: imported when something is trained
 
@@ -236,7 +230,7 @@ def _train_unit(unit: Unit, key: str, experiment: str, cache: Path, tag: str, lo
     except TrainingDiverged as error:
         result = error.record
         log(f"{tag} {unit.name}: {error}. Recorded as diverged (a rerun takes this record from the cache)")
-    atomic_write_json(cache / f"{key}.json", {"unit": unit.name, "config": config.identity(), "metrics": result})
+    cache.put(key, {"unit": unit.name, "config": config.identity(), "metrics": result})
     if is_diverged(result):  # no weights worth keeping
         shutil.rmtree(run_dir, ignore_errors=True)
         return result
