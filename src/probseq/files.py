@@ -231,18 +231,19 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def check_writable(out: str | os.PathLike) -> Path:
-    """Create the folder ``out`` and write a probe file in it: a ``ValueError`` naming ``--out`` if either fails.
-    Called before any work, so that a bad ``--out`` costs seconds, not a finished run."""
+def check_writable(out: str | os.PathLike, option: str = "--out") -> Path:
+    """Create the folder ``out`` and write a probe file in it: a ``ValueError`` naming ``option`` (the setting
+    that gave the folder) if either fails. Called before any work, so that a bad ``--out`` costs seconds, not a
+    finished run."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
+        raise ValueError(f"{option} {out} exists and is not a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):
             pass
     except OSError as error:
-        raise ValueError(f"--out {out} is not a writable folder: {error.strerror or error}") from None
+        raise ValueError(f"{option} {out} is not a writable folder: {error.strerror or error}") from None
     return out
 
 

@@ -39,7 +39,8 @@ import torch
 
 from probseq.files import atomic_write_json, finite_or_none, nonfinite_to_none
 from probseq.train.schema import check_fields, from_dict, positive, with_overrides
-from probseq.train.trainer import TrainingDiverged, check_saved_config, progress_bars, run_threads, run_trainer
+from probseq.train.run_folder import claim_run_folder
+from probseq.train.trainer import TrainingDiverged, progress_bars, run_threads, run_trainer
 
 TRAIN_LOG = "train_log.json"
 RUN_CONFIG = "probseq_run_config.json"
@@ -294,9 +295,9 @@ def load_token_array(path: Path) -> np.ndarray:
 
 
 def check_run_config(folder: Path, identity: dict[str, Any]) -> None:
-    """Refuse to resume a run in ``folder`` that was started with another config; record it otherwise."""
-    folder.mkdir(parents=True, exist_ok=True)
-    check_saved_config(folder / RUN_CONFIG, identity, "--out")
+    """Claim ``--out`` for this run (:func:`~probseq.train.run_folder.claim_run_folder`): writable, and not a run of
+    another config; the identity is recorded in ``RUN_CONFIG`` there."""
+    claim_run_folder(folder, RUN_CONFIG, identity, "--out")
 
 
 def copy_tokenizer(tokenizer, dst: Path) -> None:

@@ -11,7 +11,8 @@ probseq adds:
   logits only at supervised positions when the model can) and argmax predictions for the metrics;
 - :func:`~probseq.train.metrics.recall_metrics`: accuracy at supervised positions, per-example accuracy;
 - seeding (``transformers.set_seed(seed)`` before the model is built; data generated from ``data_seed``);
-- a guard against resuming a different run: ``output_dir`` keeps the config it was started with;
+- a guard against resuming a different run: ``output_dir`` keeps the config it was started with
+  (:mod:`probseq.train.run_folder`);
 - the final weights kept for reuse (``output_dir/final/``, :func:`save_final`; :mod:`probseq.train.saved`);
 - no weight decay on biases, norm weights and parameters marked ``_no_weight_decay``
   (:meth:`PreShiftedTrainer.get_decay_parameter_names`);
@@ -52,7 +53,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging as hf_logging
 
 from probseq.cpu import flush_subnormals
-from probseq.files import atomic_write_json, finite_or_none, read_json
+from probseq.files import atomic_write_json, finite_or_none
 from probseq.layers.norm import GatedRMSNorm, RMSNorm
 from probseq.models.mqar_model import ZoologyConfig, ZoologyModel
 from probseq.tasks import IGNORE_INDEX
@@ -60,6 +61,7 @@ from probseq.train.config import TrainConfig
 from probseq.train.data import SegmentBatches, TokenDataset, generate, pad_collate
 from probseq.train.metrics import pre_shifted_cross_entropy, recall_metrics, scatter_predictions
 from probseq.train.retention import RetentionTrace, retention_trace, split_retention_groups
+from probseq.train.run_folder import check_saved_config, claim_run_folder
 
 # The config a run's output_dir was started with (its identity fields), checked before resuming.
 CONFIG_FILE = "probseq_train_config.json"
@@ -606,34 +608,13 @@ def progress_bars(enabled: bool) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _output_dir(config: TrainConfig) -> Iterator[Path]:
-    """``config.output_dir`` after checking that it belongs to this config (or a temporary folder)."""
+    """``config.output_dir`` claimed for this config (:func:`~probseq.train.run_folder.claim_run_folder`), or a
+    temporary folder."""
     if not config.output_dir:
         with tempfile.TemporaryDirectory(prefix="probseq-train-") as folder:
             yield Path(folder)
         return
-    folder = Path(config.output_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    check_saved_config(folder / CONFIG_FILE, config.identity(), "output_dir")
-    yield folder
-
-
-def check_saved_config(path: Path, identity: dict[str, Any], option: str) -> None:
-    """Refuse to resume the run whose folder holds ``path`` when it was started with another config (a
-    ``ValueError`` naming the fields that differ, or ``path`` when it is not a config); record ``identity`` there
-    when it is a new run. ``option`` names the folder's setting in the message (``output_dir``, ``--out``)."""
-    folder = path.parent
-    identity = json.loads(json.dumps(identity))
-    if not path.exists():
-        atomic_write_json(path, identity)
-        return
-    saved = read_json(path, f"delete {folder} to start over")
-    if not isinstance(saved, dict):
-        raise ValueError(f"{path} must hold a run's config (a JSON object), not {type(saved).__name__}; delete "
-                         f"{folder} to start over")
-    if saved != identity:
-        changed = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
-        raise ValueError(f"{folder} holds a run of a different config (differs in {', '.join(changed)}); use "
-                         f"another {option}, or delete it to start over")
+    yield claim_run_folder(config.output_dir, CONFIG_FILE, config.identity(), "output_dir")
 
 
 __all__ = ["CONFIG_FILE", "FINAL_CONFIG", "FINAL_DIR", "FINAL_METRICS", "NORM_TYPES", "DivergenceGuard",
