@@ -1,5 +1,6 @@
 """What every experiment shares: checked ``--set`` overrides (:func:`probseq.train.schema.with_overrides`), the
-environment record, CSV and markdown tables, and resumable per-unit results (:mod:`probseq.result_cache`)."""
+environment record, CSV and markdown tables, and resumable per-unit results
+(:mod:`probseq.train.result_cache`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any, Callable
 import torch
 
 from probseq.files import atomic_write_text
-from probseq.result_cache import ResultCache, config_hash
+from probseq.train.result_cache import ResultCache, config_hash
 from probseq.train.schema import with_overrides
 
 

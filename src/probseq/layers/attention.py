@@ -21,7 +21,8 @@ from torch import Tensor, nn
 
 from probseq.layers.norm import RMSNorm
 from probseq.layers.state import KVState, StateLayout, read_state, write_state
-from probseq.layers.utils import check_no_extra, check_positive, layer_inputs, pack_index, zero_padding
+from probseq.layers.utils import check_no_extra, check_positive, layer_inputs, zero_padding
+from probseq.ops.varlen import Packing
 
 
 def rotate(x: Tensor, positions: Tensor, theta: float) -> Tensor:
@@ -95,7 +96,7 @@ class Attention(nn.Module):
             _check_position_ids(position_ids, batch, length)
             return position_ids[..., position_ids.shape[-1] - length:].expand(batch, length).to(device)
         if cu_seqlens is not None:
-            return pack_index(cu_seqlens.to(device))[1][None]
+            return Packing(cu_seqlens, device).offset[None]
         if attention_mask is not None:
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
             return positions[:, positions.shape[1] - length:].to(device)  # (not [:, -length:]: T = 0)
@@ -155,7 +156,7 @@ class Attention(nn.Module):
         key = torch.arange(past + length, device=device)
         allowed = (key[None, :] <= query[:, None])[None]  # [1, T, S + T]
         if cu_seqlens is not None:
-            sequence = pack_index(cu_seqlens.to(device))[0]
+            sequence = Packing(cu_seqlens, device).sequence
             allowed = allowed & (sequence[:, None] == sequence[None, :])[None]
         if attention_mask is not None:
             valid = attention_mask.to(device)[:, attention_mask.shape[1] - (past + length):]

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from probseq.layers.utils import packed_to_padded, padded_to_packed, sequence_lengths, zero_padding
+from probseq.layers.utils import zero_padding
+from probseq.ops.varlen import Packing
 
 ACTIVATIONS = (None, "silu", "swish")
 
@@ -53,9 +54,9 @@ class ShortConvolution(nn.Conv1d):
             empty and the state is ``cache`` (zeros without one).
         """
         if cu_seqlens is not None:
-            y, state = self._convolve(packed_to_padded(x, cu_seqlens), cache, output_final_state,
-                                      sequence_lengths(cu_seqlens).to(x.device))
-            return padded_to_packed(y, cu_seqlens), state
+            packing = Packing(cu_seqlens, x.device)
+            y, state = self._convolve(packing.pad(x), cache, output_final_state, packing.lengths)
+            return packing.unpad(y), state
         return self._convolve(zero_padding(x, mask), cache, output_final_state, None)
 
     def _convolve(self, x: Tensor, cache: Tensor | None, output_final_state: bool,

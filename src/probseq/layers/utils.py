@@ -1,4 +1,4 @@
-"""Small helpers shared by the mixers: input checks, padding, packing, head layout.
+"""Small helpers shared by the mixers: input checks, padding, head layout, fla's modes, initialisation.
 
 Every mixer starts its forward with :func:`layer_inputs`: ``hidden_states`` of the layer's width, dtype and
 device; ``attention_mask`` in one convention for all mixers (:data:`MASK_CONVENTION`); ``cu_seqlens``
@@ -213,32 +213,6 @@ def full_precision(device_type: str):
         return
     with torch.autocast(device_type=device_type, enabled=False):
         yield
-
-
-def sequence_lengths(cu_seqlens: Tensor) -> Tensor:
-    return (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-
-
-def pack_index(cu_seqlens: Tensor) -> tuple[Tensor, Tensor, int]:
-    """``(sequence, offset, max_length)`` of every packed token."""
-    cu = cu_seqlens.long()
-    lengths = sequence_lengths(cu)
-    sequence = torch.repeat_interleave(torch.arange(lengths.numel(), device=cu.device), lengths)
-    offset = torch.arange(int(cu[-1]), device=cu.device) - cu[:-1][sequence]
-    return sequence, offset, int(lengths.max()) if lengths.numel() else 0
-
-
-def packed_to_padded(x: Tensor, cu_seqlens: Tensor) -> Tensor:
-    """``[1, T, ...]`` packed → ``[S, T_max, ...]`` right-padded with zeros."""
-    sequence, offset, max_length = pack_index(cu_seqlens.to(x.device))
-    padded = x.new_zeros(cu_seqlens.numel() - 1, max_length, *x.shape[2:])
-    return padded.index_put((sequence, offset), x[0])
-
-
-def padded_to_packed(x: Tensor, cu_seqlens: Tensor) -> Tensor:
-    """``[S, T_max, ...]`` → ``[1, T, ...]`` (inverse of :func:`packed_to_padded`)."""
-    sequence, offset, _ = pack_index(cu_seqlens.to(x.device))
-    return x[sequence, offset][None]
 
 
 def check_positive(**values: object) -> None:

@@ -3,7 +3,8 @@
 
 Each unit (one training run, e.g. one ``(mixer, lr, seed)``) is identified by its name and the fingerprint
 of its config. When it finishes, its metrics are written atomically to ``out/cache/<name>-<fp>.json``
-(:class:`probseq.result_cache.ResultCache`) and never recomputed; while it runs, its checkpoints live in ``runs_root()/<experiment>/<name>-<fp>/``
+(:class:`~probseq.train.result_cache.ResultCache`) and never recomputed; while it runs, its checkpoints live in
+``runs_root()/<experiment>/<name>-<fp>/``
 (``$XDG_CACHE_HOME/probseq/runs`` or ``~/.cache/probseq/runs``), so an interrupted sweep resumes the
 unfinished unit from its last checkpoint, and ends with the metrics of an uninterrupted one. A changed
 config changes the fingerprint, so stale results and checkpoints are never reused. A finished unit's checkpoints
@@ -47,7 +48,7 @@ from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
 from probseq.files import NUMBER, ListOf, MapOf, json_problem
-from probseq.result_cache import ResultCache, read_result
+from probseq.train.result_cache import ResultCache, read_result
 from probseq.train.config import TrainConfig
 
 # Two-sided 95% Student-t quantiles by degrees of freedom (df > 30: the normal 1.96).
