@@ -39,17 +39,16 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from probseq.layers.conv import ShortConvolution
+from probseq.layers.conv import add_qkv_convolutions, convolve_qkv, qkv_conv_layout
 from probseq.layers.norm import GATE_ACTIVATIONS, GatedRMSNorm, RMSNorm
 from probseq.layers.state import RecurrentState, StateLayout, read_state, write_state
-from probseq.layers.utils import (check_no_extra, check_positive, full_precision, gated_output, guard_zero_keys,
-                                  hold_padding, inverse_softplus_step, l2_normalize, layer_inputs,
+from probseq.layers.utils import (MODES, check_mode, check_no_extra, check_positive, full_precision, gated_output,
+                                  guard_zero_keys, hold_padding, inverse_softplus_step, l2_normalize, layer_inputs,
                                   log_uniform_decay_rate, num_sequences, own_stream, repeat_heads, zero_padding)
 from probseq.ops import R_MIN, bayes_filter
 
 Retention = Literal["reset", "stationary", "learned"]
 RETENTIONS: tuple[str, ...] = ("reset", "stationary", "learned")
-MODES = {"chunk": "auto", "fused_recurrent": "recurrent"}  # fla's kernel choice → probseq's form
 
 
 class _StraightThroughUnitClamp(torch.autograd.Function):
@@ -112,8 +111,7 @@ class BayesianLayer(nn.Module):
         num_v_heads = num_heads if num_v_heads is None else num_v_heads
         check_positive(hidden_size=hidden_size, head_dim=head_dim, num_heads=num_heads, num_v_heads=num_v_heads,
                        conv_size=conv_size, chunk_size=chunk_size)
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {tuple(MODES)}, got {mode!r}")
+        check_mode(mode)
         if allow_neg_eigval:
             raise ValueError(f"{name} does not support allow_neg_eigval=True: it doubles β to (0, 2), and a write "
                              "strength above 1 has no write-noise counterpart r = (1 − β)/β ≥ 0")
@@ -157,9 +155,7 @@ class BayesianLayer(nn.Module):
         self.dt_bias = nn.Parameter(inverse_softplus_step(num_v_heads))
         self.dt_bias._no_weight_decay = True
         if use_short_conv:
-            self.q_conv1d = ShortConvolution(self.key_dim, conv_size, bias=conv_bias, activation="silu")
-            self.k_conv1d = ShortConvolution(self.key_dim, conv_size, bias=conv_bias, activation="silu")
-            self.v_conv1d = ShortConvolution(self.value_dim, conv_size, bias=conv_bias, activation="silu")
+            add_qkv_convolutions(self)
         if use_gate:
             self.g_proj = nn.Linear(hidden_size, self.value_dim, bias=False)
             self.o_norm = GatedRMSNorm(self.head_v_dim, eps=norm_eps, activation=output_gate_activation)
@@ -184,9 +180,7 @@ class BayesianLayer(nn.Module):
 
     def state_layout(self) -> StateLayout:
         """Conv states ``[N, D, W]`` of q, k, v and the mean ``[N, H_v, V, K]`` (:mod:`probseq.layers.state`)."""
-        conv = ((self.key_dim, self.conv_size),) * 2 + ((self.value_dim, self.conv_size),)
-        return StateLayout(RecurrentState, conv if self.use_short_conv else (),
-                           (self.num_v_heads, self.head_v_dim, self.head_k_dim))
+        return StateLayout(RecurrentState, qkv_conv_layout(self), (self.num_v_heads, self.head_v_dim, self.head_k_dim))
 
     def certainty_retention(self, x: Tensor, g: Tensor) -> Tensor | None:
         """``γ [B, T, H_v]`` in ``[0, 1]`` for inputs ``x [B, T, D]`` and log decay ``g [B, T, H_v]``
@@ -215,12 +209,7 @@ class BayesianLayer(nn.Module):
                     use_cache: bool, cu_seqlens: Tensor | None) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
         if not self.use_short_conv:
             return F.silu(self.q_proj(x)), F.silu(self.k_proj(x)), F.silu(self.v_proj(x)), ()
-        states = conv_state or (None, None, None)
-        outputs = [conv(proj(x), mask=mask, cache=state, output_final_state=use_cache, cu_seqlens=cu_seqlens)
-                   for conv, proj, state in zip((self.q_conv1d, self.k_conv1d, self.v_conv1d),
-                                                (self.q_proj, self.k_proj, self.v_proj), states)]
-        (q, sq), (k, sk), (v, sv) = outputs
-        return q, k, v, (sq, sk, sv) if use_cache else ()
+        return convolve_qkv(self, x, mask, conv_state, use_cache, cu_seqlens)
 
     def filter_inputs(self, hidden_states: Tensor, attention_mask: Tensor | None = None, past_key_values=None,
                       use_cache: bool | None = False, **kwargs) -> dict[str, object]:

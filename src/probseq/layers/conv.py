@@ -4,6 +4,10 @@
 The parameters are those of an ``nn.Conv1d(D, D, W, groups=D)`` (``weight [D, 1, W]``, ``bias [D]``),
 as in flash-linear-attention's ``ShortConvolution`` and Mamba-2's ``conv1d``, so their checkpoints load.
 The state is fla's cache layout ``[N, D, W]``: the last ``W`` inputs of each sequence.
+
+The delta-rule layers (:class:`~probseq.layers.BayesianLayer`, :class:`~probseq.layers.DeltaNet`) convolve their
+q, k and v projections with three of them, as fla's layers do: :func:`add_qkv_convolutions`,
+:func:`qkv_conv_layout` and :func:`convolve_qkv` are that plumbing, once.
 """
 
 from __future__ import annotations
@@ -82,3 +86,33 @@ class ShortConvolution(nn.Conv1d):
             index = ends[:, None] + torch.arange(width, device=x.device)
             state = inputs.gather(-1, index[:, None, :].expand(batch, channels, width))
         return y, state
+
+
+def add_qkv_convolutions(layer: nn.Module, qk_activation: str | None = "silu") -> None:
+    """Give ``layer`` fla's ``q_conv1d``, ``k_conv1d`` (``layer.key_dim`` channels, ``qk_activation``) and
+    ``v_conv1d`` (``layer.value_dim`` channels, SiLU), of kernel ``layer.conv_size`` and bias ``layer.conv_bias``
+    (created in this order: one seed gives fla's initial weights)."""
+    layer.q_conv1d = ShortConvolution(layer.key_dim, layer.conv_size, bias=layer.conv_bias, activation=qk_activation)
+    layer.k_conv1d = ShortConvolution(layer.key_dim, layer.conv_size, bias=layer.conv_bias, activation=qk_activation)
+    layer.v_conv1d = ShortConvolution(layer.value_dim, layer.conv_size, bias=layer.conv_bias, activation="silu")
+
+
+def qkv_conv_layout(layer: nn.Module) -> tuple[tuple[int, int], ...]:
+    """``(D, W)`` of the q, k and v conv states ``[N, D, W]`` (:class:`~probseq.layers.state.StateLayout`'s
+    ``conv``); none without ``layer.use_short_conv``."""
+    if not layer.use_short_conv:
+        return ()
+    return ((layer.key_dim, layer.conv_size),) * 2 + ((layer.value_dim, layer.conv_size),)
+
+
+def convolve_qkv(layer: nn.Module, x: Tensor, mask: Tensor | None, states: tuple[Tensor, ...] | None,
+                 use_cache: bool, cu_seqlens: Tensor | None) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
+    """``q, k, v = conv(proj(x))`` for the q, k and v projections and convolutions of ``layer``, each continuing
+    from its state in ``states`` (``None``: a fresh start). Returns ``(q [B, T, key_dim], k, v [B, T, value_dim],
+    the three new states [N, D, W] when use_cache, else ())``."""
+    states = states or (None, None, None)
+    (q, sq), (k, sk), (v, sv) = (
+        conv(proj(x), mask=mask, cache=state, output_final_state=use_cache, cu_seqlens=cu_seqlens)
+        for conv, proj, state in zip((layer.q_conv1d, layer.k_conv1d, layer.v_conv1d),
+                                     (layer.q_proj, layer.k_proj, layer.v_proj), states))
+    return q, k, v, (sq, sk, sv) if use_cache else ()

@@ -12,22 +12,20 @@ flash-linear-attention's ``DeltaNet`` (constructor, parameter names, forward)::
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from probseq.layers.conv import ShortConvolution
+from probseq.layers.conv import add_qkv_convolutions, convolve_qkv, qkv_conv_layout
 from probseq.layers.norm import GatedRMSNorm, RMSNorm
 from probseq.layers.state import RecurrentState, StateLayout, read_state, write_state
-from probseq.layers.utils import (check_no_extra, check_positive, full_precision, gated_output, guard_zero_keys,
-                                  hold_padding, l2_normalize, layer_inputs, num_sequences, zero_padding)
+from probseq.layers.utils import (MODES, check_mode, check_no_extra, check_positive, full_precision, gated_output,
+                                  guard_zero_keys, head_dims, hold_padding, l2_normalize, layer_inputs,
+                                  num_sequences, zero_padding)
 from probseq.ops import bayes_filter
 
 QK_ACTIVATIONS = ("silu", "relu", "elu", "identity")
-MODES = {"chunk": "auto", "fused_recurrent": "recurrent"}
 
 
 def _activate(x: Tensor, activation: str) -> Tensor:
@@ -59,8 +57,7 @@ class DeltaNet(nn.Module):
         check_no_extra("DeltaNet", kwargs)
         hidden_size = hidden_size if d_model is None else d_model
         check_positive(hidden_size=hidden_size, num_heads=num_heads, conv_size=conv_size, chunk_size=chunk_size)
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {tuple(MODES)}, got {mode!r}")
+        check_mode(mode)
         if allow_neg_eigval:
             raise ValueError("DeltaNet does not support allow_neg_eigval=True: β ∈ (0, 2) has no write-noise "
                              "counterpart r = (1 − β)/β ≥ 0")
@@ -69,18 +66,15 @@ class DeltaNet(nn.Module):
         if qk_norm != "l2":
             raise ValueError(f"DeltaNet supports qk_norm='l2' only (the delta rule needs unit-norm keys), "
                              f"got {qk_norm!r}")
-        key_dim, value_dim = hidden_size * expand_k, hidden_size * expand_v
-        for name, dim in (("hidden_size * expand_k", key_dim), ("hidden_size * expand_v", value_dim)):
-            if not math.isclose(dim, round(dim)) or round(dim) <= 0 or round(dim) % num_heads:
-                raise ValueError(f"{name} = {dim} must be a positive integer divisible by num_heads={num_heads}")
+        key_dim, value_dim = head_dims(hidden_size, expand_k, expand_v, num_heads)
 
         self.mode, self.hidden_size, self.expand_k, self.expand_v = mode, hidden_size, expand_k, expand_v
         self.num_heads, self.use_beta, self.use_gate = num_heads, use_beta, use_gate
         self.use_short_conv, self.conv_size, self.conv_bias = use_short_conv, conv_size, conv_bias
         self.allow_neg_eigval, self.layer_idx = allow_neg_eigval, layer_idx
         self.qk_activation, self.qk_norm, self.norm_eps, self.chunk_size = qk_activation, qk_norm, norm_eps, chunk_size
-        self.key_dim, self.value_dim = round(key_dim), round(value_dim)
-        self.head_k_dim, self.head_v_dim = self.key_dim // num_heads, self.value_dim // num_heads
+        self.key_dim, self.value_dim = key_dim, value_dim
+        self.head_k_dim, self.head_v_dim = key_dim // num_heads, value_dim // num_heads
 
         self.q_proj = nn.Linear(hidden_size, self.key_dim, bias=False)
         self.k_proj = nn.Linear(hidden_size, self.key_dim, bias=False)
@@ -88,10 +82,7 @@ class DeltaNet(nn.Module):
         if use_beta:
             self.b_proj = nn.Linear(hidden_size, num_heads, bias=False)
         if use_short_conv:
-            qk_conv_act = "silu" if qk_activation == "silu" else None
-            self.q_conv1d = ShortConvolution(self.key_dim, conv_size, bias=conv_bias, activation=qk_conv_act)
-            self.k_conv1d = ShortConvolution(self.key_dim, conv_size, bias=conv_bias, activation=qk_conv_act)
-            self.v_conv1d = ShortConvolution(self.value_dim, conv_size, bias=conv_bias, activation="silu")
+            add_qkv_convolutions(self, qk_activation="silu" if qk_activation == "silu" else None)
         if use_gate:
             self.g_proj = nn.Linear(hidden_size, self.value_dim, bias=False)
             self.o_norm = GatedRMSNorm(self.head_v_dim, eps=norm_eps)
@@ -101,9 +92,7 @@ class DeltaNet(nn.Module):
 
     def state_layout(self) -> StateLayout:
         """Conv states ``[N, D, W]`` of q, k, v and the mean ``[N, H, V, K]`` (:mod:`probseq.layers.state`)."""
-        conv = ((self.key_dim, self.conv_size),) * 2 + ((self.value_dim, self.conv_size),)
-        return StateLayout(RecurrentState, conv if self.use_short_conv else (),
-                           (self.num_heads, self.head_v_dim, self.head_k_dim))
+        return StateLayout(RecurrentState, qkv_conv_layout(self), (self.num_heads, self.head_v_dim, self.head_k_dim))
 
     def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None, past_key_values=None,
                 use_cache: bool | None = False, output_attentions: bool | None = False,
@@ -113,16 +102,11 @@ class DeltaNet(nn.Module):
                                               self.q_proj.weight)
         last = read_state(self, past_key_values, num_sequences(x, cu_seqlens))
 
-        conv_state: tuple[Tensor, ...] = ()
         if self.use_short_conv:
-            states = last.conv if last is not None else (None, None, None)
-            (q, sq), (k, sk), (v, sv) = (
-                conv(proj(x), mask=mask, cache=state, output_final_state=use_cache, cu_seqlens=cu_seqlens)
-                for conv, proj, state in zip((self.q_conv1d, self.k_conv1d, self.v_conv1d),
-                                             (self.q_proj, self.k_proj, self.v_proj), states))
-            conv_state = (sq, sk, sv) if use_cache else ()
+            q, k, v, conv_state = convolve_qkv(self, x, mask, None if last is None else last.conv, use_cache,
+                                               cu_seqlens)
         else:
-            q, k, v = self.q_proj(x), self.k_proj(x), F.silu(self.v_proj(x))
+            q, k, v, conv_state = self.q_proj(x), self.k_proj(x), F.silu(self.v_proj(x)), ()
             if self.qk_activation == "silu":
                 q, k = F.silu(q), F.silu(k)
         q = _activate(rearrange(q, "b t (h d) -> b t h d", d=self.head_k_dim), self.qk_activation)

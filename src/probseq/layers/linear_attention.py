@@ -16,22 +16,19 @@ the same per key channel (``gk_proj`` has ``num_heads · head_k_dim`` outputs).
 
 from __future__ import annotations
 
-import math
-
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
 from probseq.layers.norm import RMSNorm
 from probseq.layers.state import RecurrentState, StateLayout, read_state, write_state
-from probseq.layers.utils import (check_no_extra, check_positive, full_precision, hold_padding, layer_inputs,
-                                  num_sequences, repeat_heads, zero_padding)
+from probseq.layers.utils import (MODES, check_mode, check_no_extra, check_positive, full_precision, head_dims,
+                                  hold_padding, layer_inputs, num_sequences, repeat_heads, zero_padding)
 from probseq.ops import superposition_filter
 
 FEATURE_MAPS = ("elementwise_product", "elu", "relu", "identity")
 REFUSED_FEATURE_MAPS = ("hedgehog", "t2r", "dpfp")
 DECAYS = (None, "scalar", "channel")
-MODES = {"chunk": "auto", "fused_chunk": "auto", "fused_recurrent": "recurrent"}
 
 
 class HadamardFeatureMap(nn.Module):
@@ -80,8 +77,7 @@ class LinearAttention(nn.Module):
         check_no_extra("LinearAttention", kwargs)
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         check_positive(hidden_size=hidden_size, num_heads=num_heads, num_kv_heads=num_kv_heads)
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {tuple(MODES)}, got {mode!r}")
+        check_mode(mode, tuple(MODES))
         if num_heads % num_kv_heads:
             raise ValueError(f"num_heads={num_heads} must be a multiple of num_kv_heads={num_kv_heads}")
         if feature_map in REFUSED_FEATURE_MAPS:
@@ -99,16 +95,13 @@ class LinearAttention(nn.Module):
             check_positive(chunk_size=chunk_size)
         if not gate_logit_normalizer > 0:
             raise ValueError(f"gate_logit_normalizer must be > 0, got {gate_logit_normalizer!r}")
-        key_dim, value_dim = hidden_size * expand_k, hidden_size * expand_v
-        for name, dim in (("hidden_size * expand_k", key_dim), ("hidden_size * expand_v", value_dim)):
-            if not math.isclose(dim, round(dim)) or round(dim) <= 0 or round(dim) % num_heads:
-                raise ValueError(f"{name} = {dim} must be a positive integer divisible by num_heads={num_heads}")
+        key_dim, value_dim = head_dims(hidden_size, expand_k, expand_v, num_heads)
 
         self.mode, self.hidden_size, self.expand_k, self.expand_v = mode, hidden_size, expand_k, expand_v
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
         self.num_kv_groups = num_heads // num_kv_heads
-        self.key_dim, self.value_dim = round(key_dim), round(value_dim)
-        self.head_k_dim, self.head_v_dim = self.key_dim // num_heads, self.value_dim // num_heads
+        self.key_dim, self.value_dim = key_dim, value_dim
+        self.head_k_dim, self.head_v_dim = key_dim // num_heads, value_dim // num_heads
         self.feature_map, self.norm_q, self.norm_k = feature_map, norm_q, norm_k
         self.do_feature_map_norm, self.layer_idx = do_feature_map_norm, layer_idx
         self.decay, self.gate_logit_normalizer, self.chunk_size = decay, float(gate_logit_normalizer), chunk_size

@@ -215,6 +215,28 @@ def full_precision(device_type: str):
         yield
 
 
+#: fla's kernel choice (a layer's ``mode``) → the filter form probseq runs for it (the ops' ``impl``).
+MODES = {"chunk": "auto", "fused_chunk": "auto", "fused_recurrent": "recurrent"}
+#: The modes of fla's delta-rule layers (``GatedDeltaNet``, ``DeltaNet``): no ``fused_chunk``.
+DELTA_RULE_MODES = ("chunk", "fused_recurrent")
+
+
+def check_mode(mode: object, modes: tuple[str, ...] = DELTA_RULE_MODES) -> None:
+    """Refuse a ``mode`` the layer does not offer (``modes``: its names among :data:`MODES`)."""
+    if mode not in modes:
+        raise ValueError(f"mode must be one of {modes}, got {mode!r}")
+
+
+def head_dims(hidden_size: int, expand_k: float, expand_v: float, num_heads: int) -> tuple[int, int]:
+    """``(key_dim, value_dim) = (hidden_size · expand_k, hidden_size · expand_v)``, each refused unless a positive
+    integer divisible by ``num_heads`` (fla's ``DeltaNet`` / ``LinearAttention`` sizes)."""
+    key_dim, value_dim = hidden_size * expand_k, hidden_size * expand_v
+    for name, dim in (("hidden_size * expand_k", key_dim), ("hidden_size * expand_v", value_dim)):
+        if not math.isclose(dim, round(dim)) or round(dim) <= 0 or round(dim) % num_heads:
+            raise ValueError(f"{name} = {dim} must be a positive integer divisible by num_heads={num_heads}")
+    return round(key_dim), round(value_dim)
+
+
 def check_positive(**values: object) -> None:
     """Raise a ``ValueError`` naming the first argument that is not a positive int."""
     for name, value in values.items():
