@@ -12,6 +12,7 @@ import pytest
 
 from probseq import cli
 from probseq.experiments import mqar, recall
+from probseq.experiments.common import apply_overrides
 from probseq.train.sweep import Unit, best_by_validation, mean_ci95, run_units, runs_root
 
 TINY_MQAR = ['mixers=["bayesian","attention"]', "d_models=[16]", "learning_rates=[0.01,0.03]", "seeds=[0,1]",
@@ -93,7 +94,7 @@ def test_an_interrupted_unit_resumes_from_its_checkpoint(tmp_path):
 
     from probseq.train import train
 
-    config = dataclasses.replace(mqar.apply_overrides(mqar.PRESETS["quick"], TINY_MQAR), mixers=("attention",),
+    config = dataclasses.replace(apply_overrides(mqar.PRESETS["quick"], TINY_MQAR), mixers=("attention",),
                                  learning_rates=(0.01,), seeds=(0,), max_steps=4)
     unit = config.units()[0]
 
@@ -201,7 +202,7 @@ def test_two_workers_share_a_sweep(tmp_path, monkeypatch):
 
     from probseq.train import trainer
 
-    config = mqar.apply_overrides(mqar.PRESETS["quick"], TINY_MQAR)
+    config = apply_overrides(mqar.PRESETS["quick"], TINY_MQAR)
     units = config.units()
     trained, guard = [], threading.Lock()
 
@@ -240,10 +241,9 @@ def test_the_committed_runs_are_still_the_presets_units():
 
     root = Path(__file__).resolve().parents[1] / "results"
     sweeps = {"mqar_cpu": mqar.PRESETS["cpu"],
-              "mqar_cpu_stationary": mqar.apply_overrides(mqar.PRESETS["cpu"],
-                                                          ['mixers=["bayesian"]', "retention=stationary"]),
-              "mqar_cpu_init1": mqar.apply_overrides(mqar.PRESETS["cpu"],
-                                                     ['mixers=["bayesian"]', "retention_init=1.0"]),
+              "mqar_cpu_stationary": apply_overrides(mqar.PRESETS["cpu"],
+                                                     ['mixers=["bayesian"]', "retention=stationary"]),
+              "mqar_cpu_init1": apply_overrides(mqar.PRESETS["cpu"], ['mixers=["bayesian"]', "retention_init=1.0"]),
               "recall_cpu": recall.PRESETS["cpu"]}
     checked = 0
     for folder, config in sweeps.items():
@@ -262,13 +262,13 @@ def test_set_overrides_keep_the_unit_keys_of_cached_runs():
     (``probseq recall --preset cpu --set …`` and ``probseq mqar --preset quick --set …`` as cached before)."""
     from probseq.train.sweep import unit_key
 
-    config = recall.apply_overrides(recall.PRESETS["cpu"], ['mixers=["gated_deltanet"]', "learning_rates=[0.0003]",
-                                                            "seeds=[0]", "n_layers=2", "loss_weighting=example",
-                                                            "num_threads=1"])
+    config = apply_overrides(recall.PRESETS["cpu"], ['mixers=["gated_deltanet"]', "learning_rates=[0.0003]",
+                                                     "seeds=[0]", "n_layers=2", "loss_weighting=example",
+                                                     "num_threads=1"])
     assert [unit_key(unit) for unit in config.units()] == ["gated_deltanet-lr0.0003-s0-89c3881b8b16"]
-    config = mqar.apply_overrides(mqar.PRESETS["quick"], ['mixers=["bayesian"]', "retention=stationary",
-                                                          "retention_init=1", "train_segments=[[32,4],[64,8]]",
-                                                          "warmup=0", "batching=by_segment"])
+    config = apply_overrides(mqar.PRESETS["quick"], ['mixers=["bayesian"]', "retention=stationary",
+                                                   "retention_init=1", "train_segments=[[32,4],[64,8]]",
+                                                   "warmup=0", "batching=by_segment"])
     assert [unit_key(unit) for unit in config.units()] == ["bayesian-d64-lr0.003-s0-072d3629d1c7",
                                                            "bayesian-d64-lr0.01-s0-8bca21fb0880"]
 

@@ -52,6 +52,28 @@ def format_eval_table(rows: list[dict[str, Any]], point: Callable[[dict[str, Any
                                    "recorded at that point (same data)."]) + "\n"
 
 
+def over_seeds(seeds: int) -> str:
+    """How a table's accuracies are summarised over ``seeds`` runs."""
+    return f"mean ± 95% CI over {seeds} seeds" if seeds > 1 else "one seed (no confidence interval)"
+
+
+def accuracy_cell(point: dict[str, Any]) -> str:
+    """``mean ± CI95``, the mean alone for a single seed, or ``diverged`` when every learning rate diverged."""
+    if point.get("status") == "diverged":
+        return "diverged"
+    if len(point["accuracies"]) == 1:
+        return f"{point['accuracy']:.3f}"
+    return f"{point['accuracy']:.3f} ± {point['ci95']:.3f}"
+
+
+def diverged_note(points: list[dict[str, Any]]) -> str:
+    """`` Diverged (not candidates): mixer lr …`` for the learning rates with a diverged run, or ``""``."""
+    rates = {p["mixer"] + (f" (d={p['d_model']})" if "d_model" in p else ""): p.get("diverged_lrs", [])
+             for p in points}
+    listed = [f"{model} lr {', '.join(f'{lr:g}' for lr in lrs)}" for model, lrs in rates.items() if lrs]
+    return f" Diverged (not candidates): {'; '.join(listed)}." if listed else ""
+
+
 def run_eval_command(args, evaluate_saved: Callable[..., list[dict[str, Any]]],
                      point: Callable[[dict[str, Any]], str]) -> int:
     """``probseq <experiment> eval``: score the saved runs under ``args.run_dir`` at ``args.points`` with the
@@ -118,5 +140,6 @@ def environment() -> dict[str, Any]:
 apply_overrides = with_overrides
 
 
-__all__ = ["ResultCache", "apply_overrides", "config_hash", "environment", "finish_panel", "format_eval_table",
-           "legend_if_any", "report_diverged", "run_eval_command", "write_csv"]
+__all__ = ["ResultCache", "accuracy_cell", "apply_overrides", "config_hash", "diverged_note", "environment",
+           "finish_panel", "format_eval_table", "legend_if_any", "over_seeds", "report_diverged", "run_eval_command",
+           "write_csv"]

@@ -1,4 +1,4 @@
-"""Zoology MQAR (SPEC §5.3): which mixers recall, at which state size, inside and beyond training.
+"""Zoology MQAR: which mixers recall, at which state size, inside and beyond training.
 
 Protocol (Arora, Eyuboglu et al., "Zoology", 2023; ``zoology/experiments/paper_configs/.../configs.py``):
 Zoology's MQAR data (:func:`probseq.tasks.multiquery_ar`: keys from the lower half of the vocabulary,
@@ -43,98 +43,54 @@ Set ``retention=stationary`` (or ``reset``) to run the Bayesian Layer with anoth
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from probseq.experiments.common import (apply_overrides, environment, finish_panel, legend_if_any, report_diverged,
-                                        run_eval_command, write_csv)
-from probseq.files import atomic_write_json, check_writable, save_figure
-from probseq.train.config import MIXER_NAMES, ModelSpec, TrainConfig
+from probseq.experiments.common import (accuracy_cell, diverged_note, finish_panel, legend_if_any, over_seeds,
+                                        run_eval_command)
+from probseq.experiments.training_sweep import TrainingSweep, run_sweep, sweep_main
+from probseq.files import save_figure
+from probseq.train.config import TrainConfig
 from probseq.train.data import MQARData, MQARSplit, point_seed
-from probseq.train.sweep import Unit, best_by_validation, run_columns, run_units, train_seconds
+from probseq.train.sweep import Unit, best_by_validation
 
 ZOOLOGY_TRAIN = ((64, 4), (128, 8), (256, 16), (256, 32), (256, 64))
 ZOOLOGY_TEST = ((64, 4), (64, 8), (64, 16), (128, 32), (256, 64), (512, 128), (1024, 256))
 
 
 @dataclass(frozen=True)
-class MQARConfig:
-    """The MQAR experiment (validated on construction; ``--set key=value`` overrides).
+class MQARConfig(TrainingSweep):
+    """The MQAR experiment (validated on construction; ``--set key=value`` overrides): the sweep's settings
+    (:class:`~probseq.experiments.training_sweep.TrainingSweep`: mixers, learning rates, seeds, training) and
+    the task.
 
     Attributes:
-        mixers: mixers compared (names of :data:`probseq.layers.MIXERS`).
         d_models: model widths (every mixer at every width).
-        learning_rates: the lr sweep; the best per point is chosen on validation data.
-        seeds: one run per seed (model init, data order and data).
         vocab_size: ``V`` (Zoology: 8192); must exceed every segment length.
         train_segments: ``(T, k)`` train segments, mixed in one training set.
         train_examples: examples per train segment (one number per segment).
         test_segments: ``(T, k)`` test points (also the validation points).
         test_examples, valid_examples: examples per test / validation point.
-        max_steps, batch_size, warmup, weight_decay: optimisation (AdamW, cosine schedule).
-        eval_batch_size: evaluation batch.
-        n_layers: blocks of the model (4 = ``[conv, mixer] × 2``).
-        retention, retention_init, retention_lr_scale: the Bayesian Layer's certainty retention and, for
-            ``learned``, its starting scale ``ρ`` and its parameters' learning rate relative to the run's (only the
-            ``bayesian`` runs).
-        init: weight initialisation of every run, ``"fla"`` or Zoology's ``"zoology"``
-            (:class:`probseq.models.mqar_model.ZoologyModel`).
-        loss_weighting: ``"token"`` (every supervised token of a batch weighs the same; the default) or
-            ``"example"`` (every example weighs the same, as in Zoology) — :class:`~probseq.train.TrainConfig`'s.
-        batching: ``"mixed"`` (the default: every train segment's examples in one shuffled set, batches padded) or
-            ``"by_segment"`` (Zoology's: every batch from one segment) — :class:`~probseq.train.TrainConfig`'s.
-        precision: ``fp32`` on CPU, ``bf16`` on a GPU.
-        save_steps: checkpoint interval of a run (resume granularity).
-        num_threads: torch threads per run (``None``: torch's default).
     """
 
-    mixers: tuple[str, ...] = MIXER_NAMES
     d_models: tuple[int, ...] = (64,)
-    learning_rates: tuple[float, ...] = (3e-3, 1e-2)
-    seeds: tuple[int, ...] = (0, 1, 2)
     vocab_size: int = 8192
     train_segments: tuple[tuple[int, int], ...] = ZOOLOGY_TRAIN
     train_examples: tuple[int, ...] = (20_000, 4_000, 4_000, 4_000, 4_000)
     test_segments: tuple[tuple[int, int], ...] = ZOOLOGY_TEST
     test_examples: int = 1_000
     valid_examples: int = 250
-    max_steps: int = 1_500
-    batch_size: int = 64
-    warmup: float = 0.1
-    weight_decay: float = 0.1
-    eval_batch_size: int = 64
-    n_layers: int = 4
-    retention: Literal["reset", "stationary", "learned"] = "learned"
-    retention_init: float = 0.0
-    retention_lr_scale: float = 1.0
-    init: Literal["fla", "zoology"] = "fla"
-    loss_weighting: Literal["token", "example"] = "token"
-    batching: Literal["mixed", "by_segment"] = "mixed"
-    precision: str = "fp32"
-    save_steps: int = 100
-    num_threads: int | None = None
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.mixers if m not in MIXER_NAMES]
-        if not self.mixers or unknown or len(set(self.mixers)) != len(self.mixers):
-            raise ValueError(f"mixers must be distinct names of {MIXER_NAMES}, got {self.mixers}")
-        for name in ("d_models", "learning_rates", "seeds", "train_segments", "test_segments"):
-            values = getattr(self, name)
-            if not values or len(set(values)) != len(values):
-                raise ValueError(f"{name} must be a non-empty list of distinct values, got {values}")
+        self.check_sweep("d_models", "train_segments", "test_segments")
         for name in ("train_segments", "test_segments"):
             if any(len(s) != 2 for s in getattr(self, name)):
                 raise ValueError(f"{name} must be [seq_len, num_kv_pairs] pairs, got {getattr(self, name)}")
         if len(self.train_examples) != len(self.train_segments):
             raise ValueError(f"train_examples needs one count per train segment ({len(self.train_segments)}), "
                              f"got {self.train_examples}")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
         # every run's config is validated here, before any work (segment shapes, vocabulary, d_model, …)
         for mixer in self.mixers:
             for d_model in self.d_models:
@@ -151,17 +107,7 @@ class MQARConfig:
                         test=tuple(MQARSplit(t, k, self.test_examples) for t, k in self.test_segments))
 
     def train_config(self, mixer: str, d_model: int, lr: float, seed: int) -> TrainConfig:
-        # retention reaches the bayesian runs only, so changing it leaves the other runs' cache keys alone
-        model = ModelSpec(mixer=mixer, d_model=d_model, n_layers=self.n_layers, init=self.init,
-                          **({"retention": self.retention, "retention_init": self.retention_init}
-                             if mixer == "bayesian" else {}))
-        return TrainConfig(model=model, data=self.data(),
-                           learning_rate=lr, weight_decay=self.weight_decay, warmup=self.warmup,
-                           max_steps=self.max_steps, batch_size=self.batch_size, eval_batch_size=self.eval_batch_size,
-                           seed=seed, precision=self.precision, save_steps=self.save_steps, progress=False,
-                           logging_steps=max(1, self.max_steps // 10), num_threads=self.num_threads,
-                           loss_weighting=self.loss_weighting, batching=self.batching,
-                           retention_lr_scale=self.retention_lr_scale if mixer == "bayesian" else 1.0)
+        return self.run_config(mixer, d_model, self.data(), lr, seed)
 
     def units(self) -> list[Unit]:
         return [Unit(f"{mixer}-d{d}-lr{lr:g}-s{seed}", self.train_config(mixer, d, lr, seed))
@@ -210,25 +156,11 @@ def csv_rows(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
             | {"seeds": len(p["accuracies"]), "status": p.get("status", "ok")} for p in points]
 
 
-def run_rows(config: MQARConfig, metrics: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    rows = []
-    for unit in config.units():
-        rows.append({"unit": unit.name, "mixer": unit.config.model.mixer, "d_model": unit.config.model.d_model,
-                     "learning_rate": unit.config.learning_rate, "seed": unit.config.seed, **run_columns(metrics[unit.name])})
-    return rows
-
-
-def over_seeds(seeds: int) -> str:
-    return f"mean ± 95% CI over {seeds} seeds" if seeds > 1 else "one seed (no confidence interval)"
-
-
-def accuracy_cell(point: dict[str, Any]) -> str:
-    """``mean ± CI95``, the mean alone for a single seed, or ``diverged`` when every learning rate diverged."""
-    if point.get("status") == "diverged":
-        return "diverged"
-    if len(point["accuracies"]) == 1:
-        return f"{point['accuracy']:.3f}"
-    return f"{point['accuracy']:.3f} ± {point['ci95']:.3f}"
+def unit_columns(unit: Unit) -> dict[str, Any]:
+    """A run's columns in ``mqar_runs.csv`` and ``results.json`` (after its name): mixer, d_model, lr, seed."""
+    config = unit.config
+    return {"mixer": config.model.mixer, "d_model": config.model.d_model, "learning_rate": config.learning_rate,
+            "seed": config.seed}
 
 
 def format_table(results: dict[str, Any]) -> str:
@@ -251,14 +183,6 @@ def format_table(results: dict[str, Any]) -> str:
     lines += ["", f"(T, k) test points; * beyond the training segments. Test accuracy at the learning rate chosen on "
                   f"validation data, {over_seeds(seeds)}." + diverged_note(results["points"])]
     return "\n".join(lines) + "\n"
-
-
-def diverged_note(points: list[dict[str, Any]]) -> str:
-    """`` Diverged (not candidates): mixer lr …`` for the learning rates with a diverged run, or ``""``."""
-    rates = {p["mixer"] + (f" (d={p['d_model']})" if "d_model" in p else ""): p.get("diverged_lrs", [])
-             for p in points}
-    listed = [f"{model} lr {', '.join(f'{lr:g}' for lr in lrs)}" for model, lrs in rates.items() if lrs]
-    return f" Diverged (not candidates): {'; '.join(listed)}." if listed else ""
 
 
 def plot(results: dict[str, Any], out: Path) -> list[Path]:
@@ -340,22 +264,8 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
 def run_mqar(config: MQARConfig, out: str | Path, *, log=None) -> dict[str, Any]:
     """Run (or resume) the experiment into ``out``; write results.json, the CSVs and the plots; return the
     results (as saved). ``results["from_cache"]`` counts the units taken from the cache."""
-    out = check_writable(out)
-    started = time.perf_counter()
-    sweep = run_units(config.units(), "mqar", out, log=log, complete=True)
-    points = summarise(config, sweep.metrics)
-    results = {"experiment": "mqar", "config": dataclasses.asdict(config), "environment": environment(),
-               "units": {unit.name: {"mixer": unit.config.model.mixer, "d_model": unit.config.model.d_model,
-                                     "learning_rate": unit.config.learning_rate, "seed": unit.config.seed,
-                                     "metrics": sweep.metrics[unit.name]} for unit in config.units()},
-               "points": points, "num_units": len(sweep.metrics), "from_cache": sweep.from_cache,
-               "diverged_units": sweep.diverged, "runtime_s": time.perf_counter() - started,
-               "train_seconds": sum(train_seconds(m) for m in sweep.metrics.values())}
-    write_csv(out / "mqar.csv", csv_rows(points))
-    write_csv(out / "mqar_runs.csv", run_rows(config, sweep.metrics))
-    atomic_write_json(out / "results.json", results)  # before the plots: a plotting problem never costs the results
-    plot(json.loads(json.dumps(results)), out)
-    return json.loads(json.dumps(results))
+    return run_sweep("mqar", config, out, summarise=summarise, csv_rows=csv_rows, unit_columns=unit_columns,
+                     plot=plot, log=log)
 
 
 # ------------------------------------------------------------------------------------------ saved runs
@@ -420,10 +330,4 @@ def eval_main(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    config = apply_overrides(PRESETS[args.preset], args.overrides)
-    results = run_mqar(config, args.out)
-    print(format_table(results))
-    print(f"wrote {args.out}/results.json, mqar.csv, mqar_runs.csv and 2 plots in {results['runtime_s']:.0f} s; "
-          f"{results['from_cache']} of {results['num_units']} units from the cache;\n"
-          f"training took {results['train_seconds'] / 3600:.2f} h in all (the sum over units and sessions)")
-    return report_diverged(results["diverged_units"], results["num_units"])
+    return sweep_main(args, PRESETS, run_mqar, format_table, "mqar.csv, mqar_runs.csv and 2 plots")

@@ -34,21 +34,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from probseq.experiments.common import (apply_overrides, environment, finish_panel, legend_if_any, report_diverged,
-                                        run_eval_command, write_csv)
-from probseq.experiments.mqar import accuracy_cell, diverged_note, over_seeds
-from probseq.files import atomic_write_json, check_writable, save_figure
+from probseq.experiments.common import (accuracy_cell, diverged_note, finish_panel, legend_if_any, over_seeds,
+                                        run_eval_command)
+from probseq.experiments.training_sweep import TrainingSweep, run_sweep, sweep_main
+from probseq.files import save_figure
 from probseq.tasks import RecallConfig
-from probseq.train.config import MIXER_NAMES, ModelSpec, TrainConfig
+from probseq.train.config import TrainConfig
 from probseq.train.data import RecallData, RecallSplit, point_seed
-from probseq.train.sweep import Unit, best_by_validation, run_columns, run_units, train_seconds
+from probseq.train.sweep import Unit, best_by_validation
 from probseq_cli.parsers import recall_point_knobs, recall_point_name
 
 # The knobs moved beyond training, in plotting order: (config field of RecallExperiment, RecallConfig field).
@@ -67,14 +65,13 @@ def recall_task(num_pairs: int, gap: int, collisions: int, key_noise: float, *, 
 
 
 @dataclass(frozen=True)
-class RecallExperiment:
-    """The associative-recall experiment (validated on construction; ``--set key=value`` overrides).
+class RecallExperiment(TrainingSweep):
+    """The associative-recall experiment (validated on construction; ``--set key=value`` overrides): the sweep's
+    settings (:class:`~probseq.experiments.training_sweep.TrainingSweep`: mixers, learning rates, seeds,
+    training) and the task.
 
     Attributes:
-        mixers: mixers compared.
         d_model: model width (every mixer).
-        learning_rates: the lr sweep (best per test point by validation).
-        seeds: one run per seed.
         num_keys, num_values: the vocabulary (``1 + 2·num_keys + num_values`` tokens).
         train_pairs, train_gaps: the training grid (one segment per pair count and gap).
         collisions, distractors, key_noise: the training regime's collisions (queried keys written twice),
@@ -83,15 +80,12 @@ class RecallExperiment:
         eval_pairs, eval_gaps, eval_collisions, eval_key_noise: test points beyond training, each moving one
             knob away from the inside point.
         test_examples, valid_examples: examples per test / validation point.
-        max_steps, batch_size, warmup, weight_decay, eval_batch_size, n_layers, retention, retention_init,
-            retention_lr_scale, init, loss_weighting, batching, precision, save_steps, num_threads: as in
-            :class:`probseq.experiments.mqar.MQARConfig`.
     """
 
-    mixers: tuple[str, ...] = MIXER_NAMES
-    d_model: int = 64
     learning_rates: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
-    seeds: tuple[int, ...] = (0, 1, 2)
+    max_steps: int = 3_000
+    eval_batch_size: int = 128
+    d_model: int = 64
     num_keys: int = 64
     num_values: int = 64
     train_pairs: tuple[int, ...] = (4, 8)
@@ -106,32 +100,9 @@ class RecallExperiment:
     eval_key_noise: tuple[float, ...] = (0.3, 0.5)
     test_examples: int = 1_000
     valid_examples: int = 250
-    max_steps: int = 3_000
-    batch_size: int = 64
-    warmup: float = 0.1
-    weight_decay: float = 0.1
-    eval_batch_size: int = 128
-    n_layers: int = 4
-    retention: Literal["reset", "stationary", "learned"] = "learned"
-    retention_init: float = 0.0
-    retention_lr_scale: float = 1.0
-    init: Literal["fla", "zoology"] = "fla"
-    loss_weighting: Literal["token", "example"] = "token"
-    batching: Literal["mixed", "by_segment"] = "mixed"
-    precision: str = "fp32"
-    save_steps: int = 100
-    num_threads: int | None = None
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.mixers if m not in MIXER_NAMES]
-        if not self.mixers or unknown or len(set(self.mixers)) != len(self.mixers):
-            raise ValueError(f"mixers must be distinct names of {MIXER_NAMES}, got {self.mixers}")
-        for name in ("learning_rates", "seeds", "train_pairs", "train_gaps"):
-            values = getattr(self, name)
-            if not values or len(set(values)) != len(values):
-                raise ValueError(f"{name} must be a non-empty list of distinct values, got {values}")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        self.check_sweep("train_pairs", "train_gaps")
         for knob, field in KNOBS:  # beyond training means beyond it
             inside = getattr(self.inside(), field)
             if any(v <= inside for v in getattr(self, knob)):
@@ -166,15 +137,7 @@ class RecallExperiment:
                           test=tuple(RecallSplit(n, t, self.test_examples) for n, t in points.items()))
 
     def train_config(self, mixer: str, lr: float, seed: int) -> TrainConfig:
-        model = ModelSpec(mixer=mixer, d_model=self.d_model, n_layers=self.n_layers, init=self.init,
-                          **({"retention": self.retention, "retention_init": self.retention_init}
-                             if mixer == "bayesian" else {}))
-        return TrainConfig(model=model, data=self.data(), learning_rate=lr, weight_decay=self.weight_decay, warmup=self.warmup,
-                           max_steps=self.max_steps, batch_size=self.batch_size, eval_batch_size=self.eval_batch_size,
-                           seed=seed, precision=self.precision, save_steps=self.save_steps, progress=False,
-                           logging_steps=max(1, self.max_steps // 10), num_threads=self.num_threads,
-                           loss_weighting=self.loss_weighting, batching=self.batching,
-                           retention_lr_scale=self.retention_lr_scale if mixer == "bayesian" else 1.0)
+        return self.run_config(mixer, self.d_model, self.data(), lr, seed)
 
     def units(self) -> list[Unit]:
         return [Unit(f"{mixer}-lr{lr:g}-s{seed}", self.train_config(mixer, lr, seed))
@@ -221,12 +184,9 @@ def csv_rows(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: p[k] for k in keys} | {"seeds": len(p["accuracies"]), "status": p.get("status", "ok")} for p in points]
 
 
-def run_rows(config: RecallExperiment, metrics: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    rows = []
-    for unit in config.units():
-        rows.append({"unit": unit.name, "mixer": unit.config.model.mixer, "learning_rate": unit.config.learning_rate,
-                     "seed": unit.config.seed, **run_columns(metrics[unit.name])})
-    return rows
+def unit_columns(unit: Unit) -> dict[str, Any]:
+    """A run's columns in ``recall_runs.csv`` and ``results.json`` (after its name): mixer, lr, seed."""
+    return {"mixer": unit.config.model.mixer, "learning_rate": unit.config.learning_rate, "seed": unit.config.seed}
 
 
 def format_table(results: dict[str, Any]) -> str:
@@ -288,23 +248,9 @@ def plot(results: dict[str, Any], out: Path) -> Path:
 def run_recall(config: RecallExperiment, out: str | Path, *, log=None) -> dict[str, Any]:
     """Run (or resume) the experiment into ``out``; write results.json, the CSVs and the plot; return the
     results (as saved). ``results["from_cache"]`` counts the units taken from the cache."""
-    out = check_writable(out)
-    started = time.perf_counter()
-    sweep = run_units(config.units(), "recall", out, log=log, complete=True)
-    points = summarise(config, sweep.metrics)
-    results = {"experiment": "recall", "config": dataclasses.asdict(config), "environment": environment(),
-               "test_points": {name: dataclasses.asdict(task) for name, task in config.test_points().items()},
-               "units": {unit.name: {"mixer": unit.config.model.mixer, "learning_rate": unit.config.learning_rate,
-                                     "seed": unit.config.seed, "metrics": sweep.metrics[unit.name]}
-                         for unit in config.units()},
-               "points": points, "num_units": len(sweep.metrics), "from_cache": sweep.from_cache,
-               "diverged_units": sweep.diverged, "runtime_s": time.perf_counter() - started,
-               "train_seconds": sum(train_seconds(m) for m in sweep.metrics.values())}
-    write_csv(out / "recall.csv", csv_rows(points))
-    write_csv(out / "recall_runs.csv", run_rows(config, sweep.metrics))
-    atomic_write_json(out / "results.json", results)  # before the plot: a plotting problem never costs the results
-    plot(json.loads(json.dumps(results)), out)
-    return json.loads(json.dumps(results))
+    test_points = {name: dataclasses.asdict(task) for name, task in config.test_points().items()}
+    return run_sweep("recall", config, out, summarise=summarise, csv_rows=csv_rows, unit_columns=unit_columns,
+                     plot=plot, extra={"test_points": test_points}, log=log)
 
 
 # ------------------------------------------------------------------------------------------ saved runs
@@ -382,10 +328,4 @@ def eval_main(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    config = apply_overrides(PRESETS[args.preset], args.overrides)
-    results = run_recall(config, args.out)
-    print(format_table(results))
-    print(f"wrote {args.out}/results.json, recall.csv, recall_runs.csv and 1 plot in {results['runtime_s']:.0f} s; "
-          f"{results['from_cache']} of {results['num_units']} units from the cache;\n"
-          f"training took {results['train_seconds'] / 3600:.2f} h in all (the sum over units and sessions)")
-    return report_diverged(results["diverged_units"], results["num_units"])
+    return sweep_main(args, PRESETS, run_recall, format_table, "recall.csv, recall_runs.csv and 1 plot")
