@@ -74,6 +74,35 @@ def diverged_note(points: list[dict[str, Any]]) -> str:
     return f" Diverged (not candidates): {'; '.join(listed)}." if listed else ""
 
 
+def evaluate_saved_runs(path: str | os.PathLike, experiment: str, plan: Callable[[Any], dict[str, tuple]],
+                        point_columns: Callable[[Any, Any], dict[str, Any]], point: Callable[[dict[str, Any]], str],
+                        batch_size: int | None = None, log=None) -> list[dict[str, Any]]:
+    """Score the saved runs of ``experiment`` at ``path`` (a run folder, or every run under a folder;
+    :mod:`probseq.train.saved`) without training: ``plan(run)`` gives each run's test segments
+    ``{name: (split, seed, tested_in_run)}`` — every run is planned (and checked) before the first is evaluated.
+    One row per run and point: the run's identity columns, ``point_columns(run, split)``, ``state_bytes``,
+    ``num_examples``, ``point_seed``, ``tested_in_run``, ``recorded_accuracy`` (the run's own accuracy there, on the
+    same data), the evaluation (accuracy, example_accuracy, all_correct, loss) and ``status``. A line per run goes to
+    ``log`` (default: stderr), each point labelled by ``point(row)``."""
+    from probseq.train.saved import evaluate_run, find_runs, identity_columns, recorded_accuracy
+
+    log = log or (lambda text: print(text, file=sys.stderr, flush=True))
+    plans = [(run, plan(run)) for run in find_runs(path, experiment, log)]
+    rows = []
+    for index, (run, segments) in enumerate(plans, 1):
+        data = run.config.data
+        generated = {f"test_{name}": data.generate(split, seed) for name, (split, seed, _) in segments.items()}
+        evaluation, state_bytes = evaluate_run(run, generated, batch_size)
+        for name, (split, seed, tested) in segments.items():
+            rows.append({**identity_columns(run), **point_columns(run, split), "state_bytes": state_bytes,
+                         "num_examples": split.num_examples, "point_seed": seed, "tested_in_run": tested,
+                         "recorded_accuracy": recorded_accuracy(run, f"test_{name}") if tested else None,
+                         **evaluation[f"test_{name}"], "status": "ok"})
+        log(f"[{index}/{len(plans)}] {run.name}: " + ", ".join(f"{point(row)} {row['accuracy']:.3f}"
+                                                              for row in rows[-len(segments):]))
+    return rows
+
+
 def run_eval_command(args, evaluate_saved: Callable[..., list[dict[str, Any]]],
                      point: Callable[[dict[str, Any]], str]) -> int:
     """``probseq <experiment> eval``: score the saved runs under ``args.run_dir`` at ``args.points`` with the
@@ -141,5 +170,5 @@ apply_overrides = with_overrides
 
 
 __all__ = ["ResultCache", "accuracy_cell", "apply_overrides", "config_hash", "diverged_note", "environment",
-           "finish_panel", "format_eval_table", "legend_if_any", "over_seeds", "report_diverged", "run_eval_command",
+           "evaluate_saved_runs", "finish_panel", "format_eval_table", "legend_if_any", "over_seeds", "report_diverged", "run_eval_command",
            "write_csv"]

@@ -43,13 +43,12 @@ Set ``retention=stationary`` (or ``reset``) to run the Bayesian Layer with anoth
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from probseq.experiments.common import (accuracy_cell, diverged_note, finish_panel, legend_if_any, over_seeds,
-                                        run_eval_command)
+from probseq.experiments.common import (accuracy_cell, diverged_note, evaluate_saved_runs, finish_panel,
+                                        legend_if_any, over_seeds, run_eval_command)
 from probseq.experiments.training_sweep import TrainingSweep, run_sweep, sweep_main
 from probseq.files import save_figure
 from probseq.train.config import TrainConfig
@@ -295,38 +294,31 @@ def eval_segments(run, points: list[tuple[int, int]], examples: int | None = Non
 def evaluate_saved(path: str | Path, points: list[tuple[int, int]], examples: int | None = None,
                    batch_size: int | None = None, log=None) -> list[dict[str, Any]]:
     """Score the saved MQAR runs at ``path`` (a run folder, or every run under a folder) at ``points``
-    (``(T, k)``), without training: one row per run and point — the run's identity (run folder, mixer, d_model,
-    lr, seed, retention, …), the point's columns of ``mqar.csv`` (seq_len, num_kv_pairs, beyond_training,
-    state_bytes), ``num_examples``, ``point_seed``, ``tested_in_run`` and ``recorded_accuracy`` (the run's own
-    accuracy there, reproduced exactly on the same data), accuracy, example_accuracy, all_correct, loss, status.
-    Every point of every run is checked before the first is evaluated."""
-    from probseq.train.saved import evaluate_run, find_runs, identity_columns, recorded_accuracy
+    (``(T, k)``), without training (:func:`~probseq.experiments.common.evaluate_saved_runs`): one row per run and
+    point — the run's identity (run folder, mixer, d_model, lr, seed, retention, …), the point's columns of
+    ``mqar.csv`` (seq_len, num_kv_pairs, beyond_training, state_bytes), ``num_examples``, ``point_seed``,
+    ``tested_in_run`` and ``recorded_accuracy`` (the run's own accuracy there, reproduced exactly on the same data),
+    accuracy, example_accuracy, all_correct, loss, status. Every point of every run is checked before the first is
+    evaluated."""
+    def point_columns(run, split: MQARSplit) -> dict[str, Any]:
+        max_kv = max(s.num_kv_pairs for s in run.config.data.train)
+        return {"seq_len": split.seq_len, "num_kv_pairs": split.num_kv_pairs,
+                "beyond_training": split.num_kv_pairs > max_kv}
 
-    log = log or (lambda text: print(text, file=sys.stderr, flush=True))
-    runs = find_runs(path, "mqar", log)
-    plans = [(run, eval_segments(run, points, examples)) for run in runs]
-    rows = []
-    for index, (run, plan) in enumerate(plans, 1):
-        data = run.config.data
-        segments = {f"test_{name}": data.generate(split, seed) for name, (split, seed, _) in plan.items()}
-        evaluation, state_bytes = evaluate_run(run, segments, batch_size)
-        max_kv = max(s.num_kv_pairs for s in data.train)
-        for name, (split, seed, tested) in plan.items():
-            rows.append({**identity_columns(run), "seq_len": split.seq_len, "num_kv_pairs": split.num_kv_pairs,
-                         "beyond_training": split.num_kv_pairs > max_kv, "state_bytes": state_bytes,
-                         "num_examples": split.num_examples, "point_seed": seed, "tested_in_run": tested,
-                         "recorded_accuracy": recorded_accuracy(run, f"test_{name}") if tested else None,
-                         **evaluation[f"test_{name}"], "status": "ok"})
-        log(f"[{index}/{len(plans)}] {run.name}: " + ", ".join(
-            f"({row['seq_len']}, {row['num_kv_pairs']}) {row['accuracy']:.3f}" for row in rows[-len(plan):]))
-    return rows
+    return evaluate_saved_runs(path, "mqar", lambda run: eval_segments(run, points, examples), point_columns,
+                               point_label, batch_size, log)
+
+
+def point_label(row: dict[str, Any]) -> str:
+    """A row's point in tables and logs: ``(T, k)``."""
+    return f"({row['seq_len']}, {row['num_kv_pairs']})"
 
 
 # ------------------------------------------------------------------------------------------ CLI
 
 def eval_main(args: argparse.Namespace) -> int:
     """``probseq mqar eval --run DIR --points T,k … --out FILE.csv``."""
-    return run_eval_command(args, evaluate_saved, lambda row: f"({row['seq_len']}, {row['num_kv_pairs']})")
+    return run_eval_command(args, evaluate_saved, point_label)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -34,13 +34,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from probseq.experiments.common import (accuracy_cell, diverged_note, finish_panel, legend_if_any, over_seeds,
-                                        run_eval_command)
+from probseq.experiments.common import (accuracy_cell, diverged_note, evaluate_saved_runs, finish_panel,
+                                        legend_if_any, over_seeds, run_eval_command)
 from probseq.experiments.training_sweep import TrainingSweep, run_sweep, sweep_main
 from probseq.files import save_figure
 from probseq.tasks import RecallConfig
@@ -292,39 +291,31 @@ def eval_segments(run, points: list[str], examples: int | None = None) -> dict[s
 def evaluate_saved(path: str | Path, points: list[str], examples: int | None = None, batch_size: int | None = None,
                    log=None) -> list[dict[str, Any]]:
     """Score the saved recall runs at ``path`` (a run folder, or every run under a folder) at the named
-    ``points`` (:func:`eval_segments`), without training: one row per run and point — the run's identity (run
-    folder, mixer, d_model, lr, seed, retention, …), the point's columns of ``recall.csv`` (point, num_pairs, gap,
-    collisions, key_noise, seq_len, state_bytes), ``num_examples``, ``point_seed``, ``tested_in_run`` and
-    ``recorded_accuracy`` (reproduced exactly on the same data), accuracy, example_accuracy, all_correct, loss,
-    status. Every point of every run is checked before the first is evaluated."""
-    from probseq.train.saved import evaluate_run, find_runs, identity_columns, recorded_accuracy
+    ``points`` (:func:`eval_segments`), without training (:func:`~probseq.experiments.common.evaluate_saved_runs`):
+    one row per run and point — the run's identity (run folder, mixer, d_model, lr, seed, retention, …), the
+    point's columns of ``recall.csv`` (point, num_pairs, gap, collisions, key_noise, seq_len, state_bytes),
+    ``num_examples``, ``point_seed``, ``tested_in_run`` and ``recorded_accuracy`` (reproduced exactly on the same
+    data), accuracy, example_accuracy, all_correct, loss, status. Every point of every run is checked before the
+    first is evaluated."""
+    def point_columns(run, split: RecallSplit) -> dict[str, Any]:
+        task = split.task
+        return {"point": split.name, "num_pairs": task.num_pairs, "gap": task.gap, "collisions": task.collisions,
+                "key_noise": task.key_noise, "seq_len": task.seq_len}
 
-    log = log or (lambda text: print(text, file=sys.stderr, flush=True))
-    runs = find_runs(path, "recall", log)
-    plans = [(run, eval_segments(run, points, examples)) for run in runs]
-    rows = []
-    for index, (run, plan) in enumerate(plans, 1):
-        data = run.config.data
-        segments = {f"test_{name}": data.generate(split, seed) for name, (split, seed, _) in plan.items()}
-        evaluation, state_bytes = evaluate_run(run, segments, batch_size)
-        for name, (split, seed, tested) in plan.items():
-            task = split.task
-            rows.append({**identity_columns(run), "point": name, "num_pairs": task.num_pairs, "gap": task.gap,
-                         "collisions": task.collisions, "key_noise": task.key_noise, "seq_len": task.seq_len,
-                         "state_bytes": state_bytes, "num_examples": split.num_examples, "point_seed": seed,
-                         "tested_in_run": tested,
-                         "recorded_accuracy": recorded_accuracy(run, f"test_{name}") if tested else None,
-                         **evaluation[f"test_{name}"], "status": "ok"})
-        log(f"[{index}/{len(plans)}] {run.name}: " + ", ".join(f"{row['point']} {row['accuracy']:.3f}"
-                                                              for row in rows[-len(plan):]))
-    return rows
+    return evaluate_saved_runs(path, "recall", lambda run: eval_segments(run, points, examples), point_columns,
+                               point_label, batch_size, log)
+
+
+def point_label(row: dict[str, Any]) -> str:
+    """A row's point in tables and logs: its name."""
+    return row["point"]
 
 
 # ------------------------------------------------------------------------------------------ CLI
 
 def eval_main(args: argparse.Namespace) -> int:
     """``probseq recall eval --run DIR --points NAME … --out FILE.csv``."""
-    return run_eval_command(args, evaluate_saved, lambda row: row["point"])
+    return run_eval_command(args, evaluate_saved, point_label)
 
 
 def main(args: argparse.Namespace) -> int:
