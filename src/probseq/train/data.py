@@ -23,6 +23,24 @@ from probseq.tasks import IGNORE_INDEX, MAX_SEED, MQARSegment, RecallConfig, Tas
 from probseq.train.schema import check_fields
 
 
+class _SplitsOfSegments:
+    """What :class:`MQARData` and :class:`RecallData` share: ``train``, ``valid`` and ``test`` tuples of segments,
+    each segment with a ``name``."""
+
+    def segments(self) -> tuple:
+        return self.train + self.valid + self.test
+
+    def check_splits(self) -> None:
+        """Every field against its annotation, at least one train segment, no name twice in a split."""
+        check_fields(self)
+        if not self.train:
+            raise ValueError("data.train needs at least one segment")
+        for split in ("valid", "test"):
+            names = [s.name for s in getattr(self, split)]
+            if len(set(names)) != len(names):
+                raise ValueError(f"data.{split} has repeated segments: {names}")
+
+
 @dataclass(frozen=True)
 class MQARSplit:
     """One MQAR segment: ``num_examples`` sequences of ``seq_len`` tokens with ``num_kv_pairs`` pairs."""
@@ -40,7 +58,7 @@ class MQARSplit:
 
 
 @dataclass(frozen=True)
-class MQARData:
+class MQARData(_SplitsOfSegments):
     """Zoology's MQAR (:func:`probseq.tasks.multiquery_ar`) with a shared vocabulary and query law.
 
     Attributes:
@@ -58,13 +76,7 @@ class MQARData:
     test: tuple[MQARSplit, ...] = (MQARSplit(64, 4, 1_000),)
 
     def __post_init__(self) -> None:
-        check_fields(self)
-        if not self.train:
-            raise ValueError("data.train needs at least one segment")
-        for split in ("valid", "test"):
-            names = [s.name for s in getattr(self, split)]
-            if len(set(names)) != len(names):
-                raise ValueError(f"data.{split} has repeated segments: {names}")
+        self.check_splits()
         for s in self.segments():  # the generator's own checks, on the real arguments
             MQARSegment(self.vocab_size, s.seq_len, s.num_kv_pairs, s.num_examples, self.power_a,
                         self.random_non_queries)
@@ -72,9 +84,6 @@ class MQARData:
     @property
     def vocab(self) -> int:
         return self.vocab_size
-
-    def segments(self) -> tuple[MQARSplit, ...]:
-        return self.train + self.valid + self.test
 
     def generate(self, split: MQARSplit, seed: int) -> TaskData:
         return MQARSegment(self.vocab_size, split.seq_len, split.num_kv_pairs, split.num_examples, self.power_a,
@@ -94,7 +103,7 @@ class RecallSplit:
 
 
 @dataclass(frozen=True)
-class RecallData:
+class RecallData(_SplitsOfSegments):
     """Associative recall (:class:`probseq.tasks.RecallConfig`); every segment must share ``num_keys`` and
     ``num_values`` (one vocabulary).
 
@@ -109,13 +118,7 @@ class RecallData:
     test: tuple[RecallSplit, ...] = (RecallSplit("inside", RecallConfig(), 1_000),)
 
     def __post_init__(self) -> None:
-        check_fields(self)
-        if not self.train:
-            raise ValueError("data.train needs at least one segment")
-        for split in ("valid", "test"):
-            names = [s.name for s in getattr(self, split)]
-            if len(set(names)) != len(names):
-                raise ValueError(f"data.{split} has repeated names: {names}")
+        self.check_splits()
         sizes = {(s.task.num_keys, s.task.num_values) for s in self.segments()}
         if len(sizes) > 1:
             raise ValueError(f"every recall segment must share num_keys and num_values (one vocabulary), got {sizes}")
@@ -126,9 +129,6 @@ class RecallData:
     @property
     def vocab(self) -> int:
         return self.train[0].task.vocab_size
-
-    def segments(self) -> tuple[RecallSplit, ...]:
-        return self.train + self.valid + self.test
 
     def generate(self, split: RecallSplit, seed: int) -> TaskData:
         return split.task.build(split.num_examples, seed)
