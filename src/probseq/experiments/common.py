@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import torch
 
-from probseq.files import atomic_write_text
+from probseq.files import atomic_write_text, save_figure
 from probseq.train.result_cache import ResultCache, config_hash
 from probseq.train.schema import with_overrides
 
@@ -149,6 +149,19 @@ def legend_if_any(ax, **kwargs) -> None:
         ax.legend(**kwargs)
 
 
+def save_panels(fig, path: str | os.PathLike, title: str, legend_ax=None, **legend) -> None:
+    """Finish a figure of panels and write it: a legend on ``legend_ax`` (:func:`legend_if_any`, with ``legend``'s
+    options), ``title`` over the panels, a tight layout; then the PNG (written atomically) and the figure closed."""
+    import matplotlib.pyplot as plt
+
+    if legend_ax is not None:
+        legend_if_any(legend_ax, **legend)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
 def environment() -> dict[str, Any]:
     """What produced a result: versions, threads, machine."""
     return {
@@ -170,5 +183,5 @@ apply_overrides = with_overrides
 
 
 __all__ = ["ResultCache", "accuracy_cell", "apply_overrides", "config_hash", "diverged_note", "environment",
-           "evaluate_saved_runs", "finish_panel", "format_eval_table", "legend_if_any", "over_seeds", "report_diverged", "run_eval_command",
-           "write_csv"]
+           "evaluate_saved_runs", "finish_panel", "format_eval_table", "legend_if_any", "over_seeds", "report_diverged",
+           "run_eval_command", "save_panels", "write_csv"]

@@ -47,10 +47,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from probseq.experiments.common import (accuracy_cell, diverged_note, evaluate_saved_runs, finish_panel,
-                                        legend_if_any, over_seeds, run_eval_command)
+from probseq.experiments.common import (accuracy_cell, diverged_note, evaluate_saved_runs, finish_panel, over_seeds,
+                                        run_eval_command, save_panels)
 from probseq.experiments.training_sweep import TrainingSweep, run_sweep, sweep_main
-from probseq.files import save_figure
 from probseq.train.config import TrainConfig
 from probseq.train.data import MQARData, MQARSplit, point_seed
 from probseq.train.sweep import Unit, best_by_validation
@@ -220,12 +219,8 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
         ax.set_ylabel("MQAR accuracy")
         ax.set_title(f"d_model = {d_model}")
         ax.grid(alpha=0.3)
-    legend_if_any(axes[0][0], fontsize=8)
-    fig.suptitle("MQAR accuracy vs number of key-value pairs\n(best lr by validation, mean ± 95% CI over seeds)",
-                 fontsize=10)
-    fig.tight_layout()
-    save_figure(fig, paths[0])
-    plt.close(fig)
+    save_panels(fig, paths[0], "MQAR accuracy vs number of key-value pairs\n(best lr by validation, mean ± 95% CI "
+                "over seeds)", axes[0][0], fontsize=8)
 
     segments = [tuple(s) for s in config["test_segments"]]
     inside = [s for s in segments if s[1] <= max_train]  # none when every test point lies beyond training
@@ -251,12 +246,8 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
         ax.set_ylabel("MQAR accuracy")
         ax.set_title(f"(T, k) = ({seq_len}, {kv}){' beyond training' if kv > max_train else ''}")
         ax.grid(alpha=0.3, which="both")
-    legend_if_any(axes[0][0], fontsize=8)
-    fig.suptitle("MQAR accuracy vs state size\n(one marker per d_model; state after the longest train sequence)",
-                 fontsize=10)
-    fig.tight_layout()
-    save_figure(fig, paths[1])
-    plt.close(fig)
+    save_panels(fig, paths[1], "MQAR accuracy vs state size\n(one marker per d_model; state after the longest train "
+                "sequence)", axes[0][0], fontsize=8)
     return paths
 
 

@@ -38,10 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from probseq.experiments.common import (accuracy_cell, diverged_note, evaluate_saved_runs, finish_panel,
-                                        legend_if_any, over_seeds, run_eval_command)
+from probseq.experiments.common import (accuracy_cell, diverged_note, evaluate_saved_runs, finish_panel, over_seeds,
+                                        run_eval_command, save_panels)
 from probseq.experiments.training_sweep import TrainingSweep, run_sweep, sweep_main
-from probseq.files import save_figure
 from probseq.tasks import RecallConfig
 from probseq.train.config import TrainConfig
 from probseq.train.data import RecallData, RecallSplit, point_seed
@@ -234,13 +233,9 @@ def plot(results: dict[str, Any], out: Path) -> Path:
         ax.set_xlabel(f"{field} (dashed: inside point; dotted: chance)")
         ax.set_ylabel("recall accuracy")
         ax.grid(alpha=0.3)
-    legend_if_any(axes[0][0], fontsize=7)
-    fig.suptitle("Associative recall inside and beyond the training regime (best lr by validation, mean ± 95% CI "
-                 "over seeds)", fontsize=10)
-    fig.tight_layout()
     path = out / "recall_beyond_training.png"
-    save_figure(fig, path)
-    plt.close(fig)
+    save_panels(fig, path, "Associative recall inside and beyond the training regime (best lr by validation, mean ± "
+                "95% CI over seeds)", axes[0][0], fontsize=7)
     return path
 
 

@@ -101,11 +101,12 @@ def run_sweep(experiment: str, config: TrainingSweep, out: str | Path, *,
               unit_columns: Callable[[Unit], dict[str, Any]],
               plot: Callable[[dict[str, Any], Path], Any], extra: dict[str, Any] | None = None,
               log=None) -> dict[str, Any]:
-    """Run (or resume) the sweep ``config.units()`` (the experiment config's) into ``out`` (checkpoints under ``runs_root()/<experiment>``)
-    and write what ``probseq <experiment>`` writes: ``results.json`` (config, environment, ``extra``, every unit's
-    ``unit_columns`` and metrics, the points of ``summarise``, counts and times), ``<experiment>.csv`` (``csv_rows``
-    of the points), ``<experiment>_runs.csv`` (one row per run: its name, ``unit_columns`` and
-    :func:`~probseq.train.sweep.run_columns`) and the plots (``plot(results, out)``). Returns the results as saved;
+    """Run (or resume) the sweep ``config.units()`` (the experiment config's) into ``out`` (checkpoints under
+    ``runs_root()/<experiment>``) and write what ``probseq <experiment>`` writes: ``results.json`` (config,
+    environment, ``extra``, every unit's ``unit_columns`` and metrics, the points of ``summarise``, counts and
+    times), ``<experiment>.csv`` (``csv_rows`` of the points), ``<experiment>_runs.csv`` (one row per run: its name,
+    ``unit_columns`` and :func:`~probseq.train.sweep.run_columns`) and the plots (``plot(results, out)``, after
+    ``results.json``: a plotting problem never costs the results). Returns the results as saved;
     ``results["from_cache"]`` counts the units taken from the cache."""
     out = check_writable(out)
     started = time.perf_counter()
