@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from probseq.train.data import MQARData, RecallData
-from probseq.train.schema import check_fields, from_dict, positive, with_overrides
+from probseq.train.schema import check_fields, check_optimizer_run, from_dict, non_negative, positive, with_overrides
 
 MixerName = Literal["bayesian", "gated_deltanet", "deltanet", "linear_attention", "mamba2", "attention"]
 MIXER_NAMES: tuple[str, ...] = typing.get_args(MixerName)
@@ -150,17 +150,12 @@ class TrainConfig:
         check_fields(self)
         positive(self, "learning_rate", "max_steps", "batch_size", "gradient_accumulation_steps", "eval_batch_size",
                  "logging_steps", "adam_beta1", "adam_beta2", "retention_lr_scale")
-        for name in ("weight_decay", "max_grad_norm", "warmup", "save_steps", "seed"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        non_negative(self, "weight_decay", "max_grad_norm", "warmup", "save_steps", "seed")
         if self.data_seed is not None and self.data_seed < 0:
             raise ValueError(f"data_seed must be >= 0 or None, got {self.data_seed}")
-        if not (self.adam_beta1 < 1 and self.adam_beta2 < 1):
-            raise ValueError(f"adam_beta1 and adam_beta2 must be < 1, got {self.adam_beta1}, {self.adam_beta2}")
+        check_optimizer_run(self)
         if self.save_total_limit is not None and self.save_total_limit < 1:
             raise ValueError(f"save_total_limit must be >= 1 or None, got {self.save_total_limit}")
-        if self.num_threads is not None and self.num_threads < 1:
-            raise ValueError(f"num_threads must be >= 1 or None, got {self.num_threads}")
 
     @property
     def effective_data_seed(self) -> int:

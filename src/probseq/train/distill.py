@@ -56,7 +56,7 @@ from probseq.files import NUMBER, ListOf, atomic_write_json, finite_or_none, jso
     read_json
 from probseq.train.pretrain import LMRunConfig, PackedBlocks, check_run_config, copy_tokenizer, corpus_token_arrays
 from probseq.train.trainer import TrainingDiverged, progress_bars, run_threads, run_trainer
-from probseq.train.schema import from_dict, positive, with_overrides
+from probseq.train.schema import from_dict, non_negative, positive, with_overrides
 
 Objective = Literal["mse", "kl_lm"]
 
@@ -91,9 +91,7 @@ class DistillConfig(LMRunConfig):
         if not self.teacher:
             raise ValueError("teacher must name the fla teacher directory")
         positive(self, "tokens", "stage1_learning_rate", "learning_rate", "temperature")
-        for name in ("kl_weight", "lm_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        non_negative(self, "kl_weight", "lm_weight")
         for name in ("stage1_fraction", "retention_init"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")

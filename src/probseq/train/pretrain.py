@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from probseq.files import atomic_write_json, finite_or_none, nonfinite_to_none
-from probseq.train.schema import check_fields, from_dict, positive, with_overrides
+from probseq.train.schema import check_fields, check_optimizer_run, from_dict, non_negative, positive, with_overrides
 from probseq.train.run_folder import claim_run_folder
 from probseq.train.trainer import TrainingDiverged, progress_bars, run_threads, run_trainer
 
@@ -86,13 +86,8 @@ class LMRunConfig:
         check_fields(self)
         positive(self, "seq_len", "batch_size", "gradient_accumulation_steps", "adam_beta1", "adam_beta2",
                  "logging_steps", "save_total_limit")
-        for name in ("weight_decay", "warmup", "max_grad_norm", "save_steps", "seed", "valid_blocks"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if not (self.adam_beta1 < 1 and self.adam_beta2 < 1):
-            raise ValueError(f"adam_beta1 and adam_beta2 must be < 1, got {self.adam_beta1}, {self.adam_beta2}")
-        if self.num_threads is not None and self.num_threads < 1:
-            raise ValueError(f"num_threads must be >= 1 or None, got {self.num_threads}")
+        non_negative(self, "weight_decay", "warmup", "max_grad_norm", "save_steps", "seed", "valid_blocks")
+        check_optimizer_run(self)
 
     def identity(self) -> dict[str, Any]:
         """The fields that decide the trained model (a resumed run must match them)."""

@@ -17,11 +17,30 @@ import types
 import typing
 from typing import Any, Literal, NamedTuple
 
+
 def positive(config: Any, *names: str) -> None:
+    """Refuse a field of ``names`` that is not > 0."""
     for name in names:
         value = getattr(config, name)
         if not value > 0:
             raise ValueError(f"{name} must be > 0, got {value!r}")
+
+
+def non_negative(config: Any, *names: str) -> None:
+    """Refuse a field of ``names`` that is < 0."""
+    for name in names:
+        value = getattr(config, name)
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value!r}")
+
+
+def check_optimizer_run(config: Any) -> None:
+    """What every training config (:class:`~probseq.train.TrainConfig`, the language-model runs) refuses of
+    AdamW's betas and the run's threads: a beta ≥ 1, a thread count < 1 (``None``: torch's own)."""
+    if not (config.adam_beta1 < 1 and config.adam_beta2 < 1):
+        raise ValueError(f"adam_beta1 and adam_beta2 must be < 1, got {config.adam_beta1}, {config.adam_beta2}")
+    if config.num_threads is not None and config.num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1 or None, got {config.num_threads}")
 
 
 def check_fields(config: Any) -> None:
