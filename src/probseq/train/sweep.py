@@ -47,9 +47,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
-from probseq.files import NUMBER, ListOf, MapOf, json_problem
-from probseq.train.result_cache import ResultCache, read_result
+from probseq.files import NUMBER, ListOf, MapOf, json_problem, read_json
 from probseq.train.config import TrainConfig
+from probseq.train.result_cache import ResultCache, read_result
 
 # Two-sided 95% Student-t quantiles by degrees of freedom (df > 30: the normal 1.96).
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
@@ -220,7 +220,7 @@ def _train_unit(unit: Unit, key: str, experiment: str, cache: ResultCache, tag: 
     resuming = run_dir.exists() and any(run_dir.glob("checkpoint-*"))
     finished = None if resuming else _finished_run_metrics(unit, run_dir, log, tag)
     if finished is not None:  # trained to the end by another sweep (another --out): its record, not a rerun
-        atomic_write_json(cache / f"{key}.json", {"unit": unit.name, "config": config.identity(), "metrics": finished})
+        cache.put(key, {"unit": unit.name, "config": config.identity(), "metrics": finished})
         log(f"{tag} {unit.name}: finished earlier (another sweep); its metrics are taken from {run_dir}/final")
         return finished
     log(f"{tag} {unit.name}: {'resuming' if resuming else 'training'} ({config.max_steps} steps; checkpoints in "
