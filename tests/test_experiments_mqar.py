@@ -126,7 +126,7 @@ def test_a_unit_finished_by_another_sweep_is_taken_from_its_final_folder(tmp_pat
     metrics instead of training it again; a damaged or foreign ``final/metrics.json`` is trained again."""
     import probseq.train.trainer as trainer_module
 
-    config = dataclasses.replace(mqar.apply_overrides(mqar.PRESETS["quick"], TINY_MQAR), mixers=("attention",),
+    config = dataclasses.replace(apply_overrides(mqar.PRESETS["quick"], TINY_MQAR), mixers=("attention",),
                                  learning_rates=(0.01,), seeds=(0,), max_steps=2)
     unit = config.units()[0]
     first = run_units([unit], "mqar", tmp_path / "first", log=lambda line: None).metrics[unit.name]

@@ -49,6 +49,7 @@ from typing import Any
 
 from probseq.experiments.common import (accuracy_cell, diverged_note, evaluate_saved_runs, finish_panel, over_seeds,
                                         run_eval_command, save_panels)
+from probseq.experiments.common import apply_overrides  # noqa: F401 (re-exported: mqar.apply_overrides, as before)
 from probseq.experiments.training_sweep import TrainingSweep, run_sweep, sweep_main
 from probseq.train.config import TrainConfig
 from probseq.train.data import MQARData, MQARSplit, point_seed
