@@ -56,7 +56,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from probseq.experiments.common import apply_overrides, environment
-from probseq.files import atomic_write_json, check_writable_file
+from probseq.files import atomic_write_json, check_same_config, check_writable_file
 from probseq.ops import bayes_filter, bayes_step, superposition_filter
 from probseq.train.config import MIXER_NAMES
 
@@ -622,8 +622,9 @@ def main(args) -> int:
         config = dataclasses.replace(config, cases="layer")
     if args.mqar:
         config = dataclasses.replace(config, cases="mqar")
-    if args.out:
-        check_writable_file(args.out)  # before the run, not after it
+    if args.out:  # before the run, not after it: writable, and not the measurements of another config
+        check_writable_file(args.out)
+        check_same_config(args.out, config)
     results = run_bench(config)
     print(format_tables(results))
     if args.out:

@@ -53,8 +53,8 @@ from typing import Any, Literal
 
 from probseq.experiments.common import (apply_overrides, environment, finish_panel, legend_if_any, report_diverged,
                                         run_eval_command, write_csv)
-from probseq.files import atomic_write_json, check_writable, save_figure
-from probseq.train.config import MIXER_NAMES, ModelSpec, TrainConfig
+from probseq.files import atomic_write_json, check_same_config, check_writable, save_figure
+from probseq.train.config import MIXER_NAMES, RUN_ONLY_FIELDS, ModelSpec, TrainConfig
 from probseq.train.data import MQARData, MQARSplit, point_seed
 from probseq.train.sweep import Unit, best_by_validation, run_columns, run_units, train_seconds
 
@@ -339,8 +339,10 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
 
 def run_mqar(config: MQARConfig, out: str | Path, *, log=None) -> dict[str, Any]:
     """Run (or resume) the experiment into ``out``; write results.json, the CSVs and the plots; return the
-    results (as saved). ``results["from_cache"]`` counts the units taken from the cache."""
+    results (as saved). ``results["from_cache"]`` counts the units taken from the cache. An ``out`` holding the
+    results of another config (run settings such as ``num_threads`` aside) is refused before any work."""
     out = check_writable(out)
+    check_same_config(out / "results.json", config, ignore=RUN_ONLY_FIELDS)
     started = time.perf_counter()
     sweep = run_units(config.units(), "mqar", out, log=log, complete=True)
     points = summarise(config, sweep.metrics)

@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from probseq.experiments.common import ResultCache, apply_overrides, environment
-from probseq.files import NUMBER, ListOf, MapOf, atomic_write_json, atomic_write_text, check_writable, json_problem, \
-    read_json
+from probseq.files import NUMBER, ListOf, MapOf, atomic_write_json, atomic_write_text, check_same_config, \
+    check_writable, json_problem, read_json
 
 STUDIES = ("collision", "recall", "mqar")
 DEMO_TEXT = ("The key to the blue box is 4. The key to the red box is 7. The key to the blue box is 9. "
@@ -149,10 +149,12 @@ def sections(config: ReproduceConfig, out: Path) -> list[tuple[str, Callable[[],
 
 
 def run_reproduce(config: ReproduceConfig, out: str | os.PathLike, *, log=None) -> dict[str, Any]:
-    """Run (or resume) every section into ``out``; write ``REPORT.md`` and ``results.json``; return the results."""
+    """Run (or resume) every section into ``out``; write ``REPORT.md`` and ``results.json``; return the results.
+    An ``out`` holding the results of another config is refused before any work."""
     log = log or (lambda text: print(text, file=sys.stderr, flush=True))
     out = check_writable(out)
     config.validate()
+    check_same_config(out / "results.json", config)
     cache = ResultCache(out, config)
     started = time.perf_counter()
     results: dict[str, Any] = {}

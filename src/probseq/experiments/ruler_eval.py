@@ -19,8 +19,10 @@ or an fla ``GatedDeltaNetForCausalLM`` folder (``model_type = "gated_deltanet"``
 
 Resumable: every finished unit is cached in ``OUT/cache/<key>/`` (the key covers the model's weights file sizes and
 times, samples, seed, new tokens and dtype), so a rerun computes only the missing units; a cache file that is not
-JSON or not a unit's record (of this task and length) is an error naming the file (delete it to recompute). An
-unwritable ``OUT`` is an error before any work.
+JSON or not a unit's record (of this task and length) is an error naming the file (delete it to recompute). Before
+any work, an unwritable ``OUT`` is an error, and so is an ``OUT`` holding the results of another model, samples,
+seed, dtype or ``--max-new-tokens`` (use another ``--out``); other ``--tasks`` or ``--lengths`` in the same ``OUT``
+evaluate only the units not cached yet, and the outputs then cover the units asked for.
 """
 
 from __future__ import annotations
@@ -40,10 +42,13 @@ from typing import Literal
 import torch
 
 from probseq.experiments.common import ResultCache, environment, write_csv
-from probseq.files import NUMBER, ListOf, atomic_write_bytes, atomic_write_json, atomic_write_text, check_writable, \
-    read_json
+from probseq.files import NUMBER, ListOf, atomic_write_bytes, atomic_write_json, atomic_write_text, check_same_config, \
+    check_writable, read_json
 
 DEFAULT_TASKS = ("niah_single_1", "niah_multikey_2", "niah_multikey_3", "vt", "cwe", "fwe")
+#: RulerConfig fields that change no unit's result: which units to evaluate (each is cached on its own, so other
+#: tasks or lengths in the same ``--out`` add units), and how (batching, device, threads, progress bars).
+CHOICE_FIELDS = ("tasks", "lengths", "batch_size", "device", "num_threads", "progress")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -261,10 +266,13 @@ def plot(units: list[dict], title: str) -> bytes:
 
 
 def run_ruler(config: RulerConfig, out: str | os.PathLike) -> dict:
-    """Evaluate ``config`` into ``out`` (resuming finished units); returns ``results.json``'s content."""
+    """Evaluate ``config`` into ``out`` (resuming finished units); returns ``results.json``'s content. An ``out``
+    holding the results of another model, samples, seed, dtype or ``max_new_tokens`` is refused before any work
+    (:data:`CHOICE_FIELDS`: other tasks or lengths only add units)."""
     from tqdm.auto import tqdm
 
     out = check_writable(out)
+    check_same_config(out / "results.json", config, ignore=CHOICE_FIELDS)
     folder = Path(config.model)
     if not folder.is_dir():
         raise ValueError(f"--model {folder} is not a folder")
