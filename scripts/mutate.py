@@ -45,6 +45,8 @@ from typing import NamedTuple
 
 from tqdm import tqdm
 
+from probseq_cli.parsers import plain_text
+
 REPO = Path(__file__).resolve().parents[1]
 REPORT = REPO / "reports" / "mutation.json"
 DEFAULT_TESTS = [
@@ -322,7 +324,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(description=plain_text(__doc__.split("\n\n")[0]),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--list", action="store_true", help="list the mutations and exit")
     parser.add_argument("--only", action="append", metavar="NAME", help="run only this mutation (repeatable)")

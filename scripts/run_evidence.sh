@@ -81,7 +81,7 @@ two_workers() {  # COMMAND…: two single-threaded workers share one sweep (its 
 
 stage mqar_cpu two_workers $P mqar --preset cpu --out "$EXP/mqar_cpu"
 stage recall_cpu two_workers $P recall --preset cpu --out "$EXP/recall_cpu"
-stage pretrain $P pretrain --config small --out "$RUNS/teacher" --set num_threads="$THREADS"
+stage pretrain $P pretrain --preset small --out "$RUNS/teacher" --set num_threads="$THREADS"
 # The two distillation arms side by side, one thread each: same machine load for both (their s/step compare),
 # equal progress at any interruption (two 1-thread workers gave ~12 % more throughput than one 2-thread run on
 # the MQAR/recall sweeps; not measured for distillation).

@@ -379,7 +379,7 @@ def test_extra_pretrain_summary_line_when_no_validation_loss_was_measured(monkey
     log = {"num_parameters": 10, "tokens": 100, "steps": 2, "seconds_per_step": 0.5, "tokens_per_second": 100.0,
            "valid_loss": None}
     monkeypatch.setattr(pretrain_module, "pretrain", lambda config, out: log)
-    args = SimpleNamespace(config="tiny", set=[], out=tmp_path)
+    args = SimpleNamespace(preset="tiny", set=[], out=tmp_path)
     assert distillation_cli.pretrain_main(args) == 0
     assert "valid loss n/a" in capsys.readouterr().out
 

@@ -383,7 +383,7 @@ def report(summary: dict[str, Any]) -> str:
     # 7 distillation, 8 efficiency
     lines += ["## 7. Distillation into Gated DeltaNet layouts, RULER", "",
               "Not run by `reproduce` (hours, and a pretrained teacher). Commands (docs/distillation.md):", "",
-              "```", "make corpus", "probseq pretrain --config small --out runs/teacher",
+              "```", "make corpus", "probseq pretrain --preset small --out runs/teacher",
               "probseq distill --teacher runs/teacher --out runs/student --tokens N",
               "probseq distill --teacher runs/teacher --out runs/baseline --tokens N --baseline",
               "probseq ruler --model runs/student --tasks … --lengths … --samples N --out runs/ruler", "```", "",

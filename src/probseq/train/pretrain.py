@@ -1,6 +1,6 @@
 """Pretrain a Gated DeltaNet language model on the offline corpus, and export it as an fla checkpoint.
 
-``pretrain(config, out)`` (``probseq pretrain --config small --out DIR``):
+``pretrain(config, out)`` (``probseq pretrain --preset small --out DIR``):
 
 1. the corpus (:func:`probseq.data.prepare_corpus`: KJV Bible + Python docs + retrieval-format text);
 2. a byte-level BPE tokenizer trained on its train split (``OUT/tokenizer/``; kept when it exists);
@@ -190,7 +190,7 @@ def pretrain_config(preset: str = "small", overrides: list[str] | tuple[str, ...
     """The preset ``preset`` with ``key=value`` overrides (an unknown key or a wrong type is a ``ValueError``
     naming the key)."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown --config {preset!r}; choose one of {tuple(PRESETS)}")
+        raise ValueError(f"unknown --preset {preset!r}; choose one of {tuple(PRESETS)}")
     return with_overrides(from_dict(PretrainConfig, PRESETS[preset]), list(overrides))
 
 
