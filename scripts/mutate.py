@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"baseline passed in {baseline['seconds']:.1f} s ({baseline['summary']})", file=sys.stderr, flush=True)
 
     rows = []
-    bar = tqdm(selected, unit="mutant", file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(selected, unit="mutant", file=sys.stderr, dynamic_ncols=True, disable=None)  # a terminal only
     for m in bar:
         bar.set_postfix_str(m.name)
         with tempfile.TemporaryDirectory(prefix="probseq-mutate-") as tmp:

@@ -77,7 +77,8 @@ def score_model(model, tokenizer, tasks, lengths, samples: int, seed: int) -> li
     for task in tasks:
         for length in lengths:
             records = generate(task, tokenizer, length, samples, seed)
-            for record, foil in tqdm(list(zip(records, foils(task, records))), desc=f"{task} {length}", leave=False):
+            for record, foil in tqdm(list(zip(records, foils(task, records))), desc=f"{task} {length}", leave=False,
+                                      disable=None):
                 prompt = record["input"] + record["answer_prefix"]
                 rows.append({"task": task, "length": length, "index": record["index"],
                              "reference": record["outputs"][0], "foil": foil,

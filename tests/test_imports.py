@@ -22,8 +22,9 @@ LIBRARY = ("ops", "design", "presets", "theory", "types", "layers", "models", "i
 #: The evidence code: experiments, training, their tasks and data, the benchmark. It may import the library;
 #: never the other way round.
 EVIDENCE = ("train", "tasks", "experiments", "ruler", "data", "bench")
-#: Neither: the command line's glue (it imports a command's module by the name its parser gives).
-GLUE = ("cli",)
+#: Neither: the command line's glue (it imports a command's module by the name its parser gives) and what commands
+#: print (probseq.console: progress bars on a terminal only).
+GLUE = ("cli", "console")
 
 #: Imports the light core must not load (each costs seconds or is an optional extra).
 HEAVY = ("transformers", "accelerate", "matplotlib", "triton", "safetensors", "tokenizers", "huggingface_hub",

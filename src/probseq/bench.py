@@ -554,7 +554,8 @@ def run_bench(config: BenchConfig) -> dict:
     once = {case for case in calls if case[0] == "bayes_reference"}
     rounds = [case for case in calls if case not in once]
     runs = {case: [] for case in calls}
-    with tqdm(total=len(rounds) * (config.warmup + config.repeats) + len(once), desc="bench", file=sys.stderr) as bar:
+    with tqdm(total=len(rounds) * (config.warmup + config.repeats) + len(once), desc="bench", file=sys.stderr,
+              disable=None) as bar:  # disable=None: a bar on a terminal only, not in a log
         for round_ in range(config.warmup + config.repeats):
             for case in rounds:
                 seconds = _timed(calls[case])
@@ -565,7 +566,7 @@ def run_bench(config: BenchConfig) -> dict:
             runs[case].append(_timed(calls[case]))
             bar.update()
     measurements = []
-    for case, call in tqdm(calls.items(), desc="memory", file=sys.stderr):
+    for case, call in tqdm(calls.items(), desc="memory", file=sys.stderr, disable=None):
         # Token loops: the profiler's per-operation cost would dominate (75 s for T = 4096), and
         # their memory is the O(K² + KV) state plus the outputs.
         profiled = case[0] not in ("bayes_reference", "bayes_recurrent", "generate_step")

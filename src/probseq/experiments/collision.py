@@ -533,7 +533,7 @@ def run_collision(config: CollisionConfig, out: str | Path) -> dict[str, Any]:
     units = [(scenario, model) for scenario in SCENARIOS for model in compared]
     scenarios: dict[str, Any] = {}
     notes = scenario_notes(config)
-    progress = tqdm(units, desc="collision", unit="unit", file=sys.stderr)
+    progress = tqdm(units, desc="collision", unit="unit", file=sys.stderr, disable=None)  # None: a terminal only
     for scenario, model in progress:
         progress.set_postfix_str(f"{scenario}/{model.name}")
         name = f"{scenario}--{model.name}"

@@ -67,7 +67,7 @@ class RulerConfig:
         dtype: the model's dtype during evaluation.
         device: ``"auto"`` (GPU when there is one), ``"cpu"`` or ``"cuda"``.
         num_threads: ``torch.set_num_threads`` (``None``: leave it).
-        progress: tqdm progress bars.
+        progress: tqdm progress bars (on a terminal; never in a log file).
     """
 
     model: str
@@ -177,7 +177,8 @@ def complete(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
 
     device = next(model.parameters()).device
     texts, counts = [], []
-    for start in tqdm(range(0, len(prompts), batch_size), desc="batches", leave=False, disable=not progress):
+    for start in tqdm(range(0, len(prompts), batch_size), desc="batches", leave=False,
+                      disable=None if progress else True):  # None: on a terminal only
         batch = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True)
         batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
         # use_cache=True whatever the saved config says (a Trainer saves use_cache=False): without the recurrent
@@ -285,7 +286,7 @@ def run_ruler(config: RulerConfig, out: str | os.PathLike) -> dict:
         model = tokenizer = description = None
         units = []
         todo = [(task, length) for task in config.tasks for length in config.lengths]
-        for task, length in tqdm(todo, desc="RULER units", disable=not config.progress):
+        for task, length in tqdm(todo, desc="RULER units", disable=None if config.progress else True):
             name = f"{task}-{length}"
             unit = cache.get(name, UNIT_SPEC, lambda value, t=task, n=length: _unit_problem(value, t, n))
             if unit is None:

@@ -37,6 +37,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from probseq.console import progress_enabled
 from probseq.files import atomic_write_json, finite_or_none, nonfinite_to_none
 from probseq.train.schema import check_fields, from_dict, positive, with_overrides
 from probseq.train.trainer import TrainingDiverged, check_saved_config, progress_bars, run_threads, run_trainer
@@ -117,7 +118,8 @@ class LMRunConfig:
             save_total_limit=self.save_total_limit, logging_steps=self.logging_steps,
             logging_nan_inf_filter=False,  # log a non-finite loss as it is (the DivergenceGuard stops the run there)
             eval_strategy="no",
-            report_to="none", disable_tqdm=not self.progress, remove_unused_columns=False, dataloader_drop_last=True,
+            report_to="none", disable_tqdm=not progress_enabled(self.progress),  # bars on a terminal only
+            remove_unused_columns=False, dataloader_drop_last=True,
             dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
             ddp_find_unused_parameters=False, use_cpu=not torch.cuda.is_available(),
             ddp_backend=("nccl" if torch.cuda.is_available() else "gloo") if distributed else None,
