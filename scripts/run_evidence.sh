@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Every long evidence run, one after the other (the machine has 2 cores), in the background, resumable:
-#   issue 8: probseq mqar --preset cpu, probseq recall --preset cpu (each cached per run, checkpointed);
-#   issue 9: probseq pretrain (small teacher) → distill (Bayesian arm) → distill --baseline (matched compute)
+#   the two sweeps: probseq mqar --preset cpu, probseq recall --preset cpu (each cached per run, checkpointed);
+#   the distillation study: probseq pretrain (small teacher) → distill (Bayesian arm) → distill --baseline (matched compute)
 #            → probseq ruler on teacher, Bayesian arm and baseline;
-#   issue 8's report: probseq reproduce --preset cpu (REPORT.md from mqar_cpu and recall_cpu, plus the collision
+#   the cpu report: probseq reproduce --preset cpu (REPORT.md from mqar_cpu and recall_cpu, plus the collision
 #            study at cpu scale);
 #   then MQAR's Bayesian Layer and Gated DeltaNet with a third, lower learning rate; MQAR again with the
 #   Bayesian Layer's stationary retention, and with the learned retention started at
@@ -108,11 +108,11 @@ for arm in teacher bayes gdn; do
   stage "ruler_$arm" $P ruler --model "$RUNS/$arm" --out "$EXP/ruler/$arm" --lengths 512 1024 2048 4096 \
     --samples 50 --threads "$THREADS"
 done
-# The cpu report of issue 8 (REPORT.md from mqar_cpu and recall_cpu, plus the collision study at `full` scale,
-# ≈ 1.5 h) runs after issue 9's chain of stages, which is the longer one (≈ 7 h) and gates an open issue.
+# The cpu report (REPORT.md from mqar_cpu and recall_cpu, plus the collision study at `full` scale, ≈ 1.5 h) runs
+# after the distillation study's chain of stages, which is the longer one (≈ 7 h).
 stage reproduce_cpu $P reproduce --preset cpu --out "$EXP/reproduce_cpu"  # reads the two runs above
-# After what issues 8 and 9 require. First the paper's comparison again with a lower learning rate: in mqar_cpu
-# the lower of its two lrs (3e-3) won for both mixers, at the edge of the grid. The 12 runs at 3e-3 and 1e-2 come
+# After the sweeps, the distillation study and the report. First the paper's comparison again with a lower learning
+# rate: in mqar_cpu the lower of its two lrs (3e-3) won for both mixers, at the edge of the grid. The 12 runs at 3e-3 and 1e-2 come
 # from mqar_cpu's cache (same unit configs), so only the 6 runs at 1e-3 train; the table picks the best of three.
 mqar_cpu_lr() {
   mkdir -p "$EXP/mqar_cpu_lr/cache"

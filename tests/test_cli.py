@@ -14,6 +14,7 @@ import pytest
 import probseq_cli
 from probseq.cli import RESUMABLE, build_parser, command_function
 from probseq_cli import parsers
+from tests.conftest import OUTSIDE_DOCUMENTS
 
 COMMANDS = build_parser()._subparsers._group_actions[0].choices  # name → its ArgumentParser
 
@@ -218,7 +219,7 @@ def every_help(parser: argparse.ArgumentParser, name: str = "probseq"):
 
 
 #: reST markup, and names of documents that are not in the repository.
-MARKUP = re.compile(r"``|:[a-z]+:`|\b(SPEC|ARCHITECTURE|CONVENTIONS)\b")
+MARKUP = re.compile(r"``|:[a-z]+:`|" + OUTSIDE_DOCUMENTS.pattern)
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 

@@ -1,4 +1,4 @@
-"""Training on ``transformers.Trainer`` (ARCHITECTURE, floor 5: imports models and tasks); docs/training.md.
+"""Training on ``transformers.Trainer`` (docs/architecture.md, floor 5: imports models and tasks); docs/training.md.
 
 =========================  ======================================================================
 :mod:`.config`             :class:`TrainConfig`, :class:`ModelSpec`; ``from_dict``, ``with_overrides``
