@@ -332,7 +332,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="test files to run (default: the fast-path suite, see DEFAULT_TESTS)")
     parser.add_argument("--overlay", action="append", default=[], metavar="PATH",
                         help="copy this working-tree file on top of HEAD in every copy (e.g. an uncommitted test)")
-    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per test run (a timeout counts as killed)")
+    parser.add_argument("--timeout", type=float, default=900.0,
+                        help="seconds per test run (a timeout counts as killed)")
     parser.add_argument("--json", type=Path, default=REPORT, help=f"report path (default {REPORT.relative_to(REPO)})")
     return parser.parse_args(argv)
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every long evidence run, one after the other (the machine has 2 cores), in the background, resumable:
 #   the two sweeps: probseq mqar --preset cpu, probseq recall --preset cpu (each cached per run, checkpointed);
-#   the distillation study: probseq pretrain (small teacher) → distill (Bayesian arm) → distill --baseline (matched compute)
-#            → probseq ruler on teacher, Bayesian arm and baseline;
+#   the distillation study: probseq pretrain (small teacher) → distill (Bayesian arm) → distill --baseline
+#            (matched compute) → probseq ruler on teacher, Bayesian arm and baseline;
 #   the cpu report: probseq reproduce --preset cpu (REPORT.md from mqar_cpu and recall_cpu, plus the collision
 #            study at cpu scale);
 #   then MQAR's Bayesian Layer and Gated DeltaNet with a third, lower learning rate; MQAR again with the
@@ -112,8 +112,9 @@ done
 # after the distillation study's chain of stages, which is the longer one (≈ 7 h).
 stage reproduce_cpu $P reproduce --preset cpu --out "$EXP/reproduce_cpu"  # reads the two runs above
 # After the sweeps, the distillation study and the report. First the paper's comparison again with a lower learning
-# rate: in mqar_cpu the lower of its two lrs (3e-3) won for both mixers, at the edge of the grid. The 12 runs at 3e-3 and 1e-2 come
-# from mqar_cpu's cache (same unit configs), so only the 6 runs at 1e-3 train; the table picks the best of three.
+# rate: in mqar_cpu the lower of its two lrs (3e-3) won for both mixers, at the edge of the grid. The 12 runs at 3e-3
+# and 1e-2 come from mqar_cpu's cache (same unit configs), so only the 6 runs at 1e-3 train; the table picks the best
+# of three.
 mqar_cpu_lr() {
   mkdir -p "$EXP/mqar_cpu_lr/cache"
   cp -n "$EXP"/mqar_cpu/cache/bayesian-*.json "$EXP"/mqar_cpu/cache/gated_deltanet-*.json "$EXP/mqar_cpu_lr/cache/"

@@ -12,8 +12,9 @@ import torch.nn.functional as F
 
 from probseq.ops import BayesState
 
-# One tolerance table (docs/numerics.md, "How the tests compare numbers"): relative error of outputs, states and gradients vs a float64
-# reference. Quantities summed over time get the same bound: the relative error does not grow with T
+# One tolerance table (docs/numerics.md, "How the tests compare numbers"): relative error of outputs, states and
+# gradients vs a float64 reference. Quantities summed over time get the same bound: the relative error does not grow
+# with T
 # at the lengths tested here.
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 1e-2}
 

@@ -66,7 +66,8 @@ def test_check_writable_creates_the_folder_and_names_out_when_it_cannot(tmp_path
         check_writable_file(blocker / "sub" / "r.json")
 
 
-@pytest.mark.parametrize("command", [["bench", "--out"], ["collision", "--out"], ["pretrain", "--preset", "tiny", "--out"],
+@pytest.mark.parametrize("command", [["bench", "--out"], ["collision", "--out"],
+                                     ["pretrain", "--preset", "tiny", "--out"],
                                      ["distill", "--teacher", "t", "--tokens", "1k", "--out"]])
 def test_commands_check_out_before_any_work(tmp_path, monkeypatch, capsys, command):
     from probseq import bench, cli
