@@ -1,4 +1,4 @@
-"""``probseq bench`` — the performance protocol (README, Benchmark).
+"""``probseq bench`` — the performance protocol (README.md, "Experiments and benchmark"; measured: results/README.md).
 
 Times forward and forward+backward of each method at ``B=1, H=4, K=V=64`` (configurable), float32,
 all in one run, and reports time, tokens/s, peak memory, analytical FLOPs and achieved GFLOP/s next to
