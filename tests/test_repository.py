@@ -4,7 +4,6 @@ resolves, results/README.md lists every result, and the version is the same wher
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -69,9 +68,14 @@ def test_results_readme_links_every_result_and_the_readme_links_it():
     assert "(results/README.md)" in evidence and evidence.count("](results/") >= 5
 
 
+def pyproject() -> dict:
+    """pyproject.toml, parsed (tomllib: Python 3.11+)."""
+    return pytest.importorskip("tomllib").loads((ROOT / "pyproject.toml").read_text())
+
+
 def test_the_version_is_the_same_everywhere():
-    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
-    assert probseq.__version__ == version
+    version = pyproject()["project"]["version"]
+    assert version == probseq.__version__
     assert re.search(r"^version: (\S+)$", (ROOT / "CITATION.cff").read_text(), re.MULTILINE).group(1) == version
     released = re.findall(r"^## \[(\d[^\]]*)\]", (ROOT / "CHANGELOG.md").read_text(), re.MULTILINE)
     assert released and released[0] == version
@@ -79,7 +83,7 @@ def test_the_version_is_the_same_everywhere():
 
 def test_the_package_declares_its_type_hints():
     assert (ROOT / "src" / "probseq" / "py.typed").is_file()
-    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    package_data = pyproject()["tool"]["setuptools"]["package-data"]
     assert "py.typed" in package_data["probseq"]
 
 

@@ -216,7 +216,7 @@ def add_collision(commands) -> None:
 
 
 def add_bench(commands) -> None:
-    parser = commands.add_parser("bench", help="time the filters against their peers (README, Benchmark)",
+    parser = commands.add_parser("bench", help="time the filters, layers and training steps against their peers",
                                  description=module_doc("bench"), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=BENCH_PRESETS, default="quick")
     parser.add_argument("--out", default=None,
