@@ -49,7 +49,7 @@ evidence: install corpus
 	nohup scripts/run_evidence.sh >> $(HOME)/.cache/probseq/experiments/evidence.log 2>&1 &
 	@echo "starting (unless one is running already); log: ~/.cache/probseq/experiments/evidence.log; rerun 'make evidence' to resume"
 
-# The issue-8 evidence runs only (probseq mqar / recall --preset cpu, then the cpu report), background, resumable.
+# The two cpu sweeps only (probseq mqar / recall --preset cpu, then the cpu report), background, resumable.
 cpu-presets: install
 	mkdir -p $(HOME)/.cache/probseq/experiments
 	nohup scripts/run_evidence.sh mqar_cpu recall_cpu reproduce_cpu >> $(HOME)/.cache/probseq/experiments/evidence.log 2>&1 &

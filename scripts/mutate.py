@@ -45,6 +45,8 @@ from typing import NamedTuple
 
 from tqdm import tqdm
 
+from probseq_cli.parsers import plain_text
+
 REPO = Path(__file__).resolve().parents[1]
 REPORT = REPO / "reports" / "mutation.json"
 DEFAULT_TESTS = [
@@ -322,7 +324,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(description=plain_text(__doc__.split("\n\n")[0]),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--list", action="store_true", help="list the mutations and exit")
     parser.add_argument("--only", action="append", metavar="NAME", help="run only this mutation (repeatable)")
@@ -330,7 +332,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="test files to run (default: the fast-path suite, see DEFAULT_TESTS)")
     parser.add_argument("--overlay", action="append", default=[], metavar="PATH",
                         help="copy this working-tree file on top of HEAD in every copy (e.g. an uncommitted test)")
-    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per test run (a timeout counts as killed)")
+    parser.add_argument("--timeout", type=float, default=900.0,
+                        help="seconds per test run (a timeout counts as killed)")
     parser.add_argument("--json", type=Path, default=REPORT, help=f"report path (default {REPORT.relative_to(REPO)})")
     return parser.parse_args(argv)
 
@@ -381,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"baseline passed in {baseline['seconds']:.1f} s ({baseline['summary']})", file=sys.stderr, flush=True)
 
     rows = []
-    bar = tqdm(selected, unit="mutant", file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(selected, unit="mutant", file=sys.stderr, dynamic_ncols=True, disable=None)  # a terminal only
     for m in bar:
         bar.set_postfix_str(m.name)
         with tempfile.TemporaryDirectory(prefix="probseq-mutate-") as tmp:

@@ -1,4 +1,4 @@
-"""The paired robustness studies of issue 21 (recall, MQAR): calibrate, choose on validation, then pair seeds.
+"""The paired robustness studies (recall, MQAR): calibrate, choose on validation, then pair seeds.
 
     python scripts/paired_study.py run recall --root ~/.cache/probseq/experiments/recall_paired [--workers 2]
     python scripts/paired_study.py report recall --root ~/.cache/probseq/experiments/recall_paired \

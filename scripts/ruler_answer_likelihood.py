@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from probseq_cli.parsers import plain_text
+
 TASKS = ("niah_single_1", "niah_multikey_2")
 NEEDLE_VALUE = re.compile(r"is: (\d{7})\.")
 
@@ -75,7 +77,8 @@ def score_model(model, tokenizer, tasks, lengths, samples: int, seed: int) -> li
     for task in tasks:
         for length in lengths:
             records = generate(task, tokenizer, length, samples, seed)
-            for record, foil in tqdm(list(zip(records, foils(task, records))), desc=f"{task} {length}", leave=False):
+            for record, foil in tqdm(list(zip(records, foils(task, records))), desc=f"{task} {length}", leave=False,
+                                      disable=None):
                 prompt = record["input"] + record["answer_prefix"]
                 rows.append({"task": task, "length": length, "index": record["index"],
                              "reference": record["outputs"][0], "foil": foil,
@@ -117,7 +120,7 @@ def paired(first: list[dict], second: list[dict]) -> list[tuple]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=plain_text(__doc__.split("\n\n")[0]))
     parser.add_argument("--models", nargs="+", required=True, help="NAME=DIR …")
     parser.add_argument("--out", required=True)
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Every long evidence run, one after the other (the machine has 2 cores), in the background, resumable:
-#   issue 8: probseq mqar --preset cpu, probseq recall --preset cpu (each cached per run, checkpointed);
-#   issue 9: probseq pretrain (small teacher) → distill (Bayesian arm) → distill --baseline (matched compute)
-#            → probseq ruler on teacher, Bayesian arm and baseline;
-#   issue 8's report: probseq reproduce --preset cpu (REPORT.md from mqar_cpu and recall_cpu, plus the collision
+#   the two sweeps: probseq mqar --preset cpu, probseq recall --preset cpu (each cached per run, checkpointed);
+#   the distillation study: probseq pretrain (small teacher) → distill (Bayesian arm) → distill --baseline
+#            (matched compute) → probseq ruler on teacher, Bayesian arm and baseline;
+#   the cpu report: probseq reproduce --preset cpu (REPORT.md from mqar_cpu and recall_cpu, plus the collision
 #            study at cpu scale);
 #   then MQAR's Bayesian Layer and Gated DeltaNet with a third, lower learning rate; MQAR again with the
 #   Bayesian Layer's stationary retention, and with the learned retention started at
@@ -81,7 +81,7 @@ two_workers() {  # COMMAND…: two single-threaded workers share one sweep (its 
 
 stage mqar_cpu two_workers $P mqar --preset cpu --out "$EXP/mqar_cpu"
 stage recall_cpu two_workers $P recall --preset cpu --out "$EXP/recall_cpu"
-stage pretrain $P pretrain --config small --out "$RUNS/teacher" --set num_threads="$THREADS"
+stage pretrain $P pretrain --preset small --out "$RUNS/teacher" --set num_threads="$THREADS"
 # The two distillation arms side by side, one thread each: same machine load for both (their s/step compare),
 # equal progress at any interruption (two 1-thread workers gave ~12 % more throughput than one 2-thread run on
 # the MQAR/recall sweeps; not measured for distillation).
@@ -108,12 +108,13 @@ for arm in teacher bayes gdn; do
   stage "ruler_$arm" $P ruler --model "$RUNS/$arm" --out "$EXP/ruler/$arm" --lengths 512 1024 2048 4096 \
     --samples 50 --threads "$THREADS"
 done
-# The cpu report of issue 8 (REPORT.md from mqar_cpu and recall_cpu, plus the collision study at `full` scale,
-# ≈ 1.5 h) runs after issue 9's chain of stages, which is the longer one (≈ 7 h) and gates an open issue.
+# The cpu report (REPORT.md from mqar_cpu and recall_cpu, plus the collision study at `full` scale, ≈ 1.5 h) runs
+# after the distillation study's chain of stages, which is the longer one (≈ 7 h).
 stage reproduce_cpu $P reproduce --preset cpu --out "$EXP/reproduce_cpu"  # reads the two runs above
-# After what issues 8 and 9 require. First the paper's comparison again with a lower learning rate: in mqar_cpu
-# the lower of its two lrs (3e-3) won for both mixers, at the edge of the grid. The 12 runs at 3e-3 and 1e-2 come
-# from mqar_cpu's cache (same unit configs), so only the 6 runs at 1e-3 train; the table picks the best of three.
+# After the sweeps, the distillation study and the report. First the paper's comparison again with a lower learning
+# rate: in mqar_cpu the lower of its two lrs (3e-3) won for both mixers, at the edge of the grid. The 12 runs at 3e-3
+# and 1e-2 come from mqar_cpu's cache (same unit configs), so only the 6 runs at 1e-3 train; the table picks the best
+# of three.
 mqar_cpu_lr() {
   mkdir -p "$EXP/mqar_cpu_lr/cache"
   cp -n "$EXP"/mqar_cpu/cache/bayesian-*.json "$EXP"/mqar_cpu/cache/gated_deltanet-*.json "$EXP/mqar_cpu_lr/cache/"

@@ -14,6 +14,8 @@ import statistics
 import subprocess
 import sys
 
+from probseq_cli.parsers import plain_text
+
 # (label, mixer, chunk size or None for the layer's default, flush subnormals, keep freed memory)
 CONFIGS = [
     ("Bayesian, defaults", "bayesian", None, True, True),
@@ -52,7 +54,7 @@ print(json.dumps(times))
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=plain_text(__doc__.splitlines()[0]))
     parser.add_argument("--task", choices=("mqar", "recall"), default="mqar")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)

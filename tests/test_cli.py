@@ -3,14 +3,18 @@ exists, and the parsers' choices mirror the constants of the modules that run th
 
 from __future__ import annotations
 
+import argparse
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 import probseq_cli
 from probseq.cli import RESUMABLE, build_parser, command_function
 from probseq_cli import parsers
+from tests.conftest import OUTSIDE_DOCUMENTS
 
 COMMANDS = build_parser()._subparsers._group_actions[0].choices  # name → its ArgumentParser
 
@@ -72,6 +76,9 @@ def test_choices_mirror_the_modules_constants():
     assert parsers.RETENTIONS == tuple(RETENTIONS)
     assert parsers.CONVERT_DTYPES == tuple(fla.DTYPES) and parsers.RULER_DTYPES == tuple(ruler_eval.DTYPES)
     assert parsers.RULER_TASKS == tuple(ruler_eval.DEFAULT_TASKS)
+    from probseq.train import distill, pretrain
+
+    assert parsers.LM_PRESETS == tuple(pretrain.PRESETS) == tuple(distill.PRESETS)
 
 
 @pytest.mark.parametrize("text, tokens", [("5000000", 5_000_000), ("5M", 5_000_000), ("2.5m", 2_500_000),
@@ -200,3 +207,57 @@ def test_version_answers_without_a_command(capsys):
     with pytest.raises(SystemExit) as exit_:
         probseq_cli.main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"probseq {version('probseq')}"
+
+
+def every_help(parser: argparse.ArgumentParser, name: str = "probseq"):
+    """``(command line, --help text)`` of ``parser`` and of every sub-command under it (``probseq mqar eval``)."""
+    yield name, parser.format_help()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command, sub in action.choices.items():
+                yield from every_help(sub, f"{name} {command}")
+
+
+#: reST markup, and names of documents that are not in the repository.
+MARKUP = re.compile(r"``|:[a-z]+:`|" + OUTSIDE_DOCUMENTS.pattern)
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def test_no_help_shows_markup_or_documents_outside_the_repository():
+    helps = dict(every_help(build_parser()))
+    assert {"probseq mqar eval", "probseq recall eval", "probseq ruler"} <= set(helps)
+    marked = {name: MARKUP.search(text).group(0) for name, text in helps.items() if MARKUP.search(text)}
+    assert not marked
+    assert "Runs a ProbSeqForCausalLM once over a text with output_variance=True" in " ".join(
+        helps["probseq uncertainty"].split())
+
+
+@pytest.mark.parametrize("script", ["mutate.py", "ruler_answer_likelihood.py", "training_step_speed.py"])
+def test_the_scripts_help_shows_no_markup(script):
+    result = subprocess.run([sys.executable, str(SCRIPTS / script), "--help"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout and not MARKUP.search(result.stdout), result.stdout
+
+
+@pytest.mark.parametrize("doc, plain", [
+    ("Runs a :class:`~probseq.models.ProbSeqForCausalLM` once", "Runs a ProbSeqForCausalLM once"),
+    (":func:`probseq.ruler.generate` and :mod:`the theory <probseq.theory>`", "probseq.ruler.generate and the theory"),
+    ("``output_variance=True`` and ``a\nb``; *emphasis* stays", "output_variance=True and a\nb; *emphasis* stays"),
+])
+def test_plain_text_strips_rest_markup(doc, plain):
+    assert parsers.plain_text(doc) == plain
+
+
+@pytest.mark.parametrize("command", ["pretrain", "distill"])
+def test_presets_are_chosen_with_preset_and_config_is_a_hidden_deprecated_alias(command, capsys):
+    assert build_parser().parse_args([command, *REQUIRED[command]]).preset == "small"
+    assert build_parser().parse_args([command, *REQUIRED[command], "--preset", "tiny"]).preset == "tiny"
+    assert capsys.readouterr().err == ""
+    assert build_parser().parse_args([command, *REQUIRED[command], "--config", "340m"]).preset == "340m"
+    assert capsys.readouterr().err == f"probseq {command}: --config is deprecated, use --preset\n"
+    text = COMMANDS[command].format_help()
+    assert "--preset {tiny,small,340m}" in text and "--config" not in text
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, *REQUIRED[command], "--preset", "huge"])
+    assert "invalid choice: 'huge'" in capsys.readouterr().err

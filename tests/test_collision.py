@@ -130,9 +130,26 @@ def test_overrides_and_presets():
     assert collision.capacity_grid(PRESETS["quick"])[-1] == 4 * PRESETS["quick"].key_dim
 
 
-def test_cli(tmp_path, capsys):
+def test_cli(tmp_path, capsys, monkeypatch):
     overrides = [f"{k}={json.dumps(v)}" for k, v in dataclasses.asdict(TINY).items() if k != "seed"]
     assert cli.main(["collision", "--out", str(tmp_path), "--seed", "3",
                      *[x for o in overrides for x in ("--set", o)]]) == 0
     assert json.loads((tmp_path / "results.json").read_text())["seed"] == 3
     assert "(a) one key, noisy values" in capsys.readouterr().out
+    # another seed into the same --out is refused before any work (the first run's results stay)
+    monkeypatch.setattr(collision, "ResultCache", lambda *a: pytest.fail("the run started"))
+    assert cli.main(["collision", "--out", str(tmp_path), "--seed", "4",
+                     *[x for o in overrides for x in ("--set", o)]]) == 2
+    assert "seed (3 there, 4 now)" in capsys.readouterr().err
+    assert json.loads((tmp_path / "results.json").read_text())["seed"] == 3
+
+
+def test_a_rerun_with_another_batch_of_trials_is_the_same_config(tiny_run, tmp_path):
+    """``batch_trials`` bounds memory and changes no result: it may differ in the same ``--out``."""
+    source, first = tiny_run
+    out = tmp_path / "run"
+    shutil.copytree(source, out)
+    again = run_collision(dataclasses.replace(TINY, batch_trials=64), out)
+    assert again["scenarios"] == first["scenarios"]
+    with pytest.raises(ValueError, match=r"trials \(64 there, 32 now\)"):
+        run_collision(dataclasses.replace(TINY, trials=32), out)

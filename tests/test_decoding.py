@@ -1,4 +1,4 @@
-"""Prefill plus single-token steps equals one parallel pass (CONVENTIONS 6); the decoding step equals
+"""Prefill plus single-token steps equals one parallel pass (docs/layers.md, "Decoding state"); the decoding step equals
 the filter token by token."""
 
 from __future__ import annotations

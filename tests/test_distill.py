@@ -159,6 +159,11 @@ def test_both_arms_train_on_the_same_tokens(teacher, tmp_path):
         assert {type(b.attn).__name__ for b in model.model.layers} == {expected}
         assert model.config.use_cache  # generate() decodes with the recurrent state
         assert (folder / "tokenizer.json").is_file()
+    # another config in the same folder is refused before any work, naming what differs
+    with pytest.raises(ValueError, match="different config .*differs in tokens.*use another --out"):
+        distill(distill_config("tiny", str(teacher), 5120, False, ["seq_len=64", "batch_size=4", "save_steps=0",
+                                                                   "valid_blocks=2", *TINY]), tmp_path / "bayesian")
+    assert json.loads((tmp_path / "bayesian" / "train_log.json").read_text())["tokens"] == student["tokens"]
     assert stage_steps(distill_config("tiny", "t", 2560, overrides=["seq_len=64", "batch_size=4"])) == (256, 2, 8)
 
 
@@ -173,7 +178,7 @@ def test_config_errors_name_the_key():
         pretrain_config("small", ["lr_scheduler=step"])
     with pytest.raises(ValueError, match="unknown config key 'hidden'"):
         pretrain_config("small", ["hidden=3"])
-    with pytest.raises(ValueError, match="unknown --config"):
+    with pytest.raises(ValueError, match="unknown --preset"):
         pretrain_config("huge")
     # the shared run fields (LMRunConfig) are checked in both configs; the validation blocks only in pretraining
     for make in (lambda o: pretrain_config("small", o), lambda o: distill_config("small", "teacher", 1000, overrides=o)):
@@ -189,7 +194,7 @@ def test_config_errors_name_the_key():
 def test_cli_reports_errors_in_one_line(tmp_path, capsys):
     assert main(["distill", "--teacher", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--tokens", "1k"]) == 2
     assert "no config.json" in capsys.readouterr().err
-    assert main(["pretrain", "--config", "tiny", "--out", str(tmp_path / "p"), "--set", "seq_len=zero"]) == 2
+    assert main(["pretrain", "--preset", "tiny", "--out", str(tmp_path / "p"), "--set", "seq_len=zero"]) == 2
     assert "seq_len must be int" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["distill", "--teacher", "t", "--out", "o", "--tokens", "lots"])

@@ -1,5 +1,6 @@
 """Every fast form equals the float64 token-by-token reference: outputs, final state, predictive
-variance and the gradient of every input (CONVENTIONS 3)."""
+variance and the gradient of every input, within the tolerance table (docs/numerics.md, "How the tests compare
+numbers")."""
 
 from __future__ import annotations
 

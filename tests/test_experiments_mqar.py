@@ -70,6 +70,19 @@ def test_mqar_end_to_end_then_every_unit_from_the_cache(tmp_path, capsys):
     assert "training" not in second.err
     again = json.loads((out / "results.json").read_text())
     assert again["points"] == results["points"] and again["from_cache"] == 8
+    # run settings are not the config: threads, checkpoint interval and evaluation batch change no result
+    assert cli.main(_cli("mqar", out, [*TINY_MQAR, "num_threads=2", "save_steps=2", "eval_batch_size=8"])) == 0
+    assert "8 of 8 units from the cache" in capsys.readouterr().out
+    rewritten = json.loads((out / "results.json").read_text())
+    assert rewritten["points"] == results["points"]
+
+    # another config into the same --out is refused before any work, naming what differs; nothing is replaced
+    assert cli.main(_cli("mqar", out, [*TINY_MQAR, "max_steps=4", 'mixers=["attention"]'])) == 2
+    refused = capsys.readouterr()
+    assert "holds the results of another config" in refused.err and "training" not in refused.err
+    assert 'max_steps (3 there, 4 now); mixers (["bayesian", "attention"] there, ["attention"] now)' in refused.err
+    assert "use another --out, or delete" in refused.err
+    assert json.loads((out / "results.json").read_text()) == rewritten
 
 
 def test_recall_end_to_end_then_every_unit_from_the_cache(tmp_path, capsys):
@@ -87,6 +100,10 @@ def test_recall_end_to_end_then_every_unit_from_the_cache(tmp_path, capsys):
     assert "| deltanet |" in first.out and "0 of 2 units from the cache" in first.out
     assert cli.main(_cli("recall", out, TINY_RECALL)) == 0
     assert "2 of 2 units from the cache" in capsys.readouterr().out
+    assert cli.main(_cli("recall", out, [*TINY_RECALL, "num_threads=2"])) == 0  # a run setting, not the config
+    assert cli.main(_cli("recall", out, [*TINY_RECALL, "eval_gaps=[8]"])) == 2
+    assert "eval_gaps ([6] there, [8] now)" in capsys.readouterr().err
+    assert list(json.loads((out / "results.json").read_text())["test_points"]) == names
 
 
 def test_an_interrupted_unit_resumes_from_its_checkpoint(tmp_path):

@@ -16,11 +16,12 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
-#: The library: what ``pip install probseq`` (with the ``hf`` extra for ``models`` and ``interop``) is for.
-LIBRARY = ("ops", "design", "presets", "theory", "types", "layers", "models", "interop", "cpu", "files", "oracles",
-           "zoology")
-#: The evidence code: experiments, training, their tasks and data, the benchmark. It may import the library;
-#: never the other way round.
+#: The library: what ``pip install probseq`` (with the ``hf`` extra for ``models`` and ``interop``) is for
+#: (docs/architecture.md, floors 0–4).
+LIBRARY = ("ops", "design", "presets", "theory", "types", "layers", "models", "interop", "cpu", "console", "files",
+           "oracles", "zoology")
+#: The evidence code: experiments, training, their tasks and data, the benchmark (floors 5–7). It may import the
+#: library; never the other way round.
 EVIDENCE = ("train", "tasks", "experiments", "ruler", "data", "bench")
 #: Neither: the command line's glue (it imports a command's module by the name its parser gives).
 GLUE = ("cli",)

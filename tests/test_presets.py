@@ -1,5 +1,5 @@
 """Unification, proven by test: every preset equals an independent implementation of its named model
-(docs/design-model.md §6–8, CONVENTIONS 4–5).
+(docs/design-model.md §6–8; docs/numerics.md, "How the tests compare numbers").
 
 External oracles are flash-linear-attention 0.6.0's pure-PyTorch references (float32 inside; key-first
 states ``[B, H, K, V]``, ours are value-first ``[B, H, V, K]``). Mamba-2 and Longhorn are checked against

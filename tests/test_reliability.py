@@ -1,6 +1,6 @@
 """The reliability contract of every public entry point: a correct result or a clear ``ValueError`` naming
-the argument (docs/numerics.md, "Validation"). Each test is a regression test of a case an independent
-review found (issue 6: the number in each name)."""
+the argument (docs/numerics.md, "Validation"). Each test is a regression test of a case found by a review of
+the ops, named for what it checks."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def _gates(x):
 # 2. Derived gates are formed in the compute dtype, never in half precision.
 @pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("impl", IMPLS)
-def test_02_half_beta_forms_noise_in_float32(impl, half):
+def test_half_beta_forms_noise_in_float32(impl, half):
     x = bayes_inputs(1, 40, 2, 8, 4, dtype=torch.float32, seed=2, with_state=False)
     beta_half = x["beta"].to(half)
     a = bayes_filter(**{**_gates(x), "beta": beta_half}, output_final_state=True, impl=impl, chunk_size=16)
@@ -35,7 +35,7 @@ def test_02_half_beta_forms_noise_in_float32(impl, half):
 
 # 3. One dtype rule for every form: float64 if any input is float64.
 @pytest.mark.parametrize("which", ["q", "g", "initial_state"])
-def test_03_mixed_dtypes_one_rule(which):
+def test_mixed_dtypes_one_rule(which):
     x = bayes_inputs(1, 20, 2, 4, 3, dtype=torch.float32, seed=3)
     if which == "initial_state":
         x["initial_state"] = BayesState(*(t.double() for t in x["initial_state"]))
@@ -53,7 +53,7 @@ def test_03_mixed_dtypes_one_rule(which):
 @pytest.mark.parametrize("name", ["q", "k", "v", "initial_state.mean", "g", "beta", "gamma"])
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_04_nonfinite_inputs_are_named(name, impl, bad):
+def test_nonfinite_inputs_are_named(name, impl, bad):
     x = bayes_inputs(1, 9, 2, 4, 3, dtype=torch.float32, seed=4)
     if name == "initial_state.mean":
         mean = x["initial_state"].mean.clone()
@@ -69,7 +69,7 @@ def test_04_nonfinite_inputs_are_named(name, impl, bad):
         bayes_filter(**_gates(x), initial_state=x["initial_state"], impl=impl)
 
 
-def test_04_nonfinite_keys_get_no_misleading_error_and_validate_false_skips():
+def test_nonfinite_keys_get_no_misleading_error_and_validate_false_skips():
     x = bayes_inputs(1, 9, 2, 4, 3, dtype=torch.float32, seed=4)
     x["k"] = x["k"].clone()
     x["k"][0, 3, 0, 0] = float("nan")
@@ -81,7 +81,7 @@ def test_04_nonfinite_keys_get_no_misleading_error_and_validate_false_skips():
 
 @pytest.mark.parametrize("entry", ["bayes_step", "superposition_filter", "superposition_step", "run_filter",
                                    "gated_deltanet", "mamba2", "longhorn"])
-def test_04_nonfinite_inputs_every_entry_point(entry):
+def test_nonfinite_inputs_every_entry_point(entry):
     x = bayes_inputs(2, 6, 2, 4, 3, dtype=torch.float32, seed=5, with_state=False)
     v = x["v"].clone()
     v[1, 2, 0, 0] = float("inf")
@@ -106,7 +106,7 @@ def test_04_nonfinite_inputs_every_entry_point(entry):
 
 # 5. An empty batch is an empty result, in every form.
 @pytest.mark.parametrize("impl", IMPLS + ("auto",))
-def test_05_empty_batch(impl):
+def test_empty_batch(impl):
     x = bayes_inputs(0, 7, 2, 4, 3, seed=5, with_state=False)
     out = bayes_filter(**_gates(x), output_final_state=True, output_variance=True, impl=impl)
     assert out.output.shape == (0, 7, 2, 3) and out.variance.shape == (0, 7, 2)
@@ -116,7 +116,7 @@ def test_05_empty_batch(impl):
 
 
 # 6. A non-finite initial covariance is named, not an internal LinAlgError.
-def test_06_nan_initial_covariance():
+def test_nan_initial_covariance():
     x = bayes_inputs(1, 5, 2, 4, 3, seed=6)
     cov = x["initial_state"].cov.clone()
     cov[0, 0, 1, 2] = float("nan")
@@ -128,13 +128,13 @@ def test_06_nan_initial_covariance():
 @pytest.mark.parametrize("kwargs,match", [(dict(scale=float("inf")), "scale"), (dict(scale=float("nan")), "scale"),
                                           (dict(r_min=float("inf")), "r_min"), (dict(scale=True), "scale"),
                                           (dict(chunk_size=np.float32(8)), "chunk_size")])
-def test_07_bad_scalars(kwargs, match):
+def test_bad_scalars(kwargs, match):
     x = bayes_inputs(1, 5, 2, 4, 3, seed=7, with_state=False)
     with pytest.raises(ValueError, match=match):
         bayes_filter(**_gates(x), **kwargs)
 
 
-def test_07_numpy_scalars_are_numbers():
+def test_numpy_scalars_are_numbers():
     x = bayes_inputs(1, 5, 2, 4, 3, seed=7, with_state=False)
     a = bayes_filter(**_gates(x), scale=np.float32(0.5), r_min=np.float64(1e-3), chunk_size=np.int64(4))
     b = bayes_filter(**_gates(x), scale=0.5, r_min=1e-3, chunk_size=4)
@@ -143,7 +143,7 @@ def test_07_numpy_scalars_are_numbers():
 
 # 8. Gates must be floating point; an all-zero integer γ is not silently the reset path.
 @pytest.mark.parametrize("dtype", [torch.int64, torch.bool])
-def test_08_integer_gates_rejected(dtype):
+def test_integer_gates_rejected(dtype):
     x = bayes_inputs(1, 5, 2, 4, 3, seed=8, with_state=False)
     for name in ("gamma", "beta", "g"):
         with pytest.raises(ValueError, match=rf"{name}.* must have a floating dtype"):
@@ -152,7 +152,7 @@ def test_08_integer_gates_rejected(dtype):
 
 # 9. Subnormal and zero β: every form agrees; β = 0 is "no write".
 @pytest.mark.parametrize("beta_value", [1e-39, 1e-45, 0.0])
-def test_09_tiny_and_zero_beta_agree_across_forms(beta_value):
+def test_tiny_and_zero_beta_agree_across_forms(beta_value):
     x = bayes_inputs(1, 24, 2, 4, 3, dtype=torch.float32, seed=9)
     beta = x["beta"].clone()
     beta[0, ::3] = beta_value
@@ -197,7 +197,7 @@ def test_closed_gate_intervals_accepted():
 
 # 10. Recursive least squares without a floor: a clear error from every form, not NaN.
 @pytest.mark.parametrize("impl", IMPLS)
-def test_10_singular_rls_is_a_clear_error(impl):
+def test_singular_rls_is_a_clear_error(impl):
     gen = torch.Generator().manual_seed(10)
     b, t, h, kd, vd = 1, 12, 1, 3, 2
     q, k = torch.randn(b, t, h, kd, generator=gen), F.normalize(torch.randn(b, t, h, kd, generator=gen), dim=-1)

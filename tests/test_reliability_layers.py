@@ -1,6 +1,7 @@
 """The reliability contract of the mixer layers (probseq.layers): a correct result or a clear ``ValueError``
-naming the argument, at the layer's boundary. Each test is a regression test of a case of issue 18 (the row
-number in its name); ``test_extra_*`` are cases of the same kind the issue's table did not list."""
+naming the argument, at the layer's boundary (docs/reliability.md). Each test is a regression test of a case found
+by a review of the layers, named for what it checks; the last section holds cases of the same kind found next to
+them."""
 
 from __future__ import annotations
 
@@ -89,10 +90,10 @@ def cached_state(name: str, batch: int = 2):
     return cache
 
 
-# --- rows 2 and 3: one mask convention, fla's 0/1 padding mask ---------------------------------------------
+# --- one mask convention, fla's 0/1 padding mask --------------------------------------------------------------
 
 @pytest.mark.parametrize("name", list(MIXERS))
-def test_row02_additive_float_mask_is_refused(name):
+def test_additive_float_mask_is_refused(name):
     layer = make(name)
     x, mask = left_padded()
     additive = torch.zeros(mask.shape).masked_fill(mask == 0, -INF)  # HF's other convention: 0 keep, -inf drop
@@ -108,7 +109,7 @@ def test_row02_additive_float_mask_is_refused(name):
 
 @pytest.mark.parametrize("name", list(MIXERS))
 @pytest.mark.parametrize("scale", [2.0, 0.5])
-def test_row03_non_binary_mask_is_refused(name, scale):
+def test_non_binary_mask_is_refused(name, scale):
     layer = make(name)
     x, mask = left_padded()
     with pytest.raises(ValueError, match=r"exactly 0 or 1; got torch.float32 values such as \[" + f"{scale}"):
@@ -117,11 +118,11 @@ def test_row03_non_binary_mask_is_refused(name, scale):
         layer(x, attention_mask=mask.float().masked_fill(mask == 0, NAN))
 
 
-# --- row 6: padded positions never reach real tokens -------------------------------------------------------
+# --- padded positions never reach real tokens ----------------------------------------------------------------
 
 @pytest.mark.parametrize("bad", [NAN, INF, -INF], ids=["nan", "inf", "-inf"])
 @pytest.mark.parametrize("name, mode", CASES, ids=CASE_IDS)
-def test_row06_nonfinite_padding_never_reaches_real_tokens(name, mode, bad):
+def test_nonfinite_padding_never_reaches_real_tokens(name, mode, bad):
     layer = make(name, mode)
     x, mask = left_padded()
     padded = (mask == 0)[..., None]
@@ -140,14 +141,14 @@ def test_row06_nonfinite_padding_never_reaches_real_tokens(name, mode, bad):
         assert p.grad is None or bool(torch.isfinite(p.grad).all()), f"{name}.{pname}: non-finite gradient"
 
 
-# --- row 8: a cache slot of another layer type or batch ------------------------------------------------------
+# --- a cache slot of another layer type or batch ---------------------------------------------------------------
 
 FOREIGN = {"bayesian": "mamba2", "gated_deltanet": "linear_attention", "deltanet": "mamba2",
            "linear_attention": "bayesian", "mamba2": "deltanet", "attention": "bayesian"}
 
 
 @pytest.mark.parametrize("name", list(MIXERS))
-def test_row08_cache_of_another_layer_type_is_refused(name):
+def test_cache_of_another_layer_type_is_refused(name):
     layer = make(name)
     other = "attention" if name != "attention" else "mamba2"
     kind = "KVState" if name != "attention" else "RecurrentState"
@@ -158,7 +159,7 @@ def test_row08_cache_of_another_layer_type_is_refused(name):
 
 
 @pytest.mark.parametrize("name", list(MIXERS))
-def test_row08_cache_of_another_batch_size_is_refused(name):
+def test_cache_of_another_batch_size_is_refused(name):
     layer = make(name)
     cache = cached_state(name, batch=2)
     with pytest.raises(ValueError, match=rf"{type(layer).__name__} \(layer_idx=0\).*batch size 2.*has 3 seq"):
@@ -168,7 +169,7 @@ def test_row08_cache_of_another_batch_size_is_refused(name):
             layer(inputs(1, 6), cu_seqlens=torch.tensor([0, 2, 4, 6]), past_key_values=cache, use_cache=True)
 
 
-# --- row 9: cu_seqlens that do not match the input -----------------------------------------------------------
+# --- cu_seqlens that do not match the input --------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", list(MIXERS))
 @pytest.mark.parametrize("cu_seqlens, match", [
@@ -179,15 +180,15 @@ def test_row08_cache_of_another_batch_size_is_refused(name):
     ([0.0, 5.0, 12.0], "cu_seqlens must be a 1-d integer tensor"),
     ([[0, 5, 12]], "cu_seqlens must be a 1-d integer tensor"),
 ], ids=["end-beyond-T", "end-before-T", "start-1", "decreasing", "float", "2-d"])
-def test_row09_mismatched_cu_seqlens_give_the_ops_errors(name, cu_seqlens, match):
+def test_mismatched_cu_seqlens_give_the_ops_errors(name, cu_seqlens, match):
     with pytest.raises(ValueError, match=match):
         make(name)(inputs(1, 12), cu_seqlens=torch.tensor(cu_seqlens))
 
 
-# --- row 10: T = 0 ------------------------------------------------------------------------------------------
+# --- T = 0 ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, mode", CASES, ids=CASE_IDS)
-def test_row10_empty_input_gives_empty_output_and_a_consistent_state(name, mode):
+def test_empty_input_gives_empty_output_and_a_consistent_state(name, mode):
     layer = make(name, mode)
     empty, x = inputs(2, 0), inputs(2, 9)
     assert layer(empty)[0].shape == (2, 0, D)
@@ -206,7 +207,7 @@ def test_row10_empty_input_gives_empty_output_and_a_consistent_state(name, mode)
     assert layer(inputs(1, 0), cu_seqlens=torch.tensor([0, 0]))[0].shape == (1, 0, D)
 
 
-# --- row 11: hidden_states of the wrong size or dtype --------------------------------------------------------
+# --- hidden_states of the wrong size or dtype -----------------------------------------------------------------
 
 @pytest.mark.parametrize("name", list(MIXERS))
 @pytest.mark.parametrize("x, match", [
@@ -218,13 +219,13 @@ def test_row10_empty_input_gives_empty_output_and_a_consistent_state(name, mode)
     (torch.ones(2, 5, D, dtype=torch.float64), r"hidden_states has dtype torch.float64, \w+'s parameters are "
                                                r"torch.float32"),
 ], ids=["width", "int64", "float16", "float64"])
-def test_row11_wrong_hidden_size_or_dtype_is_named(name, x, match):
+def test_wrong_hidden_size_or_dtype_is_named(name, x, match):
     with pytest.raises(ValueError, match=match):
         make(name)(x)
 
 
 @pytest.mark.parametrize("name", list(MIXERS))
-def test_row11_half_input_needs_autocast_or_a_half_layer(name):
+def test_half_input_needs_autocast_or_a_half_layer(name):
     with pytest.raises(ValueError, match="hidden_states has dtype torch.bfloat16"):
         make(name)(inputs().bfloat16())
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -232,10 +233,10 @@ def test_row11_half_input_needs_autocast_or_a_half_layer(name):
     assert make(name).double()(inputs().double())[0].dtype == torch.float64
 
 
-# --- row 14: validate=True names hidden_states and the position ---------------------------------------------
+# --- validate=True names hidden_states and the position ------------------------------------------------------
 
 @pytest.mark.parametrize("name", list(MIXERS))
-def test_row14_validate_is_an_explicit_constructor_argument(name):
+def test_validate_is_an_explicit_constructor_argument(name):
     parameter = inspect.signature(MIXERS[name]).parameters["validate"]
     assert parameter.default is False and parameter.kind is inspect.Parameter.KEYWORD_ONLY
     assert make(name, validate=True).validate is True and make(name).validate is False
@@ -243,7 +244,7 @@ def test_row14_validate_is_an_explicit_constructor_argument(name):
 
 @pytest.mark.parametrize("bad", [NAN, INF], ids=["nan", "inf"])
 @pytest.mark.parametrize("name, mode", CASES, ids=CASE_IDS)
-def test_row14_validate_names_hidden_states_and_the_first_bad_position(name, mode, bad):
+def test_validate_names_hidden_states_and_the_first_bad_position(name, mode, bad):
     layer = make(name, mode, validate=True)
     x = inputs(2, 9)
     x[1, 5, 3] = bad
@@ -256,7 +257,7 @@ def test_row14_validate_names_hidden_states_and_the_first_bad_position(name, mod
 
 
 @pytest.mark.parametrize("name, mode", CASES, ids=CASE_IDS)
-def test_row14_validate_ignores_padded_positions(name, mode):
+def test_validate_ignores_padded_positions(name, mode):
     layer = make(name, mode, validate=True)
     x, mask = left_padded()
     poisoned = x.masked_fill((mask == 0)[..., None], NAN)
@@ -267,13 +268,13 @@ def test_row14_validate_ignores_padded_positions(name, mode):
 
 @pytest.mark.parametrize("name", list(MIXERS))
 @pytest.mark.parametrize("cache", [(), {}, [None]], ids=["tuple", "dict", "list"])
-def test_extra_wrong_typed_past_key_values_is_named(name, cache):
+def test_wrong_typed_past_key_values_is_named(name, cache):
     with pytest.raises(ValueError, match="past_key_values must be a cache with get_layer_state"):
         make(name)(inputs(2, 3), past_key_values=cache, use_cache=True)
 
 
 @pytest.mark.parametrize("name", list(MIXERS))
-def test_extra_non_tensor_inputs_are_named(name):
+def test_non_tensor_inputs_are_named(name):
     layer = make(name)
     with pytest.raises(ValueError, match="hidden_states must be a torch.Tensor"):
         layer(inputs(2, 3).numpy())
@@ -282,7 +283,7 @@ def test_extra_non_tensor_inputs_are_named(name):
 
 
 @pytest.mark.parametrize("name", list(MIXERS))
-def test_extra_packed_batch_with_an_empty_sequence(name):
+def test_packed_batch_with_an_empty_sequence(name):
     """A zero-length sequence in ``cu_seqlens`` (the short conv's state index was −1)."""
     layer = make(name)
     x = inputs(1, 9)
@@ -297,14 +298,14 @@ def test_extra_packed_batch_with_an_empty_sequence(name):
             assert torch.equal(got[0], want[0]) and torch.equal(got[2], want[0])
 
 
-def test_extra_attention_refuses_packed_sequences_continuing_a_cache():
+def test_attention_refuses_packed_sequences_continuing_a_cache():
     layer = make("attention")
     cache = cached_state("attention", batch=1)
     with pytest.raises(ValueError, match="cannot continue packed sequences"):
         layer(inputs(1, 5), cu_seqlens=torch.tensor([0, 2, 5]), past_key_values=cache)
 
 
-def test_extra_attention_position_ids_of_the_wrong_shape_are_named():
+def test_attention_position_ids_of_the_wrong_shape_are_named():
     layer = make("attention")
     with pytest.raises(ValueError, match=r"position_ids must be a tensor \[B, T\] or \[1, T\].*got \[1, 3\]"):
         layer(inputs(2, 5), position_ids=torch.arange(3)[None])
@@ -335,14 +336,14 @@ def test_extra_attention_position_ids_of_the_wrong_shape_are_named():
     (lambda: swiglu_size(D, NAN), "hidden_ratio"),
     (lambda: swiglu_size(0, 4), "hidden_size"),
 ])
-def test_extra_constructor_values_that_gave_nan_parameters_or_late_errors_are_named(build, match):
+def test_constructor_values_that_gave_nan_parameters_or_late_errors_are_named(build, match):
     """A negative ``A_init_range`` or ``norm_eps`` gave NaN parameters or outputs; a zero ``dt_min`` a bare
     ``math domain error``; ``hidden_ratio = -4`` an error naming ``intermediate_size``."""
     with pytest.raises(ValueError, match=match):
         build()
 
 
-def test_extra_swiglu_width_names_its_own_arguments():
+def test_swiglu_width_names_its_own_arguments():
     with pytest.raises(ValueError, match=r"hidden_ratio must be a finite float > 0 .*got -4"):
         swiglu_size(D, -4)  # it used to return 0, and SwiGLU then blamed intermediate_size
     assert swiglu_size(D, None) == swiglu_size(D, 4) == 256 and swiglu_size(D, 4, 48) == 48
@@ -351,7 +352,7 @@ def test_extra_swiglu_width_names_its_own_arguments():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second device")
 @pytest.mark.parametrize("name", list(MIXERS))
-def test_extra_cpu_mask_with_cuda_hidden_states(name):
+def test_cpu_mask_with_cuda_hidden_states(name):
     """fla's masks often stay on the CPU; the layer moves them (it failed in torch.where before)."""
     layer = make(name).cuda()
     x, mask = left_padded()

@@ -1,7 +1,8 @@
 """The reliability contract of the language models (probseq.models): their configurations, checkpoints,
 forward, ``generate`` and cache. A bad input is a ``ValueError`` naming the argument, its value or shape and
-what is expected; what works (save/load bit-identical, decoding = full forward) keeps working. Each test is a
-regression test of a row of issue 18 (the number in its name) or of a problem of the same class (``extra``)."""
+what is expected; what works (save/load bit-identical, decoding = full forward) keeps working
+(docs/reliability.md). Each test is a regression test of a case found by a review of the models, or of a problem of
+the same class found next to it, named for what it checks."""
 
 from __future__ import annotations
 
@@ -58,10 +59,10 @@ def edit_config(folder: Path, **changes) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Row 4: an unknown config key is an error; a tensor missing from (or extra in) a checkpoint is an error.
+# An unknown config key is an error; a tensor missing from (or extra in) a checkpoint is an error.
 
 
-def test_row04_misspelt_key_in_config_json_is_refused(tmp_path):
+def test_misspelt_key_in_config_json_is_refused(tmp_path):
     folder = saved(tmp_path, tiny_model(retention="reset"))
     edit_config(folder, retension="reset")
     for load in (ProbSeqConfig.from_pretrained, AutoConfig.from_pretrained, ProbSeqForCausalLM.from_pretrained,
@@ -70,7 +71,7 @@ def test_row04_misspelt_key_in_config_json_is_refused(tmp_path):
             load(folder)
 
 
-def test_row04_unknown_key_in_from_dict_constructor_and_overrides_is_refused(tmp_path):
+def test_unknown_key_in_from_dict_constructor_and_overrides_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"'retension'.*'retention'"):
         ProbSeqConfig.from_dict({**tiny_kwargs(), "retension": "reset"})
     with pytest.raises(ValueError, match=r"'num_head'.*'num_heads'"):
@@ -82,7 +83,7 @@ def test_row04_unknown_key_in_from_dict_constructor_and_overrides_is_refused(tmp
         ProbSeqConfig.from_pretrained(folder, norm_epsilon=1e-5)
 
 
-def test_row04_transformers_keys_still_load(tmp_path):
+def test_transformers_keys_still_load(tmp_path):
     model = tiny_model()
     folder = saved(tmp_path, model)
     config = json.loads((folder / "config.json").read_text())
@@ -105,7 +106,7 @@ def _drop_tensor(folder: Path, name: str) -> None:
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
 
 
-def test_row04_tensor_missing_from_the_checkpoint_is_an_error(tmp_path):
+def test_tensor_missing_from_the_checkpoint_is_an_error(tmp_path):
     model = tiny_model()
     folder = saved(tmp_path, model)
     _drop_tensor(folder, "model.layers.1.attn.c_weight")
@@ -117,15 +118,15 @@ def test_row04_tensor_missing_from_the_checkpoint_is_an_error(tmp_path):
     assert torch.equal(loaded.model.layers[0].attn.c_weight, model.model.layers[0].attn.c_weight)
 
 
-def test_row04_checkpoint_of_another_retention_is_an_error(tmp_path):
-    """The issue's case: a checkpoint saved with retention='reset' loaded into a 'learned' config."""
+def test_checkpoint_of_another_retention_is_an_error(tmp_path):
+    """A checkpoint saved with retention='reset' loaded into a 'learned' config."""
     folder = saved(tmp_path, tiny_model(retention="reset"))
     edit_config(folder, retention="learned")
     with pytest.raises(ValueError, match=r"c_bias.*c_scale.*c_weight"):
         ProbSeqForCausalLM.from_pretrained(folder)
 
 
-def test_row04_unexpected_tensor_in_the_checkpoint_is_an_error(tmp_path):
+def test_unexpected_tensor_in_the_checkpoint_is_an_error(tmp_path):
     folder = saved(tmp_path)
     tensors = load_file(folder / "model.safetensors")
     tensors["model.layers.0.attn.extra"] = torch.zeros(3)
@@ -136,7 +137,7 @@ def test_row04_unexpected_tensor_in_the_checkpoint_is_an_error(tmp_path):
 
 
 @pytest.mark.parametrize("tie", [True, False])
-def test_row04_round_trips_and_tied_heads_still_load(tmp_path, tie):
+def test_round_trips_and_tied_heads_still_load(tmp_path, tie):
     model = tiny_model(tie_word_embeddings=tie)
     folder = saved(tmp_path, model)
     loaded, info = ProbSeqForCausalLM.from_pretrained(folder, output_loading_info=True)
@@ -152,7 +153,7 @@ def test_row04_round_trips_and_tied_heads_still_load(tmp_path, tie):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Row 5: every value of the configuration is checked at construction, naming the field.
+# Every value of the configuration is checked at construction, naming the field.
 
 BAD_VALUES = [
     ("norm_eps", -1.0), ("norm_eps", 0.0), ("norm_eps", float("nan")), ("initializer_range", -0.02),
@@ -167,7 +168,7 @@ BAD_VALUES = [
 
 
 @pytest.mark.parametrize("field,value", BAD_VALUES, ids=[f"{f}={v!r}" for f, v in BAD_VALUES])
-def test_row05_invalid_config_values_are_refused_naming_the_field(field, value):
+def test_invalid_config_values_are_refused_naming_the_field(field, value):
     kwargs = tiny_kwargs(**{field: value})
     if field == "hidden_ratio":
         kwargs["intermediate_size"] = None
@@ -175,14 +176,14 @@ def test_row05_invalid_config_values_are_refused_naming_the_field(field, value):
         ProbSeqConfig(**kwargs)
 
 
-def test_row05_valid_edge_values_still_work():
+def test_valid_edge_values_still_work():
     ProbSeqConfig(**tiny_kwargs("attention", rope_theta=None, max_position_embeddings=None))
     ProbSeqConfig(**tiny_kwargs(hidden_ratio=None, intermediate_size=None, r_min=0, retention_init=1))
     ProbSeqConfig(**tiny_kwargs(eos_token_id=[1, 2], bos_token_id=1, pad_token_id=None, expand_v=2))
     ProbSeqConfig()  # the defaults
 
 
-def test_row05_values_changed_after_construction_are_checked_when_a_model_is_built(tmp_path):
+def test_values_changed_after_construction_are_checked_when_a_model_is_built(tmp_path):
     config = ProbSeqConfig(**tiny_kwargs())
     config.norm_eps = -1.0
     with pytest.raises(ValueError, match="norm_eps"):
@@ -194,7 +195,7 @@ def test_row05_values_changed_after_construction_are_checked_when_a_model_is_bui
         ProbSeqForCausalLM.from_pretrained(folder, hidden_ratio=-4.0, intermediate_size=None)
 
 
-def test_row05_zoology_config_is_checked_the_same_way():
+def test_zoology_config_is_checked_the_same_way():
     with pytest.raises(ValueError, match="^norm_eps.*-1"):
         ZoologyConfig(vocab_size=VOCAB, norm_eps=-1.0)
     with pytest.raises(ValueError, match="^initializer_range"):
@@ -205,11 +206,11 @@ def test_row05_zoology_config_is_checked_the_same_way():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Row 10: a zero-length input.
+# A zero-length input.
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_row10_forward_of_an_empty_input_is_empty(case):
+def test_forward_of_an_empty_input_is_empty(case):
     model = tiny_model(case)
     with torch.no_grad():
         out = model(ids(2, 0), output_hidden_states=True)
@@ -230,7 +231,7 @@ def test_row10_forward_of_an_empty_input_is_empty(case):
         torch.testing.assert_close(step[:, -1], full[:, -1], rtol=1e-5, atol=1e-5)
 
 
-def test_row10_generate_with_an_empty_prompt_is_refused():
+def test_generate_with_an_empty_prompt_is_refused():
     model = tiny_model()
     with pytest.raises(ValueError, match=r"generate needs at least one prompt token.*\[2, 0\]"):
         model.generate(ids(2, 0), max_new_tokens=2)
@@ -238,18 +239,18 @@ def test_row10_generate_with_an_empty_prompt_is_refused():
         model.generate(input_ids=ids(1, 0), max_new_tokens=2)
 
 
-def test_row10_zoology_forward_of_an_empty_input_is_empty():
+def test_zoology_forward_of_an_empty_input_is_empty():
     model = ZoologyModel(ZoologyConfig(vocab_size=VOCAB, d_model=32)).eval()
     assert model(ids(2, 0)).logits.shape == (2, 0, VOCAB)
     assert model(ids(2, 0), logits_mask=torch.zeros(2, 0, dtype=torch.bool)).logits.shape == (0, VOCAB)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Row 12: token ids outside the vocabulary.
+# Token ids outside the vocabulary.
 
 
 @pytest.mark.parametrize("bad", [VOCAB, VOCAB + 100, -1])
-def test_row12_out_of_vocabulary_input_ids_are_named(bad):
+def test_out_of_vocabulary_input_ids_are_named(bad):
     model = tiny_model()
     x = ids(2, 6)
     x[1, 4] = bad
@@ -263,7 +264,7 @@ def test_row12_out_of_vocabulary_input_ids_are_named(bad):
 
 
 @pytest.mark.parametrize("bad", [VOCAB, -5, -1])
-def test_row12_labels_outside_the_vocabulary_are_named(bad):
+def test_labels_outside_the_vocabulary_are_named(bad):
     model = tiny_model()
     labels = ids(2, 6, seed=1)
     labels[0, 2] = bad
@@ -276,11 +277,11 @@ def test_row12_labels_outside_the_vocabulary_are_named(bad):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Row 13: a damaged weights file.
+# A damaged weights file.
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.999, 5])
-def test_row13_truncated_safetensors_names_the_file(tmp_path, keep):
+def test_truncated_safetensors_names_the_file(tmp_path, keep):
     folder = saved(tmp_path)
     path = folder / "model.safetensors"
     data = path.read_bytes()
@@ -294,10 +295,10 @@ def test_row13_truncated_safetensors_names_the_file(tmp_path, keep):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Extra: the same class of problem at the models' other inputs.
+# The same class of problem at the models' other inputs.
 
 
-def test_extra_input_ids_must_be_integer_batch_by_time():
+def test_input_ids_must_be_integer_batch_by_time():
     model = tiny_model()
     with pytest.raises(ValueError, match=r"input_ids must be an integer tensor \[B, T\].*float32"):
         model(ids(2, 5).float())
@@ -310,7 +311,7 @@ def test_extra_input_ids_must_be_integer_batch_by_time():
         model(ids(1, 5), inputs_embeds=torch.zeros(1, 5, 32))
 
 
-def test_extra_inputs_embeds_of_the_wrong_size_or_dtype_are_named():
+def test_inputs_embeds_of_the_wrong_size_or_dtype_are_named():
     model = tiny_model()
     with pytest.raises(ValueError, match=r"inputs_embeds must be \[B, T, 32\].*\[1, 5, 16\]"):
         model(inputs_embeds=torch.zeros(1, 5, 16))
@@ -322,7 +323,7 @@ def test_extra_inputs_embeds_of_the_wrong_size_or_dtype_are_named():
     assert torch.equal(model(inputs_embeds=embeds).logits, model(ids(1, 5)).logits)
 
 
-def test_extra_labels_of_the_wrong_shape_are_named():
+def test_labels_of_the_wrong_shape_are_named():
     model = tiny_model()
     with pytest.raises(ValueError, match=r"labels must be an integer tensor of the input's shape \[2, 6\].*\[2, 5\]"):
         model(ids(2, 6), labels=ids(2, 5))
@@ -332,7 +333,7 @@ def test_extra_labels_of_the_wrong_shape_are_named():
         model(ids(2, 6), labels=ids(2, 6), logits_to_keep=1)
 
 
-def test_extra_logits_to_keep_must_be_a_count_or_indices():
+def test_logits_to_keep_must_be_a_count_or_indices():
     model = tiny_model()
     with pytest.raises(ValueError, match="logits_to_keep must be an int >= 0.*-2"):
         model(ids(2, 6), logits_to_keep=-2)
@@ -340,7 +341,7 @@ def test_extra_logits_to_keep_must_be_a_count_or_indices():
     assert model(ids(2, 6), logits_to_keep=torch.tensor([0, 5])).logits.shape == (2, 2, VOCAB)
 
 
-def test_extra_attention_mask_of_the_wrong_shape_is_named_at_the_model():
+def test_attention_mask_of_the_wrong_shape_is_named_at_the_model():
     model = tiny_model("hybrid")
     with pytest.raises(ValueError, match=r"attention_mask must be \[B, T\] = \[2, 6\].*\[2, 4\]"):
         model(ids(2, 6), attention_mask=torch.ones(2, 4, dtype=torch.long))
@@ -351,7 +352,7 @@ def test_extra_attention_mask_of_the_wrong_shape_is_named_at_the_model():
         model(ids(2, 1), cache=cache, attention_mask=torch.ones(2, 9, dtype=torch.long))
 
 
-def test_extra_position_ids_of_the_wrong_shape_are_named():
+def test_position_ids_of_the_wrong_shape_are_named():
     model = tiny_model("attention")
     with pytest.raises(ValueError, match=r"position_ids must be an integer tensor \[B, T\] = \[2, 6\].*\[2, 4\]"):
         model(ids(2, 6), position_ids=torch.arange(4).expand(2, 4))
@@ -361,7 +362,7 @@ def test_extra_position_ids_of_the_wrong_shape_are_named():
     assert torch.equal(model(ids(2, 6), position_ids=positions).logits, model(ids(2, 6)).logits)
 
 
-def test_extra_cache_of_another_model_is_refused():
+def test_cache_of_another_model_is_refused():
     bayes, mamba = tiny_model("bayesian"), tiny_model("mamba2")
     cache = bayes(ids(2, 5)).cache
     with pytest.raises(ValueError, match=r"cache was filled by another model.*layer 0.*BayesianLayer.*Mamba2"):
@@ -379,7 +380,7 @@ def test_extra_cache_of_another_model_is_refused():
         zoology.hidden_states(ids(2, 1), cache)
 
 
-def test_extra_zoology_state_size_needs_a_positive_length():
+def test_zoology_state_size_needs_a_positive_length():
     model = ZoologyModel(ZoologyConfig(vocab_size=VOCAB, d_model=32))
     with pytest.raises(ValueError, match="sequence_length must be a positive int, got 0"):
         model.state_size(0)
@@ -387,11 +388,11 @@ def test_extra_zoology_state_size_needs_a_positive_length():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Extra (reviewer's follow-up): generate's prompt and mask, from_pretrained's keywords and shapes, logits_to_keep
+# Found next to those: generate's prompt and mask, from_pretrained's keywords and shapes, logits_to_keep
 # positions, the config's dtype.
 
 
-def test_extra_generate_prompt_must_be_batch_by_time():
+def test_generate_prompt_must_be_batch_by_time():
     model = tiny_model()
     with pytest.raises(ValueError, match=r"generate takes inputs as a tensor \[B, T\] of token ids.*\[6\]"):
         model.generate(ids(1, 6)[0], max_new_tokens=2)
@@ -404,7 +405,7 @@ def test_extra_generate_prompt_must_be_batch_by_time():
     assert model.generate(ids(2, 6), max_new_tokens=2, do_sample=False).shape == (2, 8)
 
 
-def test_extra_generate_attention_mask_of_the_wrong_shape_is_named():
+def test_generate_attention_mask_of_the_wrong_shape_is_named():
     model = tiny_model()
     with pytest.raises(ValueError, match=r"attention_mask must have the prompt's shape \[B, T\] = \[2, 6\].*\[2, 5\]"):
         model.generate(ids(2, 6), attention_mask=torch.ones(2, 5, dtype=torch.long), max_new_tokens=2)
@@ -412,7 +413,7 @@ def test_extra_generate_attention_mask_of_the_wrong_shape_is_named():
         model.generate(ids(2, 6), attention_mask=torch.ones(6, dtype=torch.long), max_new_tokens=2)
 
 
-def test_extra_generate_attention_mask_row_of_padding_only_is_refused():
+def test_generate_attention_mask_row_of_padding_only_is_refused():
     model = tiny_model()
     prompt, mask = ids(3, 6), torch.ones(3, 6, dtype=torch.long)
     mask[1] = 0
@@ -423,7 +424,7 @@ def test_extra_generate_attention_mask_row_of_padding_only_is_refused():
     assert model.generate(prompt, attention_mask=mask, max_new_tokens=2, pad_token_id=PAD).shape == (3, 8)
 
 
-def test_extra_from_pretrained_misspelt_keyword_is_refused(tmp_path):
+def test_from_pretrained_misspelt_keyword_is_refused(tmp_path):
     folder = saved(tmp_path, tiny_model(retention="reset"))
     for load in (ProbSeqForCausalLM.from_pretrained, AutoModelForCausalLM.from_pretrained,
                  ProbSeqModel.from_pretrained):
@@ -444,7 +445,7 @@ def test_extra_from_pretrained_misspelt_keyword_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("field,size", [("vocab_size", 62), ("hidden_size", 64)])
-def test_extra_config_sizes_that_do_not_match_the_weights_are_named(tmp_path, field, size):
+def test_config_sizes_that_do_not_match_the_weights_are_named(tmp_path, field, size):
     model = tiny_model()
     folder = saved(tmp_path, model)
     edit_config(folder, **{field: size})
@@ -459,7 +460,7 @@ def test_extra_config_sizes_that_do_not_match_the_weights_are_named(tmp_path, fi
     assert getattr(loaded.config, field) == size and info["mismatched_keys"]
 
 
-def test_extra_logits_to_keep_positions_out_of_range_are_named():
+def test_logits_to_keep_positions_out_of_range_are_named():
     model = tiny_model()
     with pytest.raises(ValueError, match=r"logits_to_keep\[0\] = 10.*\[-6, 6\).*T = 6"):
         model(ids(2, 6), logits_to_keep=torch.tensor([10]))
@@ -470,7 +471,7 @@ def test_extra_logits_to_keep_positions_out_of_range_are_named():
     assert model(ids(2, 6), logits_to_keep=torch.tensor([], dtype=torch.long)).logits.shape == (2, 0, VOCAB)
 
 
-def test_extra_config_dtype_name_is_checked():
+def test_config_dtype_name_is_checked():
     for name in ("dtype", "torch_dtype"):
         with pytest.raises(ValueError, match=r"^dtype must be None, a torch\.dtype.*'float32'.*'floatxx'"
                            .replace("^dtype", f"^{name}")):
@@ -481,7 +482,7 @@ def test_extra_config_dtype_name_is_checked():
     assert ProbSeqConfig(**tiny_kwargs(), dtype=torch.float16).dtype == torch.float16
 
 
-def test_extra_forward_misspelt_keyword_is_refused():
+def test_forward_misspelt_keyword_is_refused():
     model = tiny_model()
     mask = torch.ones(2, 6, dtype=torch.long)
     with pytest.raises(ValueError, match=r"ProbSeqForCausalLM\.forward.*'attention_maks' \(did you mean "

@@ -1,6 +1,7 @@
-"""Reliability of training and the experiment caches (issue 18, rows 1 and 7, and problems of the same class):
-a diverging run stops with a message and is recorded as diverged, results files are strict JSON, and a cache file
-with the wrong content is an error that names the file. Tiny configs: the whole file runs in well under a minute."""
+"""Reliability of training and the experiment caches (docs/reliability.md): a diverging run stops with a message
+and is recorded as diverged, results files are strict JSON, and a cache file with the wrong content is an error that
+names the file — cases found by a review, then problems of the same class found next to them. Tiny configs: the
+whole file runs in well under a minute."""
 
 from __future__ import annotations
 
@@ -82,9 +83,9 @@ class LoggedLosses(TrainerCallback):
             self.losses.append(logs["loss"])
 
 
-# ------------------------------------------------------------------------------------------ row 1: divergence
+# ------------------------------------------------------------------------------------------ divergence
 
-def test_row01_diverging_run_stops_at_the_step_with_a_message_naming_step_and_lr():
+def test_diverging_run_stops_at_the_step_with_a_message_naming_step_and_lr():
     logged = LoggedLosses()
     with pytest.raises(TrainingDiverged, match=r"diverged at step 2 of 4: .*not finite.*learning rate 1e\+10") as caught:
         train(tiny_config(learning_rate=1e10), callbacks=(logged,))
@@ -100,7 +101,7 @@ def test_row01_diverging_run_stops_at_the_step_with_a_message_naming_step_and_lr
     json.dumps(record, allow_nan=False)  # strict JSON as it is
 
 
-def test_row01_diverged_run_saves_no_checkpoint_of_the_diverged_weights(tmp_path):
+def test_diverged_run_saves_no_checkpoint_of_the_diverged_weights(tmp_path):
     config = tiny_config(learning_rate=1e6, output_dir=str(tmp_path / "run"), save_steps=1, save_total_limit=None)
     with pytest.raises(TrainingDiverged) as first:
         train(config)
@@ -112,13 +113,13 @@ def test_row01_diverged_run_saves_no_checkpoint_of_the_diverged_weights(tmp_path
         assert again.value.record["diverged"][key] == first.value.record["diverged"][key], key
 
 
-def test_row01_the_logged_loss_is_the_real_loss():
+def test_the_logged_loss_is_the_real_loss():
     from probseq.train.trainer import training_arguments
 
     assert training_arguments(tiny_config(), "unused").logging_nan_inf_filter is False
 
 
-def test_row01_sweep_records_the_diverged_unit_and_goes_on(tmp_path, capsys):
+def test_sweep_records_the_diverged_unit_and_goes_on(tmp_path, capsys):
     out = tmp_path / "mqar"
     assert cli.main(_cli("mqar", out, MQAR_SET)) == 0
     first = capsys.readouterr()
@@ -142,7 +143,7 @@ def test_row01_sweep_records_the_diverged_unit_and_goes_on(tmp_path, capsys):
     assert strict_json(out / "results.json")["points"] == results["points"]
 
 
-def test_row01_a_sweep_where_every_unit_diverged_says_so(tmp_path, capsys):
+def test_a_sweep_where_every_unit_diverged_says_so(tmp_path, capsys):
     out = tmp_path / "mqar"
     assert cli.main(_cli("mqar", out, [*MQAR_SET, "learning_rates=[10000000000.0]"])) == 1
     captured = capsys.readouterr()
@@ -161,7 +162,7 @@ def test_row01_a_sweep_where_every_unit_diverged_says_so(tmp_path, capsys):
     assert "| linear_attention | diverged |" in recall.format_table(results)
 
 
-def test_row01_results_files_are_strict_json(tmp_path):
+def test_results_files_are_strict_json(tmp_path):
     with pytest.raises(ValueError, match=r"units\.a\.loss is nan.*None"):
         atomic_write_json(tmp_path / "r.json", {"units": {"a": {"loss": float("nan")}}})
     with pytest.raises(ValueError, match=r"x\[1\] is inf"):
@@ -169,7 +170,7 @@ def test_row01_results_files_are_strict_json(tmp_path):
     assert not (tmp_path / "r.json").exists()
 
 
-# ------------------------------------------------------------------------------------------ row 7: cache contents
+# ------------------------------------------------------------------------------------------ cache contents
 
 def _first_unit_cache(config, out: Path) -> Path:
     unit = config.units()[0]
@@ -178,7 +179,7 @@ def _first_unit_cache(config, out: Path) -> Path:
 
 @pytest.mark.parametrize("content", list(BAD_CONTENTS.values()), ids=list(BAD_CONTENTS))
 @pytest.mark.parametrize("experiment", ["mqar", "recall"])
-def test_row07_sweep_cache_with_wrong_content_is_an_error_naming_the_file(tmp_path, capsys, experiment, content):
+def test_sweep_cache_with_wrong_content_is_an_error_naming_the_file(tmp_path, capsys, experiment, content):
     module = mqar if experiment == "mqar" else recall
     overrides = MQAR_SET if experiment == "mqar" else RECALL_SET
     path = _first_unit_cache(apply_overrides(module.PRESETS["quick"], overrides), tmp_path / "out")
@@ -190,7 +191,7 @@ def test_row07_sweep_cache_with_wrong_content_is_an_error_naming_the_file(tmp_pa
     assert "training" not in err
 
 
-def test_row07_sweep_cache_missing_what_the_tables_need_is_an_error_naming_it(tmp_path, capsys):
+def test_sweep_cache_missing_what_the_tables_need_is_an_error_naming_it(tmp_path, capsys):
     config = apply_overrides(mqar.PRESETS["quick"], [*MQAR_SET, "learning_rates=[0.01]"])
     out = tmp_path / "out"
     assert cli.main(_cli("mqar", out, [*MQAR_SET, "learning_rates=[0.01]"])) == 0
@@ -213,7 +214,7 @@ def test_row07_sweep_cache_missing_what_the_tables_need_is_an_error_naming_it(tm
                                      {"x": [1.0, 2.0], "metrics": {"error": {"mean": [1.0], "ci95": [0.1],
                                                                             "theory": None, "agreement": None}}}],
                          ids=["list", "empty", "null-metrics", "metric-empty", "length"])
-def test_row07_collision_cache_with_wrong_content_is_an_error_naming_the_file(tmp_path, content):
+def test_collision_cache_with_wrong_content_is_an_error_naming_the_file(tmp_path, content):
     cache = ResultCache(tmp_path, TINY_COLLISION)
     first = f"{next(iter(collision.SCENARIOS))}--linear_attention"
     cache.put(first, content)
@@ -226,7 +227,7 @@ def test_row07_collision_cache_with_wrong_content_is_an_error_naming_the_file(tm
                                       "ci_high": 1.0, "samples": 1, "prompt_tokens": 60.0, "seconds": 1.0,
                                       "predictions": []}],
                          ids=["list", "empty", "missing-keys", "other-task"])
-def test_row07_ruler_cache_with_wrong_content_is_an_error_naming_the_file(tmp_path, monkeypatch, content):
+def test_ruler_cache_with_wrong_content_is_an_error_naming_the_file(tmp_path, monkeypatch, content):
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text("{}")
@@ -239,7 +240,7 @@ def test_row07_ruler_cache_with_wrong_content_is_an_error_naming_the_file(tmp_pa
         ruler_eval.run_ruler(config, tmp_path / "out")
 
 
-def test_row07_reproduce_cache_with_wrong_content_is_an_error_naming_the_file(tmp_path, monkeypatch):
+def test_reproduce_cache_with_wrong_content_is_an_error_naming_the_file(tmp_path, monkeypatch):
     config = reproduce.ReproduceConfig(preset="quick")
     for content in ([], {}, {"value": None, "seconds": 1.0}, {"value": [{"rel_error": "small"}], "seconds": 1.0}):
         ResultCache(tmp_path, config).put("unification", content)
@@ -250,7 +251,7 @@ def test_row07_reproduce_cache_with_wrong_content_is_an_error_naming_the_file(tm
 
 # ------------------------------------------------------------------------------------------ the same class, elsewhere
 
-def test_extra_cache_file_that_is_not_text_names_the_file(tmp_path):
+def test_cache_file_that_is_not_text_names_the_file(tmp_path):
     cache = ResultCache(tmp_path, TINY_COLLISION)
     cache.folder.mkdir(parents=True)
     (cache.folder / "unit.json").write_bytes(b"\xff\xfe\x00garbage")
@@ -261,7 +262,7 @@ def test_extra_cache_file_that_is_not_text_names_the_file(tmp_path):
         cache.get("unit")
 
 
-def test_extra_cached_unit_holding_nan_from_an_undetected_divergence_is_refused(tmp_path, capsys):
+def test_cached_unit_holding_nan_from_an_undetected_divergence_is_refused(tmp_path, capsys):
     # what a sweep wrote before divergence was detected: accuracy 0, a bare NaN eval loss
     config = apply_overrides(mqar.PRESETS["quick"], [*MQAR_SET, "learning_rates=[0.01]"])
     path = _first_unit_cache(config, tmp_path / "out")
@@ -275,7 +276,7 @@ def test_extra_cached_unit_holding_nan_from_an_undetected_divergence_is_refused(
     assert str(path) in err and "metrics.eval.valid_T16_k2.loss" in err and "NaN" in err
 
 
-def test_extra_non_finite_override_is_refused():
+def test_non_finite_override_is_refused():
     with pytest.raises(ValueError, match="warmup must be a finite number"):
         apply_overrides(mqar.PRESETS["quick"], ["warmup=NaN"])
     with pytest.raises(ValueError, match=r"learning_rates\[0\] must be a finite number"):
@@ -288,7 +289,7 @@ def test_extra_non_finite_override_is_refused():
         from_dict(TrainConfig, {"learning_rate": float("inf")})
 
 
-def test_extra_evaluation_loss_that_overflows_is_a_divergence_not_an_accuracy():
+def test_evaluation_loss_that_overflows_is_a_divergence_not_an_accuracy():
     class BreakTheModel(TrainerCallback):  # finite training, then weights whose logits are not finite
         def on_train_end(self, args, state, control, model=None, **kwargs):
             with torch.no_grad():
@@ -302,7 +303,7 @@ def test_extra_evaluation_loss_that_overflows_is_a_divergence_not_an_accuracy():
     json.dumps(record, allow_nan=False)
 
 
-def test_extra_run_config_file_with_wrong_content_names_the_file(tmp_path):
+def test_run_config_file_with_wrong_content_names_the_file(tmp_path):
     for content in ("[]", '"text"', "{"):
         (tmp_path / "probseq_train_config.json").write_text(content)
         with pytest.raises(ValueError, match="probseq_train_config.json"):
@@ -312,13 +313,13 @@ def test_extra_run_config_file_with_wrong_content_names_the_file(tmp_path):
             check_run_config(tmp_path, {"tokens": 1})
 
 
-def test_extra_csv_rows_with_different_columns_keep_every_column(tmp_path):
+def test_csv_rows_with_different_columns_keep_every_column(tmp_path):
     write_csv(tmp_path / "runs.csv", [{"unit": "a", "status": "diverged"}, {"unit": "b", "status": "ok", "acc": 0.5}])
     rows = list(csv.DictReader((tmp_path / "runs.csv").open()))
     assert rows == [{"unit": "a", "status": "diverged", "acc": ""}, {"unit": "b", "status": "ok", "acc": "0.5"}]
 
 
-def test_extra_background_results_with_wrong_content_name_the_file(tmp_path):
+def test_background_results_with_wrong_content_name_the_file(tmp_path):
     saved = tmp_path / "experiments" / "mqar_cpu" / "results.json"
     saved.parent.mkdir(parents=True)
     for content in ("[]", '{"points": {}}', "{"):
@@ -327,13 +328,13 @@ def test_extra_background_results_with_wrong_content_name_the_file(tmp_path):
             reproduce._learned("mqar", reproduce.ReproduceConfig(preset="cpu"), tmp_path / "out")
 
 
-def test_extra_read_json_refuses_non_finite_numbers(tmp_path):
+def test_read_json_refuses_non_finite_numbers(tmp_path):
     (tmp_path / "a.json").write_text('{"a": [1, NaN]}')
     with pytest.raises(ValueError, match=r"a.json.*a\[1\] is NaN"):
         read_json(tmp_path / "a.json")
 
 
-def test_extra_fp16_overflow_steps_are_not_divergence():
+def test_fp16_overflow_steps_are_not_divergence():
     from types import SimpleNamespace
 
     from transformers import TrainerControl, TrainerState
@@ -356,7 +357,7 @@ def test_extra_fp16_overflow_steps_are_not_divergence():
     assert guard.diverged["cause"] == "the loss" and math.isnan(guard.diverged["loss"])
 
 
-def test_extra_cached_token_array_that_is_not_one_names_the_file(tmp_path):
+def test_cached_token_array_that_is_not_one_names_the_file(tmp_path):
     import numpy as np
 
     from probseq.train.pretrain import load_token_array
@@ -370,7 +371,7 @@ def test_extra_cached_token_array_that_is_not_one_names_the_file(tmp_path):
             load_token_array(tmp_path / name)
 
 
-def test_extra_pretrain_summary_line_when_no_validation_loss_was_measured(monkeypatch, capsys, tmp_path):
+def test_pretrain_summary_line_when_no_validation_loss_was_measured(monkeypatch, capsys, tmp_path):
     from types import SimpleNamespace
 
     from probseq.experiments import distillation as distillation_cli
@@ -379,12 +380,12 @@ def test_extra_pretrain_summary_line_when_no_validation_loss_was_measured(monkey
     log = {"num_parameters": 10, "tokens": 100, "steps": 2, "seconds_per_step": 0.5, "tokens_per_second": 100.0,
            "valid_loss": None}
     monkeypatch.setattr(pretrain_module, "pretrain", lambda config, out: log)
-    args = SimpleNamespace(config="tiny", set=[], out=tmp_path)
+    args = SimpleNamespace(preset="tiny", set=[], out=tmp_path)
     assert distillation_cli.pretrain_main(args) == 0
     assert "valid loss n/a" in capsys.readouterr().out
 
 
-def test_row01_diverging_pretraining_stops_and_exports_nothing(tmp_path, monkeypatch):
+def test_diverging_pretraining_stops_and_exports_nothing(tmp_path, monkeypatch):
     from test_distill import write_fake_corpus
 
     from probseq.data import corpus as corpus_lib
@@ -401,14 +402,14 @@ def test_row01_diverging_pretraining_stops_and_exports_nothing(tmp_path, monkeyp
     assert max(int(p.name.split("-")[1]) for p in (tmp_path / "out" / "checkpoints").glob("checkpoint-*")) == 2
 
 
-def test_extra_collision_config_refuses_non_finite_numbers():
+def test_collision_config_refuses_non_finite_numbers():
     for field, value in (("noise_std", float("nan")), ("collision_rho", float("nan")), ("rhos", (0.0, float("nan"))),
                          ("noise_std", float("inf"))):
         with pytest.raises(ValueError, match=f"{field}.* must be a finite number"):
             dataclasses.replace(TINY_COLLISION, **{field: value})
 
 
-def test_extra_uncertainty_refuses_a_variance_that_is_not_finite():
+def test_uncertainty_refuses_a_variance_that_is_not_finite():
     from types import SimpleNamespace
 
     from probseq.experiments.uncertainty import layer_variances
@@ -427,7 +428,7 @@ def test_extra_uncertainty_refuses_a_variance_that_is_not_finite():
         layer_variances(Model(), [1, 2, 3, 4])
 
 
-def test_extra_ruler_model_config_with_wrong_content_names_the_file(tmp_path):
+def test_ruler_model_config_with_wrong_content_names_the_file(tmp_path):
     (tmp_path / "config.json").write_text("[]")
     with pytest.raises(ValueError, match="config.json must hold a model config"):
         ruler_eval.load_model(tmp_path)
@@ -436,9 +437,9 @@ def test_extra_ruler_model_config_with_wrong_content_names_the_file(tmp_path):
         ruler_eval.load_model(tmp_path)
 
 
-# ------------------------------------------------------------------------------------------ follow-up (reviewer's cases)
+# ------------------------------------------------------------------------------------------ found next to them
 
-def test_extra_every_unit_diverged_at_a_single_test_point_still_writes_results_and_exits_1(tmp_path, capsys):
+def test_every_unit_diverged_at_a_single_test_point_still_writes_results_and_exits_1(tmp_path, capsys):
     # one test point inside training: nothing lands on the log axes (matplotlib refused an empty log axis, exit 2)
     out = tmp_path / "mqar"
     assert cli.main(_cli("mqar", out, [*MQAR_SET, "learning_rates=[10000000000.0]", "test_segments=[[16,2]]"])) == 1
@@ -453,7 +454,7 @@ def test_extra_every_unit_diverged_at_a_single_test_point_still_writes_results_a
         assert (out / name).stat().st_size > 0
 
 
-def test_extra_mqar_plots_with_every_test_point_beyond_training(tmp_path):
+def test_mqar_plots_with_every_test_point_beyond_training(tmp_path):
     # the state plot showed the largest test point inside training: max() of nothing when there is none
     config = apply_overrides(mqar.PRESETS["quick"], [*MQAR_SET, "learning_rates=[0.01]", "test_segments=[[32,4]]"])
     results = mqar.run_mqar(config, tmp_path, log=lambda line: None)
@@ -463,7 +464,7 @@ def test_extra_mqar_plots_with_every_test_point_beyond_training(tmp_path):
 
 
 @pytest.mark.parametrize("change", ["length", "x-values"])
-def test_extra_collision_cache_for_other_x_values_is_refused_naming_the_file(tmp_path, change):
+def test_collision_cache_for_other_x_values_is_refused_naming_the_file(tmp_path, change):
     # curves of one length that is not the config's gave an IndexError in format_table; other x values of the
     # right length were shown as if they were this config's
     collision.run_collision(TINY_COLLISION, tmp_path)
@@ -486,7 +487,7 @@ OUT_OF_RANGE = [("accuracy", 7.5), ("accuracy", -0.1), ("all_correct", 1.5), ("e
 
 
 @pytest.mark.parametrize("experiment", ["mqar", "recall"])
-def test_extra_sweep_cache_with_out_of_range_values_is_refused_naming_file_and_field(tmp_path, capsys, experiment):
+def test_sweep_cache_with_out_of_range_values_is_refused_naming_file_and_field(tmp_path, capsys, experiment):
     # an accuracy of 7.5 (or a negative count) was read from the cache and shown in the tables
     module = mqar if experiment == "mqar" else recall
     overrides = [*(MQAR_SET if experiment == "mqar" else RECALL_SET), "learning_rates=[0.01]"]

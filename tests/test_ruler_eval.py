@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -109,6 +110,13 @@ def test_scores_reference_answers_100_and_resumes_per_unit(model_dir, tmp_path, 
     monkeypatch.setattr(ruler_eval, "load_model", lambda *a, **k: pytest.fail("the model was loaded again"))
     again = run_ruler(config(model_dir), out)
     assert again["units"] == results["units"] and seen == [3, 3]
+    # so does one with other batches and threads (they change no unit); other samples, seed or dtype are refused
+    assert run_ruler(config(model_dir, batch_size=3, num_threads=2), out)["units"] == results["units"]
+    for model, change, shown in ((model_dir, {"samples": 4}, "samples (3 there, 4 now)"),
+                                 (model_dir, {"seed": 1}, "seed (42 there, 1 now)"),
+                                 (out, {}, "model (")):
+        with pytest.raises(ValueError, match=re.escape(shown) + ".*use another --out"):
+            run_ruler(config(model, **change), out)
     # a new length is one more unit; the old ones stay cached
     monkeypatch.undo()
     monkeypatch.setattr(ruler_eval, "complete", oracle)

@@ -56,6 +56,11 @@ def test_random_model_end_to_end(tmp_path, capsys):
     assert "randomly initialised" in title and title == results["title"]
     assert results["randomly_initialised"] and results["tokenizer"] == "bytes" and results["notes"] == []
     assert "randomly initialised" in capsys.readouterr().out
+    # the same command again rewrites its own results; another text into the same --out is refused
+    assert main(["uncertainty", "--text", TEXT, "--out", str(out)]) == 0
+    assert main(["uncertainty", "--text", "Another text.", "--out", str(out)]) == 2
+    assert 'text ("' in capsys.readouterr().err
+    assert read_outputs(out)[1]["tokens"] == results["tokens"]
 
 
 def test_checkpoint_with_attention_layer_skipped(tmp_path):

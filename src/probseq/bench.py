@@ -1,4 +1,4 @@
-"""``probseq bench`` — the performance protocol (README, Benchmark).
+"""``probseq bench`` — the performance protocol (README.md, "Experiments and benchmark"; measured: results/README.md).
 
 Times forward and forward+backward of each method at ``B=1, H=4, K=V=64`` (configurable), float32,
 all in one run, and reports time, tokens/s, peak memory, analytical FLOPs and achieved GFLOP/s next to
@@ -56,7 +56,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from probseq.experiments.common import apply_overrides, environment
-from probseq.files import atomic_write_json, check_writable_file
+from probseq.files import atomic_write_json, check_same_config, check_writable_file
 from probseq.ops import bayes_filter, bayes_step, superposition_filter
 from probseq.train.config import MIXER_NAMES
 
@@ -554,7 +554,8 @@ def run_bench(config: BenchConfig) -> dict:
     once = {case for case in calls if case[0] == "bayes_reference"}
     rounds = [case for case in calls if case not in once]
     runs = {case: [] for case in calls}
-    with tqdm(total=len(rounds) * (config.warmup + config.repeats) + len(once), desc="bench", file=sys.stderr) as bar:
+    with tqdm(total=len(rounds) * (config.warmup + config.repeats) + len(once), desc="bench", file=sys.stderr,
+              disable=None) as bar:  # disable=None: a bar on a terminal only, not in a log
         for round_ in range(config.warmup + config.repeats):
             for case in rounds:
                 seconds = _timed(calls[case])
@@ -565,7 +566,7 @@ def run_bench(config: BenchConfig) -> dict:
             runs[case].append(_timed(calls[case]))
             bar.update()
     measurements = []
-    for case, call in tqdm(calls.items(), desc="memory", file=sys.stderr):
+    for case, call in tqdm(calls.items(), desc="memory", file=sys.stderr, disable=None):
         # Token loops: the profiler's per-operation cost would dominate (75 s for T = 4096), and
         # their memory is the O(K² + KV) state plus the outputs.
         profiled = case[0] not in ("bayes_reference", "bayes_recurrent", "generate_step")
@@ -622,8 +623,9 @@ def main(args) -> int:
         config = dataclasses.replace(config, cases="layer")
     if args.mqar:
         config = dataclasses.replace(config, cases="mqar")
-    if args.out:
-        check_writable_file(args.out)  # before the run, not after it
+    if args.out:  # before the run, not after it: writable, and not the measurements of another config
+        check_writable_file(args.out)
+        check_same_config(args.out, config)
     results = run_bench(config)
     print(format_tables(results))
     if args.out:

@@ -36,12 +36,13 @@ def command_function(target: str):
 def run(args: argparse.Namespace) -> int:
     """Run a parsed command; a ``ValueError`` (bad input) or a missing optional package (an extra not installed)
     becomes a one-line error and exit code 2, Ctrl-C a line that says how to resume (exit code 130), none a
-    traceback."""
+    traceback. When stderr is not a terminal the command draws no progress bars (:mod:`probseq.console`)."""
+    from probseq.console import command_output
     from probseq.cpu import flush_subnormals, keep_freed_memory
 
     keep_freed_memory()  # with subnormals flushed: the same results, faster (probseq.cpu)
     try:
-        with flush_subnormals():
+        with flush_subnormals(), command_output():  # no library progress bars in a log (probseq.console)
             return command_function(args.run)(args) or 0
     except ValueError as error:
         print(f"probseq {args.command}: error: {error}", file=sys.stderr)

@@ -1,5 +1,6 @@
 """Atomic file writes (a reader, a second writer or an interruption never leaves half a file), strict JSON in
-and out, checks of what a JSON file holds, and the check that an output folder is writable before any work.
+and out, checks of what a JSON file holds, and the checks before any work that an output folder is writable and
+holds no results of another config (:func:`check_same_config`).
 
 Each writer goes to a temporary file in the target's folder, fsyncs it and renames it over the target
 (``os.replace`` is atomic on one filesystem). Used for every result, metric, log and figure that a resumed
@@ -22,7 +23,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 
 def _umask() -> int:
@@ -259,6 +260,60 @@ def check_writable_file(path: str | os.PathLike) -> Path:
     return path
 
 
+def check_same_config(results: str | os.PathLike, config: Any, *, ignore: Iterable[str] = (),
+                      option: str = "--out") -> None:
+    """Refuse to write the results of ``config`` over the results of another config.
+
+    ``results`` is the results file a run writes (``OUT/results.json``; ``bench``'s ``--out`` file), whose
+    ``"config"`` holds the config (a dataclass, as :func:`json_default` writes it) that produced it. Absent, or
+    written by the same config, it is fine: the run resumes or rewrites its own results. Otherwise a
+    ``ValueError`` names the fields that differ, with both values, and says what to do (another ``option``, or
+    delete the file). Fields in ``ignore`` do not count (settings that change no result, e.g. ``num_threads``);
+    a field missing from the saved config (written before the field existed) counts as the field's default.
+    Call it before any work."""
+    path = Path(results)
+    if not path.exists():
+        return
+    advice = f"use another {option}, or delete {path} to replace those results"
+    saved = read_json(path, advice)
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise ValueError(f"{path} holds no config to compare with (results of another command?); {advice}")
+    ignored = set(ignore)
+    old = {key: value for key, value in {**_field_defaults(config), **saved["config"]}.items() if key not in ignored}
+    new = {key: value for key, value in _as_json(config).items() if key not in ignored}
+    differing = [f"{key} ({_shown_value(old.get(key, _ABSENT))} there, {_shown_value(new.get(key, _ABSENT))} now)"
+                 for key in sorted(set(old) | set(new)) if old.get(key, _ABSENT) != new.get(key, _ABSENT)]
+    if differing:
+        raise ValueError(f"{path} holds the results of another config, which differs in {'; '.join(differing)}; "
+                         f"{advice}")
+
+
+_ABSENT = object()
+
+
+def _as_json(value: Any) -> Any:
+    """``value`` as it reads back from a JSON file (dataclasses as dicts, tuples as lists)."""
+    return json.loads(json.dumps(value, default=json_default))
+
+
+def _field_defaults(config: Any) -> dict[str, Any]:
+    """The default of every field of the dataclass ``config`` that has one, as JSON."""
+    defaults = {}
+    for field in dataclasses.fields(config):
+        if field.default is not dataclasses.MISSING:
+            defaults[field.name] = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            defaults[field.name] = field.default_factory()
+    return _as_json(defaults)
+
+
+def _shown_value(value: Any) -> str:
+    if value is _ABSENT:
+        return "absent"
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def json_default(obj: Any) -> Any:
     """``json.dumps(default=…)``: dataclasses as dicts, paths as strings, tensors and arrays as lists."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
@@ -271,5 +326,5 @@ def json_default(obj: Any) -> Any:
 
 
 __all__ = ["NUMBER", "ListOf", "MapOf", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
-           "check_writable", "check_writable_file", "finite_or_none", "json_default", "json_problem", "nonfinite_path",
-           "nonfinite_to_none", "read_json", "save_figure"]
+           "check_same_config", "check_writable", "check_writable_file", "finite_or_none", "json_default",
+           "json_problem", "nonfinite_path", "nonfinite_to_none", "read_json", "save_figure"]

@@ -1,9 +1,9 @@
 """Independent implementations of named models that share nothing with the filter recursion.
 
 Used by the unification tests and by ``probseq demo`` to show that each preset *is* its named model
-(CONVENTIONS 4): Mamba-2's SSD in its quadratic (attention) form, Longhorn's online-regression
-``argmin`` solved densely, and — when installed — flash-linear-attention's pure-PyTorch references
-(test-only dependency). All run in float64 on small inputs.
+(docs/numerics.md, "How the tests compare numbers"; docs/design-model.md §8): Mamba-2's SSD in its quadratic
+(attention) form, Longhorn's online-regression ``argmin`` solved densely, and — when installed —
+flash-linear-attention's pure-PyTorch references (test-only dependency). All run in float64 on small inputs.
 """
 
 from __future__ import annotations

@@ -3,14 +3,16 @@ transformers: seconds), so that ``probseq <command> --help`` and a mistyped argu
 
 Each command names the function that runs it as ``"module:function"`` (``args.run``); :func:`probseq.cli.run`
 imports that module only then. The descriptions are the docstrings of those modules, read from their source
-files. Choices that mirror a module's constants (presets, dtypes, retentions, RULER tasks) are checked against
-them by ``tests/test_cli.py``.
+files and shown as plain text (:func:`plain_text`: no reST markup in ``--help``). Choices that mirror a module's
+constants (presets, dtypes, retentions, RULER tasks) are checked against them by ``tests/test_cli.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import re
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "probseq"  # installed or editable, the two are siblings
@@ -24,6 +26,23 @@ CONVERT_DTYPES = ("float32", "bfloat16", "float16", "float64")  # probseq.intero
 RULER_DTYPES = ("float32", "bfloat16", "float16")  # probseq.experiments.ruler_eval.DTYPES
 RULER_TASKS = ("niah_single_1", "niah_multikey_2", "niah_multikey_3", "vt", "cwe", "fwe")  # ruler_eval.DEFAULT_TASKS
 RECALL_KNOBS = ("num_pairs", "gap", "collisions", "key_noise")  # the RecallConfig fields of recall.KNOBS
+LM_PRESETS = ("tiny", "small", "340m")  # probseq.train.pretrain.PRESETS, probseq.train.distill.PRESETS
+
+#: ``--out`` of the commands that write a results folder (probseq.files.check_same_config).
+OUT_HELP = "output folder: the same command resumes there; results of another config there are refused"
+
+#: A reST role (:class:`x`, :func:`~a.b`, :mod:`text <target>`): ``~`` (last name only), the text.
+_ROLE = re.compile(r":[a-z]+:`(~?)([^`<]*?)\s*(?:<[^`>]*>)?`")
+#: An inline literal (``x``).
+_LITERAL = re.compile(r"``(.+?)``", flags=re.DOTALL)
+
+
+def plain_text(doc: str) -> str:
+    """A docstring as ``--help`` shows it: reST roles reduced to their text (``:class:`~probseq.models.X``` → ``X``,
+    ``:func:`a.b``` → ``a.b``, ``:mod:`text <target>``` → ``text``) and inline literals to their content; the rest
+    as written."""
+    doc = _ROLE.sub(lambda match: match.group(2).rsplit(".", 1)[-1] if match.group(1) else match.group(2), doc)
+    return _LITERAL.sub(r"\1", doc)
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -135,14 +154,35 @@ def add_eval(parser: argparse.ArgumentParser, experiment: str, point_type, point
 
 
 def module_doc(module: str, first_paragraph: bool = False) -> str:
-    """The docstring of ``probseq.<module>`` (e.g. ``"experiments.mqar"``), read from its source, not imported
-    (``""`` where the installation has no source files)."""
+    """The docstring of ``probseq.<module>`` (e.g. ``"experiments.mqar"``), read from its source, not imported, as
+    plain text (:func:`plain_text`; ``""`` where the installation has no source files)."""
     try:
         source = (PACKAGE / (module.replace(".", "/") + ".py")).read_text("utf-8")
     except OSError:
         return ""
     doc = ast.get_docstring(ast.parse(source)) or ""
-    return doc.split("\n\n")[0] if first_paragraph else doc
+    return plain_text(doc.split("\n\n")[0] if first_paragraph else doc)
+
+
+class DeprecatedAlias(argparse.Action):
+    """A hidden old spelling of an option (``probseq pretrain --config`` for ``--preset``): it still works, stores
+    into the new option's ``dest`` and says on stderr which option to use instead."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        super().__init__(option_strings, dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog}: {option_string} is deprecated, use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_lm_preset(parser: argparse.ArgumentParser) -> None:
+    """``--preset tiny|small|340m`` of pretrain and distill (``--config``: its deprecated old name)."""
+    parser.add_argument("--preset", choices=LM_PRESETS, default="small",
+                        help="tiny: a smoke test (seconds); small: the CPU teacher (hours); 340m: fla's Gated DeltaNet "
+                             "340M layout, a GPU run (default small)")
+    parser.add_argument("--config", dest="preset", choices=LM_PRESETS, action=DeprecatedAlias, new="--preset")
 
 
 def add_overrides(parser: argparse.ArgumentParser, help: str, dest: str = "overrides",
@@ -168,7 +208,7 @@ def add_collision(commands) -> None:
         "collision", help="collision study: simulation vs closed-form theory (the paper's collision study)",
         description="Collision study (the paper's collision study): linear attention, DeltaNet, Gated DeltaNet and "
                     "the Bayesian Layer on colliding writes, against the closed forms of docs/theory.md.")
-    parser.add_argument("--out", required=True, type=Path, help="output folder (resumes if it has a cache)")
+    parser.add_argument("--out", required=True, type=Path, help=OUT_HELP)
     parser.add_argument("--preset", choices=COLLISION_PRESETS, default="quick")
     parser.add_argument("--seed", type=int, default=0)
     add_overrides(parser, "override a CollisionConfig field (repeatable), e.g. --set trials=512")
@@ -176,10 +216,11 @@ def add_collision(commands) -> None:
 
 
 def add_bench(commands) -> None:
-    parser = commands.add_parser("bench", help="time the filters against their peers (README, Benchmark)",
+    parser = commands.add_parser("bench", help="time the filters, layers and training steps against their peers",
                                  description=module_doc("bench"), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=BENCH_PRESETS, default="quick")
-    parser.add_argument("--out", default=None, help="write the results JSON here")
+    parser.add_argument("--out", default=None,
+                        help="write the results JSON here (a file holding the results of another config is refused)")
     parser.add_argument("--layer", action="store_true",
                         help="only the layer and generation cases (Bayesian Layer vs Gated DeltaNet layer, filter share, "
                              "time per generated token)")
@@ -195,7 +236,7 @@ def add_uncertainty(commands) -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="save_pretrained folder (omit: a randomly initialised model)")
     parser.add_argument("--text", required=True, help="the text to read")
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--out", required=True, help=OUT_HELP)
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model's, else UTF-8 bytes)")
     parser.add_argument("--seed", type=int, default=0, help="seed of a random initialisation")
     parser.set_defaults(run="probseq.experiments.uncertainty:main")
@@ -206,7 +247,7 @@ def add_mqar(commands) -> None:
                                  description=module_doc("experiments.mqar", first_paragraph=True)
                                  + " Resumable: rerun the same command.",
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, help="output folder (resumes if it has a cache); required")
+    parser.add_argument("--out", type=Path, help=OUT_HELP + "; required")
     parser.add_argument("--preset", choices=EXPERIMENT_PRESETS, default="quick",
                         help="quick: CPU demo (minutes); cpu: hours on 2 cores; paper: Zoology's grid for a GPU")
     add_overrides(parser, "override an MQARConfig field (repeatable), e.g. --set 'mixers=[\"bayesian\"]'")
@@ -218,7 +259,7 @@ def add_recall(commands) -> None:
     parser = commands.add_parser("recall", help="learned associative recall inside and beyond the training regime",
                                  description=module_doc("experiments.recall", first_paragraph=True)
                                  + " Resumable: rerun the same command.")
-    parser.add_argument("--out", type=Path, help="output folder (resumes if it has a cache); required")
+    parser.add_argument("--out", type=Path, help=OUT_HELP + "; required")
     parser.add_argument("--preset", choices=EXPERIMENT_PRESETS, default="quick",
                         help="quick: CPU demo (minutes); cpu: hours on 2 cores; paper: a GPU")
     add_overrides(parser, "override a RecallExperiment field (repeatable), e.g. --set max_steps=500")
@@ -232,7 +273,7 @@ def add_reproduce(commands, name: str = "reproduce",
                   help: str = "reproduce the paper's claims → OUT/REPORT.md") -> None:
     parser = commands.add_parser(name, help=help, description=module_doc("experiments.reproduce"),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="reports/demo", help="output folder (resumes if it has a cache)")
+    parser.add_argument("--out", default="reports/demo", help=OUT_HELP)
     parser.add_argument("--preset", choices=REPRODUCE_PRESETS, default="quick",
                         help="quick: minutes on CPU (make demo); cpu: reads the background cpu runs")
     parser.add_argument("--seed", type=int, default=0)
@@ -282,8 +323,10 @@ probseq.train.distill.DistillConfig, e.g. --set stage1_fraction=0.5 retention_in
 def add_pretrain(commands) -> None:
     parser = commands.add_parser("pretrain", help="pretrain a Gated DeltaNet LM on the offline corpus, export as fla",
                                  description=PRETRAIN_HELP)
-    parser.add_argument("--config", default="small", help="preset: tiny, small or 340m (default small)")
-    parser.add_argument("--out", required=True, type=Path, help="output folder (the fla checkpoint)")
+    add_lm_preset(parser)
+    parser.add_argument("--out", required=True, type=Path,
+                        help="output folder (the fla checkpoint): the same command resumes there, another config "
+                             "is refused")
     add_overrides(parser, "override config fields", dest="set")
     parser.set_defaults(run="probseq.experiments.distillation:pretrain_main")
 
@@ -292,11 +335,12 @@ def add_distill(commands) -> None:
     parser = commands.add_parser("distill", help="distil an fla GDN teacher into Bayesian Layers (or the GDN baseline)",
                                  description=DISTILL_HELP)
     parser.add_argument("--teacher", required=True, type=Path, help="the fla Gated DeltaNet directory")
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="output folder: the same command resumes there, another config is refused")
     parser.add_argument("--tokens", required=True, type=token_count,
                         help="token budget of both stages (e.g. 5000000 or 5M)")
     parser.add_argument("--baseline", action="store_true", help="fine-tune the GDN teacher instead (matched compute)")
-    parser.add_argument("--config", default="small", help="preset: tiny, small or 340m (default small)")
+    add_lm_preset(parser)
     add_overrides(parser, "override config fields", dest="set")
     parser.set_defaults(run="probseq.experiments.distillation:distill_main")
 
@@ -309,7 +353,7 @@ def add_ruler(commands) -> None:
     parser.add_argument("--tasks", nargs="+", default=[",".join(RULER_TASKS)], help="tasks (space or comma separated)")
     parser.add_argument("--lengths", nargs="+", default=["512,1024,2048,4096"], help="context lengths in tokens")
     parser.add_argument("--samples", type=int, default=20, help="samples per task and length")
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--out", required=True, help=OUT_HELP)
     parser.add_argument("--seed", type=int, default=42, help="the generators' seed")
     parser.add_argument("--batch-size", type=int, default=4, help="prompts per generate call")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's tokens to generate")
@@ -333,8 +377,7 @@ def _version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line, in the order ``probseq --help`` lists it."""
     parser = argparse.ArgumentParser(prog="probseq",
-                                     description="The ``probseq`` command line: ``probseq <command> --help`` for each "
-                                                 "command.")
+                                     description="The probseq command line: probseq <command> --help for each command.")
     parser.add_argument("--version", action="version", version=f"probseq {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
     for add in (add_collision, add_bench, add_uncertainty, add_mqar, add_recall, add_reproduce):

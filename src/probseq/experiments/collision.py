@@ -47,7 +47,8 @@ from tqdm import tqdm
 
 from probseq import presets, theory
 from probseq.experiments.common import ResultCache, apply_overrides, environment, write_csv
-from probseq.files import NUMBER, ListOf, MapOf, atomic_write_json, check_writable, json_problem, save_figure
+from probseq.files import NUMBER, ListOf, MapOf, atomic_write_json, check_same_config, check_writable, json_problem, \
+    save_figure
 from probseq.ops import R_MIN, bayes_filter
 from probseq.types import BayesState, FilterOutput
 
@@ -522,15 +523,17 @@ def format_table(results: dict[str, Any]) -> str:
 
 def run_collision(config: CollisionConfig, out: str | Path) -> dict[str, Any]:
     """Run (or resume) the study into ``out``; write ``results.json``, ``collision.csv`` and one PNG per
-    scenario; return the results dict (JSON-serialisable)."""
+    scenario; return the results dict (JSON-serialisable). An ``out`` holding the results of another config
+    (``batch_trials`` aside, which changes no result) is refused before any work."""
     out = check_writable(out)
+    check_same_config(out / "results.json", config, ignore=("batch_trials",))
     cache = ResultCache(out, config)
     started = time.perf_counter()
     compared = models(config)
     units = [(scenario, model) for scenario in SCENARIOS for model in compared]
     scenarios: dict[str, Any] = {}
     notes = scenario_notes(config)
-    progress = tqdm(units, desc="collision", unit="unit", file=sys.stderr)
+    progress = tqdm(units, desc="collision", unit="unit", file=sys.stderr, disable=None)  # None: a terminal only
     for scenario, model in progress:
         progress.set_postfix_str(f"{scenario}/{model.name}")
         name = f"{scenario}--{model.name}"

@@ -20,7 +20,7 @@ def _loss(value: float | None) -> str:
 def pretrain_main(args) -> int:
     from probseq.train.pretrain import pretrain, pretrain_config
 
-    config = pretrain_config(args.config, args.set)
+    config = pretrain_config(args.preset, args.set)
     check_writable(args.out)
     log = pretrain(config, args.out)
     print(f"wrote {args.out}: fla GatedDeltaNetForCausalLM, {log['num_parameters']:,} parameters, "
@@ -32,7 +32,7 @@ def pretrain_main(args) -> int:
 def distill_main(args) -> int:
     from probseq.train.distill import distill, distill_config
 
-    config = distill_config(args.config, str(args.teacher), args.tokens, args.baseline, args.set)
+    config = distill_config(args.preset, str(args.teacher), args.tokens, args.baseline, args.set)
     check_writable(args.out)
     log = distill(config, args.out)
     stages = ", ".join(f"stage {s['stage']} {s['objective']} {s['steps']} steps" for s in log["stages"])

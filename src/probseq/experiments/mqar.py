@@ -1,4 +1,5 @@
-"""Zoology MQAR: which mixers recall, at which state size, inside and beyond training.
+"""Zoology MQAR: which mixers recall, at which state size, inside and beyond training (the paper's MQAR experiment;
+the results so far and their caveats: ``results/README.md``).
 
 Protocol (Arora, Eyuboglu et al., "Zoology", 2023; ``zoology/experiments/paper_configs/.../configs.py``):
 Zoology's MQAR data (:func:`probseq.tasks.multiquery_ar`: keys from the lower half of the vocabulary,

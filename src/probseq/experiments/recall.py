@@ -1,4 +1,5 @@
-"""Learned associative recall: trained inside one regime, evaluated inside and beyond it.
+"""Learned associative recall: trained inside one regime, evaluated inside and beyond it (the paper's learned-recall
+experiment; the results so far and their caveats: ``results/README.md``).
 
 Small models (:class:`probseq.models.mqar_model.ZoologyModel`, ``[short-conv block, mixer] × 2``, one
 ``d_model`` for every mixer) are trained end to end on :func:`probseq.tasks.associative_recall` with key

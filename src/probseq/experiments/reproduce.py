@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from probseq.experiments.common import ResultCache, apply_overrides, environment
-from probseq.files import NUMBER, ListOf, MapOf, atomic_write_json, atomic_write_text, check_writable, json_problem, \
-    read_json
+from probseq.files import NUMBER, ListOf, MapOf, atomic_write_json, atomic_write_text, check_same_config, \
+    check_writable, json_problem, read_json
 
 STUDIES = ("collision", "recall", "mqar")
 DEMO_TEXT = ("The key to the blue box is 4. The key to the red box is 7. The key to the blue box is 9. "
@@ -149,10 +149,12 @@ def sections(config: ReproduceConfig, out: Path) -> list[tuple[str, Callable[[],
 
 
 def run_reproduce(config: ReproduceConfig, out: str | os.PathLike, *, log=None) -> dict[str, Any]:
-    """Run (or resume) every section into ``out``; write ``REPORT.md`` and ``results.json``; return the results."""
+    """Run (or resume) every section into ``out``; write ``REPORT.md`` and ``results.json``; return the results.
+    An ``out`` holding the results of another config is refused before any work."""
     log = log or (lambda text: print(text, file=sys.stderr, flush=True))
     out = check_writable(out)
     config.validate()
+    check_same_config(out / "results.json", config)
     cache = ResultCache(out, config)
     started = time.perf_counter()
     results: dict[str, Any] = {}
@@ -381,7 +383,7 @@ def report(summary: dict[str, Any]) -> str:
     # 7 distillation, 8 efficiency
     lines += ["## 7. Distillation into Gated DeltaNet layouts, RULER", "",
               "Not run by `reproduce` (hours, and a pretrained teacher). Commands (docs/distillation.md):", "",
-              "```", "make corpus", "probseq pretrain --config small --out runs/teacher",
+              "```", "make corpus", "probseq pretrain --preset small --out runs/teacher",
               "probseq distill --teacher runs/teacher --out runs/student --tokens N",
               "probseq distill --teacher runs/teacher --out runs/baseline --tokens N --baseline",
               "probseq ruler --model runs/student --tasks … --lengths … --samples N --out runs/ruler", "```", "",

@@ -19,8 +19,10 @@ or an fla ``GatedDeltaNetForCausalLM`` folder (``model_type = "gated_deltanet"``
 
 Resumable: every finished unit is cached in ``OUT/cache/<key>/`` (the key covers the model's weights file sizes and
 times, samples, seed, new tokens and dtype), so a rerun computes only the missing units; a cache file that is not
-JSON or not a unit's record (of this task and length) is an error naming the file (delete it to recompute). An
-unwritable ``OUT`` is an error before any work.
+JSON or not a unit's record (of this task and length) is an error naming the file (delete it to recompute). Before
+any work, an unwritable ``OUT`` is an error, and so is an ``OUT`` holding the results of another model, samples,
+seed, dtype or ``--max-new-tokens`` (use another ``--out``); other ``--tasks`` or ``--lengths`` in the same ``OUT``
+evaluate only the units not cached yet, and the outputs then cover the units asked for.
 """
 
 from __future__ import annotations
@@ -40,10 +42,13 @@ from typing import Literal
 import torch
 
 from probseq.experiments.common import ResultCache, environment, write_csv
-from probseq.files import NUMBER, ListOf, atomic_write_bytes, atomic_write_json, atomic_write_text, check_writable, \
-    read_json
+from probseq.files import NUMBER, ListOf, atomic_write_bytes, atomic_write_json, atomic_write_text, check_same_config, \
+    check_writable, read_json
 
 DEFAULT_TASKS = ("niah_single_1", "niah_multikey_2", "niah_multikey_3", "vt", "cwe", "fwe")
+#: RulerConfig fields that change no unit's result: which units to evaluate (each is cached on its own, so other
+#: tasks or lengths in the same ``--out`` add units), and how (batching, device, threads, progress bars).
+CHOICE_FIELDS = ("tasks", "lengths", "batch_size", "device", "num_threads", "progress")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -62,7 +67,7 @@ class RulerConfig:
         dtype: the model's dtype during evaluation.
         device: ``"auto"`` (GPU when there is one), ``"cpu"`` or ``"cuda"``.
         num_threads: ``torch.set_num_threads`` (``None``: leave it).
-        progress: tqdm progress bars.
+        progress: tqdm progress bars (on a terminal; never in a log file).
     """
 
     model: str
@@ -172,7 +177,8 @@ def complete(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
 
     device = next(model.parameters()).device
     texts, counts = [], []
-    for start in tqdm(range(0, len(prompts), batch_size), desc="batches", leave=False, disable=not progress):
+    for start in tqdm(range(0, len(prompts), batch_size), desc="batches", leave=False,
+                      disable=None if progress else True):  # None: on a terminal only
         batch = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True)
         batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
         # use_cache=True whatever the saved config says (a Trainer saves use_cache=False): without the recurrent
@@ -261,10 +267,13 @@ def plot(units: list[dict], title: str) -> bytes:
 
 
 def run_ruler(config: RulerConfig, out: str | os.PathLike) -> dict:
-    """Evaluate ``config`` into ``out`` (resuming finished units); returns ``results.json``'s content."""
+    """Evaluate ``config`` into ``out`` (resuming finished units); returns ``results.json``'s content. An ``out``
+    holding the results of another model, samples, seed, dtype or ``max_new_tokens`` is refused before any work
+    (:data:`CHOICE_FIELDS`: other tasks or lengths only add units)."""
     from tqdm.auto import tqdm
 
     out = check_writable(out)
+    check_same_config(out / "results.json", config, ignore=CHOICE_FIELDS)
     folder = Path(config.model)
     if not folder.is_dir():
         raise ValueError(f"--model {folder} is not a folder")
@@ -277,7 +286,7 @@ def run_ruler(config: RulerConfig, out: str | os.PathLike) -> dict:
         model = tokenizer = description = None
         units = []
         todo = [(task, length) for task in config.tasks for length in config.lengths]
-        for task, length in tqdm(todo, desc="RULER units", disable=not config.progress):
+        for task, length in tqdm(todo, desc="RULER units", disable=None if config.progress else True):
             name = f"{task}-{length}"
             unit = cache.get(name, UNIT_SPEC, lambda value, t=task, n=length: _unit_problem(value, t, n))
             if unit is None:

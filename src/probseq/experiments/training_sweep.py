@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 from probseq.experiments.common import apply_overrides, environment, report_diverged, write_csv
-from probseq.files import atomic_write_json, check_writable
-from probseq.train.config import MIXER_NAMES, ModelSpec, TrainConfig
+from probseq.files import atomic_write_json, check_same_config, check_writable
+from probseq.train.config import MIXER_NAMES, RUN_ONLY_FIELDS, ModelSpec, TrainConfig
 from probseq.train.data import MQARData, RecallData
 from probseq.train.sweep import Unit, run_columns, run_units, train_seconds
 
@@ -107,8 +107,10 @@ def run_sweep(experiment: str, config: TrainingSweep, out: str | Path, *,
     times), ``<experiment>.csv`` (``csv_rows`` of the points), ``<experiment>_runs.csv`` (one row per run: its name,
     ``unit_columns`` and :func:`~probseq.train.sweep.run_columns`) and the plots (``plot(results, out)``, after
     ``results.json``: a plotting problem never costs the results). Returns the results as saved;
-    ``results["from_cache"]`` counts the units taken from the cache."""
+    ``results["from_cache"]`` counts the units taken from the cache. An ``out`` holding the results of another
+    config (run settings such as ``num_threads`` aside) is refused before any work."""
     out = check_writable(out)
+    check_same_config(out / "results.json", config, ignore=RUN_ONLY_FIELDS)
     started = time.perf_counter()
     units = config.units()
     sweep = run_units(units, experiment, out, log=log, complete=True)

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from probseq.experiments.common import environment, write_csv
-from probseq.files import atomic_write_bytes, atomic_write_json, check_writable
+from probseq.files import atomic_write_bytes, atomic_write_json, check_same_config, check_writable
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -181,8 +181,10 @@ def plot(matrix: torch.Tensor, rows: list[str], labels: list[str], title: str) -
 
 
 def run_uncertainty(config: UncertaintyConfig, out: str | os.PathLike) -> dict:
-    """Write ``variance.png``, ``variance.csv`` and ``results.json`` to ``out``; return the results."""
+    """Write ``variance.png``, ``variance.csv`` and ``results.json`` to ``out``; return the results. An ``out``
+    holding the results of another config is refused before any work."""
     out = check_writable(out)
+    check_same_config(out / "results.json", config)
     tokens = tokenize(config.text, config.tokenizer, config.model)
     if not tokens.ids:
         raise ValueError("the text has no tokens")

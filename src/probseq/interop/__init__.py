@@ -1,4 +1,5 @@
-"""Interoperability with other projects (may import models and layers; nothing in the library imports it).
+"""Interoperability with other projects (docs/architecture.md, floor 4: may import models and layers; nothing in
+the library imports it).
 
 - :mod:`probseq.interop.fla`: flash-linear-attention ``GatedDeltaNetForCausalLM`` checkpoints ↔
   :class:`~probseq.models.ProbSeqForCausalLM` (``convert_fla``, ``export_fla``; docs/interop.md).

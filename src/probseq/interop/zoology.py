@@ -1,4 +1,5 @@
-"""probseq's mixers as Zoology sequence mixers (HazyResearch/zoology), for Zoology's own training code.
+"""probseq's mixers as Zoology sequence mixers (HazyResearch/zoology; docs/architecture.md, floor 4), for Zoology's
+own training code.
 
 Zoology builds a mixer from a dotted path and keyword arguments, calls it on ``[B, T, D]`` and counts its
 recurrent state. Each class here has that contract and wraps one :mod:`probseq.layers` mixer::

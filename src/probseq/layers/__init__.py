@@ -1,5 +1,5 @@
 """Sequence-mixing layers: ``nn.Module`` wrappers that turn hidden states into the filter's inputs and call
-one function of :mod:`probseq.ops` per forward (ARCHITECTURE, floor 2). docs/layers.md describes them: the
+one function of :mod:`probseq.ops` per forward (docs/architecture.md, floor 2). docs/layers.md describes them: the
 Bayesian Layer end to end, the decoding state, the variance side channel, fla and Zoology compatibility.
 
 Every mixer has flash-linear-attention's forward::

@@ -1,5 +1,5 @@
-"""Language models built from the mixers of :mod:`probseq.layers` (imports layers and ops, never interop or the
-evidence code).
+"""Language models built from the mixers of :mod:`probseq.layers` (docs/architecture.md, floor 3: imports layers and
+ops, never interop or the evidence code).
 
 - :class:`ProbSeqConfig` (``model_type = "probseq"``), :class:`ProbSeqModel`, :class:`ProbSeqForCausalLM`;
 - :class:`ProbSeqCache`, the per-layer decoding cache ``generate`` runs on;

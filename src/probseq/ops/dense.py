@@ -1,5 +1,5 @@
 """Dense-conditioning oracle for regression designs (docs/design-model.md §2) — no filter recursion inside: an
-oracle that shares no code with the filter it checks.
+oracle that shares no code with the filter it checks (docs/numerics.md, "How the tests compare numbers").
 
 Each row ``w`` of the memory (one value channel; ``Σ`` factors out) follows the linear-Gaussian model
 

@@ -1,4 +1,5 @@
-"""Training on ``transformers.Trainer`` (ARCHITECTURE, floor 5: imports models and tasks); docs/training.md.
+"""Training on ``transformers.Trainer`` (docs/architecture.md, floor 6: imports models, tasks and data);
+docs/training.md.
 
 =========================  ======================================================================
 :mod:`.config`             :class:`TrainConfig`, :class:`ModelSpec`; ``from_dict``, ``with_overrides``

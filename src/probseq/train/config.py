@@ -94,7 +94,7 @@ class TrainConfig:
         save_total_limit: checkpoints kept (oldest deleted first).
         resume: continue from the last checkpoint in ``output_dir`` if there is one.
         logging_steps: log the training loss every that many steps.
-        progress: tqdm progress bars.
+        progress: tqdm progress bars (on a terminal only: never ``\r`` frames in a log file).
         num_threads: ``torch.set_num_threads`` for the run (``None``: leave it).
         compile: ``torch.compile`` the model (the Trainer's ``torch_compile``; inductor). The filters and every
             layer trace as one graph (``tests/test_compile.py``); results agree with eager to float rounding.

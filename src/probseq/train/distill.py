@@ -99,7 +99,7 @@ class DistillConfig(LMRunConfig):
             raise ValueError("kl_weight and lm_weight are both 0: stage 2 would have no loss")
 
 
-#: Settings per model size (``--config``); ``tokens`` and ``teacher`` come from the command line.
+#: Settings per model size (``--preset``); ``tokens`` and ``teacher`` come from the command line.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(seq_len=128, batch_size=4, save_steps=8, logging_steps=4, valid_blocks=4),
     "small": dict(),
@@ -113,7 +113,7 @@ def distill_config(preset: str, teacher: str, tokens: int, baseline: bool = Fals
     """The preset with ``teacher``, ``tokens``, ``baseline`` and ``key=value`` overrides (an unknown key or a wrong
     type is a ``ValueError`` naming the key)."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown --config {preset!r}; choose one of {tuple(PRESETS)}")
+        raise ValueError(f"unknown --preset {preset!r}; choose one of {tuple(PRESETS)}")
     base = from_dict(DistillConfig, {**PRESETS[preset], "teacher": str(teacher), "tokens": tokens,
                                      "baseline": baseline})
     return with_overrides(base, list(overrides))

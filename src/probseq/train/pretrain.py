@@ -1,6 +1,6 @@
 """Pretrain a Gated DeltaNet language model on the offline corpus, and export it as an fla checkpoint.
 
-``pretrain(config, out)`` (``probseq pretrain --config small --out DIR``):
+``pretrain(config, out)`` (``probseq pretrain --preset small --out DIR``):
 
 1. the corpus (:func:`probseq.data.prepare_corpus`: KJV Bible + Python docs + retrieval-format text);
 2. a byte-level BPE tokenizer trained on its train split (``OUT/tokenizer/``; kept when it exists);
@@ -37,6 +37,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from probseq.console import progress_enabled
 from probseq.files import atomic_write_json, finite_or_none, nonfinite_to_none
 from probseq.train.schema import check_fields, check_optimizer_run, from_dict, non_negative, positive, with_overrides
 from probseq.train.run_folder import claim_run_folder
@@ -113,7 +114,8 @@ class LMRunConfig:
             save_total_limit=self.save_total_limit, logging_steps=self.logging_steps,
             logging_nan_inf_filter=False,  # log a non-finite loss as it is (the DivergenceGuard stops the run there)
             eval_strategy="no",
-            report_to="none", disable_tqdm=not self.progress, remove_unused_columns=False, dataloader_drop_last=True,
+            report_to="none", disable_tqdm=not progress_enabled(self.progress),  # bars on a terminal only
+            remove_unused_columns=False, dataloader_drop_last=True,
             dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
             ddp_find_unused_parameters=False, use_cpu=not torch.cuda.is_available(),
             ddp_backend=("nccl" if torch.cuda.is_available() else "gloo") if distributed else None,
@@ -186,7 +188,7 @@ def pretrain_config(preset: str = "small", overrides: list[str] | tuple[str, ...
     """The preset ``preset`` with ``key=value`` overrides (an unknown key or a wrong type is a ``ValueError``
     naming the key)."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown --config {preset!r}; choose one of {tuple(PRESETS)}")
+        raise ValueError(f"unknown --preset {preset!r}; choose one of {tuple(PRESETS)}")
     return with_overrides(from_dict(PretrainConfig, PRESETS[preset]), list(overrides))
 
 

@@ -52,6 +52,7 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging as hf_logging
 
+from probseq.console import progress_enabled
 from probseq.cpu import flush_subnormals
 from probseq.files import atomic_write_json, finite_or_none
 from probseq.layers.norm import GatedRMSNorm, RMSNorm
@@ -291,8 +292,8 @@ def training_arguments(config: TrainConfig, output_dir: str | os.PathLike) -> Tr
         fp16=config.precision == "fp16", save_strategy="steps" if config.save_steps else "no",
         save_steps=config.save_steps or 500, save_total_limit=config.save_total_limit, logging_steps=config.logging_steps,
         logging_nan_inf_filter=False,  # log a non-finite loss as it is (DivergenceGuard stops the run there)
-        eval_strategy="no", report_to="none", disable_tqdm=not config.progress, label_names=["labels"],
-        remove_unused_columns=False, dataloader_num_workers=0,
+        eval_strategy="no", report_to="none", label_names=["labels"], remove_unused_columns=False,
+        disable_tqdm=not progress_enabled(config.progress), dataloader_num_workers=0,  # bars on a terminal only
         dataloader_pin_memory=torch.cuda.is_available(), ddp_find_unused_parameters=False,
         use_cpu=not torch.cuda.is_available(), ddp_backend=_ddp_backend(), fsdp=config.fsdp or None,
         fsdp_config=fsdp_config, torch_compile=config.compile)
@@ -589,10 +590,12 @@ def run_threads(count: int | None) -> Iterator[None]:
 
 @contextlib.contextmanager
 def progress_bars(enabled: bool) -> Iterator[None]:
-    """Without progress bars, also silence transformers' and huggingface_hub's own (checkpoint writing)."""
+    """Without progress bars (not ``enabled``, or stderr not a terminal: :func:`probseq.console.progress_enabled`),
+    also silence transformers' and huggingface_hub's own (checkpoint writing)."""
     import huggingface_hub.utils as hub_utils
 
     before = hf_logging.is_progress_bar_enabled(), not hub_utils.are_progress_bars_disabled()
+    enabled = progress_enabled(enabled)
     if not enabled:
         hf_logging.disable_progress_bar()
         hub_utils.disable_progress_bars()
