@@ -168,13 +168,13 @@ def test_same_config_check_refuses_a_file_without_a_config(tmp_path, content):
 def test_commands_refuse_an_out_with_results_of_another_config_before_any_work(tmp_path, monkeypatch, capsys,
                                                                                  command):
     from probseq import bench, cli
-    from probseq.experiments import collision, mqar, recall, reproduce, ruler_eval, uncertainty
+    from probseq.experiments import collision, reproduce, ruler_eval, training_sweep, uncertainty
 
     def no_work(*args, **kwargs):
         raise AssertionError("the run started before the results in --out were checked")
 
-    for module, name in ((bench, "run_bench"), (collision, "ResultCache"), (mqar, "run_units"),
-                         (recall, "run_units"), (reproduce, "sections"), (uncertainty, "tokenize"),
+    for module, name in ((bench, "run_bench"), (collision, "ResultCache"),
+                         (training_sweep, "run_units"), (reproduce, "sections"), (uncertainty, "tokenize"),
                          (ruler_eval, "ResultCache"), (ruler_eval, "load_model")):
         monkeypatch.setattr(module, name, no_work)
     results = tmp_path / "bench.json" if command == ["bench"] else tmp_path / "out" / "results.json"
