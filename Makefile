@@ -21,6 +21,7 @@ demo: install
 	$(VENV)/bin/probseq reproduce --preset quick --out reports/demo
 
 test: install
+	$(VENV)/bin/ruff check src tests scripts
 	$(PY) -m pytest -q
 
 test-slow: install

@@ -50,7 +50,8 @@ def main() -> None:
         for form, kwargs in forms:
             with torch.no_grad():
                 out = bayes_filter(q, k, v, **gates, r_min=r_min, output_final_state=True, **kwargs)
-            print(f"| {name} | {form} | {rel(out.output, ref.output):.1e} | {rel(out.state.mean, ref.state.mean):.1e} |")
+            print(f"| {name} | {form} | {rel(out.output, ref.output):.1e} "
+                  f"| {rel(out.state.mean, ref.state.mean):.1e} |")
 
 
 if __name__ == "__main__":

@@ -214,7 +214,7 @@ def report(args: argparse.Namespace) -> None:
         except ValueError:  # no lr has all stage-1 seeds yet
             scores = {}
         for lr in lrs:
-            runs = {s: m for (l, s), m in records[arm.name].items() if l == lr}
+            runs = {s: m for (rate, s), m in records[arm.name].items() if rate == lr}
             learned = sum((accuracy(m, f"valid_{task.learned_point}") or 0) >= LEARNED for m in runs.values())
             calibration.append({"arm": arm.name, "lr": lr, "seeds": len(runs), "learned": learned,
                                 "mean_valid_all": round(statistics.fmean(mean_valid(m) for m in runs.values()), 4),

@@ -16,8 +16,17 @@ from probseq.cli import main
 from probseq.data import corpus as corpus_lib
 from probseq.data import retrieval_documents
 from probseq.layers import BayesianLayer
-from probseq.train.distill import (convert_student, distill, distill_config, layerwise_terms, load_teacher,
-                                   recurrent_layers, set_retention, set_trainable, stage_steps)
+from probseq.train.distill import (
+    convert_student,
+    distill,
+    distill_config,
+    layerwise_terms,
+    load_teacher,
+    recurrent_layers,
+    set_retention,
+    set_trainable,
+    stage_steps,
+)
 from probseq.train.pretrain import pretrain, pretrain_config
 
 TINY = ["num_threads=1", "progress=false"]
@@ -38,7 +47,8 @@ def write_fake_corpus(root: Path) -> corpus_lib.CorpusPaths:
     for name, docs in texts.items():
         data = "".join(json.dumps({"source": name, "id": str(i), "text": t}) + "\n" for i, t in enumerate(docs))
         paths.files[name].write_bytes(data.encode())
-        manifest["files"][name] = {"documents": len(docs), "characters": sum(map(len, docs)), "bytes": len(data.encode())}
+        manifest["files"][name] = {"documents": len(docs), "characters": sum(map(len, docs)),
+                                   "bytes": len(data.encode())}
     paths.manifest.write_text(json.dumps(manifest))
     return paths
 
@@ -181,7 +191,8 @@ def test_config_errors_name_the_key():
     with pytest.raises(ValueError, match="unknown --preset"):
         pretrain_config("huge")
     # the shared run fields (LMRunConfig) are checked in both configs; the validation blocks only in pretraining
-    for make in (lambda o: pretrain_config("small", o), lambda o: distill_config("small", "teacher", 1000, overrides=o)):
+    for make in (lambda o: pretrain_config("small", o),
+                 lambda o: distill_config("small", "teacher", 1000, overrides=o)):
         with pytest.raises(ValueError, match="adam_beta2 must be < 1"):
             make(["adam_beta2=1.0"])
         with pytest.raises(ValueError, match="warmup must be >= 0"):
@@ -192,7 +203,8 @@ def test_config_errors_name_the_key():
 
 
 def test_cli_reports_errors_in_one_line(tmp_path, capsys):
-    assert main(["distill", "--teacher", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--tokens", "1k"]) == 2
+    command = ["distill", "--teacher", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--tokens", "1k"]
+    assert main(command) == 2
     assert "no config.json" in capsys.readouterr().err
     assert main(["pretrain", "--preset", "tiny", "--out", str(tmp_path / "p"), "--set", "seq_len=zero"]) == 2
     assert "seq_len must be int" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from probseq.ops import BayesState, bayes_filter, superposition_filter
-from tests.conftest import stable_seed, TOLERANCE, assert_close, bayes_inputs
+from tests.conftest import TOLERANCE, assert_close, bayes_inputs, stable_seed
 
 FIELDS = ("q", "k", "v", "g", "beta", "gamma")
 

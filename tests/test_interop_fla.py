@@ -29,8 +29,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from probseq.cli import main as cli_main
-from probseq.interop.fla import (FIXED_FIELDS, KERNEL_CHOICES, MAPPED_FIELDS, config_from_fla, convert_fla,
-                                 export_fla)
+from probseq.interop.fla import FIXED_FIELDS, KERNEL_CHOICES, MAPPED_FIELDS, config_from_fla, convert_fla, export_fla
 from probseq.layers import BayesianLayer
 from probseq.models import ProbSeqConfig, ProbSeqForCausalLM
 from tests.conftest import TOLERANCE, assert_close

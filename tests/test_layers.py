@@ -15,8 +15,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from probseq.layers import (MIXERS, Attention, BayesianLayer, DeltaNet, GatedDeltaNet, KVState, LinearAttention,
-                            Mamba2, RecurrentState)
+from probseq.layers import (
+    MIXERS,
+    Attention,
+    BayesianLayer,
+    DeltaNet,
+    GatedDeltaNet,
+    KVState,
+    LinearAttention,
+    Mamba2,
+    RecurrentState,
+)
 from tests.conftest import assert_close
 
 fla_layers = pytest.importorskip("fla.layers")

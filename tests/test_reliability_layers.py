@@ -10,8 +10,16 @@ import inspect
 import pytest
 import torch
 
-from probseq.layers import (MIXERS, BayesianLayer, GatedRMSNorm, KVState, LinearAttention, Mamba2,
-                            RecurrentState, RMSNorm, SwiGLU)
+from probseq.layers import (
+    MIXERS,
+    BayesianLayer,
+    GatedRMSNorm,
+    KVState,
+    LinearAttention,
+    Mamba2,
+    RMSNorm,
+    SwiGLU,
+)
 from probseq.layers.mlp import swiglu_size
 
 D = 32  # hidden size of every layer here

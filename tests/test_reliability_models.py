@@ -17,7 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 import probseq.models  # noqa: F401  (registers the Auto classes)
 from probseq.layers import MIXERS
-from probseq.models import ProbSeqCache, ProbSeqConfig, ProbSeqForCausalLM, ProbSeqModel, ZoologyConfig, ZoologyModel
+from probseq.models import ProbSeqConfig, ProbSeqForCausalLM, ProbSeqModel, ZoologyConfig, ZoologyModel
 
 VOCAB, PAD = 61, 0
 CASES = [*MIXERS, "hybrid"]

@@ -9,8 +9,6 @@ import csv
 import dataclasses
 import json
 import math
-import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -21,9 +19,8 @@ from probseq import cli
 from probseq.experiments import collision, mqar, recall, reproduce, ruler_eval
 from probseq.experiments.common import ResultCache, apply_overrides, write_csv
 from probseq.files import atomic_write_json, read_json
-from probseq.train import MQARData, MQARSplit, ModelSpec, TrainConfig, from_dict, train, with_overrides
+from probseq.train import ModelSpec, MQARData, MQARSplit, TrainConfig, from_dict, train, with_overrides
 from probseq.train.pretrain import check_run_config
-from probseq.train.sweep import run_units
 from probseq.train.trainer import TrainingDiverged
 
 # one fast mixer, two learning rates (1e10 diverges at its third step: the first updates make the weights huge,
@@ -43,7 +40,8 @@ TINY_COLLISION = collision.CollisionConfig(key_dim=4, value_dim=2, trials=16, ba
                                            colliding_writes=3, gammas=(1.0,))
 # valid JSON, wrong content: what a hand edit, another program or an old format leaves in a cache file
 BAD_CONTENTS = {"list": [], "empty": {}, "null-metrics": {"metrics": None}, "metrics-list": {"metrics": []},
-                "eval-list": {"metrics": {"eval": []}}, "accuracy-text": {"metrics": {"eval": {"x": {"accuracy": "1"}}}},
+                "eval-list": {"metrics": {"eval": []}},
+                "accuracy-text": {"metrics": {"eval": {"x": {"accuracy": "1"}}}},
                 "status-unknown": {"metrics": {"status": "crashed", "eval": {}}}}
 
 
@@ -87,7 +85,8 @@ class LoggedLosses(TrainerCallback):
 
 def test_diverging_run_stops_at_the_step_with_a_message_naming_step_and_lr():
     logged = LoggedLosses()
-    with pytest.raises(TrainingDiverged, match=r"diverged at step 2 of 4: .*not finite.*learning rate 1e\+10") as caught:
+    expected = r"diverged at step 2 of 4: .*not finite.*learning rate 1e\+10"
+    with pytest.raises(TrainingDiverged, match=expected) as caught:
         train(tiny_config(learning_rate=1e10), callbacks=(logged,))
     assert isinstance(caught.value, ValueError)  # the CLI prints it as one line, exit code 2
     record = caught.value.record

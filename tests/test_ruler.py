@@ -192,7 +192,8 @@ def test_fwe_format(samples, length):
     question = ("\nQuestion: Do not provide any explanation. Please ignore the dots '....'. "
                 "What are the three most frequently appeared words in the above coded text?")
     for r in samples["fwe", length]:
-        assert r["answer_prefix"] == " Answer: According to the coded text above, the three most frequently appeared words are:"
+        assert r["answer_prefix"] == (" Answer: According to the coded text above, "
+                                      "the three most frequently appeared words are:")
         assert r["input"].startswith(head) and r["input"].endswith(question)
         counts = Counter(r["input"][len(head): -len(question)].split(" "))
         assert counts.most_common(1)[0][0] == "..."
@@ -231,7 +232,8 @@ def test_registry_and_options(tok):
         "niah_single_1": 128, "niah_multikey_2": 128, "niah_multikey_3": 128, "vt": 30, "cwe": 120, "fwe": 50}
     assert all(TASKS[t]["metric"] == "string_match_all" for t in ALL)
     assert TASKS["niah_single_1"]["args"]["type_haystack"] == "noise"
-    assert TASKS["niah_multikey_3"]["args"]["type_needle_k"] == TASKS["niah_multikey_3"]["args"]["type_needle_v"] == "uuids"
+    needles = TASKS["niah_multikey_3"]["args"]
+    assert needles["type_needle_k"] == needles["type_needle_v"] == "uuids"
     assert TASKS["vt"]["args"] == {"type_haystack": "noise", "num_chains": 1, "num_hops": 4}
     assert TASKS["cwe"]["args"] == {"freq_cw": 30, "freq_ucw": 3, "num_cw": 10, "num_fewshot": 1}
     assert TASKS["fwe"]["args"]["alpha"] == 2.0

@@ -150,8 +150,10 @@ def test_generation_uses_the_recurrent_cache_even_if_the_config_says_not(model_d
     model, tokenizer, _ = ruler_eval.load_model(model_dir)
     model.config.use_cache = False  # what a transformers.Trainer saves
     lengths = []
-    hook = model.model.register_forward_pre_hook(lambda module, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]),
-                                                 with_kwargs=True)
+    def record(module, args, kwargs):
+        lengths.append(kwargs["input_ids"].shape[1])
+
+    hook = model.model.register_forward_pre_hook(record, with_kwargs=True)
     try:
         ruler_eval.complete(model, tokenizer, ["The grass is green. The sky is"], 4, batch_size=1)
     finally:

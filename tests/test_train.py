@@ -21,8 +21,17 @@ from transformers.utils import logging as hf_logging
 
 from probseq.layers import BayesianLayer
 from probseq.tasks import IGNORE_INDEX, RecallConfig
-from probseq.train import (MQARData, MQARSplit, ModelSpec, RecallData, RecallSplit, TrainConfig, from_dict, train,
-                           with_overrides)
+from probseq.train import (
+    ModelSpec,
+    MQARData,
+    MQARSplit,
+    RecallData,
+    RecallSplit,
+    TrainConfig,
+    from_dict,
+    train,
+    with_overrides,
+)
 from probseq.train.data import TokenDataset, generate, pad_collate
 from probseq.train.metrics import pre_shifted_cross_entropy, recall_metrics, scatter_predictions
 from probseq.train.trainer import TrainingClock, build_model
@@ -369,7 +378,8 @@ def test_batching_by_segment_trains_one_segment_per_step_and_resumes_exactly(tmp
     data = MQARData(vocab_size=64, train=(MQARSplit(32, 4, 16), MQARSplit(48, 10, 16)),
                     valid=(MQARSplit(32, 4, 8),), test=(MQARSplit(48, 10, 8),))
     config = tiny_config(data=data, batching="by_segment", output_dir=str(tmp_path / "whole"), save_steps=1)
-    assert config.identity()["batching"] == "by_segment" and config.fingerprint() != tiny_config(data=data).fingerprint()
+    assert config.identity()["batching"] == "by_segment"
+    assert config.fingerprint() != tiny_config(data=data).fingerprint()
 
     seen = []
     compute_loss = PreShiftedTrainer.compute_loss

@@ -11,7 +11,7 @@ import sys
 from safetensors.torch import save_file
 from transformers import TrainerCallback
 
-from probseq.train import MQARData, MQARSplit, ModelSpec, TrainConfig, train
+from probseq.train import ModelSpec, MQARData, MQARSplit, TrainConfig, train
 
 GLOBAL_BATCH = 16
 STEPS = 4

@@ -1,7 +1,8 @@
 """probseq — probabilistic sequence layers.
 
 Sequence maps derived as the exact Bayesian filter of an explicit *design model* of memory
-(prior, dynamics, write model, readout), followed by a readout. See ``docs/`` (design model, chunked algorithm, numerics, theory).
+(prior, dynamics, write model, readout), followed by a readout. See ``docs/`` (design model, chunked algorithm,
+numerics, theory).
 
 Shape notation used in every docstring and einsum string of this package:
 

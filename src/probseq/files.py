@@ -61,7 +61,7 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     ``ValueError`` naming where it is (nothing is written): convert such values to ``None`` first."""
     try:
         text = json.dumps(obj, indent=2, default=json_default, allow_nan=False)
-    except ValueError as error:
+    except ValueError:
         where = nonfinite_path(obj)
         if where is None:
             raise

@@ -222,8 +222,8 @@ def add_bench(commands) -> None:
     parser.add_argument("--out", default=None,
                         help="write the results JSON here (a file holding the results of another config is refused)")
     parser.add_argument("--layer", action="store_true",
-                        help="only the layer and generation cases (Bayesian Layer vs Gated DeltaNet layer, filter share, "
-                             "time per generated token)")
+                        help="only the layer and generation cases (Bayesian Layer vs Gated DeltaNet layer, filter "
+                             "share, time per generated token)")
     parser.add_argument("--mqar", action="store_true",
                         help="only the MQAR training-throughput cases (tokens/s of one training step per mixer)")
     add_overrides(parser, "override a BenchConfig field, e.g. --set lengths=[1024,4096]")
@@ -313,9 +313,9 @@ packages, plus retrieval-format text), then export it as an fla GatedDeltaNetFor
 the same command resumes. --set key=value overrides a field of the preset (see probseq.train.pretrain.PretrainConfig),
 e.g. --set tokens=2000000 batch_size=8 num_threads=2."""
 
-DISTILL_HELP = """Distil an fla Gated DeltaNet teacher into Bayesian Layers (convert_fla with learned retention; stage 1:
-layer-wise mixer-output matching, stage 2: logit KL + LM loss), or with --baseline fine-tune the GDN itself with
-the same tokens, steps, batch and optimiser (LM + KL). OUT gets the save_pretrained model, the tokenizer and
+DISTILL_HELP = """Distil an fla Gated DeltaNet teacher into Bayesian Layers (convert_fla with learned retention;
+stage 1: layer-wise mixer-output matching, stage 2: logit KL + LM loss), or with --baseline fine-tune the GDN itself
+with the same tokens, steps, batch and optimiser (LM + KL). OUT gets the save_pretrained model, the tokenizer and
 train_log.json (tokens per stage, validation losses). --set key=value overrides a field of
 probseq.train.distill.DistillConfig, e.g. --set stage1_fraction=0.5 retention_init=0.25."""
 

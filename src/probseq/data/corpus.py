@@ -148,7 +148,8 @@ def prepare_corpus(cache_dir: str | os.PathLike | None = None, *, retrieval_frac
                                       ("retrieval", retrieval, ())):
             data = "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in documents).encode()
             (work / f"{name}.jsonl").write_bytes(data)
-            manifest["files"][name] = {"documents": len(documents), "characters": sum(len(d["text"]) for d in documents),
+            manifest["files"][name] = {"documents": len(documents),
+                                       "characters": sum(len(d["text"]) for d in documents),
                                        "bytes": len(data)}
             manifest["sources"][name] = {"licence": LICENCES[name],
                                          "packages": [_deb_info(deb) for deb in debs]}
@@ -254,7 +255,8 @@ def _kjv_documents(text_root: Path, reader_root: Path) -> Iterator[dict]:
 # ---------------------------------------------------------------------------------------------------------
 
 # index pages, search, the changelog (issue titles) and the licence page are not prose
-_SKIP_PAGES = re.compile(r"(^|/)(genindex|py-modindex|search|contents|copyright|license|download|changelog)[^/]*\.html$")
+_SKIP_PAGES = re.compile(r"(^|/)(genindex|py-modindex|search|contents|copyright|license|download|changelog)"
+                         r"[^/]*\.html$")
 _BLOCKS = {"p", "li", "dt", "dd", "h1", "h2", "h3", "h4", "h5", "h6", "tr", "div", "section", "br", "table",
            "blockquote", "caption"}
 

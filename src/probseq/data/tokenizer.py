@@ -40,7 +40,8 @@ def train_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size
     from transformers import PreTrainedTokenizerFast
 
     if vocab_size < 256 + len(SPECIAL_TOKENS) + 1:
-        raise ValueError(f"vocab_size must be > {256 + len(SPECIAL_TOKENS)} (bytes and special tokens), got {vocab_size}")
+        raise ValueError(f"vocab_size must be > {256 + len(SPECIAL_TOKENS)} (bytes and special tokens), "
+                         f"got {vocab_size}")
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
                                                        pre_tokenizers.ByteLevel(add_prefix_space=False)])
@@ -74,7 +75,8 @@ def load_tokenizer(folder: str | os.PathLike):
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # an fla folder's config.json has a model type transformers does not know: harmless
+    # an fla folder's config.json has a model type transformers does not know: harmless
+    hf_logging.set_verbosity_error()
     try:
         return AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError) as error:

@@ -47,8 +47,16 @@ from tqdm import tqdm
 
 from probseq import presets, theory
 from probseq.experiments.common import ResultCache, apply_overrides, environment, write_csv
-from probseq.files import NUMBER, ListOf, MapOf, atomic_write_json, check_same_config, check_writable, json_problem, \
-    save_figure
+from probseq.files import (
+    NUMBER,
+    ListOf,
+    MapOf,
+    atomic_write_json,
+    check_same_config,
+    check_writable,
+    json_problem,
+    save_figure,
+)
 from probseq.ops import R_MIN, bayes_filter
 from probseq.types import BayesState, FilterOutput
 

@@ -70,13 +70,15 @@ def exactness_rows(seed: int = 0) -> list[dict]:
     f64 = dict(generator=gen, dtype=torch.float64)
     q, k, v = torch.randn(b, t, h, kd, **f64), torch.randn(b, t, h, kd, **f64), torch.randn(b, t, h, vd, **f64)
     rows = []
-    for label, gamma in [("γ ~ U(0, 1)", torch.rand(b, t, h, **f64)), ("γ = 1 (RLS)", torch.ones(b, t, h, dtype=torch.float64)),
+    for label, gamma in [("γ ~ U(0, 1)", torch.rand(b, t, h, **f64)),
+                         ("γ = 1 (RLS)", torch.ones(b, t, h, dtype=torch.float64)),
                          ("γ = 0 (Gated DeltaNet)", torch.zeros(b, t, h, dtype=torch.float64))]:
         g, beta = -torch.rand(b, t, h, **f64) * 0.3, torch.rand(b, t, h, **f64) * 0.9 + 0.05
         design = regression_design(g, beta, gamma, scale=kd ** -0.5)
         dense = dense_conditioning(design, q, k, v)
         ours = bayes_filter(q, k, v, g, beta, gamma, output_final_state=True, output_variance=True, impl="chunked",
                             chunk_size=4)
-        rows.append(dict(case=label, output=_rel(ours.output, dense.output), variance=_rel(ours.variance, dense.variance),
+        rows.append(dict(case=label, output=_rel(ours.output, dense.output),
+                         variance=_rel(ours.variance, dense.variance),
                          mean=_rel(ours.state.mean, dense.state.mean), cov=_rel(ours.state.cov, dense.state.cov)))
     return rows

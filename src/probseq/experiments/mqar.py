@@ -9,7 +9,8 @@ test segments (64, 4) … (256, 64) and beyond them (512, 128), (1024, 256). The
 blocks alternating with the mixer, no MLP (:class:`probseq.models.mqar_model.ZoologyModel`), one ``d_model`` for
 every mixer. Zoology's configs use ``n_layers = 2``: one conv block, then the mixer (the ``paper`` preset), except
 for Mamba-2, which Zoology runs as two Mamba-2 blocks without conv blocks (here it keeps the conv block); the
-``quick`` and ``cpu`` presets use ``n_layers = 4`` (``[conv, mixer] × 2``: two mixer layers). Each ``(mixer, d_model, lr, seed)`` is one training run (a *unit*, cached on
+``quick`` and ``cpu`` presets use ``n_layers = 4`` (``[conv, mixer] × 2``: two mixer layers). Each
+``(mixer, d_model, lr, seed)`` is one training run (a *unit*, cached on
 completion and resumable from checkpoints, :mod:`probseq.train.sweep`). Per ``(mixer, d_model)`` and test
 point, the learning rate is picked by accuracy on a *validation* segment of the same shape (train-range
 seeds, never the test data), and the test accuracy at that rate is reported as mean ± 95% CI over seeds.
@@ -48,9 +49,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from probseq.experiments.common import (accuracy_cell, diverged_note, evaluate_saved_runs, finish_panel, over_seeds,
-                                        run_eval_command, save_panels)
-from probseq.experiments.common import apply_overrides  # noqa: F401 (re-exported: mqar.apply_overrides, as before)
+from probseq.experiments.common import (
+    accuracy_cell,
+    apply_overrides,  # noqa: F401 (re-exported: mqar.apply_overrides, as before)
+    diverged_note,
+    evaluate_saved_runs,
+    finish_panel,
+    over_seeds,
+    run_eval_command,
+    save_panels,
+)
 from probseq.experiments.training_sweep import TrainingSweep, run_sweep, sweep_main
 from probseq.train.config import TrainConfig
 from probseq.train.data import MQARData, MQARSplit, point_seed

@@ -21,7 +21,8 @@ Presets (times measured on this project's shared 2-core machine):
 - ``quick`` — the demo: 32 keys and values, 2–4 pairs, gaps 0–8, tested at 8 pairs, gap 32, 2 collisions,
   key noise 0.3; 500 steps of batch 32, lrs {1e-3, 3e-3}, one seed: 12 runs, ≈ 3.3 minutes single-threaded
   (ms/step: bayesian 46, gated_deltanet 35, deltanet 35, mamba2 29, linear_attention 16, attention 14).
-- ``cpu`` — 64 keys and values, trained on pairs {4, 8} × gaps {0, 16}, tested up to 32 pairs, gap 256, 4 collisions, key
+- ``cpu`` — 64 keys and values, trained on pairs {4, 8} × gaps {0, 16}, tested up to 32 pairs, gap 256, 4 collisions,
+  key
   noise 0.5; 3000 steps of batch 64, lrs {1e-3, 3e-3, 1e-2}, 3 seeds: 54 runs, 5.1 h of training on one
   thread per run (measured; 2.8 h of wall time as two workers; ms/step on one thread: bayesian ≈ 180,
   gated_deltanet, deltanet and mamba2 104–131, linear_attention and attention ≈ 50; since the speed work of
@@ -39,9 +40,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from probseq.experiments.common import (accuracy_cell, diverged_note, evaluate_saved_runs, finish_panel, over_seeds,
-                                        run_eval_command, save_panels)
-from probseq.experiments.common import apply_overrides  # noqa: F401 (re-exported: recall.apply_overrides, as before)
+from probseq.experiments.common import (
+    accuracy_cell,
+    apply_overrides,  # noqa: F401 (re-exported: recall.apply_overrides, as before)
+    diverged_note,
+    evaluate_saved_runs,
+    finish_panel,
+    over_seeds,
+    run_eval_command,
+    save_panels,
+)
 from probseq.experiments.training_sweep import TrainingSweep, run_sweep, sweep_main
 from probseq.tasks import RecallConfig
 from probseq.train.config import TrainConfig
@@ -201,7 +209,8 @@ def format_table(results: dict[str, Any]) -> str:
     seeds = len(results["config"]["seeds"])
     inside = next(p for p in results["points"] if p["point"] == "inside")
     lines += ["", f"inside = the training regime's largest point (pairs={inside['num_pairs']}, gap={inside['gap']}, "
-                  f"collisions={inside['collisions']}, key_noise={inside['key_noise']:g}); every other column moves one "
+                  f"collisions={inside['collisions']}, key_noise={inside['key_noise']:g}); "
+                  "every other column moves one "
                   f"knob beyond training. Test accuracy at the lr chosen on validation data, {over_seeds(seeds)}."
                   + diverged_note(results["points"])]
     return "\n".join(lines) + "\n"

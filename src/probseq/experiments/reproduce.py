@@ -33,8 +33,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 from probseq.experiments.common import ResultCache, apply_overrides, environment
-from probseq.files import NUMBER, ListOf, MapOf, atomic_write_json, atomic_write_text, check_same_config, \
-    check_writable, json_problem, read_json
+from probseq.files import (
+    NUMBER,
+    ListOf,
+    MapOf,
+    atomic_write_json,
+    atomic_write_text,
+    check_same_config,
+    check_writable,
+    json_problem,
+    read_json,
+)
 
 STUDIES = ("collision", "recall", "mqar")
 DEMO_TEXT = ("The key to the blue box is 4. The key to the red box is 7. The key to the blue box is 9. "
@@ -403,7 +412,8 @@ def report(summary: dict[str, Any]) -> str:
               f"{'cache (earlier run)' if t['cached'] else 'this run'} |" for n, t in timing.items()]
     lines += ["", f"This run: {summary['this_run_s']:.0f} s; {len(cached)} of {summary['num_sections']} sections from "
                   f"the cache (they took {sum(t['seconds'] for t in cached.values()):.0f} s when computed)"
-              + (f"; training runs taken from the unit cache when recall/MQAR were computed: {sum(a for a, _ in units)} "
+              + ("; training runs taken from the unit cache when recall/MQAR were computed: "
+                 f"{sum(a for a, _ in units)} "
                  f"of {sum(b for _, b in units)}"
                  if units else "") + "."]
     return "\n".join(lines) + "\n"

@@ -42,8 +42,16 @@ from typing import Literal
 import torch
 
 from probseq.experiments.common import ResultCache, environment, write_csv
-from probseq.files import NUMBER, ListOf, atomic_write_bytes, atomic_write_json, atomic_write_text, check_same_config, \
-    check_writable, read_json
+from probseq.files import (
+    NUMBER,
+    ListOf,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    check_same_config,
+    check_writable,
+    read_json,
+)
 
 DEFAULT_TASKS = ("niah_single_1", "niah_multikey_2", "niah_multikey_3", "vt", "cwe", "fwe")
 #: RulerConfig fields that change no unit's result: which units to evaluate (each is cached on its own, so other

@@ -57,8 +57,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from probseq.layers import (Attention, BayesianLayer, DeltaNet, GatedDeltaNet, LinearAttention, Mamba2,
-                            ShortConvolution)
+from probseq.layers import Attention, BayesianLayer, DeltaNet, GatedDeltaNet, LinearAttention, Mamba2, ShortConvolution
 from probseq.layers.utils import check_positive
 
 __all__ = ["AttentionMixer", "BayesianMixer", "DeltaNetMixer", "GatedDeltaNetMixer", "LinearAttentionMixer",

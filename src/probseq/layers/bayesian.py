@@ -42,9 +42,24 @@ from torch import Tensor, nn
 from probseq.layers.conv import add_qkv_convolutions, convolve_qkv, qkv_conv_layout
 from probseq.layers.norm import GATE_ACTIVATIONS, GatedRMSNorm, RMSNorm
 from probseq.layers.state import RecurrentState, StateLayout, read_state, write_state
-from probseq.layers.utils import (MODES, check_mode, check_no_extra, check_positive, full_precision, gated_output,
-                                  guard_zero_keys, hold_padding, inverse_softplus_step, l2_normalize, layer_inputs,
-                                  log_uniform_decay_rate, num_sequences, own_stream, repeat_heads, zero_padding)
+from probseq.layers.utils import (
+    MODES,
+    check_mode,
+    check_no_extra,
+    check_positive,
+    full_precision,
+    gated_output,
+    guard_zero_keys,
+    hold_padding,
+    inverse_softplus_step,
+    l2_normalize,
+    layer_inputs,
+    log_uniform_decay_rate,
+    num_sequences,
+    own_stream,
+    repeat_heads,
+    zero_padding,
+)
 from probseq.ops import R_MIN, bayes_filter
 
 Retention = Literal["reset", "stationary", "learned"]

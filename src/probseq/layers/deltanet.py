@@ -20,9 +20,21 @@ from torch import Tensor, nn
 from probseq.layers.conv import add_qkv_convolutions, convolve_qkv, qkv_conv_layout
 from probseq.layers.norm import GatedRMSNorm, RMSNorm
 from probseq.layers.state import RecurrentState, StateLayout, read_state, write_state
-from probseq.layers.utils import (MODES, check_mode, check_no_extra, check_positive, full_precision, gated_output,
-                                  guard_zero_keys, head_dims, hold_padding, l2_normalize, layer_inputs,
-                                  num_sequences, zero_padding)
+from probseq.layers.utils import (
+    MODES,
+    check_mode,
+    check_no_extra,
+    check_positive,
+    full_precision,
+    gated_output,
+    guard_zero_keys,
+    head_dims,
+    hold_padding,
+    l2_normalize,
+    layer_inputs,
+    num_sequences,
+    zero_padding,
+)
 from probseq.ops import bayes_filter
 
 QK_ACTIVATIONS = ("silu", "relu", "elu", "identity")

@@ -22,8 +22,19 @@ from torch import Tensor, nn
 
 from probseq.layers.norm import RMSNorm
 from probseq.layers.state import RecurrentState, StateLayout, read_state, write_state
-from probseq.layers.utils import (MODES, check_mode, check_no_extra, check_positive, full_precision, head_dims,
-                                  hold_padding, layer_inputs, num_sequences, repeat_heads, zero_padding)
+from probseq.layers.utils import (
+    MODES,
+    check_mode,
+    check_no_extra,
+    check_positive,
+    full_precision,
+    head_dims,
+    hold_padding,
+    layer_inputs,
+    num_sequences,
+    repeat_heads,
+    zero_padding,
+)
 from probseq.ops import superposition_filter
 
 FEATURE_MAPS = ("elementwise_product", "elu", "relu", "identity")

@@ -24,9 +24,18 @@ from torch import Tensor, nn
 from probseq.layers.conv import ShortConvolution
 from probseq.layers.norm import GatedRMSNorm
 from probseq.layers.state import RecurrentState, StateLayout, read_state, write_state
-from probseq.layers.utils import (check_no_extra, check_positive, full_precision, hold_padding,
-                                  inverse_softplus_step, layer_inputs, log_uniform_decay_rate, num_sequences,
-                                  repeat_heads, zero_padding)
+from probseq.layers.utils import (
+    check_no_extra,
+    check_positive,
+    full_precision,
+    hold_padding,
+    inverse_softplus_step,
+    layer_inputs,
+    log_uniform_decay_rate,
+    num_sequences,
+    repeat_heads,
+    zero_padding,
+)
 from probseq.ops import superposition_filter
 
 

@@ -28,7 +28,6 @@ from torch import Tensor, nn
 
 from probseq.ops.validation import ValueChecks, check_cu_seqlens
 
-
 MASK_CONVENTION = ("fla's 0/1 padding mask [B, T] (1 = real token, 0 = padding), as bool or as integers/floats "
                    "that are exactly 0 or 1")
 

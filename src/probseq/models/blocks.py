@@ -9,8 +9,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from probseq.layers import (Attention, BayesianLayer, DeltaNet, GatedDeltaNet, LinearAttention, Mamba2, RMSNorm,
-                            SwiGLU)
+from probseq.layers import Attention, BayesianLayer, DeltaNet, GatedDeltaNet, LinearAttention, Mamba2, RMSNorm, SwiGLU
 from probseq.layers.mlp import swiglu_size
 
 

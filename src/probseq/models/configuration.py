@@ -34,8 +34,16 @@ from transformers import GenerationConfig, PretrainedConfig
 from probseq.layers import MIXERS, RETENTIONS
 from probseq.layers.linear_attention import DECAYS, FEATURE_MAPS
 from probseq.layers.norm import GATE_ACTIVATIONS
-from probseq.models.checks import (boolean, check_config_keys, check_dtype, one_of, positive_int, positive_real,
-                                   real_in, token_id)
+from probseq.models.checks import (
+    boolean,
+    check_config_keys,
+    check_dtype,
+    one_of,
+    positive_int,
+    positive_real,
+    real_in,
+    token_id,
+)
 
 
 def _generation_keys() -> set[str]:

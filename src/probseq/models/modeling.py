@@ -41,9 +41,17 @@ from probseq.layers import MIXERS, BayesianLayer, GatedRMSNorm, Mamba2, RMSNorm
 from probseq.layers.utils import inverse_softplus_step, log_uniform_decay_rate, own_stream
 from probseq.models.blocks import ProbSeqBlock
 from probseq.models.cache import ProbSeqCache
-from probseq.models.checks import (check_attention_mask, check_config_keys, check_generate_inputs,
-                                   check_input_ids, check_inputs_embeds, check_keywords, check_labels,
-                                   check_logits_to_keep, check_position_ids)
+from probseq.models.checks import (
+    check_attention_mask,
+    check_config_keys,
+    check_generate_inputs,
+    check_input_ids,
+    check_inputs_embeds,
+    check_keywords,
+    check_labels,
+    check_logits_to_keep,
+    check_position_ids,
+)
 from probseq.models.configuration import ProbSeqConfig, config_keys
 
 

@@ -48,11 +48,19 @@ from transformers.utils import ModelOutput
 from probseq.layers import MIXERS, RETENTIONS, Attention, Mamba2, RMSNorm, ShortConvolution
 from probseq.models.blocks import build_mixer
 from probseq.models.cache import ProbSeqCache
-from probseq.models.checks import (boolean, check_config_keys, check_dtype, check_input_ids, describe, one_of,
-                                   positive_int, positive_real, real_in)
+from probseq.models.checks import (
+    boolean,
+    check_config_keys,
+    check_dtype,
+    check_input_ids,
+    describe,
+    one_of,
+    positive_int,
+    positive_real,
+    real_in,
+)
 from probseq.models.configuration import ProbSeqConfig, config_keys
 from probseq.models.modeling import ProbSeqPreTrainedModel
-
 
 INITS = ("fla", "zoology")
 

@@ -22,14 +22,30 @@ import math
 import torch
 from torch import Tensor
 
-from probseq.design import (R_MAX, DesignModel, LinearReadout, MemoryDynamics, RegressionWrite, SuperpositionWrite,
-                            compute_dtype, reference_filter)
+from probseq.design import (
+    R_MAX,
+    DesignModel,
+    LinearReadout,
+    MemoryDynamics,
+    RegressionWrite,
+    SuperpositionWrite,
+    compute_dtype,
+    reference_filter,
+)
 from probseq.ops.bayes.chunked import bayes_chunked
 from probseq.ops.bayes.recurrent import bayes_recurrent
 from probseq.ops.superposition.chunked import superposition_chunked
 from probseq.ops.superposition.recurrent import superposition_recurrent
-from probseq.ops.validation import (ValueChecks, check_chunk_size, check_covariance_dtype, check_cu_seqlens,
-                                    check_gate, check_qkv, check_scale, check_state)
+from probseq.ops.validation import (
+    ValueChecks,
+    check_chunk_size,
+    check_covariance_dtype,
+    check_cu_seqlens,
+    check_gate,
+    check_qkv,
+    check_scale,
+    check_state,
+)
 from probseq.ops.varlen import Packing
 from probseq.types import BayesState, FilterOutput, Impl, resolve_impl
 

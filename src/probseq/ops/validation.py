@@ -148,7 +148,8 @@ def check_gate(name: str, x: Tensor | None, shape: tuple[int, ...], layout: str,
     check_floating(name, x)
     shapes = [tuple(shape)] + ([tuple(shape) + (allow_channel,)] if allow_channel is not None else [])
     if tuple(x.shape) not in shapes:
-        expected = " or ".join(f"{layout if i == 0 else layout[:-1] + ', K]'} = {list(s)}" for i, s in enumerate(shapes))
+        expected = " or ".join(f"{layout if i == 0 else layout[:-1] + ', K]'} = {list(s)}"
+                               for i, s in enumerate(shapes))
         raise ValueError(f"{name} must have shape {expected}, got {_shape(x)}")
     if device is not None and x.device != device:
         raise ValueError(f"{name} must be on the device of q, k, v ({device}), got {x.device}")
@@ -240,7 +241,8 @@ def _check_cov_range(name: str, cov: Tensor, checks: ValueChecks) -> None:
     eig = torch.linalg.eigvalsh(torch.where(finite, cov, torch.zeros((), dtype=cov.dtype, device=cov.device)))
     ok = ((eig >= -COV_TOLERANCE) & (eig <= 1 + COV_TOLERANCE)).all()
     checks.require(ok, lambda: f"{name}.cov must be a covariance within [0, I] (eigenvalues in [0, 1] up to "
-                               f"{COV_TOLERANCE:g}); found eigenvalues in [{eig.min().item():.3g}, {eig.max().item():.3g}]")
+                               f"{COV_TOLERANCE:g}); found eigenvalues in "
+                               f"[{eig.min().item():.3g}, {eig.max().item():.3g}]")
 
 
 def check_cu_seqlens(cu_seqlens: Tensor | None, batch: int, length: int, checks: ValueChecks | None) -> Tensor | None:

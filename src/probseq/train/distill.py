@@ -52,11 +52,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from probseq.files import NUMBER, ListOf, atomic_write_json, finite_or_none, json_problem, nonfinite_to_none, \
-    read_json
+from probseq.files import NUMBER, ListOf, atomic_write_json, finite_or_none, json_problem, nonfinite_to_none, read_json
 from probseq.train.pretrain import LMRunConfig, PackedBlocks, check_run_config, copy_tokenizer, corpus_token_arrays
-from probseq.train.trainer import TrainingDiverged, progress_bars, run_threads, run_trainer
 from probseq.train.schema import from_dict, non_negative, positive, with_overrides
+from probseq.train.trainer import TrainingDiverged, progress_bars, run_threads, run_trainer
 
 Objective = Literal["mse", "kl_lm"]
 

@@ -39,8 +39,8 @@ import torch
 
 from probseq.console import progress_enabled
 from probseq.files import atomic_write_json, finite_or_none, nonfinite_to_none
-from probseq.train.schema import check_fields, check_optimizer_run, from_dict, non_negative, positive, with_overrides
 from probseq.train.run_folder import claim_run_folder
+from probseq.train.schema import check_fields, check_optimizer_run, from_dict, non_negative, positive, with_overrides
 from probseq.train.trainer import TrainingDiverged, progress_bars, run_threads, run_trainer
 
 TRAIN_LOG = "train_log.json"
@@ -318,8 +318,8 @@ def pretrain(config: PretrainConfig, out: str | os.PathLike) -> dict[str, Any]:
     """
     from transformers import PrinterCallback, Trainer, default_data_collator, set_seed
 
-    from probseq.data import load_tokenizer, train_tokenizer
     from probseq.data import corpus as corpus_lib
+    from probseq.data import load_tokenizer, train_tokenizer
     from probseq.interop.fla import export_fla
     from probseq.models import ProbSeqForCausalLM
 
@@ -379,5 +379,6 @@ def pretrain(config: PretrainConfig, out: str | os.PathLike) -> dict[str, Any]:
     return log
 
 
-__all__ = ["PRESETS", "LMRunConfig", "PackedBlocks", "PretrainConfig", "corpus_token_arrays", "model_config", "pretrain",
+__all__ = ["PRESETS", "LMRunConfig", "PackedBlocks", "PretrainConfig", "corpus_token_arrays", "model_config",
+           "pretrain",
            "pretrain_config", "tokenize_documents"]

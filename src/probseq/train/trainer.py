@@ -290,7 +290,8 @@ def training_arguments(config: TrainConfig, output_dir: str | os.PathLike) -> Tr
         max_grad_norm=config.max_grad_norm, optim="adamw_torch", lr_scheduler_type=config.lr_scheduler,
         warmup_steps=config.warmup, seed=config.seed, bf16=config.precision == "bf16",
         fp16=config.precision == "fp16", save_strategy="steps" if config.save_steps else "no",
-        save_steps=config.save_steps or 500, save_total_limit=config.save_total_limit, logging_steps=config.logging_steps,
+        save_steps=config.save_steps or 500, save_total_limit=config.save_total_limit,
+        logging_steps=config.logging_steps,
         logging_nan_inf_filter=False,  # log a non-finite loss as it is (DivergenceGuard stops the run there)
         eval_strategy="no", report_to="none", label_names=["labels"], remove_unused_columns=False,
         disable_tqdm=not progress_enabled(config.progress), dataloader_num_workers=0,  # bars on a terminal only

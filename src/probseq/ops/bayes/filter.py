@@ -8,8 +8,17 @@ from torch import Tensor
 from probseq.design import R_MIN, compute_dtype, regression_design
 from probseq.ops.bayes.recurrent import bayes_step_core
 from probseq.ops.run import filter_design
-from probseq.ops.validation import (ValueChecks, check_chunk_size, check_covariance_dtype, check_cu_seqlens,
-                                    check_gate, check_qkv, check_r_min, check_scale, check_state)
+from probseq.ops.validation import (
+    ValueChecks,
+    check_chunk_size,
+    check_covariance_dtype,
+    check_cu_seqlens,
+    check_gate,
+    check_qkv,
+    check_r_min,
+    check_scale,
+    check_state,
+)
 from probseq.types import BayesState, FilterOutput, Impl, resolve_impl
 
 

@@ -8,8 +8,15 @@ from torch import Tensor
 from probseq.design import compute_dtype, superposition_design
 from probseq.ops.run import filter_design
 from probseq.ops.superposition.recurrent import superposition_step_core
-from probseq.ops.validation import (ValueChecks, check_chunk_size, check_cu_seqlens, check_gate, check_qkv,
-                                    check_scale, check_state)
+from probseq.ops.validation import (
+    ValueChecks,
+    check_chunk_size,
+    check_cu_seqlens,
+    check_gate,
+    check_qkv,
+    check_scale,
+    check_state,
+)
 from probseq.types import BayesState, FilterOutput, Impl, resolve_impl
 
 
