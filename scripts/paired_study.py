@@ -43,6 +43,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from probseq.experiments.common import write_csv
+
 ROOT = Path(__file__).resolve().parents[1]
 DELTA_GRID = (3e-4, 1e-3, 3e-3)
 STAGE1_SEEDS = (0, 1, 2)
@@ -259,16 +261,6 @@ def report(args: argparse.Namespace) -> None:
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     plot(paired, out / "paired_differences.png")
     print(json.dumps(summary, indent=1))
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    import csv  # noqa: PLC0415
-
-    with open(path, "w", newline="") as handle:
-        if rows:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
 
 
 def plot(paired: list[dict], path: Path) -> None:

@@ -11,7 +11,6 @@ step (``trainer.state.log_history``; ``train``'s metrics ``"retention_trace"``),
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -57,33 +56,36 @@ def split_retention_groups(optimizer: torch.optim.Optimizer, model: torch.nn.Mod
 class RetentionTrace(TrainerCallback):
     """At every logging step, add to the log entry (``state.log_history[-1]``): ``retention_scale`` (the mean
     clamped ``ρ`` over layers and heads), ``retention_grad_norm`` and ``other_grad_norm`` (the L2 norms of the
-    gradients of the retention parameters and of every other parameter at the last step, after clipping).
-    Nothing for a model without learned retention."""
+    gradients of the retention parameters and of every other parameter at that step, after clipping; computed on
+    logging steps only). Nothing for a model without learned retention."""
 
     def __init__(self):
-        self.grad_norms: tuple[float, float] | None = None
+        self.own: dict[str, torch.nn.Parameter] = {}
+        self.others: list[torch.nn.Parameter] = []
+        self.grad_norms: dict[int, tuple[float, float]] = {}
 
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        own = retention_parameters(model)
-        if not own:
-            return
-        ids = {id(p) for p in own.values()}
-        squares = [0.0, 0.0]
-        for p in model.parameters():
-            if p.grad is not None:
-                squares[id(p) not in ids] += float(p.grad.detach().float().pow(2).sum())
-        self.grad_norms = (math.sqrt(squares[0]), math.sqrt(squares[1]))
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.own = retention_parameters(model)
+        ids = {id(p) for p in self.own.values()}
+        self.others = [p for p in model.parameters() if id(p) not in ids]
 
-    def on_log(self, args, state, control, logs=None, model=None, **kwargs):
-        own = retention_parameters(model)
-        if not own or not state.log_history or "loss" not in state.log_history[-1]:
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        step = state.global_step + 1  # the step this update completes, as the log entry will name it
+        if not self.own or step % args.logging_steps:
             return
-        scales = torch.cat([p.detach().float().clamp(0, 1).flatten() for n, p in own.items()
-                            if n.endswith("c_scale")])
+        norms = [torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]).item()
+                 for params in (list(self.own.values()), self.others)]
+        self.grad_norms = {step: (norms[0], norms[1])}
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not self.own or not state.log_history or "loss" not in state.log_history[-1]:
+            return
         entry = state.log_history[-1]
+        scales = torch.cat([p.detach().float().clamp(0, 1).flatten() for n, p in self.own.items()
+                            if n.endswith("c_scale")])
         entry["retention_scale"] = float(scales.mean())
-        if self.grad_norms is not None:
-            entry["retention_grad_norm"], entry["other_grad_norm"] = self.grad_norms
+        if entry["step"] in self.grad_norms:
+            entry["retention_grad_norm"], entry["other_grad_norm"] = self.grad_norms[entry["step"]]
 
 
 def retention_trace(state) -> list[dict[str, Any]]:
