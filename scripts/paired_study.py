@@ -165,15 +165,37 @@ def stage1(task: Task, root: Path, arm: Arm, workers: int) -> tuple[float, dict]
     return best, records
 
 
+def bayesian_layer(task: Task, records: dict, chosen: dict) -> str | None:
+    """Plan item 3: the Bayesian variant with the higher stage-1 mean validation accuracy at the primary points."""
+    if not all(b in chosen for b in BAYESIAN):
+        return None
+
+    def primary_valid(name):
+        return statistics.fmean(mean_valid(records[name][(chosen[name], s)], task.primary) for s in STAGE1_SEEDS)
+
+    return max(BAYESIAN, key=primary_valid)
+
+
 def run(args: argparse.Namespace) -> None:
+    """Every stage, in the order that decides the primary comparison soonest (the plan does not depend on it):
+    stage 1 of the paired arms, stage 2 of Gated DeltaNet and the Bayesian Layer, stage 2 of the other paired
+    arms, then stage 1 of the ranking-only arms."""
     task, root = TASKS[args.task], Path(args.root).expanduser()
-    chosen = {}
-    for arm in ARMS:
-        chosen[arm.name], _ = stage1(task, root, arm, args.workers)
-        print(f"   {arm.name}: chosen lr {chosen[arm.name]:g}", flush=True)
+    chosen, records = {}, {}
     for arm in ARMS:
         if arm.paired:
-            run_sweep(task, root, arm, "paired", [chosen[arm.name]], list(range(PAIRED_SEEDS)), args.workers)
+            chosen[arm.name], records[arm.name] = stage1(task, root, arm, args.workers)
+            print(f"   {arm.name}: chosen lr {chosen[arm.name]:g}", flush=True)
+    variant = bayesian_layer(task, records, chosen)
+    print(f"   the Bayesian Layer: {variant}", flush=True)
+    paired = sorted((arm for arm in ARMS if arm.paired),
+                    key=lambda arm: (arm.name not in ("gated_deltanet", variant), ARMS.index(arm)))
+    for arm in paired:
+        run_sweep(task, root, arm, "paired", [chosen[arm.name]], list(range(PAIRED_SEEDS)), args.workers)
+    for arm in ARMS:
+        if not arm.paired:
+            chosen[arm.name], _ = stage1(task, root, arm, args.workers)
+            print(f"   {arm.name}: chosen lr {chosen[arm.name]:g}", flush=True)
     print("done; python scripts/paired_study.py report --root ... --out ...", flush=True)
 
 
@@ -224,12 +246,7 @@ def report(args: argparse.Namespace) -> None:
                                 "chosen": lr == chosen.get(arm.name)})
     write_csv(out / "calibration.csv", calibration)
 
-    variant = None
-    if all(b in chosen for b in BAYESIAN):
-        def primary_valid(name):
-            return statistics.fmean(mean_valid(records[name][(chosen[name], s)], task.primary)
-                                    for s in STAGE1_SEEDS)
-        variant = max(BAYESIAN, key=primary_valid)
+    variant = bayesian_layer(task, records, chosen)
     runs, paired = [], []
     for arm in ARMS:
         for (lr, seed), m in sorted(records[arm.name].items()):
