@@ -37,21 +37,26 @@ def main() -> None:
     q = torch.randn(1, T, H, K, generator=gen)
     k = F.normalize(torch.randn(1, T, H, K, generator=gen), dim=-1)
     v = torch.randn(1, T, H, K, generator=gen)
-    forms = [("recurrent", dict(impl="recurrent")), ("chunked C=64", dict(impl="chunked")),
-             ("chunked C=16", dict(impl="chunked", chunk_size=16)),
-             ("chunked C=64, float64 covariance path", dict(impl="chunked", covariance_dtype=torch.float64))]
+    forms = [
+        ("recurrent", dict(impl="recurrent")),
+        ("chunked C=64", dict(impl="chunked")),
+        ("chunked C=16", dict(impl="chunked", chunk_size=16)),
+        ("chunked C=64, float64 covariance path", dict(impl="chunked", covariance_dtype=torch.float64)),
+    ]
     print("| regime | form | output rel. error | final mean rel. error |")
     print("|---|---|---:|---:|")
     for name, gates in regimes(gen).items():
         r_min = gates.pop("r_min", 1e-4)
         double = {n: None if x is None else x.double() for n, x in gates.items()}
-        ref = bayes_filter(q.double(), k.double(), v.double(), **double, r_min=r_min, impl="recurrent",
-                           output_final_state=True)
+        ref = bayes_filter(
+            q.double(), k.double(), v.double(), **double, r_min=r_min, impl="recurrent", output_final_state=True
+        )
         for form, kwargs in forms:
             with torch.no_grad():
                 out = bayes_filter(q, k, v, **gates, r_min=r_min, output_final_state=True, **kwargs)
-            print(f"| {name} | {form} | {rel(out.output, ref.output):.1e} "
-                  f"| {rel(out.state.mean, ref.state.mean):.1e} |")
+            print(
+                f"| {name} | {form} | {rel(out.output, ref.output):.1e} | {rel(out.state.mean, ref.state.mean):.1e} |"
+            )
 
 
 if __name__ == "__main__":

@@ -63,11 +63,20 @@ class Task:
 
 
 TASKS = {
-    "recall": Task("recall", ("n_layers=2", "loss_weighting=example", "num_threads=1"),
-                   ("num_pairs=16", "num_pairs=32", "collisions=4"), "inside",
-                   ("inside", "gap=256", "key_noise=0.5")),
-    "mqar": Task("mqar", ("n_layers=2", "loss_weighting=example", "batching=by_segment", "num_threads=1"),
-                 ("T512_k128", "T1024_k256"), "T64_k4", ("T64_k4", "T128_k32", "T256_k64")),
+    "recall": Task(
+        "recall",
+        ("n_layers=2", "loss_weighting=example", "num_threads=1"),
+        ("num_pairs=16", "num_pairs=32", "collisions=4"),
+        "inside",
+        ("inside", "gap=256", "key_noise=0.5"),
+    ),
+    "mqar": Task(
+        "mqar",
+        ("n_layers=2", "loss_weighting=example", "batching=by_segment", "num_threads=1"),
+        ("T512_k128", "T1024_k256"),
+        "T64_k4",
+        ("T64_k4", "T128_k32", "T256_k64"),
+    ),
 }
 
 
@@ -99,9 +108,20 @@ def sweep_dir(root: Path, arm: Arm, label: str) -> Path:
 def run_sweep(task: Task, root: Path, arm: Arm, label: str, lrs: list[float], seeds: list[int], workers: int) -> dict:
     """Train one sweep with ``workers`` processes (resumable); return its unit records by (lr, seed)."""
     out = sweep_dir(root, arm, label)
-    command = [str(ROOT / ".venv/bin/probseq"), task.command, "--preset", "cpu", "--out", str(out), "--set",
-               f'mixers=["{arm.mixer}"]', f"learning_rates={json.dumps(lrs)}", f"seeds={json.dumps(seeds)}",
-               *task.base, *arm.sets]
+    command = [
+        str(ROOT / ".venv/bin/probseq"),
+        task.command,
+        "--preset",
+        "cpu",
+        "--out",
+        str(out),
+        "--set",
+        f'mixers=["{arm.mixer}"]',
+        f"learning_rates={json.dumps(lrs)}",
+        f"seeds={json.dumps(seeds)}",
+        *task.base,
+        *arm.sets,
+    ]
     print(f"== {arm.name} {label}: lrs {lrs}, seeds {seeds}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     logs = [open(out.parent / f"{label}.worker{w}.log", "a") for w in range(workers)]
@@ -188,8 +208,10 @@ def run(args: argparse.Namespace) -> None:
             print(f"   {arm.name}: chosen lr {chosen[arm.name]:g}", flush=True)
     variant = bayesian_layer(task, records, chosen)
     print(f"   the Bayesian Layer: {variant}", flush=True)
-    paired = sorted((arm for arm in ARMS if arm.paired),
-                    key=lambda arm: (arm.name not in ("gated_deltanet", variant), ARMS.index(arm)))
+    paired = sorted(
+        (arm for arm in ARMS if arm.paired),
+        key=lambda arm: (arm.name not in ("gated_deltanet", variant), ARMS.index(arm)),
+    )
     for arm in paired:
         run_sweep(task, root, arm, "paired", [chosen[arm.name]], list(range(PAIRED_SEEDS)), args.workers)
     for arm in ARMS:
@@ -200,6 +222,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ report
+
 
 def all_records(root: Path, arm: Arm) -> dict:
     records = {}
@@ -240,10 +263,17 @@ def report(args: argparse.Namespace) -> None:
         for lr in lrs:
             runs = {s: m for (rate, s), m in records[arm.name].items() if rate == lr}
             learned = sum((accuracy(m, f"valid_{task.learned_point}") or 0) >= LEARNED for m in runs.values())
-            calibration.append({"arm": arm.name, "lr": lr, "seeds": len(runs), "learned": learned,
-                                "mean_valid_all": round(statistics.fmean(mean_valid(m) for m in runs.values()), 4),
-                                "stage1_score": round(scores[lr], 4) if lr in scores else None,
-                                "chosen": lr == chosen.get(arm.name)})
+            calibration.append(
+                {
+                    "arm": arm.name,
+                    "lr": lr,
+                    "seeds": len(runs),
+                    "learned": learned,
+                    "mean_valid_all": round(statistics.fmean(mean_valid(m) for m in runs.values()), 4),
+                    "stage1_score": round(scores[lr], 4) if lr in scores else None,
+                    "chosen": lr == chosen.get(arm.name),
+                }
+            )
     write_csv(out / "calibration.csv", calibration)
 
     variant = bayesian_layer(task, records, chosen)
@@ -251,28 +281,47 @@ def report(args: argparse.Namespace) -> None:
     for arm in ARMS:
         for (lr, seed), m in sorted(records[arm.name].items()):
             if lr == chosen.get(arm.name):
-                runs.append({"arm": arm.name, "lr": lr, "seed": seed,
-                             "learned": (accuracy(m, f"valid_{task.learned_point}") or 0) >= LEARNED,
-                             **{f"test_{p}": accuracy(m, f"test_{p}") for p in (*task.also, *task.primary)},
-                             "retention_scale": json.dumps(m.get("retention_scale")) if m.get("retention_scale")
-                             else None})
+                runs.append(
+                    {
+                        "arm": arm.name,
+                        "lr": lr,
+                        "seed": seed,
+                        "learned": (accuracy(m, f"valid_{task.learned_point}") or 0) >= LEARNED,
+                        **{f"test_{p}": accuracy(m, f"test_{p}") for p in (*task.also, *task.primary)},
+                        "retention_scale": json.dumps(m.get("retention_scale")) if m.get("retention_scale") else None,
+                    }
+                )
     write_csv(out / "runs.csv", runs)
     if variant and "gated_deltanet" in chosen:
         bayes = {r["seed"]: r for r in runs if r["arm"] == variant}
         gdn = {r["seed"]: r for r in runs if r["arm"] == "gated_deltanet"}
         seeds = sorted(set(bayes) & set(gdn))
-        for analysis, keep in (("all", seeds), ("both learned", [s for s in seeds
-                                                                 if bayes[s]["learned"] and gdn[s]["learned"]])):
+        for analysis, keep in (
+            ("all", seeds),
+            ("both learned", [s for s in seeds if bayes[s]["learned"] and gdn[s]["learned"]]),
+        ):
             for point in task.primary:
-                diffs = [bayes[s][f"test_{point}"] - gdn[s][f"test_{point}"] for s in keep
-                         if bayes[s][f"test_{point}"] is not None and gdn[s][f"test_{point}"] is not None]
+                diffs = [
+                    bayes[s][f"test_{point}"] - gdn[s][f"test_{point}"]
+                    for s in keep
+                    if bayes[s][f"test_{point}"] is not None and gdn[s][f"test_{point}"] is not None
+                ]
                 if not diffs:
                     continue
                 mean, half = t_interval(diffs)
-                paired.append({"analysis": analysis, "bayesian": variant, "endpoint": point, "seeds": len(diffs),
-                               "mean_difference": round(mean, 4), "half_width_95": round(half, 4),
-                               "low": round(mean - half, 4), "high": round(mean + half, 4),
-                               "verdict": verdict(mean, half) if len(diffs) >= PAIRED_SEEDS else "partial"})
+                paired.append(
+                    {
+                        "analysis": analysis,
+                        "bayesian": variant,
+                        "endpoint": point,
+                        "seeds": len(diffs),
+                        "mean_difference": round(mean, 4),
+                        "half_width_95": round(half, 4),
+                        "low": round(mean - half, 4),
+                        "high": round(mean + half, 4),
+                        "verdict": verdict(mean, half) if len(diffs) >= PAIRED_SEEDS else "partial",
+                    }
+                )
     write_csv(out / "paired.csv", paired)
     summary = {"chosen_lr": chosen, "bayesian_layer": variant, "paired": paired}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")

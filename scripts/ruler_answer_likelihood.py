@@ -42,8 +42,10 @@ def foils(task: str, records: list[dict]) -> list[str]:
     if task == "niah_single_1":
         following = [references[(i + 1) % len(references)] for i in range(len(references))]
         # (a repeated value, or a single sample: the next 7-digit number, wrapping within 1000000–9999999)
-        return [other if other != ref else str((int(ref) - 999_999) % 9_000_000 + 1_000_000)
-                for ref, other in zip(references, following)]
+        return [
+            other if other != ref else str((int(ref) - 999_999) % 9_000_000 + 1_000_000)
+            for ref, other in zip(references, following)
+        ]
     if task == "niah_multikey_2":
         out = []
         for record, ref in zip(records, references):
@@ -60,11 +62,11 @@ def answer_logprob(model, tokenizer, prompt: str, answer: str) -> float:
     """``log p(answer | prompt)``, summed over the answer's tokens."""
     prefix = tokenizer(prompt)["input_ids"]
     full = tokenizer(prompt + answer)["input_ids"]
-    if full[:len(prefix)] != prefix or len(full) == len(prefix):
+    if full[: len(prefix)] != prefix or len(full) == len(prefix):
         raise ValueError(f"the prompt's tokens are not a prefix of prompt + {answer!r}")
     ids = torch.tensor([full], device=next(model.parameters()).device)
-    logits = model(input_ids=ids, use_cache=False).logits[0, len(prefix) - 1:-1].float()
-    return float(torch.log_softmax(logits, -1).gather(-1, ids[0, len(prefix):, None]).sum())
+    logits = model(input_ids=ids, use_cache=False).logits[0, len(prefix) - 1 : -1].float()
+    return float(torch.log_softmax(logits, -1).gather(-1, ids[0, len(prefix) :, None]).sum())
 
 
 def score_model(model, tokenizer, tasks, lengths, samples: int, seed: int) -> list[dict]:
@@ -77,13 +79,21 @@ def score_model(model, tokenizer, tasks, lengths, samples: int, seed: int) -> li
     for task in tasks:
         for length in lengths:
             records = generate(task, tokenizer, length, samples, seed)
-            for record, foil in tqdm(list(zip(records, foils(task, records))), desc=f"{task} {length}", leave=False,
-                                      disable=None):
+            for record, foil in tqdm(
+                list(zip(records, foils(task, records))), desc=f"{task} {length}", leave=False, disable=None
+            ):
                 prompt = record["input"] + record["answer_prefix"]
-                rows.append({"task": task, "length": length, "index": record["index"],
-                             "reference": record["outputs"][0], "foil": foil,
-                             "logp_reference": answer_logprob(model, tokenizer, prompt, " " + record["outputs"][0]),
-                             "logp_foil": answer_logprob(model, tokenizer, prompt, " " + foil)})
+                rows.append(
+                    {
+                        "task": task,
+                        "length": length,
+                        "index": record["index"],
+                        "reference": record["outputs"][0],
+                        "foil": foil,
+                        "logp_reference": answer_logprob(model, tokenizer, prompt, " " + record["outputs"][0]),
+                        "logp_foil": answer_logprob(model, tokenizer, prompt, " " + foil),
+                    }
+                )
     return rows
 
 
@@ -95,9 +105,19 @@ def summary(name: str, rows: list[dict]) -> list[dict]:
     for task, length in units:
         unit = [r for r in rows if (r["task"], r["length"]) == (task, length)]
         margin, low, high = mean_interval([r["logp_reference"] - r["logp_foil"] for r in unit])
-        out.append({"model": name, "task": task, "length": length, "margin": margin, "ci_low": low, "ci_high": high,
-                    "reference_preferred": sum(r["logp_reference"] > r["logp_foil"] for r in unit) / len(unit),
-                    "logp_reference": sum(r["logp_reference"] for r in unit) / len(unit), "samples": len(unit)})
+        out.append(
+            {
+                "model": name,
+                "task": task,
+                "length": length,
+                "margin": margin,
+                "ci_low": low,
+                "ci_high": high,
+                "reference_preferred": sum(r["logp_reference"] > r["logp_foil"] for r in unit) / len(unit),
+                "logp_reference": sum(r["logp_reference"] for r in unit) / len(unit),
+                "samples": len(unit),
+            }
+        )
     return out
 
 
@@ -112,11 +132,13 @@ def paired(first: list[dict], second: list[dict]) -> list[tuple]:
         s = other[key(r)]
         if (s["reference"], s["foil"]) != (r["reference"], r["foil"]):
             raise ValueError(f"the two models were scored on different samples at {key(r)}")
-        by_unit.setdefault(key(r)[:2], []).append((r["logp_reference"] - r["logp_foil"])
-                                                  - (s["logp_reference"] - s["logp_foil"]))
+        by_unit.setdefault(key(r)[:2], []).append(
+            (r["logp_reference"] - r["logp_foil"]) - (s["logp_reference"] - s["logp_foil"])
+        )
     every = [d for diffs in by_unit.values() for d in diffs]
-    return ([(t, n, *mean_interval(d), len(d)) for (t, n), d in by_unit.items()]
-            + [("all", "all", *mean_interval(every), len(every))])
+    return [(t, n, *mean_interval(d), len(d)) for (t, n), d in by_unit.items()] + [
+        ("all", "all", *mean_interval(every), len(every))
+    ]
 
 
 def main(argv: list[str]) -> int:
@@ -145,14 +167,20 @@ def main(argv: list[str]) -> int:
         table += summary(name, rows[name])
     write_csv(out / "answer_likelihood.csv", table)
     text = io.StringIO()
-    text.write("| model | task | length | margin (nats) | 95 % interval | reference preferred | log p(reference) |\n"
-               "|---|---|---:|---:|---|---:|---:|\n")
+    text.write(
+        "| model | task | length | margin (nats) | 95 % interval | reference preferred | log p(reference) |\n"
+        "|---|---|---:|---:|---|---:|---:|\n"
+    )
     for r in table:
-        text.write(f"| {r['model']} | {r['task']} | {r['length']} | {r['margin']:+.2f} | [{r['ci_low']:+.2f}, "
-                   f"{r['ci_high']:+.2f}] | {r['reference_preferred']:.2f} | {r['logp_reference']:.1f} |\n")
+        text.write(
+            f"| {r['model']} | {r['task']} | {r['length']} | {r['margin']:+.2f} | [{r['ci_low']:+.2f}, "
+            f"{r['ci_high']:+.2f}] | {r['reference_preferred']:.2f} | {r['logp_reference']:.1f} |\n"
+        )
     if "bayes" in rows and "gdn" in rows:
-        text.write("\nMargin of bayes − margin of gdn, paired over the same samples (nats; 95 % interval):\n\n"
-                   "| task | length | difference | 95 % interval | pairs |\n|---|---:|---:|---|---:|\n")
+        text.write(
+            "\nMargin of bayes − margin of gdn, paired over the same samples (nats; 95 % interval):\n\n"
+            "| task | length | difference | 95 % interval | pairs |\n|---|---:|---:|---|---:|\n"
+        )
         for task, length, mean, low, high, n in paired(rows["bayes"], rows["gdn"]):
             text.write(f"| {task} | {length} | {mean:+.2f} | [{low:+.2f}, {high:+.2f}] | {n} |\n")
     atomic_write_text(out / "answer_likelihood.md", text.getvalue())

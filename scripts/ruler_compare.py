@@ -18,8 +18,11 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-ARMS = {"teacher": "GDN teacher (pretrained)", "bayes": "Bayesian Layers (distilled)",
-        "gdn": "GDN fine-tuned (matched-compute baseline)"}
+ARMS = {
+    "teacher": "GDN teacher (pretrained)",
+    "bayes": "Bayesian Layers (distilled)",
+    "gdn": "GDN fine-tuned (matched-compute baseline)",
+}
 
 
 def read_arms(root: Path) -> dict[str, list[dict]]:
@@ -42,8 +45,11 @@ def score_table(arms: dict[str, list[dict]]) -> tuple[list[str], list[tuple]]:
         for row in rows:
             key = (row["task"], int(row["length"]))
             tasks += [row["task"]] if row["task"] not in tasks else []
-            cells[key][arm] = ((float(row["score"]), float(row["ci_low"]), float(row["ci_high"]))
-                               if row["status"] == "ok" else row["status"])
+            cells[key][arm] = (
+                (float(row["score"]), float(row["ci_low"]), float(row["ci_high"]))
+                if row["status"] == "ok"
+                else row["status"]
+            )
     lengths = sorted({length for _, length in cells})
     table = [(task, length, cells[(task, length)]) for task in tasks for length in lengths if (task, length) in cells]
     # the mean over the tasks every arm scored at every length (one task set for the whole curve)
@@ -55,8 +61,9 @@ def score_table(arms: dict[str, list[dict]]) -> tuple[list[str], list[tuple]]:
     return tasks, table
 
 
-def paired_difference(root: Path, arm: str = "bayes", other: str = "gdn") -> list[tuple[str, str, float, float,
-                                                                                        float, int]]:
+def paired_difference(
+    root: Path, arm: str = "bayes", other: str = "gdn"
+) -> list[tuple[str, str, float, float, float, int]]:
     """``arm − other`` on the same prompts, from both arms' ``predictions.jsonl``: rows ``(task, length, mean
     difference, 95 % low, 95 % high, pairs)`` per unit scored by both, then ``("all", "all", …)`` over every pair.
 
@@ -64,6 +71,7 @@ def paired_difference(root: Path, arm: str = "bayes", other: str = "gdn") -> lis
     teacher's), so the difference is paired per sample; the interval is the normal one of the mean difference.
     A pair whose references differ means the prompts were not the same: an error, not a silent mismatch.
     """
+
     def read(name):
         path = root / "ruler" / name / "predictions.jsonl"
         if not path.exists():
@@ -79,8 +87,10 @@ def paired_difference(root: Path, arm: str = "bayes", other: str = "gdn") -> lis
     by_unit: dict[tuple[str, int], list[float]] = defaultdict(list)
     for key in sorted(first.keys() & second.keys()):
         if first[key]["references"] != second[key]["references"]:
-            raise ValueError(f"{arm} and {other} were scored on different samples at {key}: "
-                             f"{first[key]['references']} vs {second[key]['references']}")
+            raise ValueError(
+                f"{arm} and {other} were scored on different samples at {key}: "
+                f"{first[key]['references']} vs {second[key]['references']}"
+            )
         by_unit[key[:2]].append(float(first[key]["score"]) - float(second[key]["score"]))
     rows = [(task, str(length), *mean_interval(diffs), len(diffs)) for (task, length), diffs in by_unit.items()]
     every = [d for diffs in by_unit.values() for d in diffs]
@@ -90,13 +100,17 @@ def paired_difference(root: Path, arm: str = "bayes", other: str = "gdn") -> lis
 def stage_times(root: Path) -> list[tuple[str, float, int]]:
     """``(stage, hours of training, tokens)`` from the training logs that exist."""
     stages = []
-    for arm, name in (("teacher", "pretrain (GDN teacher)"), ("bayes", "distill, Bayesian arm"),
-                      ("gdn", "distill, GDN baseline arm")):
+    for arm, name in (
+        ("teacher", "pretrain (GDN teacher)"),
+        ("bayes", "distill, Bayesian arm"),
+        ("gdn", "distill, GDN baseline arm"),
+    ):
         path = root / "distill" / arm / "train_log.json"
         if path.exists():
             log = json.loads(path.read_text())
-            seconds = log.get("train_seconds") or sum(s.get("train_seconds", s.get("seconds", 0))
-                                                      for s in log.get("stages", []))
+            seconds = log.get("train_seconds") or sum(
+                s.get("train_seconds", s.get("seconds", 0)) for s in log.get("stages", [])
+            )
             stages.append((name, seconds / 3600, int(log.get("tokens", 0))))
     for arm in ARMS:
         path = root / "ruler" / arm / "results.json"
@@ -123,8 +137,10 @@ def markdown(arms: dict[str, list[dict]], root: Path) -> str:
         out.write(f"| {task} | {length} | " + " | ".join(shown) + " |\n")
     differences = paired_difference(root)
     if differences:
-        out.write(f"\n{ARMS['bayes']} − {ARMS['gdn']}, paired over the same prompts (score points; 95 % interval):\n\n"
-                  "| task | length | difference | 95 % interval | pairs |\n|---|---:|---:|---|---:|\n")
+        out.write(
+            f"\n{ARMS['bayes']} − {ARMS['gdn']}, paired over the same prompts (score points; 95 % interval):\n\n"
+            "| task | length | difference | 95 % interval | pairs |\n|---|---:|---:|---|---:|\n"
+        )
         for task, length, mean, low, high, count in differences:
             out.write(f"| {task} | {length} | {mean:+.1f} | [{low:+.1f}, {high:+.1f}] | {count} |\n")
     stages = stage_times(root)
@@ -163,7 +179,7 @@ def plot(arms: dict[str, list[dict]], path: Path) -> None:
         ax.set_title(panel, fontsize=9)
         ax.set_xlabel("context length (tokens)")
         ax.set_ylim(-2, 102)
-    for ax in axes.flat[len(panels):]:
+    for ax in axes.flat[len(panels) :]:
         ax.axis("off")
     axes[0][0].set_ylabel("RULER score")
     axes.flat[0].legend(fontsize=7)

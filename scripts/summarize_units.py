@@ -22,15 +22,36 @@ def main(folder: str) -> int:
         config, metrics = record["config"], record["metrics"]
         if is_diverged(metrics):  # no accuracies: shown as such, never as 0
             diverged = metrics["diverged"]
-            rows.append((config["model"]["mixer"], config["model"].get("retention", ""), config["learning_rate"],
-                         config["seed"], diverged.get("last_finite_loss"), None, 0.0, None,
-                         f"diverged at step {diverged['step']}"))
+            rows.append(
+                (
+                    config["model"]["mixer"],
+                    config["model"].get("retention", ""),
+                    config["learning_rate"],
+                    config["seed"],
+                    diverged.get("last_finite_loss"),
+                    None,
+                    0.0,
+                    None,
+                    f"diverged at step {diverged['step']}",
+                )
+            )
             continue
-        tests = {name.removeprefix("test_"): m["accuracy"] for name, m in metrics["eval"].items()
-                 if name.startswith("test_")}
-        rows.append((config["model"]["mixer"], config["model"].get("retention", ""), config["learning_rate"],
-                     config["seed"], metrics.get("final_train_loss", metrics["train_loss"]),
-                     metrics["seconds_per_step"], train_seconds(metrics), mean_retention_scale(metrics), tests))
+        tests = {
+            name.removeprefix("test_"): m["accuracy"] for name, m in metrics["eval"].items() if name.startswith("test_")
+        }
+        rows.append(
+            (
+                config["model"]["mixer"],
+                config["model"].get("retention", ""),
+                config["learning_rate"],
+                config["seed"],
+                metrics.get("final_train_loss", metrics["train_loss"]),
+                metrics["seconds_per_step"],
+                train_seconds(metrics),
+                mean_retention_scale(metrics),
+                tests,
+            )
+        )
     if not rows:
         print(f"no runs in {folder}")
         return 1
@@ -39,14 +60,21 @@ def main(folder: str) -> int:
     print("|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(points))
     for mixer, retention, lr, seed, loss, step, seconds, rho, tests in sorted(rows, key=lambda r: (r[0], r[2], r[3])):
         name = f"{mixer} ({retention})" if mixer == "bayesian" and retention else mixer
-        cells = ([tests] * len(points) if isinstance(tests, str)
-                 else [f"{tests[p]:.3f}" if p in tests else "" for p in points])
-        print(f"| {name} | {lr:g} | {seed} | {'' if loss is None else f'{loss:.2f}'} | "
-              f"{'' if step is None else f'{step:.2f}'} | {seconds / 60:.1f} | "
-              f"{'' if rho is None else f'{rho:.2f}'} | " + " | ".join(cells) + " |")
-    print(f"\n{len(rows)} runs, {sum(r[6] for r in rows) / 3600:.2f} h of training in all (runs cached before "
-          "train_seconds was recorded: s/step × steps). Train loss: the last logging window's (older runs: the "
-          "mean since their last resume). ρ: the learned retention's mean trained scale (runs that record it).")
+        cells = (
+            [tests] * len(points)
+            if isinstance(tests, str)
+            else [f"{tests[p]:.3f}" if p in tests else "" for p in points]
+        )
+        print(
+            f"| {name} | {lr:g} | {seed} | {'' if loss is None else f'{loss:.2f}'} | "
+            f"{'' if step is None else f'{step:.2f}'} | {seconds / 60:.1f} | "
+            f"{'' if rho is None else f'{rho:.2f}'} | " + " | ".join(cells) + " |"
+        )
+    print(
+        f"\n{len(rows)} runs, {sum(r[6] for r in rows) / 3600:.2f} h of training in all (runs cached before "
+        "train_seconds was recorded: s/step × steps). Train loss: the last logging window's (older runs: the "
+        "mean since their last resume). ρ: the learned retention's mean trained scale (runs that record it)."
+    )
     return 0
 
 

@@ -20,8 +20,9 @@ TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.bfloat16: 2e-2, tor
 
 #: Names of documents outside the repository that citations once used (spelt in lower case here, so that a
 #: case-sensitive grep for them over the repository finds only what is left to fix).
-OUTSIDE_DOCUMENTS = re.compile(r"\b(" + "|".join(name.upper() for name in ("spec", "architecture", "conventions"))
-                               + r")\b")
+OUTSIDE_DOCUMENTS = re.compile(
+    r"\b(" + "|".join(name.upper() for name in ("spec", "architecture", "conventions")) + r")\b"
+)
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +62,19 @@ def random_cov(batch: int, heads: int, key_dim: int, dtype=torch.float64, genera
     return torch.linalg.inv(torch.eye(key_dim, dtype=torch.float64) + a @ a.transpose(-1, -2)).to(dtype)
 
 
-def bayes_inputs(batch=2, length=37, heads=2, key_dim=8, value_dim=6, *, dtype=torch.float64, seed=0,
-                 regime="random", unit_keys=True, with_state=True):
+def bayes_inputs(
+    batch=2,
+    length=37,
+    heads=2,
+    key_dim=8,
+    value_dim=6,
+    *,
+    dtype=torch.float64,
+    seed=0,
+    regime="random",
+    unit_keys=True,
+    with_state=True,
+):
     """Random Bayesian-layer inputs; ``regime`` picks the gates.
 
     Returns:
@@ -90,8 +102,10 @@ def bayes_inputs(batch=2, length=37, heads=2, key_dim=8, value_dim=6, *, dtype=t
         g = torch.where(rand(*shape) < 0.2, torch.zeros(()), g)
     state = None
     if with_state:
-        state = BayesState(torch.randn(batch, heads, value_dim, key_dim, generator=gen, dtype=torch.float64),
-                           random_cov(batch, heads, key_dim, generator=gen))
+        state = BayesState(
+            torch.randn(batch, heads, value_dim, key_dim, generator=gen, dtype=torch.float64),
+            random_cov(batch, heads, key_dim, generator=gen),
+        )
     out = dict(q=q, k=k, v=v, g=g, beta=beta, gamma=gamma, initial_state=state)
     return {name: _cast(x, dtype) for name, x in out.items()}
 

@@ -10,15 +10,25 @@ import torch
 from probseq import bench
 from probseq.train.trainer import run_threads
 
-TINY = dataclasses.replace(bench.PRESETS["quick"], repeats=1, warmup=0, mqar_d_model=16, mqar_vocab=512,
-                           mqar_batch=2, mqar_length=256, mqar_kv_pairs=4,  # the ratio row is at T = 256
-                           recall_batch=2)
+TINY = dataclasses.replace(
+    bench.PRESETS["quick"],
+    repeats=1,
+    warmup=0,
+    mqar_d_model=16,
+    mqar_vocab=512,
+    mqar_batch=2,
+    mqar_length=256,
+    mqar_kv_pairs=4,  # the ratio row is at T = 256
+    recall_batch=2,
+)
 
 
 def test_plan_groups_cases():
     mqar = bench.plan(dataclasses.replace(TINY, cases="mqar"))
-    assert mqar == ([(f"mqar_train_{m}", 256, "train") for m in TINY.mqar_mixers]
-                    + [(f"recall_train_{m}", bench.recall_task(TINY).seq_len, "train") for m in TINY.recall_mixers])
+    assert mqar == (
+        [(f"mqar_train_{m}", 256, "train") for m in TINY.mqar_mixers]
+        + [(f"recall_train_{m}", bench.recall_task(TINY).seq_len, "train") for m in TINY.recall_mixers]
+    )
     everything = bench.plan(TINY)
     assert set(mqar) < set(everything)
     filters = bench.plan(dataclasses.replace(TINY, cases="filters"))
@@ -41,16 +51,18 @@ def test_mqar_training_step_is_an_optimizer_step(mixer):
 
 def test_run_bench_reports_mqar_throughput():
     with run_threads(1):
-        results = bench.run_bench(dataclasses.replace(TINY, cases="mqar", mqar_mixers=("bayesian", "gated_deltanet"),
-                                                      recall_mixers=()))
+        results = bench.run_bench(
+            dataclasses.replace(TINY, cases="mqar", mqar_mixers=("bayesian", "gated_deltanet"), recall_mixers=())
+        )
     rows = {m["method"]: m for m in results["measurements"]}
     assert set(rows) == {"mqar_train_bayesian", "mqar_train_gated_deltanet"}
     for row in rows.values():
         assert row["mode"] == "train" and row["seconds"] > 0
         assert row["tokens_per_s"] == pytest.approx(TINY.mqar_batch * TINY.mqar_length / row["seconds"])
     ratio = next(r for r in results["ratios"] if r["figure"].startswith("MQAR model training step"))
-    assert ratio["ratio"] == pytest.approx(rows["mqar_train_bayesian"]["seconds"]
-                                           / rows["mqar_train_gated_deltanet"]["seconds"])
+    assert ratio["ratio"] == pytest.approx(
+        rows["mqar_train_bayesian"]["seconds"] / rows["mqar_train_gated_deltanet"]["seconds"]
+    )
     assert ratio["met"] == (ratio["ratio"] <= 1.2)
     assert "mqar_train_bayesian" in bench.format_tables(results)
 
@@ -111,9 +123,11 @@ def test_memory_profiling_prints_nothing_and_keeps_stderr():
     import subprocess
     import sys
 
-    script = ("import sys, torch\nfrom probseq.bench import peak_memory_mb\n"
-              "print(peak_memory_mb(lambda: torch.ones(1000, 1000) @ torch.ones(1000, 1000)))\n"
-              "print('after', file=sys.stderr)\n")
+    script = (
+        "import sys, torch\nfrom probseq.bench import peak_memory_mb\n"
+        "print(peak_memory_mb(lambda: torch.ones(1000, 1000) @ torch.ones(1000, 1000)))\n"
+        "print('after', file=sys.stderr)\n"
+    )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert float(result.stdout) > 3.9  # the 4 MB product (at least)

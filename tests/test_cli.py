@@ -19,10 +19,20 @@ from tests.conftest import OUTSIDE_DOCUMENTS
 COMMANDS = build_parser()._subparsers._group_actions[0].choices  # name → its ArgumentParser
 
 # The arguments each command needs to parse (its required ones).
-REQUIRED = {"pretrain": ["--out", "o"], "distill": ["--teacher", "t", "--out", "o", "--tokens", "1k"],
-            "mqar": ["--out", "o"], "recall": ["--out", "o"], "collision": ["--out", "o"], "reproduce": [],
-            "demo": [], "bench": [], "uncertainty": ["--text", "t", "--out", "o"], "convert-fla": ["a", "b"],
-            "export-fla": ["a", "b"], "ruler": ["--model", "m", "--out", "o"]}
+REQUIRED = {
+    "pretrain": ["--out", "o"],
+    "distill": ["--teacher", "t", "--out", "o", "--tokens", "1k"],
+    "mqar": ["--out", "o"],
+    "recall": ["--out", "o"],
+    "collision": ["--out", "o"],
+    "reproduce": [],
+    "demo": [],
+    "bench": [],
+    "uncertainty": ["--text", "t", "--out", "o"],
+    "convert-fla": ["a", "b"],
+    "export-fla": ["a", "b"],
+    "ruler": ["--model", "m", "--out", "o"],
+}
 
 
 def test_every_command_is_covered_here():
@@ -35,22 +45,32 @@ def test_every_command_names_a_function_that_exists(command):
     assert callable(command_function(args.run)), args.run
 
 
-HELP_WITHOUT_TORCH = ("import sys, probseq_cli\n"
-                      "try:\n    probseq_cli.main(sys.argv[1:])\n"
-                      "except SystemExit as exit:\n"
-                      "    assert 'torch' not in sys.modules and 'probseq' not in sys.modules, 'imported torch'\n"
-                      "    raise\n")
+HELP_WITHOUT_TORCH = (
+    "import sys, probseq_cli\n"
+    "try:\n    probseq_cli.main(sys.argv[1:])\n"
+    "except SystemExit as exit:\n"
+    "    assert 'torch' not in sys.modules and 'probseq' not in sys.modules, 'imported torch'\n"
+    "    raise\n"
+)
 
 
-@pytest.mark.parametrize("argv, code, shown", [
-    (["--help"], 0, "mqar"), ([], 2, "mqar"), (["no-such-command"], 2, "mqar"),
-    (["mqar", "--help"], 0, "--preset"), (["ruler", "--help"], 0, "summary.csv"), (["bench", "-h"], 0, "--mqar"),
-    (["mqar", "--out", "o", "--preset", "huge"], 2, "invalid choice"),
-    (["distill", "--teacher", "t", "--out", "o", "--tokens", "5X"], 2, "must be a number like"),
-])
+@pytest.mark.parametrize(
+    "argv, code, shown",
+    [
+        (["--help"], 0, "mqar"),
+        ([], 2, "mqar"),
+        (["no-such-command"], 2, "mqar"),
+        (["mqar", "--help"], 0, "--preset"),
+        (["ruler", "--help"], 0, "summary.csv"),
+        (["bench", "-h"], 0, "--mqar"),
+        (["mqar", "--out", "o", "--preset", "huge"], 2, "invalid choice"),
+        (["distill", "--teacher", "t", "--out", "o", "--tokens", "5X"], 2, "must be a number like"),
+    ],
+)
 def test_help_and_bad_arguments_answer_without_importing_torch(argv, code, shown):
-    result = subprocess.run([sys.executable, "-c", HELP_WITHOUT_TORCH, *argv], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", HELP_WITHOUT_TORCH, *argv], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == code, result.stderr
     assert shown in result.stdout + result.stderr
 
@@ -81,8 +101,9 @@ def test_choices_mirror_the_modules_constants():
     assert parsers.LM_PRESETS == tuple(pretrain.PRESETS) == tuple(distill.PRESETS)
 
 
-@pytest.mark.parametrize("text, tokens", [("5000000", 5_000_000), ("5M", 5_000_000), ("2.5m", 2_500_000),
-                                          ("500k", 500_000), ("1G", 10**9)])
+@pytest.mark.parametrize(
+    "text, tokens", [("5000000", 5_000_000), ("5M", 5_000_000), ("2.5m", 2_500_000), ("500k", 500_000), ("1G", 10**9)]
+)
 def test_token_counts(text, tokens):
     assert parsers.token_count(text) == tokens
 
@@ -93,8 +114,9 @@ def test_bad_token_counts(text):
         parsers.token_count(text)
 
 
-@pytest.mark.parametrize("command", ["pretrain", "distill", "mqar", "recall", "collision", "reproduce", "demo",
-                                     "bench"])
+@pytest.mark.parametrize(
+    "command", ["pretrain", "distill", "mqar", "recall", "collision", "reproduce", "demo", "bench"]
+)
 def test_every_set_option_accumulates(command):
     """``--set a=1 --set b=2 c=3`` keeps all three overrides in every command (a repeated ``--set`` once
     silently replaced the earlier ones in pretrain and distill)."""
@@ -135,8 +157,10 @@ def test_a_missing_extra_is_one_line_that_names_it(monkeypatch, capsys, missing,
             probseq.cli.main(["bench"])
         return
     assert probseq.cli.main(["bench"]) == 2
-    assert capsys.readouterr().err == (f"probseq bench: error: No module named {missing!r}: the probseq commands "
-                                       "need the experiments extra, pip install 'probseq[experiments]'\n")
+    assert capsys.readouterr().err == (
+        f"probseq bench: error: No module named {missing!r}: the probseq commands "
+        "need the experiments extra, pip install 'probseq[experiments]'\n"
+    )
 
 
 def test_the_extra_packages_are_those_of_pyproject():
@@ -148,7 +172,8 @@ def test_the_extra_packages_are_those_of_pyproject():
 
     tomllib = pytest.importorskip("tomllib")
     extras = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"][
-        "optional-dependencies"]
+        "optional-dependencies"
+    ]
     packages = {re.match(r"[\w.-]+", r)[0] for name in ("hf", "train", "experiments") for r in extras[name]}
     assert {p.replace("-", "_") for p in packages if not p.startswith("probseq")} == probseq.cli.EXTRA_PACKAGES
 
@@ -162,28 +187,34 @@ def test_the_console_script_dies_by_sigint_after_ctrl_c():
     that a shell loop around it stops as well (an exit status of 130 would let bash carry on)."""
     import signal
 
-    script = ("import sys, probseq.cli, probseq_cli\n"
-              "def interrupted(target):\n    def run(args):\n        raise KeyboardInterrupt\n    return run\n"
-              "probseq.cli.command_function = interrupted\n"
-              "probseq_cli.main(['collision', '--out', sys.argv[1]])\n")
+    script = (
+        "import sys, probseq.cli, probseq_cli\n"
+        "def interrupted(target):\n    def run(args):\n        raise KeyboardInterrupt\n    return run\n"
+        "probseq.cli.command_function = interrupted\n"
+        "probseq_cli.main(['collision', '--out', sys.argv[1]])\n"
+    )
     result = subprocess.run([sys.executable, "-c", script, "unused"], capture_output=True, text=True, timeout=120)
     assert result.returncode == -signal.SIGINT, (result.returncode, result.stderr)
     assert "probseq collision: interrupted: rerun the same command to resume" in result.stderr
 
 
-@pytest.mark.parametrize("argv, shown", [
-    (["mqar", "eval", "--run", "r", "--points", "64x4", "--out", "e.csv"], "an MQAR point is T,k"),
-    (["mqar", "eval", "--run", "r", "--points", "64,0", "--out", "e.csv"], "an MQAR point is T,k"),
-    (["mqar", "eval", "--run", "r", "--points", "64,4", "64,4", "--out", "e.csv"], "repeated: (64, 4)"),
-    (["mqar", "eval", "--points", "64,4", "--out", "e.csv"], "--run"),
-    (["recall", "eval", "--run", "r", "--points", "gaps=3", "--out", "e.csv"], "KNOB one of num_pairs"),
-    (["recall", "eval", "--run", "r", "--points", "key_noise=1.5", "--out", "e.csv"], "must be in [0, 1)"),
-    (["recall", "eval", "--run", "r", "--points", "gap=2.5", "--out", "e.csv"], "must be a whole number"),
-    (["mqar"], "required: --out"),
-])
+@pytest.mark.parametrize(
+    "argv, shown",
+    [
+        (["mqar", "eval", "--run", "r", "--points", "64x4", "--out", "e.csv"], "an MQAR point is T,k"),
+        (["mqar", "eval", "--run", "r", "--points", "64,0", "--out", "e.csv"], "an MQAR point is T,k"),
+        (["mqar", "eval", "--run", "r", "--points", "64,4", "64,4", "--out", "e.csv"], "repeated: (64, 4)"),
+        (["mqar", "eval", "--points", "64,4", "--out", "e.csv"], "--run"),
+        (["recall", "eval", "--run", "r", "--points", "gaps=3", "--out", "e.csv"], "KNOB one of num_pairs"),
+        (["recall", "eval", "--run", "r", "--points", "key_noise=1.5", "--out", "e.csv"], "must be in [0, 1)"),
+        (["recall", "eval", "--run", "r", "--points", "gap=2.5", "--out", "e.csv"], "must be a whole number"),
+        (["mqar"], "required: --out"),
+    ],
+)
 def test_eval_arguments_are_checked_without_importing_torch(argv, shown):
-    result = subprocess.run([sys.executable, "-c", HELP_WITHOUT_TORCH, *argv], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", HELP_WITHOUT_TORCH, *argv], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2, result.stderr
     assert shown in result.stderr
 
@@ -193,8 +224,20 @@ def test_eval_sub_actions_parse_and_name_their_functions():
 
     args = build_parser().parse_args(["mqar", "eval", "--run", "r", "--points", "512,128", "64,4", "--out", "e.csv"])
     assert (args.action, args.points, callable(command_function(args.run))) == ("eval", [(512, 128), (64, 4)], True)
-    args = build_parser().parse_args(["recall", "eval", "--run", "r", "--points", "inside", "gap=256,num_pairs=16",
-                                      "key_noise=0.50", "--out", "e.csv"])
+    args = build_parser().parse_args(
+        [
+            "recall",
+            "eval",
+            "--run",
+            "r",
+            "--points",
+            "inside",
+            "gap=256,num_pairs=16",
+            "key_noise=0.50",
+            "--out",
+            "e.csv",
+        ]
+    )
     assert args.points == ["inside", "num_pairs=16,gap=256", "key_noise=0.5"]  # the experiment's names
     assert callable(command_function(args.run))
     assert parsers.RECALL_KNOBS == tuple(field for _, field in recall.KNOBS)
@@ -229,22 +272,30 @@ def test_no_help_shows_markup_or_documents_outside_the_repository():
     marked = {name: MARKUP.search(text).group(0) for name, text in helps.items() if MARKUP.search(text)}
     assert not marked
     assert "Runs a ProbSeqForCausalLM once over a text with output_variance=True" in " ".join(
-        helps["probseq uncertainty"].split())
+        helps["probseq uncertainty"].split()
+    )
 
 
 @pytest.mark.parametrize("script", ["mutate.py", "ruler_answer_likelihood.py", "training_step_speed.py"])
 def test_the_scripts_help_shows_no_markup(script):
-    result = subprocess.run([sys.executable, str(SCRIPTS / script), "--help"], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPTS / script), "--help"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert "usage:" in result.stdout and not MARKUP.search(result.stdout), result.stdout
 
 
-@pytest.mark.parametrize("doc, plain", [
-    ("Runs a :class:`~probseq.models.ProbSeqForCausalLM` once", "Runs a ProbSeqForCausalLM once"),
-    (":func:`probseq.ruler.generate` and :mod:`the theory <probseq.theory>`", "probseq.ruler.generate and the theory"),
-    ("``output_variance=True`` and ``a\nb``; *emphasis* stays", "output_variance=True and a\nb; *emphasis* stays"),
-])
+@pytest.mark.parametrize(
+    "doc, plain",
+    [
+        ("Runs a :class:`~probseq.models.ProbSeqForCausalLM` once", "Runs a ProbSeqForCausalLM once"),
+        (
+            ":func:`probseq.ruler.generate` and :mod:`the theory <probseq.theory>`",
+            "probseq.ruler.generate and the theory",
+        ),
+        ("``output_variance=True`` and ``a\nb``; *emphasis* stays", "output_variance=True and a\nb; *emphasis* stays"),
+    ],
+)
 def test_plain_text_strips_rest_markup(doc, plain):
     assert parsers.plain_text(doc) == plain
 

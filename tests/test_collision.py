@@ -14,8 +14,18 @@ from probseq.experiments import collision
 from probseq.experiments.collision import PRESETS, CollisionConfig, run_collision
 from probseq.experiments.common import apply_overrides
 
-TINY = CollisionConfig(key_dim=4, value_dim=2, trials=64, batch_trials=40, max_repeats=8, rhos=(0.0, 0.5, 0.9),
-                       capacity_points=4, confident_writes=4, colliding_writes=6, gammas=(1.0, 0.9))
+TINY = CollisionConfig(
+    key_dim=4,
+    value_dim=2,
+    trials=64,
+    batch_trials=40,
+    max_repeats=8,
+    rhos=(0.0, 0.5, 0.9),
+    capacity_points=4,
+    confident_writes=4,
+    colliding_writes=6,
+    gammas=(1.0, 0.9),
+)
 MODELS = ["linear_attention", "deltanet", "gated_deltanet", "bayes_gamma1", "bayes_gamma0.9"]
 
 
@@ -48,8 +58,11 @@ def test_end_to_end_outputs(tiny_run):
     with open(out / "collision.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert set(rows[0]) == {"scenario", "model", "metric", "x", "mean", "ci95", "theory"}
-    expected_rows = sum(len(unit["x"]) * len(unit["metrics"]) for entry in saved["scenarios"].values()
-                        for unit in entry["models"].values())
+    expected_rows = sum(
+        len(unit["x"]) * len(unit["metrics"])
+        for entry in saved["scenarios"].values()
+        for unit in entry["models"].values()
+    )
     assert len(rows) == expected_rows
 
     table = collision.format_table(saved)
@@ -61,23 +74,41 @@ def test_end_to_end_outputs(tiny_run):
 def test_theory_curves_where_closed_forms_exist(tiny_run):
     """Which (scenario, model) pairs carry a theory curve: every closed form in probseq.theory is used."""
     _, results = tiny_run
-    has_theory = {(s, m, metric) for s, entry in results["scenarios"].items() for m, unit in entry["models"].items()
-                  for metric, values in unit["metrics"].items() if values["theory"] is not None}
+    has_theory = {
+        (s, m, metric)
+        for s, entry in results["scenarios"].items()
+        for m, unit in entry["models"].items()
+        for metric, values in unit["metrics"].items()
+        if values["theory"] is not None
+    }
     for model in MODELS:
         assert ("repeated_key", model, "error") in has_theory
         assert ("overlapping_keys", model, "error") in has_theory
-    assert {("random_keys", "linear_attention", "error"), ("random_keys", "bayes_gamma1", "error"),
-            ("random_keys", "deltanet", "signal"), ("random_keys", "gated_deltanet", "signal"),
-            ("confident_memory", "bayes_gamma1", "error"), ("confident_memory", "deltanet", "error"),
-            ("confident_memory", "gated_deltanet", "error"), ("confident_memory", "linear_attention", "error")
-            } <= has_theory
+    assert {
+        ("random_keys", "linear_attention", "error"),
+        ("random_keys", "bayes_gamma1", "error"),
+        ("random_keys", "deltanet", "signal"),
+        ("random_keys", "gated_deltanet", "signal"),
+        ("confident_memory", "bayes_gamma1", "error"),
+        ("confident_memory", "deltanet", "error"),
+        ("confident_memory", "gated_deltanet", "error"),
+        ("confident_memory", "linear_attention", "error"),
+    } <= has_theory
     assert ("confident_memory", "bayes_gamma0.9", "error") not in has_theory
 
 
 def test_simulation_agrees_with_theory(tmp_path):
     """Every theory curve lies within ~4 standard errors (2.1 CI half-widths) of the simulation."""
-    config = dataclasses.replace(TINY, key_dim=8, trials=1500, batch_trials=1500, max_repeats=16,
-                                 rhos=(0.0, 0.3, 0.6, 0.9), capacity_points=6, colliding_writes=8)
+    config = dataclasses.replace(
+        TINY,
+        key_dim=8,
+        trials=1500,
+        batch_trials=1500,
+        max_repeats=16,
+        rhos=(0.0, 0.3, 0.6, 0.9),
+        capacity_points=6,
+        colliding_writes=8,
+    )
     results = run_collision(config, tmp_path)
     checked = 0
     for scenario, entry in results["scenarios"].items():
@@ -112,12 +143,26 @@ def test_resume_recomputes_only_missing_units(tiny_run, tmp_path, monkeypatch):
 def test_units_do_not_depend_on_other_units(tmp_path):
     """A unit's seed comes from (seed, scenario, model): dropping a model leaves the others unchanged."""
     fewer = run_collision(dataclasses.replace(TINY, gammas=(1.0,)), tmp_path)
-    assert fewer["scenarios"]["overlapping_keys"]["models"]["deltanet"]["metrics"] == \
-        run_collision(TINY, tmp_path / "all")["scenarios"]["overlapping_keys"]["models"]["deltanet"]["metrics"]
+    assert (
+        fewer["scenarios"]["overlapping_keys"]["models"]["deltanet"]["metrics"]
+        == run_collision(TINY, tmp_path / "all")["scenarios"]["overlapping_keys"]["models"]["deltanet"]["metrics"]
+    )
 
 
-@pytest.mark.parametrize("override", ["trial=3", "trials=many", "trials=1.5", "impl=gpu", "beta=1.5",
-                                      "gammas=[0.5, 2]", "gammas=0.5", "rhos=[1.2]", "key_dim=0"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "trial=3",
+        "trials=many",
+        "trials=1.5",
+        "impl=gpu",
+        "beta=1.5",
+        "gammas=[0.5, 2]",
+        "gammas=0.5",
+        "rhos=[1.2]",
+        "key_dim=0",
+    ],
+)
 def test_bad_overrides_raise(override):
     with pytest.raises(ValueError):
         apply_overrides(PRESETS["quick"], [override])
@@ -132,14 +177,18 @@ def test_overrides_and_presets():
 
 def test_cli(tmp_path, capsys, monkeypatch):
     overrides = [f"{k}={json.dumps(v)}" for k, v in dataclasses.asdict(TINY).items() if k != "seed"]
-    assert cli.main(["collision", "--out", str(tmp_path), "--seed", "3",
-                     *[x for o in overrides for x in ("--set", o)]]) == 0
+    assert (
+        cli.main(["collision", "--out", str(tmp_path), "--seed", "3", *[x for o in overrides for x in ("--set", o)]])
+        == 0
+    )
     assert json.loads((tmp_path / "results.json").read_text())["seed"] == 3
     assert "(a) one key, noisy values" in capsys.readouterr().out
     # another seed into the same --out is refused before any work (the first run's results stay)
     monkeypatch.setattr(collision, "ResultCache", lambda *a: pytest.fail("the run started"))
-    assert cli.main(["collision", "--out", str(tmp_path), "--seed", "4",
-                     *[x for o in overrides for x in ("--set", o)]]) == 2
+    assert (
+        cli.main(["collision", "--out", str(tmp_path), "--seed", "4", *[x for o in overrides for x in ("--set", o)]])
+        == 2
+    )
     assert "seed (3 there, 4 now)" in capsys.readouterr().err
     assert json.loads((tmp_path / "results.json").read_text())["seed"] == 3
 

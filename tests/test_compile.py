@@ -50,8 +50,9 @@ def test_bayes_filter_traces_as_one_graph_and_matches_eager(reset):
     inputs = _filter_inputs(torch.Generator().manual_seed(0))
 
     def run(q, k, v, g, beta, gamma):
-        return bayes_filter(q, k, v, g, beta, None if reset else gamma, impl="chunked", chunk_size=16,
-                            validate=False).output
+        return bayes_filter(
+            q, k, v, g, beta, None if reset else gamma, impl="chunked", chunk_size=16, validate=False
+        ).output
 
     compiled = torch.compile(run, fullgraph=True, backend="eager")
     actual, expected = _grads(compiled, inputs), _grads(run, inputs)
@@ -62,8 +63,11 @@ def test_bayes_filter_traces_as_one_graph_and_matches_eager(reset):
 
 def test_superposition_filter_traces_as_one_graph():
     q, k, v, g, beta, _ = _filter_inputs(torch.Generator().manual_seed(1))
-    run = torch.compile(lambda *x: superposition_filter(*x, impl="chunked", chunk_size=16, validate=False).output,
-                        fullgraph=True, backend="eager")
+    run = torch.compile(
+        lambda *x: superposition_filter(*x, impl="chunked", chunk_size=16, validate=False).output,
+        fullgraph=True,
+        backend="eager",
+    )
     run(q, k, v, g, beta).sum().backward()
     assert q.grad is not None and torch.isfinite(q.grad).all()
 

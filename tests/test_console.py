@@ -64,7 +64,7 @@ def test_the_mtime_message_is_dropped_and_other_messages_kept():
     assert seen == ["a checkpoint is missing", f"{MTIME_MESSAGE}, outside a command"]
 
 
-COMMANDS = '''
+COMMANDS = """
 import sys, probseq_cli
 model, out = sys.argv[1], sys.argv[2]
 mqar = ['mixers=["attention"]', "d_models=[16]", "learning_rates=[0.01]", "seeds=[0]", "vocab_size=64",
@@ -76,7 +76,7 @@ codes = [probseq_cli.main(["uncertainty", "--model", model, "--text", "abc", "--
          probseq_cli.main(["mqar", "--out", out + "/m", *(a for o in mqar for a in ("--set", o))]),
          probseq_cli.main(["collision", "--out", out + "/c", *(a for o in collision for a in ("--set", o))])]
 sys.exit(max(codes))
-'''
+"""
 
 
 def test_commands_write_no_progress_frames_or_library_noise_into_a_log(tmp_path):
@@ -84,11 +84,17 @@ def test_commands_write_no_progress_frames_or_library_noise_into_a_log(tmp_path)
     with checkpoints a moment apart (mqar), probseq's own bar (collision)."""
     from probseq.models import ProbSeqConfig, ProbSeqForCausalLM
 
-    ProbSeqForCausalLM(ProbSeqConfig(vocab_size=256, hidden_size=32, num_hidden_layers=1, num_heads=2, head_dim=16,
-                                     expand_v=1)).save_pretrained(tmp_path / "model")
+    ProbSeqForCausalLM(
+        ProbSeqConfig(vocab_size=256, hidden_size=32, num_hidden_layers=1, num_heads=2, head_dim=16, expand_v=1)
+    ).save_pretrained(tmp_path / "model")
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg"), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-c", COMMANDS, str(tmp_path / "model"), str(tmp_path / "out")],
-                            capture_output=True, text=True, timeout=600, env=env)
+    result = subprocess.run(
+        [sys.executable, "-c", COMMANDS, str(tmp_path / "model"), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     for noise in ("\r", "Loading weights", "Writing model shards", "mtime", "it/s]"):
         assert noise not in result.stderr, (noise, result.stderr)

@@ -17,10 +17,22 @@ FIELDS = ("q", "k", "v", "g", "beta", "gamma")
 def test_bayes_prefill_then_steps_equals_one_pass(dtype, tol, prefill_impl):
     total, prefill = 45, 37
     x = bayes_inputs(2, total, 2, 8, 5, dtype=dtype, seed=1)
-    full = bayes_filter(**{n: x[n] for n in FIELDS}, initial_state=x["initial_state"], output_final_state=True,
-                        output_variance=True, impl="chunked", chunk_size=16)
-    head = bayes_filter(**{n: x[n][:, :prefill] for n in FIELDS}, initial_state=x["initial_state"],
-                        output_final_state=True, output_variance=True, impl=prefill_impl, chunk_size=16)
+    full = bayes_filter(
+        **{n: x[n] for n in FIELDS},
+        initial_state=x["initial_state"],
+        output_final_state=True,
+        output_variance=True,
+        impl="chunked",
+        chunk_size=16,
+    )
+    head = bayes_filter(
+        **{n: x[n][:, :prefill] for n in FIELDS},
+        initial_state=x["initial_state"],
+        output_final_state=True,
+        output_variance=True,
+        impl=prefill_impl,
+        chunk_size=16,
+    )
     state, outputs, variances = head.state, [head.output], [head.variance]
     for t in range(prefill, total):
         step = bayes_step(*(x[n][:, t] for n in FIELDS), state)
@@ -53,8 +65,15 @@ def test_superposition_prefill_then_steps_equals_one_pass(per_channel):
     g = -torch.rand(b, t, h, *((kd,) if per_channel else ()), generator=gen, dtype=torch.float64)
     beta = torch.rand(b, t, h, generator=gen, dtype=torch.float64) + 0.5
     full = superposition_filter(q, k, v, g, beta, output_final_state=True, impl="chunked")
-    head = superposition_filter(q[:, :prefill], k[:, :prefill], v[:, :prefill], g[:, :prefill], beta[:, :prefill],
-                                output_final_state=True, impl="chunked")
+    head = superposition_filter(
+        q[:, :prefill],
+        k[:, :prefill],
+        v[:, :prefill],
+        g[:, :prefill],
+        beta[:, :prefill],
+        output_final_state=True,
+        impl="chunked",
+    )
     state, outputs = head.state, [head.output]
     for i in range(prefill, t):
         out = superposition_step(q[:, i], k[:, i], v[:, i], g[:, i], beta[:, i], state)

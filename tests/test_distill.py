@@ -35,10 +35,16 @@ TINY = ["num_threads=1", "progress=false"]
 def write_fake_corpus(root: Path) -> corpus_lib.CorpusPaths:
     """A small corpus in the real layout (jsonl files + manifest): sentences and generated retrieval text."""
     texts = {
-        "kjv": [f"In the beginning God created the heaven and the earth, chapter {i}. And the earth was without "
-                f"form, and void; and darkness was upon the face of the deep. " * 2 for i in range(120)],
-        "python_docs": [f"The function number {i} returns a list of values. Call it with a key and a default; it "
-                        "raises KeyError when the key is missing and returns None otherwise. " * 2 for i in range(120)],
+        "kjv": [
+            f"In the beginning God created the heaven and the earth, chapter {i}. And the earth was without "
+            f"form, and void; and darkness was upon the face of the deep. " * 2
+            for i in range(120)
+        ],
+        "python_docs": [
+            f"The function number {i} returns a list of values. Call it with a key and a default; it "
+            "raises KeyError when the key is missing and returns None otherwise. " * 2
+            for i in range(120)
+        ],
         "retrieval": [text for _, text in retrieval_documents(7, 60_000)],
     }
     paths = corpus_lib.corpus_paths(root)
@@ -47,8 +53,11 @@ def write_fake_corpus(root: Path) -> corpus_lib.CorpusPaths:
     for name, docs in texts.items():
         data = "".join(json.dumps({"source": name, "id": str(i), "text": t}) + "\n" for i, t in enumerate(docs))
         paths.files[name].write_bytes(data.encode())
-        manifest["files"][name] = {"documents": len(docs), "characters": sum(map(len, docs)),
-                                   "bytes": len(data.encode())}
+        manifest["files"][name] = {
+            "documents": len(docs),
+            "characters": sum(map(len, docs)),
+            "bytes": len(data.encode()),
+        }
     paths.manifest.write_text(json.dumps(manifest))
     return paths
 
@@ -75,8 +84,9 @@ def corpus(tmp_path_factory):
 def teacher(corpus, tmp_path_factory) -> Path:
     """A tiny Gated DeltaNet pretrained for 12 steps and exported as an fla checkpoint."""
     out = tmp_path_factory.mktemp("teacher")
-    config = pretrain_config("tiny", ["vocab_size=384", "tokens=6144", "batch_size=4", "seq_len=128",
-                                      "save_steps=6", *TINY])
+    config = pretrain_config(
+        "tiny", ["vocab_size=384", "tokens=6144", "batch_size=4", "seq_len=128", "save_steps=6", *TINY]
+    )
     log = pretrain(config, out)
     assert corpus[1], "pretrain did not ask prepare_corpus for the corpus"
     assert log["steps"] == 12 and log["tokens"] == 12 * 4 * 128
@@ -93,8 +103,12 @@ def test_pretrain_exports_an_fla_checkpoint_with_tokenizer_and_resumes(teacher, 
     assert log["valid_loss"] < log["history"][0]["loss"] + 1  # finite and sane
     assert log["seconds_per_step"] > 0 and log["tokens_per_second"] > 0
     # rerunning the same command resumes from the last checkpoint and trains nothing more
-    again = pretrain(pretrain_config("tiny", ["vocab_size=384", "tokens=6144", "batch_size=4", "seq_len=128",
-                                              "save_steps=6", *TINY]), teacher)
+    again = pretrain(
+        pretrain_config(
+            "tiny", ["vocab_size=384", "tokens=6144", "batch_size=4", "seq_len=128", "save_steps=6", *TINY]
+        ),
+        teacher,
+    )
     assert again["resumed_from_step"] == 12 and again["steps"] == 12
     assert 0.5 * log["train_seconds"] < again["train_seconds"] <= log["train_seconds"]  # kept, not reset to 0
     # another config in the same folder is refused, naming what differs
@@ -150,8 +164,13 @@ def test_stage1_layerwise_matching_lowers_the_mse(teacher, tmp_path):
 def test_both_arms_train_on_the_same_tokens(teacher, tmp_path):
     logs = {}
     for baseline in (False, True):
-        config = distill_config("tiny", str(teacher), 2560, baseline, ["seq_len=64", "batch_size=4", "save_steps=0",
-                                                                      "valid_blocks=2", *TINY])
+        config = distill_config(
+            "tiny",
+            str(teacher),
+            2560,
+            baseline,
+            ["seq_len=64", "batch_size=4", "save_steps=0", "valid_blocks=2", *TINY],
+        )
         logs[baseline] = distill(config, tmp_path / ("baseline" if baseline else "bayesian"))
     student, base = logs[False], logs[True]
     assert student["tokens"] == base["tokens"] == 10 * 4 * 64  # ceil(2560 / 256) steps, both arms
@@ -171,8 +190,16 @@ def test_both_arms_train_on_the_same_tokens(teacher, tmp_path):
         assert (folder / "tokenizer.json").is_file()
     # another config in the same folder is refused before any work, naming what differs
     with pytest.raises(ValueError, match="different config .*differs in tokens.*use another --out"):
-        distill(distill_config("tiny", str(teacher), 5120, False, ["seq_len=64", "batch_size=4", "save_steps=0",
-                                                                   "valid_blocks=2", *TINY]), tmp_path / "bayesian")
+        distill(
+            distill_config(
+                "tiny",
+                str(teacher),
+                5120,
+                False,
+                ["seq_len=64", "batch_size=4", "save_steps=0", "valid_blocks=2", *TINY],
+            ),
+            tmp_path / "bayesian",
+        )
     assert json.loads((tmp_path / "bayesian" / "train_log.json").read_text())["tokens"] == student["tokens"]
     assert stage_steps(distill_config("tiny", "t", 2560, overrides=["seq_len=64", "batch_size=4"])) == (256, 2, 8)
 
@@ -191,8 +218,10 @@ def test_config_errors_name_the_key():
     with pytest.raises(ValueError, match="unknown --preset"):
         pretrain_config("huge")
     # the shared run fields (LMRunConfig) are checked in both configs; the validation blocks only in pretraining
-    for make in (lambda o: pretrain_config("small", o),
-                 lambda o: distill_config("small", "teacher", 1000, overrides=o)):
+    for make in (
+        lambda o: pretrain_config("small", o),
+        lambda o: distill_config("small", "teacher", 1000, overrides=o),
+    ):
         with pytest.raises(ValueError, match="adam_beta2 must be < 1"):
             make(["adam_beta2=1.0"])
         with pytest.raises(ValueError, match="warmup must be >= 0"):

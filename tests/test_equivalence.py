@@ -24,13 +24,15 @@ def _run_bayes(inputs, impl, chunk_size=16, requires_grad=True, reset=False):
     state = inputs["initial_state"]
     if state is not None:
         state = BayesState(*(t.clone().requires_grad_(requires_grad) for t in state))
-    out = bayes_filter(**leaves, initial_state=state, output_final_state=True, output_variance=True,
-                       impl=impl, chunk_size=chunk_size)
+    out = bayes_filter(
+        **leaves, initial_state=state, output_final_state=True, output_variance=True, impl=impl, chunk_size=chunk_size
+    )
     results = {"output": out.output, "mean": out.state.mean, "cov": out.state.cov, "variance": out.variance}
     if requires_grad:
         gen = torch.Generator().manual_seed(123)
-        loss = sum((r.double() * torch.randn(r.shape, generator=gen, dtype=torch.float64)).sum()
-                   for r in results.values())
+        loss = sum(
+            (r.double() * torch.randn(r.shape, generator=gen, dtype=torch.float64)).sum() for r in results.values()
+        )
         loss.backward()
         results.update({f"d{n}": leaves[n].grad for n in FIELDS if leaves[n] is not None})
         if state is not None:
@@ -52,8 +54,9 @@ def test_bayes_forms_match_reference_float64(regime, impl, chunk_size):
 def test_bayes_chunked_float32_matches_float64_reference(chunk_size):
     inputs64 = bayes_inputs(length=150, key_dim=16, value_dim=8, seed=chunk_size)
     expected = _run_bayes(inputs64, "reference")
-    actual = _run_bayes(bayes_inputs(length=150, key_dim=16, value_dim=8, seed=chunk_size, dtype=torch.float32),
-                        "chunked", chunk_size)
+    actual = _run_bayes(
+        bayes_inputs(length=150, key_dim=16, value_dim=8, seed=chunk_size, dtype=torch.float32), "chunked", chunk_size
+    )
     for name, value in expected.items():
         assert actual[name].dtype in (torch.float32,), name
         assert_close(actual[name], value, TOLERANCE[torch.float32], f"float32 chunked C={chunk_size} {name}")
@@ -67,8 +70,12 @@ def test_reset_path_gradients_match_reference(impl, chunk_size, dtype, reset):
     backward: outputs, state and the gradient of every input equal the float64 reference's."""
     inputs = bayes_inputs(length=37, regime="reset", seed=stable_seed("reset", impl, chunk_size))
     expected = _run_bayes(inputs, "reference", reset=reset)
-    actual = _run_bayes({n: (x.to(dtype) if isinstance(x, torch.Tensor) else x) for n, x in inputs.items()},
-                        impl, chunk_size, reset=reset)
+    actual = _run_bayes(
+        {n: (x.to(dtype) if isinstance(x, torch.Tensor) else x) for n, x in inputs.items()},
+        impl,
+        chunk_size,
+        reset=reset,
+    )
     assert ("dgamma" in actual) != reset and set(actual) == set(expected)
     for name, value in expected.items():
         assert_close(actual[name], value, TOLERANCE[dtype], f"{impl}/reset={reset}/{dtype}/{name}")
@@ -95,11 +102,21 @@ def test_bayes_chunked_half_inputs(dtype, reset):
 
 def test_gamma_zero_takes_reset_path_and_matches_explicit_zeros():
     inputs = bayes_inputs(regime="reset", seed=5)
-    fast = bayes_filter(**{n: inputs[n] for n in FIELDS}, initial_state=inputs["initial_state"],
-                        output_final_state=True, output_variance=True, impl="chunked")
+    fast = bayes_filter(
+        **{n: inputs[n] for n in FIELDS},
+        initial_state=inputs["initial_state"],
+        output_final_state=True,
+        output_variance=True,
+        impl="chunked",
+    )
     gamma = inputs["gamma"].clone().requires_grad_()  # a gamma needing its gradient takes the general path
-    general = bayes_filter(**{**{n: inputs[n] for n in FIELDS}, "gamma": gamma}, initial_state=inputs["initial_state"],
-                           output_final_state=True, output_variance=True, impl="chunked")
+    general = bayes_filter(
+        **{**{n: inputs[n] for n in FIELDS}, "gamma": gamma},
+        initial_state=inputs["initial_state"],
+        output_final_state=True,
+        output_variance=True,
+        impl="chunked",
+    )
     for a, b, name in zip(fast, general, ("output", "state", "variance")):
         if name == "state":
             assert_close(a.mean, b.mean, 1e-12, "mean")
@@ -133,8 +150,13 @@ def test_no_initial_state_and_tiny_lengths():
 def test_empty_sequence_returns_initial_state():
     inputs = bayes_inputs(length=0, seed=1)
     for impl in ("reference", "recurrent", "chunked"):
-        out = bayes_filter(**{n: inputs[n] for n in FIELDS}, initial_state=inputs["initial_state"],
-                           output_final_state=True, output_variance=True, impl=impl)
+        out = bayes_filter(
+            **{n: inputs[n] for n in FIELDS},
+            initial_state=inputs["initial_state"],
+            output_final_state=True,
+            output_variance=True,
+            impl=impl,
+        )
         assert out.output.shape == (2, 0, 2, 6) and out.variance.shape == (2, 0, 2)
         assert_close(out.state.mean, inputs["initial_state"].mean, 1e-12, impl)
         assert_close(out.state.cov, inputs["initial_state"].cov, 1e-12, impl)
@@ -156,8 +178,10 @@ def _run_superposition(inputs, mean0, impl, chunk_size):
     m0 = mean0.clone().requires_grad_()
     out = superposition_filter(*leaves, initial_state=m0, output_final_state=True, impl=impl, chunk_size=chunk_size)
     gen = torch.Generator().manual_seed(7)
-    loss = sum((r.double() * torch.randn(r.shape, generator=gen, dtype=torch.float64)).sum()
-               for r in (out.output, out.state.mean))
+    loss = sum(
+        (r.double() * torch.randn(r.shape, generator=gen, dtype=torch.float64)).sum()
+        for r in (out.output, out.state.mean)
+    )
     loss.backward()
     return [out.output, out.state.mean] + [x.grad for x in leaves] + [m0.grad]
 
@@ -186,6 +210,7 @@ def test_superposition_chunked_float32(per_channel):
 def test_bayes_chunked_over_several_segments(monkeypatch, regime):
     """Long inputs are filtered segment by segment, carrying the state: exactly the same filter."""
     import probseq.ops.run as filters
+
     monkeypatch.setattr(filters, "SEGMENT_CHUNKS", 2)  # segments of 2 chunks of 4 tokens
     inputs = bayes_inputs(length=37, regime=regime, seed=21)
     expected = _run_bayes(inputs, "reference")
@@ -197,6 +222,7 @@ def test_bayes_chunked_over_several_segments(monkeypatch, regime):
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_superposition_chunked_over_several_segments(monkeypatch, per_channel):
     import probseq.ops.run as filters
+
     monkeypatch.setattr(filters, "SEGMENT_CHUNKS", 2)
     inputs, mean0 = _superposition_inputs(per_channel, seed=4)
     expected = _run_superposition(inputs, mean0, "reference", 4)

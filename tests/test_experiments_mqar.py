@@ -15,15 +15,46 @@ from probseq.experiments import mqar, recall
 from probseq.experiments.common import apply_overrides
 from probseq.train.sweep import Unit, best_by_validation, mean_ci95, run_units, runs_root
 
-TINY_MQAR = ['mixers=["bayesian","attention"]', "d_models=[16]", "learning_rates=[0.01,0.03]", "seeds=[0,1]",
-             "vocab_size=64", "train_segments=[[16,2],[32,4]]", "train_examples=[16,16]",
-             "test_segments=[[16,2],[48,8]]", "test_examples=16", "valid_examples=8", "max_steps=3", "batch_size=8",
-             "eval_batch_size=16", "save_steps=1", "num_threads=1"]
-TINY_RECALL = ['mixers=["deltanet","mamba2"]', "d_model=16", "learning_rates=[0.01]", "seeds=[0]", "num_keys=8",
-               "num_values=12", "train_pairs=[2]", "train_gaps=[0,2]", "distractors=1", "train_examples=16",
-               "eval_pairs=[4]", "eval_gaps=[6]", "eval_collisions=[2]", "eval_key_noise=[0.4]", "test_examples=16",
-               "valid_examples=8", "max_steps=2", "batch_size=8", "eval_batch_size=16", "save_steps=1",
-               "num_threads=1"]
+TINY_MQAR = [
+    'mixers=["bayesian","attention"]',
+    "d_models=[16]",
+    "learning_rates=[0.01,0.03]",
+    "seeds=[0,1]",
+    "vocab_size=64",
+    "train_segments=[[16,2],[32,4]]",
+    "train_examples=[16,16]",
+    "test_segments=[[16,2],[48,8]]",
+    "test_examples=16",
+    "valid_examples=8",
+    "max_steps=3",
+    "batch_size=8",
+    "eval_batch_size=16",
+    "save_steps=1",
+    "num_threads=1",
+]
+TINY_RECALL = [
+    'mixers=["deltanet","mamba2"]',
+    "d_model=16",
+    "learning_rates=[0.01]",
+    "seeds=[0]",
+    "num_keys=8",
+    "num_values=12",
+    "train_pairs=[2]",
+    "train_gaps=[0,2]",
+    "distractors=1",
+    "train_examples=16",
+    "eval_pairs=[4]",
+    "eval_gaps=[6]",
+    "eval_collisions=[2]",
+    "eval_key_noise=[0.4]",
+    "test_examples=16",
+    "valid_examples=8",
+    "max_steps=2",
+    "batch_size=8",
+    "eval_batch_size=16",
+    "save_steps=1",
+    "num_threads=1",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -43,8 +74,9 @@ def test_mqar_end_to_end_then_every_unit_from_the_cache(tmp_path, capsys):
         assert (out / name).stat().st_size > 0, name
     results = json.loads((out / "results.json").read_text())
     assert results["num_units"] == 8 and results["from_cache"] == 0
-    assert {(p["mixer"], p["seq_len"], p["num_kv_pairs"]) for p in results["points"]} == \
-        {(m, t, k) for m in ("bayesian", "attention") for t, k in ((16, 2), (48, 8))}
+    assert {(p["mixer"], p["seq_len"], p["num_kv_pairs"]) for p in results["points"]} == {
+        (m, t, k) for m in ("bayesian", "attention") for t, k in ((16, 2), (48, 8))
+    }
     for point in results["points"]:
         assert point["best_lr"] in (0.01, 0.03) and len(point["accuracies"]) == 2
         assert 0 <= point["accuracy"] <= 1 and point["ci95"] >= 0
@@ -95,8 +127,9 @@ def test_recall_end_to_end_then_every_unit_from_the_cache(tmp_path, capsys):
     names = ["inside", "num_pairs=4", "gap=6", "collisions=2", "key_noise=0.4"]
     assert list(results["test_points"]) == names
     assert results["test_points"]["gap=6"]["gap"] == 6 and results["test_points"]["inside"]["gap"] == 2
-    assert {(p["mixer"], p["point"]) for p in results["points"]} == {(m, n) for m in ("deltanet", "mamba2")
-                                                                     for n in names}
+    assert {(p["mixer"], p["point"]) for p in results["points"]} == {
+        (m, n) for m in ("deltanet", "mamba2") for n in names
+    }
     assert "| deltanet |" in first.out and "0 of 2 units from the cache" in first.out
     assert cli.main(_cli("recall", out, TINY_RECALL)) == 0
     assert "2 of 2 units from the cache" in capsys.readouterr().out
@@ -111,8 +144,13 @@ def test_an_interrupted_unit_resumes_from_its_checkpoint(tmp_path):
 
     from probseq.train import train
 
-    config = dataclasses.replace(apply_overrides(mqar.PRESETS["quick"], TINY_MQAR), mixers=("attention",),
-                                 learning_rates=(0.01,), seeds=(0,), max_steps=4)
+    config = dataclasses.replace(
+        apply_overrides(mqar.PRESETS["quick"], TINY_MQAR),
+        mixers=("attention",),
+        learning_rates=(0.01,),
+        seeds=(0,),
+        max_steps=4,
+    )
     unit = config.units()[0]
 
     class Crash(Exception):
@@ -143,8 +181,13 @@ def test_a_unit_finished_by_another_sweep_is_taken_from_its_final_folder(tmp_pat
     metrics instead of training it again; a damaged or foreign ``final/metrics.json`` is trained again."""
     import probseq.train.trainer as trainer_module
 
-    config = dataclasses.replace(apply_overrides(mqar.PRESETS["quick"], TINY_MQAR), mixers=("attention",),
-                                 learning_rates=(0.01,), seeds=(0,), max_steps=2)
+    config = dataclasses.replace(
+        apply_overrides(mqar.PRESETS["quick"], TINY_MQAR),
+        mixers=("attention",),
+        learning_rates=(0.01,),
+        seeds=(0,),
+        max_steps=2,
+    )
     unit = config.units()[0]
     first = run_units([unit], "mqar", tmp_path / "first", log=lambda line: None).metrics[unit.name]
     final = runs_root() / "mqar" / f"{unit.name}-{unit.config.fingerprint()}" / "final" / "metrics.json"
@@ -199,8 +242,11 @@ def test_ctrl_c_says_how_to_resume(tmp_path, capsys, monkeypatch):
 
 def test_learning_rate_is_chosen_on_validation_and_summarised_over_seeds():
     def run(lr, seed, valid, test):
-        return {"learning_rate": lr, "seed": seed,
-                "metrics": {"eval": {"valid_p": {"accuracy": valid}, "test_p": {"accuracy": test}}}}
+        return {
+            "learning_rate": lr,
+            "seed": seed,
+            "metrics": {"eval": {"valid_p": {"accuracy": valid}, "test_p": {"accuracy": test}}},
+        }
 
     # lr 0.1 has the better test accuracy but the worse validation accuracy: validation decides
     runs = [run(0.01, s, 0.8, t) for s, t in enumerate((0.5, 0.6, 0.7))] + [run(0.1, s, 0.2, 0.99) for s in range(3)]
@@ -227,9 +273,12 @@ def test_two_workers_share_a_sweep(tmp_path, monkeypatch):
         with guard:
             trained.append(run_config.output_dir)
         time.sleep(0.2)
-        return {"seconds_per_step": 0.1, "train_seconds": 0.2,
-                "eval": {"test_x": {"accuracy": len(run_config.output_dir) / 1000}},
-                "resumed_from_step": None}
+        return {
+            "seconds_per_step": 0.1,
+            "train_seconds": 0.2,
+            "eval": {"test_x": {"accuracy": len(run_config.output_dir) / 1000}},
+            "resumed_from_step": None,
+        }
 
     monkeypatch.setattr(trainer, "train", fake_train)
     results = [None, None]
@@ -257,18 +306,21 @@ def test_the_committed_runs_are_still_the_presets_units():
     from probseq.train.config import TrainConfig, from_dict
 
     root = Path(__file__).resolve().parents[1] / "results"
-    sweeps = {"mqar_cpu": mqar.PRESETS["cpu"],
-              "mqar_cpu_stationary": apply_overrides(mqar.PRESETS["cpu"],
-                                                     ['mixers=["bayesian"]', "retention=stationary"]),
-              "mqar_cpu_init1": apply_overrides(mqar.PRESETS["cpu"], ['mixers=["bayesian"]', "retention_init=1.0"]),
-              "recall_cpu": recall.PRESETS["cpu"]}
+    sweeps = {
+        "mqar_cpu": mqar.PRESETS["cpu"],
+        "mqar_cpu_stationary": apply_overrides(mqar.PRESETS["cpu"], ['mixers=["bayesian"]', "retention=stationary"]),
+        "mqar_cpu_init1": apply_overrides(mqar.PRESETS["cpu"], ['mixers=["bayesian"]', "retention_init=1.0"]),
+        "recall_cpu": recall.PRESETS["cpu"],
+    }
     checked = 0
     for folder, config in sweeps.items():
         keys = {f"{unit.name}-{unit.config.fingerprint()}" for unit in config.units()}
         for path in sorted((root / folder / "units").glob("*.json")):
             assert path.stem in keys, f"{path} is no longer a unit of the {folder} sweep"
-            assert from_dict(TrainConfig, json.loads(path.read_text())["config"]).fingerprint() == \
-                path.stem.rsplit("-", 1)[1], path
+            assert (
+                from_dict(TrainConfig, json.loads(path.read_text())["config"]).fingerprint()
+                == path.stem.rsplit("-", 1)[1]
+            ), path
             checked += 1
     assert checked > 0
 
@@ -279,15 +331,33 @@ def test_set_overrides_keep_the_unit_keys_of_cached_runs():
     (``probseq recall --preset cpu --set …`` and ``probseq mqar --preset quick --set …`` as cached before)."""
     from probseq.train.sweep import unit_key
 
-    config = apply_overrides(recall.PRESETS["cpu"], ['mixers=["gated_deltanet"]', "learning_rates=[0.0003]",
-                                                     "seeds=[0]", "n_layers=2", "loss_weighting=example",
-                                                     "num_threads=1"])
+    config = apply_overrides(
+        recall.PRESETS["cpu"],
+        [
+            'mixers=["gated_deltanet"]',
+            "learning_rates=[0.0003]",
+            "seeds=[0]",
+            "n_layers=2",
+            "loss_weighting=example",
+            "num_threads=1",
+        ],
+    )
     assert [unit_key(unit) for unit in config.units()] == ["gated_deltanet-lr0.0003-s0-89c3881b8b16"]
-    config = apply_overrides(mqar.PRESETS["quick"], ['mixers=["bayesian"]', "retention=stationary",
-                                                   "retention_init=1", "train_segments=[[32,4],[64,8]]",
-                                                   "warmup=0", "batching=by_segment"])
-    assert [unit_key(unit) for unit in config.units()] == ["bayesian-d64-lr0.003-s0-072d3629d1c7",
-                                                           "bayesian-d64-lr0.01-s0-8bca21fb0880"]
+    config = apply_overrides(
+        mqar.PRESETS["quick"],
+        [
+            'mixers=["bayesian"]',
+            "retention=stationary",
+            "retention_init=1",
+            "train_segments=[[32,4],[64,8]]",
+            "warmup=0",
+            "batching=by_segment",
+        ],
+    )
+    assert [unit_key(unit) for unit in config.units()] == [
+        "bayesian-d64-lr0.003-s0-072d3629d1c7",
+        "bayesian-d64-lr0.01-s0-8bca21fb0880",
+    ]
 
 
 def test_summarize_units_tabulates_every_committed_run(capsys):
@@ -317,8 +387,12 @@ def test_summarize_units_shows_a_diverged_run_as_diverged(tmp_path, capsys):
     shutil.copy(finished, tmp_path / finished.name)
     record = json.loads(finished.read_text())
     record["config"]["seed"] = 99
-    record["metrics"] = {"status": "diverged", "fingerprint": record["metrics"]["fingerprint"], "steps": 7,
-                         "diverged": {"step": 7, "message": "loss nan", "last_finite_loss": 4.25}}
+    record["metrics"] = {
+        "status": "diverged",
+        "fingerprint": record["metrics"]["fingerprint"],
+        "steps": 7,
+        "diverged": {"step": 7, "message": "loss nan", "last_finite_loss": 4.25},
+    }
     (tmp_path / "diverged.json").write_text(json.dumps(record))
     summarize = runpy.run_path(str(root / "scripts" / "summarize_units.py"))["main"]
     assert summarize(str(tmp_path)) == 0
@@ -330,11 +404,13 @@ def test_summarize_units_shows_a_diverged_run_as_diverged(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------------ saved runs
 
+
 def _eval_rows(command: str, run_dir, points: list[str], csv_path, capsys) -> list[dict[str, str]]:
     import csv
 
-    assert cli.main([command, "eval", "--run", str(run_dir), "--points", *points, "--out", str(csv_path)]) == 0, \
+    assert cli.main([command, "eval", "--run", str(run_dir), "--points", *points, "--out", str(csv_path)]) == 0, (
         capsys.readouterr().err
+    )
     with open(csv_path) as handle:
         return list(csv.DictReader(handle))
 
@@ -344,8 +420,11 @@ def test_a_saved_mqar_run_reproduces_its_recorded_test_accuracy_and_scores_new_p
     and seeds: at the run's own test points it gives the recorded accuracy and loss exactly, a new point is scored
     on data fixed by the data seed and the point (the same for every mixer of a seed), and the CSV has the sweep's
     point columns and the run's identity."""
-    overrides = [o for o in TINY_MQAR if not o.startswith(("learning_rates", "seeds"))] + \
-        ["learning_rates=[0.03]", "seeds=[0]", "max_steps=8"]
+    overrides = [o for o in TINY_MQAR if not o.startswith(("learning_rates", "seeds"))] + [
+        "learning_rates=[0.03]",
+        "seeds=[0]",
+        "max_steps=8",
+    ]
     assert cli.main(_cli("mqar", tmp_path / "out", overrides)) == 0
     units = json.loads((tmp_path / "out" / "results.json").read_text())["units"]
     capsys.readouterr()
@@ -353,12 +432,29 @@ def test_a_saved_mqar_run_reproduces_its_recorded_test_accuracy_and_scores_new_p
     rows = _eval_rows("mqar", runs, ["16,2", "48,8", "32,8"], tmp_path / "eval.csv", capsys)
     assert len(rows) == 2 * 3
     header = list(rows[0])
-    assert {"mixer", "d_model", "seq_len", "num_kv_pairs", "beyond_training", "state_bytes", "accuracy", "status",
-            "learning_rate", "seed", "retention", "run", "tested_in_run", "recorded_accuracy"} <= set(header)
+    assert {
+        "mixer",
+        "d_model",
+        "seq_len",
+        "num_kv_pairs",
+        "beyond_training",
+        "state_bytes",
+        "accuracy",
+        "status",
+        "learning_rate",
+        "seed",
+        "retention",
+        "run",
+        "tested_in_run",
+        "recorded_accuracy",
+    } <= set(header)
     for row in rows:
         unit = units[row["run"].rsplit("-", 1)[0]]
-        assert (row["mixer"], float(row["learning_rate"]), int(row["seed"])) == \
-            (unit["mixer"], unit["learning_rate"], unit["seed"])
+        assert (row["mixer"], float(row["learning_rate"]), int(row["seed"])) == (
+            unit["mixer"],
+            unit["learning_rate"],
+            unit["seed"],
+        )
         assert row["retention"] == ("learned" if row["mixer"] == "bayesian" else "")
         assert int(row["state_bytes"]) == unit["metrics"]["state_bytes"]
         split = f"test_T{row['seq_len']}_k{row['num_kv_pairs']}"
@@ -385,8 +481,9 @@ def test_a_saved_recall_run_reproduces_its_recorded_test_accuracy(tmp_path, caps
     assert cli.main(_cli("recall", tmp_path / "out", TINY_RECALL)) == 0
     units = json.loads((tmp_path / "out" / "results.json").read_text())["units"]
     capsys.readouterr()
-    rows = _eval_rows("recall", runs_root() / "recall", ["inside", "gap=6", "num_pairs=3,gap=4"], tmp_path / "r.csv",
-                      capsys)
+    rows = _eval_rows(
+        "recall", runs_root() / "recall", ["inside", "gap=6", "num_pairs=3,gap=4"], tmp_path / "r.csv", capsys
+    )
     assert [row["point"] for row in rows] == ["inside", "gap=6", "num_pairs=3,gap=4"] * 2
     for row in rows:
         metrics = units[row["run"].rsplit("-", 1)[0]]["metrics"]
@@ -402,28 +499,34 @@ def test_a_saved_recall_run_reproduces_its_recorded_test_accuracy(tmp_path, caps
 def test_evaluating_saved_runs_names_what_is_wrong(tmp_path, capsys):
     """A folder without runs, a run without final weights, a run of the other task, a point the run's vocabulary
     cannot hold: a one-line error (exit code 2), before any evaluation."""
+
     def error(argv: list[str]) -> str:
         assert cli.main(argv) == 2
         return capsys.readouterr().err
 
     (tmp_path / "empty").mkdir()
-    assert "holds no training run" in error(["mqar", "eval", "--run", str(tmp_path / "empty"), "--points", "16,2",
-                                              "--out", str(tmp_path / "e.csv")])
-    assert "does not exist" in error(["mqar", "eval", "--run", str(tmp_path / "nowhere"), "--points", "16,2",
-                                      "--out", str(tmp_path / "e.csv")])
+    assert "holds no training run" in error(
+        ["mqar", "eval", "--run", str(tmp_path / "empty"), "--points", "16,2", "--out", str(tmp_path / "e.csv")]
+    )
+    assert "does not exist" in error(
+        ["mqar", "eval", "--run", str(tmp_path / "nowhere"), "--points", "16,2", "--out", str(tmp_path / "e.csv")]
+    )
     overrides = [o for o in TINY_MQAR if not o.startswith(("mixers", "seeds"))] + ['mixers=["attention"]', "seeds=[0]"]
     assert cli.main(_cli("mqar", tmp_path / "out", overrides)) == 0
     capsys.readouterr()
     runs = sorted((runs_root() / "mqar").glob("attention-*"))
-    assert "vocab_size must be > input_seq_len" in error(["mqar", "eval", "--run", str(runs[0]), "--points", "64,4",
-                                                          "--out", str(tmp_path / "e.csv")])
-    assert "is a mqar run, not a recall run" in error(["recall", "eval", "--run", str(runs[0]), "--points", "inside",
-                                                       "--out", str(tmp_path / "e.csv")])
+    assert "vocab_size must be > input_seq_len" in error(
+        ["mqar", "eval", "--run", str(runs[0]), "--points", "64,4", "--out", str(tmp_path / "e.csv")]
+    )
+    assert "is a mqar run, not a recall run" in error(
+        ["recall", "eval", "--run", str(runs[0]), "--points", "inside", "--out", str(tmp_path / "e.csv")]
+    )
     import shutil
 
     shutil.rmtree(runs[0] / "final")  # as a run that finished before runs kept their weights
-    assert "has no final weights" in error(["mqar", "eval", "--run", str(runs[0]), "--points", "16,2",
-                                            "--out", str(tmp_path / "e.csv")])
+    assert "has no final weights" in error(
+        ["mqar", "eval", "--run", str(runs[0]), "--points", "16,2", "--out", str(tmp_path / "e.csv")]
+    )
     # under a folder, such a run is skipped (said on stderr); with no run left, an error
     rows = _eval_rows("mqar", runs_root(), ["16,2"], tmp_path / "some.csv", capsys)
     assert [row["run"] for row in rows] == [runs[1].name]

@@ -22,8 +22,9 @@ class Point:
 
 def test_json_converts_dataclasses_paths_tensors_and_arrays(tmp_path):
     path = tmp_path / "sub" / "out.json"  # the folder is created
-    atomic_write_json(path, {"p": Point(1, Path("/a")), "t": torch.tensor([1.5, 2.0]), "n": np.arange(2),
-                             "s": np.float32(0.5)})
+    atomic_write_json(
+        path, {"p": Point(1, Path("/a")), "t": torch.tensor([1.5, 2.0]), "n": np.arange(2), "s": np.float32(0.5)}
+    )
     assert json.loads(path.read_text()) == {"p": {"x": 1, "where": "/a"}, "t": [1.5, 2.0], "n": [0, 1], "s": 0.5}
 
 
@@ -66,9 +67,15 @@ def test_check_writable_creates_the_folder_and_names_out_when_it_cannot(tmp_path
         check_writable_file(blocker / "sub" / "r.json")
 
 
-@pytest.mark.parametrize("command", [["bench", "--out"], ["collision", "--out"],
-                                     ["pretrain", "--preset", "tiny", "--out"],
-                                     ["distill", "--teacher", "t", "--tokens", "1k", "--out"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["bench", "--out"],
+        ["collision", "--out"],
+        ["pretrain", "--preset", "tiny", "--out"],
+        ["distill", "--teacher", "t", "--tokens", "1k", "--out"],
+    ],
+)
 def test_commands_check_out_before_any_work(tmp_path, monkeypatch, capsys, command):
     from probseq import bench, cli
     from probseq.experiments import collision
@@ -163,25 +170,44 @@ def test_same_config_check_refuses_a_file_without_a_config(tmp_path, content):
         check_same_config(results, Settings())
 
 
-@pytest.mark.parametrize("command", [["bench"], ["collision"], ["mqar"], ["recall"], ["reproduce"],
-                                     ["uncertainty", "--text", "abc"], ["ruler", "--model", "m"]])
-def test_commands_refuse_an_out_with_results_of_another_config_before_any_work(tmp_path, monkeypatch, capsys,
-                                                                                 command):
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["bench"],
+        ["collision"],
+        ["mqar"],
+        ["recall"],
+        ["reproduce"],
+        ["uncertainty", "--text", "abc"],
+        ["ruler", "--model", "m"],
+    ],
+)
+def test_commands_refuse_an_out_with_results_of_another_config_before_any_work(tmp_path, monkeypatch, capsys, command):
     from probseq import bench, cli
     from probseq.experiments import collision, reproduce, ruler_eval, training_sweep, uncertainty
 
     def no_work(*args, **kwargs):
         raise AssertionError("the run started before the results in --out were checked")
 
-    for module, name in ((bench, "run_bench"), (collision, "ResultCache"),
-                         (training_sweep, "run_units"), (reproduce, "sections"), (uncertainty, "tokenize"),
-                         (ruler_eval, "ResultCache"), (ruler_eval, "load_model")):
+    for module, name in (
+        (bench, "run_bench"),
+        (collision, "ResultCache"),
+        (training_sweep, "run_units"),
+        (reproduce, "sections"),
+        (uncertainty, "tokenize"),
+        (ruler_eval, "ResultCache"),
+        (ruler_eval, "load_model"),
+    ):
         monkeypatch.setattr(module, name, no_work)
     results = tmp_path / "bench.json" if command == ["bench"] else tmp_path / "out" / "results.json"
     atomic_write_json(results, {"config": {"a_field_of_another_command": 1}})
     out = results if command == ["bench"] else results.parent
     assert cli.main([*command, "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert f"{results} holds the results of another config, which differs in a_field_of_another_command (1 there, " \
-           "absent now)" in err and "use another --out" in err
+    assert (
+        f"{results} holds the results of another config, which differs in a_field_of_another_command (1 there, "
+        "absent now)"
+        in err
+        and "use another --out" in err
+    )
     assert json.loads(results.read_text()) == {"config": {"a_field_of_another_command": 1}}

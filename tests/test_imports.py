@@ -18,8 +18,21 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 #: The library: what ``pip install probseq`` (with the ``hf`` extra for ``models`` and ``interop``) is for
 #: (docs/architecture.md, floors 0–4).
-LIBRARY = ("ops", "design", "presets", "theory", "types", "layers", "models", "interop", "cpu", "console", "files",
-           "oracles", "zoology")
+LIBRARY = (
+    "ops",
+    "design",
+    "presets",
+    "theory",
+    "types",
+    "layers",
+    "models",
+    "interop",
+    "cpu",
+    "console",
+    "files",
+    "oracles",
+    "zoology",
+)
 #: The evidence code: experiments, training, their tasks and data, the benchmark (floors 5–7). It may import the
 #: library; never the other way round.
 EVIDENCE = ("train", "tasks", "experiments", "ruler", "data", "bench")
@@ -27,8 +40,17 @@ EVIDENCE = ("train", "tasks", "experiments", "ruler", "data", "bench")
 GLUE = ("cli",)
 
 #: Imports the light core must not load (each costs seconds or is an optional extra).
-HEAVY = ("transformers", "accelerate", "matplotlib", "triton", "safetensors", "tokenizers", "huggingface_hub",
-         "wonderwords", "fla")
+HEAVY = (
+    "transformers",
+    "accelerate",
+    "matplotlib",
+    "triton",
+    "safetensors",
+    "tokenizers",
+    "huggingface_hub",
+    "wonderwords",
+    "fla",
+)
 
 _MODULE_NAME = re.compile(r"probseq(\.\w+)+(:\w+)?")
 
@@ -50,7 +72,7 @@ def imported_names(source: str, module: str, is_package: bool) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 package = module.split(".") if is_package else module.split(".")[:-1]
-                package = package[:len(package) - (node.level - 1)]
+                package = package[: len(package) - (node.level - 1)]
                 base = ".".join(package + ([node.module] if node.module else []))
             else:
                 base = node.module
@@ -83,7 +105,7 @@ def group(module: str) -> str:
 
 
 def test_the_import_collector_sees_lazy_and_string_imports():
-    source = textwrap.dedent('''
+    source = textwrap.dedent("""
         import importlib
         from typing import TYPE_CHECKING
         if TYPE_CHECKING:
@@ -96,10 +118,16 @@ def test_the_import_collector_sees_lazy_and_string_imports():
                 pass
             return importlib.import_module("probseq.experiments.recall"), "probseq.bench:main"
         DOC = "see probseq.ruler for the tasks"
-    ''')
+    """)
     names = imported_names(source, "probseq.layers.x", is_package=False)
-    assert {"probseq.data", "probseq.train", "probseq.train.trainer", "probseq.tasks.mqar",
-            "probseq.experiments.recall", "probseq.bench"} <= names
+    assert {
+        "probseq.data",
+        "probseq.train",
+        "probseq.train.trainer",
+        "probseq.tasks.mqar",
+        "probseq.experiments.recall",
+        "probseq.bench",
+    } <= names
     assert not any(name.startswith("probseq.ruler") for name in names)  # a sentence is not an import
 
 
@@ -131,14 +159,15 @@ def test_the_library_never_imports_the_evidence_code():
 
 def _run(script: str) -> subprocess.CompletedProcess:
     env_script = "import os\nos.environ.setdefault('OMP_NUM_THREADS', '1')\n" + textwrap.dedent(script)
-    return subprocess.run([sys.executable, "-c", env_script], capture_output=True, text=True, timeout=300,
-                          cwd=SRC.parent)
+    return subprocess.run(
+        [sys.executable, "-c", env_script], capture_output=True, text=True, timeout=300, cwd=SRC.parent
+    )
 
 
 def test_the_core_imports_torch_and_einops_only():
     """After ``import torch``, ``import probseq``, ``probseq.ops`` and ``probseq.layers`` add no third-party
     package but einops, and none of :data:`HEAVY` (transformers, accelerate, matplotlib, triton, …)."""
-    result = _run(f'''
+    result = _run(f"""
         import json, sys
         def top():
             return {{name.partition(".")[0] for name in sys.modules}}
@@ -150,7 +179,7 @@ def test_the_core_imports_torch_and_einops_only():
             report[module] = dict(heavy=sorted(n for n in {HEAVY!r} if n in sys.modules),
                                   new=sorted(n for n in top() - base if n not in sys.stdlib_module_names))
         print(json.dumps(report))
-    ''')
+    """)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     for module, loaded in report.items():
@@ -161,7 +190,7 @@ def test_the_core_imports_torch_and_einops_only():
 def test_the_core_works_with_the_optional_dependencies_absent():
     """With every optional package unimportable, the layers build, run forward and backward, and so do the
     filters and presets; ``probseq.models`` then fails on transformers, by name."""
-    result = _run(f'''
+    result = _run(f"""
         import importlib.abc, sys, warnings
         BLOCKED = {set(HEAVY) | {"tqdm", "numpy"}!r}
 
@@ -196,13 +225,13 @@ def test_the_core_works_with_the_optional_dependencies_absent():
             probseq.models
         except ModuleNotFoundError as error:
             print(error.name)
-    ''')
+    """)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["transformers"]
 
 
 def test_probseq_models_registers_the_auto_classes_on_first_access():
-    result = _run('''
+    result = _run("""
         import sys
         import probseq
         assert "probseq.models" not in sys.modules and "transformers" not in sys.modules
@@ -220,7 +249,7 @@ def test_probseq_models_registers_the_auto_classes_on_first_access():
             probseq.no_such_thing
         except AttributeError as error:
             print("AttributeError", error)
-    ''')
+    """)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[:2] == ["not registered before", "ProbSeqConfig ProbSeqForCausalLM"]

@@ -49,25 +49,35 @@ with warnings.catch_warnings():
     from fla.ops.gated_delta_rule.naive import naive_recurrent_gated_delta_rule
     from transformers import AutoModelForCausalLM
 
-pytestmark = [pytest.mark.filterwarnings("ignore:ShortConvolution is crucial:UserWarning"),
-              pytest.mark.usefixtures("one_thread")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:ShortConvolution is crucial:UserWarning"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 VOCAB = 97
-BASE = dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_heads=2, head_dim=16, expand_v=1.0,
-            initializer_range=0.1)  # larger than fla's 0.02, so that the mixers move the logits visibly
+BASE = dict(
+    vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_heads=2, head_dim=16, expand_v=1.0, initializer_range=0.1
+)  # larger than fla's 0.02, so that the mixers move the logits visibly
 CASES = {
     # fla's defaults for the kernel choices (fused norms, fused SwiGLU)
     "fla-defaults": dict(BASE),
     # unfused modules (nn.RMSNorm), no output gate (plain RMSNorm), no short convolution
-    "unfused-no-gate-no-conv": dict(BASE, fuse_norm=False, fuse_swiglu=False, fuse_cross_entropy=False,
-                                    use_gate=False, use_short_conv=False),
+    "unfused-no-gate-no-conv": dict(
+        BASE, fuse_norm=False, fuse_swiglu=False, fuse_cross_entropy=False, use_gate=False, use_short_conv=False
+    ),
     # grouped value heads, wider values, sigmoid output gate, tied embeddings, explicit MLP width
-    "gva-sigmoid-tied": dict(BASE, num_v_heads=4, expand_v=2.0, output_gate_activation="sigmoid",
-                             tie_word_embeddings=True, intermediate_size=96, norm_eps=1e-5),
+    "gva-sigmoid-tied": dict(
+        BASE,
+        num_v_heads=4,
+        expand_v=2.0,
+        output_gate_activation="sigmoid",
+        tie_word_embeddings=True,
+        intermediate_size=96,
+        norm_eps=1e-5,
+    ),
     # hybrid: softmax attention (grouped-query) in the middle layer
     "hybrid-attention": dict(BASE, num_hidden_layers=3, attn={"layers": [1], "num_heads": 4, "num_kv_heads": 2}),
 }
-
 
 
 # --- fla's model on CPU: its Triton calls replaced by pure-PyTorch equivalents ---------------------------
@@ -88,9 +98,23 @@ def gated_delta_rule(l2norm):
     """Stand-in for fla's ``chunk_gated_delta_rule`` / ``fused_recurrent_gated_delta_rule`` as
     ``GatedDeltaNet.forward`` calls them (raw gate and β, normalisation and sigmoid in the kernel)."""
 
-    def run(q, k, v, g, beta, initial_state=None, output_final_state=False, use_qk_l2norm_in_kernel=False,
-            use_beta_sigmoid_in_kernel=False, allow_neg_eigval=False, use_gate_in_kernel=False, A_log=None,
-            dt_bias=None, cu_seqlens=None, **kwargs):
+    def run(
+        q,
+        k,
+        v,
+        g,
+        beta,
+        initial_state=None,
+        output_final_state=False,
+        use_qk_l2norm_in_kernel=False,
+        use_beta_sigmoid_in_kernel=False,
+        allow_neg_eigval=False,
+        use_gate_in_kernel=False,
+        A_log=None,
+        dt_bias=None,
+        cu_seqlens=None,
+        **kwargs,
+    ):
         assert use_qk_l2norm_in_kernel and use_beta_sigmoid_in_kernel and use_gate_in_kernel
         assert initial_state is None and cu_seqlens is None
         groups = v.shape[2] // q.shape[2]  # fla's GVA: value head h reads q/k head h // groups
@@ -106,8 +130,9 @@ def gated_delta_rule(l2norm):
 def causal_conv1d(x, weight, bias=None, activation=None, **kwargs):
     """fla's fused depthwise causal conv over ``x [B, T, D]`` with ``weight [D, W]``."""
     width = weight.shape[-1]
-    y = F.conv1d(F.pad(x.transpose(1, 2), (width - 1, 0)), weight.reshape(weight.shape[0], 1, width), bias,
-                 groups=x.shape[-1]).transpose(1, 2)
+    y = F.conv1d(
+        F.pad(x.transpose(1, 2), (width - 1, 0)), weight.reshape(weight.shape[0], 1, width), bias, groups=x.shape[-1]
+    ).transpose(1, 2)
     return (F.silu(y) if activation in ("silu", "swish") else y), None
 
 
@@ -123,7 +148,7 @@ def gated_rms_norm_forward(self, x, g, residual=None, prenorm=False, residual_in
 
 def rotary_embedding(x, cos, sin, interleaved=False, seqlen_offsets=0, cu_seqlens=None, chunk_indices=None):
     assert seqlen_offsets == 0 and cu_seqlens is None
-    return rotary_embedding_ref(x, cos[:x.shape[1]], sin[:x.shape[1]], interleaved)
+    return rotary_embedding_ref(x, cos[: x.shape[1]], sin[: x.shape[1]], interleaved)
 
 
 def flash_attn_func(q, k, v, causal=False, window_size=(-1, -1), **kwargs):
@@ -213,19 +238,27 @@ def test_converted_model_matches_fla_logits(fla_dirs, tmp_path, case, retention)
     assert exact <= 2e-5, f"{case}, {retention}: max |Δlogit| {exact:.3g} with probseq's L2 normalisation"
 
     # the saved directory is that model, for our class and the Auto class
-    for loaded in (ProbSeqForCausalLM.from_pretrained(tmp_path / "probseq"),
-                   AutoModelForCausalLM.from_pretrained(tmp_path / "probseq")):
+    for loaded in (
+        ProbSeqForCausalLM.from_pretrained(tmp_path / "probseq"),
+        AutoModelForCausalLM.from_pretrained(tmp_path / "probseq"),
+    ):
         assert type(loaded) is ProbSeqForCausalLM
         assert torch.equal(our_logits(loaded.eval(), ids), ours)
     layers = [m for m in model.modules() if isinstance(m, BayesianLayer)]
     assert layers and all(layer.retention == retention for layer in layers)
-    assert model.config.layer_mixers == ["attention" if i in (CASES[case].get("attn") or {}).get("layers", ())
-                                         else "bayesian" for i in range(CASES[case]["num_hidden_layers"])]
+    assert model.config.layer_mixers == [
+        "attention" if i in (CASES[case].get("attn") or {}).get("layers", ()) else "bayesian"
+        for i in range(CASES[case]["num_hidden_layers"])
+    ]
     if retention == "learned":  # the only tensors added, at the function-preserving start
         assert all(bool((layer.c_scale == 0).all()) and bool((layer.c_bias == 0).all()) for layer in layers)
         extra = set(model.state_dict()) - set(fla_model.state_dict())
-        assert extra == {f"model.layers.{i}.attn.{name}" for i, block in enumerate(model.model.layers)
-                         if isinstance(block.attn, BayesianLayer) for name in BayesianLayer.RETENTION_PARAMETERS}
+        assert extra == {
+            f"model.layers.{i}.attn.{name}"
+            for i, block in enumerate(model.model.layers)
+            if isinstance(block.attn, BayesianLayer)
+            for name in BayesianLayer.RETENTION_PARAMETERS
+        }
 
 
 @pytest.mark.parametrize("case", ["fla-defaults", "hybrid-attention"])
@@ -295,9 +328,19 @@ def test_round_trip_convert_export_loads_in_fla(fla_dirs, tmp_path, case, retent
 def test_export_of_a_native_probseq_model(tmp_path):
     """A model trained in probseq (gated_deltanet mixer, hybrid) exports, and fla computes what it computes."""
     torch.manual_seed(1)
-    config = ProbSeqConfig(mixer="gated_deltanet", attn_layers=[0], attn_num_heads=4, vocab_size=VOCAB,
-                           hidden_size=64, num_hidden_layers=2, num_heads=2, head_dim=16, expand_v=1.0,
-                           intermediate_size=96, initializer_range=0.1)
+    config = ProbSeqConfig(
+        mixer="gated_deltanet",
+        attn_layers=[0],
+        attn_num_heads=4,
+        vocab_size=VOCAB,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_heads=2,
+        head_dim=16,
+        expand_v=1.0,
+        intermediate_size=96,
+        initializer_range=0.1,
+    )
     model = ProbSeqForCausalLM(config).eval()
     export_fla(model, tmp_path / "fla")
     with fla_on_cpu():
@@ -346,8 +389,10 @@ def test_refused_fla_config_raises_naming_the_field(fla_dirs, tmp_path, edit, ma
 def test_tensor_problems_are_named(fla_dirs, tmp_path, problem):
     edits = {
         "missing": (lambda t: t.pop("model.layers.1.attn.A_log"), r"missing tensor.*model\.layers\.1\.attn\.A_log"),
-        "unexpected": (lambda t: t.update({"model.layers.0.attn.q_norm.weight": torch.ones(16)}),
-                       r"unexpected tensor.*model\.layers\.0\.attn\.q_norm\.weight"),
+        "unexpected": (
+            lambda t: t.update({"model.layers.0.attn.q_norm.weight": torch.ones(16)}),
+            r"unexpected tensor.*model\.layers\.0\.attn\.q_norm\.weight",
+        ),
         "shape": (lambda t: t.update({"model.norm.weight": torch.ones(65)}), r"'model\.norm\.weight' has shape"),
     }
     edit, match = edits[problem]
@@ -376,13 +421,16 @@ def _learned_with_retention(fla_dirs, tmp_path):
     return model
 
 
-@pytest.mark.parametrize("what, match", [
-    ("learned retention", "learned retention is non-zero"),
-    ("stationary", "stationary"),
-    ("mamba2", "mixers"),
-    ("conv_bias", "conv_bias"),
-    ("r_min", "r_min"),
-])
+@pytest.mark.parametrize(
+    "what, match",
+    [
+        ("learned retention", "learned retention is non-zero"),
+        ("stationary", "stationary"),
+        ("mamba2", "mixers"),
+        ("conv_bias", "conv_bias"),
+        ("r_min", "r_min"),
+    ],
+)
 def test_export_refuses_what_is_not_a_gated_deltanet(fla_dirs, tmp_path, what, match):
     small = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_heads=2, head_dim=8, intermediate_size=48)
     models = {
@@ -399,9 +447,19 @@ def test_export_refuses_what_is_not_a_gated_deltanet(fla_dirs, tmp_path, what, m
 
 def test_config_from_fla_without_fla_installed():
     """The mapping reads config.json as data: no fla class is needed to convert."""
-    config = config_from_fla({"model_type": "gated_deltanet", "hidden_size": 64, "num_heads": 2, "head_dim": 16,
-                              "num_hidden_layers": 1, "vocab_size": VOCAB, "transformers_version": "4.50.0",
-                              "torch_dtype": "bfloat16"}, retention="learned")
+    config = config_from_fla(
+        {
+            "model_type": "gated_deltanet",
+            "hidden_size": 64,
+            "num_heads": 2,
+            "head_dim": 16,
+            "num_hidden_layers": 1,
+            "vocab_size": VOCAB,
+            "transformers_version": "4.50.0",
+            "torch_dtype": "bfloat16",
+        },
+        retention="learned",
+    )
     assert (config.mixer, config.retention, config.retention_init) == ("bayesian", "learned", 0.0)
     assert config.conv_bias is False and config.layer_mixers == ["bayesian"]
 
@@ -420,16 +478,20 @@ def test_cli_convert_and_export(fla_dirs, tmp_path, capsys):
     assert torch.equal(fla_logits(loaded.eval(), ids), fla_logits(fla_model, ids))
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["convert-fla", "{tmp}/nowhere", "{tmp}/out"], "no such directory"),
-    (["convert-fla", "{bad}", "{tmp}/out"], "allow_neg_eigval"),
-    (["export-fla", "{src}", "{tmp}/out"], "convert_fla"),
-    (["export-fla", "{tmp}/nowhere", "{tmp}/out"], "no such directory"),
-    (["export-fla", "{tmp}/probseq", "{tmp}/probseq"], "destination"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["convert-fla", "{tmp}/nowhere", "{tmp}/out"], "no such directory"),
+        (["convert-fla", "{bad}", "{tmp}/out"], "allow_neg_eigval"),
+        (["export-fla", "{src}", "{tmp}/out"], "convert_fla"),
+        (["export-fla", "{tmp}/nowhere", "{tmp}/out"], "no such directory"),
+        (["export-fla", "{tmp}/probseq", "{tmp}/probseq"], "destination"),
+    ],
+)
 def test_cli_errors_are_one_line_without_traceback(fla_dirs, tmp_path, capsys, argv, match):
-    bad = edited_copy(fla_dirs["fla-defaults"][1], tmp_path / "bad",
-                      config_edit=lambda c: c.update(allow_neg_eigval=True))
+    bad = edited_copy(
+        fla_dirs["fla-defaults"][1], tmp_path / "bad", config_edit=lambda c: c.update(allow_neg_eigval=True)
+    )
     convert_fla(fla_dirs["fla-defaults"][1], tmp_path / "probseq")
     argv = [a.format(tmp=tmp_path, bad=bad, src=fla_dirs["fla-defaults"][1]) for a in argv]
     assert cli_main(argv) == 2

@@ -30,8 +30,13 @@ MIXERS = {  # case → constructor keywords (the class is the part before "-")
 #   Mamba-2:         heads 2 of P = 2·32/2 = 32, N = 8: 2·32·8 + conv (64 + 2·8)·4 = 512 + 320
 #   attention:       2·32·100
 HAND_COUNT = {
-    "BayesianMixer": 1408, "BayesianMixer-stationary": 1408, "BayesianMixer-reset": 896,
-    "GatedDeltaNetMixer": 896, "DeltaNetMixer": 896, "LinearAttentionMixer": 512, "Mamba2Mixer": 832,
+    "BayesianMixer": 1408,
+    "BayesianMixer-stationary": 1408,
+    "BayesianMixer-reset": 896,
+    "GatedDeltaNetMixer": 896,
+    "DeltaNetMixer": 896,
+    "LinearAttentionMixer": 512,
+    "Mamba2Mixer": 832,
     "AttentionMixer": 6400,
 }
 
@@ -62,11 +67,11 @@ def test_causal(case):
     x = inputs()
     cut = 6
     changed = x.clone()
-    changed[:, cut + 1:] = torch.randn_like(changed[:, cut + 1:])
+    changed[:, cut + 1 :] = torch.randn_like(changed[:, cut + 1 :])
     with torch.no_grad():
         y, y_changed = mixer(x), mixer(changed)
-    torch.testing.assert_close(y_changed[:, :cut + 1], y[:, :cut + 1], rtol=1e-5, atol=1e-6)
-    assert not torch.allclose(y_changed[:, cut + 1:], y[:, cut + 1:])
+    torch.testing.assert_close(y_changed[:, : cut + 1], y[:, : cut + 1], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(y_changed[:, cut + 1 :], y[:, cut + 1 :])
 
 
 @pytest.mark.parametrize("case", MIXERS)
@@ -107,16 +112,20 @@ def test_defaults_for_zoology_sizes():
         assert (layer.num_heads, layer.head_k_dim, layer.head_v_dim) == (heads, d_model // heads, d_model // heads)
         assert layer.retention == "learned"
     # equal d_model, equal memory: GDN, DeltaNet and linear attention carry the same V·K per head
-    sizes = {name: getattr(zoology, name)(128, use_short_conv=False).state_size()
-             for name in ("GatedDeltaNetMixer", "DeltaNetMixer")}
+    sizes = {
+        name: getattr(zoology, name)(128, use_short_conv=False).state_size()
+        for name in ("GatedDeltaNetMixer", "DeltaNetMixer")
+    }
     sizes["LinearAttentionMixer"] = zoology.LinearAttentionMixer(128).state_size()
     assert set(sizes.values()) == {2 * 64 * 64}
     assert zoology.BayesianMixer(128, use_short_conv=False).state_size() == 2 * (64 * 64 + 64 * 64)
     assert zoology.AttentionMixer(128).state_size(sequence_length=64) == 2 * 128 * 64
 
 
-@pytest.mark.parametrize("name", ["BayesianMixer", "GatedDeltaNetMixer", "DeltaNetMixer", "LinearAttentionMixer",
-                                  "Mamba2Mixer", "AttentionMixer"])
+@pytest.mark.parametrize(
+    "name",
+    ["BayesianMixer", "GatedDeltaNetMixer", "DeltaNetMixer", "LinearAttentionMixer", "Mamba2Mixer", "AttentionMixer"],
+)
 def test_importable_by_dotted_path(name):
     # as zoology.utils.import_from_str, then ModuleConfig.instantiate(d_model=..., layer_idx=..., **kwargs)
     module_name, obj_name = f"probseq.zoology.{name}".rsplit(".", 1)
@@ -127,8 +136,10 @@ def test_importable_by_dotted_path(name):
     assert isinstance(mixer.state_size(sequence_length=32), int)
 
 
-@pytest.mark.parametrize("name", ["BayesianMixer", "GatedDeltaNetMixer", "DeltaNetMixer", "LinearAttentionMixer",
-                                  "Mamba2Mixer", "AttentionMixer"])
+@pytest.mark.parametrize(
+    "name",
+    ["BayesianMixer", "GatedDeltaNetMixer", "DeltaNetMixer", "LinearAttentionMixer", "Mamba2Mixer", "AttentionMixer"],
+)
 def test_bad_arguments_raise(name):
     cls = getattr(zoology, name)
     with pytest.raises(ValueError, match="unsupported argument"):

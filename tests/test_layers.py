@@ -43,12 +43,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def make(name: str, **overrides) -> torch.nn.Module:
     """A tiny layer of each kind (layer_idx 0, float32)."""
     kwargs = {
-        "bayesian": dict(hidden_size=D, head_dim=8, num_heads=2, num_v_heads=4, retention="learned",
-                         retention_init=0.5),
+        "bayesian": dict(
+            hidden_size=D, head_dim=8, num_heads=2, num_v_heads=4, retention="learned", retention_init=0.5
+        ),
         "gated_deltanet": dict(hidden_size=D, head_dim=8, num_heads=2),
         "deltanet": dict(hidden_size=D, num_heads=2, expand_k=0.5, use_gate=True),
-        "linear_attention": dict(hidden_size=D, num_heads=2, num_kv_heads=1, expand_k=0.5, feature_map="elu",
-                                 decay="scalar"),
+        "linear_attention": dict(
+            hidden_size=D, num_heads=2, num_kv_heads=1, expand_k=0.5, feature_map="elu", decay="scalar"
+        ),
         "mamba2": dict(hidden_size=D, head_dim=8, state_size=8, n_groups=2, chunk_size=16),
         "attention": dict(hidden_size=D, num_heads=4, num_kv_heads=2),
     }[name]
@@ -151,8 +153,12 @@ def fla_delta_layer_reference(layer: GatedDeltaNet | DeltaNet, x: torch.Tensor) 
         return u * torch.rsqrt(u.square().sum(-1, keepdim=True) + 1e-6)
 
     groups = layer.num_v_heads // layer.num_heads if gated else 1
-    q, k = (l2norm(heads(conv(f"{n}_conv1d", x @ p[f"{n}_proj.weight"].T, qk_act), layer.head_k_dim))
-            .repeat_interleave(groups, 2) for n in "qk")
+    q, k = (
+        l2norm(heads(conv(f"{n}_conv1d", x @ p[f"{n}_proj.weight"].T, qk_act), layer.head_k_dim)).repeat_interleave(
+            groups, 2
+        )
+        for n in "qk"
+    )
     v = heads(conv("v_conv1d", x @ p["v_proj.weight"].T, "silu"), layer.head_v_dim)
     beta = torch.sigmoid(x @ p["b_proj.weight"].T)
     if gated:
@@ -161,8 +167,14 @@ def fla_delta_layer_reference(layer: GatedDeltaNet | DeltaNet, x: torch.Tensor) 
     else:
         o, _ = delta_rule_recurrence(*(t.transpose(1, 2) for t in (q, k, v, beta)))
         o = o.transpose(1, 2)
-    o = rms_norm_ref(o.double(), p["o_norm.weight"], None, z=heads(x @ p["g_proj.weight"].T, layer.head_v_dim),
-                     eps=layer.norm_eps, norm_before_gate=True)
+    o = rms_norm_ref(
+        o.double(),
+        p["o_norm.weight"],
+        None,
+        z=heads(x @ p["g_proj.weight"].T, layer.head_v_dim),
+        eps=layer.norm_eps,
+        norm_before_gate=True,
+    )
     return o.flatten(-2) @ p["o_proj.weight"].T
 
 
@@ -190,8 +202,9 @@ def test_mamba2_layer_matches_fla_torch_forward():
     reference = fla_layers.Mamba2(**kwargs, backend="triton")
     reference.act = F.silu
     norm = reference.norm
-    norm.forward = lambda x, z=None: rms_norm_ref(x, norm.weight, None, z=z, eps=norm.eps,
-                                                  group_size=norm.group_size, norm_before_gate=norm.norm_before_gate)
+    norm.forward = lambda x, z=None: rms_norm_ref(
+        x, norm.weight, None, z=z, eps=norm.eps, group_size=norm.group_size, norm_before_gate=norm.norm_before_gate
+    )
     torch.manual_seed(0)
     layer = Mamba2(**kwargs)
     x = inputs(length=37)
@@ -272,7 +285,7 @@ def test_filter_inputs_are_the_forwards_filter_call(name, monkeypatch):
     original = bayesian.bayes_filter
     monkeypatch.setattr(bayesian, "bayes_filter", lambda *a, **kw: calls.append((a, kw)) or original(*a, **kw))
     out = layer(x, **kwargs)[0]
-    (args, passed), = calls
+    ((args, passed),) = calls
     assert args == () and sorted(passed) == sorted(given)
     assert passed["initial_state"] is state.memory and (passed["gamma"] is None) == (name == "gated_deltanet")
     for key, value in given.items():
@@ -290,6 +303,7 @@ def test_filter_inputs_are_the_forwards_filter_call(name, monkeypatch):
 
 # --- decoding, padding, packing: every mixer ----------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", list(MIXERS))
 def test_prefill_then_steps_equals_parallel(name):
     torch.manual_seed(0)
@@ -298,7 +312,7 @@ def test_prefill_then_steps_equals_parallel(name):
     full = layer(x)[0]
     cache = DictCache()
     outs = [layer(x[:, :13], past_key_values=cache, use_cache=True)[0]]
-    outs += [layer(x[:, t:t + 1], past_key_values=cache, use_cache=True)[0] for t in range(13, 17)]
+    outs += [layer(x[:, t : t + 1], past_key_values=cache, use_cache=True)[0] for t in range(13, 17)]
     outs.append(layer(x[:, 17:], past_key_values=cache, use_cache=True)[0])  # a multi-token chunk from a state
     assert_close(torch.cat(outs, 1), full, 1e-5, f"{name}: prefill + steps vs one pass")
     assert cache.seen[0] == 20
@@ -308,7 +322,7 @@ def _left_padded(lengths, length, seed=0):
     x = inputs(len(lengths), length, seed)
     mask = torch.zeros(len(lengths), length, dtype=torch.long)
     for i, n in enumerate(lengths):
-        mask[i, length - n:] = 1
+        mask[i, length - n :] = 1
     return x, mask
 
 
@@ -323,13 +337,13 @@ def test_left_padded_batch_equals_sequences_alone(name):
     out = layer(x, attention_mask=mask, past_key_values=cache, use_cache=True)[0]
     for i, n in enumerate(lengths):
         alone_cache = DictCache()
-        alone = layer(x[i:i + 1, length - n:], past_key_values=alone_cache, use_cache=True)[0]
-        assert_close(out[i:i + 1, length - n:], alone, 1e-5, f"{name}: sequence {i} padded vs alone")
-        assert bool((out[i, :length - n] == 0).all()), "padded positions must output zeros"
+        alone = layer(x[i : i + 1, length - n :], past_key_values=alone_cache, use_cache=True)[0]
+        assert_close(out[i : i + 1, length - n :], alone, 1e-5, f"{name}: sequence {i} padded vs alone")
+        assert bool((out[i, : length - n] == 0).all()), "padded positions must output zeros"
         if name != "attention":  # the recurrent state is the sequence's own
             pairs = zip(flat_state(cache.states[0], name), flat_state(alone_cache.states[0], name))
             for padded_state, alone_state in pairs:
-                assert_close(padded_state[i:i + 1], alone_state, 1e-5, f"{name}: state of sequence {i}")
+                assert_close(padded_state[i : i + 1], alone_state, 1e-5, f"{name}: state of sequence {i}")
 
 
 @pytest.mark.parametrize("name", list(MIXERS))
@@ -343,12 +357,12 @@ def test_cu_seqlens_packing_equals_sequences_alone(name):
     packed = layer(x, cu_seqlens=cu, past_key_values=cache, use_cache=name != "attention")[0]
     for i, n in enumerate(lengths):
         alone_cache = DictCache()
-        alone = layer(x[:, cu[i]:cu[i + 1]], past_key_values=alone_cache, use_cache=True)[0]
-        assert_close(packed[:, cu[i]:cu[i + 1]], alone, 1e-5, f"{name}: packed sequence {i} vs alone")
+        alone = layer(x[:, cu[i] : cu[i + 1]], past_key_values=alone_cache, use_cache=True)[0]
+        assert_close(packed[:, cu[i] : cu[i + 1]], alone, 1e-5, f"{name}: packed sequence {i} vs alone")
         if name != "attention":
             pairs = zip(flat_state(cache.states[0], name), flat_state(alone_cache.states[0], name))
             for packed_state, alone_state in pairs:
-                assert_close(packed_state[i:i + 1], alone_state, 1e-5, f"{name}: final state of sequence {i}")
+                assert_close(packed_state[i : i + 1], alone_state, 1e-5, f"{name}: final state of sequence {i}")
 
 
 @pytest.mark.parametrize("name", list(MIXERS))
@@ -370,28 +384,32 @@ def test_gradients_reach_every_parameter_and_bf16_autocast_is_finite(name):
 
 # --- refusals -----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("build, match", [
-    (lambda: BayesianLayer(allow_neg_eigval=True), "allow_neg_eigval"),
-    (lambda: GatedDeltaNet(allow_neg_eigval=True), "allow_neg_eigval"),
-    (lambda: BayesianLayer(num_heads=4, num_v_heads=6), "num_v_heads"),
-    (lambda: BayesianLayer(head_dim=3, expand_v=0.5), "expand_v"),
-    (lambda: BayesianLayer(retention="forever"), "retention"),
-    (lambda: BayesianLayer(retention_init=2.0), "retention_init"),
-    (lambda: BayesianLayer(mode="parallel"), "mode"),
-    (lambda: BayesianLayer(output_gate_activation="gelu"), "output_gate_activation"),
-    (lambda: BayesianLayer(unknown=1), "unknown"),
-    (lambda: GatedDeltaNet(retention="learned"), "retention"),
-    (lambda: DeltaNet(qk_norm="sum"), "qk_norm"),
-    (lambda: DeltaNet(allow_neg_eigval=True), "allow_neg_eigval"),
-    (lambda: DeltaNet(hidden_size=30, num_heads=4), "divisible"),
-    (lambda: LinearAttention(feature_map="hedgehog"), "hedgehog"),
-    (lambda: LinearAttention(do_feature_map_norm=True), "do_feature_map_norm"),
-    (lambda: LinearAttention(decay="vector"), "decay"),
-    (lambda: Mamba2(hidden_size=30, head_dim=8), "divisible"),
-    (lambda: Mamba2(hidden_act="gelu"), "hidden_act"),
-    (lambda: Attention(hidden_size=30, num_heads=4), "divisible"),
-    (lambda: Attention(window_size=128), "window_size"),
-])
+
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (lambda: BayesianLayer(allow_neg_eigval=True), "allow_neg_eigval"),
+        (lambda: GatedDeltaNet(allow_neg_eigval=True), "allow_neg_eigval"),
+        (lambda: BayesianLayer(num_heads=4, num_v_heads=6), "num_v_heads"),
+        (lambda: BayesianLayer(head_dim=3, expand_v=0.5), "expand_v"),
+        (lambda: BayesianLayer(retention="forever"), "retention"),
+        (lambda: BayesianLayer(retention_init=2.0), "retention_init"),
+        (lambda: BayesianLayer(mode="parallel"), "mode"),
+        (lambda: BayesianLayer(output_gate_activation="gelu"), "output_gate_activation"),
+        (lambda: BayesianLayer(unknown=1), "unknown"),
+        (lambda: GatedDeltaNet(retention="learned"), "retention"),
+        (lambda: DeltaNet(qk_norm="sum"), "qk_norm"),
+        (lambda: DeltaNet(allow_neg_eigval=True), "allow_neg_eigval"),
+        (lambda: DeltaNet(hidden_size=30, num_heads=4), "divisible"),
+        (lambda: LinearAttention(feature_map="hedgehog"), "hedgehog"),
+        (lambda: LinearAttention(do_feature_map_norm=True), "do_feature_map_norm"),
+        (lambda: LinearAttention(decay="vector"), "decay"),
+        (lambda: Mamba2(hidden_size=30, head_dim=8), "divisible"),
+        (lambda: Mamba2(hidden_act="gelu"), "hidden_act"),
+        (lambda: Attention(hidden_size=30, num_heads=4), "divisible"),
+        (lambda: Attention(window_size=128), "window_size"),
+    ],
+)
 def test_unsupported_arguments_raise(build, match):
     with torch.device("meta"), pytest.raises(ValueError, match=match):
         build()

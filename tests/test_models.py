@@ -23,9 +23,23 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(case: str = "bayesian", **overrides) -> ProbSeqConfig:
-    kwargs = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_heads=2, head_dim=8, expand_v=1.0,
-                  intermediate_size=48, retention_init=0.5, state_size=8, attn_num_heads=4, attn_num_kv_heads=2,
-                  chunk_size=8, pad_token_id=PAD, bos_token_id=None, eos_token_id=None)
+    kwargs = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_heads=2,
+        head_dim=8,
+        expand_v=1.0,
+        intermediate_size=48,
+        retention_init=0.5,
+        state_size=8,
+        attn_num_heads=4,
+        attn_num_kv_heads=2,
+        chunk_size=8,
+        pad_token_id=PAD,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
     if case == "hybrid":
         kwargs.update(mixer="bayesian", attn_every=2)
     else:
@@ -44,8 +58,14 @@ def prompts(batch: int = 2, length: int = 9, seed: int = 0) -> torch.Tensor:
 
 
 def greedy(model, ids, attention_mask=None, new_tokens=6):
-    return model.generate(ids, attention_mask=attention_mask, max_new_tokens=new_tokens, do_sample=False,
-                          output_logits=True, return_dict_in_generate=True)
+    return model.generate(
+        ids,
+        attention_mask=attention_mask,
+        max_new_tokens=new_tokens,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -72,14 +92,18 @@ def test_left_padded_generate_equals_sequences_one_by_one(case):
     ids = torch.full((3, width), PAD)
     mask = torch.zeros(3, width, dtype=torch.long)
     for i, n in enumerate(lengths):
-        ids[i, width - n:] = prompts(1, n, seed=i)[0]
-        mask[i, width - n:] = 1
+        ids[i, width - n :] = prompts(1, n, seed=i)[0]
+        mask[i, width - n :] = 1
     batch = greedy(model, ids, mask)
     for i, n in enumerate(lengths):
-        alone = greedy(model, ids[i:i + 1, width - n:])
+        alone = greedy(model, ids[i : i + 1, width - n :])
         assert torch.equal(batch.sequences[i, width:], alone.sequences[0, n:]), f"{case}: sequence {i}"
-        assert_close(torch.stack(batch.logits, 1)[i:i + 1], torch.stack(alone.logits, 1), 1e-5,
-                     f"{case}: logits of sequence {i}, left-padded batch vs alone")
+        assert_close(
+            torch.stack(batch.logits, 1)[i : i + 1],
+            torch.stack(alone.logits, 1),
+            1e-5,
+            f"{case}: logits of sequence {i}, left-padded batch vs alone",
+        )
 
 
 def test_sampling_generate():
@@ -133,13 +157,13 @@ def test_cu_seqlens_packing_equals_padding(case):
     ids = torch.full((3, width), PAD)
     mask = torch.zeros(3, width, dtype=torch.long)
     for i, (n, part) in enumerate(zip(lengths, parts)):
-        ids[i, width - n:], mask[i, width - n:] = part, 1
+        ids[i, width - n :], mask[i, width - n :] = part, 1
     with torch.no_grad():
         padded = model(ids, attention_mask=mask, use_cache=False).last_hidden_state
         packed = model(torch.cat(parts)[None], cu_seqlens=torch.tensor([0, 7, 10, 19])).last_hidden_state
     start = 0
     for i, n in enumerate(lengths):
-        assert_close(packed[:, start:start + n], padded[i:i + 1, width - n:], 1e-5, f"{case}: sequence {i}")
+        assert_close(packed[:, start : start + n], padded[i : i + 1, width - n :], 1e-5, f"{case}: sequence {i}")
         start += n
 
 
@@ -231,58 +255,82 @@ def test_gated_deltanet_and_bayesian_models_start_paired_for_one_seed():
     for reset, to float rounding for learned: γ is a tensor of zeros, so the filter's general path runs)."""
     ids = prompts(length=12)
     runs = {}
-    for name, overrides in {"gdn": dict(case="gated_deltanet"), "reset": dict(retention="reset"),
-                            "stationary": dict(retention="stationary"), "learned": dict(retention="learned")}.items():
+    for name, overrides in {
+        "gdn": dict(case="gated_deltanet"),
+        "reset": dict(retention="reset"),
+        "stationary": dict(retention="stationary"),
+        "learned": dict(retention="learned"),
+    }.items():
         model = tiny_model(seed=4, retention_init=0.0, **({"case": "bayesian"} | overrides)).train()
         loss = model(ids, labels=ids).loss
         loss.backward()
-        runs[name] = ({n: p.detach() for n, p in model.named_parameters()}, loss.detach(),
-                      {n: p.grad for n, p in model.named_parameters()})
+        runs[name] = (
+            {n: p.detach() for n, p in model.named_parameters()},
+            loss.detach(),
+            {n: p.grad for n, p in model.named_parameters()},
+        )
     gdn_params, gdn_loss, gdn_grads = runs.pop("gdn")
     for name, (params, loss, grads) in runs.items():
-        assert sorted(set(params) - set(gdn_params)) == ([f"model.layers.{i}.attn.{p}" for i in (0, 1)
-                                                          for p in ("c_bias", "c_scale", "c_weight")]
-                                                         if name == "learned" else []), name
+        assert sorted(set(params) - set(gdn_params)) == (
+            [f"model.layers.{i}.attn.{p}" for i in (0, 1) for p in ("c_bias", "c_scale", "c_weight")]
+            if name == "learned"
+            else []
+        ), name
         for key, value in gdn_params.items():
             assert torch.equal(params[key], value), (name, key)
         if name != "stationary":
             assert torch.equal(loss, gdn_loss), name
             for key, value in gdn_grads.items():
-                torch.testing.assert_close(grads[key], value, rtol=0 if name == "reset" else 1e-4,
-                                           atol=0 if name == "reset" else 1e-5 * float(value.abs().max()))
+                torch.testing.assert_close(
+                    grads[key],
+                    value,
+                    rtol=0 if name == "reset" else 1e-4,
+                    atol=0 if name == "reset" else 1e-5 * float(value.abs().max()),
+                )
 
 
 def test_fla_gated_deltanet_checkpoint_loads():
     fla_models = pytest.importorskip("fla.models")
-    fla_config = fla_models.GatedDeltaNetConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_heads=2,
-                                                head_dim=8, expand_v=1.0, intermediate_size=48)
+    fla_config = fla_models.GatedDeltaNetConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_heads=2,
+        head_dim=8,
+        expand_v=1.0,
+        intermediate_size=48,
+    )
     fla_model = fla_models.GatedDeltaNetForCausalLM(fla_config)
     model = ProbSeqForCausalLM(tiny_config("bayesian", retention="learned", retention_init=0.0))
     model.load_state_dict(fla_model.state_dict(), strict=True)
 
 
 def test_auto_classes_are_registered_on_import():
-    config = AutoConfig.for_model("probseq", vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_heads=2,
-                                  head_dim=8, intermediate_size=48)
+    config = AutoConfig.for_model(
+        "probseq", vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_heads=2, head_dim=8, intermediate_size=48
+    )
     assert isinstance(config, ProbSeqConfig)
     assert type(AutoModelForCausalLM.from_config(config)) is ProbSeqForCausalLM
     assert isinstance(ProbSeqModel(config), ProbSeqModel)
 
 
-@pytest.mark.parametrize("overrides, match", [
-    (dict(mixer="transformer"), "unknown mixer"),
-    (dict(retention="sometimes"), "retention"),
-    (dict(head_dim=3, expand_v=0.5), "expand_v"),
-    (dict(num_heads=2, num_v_heads=3), "num_v_heads"),
-    (dict(allow_neg_eigval=True), "allow_neg_eigval"),
-    (dict(mixer="linear_attention", head_dim=3, expand_v=0.5), "divisible"),
-    (dict(mixer="mamba2", head_dim=12), "divisible"),
-    (dict(mixer="attention", attn_num_heads=5), "divisible"),
-    (dict(mixer="linear_attention", feature_map="dpfp"), "dpfp"),
-    (dict(attn_layers=[5]), "attn_layers"),
-    (dict(attn_layers=[1], attn_every=2), "either"),
-    (dict(hidden_size=0), "hidden_size"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (dict(mixer="transformer"), "unknown mixer"),
+        (dict(retention="sometimes"), "retention"),
+        (dict(head_dim=3, expand_v=0.5), "expand_v"),
+        (dict(num_heads=2, num_v_heads=3), "num_v_heads"),
+        (dict(allow_neg_eigval=True), "allow_neg_eigval"),
+        (dict(mixer="linear_attention", head_dim=3, expand_v=0.5), "divisible"),
+        (dict(mixer="mamba2", head_dim=12), "divisible"),
+        (dict(mixer="attention", attn_num_heads=5), "divisible"),
+        (dict(mixer="linear_attention", feature_map="dpfp"), "dpfp"),
+        (dict(attn_layers=[5]), "attn_layers"),
+        (dict(attn_layers=[1], attn_every=2), "either"),
+        (dict(hidden_size=0), "hidden_size"),
+    ],
+)
 def test_bad_configs_raise(overrides, match):
     with pytest.raises(ValueError, match=match):
         tiny_config(**overrides)

@@ -19,13 +19,23 @@ FIELDS = ("q", "k", "v", "g", "beta", "gamma")
 @pytest.mark.parametrize("with_state", [True, False])
 def test_reference_equals_dense_conditioning(regime, shape, with_state):
     b, t, h, kd, vd = shape
-    x = bayes_inputs(b, t, h, kd, vd, regime=regime, with_state=with_state, unit_keys=False,
-                     seed=stable_seed(regime, shape, with_state))
-    design = regression_design(x["g"], x["beta"], x["gamma"], scale=kd ** -0.5, initial_state=x["initial_state"])
+    x = bayes_inputs(
+        b,
+        t,
+        h,
+        kd,
+        vd,
+        regime=regime,
+        with_state=with_state,
+        unit_keys=False,
+        seed=stable_seed(regime, shape, with_state),
+    )
+    design = regression_design(x["g"], x["beta"], x["gamma"], scale=kd**-0.5, initial_state=x["initial_state"])
     dense = dense_conditioning(design, x["q"], x["k"], x["v"])
     for impl in ("reference", "chunked"):
-        ours = run_filter(design, x["q"], x["k"], x["v"], impl=impl, chunk_size=4, output_final_state=True,
-                          output_variance=True)
+        ours = run_filter(
+            design, x["q"], x["k"], x["v"], impl=impl, chunk_size=4, output_final_state=True, output_variance=True
+        )
         assert_close(ours.output, dense.output, 1e-9, f"{impl} output")
         assert_close(ours.variance, dense.variance, 1e-9, f"{impl} variance")
         assert_close(ours.state.mean, dense.state.mean, 1e-9, f"{impl} M_T")
@@ -49,8 +59,9 @@ def test_stationary_design_keeps_unit_marginal_covariance():
     """γ = α²: with no evidence (zero keys) the memory covariance stays I — the stationary Gauss–Markov prior."""
     x = bayes_inputs(1, 12, 2, 5, 3, with_state=False, seed=2)
     zero_keys = torch.zeros_like(x["k"])
-    out = bayes_filter(x["q"], zero_keys, x["v"], x["g"], x["beta"], (2 * x["g"]).exp(), output_final_state=True,
-                       impl="reference")
+    out = bayes_filter(
+        x["q"], zero_keys, x["v"], x["g"], x["beta"], (2 * x["g"]).exp(), output_final_state=True, impl="reference"
+    )
     assert_close(out.state.cov, torch.eye(5, dtype=torch.float64).expand(1, 2, 5, 5), 1e-12, "P_T")
 
 
@@ -58,10 +69,16 @@ def test_a_custom_design_model_runs_through_every_form():
     """The framework takes any design model value, not only the presets' gates."""
     x = bayes_inputs(2, 20, 2, 4, 3, seed=4)
     noise = torch.rand_like(x["beta"]) * 2  # r given directly, no β parametrisation
-    design = DesignModel(MatrixNormalPrior(*x["initial_state"]), MemoryDynamics(x["g"], x["gamma"]),
-                         RegressionWrite(noise), LinearReadout(0.7))
-    outs = [run_filter(design, x["q"], x["k"], x["v"], impl=impl, output_variance=True, chunk_size=8)
-            for impl in ("reference", "recurrent", "chunked")]
+    design = DesignModel(
+        MatrixNormalPrior(*x["initial_state"]),
+        MemoryDynamics(x["g"], x["gamma"]),
+        RegressionWrite(noise),
+        LinearReadout(0.7),
+    )
+    outs = [
+        run_filter(design, x["q"], x["k"], x["v"], impl=impl, output_variance=True, chunk_size=8)
+        for impl in ("reference", "recurrent", "chunked")
+    ]
     dense = dense_conditioning(design, x["q"], x["k"], x["v"])
     for out in outs:
         assert_close(out.output, dense.output, 1e-9, "output")
@@ -75,8 +92,9 @@ def test_covariance_steers_writes_and_shrinks_gains():
     key[..., 0] = 1.0
     values = torch.ones(1, 6, 1, 1, dtype=torch.float64)
     beta = torch.full((1, 6, 1), 0.5, dtype=torch.float64)  # r = 1
-    out = bayes_filter(key, key, values, None, beta, torch.ones_like(beta), scale=1.0, impl="reference",
-                       output_variance=True)
+    out = bayes_filter(
+        key, key, values, None, beta, torch.ones_like(beta), scale=1.0, impl="reference", output_variance=True
+    )
     readouts = out.output[0, :, 0, 0]  # shrunk averages n/(n + r)
     assert_close(readouts, torch.tensor([n / (n + 1) for n in range(1, 7)], dtype=torch.float64), 1e-12, "shrinkage")
     assert (out.variance[0, 1:, 0] < out.variance[0, :-1, 0]).all()  # uncertainty falls with evidence

@@ -111,15 +111,26 @@ def test_reduces_to_gated_deltanet(shape, impl):
     g = F.logsigmoid(torch.randn(v.shape[:3], generator=gen) + 3)
     beta = torch.rand(v.shape[:3], generator=gen)
     ours = presets.gated_deltanet(q, k, v, g, beta, initial_state=s0, output_final_state=True, impl=impl)
-    o, s = fla_naive.naive_recurrent_gated_delta_rule(q, k, v, beta, g, initial_state=_key_first(s0),
-                                                      output_final_state=True)
+    o, s = fla_naive.naive_recurrent_gated_delta_rule(
+        q, k, v, beta, g, initial_state=_key_first(s0), output_final_state=True
+    )
     assert_close(ours.output, o, TOL, "output")
     assert_close(ours.state.mean, s.transpose(-1, -2), TOL, "state")
     # the same through the general Bayesian Layer with γ = 0 (default r_min floor is below 1/β − 1 here)
-    bayes = presets.bayesian(q, k, v, g, beta.clamp(max=0.999), torch.zeros_like(g), initial_state=BayesState(s0),
-                             output_final_state=True, impl=impl)
-    o2, s2 = fla_naive.naive_recurrent_gated_delta_rule(q, k, v, beta.clamp(max=0.999), g,
-                                                        initial_state=_key_first(s0), output_final_state=True)
+    bayes = presets.bayesian(
+        q,
+        k,
+        v,
+        g,
+        beta.clamp(max=0.999),
+        torch.zeros_like(g),
+        initial_state=BayesState(s0),
+        output_final_state=True,
+        impl=impl,
+    )
+    o2, s2 = fla_naive.naive_recurrent_gated_delta_rule(
+        q, k, v, beta.clamp(max=0.999), g, initial_state=_key_first(s0), output_final_state=True
+    )
     assert_close(bayes.output, o2, TOL, "bayesian(gamma=0) output")
     assert_close(bayes.state.mean, s2.transpose(-1, -2), TOL, "bayesian(gamma=0) state")
 
@@ -155,6 +166,7 @@ def test_bayesian_preset_is_bayes_filter():
     g = F.logsigmoid(torch.randn(v.shape[:3], generator=gen) + 3)
     beta, gamma = (torch.rand(v.shape[:3], generator=gen) for _ in range(2))
     from probseq.ops import bayes_filter
+
     a = presets.bayesian(q, k, v, g, beta, gamma, output_variance=True)
     b = bayes_filter(q, k, v, g, beta, gamma, output_variance=True, impl="reference")
     assert_close(a.output, b.output, 1e-5, "output")

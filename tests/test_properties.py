@@ -14,14 +14,24 @@ FIELDS = ("q", "k", "v", "g", "beta", "gamma")
 
 
 @settings(max_examples=25, deadline=None)
-@given(batch=st.integers(1, 2), length=st.integers(1, 40), heads=st.integers(1, 3), key_dim=st.integers(1, 6),
-       value_dim=st.integers(1, 5), chunk_size=st.integers(1, 48),
-       regime=st.sampled_from(["random", "retain", "reset", "mixed"]), unit_keys=st.booleans(),
-       with_state=st.booleans(), seed=st.integers(0, 10_000))
-def test_chunked_equals_reference(batch, length, heads, key_dim, value_dim, chunk_size, regime, unit_keys,
-                                  with_state, seed):
-    x = bayes_inputs(batch, length, heads, key_dim, value_dim, regime=regime, unit_keys=unit_keys,
-                     with_state=with_state, seed=seed)
+@given(
+    batch=st.integers(1, 2),
+    length=st.integers(1, 40),
+    heads=st.integers(1, 3),
+    key_dim=st.integers(1, 6),
+    value_dim=st.integers(1, 5),
+    chunk_size=st.integers(1, 48),
+    regime=st.sampled_from(["random", "retain", "reset", "mixed"]),
+    unit_keys=st.booleans(),
+    with_state=st.booleans(),
+    seed=st.integers(0, 10_000),
+)
+def test_chunked_equals_reference(
+    batch, length, heads, key_dim, value_dim, chunk_size, regime, unit_keys, with_state, seed
+):
+    x = bayes_inputs(
+        batch, length, heads, key_dim, value_dim, regime=regime, unit_keys=unit_keys, with_state=with_state, seed=seed
+    )
     kwargs = dict(initial_state=x["initial_state"], output_final_state=True, output_variance=True)
     ref = bayes_filter(**{n: x[n] for n in FIELDS}, impl="reference", **kwargs)
     out = bayes_filter(**{n: x[n] for n in FIELDS}, impl="chunked", chunk_size=chunk_size, **kwargs)

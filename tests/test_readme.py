@@ -17,8 +17,10 @@ SKIP = "# readme-test: skip"
 def python_blocks() -> list[tuple[int, str]]:
     """``(line, code)`` of every fenced ```python block, ``line`` being the block's first code line."""
     text = README.read_text()
-    return [(text.count("\n", 0, match.start(1)) + 1, match.group(1))
-            for match in re.finditer(r"^```python\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE)]
+    return [
+        (text.count("\n", 0, match.start(1)) + 1, match.group(1))
+        for match in re.finditer(r"^```python\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE)
+    ]
 
 
 BLOCKS = python_blocks()
@@ -30,8 +32,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_readme_has_the_snippets():
     assert len(BLOCKS) >= 6
     code = "\n".join(block for _, block in BLOCKS)
-    for name in ("BayesianLayer", "ProbSeqConfig", "save_pretrained", "AutoModelForCausalLM.from_pretrained",
-                 "generate(", "probseq.zoology.BayesianMixer", "run_uncertainty"):
+    for name in (
+        "BayesianLayer",
+        "ProbSeqConfig",
+        "save_pretrained",
+        "AutoModelForCausalLM.from_pretrained",
+        "generate(",
+        "probseq.zoology.BayesianMixer",
+        "run_uncertainty",
+    ):
         assert name in code, name
 
 

@@ -41,8 +41,17 @@ def test_mixed_dtypes_one_rule(which):
         x["initial_state"] = BayesState(*(t.double() for t in x["initial_state"]))
     else:
         x[which] = x[which].double()
-    results = {impl: bayes_filter(**_gates(x), initial_state=x["initial_state"], output_final_state=True,
-                                  output_variance=True, impl=impl, chunk_size=8) for impl in IMPLS}
+    results = {
+        impl: bayes_filter(
+            **_gates(x),
+            initial_state=x["initial_state"],
+            output_final_state=True,
+            output_variance=True,
+            impl=impl,
+            chunk_size=8,
+        )
+        for impl in IMPLS
+    }
     for impl, out in results.items():
         assert out.output.dtype == torch.float32, impl  # the dtype of v
         assert out.state.mean.dtype == out.state.cov.dtype == out.variance.dtype == torch.float64, impl
@@ -79,8 +88,10 @@ def test_nonfinite_keys_get_no_misleading_error_and_validate_false_skips():
     assert torch.isnan(out.output).any()
 
 
-@pytest.mark.parametrize("entry", ["bayes_step", "superposition_filter", "superposition_step", "run_filter",
-                                   "gated_deltanet", "mamba2", "longhorn"])
+@pytest.mark.parametrize(
+    "entry",
+    ["bayes_step", "superposition_filter", "superposition_step", "run_filter", "gated_deltanet", "mamba2", "longhorn"],
+)
 def test_nonfinite_inputs_every_entry_point(entry):
     x = bayes_inputs(2, 6, 2, 4, 3, dtype=torch.float32, seed=5, with_state=False)
     v = x["v"].clone()
@@ -95,6 +106,7 @@ def test_nonfinite_inputs_every_entry_point(entry):
             superposition_step(step["q"], step["k"], v[:, 2])
         elif entry == "run_filter":
             from probseq.ops import regression_design
+
             run_filter(regression_design(x["g"], x["beta"], x["gamma"], scale=0.5), x["q"], x["k"], v)
         elif entry == "gated_deltanet":
             presets.gated_deltanet(x["q"], x["k"], v, x["g"], x["beta"])
@@ -125,9 +137,16 @@ def test_nan_initial_covariance():
 
 
 # 7. Scalars: finite positive reals of any kind.
-@pytest.mark.parametrize("kwargs,match", [(dict(scale=float("inf")), "scale"), (dict(scale=float("nan")), "scale"),
-                                          (dict(r_min=float("inf")), "r_min"), (dict(scale=True), "scale"),
-                                          (dict(chunk_size=np.float32(8)), "chunk_size")])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(scale=float("inf")), "scale"),
+        (dict(scale=float("nan")), "scale"),
+        (dict(r_min=float("inf")), "r_min"),
+        (dict(scale=True), "scale"),
+        (dict(chunk_size=np.float32(8)), "chunk_size"),
+    ],
+)
 def test_bad_scalars(kwargs, match):
     x = bayes_inputs(1, 5, 2, 4, 3, seed=7, with_state=False)
     with pytest.raises(ValueError, match=match):
@@ -156,9 +175,17 @@ def test_tiny_and_zero_beta_agree_across_forms(beta_value):
     x = bayes_inputs(1, 24, 2, 4, 3, dtype=torch.float32, seed=9)
     beta = x["beta"].clone()
     beta[0, ::3] = beta_value
-    results = {impl: bayes_filter(**{**_gates(x), "beta": beta}, initial_state=x["initial_state"],
-                                  output_final_state=True, output_variance=True, impl=impl, chunk_size=8)
-               for impl in IMPLS}
+    results = {
+        impl: bayes_filter(
+            **{**_gates(x), "beta": beta},
+            initial_state=x["initial_state"],
+            output_final_state=True,
+            output_variance=True,
+            impl=impl,
+            chunk_size=8,
+        )
+        for impl in IMPLS
+    }
     for impl, out in results.items():
         assert_close(out.output, results["reference"].output, 1e-5, f"{impl} output")
         assert_close(out.state.cov, results["reference"].state.cov, 1e-5, f"{impl} cov")
@@ -174,10 +201,29 @@ def test_zero_beta_is_no_write_with_finite_gradients(impl, retention):
     beta, k_zeroed = x["beta"].clone(), x["k"].clone()
     beta[0, 4::5], k_zeroed[0, 4::5] = 0.0, 0.0
     leaves = {"beta": beta.requires_grad_(), "k": x["k"].clone().requires_grad_()}
-    out = bayes_filter(x["q"], leaves["k"], x["v"], x["g"], leaves["beta"], gamma, initial_state=x["initial_state"],
-                       output_final_state=True, impl=impl, chunk_size=8)
-    ref = bayes_filter(x["q"], k_zeroed, x["v"], x["g"], x["beta"], gamma, initial_state=x["initial_state"],
-                       output_final_state=True, impl="reference")
+    out = bayes_filter(
+        x["q"],
+        leaves["k"],
+        x["v"],
+        x["g"],
+        leaves["beta"],
+        gamma,
+        initial_state=x["initial_state"],
+        output_final_state=True,
+        impl=impl,
+        chunk_size=8,
+    )
+    ref = bayes_filter(
+        x["q"],
+        k_zeroed,
+        x["v"],
+        x["g"],
+        x["beta"],
+        gamma,
+        initial_state=x["initial_state"],
+        output_final_state=True,
+        impl="reference",
+    )
     assert_close(out.output, ref.output, 1e-12, "output")
     assert_close(out.state.mean, ref.state.mean, 1e-12, "mean")
     (out.output.sum() + out.state.cov.sum()).backward()
@@ -187,10 +233,15 @@ def test_zero_beta_is_no_write_with_finite_gradients(impl, retention):
 def test_closed_gate_intervals_accepted():
     x = bayes_inputs(1, 12, 2, 4, 3, seed=11)
     ones, zeros = torch.ones_like(x["beta"]), torch.zeros_like(x["beta"])
-    for g, beta, gamma in [(zeros, ones, zeros), (zeros, ones, ones * 0.5), (-torch.full_like(zeros, float("inf")),
-                                                                             ones * 0.5, ones)]:
-        outs = [bayes_filter(x["q"], x["k"], x["v"], g, beta, gamma, output_final_state=True, impl=impl, chunk_size=4)
-                for impl in IMPLS]
+    for g, beta, gamma in [
+        (zeros, ones, zeros),
+        (zeros, ones, ones * 0.5),
+        (-torch.full_like(zeros, float("inf")), ones * 0.5, ones),
+    ]:
+        outs = [
+            bayes_filter(x["q"], x["k"], x["v"], g, beta, gamma, output_final_state=True, impl=impl, chunk_size=4)
+            for impl in IMPLS
+        ]
         for out in outs[1:]:
             assert_close(out.output, outs[0].output, 1e-9, "closed intervals")
 
@@ -247,8 +298,9 @@ def test_gamma_fast_path_is_chosen_by_argument_not_by_values(monkeypatch):
     explicit = bayes_filter(**_gates(x), initial_state=x["initial_state"], impl="chunked", output_final_state=True)
     assert calls, "an all-zero gamma tensor must take the general path"
     calls.clear()
-    reset = bayes_filter(**{**_gates(x), "gamma": None}, initial_state=x["initial_state"], impl="chunked",
-                         output_final_state=True)
+    reset = bayes_filter(
+        **{**_gates(x), "gamma": None}, initial_state=x["initial_state"], impl="chunked", output_final_state=True
+    )
     assert not calls, "gamma=None must take the reset path"
     assert_close(reset.output, explicit.output, 1e-12, "output")
     assert_close(reset.state.cov, explicit.state.cov, 1e-12, "cov")

@@ -44,12 +44,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def make(name: str, mode: str | None = None, **overrides) -> torch.nn.Module:
     """A tiny float32 layer of each kind (layer_idx 0); chunked forms use chunks of 8 tokens."""
     kwargs = {
-        "bayesian": dict(hidden_size=D, head_dim=8, num_heads=2, num_v_heads=4, retention="learned",
-                         retention_init=0.5, chunk_size=8),
+        "bayesian": dict(
+            hidden_size=D, head_dim=8, num_heads=2, num_v_heads=4, retention="learned", retention_init=0.5, chunk_size=8
+        ),
         "gated_deltanet": dict(hidden_size=D, head_dim=8, num_heads=2, chunk_size=8),
         "deltanet": dict(hidden_size=D, num_heads=2, expand_k=0.5, use_gate=True, chunk_size=8),
-        "linear_attention": dict(hidden_size=D, num_heads=2, num_kv_heads=1, expand_k=0.5, feature_map="elu",
-                                 decay="scalar", chunk_size=8),
+        "linear_attention": dict(
+            hidden_size=D, num_heads=2, num_kv_heads=1, expand_k=0.5, feature_map="elu", decay="scalar", chunk_size=8
+        ),
         "mamba2": dict(hidden_size=D, head_dim=8, state_size=8, n_groups=2, chunk_size=8),
         "attention": dict(hidden_size=D, num_heads=4, num_kv_heads=2),
     }[name]
@@ -81,7 +83,7 @@ def left_padded(lengths=(19, 7, 2), length=19) -> tuple[torch.Tensor, torch.Tens
     """Hidden states ``[B, T, D]`` and fla's 0/1 mask ``[B, T]`` (long) of a left-padded batch."""
     mask = torch.zeros(len(lengths), length, dtype=torch.long)
     for i, n in enumerate(lengths):
-        mask[i, length - n:] = 1
+        mask[i, length - n :] = 1
     return inputs(len(lengths), length), mask
 
 
@@ -99,6 +101,7 @@ def cached_state(name: str, batch: int = 2):
 
 
 # --- one mask convention, fla's 0/1 padding mask --------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", list(MIXERS))
 def test_additive_float_mask_is_refused(name):
@@ -128,6 +131,7 @@ def test_non_binary_mask_is_refused(name, scale):
 
 # --- padded positions never reach real tokens ----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("bad", [NAN, INF, -INF], ids=["nan", "inf", "-inf"])
 @pytest.mark.parametrize("name, mode", CASES, ids=CASE_IDS)
 def test_nonfinite_padding_never_reaches_real_tokens(name, mode, bad):
@@ -151,8 +155,14 @@ def test_nonfinite_padding_never_reaches_real_tokens(name, mode, bad):
 
 # --- a cache slot of another layer type or batch ---------------------------------------------------------------
 
-FOREIGN = {"bayesian": "mamba2", "gated_deltanet": "linear_attention", "deltanet": "mamba2",
-           "linear_attention": "bayesian", "mamba2": "deltanet", "attention": "bayesian"}
+FOREIGN = {
+    "bayesian": "mamba2",
+    "gated_deltanet": "linear_attention",
+    "deltanet": "mamba2",
+    "linear_attention": "bayesian",
+    "mamba2": "deltanet",
+    "attention": "bayesian",
+}
 
 
 @pytest.mark.parametrize("name", list(MIXERS))
@@ -179,21 +189,27 @@ def test_cache_of_another_batch_size_is_refused(name):
 
 # --- cu_seqlens that do not match the input --------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", list(MIXERS))
-@pytest.mark.parametrize("cu_seqlens, match", [
-    ([0, 5, 14], r"cu_seqlens must start at 0 and end at T = 12, got \[0, 5, 14\]"),
-    ([0, 5, 10], r"cu_seqlens must start at 0 and end at T = 12"),
-    ([1, 5, 12], r"cu_seqlens must start at 0 and end at T = 12, got \[1, 5, 12\]"),
-    ([0, 7, 5, 12], r"cu_seqlens must be nondecreasing, got \[0, 7, 5, 12\]"),
-    ([0.0, 5.0, 12.0], "cu_seqlens must be a 1-d integer tensor"),
-    ([[0, 5, 12]], "cu_seqlens must be a 1-d integer tensor"),
-], ids=["end-beyond-T", "end-before-T", "start-1", "decreasing", "float", "2-d"])
+@pytest.mark.parametrize(
+    "cu_seqlens, match",
+    [
+        ([0, 5, 14], r"cu_seqlens must start at 0 and end at T = 12, got \[0, 5, 14\]"),
+        ([0, 5, 10], r"cu_seqlens must start at 0 and end at T = 12"),
+        ([1, 5, 12], r"cu_seqlens must start at 0 and end at T = 12, got \[1, 5, 12\]"),
+        ([0, 7, 5, 12], r"cu_seqlens must be nondecreasing, got \[0, 7, 5, 12\]"),
+        ([0.0, 5.0, 12.0], "cu_seqlens must be a 1-d integer tensor"),
+        ([[0, 5, 12]], "cu_seqlens must be a 1-d integer tensor"),
+    ],
+    ids=["end-beyond-T", "end-before-T", "start-1", "decreasing", "float", "2-d"],
+)
 def test_mismatched_cu_seqlens_give_the_ops_errors(name, cu_seqlens, match):
     with pytest.raises(ValueError, match=match):
         make(name)(inputs(1, 12), cu_seqlens=torch.tensor(cu_seqlens))
 
 
 # --- T = 0 ---------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name, mode", CASES, ids=CASE_IDS)
 def test_empty_input_gives_empty_output_and_a_consistent_state(name, mode):
@@ -208,8 +224,9 @@ def test_empty_input_gives_empty_output_and_a_consistent_state(name, mode):
     cache = DictCache()
     layer(x[:, :4], past_key_values=cache, use_cache=True)
     before = [t.clone() for t in state_tensors(cache.states[0])]
-    assert layer(empty, attention_mask=torch.ones(2, 4, dtype=torch.long), past_key_values=cache,
-                 use_cache=True)[0].shape == (2, 0, D)
+    assert layer(empty, attention_mask=torch.ones(2, 4, dtype=torch.long), past_key_values=cache, use_cache=True)[
+        0
+    ].shape == (2, 0, D)
     assert all(torch.equal(a, b) for a, b in zip(state_tensors(cache.states[0]), before))
     # packed: no tokens at all
     assert layer(inputs(1, 0), cu_seqlens=torch.tensor([0, 0]))[0].shape == (1, 0, D)
@@ -217,16 +234,33 @@ def test_empty_input_gives_empty_output_and_a_consistent_state(name, mode):
 
 # --- hidden_states of the wrong size or dtype -----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", list(MIXERS))
-@pytest.mark.parametrize("x, match", [
-    (torch.randn(2, 5, D - 1), r"hidden_states must have shape \[B, T, D\] with D = hidden_size = 32 of \w+, "
-                               r"got \[2, 5, 31\]"),
-    (torch.ones(2, 5, D, dtype=torch.long), r"hidden_states has dtype torch.int64, \w+'s parameters are torch.float32"),
-    (torch.ones(2, 5, D, dtype=torch.float16), r"hidden_states has dtype torch.float16, \w+'s parameters are "
-                                               r"torch.float32"),
-    (torch.ones(2, 5, D, dtype=torch.float64), r"hidden_states has dtype torch.float64, \w+'s parameters are "
-                                               r"torch.float32"),
-], ids=["width", "int64", "float16", "float64"])
+@pytest.mark.parametrize(
+    "x, match",
+    [
+        (
+            torch.randn(2, 5, D - 1),
+            r"hidden_states must have shape \[B, T, D\] with D = hidden_size = 32 of \w+, "
+            r"got \[2, 5, 31\]",
+        ),
+        (
+            torch.ones(2, 5, D, dtype=torch.long),
+            r"hidden_states has dtype torch.int64, \w+'s parameters are torch.float32",
+        ),
+        (
+            torch.ones(2, 5, D, dtype=torch.float16),
+            r"hidden_states has dtype torch.float16, \w+'s parameters are "
+            r"torch.float32",
+        ),
+        (
+            torch.ones(2, 5, D, dtype=torch.float64),
+            r"hidden_states has dtype torch.float64, \w+'s parameters are "
+            r"torch.float32",
+        ),
+    ],
+    ids=["width", "int64", "float16", "float64"],
+)
 def test_wrong_hidden_size_or_dtype_is_named(name, x, match):
     with pytest.raises(ValueError, match=match):
         make(name)(x)
@@ -242,6 +276,7 @@ def test_half_input_needs_autocast_or_a_half_layer(name):
 
 
 # --- validate=True names hidden_states and the position ------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", list(MIXERS))
 def test_validate_is_an_explicit_constructor_argument(name):
@@ -273,6 +308,7 @@ def test_validate_ignores_padded_positions(name, mode):
 
 
 # --- extra: the same class of problem elsewhere in the layers ------------------------------------------------
+
 
 @pytest.mark.parametrize("name", list(MIXERS))
 @pytest.mark.parametrize("cache", [(), {}, [None]], ids=["tuple", "dict", "list"])
@@ -323,27 +359,30 @@ def test_attention_position_ids_of_the_wrong_shape_are_named():
     assert torch.equal(layer(inputs(2, 5), position_ids=torch.arange(5)[None])[0], full)
 
 
-@pytest.mark.parametrize("build, match", [
-    (lambda: Mamba2(hidden_size=D, head_dim=8, state_size=8, A_init_range=(-1, 16)), "A_init_range"),
-    (lambda: Mamba2(hidden_size=D, head_dim=8, state_size=8, A_init_range=(0, 16)), "A_init_range"),
-    (lambda: Mamba2(hidden_size=D, head_dim=8, state_size=8, dt_min=0.0), "dt_min"),
-    (lambda: Mamba2(hidden_size=D, head_dim=8, state_size=8, dt_min=0.2, dt_max=0.1), "dt_min"),
-    (lambda: Mamba2(hidden_size=D, head_dim=8, state_size=8, dt_init_floor=-1.0), "dt_init_floor"),
-    (lambda: Mamba2(hidden_size=D, head_dim=8, state_size=8, conv_init=-1.0), "conv_init"),
-    (lambda: BayesianLayer(hidden_size=D, head_dim=8, num_heads=2, norm_eps=-1.0), "norm_eps"),
-    (lambda: BayesianLayer(hidden_size=D, head_dim=8, num_heads=2, norm_eps=NAN), "norm_eps"),
-    (lambda: BayesianLayer(hidden_size=D, head_dim=8, num_heads=2, r_min=INF), "r_min"),
-    (lambda: LinearAttention(hidden_size=D, num_heads=2, norm_eps=-1e-5), "norm_eps"),
-    (lambda: LinearAttention(hidden_size=D, num_heads=2, chunk_size=0), "chunk_size"),
-    (lambda: Mamba2(hidden_size=D, head_dim=8, state_size=8, norm_eps=-1.0), "norm_eps"),
-    (lambda: RMSNorm(0), "hidden_size"),
-    (lambda: RMSNorm(8, eps=-1e-6), "eps"),
-    (lambda: GatedRMSNorm(8, eps=INF), "eps"),
-    (lambda: SwiGLU(-1, 16), "hidden_size"),
-    (lambda: swiglu_size(D, -4), "hidden_ratio"),
-    (lambda: swiglu_size(D, NAN), "hidden_ratio"),
-    (lambda: swiglu_size(0, 4), "hidden_size"),
-])
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (lambda: Mamba2(hidden_size=D, head_dim=8, state_size=8, A_init_range=(-1, 16)), "A_init_range"),
+        (lambda: Mamba2(hidden_size=D, head_dim=8, state_size=8, A_init_range=(0, 16)), "A_init_range"),
+        (lambda: Mamba2(hidden_size=D, head_dim=8, state_size=8, dt_min=0.0), "dt_min"),
+        (lambda: Mamba2(hidden_size=D, head_dim=8, state_size=8, dt_min=0.2, dt_max=0.1), "dt_min"),
+        (lambda: Mamba2(hidden_size=D, head_dim=8, state_size=8, dt_init_floor=-1.0), "dt_init_floor"),
+        (lambda: Mamba2(hidden_size=D, head_dim=8, state_size=8, conv_init=-1.0), "conv_init"),
+        (lambda: BayesianLayer(hidden_size=D, head_dim=8, num_heads=2, norm_eps=-1.0), "norm_eps"),
+        (lambda: BayesianLayer(hidden_size=D, head_dim=8, num_heads=2, norm_eps=NAN), "norm_eps"),
+        (lambda: BayesianLayer(hidden_size=D, head_dim=8, num_heads=2, r_min=INF), "r_min"),
+        (lambda: LinearAttention(hidden_size=D, num_heads=2, norm_eps=-1e-5), "norm_eps"),
+        (lambda: LinearAttention(hidden_size=D, num_heads=2, chunk_size=0), "chunk_size"),
+        (lambda: Mamba2(hidden_size=D, head_dim=8, state_size=8, norm_eps=-1.0), "norm_eps"),
+        (lambda: RMSNorm(0), "hidden_size"),
+        (lambda: RMSNorm(8, eps=-1e-6), "eps"),
+        (lambda: GatedRMSNorm(8, eps=INF), "eps"),
+        (lambda: SwiGLU(-1, 16), "hidden_size"),
+        (lambda: swiglu_size(D, -4), "hidden_ratio"),
+        (lambda: swiglu_size(D, NAN), "hidden_ratio"),
+        (lambda: swiglu_size(0, 4), "hidden_size"),
+    ],
+)
 def test_constructor_values_that_gave_nan_parameters_or_late_errors_are_named(build, match):
     """A negative ``A_init_range`` or ``norm_eps`` gave NaN parameters or outputs; a zero ``dt_min`` a bare
     ``math domain error``; ``hidden_ratio = -4`` an error naming ``intermediate_size``."""
@@ -368,4 +407,3 @@ def test_cpu_mask_with_cuda_hidden_states(name):
     assert torch.allclose(out.cpu(), make(name)(x, attention_mask=mask)[0], atol=1e-5)
     with pytest.raises(ValueError, match="hidden_states is on cpu"):
         layer(x)
-

@@ -28,9 +28,23 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_kwargs(case: str = "bayesian", **overrides) -> dict:
-    kwargs = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_heads=2, head_dim=8, expand_v=1.0,
-                  intermediate_size=48, retention_init=0.5, state_size=8, attn_num_heads=4, attn_num_kv_heads=2,
-                  chunk_size=8, pad_token_id=PAD, bos_token_id=None, eos_token_id=None)
+    kwargs = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_heads=2,
+        head_dim=8,
+        expand_v=1.0,
+        intermediate_size=48,
+        retention_init=0.5,
+        state_size=8,
+        attn_num_heads=4,
+        attn_num_kv_heads=2,
+        chunk_size=8,
+        pad_token_id=PAD,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
     kwargs.update(mixer="bayesian", attn_every=2) if case == "hybrid" else kwargs.update(mixer=case)
     kwargs.update(overrides)
     return kwargs
@@ -65,8 +79,12 @@ def edit_config(folder: Path, **changes) -> None:
 def test_misspelt_key_in_config_json_is_refused(tmp_path):
     folder = saved(tmp_path, tiny_model(retention="reset"))
     edit_config(folder, retension="reset")
-    for load in (ProbSeqConfig.from_pretrained, AutoConfig.from_pretrained, ProbSeqForCausalLM.from_pretrained,
-                 AutoModelForCausalLM.from_pretrained):
+    for load in (
+        ProbSeqConfig.from_pretrained,
+        AutoConfig.from_pretrained,
+        ProbSeqForCausalLM.from_pretrained,
+        AutoModelForCausalLM.from_pretrained,
+    ):
         with pytest.raises(ValueError, match=r"'retension'.*did you mean 'retention'"):
             load(folder)
 
@@ -89,9 +107,20 @@ def test_transformers_keys_still_load(tmp_path):
     config = json.loads((folder / "config.json").read_text())
     assert {"architectures", "dtype", "transformers_version", "model_type"} <= set(config)
     # Keys other transformers versions and tools write: all of them still load.
-    edit_config(folder, torch_dtype="float32", _name_or_path="somewhere", auto_map={"AutoConfig": "x.Y"},
-                max_length=20, do_sample=False, output_attentions=False, tokenizer_class="PreTrainedTokenizerFast",
-                _attn_implementation_autoset=True, use_bfloat16=False, is_decoder=True, id2label={"0": "a", "1": "b"})
+    edit_config(
+        folder,
+        torch_dtype="float32",
+        _name_or_path="somewhere",
+        auto_map={"AutoConfig": "x.Y"},
+        max_length=20,
+        do_sample=False,
+        output_attentions=False,
+        tokenizer_class="PreTrainedTokenizerFast",
+        _attn_implementation_autoset=True,
+        use_bfloat16=False,
+        is_decoder=True,
+        id2label={"0": "a", "1": "b"},
+    )
     loaded = ProbSeqForCausalLM.from_pretrained(folder)
     for name, tensor in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
@@ -156,14 +185,37 @@ def test_round_trips_and_tied_heads_still_load(tmp_path, tie):
 # Every value of the configuration is checked at construction, naming the field.
 
 BAD_VALUES = [
-    ("norm_eps", -1.0), ("norm_eps", 0.0), ("norm_eps", float("nan")), ("initializer_range", -0.02),
-    ("initializer_range", float("inf")), ("hidden_ratio", -4), ("expand_v", 0.0), ("rope_theta", -1.0),
-    ("state_size", -1), ("expand", 0), ("n_groups", 0), ("conv_size", 2.5), ("max_position_embeddings", 0),
-    ("num_v_heads", 0), ("attn_num_heads", 0), ("attn_num_kv_heads", -2), ("retention_init", 1.5),
-    ("r_min", -0.1), ("feature_map", "softmax"), ("decay", "linear"), ("output_gate_activation", "gelu"),
-    ("use_gate", "yes"), ("use_short_conv", 1), ("qkv_bias", None), ("tie_word_embeddings", "no"),
-    ("pad_token_id", VOCAB), ("pad_token_id", -1), ("bos_token_id", 1.0), ("eos_token_id", [2, VOCAB]),
-    ("attn_layers", 3), ("num_heads", True),
+    ("norm_eps", -1.0),
+    ("norm_eps", 0.0),
+    ("norm_eps", float("nan")),
+    ("initializer_range", -0.02),
+    ("initializer_range", float("inf")),
+    ("hidden_ratio", -4),
+    ("expand_v", 0.0),
+    ("rope_theta", -1.0),
+    ("state_size", -1),
+    ("expand", 0),
+    ("n_groups", 0),
+    ("conv_size", 2.5),
+    ("max_position_embeddings", 0),
+    ("num_v_heads", 0),
+    ("attn_num_heads", 0),
+    ("attn_num_kv_heads", -2),
+    ("retention_init", 1.5),
+    ("r_min", -0.1),
+    ("feature_map", "softmax"),
+    ("decay", "linear"),
+    ("output_gate_activation", "gelu"),
+    ("use_gate", "yes"),
+    ("use_short_conv", 1),
+    ("qkv_bias", None),
+    ("tie_word_embeddings", "no"),
+    ("pad_token_id", VOCAB),
+    ("pad_token_id", -1),
+    ("bos_token_id", 1.0),
+    ("eos_token_id", [2, VOCAB]),
+    ("attn_layers", 3),
+    ("num_heads", True),
 ]
 
 
@@ -285,7 +337,7 @@ def test_truncated_safetensors_names_the_file(tmp_path, keep):
     folder = saved(tmp_path)
     path = folder / "model.safetensors"
     data = path.read_bytes()
-    path.write_bytes(data[:int(len(data) * keep) if keep < 1 else keep])
+    path.write_bytes(data[: int(len(data) * keep) if keep < 1 else keep])
     with pytest.raises(ValueError, match="damaged or truncated") as info:
         ProbSeqForCausalLM.from_pretrained(folder)
     assert str(path) in str(info.value)
@@ -426,8 +478,11 @@ def test_generate_attention_mask_row_of_padding_only_is_refused():
 
 def test_from_pretrained_misspelt_keyword_is_refused(tmp_path):
     folder = saved(tmp_path, tiny_model(retention="reset"))
-    for load in (ProbSeqForCausalLM.from_pretrained, AutoModelForCausalLM.from_pretrained,
-                 ProbSeqModel.from_pretrained):
+    for load in (
+        ProbSeqForCausalLM.from_pretrained,
+        AutoModelForCausalLM.from_pretrained,
+        ProbSeqModel.from_pretrained,
+    ):
         with pytest.raises(ValueError, match=r"'retension'.*did you mean 'retention'"):
             load(folder, retension="reset")
     zoology = ZoologyModel(ZoologyConfig(vocab_size=VOCAB, d_model=32))
@@ -436,9 +491,17 @@ def test_from_pretrained_misspelt_keyword_is_refused(tmp_path):
         ZoologyModel.from_pretrained(tmp_path / "zoology", d_modle=32)
     # transformers' own keywords still work
     config = ProbSeqConfig.from_pretrained(folder)
-    for kwargs in (dict(strict=True), dict(dtype=torch.float32), dict(torch_dtype="float32"), dict(device_map="cpu"),
-                   dict(config=config), dict(retention="reset"), dict(output_loading_info=False),
-                   dict(ignore_mismatched_sizes=False), dict(low_cpu_mem_usage=True)):
+    for kwargs in (
+        dict(strict=True),
+        dict(dtype=torch.float32),
+        dict(torch_dtype="float32"),
+        dict(device_map="cpu"),
+        dict(config=config),
+        dict(retention="reset"),
+        dict(output_loading_info=False),
+        dict(ignore_mismatched_sizes=False),
+        dict(low_cpu_mem_usage=True),
+    ):
         assert isinstance(ProbSeqForCausalLM.from_pretrained(folder, **kwargs), ProbSeqForCausalLM), kwargs
     with pytest.raises(ValueError, match=r"'retension'.*'retention'"):
         ProbSeqForCausalLM(config, retension="reset")
@@ -449,8 +512,10 @@ def test_config_sizes_that_do_not_match_the_weights_are_named(tmp_path, field, s
     model = tiny_model()
     folder = saved(tmp_path, model)
     edit_config(folder, **{field: size})
-    shapes = {"vocab_size": r"model\.embeddings\.weight \(checkpoint \[61, 32\], model \[62, 32\]\)",
-              "hidden_size": r"model\.norm\.weight \(checkpoint \[32\], model \[64\]\)"}[field]
+    shapes = {
+        "vocab_size": r"model\.embeddings\.weight \(checkpoint \[61, 32\], model \[62, 32\]\)",
+        "hidden_size": r"model\.norm\.weight \(checkpoint \[32\], model \[64\]\)",
+    }[field]
     for load in (ProbSeqForCausalLM.from_pretrained, AutoModelForCausalLM.from_pretrained):
         with pytest.raises(ValueError, match=rf"^{folder}: the checkpoint's tensors do not have the shapes.*{shapes}"):
             load(folder)
@@ -473,8 +538,9 @@ def test_logits_to_keep_positions_out_of_range_are_named():
 
 def test_config_dtype_name_is_checked():
     for name in ("dtype", "torch_dtype"):
-        with pytest.raises(ValueError, match=r"^dtype must be None, a torch\.dtype.*'float32'.*'floatxx'"
-                           .replace("^dtype", f"^{name}")):
+        with pytest.raises(
+            ValueError, match=r"^dtype must be None, a torch\.dtype.*'float32'.*'floatxx'".replace("^dtype", f"^{name}")
+        ):
             ProbSeqConfig(**tiny_kwargs(), **{name: "floatxx"})
     with pytest.raises(ValueError, match=r"^dtype.*'floatxx'"):
         ZoologyConfig(vocab_size=VOCAB, dtype="floatxx")
@@ -485,12 +551,24 @@ def test_config_dtype_name_is_checked():
 def test_forward_misspelt_keyword_is_refused():
     model = tiny_model()
     mask = torch.ones(2, 6, dtype=torch.long)
-    with pytest.raises(ValueError, match=r"ProbSeqForCausalLM\.forward.*'attention_maks' \(did you mean "
-                                         r"'attention_mask'\?\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"ProbSeqForCausalLM\.forward.*'attention_maks' \(did you mean "
+        r"'attention_mask'\?\)",
+    ):
         model(ids(2, 6), attention_maks=mask)
     with pytest.raises(ValueError, match=r"ProbSeqModel\.forward.*'output_varaince' \(did you mean 'output_variance'"):
         model.model(ids(2, 6), output_varaince=True)
     # what transformers and the Trainer pass still works
     logits = model(ids(2, 6), attention_mask=mask).logits
-    assert torch.equal(model(ids(2, 6), attention_mask=mask, cache_position=torch.arange(6), output_attentions=False,
-                             num_items_in_batch=12, output_variance=True).logits, logits)
+    assert torch.equal(
+        model(
+            ids(2, 6),
+            attention_mask=mask,
+            cache_position=torch.arange(6),
+            output_attentions=False,
+            num_items_in_batch=12,
+            output_variance=True,
+        ).logits,
+        logits,
+    )

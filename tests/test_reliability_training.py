@@ -26,23 +26,68 @@ from probseq.train.trainer import TrainingDiverged
 # one fast mixer, two learning rates (1e10 diverges at its third step: the first updates make the weights huge,
 # the next non-finite; norm weights and A_log are not decayed, so 1e6, which diverged through their decay
 # p ← p (1 − lr · weight_decay), no longer does in three steps), three steps
-MQAR_SET = ['mixers=["linear_attention"]', "d_models=[16]", "learning_rates=[0.01,10000000000.0]", "seeds=[0]",
-            "vocab_size=64", "train_segments=[[16,2]]", "train_examples=[16]", "test_segments=[[16,2],[32,4]]",
-            "test_examples=8", "valid_examples=8", "max_steps=3", "batch_size=8", "eval_batch_size=16",
-            "save_steps=1", "num_threads=1"]
-RECALL_SET = ['mixers=["linear_attention"]', "d_model=16", "learning_rates=[10000000000.0]", "seeds=[0]", "num_keys=8",
-              "num_values=12", "train_pairs=[2]", "train_gaps=[0]", "distractors=1", "train_examples=16",
-              "eval_pairs=[4]", "eval_gaps=[4]", "eval_collisions=[2]", "eval_key_noise=[0.4]", "test_examples=8",
-              "valid_examples=8", "max_steps=3", "batch_size=8", "eval_batch_size=16", "save_steps=1",
-              "num_threads=1"]
-TINY_COLLISION = collision.CollisionConfig(key_dim=4, value_dim=2, trials=16, batch_trials=16, max_repeats=4,
-                                           rhos=(0.0, 0.5), capacity_points=3, confident_writes=2,
-                                           colliding_writes=3, gammas=(1.0,))
+MQAR_SET = [
+    'mixers=["linear_attention"]',
+    "d_models=[16]",
+    "learning_rates=[0.01,10000000000.0]",
+    "seeds=[0]",
+    "vocab_size=64",
+    "train_segments=[[16,2]]",
+    "train_examples=[16]",
+    "test_segments=[[16,2],[32,4]]",
+    "test_examples=8",
+    "valid_examples=8",
+    "max_steps=3",
+    "batch_size=8",
+    "eval_batch_size=16",
+    "save_steps=1",
+    "num_threads=1",
+]
+RECALL_SET = [
+    'mixers=["linear_attention"]',
+    "d_model=16",
+    "learning_rates=[10000000000.0]",
+    "seeds=[0]",
+    "num_keys=8",
+    "num_values=12",
+    "train_pairs=[2]",
+    "train_gaps=[0]",
+    "distractors=1",
+    "train_examples=16",
+    "eval_pairs=[4]",
+    "eval_gaps=[4]",
+    "eval_collisions=[2]",
+    "eval_key_noise=[0.4]",
+    "test_examples=8",
+    "valid_examples=8",
+    "max_steps=3",
+    "batch_size=8",
+    "eval_batch_size=16",
+    "save_steps=1",
+    "num_threads=1",
+]
+TINY_COLLISION = collision.CollisionConfig(
+    key_dim=4,
+    value_dim=2,
+    trials=16,
+    batch_trials=16,
+    max_repeats=4,
+    rhos=(0.0, 0.5),
+    capacity_points=3,
+    confident_writes=2,
+    colliding_writes=3,
+    gammas=(1.0,),
+)
 # valid JSON, wrong content: what a hand edit, another program or an old format leaves in a cache file
-BAD_CONTENTS = {"list": [], "empty": {}, "null-metrics": {"metrics": None}, "metrics-list": {"metrics": []},
-                "eval-list": {"metrics": {"eval": []}},
-                "accuracy-text": {"metrics": {"eval": {"x": {"accuracy": "1"}}}},
-                "status-unknown": {"metrics": {"status": "crashed", "eval": {}}}}
+BAD_CONTENTS = {
+    "list": [],
+    "empty": {},
+    "null-metrics": {"metrics": None},
+    "metrics-list": {"metrics": []},
+    "eval-list": {"metrics": {"eval": []}},
+    "accuracy-text": {"metrics": {"eval": {"x": {"accuracy": "1"}}}},
+    "status-unknown": {"metrics": {"status": "crashed", "eval": {}}},
+}
 
 
 @pytest.fixture(autouse=True)
@@ -52,16 +97,27 @@ def _runs_in_tmp(tmp_path, monkeypatch):
 
 
 def tiny_config(**changes) -> TrainConfig:
-    config = TrainConfig(model=ModelSpec(mixer="linear_attention", d_model=16),
-                         data=MQARData(vocab_size=64, train=(MQARSplit(16, 2, 16),), valid=(MQARSplit(16, 2, 8),),
-                                       test=(MQARSplit(32, 4, 8),)),
-                         learning_rate=1e-2, warmup=0.0, max_steps=4, batch_size=8, eval_batch_size=16, seed=0,
-                         num_threads=1, progress=False, logging_steps=1)
+    config = TrainConfig(
+        model=ModelSpec(mixer="linear_attention", d_model=16),
+        data=MQARData(
+            vocab_size=64, train=(MQARSplit(16, 2, 16),), valid=(MQARSplit(16, 2, 8),), test=(MQARSplit(32, 4, 8),)
+        ),
+        learning_rate=1e-2,
+        warmup=0.0,
+        max_steps=4,
+        batch_size=8,
+        eval_batch_size=16,
+        seed=0,
+        num_threads=1,
+        progress=False,
+        logging_steps=1,
+    )
     return dataclasses.replace(config, **changes)
 
 
 def strict_json(path: Path):
     """The file's content; a bare NaN / Infinity (not JSON) fails the test."""
+
     def refuse(constant):
         raise AssertionError(f"{path} holds {constant}, which is not JSON")
 
@@ -82,6 +138,7 @@ class LoggedLosses(TrainerCallback):
 
 
 # ------------------------------------------------------------------------------------------ divergence
+
 
 def test_diverging_run_stops_at_the_step_with_a_message_naming_step_and_lr():
     logged = LoggedLosses()
@@ -148,8 +205,7 @@ def test_a_sweep_where_every_unit_diverged_says_so(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "every unit diverged" in captured.err
     results = strict_json(out / "results.json")
-    assert all(p["status"] == "diverged" and p["accuracy"] is None and p["best_lr"] is None
-               for p in results["points"])
+    assert all(p["status"] == "diverged" and p["accuracy"] is None and p["best_lr"] is None for p in results["points"])
     assert "diverged" in mqar.format_table(results)
     assert (out / "mqar_accuracy_vs_kv.png").stat().st_size > 0
 
@@ -170,6 +226,7 @@ def test_results_files_are_strict_json(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ cache contents
+
 
 def _first_unit_cache(config, out: Path) -> Path:
     unit = config.units()[0]
@@ -209,10 +266,17 @@ def test_sweep_cache_missing_what_the_tables_need_is_an_error_naming_it(tmp_path
     assert "state_bytes" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("content", [[], {}, {"x": [1.0], "metrics": None}, {"x": [1.0], "metrics": {"error": {}}},
-                                     {"x": [1.0, 2.0], "metrics": {"error": {"mean": [1.0], "ci95": [0.1],
-                                                                            "theory": None, "agreement": None}}}],
-                         ids=["list", "empty", "null-metrics", "metric-empty", "length"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        [],
+        {},
+        {"x": [1.0], "metrics": None},
+        {"x": [1.0], "metrics": {"error": {}}},
+        {"x": [1.0, 2.0], "metrics": {"error": {"mean": [1.0], "ci95": [0.1], "theory": None, "agreement": None}}},
+    ],
+    ids=["list", "empty", "null-metrics", "metric-empty", "length"],
+)
 def test_collision_cache_with_wrong_content_is_an_error_naming_the_file(tmp_path, content):
     cache = ResultCache(tmp_path, TINY_COLLISION)
     first = f"{next(iter(collision.SCENARIOS))}--linear_attention"
@@ -221,18 +285,35 @@ def test_collision_cache_with_wrong_content_is_an_error_naming_the_file(tmp_path
         collision.run_collision(TINY_COLLISION, tmp_path)
 
 
-@pytest.mark.parametrize("content", [[], {}, {"task": "fwe", "length": 64, "status": "ok", "score": None},
-                                     {"task": "vt", "length": 64, "status": "ok", "score": 1.0, "ci_low": 1.0,
-                                      "ci_high": 1.0, "samples": 1, "prompt_tokens": 60.0, "seconds": 1.0,
-                                      "predictions": []}],
-                         ids=["list", "empty", "missing-keys", "other-task"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        [],
+        {},
+        {"task": "fwe", "length": 64, "status": "ok", "score": None},
+        {
+            "task": "vt",
+            "length": 64,
+            "status": "ok",
+            "score": 1.0,
+            "ci_low": 1.0,
+            "ci_high": 1.0,
+            "samples": 1,
+            "prompt_tokens": 60.0,
+            "seconds": 1.0,
+            "predictions": [],
+        },
+    ],
+    ids=["list", "empty", "missing-keys", "other-task"],
+)
 def test_ruler_cache_with_wrong_content_is_an_error_naming_the_file(tmp_path, monkeypatch, content):
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text("{}")
     config = ruler_eval.RulerConfig(model=str(model), tasks=("fwe",), lengths=(64,), samples=1, progress=False)
-    cache = ResultCache(tmp_path / "out", ruler_eval._UnitKey(ruler_eval._weights_fingerprint(model), 1, 42, None,
-                                                              "float32"))
+    cache = ResultCache(
+        tmp_path / "out", ruler_eval._UnitKey(ruler_eval._weights_fingerprint(model), 1, 42, None, "float32")
+    )
     cache.put("fwe-64", content)
     monkeypatch.setattr(ruler_eval, "load_model", lambda *a, **k: pytest.fail("recomputed instead of refused"))
     with pytest.raises(ValueError, match="(?s)fwe-64.json.*delete it to recompute"):
@@ -249,6 +330,7 @@ def test_reproduce_cache_with_wrong_content_is_an_error_naming_the_file(tmp_path
 
 
 # ------------------------------------------------------------------------------------------ the same class, elsewhere
+
 
 def test_cache_file_that_is_not_text_names_the_file(tmp_path):
     cache = ResultCache(tmp_path, TINY_COLLISION)
@@ -267,8 +349,15 @@ def test_cached_unit_holding_nan_from_an_undetected_divergence_is_refused(tmp_pa
     path = _first_unit_cache(config, tmp_path / "out")
     path.parent.mkdir(parents=True)
     split = {"loss": float("nan"), "accuracy": 0.0, "example_accuracy": 0.0, "all_correct": 0.0}
-    metrics = {"steps": 3, "seconds_per_step": 0.1, "train_loss": 4.0, "final_train_loss": 0.0,
-               "num_parameters": 10, "state_bytes": 10, "eval": {"valid_T16_k2": split}}
+    metrics = {
+        "steps": 3,
+        "seconds_per_step": 0.1,
+        "train_loss": 4.0,
+        "final_train_loss": 0.0,
+        "num_parameters": 10,
+        "state_bytes": 10,
+        "eval": {"valid_T16_k2": split},
+    }
     path.write_text(json.dumps({"unit": config.units()[0].name, "metrics": metrics}))
     assert cli.main(_cli("mqar", tmp_path / "out", [*MQAR_SET, "learning_rates=[0.01]"])) == 2
     err = capsys.readouterr().err
@@ -294,8 +383,11 @@ def test_evaluation_loss_that_overflows_is_a_divergence_not_an_accuracy():
             with torch.no_grad():
                 model.embeddings.weight.fill_(float("inf"))
 
-    with pytest.raises(TrainingDiverged, match=r"step 2 of 2: the evaluation loss on valid_T16_k2, test_T32_k4 is "
-                                               r"not finite \(loss nan\).*last finite loss .* at step 2") as caught:
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"step 2 of 2: the evaluation loss on valid_T16_k2, test_T32_k4 is "
+        r"not finite \(loss nan\).*last finite loss .* at step 2",
+    ) as caught:
         train(tiny_config(max_steps=2), callbacks=(BreakTheModel(),))
     record = caught.value.record
     assert record["status"] == "diverged" and record["steps"] == 2 and record["eval"] == {}
@@ -344,13 +436,18 @@ def test_fp16_overflow_steps_are_not_divergence():
     model.weight.grad = torch.full((2, 2), float("inf"))  # what a loss-scaled fp16 step overflows to
     for fp16, stops in ((True, False), (False, True)):
         guard, control = DivergenceGuard(), TrainerControl()
-        guard.on_pre_optimizer_step(SimpleNamespace(fp16=fp16, learning_rate=1e-3), TrainerState(), control,
-                                    model=model)
+        guard.on_pre_optimizer_step(
+            SimpleNamespace(fp16=fp16, learning_rate=1e-3), TrainerState(), control, model=model
+        )
         assert control.should_training_stop == stops and (guard.diverged is not None) == stops
     # the loss is still checked at every log, fp16 or not
     guard, control = DivergenceGuard(), TrainerControl()
-    guard.on_log(SimpleNamespace(fp16=True, learning_rate=1e-3), TrainerState(global_step=7), control,
-                 logs={"loss": float("nan"), "learning_rate": 5e-4})
+    guard.on_log(
+        SimpleNamespace(fp16=True, learning_rate=1e-3),
+        TrainerState(global_step=7),
+        control,
+        logs={"loss": float("nan"), "learning_rate": 5e-4},
+    )
     assert control.should_training_stop and not control.should_save
     assert (guard.diverged["step"], guard.diverged["scheduled_learning_rate"]) == (7, 5e-4)
     assert guard.diverged["cause"] == "the loss" and math.isnan(guard.diverged["loss"])
@@ -376,8 +473,14 @@ def test_pretrain_summary_line_when_no_validation_loss_was_measured(monkeypatch,
     from probseq.experiments import distillation as distillation_cli
     from probseq.train import pretrain as pretrain_module
 
-    log = {"num_parameters": 10, "tokens": 100, "steps": 2, "seconds_per_step": 0.5, "tokens_per_second": 100.0,
-           "valid_loss": None}
+    log = {
+        "num_parameters": 10,
+        "tokens": 100,
+        "steps": 2,
+        "seconds_per_step": 0.5,
+        "tokens_per_second": 100.0,
+        "valid_loss": None,
+    }
     monkeypatch.setattr(pretrain_module, "pretrain", lambda config, out: log)
     args = SimpleNamespace(preset="tiny", set=[], out=tmp_path)
     assert distillation_cli.pretrain_main(args) == 0
@@ -392,8 +495,19 @@ def test_diverging_pretraining_stops_and_exports_nothing(tmp_path, monkeypatch):
 
     paths = write_fake_corpus(tmp_path / "corpus")
     monkeypatch.setattr(corpus_lib, "prepare_corpus", lambda cache_dir=None, **kwargs: paths)
-    config = pretrain_config("tiny", ["vocab_size=384", "tokens=4096", "batch_size=4", "seq_len=128", "save_steps=1",
-                                      "learning_rate=1000000.0", "num_threads=1", "progress=false"])
+    config = pretrain_config(
+        "tiny",
+        [
+            "vocab_size=384",
+            "tokens=4096",
+            "batch_size=4",
+            "seq_len=128",
+            "save_steps=1",
+            "learning_rate=1000000.0",
+            "num_threads=1",
+            "progress=false",
+        ],
+    )
     with pytest.raises(TrainingDiverged, match=r"pretraining in .*: training diverged at step 3 of 8: .*1e\+06"):
         pretrain(config, tmp_path / "out")
     assert not (tmp_path / "out" / "model.safetensors").exists() and not (tmp_path / "out" / "train_log.json").exists()
@@ -402,8 +516,12 @@ def test_diverging_pretraining_stops_and_exports_nothing(tmp_path, monkeypatch):
 
 
 def test_collision_config_refuses_non_finite_numbers():
-    for field, value in (("noise_std", float("nan")), ("collision_rho", float("nan")), ("rhos", (0.0, float("nan"))),
-                         ("noise_std", float("inf"))):
+    for field, value in (
+        ("noise_std", float("nan")),
+        ("collision_rho", float("nan")),
+        ("rhos", (0.0, float("nan"))),
+        ("noise_std", float("inf")),
+    ):
         with pytest.raises(ValueError, match=f"{field}.* must be a finite number"):
             dataclasses.replace(TINY_COLLISION, **{field: value})
 
@@ -438,6 +556,7 @@ def test_ruler_model_config_with_wrong_content_names_the_file(tmp_path):
 
 # ------------------------------------------------------------------------------------------ found next to them
 
+
 def test_every_unit_diverged_at_a_single_test_point_still_writes_results_and_exits_1(tmp_path, capsys):
     # one test point inside training: nothing lands on the log axes (matplotlib refused an empty log axis, exit 2)
     out = tmp_path / "mqar"
@@ -461,7 +580,6 @@ def test_mqar_plots_with_every_test_point_beyond_training(tmp_path):
     assert (tmp_path / "mqar_accuracy_vs_state.png").stat().st_size > 0
 
 
-
 @pytest.mark.parametrize("change", ["length", "x-values"])
 def test_collision_cache_for_other_x_values_is_refused_naming_the_file(tmp_path, change):
     # curves of one length that is not the config's gave an IndexError in format_table; other x values of the
@@ -472,8 +590,12 @@ def test_collision_cache_for_other_x_values_is_refused_naming_the_file(tmp_path,
     unit = cache.get(name)
     curve = unit["metrics"]["error"]
     if change == "length":
-        unit = {"x": [1, 2], "metrics": {"error": {key: curve[key][:2] for key in ("mean", "ci95", "theory")}
-                                         | {"agreement": curve["agreement"]}}}
+        unit = {
+            "x": [1, 2],
+            "metrics": {
+                "error": {key: curve[key][:2] for key in ("mean", "ci95", "theory")} | {"agreement": curve["agreement"]}
+            },
+        }
     else:
         unit["x"] = [0.1, 0.3]  # the config's rhos are (0.0, 0.5)
     cache.put(name, unit)
@@ -481,8 +603,16 @@ def test_collision_cache_for_other_x_values_is_refused_naming_the_file(tmp_path,
         collision.run_collision(TINY_COLLISION, tmp_path)
 
 
-OUT_OF_RANGE = [("accuracy", 7.5), ("accuracy", -0.1), ("all_correct", 1.5), ("example_accuracy", 2.0),
-                ("loss", -1.0), ("steps", -3), ("state_bytes", -8), ("train_seconds", -1.0)]
+OUT_OF_RANGE = [
+    ("accuracy", 7.5),
+    ("accuracy", -0.1),
+    ("all_correct", 1.5),
+    ("example_accuracy", 2.0),
+    ("loss", -1.0),
+    ("steps", -3),
+    ("state_bytes", -8),
+    ("train_seconds", -1.0),
+]
 
 
 @pytest.mark.parametrize("experiment", ["mqar", "recall"])

@@ -12,10 +12,21 @@ import probseq
 from tests.conftest import OUTSIDE_DOCUMENTS
 
 ROOT = Path(__file__).resolve().parents[1]
-CODE = sorted(path for folder in ("src", "tests", "scripts") for path in (ROOT / folder).rglob("*")
-              if path.suffix in (".py", ".sh") and "__pycache__" not in path.parts)
-MARKDOWN = sorted([ROOT / "README.md", ROOT / "CHANGELOG.md", *(ROOT / "docs").glob("*.md"),
-                   *(ROOT / "results").glob("*/README.md"), ROOT / "results" / "README.md"])
+CODE = sorted(
+    path
+    for folder in ("src", "tests", "scripts")
+    for path in (ROOT / folder).rglob("*")
+    if path.suffix in (".py", ".sh") and "__pycache__" not in path.parts
+)
+MARKDOWN = sorted(
+    [
+        ROOT / "README.md",
+        ROOT / "CHANGELOG.md",
+        *(ROOT / "docs").glob("*.md"),
+        *(ROOT / "results").glob("*/README.md"),
+        ROOT / "results" / "README.md",
+    ]
+)
 
 #: A path into the repository's documents or results, as docstrings, help texts and comments cite them.
 CITED_PATH = re.compile(r"(?<![\w/.])((?:docs|results)/[\w./-]*\w)")
@@ -29,30 +40,45 @@ TRACKER_ISSUE = re.compile(r"\bissues? ?-?#?\d+", re.IGNORECASE)
 
 def test_no_citation_of_a_document_outside_the_repository():
     files = [*CODE, *MARKDOWN, ROOT / "Makefile"]
-    cited = [f"{path.relative_to(ROOT)}:{number}: {line.strip()}" for path in files
-             for number, line in enumerate(path.read_text().splitlines(), 1) if OUTSIDE_DOCUMENTS.search(line)]
+    cited = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in files
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if OUTSIDE_DOCUMENTS.search(line)
+    ]
     assert not cited, "\n".join(cited)
 
 
 def test_code_cites_no_issue_of_an_outside_tracker():
     files = [*CODE, ROOT / "Makefile"]
-    cited = [f"{path.relative_to(ROOT)}:{number}: {line.strip()}" for path in files
-             for number, line in enumerate(path.read_text().splitlines(), 1) if TRACKER_ISSUE.search(line)]
+    cited = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in files
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if TRACKER_ISSUE.search(line)
+    ]
     assert not cited, "\n".join(cited)
 
 
 def test_every_cited_document_or_result_exists():
     """In docstrings, help texts and comments (the shell scripts also name the folders they create: not checked)."""
     cited = [path for path in CODE if path.suffix == ".py"] + [ROOT / "Makefile"]
-    missing = [f"{path.relative_to(ROOT)}: {match.group(1)}" for path in cited
-               for match in CITED_PATH.finditer(path.read_text()) if not (ROOT / match.group(1)).exists()]
+    missing = [
+        f"{path.relative_to(ROOT)}: {match.group(1)}"
+        for path in cited
+        for match in CITED_PATH.finditer(path.read_text())
+        if not (ROOT / match.group(1)).exists()
+    ]
     assert not missing, "\n".join(missing)
 
 
 @pytest.mark.parametrize("page", MARKDOWN, ids=[str(page.relative_to(ROOT)) for page in MARKDOWN])
 def test_every_relative_link_resolves(page):
-    targets = [target.split("#")[0] for target in LINK.findall(page.read_text())
-               if not target.startswith(("http://", "https://", "mailto:", "#"))]
+    targets = [
+        target.split("#")[0]
+        for target in LINK.findall(page.read_text())
+        if not target.startswith(("http://", "https://", "mailto:", "#"))
+    ]
     missing = [target for target in targets if not (page.parent / target).exists()]
     assert not missing, f"{page.relative_to(ROOT)} links to {missing}"
 
@@ -63,8 +89,8 @@ def test_results_readme_links_every_result_and_the_readme_links_it():
     entries = {path.name for path in (ROOT / "results").iterdir() if path.name != "README.md"}
     assert entries <= linked, f"results/README.md does not link {sorted(entries - linked)}"
     readme = (ROOT / "README.md").read_text()
-    evidence = readme[readme.index("## Evidence"):]
-    evidence = evidence[:evidence.index("\n## ")]
+    evidence = readme[readme.index("## Evidence") :]
+    evidence = evidence[: evidence.index("\n## ")]
     assert "(results/README.md)" in evidence and evidence.count("](results/") >= 5
 
 
@@ -88,6 +114,9 @@ def test_the_package_declares_its_type_hints():
 
 
 def test_tests_are_named_for_what_they_check_not_by_an_outside_trackers_numbers():
-    numbered = [f"{path.name}: {name}" for path in (ROOT / "tests").glob("test_*.py")
-                for name in re.findall(r"^\s*def (test_(?:row\d+|\d+|extra)_\w*)", path.read_text(), re.MULTILINE)]
+    numbered = [
+        f"{path.name}: {name}"
+        for path in (ROOT / "tests").glob("test_*.py")
+        for name in re.findall(r"^\s*def (test_(?:row\d+|\d+|extra)_\w*)", path.read_text(), re.MULTILINE)
+    ]
     assert not numbered, "\n".join(numbered)

@@ -10,24 +10,76 @@ import pytest
 from probseq import cli
 from probseq.experiments import reproduce
 
-TINY = ["collision.key_dim=4", "collision.value_dim=2", "collision.trials=16", "collision.batch_trials=16",
-        "collision.max_repeats=6", "collision.rhos=[0.0,0.5]", "collision.capacity_points=3",
-        "collision.confident_writes=2", "collision.colliding_writes=3",
-        *(f"recall.{o}" for o in ['mixers=["bayesian","gated_deltanet"]', "d_model=16", "learning_rates=[0.01]",
-                                  "seeds=[0]", "num_keys=8", "num_values=12", "train_pairs=[2]", "train_gaps=[0]",
-                                  "distractors=1", "train_examples=16", "eval_pairs=[4]", "eval_gaps=[4]",
-                                  "eval_collisions=[2]", "eval_key_noise=[0.4]", "test_examples=8",
-                                  "valid_examples=8", "max_steps=2", "batch_size=8", "eval_batch_size=16",
-                                  "save_steps=1", "num_threads=1", "n_layers=2"]),
-        *(f"mqar.{o}" for o in ['mixers=["bayesian","gated_deltanet"]', "d_models=[16]", "learning_rates=[0.01]",
-                                "seeds=[0]", "vocab_size=64", "train_segments=[[16,2]]", "train_examples=[16]",
-                                "test_segments=[[16,2],[32,4]]", "test_examples=8", "valid_examples=8",
-                                "max_steps=2", "batch_size=8", "eval_batch_size=16", "save_steps=1",
-                                "num_threads=1"])]
-CLAIMS = ["## 1. Design-model framework", "## 2. The Bayesian Layer carries a mean and a covariance",
-          "## 3. Unification", "## 4. DeltaNet, Gated DeltaNet and Longhorn are covariance-reset reductions",
-          "## 5. Closed-form retrieval dynamics", "## 6. Learned robustness", "### 6a. Associative recall",
-          "### 6b. Zoology MQAR", "## 7. Distillation", "## 8. Efficiency"]
+TINY = [
+    "collision.key_dim=4",
+    "collision.value_dim=2",
+    "collision.trials=16",
+    "collision.batch_trials=16",
+    "collision.max_repeats=6",
+    "collision.rhos=[0.0,0.5]",
+    "collision.capacity_points=3",
+    "collision.confident_writes=2",
+    "collision.colliding_writes=3",
+    *(
+        f"recall.{o}"
+        for o in [
+            'mixers=["bayesian","gated_deltanet"]',
+            "d_model=16",
+            "learning_rates=[0.01]",
+            "seeds=[0]",
+            "num_keys=8",
+            "num_values=12",
+            "train_pairs=[2]",
+            "train_gaps=[0]",
+            "distractors=1",
+            "train_examples=16",
+            "eval_pairs=[4]",
+            "eval_gaps=[4]",
+            "eval_collisions=[2]",
+            "eval_key_noise=[0.4]",
+            "test_examples=8",
+            "valid_examples=8",
+            "max_steps=2",
+            "batch_size=8",
+            "eval_batch_size=16",
+            "save_steps=1",
+            "num_threads=1",
+            "n_layers=2",
+        ]
+    ),
+    *(
+        f"mqar.{o}"
+        for o in [
+            'mixers=["bayesian","gated_deltanet"]',
+            "d_models=[16]",
+            "learning_rates=[0.01]",
+            "seeds=[0]",
+            "vocab_size=64",
+            "train_segments=[[16,2]]",
+            "train_examples=[16]",
+            "test_segments=[[16,2],[32,4]]",
+            "test_examples=8",
+            "valid_examples=8",
+            "max_steps=2",
+            "batch_size=8",
+            "eval_batch_size=16",
+            "save_steps=1",
+            "num_threads=1",
+        ]
+    ),
+]
+CLAIMS = [
+    "## 1. Design-model framework",
+    "## 2. The Bayesian Layer carries a mean and a covariance",
+    "## 3. Unification",
+    "## 4. DeltaNet, Gated DeltaNet and Longhorn are covariance-reset reductions",
+    "## 5. Closed-form retrieval dynamics",
+    "## 6. Learned robustness",
+    "### 6a. Associative recall",
+    "### 6b. Zoology MQAR",
+    "## 7. Distillation",
+    "## 8. Efficiency",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -52,8 +104,9 @@ def test_reproduce_end_to_end_then_everything_from_the_cache(tmp_path, capsys):
     assert "inconclusive" in text  # one seed
     assert "make bench" in text and "probseq distill" in text
     plots = [line for line in text.splitlines() if line.startswith("![")]
-    order = [next(i for i, p in enumerate(plots) if word in p)
-             for word in ("variance", "collision_", "recall_", "mqar_")]
+    order = [
+        next(i for i, p in enumerate(plots) if word in p) for word in ("variance", "collision_", "recall_", "mqar_")
+    ]
     assert order == sorted(order)  # plots in the claims' order, not alphabetical
     for plot in plots:
         assert (out / plot.split("(")[1].rstrip(")")).exists(), plot

@@ -40,8 +40,7 @@ def test_long_sequence_float32():
     beta = torch.rand(shape, generator=gen)
     for gamma in (torch.rand(shape, generator=gen), torch.ones(shape)):
         with torch.no_grad():
-            out = bayes_filter(q, k, v, g, beta, gamma, output_final_state=True, output_variance=True,
-                               impl="chunked")
+            out = bayes_filter(q, k, v, g, beta, gamma, output_final_state=True, output_variance=True, impl="chunked")
         assert torch.isfinite(out.output).all() and torch.isfinite(out.variance).all()
         assert out.variance.min() >= -EIG_TOL
         _check_state(out.state, f"T={length}")
@@ -57,15 +56,21 @@ def test_constant_extreme_gates(g, gamma, beta):
     shape = (1, 300, 2)
     leaves = [x.clone().requires_grad_() for x in (q, k, v)]
     gates = [torch.full(shape, value).requires_grad_() for value in (g, beta, gamma)]
-    out = bayes_filter(*leaves, gates[0], gates[1], gates[2], output_final_state=True, output_variance=True,
-                       impl="chunked")
-    ref = bayes_filter(*(x.detach().double() for x in leaves + gates), output_final_state=True,
-                       output_variance=True, impl="reference")
+    out = bayes_filter(
+        *leaves, gates[0], gates[1], gates[2], output_final_state=True, output_variance=True, impl="chunked"
+    )
+    ref = bayes_filter(
+        *(x.detach().double() for x in leaves + gates), output_final_state=True, output_variance=True, impl="reference"
+    )
     _check_state(out.state, f"g={g} gamma={gamma} beta={beta}")
     # γ = β = 1 over 300 tokens is recursive least squares at r = r_min: float32 is ~1e-3 there (docs/numerics.md)
     tol = 5e-3 if gamma == 1.0 and beta == 1.0 else 1e-4
-    for name, a, e in [("output", out.output, ref.output), ("variance", out.variance, ref.variance),
-                       ("mean", out.state.mean, ref.state.mean), ("cov", out.state.cov, ref.state.cov)]:
+    for name, a, e in [
+        ("output", out.output, ref.output),
+        ("variance", out.variance, ref.variance),
+        ("mean", out.state.mean, ref.state.mean),
+        ("cov", out.state.cov, ref.state.cov),
+    ]:
         assert_close(a, e, tol, f"g={g} gamma={gamma} beta={beta} {name}")
     (out.output.sum() + out.variance.sum() + out.state.mean.sum() + out.state.cov.sum()).backward()
     for x in leaves + gates:
@@ -85,13 +90,18 @@ def test_random_extreme_gates_match_reference(dtype):
 
     g, gamma, beta = pick([0.0, -0.01, -1.0, float("-inf")]), pick([0.0, 1.0, 0.5, 0.999]), pick([1e-6, 1.0, 0.5])
     out = bayes_filter(q, k, v, g, beta, gamma, output_final_state=True, output_variance=True, impl="chunked")
-    ref = bayes_filter(*(x.double() for x in (q, k, v, g, beta, gamma)), output_final_state=True,
-                       output_variance=True, impl="reference")
+    ref = bayes_filter(
+        *(x.double() for x in (q, k, v, g, beta, gamma)),
+        output_final_state=True,
+        output_variance=True,
+        impl="reference",
+    )
     _check_state(out.state, str(dtype))
     # the reference sees the rounded inputs: the float32 variance and covariance must be float32-accurate;
     # only the output is in the half dtype.
-    assert_close(out.output, ref.output, {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 1e-2}[dtype],
-                 "output")
+    assert_close(
+        out.output, ref.output, {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 1e-2}[dtype], "output"
+    )
     assert_close(out.variance, ref.variance, 1e-4, "variance")
     assert_close(out.state.cov, ref.state.cov, 1e-4, "cov")
 
@@ -119,8 +129,14 @@ def test_long_sequence_recurrent_and_chunked_agree():
     length = 65_536
     (q, k, v), gen = _inputs(length, heads=1)
     shape = (1, length, 1)
-    args = (q, k, v, F.logsigmoid(torch.randn(shape, generator=gen) + 5), torch.rand(shape, generator=gen),
-            torch.rand(shape, generator=gen))
+    args = (
+        q,
+        k,
+        v,
+        F.logsigmoid(torch.randn(shape, generator=gen) + 5),
+        torch.rand(shape, generator=gen),
+        torch.rand(shape, generator=gen),
+    )
     with torch.no_grad():
         chunked = bayes_filter(*args, output_final_state=True, output_variance=True, impl="chunked")
         recurrent = bayes_filter(*args, output_final_state=True, output_variance=True, impl="recurrent")
@@ -138,14 +154,19 @@ def test_float64_covariance_path_restores_float32_accuracy_near_rls(r_min):
     shape = (1, 300, 2)
     ones = torch.ones(shape)
     leaves = [x.clone().requires_grad_() for x in (q, k, v)]
-    out = bayes_filter(*leaves, None, ones, ones, r_min=r_min, output_final_state=True, impl="chunked",
-                       covariance_dtype=torch.float64)
+    out = bayes_filter(
+        *leaves, None, ones, ones, r_min=r_min, output_final_state=True, impl="chunked", covariance_dtype=torch.float64
+    )
     ref_leaves = [x.detach().double().requires_grad_() for x in (q, k, v)]
-    ref = bayes_filter(*ref_leaves, None, ones.double(), ones.double(), r_min=r_min, output_final_state=True,
-                       impl="recurrent")
+    ref = bayes_filter(
+        *ref_leaves, None, ones.double(), ones.double(), r_min=r_min, output_final_state=True, impl="recurrent"
+    )
     assert out.state.cov.dtype == torch.float32
-    for name, a, e in [("output", out.output, ref.output), ("mean", out.state.mean, ref.state.mean),
-                       ("cov", out.state.cov, ref.state.cov)]:
+    for name, a, e in [
+        ("output", out.output, ref.output),
+        ("mean", out.state.mean, ref.state.mean),
+        ("cov", out.state.cov, ref.state.cov),
+    ]:
         assert_close(a, e, 1e-5, name)
     out.output.sum().backward()
     ref.output.sum().backward()

@@ -40,20 +40,25 @@ def tok():
 
     rng = random.Random(0)
     words = list(wordlist("nounlist.txt") + wordlist("adjectivelist.txt") + wordlist("verblist.txt"))
-    corpus = [NOISE_LITERAL] * 50 + [" ".join(words[i:i + 50]) for i in range(0, len(words), 50)]
-    corpus += [f"One of the special magic numbers for {rng.choice(words)}-{rng.choice(words)} is: "
-               f"{rng.randint(10**6, 10**7 - 1)}." for _ in range(300)]
+    corpus = [NOISE_LITERAL] * 50 + [" ".join(words[i : i + 50]) for i in range(0, len(words), 50)]
+    corpus += [
+        f"One of the special magic numbers for {rng.choice(words)}-{rng.choice(words)} is: "
+        f"{rng.randint(10**6, 10**7 - 1)}."
+        for _ in range(300)
+    ]
     corpus += [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(300)]
-    corpus += [f"VAR {''.join(rng.choices(string.ascii_uppercase, k=5))} = {rng.randint(10000, 99999)}"
-               for _ in range(300)]
+    corpus += [
+        f"VAR {''.join(rng.choices(string.ascii_uppercase, k=5))} = {rng.randint(10000, 99999)}" for _ in range(300)
+    ]
     corpus += [" ".join(f"{i + 1}. {rng.choice(words)}" for i in range(40)) for _ in range(30)]
     corpus += [" ".join("".join(rng.choices(string.ascii_lowercase, k=6)) for _ in range(40)) for _ in range(30)]
     corpus += [TASKS[t]["template"] + TASKS[t]["answer_prefix"] for t in ALL] * 20
     model = Tokenizer(models.BPE())
     model.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     model.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=2000, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=2000, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
     model.train_from_iterator(corpus, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=model)
 
@@ -104,16 +109,25 @@ def niah_parts(rec):
     return m.group(1), m.group(2)
 
 
-@pytest.mark.parametrize("task,kind,key_re,value_re", [
-    ("niah_single_1", "number", r"[^\s-]+(?: [^\s-]+)*-.+", r"\d{7}"),
-    ("niah_multikey_2", "number", r"[^\s-]+(?: [^\s-]+)*-.+", r"\d{7}"),
-    ("niah_multikey_3", "uuid", r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}",
-     r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"),
-])
+@pytest.mark.parametrize(
+    "task,kind,key_re,value_re",
+    [
+        ("niah_single_1", "number", r"[^\s-]+(?: [^\s-]+)*-.+", r"\d{7}"),
+        ("niah_multikey_2", "number", r"[^\s-]+(?: [^\s-]+)*-.+", r"\d{7}"),
+        (
+            "niah_multikey_3",
+            "uuid",
+            r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}",
+            r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}",
+        ),
+    ],
+)
 @pytest.mark.parametrize("length", LENGTHS)
 def test_niah_format(samples, task, kind, key_re, value_re, length):
-    head = (f"A special magic {kind} is hidden within the following text. Make sure to memorize it. "
-            f"I will quiz you about the {kind} afterwards.\n")
+    head = (
+        f"A special magic {kind} is hidden within the following text. Make sure to memorize it. "
+        f"I will quiz you about the {kind} afterwards.\n"
+    )
     for r in samples[task, length]:
         assert r["input"].startswith(head)
         noun, key = niah_parts(r)
@@ -122,7 +136,7 @@ def test_niah_format(samples, task, kind, key_re, value_re, length):
         (value,) = r["outputs"]
         assert re.fullmatch(value_re, value)
         needle = f"One of the special magic {kind}s for {key} is: {value}."
-        lines = r["input"][len(head):].split("\n")[:-1]
+        lines = r["input"][len(head) :].split("\n")[:-1]
         assert lines.count(needle) == 1
         assert r["token_position_answer"] > 0
         if task == "niah_single_1":
@@ -140,8 +154,11 @@ def test_vt_format(samples, length):
         names = r["outputs"]
         assert len(names) == 5 and len(set(names)) == 5
         assert all(re.fullmatch(r"[A-Z]{5}", v) for v in names)
-        m = re.fullmatch(r" Answer: According to the chain\(s\) of variable assignment in the text above, 5 "
-                         r"variables are assigned the value (\d{5}), they are: ", r["answer_prefix"])
+        m = re.fullmatch(
+            r" Answer: According to the chain\(s\) of variable assignment in the text above, 5 "
+            r"variables are assigned the value (\d{5}), they are: ",
+            r["answer_prefix"],
+        )
         assert m
         value = m.group(1)
         task_head = "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n"
@@ -163,8 +180,10 @@ def numbered_words(text):
 
 @pytest.mark.parametrize("length", LENGTHS)
 def test_cwe_format(samples, length):
-    head = ("Below is a numbered list of words. In these words, some appear more often than others. "
-            "Memorize the ones that appear most often.\n")
+    head = (
+        "Below is a numbered list of words. In these words, some appear more often than others. "
+        "Memorize the ones that appear most often.\n"
+    )
     question = "\nQuestion: What are the 10 most common words in the above list?"
     prefix = " Answer: The top 10 words that appear most often in the list are:"
     common, rare = (6, 1) if length < 4096 else (30, 3)  # RULER's short-context counts
@@ -173,7 +192,7 @@ def test_cwe_format(samples, length):
         assert r["answer_prefix"] == prefix
         shot, main = r["input"].split("\n" + head)
         assert shot.startswith(head) and main.endswith(question)
-        body, shot_answer = shot[len(head):].split(question + prefix + " ")
+        body, shot_answer = shot[len(head) :].split(question + prefix + " ")
         counts = Counter(numbered_words(body))
         assert len(counts) == shot_words
         assert set(numbered_words(shot_answer)) == {w for w, _ in counts.most_common(10)}
@@ -187,15 +206,20 @@ def test_cwe_format(samples, length):
 
 @pytest.mark.parametrize("length", LENGTHS)
 def test_fwe_format(samples, length):
-    head = ("Read the following coded text and track the frequency of each coded word. "
-            "Find the three most frequently appeared coded words. ")
-    question = ("\nQuestion: Do not provide any explanation. Please ignore the dots '....'. "
-                "What are the three most frequently appeared words in the above coded text?")
+    head = (
+        "Read the following coded text and track the frequency of each coded word. "
+        "Find the three most frequently appeared coded words. "
+    )
+    question = (
+        "\nQuestion: Do not provide any explanation. Please ignore the dots '....'. "
+        "What are the three most frequently appeared words in the above coded text?"
+    )
     for r in samples["fwe", length]:
-        assert r["answer_prefix"] == (" Answer: According to the coded text above, "
-                                      "the three most frequently appeared words are:")
+        assert r["answer_prefix"] == (
+            " Answer: According to the coded text above, the three most frequently appeared words are:"
+        )
         assert r["input"].startswith(head) and r["input"].endswith(question)
-        counts = Counter(r["input"][len(head): -len(question)].split(" "))
+        counts = Counter(r["input"][len(head) : -len(question)].split(" "))
         assert counts.most_common(1)[0][0] == "..."
         del counts["..."]
         assert all(re.fullmatch(r"[a-z]{6}", w) for w in counts)
@@ -229,7 +253,13 @@ def test_seeded(tok, samples, task):
 
 def test_registry_and_options(tok):
     assert {t: tokens_to_generate(t) for t in ALL} == {
-        "niah_single_1": 128, "niah_multikey_2": 128, "niah_multikey_3": 128, "vt": 30, "cwe": 120, "fwe": 50}
+        "niah_single_1": 128,
+        "niah_multikey_2": 128,
+        "niah_multikey_3": 128,
+        "vt": 30,
+        "cwe": 120,
+        "fwe": 50,
+    }
     assert all(TASKS[t]["metric"] == "string_match_all" for t in ALL)
     assert TASKS["niah_single_1"]["args"]["type_haystack"] == "noise"
     needles = TASKS["niah_multikey_3"]["args"]
@@ -277,8 +307,8 @@ def test_count_tokens_backends(tok):
 
 
 def test_zeta():
-    assert zeta(2.0) == math.pi ** 2 / 6
-    assert zeta(4.0) == pytest.approx(math.pi ** 4 / 90, rel=1e-15)
+    assert zeta(2.0) == math.pi**2 / 6
+    assert zeta(4.0) == pytest.approx(math.pi**4 / 90, rel=1e-15)
 
 
 # ---------------------------------------------------------------- metrics

@@ -30,17 +30,30 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
     texts = [text for _, text in retrieval_documents(3, 80_000)]
-    texts += ["Some special magic numbers are hidden within the following text. Make sure to memorize it. "
-              "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."] * 20
+    texts += [
+        "Some special magic numbers are hidden within the following text. Make sure to memorize it. "
+        "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+    ] * 20
     return train_tokenizer(texts, tmp_path_factory.mktemp("tok") / "tokenizer", vocab_size=640)
 
 
 def tiny_model(tokenizer, mixer: str = "bayesian") -> ProbSeqForCausalLM:
     torch.manual_seed(0)
-    config = ProbSeqConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, mixer=mixer,
-                           retention="learned", retention_init=0.5, num_heads=2, head_dim=16, expand_v=1.0,
-                           intermediate_size=48, pad_token_id=tokenizer.pad_token_id,
-                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = ProbSeqConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        mixer=mixer,
+        retention="learned",
+        retention_init=0.5,
+        num_heads=2,
+        head_dim=16,
+        expand_v=1.0,
+        intermediate_size=48,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     return ProbSeqForCausalLM(config).eval()
 
 
@@ -53,16 +66,44 @@ def model_dir(tokenizer, tmp_path_factory) -> Path:
 
 
 def config(model: Path, **overrides) -> RulerConfig:
-    kwargs = dict(model=str(model), tasks=("niah_single_1", "fwe"), lengths=(LENGTH,), samples=3, batch_size=2,
-                  max_new_tokens=6, num_threads=1, progress=False)
+    kwargs = dict(
+        model=str(model),
+        tasks=("niah_single_1", "fwe"),
+        lengths=(LENGTH,),
+        samples=3,
+        batch_size=2,
+        max_new_tokens=6,
+        num_threads=1,
+        progress=False,
+    )
     return RulerConfig(**{**kwargs, **overrides})
 
 
 def test_ruler_end_to_end_writes_files_and_scores(model_dir, tmp_path, capsys):
     out = tmp_path / "ruler"
-    code = main(["ruler", "--model", str(model_dir), "--tasks", "niah_single_1,fwe", "vt", "--lengths", str(LENGTH),
-                 "--samples", "3", "--batch-size", "2", "--max-new-tokens", "6", "--out", str(out), "--threads", "1",
-                 "--no-progress"])
+    code = main(
+        [
+            "ruler",
+            "--model",
+            str(model_dir),
+            "--tasks",
+            "niah_single_1,fwe",
+            "vt",
+            "--lengths",
+            str(LENGTH),
+            "--samples",
+            "3",
+            "--batch-size",
+            "2",
+            "--max-new-tokens",
+            "6",
+            "--out",
+            str(out),
+            "--threads",
+            "1",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     for name in ("summary.csv", "predictions.jsonl", "results.json", "ruler.png"):
         assert (out / name).is_file(), name
@@ -112,9 +153,11 @@ def test_scores_reference_answers_100_and_resumes_per_unit(model_dir, tmp_path, 
     assert again["units"] == results["units"] and seen == [3, 3]
     # so does one with other batches and threads (they change no unit); other samples, seed or dtype are refused
     assert run_ruler(config(model_dir, batch_size=3, num_threads=2), out)["units"] == results["units"]
-    for model, change, shown in ((model_dir, {"samples": 4}, "samples (3 there, 4 now)"),
-                                 (model_dir, {"seed": 1}, "seed (42 there, 1 now)"),
-                                 (out, {}, "model (")):
+    for model, change, shown in (
+        (model_dir, {"samples": 4}, "samples (3 there, 4 now)"),
+        (model_dir, {"seed": 1}, "seed (42 there, 1 now)"),
+        (out, {}, "model ("),
+    ):
         with pytest.raises(ValueError, match=re.escape(shown) + ".*use another --out"):
             run_ruler(config(model, **change), out)
     # a new length is one more unit; the old ones stay cached
@@ -138,8 +181,10 @@ def test_fla_gated_deltanet_folder_is_evaluated_as_is(tokenizer, tmp_path):
 
 def test_batched_left_padded_greedy_equals_one_by_one(model_dir):
     model, tokenizer, _ = ruler_eval.load_model(model_dir)
-    prompts = ["One of the special magic numbers for key is: 12345. The special magic number for key is",
-               "The grass is green."]
+    prompts = [
+        "One of the special magic numbers for key is: 12345. The special magic number for key is",
+        "The grass is green.",
+    ]
     batched, counts = ruler_eval.complete(model, tokenizer, prompts, 5, batch_size=2)
     single = [ruler_eval.complete(model, tokenizer, [p], 5, batch_size=1)[0][0] for p in prompts]
     assert batched == single
@@ -150,6 +195,7 @@ def test_generation_uses_the_recurrent_cache_even_if_the_config_says_not(model_d
     model, tokenizer, _ = ruler_eval.load_model(model_dir)
     model.config.use_cache = False  # what a transformers.Trainer saves
     lengths = []
+
     def record(module, args, kwargs):
         lengths.append(kwargs["input_ids"].shape[1])
 
@@ -167,8 +213,12 @@ def test_unwritable_out_and_bad_config_are_errors_before_work(model_dir, tmp_pat
     blocker.write_text("not a folder")
     with pytest.raises(ValueError, match="not a folder"):
         run_ruler(config(model_dir), blocker)
-    for bad, message in (({"tasks": ("niah",)}, "--tasks"), ({"lengths": (0,)}, "--lengths"),
-                         ({"samples": 0}, "--samples"), ({"max_new_tokens": 0}, "--max-new-tokens")):
+    for bad, message in (
+        ({"tasks": ("niah",)}, "--tasks"),
+        ({"lengths": (0,)}, "--lengths"),
+        ({"samples": 0}, "--samples"),
+        ({"max_new_tokens": 0}, "--max-new-tokens"),
+    ):
         with pytest.raises(ValueError, match=message):
             config(model_dir, **bad)
     with pytest.raises(ValueError, match="is not a folder"):
@@ -196,16 +246,27 @@ def test_ruler_compare_tabulates_and_plots_the_three_arms(tmp_path, capsys):
             writer.writeheader()
             for task, length in [("niah_single_1", 512), ("niah_single_1", 1024), ("vt", 512), ("vt", 1024)]:
                 skipped = task == "vt" and length == 512 and arm == "bayes"
-                writer.writerow({"task": task, "length": length, "score": 0 if skipped else 10 * offset + length / 512,
-                                 "ci_low": 0, "ci_high": 50, "samples": 4, "prompt_tokens": length - 10,
-                                 "status": "needs 600 tokens" if skipped else "ok"})
+                writer.writerow(
+                    {
+                        "task": task,
+                        "length": length,
+                        "score": 0 if skipped else 10 * offset + length / 512,
+                        "ci_low": 0,
+                        "ci_high": 50,
+                        "samples": 4,
+                        "prompt_tokens": length - 10,
+                        "status": "needs 600 tokens" if skipped else "ok",
+                    }
+                )
         (folder / "results.json").write_text(json.dumps({"seconds": 1800.0}))
     (tmp_path / "distill" / "teacher").mkdir(parents=True)
-    (tmp_path / "distill" / "teacher" / "train_log.json").write_text(json.dumps({"train_seconds": 7200.0,
-                                                                               "tokens": 1000}))
+    (tmp_path / "distill" / "teacher" / "train_log.json").write_text(
+        json.dumps({"train_seconds": 7200.0, "tokens": 1000})
+    )
     (tmp_path / "distill" / "bayes").mkdir(parents=True)
-    (tmp_path / "distill" / "bayes" / "train_log.json").write_text(json.dumps(
-        {"tokens": 500, "stages": [{"train_seconds": 1800.0}, {"train_seconds": 1800.0}]}))
+    (tmp_path / "distill" / "bayes" / "train_log.json").write_text(
+        json.dumps({"tokens": 500, "stages": [{"train_seconds": 1800.0}, {"train_seconds": 1800.0}]})
+    )
     main = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "ruler_compare.py"))["main"]
     assert main(str(tmp_path)) == 0
     text = (tmp_path / "ruler" / "comparison.md").read_text()
@@ -224,12 +285,17 @@ def test_ruler_compare_pairs_the_bayesian_arm_with_the_baseline_per_prompt(tmp_p
     import runpy
 
     module = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "ruler_compare.py"))
-    scores = {"bayes": {("vt", 512): [100, 100, 0, 50], ("vt", 1024): [0, 0]},
-              "gdn": {("vt", 512): [0, 100, 0, 50], ("vt", 1024): [100, 0], ("cwe", 512): [100]}}
+    scores = {
+        "bayes": {("vt", 512): [100, 100, 0, 50], ("vt", 1024): [0, 0]},
+        "gdn": {("vt", 512): [0, 100, 0, 50], ("vt", 1024): [100, 0], ("cwe", 512): [100]},
+    }
     for arm, units in scores.items():
         (tmp_path / "ruler" / arm).mkdir(parents=True)
-        lines = [json.dumps({"task": task, "length": length, "index": i, "references": [f"r{i}"], "score": value})
-                 for (task, length), values in units.items() for i, value in enumerate(values)]
+        lines = [
+            json.dumps({"task": task, "length": length, "index": i, "references": [f"r{i}"], "score": value})
+            for (task, length), values in units.items()
+            for i, value in enumerate(values)
+        ]
         (tmp_path / "ruler" / arm / "predictions.jsonl").write_text("\n".join(lines) + "\n")
     rows = module["paired_difference"](tmp_path)
     by_unit = {(task, length): (mean, low, high, n) for task, length, mean, low, high, n in rows}
@@ -241,8 +307,9 @@ def test_ruler_compare_pairs_the_bayesian_arm_with_the_baseline_per_prompt(tmp_p
     assert by_unit[("all", "all")][3] == 6
     text = module["markdown"]({"bayes": [], "gdn": []}, tmp_path)
     assert "| vt | 512 | +25.0 | [-24.0, +74.0] | 4 |" in text and "| all | all | +0.0 |" in text
-    (tmp_path / "ruler" / "gdn" / "predictions.jsonl").write_text(json.dumps(
-        {"task": "vt", "length": 512, "index": 0, "references": ["other"], "score": 0}) + "\n")
+    (tmp_path / "ruler" / "gdn" / "predictions.jsonl").write_text(
+        json.dumps({"task": "vt", "length": 512, "index": 0, "references": ["other"], "score": 0}) + "\n"
+    )
     with pytest.raises(ValueError, match="different samples"):
         module["paired_difference"](tmp_path)
 
@@ -272,11 +339,28 @@ def test_answer_likelihood_scores_reference_against_a_foil(model_dir, tokenizer,
     assert module["foils"]("niah_single_1", single)[0] != single[0]["outputs"][0]  # one sample: not itself
 
     out = tmp_path / "likelihood"
-    assert module["main"](["--models", f"bayes={model_dir}", f"gdn={model_dir}", "--out", str(out), "--lengths",
-                           str(LENGTH), "--samples", "2", "--threads", "1"]) == 0
+    assert (
+        module["main"](
+            [
+                "--models",
+                f"bayes={model_dir}",
+                f"gdn={model_dir}",
+                "--out",
+                str(out),
+                "--lengths",
+                str(LENGTH),
+                "--samples",
+                "2",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     rows = list(csv.DictReader((out / "answer_likelihood.csv").open()))
-    assert [(r["model"], r["task"]) for r in rows] == [(m, t) for m in ("bayes", "gdn")
-                                                       for t in ("niah_single_1", "niah_multikey_2")]
+    assert [(r["model"], r["task"]) for r in rows] == [
+        (m, t) for m in ("bayes", "gdn") for t in ("niah_single_1", "niah_multikey_2")
+    ]
     assert all(0.0 <= float(r["reference_preferred"]) <= 1.0 and float(r["logp_reference"]) < 0 for r in rows)
     text = (out / "answer_likelihood.md").read_text()
     assert "| all | all | +0.00 | [+0.00, +0.00] | 4 |" in text

@@ -37,8 +37,15 @@ def test_docstring_worked_example(module):
 
 
 def _mqar(**overrides) -> TaskData:
-    args = dict(vocab_size=100, num_examples=300, input_seq_len=64, seed=0, power_a=0.01, num_kv_pairs=8,
-                random_non_queries=True)
+    args = dict(
+        vocab_size=100,
+        num_examples=300,
+        input_seq_len=64,
+        seed=0,
+        power_a=0.01,
+        num_kv_pairs=8,
+        random_non_queries=True,
+    )
     return multiquery_ar(**(args | overrides))
 
 
@@ -148,23 +155,26 @@ def test_mqar_seeding():
     assert not torch.equal(a.inputs, c.inputs) and not torch.equal(a.labels, c.labels)
 
 
-@pytest.mark.parametrize("overrides, match", [
-    (dict(input_seq_len=63), "input_seq_len must be even"),
-    (dict(input_seq_len=30), r"input_seq_len must be >= 4 \* num_kv_pairs = 32"),
-    (dict(vocab_size=64), "vocab_size must be > input_seq_len"),
-    (dict(vocab_size=100.0), "vocab_size must be an int"),
-    (dict(num_kv_pairs=0), "num_kv_pairs"),
-    (dict(num_kv_pairs=True), "num_kv_pairs"),
-    (dict(num_examples=0), "num_examples"),
-    (dict(power_a=0.0), "power_a"),
-    (dict(power_a=-1.0), "power_a"),
-    (dict(power_a=float("nan")), "power_a"),
-    (dict(power_a=float("inf")), "power_a"),
-    (dict(seed=-1), "seed"),
-    (dict(seed=MAX_SEED), "seed"),
-    (dict(seed=1.5), "seed"),
-    (dict(random_non_queries="yes"), "random_non_queries"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (dict(input_seq_len=63), "input_seq_len must be even"),
+        (dict(input_seq_len=30), r"input_seq_len must be >= 4 \* num_kv_pairs = 32"),
+        (dict(vocab_size=64), "vocab_size must be > input_seq_len"),
+        (dict(vocab_size=100.0), "vocab_size must be an int"),
+        (dict(num_kv_pairs=0), "num_kv_pairs"),
+        (dict(num_kv_pairs=True), "num_kv_pairs"),
+        (dict(num_examples=0), "num_examples"),
+        (dict(power_a=0.0), "power_a"),
+        (dict(power_a=-1.0), "power_a"),
+        (dict(power_a=float("nan")), "power_a"),
+        (dict(power_a=float("inf")), "power_a"),
+        (dict(seed=-1), "seed"),
+        (dict(seed=MAX_SEED), "seed"),
+        (dict(seed=1.5), "seed"),
+        (dict(random_non_queries="yes"), "random_non_queries"),
+    ],
+)
 def test_mqar_argument_errors(overrides, match):
     with pytest.raises(ValueError, match=match):
         _mqar(**overrides)
@@ -201,9 +211,11 @@ def test_split_seeds_disjoint():
     assert split_seeds(123, 0, 0) == ((), ())
     seg = MQARSegment(vocab_size=100, num_examples=20)
     assert not torch.equal(seg.build(seeds.train[0]).inputs, seg.build(seeds.test[0]).inputs)
-    for kwargs, match in [(dict(seed=-1, num_train=1, num_test=1), "seed"),
-                          (dict(seed=0, num_train=-1, num_test=1), "num_train"),
-                          (dict(seed=0, num_train=1, num_test=2.0), "num_test")]:
+    for kwargs, match in [
+        (dict(seed=-1, num_train=1, num_test=1), "seed"),
+        (dict(seed=0, num_train=-1, num_test=1), "num_train"),
+        (dict(seed=0, num_train=1, num_test=2.0), "num_test"),
+    ]:
         with pytest.raises(ValueError, match=match):
             split_seeds(**kwargs)
 
@@ -229,13 +241,34 @@ def _replay(config: RecallConfig, inputs: torch.Tensor, labels: torch.Tensor) ->
     assert all(tok == FILLER for tok in tokens[q0 + 2 * config.num_queries :]), "trailing filler"
 
 
-@pytest.mark.parametrize("config", [
-    RecallConfig(),
-    RecallConfig(num_pairs=6, num_queries=4, collisions=3, distractors=5, key_noise=0.3, gap=7, num_keys=16,
-                 num_values=20, seq_len=48),
-    RecallConfig(num_pairs=3, num_queries=3, collisions=3, distractors=0, key_noise=1.0, gap=0, num_keys=3,
-                 num_values=6, seq_len=17),  # seq_len = min_seq_len: the last answer is a label only
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        RecallConfig(),
+        RecallConfig(
+            num_pairs=6,
+            num_queries=4,
+            collisions=3,
+            distractors=5,
+            key_noise=0.3,
+            gap=7,
+            num_keys=16,
+            num_values=20,
+            seq_len=48,
+        ),
+        RecallConfig(
+            num_pairs=3,
+            num_queries=3,
+            collisions=3,
+            distractors=0,
+            key_noise=1.0,
+            gap=0,
+            num_keys=3,
+            num_values=6,
+            seq_len=17,
+        ),  # seq_len = min_seq_len: the last answer is a label only
+    ],
+)
 def test_recall_matches_replay_oracle(config):
     inputs, labels = config.build(num_examples=200, seed=1)
     assert inputs.shape == labels.shape == (200, config.seq_len) and inputs.dtype == labels.dtype == torch.int64
@@ -248,8 +281,17 @@ def test_recall_write_and_query_counts():
     """Per example: num_pairs + distractors distinct keys written, exactly `collisions` of them twice
     (both collided writes queried, the later value the target, the earlier one different), queried keys
     distinct, never-queried keys = unqueried pairs + distractors, one distinct value per write."""
-    config = RecallConfig(num_pairs=6, num_queries=4, collisions=2, distractors=3, key_noise=0.5, gap=3,
-                          num_keys=12, num_values=16, seq_len=40)
+    config = RecallConfig(
+        num_pairs=6,
+        num_queries=4,
+        collisions=2,
+        distractors=3,
+        key_noise=0.5,
+        gap=3,
+        num_keys=12,
+        num_values=16,
+        seq_len=40,
+    )
     inputs, labels = config.build(num_examples=300, seed=2)
     w, q0 = config.num_writes, config.query_start
     for row in range(300):
@@ -284,8 +326,9 @@ def test_recall_collided_keys_spread_over_query_order():
 
 def test_recall_key_noise_mapping():
     """Twin of key k is k + K; clean_key inverts it; the noise rate is key_noise, on writes and queries."""
-    config = RecallConfig(num_keys=10, num_values=20, num_pairs=5, num_queries=5, collisions=2, key_noise=0.3,
-                          seq_len=40)
+    config = RecallConfig(
+        num_keys=10, num_values=20, num_pairs=5, num_queries=5, collisions=2, key_noise=0.3, seq_len=40
+    )
     keys = torch.arange(1, 11)
     assert torch.equal(config.noisy_twin(keys), keys + 10)
     assert torch.equal(config.clean_key(config.noisy_twin(keys)), keys)
@@ -315,27 +358,33 @@ def test_recall_seeding_and_defaults():
     c = associative_recall(num_examples=50, seed=10, collisions=2, key_noise=0.2, distractors=4, gap=3)
     assert torch.equal(a.inputs, b.inputs) and torch.equal(a.labels, b.labels)
     assert not torch.equal(a.inputs, c.inputs)
-    defaults = {name: p.default for name, p in inspect.signature(associative_recall).parameters.items()
-                if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(associative_recall).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
     assert defaults == {f.name: f.default for f in dataclasses.fields(RecallConfig)}
 
 
-@pytest.mark.parametrize("overrides, match", [
-    (dict(num_pairs=0), "num_pairs"),
-    (dict(num_queries=0), "num_queries"),
-    (dict(num_queries=9), "num_queries must be <= num_pairs"),
-    (dict(collisions=5), "collisions must be <= num_queries"),
-    (dict(collisions=-1), "collisions"),
-    (dict(distractors=-1), "distractors"),
-    (dict(key_noise=1.5), "key_noise"),
-    (dict(key_noise=-0.1), "key_noise"),
-    (dict(key_noise=float("nan")), "key_noise"),
-    (dict(gap=-1), "gap"),
-    (dict(gap=2.0), "gap"),
-    (dict(num_keys=7), "num_keys must be >= num_pairs \\+ distractors = 8"),
-    (dict(num_values=7), "num_values must be >= num_pairs \\+ distractors \\+ collisions = 8"),
-    (dict(seq_len=22), "seq_len must be >= .* = 23"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (dict(num_pairs=0), "num_pairs"),
+        (dict(num_queries=0), "num_queries"),
+        (dict(num_queries=9), "num_queries must be <= num_pairs"),
+        (dict(collisions=5), "collisions must be <= num_queries"),
+        (dict(collisions=-1), "collisions"),
+        (dict(distractors=-1), "distractors"),
+        (dict(key_noise=1.5), "key_noise"),
+        (dict(key_noise=-0.1), "key_noise"),
+        (dict(key_noise=float("nan")), "key_noise"),
+        (dict(gap=-1), "gap"),
+        (dict(gap=2.0), "gap"),
+        (dict(num_keys=7), "num_keys must be >= num_pairs \\+ distractors = 8"),
+        (dict(num_values=7), "num_values must be >= num_pairs \\+ distractors \\+ collisions = 8"),
+        (dict(seq_len=22), "seq_len must be >= .* = 23"),
+    ],
+)
 def test_recall_config_errors(overrides, match):
     with pytest.raises(ValueError, match=match):
         RecallConfig(**overrides)
@@ -343,11 +392,14 @@ def test_recall_config_errors(overrides, match):
         associative_recall(num_examples=1, seed=0, **overrides)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(num_examples=0, seed=0), "num_examples"),
-    (dict(num_examples=1, seed=-1), "seed"),
-    (dict(num_examples=1, seed=2**32), "seed"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(num_examples=0, seed=0), "num_examples"),
+        (dict(num_examples=1, seed=-1), "seed"),
+        (dict(num_examples=1, seed=2**32), "seed"),
+    ],
+)
 def test_recall_build_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         RecallConfig().build(**kwargs)

@@ -23,6 +23,7 @@ SEEDS = (0, 1, 2)
 
 # ---------------------------------------------------------------------------------------------- helpers
 
+
 def unit(gen: torch.Generator, *shape: int) -> torch.Tensor:
     """Keys uniform on the unit sphere, ``[..., K]``."""
     x = torch.randn(*shape, generator=gen, dtype=F64)
@@ -53,11 +54,30 @@ def run(model: str, q, k, v, *, beta=0.5, gamma=1.0, alpha=1.0, final=False, var
     if model == "linear":  # presets.linear_attention is this filter with g = β = None
         return superposition_filter(q, k, v, scale=1.0, output_final_state=final, impl="chunked", chunk_size=chunk)
     if model == "delta":
-        return presets.gated_deltanet(q, k, v, gates(batch, length, 0.0) if g is None else g,
-                                      gates(batch, length, beta), scale=1.0, output_final_state=final,
-                                      impl="chunked", chunk_size=chunk)
-    return bayes_filter(q, k, v, g, gates(batch, length, beta), gates(batch, length, gamma), scale=1.0,
-                        output_final_state=final, output_variance=variance, impl="chunked", chunk_size=chunk)
+        return presets.gated_deltanet(
+            q,
+            k,
+            v,
+            gates(batch, length, 0.0) if g is None else g,
+            gates(batch, length, beta),
+            scale=1.0,
+            output_final_state=final,
+            impl="chunked",
+            chunk_size=chunk,
+        )
+    return bayes_filter(
+        q,
+        k,
+        v,
+        g,
+        gates(batch, length, beta),
+        gates(batch, length, gamma),
+        scale=1.0,
+        output_final_state=final,
+        output_variance=variance,
+        impl="chunked",
+        chunk_size=chunk,
+    )
 
 
 def assert_mean_matches(samples: torch.Tensor, expected, n_se: float = 4.0, atol: float = 1e-9) -> None:
@@ -67,7 +87,8 @@ def assert_mean_matches(samples: torch.Tensor, expected, n_se: float = 4.0, atol
     expected = torch.as_tensor(expected, dtype=F64).expand_as(mean)
     gap = (mean - expected).abs()
     assert bool((gap <= n_se * se + atol).all()), (
-        f"simulation {mean.tolist()} vs theory {expected.tolist()} (SE {se.tolist()})")
+        f"simulation {mean.tolist()} vs theory {expected.tolist()} (SE {se.tolist()})"
+    )
 
 
 def repeated_key(seed: int, batch: int, length: int, key_dim: int = 8):
@@ -77,6 +98,7 @@ def repeated_key(seed: int, batch: int, length: int, key_dim: int = 8):
 
 
 # ---------------------------------------------------------------------------------------------- 1, 2
+
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_gain_attenuation_and_shrunk_average(seed):
@@ -90,11 +112,9 @@ def test_gain_attenuation_and_shrunk_average(seed):
     r = theory.noise_from_strength(betas, 1e-4)[:, None]
     n = torch.arange(1, length + 1, dtype=F64)
     mask = torch.tril(torch.ones(length, length, dtype=F64))  # weights of writes 1..n after n writes
-    torch.testing.assert_close(weights, mask * theory.repeated_key_readout_weight(n, r)[..., None],
-                               rtol=0, atol=1e-10)
+    torch.testing.assert_close(weights, mask * theory.repeated_key_readout_weight(n, r)[..., None], rtol=0, atol=1e-10)
     # the weight of the newest value is the gain of that write
-    torch.testing.assert_close(weights.diagonal(dim1=1, dim2=2), theory.repeated_key_gain(n - 1, r), rtol=0,
-                               atol=1e-10)
+    torch.testing.assert_close(weights.diagonal(dim1=1, dim2=2), theory.repeated_key_gain(n - 1, r), rtol=0, atol=1e-10)
     torch.testing.assert_close(var, theory.repeated_key_variance(n, r), rtol=0, atol=1e-10)
 
 
@@ -135,6 +155,7 @@ def test_steady_state_gain(gamma, beta):
 
 # ---------------------------------------------------------------------------------------------- 3
 
+
 def noisy_repeats(seed: int, trials: int, length: int, sigma: float, value_dim: int = 4):
     gen = torch.Generator().manual_seed(seed)
     k = unit(gen, trials, 1, 8).expand(trials, length, 8)
@@ -170,12 +191,12 @@ def test_noisy_collision_closed_forms_agree_with_recursion():
     torch.testing.assert_close(bayes, theory.noisy_collision_error_bayes(n, r, noise), rtol=1e-12, atol=0)
     beta = 1 / (1 + r)
     delta = theory.noisy_collision_curve(theory.gain_sequence(50, 0.0, r).gain, noise, alpha=0.9)
-    torch.testing.assert_close(delta, theory.noisy_collision_error_delta(n, beta, noise, alpha=0.9),
-                               rtol=1e-12, atol=0)
+    torch.testing.assert_close(delta, theory.noisy_collision_error_delta(n, beta, noise, alpha=0.9), rtol=1e-12, atol=0)
     assert abs(theory.noisy_collision_error_delta(2000, beta, noise) - theory.delta_noise_plateau(beta, noise)) < 1e-12
 
 
 # ---------------------------------------------------------------------------------------------- 4
+
 
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("beta", [0.5, 0.9])
@@ -241,6 +262,7 @@ def test_delta_retained_signal(seed, beta, alpha):
 
 # ---------------------------------------------------------------------------------------------- 5
 
+
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("gamma,alpha", [(0.0, 1.0), (0.0, 0.9), (0.6, 1.0), (0.6, 0.8), (1.0, 1.0)])
 def test_two_key_coefficients_exact(seed, gamma, alpha):
@@ -250,8 +272,15 @@ def test_two_key_coefficients_exact(seed, gamma, alpha):
     a, b = pair_with_cosine(gen, 16, 8, rho)
     k = torch.stack([a, b], 1)
     beta = 0.6
-    out = run("bayes", a[:, None].expand_as(k), k, torch.eye(2, dtype=F64).expand(16, 2, 2), beta=beta,
-              gamma=gamma, alpha=alpha).output[:, 1, 0]
+    out = run(
+        "bayes",
+        a[:, None].expand_as(k),
+        k,
+        torch.eye(2, dtype=F64).expand(16, 2, 2),
+        beta=beta,
+        gamma=gamma,
+        alpha=alpha,
+    ).output[:, 1, 0]
     c_a, c_b = theory.two_key_coefficients(rho, theory.noise_from_strength(beta, 1e-4), gamma, alpha)
     torch.testing.assert_close(out, torch.stack([c_a, c_b], -1), rtol=0, atol=1e-10)
 
@@ -276,14 +305,18 @@ def test_two_key_errors(seed, rho):
     a, b = pair_with_cosine(gen, trials, 8, rho)
     k = torch.stack([a, b], 1)
     v = torch.randn(trials, 2, 4, generator=gen, dtype=F64)
-    cases = {"bayes": theory.two_key_error_ridge(rho, 1 / beta - 1),
-             "delta": theory.two_key_error_delta(rho, beta), "linear": theory.two_key_error_linear(rho)}
+    cases = {
+        "bayes": theory.two_key_error_ridge(rho, 1 / beta - 1),
+        "delta": theory.two_key_error_delta(rho, beta),
+        "linear": theory.two_key_error_linear(rho),
+    }
     for model, expected in cases.items():
         out = run(model, a[:, None].expand_as(k), k, v, beta=beta).output[:, 1, 0]
         assert_mean_matches((out - v[:, 0]).square().mean(-1), expected)
 
 
 # ---------------------------------------------------------------------------------------------- 6
+
 
 def confident_sequence(gen, trials: int, n: int, m: int, rho: float, value_dim: int):
     """Key a written n times, then key b (cosine ρ) m times; read a after every write."""
@@ -298,18 +331,22 @@ def test_confident_memory_exact(seed):
     n, m, rho, beta = 6, 12, 0.7, 0.5
     gen = torch.Generator().manual_seed(seed)
     q, k = confident_sequence(gen, 8, n, m, rho, 2)
-    onehot = torch.cat([torch.tensor([1.0, 0.0], dtype=F64).expand(8, n, 2),
-                        torch.tensor([0.0, 1.0], dtype=F64).expand(8, m, 2)], 1)
+    onehot = torch.cat(
+        [torch.tensor([1.0, 0.0], dtype=F64).expand(8, n, 2), torch.tensor([0.0, 1.0], dtype=F64).expand(8, m, 2)], 1
+    )
     steps = torch.arange(m + 1, dtype=F64)
     gram = torch.tensor([[1.0, rho], [rho, 1.0]], dtype=F64)
     weights = theory.ridge_readout_weights(gram, torch.stack([torch.full_like(steps, n), steps], -1), 1.0)
-    out = run("bayes", q, k, onehot, beta=beta).output[:, n - 1:, 0]  # [B, m + 1, 2]
+    out = run("bayes", q, k, onehot, beta=beta).output[:, n - 1 :, 0]  # [B, m + 1, 2]
     torch.testing.assert_close(out, weights[:, :, 0].expand_as(out), rtol=0, atol=1e-10)
     for alpha in (1.0, 0.9):
-        out = run("delta", q, k, onehot, beta=beta, alpha=alpha).output[:, n - 1:, 0]
-        torch.testing.assert_close(theory.coefficient_error(out, 0),
-                                   theory.confident_memory_error_delta(n, steps, rho, beta, alpha=alpha).expand(8, -1),
-                                   rtol=0, atol=1e-10)
+        out = run("delta", q, k, onehot, beta=beta, alpha=alpha).output[:, n - 1 :, 0]
+        torch.testing.assert_close(
+            theory.coefficient_error(out, 0),
+            theory.confident_memory_error_delta(n, steps, rho, beta, alpha=alpha).expand(8, -1),
+            rtol=0,
+            atol=1e-10,
+        )
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -321,11 +358,13 @@ def test_confident_memory_errors(seed):
     values = torch.randn(trials, 2, 4, generator=gen, dtype=F64)
     v = torch.cat([values[:, :1].expand(trials, n, 4), values[:, 1:].expand(trials, m, 4)], 1)
     steps = torch.arange(m + 1, dtype=F64)
-    cases = {"bayes": theory.confident_memory_error_ridge(n, steps, rho, 1.0),
-             "delta": theory.confident_memory_error_delta(n, steps, rho, beta),
-             "linear": theory.confident_memory_error_linear(n, steps, rho)}
+    cases = {
+        "bayes": theory.confident_memory_error_ridge(n, steps, rho, 1.0),
+        "delta": theory.confident_memory_error_delta(n, steps, rho, beta),
+        "linear": theory.confident_memory_error_linear(n, steps, rho),
+    }
     for model, expected in cases.items():
-        out = run(model, q, k, v, beta=beta).output[:, n - 1:, 0]
+        out = run(model, q, k, v, beta=beta).output[:, n - 1 :, 0]
         assert_mean_matches((out - values[:, :1]).square().mean(-1), expected)
 
 
@@ -338,13 +377,17 @@ def test_interference_factor(seed, gamma):
     gen = torch.Generator().manual_seed(seed)
     for n in (1, 4, 16):
         q, k = confident_sequence(gen, 4, n, 1, rho, 2)
-        onehot = torch.cat([torch.tensor([1.0, 0.0], dtype=F64).expand(4, n, 2),
-                            torch.tensor([0.0, 1.0], dtype=F64).expand(4, 1, 2)], 1)
+        onehot = torch.cat(
+            [torch.tensor([1.0, 0.0], dtype=F64).expand(4, n, 2), torch.tensor([0.0, 1.0], dtype=F64).expand(4, 1, 2)],
+            1,
+        )
         # with v_a = e_1, v_b = e_2 the innovation e has e_2-component 1: the change in channel 2 is f.
         bayes = run("bayes", q, k, onehot, beta=beta, gamma=gamma).output[:, -1, 0, 1]
-        torch.testing.assert_close(bayes, torch.full((4,), theory.bayes_interference_factor(n, rho, 1.0, gamma),
-                                                     dtype=F64), rtol=0, atol=1e-10)
+        torch.testing.assert_close(
+            bayes, torch.full((4,), theory.bayes_interference_factor(n, rho, 1.0, gamma), dtype=F64), rtol=0, atol=1e-10
+        )
         delta = run("delta", q, k, onehot, beta=beta).output[:, -1, 0, 1]
-        torch.testing.assert_close(delta, torch.full((4,), theory.delta_interference_factor(rho, beta), dtype=F64),
-                                   rtol=0, atol=1e-10)
+        torch.testing.assert_close(
+            delta, torch.full((4,), theory.delta_interference_factor(rho, beta), dtype=F64), rtol=0, atol=1e-10
+        )
     assert theory.bayes_interference_factor(16, rho, 1.0) < theory.bayes_interference_factor(1, rho, 1.0) / 5

@@ -40,11 +40,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_config(**changes) -> TrainConfig:
-    config = TrainConfig(model=ModelSpec(mixer="bayesian", d_model=16),
-                         data=MQARData(vocab_size=64, train=(MQARSplit(32, 4, 32),),
-                                       valid=(MQARSplit(32, 4, 16),), test=(MQARSplit(48, 6, 16),)),
-                         learning_rate=1e-2, warmup=0.25, max_steps=6, batch_size=8, eval_batch_size=16, seed=5,
-                         num_threads=1, progress=False, logging_steps=1)
+    config = TrainConfig(
+        model=ModelSpec(mixer="bayesian", d_model=16),
+        data=MQARData(
+            vocab_size=64, train=(MQARSplit(32, 4, 32),), valid=(MQARSplit(32, 4, 16),), test=(MQARSplit(48, 6, 16),)
+        ),
+        learning_rate=1e-2,
+        warmup=0.25,
+        max_steps=6,
+        batch_size=8,
+        eval_batch_size=16,
+        seed=5,
+        num_threads=1,
+        progress=False,
+        logging_steps=1,
+    )
     return dataclasses.replace(config, **changes)
 
 
@@ -57,6 +67,7 @@ class KeepParameters(TrainerCallback):
 
 
 # ------------------------------------------------------------------------------------------ configs
+
 
 def test_config_unknown_key_is_an_error_naming_it():
     with pytest.raises(ValueError, match="'learning_rat'"):
@@ -79,8 +90,9 @@ def test_config_wrong_type_is_an_error_naming_the_key():
     with pytest.raises(ValueError, match="model.mixer"):
         from_dict(TrainConfig, {"model": {"mixer": "transformer"}})
     with pytest.raises(ValueError, match=r"data.train\[0\].seq_len"):
-        from_dict(TrainConfig, {"data": {"kind": "mqar", "train": [{"seq_len": "64", "num_kv_pairs": 4,
-                                                                    "num_examples": 10}]}})
+        from_dict(
+            TrainConfig, {"data": {"kind": "mqar", "train": [{"seq_len": "64", "num_kv_pairs": 4, "num_examples": 10}]}}
+        )
     with pytest.raises(ValueError, match="data.kind"):
         from_dict(TrainConfig, {"data": {"kind": "ruler"}})
     with pytest.raises(ValueError, match="progress"):
@@ -92,14 +104,21 @@ def test_config_wrong_type_is_an_error_naming_the_key():
 
 
 def test_config_round_trips_through_dicts_and_overrides():
-    recall = RecallData(train=(RecallSplit("train", RecallConfig(num_pairs=4, seq_len=32), 64),),
-                        test=(RecallSplit("gap", RecallConfig(num_pairs=4, gap=8, seq_len=40), 16),))
+    recall = RecallData(
+        train=(RecallSplit("train", RecallConfig(num_pairs=4, seq_len=32), 64),),
+        test=(RecallSplit("gap", RecallConfig(num_pairs=4, gap=8, seq_len=40), 16),),
+    )
     for config in (tiny_config(), TrainConfig(data=recall)):
         assert from_dict(TrainConfig, dataclasses.asdict(config)) == config
-    changed = with_overrides(tiny_config(), ["learning_rate=3e-3", "model.mixer=attention", "max_steps=7",
-                                             "data.vocab_size=128"])
-    assert (changed.learning_rate, changed.model.mixer, changed.max_steps, changed.data.vocab_size) == \
-        (3e-3, "attention", 7, 128)
+    changed = with_overrides(
+        tiny_config(), ["learning_rate=3e-3", "model.mixer=attention", "max_steps=7", "data.vocab_size=128"]
+    )
+    assert (changed.learning_rate, changed.model.mixer, changed.max_steps, changed.data.vocab_size) == (
+        3e-3,
+        "attention",
+        7,
+        128,
+    )
     assert with_overrides(tiny_config(), ["learning_rate=1"]).learning_rate == 1.0  # an int is a float
     # where and how a run is written does not change its identity
     assert tiny_config(output_dir="x", progress=True).fingerprint() == tiny_config().fingerprint()
@@ -144,25 +163,33 @@ def test_init_is_fla_by_default_and_zoology_on_request():
     fan_in = mamba["layers.1.in_proj.weight"].shape[1]
     assert abs(float(mamba["layers.1.in_proj.weight"].std()) - (3 * fan_in) ** -0.5) < 0.01
     out_fan_in = mamba["layers.1.out_proj.weight"].shape[1]  # Kaiming / √(2 Mamba-2 layers)
-    assert abs(float(mamba["layers.1.out_proj.weight"].std()) - (3 * out_fan_in) ** -0.5 / 2 ** 0.5) < 0.004
+    assert abs(float(mamba["layers.1.out_proj.weight"].std()) - (3 * out_fan_in) ** -0.5 / 2**0.5) < 0.004
     attention = weights(zoology, "attention")
     assert abs(float(attention["layers.1.o_proj.weight"].std()) - 0.02 / (2 * 4) ** 0.5) < 0.002
 
 
 # The mixers that share Gated DeltaNet's parameters: GDN itself and the Bayesian Layer with each retention.
-PAIRED = {"gated_deltanet": ["model.mixer=gated_deltanet"], "reset": ["model.retention=reset"],
-          "stationary": ["model.retention=stationary"], "learned": ["model.retention=learned"]}
+PAIRED = {
+    "gated_deltanet": ["model.mixer=gated_deltanet"],
+    "reset": ["model.retention=reset"],
+    "stationary": ["model.retention=stationary"],
+    "learned": ["model.retention=learned"],
+}
 
 
 def step0(config: TrainConfig, batch: dict) -> tuple[dict, torch.Tensor, dict]:
     """The initial parameters, the loss on ``batch`` and its gradients of the model of ``config``."""
     model = build_model(config)
     labels = batch["labels"]
-    loss = pre_shifted_cross_entropy(model(input_ids=batch["input_ids"], logits_mask=labels != IGNORE_INDEX).logits,
-                                     labels)
+    loss = pre_shifted_cross_entropy(
+        model(input_ids=batch["input_ids"], logits_mask=labels != IGNORE_INDEX).logits, labels
+    )
     loss.backward()
-    return ({n: p.detach() for n, p in model.named_parameters()}, loss.detach(),
-            {n: p.grad for n, p in model.named_parameters()})
+    return (
+        {n: p.detach() for n, p in model.named_parameters()},
+        loss.detach(),
+        {n: p.grad for n, p in model.named_parameters()},
+    )
 
 
 @pytest.mark.parametrize("init", ["fla", "zoology"])
@@ -178,8 +205,9 @@ def test_mixers_sharing_gated_deltanets_parameters_start_paired(init):
     gdn_params, gdn_loss, gdn_grads = runs.pop("gated_deltanet")
     for name, (params, loss, grads) in runs.items():
         own = sorted(set(params) - set(gdn_params))
-        assert own == ([f"layers.{i}.{p}" for i in (1, 3) for p in ("c_bias", "c_scale", "c_weight")]
-                       if name == "learned" else []), name
+        assert own == (
+            [f"layers.{i}.{p}" for i in (1, 3) for p in ("c_bias", "c_scale", "c_weight")] if name == "learned" else []
+        ), name
         for key, value in gdn_params.items():
             assert torch.equal(params[key], value), (name, key)
         if name == "stationary":
@@ -227,20 +255,29 @@ def test_data_is_generated_from_seeds_with_disjoint_splits():
     assert set(first.evaluation) == {"valid_T32_k4", "test_T48_k6"}
     # the validation segment has the train segment's shape but its own seed
     assert not torch.equal(first.evaluation["valid_T32_k4"].inputs, first.train[0].inputs[:16])
-    batch = pad_collate([{"input_ids": torch.ones(3, dtype=torch.long), "labels": torch.tensor([5, -100, 6])},
-                         {"input_ids": torch.ones(5, dtype=torch.long), "labels": torch.full((5,), 7)}])
+    batch = pad_collate(
+        [
+            {"input_ids": torch.ones(3, dtype=torch.long), "labels": torch.tensor([5, -100, 6])},
+            {"input_ids": torch.ones(5, dtype=torch.long), "labels": torch.full((5,), 7)},
+        ]
+    )
     assert batch["input_ids"].tolist()[0] == [1, 1, 1, 0, 0]
     assert batch["labels"].tolist()[0] == [5, -100, 6, -100, -100]
 
 
 # ------------------------------------------------------------------------------------------ loss, metrics
 
+
 def test_loss_on_pre_shifted_labels_equals_a_hand_computation():
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 5, 7, generator=gen)
     labels = torch.tensor([[-100, 3, -100, -100, 6], [0, -100, -100, 2, -100]])
-    hand = [-(logits[b, t].exp() / logits[b, t].exp().sum()).log()[labels[b, t]]
-            for b in range(2) for t in range(5) if labels[b, t] != -100]
+    hand = [
+        -(logits[b, t].exp() / logits[b, t].exp().sum()).log()[labels[b, t]]
+        for b in range(2)
+        for t in range(5)
+        if labels[b, t] != -100
+    ]
     expected = torch.stack(hand).mean()
     assert torch.allclose(pre_shifted_cross_entropy(logits, labels), expected, atol=1e-6)
     # logits gathered at the supervised positions give the same loss
@@ -268,13 +305,15 @@ def test_loss_weighted_per_example_equals_a_hand_computation():
     example = (torch.stack(rows[0]).mean() + torch.stack(rows[1]).mean()) / 2  # the empty row does not count
     token = torch.stack(rows[0] + rows[1]).mean()  # here the second example weighs twice the first
     assert torch.allclose(pre_shifted_cross_entropy(logits, labels, weighting="example"), example, atol=1e-6)
-    assert torch.allclose(pre_shifted_cross_entropy(logits[labels != -100], labels, weighting="example"), example,
-                          atol=1e-6)  # logits gathered at the supervised positions, in row-major order
+    assert torch.allclose(
+        pre_shifted_cross_entropy(logits[labels != -100], labels, weighting="example"), example, atol=1e-6
+    )  # logits gathered at the supervised positions, in row-major order
     # num_items_in_batch counts the examples of the accumulated batch
     half = (torch.stack(rows[0]).mean() + torch.stack(rows[1]).mean()) / 4
     assert torch.allclose(pre_shifted_cross_entropy(logits, labels, torch.tensor(4), "example"), half, atol=1e-6)
-    assert torch.equal(pre_shifted_cross_entropy(logits, labels), pre_shifted_cross_entropy(logits, labels,
-                                                                                            weighting="token"))
+    assert torch.equal(
+        pre_shifted_cross_entropy(logits, labels), pre_shifted_cross_entropy(logits, labels, weighting="token")
+    )
     assert torch.allclose(pre_shifted_cross_entropy(logits, labels), token, atol=1e-6)
     assert not torch.allclose(example, token)
     with pytest.raises(ValueError, match="weighting"):
@@ -324,13 +363,16 @@ def test_per_example_weighting_trains_through_the_trainer(tmp_path, monkeypatch)
     monkeypatch.setattr(PreShiftedTrainer, "compute_loss", record)
     for size, accumulation in ((16, 1), (8, 2)):
         seen.clear()
-        config = tiny_config(data=data, batch_size=size, gradient_accumulation_steps=accumulation, max_steps=1,
-                             loss_weighting="example")
+        config = tiny_config(
+            data=data, batch_size=size, gradient_accumulation_steps=accumulation, max_steps=1, loss_weighting="example"
+        )
         logged = train(config)["final_train_loss"]
         model = build_model(config)  # the run's initial weights
         with torch.no_grad():
-            sums = [pre_shifted_cross_entropy(model(input_ids=b["input_ids"]).logits, b["labels"], 1, "example")
-                    for b in seen]  # Σ_b mean_b of each micro-batch
+            sums = [
+                pre_shifted_cross_entropy(model(input_ids=b["input_ids"]).logits, b["labels"], 1, "example")
+                for b in seen
+            ]  # Σ_b mean_b of each micro-batch
         examples = sum(int((b["labels"] != IGNORE_INDEX).any(-1).sum()) for b in seen)
         assert len(seen) == accumulation and examples == 16
         assert logged == pytest.approx(float(sum(sums)) / examples, abs=1e-5)
@@ -339,8 +381,16 @@ def test_per_example_weighting_trains_through_the_trainer(tmp_path, monkeypatch)
     params = []
     for weighting, size, accumulation in (("example", 16, 1), ("example", 8, 2), ("token", 16, 1)):
         keep = KeepParameters()
-        train(tiny_config(data=data, batch_size=size, gradient_accumulation_steps=accumulation, max_steps=3,
-                          loss_weighting=weighting), callbacks=(keep,))
+        train(
+            tiny_config(
+                data=data,
+                batch_size=size,
+                gradient_accumulation_steps=accumulation,
+                max_steps=3,
+                loss_weighting=weighting,
+            ),
+            callbacks=(keep,),
+        )
         params.append(keep.state)
     for key, value in params[0].items():
         assert torch.allclose(params[1][key], value, atol=1e-6, rtol=0), key
@@ -356,8 +406,8 @@ def test_segment_batches_hold_one_segment_each_and_drop_incomplete_blocks():
     assert len(batches) == 2 + 2  # 20 examples: two blocks of 8 (the last 4 dropped); 16: two blocks
     for index, (segment, start) in enumerate([(0, 0), (0, 8), (1, 0), (1, 8)]):
         block = batches[index]
-        assert torch.equal(block["input_ids"], splits.train[segment].inputs[start:start + 8])
-        assert torch.equal(block["labels"], splits.train[segment].labels[start:start + 8])
+        assert torch.equal(block["input_ids"], splits.train[segment].inputs[start : start + 8])
+        assert torch.equal(block["labels"], splits.train[segment].labels[start : start + 8])
     collated = pad_collate([batches[3]])  # a block collates to itself: no padding, no reordering
     assert torch.equal(collated["input_ids"], batches[3]["input_ids"])
     assert torch.equal(collated["labels"], batches[3]["labels"])
@@ -375,8 +425,12 @@ def test_batching_by_segment_trains_one_segment_per_step_and_resumes_exactly(tmp
     from probseq.train.trainer import PreShiftedTrainer
 
     assert "batching" not in tiny_config().identity()
-    data = MQARData(vocab_size=64, train=(MQARSplit(32, 4, 16), MQARSplit(48, 10, 16)),
-                    valid=(MQARSplit(32, 4, 8),), test=(MQARSplit(48, 10, 8),))
+    data = MQARData(
+        vocab_size=64,
+        train=(MQARSplit(32, 4, 16), MQARSplit(48, 10, 16)),
+        valid=(MQARSplit(32, 4, 8),),
+        test=(MQARSplit(48, 10, 8),),
+    )
     config = tiny_config(data=data, batching="by_segment", output_dir=str(tmp_path / "whole"), save_steps=1)
     assert config.identity()["batching"] == "by_segment"
     assert config.fingerprint() != tiny_config(data=data).fingerprint()
@@ -405,7 +459,8 @@ def test_batching_by_segment_trains_one_segment_per_step_and_resumes_exactly(tmp
     keep_split = KeepParameters()
     resumed = train(split, callbacks=(keep_split,))
     assert resumed["resumed_from_step"] == 5 and resumed["final_train_loss"] == pytest.approx(
-        expected["final_train_loss"], abs=1e-5)
+        expected["final_train_loss"], abs=1e-5
+    )
     for key, value in keep_whole.state.items():
         assert torch.allclose(keep_split.state[key], value, atol=1e-6, rtol=0), key
     mixed = KeepParameters()
@@ -451,8 +506,10 @@ def test_retention_parameters_train_at_their_own_learning_rate_and_resume_exactl
         assert torch.allclose(keep_split.state[key], value, atol=1e-6, rtol=0), key
     full = KeepParameters()  # the same run at scale 1: ρ (c_scale, from 0) moves about ten times as far
     train(tiny_config(), callbacks=(full,))
-    moved = {name: state["layers.1.c_scale"].abs().max().item() for name, state in (("full", full.state),
-                                                                                    ("scaled", keep_whole.state))}
+    moved = {
+        name: state["layers.1.c_scale"].abs().max().item()
+        for name, state in (("full", full.state), ("scaled", keep_whole.state))
+    }
     assert 0 < moved["scaled"] < 0.3 * moved["full"]
     assert expected["retention_trace"]
 
@@ -466,7 +523,8 @@ def test_retention_trace_records_rho_and_gradient_norms_at_every_logging_step():
         assert entry["retention_grad_norm"] > 0 and entry["other_grad_norm"] > 0
     layers = metrics["retention_scale"]
     assert trace[-1]["retention_scale"] == pytest.approx(
-        sum(sum(heads) for heads in layers.values()) / sum(len(heads) for heads in layers.values()), abs=1e-6)
+        sum(sum(heads) for heads in layers.values()) / sum(len(heads) for heads in layers.values()), abs=1e-6
+    )
     assert "retention_trace" not in train(tiny_config(model=ModelSpec(mixer="gated_deltanet", d_model=16)))
 
 
@@ -502,8 +560,11 @@ def test_weight_decay_spares_marked_parameters_and_every_norm_weight(tmp_path, m
     norms = {f"norms.{i}.weight" for i in range(4)} | {"norm.weight"}
     marked = {"bayesian": {"A_log", "dt_bias", "c_scale"}, "mamba2": {"A_log", "dt_bias", "D"}, "attention": set()}
     inner_norms = {"bayesian": {"o_norm"}, "mamba2": {"norm"}, "attention": set()}
-    expected = norms | {n for n in names.values() if "bias" in n.split(".")[-1] or n.split(".")[-1] in marked[mixer]
-                        or n.split(".")[-2] in inner_norms[mixer]}
+    expected = norms | {
+        n
+        for n in names.values()
+        if "bias" in n.split(".")[-1] or n.split(".")[-1] in marked[mixer] or n.split(".")[-2] in inner_norms[mixer]
+    }
     assert {"layers.1.A_log", "layers.3.dt_bias"} <= expected or mixer == "attention"
     assert groups[0.0] == expected
     assert groups[0.1] == set(names.values()) - expected and "embeddings.weight" in groups[0.1]
@@ -519,6 +580,7 @@ def test_recall_metrics():
 
 
 # ------------------------------------------------------------------------------------------ runs
+
 
 class Crash(Exception):
     pass
@@ -641,8 +703,10 @@ def test_gradient_accumulation_matches_the_larger_batch():
     params = []
     for batch, accumulation in ((16, 1), (8, 2)):
         keep = KeepParameters()
-        train(tiny_config(data=data, batch_size=batch, gradient_accumulation_steps=accumulation, max_steps=3),
-              callbacks=(keep,))
+        train(
+            tiny_config(data=data, batch_size=batch, gradient_accumulation_steps=accumulation, max_steps=3),
+            callbacks=(keep,),
+        )
         params.append(keep.state)
     for key, value in params[0].items():
         assert torch.allclose(params[1][key], value, atol=1e-6, rtol=0), key
@@ -658,11 +722,13 @@ def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(tmp
     script = ROOT / "tests" / "train_ddp_script.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     single, ddp = tmp_path / "single.safetensors", tmp_path / "ddp.safetensors"
-    subprocess.run([sys.executable, str(script), str(single)], check=True, cwd=tmp_path, env=env,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, str(script), str(single)], check=True, cwd=tmp_path, env=env, capture_output=True, timeout=300
+    )
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    result = subprocess.run([*torchrun, str(script), str(ddp)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [*torchrun, str(script), str(ddp)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     one, two = load_file(single), load_file(ddp)
     assert one.keys() == two.keys()

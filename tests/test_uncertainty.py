@@ -33,9 +33,20 @@ def value_columns(rows):
 
 
 def tiny_saved_model(folder, **overrides):
-    kwargs = dict(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_heads=2, head_dim=8, expand_v=1.0,
-                  intermediate_size=48, retention_init=0.5, chunk_size=8, attn_num_heads=2, bos_token_id=None,
-                  eos_token_id=None)
+    kwargs = dict(
+        vocab_size=300,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_heads=2,
+        head_dim=8,
+        expand_v=1.0,
+        intermediate_size=48,
+        retention_init=0.5,
+        chunk_size=8,
+        attn_num_heads=2,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
     kwargs.update(overrides)
     torch.manual_seed(0)
     ProbSeqForCausalLM(ProbSeqConfig(**kwargs)).save_pretrained(folder)
@@ -95,8 +106,20 @@ def test_tokenizer_folder(tmp_path):
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]").save_pretrained(tmp_path / "tok")
     out = tmp_path / "out"
-    assert main(["uncertainty", "--text", "the cat sat; the cat sat.", "--out", str(out),
-                 "--tokenizer", str(tmp_path / "tok")]) == 0
+    assert (
+        main(
+            [
+                "uncertainty",
+                "--text",
+                "the cat sat; the cat sat.",
+                "--out",
+                str(out),
+                "--tokenizer",
+                str(tmp_path / "tok"),
+            ]
+        )
+        == 0
+    )
     rows, results, _ = read_outputs(out)
     assert [row["token"] for row in rows] == ["the", "cat", "sat", ";", "the", "cat", "sat", "."]
     assert results["tokenizer"] == str(tmp_path / "tok")
@@ -123,7 +146,8 @@ def test_errors(tmp_path):
     with pytest.raises(ValueError, match="outside the model's vocabulary"):
         uncertainty.run_uncertainty(uncertainty.UncertaintyConfig(text=TEXT, model=str(small_vocab)), tmp_path / "b")
     with pytest.raises(ValueError, match="not a folder"):
-        uncertainty.run_uncertainty(uncertainty.UncertaintyConfig(text=TEXT, model=str(tmp_path / "missing")),
-                                    tmp_path / "c")
+        uncertainty.run_uncertainty(
+            uncertainty.UncertaintyConfig(text=TEXT, model=str(tmp_path / "missing")), tmp_path / "c"
+        )
     with pytest.raises(ValueError, match="empty"):
         uncertainty.UncertaintyConfig(text="")

@@ -22,25 +22,39 @@ def test_bayes_varlen_equals_separate_runs(impl, retention):
     x = bayes_inputs(1, total, 2, 6, 4, seed=5, with_state=False, regime="reset" if retention != "random" else "random")
     fields = FIELDS if retention != "reset" else FIELDS[:-1]
     gen = torch.Generator().manual_seed(0)
-    states = BayesState(torch.randn(len(lengths), 2, 4, 6, dtype=torch.float64, generator=gen),
-                        torch.eye(6, dtype=torch.float64).expand(len(lengths), 2, 6, 6) * 0.5)
+    states = BayesState(
+        torch.randn(len(lengths), 2, 4, 6, dtype=torch.float64, generator=gen),
+        torch.eye(6, dtype=torch.float64).expand(len(lengths), 2, 6, 6) * 0.5,
+    )
     cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist())
     leaves = {n: x[n].clone().requires_grad_() for n in fields}
     if retention == "reset":
         leaves["gamma"] = None
-    packed = bayes_filter(**leaves, initial_state=states, output_final_state=True, output_variance=True,
-                          impl=impl, chunk_size=4, cu_seqlens=cu)
+    packed = bayes_filter(
+        **leaves,
+        initial_state=states,
+        output_final_state=True,
+        output_variance=True,
+        impl=impl,
+        chunk_size=4,
+        cu_seqlens=cu,
+    )
     (packed.output.sum() + packed.state.mean.sum() + packed.variance.sum()).backward()
     for i, (start, end) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
         alone_leaves = {n: x[n][:, start:end].clone().requires_grad_() for n in fields}
         if retention == "reset":
             alone_leaves["gamma"] = None
-        alone = bayes_filter(**alone_leaves, initial_state=BayesState(states.mean[i:i + 1], states.cov[i:i + 1]),
-                             output_final_state=True, output_variance=True, impl="reference")
+        alone = bayes_filter(
+            **alone_leaves,
+            initial_state=BayesState(states.mean[i : i + 1], states.cov[i : i + 1]),
+            output_final_state=True,
+            output_variance=True,
+            impl="reference",
+        )
         assert_close(packed.output[:, start:end], alone.output, 1e-9, f"seq {i} output")
         assert_close(packed.variance[:, start:end], alone.variance, 1e-9, f"seq {i} variance")
-        assert_close(packed.state.mean[i:i + 1], alone.state.mean, 1e-9, f"seq {i} mean")
-        assert_close(packed.state.cov[i:i + 1], alone.state.cov, 1e-9, f"seq {i} cov")
+        assert_close(packed.state.mean[i : i + 1], alone.state.mean, 1e-9, f"seq {i} mean")
+        assert_close(packed.state.cov[i : i + 1], alone.state.cov, 1e-9, f"seq {i} cov")
         if end > start:
             (alone.output.sum() + alone.state.mean.sum() + alone.variance.sum()).backward()
             for n in fields:
@@ -56,7 +70,13 @@ def test_superposition_varlen_equals_separate_runs():
     cu = torch.tensor([0, 7, 19, 22])
     packed = superposition_filter(q, k, v, g, output_final_state=True, cu_seqlens=cu, chunk_size=4)
     for i, (start, end) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
-        alone = superposition_filter(q[:, start:end], k[:, start:end], v[:, start:end], g[:, start:end],
-                                     output_final_state=True, impl="reference")
+        alone = superposition_filter(
+            q[:, start:end],
+            k[:, start:end],
+            v[:, start:end],
+            g[:, start:end],
+            output_final_state=True,
+            impl="reference",
+        )
         assert_close(packed.output[:, start:end], alone.output, 1e-9, f"seq {i}")
-        assert_close(packed.state.mean[i:i + 1], alone.state.mean, 1e-9, f"seq {i} state")
+        assert_close(packed.state.mean[i : i + 1], alone.state.mean, 1e-9, f"seq {i} state")

@@ -29,10 +29,19 @@ class KeepParameters(TrainerCallback):
 
 def main(out: str) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    config = TrainConfig(model=ModelSpec(mixer="bayesian", d_model=16),
-                         data=MQARData(vocab_size=64, train=(MQARSplit(32, 4, 64),), test=(MQARSplit(32, 4, 16),)),
-                         learning_rate=1e-2, warmup=0.0, max_steps=STEPS, batch_size=GLOBAL_BATCH // world,
-                         eval_batch_size=8, seed=3, num_threads=1, progress=False, logging_steps=1)
+    config = TrainConfig(
+        model=ModelSpec(mixer="bayesian", d_model=16),
+        data=MQARData(vocab_size=64, train=(MQARSplit(32, 4, 64),), test=(MQARSplit(32, 4, 16),)),
+        learning_rate=1e-2,
+        warmup=0.0,
+        max_steps=STEPS,
+        batch_size=GLOBAL_BATCH // world,
+        eval_batch_size=8,
+        seed=3,
+        num_threads=1,
+        progress=False,
+        logging_steps=1,
+    )
     keep = KeepParameters()
     metrics = train(config, callbacks=(keep,))
     if int(os.environ.get("RANK", "0")) == 0:

@@ -47,6 +47,7 @@ def __getattr__(name: str):
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY_SUBMODULES))
 
+
 __all__ = [
     "BayesState",
     "FilterOutput",

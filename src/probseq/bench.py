@@ -103,43 +103,123 @@ class BenchConfig:
 
 PRESETS = {
     "quick": BenchConfig(),
-    "full": BenchConfig(preset="full", lengths=(1024, 2048, 4096, 8192, 16384, 32768),
-                        decode_positions=(1024, 4096, 16384, 65536), repeats=5, warmup=2),
+    "full": BenchConfig(
+        preset="full",
+        lengths=(1024, 2048, 4096, 8192, 16384, 32768),
+        decode_positions=(1024, 4096, 16384, 65536),
+        repeats=5,
+        warmup=2,
+    ),
 }
 
 # (description, numerator, denominator, comparison, target): each side is (method, T, pass); comparison
 # "info" reports the ratio without a target.
 TARGETS = [
-    ("Bayesian chunked fwd+bwd / our Gated DeltaNet chunked fwd+bwd, T=4096, K=64",
-     ("bayes_chunked", 4096, "fwd+bwd"), ("gdn_chunked", 4096, "fwd+bwd"), "<=", 1.5),
-    ("Bayesian chunked fwd+bwd / our Gated DeltaNet, K=32, T=256, B·H=128 (the experiments' shape)",
-     ("bayes_chunked_small", 256, "fwd+bwd"), ("gdn_chunked_small", 256, "fwd+bwd"), "<=", 1.3),
-    ("Bayesian chunked fwd+bwd / fla naive_chunk_gated_delta_rule fwd+bwd, T=4096",
-     ("bayes_chunked", 4096, "fwd+bwd"), ("fla_gdn_naive_chunk", 4096, "fwd+bwd"), "<=", 1.0),
-    ("Bayesian chunked fwd+bwd time, T=16384 / T=4096",
-     ("bayes_chunked", 16384, "fwd+bwd"), ("bayes_chunked", 4096, "fwd+bwd"), "<=", 4.6),
-    ("Bayesian chunked forward / PyTorch SDPA causal forward, T=16384",
-     ("bayes_chunked", 16384, "fwd"), ("sdpa_causal", 16384, "fwd"), "<=", 0.5),
-    ("fla naive MesaNet (CG, 30 iters) fwd+bwd / Bayesian chunked fwd+bwd, T=1024",
-     ("fla_mesanet_cg", 1024, "fwd+bwd"), ("bayes_chunked", 1024, "fwd+bwd"), ">=", 3.0),
-    ("Bayesian reference (token loop) fwd+bwd / chunked fwd+bwd, T=4096",
-     ("bayes_reference", 4096, "fwd+bwd"), ("bayes_chunked", 4096, "fwd+bwd"), ">=", 20.0),
-    ("Bayesian chunked fwd+bwd, float64 covariance path / float32, T=4096 (the cost of RLS accuracy)",
-     ("bayes_chunked_cov64", 4096, "fwd+bwd"), ("bayes_chunked", 4096, "fwd+bwd"), "<=", 2.0),
-    ("decoding step time at position 16,384 / at position 1,024",
-     ("bayes_step", 16384, "step"), ("bayes_step", 1024, "step"), "<=", 1.1),
-    ("Bayesian Layer (learned γ) fwd+bwd / Gated DeltaNet layer fwd+bwd, D=512, 4 heads × 128, B=2, T=2048",
-     ("layer_bayes", 2048, "fwd+bwd"), ("layer_gdn", 2048, "fwd+bwd"), "<=", 1.6),
-    ("share of the Bayesian Layer's fwd+bwd time spent in bayes_filter (same inputs), T=2048",
-     ("layer_bayes_filter", 2048, "fwd+bwd"), ("layer_bayes", 2048, "fwd+bwd"), "info", None),
-    ("generation time per token, small Bayesian ProbSeqForCausalLM, context 8,192 / context 128",
-     ("generate_step", 8192, "step"), ("generate_step", 128, "step"), "<=", 1.2),
-    ("MQAR model training step, Bayesian Layer (learned γ) / Gated DeltaNet (mqar_* shapes, T=256)",
-     ("mqar_train_bayesian", 256, "train"), ("mqar_train_gated_deltanet", 256, "train"), "<=", 1.2),
-    ("MQAR model training step, Mamba-2 / Gated DeltaNet (mqar_* shapes, T=256)",
-     ("mqar_train_mamba2", 256, "train"), ("mqar_train_gated_deltanet", 256, "train"), "<=", 1.1),
-    ("recall model training step, Bayesian Layer (learned γ) / Gated DeltaNet (recall_* shapes)",
-     ("recall_train_bayesian", None, "train"), ("recall_train_gated_deltanet", None, "train"), "<=", 1.2),
+    (
+        "Bayesian chunked fwd+bwd / our Gated DeltaNet chunked fwd+bwd, T=4096, K=64",
+        ("bayes_chunked", 4096, "fwd+bwd"),
+        ("gdn_chunked", 4096, "fwd+bwd"),
+        "<=",
+        1.5,
+    ),
+    (
+        "Bayesian chunked fwd+bwd / our Gated DeltaNet, K=32, T=256, B·H=128 (the experiments' shape)",
+        ("bayes_chunked_small", 256, "fwd+bwd"),
+        ("gdn_chunked_small", 256, "fwd+bwd"),
+        "<=",
+        1.3,
+    ),
+    (
+        "Bayesian chunked fwd+bwd / fla naive_chunk_gated_delta_rule fwd+bwd, T=4096",
+        ("bayes_chunked", 4096, "fwd+bwd"),
+        ("fla_gdn_naive_chunk", 4096, "fwd+bwd"),
+        "<=",
+        1.0,
+    ),
+    (
+        "Bayesian chunked fwd+bwd time, T=16384 / T=4096",
+        ("bayes_chunked", 16384, "fwd+bwd"),
+        ("bayes_chunked", 4096, "fwd+bwd"),
+        "<=",
+        4.6,
+    ),
+    (
+        "Bayesian chunked forward / PyTorch SDPA causal forward, T=16384",
+        ("bayes_chunked", 16384, "fwd"),
+        ("sdpa_causal", 16384, "fwd"),
+        "<=",
+        0.5,
+    ),
+    (
+        "fla naive MesaNet (CG, 30 iters) fwd+bwd / Bayesian chunked fwd+bwd, T=1024",
+        ("fla_mesanet_cg", 1024, "fwd+bwd"),
+        ("bayes_chunked", 1024, "fwd+bwd"),
+        ">=",
+        3.0,
+    ),
+    (
+        "Bayesian reference (token loop) fwd+bwd / chunked fwd+bwd, T=4096",
+        ("bayes_reference", 4096, "fwd+bwd"),
+        ("bayes_chunked", 4096, "fwd+bwd"),
+        ">=",
+        20.0,
+    ),
+    (
+        "Bayesian chunked fwd+bwd, float64 covariance path / float32, T=4096 (the cost of RLS accuracy)",
+        ("bayes_chunked_cov64", 4096, "fwd+bwd"),
+        ("bayes_chunked", 4096, "fwd+bwd"),
+        "<=",
+        2.0,
+    ),
+    (
+        "decoding step time at position 16,384 / at position 1,024",
+        ("bayes_step", 16384, "step"),
+        ("bayes_step", 1024, "step"),
+        "<=",
+        1.1,
+    ),
+    (
+        "Bayesian Layer (learned γ) fwd+bwd / Gated DeltaNet layer fwd+bwd, D=512, 4 heads × 128, B=2, T=2048",
+        ("layer_bayes", 2048, "fwd+bwd"),
+        ("layer_gdn", 2048, "fwd+bwd"),
+        "<=",
+        1.6,
+    ),
+    (
+        "share of the Bayesian Layer's fwd+bwd time spent in bayes_filter (same inputs), T=2048",
+        ("layer_bayes_filter", 2048, "fwd+bwd"),
+        ("layer_bayes", 2048, "fwd+bwd"),
+        "info",
+        None,
+    ),
+    (
+        "generation time per token, small Bayesian ProbSeqForCausalLM, context 8,192 / context 128",
+        ("generate_step", 8192, "step"),
+        ("generate_step", 128, "step"),
+        "<=",
+        1.2,
+    ),
+    (
+        "MQAR model training step, Bayesian Layer (learned γ) / Gated DeltaNet (mqar_* shapes, T=256)",
+        ("mqar_train_bayesian", 256, "train"),
+        ("mqar_train_gated_deltanet", 256, "train"),
+        "<=",
+        1.2,
+    ),
+    (
+        "MQAR model training step, Mamba-2 / Gated DeltaNet (mqar_* shapes, T=256)",
+        ("mqar_train_mamba2", 256, "train"),
+        ("mqar_train_gated_deltanet", 256, "train"),
+        "<=",
+        1.1,
+    ),
+    (
+        "recall model training step, Bayesian Layer (learned γ) / Gated DeltaNet (recall_* shapes)",
+        ("recall_train_bayesian", None, "train"),
+        ("recall_train_gated_deltanet", None, "train"),
+        "<=",
+        1.2,
+    ),
 ]
 
 
@@ -167,7 +247,7 @@ def flops(method: str, length: int, key_dim: int, value_dim: int, chunk: int) ->
     if method == "gdn_chunked" or method == "fla_gdn_naive_chunk":
         return mean_path
     if method in ("bayes_chunked", "bayes_chunked_cov64"):
-        covariance_path = n * (2 * c * c * k + 4 * c * k * k + 2 * c * c * k + c ** 3 / 3 + c * c * k)
+        covariance_path = n * (2 * c * c * k + 4 * c * k * k + 2 * c * c * k + c**3 / 3 + c * c * k)
         return mean_path + covariance_path
     if method in ("bayes_recurrent", "bayes_reference"):
         return length * (8 * k * k + 6 * k * v)
@@ -189,7 +269,7 @@ def matmul_gflops(size: int = 1024, repeats: int = 5) -> float:
         start = time.perf_counter()
         a @ b
         times.append(time.perf_counter() - start)
-    return 2 * size ** 3 / statistics.median(times) / 1e9
+    return 2 * size**3 / statistics.median(times) / 1e9
 
 
 @contextlib.contextmanager
@@ -245,8 +325,11 @@ def peak_memory_mb(fn: Callable[[], object]) -> float:
 def _inputs(config: BenchConfig, length: int, requires_grad: bool, small: bool = False) -> dict[str, torch.Tensor]:
     """Random filter inputs ``[B, T, H, ·]``; ``small``: the experiments' shape (``small_*``, B = 1)."""
     gen = torch.Generator().manual_seed(config.seed)
-    heads, key_dim, value_dim = ((config.small_heads, config.small_key_dim, config.small_key_dim) if small
-                                 else (config.heads, config.key_dim, config.value_dim))
+    heads, key_dim, value_dim = (
+        (config.small_heads, config.small_key_dim, config.small_key_dim)
+        if small
+        else (config.heads, config.key_dim, config.value_dim)
+    )
     shape = (1 if small else config.batch, length, heads)
     x = {
         "q": torch.randn(*shape, key_dim, generator=gen),
@@ -286,9 +369,11 @@ def _method(name: str, config: BenchConfig) -> Callable[[dict], torch.Tensor] | 
     if name == "fla_gdn_naive_chunk":
         return lambda x: naive_chunk_gated_delta_rule(x["q"], x["k"], x["v"], x["g"], x["beta"], chunk_size=c)[0]
     if name == "fla_mesanet_cg":
+
         def mesa(x):
             lamb = torch.ones(config.heads, config.key_dim)
             return naive_mesa_net_CG(x["q"], x["k"], x["v"], x["g"], lamb, x["beta"], c, max_CG_iteration=30)[0]
+
         return mesa
     raise ValueError(f"unknown method {name!r}")
 
@@ -300,9 +385,9 @@ def _call(name: str, length: int, mode: str, config: BenchConfig) -> Callable[[]
     if name == "generate_step":
         return _generate_call(length, config)
     if name.startswith(MQAR_PREFIX):
-        return mqar_training_step(name[len(MQAR_PREFIX):], length, config)[1]
+        return mqar_training_step(name[len(MQAR_PREFIX) :], length, config)[1]
     if name.startswith(RECALL_PREFIX):
-        return recall_training_step(name[len(RECALL_PREFIX):], config)[1]
+        return recall_training_step(name[len(RECALL_PREFIX) :], config)[1]
     if name == "bayes_step":
         return _step_call(length, config)
     method = _method(name, config)
@@ -327,8 +412,9 @@ def _step_call(position: int, config: BenchConfig) -> Callable[[], object]:
     """One decoding step from the state after ``position`` tokens (prefilled by the chunked form)."""
     x = _inputs(config, position + 1, requires_grad=False)
     with torch.no_grad():
-        state = bayes_filter(**{n: t[:, :position] for n, t in x.items()}, output_final_state=True,
-                             chunk_size=config.chunk_size).state
+        state = bayes_filter(
+            **{n: t[:, :position] for n, t in x.items()}, output_final_state=True, chunk_size=config.chunk_size
+        ).state
     token = {n: t[:, position] for n, t in x.items()}
 
     def call():
@@ -360,8 +446,13 @@ def _layer(name: str, config: BenchConfig) -> torch.nn.Module:
     from probseq.layers import BayesianLayer, GatedDeltaNet
 
     torch.manual_seed(config.seed)
-    sizes = dict(hidden_size=config.layer_hidden_size, num_heads=config.layer_heads, head_dim=config.layer_head_dim,
-                 expand_v=1, chunk_size=config.chunk_size)
+    sizes = dict(
+        hidden_size=config.layer_hidden_size,
+        num_heads=config.layer_heads,
+        head_dim=config.layer_head_dim,
+        expand_v=1,
+        chunk_size=config.chunk_size,
+    )
     return GatedDeltaNet(**sizes) if name == "layer_gdn" else BayesianLayer(**sizes, retention="learned")
 
 
@@ -370,8 +461,10 @@ def _filter_arguments(layer: torch.nn.Module, x: torch.Tensor) -> dict[str, obje
     (:meth:`~probseq.layers.BayesianLayer.filter_inputs`), its float tensors as fresh leaves that require grad."""
     with torch.no_grad():
         inputs = layer.filter_inputs(x)
-    return {name: a.detach().clone().requires_grad_(True) if isinstance(a, torch.Tensor) and a.is_floating_point()
-            else a for name, a in inputs.items()}
+    return {
+        name: a.detach().clone().requires_grad_(True) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+        for name, a in inputs.items()
+    }
 
 
 def _layer_call(name: str, length: int, config: BenchConfig) -> Callable[[], object]:
@@ -405,10 +498,21 @@ def _generate_call(context: int, config: BenchConfig) -> Callable[[], object]:
     from probseq.models import ProbSeqConfig, ProbSeqForCausalLM
 
     torch.manual_seed(config.seed)
-    model = ProbSeqForCausalLM(ProbSeqConfig(
-        vocab_size=256, hidden_size=config.layer_hidden_size, num_hidden_layers=config.generate_layers,
-        num_heads=config.layer_heads, head_dim=config.layer_head_dim, expand_v=1.0, mixer="bayesian",
-        retention="learned", chunk_size=config.chunk_size, bos_token_id=None, eos_token_id=None)).eval()
+    model = ProbSeqForCausalLM(
+        ProbSeqConfig(
+            vocab_size=256,
+            hidden_size=config.layer_hidden_size,
+            num_hidden_layers=config.generate_layers,
+            num_heads=config.layer_heads,
+            head_dim=config.layer_head_dim,
+            expand_v=1.0,
+            mixer="bayesian",
+            retention="learned",
+            chunk_size=config.chunk_size,
+            bos_token_id=None,
+            eos_token_id=None,
+        )
+    ).eval()
     ids = torch.randint(0, 256, (1, context + 1), generator=torch.Generator().manual_seed(config.seed))
     with torch.no_grad():
         cache = model(ids[:, :context], use_cache=True, logits_to_keep=1).cache
@@ -435,8 +539,9 @@ def mqar_training_step(mixer: str, length: int, config: BenchConfig) -> tuple[to
     torch.manual_seed(config.seed)
     model = ZoologyModel(ZoologyConfig(vocab_size=config.mqar_vocab, d_model=config.mqar_d_model, mixer=mixer))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    inputs, labels = multiquery_ar(config.mqar_vocab, config.mqar_batch, length, seed=config.seed,
-                                   num_kv_pairs=config.mqar_kv_pairs)
+    inputs, labels = multiquery_ar(
+        config.mqar_vocab, config.mqar_batch, length, seed=config.seed, num_kv_pairs=config.mqar_kv_pairs
+    )
     mask = labels != IGNORE_INDEX
 
     def call():
@@ -457,8 +562,16 @@ def recall_task(config: BenchConfig):
     """The recall segment of the bench (``recall_*``), its length as the recall experiment sets it."""
     from probseq.tasks import RecallConfig
 
-    task = RecallConfig(num_pairs=config.recall_pairs, num_queries=config.recall_pairs, collisions=1,
-                        distractors=2, key_noise=0.1, gap=config.recall_gap, num_keys=64, num_values=64)
+    task = RecallConfig(
+        num_pairs=config.recall_pairs,
+        num_queries=config.recall_pairs,
+        collisions=1,
+        distractors=2,
+        key_noise=0.1,
+        gap=config.recall_gap,
+        num_keys=64,
+        num_values=64,
+    )
     return dataclasses.replace(task, seq_len=2 * task.num_writes + task.gap + 2 * task.num_pairs)
 
 
@@ -494,8 +607,9 @@ def _measurement(name, length, mode, runs, config, peak) -> Measurement:
     gflop = None if total is None else total / 1e9
     batch = config.layer_batch if name in LAYER_METHODS else config.mqar_batch if mode == "train" else config.batch
     tokens = batch * (1 if mode == "step" else length)
-    return Measurement(name, length, mode, seconds, tokens / seconds, peak, gflop,
-                       None if gflop is None else gflop / seconds, runs)
+    return Measurement(
+        name, length, mode, seconds, tokens / seconds, peak, gflop, None if gflop is None else gflop / seconds, runs
+    )
 
 
 def _timed(fn: Callable[[], object]) -> float:
@@ -513,8 +627,7 @@ def plan(config: BenchConfig) -> list[tuple[str, int, str]]:
     if config.cases in ("all", "filters"):
         for length in config.lengths:
             for mode in ("fwd", "fwd+bwd"):
-                cases += [("bayes_chunked", length, mode), ("gdn_chunked", length, mode),
-                          ("la_chunked", length, mode)]
+                cases += [("bayes_chunked", length, mode), ("gdn_chunked", length, mode), ("la_chunked", length, mode)]
             cases.append(("sdpa_causal", length, "fwd"))
             if length <= 4096:
                 cases += [("bayes_recurrent", length, "fwd"), ("fla_gdn_naive_chunk", length, "fwd+bwd")]
@@ -528,8 +641,10 @@ def plan(config: BenchConfig) -> list[tuple[str, int, str]]:
         cases += [(name, config.layer_length, "fwd+bwd") for name in LAYER_METHODS]
         cases += [("generate_step", context, "step") for context in config.generate_contexts]
     if config.cases in ("all", "filters"):
-        cases += [("bayes_chunked_small", config.small_length, "fwd+bwd"),
-                  ("gdn_chunked_small", config.small_length, "fwd+bwd")]
+        cases += [
+            ("bayes_chunked_small", config.small_length, "fwd+bwd"),
+            ("gdn_chunked_small", config.small_length, "fwd+bwd"),
+        ]
     if config.cases in ("all", "mqar"):
         cases += [(MQAR_PREFIX + mixer, config.mqar_length, "train") for mixer in config.mqar_mixers]
         length = recall_task(config).seq_len
@@ -554,8 +669,9 @@ def run_bench(config: BenchConfig) -> dict:
     once = {case for case in calls if case[0] == "bayes_reference"}
     rounds = [case for case in calls if case not in once]
     runs = {case: [] for case in calls}
-    with tqdm(total=len(rounds) * (config.warmup + config.repeats) + len(once), desc="bench", file=sys.stderr,
-              disable=None) as bar:  # disable=None: a bar on a terminal only, not in a log
+    with tqdm(
+        total=len(rounds) * (config.warmup + config.repeats) + len(once), desc="bench", file=sys.stderr, disable=None
+    ) as bar:  # disable=None: a bar on a terminal only, not in a log
         for round_ in range(config.warmup + config.repeats):
             for case in rounds:
                 seconds = _timed(calls[case])
@@ -596,14 +712,19 @@ def ratios(measurements: list[Measurement]) -> list[dict]:
 
 def format_tables(results: dict) -> str:
     """Markdown tables: every measurement, then the ratios against the targets."""
-    lines = [f"float32 matmul on this machine: {results['matmul_gflops']:.1f} GFLOP/s", "",
-             "| method | T | pass | time (ms) | tokens/s | peak MB | GFLOP | GFLOP/s | % of matmul |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"float32 matmul on this machine: {results['matmul_gflops']:.1f} GFLOP/s",
+        "",
+        "| method | T | pass | time (ms) | tokens/s | peak MB | GFLOP | GFLOP/s | % of matmul |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for m in results["measurements"]:
         share = "" if m["gflops"] is None else f"{100 * m['gflops'] / results['matmul_gflops']:.1f}"
-        lines.append(f"| {m['method']} | {m['length']} | {m['mode']} | {1e3 * m['seconds']:.2f} | "
-                     f"{m['tokens_per_s']:,.0f} | {_fmt(m['peak_mb'], '.1f')} | {_fmt(m['gflop'], '.3f')} | "
-                     f"{_fmt(m['gflops'], '.1f')} | {share} |")
+        lines.append(
+            f"| {m['method']} | {m['length']} | {m['mode']} | {1e3 * m['seconds']:.2f} | "
+            f"{m['tokens_per_s']:,.0f} | {_fmt(m['peak_mb'], '.1f')} | {_fmt(m['gflop'], '.3f')} | "
+            f"{_fmt(m['gflops'], '.1f')} | {share} |"
+        )
     lines += ["", "| figure | ratio | target | met |", "|---|---:|---|---|"]
     for r in results["ratios"]:
         if r["ratio"] is None:  # a case group that was not run (--layer, --mqar)

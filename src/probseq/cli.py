@@ -23,8 +23,9 @@ RESUMABLE = frozenset({"collision", "mqar", "recall", "reproduce", "demo", "pret
 
 #: The packages of probseq's optional extras (pyproject.toml): the commands need the ``experiments`` extra, which
 #: brings them all; a bare ``pip install probseq`` has torch, einops and numpy only.
-EXTRA_PACKAGES = frozenset({"transformers", "safetensors", "huggingface_hub", "accelerate", "tokenizers",
-                            "matplotlib", "tqdm", "wonderwords"})
+EXTRA_PACKAGES = frozenset(
+    {"transformers", "safetensors", "huggingface_hub", "accelerate", "tokenizers", "matplotlib", "tqdm", "wonderwords"}
+)
 
 
 def command_function(target: str):
@@ -50,8 +51,11 @@ def run(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as error:
         if (error.name or "").partition(".")[0] not in EXTRA_PACKAGES:
             raise
-        print(f"probseq {args.command}: error: {error}: the probseq commands need the experiments extra, "
-              "pip install 'probseq[experiments]'", file=sys.stderr)
+        print(
+            f"probseq {args.command}: error: {error}: the probseq commands need the experiments extra, "
+            "pip install 'probseq[experiments]'",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         resume = ": rerun the same command to resume" if args.command in RESUMABLE else ""

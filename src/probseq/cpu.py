@@ -55,9 +55,14 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # not glibc (e.g. musl)
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return all(mallopt(param, value) == 1 for param, value in ((_M_MMAP_THRESHOLD, _MMAP_THRESHOLD),
-                                                               (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD),
-                                                               (_M_TOP_PAD, _TOP_PAD)))
+    return all(
+        mallopt(param, value) == 1
+        for param, value in (
+            (_M_MMAP_THRESHOLD, _MMAP_THRESHOLD),
+            (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD),
+            (_M_TOP_PAD, _TOP_PAD),
+        )
+    )
 
 
 @contextlib.contextmanager

@@ -96,14 +96,29 @@ class MatrixNormalPrior:
             return cls()
         return cls(state, None) if isinstance(state, Tensor) else cls(state.mean, state.cov)
 
-    def initial_state(self, batch: int, heads: int, key_dim: int, value_dim: int, *, track_cov: bool,
-                      dtype: torch.dtype, device: torch.device) -> BayesState:
-        mean = (torch.zeros(batch, heads, value_dim, key_dim, dtype=dtype, device=device)
-                if self.mean is None else self.mean.to(dtype))
+    def initial_state(
+        self,
+        batch: int,
+        heads: int,
+        key_dim: int,
+        value_dim: int,
+        *,
+        track_cov: bool,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> BayesState:
+        mean = (
+            torch.zeros(batch, heads, value_dim, key_dim, dtype=dtype, device=device)
+            if self.mean is None
+            else self.mean.to(dtype)
+        )
         cov = None
         if track_cov:
-            cov = (torch.eye(key_dim, dtype=dtype, device=device).expand(batch, heads, key_dim, key_dim)
-                   if self.cov is None else self.cov.to(dtype))
+            cov = (
+                torch.eye(key_dim, dtype=dtype, device=device).expand(batch, heads, key_dim, key_dim)
+                if self.cov is None
+                else self.cov.to(dtype)
+            )
         return BayesState(mean, cov)
 
 
@@ -252,18 +267,33 @@ class DesignModel:
 
     def to(self, dtype: torch.dtype) -> DesignModel:
         """The same design with every tensor cast to ``dtype`` (gradients flow through the cast)."""
+
         def cast(x: Tensor | None) -> Tensor | None:
             return None if x is None else x.to(dtype)
-        write = (RegressionWrite(cast(self.write.noise)) if isinstance(self.write, RegressionWrite)
-                 else SuperpositionWrite(cast(self.write.weight)))
-        return DesignModel(MatrixNormalPrior(cast(self.prior.mean), cast(self.prior.cov)),
-                           MemoryDynamics(cast(self.dynamics.log_decay), cast(self.dynamics.retention)),
-                           write, self.readout)
+
+        write = (
+            RegressionWrite(cast(self.write.noise))
+            if isinstance(self.write, RegressionWrite)
+            else SuperpositionWrite(cast(self.write.weight))
+        )
+        return DesignModel(
+            MatrixNormalPrior(cast(self.prior.mean), cast(self.prior.cov)),
+            MemoryDynamics(cast(self.dynamics.log_decay), cast(self.dynamics.retention)),
+            write,
+            self.readout,
+        )
 
 
-def regression_design(g: Tensor | None, beta: Tensor, gamma: Tensor | None, *, scale: float,
-                      initial_state: BayesState | None = None, r_min: float = R_MIN,
-                      dtype: torch.dtype | None = None) -> DesignModel:
+def regression_design(
+    g: Tensor | None,
+    beta: Tensor,
+    gamma: Tensor | None,
+    *,
+    scale: float,
+    initial_state: BayesState | None = None,
+    r_min: float = R_MIN,
+    dtype: torch.dtype | None = None,
+) -> DesignModel:
     """The Bayesian Layer's design model from its gates (docs/design-model.md; names: docs/notation.md): log
     decay ``g`` (``α = exp(g)``) becomes ``MemoryDynamics.log_decay``, the certainty retention ``gamma``
     (``None``: the covariance is reset before every write, the delta-rule family) ``MemoryDynamics.retention``,
@@ -272,24 +302,36 @@ def regression_design(g: Tensor | None, beta: Tensor, gamma: Tensor | None, *, s
     :func:`compute_dtype` of the gates and state). The one place gates become a design."""
     prior = MatrixNormalPrior.from_state(initial_state)
     dtype = dtype or compute_dtype(g, beta, gamma, prior.mean, prior.cov)
-    return DesignModel(prior, MemoryDynamics(g, gamma),
-                       RegressionWrite.from_strength(beta.to(dtype), r_min), LinearReadout(scale)).to(dtype)
+    return DesignModel(
+        prior, MemoryDynamics(g, gamma), RegressionWrite.from_strength(beta.to(dtype), r_min), LinearReadout(scale)
+    ).to(dtype)
 
 
-def superposition_design(g: Tensor | None, beta: Tensor | None, *, scale: float,
-                         initial_state: BayesState | None = None,
-                         dtype: torch.dtype | None = None) -> DesignModel:
+def superposition_design(
+    g: Tensor | None,
+    beta: Tensor | None,
+    *,
+    scale: float,
+    initial_state: BayesState | None = None,
+    dtype: torch.dtype | None = None,
+) -> DesignModel:
     """The linear-attention family's design model: log decay ``g`` (``α = exp(g)``, ``[B, T, H]`` or per key channel
     ``[B, T, H, K]``) becomes ``MemoryDynamics.log_decay``, and ``beta`` — the superposition family's meaning, the
     evidence weight ``β ≥ 0`` (``None``: 1) — ``SuperpositionWrite.weight``."""
     prior = MatrixNormalPrior.from_state(initial_state)
     dtype = dtype or compute_dtype(g, beta, prior.mean, prior.cov)
-    return DesignModel(prior, MemoryDynamics(g, None),
-                       SuperpositionWrite(beta), LinearReadout(scale)).to(dtype)
+    return DesignModel(prior, MemoryDynamics(g, None), SuperpositionWrite(beta), LinearReadout(scale)).to(dtype)
 
 
-def reference_filter(design: DesignModel, q: Tensor, k: Tensor, v: Tensor, *,
-                     output_final_state: bool = False, output_variance: bool = False) -> FilterOutput:
+def reference_filter(
+    design: DesignModel,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    output_final_state: bool = False,
+    output_variance: bool = False,
+) -> FilterOutput:
     """The exact filter of ``design``, token by token: ``predict → update → read`` (docs/design-model.md).
 
     Computes in :func:`compute_dtype` of all inputs (``float64`` if any is, else ``float32``), like every
@@ -309,8 +351,9 @@ def reference_filter(design: DesignModel, q: Tensor, k: Tensor, v: Tensor, *,
     dtype = compute_dtype(q, k, v, *design.tensors())
     design = design.to(dtype)
     q, k, v = (x.to(dtype) for x in (q, k, v))
-    state = design.prior.initial_state(batch, heads, key_dim, v.shape[-1], track_cov=design.tracks_covariance,
-                                       dtype=dtype, device=v.device)
+    state = design.prior.initial_state(
+        batch, heads, key_dim, v.shape[-1], track_cov=design.tracks_covariance, dtype=dtype, device=v.device
+    )
     outputs, variances = [], []
     for t, (q_t, k_t, v_t) in enumerate(zip(q.unbind(1), k.unbind(1), v.unbind(1))):
         state = design.dynamics.predict(state, t)

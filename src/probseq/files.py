@@ -65,8 +65,10 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
         where = nonfinite_path(obj)
         if where is None:
             raise
-        raise ValueError(f"cannot write {path}: {where[0] or 'the value'} is {where[1]!r}, which JSON has no value "
-                         "for; a value that can be non-finite must be written as None (null)") from None
+        raise ValueError(
+            f"cannot write {path}: {where[0] or 'the value'} is {where[1]!r}, which JSON has no value "
+            "for; a value that can be non-finite must be written as None (null)"
+        ) from None
     atomic_write_text(path, text + "\n")
 
 
@@ -190,13 +192,18 @@ def json_problem(value: Any, spec: Any, where: str = "") -> str | None:
     if isinstance(spec, ListOf):
         if not isinstance(value, list):
             return f"{label} must be a list, got {_shown(value)}"
-        return next((p for i, item in enumerate(value) if (p := json_problem(item, spec.item, f"{where}[{i}]"))),
-                    None)
+        return next((p for i, item in enumerate(value) if (p := json_problem(item, spec.item, f"{where}[{i}]"))), None)
     if isinstance(spec, MapOf):
         if not isinstance(value, dict):
             return f"{label} must be a JSON object, got {_shown(value)}"
-        return next((p for key, item in value.items()
-                     if (p := json_problem(item, spec.value, f"{where}.{key}" if where else str(key)))), None)
+        return next(
+            (
+                p
+                for key, item in value.items()
+                if (p := json_problem(item, spec.value, f"{where}.{key}" if where else str(key)))
+            ),
+            None,
+        )
     raise TypeError(f"unsupported spec {spec!r}")
 
 
@@ -209,8 +216,15 @@ def _describe(spec: Any) -> str:
         numbers = int in spec and float in spec
         words = ["a number"] * numbers + [_describe(o) for o in spec if not (numbers and o in NUMBER)]
         return " or ".join(dict.fromkeys(words))
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a JSON object",
-             list: "a list", type(None): "null"}
+    names = {
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        bool: "true or false",
+        dict: "a JSON object",
+        list: "a list",
+        type(None): "null",
+    }
     if isinstance(spec, ListOf):
         return "a list"
     if isinstance(spec, (dict, MapOf)):
@@ -260,8 +274,9 @@ def check_writable_file(path: str | os.PathLike) -> Path:
     return path
 
 
-def check_same_config(results: str | os.PathLike, config: Any, *, ignore: Iterable[str] = (),
-                      option: str = "--out") -> None:
+def check_same_config(
+    results: str | os.PathLike, config: Any, *, ignore: Iterable[str] = (), option: str = "--out"
+) -> None:
     """Refuse to write the results of ``config`` over the results of another config.
 
     ``results`` is the results file a run writes (``OUT/results.json``; ``bench``'s ``--out`` file), whose
@@ -281,11 +296,15 @@ def check_same_config(results: str | os.PathLike, config: Any, *, ignore: Iterab
     ignored = set(ignore)
     old = {key: value for key, value in {**_field_defaults(config), **saved["config"]}.items() if key not in ignored}
     new = {key: value for key, value in _as_json(config).items() if key not in ignored}
-    differing = [f"{key} ({_shown_value(old.get(key, _ABSENT))} there, {_shown_value(new.get(key, _ABSENT))} now)"
-                 for key in sorted(set(old) | set(new)) if old.get(key, _ABSENT) != new.get(key, _ABSENT)]
+    differing = [
+        f"{key} ({_shown_value(old.get(key, _ABSENT))} there, {_shown_value(new.get(key, _ABSENT))} now)"
+        for key in sorted(set(old) | set(new))
+        if old.get(key, _ABSENT) != new.get(key, _ABSENT)
+    ]
     if differing:
-        raise ValueError(f"{path} holds the results of another config, which differs in {'; '.join(differing)}; "
-                         f"{advice}")
+        raise ValueError(
+            f"{path} holds the results of another config, which differs in {'; '.join(differing)}; {advice}"
+        )
 
 
 _ABSENT = object()
@@ -325,6 +344,21 @@ def json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-__all__ = ["NUMBER", "ListOf", "MapOf", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
-           "check_same_config", "check_writable", "check_writable_file", "finite_or_none", "json_default",
-           "json_problem", "nonfinite_path", "nonfinite_to_none", "read_json", "save_figure"]
+__all__ = [
+    "NUMBER",
+    "ListOf",
+    "MapOf",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "check_same_config",
+    "check_writable",
+    "check_writable_file",
+    "finite_or_none",
+    "json_default",
+    "json_problem",
+    "nonfinite_path",
+    "nonfinite_to_none",
+    "read_json",
+    "save_figure",
+]

@@ -14,8 +14,9 @@ import torch
 from torch import Tensor
 
 
-def ssd_quadratic(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
-                  h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def ssd_quadratic(
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Mamba-2 / SSD in attention form (no ``D`` skip), float64.
 
     ``y_t = Σ_{s≤t} (C_t·B_s) L_ts Δ_s x_s + (∏_{l≤t} e^{Δ_l A}) h_0 C_t`` with the decay
@@ -34,16 +35,17 @@ def ssd_quadratic(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
     L = torch.zeros(batch, heads, length, length, dtype=torch.float64)
     for t in range(length):
         for s in range(t + 1):
-            L[:, :, t, s] = decay[:, s + 1:t + 1].prod(dim=1)
-    from_start = torch.stack([decay[:, :t + 1].prod(dim=1) for t in range(length)], dim=2)  # [B, H, T]
+            L[:, :, t, s] = decay[:, s + 1 : t + 1].prod(dim=1)
+    from_start = torch.stack([decay[:, : t + 1].prod(dim=1) for t in range(length)], dim=2)  # [B, H, T]
     scores = torch.einsum("bthn,bshn->bhts", C, B) * L
     y = torch.einsum("bhts,bsh,bshp->bthp", scores, dt, x) + torch.einsum("bhpn,bthn,bht->bthp", h0, C, from_start)
     h_last = torch.einsum("bhs,bsh,bshp,bshn->bhpn", L[:, :, -1], dt, x, B) + from_start[:, :, -1, None, None] * h0
     return y, h_last
 
 
-def longhorn_argmin(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, scale: float,
-                    s0: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def longhorn_argmin(
+    q: Tensor, k: Tensor, v: Tensor, beta: Tensor, scale: float, s0: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Longhorn's update as the online regression it is defined by, solved densely, float64:
     ``S_t = argmin_S ‖S − S_{t−1}‖² + β_t ‖S k_t − v_t‖²``, i.e. ``S_t (I + β k kᵀ) = S_{t−1} + β v kᵀ``.
 

@@ -40,45 +40,109 @@ from probseq.ops import bayes_filter, run_filter, superposition_filter
 from probseq.ops.validation import ValueChecks, as_state, check_gate, check_qkv, check_scale
 from probseq.types import BayesState, FilterOutput, Impl
 
-__all__ = ["bayesian", "deltanet", "gated_deltanet", "gla", "linear_attention", "longhorn", "mamba2",
-           "simple_gla"]
+__all__ = ["bayesian", "deltanet", "gated_deltanet", "gla", "linear_attention", "longhorn", "mamba2", "simple_gla"]
 
 
-def linear_attention(q: Tensor, k: Tensor, v: Tensor, *, scale: float | None = None,
-                     initial_state: Tensor | BayesState | None = None, output_final_state: bool = False,
-                     impl: Impl = "auto", chunk_size: int = 64, validate: bool = True) -> FilterOutput:
+def linear_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    scale: float | None = None,
+    initial_state: Tensor | BayesState | None = None,
+    output_final_state: bool = False,
+    impl: Impl = "auto",
+    chunk_size: int = 64,
+    validate: bool = True,
+) -> FilterOutput:
     """Linear attention ``o_t = (Σ_{j≤t} v_j k_jᵀ) q̃_t``: q, k ``[B, T, H, K]``, v ``[B, T, H, V]``."""
-    return superposition_filter(q, k, v, scale=scale, initial_state=initial_state,
-                                output_final_state=output_final_state, impl=impl, chunk_size=chunk_size,
-                                validate=validate)
+    return superposition_filter(
+        q,
+        k,
+        v,
+        scale=scale,
+        initial_state=initial_state,
+        output_final_state=output_final_state,
+        impl=impl,
+        chunk_size=chunk_size,
+        validate=validate,
+    )
 
 
-def simple_gla(q: Tensor, k: Tensor, v: Tensor, g: Tensor, *, scale: float | None = None,
-               initial_state: Tensor | BayesState | None = None, output_final_state: bool = False,
-               impl: Impl = "auto", chunk_size: int = 64, validate: bool = True) -> FilterOutput:
+def simple_gla(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor,
+    *,
+    scale: float | None = None,
+    initial_state: Tensor | BayesState | None = None,
+    output_final_state: bool = False,
+    impl: Impl = "auto",
+    chunk_size: int = 64,
+    validate: bool = True,
+) -> FilterOutput:
     """RetNet / scalar-gated linear attention, ``M_t = exp(g_t) M_{t-1} + v_t k_tᵀ``; g ``[B, T, H]`` ≤ 0."""
     if g is not None and g.dim() != 3:
         raise ValueError(f"g must have shape [B, T, H] (a scalar decay per head), got {list(g.shape)}")
-    return superposition_filter(q, k, v, g, scale=scale, initial_state=initial_state,
-                                output_final_state=output_final_state, impl=impl, chunk_size=chunk_size,
-                                validate=validate)
+    return superposition_filter(
+        q,
+        k,
+        v,
+        g,
+        scale=scale,
+        initial_state=initial_state,
+        output_final_state=output_final_state,
+        impl=impl,
+        chunk_size=chunk_size,
+        validate=validate,
+    )
 
 
-def gla(q: Tensor, k: Tensor, v: Tensor, gk: Tensor, *, scale: float | None = None,
-        initial_state: Tensor | BayesState | None = None, output_final_state: bool = False,
-        impl: Impl = "auto", chunk_size: int = 16, validate: bool = True) -> FilterOutput:
+def gla(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    gk: Tensor,
+    *,
+    scale: float | None = None,
+    initial_state: Tensor | BayesState | None = None,
+    output_final_state: bool = False,
+    impl: Impl = "auto",
+    chunk_size: int = 16,
+    validate: bool = True,
+) -> FilterOutput:
     """Gated linear attention, ``M_t = M_{t-1} diag(exp(gk_t)) + v_t k_tᵀ``; gk ``[B, T, H, K]`` ≤ 0
     (per-channel decay masks are ``[C, C, K]``: the default chunk is 16)."""
     if gk is not None and gk.dim() != 4:
         raise ValueError(f"gk must have shape [B, T, H, K] (a decay per key channel), got {list(gk.shape)}")
-    return superposition_filter(q, k, v, gk, scale=scale, initial_state=initial_state,
-                                output_final_state=output_final_state, impl=impl, chunk_size=chunk_size,
-                                validate=validate)
+    return superposition_filter(
+        q,
+        k,
+        v,
+        gk,
+        scale=scale,
+        initial_state=initial_state,
+        output_final_state=output_final_state,
+        impl=impl,
+        chunk_size=chunk_size,
+        validate=validate,
+    )
 
 
-def mamba2(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, *,
-           initial_state: Tensor | BayesState | None = None, output_final_state: bool = False,
-           impl: Impl = "auto", chunk_size: int = 64, validate: bool = True) -> FilterOutput:
+def mamba2(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    *,
+    initial_state: Tensor | BayesState | None = None,
+    output_final_state: bool = False,
+    impl: Impl = "auto",
+    chunk_size: int = 64,
+    validate: bool = True,
+) -> FilterOutput:
     """Mamba-2 / SSD without the ``D`` skip: ``h_t = exp(Δ_t A) h_{t-1} + Δ_t x_t B_tᵀ``, ``y_t = h_t C_t``.
 
     Args:
@@ -96,12 +160,23 @@ def mamba2(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, *,
     check_gate("A", A, (heads,), "[H]", checks, high=0.0, device=x.device)
     if checks is not None:
         checks.finite("dt", dt)
-        checks.require((A.detach() < 0).all(), lambda: "A must be negative (Mamba-2 parametrises A = -exp(A_log)), "
-                                                       "found zeros")
+        checks.require(
+            (A.detach() < 0).all(), lambda: "A must be negative (Mamba-2 parametrises A = -exp(A_log)), found zeros"
+        )
         checks.resolve()
-    return superposition_filter(C, B, x, dt * A, dt, scale=1.0, initial_state=initial_state,
-                                output_final_state=output_final_state, impl=impl, chunk_size=chunk_size,
-                                validate=validate)
+    return superposition_filter(
+        C,
+        B,
+        x,
+        dt * A,
+        dt,
+        scale=1.0,
+        initial_state=initial_state,
+        output_final_state=output_final_state,
+        impl=impl,
+        chunk_size=chunk_size,
+        validate=validate,
+    )
 
 
 def _unit_keys(name: str, q: Tensor, k: Tensor, normalize: bool, validate: bool) -> tuple[Tensor, Tensor]:
@@ -114,47 +189,133 @@ def _unit_keys(name: str, q: Tensor, k: Tensor, normalize: bool, validate: bool)
         tolerance = max(1e-3, 8 * torch.finfo(k.dtype).eps)
         bad = ~(((norm2 - 1).abs() <= tolerance) | (norm2 == 0))
         checks = ValueChecks()
-        checks.require(~bad.any(), lambda: (
-            f"{name} is the covariance-reset reduction for unit-norm keys: k must have ‖k‖ = 1 (or 0) along its "
-            f"last dim, found ‖k‖² = {norm2[bad][0].item():.4g}; L2-normalise the keys or pass "
-            "use_qk_l2norm_in_kernel=True"))
+        checks.require(
+            ~bad.any(),
+            lambda: (
+                f"{name} is the covariance-reset reduction for unit-norm keys: k must have ‖k‖ = 1 (or 0) along its "
+                f"last dim, found ‖k‖² = {norm2[bad][0].item():.4g}; L2-normalise the keys or pass "
+                "use_qk_l2norm_in_kernel=True"
+            ),
+        )
         checks.resolve()
     return q, k
 
 
-def _delta(name, q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel, impl,
-           chunk_size, validate):
+def _delta(
+    name,
+    q,
+    k,
+    v,
+    g,
+    beta,
+    scale,
+    initial_state,
+    output_final_state,
+    use_qk_l2norm_in_kernel,
+    impl,
+    chunk_size,
+    validate,
+):
     q, k = _unit_keys(name, q, k, use_qk_l2norm_in_kernel, validate)
     # r = (1-β)/β exactly (no floor): with unit keys the write key k/(1 + r) is β k.
-    return bayes_filter(q, k, v, g, beta, None, scale=scale, initial_state=initial_state,
-                        output_final_state=output_final_state, impl=impl, chunk_size=chunk_size, r_min=0.0,
-                        validate=validate)
+    return bayes_filter(
+        q,
+        k,
+        v,
+        g,
+        beta,
+        None,
+        scale=scale,
+        initial_state=initial_state,
+        output_final_state=output_final_state,
+        impl=impl,
+        chunk_size=chunk_size,
+        r_min=0.0,
+        validate=validate,
+    )
 
 
-def deltanet(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, *, scale: float | None = None,
-             initial_state: Tensor | BayesState | None = None, output_final_state: bool = False,
-             use_qk_l2norm_in_kernel: bool = False, impl: Impl = "auto", chunk_size: int = 64,
-             validate: bool = True) -> FilterOutput:
+def deltanet(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    *,
+    scale: float | None = None,
+    initial_state: Tensor | BayesState | None = None,
+    output_final_state: bool = False,
+    use_qk_l2norm_in_kernel: bool = False,
+    impl: Impl = "auto",
+    chunk_size: int = 64,
+    validate: bool = True,
+) -> FilterOutput:
     """DeltaNet ``M_t = M_{t-1}(I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ``: beta ``[B, T, H]`` is the write strength
     ``β ∈ [0, 1]`` (write noise ``r = (1 − β)/β``, no floor)."""
-    return _delta("DeltaNet", q, k, v, None, beta, scale, initial_state, output_final_state,
-                  use_qk_l2norm_in_kernel, impl, chunk_size, validate)
+    return _delta(
+        "DeltaNet",
+        q,
+        k,
+        v,
+        None,
+        beta,
+        scale,
+        initial_state,
+        output_final_state,
+        use_qk_l2norm_in_kernel,
+        impl,
+        chunk_size,
+        validate,
+    )
 
 
-def gated_deltanet(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, *, scale: float | None = None,
-                   initial_state: Tensor | BayesState | None = None, output_final_state: bool = False,
-                   use_qk_l2norm_in_kernel: bool = False, impl: Impl = "auto",
-                   chunk_size: int = 64, validate: bool = True) -> FilterOutput:
+def gated_deltanet(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor,
+    beta: Tensor,
+    *,
+    scale: float | None = None,
+    initial_state: Tensor | BayesState | None = None,
+    output_final_state: bool = False,
+    use_qk_l2norm_in_kernel: bool = False,
+    impl: Impl = "auto",
+    chunk_size: int = 64,
+    validate: bool = True,
+) -> FilterOutput:
     """Gated DeltaNet ``M_t = α_t M_{t-1}(I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ``, ``α = exp(g)``;
     g, beta ``[B, T, H]`` (flash-linear-attention's ``chunk_gated_delta_rule`` argument order): ``g`` the log decay
     ``≤ 0``, ``beta`` the write strength ``β ∈ [0, 1]`` (write noise ``r = (1 − β)/β``, no floor)."""
-    return _delta("Gated DeltaNet", q, k, v, g, beta, scale, initial_state, output_final_state,
-                  use_qk_l2norm_in_kernel, impl, chunk_size, validate)
+    return _delta(
+        "Gated DeltaNet",
+        q,
+        k,
+        v,
+        g,
+        beta,
+        scale,
+        initial_state,
+        output_final_state,
+        use_qk_l2norm_in_kernel,
+        impl,
+        chunk_size,
+        validate,
+    )
 
 
-def longhorn(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, *, scale: float | None = None,
-             initial_state: Tensor | BayesState | None = None, output_final_state: bool = False,
-             impl: Impl = "auto", chunk_size: int = 64, validate: bool = True) -> FilterOutput:
+def longhorn(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    *,
+    scale: float | None = None,
+    initial_state: Tensor | BayesState | None = None,
+    output_final_state: bool = False,
+    impl: Impl = "auto",
+    chunk_size: int = 64,
+    validate: bool = True,
+) -> FilterOutput:
     """Longhorn's online regression ``M_t = argmin ‖M − M_{t-1}‖² + β'‖M k_t − v_t‖²``, i.e. the gain
     ``β' k /(1 + β'‖k‖²)`` on raw keys.
 
@@ -163,26 +324,56 @@ def longhorn(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, *, scale: float | No
     ``β'/(1 + β')``)."""
     _, length, heads, key_dim, _ = check_qkv(q, k, v)
     checks = ValueChecks() if validate else None
-    check_gate("beta", beta, (k.shape[0], length, heads), "[B, T, H]", checks, low=0.0, low_open=True,
-               device=k.device)
+    check_gate("beta", beta, (k.shape[0], length, heads), "[B, T, H]", checks, low=0.0, low_open=True, device=k.device)
     if checks is not None:
         checks.finite("beta", beta)
         checks.resolve()
     state = as_state("initial_state", initial_state)
     noise = 1 / beta
-    design = DesignModel(MatrixNormalPrior.from_state(state), MemoryDynamics(None, None), RegressionWrite(noise),
-                         LinearReadout(check_scale(scale, key_dim)))
-    return run_filter(design, q, k, v, impl=impl, chunk_size=chunk_size, output_final_state=output_final_state,
-                      validate=validate)
+    design = DesignModel(
+        MatrixNormalPrior.from_state(state),
+        MemoryDynamics(None, None),
+        RegressionWrite(noise),
+        LinearReadout(check_scale(scale, key_dim)),
+    )
+    return run_filter(
+        design, q, k, v, impl=impl, chunk_size=chunk_size, output_final_state=output_final_state, validate=validate
+    )
 
 
-def bayesian(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, beta: Tensor, gamma: Tensor | None, *,
-             scale: float | None = None, initial_state: BayesState | None = None,
-             output_final_state: bool = False, output_variance: bool = False, impl: Impl = "auto",
-             chunk_size: int = 64, r_min: float = R_MIN, validate: bool = True) -> FilterOutput:
+def bayesian(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor | None,
+    beta: Tensor,
+    gamma: Tensor | None,
+    *,
+    scale: float | None = None,
+    initial_state: BayesState | None = None,
+    output_final_state: bool = False,
+    output_variance: bool = False,
+    impl: Impl = "auto",
+    chunk_size: int = 64,
+    r_min: float = R_MIN,
+    validate: bool = True,
+) -> FilterOutput:
     """The Bayesian Layer (regression design with certainty retention γ); see :func:`probseq.ops.bayes_filter`:
     ``g`` the log decay, ``beta`` the write strength ``β ∈ [0, 1]`` (noise ``r = clamp((1 − β)/β, r_min, R_MAX)``),
     ``gamma`` the certainty retention."""
-    return bayes_filter(q, k, v, g, beta, gamma, scale=scale, initial_state=initial_state,
-                        output_final_state=output_final_state, output_variance=output_variance, impl=impl,
-                        chunk_size=chunk_size, r_min=r_min, validate=validate)
+    return bayes_filter(
+        q,
+        k,
+        v,
+        g,
+        beta,
+        gamma,
+        scale=scale,
+        initial_state=initial_state,
+        output_final_state=output_final_state,
+        output_variance=output_variance,
+        impl=impl,
+        chunk_size=chunk_size,
+        r_min=r_min,
+        validate=validate,
+    )

@@ -75,6 +75,7 @@ Scalar = float | Tensor
 # 1. Gain attenuation (γ = α = 1)
 # ----------------------------------------------------------------------------------------------
 
+
 def repeated_key_variance(n: Scalar, r: Scalar) -> Scalar:
     """Posterior variance along a unit key written ``n`` times (``γ = α = 1``): ``p_n = r/(r + n)``.
 
@@ -109,6 +110,7 @@ def repeated_key_readout_weight(n: Scalar, r: Scalar) -> Scalar:
 # ----------------------------------------------------------------------------------------------
 # 2. Repeated-key dynamics for any γ, α: the scalar Riccati recursion
 # ----------------------------------------------------------------------------------------------
+
 
 class RiccatiPath(NamedTuple):
     """The filter along one unit key written ``n`` times; each field is ``[n]`` (write ``1..n``).
@@ -175,6 +177,7 @@ def steady_state_gain(gamma: Scalar, r: Scalar) -> Scalar:
 # 3. Noisy collisions: the same key written with noisy values
 # ----------------------------------------------------------------------------------------------
 
+
 def readout_weights(gains: Tensor, alpha: float = 1.0) -> Tensor:
     """Weights ``w`` of the values in the readout after writing one unit key ``n`` times.
 
@@ -195,8 +198,7 @@ def readout_weights(gains: Tensor, alpha: float = 1.0) -> Tensor:
     return gains * tail
 
 
-def noisy_collision_curve(gains: Tensor, noise_var: float, value_power: float = 1.0,
-                          alpha: float = 1.0) -> Tensor:
+def noisy_collision_curve(gains: Tensor, noise_var: float, value_power: float = 1.0, alpha: float = 1.0) -> Tensor:
     """Expected readout error after each of ``n`` writes of ``(k, v + σ ξ_i)``, any ``γ``, ``α``.
 
     Statement: with ``S_n = Σ w_i``, ``Q_n = Σ w_i²`` (:func:`readout_weights` after ``n`` writes),
@@ -229,8 +231,9 @@ def noisy_collision_error_bayes(n: Scalar, r: Scalar, noise_var: float, value_po
     return (noise_var * n + value_power * r * r) / (n + r) ** 2
 
 
-def noisy_collision_error_delta(n: Scalar, beta: Scalar, noise_var: float, value_power: float = 1.0,
-                                alpha: Scalar = 1.0) -> Scalar:
+def noisy_collision_error_delta(
+    n: Scalar, beta: Scalar, noise_var: float, value_power: float = 1.0, alpha: Scalar = 1.0
+) -> Scalar:
     """Delta rule (``γ = 0``, gain ``β``, decay ``α``): the exact finite-``n`` error.
 
     Statement: with ``q = α (1 − β)``, ``S_n = β (1 − qⁿ)/(1 − q)``, ``Q_n = β² (1 − q²ⁿ)/(1 − q²)``,
@@ -240,7 +243,7 @@ def noisy_collision_error_delta(n: Scalar, beta: Scalar, noise_var: float, value
     Derivation: ``m_n = q m_{n−1} + β (v + σ ξ_n)``; geometric sums of :func:`readout_weights`.
     """
     q = alpha * (1 - beta)
-    total = beta * (1 - q ** n) / (1 - q)
+    total = beta * (1 - q**n) / (1 - q)
     square = beta * beta * (1 - q ** (2 * n)) / (1 - q * q)
     return (total - 1) ** 2 * value_power + noise_var * square
 
@@ -259,6 +262,7 @@ def noisy_collision_error_linear(n: Scalar, noise_var: float, value_power: float
 # ----------------------------------------------------------------------------------------------
 # 4. Capacity: n random keys in K dimensions
 # ----------------------------------------------------------------------------------------------
+
 
 def capacity_error_ridge(keys: Tensor, r: Scalar, value_power: float = 1.0) -> Tensor:
     """Bayesian layer (``γ = α = 1``): mean in-sample retrieval error of ``n`` stored pairs.
@@ -319,6 +323,7 @@ def delta_retained_signal(m: Scalar, beta: Scalar, key_dim: int, alpha: Scalar =
 # ----------------------------------------------------------------------------------------------
 # 5. Overlapping keys
 # ----------------------------------------------------------------------------------------------
+
 
 def ridge_readout_weights(gram: Tensor, counts: Tensor, r: Scalar) -> Tensor:
     """Readout weights of the Bayesian layer (``γ = α = 1``) at the stored keys, any write order.
@@ -389,7 +394,7 @@ def two_key_error_ridge(rho: Scalar, r: Scalar, value_power: float = 1.0) -> Sca
     ``value_power · r² ((1 + r)² + ρ²) / ((1 + r)² − ρ²)²``. Order does not matter (ridge).
     """
     det = (1 + r) ** 2 - rho * rho
-    return value_power * r * r * ((1 + r) ** 2 + rho * rho) / det ** 2
+    return value_power * r * r * ((1 + r) ** 2 + rho * rho) / det**2
 
 
 def two_key_error_delta(rho: Scalar, beta: Scalar, value_power: float = 1.0) -> Scalar:
@@ -406,6 +411,7 @@ def two_key_error_linear(rho: Scalar, value_power: float = 1.0) -> Scalar:
 # ----------------------------------------------------------------------------------------------
 # 6. A confident memory, then colliding writes
 # ----------------------------------------------------------------------------------------------
+
 
 def confident_memory_error_ridge(n: int, m: Scalar, rho: float, r: float, value_power: float = 1.0) -> Tensor:
     """Bayesian layer (``γ = α = 1``): error on ``a`` after ``n`` writes of ``(a, v_a)`` then ``m`` of ``(b, v_b)``.
@@ -427,8 +433,9 @@ def confident_memory_error_ridge(n: int, m: Scalar, rho: float, r: float, value_
     return ridge_item_error(gram, counts, r, 0, value_power)
 
 
-def confident_memory_error_delta(n: Scalar, m: Scalar, rho: Scalar, beta: Scalar, value_power: float = 1.0,
-                                 alpha: Scalar = 1.0) -> Scalar:
+def confident_memory_error_delta(
+    n: Scalar, m: Scalar, rho: Scalar, beta: Scalar, value_power: float = 1.0, alpha: Scalar = 1.0
+) -> Scalar:
     """Delta rule: error on ``a`` after ``n`` writes of ``(a, v_a)`` then ``m`` of ``(b, v_b)``, ``aᵀb = ρ``.
 
     Statement (``α = 1``): ``M a = d_n (1 − c_m ρ²) v_a + c_m ρ v_b`` with ``d_n = 1 − (1 − β)ⁿ``,
@@ -442,12 +449,12 @@ def confident_memory_error_delta(n: Scalar, m: Scalar, rho: Scalar, beta: Scalar
     ``x_m = α^m x_0 + Σ_{j<m} α^{m−1−j} βρ (v_b − α y_j)``, with ``x_0 = d_n v_a``, ``y_0 = ρ d_n v_a``.
     """
     q = alpha * (1 - beta)
-    d = beta * (1 - q ** n) / (1 - q)
-    geometric = m if alpha == 1 else (1 - alpha ** m) / (1 - alpha)
-    mixed = (alpha ** m - q ** m) / (alpha - q)
-    coef_a = d * (alpha ** m - alpha * beta * rho * rho * mixed)
+    d = beta * (1 - q**n) / (1 - q)
+    geometric = m if alpha == 1 else (1 - alpha**m) / (1 - alpha)
+    mixed = (alpha**m - q**m) / (alpha - q)
+    coef_a = d * (alpha**m - alpha * beta * rho * rho * mixed)
     coef_b = beta * rho * (geometric - alpha * beta * (geometric - mixed) / (1 - q))
-    return ((coef_a - 1) ** 2 + coef_b ** 2) * value_power
+    return ((coef_a - 1) ** 2 + coef_b**2) * value_power
 
 
 def confident_memory_error_linear(n: Scalar, m: Scalar, rho: Scalar, value_power: float = 1.0) -> Scalar:

@@ -4,14 +4,21 @@ re-exported under the short name those configs carry. (Zoology's MQAR model rebu
 :class:`probseq.models.ZoologyModel`.)"""
 
 from probseq.interop.zoology import (
-                                     AttentionMixer,
-                                     BayesianMixer,
-                                     DeltaNetMixer,
-                                     GatedDeltaNetMixer,
-                                     LinearAttentionMixer,
-                                     Mamba2Mixer,
-                                     ZoologyMixer,
+    AttentionMixer,
+    BayesianMixer,
+    DeltaNetMixer,
+    GatedDeltaNetMixer,
+    LinearAttentionMixer,
+    Mamba2Mixer,
+    ZoologyMixer,
 )
 
-__all__ = ["AttentionMixer", "BayesianMixer", "DeltaNetMixer", "GatedDeltaNetMixer", "LinearAttentionMixer",
-           "Mamba2Mixer", "ZoologyMixer"]
+__all__ = [
+    "AttentionMixer",
+    "BayesianMixer",
+    "DeltaNetMixer",
+    "GatedDeltaNetMixer",
+    "LinearAttentionMixer",
+    "Mamba2Mixer",
+    "ZoologyMixer",
+]

@@ -55,8 +55,9 @@ class CommandParser(argparse.ArgumentParser):
     def parse_known_args(self, args=None, namespace=None):
         namespace, extras = super().parse_known_args(args, namespace)
         if getattr(namespace, "action", None) is None:
-            missing = [option for option, dest in self.required_without_action
-                       if getattr(namespace, dest, None) is None]
+            missing = [
+                option for option, dest in self.required_without_action if getattr(namespace, dest, None) is None
+            ]
             if missing:
                 self.error(f"the following arguments are required: {', '.join(missing)}")
         return namespace, extras
@@ -66,8 +67,10 @@ def mqar_point(text: str) -> tuple[int, int]:
     """``"512,128"`` → ``(512, 128)``: an MQAR test point, ``T,k`` (sequence length, key-value pairs)."""
     parts = text.split(",")
     if len(parts) != 2 or not all(part.strip().isdigit() and int(part) > 0 for part in parts):
-        raise argparse.ArgumentTypeError(f"an MQAR point is T,k (sequence length and key-value pairs, positive whole "
-                                         f"numbers), like 512,128; got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"an MQAR point is T,k (sequence length and key-value pairs, positive whole "
+            f"numbers), like 512,128; got {text!r}"
+        )
     return int(parts[0]), int(parts[1])
 
 
@@ -82,8 +85,10 @@ def recall_point_knobs(text: str) -> dict[str, int | float]:
     for item in text.split(","):
         name, equals, value = item.partition("=")
         if not equals or name not in RECALL_KNOBS:
-            raise ValueError(f"a recall point is 'inside' or KNOB=VALUE[,KNOB=VALUE] with KNOB one of "
-                             f"{', '.join(RECALL_KNOBS)} (e.g. gap=256, num_pairs=32); got {text!r}")
+            raise ValueError(
+                f"a recall point is 'inside' or KNOB=VALUE[,KNOB=VALUE] with KNOB one of "
+                f"{', '.join(RECALL_KNOBS)} (e.g. gap=256, num_pairs=32); got {text!r}"
+            )
         if name in knobs:
             raise ValueError(f"recall point {text!r} sets {name} twice")
         try:
@@ -133,22 +138,33 @@ def add_eval(parser: argparse.ArgumentParser, experiment: str, point_type, point
     parser.required_without_action = (("--out", "out"),)
     actions = parser.add_subparsers(dest="action", metavar="eval", title="evaluate trained runs (no training)")
     sub = actions.add_parser(
-        "eval", help=f"score saved {experiment} runs at test points, without retraining",
+        "eval",
+        help=f"score saved {experiment} runs at test points, without retraining",
         description=f"Score the final weights of trained {experiment} runs (a run folder, or every run under a "
-                    f"folder, e.g. ~/.cache/probseq/runs/{experiment}) at the given test points, with the test data "
-                    "generation and seeds of the experiment: a point the run was tested at gets its own test data "
-                    "(the recorded accuracy is reproduced), another one a seed of the test range fixed by the run's "
-                    "data seed and the point. Writes a CSV with the sweep's point columns, the run's identity "
-                    "(mixer, lr, seed, retention, …) and the recorded accuracy where there is one.")
-    sub.add_argument("--run", dest="run_dir", required=True, type=Path, metavar="DIR",
-                     help="a run folder (with final/model.safetensors) or a folder of runs")
-    sub.add_argument("--points", required=True, nargs="+", type=point_type, metavar="POINT", help=point_help,
-                     action=DistinctPoints)
+        f"folder, e.g. ~/.cache/probseq/runs/{experiment}) at the given test points, with the test data "
+        "generation and seeds of the experiment: a point the run was tested at gets its own test data "
+        "(the recorded accuracy is reproduced), another one a seed of the test range fixed by the run's "
+        "data seed and the point. Writes a CSV with the sweep's point columns, the run's identity "
+        "(mixer, lr, seed, retention, …) and the recorded accuracy where there is one.",
+    )
+    sub.add_argument(
+        "--run",
+        dest="run_dir",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="a run folder (with final/model.safetensors) or a folder of runs",
+    )
+    sub.add_argument(
+        "--points", required=True, nargs="+", type=point_type, metavar="POINT", help=point_help, action=DistinctPoints
+    )
     sub.add_argument("--out", required=True, type=Path, help="the CSV file to write")
-    sub.add_argument("--examples", type=positive_int, default=None,
-                     help="examples per point (default: the run's test examples)")
-    sub.add_argument("--batch-size", type=positive_int, default=None,
-                     help="evaluation batch (default: the run's eval_batch_size)")
+    sub.add_argument(
+        "--examples", type=positive_int, default=None, help="examples per point (default: the run's test examples)"
+    )
+    sub.add_argument(
+        "--batch-size", type=positive_int, default=None, help="evaluation batch (default: the run's eval_batch_size)"
+    )
     sub.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's)")
     sub.set_defaults(run=f"probseq.experiments.{experiment}:eval_main")
 
@@ -179,14 +195,19 @@ class DeprecatedAlias(argparse.Action):
 
 def add_lm_preset(parser: argparse.ArgumentParser) -> None:
     """``--preset tiny|small|340m`` of pretrain and distill (``--config``: its deprecated old name)."""
-    parser.add_argument("--preset", choices=LM_PRESETS, default="small",
-                        help="tiny: a smoke test (seconds); small: the CPU teacher (hours); 340m: fla's Gated DeltaNet "
-                             "340M layout, a GPU run (default small)")
+    parser.add_argument(
+        "--preset",
+        choices=LM_PRESETS,
+        default="small",
+        help="tiny: a smoke test (seconds); small: the CPU teacher (hours); 340m: fla's Gated DeltaNet "
+        "340M layout, a GPU run (default small)",
+    )
     parser.add_argument("--config", dest="preset", choices=LM_PRESETS, action=DeprecatedAlias, new="--preset")
 
 
-def add_overrides(parser: argparse.ArgumentParser, help: str, dest: str = "overrides",
-                  metavar: str = "KEY=VALUE") -> None:
+def add_overrides(
+    parser: argparse.ArgumentParser, help: str, dest: str = "overrides", metavar: str = "KEY=VALUE"
+) -> None:
     """``--set KEY=VALUE …``, repeatable: every occurrence adds to the list."""
     parser.add_argument("--set", dest=dest, action="extend", nargs="+", default=[], metavar=metavar, help=help)
 
@@ -205,9 +226,11 @@ def token_count(text: str) -> int:
 
 def add_collision(commands) -> None:
     parser = commands.add_parser(
-        "collision", help="collision study: simulation vs closed-form theory (the paper's collision study)",
+        "collision",
+        help="collision study: simulation vs closed-form theory (the paper's collision study)",
         description="Collision study (the paper's collision study): linear attention, DeltaNet, Gated DeltaNet and "
-                    "the Bayesian Layer on colliding writes, against the closed forms of docs/theory.md.")
+        "the Bayesian Layer on colliding writes, against the closed forms of docs/theory.md.",
+    )
     parser.add_argument("--out", required=True, type=Path, help=OUT_HELP)
     parser.add_argument("--preset", choices=COLLISION_PRESETS, default="quick")
     parser.add_argument("--seed", type=int, default=0)
@@ -216,24 +239,40 @@ def add_collision(commands) -> None:
 
 
 def add_bench(commands) -> None:
-    parser = commands.add_parser("bench", help="time the filters, layers and training steps against their peers",
-                                 description=module_doc("bench"), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = commands.add_parser(
+        "bench",
+        help="time the filters, layers and training steps against their peers",
+        description=module_doc("bench"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--preset", choices=BENCH_PRESETS, default="quick")
-    parser.add_argument("--out", default=None,
-                        help="write the results JSON here (a file holding the results of another config is refused)")
-    parser.add_argument("--layer", action="store_true",
-                        help="only the layer and generation cases (Bayesian Layer vs Gated DeltaNet layer, filter "
-                             "share, time per generated token)")
-    parser.add_argument("--mqar", action="store_true",
-                        help="only the MQAR training-throughput cases (tokens/s of one training step per mixer)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="write the results JSON here (a file holding the results of another config is refused)",
+    )
+    parser.add_argument(
+        "--layer",
+        action="store_true",
+        help="only the layer and generation cases (Bayesian Layer vs Gated DeltaNet layer, filter "
+        "share, time per generated token)",
+    )
+    parser.add_argument(
+        "--mqar",
+        action="store_true",
+        help="only the MQAR training-throughput cases (tokens/s of one training step per mixer)",
+    )
     add_overrides(parser, "override a BenchConfig field, e.g. --set lengths=[1024,4096]")
     parser.set_defaults(run="probseq.bench:main")
 
 
 def add_uncertainty(commands) -> None:
-    parser = commands.add_parser("uncertainty", help="heat map of the Bayesian layers' predictive variance per token",
-                                 description=module_doc("experiments.uncertainty"),
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = commands.add_parser(
+        "uncertainty",
+        help="heat map of the Bayesian layers' predictive variance per token",
+        description=module_doc("experiments.uncertainty"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--model", default=None, help="save_pretrained folder (omit: a randomly initialised model)")
     parser.add_argument("--text", required=True, help="the text to read")
     parser.add_argument("--out", required=True, help=OUT_HELP)
@@ -243,65 +282,101 @@ def add_uncertainty(commands) -> None:
 
 
 def add_mqar(commands) -> None:
-    parser = commands.add_parser("mqar", help="Zoology MQAR: accuracy vs key-value pairs and state size, per mixer",
-                                 description=module_doc("experiments.mqar", first_paragraph=True)
-                                 + " Resumable: rerun the same command.",
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = commands.add_parser(
+        "mqar",
+        help="Zoology MQAR: accuracy vs key-value pairs and state size, per mixer",
+        description=module_doc("experiments.mqar", first_paragraph=True) + " Resumable: rerun the same command.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--out", type=Path, help=OUT_HELP + "; required")
-    parser.add_argument("--preset", choices=EXPERIMENT_PRESETS, default="quick",
-                        help="quick: CPU demo (minutes); cpu: hours on 2 cores; paper: Zoology's grid for a GPU")
+    parser.add_argument(
+        "--preset",
+        choices=EXPERIMENT_PRESETS,
+        default="quick",
+        help="quick: CPU demo (minutes); cpu: hours on 2 cores; paper: Zoology's grid for a GPU",
+    )
     add_overrides(parser, "override an MQARConfig field (repeatable), e.g. --set 'mixers=[\"bayesian\"]'")
     parser.set_defaults(run="probseq.experiments.mqar:main")
     add_eval(parser, "mqar", mqar_point, "test points T,k (sequence length, key-value pairs), e.g. 512,128 1024,256")
 
 
 def add_recall(commands) -> None:
-    parser = commands.add_parser("recall", help="learned associative recall inside and beyond the training regime",
-                                 description=module_doc("experiments.recall", first_paragraph=True)
-                                 + " Resumable: rerun the same command.")
+    parser = commands.add_parser(
+        "recall",
+        help="learned associative recall inside and beyond the training regime",
+        description=module_doc("experiments.recall", first_paragraph=True) + " Resumable: rerun the same command.",
+    )
     parser.add_argument("--out", type=Path, help=OUT_HELP + "; required")
-    parser.add_argument("--preset", choices=EXPERIMENT_PRESETS, default="quick",
-                        help="quick: CPU demo (minutes); cpu: hours on 2 cores; paper: a GPU")
+    parser.add_argument(
+        "--preset",
+        choices=EXPERIMENT_PRESETS,
+        default="quick",
+        help="quick: CPU demo (minutes); cpu: hours on 2 cores; paper: a GPU",
+    )
     add_overrides(parser, "override a RecallExperiment field (repeatable), e.g. --set max_steps=500")
     parser.set_defaults(run="probseq.experiments.recall:main")
-    add_eval(parser, "recall", recall_point,
-             "test points by name: inside (the training regime's largest point) or KNOB=VALUE moving knobs from it "
-             f"({', '.join(RECALL_KNOBS)}), e.g. inside gap=512 num_pairs=64,gap=32")
+    add_eval(
+        parser,
+        "recall",
+        recall_point,
+        "test points by name: inside (the training regime's largest point) or KNOB=VALUE moving knobs from it "
+        f"({', '.join(RECALL_KNOBS)}), e.g. inside gap=512 num_pairs=64,gap=32",
+    )
 
 
-def add_reproduce(commands, name: str = "reproduce",
-                  help: str = "reproduce the paper's claims → OUT/REPORT.md") -> None:
-    parser = commands.add_parser(name, help=help, description=module_doc("experiments.reproduce"),
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_reproduce(
+    commands, name: str = "reproduce", help: str = "reproduce the paper's claims → OUT/REPORT.md"
+) -> None:
+    parser = commands.add_parser(
+        name,
+        help=help,
+        description=module_doc("experiments.reproduce"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--out", default="reports/demo", help=OUT_HELP)
-    parser.add_argument("--preset", choices=REPRODUCE_PRESETS, default="quick",
-                        help="quick: minutes on CPU (make demo); cpu: reads the background cpu runs")
+    parser.add_argument(
+        "--preset",
+        choices=REPRODUCE_PRESETS,
+        default="quick",
+        help="quick: minutes on CPU (make demo); cpu: reads the background cpu runs",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    add_overrides(parser, "override a study's config (collision, recall, mqar), e.g. --set recall.max_steps=50",
-                  metavar="STUDY.KEY=VALUE")
+    add_overrides(
+        parser,
+        "override a study's config (collision, recall, mqar), e.g. --set recall.max_steps=50",
+        metavar="STUDY.KEY=VALUE",
+    )
     parser.set_defaults(run="probseq.experiments.reproduce:main")
 
 
 def add_convert_fla(commands) -> None:
     parser = commands.add_parser(
-        "convert-fla", help="convert an fla Gated DeltaNet checkpoint into a probseq model (docs/interop.md)",
+        "convert-fla",
+        help="convert an fla Gated DeltaNet checkpoint into a probseq model (docs/interop.md)",
         description="Convert a flash-linear-attention GatedDeltaNetForCausalLM directory (config.json + "
-                    "safetensors) into a ProbSeqForCausalLM of Bayesian Layers, saved to DST_DIR.")
+        "safetensors) into a ProbSeqForCausalLM of Bayesian Layers, saved to DST_DIR.",
+    )
     parser.add_argument("src", metavar="SRC_DIR", type=Path, help="the fla model directory")
     parser.add_argument("dst", metavar="DST_DIR", type=Path, help="where to save the probseq model")
-    parser.add_argument("--retention", choices=RETENTIONS, default="reset",
-                        help="reset: the same model; learned: + retention parameters at their function-preserving "
-                             "start; stationary: γ = α²")
+    parser.add_argument(
+        "--retention",
+        choices=RETENTIONS,
+        default="reset",
+        help="reset: the same model; learned: + retention parameters at their function-preserving "
+        "start; stationary: γ = α²",
+    )
     parser.add_argument("--dtype", choices=CONVERT_DTYPES, default=None, help="default: the checkpoint's dtype")
     parser.set_defaults(run="probseq.interop.fla:convert_main")
 
 
 def add_export_fla(commands) -> None:
     parser = commands.add_parser(
-        "export-fla", help="export a probseq model that is a Gated DeltaNet to fla's format (docs/interop.md)",
+        "export-fla",
+        help="export a probseq model that is a Gated DeltaNet to fla's format (docs/interop.md)",
         description="Write a probseq model whose recurrent layers are Gated DeltaNets (gated_deltanet, or bayesian "
-                    "with reset retention or learned retention at ρ = 0) as an fla GatedDeltaNetForCausalLM "
-                    "directory.")
+        "with reset retention or learned retention at ρ = 0) as an fla GatedDeltaNetForCausalLM "
+        "directory.",
+    )
     parser.add_argument("src", metavar="SRC", type=Path, help="the probseq model directory")
     parser.add_argument("dst", metavar="DST", type=Path, help="the fla directory to write")
     parser.set_defaults(run="probseq.interop.fla:export_main")
@@ -321,24 +396,34 @@ probseq.train.distill.DistillConfig, e.g. --set stage1_fraction=0.5 retention_in
 
 
 def add_pretrain(commands) -> None:
-    parser = commands.add_parser("pretrain", help="pretrain a Gated DeltaNet LM on the offline corpus, export as fla",
-                                 description=PRETRAIN_HELP)
+    parser = commands.add_parser(
+        "pretrain", help="pretrain a Gated DeltaNet LM on the offline corpus, export as fla", description=PRETRAIN_HELP
+    )
     add_lm_preset(parser)
-    parser.add_argument("--out", required=True, type=Path,
-                        help="output folder (the fla checkpoint): the same command resumes there, another config "
-                             "is refused")
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="output folder (the fla checkpoint): the same command resumes there, another config is refused",
+    )
     add_overrides(parser, "override config fields", dest="set")
     parser.set_defaults(run="probseq.experiments.distillation:pretrain_main")
 
 
 def add_distill(commands) -> None:
-    parser = commands.add_parser("distill", help="distil an fla GDN teacher into Bayesian Layers (or the GDN baseline)",
-                                 description=DISTILL_HELP)
+    parser = commands.add_parser(
+        "distill", help="distil an fla GDN teacher into Bayesian Layers (or the GDN baseline)", description=DISTILL_HELP
+    )
     parser.add_argument("--teacher", required=True, type=Path, help="the fla Gated DeltaNet directory")
-    parser.add_argument("--out", required=True, type=Path,
-                        help="output folder: the same command resumes there, another config is refused")
-    parser.add_argument("--tokens", required=True, type=token_count,
-                        help="token budget of both stages (e.g. 5000000 or 5M)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="output folder: the same command resumes there, another config is refused",
+    )
+    parser.add_argument(
+        "--tokens", required=True, type=token_count, help="token budget of both stages (e.g. 5000000 or 5M)"
+    )
     parser.add_argument("--baseline", action="store_true", help="fine-tune the GDN teacher instead (matched compute)")
     add_lm_preset(parser)
     add_overrides(parser, "override config fields", dest="set")
@@ -346,9 +431,12 @@ def add_distill(commands) -> None:
 
 
 def add_ruler(commands) -> None:
-    parser = commands.add_parser("ruler", help="RULER retrieval scores of a model at several context lengths",
-                                 description=module_doc("experiments.ruler_eval"),
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = commands.add_parser(
+        "ruler",
+        help="RULER retrieval scores of a model at several context lengths",
+        description=module_doc("experiments.ruler_eval"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--model", required=True, help="model folder (save_pretrained or fla), with its tokenizer")
     parser.add_argument("--tasks", nargs="+", default=[",".join(RULER_TASKS)], help="tasks (space or comma separated)")
     parser.add_argument("--lengths", nargs="+", default=["512,1024,2048,4096"], help="context lengths in tokens")
@@ -376,8 +464,9 @@ def _version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line, in the order ``probseq --help`` lists it."""
-    parser = argparse.ArgumentParser(prog="probseq",
-                                     description="The probseq command line: probseq <command> --help for each command.")
+    parser = argparse.ArgumentParser(
+        prog="probseq", description="The probseq command line: probseq <command> --help for each command."
+    )
     parser.add_argument("--version", action="version", version=f"probseq {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
     for add in (add_collision, add_bench, add_uncertainty, add_mqar, add_recall, add_reproduce):

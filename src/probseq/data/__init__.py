@@ -13,5 +13,14 @@ from probseq.data.corpus import CorpusError, CorpusPaths, corpus_paths, iter_doc
 from probseq.data.retrieval_text import retrieval_document, retrieval_documents
 from probseq.data.tokenizer import load_tokenizer, train_tokenizer
 
-__all__ = ["CorpusError", "CorpusPaths", "corpus_paths", "iter_documents", "load_tokenizer", "prepare_corpus",
-           "retrieval_document", "retrieval_documents", "train_tokenizer"]
+__all__ = [
+    "CorpusError",
+    "CorpusPaths",
+    "corpus_paths",
+    "iter_documents",
+    "load_tokenizer",
+    "prepare_corpus",
+    "retrieval_document",
+    "retrieval_documents",
+    "train_tokenizer",
+]

@@ -98,12 +98,16 @@ def _complete(paths: CorpusPaths) -> bool:
         return False
     if manifest.get("version") != CORPUS_VERSION:
         return False
-    return all(path.is_file() and path.stat().st_size == manifest["files"][name]["bytes"]
-               for name, path in paths.files.items() if name in manifest.get("files", {}))
+    return all(
+        path.is_file() and path.stat().st_size == manifest["files"][name]["bytes"]
+        for name, path in paths.files.items()
+        if name in manifest.get("files", {})
+    )
 
 
-def prepare_corpus(cache_dir: str | os.PathLike | None = None, *, retrieval_fraction: float = 0.15,
-                   seed: int = 0) -> CorpusPaths:
+def prepare_corpus(
+    cache_dir: str | os.PathLike | None = None, *, retrieval_fraction: float = 0.15, seed: int = 0
+) -> CorpusPaths:
     """Build the corpus in ``cache_dir`` (default :func:`default_cache_dir`) unless it is already there.
 
     Args:
@@ -125,9 +129,11 @@ def prepare_corpus(cache_dir: str | os.PathLike | None = None, *, retrieval_frac
         raise ValueError(f"retrieval_fraction must be in [0, 1], got {retrieval_fraction}")
     for tool in ("apt-get", "apt-cache", "dpkg-deb"):
         if shutil.which(tool) is None:
-            raise CorpusError(f"{tool} not found: the corpus is built from Debian packages (bible-kjv-text, "
-                              "python3-doc); run on Debian/Ubuntu, or copy a prepared corpus folder "
-                              f"({', '.join(p.name for p in paths.files.values())}, manifest.json) to {paths.root}")
+            raise CorpusError(
+                f"{tool} not found: the corpus is built from Debian packages (bible-kjv-text, "
+                "python3-doc); run on Debian/Ubuntu, or copy a prepared corpus folder "
+                f"({', '.join(p.name for p in paths.files.values())}, manifest.json) to {paths.root}"
+            )
     paths.root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=paths.root, prefix=".build-") as tmp:
         work = Path(tmp)
@@ -142,17 +148,23 @@ def prepare_corpus(cache_dir: str | os.PathLike | None = None, *, retrieval_frac
             raise CorpusError(f"unexpected package contents: {len(kjv)} KJV chapters, {len(docs)} docs pages")
         book_chars = sum(len(d["text"]) for d in kjv + docs)
         sentences = [s for d in kjv[::7] for s in re.split(r"(?<=[.;:])\s+", d["text"]) if 20 <= len(s) <= 160]
-        retrieval = [{"source": "retrieval", "id": f"{kind}-{i}", "text": text} for i, (kind, text) in
-                     enumerate(retrieval_documents(seed, int(retrieval_fraction * book_chars), sentences))]
-        for name, documents, debs in (("kjv", kjv, (kjv_deb, reader_deb)), ("python_docs", docs, (docs_deb,)),
-                                      ("retrieval", retrieval, ())):
+        retrieval = [
+            {"source": "retrieval", "id": f"{kind}-{i}", "text": text}
+            for i, (kind, text) in enumerate(retrieval_documents(seed, int(retrieval_fraction * book_chars), sentences))
+        ]
+        for name, documents, debs in (
+            ("kjv", kjv, (kjv_deb, reader_deb)),
+            ("python_docs", docs, (docs_deb,)),
+            ("retrieval", retrieval, ()),
+        ):
             data = "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in documents).encode()
             (work / f"{name}.jsonl").write_bytes(data)
-            manifest["files"][name] = {"documents": len(documents),
-                                       "characters": sum(len(d["text"]) for d in documents),
-                                       "bytes": len(data)}
-            manifest["sources"][name] = {"licence": LICENCES[name],
-                                         "packages": [_deb_info(deb) for deb in debs]}
+            manifest["files"][name] = {
+                "documents": len(documents),
+                "characters": sum(len(d["text"]) for d in documents),
+                "bytes": len(data),
+            }
+            manifest["sources"][name] = {"licence": LICENCES[name], "packages": [_deb_info(deb) for deb in debs]}
         manifest["sources"]["retrieval"].update(seed=seed, fraction=retrieval_fraction)
         for name, path in paths.files.items():
             os.replace(work / f"{name}.jsonl", path)
@@ -187,9 +199,11 @@ def _run(command: list[str], cwd: Path | None = None) -> str:
     except (OSError, subprocess.TimeoutExpired) as error:
         raise CorpusError(f"{' '.join(command)} failed: {error}") from None
     if done.returncode != 0:
-        raise CorpusError(f"{' '.join(command)} failed (exit {done.returncode}): "
-                          f"{(done.stderr or done.stdout).strip()[-500:]}; are the package lists there "
-                          "(apt-get update) and is the Debian mirror reachable?")
+        raise CorpusError(
+            f"{' '.join(command)} failed (exit {done.returncode}): "
+            f"{(done.stderr or done.stdout).strip()[-500:]}; are the package lists there "
+            "(apt-get update) and is the Debian mirror reachable?"
+        )
     return done.stdout
 
 
@@ -210,8 +224,11 @@ def _unpack(deb: Path, folder: Path) -> Path:
 
 def _deb_info(deb: Path) -> dict:
     package, version, _ = deb.name.split("_", 2)
-    return {"package": package, "version": version.replace("%3a", ":"),
-            "sha256": hashlib.sha256(deb.read_bytes()).hexdigest()}
+    return {
+        "package": package,
+        "version": version.replace("%3a", ":"),
+        "sha256": hashlib.sha256(deb.read_bytes()).hexdigest(),
+    }
 
 
 def _python_docs_package() -> str:
@@ -255,10 +272,29 @@ def _kjv_documents(text_root: Path, reader_root: Path) -> Iterator[dict]:
 # ---------------------------------------------------------------------------------------------------------
 
 # index pages, search, the changelog (issue titles) and the licence page are not prose
-_SKIP_PAGES = re.compile(r"(^|/)(genindex|py-modindex|search|contents|copyright|license|download|changelog)"
-                         r"[^/]*\.html$")
-_BLOCKS = {"p", "li", "dt", "dd", "h1", "h2", "h3", "h4", "h5", "h6", "tr", "div", "section", "br", "table",
-           "blockquote", "caption"}
+_SKIP_PAGES = re.compile(
+    r"(^|/)(genindex|py-modindex|search|contents|copyright|license|download|changelog)"
+    r"[^/]*\.html$"
+)
+_BLOCKS = {
+    "p",
+    "li",
+    "dt",
+    "dd",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "tr",
+    "div",
+    "section",
+    "br",
+    "table",
+    "blockquote",
+    "caption",
+}
 
 
 class _SphinxText(html.parser.HTMLParser):
@@ -315,8 +351,11 @@ def html_to_text(page: str) -> str:
 
 def _python_docs(root: Path) -> Iterator[dict]:
     # python3.X-doc/html is a symlink to python3.X/html: read the real folder once
-    bases = [d for d in sorted(root.glob("usr/share/doc/python3*/html")) if not d.is_symlink()
-             and (d / "index.html").is_file()]
+    bases = [
+        d
+        for d in sorted(root.glob("usr/share/doc/python3*/html"))
+        if not d.is_symlink() and (d / "index.html").is_file()
+    ]
     if not bases:
         raise CorpusError(f"no Sphinx HTML (index.html) under {root}/usr/share/doc/python3*/html")
     base = bases[0]
@@ -329,5 +368,15 @@ def _python_docs(root: Path) -> Iterator[dict]:
             yield {"source": "python_docs", "id": name, "text": text}
 
 
-__all__ = ["CORPUS_VERSION", "LICENCES", "SOURCES", "CorpusError", "CorpusPaths", "corpus_paths",
-           "default_cache_dir", "html_to_text", "iter_documents", "prepare_corpus"]
+__all__ = [
+    "CORPUS_VERSION",
+    "LICENCES",
+    "SOURCES",
+    "CorpusError",
+    "CorpusPaths",
+    "corpus_paths",
+    "default_cache_dir",
+    "html_to_text",
+    "iter_documents",
+    "prepare_corpus",
+]

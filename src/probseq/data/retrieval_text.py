@@ -48,10 +48,20 @@ WEIGHTS = (0.4, 0.15, 0.2, 0.15, 0.1)
 
 NEEDLE = "One of the special magic {noun} for {key} is: {value}."
 FILLER = (
-    "The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.", "There and back again.",
-    "The river runs to the sea.", "A cat sleeps on the warm stone.", "The wind moves through the trees.",
-    "Bread is baked in the morning.", "The train left the station on time.", "Snow covers the quiet hills.",
-    "The library opens at nine.", "A small boat drifts near the shore.", "The clock on the wall ticks softly.",
+    "The grass is green.",
+    "The sky is blue.",
+    "The sun is yellow.",
+    "Here we go.",
+    "There and back again.",
+    "The river runs to the sea.",
+    "A cat sleeps on the warm stone.",
+    "The wind moves through the trees.",
+    "Bread is baked in the morning.",
+    "The train left the station on time.",
+    "Snow covers the quiet hills.",
+    "The library opens at nine.",
+    "A small boat drifts near the shore.",
+    "The clock on the wall ticks softly.",
 )
 INSTRUCTIONS = (
     "Some special magic {noun} are hidden within the following text. Remember them, you will be asked about "
@@ -103,15 +113,22 @@ def _needle(rng: random.Random, sentences: Sequence[str]) -> str:
     lines = _filler(rng, sentences, rng.randint(4, 40))
     if rng.random() < 0.3:  # distractor needles with other keys
         for _ in range(rng.randint(1, 6)):
-            lines.insert(rng.randint(0, len(lines)), NEEDLE.format(noun=noun, key=_value(rng, key_kind),
-                                                                   value=_value(rng, value_kind)))
+            lines.insert(
+                rng.randint(0, len(lines)),
+                NEEDLE.format(noun=noun, key=_value(rng, key_kind), value=_value(rng, value_kind)),
+            )
     for key, value in pairs:
         lines.insert(rng.randint(0, len(lines)), NEEDLE.format(noun=noun, key=key, value=value))
     key, value = rng.choice(pairs)
     separator = rng.choice(("\n", " "))
-    return "\n".join([rng.choice(INSTRUCTIONS).format(noun=noun), separator.join(lines),
-                      rng.choice(QUESTIONS).format(one=one, key=key),
-                      rng.choice(ANSWERS).format(one=one, key=key, value=value)])
+    return "\n".join(
+        [
+            rng.choice(INSTRUCTIONS).format(noun=noun),
+            separator.join(lines),
+            rng.choice(QUESTIONS).format(one=one, key=key),
+            rng.choice(ANSWERS).format(one=one, key=key, value=value),
+        ]
+    )
 
 
 def _kv_list(rng: random.Random, sentences: Sequence[str]) -> str:
@@ -120,8 +137,10 @@ def _kv_list(rng: random.Random, sentences: Sequence[str]) -> str:
     style = rng.choice(('"{k}": "{v}"', "{k}: {v}", "{k} = {v}"))
     key, value = rng.choice(pairs)
     body = "\n".join(style.format(k=k, v=v) for k, v in pairs)
-    return (f"Here is a list of keys and their values.\n{body}\nWhat is the value of {key}?\n"
-            f"Answer: The value of {key} is {value}.")
+    return (
+        f"Here is a list of keys and their values.\n{body}\nWhat is the value of {key}?\n"
+        f"Answer: The value of {key} is {value}."
+    )
 
 
 def _names(rng: random.Random, count: int) -> list[str]:
@@ -139,7 +158,7 @@ def _variables(rng: random.Random, sentences: Sequence[str]) -> str:
     lines = _filler(rng, sentences, rng.randint(3, 30))
     answer_names, value = [], ""
     for c in range(chains):
-        vs = names[c * (hops + 1):(c + 1) * (hops + 1)]
+        vs = names[c * (hops + 1) : (c + 1) * (hops + 1)]
         start = str(rng.randint(10000, 99999))
         statements = [f"VAR {vs[0]} = {start}"] + [f"VAR {vs[j + 1]} = VAR {vs[j]}" for j in range(hops)]
         positions = sorted(rng.sample(range(len(lines) + len(statements)), len(statements)))
@@ -147,14 +166,27 @@ def _variables(rng: random.Random, sentences: Sequence[str]) -> str:
             lines.insert(position, statement)
         if c == 0:
             answer_names, value = vs, start
-    question = rng.choice(("Question: Find all variables that are assigned the value {v} in the text above.",
-                           "Which variables are assigned the value {v}?"))
-    answer = rng.choice(("Answer: According to the chain(s) of variable assignment in the text above, {n} variables "
-                         "are assigned the value {v}, they are: {names}",
-                         "Answer: {names}"))
-    return "\n".join(["Track the chains of variable assignment in the following text.", "\n".join(lines),
-                      question.format(v=value),
-                      answer.format(n=len(answer_names), v=value, names=" ".join(answer_names))])
+    question = rng.choice(
+        (
+            "Question: Find all variables that are assigned the value {v} in the text above.",
+            "Which variables are assigned the value {v}?",
+        )
+    )
+    answer = rng.choice(
+        (
+            "Answer: According to the chain(s) of variable assignment in the text above, {n} variables "
+            "are assigned the value {v}, they are: {names}",
+            "Answer: {names}",
+        )
+    )
+    return "\n".join(
+        [
+            "Track the chains of variable assignment in the following text.",
+            "\n".join(lines),
+            question.format(v=value),
+            answer.format(n=len(answer_names), v=value, names=" ".join(answer_names)),
+        ]
+    )
 
 
 def _word_list(rng: random.Random, sentences: Sequence[str]) -> str:
@@ -166,9 +198,11 @@ def _word_list(rng: random.Random, sentences: Sequence[str]) -> str:
     rng.shuffle(listed)
     numbered = " ".join(f"{i + 1}. {w}" for i, w in enumerate(listed))
     answer = " ".join(f"{i + 1}. {w}" for i, w in enumerate(common))
-    return (f"Below is a numbered list of words. Some words appear more often than others.\n{numbered}\n"
-            f"Question: What are the {top} most common words in the above list?\n"
-            f"Answer: The top {top} words that appear most often in the list are: {answer}")
+    return (
+        f"Below is a numbered list of words. Some words appear more often than others.\n{numbered}\n"
+        f"Question: What are the {top} most common words in the above list?\n"
+        f"Answer: The top {top} words that appear most often in the list are: {answer}"
+    )
 
 
 def _coded(rng: random.Random, sentences: Sequence[str]) -> str:
@@ -182,10 +216,12 @@ def _coded(rng: random.Random, sentences: Sequence[str]) -> str:
         counts[i - 1] = max(counts[i - 1], counts[i] + 1)
     text = [w for w, c in zip(vocab, counts) for _ in range(c)]
     rng.shuffle(text)
-    return (f"Read the following coded text and count how often each coded word appears. {' '.join(text)}\n"
-            "Question: What are the three most frequently appeared words in the above coded text?\n"
-            f"Answer: According to the coded text above, the three most frequently appeared words are: "
-            f"{' '.join(vocab[:3])}")
+    return (
+        f"Read the following coded text and count how often each coded word appears. {' '.join(text)}\n"
+        "Question: What are the three most frequently appeared words in the above coded text?\n"
+        f"Answer: According to the coded text above, the three most frequently appeared words are: "
+        f"{' '.join(vocab[:3])}"
+    )
 
 
 _MAKERS = {"needle": _needle, "kv_list": _kv_list, "variables": _variables, "words": _word_list, "coded": _coded}

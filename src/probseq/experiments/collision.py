@@ -104,15 +104,25 @@ class CollisionConfig:
     impl: Literal["chunked", "recurrent"] = "chunked"
 
     def __post_init__(self) -> None:
-        reals = dict(beta=self.beta, gdn_alpha=self.gdn_alpha, noise_std=self.noise_std,
-                     collision_rho=self.collision_rho, **{f"gammas[{i}]": g for i, g in enumerate(self.gammas)},
-                     **{f"rhos[{i}]": rho for i, rho in enumerate(self.rhos)})
+        reals = dict(
+            beta=self.beta,
+            gdn_alpha=self.gdn_alpha,
+            noise_std=self.noise_std,
+            collision_rho=self.collision_rho,
+            **{f"gammas[{i}]": g for i, g in enumerate(self.gammas)},
+            **{f"rhos[{i}]": rho for i, rho in enumerate(self.rhos)},
+        )
         for name, value in reals.items():  # NaN passes every comparison below
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
-        positive = dict(key_dim=self.key_dim, value_dim=self.value_dim, batch_trials=self.batch_trials,
-                        max_repeats=self.max_repeats, capacity_points=self.capacity_points,
-                        confident_writes=self.confident_writes)
+        positive = dict(
+            key_dim=self.key_dim,
+            value_dim=self.value_dim,
+            batch_trials=self.batch_trials,
+            max_repeats=self.max_repeats,
+            capacity_points=self.capacity_points,
+            confident_writes=self.confident_writes,
+        )
         for name, value in positive.items():
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -136,13 +146,22 @@ PRESETS: dict[str, CollisionConfig] = {
     # CPU, well under 2 minutes on 2 cores.
     "quick": CollisionConfig(),
     # Paper scale: K = 64, n up to 256 random keys, thousands of trials.
-    "full": CollisionConfig(key_dim=64, value_dim=16, trials=4096, batch_trials=1024, max_repeats=1024,
-                            rhos=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99),
-                            capacity_points=64, confident_writes=64, colliding_writes=512),
+    "full": CollisionConfig(
+        key_dim=64,
+        value_dim=16,
+        trials=4096,
+        batch_trials=1024,
+        max_repeats=1024,
+        rhos=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99),
+        capacity_points=64,
+        confident_writes=64,
+        colliding_writes=512,
+    ),
 }
 
 
 # ---------------------------------------------------------------------------------------------- models
+
 
 @dataclass(frozen=True)
 class Model:
@@ -157,10 +176,12 @@ class Model:
 
 def models(config: CollisionConfig) -> list[Model]:
     """The compared memories, in plotting order; all write with ``β = config.beta``."""
-    return [Model("linear_attention", "linear attention", "linear"),
-            Model("deltanet", f"DeltaNet (β={config.beta:g})", "delta"),
-            Model("gated_deltanet", f"Gated DeltaNet (α={config.gdn_alpha:g})", "delta", alpha=config.gdn_alpha),
-            *(Model(f"bayes_gamma{g:g}", f"Bayesian (γ={g:g})", "bayes", gamma=g) for g in config.gammas)]
+    return [
+        Model("linear_attention", "linear attention", "linear"),
+        Model("deltanet", f"DeltaNet (β={config.beta:g})", "delta"),
+        Model("gated_deltanet", f"Gated DeltaNet (α={config.gdn_alpha:g})", "delta", alpha=config.gdn_alpha),
+        *(Model(f"bayes_gamma{g:g}", f"Bayesian (γ={g:g})", "bayes", gamma=g) for g in config.gammas),
+    ]
 
 
 def write_noise(model: Model, beta: float) -> float:
@@ -168,8 +189,9 @@ def write_noise(model: Model, beta: float) -> float:
     return theory.noise_from_strength(beta, R_MIN if model.kind == "bayes" else 0.0)
 
 
-def run_model(model: Model, config: CollisionConfig, q: Tensor, k: Tensor, v: Tensor, *,
-              final_state: bool = False) -> FilterOutput:
+def run_model(
+    model: Model, config: CollisionConfig, q: Tensor, k: Tensor, v: Tensor, *, final_state: bool = False
+) -> FilterOutput:
     """Filter ``q, k [B, T, K]``, ``v [B, T, V]`` with ``H = 1``, ``scale = 1``, in slices of trials.
 
     Returns:
@@ -196,12 +218,14 @@ def _filter(model: Model, config: CollisionConfig, q: Tensor, k: Tensor, v: Tens
     if model.kind == "delta" and model.alpha == 1:
         return presets.deltanet(q, k, v, gate(config.beta), chunk_size=chunk, **common)
     if model.kind == "delta":
-        return presets.gated_deltanet(q, k, v, gate(math.log(model.alpha)), gate(config.beta), chunk_size=chunk,
-                                      **common)
+        return presets.gated_deltanet(
+            q, k, v, gate(math.log(model.alpha)), gate(config.beta), chunk_size=chunk, **common
+        )
     return bayes_filter(q, k, v, None, gate(config.beta), gate(model.gamma), chunk_size=chunk, **common)
 
 
 # ---------------------------------------------------------------------------------------------- statistics
+
 
 def summarise(samples: Tensor, expected: Tensor | None) -> dict[str, Any]:
     """``samples [trials, X]`` → mean, 95% CI half-width and (if given) theory with its agreement."""
@@ -250,9 +274,10 @@ def keys_with_cosine(gen: torch.Generator, rho: Tensor, key_dim: int) -> tuple[T
 
 # ---------------------------------------------------------------------------------------------- scenarios
 
+
 def repeated_key(model: Model, config: CollisionConfig, gen: torch.Generator) -> dict[str, Any]:
     """(a) One key per trial written ``n = 1..N`` times with values ``v + σ ξ_i``; read it after each write."""
-    trials, length, noise_var = config.trials, config.max_repeats, config.noise_std ** 2
+    trials, length, noise_var = config.trials, config.max_repeats, config.noise_std**2
     k = unit_vectors(gen, trials, 1, config.key_dim).expand(trials, length, config.key_dim)
     clean = random_values(gen, trials, 1, config.value_dim)
     noisy = clean + config.noise_std * torch.randn(trials, length, config.value_dim, generator=gen, dtype=F64)
@@ -267,8 +292,9 @@ def repeated_key(model: Model, config: CollisionConfig, gen: torch.Generator) ->
     elif model.gamma == 1:
         expected = theory.noisy_collision_error_bayes(n, r, noise_var)
     else:
-        expected = theory.noisy_collision_curve(theory.gain_sequence(length, model.gamma, r).gain, noise_var,
-                                                alpha=model.alpha)
+        expected = theory.noisy_collision_curve(
+            theory.gain_sequence(length, model.gamma, r).gain, noise_var, alpha=model.alpha
+        )
     return {"x": n.tolist(), "metrics": {"error": summarise(error, expected)}}
 
 
@@ -320,8 +346,13 @@ def random_keys(model: Model, config: CollisionConfig, gen: torch.Generator) -> 
         expected_signal = theory.delta_retained_signal(n - 1, config.beta, key_dim, model.alpha)
     elif ridge:
         expected_error = torch.stack(ridge)
-    return {"x": ns, "metrics": {"error": summarise(torch.stack(errors, 1), expected_error),
-                                 "signal": summarise(torch.stack(signals, 1), expected_signal)}}
+    return {
+        "x": ns,
+        "metrics": {
+            "error": summarise(torch.stack(errors, 1), expected_error),
+            "signal": summarise(torch.stack(signals, 1), expected_signal),
+        },
+    }
 
 
 def confident_memory(model: Model, config: CollisionConfig, gen: torch.Generator) -> dict[str, Any]:
@@ -331,7 +362,7 @@ def confident_memory(model: Model, config: CollisionConfig, gen: torch.Generator
     k = torch.cat([a[:, None].expand(trials, n, -1), b[:, None].expand(trials, m, -1)], 1)
     values = random_values(gen, trials, 2, config.value_dim)
     v = torch.cat([values[:, :1].expand(trials, n, -1), values[:, 1:].expand(trials, m, -1)], 1)
-    readout = run_model(model, config, a[:, None].expand_as(k), k, v).output[:, n - 1:]  # m = 0..M
+    readout = run_model(model, config, a[:, None].expand_as(k), k, v).output[:, n - 1 :]  # m = 0..M
     error = channel_error(readout, values[:, :1])
 
     steps = torch.arange(m + 1, dtype=F64)
@@ -359,11 +390,13 @@ class Scenario:
 
 SCENARIOS: dict[str, Scenario] = {
     "repeated_key": Scenario(repeated_key, "(a) one key, noisy values", "writes n", True, True),
-    "overlapping_keys": Scenario(overlapping_keys, "(b) two keys with cosine ρ, read the first", "cosine ρ",
-                                 False, False),
+    "overlapping_keys": Scenario(
+        overlapping_keys, "(b) two keys with cosine ρ, read the first", "cosine ρ", False, False
+    ),
     "random_keys": Scenario(random_keys, "(c) n random keys (capacity)", "pairs n", False, False),
-    "confident_memory": Scenario(confident_memory, "(d) confident memory, then colliding writes",
-                                 "colliding writes m", False, True),
+    "confident_memory": Scenario(
+        confident_memory, "(d) confident memory, then colliding writes", "colliding writes m", False, True
+    ),
 }
 
 
@@ -373,8 +406,12 @@ def unit_seed(seed: int, scenario: str, model: str) -> int:
 
 
 # A unit's result: the x values and, per metric, mean / CI / theory curves of the same length (what is cached).
-CURVE_SPEC = {"mean": ListOf(NUMBER), "ci95": ListOf(NUMBER), "theory": (ListOf(NUMBER), type(None)),
-              "agreement": ({"max_abs_diff": NUMBER, "max_diff_over_ci": NUMBER, "within_ci": NUMBER}, type(None))}
+CURVE_SPEC = {
+    "mean": ListOf(NUMBER),
+    "ci95": ListOf(NUMBER),
+    "theory": (ListOf(NUMBER), type(None)),
+    "agreement": ({"max_abs_diff": NUMBER, "max_diff_over_ci": NUMBER, "within_ci": NUMBER}, type(None)),
+}
 UNIT_SPEC = {"x": ListOf(NUMBER), "metrics": MapOf(CURVE_SPEC)}
 METRICS = {"random_keys": ("error", "signal")}  # every other scenario: ("error",)
 
@@ -419,21 +456,29 @@ def run_unit(scenario: str, model: Model, config: CollisionConfig) -> dict[str, 
 
 # ---------------------------------------------------------------------------------------------- outputs
 
+
 def scenario_notes(config: CollisionConfig) -> dict[str, dict[str, Any]]:
     """What each scenario fixes, and reference curves that belong to no single model."""
     r = theory.noise_from_strength(config.beta, 0.0)
     ns = torch.tensor(capacity_grid(config), dtype=F64)
     return {
-        "repeated_key": {"noise_std": config.noise_std,
-                         "delta_plateau": theory.delta_noise_plateau(config.beta, config.noise_std ** 2)},
+        "repeated_key": {
+            "noise_std": config.noise_std,
+            "delta_plateau": theory.delta_noise_plateau(config.beta, config.noise_std**2),
+        },
         "overlapping_keys": {},
-        "random_keys": {"ridge_plateau_r0": theory.capacity_plateau(ns, config.key_dim).tolist(),
-                        "key_dim": config.key_dim},
-        "confident_memory": {"confident_writes": config.confident_writes, "rho": config.collision_rho,
-                             "bayes_interference_factor": theory.bayes_interference_factor(
-                                 config.confident_writes, config.collision_rho, r),
-                             "delta_interference_factor": theory.delta_interference_factor(
-                                 config.collision_rho, config.beta)},
+        "random_keys": {
+            "ridge_plateau_r0": theory.capacity_plateau(ns, config.key_dim).tolist(),
+            "key_dim": config.key_dim,
+        },
+        "confident_memory": {
+            "confident_writes": config.confident_writes,
+            "rho": config.collision_rho,
+            "bayes_interference_factor": theory.bayes_interference_factor(
+                config.confident_writes, config.collision_rho, r
+            ),
+            "delta_interference_factor": theory.delta_interference_factor(config.collision_rho, config.beta),
+        },
     }
 
 
@@ -443,9 +488,18 @@ def csv_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         for model, unit in entry["models"].items():
             for metric, values in unit["metrics"].items():
                 theory_values = values["theory"] or [None] * len(unit["x"])
-                rows += [dict(scenario=scenario, model=model, metric=metric, x=x, mean=mu, ci95=ci,
-                              theory="" if th is None else th)
-                         for x, mu, ci, th in zip(unit["x"], values["mean"], values["ci95"], theory_values)]
+                rows += [
+                    dict(
+                        scenario=scenario,
+                        model=model,
+                        metric=metric,
+                        x=x,
+                        mean=mu,
+                        ci95=ci,
+                        theory="" if th is None else th,
+                    )
+                    for x, mu, ci, th in zip(unit["x"], values["mean"], values["ci95"], theory_values)
+                ]
     return rows
 
 
@@ -478,12 +532,24 @@ def plot_scenario(name: str, entry: dict[str, Any], labels: dict[str, str], path
             keep = _marker_indices(len(x), spec.log_x)
             if log_y:  # exact zeros up to rounding (e.g. linear attention on orthogonal keys) have no log
                 keep = [i for i in keep if values["mean"][i] > 1e-20]
-            ax.errorbar([x[i] for i in keep], [values["mean"][i] for i in keep],
-                        yerr=[values["ci95"][i] for i in keep], fmt="o", ms=3.5, capsize=2, color=color,
-                        label=labels[model])
+            ax.errorbar(
+                [x[i] for i in keep],
+                [values["mean"][i] for i in keep],
+                yerr=[values["ci95"][i] for i in keep],
+                fmt="o",
+                ms=3.5,
+                capsize=2,
+                color=color,
+                label=labels[model],
+            )
         if name == "random_keys" and metric == "error":
-            ax.plot(next(iter(entry["models"].values()))["x"], entry["notes"]["ridge_plateau_r0"], "k--", lw=1,
-                    label="ridge plateau as r → 0: (1 − K/n)₊")
+            ax.plot(
+                next(iter(entry["models"].values()))["x"],
+                entry["notes"]["ridge_plateau_r0"],
+                "k--",
+                lw=1,
+                label="ridge plateau as r → 0: (1 − K/n)₊",
+            )
             ax.axvline(entry["notes"]["key_dim"], color="0.6", lw=0.8)
         if spec.log_x:
             ax.set_xscale("log")
@@ -515,14 +581,21 @@ def format_table(results: dict[str, Any]) -> str:
         spec = SCENARIOS[name]
         xs = next(iter(entry["models"].values()))["x"]
         picks = _pick(xs, spec.log_x)
-        lines += [f"**{spec.title}** — error per value channel, mean ± 95% CI (theory)", "",
-                  "| model | " + " | ".join(f"{spec.x_label.split()[-1]} = {xs[i]:g}" for i in picks)
-                  + " | max \\|sim − theory\\| / CI |",
-                  "|---|" + "---:|" * (len(picks) + 1)]
+        lines += [
+            f"**{spec.title}** — error per value channel, mean ± 95% CI (theory)",
+            "",
+            "| model | "
+            + " | ".join(f"{spec.x_label.split()[-1]} = {xs[i]:g}" for i in picks)
+            + " | max \\|sim − theory\\| / CI |",
+            "|---|" + "---:|" * (len(picks) + 1),
+        ]
         for model, unit in entry["models"].items():
             error = unit["metrics"]["error"]
-            cells = [f"{error['mean'][i]:.3g} ± {error['ci95'][i]:.2g}"
-                     + ("" if error["theory"] is None else f" ({error['theory'][i]:.3g})") for i in picks]
+            cells = [
+                f"{error['mean'][i]:.3g} ± {error['ci95'][i]:.2g}"
+                + ("" if error["theory"] is None else f" ({error['theory'][i]:.3g})")
+                for i in picks
+            ]
             agree = "—" if error["agreement"] is None else f"{error['agreement']['max_diff_over_ci']:.2g}"
             lines.append(f"| {labels[model]} | " + " | ".join(cells) + f" | {agree} |")
         lines.append("")
@@ -549,13 +622,24 @@ def run_collision(config: CollisionConfig, out: str | Path) -> dict[str, Any]:
         if unit is None:
             unit = run_unit(scenario, model, config)
             cache.put(name, unit)
-        entry = scenarios.setdefault(scenario, {"title": SCENARIOS[scenario].title,
-                                                "x_label": SCENARIOS[scenario].x_label,
-                                                "notes": notes[scenario], "models": {}})
+        entry = scenarios.setdefault(
+            scenario,
+            {
+                "title": SCENARIOS[scenario].title,
+                "x_label": SCENARIOS[scenario].x_label,
+                "notes": notes[scenario],
+                "models": {},
+            },
+        )
         entry["models"][model.name] = unit
-    results = {"config": dataclasses.asdict(config), "seed": config.seed, "environment": environment(),
-               "models": [dataclasses.asdict(m) for m in compared], "scenarios": scenarios,
-               "runtime_s": time.perf_counter() - started}
+    results = {
+        "config": dataclasses.asdict(config),
+        "seed": config.seed,
+        "environment": environment(),
+        "models": [dataclasses.asdict(m) for m in compared],
+        "scenarios": scenarios,
+        "runtime_s": time.perf_counter() - started,
+    }
     labels = {m.name: m.label for m in compared}
     for scenario, entry in scenarios.items():
         plot_scenario(scenario, entry, labels, out / f"collision_{scenario}.png")
@@ -567,10 +651,13 @@ def run_collision(config: CollisionConfig, out: str | Path) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- CLI
 
+
 def main(args: argparse.Namespace) -> int:
     config = apply_overrides(dataclasses.replace(PRESETS[args.preset], seed=args.seed), args.overrides)
     results = run_collision(config, args.out)
     print(format_table(results))
-    print(f"wrote {args.out}/results.json, collision.csv and {len(results['scenarios'])} plots "
-          f"in {results['runtime_s']:.1f} s")
+    print(
+        f"wrote {args.out}/results.json, collision.csv and {len(results['scenarios'])} plots "
+        f"in {results['runtime_s']:.1f} s"
+    )
     return 0

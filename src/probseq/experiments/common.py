@@ -46,10 +46,22 @@ def format_eval_table(rows: list[dict[str, Any]], point: Callable[[dict[str, Any
             recorded = row.get("recorded_accuracy")
             return f"{row['accuracy']:.3f}" + ("" if recorded is None else f" [{recorded:.3f}]")
 
-        lines.append(f"| {name} | {first['mixer']} | {first['learning_rate']:g} | {first['seed']} | "
-                     + " | ".join(cell(cells.get(p)) for p in points) + " |")
-    return "\n".join(lines + ["", "Test accuracy of each run's final weights; [recorded]: the accuracy the run "
-                                   "recorded at that point (same data)."]) + "\n"
+        lines.append(
+            f"| {name} | {first['mixer']} | {first['learning_rate']:g} | {first['seed']} | "
+            + " | ".join(cell(cells.get(p)) for p in points)
+            + " |"
+        )
+    return (
+        "\n".join(
+            lines
+            + [
+                "",
+                "Test accuracy of each run's final weights; [recorded]: the accuracy the run "
+                "recorded at that point (same data).",
+            ]
+        )
+        + "\n"
+    )
 
 
 def over_seeds(seeds: int) -> str:
@@ -68,15 +80,20 @@ def accuracy_cell(point: dict[str, Any]) -> str:
 
 def diverged_note(points: list[dict[str, Any]]) -> str:
     """`` Diverged (not candidates): mixer lr …`` for the learning rates with a diverged run, or ``""``."""
-    rates = {p["mixer"] + (f" (d={p['d_model']})" if "d_model" in p else ""): p.get("diverged_lrs", [])
-             for p in points}
+    rates = {p["mixer"] + (f" (d={p['d_model']})" if "d_model" in p else ""): p.get("diverged_lrs", []) for p in points}
     listed = [f"{model} lr {', '.join(f'{lr:g}' for lr in lrs)}" for model, lrs in rates.items() if lrs]
     return f" Diverged (not candidates): {'; '.join(listed)}." if listed else ""
 
 
-def evaluate_saved_runs(path: str | os.PathLike, experiment: str, plan: Callable[[Any], dict[str, tuple]],
-                        point_columns: Callable[[Any, Any], dict[str, Any]], point: Callable[[dict[str, Any]], str],
-                        batch_size: int | None = None, log=None) -> list[dict[str, Any]]:
+def evaluate_saved_runs(
+    path: str | os.PathLike,
+    experiment: str,
+    plan: Callable[[Any], dict[str, tuple]],
+    point_columns: Callable[[Any, Any], dict[str, Any]],
+    point: Callable[[dict[str, Any]], str],
+    batch_size: int | None = None,
+    log=None,
+) -> list[dict[str, Any]]:
     """Score the saved runs of ``experiment`` at ``path`` (a run folder, or every run under a folder;
     :mod:`probseq.train.saved`) without training: ``plan(run)`` gives each run's test segments
     ``{name: (split, seed, tested_in_run)}`` — every run is planned (and checked) before the first is evaluated.
@@ -94,17 +111,29 @@ def evaluate_saved_runs(path: str | os.PathLike, experiment: str, plan: Callable
         generated = {f"test_{name}": data.generate(split, seed) for name, (split, seed, _) in segments.items()}
         evaluation, state_bytes = evaluate_run(run, generated, batch_size)
         for name, (split, seed, tested) in segments.items():
-            rows.append({**identity_columns(run), **point_columns(run, split), "state_bytes": state_bytes,
-                         "num_examples": split.num_examples, "point_seed": seed, "tested_in_run": tested,
-                         "recorded_accuracy": recorded_accuracy(run, f"test_{name}") if tested else None,
-                         **evaluation[f"test_{name}"], "status": "ok"})
-        log(f"[{index}/{len(plans)}] {run.name}: " + ", ".join(f"{point(row)} {row['accuracy']:.3f}"
-                                                              for row in rows[-len(segments):]))
+            rows.append(
+                {
+                    **identity_columns(run),
+                    **point_columns(run, split),
+                    "state_bytes": state_bytes,
+                    "num_examples": split.num_examples,
+                    "point_seed": seed,
+                    "tested_in_run": tested,
+                    "recorded_accuracy": recorded_accuracy(run, f"test_{name}") if tested else None,
+                    **evaluation[f"test_{name}"],
+                    "status": "ok",
+                }
+            )
+        log(
+            f"[{index}/{len(plans)}] {run.name}: "
+            + ", ".join(f"{point(row)} {row['accuracy']:.3f}" for row in rows[-len(segments) :])
+        )
     return rows
 
 
-def run_eval_command(args, evaluate_saved: Callable[..., list[dict[str, Any]]],
-                     point: Callable[[dict[str, Any]], str]) -> int:
+def run_eval_command(
+    args, evaluate_saved: Callable[..., list[dict[str, Any]]], point: Callable[[dict[str, Any]], str]
+) -> int:
     """``probseq <experiment> eval``: score the saved runs under ``args.run_dir`` at ``args.points`` with the
     experiment's ``evaluate_saved``, write the rows to ``args.out`` (CSV) and print them (``point`` labels a row)."""
     from probseq.files import check_writable_file
@@ -125,11 +154,16 @@ def report_diverged(diverged: list[str], total: int) -> int:
     if not diverged:
         return 0
     if len(diverged) == total:
-        print(f"every unit diverged ({', '.join(diverged)}): the tables hold no result; lower the learning rates",
-              file=sys.stderr)
+        print(
+            f"every unit diverged ({', '.join(diverged)}): the tables hold no result; lower the learning rates",
+            file=sys.stderr,
+        )
         return 1
-    print(f"{len(diverged)} of {total} units diverged ({', '.join(diverged)}): recorded as diverged, their "
-          "learning rates not chosen", file=sys.stderr)
+    print(
+        f"{len(diverged)} of {total} units diverged ({', '.join(diverged)}): recorded as diverged, their "
+        "learning rates not chosen",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -182,6 +216,20 @@ def environment() -> dict[str, Any]:
 apply_overrides = with_overrides
 
 
-__all__ = ["ResultCache", "accuracy_cell", "apply_overrides", "config_hash", "diverged_note", "environment",
-           "evaluate_saved_runs", "finish_panel", "format_eval_table", "legend_if_any", "over_seeds", "report_diverged",
-           "run_eval_command", "save_panels", "write_csv"]
+__all__ = [
+    "ResultCache",
+    "accuracy_cell",
+    "apply_overrides",
+    "config_hash",
+    "diverged_note",
+    "environment",
+    "evaluate_saved_runs",
+    "finish_panel",
+    "format_eval_table",
+    "legend_if_any",
+    "over_seeds",
+    "report_diverged",
+    "run_eval_command",
+    "save_panels",
+    "write_csv",
+]

@@ -23,9 +23,11 @@ def pretrain_main(args) -> int:
     config = pretrain_config(args.preset, args.set)
     check_writable(args.out)
     log = pretrain(config, args.out)
-    print(f"wrote {args.out}: fla GatedDeltaNetForCausalLM, {log['num_parameters']:,} parameters, "
-          f"{log['tokens']:,} tokens in {log['steps']} steps, {log['seconds_per_step']:.3f} s/step "
-          f"({log['tokens_per_second']:,.0f} tokens/s), valid loss {_loss(log['valid_loss'])}")
+    print(
+        f"wrote {args.out}: fla GatedDeltaNetForCausalLM, {log['num_parameters']:,} parameters, "
+        f"{log['tokens']:,} tokens in {log['steps']} steps, {log['seconds_per_step']:.3f} s/step "
+        f"({log['tokens_per_second']:,.0f} tokens/s), valid loss {_loss(log['valid_loss'])}"
+    )
     return 0
 
 
@@ -37,8 +39,11 @@ def distill_main(args) -> int:
     log = distill(config, args.out)
     stages = ", ".join(f"stage {s['stage']} {s['objective']} {s['steps']} steps" for s in log["stages"])
     final = log["eval"].get("after_stage2") or {}
-    print(f"wrote {args.out}: {log['arm']} arm, {log['tokens']:,} tokens ({stages})"
-          + (f"; valid KL {_loss(final['kl'])}, LM {_loss(final['lm'])}" if final else ""), file=sys.stdout)
+    print(
+        f"wrote {args.out}: {log['arm']} arm, {log['tokens']:,} tokens ({stages})"
+        + (f"; valid KL {_loss(final['kl'])}, LM {_loss(final['lm'])}" if final else ""),
+        file=sys.stdout,
+    )
     return 0
 
 

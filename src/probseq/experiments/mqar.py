@@ -97,8 +97,10 @@ class MQARConfig(TrainingSweep):
             if any(len(s) != 2 for s in getattr(self, name)):
                 raise ValueError(f"{name} must be [seq_len, num_kv_pairs] pairs, got {getattr(self, name)}")
         if len(self.train_examples) != len(self.train_segments):
-            raise ValueError(f"train_examples needs one count per train segment ({len(self.train_segments)}), "
-                             f"got {self.train_examples}")
+            raise ValueError(
+                f"train_examples needs one count per train segment ({len(self.train_segments)}), "
+                f"got {self.train_examples}"
+            )
         # every run's config is validated here, before any work (segment shapes, vocabulary, d_model, …)
         for mixer in self.mixers:
             for d_model in self.d_models:
@@ -109,36 +111,64 @@ class MQARConfig(TrainingSweep):
         return max(k for _, k in self.train_segments)
 
     def data(self) -> MQARData:
-        return MQARData(vocab_size=self.vocab_size,
-                        train=tuple(MQARSplit(t, k, n) for (t, k), n in zip(self.train_segments, self.train_examples)),
-                        valid=tuple(MQARSplit(t, k, self.valid_examples) for t, k in self.test_segments),
-                        test=tuple(MQARSplit(t, k, self.test_examples) for t, k in self.test_segments))
+        return MQARData(
+            vocab_size=self.vocab_size,
+            train=tuple(MQARSplit(t, k, n) for (t, k), n in zip(self.train_segments, self.train_examples)),
+            valid=tuple(MQARSplit(t, k, self.valid_examples) for t, k in self.test_segments),
+            test=tuple(MQARSplit(t, k, self.test_examples) for t, k in self.test_segments),
+        )
 
     def train_config(self, mixer: str, d_model: int, lr: float, seed: int) -> TrainConfig:
         return self.run_config(mixer, d_model, self.data(), lr, seed)
 
     def units(self) -> list[Unit]:
-        return [Unit(f"{mixer}-d{d}-lr{lr:g}-s{seed}", self.train_config(mixer, d, lr, seed))
-                for mixer in self.mixers for d in self.d_models for lr in self.learning_rates for seed in self.seeds]
+        return [
+            Unit(f"{mixer}-d{d}-lr{lr:g}-s{seed}", self.train_config(mixer, d, lr, seed))
+            for mixer in self.mixers
+            for d in self.d_models
+            for lr in self.learning_rates
+            for seed in self.seeds
+        ]
 
 
 PRESETS: dict[str, MQARConfig] = {
     # The demo (CPU, minutes): small vocabulary and segments, two learning rates, one seed.
-    "quick": MQARConfig(learning_rates=(3e-3, 1e-2), seeds=(0,), vocab_size=256, train_segments=((32, 4), (32, 8)),
-                        train_examples=(4_000, 4_000), test_segments=((32, 4), (32, 8), (64, 16), (128, 32)),
-                        test_examples=256, valid_examples=128, max_steps=400, batch_size=32, warmup=0.05,
-                        eval_batch_size=128, save_steps=50, num_threads=1),
+    "quick": MQARConfig(
+        learning_rates=(3e-3, 1e-2),
+        seeds=(0,),
+        vocab_size=256,
+        train_segments=((32, 4), (32, 8)),
+        train_examples=(4_000, 4_000),
+        test_segments=((32, 4), (32, 8), (64, 16), (128, 32)),
+        test_examples=256,
+        valid_examples=128,
+        max_steps=400,
+        batch_size=32,
+        warmup=0.05,
+        eval_batch_size=128,
+        save_steps=50,
+        num_threads=1,
+    ),
     # CPU, hours in the background: Zoology's segments and test points at d_model 64, fewer examples and steps.
     "cpu": MQARConfig(),
     # Zoology's grid for a GPU (documented, not run here): 100k + 4 × 20k examples, batch 256, 32 epochs, and
     # Zoology's 2-layer model (one conv block, one mixer).
-    "paper": MQARConfig(d_models=(64, 128, 256), learning_rates=(1e-3, 3.1623e-3, 1e-2, 3.1623e-2),
-                        train_examples=(100_000, 20_000, 20_000, 20_000, 20_000), max_steps=22_500, batch_size=256,
-                        eval_batch_size=32, precision="bf16", save_steps=1_000, n_layers=2),
+    "paper": MQARConfig(
+        d_models=(64, 128, 256),
+        learning_rates=(1e-3, 3.1623e-3, 1e-2, 3.1623e-2),
+        train_examples=(100_000, 20_000, 20_000, 20_000, 20_000),
+        max_steps=22_500,
+        batch_size=256,
+        eval_batch_size=32,
+        precision="bf16",
+        save_steps=1_000,
+        n_layers=2,
+    ),
 }
 
 
 # ------------------------------------------------------------------------------------------ results
+
 
 def summarise(config: MQARConfig, metrics: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (mixer, d_model, test point): best lr by validation, test accuracy mean ± CI95."""
@@ -146,29 +176,60 @@ def summarise(config: MQARConfig, metrics: dict[str, dict[str, Any]]) -> list[di
     points = []
     for mixer in config.mixers:
         for d_model in config.d_models:
-            runs = [{"learning_rate": units[name].learning_rate, "seed": units[name].seed, "metrics": m}
-                    for name, m in metrics.items()
-                    if units[name].model.mixer == mixer and units[name].model.d_model == d_model]
+            runs = [
+                {"learning_rate": units[name].learning_rate, "seed": units[name].seed, "metrics": m}
+                for name, m in metrics.items()
+                if units[name].model.mixer == mixer and units[name].model.d_model == d_model
+            ]
             state_bytes = runs[0]["metrics"]["state_bytes"]
             for seq_len, kv in config.test_segments:
                 best = best_by_validation(runs, MQARSplit(seq_len, kv, 1).name)
-                points.append({"mixer": mixer, "d_model": d_model, "seq_len": seq_len, "num_kv_pairs": kv,
-                               "beyond_training": kv > config.max_train_kv, "state_bytes": state_bytes, **best})
+                points.append(
+                    {
+                        "mixer": mixer,
+                        "d_model": d_model,
+                        "seq_len": seq_len,
+                        "num_kv_pairs": kv,
+                        "beyond_training": kv > config.max_train_kv,
+                        "state_bytes": state_bytes,
+                        **best,
+                    }
+                )
     return points
 
 
 def csv_rows(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per point; ``status`` is ``diverged`` (and the lr and accuracies empty) when every lr diverged."""
-    return [{k: p[k] for k in ("mixer", "d_model", "seq_len", "num_kv_pairs", "beyond_training", "state_bytes",
-                               "best_lr", "valid_accuracy", "accuracy", "ci95")}
-            | {"seeds": len(p["accuracies"]), "status": p.get("status", "ok")} for p in points]
+    return [
+        {
+            k: p[k]
+            for k in (
+                "mixer",
+                "d_model",
+                "seq_len",
+                "num_kv_pairs",
+                "beyond_training",
+                "state_bytes",
+                "best_lr",
+                "valid_accuracy",
+                "accuracy",
+                "ci95",
+            )
+        }
+        | {"seeds": len(p["accuracies"]), "status": p.get("status", "ok")}
+        for p in points
+    ]
 
 
 def unit_columns(unit: Unit) -> dict[str, Any]:
     """A run's columns in ``mqar_runs.csv`` and ``results.json`` (after its name): mixer, d_model, lr, seed."""
     config = unit.config
-    return {"mixer": config.model.mixer, "d_model": config.model.d_model, "learning_rate": config.learning_rate,
-            "seed": config.seed}
+    return {
+        "mixer": config.model.mixer,
+        "d_model": config.model.d_model,
+        "learning_rate": config.learning_rate,
+        "seed": config.seed,
+    }
 
 
 def format_table(results: dict[str, Any]) -> str:
@@ -184,12 +245,20 @@ def format_table(results: dict[str, Any]) -> str:
     for (mixer, d_model), cells in rows.items():
         name = mixer if len(config["d_models"]) == 1 else f"{mixer} (d={d_model})"
         first = next(iter(cells.values()))
-        lines.append(f"| {name} | {first['state_bytes']:,} | " + " | ".join(
-            accuracy_cell(cells[s]) + ("" if cells[s]["best_lr"] is None else f" (lr {cells[s]['best_lr']:g})")
-            for s in segments) + " |")
+        lines.append(
+            f"| {name} | {first['state_bytes']:,} | "
+            + " | ".join(
+                accuracy_cell(cells[s]) + ("" if cells[s]["best_lr"] is None else f" (lr {cells[s]['best_lr']:g})")
+                for s in segments
+            )
+            + " |"
+        )
     seeds = len(config["seeds"])
-    lines += ["", f"(T, k) test points; * beyond the training segments. Test accuracy at the learning rate chosen on "
-                  f"validation data, {over_seeds(seeds)}." + diverged_note(results["points"])]
+    lines += [
+        "",
+        f"(T, k) test points; * beyond the training segments. Test accuracy at the learning rate chosen on "
+        f"validation data, {over_seeds(seeds)}." + diverged_note(results["points"]),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -211,12 +280,21 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
     for ax, d_model in zip(axes[0], d_models):
         plotted = False
         for mixer in mixers:
-            rows = sorted((p for p in points if p["mixer"] == mixer and p["d_model"] == d_model
-                           and p["accuracy"] is not None), key=lambda p: (p["num_kv_pairs"], p["seq_len"]))
+            rows = sorted(
+                (p for p in points if p["mixer"] == mixer and p["d_model"] == d_model and p["accuracy"] is not None),
+                key=lambda p: (p["num_kv_pairs"], p["seq_len"]),
+            )
             if rows:  # a mixer whose every lr diverged at every point has no line (and no legend entry)
-                ax.errorbar([p["num_kv_pairs"] for p in rows], [p["accuracy"] for p in rows],
-                            yerr=[p["ci95"] for p in rows], marker="o", ms=4, capsize=2, color=colors[mixer],
-                            label=mixer)
+                ax.errorbar(
+                    [p["num_kv_pairs"] for p in rows],
+                    [p["accuracy"] for p in rows],
+                    yerr=[p["ci95"] for p in rows],
+                    marker="o",
+                    ms=4,
+                    capsize=2,
+                    color=colors[mixer],
+                    label=mixer,
+                )
                 plotted = True
         ax.axhline(1 / (config["vocab_size"] - config["vocab_size"] // 2), color="0.4", lw=0.8, ls=":")
         if finish_panel(ax, plotted):
@@ -229,8 +307,13 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
         ax.set_ylabel("MQAR accuracy")
         ax.set_title(f"d_model = {d_model}")
         ax.grid(alpha=0.3)
-    save_panels(fig, paths[0], "MQAR accuracy vs number of key-value pairs\n(best lr by validation, mean ± 95% CI "
-                "over seeds)", axes[0][0], fontsize=8)
+    save_panels(
+        fig,
+        paths[0],
+        "MQAR accuracy vs number of key-value pairs\n(best lr by validation, mean ± 95% CI over seeds)",
+        axes[0][0],
+        fontsize=8,
+    )
 
     segments = [tuple(s) for s in config["test_segments"]]
     inside = [s for s in segments if s[1] <= max_train]  # none when every test point lies beyond training
@@ -239,12 +322,27 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
     for ax, (seq_len, kv) in zip(axes[0], shown):
         plotted = False
         for mixer in mixers:
-            rows = sorted((p for p in points if p["mixer"] == mixer and p["accuracy"] is not None
-                           and (p["seq_len"], p["num_kv_pairs"]) == (seq_len, kv)), key=lambda p: p["state_bytes"])
+            rows = sorted(
+                (
+                    p
+                    for p in points
+                    if p["mixer"] == mixer
+                    and p["accuracy"] is not None
+                    and (p["seq_len"], p["num_kv_pairs"]) == (seq_len, kv)
+                ),
+                key=lambda p: p["state_bytes"],
+            )
             if rows:
-                ax.errorbar([p["state_bytes"] for p in rows], [p["accuracy"] for p in rows],
-                            yerr=[p["ci95"] for p in rows], marker="o", ms=5, capsize=2, color=colors[mixer],
-                            label=mixer)
+                ax.errorbar(
+                    [p["state_bytes"] for p in rows],
+                    [p["accuracy"] for p in rows],
+                    yerr=[p["ci95"] for p in rows],
+                    marker="o",
+                    ms=5,
+                    capsize=2,
+                    color=colors[mixer],
+                    label=mixer,
+                )
                 plotted = True
         if finish_panel(ax, plotted):
             ax.set_xscale("log")
@@ -256,22 +354,30 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
         ax.set_ylabel("MQAR accuracy")
         ax.set_title(f"(T, k) = ({seq_len}, {kv}){' beyond training' if kv > max_train else ''}")
         ax.grid(alpha=0.3, which="both")
-    save_panels(fig, paths[1], "MQAR accuracy vs state size\n(one marker per d_model; state after the longest train "
-                "sequence)", axes[0][0], fontsize=8)
+    save_panels(
+        fig,
+        paths[1],
+        "MQAR accuracy vs state size\n(one marker per d_model; state after the longest train sequence)",
+        axes[0][0],
+        fontsize=8,
+    )
     return paths
 
 
 def run_mqar(config: MQARConfig, out: str | Path, *, log=None) -> dict[str, Any]:
     """Run (or resume) the experiment into ``out``; write results.json, the CSVs and the plots; return the
     results (as saved). ``results["from_cache"]`` counts the units taken from the cache."""
-    return run_sweep("mqar", config, out, summarise=summarise, csv_rows=csv_rows, unit_columns=unit_columns,
-                     plot=plot, log=log)
+    return run_sweep(
+        "mqar", config, out, summarise=summarise, csv_rows=csv_rows, unit_columns=unit_columns, plot=plot, log=log
+    )
 
 
 # ------------------------------------------------------------------------------------------ saved runs
 
-def eval_segments(run, points: list[tuple[int, int]], examples: int | None = None
-                  ) -> dict[str, tuple[MQARSplit, int, bool]]:
+
+def eval_segments(
+    run, points: list[tuple[int, int]], examples: int | None = None
+) -> dict[str, tuple[MQARSplit, int, bool]]:
     """The test segments of ``points`` (``(T, k)``) for a saved run (:class:`probseq.train.saved.SavedRun`):
     ``{name: (split, seed, tested_in_run)}``. A point the run was tested at keeps its examples and seed (its own
     test data); another gets ``examples`` (default: the most of the run's test segments) and the seed
@@ -285,15 +391,25 @@ def eval_segments(run, points: list[tuple[int, int]], examples: int | None = Non
         count = examples or (tested[name].num_examples if name in tested else max(s.num_examples for s in data.test))
         splits.append(MQARSplit(seq_len, kv, count))
     try:  # the generator's own checks (vocabulary, sequence length, pairs) of every point, before any work
-        MQARData(vocab_size=data.vocab_size, power_a=data.power_a, random_non_queries=data.random_non_queries,
-                 train=data.train, test=tuple(splits))
+        MQARData(
+            vocab_size=data.vocab_size,
+            power_a=data.power_a,
+            random_non_queries=data.random_non_queries,
+            train=data.train,
+            test=tuple(splits),
+        )
     except ValueError as error:
         raise ValueError(f"run {run.folder}: {error}") from None
     return {s.name: (s, point_seed(data, run.config.effective_data_seed, s.name), s in data.test) for s in splits}
 
 
-def evaluate_saved(path: str | Path, points: list[tuple[int, int]], examples: int | None = None,
-                   batch_size: int | None = None, log=None) -> list[dict[str, Any]]:
+def evaluate_saved(
+    path: str | Path,
+    points: list[tuple[int, int]],
+    examples: int | None = None,
+    batch_size: int | None = None,
+    log=None,
+) -> list[dict[str, Any]]:
     """Score the saved MQAR runs at ``path`` (a run folder, or every run under a folder) at ``points``
     (``(T, k)``), without training (:func:`~probseq.experiments.common.evaluate_saved_runs`): one row per run and
     point — the run's identity (run folder, mixer, d_model, lr, seed, retention, …), the point's columns of
@@ -301,13 +417,18 @@ def evaluate_saved(path: str | Path, points: list[tuple[int, int]], examples: in
     ``tested_in_run`` and ``recorded_accuracy`` (the run's own accuracy there, reproduced exactly on the same data),
     accuracy, example_accuracy, all_correct, loss, status. Every point of every run is checked before the first is
     evaluated."""
+
     def point_columns(run, split: MQARSplit) -> dict[str, Any]:
         max_kv = max(s.num_kv_pairs for s in run.config.data.train)
-        return {"seq_len": split.seq_len, "num_kv_pairs": split.num_kv_pairs,
-                "beyond_training": split.num_kv_pairs > max_kv}
+        return {
+            "seq_len": split.seq_len,
+            "num_kv_pairs": split.num_kv_pairs,
+            "beyond_training": split.num_kv_pairs > max_kv,
+        }
 
-    return evaluate_saved_runs(path, "mqar", lambda run: eval_segments(run, points, examples), point_columns,
-                               point_label, batch_size, log)
+    return evaluate_saved_runs(
+        path, "mqar", lambda run: eval_segments(run, points, examples), point_columns, point_label, batch_size, log
+    )
 
 
 def point_label(row: dict[str, Any]) -> str:
@@ -316,6 +437,7 @@ def point_label(row: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------------------ CLI
+
 
 def eval_main(args: argparse.Namespace) -> int:
     """``probseq mqar eval --run DIR --points T,k … --out FILE.csv``."""

@@ -58,18 +58,31 @@ from probseq.train.sweep import Unit, best_by_validation
 from probseq_cli.parsers import recall_point_knobs, recall_point_name
 
 # The knobs moved beyond training, in plotting order: (config field of RecallExperiment, RecallConfig field).
-KNOBS = (("eval_pairs", "num_pairs"), ("eval_gaps", "gap"), ("eval_collisions", "collisions"),
-         ("eval_key_noise", "key_noise"))
+KNOBS = (
+    ("eval_pairs", "num_pairs"),
+    ("eval_gaps", "gap"),
+    ("eval_collisions", "collisions"),
+    ("eval_key_noise", "key_noise"),
+)
 
 
-def recall_task(num_pairs: int, gap: int, collisions: int, key_noise: float, *, distractors: int, num_keys: int,
-                num_values: int) -> RecallConfig:
+def recall_task(
+    num_pairs: int, gap: int, collisions: int, key_noise: float, *, distractors: int, num_keys: int, num_values: int
+) -> RecallConfig:
     """The experiment's recall task at a point: every pair queried, and the sequence just holds the last answer,
     ``seq_len = 2 · (num_pairs + distractors + collisions) + gap + 2 · num_pairs``."""
     writes = num_pairs + distractors + collisions
-    return RecallConfig(num_pairs=num_pairs, num_queries=num_pairs, collisions=collisions, distractors=distractors,
-                        key_noise=key_noise, gap=gap, num_keys=num_keys, num_values=num_values,
-                        seq_len=2 * writes + gap + 2 * num_pairs)
+    return RecallConfig(
+        num_pairs=num_pairs,
+        num_queries=num_pairs,
+        collisions=collisions,
+        distractors=distractors,
+        key_noise=key_noise,
+        gap=gap,
+        num_keys=num_keys,
+        num_values=num_values,
+        seq_len=2 * writes + gap + 2 * num_pairs,
+    )
 
 
 @dataclass(frozen=True)
@@ -114,22 +127,34 @@ class RecallExperiment(TrainingSweep):
         for knob, field in KNOBS:  # beyond training means beyond it
             inside = getattr(self.inside(), field)
             if any(v <= inside for v in getattr(self, knob)):
-                raise ValueError(f"{knob} must all exceed the inside point's {field} = {inside}, got "
-                                 f"{getattr(self, knob)}")
+                raise ValueError(
+                    f"{knob} must all exceed the inside point's {field} = {inside}, got {getattr(self, knob)}"
+                )
         self.train_config(self.mixers[0], self.learning_rates[0], self.seeds[0])  # validates every segment
 
     def task(self, num_pairs: int, gap: int, collisions: int, key_noise: float) -> RecallConfig:
         """A recall task of this vocabulary (:func:`recall_task`)."""
-        return recall_task(num_pairs, gap, collisions, key_noise, distractors=self.distractors, num_keys=self.num_keys,
-                           num_values=self.num_values)
+        return recall_task(
+            num_pairs,
+            gap,
+            collisions,
+            key_noise,
+            distractors=self.distractors,
+            num_keys=self.num_keys,
+            num_values=self.num_values,
+        )
 
     def inside(self) -> RecallConfig:
         return self.task(max(self.train_pairs), max(self.train_gaps), self.collisions, self.key_noise)
 
     def test_points(self) -> dict[str, RecallConfig]:
         """``inside`` and one point per value of each knob beyond training, by name."""
-        inside = {"num_pairs": max(self.train_pairs), "gap": max(self.train_gaps), "collisions": self.collisions,
-                  "key_noise": self.key_noise}
+        inside = {
+            "num_pairs": max(self.train_pairs),
+            "gap": max(self.train_gaps),
+            "collisions": self.collisions,
+            "key_noise": self.key_noise,
+        }
         points = {"inside": self.task(**inside)}
         for knob, field in KNOBS:  # the sequence length follows the knobs (more writes, a longer gap)
             for value in getattr(self, knob):
@@ -137,39 +162,78 @@ class RecallExperiment(TrainingSweep):
         return points
 
     def data(self) -> RecallData:
-        train = tuple(RecallSplit(f"pairs={p},gap={g}", self.task(p, g, self.collisions, self.key_noise),
-                                  self.train_examples) for p in self.train_pairs for g in self.train_gaps)
+        train = tuple(
+            RecallSplit(f"pairs={p},gap={g}", self.task(p, g, self.collisions, self.key_noise), self.train_examples)
+            for p in self.train_pairs
+            for g in self.train_gaps
+        )
         points = self.test_points()
-        return RecallData(train=train,
-                          valid=tuple(RecallSplit(n, t, self.valid_examples) for n, t in points.items()),
-                          test=tuple(RecallSplit(n, t, self.test_examples) for n, t in points.items()))
+        return RecallData(
+            train=train,
+            valid=tuple(RecallSplit(n, t, self.valid_examples) for n, t in points.items()),
+            test=tuple(RecallSplit(n, t, self.test_examples) for n, t in points.items()),
+        )
 
     def train_config(self, mixer: str, lr: float, seed: int) -> TrainConfig:
         return self.run_config(mixer, self.d_model, self.data(), lr, seed)
 
     def units(self) -> list[Unit]:
-        return [Unit(f"{mixer}-lr{lr:g}-s{seed}", self.train_config(mixer, lr, seed))
-                for mixer in self.mixers for lr in self.learning_rates for seed in self.seeds]
+        return [
+            Unit(f"{mixer}-lr{lr:g}-s{seed}", self.train_config(mixer, lr, seed))
+            for mixer in self.mixers
+            for lr in self.learning_rates
+            for seed in self.seeds
+        ]
 
 
 PRESETS: dict[str, RecallExperiment] = {
     # The demo (CPU, minutes).
-    "quick": RecallExperiment(learning_rates=(1e-3, 3e-3), seeds=(0,), num_keys=32, num_values=32, train_pairs=(2, 4),
-                              train_gaps=(0, 8), distractors=1, train_examples=4_000, eval_pairs=(8,), eval_gaps=(32,),
-                              eval_collisions=(2,), eval_key_noise=(0.3,), test_examples=256, valid_examples=128,
-                              max_steps=500, batch_size=32, warmup=0.05, save_steps=50, num_threads=1),
+    "quick": RecallExperiment(
+        learning_rates=(1e-3, 3e-3),
+        seeds=(0,),
+        num_keys=32,
+        num_values=32,
+        train_pairs=(2, 4),
+        train_gaps=(0, 8),
+        distractors=1,
+        train_examples=4_000,
+        eval_pairs=(8,),
+        eval_gaps=(32,),
+        eval_collisions=(2,),
+        eval_key_noise=(0.3,),
+        test_examples=256,
+        valid_examples=128,
+        max_steps=500,
+        batch_size=32,
+        warmup=0.05,
+        save_steps=50,
+        num_threads=1,
+    ),
     # CPU, hours in the background.
     "cpu": RecallExperiment(),
     # A GPU (documented, not run here).
-    "paper": RecallExperiment(d_model=128, learning_rates=(1e-3, 3.1623e-3, 1e-2, 3.1623e-2), num_keys=256,
-                              num_values=256, train_pairs=(8, 16, 32), train_gaps=(0, 32, 128), train_examples=40_000,
-                              eval_pairs=(64, 128), eval_gaps=(512, 2048), eval_collisions=(4, 8),
-                              eval_key_noise=(0.3, 0.5), max_steps=20_000, batch_size=256, precision="bf16",
-                              save_steps=1_000),
+    "paper": RecallExperiment(
+        d_model=128,
+        learning_rates=(1e-3, 3.1623e-3, 1e-2, 3.1623e-2),
+        num_keys=256,
+        num_values=256,
+        train_pairs=(8, 16, 32),
+        train_gaps=(0, 32, 128),
+        train_examples=40_000,
+        eval_pairs=(64, 128),
+        eval_gaps=(512, 2048),
+        eval_collisions=(4, 8),
+        eval_key_noise=(0.3, 0.5),
+        max_steps=20_000,
+        batch_size=256,
+        precision="bf16",
+        save_steps=1_000,
+    ),
 }
 
 
 # ------------------------------------------------------------------------------------------ results
+
 
 def summarise(config: RecallExperiment, metrics: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (mixer, test point): best lr by validation, test accuracy mean ± CI95."""
@@ -177,18 +241,43 @@ def summarise(config: RecallExperiment, metrics: dict[str, dict[str, Any]]) -> l
     points = config.test_points()
     rows = []
     for mixer in config.mixers:
-        runs = [{"learning_rate": units[name].learning_rate, "seed": units[name].seed, "metrics": m}
-                for name, m in metrics.items() if units[name].model.mixer == mixer]
+        runs = [
+            {"learning_rate": units[name].learning_rate, "seed": units[name].seed, "metrics": m}
+            for name, m in metrics.items()
+            if units[name].model.mixer == mixer
+        ]
         for name, task in points.items():
-            rows.append({"mixer": mixer, "point": name, "num_pairs": task.num_pairs, "gap": task.gap,
-                         "collisions": task.collisions, "key_noise": task.key_noise, "seq_len": task.seq_len,
-                         "state_bytes": runs[0]["metrics"]["state_bytes"], **best_by_validation(runs, name)})
+            rows.append(
+                {
+                    "mixer": mixer,
+                    "point": name,
+                    "num_pairs": task.num_pairs,
+                    "gap": task.gap,
+                    "collisions": task.collisions,
+                    "key_noise": task.key_noise,
+                    "seq_len": task.seq_len,
+                    "state_bytes": runs[0]["metrics"]["state_bytes"],
+                    **best_by_validation(runs, name),
+                }
+            )
     return rows
 
 
 def csv_rows(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    keys = ("mixer", "point", "num_pairs", "gap", "collisions", "key_noise", "seq_len", "state_bytes", "best_lr",
-            "valid_accuracy", "accuracy", "ci95")
+    keys = (
+        "mixer",
+        "point",
+        "num_pairs",
+        "gap",
+        "collisions",
+        "key_noise",
+        "seq_len",
+        "state_bytes",
+        "best_lr",
+        "valid_accuracy",
+        "accuracy",
+        "ci95",
+    )
     return [{k: p[k] for k in keys} | {"seeds": len(p["accuracies"]), "status": p.get("status", "ok")} for p in points]
 
 
@@ -208,11 +297,14 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append(f"| {mixer} | " + " | ".join(accuracy_cell(cells[n]) for n in names) + " |")
     seeds = len(results["config"]["seeds"])
     inside = next(p for p in results["points"] if p["point"] == "inside")
-    lines += ["", f"inside = the training regime's largest point (pairs={inside['num_pairs']}, gap={inside['gap']}, "
-                  f"collisions={inside['collisions']}, key_noise={inside['key_noise']:g}); "
-                  "every other column moves one "
-                  f"knob beyond training. Test accuracy at the lr chosen on validation data, {over_seeds(seeds)}."
-                  + diverged_note(results["points"])]
+    lines += [
+        "",
+        f"inside = the training regime's largest point (pairs={inside['num_pairs']}, gap={inside['gap']}, "
+        f"collisions={inside['collisions']}, key_noise={inside['key_noise']:g}); "
+        "every other column moves one "
+        f"knob beyond training. Test accuracy at the lr chosen on validation data, {over_seeds(seeds)}."
+        + diverged_note(results["points"]),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -228,12 +320,25 @@ def plot(results: dict[str, Any], out: Path) -> Path:
     for ax, (_, field) in zip(axes[0], KNOBS):
         plotted = False
         for index, mixer in enumerate(mixers):
-            rows = [p for p in results["points"] if p["mixer"] == mixer and p["accuracy"] is not None
-                    and (p["point"] == "inside" or p["point"].startswith(f"{field}="))]
+            rows = [
+                p
+                for p in results["points"]
+                if p["mixer"] == mixer
+                and p["accuracy"] is not None
+                and (p["point"] == "inside" or p["point"].startswith(f"{field}="))
+            ]
             rows.sort(key=lambda p: p[field])
             if rows:  # a mixer whose every lr diverged has no line (and no legend entry)
-                ax.errorbar([p[field] for p in rows], [p["accuracy"] for p in rows], yerr=[p["ci95"] for p in rows],
-                            marker="o", ms=4, capsize=2, color=f"C{index}", label=mixer)
+                ax.errorbar(
+                    [p[field] for p in rows],
+                    [p["accuracy"] for p in rows],
+                    yerr=[p["ci95"] for p in rows],
+                    marker="o",
+                    ms=4,
+                    capsize=2,
+                    color=f"C{index}",
+                    label=mixer,
+                )
                 plotted = True
         inside = next(p for p in results["points"] if p["point"] == "inside")[field]
         ax.axvline(inside, color="0.6", lw=0.8, ls="--")
@@ -245,8 +350,13 @@ def plot(results: dict[str, Any], out: Path) -> Path:
         ax.set_ylabel("recall accuracy")
         ax.grid(alpha=0.3)
     path = out / "recall_beyond_training.png"
-    save_panels(fig, path, "Associative recall inside and beyond the training regime (best lr by validation, mean ± "
-                "95% CI over seeds)", axes[0][0], fontsize=7)
+    save_panels(
+        fig,
+        path,
+        "Associative recall inside and beyond the training regime (best lr by validation, mean ± 95% CI over seeds)",
+        axes[0][0],
+        fontsize=7,
+    )
     return path
 
 
@@ -254,11 +364,21 @@ def run_recall(config: RecallExperiment, out: str | Path, *, log=None) -> dict[s
     """Run (or resume) the experiment into ``out``; write results.json, the CSVs and the plot; return the
     results (as saved). ``results["from_cache"]`` counts the units taken from the cache."""
     test_points = {name: dataclasses.asdict(task) for name, task in config.test_points().items()}
-    return run_sweep("recall", config, out, summarise=summarise, csv_rows=csv_rows, unit_columns=unit_columns,
-                     plot=plot, extra={"test_points": test_points}, log=log)
+    return run_sweep(
+        "recall",
+        config,
+        out,
+        summarise=summarise,
+        csv_rows=csv_rows,
+        unit_columns=unit_columns,
+        plot=plot,
+        extra={"test_points": test_points},
+        log=log,
+    )
 
 
 # ------------------------------------------------------------------------------------------ saved runs
+
 
 def eval_segments(run, points: list[str], examples: int | None = None) -> dict[str, tuple[RecallSplit, int, bool]]:
     """The test segments of the named ``points`` for a saved run (:class:`probseq.train.saved.SavedRun`):
@@ -272,8 +392,10 @@ def eval_segments(run, points: list[str], examples: int | None = None) -> dict[s
     data = run.config.data
     tested = {s.name: s for s in data.test}
     if "inside" not in tested:
-        raise ValueError(f"run {run.folder} has no 'inside' test point, which its recall points move away from: it "
-                         "was not trained by the recall experiment")
+        raise ValueError(
+            f"run {run.folder} has no 'inside' test point, which its recall points move away from: it "
+            "was not trained by the recall experiment"
+        )
     inside = tested["inside"].task
     splits = []
     for text in points:
@@ -281,8 +403,9 @@ def eval_segments(run, points: list[str], examples: int | None = None) -> dict[s
         name = recall_point_name(knobs)
         values = {field: getattr(inside, field) for _, field in KNOBS} | knobs
         try:
-            task = recall_task(**values, distractors=inside.distractors, num_keys=inside.num_keys,
-                               num_values=inside.num_values)
+            task = recall_task(
+                **values, distractors=inside.distractors, num_keys=inside.num_keys, num_values=inside.num_values
+            )
         except ValueError as error:
             raise ValueError(f"run {run.folder}, recall point {name}: {error}") from None
         count = examples or (tested[name].num_examples if name in tested else max(s.num_examples for s in data.test))
@@ -294,8 +417,9 @@ def eval_segments(run, points: list[str], examples: int | None = None) -> dict[s
     return {s.name: (s, point_seed(data, run.config.effective_data_seed, s.name), s in data.test) for s in splits}
 
 
-def evaluate_saved(path: str | Path, points: list[str], examples: int | None = None, batch_size: int | None = None,
-                   log=None) -> list[dict[str, Any]]:
+def evaluate_saved(
+    path: str | Path, points: list[str], examples: int | None = None, batch_size: int | None = None, log=None
+) -> list[dict[str, Any]]:
     """Score the saved recall runs at ``path`` (a run folder, or every run under a folder) at the named
     ``points`` (:func:`eval_segments`), without training (:func:`~probseq.experiments.common.evaluate_saved_runs`):
     one row per run and point — the run's identity (run folder, mixer, d_model, lr, seed, retention, …), the
@@ -303,13 +427,21 @@ def evaluate_saved(path: str | Path, points: list[str], examples: int | None = N
     ``num_examples``, ``point_seed``, ``tested_in_run`` and ``recorded_accuracy`` (reproduced exactly on the same
     data), accuracy, example_accuracy, all_correct, loss, status. Every point of every run is checked before the
     first is evaluated."""
+
     def point_columns(run, split: RecallSplit) -> dict[str, Any]:
         task = split.task
-        return {"point": split.name, "num_pairs": task.num_pairs, "gap": task.gap, "collisions": task.collisions,
-                "key_noise": task.key_noise, "seq_len": task.seq_len}
+        return {
+            "point": split.name,
+            "num_pairs": task.num_pairs,
+            "gap": task.gap,
+            "collisions": task.collisions,
+            "key_noise": task.key_noise,
+            "seq_len": task.seq_len,
+        }
 
-    return evaluate_saved_runs(path, "recall", lambda run: eval_segments(run, points, examples), point_columns,
-                               point_label, batch_size, log)
+    return evaluate_saved_runs(
+        path, "recall", lambda run: eval_segments(run, points, examples), point_columns, point_label, batch_size, log
+    )
 
 
 def point_label(row: dict[str, Any]) -> str:
@@ -318,6 +450,7 @@ def point_label(row: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------------------ CLI
+
 
 def eval_main(args: argparse.Namespace) -> int:
     """``probseq recall eval --run DIR --points NAME … --out FILE.csv``."""

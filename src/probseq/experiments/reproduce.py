@@ -46,8 +46,10 @@ from probseq.files import (
 )
 
 STUDIES = ("collision", "recall", "mqar")
-DEMO_TEXT = ("The key to the blue box is 4. The key to the red box is 7. The key to the blue box is 9. "
-             "Which key opens the blue box?")
+DEMO_TEXT = (
+    "The key to the blue box is 4. The key to the red box is 7. The key to the blue box is 9. "
+    "Which key opens the blue box?"
+)
 AGREE_CI = 3.0  # a theory curve agrees when its largest gap to simulation is within this many CI half-widths
 
 
@@ -84,21 +86,31 @@ class ReproduceConfig:
 
 
 # What the report reads of a learned study's results (``probseq recall`` / ``probseq mqar``), and of each section.
-LEARNED_SPEC = {"config?": dict, "num_units": int,
-                "points": ListOf({"mixer": str, "accuracy": (NUMBER, type(None)), "ci95": (NUMBER, type(None)),
-                                  "accuracies": ListOf(NUMBER)})}
+LEARNED_SPEC = {
+    "config?": dict,
+    "num_units": int,
+    "points": ListOf(
+        {"mixer": str, "accuracy": (NUMBER, type(None)), "ci95": (NUMBER, type(None)), "accuracies": ListOf(NUMBER)}
+    ),
+}
 
 
 def section_spec(name: str) -> Any:
     """The :func:`probseq.files.json_problem` spec of a cached section ``{"value", "seconds", "load"}``."""
     from probseq.experiments.collision import UNIT_SPEC
 
-    value = {"unification": ListOf({"preset": str, "design": str, "oracle": str, "rel_error": NUMBER}),
-             "exactness": ListOf({"case": str, "output": NUMBER, "variance": NUMBER, "mean": NUMBER, "cov": NUMBER}),
-             "collision": {"config": dict, "models": ListOf({"name": str, "label": str}),
-                           "scenarios": MapOf({"notes": dict, "models": MapOf(UNIT_SPEC)})},
-             "uncertainty": {"title": str, "randomly_initialised": bool},
-             "recall": LEARNED_SPEC, "mqar": LEARNED_SPEC}.get(name, Any)
+    value = {
+        "unification": ListOf({"preset": str, "design": str, "oracle": str, "rel_error": NUMBER}),
+        "exactness": ListOf({"case": str, "output": NUMBER, "variance": NUMBER, "mean": NUMBER, "cov": NUMBER}),
+        "collision": {
+            "config": dict,
+            "models": ListOf({"name": str, "label": str}),
+            "scenarios": MapOf({"notes": dict, "models": MapOf(UNIT_SPEC)}),
+        },
+        "uncertainty": {"title": str, "randomly_initialised": bool},
+        "recall": LEARNED_SPEC,
+        "mqar": LEARNED_SPEC,
+    }.get(name, Any)
     return {"value": value, "seconds": NUMBER, "load?": (NUMBER, type(None))}
 
 
@@ -107,6 +119,7 @@ def experiments_root() -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- sections
+
 
 def _collision_config(config: ReproduceConfig):
     from probseq.experiments import collision
@@ -127,16 +140,22 @@ def _learned(study: str, config: ReproduceConfig, out: Path) -> dict[str, Any]:
         results = read_json(saved, f"rerun probseq {study} --preset cpu to rewrite it")
         problem = json_problem(results, LEARNED_SPEC)
         if problem is not None:
-            raise ValueError(f"{saved} is not the results of probseq {study}: {problem}; rerun probseq {study} "
-                             "--preset cpu to rewrite it")
+            raise ValueError(
+                f"{saved} is not the results of probseq {study}: {problem}; rerun probseq {study} "
+                "--preset cpu to rewrite it"
+            )
         target.mkdir(parents=True, exist_ok=True)
         for png in saved.parent.glob("*.png"):
             shutil.copy2(png, target / png.name)
         results["source"] = str(saved)
         return results
     if config.preset == "cpu":
-        print(f"[reproduce] no background results at {saved}: running probseq {study} --preset cpu here (hours; "
-              "resumable)", file=sys.stderr, flush=True)
+        print(
+            f"[reproduce] no background results at {saved}: running probseq {study} --preset cpu here (hours; "
+            "resumable)",
+            file=sys.stderr,
+            flush=True,
+        )
     run = recall.run_recall if study == "recall" else mqar.run_mqar
     results = run(experiment, target)
     results["source"] = "this run"
@@ -150,8 +169,12 @@ def sections(config: ReproduceConfig, out: Path) -> list[tuple[str, Callable[[],
         ("unification", lambda: demo.unification_rows(config.seed)),
         ("exactness", lambda: demo.exactness_rows(config.seed)),
         ("collision", lambda: collision.run_collision(_collision_config(config), out / "collision")),
-        ("uncertainty", lambda: uncertainty.run_uncertainty(
-            uncertainty.UncertaintyConfig(text=DEMO_TEXT, seed=config.seed), out / "uncertainty")),
+        (
+            "uncertainty",
+            lambda: uncertainty.run_uncertainty(
+                uncertainty.UncertaintyConfig(text=DEMO_TEXT, seed=config.seed), out / "uncertainty"
+            ),
+        ),
         ("recall", lambda: _learned("recall", config, out)),
         ("mqar", lambda: _learned("mqar", config, out)),
     ]
@@ -182,15 +205,22 @@ def run_reproduce(config: ReproduceConfig, out: str | os.PathLike, *, log=None) 
             log(f"[reproduce {index}/{len(plan)}] {name}: from the cache")
             timing[name] = {"seconds": entry["seconds"], "load": entry.get("load"), "cached": True}
         results[name] = entry["value"]
-    summary = {"config": dataclasses.asdict(config), "environment": environment(), "sections": results,
-               "timing": timing, "this_run_s": time.perf_counter() - started,
-               "sections_from_cache": sum(t["cached"] for t in timing.values()), "num_sections": len(plan)}
+    summary = {
+        "config": dataclasses.asdict(config),
+        "environment": environment(),
+        "sections": results,
+        "timing": timing,
+        "this_run_s": time.perf_counter() - started,
+        "sections_from_cache": sum(t["cached"] for t in timing.values()),
+        "num_sections": len(plan),
+    }
     atomic_write_json(out / "results.json", summary)
     atomic_write_text(out / "REPORT.md", report(summary))
     return summary
 
 
 # ---------------------------------------------------------------------------------------------- verdicts
+
 
 def _beyond_points(study: str, results: dict[str, Any]) -> list[dict[str, Any]]:
     if study == "recall":
@@ -207,8 +237,9 @@ def _inside_points(study: str, results: dict[str, Any]) -> list[dict[str, Any]]:
     return [p for p in results["points"] if id(p) not in beyond]
 
 
-def compare(study: str, results: dict[str, Any], a: str = "bayesian", b: str = "gated_deltanet", *,
-            inside: bool = False) -> dict[str, Any] | None:
+def compare(
+    study: str, results: dict[str, Any], a: str = "bayesian", b: str = "gated_deltanet", *, inside: bool = False
+) -> dict[str, Any] | None:
     """Accuracy of ``a`` minus ``b`` (in points, ×100) at every point beyond training (``inside``: within it);
     None if either is missing."""
     points = (_inside_points if inside else _beyond_points)(study, results)
@@ -220,32 +251,52 @@ def compare(study: str, results: dict[str, Any], a: str = "bayesian", b: str = "
         return None
     diffs = [100 * (first[k]["accuracy"] - second[k]["accuracy"]) for k in keys]
     # a difference is resolved when it exceeds both CIs combined (needs several seeds)
-    resolved = [abs(d) > 100 * (first[k]["ci95"] + second[k]["ci95"]) and len(first[k]["accuracies"]) > 1
-                for k, d in zip(keys, diffs)]
-    return {"points": len(keys), "wins": sum(d > 0 for d in diffs), "losses": sum(d < 0 for d in diffs),
-            "mean_diff": sum(diffs) / len(diffs), "best": max(diffs), "worst": min(diffs),
-            "resolved": sum(resolved), "seeds": len(results["config"]["seeds"])}
+    resolved = [
+        abs(d) > 100 * (first[k]["ci95"] + second[k]["ci95"]) and len(first[k]["accuracies"]) > 1
+        for k, d in zip(keys, diffs)
+    ]
+    return {
+        "points": len(keys),
+        "wins": sum(d > 0 for d in diffs),
+        "losses": sum(d < 0 for d in diffs),
+        "mean_diff": sum(diffs) / len(diffs),
+        "best": max(diffs),
+        "worst": min(diffs),
+        "resolved": sum(resolved),
+        "seeds": len(results["config"]["seeds"]),
+    }
 
 
 def learned_verdict(study: str, results: dict[str, Any]) -> str:
     c = compare(study, results)
     if c is None:
         return "**Verdict:** Bayesian or Gated DeltaNet not in this run; no comparison."
-    word = ("ahead of Gated DeltaNet" if c["mean_diff"] > 0 and c["wins"] > c["losses"] else
-            "behind Gated DeltaNet" if c["mean_diff"] < 0 and c["losses"] > c["wins"] else "not clearly different")
-    text = (f"**Verdict:** Bayesian vs Gated DeltaNet beyond the training regime: {c['mean_diff']:+.1f} points on "
-            f"average over {c['points']} test points (better at {c['wins']}, worse at {c['losses']}; range "
-            f"{c['worst']:+.1f} / {c['best']:+.1f} points) — the Bayesian Layer is {word} here.")
+    word = (
+        "ahead of Gated DeltaNet"
+        if c["mean_diff"] > 0 and c["wins"] > c["losses"]
+        else "behind Gated DeltaNet"
+        if c["mean_diff"] < 0 and c["losses"] > c["wins"]
+        else "not clearly different"
+    )
+    text = (
+        f"**Verdict:** Bayesian vs Gated DeltaNet beyond the training regime: {c['mean_diff']:+.1f} points on "
+        f"average over {c['points']} test points (better at {c['wins']}, worse at {c['losses']}; range "
+        f"{c['worst']:+.1f} / {c['best']:+.1f} points) — the Bayesian Layer is {word} here."
+    )
     i = compare(study, results, inside=True)
     if i is not None:
         text += f" Inside the training regime the difference is {i['mean_diff']:+.1f} points"
         if abs(i["mean_diff"]) >= 0.5 * abs(c["mean_diff"]) and i["mean_diff"] * c["mean_diff"] > 0:
-            text += (", so most of the gap is already there inside training: at this scale it measures how well "
-                     "each mixer trained, not robustness beyond the training regime")
+            text += (
+                ", so most of the gap is already there inside training: at this scale it measures how well "
+                "each mixer trained, not robustness beyond the training regime"
+            )
         text += "."
     if c["seeds"] == 1:
-        text += (" One seed: no confidence interval, so this comparison is **inconclusive** at this scale; "
-                 "the `cpu` preset (3 seeds) is the evidence.")
+        text += (
+            " One seed: no confidence interval, so this comparison is **inconclusive** at this scale; "
+            "the `cpu` preset (3 seeds) is the evidence."
+        )
     else:
         text += f" {c['resolved']} of {c['points']} differences exceed the two 95% CIs combined ({c['seeds']} seeds)."
     return text
@@ -264,6 +315,7 @@ def agreement_rows(collision_results: dict[str, Any]) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------------------------------------- report
 
+
 def _load(value: float | None) -> str:
     return "—" if value is None else f"{value:.1f}"
 
@@ -280,11 +332,15 @@ def report(summary: dict[str, Any]) -> str:
     tail = f" --preset {preset} --out DIR"
     over = "".join(f" --set {shlex.quote(o)}" for o in cfg["overrides"])
     overridden = (" with overrides " + ", ".join(f"`{o}`" for o in cfg["overrides"])) if cfg["overrides"] else ""
-    lines = ["# probseq reproduce — Memory by Design: Probabilistic Sequence Layers", "",
-             f"Preset `{preset}`{overridden}"
-             f", seed {cfg['seed']}. torch {env['torch']}, {env['cpu_count']} CPUs, {env['torch_threads']} threads; "
-             f"1-minute load average at the end {env['load_average_1min'] or float('nan'):.2f}. "
-             f"Regenerate everything: `probseq reproduce{tail}{over}` (`make demo` for the quick preset).", ""]
+    lines = [
+        "# probseq reproduce — Memory by Design: Probabilistic Sequence Layers",
+        "",
+        f"Preset `{preset}`{overridden}"
+        f", seed {cfg['seed']}. torch {env['torch']}, {env['cpu_count']} CPUs, {env['torch_threads']} threads; "
+        f"1-minute load average at the end {env['load_average_1min'] or float('nan'):.2f}. "
+        f"Regenerate everything: `probseq reproduce{tail}{over}` (`make demo` for the quick preset).",
+        "",
+    ]
 
     unif = s["unification"]
     exact = s["exactness"]
@@ -294,49 +350,84 @@ def report(summary: dict[str, Any]) -> str:
     gdn_row = next(r for r in exact if "Gated DeltaNet" in r["case"])
 
     # 1 design model framework
-    lines += ["## 1. Design-model framework: design model → exact Bayesian filter → readout", "",
-              "Settings: B = 2, T = 10, H = 2, K = 4, V = 3, float64, chunk C = 4; random gates. The chunked filter "
-              "is compared with one dense Gaussian conditioning of the joint design model (no recursion).", "",
-              "| case | output | variance | M_T | P_T |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {r['case']} | {r['output']:.1e} | {r['variance']:.1e} | {r['mean']:.1e} | {r['cov']:.1e} |"
-              for r in exact]
+    lines += [
+        "## 1. Design-model framework: design model → exact Bayesian filter → readout",
+        "",
+        "Settings: B = 2, T = 10, H = 2, K = 4, V = 3, float64, chunk C = 4; random gates. The chunked filter "
+        "is compared with one dense Gaussian conditioning of the joint design model (no recursion).",
+        "",
+        "| case | output | variance | M_T | P_T |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['case']} | {r['output']:.1e} | {r['variance']:.1e} | {r['mean']:.1e} | {r['cov']:.1e} |" for r in exact
+    ]
     ok = max_exact < 1e-8
-    lines += ["", f"**Verdict:** {'reproduced' if ok else 'NOT reproduced'} — the largest relative error is "
-                  f"{max_exact:.1e} ({'float64 round-off' if ok else 'above the 1e-8 float64 tolerance'}). "
-                  "Command: `probseq reproduce --preset quick --out DIR` (section `exactness`; "
-                  "`pytest tests/test_equivalence.py`).", ""]
+    lines += [
+        "",
+        f"**Verdict:** {'reproduced' if ok else 'NOT reproduced'} — the largest relative error is "
+        f"{max_exact:.1e} ({'float64 round-off' if ok else 'above the 1e-8 float64 tolerance'}). "
+        "Command: `probseq reproduce --preset quick --out DIR` (section `exactness`; "
+        "`pytest tests/test_equivalence.py`).",
+        "",
+    ]
 
     # 2 Bayesian layer: mean + covariance
     u = s["uncertainty"]
-    lines += ["## 2. The Bayesian Layer carries a mean and a covariance (predictive variance)", "",
-              f"Mean M_T and covariance P_T match dense conditioning (table above: largest M_T error "
-              f"{max(r['mean'] for r in exact):.1e}, P_T {max(r['cov'] for r in exact):.1e}). The covariance gives a "
-              "predictive variance `q̃ᵀ P q̃` per token and head:", "",
-              f"Settings: {u['title'].splitlines()[-1]}; text: \"{DEMO_TEXT}\"", "",
-              "![predictive variance](uncertainty/variance.png)", "",
-              "**Verdict:** reproduced as a capability (variance per token and head is computed and plotted)"
-              + ("; the model is randomly initialised, so the heat map shows the mechanism, not a trained model's "
-                 "uncertainty." if u["randomly_initialised"] else ".")
-              + " Command: `probseq uncertainty --text \"...\" --out DIR`.", ""]
+    lines += [
+        "## 2. The Bayesian Layer carries a mean and a covariance (predictive variance)",
+        "",
+        f"Mean M_T and covariance P_T match dense conditioning (table above: largest M_T error "
+        f"{max(r['mean'] for r in exact):.1e}, P_T {max(r['cov'] for r in exact):.1e}). The covariance gives a "
+        "predictive variance `q̃ᵀ P q̃` per token and head:",
+        "",
+        f'Settings: {u["title"].splitlines()[-1]}; text: "{DEMO_TEXT}"',
+        "",
+        "![predictive variance](uncertainty/variance.png)",
+        "",
+        "**Verdict:** reproduced as a capability (variance per token and head is computed and plotted)"
+        + (
+            "; the model is randomly initialised, so the heat map shows the mechanism, not a trained model's "
+            "uncertainty."
+            if u["randomly_initialised"]
+            else "."
+        )
+        + ' Command: `probseq uncertainty --text "..." --out DIR`.',
+        "",
+    ]
 
     # 3 unification
-    lines += ["## 3. Unification: linear attention, GLA, Mamba-2/SSD are exact filters of one design", "",
-              "Settings: B = 2, T = 64, H = 2, K = V = 16, float32, seed "
-              f"{cfg['seed']}; each preset against an independent implementation (fla's naive recurrences where "
-              "installed).", "",
-              "| preset | design | independent implementation | rel. error |", "|---|---|---|---:|"]
+    lines += [
+        "## 3. Unification: linear attention, GLA, Mamba-2/SSD are exact filters of one design",
+        "",
+        "Settings: B = 2, T = 64, H = 2, K = V = 16, float32, seed "
+        f"{cfg['seed']}; each preset against an independent implementation (fla's naive recurrences where "
+        "installed).",
+        "",
+        "| preset | design | independent implementation | rel. error |",
+        "|---|---|---|---:|",
+    ]
     lines += [f"| `{r['preset']}` | {r['design']} | {r['oracle']} | {r['rel_error']:.1e} |" for r in unif]
     missing = not any(r["preset"] == "gla" for r in unif)
-    lines += ["", f"**Verdict:** {'reproduced' if max_unif < 1e-4 else 'NOT reproduced'} — largest relative error "
-                  f"{max_unif:.1e} over {len(unif)} presets (float32 tolerance 1e-4)."
-              + (" fla is not installed: only the presets with probseq's own oracles were checked." if missing else "")
-              + " Command: `probseq reproduce --preset quick --out DIR` (section `unification`).", ""]
+    lines += [
+        "",
+        f"**Verdict:** {'reproduced' if max_unif < 1e-4 else 'NOT reproduced'} — largest relative error "
+        f"{max_unif:.1e} over {len(unif)} presets (float32 tolerance 1e-4)."
+        + (" fla is not installed: only the presets with probseq's own oracles were checked." if missing else "")
+        + " Command: `probseq reproduce --preset quick --out DIR` (section `unification`).",
+        "",
+    ]
 
     # 4 covariance-reset reductions
-    lines += ["## 4. DeltaNet, Gated DeltaNet and Longhorn are covariance-reset reductions (γ = 0)", "",
-              "From the two tables above: the regression presets with the covariance reset every step, and the "
-              "Bayesian Layer at γ = 0 against dense conditioning.", "",
-              "| check | rel. error |", "|---|---:|"]
+    lines += [
+        "## 4. DeltaNet, Gated DeltaNet and Longhorn are covariance-reset reductions (γ = 0)",
+        "",
+        "From the two tables above: the regression presets with the covariance reset every step, and the "
+        "Bayesian Layer at γ = 0 against dense conditioning.",
+        "",
+        "| check | rel. error |",
+        "|---|---:|",
+    ]
     lines += [f"| `{r['preset']}` vs {r['oracle']} | {r['rel_error']:.1e} |" for r in reset]
     lines += [f"| Bayesian Layer, γ = 0, vs dense conditioning | {gdn_row['output']:.1e} |"]
     worst = max([r["rel_error"] for r in reset] + [gdn_row["output"]])
@@ -348,85 +439,178 @@ def report(summary: dict[str, Any]) -> str:
     agree = agreement_rows(c)
     good = [r for r in agree if r["max_diff_over_ci"] <= AGREE_CI]
     bad = [r for r in agree if r["max_diff_over_ci"] > AGREE_CI]
-    lines += ["## 5. Closed-form retrieval dynamics (collision study vs probseq.theory)", "",
-              "Settings: " + _settings(ccfg, ["key_dim", "value_dim", "trials", "beta", "gdn_alpha", "gammas",
-                                              "noise_std", "max_repeats", "rhos", "collision_rho"]) + ".", "",
-              collision.format_table(c), ""]
+    lines += [
+        "## 5. Closed-form retrieval dynamics (collision study vs probseq.theory)",
+        "",
+        "Settings: "
+        + _settings(
+            ccfg,
+            [
+                "key_dim",
+                "value_dim",
+                "trials",
+                "beta",
+                "gdn_alpha",
+                "gammas",
+                "noise_std",
+                "max_repeats",
+                "rhos",
+                "collision_rho",
+            ],
+        )
+        + ".",
+        "",
+        collision.format_table(c),
+        "",
+    ]
     lines += [f"![{name}](collision/collision_{name}.png)" for name in c["scenarios"]]
-    lines += ["", "Theory checks — each simulated curve against its closed form (docs/theory.md):", "",
-              "| scenario | model | max \\|sim − theory\\| | max gap / CI95 | share of points within CI |",
-              "|---|---|---:|---:|---:|"]
-    lines += [f"| {r['scenario']} | {r['model']} | {r['max_abs_diff']:.2g} | {r['max_diff_over_ci']:.2g} | "
-              f"{r['within_ci']:.0%} |" for r in agree]
-    verdict = (f"**Verdict:** {len(good)} of {len(agree)} theory curves agree with simulation within "
-               f"{AGREE_CI:g} CI half-widths at every point")
+    lines += [
+        "",
+        "Theory checks — each simulated curve against its closed form (docs/theory.md):",
+        "",
+        "| scenario | model | max \\|sim − theory\\| | max gap / CI95 | share of points within CI |",
+        "|---|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['scenario']} | {r['model']} | {r['max_abs_diff']:.2g} | {r['max_diff_over_ci']:.2g} | "
+        f"{r['within_ci']:.0%} |"
+        for r in agree
+    ]
+    verdict = (
+        f"**Verdict:** {len(good)} of {len(agree)} theory curves agree with simulation within "
+        f"{AGREE_CI:g} CI half-widths at every point"
+    )
     if bad:
-        verdict += ("; missed: " + ", ".join(f"{r['scenario']} / {r['model']} ({r['max_diff_over_ci']:.2g} CI)"
-                                             for r in bad)
-                    + " — the points of a curve share their random draws, so one draw can shift a whole curve; "
-                      "rerun with more trials (`--set collision.trials=4096`) before calling it a mismatch")
-    verdict += (f". Command: `probseq collision --preset {'quick' if preset == 'quick' else 'full'} --out DIR`.")
+        verdict += (
+            "; missed: "
+            + ", ".join(f"{r['scenario']} / {r['model']} ({r['max_diff_over_ci']:.2g} CI)" for r in bad)
+            + " — the points of a curve share their random draws, so one draw can shift a whole curve; "
+            "rerun with more trials (`--set collision.trials=4096`) before calling it a mismatch"
+        )
+    verdict += f". Command: `probseq collision --preset {'quick' if preset == 'quick' else 'full'} --out DIR`."
     lines += ["", verdict, ""]
 
     # 6 learned robustness
     lines += ["## 6. Learned robustness beyond the training regime", ""]
-    for number, study, module, plots in (("6a", "recall", recall, ["recall_beyond_training.png"]),
-                                          ("6b", "mqar", mqar,
-                                           ["mqar_accuracy_vs_kv.png", "mqar_accuracy_vs_state.png"])):
+    for number, study, module, plots in (
+        ("6a", "recall", recall, ["recall_beyond_training.png"]),
+        ("6b", "mqar", mqar, ["mqar_accuracy_vs_kv.png", "mqar_accuracy_vs_state.png"]),
+    ):
         r = s[study]
         rc = r["config"]
         title = "Associative recall" if study == "recall" else "Zoology MQAR"
-        keys = (["mixers", "d_model", "n_layers", "learning_rates", "seeds", "num_keys", "num_values", "train_pairs",
-                 "train_gaps", "collisions", "distractors", "key_noise", "eval_pairs", "eval_gaps", "eval_collisions",
-                 "eval_key_noise", "max_steps", "batch_size"] if study == "recall" else
-                ["mixers", "d_models", "n_layers", "learning_rates", "seeds", "vocab_size", "train_segments",
-                 "test_segments", "max_steps", "batch_size"])
+        keys = (
+            [
+                "mixers",
+                "d_model",
+                "n_layers",
+                "learning_rates",
+                "seeds",
+                "num_keys",
+                "num_values",
+                "train_pairs",
+                "train_gaps",
+                "collisions",
+                "distractors",
+                "key_noise",
+                "eval_pairs",
+                "eval_gaps",
+                "eval_collisions",
+                "eval_key_noise",
+                "max_steps",
+                "batch_size",
+            ]
+            if study == "recall"
+            else [
+                "mixers",
+                "d_models",
+                "n_layers",
+                "learning_rates",
+                "seeds",
+                "vocab_size",
+                "train_segments",
+                "test_segments",
+                "max_steps",
+                "batch_size",
+            ]
+        )
         source = r.get("source", "this run")
-        lines += [f"### {number}. {title}", "",
-                  f"Settings: {_settings(rc, keys)}. Results from "
-                  f"{'this run' if source == 'this run' else '`' + source + '`'}"
-                  f" ({r['num_units']} training runs).", "", module.format_table(r), ""]
+        lines += [
+            f"### {number}. {title}",
+            "",
+            f"Settings: {_settings(rc, keys)}. Results from "
+            f"{'this run' if source == 'this run' else '`' + source + '`'}"
+            f" ({r['num_units']} training runs).",
+            "",
+            module.format_table(r),
+            "",
+        ]
         lines += [f"![{p}]({study}/{p})" for p in plots]
         lines += ["", learned_verdict(study, r) + f" Command: `probseq {study} --preset {preset} --out DIR`.", ""]
 
     # 7 distillation, 8 efficiency
-    lines += ["## 7. Distillation into Gated DeltaNet layouts, RULER", "",
-              "Not run by `reproduce` (hours, and a pretrained teacher). Commands (docs/distillation.md):", "",
-              "```", "make corpus", "probseq pretrain --preset small --out runs/teacher",
-              "probseq distill --teacher runs/teacher --out runs/student --tokens N",
-              "probseq distill --teacher runs/teacher --out runs/baseline --tokens N --baseline",
-              "probseq ruler --model runs/student --tasks … --lengths … --samples N --out runs/ruler", "```", "",
-              "**Verdict:** not reproduced at this scale (not run).", "",
-              "## 8. Efficiency: chunk-parallel training, constant-memory decoding", "",
-              "No timings here: they need an idle machine. Run `make bench` (`probseq bench --preset quick`), which "
-              "records the load it measured under.", ""]
+    lines += [
+        "## 7. Distillation into Gated DeltaNet layouts, RULER",
+        "",
+        "Not run by `reproduce` (hours, and a pretrained teacher). Commands (docs/distillation.md):",
+        "",
+        "```",
+        "make corpus",
+        "probseq pretrain --preset small --out runs/teacher",
+        "probseq distill --teacher runs/teacher --out runs/student --tokens N",
+        "probseq distill --teacher runs/teacher --out runs/baseline --tokens N --baseline",
+        "probseq ruler --model runs/student --tasks … --lengths … --samples N --out runs/ruler",
+        "```",
+        "",
+        "**Verdict:** not reproduced at this scale (not run).",
+        "",
+        "## 8. Efficiency: chunk-parallel training, constant-memory decoding",
+        "",
+        "No timings here: they need an idle machine. Run `make bench` (`probseq bench --preset quick`), which "
+        "records the load it measured under.",
+        "",
+    ]
 
     # timing
     timing = summary["timing"]
     cached = {n: t for n, t in timing.items() if t["cached"]}
-    units = [(s[st].get("from_cache", 0), s[st].get("num_units", 0)) for st in ("recall", "mqar")
-             if s[st].get("source", "this run") == "this run"]
-    lines += ["## Run", "",
-              "| section | seconds | 1-min load when it finished | from |", "|---|---:|---:|---|"]
-    lines += [f"| {n} | {t['seconds']:.0f} | {_load(t['load'])} | "
-              f"{'cache (earlier run)' if t['cached'] else 'this run'} |" for n, t in timing.items()]
-    lines += ["", f"This run: {summary['this_run_s']:.0f} s; {len(cached)} of {summary['num_sections']} sections from "
-                  f"the cache (they took {sum(t['seconds'] for t in cached.values()):.0f} s when computed)"
-              + ("; training runs taken from the unit cache when recall/MQAR were computed: "
-                 f"{sum(a for a, _ in units)} "
-                 f"of {sum(b for _, b in units)}"
-                 if units else "") + "."]
+    units = [
+        (s[st].get("from_cache", 0), s[st].get("num_units", 0))
+        for st in ("recall", "mqar")
+        if s[st].get("source", "this run") == "this run"
+    ]
+    lines += ["## Run", "", "| section | seconds | 1-min load when it finished | from |", "|---|---:|---:|---|"]
+    lines += [
+        f"| {n} | {t['seconds']:.0f} | {_load(t['load'])} | {'cache (earlier run)' if t['cached'] else 'this run'} |"
+        for n, t in timing.items()
+    ]
+    lines += [
+        "",
+        f"This run: {summary['this_run_s']:.0f} s; {len(cached)} of {summary['num_sections']} sections from "
+        f"the cache (they took {sum(t['seconds'] for t in cached.values()):.0f} s when computed)"
+        + (
+            "; training runs taken from the unit cache when recall/MQAR were computed: "
+            f"{sum(a for a, _ in units)} "
+            f"of {sum(b for _, b in units)}"
+            if units
+            else ""
+        )
+        + ".",
+    ]
     return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------- CLI
+
 
 def main(args: argparse.Namespace) -> int:
     config = ReproduceConfig(preset=args.preset, seed=args.seed, overrides=tuple(args.overrides))
     check_writable(args.out)  # before any work
     summary = run_reproduce(config, args.out)
     cached = sum(t["seconds"] for t in summary["timing"].values() if t["cached"])
-    print(f"wrote {Path(args.out) / 'REPORT.md'} and results.json; this run {summary['this_run_s']:.0f} s, "
-          f"{summary['sections_from_cache']} of {summary['num_sections']} sections from the cache "
-          f"(computed earlier in {cached:.0f} s)")
+    print(
+        f"wrote {Path(args.out) / 'REPORT.md'} and results.json; this run {summary['this_run_s']:.0f} s, "
+        f"{summary['sections_from_cache']} of {summary['num_sections']} sections from the cache "
+        f"(computed earlier in {cached:.0f} s)"
+    )
     return 0

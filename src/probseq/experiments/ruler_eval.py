@@ -139,8 +139,9 @@ def load_model(folder: str | os.PathLike, dtype: str = "float32", device: str = 
         raise ValueError(f"--model {folder} is not a model folder (no config.json)")
     model_config = read_json(folder / "config.json", "is the folder a model's?")
     if not isinstance(model_config, dict):
-        raise ValueError(f"--model {folder}/config.json must hold a model config (a JSON object), got "
-                         f"{type(model_config).__name__}")
+        raise ValueError(
+            f"--model {folder}/config.json must hold a model config (a JSON object), got {type(model_config).__name__}"
+        )
     model_type = model_config.get("model_type")
     if model_type == "gated_deltanet":
         from probseq.interop.fla import convert_fla
@@ -178,31 +179,48 @@ def mean_ci(values: list[float]) -> tuple[float, float, float]:
 
 
 @torch.no_grad()
-def complete(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int,
-             progress: bool = False) -> tuple[list[str], list[int]]:
+def complete(
+    model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, progress: bool = False
+) -> tuple[list[str], list[int]]:
     """Greedy completions of ``prompts`` (left-padded batches): ``(continuations, prompt token counts)``."""
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
     texts, counts = [], []
-    for start in tqdm(range(0, len(prompts), batch_size), desc="batches", leave=False,
-                      disable=None if progress else True):  # None: on a terminal only
-        batch = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True)
+    for start in tqdm(
+        range(0, len(prompts), batch_size), desc="batches", leave=False, disable=None if progress else True
+    ):  # None: on a terminal only
+        batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True)
         batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
         # use_cache=True whatever the saved config says (a Trainer saves use_cache=False): without the recurrent
         # cache every new token reruns the whole prompt
-        output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        new = output[:, batch["input_ids"].shape[1]:]
+        output = model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            use_cache=True,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        new = output[:, batch["input_ids"].shape[1] :]
         texts += tokenizer.batch_decode(new, skip_special_tokens=True)
         counts += batch["attention_mask"].sum(-1).tolist()
     return texts, counts
 
 
 # A finished unit as cached (:func:`run_unit`'s dict).
-UNIT_SPEC = {"task": str, "length": int, "status": str, "score": (NUMBER, type(None)), "ci_low": (NUMBER, type(None)),
-             "ci_high": (NUMBER, type(None)), "samples": int, "prompt_tokens": (NUMBER, type(None)),
-             "seconds": NUMBER, "predictions": ListOf({"score": NUMBER, "prediction": str})}
+UNIT_SPEC = {
+    "task": str,
+    "length": int,
+    "status": str,
+    "score": (NUMBER, type(None)),
+    "ci_low": (NUMBER, type(None)),
+    "ci_high": (NUMBER, type(None)),
+    "samples": int,
+    "prompt_tokens": (NUMBER, type(None)),
+    "seconds": NUMBER,
+    "predictions": ListOf({"score": NUMBER, "prediction": str}),
+}
 
 
 def _unit_problem(unit: dict, task: str, length: int) -> str | None:
@@ -225,20 +243,51 @@ def run_unit(model, tokenizer, task: str, length: int, config: RulerConfig) -> d
     try:
         records = generate(task, tokenizer, length, config.samples, config.seed)
     except ValueError as error:  # the length cannot hold the task (e.g. vt's solved example needs ~500 tokens)
-        return {**unit, "status": f"skipped: {error}", "score": None, "ci_low": None, "ci_high": None, "samples": 0,
-                "prompt_tokens": None, "seconds": time.perf_counter() - started, "predictions": []}
+        return {
+            **unit,
+            "status": f"skipped: {error}",
+            "score": None,
+            "ci_low": None,
+            "ci_high": None,
+            "samples": 0,
+            "prompt_tokens": None,
+            "seconds": time.perf_counter() - started,
+            "predictions": [],
+        }
     new_tokens = config.max_new_tokens or tokens_to_generate(task)
-    texts, counts = complete(model, tokenizer, [r["input"] + r["answer_prefix"] for r in records], new_tokens,
-                             config.batch_size, config.progress)
+    texts, counts = complete(
+        model,
+        tokenizer,
+        [r["input"] + r["answer_prefix"] for r in records],
+        new_tokens,
+        config.batch_size,
+        config.progress,
+    )
     predictions = []
     for record, text, count in zip(records, texts, counts):
-        predictions.append({"task": task, "length": length, "index": record["index"], "prompt_tokens": count,
-                            "references": record["outputs"], "prediction": text,
-                            "score": score(task, [text], [record["outputs"]])})
+        predictions.append(
+            {
+                "task": task,
+                "length": length,
+                "index": record["index"],
+                "prompt_tokens": count,
+                "references": record["outputs"],
+                "prediction": text,
+                "score": score(task, [text], [record["outputs"]]),
+            }
+        )
     mean, low, high = mean_ci([p["score"] for p in predictions])
-    return {**unit, "status": "ok", "score": mean, "ci_low": low, "ci_high": high, "samples": len(predictions),
-            "prompt_tokens": sum(counts) / len(counts), "seconds": time.perf_counter() - started,
-            "predictions": predictions}
+    return {
+        **unit,
+        "status": "ok",
+        "score": mean,
+        "ci_low": low,
+        "ci_high": high,
+        "samples": len(predictions),
+        "prompt_tokens": sum(counts) / len(counts),
+        "seconds": time.perf_counter() - started,
+        "predictions": predictions,
+    }
 
 
 def plot(units: list[dict], title: str) -> bytes:
@@ -289,8 +338,10 @@ def run_ruler(config: RulerConfig, out: str | os.PathLike) -> dict:
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
     try:
-        cache = ResultCache(out, _UnitKey(_weights_fingerprint(folder), config.samples, config.seed,
-                                          config.max_new_tokens, config.dtype))
+        cache = ResultCache(
+            out,
+            _UnitKey(_weights_fingerprint(folder), config.samples, config.seed, config.max_new_tokens, config.dtype),
+        )
         model = tokenizer = description = None
         units = []
         todo = [(task, length) for task in config.tasks for length in config.lengths]
@@ -305,17 +356,28 @@ def run_ruler(config: RulerConfig, out: str | os.PathLike) -> dict:
             units.append(unit)
     finally:
         torch.set_num_threads(before)
-    summary = [{key: unit[key] for key in ("task", "length", "score", "ci_low", "ci_high", "samples", "prompt_tokens",
-                                           "status")} for unit in units]
+    summary = [
+        {
+            key: unit[key]
+            for key in ("task", "length", "score", "ci_low", "ci_high", "samples", "prompt_tokens", "status")
+        }
+        for unit in units
+    ]
     write_csv(out / "summary.csv", summary)
-    atomic_write_text(out / "predictions.jsonl",
-                      "".join(json.dumps(p, allow_nan=False) + "\n" for u in units for p in u["predictions"]))
+    atomic_write_text(
+        out / "predictions.jsonl",
+        "".join(json.dumps(p, allow_nan=False) + "\n" for u in units for p in u["predictions"]),
+    )
     title = f"RULER: {folder.name}"
     atomic_write_bytes(out / "ruler.png", plot(units, title))
-    results = {"config": dataclasses.asdict(config), "environment": environment(),
-               "model": description or str(folder), "units": summary,
-               "seconds": sum(u["seconds"] for u in units),
-               "files": ["summary.csv", "predictions.jsonl", "results.json", "ruler.png"]}
+    results = {
+        "config": dataclasses.asdict(config),
+        "environment": environment(),
+        "model": description or str(folder),
+        "units": summary,
+        "seconds": sum(u["seconds"] for u in units),
+        "files": ["summary.csv", "predictions.jsonl", "results.json", "ruler.png"],
+    }
     atomic_write_json(out / "results.json", results)
     return results
 
@@ -329,14 +391,26 @@ def _list(text: list[str], kind=str) -> tuple:
 
 
 def main(args) -> int:
-    config = RulerConfig(model=args.model, tasks=_list(args.tasks), lengths=_list(args.lengths, int),
-                         samples=args.samples, seed=args.seed, batch_size=args.batch_size,
-                         max_new_tokens=args.max_new_tokens, dtype=args.dtype, device=args.device,
-                         num_threads=args.threads, progress=not args.no_progress)
+    config = RulerConfig(
+        model=args.model,
+        tasks=_list(args.tasks),
+        lengths=_list(args.lengths, int),
+        samples=args.samples,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        dtype=args.dtype,
+        device=args.device,
+        num_threads=args.threads,
+        progress=not args.no_progress,
+    )
     results = run_ruler(config, args.out)
     for unit in results["units"]:
-        shown = f"{unit['score']:6.2f}  [{unit['ci_low']:.1f}, {unit['ci_high']:.1f}]" if unit["status"] == "ok" \
+        shown = (
+            f"{unit['score']:6.2f}  [{unit['ci_low']:.1f}, {unit['ci_high']:.1f}]"
+            if unit["status"] == "ok"
             else unit["status"]
+        )
         print(f"{unit['task']:>16} {unit['length']:>6}  {shown}")
     print(f"wrote {Path(args.out) / 'summary.csv'}, predictions.jsonl, results.json, ruler.png", file=sys.stderr)
     return 0

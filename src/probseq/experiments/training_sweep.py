@@ -80,27 +80,49 @@ class TrainingSweep:
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
 
-    def run_config(self, mixer: str, d_model: int, data: MQARData | RecallData, lr: float,
-                   seed: int) -> TrainConfig:
+    def run_config(self, mixer: str, d_model: int, data: MQARData | RecallData, lr: float, seed: int) -> TrainConfig:
         """One run of the sweep: ``mixer`` at width ``d_model`` on ``data`` with learning rate ``lr`` and ``seed``."""
         # retention reaches the bayesian runs only, so changing it leaves the other runs' cache keys alone
-        model = ModelSpec(mixer=mixer, d_model=d_model, n_layers=self.n_layers, init=self.init,
-                          **({"retention": self.retention, "retention_init": self.retention_init}
-                             if mixer == "bayesian" else {}))
-        return TrainConfig(model=model, data=data, learning_rate=lr, weight_decay=self.weight_decay,
-                           warmup=self.warmup, max_steps=self.max_steps, batch_size=self.batch_size,
-                           eval_batch_size=self.eval_batch_size, seed=seed, precision=self.precision,
-                           save_steps=self.save_steps, progress=False, logging_steps=max(1, self.max_steps // 10),
-                           num_threads=self.num_threads, loss_weighting=self.loss_weighting, batching=self.batching,
-                           retention_lr_scale=self.retention_lr_scale if mixer == "bayesian" else 1.0)
+        model = ModelSpec(
+            mixer=mixer,
+            d_model=d_model,
+            n_layers=self.n_layers,
+            init=self.init,
+            **({"retention": self.retention, "retention_init": self.retention_init} if mixer == "bayesian" else {}),
+        )
+        return TrainConfig(
+            model=model,
+            data=data,
+            learning_rate=lr,
+            weight_decay=self.weight_decay,
+            warmup=self.warmup,
+            max_steps=self.max_steps,
+            batch_size=self.batch_size,
+            eval_batch_size=self.eval_batch_size,
+            seed=seed,
+            precision=self.precision,
+            save_steps=self.save_steps,
+            progress=False,
+            logging_steps=max(1, self.max_steps // 10),
+            num_threads=self.num_threads,
+            loss_weighting=self.loss_weighting,
+            batching=self.batching,
+            retention_lr_scale=self.retention_lr_scale if mixer == "bayesian" else 1.0,
+        )
 
 
-def run_sweep(experiment: str, config: TrainingSweep, out: str | Path, *,
-              summarise: Callable[[Any, dict[str, dict[str, Any]]], list[dict[str, Any]]],
-              csv_rows: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
-              unit_columns: Callable[[Unit], dict[str, Any]],
-              plot: Callable[[dict[str, Any], Path], Any], extra: dict[str, Any] | None = None,
-              log=None) -> dict[str, Any]:
+def run_sweep(
+    experiment: str,
+    config: TrainingSweep,
+    out: str | Path,
+    *,
+    summarise: Callable[[Any, dict[str, dict[str, Any]]], list[dict[str, Any]]],
+    csv_rows: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
+    unit_columns: Callable[[Unit], dict[str, Any]],
+    plot: Callable[[dict[str, Any], Path], Any],
+    extra: dict[str, Any] | None = None,
+    log=None,
+) -> dict[str, Any]:
     """Run (or resume) the sweep ``config.units()`` (the experiment config's) into ``out`` (checkpoints under
     ``runs_root()/<experiment>``) and write what ``probseq <experiment>`` writes: ``results.json`` (config,
     environment, ``extra``, every unit's ``unit_columns`` and metrics, the points of ``summarise``, counts and
@@ -115,30 +137,46 @@ def run_sweep(experiment: str, config: TrainingSweep, out: str | Path, *,
     units = config.units()
     sweep = run_units(units, experiment, out, log=log, complete=True)
     points = summarise(config, sweep.metrics)
-    results = {"experiment": experiment, "config": dataclasses.asdict(config), "environment": environment(),
-               **(extra or {}),
-               "units": {unit.name: {**unit_columns(unit), "metrics": sweep.metrics[unit.name]} for unit in units},
-               "points": points, "num_units": len(sweep.metrics), "from_cache": sweep.from_cache,
-               "diverged_units": sweep.diverged, "runtime_s": time.perf_counter() - started,
-               "train_seconds": sum(train_seconds(m) for m in sweep.metrics.values())}
+    results = {
+        "experiment": experiment,
+        "config": dataclasses.asdict(config),
+        "environment": environment(),
+        **(extra or {}),
+        "units": {unit.name: {**unit_columns(unit), "metrics": sweep.metrics[unit.name]} for unit in units},
+        "points": points,
+        "num_units": len(sweep.metrics),
+        "from_cache": sweep.from_cache,
+        "diverged_units": sweep.diverged,
+        "runtime_s": time.perf_counter() - started,
+        "train_seconds": sum(train_seconds(m) for m in sweep.metrics.values()),
+    }
     write_csv(out / f"{experiment}.csv", csv_rows(points))
-    write_csv(out / f"{experiment}_runs.csv", [{"unit": unit.name, **unit_columns(unit),
-                                                **run_columns(sweep.metrics[unit.name])} for unit in units])
+    write_csv(
+        out / f"{experiment}_runs.csv",
+        [{"unit": unit.name, **unit_columns(unit), **run_columns(sweep.metrics[unit.name])} for unit in units],
+    )
     atomic_write_json(out / "results.json", results)  # before the plots: a plotting problem never costs the results
     plot(json.loads(json.dumps(results)), out)
     return json.loads(json.dumps(results))
 
 
-def sweep_main(args, presets: dict[str, TrainingSweep], run: Callable[[Any, str], dict[str, Any]],
-               format_table: Callable[[dict[str, Any]], str], written: str) -> int:
+def sweep_main(
+    args,
+    presets: dict[str, TrainingSweep],
+    run: Callable[[Any, str], dict[str, Any]],
+    format_table: Callable[[dict[str, Any]], str],
+    written: str,
+) -> int:
     """``probseq mqar`` / ``probseq recall``: the preset with ``--set`` overrides, run into ``--out``; print the
     table and what was ``written`` besides ``results.json``. The exit code: :func:`report_diverged`'s."""
     config = apply_overrides(presets[args.preset], args.overrides)
     results = run(config, args.out)
     print(format_table(results))
-    print(f"wrote {args.out}/results.json, {written} in {results['runtime_s']:.0f} s; "
-          f"{results['from_cache']} of {results['num_units']} units from the cache;\n"
-          f"training took {results['train_seconds'] / 3600:.2f} h in all (the sum over units and sessions)")
+    print(
+        f"wrote {args.out}/results.json, {written} in {results['runtime_s']:.0f} s; "
+        f"{results['from_cache']} of {results['num_units']} units from the cache;\n"
+        f"training took {results['train_seconds'] / 3600:.2f} h in all (the sum over units and sessions)"
+    )
     return report_diverged(results["diverged_units"], results["num_units"])
 
 

@@ -31,8 +31,12 @@ import torch
 from probseq.experiments.common import environment, write_csv
 from probseq.files import atomic_write_bytes, atomic_write_json, check_same_config, check_writable
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 BYTE_VOCAB = 256
 
@@ -93,10 +97,20 @@ def load_model(config: UncertaintyConfig, vocab_size: int = BYTE_VOCAB):
     if folder is not None and (folder / "config.json").exists():
         model_config = ProbSeqConfig.from_pretrained(folder)
         return ProbSeqForCausalLM(model_config).eval(), f"{folder}/config.json (no weights)", True
-    model_config = ProbSeqConfig(vocab_size=vocab_size, hidden_size=config.hidden_size,
-                                 num_hidden_layers=config.num_hidden_layers, num_heads=config.num_heads,
-                                 head_dim=config.head_dim, expand_v=1.0, mixer="bayesian", retention="learned",
-                                 retention_init=0.5, pad_token_id=None, bos_token_id=None, eos_token_id=None)
+    model_config = ProbSeqConfig(
+        vocab_size=vocab_size,
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_heads=config.num_heads,
+        head_dim=config.head_dim,
+        expand_v=1.0,
+        mixer="bayesian",
+        retention="learned",
+        retention_init=0.5,
+        pad_token_id=None,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
     return ProbSeqForCausalLM(model_config).eval(), "small Bayesian model", True
 
 
@@ -116,8 +130,9 @@ def byte_tokens(text: str) -> Tokens:
 
 def tokenize(text: str, tokenizer_dir: str | None, model_dir: str | None) -> Tokens:
     """Tokens from ``tokenizer_dir`` (must hold a tokenizer), else ``model_dir``'s tokenizer, else bytes."""
-    folder = tokenizer_dir or (model_dir if model_dir and any((Path(model_dir) / f).exists()
-                                                                  for f in TOKENIZER_FILES) else None)
+    folder = tokenizer_dir or (
+        model_dir if model_dir and any((Path(model_dir) / f).exists() for f in TOKENIZER_FILES) else None
+    )
     if folder is None:
         return byte_tokens(text)
     from transformers import AutoTokenizer
@@ -134,8 +149,10 @@ def layer_variances(model, ids: list[int]) -> tuple[list[tuple[int, torch.Tensor
     """Run ``model`` on ``ids`` with ``output_variance=True``: ``([(layer, variance [T, H])], notes)``; a variance
     that is not finite is a ``ValueError`` naming the layer, head and token (no file would hold a number)."""
     if max(ids) >= model.config.vocab_size:
-        raise ValueError(f"token id {max(ids)} is outside the model's vocabulary ({model.config.vocab_size}); "
-                         "give the model's tokenizer with --tokenizer")
+        raise ValueError(
+            f"token id {max(ids)} is outside the model's vocabulary ({model.config.vocab_size}); "
+            "give the model's tokenizer with --tokenizer"
+        )
     with torch.no_grad():
         model(torch.tensor([ids]), use_cache=False, output_variance=True)
     found, notes = [], []
@@ -151,8 +168,10 @@ def layer_variances(model, ids: list[int]) -> tuple[list[tuple[int, torch.Tensor
         bad = (~torch.isfinite(variance)).nonzero()
         if len(bad):
             t, head = bad[0].tolist()
-            raise ValueError(f"the predictive variance of layer {layer}, head {head} is not finite at token {t} "
-                             f"({variance[t, head].item()}): the model's weights are damaged or diverged")
+            raise ValueError(
+                f"the predictive variance of layer {layer}, head {head} is not finite at token {t} "
+                f"({variance[t, head].item()}): the model's weights are damaged or diverged"
+            )
     return found, notes
 
 
@@ -191,14 +210,19 @@ def run_uncertainty(config: UncertaintyConfig, out: str | os.PathLike) -> dict:
     model, model_source, random_init = load_model(config, tokens.vocab_size)
     found, notes = layer_variances(model, tokens.ids)
 
-    columns = [(f"L{layer}.H{head}", variance[:, head]) for layer, variance in found
-               for head in range(variance.shape[1])]
+    columns = [
+        (f"L{layer}.H{head}", variance[:, head]) for layer, variance in found for head in range(variance.shape[1])
+    ]
     matrix = torch.stack([values for _, values in columns])  # [layers·heads, T]
-    rows = [dict(position=t, token=tokens.labels[t], **{name: values[t].item() for name, values in columns})
-            for t in range(len(tokens.ids))]
+    rows = [
+        dict(position=t, token=tokens.labels[t], **{name: values[t].item() for name, values in columns})
+        for t in range(len(tokens.ids))
+    ]
     model_text = f"randomly initialised model ({model_source})" if random_init else f"model {model_source}"
-    title = (f"Predictive variance per token and head\n{model_text}; "
-             f"{len(tokens.ids)} tokens ({'UTF-8 bytes' if tokens.source == 'bytes' else 'tokenizer'})")
+    title = (
+        f"Predictive variance per token and head\n{model_text}; "
+        f"{len(tokens.ids)} tokens ({'UTF-8 bytes' if tokens.source == 'bytes' else 'tokenizer'})"
+    )
     write_csv(out / "variance.csv", rows)
     atomic_write_bytes(out / "variance.png", plot(matrix, [name for name, _ in columns], tokens.labels, title))
     results = {
@@ -211,8 +235,10 @@ def run_uncertainty(config: UncertaintyConfig, out: str | os.PathLike) -> dict:
         "tokens": [dict(id=i, label=label) for i, label in zip(tokens.ids, tokens.labels)],
         "layers": [layer for layer, _ in found],
         "notes": notes,
-        "heads": {name: dict(mean=values.mean().item(), min=values.min().item(), max=values.max().item())
-                  for name, values in columns},
+        "heads": {
+            name: dict(mean=values.mean().item(), min=values.min().item(), max=values.max().item())
+            for name, values in columns
+        },
         "files": ["variance.png", "variance.csv", "results.json"],
     }
     atomic_write_json(out / "results.json", results)

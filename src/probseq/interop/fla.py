@@ -47,15 +47,41 @@ FLA_ARCHITECTURE = "GatedDeltaNetForCausalLM"
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "vocab.json", "merges.txt", "added_tokens.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 #: fla ``GatedDeltaNetConfig`` fields taken over by :class:`ProbSeqConfig` under the same name.
-MAPPED_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_heads", "num_v_heads", "head_dim", "expand_v",
-                 "use_gate", "use_short_conv", "conv_size", "output_gate_activation", "hidden_ratio",
-                 "intermediate_size", "norm_eps", "max_position_embeddings", "initializer_range",
-                 "tie_word_embeddings", "use_cache", "pad_token_id", "bos_token_id", "eos_token_id")
+MAPPED_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_heads",
+    "num_v_heads",
+    "head_dim",
+    "expand_v",
+    "use_gate",
+    "use_short_conv",
+    "conv_size",
+    "output_gate_activation",
+    "hidden_ratio",
+    "intermediate_size",
+    "norm_eps",
+    "max_position_embeddings",
+    "initializer_range",
+    "tie_word_embeddings",
+    "use_cache",
+    "pad_token_id",
+    "bos_token_id",
+    "eos_token_id",
+)
 
 #: Kernel and loss-implementation choices (accepted values): the same function whatever their value.
 KERNEL_CHOICES = {
@@ -68,14 +94,23 @@ KERNEL_CHOICES = {
 
 #: Fields that change the function, with the one value probseq computes and why another is refused.
 FIXED_FIELDS = {
-    "allow_neg_eigval": (False, "it doubles β to (0, 2), and a write strength above 1 has no write-noise "
-                                "counterpart r = (1 − β)/β ≥ 0 in the Bayesian Layer"),
+    "allow_neg_eigval": (
+        False,
+        "it doubles β to (0, 2), and a write strength above 1 has no write-noise "
+        "counterpart r = (1 − β)/β ≥ 0 in the Bayesian Layer",
+    ),
     "hidden_act": ("swish", "probseq's MLP is SwiGLU; fla's 'powlu' gated MLP has no counterpart"),
-    "use_l2warp": (False, "it adds an L2 penalty on the largest logit to the training gradient, which "
-                          "ProbSeqForCausalLM's loss does not apply (set it to false in config.json to convert "
-                          "anyway, e.g. for inference)"),
-    "attnres_block_size": (None, "attention residuals (learned mixing of earlier layers' outputs in place of "
-                                 "the residual stream) are not part of probseq's pre-norm block"),
+    "use_l2warp": (
+        False,
+        "it adds an L2 penalty on the largest logit to the training gradient, which "
+        "ProbSeqForCausalLM's loss does not apply (set it to false in config.json to convert "
+        "anyway, e.g. for inference)",
+    ),
+    "attnres_block_size": (
+        None,
+        "attention residuals (learned mixing of earlier layers' outputs in place of "
+        "the residual stream) are not part of probseq's pre-norm block",
+    ),
 }
 
 #: Keys of fla's hybrid-attention spec ``attn`` (fla.models.configuration_utils.AttentionSpec).
@@ -121,20 +156,24 @@ def config_from_fla(fla_config: dict, retention: str = "reset") -> ProbSeqConfig
     known = set(MAPPED_FIELDS) | set(KERNEL_CHOICES) | set(FIXED_FIELDS) | {"attn"} | generic
     unknown = sorted(set(fla_config) - known)
     if unknown:
-        raise ValueError(f"fla config field(s) {unknown} are not fields of fla 0.6.0's GatedDeltaNetConfig; "
-                         "probseq does not know what they change and refuses to drop them")
+        raise ValueError(
+            f"fla config field(s) {unknown} are not fields of fla 0.6.0's GatedDeltaNetConfig; "
+            "probseq does not know what they change and refuses to drop them"
+        )
     for name, choices in KERNEL_CHOICES.items():
         if name in fla_config and fla_config[name] not in choices:
             raise ValueError(f"fla config field {name!r} must be one of {choices}, got {fla_config[name]!r}")
     for name, (value, reason) in FIXED_FIELDS.items():
         if name in fla_config and fla_config[name] != value:
-            raise ValueError(f"fla config field {name}={fla_config[name]!r} is refused (probseq computes "
-                             f"{name}={value!r}): {reason}")
+            raise ValueError(
+                f"fla config field {name}={fla_config[name]!r} is refused (probseq computes {name}={value!r}): {reason}"
+            )
     kwargs = {name: fla_config[name] for name in MAPPED_FIELDS if name in fla_config}
     kwargs.update(_attention_from_fla(fla_config.get("attn"), fla_config.get("num_hidden_layers")))
     try:
-        return ProbSeqConfig(mixer="bayesian", retention=retention, retention_init=0.0, conv_bias=False,
-                             allow_neg_eigval=False, **kwargs)
+        return ProbSeqConfig(
+            mixer="bayesian", retention=retention, retention_init=0.0, conv_bias=False, allow_neg_eigval=False, **kwargs
+        )
     except (ValueError, TypeError) as error:
         raise ValueError(f"the fla config does not make a valid probseq model: {error}") from None
 
@@ -151,26 +190,43 @@ def _attention_from_fla(attn, num_layers) -> dict:
     for spec in specs:
         unknown = sorted(set(spec) - set(ATTENTION_SPEC_KEYS))
         if unknown:
-            raise ValueError(f"fla config field 'attn' has key(s) {unknown} that fla 0.6.0's attention spec does not "
-                             f"have ({', '.join(ATTENTION_SPEC_KEYS)})")
+            raise ValueError(
+                f"fla config field 'attn' has key(s) {unknown} that fla 0.6.0's attention spec does not "
+                f"have ({', '.join(ATTENTION_SPEC_KEYS)})"
+            )
         if "layers" not in spec or "num_heads" not in spec:
             raise ValueError(f"fla config field 'attn' needs 'layers' and 'num_heads' in every spec, got {spec!r}")
         if spec.get("window_size") is not None:
-            raise ValueError(f"fla config field 'attn' has window_size={spec['window_size']!r}: sliding-window "
-                             "attention is not supported by probseq's Attention layer")
+            raise ValueError(
+                f"fla config field 'attn' has window_size={spec['window_size']!r}: sliding-window "
+                "attention is not supported by probseq's Attention layer"
+            )
         rope_theta = spec.get("rope_theta", 10000.0)
         if isinstance(rope_theta, bool) or not isinstance(rope_theta, (int, float)) or not rope_theta > 0:
             raise ValueError(f"fla config field 'attn' has rope_theta={rope_theta!r}; it must be a positive number")
         layers += list(spec["layers"])
         num_kv_heads = spec.get("num_kv_heads")
-        settings.append((spec["num_heads"], spec["num_heads"] if num_kv_heads is None else num_kv_heads,
-                         bool(spec.get("qkv_bias", False)), float(rope_theta)))
+        settings.append(
+            (
+                spec["num_heads"],
+                spec["num_heads"] if num_kv_heads is None else num_kv_heads,
+                bool(spec.get("qkv_bias", False)),
+                float(rope_theta),
+            )
+        )
     if len(set(settings)) > 1:
-        raise ValueError(f"fla config field 'attn' gives attention layers different settings {sorted(set(settings))} "
-                         "(num_heads, num_kv_heads, qkv_bias, rope_theta); probseq has one setting for all of them")
+        raise ValueError(
+            f"fla config field 'attn' gives attention layers different settings {sorted(set(settings))} "
+            "(num_heads, num_kv_heads, qkv_bias, rope_theta); probseq has one setting for all of them"
+        )
     num_heads, num_kv_heads, qkv_bias, rope_theta = settings[0]
-    return dict(attn_layers=sorted(layers), attn_num_heads=num_heads, attn_num_kv_heads=num_kv_heads,
-                qkv_bias=qkv_bias, rope_theta=rope_theta)
+    return dict(
+        attn_layers=sorted(layers),
+        attn_num_heads=num_heads,
+        attn_num_kv_heads=num_kv_heads,
+        qkv_bias=qkv_bias,
+        rope_theta=rope_theta,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -189,22 +245,32 @@ def config_to_fla(config: ProbSeqConfig) -> dict:
     """
     mixers = sorted(set(config.layer_mixers) - {"attention"})
     if len(mixers) > 1 or (mixers and mixers[0] not in ("gated_deltanet", "bayesian")):
-        raise ValueError(f"only gated_deltanet / bayesian (+ attention) models can be exported to fla's Gated "
-                         f"DeltaNet, got mixers {sorted(set(config.layer_mixers))}")
+        raise ValueError(
+            f"only gated_deltanet / bayesian (+ attention) models can be exported to fla's Gated "
+            f"DeltaNet, got mixers {sorted(set(config.layer_mixers))}"
+        )
     if mixers == ["bayesian"] and config.retention == "stationary":
-        raise ValueError("retention='stationary' (γ = α²) is not a Gated DeltaNet; only 'reset' and 'learned' at "
-                         "ρ = 0 can be exported")
+        raise ValueError(
+            "retention='stationary' (γ = α²) is not a Gated DeltaNet; only 'reset' and 'learned' at "
+            "ρ = 0 can be exported"
+        )
     if config.conv_bias:
         raise ValueError("conv_bias=True cannot be exported: fla's GatedDeltaNetConfig has no conv bias")
     if config.allow_neg_eigval:
         raise ValueError("allow_neg_eigval=True is not a probseq model")
     if mixers == ["bayesian"] and config.r_min is not None and config.r_min > R_MIN:
-        raise ValueError(f"r_min={config.r_min} > {R_MIN}: the noise floor changes every write with "
-                         f"β > 1/(1 + r_min), so the model is not a Gated DeltaNet")
+        raise ValueError(
+            f"r_min={config.r_min} > {R_MIN}: the noise floor changes every write with "
+            f"β > 1/(1 + r_min), so the model is not a Gated DeltaNet"
+        )
     fla = {
-        "model_type": FLA_MODEL_TYPE, "architectures": [FLA_ARCHITECTURE],
+        "model_type": FLA_MODEL_TYPE,
+        "architectures": [FLA_ARCHITECTURE],
         **{name: getattr(config, name) for name in MAPPED_FIELDS},
-        "attn_mode": "chunk", "fuse_norm": True, "fuse_swiglu": True, "fuse_cross_entropy": True,
+        "attn_mode": "chunk",
+        "fuse_norm": True,
+        "fuse_swiglu": True,
+        "fuse_cross_entropy": True,
         "fuse_linear_cross_entropy": False,
         **{name: value for name, (value, _) in FIXED_FIELDS.items()},
         "attn": None,
@@ -212,12 +278,19 @@ def config_to_fla(config: ProbSeqConfig) -> dict:
     layers = [i for i, name in enumerate(config.layer_mixers) if name == "attention"]
     if layers:
         if config.rope_theta is None or not config.rope_theta > 0:
-            raise ValueError(f"attention with rope_theta={config.rope_theta!r} cannot be exported: fla's attention "
-                             "always applies rotary embeddings")
+            raise ValueError(
+                f"attention with rope_theta={config.rope_theta!r} cannot be exported: fla's attention "
+                "always applies rotary embeddings"
+            )
         num_heads = config.attn_num_heads or config.num_heads
-        fla["attn"] = {"layers": layers, "num_heads": num_heads,
-                       "num_kv_heads": config.attn_num_kv_heads or num_heads, "qkv_bias": bool(config.qkv_bias),
-                       "window_size": None, "rope_theta": float(config.rope_theta)}
+        fla["attn"] = {
+            "layers": layers,
+            "num_heads": num_heads,
+            "num_kv_heads": config.attn_num_kv_heads or num_heads,
+            "qkv_bias": bool(config.qkv_bias),
+            "window_size": None,
+            "rope_theta": float(config.rope_theta),
+        }
     return fla
 
 
@@ -258,8 +331,10 @@ def _read_safetensors(directory: Path) -> dict[str, Tensor]:
     else:
         pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
         if pickles:
-            raise ValueError(f"{directory}: no safetensors weights, only torch pickles {pickles}; probseq reads "
-                             "safetensors only (re-save the model with save_pretrained(safe_serialization=True))")
+            raise ValueError(
+                f"{directory}: no safetensors weights, only torch pickles {pickles}; probseq reads "
+                "safetensors only (re-save the model with save_pretrained(safe_serialization=True))"
+            )
         raise FileNotFoundError(f"{directory}: no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME}")
     tensors: dict[str, Tensor] = {}
     for path in files:
@@ -276,9 +351,12 @@ def _read_safetensors(directory: Path) -> dict[str, Tensor]:
 
 def _retention_tensor_names(model: ProbSeqForCausalLM) -> list[str]:
     """State-dict names of the learned-retention parameters (the tensors an fla checkpoint lacks)."""
-    return [f"{name}.{parameter}" for name, module in model.named_modules()
-            if isinstance(module, BayesianLayer) and module.retention == "learned"
-            for parameter in BayesianLayer.RETENTION_PARAMETERS]
+    return [
+        f"{name}.{parameter}"
+        for name, module in model.named_modules()
+        if isinstance(module, BayesianLayer) and module.retention == "learned"
+        for parameter in BayesianLayer.RETENTION_PARAMETERS
+    ]
 
 
 def _check_tensors(tensors: dict[str, Tensor], model: ProbSeqForCausalLM, source: Path) -> dict[str, Tensor]:
@@ -296,11 +374,15 @@ def _check_tensors(tensors: dict[str, Tensor], model: ProbSeqForCausalLM, source
         problems.append(f"missing tensor(s) {missing}")
     if unexpected:
         problems.append(f"unexpected tensor(s) {unexpected}")
-    problems += [f"tensor {name!r} has shape {list(tensors[name].shape)}, expected {list(shape)}"
-                 for name, shape in expected.items() if name in tensors and tuple(tensors[name].shape) != shape]
+    problems += [
+        f"tensor {name!r} has shape {list(tensors[name].shape)}, expected {list(shape)}"
+        for name, shape in expected.items()
+        if name in tensors and tuple(tensors[name].shape) != shape
+    ]
     if problems:
-        raise ValueError(f"{source}: the weights do not match the Gated DeltaNet its config.json describes: "
-                         + "; ".join(problems))
+        raise ValueError(
+            f"{source}: the weights do not match the Gated DeltaNet its config.json describes: " + "; ".join(problems)
+        )
     return tensors
 
 
@@ -326,8 +408,9 @@ def _copy_tokenizer(src: Path, dst: Path) -> list[str]:
     return copied
 
 
-def convert_fla(src_dir, dst_dir, retention: str = "reset", dtype: torch.dtype | str | None = None
-                ) -> ProbSeqForCausalLM:
+def convert_fla(
+    src_dir, dst_dir, retention: str = "reset", dtype: torch.dtype | str | None = None
+) -> ProbSeqForCausalLM:
     """Convert an fla ``GatedDeltaNetForCausalLM`` directory into a probseq model and save it.
 
     Args:
@@ -417,13 +500,14 @@ def export_fla(model_or_dir, dst_dir) -> Path:
         if isinstance(module, BayesianLayer) and module.retention == "learned":
             rho = module.c_scale.detach().float().clamp(0, 1)
             if bool((rho != 0).any()):
-                raise ValueError(f"{name}: learned retention is non-zero (max ρ = {rho.max().item():.3g}); with "
-                                 "γ ≠ 0 the layer is not a Gated DeltaNet and fla cannot represent it")
+                raise ValueError(
+                    f"{name}: learned retention is non-zero (max ρ = {rho.max().item():.3g}); with "
+                    "γ ≠ 0 the layer is not a Gated DeltaNet and fla cannot represent it"
+                )
     dropped = set(_retention_tensor_names(model))
     if model.config.tie_word_embeddings:
         dropped.add("lm_head.weight")  # fla stores tied weights once, as the embeddings
-    tensors = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()
-               if name not in dropped}
+    tensors = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items() if name not in dropped}
     dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
     fla_config["dtype"] = str(dtypes.pop() if len(dtypes) == 1 else torch.float32).removeprefix("torch.")
 
@@ -448,9 +532,11 @@ def convert_main(args: argparse.Namespace) -> int:
     except OSError as error:  # a missing directory or file: the CLI reports it without a traceback
         raise ValueError(str(error)) from None
     config = model.config
-    print(f"wrote {args.dst}: ProbSeqForCausalLM, {config.num_hidden_layers} layers "
-          f"({', '.join(sorted(set(config.layer_mixers)))}), retention={config.retention}, "
-          f"{sum(p.numel() for p in model.parameters()):,} parameters, {model.dtype}")
+    print(
+        f"wrote {args.dst}: ProbSeqForCausalLM, {config.num_hidden_layers} layers "
+        f"({', '.join(sorted(set(config.layer_mixers)))}), retention={config.retention}, "
+        f"{sum(p.numel() for p in model.parameters()):,} parameters, {model.dtype}"
+    )
     return 0
 
 
@@ -463,5 +549,15 @@ def export_main(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["ATTENTION_SPEC_KEYS", "FIXED_FIELDS", "KERNEL_CHOICES", "MAPPED_FIELDS", "config_from_fla",
-           "config_to_fla", "convert_fla", "convert_main", "export_fla", "export_main"]
+__all__ = [
+    "ATTENTION_SPEC_KEYS",
+    "FIXED_FIELDS",
+    "KERNEL_CHOICES",
+    "MAPPED_FIELDS",
+    "config_from_fla",
+    "config_to_fla",
+    "convert_fla",
+    "convert_main",
+    "export_fla",
+    "export_main",
+]

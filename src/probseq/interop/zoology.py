@@ -60,8 +60,15 @@ from torch import Tensor, nn
 from probseq.layers import Attention, BayesianLayer, DeltaNet, GatedDeltaNet, LinearAttention, Mamba2, ShortConvolution
 from probseq.layers.utils import check_positive
 
-__all__ = ["AttentionMixer", "BayesianMixer", "DeltaNetMixer", "GatedDeltaNetMixer", "LinearAttentionMixer",
-           "Mamba2Mixer", "ZoologyMixer"]
+__all__ = [
+    "AttentionMixer",
+    "BayesianMixer",
+    "DeltaNetMixer",
+    "GatedDeltaNetMixer",
+    "LinearAttentionMixer",
+    "Mamba2Mixer",
+    "ZoologyMixer",
+]
 
 
 def default_heads(d_model: int, num_heads: int | None) -> int:
@@ -123,15 +130,30 @@ class BayesianMixer(ZoologyMixer):
     :attr:`last_variance`.
     """
 
-    def __init__(self, d_model: int, layer_idx: int | None = None, *, retention: str = "learned",
-                 num_heads: int | None = None, head_dim: int | None = None, expand_v: float = 1,
-                 l_max: int | None = None, **kwargs):
+    def __init__(
+        self,
+        d_model: int,
+        layer_idx: int | None = None,
+        *,
+        retention: str = "learned",
+        num_heads: int | None = None,
+        head_dim: int | None = None,
+        expand_v: float = 1,
+        l_max: int | None = None,
+        **kwargs,
+    ):
         super().__init__(d_model, layer_idx)
         _check_l_max(l_max)
         num_heads = default_heads(d_model, num_heads)
-        self.layer = BayesianLayer(hidden_size=d_model, num_heads=num_heads,
-                                   head_dim=d_model // num_heads if head_dim is None else head_dim,
-                                   expand_v=expand_v, layer_idx=layer_idx, retention=retention, **kwargs)
+        self.layer = BayesianLayer(
+            hidden_size=d_model,
+            num_heads=num_heads,
+            head_dim=d_model // num_heads if head_dim is None else head_dim,
+            expand_v=expand_v,
+            layer_idx=layer_idx,
+            retention=retention,
+            **kwargs,
+        )
 
     def forward(self, x: Tensor, output_variance: bool = False) -> Tensor:
         """``x [B, T, D] → y [B, T, D]``; with ``output_variance`` the variance goes to :attr:`last_variance`."""
@@ -156,14 +178,28 @@ class GatedDeltaNetMixer(ZoologyMixer):
     """Gated DeltaNet (:class:`~probseq.layers.GatedDeltaNet`, the covariance-reset Bayesian Layer) as a Zoology
     mixer. Defaults and ``kwargs`` as :class:`BayesianMixer` (less ``retention``)."""
 
-    def __init__(self, d_model: int, layer_idx: int | None = None, *, num_heads: int | None = None,
-                 head_dim: int | None = None, expand_v: float = 1, l_max: int | None = None, **kwargs):
+    def __init__(
+        self,
+        d_model: int,
+        layer_idx: int | None = None,
+        *,
+        num_heads: int | None = None,
+        head_dim: int | None = None,
+        expand_v: float = 1,
+        l_max: int | None = None,
+        **kwargs,
+    ):
         super().__init__(d_model, layer_idx)
         _check_l_max(l_max)
         num_heads = default_heads(d_model, num_heads)
-        self.layer = GatedDeltaNet(hidden_size=d_model, num_heads=num_heads,
-                                   head_dim=d_model // num_heads if head_dim is None else head_dim,
-                                   expand_v=expand_v, layer_idx=layer_idx, **kwargs)
+        self.layer = GatedDeltaNet(
+            hidden_size=d_model,
+            num_heads=num_heads,
+            head_dim=d_model // num_heads if head_dim is None else head_dim,
+            expand_v=expand_v,
+            layer_idx=layer_idx,
+            **kwargs,
+        )
 
     def state_size(self, sequence_length: int = 2048) -> int:
         layer = self.layer
@@ -174,12 +210,20 @@ class DeltaNetMixer(ZoologyMixer):
     """DeltaNet (:class:`~probseq.layers.DeltaNet`) as a Zoology mixer: ``num_heads`` as above, fla's
     ``expand_k = expand_v = 1``; ``kwargs`` go to the layer (``use_gate``, ``use_beta``, ``qk_activation`` …)."""
 
-    def __init__(self, d_model: int, layer_idx: int | None = None, *, num_heads: int | None = None,
-                 l_max: int | None = None, **kwargs):
+    def __init__(
+        self,
+        d_model: int,
+        layer_idx: int | None = None,
+        *,
+        num_heads: int | None = None,
+        l_max: int | None = None,
+        **kwargs,
+    ):
         super().__init__(d_model, layer_idx)
         _check_l_max(l_max)
-        self.layer = DeltaNet(hidden_size=d_model, num_heads=default_heads(d_model, num_heads), layer_idx=layer_idx,
-                              **kwargs)
+        self.layer = DeltaNet(
+            hidden_size=d_model, num_heads=default_heads(d_model, num_heads), layer_idx=layer_idx, **kwargs
+        )
 
     def state_size(self, sequence_length: int = 2048) -> int:
         layer = self.layer
@@ -190,12 +234,25 @@ class LinearAttentionMixer(ZoologyMixer):
     """Linear attention (:class:`~probseq.layers.LinearAttention`) as a Zoology mixer: ``num_heads`` as above,
     ``feature_map="elu"``; ``kwargs`` go to the layer (``decay="scalar"`` gives RetNet, ``"channel"`` GLA)."""
 
-    def __init__(self, d_model: int, layer_idx: int | None = None, *, num_heads: int | None = None,
-                 feature_map: str = "elu", l_max: int | None = None, **kwargs):
+    def __init__(
+        self,
+        d_model: int,
+        layer_idx: int | None = None,
+        *,
+        num_heads: int | None = None,
+        feature_map: str = "elu",
+        l_max: int | None = None,
+        **kwargs,
+    ):
         super().__init__(d_model, layer_idx)
         _check_l_max(l_max)
-        self.layer = LinearAttention(hidden_size=d_model, num_heads=default_heads(d_model, num_heads),
-                                     feature_map=feature_map, layer_idx=layer_idx, **kwargs)
+        self.layer = LinearAttention(
+            hidden_size=d_model,
+            num_heads=default_heads(d_model, num_heads),
+            feature_map=feature_map,
+            layer_idx=layer_idx,
+            **kwargs,
+        )
 
     def state_size(self, sequence_length: int = 2048) -> int:
         layer = self.layer
@@ -207,14 +264,30 @@ class Mamba2Mixer(ZoologyMixer):
     (``head_dim = expand · d_model / num_heads``), ``state_size = 64``; ``kwargs`` go to the layer under its
     fla names (``n_groups``, ``conv_kernel``, ``chunk_size`` …)."""
 
-    def __init__(self, d_model: int, layer_idx: int | None = None, *, num_heads: int | None = None,
-                 expand: int = 2, state_size: int = 64, l_max: int | None = None, **kwargs):
+    def __init__(
+        self,
+        d_model: int,
+        layer_idx: int | None = None,
+        *,
+        num_heads: int | None = None,
+        expand: int = 2,
+        state_size: int = 64,
+        l_max: int | None = None,
+        **kwargs,
+    ):
         super().__init__(d_model, layer_idx)
         _check_l_max(l_max)
         check_positive(expand=expand)
         num_heads = default_heads(d_model, num_heads)
-        self.layer = Mamba2(num_heads=num_heads, head_dim=expand * d_model // num_heads, hidden_size=d_model,
-                            state_size=state_size, expand=expand, layer_idx=layer_idx, **kwargs)
+        self.layer = Mamba2(
+            num_heads=num_heads,
+            head_dim=expand * d_model // num_heads,
+            hidden_size=d_model,
+            state_size=state_size,
+            expand=expand,
+            layer_idx=layer_idx,
+            **kwargs,
+        )
 
     def state_size(self, sequence_length: int = 2048) -> int:
         layer = self.layer
@@ -226,12 +299,20 @@ class AttentionMixer(ZoologyMixer):
     ``num_heads`` as above; ``kwargs`` go to the layer (``num_kv_heads``, ``rope_theta=None`` for no rotary
     embedding, ``qk_norm`` …)."""
 
-    def __init__(self, d_model: int, layer_idx: int | None = None, *, num_heads: int | None = None,
-                 l_max: int | None = None, **kwargs):
+    def __init__(
+        self,
+        d_model: int,
+        layer_idx: int | None = None,
+        *,
+        num_heads: int | None = None,
+        l_max: int | None = None,
+        **kwargs,
+    ):
         super().__init__(d_model, layer_idx)
         _check_l_max(l_max)
-        self.layer = Attention(hidden_size=d_model, num_heads=default_heads(d_model, num_heads), layer_idx=layer_idx,
-                               **kwargs)
+        self.layer = Attention(
+            hidden_size=d_model, num_heads=default_heads(d_model, num_heads), layer_idx=layer_idx, **kwargs
+        )
 
     def state_size(self, sequence_length: int = 2048) -> int:
         check_positive(sequence_length=sequence_length)

@@ -31,20 +31,25 @@ def rotate(x: Tensor, positions: Tensor, theta: float) -> Tensor:
     inv_freq = theta ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
     angles = positions.float()[..., None, None] * inv_freq  # [B, T, 1, D/2]
     cos, sin = angles.cos(), angles.sin()
-    x1, x2 = x.float()[..., :half], x.float()[..., half:2 * half]
-    rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, x.float()[..., 2 * half:]], dim=-1)
+    x1, x2 = x.float()[..., :half], x.float()[..., half : 2 * half]
+    rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, x.float()[..., 2 * half :]], dim=-1)
     return rotated.to(x.dtype)
 
 
 def _check_position_ids(position_ids: Tensor, batch: int, length: int) -> None:
     """``position_ids [B, S]``, ``[1, S]`` or ``[S]`` with ``S ≥ T`` (the last ``T`` are the current tokens)."""
-    layout = isinstance(position_ids, Tensor) and position_ids.dtype != torch.bool and (
-        position_ids.dim() == 1 or (position_ids.dim() == 2 and position_ids.shape[0] in (1, batch)))
+    layout = (
+        isinstance(position_ids, Tensor)
+        and position_ids.dtype != torch.bool
+        and (position_ids.dim() == 1 or (position_ids.dim() == 2 and position_ids.shape[0] in (1, batch)))
+    )
     if layout and position_ids.shape[-1] >= length:
         return
     got = list(position_ids.shape) if isinstance(position_ids, Tensor) else type(position_ids).__name__
-    raise ValueError(f"position_ids must be a tensor [B, T] or [1, T] of positions covering the {length} current "
-                     f"tokens (batch {batch}), got {got}")
+    raise ValueError(
+        f"position_ids must be a tensor [B, T] or [1, T] of positions covering the {length} current "
+        f"tokens (batch {batch}), got {got}"
+    )
 
 
 class Attention(nn.Module):
@@ -54,10 +59,21 @@ class Attention(nn.Module):
     naming the first bad ``(batch, time)``, with one host synchronisation per call.
     """
 
-    def __init__(self, hidden_size: int = 2048, num_heads: int = 32, num_kv_heads: int | None = None,
-                 qkv_bias: bool = False, qk_norm: bool = False, window_size: int | None = None,
-                 rope_theta: float | None = 10000.0, max_position_embeddings: int | None = None,
-                 layer_idx: int | None = None, *, validate: bool = False, **kwargs):
+    def __init__(
+        self,
+        hidden_size: int = 2048,
+        num_heads: int = 32,
+        num_kv_heads: int | None = None,
+        qkv_bias: bool = False,
+        qk_norm: bool = False,
+        window_size: int | None = None,
+        rope_theta: float | None = 10000.0,
+        max_position_embeddings: int | None = None,
+        layer_idx: int | None = None,
+        *,
+        validate: bool = False,
+        **kwargs,
+    ):
         super().__init__()
         check_no_extra("Attention", kwargs)
         self.validate = bool(validate)
@@ -90,21 +106,35 @@ class Attention(nn.Module):
         """Keys and values ``[N, S, H_kv, D_h]`` (:mod:`probseq.layers.state`)."""
         return StateLayout(KVState, (), (self.num_kv_heads, self.head_dim))
 
-    def _positions(self, batch: int, length: int, past: int, attention_mask: Tensor | None,
-                   cu_seqlens: Tensor | None, position_ids: Tensor | None, device: torch.device) -> Tensor:
+    def _positions(
+        self,
+        batch: int,
+        length: int,
+        past: int,
+        attention_mask: Tensor | None,
+        cu_seqlens: Tensor | None,
+        position_ids: Tensor | None,
+        device: torch.device,
+    ) -> Tensor:
         if position_ids is not None:
             _check_position_ids(position_ids, batch, length)
-            return position_ids[..., position_ids.shape[-1] - length:].expand(batch, length).to(device)
+            return position_ids[..., position_ids.shape[-1] - length :].expand(batch, length).to(device)
         if cu_seqlens is not None:
             return Packing(cu_seqlens, device).offset[None]
         if attention_mask is not None:
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-            return positions[:, positions.shape[1] - length:].to(device)  # (not [:, -length:]: T = 0)
+            return positions[:, positions.shape[1] - length :].to(device)  # (not [:, -length:]: T = 0)
         return (past + torch.arange(length, device=device))[None].expand(batch, length)
 
-    def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None, past_key_values=None,
-                use_cache: bool | None = False, output_attentions: bool | None = False,
-                **kwargs) -> tuple[Tensor, None, object]:
+    def forward(
+        self,
+        hidden_states: Tensor,
+        attention_mask: Tensor | None = None,
+        past_key_values=None,
+        use_cache: bool | None = False,
+        output_attentions: bool | None = False,
+        **kwargs,
+    ) -> tuple[Tensor, None, object]:
         """``hidden_states [B, T, D] → (o [B, T, D], None, past_key_values)``.
 
         ``attention_mask`` ``[B, S + T]`` (0/1 or bool, 0 = padding) covers the cached and the current tokens;
@@ -114,16 +144,19 @@ class Attention(nn.Module):
             raise ValueError("Attention runs on SDPA and cannot return attention weights (output_attentions)")
         if kwargs.get("cu_seqlens") is not None and use_cache:
             raise ValueError("Attention cannot cache packed sequences (cu_seqlens with use_cache=True)")
-        x, mask, attention_mask, cu_seqlens = layer_inputs(self, hidden_states, attention_mask,
-                                                           kwargs.get("cu_seqlens"), self.q_proj.weight)
+        x, mask, attention_mask, cu_seqlens = layer_inputs(
+            self, hidden_states, attention_mask, kwargs.get("cu_seqlens"), self.q_proj.weight
+        )
         batch, length, _ = x.shape
         last = read_state(self, past_key_values, batch)
         if last is not None and cu_seqlens is not None:
             raise ValueError("Attention cannot continue packed sequences (cu_seqlens) from a cache (past_key_values)")
         past = 0 if last is None else last.keys.shape[1]
         if attention_mask is not None and attention_mask.shape[1] < past + length:
-            raise ValueError(f"attention_mask must cover the {past} cached and {length} current tokens, got "
-                             f"{attention_mask.shape[1]} columns")
+            raise ValueError(
+                f"attention_mask must cover the {past} cached and {length} current tokens, got "
+                f"{attention_mask.shape[1]} columns"
+            )
 
         q = rearrange(self.q_proj(x), "b t (h d) -> b t h d", d=self.head_dim)
         k = rearrange(self.k_proj(x), "b t (h d) -> b t h d", d=self.head_dim)
@@ -131,8 +164,9 @@ class Attention(nn.Module):
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         if self.rope_theta is not None:
-            positions = self._positions(batch, length, past, attention_mask, cu_seqlens, kwargs.get("position_ids"),
-                                        hidden_states.device)
+            positions = self._positions(
+                batch, length, past, attention_mask, cu_seqlens, kwargs.get("position_ids"), hidden_states.device
+            )
             q, k = rotate(q, positions, self.rope_theta), rotate(k, positions, self.rope_theta)
         if last is not None:
             k, v = torch.cat([last.keys.to(k.dtype), k], dim=1), torch.cat([last.values.to(v.dtype), v], dim=1)
@@ -140,15 +174,26 @@ class Attention(nn.Module):
             write_state(self, past_key_values, KVState(k, v), length)
 
         allowed = self._allowed(batch, length, past, attention_mask, cu_seqlens, hidden_states.device)
-        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                           attn_mask=allowed, is_causal=allowed is None and past == 0 and length > 1,
-                                           enable_gqa=self.num_kv_groups > 1)
+        o = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            attn_mask=allowed,
+            is_causal=allowed is None and past == 0 and length > 1,
+            enable_gqa=self.num_kv_groups > 1,
+        )
         o = self.o_proj(rearrange(o, "b h t d -> b t (h d)"))
         return zero_padding(o, mask), None, past_key_values
 
     @staticmethod
-    def _allowed(batch: int, length: int, past: int, attention_mask: Tensor | None, cu_seqlens: Tensor | None,
-                 device: torch.device) -> Tensor | None:
+    def _allowed(
+        batch: int,
+        length: int,
+        past: int,
+        attention_mask: Tensor | None,
+        cu_seqlens: Tensor | None,
+        device: torch.device,
+    ) -> Tensor | None:
         """Boolean ``[B, 1, T, S + T]`` mask of the keys each query may attend to (``None``: plain causal)."""
         if attention_mask is None and cu_seqlens is None and (past == 0 or length == 1):
             return None
@@ -159,7 +204,7 @@ class Attention(nn.Module):
             sequence = Packing(cu_seqlens, device).sequence
             allowed = allowed & (sequence[:, None] == sequence[None, :])[None]
         if attention_mask is not None:
-            valid = attention_mask.to(device)[:, attention_mask.shape[1] - (past + length):]
+            valid = attention_mask.to(device)[:, attention_mask.shape[1] - (past + length) :]
             # a padded query sees no real key; let it see itself so its (discarded) row stays finite
             allowed = (allowed & valid[:, None, :]) | (key[None, :] == query[:, None])[None]
         return allowed[:, None]

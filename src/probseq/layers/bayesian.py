@@ -110,13 +110,30 @@ class BayesianLayer(nn.Module):
 
     RETENTION_PARAMETERS = ("c_weight", "c_bias", "c_scale")
 
-    def __init__(self, hidden_size: int = 2048, expand_v: float = 2, head_dim: int = 256, num_heads: int = 6,
-                 num_v_heads: int | None = None, mode: str = "chunk", use_gate: bool = True,
-                 use_short_conv: bool = True, allow_neg_eigval: bool = False, conv_size: int = 4,
-                 conv_bias: bool = False, layer_idx: int | None = None, norm_eps: float = 1e-5,
-                 output_gate_activation: str = "swish", *, retention: Retention = "learned",
-                 retention_init: float = 0.0, r_min: float | None = None, chunk_size: int = 32,
-                 validate: bool = False, **kwargs):
+    def __init__(
+        self,
+        hidden_size: int = 2048,
+        expand_v: float = 2,
+        head_dim: int = 256,
+        num_heads: int = 6,
+        num_v_heads: int | None = None,
+        mode: str = "chunk",
+        use_gate: bool = True,
+        use_short_conv: bool = True,
+        allow_neg_eigval: bool = False,
+        conv_size: int = 4,
+        conv_bias: bool = False,
+        layer_idx: int | None = None,
+        norm_eps: float = 1e-5,
+        output_gate_activation: str = "swish",
+        *,
+        retention: Retention = "learned",
+        retention_init: float = 0.0,
+        r_min: float | None = None,
+        chunk_size: int = 32,
+        validate: bool = False,
+        **kwargs,
+    ):
         super().__init__()
         name = type(self).__name__
         # validate: hidden_states and the filter's values checked (NaN/Inf, ranges, a finite result) with one host
@@ -124,26 +141,40 @@ class BayesianLayer(nn.Module):
         self.validate = bool(validate)
         check_no_extra(name, kwargs)
         num_v_heads = num_heads if num_v_heads is None else num_v_heads
-        check_positive(hidden_size=hidden_size, head_dim=head_dim, num_heads=num_heads, num_v_heads=num_v_heads,
-                       conv_size=conv_size, chunk_size=chunk_size)
+        check_positive(
+            hidden_size=hidden_size,
+            head_dim=head_dim,
+            num_heads=num_heads,
+            num_v_heads=num_v_heads,
+            conv_size=conv_size,
+            chunk_size=chunk_size,
+        )
         check_mode(mode)
         if allow_neg_eigval:
-            raise ValueError(f"{name} does not support allow_neg_eigval=True: it doubles β to (0, 2), and a write "
-                             "strength above 1 has no write-noise counterpart r = (1 − β)/β ≥ 0")
+            raise ValueError(
+                f"{name} does not support allow_neg_eigval=True: it doubles β to (0, 2), and a write "
+                "strength above 1 has no write-noise counterpart r = (1 − β)/β ≥ 0"
+            )
         if num_v_heads % num_heads:
-            raise ValueError(f"num_v_heads={num_v_heads} must be a multiple of num_heads={num_heads} "
-                             "(grouped value heads)")
+            raise ValueError(
+                f"num_v_heads={num_v_heads} must be a multiple of num_heads={num_heads} (grouped value heads)"
+            )
         head_v_dim = head_dim * expand_v
         if not math.isclose(head_v_dim, round(head_v_dim), rel_tol=1e-5) or round(head_v_dim) <= 0:
-            raise ValueError(f"head_dim * expand_v must be a positive integer, got {head_dim} * {expand_v} = "
-                             f"{head_v_dim}")
+            raise ValueError(
+                f"head_dim * expand_v must be a positive integer, got {head_dim} * {expand_v} = {head_v_dim}"
+            )
         if output_gate_activation not in GATE_ACTIVATIONS:
-            raise ValueError(f"output_gate_activation must be one of {GATE_ACTIVATIONS}, "
-                             f"got {output_gate_activation!r}")
+            raise ValueError(
+                f"output_gate_activation must be one of {GATE_ACTIVATIONS}, got {output_gate_activation!r}"
+            )
         if retention not in RETENTIONS:
             raise ValueError(f"retention must be one of {RETENTIONS}, got {retention!r}")
-        if (isinstance(retention_init, bool) or not isinstance(retention_init, (int, float))
-                or not 0 <= retention_init <= 1):
+        if (
+            isinstance(retention_init, bool)
+            or not isinstance(retention_init, (int, float))
+            or not 0 <= retention_init <= 1
+        ):
             raise ValueError(f"retention_init must be a float in [0, 1], got {retention_init!r}")
         r_min = (0.0 if retention == "reset" else R_MIN) if r_min is None else r_min
         if isinstance(r_min, bool) or not isinstance(r_min, (int, float)) or not 0 <= r_min < math.inf:
@@ -210,24 +241,38 @@ class BayesianLayer(nn.Module):
         rho = _StraightThroughUnitClamp.apply(self.c_scale.float())  # ρ = clamp(c_scale, 0, 1)
         return torch.exp(2 * g) * rho * torch.sigmoid(F.linear(x, self.c_weight).float() + self.c_bias.float())
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
         # A Gated DeltaNet state dict has no retention parameters: keep their initial values (with the
         # default retention_init = 0, the function-preserving start) instead of failing strict loading.
         names = [prefix + name for name in self.RETENTION_PARAMETERS]
         if self.retention == "learned" and not any(name in state_dict for name in names):
             missing_keys[:] = [key for key in missing_keys if key not in names]
 
-    def _short_conv(self, x: Tensor, mask: Tensor | None, conv_state: tuple[Tensor, ...] | None,
-                    use_cache: bool, cu_seqlens: Tensor | None) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
+    def _short_conv(
+        self,
+        x: Tensor,
+        mask: Tensor | None,
+        conv_state: tuple[Tensor, ...] | None,
+        use_cache: bool,
+        cu_seqlens: Tensor | None,
+    ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
         if not self.use_short_conv:
             return F.silu(self.q_proj(x)), F.silu(self.k_proj(x)), F.silu(self.v_proj(x)), ()
         return convolve_qkv(self, x, mask, conv_state, use_cache, cu_seqlens)
 
-    def filter_inputs(self, hidden_states: Tensor, attention_mask: Tensor | None = None, past_key_values=None,
-                      use_cache: bool | None = False, **kwargs) -> dict[str, object]:
+    def filter_inputs(
+        self,
+        hidden_states: Tensor,
+        attention_mask: Tensor | None = None,
+        past_key_values=None,
+        use_cache: bool | None = False,
+        **kwargs,
+    ) -> dict[str, object]:
         """The keyword arguments :meth:`forward` hands :func:`~probseq.ops.bayes_filter` for these inputs (same
         arguments as :meth:`forward`): ``q, k [B, T, H_v, K]``, ``v [B, T, H_v, V]``, ``g, beta [B, T, H_v]``,
         ``gamma`` (``None`` for ``reset``), ``initial_state`` (from ``past_key_values``) and the filter's settings
@@ -237,14 +282,20 @@ class BayesianLayer(nn.Module):
         written, and the layer's attributes are left as they are."""
         return self._filter_call(hidden_states, attention_mask, past_key_values, use_cache, kwargs).inputs
 
-    def _filter_call(self, hidden_states: Tensor, attention_mask: Tensor | None, past_key_values,
-                     use_cache: bool | None, kwargs: dict) -> _FilterCall:
-        x, mask, _, cu_seqlens = layer_inputs(self, hidden_states, attention_mask, kwargs.get("cu_seqlens"),
-                                              self.q_proj.weight)
+    def _filter_call(
+        self,
+        hidden_states: Tensor,
+        attention_mask: Tensor | None,
+        past_key_values,
+        use_cache: bool | None,
+        kwargs: dict,
+    ) -> _FilterCall:
+        x, mask, _, cu_seqlens = layer_inputs(
+            self, hidden_states, attention_mask, kwargs.get("cu_seqlens"), self.q_proj.weight
+        )
         last = read_state(self, past_key_values, num_sequences(x, cu_seqlens))
 
-        q, k, v, conv_state = self._short_conv(x, mask, last.conv if last is not None else None, use_cache,
-                                               cu_seqlens)
+        q, k, v, conv_state = self._short_conv(x, mask, last.conv if last is not None else None, use_cache, cu_seqlens)
         q = rearrange(q, "b t (h d) -> b t h d", d=self.head_k_dim)
         k = rearrange(k, "b t (h d) -> b t h d", d=self.head_k_dim)
         v = rearrange(v, "b t (h d) -> b t h d", d=self.head_v_dim)
@@ -256,15 +307,33 @@ class BayesianLayer(nn.Module):
         gamma = self.certainty_retention(x, g)
         k, g, beta, gamma = hold_padding(mask, k, g, guard_zero_keys(k, beta), gamma)
 
-        inputs = dict(q=q, k=k, v=v, g=g, beta=beta, gamma=gamma,
-                      initial_state=None if last is None else last.memory, output_final_state=bool(use_cache),
-                      output_variance=bool(kwargs.get("output_variance", False)), impl=MODES[self.mode],
-                      chunk_size=self.chunk_size, r_min=self.r_min, cu_seqlens=cu_seqlens, validate=self.validate)
+        inputs = dict(
+            q=q,
+            k=k,
+            v=v,
+            g=g,
+            beta=beta,
+            gamma=gamma,
+            initial_state=None if last is None else last.memory,
+            output_final_state=bool(use_cache),
+            output_variance=bool(kwargs.get("output_variance", False)),
+            impl=MODES[self.mode],
+            chunk_size=self.chunk_size,
+            r_min=self.r_min,
+            cu_seqlens=cu_seqlens,
+            validate=self.validate,
+        )
         return _FilterCall(inputs, x, mask, conv_state)
 
-    def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None, past_key_values=None,
-                use_cache: bool | None = False, output_attentions: bool | None = False,
-                **kwargs) -> tuple[Tensor, None, object]:
+    def forward(
+        self,
+        hidden_states: Tensor,
+        attention_mask: Tensor | None = None,
+        past_key_values=None,
+        use_cache: bool | None = False,
+        output_attentions: bool | None = False,
+        **kwargs,
+    ) -> tuple[Tensor, None, object]:
         """See the class docstring. ``hidden_states [B, T, D] → (o [B, T, D], None, past_key_values)``."""
         call = self._filter_call(hidden_states, attention_mask, past_key_values, use_cache, kwargs)
         x, mask = call.x, call.mask

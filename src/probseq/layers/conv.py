@@ -41,8 +41,14 @@ class ShortConvolution(nn.Conv1d):
         self.hidden_size = hidden_size
         self.activation = activation
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, cache: Tensor | None = None,
-                output_final_state: bool = False, cu_seqlens: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        cache: Tensor | None = None,
+        output_final_state: bool = False,
+        cu_seqlens: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
         """Convolve ``x``, continuing from ``cache``.
 
         Args:
@@ -63,13 +69,15 @@ class ShortConvolution(nn.Conv1d):
             return packing.unpad(y), state
         return self._convolve(zero_padding(x, mask), cache, output_final_state, None)
 
-    def _convolve(self, x: Tensor, cache: Tensor | None, output_final_state: bool,
-                  lengths: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    def _convolve(
+        self, x: Tensor, cache: Tensor | None, output_final_state: bool, lengths: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
         batch, length, channels = x.shape
         width = self.kernel_size[0]
         if cache is not None and tuple(cache.shape) != (batch, channels, width):
-            raise ValueError(f"conv state must have shape [N, D, W] = {[batch, channels, width]}, "
-                             f"got {list(cache.shape)}")
+            raise ValueError(
+                f"conv state must have shape [N, D, W] = {[batch, channels, width]}, got {list(cache.shape)}"
+            )
         # the last W inputs before the first token (zeros for a fresh sequence), then the W + T inputs
         history = x.new_zeros(batch, channels, width) if cache is None else cache.to(x.dtype)
         inputs = torch.cat([history, x.transpose(1, 2)], dim=-1)  # [N, D, W + T]
@@ -105,14 +113,22 @@ def qkv_conv_layout(layer: nn.Module) -> tuple[tuple[int, int], ...]:
     return ((layer.key_dim, layer.conv_size),) * 2 + ((layer.value_dim, layer.conv_size),)
 
 
-def convolve_qkv(layer: nn.Module, x: Tensor, mask: Tensor | None, states: tuple[Tensor, ...] | None,
-                 use_cache: bool, cu_seqlens: Tensor | None) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
+def convolve_qkv(
+    layer: nn.Module,
+    x: Tensor,
+    mask: Tensor | None,
+    states: tuple[Tensor, ...] | None,
+    use_cache: bool,
+    cu_seqlens: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
     """``q, k, v = conv(proj(x))`` for the q, k and v projections and convolutions of ``layer``, each continuing
     from its state in ``states`` (``None``: a fresh start). Returns ``(q [B, T, key_dim], k, v [B, T, value_dim],
     the three new states [N, D, W] when use_cache, else ())``."""
     states = states or (None, None, None)
     (q, sq), (k, sk), (v, sv) = (
         conv(proj(x), mask=mask, cache=state, output_final_state=use_cache, cu_seqlens=cu_seqlens)
-        for conv, proj, state in zip((layer.q_conv1d, layer.k_conv1d, layer.v_conv1d),
-                                     (layer.q_proj, layer.k_proj, layer.v_proj), states))
+        for conv, proj, state in zip(
+            (layer.q_conv1d, layer.k_conv1d, layer.v_conv1d), (layer.q_proj, layer.k_proj, layer.v_proj), states
+        )
+    )
     return q, k, v, (sq, sk, sv) if use_cache else ()

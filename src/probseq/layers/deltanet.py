@@ -56,12 +56,29 @@ class DeltaNet(nn.Module):
     ours.
     """
 
-    def __init__(self, mode: str = "chunk", d_model: int | None = None, hidden_size: int = 1024,
-                 expand_k: float = 1.0, expand_v: float = 1.0, num_heads: int = 4, use_beta: bool = True,
-                 use_gate: bool = False, use_short_conv: bool = True, conv_size: int = 4, conv_bias: bool = False,
-                 allow_neg_eigval: bool = False, layer_idx: int | None = None, qk_activation: str = "silu",
-                 qk_norm: str = "l2", norm_eps: float = 1e-5, *, chunk_size: int = 64, validate: bool = False,
-                 **kwargs):
+    def __init__(
+        self,
+        mode: str = "chunk",
+        d_model: int | None = None,
+        hidden_size: int = 1024,
+        expand_k: float = 1.0,
+        expand_v: float = 1.0,
+        num_heads: int = 4,
+        use_beta: bool = True,
+        use_gate: bool = False,
+        use_short_conv: bool = True,
+        conv_size: int = 4,
+        conv_bias: bool = False,
+        allow_neg_eigval: bool = False,
+        layer_idx: int | None = None,
+        qk_activation: str = "silu",
+        qk_norm: str = "l2",
+        norm_eps: float = 1e-5,
+        *,
+        chunk_size: int = 64,
+        validate: bool = False,
+        **kwargs,
+    ):
         super().__init__()
         # validate: hidden_states and the filter's values checked (NaN/Inf, ranges, a finite result) with one host
         # synchronisation each per call; off by default, as in a training loop (docs/numerics.md, "Validation").
@@ -71,13 +88,16 @@ class DeltaNet(nn.Module):
         check_positive(hidden_size=hidden_size, num_heads=num_heads, conv_size=conv_size, chunk_size=chunk_size)
         check_mode(mode)
         if allow_neg_eigval:
-            raise ValueError("DeltaNet does not support allow_neg_eigval=True: β ∈ (0, 2) has no write-noise "
-                             "counterpart r = (1 − β)/β ≥ 0")
+            raise ValueError(
+                "DeltaNet does not support allow_neg_eigval=True: β ∈ (0, 2) has no write-noise "
+                "counterpart r = (1 − β)/β ≥ 0"
+            )
         if qk_activation not in QK_ACTIVATIONS:
             raise ValueError(f"qk_activation must be one of {QK_ACTIVATIONS}, got {qk_activation!r}")
         if qk_norm != "l2":
-            raise ValueError(f"DeltaNet supports qk_norm='l2' only (the delta rule needs unit-norm keys), "
-                             f"got {qk_norm!r}")
+            raise ValueError(
+                f"DeltaNet supports qk_norm='l2' only (the delta rule needs unit-norm keys), got {qk_norm!r}"
+            )
         key_dim, value_dim = head_dims(hidden_size, expand_k, expand_v, num_heads)
 
         self.mode, self.hidden_size, self.expand_k, self.expand_v = mode, hidden_size, expand_k, expand_v
@@ -106,17 +126,25 @@ class DeltaNet(nn.Module):
         """Conv states ``[N, D, W]`` of q, k, v and the mean ``[N, H, V, K]`` (:mod:`probseq.layers.state`)."""
         return StateLayout(RecurrentState, qkv_conv_layout(self), (self.num_heads, self.head_v_dim, self.head_k_dim))
 
-    def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None, past_key_values=None,
-                use_cache: bool | None = False, output_attentions: bool | None = False,
-                **kwargs) -> tuple[Tensor, None, object]:
+    def forward(
+        self,
+        hidden_states: Tensor,
+        attention_mask: Tensor | None = None,
+        past_key_values=None,
+        use_cache: bool | None = False,
+        output_attentions: bool | None = False,
+        **kwargs,
+    ) -> tuple[Tensor, None, object]:
         """``hidden_states [B, T, D] → (o [B, T, D], None, past_key_values)``; ``kwargs``: ``cu_seqlens``."""
-        x, mask, _, cu_seqlens = layer_inputs(self, hidden_states, attention_mask, kwargs.get("cu_seqlens"),
-                                              self.q_proj.weight)
+        x, mask, _, cu_seqlens = layer_inputs(
+            self, hidden_states, attention_mask, kwargs.get("cu_seqlens"), self.q_proj.weight
+        )
         last = read_state(self, past_key_values, num_sequences(x, cu_seqlens))
 
         if self.use_short_conv:
-            q, k, v, conv_state = convolve_qkv(self, x, mask, None if last is None else last.conv, use_cache,
-                                               cu_seqlens)
+            q, k, v, conv_state = convolve_qkv(
+                self, x, mask, None if last is None else last.conv, use_cache, cu_seqlens
+            )
         else:
             q, k, v, conv_state = self.q_proj(x), self.k_proj(x), F.silu(self.v_proj(x)), ()
             if self.qk_activation == "silu":
@@ -129,9 +157,21 @@ class DeltaNet(nn.Module):
         k, _, beta, _ = hold_padding(mask, k, None, guard_zero_keys(k, beta))
 
         with full_precision(x.device.type):
-            out = bayes_filter(q, k, v, None, beta, None, initial_state=None if last is None else last.memory,
-                               output_final_state=bool(use_cache), impl=MODES[self.mode],
-                               chunk_size=self.chunk_size, r_min=0.0, cu_seqlens=cu_seqlens, validate=self.validate)
+            out = bayes_filter(
+                q,
+                k,
+                v,
+                None,
+                beta,
+                None,
+                initial_state=None if last is None else last.memory,
+                output_final_state=bool(use_cache),
+                impl=MODES[self.mode],
+                chunk_size=self.chunk_size,
+                r_min=0.0,
+                cu_seqlens=cu_seqlens,
+                validate=self.validate,
+            )
         if use_cache:
             write_state(self, past_key_values, RecurrentState(conv_state, out.state), hidden_states.shape[1])
 

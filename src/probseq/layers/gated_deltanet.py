@@ -14,19 +14,53 @@ class GatedDeltaNet(BayesianLayer):
     """fla ``GatedDeltaNet``'s constructor and forward (see :class:`BayesianLayer`; ``allow_neg_eigval`` is
     refused). ``chunk_size`` is the chunk length of the chunked form."""
 
-    def __init__(self, hidden_size: int = 2048, expand_v: float = 2, head_dim: int = 256, num_heads: int = 6,
-                 num_v_heads: int | None = None, mode: str = "chunk", use_gate: bool = True,
-                 use_short_conv: bool = True, allow_neg_eigval: bool = False, conv_size: int = 4,
-                 conv_bias: bool = False, layer_idx: int | None = None, norm_eps: float = 1e-5,
-                 output_gate_activation: str = "swish", *, chunk_size: int = 64, validate: bool = False,
-                 **kwargs):
+    def __init__(
+        self,
+        hidden_size: int = 2048,
+        expand_v: float = 2,
+        head_dim: int = 256,
+        num_heads: int = 6,
+        num_v_heads: int | None = None,
+        mode: str = "chunk",
+        use_gate: bool = True,
+        use_short_conv: bool = True,
+        allow_neg_eigval: bool = False,
+        conv_size: int = 4,
+        conv_bias: bool = False,
+        layer_idx: int | None = None,
+        norm_eps: float = 1e-5,
+        output_gate_activation: str = "swish",
+        *,
+        chunk_size: int = 64,
+        validate: bool = False,
+        **kwargs,
+    ):
         for name in ("retention", "retention_init", "r_min"):
             if name in kwargs:
-                raise ValueError(f"GatedDeltaNet is the covariance reset (retention='reset', r_min=0); it takes no "
-                                 f"{name!r} — use BayesianLayer")
-        super().__init__(hidden_size, expand_v, head_dim, num_heads, num_v_heads, mode, use_gate, use_short_conv,
-                         allow_neg_eigval, conv_size, conv_bias, layer_idx, norm_eps, output_gate_activation,
-                         retention="reset", chunk_size=chunk_size, validate=validate, **kwargs)
+                raise ValueError(
+                    f"GatedDeltaNet is the covariance reset (retention='reset', r_min=0); it takes no "
+                    f"{name!r} — use BayesianLayer"
+                )
+        super().__init__(
+            hidden_size,
+            expand_v,
+            head_dim,
+            num_heads,
+            num_v_heads,
+            mode,
+            use_gate,
+            use_short_conv,
+            allow_neg_eigval,
+            conv_size,
+            conv_bias,
+            layer_idx,
+            norm_eps,
+            output_gate_activation,
+            retention="reset",
+            chunk_size=chunk_size,
+            validate=validate,
+            **kwargs,
+        )
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}"

@@ -74,13 +74,30 @@ class LinearAttention(nn.Module):
     normalised output is not a filter mean).
     """
 
-    def __init__(self, mode: str = "chunk", hidden_size: int = 1024, expand_k: float = 1.0, expand_v: float = 1.0,
-                 num_heads: int = 8, num_kv_heads: int | None = None, feature_map: str = "elementwise_product",
-                 tie_feature_map_qk: bool = False, output_norm: str = "rmsnorm", norm_q: bool = False,
-                 norm_k: bool = False, do_feature_map_norm: bool = False, elementwise_affine: bool = True,
-                 norm_eps: float = 1e-5, layer_idx: int | None = None, *, decay: str | None = None,
-                 gate_logit_normalizer: float = 16.0, chunk_size: int | None = None, validate: bool = False,
-                 **kwargs):
+    def __init__(
+        self,
+        mode: str = "chunk",
+        hidden_size: int = 1024,
+        expand_k: float = 1.0,
+        expand_v: float = 1.0,
+        num_heads: int = 8,
+        num_kv_heads: int | None = None,
+        feature_map: str = "elementwise_product",
+        tie_feature_map_qk: bool = False,
+        output_norm: str = "rmsnorm",
+        norm_q: bool = False,
+        norm_k: bool = False,
+        do_feature_map_norm: bool = False,
+        elementwise_affine: bool = True,
+        norm_eps: float = 1e-5,
+        layer_idx: int | None = None,
+        *,
+        decay: str | None = None,
+        gate_logit_normalizer: float = 16.0,
+        chunk_size: int | None = None,
+        validate: bool = False,
+        **kwargs,
+    ):
         super().__init__()
         # validate: hidden_states and the filter's values checked (NaN/Inf, ranges, a finite result) with one host
         # synchronisation each per call; off by default, as in a training loop (docs/numerics.md, "Validation").
@@ -96,8 +113,10 @@ class LinearAttention(nn.Module):
         if feature_map not in FEATURE_MAPS:
             raise ValueError(f"feature_map must be one of {FEATURE_MAPS}, got {feature_map!r}")
         if do_feature_map_norm:
-            raise ValueError("do_feature_map_norm=True (output divided by q·Σk) is not supported: the output "
-                             "is then no longer the filter's predictive mean")
+            raise ValueError(
+                "do_feature_map_norm=True (output divided by q·Σk) is not supported: the output "
+                "is then no longer the filter's predictive mean"
+            )
         if output_norm not in ("rmsnorm", "identity"):
             raise ValueError(f"output_norm must be 'rmsnorm' or 'identity', got {output_norm!r}")
         if decay not in DECAYS:
@@ -122,8 +141,11 @@ class LinearAttention(nn.Module):
         self.q_proj = nn.Linear(hidden_size, self.key_dim, bias=False)
         self.k_proj = nn.Linear(hidden_size, self.key_dim // self.num_kv_groups, bias=False)
         self.v_proj = nn.Linear(hidden_size, self.value_dim // self.num_kv_groups, bias=False)
-        self.norm = (RMSNorm(self.head_v_dim, eps=norm_eps, elementwise_affine=elementwise_affine)
-                     if output_norm == "rmsnorm" else nn.Identity())
+        self.norm = (
+            RMSNorm(self.head_v_dim, eps=norm_eps, elementwise_affine=elementwise_affine)
+            if output_norm == "rmsnorm"
+            else nn.Identity()
+        )
         self.o_proj = nn.Linear(self.value_dim, hidden_size, bias=False)
         if decay is not None:
             self.gk_proj = nn.Linear(hidden_size, num_heads if decay == "scalar" else self.key_dim, bias=True)
@@ -132,12 +154,19 @@ class LinearAttention(nn.Module):
         """No conv state; the mean ``[N, H, V, K]`` (:mod:`probseq.layers.state`)."""
         return StateLayout(RecurrentState, (), (self.num_heads, self.head_v_dim, self.head_k_dim))
 
-    def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None, past_key_values=None,
-                use_cache: bool | None = False, output_attentions: bool | None = False,
-                **kwargs) -> tuple[Tensor, None, object]:
+    def forward(
+        self,
+        hidden_states: Tensor,
+        attention_mask: Tensor | None = None,
+        past_key_values=None,
+        use_cache: bool | None = False,
+        output_attentions: bool | None = False,
+        **kwargs,
+    ) -> tuple[Tensor, None, object]:
         """``hidden_states [B, T, D] → (o [B, T, D], None, past_key_values)``; ``kwargs``: ``cu_seqlens``."""
-        x, mask, _, cu_seqlens = layer_inputs(self, hidden_states, attention_mask, kwargs.get("cu_seqlens"),
-                                              self.q_proj.weight)
+        x, mask, _, cu_seqlens = layer_inputs(
+            self, hidden_states, attention_mask, kwargs.get("cu_seqlens"), self.q_proj.weight
+        )
         last = read_state(self, past_key_values, num_sequences(x, cu_seqlens))
 
         q = rearrange(self.q_proj(x), "b t (h d) -> b t h d", d=self.head_k_dim)
@@ -156,9 +185,18 @@ class LinearAttention(nn.Module):
         k, g, _, _ = hold_padding(mask, k, g)
 
         with full_precision(x.device.type):
-            out = superposition_filter(q, k, v, g, initial_state=None if last is None else last.memory,
-                                       output_final_state=bool(use_cache), impl=MODES[self.mode],
-                                       chunk_size=self.chunk_size, cu_seqlens=cu_seqlens, validate=self.validate)
+            out = superposition_filter(
+                q,
+                k,
+                v,
+                g,
+                initial_state=None if last is None else last.memory,
+                output_final_state=bool(use_cache),
+                impl=MODES[self.mode],
+                chunk_size=self.chunk_size,
+                cu_seqlens=cu_seqlens,
+                validate=self.validate,
+            )
         if use_cache:
             write_state(self, past_key_values, RecurrentState((), out.state), hidden_states.shape[1])
         o = self.o_proj(rearrange(self.norm(out.output), "b t h d -> b t (h d)"))

@@ -50,8 +50,9 @@ def _check_ranges(A_init_range, dt_min, dt_max, dt_init_floor, conv_init) -> Non
     if not 0 <= dt_init_floor < float("inf"):
         raise ValueError(f"dt_init_floor must be a finite float >= 0, got {dt_init_floor!r}")
     if conv_init is not None and not 0 < conv_init < float("inf"):
-        raise ValueError(f"conv_init must be None or a finite float > 0 (weights ~ U(-conv_init, conv_init)), "
-                         f"got {conv_init!r}")
+        raise ValueError(
+            f"conv_init must be None or a finite float > 0 (weights ~ U(-conv_init, conv_init)), got {conv_init!r}"
+        )
 
 
 class Mamba2(nn.Module):
@@ -64,28 +65,57 @@ class Mamba2(nn.Module):
     checks ``hidden_states`` and the filter's values (as in :class:`~probseq.layers.BayesianLayer`).
     """
 
-    def __init__(self, num_heads: int | None = None, head_dim: int = 64, hidden_size: int = 2048,
-                 state_size: int = 128, expand: int = 2, n_groups: int = 1, conv_kernel: int = 4,
-                 conv_init: float | None = None, use_conv_bias: bool = True, hidden_act: str = "silu",
-                 A_init_range: tuple[float, float] = (1, 16), D_has_hdim: bool = False, rmsnorm: bool = True,
-                 norm_before_gate: bool = False, dt_min: float = 0.001, dt_max: float = 0.1,
-                 dt_init_floor: float = 1e-4, dt_limit: tuple[float, float] = (0.0, float("inf")),
-                 use_bias: bool = False, norm_eps: float = 1e-5, chunk_size: int = 64, layer_idx: int | None = None,
-                 backend: str = "cuda", *, validate: bool = False, **kwargs):
+    def __init__(
+        self,
+        num_heads: int | None = None,
+        head_dim: int = 64,
+        hidden_size: int = 2048,
+        state_size: int = 128,
+        expand: int = 2,
+        n_groups: int = 1,
+        conv_kernel: int = 4,
+        conv_init: float | None = None,
+        use_conv_bias: bool = True,
+        hidden_act: str = "silu",
+        A_init_range: tuple[float, float] = (1, 16),
+        D_has_hdim: bool = False,
+        rmsnorm: bool = True,
+        norm_before_gate: bool = False,
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        dt_limit: tuple[float, float] = (0.0, float("inf")),
+        use_bias: bool = False,
+        norm_eps: float = 1e-5,
+        chunk_size: int = 64,
+        layer_idx: int | None = None,
+        backend: str = "cuda",
+        *,
+        validate: bool = False,
+        **kwargs,
+    ):
         super().__init__()
         # validate: hidden_states and the filter's values checked (NaN/Inf, ranges, a finite result) with one host
         # synchronisation each per call; off by default, as in a training loop (docs/numerics.md, "Validation").
         self.validate = bool(validate)
         check_no_extra("Mamba2", kwargs)
-        check_positive(head_dim=head_dim, hidden_size=hidden_size, state_size=state_size, expand=expand,
-                       n_groups=n_groups, conv_kernel=conv_kernel, chunk_size=chunk_size)
+        check_positive(
+            head_dim=head_dim,
+            hidden_size=hidden_size,
+            state_size=state_size,
+            expand=expand,
+            n_groups=n_groups,
+            conv_kernel=conv_kernel,
+            chunk_size=chunk_size,
+        )
         intermediate_size = expand * hidden_size
         if intermediate_size % head_dim:
             raise ValueError(f"expand * hidden_size = {intermediate_size} must be divisible by head_dim={head_dim}")
         inferred_heads = intermediate_size // head_dim
         if num_heads not in (None, 0, inferred_heads):
-            raise ValueError(f"num_heads * head_dim = {num_heads * head_dim} must equal expand * hidden_size = "
-                             f"{intermediate_size}")
+            raise ValueError(
+                f"num_heads * head_dim = {num_heads * head_dim} must equal expand * hidden_size = {intermediate_size}"
+            )
         num_heads = inferred_heads
         if num_heads % n_groups:
             raise ValueError(f"num_heads={num_heads} must be divisible by n_groups={n_groups}")
@@ -112,30 +142,54 @@ class Mamba2(nn.Module):
         self.dt_bias._no_weight_decay = True
         self.A_log = nn.Parameter(log_uniform_decay_rate(num_heads, *A_init_range))
         self.A_log._no_weight_decay = True
-        self.norm = (GatedRMSNorm(intermediate_size, eps=norm_eps, norm_before_gate=norm_before_gate,
-                                  group_size=intermediate_size // n_groups) if rmsnorm else None)
+        self.norm = (
+            GatedRMSNorm(
+                intermediate_size,
+                eps=norm_eps,
+                norm_before_gate=norm_before_gate,
+                group_size=intermediate_size // n_groups,
+            )
+            if rmsnorm
+            else None
+        )
         self.D = nn.Parameter(torch.ones(intermediate_size if D_has_hdim else num_heads))
         self.D._no_weight_decay = True
         self.out_proj = nn.Linear(intermediate_size, hidden_size, bias=use_bias)
 
     def state_layout(self) -> StateLayout:
         """One conv state ``[N, conv_dim, W]`` and the SSM state ``[N, H, P, N_state]`` (probseq.layers.state)."""
-        return StateLayout(RecurrentState, ((self.conv_dim, self.conv_kernel_size),),
-                           (self.num_heads, self.head_dim, self.ssm_state_size))
+        return StateLayout(
+            RecurrentState,
+            ((self.conv_dim, self.conv_kernel_size),),
+            (self.num_heads, self.head_dim, self.ssm_state_size),
+        )
 
-    def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None, past_key_values=None,
-                use_cache: bool | None = False, output_attentions: bool | None = False,
-                **kwargs) -> tuple[Tensor, None, object]:
+    def forward(
+        self,
+        hidden_states: Tensor,
+        attention_mask: Tensor | None = None,
+        past_key_values=None,
+        use_cache: bool | None = False,
+        output_attentions: bool | None = False,
+        **kwargs,
+    ) -> tuple[Tensor, None, object]:
         """``hidden_states [B, T, D] → (o [B, T, D], None, past_key_values)``; ``kwargs``: ``cu_seqlens``."""
-        u, mask, _, cu_seqlens = layer_inputs(self, hidden_states, attention_mask, kwargs.get("cu_seqlens"),
-                                              self.in_proj.weight)
+        u, mask, _, cu_seqlens = layer_inputs(
+            self, hidden_states, attention_mask, kwargs.get("cu_seqlens"), self.in_proj.weight
+        )
         last = read_state(self, past_key_values, num_sequences(u, cu_seqlens))
 
         z, xbc, dt = self.in_proj(u).split([self.intermediate_size, self.conv_dim, self.num_heads], -1)
-        xbc, conv_state = self.conv1d(xbc, mask=mask, cache=None if last is None else last.conv[0],
-                                      output_final_state=use_cache, cu_seqlens=cu_seqlens)
-        x, b, c = xbc.split([self.intermediate_size, self.n_groups * self.ssm_state_size,
-                             self.n_groups * self.ssm_state_size], -1)
+        xbc, conv_state = self.conv1d(
+            xbc,
+            mask=mask,
+            cache=None if last is None else last.conv[0],
+            output_final_state=use_cache,
+            cu_seqlens=cu_seqlens,
+        )
+        x, b, c = xbc.split(
+            [self.intermediate_size, self.n_groups * self.ssm_state_size, self.n_groups * self.ssm_state_size], -1
+        )
         x = rearrange(x, "b t (h p) -> b t h p", p=self.head_dim)
         groups = self.num_heads // self.n_groups
         b = repeat_heads(rearrange(b, "b t (g n) -> b t g n", n=self.ssm_state_size), groups)
@@ -145,10 +199,19 @@ class Mamba2(nn.Module):
         b, log_decay, _, _ = hold_padding(mask, b, log_decay)
 
         with full_precision(u.device.type):
-            out = superposition_filter(c, b, x, log_decay, delta, scale=1.0,
-                                       initial_state=None if last is None else last.memory,
-                                       output_final_state=bool(use_cache), chunk_size=self.chunk_size,
-                                       cu_seqlens=cu_seqlens, validate=self.validate)
+            out = superposition_filter(
+                c,
+                b,
+                x,
+                log_decay,
+                delta,
+                scale=1.0,
+                initial_state=None if last is None else last.memory,
+                output_final_state=bool(use_cache),
+                chunk_size=self.chunk_size,
+                cu_seqlens=cu_seqlens,
+                validate=self.validate,
+            )
         if use_cache:
             write_state(self, past_key_values, RecurrentState((conv_state,), out.state), hidden_states.shape[1])
 

@@ -68,8 +68,14 @@ class GatedRMSNorm(nn.Module):
         group_size: normalise groups of this many channels (``None``: the whole last dim).
     """
 
-    def __init__(self, hidden_size: int, eps: float = 1e-5, activation: str = "swish", norm_before_gate: bool = True,
-                 group_size: int | None = None):
+    def __init__(
+        self,
+        hidden_size: int,
+        eps: float = 1e-5,
+        activation: str = "swish",
+        norm_before_gate: bool = True,
+        group_size: int | None = None,
+    ):
         super().__init__()
         _check_size_and_eps("GatedRMSNorm", hidden_size, eps)
         if activation not in GATE_ACTIVATIONS:
@@ -92,5 +98,7 @@ class GatedRMSNorm(nn.Module):
         return y.to(x.dtype)
 
     def extra_repr(self) -> str:
-        return (f"{self.hidden_size}, eps={self.eps}, activation={self.activation}, "
-                f"norm_before_gate={self.norm_before_gate}, group_size={self.group_size}")
+        return (
+            f"{self.hidden_size}, eps={self.eps}, activation={self.activation}, "
+            f"norm_before_gate={self.norm_before_gate}, group_size={self.group_size}"
+        )

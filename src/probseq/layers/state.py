@@ -76,9 +76,11 @@ def _layer_idx(module: nn.Module) -> int:
 
 def _check_cache(cache: object) -> None:
     if not (callable(getattr(cache, "get_layer_state", None)) and callable(getattr(cache, "update_layer_state", None))):
-        raise ValueError("past_key_values must be a cache with get_layer_state(layer_idx) and update_layer_state("
-                         "layer_idx, state, num_tokens), e.g. probseq.models.ProbSeqCache; got "
-                         f"{type(cache).__name__}")
+        raise ValueError(
+            "past_key_values must be a cache with get_layer_state(layer_idx) and update_layer_state("
+            "layer_idx, state, num_tokens), e.g. probseq.models.ProbSeqCache; got "
+            f"{type(cache).__name__}"
+        )
 
 
 def read_state(module: nn.Module, cache: LayerCache | None, batch: int | None = None) -> LayerState | None:
@@ -109,18 +111,26 @@ def check_state(module: nn.Module, state: object, batch: int) -> None:
     layout: StateLayout = module.state_layout()
     who = f"{type(module).__name__} (layer_idx={module.layer_idx})"
     if not isinstance(state, layout.kind):
-        raise ValueError(f"{who} cannot continue from its slot in past_key_values: it holds a {type(state).__name__}, "
-                         f"this layer keeps a {layout.kind.__name__} (the cache was written by another layer type "
-                         "or model)")
+        raise ValueError(
+            f"{who} cannot continue from its slot in past_key_values: it holds a {type(state).__name__}, "
+            f"this layer keeps a {layout.kind.__name__} (the cache was written by another layer type "
+            "or model)"
+        )
     if isinstance(state, KVState):
-        parts = [("keys", state.keys, layout.memory, "[N, S, H_kv, D_h]"),
-                 ("values", state.values, layout.memory, "[N, S, H_kv, D_h]")]
+        parts = [
+            ("keys", state.keys, layout.memory, "[N, S, H_kv, D_h]"),
+            ("values", state.values, layout.memory, "[N, S, H_kv, D_h]"),
+        ]
     else:
         if len(state.conv) != len(layout.conv):
-            raise ValueError(f"{who}: the cached state has {len(state.conv)} short-convolution state(s), this layer "
-                             f"keeps {len(layout.conv)} (the cache was written by another layer type)")
-        parts = [(f"conv[{i}]", conv, expected, "[N, D, W]") for i, (conv, expected) in
-                 enumerate(zip(state.conv, layout.conv))]
+            raise ValueError(
+                f"{who}: the cached state has {len(state.conv)} short-convolution state(s), this layer "
+                f"keeps {len(layout.conv)} (the cache was written by another layer type)"
+            )
+        parts = [
+            (f"conv[{i}]", conv, expected, "[N, D, W]")
+            for i, (conv, expected) in enumerate(zip(state.conv, layout.conv))
+        ]
         parts.append(("memory.mean", getattr(state.memory, "mean", None), layout.memory, "[N, H, V, K]"))
     for name, tensor, expected, shape in parts:
         _check_part(who, name, tensor, expected, shape, batch)
@@ -129,13 +139,17 @@ def check_state(module: nn.Module, state: object, batch: int) -> None:
 def _check_part(who: str, name: str, tensor: object, expected: tuple[int, ...], layout: str, batch: int) -> None:
     """``tensor`` has the ``layout`` (e.g. ``"[N, H, V, K]"``) with trailing sizes ``expected`` and ``N = batch``."""
     dims = layout.strip("[]").split(", ")
-    want = "[" + ", ".join(dims[:len(dims) - len(expected)] + [str(n) for n in expected]) + "]"
+    want = "[" + ", ".join(dims[: len(dims) - len(expected)] + [str(n) for n in expected]) + "]"
     if not isinstance(tensor, Tensor):
         raise ValueError(f"{who}: the cached state's {name} must be a tensor {want}, got {type(tensor).__name__}")
     actual = tuple(tensor.shape)
-    if len(actual) != len(dims) or actual[len(dims) - len(expected):] != expected:
-        raise ValueError(f"{who}: the cached state's {name} has shape {list(actual)}, this layer's is {want} "
-                         "(the cache was written by another layer type or size)")
+    if len(actual) != len(dims) or actual[len(dims) - len(expected) :] != expected:
+        raise ValueError(
+            f"{who}: the cached state's {name} has shape {list(actual)}, this layer's is {want} "
+            "(the cache was written by another layer type or size)"
+        )
     if actual[0] != batch:
-        raise ValueError(f"{who}: the cached state is for batch size {actual[0]} ({name} {list(actual)}), this call "
-                         f"has {batch} sequence(s) (hidden_states' batch, or the sequences of cu_seqlens)")
+        raise ValueError(
+            f"{who}: the cached state is for batch size {actual[0]} ({name} {list(actual)}), this call "
+            f"has {batch} sequence(s) (hidden_states' batch, or the sequences of cu_seqlens)"
+        )

@@ -28,8 +28,9 @@ from torch import Tensor, nn
 
 from probseq.ops.validation import ValueChecks, check_cu_seqlens
 
-MASK_CONVENTION = ("fla's 0/1 padding mask [B, T] (1 = real token, 0 = padding), as bool or as integers/floats "
-                   "that are exactly 0 or 1")
+MASK_CONVENTION = (
+    "fla's 0/1 padding mask [B, T] (1 = real token, 0 = padding), as bool or as integers/floats that are exactly 0 or 1"
+)
 
 
 class LayerInputs(NamedTuple):
@@ -48,8 +49,9 @@ class LayerInputs(NamedTuple):
     cu_seqlens: Tensor | None
 
 
-def layer_inputs(layer: nn.Module, hidden_states: Tensor, attention_mask: Tensor | None,
-                 cu_seqlens: Tensor | None, weight: Tensor) -> LayerInputs:
+def layer_inputs(
+    layer: nn.Module, hidden_states: Tensor, attention_mask: Tensor | None, cu_seqlens: Tensor | None, weight: Tensor
+) -> LayerInputs:
     """Check a mixer's inputs at its boundary, before any projection or convolution.
 
     ``hidden_states`` must be ``[B, T, hidden_size]`` with the dtype and device of ``weight`` (the input
@@ -81,21 +83,24 @@ def check_hidden_states(layer: nn.Module, hidden_states: Tensor, weight: Tensor)
     if not isinstance(hidden_states, Tensor):
         raise ValueError(f"hidden_states must be a torch.Tensor [B, T, D], got {type(hidden_states).__name__}")
     if hidden_states.dim() != 3 or hidden_states.shape[-1] != layer.hidden_size:
-        raise ValueError(f"hidden_states must have shape [B, T, D] with D = hidden_size = {layer.hidden_size} of "
-                         f"{name}, got {list(hidden_states.shape)}")
+        raise ValueError(
+            f"hidden_states must have shape [B, T, D] with D = hidden_size = {layer.hidden_size} of "
+            f"{name}, got {list(hidden_states.shape)}"
+        )
     device_type = hidden_states.device.type  # autocast exists for cpu, cuda, …, not for meta
     autocast = torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
     allowed = {weight.dtype} | ({torch.float32, torch.bfloat16, torch.float16} if autocast else set())
     if hidden_states.dtype not in allowed:
-        raise ValueError(f"hidden_states has dtype {hidden_states.dtype}, {name}'s parameters are {weight.dtype}: "
-                         f"cast the input (hidden_states.to({weight.dtype})) or the layer (layer.to(dtype)), or run "
-                         "under torch.autocast")
+        raise ValueError(
+            f"hidden_states has dtype {hidden_states.dtype}, {name}'s parameters are {weight.dtype}: "
+            f"cast the input (hidden_states.to({weight.dtype})) or the layer (layer.to(dtype)), or run "
+            "under torch.autocast"
+        )
     if hidden_states.device != weight.device:
         raise ValueError(f"hidden_states is on {hidden_states.device}, {name}'s parameters are on {weight.device}")
 
 
-def full_padding_mask(hidden_states: Tensor, attention_mask: Tensor | None,
-                      cu_seqlens: Tensor | None) -> Tensor | None:
+def full_padding_mask(hidden_states: Tensor, attention_mask: Tensor | None, cu_seqlens: Tensor | None) -> Tensor | None:
     """Check the padding inputs of a mixer; return ``attention_mask`` as bool ``[B, T_all]`` on the device of
     ``hidden_states`` (``None`` without one).
 
@@ -119,21 +124,26 @@ def full_padding_mask(hidden_states: Tensor, attention_mask: Tensor | None,
     if attention_mask is None:
         return None
     if not isinstance(attention_mask, Tensor):
-        raise ValueError(f"attention_mask must be a torch.Tensor, {MASK_CONVENTION}; got "
-                         f"{type(attention_mask).__name__}")
+        raise ValueError(
+            f"attention_mask must be a torch.Tensor, {MASK_CONVENTION}; got {type(attention_mask).__name__}"
+        )
     if attention_mask.dim() != 2 or attention_mask.shape[0] != batch or attention_mask.shape[1] < length:
-        raise ValueError("attention_mask must be a 0/1 padding mask [B, T] (0 = padding) covering the current "
-                         f"tokens, got shape {list(attention_mask.shape)} for hidden_states "
-                         f"{list(hidden_states.shape)}; "
-                         "arbitrary [B, T, T] masks are not supported")
+        raise ValueError(
+            "attention_mask must be a 0/1 padding mask [B, T] (0 = padding) covering the current "
+            f"tokens, got shape {list(attention_mask.shape)} for hidden_states "
+            f"{list(hidden_states.shape)}; "
+            "arbitrary [B, T, T] masks are not supported"
+        )
     mask = attention_mask.to(hidden_states.device)
     if mask.dtype != torch.bool:
         binary = (mask == 0) | (mask == 1)
         if not bool(binary.all()):
             bad = mask[~binary]
-            raise ValueError(f"attention_mask must be {MASK_CONVENTION}; got {mask.dtype} values such as "
-                             f"{bad[:3].tolist()} ({bad.numel()} not 0 or 1). An additive mask (0 = keep, "
-                             "-inf = padding) is not this convention: pass (attention_mask == 0) instead")
+            raise ValueError(
+                f"attention_mask must be {MASK_CONVENTION}; got {mask.dtype} values such as "
+                f"{bad[:3].tolist()} ({bad.numel()} not 0 or 1). An additive mask (0 = keep, "
+                "-inf = padding) is not this convention: pass (attention_mask == 0) instead"
+            )
     return mask != 0
 
 
@@ -141,7 +151,7 @@ def current_mask(full_mask: Tensor | None, length: int) -> Tensor | None:
     """The last ``length`` columns of a bool mask ``[B, T_all]`` (``None`` if there are no padded ones)."""
     if full_mask is None:
         return None
-    mask = full_mask[:, full_mask.shape[1] - length:]
+    mask = full_mask[:, full_mask.shape[1] - length :]
     return None if bool(mask.all()) else mask
 
 
@@ -159,8 +169,9 @@ def keep_real(x: Tensor | None, mask: Tensor | None, fill: float = 0.0) -> Tenso
     return torch.where(mask.reshape(*mask.shape, *([1] * (x.dim() - 2))), x, fill)
 
 
-def hold_padding(mask: Tensor | None, k: Tensor, g: Tensor | None, beta: Tensor | None = None,
-                 gamma: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+def hold_padding(
+    mask: Tensor | None, k: Tensor, g: Tensor | None, beta: Tensor | None = None, gamma: Tensor | None = None
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """Make padded tokens state-preserving: ``k = 0``, ``g = 0``, ``γ = 1`` and ``β = 1/2`` (any ``β``
     in ``(0, 1)`` keeps the noise ``r > 0``, so the innovation variance of a zero key stays positive).
     Every one is a selection (:func:`keep_real`), so whatever the padded values were never matters.

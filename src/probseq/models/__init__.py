@@ -22,5 +22,13 @@ AutoConfig.register(ProbSeqConfig.model_type, ProbSeqConfig, exist_ok=True)
 AutoModel.register(ProbSeqConfig, ProbSeqModel, exist_ok=True)
 AutoModelForCausalLM.register(ProbSeqConfig, ProbSeqForCausalLM, exist_ok=True)
 
-__all__ = ["ProbSeqCache", "ProbSeqCacheLayer", "ProbSeqConfig", "ProbSeqForCausalLM", "ProbSeqModel",
-           "ProbSeqPreTrainedModel", "ZoologyConfig", "ZoologyModel"]
+__all__ = [
+    "ProbSeqCache",
+    "ProbSeqCacheLayer",
+    "ProbSeqConfig",
+    "ProbSeqForCausalLM",
+    "ProbSeqModel",
+    "ProbSeqPreTrainedModel",
+    "ZoologyConfig",
+    "ZoologyModel",
+]

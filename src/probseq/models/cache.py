@@ -51,8 +51,10 @@ def _layout_difference(there: tuple, here: tuple) -> str:
         shapes_a, shapes_b = dict(a[2]), dict(b[2])
         for name in sorted(set(shapes_a) | set(shapes_b)):
             if shapes_a.get(name) != shapes_b.get(name):
-                return (f"layer {index} ({a[1]}) has {name} of shape {_shape(shapes_a.get(name))} there, "
-                        f"{_shape(shapes_b.get(name))} here")
+                return (
+                    f"layer {index} ({a[1]}) has {name} of shape {_shape(shapes_a.get(name))} there, "
+                    f"{_shape(shapes_b.get(name))} here"
+                )
     return "the layouts differ"
 
 
@@ -130,8 +132,10 @@ class ProbSeqCache(Cache):
         if self.layout is None:
             self.layout = layout
         elif self.layout != layout:
-            raise ValueError(f"this cache was filled by another model: {_layout_difference(self.layout, layout)}; "
-                             "start from a new ProbSeqCache() (or cache=None) for this model")
+            raise ValueError(
+                f"this cache was filled by another model: {_layout_difference(self.layout, layout)}; "
+                "start from a new ProbSeqCache() (or cache=None) for this model"
+            )
 
     def get_layer_state(self, layer_idx: int) -> State | None:
         """The state of layer ``layer_idx`` (``None`` before its first token)."""
@@ -146,8 +150,10 @@ class ProbSeqCache(Cache):
         self.layers[layer_idx].update(state, num_tokens)
 
     def update(self, *args, **kwargs):
-        raise NotImplementedError("ProbSeqCache stores typed layer states: use update_layer_state(layer_idx, state, "
-                                  "num_tokens), not the key/value update of transformers' caches")
+        raise NotImplementedError(
+            "ProbSeqCache stores typed layer states: use update_layer_state(layer_idx, state, "
+            "num_tokens), not the key/value update of transformers' caches"
+        )
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         """Tokens seen (by layer ``layer_idx``)."""

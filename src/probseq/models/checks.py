@@ -27,8 +27,10 @@ def check_config_keys(config_name: str, keys: Iterable[str], known: Iterable[str
     """Refuse keys a configuration does not know, naming each with the closest known key."""
     unknown = _unknown(keys, known)
     if unknown:
-        raise ValueError(f"{config_name} got unknown key(s) {unknown}; a key it does not know would be ignored "
-                         "silently (see the class docstring for the valid keys)")
+        raise ValueError(
+            f"{config_name} got unknown key(s) {unknown}; a key it does not know would be ignored "
+            "silently (see the class docstring for the valid keys)"
+        )
 
 
 def check_keywords(where: str, keywords: Iterable[str], known: Iterable[str]) -> None:
@@ -111,10 +113,12 @@ def _integer(tensor: Tensor) -> bool:
 
 def check_input_ids(input_ids: object, vocab_size: int) -> None:
     """``input_ids`` is an int64/int32 tensor ``[B, T]`` of token ids in ``[0, vocab_size)`` (one host sync)."""
-    if (not isinstance(input_ids, Tensor) or input_ids.dim() != 2
-            or input_ids.dtype not in (torch.int64, torch.int32)):  # what an embedding lookup takes
-        raise ValueError("input_ids must be an integer tensor [B, T] (int64 or int32) of token ids, got "
-                         f"{describe(input_ids)}")
+    if (
+        not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32)
+    ):  # what an embedding lookup takes
+        raise ValueError(
+            f"input_ids must be an integer tensor [B, T] (int64 or int32) of token ids, got {describe(input_ids)}"
+        )
     check_token_ids("input_ids", input_ids, vocab_size)
 
 
@@ -132,18 +136,21 @@ def check_token_ids(name: str, ids: Tensor, vocab_size: int, ignore_index: int |
     where = tuple(int(i) for i in bad.nonzero()[0])
     count = int(bad.sum())
     allowed = f"[0, vocab_size={vocab_size})" + (f" or {ignore_index} (ignored)" if ignore_index is not None else "")
-    raise ValueError(f"{name}[{', '.join(map(str, where))}] = {int(ids[where])} is outside the vocabulary: "
-                     f"{name} must be in {allowed}" + (f" ({count} entries are outside)" if count > 1 else ""))
+    raise ValueError(
+        f"{name}[{', '.join(map(str, where))}] = {int(ids[where])} is outside the vocabulary: "
+        f"{name} must be in {allowed}" + (f" ({count} entries are outside)" if count > 1 else "")
+    )
 
 
 def check_inputs_embeds(inputs_embeds: object, hidden_size: int, dtype: torch.dtype) -> None:
     """``inputs_embeds`` is ``[B, T, hidden_size]`` of the model's floating dtype."""
-    if (not isinstance(inputs_embeds, Tensor) or inputs_embeds.dim() != 3
-            or inputs_embeds.shape[-1] != hidden_size):
+    if not isinstance(inputs_embeds, Tensor) or inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != hidden_size:
         raise ValueError(f"inputs_embeds must be [B, T, {hidden_size}] (hidden_size), got {describe(inputs_embeds)}")
     if inputs_embeds.dtype != dtype:
-        raise ValueError(f"inputs_embeds has dtype {inputs_embeds.dtype}; the model's embeddings are {dtype} (cast "
-                         "the one to the other first)")
+        raise ValueError(
+            f"inputs_embeds has dtype {inputs_embeds.dtype}; the model's embeddings are {dtype} (cast "
+            "the one to the other first)"
+        )
 
 
 def check_attention_mask(attention_mask: object, batch: int, length: int, past: int) -> None:
@@ -151,8 +158,12 @@ def check_attention_mask(attention_mask: object, batch: int, length: int, past: 
     if attention_mask is None:
         return
     widths = [length] if past == 0 else [length, past + length]
-    if (isinstance(attention_mask, Tensor) and attention_mask.dim() == 2 and attention_mask.shape[0] == batch
-            and attention_mask.shape[1] in widths):
+    if (
+        isinstance(attention_mask, Tensor)
+        and attention_mask.dim() == 2
+        and attention_mask.shape[0] == batch
+        and attention_mask.shape[1] in widths
+    ):
         return
     shapes = " or ".join(f"[{batch}, {width}]" for width in widths)
     cached = f" ({past} cached + {length} current tokens)" if past else ""
@@ -163,21 +174,29 @@ def check_position_ids(position_ids: object, batch: int, length: int) -> None:
     """``position_ids`` is an integer tensor ``[B, T]`` (or ``[1, T]``, shared by the batch)."""
     if position_ids is None:
         return
-    if (isinstance(position_ids, Tensor) and _integer(position_ids) and position_ids.dim() == 2
-            and position_ids.shape[0] in (1, batch) and position_ids.shape[1] == length):
+    if (
+        isinstance(position_ids, Tensor)
+        and _integer(position_ids)
+        and position_ids.dim() == 2
+        and position_ids.shape[0] in (1, batch)
+        and position_ids.shape[1] == length
+    ):
         return
-    raise ValueError(f"position_ids must be an integer tensor [B, T] = [{batch}, {length}] (or [1, {length}]), "
-                     f"got {describe(position_ids)}")
+    raise ValueError(
+        f"position_ids must be an integer tensor [B, T] = [{batch}, {length}] (or [1, {length}]), "
+        f"got {describe(position_ids)}"
+    )
 
 
 def check_labels(labels: object, shape: tuple[int, int], vocab_size: int, logits_to_keep: int | Tensor) -> None:
     """``labels`` has the input's shape ``[B, T]``; entries are token ids or ``-100`` (ignored)."""
     if not isinstance(labels, Tensor) or not _integer(labels) or tuple(labels.shape) != tuple(shape):
-        raise ValueError(f"labels must be an integer tensor of the input's shape {list(shape)}, "
-                         f"got {describe(labels)}")
+        raise ValueError(f"labels must be an integer tensor of the input's shape {list(shape)}, got {describe(labels)}")
     if not (isinstance(logits_to_keep, int) and logits_to_keep == 0):
-        raise ValueError("labels need the logits of every position: logits_to_keep must be 0 with labels, got "
-                         f"{describe(logits_to_keep)}")
+        raise ValueError(
+            "labels need the logits of every position: logits_to_keep must be 0 with labels, got "
+            f"{describe(logits_to_keep)}"
+        )
     check_token_ids("labels", labels, vocab_size, ignore_index=IGNORE_INDEX)
 
 
@@ -187,15 +206,19 @@ def check_logits_to_keep(logits_to_keep: object, length: int | None = None) -> N
     if _is_int(logits_to_keep) and logits_to_keep >= 0:
         return
     if not (isinstance(logits_to_keep, Tensor) and logits_to_keep.dim() == 1 and _integer(logits_to_keep)):
-        raise ValueError("logits_to_keep must be an int >= 0 (the last n positions, 0 = all) or a 1-D integer tensor "
-                         f"of positions, got {describe(logits_to_keep)}")
+        raise ValueError(
+            "logits_to_keep must be an int >= 0 (the last n positions, 0 = all) or a 1-D integer tensor "
+            f"of positions, got {describe(logits_to_keep)}"
+        )
     if length is None or torch.compiler.is_compiling() or logits_to_keep.numel() == 0:
         return
     bad = (logits_to_keep < -length) | (logits_to_keep >= length)
     if bool(bad.any()):
         index = int(bad.nonzero()[0, 0])
-        raise ValueError(f"logits_to_keep[{index}] = {int(logits_to_keep[index])} is not a position of the input: "
-                         f"tensor logits_to_keep holds positions in [-{length}, {length}) for T = {length}")
+        raise ValueError(
+            f"logits_to_keep[{index}] = {int(logits_to_keep[index])} is not a position of the input: "
+            f"tensor logits_to_keep holds positions in [-{length}, {length}) for T = {length}"
+        )
 
 
 def check_generate_inputs(prompt: object, name: str, attention_mask: object) -> None:
@@ -208,21 +231,28 @@ def check_generate_inputs(prompt: object, name: str, attention_mask: object) -> 
         raise ValueError(f"generate takes {name} as a tensor {layout}, got {describe(prompt)}")
     batch, length = prompt.shape[:2]
     if batch == 0:
-        raise ValueError(f"generate needs at least one prompt (batch size B >= 1), got {name} of shape "
-                         f"{list(prompt.shape)}")
+        raise ValueError(
+            f"generate needs at least one prompt (batch size B >= 1), got {name} of shape {list(prompt.shape)}"
+        )
     if length == 0:
-        raise ValueError(f"generate needs at least one prompt token, got {name} of shape {list(prompt.shape)}; "
-                         "pass inputs=None to start from bos_token_id")
+        raise ValueError(
+            f"generate needs at least one prompt token, got {name} of shape {list(prompt.shape)}; "
+            "pass inputs=None to start from bos_token_id"
+        )
     if attention_mask is None:
         return
     if not isinstance(attention_mask, Tensor) or tuple(attention_mask.shape) != (batch, length):
-        raise ValueError(f"attention_mask must have the prompt's shape [B, T] = [{batch}, {length}] ({name}), got "
-                         f"{describe(attention_mask)}")
+        raise ValueError(
+            f"attention_mask must have the prompt's shape [B, T] = [{batch}, {length}] ({name}), got "
+            f"{describe(attention_mask)}"
+        )
     empty = ~(attention_mask != 0).any(dim=1)
     if bool(empty.any()):
         rows = [int(i) for i in empty.nonzero()[:, 0]]
-        raise ValueError(f"attention_mask row(s) {rows} are all padding (zeros): every prompt needs at least one real "
-                         "token (a 1 in its mask row)")
+        raise ValueError(
+            f"attention_mask row(s) {rows} are all padding (zeros): every prompt needs at least one real "
+            "token (a 1 in its mask row)"
+        )
 
 
 def check_dtype(name: str, value: object) -> None:

@@ -54,14 +54,43 @@ def _generation_keys() -> set[str]:
 
 # Keys of a config.json that are transformers' own, not a model's: its config fields, what it reads or drops on
 # load, and what other versions and tools write. A config accepts them; any other key it does not know is an error.
-TRANSFORMERS_KEYS = frozenset({field.name for field in dataclasses.fields(PretrainedConfig)} | _generation_keys() | {
-    "model_type", "torch_dtype", "name_or_path", "_name_or_path", "_commit_hash", "auto_map", "num_labels",
-    "output_attentions", "attn_implementation", "experts_implementation", "_attn_implementation_internal",
-    "_experts_implementation_internal", "_attn_implementation_autoset", "per_layer_config", "quantization_config",
-    "tokenizer_class", "prefix", "sep_token_id", "decoder_start_token_id", "task_specific_params", "finetuning_task",
-    "is_decoder", "add_cross_attention", "cross_attention_hidden_size", "tie_encoder_decoder", "pruned_heads",
-    "torchscript", "use_bfloat16", "tf_legacy_loss", "custom_pipelines", "transformers_weights",
-})
+TRANSFORMERS_KEYS = frozenset(
+    {field.name for field in dataclasses.fields(PretrainedConfig)}
+    | _generation_keys()
+    | {
+        "model_type",
+        "torch_dtype",
+        "name_or_path",
+        "_name_or_path",
+        "_commit_hash",
+        "auto_map",
+        "num_labels",
+        "output_attentions",
+        "attn_implementation",
+        "experts_implementation",
+        "_attn_implementation_internal",
+        "_experts_implementation_internal",
+        "_attn_implementation_autoset",
+        "per_layer_config",
+        "quantization_config",
+        "tokenizer_class",
+        "prefix",
+        "sep_token_id",
+        "decoder_start_token_id",
+        "task_specific_params",
+        "finetuning_task",
+        "is_decoder",
+        "add_cross_attention",
+        "cross_attention_hidden_size",
+        "tie_encoder_decoder",
+        "pruned_heads",
+        "torchscript",
+        "use_bfloat16",
+        "tf_legacy_loss",
+        "custom_pipelines",
+        "transformers_weights",
+    }
+)
 
 
 def config_keys(config_class: type) -> set[str]:
@@ -98,19 +127,49 @@ class ProbSeqConfig(PretrainedConfig):
     model_type = "probseq"
     keys_to_ignore_at_inference = ["cache", "past_key_values"]
 
-    def __init__(self, vocab_size: int = 32000, hidden_size: int = 2048, num_hidden_layers: int = 24,
-                 mixer: str = "bayesian", retention: str = "learned", retention_init: float = 0.0,
-                 r_min: float | None = None, num_heads: int = 6, num_v_heads: int | None = None, head_dim: int = 256,
-                 expand_v: float = 2.0, use_gate: bool = True, use_short_conv: bool = True, conv_size: int = 4,
-                 conv_bias: bool = False, allow_neg_eigval: bool = False, output_gate_activation: str = "swish",
-                 chunk_size: int | None = None, feature_map: str = "elu", decay: str | None = None,
-                 state_size: int = 64, expand: int = 2, n_groups: int = 1, attn_layers: list[int] | None = None,
-                 attn_every: int | None = None, attn_num_heads: int | None = None,
-                 attn_num_kv_heads: int | None = None, qkv_bias: bool = False, rope_theta: float = 10000.0,
-                 max_position_embeddings: int = 2048, hidden_ratio: float | None = 4,
-                 intermediate_size: int | None = None, norm_eps: float = 1e-6, initializer_range: float = 0.02,
-                 tie_word_embeddings: bool = False, use_cache: bool = True, pad_token_id: int | None = None,
-                 bos_token_id: int | None = 1, eos_token_id: int | None = 2, **kwargs):
+    def __init__(
+        self,
+        vocab_size: int = 32000,
+        hidden_size: int = 2048,
+        num_hidden_layers: int = 24,
+        mixer: str = "bayesian",
+        retention: str = "learned",
+        retention_init: float = 0.0,
+        r_min: float | None = None,
+        num_heads: int = 6,
+        num_v_heads: int | None = None,
+        head_dim: int = 256,
+        expand_v: float = 2.0,
+        use_gate: bool = True,
+        use_short_conv: bool = True,
+        conv_size: int = 4,
+        conv_bias: bool = False,
+        allow_neg_eigval: bool = False,
+        output_gate_activation: str = "swish",
+        chunk_size: int | None = None,
+        feature_map: str = "elu",
+        decay: str | None = None,
+        state_size: int = 64,
+        expand: int = 2,
+        n_groups: int = 1,
+        attn_layers: list[int] | None = None,
+        attn_every: int | None = None,
+        attn_num_heads: int | None = None,
+        attn_num_kv_heads: int | None = None,
+        qkv_bias: bool = False,
+        rope_theta: float = 10000.0,
+        max_position_embeddings: int = 2048,
+        hidden_ratio: float | None = 4,
+        intermediate_size: int | None = None,
+        norm_eps: float = 1e-6,
+        initializer_range: float = 0.02,
+        tie_word_embeddings: bool = False,
+        use_cache: bool = True,
+        pad_token_id: int | None = None,
+        bos_token_id: int | None = 1,
+        eos_token_id: int | None = 2,
+        **kwargs,
+    ):
         self.vocab_size, self.hidden_size, self.num_hidden_layers = vocab_size, hidden_size, num_hidden_layers
         self.mixer, self.retention, self.retention_init, self.r_min = mixer, retention, retention_init, r_min
         self.num_heads, self.num_v_heads, self.head_dim, self.expand_v = num_heads, num_v_heads, head_dim, expand_v
@@ -130,8 +189,13 @@ class ProbSeqConfig(PretrainedConfig):
         for name in ("dtype", "torch_dtype"):  # transformers would look the name up in torch (an AttributeError)
             check_dtype(name, kwargs.get(name))
         self._check()
-        super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
-                         tie_word_embeddings=tie_word_embeddings, **kwargs)
+        super().__init__(
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs):
@@ -167,11 +231,26 @@ class ProbSeqConfig(PretrainedConfig):
                     build_mixer(self, index)
 
     def _check_values(self) -> None:
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_heads", "head_dim", "conv_size",
-                     "state_size", "expand", "n_groups"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_heads",
+            "head_dim",
+            "conv_size",
+            "state_size",
+            "expand",
+            "n_groups",
+        ):
             positive_int(name, getattr(self, name))
-        for name in ("num_v_heads", "chunk_size", "attn_num_heads", "attn_num_kv_heads", "intermediate_size",
-                     "max_position_embeddings"):
+        for name in (
+            "num_v_heads",
+            "chunk_size",
+            "attn_num_heads",
+            "attn_num_kv_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+        ):
             positive_int(name, getattr(self, name), optional=True)
         for name in ("expand_v", "norm_eps", "initializer_range"):
             positive_real(name, getattr(self, name))
@@ -179,8 +258,15 @@ class ProbSeqConfig(PretrainedConfig):
         positive_real("rope_theta", self.rope_theta, optional=True)  # None: attention without rotary embedding
         real_in("retention_init", self.retention_init, 0.0, 1.0)  # ρ, a fraction of the stationary retention
         real_in("r_min", self.r_min, 0.0, math.inf, optional=True)  # the noise floor, r ≥ r_min ≥ 0
-        for name in ("use_gate", "use_short_conv", "conv_bias", "allow_neg_eigval", "qkv_bias", "use_cache",
-                     "tie_word_embeddings"):
+        for name in (
+            "use_gate",
+            "use_short_conv",
+            "conv_bias",
+            "allow_neg_eigval",
+            "qkv_bias",
+            "use_cache",
+            "tie_word_embeddings",
+        ):
             boolean(name, getattr(self, name))
         if self.mixer not in MIXERS:
             raise ValueError(f"unknown mixer {self.mixer!r}: mixer must be one of {tuple(MIXERS)}")
@@ -198,9 +284,14 @@ class ProbSeqConfig(PretrainedConfig):
         if self.attn_layers is not None and self.attn_every is not None:
             raise ValueError("give the hybrid pattern either as attn_layers or as attn_every, not both")
         if self.attn_layers is not None:
-            bad = [i for i in self.attn_layers if isinstance(i, bool) or not isinstance(i, int)
-                   or not 0 <= i < self.num_hidden_layers]
+            bad = [
+                i
+                for i in self.attn_layers
+                if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.num_hidden_layers
+            ]
             if bad or len(set(self.attn_layers)) != len(self.attn_layers):
-                raise ValueError(f"attn_layers must be distinct layer indices in [0, {self.num_hidden_layers}), "
-                                 f"got {self.attn_layers}")
+                raise ValueError(
+                    f"attn_layers must be distinct layer indices in [0, {self.num_hidden_layers}), "
+                    f"got {self.attn_layers}"
+                )
         positive_int("attn_every", self.attn_every, optional=True)

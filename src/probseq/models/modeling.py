@@ -74,8 +74,9 @@ class ProbSeqPreTrainedModel(PreTrainedModel):
         super().__init__(config, *inputs)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args, strict: bool = True,
-                        **kwargs):
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, *model_args, strict: bool = True, **kwargs
+    ):
         """transformers' ``from_pretrained``, strict about the checkpoint.
 
         Args:
@@ -100,12 +101,18 @@ class ProbSeqPreTrainedModel(PreTrainedModel):
         output_loading_info = kwargs.pop("output_loading_info", False)
         ignore_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
         try:  # mismatched shapes are reported below (transformers raises a RuntimeError pointing at its log)
-            model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args,
-                                                  output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path,
+                *model_args,
+                output_loading_info=True,
+                ignore_mismatched_sizes=True,
+                **kwargs,
+            )
         except SafetensorError as error:
             where = _damaged_file(pretrained_model_name_or_path, kwargs.get("subfolder", ""))
-            raise ValueError(f"{where}: damaged or truncated safetensors file ({error}); save or download the "
-                             "checkpoint again") from error
+            raise ValueError(
+                f"{where}: damaged or truncated safetensors file ({error}); save or download the checkpoint again"
+            ) from error
         if not ignore_mismatched_sizes:
             _check_shapes(pretrained_model_name_or_path, info)
         if strict:
@@ -118,9 +125,10 @@ class ProbSeqPreTrainedModel(PreTrainedModel):
         layout = self.__dict__.get("_cache_layout")
         if layout is None:
             mixers = [m for m in self.modules() if isinstance(m, tuple(MIXERS.values()))]
-            layout = tuple((m.layer_idx, type(m).__name__, tuple((name, tuple(p.shape))
-                                                                 for name, p in m.named_parameters()))
-                           for m in mixers)
+            layout = tuple(
+                (m.layer_idx, type(m).__name__, tuple((name, tuple(p.shape)) for name, p in m.named_parameters()))
+                for m in mixers
+            )
             self.__dict__["_cache_layout"] = layout
         return layout
 
@@ -148,8 +156,9 @@ class ProbSeqPreTrainedModel(PreTrainedModel):
             if module.retention == "learned":
                 # from the parameter's own stream: the global one, which draws every parameter Gated DeltaNet has,
                 # goes on as it would without it (paired initialisation, docs/training.md)
-                weight = torch.empty(module.c_weight.shape).normal_(0.0, std, generator=own_stream(
-                    "c_weight", module.layer_idx))
+                weight = torch.empty(module.c_weight.shape).normal_(
+                    0.0, std, generator=own_stream("c_weight", module.layer_idx)
+                )
                 init.copy_(module.c_weight, weight)
                 init.zeros_(module.c_bias)
                 init.constant_(module.c_scale, module.retention_init)
@@ -208,9 +217,11 @@ def _check_shapes(path: str | os.PathLike, info: dict) -> None:
     mismatched = sorted(info.get("mismatched_keys") or ())
     if mismatched:
         listed = ", ".join(f"{key} (checkpoint {list(saved)}, model {list(model)})" for key, saved, model in mismatched)
-        raise ValueError(f"{path}: the checkpoint's tensors do not have the shapes its config.json gives: {listed}. "
-                         "Its config.json does not describe these weights (vocab_size, hidden_size, heads?); pass "
-                         "ignore_mismatched_sizes=True to from_pretrained to initialise those tensors anew instead")
+        raise ValueError(
+            f"{path}: the checkpoint's tensors do not have the shapes its config.json gives: {listed}. "
+            "Its config.json does not describe these weights (vocab_size, hidden_size, heads?); pass "
+            "ignore_mismatched_sizes=True to from_pretrained to initialise those tensors anew instead"
+        )
 
 
 def _check_loaded_keys(model_name: str, path: str | os.PathLike, info: dict) -> None:
@@ -222,24 +233,40 @@ def _check_loaded_keys(model_name: str, path: str | os.PathLike, info: dict) -> 
     if unexpected:
         problems.append(f"holds tensor(s) {unexpected} that {model_name} does not have")
     if problems:
-        raise ValueError(f"{path}: the checkpoint {'; and it '.join(problems)}. Its config.json does not describe "
-                         "these weights (another retention, mixer or size?); pass strict=False to from_pretrained to "
-                         "load it anyway")
+        raise ValueError(
+            f"{path}: the checkpoint {'; and it '.join(problems)}. Its config.json does not describe "
+            "these weights (another retention, mixer or size?); pass strict=False to from_pretrained to "
+            "load it anyway"
+        )
 
 
 def _clear_variance(mixer: nn.Module, batch: int, output_variance: bool, device: torch.device) -> None:
     """A skipped mixer (empty input) must not keep the variance of an earlier call."""
     if hasattr(mixer, "last_variance"):
-        mixer.last_variance = (torch.zeros(batch, 0, mixer.num_v_heads, device=device) if output_variance
-                               else None)
+        mixer.last_variance = torch.zeros(batch, 0, mixer.num_v_heads, device=device) if output_variance else None
 
 
 # The forward keywords beyond the named arguments: the mixers' (packed sequences, the Bayesian variance) and what
 # transformers may pass (generate's cache_position, output_attentions; the Trainer's num_items_in_batch). Any
 # other keyword (a misspelt attention_maks=) is an error rather than silently dropped.
-FORWARD_KEYWORDS = ("input_ids", "attention_mask", "position_ids", "cache", "inputs_embeds", "use_cache",
-                    "output_hidden_states", "return_dict", "past_key_values", "labels", "logits_to_keep",
-                    "cu_seqlens", "output_variance", "output_attentions", "cache_position", "num_items_in_batch")
+FORWARD_KEYWORDS = (
+    "input_ids",
+    "attention_mask",
+    "position_ids",
+    "cache",
+    "inputs_embeds",
+    "use_cache",
+    "output_hidden_states",
+    "return_dict",
+    "past_key_values",
+    "labels",
+    "logits_to_keep",
+    "cu_seqlens",
+    "output_variance",
+    "output_attentions",
+    "cache_position",
+    "num_items_in_batch",
+)
 
 
 class ProbSeqModel(ProbSeqPreTrainedModel):
@@ -262,11 +289,19 @@ class ProbSeqModel(ProbSeqPreTrainedModel):
         ``output_variance=True`` (``None`` for mixers without a covariance)."""
         return [getattr(block.attn, "last_variance", None) for block in self.layers]
 
-    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
-                position_ids: Tensor | None = None, cache: ProbSeqCache | None = None,
-                inputs_embeds: Tensor | None = None, use_cache: bool | None = None,
-                output_hidden_states: bool | None = None, return_dict: bool | None = None,
-                past_key_values: ProbSeqCache | None = None, **kwargs) -> BaseModelOutputWithPast | tuple:
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        cache: ProbSeqCache | None = None,
+        inputs_embeds: Tensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        past_key_values: ProbSeqCache | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast | tuple:
         check_keywords(f"{type(self).__name__}.forward", kwargs, FORWARD_KEYWORDS)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
@@ -278,8 +313,9 @@ class ProbSeqModel(ProbSeqPreTrainedModel):
         batch, length = self._check_inputs(input_ids, inputs_embeds, attention_mask, position_ids, cache)
         if use_cache is None:  # packed sequences (training layout) are not cached by default
             use_cache = self.config.use_cache and not self.training and kwargs.get("cu_seqlens") is None
-        output_hidden_states = (self.config.output_hidden_states if output_hidden_states is None
-                                else output_hidden_states)
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
         return_dict = self.config.return_dict if return_dict is None else return_dict
         if use_cache and cache is None:
             cache = ProbSeqCache()
@@ -298,8 +334,9 @@ class ProbSeqModel(ProbSeqPreTrainedModel):
             if length == 0:  # an empty input passes every block unchanged: an empty result, the cache untouched
                 _clear_variance(block.attn, batch, bool(kwargs.get("output_variance")), hidden_states.device)
                 continue
-            hidden_states = block(hidden_states, attention_mask=attention_mask, past_key_values=cache,
-                                  use_cache=use_cache, **kwargs)
+            hidden_states = block(
+                hidden_states, attention_mask=attention_mask, past_key_values=cache, use_cache=use_cache, **kwargs
+            )
         hidden_states = self.norm(hidden_states)
         if output_hidden_states:
             all_hidden_states += (hidden_states,)
@@ -308,8 +345,14 @@ class ProbSeqModel(ProbSeqPreTrainedModel):
             return tuple(x for x in (hidden_states, cache, all_hidden_states) if x is not None)
         return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache, hidden_states=all_hidden_states)
 
-    def _check_inputs(self, input_ids: Tensor | None, inputs_embeds: Tensor | None, attention_mask: Tensor | None,
-                      position_ids: Tensor | None, cache: ProbSeqCache | None) -> tuple[int, int]:
+    def _check_inputs(
+        self,
+        input_ids: Tensor | None,
+        inputs_embeds: Tensor | None,
+        attention_mask: Tensor | None,
+        position_ids: Tensor | None,
+        cache: ProbSeqCache | None,
+    ) -> tuple[int, int]:
         """The boundary checks of :meth:`forward` (module docstring); returns ``(B, T)``."""
         if input_ids is not None:
             check_input_ids(input_ids, self.config.vocab_size)
@@ -336,26 +379,44 @@ class ProbSeqForCausalLM(ProbSeqPreTrainedModel, GenerationMixin):
     def get_decoder(self) -> ProbSeqModel:
         return self.model
 
-    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
-                position_ids: Tensor | None = None, cache: ProbSeqCache | None = None,
-                inputs_embeds: Tensor | None = None, labels: Tensor | None = None, use_cache: bool | None = None,
-                logits_to_keep: int | Tensor = 0, output_hidden_states: bool | None = None,
-                return_dict: bool | None = None, past_key_values: ProbSeqCache | None = None,
-                **kwargs) -> CausalLMOutputWithPast | tuple:
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        cache: ProbSeqCache | None = None,
+        inputs_embeds: Tensor | None = None,
+        labels: Tensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | Tensor = 0,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        past_key_values: ProbSeqCache | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast | tuple:
         """Logits ``[B, T, vocab]`` (the last ``logits_to_keep`` positions when it is positive), the loss
         of next-token prediction when ``labels`` are given, and the cache."""
         check_keywords(f"{type(self).__name__}.forward", kwargs, FORWARD_KEYWORDS)
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         source = input_ids if input_ids is not None else inputs_embeds
-        check_logits_to_keep(logits_to_keep, source.shape[1] if isinstance(source, Tensor) and source.dim() >= 2
-                             else None)
+        check_logits_to_keep(
+            logits_to_keep, source.shape[1] if isinstance(source, Tensor) and source.dim() >= 2 else None
+        )
         if labels is not None and isinstance(source, Tensor) and source.dim() >= 2:
             check_labels(labels, tuple(source.shape[:2]), self.config.vocab_size, logits_to_keep)
             labels = labels.long()  # any integer dtype: the loss takes int64 targets
-        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache,
-                             output_hidden_states=output_hidden_states, return_dict=True,
-                             past_key_values=past_key_values, **kwargs)
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            past_key_values=past_key_values,
+            **kwargs,
+        )
         hidden_states = outputs.last_hidden_state
         if isinstance(logits_to_keep, int):
             hidden_states = hidden_states[:, -logits_to_keep:] if logits_to_keep > 0 else hidden_states
@@ -364,14 +425,16 @@ class ProbSeqForCausalLM(ProbSeqPreTrainedModel, GenerationMixin):
         logits = self.lm_head(hidden_states)
         loss = None
         if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size,
-                                      num_items_in_batch=num_items_in_batch)
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.vocab_size, num_items_in_batch=num_items_in_batch
+            )
         return_dict = self.config.return_dict if return_dict is None else return_dict
         if not return_dict:
             output = tuple(x for x in (logits, outputs.cache, outputs.hidden_states) if x is not None)
             return (loss, *output) if loss is not None else output
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache,
-                                      hidden_states=outputs.hidden_states)
+        return CausalLMOutputWithPast(
+            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
+        )
 
     def generate(self, inputs: Tensor | None = None, *args, **kwargs):
         """transformers' ``generate``. The prompt must be ``[B, T]`` token ids (``inputs_embeds`` ``[B, T, D]``) with

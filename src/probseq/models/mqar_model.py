@@ -90,11 +90,26 @@ class ZoologyConfig(PretrainedConfig):
 
     model_type = "probseq_zoology"
 
-    def __init__(self, vocab_size: int = 8192, d_model: int = 64, n_layers: int = 4, mixer: str = "bayesian",
-                 conv_kernel: int = 3, num_heads: int | None = None, expand_v: float = 1.0, state_size: int = 16,
-                 use_gate: bool = False, retention: str = "learned", retention_init: float = 0.0,
-                 feature_map: str = "elu", norm_eps: float = 1e-5, initializer_range: float = 0.02,
-                 tie_word_embeddings: bool = True, init: str = "fla", **kwargs):
+    def __init__(
+        self,
+        vocab_size: int = 8192,
+        d_model: int = 64,
+        n_layers: int = 4,
+        mixer: str = "bayesian",
+        conv_kernel: int = 3,
+        num_heads: int | None = None,
+        expand_v: float = 1.0,
+        state_size: int = 16,
+        use_gate: bool = False,
+        retention: str = "learned",
+        retention_init: float = 0.0,
+        feature_map: str = "elu",
+        norm_eps: float = 1e-5,
+        initializer_range: float = 0.02,
+        tie_word_embeddings: bool = True,
+        init: str = "fla",
+        **kwargs,
+    ):
         self.vocab_size, self.d_model, self.n_layers, self.mixer = vocab_size, d_model, n_layers, mixer
         self.conv_kernel, self.num_heads, self.expand_v, self.state_size = conv_kernel, num_heads, expand_v, state_size
         self.use_gate, self.retention, self.retention_init = use_gate, retention, retention_init
@@ -147,12 +162,26 @@ class ZoologyConfig(PretrainedConfig):
                 head_dim = 2 * d // self.num_heads
         else:
             head_dim = d // heads
-        return ProbSeqConfig(vocab_size=self.vocab_size, hidden_size=d, num_hidden_layers=self.n_layers,
-                             mixer=self.mixer, num_heads=heads, head_dim=head_dim, expand_v=self.expand_v,
-                             use_gate=self.use_gate, retention=self.retention, retention_init=self.retention_init,
-                             feature_map=self.feature_map, state_size=self.state_size, expand=2,
-                             attn_num_heads=heads, norm_eps=self.norm_eps, max_position_embeddings=1 << 20,
-                             bos_token_id=None, eos_token_id=None)  # the mixers use no token ids
+        return ProbSeqConfig(
+            vocab_size=self.vocab_size,
+            hidden_size=d,
+            num_hidden_layers=self.n_layers,
+            mixer=self.mixer,
+            num_heads=heads,
+            head_dim=head_dim,
+            expand_v=self.expand_v,
+            use_gate=self.use_gate,
+            retention=self.retention,
+            retention_init=self.retention_init,
+            feature_map=self.feature_map,
+            state_size=self.state_size,
+            expand=2,
+            attn_num_heads=heads,
+            norm_eps=self.norm_eps,
+            max_position_embeddings=1 << 20,
+            bos_token_id=None,
+            eos_token_id=None,
+        )  # the mixers use no token ids
 
 
 class ConvBlock(nn.Module):
@@ -198,8 +227,10 @@ class ZoologyModel(ProbSeqPreTrainedModel):
         mixer_config = config.mixer_config()
         self.embeddings = nn.Embedding(config.vocab_size, config.d_model)
         self.norms = nn.ModuleList(RMSNorm(config.d_model, eps=config.norm_eps) for _ in range(config.n_layers))
-        self.layers = nn.ModuleList(ConvBlock(config.d_model, config.conv_kernel) if i % 2 == 0
-                                    else build_mixer(mixer_config, i) for i in range(config.n_layers))
+        self.layers = nn.ModuleList(
+            ConvBlock(config.d_model, config.conv_kernel) if i % 2 == 0 else build_mixer(mixer_config, i)
+            for i in range(config.n_layers)
+        )
         self.norm = RMSNorm(config.d_model, eps=config.norm_eps)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.post_init()
@@ -211,8 +242,9 @@ class ZoologyModel(ProbSeqPreTrainedModel):
         if self.config.init == "fla":
             return super()._init_weights(module)
         # Zoology's: linear weights normal (Mamba-2's keep PyTorch's Kaiming default), convolutions untouched
-        self._init_parameters(module, normal=() if self.config.mixer == "mamba2" else (nn.Linear,),
-                              zero_bias=(nn.Linear,))
+        self._init_parameters(
+            module, normal=() if self.config.mixer == "mamba2" else (nn.Linear,), zero_bias=(nn.Linear,)
+        )
 
     @torch.no_grad()
     def _rescale_output_projections(self) -> None:
@@ -269,10 +301,14 @@ class ZoologyModel(ProbSeqPreTrainedModel):
             raise ValueError(f"ZoologyModel.forward got unexpected arguments {sorted(kwargs)}")
         hidden = self.hidden_states(input_ids)
         if logits_mask is not None:
-            if (not isinstance(logits_mask, Tensor) or logits_mask.shape != input_ids.shape
-                    or logits_mask.dtype != torch.bool):
-                raise ValueError(f"logits_mask must be a bool tensor of shape {list(input_ids.shape)}, got "
-                                 f"{describe(logits_mask)}")
+            if (
+                not isinstance(logits_mask, Tensor)
+                or logits_mask.shape != input_ids.shape
+                or logits_mask.dtype != torch.bool
+            ):
+                raise ValueError(
+                    f"logits_mask must be a bool tensor of shape {list(input_ids.shape)}, got {describe(logits_mask)}"
+                )
             hidden = hidden[logits_mask]
         return ZoologyOutput(logits=self.lm_head(hidden))
 

@@ -41,13 +41,20 @@ def dense_conditioning(design: DesignModel, q: Tensor, k: Tensor, v: Tensor) -> 
     value_dim = v.shape[-1]
     eye = torch.eye(key_dim, dtype=f64)
     dyn = design.dynamics
-    decay = (torch.ones(batch, heads, length, dtype=f64) if dyn.log_decay is None
-             else dyn.log_decay.to(f64).exp().transpose(1, 2))
-    retention = (torch.zeros(batch, heads, length, dtype=f64) if dyn.retention is None
-                 else dyn.retention.to(f64).transpose(1, 2))
+    decay = (
+        torch.ones(batch, heads, length, dtype=f64)
+        if dyn.log_decay is None
+        else dyn.log_decay.to(f64).exp().transpose(1, 2)
+    )
+    retention = (
+        torch.zeros(batch, heads, length, dtype=f64) if dyn.retention is None else dyn.retention.to(f64).transpose(1, 2)
+    )
     noise = design.write.noise.to(f64).transpose(1, 2)
-    mean0 = (torch.zeros(batch, heads, value_dim, key_dim, dtype=f64) if design.prior.mean is None
-             else design.prior.mean.to(f64))
+    mean0 = (
+        torch.zeros(batch, heads, value_dim, key_dim, dtype=f64)
+        if design.prior.mean is None
+        else design.prior.mean.to(f64)
+    )
     cov0 = eye.expand(batch, heads, key_dim, key_dim) if design.prior.cov is None else design.prior.cov.to(f64)
     query = q * design.readout.scale
 
@@ -63,7 +70,7 @@ def dense_conditioning(design: DesignModel, q: Tensor, k: Tensor, v: Tensor) -> 
     mean_t = mean0
     for t in range(1, length + 1):
         retention_t, decay_t = retention[..., t - 1, None, None], decay[..., t - 1, None, None]
-        blocks.append((1 - retention_t) * eye + (retention_t - decay_t ** 2) * cov_prev)  # Q_t
+        blocks.append((1 - retention_t) * eye + (retention_t - decay_t**2) * cov_prev)  # Q_t
         lam = torch.stack(blocks, dim=2)  # [B, H, t+1, K, K]
         c = coef[..., : t + 1, : t + 1]
         # Cov(w_s, w_u) = Σ_j c[s,j] c[u,j] Λ_j for s, u = 0..t

@@ -52,10 +52,20 @@ from probseq.types import BayesState, FilterOutput, Impl, resolve_impl
 SEGMENT_CHUNKS = 64  # the chunked forms run over segments of at most this many chunks
 
 
-def run_filter(design: DesignModel, q: Tensor, k: Tensor, v: Tensor, *, impl: Impl = "auto",
-               chunk_size: int = 64, output_final_state: bool = False, output_variance: bool = False,
-               cu_seqlens: Tensor | None = None, validate: bool = True,
-               covariance_dtype: torch.dtype | None = None) -> FilterOutput:
+def run_filter(
+    design: DesignModel,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    impl: Impl = "auto",
+    chunk_size: int = 64,
+    output_final_state: bool = False,
+    output_variance: bool = False,
+    cu_seqlens: Tensor | None = None,
+    validate: bool = True,
+    covariance_dtype: torch.dtype | None = None,
+) -> FilterOutput:
     """The exact filter of any design model, in the form ``impl``.
 
     Args:
@@ -90,24 +100,51 @@ def run_filter(design: DesignModel, q: Tensor, k: Tensor, v: Tensor, *, impl: Im
         for name, x in (("q", q), ("k", k), ("v", v)):
             checks.finite(name, x)
         checks.resolve()
-    return filter_design(design, q, k, v, form=form, chunk_size=chunk_size, output_final_state=output_final_state,
-                         output_variance=output_variance, cu_seqlens=cu_seqlens, validate=validate,
-                         covariance_dtype=covariance_dtype)
+    return filter_design(
+        design,
+        q,
+        k,
+        v,
+        form=form,
+        chunk_size=chunk_size,
+        output_final_state=output_final_state,
+        output_variance=output_variance,
+        cu_seqlens=cu_seqlens,
+        validate=validate,
+        covariance_dtype=covariance_dtype,
+    )
 
 
-def _check_design(design: DesignModel, shape: tuple[int, int, int], key_dim: int, value_dim: int,
-                  batch_state: int, checks: ValueChecks | None, device: torch.device) -> DesignModel:
+def _check_design(
+    design: DesignModel,
+    shape: tuple[int, int, int],
+    key_dim: int,
+    value_dim: int,
+    batch_state: int,
+    checks: ValueChecks | None,
+    device: torch.device,
+) -> DesignModel:
     """Validate a hand-built design's per-token tensors and prior; return it with a symmetrised prior covariance."""
     if not isinstance(design, DesignModel):
         raise ValueError(f"design must be a probseq.design.DesignModel, got {type(design).__name__}")
     layout = "[B, T, H]"
     regression = isinstance(design.write, RegressionWrite)
     dyn = design.dynamics
-    check_gate("g (log decay)", dyn.log_decay, shape, layout, checks, high=0.0,
-               allow_channel=None if regression else key_dim, device=device)
+    check_gate(
+        "g (log decay)",
+        dyn.log_decay,
+        shape,
+        layout,
+        checks,
+        high=0.0,
+        allow_channel=None if regression else key_dim,
+        device=device,
+    )
     if dyn.retention is not None and not regression:
-        raise ValueError("gamma (certainty retention) applies to regression designs only; the superposition "
-                         "design tracks no covariance")
+        raise ValueError(
+            "gamma (certainty retention) applies to regression designs only; the superposition "
+            "design tracks no covariance"
+        )
     check_gate("gamma (certainty retention)", dyn.retention, shape, layout, checks, low=0.0, high=1.0, device=device)
     if regression:
         check_gate("noise r", design.write.noise, shape, layout, checks, low=0.0, high=R_MAX, device=device)
@@ -116,8 +153,9 @@ def _check_design(design: DesignModel, shape: tuple[int, int, int], key_dim: int
         if checks is not None and design.write.weight is not None:
             checks.finite("beta (evidence weight)", design.write.weight)
     else:
-        raise ValueError("design.write must be RegressionWrite or SuperpositionWrite, got "
-                         f"{type(design.write).__name__}")
+        raise ValueError(
+            f"design.write must be RegressionWrite or SuperpositionWrite, got {type(design.write).__name__}"
+        )
     if not isinstance(design.readout, LinearReadout):
         raise ValueError(f"design.readout must be LinearReadout, got {type(design.readout).__name__}")
     check_scale(design.readout.scale, key_dim)
@@ -130,9 +168,20 @@ def _check_design(design: DesignModel, shape: tuple[int, int, int], key_dim: int
     return DesignModel(type(design.prior)(prior.mean, prior.cov), design.dynamics, design.write, design.readout)
 
 
-def filter_design(design: DesignModel, q: Tensor, k: Tensor, v: Tensor, *, form: str, chunk_size: int,
-                  output_final_state: bool, output_variance: bool, cu_seqlens: Tensor | None,
-                  validate: bool, covariance_dtype: torch.dtype | None = None) -> FilterOutput:
+def filter_design(
+    design: DesignModel,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    form: str,
+    chunk_size: int,
+    output_final_state: bool,
+    output_variance: bool,
+    cu_seqlens: Tensor | None,
+    validate: bool,
+    covariance_dtype: torch.dtype | None = None,
+) -> FilterOutput:
     """Filter validated inputs: compute dtype, varlen packing, dispatch to one form, and (with ``validate``)
     the check that the result is finite — all with the shapes of :func:`run_filter`.
 
@@ -146,8 +195,7 @@ def filter_design(design: DesignModel, q: Tensor, k: Tensor, v: Tensor, *, form:
     k_packed = k
     if packing is not None:
         padded, q, k, v = _pad_sequences(design, q, k, v, packing)
-    result, failed = _dispatch(padded, q, k, v, form, chunk_size, output_final_state, output_variance,
-                               covariance_dtype)
+    result, failed = _dispatch(padded, q, k, v, form, chunk_size, output_final_state, output_variance, covariance_dtype)
     if packing is not None:
         state = result.state
         if state is not None and design.tracks_covariance and design.dynamics.retention is None:
@@ -156,22 +204,31 @@ def filter_design(design: DesignModel, q: Tensor, k: Tensor, v: Tensor, *, form:
     if validate:
         checks = ValueChecks()
         if failed is not None:
-            checks.require(~failed, lambda: (
-                "the chunk covariance matrix lost positive definiteness (γ ≈ 1 and β ≈ 1 over more than K tokens "
-                "of a chunk); raise r_min (the floor on the write noise), use a smaller chunk_size or "
-                "impl='recurrent'"))
+            checks.require(
+                ~failed,
+                lambda: (
+                    "the chunk covariance matrix lost positive definiteness (γ ≈ 1 and β ≈ 1 over more than K tokens "
+                    "of a chunk); raise r_min (the floor on the write noise), use a smaller chunk_size or "
+                    "impl='recurrent'"
+                ),
+            )
         for name, x in (("output", result.output), ("variance", result.variance)):
             if x is not None:
-                checks.require(torch.isfinite(x.detach()).all(), lambda name=name: (
-                    f"the filter's {name} is not finite although its inputs are: the covariance became singular "
-                    "(γ = 1 and r = 0, i.e. r_min = 0 with β = 1, after more writes than key dimensions) or "
-                    "values overflowed; raise r_min or rescale the inputs"))
+                checks.require(
+                    torch.isfinite(x.detach()).all(),
+                    lambda name=name: (
+                        f"the filter's {name} is not finite although its inputs are: the covariance became singular "
+                        "(γ = 1 and r = 0, i.e. r_min = 0 with β = 1, after more writes than key dimensions) or "
+                        "values overflowed; raise r_min or rescale the inputs"
+                    ),
+                )
         checks.resolve()
     return result
 
 
-def _pad_sequences(design: DesignModel, q: Tensor, k: Tensor, v: Tensor,
-                   packing: Packing) -> tuple[DesignModel, Tensor, Tensor, Tensor]:
+def _pad_sequences(
+    design: DesignModel, q: Tensor, k: Tensor, v: Tensor, packing: Packing
+) -> tuple[DesignModel, Tensor, Tensor, Tensor]:
     """Packed ``[1, T]`` → padded ``[S, T_max]``, padding with state-preserving tokens (``k = 0``, ``α = 1``,
     ``γ = 1``). Without a retention tensor (covariance reset) the padding resets ``P``; the final covariance
     is then rebuilt from each sequence's last token (:func:`_reset_final_cov`)."""
@@ -206,9 +263,17 @@ def _reset_final_cov(design: DesignModel, k: Tensor, packing: Packing) -> Tensor
     return torch.where(packing.nonempty[:, None, None, None], cov, prior)
 
 
-def _dispatch(design: DesignModel, q: Tensor, k: Tensor, v: Tensor, form: str, chunk_size: int,
-              output_final_state: bool, output_variance: bool,
-              covariance_dtype: torch.dtype | None) -> tuple[FilterOutput, Tensor | None]:
+def _dispatch(
+    design: DesignModel,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    form: str,
+    chunk_size: int,
+    output_final_state: bool,
+    output_variance: bool,
+    covariance_dtype: torch.dtype | None,
+) -> tuple[FilterOutput, Tensor | None]:
     """One form on inputs already in the design's dtype. Returns the output and the chunked form's
     factorisation failure flag (``None`` for the other forms)."""
     batch, length, heads, key_dim = k.shape
@@ -216,28 +281,40 @@ def _dispatch(design: DesignModel, q: Tensor, k: Tensor, v: Tensor, form: str, c
     dtype = compute_dtype(q, k, v, *design.tensors())  # the design is already in it
     out_dtype = v.dtype
     if batch * length * heads == 0:  # nothing to filter: the prior is the final state
-        state = design.prior.initial_state(batch, heads, key_dim, v.shape[-1], track_cov=regression, dtype=dtype,
-                                           device=v.device)
+        state = design.prior.initial_state(
+            batch, heads, key_dim, v.shape[-1], track_cov=regression, dtype=dtype, device=v.device
+        )
         variance = v.new_zeros(v.shape[:3]) if output_variance and regression else None
         return FilterOutput(v.clone(), state if output_final_state else None, variance), None
     if form == "reference":
-        return reference_filter(design, q, k, v, output_final_state=output_final_state,
-                                output_variance=output_variance), None
+        return reference_filter(
+            design, q, k, v, output_final_state=output_final_state, output_variance=output_variance
+        ), None
     q, k, v = (x.to(dtype) for x in (q, k, v))
-    state = design.prior.initial_state(batch, heads, key_dim, v.shape[-1], track_cov=regression, dtype=dtype,
-                                       device=v.device)
+    state = design.prior.initial_state(
+        batch, heads, key_dim, v.shape[-1], track_cov=regression, dtype=dtype, device=v.device
+    )
     chunk_size = min(chunk_size, length)  # a chunk longer than the sequence is pure padding
     if regression:
-        output, state, variance, failed = _regression(design, q, k, v, state, form, chunk_size, output_variance,
-                                                      covariance_dtype)
+        output, state, variance, failed = _regression(
+            design, q, k, v, state, form, chunk_size, output_variance, covariance_dtype
+        )
     else:
         output, state, variance, failed = _superposition(design, q, k, v, state, form, chunk_size)
     return FilterOutput(output.to(out_dtype), state if output_final_state else None, variance), failed
 
 
-def _regression(design: DesignModel, q: Tensor, k: Tensor, v: Tensor, state: BayesState, form: str,
-                chunk_size: int, output_variance: bool,
-                covariance_dtype: torch.dtype | None) -> tuple[Tensor, BayesState, Tensor | None, Tensor | None]:
+def _regression(
+    design: DesignModel,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    state: BayesState,
+    form: str,
+    chunk_size: int,
+    output_variance: bool,
+    covariance_dtype: torch.dtype | None,
+) -> tuple[Tensor, BayesState, Tensor | None, Tensor | None]:
     log_decay = design.dynamics.log_decay
     if log_decay is None:
         log_decay = k.new_zeros(k.shape[:3])
@@ -246,10 +323,20 @@ def _regression(design: DesignModel, q: Tensor, k: Tensor, v: Tensor, state: Bay
         output, state, variance = bayes_recurrent(q, k, v, log_decay, noise, retention, state, scale)
         return output, state, variance if output_variance else None, None
     outputs, variances, failures = [], [], []
-    for q_s, k_s, v_s, log_decay_s, noise_s, retention_s in _segments(chunk_size, q, k, v, log_decay, noise,
-                                                                        retention):
-        out, state, var, failed = bayes_chunked(q_s, k_s, v_s, log_decay_s, noise_s, retention_s, state, scale,
-                                                chunk_size, output_variance, covariance_dtype)
+    for q_s, k_s, v_s, log_decay_s, noise_s, retention_s in _segments(chunk_size, q, k, v, log_decay, noise, retention):
+        out, state, var, failed = bayes_chunked(
+            q_s,
+            k_s,
+            v_s,
+            log_decay_s,
+            noise_s,
+            retention_s,
+            state,
+            scale,
+            chunk_size,
+            output_variance,
+            covariance_dtype,
+        )
         outputs.append(out)
         variances.append(var)
         failures.append(failed)
@@ -257,8 +344,9 @@ def _regression(design: DesignModel, q: Tensor, k: Tensor, v: Tensor, state: Bay
     return (torch.cat(outputs, dim=1), state, torch.cat(variances, dim=1) if output_variance else None, failed)
 
 
-def _superposition(design: DesignModel, q: Tensor, k: Tensor, v: Tensor, state: BayesState, form: str,
-                   chunk_size: int) -> tuple[Tensor, BayesState, None, None]:
+def _superposition(
+    design: DesignModel, q: Tensor, k: Tensor, v: Tensor, state: BayesState, form: str, chunk_size: int
+) -> tuple[Tensor, BayesState, None, None]:
     log_decay, weight = design.dynamics.log_decay, design.write.weight
     scale, mean = design.readout.scale, state.mean
     if form == "recurrent":
@@ -282,6 +370,5 @@ def _segments(chunk_size: int, *tensors: Tensor | None) -> list[tuple[Tensor | N
     linear too: its gradient is one concatenation.
     """
     size = SEGMENT_CHUNKS * chunk_size
-    parts = [[None] * math.ceil(tensors[0].shape[1] / size) if x is None else x.split(size, dim=1)
-             for x in tensors]
+    parts = [[None] * math.ceil(tensors[0].shape[1] / size) if x is None else x.split(size, dim=1) for x in tensors]
     return list(zip(*parts))

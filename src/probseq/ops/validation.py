@@ -56,11 +56,20 @@ class ValueChecks:
         if x is None or x.numel() == 0:
             return
         x = x.detach()
-        self.require(torch.isfinite(x).all(),
-                     lambda: f"{name} contains NaN or Inf ({_count_nonfinite(x)}{_first_nonfinite(x, dims)})")
+        self.require(
+            torch.isfinite(x).all(),
+            lambda: f"{name} contains NaN or Inf ({_count_nonfinite(x)}{_first_nonfinite(x, dims)})",
+        )
 
-    def in_range(self, name: str, x: Tensor | None, *, low: float | None = None, high: float | None = None,
-                 low_open: bool = False) -> None:
+    def in_range(
+        self,
+        name: str,
+        x: Tensor | None,
+        *,
+        low: float | None = None,
+        high: float | None = None,
+        low_open: bool = False,
+    ) -> None:
         """``x`` in ``[low, high]`` (``(low, high]`` with ``low_open``); NaN is outside every range,
         ``±inf`` inside an unbounded side."""
         if x is None or x.numel() == 0:
@@ -73,8 +82,10 @@ class ValueChecks:
             inside &= x <= high
 
         def message() -> str:
-            interval = (f"{'(' if low_open or low is None else '['}{'-inf' if low is None else f'{low:g}'}, "
-                        f"{'inf' if high is None else f'{high:g}'}]")
+            interval = (
+                f"{'(' if low_open or low is None else '['}{'-inf' if low is None else f'{low:g}'}, "
+                f"{'inf' if high is None else f'{high:g}'}]"
+            )
             bad = x[~inside]
             return f"{name} must lie in {interval}; found {bad.numel()} value(s) outside, e.g. {bad[0].item():g}"
 
@@ -138,9 +149,19 @@ def check_qkv(q: Tensor, k: Tensor, v: Tensor, *, step: bool = False) -> tuple[i
     return batch, length, heads, key_dim, v.shape[-1]
 
 
-def check_gate(name: str, x: Tensor | None, shape: tuple[int, ...], layout: str, checks: ValueChecks | None, *,
-               low: float | None = None, high: float | None = None, low_open: bool = False,
-               allow_channel: int | None = None, device: torch.device | None = None) -> None:
+def check_gate(
+    name: str,
+    x: Tensor | None,
+    shape: tuple[int, ...],
+    layout: str,
+    checks: ValueChecks | None,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    allow_channel: int | None = None,
+    device: torch.device | None = None,
+) -> None:
     """Check a per-token gate: a floating tensor of shape ``shape`` (or ``shape + (allow_channel,)``) on
     ``device``; its values in ``[low, high]`` are registered with ``checks`` (skipped when ``None``)."""
     if x is None:
@@ -148,8 +169,9 @@ def check_gate(name: str, x: Tensor | None, shape: tuple[int, ...], layout: str,
     check_floating(name, x)
     shapes = [tuple(shape)] + ([tuple(shape) + (allow_channel,)] if allow_channel is not None else [])
     if tuple(x.shape) not in shapes:
-        expected = " or ".join(f"{layout if i == 0 else layout[:-1] + ', K]'} = {list(s)}"
-                               for i, s in enumerate(shapes))
+        expected = " or ".join(
+            f"{layout if i == 0 else layout[:-1] + ', K]'} = {list(s)}" for i, s in enumerate(shapes)
+        )
         raise ValueError(f"{name} must have shape {expected}, got {_shape(x)}")
     if device is not None and x.device != device:
         raise ValueError(f"{name} must be on the device of q, k, v ({device}), got {x.device}")
@@ -160,15 +182,19 @@ def check_gate(name: str, x: Tensor | None, shape: tuple[int, ...], layout: str,
 def check_positive_number(name: str, value, *, allow_zero: bool = False, hint: str = "") -> float:
     """A finite real number ``> 0`` (``≥ 0`` with ``allow_zero``): Python and NumPy scalars alike."""
     # -inf < value < inf rather than math.isfinite: false for NaN alike, and torch.compile traces comparisons
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not -math.inf < value < math.inf \
-            or not (value >= 0 if allow_zero else value > 0):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not -math.inf < value < math.inf
+        or not (value >= 0 if allow_zero else value > 0)
+    ):
         raise ValueError(f"{name} must be a finite float {'>= 0' if allow_zero else '> 0'}{hint}, got {value!r}")
     return float(value)
 
 
 def check_scale(scale: float | None, key_dim: int) -> float:
     if scale is None:
-        return key_dim ** -0.5
+        return key_dim**-0.5
     return check_positive_number("scale", scale, hint=" (default K**-0.5)")
 
 
@@ -196,13 +222,24 @@ def as_state(name: str, state: BayesState | Tensor | tuple | None) -> BayesState
         return BayesState(state, None)
     if isinstance(state, tuple) and len(state) == 2:
         return BayesState(*state)
-    raise ValueError(f"{name} must be a BayesState(mean, cov), a (mean, cov) tuple or a mean tensor [B, H, V, K], "
-                     f"got {type(state).__name__}")
+    raise ValueError(
+        f"{name} must be a BayesState(mean, cov), a (mean, cov) tuple or a mean tensor [B, H, V, K], "
+        f"got {type(state).__name__}"
+    )
 
 
-def check_state(name: str, state: BayesState | Tensor | tuple | None, batch: int, heads: int, key_dim: int,
-                value_dim: int, checks: ValueChecks | None, *, with_cov: bool,
-                check_range: bool = True) -> BayesState | None:
+def check_state(
+    name: str,
+    state: BayesState | Tensor | tuple | None,
+    batch: int,
+    heads: int,
+    key_dim: int,
+    value_dim: int,
+    checks: ValueChecks | None,
+    *,
+    with_cov: bool,
+    check_range: bool = True,
+) -> BayesState | None:
     """Check an initial state; return it as a :class:`BayesState` with a symmetrised covariance.
 
     ``mean`` must be ``[B, H, V, K]`` and ``cov`` ``[B, H, K, K]``. With ``checks``, both must be finite
@@ -240,9 +277,14 @@ def _check_cov_range(name: str, cov: Tensor, checks: ValueChecks) -> None:
     finite = torch.isfinite(cov).all(dim=(-1, -2), keepdim=True)
     eig = torch.linalg.eigvalsh(torch.where(finite, cov, torch.zeros((), dtype=cov.dtype, device=cov.device)))
     ok = ((eig >= -COV_TOLERANCE) & (eig <= 1 + COV_TOLERANCE)).all()
-    checks.require(ok, lambda: f"{name}.cov must be a covariance within [0, I] (eigenvalues in [0, 1] up to "
-                               f"{COV_TOLERANCE:g}); found eigenvalues in "
-                               f"[{eig.min().item():.3g}, {eig.max().item():.3g}]")
+    checks.require(
+        ok,
+        lambda: (
+            f"{name}.cov must be a covariance within [0, I] (eigenvalues in [0, 1] up to "
+            f"{COV_TOLERANCE:g}); found eigenvalues in "
+            f"[{eig.min().item():.3g}, {eig.max().item():.3g}]"
+        ),
+    )
 
 
 def check_cu_seqlens(cu_seqlens: Tensor | None, batch: int, length: int, checks: ValueChecks | None) -> Tensor | None:
@@ -250,14 +292,23 @@ def check_cu_seqlens(cu_seqlens: Tensor | None, batch: int, length: int, checks:
     with ``B == 1``. Its values are checked through ``checks``."""
     if cu_seqlens is None:
         return None
-    if not isinstance(cu_seqlens, Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.is_floating_point() \
-            or cu_seqlens.dtype == torch.bool or cu_seqlens.numel() < 2:
+    if (
+        not isinstance(cu_seqlens, Tensor)
+        or cu_seqlens.dim() != 1
+        or cu_seqlens.is_floating_point()
+        or cu_seqlens.dtype == torch.bool
+        or cu_seqlens.numel() < 2
+    ):
         raise ValueError("cu_seqlens must be a 1-d integer tensor [0, t_1, ..., T] (FlashAttention convention)")
     if batch != 1:
         raise ValueError(f"cu_seqlens requires packed inputs with B == 1, got B = {batch}")
     if checks is not None:
-        checks.require((cu_seqlens[0] == 0) & (cu_seqlens[-1] == length),
-                       lambda: f"cu_seqlens must start at 0 and end at T = {length}, got {cu_seqlens.tolist()}")
-        checks.require((cu_seqlens[1:] >= cu_seqlens[:-1]).all(),
-                       lambda: f"cu_seqlens must be nondecreasing, got {cu_seqlens.tolist()}")
+        checks.require(
+            (cu_seqlens[0] == 0) & (cu_seqlens[-1] == length),
+            lambda: f"cu_seqlens must start at 0 and end at T = {length}, got {cu_seqlens.tolist()}",
+        )
+        checks.require(
+            (cu_seqlens[1:] >= cu_seqlens[:-1]).all(),
+            lambda: f"cu_seqlens must be nondecreasing, got {cu_seqlens.tolist()}",
+        )
     return cu_seqlens

@@ -20,5 +20,12 @@ identical to those of RULER's own generator scripts.
 from .metrics import postprocess_pred, score, string_match_all, string_match_part
 from .tasks import TASKS, generate, tokens_to_generate
 
-__all__ = ["TASKS", "generate", "tokens_to_generate", "string_match_all", "string_match_part",
-           "postprocess_pred", "score"]
+__all__ = [
+    "TASKS",
+    "generate",
+    "tokens_to_generate",
+    "string_match_all",
+    "string_match_part",
+    "postprocess_pred",
+    "score",
+]

@@ -127,8 +127,10 @@ def draw_fitting(make, size: int, step: int, budget: int):
         if n <= budget:
             return text, answer, n
         if size <= step:
-            raise ValueError(f"max_seq_length too small: the smallest haystack ({size}) gives a "
-                             f"{n}-token prompt, over the {budget} tokens left for the input")
+            raise ValueError(
+                f"max_seq_length too small: the smallest haystack ({size}) gives a "
+                f"{n}-token prompt, over the {budget} tokens left for the input"
+            )
         size -= step
 
 
@@ -142,5 +144,11 @@ def record(index: int, text: str, outputs: list[str], length: int, answer_prefix
     """RULER's jsonl record; ``length`` counts the whole prompt (input + answer prefix) plus the
     tokens to generate, as RULER's does."""
     inp, prefix = split_prompt(text, answer_prefix)
-    return {"index": index, "input": inp, "outputs": list(outputs), "length": length,
-            "length_w_model_temp": length, "answer_prefix": prefix}
+    return {
+        "index": index,
+        "input": inp,
+        "outputs": list(outputs),
+        "length": length,
+        "length_w_model_temp": length,
+        "answer_prefix": prefix,
+    }

@@ -42,8 +42,7 @@ def _word_list(rng, seed, num_words, common_repeats, uncommon_repeats, num_cw):
     return _numbered(listed), common
 
 
-def generate(tokenizer, max_seq_length, num_samples, seed, template, *, freq_cw, freq_ucw, num_cw,
-             num_fewshot):
+def generate(tokenizer, max_seq_length, num_samples, seed, template, *, freq_cw, freq_ucw, num_cw, num_fewshot):
     rng = random.Random(seed)
     if max_seq_length < 4096:
         shot_args, main_args = (20, 3, 1), (6, 1)

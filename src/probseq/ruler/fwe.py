@@ -29,8 +29,8 @@ def zeta(s: float, terms: int = 20) -> float:
     Euler-Maclaurin remainder, added with ``math.fsum``; gives pi^2/6 to the last bit at s = 2."""
     if s <= 1:
         raise ValueError("zeta needs s > 1")
-    parts = [n ** -s for n in range(1, terms)]
-    parts += [terms ** (1 - s) / (s - 1), terms ** -s / 2]
+    parts = [n**-s for n in range(1, terms)]
+    parts += [terms ** (1 - s) / (s - 1), terms**-s / 2]
     rising = s  # s (s+1) ... (s+2j-2)
     for j, b in enumerate(_BERNOULLI, start=1):
         parts.append(b / math.factorial(2 * j) * rising * terms ** (-s - 2 * j + 1))

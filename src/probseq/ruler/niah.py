@@ -24,8 +24,9 @@ def _singular(template: str) -> str:
     return template
 
 
-def _prompt(rng, seed, template, size, type_haystack, type_needle_k, type_needle_v,
-            num_needle_k, num_needle_v, num_needle_q):
+def _prompt(
+    rng, seed, template, size, type_haystack, type_needle_k, type_needle_v, num_needle_k, num_needle_v, num_needle_q
+):
     num_k = max(num_needle_k, num_needle_q)
     keys, values, needles = [], [], []
     for _ in range(num_k):
@@ -42,8 +43,7 @@ def _prompt(rng, seed, template, size, type_haystack, type_needle_k, type_needle
         lines = []
         for _ in range(size):
             key = random_value(rng, type_needle_k)
-            lines.append(NEEDLE.format(type_needle_v=type_needle_v, key=key,
-                                       value=random_value(rng, type_needle_v)))
+            lines.append(NEEDLE.format(type_needle_v=type_needle_v, key=key, value=random_value(rng, type_needle_v)))
     # insert from the back so the drawn positions refer to the original lines
     for pos, needle in zip(sorted(rng.sample(range(size), len(needles)), reverse=True), needles):
         lines.insert(pos, needle)

@@ -14,13 +14,26 @@ _FAMILIES = {"niah": niah, "variable_tracking": vt, "common_words_extraction": c
 
 def _task(family: str, **args) -> dict:
     mod = _FAMILIES[family]
-    return {"family": family, "args": args, "tokens_to_generate": mod.TOKENS_TO_GENERATE,
-            "template": mod.TEMPLATE, "answer_prefix": mod.ANSWER_PREFIX, "metric": "string_match_all"}
+    return {
+        "family": family,
+        "args": args,
+        "tokens_to_generate": mod.TOKENS_TO_GENERATE,
+        "template": mod.TEMPLATE,
+        "answer_prefix": mod.ANSWER_PREFIX,
+        "metric": "string_match_all",
+    }
 
 
 def _niah(haystack: str, key: str, value: str) -> dict:
-    return _task("niah", type_haystack=haystack, type_needle_k=key, type_needle_v=value,
-                 num_needle_k=1, num_needle_v=1, num_needle_q=1)
+    return _task(
+        "niah",
+        type_haystack=haystack,
+        type_needle_k=key,
+        type_needle_v=value,
+        num_needle_k=1,
+        num_needle_v=1,
+        num_needle_q=1,
+    )
 
 
 TASKS: dict[str, dict] = {
@@ -44,8 +57,17 @@ def _config(task: str) -> dict:
     return TASKS[task]
 
 
-def generate(task: str, tokenizer, max_seq_length: int, num_samples: int, seed: int = 42, *,
-             haystack: str | None = None, model_template: str = "{task_template}", **task_args) -> list[dict]:
+def generate(
+    task: str,
+    tokenizer,
+    max_seq_length: int,
+    num_samples: int,
+    seed: int = 42,
+    *,
+    haystack: str | None = None,
+    model_template: str = "{task_template}",
+    **task_args,
+) -> list[dict]:
     """``num_samples`` RULER samples of ``task`` whose prompts fill ``max_seq_length`` tokens of
     ``tokenizer`` (the evaluated model's), less the task's tokens to generate.
 
@@ -70,11 +92,13 @@ def generate(task: str, tokenizer, max_seq_length: int, num_samples: int, seed: 
         raise TypeError(f"{task}: unknown task arguments {sorted(unknown)}; known: {sorted(args)}")
     args.update(task_args)
     if args.get("type_haystack") == "essay":
-        raise NotImplementedError("RULER's essay haystack (Paul Graham essays) is not available offline; "
-                                  "use haystack='noise' or 'needle'")
+        raise NotImplementedError(
+            "RULER's essay haystack (Paul Graham essays) is not available offline; use haystack='noise' or 'needle'"
+        )
     if max_seq_length <= cfg["tokens_to_generate"]:
-        raise ValueError(f"max_seq_length {max_seq_length} leaves no room beside "
-                         f"{cfg['tokens_to_generate']} tokens to generate")
+        raise ValueError(
+            f"max_seq_length {max_seq_length} leaves no room beside {cfg['tokens_to_generate']} tokens to generate"
+        )
     template = model_template.format(task_template=cfg["template"]) + cfg["answer_prefix"]
     mod = _FAMILIES[cfg["family"]]
     return mod.generate(tokenizer, max_seq_length, num_samples, seed, template, **args)

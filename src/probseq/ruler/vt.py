@@ -16,8 +16,10 @@ TEMPLATE = (
     "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n"
     "{context}\nQuestion: Find all variables that are assigned the value {query} in the text above."
 )
-ANSWER_PREFIX = (" Answer: According to the chain(s) of variable assignment in the text above, {num_v}"
-                 " variables are assigned the value {query}, they are: ")
+ANSWER_PREFIX = (
+    " Answer: According to the chain(s) of variable assignment in the text above, {num_v}"
+    " variables are assigned the value {query}, they are: "
+)
 TOKENS_TO_GENERATE = 30
 ICL_MAX_SEQ_LENGTH = 500
 
@@ -36,7 +38,7 @@ def _prompt(rng, nprng, template, size, num_chains, num_hops, icl):
     names = _names(rng, (hops + 1) * num_chains, 3 if icl else 5)
     chains, variables = [], []
     for c in range(num_chains):
-        vs = names[c * (hops + 1):(c + 1) * (hops + 1)]
+        vs = names[c * (hops + 1) : (c + 1) * (hops + 1)]
         start = "12345" if icl else str(nprng.randint(10000, 99999))
         chains.append([f"VAR {vs[0]} = {start}"] + [f"VAR {vs[j + 1]} = VAR {vs[j]} " for j in range(hops)])
         variables.append(vs)
@@ -65,6 +67,7 @@ def generate(tokenizer, max_seq_length, num_samples, seed, template, *, type_hay
         def make(size):
             text, names = _prompt(rng, nprng, tmpl, size, num_chains, num_hops, icl)
             return text, names, count_tokens(tokenizer, text)
+
         return make
 
     # the solved example: RULER's first pass, always with the bare task template
@@ -74,7 +77,7 @@ def generate(tokenizer, max_seq_length, num_samples, seed, template, *, type_hay
     example = text + " " + " ".join(names) + "\n"
 
     def redraw(ex):  # new names for the example's answer variables, new start value
-        for old in ex.strip().split()[-(num_hops + 1):]:
+        for old in ex.strip().split()[-(num_hops + 1) :]:
             ex = ex.replace(old, "".join(rng.choices(string.ascii_uppercase, k=len(old))))
         return ex.replace("12345", str(nprng.randint(10000, 99999)))
 
@@ -87,8 +90,7 @@ def generate(tokenizer, max_seq_length, num_samples, seed, template, *, type_hay
         return text, names, count_tokens(tokenizer, text)
 
     step = 5 if max_seq_length < 4096 else 10
-    size = _fit(make_main, max_seq_length, step,
-                count_tokens(tokenizer, example) + TOKENS_TO_GENERATE)
+    size = _fit(make_main, max_seq_length, step, count_tokens(tokenizer, example) + TOKENS_TO_GENERATE)
     out = []
     for index in range(num_samples):
         text, names, n = draw_fitting(make, size, step, max_seq_length - TOKENS_TO_GENERATE)

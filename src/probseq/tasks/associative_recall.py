@@ -106,23 +106,30 @@ class RecallConfig:
             raise ValueError(f"num_queries must be <= num_pairs = {self.num_pairs}, got {self.num_queries}")
         check_int("collisions", self.collisions, 0)
         if self.collisions > self.num_queries:
-            raise ValueError(f"collisions must be <= num_queries = {self.num_queries} (collided keys are queried "
-                             f"keys), got {self.collisions}")
+            raise ValueError(
+                f"collisions must be <= num_queries = {self.num_queries} (collided keys are queried "
+                f"keys), got {self.collisions}"
+            )
         check_int("distractors", self.distractors, 0)
         check_real("key_noise", self.key_noise, 0.0, 1.0)
         check_int("gap", self.gap, 0)
         check_int("num_keys", self.num_keys, 1)
         if self.num_keys < self.num_pairs + self.distractors:
-            raise ValueError(f"num_keys must be >= num_pairs + distractors = {self.num_pairs + self.distractors} "
-                             f"(distinct keys per example), got {self.num_keys}")
+            raise ValueError(
+                f"num_keys must be >= num_pairs + distractors = {self.num_pairs + self.distractors} "
+                f"(distinct keys per example), got {self.num_keys}"
+            )
         check_int("num_values", self.num_values, 1)
         if self.num_values < self.num_writes:
-            raise ValueError(f"num_values must be >= num_pairs + distractors + collisions = {self.num_writes} "
-                             f"(a distinct value per write), got {self.num_values}")
+            raise ValueError(
+                f"num_values must be >= num_pairs + distractors + collisions = {self.num_writes} "
+                f"(a distinct value per write), got {self.num_values}"
+            )
         check_int("seq_len", self.seq_len, 1)
         if self.seq_len < self.min_seq_len:
-            raise ValueError(f"seq_len must be >= 2 * writes + gap + 2 * num_queries - 1 = {self.min_seq_len}, "
-                             f"got {self.seq_len}")
+            raise ValueError(
+                f"seq_len must be >= 2 * writes + gap + 2 * num_queries - 1 = {self.min_seq_len}, got {self.seq_len}"
+            )
 
     @property
     def num_writes(self) -> int:
@@ -188,9 +195,20 @@ class RecallConfig:
         return _generate(self, num_examples, np.random.default_rng(seed))
 
 
-def associative_recall(num_examples: int, seed: int, *, num_pairs: int = 8, num_queries: int = 4,
-                       collisions: int = 0, distractors: int = 0, key_noise: float = 0.0, gap: int = 0,
-                       num_keys: int = 64, num_values: int = 64, seq_len: int = 64) -> TaskData:
+def associative_recall(
+    num_examples: int,
+    seed: int,
+    *,
+    num_pairs: int = 8,
+    num_queries: int = 4,
+    collisions: int = 0,
+    distractors: int = 0,
+    key_noise: float = 0.0,
+    gap: int = 0,
+    num_keys: int = 64,
+    num_values: int = 64,
+    seq_len: int = 64,
+) -> TaskData:
     """Generate an associative-recall segment: ``RecallConfig(**knobs).build(num_examples, seed)``.
 
     Args:
@@ -202,9 +220,17 @@ def associative_recall(num_examples: int, seed: int, *, num_pairs: int = 8, num_
     Returns:
         :class:`TaskData` ``(inputs, labels)``, both ``[B, T]`` int64.
     """
-    config = RecallConfig(num_pairs=num_pairs, num_queries=num_queries, collisions=collisions,
-                          distractors=distractors, key_noise=key_noise, gap=gap, num_keys=num_keys,
-                          num_values=num_values, seq_len=seq_len)
+    config = RecallConfig(
+        num_pairs=num_pairs,
+        num_queries=num_queries,
+        collisions=collisions,
+        distractors=distractors,
+        key_noise=key_noise,
+        gap=gap,
+        num_keys=num_keys,
+        num_values=num_values,
+        seq_len=seq_len,
+    )
     return config.build(num_examples, seed)
 
 

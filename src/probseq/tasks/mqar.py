@@ -84,8 +84,9 @@ def query_offset_pmf(num_slots: int, power_a: float) -> np.ndarray:
     return w / w.sum()
 
 
-def check_mqar_args(vocab_size: object, num_examples: object, input_seq_len: object, power_a: object,
-                    num_kv_pairs: object) -> tuple[int, int, int, float, int]:
+def check_mqar_args(
+    vocab_size: object, num_examples: object, input_seq_len: object, power_a: object, num_kv_pairs: object
+) -> tuple[int, int, int, float, int]:
     """Validate :func:`multiquery_ar`'s arguments (a ``ValueError`` naming the argument).
 
     Returns:
@@ -99,17 +100,27 @@ def check_mqar_args(vocab_size: object, num_examples: object, input_seq_len: obj
     if input_seq_len % 2:
         raise ValueError(f"input_seq_len must be even (query slots sit at even offsets), got {input_seq_len}")
     if input_seq_len < 4 * num_kv_pairs:
-        raise ValueError(f"input_seq_len must be >= 4 * num_kv_pairs = {4 * num_kv_pairs} (2k tokens of pairs "
-                         f"and k query slots at even offsets), got {input_seq_len}")
+        raise ValueError(
+            f"input_seq_len must be >= 4 * num_kv_pairs = {4 * num_kv_pairs} (2k tokens of pairs "
+            f"and k query slots at even offsets), got {input_seq_len}"
+        )
     if vocab_size <= input_seq_len:
         # Zoology's precondition. With T >= 4k it also guarantees k keys in [1, V/2) and k values.
-        raise ValueError(f"vocab_size must be > input_seq_len = {input_seq_len} (Zoology's precondition), "
-                         f"got {vocab_size}")
+        raise ValueError(
+            f"vocab_size must be > input_seq_len = {input_seq_len} (Zoology's precondition), got {vocab_size}"
+        )
     return vocab_size, num_examples, input_seq_len, power_a, num_kv_pairs
 
 
-def multiquery_ar(vocab_size: int, num_examples: int, input_seq_len: int, seed: int, power_a: float = 0.01,
-                  num_kv_pairs: int = 8, random_non_queries: bool = True) -> TaskData:
+def multiquery_ar(
+    vocab_size: int,
+    num_examples: int,
+    input_seq_len: int,
+    seed: int,
+    power_a: float = 0.01,
+    num_kv_pairs: int = 8,
+    random_non_queries: bool = True,
+) -> TaskData:
     """Generate a multi-query associative recall segment (protocol in the module docstring).
 
     Args:
@@ -126,7 +137,8 @@ def multiquery_ar(vocab_size: int, num_examples: int, input_seq_len: int, seed: 
         except at the ``k`` query positions of each example, where it is the queried key's value.
     """
     vocab_size, num_examples, input_seq_len, power_a, num_kv_pairs = check_mqar_args(
-        vocab_size, num_examples, input_seq_len, power_a, num_kv_pairs)
+        vocab_size, num_examples, input_seq_len, power_a, num_kv_pairs
+    )
     seed = check_seed(seed)
     if not isinstance(random_non_queries, (bool, np.bool_)):
         raise ValueError(f"random_non_queries must be a bool, got {random_non_queries!r}")
@@ -189,6 +201,12 @@ class MQARSegment:
         Returns:
             :class:`TaskData` ``(inputs, labels)``, both ``[B, T]`` int64.
         """
-        return multiquery_ar(vocab_size=self.vocab_size, num_examples=self.num_examples,
-                             input_seq_len=self.input_seq_len, seed=seed, power_a=self.power_a,
-                             num_kv_pairs=self.num_kv_pairs, random_non_queries=self.random_non_queries)
+        return multiquery_ar(
+            vocab_size=self.vocab_size,
+            num_examples=self.num_examples,
+            input_seq_len=self.input_seq_len,
+            seed=seed,
+            power_a=self.power_a,
+            num_kv_pairs=self.num_kv_pairs,
+            random_non_queries=self.random_non_queries,
+        )

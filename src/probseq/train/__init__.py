@@ -36,6 +36,19 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'probseq.train' has no attribute {name!r}")
 
 
-__all__ = ["MIXER_NAMES", "MQARData", "MQARSplit", "ModelSpec", "PreShiftedTrainer", "RecallData", "RecallSplit",
-           "TrainConfig", "build_model", "build_trainer", "from_dict", "train", "training_arguments",
-           "with_overrides"]
+__all__ = [
+    "MIXER_NAMES",
+    "MQARData",
+    "MQARSplit",
+    "ModelSpec",
+    "PreShiftedTrainer",
+    "RecallData",
+    "RecallSplit",
+    "TrainConfig",
+    "build_model",
+    "build_trainer",
+    "from_dict",
+    "train",
+    "training_arguments",
+    "with_overrides",
+]

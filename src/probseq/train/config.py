@@ -148,8 +148,18 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        positive(self, "learning_rate", "max_steps", "batch_size", "gradient_accumulation_steps", "eval_batch_size",
-                 "logging_steps", "adam_beta1", "adam_beta2", "retention_lr_scale")
+        positive(
+            self,
+            "learning_rate",
+            "max_steps",
+            "batch_size",
+            "gradient_accumulation_steps",
+            "eval_batch_size",
+            "logging_steps",
+            "adam_beta1",
+            "adam_beta2",
+            "retention_lr_scale",
+        )
         non_negative(self, "weight_decay", "max_grad_norm", "warmup", "save_steps", "seed")
         if self.data_seed is not None and self.data_seed < 0:
             raise ValueError(f"data_seed must be >= 0 or None, got {self.data_seed}")
@@ -183,14 +193,28 @@ class TrainConfig:
 
 # Fields added after runs were cached, with the default that reproduces those runs: (section, field) → default
 # (section None: a field of TrainConfig itself).
-ADDED_FIELDS = {("model", "retention_init"): 0.0, ("model", "init"): "fla", (None, "loss_weighting"): "token",
-                (None, "compile"): False, (None, "batching"): "mixed",
-                (None, "retention_lr_scale"): 1.0}
+ADDED_FIELDS = {
+    ("model", "retention_init"): 0.0,
+    ("model", "init"): "fla",
+    (None, "loss_weighting"): "token",
+    (None, "compile"): False,
+    (None, "batching"): "mixed",
+    (None, "retention_lr_scale"): 1.0,
+}
 
 # Settings that change neither the trained parameters nor the metrics.
-RUN_ONLY_FIELDS = frozenset({"output_dir", "save_steps", "save_total_limit", "resume", "logging_steps", "progress",
-                             "num_threads", "eval_batch_size"})
-
+RUN_ONLY_FIELDS = frozenset(
+    {
+        "output_dir",
+        "save_steps",
+        "save_total_limit",
+        "resume",
+        "logging_steps",
+        "progress",
+        "num_threads",
+        "eval_batch_size",
+    }
+)
 
 
 __all__ = ["MIXER_NAMES", "RUN_ONLY_FIELDS", "MixerName", "ModelSpec", "TrainConfig", "from_dict", "with_overrides"]

@@ -78,16 +78,23 @@ class MQARData(_SplitsOfSegments):
     def __post_init__(self) -> None:
         self.check_splits()
         for s in self.segments():  # the generator's own checks, on the real arguments
-            MQARSegment(self.vocab_size, s.seq_len, s.num_kv_pairs, s.num_examples, self.power_a,
-                        self.random_non_queries)
+            MQARSegment(
+                self.vocab_size, s.seq_len, s.num_kv_pairs, s.num_examples, self.power_a, self.random_non_queries
+            )
 
     @property
     def vocab(self) -> int:
         return self.vocab_size
 
     def generate(self, split: MQARSplit, seed: int) -> TaskData:
-        return MQARSegment(self.vocab_size, split.seq_len, split.num_kv_pairs, split.num_examples, self.power_a,
-                           self.random_non_queries).build(seed)
+        return MQARSegment(
+            self.vocab_size,
+            split.seq_len,
+            split.num_kv_pairs,
+            split.num_examples,
+            self.power_a,
+            self.random_non_queries,
+        ).build(seed)
 
 
 @dataclass(frozen=True)
@@ -145,7 +152,7 @@ class Splits(NamedTuple):
 def generate(data: MQARData | RecallData, data_seed: int) -> Splits:
     """Generate every segment of ``data`` from ``data_seed`` (train and valid seeds first, then test)."""
     seeds = split_seeds(data_seed, len(data.train) + len(data.valid), len(data.test))
-    train_seeds, valid_seeds = seeds.train[: len(data.train)], seeds.train[len(data.train):]
+    train_seeds, valid_seeds = seeds.train[: len(data.train)], seeds.train[len(data.train) :]
     train = [data.generate(s, seed) for s, seed in zip(data.train, train_seeds)]
     evaluation = {f"valid_{s.name}": data.generate(s, seed) for s, seed in zip(data.valid, valid_seeds)}
     evaluation |= {f"test_{s.name}": data.generate(s, seed) for s, seed in zip(data.test, seeds.test)}
@@ -198,11 +205,15 @@ class SegmentBatches:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         short = [len(inputs) for inputs, _ in segments if len(inputs) < batch_size]
         if short:
-            raise ValueError(f"batching by segment needs at least one full batch ({batch_size} examples) in every "
-                             f"train segment; segments of {short} examples are shorter")
-        self.blocks = [(inputs[start:start + batch_size], labels[start:start + batch_size])
-                       for inputs, labels in segments
-                       for start in range(0, len(inputs) - batch_size + 1, batch_size)]
+            raise ValueError(
+                f"batching by segment needs at least one full batch ({batch_size} examples) in every "
+                f"train segment; segments of {short} examples are shorter"
+            )
+        self.blocks = [
+            (inputs[start : start + batch_size], labels[start : start + batch_size])
+            for inputs, labels in segments
+            for start in range(0, len(inputs) - batch_size + 1, batch_size)
+        ]
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -217,9 +228,13 @@ def pad_collate(examples: list[dict]) -> dict:
     ``input_ids`` are two-dimensional (``[n, T]``: a block of :class:`SegmentBatches`) contributes its ``n`` rows."""
     import torch
 
-    rows = [(inputs, labels) for e in examples
-            for inputs, labels in (zip(e["input_ids"], e["labels"]) if e["input_ids"].dim() == 2
-                                   else [(e["input_ids"], e["labels"])])]
+    rows = [
+        (inputs, labels)
+        for e in examples
+        for inputs, labels in (
+            zip(e["input_ids"], e["labels"]) if e["input_ids"].dim() == 2 else [(e["input_ids"], e["labels"])]
+        )
+    ]
     length = max(len(inputs) for inputs, _ in rows)
     batch_inputs = torch.zeros(len(rows), length, dtype=torch.long)
     batch_labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
@@ -229,5 +244,15 @@ def pad_collate(examples: list[dict]) -> dict:
     return {"input_ids": batch_inputs, "labels": batch_labels}
 
 
-__all__ = ["MQARData", "MQARSplit", "RecallData", "RecallSplit", "SegmentBatches", "Splits", "TokenDataset", "generate",
-           "pad_collate", "point_seed"]
+__all__ = [
+    "MQARData",
+    "MQARSplit",
+    "RecallData",
+    "RecallSplit",
+    "SegmentBatches",
+    "Splits",
+    "TokenDataset",
+    "generate",
+    "pad_collate",
+    "point_seed",
+]

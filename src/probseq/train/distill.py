@@ -102,19 +102,30 @@ class DistillConfig(LMRunConfig):
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(seq_len=128, batch_size=4, save_steps=8, logging_steps=4, valid_blocks=4),
     "small": dict(),
-    "340m": dict(seq_len=2048, batch_size=8, gradient_accumulation_steps=4, stage1_learning_rate=1e-4,
-                 learning_rate=1e-4, precision="bf16", save_steps=500, logging_steps=20, valid_blocks=32),
+    "340m": dict(
+        seq_len=2048,
+        batch_size=8,
+        gradient_accumulation_steps=4,
+        stage1_learning_rate=1e-4,
+        learning_rate=1e-4,
+        precision="bf16",
+        save_steps=500,
+        logging_steps=20,
+        valid_blocks=32,
+    ),
 }
 
 
-def distill_config(preset: str, teacher: str, tokens: int, baseline: bool = False,
-                   overrides: list[str] | tuple[str, ...] = ()) -> DistillConfig:
+def distill_config(
+    preset: str, teacher: str, tokens: int, baseline: bool = False, overrides: list[str] | tuple[str, ...] = ()
+) -> DistillConfig:
     """The preset with ``teacher``, ``tokens``, ``baseline`` and ``key=value`` overrides (an unknown key or a wrong
     type is a ``ValueError`` naming the key)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown --preset {preset!r}; choose one of {tuple(PRESETS)}")
-    base = from_dict(DistillConfig, {**PRESETS[preset], "teacher": str(teacher), "tokens": tokens,
-                                     "baseline": baseline})
+    base = from_dict(
+        DistillConfig, {**PRESETS[preset], "teacher": str(teacher), "tokens": tokens, "baseline": baseline}
+    )
     return with_overrides(base, list(overrides))
 
 
@@ -191,8 +202,9 @@ def set_trainable(model, stage: int, layers: list[int]) -> int:
 
 
 @contextlib.contextmanager
-def _mixer_taps(model, layers: list[int], replace: dict[int, Tensor] | None = None
-                ) -> Iterator[tuple[dict[int, Tensor], dict[int, Tensor]]]:
+def _mixer_taps(
+    model, layers: list[int], replace: dict[int, Tensor] | None = None
+) -> Iterator[tuple[dict[int, Tensor], dict[int, Tensor]]]:
     """Hooks on the mixers of ``layers``: ``(inputs, outputs)`` dicts filled during a forward; with ``replace``,
     each mixer's input is replaced by ``replace[layer]`` (teacher forcing)."""
     inputs: dict[int, Tensor] = {}
@@ -239,8 +251,15 @@ def layerwise_terms(student, teacher, input_ids: Tensor, layers: list[int]) -> d
     return {"loss": nmse_mean, "nmse": nmse_mean.detach(), "mse": torch.stack(mse).mean().detach()}
 
 
-def logit_terms(student, teacher, input_ids: Tensor, temperature: float, kl_weight: float,
-                lm_weight: float, with_difference: bool = False) -> dict[str, Tensor]:
+def logit_terms(
+    student,
+    teacher,
+    input_ids: Tensor,
+    temperature: float,
+    kl_weight: float,
+    lm_weight: float,
+    with_difference: bool = False,
+) -> dict[str, Tensor]:
     """Stage 2: ``kl_weight · T² · KL(teacher ‖ student) + lm_weight · CE``, means over positions.
 
     Returns ``{"loss", "kl", "lm"}`` (+ ``"max_abs_logit_diff"`` with ``with_difference``).
@@ -260,8 +279,9 @@ def logit_terms(student, teacher, input_ids: Tensor, temperature: float, kl_weig
 
 
 @torch.no_grad()
-def evaluate(student, teacher, blocks: PackedBlocks, layers: list[int], batch_size: int,
-             temperature: float = 1.0) -> dict[str, float]:
+def evaluate(
+    student, teacher, blocks: PackedBlocks, layers: list[int], batch_size: int, temperature: float = 1.0
+) -> dict[str, float]:
     """Validation ``mse``, ``nmse`` (stage 1's loss), ``kl``, ``lm`` and the largest ``|Δlogit|`` against the teacher,
     averaged over ``blocks``."""
     was_training = student.training
@@ -272,8 +292,10 @@ def evaluate(student, teacher, blocks: PackedBlocks, layers: list[int], batch_si
     for start in range(0, len(blocks), batch_size):
         ids = torch.stack([blocks[i]["input_ids"] for i in range(start, min(len(blocks), start + batch_size))])
         ids = ids.to(device)
-        terms = {**layerwise_terms(student, teacher, ids, layers),
-                 **logit_terms(student, teacher, ids, temperature, 1.0, 1.0, with_difference=True)}
+        terms = {
+            **layerwise_terms(student, teacher, ids, layers),
+            **logit_terms(student, teacher, ids, temperature, 1.0, 1.0, with_difference=True),
+        }
         for name in ("mse", "nmse", "kl", "lm"):
             sums[name] += float(terms[name])
         max_diff = max(max_diff, float(terms["max_abs_logit_diff"]))
@@ -293,8 +315,17 @@ def distill_trainer_class():
         """``Trainer`` whose loss is stage 1's layer-wise matching (``objective="mse"``) or stage 2's KL + LM
         (``"kl_lm"``) against a frozen ``teacher``; the loss terms are averaged into the logs."""
 
-        def __init__(self, *args, teacher, objective: Objective, layers: list[int], temperature: float = 1.0,
-                     kl_weight: float = 1.0, lm_weight: float = 1.0, **kwargs):
+        def __init__(
+            self,
+            *args,
+            teacher,
+            objective: Objective,
+            layers: list[int],
+            temperature: float = 1.0,
+            kl_weight: float = 1.0,
+            lm_weight: float = 1.0,
+            **kwargs,
+        ):
             super().__init__(*args, **kwargs)
             self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
             self.objective, self.layers = objective, layers
@@ -336,9 +367,12 @@ _TRAINER_CLASS = None
 
 def _stage_arguments(config: DistillConfig, out: Path, stage: int, steps: int):
     """The ``TrainingArguments`` of stage ``stage`` (its learning rate; batch order seed ``seed + stage − 1``)."""
-    return config.training_arguments(out / f"stage{stage}" / "checkpoints", max_steps=steps,
-                                     learning_rate=config.stage1_learning_rate if stage == 1 else config.learning_rate,
-                                     seed=config.seed + stage - 1)
+    return config.training_arguments(
+        out / f"stage{stage}" / "checkpoints",
+        max_steps=steps,
+        learning_rate=config.stage1_learning_rate if stage == 1 else config.learning_rate,
+        seed=config.seed + stage - 1,
+    )
 
 
 def _checked(name: str, metrics: dict[str, float]) -> dict[str, float | None]:
@@ -346,8 +380,11 @@ def _checked(name: str, metrics: dict[str, float]) -> dict[str, float | None]:
     warning naming it."""
     bad = {key: value for key, value in metrics.items() if not math.isfinite(value)}
     if bad:
-        warnings.warn(f"validation {name}: {', '.join(f'{k} = {v}' for k, v in bad.items())} is not finite (the "
-                      "model's outputs overflow); recorded as null in train_log.json", stacklevel=2)
+        warnings.warn(
+            f"validation {name}: {', '.join(f'{k} = {v}' for k, v in bad.items())} is not finite (the "
+            "model's outputs overflow); recorded as null in train_log.json",
+            stacklevel=2,
+        )
     return {key: finite_or_none(value) for key, value in metrics.items()}
 
 
@@ -356,12 +393,27 @@ def read_stage_log(path: Path, expected: dict[str, Any]) -> dict[str, Any]:
     log, or the log of another stage or objective than ``expected``'s."""
     advice = f"delete {path.parent} to run the stage again"
     log = read_json(path, advice)
-    problem = json_problem(log, {"stage": int, "objective": str, "steps": int, "tokens": int,
-                                 "learning_rate": NUMBER, "train_loss": (NUMBER, type(None)),
-                                 "history": ListOf(dict)})
+    problem = json_problem(
+        log,
+        {
+            "stage": int,
+            "objective": str,
+            "steps": int,
+            "tokens": int,
+            "learning_rate": NUMBER,
+            "train_loss": (NUMBER, type(None)),
+            "history": ListOf(dict),
+        },
+    )
     if problem is None:
-        problem = next((f"{key} is {log[key]!r}, this stage's is {value!r}" for key, value in expected.items()
-                        if key in ("stage", "objective") and log[key] != value), None)
+        problem = next(
+            (
+                f"{key} is {log[key]!r}, this stage's is {value!r}"
+                for key, value in expected.items()
+                if key in ("stage", "objective") and log[key] != value
+            ),
+            None,
+        )
     if problem is not None:
         raise ValueError(f"{path} is not this stage's log: {problem}; {advice}")
     return log
@@ -410,17 +462,19 @@ def distill(config: DistillConfig, out: str | os.PathLike) -> dict[str, Any]:
         train_data = PackedBlocks(arrays["train"], config.seq_len)
         valid_data = PackedBlocks(arrays["valid"], config.seq_len, limit=config.valid_blocks)
         if len(train_data) < config.batch_size * world_size:
-            raise ValueError(f"the corpus has {len(train_data)} training sequences of {config.seq_len} tokens, fewer "
-                             f"than one batch ({config.batch_size} × {world_size} devices)")
+            raise ValueError(
+                f"the corpus has {len(train_data)} training sequences of {config.seq_len} tokens, fewer "
+                f"than one batch ({config.batch_size} × {world_size} devices)"
+            )
         evaluations = {}
         if len(valid_data):
-            evaluations["converted"] = _checked("converted", evaluate(student, teacher, valid_data, layers,
-                                                                      config.batch_size))
+            evaluations["converted"] = _checked(
+                "converted", evaluate(student, teacher, valid_data, layers, config.batch_size)
+            )
         if not config.baseline:
             set_retention(student, config.retention_init)
         if len(valid_data):
-            evaluations["start"] = _checked("start", evaluate(student, teacher, valid_data, layers,
-                                                              config.batch_size))
+            evaluations["start"] = _checked("start", evaluate(student, teacher, valid_data, layers, config.batch_size))
 
         stages = []
         for stage, steps in ((1, steps1), (2, steps2)):
@@ -428,8 +482,14 @@ def distill(config: DistillConfig, out: str | os.PathLike) -> dict[str, Any]:
             final = out / f"stage{stage}" / "final"
             learning_rate = config.stage1_learning_rate if stage == 1 else config.learning_rate
             trainable = set_trainable(student, stage, layers)
-            record = {"stage": stage, "objective": objective, "steps": steps, "tokens": steps * tokens_per_step,
-                      "learning_rate": learning_rate, "trainable_parameters": trainable}
+            record = {
+                "stage": stage,
+                "objective": objective,
+                "steps": steps,
+                "tokens": steps * tokens_per_step,
+                "learning_rate": learning_rate,
+                "trainable_parameters": trainable,
+            }
             log_path = out / f"stage{stage}" / "stage_log.json"
             if steps and (final / "model.safetensors").exists() and log_path.exists():
                 student.load_state_dict(ProbSeqForCausalLM.from_pretrained(final).state_dict())
@@ -437,21 +497,32 @@ def distill(config: DistillConfig, out: str | os.PathLike) -> dict[str, Any]:
             elif steps:
                 args = _stage_arguments(config, out, stage, steps)
                 set_seed(config.seed + stage - 1)
-                trainer = trainer_class(model=student, args=args, train_dataset=train_data,
-                                        data_collator=default_data_collator, teacher=teacher, objective=objective,
-                                        layers=layers, temperature=config.temperature, kl_weight=config.kl_weight,
-                                        lm_weight=config.lm_weight)
+                trainer = trainer_class(
+                    model=student,
+                    args=args,
+                    train_dataset=train_data,
+                    data_collator=default_data_collator,
+                    teacher=teacher,
+                    objective=objective,
+                    layers=layers,
+                    temperature=config.temperature,
+                    kl_weight=config.kl_weight,
+                    lm_weight=config.lm_weight,
+                )
                 if not config.progress:
                     trainer.remove_callback(PrinterCallback)
                 run = run_trainer(trainer, out / f"stage{stage}" / "checkpoints")
                 if run.diverged is not None:  # nothing is saved; the stage's checkpoints before the step stay
                     raise TrainingDiverged(f"distillation stage {stage} in {out}: {run.diverged['message']}")
                 student = trainer.accelerator.unwrap_model(trainer.model)
-                record.update(train_loss=finite_or_none(run.output.training_loss),
-                              resumed_from_step=run.resumed_from_step,
-                              seconds=run.seconds, train_seconds=run.train_seconds,
-                              seconds_per_step=run.seconds_per_step,
-                              history=nonfinite_to_none(trainer.state.log_history))
+                record.update(
+                    train_loss=finite_or_none(run.output.training_loss),
+                    resumed_from_step=run.resumed_from_step,
+                    seconds=run.seconds,
+                    train_seconds=run.train_seconds,
+                    seconds_per_step=run.seconds_per_step,
+                    history=nonfinite_to_none(trainer.state.log_history),
+                )
                 if trainer.is_world_process_zero():
                     student.save_pretrained(final)
                     atomic_write_json(log_path, record)
@@ -459,13 +530,22 @@ def distill(config: DistillConfig, out: str | os.PathLike) -> dict[str, Any]:
             else:
                 stages.append(record)
             if len(valid_data):
-                evaluations[f"after_stage{stage}"] = _checked(f"after_stage{stage}", evaluate(
-                    student, teacher, valid_data, layers, config.batch_size))
+                evaluations[f"after_stage{stage}"] = _checked(
+                    f"after_stage{stage}", evaluate(student, teacher, valid_data, layers, config.batch_size)
+                )
     student.requires_grad_(True)
-    log = {"arm": "baseline" if config.baseline else "bayesian", "kind": "distill", "teacher": str(config.teacher),
-           "config": dataclasses.asdict(config), "tokens": sum(s["tokens"] for s in stages),
-           "tokens_requested": config.tokens, "tokens_per_step": tokens_per_step, "world_size": world_size,
-           "stages": stages, "eval": evaluations}
+    log = {
+        "arm": "baseline" if config.baseline else "bayesian",
+        "kind": "distill",
+        "teacher": str(config.teacher),
+        "config": dataclasses.asdict(config),
+        "tokens": sum(s["tokens"] for s in stages),
+        "tokens_requested": config.tokens,
+        "tokens_per_step": tokens_per_step,
+        "world_size": world_size,
+        "stages": stages,
+        "eval": evaluations,
+    }
     if int(os.environ.get("RANK", "0")) == 0:
         with progress_bars(config.progress):
             student.save_pretrained(out)
@@ -474,7 +554,19 @@ def distill(config: DistillConfig, out: str | os.PathLike) -> dict[str, Any]:
     return log
 
 
-__all__ = ["DistillConfig", "PRESETS", "convert_student", "distill", "distill_config", "distill_trainer_class",
-           "evaluate", "layerwise_terms", "load_teacher", "logit_terms", "recurrent_layers", "set_retention",
-           "set_trainable",
-           "stage_steps"]
+__all__ = [
+    "DistillConfig",
+    "PRESETS",
+    "convert_student",
+    "distill",
+    "distill_config",
+    "distill_trainer_class",
+    "evaluate",
+    "layerwise_terms",
+    "load_teacher",
+    "logit_terms",
+    "recurrent_layers",
+    "set_retention",
+    "set_trainable",
+    "stage_steps",
+]

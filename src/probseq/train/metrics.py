@@ -28,8 +28,9 @@ from torch import Tensor
 from probseq.tasks import IGNORE_INDEX
 
 
-def pre_shifted_cross_entropy(logits: Tensor, labels: Tensor, num_items_in_batch: Tensor | int | None = None,
-                              weighting: str = "token") -> Tensor:
+def pre_shifted_cross_entropy(
+    logits: Tensor, labels: Tensor, num_items_in_batch: Tensor | int | None = None, weighting: str = "token"
+) -> Tensor:
     """Cross-entropy at the positions with ``labels != IGNORE_INDEX``; no shift.
 
     Args:
@@ -52,15 +53,18 @@ def pre_shifted_cross_entropy(logits: Tensor, labels: Tensor, num_items_in_batch
     if logits.dim() == labels.dim() + 1 and logits.shape[:-1] == labels.shape:
         logits = logits[mask]
     elif logits.dim() != 2 or logits.shape[0] != targets.numel():
-        raise ValueError(f"logits must be [*labels.shape, V] or [N, V] with N = {targets.numel()} supervised "
-                         f"positions, got {list(logits.shape)} for labels {list(labels.shape)}")
+        raise ValueError(
+            f"logits must be [*labels.shape, V] or [N, V] with N = {targets.numel()} supervised "
+            f"positions, got {list(logits.shape)} for labels {list(labels.shape)}"
+        )
     if weighting == "token":
         total = F.cross_entropy(logits.float(), targets, reduction="sum")
         count = targets.numel() if num_items_in_batch is None else num_items_in_batch
     else:
         if labels.dim() != 2:
-            raise ValueError(f"weighting='example' needs labels [B, T] (one row per example), got labels "
-                             f"{list(labels.shape)}")
+            raise ValueError(
+                f"weighting='example' needs labels [B, T] (one row per example), got labels {list(labels.shape)}"
+            )
         per_example = mask.sum(-1)  # n_b [B]
         rows = mask.nonzero()[:, 0]  # the example of each supervised position, in the row-major order of logits
         losses = F.cross_entropy(logits.float(), targets, reduction="none")  # [N]
@@ -104,6 +108,8 @@ def recall_metrics(eval_prediction) -> dict[str, float]:
     mask = labels != IGNORE_INDEX
     per_example = per_example_accuracy(predictions, labels)
     scored = per_example[~np.isnan(per_example)]
-    return {"accuracy": float(((predictions == labels) & mask).sum() / max(mask.sum(), 1)),
-            "example_accuracy": float(scored.mean()) if scored.size else float("nan"),
-            "all_correct": float((scored == 1).mean()) if scored.size else float("nan")}
+    return {
+        "accuracy": float(((predictions == labels) & mask).sum() / max(mask.sum(), 1)),
+        "example_accuracy": float(scored.mean()) if scored.size else float("nan"),
+        "all_correct": float((scored == 1).mean()) if scored.size else float("nan"),
+    }

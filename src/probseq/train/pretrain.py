@@ -85,8 +85,16 @@ class LMRunConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        positive(self, "seq_len", "batch_size", "gradient_accumulation_steps", "adam_beta1", "adam_beta2",
-                 "logging_steps", "save_total_limit")
+        positive(
+            self,
+            "seq_len",
+            "batch_size",
+            "gradient_accumulation_steps",
+            "adam_beta1",
+            "adam_beta2",
+            "logging_steps",
+            "save_total_limit",
+        )
         non_negative(self, "weight_decay", "warmup", "max_grad_norm", "save_steps", "seed", "valid_blocks")
         check_optimizer_run(self)
 
@@ -104,28 +112,47 @@ class LMRunConfig:
 
         distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         return TrainingArguments(
-            output_dir=str(output_dir), max_steps=max_steps, per_device_train_batch_size=self.batch_size,
-            per_device_eval_batch_size=self.batch_size, gradient_accumulation_steps=self.gradient_accumulation_steps,
-            learning_rate=learning_rate, weight_decay=self.weight_decay, adam_beta1=self.adam_beta1,
-            adam_beta2=self.adam_beta2, max_grad_norm=self.max_grad_norm, optim="adamw_torch",
-            lr_scheduler_type=self.lr_scheduler, warmup_steps=self.warmup, seed=seed, data_seed=seed,
-            bf16=self.precision == "bf16", fp16=self.precision == "fp16",
-            save_strategy="steps" if self.save_steps else "no", save_steps=self.save_steps or 500,
-            save_total_limit=self.save_total_limit, logging_steps=self.logging_steps,
+            output_dir=str(output_dir),
+            max_steps=max_steps,
+            per_device_train_batch_size=self.batch_size,
+            per_device_eval_batch_size=self.batch_size,
+            gradient_accumulation_steps=self.gradient_accumulation_steps,
+            learning_rate=learning_rate,
+            weight_decay=self.weight_decay,
+            adam_beta1=self.adam_beta1,
+            adam_beta2=self.adam_beta2,
+            max_grad_norm=self.max_grad_norm,
+            optim="adamw_torch",
+            lr_scheduler_type=self.lr_scheduler,
+            warmup_steps=self.warmup,
+            seed=seed,
+            data_seed=seed,
+            bf16=self.precision == "bf16",
+            fp16=self.precision == "fp16",
+            save_strategy="steps" if self.save_steps else "no",
+            save_steps=self.save_steps or 500,
+            save_total_limit=self.save_total_limit,
+            logging_steps=self.logging_steps,
             logging_nan_inf_filter=False,  # log a non-finite loss as it is (the DivergenceGuard stops the run there)
             eval_strategy="no",
-            report_to="none", disable_tqdm=not progress_enabled(self.progress),  # bars on a terminal only
-            remove_unused_columns=False, dataloader_drop_last=True,
-            dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
-            ddp_find_unused_parameters=False, use_cpu=not torch.cuda.is_available(),
+            report_to="none",
+            disable_tqdm=not progress_enabled(self.progress),  # bars on a terminal only
+            remove_unused_columns=False,
+            dataloader_drop_last=True,
+            dataloader_num_workers=0,
+            dataloader_pin_memory=torch.cuda.is_available(),
+            ddp_find_unused_parameters=False,
+            use_cpu=not torch.cuda.is_available(),
             ddp_backend=("nccl" if torch.cuda.is_available() else "gloo") if distributed else None,
             # the Trainer copies this into model.config.use_cache, which is saved: False would make generate() rerun
             # the whole sequence for every new token (training forwards never cache anyway)
-            use_cache=True)
+            use_cache=True,
+        )
 
 
-RUN_ONLY_FIELDS = frozenset({"save_steps", "save_total_limit", "logging_steps", "progress", "num_threads",
-                             "corpus_dir", "valid_blocks"})
+RUN_ONLY_FIELDS = frozenset(
+    {"save_steps", "save_total_limit", "logging_steps", "progress", "num_threads", "corpus_dir", "valid_blocks"}
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -162,8 +189,20 @@ class PretrainConfig(LMRunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        positive(self, "hidden_size", "num_hidden_layers", "num_heads", "head_dim", "expand_v", "hidden_ratio",
-                 "conv_size", "vocab_size", "tokens", "learning_rate", "valid_blocks")
+        positive(
+            self,
+            "hidden_size",
+            "num_hidden_layers",
+            "num_heads",
+            "head_dim",
+            "expand_v",
+            "hidden_ratio",
+            "conv_size",
+            "vocab_size",
+            "tokens",
+            "learning_rate",
+            "valid_blocks",
+        )
         if self.vocab_size < 260:
             raise ValueError(f"vocab_size must be >= 260 (256 bytes and the special tokens), got {self.vocab_size}")
 
@@ -173,14 +212,40 @@ class PretrainConfig(LMRunConfig):
 #: 2, SwiGLU ratio 4, untied) with its recipe's optimiser (lr 3e-4, 32 × 2048 tokens per device and step) — a GPU
 #: run; docs/distillation.md.
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_heads=2, head_dim=32, vocab_size=1024, seq_len=128,
-                 tokens=16_384, batch_size=4, gradient_accumulation_steps=1, learning_rate=3e-3, save_steps=16,
-                 logging_steps=4, valid_blocks=8),
+    "tiny": dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_heads=2,
+        head_dim=32,
+        vocab_size=1024,
+        seq_len=128,
+        tokens=16_384,
+        batch_size=4,
+        gradient_accumulation_steps=1,
+        learning_rate=3e-3,
+        save_steps=16,
+        logging_steps=4,
+        valid_blocks=8,
+    ),
     "small": dict(),
-    "340m": dict(hidden_size=1024, num_hidden_layers=21, num_heads=6, head_dim=256, expand_v=2.0,
-                 tie_word_embeddings=False, vocab_size=32000, seq_len=2048, tokens=2_000_000_000, batch_size=32,
-                 gradient_accumulation_steps=1, learning_rate=3e-4, warmup=0.03, precision="bf16", save_steps=1000,
-                 logging_steps=32),
+    "340m": dict(
+        hidden_size=1024,
+        num_hidden_layers=21,
+        num_heads=6,
+        head_dim=256,
+        expand_v=2.0,
+        tie_word_embeddings=False,
+        vocab_size=32000,
+        seq_len=2048,
+        tokens=2_000_000_000,
+        batch_size=32,
+        gradient_accumulation_steps=1,
+        learning_rate=3e-4,
+        warmup=0.03,
+        precision="bf16",
+        save_steps=1000,
+        logging_steps=32,
+    ),
 }
 
 
@@ -196,12 +261,22 @@ def model_config(config: PretrainConfig, tokenizer):
     """The :class:`~probseq.models.ProbSeqConfig` of the Gated DeltaNet (special-token ids from ``tokenizer``)."""
     from probseq.models import ProbSeqConfig
 
-    return ProbSeqConfig(vocab_size=len(tokenizer), hidden_size=config.hidden_size,
-                         num_hidden_layers=config.num_hidden_layers, mixer="gated_deltanet", num_heads=config.num_heads,
-                         head_dim=config.head_dim, expand_v=config.expand_v, hidden_ratio=config.hidden_ratio,
-                         conv_size=config.conv_size, tie_word_embeddings=config.tie_word_embeddings,
-                         max_position_embeddings=config.seq_len, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    return ProbSeqConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers,
+        mixer="gated_deltanet",
+        num_heads=config.num_heads,
+        head_dim=config.head_dim,
+        expand_v=config.expand_v,
+        hidden_ratio=config.hidden_ratio,
+        conv_size=config.conv_size,
+        tie_word_embeddings=config.tie_word_embeddings,
+        max_position_embeddings=config.seq_len,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -222,7 +297,7 @@ def tokenize_documents(tokenizer, documents: list[str], seed: int) -> np.ndarray
         raise ValueError("the tokenizer has no eos token (documents are separated by it)")
     pieces = []
     for start in range(0, len(order), 256):
-        batch = [documents[i] for i in order[start:start + 256]]
+        batch = [documents[i] for i in order[start : start + 256]]
         for ids in tokenizer(batch, add_special_tokens=True)["input_ids"]:
             if bos is not None and (not ids or ids[0] != bos):
                 ids = [bos, *ids]
@@ -246,7 +321,7 @@ class PackedBlocks(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not 0 <= index < self.count:
             raise IndexError(index)
-        ids = torch.from_numpy(self.tokens[index * self.seq_len:(index + 1) * self.seq_len].astype(np.int64))
+        ids = torch.from_numpy(self.tokens[index * self.seq_len : (index + 1) * self.seq_len].astype(np.int64))
         return {"input_ids": ids, "labels": ids.clone()}
 
 
@@ -256,8 +331,16 @@ def corpus_token_arrays(tokenizer, folder: Path, corpus_dir: str, seed: int) -> 
     from probseq.data import corpus
 
     paths = corpus.prepare_corpus(corpus_dir or None)  # through the module: tests replace it
-    key = json.dumps({"tokenizer": tokenizer.backend_tokenizer.to_str() if hasattr(tokenizer, "backend_tokenizer")
-                      else repr(tokenizer), "manifest": paths.manifest.read_text(), "seed": seed}, sort_keys=True)
+    key = json.dumps(
+        {
+            "tokenizer": tokenizer.backend_tokenizer.to_str()
+            if hasattr(tokenizer, "backend_tokenizer")
+            else repr(tokenizer),
+            "manifest": paths.manifest.read_text(),
+            "seed": seed,
+        },
+        sort_keys=True,
+    )
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     folder.mkdir(parents=True, exist_ok=True)
     arrays = {}
@@ -281,8 +364,9 @@ def load_token_array(path: Path) -> np.ndarray:
     except (OSError, ValueError, EOFError) as error:
         raise ValueError(f"{path} is not a token array ({error}); {advice}") from None
     if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
-        raise ValueError(f"{path} must hold a 1-D array of token ids, got shape {list(tokens.shape)} of "
-                         f"{tokens.dtype}; {advice}")
+        raise ValueError(
+            f"{path} must hold a 1-D array of token ids, got shape {list(tokens.shape)} of {tokens.dtype}; {advice}"
+        )
     return tokens
 
 
@@ -329,8 +413,9 @@ def pretrain(config: PretrainConfig, out: str | os.PathLike) -> dict[str, Any]:
     tokens_per_step = config.tokens_per_step(world_size)
     max_steps = math.ceil(config.tokens / tokens_per_step)
     with run_threads(config.num_threads), progress_bars(config.progress):
-        args = config.training_arguments(out / "checkpoints", max_steps=max_steps, learning_rate=config.learning_rate,
-                                         seed=config.seed)
+        args = config.training_arguments(
+            out / "checkpoints", max_steps=max_steps, learning_rate=config.learning_rate, seed=config.seed
+        )
         with args.main_process_first(desc="corpus, tokenizer and token arrays"):
             if config.tokenizer:
                 tokenizer = load_tokenizer(config.tokenizer)
@@ -338,14 +423,17 @@ def pretrain(config: PretrainConfig, out: str | os.PathLike) -> dict[str, Any]:
                 tokenizer = load_tokenizer(out / "tokenizer")
             else:
                 paths = corpus_lib.prepare_corpus(config.corpus_dir or None)
-                tokenizer = train_tokenizer(corpus_lib.iter_documents(paths, "train"), out / "tokenizer",
-                                            config.vocab_size)
+                tokenizer = train_tokenizer(
+                    corpus_lib.iter_documents(paths, "train"), out / "tokenizer", config.vocab_size
+                )
             arrays = corpus_token_arrays(tokenizer, out / "data", config.corpus_dir, config.seed)
         train_data = PackedBlocks(arrays["train"], config.seq_len)
         valid_data = PackedBlocks(arrays["valid"], config.seq_len, limit=config.valid_blocks)
         if len(train_data) < config.batch_size * world_size:
-            raise ValueError(f"the corpus has {len(train_data)} training sequences of {config.seq_len} tokens, fewer "
-                             f"than one batch ({config.batch_size} × {world_size} devices)")
+            raise ValueError(
+                f"the corpus has {len(train_data)} training sequences of {config.seq_len} tokens, fewer "
+                f"than one batch ({config.batch_size} × {world_size} devices)"
+            )
         set_seed(config.seed)
         model = ProbSeqForCausalLM(model_config(config, tokenizer))
         trainer = Trainer(model=model, args=args, train_dataset=train_data, data_collator=default_data_collator)
@@ -356,17 +444,26 @@ def pretrain(config: PretrainConfig, out: str | os.PathLike) -> dict[str, Any]:
             raise TrainingDiverged(f"pretraining in {out}: {run.diverged['message']}")
         valid_loss = trainer.evaluate(eval_dataset=valid_data)["eval_loss"] if len(valid_data) else None
         if valid_loss is not None and not math.isfinite(valid_loss):  # the last updates made the outputs overflow
-            raise TrainingDiverged(f"pretraining in {out}: the validation loss is not finite ({valid_loss}) after "
-                                   f"step {run.output.global_step}; lower the learning rate")
+            raise TrainingDiverged(
+                f"pretraining in {out}: the validation loss is not finite ({valid_loss}) after "
+                f"step {run.output.global_step}; lower the learning rate"
+            )
         model = trainer.accelerator.unwrap_model(trainer.model)
     steps = run.output.global_step
     log = {
-        "config": dataclasses.asdict(config), "kind": "pretrain", "mixer": "gated_deltanet",
-        "tokens": steps * tokens_per_step, "tokens_per_step": tokens_per_step, "steps": steps,
-        "resumed_from_step": run.resumed_from_step, "seconds": run.seconds, "seconds_per_step": run.seconds_per_step,
+        "config": dataclasses.asdict(config),
+        "kind": "pretrain",
+        "mixer": "gated_deltanet",
+        "tokens": steps * tokens_per_step,
+        "tokens_per_step": tokens_per_step,
+        "steps": steps,
+        "resumed_from_step": run.resumed_from_step,
+        "seconds": run.seconds,
+        "seconds_per_step": run.seconds_per_step,
         "train_seconds": run.train_seconds,
         "tokens_per_second": tokens_per_step / run.seconds_per_step if run.seconds_per_step else 0.0,
-        "train_loss": finite_or_none(run.output.training_loss), "valid_loss": finite_or_none(valid_loss),
+        "train_loss": finite_or_none(run.output.training_loss),
+        "valid_loss": finite_or_none(valid_loss),
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "corpus_tokens": {split: int(len(a)) for split, a in arrays.items()},
         "history": nonfinite_to_none(trainer.state.log_history),  # grad_norm is inf at an fp16 overflow step
@@ -379,6 +476,14 @@ def pretrain(config: PretrainConfig, out: str | os.PathLike) -> dict[str, Any]:
     return log
 
 
-__all__ = ["PRESETS", "LMRunConfig", "PackedBlocks", "PretrainConfig", "corpus_token_arrays", "model_config",
-           "pretrain",
-           "pretrain_config", "tokenize_documents"]
+__all__ = [
+    "PRESETS",
+    "LMRunConfig",
+    "PackedBlocks",
+    "PretrainConfig",
+    "corpus_token_arrays",
+    "model_config",
+    "pretrain",
+    "pretrain_config",
+    "tokenize_documents",
+]

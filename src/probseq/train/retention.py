@@ -73,16 +73,19 @@ class RetentionTrace(TrainerCallback):
         step = state.global_step + 1  # the step this update completes, as the log entry will name it
         if not self.own or step % args.logging_steps:
             return
-        norms = [torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]).item()
-                 for params in (list(self.own.values()), self.others)]
+        norms = [
+            torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]).item()
+            for params in (list(self.own.values()), self.others)
+        ]
         self.grad_norms = {step: (norms[0], norms[1])}
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not self.own or not state.log_history or "loss" not in state.log_history[-1]:
             return
         entry = state.log_history[-1]
-        scales = torch.cat([p.detach().float().clamp(0, 1).flatten() for n, p in self.own.items()
-                            if n.endswith("c_scale")])
+        scales = torch.cat(
+            [p.detach().float().clamp(0, 1).flatten() for n, p in self.own.items() if n.endswith("c_scale")]
+        )
         entry["retention_scale"] = float(scales.mean())
         if entry["step"] in self.grad_norms:
             entry["retention_grad_norm"], entry["other_grad_norm"] = self.grad_norms[entry["step"]]
@@ -92,8 +95,11 @@ def retention_trace(state) -> list[dict[str, Any]]:
     """``[{"step", "retention_scale", "retention_grad_norm", "other_grad_norm"}]`` from a Trainer state's log
     history (the entries :class:`RetentionTrace` extended); empty when there are none."""
     keys = ("retention_scale", "retention_grad_norm", "other_grad_norm")
-    return [{"step": entry["step"], **{k: entry[k] for k in keys if k in entry}}
-            for entry in state.log_history if "retention_scale" in entry]
+    return [
+        {"step": entry["step"], **{k: entry[k] for k in keys if k in entry}}
+        for entry in state.log_history
+        if "retention_scale" in entry
+    ]
 
 
 __all__ = ["RetentionTrace", "retention_parameters", "retention_trace", "split_retention_groups"]

@@ -37,12 +37,16 @@ def check_saved_config(path: Path, identity: dict[str, Any], option: str) -> Non
         return
     saved = read_json(path, f"delete {folder} to start over")
     if not isinstance(saved, dict):
-        raise ValueError(f"{path} must hold a run's config (a JSON object), not {type(saved).__name__}; delete "
-                         f"{folder} to start over")
+        raise ValueError(
+            f"{path} must hold a run's config (a JSON object), not {type(saved).__name__}; delete "
+            f"{folder} to start over"
+        )
     if saved != identity:
         changed = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
-        raise ValueError(f"{folder} holds a run of a different config (differs in {', '.join(changed)}); use "
-                         f"another {option}, or delete it to start over")
+        raise ValueError(
+            f"{folder} holds a run of a different config (differs in {', '.join(changed)}); use "
+            f"another {option}, or delete it to start over"
+        )
 
 
 __all__ = ["check_saved_config", "claim_run_folder"]

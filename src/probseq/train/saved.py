@@ -51,8 +51,10 @@ def load_run(folder: str | Path) -> SavedRun:
     folder = Path(folder)
     final = folder / FINAL_DIR
     if not (final / WEIGHTS).is_file():
-        raise ValueError(f"run {folder} has no final weights ({final / WEIGHTS}): it has not finished, it diverged, "
-                         "or it finished before runs kept their weights; train it again to evaluate it")
+        raise ValueError(
+            f"run {folder} has no final weights ({final / WEIGHTS}): it has not finished, it diverged, "
+            "or it finished before runs kept their weights; train it again to evaluate it"
+        )
     path = final / FINAL_CONFIG
     if not path.is_file():
         raise ValueError(f"run {folder} has final weights but no {path}; it was not saved by probseq.train")
@@ -80,14 +82,18 @@ def find_runs(path: str | Path, kind: str, log: Callable[[str], None] = print) -
     if is_run(path):
         run = load_run(path)
         if run.config.data.kind != kind:
-            raise ValueError(f"run {path} is a {run.config.data.kind} run, not a {kind} run; use probseq "
-                             f"{run.config.data.kind} eval")
+            raise ValueError(
+                f"run {path} is a {run.config.data.kind} run, not a {kind} run; use probseq {run.config.data.kind} eval"
+            )
         return [run]
-    folders = sorted({p.parent for p in path.rglob(CONFIG_FILE)} | {p.parent for p in path.rglob(FINAL_DIR)
-                                                                     if p.is_dir()})
+    folders = sorted(
+        {p.parent for p in path.rglob(CONFIG_FILE)} | {p.parent for p in path.rglob(FINAL_DIR) if p.is_dir()}
+    )
     if not folders:
-        raise ValueError(f"--run {path} holds no training run (a run folder holds {CONFIG_FILE} or {FINAL_DIR}/; "
-                         "a sweep's runs are in ~/.cache/probseq/runs/<experiment>/)")
+        raise ValueError(
+            f"--run {path} holds no training run (a run folder holds {CONFIG_FILE} or {FINAL_DIR}/; "
+            "a sweep's runs are in ~/.cache/probseq/runs/<experiment>/)"
+        )
     runs, skipped = [], []
     for folder in folders:
         try:
@@ -102,13 +108,16 @@ def find_runs(path: str | Path, kind: str, log: Callable[[str], None] = print) -
     for reason in skipped:
         log(f"skipped: {reason}")
     if not runs:
-        raise ValueError(f"--run {path}: none of its {len(folders)} runs is a finished {kind} run with final weights "
-                         f"({'; '.join(skipped[:3])}{' …' if len(skipped) > 3 else ''})")
+        raise ValueError(
+            f"--run {path}: none of its {len(folders)} runs is a finished {kind} run with final weights "
+            f"({'; '.join(skipped[:3])}{' …' if len(skipped) > 3 else ''})"
+        )
     return runs
 
 
-def evaluate_run(run: SavedRun, segments: dict[str, TaskData], batch_size: int | None = None
-                 ) -> tuple[dict[str, dict[str, float | None]], int]:
+def evaluate_run(
+    run: SavedRun, segments: dict[str, TaskData], batch_size: int | None = None
+) -> tuple[dict[str, dict[str, float | None]], int]:
     """Score ``run``'s final weights on ``segments`` (name → data) as :func:`probseq.train.train` scores its own
     test splits: :class:`~probseq.train.trainer.PreShiftedTrainer`'s evaluation with the run's arguments (its
     ``eval_batch_size`` unless ``batch_size`` is given, its precision and loss weighting).
@@ -130,14 +139,19 @@ def evaluate_run(run: SavedRun, segments: dict[str, TaskData], batch_size: int |
     with progress_bars(False), tempfile.TemporaryDirectory(prefix="probseq-eval-") as scratch:
         model = ZoologyModel.from_pretrained(run.folder / FINAL_DIR)
         args = training_arguments(dataclasses.replace(config, progress=False), scratch)
-        trainer = PreShiftedTrainer(model=model, args=args,
-                                    eval_dataset={name: TokenDataset([data]) for name, data in segments.items()},
-                                    data_collator=pad_collate, compute_metrics=recall_metrics,
-                                    loss_weighting=config.loss_weighting)
+        trainer = PreShiftedTrainer(
+            model=model,
+            args=args,
+            eval_dataset={name: TokenDataset([data]) for name, data in segments.items()},
+            data_collator=pad_collate,
+            compute_metrics=recall_metrics,
+            loss_weighting=config.loss_weighting,
+        )
         trainer.remove_callback(PrinterCallback)
         metrics = trainer.evaluate()
-    evaluation = {name: {key: finite_or_none(value) for key, value in _split_metrics(name, metrics).items()}
-                  for name in segments}
+    evaluation = {
+        name: {key: finite_or_none(value) for key, value in _split_metrics(name, metrics).items()} for name in segments
+    }
     data = run.config.data
     longest = max(s.task.seq_len if hasattr(s, "task") else s.seq_len for s in data.train)
     return evaluation, 4 * model.state_size(longest)
@@ -148,10 +162,18 @@ def identity_columns(run: SavedRun) -> dict[str, Any]:
     only) retention and its start, then the initialisation, the loss weighting and the batching."""
     config, model = run.config, run.config.model
     bayesian = model.mixer == "bayesian"
-    return {"run": run.name, "mixer": model.mixer, "d_model": model.d_model, "learning_rate": config.learning_rate,
-            "seed": config.seed, "retention": model.retention if bayesian else None,
-            "retention_init": model.retention_init if bayesian and model.retention == "learned" else None,
-            "init": model.init, "loss_weighting": config.loss_weighting, "batching": config.batching}
+    return {
+        "run": run.name,
+        "mixer": model.mixer,
+        "d_model": model.d_model,
+        "learning_rate": config.learning_rate,
+        "seed": config.seed,
+        "retention": model.retention if bayesian else None,
+        "retention_init": model.retention_init if bayesian and model.retention == "learned" else None,
+        "init": model.init,
+        "loss_weighting": config.loss_weighting,
+        "batching": config.batching,
+    }
 
 
 def recorded_accuracy(run: SavedRun, split: str) -> float | None:

@@ -61,8 +61,9 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(f"unknown config key {_join(path, unknown[0])!r}; known keys of {cls.__name__}: "
-                         f"{', '.join(fields)}")
+        raise ValueError(
+            f"unknown config key {_join(path, unknown[0])!r}; known keys of {cls.__name__}: {', '.join(fields)}"
+        )
     hints = typing.get_type_hints(cls)
     values = {name: _check(_join(path, name), value, hints[name], convert=True) for name, value in data.items()}
     try:
@@ -127,8 +128,10 @@ def _record(edit: _Edit, parts: list[str], value: Any, path: str) -> None:
 
 def _build(edit: _Edit, path: str) -> Any:
     """``edit.base`` with its changes (nested ones first), checked by its ``__post_init__``."""
-    changes = {name: _build(value, _join(path, name)) if isinstance(value, _Edit) else value
-               for name, value in edit.changes.items()}
+    changes = {
+        name: _build(value, _join(path, name)) if isinstance(value, _Edit) else value
+        for name, value in edit.changes.items()
+    }
     try:
         return dataclasses.replace(edit.base, **changes)
     except ValueError as error:
@@ -162,8 +165,9 @@ def _check(key: str, value: Any, hint: Any, convert: bool) -> Any:
         inner = args[:-1] if len(args) == 2 and args[1] is Ellipsis else args
         if len(inner) != 1 and len(inner) != len(value):
             raise ValueError(f"{key} must have {len(inner)} items, got {len(value)}")
-        items = [_check(f"{key}[{i}]", v, inner[0] if len(inner) == 1 else inner[i], convert)
-                 for i, v in enumerate(value)]
+        items = [
+            _check(f"{key}[{i}]", v, inner[0] if len(inner) == 1 else inner[i], convert) for i, v in enumerate(value)
+        ]
         return tuple(items)
     if dataclasses.is_dataclass(hint):
         if isinstance(value, hint):

@@ -52,8 +52,22 @@ from probseq.train.config import TrainConfig
 from probseq.train.result_cache import ResultCache, read_result
 
 # Two-sided 95% Student-t quantiles by degrees of freedom (df > 30: the normal 1.96).
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-       15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}
+T95 = {
+    1: 12.706,
+    2: 4.303,
+    3: 3.182,
+    4: 2.776,
+    5: 2.571,
+    6: 2.447,
+    7: 2.365,
+    8: 2.306,
+    9: 2.262,
+    10: 2.228,
+    15: 2.131,
+    20: 2.086,
+    25: 2.060,
+    30: 2.042,
+}
 
 
 class Unit(NamedTuple):
@@ -78,20 +92,48 @@ class SweepResult(NamedTuple):
 
 
 # What a cached unit's file holds (checked on reading; a key ending in "?" may be absent: older caches lack some).
-SPLIT_SPEC = {"accuracy": NUMBER, "example_accuracy?": (NUMBER, type(None)), "all_correct?": (NUMBER, type(None)),
-              "loss?": (NUMBER, type(None))}
-METRICS_SPEC = {"status?": str, "fingerprint?": str, "steps?": int, "resumed_from_step?": (int, type(None)),
-                "train_loss?": (NUMBER, type(None)), "final_train_loss?": (NUMBER, type(None)),
-                "seconds_per_step?": NUMBER, "train_seconds?": NUMBER, "num_parameters?": int, "state_size?": int,
-                "state_bytes?": int, "retention_scale?": MapOf(ListOf(NUMBER)),
-                "retention_trace?": ListOf(dict), "eval": MapOf(SPLIT_SPEC)}
-DIVERGED_SPEC = {"steps": int, "state_bytes": int, "train_seconds": NUMBER,
-                 "diverged": {"step": int, "message": str, "last_finite_loss": (NUMBER, type(None))}}
+SPLIT_SPEC = {
+    "accuracy": NUMBER,
+    "example_accuracy?": (NUMBER, type(None)),
+    "all_correct?": (NUMBER, type(None)),
+    "loss?": (NUMBER, type(None)),
+}
+METRICS_SPEC = {
+    "status?": str,
+    "fingerprint?": str,
+    "steps?": int,
+    "resumed_from_step?": (int, type(None)),
+    "train_loss?": (NUMBER, type(None)),
+    "final_train_loss?": (NUMBER, type(None)),
+    "seconds_per_step?": NUMBER,
+    "train_seconds?": NUMBER,
+    "num_parameters?": int,
+    "state_size?": int,
+    "state_bytes?": int,
+    "retention_scale?": MapOf(ListOf(NUMBER)),
+    "retention_trace?": ListOf(dict),
+    "eval": MapOf(SPLIT_SPEC),
+}
+DIVERGED_SPEC = {
+    "steps": int,
+    "state_bytes": int,
+    "train_seconds": NUMBER,
+    "diverged": {"step": int, "message": str, "last_finite_loss": (NUMBER, type(None))},
+}
 RECORD_SPEC = {"unit?": str, "config?": dict, "metrics": METRICS_SPEC}
 # Ranges the structure check cannot see: shares (accuracies) lie in [0, 1]; counts, times and losses are >= 0.
 SHARES = ("accuracy", "example_accuracy", "all_correct")
-NON_NEGATIVE = ("steps", "resumed_from_step", "num_parameters", "state_size", "state_bytes", "seconds_per_step",
-                "train_seconds", "train_loss", "final_train_loss")
+NON_NEGATIVE = (
+    "steps",
+    "resumed_from_step",
+    "num_parameters",
+    "state_size",
+    "state_bytes",
+    "seconds_per_step",
+    "train_seconds",
+    "train_loss",
+    "final_train_loss",
+)
 # What the experiments' tables read of a finished unit (``run_units(complete=True)``), besides every split.
 TABLE_KEYS = ("steps", "seconds_per_step", "train_loss", "num_parameters", "state_bytes")
 
@@ -111,8 +153,9 @@ def runs_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "probseq" / "runs"
 
 
-def run_units(units: list[Unit], experiment: str, out: str | os.PathLike, *, log=None,
-              complete: bool = False) -> SweepResult:
+def run_units(
+    units: list[Unit], experiment: str, out: str | os.PathLike, *, log=None, complete: bool = False
+) -> SweepResult:
     """Run (or take from the cache) every unit; see the module docstring.
 
     Args:
@@ -190,8 +233,11 @@ def _record_problem(record: dict[str, Any], unit: Unit, complete: bool) -> str |
         return None
     missing = [f"metrics.{key}" for key in TABLE_KEYS if key not in metrics]
     data = unit.config.data
-    missing += [f"metrics.eval.{split}" for split in [f"valid_{s.name}" for s in data.valid]
-                + [f"test_{s.name}" for s in data.test] if split not in metrics["eval"]]
+    missing += [
+        f"metrics.eval.{split}"
+        for split in [f"valid_{s.name}" for s in data.valid] + [f"test_{s.name}" for s in data.test]
+        if split not in metrics["eval"]
+    ]
     return f"{', '.join(missing)} missing" if missing else None
 
 
@@ -223,8 +269,10 @@ def _train_unit(unit: Unit, key: str, experiment: str, cache: ResultCache, tag: 
         cache.put(key, {"unit": unit.name, "config": config.identity(), "metrics": finished})
         log(f"{tag} {unit.name}: finished earlier (another sweep); its metrics are taken from {run_dir}/final")
         return finished
-    log(f"{tag} {unit.name}: {'resuming' if resuming else 'training'} ({config.max_steps} steps; checkpoints in "
-        f"{run_dir})")
+    log(
+        f"{tag} {unit.name}: {'resuming' if resuming else 'training'} ({config.max_steps} steps; checkpoints in "
+        f"{run_dir})"
+    )
     started = time.perf_counter()
     try:
         result = train(config)
@@ -237,10 +285,15 @@ def _train_unit(unit: Unit, key: str, experiment: str, cache: ResultCache, tag: 
         return result
     for checkpoint in run_dir.glob("checkpoint-*"):  # the final weights stay (run_dir/final/, probseq mqar eval)
         shutil.rmtree(checkpoint, ignore_errors=True)
-    accuracy = ", ".join(f"{name.removeprefix('test_')} {m['accuracy']:.3f}" for name, m in result["eval"].items()
-                         if name.startswith("test_"))
-    log(f"{tag} {unit.name}: done in {time.perf_counter() - started:.0f} s (trained {result['train_seconds']:.0f} s "
-        f"in all, {result['seconds_per_step'] * 1000:.0f} ms/step); test accuracy {accuracy}")
+    accuracy = ", ".join(
+        f"{name.removeprefix('test_')} {m['accuracy']:.3f}"
+        for name, m in result["eval"].items()
+        if name.startswith("test_")
+    )
+    log(
+        f"{tag} {unit.name}: done in {time.perf_counter() - started:.0f} s (trained {result['train_seconds']:.0f} s "
+        f"in all, {result['seconds_per_step'] * 1000:.0f} ms/step); test accuracy {accuracy}"
+    )
     return result
 
 
@@ -305,13 +358,20 @@ def run_columns(metrics: dict[str, Any]) -> dict[str, Any]:
     steps, time, losses, the step it diverged at and its last finite loss (empty for a finished run), the
     learned retention's mean ρ, size, and the accuracy of every evaluation split (none for a diverged run)."""
     diverged = metrics.get("diverged") or {}
-    return {"status": metrics.get("status", "ok"), "steps": metrics["steps"],
-            "seconds_per_step": metrics["seconds_per_step"], "train_seconds": train_seconds(metrics),
-            "train_loss": metrics["train_loss"], "final_train_loss": metrics.get("final_train_loss"),
-            "diverged_step": diverged.get("step"), "last_finite_loss": diverged.get("last_finite_loss"),
-            "retention_scale_mean": mean_retention_scale(metrics), "num_parameters": metrics["num_parameters"],
-            "state_bytes": metrics["state_bytes"], **{f"{name}_accuracy": e["accuracy"]
-                                                      for name, e in metrics["eval"].items()}}
+    return {
+        "status": metrics.get("status", "ok"),
+        "steps": metrics["steps"],
+        "seconds_per_step": metrics["seconds_per_step"],
+        "train_seconds": train_seconds(metrics),
+        "train_loss": metrics["train_loss"],
+        "final_train_loss": metrics.get("final_train_loss"),
+        "diverged_step": diverged.get("step"),
+        "last_finite_loss": diverged.get("last_finite_loss"),
+        "retention_scale_mean": mean_retention_scale(metrics),
+        "num_parameters": metrics["num_parameters"],
+        "state_bytes": metrics["state_bytes"],
+        **{f"{name}_accuracy": e["accuracy"] for name, e in metrics["eval"].items()},
+    }
 
 
 def mean_ci95(values: list[float]) -> tuple[float, float]:
@@ -347,19 +407,47 @@ def best_by_validation(runs: list[dict[str, Any]], point: str) -> dict[str, Any]
     for run in runs:
         by_lr.setdefault(run["learning_rate"], []).append(run)
     diverged = sorted(lr for lr, group in by_lr.items() if any(is_diverged(r["metrics"]) for r in group))
-    valid = {lr: sum(r["metrics"]["eval"][f"valid_{point}"]["accuracy"] for r in group) / len(group)
-             for lr, group in by_lr.items() if lr not in diverged}
+    valid = {
+        lr: sum(r["metrics"]["eval"][f"valid_{point}"]["accuracy"] for r in group) / len(group)
+        for lr, group in by_lr.items()
+        if lr not in diverged
+    }
     if not valid:
-        return {"status": "diverged", "best_lr": None, "valid_accuracy": None, "accuracy": None, "ci95": None,
-                "accuracies": [], "valid_by_lr": {}, "diverged_lrs": diverged}
+        return {
+            "status": "diverged",
+            "best_lr": None,
+            "valid_accuracy": None,
+            "accuracy": None,
+            "ci95": None,
+            "accuracies": [],
+            "valid_by_lr": {},
+            "diverged_lrs": diverged,
+        }
     best = max(sorted(valid), key=lambda lr: valid[lr])  # ties: the smallest rate
-    accuracies = [r["metrics"]["eval"][f"test_{point}"]["accuracy"]
-                  for r in sorted(by_lr[best], key=lambda r: r["seed"])]
+    accuracies = [
+        r["metrics"]["eval"][f"test_{point}"]["accuracy"] for r in sorted(by_lr[best], key=lambda r: r["seed"])
+    ]
     mean, ci = mean_ci95(accuracies)
-    return {"status": "ok", "best_lr": best, "valid_accuracy": valid[best], "accuracy": mean, "ci95": ci,
-            "accuracies": accuracies, "valid_by_lr": {str(lr): v for lr, v in sorted(valid.items())},
-            "diverged_lrs": diverged}
+    return {
+        "status": "ok",
+        "best_lr": best,
+        "valid_accuracy": valid[best],
+        "accuracy": mean,
+        "ci95": ci,
+        "accuracies": accuracies,
+        "valid_by_lr": {str(lr): v for lr, v in sorted(valid.items())},
+        "diverged_lrs": diverged,
+    }
 
 
-__all__ = ["SweepResult", "Unit", "best_by_validation", "is_diverged", "mean_ci95", "read_cached_unit", "run_units",
-           "runs_root", "unit_key"]
+__all__ = [
+    "SweepResult",
+    "Unit",
+    "best_by_validation",
+    "is_diverged",
+    "mean_ci95",
+    "read_cached_unit",
+    "run_units",
+    "runs_root",
+    "unit_key",
+]

@@ -99,8 +99,12 @@ class PreShiftedTrainer(Trainer):
         tokens, or with ``loss_weighting="example"`` its examples with a supervised token (each such row counted as
         one supervised label)."""
         if self.loss_weighting == "example":
-            batch_samples = [{"labels": torch.where((batch["labels"] != IGNORE_INDEX).any(-1), 0, IGNORE_INDEX)}
-                             if "labels" in batch else batch for batch in batch_samples]
+            batch_samples = [
+                {"labels": torch.where((batch["labels"] != IGNORE_INDEX).any(-1), 0, IGNORE_INDEX)}
+                if "labels" in batch
+                else batch
+                for batch in batch_samples
+            ]
         return super()._get_num_items_in_batch(batch_samples, device)
 
     def get_decay_parameter_names(self, model: torch.nn.Module) -> list[str]:
@@ -236,8 +240,11 @@ class DivergenceGuard(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, model=None, lr_scheduler=None, **kwargs):
         if self.diverged is not None or model is None or args.fp16:
             return  # fp16: an overflow step's gradients are inf by design, and the loss scaler skips that step
-        grads = [p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad  # a shard under FSDP
-                 for p in model.parameters() if p.grad is not None]
+        grads = [
+            p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad  # a shard under FSDP
+            for p in model.parameters()
+            if p.grad is not None
+        ]
         if grads:
             bad = (~torch.isfinite(torch.nn.utils.get_total_norm(grads))).float()
         else:  # nothing to check here, but every process must join the reduction below
@@ -270,34 +277,64 @@ def build_model(config: TrainConfig) -> ZoologyModel:
     """The run's model, initialised from ``transformers.set_seed(config.seed)``."""
     spec = config.model
     set_seed(config.seed)
-    return ZoologyModel(ZoologyConfig(vocab_size=config.data.vocab, d_model=spec.d_model, n_layers=spec.n_layers,
-                                      mixer=spec.mixer, conv_kernel=spec.conv_kernel, num_heads=spec.num_heads,
-                                      expand_v=spec.expand_v, state_size=spec.state_size, use_gate=spec.use_gate,
-                                      retention=spec.retention, retention_init=spec.retention_init,
-                                      init=spec.init))
+    return ZoologyModel(
+        ZoologyConfig(
+            vocab_size=config.data.vocab,
+            d_model=spec.d_model,
+            n_layers=spec.n_layers,
+            mixer=spec.mixer,
+            conv_kernel=spec.conv_kernel,
+            num_heads=spec.num_heads,
+            expand_v=spec.expand_v,
+            state_size=spec.state_size,
+            use_gate=spec.use_gate,
+            retention=spec.retention,
+            retention_init=spec.retention_init,
+            init=spec.init,
+        )
+    )
 
 
 def training_arguments(config: TrainConfig, output_dir: str | os.PathLike) -> TrainingArguments:
     """The ``TrainingArguments`` of a run (everything the Trainer does is configured here)."""
     fsdp_config = {"transformer_layer_cls_to_wrap": list(config.fsdp_wrap)} if config.fsdp_wrap else None
     return TrainingArguments(
-        output_dir=str(output_dir), max_steps=config.max_steps,
+        output_dir=str(output_dir),
+        max_steps=config.max_steps,
         # by segment, every item of the train dataset is a whole batch (SegmentBatches)
         per_device_train_batch_size=1 if config.batching == "by_segment" else config.batch_size,
         per_device_eval_batch_size=config.eval_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps, learning_rate=config.learning_rate,
-        weight_decay=config.weight_decay, adam_beta1=config.adam_beta1, adam_beta2=config.adam_beta2,
-        max_grad_norm=config.max_grad_norm, optim="adamw_torch", lr_scheduler_type=config.lr_scheduler,
-        warmup_steps=config.warmup, seed=config.seed, bf16=config.precision == "bf16",
-        fp16=config.precision == "fp16", save_strategy="steps" if config.save_steps else "no",
-        save_steps=config.save_steps or 500, save_total_limit=config.save_total_limit,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        adam_beta1=config.adam_beta1,
+        adam_beta2=config.adam_beta2,
+        max_grad_norm=config.max_grad_norm,
+        optim="adamw_torch",
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup,
+        seed=config.seed,
+        bf16=config.precision == "bf16",
+        fp16=config.precision == "fp16",
+        save_strategy="steps" if config.save_steps else "no",
+        save_steps=config.save_steps or 500,
+        save_total_limit=config.save_total_limit,
         logging_steps=config.logging_steps,
         logging_nan_inf_filter=False,  # log a non-finite loss as it is (DivergenceGuard stops the run there)
-        eval_strategy="no", report_to="none", label_names=["labels"], remove_unused_columns=False,
-        disable_tqdm=not progress_enabled(config.progress), dataloader_num_workers=0,  # bars on a terminal only
-        dataloader_pin_memory=torch.cuda.is_available(), ddp_find_unused_parameters=False,
-        use_cpu=not torch.cuda.is_available(), ddp_backend=_ddp_backend(), fsdp=config.fsdp or None,
-        fsdp_config=fsdp_config, torch_compile=config.compile)
+        eval_strategy="no",
+        report_to="none",
+        label_names=["labels"],
+        remove_unused_columns=False,
+        disable_tqdm=not progress_enabled(config.progress),
+        dataloader_num_workers=0,  # bars on a terminal only
+        dataloader_pin_memory=torch.cuda.is_available(),
+        ddp_find_unused_parameters=False,
+        use_cpu=not torch.cuda.is_available(),
+        ddp_backend=_ddp_backend(),
+        fsdp=config.fsdp or None,
+        fsdp_config=fsdp_config,
+        torch_compile=config.compile,
+    )
 
 
 def _ddp_backend() -> str | None:
@@ -307,29 +344,43 @@ def _ddp_backend() -> str | None:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
-def build_trainer(config: TrainConfig, output_dir: str | os.PathLike,
-                  callbacks: tuple[TrainerCallback, ...] = ()) -> PreShiftedTrainer:
+def build_trainer(
+    config: TrainConfig, output_dir: str | os.PathLike, callbacks: tuple[TrainerCallback, ...] = ()
+) -> PreShiftedTrainer:
     """Model, generated data and arguments, assembled into a :class:`PreShiftedTrainer` (not yet run).
     The evaluation datasets are ``trainer.eval_dataset`` (a dict by split name)."""
     args = training_arguments(config, output_dir)
     model = build_model(config)
     splits = generate(config.data, config.effective_data_seed)
-    train_dataset = (SegmentBatches(splits.train, config.batch_size) if config.batching == "by_segment"
-                     else TokenDataset(splits.train))
-    trainer = PreShiftedTrainer(model=model, args=args, train_dataset=train_dataset,
-                                eval_dataset={name: TokenDataset([d]) for name, d in splits.evaluation.items()},
-                                data_collator=pad_collate, compute_metrics=recall_metrics,
-                                callbacks=[RetentionTrace(), *callbacks], loss_weighting=config.loss_weighting,
-                                retention_lr_scale=config.retention_lr_scale)
+    train_dataset = (
+        SegmentBatches(splits.train, config.batch_size)
+        if config.batching == "by_segment"
+        else TokenDataset(splits.train)
+    )
+    trainer = PreShiftedTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset={name: TokenDataset([d]) for name, d in splits.evaluation.items()},
+        data_collator=pad_collate,
+        compute_metrics=recall_metrics,
+        callbacks=[RetentionTrace(), *callbacks],
+        loss_weighting=config.loss_weighting,
+        retention_lr_scale=config.retention_lr_scale,
+    )
     if not config.progress:
         trainer.remove_callback(PrinterCallback)  # without bars, the Trainer would print every log dict
     if config.batching == "by_segment":
         if len(trainer.train_dataset) < trainer.args.world_size:
-            raise ValueError(f"the train split has {len(trainer.train_dataset)} full batches by segment, fewer than "
-                             f"the {trainer.args.world_size} devices")
+            raise ValueError(
+                f"the train split has {len(trainer.train_dataset)} full batches by segment, fewer than "
+                f"the {trainer.args.world_size} devices"
+            )
     elif len(trainer.train_dataset) < config.batch_size * trainer.args.world_size:
-        raise ValueError(f"the train split has {len(trainer.train_dataset)} examples, fewer than one global batch "
-                         f"({config.batch_size} × {trainer.args.world_size} devices)")
+        raise ValueError(
+            f"the train split has {len(trainer.train_dataset)} examples, fewer than one global batch "
+            f"({config.batch_size} × {trainer.args.world_size} devices)"
+        )
     return trainer
 
 
@@ -361,8 +412,11 @@ def train(config: TrainConfig, callbacks: tuple[TrainerCallback, ...] = ()) -> d
         model = trainer.accelerator.unwrap_model(trainer.model)
         longest = max(s.task.seq_len if hasattr(s, "task") else s.seq_len for s in config.data.train)
         state_size = model.state_size(longest)
-        size = {"num_parameters": sum(p.numel() for p in model.parameters()), "state_size": state_size,
-                "state_bytes": 4 * state_size}
+        size = {
+            "num_parameters": sum(p.numel() for p in model.parameters()),
+            "state_size": state_size,
+            "state_bytes": 4 * state_size,
+        }
         if run.diverged is None:
             metrics = trainer.evaluate()
             evaluation = {name: _split_metrics(name, metrics) for name in trainer.eval_dataset}
@@ -373,13 +427,22 @@ def train(config: TrainConfig, callbacks: tuple[TrainerCallback, ...] = ()) -> d
         if run.diverged is not None:
             raise TrainingDiverged(run.diverged["message"], _diverged_record(config, run, size))
         losses = logged_losses(trainer.state)
-        evaluation = {name: {key: finite_or_none(value) for key, value in values.items()}
-                      for name, values in evaluation.items()}
-        metrics = {"status": "ok", "fingerprint": config.fingerprint(), "steps": run.output.global_step,
-                   "resumed_from_step": run.resumed_from_step, "train_loss": finite_or_none(run.output.training_loss),
-                   "final_train_loss": finite_or_none(losses[-1]) if losses else None,
-                   "seconds_per_step": run.seconds_per_step, "train_seconds": run.train_seconds, **size,
-                   "eval": evaluation, **_retention_scales(model)}
+        evaluation = {
+            name: {key: finite_or_none(value) for key, value in values.items()} for name, values in evaluation.items()
+        }
+        metrics = {
+            "status": "ok",
+            "fingerprint": config.fingerprint(),
+            "steps": run.output.global_step,
+            "resumed_from_step": run.resumed_from_step,
+            "train_loss": finite_or_none(run.output.training_loss),
+            "final_train_loss": finite_or_none(losses[-1]) if losses else None,
+            "seconds_per_step": run.seconds_per_step,
+            "train_seconds": run.train_seconds,
+            **size,
+            "eval": evaluation,
+            **_retention_scales(model),
+        }
         trace = retention_trace(trainer.state)
         if trace:
             metrics["retention_trace"] = trace
@@ -423,32 +486,53 @@ def _split_metrics(name: str, metrics: dict[str, float]) -> dict[str, float]:
     ``eval_<split>_<metric>``); a share that does not exist (no example scored) is NaN, with a warning."""
     prefix = f"eval_{name}_"
     names = ("accuracy", "example_accuracy", "all_correct", "loss")
-    values = {key[len(prefix):]: float(value) for key, value in metrics.items()
-              if key.startswith(prefix) and key[len(prefix):] in names}
+    values = {
+        key[len(prefix) :]: float(value)
+        for key, value in metrics.items()
+        if key.startswith(prefix) and key[len(prefix) :] in names
+    }
     empty = [key for key, value in values.items() if key != "loss" and not math.isfinite(value)]
     if empty:
-        warnings.warn(f"evaluation on {name}: {', '.join(empty)} not defined (no example has a scored position); "
-                      "recorded as null", stacklevel=3)
+        warnings.warn(
+            f"evaluation on {name}: {', '.join(empty)} not defined (no example has a scored position); "
+            "recorded as null",
+            stacklevel=3,
+        )
     return values
 
 
 def _evaluation_overflow(trainer: Trainer, splits: list[str], evaluation: dict[str, dict[str, float]]):
     """A :class:`DivergenceGuard` record for a run whose evaluation loss is not finite on ``splits``."""
     rates = [entry["learning_rate"] for entry in trainer.state.log_history if "learning_rate" in entry]
-    return {"step": trainer.state.global_step, "scheduled_learning_rate": rates[-1] if rates else
-            trainer.args.learning_rate, "cause": f"the evaluation loss on {', '.join(splits)}",
-            "loss": evaluation[splits[0]]["loss"], "grad_norm": None}
+    return {
+        "step": trainer.state.global_step,
+        "scheduled_learning_rate": rates[-1] if rates else trainer.args.learning_rate,
+        "cause": f"the evaluation loss on {', '.join(splits)}",
+        "loss": evaluation[splits[0]]["loss"],
+        "grad_norm": None,
+    }
 
 
 def _diverged_record(config: TrainConfig, run: TrainerRun, size: dict[str, int]) -> dict[str, Any]:
     """What a diverged run leaves (strict JSON): the step, learning rate, losses and gradient norm (``None`` where
     not finite), the time it took and the model's size; no evaluation."""
-    diverged = {key: finite_or_none(value) if isinstance(value, float) else value
-                for key, value in run.diverged.items()}
-    return {"status": "diverged", "fingerprint": config.fingerprint(), "steps": run.diverged["step"],
-            "max_steps": config.max_steps, "resumed_from_step": run.resumed_from_step, "diverged": diverged,
-            "train_loss": None, "final_train_loss": None, "seconds_per_step": run.seconds_per_step,
-            "train_seconds": run.train_seconds, **size, "eval": {}}
+    diverged = {
+        key: finite_or_none(value) if isinstance(value, float) else value for key, value in run.diverged.items()
+    }
+    return {
+        "status": "diverged",
+        "fingerprint": config.fingerprint(),
+        "steps": run.diverged["step"],
+        "max_steps": config.max_steps,
+        "resumed_from_step": run.resumed_from_step,
+        "diverged": diverged,
+        "train_loss": None,
+        "final_train_loss": None,
+        "seconds_per_step": run.seconds_per_step,
+        "train_seconds": run.train_seconds,
+        **size,
+        "eval": {},
+    }
 
 
 def _retention_scales(model: torch.nn.Module) -> dict[str, Any]:
@@ -457,8 +541,11 @@ def _retention_scales(model: torch.nn.Module) -> dict[str, Any]:
     retention); empty for other models."""
     from probseq.layers import BayesianLayer
 
-    scales = {name: module.c_scale.detach().float().clamp(0, 1).tolist() for name, module in model.named_modules()
-              if isinstance(module, BayesianLayer) and module.retention == "learned"}
+    scales = {
+        name: module.c_scale.detach().float().clamp(0, 1).tolist()
+        for name, module in model.named_modules()
+        if isinstance(module, BayesianLayer) and module.retention == "learned"
+    }
     return {"retention_scale": scales} if scales else {}
 
 
@@ -515,8 +602,10 @@ def run_trainer(trainer: Trainer, checkpoints: str | os.PathLike, *, resume: boo
     except Exception as error:
         if checkpoint is None or clock.stepped:
             raise  # not a resume failure: training went on from the checkpoint
-        raise ValueError(f"could not resume from {checkpoint} ({type(error).__name__}: {error}); if the checkpoint "
-                         "is damaged, delete it to start over") from error
+        raise ValueError(
+            f"could not resume from {checkpoint} ({type(error).__name__}: {error}); if the checkpoint "
+            "is damaged, delete it to start over"
+        ) from error
     seconds, train_seconds = time.perf_counter() - started, clock.seconds
     if resumed and not clock.restored:  # a checkpoint from before the clock: estimate the steps before it
         train_seconds += resumed * seconds / max(output.global_step - resumed, 1)
@@ -528,19 +617,32 @@ def _divergence(diverged: dict[str, Any], trainer: Trainer) -> dict[str, Any]:
     """The guard's record with the logged loss and gradient norm at the diverging step, the last finite logged
     loss before it (the log is restored on resume, so a resumed run reports the same) and a message."""
     step, rate = diverged["step"], diverged["scheduled_learning_rate"]
-    finite = [(entry["step"], entry["loss"]) for entry in trainer.state.log_history
-              if "loss" in entry and entry["step"] <= step and math.isfinite(entry["loss"])]
+    finite = [
+        (entry["step"], entry["loss"])
+        for entry in trainer.state.log_history
+        if "loss" in entry and entry["step"] <= step and math.isfinite(entry["loss"])
+    ]
     last_step, last_loss = finite[-1] if finite else (None, None)
     loss, norm = diverged.get("loss"), diverged.get("grad_norm")
-    values = ", ".join(f"{name} {value:.4g}" for name, value in (("loss", loss), ("gradient norm", norm))
-                       if value is not None)
-    message = (f"training diverged at step {step} of {trainer.args.max_steps}: {diverged['cause']} is not finite"
-               f"{f' ({values})' if values else ''}; learning rate {trainer.args.learning_rate:g} (scheduled "
-               f"{rate:.4g} at that step); "
-               + (f"last finite loss {last_loss:.4g} at step {last_step}" if finite else "no finite loss was logged")
-               + ". Lower the learning rate (or lengthen the warmup, or clip gradients harder)")
-    return {**diverged, "learning_rate": trainer.args.learning_rate, "loss": loss, "grad_norm": norm,
-            "last_finite_loss": last_loss, "last_finite_loss_step": last_step, "message": message}
+    values = ", ".join(
+        f"{name} {value:.4g}" for name, value in (("loss", loss), ("gradient norm", norm)) if value is not None
+    )
+    message = (
+        f"training diverged at step {step} of {trainer.args.max_steps}: {diverged['cause']} is not finite"
+        f"{f' ({values})' if values else ''}; learning rate {trainer.args.learning_rate:g} (scheduled "
+        f"{rate:.4g} at that step); "
+        + (f"last finite loss {last_loss:.4g} at step {last_step}" if finite else "no finite loss was logged")
+        + ". Lower the learning rate (or lengthen the warmup, or clip gradients harder)"
+    )
+    return {
+        **diverged,
+        "learning_rate": trainer.args.learning_rate,
+        "loss": loss,
+        "grad_norm": norm,
+        "last_finite_loss": last_loss,
+        "last_finite_loss_step": last_step,
+        "message": message,
+    }
 
 
 def _finished_run(trainer: Trainer, checkpoint: str, steps: int, started: float) -> TrainerRun:
@@ -558,8 +660,9 @@ def _finished_run(trainer: Trainer, checkpoint: str, steps: int, started: float)
     losses = logged_losses(state)
     loss = sum(losses) / len(losses) if losses else float("nan")
     saved = TrainingClock.saved_seconds(state)
-    return TrainerRun(TrainOutput(steps, loss, {}), steps, time.perf_counter() - started,
-                      saved if saved is not None else 0.0)
+    return TrainerRun(
+        TrainOutput(steps, loss, {}), steps, time.perf_counter() - started, saved if saved is not None else 0.0
+    )
 
 
 def last_complete_checkpoint(folder: str | os.PathLike) -> str | None:
@@ -621,7 +724,25 @@ def _output_dir(config: TrainConfig) -> Iterator[Path]:
     yield claim_run_folder(config.output_dir, CONFIG_FILE, config.identity(), "output_dir")
 
 
-__all__ = ["CONFIG_FILE", "FINAL_CONFIG", "FINAL_DIR", "FINAL_METRICS", "NORM_TYPES", "DivergenceGuard",
-           "PreShiftedTrainer", "TrainerRun", "TrainingClock", "TrainingDiverged", "build_model", "build_trainer",
-           "check_saved_config", "last_complete_checkpoint", "logged_losses", "no_decay_parameter_names",
-           "run_trainer", "save_final", "train", "training_arguments"]
+__all__ = [
+    "CONFIG_FILE",
+    "FINAL_CONFIG",
+    "FINAL_DIR",
+    "FINAL_METRICS",
+    "NORM_TYPES",
+    "DivergenceGuard",
+    "PreShiftedTrainer",
+    "TrainerRun",
+    "TrainingClock",
+    "TrainingDiverged",
+    "build_model",
+    "build_trainer",
+    "check_saved_config",
+    "last_complete_checkpoint",
+    "logged_losses",
+    "no_decay_parameter_names",
+    "run_trainer",
+    "save_final",
+    "train",
+    "training_arguments",
+]

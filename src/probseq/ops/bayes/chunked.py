@@ -49,10 +49,19 @@ from probseq.ops.segsum import log_retention, one_minus_exp, segsum
 from probseq.types import BayesState
 
 
-def bayes_chunked(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, noise: Tensor, retention: Tensor | None,
-                  state: BayesState, scale: float, chunk_size: int, output_variance: bool,
-                  covariance_dtype: torch.dtype | None = None
-                  ) -> tuple[Tensor, BayesState, Tensor | None, Tensor | None]:
+def bayes_chunked(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    log_decay: Tensor,
+    noise: Tensor,
+    retention: Tensor | None,
+    state: BayesState,
+    scale: float,
+    chunk_size: int,
+    output_variance: bool,
+    covariance_dtype: torch.dtype | None = None,
+) -> tuple[Tensor, BayesState, Tensor | None, Tensor | None]:
     """Chunk-parallel exact filter on validated inputs in the compute dtype (names: docs/notation.md).
 
     Padding tokens (``k = 0``, ``α = γ = 1``, ``r = 1``) leave the state unchanged.
@@ -87,23 +96,25 @@ def bayes_chunked(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, noise: Ten
         # The covariance path may run in a wider dtype (docs/numerics.md, "Accuracy per regime"): near recursive
         # least squares its chunk matrix has condition ~1/r, and float64 there restores float32 accuracy.
         wide = covariance_dtype or k.dtype
-        paths = _covariance_path(*(t.to(wide) for t in (q, k, noise, to_chunks(retention, size, pad_value=1.0),
-                                                         state.cov.flatten(0, 1))), output_variance)
+        paths = _covariance_path(
+            *(t.to(wide) for t in (q, k, noise, to_chunks(retention, size, pad_value=1.0), state.cov.flatten(0, 1))),
+            output_variance,
+        )
         x, pivot, retention_ratio, prior_var, cov_final, failed = (
-            t.to(k.dtype) if t is not None and t.is_floating_point() else t for t in paths)
+            t.to(k.dtype) if t is not None and t.is_floating_point() else t for t in paths
+        )
         w = x / pivot[..., None]
 
     # 6. (I + T) Ẽ = ·, solved for all chunks at once (T strictly lower; unit diagonal implied).
     t_low = decay_ratio * (k @ w.transpose(-1, -2))
-    v_tilde, k_tilde = torch.linalg.solve_triangular(t_low, torch.cat([v, decay_cum[..., None] * k], dim=-1),
-                                                     upper=False, unitriangular=True).split(
-                                                         [v.shape[-1], key_dim], dim=-1)
+    v_tilde, k_tilde = torch.linalg.solve_triangular(
+        t_low, torch.cat([v, decay_cum[..., None] * k], dim=-1), upper=False, unitriangular=True
+    ).split([v.shape[-1], key_dim], dim=-1)
     w_decayed = decay_ratio[..., -1, :, None] * w  # 9. diag(A_C/A_j) W
     decay_chunk = decay_cum[..., -1, None, None]  # A_C
 
     starts, innovations = [], []
-    for v_n, k_n, w_n, decay_n in zip(v_tilde.unbind(0), k_tilde.unbind(0), w_decayed.unbind(0),
-                                      decay_chunk.unbind(0)):
+    for v_n, k_n, w_n, decay_n in zip(v_tilde.unbind(0), k_tilde.unbind(0), w_decayed.unbind(0), decay_chunk.unbind(0)):
         innovation = torch.baddbmm(v_n, k_n, mean.transpose(-1, -2), alpha=-1)  # rows e_t = ṽ_t − k̃_t M_0ᵀ
         starts.append(mean)
         innovations.append(innovation)
@@ -132,8 +143,9 @@ def bayes_chunked(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, noise: Ten
     return output, BayesState(mean.unflatten(0, unflat), cov.unflatten(0, unflat)), variance, failed
 
 
-def _covariance_path(q: Tensor, k: Tensor, noise: Tensor, retention: Tensor, cov0: Tensor,
-                     output_variance: bool) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor, Tensor]:
+def _covariance_path(
+    q: Tensor, k: Tensor, noise: Tensor, retention: Tensor, cov0: Tensor, output_variance: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor, Tensor]:
     """Steps 1–5, chunk by chunk through the covariance ``P`` (the P-form: docs/chunked-algorithm.md §3).
 
     Args:
@@ -167,9 +179,15 @@ def _covariance_path(q: Tensor, k: Tensor, noise: Tensor, retention: Tensor, cov
 
     cov, xs, pivots, covs, failures = cov0, [], [], [], []
     for k_hat_n, rhs_n, cum_sqrt_n, b_n, ratio_sqrt_n, tail_sqrt_n, retention_chunk_n, reset_chunk_n in zip(
-            k_hat.unbind(0), rhs_base.unbind(0), retention_cum_sqrt.unbind(0), b_base.unbind(0),
-            retention_ratio_sqrt.unbind(0), retention_tail_sqrt.unbind(0), retention_chunk.unbind(0),
-            reset_chunk.unbind(0)):
+        k_hat.unbind(0),
+        rhs_base.unbind(0),
+        retention_cum_sqrt.unbind(0),
+        b_base.unbind(0),
+        retention_ratio_sqrt.unbind(0),
+        retention_tail_sqrt.unbind(0),
+        retention_chunk.unbind(0),
+        reset_chunk.unbind(0),
+    ):
         if output_variance:
             covs.append(cov)
         pk = k_hat_n @ cov  # rows √G_t (P_0 k_t)ᵀ
@@ -179,8 +197,9 @@ def _covariance_path(q: Tensor, k: Tensor, noise: Tensor, retention: Tensor, cov
         x_n = torch.linalg.solve_triangular(ratio_sqrt_n * factor, torch.addcmul(rhs_n, cum_sqrt_n, pk), upper=False)
         x_tail = tail_sqrt_n * x_n  # rows sqrt(G_C/G_i) x_i
         # 5. P_C = (1 − G_C) I + G_C P_0 − Σ_i (G_C/G_i) x_i x_iᵀ
-        cov = torch.baddbmm(torch.addcmul(reset_chunk_n, retention_chunk_n, cov), x_tail.transpose(-1, -2), x_tail,
-                            alpha=-1)
+        cov = torch.baddbmm(
+            torch.addcmul(reset_chunk_n, retention_chunk_n, cov), x_tail.transpose(-1, -2), x_tail, alpha=-1
+        )
         xs.append(x_n)
         pivots.append(factor.diagonal(dim1=-2, dim2=-1))
     failed = torch.stack(failures).any()

@@ -22,11 +22,25 @@ from probseq.ops.validation import (
 from probseq.types import BayesState, FilterOutput, Impl, resolve_impl
 
 
-def bayes_filter(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, beta: Tensor, gamma: Tensor | None, *,
-                 scale: float | None = None, initial_state: BayesState | None = None,
-                 output_final_state: bool = False, output_variance: bool = False, impl: Impl = "auto",
-                 chunk_size: int = 64, r_min: float = R_MIN, cu_seqlens: Tensor | None = None,
-                 validate: bool = True, covariance_dtype: torch.dtype | None = None) -> FilterOutput:
+def bayes_filter(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor | None,
+    beta: Tensor,
+    gamma: Tensor | None,
+    *,
+    scale: float | None = None,
+    initial_state: BayesState | None = None,
+    output_final_state: bool = False,
+    output_variance: bool = False,
+    impl: Impl = "auto",
+    chunk_size: int = 64,
+    r_min: float = R_MIN,
+    cu_seqlens: Tensor | None = None,
+    validate: bool = True,
+    covariance_dtype: torch.dtype | None = None,
+) -> FilterOutput:
     """The Bayesian Layer: exact filter of the regression design (docs/design-model.md; symbols and names:
     docs/notation.md).
 
@@ -70,22 +84,50 @@ def bayes_filter(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, beta: Tensor
     check_gate("g (log decay)", g, shape, layout, checks, high=0.0, device=k.device)
     check_gate("beta", beta, shape, layout, checks, low=0.0, high=1.0, device=k.device)
     check_gate("gamma (certainty retention)", gamma, shape, layout, checks, low=0.0, high=1.0, device=k.device)
-    state = check_state("initial_state", initial_state, batch if cu_seqlens is None else cu_seqlens.numel() - 1,
-                        heads, key_dim, value_dim, checks, with_cov=True)
+    state = check_state(
+        "initial_state",
+        initial_state,
+        batch if cu_seqlens is None else cu_seqlens.numel() - 1,
+        heads,
+        key_dim,
+        value_dim,
+        checks,
+        with_cov=True,
+    )
     if checks is not None:
         for name, x in (("q", q), ("k", k), ("v", v)):
             checks.finite(name, x)
         checks.resolve()
     dtype = compute_dtype(q, k, v, g, beta, gamma, *(state or ()))
     design = regression_design(g, beta, gamma, scale=scale, initial_state=state, r_min=r_min, dtype=dtype)
-    return filter_design(design, q, k, v, form=form, chunk_size=chunk_size, output_final_state=output_final_state,
-                         output_variance=output_variance, cu_seqlens=cu_seqlens, validate=validate,
-                         covariance_dtype=covariance_dtype)
+    return filter_design(
+        design,
+        q,
+        k,
+        v,
+        form=form,
+        chunk_size=chunk_size,
+        output_final_state=output_final_state,
+        output_variance=output_variance,
+        cu_seqlens=cu_seqlens,
+        validate=validate,
+        covariance_dtype=covariance_dtype,
+    )
 
 
-def bayes_step(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, beta: Tensor, gamma: Tensor | None,
-               state: BayesState | None, *, scale: float | None = None, r_min: float = R_MIN,
-               validate: bool = True) -> FilterOutput:
+def bayes_step(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor | None,
+    beta: Tensor,
+    gamma: Tensor | None,
+    state: BayesState | None,
+    *,
+    scale: float | None = None,
+    r_min: float = R_MIN,
+    validate: bool = True,
+) -> FilterOutput:
     """One decoding step of the Bayesian Layer, ``O(K² + KV)`` per head at any position.
 
     Args:
@@ -116,14 +158,18 @@ def bayes_step(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, beta: Tensor, 
         checks.resolve()
     dtype = compute_dtype(q, k, v, g, beta, gamma, *(state or ()))
     design = regression_design(g, beta, gamma, scale=scale, initial_state=state, r_min=r_min, dtype=dtype)
-    current = design.prior.initial_state(batch, heads, key_dim, value_dim, track_cov=True, dtype=dtype,
-                                         device=v.device)
+    current = design.prior.initial_state(batch, heads, key_dim, value_dim, track_cov=True, dtype=dtype, device=v.device)
     log_decay = q.new_zeros(shape, dtype=dtype) if g is None else design.dynamics.log_decay
-    output, current, variance = bayes_step_core(q.to(dtype), k.to(dtype), v.to(dtype), log_decay, design.write.noise,
-                                                design.dynamics.retention, current, scale)
+    output, current, variance = bayes_step_core(
+        q.to(dtype), k.to(dtype), v.to(dtype), log_decay, design.write.noise, design.dynamics.retention, current, scale
+    )
     if checks is not None:
-        checks.require(torch.isfinite(output.detach()).all(), lambda: (
-            "the step's output is not finite although its inputs are: the covariance became singular "
-            "(γ = 1 with r = 0) or values overflowed; raise r_min or rescale the inputs"))
+        checks.require(
+            torch.isfinite(output.detach()).all(),
+            lambda: (
+                "the step's output is not finite although its inputs are: the covariance became singular "
+                "(γ = 1 with r = 0) or values overflowed; raise r_min or rescale the inputs"
+            ),
+        )
         checks.resolve()
     return FilterOutput(output.to(v.dtype), current, variance)

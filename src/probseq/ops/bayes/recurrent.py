@@ -19,8 +19,16 @@ from torch import Tensor
 from probseq.types import BayesState
 
 
-def bayes_step_core(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, noise: Tensor, retention: Tensor | None,
-                    state: BayesState, scale: float) -> tuple[Tensor, BayesState, Tensor]:
+def bayes_step_core(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    log_decay: Tensor,
+    noise: Tensor,
+    retention: Tensor | None,
+    state: BayesState,
+    scale: float,
+) -> tuple[Tensor, BayesState, Tensor]:
     """One filter step on validated inputs in the compute dtype (names: docs/notation.md).
 
     Args:
@@ -51,8 +59,16 @@ def bayes_step_core(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, noise: T
     return output, BayesState(mean, cov), variance
 
 
-def bayes_recurrent(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, noise: Tensor, retention: Tensor | None,
-                    state: BayesState, scale: float) -> tuple[Tensor, BayesState, Tensor]:
+def bayes_recurrent(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    log_decay: Tensor,
+    noise: Tensor,
+    retention: Tensor | None,
+    state: BayesState,
+    scale: float,
+) -> tuple[Tensor, BayesState, Tensor]:
     """:func:`bayes_step_core` over ``T`` tokens.
 
     Args:
@@ -65,8 +81,9 @@ def bayes_recurrent(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, noise: T
     outputs, variances = [], []
     # unbind, not x[:, t]: each slice's backward would allocate a full-size gradient (quadratic in T).
     retentions = [None] * k.shape[1] if retention is None else retention.unbind(1)
-    for q_t, k_t, v_t, log_decay_t, noise_t, retention_t in zip(q.unbind(1), k.unbind(1), v.unbind(1),
-                                                                log_decay.unbind(1), noise.unbind(1), retentions):
+    for q_t, k_t, v_t, log_decay_t, noise_t, retention_t in zip(
+        q.unbind(1), k.unbind(1), v.unbind(1), log_decay.unbind(1), noise.unbind(1), retentions
+    ):
         out, state, var = bayes_step_core(q_t, k_t, v_t, log_decay_t, noise_t, retention_t, state, scale)
         outputs.append(out)
         variances.append(var)

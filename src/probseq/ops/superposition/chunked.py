@@ -10,8 +10,16 @@ from probseq.ops.chunks import from_chunks, to_chunks
 from probseq.ops.segsum import segsum
 
 
-def superposition_chunked(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor | None, weight: Tensor | None,
-                          mean: Tensor, scale: float, chunk_size: int) -> tuple[Tensor, Tensor]:
+def superposition_chunked(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    log_decay: Tensor | None,
+    weight: Tensor | None,
+    mean: Tensor,
+    scale: float,
+    chunk_size: int,
+) -> tuple[Tensor, Tensor]:
     """Chunked linear attention with decay masks; inputs as :func:`superposition_recurrent`.
 
     Per chunk, with ``b_t = Σ_{l≤t} log α_l`` (in-chunk) and ``ṽ_j = β_j v_j``::
@@ -47,8 +55,9 @@ def superposition_chunked(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor | N
         carry = log_decay.sum(-1).exp()[..., None, None]
     intra = scores @ v  # [N,B·H,C,V], all chunks at once
     outputs = []
-    for intra_n, q_n, k_n, v_n, carry_n in zip(intra.unbind(0), q_decayed.unbind(0), k_decayed.unbind(0),
-                                               v.unbind(0), carry.unbind(0)):
+    for intra_n, q_n, k_n, v_n, carry_n in zip(
+        intra.unbind(0), q_decayed.unbind(0), k_decayed.unbind(0), v.unbind(0), carry.unbind(0)
+    ):
         outputs.append(intra_n + q_n @ mean.transpose(-1, -2))
         mean = carry_n * mean + v_n.transpose(-1, -2) @ k_n
     return from_chunks(torch.stack(outputs), length, batch), mean.unflatten(0, (batch, heads))

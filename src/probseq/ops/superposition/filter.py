@@ -20,18 +20,36 @@ from probseq.ops.validation import (
 from probseq.types import BayesState, FilterOutput, Impl, resolve_impl
 
 
-def _check_gates(g: Tensor | None, beta: Tensor | None, shape: tuple[int, ...], layout: str, key_dim: int,
-                 checks: ValueChecks | None, device: torch.device) -> None:
+def _check_gates(
+    g: Tensor | None,
+    beta: Tensor | None,
+    shape: tuple[int, ...],
+    layout: str,
+    key_dim: int,
+    checks: ValueChecks | None,
+    device: torch.device,
+) -> None:
     check_gate("g (log decay)", g, shape, layout, checks, high=0.0, allow_channel=key_dim, device=device)
     check_gate("beta (evidence weight)", beta, shape, layout, checks, low=0.0, device=device)
     if checks is not None and beta is not None:
         checks.finite("beta (evidence weight)", beta)
 
 
-def superposition_filter(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = None, beta: Tensor | None = None, *,
-                         scale: float | None = None, initial_state: BayesState | Tensor | None = None,
-                         output_final_state: bool = False, impl: Impl = "auto", chunk_size: int | None = None,
-                         cu_seqlens: Tensor | None = None, validate: bool = True) -> FilterOutput:
+def superposition_filter(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor | None = None,
+    beta: Tensor | None = None,
+    *,
+    scale: float | None = None,
+    initial_state: BayesState | Tensor | None = None,
+    output_final_state: bool = False,
+    impl: Impl = "auto",
+    chunk_size: int | None = None,
+    cu_seqlens: Tensor | None = None,
+    validate: bool = True,
+) -> FilterOutput:
     """Exact filter of the superposition design: ``M_t = M_{t-1} ⊙ decay_t + β_t v_t k_tᵀ``
     (docs/design-model.md §7; symbols and names: docs/notation.md).
 
@@ -58,21 +76,47 @@ def superposition_filter(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = Non
     checks = ValueChecks() if validate else None
     cu_seqlens = check_cu_seqlens(cu_seqlens, batch, length, checks)
     _check_gates(g, beta, (batch, length, heads), "[B, T, H]", key_dim, checks, k.device)
-    state = check_state("initial_state", initial_state, batch if cu_seqlens is None else cu_seqlens.numel() - 1,
-                        heads, key_dim, value_dim, checks, with_cov=False)
+    state = check_state(
+        "initial_state",
+        initial_state,
+        batch if cu_seqlens is None else cu_seqlens.numel() - 1,
+        heads,
+        key_dim,
+        value_dim,
+        checks,
+        with_cov=False,
+    )
     if checks is not None:
         for name, x in (("q", q), ("k", k), ("v", v)):
             checks.finite(name, x)
         checks.resolve()
     dtype = compute_dtype(q, k, v, g, beta, *(state or ()))
     design = superposition_design(g, beta, scale=scale, initial_state=state, dtype=dtype)
-    return filter_design(design, q, k, v, form=form, chunk_size=chunk_size, output_final_state=output_final_state,
-                         output_variance=False, cu_seqlens=cu_seqlens, validate=validate)
+    return filter_design(
+        design,
+        q,
+        k,
+        v,
+        form=form,
+        chunk_size=chunk_size,
+        output_final_state=output_final_state,
+        output_variance=False,
+        cu_seqlens=cu_seqlens,
+        validate=validate,
+    )
 
 
-def superposition_step(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = None, beta: Tensor | None = None,
-                       state: BayesState | Tensor | None = None, *, scale: float | None = None,
-                       validate: bool = True) -> FilterOutput:
+def superposition_step(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor | None = None,
+    beta: Tensor | None = None,
+    state: BayesState | Tensor | None = None,
+    *,
+    scale: float | None = None,
+    validate: bool = True,
+) -> FilterOutput:
     """One decoding step of the superposition design: ``q, k [B, H, K]``, ``v [B, H, V]``, ``g [B, H]`` or
     ``[B, H, K]``, ``beta [B, H]`` the evidence weight ``β ≥ 0`` (as in :func:`superposition_filter`).
 
@@ -89,9 +133,18 @@ def superposition_step(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = None,
             checks.finite(name, x)
         checks.resolve()
     dtype = compute_dtype(q, k, v, g, beta, *(state or ()))
-    mean = (torch.zeros(batch, heads, value_dim, key_dim, dtype=dtype, device=v.device) if state is None
-            else state.mean.to(dtype))
-    output, mean = superposition_step_core(q.to(dtype), k.to(dtype), v.to(dtype),
-                                           None if g is None else g.to(dtype),
-                                           None if beta is None else beta.to(dtype), mean, scale)
+    mean = (
+        torch.zeros(batch, heads, value_dim, key_dim, dtype=dtype, device=v.device)
+        if state is None
+        else state.mean.to(dtype)
+    )
+    output, mean = superposition_step_core(
+        q.to(dtype),
+        k.to(dtype),
+        v.to(dtype),
+        None if g is None else g.to(dtype),
+        None if beta is None else beta.to(dtype),
+        mean,
+        scale,
+    )
     return FilterOutput(output.to(v.dtype), BayesState(mean, None), None)

@@ -20,8 +20,9 @@ def _decay_columns(mean: Tensor, log_decay: Tensor) -> Tensor:
     return mean * (decay[..., None, None] if decay.dim() == 2 else decay[:, :, None, :])
 
 
-def superposition_step_core(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor | None, weight: Tensor | None,
-                            mean: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+def superposition_step_core(
+    q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor | None, weight: Tensor | None, mean: Tensor, scale: float
+) -> tuple[Tensor, Tensor]:
     """One token: ``q, k [B, H, K]``, ``v [B, H, V]``, ``log_decay [B, H]`` or ``[B, H, K]``, evidence weight
     ``weight [B, H]`` (names: docs/notation.md).
 
@@ -36,8 +37,9 @@ def superposition_step_core(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor |
     return torch.einsum("bhvk,bhk->bhv", mean, q * scale), mean
 
 
-def superposition_recurrent(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor | None, weight: Tensor | None,
-                            mean: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+def superposition_recurrent(
+    q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor | None, weight: Tensor | None, mean: Tensor, scale: float
+) -> tuple[Tensor, Tensor]:
     """:func:`superposition_step_core` over ``T`` tokens; inputs ``[B, T, H, ·]``.
 
     Returns:
