@@ -196,8 +196,8 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         "missing-unitriangular",
         BAYES_CHUNKED,
-        "upper=False, unitriangular=True)",
-        "upper=False, unitriangular=False)",
+        "upper=False, unitriangular=True\n",
+        "upper=False, unitriangular=False\n",
         "Mean path step 6: (I + T) E = V solved with T's own diagonal k_t^T w_t = |k_t|^2/s_t instead of the "
         "implied unit diagonal.",
     ),
