@@ -22,6 +22,7 @@ demo: install
 
 test: install
 	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/ruff format --check src tests scripts
 	$(PY) -m pytest -q
 
 test-slow: install
