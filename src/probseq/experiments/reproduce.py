@@ -180,9 +180,13 @@ def sections(config: ReproduceConfig, out: Path) -> list[tuple[str, Callable[[],
     ]
 
 
-def run_reproduce(config: ReproduceConfig, out: str | os.PathLike, *, log=None) -> dict[str, Any]:
+def run_reproduce(
+    config: ReproduceConfig, out: str | os.PathLike, *, log=None, evidence: str | os.PathLike | None = "results"
+) -> dict[str, Any]:
     """Run (or resume) every section into ``out``; write ``REPORT.md`` and ``results.json``; return the results.
-    An ``out`` holding the results of another config is refused before any work."""
+    An ``out`` holding the results of another config is refused before any work. ``evidence``: the folder of
+    committed results (the repository's ``results/``) whose paired studies the report quotes beside its own
+    runs (``None`` or a missing folder: not quoted)."""
     log = log or (lambda text: print(text, file=sys.stderr, flush=True))
     out = check_writable(out)
     config.validate()
@@ -213,6 +217,7 @@ def run_reproduce(config: ReproduceConfig, out: str | os.PathLike, *, log=None) 
         "this_run_s": time.perf_counter() - started,
         "sections_from_cache": sum(t["cached"] for t in timing.values()),
         "num_sections": len(plan),
+        "paired_studies": read_paired_studies(evidence),
     }
     atomic_write_json(out / "results.json", summary)
     atomic_write_text(out / "REPORT.md", report(summary))
@@ -220,6 +225,46 @@ def run_reproduce(config: ReproduceConfig, out: str | os.PathLike, *, log=None) 
 
 
 # ---------------------------------------------------------------------------------------------- verdicts
+
+PAIRED_STUDIES = ("recall", "mqar")  # results/<study>_paired/summary.json, written by scripts/paired_study.py
+
+
+def read_paired_studies(evidence: str | os.PathLike | None) -> dict[str, Any]:
+    """``{study: summary.json of results/<study>_paired}`` for the studies whose summary exists (a damaged one is
+    reported as ``{"error": ...}``, never silently skipped)."""
+    found: dict[str, Any] = {}
+    if evidence is None:
+        return found
+    for study in PAIRED_STUDIES:
+        path = Path(evidence) / f"{study}_paired" / "summary.json"
+        if path.is_file():
+            try:
+                found[study] = json.loads(path.read_text())
+            except (OSError, ValueError) as error:
+                found[study] = {"error": f"{path}: {error}"}
+    return found
+
+
+def paired_verdict(study: str, paired: dict[str, Any] | None) -> str:
+    """The committed paired study's verdicts (Bayesian Layer − Gated DeltaNet per primary endpoint, 95 % t-interval
+    over paired seeds) — the evidence that decides, beside this run's single-seed demo comparison."""
+    folder = f"`results/{study}_paired/`"
+    if paired is None:
+        return f"**Paired study** ({folder}): not in this checkout."
+    if "error" in paired:
+        return f"**Paired study** ({folder}): unreadable ({paired['error']})."
+    rows = [r for r in paired.get("paired", []) if r["analysis"] == "all"]
+    if not rows:
+        return f"**Paired study** ({folder}): under way; no paired difference yet (stage 2 not finished)."
+    parts = [
+        f"{r['endpoint']} {r['mean_difference']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] over {r['seeds']} seeds: "
+        f"**{r['verdict']}**"
+        for r in rows
+    ]
+    return (
+        f"**Paired study** ({folder}, the evidence that decides; the Bayesian Layer = `{paired['bayesian_layer']}`): "
+        f"Bayesian − Gated DeltaNet test accuracy, 95 % interval — " + "; ".join(parts) + "."
+    )
 
 
 def _beyond_points(study: str, results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -295,7 +340,7 @@ def learned_verdict(study: str, results: dict[str, Any]) -> str:
     if c["seeds"] == 1:
         text += (
             " One seed: no confidence interval, so this comparison is **inconclusive** at this scale; "
-            "the `cpu` preset (3 seeds) is the evidence."
+            "the paired study below (10 paired seeds, endpoints fixed in advance) is the evidence."
         )
     else:
         text += f" {c['resolved']} of {c['points']} differences exceed the two 95% CIs combined ({c['seeds']} seeds)."
@@ -547,6 +592,7 @@ def report(summary: dict[str, Any]) -> str:
         ]
         lines += [f"![{p}]({study}/{p})" for p in plots]
         lines += ["", learned_verdict(study, r) + f" Command: `probseq {study} --preset {preset} --out DIR`.", ""]
+        lines += [paired_verdict(study, summary.get("paired_studies", {}).get(study)), ""]
 
     # 7 distillation, 8 efficiency
     lines += [
