@@ -7,14 +7,13 @@ import argparse
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 import probseq_cli
 from probseq.cli import RESUMABLE, build_parser, command_function
 from probseq_cli import parsers
-from tests.conftest import OUTSIDE_DOCUMENTS
+from tests.helpers import OUTSIDE_DOCUMENTS, REPO
 
 COMMANDS = build_parser()._subparsers._group_actions[0].choices  # name → its ArgumentParser
 
@@ -166,14 +165,11 @@ def test_a_missing_extra_is_one_line_that_names_it(monkeypatch, capsys, missing,
 def test_the_extra_packages_are_those_of_pyproject():
     """``EXTRA_PACKAGES``: the import names of the packages the ``hf``, ``train`` and ``experiments`` extras add."""
     import re
-    from pathlib import Path
 
     import probseq.cli
 
     tomllib = pytest.importorskip("tomllib")
-    extras = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"][
-        "optional-dependencies"
-    ]
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     packages = {re.match(r"[\w.-]+", r)[0] for name in ("hf", "train", "experiments") for r in extras[name]}
     assert {p.replace("-", "_") for p in packages if not p.startswith("probseq")} == probseq.cli.EXTRA_PACKAGES
 
@@ -263,7 +259,7 @@ def every_help(parser: argparse.ArgumentParser, name: str = "probseq"):
 
 #: reST markup, and names of documents that are not in the repository.
 MARKUP = re.compile(r"``|:[a-z]+:`|" + OUTSIDE_DOCUMENTS.pattern)
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+SCRIPTS = REPO / "scripts"
 
 
 def test_no_help_shows_markup_or_documents_outside_the_repository():

@@ -9,7 +9,7 @@ import torch
 
 from probseq.layers import Attention, BayesianLayer, DeltaNet, GatedDeltaNet, LinearAttention, Mamba2
 from probseq.ops import bayes_filter, superposition_filter
-from tests.conftest import assert_close
+from tests.helpers import assert_close, tiny_train_config
 
 LAYERS = {
     "bayesian": (BayesianLayer, dict(hidden_size=32, num_heads=2, head_dim=16)),
@@ -110,9 +110,8 @@ def test_training_config_compile_reaches_the_trainer_and_keeps_eager_fingerprint
     import dataclasses
 
     from probseq.train.trainer import training_arguments
-    from tests.test_train import tiny_config
 
-    eager, compiled = tiny_config(), tiny_config(compile=True)
+    eager, compiled = tiny_train_config(), tiny_train_config(compile=True)
     assert "compile" not in eager.identity() and compiled.identity()["compile"] is True
     assert compiled.fingerprint() != eager.fingerprint()
     assert dataclasses.replace(compiled, compile=False).fingerprint() == eager.fingerprint()

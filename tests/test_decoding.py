@@ -7,9 +7,7 @@ import pytest
 import torch
 
 from probseq.ops import bayes_filter, bayes_step, superposition_filter, superposition_step
-from tests.conftest import assert_close, bayes_inputs
-
-FIELDS = ("q", "k", "v", "g", "beta", "gamma")
+from tests.helpers import FIELDS, assert_close, bayes_inputs
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-9), (torch.float32, 1e-4)])

@@ -14,7 +14,6 @@ from transformers import AutoModelForCausalLM
 import probseq.models  # noqa: F401  (registers the Auto classes)
 from probseq.cli import main
 from probseq.data import corpus as corpus_lib
-from probseq.data import retrieval_documents
 from probseq.layers import BayesianLayer
 from probseq.train.distill import (
     convert_student,
@@ -28,38 +27,9 @@ from probseq.train.distill import (
     stage_steps,
 )
 from probseq.train.pretrain import pretrain, pretrain_config
+from tests.helpers import write_fake_corpus
 
 TINY = ["num_threads=1", "progress=false"]
-
-
-def write_fake_corpus(root: Path) -> corpus_lib.CorpusPaths:
-    """A small corpus in the real layout (jsonl files + manifest): sentences and generated retrieval text."""
-    texts = {
-        "kjv": [
-            f"In the beginning God created the heaven and the earth, chapter {i}. And the earth was without "
-            f"form, and void; and darkness was upon the face of the deep. " * 2
-            for i in range(120)
-        ],
-        "python_docs": [
-            f"The function number {i} returns a list of values. Call it with a key and a default; it "
-            "raises KeyError when the key is missing and returns None otherwise. " * 2
-            for i in range(120)
-        ],
-        "retrieval": [text for _, text in retrieval_documents(7, 60_000)],
-    }
-    paths = corpus_lib.corpus_paths(root)
-    root.mkdir(parents=True, exist_ok=True)
-    manifest = {"version": corpus_lib.CORPUS_VERSION, "sources": {}, "files": {}}
-    for name, docs in texts.items():
-        data = "".join(json.dumps({"source": name, "id": str(i), "text": t}) + "\n" for i, t in enumerate(docs))
-        paths.files[name].write_bytes(data.encode())
-        manifest["files"][name] = {
-            "documents": len(docs),
-            "characters": sum(map(len, docs)),
-            "bytes": len(data.encode()),
-        }
-    paths.manifest.write_text(json.dumps(manifest))
-    return paths
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

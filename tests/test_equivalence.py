@@ -8,9 +8,7 @@ import pytest
 import torch
 
 from probseq.ops import BayesState, bayes_filter, superposition_filter
-from tests.conftest import TOLERANCE, assert_close, bayes_inputs, stable_seed
-
-FIELDS = ("q", "k", "v", "g", "beta", "gamma")
+from tests.helpers import FIELDS, TOLERANCE, assert_close, bayes_inputs, stable_seed
 
 
 def _run_bayes(inputs, impl, chunk_size=16, requires_grad=True, reset=False):

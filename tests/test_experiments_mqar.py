@@ -14,6 +14,9 @@ from probseq import cli
 from probseq.experiments import mqar, recall
 from probseq.experiments.common import apply_overrides
 from probseq.train.sweep import Unit, best_by_validation, mean_ci95, run_units, runs_root
+from tests.helpers import REPO, quick_preset_argv
+
+pytestmark = pytest.mark.usefixtures("runs_in_tmp")
 
 TINY_MQAR = [
     'mixers=["bayesian","attention"]',
@@ -57,18 +60,9 @@ TINY_RECALL = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _runs_in_tmp(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-
-
-def _cli(command: str, out, overrides: list[str]) -> list[str]:
-    return [command, "--preset", "quick", "--out", str(out), *(arg for o in overrides for arg in ("--set", o))]
-
-
 def test_mqar_end_to_end_then_every_unit_from_the_cache(tmp_path, capsys):
     out = tmp_path / "mqar"
-    assert cli.main(_cli("mqar", out, TINY_MQAR)) == 0
+    assert cli.main(quick_preset_argv("mqar", out, TINY_MQAR)) == 0
     first = capsys.readouterr()
     for name in ("results.json", "mqar.csv", "mqar_runs.csv", "mqar_accuracy_vs_kv.png", "mqar_accuracy_vs_state.png"):
         assert (out / name).stat().st_size > 0, name
@@ -96,20 +90,23 @@ def test_mqar_end_to_end_then_every_unit_from_the_cache(tmp_path, capsys):
     kept = {p.name: sorted(q.name for q in p.iterdir()) for p in (runs_root() / "mqar").iterdir() if p.name != ".locks"}
     assert len(kept) == 8 and all(names == ["final", "probseq_train_config.json"] for names in kept.values())
 
-    assert cli.main(_cli("mqar", out, TINY_MQAR)) == 0
+    assert cli.main(quick_preset_argv("mqar", out, TINY_MQAR)) == 0
     second = capsys.readouterr()
     assert "8 of 8 units from the cache" in second.out
     assert "training" not in second.err
     again = json.loads((out / "results.json").read_text())
     assert again["points"] == results["points"] and again["from_cache"] == 8
     # run settings are not the config: threads, checkpoint interval and evaluation batch change no result
-    assert cli.main(_cli("mqar", out, [*TINY_MQAR, "num_threads=2", "save_steps=2", "eval_batch_size=8"])) == 0
+    assert (
+        cli.main(quick_preset_argv("mqar", out, [*TINY_MQAR, "num_threads=2", "save_steps=2", "eval_batch_size=8"]))
+        == 0
+    )
     assert "8 of 8 units from the cache" in capsys.readouterr().out
     rewritten = json.loads((out / "results.json").read_text())
     assert rewritten["points"] == results["points"]
 
     # another config into the same --out is refused before any work, naming what differs; nothing is replaced
-    assert cli.main(_cli("mqar", out, [*TINY_MQAR, "max_steps=4", 'mixers=["attention"]'])) == 2
+    assert cli.main(quick_preset_argv("mqar", out, [*TINY_MQAR, "max_steps=4", 'mixers=["attention"]'])) == 2
     refused = capsys.readouterr()
     assert "holds the results of another config" in refused.err and "training" not in refused.err
     assert 'max_steps (3 there, 4 now); mixers (["bayesian", "attention"] there, ["attention"] now)' in refused.err
@@ -119,7 +116,7 @@ def test_mqar_end_to_end_then_every_unit_from_the_cache(tmp_path, capsys):
 
 def test_recall_end_to_end_then_every_unit_from_the_cache(tmp_path, capsys):
     out = tmp_path / "recall"
-    assert cli.main(_cli("recall", out, TINY_RECALL)) == 0
+    assert cli.main(quick_preset_argv("recall", out, TINY_RECALL)) == 0
     first = capsys.readouterr()
     for name in ("results.json", "recall.csv", "recall_runs.csv", "recall_beyond_training.png"):
         assert (out / name).stat().st_size > 0, name
@@ -131,10 +128,12 @@ def test_recall_end_to_end_then_every_unit_from_the_cache(tmp_path, capsys):
         (m, n) for m in ("deltanet", "mamba2") for n in names
     }
     assert "| deltanet |" in first.out and "0 of 2 units from the cache" in first.out
-    assert cli.main(_cli("recall", out, TINY_RECALL)) == 0
+    assert cli.main(quick_preset_argv("recall", out, TINY_RECALL)) == 0
     assert "2 of 2 units from the cache" in capsys.readouterr().out
-    assert cli.main(_cli("recall", out, [*TINY_RECALL, "num_threads=2"])) == 0  # a run setting, not the config
-    assert cli.main(_cli("recall", out, [*TINY_RECALL, "eval_gaps=[8]"])) == 2
+    assert (
+        cli.main(quick_preset_argv("recall", out, [*TINY_RECALL, "num_threads=2"])) == 0
+    )  # a run setting, not the config
+    assert cli.main(quick_preset_argv("recall", out, [*TINY_RECALL, "eval_gaps=[8]"])) == 2
     assert "eval_gaps ([6] there, [8] now)" in capsys.readouterr().err
     assert list(json.loads((out / "results.json").read_text())["test_points"]) == names
 
@@ -215,15 +214,15 @@ def test_a_unit_finished_by_another_sweep_is_taken_from_its_final_folder(tmp_pat
 def test_unwritable_out_is_an_error_before_any_work(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    assert cli.main(_cli("mqar", blocker / "out", TINY_MQAR)) == 2
+    assert cli.main(quick_preset_argv("mqar", blocker / "out", TINY_MQAR)) == 2
     assert "not a writable folder" in capsys.readouterr().err
     assert not runs_root().exists()
 
 
 def test_bad_override_names_the_key(tmp_path, capsys):
-    assert cli.main(_cli("mqar", tmp_path, ["max_stepz=3"])) == 2
+    assert cli.main(quick_preset_argv("mqar", tmp_path, ["max_stepz=3"])) == 2
     assert "max_stepz" in capsys.readouterr().err
-    assert cli.main(_cli("recall", tmp_path, ["max_steps=lots"])) == 2
+    assert cli.main(quick_preset_argv("recall", tmp_path, ["max_steps=lots"])) == 2
     assert "max_steps" in capsys.readouterr().err
     with pytest.raises(ValueError, match="train_examples"):
         mqar.MQARConfig(train_examples=(1, 2))
@@ -236,7 +235,7 @@ def test_ctrl_c_says_how_to_resume(tmp_path, capsys, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(mqar, "run_mqar", interrupted)
-    assert cli.main(_cli("mqar", tmp_path, TINY_MQAR)) == 130
+    assert cli.main(quick_preset_argv("mqar", tmp_path, TINY_MQAR)) == 130
     assert "rerun the same command to resume" in capsys.readouterr().err
 
 
@@ -301,11 +300,9 @@ def test_the_committed_runs_are_still_the_presets_units():
     """A finished run is cached under ``<name>-<fingerprint>``. Any change to a preset or to what a config's
     fingerprint covers (a new TrainConfig field, say) would silently orphan the committed runs and retrain
     them: every committed run must still be a unit of its sweep, and its stored config must hash to its key."""
-    from pathlib import Path
-
     from probseq.train.config import TrainConfig, from_dict
 
-    root = Path(__file__).resolve().parents[1] / "results"
+    root = REPO / "results"
     sweeps = {
         "mqar_cpu": mqar.PRESETS["cpu"],
         "mqar_cpu_stationary": apply_overrides(mqar.PRESETS["cpu"], ['mixers=["bayesian"]', "retention=stationary"]),
@@ -362,9 +359,8 @@ def test_set_overrides_keep_the_unit_keys_of_cached_runs():
 
 def test_summarize_units_tabulates_every_committed_run(capsys):
     import runpy
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = REPO
     units = sorted((root / "results" / "mqar_cpu" / "units").glob("*.json"))
     summarize = runpy.run_path(str(root / "scripts" / "summarize_units.py"))["main"]
     assert summarize(str(root / "results" / "mqar_cpu" / "units")) == 0
@@ -380,9 +376,8 @@ def test_summarize_units_shows_a_diverged_run_as_diverged(tmp_path, capsys):
     """A diverged unit's record (no accuracies) is a row saying so, never a crash or an accuracy of 0."""
     import runpy
     import shutil
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = REPO
     finished = sorted((root / "results" / "mqar_cpu" / "units").glob("*.json"))[0]
     shutil.copy(finished, tmp_path / finished.name)
     record = json.loads(finished.read_text())
@@ -425,7 +420,7 @@ def test_a_saved_mqar_run_reproduces_its_recorded_test_accuracy_and_scores_new_p
         "seeds=[0]",
         "max_steps=8",
     ]
-    assert cli.main(_cli("mqar", tmp_path / "out", overrides)) == 0
+    assert cli.main(quick_preset_argv("mqar", tmp_path / "out", overrides)) == 0
     units = json.loads((tmp_path / "out" / "results.json").read_text())["units"]
     capsys.readouterr()
     runs = runs_root() / "mqar"
@@ -478,7 +473,7 @@ def test_a_saved_mqar_run_reproduces_its_recorded_test_accuracy_and_scores_new_p
 def test_a_saved_recall_run_reproduces_its_recorded_test_accuracy(tmp_path, capsys):
     """``probseq recall eval`` names points as the experiment does (inside, knob=value): the run's own test points
     give its recorded accuracy and loss exactly; a new point moves knobs from the run's inside point."""
-    assert cli.main(_cli("recall", tmp_path / "out", TINY_RECALL)) == 0
+    assert cli.main(quick_preset_argv("recall", tmp_path / "out", TINY_RECALL)) == 0
     units = json.loads((tmp_path / "out" / "results.json").read_text())["units"]
     capsys.readouterr()
     rows = _eval_rows(
@@ -512,7 +507,7 @@ def test_evaluating_saved_runs_names_what_is_wrong(tmp_path, capsys):
         ["mqar", "eval", "--run", str(tmp_path / "nowhere"), "--points", "16,2", "--out", str(tmp_path / "e.csv")]
     )
     overrides = [o for o in TINY_MQAR if not o.startswith(("mixers", "seeds"))] + ['mixers=["attention"]', "seeds=[0]"]
-    assert cli.main(_cli("mqar", tmp_path / "out", overrides)) == 0
+    assert cli.main(quick_preset_argv("mqar", tmp_path / "out", overrides)) == 0
     capsys.readouterr()
     runs = sorted((runs_root() / "mqar").glob("attention-*"))
     assert "vocab_size must be > input_seq_len" in error(

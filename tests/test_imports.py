@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+from tests.helpers import REPO
+
+SRC = REPO / "src"
 
 #: The library: what ``pip install probseq`` (with the ``hf`` extra for ``models`` and ``interop``) is for
 #: (docs/architecture.md, floors 0–4).

@@ -32,7 +32,7 @@ from probseq.cli import main as cli_main
 from probseq.interop.fla import FIXED_FIELDS, KERNEL_CHOICES, MAPPED_FIELDS, config_from_fla, convert_fla, export_fla
 from probseq.layers import BayesianLayer
 from probseq.models import ProbSeqConfig, ProbSeqForCausalLM
-from tests.conftest import TOLERANCE, assert_close
+from tests.helpers import TOLERANCE, assert_close
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # fla warns that Triton and flash-attn are unavailable on CPU

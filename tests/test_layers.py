@@ -26,7 +26,7 @@ from probseq.layers import (
     Mamba2,
     RecurrentState,
 )
-from tests.conftest import assert_close
+from tests.helpers import DictCache, assert_close
 
 fla_layers = pytest.importorskip("fla.layers")
 from fla.modules.norm.layernorm_gated import rms_norm_ref  # noqa: E402
@@ -56,20 +56,6 @@ def make(name: str, **overrides) -> torch.nn.Module:
     }[name]
     kwargs.update(layer_idx=0, **overrides)
     return MIXERS[name](**kwargs)
-
-
-class DictCache:
-    """The minimal cache protocol of probseq.layers.state (the models' ProbSeqCache is tested elsewhere)."""
-
-    def __init__(self):
-        self.states, self.seen = {}, {}
-
-    def get_layer_state(self, layer_idx):
-        return self.states.get(layer_idx)
-
-    def update_layer_state(self, layer_idx, state, num_tokens):
-        self.states[layer_idx] = state
-        self.seen[layer_idx] = self.seen.get(layer_idx, 0) + num_tokens
 
 
 def flat_state(state, name: str) -> list[torch.Tensor]:

@@ -13,48 +13,16 @@ from transformers import AutoConfig, AutoModelForCausalLM
 import probseq.models  # noqa: F401  (registers the Auto classes)
 from probseq.layers import MIXERS, KVState, RecurrentState
 from probseq.models import ProbSeqCache, ProbSeqConfig, ProbSeqForCausalLM, ProbSeqModel
-from tests.conftest import assert_close
+from tests.helpers import TINY_LM_PAD, TINY_LM_VOCAB, assert_close, tiny_lm, tiny_lm_config
 
-VOCAB, PAD = 61, 0
 CASES = [*MIXERS, "hybrid"]  # every mixer alone, and Bayesian layers with attention every 2nd layer
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny_config(case: str = "bayesian", **overrides) -> ProbSeqConfig:
-    kwargs = dict(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_heads=2,
-        head_dim=8,
-        expand_v=1.0,
-        intermediate_size=48,
-        retention_init=0.5,
-        state_size=8,
-        attn_num_heads=4,
-        attn_num_kv_heads=2,
-        chunk_size=8,
-        pad_token_id=PAD,
-        bos_token_id=None,
-        eos_token_id=None,
-    )
-    if case == "hybrid":
-        kwargs.update(mixer="bayesian", attn_every=2)
-    else:
-        kwargs.update(mixer=case)
-    kwargs.update(overrides)
-    return ProbSeqConfig(**kwargs)
-
-
-def tiny_model(case: str = "bayesian", seed: int = 0, **overrides) -> ProbSeqForCausalLM:
-    torch.manual_seed(seed)
-    return ProbSeqForCausalLM(tiny_config(case, **overrides)).eval()
-
-
 def prompts(batch: int = 2, length: int = 9, seed: int = 0) -> torch.Tensor:
-    return torch.randint(3, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+    return torch.randint(3, TINY_LM_VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
 def greedy(model, ids, attention_mask=None, new_tokens=6):
@@ -70,7 +38,7 @@ def greedy(model, ids, attention_mask=None, new_tokens=6):
 
 @pytest.mark.parametrize("case", CASES)
 def test_generate_equals_full_forward(case):
-    model = tiny_model(case)
+    model = tiny_lm(case)
     ids = prompts()
     lengths = []
     hook = model.model.embeddings.register_forward_pre_hook(lambda module, args: lengths.append(args[0].shape[1]))
@@ -87,9 +55,9 @@ def test_generate_equals_full_forward(case):
 
 @pytest.mark.parametrize("case", CASES)
 def test_left_padded_generate_equals_sequences_one_by_one(case):
-    model = tiny_model(case)
+    model = tiny_lm(case)
     lengths, width = [9, 5, 2], 9
-    ids = torch.full((3, width), PAD)
+    ids = torch.full((3, width), TINY_LM_PAD)
     mask = torch.zeros(3, width, dtype=torch.long)
     for i, n in enumerate(lengths):
         ids[i, width - n :] = prompts(1, n, seed=i)[0]
@@ -107,7 +75,7 @@ def test_left_padded_generate_equals_sequences_one_by_one(case):
 
 
 def test_sampling_generate():
-    model = tiny_model("hybrid")
+    model = tiny_lm("hybrid")
     ids = prompts()
     top1 = model.generate(ids, max_new_tokens=5, do_sample=True, top_k=1)
     assert torch.equal(top1, greedy(model, ids, new_tokens=5).sequences)
@@ -116,17 +84,17 @@ def test_sampling_generate():
     torch.manual_seed(1)
     again = model.generate(ids, max_new_tokens=5, do_sample=True, temperature=1.5, num_return_sequences=2)
     assert first.shape == (4, 14) and torch.equal(first, again)
-    assert bool((first >= 0).all()) and bool((first < VOCAB).all())
+    assert bool((first >= 0).all()) and bool((first < TINY_LM_VOCAB).all())
 
 
 def test_beam_search_runs_through_the_cache():
-    model = tiny_model("hybrid")
+    model = tiny_lm("hybrid")
     out = model.generate(prompts(), max_new_tokens=4, num_beams=3, do_sample=False)
     assert out.shape == (2, 13)
 
 
 def test_cache_reorders_and_stays_constant_size():
-    model = tiny_model("hybrid")
+    model = tiny_lm("hybrid")
     ids = prompts()
     out = model(ids, use_cache=True)
     cache = out.cache
@@ -151,10 +119,10 @@ def test_cache_reorders_and_stays_constant_size():
 
 @pytest.mark.parametrize("case", CASES)
 def test_cu_seqlens_packing_equals_padding(case):
-    model = tiny_model(case).model
+    model = tiny_lm(case).model
     lengths, width = [7, 3, 9], 9
     parts = [prompts(1, n, seed=i)[0] for i, n in enumerate(lengths)]
-    ids = torch.full((3, width), PAD)
+    ids = torch.full((3, width), TINY_LM_PAD)
     mask = torch.zeros(3, width, dtype=torch.long)
     for i, (n, part) in enumerate(zip(lengths, parts)):
         ids[i, width - n :], mask[i, width - n :] = part, 1
@@ -169,7 +137,7 @@ def test_cu_seqlens_packing_equals_padding(case):
 
 @pytest.mark.parametrize("tie", [False, True])
 def test_save_load_round_trip_is_exact(tmp_path, tie):
-    model = tiny_model("hybrid", tie_word_embeddings=tie)
+    model = tiny_lm("hybrid", tie_word_embeddings=tie)
     model.save_pretrained(tmp_path)
     files = os.listdir(tmp_path)
     assert "model.safetensors" in files and not any(f.endswith((".bin", ".pt", ".pth")) for f in files)
@@ -190,7 +158,7 @@ def test_save_load_round_trip_is_exact(tmp_path, tie):
 def test_a_head_left_untied_on_load_is_saved(tmp_path):
     # a config that asks for tying over a checkpoint with its own head: transformers keeps the head untied,
     # and saving the loaded model must then write it (the keys not saved are the ties that hold at save time)
-    model = tiny_model("hybrid", tie_word_embeddings=False)
+    model = tiny_lm("hybrid", tie_word_embeddings=False)
     assert model._keys_to_ignore_on_save == set()
     model.save_pretrained(tmp_path / "a")
     config = json.loads((tmp_path / "a" / "config.json").read_text())
@@ -201,12 +169,12 @@ def test_a_head_left_untied_on_load_is_saved(tmp_path):
     again = ProbSeqForCausalLM.from_pretrained(tmp_path / "b").eval()
     with torch.no_grad():
         assert torch.equal(again(prompts()).logits, model(prompts()).logits)
-    assert tiny_model("hybrid", tie_word_embeddings=True)._keys_to_ignore_on_save == {"lm_head.weight"}
+    assert tiny_lm("hybrid", tie_word_embeddings=True)._keys_to_ignore_on_save == {"lm_head.weight"}
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_gradients_reach_every_parameter(case):
-    model = tiny_model(case).train()
+    model = tiny_lm(case).train()
     ids = prompts(length=12)
     loss = model(ids, labels=ids).loss
     assert torch.isfinite(loss)
@@ -218,7 +186,7 @@ def test_gradients_reach_every_parameter(case):
 
 @pytest.mark.parametrize("case", CASES)
 def test_bf16_autocast_forward_backward_is_finite(case):
-    model = tiny_model(case).train()
+    model = tiny_lm(case).train()
     ids = prompts(length=12)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(ids, labels=ids)
@@ -228,7 +196,7 @@ def test_bf16_autocast_forward_backward_is_finite(case):
 
 
 def test_variance_side_channel():
-    model = tiny_model("hybrid").model
+    model = tiny_lm("hybrid").model
     ids = prompts()
     model(ids)
     assert model.variances() == [None, None]
@@ -238,8 +206,8 @@ def test_variance_side_channel():
 
 
 def test_learned_retention_model_starts_function_preserving():
-    gdn = tiny_model("gated_deltanet", retention_init=0.0)
-    bayes = ProbSeqForCausalLM(tiny_config("bayesian", retention="learned", retention_init=0.0)).eval()
+    gdn = tiny_lm("gated_deltanet", retention_init=0.0)
+    bayes = ProbSeqForCausalLM(tiny_lm_config("bayesian", retention="learned", retention_init=0.0)).eval()
     bayes.load_state_dict(gdn.state_dict(), strict=True)
     ids = prompts()
     assert_close(bayes(ids).logits, gdn(ids).logits, 1e-5, "Bayesian (learned, start) vs Gated DeltaNet")
@@ -261,7 +229,7 @@ def test_gated_deltanet_and_bayesian_models_start_paired_for_one_seed():
         "stationary": dict(retention="stationary"),
         "learned": dict(retention="learned"),
     }.items():
-        model = tiny_model(seed=4, retention_init=0.0, **({"case": "bayesian"} | overrides)).train()
+        model = tiny_lm(seed=4, retention_init=0.0, **({"case": "bayesian"} | overrides)).train()
         loss = model(ids, labels=ids).loss
         loss.backward()
         runs[name] = (
@@ -292,7 +260,7 @@ def test_gated_deltanet_and_bayesian_models_start_paired_for_one_seed():
 def test_fla_gated_deltanet_checkpoint_loads():
     fla_models = pytest.importorskip("fla.models")
     fla_config = fla_models.GatedDeltaNetConfig(
-        vocab_size=VOCAB,
+        vocab_size=TINY_LM_VOCAB,
         hidden_size=32,
         num_hidden_layers=2,
         num_heads=2,
@@ -301,13 +269,19 @@ def test_fla_gated_deltanet_checkpoint_loads():
         intermediate_size=48,
     )
     fla_model = fla_models.GatedDeltaNetForCausalLM(fla_config)
-    model = ProbSeqForCausalLM(tiny_config("bayesian", retention="learned", retention_init=0.0))
+    model = ProbSeqForCausalLM(tiny_lm_config("bayesian", retention="learned", retention_init=0.0))
     model.load_state_dict(fla_model.state_dict(), strict=True)
 
 
 def test_auto_classes_are_registered_on_import():
     config = AutoConfig.for_model(
-        "probseq", vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_heads=2, head_dim=8, intermediate_size=48
+        "probseq",
+        vocab_size=TINY_LM_VOCAB,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_heads=2,
+        head_dim=8,
+        intermediate_size=48,
     )
     assert isinstance(config, ProbSeqConfig)
     assert type(AutoModelForCausalLM.from_config(config)) is ProbSeqForCausalLM
@@ -333,11 +307,11 @@ def test_auto_classes_are_registered_on_import():
 )
 def test_bad_configs_raise(overrides, match):
     with pytest.raises(ValueError, match=match):
-        tiny_config(**overrides)
+        tiny_lm_config(**overrides)
 
 
 def test_initialisation_follows_fla_and_keeps_the_retention_start():
-    model = tiny_model("bayesian", retention_init=0.0, initializer_range=0.02)
+    model = tiny_lm("bayesian", retention_init=0.0, initializer_range=0.02)
     layer = model.model.layers[0].attn
     assert bool((layer.c_scale == 0).all()) and bool((layer.c_bias == 0).all())
     assert bool((layer.A_log.exp() >= 0).all()) and bool((layer.A_log.exp() <= 16).all())
@@ -352,7 +326,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     ids = prompts(length=12)
     grads = []
     for checkpointing in (False, True):
-        model = tiny_model("hybrid").train()
+        model = tiny_lm("hybrid").train()
         if checkpointing:
             model.activation_checkpointing_enable()
             assert all(block.gradient_checkpointing for block in model.model.layers)

@@ -9,9 +9,7 @@ import torch
 
 from probseq.design import DesignModel, LinearReadout, MatrixNormalPrior, MemoryDynamics, RegressionWrite
 from probseq.ops import bayes_filter, dense_conditioning, regression_design, run_filter
-from tests.conftest import assert_close, bayes_inputs, stable_seed
-
-FIELDS = ("q", "k", "v", "g", "beta", "gamma")
+from tests.helpers import assert_close, bayes_inputs, stable_seed
 
 
 @pytest.mark.parametrize("regime", ["random", "retain", "reset", "mixed"])

@@ -8,9 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from probseq.ops import bayes_filter
-from tests.conftest import assert_close, bayes_inputs
-
-FIELDS = ("q", "k", "v", "g", "beta", "gamma")
+from tests.helpers import FIELDS, assert_close, bayes_inputs
 
 
 @settings(max_examples=25, deadline=None)

@@ -5,12 +5,13 @@ comment ``# readme-test: skip``."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import torch
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+from tests.helpers import REPO
+
+README = REPO / "README.md"
 SKIP = "# readme-test: skip"
 
 

@@ -11,9 +11,8 @@ import torch.nn.functional as F
 
 from probseq import presets
 from probseq.ops import BayesState, bayes_filter, bayes_step, run_filter, superposition_filter, superposition_step
-from tests.conftest import assert_close, bayes_inputs
+from tests.helpers import FIELDS, assert_close, bayes_inputs
 
-FIELDS = ("q", "k", "v", "g", "beta", "gamma")
 IMPLS = ("reference", "recurrent", "chunked")
 
 

@@ -21,6 +21,7 @@ from probseq.layers import (
     SwiGLU,
 )
 from probseq.layers.mlp import swiglu_size
+from tests.helpers import DictCache
 
 D = 32  # hidden size of every layer here
 NAN, INF = float("nan"), float("inf")
@@ -60,19 +61,6 @@ def make(name: str, mode: str | None = None, **overrides) -> torch.nn.Module:
     kwargs.update(layer_idx=0, **overrides)
     torch.manual_seed(0)
     return MIXERS[name](**kwargs).eval()
-
-
-class DictCache:
-    """The minimal cache protocol of probseq.layers.state."""
-
-    def __init__(self):
-        self.states = {}
-
-    def get_layer_state(self, layer_idx):
-        return self.states.get(layer_idx)
-
-    def update_layer_state(self, layer_idx, state, num_tokens):
-        self.states[layer_idx] = state
 
 
 def inputs(batch=2, length=19, seed=0) -> torch.Tensor:

@@ -18,50 +18,21 @@ from transformers import AutoConfig, AutoModelForCausalLM
 import probseq.models  # noqa: F401  (registers the Auto classes)
 from probseq.layers import MIXERS
 from probseq.models import ProbSeqConfig, ProbSeqForCausalLM, ProbSeqModel, ZoologyConfig, ZoologyModel
+from tests.helpers import REPO, TINY_LM_PAD, TINY_LM_VOCAB, tiny_lm, tiny_lm_kwargs
 
-VOCAB, PAD = 61, 0
 CASES = [*MIXERS, "hybrid"]
-REPO = Path(__file__).resolve().parents[1]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny_kwargs(case: str = "bayesian", **overrides) -> dict:
-    kwargs = dict(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_heads=2,
-        head_dim=8,
-        expand_v=1.0,
-        intermediate_size=48,
-        retention_init=0.5,
-        state_size=8,
-        attn_num_heads=4,
-        attn_num_kv_heads=2,
-        chunk_size=8,
-        pad_token_id=PAD,
-        bos_token_id=None,
-        eos_token_id=None,
-    )
-    kwargs.update(mixer="bayesian", attn_every=2) if case == "hybrid" else kwargs.update(mixer=case)
-    kwargs.update(overrides)
-    return kwargs
-
-
-def tiny_model(case: str = "bayesian", seed: int = 0, **overrides) -> ProbSeqForCausalLM:
-    torch.manual_seed(seed)
-    return ProbSeqForCausalLM(ProbSeqConfig(**tiny_kwargs(case, **overrides))).eval()
-
-
 def ids(batch: int = 2, length: int = 7, seed: int = 0) -> torch.Tensor:
-    return torch.randint(3, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+    return torch.randint(3, TINY_LM_VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
 def saved(tmp_path: Path, model=None, name: str = "model") -> Path:
     folder = tmp_path / name
-    (model if model is not None else tiny_model()).save_pretrained(folder)
+    (model if model is not None else tiny_lm()).save_pretrained(folder)
     return folder
 
 
@@ -77,7 +48,7 @@ def edit_config(folder: Path, **changes) -> None:
 
 
 def test_misspelt_key_in_config_json_is_refused(tmp_path):
-    folder = saved(tmp_path, tiny_model(retention="reset"))
+    folder = saved(tmp_path, tiny_lm(retention="reset"))
     edit_config(folder, retension="reset")
     for load in (
         ProbSeqConfig.from_pretrained,
@@ -91,18 +62,18 @@ def test_misspelt_key_in_config_json_is_refused(tmp_path):
 
 def test_unknown_key_in_from_dict_constructor_and_overrides_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"'retension'.*'retention'"):
-        ProbSeqConfig.from_dict({**tiny_kwargs(), "retension": "reset"})
+        ProbSeqConfig.from_dict({**tiny_lm_kwargs(), "retension": "reset"})
     with pytest.raises(ValueError, match=r"'num_head'.*'num_heads'"):
-        ProbSeqConfig(**tiny_kwargs(), num_head=4)
+        ProbSeqConfig(**tiny_lm_kwargs(), num_head=4)
     with pytest.raises(ValueError, match="'rope_scaling'"):  # a transformers key probseq's attention ignores
-        ProbSeqConfig(**tiny_kwargs(), rope_scaling={"type": "linear", "factor": 2.0})
+        ProbSeqConfig(**tiny_lm_kwargs(), rope_scaling={"type": "linear", "factor": 2.0})
     folder = saved(tmp_path)
     with pytest.raises(ValueError, match=r"'norm_epsilon'.*'norm_eps'"):
         ProbSeqConfig.from_pretrained(folder, norm_epsilon=1e-5)
 
 
 def test_transformers_keys_still_load(tmp_path):
-    model = tiny_model()
+    model = tiny_lm()
     folder = saved(tmp_path, model)
     config = json.loads((folder / "config.json").read_text())
     assert {"architectures", "dtype", "transformers_version", "model_type"} <= set(config)
@@ -136,7 +107,7 @@ def _drop_tensor(folder: Path, name: str) -> None:
 
 
 def test_tensor_missing_from_the_checkpoint_is_an_error(tmp_path):
-    model = tiny_model()
+    model = tiny_lm()
     folder = saved(tmp_path, model)
     _drop_tensor(folder, "model.layers.1.attn.c_weight")
     for load in (ProbSeqForCausalLM.from_pretrained, AutoModelForCausalLM.from_pretrained):
@@ -149,7 +120,7 @@ def test_tensor_missing_from_the_checkpoint_is_an_error(tmp_path):
 
 def test_checkpoint_of_another_retention_is_an_error(tmp_path):
     """A checkpoint saved with retention='reset' loaded into a 'learned' config."""
-    folder = saved(tmp_path, tiny_model(retention="reset"))
+    folder = saved(tmp_path, tiny_lm(retention="reset"))
     edit_config(folder, retention="learned")
     with pytest.raises(ValueError, match=r"c_bias.*c_scale.*c_weight"):
         ProbSeqForCausalLM.from_pretrained(folder)
@@ -167,7 +138,7 @@ def test_unexpected_tensor_in_the_checkpoint_is_an_error(tmp_path):
 
 @pytest.mark.parametrize("tie", [True, False])
 def test_round_trips_and_tied_heads_still_load(tmp_path, tie):
-    model = tiny_model(tie_word_embeddings=tie)
+    model = tiny_lm(tie_word_embeddings=tie)
     folder = saved(tmp_path, model)
     loaded, info = ProbSeqForCausalLM.from_pretrained(folder, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
@@ -176,7 +147,7 @@ def test_round_trips_and_tied_heads_still_load(tmp_path, tie):
     assert (loaded.lm_head.weight is loaded.model.embeddings.weight) == tie
     base = ProbSeqModel.from_pretrained(folder)  # the body of a causal LM checkpoint: its head is not an error
     assert torch.equal(base.embeddings.weight, model.model.embeddings.weight)
-    zoology = ZoologyModel(ZoologyConfig(vocab_size=VOCAB, d_model=32))
+    zoology = ZoologyModel(ZoologyConfig(vocab_size=TINY_LM_VOCAB, d_model=32))
     zoology.save_pretrained(tmp_path / "zoology")
     assert torch.equal(ZoologyModel.from_pretrained(tmp_path / "zoology").lm_head.weight, zoology.lm_head.weight)
 
@@ -210,10 +181,10 @@ BAD_VALUES = [
     ("use_short_conv", 1),
     ("qkv_bias", None),
     ("tie_word_embeddings", "no"),
-    ("pad_token_id", VOCAB),
+    ("pad_token_id", TINY_LM_VOCAB),
     ("pad_token_id", -1),
     ("bos_token_id", 1.0),
-    ("eos_token_id", [2, VOCAB]),
+    ("eos_token_id", [2, TINY_LM_VOCAB]),
     ("attn_layers", 3),
     ("num_heads", True),
 ]
@@ -221,7 +192,7 @@ BAD_VALUES = [
 
 @pytest.mark.parametrize("field,value", BAD_VALUES, ids=[f"{f}={v!r}" for f, v in BAD_VALUES])
 def test_invalid_config_values_are_refused_naming_the_field(field, value):
-    kwargs = tiny_kwargs(**{field: value})
+    kwargs = tiny_lm_kwargs(**{field: value})
     if field == "hidden_ratio":
         kwargs["intermediate_size"] = None
     with pytest.raises(ValueError, match=rf"^{field}\b.*{value!r}".replace("[", r"\[").replace("(", r"\(")):
@@ -229,14 +200,14 @@ def test_invalid_config_values_are_refused_naming_the_field(field, value):
 
 
 def test_valid_edge_values_still_work():
-    ProbSeqConfig(**tiny_kwargs("attention", rope_theta=None, max_position_embeddings=None))
-    ProbSeqConfig(**tiny_kwargs(hidden_ratio=None, intermediate_size=None, r_min=0, retention_init=1))
-    ProbSeqConfig(**tiny_kwargs(eos_token_id=[1, 2], bos_token_id=1, pad_token_id=None, expand_v=2))
+    ProbSeqConfig(**tiny_lm_kwargs("attention", rope_theta=None, max_position_embeddings=None))
+    ProbSeqConfig(**tiny_lm_kwargs(hidden_ratio=None, intermediate_size=None, r_min=0, retention_init=1))
+    ProbSeqConfig(**tiny_lm_kwargs(eos_token_id=[1, 2], bos_token_id=1, pad_token_id=None, expand_v=2))
     ProbSeqConfig()  # the defaults
 
 
 def test_values_changed_after_construction_are_checked_when_a_model_is_built(tmp_path):
-    config = ProbSeqConfig(**tiny_kwargs())
+    config = ProbSeqConfig(**tiny_lm_kwargs())
     config.norm_eps = -1.0
     with pytest.raises(ValueError, match="norm_eps"):
         ProbSeqForCausalLM(config)
@@ -249,11 +220,11 @@ def test_values_changed_after_construction_are_checked_when_a_model_is_built(tmp
 
 def test_zoology_config_is_checked_the_same_way():
     with pytest.raises(ValueError, match="^norm_eps.*-1"):
-        ZoologyConfig(vocab_size=VOCAB, norm_eps=-1.0)
+        ZoologyConfig(vocab_size=TINY_LM_VOCAB, norm_eps=-1.0)
     with pytest.raises(ValueError, match="^initializer_range"):
-        ZoologyConfig(vocab_size=VOCAB, initializer_range=-0.02)
+        ZoologyConfig(vocab_size=TINY_LM_VOCAB, initializer_range=-0.02)
     with pytest.raises(ValueError, match=r"'d_modle'.*'d_model'"):
-        ZoologyConfig(vocab_size=VOCAB, d_modle=64)
+        ZoologyConfig(vocab_size=TINY_LM_VOCAB, d_modle=64)
     ZoologyConfig(vocab_size=2, d_model=16)  # tiny vocabularies stay valid (the mixer config has no token ids)
 
 
@@ -263,17 +234,17 @@ def test_zoology_config_is_checked_the_same_way():
 
 @pytest.mark.parametrize("case", CASES)
 def test_forward_of_an_empty_input_is_empty(case):
-    model = tiny_model(case)
+    model = tiny_lm(case)
     with torch.no_grad():
         out = model(ids(2, 0), output_hidden_states=True)
-        assert out.logits.shape == (2, 0, VOCAB)
+        assert out.logits.shape == (2, 0, TINY_LM_VOCAB)
         assert len(out.hidden_states) == 3 and all(h.shape == (2, 0, 32) for h in out.hidden_states)
         # with a cache: an empty step changes nothing
         prompt = ids(2, 5)
         cache = model(prompt).cache
         before = [layer.state for layer in cache.layers]
         empty = model(ids(2, 0), cache=cache, attention_mask=torch.ones(2, 5, dtype=torch.long))
-        assert empty.logits.shape == (2, 0, VOCAB) and empty.cache is cache
+        assert empty.logits.shape == (2, 0, TINY_LM_VOCAB) and empty.cache is cache
         assert [layer.state for layer in cache.layers] == before and cache.get_seq_length() == 5
         if case == "bayesian":  # the variance of an empty input is empty, not the last call's
             model(ids(2, 0), output_variance=True)
@@ -284,7 +255,7 @@ def test_forward_of_an_empty_input_is_empty(case):
 
 
 def test_generate_with_an_empty_prompt_is_refused():
-    model = tiny_model()
+    model = tiny_lm()
     with pytest.raises(ValueError, match=r"generate needs at least one prompt token.*\[2, 0\]"):
         model.generate(ids(2, 0), max_new_tokens=2)
     with pytest.raises(ValueError, match=r"generate needs at least one prompt token"):
@@ -292,35 +263,35 @@ def test_generate_with_an_empty_prompt_is_refused():
 
 
 def test_zoology_forward_of_an_empty_input_is_empty():
-    model = ZoologyModel(ZoologyConfig(vocab_size=VOCAB, d_model=32)).eval()
-    assert model(ids(2, 0)).logits.shape == (2, 0, VOCAB)
-    assert model(ids(2, 0), logits_mask=torch.zeros(2, 0, dtype=torch.bool)).logits.shape == (0, VOCAB)
+    model = ZoologyModel(ZoologyConfig(vocab_size=TINY_LM_VOCAB, d_model=32)).eval()
+    assert model(ids(2, 0)).logits.shape == (2, 0, TINY_LM_VOCAB)
+    assert model(ids(2, 0), logits_mask=torch.zeros(2, 0, dtype=torch.bool)).logits.shape == (0, TINY_LM_VOCAB)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Token ids outside the vocabulary.
 
 
-@pytest.mark.parametrize("bad", [VOCAB, VOCAB + 100, -1])
+@pytest.mark.parametrize("bad", [TINY_LM_VOCAB, TINY_LM_VOCAB + 100, -1])
 def test_out_of_vocabulary_input_ids_are_named(bad):
-    model = tiny_model()
+    model = tiny_lm()
     x = ids(2, 6)
     x[1, 4] = bad
-    with pytest.raises(ValueError, match=rf"input_ids\[1, 4\] = {bad}.*vocab_size={VOCAB}"):
+    with pytest.raises(ValueError, match=rf"input_ids\[1, 4\] = {bad}.*vocab_size={TINY_LM_VOCAB}"):
         model(x)
-    with pytest.raises(ValueError, match=rf"input_ids\[1, 4\] = {bad}.*vocab_size={VOCAB}"):
+    with pytest.raises(ValueError, match=rf"input_ids\[1, 4\] = {bad}.*vocab_size={TINY_LM_VOCAB}"):
         model.generate(x, max_new_tokens=2)
-    zoology = ZoologyModel(ZoologyConfig(vocab_size=VOCAB, d_model=32))
-    with pytest.raises(ValueError, match=rf"input_ids\[1, 4\] = {bad}.*vocab_size={VOCAB}"):
+    zoology = ZoologyModel(ZoologyConfig(vocab_size=TINY_LM_VOCAB, d_model=32))
+    with pytest.raises(ValueError, match=rf"input_ids\[1, 4\] = {bad}.*vocab_size={TINY_LM_VOCAB}"):
         zoology(x)
 
 
-@pytest.mark.parametrize("bad", [VOCAB, -5, -1])
+@pytest.mark.parametrize("bad", [TINY_LM_VOCAB, -5, -1])
 def test_labels_outside_the_vocabulary_are_named(bad):
-    model = tiny_model()
+    model = tiny_lm()
     labels = ids(2, 6, seed=1)
     labels[0, 2] = bad
-    with pytest.raises(ValueError, match=rf"labels\[0, 2\] = {bad}.*vocab_size={VOCAB}.*-100"):
+    with pytest.raises(ValueError, match=rf"labels\[0, 2\] = {bad}.*vocab_size={TINY_LM_VOCAB}.*-100"):
         model(ids(2, 6), labels=labels)
     labels[0, 2] = -100  # the ignore index is the one negative label
     loss = model(ids(2, 6), labels=labels).loss
@@ -351,7 +322,7 @@ def test_truncated_safetensors_names_the_file(tmp_path, keep):
 
 
 def test_input_ids_must_be_integer_batch_by_time():
-    model = tiny_model()
+    model = tiny_lm()
     with pytest.raises(ValueError, match=r"input_ids must be an integer tensor \[B, T\].*float32"):
         model(ids(2, 5).float())
     with pytest.raises(ValueError, match=r"input_ids must be an integer tensor \[B, T\] \(int64 or int32\).*uint8"):
@@ -364,7 +335,7 @@ def test_input_ids_must_be_integer_batch_by_time():
 
 
 def test_inputs_embeds_of_the_wrong_size_or_dtype_are_named():
-    model = tiny_model()
+    model = tiny_lm()
     with pytest.raises(ValueError, match=r"inputs_embeds must be \[B, T, 32\].*\[1, 5, 16\]"):
         model(inputs_embeds=torch.zeros(1, 5, 16))
     with pytest.raises(ValueError, match=r"inputs_embeds.*float64.*float32"):
@@ -376,7 +347,7 @@ def test_inputs_embeds_of_the_wrong_size_or_dtype_are_named():
 
 
 def test_labels_of_the_wrong_shape_are_named():
-    model = tiny_model()
+    model = tiny_lm()
     with pytest.raises(ValueError, match=r"labels must be an integer tensor of the input's shape \[2, 6\].*\[2, 5\]"):
         model(ids(2, 6), labels=ids(2, 5))
     with pytest.raises(ValueError, match=r"labels.*float32"):
@@ -386,15 +357,15 @@ def test_labels_of_the_wrong_shape_are_named():
 
 
 def test_logits_to_keep_must_be_a_count_or_indices():
-    model = tiny_model()
+    model = tiny_lm()
     with pytest.raises(ValueError, match="logits_to_keep must be an int >= 0.*-2"):
         model(ids(2, 6), logits_to_keep=-2)
-    assert model(ids(2, 6), logits_to_keep=2).logits.shape == (2, 2, VOCAB)
-    assert model(ids(2, 6), logits_to_keep=torch.tensor([0, 5])).logits.shape == (2, 2, VOCAB)
+    assert model(ids(2, 6), logits_to_keep=2).logits.shape == (2, 2, TINY_LM_VOCAB)
+    assert model(ids(2, 6), logits_to_keep=torch.tensor([0, 5])).logits.shape == (2, 2, TINY_LM_VOCAB)
 
 
 def test_attention_mask_of_the_wrong_shape_is_named_at_the_model():
-    model = tiny_model("hybrid")
+    model = tiny_lm("hybrid")
     with pytest.raises(ValueError, match=r"attention_mask must be \[B, T\] = \[2, 6\].*\[2, 4\]"):
         model(ids(2, 6), attention_mask=torch.ones(2, 4, dtype=torch.long))
     with pytest.raises(ValueError, match=r"attention_mask.*\[3, 6\]"):
@@ -405,7 +376,7 @@ def test_attention_mask_of_the_wrong_shape_is_named_at_the_model():
 
 
 def test_position_ids_of_the_wrong_shape_are_named():
-    model = tiny_model("attention")
+    model = tiny_lm("attention")
     with pytest.raises(ValueError, match=r"position_ids must be an integer tensor \[B, T\] = \[2, 6\].*\[2, 4\]"):
         model(ids(2, 6), position_ids=torch.arange(4).expand(2, 4))
     with pytest.raises(ValueError, match=r"position_ids.*float32"):
@@ -415,25 +386,25 @@ def test_position_ids_of_the_wrong_shape_are_named():
 
 
 def test_cache_of_another_model_is_refused():
-    bayes, mamba = tiny_model("bayesian"), tiny_model("mamba2")
+    bayes, mamba = tiny_lm("bayesian"), tiny_lm("mamba2")
     cache = bayes(ids(2, 5)).cache
     with pytest.raises(ValueError, match=r"cache was filled by another model.*layer 0.*BayesianLayer.*Mamba2"):
         mamba(ids(2, 1), cache=cache)
-    wider = tiny_model("bayesian", head_dim=16)
+    wider = tiny_lm("bayesian", head_dim=16)
     with pytest.raises(ValueError, match=r"cache was filled by another model.*layer 0"):
         wider(ids(2, 1), cache=cache)
-    deeper = tiny_model("bayesian", num_hidden_layers=3)
+    deeper = tiny_lm("bayesian", num_hidden_layers=3)
     with pytest.raises(ValueError, match=r"cache was filled by another model"):
         deeper(ids(2, 1), cache=cache)
-    same = tiny_model("bayesian", seed=1)  # another model of the same shapes may continue it
-    assert same(ids(2, 1), cache=cache).logits.shape == (2, 1, VOCAB)
-    zoology = ZoologyModel(ZoologyConfig(vocab_size=VOCAB, d_model=32, mixer="bayesian"))
+    same = tiny_lm("bayesian", seed=1)  # another model of the same shapes may continue it
+    assert same(ids(2, 1), cache=cache).logits.shape == (2, 1, TINY_LM_VOCAB)
+    zoology = ZoologyModel(ZoologyConfig(vocab_size=TINY_LM_VOCAB, d_model=32, mixer="bayesian"))
     with pytest.raises(ValueError, match=r"cache was filled by another model"):
         zoology.hidden_states(ids(2, 1), cache)
 
 
 def test_zoology_state_size_needs_a_positive_length():
-    model = ZoologyModel(ZoologyConfig(vocab_size=VOCAB, d_model=32))
+    model = ZoologyModel(ZoologyConfig(vocab_size=TINY_LM_VOCAB, d_model=32))
     with pytest.raises(ValueError, match="sequence_length must be a positive int, got 0"):
         model.state_size(0)
     assert model.state_size(8) > 0
@@ -445,7 +416,7 @@ def test_zoology_state_size_needs_a_positive_length():
 
 
 def test_generate_prompt_must_be_batch_by_time():
-    model = tiny_model()
+    model = tiny_lm()
     with pytest.raises(ValueError, match=r"generate takes inputs as a tensor \[B, T\] of token ids.*\[6\]"):
         model.generate(ids(1, 6)[0], max_new_tokens=2)
     with pytest.raises(ValueError, match=r"generate takes input_ids as a tensor \[B, T\].*\[6\]"):
@@ -458,7 +429,7 @@ def test_generate_prompt_must_be_batch_by_time():
 
 
 def test_generate_attention_mask_of_the_wrong_shape_is_named():
-    model = tiny_model()
+    model = tiny_lm()
     with pytest.raises(ValueError, match=r"attention_mask must have the prompt's shape \[B, T\] = \[2, 6\].*\[2, 5\]"):
         model.generate(ids(2, 6), attention_mask=torch.ones(2, 5, dtype=torch.long), max_new_tokens=2)
     with pytest.raises(ValueError, match=r"attention_mask must have the prompt's shape.*\[6\]"):
@@ -466,18 +437,18 @@ def test_generate_attention_mask_of_the_wrong_shape_is_named():
 
 
 def test_generate_attention_mask_row_of_padding_only_is_refused():
-    model = tiny_model()
+    model = tiny_lm()
     prompt, mask = ids(3, 6), torch.ones(3, 6, dtype=torch.long)
     mask[1] = 0
-    prompt[1] = PAD
+    prompt[1] = TINY_LM_PAD
     with pytest.raises(ValueError, match=r"attention_mask row\(s\) \[1\] are all padding"):
-        model.generate(prompt, attention_mask=mask, max_new_tokens=2, pad_token_id=PAD)
+        model.generate(prompt, attention_mask=mask, max_new_tokens=2, pad_token_id=TINY_LM_PAD)
     mask[1, 4:] = 1  # a left-padded row with real tokens is fine
-    assert model.generate(prompt, attention_mask=mask, max_new_tokens=2, pad_token_id=PAD).shape == (3, 8)
+    assert model.generate(prompt, attention_mask=mask, max_new_tokens=2, pad_token_id=TINY_LM_PAD).shape == (3, 8)
 
 
 def test_from_pretrained_misspelt_keyword_is_refused(tmp_path):
-    folder = saved(tmp_path, tiny_model(retention="reset"))
+    folder = saved(tmp_path, tiny_lm(retention="reset"))
     for load in (
         ProbSeqForCausalLM.from_pretrained,
         AutoModelForCausalLM.from_pretrained,
@@ -485,7 +456,7 @@ def test_from_pretrained_misspelt_keyword_is_refused(tmp_path):
     ):
         with pytest.raises(ValueError, match=r"'retension'.*did you mean 'retention'"):
             load(folder, retension="reset")
-    zoology = ZoologyModel(ZoologyConfig(vocab_size=VOCAB, d_model=32))
+    zoology = ZoologyModel(ZoologyConfig(vocab_size=TINY_LM_VOCAB, d_model=32))
     zoology.save_pretrained(tmp_path / "zoology")
     with pytest.raises(ValueError, match=r"'d_modle'.*'d_model'"):
         ZoologyModel.from_pretrained(tmp_path / "zoology", d_modle=32)
@@ -509,7 +480,7 @@ def test_from_pretrained_misspelt_keyword_is_refused(tmp_path):
 
 @pytest.mark.parametrize("field,size", [("vocab_size", 62), ("hidden_size", 64)])
 def test_config_sizes_that_do_not_match_the_weights_are_named(tmp_path, field, size):
-    model = tiny_model()
+    model = tiny_lm()
     folder = saved(tmp_path, model)
     edit_config(folder, **{field: size})
     shapes = {
@@ -526,14 +497,14 @@ def test_config_sizes_that_do_not_match_the_weights_are_named(tmp_path, field, s
 
 
 def test_logits_to_keep_positions_out_of_range_are_named():
-    model = tiny_model()
+    model = tiny_lm()
     with pytest.raises(ValueError, match=r"logits_to_keep\[0\] = 10.*\[-6, 6\).*T = 6"):
         model(ids(2, 6), logits_to_keep=torch.tensor([10]))
     with pytest.raises(ValueError, match=r"logits_to_keep\[1\] = -7"):
         model(ids(2, 6), logits_to_keep=torch.tensor([0, -7]))
     logits = model(ids(2, 6)).logits
     assert torch.equal(model(ids(2, 6), logits_to_keep=torch.tensor([5, -6])).logits, logits[:, [5, 0]])
-    assert model(ids(2, 6), logits_to_keep=torch.tensor([], dtype=torch.long)).logits.shape == (2, 0, VOCAB)
+    assert model(ids(2, 6), logits_to_keep=torch.tensor([], dtype=torch.long)).logits.shape == (2, 0, TINY_LM_VOCAB)
 
 
 def test_config_dtype_name_is_checked():
@@ -541,15 +512,15 @@ def test_config_dtype_name_is_checked():
         with pytest.raises(
             ValueError, match=r"^dtype must be None, a torch\.dtype.*'float32'.*'floatxx'".replace("^dtype", f"^{name}")
         ):
-            ProbSeqConfig(**tiny_kwargs(), **{name: "floatxx"})
+            ProbSeqConfig(**tiny_lm_kwargs(), **{name: "floatxx"})
     with pytest.raises(ValueError, match=r"^dtype.*'floatxx'"):
-        ZoologyConfig(vocab_size=VOCAB, dtype="floatxx")
-    assert ProbSeqConfig(**tiny_kwargs(), dtype="bfloat16").dtype == torch.bfloat16
-    assert ProbSeqConfig(**tiny_kwargs(), dtype=torch.float16).dtype == torch.float16
+        ZoologyConfig(vocab_size=TINY_LM_VOCAB, dtype="floatxx")
+    assert ProbSeqConfig(**tiny_lm_kwargs(), dtype="bfloat16").dtype == torch.bfloat16
+    assert ProbSeqConfig(**tiny_lm_kwargs(), dtype=torch.float16).dtype == torch.float16
 
 
 def test_forward_misspelt_keyword_is_refused():
-    model = tiny_model()
+    model = tiny_lm()
     mask = torch.ones(2, 6, dtype=torch.long)
     with pytest.raises(
         ValueError,

@@ -22,6 +22,9 @@ from probseq.files import atomic_write_json, read_json
 from probseq.train import ModelSpec, MQARData, MQARSplit, TrainConfig, from_dict, train, with_overrides
 from probseq.train.pretrain import check_run_config
 from probseq.train.trainer import TrainingDiverged
+from tests.helpers import quick_preset_argv, write_fake_corpus
+
+pytestmark = pytest.mark.usefixtures("runs_in_tmp")
 
 # one fast mixer, two learning rates (1e10 diverges at its third step: the first updates make the weights huge,
 # the next non-finite; norm weights and A_log are not decayed, so 1e6, which diverged through their decay
@@ -90,12 +93,6 @@ BAD_CONTENTS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _runs_in_tmp(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setenv("PROBSEQ_EXPERIMENTS", str(tmp_path / "experiments"))
-
-
 def tiny_config(**changes) -> TrainConfig:
     config = TrainConfig(
         model=ModelSpec(mixer="linear_attention", d_model=16),
@@ -122,10 +119,6 @@ def strict_json(path: Path):
         raise AssertionError(f"{path} holds {constant}, which is not JSON")
 
     return json.loads(path.read_text(), parse_constant=refuse)
-
-
-def _cli(command: str, out, overrides: list[str]) -> list[str]:
-    return [command, "--preset", "quick", "--out", str(out), *(arg for o in overrides for arg in ("--set", o))]
 
 
 class LoggedLosses(TrainerCallback):
@@ -177,7 +170,7 @@ def test_the_logged_loss_is_the_real_loss():
 
 def test_sweep_records_the_diverged_unit_and_goes_on(tmp_path, capsys):
     out = tmp_path / "mqar"
-    assert cli.main(_cli("mqar", out, MQAR_SET)) == 0
+    assert cli.main(quick_preset_argv("mqar", out, MQAR_SET)) == 0
     first = capsys.readouterr()
     assert "linear_attention-d16-lr1e+10-s0: training diverged at step 3 of 3" in first.err
     assert "learning rate 1e+10" in first.err and "1 of 2 units diverged" in first.err
@@ -193,7 +186,7 @@ def test_sweep_records_the_diverged_unit_and_goes_on(tmp_path, capsys):
     cache = sorted((out / "cache").glob("linear_attention-d16-lr1e+10-s0-*.json"))
     assert len(cache) == 1 and strict_json(cache[0])["metrics"]["status"] == "diverged"
     # a rerun takes both from the cache: the diverged one stays diverged, nothing is trained again
-    assert cli.main(_cli("mqar", out, MQAR_SET)) == 0
+    assert cli.main(quick_preset_argv("mqar", out, MQAR_SET)) == 0
     second = capsys.readouterr()
     assert "2 of 2 units from the cache" in second.out and "training" not in second.err
     assert strict_json(out / "results.json")["points"] == results["points"]
@@ -201,7 +194,7 @@ def test_sweep_records_the_diverged_unit_and_goes_on(tmp_path, capsys):
 
 def test_a_sweep_where_every_unit_diverged_says_so(tmp_path, capsys):
     out = tmp_path / "mqar"
-    assert cli.main(_cli("mqar", out, [*MQAR_SET, "learning_rates=[10000000000.0]"])) == 1
+    assert cli.main(quick_preset_argv("mqar", out, [*MQAR_SET, "learning_rates=[10000000000.0]"])) == 1
     captured = capsys.readouterr()
     assert "every unit diverged" in captured.err
     results = strict_json(out / "results.json")
@@ -210,7 +203,7 @@ def test_a_sweep_where_every_unit_diverged_says_so(tmp_path, capsys):
     assert (out / "mqar_accuracy_vs_kv.png").stat().st_size > 0
 
     out = tmp_path / "recall"
-    assert cli.main(_cli("recall", out, RECALL_SET)) == 1
+    assert cli.main(quick_preset_argv("recall", out, RECALL_SET)) == 1
     assert "every unit diverged" in capsys.readouterr().err
     results = strict_json(out / "results.json")
     assert {p["status"] for p in results["points"]} == {"diverged"}
@@ -241,7 +234,7 @@ def test_sweep_cache_with_wrong_content_is_an_error_naming_the_file(tmp_path, ca
     path = _first_unit_cache(apply_overrides(module.PRESETS["quick"], overrides), tmp_path / "out")
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(content))
-    assert cli.main(_cli(experiment, tmp_path / "out", overrides)) == 2
+    assert cli.main(quick_preset_argv(experiment, tmp_path / "out", overrides)) == 2
     err = capsys.readouterr().err
     assert str(path) in err and "delete it to recompute" in err
     assert "training" not in err
@@ -250,19 +243,19 @@ def test_sweep_cache_with_wrong_content_is_an_error_naming_the_file(tmp_path, ca
 def test_sweep_cache_missing_what_the_tables_need_is_an_error_naming_it(tmp_path, capsys):
     config = apply_overrides(mqar.PRESETS["quick"], [*MQAR_SET, "learning_rates=[0.01]"])
     out = tmp_path / "out"
-    assert cli.main(_cli("mqar", out, [*MQAR_SET, "learning_rates=[0.01]"])) == 0
+    assert cli.main(quick_preset_argv("mqar", out, [*MQAR_SET, "learning_rates=[0.01]"])) == 0
     path = _first_unit_cache(config, out)
     record = json.loads(path.read_text())
     del record["metrics"]["eval"]["valid_T32_k4"]
     path.write_text(json.dumps(record))
     capsys.readouterr()
-    assert cli.main(_cli("mqar", out, [*MQAR_SET, "learning_rates=[0.01]"])) == 2
+    assert cli.main(quick_preset_argv("mqar", out, [*MQAR_SET, "learning_rates=[0.01]"])) == 2
     err = capsys.readouterr().err
     assert str(path) in err and "valid_T32_k4" in err
     record["metrics"]["eval"]["valid_T32_k4"] = record["metrics"]["eval"]["valid_T16_k2"]
     del record["metrics"]["state_bytes"]
     path.write_text(json.dumps(record))
-    assert cli.main(_cli("mqar", out, [*MQAR_SET, "learning_rates=[0.01]"])) == 2
+    assert cli.main(quick_preset_argv("mqar", out, [*MQAR_SET, "learning_rates=[0.01]"])) == 2
     assert "state_bytes" in capsys.readouterr().err
 
 
@@ -359,7 +352,7 @@ def test_cached_unit_holding_nan_from_an_undetected_divergence_is_refused(tmp_pa
         "eval": {"valid_T16_k2": split},
     }
     path.write_text(json.dumps({"unit": config.units()[0].name, "metrics": metrics}))
-    assert cli.main(_cli("mqar", tmp_path / "out", [*MQAR_SET, "learning_rates=[0.01]"])) == 2
+    assert cli.main(quick_preset_argv("mqar", tmp_path / "out", [*MQAR_SET, "learning_rates=[0.01]"])) == 2
     err = capsys.readouterr().err
     assert str(path) in err and "metrics.eval.valid_T16_k2.loss" in err and "NaN" in err
 
@@ -488,8 +481,6 @@ def test_pretrain_summary_line_when_no_validation_loss_was_measured(monkeypatch,
 
 
 def test_diverging_pretraining_stops_and_exports_nothing(tmp_path, monkeypatch):
-    from test_distill import write_fake_corpus
-
     from probseq.data import corpus as corpus_lib
     from probseq.train.pretrain import pretrain, pretrain_config
 
@@ -560,7 +551,12 @@ def test_ruler_model_config_with_wrong_content_names_the_file(tmp_path):
 def test_every_unit_diverged_at_a_single_test_point_still_writes_results_and_exits_1(tmp_path, capsys):
     # one test point inside training: nothing lands on the log axes (matplotlib refused an empty log axis, exit 2)
     out = tmp_path / "mqar"
-    assert cli.main(_cli("mqar", out, [*MQAR_SET, "learning_rates=[10000000000.0]", "test_segments=[[16,2]]"])) == 1
+    assert (
+        cli.main(
+            quick_preset_argv("mqar", out, [*MQAR_SET, "learning_rates=[10000000000.0]", "test_segments=[[16,2]]"])
+        )
+        == 1
+    )
     captured = capsys.readouterr()
     assert "every unit diverged" in captured.err and "error" not in captured.err
     results = strict_json(out / "results.json")
@@ -621,7 +617,7 @@ def test_sweep_cache_with_out_of_range_values_is_refused_naming_file_and_field(t
     module = mqar if experiment == "mqar" else recall
     overrides = [*(MQAR_SET if experiment == "mqar" else RECALL_SET), "learning_rates=[0.01]"]
     out = tmp_path / "out"
-    assert cli.main(_cli(experiment, out, overrides)) == 0
+    assert cli.main(quick_preset_argv(experiment, out, overrides)) == 0
     path = _first_unit_cache(apply_overrides(module.PRESETS["quick"], overrides), out)
     original = path.read_text()
     for field, value in OUT_OF_RANGE:
@@ -635,8 +631,8 @@ def test_sweep_cache_with_out_of_range_values_is_refused_naming_file_and_field(t
             where = f"metrics.eval.{split}.{field}"
         path.write_text(json.dumps(record))
         capsys.readouterr()
-        assert cli.main(_cli(experiment, out, overrides)) == 2, (field, value)
+        assert cli.main(quick_preset_argv(experiment, out, overrides)) == 2, (field, value)
         err = capsys.readouterr().err
         assert str(path) in err and where in err and repr(value) in err and "delete it to recompute" in err
     path.write_text(original)  # the untouched record is still accepted
-    assert cli.main(_cli(experiment, out, overrides)) == 0
+    assert cli.main(quick_preset_argv(experiment, out, overrides)) == 0

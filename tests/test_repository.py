@@ -4,27 +4,25 @@ resolves, results/README.md lists every result, and the version is the same wher
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
 import probseq
-from tests.conftest import OUTSIDE_DOCUMENTS
+from tests.helpers import OUTSIDE_DOCUMENTS, REPO
 
-ROOT = Path(__file__).resolve().parents[1]
 CODE = sorted(
     path
     for folder in ("src", "tests", "scripts")
-    for path in (ROOT / folder).rglob("*")
+    for path in (REPO / folder).rglob("*")
     if path.suffix in (".py", ".sh") and "__pycache__" not in path.parts
 )
 MARKDOWN = sorted(
     [
-        ROOT / "README.md",
-        ROOT / "CHANGELOG.md",
-        *(ROOT / "docs").glob("*.md"),
-        *(ROOT / "results").glob("*/README.md"),
-        ROOT / "results" / "README.md",
+        REPO / "README.md",
+        REPO / "CHANGELOG.md",
+        *(REPO / "docs").glob("*.md"),
+        *(REPO / "results").glob("*/README.md"),
+        REPO / "results" / "README.md",
     ]
 )
 
@@ -39,9 +37,9 @@ TRACKER_ISSUE = re.compile(r"\bissues? ?-?#?\d+", re.IGNORECASE)
 
 
 def test_no_citation_of_a_document_outside_the_repository():
-    files = [*CODE, *MARKDOWN, ROOT / "Makefile"]
+    files = [*CODE, *MARKDOWN, REPO / "Makefile"]
     cited = [
-        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        f"{path.relative_to(REPO)}:{number}: {line.strip()}"
         for path in files
         for number, line in enumerate(path.read_text().splitlines(), 1)
         if OUTSIDE_DOCUMENTS.search(line)
@@ -50,9 +48,9 @@ def test_no_citation_of_a_document_outside_the_repository():
 
 
 def test_code_cites_no_issue_of_an_outside_tracker():
-    files = [*CODE, ROOT / "Makefile"]
+    files = [*CODE, REPO / "Makefile"]
     cited = [
-        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        f"{path.relative_to(REPO)}:{number}: {line.strip()}"
         for path in files
         for number, line in enumerate(path.read_text().splitlines(), 1)
         if TRACKER_ISSUE.search(line)
@@ -62,17 +60,17 @@ def test_code_cites_no_issue_of_an_outside_tracker():
 
 def test_every_cited_document_or_result_exists():
     """In docstrings, help texts and comments (the shell scripts also name the folders they create: not checked)."""
-    cited = [path for path in CODE if path.suffix == ".py"] + [ROOT / "Makefile"]
+    cited = [path for path in CODE if path.suffix == ".py"] + [REPO / "Makefile"]
     missing = [
-        f"{path.relative_to(ROOT)}: {match.group(1)}"
+        f"{path.relative_to(REPO)}: {match.group(1)}"
         for path in cited
         for match in CITED_PATH.finditer(path.read_text())
-        if not (ROOT / match.group(1)).exists()
+        if not (REPO / match.group(1)).exists()
     ]
     assert not missing, "\n".join(missing)
 
 
-@pytest.mark.parametrize("page", MARKDOWN, ids=[str(page.relative_to(ROOT)) for page in MARKDOWN])
+@pytest.mark.parametrize("page", MARKDOWN, ids=[str(page.relative_to(REPO)) for page in MARKDOWN])
 def test_every_relative_link_resolves(page):
     targets = [
         target.split("#")[0]
@@ -80,15 +78,15 @@ def test_every_relative_link_resolves(page):
         if not target.startswith(("http://", "https://", "mailto:", "#"))
     ]
     missing = [target for target in targets if not (page.parent / target).exists()]
-    assert not missing, f"{page.relative_to(ROOT)} links to {missing}"
+    assert not missing, f"{page.relative_to(REPO)} links to {missing}"
 
 
 def test_results_readme_links_every_result_and_the_readme_links_it():
-    index = (ROOT / "results" / "README.md").read_text()
+    index = (REPO / "results" / "README.md").read_text()
     linked = {target.rstrip("/") for target in LINK.findall(index)}
-    entries = {path.name for path in (ROOT / "results").iterdir() if path.name != "README.md"}
+    entries = {path.name for path in (REPO / "results").iterdir() if path.name != "README.md"}
     assert entries <= linked, f"results/README.md does not link {sorted(entries - linked)}"
-    readme = (ROOT / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     evidence = readme[readme.index("## Evidence") :]
     evidence = evidence[: evidence.index("\n## ")]
     assert "(results/README.md)" in evidence and evidence.count("](results/") >= 5
@@ -96,27 +94,27 @@ def test_results_readme_links_every_result_and_the_readme_links_it():
 
 def pyproject() -> dict:
     """pyproject.toml, parsed (tomllib: Python 3.11+)."""
-    return pytest.importorskip("tomllib").loads((ROOT / "pyproject.toml").read_text())
+    return pytest.importorskip("tomllib").loads((REPO / "pyproject.toml").read_text())
 
 
 def test_the_version_is_the_same_everywhere():
     version = pyproject()["project"]["version"]
     assert version == probseq.__version__
-    assert re.search(r"^version: (\S+)$", (ROOT / "CITATION.cff").read_text(), re.MULTILINE).group(1) == version
-    released = re.findall(r"^## \[(\d[^\]]*)\]", (ROOT / "CHANGELOG.md").read_text(), re.MULTILINE)
+    assert re.search(r"^version: (\S+)$", (REPO / "CITATION.cff").read_text(), re.MULTILINE).group(1) == version
+    released = re.findall(r"^## \[(\d[^\]]*)\]", (REPO / "CHANGELOG.md").read_text(), re.MULTILINE)
     assert released and released[0] == version
 
 
 def test_the_package_declares_its_type_hints():
-    assert (ROOT / "src" / "probseq" / "py.typed").is_file()
+    assert (REPO / "src" / "probseq" / "py.typed").is_file()
     package_data = pyproject()["tool"]["setuptools"]["package-data"]
     assert "py.typed" in package_data["probseq"]
 
 
 def test_tests_are_named_for_what_they_check_not_by_an_outside_trackers_numbers():
     numbered = [
-        f"{path.name}: {name}"
-        for path in (ROOT / "tests").glob("test_*.py")
+        f"{path.relative_to(REPO)}: {name}"
+        for path in (REPO / "tests").rglob("test_*.py")
         for name in re.findall(r"^\s*def (test_(?:row\d+|\d+|extra)_\w*)", path.read_text(), re.MULTILINE)
     ]
     assert not numbered, "\n".join(numbered)

@@ -10,6 +10,8 @@ import pytest
 from probseq import cli
 from probseq.experiments import reproduce
 
+pytestmark = pytest.mark.usefixtures("runs_in_tmp")
+
 TINY = [
     "collision.key_dim=4",
     "collision.value_dim=2",
@@ -80,12 +82,6 @@ CLAIMS = [
     "## 7. Distillation",
     "## 8. Efficiency",
 ]
-
-
-@pytest.fixture(autouse=True)
-def _runs_in_tmp(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setenv("PROBSEQ_EXPERIMENTS", str(tmp_path / "experiments"))
 
 
 def _argv(out) -> list[str]:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from probseq.ops import bayes_filter
-from tests.conftest import assert_close
+from tests.helpers import assert_close
 
 EIG_TOL = 1e-5
 

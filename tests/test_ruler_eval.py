@@ -20,6 +20,7 @@ from probseq.experiments import ruler_eval
 from probseq.experiments.ruler_eval import RulerConfig, mean_ci, run_ruler
 from probseq.interop.fla import export_fla
 from probseq.models import ProbSeqConfig, ProbSeqForCausalLM
+from tests.helpers import REPO
 
 LENGTH = 640  # room for niah's template with this small vocabulary
 
@@ -267,7 +268,7 @@ def test_ruler_compare_tabulates_and_plots_the_three_arms(tmp_path, capsys):
     (tmp_path / "distill" / "bayes" / "train_log.json").write_text(
         json.dumps({"tokens": 500, "stages": [{"train_seconds": 1800.0}, {"train_seconds": 1800.0}]})
     )
-    main = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "ruler_compare.py"))["main"]
+    main = runpy.run_path(str(REPO / "scripts" / "ruler_compare.py"))["main"]
     assert main(str(tmp_path)) == 0
     text = (tmp_path / "ruler" / "comparison.md").read_text()
     assert "| niah_single_1 | 1024 | 2.0 [0.0, 50.0] | 12.0 [0.0, 50.0] | 22.0 [0.0, 50.0] |" in text
@@ -284,7 +285,7 @@ def test_ruler_compare_pairs_the_bayesian_arm_with_the_baseline_per_prompt(tmp_p
     with different references (not the same prompts) are an error."""
     import runpy
 
-    module = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "ruler_compare.py"))
+    module = runpy.run_path(str(REPO / "scripts" / "ruler_compare.py"))
     scores = {
         "bayes": {("vt", 512): [100, 100, 0, 50], ("vt", 1024): [0, 0]},
         "gdn": {("vt", 512): [0, 100, 0, 50], ("vt", 1024): [100, 0], ("cwe", 512): [100]},
@@ -322,7 +323,7 @@ def test_answer_likelihood_scores_reference_against_a_foil(model_dir, tokenizer,
 
     from probseq.ruler import generate
 
-    module = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "ruler_answer_likelihood.py"))
+    module = runpy.run_path(str(REPO / "scripts" / "ruler_answer_likelihood.py"))
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     prompt, answer = "The grass is green. The sky is", " 1234567"
     ids = tokenizer(prompt + answer, return_tensors="pt")["input_ids"]

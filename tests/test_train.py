@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,27 +34,7 @@ from probseq.train import (
 from probseq.train.data import TokenDataset, generate, pad_collate
 from probseq.train.metrics import pre_shifted_cross_entropy, recall_metrics, scatter_predictions
 from probseq.train.trainer import TrainingClock, build_model
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_config(**changes) -> TrainConfig:
-    config = TrainConfig(
-        model=ModelSpec(mixer="bayesian", d_model=16),
-        data=MQARData(
-            vocab_size=64, train=(MQARSplit(32, 4, 32),), valid=(MQARSplit(32, 4, 16),), test=(MQARSplit(48, 6, 16),)
-        ),
-        learning_rate=1e-2,
-        warmup=0.25,
-        max_steps=6,
-        batch_size=8,
-        eval_batch_size=16,
-        seed=5,
-        num_threads=1,
-        progress=False,
-        logging_steps=1,
-    )
-    return dataclasses.replace(config, **changes)
+from tests.helpers import REPO, tiny_train_config
 
 
 class KeepParameters(TrainerCallback):
@@ -108,10 +87,10 @@ def test_config_round_trips_through_dicts_and_overrides():
         train=(RecallSplit("train", RecallConfig(num_pairs=4, seq_len=32), 64),),
         test=(RecallSplit("gap", RecallConfig(num_pairs=4, gap=8, seq_len=40), 16),),
     )
-    for config in (tiny_config(), TrainConfig(data=recall)):
+    for config in (tiny_train_config(), TrainConfig(data=recall)):
         assert from_dict(TrainConfig, dataclasses.asdict(config)) == config
     changed = with_overrides(
-        tiny_config(), ["learning_rate=3e-3", "model.mixer=attention", "max_steps=7", "data.vocab_size=128"]
+        tiny_train_config(), ["learning_rate=3e-3", "model.mixer=attention", "max_steps=7", "data.vocab_size=128"]
     )
     assert (changed.learning_rate, changed.model.mixer, changed.max_steps, changed.data.vocab_size) == (
         3e-3,
@@ -119,22 +98,22 @@ def test_config_round_trips_through_dicts_and_overrides():
         7,
         128,
     )
-    assert with_overrides(tiny_config(), ["learning_rate=1"]).learning_rate == 1.0  # an int is a float
+    assert with_overrides(tiny_train_config(), ["learning_rate=1"]).learning_rate == 1.0  # an int is a float
     # where and how a run is written does not change its identity
-    assert tiny_config(output_dir="x", progress=True).fingerprint() == tiny_config().fingerprint()
-    assert tiny_config(learning_rate=2e-3).fingerprint() != tiny_config().fingerprint()
+    assert tiny_train_config(output_dir="x", progress=True).fingerprint() == tiny_train_config().fingerprint()
+    assert tiny_train_config(learning_rate=2e-3).fingerprint() != tiny_train_config().fingerprint()
     # a field added later counts only when it differs from its default (the runs cached before keep their keys)
-    started_stationary = with_overrides(tiny_config(), ["model.retention_init=1.0"])
-    assert "retention_init" not in tiny_config().identity()["model"]
+    started_stationary = with_overrides(tiny_train_config(), ["model.retention_init=1.0"])
+    assert "retention_init" not in tiny_train_config().identity()["model"]
     assert started_stationary.identity()["model"]["retention_init"] == 1.0
-    assert started_stationary.fingerprint() != tiny_config().fingerprint()
+    assert started_stationary.fingerprint() != tiny_train_config().fingerprint()
     with pytest.raises(ValueError, match="retention_init must be in"):
-        with_overrides(tiny_config(), ["model.retention_init=2.0"])
+        with_overrides(tiny_train_config(), ["model.retention_init=2.0"])
 
 
 def test_retention_init_reaches_the_bayesian_layers():
     for rho in (0.0, 1.0):
-        model = build_model(with_overrides(tiny_config(), [f"model.retention_init={rho}"]))
+        model = build_model(with_overrides(tiny_train_config(), [f"model.retention_init={rho}"]))
         scales = [m.c_scale for m in model.modules() if isinstance(m, BayesianLayer)]
         assert len(scales) == 2 and all(torch.all(scale == rho) for scale in scales)
 
@@ -144,17 +123,19 @@ def test_init_is_fla_by_default_and_zoology_on_request():
     initialisation leaves the short convolutions at PyTorch's default (uniform ±1/√kernel, depthwise), keeps
     normal(0.02) linear weights — PyTorch's Kaiming default for Mamba-2 — and scales attention's output
     projection by 1/√(2 n_layers)."""
-    assert "init" not in tiny_config().identity()["model"]
-    zoology = with_overrides(tiny_config(), ["model.init=zoology"])
-    assert zoology.identity()["model"]["init"] == "zoology" and zoology.fingerprint() != tiny_config().fingerprint()
+    assert "init" not in tiny_train_config().identity()["model"]
+    zoology = with_overrides(tiny_train_config(), ["model.init=zoology"])
+    assert (
+        zoology.identity()["model"]["init"] == "zoology" and zoology.fingerprint() != tiny_train_config().fingerprint()
+    )
     with pytest.raises(ValueError, match="init must be one of"):
-        with_overrides(tiny_config(), ["model.init=xavier"])
+        with_overrides(tiny_train_config(), ["model.init=xavier"])
 
     def weights(config, mixer):
         model = build_model(with_overrides(config, [f"model.mixer={mixer}", "model.d_model=64"]))
         return {name: p.detach() for name, p in model.named_parameters() if p.dim() > 1}
 
-    fla, zoo = weights(tiny_config(), "gated_deltanet"), weights(zoology, "gated_deltanet")
+    fla, zoo = weights(tiny_train_config(), "gated_deltanet"), weights(zoology, "gated_deltanet")
     for name in ("layers.1.k_conv1d.weight", "layers.0.conv.weight"):  # fan-in = kernel (depthwise)
         bound = 1 / fla[name].shape[-1] ** 0.5
         assert fla[name].std() < 0.03 and 0.5 * bound < zoo[name].abs().max() <= bound
@@ -199,7 +180,7 @@ def test_mixers_sharing_gated_deltanets_parameters_start_paired(init):
     step 0 gives GDN's loss bit for bit, and GDN's gradients: exactly for ``reset`` (the same code), to float
     rounding for ``learned`` (γ is a tensor of zeros, so the filter's general path runs and its backward sums in
     another order)."""
-    base = with_overrides(tiny_config(), [f"model.init={init}", "model.d_model=32"])
+    base = with_overrides(tiny_train_config(), [f"model.init={init}", "model.d_model=32"])
     batch = pad_collate([TokenDataset(generate(base.data, 0).train)[i] for i in range(8)])
     runs = {name: step0(with_overrides(base, overrides), batch) for name, overrides in PAIRED.items()}
     gdn_params, gdn_loss, gdn_grads = runs.pop("gated_deltanet")
@@ -241,14 +222,14 @@ def test_paired_mixers_see_the_same_batches(monkeypatch):
     monkeypatch.setattr(PreShiftedTrainer, "compute_loss", record)
     for name in ("gated_deltanet", "learned"):
         seen.append([])
-        train(with_overrides(tiny_config(max_steps=2), PAIRED[name]))
+        train(with_overrides(tiny_train_config(max_steps=2), PAIRED[name]))
     assert len(seen[0]) == len(seen[1]) == 2
     assert all(torch.equal(a[0], b[0]) for a, b in zip(*seen))
     assert torch.equal(seen[0][0][1], seen[1][0][1])  # step 0's loss
 
 
 def test_data_is_generated_from_seeds_with_disjoint_splits():
-    data = tiny_config().data
+    data = tiny_train_config().data
     first, again, other = generate(data, 1), generate(data, 1), generate(data, 2)
     assert torch.equal(first.train[0].inputs, again.train[0].inputs)
     assert not torch.equal(first.train[0].inputs, other.train[0].inputs)
@@ -326,11 +307,13 @@ def test_loss_weighting_is_a_config_option_that_keeps_the_cached_keys():
     from probseq.experiments import mqar, recall
     from probseq.experiments.common import apply_overrides
 
-    assert tiny_config().loss_weighting == "token" and "loss_weighting" not in tiny_config().identity()
-    example = with_overrides(tiny_config(), ["loss_weighting=example"])
-    assert example.identity()["loss_weighting"] == "example" and example.fingerprint() != tiny_config().fingerprint()
+    assert tiny_train_config().loss_weighting == "token" and "loss_weighting" not in tiny_train_config().identity()
+    example = with_overrides(tiny_train_config(), ["loss_weighting=example"])
+    assert (
+        example.identity()["loss_weighting"] == "example" and example.fingerprint() != tiny_train_config().fingerprint()
+    )
     with pytest.raises(ValueError, match="loss_weighting must be one of"):
-        with_overrides(tiny_config(), ["loss_weighting=sequence"])
+        with_overrides(tiny_train_config(), ["loss_weighting=sequence"])
     for experiment in (mqar.PRESETS["quick"], recall.PRESETS["quick"]):  # probseq mqar --set loss_weighting=example
         assert {unit.config.loss_weighting for unit in experiment.units()} == {"token"}
         chosen = apply_overrides(experiment, ["loss_weighting=example"])
@@ -345,7 +328,7 @@ def test_per_example_weighting_trains_through_the_trainer(tmp_path, monkeypatch)
     from probseq.train.trainer import PreShiftedTrainer, build_trainer
 
     data = MQARData(vocab_size=64, train=(MQARSplit(32, 4, 16), MQARSplit(48, 10, 16)), test=(MQARSplit(32, 4, 8),))
-    trainer = build_trainer(tiny_config(data=data, loss_weighting="example"), output_dir=tmp_path)
+    trainer = build_trainer(tiny_train_config(data=data, loss_weighting="example"), output_dir=tmp_path)
     batch = pad_collate([trainer.train_dataset[i] for i in (0, 1, 20, 21)])
     with torch.no_grad():
         loss = trainer.compute_loss(trainer.model, dict(batch))
@@ -363,7 +346,7 @@ def test_per_example_weighting_trains_through_the_trainer(tmp_path, monkeypatch)
     monkeypatch.setattr(PreShiftedTrainer, "compute_loss", record)
     for size, accumulation in ((16, 1), (8, 2)):
         seen.clear()
-        config = tiny_config(
+        config = tiny_train_config(
             data=data, batch_size=size, gradient_accumulation_steps=accumulation, max_steps=1, loss_weighting="example"
         )
         logged = train(config)["final_train_loss"]
@@ -382,7 +365,7 @@ def test_per_example_weighting_trains_through_the_trainer(tmp_path, monkeypatch)
     for weighting, size, accumulation in (("example", 16, 1), ("example", 8, 2), ("token", 16, 1)):
         keep = KeepParameters()
         train(
-            tiny_config(
+            tiny_train_config(
                 data=data,
                 batch_size=size,
                 gradient_accumulation_steps=accumulation,
@@ -424,16 +407,16 @@ def test_batching_by_segment_trains_one_segment_per_step_and_resumes_exactly(tmp
     keys of runs without it."""
     from probseq.train.trainer import PreShiftedTrainer
 
-    assert "batching" not in tiny_config().identity()
+    assert "batching" not in tiny_train_config().identity()
     data = MQARData(
         vocab_size=64,
         train=(MQARSplit(32, 4, 16), MQARSplit(48, 10, 16)),
         valid=(MQARSplit(32, 4, 8),),
         test=(MQARSplit(48, 10, 8),),
     )
-    config = tiny_config(data=data, batching="by_segment", output_dir=str(tmp_path / "whole"), save_steps=1)
+    config = tiny_train_config(data=data, batching="by_segment", output_dir=str(tmp_path / "whole"), save_steps=1)
     assert config.identity()["batching"] == "by_segment"
-    assert config.fingerprint() != tiny_config(data=data).fingerprint()
+    assert config.fingerprint() != tiny_train_config(data=data).fingerprint()
 
     seen = []
     compute_loss = PreShiftedTrainer.compute_loss
@@ -474,10 +457,10 @@ def test_retention_parameters_train_at_their_own_learning_rate_and_resume_exactl
     uninterrupted one; the scale changes training (and the run's key) only when it is not 1."""
     from probseq.train.trainer import build_trainer
 
-    assert "retention_lr_scale" not in tiny_config().identity()
+    assert "retention_lr_scale" not in tiny_train_config().identity()
     with pytest.raises(ValueError, match="retention_lr_scale"):
-        tiny_config(retention_lr_scale=0.0)
-    config = tiny_config(retention_lr_scale=0.1, output_dir=str(tmp_path / "whole"), save_steps=1)
+        tiny_train_config(retention_lr_scale=0.0)
+    config = tiny_train_config(retention_lr_scale=0.1, output_dir=str(tmp_path / "whole"), save_steps=1)
     assert config.identity()["retention_lr_scale"] == 0.1
 
     trainer = build_trainer(config, tmp_path / "probe")
@@ -505,7 +488,7 @@ def test_retention_parameters_train_at_their_own_learning_rate_and_resume_exactl
     for key, value in keep_whole.state.items():
         assert torch.allclose(keep_split.state[key], value, atol=1e-6, rtol=0), key
     full = KeepParameters()  # the same run at scale 1: ρ (c_scale, from 0) moves about ten times as far
-    train(tiny_config(), callbacks=(full,))
+    train(tiny_train_config(), callbacks=(full,))
     moved = {
         name: state["layers.1.c_scale"].abs().max().item()
         for name, state in (("full", full.state), ("scaled", keep_whole.state))
@@ -515,7 +498,7 @@ def test_retention_parameters_train_at_their_own_learning_rate_and_resume_exactl
 
 
 def test_retention_trace_records_rho_and_gradient_norms_at_every_logging_step():
-    metrics = train(tiny_config(logging_steps=2))
+    metrics = train(tiny_train_config(logging_steps=2))
     trace = metrics["retention_trace"]
     assert [entry["step"] for entry in trace] == [2, 4, 6]
     for entry in trace:
@@ -525,13 +508,13 @@ def test_retention_trace_records_rho_and_gradient_norms_at_every_logging_step():
     assert trace[-1]["retention_scale"] == pytest.approx(
         sum(sum(heads) for heads in layers.values()) / sum(len(heads) for heads in layers.values()), abs=1e-6
     )
-    assert "retention_trace" not in train(tiny_config(model=ModelSpec(mixer="gated_deltanet", d_model=16)))
+    assert "retention_trace" not in train(tiny_train_config(model=ModelSpec(mixer="gated_deltanet", d_model=16)))
 
 
 def test_trainer_loss_and_predictions_match_the_full_logits(tmp_path):
     from probseq.train.trainer import build_trainer
 
-    trainer = build_trainer(tiny_config(), output_dir=tmp_path)
+    trainer = build_trainer(tiny_train_config(), output_dir=tmp_path)
     batch = pad_collate([trainer.train_dataset[i] for i in range(4)])
     model = trainer.model.eval()
     with torch.no_grad():
@@ -552,7 +535,7 @@ def test_weight_decay_spares_marked_parameters_and_every_norm_weight(tmp_path, m
     ``weight_decay``."""
     from probseq.train.trainer import build_trainer
 
-    trainer = build_trainer(with_overrides(tiny_config(), [f"model.mixer={mixer}"]), output_dir=tmp_path)
+    trainer = build_trainer(with_overrides(tiny_train_config(), [f"model.mixer={mixer}"]), output_dir=tmp_path)
     optimizer = trainer.create_optimizer()
     names = {id(p): n for n, p in trainer.model.named_parameters()}
     groups = {group["weight_decay"]: {names[id(p)] for p in group["params"]} for group in optimizer.param_groups}
@@ -600,10 +583,10 @@ class CrashAfterCheckpoint(TrainerCallback):
 @pytest.mark.parametrize("partial_save", [False, True], ids=["after-checkpoint", "during-checkpoint"])
 def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path, partial_save, caplog, monkeypatch):
     # 32 examples in batches of 8: 4 steps per epoch, so the run resumes in its second epoch
-    whole, keep_whole = tiny_config(output_dir=str(tmp_path / "whole"), save_steps=1), KeepParameters()
+    whole, keep_whole = tiny_train_config(output_dir=str(tmp_path / "whole"), save_steps=1), KeepParameters()
     expected = train(whole, callbacks=(keep_whole,))
 
-    split = tiny_config(output_dir=str(tmp_path / "split"), save_steps=1, save_total_limit=None)
+    split = tiny_train_config(output_dir=str(tmp_path / "split"), save_steps=1, save_total_limit=None)
     with pytest.raises(Crash):
         train(split, callbacks=(CrashAfterCheckpoint(5),))
     assert (tmp_path / "split" / "checkpoint-5" / "model.safetensors").exists()
@@ -635,12 +618,12 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path, partial_save, capl
         assert torch.allclose(keep_split.state[key], value, atol=1e-6, rtol=0), key
     # the parameters did move: the comparison is not of two untouched initialisations
     initial = KeepParameters()
-    train(tiny_config(max_steps=1, learning_rate=1e-9), callbacks=(initial,))
+    train(tiny_train_config(max_steps=1, learning_rate=1e-9), callbacks=(initial,))
     assert not torch.allclose(initial.state["embeddings.weight"], keep_whole.state["embeddings.weight"])
 
 
 def test_resumes_a_checkpoint_saved_without_the_clock(tmp_path):
-    config = tiny_config(output_dir=str(tmp_path / "run"), save_steps=1, save_total_limit=None)
+    config = tiny_train_config(output_dir=str(tmp_path / "run"), save_steps=1, save_total_limit=None)
     with pytest.raises(Crash):
         train(config, callbacks=(CrashAfterCheckpoint(4),))
     state_file = tmp_path / "run" / "checkpoint-4" / "trainer_state.json"
@@ -655,9 +638,9 @@ def test_resumes_a_checkpoint_saved_without_the_clock(tmp_path):
 
 
 def test_a_run_stopped_after_its_last_checkpoint_resumes_without_another_step(tmp_path):
-    whole, keep_whole = tiny_config(output_dir=str(tmp_path / "whole")), KeepParameters()
+    whole, keep_whole = tiny_train_config(output_dir=str(tmp_path / "whole")), KeepParameters()
     expected = train(whole, callbacks=(keep_whole,))
-    split = tiny_config(output_dir=str(tmp_path / "split"), save_steps=1, save_total_limit=None)
+    split = tiny_train_config(output_dir=str(tmp_path / "split"), save_steps=1, save_total_limit=None)
     with pytest.raises(Crash):
         train(split, callbacks=(CrashAfterCheckpoint(6),))  # stopped before its metrics were computed
     resumed = train(split)
@@ -674,7 +657,7 @@ class FailInFirstStepAfterResume(TrainerCallback):
 
 
 def test_only_a_failed_resume_is_reported_as_one(tmp_path):
-    config = tiny_config(output_dir=str(tmp_path / "run"), save_steps=1, save_total_limit=None)
+    config = tiny_train_config(output_dir=str(tmp_path / "run"), save_steps=1, save_total_limit=None)
     with pytest.raises(Crash):
         train(config, callbacks=(CrashAfterCheckpoint(4),))
     with pytest.raises(RuntimeError, match="a failure in training"):  # after the resume: raised as it is
@@ -704,7 +687,7 @@ def test_gradient_accumulation_matches_the_larger_batch():
     for batch, accumulation in ((16, 1), (8, 2)):
         keep = KeepParameters()
         train(
-            tiny_config(data=data, batch_size=batch, gradient_accumulation_steps=accumulation, max_steps=3),
+            tiny_train_config(data=data, batch_size=batch, gradient_accumulation_steps=accumulation, max_steps=3),
             callbacks=(keep,),
         )
         params.append(keep.state)
@@ -713,13 +696,13 @@ def test_gradient_accumulation_matches_the_larger_batch():
 
 
 def test_output_dir_of_another_config_is_refused(tmp_path):
-    train(tiny_config(output_dir=str(tmp_path), max_steps=1))
+    train(tiny_train_config(output_dir=str(tmp_path), max_steps=1))
     with pytest.raises(ValueError, match="different config.*learning_rate"):
-        train(tiny_config(output_dir=str(tmp_path), max_steps=1, learning_rate=5e-3))
+        train(tiny_train_config(output_dir=str(tmp_path), max_steps=1, learning_rate=5e-3))
 
 
 def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
-    script = ROOT / "tests" / "train_ddp_script.py"
+    script = REPO / "tests" / "train_ddp_script.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     single, ddp = tmp_path / "single.safetensors", tmp_path / "ddp.safetensors"
     subprocess.run(

@@ -7,9 +7,7 @@ import torch
 
 from probseq import presets
 from probseq.ops import BayesState, bayes_filter, bayes_step, superposition_filter
-from tests.conftest import bayes_inputs
-
-FIELDS = ("q", "k", "v", "g", "beta", "gamma")
+from tests.helpers import FIELDS, bayes_inputs
 
 
 def _call(**changes):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from probseq.ops import BayesState, bayes_filter, superposition_filter
-from tests.conftest import assert_close, bayes_inputs
+from tests.helpers import assert_close, bayes_inputs
 
 FIELDS = ("q", "k", "v", "g", "beta", "gamma")
 
