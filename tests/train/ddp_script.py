@@ -1,7 +1,7 @@
 """Train a tiny MQAR model for a few steps and save its parameters: run once as a single process and once
-under ``torchrun --nproc_per_node 2`` (gloo on CPU) with the same global batch (``tests/test_train.py``).
+under ``torchrun --nproc_per_node 2`` (gloo on CPU) with the same global batch (``tests/train/test_training.py``).
 
-Usage: ``[torchrun --standalone --nproc_per_node N] python tests/train_ddp_script.py OUT.safetensors``
+Usage: ``[torchrun --standalone --nproc_per_node N] python tests/train/ddp_script.py OUT.safetensors``
 """
 
 import json

@@ -702,7 +702,7 @@ def test_output_dir_of_another_config_is_refused(tmp_path):
 
 
 def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
-    script = REPO / "tests" / "train_ddp_script.py"
+    script = REPO / "tests" / "train" / "ddp_script.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     single, ddp = tmp_path / "single.safetensors", tmp_path / "ddp.safetensors"
     subprocess.run(
