@@ -53,6 +53,7 @@ HELP_WITHOUT_TORCH = (
 )
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "argv, code, shown",
     [
@@ -178,6 +179,7 @@ def test_resumable_commands_exist():
     assert RESUMABLE <= set(COMMANDS)
 
 
+@pytest.mark.integration
 def test_the_console_script_dies_by_sigint_after_ctrl_c():
     """After its one-line message the console script re-raises SIGINT, as Python does for an uncaught Ctrl-C, so
     that a shell loop around it stops as well (an exit status of 130 would let bash carry on)."""
@@ -194,6 +196,7 @@ def test_the_console_script_dies_by_sigint_after_ctrl_c():
     assert "probseq collision: interrupted: rerun the same command to resume" in result.stderr
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "argv, shown",
     [
@@ -272,6 +275,7 @@ def test_no_help_shows_markup_or_documents_outside_the_repository():
     )
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("script", ["mutate.py", "ruler_answer_likelihood.py", "training_step_speed.py"])
 def test_the_scripts_help_shows_no_markup(script):
     result = subprocess.run(

@@ -35,6 +35,7 @@ def tiny_run(tmp_path_factory):
     return out, run_collision(TINY, out)
 
 
+@pytest.mark.integration
 def test_end_to_end_outputs(tiny_run):
     out, results = tiny_run
     assert {"results.json", "collision.csv"} <= {p.name for p in out.iterdir()}
@@ -71,6 +72,7 @@ def test_end_to_end_outputs(tiny_run):
     assert "Bayesian (γ=0.9)" in table and "Gated DeltaNet" in table
 
 
+@pytest.mark.integration
 def test_theory_curves_where_closed_forms_exist(tiny_run):
     """Which (scenario, model) pairs carry a theory curve: every closed form in probseq.theory is used."""
     _, results = tiny_run
@@ -97,6 +99,7 @@ def test_theory_curves_where_closed_forms_exist(tiny_run):
     assert ("confident_memory", "bayes_gamma0.9", "error") not in has_theory
 
 
+@pytest.mark.integration
 def test_simulation_agrees_with_theory(tmp_path):
     """Every theory curve lies within ~4 standard errors (2.1 CI half-widths) of the simulation."""
     config = dataclasses.replace(
@@ -121,6 +124,7 @@ def test_simulation_agrees_with_theory(tmp_path):
     assert checked == 19
 
 
+@pytest.mark.integration
 def test_resume_recomputes_only_missing_units(tiny_run, tmp_path, monkeypatch):
     source, first = tiny_run
     out = tmp_path / "run"
@@ -140,6 +144,7 @@ def test_resume_recomputes_only_missing_units(tiny_run, tmp_path, monkeypatch):
     assert len(computed) == 1  # nothing left to compute
 
 
+@pytest.mark.integration
 def test_units_do_not_depend_on_other_units(tmp_path):
     """A unit's seed comes from (seed, scenario, model): dropping a model leaves the others unchanged."""
     fewer = run_collision(dataclasses.replace(TINY, gammas=(1.0,)), tmp_path)
@@ -175,6 +180,7 @@ def test_overrides_and_presets():
     assert collision.capacity_grid(PRESETS["quick"])[-1] == 4 * PRESETS["quick"].key_dim
 
 
+@pytest.mark.integration
 def test_cli(tmp_path, capsys, monkeypatch):
     overrides = [f"{k}={json.dumps(v)}" for k, v in dataclasses.asdict(TINY).items() if k != "seed"]
     assert (
@@ -193,6 +199,7 @@ def test_cli(tmp_path, capsys, monkeypatch):
     assert json.loads((tmp_path / "results.json").read_text())["seed"] == 3
 
 
+@pytest.mark.integration
 def test_a_rerun_with_another_batch_of_trials_is_the_same_config(tiny_run, tmp_path):
     """``batch_trials`` bounds memory and changes no result: it may differ in the same ``--out``."""
     source, first = tiny_run

@@ -60,6 +60,7 @@ TINY_RECALL = [
 ]
 
 
+@pytest.mark.integration
 def test_mqar_end_to_end_then_every_unit_from_the_cache(tmp_path, capsys):
     out = tmp_path / "mqar"
     assert cli.main(quick_preset_argv("mqar", out, TINY_MQAR)) == 0
@@ -114,6 +115,7 @@ def test_mqar_end_to_end_then_every_unit_from_the_cache(tmp_path, capsys):
     assert json.loads((out / "results.json").read_text()) == rewritten
 
 
+@pytest.mark.integration
 def test_recall_end_to_end_then_every_unit_from_the_cache(tmp_path, capsys):
     out = tmp_path / "recall"
     assert cli.main(quick_preset_argv("recall", out, TINY_RECALL)) == 0
@@ -138,6 +140,7 @@ def test_recall_end_to_end_then_every_unit_from_the_cache(tmp_path, capsys):
     assert list(json.loads((out / "results.json").read_text())["test_points"]) == names
 
 
+@pytest.mark.integration
 def test_an_interrupted_unit_resumes_from_its_checkpoint(tmp_path):
     from transformers import TrainerCallback
 
@@ -175,6 +178,7 @@ def test_an_interrupted_unit_resumes_from_its_checkpoint(tmp_path):
             assert resumed.metrics[unit.name]["eval"][split][key] == pytest.approx(value, abs=1e-6)
 
 
+@pytest.mark.integration
 def test_a_unit_finished_by_another_sweep_is_taken_from_its_final_folder(tmp_path, monkeypatch):
     """A sweep into another ``out`` holding a unit that has finished (its ``final/`` kept) takes the finished run's
     metrics instead of training it again; a damaged or foreign ``final/metrics.json`` is trained again."""
@@ -357,6 +361,7 @@ def test_set_overrides_keep_the_unit_keys_of_cached_runs():
     ]
 
 
+@pytest.mark.integration
 def test_summarize_units_tabulates_every_committed_run(capsys):
     import runpy
 
@@ -372,6 +377,7 @@ def test_summarize_units_tabulates_every_committed_run(capsys):
     assert summarize(str(root / "results")) == 1  # a folder without runs
 
 
+@pytest.mark.integration
 def test_summarize_units_shows_a_diverged_run_as_diverged(tmp_path, capsys):
     """A diverged unit's record (no accuracies) is a row saying so, never a crash or an accuracy of 0."""
     import runpy
@@ -410,6 +416,7 @@ def _eval_rows(command: str, run_dir, points: list[str], csv_path, capsys) -> li
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.integration
 def test_a_saved_mqar_run_reproduces_its_recorded_test_accuracy_and_scores_new_points(tmp_path, capsys):
     """Every finished run keeps its final weights; ``probseq mqar eval`` scores them with the experiment's test data
     and seeds: at the run's own test points it gives the recorded accuracy and loss exactly, a new point is scored
@@ -470,6 +477,7 @@ def test_a_saved_mqar_run_reproduces_its_recorded_test_accuracy_and_scores_new_p
     assert alone == [row for row in rows if row["run"] == bayesian.name and row["seq_len"] != "16"]
 
 
+@pytest.mark.integration
 def test_a_saved_recall_run_reproduces_its_recorded_test_accuracy(tmp_path, capsys):
     """``probseq recall eval`` names points as the experiment does (inside, knob=value): the run's own test points
     give its recorded accuracy and loss exactly; a new point moves knobs from the run's inside point."""
@@ -491,6 +499,7 @@ def test_a_saved_recall_run_reproduces_its_recorded_test_accuracy(tmp_path, caps
         assert float(row["accuracy"]) == recorded["accuracy"] and float(row["loss"]) == recorded["loss"], row
 
 
+@pytest.mark.integration
 def test_evaluating_saved_runs_names_what_is_wrong(tmp_path, capsys):
     """A folder without runs, a run without final weights, a run of the other task, a point the run's vocabulary
     cannot hold: a one-line error (exit code 2), before any evaluation."""

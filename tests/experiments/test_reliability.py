@@ -102,6 +102,7 @@ def strict_json(path: Path):
 # ------------------------------------------------------------------------------------------ divergence
 
 
+@pytest.mark.integration
 def test_sweep_records_the_diverged_unit_and_goes_on(tmp_path, capsys):
     out = tmp_path / "mqar"
     assert cli.main(quick_preset_argv("mqar", out, MQAR_SET)) == 0
@@ -126,6 +127,7 @@ def test_sweep_records_the_diverged_unit_and_goes_on(tmp_path, capsys):
     assert strict_json(out / "results.json")["points"] == results["points"]
 
 
+@pytest.mark.integration
 def test_a_sweep_where_every_unit_diverged_says_so(tmp_path, capsys):
     out = tmp_path / "mqar"
     assert cli.main(quick_preset_argv("mqar", out, [*MQAR_SET, "learning_rates=[10000000000.0]"])) == 1
@@ -174,6 +176,7 @@ def test_sweep_cache_with_wrong_content_is_an_error_naming_the_file(tmp_path, ca
     assert "training" not in err
 
 
+@pytest.mark.integration
 def test_sweep_cache_missing_what_the_tables_need_is_an_error_naming_it(tmp_path, capsys):
     config = apply_overrides(mqar.PRESETS["quick"], [*MQAR_SET, "learning_rates=[0.01]"])
     out = tmp_path / "out"
@@ -387,6 +390,7 @@ def test_ruler_model_config_with_wrong_content_names_the_file(tmp_path):
 # ------------------------------------------------------------------------------------------ found next to them
 
 
+@pytest.mark.integration
 def test_every_unit_diverged_at_a_single_test_point_still_writes_results_and_exits_1(tmp_path, capsys):
     # one test point inside training: nothing lands on the log axes (matplotlib refused an empty log axis, exit 2)
     out = tmp_path / "mqar"
@@ -407,6 +411,7 @@ def test_every_unit_diverged_at_a_single_test_point_still_writes_results_and_exi
         assert (out / name).stat().st_size > 0
 
 
+@pytest.mark.integration
 def test_mqar_plots_with_every_test_point_beyond_training(tmp_path):
     # the state plot showed the largest test point inside training: max() of nothing when there is none
     config = apply_overrides(mqar.PRESETS["quick"], [*MQAR_SET, "learning_rates=[0.01]", "test_segments=[[32,4]]"])
@@ -415,6 +420,7 @@ def test_mqar_plots_with_every_test_point_beyond_training(tmp_path):
     assert (tmp_path / "mqar_accuracy_vs_state.png").stat().st_size > 0
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("change", ["length", "x-values"])
 def test_collision_cache_for_other_x_values_is_refused_naming_the_file(tmp_path, change):
     # curves of one length that is not the config's gave an IndexError in format_table; other x values of the
@@ -450,6 +456,7 @@ OUT_OF_RANGE = [
 ]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("experiment", ["mqar", "recall"])
 def test_sweep_cache_with_out_of_range_values_is_refused_naming_file_and_field(tmp_path, capsys, experiment):
     # an accuracy of 7.5 (or a negative count) was read from the cache and shown in the tables

@@ -88,6 +88,7 @@ def _argv(out) -> list[str]:
     return ["reproduce", "--preset", "quick", "--out", str(out), *(a for o in TINY for a in ("--set", o))]
 
 
+@pytest.mark.integration
 def test_reproduce_end_to_end_then_everything_from_the_cache(tmp_path, capsys):
     out = tmp_path / "report"
     assert cli.main(_argv(out)) == 0
@@ -138,6 +139,7 @@ def test_bad_override_is_an_error_before_any_work(tmp_path, capsys, monkeypatch)
     assert "nope" in capsys.readouterr().err and not called
 
 
+@pytest.mark.integration
 def test_ctrl_c_says_rerun_to_resume_and_the_rerun_resumes(tmp_path, capsys, monkeypatch):
     out = tmp_path / "report"
     real = reproduce.sections

@@ -80,6 +80,7 @@ def config(model: Path, **overrides) -> RulerConfig:
     return RulerConfig(**{**kwargs, **overrides})
 
 
+@pytest.mark.integration
 def test_ruler_end_to_end_writes_files_and_scores(model_dir, tmp_path, capsys):
     out = tmp_path / "ruler"
     code = main(
@@ -131,6 +132,7 @@ def _numbers(row: dict) -> dict:
     return numbers
 
 
+@pytest.mark.integration
 def test_scores_reference_answers_100_and_resumes_per_unit(model_dir, tmp_path, monkeypatch):
     out = tmp_path / "oracle"
     seen = []
@@ -168,6 +170,7 @@ def test_scores_reference_answers_100_and_resumes_per_unit(model_dir, tmp_path, 
         run_ruler(config(model_dir, lengths=(LENGTH, 2 * LENGTH)), out)
 
 
+@pytest.mark.integration
 def test_fla_gated_deltanet_folder_is_evaluated_as_is(tokenizer, tmp_path):
     fla = tmp_path / "fla"
     export_fla(tiny_model(tokenizer, mixer="gated_deltanet"), fla)
@@ -233,6 +236,7 @@ def test_mean_ci():
     assert mean == 75.0 and 0.0 <= low < 75.0 < high == 100.0
 
 
+@pytest.mark.integration
 def test_ruler_compare_tabulates_and_plots_the_three_arms(tmp_path, capsys):
     """scripts/ruler_compare.py: every arm's score per task and length with its interval, the mean over the tasks
     scored at every length by every arm (a skipped unit drops its task from the mean), and each stage's time."""
@@ -315,6 +319,7 @@ def test_ruler_compare_pairs_the_bayesian_arm_with_the_baseline_per_prompt(tmp_p
         module["paired_difference"](tmp_path)
 
 
+@pytest.mark.integration
 def test_answer_likelihood_scores_reference_against_a_foil(model_dir, tokenizer, tmp_path):
     """scripts/ruler_answer_likelihood.py: log p(answer | prompt) by teacher forcing equals the sum of the model's
     next-token log-probabilities; foils are of the reference's form (multikey: another needle in the same prompt);

@@ -53,6 +53,7 @@ def tiny_saved_model(folder, **overrides):
     return folder
 
 
+@pytest.mark.integration
 def test_random_model_end_to_end(tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["uncertainty", "--text", TEXT, "--out", str(out)]) == 0
@@ -74,6 +75,7 @@ def test_random_model_end_to_end(tmp_path, capsys):
     assert read_outputs(out)[1]["tokens"] == results["tokens"]
 
 
+@pytest.mark.integration
 def test_checkpoint_with_attention_layer_skipped(tmp_path):
     model = tiny_saved_model(tmp_path / "model", mixer="bayesian", attn_every=2)  # layer 1 is attention
     out = tmp_path / "out"
@@ -84,6 +86,7 @@ def test_checkpoint_with_attention_layer_skipped(tmp_path):
     assert results["layers"] == [0] and len(results["notes"]) == 1 and "layer 1 (Attention)" in results["notes"][0]
 
 
+@pytest.mark.integration
 def test_folder_without_checkpoint_is_random(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -97,6 +100,7 @@ def test_folder_without_checkpoint_is_random(tmp_path):
     assert list(results["heads"]) == ["L0.H0", "L0.H1", "L1.H0", "L1.H1"]
 
 
+@pytest.mark.integration
 def test_tokenizer_folder(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast

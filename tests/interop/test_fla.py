@@ -467,6 +467,7 @@ def test_config_from_fla_without_fla_installed():
 # --- command line ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_cli_convert_and_export(fla_dirs, tmp_path, capsys):
     fla_model, src = fla_dirs["fla-defaults"]
     assert cli_main(["convert-fla", str(src), str(tmp_path / "probseq"), "--retention", "learned"]) == 0

@@ -166,6 +166,7 @@ def _run(script: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.integration
 def test_the_core_imports_torch_and_einops_only():
     """After ``import torch``, ``import probseq``, ``probseq.ops`` and ``probseq.layers`` add no third-party
     package but einops, and none of :data:`HEAVY` (transformers, accelerate, matplotlib, triton, …)."""
@@ -189,6 +190,7 @@ def test_the_core_imports_torch_and_einops_only():
         assert set(loaded["new"]) <= {"probseq", "einops"}, f"import {module} loads {loaded['new']}"
 
 
+@pytest.mark.integration
 def test_the_core_works_with_the_optional_dependencies_absent():
     """With every optional package unimportable, the layers build, run forward and backward, and so do the
     filters and presets; ``probseq.models`` then fails on transformers, by name."""
@@ -232,6 +234,7 @@ def test_the_core_works_with_the_optional_dependencies_absent():
     assert result.stdout.split() == ["transformers"]
 
 
+@pytest.mark.integration
 def test_probseq_models_registers_the_auto_classes_on_first_access():
     result = _run("""
         import sys

@@ -63,6 +63,7 @@ def teacher(corpus, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.integration
 def test_pretrain_exports_an_fla_checkpoint_with_tokenizer_and_resumes(teacher, corpus):
     fla_config = json.loads((teacher / "config.json").read_text())
     assert fla_config["model_type"] == "gated_deltanet" and fla_config["architectures"] == ["GatedDeltaNetForCausalLM"]
@@ -86,6 +87,7 @@ def test_pretrain_exports_an_fla_checkpoint_with_tokenizer_and_resumes(teacher, 
         pretrain(pretrain_config("tiny", ["vocab_size=384", "tokens=6144", "seq_len=64", *TINY]), teacher)
 
 
+@pytest.mark.integration
 def test_converted_student_equals_teacher(teacher, tmp_path):
     model = load_teacher(teacher)
     student = convert_student(teacher, tmp_path / "student").eval()
@@ -104,6 +106,7 @@ def test_converted_student_equals_teacher(teacher, tmp_path):
     assert all(torch.equal(saved[name], state[name]) for name in saved)
 
 
+@pytest.mark.integration
 def test_stage1_layerwise_matching_lowers_the_mse(teacher, tmp_path):
     torch.manual_seed(0)
     model = load_teacher(teacher)
@@ -131,6 +134,7 @@ def test_stage1_layerwise_matching_lowers_the_mse(teacher, tmp_path):
             assert torch.equal(tensor, reference[name]), name
 
 
+@pytest.mark.integration
 def test_both_arms_train_on_the_same_tokens(teacher, tmp_path):
     logs = {}
     for baseline in (False, True):

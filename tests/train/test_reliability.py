@@ -54,6 +54,7 @@ class LoggedLosses(TrainerCallback):
 # ------------------------------------------------------------------------------------------ divergence
 
 
+@pytest.mark.integration
 def test_diverging_run_stops_at_the_step_with_a_message_naming_step_and_lr():
     logged = LoggedLosses()
     expected = r"diverged at step 2 of 4: .*not finite.*learning rate 1e\+10"
@@ -71,6 +72,7 @@ def test_diverging_run_stops_at_the_step_with_a_message_naming_step_and_lr():
     json.dumps(record, allow_nan=False)  # strict JSON as it is
 
 
+@pytest.mark.integration
 def test_diverged_run_saves_no_checkpoint_of_the_diverged_weights(tmp_path):
     config = tiny_config(learning_rate=1e6, output_dir=str(tmp_path / "run"), save_steps=1, save_total_limit=None)
     with pytest.raises(TrainingDiverged) as first:
@@ -92,6 +94,7 @@ def test_the_logged_loss_is_the_real_loss():
 # ------------------------------------------------------------------------------------------ the same class, elsewhere
 
 
+@pytest.mark.integration
 def test_evaluation_loss_that_overflows_is_a_divergence_not_an_accuracy():
     class BreakTheModel(TrainerCallback):  # finite training, then weights whose logits are not finite
         def on_train_end(self, args, state, control, model=None, **kwargs):
@@ -161,6 +164,7 @@ def test_cached_token_array_that_is_not_one_names_the_file(tmp_path):
             load_token_array(tmp_path / name)
 
 
+@pytest.mark.integration
 def test_diverging_pretraining_stops_and_exports_nothing(tmp_path, monkeypatch):
     from probseq.data import corpus as corpus_lib
     from probseq.train.pretrain import pretrain, pretrain_config

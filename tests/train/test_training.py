@@ -205,6 +205,7 @@ def test_mixers_sharing_gated_deltanets_parameters_start_paired(init):
     assert not torch.equal(other_seed.layers[1].c_weight, params["layers.1.c_weight"])  # and by the run's seed
 
 
+@pytest.mark.integration
 def test_paired_mixers_see_the_same_batches(monkeypatch):
     """The Trainer's data order does not depend on the mixer: the first training batches of GDN and of the
     Bayesian Layer are the same, and so is the first logged loss at ρ = 0."""
@@ -320,6 +321,7 @@ def test_loss_weighting_is_a_config_option_that_keeps_the_cached_keys():
         assert {unit.config.loss_weighting for unit in chosen.units()} == {"example"}
 
 
+@pytest.mark.integration
 def test_per_example_weighting_trains_through_the_trainer(tmp_path, monkeypatch):
     """The Trainer's loss with ``loss_weighting="example"`` is the hand computation's: the first logged loss, of
     one batch of 16 or of 2 accumulated micro-batches of 8, is the sum of the examples' means over the examples of
@@ -401,6 +403,7 @@ def test_segment_batches_hold_one_segment_each_and_drop_incomplete_blocks():
         SegmentBatches(splits.train, batch_size=32)
 
 
+@pytest.mark.integration
 def test_batching_by_segment_trains_one_segment_per_step_and_resumes_exactly(tmp_path, monkeypatch):
     """``batching="by_segment"``: every training step sees ``batch_size`` examples of one segment (no padding),
     both segments are visited, an interrupted run ends like an uninterrupted one, and the option keeps the cached
@@ -451,6 +454,7 @@ def test_batching_by_segment_trains_one_segment_per_step_and_resumes_exactly(tmp
     assert not torch.allclose(mixed.state["embeddings.weight"], keep_whole.state["embeddings.weight"])
 
 
+@pytest.mark.integration
 def test_retention_parameters_train_at_their_own_learning_rate_and_resume_exactly(tmp_path):
     """``retention_lr_scale``: the learned retention's ``c_weight``, ``c_bias``, ``c_scale`` sit in optimizer groups
     of their own at the run's lr times the scale, through warmup and decay; an interrupted run ends like an
@@ -497,6 +501,7 @@ def test_retention_parameters_train_at_their_own_learning_rate_and_resume_exactl
     assert expected["retention_trace"]
 
 
+@pytest.mark.integration
 def test_retention_trace_records_rho_and_gradient_norms_at_every_logging_step():
     metrics = train(tiny_train_config(logging_steps=2))
     trace = metrics["retention_trace"]
@@ -580,6 +585,7 @@ class CrashAfterCheckpoint(TrainerCallback):
             raise Crash
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("partial_save", [False, True], ids=["after-checkpoint", "during-checkpoint"])
 def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path, partial_save, caplog, monkeypatch):
     # 32 examples in batches of 8: 4 steps per epoch, so the run resumes in its second epoch
@@ -622,6 +628,7 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path, partial_save, capl
     assert not torch.allclose(initial.state["embeddings.weight"], keep_whole.state["embeddings.weight"])
 
 
+@pytest.mark.integration
 def test_resumes_a_checkpoint_saved_without_the_clock(tmp_path):
     config = tiny_train_config(output_dir=str(tmp_path / "run"), save_steps=1, save_total_limit=None)
     with pytest.raises(Crash):
@@ -637,6 +644,7 @@ def test_resumes_a_checkpoint_saved_without_the_clock(tmp_path):
     assert 4 * step <= resumed["train_seconds"] <= 6 * step * (1 + 1e-9)
 
 
+@pytest.mark.integration
 def test_a_run_stopped_after_its_last_checkpoint_resumes_without_another_step(tmp_path):
     whole, keep_whole = tiny_train_config(output_dir=str(tmp_path / "whole")), KeepParameters()
     expected = train(whole, callbacks=(keep_whole,))
@@ -656,6 +664,7 @@ class FailInFirstStepAfterResume(TrainerCallback):
             raise RuntimeError("a failure in training, not in resuming")
 
 
+@pytest.mark.integration
 def test_only_a_failed_resume_is_reported_as_one(tmp_path):
     config = tiny_train_config(output_dir=str(tmp_path / "run"), save_steps=1, save_total_limit=None)
     with pytest.raises(Crash):
@@ -679,6 +688,7 @@ def test_training_clock_adds_the_resumed_checkpoints_time():
     assert fresh.seconds < 10.0
 
 
+@pytest.mark.integration
 def test_gradient_accumulation_matches_the_larger_batch():
     # labels of different examples hold different numbers of supervised tokens (two segments): the loss
     # is normalised by the supervised tokens of the whole accumulated batch, so 2 × 8 equals 1 × 16
@@ -695,12 +705,14 @@ def test_gradient_accumulation_matches_the_larger_batch():
         assert torch.allclose(params[1][key], value, atol=1e-6, rtol=0), key
 
 
+@pytest.mark.integration
 def test_output_dir_of_another_config_is_refused(tmp_path):
     train(tiny_train_config(output_dir=str(tmp_path), max_steps=1))
     with pytest.raises(ValueError, match="different config.*learning_rate"):
         train(tiny_train_config(output_dir=str(tmp_path), max_steps=1, learning_rate=5e-3))
 
 
+@pytest.mark.integration
 def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     script = REPO / "tests" / "train" / "ddp_script.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
