@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from probseq.experiments import reproduce
+from tests.helpers import REPO
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "paired_study.py"
+SCRIPT = REPO / "scripts" / "paired_study.py"
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +55,7 @@ def test_verdict_rule(study, mean, half, word):
     assert study["verdict"](mean, half) == word
 
 
+@pytest.mark.integration
 def test_report_pairs_seeds_and_writes_the_verdicts(study, tmp_path):
     """Two paired arms over 10 seeds: the paired mean difference and t-interval per endpoint equal a direct
     computation; the Bayesian variant is the one better on validation at the primary points, not on test."""
