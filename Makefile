@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-slow bench mutate clean corpus cpu-presets evidence evidence-stop
+.PHONY: install demo test test-fast test-slow bench mutate clean corpus cpu-presets evidence evidence-stop
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ test: install
 	$(VENV)/bin/ruff check src tests scripts
 	$(VENV)/bin/ruff format --check src tests scripts
 	$(PY) -m pytest -q
+
+# The unit tests only: neither the slow ones nor the end-to-end runs (marker integration; tests/README.md).
+test-fast: install
+	$(PY) -m pytest -q -m "not slow and not integration"
 
 test-slow: install
 	$(PY) -m pytest -q -m slow

@@ -24,7 +24,7 @@ Usage::
     python scripts/mutate.py                 # every mutation
     python scripts/mutate.py --list          # the mutations (and whether each snippet still matches HEAD)
     python scripts/mutate.py --only NAME     # one (repeatable)
-    python scripts/mutate.py --overlay tests/test_new.py   # try an uncommitted file on top of HEAD
+    python scripts/mutate.py --overlay tests/ops/test_new.py   # try an uncommitted file on top of HEAD
 """
 
 from __future__ import annotations
@@ -50,14 +50,14 @@ from probseq_cli.parsers import plain_text
 REPO = Path(__file__).resolve().parents[1]
 REPORT = REPO / "reports" / "mutation.json"
 DEFAULT_TESTS = [
-    "tests/test_equivalence.py",
-    "tests/test_varlen.py",
-    "tests/test_decoding.py",
-    "tests/test_reliability.py",
+    "tests/ops/test_equivalence.py",
+    "tests/ops/test_varlen.py",
+    "tests/ops/test_decoding.py",
+    "tests/ops/test_reliability.py",
     "tests/test_presets.py",
-    "tests/test_oracle.py",
-    "tests/test_robustness.py",
-    "tests/test_validation.py",
+    "tests/ops/test_oracle.py",
+    "tests/ops/test_robustness.py",
+    "tests/ops/test_validation.py",
 ]
 
 BAYES_CHUNKED = "src/probseq/ops/bayes/chunked.py"

@@ -49,6 +49,7 @@ def test_mqar_training_step_is_an_optimizer_step(mixer):
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.integration
 def test_run_bench_reports_mqar_throughput():
     with run_threads(1):
         results = bench.run_bench(
@@ -118,6 +119,7 @@ def test_layer_filter_case_runs_on_the_layers_own_filter_inputs():
     assert "mock" not in bench.__dict__
 
 
+@pytest.mark.integration
 def test_memory_profiling_prints_nothing_and_keeps_stderr():
     """The profiler's C++ lines ("USDT: … profiler_start") stay off the terminal; stderr works afterwards."""
     import subprocess

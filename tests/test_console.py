@@ -79,6 +79,7 @@ sys.exit(max(codes))
 """
 
 
+@pytest.mark.integration
 def test_commands_write_no_progress_frames_or_library_noise_into_a_log(tmp_path):
     """Three commands in one fresh process, stderr a pipe: a model loaded (uncertainty --model), a sweep trained
     with checkpoints a moment apart (mqar), probseq's own bar (collision)."""

@@ -9,7 +9,7 @@ import torch
 
 from probseq import cpu
 from probseq.ops import bayes_filter
-from tests.conftest import assert_close
+from tests.helpers import assert_close
 
 SUBNORMAL = 1e-40  # below float32's smallest normal number, 1.18e-38
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from probseq import presets
 from probseq.ops import BayesState
 from probseq.oracles import longhorn_argmin, ssd_quadratic
-from tests.conftest import assert_close
+from tests.helpers import assert_close
 
 fla_naive = pytest.importorskip("fla.ops.gated_delta_rule.naive")
 from fla.ops.delta_rule.naive import delta_rule_recurrence  # noqa: E402

@@ -4,7 +4,7 @@ transformers: seconds), so that ``probseq <command> --help`` and a mistyped argu
 Each command names the function that runs it as ``"module:function"`` (``args.run``); :func:`probseq.cli.run`
 imports that module only then. The descriptions are the docstrings of those modules, read from their source
 files and shown as plain text (:func:`plain_text`: no reST markup in ``--help``). Choices that mirror a module's
-constants (presets, dtypes, retentions, RULER tasks) are checked against them by ``tests/test_cli.py``.
+constants (presets, dtypes, retentions, RULER tasks) are checked against them by ``tests/cli/test_commands.py``.
 """
 
 from __future__ import annotations

@@ -413,7 +413,7 @@ def report(summary: dict[str, Any]) -> str:
         f"**Verdict:** {'reproduced' if ok else 'NOT reproduced'} — the largest relative error is "
         f"{max_exact:.1e} ({'float64 round-off' if ok else 'above the 1e-8 float64 tolerance'}). "
         "Command: `probseq reproduce --preset quick --out DIR` (section `exactness`; "
-        "`pytest tests/test_equivalence.py`).",
+        "`pytest tests/ops/test_equivalence.py`).",
         "",
     ]
 

@@ -26,7 +26,7 @@ from torch import Tensor
 from probseq.types import BayesState
 
 # Tolerance for a given initial covariance to count as within [0, I] (states our own float32
-# filters return are within 1e-5; see tests/test_robustness.py).
+# filters return are within 1e-5; see tests/ops/test_robustness.py).
 COV_TOLERANCE = 1e-4
 
 

@@ -97,7 +97,7 @@ class TrainConfig:
         progress: tqdm progress bars (on a terminal only: never ``\r`` frames in a log file).
         num_threads: ``torch.set_num_threads`` for the run (``None``: leave it).
         compile: ``torch.compile`` the model (the Trainer's ``torch_compile``; inductor). The filters and every
-            layer trace as one graph (``tests/test_compile.py``); results agree with eager to float rounding.
+            layer trace as one graph (``tests/ops/test_compile.py``); results agree with eager to float rounding.
         fsdp, fsdp_wrap: ``TrainingArguments.fsdp`` (e.g. ``"full_shard auto_wrap"``) and the block classes
             it wraps (``fsdp_config["transformer_layer_cls_to_wrap"]``); for models that outgrow a device.
         loss_weighting: how the cross-entropy of a batch averages its supervised tokens

@@ -1,0 +1,121 @@
+"""scripts/paired_study.py (the paired robustness studies' plan as code) and the demo report's quote of its result:
+the lr choice on validation data, the edge rule's inputs, the variant choice, the paired differences and verdicts,
+and ``probseq reproduce``'s paragraph built from a committed ``summary.json``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import runpy
+import statistics
+from pathlib import Path
+
+import pytest
+
+from probseq.experiments import reproduce
+from tests.helpers import REPO
+
+SCRIPT = REPO / "scripts" / "paired_study.py"
+
+
+@pytest.fixture(scope="module")
+def study():
+    return runpy.run_path(str(SCRIPT))
+
+
+def _metrics(valid: float, test: dict[str, float] | None = None, status: str = "ok") -> dict:
+    points = ("inside", "num_pairs=16", "num_pairs=32", "collisions=4", "gap=256", "key_noise=0.5")
+    evaluation = {f"valid_{p}": {"accuracy": valid} for p in points}
+    evaluation |= {f"test_{p}": {"accuracy": (test or {}).get(p, valid)} for p in points}
+    return {"status": status, "eval": evaluation}
+
+
+def _write_sweep(folder: Path, units: dict[tuple[float, int], dict]) -> None:
+    folder.mkdir(parents=True)
+    body = {f"u{i}": {"learning_rate": lr, "seed": s, "metrics": m} for i, ((lr, s), m) in enumerate(units.items())}
+    (folder / "results.json").write_text(json.dumps({"units": body}))
+
+
+def test_choose_lr_takes_the_best_mean_validation_and_the_smaller_lr_on_ties(study):
+    records = {(lr, s): _metrics(v) for lr, v in ((1e-3, 0.5), (3e-3, 0.8), (1e-2, 0.8)) for s in (0, 1, 2)}
+    best, scores = study["choose_lr"](records, (0, 1, 2))
+    assert best == 3e-3 and scores == pytest.approx({1e-3: 0.5, 3e-3: 0.8, 1e-2: 0.8})
+    records[(3e-3, 2)] = _metrics(0.0, status="diverged")  # a diverged run counts as 0
+    best, scores = study["choose_lr"](records, (0, 1, 2))
+    assert best == 1e-2 and scores[3e-3] == pytest.approx(0.8 * 2 / 3)
+    del records[(1e-2, 1)]  # an lr without every stage-1 seed is not chosen
+    assert study["choose_lr"](records, (0, 1, 2))[0] == 3e-3
+
+
+@pytest.mark.parametrize(
+    ("mean", "half", "word"),
+    [(0.1, 0.05, "better"), (-0.1, 0.05, "worse"), (0.01, 0.05, "indistinguishable"), (0.01, 0.2, "undecided")],
+)
+def test_verdict_rule(study, mean, half, word):
+    assert study["verdict"](mean, half) == word
+
+
+@pytest.mark.integration
+def test_report_pairs_seeds_and_writes_the_verdicts(study, tmp_path):
+    """Two paired arms over 10 seeds: the paired mean difference and t-interval per endpoint equal a direct
+    computation; the Bayesian variant is the one better on validation at the primary points, not on test."""
+    root, out = tmp_path / "root", tmp_path / "out"
+    gdn_test = {s: 0.50 + 0.02 * s for s in range(10)}
+    bayes_gain = {s: 0.10 + 0.01 * (s % 3) for s in range(10)}
+    _write_sweep(
+        root / "gated_deltanet" / "grid",
+        {(lr, s): _metrics(v) for lr, v in ((3e-4, 0.7), (1e-3, 0.9), (3e-3, 0.8)) for s in range(3)},
+    )
+    _write_sweep(
+        root / "gated_deltanet" / "paired",
+        {(1e-3, s): _metrics(0.95, {"num_pairs=16": gdn_test[s]}) for s in range(10)},
+    )
+    # learned: better on test, worse on validation; stationary: better on validation → the Bayesian Layer
+    _write_sweep(
+        root / "bayesian_learned" / "grid",
+        {(lr, s): _metrics(0.6, {"num_pairs=16": 1.0}) for lr in (3e-4, 1e-3, 3e-3) for s in range(3)},
+    )
+    stationary = {(lr, s): _metrics(v) for lr, v in ((3e-4, 0.8), (1e-3, 0.95), (3e-3, 0.9)) for s in range(3)}
+    _write_sweep(root / "bayesian_stationary" / "grid", stationary)
+    _write_sweep(
+        root / "bayesian_stationary" / "paired",
+        {(1e-3, s): _metrics(0.95, {"num_pairs=16": gdn_test[s] + bayes_gain[s]}) for s in range(10)},
+    )
+    study["main"](["report", "recall", "--root", str(root), "--out", str(out)])
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["bayesian_layer"] == "bayesian_stationary"
+    assert summary["chosen_lr"]["gated_deltanet"] == 1e-3
+    row = next(r for r in summary["paired"] if r["endpoint"] == "num_pairs=16" and r["analysis"] == "all")
+    diffs = list(bayes_gain.values())
+    half = statistics.stdev(diffs) / 10**0.5 * 2.2622  # t_{0.975, 9}
+    assert row["seeds"] == 10 and row["mean_difference"] == pytest.approx(statistics.fmean(diffs), abs=1e-4)
+    assert row["half_width_95"] == pytest.approx(half, abs=2e-4)
+    assert row["verdict"] == "better"
+    equal = next(r for r in summary["paired"] if r["endpoint"] == "collisions=4" and r["analysis"] == "all")
+    assert equal["mean_difference"] == 0 and equal["verdict"] == "indistinguishable"
+    with open(out / "calibration.csv") as f:
+        calibration = list(csv.DictReader(f))
+    assert {r["arm"] for r in calibration} == {"gated_deltanet", "bayesian_learned", "bayesian_stationary"}
+    assert (out / "paired_differences.png").stat().st_size > 0
+
+    # the demo report quotes it
+    quoted = reproduce.read_paired_studies(tmp_path / "evidence")
+    assert quoted == {}
+    (tmp_path / "evidence" / "recall_paired").mkdir(parents=True)
+    (out / "summary.json").rename(tmp_path / "evidence" / "recall_paired" / "summary.json")
+    quoted = reproduce.read_paired_studies(tmp_path / "evidence")
+    text = reproduce.paired_verdict("recall", quoted["recall"])
+    assert "`bayesian_stationary`" in text and f"num_pairs=16 {row['mean_difference']:+.3f}" in text
+    assert "**better**" in text and "**indistinguishable**" in text
+
+
+def test_demo_report_says_when_the_paired_study_is_missing_unfinished_or_damaged(tmp_path):
+    assert "not in this checkout" in reproduce.paired_verdict("mqar", None)
+    unfinished = {"chosen_lr": {}, "bayesian_layer": None, "paired": []}
+    assert "under way" in reproduce.paired_verdict("recall", unfinished)
+    (tmp_path / "mqar_paired").mkdir()
+    (tmp_path / "mqar_paired" / "summary.json").write_text("{not json")
+    found = reproduce.read_paired_studies(tmp_path)
+    assert "error" in found["mqar"] and "unreadable" in reproduce.paired_verdict("mqar", found["mqar"])
+    assert reproduce.read_paired_studies(None) == {}

@@ -1,0 +1,229 @@
+"""Every fast form equals the float64 token-by-token reference: outputs, final state, predictive
+variance and the gradient of every input, within the tolerance table (docs/numerics.md, "How the tests compare
+numbers")."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from probseq.ops import BayesState, bayes_filter, superposition_filter
+from tests.helpers import FIELDS, TOLERANCE, assert_close, bayes_inputs, stable_seed
+
+
+def _run_bayes(inputs, impl, chunk_size=16, requires_grad=True, reset=False):
+    """Filter, then backpropagate a fixed random projection of every output into every input.
+
+    ``reset``: pass ``gamma=None`` (the covariance-reset fast path, Gated DeltaNet) instead of ``inputs["gamma"]``.
+    """
+    leaves = {n: inputs[n].clone().requires_grad_(requires_grad) for n in FIELDS}
+    if reset:
+        leaves["gamma"] = None
+    state = inputs["initial_state"]
+    if state is not None:
+        state = BayesState(*(t.clone().requires_grad_(requires_grad) for t in state))
+    out = bayes_filter(
+        **leaves, initial_state=state, output_final_state=True, output_variance=True, impl=impl, chunk_size=chunk_size
+    )
+    results = {"output": out.output, "mean": out.state.mean, "cov": out.state.cov, "variance": out.variance}
+    if requires_grad:
+        gen = torch.Generator().manual_seed(123)
+        loss = sum(
+            (r.double() * torch.randn(r.shape, generator=gen, dtype=torch.float64)).sum() for r in results.values()
+        )
+        loss.backward()
+        results.update({f"d{n}": leaves[n].grad for n in FIELDS if leaves[n] is not None})
+        if state is not None:
+            results.update({"dmean0": state.mean.grad, "dcov0": state.cov.grad})
+    return {name: value for name, value in results.items() if value is not None}  # reset: P_0 has no gradient
+
+
+@pytest.mark.parametrize("regime", ["random", "retain", "reset", "mixed"])
+@pytest.mark.parametrize("impl,chunk_size", [("recurrent", 16), ("chunked", 16), ("chunked", 32), ("chunked", 5)])
+def test_bayes_forms_match_reference_float64(regime, impl, chunk_size):
+    inputs = bayes_inputs(length=37, regime=regime, seed=stable_seed(regime, chunk_size))
+    expected = _run_bayes(inputs, "reference")
+    actual = _run_bayes(inputs, impl, chunk_size)
+    for name, value in expected.items():
+        assert_close(actual[name], value, TOLERANCE[torch.float64], f"{impl}/{regime}/{name}")
+
+
+@pytest.mark.parametrize("chunk_size", [16, 32, 64, 128])
+def test_bayes_chunked_float32_matches_float64_reference(chunk_size):
+    inputs64 = bayes_inputs(length=150, key_dim=16, value_dim=8, seed=chunk_size)
+    expected = _run_bayes(inputs64, "reference")
+    actual = _run_bayes(
+        bayes_inputs(length=150, key_dim=16, value_dim=8, seed=chunk_size, dtype=torch.float32), "chunked", chunk_size
+    )
+    for name, value in expected.items():
+        assert actual[name].dtype in (torch.float32,), name
+        assert_close(actual[name], value, TOLERANCE[torch.float32], f"float32 chunked C={chunk_size} {name}")
+
+
+@pytest.mark.parametrize("reset", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("impl,chunk_size", [("chunked", 16), ("chunked", 5), ("recurrent", 16)])
+def test_reset_path_gradients_match_reference(impl, chunk_size, dtype, reset):
+    """The γ ≡ 0 fast path (``gamma=None``: every Gated DeltaNet and a distilled layer's start) has its own
+    backward: outputs, state and the gradient of every input equal the float64 reference's."""
+    inputs = bayes_inputs(length=37, regime="reset", seed=stable_seed("reset", impl, chunk_size))
+    expected = _run_bayes(inputs, "reference", reset=reset)
+    actual = _run_bayes(
+        {n: (x.to(dtype) if isinstance(x, torch.Tensor) else x) for n, x in inputs.items()},
+        impl,
+        chunk_size,
+        reset=reset,
+    )
+    assert ("dgamma" in actual) != reset and set(actual) == set(expected)
+    for name, value in expected.items():
+        assert_close(actual[name], value, TOLERANCE[dtype], f"{impl}/reset={reset}/{dtype}/{name}")
+
+
+@pytest.mark.parametrize("reset", [False, True])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_bayes_chunked_half_inputs(dtype, reset):
+    """Half inputs: the filter computes in float32. Tolerances belong to what is compared — half where a half
+    tensor is involved (the output, and every gradient: the cotangent of a half output is itself half); the
+    float32 state and variance must be float32-accurate (a half-precision r would be 1000× off)."""
+    half = bayes_inputs(length=70, key_dim=16, value_dim=8, dtype=dtype, seed=3)
+    # The reference sees exactly the rounded inputs, so the comparison measures the filter alone.
+    exact = {n: (x.double() if isinstance(x, torch.Tensor) else x) for n, x in half.items()}
+    expected = _run_bayes(exact, "reference", reset=reset)
+    actual = _run_bayes(half, "chunked", 32, reset=reset)
+    assert actual["output"].dtype == dtype
+    assert actual["mean"].dtype == torch.float32 and actual["cov"].dtype == torch.float32
+    assert set(actual) == set(expected)
+    for name, value in expected.items():
+        tol = TOLERANCE[torch.float32] if name in ("mean", "cov", "variance") else TOLERANCE[dtype]
+        assert_close(actual[name], value, tol, f"{dtype} {name} ({actual[name].dtype})")
+
+
+def test_gamma_zero_takes_reset_path_and_matches_explicit_zeros():
+    inputs = bayes_inputs(regime="reset", seed=5)
+    fast = bayes_filter(
+        **{n: inputs[n] for n in FIELDS},
+        initial_state=inputs["initial_state"],
+        output_final_state=True,
+        output_variance=True,
+        impl="chunked",
+    )
+    gamma = inputs["gamma"].clone().requires_grad_()  # a gamma needing its gradient takes the general path
+    general = bayes_filter(
+        **{**{n: inputs[n] for n in FIELDS}, "gamma": gamma},
+        initial_state=inputs["initial_state"],
+        output_final_state=True,
+        output_variance=True,
+        impl="chunked",
+    )
+    for a, b, name in zip(fast, general, ("output", "state", "variance")):
+        if name == "state":
+            assert_close(a.mean, b.mean, 1e-12, "mean")
+            assert_close(a.cov, b.cov, 1e-12, "cov")
+        else:
+            assert_close(a, b, 1e-12, name)
+
+
+def test_gradient_into_gamma_at_exactly_zero():
+    """A layer started at γ ≡ 0 (function-preserving) must still learn γ: the chunked gradient at
+    γ = 0 equals the reference's, in float64 and float32."""
+    inputs = bayes_inputs(regime="reset", seed=11, length=40)
+    expected = _run_bayes(inputs, "reference")["dgamma"]
+    assert expected.abs().max() > 1e-3
+    assert_close(_run_bayes(inputs, "chunked", 16)["dgamma"], expected, 1e-9, "float64 dgamma at 0")
+    inputs32 = {n: (x.float() if isinstance(x, torch.Tensor) else x) for n, x in inputs.items()}
+    inputs32["initial_state"] = BayesState(*(t.float() for t in inputs["initial_state"]))
+    assert_close(_run_bayes(inputs32, "chunked", 16)["dgamma"], expected, 1e-4, "float32 dgamma at 0")
+
+
+def test_no_initial_state_and_tiny_lengths():
+    for length in (1, 2, 7):
+        inputs = bayes_inputs(length=length, with_state=False, seed=length)
+        expected = _run_bayes(inputs, "reference")
+        for impl in ("recurrent", "chunked"):
+            actual = _run_bayes(inputs, impl, 4)
+            for name, value in expected.items():
+                assert_close(actual[name], value, 1e-9, f"T={length} {impl} {name}")
+
+
+def test_empty_sequence_returns_initial_state():
+    inputs = bayes_inputs(length=0, seed=1)
+    for impl in ("reference", "recurrent", "chunked"):
+        out = bayes_filter(
+            **{n: inputs[n] for n in FIELDS},
+            initial_state=inputs["initial_state"],
+            output_final_state=True,
+            output_variance=True,
+            impl=impl,
+        )
+        assert out.output.shape == (2, 0, 2, 6) and out.variance.shape == (2, 0, 2)
+        assert_close(out.state.mean, inputs["initial_state"].mean, 1e-12, impl)
+        assert_close(out.state.cov, inputs["initial_state"].cov, 1e-12, impl)
+
+
+def _superposition_inputs(per_channel: bool, dtype=torch.float64, seed=0, length=45):
+    gen = torch.Generator().manual_seed(seed)
+    b, t, h, kd, vd = 2, length, 3, 8, 5
+    q, k = (torch.randn(b, t, h, kd, generator=gen, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(b, t, h, vd, generator=gen, dtype=torch.float64)
+    g = -torch.rand(b, t, h, *((kd,) if per_channel else ()), generator=gen, dtype=torch.float64) * 0.3
+    beta = torch.rand(b, t, h, generator=gen, dtype=torch.float64) + 0.1
+    mean0 = torch.randn(b, h, vd, kd, generator=gen, dtype=torch.float64)
+    return [x.to(dtype) for x in (q, k, v, g, beta)], mean0.to(torch.promote_types(dtype, torch.float32))
+
+
+def _run_superposition(inputs, mean0, impl, chunk_size):
+    leaves = [x.clone().requires_grad_() for x in inputs]
+    m0 = mean0.clone().requires_grad_()
+    out = superposition_filter(*leaves, initial_state=m0, output_final_state=True, impl=impl, chunk_size=chunk_size)
+    gen = torch.Generator().manual_seed(7)
+    loss = sum(
+        (r.double() * torch.randn(r.shape, generator=gen, dtype=torch.float64)).sum()
+        for r in (out.output, out.state.mean)
+    )
+    loss.backward()
+    return [out.output, out.state.mean] + [x.grad for x in leaves] + [m0.grad]
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("impl,chunk_size", [("recurrent", 16), ("chunked", 16), ("chunked", 7)])
+def test_superposition_forms_match_reference(per_channel, impl, chunk_size):
+    inputs, mean0 = _superposition_inputs(per_channel, seed=chunk_size)
+    expected = _run_superposition(inputs, mean0, "reference", chunk_size)
+    actual = _run_superposition(inputs, mean0, impl, chunk_size)
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        assert_close(a, e, 1e-9, f"{impl} per_channel={per_channel} #{i}")
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_superposition_chunked_float32(per_channel):
+    inputs, mean0 = _superposition_inputs(per_channel, seed=2, length=130)
+    expected = _run_superposition(inputs, mean0, "reference", 16)
+    inputs32, mean32 = _superposition_inputs(per_channel, dtype=torch.float32, seed=2, length=130)
+    actual = _run_superposition(inputs32, mean32, "chunked", 32)
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        assert_close(a, e, 1e-4, f"float32 per_channel={per_channel} #{i}")
+
+
+@pytest.mark.parametrize("regime", ["random", "reset"])
+def test_bayes_chunked_over_several_segments(monkeypatch, regime):
+    """Long inputs are filtered segment by segment, carrying the state: exactly the same filter."""
+    import probseq.ops.run as filters
+
+    monkeypatch.setattr(filters, "SEGMENT_CHUNKS", 2)  # segments of 2 chunks of 4 tokens
+    inputs = bayes_inputs(length=37, regime=regime, seed=21)
+    expected = _run_bayes(inputs, "reference")
+    actual = _run_bayes(inputs, "chunked", chunk_size=4)
+    for name, value in expected.items():
+        assert_close(actual[name], value, TOLERANCE[torch.float64], f"segmented {name}")
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_superposition_chunked_over_several_segments(monkeypatch, per_channel):
+    import probseq.ops.run as filters
+
+    monkeypatch.setattr(filters, "SEGMENT_CHUNKS", 2)
+    inputs, mean0 = _superposition_inputs(per_channel, seed=4)
+    expected = _run_superposition(inputs, mean0, "reference", 4)
+    actual = _run_superposition(inputs, mean0, "chunked", 4)
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        assert_close(a, e, 1e-9, f"segmented per_channel={per_channel} #{i}")

@@ -1,0 +1,215 @@
+"""Pretraining a Gated DeltaNet teacher, converting it and distilling it (probseq.train.pretrain / .distill), on
+tiny models and a corpus made of generated text: ``prepare_corpus`` is replaced by a stub, so no Debian package
+is needed. The real corpus is built by ``make corpus``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import probseq.models  # noqa: F401  (registers the Auto classes)
+from probseq.cli import main
+from probseq.data import corpus as corpus_lib
+from probseq.layers import BayesianLayer
+from probseq.train.distill import (
+    convert_student,
+    distill,
+    distill_config,
+    layerwise_terms,
+    load_teacher,
+    recurrent_layers,
+    set_retention,
+    set_trainable,
+    stage_steps,
+)
+from probseq.train.pretrain import pretrain, pretrain_config
+from tests.helpers import write_fake_corpus
+
+TINY = ["num_threads=1", "progress=false"]
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """``prepare_corpus`` replaced by a stub that returns a small generated corpus (and counts its calls)."""
+    paths = write_fake_corpus(tmp_path_factory.mktemp("corpus"))
+    calls = []
+
+    def fake_prepare_corpus(cache_dir=None, **kwargs):
+        calls.append(cache_dir)
+        return paths
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(corpus_lib, "prepare_corpus", fake_prepare_corpus)
+        yield paths, calls
+
+
+@pytest.fixture(scope="module")
+def teacher(corpus, tmp_path_factory) -> Path:
+    """A tiny Gated DeltaNet pretrained for 12 steps and exported as an fla checkpoint."""
+    out = tmp_path_factory.mktemp("teacher")
+    config = pretrain_config(
+        "tiny", ["vocab_size=384", "tokens=6144", "batch_size=4", "seq_len=128", "save_steps=6", *TINY]
+    )
+    log = pretrain(config, out)
+    assert corpus[1], "pretrain did not ask prepare_corpus for the corpus"
+    assert log["steps"] == 12 and log["tokens"] == 12 * 4 * 128
+    return out
+
+
+@pytest.mark.integration
+def test_pretrain_exports_an_fla_checkpoint_with_tokenizer_and_resumes(teacher, corpus):
+    fla_config = json.loads((teacher / "config.json").read_text())
+    assert fla_config["model_type"] == "gated_deltanet" and fla_config["architectures"] == ["GatedDeltaNetForCausalLM"]
+    assert fla_config["use_cache"] is True  # not the Trainer's training-time False
+    for name in ("model.safetensors", "tokenizer.json", "tokenizer_config.json", "train_log.json"):
+        assert (teacher / name).is_file(), name
+    log = json.loads((teacher / "train_log.json").read_text())
+    assert log["valid_loss"] < log["history"][0]["loss"] + 1  # finite and sane
+    assert log["seconds_per_step"] > 0 and log["tokens_per_second"] > 0
+    # rerunning the same command resumes from the last checkpoint and trains nothing more
+    again = pretrain(
+        pretrain_config(
+            "tiny", ["vocab_size=384", "tokens=6144", "batch_size=4", "seq_len=128", "save_steps=6", *TINY]
+        ),
+        teacher,
+    )
+    assert again["resumed_from_step"] == 12 and again["steps"] == 12
+    assert 0.5 * log["train_seconds"] < again["train_seconds"] <= log["train_seconds"]  # kept, not reset to 0
+    # another config in the same folder is refused, naming what differs
+    with pytest.raises(ValueError, match="seq_len"):
+        pretrain(pretrain_config("tiny", ["vocab_size=384", "tokens=6144", "seq_len=64", *TINY]), teacher)
+
+
+@pytest.mark.integration
+def test_converted_student_equals_teacher(teacher, tmp_path):
+    model = load_teacher(teacher)
+    student = convert_student(teacher, tmp_path / "student").eval()
+    assert all(isinstance(model.model.layers[i].attn, BayesianLayer) for i in recurrent_layers(model))
+    assert {type(b.attn).__name__ for b in student.model.layers} == {"BayesianLayer"}
+    assert student.config.retention == "learned"
+    ids = torch.randint(3, model.config.vocab_size, (2, 96), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, actual = model(ids).logits, student(ids).logits
+    assert (actual - expected).abs().max() < 1e-4
+    # the loaded teacher is fla's model: the exported tensors round-trip bit for bit
+    from safetensors.torch import load_file
+
+    saved = load_file(teacher / "model.safetensors")
+    state = model.state_dict()
+    assert all(torch.equal(saved[name], state[name]) for name in saved)
+
+
+@pytest.mark.integration
+def test_stage1_layerwise_matching_lowers_the_mse(teacher, tmp_path):
+    torch.manual_seed(0)
+    model = load_teacher(teacher)
+    layers = recurrent_layers(model)
+    student = convert_student(teacher, tmp_path / "student")
+    ids = torch.randint(3, model.config.vocab_size, (2, 64), generator=torch.Generator().manual_seed(1))
+    assert float(layerwise_terms(student, model, ids, layers)["nmse"]) < 1e-8  # the exact conversion
+    set_retention(student, 1.0)  # certainty retention on: the layers now differ from the teacher's
+    trainable = set_trainable(student, 1, layers)
+    assert trainable == sum(p.numel() for i in layers for p in student.model.layers[i].attn.parameters())
+    optimizer = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=3e-4)
+    start = float(layerwise_terms(student, model, ids, layers)["nmse"])
+    assert start > 1e-4
+    for _ in range(25):
+        loss = layerwise_terms(student, model, ids, layers)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    end = float(layerwise_terms(student, model, ids, layers)["nmse"])
+    assert end < 0.5 * start, (start, end)
+    # only the mixers moved
+    reference = load_teacher(teacher).state_dict()
+    for name, tensor in student.state_dict().items():
+        if ".attn." not in name:
+            assert torch.equal(tensor, reference[name]), name
+
+
+@pytest.mark.integration
+def test_both_arms_train_on_the_same_tokens(teacher, tmp_path):
+    logs = {}
+    for baseline in (False, True):
+        config = distill_config(
+            "tiny",
+            str(teacher),
+            2560,
+            baseline,
+            ["seq_len=64", "batch_size=4", "save_steps=0", "valid_blocks=2", *TINY],
+        )
+        logs[baseline] = distill(config, tmp_path / ("baseline" if baseline else "bayesian"))
+    student, base = logs[False], logs[True]
+    assert student["tokens"] == base["tokens"] == 10 * 4 * 64  # ceil(2560 / 256) steps, both arms
+    assert [s["tokens"] for s in student["stages"]] == [s["tokens"] for s in base["stages"]] == [512, 2048]
+    assert [s["objective"] for s in student["stages"]] == ["mse", "kl_lm"]
+    assert [s["objective"] for s in base["stages"]] == ["kl_lm", "kl_lm"]
+    assert [s["trainable_parameters"] for s in student["stages"]][1] > student["stages"][0]["trainable_parameters"]
+    assert student["eval"]["converted"]["max_abs_logit_diff"] < 1e-4
+    assert base["eval"]["converted"]["kl"] == pytest.approx(0, abs=1e-6)
+    for arm, expected in ((False, "BayesianLayer"), (True, "GatedDeltaNet")):
+        folder = tmp_path / ("baseline" if arm else "bayesian")
+        written = json.loads((folder / "train_log.json").read_text())
+        assert written["tokens"] == logs[arm]["tokens"]
+        model = AutoModelForCausalLM.from_pretrained(folder)
+        assert {type(b.attn).__name__ for b in model.model.layers} == {expected}
+        assert model.config.use_cache  # generate() decodes with the recurrent state
+        assert (folder / "tokenizer.json").is_file()
+    # another config in the same folder is refused before any work, naming what differs
+    with pytest.raises(ValueError, match="different config .*differs in tokens.*use another --out"):
+        distill(
+            distill_config(
+                "tiny",
+                str(teacher),
+                5120,
+                False,
+                ["seq_len=64", "batch_size=4", "save_steps=0", "valid_blocks=2", *TINY],
+            ),
+            tmp_path / "bayesian",
+        )
+    assert json.loads((tmp_path / "bayesian" / "train_log.json").read_text())["tokens"] == student["tokens"]
+    assert stage_steps(distill_config("tiny", "t", 2560, overrides=["seq_len=64", "batch_size=4"])) == (256, 2, 8)
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ValueError, match="unknown config key 'bogus'"):
+        distill_config("small", "teacher", 1000, overrides=["bogus=1"])
+    with pytest.raises(ValueError, match="batch_size must be int"):
+        distill_config("small", "teacher", 1000, overrides=["batch_size=1.5"])
+    with pytest.raises(ValueError, match="retention_init must be in"):
+        distill_config("small", "teacher", 1000, overrides=["retention_init=2"])
+    with pytest.raises(ValueError, match="lr_scheduler must be one of"):
+        pretrain_config("small", ["lr_scheduler=step"])
+    with pytest.raises(ValueError, match="unknown config key 'hidden'"):
+        pretrain_config("small", ["hidden=3"])
+    with pytest.raises(ValueError, match="unknown --preset"):
+        pretrain_config("huge")
+    # the shared run fields (LMRunConfig) are checked in both configs; the validation blocks only in pretraining
+    for make in (
+        lambda o: pretrain_config("small", o),
+        lambda o: distill_config("small", "teacher", 1000, overrides=o),
+    ):
+        with pytest.raises(ValueError, match="adam_beta2 must be < 1"):
+            make(["adam_beta2=1.0"])
+        with pytest.raises(ValueError, match="warmup must be >= 0"):
+            make(["warmup=-1"])
+    with pytest.raises(ValueError, match="valid_blocks must be > 0"):
+        pretrain_config("small", ["valid_blocks=0"])
+    assert distill_config("small", "teacher", 1000, overrides=["valid_blocks=0"]).valid_blocks == 0
+
+
+def test_cli_reports_errors_in_one_line(tmp_path, capsys):
+    command = ["distill", "--teacher", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--tokens", "1k"]
+    assert main(command) == 2
+    assert "no config.json" in capsys.readouterr().err
+    assert main(["pretrain", "--preset", "tiny", "--out", str(tmp_path / "p"), "--set", "seq_len=zero"]) == 2
+    assert "seq_len must be int" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["distill", "--teacher", "t", "--out", "o", "--tokens", "lots"])
