@@ -303,3 +303,89 @@ def test_max_minutes_stops_cleanly_and_a_larger_budget_continues(corpus, tmp_pat
     done = pretrain(pretrain_config("tiny", settings), tmp_path)  # no budget: the same run goes on to its end
     assert not done["out_of_time"] and done["steps"] == 6 and done["resumed_from_step"] == 1
     assert [r["step"] for r in read_curve(tmp_path)] == [0, 1, 6]
+
+
+# ------------------------------------------------------------------------------------------- scripts/teacher_pilots
+
+
+def fake_pilot(root: Path, name: str, exact: tuple[float, float], gain: tuple[float, float], **config) -> None:
+    """A finished pilot's train_log.json and curve.json, as pretrain writes them."""
+    probes = {
+        probe: {
+            str(length): {
+                "samples": 100,
+                "exact": e,
+                "exact_low": max(0.0, e - 0.1),
+                "exact_high": min(1.0, e + 0.1),
+                "gain": g,
+                "gain_low": g - 1,
+                "gain_high": g + 1,
+            }
+            for length in (256, 512, 1024)
+        }
+        for probe, e, g in (("single", exact[0], gain[0]), ("multikey", exact[1], gain[1]))
+    }
+    folder = root / name
+    folder.mkdir(parents=True)
+    log = {
+        "config": {**pretrain_config("small").__dict__, **config},
+        "num_parameters": 5_786_384,
+        "tokens": 3_072_000,
+        "steps": 375,
+        "max_steps": 375,
+        "out_of_time": False,
+        "train_seconds": 1500.0,
+        "valid_loss": 4.0,
+        "probes": probes,
+    }
+    (folder / "train_log.json").write_text(json.dumps(log, default=list))
+    rows = [{"step": s, "tokens": s * 8192, "valid_loss": 5.0 - s / 375, "probes": probes} for s in (0, 375)]
+    (folder / "curve.json").write_text(json.dumps(rows))
+
+
+def test_pilot_script_plan_selection_and_report(tmp_path):
+    import runpy
+
+    script = runpy.run_path(str(ROOT / "scripts" / "teacher_pilots.py"))
+    pilots = {p.name: p for p in script["PILOTS"]}
+    # round 2 builds on the round-1 winner; the haystack pilots need generated documents (share >= 0.5)
+    assert script["pilot_sets"](pilots["vocab2k"], "share80") == ["retrieval_share=0.8", "vocab_size=2048"]
+    assert "retrieval_share=0.5" in script["pilot_sets"](pilots["curriculum"], "baseline")
+    rates = {script["shape_key"]([]): 2000.0}
+    sets, info = script["budget"]([], rates, 30)
+    assert info["steps"] == int(2000 * 28 * 60 * 0.85 / 8192) and f"tokens={info['steps'] * 8192}" in sets
+    assert "max_minutes=28" in sets
+    for pilot in script["PILOTS"]:  # every planned pilot is a valid config
+        planned, _ = script["planned"]({k: 2000.0 for k in script["all_shapes"]()}, 30, "share50", pilot)
+        pretrain_config("small", planned)
+    # plan item 5: exact match first; within 0.05, the answer gain
+    best, beats = script["best"], script["beats"]
+    assert best(["a", "b"], {"a": (0.30, 1.0), "b": (0.20, 9.0)}) == "a"
+    assert best(["a", "b"], {"a": (0.30, 1.0), "b": (0.27, 2.0)}) == "b"
+    assert best(["a", "b"], {"a": None, "b": (0.0, -1.0)}) == "b" and beats((0.5, 0), (0.4, 9))
+    fake_pilot(tmp_path, "baseline", (0.0, 0.0), (0.1, 0.0))
+    fake_pilot(tmp_path, "share50", (0.1, 0.0), (2.0, 1.0), retrieval_share=0.5)
+    fake_pilot(tmp_path, "share80", (0.3, 0.1), (4.0, 2.0), retrieval_share=0.8)
+    fake_pilot(tmp_path, "vocab2k", (0.5, 0.2), (6.0, 3.0), retrieval_share=0.8, vocab_size=2048)
+    fake_pilot(tmp_path, "narrow_deep", (0.1, 0.0), (1.0, 0.0), retrieval_share=0.8, hidden_size=192)
+    fake_pilot(tmp_path, "long_haystacks", (0.6, 0.3), (6.0, 4.0), retrieval_share=0.8, retrieval_scale=3)
+    fake_pilot(tmp_path, "curriculum", (0.7, 0.4), (7.0, 5.0), retrieval_share=0.8, retrieval_scale=3)
+    assert script["round1_winner"](tmp_path) == "share80"
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "README.md").write_text(
+        "# Teacher pilots — plan, not yet run\n\n**Status: plan, not yet run.** Everything below was fixed before "
+        f"any pilot ran.\n\n{script['MARKER']}\n\nNot yet run.\n"
+    )
+    script["main"](["report", "--root", str(tmp_path), "--out", str(out)])
+    readme = (out / "README.md").read_text()
+    assert readme.startswith("# Teacher pilots\n") and "7 of 8 pilots run" in readme and "Not yet run" not in readme
+    assert "best pilot overall: **curriculum**" in readme and "partial" in readme
+    # the teacher: share 0.8 + vocab2k + curriculum (better than long_haystacks); narrow_deep lost to share80
+    command = next(line for line in readme.splitlines() if "probseq pretrain" in line)
+    assert "retrieval_share=0.8" in command and "vocab_size=2048" in command
+    assert "retrieval_curriculum=true" in command and "hidden_size" not in command
+    csv_rows = (out / "pilots.csv").read_text().splitlines()
+    assert len(csv_rows) == 8 and "single@512.exact" in csv_rows[0]
+    assert (out / "curves.png").is_file() and (out / "curves" / "share80.csv").exists() is False
+    assert (out / "curves" / "share80.json").is_file()
