@@ -389,3 +389,15 @@ def test_pilot_script_plan_selection_and_report(tmp_path):
     assert len(csv_rows) == 8 and "single@512.exact" in csv_rows[0]
     assert (out / "curves.png").is_file() and (out / "curves" / "share80.csv").exists() is False
     assert (out / "curves" / "share80.json").is_file()
+
+
+def test_the_learning_curve_does_not_change_the_weights(corpus, tmp_path):
+    """probe_every is a run setting (not in the identity): evaluating changes no weight."""
+    from safetensors.torch import load_file
+
+    settings = [*TINY, "tokens=1024", "retrieval_share=0.5"]
+    pretrain(pretrain_config("tiny", settings), tmp_path / "plain")
+    pretrain(pretrain_config("tiny", [*settings, *PROBE_SETTINGS]), tmp_path / "probed")
+    plain, probed = (load_file(tmp_path / name / "model.safetensors") for name in ("plain", "probed"))
+    assert plain.keys() == probed.keys() and all(torch.equal(plain[k], probed[k]) for k in plain)
+    assert not (tmp_path / "plain" / "curve.json").exists() and read_curve(tmp_path / "probed")

@@ -455,14 +455,16 @@ def stage_scales(config: PretrainConfig) -> list[float]:
 
 
 def _document_ids(tokenizer, texts: list[str]) -> list[np.ndarray]:
-    """``<|bos|> text <|eos|>`` of every text, as :func:`tokenize_documents` writes them (in the given order)."""
+    """``<|bos|> text <|eos|>`` of every text, as :func:`tokenize_documents` writes them (in the given order; uint16
+    ids when the vocabulary fits, else int32)."""
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    dtype = np.uint16 if len(tokenizer) <= 65536 else np.int32
     out = []
     for start in range(0, len(texts), 256):
         for ids in tokenizer(texts[start : start + 256], add_special_tokens=True)["input_ids"]:
             if bos is not None and (not ids or ids[0] != bos):
                 ids = [bos, *ids]
-            out.append(np.asarray([*ids, eos], dtype=np.int64))
+            out.append(np.asarray([*ids, eos], dtype=dtype))
     return out
 
 
@@ -564,16 +566,14 @@ def mixed_token_array(
         part_docs.append(docs)
     if not config.retrieval_curriculum:
         part_docs = [[d for docs in part_docs for d in docs]]
-    pieces, bounds = [], []
+    pieces, bounds, end = [], [], 0
     for k, docs in enumerate(part_docs):
         order = list(range(len(docs)))
         random.Random(f"probseq-pretrain-mix:{config.seed}:{k}").shuffle(order)
-        start = sum(len(p) for p in pieces)
         pieces.extend(docs[i] for i in order)
-        bounds.append((start, sum(len(p) for p in pieces)))
-    stream_tokens = np.concatenate(pieces)[:needed]
-    dtype = np.uint16 if len(tokenizer) <= 65536 else np.int32
-    grid = stream_tokens.reshape(blocks, config.seq_len)
+        start, end = end, end + sum(len(d) for d in docs)
+        bounds.append((start, end))
+    grid = np.concatenate(pieces)[:needed].reshape(blocks, config.seq_len)
     order, ranges = [], []
     for k, (start, end) in enumerate(bounds):
         first, last = min(blocks, round(start / config.seq_len)), min(blocks, round(end / config.seq_len))
@@ -583,7 +583,7 @@ def mixed_token_array(
         random.Random(f"probseq-pretrain-blocks:{config.seed}:{k}").shuffle(part)
         order.extend(part)
         ranges.append([first, last])
-    tokens = grid[np.asarray(order, dtype=np.int64)].reshape(-1).astype(dtype)
+    tokens = grid[np.asarray(order, dtype=np.int64)].reshape(-1)
     summary = {
         **settings,
         "book_tokens": int(book_tokens),
