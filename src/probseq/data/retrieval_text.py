@@ -98,21 +98,32 @@ def _value(rng: random.Random, kind: str) -> str:
     return str(uuid.UUID(int=rng.getrandbits(128), version=4))
 
 
+def draw_value(rng: random.Random, kind: str) -> str:
+    """A needle key or value of ``kind`` as these documents draw them: ``"numbers"`` (7 digits), ``"words"``
+    (adjective-noun) or ``"uuids"``."""
+    return _value(rng, kind)
+
+
+def _top(bound: int, scale: float) -> int:
+    """The upper bound of a haystack-size draw at ``scale`` (1: the bound itself, so the draws are unchanged)."""
+    return max(bound, round(bound * scale))
+
+
 def _filler(rng: random.Random, sentences: Sequence[str], count: int) -> list[str]:
     pool = sentences if sentences and rng.random() < 0.5 else FILLER
     return [rng.choice(pool) for _ in range(count)]
 
 
-def _needle(rng: random.Random, sentences: Sequence[str]) -> str:
+def _needle(rng: random.Random, sentences: Sequence[str], scale: float) -> str:
     key_kind = rng.choice(("words", "words", "uuids", "numbers"))
     value_kind = rng.choice(("numbers", "numbers", "uuids", "words"))
     noun = {"numbers": "numbers", "words": "words", "uuids": "uuids"}[value_kind]
     one = noun[:-1]
     num_keys = rng.choice((1, 1, 2, 3, 4))
     pairs = [(_value(rng, key_kind), _value(rng, value_kind)) for _ in range(num_keys)]
-    lines = _filler(rng, sentences, rng.randint(4, 40))
+    lines = _filler(rng, sentences, rng.randint(4, _top(40, scale)))
     if rng.random() < 0.3:  # distractor needles with other keys
-        for _ in range(rng.randint(1, 6)):
+        for _ in range(rng.randint(1, _top(6, scale))):
             lines.insert(
                 rng.randint(0, len(lines)),
                 NEEDLE.format(noun=noun, key=_value(rng, key_kind), value=_value(rng, value_kind)),
@@ -131,9 +142,9 @@ def _needle(rng: random.Random, sentences: Sequence[str]) -> str:
     )
 
 
-def _kv_list(rng: random.Random, sentences: Sequence[str]) -> str:
+def _kv_list(rng: random.Random, sentences: Sequence[str], scale: float) -> str:
     key_kind, value_kind = rng.choice((("uuids", "uuids"), ("words", "numbers"), ("words", "words")))
-    pairs = [(_value(rng, key_kind), _value(rng, value_kind)) for _ in range(rng.randint(3, 16))]
+    pairs = [(_value(rng, key_kind), _value(rng, value_kind)) for _ in range(rng.randint(3, _top(16, scale)))]
     style = rng.choice(('"{k}": "{v}"', "{k}: {v}", "{k} = {v}"))
     key, value = rng.choice(pairs)
     body = "\n".join(style.format(k=k, v=v) for k, v in pairs)
@@ -152,10 +163,10 @@ def _names(rng: random.Random, count: int) -> list[str]:
     return names
 
 
-def _variables(rng: random.Random, sentences: Sequence[str]) -> str:
+def _variables(rng: random.Random, sentences: Sequence[str], scale: float) -> str:
     hops, chains = rng.randint(1, 5), rng.choice((1, 1, 2))
     names = _names(rng, (hops + 1) * chains)
-    lines = _filler(rng, sentences, rng.randint(3, 30))
+    lines = _filler(rng, sentences, rng.randint(3, _top(30, scale)))
     answer_names, value = [], ""
     for c in range(chains):
         vs = names[c * (hops + 1) : (c + 1) * (hops + 1)]
@@ -189,10 +200,10 @@ def _variables(rng: random.Random, sentences: Sequence[str]) -> str:
     )
 
 
-def _word_list(rng: random.Random, sentences: Sequence[str]) -> str:
+def _word_list(rng: random.Random, sentences: Sequence[str], scale: float) -> str:
     pool = _words("nounlist.txt") + _words("adjectivelist.txt") + _words("verblist.txt")
     top = rng.choice((3, 5, 10))
-    words = rng.sample(pool, top + rng.randint(10, 60))
+    words = rng.sample(pool, top + rng.randint(10, _top(60, scale)))
     common, rare = words[:top], words[top:]
     listed = common * rng.randint(3, 6) + rare
     rng.shuffle(listed)
@@ -205,10 +216,10 @@ def _word_list(rng: random.Random, sentences: Sequence[str]) -> str:
     )
 
 
-def _coded(rng: random.Random, sentences: Sequence[str]) -> str:
+def _coded(rng: random.Random, sentences: Sequence[str], scale: float) -> str:
     vocab = ["".join(rng.choices(string.ascii_lowercase, k=rng.choice((4, 5, 6)))) for _ in range(rng.randint(8, 30))]
     vocab = list(dict.fromkeys(vocab))
-    total = rng.randint(60, 250)
+    total = rng.randint(60, _top(250, scale))
     norm = sum(1 / (i + 1) ** 2 for i in range(len(vocab)))
     counts = [max(1, int(total / (i + 1) ** 2 / norm)) for i in range(len(vocab))]
     # strictly decreasing at the top so that the answer is unique
@@ -227,27 +238,44 @@ def _coded(rng: random.Random, sentences: Sequence[str]) -> str:
 _MAKERS = {"needle": _needle, "kv_list": _kv_list, "variables": _variables, "words": _word_list, "coded": _coded}
 
 
-def retrieval_document(seed: int, index: int, sentences: Sequence[str] = ()) -> tuple[str, str]:
+def retrieval_document(seed: int, index: int, sentences: Sequence[str] = (), scale: float = 1.0) -> tuple[str, str]:
     """Document ``index`` of the stream ``seed``: ``(kind, text)``.
 
     Args:
         seed: the stream (any int; documents of different seeds are independent).
         index: position in the stream.
         sentences: extra filler sentences (e.g. from the corpus), used in about half of the haystacks.
+        scale: haystack size: the upper bound of every size draw (filler lines, distractor needles, listed pairs,
+            listed words, coded words) times ``scale`` (the lower bounds stay). 1 (the default) draws exactly the
+            documents of the corpus; 3 makes needle haystacks up to about 120 lines (≈ 700 tokens).
     """
+    if not scale >= 1:
+        raise ValueError(f"scale must be >= 1, got {scale!r}")
     rng = random.Random(f"probseq-retrieval-text:{seed}:{index}")
     kind = rng.choices(KINDS, WEIGHTS)[0]
-    return kind, _MAKERS[kind](rng, sentences)
+    return kind, _MAKERS[kind](rng, sentences, scale)
 
 
-def retrieval_documents(seed: int, characters: int, sentences: Sequence[str] = ()) -> Iterator[tuple[str, str]]:
-    """Documents of stream ``seed`` until they hold at least ``characters`` characters."""
+def retrieval_documents(
+    seed: int, characters: int, sentences: Sequence[str] = (), scale: float = 1.0
+) -> Iterator[tuple[str, str]]:
+    """Documents of stream ``seed`` (at haystack ``scale``) until they hold at least ``characters`` characters."""
     total, index = 0, 0
     while total < characters:
-        kind, text = retrieval_document(seed, index, sentences)
+        kind, text = retrieval_document(seed, index, sentences, scale)
         yield kind, text
         total += len(text)
         index += 1
 
 
-__all__ = ["FILLER", "KINDS", "NEEDLE", "retrieval_document", "retrieval_documents"]
+__all__ = [
+    "ANSWERS",
+    "FILLER",
+    "INSTRUCTIONS",
+    "KINDS",
+    "NEEDLE",
+    "QUESTIONS",
+    "draw_value",
+    "retrieval_document",
+    "retrieval_documents",
+]

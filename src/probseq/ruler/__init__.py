@@ -15,6 +15,9 @@ Typical use::
 
 With the same tokenizer (counted with ``tokenizer.tokenize``), seed and length, the samples are
 identical to those of RULER's own generator scripts.
+
+:mod:`probseq.ruler.probes` is not RULER: retrieval probes of our own in RULER's niah format (own templates'
+formats, own random streams), the validation set the teacher pilots choose on (docs/distillation.md §9).
 """
 
 from .metrics import postprocess_pred, score, string_match_all, string_match_part

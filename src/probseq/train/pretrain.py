@@ -30,6 +30,7 @@ import json
 import math
 import os
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -99,15 +100,24 @@ class LMRunConfig:
         check_optimizer_run(self)
 
     def identity(self) -> dict[str, Any]:
-        """The fields that decide the trained model (a resumed run must match them)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in RUN_ONLY_FIELDS}
+        """The fields that decide the trained model (a resumed run must match them). A field added after runs were
+        made is left out while it holds its default (:data:`ADDED_FIELDS`), so those runs keep their identity and
+        resume."""
+        return {
+            k: v
+            for k, v in dataclasses.asdict(self).items()
+            if k not in RUN_ONLY_FIELDS and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])
+        }
 
     def tokens_per_step(self, world_size: int = 1) -> int:
         """Tokens of one optimizer step over ``world_size`` processes."""
         return self.batch_size * self.seq_len * self.gradient_accumulation_steps * world_size
 
-    def training_arguments(self, output_dir: Path, *, max_steps: int, learning_rate: float, seed: int):
-        """``TrainingArguments`` for a causal-LM run on packed blocks (CPU, one GPU, or ``torchrun``)."""
+    def training_arguments(
+        self, output_dir: Path, *, max_steps: int, learning_rate: float, seed: int, in_order: bool = False
+    ):
+        """``TrainingArguments`` for a causal-LM run on packed blocks (CPU, one GPU, or ``torchrun``); ``in_order``:
+        the blocks in the dataset's order (a curriculum), not shuffled by the Trainer."""
         from transformers import TrainingArguments
 
         distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -139,6 +149,7 @@ class LMRunConfig:
             disable_tqdm=not progress_enabled(self.progress),  # bars on a terminal only
             remove_unused_columns=False,
             dataloader_drop_last=True,
+            train_sampling_strategy="sequential" if in_order else "random",
             dataloader_num_workers=0,
             dataloader_pin_memory=torch.cuda.is_available(),
             ddp_find_unused_parameters=False,
@@ -151,8 +162,38 @@ class LMRunConfig:
 
 
 RUN_ONLY_FIELDS = frozenset(
-    {"save_steps", "save_total_limit", "logging_steps", "progress", "num_threads", "corpus_dir", "valid_blocks"}
+    {
+        "save_steps",
+        "save_total_limit",
+        "logging_steps",
+        "progress",
+        "num_threads",
+        "corpus_dir",
+        "valid_blocks",
+        # the teacher pilots' run settings: a time budget (a larger one continues the run on the same schedule) and
+        # the evaluations of the learning curve (no random draw, no effect on the weights)
+        "max_minutes",
+        "probe_every",
+        "probe_samples",
+        "probe_final_samples",
+        "probe_lengths",
+        "probe_seed",
+    }
 )
+
+#: Fields that decide the model, added after runs were made, with the default that reproduces those runs: left out
+#: of :meth:`LMRunConfig.identity` while they hold it (a run folder from before them resumes).
+ADDED_FIELDS: dict[str, Any] = {
+    "retrieval_share": 0.0,
+    "retrieval_scale": 1.0,
+    "retrieval_curriculum": False,
+    "retrieval_stages": 4,
+}
+
+#: Generated retrieval documents of a mixed run (``retrieval_share > 0``) come from the stream
+#: ``EXTRA_RETRIEVAL_SEED + seed`` of :func:`probseq.data.retrieval_text.retrieval_document`; the corpus' own come
+#: from stream 0 (``prepare_corpus``'s seed), the validation probes from their own streams (probseq.ruler.probes).
+EXTRA_RETRIEVAL_SEED = 1000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -166,6 +207,29 @@ class PretrainConfig(LMRunConfig):
         tokens: the token budget (sets the number of optimizer steps).
         learning_rate: AdamW's peak learning rate.
         tokenizer: an existing tokenizer folder to use instead of training one (``""``: train).
+        retrieval_share: fraction of the training tokens that are retrieval-format documents. 0 (the default):
+            the corpus as built (its retrieval documents are ≈ 18 % of the tokens). In (0, 1): the training
+            stream is built for the run (:func:`mixed_token_array`): the corpus' book documents (KJV, Python docs;
+            repeated in reshuffled epochs when the run needs more) and freshly generated retrieval documents
+            (stream ``EXTRA_RETRIEVAL_SEED + seed``; the corpus' own retrieval documents are not used) in this
+            proportion, exactly the tokens of ``max_steps`` steps, read in order (no epoch repeats a block).
+        retrieval_scale: haystack size of the generated documents at the last stage (``scale`` of
+            :func:`~probseq.data.retrieval_text.retrieval_document`; 1: the corpus' sizes, 3: haystacks up to ≈ 700
+            tokens); stage ``k`` of ``retrieval_stages`` draws at ``1 + (retrieval_scale − 1) · k / (stages − 1)``.
+        retrieval_curriculum: the run is cut into ``retrieval_stages`` consecutive parts, part ``k`` holding stage
+            ``k``'s retrieval documents (short haystacks first, longer later) and its share of the book documents;
+            off: the same documents shuffled over the whole run.
+        retrieval_stages: stages of haystack sizes (and parts of the run, with the curriculum).
+        max_minutes: a training-time budget (minutes, evaluations included, over resumes; 0: none): the run stops
+            at the first step past it, checkpoints, evaluates and exports as a finished run would (``train_log.json``
+            ``out_of_time``). The schedule stays that of ``tokens``: size ``tokens`` to fit the budget.
+        probe_every: evaluate every that many steps (and before the first, and at the end) on the validation blocks
+            and the retrieval probes (:mod:`probseq.ruler.probes`) into the learning curve ``OUT/curve.{json,csv,png}``
+            (:mod:`probseq.train.probe_eval`); 0: no probe evaluation.
+        probe_samples: samples per probe and length in the periodic evaluations; probe_final_samples: in the final
+            one (0: ``probe_samples``; the first ``probe_samples`` are the periodic ones).
+        probe_lengths: the probes' lengths in tokens (prompt + answer).
+        probe_seed: the probes' seed.
     """
 
     hidden_size: int = 256
@@ -186,9 +250,33 @@ class PretrainConfig(LMRunConfig):
     valid_blocks: int = 64
     save_steps: int = 200
     save_total_limit: int = 2
+    # the teacher pilots (docs/distillation.md, "Teacher pilots"); the defaults are the runs made before them
+    retrieval_share: float = 0.0
+    retrieval_scale: float = 1.0
+    retrieval_curriculum: bool = False
+    retrieval_stages: int = 4
+    max_minutes: float = 0.0
+    probe_every: int = 0
+    probe_samples: int = 32
+    probe_final_samples: int = 0
+    probe_lengths: tuple[int, ...] = (256, 512, 1024)
+    probe_seed: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        positive(self, "retrieval_scale", "retrieval_stages", "probe_samples")
+        non_negative(self, "max_minutes", "probe_every", "probe_final_samples", "probe_seed")
+        if not 0 <= self.retrieval_share < 1:
+            raise ValueError(f"retrieval_share must be in [0, 1), got {self.retrieval_share}")
+        if self.retrieval_scale < 1:
+            raise ValueError(f"retrieval_scale must be >= 1, got {self.retrieval_scale}")
+        if self.retrieval_share == 0 and (self.retrieval_scale != 1 or self.retrieval_curriculum):
+            raise ValueError(
+                "retrieval_scale and retrieval_curriculum shape the generated retrieval documents: set "
+                "retrieval_share > 0 as well"
+            )
+        if self.probe_every and (not self.probe_lengths or min(self.probe_lengths) < 64):
+            raise ValueError(f"probe_lengths must be lengths >= 64 tokens, got {list(self.probe_lengths)}")
         positive(
             self,
             "hidden_size",
@@ -355,6 +443,164 @@ def corpus_token_arrays(tokenizer, folder: Path, corpus_dir: str, seed: int) -> 
     return arrays
 
 
+MIX_VERSION = 1
+
+
+def stage_scales(config: PretrainConfig) -> list[float]:
+    """The haystack scale of each stage of generated retrieval documents (:class:`PretrainConfig`)."""
+    stages = config.retrieval_stages
+    if stages == 1:
+        return [float(config.retrieval_scale)]
+    return [1 + (config.retrieval_scale - 1) * k / (stages - 1) for k in range(stages)]
+
+
+def _document_ids(tokenizer, texts: list[str]) -> list[np.ndarray]:
+    """``<|bos|> text <|eos|>`` of every text, as :func:`tokenize_documents` writes them (in the given order; uint16
+    ids when the vocabulary fits, else int32)."""
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    dtype = np.uint16 if len(tokenizer) <= 65536 else np.int32
+    out = []
+    for start in range(0, len(texts), 256):
+        for ids in tokenizer(texts[start : start + 256], add_special_tokens=True)["input_ids"]:
+            if bos is not None and (not ids or ids[0] != bos):
+                ids = [bos, *ids]
+            out.append(np.asarray([*ids, eos], dtype=dtype))
+    return out
+
+
+def mixed_token_array(
+    tokenizer, folder: Path, config: PretrainConfig, blocks: int
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The training stream of a run with ``retrieval_share > 0``: ``blocks`` blocks of ``seq_len`` tokens, in the
+    order they are trained on (cached as ``folder/mix-<key>.npy`` with its ``.json`` summary).
+
+    The run's tokens are cut into ``retrieval_stages`` parts (one part without the curriculum). Part ``k`` holds
+    book documents (the corpus' KJV and Python-docs train documents, consecutive from epochs each shuffled with
+    the seed) for ``1 − retrieval_share`` of its tokens and retrieval documents of stage ``k`` (generated from the
+    stream ``EXTRA_RETRIEVAL_SEED + seed`` at :func:`stage_scales` ``[k]``, filler from the corpus' KJV sentences as
+    the corpus' own) for the rest; its documents are shuffled and concatenated, and its blocks shuffled among
+    themselves. Without the curriculum the same documents are shuffled over the whole run.
+
+    Returns:
+        ``(tokens, summary)``: ``summary`` has ``book_tokens``, ``retrieval_tokens``, ``retrieval_documents``,
+        ``book_epochs`` (book documents used, in corpus epochs), ``scales``, ``retrieval_document_tokens`` (the
+        mean length of a generated document per stage), ``parts`` (block ranges of the curriculum's parts).
+    """
+    from probseq.data import corpus
+    from probseq.data.retrieval_text import retrieval_document
+
+    paths = corpus.prepare_corpus(config.corpus_dir or None)
+    settings = {
+        "version": MIX_VERSION,
+        "share": config.retrieval_share,
+        "scales": stage_scales(config),
+        "curriculum": config.retrieval_curriculum,
+        "seq_len": config.seq_len,
+        "blocks": blocks,
+        "seed": config.seed,
+    }
+    key = json.dumps(
+        {
+            "tokenizer": tokenizer.backend_tokenizer.to_str()
+            if hasattr(tokenizer, "backend_tokenizer")
+            else repr(tokenizer),
+            "manifest": paths.manifest.read_text(),
+            **settings,
+        },
+        sort_keys=True,
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    path, summary_path = folder / f"mix-{digest}.npy", folder / f"mix-{digest}.json"
+    if path.exists() and summary_path.exists():
+        return load_token_array(path), json.loads(summary_path.read_text())
+
+    needed = blocks * config.seq_len
+    scales = settings["scales"]
+    parts = len(scales)
+    book_texts = list(corpus.iter_documents(paths, "train", ("kjv", "python_docs")))
+    if not book_texts:
+        raise ValueError("the corpus has no book documents (kjv, python_docs) in its train split")
+    book = _document_ids(tokenizer, book_texts)
+    sentences = [
+        s
+        for d in list(corpus.iter_documents(paths, "train", ("kjv",)))[::7]
+        for s in re.split(r"(?<=[.;:])\s+", d)
+        if 20 <= len(s) <= 160
+    ]
+
+    def book_stream():
+        epoch = 0
+        while True:
+            order = list(range(len(book)))
+            random.Random(f"probseq-pretrain-books:{config.seed}:{epoch}").shuffle(order)
+            for i in order:
+                yield book[i]
+            epoch += 1
+
+    books, index = book_stream(), 0
+    stream = EXTRA_RETRIEVAL_SEED + config.seed
+    part_docs: list[list[np.ndarray]] = []
+    book_tokens = retrieval_tokens = book_used = 0
+    mean_lengths = []
+    for k, scale in enumerate(scales):
+        docs: list[np.ndarray] = []
+        target = (1 - config.retrieval_share) * needed / parts
+        count = 0
+        while count < target:
+            ids = next(books)
+            docs.append(ids)
+            count += len(ids)
+            book_used += 1
+        book_tokens += count
+        target, count, first = config.retrieval_share * needed / parts, 0, index
+        while count < target:
+            texts = [retrieval_document(stream, index + j, sentences, scale)[1] for j in range(64)]
+            for ids in _document_ids(tokenizer, texts):
+                index += 1
+                docs.append(ids)
+                count += len(ids)
+                if count >= target:
+                    break
+        retrieval_tokens += count
+        mean_lengths.append(count / max(1, index - first))
+        part_docs.append(docs)
+    if not config.retrieval_curriculum:
+        part_docs = [[d for docs in part_docs for d in docs]]
+    pieces, bounds, end = [], [], 0
+    for k, docs in enumerate(part_docs):
+        order = list(range(len(docs)))
+        random.Random(f"probseq-pretrain-mix:{config.seed}:{k}").shuffle(order)
+        pieces.extend(docs[i] for i in order)
+        start, end = end, end + sum(len(d) for d in docs)
+        bounds.append((start, end))
+    grid = np.concatenate(pieces)[:needed].reshape(blocks, config.seq_len)
+    order, ranges = [], []
+    for k, (start, end) in enumerate(bounds):
+        first, last = min(blocks, round(start / config.seq_len)), min(blocks, round(end / config.seq_len))
+        if k == len(bounds) - 1:
+            last = blocks
+        part = list(range(first, last))
+        random.Random(f"probseq-pretrain-blocks:{config.seed}:{k}").shuffle(part)
+        order.extend(part)
+        ranges.append([first, last])
+    tokens = grid[np.asarray(order, dtype=np.int64)].reshape(-1)
+    summary = {
+        **settings,
+        "book_tokens": int(book_tokens),
+        "retrieval_tokens": int(retrieval_tokens),
+        "retrieval_documents": index,
+        "book_epochs": book_used / len(book),
+        "retrieval_document_tokens": mean_lengths,
+        "parts": ranges,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{path.name}.tmp.npy"
+    np.save(tmp, tokens)
+    os.replace(tmp, path)
+    atomic_write_json(summary_path, summary)
+    return load_token_array(path), summary
+
+
 def load_token_array(path: Path) -> np.ndarray:
     """A cached token array ``[N]`` (memory-mapped); a ``ValueError`` naming the file when it is not a 1-D array
     of integers (truncated, or written by something else)."""
@@ -387,6 +633,54 @@ def copy_tokenizer(tokenizer, dst: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The learning curve (the teacher pilots)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def learning_curve(config: PretrainConfig, out: Path, tokenizer, valid_data, tokens_per_step: int, trainer):
+    """The :class:`~probseq.train.probe_eval.ProbeCurve` of the run, added to ``trainer`` (``None`` when
+    ``probe_every`` is 0, and on processes other than the first)."""
+    if not config.probe_every or not trainer.is_world_process_zero():
+        return None
+    from probseq.ruler.probes import PROBES
+    from probseq.train.probe_eval import ProbeCurve, build_probe_sets
+
+    records = build_probe_sets(tokenizer, PROBES, config.probe_lengths, config.probe_samples, config.probe_seed)
+    curve = ProbeCurve(
+        out,
+        tokenizer,
+        records,
+        valid_data,
+        config.probe_every,
+        tokens_per_step,
+        batch_size=config.batch_size,
+        title=out.name,
+    )
+    curve.trainer = trainer  # the TrainingClock that run_trainer adds gives the seconds column
+    trainer.add_callback(curve)
+    return curve
+
+
+def final_evaluation(config: PretrainConfig, curve, model, tokenizer, state, run) -> dict:
+    """The last row of the learning curve (``final``: with ``probe_final_samples`` samples), unless a rerun of a
+    finished run finds it there already; returns its probe summary."""
+    from probseq.ruler.probes import PROBES
+    from probseq.train.probe_eval import build_probe_sets
+
+    for row in curve.rows:
+        if row["step"] == state.global_step and row.get("final"):
+            return row["probes"]
+    samples = max(config.probe_final_samples, config.probe_samples)
+    records = (
+        build_probe_sets(tokenizer, PROBES, config.probe_lengths, samples, config.probe_seed)
+        if samples != config.probe_samples
+        else None
+    )
+    row = curve.evaluate(model, state, train_loss=curve.last_train_loss, records=records, final=True)
+    return row["probes"]
+
+
+# ---------------------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------------------
 
@@ -412,9 +706,14 @@ def pretrain(config: PretrainConfig, out: str | os.PathLike) -> dict[str, Any]:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     tokens_per_step = config.tokens_per_step(world_size)
     max_steps = math.ceil(config.tokens / tokens_per_step)
+    mixed = config.retrieval_share > 0
     with run_threads(config.num_threads), progress_bars(config.progress):
         args = config.training_arguments(
-            out / "checkpoints", max_steps=max_steps, learning_rate=config.learning_rate, seed=config.seed
+            out / "checkpoints",
+            max_steps=max_steps,
+            learning_rate=config.learning_rate,
+            seed=config.seed,
+            in_order=mixed,
         )
         with args.main_process_first(desc="corpus, tokenizer and token arrays"):
             if config.tokenizer:
@@ -427,6 +726,10 @@ def pretrain(config: PretrainConfig, out: str | os.PathLike) -> dict[str, Any]:
                     corpus_lib.iter_documents(paths, "train"), out / "tokenizer", config.vocab_size
                 )
             arrays = corpus_token_arrays(tokenizer, out / "data", config.corpus_dir, config.seed)
+            mix = None
+            if mixed:
+                blocks = max_steps * config.batch_size * config.gradient_accumulation_steps * world_size
+                arrays["train"], mix = mixed_token_array(tokenizer, out / "data", config, blocks)
         train_data = PackedBlocks(arrays["train"], config.seq_len)
         valid_data = PackedBlocks(arrays["valid"], config.seq_len, limit=config.valid_blocks)
         if len(train_data) < config.batch_size * world_size:
@@ -439,7 +742,10 @@ def pretrain(config: PretrainConfig, out: str | os.PathLike) -> dict[str, Any]:
         trainer = Trainer(model=model, args=args, train_dataset=train_data, data_collator=default_data_collator)
         if not config.progress:
             trainer.remove_callback(PrinterCallback)
-        run = run_trainer(trainer, out / "checkpoints")
+        curve = learning_curve(config, out, tokenizer, valid_data, tokens_per_step, trainer)
+        run = run_trainer(
+            trainer, out / "checkpoints", max_seconds=config.max_minutes * 60 if config.max_minutes else None
+        )
         if run.diverged is not None:  # no model is exported; the checkpoints before the step stay
             raise TrainingDiverged(f"pretraining in {out}: {run.diverged['message']}")
         valid_loss = trainer.evaluate(eval_dataset=valid_data)["eval_loss"] if len(valid_data) else None
@@ -449,6 +755,9 @@ def pretrain(config: PretrainConfig, out: str | os.PathLike) -> dict[str, Any]:
                 f"step {run.output.global_step}; lower the learning rate"
             )
         model = trainer.accelerator.unwrap_model(trainer.model)
+        final_probes = None
+        if curve is not None and trainer.is_world_process_zero():
+            final_probes = final_evaluation(config, curve, model, tokenizer, trainer.state, run)
     steps = run.output.global_step
     log = {
         "config": dataclasses.asdict(config),
@@ -468,6 +777,10 @@ def pretrain(config: PretrainConfig, out: str | os.PathLike) -> dict[str, Any]:
         "corpus_tokens": {split: int(len(a)) for split, a in arrays.items()},
         "history": nonfinite_to_none(trainer.state.log_history),  # grad_norm is inf at an fp16 overflow step
     }
+    if config.retrieval_share or config.max_minutes or config.probe_every:  # the teacher pilots' fields
+        log.update(max_steps=max_steps, out_of_time=run.out_of_time, mix=mix)
+        if final_probes is not None:
+            log.update(probes=nonfinite_to_none(final_probes), eval_seconds=curve.eval_seconds)
     if trainer.is_world_process_zero():
         with progress_bars(config.progress):
             export_fla(model, out)
@@ -482,6 +795,7 @@ __all__ = [
     "PackedBlocks",
     "PretrainConfig",
     "corpus_token_arrays",
+    "mixed_token_array",
     "model_config",
     "pretrain",
     "pretrain_config",

@@ -204,6 +204,24 @@ class TrainingClock(TrainerCallback, ExportableState):
         return {"args": {}, "attributes": {"seconds": self.seconds}}
 
 
+class TimeBudget(TrainerCallback):
+    """Ends training cleanly once the run's training time (a :class:`TrainingClock`'s, summed over resumes) reaches
+    ``seconds``: the step that crosses it is checkpointed and the Trainer returns, so the caller evaluates and
+    exports as after a complete run, and a rerun with the same budget trains nothing more (:func:`run_trainer`).
+    ``stopped_at`` is the step it stopped at (``None``: it did not stop the run). Added before the
+    :class:`DivergenceGuard`, which cancels the checkpoint of a diverged step."""
+
+    def __init__(self, clock: TrainingClock, seconds: float):
+        self.clock, self.seconds = clock, seconds
+        self.stopped_at: int | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.clock.seconds >= self.seconds and state.global_step < state.max_steps:
+            control.should_training_stop = True
+            control.should_save = True
+            self.stopped_at = state.global_step
+
+
 class TrainingDiverged(ValueError):
     """A run stopped because its gradient norm or its loss stopped being finite (:class:`DivergenceGuard`), or its
     trained model's evaluation loss is not finite.
@@ -558,13 +576,15 @@ class TrainerRun(NamedTuple):
     """What :func:`run_trainer` ran: the ``TrainOutput`` (``training_loss`` over the steps of this call), the
     step resumed from (``None``: from scratch), this call's seconds, and the run's training time over all its
     resumes (:class:`TrainingClock`; for a run resumed from a checkpoint without a clock, the steps before it
-    are counted at this call's rate). ``diverged`` is ``None``, or how the run diverged (:func:`run_trainer`)."""
+    are counted at this call's rate). ``diverged`` is ``None``, or how the run diverged (:func:`run_trainer`);
+    ``out_of_time`` says that the run ended before ``max_steps`` because its time budget ran out."""
 
     output: Any
     resumed_from_step: int | None
     seconds: float
     train_seconds: float
     diverged: dict[str, Any] | None = None
+    out_of_time: bool = False
 
     @property
     def steps_run(self) -> int:
@@ -578,9 +598,13 @@ class TrainerRun(NamedTuple):
         return self.train_seconds / max(self.output.global_step, 1)
 
 
-def run_trainer(trainer: Trainer, checkpoints: str | os.PathLike, *, resume: bool = True) -> TrainerRun:
+def run_trainer(
+    trainer: Trainer, checkpoints: str | os.PathLike, *, resume: bool = True, max_seconds: float | None = None
+) -> TrainerRun:
     """``trainer.train()``, resuming from the last complete checkpoint in ``checkpoints`` (if ``resume``), with a
-    :class:`DivergenceGuard`.
+    :class:`DivergenceGuard`, and with a :class:`TimeBudget` of ``max_seconds`` of training time (``None``: none).
+    A checkpoint whose training time has reached ``max_seconds`` counts as the end of the run (nothing more is
+    trained; a larger budget continues it on the same schedule).
 
     A failure before the first optimizer step after a resume is a ``ValueError`` "could not resume from …"
     naming the checkpoint and the cause; a failure after that is raised as it is. A run that diverged returns
@@ -589,7 +613,10 @@ def run_trainer(trainer: Trainer, checkpoints: str | os.PathLike, *, resume: boo
     finite logged loss); its caller decides what to do with the weights (they are not finite).
     """
     clock, guard = TrainingClock(), DivergenceGuard()
+    budget = TimeBudget(clock, max_seconds) if max_seconds is not None else None
     trainer.add_callback(clock)
+    if budget is not None:
+        trainer.add_callback(budget)
     trainer.add_callback(guard)
     checkpoint = last_complete_checkpoint(checkpoints) if resume else None
     resumed = int(Path(checkpoint).name.split("-")[-1]) if checkpoint else None
@@ -597,6 +624,8 @@ def run_trainer(trainer: Trainer, checkpoints: str | os.PathLike, *, resume: boo
     try:
         if resumed is not None and resumed >= trainer.args.max_steps:
             return _finished_run(trainer, checkpoint, resumed, started)
+        if resumed is not None and max_seconds is not None and _checkpoint_seconds(checkpoint) >= max_seconds:
+            return _finished_run(trainer, checkpoint, resumed, started)._replace(out_of_time=True)
         with flush_subnormals():  # probseq.cpu: no result changes, the covariance path runs 1.4x faster
             output = trainer.train(resume_from_checkpoint=checkpoint)
     except Exception as error:
@@ -610,7 +639,16 @@ def run_trainer(trainer: Trainer, checkpoints: str | os.PathLike, *, resume: boo
     if resumed and not clock.restored:  # a checkpoint from before the clock: estimate the steps before it
         train_seconds += resumed * seconds / max(output.global_step - resumed, 1)
     diverged = _divergence(guard.diverged, trainer) if guard.diverged is not None else None
-    return TrainerRun(output, resumed, seconds, train_seconds, diverged)
+    out_of_time = budget is not None and budget.stopped_at is not None and diverged is None
+    return TrainerRun(output, resumed, seconds, train_seconds, diverged, out_of_time)
+
+
+def _checkpoint_seconds(checkpoint: str) -> float:
+    """The training time a checkpoint's :class:`TrainingClock` recorded (0 when it has none)."""
+    from transformers import TrainerState
+
+    state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    return TrainingClock.saved_seconds(state) or 0.0
 
 
 def _divergence(diverged: dict[str, Any], trainer: Trainer) -> dict[str, Any]:
@@ -732,6 +770,7 @@ __all__ = [
     "NORM_TYPES",
     "DivergenceGuard",
     "PreShiftedTrainer",
+    "TimeBudget",
     "TrainerRun",
     "TrainingClock",
     "TrainingDiverged",

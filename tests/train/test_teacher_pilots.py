@@ -1,0 +1,403 @@
+"""The teacher pilots' machinery (docs/distillation.md, "Teacher pilots"): the retrieval probes
+(probseq.ruler.probes) and their scorer (probseq.train.probe_eval), the pretraining knobs (retrieval share and
+haystack curriculum, time budget, learning curve) and the run identity of older runs. Tiny models and a generated
+corpus (``prepare_corpus`` replaced by a stub); seconds."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from probseq.data import corpus as corpus_lib
+from probseq.data import retrieval_document, retrieval_documents, train_tokenizer
+from probseq.ruler.probes import MIRRORS, PROBES, probe_sample, probe_set
+from probseq.train.pretrain import (
+    ADDED_FIELDS,
+    EXTRA_RETRIEVAL_SEED,
+    PretrainConfig,
+    mixed_token_array,
+    pretrain,
+    pretrain_config,
+    stage_scales,
+)
+from probseq.train.probe_eval import (
+    read_curve,
+    score_samples,
+    summarize,
+    t_interval,
+    uniform_logp,
+    wilson,
+)
+from probseq.train.schema import from_dict
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["num_threads=1", "progress=false", "vocab_size=384", "batch_size=2", "seq_len=128", "valid_blocks=2"]
+LENGTHS = (256, 384)
+
+
+def fake_corpus(root: Path) -> corpus_lib.CorpusPaths:
+    """A small corpus in the real layout: sentences standing for the books, and generated retrieval text."""
+    texts = {
+        "kjv": [
+            f"And it came to pass in the day {i}: the waters rose upon the earth; and the ark went upon the face of "
+            "the waters. And God remembered Noah, and every living thing. " * 2
+            for i in range(120)
+        ],
+        "python_docs": [
+            f"The method number {i} returns a new list. Pass a key and a default value; it raises KeyError when "
+            "the key is missing. " * 2
+            for i in range(120)
+        ],
+        "retrieval": [text for _, text in retrieval_documents(0, 40_000)],
+    }
+    paths = corpus_lib.corpus_paths(root)
+    root.mkdir(parents=True, exist_ok=True)
+    manifest = {"version": corpus_lib.CORPUS_VERSION, "sources": {}, "files": {}}
+    for name, docs in texts.items():
+        data = "".join(json.dumps({"source": name, "id": str(i), "text": t}) + "\n" for i, t in enumerate(docs))
+        paths.files[name].write_bytes(data.encode())
+        manifest["files"][name] = {"documents": len(docs), "characters": sum(map(len, docs)), "bytes": len(data)}
+    paths.manifest.write_text(json.dumps(manifest))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    paths = fake_corpus(tmp_path_factory.mktemp("corpus"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(corpus_lib, "prepare_corpus", lambda cache_dir=None, **kwargs: paths)
+        yield paths
+
+
+@pytest.fixture(scope="module")
+def tokenizer(corpus, tmp_path_factory):
+    return train_tokenizer(corpus_lib.iter_documents(corpus, "train"), tmp_path_factory.mktemp("tok") / "t", 1024)
+
+
+# ------------------------------------------------------------------------------------------------- the probes
+
+
+def test_retrieval_text_is_unchanged_at_the_default_scale():
+    """The haystack ``scale`` knob leaves the corpus' documents as they were (hash of the documents before it)."""
+    digest = hashlib.sha256()
+    sentences = [f"A sentence of the corpus number {i}, long enough." for i in range(50)]
+    for seed in (0, 7):
+        for i in range(300):
+            kind, text = retrieval_document(seed, i, sentences if i % 2 else ())
+            digest.update(kind.encode())
+            digest.update(text.encode())
+    assert digest.hexdigest() == "5de72135866b724e24139769735b355adeed1a9e6a601fabb6f575b48214d1c2"
+    longer = [len(retrieval_document(0, i, (), 3.0)[1]) for i in range(200)]
+    assert sum(longer) > 1.5 * sum(len(retrieval_document(0, i)[1]) for i in range(200))
+
+
+def test_probes_are_deterministic_fit_their_length_and_mirror_ruler(tokenizer):
+    for probe in PROBES:
+        for length in LENGTHS:
+            records = probe_set(probe, tokenizer, length, 6, seed=0)
+            assert records == probe_set(probe, tokenizer, length, 6, seed=0)
+            assert records[:3] == probe_set(probe, tokenizer, length, 3, seed=0)  # a prefix of a larger set
+            assert records != probe_set(probe, tokenizer, length, 6, seed=1)
+            for r in records:
+                full = tokenizer(r["prompt"] + r["separator"] + r["answer"])["input_ids"]
+                assert len(full) == r["tokens"] <= length and r["tokens"] > length - 40  # filled up to the length
+                assert len(r["answer"]) == 7 and r["answer"].isdigit()
+                needle = f"One of the special magic numbers for {r['key']} is: {r['answer']}."
+                assert r["prompt"].count(needle) == 1 and r["prompt"].count(r["answer"]) == 1
+                assert r["prompt"].endswith(
+                    f"Answer: The special magic number for {r['key']} mentioned in the provided text is"
+                )
+                if probe == "single":
+                    assert r["needles"] == 1 and r["lines"] > 10
+                else:  # every haystack line a needle for another key
+                    assert r["needles"] == r["lines"] >= 3
+    assert MIRRORS == {"single": "niah_single_1", "multikey": "niah_multikey_2"}
+
+
+def test_probes_are_disjoint_from_pretraining_documents(tokenizer):
+    """No probe needle (key and value) occurs in the corpus' retrieval stream (0) or in the generated stream of a
+    mixed run (EXTRA_RETRIEVAL_SEED + seed), nor does a probe's prompt."""
+    probes = [r for p in PROBES for n in LENGTHS for r in probe_set(p, tokenizer, n, 20, seed=0)]
+    needles = {f"for {r['key']} is: {r['answer']}." for r in probes}
+    keys = {r["key"] for r in probes}
+    values = {r["answer"] for r in probes}
+    documents = [retrieval_document(0, i)[1] for i in range(1500)]
+    documents += [retrieval_document(EXTRA_RETRIEVAL_SEED, i, (), 2.0)[1] for i in range(800)]
+    text = "\n".join(documents)
+    assert not [n for n in needles if n in text]
+    assert not [k for k in keys if f"for {k} is: " in text and any(f"for {k} is: {v}" in text for v in values)]
+    assert not any(r["prompt"][:200] in text for r in probes)
+
+
+# ------------------------------------------------------------------------------------------------- the scorer
+
+
+class AnswerStub(torch.nn.Module):
+    """A causal LM that predicts the next token of its input with logit ``margin`` (0 elsewhere): greedy decoding
+    reproduces whatever sequence it is fed; ``wrong_at`` shifts one predicted position to another token, and
+    ``then`` is what it predicts after the end of a sequence."""
+
+    def __init__(self, vocab: int, margin: float = 5.0, wrong_at: int | None = None, then: int = 2):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.vocab, self.margin, self.wrong_at, self.then = vocab, margin, wrong_at, then
+
+    def forward(self, input_ids, logits_to_keep=0, use_cache=False):
+        batch, length = input_ids.shape
+        nxt = torch.cat([input_ids[:, 1:], torch.zeros(batch, 1, dtype=torch.long)], dim=1)
+        nxt[nxt == 0] = self.then  # after the end of a sequence (the padding of a batch is id 0)
+        if self.wrong_at is not None:
+            nxt[:, self.wrong_at] = (nxt[:, self.wrong_at] + 1) % self.vocab
+        logits = torch.zeros(batch, length, self.vocab)
+        logits.scatter_(-1, nxt[..., None], self.margin)
+        if isinstance(logits_to_keep, torch.Tensor):
+            logits = logits[:, logits_to_keep]
+        return type("Out", (), {"logits": logits})
+
+
+def test_scorer_exact_match_and_loglikelihood_arithmetic(tokenizer):
+    records = probe_set("single", tokenizer, 256, 3) + probe_set("multikey", tokenizer, 256, 3)
+    vocab, margin = len(tokenizer), 5.0
+    # the right tokens, then eos: exact match; log p per token = margin − log(e^margin + V − 1)
+    rows = score_samples(AnswerStub(vocab, margin), tokenizer, records, batch_tokens=600)  # batches of 2
+    per_token = margin - math.log(math.exp(margin) + vocab - 1)
+    for row in rows:
+        assert row["exact"] == 1.0
+        assert row["logp"] == pytest.approx(7 * per_token, rel=1e-5)  # the 7 digits, not the space before them
+        assert row["uniform"] == pytest.approx(-7 * math.log(10)) == uniform_logp("1234567")
+        assert row["gain"] == pytest.approx(row["logp"] + 7 * math.log(10))
+    # ... but the number goes on with a digit: not an exact match
+    digit = tokenizer.convert_tokens_to_ids("5")
+    assert all(r["exact"] == 0.0 for r in score_samples(AnswerStub(vocab, then=digit), tokenizer, records))
+    # a uniform model: log p = −7 log V, no exact match
+    flat = score_samples(AnswerStub(vocab, margin=0.0), tokenizer, records)
+    assert all(r["logp"] == pytest.approx(-7 * math.log(vocab), rel=1e-5) for r in flat)
+    summary = summarize(rows)
+    assert set(summary) == {"single", "multikey"} and summary["single"]["256"]["samples"] == 3
+    assert summary["single"]["256"]["exact"] == 1.0 and summary["single"]["256"]["exact_high"] == 1.0
+    assert summary["multikey"]["256"]["mirrors"] == "niah_multikey_2"
+
+
+def test_scorer_rejects_a_wrong_digit(tokenizer):
+    record = probe_sample("single", tokenizer, 256, 0)
+    n = len(tokenizer(record["prompt"])["input_ids"])
+    # the stub's predicted token at position n + 3 (the third digit) is wrong: no exact match, lower likelihood
+    wrong = score_samples(AnswerStub(len(tokenizer), wrong_at=n + 3), tokenizer, [record])[0]
+    right = score_samples(AnswerStub(len(tokenizer)), tokenizer, [record])[0]
+    assert wrong["exact"] == 0.0 and right["exact"] == 1.0 and wrong["logp"] < right["logp"] - 4
+
+
+def test_intervals():
+    assert wilson(0, 10)[0] == 0.0 and wilson(10, 10)[1] == 1.0
+    low, high = wilson(5, 10)
+    assert low == pytest.approx(0.2366, abs=1e-3) and high == pytest.approx(0.7634, abs=1e-3)
+    mean, low, high = t_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and high - mean == pytest.approx(4.303 * 1 / math.sqrt(3), rel=1e-3)
+
+
+# ------------------------------------------------------------------------------------------ config and identity
+
+
+def test_default_fields_keep_the_identity_of_older_runs():
+    """The teacher of results/distill was made before the new fields: its config, read back, has the same identity
+    (so its run folder resumes), and so does every preset; a new field set to another value changes it."""
+    old = json.loads((ROOT / "results/distill/teacher/train_log.json").read_text())["config"]
+    old_run_only = {"save_steps", "save_total_limit", "logging_steps", "progress", "num_threads", "corpus_dir"}
+    old_identity = {k: v for k, v in old.items() if k not in old_run_only | {"valid_blocks"}}
+    config = from_dict(PretrainConfig, old)
+    assert json.loads(json.dumps(config.identity())) == old_identity
+    for preset in ("tiny", "small", "340m"):
+        identity = pretrain_config(preset).identity()
+        assert not set(identity) & (set(ADDED_FIELDS) | {"max_minutes", "probe_every", "probe_lengths"})
+    assert pretrain_config("small", ["retrieval_share=0.5"]).identity()["retrieval_share"] == 0.5
+    # run settings, not part of the identity
+    assert (
+        pretrain_config("small", ["max_minutes=30", "probe_every=100"]).identity()
+        == pretrain_config("small").identity()
+    )
+    with pytest.raises(ValueError, match="retrieval_share"):
+        pretrain_config("small", ["retrieval_curriculum=true"])
+    with pytest.raises(ValueError, match="retrieval_share"):
+        pretrain_config("small", ["retrieval_share=1"])
+    args = pretrain_config("tiny").training_arguments(Path("/tmp/x"), max_steps=1, learning_rate=1e-3, seed=0)
+    assert args.train_sampling_strategy == "random"  # old runs: the Trainer's shuffled blocks
+
+
+def test_mixed_stream_has_the_share_and_the_curriculum(corpus, tokenizer, tmp_path):
+    config = pretrain_config(
+        "tiny", [*TINY, "retrieval_share=0.6", "retrieval_scale=3", "retrieval_curriculum=true", "retrieval_stages=3"]
+    )
+    assert stage_scales(config) == [1.0, 2.0, 3.0]
+    tokens, summary = mixed_token_array(tokenizer, tmp_path, config, blocks=120)
+    assert tokens.shape == (120 * 128,)
+    share = summary["retrieval_tokens"] / (summary["retrieval_tokens"] + summary["book_tokens"])
+    assert 0.55 < share < 0.65 and summary["book_epochs"] > 0
+    again, _ = mixed_token_array(tokenizer, tmp_path, config, blocks=120)  # cached
+    assert np.array_equal(tokens, again)
+
+    lengths = summary["retrieval_document_tokens"]
+    assert lengths[0] < lengths[1] < lengths[2]  # longer haystacks at each stage
+
+    def documents_per_block(block_range):  # document starts (bos) per block: fewer where documents are longer
+        first, last = block_range
+        return int((np.asarray(tokens[first * 128 : last * 128]) == tokenizer.bos_token_id).sum()) / (last - first)
+
+    parts = summary["parts"]
+    assert [p[0] for p in parts] == sorted(p[0] for p in parts) and parts[-1][1] == 120
+    assert documents_per_block(parts[0]) > documents_per_block(parts[-1])  # short haystacks first
+    plain = pretrain_config("tiny", [*TINY, "retrieval_share=0.6", "retrieval_scale=3", "retrieval_stages=3"])
+    shuffled, plain_summary = mixed_token_array(tokenizer, tmp_path, plain, blocks=120)
+    assert plain_summary["retrieval_tokens"] == summary["retrieval_tokens"]  # the same documents, another order
+    assert not np.array_equal(shuffled, tokens)
+
+
+# ------------------------------------------------------------------------------ the learning curve and the budget
+
+PROBE_SETTINGS = ["probe_every=2", "probe_samples=2", "probe_final_samples=3", "probe_lengths=[256]"]
+
+
+def test_learning_curve_is_written_and_resumes_without_duplicates(corpus, tmp_path):
+    settings = [*TINY, "tokens=2048", "save_steps=4", "logging_steps=1", "retrieval_share=0.5", *PROBE_SETTINGS]
+    log = pretrain(pretrain_config("tiny", settings), tmp_path)  # 8 steps of 2 × 128 tokens
+    assert log["steps"] == 8 and not log["out_of_time"] and log["mix"]["blocks"] == 16
+    rows = read_curve(tmp_path)
+    assert [r["step"] for r in rows] == [0, 2, 4, 6, 8] and [r["final"] for r in rows] == [False] * 4 + [True]
+    assert rows[-1]["probes"]["single"]["256"]["samples"] == 3 and rows[1]["probes"]["multikey"]["256"]["samples"] == 2
+    assert rows[0]["train_loss"] is None and all(r["train_loss"] is not None for r in rows[1:])
+    assert all(r["valid_loss"] > 0 and r["tokens"] == r["step"] * 256 for r in rows)
+    assert [r["seconds"] for r in rows[1:]] == sorted(r["seconds"] for r in rows[1:])
+    assert log["probes"] == rows[-1]["probes"]
+    for name in ("curve.csv", "curve.png"):
+        assert (tmp_path / name).is_file()
+    header = (tmp_path / "curve.csv").read_text().splitlines()[0]
+    assert "single@256.exact" in header and "multikey@256.gain" in header
+    # an interruption after the checkpoint at step 4: the curve's later rows are dropped and redone, once each
+    shutil.rmtree(tmp_path / "checkpoints" / "checkpoint-8")
+    log = pretrain(pretrain_config("tiny", settings), tmp_path)
+    assert log["resumed_from_step"] == 4 and log["steps"] == 8
+    again = read_curve(tmp_path)
+    assert [r["step"] for r in again] == [0, 2, 4, 6, 8] and again[:3] == rows[:3] and again[-1]["final"]
+    # a rerun of the finished run evaluates nothing more
+    pretrain(pretrain_config("tiny", settings), tmp_path)
+    assert read_curve(tmp_path) == again
+
+
+def test_max_minutes_stops_cleanly_and_a_larger_budget_continues(corpus, tmp_path):
+    settings = [*TINY, "tokens=1536", "save_steps=100", "probe_every=100", "probe_samples=1", "probe_lengths=[256]"]
+    log = pretrain(pretrain_config("tiny", [*settings, "max_minutes=0.00001"]), tmp_path)
+    assert log["out_of_time"] and log["steps"] == 1 < log["max_steps"] == 6
+    assert (tmp_path / "checkpoints" / "checkpoint-1").is_dir()  # checkpointed where it stopped
+    assert (tmp_path / "model.safetensors").is_file() and log["valid_loss"] is not None  # evaluated and exported
+    assert read_curve(tmp_path)[-1]["final"] and read_curve(tmp_path)[-1]["step"] == 1
+    again = pretrain(pretrain_config("tiny", [*settings, "max_minutes=0.00001"]), tmp_path)
+    assert again["out_of_time"] and again["steps"] == 1 and again["resumed_from_step"] == 1  # nothing more
+    done = pretrain(pretrain_config("tiny", settings), tmp_path)  # no budget: the same run goes on to its end
+    assert not done["out_of_time"] and done["steps"] == 6 and done["resumed_from_step"] == 1
+    assert [r["step"] for r in read_curve(tmp_path)] == [0, 1, 6]
+
+
+# ------------------------------------------------------------------------------------------- scripts/teacher_pilots
+
+
+def fake_pilot(root: Path, name: str, exact: tuple[float, float], gain: tuple[float, float], **config) -> None:
+    """A finished pilot's train_log.json and curve.json, as pretrain writes them."""
+    probes = {
+        probe: {
+            str(length): {
+                "samples": 100,
+                "exact": e,
+                "exact_low": max(0.0, e - 0.1),
+                "exact_high": min(1.0, e + 0.1),
+                "gain": g,
+                "gain_low": g - 1,
+                "gain_high": g + 1,
+            }
+            for length in (256, 512, 1024)
+        }
+        for probe, e, g in (("single", exact[0], gain[0]), ("multikey", exact[1], gain[1]))
+    }
+    folder = root / name
+    folder.mkdir(parents=True)
+    log = {
+        "config": {**pretrain_config("small").__dict__, **config},
+        "num_parameters": 5_786_384,
+        "tokens": 3_072_000,
+        "steps": 375,
+        "max_steps": 375,
+        "out_of_time": False,
+        "train_seconds": 1500.0,
+        "valid_loss": 4.0,
+        "probes": probes,
+    }
+    (folder / "train_log.json").write_text(json.dumps(log, default=list))
+    rows = [{"step": s, "tokens": s * 8192, "valid_loss": 5.0 - s / 375, "probes": probes} for s in (0, 375)]
+    (folder / "curve.json").write_text(json.dumps(rows))
+
+
+def test_pilot_script_plan_selection_and_report(tmp_path):
+    import runpy
+
+    script = runpy.run_path(str(ROOT / "scripts" / "teacher_pilots.py"))
+    pilots = {p.name: p for p in script["PILOTS"]}
+    # round 2 builds on the round-1 winner; the haystack pilots need generated documents (share >= 0.5)
+    assert script["pilot_sets"](pilots["vocab2k"], "share80") == ["retrieval_share=0.8", "vocab_size=2048"]
+    assert "retrieval_share=0.5" in script["pilot_sets"](pilots["curriculum"], "baseline")
+    rates = {script["shape_key"]([]): 2000.0}
+    sets, info = script["budget"]([], rates, 30)
+    assert info["steps"] == int(2000 * 28 * 60 * 0.85 / 8192) and f"tokens={info['steps'] * 8192}" in sets
+    assert "max_minutes=28" in sets
+    for pilot in script["PILOTS"]:  # every planned pilot is a valid config
+        planned, _ = script["planned"]({k: 2000.0 for k in script["all_shapes"]()}, 30, "share50", pilot)
+        pretrain_config("small", planned)
+    # plan item 5: exact match first; within 0.05, the answer gain
+    best, beats = script["best"], script["beats"]
+    assert best(["a", "b"], {"a": (0.30, 1.0), "b": (0.20, 9.0)}) == "a"
+    assert best(["a", "b"], {"a": (0.30, 1.0), "b": (0.27, 2.0)}) == "b"
+    assert best(["a", "b"], {"a": None, "b": (0.0, -1.0)}) == "b" and beats((0.5, 0), (0.4, 9))
+    fake_pilot(tmp_path, "baseline", (0.0, 0.0), (0.1, 0.0))
+    fake_pilot(tmp_path, "share50", (0.1, 0.0), (2.0, 1.0), retrieval_share=0.5)
+    fake_pilot(tmp_path, "share80", (0.3, 0.1), (4.0, 2.0), retrieval_share=0.8)
+    fake_pilot(tmp_path, "vocab2k", (0.5, 0.2), (6.0, 3.0), retrieval_share=0.8, vocab_size=2048)
+    fake_pilot(tmp_path, "narrow_deep", (0.1, 0.0), (1.0, 0.0), retrieval_share=0.8, hidden_size=192)
+    fake_pilot(tmp_path, "long_haystacks", (0.6, 0.3), (6.0, 4.0), retrieval_share=0.8, retrieval_scale=3)
+    fake_pilot(tmp_path, "curriculum", (0.7, 0.4), (7.0, 5.0), retrieval_share=0.8, retrieval_scale=3)
+    assert script["round1_winner"](tmp_path) == "share80"
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "README.md").write_text(
+        "# Teacher pilots — plan, not yet run\n\n**Status: plan, not yet run.** Everything below was fixed before "
+        f"any pilot ran.\n\n{script['MARKER']}\n\nNot yet run.\n"
+    )
+    script["main"](["report", "--root", str(tmp_path), "--out", str(out)])
+    readme = (out / "README.md").read_text()
+    assert readme.startswith("# Teacher pilots\n") and "7 of 8 pilots run" in readme and "Not yet run" not in readme
+    assert "best pilot overall: **curriculum**" in readme and "partial" in readme
+    # the teacher: share 0.8 + vocab2k + curriculum (better than long_haystacks); narrow_deep lost to share80
+    command = next(line for line in readme.splitlines() if "probseq pretrain" in line)
+    assert "retrieval_share=0.8" in command and "vocab_size=2048" in command
+    assert "retrieval_curriculum=true" in command and "hidden_size" not in command
+    csv_rows = (out / "pilots.csv").read_text().splitlines()
+    assert len(csv_rows) == 8 and "single@512.exact" in csv_rows[0]
+    assert (out / "curves.png").is_file() and (out / "curves" / "share80.csv").exists() is False
+    assert (out / "curves" / "share80.json").is_file()
+
+
+def test_the_learning_curve_does_not_change_the_weights(corpus, tmp_path):
+    """probe_every is a run setting (not in the identity): evaluating changes no weight."""
+    from safetensors.torch import load_file
+
+    settings = [*TINY, "tokens=1024", "retrieval_share=0.5"]
+    pretrain(pretrain_config("tiny", settings), tmp_path / "plain")
+    pretrain(pretrain_config("tiny", [*settings, *PROBE_SETTINGS]), tmp_path / "probed")
+    plain, probed = (load_file(tmp_path / name / "model.safetensors") for name in ("plain", "probed"))
+    assert plain.keys() == probed.keys() and all(torch.equal(plain[k], probed[k]) for k in plain)
+    assert not (tmp_path / "plain" / "curve.json").exists() and read_curve(tmp_path / "probed")
