@@ -20,7 +20,9 @@ The plan (fixed before the runs; ``results/{recall,mqar}_paired/README.md`` stat
 3. **Which Bayesian variant is "the Bayesian Layer"** — learned or stationary retention — is chosen from stage 1
    alone (seeds 0–2 at each variant's chosen lr): the higher mean validation accuracy over the primary endpoints'
    validation points.
-4. **Stage 2, paired seeds.** Seeds 0 … N−1 (N = 10) of every arm at its chosen lr.
+4. **Stage 2, paired seeds.** Seeds 0 … N−1 (N = 10) of every arm at its chosen lr. **Stage 3**: if any primary
+   endpoint is *undecided* at N = 10, Gated DeltaNet and the Bayesian Layer get seeds 10–19 (20 in all), and the
+   20-seed analysis is the final one for every endpoint (the 10-seed look stays in the table, marked as such).
 5. **Endpoints** (test data): recall: accuracy at 16 pairs, 32 pairs and 4 collisions; MQAR: at (512, 128) and
    (1024, 256), the two points beyond training. Statistic: the per-seed paired
    difference Bayesian Layer − Gated DeltaNet, its mean and 95 % t-interval over the N seeds. Verdict: better
@@ -49,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DELTA_GRID = (3e-4, 1e-3, 3e-3)
 STAGE1_SEEDS = (0, 1, 2)
 PAIRED_SEEDS = 10
+EXTENDED_SEEDS = 20  # stage 3, when a primary endpoint is undecided at PAIRED_SEEDS
 LEARNED = 0.9  # validation accuracy at the task's learned_point at or above which a run has learned
 MAX_EXTENSIONS = 2
 
@@ -99,6 +102,7 @@ ARMS = (
     Arm("mamba2", "mamba2", (3e-4, 1e-3, 3e-3), paired=False),
 )
 BAYESIAN = ("bayesian_learned", "bayesian_stationary")
+ARM_BY_NAME = {arm.name: arm for arm in ARMS}
 
 
 def sweep_dir(root: Path, arm: Arm, label: str) -> Path:
@@ -214,6 +218,12 @@ def run(args: argparse.Namespace) -> None:
     )
     for arm in paired:
         run_sweep(task, root, arm, "paired", [chosen[arm.name]], list(range(PAIRED_SEEDS)), args.workers)
+    first_look = {name: all_records(root, ARM_BY_NAME[name]) for name in ("gated_deltanet", variant)}
+    if needs_extension(task, first_look, chosen, variant):
+        print("   a primary endpoint is undecided at 10 seeds: stage 3, seeds 10-19", flush=True)
+        for name in ("gated_deltanet", variant):
+            seeds = list(range(PAIRED_SEEDS, EXTENDED_SEEDS))
+            run_sweep(task, root, ARM_BY_NAME[name], "extended", [chosen[name]], seeds, args.workers)
     for arm in ARMS:
         if not arm.paired:
             chosen[arm.name], _ = stage1(task, root, arm, args.workers)
@@ -237,6 +247,77 @@ def t_interval(values: list[float]) -> tuple[float, float]:
 
     mean, half = mean_ci95(values)
     return mean, half if len(values) > 1 else math.inf
+
+
+def run_row(task: Task, arm: str, lr: float, seed: int, metrics: dict) -> dict:
+    """One run's row of ``runs.csv``: whether it learned, its test accuracies, its trained ρ."""
+    scale = metrics.get("retention_scale")
+    return {
+        "arm": arm,
+        "lr": lr,
+        "seed": seed,
+        "learned": (accuracy(metrics, f"valid_{task.learned_point}") or 0) >= LEARNED,
+        **{f"test_{p}": accuracy(metrics, f"test_{p}") for p in (*task.also, *task.primary)},
+        "retention_scale": json.dumps(scale) if scale else None,
+    }
+
+
+def difference_rows(task: Task, variant: str, bayes: dict, gdn: dict, analysis: str, seeds: list, final: bool):
+    """Per primary endpoint: the paired differences Bayesian − GDN over ``seeds``, mean and 95 % t-interval; the
+    verdict only when ``final`` (the seed count the plan requires is complete), "partial" before."""
+    rows = []
+    for point in task.primary:
+        diffs = [
+            bayes[s][f"test_{point}"] - gdn[s][f"test_{point}"]
+            for s in seeds
+            if bayes[s][f"test_{point}"] is not None and gdn[s][f"test_{point}"] is not None
+        ]
+        if not diffs:
+            continue
+        mean, half = t_interval(diffs)
+        rows.append(
+            {
+                "analysis": analysis,
+                "bayesian": variant,
+                "endpoint": point,
+                "seeds": len(diffs),
+                "mean_difference": round(mean, 4),
+                "half_width_95": round(half, 4),
+                "low": round(mean - half, 4),
+                "high": round(mean + half, 4),
+                "verdict": verdict(mean, half) if final else "partial",
+            }
+        )
+    return rows
+
+
+def paired_analysis(task: Task, variant: str, bayes: dict[int, dict], gdn: dict[int, dict]) -> list[dict]:
+    """Plan items 4–5 on the run rows (seed → ``run_row``) of the Bayesian Layer and Gated DeltaNet at their
+    chosen lrs. The first look is seeds 0–9; if one of its primary endpoints is undecided, the final analysis is
+    seeds 0–19 (stage 3) and the first look stays in the table as "first look (10 seeds)". Rows: "all" (every
+    paired seed of the final analysis) and "both learned" (the seeds where both runs learned the training regime)."""
+    seeds = sorted(set(bayes) & set(gdn))
+    first = [s for s in seeds if s < PAIRED_SEEDS]
+    first_rows = difference_rows(task, variant, bayes, gdn, "all", first, len(first) == PAIRED_SEEDS)
+    extend = any(r["verdict"] == "undecided" for r in first_rows)
+    required = EXTENDED_SEEDS if extend else PAIRED_SEEDS
+    final_seeds = [s for s in seeds if s < required]
+    final = len(final_seeds) == required
+    both = [s for s in final_seeds if bayes[s]["learned"] and gdn[s]["learned"]]
+    rows = [dict(r, analysis="first look (10 seeds)") for r in first_rows] if extend else []
+    rows += difference_rows(task, variant, bayes, gdn, "all", final_seeds, final)
+    rows += difference_rows(task, variant, bayes, gdn, "both learned", both, final)
+    return rows
+
+
+def needs_extension(task: Task, records: dict, chosen: dict, variant: str) -> bool:
+    """Whether the first look (seeds 0–9) leaves a primary endpoint undecided, so stage 3 must run."""
+    rows = {
+        name: {s: run_row(task, name, lr, s, m) for (lr, s), m in records[name].items() if lr == chosen[name]}
+        for name in ("gated_deltanet", variant)
+    }
+    analysis = paired_analysis(task, variant, rows[variant], rows["gated_deltanet"])
+    return any(r["analysis"] == "first look (10 seeds)" for r in analysis)
 
 
 def verdict(mean: float, half: float) -> str:
@@ -281,47 +362,15 @@ def report(args: argparse.Namespace) -> None:
     for arm in ARMS:
         for (lr, seed), m in sorted(records[arm.name].items()):
             if lr == chosen.get(arm.name):
-                runs.append(
-                    {
-                        "arm": arm.name,
-                        "lr": lr,
-                        "seed": seed,
-                        "learned": (accuracy(m, f"valid_{task.learned_point}") or 0) >= LEARNED,
-                        **{f"test_{p}": accuracy(m, f"test_{p}") for p in (*task.also, *task.primary)},
-                        "retention_scale": json.dumps(m.get("retention_scale")) if m.get("retention_scale") else None,
-                    }
-                )
+                runs.append(run_row(task, arm.name, lr, seed, m))
     write_csv(out / "runs.csv", runs)
     if variant and "gated_deltanet" in chosen:
-        bayes = {r["seed"]: r for r in runs if r["arm"] == variant}
-        gdn = {r["seed"]: r for r in runs if r["arm"] == "gated_deltanet"}
-        seeds = sorted(set(bayes) & set(gdn))
-        for analysis, keep in (
-            ("all", seeds),
-            ("both learned", [s for s in seeds if bayes[s]["learned"] and gdn[s]["learned"]]),
-        ):
-            for point in task.primary:
-                diffs = [
-                    bayes[s][f"test_{point}"] - gdn[s][f"test_{point}"]
-                    for s in keep
-                    if bayes[s][f"test_{point}"] is not None and gdn[s][f"test_{point}"] is not None
-                ]
-                if not diffs:
-                    continue
-                mean, half = t_interval(diffs)
-                paired.append(
-                    {
-                        "analysis": analysis,
-                        "bayesian": variant,
-                        "endpoint": point,
-                        "seeds": len(diffs),
-                        "mean_difference": round(mean, 4),
-                        "half_width_95": round(half, 4),
-                        "low": round(mean - half, 4),
-                        "high": round(mean + half, 4),
-                        "verdict": verdict(mean, half) if len(diffs) >= PAIRED_SEEDS else "partial",
-                    }
-                )
+        paired = paired_analysis(
+            task,
+            variant,
+            {r["seed"]: r for r in runs if r["arm"] == variant},
+            {r["seed"]: r for r in runs if r["arm"] == "gated_deltanet"},
+        )
     write_csv(out / "paired.csv", paired)
     summary = {"chosen_lr": chosen, "bayesian_layer": variant, "paired": paired}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")

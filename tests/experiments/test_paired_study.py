@@ -119,3 +119,31 @@ def test_demo_report_says_when_the_paired_study_is_missing_unfinished_or_damaged
     found = reproduce.read_paired_studies(tmp_path)
     assert "error" in found["mqar"] and "unreadable" in reproduce.paired_verdict("mqar", found["mqar"])
     assert reproduce.read_paired_studies(None) == {}
+
+
+def _rows(values: dict[int, float], learned: bool = True) -> dict[int, dict]:
+    points = ("num_pairs=16", "num_pairs=32", "collisions=4")
+    return {s: {"learned": learned, **{f"test_{p}": v for p in points}} for s, v in values.items()}
+
+
+def test_an_undecided_first_look_extends_the_primary_comparison_to_20_seeds(study):
+    """Plan: at 10 seeds a primary endpoint whose interval contains 0 with half-width > 0.05 sends Gated DeltaNet
+    and the Bayesian Layer to seeds 10–19; the 20-seed analysis is then the final one, the first look kept."""
+    task = study["TASKS"]["recall"]
+    gdn = _rows({s: 0.5 for s in range(20)})
+    noisy = {s: 0.5 + (0.3 if s % 2 else -0.25) for s in range(20)}  # mean +0.025, sd ≈ 0.29 → undecided
+    first = study["paired_analysis"](task, "bayesian_learned", _rows({s: noisy[s] for s in range(10)}), gdn)
+    looks = {r["analysis"] for r in first}
+    assert looks == {"first look (10 seeds)", "all", "both learned"}
+    assert {r["verdict"] for r in first if r["analysis"] == "first look (10 seeds)"} == {"undecided"}
+    assert {r["verdict"] for r in first if r["analysis"] != "first look (10 seeds)"} == {"partial"}
+
+    final = study["paired_analysis"](task, "bayesian_learned", _rows(noisy), gdn)
+    rows = [r for r in final if r["analysis"] == "all"]
+    mean, half = study["t_interval"]([noisy[s] - 0.5 for s in range(20)])
+    assert all(r["seeds"] == 20 and r["mean_difference"] == round(mean, 4) for r in rows)
+    assert {r["verdict"] for r in rows} == {study["verdict"](mean, half)}
+
+    decided = study["paired_analysis"](task, "bayesian_learned", _rows({s: 0.7 for s in range(10)}), gdn)
+    assert {r["analysis"] for r in decided} == {"all", "both learned"}  # no extension when every endpoint is decided
+    assert {r["verdict"] for r in decided} == {"better"}
