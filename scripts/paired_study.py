@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import statistics
 import subprocess
 import sys
@@ -54,6 +55,19 @@ PAIRED_SEEDS = 10
 EXTENDED_SEEDS = 20  # stage 3, when a primary endpoint is undecided at PAIRED_SEEDS
 LEARNED = 0.9  # validation accuracy at the task's learned_point at or above which a run has learned
 MAX_EXTENSIONS = 2
+PILOT_DIR = "steps_pilot"  # the steps pilot's sweep, outside every arm's folder (its steps may not be the study's)
+
+
+@dataclass(frozen=True)
+class StepsPilot:
+    """Gated DeltaNet at ``lrs`` × ``seeds`` for ``steps``: if at least ``needed`` runs learn, the study trains for
+    ``steps``, else for ``fallback`` steps."""
+
+    lrs: tuple[float, ...]
+    seeds: tuple[int, ...]
+    steps: int
+    fallback: int
+    needed: int
 
 
 @dataclass(frozen=True)
@@ -63,6 +77,7 @@ class Task:
     primary: tuple[str, ...]  # endpoint names (test_<name> / valid_<name>)
     learned_point: str  # the validation point that says a run learned the training regime
     also: tuple[str, ...]  # other test points in runs.csv
+    steps_pilot: StepsPilot | None = None  # the plan's rule for the number of steps (MQAR), None: the preset's
 
 
 TASKS = {
@@ -79,6 +94,7 @@ TASKS = {
         ("T512_k128", "T1024_k256"),
         "T64_k4",
         ("T64_k4", "T128_k32", "T256_k64"),
+        StepsPilot(lrs=(1e-3, 3e-3), seeds=(0, 1, 2), steps=1500, fallback=3000, needed=5),
     ),
 }
 
@@ -109,9 +125,33 @@ def sweep_dir(root: Path, arm: Arm, label: str) -> Path:
     return root / arm.name / label
 
 
-def run_sweep(task: Task, root: Path, arm: Arm, label: str, lrs: list[float], seeds: list[int], workers: int) -> dict:
+def adopt_finished_units(root: Path, arm: Arm, out: Path, lrs: list[float], seeds: list[int]) -> None:
+    """Copy into ``out/cache`` the finished units of the study's other sweeps that this sweep would train again: a
+    cache file is named ``<unit>-<fingerprint of its whole training config>``, so one with this sweep's unit name and
+    fingerprint is this sweep's result (e.g. the chosen lr's stage-1 seeds in stage 2)."""
+    wanted = {f"lr{lr:g}-s{seed}-" for lr in lrs for seed in seeds}
+    (out / "cache").mkdir(parents=True, exist_ok=True)
+    sources = [*(root / arm.name).glob("*/cache/*.json"), *(root / PILOT_DIR).glob("cache/*.json")]
+    for path in sources:
+        target = out / "cache" / path.name
+        if path.parent != target.parent and not target.exists() and path.name.startswith(f"{arm.mixer}-"):
+            if any(w in path.name for w in wanted):
+                shutil.copyfile(path, target)
+
+
+def run_sweep(
+    task: Task,
+    root: Path,
+    arm: Arm,
+    label: str,
+    lrs: list[float],
+    seeds: list[int],
+    workers: int,
+    extra: tuple[str, ...] = (),
+    out: Path | None = None,
+) -> dict:
     """Train one sweep with ``workers`` processes (resumable); return its unit records by (lr, seed)."""
-    out = sweep_dir(root, arm, label)
+    out = out or sweep_dir(root, arm, label)
     command = [
         str(ROOT / ".venv/bin/probseq"),
         task.command,
@@ -124,10 +164,12 @@ def run_sweep(task: Task, root: Path, arm: Arm, label: str, lrs: list[float], se
         f"learning_rates={json.dumps(lrs)}",
         f"seeds={json.dumps(seeds)}",
         *task.base,
+        *extra,
         *arm.sets,
     ]
     print(f"== {arm.name} {label}: lrs {lrs}, seeds {seeds}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
+    adopt_finished_units(root, arm, out, lrs, seeds)
     logs = [open(out.parent / f"{label}.worker{w}.log", "a") for w in range(workers)]
     processes = [subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT) for log in logs]
     codes = [p.wait() for p in processes]
@@ -172,9 +214,25 @@ def choose_lr(records: dict, seeds: tuple[int, ...]) -> tuple[float, dict[float,
     return best, scores
 
 
-def stage1(task: Task, root: Path, arm: Arm, workers: int) -> tuple[float, dict]:
+def choose_steps(task: Task, root: Path, workers: int) -> tuple[str, ...]:
+    """The plan's steps rule (``task.steps_pilot``): the ``--set`` overrides that fix the study's steps."""
+    pilot = task.steps_pilot
+    if pilot is None:
+        return ()
+    gdn = ARM_BY_NAME["gated_deltanet"]
+    out = root / PILOT_DIR
+    records = run_sweep(
+        task, root, gdn, "steps_pilot", list(pilot.lrs), list(pilot.seeds), workers, (f"max_steps={pilot.steps}",), out
+    )
+    learned = sum((accuracy(m, f"valid_{task.learned_point}") or 0) >= LEARNED for m in records.values())
+    steps = pilot.steps if learned >= pilot.needed else pilot.fallback
+    print(f"   steps pilot: {learned} of {len(records)} runs learned -> {steps} steps", flush=True)
+    return (f"max_steps={steps}",)
+
+
+def stage1(task: Task, root: Path, arm: Arm, workers: int, extra: tuple[str, ...] = ()) -> tuple[float, dict]:
     """Stage 1 of one arm: the grid, extended while the optimum sits on an edge; the chosen lr and the records."""
-    records = dict(run_sweep(task, root, arm, "grid", list(arm.grid), list(STAGE1_SEEDS), workers))
+    records = dict(run_sweep(task, root, arm, "grid", list(arm.grid), list(STAGE1_SEEDS), workers, extra))
     for _ in range(MAX_EXTENSIONS + 1):
         best, scores = choose_lr(records, STAGE1_SEEDS)
         lrs = sorted(scores)
@@ -184,7 +242,7 @@ def stage1(task: Task, root: Path, arm: Arm, workers: int) -> tuple[float, dict]
         new = float(f"{best * step:.3g}")
         if len([lr for lr in lrs if lr not in arm.grid]) >= MAX_EXTENSIONS:
             break
-        records |= run_sweep(task, root, arm, f"lr{new:g}", [new], list(STAGE1_SEEDS), workers)
+        records |= run_sweep(task, root, arm, f"lr{new:g}", [new], list(STAGE1_SEEDS), workers, extra)
     best, _ = choose_lr(records, STAGE1_SEEDS)
     return best, records
 
@@ -206,9 +264,10 @@ def run(args: argparse.Namespace) -> None:
     arms, then stage 1 of the ranking-only arms."""
     task, root = TASKS[args.task], Path(args.root).expanduser()
     chosen, records = {}, {}
+    extra = choose_steps(task, root, args.workers)
     for arm in ARMS:
         if arm.paired:
-            chosen[arm.name], records[arm.name] = stage1(task, root, arm, args.workers)
+            chosen[arm.name], records[arm.name] = stage1(task, root, arm, args.workers, extra)
             print(f"   {arm.name}: chosen lr {chosen[arm.name]:g}", flush=True)
     variant = bayesian_layer(task, records, chosen)
     print(f"   the Bayesian Layer: {variant}", flush=True)
@@ -217,16 +276,16 @@ def run(args: argparse.Namespace) -> None:
         key=lambda arm: (arm.name not in ("gated_deltanet", variant), ARMS.index(arm)),
     )
     for arm in paired:
-        run_sweep(task, root, arm, "paired", [chosen[arm.name]], list(range(PAIRED_SEEDS)), args.workers)
+        run_sweep(task, root, arm, "paired", [chosen[arm.name]], list(range(PAIRED_SEEDS)), args.workers, extra)
     first_look = {name: all_records(root, ARM_BY_NAME[name]) for name in ("gated_deltanet", variant)}
     if needs_extension(task, first_look, chosen, variant):
         print("   a primary endpoint is undecided at 10 seeds: stage 3, seeds 10-19", flush=True)
         for name in ("gated_deltanet", variant):
             seeds = list(range(PAIRED_SEEDS, EXTENDED_SEEDS))
-            run_sweep(task, root, ARM_BY_NAME[name], "extended", [chosen[name]], seeds, args.workers)
+            run_sweep(task, root, ARM_BY_NAME[name], "extended", [chosen[name]], seeds, args.workers, extra)
     for arm in ARMS:
         if not arm.paired:
-            chosen[arm.name], _ = stage1(task, root, arm, args.workers)
+            chosen[arm.name], _ = stage1(task, root, arm, args.workers, extra)
             print(f"   {arm.name}: chosen lr {chosen[arm.name]:g}", flush=True)
     print("done; python scripts/paired_study.py report --root ... --out ...", flush=True)
 
@@ -373,6 +432,10 @@ def report(args: argparse.Namespace) -> None:
         )
     write_csv(out / "paired.csv", paired)
     summary = {"chosen_lr": chosen, "bayesian_layer": variant, "paired": paired}
+    if task.steps_pilot is not None:
+        pilot = read_sweep(root / PILOT_DIR)
+        learned = sum((accuracy(m, f"valid_{task.learned_point}") or 0) >= LEARNED for m in pilot.values())
+        summary["steps_pilot"] = {"runs": len(pilot), "learned": learned}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     plot(paired, out / "paired_differences.png")
     print(json.dumps(summary, indent=1))
