@@ -369,6 +369,22 @@ def paired_analysis(task: Task, variant: str, bayes: dict[int, dict], gdn: dict[
     return rows
 
 
+def same_lr_rows(task: Task, variant: str, records: dict, chosen: dict) -> list[dict]:
+    """Exploratory, outside the plan: the Bayesian Layer − Gated DeltaNet with GDN at the *Bayesian Layer's* chosen
+    lr (every seed GDN has there), so a difference can be read apart from the two arms' lr choices."""
+    lr = chosen[variant]
+    if lr == chosen["gated_deltanet"]:
+        return []
+    gdn = {
+        s: run_row(task, "gated_deltanet", lr, s, m) for (rate, s), m in records["gated_deltanet"].items() if rate == lr
+    }
+    bayes = {s: run_row(task, variant, lr, s, m) for (rate, s), m in records[variant].items() if rate == lr}
+    seeds = sorted(set(gdn) & set(bayes))
+    return difference_rows(
+        task, variant, bayes, gdn, f"same lr {lr:g} (exploratory)", seeds, len(seeds) >= PAIRED_SEEDS
+    )
+
+
 def needs_extension(task: Task, records: dict, chosen: dict, variant: str) -> bool:
     """Whether the first look (seeds 0–9) leaves a primary endpoint undecided, so stage 3 must run."""
     rows = {
@@ -430,6 +446,7 @@ def report(args: argparse.Namespace) -> None:
             {r["seed"]: r for r in runs if r["arm"] == variant},
             {r["seed"]: r for r in runs if r["arm"] == "gated_deltanet"},
         )
+        paired += same_lr_rows(task, variant, records, chosen)
     write_csv(out / "paired.csv", paired)
     summary = {"chosen_lr": chosen, "bayesian_layer": variant, "paired": paired}
     if task.steps_pilot is not None:
