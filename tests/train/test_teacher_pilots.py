@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from probseq.data import corpus as corpus_lib
-from probseq.data import retrieval_document, retrieval_documents, train_tokenizer
+from probseq.data import retrieval_document, train_tokenizer
 from probseq.ruler.probes import MIRRORS, PROBES, probe_sample, probe_set
 from probseq.train.pretrain import (
     ADDED_FIELDS,
@@ -36,6 +36,7 @@ from probseq.train.probe_eval import (
     wilson,
 )
 from probseq.train.schema import from_dict
+from tests.helpers import write_fake_corpus
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -44,35 +45,9 @@ TINY = ["num_threads=1", "progress=false", "vocab_size=384", "batch_size=2", "se
 LENGTHS = (256, 384)
 
 
-def fake_corpus(root: Path) -> corpus_lib.CorpusPaths:
-    """A small corpus in the real layout: sentences standing for the books, and generated retrieval text."""
-    texts = {
-        "kjv": [
-            f"And it came to pass in the day {i}: the waters rose upon the earth; and the ark went upon the face of "
-            "the waters. And God remembered Noah, and every living thing. " * 2
-            for i in range(120)
-        ],
-        "python_docs": [
-            f"The method number {i} returns a new list. Pass a key and a default value; it raises KeyError when "
-            "the key is missing. " * 2
-            for i in range(120)
-        ],
-        "retrieval": [text for _, text in retrieval_documents(0, 40_000)],
-    }
-    paths = corpus_lib.corpus_paths(root)
-    root.mkdir(parents=True, exist_ok=True)
-    manifest = {"version": corpus_lib.CORPUS_VERSION, "sources": {}, "files": {}}
-    for name, docs in texts.items():
-        data = "".join(json.dumps({"source": name, "id": str(i), "text": t}) + "\n" for i, t in enumerate(docs))
-        paths.files[name].write_bytes(data.encode())
-        manifest["files"][name] = {"documents": len(docs), "characters": sum(map(len, docs)), "bytes": len(data)}
-    paths.manifest.write_text(json.dumps(manifest))
-    return paths
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    paths = fake_corpus(tmp_path_factory.mktemp("corpus"))
+    paths = write_fake_corpus(tmp_path_factory.mktemp("corpus"))
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(corpus_lib, "prepare_corpus", lambda cache_dir=None, **kwargs: paths)
         yield paths
