@@ -369,20 +369,23 @@ def paired_analysis(task: Task, variant: str, bayes: dict[int, dict], gdn: dict[
     return rows
 
 
-def same_lr_rows(task: Task, variant: str, records: dict, chosen: dict) -> list[dict]:
-    """Exploratory, outside the plan: the Bayesian Layer − Gated DeltaNet with GDN at the *Bayesian Layer's* chosen
-    lr (every seed GDN has there), so a difference can be read apart from the two arms' lr choices."""
-    lr = chosen[variant]
-    if lr == chosen["gated_deltanet"]:
-        return []
-    gdn = {
-        s: run_row(task, "gated_deltanet", lr, s, m) for (rate, s), m in records["gated_deltanet"].items() if rate == lr
-    }
-    bayes = {s: run_row(task, variant, lr, s, m) for (rate, s), m in records[variant].items() if rate == lr}
-    seeds = sorted(set(gdn) & set(bayes))
-    return difference_rows(
-        task, variant, bayes, gdn, f"same lr {lr:g} (exploratory)", seeds, len(seeds) >= PAIRED_SEEDS
-    )
+def same_lr_rows(task: Task, records: dict, chosen: dict) -> list[dict]:
+    """Exploratory, outside the plan: each Bayesian variant − Gated DeltaNet with GDN at the *variant's* chosen lr
+    (every seed both have there), so a difference can be read apart from the arms' lr choices."""
+    rows = []
+    for variant in BAYESIAN:
+        lr = chosen.get(variant)
+        if lr is None or lr == chosen["gated_deltanet"]:
+            continue
+        at_lr = {
+            name: {s: run_row(task, name, lr, s, m) for (rate, s), m in records[name].items() if rate == lr}
+            for name in ("gated_deltanet", variant)
+        }
+        seeds = sorted(set(at_lr["gated_deltanet"]) & set(at_lr[variant]))
+        label = f"same lr {lr:g} (exploratory)"
+        final = len(seeds) >= PAIRED_SEEDS
+        rows += difference_rows(task, variant, at_lr[variant], at_lr["gated_deltanet"], label, seeds, final)
+    return rows
 
 
 def needs_extension(task: Task, records: dict, chosen: dict, variant: str) -> bool:
@@ -446,7 +449,7 @@ def report(args: argparse.Namespace) -> None:
             {r["seed"]: r for r in runs if r["arm"] == variant},
             {r["seed"]: r for r in runs if r["arm"] == "gated_deltanet"},
         )
-        paired += same_lr_rows(task, variant, records, chosen)
+        paired += same_lr_rows(task, records, chosen)
     write_csv(out / "paired.csv", paired)
     summary = {"chosen_lr": chosen, "bayesian_layer": variant, "paired": paired}
     if task.steps_pilot is not None:
@@ -466,15 +469,27 @@ def plot(paired: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    fig, ax = plt.subplots(figsize=(6, 3))
-    labels = [f"{r['endpoint']}\n({r['analysis']}, n={r['seeds']})" for r in paired]
-    means = [r["mean_difference"] for r in paired]
-    halves = [r["half_width_95"] for r in paired]
-    ax.errorbar(range(len(paired)), means, yerr=halves, fmt="o", capsize=4)
+    groups = list(dict.fromkeys((r["analysis"], r["bayesian"]) for r in paired))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(paired) + 2), 3.6))
+    points = list(dict.fromkeys(r["endpoint"] for r in paired))
+    width = 0.8 / len(groups)
+    for g, (analysis, variant) in enumerate(groups):
+        rows = [r for r in paired if (r["analysis"], r["bayesian"]) == (analysis, variant)]
+        xs = [points.index(r["endpoint"]) - 0.4 + width * (g + 0.5) for r in rows]
+        n = "/".join(sorted({str(r["seeds"]) for r in rows}))
+        ax.errorbar(
+            xs,
+            [r["mean_difference"] for r in rows],
+            yerr=[r["half_width_95"] for r in rows],
+            fmt="o",
+            capsize=3,
+            label=f"{variant.removeprefix('bayesian_')}: {analysis}, n={n}",
+        )
     ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xticks(range(len(paired)), labels, fontsize=7)
-    ax.set_ylabel("Bayesian − GDN accuracy")
-    ax.set_title(f"paired differences, 95 % t-intervals ({paired[0]['bayesian']})", fontsize=9)
+    ax.set_xticks(range(len(points)), points, fontsize=8)
+    ax.set_ylabel("Bayesian − GDN accuracy (test)")
+    ax.set_title("paired differences per seed, mean and 95 % t-interval", fontsize=9)
+    ax.legend(fontsize=6, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
