@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import statistics
 import subprocess
 import sys
@@ -125,20 +124,6 @@ def sweep_dir(root: Path, arm: Arm, label: str) -> Path:
     return root / arm.name / label
 
 
-def adopt_finished_units(root: Path, arm: Arm, out: Path, lrs: list[float], seeds: list[int]) -> None:
-    """Copy into ``out/cache`` the finished units of the study's other sweeps that this sweep would train again: a
-    cache file is named ``<unit>-<fingerprint of its whole training config>``, so one with this sweep's unit name and
-    fingerprint is this sweep's result (e.g. the chosen lr's stage-1 seeds in stage 2)."""
-    wanted = {f"lr{lr:g}-s{seed}-" for lr in lrs for seed in seeds}
-    (out / "cache").mkdir(parents=True, exist_ok=True)
-    sources = [*(root / arm.name).glob("*/cache/*.json"), *(root / PILOT_DIR).glob("cache/*.json")]
-    for path in sources:
-        target = out / "cache" / path.name
-        if path.parent != target.parent and not target.exists() and path.name.startswith(f"{arm.mixer}-"):
-            if any(w in path.name for w in wanted):
-                shutil.copyfile(path, target)
-
-
 def run_sweep(
     task: Task,
     root: Path,
@@ -169,7 +154,6 @@ def run_sweep(
     ]
     print(f"== {arm.name} {label}: lrs {lrs}, seeds {seeds}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
-    adopt_finished_units(root, arm, out, lrs, seeds)
     logs = [open(out.parent / f"{label}.worker{w}.log", "a") for w in range(workers)]
     processes = [subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT) for log in logs]
     codes = [p.wait() for p in processes]

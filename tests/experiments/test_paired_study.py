@@ -147,26 +147,3 @@ def test_an_undecided_first_look_extends_the_primary_comparison_to_20_seeds(stud
     decided = study["paired_analysis"](task, "bayesian_learned", _rows({s: 0.7 for s in range(10)}), gdn)
     assert {r["analysis"] for r in decided} == {"all", "both learned"}  # no extension when every endpoint is decided
     assert {r["verdict"] for r in decided} == {"better"}
-
-
-def test_a_sweep_adopts_the_finished_units_it_would_train_again(study, tmp_path):
-    """Cache files are named ``<unit>-<fingerprint>``: stage 2 takes the chosen lr's stage-1 seeds (and the steps
-    pilot's runs) instead of retraining them, and nothing of another lr, seed or arm."""
-    arm = study["ARM_BY_NAME"]["gated_deltanet"]
-    root = tmp_path
-    grid = root / "gated_deltanet" / "grid" / "cache"
-    pilot = root / study["PILOT_DIR"] / "cache"
-    other = root / "bayesian_learned" / "grid" / "cache"
-    for folder, names in (
-        (grid, ["gated_deltanet-lr0.003-s0-aa", "gated_deltanet-lr0.001-s0-bb", "gated_deltanet-lr0.003-s7-cc"]),
-        (pilot, ["gated_deltanet-lr0.003-s1-dd"]),
-        (other, ["bayesian-lr0.003-s0-ee"]),
-    ):
-        folder.mkdir(parents=True)
-        for name in names:
-            (folder / f"{name}.json").write_text(json.dumps({"name": name}))
-    out = root / "gated_deltanet" / "paired"
-    study["adopt_finished_units"](root, arm, out, [0.003], [0, 1, 2])
-    adopted = sorted(p.name for p in (out / "cache").iterdir())
-    assert adopted == ["gated_deltanet-lr0.003-s0-aa.json", "gated_deltanet-lr0.003-s1-dd.json"]
-    assert json.loads((out / "cache" / adopted[0]).read_text()) == {"name": "gated_deltanet-lr0.003-s0-aa"}
