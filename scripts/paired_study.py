@@ -32,6 +32,9 @@ The plan (fixed before the runs; ``results/{recall,mqar}_paired/README.md`` stat
 6. **Calibration check.** A run has *learned* when its validation accuracy at the task's ``learned_point`` (recall:
    inside; MQAR: (64, 4), the plateau's tell) is ≥ 0.9; the baselines (attention, Gated DeltaNet, DeltaNet) should
    learn in ≥ 9 of 10 seeds at their chosen lr.
+
+Outside the plan, labelled exploratory wherever it appears: the last sweep of ``run`` trains Gated DeltaNet at the
+Bayesian variants' chosen lrs (as many seeds as stages 2–3), and ``report`` pairs them at that common lr.
 """
 
 from __future__ import annotations
@@ -173,6 +176,11 @@ def read_sweep(out: Path) -> dict:
     return {(u["learning_rate"], u["seed"]): u["metrics"] for u in units.values()}
 
 
+def has_learned(task: Task, metrics: dict) -> bool:
+    """Whether a run learned the training regime: validation accuracy at ``task.learned_point`` ≥ ``LEARNED``."""
+    return (accuracy(metrics, f"valid_{task.learned_point}") or 0) >= LEARNED
+
+
 def accuracy(metrics: dict, split: str) -> float | None:
     if metrics.get("status") == "diverged":
         return None
@@ -208,7 +216,7 @@ def choose_steps(task: Task, root: Path, workers: int) -> tuple[str, ...]:
     records = run_sweep(
         task, root, gdn, "steps_pilot", list(pilot.lrs), list(pilot.seeds), workers, (f"max_steps={pilot.steps}",), out
     )
-    learned = sum((accuracy(m, f"valid_{task.learned_point}") or 0) >= LEARNED for m in records.values())
+    learned = sum(has_learned(task, m) for m in records.values())
     steps = pilot.steps if learned >= pilot.needed else pilot.fallback
     print(f"   steps pilot: {learned} of {len(records)} runs learned -> {steps} steps", flush=True)
     return (f"max_steps={steps}",)
@@ -262,7 +270,8 @@ def run(args: argparse.Namespace) -> None:
     for arm in paired:
         run_sweep(task, root, arm, "paired", [chosen[arm.name]], list(range(PAIRED_SEEDS)), args.workers, extra)
     first_look = {name: all_records(root, ARM_BY_NAME[name]) for name in ("gated_deltanet", variant)}
-    if needs_extension(task, first_look, chosen, variant):
+    extended = needs_extension(task, first_look, chosen, variant)
+    if extended:
         print("   a primary endpoint is undecided at 10 seeds: stage 3, seeds 10-19", flush=True)
         for name in ("gated_deltanet", variant):
             seeds = list(range(PAIRED_SEEDS, EXTENDED_SEEDS))
@@ -271,6 +280,11 @@ def run(args: argparse.Namespace) -> None:
         if not arm.paired:
             chosen[arm.name], _ = stage1(task, root, arm, args.workers, extra)
             print(f"   {arm.name}: chosen lr {chosen[arm.name]:g}", flush=True)
+    # Exploratory, outside the plan (``same_lr_rows``): GDN at the Bayesian variants' lrs, as many seeds as stage 2/3.
+    same_lrs = sorted({chosen[b] for b in BAYESIAN} - {chosen["gated_deltanet"]})
+    if same_lrs:
+        seeds = list(range(EXTENDED_SEEDS if extended else PAIRED_SEEDS))
+        run_sweep(task, root, ARM_BY_NAME["gated_deltanet"], "same_lr", same_lrs, seeds, args.workers, extra)
     print("done; python scripts/paired_study.py report --root ... --out ...", flush=True)
 
 
@@ -299,7 +313,7 @@ def run_row(task: Task, arm: str, lr: float, seed: int, metrics: dict) -> dict:
         "arm": arm,
         "lr": lr,
         "seed": seed,
-        "learned": (accuracy(metrics, f"valid_{task.learned_point}") or 0) >= LEARNED,
+        "learned": has_learned(task, metrics),
         **{f"test_{p}": accuracy(metrics, f"test_{p}") for p in (*task.also, *task.primary)},
         "retention_scale": json.dumps(scale) if scale else None,
     }
@@ -405,7 +419,7 @@ def report(args: argparse.Namespace) -> None:
             scores = {}
         for lr in lrs:
             runs = {s: m for (rate, s), m in records[arm.name].items() if rate == lr}
-            learned = sum((accuracy(m, f"valid_{task.learned_point}") or 0) >= LEARNED for m in runs.values())
+            learned = sum(has_learned(task, m) for m in runs.values())
             calibration.append(
                 {
                     "arm": arm.name,
@@ -438,7 +452,7 @@ def report(args: argparse.Namespace) -> None:
     summary = {"chosen_lr": chosen, "bayesian_layer": variant, "paired": paired}
     if task.steps_pilot is not None:
         pilot = read_sweep(root / PILOT_DIR)
-        learned = sum((accuracy(m, f"valid_{task.learned_point}") or 0) >= LEARNED for m in pilot.values())
+        learned = sum(has_learned(task, m) for m in pilot.values())
         summary["steps_pilot"] = {"runs": len(pilot), "learned": learned}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     plot(paired, out / "paired_differences.png")
