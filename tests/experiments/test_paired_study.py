@@ -147,3 +147,26 @@ def test_an_undecided_first_look_extends_the_primary_comparison_to_20_seeds(stud
     decided = study["paired_analysis"](task, "bayesian_learned", _rows({s: 0.7 for s in range(10)}), gdn)
     assert {r["analysis"] for r in decided} == {"all", "both learned"}  # no extension when every endpoint is decided
     assert {r["verdict"] for r in decided} == {"better"}
+
+
+def test_mqar_secondary_points_are_analysed_like_the_primary_ones_but_never_extend_the_study(study):
+    """The amendment before stage 1: (128, 32) and (256, 64) get paired differences of their own, each row with both
+    arms' mean accuracy (a floor shows there); an undecided secondary point does not send the study to 20 seeds."""
+    task = study["TASKS"]["mqar"]
+    points = (*task.primary, *task.secondary)
+    gdn = {s: {"learned": True, **{f"test_{p}": 0.05 for p in points}} for s in range(10)}
+    bayes = {
+        s: {
+            "learned": True,
+            **{f"test_{p}": 0.06 for p in task.primary},  # decided: +0.01, no spread
+            **{f"test_{p}": 0.05 + (0.4 if s % 2 else -0.3) for p in task.secondary},  # undecided
+        }
+        for s in range(10)
+    }
+    rows = study["paired_analysis"](task, "bayesian_learned", bayes, gdn)
+    assert {r["analysis"] for r in rows} == {"all", "both learned", "secondary points"}  # no first look: no stage 3
+    secondary = [r for r in rows if r["analysis"] == "secondary points"]
+    assert [r["endpoint"] for r in secondary] == list(task.secondary)
+    assert {r["verdict"] for r in secondary} == {"undecided"}
+    primary = [r for r in rows if r["analysis"] == "all"]
+    assert {(r["bayesian_mean"], r["gdn_mean"], r["verdict"]) for r in primary} == {(0.06, 0.05, "better")}
