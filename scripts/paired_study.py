@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from probseq.experiments.common import write_csv
+from probseq.train.sweep import split_accuracy, sweep_units
 
 ROOT = Path(__file__).resolve().parents[1]
 DELTA_GRID = (3e-4, 1e-3, 3e-3)
@@ -182,29 +183,19 @@ def run_sweep(
 
 def read_sweep(out: Path) -> dict:
     """(lr, seed) → metrics of every finished unit of the sweep in ``out`` (its results.json)."""
-    path = out / "results.json"
-    if not path.exists():
-        return {}
-    units = json.loads(path.read_text())["units"]
-    return {(u["learning_rate"], u["seed"]): u["metrics"] for u in units.values()}
+    return {(u["learning_rate"], u["seed"]): u["metrics"] for u in sweep_units(out)}
 
 
 def has_learned(task: Task, metrics: dict) -> bool:
     """Whether a run learned the training regime: validation accuracy at ``task.learned_point`` ≥ ``LEARNED``."""
-    return (accuracy(metrics, f"valid_{task.learned_point}") or 0) >= LEARNED
-
-
-def accuracy(metrics: dict, split: str) -> float | None:
-    if metrics.get("status") == "diverged":
-        return None
-    return (metrics.get("eval", {}).get(split) or {}).get("accuracy")
+    return (split_accuracy(metrics, f"valid_{task.learned_point}") or 0) >= LEARNED
 
 
 def mean_valid(metrics: dict, points: tuple[str, ...] | None = None) -> float:
     """Mean validation accuracy over ``points`` (every validation point when None); 0 for a diverged run."""
     evaluation = metrics.get("eval", {})
     names = [n for n in evaluation if n.startswith("valid_")] if points is None else [f"valid_{p}" for p in points]
-    values = [accuracy(metrics, n) for n in names]
+    values = [split_accuracy(metrics, n) for n in names]
     return 0.0 if any(v is None for v in values) else statistics.fmean(values)
 
 
@@ -329,7 +320,7 @@ def run_row(task: Task, arm: str, lr: float, seed: int, metrics: dict) -> dict:
         "lr": lr,
         "seed": seed,
         "learned": has_learned(task, metrics),
-        **{f"test_{p}": accuracy(metrics, f"test_{p}") for p in (*task.also, *task.primary)},
+        **{f"test_{p}": split_accuracy(metrics, f"test_{p}") for p in (*task.also, *task.primary)},
         "retention_scale": json.dumps(scale) if scale else None,
     }
 

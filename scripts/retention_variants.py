@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from probseq.experiments.common import write_csv
-from probseq.train.sweep import mean_ci95
+from probseq.train.sweep import mean_ci95, split_accuracy, sweep_units
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMON = (
@@ -59,23 +59,12 @@ def run(args: argparse.Namespace) -> None:
                 raise SystemExit(f"{name} failed; see {root / name}.log")
 
 
-def _units(root: Path, name: str) -> list[dict]:
-    path = root / name / "results.json"
-    return list(json.loads(path.read_text())["units"].values()) if path.exists() else []
-
-
-def _accuracy(metrics: dict, split: str) -> float | None:
-    if metrics.get("status") == "diverged":
-        return None
-    return (metrics.get("eval", {}).get(split) or {}).get("accuracy")
-
-
 def report(args: argparse.Namespace) -> None:
     root, out = Path(args.root).expanduser(), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs, traces = [], {}
     for name in VARIANTS:
-        for unit in _units(root, name):
+        for unit in sweep_units(root / name):
             m, lr, seed = unit["metrics"], unit["learning_rate"], unit["seed"]
             scale = m.get("retention_scale")
             rho = statistics.fmean(v for values in scale.values() for v in values) if scale else None
@@ -85,8 +74,8 @@ def report(args: argparse.Namespace) -> None:
                     "lr": lr,
                     "seed": seed,
                     "status": m.get("status"),
-                    "learned": (_accuracy(m, "valid_T32_k8") or 0) >= LEARNED,
-                    **{f"test_{p}": _accuracy(m, f"test_{p}") for p in (*INSIDE, *BEYOND)},
+                    "learned": (split_accuracy(m, "valid_T32_k8") or 0) >= LEARNED,
+                    **{f"test_{p}": split_accuracy(m, f"test_{p}") for p in (*INSIDE, *BEYOND)},
                     "trained_rho": None if rho is None else round(rho, 4),
                 }
             )

@@ -143,6 +143,21 @@ def is_diverged(metrics: dict[str, Any]) -> bool:
     return metrics.get("status") == "diverged"
 
 
+def split_accuracy(metrics: dict[str, Any], split: str) -> float | None:
+    """A unit's accuracy on ``split`` (``valid_<point>`` / ``test_<point>``); ``None`` when it diverged or has no
+    such evaluation."""
+    if is_diverged(metrics):
+        return None
+    return (metrics.get("eval", {}).get(split) or {}).get("accuracy")
+
+
+def sweep_units(out: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every finished unit of the sweep written to ``out`` (its ``results.json``: ``learning_rate``, ``seed``,
+    ``metrics``, …); ``[]`` before the sweep has written it."""
+    path = Path(out) / "results.json"
+    return list(read_json(path)["units"].values()) if path.exists() else []
+
+
 def unit_key(unit: Unit) -> str:
     """``<name>-<fingerprint>``: the unit's cache file name (``out/cache/<key>.json``) and checkpoint folder."""
     return f"{unit.name}-{unit.config.fingerprint()}"
@@ -449,5 +464,7 @@ __all__ = [
     "read_cached_unit",
     "run_units",
     "runs_root",
+    "split_accuracy",
+    "sweep_units",
     "unit_key",
 ]
