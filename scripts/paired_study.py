@@ -5,8 +5,9 @@
         --out results/recall_paired
 
 (``mqar`` likewise.) ``run`` trains everything the plan below needs, stage by stage, as ``probseq recall`` /
-``probseq mqar`` sweeps (each resumable and cached; ``--workers`` single-threaded processes share a sweep), and is
-itself resumable: rerun the same command. ``report`` reads what has finished and writes the tables and the plot
+``probseq mqar`` sweeps (each resumable and cached, one single-threaded process per sweep; ``--workers`` arms'
+sweeps at once, so no core waits while one arm finishes its last run), and is itself resumable: rerun the same
+command. ``report`` reads what has finished and writes the tables and the plot
 (partial results are marked as such).
 
 The plan (fixed before the runs; ``results/{recall,mqar}_paired/README.md`` state it in words):
@@ -28,7 +29,7 @@ The plan (fixed before the runs; ``results/{recall,mqar}_paired/README.md`` stat
    difference Bayesian Layer − Gated DeltaNet, its mean and 95 % t-interval over the N seeds. Verdict: better
    (interval above 0), worse (below 0), indistinguishable (contains 0 with half-width ≤ 0.05), undecided
    (contains 0, half-width > 0.05). Secondary: the same over the seeds where both runs learned the training
-   regime.
+   regime; MQAR also at its hardest training points (128, 32) and (256, 64) (amended before stage 1).
 6. **Calibration check.** A run has *learned* when its validation accuracy at the task's ``learned_point`` (recall:
    inside; MQAR: (64, 4), the plateau's tell) is ≥ 0.9; the baselines (attention, Gated DeltaNet, DeltaNet) should
    learn in ≥ 9 of 10 seeds at their chosen lr.
@@ -45,7 +46,9 @@ import math
 import statistics
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from probseq.experiments.common import write_csv
@@ -263,35 +266,54 @@ def run(args: argparse.Namespace) -> None:
     extra = choose_steps(task, root, args.workers)
     arms = task_arms(task)
     by_name = {arm.name: arm for arm in arms}
-    for arm in arms:
-        if arm.paired:
-            chosen[arm.name], records[arm.name] = stage1(task, root, arm, args.workers, extra)
-            print(f"   {arm.name}: chosen lr {chosen[arm.name]:g}", flush=True)
+    slots = args.workers  # sweeps of one worker each, this many at once: no core waits for an arm's last unit
+    paired_arms = [arm for arm in arms if arm.paired]
+    for arm, (lr, arm_records) in zip(
+        paired_arms, in_parallel([partial(stage1, task, root, arm, 1, extra) for arm in paired_arms], slots)
+    ):
+        chosen[arm.name], records[arm.name] = lr, arm_records
+        print(f"   {arm.name}: chosen lr {lr:g}", flush=True)
     variant = bayesian_layer(task, records, chosen)
     print(f"   the Bayesian Layer: {variant}", flush=True)
     paired = sorted(
         (arm for arm in arms if arm.paired),
         key=lambda arm: (arm.name not in ("gated_deltanet", variant), arms.index(arm)),
     )
-    for arm in paired:
-        run_sweep(task, root, arm, "paired", [chosen[arm.name]], list(range(PAIRED_SEEDS)), args.workers, extra)
+    seeds = list(range(PAIRED_SEEDS))
+    stage2 = [partial(run_sweep, task, root, arm, "paired", [chosen[arm.name]], seeds, 1, extra) for arm in paired]
+    in_parallel(stage2, slots)
     first_look = {name: all_records(root, by_name[name]) for name in ("gated_deltanet", variant)}
     extended = needs_extension(task, first_look, chosen, variant)
     if extended:
         print("   a primary endpoint is undecided at 10 seeds: stage 3, seeds 10-19", flush=True)
-        for name in ("gated_deltanet", variant):
-            seeds = list(range(PAIRED_SEEDS, EXTENDED_SEEDS))
-            run_sweep(task, root, by_name[name], "extended", [chosen[name]], seeds, args.workers, extra)
-    for arm in arms:
-        if not arm.paired:
-            chosen[arm.name], _ = stage1(task, root, arm, args.workers, extra)
-            print(f"   {arm.name}: chosen lr {chosen[arm.name]:g}", flush=True)
+        seeds = list(range(PAIRED_SEEDS, EXTENDED_SEEDS))
+        in_parallel(
+            [
+                partial(run_sweep, task, root, by_name[name], "extended", [chosen[name]], seeds, 1, extra)
+                for name in ("gated_deltanet", variant)
+            ],
+            slots,
+        )
+    ranking_arms = [arm for arm in arms if not arm.paired]
+    for arm, (lr, _) in zip(
+        ranking_arms, in_parallel([partial(stage1, task, root, arm, 1, extra) for arm in ranking_arms], slots)
+    ):
+        chosen[arm.name] = lr
+        print(f"   {arm.name}: chosen lr {lr:g}", flush=True)
     # Exploratory, outside the plan (``same_lr_rows``): GDN at the Bayesian variants' lrs, as many seeds as stage 2/3.
     same_lrs = sorted({chosen[b] for b in BAYESIAN} - {chosen["gated_deltanet"]})
     if same_lrs:
         seeds = list(range(EXTENDED_SEEDS if extended else PAIRED_SEEDS))
         run_sweep(task, root, by_name["gated_deltanet"], "same_lr", same_lrs, seeds, args.workers, extra)
     print("done; python scripts/paired_study.py report --root ... --out ...", flush=True)
+
+
+def in_parallel(calls: list, slots: int) -> list:
+    """Run the zero-argument ``calls`` (each drives single-worker sweeps) on ``slots`` threads, in order of
+    submission; their results in that order. If one raises, the others still finish, then it is raised."""
+    with ThreadPoolExecutor(max_workers=max(1, slots)) as pool:
+        futures = [pool.submit(call) for call in calls]
+    return [future.result() for future in futures]
 
 
 # ------------------------------------------------------------------------------------------------ report

@@ -4,10 +4,13 @@ and ``probseq reproduce``'s paragraph built from a committed ``summary.json``.""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import runpy
 import statistics
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -181,3 +184,61 @@ def test_the_mqar_mamba2_arm_runs_with_zoologys_init_and_the_recall_arms_are_unc
     assert not mqar["mamba2"].paired
     assert recall["mamba2"] == study["ARM_BY_NAME"]["mamba2"]
     assert all(mqar[name] == recall[name] for name in mqar if name != "mamba2")
+
+
+def test_run_keeps_every_core_busy_with_single_worker_sweeps_in_the_plans_order(tmp_path):
+    """``run`` drives each arm's sweeps with one worker and ``--workers`` of them at once (no core waits for an arm's
+    last run); stage 1 of the paired arms, then stage 2, then the ranking-only arms."""
+    study = runpy.run_path(str(SCRIPT))
+    names = study["run"].__globals__
+    task = study["TASKS"]["mqar"]
+    points = (*task.also, *task.primary, *task.secondary)
+    calls, active, peak, lock = [], [0], [0], threading.Lock()
+
+    def fake_sweep(task_, root, arm, label, lrs, seeds, workers, extra=(), out=None):
+        with lock:
+            calls.append((arm.name, label, tuple(lrs), tuple(seeds), workers))
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.02)
+        grid = sorted(arm.grid)
+        bonus = 0.1 if arm.name.startswith("bayesian") else 0.0
+        units = {}
+        for lr in lrs:
+            value = (0.8 if lr == grid[1] else 0.5) + bonus  # the middle of every grid is best: no extension
+            evaluation = {f"{split}_{p}": {"accuracy": value} for split in ("valid", "test") for p in points}
+            units |= {(lr, s): {"status": "ok", "eval": evaluation} for s in seeds}
+        folder = out or study["sweep_dir"](root, arm, label)
+        folder.mkdir(parents=True, exist_ok=True)
+        previous = study["read_sweep"](folder)
+        body = {
+            f"u{i}": {"learning_rate": lr, "seed": s, "metrics": m}
+            for i, ((lr, s), m) in enumerate(({**previous, **units}).items())
+        }
+        (folder / "results.json").write_text(json.dumps({"units": body}))
+        with lock:
+            active[0] -= 1
+        return units
+
+    names["run_sweep"] = fake_sweep
+    names["choose_steps"] = lambda task_, root, workers: ("max_steps=1",)
+    args = argparse.Namespace(task="mqar", root=str(tmp_path), workers=2)
+    study["run"](args)
+
+    assert peak[0] == 2  # two sweeps at once
+    assert all(workers == 1 for name, label, *_, workers in calls if label != "same_lr")
+    labels = [label for _, label, *_ in calls]
+    paired_arms = [arm.name for arm in study["task_arms"](task) if arm.paired]
+    ranking_arms = [arm.name for arm in study["task_arms"](task) if not arm.paired]
+    grid_of = {
+        name: [i for i, (n, label, *_) in enumerate(calls) if n == name and label == "grid"]
+        for name in paired_arms + ranking_arms
+    }
+    stage2 = [i for i, label in enumerate(labels) if label == "paired"]
+    assert sorted(n for n, label, *_ in calls if label == "paired") == sorted(paired_arms)
+    assert (
+        max(grid_of[n][0] for n in paired_arms) < min(stage2) < max(stage2) < min(grid_of[n][0] for n in ranking_arms)
+    )
+    assert "extended" not in labels  # every primary endpoint decided at 10 seeds (+0.1 with no spread)
+    mamba = [c for c in calls if c[0] == "mamba2"]
+    assert mamba and mamba[0][2] == (1e-3, 3e-3, 1e-2)
