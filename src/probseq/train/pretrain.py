@@ -38,11 +38,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from probseq.console import progress_enabled
 from probseq.files import atomic_write_json, finite_or_none, nonfinite_to_none
 from probseq.train.run_folder import claim_run_folder
 from probseq.train.schema import check_fields, check_optimizer_run, from_dict, non_negative, positive, with_overrides
-from probseq.train.trainer import TrainingDiverged, progress_bars, run_threads, run_trainer
+from probseq.train.trainer import TrainingDiverged, progress_bars, run_threads, run_trainer, shared_arguments
 
 TRAIN_LOG = "train_log.json"
 RUN_CONFIG = "probseq_run_config.json"
@@ -120,44 +119,20 @@ class LMRunConfig:
         the blocks in the dataset's order (a curriculum), not shuffled by the Trainer."""
         from transformers import TrainingArguments
 
-        distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         return TrainingArguments(
             output_dir=str(output_dir),
             max_steps=max_steps,
             per_device_train_batch_size=self.batch_size,
             per_device_eval_batch_size=self.batch_size,
-            gradient_accumulation_steps=self.gradient_accumulation_steps,
             learning_rate=learning_rate,
-            weight_decay=self.weight_decay,
-            adam_beta1=self.adam_beta1,
-            adam_beta2=self.adam_beta2,
-            max_grad_norm=self.max_grad_norm,
-            optim="adamw_torch",
-            lr_scheduler_type=self.lr_scheduler,
-            warmup_steps=self.warmup,
             seed=seed,
             data_seed=seed,
-            bf16=self.precision == "bf16",
-            fp16=self.precision == "fp16",
-            save_strategy="steps" if self.save_steps else "no",
-            save_steps=self.save_steps or 500,
-            save_total_limit=self.save_total_limit,
-            logging_steps=self.logging_steps,
-            logging_nan_inf_filter=False,  # log a non-finite loss as it is (the DivergenceGuard stops the run there)
-            eval_strategy="no",
-            report_to="none",
-            disable_tqdm=not progress_enabled(self.progress),  # bars on a terminal only
-            remove_unused_columns=False,
             dataloader_drop_last=True,
             train_sampling_strategy="sequential" if in_order else "random",
-            dataloader_num_workers=0,
-            dataloader_pin_memory=torch.cuda.is_available(),
-            ddp_find_unused_parameters=False,
-            use_cpu=not torch.cuda.is_available(),
-            ddp_backend=("nccl" if torch.cuda.is_available() else "gloo") if distributed else None,
             # the Trainer copies this into model.config.use_cache, which is saved: False would make generate() rerun
             # the whole sequence for every new token (training forwards never cache anyway)
             use_cache=True,
+            **shared_arguments(self),
         )
 
 

@@ -313,6 +313,40 @@ def build_model(config: TrainConfig) -> ZoologyModel:
     )
 
 
+def shared_arguments(config) -> dict[str, Any]:
+    """The ``TrainingArguments`` settings every probseq Trainer run shares (:func:`training_arguments` and
+    :meth:`probseq.train.pretrain.PretrainConfig.training_arguments`), read from the fields both configs name alike:
+    torch's AdamW, the schedule, clipping, precision, checkpoints and logging; no evaluation loop and no reporting
+    (the runs evaluate themselves); a non-finite loss logged as it is (:class:`DivergenceGuard` stops the run
+    there); progress bars on a terminal only; CPU unless a GPU is present; gloo/nccl under ``torchrun``."""
+    return dict(
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        weight_decay=config.weight_decay,
+        adam_beta1=config.adam_beta1,
+        adam_beta2=config.adam_beta2,
+        max_grad_norm=config.max_grad_norm,
+        optim="adamw_torch",
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup,
+        bf16=config.precision == "bf16",
+        fp16=config.precision == "fp16",
+        save_strategy="steps" if config.save_steps else "no",
+        save_steps=config.save_steps or 500,
+        save_total_limit=config.save_total_limit,
+        logging_steps=config.logging_steps,
+        logging_nan_inf_filter=False,
+        eval_strategy="no",
+        report_to="none",
+        remove_unused_columns=False,
+        disable_tqdm=not progress_enabled(config.progress),
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        ddp_find_unused_parameters=False,
+        use_cpu=not torch.cuda.is_available(),
+        ddp_backend=_ddp_backend(),
+    )
+
+
 def training_arguments(config: TrainConfig, output_dir: str | os.PathLike) -> TrainingArguments:
     """The ``TrainingArguments`` of a run (everything the Trainer does is configured here)."""
     fsdp_config = {"transformer_layer_cls_to_wrap": list(config.fsdp_wrap)} if config.fsdp_wrap else None
@@ -322,36 +356,13 @@ def training_arguments(config: TrainConfig, output_dir: str | os.PathLike) -> Tr
         # by segment, every item of the train dataset is a whole batch (SegmentBatches)
         per_device_train_batch_size=1 if config.batching == "by_segment" else config.batch_size,
         per_device_eval_batch_size=config.eval_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
         learning_rate=config.learning_rate,
-        weight_decay=config.weight_decay,
-        adam_beta1=config.adam_beta1,
-        adam_beta2=config.adam_beta2,
-        max_grad_norm=config.max_grad_norm,
-        optim="adamw_torch",
-        lr_scheduler_type=config.lr_scheduler,
-        warmup_steps=config.warmup,
         seed=config.seed,
-        bf16=config.precision == "bf16",
-        fp16=config.precision == "fp16",
-        save_strategy="steps" if config.save_steps else "no",
-        save_steps=config.save_steps or 500,
-        save_total_limit=config.save_total_limit,
-        logging_steps=config.logging_steps,
-        logging_nan_inf_filter=False,  # log a non-finite loss as it is (DivergenceGuard stops the run there)
-        eval_strategy="no",
-        report_to="none",
         label_names=["labels"],
-        remove_unused_columns=False,
-        disable_tqdm=not progress_enabled(config.progress),
-        dataloader_num_workers=0,  # bars on a terminal only
-        dataloader_pin_memory=torch.cuda.is_available(),
-        ddp_find_unused_parameters=False,
-        use_cpu=not torch.cuda.is_available(),
-        ddp_backend=_ddp_backend(),
         fsdp=config.fsdp or None,
         fsdp_config=fsdp_config,
         torch_compile=config.compile,
+        **shared_arguments(config),
     )
 
 
