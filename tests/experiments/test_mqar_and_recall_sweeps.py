@@ -341,6 +341,7 @@ def test_set_overrides_keep_the_unit_keys_of_cached_runs():
             "n_layers=2",
             "loss_weighting=example",
             "num_threads=1",
+            "layout=alternating",  # the default, written out: the key stays (the field came after these runs)
         ],
     )
     assert [unit_key(unit) for unit in config.units()] == ["gated_deltanet-lr0.0003-s0-89c3881b8b16"]
@@ -359,6 +360,21 @@ def test_set_overrides_keep_the_unit_keys_of_cached_runs():
         "bayesian-d64-lr0.003-s0-072d3629d1c7",
         "bayesian-d64-lr0.01-s0-8bca21fb0880",
     ]
+
+
+@pytest.mark.parametrize("experiment", [mqar, recall])
+def test_set_layout_reaches_every_runs_model(experiment):
+    """``--set layout=mixers`` (Zoology's Mamba-2 model: ``n_layers`` Mamba-2 blocks, no conv block) reaches the
+    ModelSpec of every run, and gives the runs keys of their own."""
+    base = apply_overrides(experiment.PRESETS["cpu"], ['mixers=["mamba2"]', "n_layers=2", "init=zoology"])
+    mixers = apply_overrides(base, ["layout=mixers"])
+    assert base.layout == "alternating" and mixers.layout == "mixers"
+    assert {unit.config.model.layout for unit in mixers.units()} == {"mixers"}
+    assert {unit.config.model.layout for unit in base.units()} == {"alternating"}
+    keys = [{unit.config.fingerprint() for unit in config.units()} for config in (base, mixers)]
+    assert not keys[0] & keys[1]
+    with pytest.raises(ValueError, match="layout"):
+        apply_overrides(base, ["layout=mamba"])
 
 
 @pytest.mark.integration

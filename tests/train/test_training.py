@@ -149,6 +149,39 @@ def test_init_is_fla_by_default_and_zoology_on_request():
     assert abs(float(attention["layers.1.o_proj.weight"].std()) - 0.02 / (2 * 4) ** 0.5) < 0.002
 
 
+def test_layout_is_alternating_by_default_and_mixers_on_request():
+    """``model.layout`` enters the fingerprint only as ``"mixers"`` (the cached runs have conv blocks): the default
+    config written out with the field hashes as one read from a dict without it (a run cached before the field);
+    ``"mixers"`` builds ``n_layers`` mixers, no conv block, and may have one block."""
+    default = tiny_train_config()
+    assert "layout" not in default.identity()["model"]
+    old = default.to_dict()
+    del old["model"]["layout"]  # a config saved before the field existed
+    assert from_dict(TrainConfig, old) == default
+    assert from_dict(TrainConfig, old).fingerprint() == default.fingerprint()
+    explicit = with_overrides(default, ["model.layout=alternating"])
+    assert explicit.fingerprint() == default.fingerprint()
+    assert [type(layer).__name__ for layer in build_model(explicit).layers] == [
+        "ConvBlock",
+        "BayesianLayer",
+        "ConvBlock",
+        "BayesianLayer",
+    ]
+    mixers = with_overrides(default, ["model.mixer=mamba2", "model.n_layers=2", "model.layout=mixers"])
+    assert mixers.identity()["model"]["layout"] == "mixers"
+    assert mixers.fingerprint() != with_overrides(mixers, ["model.layout=alternating"]).fingerprint()
+    model = build_model(mixers)
+    assert model.config.layout == "mixers"
+    assert [type(layer).__name__ for layer in model.layers] == ["Mamba2", "Mamba2"]
+    assert [layer.layer_idx for layer in model.layers] == [0, 1]
+    assert len(build_model(with_overrides(mixers, ["model.n_layers=1"])).layers) == 1
+    with pytest.raises(ValueError, match="model.layout"):
+        with_overrides(default, ["model.layout=mamba"])
+    with pytest.raises(ValueError, match=r"n_layers must be >= 2 with layout='alternating'"):
+        ModelSpec(n_layers=1)
+    assert ModelSpec(n_layers=1, layout="mixers").n_layers == 1
+
+
 # The mixers that share Gated DeltaNet's parameters: GDN itself and the Bayesian Layer with each retention.
 PAIRED = {
     "gated_deltanet": ["model.mixer=gated_deltanet"],

@@ -8,7 +8,8 @@ train segments ``(T, k)`` = (64, 4), (128, 8), (256, 16), (256, 32), (256, 64) m
 test segments (64, 4) … (256, 64) and beyond them (512, 128), (1024, 256). The model is Zoology's: short-conv
 blocks alternating with the mixer, no MLP (:class:`probseq.models.mqar_model.ZoologyModel`), one ``d_model`` for
 every mixer. Zoology's configs use ``n_layers = 2``: one conv block, then the mixer (the ``paper`` preset), except
-for Mamba-2, which Zoology runs as two Mamba-2 blocks without conv blocks (here it keeps the conv block); the
+for Mamba-2, which Zoology runs as two Mamba-2 blocks without conv blocks (here it keeps the conv block unless
+``layout=mixers``: then every block is a mixer); the
 ``quick`` and ``cpu`` presets use ``n_layers = 4`` (``[conv, mixer] × 2``: two mixer layers). Each
 ``(mixer, d_model, lr, seed)`` is one training run (a *unit*, cached on
 completion and resumable from checkpoints, :mod:`probseq.train.sweep`). Per ``(mixer, d_model)`` and test

@@ -34,6 +34,8 @@ class TrainingSweep:
         max_steps, batch_size, warmup, weight_decay: optimisation (AdamW, cosine schedule).
         eval_batch_size: evaluation batch.
         n_layers: blocks of the model (4 = ``[conv, mixer] × 2``).
+        layout: the model's blocks, ``"alternating"`` (conv block, mixer, …; the default) or ``"mixers"``
+            (``n_layers`` mixers, no conv block: Zoology's Mamba-2 models) — :class:`~probseq.train.ModelSpec`'s.
         retention, retention_init, retention_lr_scale: the Bayesian Layer's certainty retention and, for
             ``learned``, its starting scale ``ρ`` and its parameters' learning rate relative to the run's (only the
             ``bayesian`` runs).
@@ -57,6 +59,7 @@ class TrainingSweep:
     weight_decay: float = 0.1
     eval_batch_size: int = 64
     n_layers: int = 4
+    layout: Literal["alternating", "mixers"] = "alternating"
     retention: Literal["reset", "stationary", "learned"] = "learned"
     retention_init: float = 0.0
     retention_lr_scale: float = 1.0
@@ -88,6 +91,7 @@ class TrainingSweep:
             d_model=d_model,
             n_layers=self.n_layers,
             init=self.init,
+            layout=self.layout,
             **({"retention": self.retention, "retention_init": self.retention_init} if mixer == "bayesian" else {}),
         )
         return TrainConfig(

@@ -1,17 +1,21 @@
-"""Zoology's MQAR model built from probseq's pieces: ``[short-conv block, mixer] × n``, no MLP.
+"""Zoology's MQAR model built from probseq's pieces: ``[short-conv block, mixer] × n``, no MLP (or, with
+``layout="mixers"``, ``n`` mixer blocks and no conv block: Zoology's Mamba-2 models).
 
 Arora, Eyuboglu et al., "Zoology: Measuring and Improving Recall in Efficient Language Models" (2023).
 Their MQAR models (``zoology/experiments/.../configs.py``) alternate a gated short-convolution block
 (``BaseConv``, kernel 3) with the sequence mixer under test (``Hybrid`` picks ``configs[layer_idx % 2]``),
 use no state mixer (``torch.nn.Identity`` instead of an MLP), tie the LM head to the embeddings and give
 every mixer the same ``d_model``; their MQAR configs use ``n_layers = 2`` (one conv block, then the mixer; their
-Mamba-2 models are two Mamba-2 blocks without conv blocks, which this class does not build).
+Mamba-2 models are two Mamba-2 blocks without conv blocks: ``block_type="Mamba2Block"`` and the bare
+``Mamba2`` as sequence mixer in ``zoology/experiments/models_repo.py``, which ``layout="mixers"`` builds).
 This is the same architecture written with probseq's layers::
 
     h = embed(x)
     for i in range(n_layers):
         h = h + (conv_block if i is even else mixer)(RMSNorm(h))     # pre-norm residual blocks
     logits = lm_head(RMSNorm(h))                                      # lm_head tied to embed
+
+(``layout="mixers"``: every block is a mixer.)
 
     conv_block(u) = ShortConv_kernel(u) ⊙ Linear(u)                   # Zoology's BaseConv (gated conv)
 
@@ -63,6 +67,7 @@ from probseq.models.configuration import ProbSeqConfig, config_keys
 from probseq.models.modeling import ProbSeqPreTrainedModel
 
 INITS = ("fla", "zoology")
+LAYOUTS = ("alternating", "mixers")
 
 
 class ZoologyConfig(PretrainedConfig):
@@ -71,7 +76,8 @@ class ZoologyConfig(PretrainedConfig):
     Args:
         vocab_size: tokens.
         d_model: width of every block (the same for every mixer).
-        n_layers: blocks; even indices are conv blocks, odd ones the mixer (4 = ``[conv, mixer] × 2``).
+        n_layers: blocks; with ``layout="alternating"`` even indices are conv blocks, odd ones the mixer
+            (4 = ``[conv, mixer] × 2``; at least 2), with ``"mixers"`` every block is a mixer (at least 1).
         mixer: a name of :data:`probseq.layers.MIXERS`.
         conv_kernel: kernel of the conv blocks (Zoology: 3).
         num_heads: heads of the mixer (``None``: Zoology's setting, see the module docstring).
@@ -82,6 +88,9 @@ class ZoologyConfig(PretrainedConfig):
         feature_map: linear attention's feature map.
         norm_eps, initializer_range, tie_word_embeddings: the usual.
         init: weight initialisation, ``"fla"`` (the default) or ``"zoology"`` (Zoology's; :class:`ZoologyModel`).
+        layout: the blocks, ``"alternating"`` (the default: conv block, mixer, conv block, …; Zoology's models but
+            Mamba-2) or ``"mixers"`` (``n_layers`` mixers and no conv block; Zoology's Mamba-2 models, which are two
+            Mamba-2 blocks). A config saved before this field loads as ``"alternating"``, the model it was.
 
     As :class:`~probseq.models.ProbSeqConfig`, a key the class does not know or an invalid value (a size that is
     not a positive int, an epsilon or rate that is not a finite number > 0, a choice outside its values) is a
@@ -108,13 +117,14 @@ class ZoologyConfig(PretrainedConfig):
         initializer_range: float = 0.02,
         tie_word_embeddings: bool = True,
         init: str = "fla",
+        layout: str = "alternating",
         **kwargs,
     ):
         self.vocab_size, self.d_model, self.n_layers, self.mixer = vocab_size, d_model, n_layers, mixer
         self.conv_kernel, self.num_heads, self.expand_v, self.state_size = conv_kernel, num_heads, expand_v, state_size
         self.use_gate, self.retention, self.retention_init = use_gate, retention, retention_init
         self.feature_map, self.norm_eps, self.initializer_range = feature_map, norm_eps, initializer_range
-        self.init, self.tie_word_embeddings = init, tie_word_embeddings
+        self.init, self.tie_word_embeddings, self.layout = init, tie_word_embeddings, layout
         check_config_keys(type(self).__name__, kwargs, config_keys(type(self)))
         for name in ("dtype", "torch_dtype"):  # transformers would look the name up in torch (an AttributeError)
             check_dtype(name, kwargs.get(name))
@@ -136,8 +146,11 @@ class ZoologyConfig(PretrainedConfig):
         sizes fail here)."""
         for name in ("vocab_size", "d_model", "n_layers", "conv_kernel", "state_size"):
             positive_int(name, getattr(self, name))
-        if self.n_layers < 2:
-            raise ValueError(f"n_layers must be >= 2 (a conv block and a mixer), got {self.n_layers}")
+        one_of("layout", self.layout, LAYOUTS)
+        if self.layout == "alternating" and self.n_layers < 2:
+            raise ValueError(
+                f"n_layers must be >= 2 with layout='alternating' (a conv block and a mixer), got {self.n_layers}"
+            )
         positive_int("num_heads", self.num_heads, optional=True)
         for name in ("expand_v", "norm_eps", "initializer_range"):
             positive_real(name, getattr(self, name))
@@ -149,6 +162,15 @@ class ZoologyConfig(PretrainedConfig):
         one_of("init", self.init, INITS)
         one_of("retention", self.retention, RETENTIONS)
         self.mixer_config()  # a ProbSeqConfig: its own checks, and the mixer built once on the meta device
+
+    def is_conv_block(self, index: int) -> bool:
+        """Whether block ``index`` is a conv block (even indices of the alternating layout), else the mixer."""
+        return self.layout == "alternating" and index % 2 == 0
+
+    @property
+    def conv_blocks(self) -> int:
+        """How many of the ``n_layers`` blocks are conv blocks."""
+        return sum(self.is_conv_block(i) for i in range(self.n_layers))
 
     def mixer_config(self) -> ProbSeqConfig:
         """The :class:`ProbSeqConfig` the mixers are built from (Zoology's head settings for MQAR)."""
@@ -204,7 +226,8 @@ class ZoologyOutput(ModelOutput):
 
 
 class ZoologyModel(ProbSeqPreTrainedModel):
-    """Embeddings → ``n_layers`` pre-norm residual blocks (conv, mixer, conv, mixer, …) → RMSNorm → tied head.
+    """Embeddings → ``n_layers`` pre-norm residual blocks (conv, mixer, conv, mixer, …; with ``layout="mixers"``
+    mixer, mixer, …) → RMSNorm → tied head. A mixer's ``layer_idx`` (its slot in a cache) is its block index.
 
     Weight initialisation (``config.init``): ``"fla"`` (the default, and every committed ``cpu`` run's) is
     :class:`~probseq.models.ProbSeqPreTrainedModel`'s: fla's normal(0.02) for every linear and convolution
@@ -228,7 +251,7 @@ class ZoologyModel(ProbSeqPreTrainedModel):
         self.embeddings = nn.Embedding(config.vocab_size, config.d_model)
         self.norms = nn.ModuleList(RMSNorm(config.d_model, eps=config.norm_eps) for _ in range(config.n_layers))
         self.layers = nn.ModuleList(
-            ConvBlock(config.d_model, config.conv_kernel) if i % 2 == 0 else build_mixer(mixer_config, i)
+            ConvBlock(config.d_model, config.conv_kernel) if config.is_conv_block(i) else build_mixer(mixer_config, i)
             for i in range(config.n_layers)
         )
         self.norm = RMSNorm(config.d_model, eps=config.norm_eps)
@@ -251,7 +274,7 @@ class ZoologyModel(ProbSeqPreTrainedModel):
         """Zoology's GPT-2-style 1/√depth scaling of the output projections it names ``out_proj``; after
         ``post_init`` (which may visit a layer before its linear children). Depth is Zoology's ``n_layers``: every
         block for the conv/mixer models, the Mamba-2 blocks alone for Mamba-2 (Zoology's Mamba-2 models have no
-        conv blocks)."""
+        conv blocks; with ``layout="mixers"`` that is every block)."""
         n, std = self.config.n_layers, self.config.initializer_range
         mamba_layers = sum(isinstance(layer, Mamba2) for layer in self.layers)
         for layer in self.layers:
@@ -271,17 +294,25 @@ class ZoologyModel(ProbSeqPreTrainedModel):
         """Final hidden states ``[B, T, D]``; with ``cache``, the mixers write their decoding states into it.
 
         ``input_ids`` must be an integer ``[B, T]`` of ids in ``[0, vocab_size)`` and ``cache`` one this model (or
-        one of its layout) filled (``ValueError`` otherwise); an empty input (``T = 0``) gives ``[B, 0, D]``."""
+        one of its layout) filled (``ValueError`` otherwise); an empty input (``T = 0``) gives ``[B, 0, D]``.
+        With ``layout="mixers"`` a filled cache continues the sequence (decoding chunk by chunk gives the full
+        forward's states); the conv blocks keep no decoding state, so with them only an empty cache is taken
+        (continuing one would restart the conv blocks: a ``ValueError``)."""
         check_input_ids(input_ids, self.config.vocab_size)
         if cache is not None:
             if not isinstance(cache, ProbSeqCache):
                 raise ValueError(f"cache must be a ProbSeqCache, got {type(cache).__name__}")
             cache.check_layout(self.cache_layout())
+            if self.config.conv_blocks and any(slot.get_seq_length() for slot in cache.layers):
+                raise ValueError(
+                    "cannot continue a filled cache with conv blocks (layout='alternating'): they keep no decoding "
+                    "state; start from a new ProbSeqCache(), or use layout='mixers'"
+                )
         h = self.embeddings(input_ids)
         if input_ids.shape[1] == 0:  # nothing to mix: an empty result, the cache untouched
             return self.norm(h)
         for index, (norm, layer) in enumerate(zip(self.norms, self.layers)):
-            if index % 2 == 0:
+            if self.config.is_conv_block(index):
                 h = h + layer(norm(h))
             else:
                 h = h + layer(norm(h), past_key_values=cache, use_cache=cache is not None)[0]
@@ -317,7 +348,8 @@ class ZoologyModel(ProbSeqPreTrainedModel):
         """Numbers in the decoding state after ``sequence_length`` tokens (Zoology's ``state_size``; bytes in
         float32 are 4×): every mixer's cached state (conv states, memory, the covariance of a Bayesian Layer
         whose retention is not ``reset``; keys and values for attention) plus each conv block's last ``kernel``
-        inputs. Measured by running the mixers with a cache; ``sequence_length`` must be a positive int."""
+        inputs (none with ``layout="mixers"``). Measured by running the mixers with a cache; ``sequence_length``
+        must be a positive int."""
         positive_int("sequence_length", sequence_length)
         cache = ProbSeqCache()
         was_training = self.training
@@ -341,8 +373,7 @@ class ZoologyModel(ProbSeqPreTrainedModel):
                 total += item.numel()
             elif isinstance(item, tuple):
                 stack.extend(item)
-        conv_blocks = (self.config.n_layers + 1) // 2
-        return total + conv_blocks * self.config.d_model * self.config.conv_kernel
+        return total + self.config.conv_blocks * self.config.d_model * self.config.conv_kernel
 
 
 AutoConfig.register(ZoologyConfig.model_type, ZoologyConfig, exist_ok=True)

@@ -33,7 +33,8 @@ class ModelSpec:
     Attributes:
         mixer: the sequence mixer (a name of :data:`probseq.layers.MIXERS`).
         d_model: width of every block.
-        n_layers: blocks, alternating conv block and mixer (4 = ``[conv, mixer] × 2``).
+        n_layers: blocks, alternating conv block and mixer (4 = ``[conv, mixer] × 2``), or with
+            ``layout="mixers"`` that many mixers.
         num_heads: mixer heads (``None``: Zoology's setting per mixer).
         expand_v: value-dim ratio of the recurrent mixers.
         state_size: Mamba-2's ``N``.
@@ -44,6 +45,9 @@ class ModelSpec:
             1: up to the stationary retention; docs/layers.md).
         init: weight initialisation (:class:`probseq.models.mqar_model.ZoologyModel`): ``"zoology"`` (Zoology's)
             or ``"fla"``. The default stays ``"fla"``, what every run cached before this field had.
+        layout: the blocks (:class:`probseq.models.mqar_model.ZoologyConfig`): ``"alternating"`` (conv block,
+            mixer, …; the default, what every run cached before this field had) or ``"mixers"`` (``n_layers``
+            mixers, no conv block: Zoology's Mamba-2 models).
     """
 
     mixer: MixerName = "bayesian"
@@ -57,6 +61,7 @@ class ModelSpec:
     retention: Literal["reset", "stationary", "learned"] = "learned"
     retention_init: float = 0.0
     init: Literal["fla", "zoology"] = "fla"
+    layout: Literal["alternating", "mixers"] = "alternating"
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -65,8 +70,10 @@ class ModelSpec:
             raise ValueError(f"retention_init must be in [0, 1], got {self.retention_init!r}")
         if self.num_heads is not None:
             positive(self, "num_heads")
-        if self.n_layers < 2:
-            raise ValueError(f"n_layers must be >= 2 (a conv block and a mixer), got {self.n_layers}")
+        if self.layout == "alternating" and self.n_layers < 2:
+            raise ValueError(
+                f"n_layers must be >= 2 with layout='alternating' (a conv block and a mixer), got {self.n_layers}"
+            )
 
 
 @dataclass(frozen=True)
@@ -196,6 +203,7 @@ class TrainConfig:
 ADDED_FIELDS = {
     ("model", "retention_init"): 0.0,
     ("model", "init"): "fla",
+    ("model", "layout"): "alternating",
     (None, "loss_weighting"): "token",
     (None, "compile"): False,
     (None, "batching"): "mixed",

@@ -159,7 +159,8 @@ def evaluate_run(
 
 def identity_columns(run: SavedRun) -> dict[str, Any]:
     """A run's identity in an evaluation CSV: its folder, mixer, width, learning rate, seed, and (Bayesian Layer
-    only) retention and its start, then the initialisation, the loss weighting and the batching."""
+    only) retention and its start, then the initialisation, the block layout, the loss weighting and the
+    batching."""
     config, model = run.config, run.config.model
     bayesian = model.mixer == "bayesian"
     return {
@@ -171,6 +172,7 @@ def identity_columns(run: SavedRun) -> dict[str, Any]:
         "retention": model.retention if bayesian else None,
         "retention_init": model.retention_init if bayesian and model.retention == "learned" else None,
         "init": model.init,
+        "layout": model.layout,
         "loss_weighting": config.loss_weighting,
         "batching": config.batching,
     }

@@ -309,6 +309,7 @@ def build_model(config: TrainConfig) -> ZoologyModel:
             retention=spec.retention,
             retention_init=spec.retention_init,
             init=spec.init,
+            layout=spec.layout,
         )
     )
 
