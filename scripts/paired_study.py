@@ -127,9 +127,10 @@ TASKS = {
         StepsPilot(lrs=(1e-3, 3e-3), seeds=(0, 1, 2), steps=1500, fallback=3000, needed=5),
         # amendment before stage 1 (results/mqar_paired/README.md): the hardest training points, off the floor
         secondary=("T128_k32", "T256_k64"),
-        # amendment before stage 1: Zoology's init and a grid up to 1e-2 for the ranking-only Mamba-2 arm (recall
-        # showed fla's init leaves Mamba-2's memory path at Adam's eps: results/recall_paired/mamba2/)
-        arm_changes=(Arm("mamba2", "mamba2", (1e-3, 3e-3, 1e-2), ("init=zoology",), paired=False),),
+        # amendment before stage 1: Zoology's Mamba-2 model (two Mamba-2 blocks, no conv block; its init) and a grid
+        # up to 1e-2 for the ranking-only Mamba-2 arm (recall showed fla's init leaves Mamba-2's memory path at
+        # Adam's eps, and Zoology's layout the best variant: results/recall_paired/mamba2/)
+        arm_changes=(Arm("mamba2", "mamba2", (1e-3, 3e-3, 1e-2), ("init=zoology", "layout=mixers"), paired=False),),
     ),
 }
 

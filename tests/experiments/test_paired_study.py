@@ -175,12 +175,12 @@ def test_mqar_secondary_points_are_analysed_like_the_primary_ones_but_never_exte
     assert {(r["bayesian_mean"], r["gdn_mean"], r["verdict"]) for r in primary} == {(0.06, 0.05, "better")}
 
 
-def test_the_mqar_mamba2_arm_runs_with_zoologys_init_and_the_recall_arms_are_unchanged(study):
+def test_the_mqar_mamba2_arm_is_zoologys_mamba2_model_and_the_recall_arms_are_unchanged(study):
     """The amendment before MQAR's stage 1 changes that task's ranking-only Mamba-2 arm alone."""
     mqar = {arm.name: arm for arm in study["task_arms"](study["TASKS"]["mqar"])}
     recall = {arm.name: arm for arm in study["task_arms"](study["TASKS"]["recall"])}
     assert list(mqar) == list(recall) == [arm.name for arm in study["ARMS"]]
-    assert mqar["mamba2"].sets == ("init=zoology",) and max(mqar["mamba2"].grid) == 1e-2
+    assert mqar["mamba2"].sets == ("init=zoology", "layout=mixers") and max(mqar["mamba2"].grid) == 1e-2
     assert not mqar["mamba2"].paired
     assert recall["mamba2"] == study["ARM_BY_NAME"]["mamba2"]
     assert all(mqar[name] == recall[name] for name in mqar if name != "mamba2")
