@@ -46,7 +46,7 @@ import math
 import statistics
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -58,6 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DELTA_GRID = (3e-4, 1e-3, 3e-3)
 STAGE1_SEEDS = (0, 1, 2)
 PAIRED_SEEDS = 10
+FLOOR = 0.1  # amendment before MQAR's stage 1: a comparison where both arms' means are below is 'at the floor'
 EXTENDED_SEEDS = 20  # stage 3, when a primary endpoint is undecided at PAIRED_SEEDS
 LEARNED = 0.9  # validation accuracy at the task's learned_point at or above which a run has learned
 MAX_EXTENSIONS = 2
@@ -311,19 +312,30 @@ def run(args: argparse.Namespace) -> None:
 
 def in_parallel(calls: list, slots: int) -> list:
     """Run the zero-argument ``calls`` (each drives single-worker sweeps) on ``slots`` threads, in order of
-    submission; their results in that order. If one raises, the others still finish, then it is raised."""
-    with ThreadPoolExecutor(max_workers=max(1, slots)) as pool:
-        futures = [pool.submit(call) for call in calls]
+    submission; their results in that order. The first failure (or Ctrl-C) cancels the calls not yet started,
+    lets the running ones end (their sweeps stay resumable), then is raised."""
+    pool = ThreadPoolExecutor(max_workers=max(1, slots))
+    futures = [pool.submit(call) for call in calls]
+    try:
+        for future in as_completed(futures):
+            future.result()
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
     return [future.result() for future in futures]
 
 
 # ------------------------------------------------------------------------------------------------ report
 
 
-def all_records(root: Path, arm: Arm) -> dict:
+def all_records(root: Path, arm: Arm, stage1_only: bool = False) -> dict:
+    """(lr, seed) → metrics of every finished run of ``arm`` (``stage1_only``: of its stage-1 sweeps, the grid and
+    its edge extensions, where its lr is chosen — not the exploratory ``same_lr`` sweep's lrs)."""
     records = {}
     for out in sorted((root / arm.name).glob("*/")):
-        records |= read_sweep(out)
+        if not stage1_only or out.name == "grid" or out.name.startswith("lr"):
+            records |= read_sweep(out)
     return records
 
 
@@ -343,7 +355,10 @@ def run_row(task: Task, arm: str, lr: float, seed: int, metrics: dict) -> dict:
         "lr": lr,
         "seed": seed,
         "learned": has_learned(task, metrics),
-        **{f"test_{p}": split_accuracy(metrics, f"test_{p}") for p in (*task.also, *task.primary)},
+        **{
+            f"test_{p}": split_accuracy(metrics, f"test_{p}")
+            for p in dict.fromkeys((*task.also, *task.primary, *task.secondary))
+        },
         "retention_scale": json.dumps(scale) if scale else None,
     }
 
@@ -365,19 +380,21 @@ def difference_rows(
             continue
         mean, half = t_interval(diffs)
         both = [s for s in seeds if bayes[s][f"test_{point}"] is not None and gdn[s][f"test_{point}"] is not None]
+        means = [round(statistics.fmean(arm[s][f"test_{point}"] for s in both), 4) for arm in (bayes, gdn)]
         rows.append(
             {
                 "analysis": analysis,
                 "bayesian": variant,
                 "endpoint": point,
                 "seeds": len(diffs),
-                "bayesian_mean": round(statistics.fmean(bayes[s][f"test_{point}"] for s in both), 4),
-                "gdn_mean": round(statistics.fmean(gdn[s][f"test_{point}"] for s in both), 4),
+                "bayesian_mean": means[0],
+                "gdn_mean": means[1],
                 "mean_difference": round(mean, 4),
                 "half_width_95": round(half, 4),
                 "low": round(mean - half, 4),
                 "high": round(mean + half, 4),
                 "verdict": verdict(mean, half) if final else "partial",
+                "at_floor": max(means) < FLOOR,  # both arms below FLOOR: a verdict here says little about memory
             }
         )
     return rows
@@ -451,7 +468,7 @@ def report(args: argparse.Namespace) -> None:
             continue
         lrs = sorted({lr for lr, _ in records[arm.name]})
         try:
-            chosen[arm.name], scores = choose_lr(records[arm.name], STAGE1_SEEDS)
+            chosen[arm.name], scores = choose_lr(all_records(root, arm, stage1_only=True), STAGE1_SEEDS)
         except ValueError:  # no lr has all stage-1 seeds yet
             scores = {}
         for lr in lrs:

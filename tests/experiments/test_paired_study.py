@@ -173,6 +173,8 @@ def test_mqar_secondary_points_are_analysed_like_the_primary_ones_but_never_exte
     assert {r["verdict"] for r in secondary} == {"undecided"}
     primary = [r for r in rows if r["analysis"] == "all"]
     assert {(r["bayesian_mean"], r["gdn_mean"], r["verdict"]) for r in primary} == {(0.06, 0.05, "better")}
+    assert {r["at_floor"] for r in primary} == {True}  # both below 0.1: a verdict at the floor, reported as such
+    assert {r["at_floor"] for r in secondary} == {False}
 
 
 def test_the_mqar_mamba2_arm_is_zoologys_mamba2_model_and_the_recall_arms_are_unchanged(study):
@@ -186,59 +188,124 @@ def test_the_mqar_mamba2_arm_is_zoologys_mamba2_model_and_the_recall_arms_are_un
     assert all(mqar[name] == recall[name] for name in mqar if name != "mamba2")
 
 
-def test_run_keeps_every_core_busy_with_single_worker_sweeps_in_the_plans_order(tmp_path):
-    """``run`` drives each arm's sweeps with one worker and ``--workers`` of them at once (no core waits for an arm's
-    last run); stage 1 of the paired arms, then stage 2, then the ranking-only arms."""
+def _fake_study(value, delay=0.02, fail=None):
+    """The script's module with ``run_sweep`` replaced by a fake that writes every unit's metrics at once:
+    ``value(arm, label, lr, seed, split)`` is each accuracy; ``fail`` an arm name whose sweeps raise. Returns the
+    module's namespace and the list of calls ``(arm, label, lrs, seeds, workers, sets)`` in start order."""
     study = runpy.run_path(str(SCRIPT))
     names = study["run"].__globals__
     task = study["TASKS"]["mqar"]
     points = (*task.also, *task.primary, *task.secondary)
-    calls, active, peak, lock = [], [0], [0], threading.Lock()
+    calls, active, lock = [], [0, 0], threading.Lock()  # active: now, peak
 
     def fake_sweep(task_, root, arm, label, lrs, seeds, workers, extra=(), out=None):
         with lock:
-            calls.append((arm.name, label, tuple(lrs), tuple(seeds), workers))
+            calls.append((arm.name, label, tuple(lrs), tuple(seeds), workers, arm.sets))
             active[0] += 1
-            peak[0] = max(peak[0], active[0])
-        time.sleep(0.02)
-        grid = sorted(arm.grid)
-        bonus = 0.1 if arm.name.startswith("bayesian") else 0.0
-        units = {}
-        for lr in lrs:
-            value = (0.8 if lr == grid[1] else 0.5) + bonus  # the middle of every grid is best: no extension
-            evaluation = {f"{split}_{p}": {"accuracy": value} for split in ("valid", "test") for p in points}
-            units |= {(lr, s): {"status": "ok", "eval": evaluation} for s in seeds}
-        folder = out or study["sweep_dir"](root, arm, label)
-        folder.mkdir(parents=True, exist_ok=True)
-        previous = study["read_sweep"](folder)
-        body = {
-            f"u{i}": {"learning_rate": lr, "seed": s, "metrics": m}
-            for i, ((lr, s), m) in enumerate(({**previous, **units}).items())
-        }
-        (folder / "results.json").write_text(json.dumps({"units": body}))
-        with lock:
-            active[0] -= 1
-        return units
+            active[1] = max(active)
+        try:
+            if arm.name == fail:
+                raise SystemExit(f"{arm.name} {label} failed")
+            time.sleep(delay)
+            units = {
+                (lr, s): {
+                    "status": "ok",
+                    "eval": {
+                        f"{split}_{p}": {"accuracy": value(arm.name, label, lr, s, split)}
+                        for split in ("valid", "test")
+                        for p in points
+                    },
+                }
+                for lr in lrs
+                for s in seeds
+            }
+            folder = out or study["sweep_dir"](root, arm, label)
+            folder.mkdir(parents=True, exist_ok=True)
+            merged = {**study["read_sweep"](folder), **units}
+            body = {
+                f"u{i}": {"learning_rate": lr, "seed": s, "metrics": m} for i, ((lr, s), m) in enumerate(merged.items())
+            }
+            (folder / "results.json").write_text(json.dumps({"units": body}))
+            return units
+        finally:
+            with lock:
+                active[0] -= 1
 
     names["run_sweep"] = fake_sweep
     names["choose_steps"] = lambda task_, root, workers: ("max_steps=1",)
-    args = argparse.Namespace(task="mqar", root=str(tmp_path), workers=2)
-    study["run"](args)
+    study["_peak"] = active
+    return study, calls
 
-    assert peak[0] == 2  # two sweeps at once
-    assert all(workers == 1 for name, label, *_, workers in calls if label != "same_lr")
-    labels = [label for _, label, *_ in calls]
-    paired_arms = [arm.name for arm in study["task_arms"](task) if arm.paired]
-    ranking_arms = [arm.name for arm in study["task_arms"](task) if not arm.paired]
-    grid_of = {
-        name: [i for i, (n, label, *_) in enumerate(calls) if n == name and label == "grid"]
-        for name in paired_arms + ranking_arms
-    }
-    stage2 = [i for i, label in enumerate(labels) if label == "paired"]
-    assert sorted(n for n, label, *_ in calls if label == "paired") == sorted(paired_arms)
-    assert (
-        max(grid_of[n][0] for n in paired_arms) < min(stage2) < max(stage2) < min(grid_of[n][0] for n in ranking_arms)
-    )
-    assert "extended" not in labels  # every primary endpoint decided at 10 seeds (+0.1 with no spread)
-    mamba = [c for c in calls if c[0] == "mamba2"]
-    assert mamba and mamba[0][2] == (1e-3, 3e-3, 1e-2)
+
+def test_run_keeps_every_core_busy_with_single_worker_sweeps_in_the_plans_order(tmp_path):
+    """``run`` drives each arm's sweeps with one worker and ``--workers`` of them at once (no core waits for an arm's
+    last run); stage 1 of the paired arms, then stage 2 (Gated DeltaNet and the Bayesian Layer first), then the
+    ranking-only arms."""
+
+    def value(arm, label, lr, seed, split):  # the middle of every grid is best (no extension); Bayesian +0.1
+        grid = sorted(ARMS[arm].grid)
+        return (0.8 if lr == grid[1] else 0.5) + (0.1 if arm.startswith("bayesian") else 0.0)
+
+    study, calls = _fake_study(value)
+    ARMS = {arm.name: arm for arm in study["task_arms"](study["TASKS"]["mqar"])}
+    study["run"](argparse.Namespace(task="mqar", root=str(tmp_path), workers=2))
+
+    assert study["_peak"][1] == 2  # two sweeps at once
+    assert all(call[4] == 1 for call in calls)  # one worker each
+    labels = [call[1] for call in calls]
+    paired_arms = [name for name, arm in ARMS.items() if arm.paired]
+    ranking_arms = [name for name, arm in ARMS.items() if not arm.paired]
+    first_grid = {name: labels.index("grid", [c[0] for c in calls].index(name)) for name in ARMS}
+    stage2 = [call[0] for call in calls if call[1] == "paired"]
+    assert sorted(stage2) == sorted(paired_arms)
+    assert set(stage2[:2]) == {"gated_deltanet", "bayesian_learned"}  # the primary comparison first
+    first_stage2, last_stage2 = labels.index("paired"), len(labels) - 1 - labels[::-1].index("paired")
+    assert max(first_grid[n] for n in paired_arms) < first_stage2
+    assert last_stage2 < min(first_grid[n] for n in ranking_arms)
+    assert "extended" not in labels and "same_lr" not in labels  # decided at 10 seeds; one common lr
+    mamba = [call for call in calls if call[0] == "mamba2"]
+    assert mamba[0][2] == (1e-3, 3e-3, 1e-2) and mamba[0][5] == ("init=zoology", "layout=mixers")
+
+
+def test_run_extends_an_undecided_study_and_report_chooses_lrs_on_stage_1_sweeps_only(tmp_path):
+    """An undecided first look sends GDN and the Bayesian Layer to seeds 10–19 (in parallel); a Bayesian lr found by
+    edge extensions (9.49e-5) brings GDN's exploratory same-lr sweep there — which ``report`` must not take as a
+    candidate for GDN's lr even where it scores higher."""
+
+    def value(arm, label, lr, seed, split):
+        if arm.startswith("bayesian"):
+            if split == "test":
+                return 0.5 + (0.3 if seed % 2 else -0.25)  # paired difference undecided at 10 seeds
+            return 0.8 if abs(lr - 9.49e-5) < 1e-9 else 0.5  # optimum below the grid: two edge extensions
+        if arm == "gated_deltanet" and label == "same_lr":
+            return 0.95  # higher than GDN's stage-1 optimum, but not a stage-1 lr
+        if split == "test":
+            return 0.5
+        return 0.8 if lr == 1e-3 else 0.5
+
+    study, calls = _fake_study(value, delay=0.0)
+    study["run"](argparse.Namespace(task="mqar", root=str(tmp_path), workers=2))
+    labels = [(call[0], call[1]) for call in calls]
+    assert ("bayesian_learned", "lr9.49e-05") in labels and ("bayesian_learned", "lr3e-05") in labels
+    extended = [call for call in calls if call[1] == "extended"]
+    assert sorted(call[0] for call in extended) == ["bayesian_learned", "gated_deltanet"]
+    assert all(call[3] == tuple(range(10, 20)) for call in extended)
+    same_lr = [call for call in calls if call[1] == "same_lr"]
+    assert same_lr[0][0] == "gated_deltanet" and 9.49e-5 in same_lr[0][2] and same_lr[0][3] == tuple(range(20))
+
+    out = tmp_path / "report"
+    study["report"](argparse.Namespace(task="mqar", root=str(tmp_path), out=str(out)))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["chosen_lr"]["gated_deltanet"] == 1e-3 and summary["chosen_lr"]["bayesian_learned"] == 9.49e-5
+    final = [r for r in summary["paired"] if r["analysis"] == "all"]
+    assert final and all(r["seeds"] == 20 for r in final)
+
+
+def test_a_failing_arm_stops_the_arms_not_yet_started(tmp_path):
+    """The first failure cancels the queued arms (the running ones end; every sweep stays resumable)."""
+    study, calls = _fake_study(lambda *a: 0.8, delay=0.3, fail="bayesian_learned")
+    with pytest.raises(SystemExit, match="bayesian_learned grid failed"):
+        study["run"](argparse.Namespace(task="mqar", root=str(tmp_path), workers=2))
+    started = {call[0] for call in calls}
+    assert {"gated_deltanet", "bayesian_learned"} <= started
+    assert "bayesian_stationary" not in started and "paired" not in {call[1] for call in calls}
