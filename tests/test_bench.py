@@ -134,3 +134,28 @@ def test_memory_profiling_prints_nothing_and_keeps_stderr():
     assert result.returncode == 0, result.stderr
     assert float(result.stdout) > 3.9  # the 4 MB product (at least)
     assert result.stderr.strip() == "after"
+
+
+def test_compiled_mqar_cases_only_when_asked_and_their_ratio_rows():
+    assert not any(case[0].startswith("mqar_compiled_") for case in bench.plan(TINY))
+    config = dataclasses.replace(TINY, cases="mqar", compiled_mixers=("gated_deltanet",))
+    assert ("mqar_compiled_gated_deltanet", 256, "train") in bench.plan(config)
+    measurements = [
+        bench.Measurement(name, 256, "train", seconds, 1.0, None, None, None, [seconds])
+        for name, seconds in (("mqar_train_gated_deltanet", 0.5), ("mqar_compiled_gated_deltanet", 0.3))
+    ]
+    row = next(r for r in bench.ratios(measurements) if "compiled / eager" in r["figure"])
+    assert row["ratio"] == pytest.approx(0.6) and row["met"] is None and "gated_deltanet" in row["figure"]
+    # no eager measurement of that mixer: no row (nothing to divide by)
+    assert not any("compiled / eager" in r["figure"] for r in bench.ratios(measurements[1:]))
+
+
+@pytest.mark.slow  # inductor compiles for ≈ 2 min on the 2-core machine
+def test_the_compiled_mqar_step_trains_like_the_eager_one():
+    with run_threads(1):
+        _, eager = bench.mqar_training_step("gated_deltanet", 256, TINY)
+        _, compiled = bench.mqar_training_step("gated_deltanet", 256, TINY, compiled=True)
+        eager_losses = [float(eager()) for _ in range(3)]
+        compiled_losses = [float(compiled()) for _ in range(3)]
+    assert compiled_losses == pytest.approx(eager_losses, rel=1e-4)  # same seed, data and steps
+    assert compiled_losses[-1] < compiled_losses[0]

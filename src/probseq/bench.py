@@ -25,6 +25,9 @@ preset's shapes of ``probseq mqar`` (``d_model=64``, vocabulary 8192, a batch of
 with 64 key–value pairs): one optimizer step — forward with logits at the supervised positions only, the
 cross-entropy, backward, AdamW — as :class:`probseq.train.PreShiftedTrainer` runs it, less its gradient
 clipping and learning-rate schedule (negligible at this size); tokens/s counts every input token of the batch.
+With ``compiled_mixers`` (none by default: each costs minutes of compilation) the same step again with the
+model's forward under ``torch.compile(dynamic=False)`` (``mqar_compiled_<mixer>``; the Trainer's ``torch_compile``,
+``TrainConfig.compile``), and an info row per mixer: compiled / eager.
 
 Conventions: every case is timed in ``warmup + repeats`` interleaved rounds (each round runs every
 case once, so the drift of a shared machine affects all methods alike) and a time is the median of
@@ -96,6 +99,7 @@ class BenchConfig:
     small_key_dim: int = 32
     small_length: int = 256
     recall_mixers: tuple[str, ...] = ("bayesian", "gated_deltanet", "mamba2")
+    compiled_mixers: tuple[str, ...] = ()  # MQAR model steps also under torch.compile (minutes of compiling each)
     recall_batch: int = 64  # the recall cpu preset's training batch: 8 pairs, gap 16, 1 collision, 2 distractors
     recall_pairs: int = 8
     recall_gap: int = 16
@@ -386,6 +390,8 @@ def _call(name: str, length: int, mode: str, config: BenchConfig) -> Callable[[]
         return _generate_call(length, config)
     if name.startswith(MQAR_PREFIX):
         return mqar_training_step(name[len(MQAR_PREFIX) :], length, config)[1]
+    if name.startswith(COMPILED_PREFIX):
+        return mqar_training_step(name[len(COMPILED_PREFIX) :], length, config, compiled=True)[1]
     if name.startswith(RECALL_PREFIX):
         return recall_training_step(name[len(RECALL_PREFIX) :], config)[1]
     if name == "bayes_step":
@@ -527,11 +533,15 @@ def _generate_call(context: int, config: BenchConfig) -> Callable[[], object]:
 
 
 MQAR_PREFIX = "mqar_train_"
+COMPILED_PREFIX = "mqar_compiled_"
 
 
-def mqar_training_step(mixer: str, length: int, config: BenchConfig) -> tuple[torch.nn.Module, Callable[[], Tensor]]:
+def mqar_training_step(
+    mixer: str, length: int, config: BenchConfig, compiled: bool = False
+) -> tuple[torch.nn.Module, Callable[[], Tensor]]:
     """The MQAR model with ``mixer`` and a closure that runs one training step of it on a fixed batch of
-    MQAR data (``config.mqar_*``) and returns the step's loss."""
+    MQAR data (``config.mqar_*``) and returns the step's loss; ``compiled``: the forward under
+    ``torch.compile(dynamic=False)`` (compiled by the first call: the bench's warm-up round)."""
     from probseq.models.mqar_model import ZoologyConfig, ZoologyModel
     from probseq.tasks import IGNORE_INDEX, multiquery_ar
     from probseq.train.metrics import pre_shifted_cross_entropy
@@ -543,10 +553,11 @@ def mqar_training_step(mixer: str, length: int, config: BenchConfig) -> tuple[to
         config.mqar_vocab, config.mqar_batch, length, seed=config.seed, num_kv_pairs=config.mqar_kv_pairs
     )
     mask = labels != IGNORE_INDEX
+    forward = torch.compile(model, dynamic=False) if compiled else model
 
     def call():
         optimizer.zero_grad(set_to_none=True)
-        logits = model(input_ids=inputs, logits_mask=mask).logits
+        logits = forward(input_ids=inputs, logits_mask=mask).logits
         loss = pre_shifted_cross_entropy(logits, labels)
         loss.backward()
         optimizer.step()
@@ -647,6 +658,7 @@ def plan(config: BenchConfig) -> list[tuple[str, int, str]]:
         ]
     if config.cases in ("all", "mqar"):
         cases += [(MQAR_PREFIX + mixer, config.mqar_length, "train") for mixer in config.mqar_mixers]
+        cases += [(COMPILED_PREFIX + mixer, config.mqar_length, "train") for mixer in config.compiled_mixers]
         length = recall_task(config).seq_len
         cases += [(RECALL_PREFIX + mixer, length, "train") for mixer in config.recall_mixers]
     return cases
@@ -707,6 +719,12 @@ def ratios(measurements: list[Measurement]) -> list[dict]:
         value = index[top] / index[bottom] if top in index and bottom in index else None
         met = None if value is None or op == "info" else bool(value <= target if op == "<=" else value >= target)
         rows.append(dict(figure=description, ratio=value, target="—" if op == "info" else f"{op} {target}", met=met))
+    for (method, length, mode), seconds in index.items():  # compiled / eager, per compiled mixer
+        eager = (MQAR_PREFIX + method[len(COMPILED_PREFIX) :], length, mode)
+        if method.startswith(COMPILED_PREFIX) and length is not None and eager in index:
+            mixer = method[len(COMPILED_PREFIX) :]
+            figure = f"MQAR model training step, compiled / eager, {mixer} (mqar_* shapes, T={length})"
+            rows.append(dict(figure=figure, ratio=seconds / index[eager], target="—", met=None))
     return rows
 
 
