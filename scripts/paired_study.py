@@ -371,22 +371,18 @@ def difference_rows(
     when ``final`` (the seed count the plan requires is complete), "partial" before."""
     rows = []
     for point in task.primary if points is None else points:
-        diffs = [
-            bayes[s][f"test_{point}"] - gdn[s][f"test_{point}"]
-            for s in seeds
-            if bayes[s][f"test_{point}"] is not None and gdn[s][f"test_{point}"] is not None
-        ]
-        if not diffs:
+        key = f"test_{point}"
+        both = [s for s in seeds if bayes[s][key] is not None and gdn[s][key] is not None]
+        if not both:
             continue
-        mean, half = t_interval(diffs)
-        both = [s for s in seeds if bayes[s][f"test_{point}"] is not None and gdn[s][f"test_{point}"] is not None]
-        means = [round(statistics.fmean(arm[s][f"test_{point}"] for s in both), 4) for arm in (bayes, gdn)]
+        mean, half = t_interval([bayes[s][key] - gdn[s][key] for s in both])
+        means = [round(statistics.fmean(arm[s][key] for s in both), 4) for arm in (bayes, gdn)]
         rows.append(
             {
                 "analysis": analysis,
                 "bayesian": variant,
                 "endpoint": point,
-                "seeds": len(diffs),
+                "seeds": len(both),
                 "bayesian_mean": means[0],
                 "gdn_mean": means[1],
                 "mean_difference": round(mean, 4),
@@ -461,9 +457,10 @@ def verdict(mean: float, half: float) -> str:
 def report(args: argparse.Namespace) -> None:
     task, root, out = TASKS[args.task], Path(args.root).expanduser(), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    records = {arm.name: all_records(root, arm) for arm in task_arms(task)}
+    arms = task_arms(task)
+    records = {arm.name: all_records(root, arm) for arm in arms}
     calibration, chosen = [], {}
-    for arm in task_arms(task):
+    for arm in arms:
         if not records[arm.name]:
             continue
         lrs = sorted({lr for lr, _ in records[arm.name]})
@@ -489,7 +486,7 @@ def report(args: argparse.Namespace) -> None:
 
     variant = bayesian_layer(task, records, chosen)
     runs, paired = [], []
-    for arm in task_arms(task):
+    for arm in arms:
         for (lr, seed), m in sorted(records[arm.name].items()):
             if lr == chosen.get(arm.name):
                 runs.append(run_row(task, arm.name, lr, seed, m))
