@@ -32,7 +32,9 @@ model's forward under ``torch.compile(dynamic=False)`` (``mqar_compiled_<mixer>`
 Conventions: every case is timed in ``warmup + repeats`` interleaved rounds (each round runs every
 case once, so the drift of a shared machine affects all methods alike) and a time is the median of
 the ``repeats`` timed rounds; the slow token-loop reference runs once. Forward runs under
-``torch.no_grad``; forward+backward backpropagates ``output.sum()`` into every input. Peak memory is
+``torch.no_grad``; forward+backward backpropagates a dense all-ones gradient of the output into every input
+(a loss's gradient is dense; ``output.sum()``'s is a stride-0 expansion, which sends the batched products
+of the backward down a slow per-matrix path and so adds the same time to every filter). Peak memory is
 the peak of bytes allocated by torch during one call (profiler allocation events), inputs excluded;
 it is not profiled for the token loops (reference, recurrent, generation steps), whose cost the profiler
 would dominate.
@@ -406,12 +408,17 @@ def _call(name: str, length: int, mode: str, config: BenchConfig) -> Callable[[]
         if backward:
             for t in x.values():
                 t.grad = None
-            method(x).sum().backward()
+            dense_backward(method(x))
         else:
             with torch.no_grad():
                 method(x)
 
     return call
+
+
+def dense_backward(output: torch.Tensor) -> None:
+    """Backpropagate ``∂(Σ output)/∂output = 1`` as a dense tensor (what a loss hands a layer)."""
+    output.backward(torch.ones_like(output))
 
 
 def _step_call(position: int, config: BenchConfig) -> Callable[[], object]:
@@ -486,14 +493,14 @@ def _layer_call(name: str, length: int, config: BenchConfig) -> Callable[[], obj
         def call():
             for t in leaves:
                 t.grad = None
-            bayes_filter(**inputs).output.sum().backward()
+            dense_backward(bayes_filter(**inputs).output)
 
         return call
 
     def call():
         layer.zero_grad(set_to_none=True)
         x.grad = None
-        layer(x)[0].sum().backward()
+        dense_backward(layer(x)[0])
 
     return call
 

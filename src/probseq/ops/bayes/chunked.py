@@ -33,6 +33,8 @@ Because step 6 does not involve ``M_0``, it is solved for all chunks at once (``
 and step 7 runs for all chunks afterwards. The covariance path must run chunk by chunk (``B``
 depends on ``P_0``).
 
+Steps 3–5 run in :func:`~probseq.ops.bayes.covariance_scan.covariance_scan`, whose backward is written out.
+
 Per chunk per head the cost is ``O(C K² + C²(K+V) + C³ + C K V)``.
 
 Everything runs in float32 (float64 for float64 inputs); per-chunk tensors come from ``unbind``
@@ -44,6 +46,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from probseq.ops.bayes.covariance_scan import covariance_scan
 from probseq.ops.chunks import from_chunks, to_chunks
 from probseq.ops.segsum import log_retention, one_minus_exp, segsum
 from probseq.types import BayesState
@@ -173,39 +176,21 @@ def _covariance_path(
     b_base = mask * (k @ k.transpose(-1, -2))
     b_base.diagonal(dim1=-2, dim2=-1).add_(noise)
     rhs_base = reset[..., None] * k  # (1 − G_t) k_t
-    retention_chunk = retention_cum[..., -1, None, None]  # G_C
-    reset_chunk = reset[..., -1, None, None] * torch.eye(k.shape[-1], dtype=k.dtype, device=k.device)  # (1 − G_C) I
-    retention_tail_sqrt = retention_ratio_sqrt[..., -1, :, None]  # sqrt(G_C/G_i)
-
-    cov, xs, pivots, covs, failures = cov0, [], [], [], []
-    for k_hat_n, rhs_n, cum_sqrt_n, b_n, ratio_sqrt_n, tail_sqrt_n, retention_chunk_n, reset_chunk_n in zip(
-        k_hat.unbind(0),
-        rhs_base.unbind(0),
-        retention_cum_sqrt.unbind(0),
-        b_base.unbind(0),
-        retention_ratio_sqrt.unbind(0),
-        retention_tail_sqrt.unbind(0),
-        retention_chunk.unbind(0),
-        reset_chunk.unbind(0),
-    ):
-        if output_variance:
-            covs.append(cov)
-        pk = k_hat_n @ cov  # rows √G_t (P_0 k_t)ᵀ
-        factor, info = torch.linalg.cholesky_ex(torch.baddbmm(b_n, pk, k_hat_n.transpose(-1, -2)))  # 1–3.
-        failures.append(info)
-        # 4. rows x_t = u_t / √s_t with u_t = (1 − G_t) k_t + G_t P_0 k_t − Σ_{j<t} …
-        x_n = torch.linalg.solve_triangular(ratio_sqrt_n * factor, torch.addcmul(rhs_n, cum_sqrt_n, pk), upper=False)
-        x_tail = tail_sqrt_n * x_n  # rows sqrt(G_C/G_i) x_i
-        # 5. P_C = (1 − G_C) I + G_C P_0 − Σ_i (G_C/G_i) x_i x_iᵀ
-        cov = torch.baddbmm(
-            torch.addcmul(reset_chunk_n, retention_chunk_n, cov), x_tail.transpose(-1, -2), x_tail, alpha=-1
-        )
-        xs.append(x_n)
-        pivots.append(factor.diagonal(dim1=-2, dim2=-1))
-    failed = torch.stack(failures).any()
-    xs, pivots = torch.stack(xs), torch.stack(pivots)
+    # 3–5, chunk by chunk (covariance_scan: its backward is written out).
+    xs, pivots, starts, cov, info = covariance_scan(
+        k_hat,
+        rhs_base,
+        retention_cum_sqrt,
+        b_base,
+        retention_ratio_sqrt,
+        retention_ratio_sqrt[..., -1, :, None],  # sqrt(G_C/G_i)
+        retention_cum[..., -1, None, None],  # G_C
+        reset[..., -1, None, None],  # 1 − G_C
+        cov0,
+    )
+    failed = (info != 0).any()
     cov = 0.5 * (cov + cov.transpose(-1, -2))
     if not output_variance:
         return xs, pivots, None, None, cov, failed
-    prior_var = reset * (q * q).sum(-1) + retention_cum * ((q @ torch.stack(covs)) * q).sum(-1)
+    prior_var = reset * (q * q).sum(-1) + retention_cum * ((q @ starts) * q).sum(-1)
     return xs, pivots, retention_ratio_sqrt.square(), prior_var, cov, failed  # G_t/G_j

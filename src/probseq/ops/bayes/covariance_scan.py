@@ -1,0 +1,158 @@
+"""The sequential part of the chunked covariance path (steps 2–5 of :mod:`probseq.ops.bayes.chunked`), with a
+hand-written backward.
+
+The scan is a loop over chunks of small batched factorisations and solves. Left to autograd, its backward
+cost more than twice its forward (a node per op, per chunk; broadcast reductions; the gradient of every
+``unbind`` re-stacked); written out (below) it is a second loop of the same kind of calls. Everything before
+and after the loop (the chunk-local masks and ratios, batched over all chunks) stays with autograd.
+
+Per chunk (one token per row; ``P`` the chunk-start covariance, ``[B·H, K, K]``):
+
+    pk = K̂ P                               (rows √G_t (P k_t)ᵀ)
+    F  = chol(B + pk K̂ᵀ)                   (B: the P-free part of the chunk matrix, symmetric)
+    X  = (g ∘ F)⁻¹ (Rb + c ∘ pk)            (g = sqrt(G_i/G_t), c = √G_t, Rb = (1 − G_t) k_t)
+    P' = (1 − G_C) I + G_C P − X̃ᵀ X̃,  X̃ = τ ∘ X  (τ = sqrt(G_C/G_i))
+
+Backward of one chunk, given the gradients ``X̄`` (of X), ``d̄`` (of diag F) and ``P̄'`` (of P'):
+
+    X̃̄ = −X̃ (P̄' + P̄'ᵀ);   X̄ += τ ∘ X̃̄;   τ̄ = Σ_k X ∘ X̃̄
+    R̄ = (g ∘ F)⁻ᵀ X̄;      (g ∘ F)̄ = −tril(R̄ Xᵀ)
+    F̄ = g ∘ (g ∘ F)̄ + diag(d̄);   ḡ = F ∘ (g ∘ F)̄
+    B̄ = F⁻ᵀ Φ(Fᵀ F̄) F⁻¹,   Φ(A) = ½ (tril A + (tril₋₁ A)ᵀ)   (torch's symmetric gradient of a Cholesky
+                                                          factorisation)
+    p̄k = c ∘ R̄ + B̄ K̂;      K̂̄ = B̄ pk + p̄k Pᵀ;      P̄ = G_C P̄' + K̂ᵀ p̄k
+    c̄ = Σ_k pk ∘ R̄;   Ḡ_C = ⟨P, P̄'⟩;   (1 − G_C)̄ = tr P̄'
+
+``P̄`` is carried to the previous chunk. The result equals autograd's to float rounding
+(tests/ops/test_covariance_scan.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+
+def covariance_scan(
+    k_hat: Tensor,
+    rhs_base: Tensor,
+    retention_cum_sqrt: Tensor,
+    b_base: Tensor,
+    retention_ratio_sqrt: Tensor,
+    retention_tail_sqrt: Tensor,
+    retention_chunk: Tensor,
+    reset_chunk: Tensor,
+    cov0: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Run the scan over the ``N`` chunks.
+
+    Args:
+        k_hat ``K̂``, rhs_base ``Rb``: ``[N, B·H, C, K]``; retention_cum_sqrt ``c``, retention_tail_sqrt ``τ``:
+            ``[N, B·H, C, 1]``; b_base ``B`` (symmetric), retention_ratio_sqrt ``g`` (lower triangular):
+            ``[N, B·H, C, C]``; retention_chunk ``G_C``, reset_chunk ``1 − G_C``: ``[N, B·H, 1, 1]``;
+            cov0: ``[B·H, K, K]``.
+
+    Returns:
+        ``x [N, B·H, C, K]``, the pivots ``diag F [N, B·H, C]``, the chunk-start covariances
+        ``[N, B·H, K, K]`` (``cov0`` first), the final covariance ``[B·H, K, K]`` (not symmetrised) and
+        ``info [N, B·H]`` of the factorisations (non-zero where one failed; not differentiable).
+    """
+    return _CovarianceScan.apply(
+        k_hat,
+        rhs_base,
+        retention_cum_sqrt,
+        b_base,
+        retention_ratio_sqrt,
+        retention_tail_sqrt,
+        retention_chunk,
+        reset_chunk,
+        cov0,
+    )
+
+
+class _CovarianceScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, k_hat, rhs_base, cum_sqrt, b_base, ratio_sqrt, tail_sqrt, retention_chunk, reset_chunk, cov0):
+        chunks = k_hat.shape[0]
+        eye = torch.eye(k_hat.shape[-1], dtype=k_hat.dtype, device=k_hat.device)
+        starts = k_hat.new_empty(chunks, *cov0.shape)
+        xs, factors, pks = torch.empty_like(k_hat), torch.empty_like(b_base), torch.empty_like(k_hat)
+        infos = []
+        cov = cov0
+        for n in range(chunks):
+            starts[n] = cov
+            pk = torch.bmm(k_hat[n], cov, out=pks[n])
+            factor, info = torch.linalg.cholesky_ex(torch.baddbmm(b_base[n], pk, k_hat[n].transpose(-1, -2)))
+            factors[n] = factor
+            infos.append(info)
+            x = torch.linalg.solve_triangular(
+                ratio_sqrt[n] * factor, torch.addcmul(rhs_base[n], cum_sqrt[n], pk), upper=False
+            )
+            xs[n] = x
+            x_tail = tail_sqrt[n] * x
+            cov = torch.baddbmm(
+                torch.addcmul(reset_chunk[n] * eye, retention_chunk[n], cov), x_tail.transpose(-1, -2), x_tail, alpha=-1
+            )
+        ctx.save_for_backward(k_hat, cum_sqrt, ratio_sqrt, tail_sqrt, retention_chunk, starts, factors, xs, pks)
+        info = torch.stack(infos)
+        ctx.mark_non_differentiable(info)
+        return xs, factors.diagonal(dim1=-2, dim2=-1), starts, cov, info
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_x, grad_pivots, grad_starts, grad_cov, _grad_info):
+        k_hat, cum_sqrt, ratio_sqrt, tail_sqrt, retention_chunk, starts, factors, xs, pks = ctx.saved_tensors
+        chunks = k_hat.shape[0]
+        grad_k_hat, grad_rhs = torch.empty_like(k_hat), torch.empty_like(k_hat)
+        grad_cum_sqrt = torch.empty_like(cum_sqrt)
+        grad_b, grad_ratio_sqrt = torch.empty_like(factors), torch.empty_like(ratio_sqrt)
+        grad_tail_sqrt, grad_retention_chunk = torch.empty_like(tail_sqrt), torch.empty_like(retention_chunk)
+        grad_reset_chunk = torch.empty_like(retention_chunk)
+        grad_cov_next = torch.zeros_like(starts[0]) if grad_cov is None else grad_cov
+        for n in reversed(range(chunks)):
+            cov, factor, x, pk, kh = starts[n], factors[n], xs[n], pks[n], k_hat[n]
+            # P' = (1 − G_C) I + G_C P − X̃ᵀ X̃
+            grad_reset_chunk[n] = grad_cov_next.diagonal(dim1=-2, dim2=-1).sum(-1)[..., None, None]
+            grad_retention_chunk[n] = (cov * grad_cov_next).sum((-2, -1), keepdim=True)
+            x_tail = tail_sqrt[n] * x
+            grad_x_tail = -torch.bmm(x_tail, grad_cov_next + grad_cov_next.transpose(-1, -2))
+            grad_tail_sqrt[n] = (x * grad_x_tail).sum(-1, keepdim=True)
+            grad_x_n = tail_sqrt[n] * grad_x_tail
+            if grad_x is not None:
+                grad_x_n = grad_x_n + grad_x[n]
+            # X = (g ∘ F)⁻¹ R
+            scaled_factor = ratio_sqrt[n] * factor
+            grad_r = torch.linalg.solve_triangular(scaled_factor.transpose(-1, -2), grad_x_n, upper=True)
+            grad_scaled_factor = -torch.bmm(grad_r, x.transpose(-1, -2)).tril_()
+            grad_ratio_sqrt[n] = factor * grad_scaled_factor
+            grad_factor = ratio_sqrt[n] * grad_scaled_factor
+            if grad_pivots is not None:
+                grad_factor.diagonal(dim1=-2, dim2=-1).add_(grad_pivots[n])
+            # R = Rb + c ∘ pk
+            grad_rhs[n] = grad_r
+            grad_cum_sqrt[n] = (pk * grad_r).sum(-1, keepdim=True)
+            # F = chol(B + pk K̂ᵀ): torch's symmetric gradient of the factorisation
+            phi = torch.bmm(factor.transpose(-1, -2), grad_factor).tril_()
+            phi = 0.5 * (phi + phi.tril(-1).transpose(-1, -2))
+            grad_matrix = torch.linalg.solve_triangular(factor.transpose(-1, -2), phi, upper=True)
+            grad_matrix = torch.linalg.solve_triangular(factor, grad_matrix, upper=False, left=False)
+            grad_b[n] = grad_matrix
+            grad_pk = torch.baddbmm(cum_sqrt[n] * grad_r, grad_matrix, kh)
+            # pk = K̂ P
+            grad_k_hat[n] = torch.baddbmm(torch.bmm(grad_matrix, pk), grad_pk, cov.transpose(-1, -2))
+            grad_cov = torch.baddbmm(retention_chunk[n] * grad_cov_next, kh.transpose(-1, -2), grad_pk)
+            if grad_starts is not None:
+                grad_cov = grad_cov + grad_starts[n]
+            grad_cov_next = grad_cov
+        return (
+            grad_k_hat,
+            grad_rhs,
+            grad_cum_sqrt,
+            grad_b,
+            grad_ratio_sqrt,
+            grad_tail_sqrt,
+            grad_retention_chunk,
+            grad_reset_chunk,
+            grad_cov_next,
+        )
