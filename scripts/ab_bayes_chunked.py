@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 import probseq.ops.bayes.chunked as this
+from probseq.cpu import fast_cpu_arithmetic
 from probseq.types import BayesState
 
 
@@ -39,6 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     other = _load(args.other)
     torch.set_num_threads(1)
+    fast_cpu_arithmetic()  # as every probseq command and Trainer run
     gen = torch.Generator().manual_seed(0)
     batch, length, heads, dim, chunk = 64, 256, 2, 32, 32
     q, v = (torch.randn(batch, length, heads, dim, generator=gen).requires_grad_() for _ in range(2))

@@ -80,8 +80,8 @@ class BenchConfig:
     lengths: tuple[int, ...] = (1024, 4096, 16384)
     reference_length: int = 4096  # the token-loop reference is slow: measured at this length only
     decode_positions: tuple[int, ...] = (1024, 16384)
-    repeats: int = 3
-    warmup: int = 1
+    repeats: int = 5
+    warmup: int = 2  # a model's training step keeps slowing its first calls (one warm-up round left it 2× slow)
     seed: int = 0
     cases: Literal["all", "filters", "layer", "mqar"] = "all"  # "layer" / "mqar": only those cases
     layer_hidden_size: int = 512
@@ -113,7 +113,7 @@ PRESETS = {
         preset="full",
         lengths=(1024, 2048, 4096, 8192, 16384, 32768),
         decode_positions=(1024, 4096, 16384, 65536),
-        repeats=5,
+        repeats=7,
         warmup=2,
     ),
 }

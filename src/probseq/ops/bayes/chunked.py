@@ -49,6 +49,7 @@ from torch import Tensor
 from probseq.ops.bayes.covariance_scan import covariance_scan
 from probseq.ops.chunks import from_chunks, to_chunks
 from probseq.ops.segsum import log_retention, one_minus_exp, segsum
+from probseq.ops.triangular import solve_lower
 from probseq.types import BayesState
 
 
@@ -110,9 +111,9 @@ def bayes_chunked(
 
     # 6. (I + T) Ẽ = ·, solved for all chunks at once (T strictly lower; unit diagonal implied).
     t_low = decay_ratio * (k @ w.transpose(-1, -2))
-    v_tilde, k_tilde = torch.linalg.solve_triangular(
-        t_low, torch.cat([v, decay_cum[..., None] * k], dim=-1), upper=False, unitriangular=True
-    ).split([v.shape[-1], key_dim], dim=-1)
+    v_tilde, k_tilde = solve_lower(t_low, torch.cat([v, decay_cum[..., None] * k], dim=-1), unitriangular=True).split(
+        [v.shape[-1], key_dim], dim=-1
+    )
     w_decayed = decay_ratio[..., -1, :, None] * w  # 9. diag(A_C/A_j) W
     decay_chunk = decay_cum[..., -1, None, None]  # A_C
 

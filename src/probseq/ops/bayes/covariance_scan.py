@@ -33,6 +33,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from probseq.ops.triangular import solve_lower
+
 
 def covariance_scan(
     k_hat: Tensor,
@@ -77,41 +79,40 @@ class _CovarianceScan(torch.autograd.Function):
         chunks = k_hat.shape[0]
         eye = torch.eye(k_hat.shape[-1], dtype=k_hat.dtype, device=k_hat.device)
         starts = k_hat.new_empty(chunks, *cov0.shape)
-        xs, factors, pks = torch.empty_like(k_hat), torch.empty_like(b_base), torch.empty_like(k_hat)
+        xs, pks = torch.empty_like(k_hat), torch.empty_like(k_hat)
+        factors_t = torch.empty_like(b_base)  # Fᵀ, row-major (LAPACK returns F column-major: F.mT is contiguous)
         infos = []
         cov = cov0
         for n in range(chunks):
             starts[n] = cov
             pk = torch.bmm(k_hat[n], cov, out=pks[n])
             factor, info = torch.linalg.cholesky_ex(torch.baddbmm(b_base[n], pk, k_hat[n].transpose(-1, -2)))
-            factors[n] = factor
+            factors_t[n] = factor.transpose(-1, -2)
             infos.append(info)
-            x = torch.linalg.solve_triangular(
-                ratio_sqrt[n] * factor, torch.addcmul(rhs_base[n], cum_sqrt[n], pk), upper=False
-            )
+            x = solve_lower(ratio_sqrt[n] * factor, torch.addcmul(rhs_base[n], cum_sqrt[n], pk))
             xs[n] = x
             x_tail = tail_sqrt[n] * x
             cov = torch.baddbmm(
                 torch.addcmul(reset_chunk[n] * eye, retention_chunk[n], cov), x_tail.transpose(-1, -2), x_tail, alpha=-1
             )
-        ctx.save_for_backward(k_hat, cum_sqrt, ratio_sqrt, tail_sqrt, retention_chunk, starts, factors, xs, pks)
+        ctx.save_for_backward(k_hat, cum_sqrt, ratio_sqrt, tail_sqrt, retention_chunk, starts, factors_t, xs, pks)
         info = torch.stack(infos)
         ctx.mark_non_differentiable(info)
-        return xs, factors.diagonal(dim1=-2, dim2=-1), starts, cov, info
+        return xs, factors_t.diagonal(dim1=-2, dim2=-1), starts, cov, info
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_x, grad_pivots, grad_starts, grad_cov, _grad_info):
-        k_hat, cum_sqrt, ratio_sqrt, tail_sqrt, retention_chunk, starts, factors, xs, pks = ctx.saved_tensors
+        k_hat, cum_sqrt, ratio_sqrt, tail_sqrt, retention_chunk, starts, factors_t, xs, pks = ctx.saved_tensors
         chunks = k_hat.shape[0]
         grad_k_hat, grad_rhs = torch.empty_like(k_hat), torch.empty_like(k_hat)
         grad_cum_sqrt = torch.empty_like(cum_sqrt)
-        grad_b, grad_ratio_sqrt = torch.empty_like(factors), torch.empty_like(ratio_sqrt)
+        grad_b, grad_ratio_sqrt = torch.empty_like(factors_t), torch.empty_like(ratio_sqrt)
         grad_tail_sqrt, grad_retention_chunk = torch.empty_like(tail_sqrt), torch.empty_like(retention_chunk)
         grad_reset_chunk = torch.empty_like(retention_chunk)
         grad_cov_next = torch.zeros_like(starts[0]) if grad_cov is None else grad_cov
         for n in reversed(range(chunks)):
-            cov, factor, x, pk, kh = starts[n], factors[n], xs[n], pks[n], k_hat[n]
+            cov, factor, x, pk, kh = starts[n], factors_t[n].transpose(-1, -2), xs[n], pks[n], k_hat[n]
             # P' = (1 − G_C) I + G_C P − X̃ᵀ X̃
             grad_reset_chunk[n] = grad_cov_next.diagonal(dim1=-2, dim2=-1).sum(-1)[..., None, None]
             grad_retention_chunk[n] = (cov * grad_cov_next).sum((-2, -1), keepdim=True)
@@ -123,7 +124,7 @@ class _CovarianceScan(torch.autograd.Function):
                 grad_x_n = grad_x_n + grad_x[n]
             # X = (g ∘ F)⁻¹ R
             scaled_factor = ratio_sqrt[n] * factor
-            grad_r = torch.linalg.solve_triangular(scaled_factor.transpose(-1, -2), grad_x_n, upper=True)
+            grad_r = solve_lower(scaled_factor, grad_x_n, transpose=True)
             grad_scaled_factor = -torch.bmm(grad_r, x.transpose(-1, -2)).tril_()
             grad_ratio_sqrt[n] = factor * grad_scaled_factor
             grad_factor = ratio_sqrt[n] * grad_scaled_factor
@@ -135,8 +136,8 @@ class _CovarianceScan(torch.autograd.Function):
             # F = chol(B + pk K̂ᵀ): torch's symmetric gradient of the factorisation
             phi = torch.bmm(factor.transpose(-1, -2), grad_factor).tril_()
             phi = 0.5 * (phi + phi.tril(-1).transpose(-1, -2))
-            grad_matrix = torch.linalg.solve_triangular(factor.transpose(-1, -2), phi, upper=True)
-            grad_matrix = torch.linalg.solve_triangular(factor, grad_matrix, upper=False, left=False)
+            grad_matrix = solve_lower(factor, phi, transpose=True)  # F⁻ᵀ Φ
+            grad_matrix = solve_lower(factor, grad_matrix.transpose(-1, -2), transpose=True).transpose(-1, -2)  # · F⁻¹
             grad_b[n] = grad_matrix
             grad_pk = torch.baddbmm(cum_sqrt[n] * grad_r, grad_matrix, kh)
             # pk = K̂ P
