@@ -25,9 +25,10 @@ Presets (times measured on this project's shared 2-core machine):
   key
   noise 0.5; 3000 steps of batch 64, lrs {1e-3, 3e-3, 1e-2}, 3 seeds: 54 runs, 5.1 h of training on one
   thread per run (measured; 2.8 h of wall time as two workers; ms/step on one thread: bayesian ≈ 180,
-  gated_deltanet, deltanet and mamba2 104–131, linear_attention and attention ≈ 50; since the speed work of
-  docs/training.md: bayesian 173–187, gated_deltanet 118–126, mamba2 96–108 on 2 threads, ``probseq bench
-  --mqar`` and ``scripts/training_step_speed.py --task recall``). Results: ``results/recall_cpu/``.
+  gated_deltanet, deltanet and mamba2 104–131, linear_attention and attention ≈ 50; on 2 threads, idle, after the
+  speed work of docs/training.md: bayesian 193–194, gated_deltanet 125–128, mamba2 103–105, ``probseq bench``,
+  two runs on 2026-12-03 — absolute times on this machine drift by up to 2×, ratios less).
+  Results: ``results/recall_cpu/``.
 - ``paper`` — a GPU (documented, not run): d_model 128, 256 keys and values, 8–32 pairs, gaps 0–128, tested up
   to 128 pairs and gap 2048; 4 lrs, 3 seeds, 20k steps of batch 256, bf16.
 """
