@@ -8,6 +8,10 @@ one thread, in interleaved rounds (each round runs every case once, in a random 
 drift and the allocator's state affect all alike); prints the median of the rounds after the first three, in
 ms, and the Bayesian / Gated DeltaNet ratio of each tree (both at C = 32, unlike ``probseq bench``, which runs
 Gated DeltaNet at its default C = 64).
+
+Only the other tree's ``probseq/ops/bayes/chunked.py`` is loaded; what it imports (the scan, the solves, the
+segment sums) comes from this tree. Against a tree whose other ops modules differ, check them out side by side
+and run this script from each instead.
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ NaN or Inf at a padded position into the chunk sums of the real tokens.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 from typing import NamedTuple
@@ -26,6 +25,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from probseq.ops.precision import full_precision as full_precision  # the layers' filter calls
 from probseq.ops.validation import ValueChecks, check_cu_seqlens
 
 MASK_CONVENTION = (
@@ -211,18 +211,6 @@ def repeat_heads(x: Tensor, groups: int) -> Tensor:
     """``[B, T, H, ·] → [B, T, H·groups, ·]``: head ``h`` serves heads ``h·groups … h·groups + groups − 1``
     (fla's grouped-value / grouped-query layout)."""
     return x if groups == 1 else x.repeat_interleave(groups, dim=2)
-
-
-@contextlib.contextmanager
-def full_precision(device_type: str):
-    """Run the filter outside autocast: it computes in float32 itself (its factorisations and state
-    never run in half precision), and autocast would otherwise cast its matmuls down. A device type without
-    autocast (``meta``) needs nothing."""
-    if not torch.amp.is_autocast_available(device_type):
-        yield
-        return
-    with torch.autocast(device_type=device_type, enabled=False):
-        yield
 
 
 #: fla's kernel choice (a layer's ``mode``) → the filter form probseq runs for it (the ops' ``impl``).

@@ -34,6 +34,7 @@ from probseq.design import (
 )
 from probseq.ops.bayes.chunked import bayes_chunked
 from probseq.ops.bayes.recurrent import bayes_recurrent
+from probseq.ops.precision import full_precision
 from probseq.ops.superposition.chunked import superposition_chunked
 from probseq.ops.superposition.recurrent import superposition_recurrent
 from probseq.ops.validation import (
@@ -195,7 +196,10 @@ def filter_design(
     k_packed = k
     if packing is not None:
         padded, q, k, v = _pad_sequences(design, q, k, v, packing)
-    result, failed = _dispatch(padded, q, k, v, form, chunk_size, output_final_state, output_variance, covariance_dtype)
+    with full_precision(k.device.type):  # the forms compute in `dtype`; autocast must not cast their matmuls down
+        result, failed = _dispatch(
+            padded, q, k, v, form, chunk_size, output_final_state, output_variance, covariance_dtype
+        )
     if packing is not None:
         state = result.state
         if state is not None and design.tracks_covariance and design.dynamics.retention is None:

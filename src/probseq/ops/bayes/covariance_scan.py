@@ -1,4 +1,4 @@
-"""The sequential part of the chunked covariance path (steps 2–5 of :mod:`probseq.ops.bayes.chunked`), with a
+"""The sequential part of the chunked covariance path (steps 3–5 of :mod:`probseq.ops.bayes.chunked`), with a
 hand-written backward.
 
 The scan is a loop over chunks of small batched factorisations and solves. Left to autograd, its backward
@@ -20,18 +20,18 @@ Backward of one chunk, given the gradients ``X̄`` (of X), ``d̄`` (of diag F) a
     F̄ = g ∘ (g ∘ F)̄ + diag(d̄);   ḡ = F ∘ (g ∘ F)̄
     B̄ = F⁻ᵀ Φ(Fᵀ F̄) F⁻¹,   Φ(A) = ½ (tril A + (tril₋₁ A)ᵀ)   (torch's symmetric gradient of a Cholesky
                                                           factorisation)
-    p̄k = c ∘ R̄ + B̄ K̂;      K̂̄ = B̄ pk + p̄k Pᵀ;      P̄ = G_C P̄' + K̂ᵀ p̄k
+    p̄k = c ∘ R̄ + B̄ K̂;      K̂̄ = B̄ pk + p̄k Pᵀ;      P̄ = G_C P̄' + K̂ᵀ p̄k (+ the gradient of P as an output)
     c̄ = Σ_k pk ∘ R̄;   Ḡ_C = ⟨P, P̄'⟩;   (1 − G_C)̄ = tr P̄'
 
 ``P̄`` is carried to the previous chunk. The result equals autograd's to float rounding
-(tests/ops/test_covariance_scan.py).
+(tests/ops/test_covariance_scan.py). Under ``create_graph=True`` (double backward) the backward is instead
+autograd through the plain loop (:func:`scan_reference`), exact to any order at autograd's cost.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from probseq.ops.triangular import solve_lower
 
@@ -76,15 +76,17 @@ def covariance_scan(
 class _CovarianceScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, k_hat, rhs_base, cum_sqrt, b_base, ratio_sqrt, tail_sqrt, retention_chunk, reset_chunk, cov0):
+        ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None: no zeros to add
         chunks = k_hat.shape[0]
         eye = torch.eye(k_hat.shape[-1], dtype=k_hat.dtype, device=k_hat.device)
+        reset_eye = reset_chunk * eye  # (1 − G_C) I of every chunk, [N, B·H, K, K]
         starts = k_hat.new_empty(chunks, *cov0.shape)
+        starts[0] = cov0
         xs, pks = torch.empty_like(k_hat), torch.empty_like(k_hat)
         factors_t = torch.empty_like(b_base)  # Fᵀ, row-major (LAPACK returns F column-major: F.mT is contiguous)
         infos = []
-        cov = cov0
         for n in range(chunks):
-            starts[n] = cov
+            cov = starts[n]
             pk = torch.bmm(k_hat[n], cov, out=pks[n])
             factor, info = torch.linalg.cholesky_ex(torch.baddbmm(b_base[n], pk, k_hat[n].transpose(-1, -2)))
             factors_t[n] = factor.transpose(-1, -2)
@@ -92,18 +94,27 @@ class _CovarianceScan(torch.autograd.Function):
             x = solve_lower(ratio_sqrt[n] * factor, torch.addcmul(rhs_base[n], cum_sqrt[n], pk))
             xs[n] = x
             x_tail = tail_sqrt[n] * x
+            # P' = (1 − G_C) I + G_C P − X̃ᵀ X̃, written where the next chunk reads it
+            out = starts[n + 1] if n + 1 < chunks else None
             cov = torch.baddbmm(
-                torch.addcmul(reset_chunk[n] * eye, retention_chunk[n], cov), x_tail.transpose(-1, -2), x_tail, alpha=-1
+                torch.addcmul(reset_eye[n], retention_chunk[n], cov),
+                x_tail.transpose(-1, -2),
+                x_tail,
+                alpha=-1,
+                out=out,
             )
-        ctx.save_for_backward(k_hat, cum_sqrt, ratio_sqrt, tail_sqrt, retention_chunk, starts, factors_t, xs, pks)
+        inputs = (k_hat, rhs_base, cum_sqrt, b_base, ratio_sqrt, tail_sqrt, retention_chunk, reset_chunk, cov0)
+        ctx.save_for_backward(*inputs, starts, factors_t, xs, pks)
         info = torch.stack(infos)
         ctx.mark_non_differentiable(info)
         return xs, factors_t.diagonal(dim1=-2, dim2=-1), starts, cov, info
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_x, grad_pivots, grad_starts, grad_cov, _grad_info):
-        k_hat, cum_sqrt, ratio_sqrt, tail_sqrt, retention_chunk, starts, factors_t, xs, pks = ctx.saved_tensors
+        *inputs, starts, factors_t, xs, pks = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the plain loop, so higher orders are exact
+            return _differentiable_backward(inputs, (grad_x, grad_pivots, grad_starts, grad_cov))
+        k_hat, _, cum_sqrt, _, ratio_sqrt, tail_sqrt, retention_chunk, _, _ = inputs
         chunks = k_hat.shape[0]
         grad_k_hat, grad_rhs = torch.empty_like(k_hat), torch.empty_like(k_hat)
         grad_cum_sqrt = torch.empty_like(cum_sqrt)
@@ -157,3 +168,37 @@ class _CovarianceScan(torch.autograd.Function):
             grad_reset_chunk,
             grad_cov_next,
         )
+
+
+def scan_reference(
+    k_hat, rhs_base, cum_sqrt, b_base, ratio_sqrt, tail_sqrt, retention_chunk, reset_chunk, cov0
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The same recursion as plain differentiable ops (autograd's own derivatives, to any order): the scan's
+    ``(x, pivots, starts, final covariance)``."""
+    eye = torch.eye(k_hat.shape[-1], dtype=k_hat.dtype, device=k_hat.device)
+    cov, xs, pivots, starts = cov0, [], [], []
+    for n in range(k_hat.shape[0]):
+        starts.append(cov)
+        pk = k_hat[n] @ cov
+        factor = torch.linalg.cholesky_ex(b_base[n] + pk @ k_hat[n].transpose(-1, -2))[0]
+        x = torch.linalg.solve_triangular(ratio_sqrt[n] * factor, rhs_base[n] + cum_sqrt[n] * pk, upper=False)
+        x_tail = tail_sqrt[n] * x
+        cov = reset_chunk[n] * eye + retention_chunk[n] * cov - x_tail.transpose(-1, -2) @ x_tail
+        xs.append(x)
+        pivots.append(factor.diagonal(dim1=-2, dim2=-1))
+    return torch.stack(xs), torch.stack(pivots), torch.stack(starts), cov
+
+
+def _differentiable_backward(inputs, grads) -> tuple[Tensor | None, ...]:
+    """The scan's backward as a graph (``create_graph=True``): autograd through :func:`scan_reference`."""
+    outputs = scan_reference(*inputs)
+    used = [(out, grad) for out, grad in zip(outputs, grads) if grad is not None]
+    wanted = [t for t in inputs if t.requires_grad]
+    result = iter(
+        torch.autograd.grad(
+            [out for out, _ in used], wanted, [grad for _, grad in used], create_graph=True, allow_unused=True
+        )
+        if used and wanted
+        else [None] * len(wanted)
+    )
+    return tuple(next(result) if t.requires_grad else None for t in inputs)
