@@ -1,12 +1,12 @@
 """The covariance scan's hand-written backward (probseq.ops.bayes.covariance_scan) against finite differences
-and against autograd through the same loop written with plain ops."""
+and against autograd through the same loop written with plain ops (``scan_reference``, also its double backward)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from probseq.ops.bayes.covariance_scan import covariance_scan
+from probseq.ops.bayes.covariance_scan import covariance_scan, scan_reference
 from tests.helpers import assert_close
 
 
@@ -29,22 +29,6 @@ def _inputs(chunks=3, batch=2, size=4, key_dim=3, dtype=torch.float64, seed=0):
     return tuple(t.requires_grad_() for t in tensors)
 
 
-def _autograd_scan(k_hat, rhs, cum_sqrt, b_base, ratio_sqrt, tail_sqrt, retention_chunk, reset_chunk, cov0):
-    """The same recursion with autograd's own derivatives (one op at a time)."""
-    eye = torch.eye(k_hat.shape[-1], dtype=k_hat.dtype)
-    cov, xs, pivots, starts = cov0, [], [], []
-    for n in range(k_hat.shape[0]):
-        starts.append(cov)
-        pk = k_hat[n] @ cov
-        factor = torch.linalg.cholesky(b_base[n] + pk @ k_hat[n].transpose(-1, -2))
-        x = torch.linalg.solve_triangular(ratio_sqrt[n] * factor, rhs[n] + cum_sqrt[n] * pk, upper=False)
-        x_tail = tail_sqrt[n] * x
-        cov = reset_chunk[n] * eye + retention_chunk[n] * cov - x_tail.transpose(-1, -2) @ x_tail
-        xs.append(x)
-        pivots.append(factor.diagonal(dim1=-2, dim2=-1))
-    return torch.stack(xs), torch.stack(pivots), torch.stack(starts), cov
-
-
 def _loss(outputs, weights):
     """Σ ⟨output, weight⟩ over the outputs with a weight (``None``: left out, so its gradient is None)."""
     return sum((o * w).sum() for o, w in zip(outputs, weights) if w is not None)
@@ -53,7 +37,7 @@ def _loss(outputs, weights):
 def test_forward_matches_the_plain_loop():
     inputs = _inputs()
     *actual, info = covariance_scan(*inputs)
-    for name, a, b in zip(["x", "pivots", "starts", "cov"], actual, _autograd_scan(*inputs)):
+    for name, a, b in zip(["x", "pivots", "starts", "cov"], actual, scan_reference(*inputs)):
         assert_close(a, b, 1e-12, name)
     assert info.shape == (3, 2) and (info == 0).all()
 
@@ -62,7 +46,7 @@ def test_forward_matches_the_plain_loop():
 def test_backward_matches_autograd_of_the_plain_loop(used):
     inputs = _inputs(seed=1)
     gen = torch.Generator().manual_seed(2)
-    expected_outputs = _autograd_scan(*inputs)
+    expected_outputs = scan_reference(*inputs)
     mask = {"all": (1, 1, 1, 1), "x_and_cov": (1, 0, 0, 1), "cov_only": (0, 0, 0, 1)}[used]
     weights = [
         torch.randn(o.shape, generator=gen, dtype=o.dtype) if m else None for m, o in zip(mask, expected_outputs)
@@ -90,7 +74,7 @@ def test_gradcheck():
 def test_float32_backward_agrees_with_float64():
     inputs64 = _inputs(chunks=4, batch=3, size=8, key_dim=6, seed=4)
     inputs32 = tuple(t.detach().float().requires_grad_() for t in inputs64)
-    weights = [torch.randn(o.shape, dtype=torch.float64) for o in _autograd_scan(*inputs64)]
+    weights = [torch.randn(o.shape, dtype=torch.float64) for o in scan_reference(*inputs64)]
     g64 = torch.autograd.grad(_loss(covariance_scan(*inputs64)[:4], weights), inputs64)
     g32 = torch.autograd.grad(_loss(covariance_scan(*inputs32)[:4], [w.float() for w in weights]), inputs32)
     for a, b in zip(g32, g64):

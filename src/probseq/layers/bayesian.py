@@ -47,7 +47,6 @@ from probseq.layers.utils import (
     check_mode,
     check_no_extra,
     check_positive,
-    full_precision,
     gated_output,
     guard_zero_keys,
     hold_padding,
@@ -337,8 +336,7 @@ class BayesianLayer(nn.Module):
         """See the class docstring. ``hidden_states [B, T, D] → (o [B, T, D], None, past_key_values)``."""
         call = self._filter_call(hidden_states, attention_mask, past_key_values, use_cache, kwargs)
         x, mask = call.x, call.mask
-        with full_precision(x.device.type):
-            out = bayes_filter(**call.inputs)
+        out = bayes_filter(**call.inputs)
         self.last_variance = zero_padding(out.variance, mask)
         if use_cache:
             write_state(self, past_key_values, RecurrentState(call.conv_state, out.state), x.shape[1])

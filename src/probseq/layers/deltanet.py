@@ -25,7 +25,6 @@ from probseq.layers.utils import (
     check_mode,
     check_no_extra,
     check_positive,
-    full_precision,
     gated_output,
     guard_zero_keys,
     head_dims,
@@ -156,22 +155,21 @@ class DeltaNet(nn.Module):
         beta = torch.sigmoid(self.b_proj(x).float()) if self.use_beta else k.new_ones(k.shape[:3])
         k, _, beta, _ = hold_padding(mask, k, None, guard_zero_keys(k, beta))
 
-        with full_precision(x.device.type):
-            out = bayes_filter(
-                q,
-                k,
-                v,
-                None,
-                beta,
-                None,
-                initial_state=None if last is None else last.memory,
-                output_final_state=bool(use_cache),
-                impl=MODES[self.mode],
-                chunk_size=self.chunk_size,
-                r_min=0.0,
-                cu_seqlens=cu_seqlens,
-                validate=self.validate,
-            )
+        out = bayes_filter(
+            q,
+            k,
+            v,
+            None,
+            beta,
+            None,
+            initial_state=None if last is None else last.memory,
+            output_final_state=bool(use_cache),
+            impl=MODES[self.mode],
+            chunk_size=self.chunk_size,
+            r_min=0.0,
+            cu_seqlens=cu_seqlens,
+            validate=self.validate,
+        )
         if use_cache:
             write_state(self, past_key_values, RecurrentState(conv_state, out.state), hidden_states.shape[1])
 

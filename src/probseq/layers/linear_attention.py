@@ -27,7 +27,6 @@ from probseq.layers.utils import (
     check_mode,
     check_no_extra,
     check_positive,
-    full_precision,
     head_dims,
     hold_padding,
     layer_inputs,
@@ -184,19 +183,18 @@ class LinearAttention(nn.Module):
                 g = rearrange(g, "b t (h d) -> b t h d", d=self.head_k_dim)
         k, g, _, _ = hold_padding(mask, k, g)
 
-        with full_precision(x.device.type):
-            out = superposition_filter(
-                q,
-                k,
-                v,
-                g,
-                initial_state=None if last is None else last.memory,
-                output_final_state=bool(use_cache),
-                impl=MODES[self.mode],
-                chunk_size=self.chunk_size,
-                cu_seqlens=cu_seqlens,
-                validate=self.validate,
-            )
+        out = superposition_filter(
+            q,
+            k,
+            v,
+            g,
+            initial_state=None if last is None else last.memory,
+            output_final_state=bool(use_cache),
+            impl=MODES[self.mode],
+            chunk_size=self.chunk_size,
+            cu_seqlens=cu_seqlens,
+            validate=self.validate,
+        )
         if use_cache:
             write_state(self, past_key_values, RecurrentState((), out.state), hidden_states.shape[1])
         o = self.o_proj(rearrange(self.norm(out.output), "b t h d -> b t (h d)"))

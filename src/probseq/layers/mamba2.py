@@ -27,7 +27,6 @@ from probseq.layers.state import RecurrentState, StateLayout, read_state, write_
 from probseq.layers.utils import (
     check_no_extra,
     check_positive,
-    full_precision,
     hold_padding,
     inverse_softplus_step,
     layer_inputs,
@@ -198,20 +197,19 @@ class Mamba2(nn.Module):
         log_decay = delta * -self.A_log.float().exp()
         b, log_decay, _, _ = hold_padding(mask, b, log_decay)
 
-        with full_precision(u.device.type):
-            out = superposition_filter(
-                c,
-                b,
-                x,
-                log_decay,
-                delta,
-                scale=1.0,
-                initial_state=None if last is None else last.memory,
-                output_final_state=bool(use_cache),
-                chunk_size=self.chunk_size,
-                cu_seqlens=cu_seqlens,
-                validate=self.validate,
-            )
+        out = superposition_filter(
+            c,
+            b,
+            x,
+            log_decay,
+            delta,
+            scale=1.0,
+            initial_state=None if last is None else last.memory,
+            output_final_state=bool(use_cache),
+            chunk_size=self.chunk_size,
+            cu_seqlens=cu_seqlens,
+            validate=self.validate,
+        )
         if use_cache:
             write_state(self, past_key_values, RecurrentState((conv_state,), out.state), hidden_states.shape[1])
 

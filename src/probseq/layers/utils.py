@@ -25,7 +25,6 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from probseq.ops.precision import full_precision as full_precision  # the layers' filter calls
 from probseq.ops.validation import ValueChecks, check_cu_seqlens
 
 MASK_CONVENTION = (
