@@ -195,6 +195,30 @@ def test_bf16_autocast_forward_backward_is_finite(case):
     assert all(bool(torch.isfinite(p.grad).all()) for p in model.parameters())
 
 
+@pytest.mark.parametrize("num_items", [None, 7])
+def test_skip_logits_gives_the_same_loss_and_gradients(num_items):
+    """skip_logits=True (the loss without the [B, T, V] logits) against transformers' loss on the logits: same
+    value and gradients, with ignored labels and with the Trainer's num_items_in_batch."""
+    model = tiny_lm("gated_deltanet", tie_word_embeddings=True).train()
+    ids = prompts(length=12)
+    labels = ids.clone()
+    labels[0, 3:6] = -100
+    extra = {} if num_items is None else {"num_items_in_batch": torch.tensor(num_items)}
+    results = []
+    for skip in (False, True):
+        model.zero_grad()
+        out = model(ids, labels=labels, skip_logits=skip, **extra)
+        out.loss.backward()
+        results.append((out, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (full, full_grads), (skipped, skipped_grads) = results
+    assert skipped.logits is None and full.logits is not None
+    assert_close(skipped.loss, full.loss, 1e-6, "loss")
+    for name, grad in full_grads.items():
+        assert_close(skipped_grads[name], grad, 1e-5, name)
+    with pytest.raises(ValueError, match="pass labels"):
+        model(ids, skip_logits=True)
+
+
 def test_variance_side_channel():
     model = tiny_lm("hybrid").model
     ids = prompts()

@@ -88,6 +88,20 @@ def test_pretrain_exports_an_fla_checkpoint_with_tokenizer_and_resumes(teacher, 
 
 
 @pytest.mark.integration
+def test_pretraining_without_logits_trains_the_same_model(teacher, corpus, tmp_path):
+    """skip_logits=true (the loss without the [B, T, V] logits) is a run setting: the same steps give the same losses
+    to float rounding and it resumes the same run folder."""
+    sets = ["vocab_size=384", "tokens=6144", "batch_size=4", "seq_len=128", "save_steps=6", *TINY]
+    log = pretrain(pretrain_config("tiny", [*sets, "skip_logits=true"]), tmp_path)
+    reference = json.loads((teacher / "train_log.json").read_text())
+    losses = [entry["loss"] for entry in log["history"] if "loss" in entry]
+    expected = [entry["loss"] for entry in reference["history"] if "loss" in entry]
+    assert len(losses) == len(expected) > 1
+    assert losses == pytest.approx(expected, rel=1e-4)
+    assert log["valid_loss"] == pytest.approx(reference["valid_loss"], rel=1e-4)
+
+
+@pytest.mark.integration
 def test_converted_student_equals_teacher(teacher, tmp_path):
     model = load_teacher(teacher)
     student = convert_student(teacher, tmp_path / "student").eval()

@@ -42,6 +42,7 @@ from probseq.layers.utils import inverse_softplus_step, log_uniform_decay_rate, 
 from probseq.models.blocks import ProbSeqBlock
 from probseq.models.cache import ProbSeqCache
 from probseq.models.checks import (
+    IGNORE_INDEX,
     check_attention_mask,
     check_config_keys,
     check_generate_inputs,
@@ -53,6 +54,7 @@ from probseq.models.checks import (
     check_position_ids,
 )
 from probseq.models.configuration import ProbSeqConfig, config_keys
+from probseq.ops.cross_entropy import linear_cross_entropy
 
 
 class ProbSeqPreTrainedModel(PreTrainedModel):
@@ -392,16 +394,23 @@ class ProbSeqForCausalLM(ProbSeqPreTrainedModel, GenerationMixin):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         past_key_values: ProbSeqCache | None = None,
+        skip_logits: bool = False,
         **kwargs,
     ) -> CausalLMOutputWithPast | tuple:
         """Logits ``[B, T, vocab]`` (the last ``logits_to_keep`` positions when it is positive), the loss
-        of next-token prediction when ``labels`` are given, and the cache."""
+        of next-token prediction when ``labels`` are given, and the cache.
+
+        ``skip_logits=True`` (with ``labels``) computes the loss without materialising the logits
+        (:func:`probseq.ops.cross_entropy.linear_cross_entropy`: the same loss and gradients to float rounding, at a
+        fraction of the memory traffic) and returns ``logits=None`` — for training loops that only need the loss."""
         check_keywords(f"{type(self).__name__}.forward", kwargs, FORWARD_KEYWORDS)
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         source = input_ids if input_ids is not None else inputs_embeds
         check_logits_to_keep(
             logits_to_keep, source.shape[1] if isinstance(source, Tensor) and source.dim() >= 2 else None
         )
+        if skip_logits and labels is None:
+            raise ValueError("skip_logits=True computes only the loss: pass labels as well")
         if labels is not None and isinstance(source, Tensor) and source.dim() >= 2:
             check_labels(labels, tuple(source.shape[:2]), self.config.vocab_size, logits_to_keep)
             labels = labels.long()  # any integer dtype: the loss takes int64 targets
@@ -422,9 +431,16 @@ class ProbSeqForCausalLM(ProbSeqPreTrainedModel, GenerationMixin):
             hidden_states = hidden_states[:, -logits_to_keep:] if logits_to_keep > 0 else hidden_states
         else:
             hidden_states = hidden_states[:, logits_to_keep]
-        logits = self.lm_head(hidden_states)
-        loss = None
-        if labels is not None:
+        logits = loss = None
+        if skip_logits:
+            # transformers' causal-LM loss (position t predicts labels[t + 1]; a mean over the supervised positions,
+            # or a sum over num_items_in_batch), without the [B, T, V] logits
+            total = linear_cross_entropy(hidden_states[:, :-1], self.lm_head.weight, labels[:, 1:], validate=False)
+            count = (labels[:, 1:] != IGNORE_INDEX).sum() if num_items_in_batch is None else num_items_in_batch
+            loss = total / (count.to(total.device) if isinstance(count, Tensor) else count)
+        else:
+            logits = self.lm_head(hidden_states)
+        if labels is not None and not skip_logits:
             loss = self.loss_function(
                 logits=logits, labels=labels, vocab_size=self.config.vocab_size, num_items_in_batch=num_items_in_batch
             )

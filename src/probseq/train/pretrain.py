@@ -41,7 +41,14 @@ import torch
 from probseq.files import atomic_write_json, finite_or_none, nonfinite_to_none
 from probseq.train.run_folder import claim_run_folder
 from probseq.train.schema import check_fields, check_optimizer_run, from_dict, non_negative, positive, with_overrides
-from probseq.train.trainer import TrainingDiverged, progress_bars, run_threads, run_trainer, shared_arguments
+from probseq.train.trainer import (
+    LossOnlyTrainer,
+    TrainingDiverged,
+    progress_bars,
+    run_threads,
+    run_trainer,
+    shared_arguments,
+)
 
 TRAIN_LOG = "train_log.json"
 RUN_CONFIG = "probseq_run_config.json"
@@ -153,6 +160,8 @@ RUN_ONLY_FIELDS = frozenset(
         "probe_final_samples",
         "probe_lengths",
         "probe_seed",
+        # how the loss is computed (the same loss and gradients to float rounding)
+        "skip_logits",
     }
 )
 
@@ -205,6 +214,10 @@ class PretrainConfig(LMRunConfig):
             one (0: ``probe_samples``; the first ``probe_samples`` are the periodic ones).
         probe_lengths: the probes' lengths in tokens (prompt + answer).
         probe_seed: the probes' seed.
+        skip_logits: training steps compute the loss without materialising the ``[B, T, V]`` logits
+            (:class:`~probseq.train.trainer.LossOnlyTrainer`): the same loss and gradients to float rounding, far less
+            memory at a large ``B·T·V`` (the ``340m`` preset's float32 logits would be 8.4 GB per device and step);
+            on a CPU at the ``small`` shape it is no faster (docs/training.md, "The language-model loss").
     """
 
     hidden_size: int = 256
@@ -236,6 +249,7 @@ class PretrainConfig(LMRunConfig):
     probe_final_samples: int = 0
     probe_lengths: tuple[int, ...] = (256, 512, 1024)
     probe_seed: int = 0
+    skip_logits: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -306,6 +320,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         learning_rate=3e-4,
         warmup=0.03,
         precision="bf16",
+        skip_logits=True,
         save_steps=1000,
         logging_steps=32,
     ),
@@ -714,7 +729,8 @@ def pretrain(config: PretrainConfig, out: str | os.PathLike) -> dict[str, Any]:
             )
         set_seed(config.seed)
         model = ProbSeqForCausalLM(model_config(config, tokenizer))
-        trainer = Trainer(model=model, args=args, train_dataset=train_data, data_collator=default_data_collator)
+        trainer_class = LossOnlyTrainer if config.skip_logits else Trainer
+        trainer = trainer_class(model=model, args=args, train_dataset=train_data, data_collator=default_data_collator)
         if not config.progress:
             trainer.remove_callback(PrinterCallback)
         curve = learning_curve(config, out, tokenizer, valid_data, tokens_per_step, trainer)

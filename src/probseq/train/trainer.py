@@ -7,6 +7,8 @@ gradient accumulation, clipping, bf16/fp16 autocast, logging and tqdm progress b
 seen, so a resumed run ends where an uninterrupted one does), and data parallelism under ``torchrun``.
 probseq adds:
 
+- :class:`LossOnlyTrainer`: a causal LM's training steps ask for the loss only (``skip_logits=True``: no
+  ``[B, T, V]`` logits, :func:`probseq.ops.cross_entropy.linear_cross_entropy`), pretraining's Trainer;
 - :class:`PreShiftedTrainer`: the loss on pre-shifted labels (:func:`~probseq.train.metrics.pre_shifted_cross_entropy`,
   logits only at supervised positions when the model can) and argmax predictions for the metrics;
 - :func:`~probseq.train.metrics.recall_metrics`: accuracy at supervised positions, per-example accuracy;
@@ -69,6 +71,18 @@ CONFIG_FILE = "probseq_train_config.json"
 # A finished run's weights: output_dir/final/ holds model.safetensors and config.json (save_pretrained), the whole
 # TrainConfig (FINAL_CONFIG) and the run's metrics (FINAL_METRICS); probseq.train.saved reads them back.
 FINAL_DIR, FINAL_CONFIG, FINAL_METRICS = "final", "train_config.json", "metrics.json"
+
+
+class LossOnlyTrainer(Trainer):
+    """``Trainer`` whose training steps call the model with ``skip_logits=True``: the same loss and gradients
+    (to float rounding) without materialising the logits, whose passes over ``B·T·V`` floats cost more than the
+    LM head's products on a CPU (docs/training.md, "The language-model loss"). Evaluation and prediction steps
+    (``return_outputs=True``) get the logits as before. For :class:`~probseq.models.ProbSeqForCausalLM`."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not return_outputs and model.training and inputs.get("labels") is not None:
+            inputs = {**inputs, "skip_logits": True}
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
 
 class PreShiftedTrainer(Trainer):
