@@ -5,10 +5,10 @@
         --out results/recall_paired
 
 (``mqar`` likewise.) ``run`` trains everything the plan below needs, stage by stage, as ``probseq recall`` /
-``probseq mqar`` sweeps (each resumable and cached, one single-threaded process per sweep; ``--workers`` arms'
-sweeps at once, so no core waits while one arm finishes its last run), and is itself resumable: rerun the same
-command. ``report`` reads what has finished and writes the tables and the plot
-(partial results are marked as such).
+``probseq mqar`` sweeps (each resumable and cached, one single-threaded process per sweep; ``--workers`` sweeps at
+once, each arm going on to its stage 2 as soon as its stage 1 is done, so no core waits while another arm finishes
+its grid), and is itself resumable: rerun the same command. The schedule orders the runs, never changes one.
+``report`` reads what has finished and writes the tables and the plot (partial results are marked as such).
 
 The plan (fixed before the runs; ``results/{recall,mqar}_paired/README.md`` state it in words):
 
@@ -46,9 +46,9 @@ import math
 import statistics
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 from probseq.experiments.common import write_csv
@@ -260,48 +260,50 @@ def bayesian_layer(task: Task, records: dict, chosen: dict) -> str | None:
 
 
 def run(args: argparse.Namespace) -> None:
-    """Every stage, in the order that decides the primary comparison soonest (the plan does not depend on it):
-    stage 1 of the paired arms, stage 2 of Gated DeltaNet and the Bayesian Layer, stage 2 of the other paired
-    arms, then stage 1 of the ranking-only arms."""
+    """Every stage, keeping every worker busy: each paired arm is a chain (stage 1, then stage 2 at its chosen lr) and
+    the chains run ``workers`` at a time, those that decide the primary comparison (Gated DeltaNet and the two
+    Bayesian variants) first; once those three are done, the Bayesian Layer is chosen and stage 3 runs if the first
+    look leaves a primary endpoint undecided; then the ranking-only arms' stage 1 and the exploratory same-lr runs.
+    Only the order of the runs depends on this schedule, never a run or a choice."""
     task, root = TASKS[args.task], Path(args.root).expanduser()
     chosen, records = {}, {}
     extra = choose_steps(task, root, args.workers)
     arms = task_arms(task)
     by_name = {arm.name: arm for arm in arms}
-    slots = args.workers  # sweeps of one worker each, this many at once: no core waits for an arm's last unit
-    paired_arms = [arm for arm in arms if arm.paired]
-    for arm, (lr, arm_records) in zip(
-        paired_arms, in_parallel([partial(stage1, task, root, arm, 1, extra) for arm in paired_arms], slots)
-    ):
-        chosen[arm.name], records[arm.name] = lr, arm_records
-        print(f"   {arm.name}: chosen lr {lr:g}", flush=True)
-    variant = bayesian_layer(task, records, chosen)
-    print(f"   the Bayesian Layer: {variant}", flush=True)
-    paired = sorted(
-        (arm for arm in arms if arm.paired),
-        key=lambda arm: (arm.name not in ("gated_deltanet", variant), arms.index(arm)),
-    )
     seeds = list(range(PAIRED_SEEDS))
-    stage2 = [partial(run_sweep, task, root, arm, "paired", [chosen[arm.name]], seeds, 1, extra) for arm in paired]
-    in_parallel(stage2, slots)
-    first_look = {name: all_records(root, by_name[name]) for name in ("gated_deltanet", variant)}
-    extended = needs_extension(task, first_look, chosen, variant)
-    if extended:
-        print("   a primary endpoint is undecided at 10 seeds: stage 3, seeds 10-19", flush=True)
-        seeds = list(range(PAIRED_SEEDS, EXTENDED_SEEDS))
-        in_parallel(
-            [
-                partial(run_sweep, task, root, by_name[name], "extended", [chosen[name]], seeds, 1, extra)
+
+    stop = threading.Event()  # set by the first failure: no further sweep starts
+
+    def paired_chain(arm: Arm) -> None:
+        chosen[arm.name], records[arm.name] = stage1(task, root, arm, 1, extra)
+        print(f"   {arm.name}: chosen lr {chosen[arm.name]:g}", flush=True)
+        if stop.is_set():
+            return
+        run_sweep(task, root, arm, "paired", [chosen[arm.name]], seeds, 1, extra)
+
+    def ranking_chain(arm: Arm) -> None:
+        chosen[arm.name], _ = stage1(task, root, arm, 1, extra)
+        print(f"   {arm.name}: chosen lr {chosen[arm.name]:g}", flush=True)
+
+    decisive = ("gated_deltanet", *BAYESIAN)
+    paired = sorted((arm for arm in arms if arm.paired), key=lambda arm: (arm.name not in decisive, arms.index(arm)))
+    with Sweeps(args.workers, stop) as sweeps:  # one worker per sweep, this many sweeps at once
+        chains = {arm.name: sweeps.submit(paired_chain, arm) for arm in paired}
+        sweeps.wait([chains[name] for name in decisive])
+        variant = bayesian_layer(task, records, chosen)
+        print(f"   the Bayesian Layer: {variant}", flush=True)
+        first_look = {name: all_records(root, by_name[name]) for name in ("gated_deltanet", variant)}
+        extended = needs_extension(task, first_look, chosen, variant)
+        later = []
+        if extended:
+            print("   a primary endpoint is undecided at 10 seeds: stage 3, seeds 10-19", flush=True)
+            stage3 = list(range(PAIRED_SEEDS, EXTENDED_SEEDS))
+            later += [
+                sweeps.submit(run_sweep, task, root, by_name[name], "extended", [chosen[name]], stage3, 1, extra)
                 for name in ("gated_deltanet", variant)
-            ],
-            slots,
-        )
-    ranking_arms = [arm for arm in arms if not arm.paired]
-    for arm, (lr, _) in zip(
-        ranking_arms, in_parallel([partial(stage1, task, root, arm, 1, extra) for arm in ranking_arms], slots)
-    ):
-        chosen[arm.name] = lr
-        print(f"   {arm.name}: chosen lr {lr:g}", flush=True)
+            ]
+        later += [sweeps.submit(ranking_chain, arm) for arm in arms if not arm.paired]
+        sweeps.wait([*chains.values(), *later])
     # Exploratory, outside the plan (``same_lr_rows``): GDN at the Bayesian variants' lrs, as many seeds as stage 2/3.
     same_lrs = sorted({chosen[b] for b in BAYESIAN} - {chosen["gated_deltanet"]})
     if same_lrs:
@@ -310,20 +312,43 @@ def run(args: argparse.Namespace) -> None:
     print("done; python scripts/paired_study.py report --root ... --out ...", flush=True)
 
 
-def in_parallel(calls: list, slots: int) -> list:
-    """Run the zero-argument ``calls`` (each drives single-worker sweeps) on ``slots`` threads, in order of
-    submission; their results in that order. The first failure (or Ctrl-C) cancels the calls not yet started,
-    lets the running ones end (their sweeps stay resumable), then is raised."""
-    pool = ThreadPoolExecutor(max_workers=max(1, slots))
-    futures = [pool.submit(call) for call in calls]
-    try:
+class Sweeps:
+    """A pool of ``slots`` threads, each driving single-worker sweeps, run in order of submission. The first failure
+    (or Ctrl-C) stops what has not started — a call submitted earlier but not begun becomes a no-op — lets the
+    running sweeps end (they stay resumable), then is raised by :meth:`wait`."""
+
+    def __init__(self, slots: int, stopped: threading.Event | None = None):
+        self.pool = ThreadPoolExecutor(max_workers=max(1, slots))
+        self.stopped = stopped or threading.Event()
+
+    def submit(self, call, *args):
+        def guarded():
+            if self.stopped.is_set():
+                return None
+            try:
+                return call(*args)
+            except BaseException:
+                self.stopped.set()
+                raise
+
+        return self.pool.submit(guarded)
+
+    def wait(self, futures: list) -> list:
+        """The results of ``futures``; the first failure among them is raised as soon as it happens."""
         for future in as_completed(futures):
             future.result()
-    except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown()
-    return [future.result() for future in futures]
+        return [future.result() for future in futures]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, trace):
+        if error is not None:
+            self.stopped.set()
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        else:
+            self.pool.shutdown()
+        return False
 
 
 # ------------------------------------------------------------------------------------------------ report

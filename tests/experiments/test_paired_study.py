@@ -238,9 +238,9 @@ def _fake_study(value, delay=0.02, fail=None):
 
 
 def test_run_keeps_every_core_busy_with_single_worker_sweeps_in_the_plans_order(tmp_path):
-    """``run`` drives each arm's sweeps with one worker and ``--workers`` of them at once (no core waits for an arm's
-    last run); stage 1 of the paired arms, then stage 2 (Gated DeltaNet and the Bayesian Layer first), then the
-    ranking-only arms."""
+    """``run`` drives each arm's sweeps with one worker and ``--workers`` of them at once; each paired arm goes from its
+    stage 1 to its stage 2 without waiting for the other arms (no core idles while one arm's grid ends), the arms
+    that decide the primary comparison (GDN, both Bayesian variants) first, the ranking-only arms after them."""
 
     def value(arm, label, lr, seed, split):  # the middle of every grid is best (no extension); Bayesian +0.1
         grid = sorted(ARMS[arm].grid)
@@ -252,17 +252,20 @@ def test_run_keeps_every_core_busy_with_single_worker_sweeps_in_the_plans_order(
 
     assert study["_peak"][1] == 2  # two sweeps at once
     assert all(call[4] == 1 for call in calls)  # one worker each
-    labels = [call[1] for call in calls]
+    order = [(call[0], call[1]) for call in calls]
     paired_arms = [name for name, arm in ARMS.items() if arm.paired]
     ranking_arms = [name for name, arm in ARMS.items() if not arm.paired]
-    first_grid = {name: labels.index("grid", [c[0] for c in calls].index(name)) for name in ARMS}
-    stage2 = [call[0] for call in calls if call[1] == "paired"]
+    decisive = ["gated_deltanet", "bayesian_learned", "bayesian_stationary"]
+    stage2 = [name for name, label in order if label == "paired"]
     assert sorted(stage2) == sorted(paired_arms)
-    assert set(stage2[:2]) == {"gated_deltanet", "bayesian_learned"}  # the primary comparison first
-    first_stage2, last_stage2 = labels.index("paired"), len(labels) - 1 - labels[::-1].index("paired")
-    assert max(first_grid[n] for n in paired_arms) < first_stage2
-    assert last_stage2 < min(first_grid[n] for n in ranking_arms)
-    assert "extended" not in labels and "same_lr" not in labels  # decided at 10 seeds; one common lr
+    for name in paired_arms:  # every arm's stage 2 right after its own grid, not after every arm's
+        assert order.index((name, "grid")) < order.index((name, "paired"))
+    first_other = min(order.index((name, "grid")) for name in paired_arms if name not in decisive)
+    assert max(order.index((name, "grid")) for name in decisive) < first_other  # the primary comparison first
+    assert order.index(("gated_deltanet", "paired")) < first_other  # GDN's stage 2 before the other arms begin
+    last_decisive = max(order.index((name, "paired")) for name in decisive)
+    assert last_decisive < min(order.index((name, "grid")) for name in ranking_arms)
+    assert not {"extended", "same_lr"} & {label for _, label in order}  # decided at 10 seeds; one common lr
     mamba = [call for call in calls if call[0] == "mamba2"]
     assert mamba[0][2] == (1e-3, 3e-3, 1e-2) and mamba[0][5] == ("init=zoology", "layout=mixers")
 
