@@ -12,30 +12,33 @@ one after another, each ``probseq pretrain --preset small --out ROOT/<pilot> --s
 ``curves.png``, ``curves/<pilot>.csv`` and the results table of ``README.md`` in ``--out``. Nothing here looks at
 RULER: pilots are compared on the retrieval probes (:mod:`probseq.ruler.probes`), a validation set of our own.
 
-The plan (fixed before the runs; ``results/ruler/teacher_pilots/README.md`` states it in words):
+The plan (fixed before the runs; ``results/ruler/teacher_pilots/README.md`` states it in words; amended before any
+pilot ran, after a review found retrieval documents cut across training blocks — see that README):
 
 1. **Budget.** Every pilot trains for at most ``--minutes`` (default 30) of wall-clock time on 2 threads: the
-   token budget (and so the cosine schedule) is its shape's measured tokens/s × ``minutes − 2`` × 0.85 (the rest:
-   periodic evaluations and warm-up), and ``max_minutes = minutes − 2`` ends it cleanly if the machine is slower;
-   preparing the data before and the final evaluation and export after take the remaining ≈ 2 minutes.
+   token budget (and so the cosine schedule) is its shape's measured tokens/s × ``minutes − 2`` × 0.92 (the rest:
+   six periodic evaluations and warm-up), and ``max_minutes = minutes − 2`` ends it cleanly if the machine is
+   slower (the report marks such a pilot "cut by time"); preparing the data before and the final evaluation and
+   export after take the remaining ≈ 2 minutes. Time it, and run it, on an otherwise idle machine.
 2. **Round 1 — retrieval share.** ``baseline`` (the ``small`` preset: the corpus as built, ≈ 18 % retrieval
-   tokens), ``share50`` and ``share80`` (``retrieval_share`` 0.5 and 0.8).
-3. **Round 2 — on the round-1 winner** (its share; at least 0.5 for the two haystack pilots, which shape generated
-   documents): ``vocab2k`` (``vocab_size`` 2048), ``narrow_deep`` (hidden 192, 6 layers, 2 heads × 96),
-   ``wide_shallow`` (hidden 384, 2 layers, 3 heads × 128), ``long_haystacks`` (``retrieval_scale`` 3, haystacks up
-   to ≈ 700 tokens, mixed over the run), ``curriculum`` (the same documents, short haystacks first:
-   ``retrieval_curriculum``, 4 stages).
+   tokens, documents running across blocks), ``share50`` and ``share80`` (``retrieval_share`` 0.5 and 0.8: every
+   retrieval document whole inside one 512-token block).
+3. **Round 2 — on the round-1 winner**, fixed once every round-1 pilot has finished (``ROOT/round1_winner.json``):
+   ``vocab2k`` (``vocab_size`` 2048), ``narrow_deep`` (hidden 192, 6 layers, 2 heads × 96), ``wide_shallow``
+   (hidden 384, 2 layers, 3 heads × 128), ``curriculum`` (short documents first: ``retrieval_curriculum``, 4 stages
+   of at most 128, 256, 384 and 512 tokens; at a share of at least 0.5).
 4. **Evaluation.** Every pilot evaluates its learning curve every ≈ 1/6 of its steps (32 samples per probe and
    length, lengths 256, 512, 1024) and once at the end with 100 samples: greedy exact match of the 7-digit value
    and its log-likelihood against a uniform guess (``gain``, nats), per probe (``single``, ``multikey``).
 5. **Selection rule.** A pilot's *score* is the mean over the two probes of its final exact match at 512 tokens
    (the training context); its *gain* the mean of their answer gains at 512. The best pilot has the highest
-   score; pilots within 0.05 of it are told apart by gain (then by the plan's order). A pilot that diverged or has
-   no final evaluation is out.
+   score; pilots within 0.05 of it are told apart by gain (then by the plan's order). A pilot that failed
+   (``ROOT/<pilot>.failed.json``; not retried unless ``--retry-failed``) or has no final evaluation is out.
 6. **The ≤ 6 h teacher.** The round-1 winner's share, plus every round-2 change whose pilot beats the round-1
-   winner by the same rule (of ``narrow_deep`` / ``wide_shallow`` and of ``long_haystacks`` / ``curriculum`` the
-   better one only), trained for ``0.9 × 6 h ×`` its measured tokens/s with ``max_minutes=360``; ``report`` prints
-   the command. The combination itself is not piloted: the teacher run's own curve and RULER are its test.
+   winner — ``curriculum``: ``share50`` if the winner's share is below 0.5 — by more than 0.05 exact match, or
+   within 0.05 by more than 0.5 nats of gain (of ``narrow_deep`` / ``wide_shallow`` the better one only), trained
+   for ``0.9 × 6 h ×`` its measured tokens/s with ``max_minutes=360``; ``report`` prints the command. The
+   combination itself is not piloted: the teacher run's own curve and RULER are its test.
 """
 
 from __future__ import annotations
@@ -50,9 +53,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from probseq.files import atomic_write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 THREADS = 2
-FILL = 0.85  # of the training minutes spent on optimizer steps (the rest: evaluations, first-step warm-up)
+FILL = 0.92  # of the training minutes spent on optimizer steps (the rest: six evaluations ≈ 1 min, first-step warm-up)
 CLOSE = 0.05  # exact-match scores closer than this are told apart by the answer gain
 TRAIN_LENGTH = 512
 TEACHER_HOURS = 6
@@ -90,16 +95,17 @@ PILOTS = (
         ("hidden_size=384", "num_hidden_layers=2", "num_heads=3", "head_dim=128"),
         "hidden 384, 2 layers, 3 heads × 128",
     ),
-    Pilot("long_haystacks", 2, ("retrieval_scale=3",), "haystacks up to ≈ 700 tokens, mixed over the run", True),
     Pilot(
         "curriculum",
         2,
-        ("retrieval_scale=3", "retrieval_curriculum=true", "retrieval_stages=4"),
-        "the same documents, short haystacks first (4 stages)",
+        ("retrieval_curriculum=true", "retrieval_stages=4"),
+        "short documents first: 4 stages of at most 128, 256, 384, 512 tokens",
         True,
     ),
 )
-EXCLUSIVE = (("narrow_deep", "wide_shallow"), ("long_haystacks", "curriculum"))
+EXCLUSIVE = (("narrow_deep", "wide_shallow"),)
+GAIN_MARGIN = 0.5  # nats: a round-2 change within CLOSE on exact match enters the teacher only this far ahead on gain
+HAYSTACK_REFERENCE = "share50"  # what a haystack pilot is compared with when the round-1 winner's share is below 0.5
 SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "num_heads", "head_dim", "vocab_size")
 
 
@@ -253,6 +259,13 @@ def read_log(root: Path, name: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def read_failure(root: Path, name: str) -> dict | None:
+    """The failure marker of a pilot whose run ended with an error (a divergence among them),
+    ``ROOT/<name>.failed.json``; ``run`` does not retry it unless asked (``--retry-failed``)."""
+    path = root / f"{name}.failed.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def score(log: dict | None) -> tuple[float, float] | None:
     """(mean exact match, mean answer gain) over the probes at the training length, from the final evaluation;
     ``None`` when there is none."""
@@ -264,10 +277,11 @@ def score(log: dict | None) -> tuple[float, float] | None:
 
 
 def beats(a: tuple[float, float], b: tuple[float, float]) -> bool:
-    """Plan item 5: ``a`` is better than ``b`` (exact match by more than CLOSE, or within CLOSE and a higher gain)."""
+    """Plan item 6: ``a`` is better than ``b`` (exact match by more than CLOSE, or within CLOSE and a gain more than
+    GAIN_MARGIN higher: a change enters the teacher only when its pilot is clearly ahead)."""
     if abs(a[0] - b[0]) > CLOSE:
         return a[0] > b[0]
-    return a[1] > b[1]
+    return a[1] > b[1] + GAIN_MARGIN
 
 
 def best(names: list[str], scores: dict[str, tuple[float, float] | None]) -> str | None:
@@ -281,8 +295,42 @@ def best(names: list[str], scores: dict[str, tuple[float, float] | None]) -> str
 
 
 def round1_winner(root: Path) -> str | None:
+    """The round-1 winner: read from ``ROOT/round1_winner.json`` once :func:`decide_round1` wrote it (round 2 was
+    built on it), else what the finished round-1 pilots give (provisional)."""
+    path = root / WINNER_FILE
+    if path.exists():
+        return json.loads(path.read_text())["winner"]
     names = [p.name for p in PILOTS if p.round == 1]
     return best(names, {n: score(read_log(root, n)) for n in names})
+
+
+WINNER_FILE = "round1_winner.json"
+
+
+def decide_round1(root: Path) -> str:
+    """Fix the round-1 winner before round 2 starts: every round-1 pilot finished (or failed), the winner saved."""
+    path = root / WINNER_FILE
+    if path.exists():
+        return json.loads(path.read_text())["winner"]
+    names = [p.name for p in PILOTS if p.round == 1]
+    missing = [n for n in names if read_log(root, n) is None and read_failure(root, n) is None]
+    if missing:
+        raise SystemExit(f"round 2 waits for every round-1 pilot; not finished: {', '.join(missing)}")
+    scores = {n: score(read_log(root, n)) for n in names}
+    winner = best(names, scores)
+    if winner is None:
+        raise SystemExit("no round-1 pilot has a final evaluation (all failed); round 2 has nothing to build on")
+    atomic_write_json(path, {"winner": winner, "scores": scores})
+    return winner
+
+
+def reference(pilot: Pilot, winner: str) -> str:
+    """What a round-2 pilot is compared with: the round-1 winner, or — for a haystack pilot, which runs at a share
+    of at least 0.5 — ``share50`` when the winner's share is lower (so the comparison changes one thing)."""
+    if not pilot.haystacks:
+        return winner
+    share = next((float(s.split("=")[1]) for s in base_sets(winner) if s.startswith("retrieval_share=")), 0.0)
+    return winner if share >= 0.5 else HAYSTACK_REFERENCE
 
 
 def command(root: Path, pilot: Pilot, sets: list[str]) -> list[str]:
@@ -316,12 +364,14 @@ def run(args: argparse.Namespace) -> None:
         if args.only and pilot.name not in args.only:
             continue
         if pilot.round == 2 and winner is None:
-            winner = round1_winner(root)
-            if winner is None:
-                raise SystemExit("round 2 needs a round-1 pilot with a final evaluation; run round 1 first")
+            winner = decide_round1(root)
             print(f"== round 1 winner: {winner}", flush=True)
         if read_log(root, pilot.name) is not None:
             print(f"== {pilot.name}: done", flush=True)
+            continue
+        failure = read_failure(root, pilot.name)
+        if failure is not None and not args.retry_failed:
+            print(f"== {pilot.name}: failed earlier (exit {failure['exit']}); --retry-failed runs it again", flush=True)
             continue
         sets, info = planned(rates, args.minutes, winner, pilot)
         print(
@@ -332,7 +382,10 @@ def run(args: argparse.Namespace) -> None:
         with open(root / f"{pilot.name}.log", "a") as log:
             code = subprocess.call(command(root, pilot, sets), stdout=log, stderr=subprocess.STDOUT)
         if code:
+            atomic_write_json(root / f"{pilot.name}.failed.json", {"exit": code, "at": time.strftime("%Y-%m-%d %H:%M")})
             print(f"   {pilot.name} failed (exit {code}); see {root / pilot.name}.log", flush=True)
+        else:
+            (root / f"{pilot.name}.failed.json").unlink(missing_ok=True)
     print(f"done; python scripts/teacher_pilots.py report --root {args.root} --out results/ruler/teacher_pilots")
 
 
@@ -404,7 +457,11 @@ def teacher_recipe(root: Path, logs: dict) -> tuple[list[str], list[str]] | None
     scores = {n: score(log) for n, log in logs.items()}
     sets, used = list(base_sets(winner)), [winner]
     round2 = [p for p in PILOTS if p.round == 2 and scores.get(p.name) is not None]
-    winners = [p for p in round2 if beats(scores[p.name], scores[winner])]
+    winners = [
+        p
+        for p in round2
+        if scores.get(reference(p, winner)) is not None and beats(scores[p.name], scores[reference(p, winner)])
+    ]
     for group in EXCLUSIVE:
         members = [p for p in winners if p.name in group]
         if len(members) > 1:
@@ -549,6 +606,7 @@ def main(argv: list[str] | None = None) -> None:
         sub.add_argument("--micro-batches", type=int, default=None, help=argparse.SUPPRESS)
     time_parser.add_argument("--again", action="store_true", help="measure even if timing.json exists")
     run_parser.add_argument("--only", nargs="+", default=None, choices=[p.name for p in PILOTS])
+    run_parser.add_argument("--retry-failed", action="store_true", help="run the pilots that failed earlier again")
     report_parser.add_argument("--root", required=True)
     report_parser.add_argument("--out", default=str(ROOT / "results/ruler/teacher_pilots"))
     args = parser.parse_args(argv)

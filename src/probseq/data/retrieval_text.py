@@ -11,7 +11,8 @@ recognition. They are *not* RULER samples:
   given) instead of RULER's fixed noise line;
 - the instructions and questions are paraphrases drawn per document from several templates; RULER's answer
   sentence is one of them, so the evaluation's answer prefix is a familiar continuation;
-- documents are short (about 80–700 tokens), so several fit one pretraining context.
+- documents are short (about 80–700 tokens); a mixed pretraining stream keeps each whole inside one training block
+  and drops those longer than a block (:func:`probseq.train.pretrain.mixed_token_array`).
 
 Kinds (one is drawn per document, :data:`KINDS`):
 

@@ -196,13 +196,16 @@ class PretrainConfig(LMRunConfig):
             stream is built for the run (:func:`mixed_token_array`): the corpus' book documents (KJV, Python docs;
             repeated in reshuffled epochs when the run needs more) and freshly generated retrieval documents
             (stream ``EXTRA_RETRIEVAL_SEED + seed``; the corpus' own retrieval documents are not used) in this
-            proportion, exactly the tokens of ``max_steps`` steps, read in order (no epoch repeats a block).
+            proportion, each document whole inside one block (longer ones are dropped), exactly the tokens of
+            ``max_steps`` steps, read in order (no epoch repeats a block).
         retrieval_scale: haystack size of the generated documents at the last stage (``scale`` of
-            :func:`~probseq.data.retrieval_text.retrieval_document`; 1: the corpus' sizes, 3: haystacks up to ≈ 700
-            tokens); stage ``k`` of ``retrieval_stages`` draws at ``1 + (retrieval_scale − 1) · k / (stages − 1)``.
-        retrieval_curriculum: the run is cut into ``retrieval_stages`` consecutive parts, part ``k`` holding stage
-            ``k``'s retrieval documents (short haystacks first, longer later) and its share of the book documents;
-            off: the same documents shuffled over the whole run.
+            :func:`~probseq.data.retrieval_text.retrieval_document`; 1: the corpus' sizes); stage ``k`` of
+            ``retrieval_stages`` draws at ``1 + (retrieval_scale − 1) · k / (stages − 1)``. Documents longer than
+            ``seq_len`` are dropped, so at ``seq_len`` 512 a larger scale mostly shifts the kept documents towards
+            the block's length (and the kinds towards the shorter ones): the summary of the mixed stream says how.
+        retrieval_curriculum: the run is cut into ``retrieval_stages`` consecutive parts, part ``k`` holding
+            retrieval documents of at most ``(k + 1)/stages · seq_len`` tokens (short haystacks first) and its share
+            of the book text; off: the stages' blocks shuffled over the whole run.
         retrieval_stages: stages of haystack sizes (and parts of the run, with the curriculum).
         max_minutes: a training-time budget (minutes, evaluations included, over resumes; 0: none): the run stops
             at the first step past it, checkpoints, evaluates and exports as a finished run would (``train_log.json``
@@ -386,7 +389,7 @@ def tokenize_documents(tokenizer, documents: list[str], seed: int) -> np.ndarray
 
 class PackedBlocks(torch.utils.data.Dataset):
     """Consecutive blocks of ``seq_len`` tokens of a token array: ``{"input_ids": [T], "labels": [T]}`` (equal;
-    the causal-LM loss shifts). Documents run across block boundaries (the recurrent state starts at zero in
+    the causal-LM loss shifts). Documents run across block boundaries here (the recurrent state starts at zero in
     every block)."""
 
     def __init__(self, tokens: np.ndarray, seq_len: int, limit: int | None = None):
@@ -433,7 +436,9 @@ def corpus_token_arrays(tokenizer, folder: Path, corpus_dir: str, seed: int) -> 
     return arrays
 
 
-MIX_VERSION = 1
+#: 2: every retrieval document whole inside one block, documents longer than ``seq_len`` dropped (1: one stream cut
+#: into blocks, so a third to two thirds of the answers were trained without their needle)
+MIX_VERSION = 2
 
 
 def stage_scales(config: PretrainConfig) -> list[float]:
@@ -464,17 +469,30 @@ def mixed_token_array(
     """The training stream of a run with ``retrieval_share > 0``: ``blocks`` blocks of ``seq_len`` tokens, in the
     order they are trained on (cached as ``folder/mix-<key>.npy`` with its ``.json`` summary).
 
-    The run's tokens are cut into ``retrieval_stages`` parts (one part without the curriculum). Part ``k`` holds
-    book documents (the corpus' KJV and Python-docs train documents, consecutive from epochs each shuffled with
-    the seed) for ``1 − retrieval_share`` of its tokens and retrieval documents of stage ``k`` (generated from the
-    stream ``EXTRA_RETRIEVAL_SEED + seed`` at :func:`stage_scales` ``[k]``, filler from the corpus' KJV sentences as
-    the corpus' own) for the rest; its documents are shuffled and concatenated, and its blocks shuffled among
-    themselves. Without the curriculum the same documents are shuffled over the whole run.
+    **Every retrieval document lies whole inside one block** (a block is one training sequence, and the recurrent
+    state starts at zero in each): a document cut by a block boundary would train the answer without its needle.
+    Generated documents longer than ``seq_len`` are dropped and the next ones drawn (their count per kind is in the
+    summary: at larger haystack scales the long kinds — coded words, word lists — are dropped more often, so the mix
+    of kinds shifts towards the short ones).
+
+    With the curriculum, stage ``k`` of ``retrieval_stages`` keeps only documents of at most ``(k + 1)/stages`` of
+    ``seq_len`` tokens (short haystacks first; the last stage, every document that fits a block).
+
+    The blocks are cut into ``retrieval_stages`` parts (one part without the curriculum). In part ``k`` retrieval
+    blocks are filled with whole retrieval documents of stage ``k`` (generated from the stream ``EXTRA_RETRIEVAL_SEED
+    + seed`` at :func:`stage_scales` ``[k]``, filler from the corpus' KJV sentences as the corpus' own), as many as
+    fit, and the rest of the block is book text (the corpus' KJV and Python-docs train documents, consecutive, from
+    epochs each shuffled with the seed) split at a random point before and after them; retrieval blocks are made
+    until the part's retrieval tokens reach ``retrieval_share`` of its tokens, and the other blocks are book text
+    alone. The blocks of a part are shuffled among themselves (with the curriculum, part after part; without it,
+    the parts' blocks are shuffled together).
 
     Returns:
         ``(tokens, summary)``: ``summary`` has ``book_tokens``, ``retrieval_tokens``, ``retrieval_documents``,
-        ``book_epochs`` (book documents used, in corpus epochs), ``scales``, ``retrieval_document_tokens`` (the
-        mean length of a generated document per stage), ``parts`` (block ranges of the curriculum's parts).
+        ``retrieval_blocks``, ``book_epochs`` (book documents used, in corpus epochs), ``scales``,
+        ``retrieval_document_tokens`` (the mean length of a kept document per stage), ``kinds`` (kept documents
+        per kind), ``dropped`` (documents longer than ``seq_len``, per kind), ``parts`` (block ranges of the
+        curriculum's parts).
     """
     from probseq.data import corpus
     from probseq.data.retrieval_text import retrieval_document
@@ -504,83 +522,96 @@ def mixed_token_array(
     if path.exists() and summary_path.exists():
         return load_token_array(path), json.loads(summary_path.read_text())
 
-    needed = blocks * config.seq_len
-    scales = settings["scales"]
-    parts = len(scales)
+    seq_len, scales = config.seq_len, settings["scales"]
     book_texts = list(corpus.iter_documents(paths, "train", ("kjv", "python_docs")))
     if not book_texts:
         raise ValueError("the corpus has no book documents (kjv, python_docs) in its train split")
-    book = _document_ids(tokenizer, book_texts)
+    book_docs = _document_ids(tokenizer, book_texts)
     sentences = [
         s
         for d in list(corpus.iter_documents(paths, "train", ("kjv",)))[::7]
         for s in re.split(r"(?<=[.;:])\s+", d)
         if 20 <= len(s) <= 160
     ]
-
-    def book_stream():
-        epoch = 0
-        while True:
-            order = list(range(len(book)))
-            random.Random(f"probseq-pretrain-books:{config.seed}:{epoch}").shuffle(order)
-            for i in order:
-                yield book[i]
-            epoch += 1
-
-    books, index = book_stream(), 0
+    book = _BookTokens(book_docs, config.seed)
     stream = EXTRA_RETRIEVAL_SEED + config.seed
-    part_docs: list[list[np.ndarray]] = []
-    book_tokens = retrieval_tokens = book_used = 0
+    index = 0  # the next generated document of the stream
+    kinds: dict[str, int] = {}
+    dropped: dict[str, int] = {}
+
+    def documents(scale: float, longest: int):
+        """``(kind, ids)`` of the generated documents that fit a block, in stream order (longer ones counted in
+        ``dropped``)."""
+        nonlocal index
+        misses = 0
+        while True:
+            drawn = [retrieval_document(stream, index + j, sentences, scale) for j in range(64)]
+            index += len(drawn)
+            for (kind, _), ids in zip(drawn, _document_ids(tokenizer, [text for _, text in drawn])):
+                if len(ids) > longest:
+                    dropped[kind] = dropped.get(kind, 0) + 1
+                    misses += 1
+                    if misses >= 4096:
+                        raise ValueError(
+                            f"4096 generated retrieval documents in a row are longer than {longest} tokens (seq_len="
+                            f"{seq_len}) at haystack scale {scale:g}: use a longer seq_len or a smaller retrieval_scale"
+                        )
+                    continue
+                misses = 0
+                yield kind, ids
+
+    part_blocks = [blocks // len(scales) + (k < blocks % len(scales)) for k in range(len(scales))]
+    parts: list[list[np.ndarray]] = []
+    retrieval_tokens = retrieval_documents = retrieval_blocks = 0
     mean_lengths = []
-    for k, scale in enumerate(scales):
-        docs: list[np.ndarray] = []
-        target = (1 - config.retrieval_share) * needed / parts
-        count = 0
-        while count < target:
-            ids = next(books)
-            docs.append(ids)
-            count += len(ids)
-            book_used += 1
-        book_tokens += count
-        target, count, first = config.retrieval_share * needed / parts, 0, index
-        while count < target:
-            texts = [retrieval_document(stream, index + j, sentences, scale)[1] for j in range(64)]
-            for ids in _document_ids(tokenizer, texts):
-                index += 1
-                docs.append(ids)
-                count += len(ids)
-                if count >= target:
+    for k, (scale, count) in enumerate(zip(scales, part_blocks)):
+        rng = random.Random(f"probseq-pretrain-mix:{MIX_VERSION}:{config.seed}:{k}")
+        target, made, kept, part = config.retrieval_share * count * seq_len, 0, 0, []
+        # the curriculum's stage k keeps documents of at most (k + 1)/stages of a block: short haystacks first
+        longest = seq_len * (k + 1) // len(scales) if config.retrieval_curriculum else seq_len
+        source, pending = documents(scale, longest), None
+        while made < target and len(part) < count:
+            contents, free = [], seq_len
+            while True:
+                pending = pending if pending is not None else next(source)
+                kind, ids = pending
+                if len(ids) > free:
                     break
-        retrieval_tokens += count
-        mean_lengths.append(count / max(1, index - first))
-        part_docs.append(docs)
-    if not config.retrieval_curriculum:
-        part_docs = [[d for docs in part_docs for d in docs]]
-    pieces, bounds, end = [], [], 0
-    for k, docs in enumerate(part_docs):
-        order = list(range(len(docs)))
-        random.Random(f"probseq-pretrain-mix:{config.seed}:{k}").shuffle(order)
-        pieces.extend(docs[i] for i in order)
-        start, end = end, end + sum(len(d) for d in docs)
-        bounds.append((start, end))
-    grid = np.concatenate(pieces)[:needed].reshape(blocks, config.seq_len)
-    order, ranges = [], []
-    for k, (start, end) in enumerate(bounds):
-        first, last = min(blocks, round(start / config.seq_len)), min(blocks, round(end / config.seq_len))
-        if k == len(bounds) - 1:
-            last = blocks
-        part = list(range(first, last))
-        random.Random(f"probseq-pretrain-blocks:{config.seed}:{k}").shuffle(part)
-        order.extend(part)
-        ranges.append([first, last])
+                contents.append(ids)
+                kinds[kind] = kinds.get(kind, 0) + 1
+                free -= len(ids)
+                pending = None
+            before = rng.randint(0, free)
+            part.append(np.concatenate([book.take(before), *contents, book.take(free - before)]))
+            made += seq_len - free
+            kept += len(contents)
+        retrieval_tokens += made
+        retrieval_documents += kept
+        retrieval_blocks += len(part)
+        mean_lengths.append(made / max(1, kept))
+        part.extend(book.take(seq_len) for _ in range(count - len(part)))
+        parts.append(part)
+    if len(scales) > 1 and not config.retrieval_curriculum:  # one part: the stages' blocks shuffled together
+        parts = [[b for part in parts for b in part]]
+    order, ranges, start = [], [], 0
+    for k, part in enumerate(parts):
+        shuffled = list(range(start, start + len(part)))
+        random.Random(f"probseq-pretrain-blocks:{config.seed}:{k}").shuffle(shuffled)
+        order.extend(shuffled)
+        ranges.append([start, start + len(part)])
+        start += len(part)
+    grid = np.stack([b for part in parts for b in part])
     tokens = grid[np.asarray(order, dtype=np.int64)].reshape(-1)
     summary = {
         **settings,
-        "book_tokens": int(book_tokens),
+        "book_tokens": int(blocks * seq_len - retrieval_tokens),
         "retrieval_tokens": int(retrieval_tokens),
-        "retrieval_documents": index,
-        "book_epochs": book_used / len(book),
+        "retrieval_documents": retrieval_documents,
+        "retrieval_blocks": retrieval_blocks,
+        "book_epochs": book.used / len(book_docs),
         "retrieval_document_tokens": mean_lengths,
+        "kinds": kinds,
+        "dropped": dropped,
         "parts": ranges,
     }
     folder.mkdir(parents=True, exist_ok=True)
@@ -589,6 +620,32 @@ def mixed_token_array(
     os.replace(tmp, path)
     atomic_write_json(summary_path, summary)
     return load_token_array(path), summary
+
+
+class _BookTokens:
+    """The book documents as one token stream (consecutive documents from epochs each shuffled with the seed);
+    :meth:`take` hands out the next ``n`` tokens."""
+
+    def __init__(self, documents: list[np.ndarray], seed: int):
+        self.documents, self.seed = documents, seed
+        self.epoch, self.order, self.position = -1, [], 0
+        self.buffer, self.used = documents[0][:0], 0
+
+    def _next_document(self) -> np.ndarray:
+        if self.position == len(self.order):
+            self.epoch += 1
+            self.order = list(range(len(self.documents)))
+            random.Random(f"probseq-pretrain-books:{self.seed}:{self.epoch}").shuffle(self.order)
+            self.position = 0
+        self.position += 1
+        self.used += 1
+        return self.documents[self.order[self.position - 1]]
+
+    def take(self, count: int) -> np.ndarray:
+        while len(self.buffer) < count:
+            self.buffer = np.concatenate([self.buffer, self._next_document()])
+        out, self.buffer = self.buffer[:count], self.buffer[count:]
+        return out
 
 
 def load_token_array(path: Path) -> np.ndarray:
@@ -739,7 +796,13 @@ def pretrain(config: PretrainConfig, out: str | os.PathLike) -> dict[str, Any]:
         )
         if run.diverged is not None:  # no model is exported; the checkpoints before the step stay
             raise TrainingDiverged(f"pretraining in {out}: {run.diverged['message']}")
-        valid_loss = trainer.evaluate(eval_dataset=valid_data)["eval_loss"] if len(valid_data) else None
+        valid_loss = trainer.evaluate(eval_dataset=valid_data).get("eval_loss") if len(valid_data) else None
+        if valid_loss is None and len(valid_data):  # fewer blocks than one evaluation batch (the Trainer drops it)
+            from probseq.train.probe_eval import valid_loss as blocks_loss
+
+            model = trainer.accelerator.unwrap_model(trainer.model).eval()
+            with torch.no_grad():
+                valid_loss = blocks_loss(model, valid_data, config.batch_size)
         if valid_loss is not None and not math.isfinite(valid_loss):  # the last updates made the outputs overflow
             raise TrainingDiverged(
                 f"pretraining in {out}: the validation loss is not finite ({valid_loss}) after "
