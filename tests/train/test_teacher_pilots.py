@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -240,6 +241,10 @@ def test_mixed_stream_keeps_every_retrieval_document_in_one_block(corpus, tokeni
     ]
     found, whole = (sum(c) for c in zip(*counts))
     assert found >= 0.3 * summary["retrieval_documents"] and whole == found  # every answer with its document
+    text = tokenizer.decode(np.asarray(tokens).tolist())
+    joined = len(re.findall(r"\? The special magic \w+ for \S+ mentioned in the provided text is", text))
+    apart = len(re.findall(r"\?\n(?:Answer: )?The special magic \w+ for \S+ mentioned in the provided text is", text))
+    assert joined > 0 and apart > 0  # RULER's one-line question and answer, and the corpus' two lines
 
     lengths = summary["retrieval_document_tokens"]
     assert lengths[0] < lengths[-1] <= 512  # longer haystacks at the last stage, never longer than a block

@@ -471,9 +471,10 @@ def mixed_token_array(
 
     **Every retrieval document lies whole inside one block** (a block is one training sequence, and the recurrent
     state starts at zero in each): a document cut by a block boundary would train the answer without its needle.
-    Generated documents longer than ``seq_len`` are dropped and the next ones drawn (their count per kind is in the
-    summary: at larger haystack scales the long kinds — coded words, word lists — are dropped more often, so the mix
-    of kinds shifts towards the short ones).
+    Half the needle documents put the question and the answer on one line, as RULER's prompts do (the rest on two,
+    as the corpus' own). Generated documents longer than ``seq_len`` are dropped and the next ones drawn (their
+    count per kind is in the summary: at larger haystack scales the long kinds — coded words, word lists — are
+    dropped more often, so the mix of kinds shifts towards the short ones).
 
     With the curriculum, stage ``k`` of ``retrieval_stages`` keeps only documents of at most ``(k + 1)/stages`` of
     ``seq_len`` tokens (short haystacks first; the last stage, every document that fits a block).
@@ -545,7 +546,7 @@ def mixed_token_array(
         nonlocal index
         misses = 0
         while True:
-            drawn = [retrieval_document(stream, index + j, sentences, scale) for j in range(64)]
+            drawn = [_joined(*retrieval_document(stream, index + j, sentences, scale), index + j) for j in range(64)]
             index += len(drawn)
             for (kind, _), ids in zip(drawn, _document_ids(tokenizer, [text for _, text in drawn])):
                 if len(ids) > longest:
@@ -559,6 +560,15 @@ def mixed_token_array(
                     continue
                 misses = 0
                 yield kind, ids
+
+    def _joined(kind: str, text: str, number: int) -> tuple[str, str]:
+        """Half the needle documents (a stream of their own) with the question and the answer on one line, as
+        RULER's prompts join them ("…in the provided text? The special magic number for K … is V")."""
+        if kind == "needle" and random.Random(f"probseq-pretrain-join:{config.seed}:{number}").random() < 0.5:
+            head, question, answer = text.rsplit("\n", 2)
+            if question.endswith("?"):
+                text = f"{head}\n{question} {answer}"
+        return kind, text
 
     part_blocks = [blocks // len(scales) + (k < blocks % len(scales)) for k in range(len(scales))]
     parts: list[list[np.ndarray]] = []
