@@ -19,7 +19,8 @@ pilot ran, after a review found retrieval documents cut across training blocks �
    token budget (and so the cosine schedule) is its shape's measured tokens/s × ``minutes − 2`` × 0.92 (the rest:
    six periodic evaluations and warm-up), and ``max_minutes = minutes − 2`` ends it cleanly if the machine is
    slower (the report marks such a pilot "cut by time"); preparing the data before and the final evaluation and
-   export after take the remaining ≈ 2 minutes. Time it, and run it, on an otherwise idle machine.
+   export after take the remaining ≈ 2 minutes. Time it, and run it, on an otherwise idle machine: timing refuses
+   (and each pilot warns) when the 1-minute load average is above 1, unless ``--ignore-load``.
 2. **Round 1 — retrieval share.** ``baseline`` (the ``small`` preset: the corpus as built, ≈ 18 % retrieval
    tokens, documents running across blocks), ``share50`` and ``share80`` (``retrieval_share`` 0.5 and 0.8: every
    retrieval document whole inside one 512-token block).
@@ -45,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -229,6 +231,24 @@ def all_shapes() -> dict[str, list[str]]:
     return shapes
 
 
+BUSY_LOAD = 1.0  # a 1-minute load average above this: another job shares the cores
+
+
+def check_idle(args: argparse.Namespace, what: str) -> None:
+    """The budgets come from a timing on an idle machine and assume one: refuse to time (warn before a pilot) when
+    the load average says another job is running, unless ``--ignore-load``."""
+    load = os.getloadavg()[0]
+    if load <= BUSY_LOAD or getattr(args, "ignore_load", False):
+        return
+    message = (
+        f"the machine is busy (1-minute load average {load:.1f} > {BUSY_LOAD}): {what} assumes an idle machine; "
+        "stop the other job first, or pass --ignore-load"
+    )
+    if what == "timing":
+        raise SystemExit(message)
+    print(f"   warning: {message}", flush=True)
+
+
 def timing(args: argparse.Namespace) -> dict:
     """Measure (or read ``ROOT/timing.json``) tokens/s of every shape; returns ``{shape key: tokens/s}``."""
     root = Path(args.root).expanduser()
@@ -236,6 +256,7 @@ def timing(args: argparse.Namespace) -> dict:
     if path.exists() and not getattr(args, "again", False):
         rows = json.loads(path.read_text())
     else:
+        check_idle(args, "timing")
         rows = []
         for sets in all_shapes().values():
             row = measure(sets, args.threads, args.steps, args.micro_batches)
@@ -373,6 +394,7 @@ def run(args: argparse.Namespace) -> None:
         if failure is not None and not args.retry_failed:
             print(f"== {pilot.name}: failed earlier (exit {failure['exit']}); --retry-failed runs it again", flush=True)
             continue
+        check_idle(args, f"the pilot {pilot.name} (its budget)")
         sets, info = planned(rates, args.minutes, winner, pilot)
         print(
             f"== {pilot.name}: {info['steps']} steps, {info['tokens']:,} tokens "
@@ -605,6 +627,8 @@ def main(argv: list[str] | None = None) -> None:
         sub.add_argument("--steps", type=int, default=3, help="timed optimizer steps per shape (after a warm-up)")
         sub.add_argument("--micro-batches", type=int, default=None, help=argparse.SUPPRESS)
     time_parser.add_argument("--again", action="store_true", help="measure even if timing.json exists")
+    for sub in (time_parser, run_parser):
+        sub.add_argument("--ignore-load", action="store_true", help="time and run on a busy machine anyway")
     run_parser.add_argument("--only", nargs="+", default=None, choices=[p.name for p in PILOTS])
     run_parser.add_argument("--retry-failed", action="store_true", help="run the pilots that failed earlier again")
     report_parser.add_argument("--root", required=True)

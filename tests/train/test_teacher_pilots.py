@@ -426,6 +426,11 @@ def test_round_two_waits_for_round_one_and_failed_pilots_are_not_retried(tmp_pat
         return 3
 
     run_globals = script["run"].__globals__
+    monkeypatch.setattr(run_globals["os"], "getloadavg", lambda: (3.0, 3.0, 3.0))  # a busy machine
+    with pytest.raises(SystemExit, match="machine is busy"):
+        script["main"](["time", "--root", str(tmp_path / "timing")])
+    assert not (tmp_path / "timing" / "timing.json").exists()
+    monkeypatch.setattr(run_globals["os"], "getloadavg", lambda: (0.2, 0.2, 0.2))
     monkeypatch.setitem(run_globals, "timing", lambda args: {k: 2000.0 for k in script["all_shapes"]()})
     monkeypatch.setattr(run_globals["subprocess"], "call", fake_call)
     args = ["run", "--root", str(tmp_path), "--only", "share80"]
