@@ -231,8 +231,11 @@ def choose_steps(task: Task, root: Path, workers: int) -> tuple[str, ...]:
     return (f"max_steps={steps}",)
 
 
-def stage1(task: Task, root: Path, arm: Arm, workers: int, extra: tuple[str, ...] = ()) -> tuple[float, dict]:
-    """Stage 1 of one arm: the grid, extended while the optimum sits on an edge; the chosen lr and the records."""
+def stage1(
+    task: Task, root: Path, arm: Arm, workers: int, extra: tuple[str, ...] = (), stop: threading.Event | None = None
+) -> tuple[float, dict]:
+    """Stage 1 of one arm: the grid, extended while the optimum sits on an edge; the chosen lr and the records.
+    ``stop`` (set by a failure elsewhere): no further extension starts."""
     records = dict(run_sweep(task, root, arm, "grid", list(arm.grid), list(STAGE1_SEEDS), workers, extra))
     for _ in range(MAX_EXTENSIONS + 1):
         best, scores = choose_lr(records, STAGE1_SEEDS)
@@ -243,6 +246,8 @@ def stage1(task: Task, root: Path, arm: Arm, workers: int, extra: tuple[str, ...
         new = float(f"{best * step:.3g}")
         if len([lr for lr in lrs if lr not in arm.grid]) >= MAX_EXTENSIONS:
             break
+        if stop is not None and stop.is_set():
+            raise SystemExit(f"{arm.name}: stage 1 stopped (another sweep failed)")
         records |= run_sweep(task, root, arm, f"lr{new:g}", [new], list(STAGE1_SEEDS), workers, extra)
     best, _ = choose_lr(records, STAGE1_SEEDS)
     return best, records
@@ -275,14 +280,14 @@ def run(args: argparse.Namespace) -> None:
     stop = threading.Event()  # set by the first failure: no further sweep starts
 
     def paired_chain(arm: Arm) -> None:
-        chosen[arm.name], records[arm.name] = stage1(task, root, arm, 1, extra)
+        chosen[arm.name], records[arm.name] = stage1(task, root, arm, 1, extra, stop)
         print(f"   {arm.name}: chosen lr {chosen[arm.name]:g}", flush=True)
         if stop.is_set():
             return
         run_sweep(task, root, arm, "paired", [chosen[arm.name]], seeds, 1, extra)
 
     def ranking_chain(arm: Arm) -> None:
-        chosen[arm.name], _ = stage1(task, root, arm, 1, extra)
+        chosen[arm.name], _ = stage1(task, root, arm, 1, extra, stop)
         print(f"   {arm.name}: chosen lr {chosen[arm.name]:g}", flush=True)
 
     decisive = ("gated_deltanet", *BAYESIAN)
@@ -290,6 +295,9 @@ def run(args: argparse.Namespace) -> None:
     with Sweeps(args.workers, stop) as sweeps:  # one worker per sweep, this many sweeps at once
         chains = {arm.name: sweeps.submit(paired_chain, arm) for arm in paired}
         sweeps.wait([chains[name] for name in decisive])
+        if stop.is_set():  # another chain failed: raise its error (nothing is chosen on unfinished stages)
+            sweeps.wait(list(chains.values()))
+            raise SystemExit("stopped")
         variant = bayesian_layer(task, records, chosen)
         print(f"   the Bayesian Layer: {variant}", flush=True)
         first_look = {name: all_records(root, by_name[name]) for name in ("gated_deltanet", variant)}
@@ -569,6 +577,115 @@ def plot(paired: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+# ------------------------------------------------------------------------------------------- confirmation
+
+
+CONFIRM_SEEDS = tuple(range(20, 40))  # fresh seeds: the first study's 0–19 suggested the hypothesis
+CONFIRM_LABEL = "confirm"
+
+
+def common_lr(
+    task: Task, root: Path, arms: tuple[str, str], workers: int = 1, extra: tuple[str, ...] = (), train: bool = True
+) -> tuple[float, dict[float, float]]:
+    """The confirmation's common learning rate, on stage-1 validation data only: among the lrs both ``arms`` have
+    (seeds 0–2 of their stage-1 sweeps), the one with the highest mean over the two arms of their stage-1 scores
+    (ties: the smaller lr). On an edge of that common grid, the nearest lr beyond it that one arm has is added —
+    the other arm trains it (seeds 0–2, a stage-1 sweep ``lr<value>``), at most twice — unless it cannot win: its
+    joint score is at most (the score the arm has + 1) / 2. ``train=False``: never train (a missing run is an error).
+
+    Returns:
+        ``(lr, {lr: joint score})``.
+    """
+    for _ in range(3):
+        scores = [choose_lr(all_records(root, ARM_BY_NAME[a], stage1_only=True), STAGE1_SEEDS)[1] for a in arms]
+        joint = {lr: (scores[0][lr] + scores[1][lr]) / 2 for lr in sorted(set(scores[0]) & set(scores[1]))}
+        best = max(joint, key=lambda lr: (joint[lr], -lr))
+        common = sorted(joint)
+        beyond = []
+        if best in (common[0], common[-1]):
+            side = [lr for arm_scores in scores for lr in arm_scores if (lr < best if best == common[0] else lr > best)]
+            if side:
+                nearest = max(side) if best == common[0] else min(side)
+                has = [i for i, arm_scores in enumerate(scores) if nearest in arm_scores]
+                if len(has) == 1 and (scores[has[0]][nearest] + 1) / 2 > joint[best]:
+                    beyond = [(arms[1 - has[0]], nearest)]
+        if not beyond:
+            return best, joint
+        name, lr = beyond[0]
+        if not train:
+            raise SystemExit(f"the common lr needs {name} at lr {lr:g} (seeds 0-2) first: run `confirm`")
+        run_sweep(task, root, ARM_BY_NAME[name], f"lr{lr:g}", [lr], list(STAGE1_SEEDS), workers, extra)
+    raise SystemExit("the common lr is still on the grid's edge after two extensions")
+
+
+def confirm_arms(task: Task, root: Path) -> tuple[str, str]:
+    """Gated DeltaNet and the Bayesian Layer the first study chose (plan item 3, stage 1 only)."""
+    records, chosen = {}, {}
+    for name in ("gated_deltanet", *BAYESIAN):
+        records[name] = all_records(root, ARM_BY_NAME[name], stage1_only=True)
+        chosen[name] = choose_lr(records[name], STAGE1_SEEDS)[0]
+    variant = bayesian_layer(task, records, chosen)
+    if variant is None:
+        raise SystemExit("the first study has not chosen its Bayesian Layer yet (stage 1 unfinished)")
+    return "gated_deltanet", variant
+
+
+def confirm(args: argparse.Namespace) -> None:
+    """The confirmation study (results/recall_confirm/README.md): both arms at the common lr, seeds 20–39."""
+    task, root = TASKS[args.task], Path(args.root).expanduser()
+    extra = choose_steps(task, root, args.workers)
+    arms = confirm_arms(task, root)
+    lr, joint = common_lr(task, root, arms, args.workers, extra)
+    print(f"   common lr {lr:g} (joint stage-1 scores {json.dumps({f'{k:g}': round(v, 4) for k, v in joint.items()})})")
+    with Sweeps(args.workers) as sweeps:
+        sweeps.wait(
+            [
+                sweeps.submit(
+                    run_sweep, task, root, ARM_BY_NAME[name], CONFIRM_LABEL, [lr], list(CONFIRM_SEEDS), 1, extra
+                )
+                for name in arms
+            ]
+        )
+    print("done; python scripts/paired_study.py confirm-report ... --out ...", flush=True)
+
+
+def confirm_report(args: argparse.Namespace) -> None:
+    """``runs.csv``, ``paired.csv`` (the confirmation's paired differences: all seeds, both learned; partial until
+    all 20 are in), ``summary.json`` and the plot, in ``--out``."""
+    task, root, out = TASKS[args.task], Path(args.root).expanduser(), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    gdn, variant = confirm_arms(task, root)
+    lr, joint = common_lr(task, root, (gdn, variant), train=False)
+    rows = {
+        name: {
+            s: run_row(task, name, rate, s, m)
+            for (rate, s), m in read_sweep(sweep_dir(root, ARM_BY_NAME[name], CONFIRM_LABEL)).items()
+            if rate == lr and s in CONFIRM_SEEDS
+        }
+        for name in (gdn, variant)
+    }
+    write_csv(out / "runs.csv", [r for name in (gdn, variant) for _, r in sorted(rows[name].items())])
+    seeds = sorted(set(rows[gdn]) & set(rows[variant]))
+    final = len(seeds) == len(CONFIRM_SEEDS)
+    both = [s for s in seeds if rows[gdn][s]["learned"] and rows[variant][s]["learned"]]
+    label = f"confirmation, common lr {lr:g}"
+    paired = difference_rows(task, variant, rows[variant], rows[gdn], label, seeds, final)
+    paired += difference_rows(task, variant, rows[variant], rows[gdn], f"{label}, both learned", both, final)
+    write_csv(out / "paired.csv", paired)
+    learned = {name: sum(r["learned"] for r in rows[name].values()) for name in (gdn, variant)}
+    summary = {
+        "common_lr": lr,
+        "joint_stage1_scores": {f"{k:g}": round(v, 4) for k, v in joint.items()},
+        "bayesian_layer": variant,
+        "seeds": seeds,
+        "learned": learned,
+        "paired": paired,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    plot(paired, out / "paired_differences.png")
+    print(json.dumps(summary, indent=1))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -580,8 +697,16 @@ def main(argv: list[str] | None = None) -> None:
     report_parser.add_argument("task", choices=sorted(TASKS))
     report_parser.add_argument("--root", required=True)
     report_parser.add_argument("--out", required=True)
+    confirm_parser = commands.add_parser("confirm", help="the confirmation study at a common lr (resumable)")
+    confirm_parser.add_argument("task", choices=sorted(TASKS))
+    confirm_parser.add_argument("--root", required=True, help="the first study's root (the runs go beside them)")
+    confirm_parser.add_argument("--workers", type=int, default=2)
+    confirm_report_parser = commands.add_parser("confirm-report", help="the confirmation's tables and plot")
+    confirm_report_parser.add_argument("task", choices=sorted(TASKS))
+    confirm_report_parser.add_argument("--root", required=True)
+    confirm_report_parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    run(args) if args.command == "run" else report(args)
+    {"run": run, "report": report, "confirm": confirm, "confirm-report": confirm_report}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -34,9 +34,10 @@ pilot ran, after a review found retrieval documents cut across training blocks �
 5. **Selection rule.** A pilot's *score* is the mean over the two probes of its final exact match at 512 tokens
    (the training context); its *gain* the mean of their answer gains at 512. The best pilot has the highest
    score; pilots within 0.05 of it are told apart by gain (then by the plan's order). A pilot that failed
-   (``ROOT/<pilot>.failed.json``; not retried unless ``--retry-failed``) or has no final evaluation is out.
+   (``ROOT/<pilot>.failed.json``; not retried unless ``--retry-failed``) or has no final evaluation is out; round 2
+   does not start while a round-1 pilot has failed, unless ``--accept-failed``.
 6. **The ≤ 6 h teacher.** The round-1 winner's share, plus every round-2 change whose pilot beats the round-1
-   winner — ``curriculum``: ``share50`` if the winner's share is below 0.5 — by more than 0.05 exact match, or
+   winner — ``curriculum``: and ``share50`` if the winner's share is below 0.5 — by more than 0.05 exact match, or
    within 0.05 by more than 0.5 nats of gain (of ``narrow_deep`` / ``wide_shallow`` the better one only), trained
    for ``0.9 × 6 h ×`` its measured tokens/s with ``max_minutes=360``; ``report`` prints the command. The
    combination itself is not piloted: the teacher run's own curve and RULER are its test.
@@ -237,8 +238,15 @@ BUSY_LOAD = 1.0  # a 1-minute load average above this: another job shares the co
 def check_idle(args: argparse.Namespace, what: str) -> None:
     """The budgets come from a timing on an idle machine and assume one: refuse to time (warn before a pilot) when
     the load average says another job is running, unless ``--ignore-load``."""
+    if getattr(args, "ignore_load", False):
+        return
     load = os.getloadavg()[0]
-    if load <= BUSY_LOAD or getattr(args, "ignore_load", False):
+    for _ in range(0 if what == "timing" else 12):  # after a pilot the 1-minute average needs a minute to fall
+        if load <= BUSY_LOAD:
+            return
+        time.sleep(10)
+        load = os.getloadavg()[0]
+    if load <= BUSY_LOAD:
         return
     message = (
         f"the machine is busy (1-minute load average {load:.1f} > {BUSY_LOAD}): {what} assumes an idle machine; "
@@ -328,8 +336,10 @@ def round1_winner(root: Path) -> str | None:
 WINNER_FILE = "round1_winner.json"
 
 
-def decide_round1(root: Path) -> str:
-    """Fix the round-1 winner before round 2 starts: every round-1 pilot finished (or failed), the winner saved."""
+def decide_round1(root: Path, accept_failed: bool = False) -> str:
+    """Fix the round-1 winner before round 2 starts: every round-1 pilot finished (a failed one only with
+    ``accept_failed``: a failure may be the machine's, not the recipe's — rerun it with ``--retry-failed`` first),
+    the winner saved."""
     path = root / WINNER_FILE
     if path.exists():
         return json.loads(path.read_text())["winner"]
@@ -337,6 +347,12 @@ def decide_round1(root: Path) -> str:
     missing = [n for n in names if read_log(root, n) is None and read_failure(root, n) is None]
     if missing:
         raise SystemExit(f"round 2 waits for every round-1 pilot; not finished: {', '.join(missing)}")
+    failed = [n for n in names if read_log(root, n) is None]
+    if failed and not accept_failed:
+        raise SystemExit(
+            f"round-1 pilots failed: {', '.join(failed)} (see ROOT/<pilot>.log); rerun them with --retry-failed, or "
+            "pass --accept-failed to choose the winner without them"
+        )
     scores = {n: score(read_log(root, n)) for n in names}
     winner = best(names, scores)
     if winner is None:
@@ -385,7 +401,7 @@ def run(args: argparse.Namespace) -> None:
         if args.only and pilot.name not in args.only:
             continue
         if pilot.round == 2 and winner is None:
-            winner = decide_round1(root)
+            winner = decide_round1(root, args.accept_failed)
             print(f"== round 1 winner: {winner}", flush=True)
         if read_log(root, pilot.name) is not None:
             print(f"== {pilot.name}: done", flush=True)
@@ -479,10 +495,10 @@ def teacher_recipe(root: Path, logs: dict) -> tuple[list[str], list[str]] | None
     scores = {n: score(log) for n, log in logs.items()}
     sets, used = list(base_sets(winner)), [winner]
     round2 = [p for p in PILOTS if p.round == 2 and scores.get(p.name) is not None]
-    winners = [
+    winners = [  # better than its one-change reference and than the winner (a share that lost must not come back)
         p
         for p in round2
-        if scores.get(reference(p, winner)) is not None and beats(scores[p.name], scores[reference(p, winner)])
+        if all(scores.get(r) is not None and beats(scores[p.name], scores[r]) for r in {reference(p, winner), winner})
     ]
     for group in EXCLUSIVE:
         members = [p for p in winners if p.name in group]
@@ -631,6 +647,9 @@ def main(argv: list[str] | None = None) -> None:
         sub.add_argument("--ignore-load", action="store_true", help="time and run on a busy machine anyway")
     run_parser.add_argument("--only", nargs="+", default=None, choices=[p.name for p in PILOTS])
     run_parser.add_argument("--retry-failed", action="store_true", help="run the pilots that failed earlier again")
+    run_parser.add_argument(
+        "--accept-failed", action="store_true", help="choose the round-1 winner even if a round-1 pilot failed"
+    )
     report_parser.add_argument("--root", required=True)
     report_parser.add_argument("--out", default=str(ROOT / "results/ruler/teacher_pilots"))
     args = parser.parse_args(argv)

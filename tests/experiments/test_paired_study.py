@@ -312,3 +312,51 @@ def test_a_failing_arm_stops_the_arms_not_yet_started(tmp_path):
     started = {call[0] for call in calls}
     assert {"gated_deltanet", "bayesian_learned"} <= started
     assert "bayesian_stationary" not in started and "paired" not in {call[1] for call in calls}
+
+
+@pytest.mark.parametrize("strong_extension", [False, True])
+def test_confirmation_takes_a_common_lr_on_stage_1_validation_and_pairs_fresh_seeds(tmp_path, strong_extension):
+    """The confirmation (results/recall_confirm/README.md): the common lr maximises the two arms' mean stage-1 score
+    over the lrs both have; an edge optimum is checked against the nearest lr beyond it that one arm has — the other
+    arm trains it only if it could still win — and both arms then run seeds 20–39 there, paired in the report."""
+
+    def value(arm, label, lr, seed, split):
+        if split == "test":  # Bayesian +0.02 at every seed: a tight positive difference
+            return 0.5 + 0.01 * (seed % 3) + (0.02 if arm == "bayesian_learned" else 0.0)
+        if arm == "bayesian_learned":
+            if abs(lr - 9.49e-5) < 1e-12:
+                return 0.99 if strong_extension else 0.6
+            return {3e-4: 0.9, 1e-3: 0.8, 3e-3: 0.7}[lr]
+        if arm == "gated_deltanet":
+            return {9.49e-5: 0.95, 3e-4: 0.85, 1e-3: 0.86, 3e-3: 0.8}.get(round(lr, 7), 0.8)
+        return 0.5  # the stationary retention: not the Bayesian Layer
+
+    study, calls = _fake_study(value, delay=0.0)
+    fake_sweep = study["run"].__globals__["run_sweep"]  # the fake (runpy's returned dict holds the real one)
+    assert fake_sweep is not study["run_sweep"]
+    task, root, arms = study["TASKS"]["mqar"], tmp_path, study["ARM_BY_NAME"]
+    for name in ("gated_deltanet", "bayesian_learned", "bayesian_stationary"):
+        fake_sweep(task, root, arms[name], "grid", list(arms[name].grid), [0, 1, 2], 1)
+    if strong_extension:  # the learned arm's grid reached 9.49e-5 (an edge extension of its own stage 1)
+        fake_sweep(task, root, arms["bayesian_learned"], "lr9.49e-05", [9.49e-5], [0, 1, 2], 1)
+    calls.clear()
+    study["confirm"](argparse.Namespace(task="mqar", root=str(root), workers=2))
+    labels = [(c[0], c[1]) for c in calls]
+    # joint scores: 3e-4 0.875, 1e-3 0.83, 3e-3 0.75 → 3e-4, the common grid's lower edge; with the learned arm's
+    # 9.49e-5 at 0.99 the bound (0.99 + 1)/2 beats 0.875: GDN trains it (0.95 → joint 0.97, the new optimum)
+    expected_lr = 9.49e-5 if strong_extension else 3e-4
+    assert (("gated_deltanet", "lr9.49e-05") in labels) == strong_extension
+    confirm = [c for c in calls if c[1] == "confirm"]
+    assert sorted(c[0] for c in confirm) == ["bayesian_learned", "gated_deltanet"]
+    assert all(c[2] == (expected_lr,) and c[3] == tuple(range(20, 40)) and c[4] == 1 for c in confirm)
+
+    out = tmp_path / "report"
+    study["confirm_report"](argparse.Namespace(task="mqar", root=str(root), out=str(out)))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["common_lr"] == expected_lr and summary["bayesian_layer"] == "bayesian_learned"
+    rows = [r for r in summary["paired"] if r["analysis"] == f"confirmation, common lr {expected_lr:g}"]
+    assert {r["endpoint"] for r in rows} == set(task.primary)
+    assert all(
+        r["seeds"] == 20 and r["mean_difference"] == pytest.approx(0.02) and r["verdict"] == "better" for r in rows
+    )
+    assert (out / "paired_differences.png").is_file()

@@ -217,6 +217,10 @@ def test_skip_logits_gives_the_same_loss_and_gradients(num_items):
         assert_close(skipped_grads[name], grad, 1e-5, name)
     with pytest.raises(ValueError, match="pass labels"):
         model(ids, skip_logits=True)
+    model.zero_grad()  # nothing supervised: a NaN loss (as transformers') and zero gradients, not NaN ones
+    out = model(ids, labels=torch.full_like(ids, -100), skip_logits=True)
+    out.loss.backward()
+    assert out.loss.isnan() and all(p.grad is None or not p.grad.isnan().any() for p in model.parameters())
 
 
 def test_variance_side_channel():

@@ -65,8 +65,20 @@ def test_only_the_inputs_that_need_a_gradient_get_one():
     hidden.requires_grad_(False)
     linear_cross_entropy(hidden, weight, targets).backward()
     assert weight.grad is not None and hidden.grad is None
-    with torch.no_grad():
+    with torch.no_grad():  # no gradient is computed (needs_input_grad alone would still say so)
         assert linear_cross_entropy(*_case()).requires_grad is False
+    from probseq.ops import cross_entropy
+
+    seen = []
+    real = cross_entropy._LinearCrossEntropy.apply
+    cross_entropy._LinearCrossEntropy.apply = lambda *args: seen.append(args[-1]) or real(*args)
+    try:
+        with torch.no_grad():
+            linear_cross_entropy(*_case())
+        linear_cross_entropy(*_case())
+    finally:
+        cross_entropy._LinearCrossEntropy.apply = real
+    assert seen == [False, True]
 
 
 def test_nothing_supervised_gives_zero_loss_and_zero_gradients():

@@ -89,8 +89,8 @@ def test_pretrain_exports_an_fla_checkpoint_with_tokenizer_and_resumes(teacher, 
 
 @pytest.mark.integration
 def test_pretraining_without_logits_trains_the_same_model(teacher, corpus, tmp_path):
-    """skip_logits=true (the loss without the [B, T, V] logits) is a run setting: the same steps give the same losses
-    to float rounding and it resumes the same run folder."""
+    """skip_logits=true (the loss without the [B, T, V] logits) gives the same losses, step by step, and the same
+    validation loss to float rounding."""
     sets = ["vocab_size=384", "tokens=6144", "batch_size=4", "seq_len=128", "save_steps=6", *TINY]
     log = pretrain(pretrain_config("tiny", [*sets, "skip_logits=true"]), tmp_path)
     reference = json.loads((teacher / "train_log.json").read_text())

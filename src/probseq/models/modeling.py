@@ -437,7 +437,9 @@ class ProbSeqForCausalLM(ProbSeqPreTrainedModel, GenerationMixin):
             # or a sum over num_items_in_batch), without the [B, T, V] logits
             total = linear_cross_entropy(hidden_states[:, :-1], self.lm_head.weight, labels[:, 1:], validate=False)
             count = (labels[:, 1:] != IGNORE_INDEX).sum() if num_items_in_batch is None else num_items_in_batch
-            loss = total / (count.to(total.device) if isinstance(count, Tensor) else count)
+            count = torch.as_tensor(count, device=total.device)
+            # nothing supervised: a NaN loss, as transformers' mean over no token, but zero gradients (not 0 · ∞)
+            loss = torch.where(count > 0, total / count.clamp_min(1), torch.nan)
         else:
             logits = self.lm_head(hidden_states)
         if labels is not None and not skip_logits:

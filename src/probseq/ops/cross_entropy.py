@@ -76,17 +76,19 @@ def linear_cross_entropy(
             bad = targets[outside][0].item()
             raise ValueError(f"targets must be in [0, {vocab}) or {ignore_index} (ignored), got {bad}")
     rows = rows or max(16, CHUNK_NUMBERS // vocab)
-    return _LinearCrossEntropy.apply(hidden, weight, targets, supervised, rows)
+    # gradients only where autograd will ask for them (ctx.needs_input_grad ignores torch.no_grad)
+    grad = torch.is_grad_enabled()
+    return _LinearCrossEntropy.apply(hidden, weight, targets, supervised, rows, grad)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, supervised, rows):
+    def forward(ctx, hidden, weight, targets, supervised, rows, grad_enabled):
         shape = hidden.shape
         flat = hidden.reshape(-1, shape[-1])
         index = supervised.nonzero().squeeze(-1)
         h_all, y_all = flat.index_select(0, index), targets.index_select(0, index)
-        want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        want_hidden, want_weight = grad_enabled and ctx.needs_input_grad[0], grad_enabled and ctx.needs_input_grad[1]
         wide = torch.promote_types(torch.promote_types(hidden.dtype, weight.dtype), torch.float32)
         grad_h = torch.empty(h_all.shape, dtype=wide, device=hidden.device) if want_hidden else None
         grad_w = torch.zeros(weight.shape, dtype=wide, device=weight.device) if want_weight else None
@@ -121,6 +123,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return (
             None if grad_h is None else grad_h * grad_total.to(grad_h.dtype),
             None if grad_w is None else grad_w * grad_total.to(grad_w.dtype),
+            None,
             None,
             None,
             None,

@@ -438,7 +438,10 @@ def corpus_token_arrays(tokenizer, folder: Path, corpus_dir: str, seed: int) -> 
 
 #: 2: every retrieval document whole inside one block, documents longer than ``seq_len`` dropped (1: one stream cut
 #: into blocks, so a third to two thirds of the answers were trained without their needle)
-MIX_VERSION = 2
+#: 3: half the needle documents with question and answer on one line; blocks filled looking ahead
+MIX_VERSION = 3
+LOOKAHEAD = 32  # documents a retrieval block may skip ahead to fill its space
+SHARE_TOLERANCE = 0.01  # a part's retrieval share may fall short of retrieval_share by this much (whole documents)
 
 
 def stage_scales(config: PretrainConfig) -> list[float]:
@@ -471,20 +474,23 @@ def mixed_token_array(
 
     **Every retrieval document lies whole inside one block** (a block is one training sequence, and the recurrent
     state starts at zero in each): a document cut by a block boundary would train the answer without its needle.
-    Half the needle documents put the question and the answer on one line, as RULER's prompts do (the rest on two,
-    as the corpus' own). Generated documents longer than ``seq_len`` are dropped and the next ones drawn (their
-    count per kind is in the summary: at larger haystack scales the long kinds — coded words, word lists — are
-    dropped more often, so the mix of kinds shifts towards the short ones).
+    Half the needle documents whose answer is RULER's sentence put the question and the answer on one line, as
+    RULER's prompts do (the rest on two, as the corpus' own). Generated documents longer than ``seq_len`` (or than
+    the curriculum stage's cap) are dropped and the next ones drawn (their count per kind is in the summary: at
+    larger haystack scales the long kinds — coded words, word lists — are dropped more often, so the mix of kinds
+    shifts towards the short ones).
 
     With the curriculum, stage ``k`` of ``retrieval_stages`` keeps only documents of at most ``(k + 1)/stages`` of
     ``seq_len`` tokens (short haystacks first; the last stage, every document that fits a block).
 
-    The blocks are cut into ``retrieval_stages`` parts (one part without the curriculum). In part ``k`` retrieval
-    blocks are filled with whole retrieval documents of stage ``k`` (generated from the stream ``EXTRA_RETRIEVAL_SEED
-    + seed`` at :func:`stage_scales` ``[k]``, filler from the corpus' KJV sentences as the corpus' own), as many as
-    fit, and the rest of the block is book text (the corpus' KJV and Python-docs train documents, consecutive, from
-    epochs each shuffled with the seed) split at a random point before and after them; retrieval blocks are made
-    until the part's retrieval tokens reach ``retrieval_share`` of its tokens, and the other blocks are book text
+    The blocks are cut into ``retrieval_stages`` parts (one part without the curriculum). Part ``k`` uses retrieval
+    documents of stage ``k`` (generated from the stream ``EXTRA_RETRIEVAL_SEED + seed`` at :func:`stage_scales`
+    ``[k]``, filler from the corpus' KJV sentences as the corpus' own). A retrieval block takes the next documents
+    in stream order that fit its remaining space (looking up to ``LOOKAHEAD`` documents ahead), and the rest of the
+    block is book text (the corpus' KJV and Python-docs train documents, consecutive, from epochs each shuffled with
+    the seed) split at a random point before and after them. Retrieval blocks are made until the part's retrieval
+    tokens reach ``retrieval_share`` of its tokens (a share the documents cannot fill even with every block a
+    retrieval block is a ``ValueError``; ``share_reached`` per part in the summary); the other blocks are book text
     alone. The blocks of a part are shuffled among themselves (with the curriculum, part after part; without it,
     the parts' blocks are shuffled together).
 
@@ -562,39 +568,46 @@ def mixed_token_array(
                 yield kind, ids
 
     def _joined(kind: str, text: str, number: int) -> tuple[str, str]:
-        """Half the needle documents (a stream of their own) with the question and the answer on one line, as
-        RULER's prompts join them ("…in the provided text? The special magic number for K … is V")."""
+        """Half the needle documents whose answer is RULER's sentence (a stream of their own) with the question and
+        the answer on one line, as RULER's prompts join them ("…in the provided text? The special magic number for K
+        … is V")."""
         if kind == "needle" and random.Random(f"probseq-pretrain-join:{config.seed}:{number}").random() < 0.5:
             head, question, answer = text.rsplit("\n", 2)
-            if question.endswith("?"):
+            if question.endswith("?") and answer.startswith("The special magic"):  # RULER's answer sentence
                 text = f"{head}\n{question} {answer}"
         return kind, text
 
     part_blocks = [blocks // len(scales) + (k < blocks % len(scales)) for k in range(len(scales))]
     parts: list[list[np.ndarray]] = []
     retrieval_tokens = retrieval_documents = retrieval_blocks = 0
-    mean_lengths = []
+    mean_lengths, reached = [], []
     for k, (scale, count) in enumerate(zip(scales, part_blocks)):
         rng = random.Random(f"probseq-pretrain-mix:{MIX_VERSION}:{config.seed}:{k}")
         target, made, kept, part = config.retrieval_share * count * seq_len, 0, 0, []
         # the curriculum's stage k keeps documents of at most (k + 1)/stages of a block: short haystacks first
         longest = seq_len * (k + 1) // len(scales) if config.retrieval_curriculum else seq_len
-        source, pending = documents(scale, longest), None
+        source, waiting = documents(scale, longest), []
         while made < target and len(part) < count:
             contents, free = [], seq_len
-            while True:
-                pending = pending if pending is not None else next(source)
-                kind, ids = pending
-                if len(ids) > free:
+            while True:  # the next documents in stream order that fit, looking up to LOOKAHEAD ahead
+                waiting.extend(next(source) for _ in range(LOOKAHEAD - len(waiting)))
+                fits = next((i for i, (_, ids) in enumerate(waiting) if len(ids) <= free), None)
+                if fits is None:
                     break
+                kind, ids = waiting.pop(fits)
                 contents.append(ids)
                 kinds[kind] = kinds.get(kind, 0) + 1
                 free -= len(ids)
-                pending = None
             before = rng.randint(0, free)
             part.append(np.concatenate([book.take(before), *contents, book.take(free - before)]))
             made += seq_len - free
             kept += len(contents)
+        if made < target - SHARE_TOLERANCE * count * seq_len:
+            raise ValueError(
+                f"retrieval_share {config.retrieval_share} cannot be reached: with every block of part {k} holding "
+                f"retrieval documents they fill {made / (count * seq_len):.3f} of its tokens; lower the share"
+            )
+        reached.append(made / (count * seq_len))
         retrieval_tokens += made
         retrieval_documents += kept
         retrieval_blocks += len(part)
@@ -620,6 +633,7 @@ def mixed_token_array(
         "retrieval_blocks": retrieval_blocks,
         "book_epochs": book.used / len(book_docs),
         "retrieval_document_tokens": mean_lengths,
+        "share_reached": reached,
         "kinds": kinds,
         "dropped": dropped,
         "parts": ranges,
