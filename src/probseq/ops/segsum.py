@@ -25,6 +25,51 @@ def segsum(x: Tensor) -> Tensor:
     return out.masked_fill(~lower, float("-inf"))
 
 
+#: log-space values below this are treated as it: exp of any sum containing one is exactly 0 in every dtype
+LOG_FLOOR = -1e3
+
+
+class _SegmentRatios(torch.autograd.Function):
+    """``exp(segsum(x))`` with a written-out backward; see :func:`segment_ratios`."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        # Cumulative sums in float64: the difference cs_t − cs_j of two large sums then keeps the segment sum's
+        # own precision (float32 would lose |cs|·eps of it, e.g. after γ ≈ 0 early in a chunk).
+        cumulative = x.double().clamp_min(LOG_FLOOR).cumsum(-1)
+        ratios = (cumulative[..., :, None] - cumulative[..., None, :]).to(x.dtype).exp_().tril_()
+        ctx.save_for_backward(ratios)
+        return ratios
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        # out_tj = exp(Σ_{j<l≤t} x_l): ∂L/∂x_l = Σ_{t≥l} Σ_{j<l} P_tj with P = grad ∘ out — a sum over the ratios that
+        # span l only (a difference of row and column sums would cancel O(1) terms against each other, and the
+        # gradient at γ = 0 is ~1e-15 before its 1/eps² factor): A = U P with U_lt = [t ≥ l] (one batched product),
+        # then the strictly lower part of each row of A summed.
+        (ratios,) = ctx.saved_tensors
+        size = ratios.shape[-1]
+        upper = torch.ones(size, size, dtype=grad.dtype, device=grad.device).triu_()
+        spans = upper @ (grad * ratios)  # [..., C, C]: A_lj = Σ_{t ≥ l} P_tj
+        return spans.tril_(-1).sum(-1)
+
+
+def segment_ratios(x: Tensor) -> Tensor:
+    """``exp(segsum(x))``: ``out[..., t, j] = exp(Σ_{l=j+1}^{t} x_l)`` for ``j ≤ t`` (1 on the diagonal), 0 above it.
+
+    For float32 and half-precision ``x`` (training), equal to ``segsum(x).exp()`` to float rounding, values and
+    gradients, at a fraction of its passes over the ``[..., C, C]`` tensors: the segment sums are differences of
+    float64 cumulative sums (accurate to the working precision however large the sums before them), and the backward
+    is written out (a product and two reductions instead of the masked cumulative sum's flips and masks). Entries
+    below ``LOG_FLOOR`` (``-inf``: a gate of 0) are taken as it, which changes no ratio (exp of it is 0) and no
+    gradient (each ratio through it is 0). Float64 ``x`` (the reference precision) takes ``segsum(x).exp()`` itself:
+    a difference of float64 sums would lose ``|cs|·eps`` there, more than float64's own rounding.
+    """
+    if x.dtype == torch.float64:
+        return segsum(x).exp()
+    return _SegmentRatios.apply(x)
+
+
 def log_retention(retention: Tensor) -> Tensor:
     """``log γ`` of the certainty retention ``γ``, floored at ``eps(dtype)²`` in value only; the gradient is
     ``1/max(γ, floor)``.

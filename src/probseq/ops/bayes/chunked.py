@@ -1,7 +1,8 @@
 """Exact chunk-parallel form of the regression design — the Bayesian Layer's training path (docs/chunked-algorithm.md).
 
 Within a chunk of length ``C`` starting from ``(M_0, P_0)``, with in-chunk cumulative products
-``G_t = ∏_{i≤t} γ_i`` and ``A_t = ∏_{i≤t} α_i`` (every ratio from :func:`segsum`, in log space).
+``G_t = ∏_{i≤t} γ_i`` and ``A_t = ∏_{i≤t} α_i`` (every ratio from
+:func:`~probseq.ops.segsum.segment_ratios`, in log space).
 Matrices hold one token per *row* (``K`` is ``[C, K]``), as in docs/chunked-algorithm.md; symbols and
 their names in the code: docs/notation.md.
 
@@ -48,7 +49,7 @@ from torch import Tensor
 
 from probseq.ops.bayes.covariance_scan import covariance_scan
 from probseq.ops.chunks import from_chunks, to_chunks
-from probseq.ops.segsum import log_retention, one_minus_exp, segsum
+from probseq.ops.segsum import log_retention, one_minus_exp, segment_ratios
 from probseq.ops.triangular import solve_lower
 from probseq.types import BayesState
 
@@ -89,7 +90,7 @@ def bayes_chunked(
 
     # In-chunk decay ratios (mean path): A_t and A_t/A_j, lower triangular.
     decay_cum = log_decay.cumsum(-1).exp()  # [N, B·H, C]
-    decay_ratio = segsum(log_decay).exp()  # [N, B·H, C, C]
+    decay_ratio = segment_ratios(log_decay)  # [N, B·H, C, C]
 
     if retention is None:
         # Covariance reset: P_t^- = I, so u_t = k_t and s_t = ‖k_t‖² + r_t (Gated DeltaNet).
@@ -163,7 +164,7 @@ def _covariance_path(
         scalar: some chunk matrix was not positive definite; checked by the caller, without a sync here).
     """
     half_log_retention = 0.5 * log_retention(retention)
-    retention_ratio_sqrt = segsum(half_log_retention).exp()  # sqrt(G_i/G_t), lower triangular incl. diagonal
+    retention_ratio_sqrt = segment_ratios(half_log_retention)  # sqrt(G_i/G_t), lower triangular incl. diagonal
     half_log_retention_cum = half_log_retention.cumsum(-1)
     retention_cum_sqrt = half_log_retention_cum.exp()[..., None]  # √G_t
     retention_cum = retention_cum_sqrt[..., 0].square()  # G_t

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from probseq.ops.chunks import from_chunks, to_chunks
-from probseq.ops.segsum import segsum
+from probseq.ops.segsum import segment_ratios
 
 
 def superposition_chunked(
@@ -42,13 +42,13 @@ def superposition_chunked(
         log_decay = to_chunks(log_decay, chunk_size)
     per_channel = log_decay.dim() == k.dim()
     if per_channel:  # [N,B·H,C,K]: masks per key channel
-        seg = segsum(log_decay.transpose(-1, -2)).exp()  # [N,B·H,K,C,C]
+        seg = segment_ratios(log_decay.transpose(-1, -2))  # [N,B·H,K,C,C]
         scores = torch.einsum("nbtk,nbjk,nbktj->nbtj", q, k, seg)
         q_decayed = q * log_decay.cumsum(-2).exp()
         k_decayed = k * seg[..., -1, :].transpose(-1, -2)  # exp(b_C − b_j) per channel
         carry = log_decay.sum(-2).exp()[..., None, :]  # [N,B·H,1,K] multiplies columns of M
     else:
-        mask = segsum(log_decay).exp()
+        mask = segment_ratios(log_decay)
         scores = mask * (q @ k.transpose(-1, -2))
         q_decayed = q * log_decay.cumsum(-1).exp()[..., None]
         k_decayed = k * mask[..., -1, :, None]
