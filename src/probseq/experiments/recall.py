@@ -26,8 +26,9 @@ Presets (times measured on this project's shared 2-core machine):
   noise 0.5; 3000 steps of batch 64, lrs {1e-3, 3e-3, 1e-2}, 3 seeds: 54 runs, 5.1 h of training on one
   thread per run (measured; 2.8 h of wall time as two workers; ms/step on one thread: bayesian ≈ 180,
   gated_deltanet, deltanet and mamba2 104–131, linear_attention and attention ≈ 50; on 2 threads, idle, after the
-  speed work of docs/training.md: bayesian 129–171, gated_deltanet 92–126, mamba2 80–99, ``probseq bench``,
-  two runs on 2026-12-03 — absolute times on this machine drift by up to 2×, ratios less).
+  speed work of docs/training.md and ``segment_ratios``: bayesian 140–163, gated_deltanet 113–117, mamba2 82–96,
+  ``probseq bench``, two idle runs on 2026-12-03 — absolute times on this machine drift by up to 2×, ratios
+  less).
   Results: ``results/recall_cpu/``.
 - ``paper`` — a GPU (documented, not run): d_model 128, 256 keys and values, 8–32 pairs, gaps 0–128, tested up
   to 128 pairs and gap 2048; 4 lrs, 3 seeds, 20k steps of batch 256, bf16.
