@@ -47,6 +47,7 @@ from probseq.layers.utils import (
     check_mode,
     check_no_extra,
     check_positive,
+    delta_chunk_size,
     gated_output,
     guard_zero_keys,
     hold_padding,
@@ -95,8 +96,8 @@ class BayesianLayer(nn.Module):
         retention: ``"reset" | "stationary" | "learned"``, see the module docstring.
         retention_init: initial ``ρ`` of ``learned`` in ``[0, 1]``; ``0`` is the function-preserving start.
         r_min: noise floor of the filter; default ``0`` for ``reset`` and ``R_MIN = 1e-4`` otherwise.
-        chunk_size: chunk length of the chunked form (32: the covariance path factorises a ``C × C`` matrix per
-            chunk, and on CPU C = 32 trains 1.2–2× faster than fla's 64 at K = 32–128; ``probseq bench``).
+        chunk_size: chunk length of the chunked form; ``None`` (default): half the key head dim between 16 (32 for
+            ``reset``) and 64 (:func:`~probseq.layers.utils.delta_chunk_size`: the fastest measured on CPU).
         validate: check ``hidden_states`` (NaN/Inf, naming the first bad ``(batch, time)``) and the filter's
             values, one host synchronisation each per call (docs/numerics.md, "Validation").
 
@@ -129,7 +130,7 @@ class BayesianLayer(nn.Module):
         retention: Retention = "learned",
         retention_init: float = 0.0,
         r_min: float | None = None,
-        chunk_size: int = 32,
+        chunk_size: int | None = None,
         validate: bool = False,
         **kwargs,
     ):
@@ -146,7 +147,6 @@ class BayesianLayer(nn.Module):
             num_heads=num_heads,
             num_v_heads=num_v_heads,
             conv_size=conv_size,
-            chunk_size=chunk_size,
         )
         check_mode(mode)
         if allow_neg_eigval:
@@ -186,7 +186,8 @@ class BayesianLayer(nn.Module):
         self.mode, self.use_gate, self.use_short_conv = mode, use_gate, use_short_conv
         self.allow_neg_eigval, self.conv_size, self.conv_bias = allow_neg_eigval, conv_size, conv_bias
         self.layer_idx, self.norm_eps, self.output_gate_activation = layer_idx, norm_eps, output_gate_activation
-        self.retention, self.r_min, self.chunk_size = retention, float(r_min), chunk_size
+        self.retention, self.r_min = retention, float(r_min)
+        self.chunk_size = delta_chunk_size(head_dim, chunk_size, covariance=retention != "reset")
         self.last_variance: Tensor | None = None
 
         # Parameters in fla's order, so one seed gives fla's initial weights.

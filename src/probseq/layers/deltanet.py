@@ -25,6 +25,7 @@ from probseq.layers.utils import (
     check_mode,
     check_no_extra,
     check_positive,
+    delta_chunk_size,
     gated_output,
     guard_zero_keys,
     head_dims,
@@ -74,7 +75,7 @@ class DeltaNet(nn.Module):
         qk_norm: str = "l2",
         norm_eps: float = 1e-5,
         *,
-        chunk_size: int = 64,
+        chunk_size: int | None = None,
         validate: bool = False,
         **kwargs,
     ):
@@ -84,7 +85,7 @@ class DeltaNet(nn.Module):
         self.validate = bool(validate)
         check_no_extra("DeltaNet", kwargs)
         hidden_size = hidden_size if d_model is None else d_model
-        check_positive(hidden_size=hidden_size, num_heads=num_heads, conv_size=conv_size, chunk_size=chunk_size)
+        check_positive(hidden_size=hidden_size, num_heads=num_heads, conv_size=conv_size)
         check_mode(mode)
         if allow_neg_eigval:
             raise ValueError(
@@ -103,9 +104,10 @@ class DeltaNet(nn.Module):
         self.num_heads, self.use_beta, self.use_gate = num_heads, use_beta, use_gate
         self.use_short_conv, self.conv_size, self.conv_bias = use_short_conv, conv_size, conv_bias
         self.allow_neg_eigval, self.layer_idx = allow_neg_eigval, layer_idx
-        self.qk_activation, self.qk_norm, self.norm_eps, self.chunk_size = qk_activation, qk_norm, norm_eps, chunk_size
+        self.qk_activation, self.qk_norm, self.norm_eps = qk_activation, qk_norm, norm_eps
         self.key_dim, self.value_dim = key_dim, value_dim
         self.head_k_dim, self.head_v_dim = key_dim // num_heads, value_dim // num_heads
+        self.chunk_size = delta_chunk_size(self.head_k_dim, chunk_size, covariance=False)
 
         self.q_proj = nn.Linear(hidden_size, self.key_dim, bias=False)
         self.k_proj = nn.Linear(hidden_size, self.key_dim, bias=False)

@@ -12,7 +12,8 @@ from probseq.layers.bayesian import BayesianLayer
 
 class GatedDeltaNet(BayesianLayer):
     """fla ``GatedDeltaNet``'s constructor and forward (see :class:`BayesianLayer`; ``allow_neg_eigval`` is
-    refused). ``chunk_size`` is the chunk length of the chunked form."""
+    refused). ``chunk_size`` is the chunk length of the chunked form (``None``: half the key head dim between 32
+    and 64, :func:`~probseq.layers.utils.delta_chunk_size`)."""
 
     def __init__(
         self,
@@ -31,7 +32,7 @@ class GatedDeltaNet(BayesianLayer):
         norm_eps: float = 1e-5,
         output_gate_activation: str = "swish",
         *,
-        chunk_size: int = 64,
+        chunk_size: int | None = None,
         validate: bool = False,
         **kwargs,
     ):
