@@ -78,13 +78,18 @@ def test_recall_training_step_is_an_optimizer_step_on_the_recall_segment(mixer):
 
 
 def test_the_experiments_filter_shape_uses_each_form_at_its_default_chunk_size(monkeypatch):
-    """``_small``: one sequence of B·H = 128 heads, K = V = 32 — the MQAR/recall layers' filter calls; the Bayesian
-    form at ``bayes_chunk_size`` (the layer's default), Gated DeltaNet at ``chunk_size``."""
-    from probseq.layers import BayesianLayer
+    """``_small``: one sequence of B·H = 128 heads, K = V = 32 — the MQAR/recall layers' filter calls; by default the
+    Bayesian form and Gated DeltaNet each at its layer's default chunk size for K = 32."""
+    from probseq.layers import BayesianLayer, GatedDeltaNet
 
     x = bench._inputs(TINY, 64, requires_grad=False, small=True)
     assert x["q"].shape == (1, 64, 128, 32) and x["v"].shape == (1, 64, 128, 32)
-    assert TINY.bayes_chunk_size == BayesianLayer(hidden_size=64, num_heads=2, head_dim=32).chunk_size
+    assert TINY.chunk_size is None and TINY.bayes_chunk_size is None
+    expected = {
+        False: BayesianLayer(hidden_size=64, num_heads=2, head_dim=32).chunk_size,
+        True: GatedDeltaNet(hidden_size=64, num_heads=2, head_dim=32, expand_v=1).chunk_size,
+    }
+    assert expected == {False: 16, True: 32}
     calls = {}
     original = bench.bayes_filter
 
@@ -95,7 +100,12 @@ def test_the_experiments_filter_shape_uses_each_form_at_its_default_chunk_size(m
     monkeypatch.setattr(bench, "bayes_filter", spy)
     bench._method("bayes_chunked_small", TINY)(x)
     bench._method("gdn_chunked_small", TINY)(x)
-    assert calls == {False: TINY.bayes_chunk_size, True: TINY.chunk_size}
+    assert calls == expected
+    pinned = dataclasses.replace(TINY, chunk_size=64, bayes_chunk_size=32)  # --set overrides both
+    calls.clear()
+    bench._method("bayes_chunked_small", pinned)(x)
+    bench._method("gdn_chunked_small", pinned)(x)
+    assert calls == {False: 32, True: 64}
 
 
 def test_layer_filter_case_runs_on_the_layers_own_filter_inputs():

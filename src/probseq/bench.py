@@ -62,6 +62,7 @@ from tqdm import tqdm
 
 from probseq.experiments.common import apply_overrides, environment
 from probseq.files import atomic_write_json, check_same_config, check_writable_file
+from probseq.layers.utils import delta_chunk_size
 from probseq.ops import bayes_filter, bayes_step, superposition_filter
 from probseq.train.config import MIXER_NAMES
 
@@ -75,8 +76,10 @@ class BenchConfig:
     heads: int = 4
     key_dim: int = 64
     value_dim: int = 64
-    chunk_size: int = 64  # every chunked filter but the Bayesian covariance path's
-    bayes_chunk_size: int = 32  # the Bayesian Layer's default (its C³ Cholesky per chunk favours C = 32 on CPU)
+    # None: each delta-rule filter and layer at its layer's default for the key dim (delta_chunk_size: Bayesian 16 /
+    # 32 / 64 and Gated DeltaNet 32 / 32 / 64 at K = 32 / 64 / 128), linear attention and fla's naive GDN at 64
+    chunk_size: int | None = None  # every chunked filter but the Bayesian covariance path's
+    bayes_chunk_size: int | None = None  # the Bayesian covariance path's
     lengths: tuple[int, ...] = (1024, 4096, 16384)
     reference_length: int = 4096  # the token-loop reference is slow: measured at this length only
     decode_positions: tuple[int, ...] = (1024, 16384)
@@ -348,19 +351,34 @@ def _inputs(config: BenchConfig, length: int, requires_grad: bool, small: bool =
     return {name: t.requires_grad_(requires_grad) for name, t in x.items()}
 
 
+def chunk_sizes(config: BenchConfig, key_dim: int) -> tuple[int, int, int]:
+    """(Bayesian covariance path, Gated DeltaNet, other chunked filters) chunk sizes at ``key_dim``: the config's,
+    or the layers' defaults (:func:`~probseq.layers.utils.delta_chunk_size`) and 64."""
+    bayes = config.bayes_chunk_size or delta_chunk_size(key_dim, None)
+    gdn = config.chunk_size or delta_chunk_size(key_dim, None, covariance=False)
+    return bayes, gdn, config.chunk_size or 64
+
+
 def _method(name: str, config: BenchConfig) -> Callable[[dict], torch.Tensor] | None:
-    c, cb = config.chunk_size, config.bayes_chunk_size
     name = name.removesuffix("_small")  # the same method at the experiments' shape (_inputs)
+
+    def cb(x):
+        return chunk_sizes(config, x["k"].shape[-1])[0]
+
+    def cg(x):
+        return chunk_sizes(config, x["k"].shape[-1])[1]
+
+    c = chunk_sizes(config, config.key_dim)[2]
     if name == "bayes_chunked":
-        return lambda x: bayes_filter(**x, impl="chunked", chunk_size=cb).output
+        return lambda x: bayes_filter(**x, impl="chunked", chunk_size=cb(x)).output
     if name == "bayes_chunked_cov64":  # the covariance path in float64 (accuracy near RLS; docs/numerics.md)
-        return lambda x: bayes_filter(**x, impl="chunked", chunk_size=cb, covariance_dtype=torch.float64).output
+        return lambda x: bayes_filter(**x, impl="chunked", chunk_size=cb(x), covariance_dtype=torch.float64).output
     if name == "bayes_recurrent":
         return lambda x: bayes_filter(**x, impl="recurrent").output
     if name == "bayes_reference":
         return lambda x: bayes_filter(**x, impl="reference").output
     if name == "gdn_chunked":
-        return lambda x: bayes_filter(**{**x, "gamma": None}, impl="chunked", chunk_size=c).output
+        return lambda x: bayes_filter(**{**x, "gamma": None}, impl="chunked", chunk_size=cg(x)).output
     if name == "la_chunked":
         return lambda x: superposition_filter(x["q"], x["k"], x["v"], impl="chunked", chunk_size=c).output
     if name == "sdpa_causal":
@@ -426,7 +444,9 @@ def _step_call(position: int, config: BenchConfig) -> Callable[[], object]:
     x = _inputs(config, position + 1, requires_grad=False)
     with torch.no_grad():
         state = bayes_filter(
-            **{n: t[:, :position] for n, t in x.items()}, output_final_state=True, chunk_size=config.chunk_size
+            **{n: t[:, :position] for n, t in x.items()},
+            output_final_state=True,
+            chunk_size=chunk_sizes(config, config.key_dim)[0],
         ).state
     token = {n: t[:, position] for n, t in x.items()}
 
@@ -464,9 +484,10 @@ def _layer(name: str, config: BenchConfig) -> torch.nn.Module:
         num_heads=config.layer_heads,
         head_dim=config.layer_head_dim,
         expand_v=1,
-        chunk_size=config.chunk_size,
     )
-    return GatedDeltaNet(**sizes) if name == "layer_gdn" else BayesianLayer(**sizes, retention="learned")
+    if name == "layer_gdn":
+        return GatedDeltaNet(**sizes, chunk_size=config.chunk_size)  # None: the layers' defaults
+    return BayesianLayer(**sizes, retention="learned", chunk_size=config.bayes_chunk_size)
 
 
 def _filter_arguments(layer: torch.nn.Module, x: torch.Tensor) -> dict[str, object]:
@@ -521,7 +542,7 @@ def _generate_call(context: int, config: BenchConfig) -> Callable[[], object]:
             expand_v=1.0,
             mixer="bayesian",
             retention="learned",
-            chunk_size=config.chunk_size,
+            chunk_size=config.bayes_chunk_size,
             bos_token_id=None,
             eos_token_id=None,
         )
@@ -620,7 +641,7 @@ def recall_training_step(mixer: str, config: BenchConfig) -> tuple[torch.nn.Modu
 
 def _measurement(name, length, mode, runs, config, peak) -> Measurement:
     seconds = statistics.median(runs)
-    forward = flops(name, length, config.key_dim, config.value_dim, config.chunk_size)
+    forward = flops(name, length, config.key_dim, config.value_dim, chunk_sizes(config, config.key_dim)[1])
     total = None if forward is None else forward * config.batch * config.heads * (3 if mode == "fwd+bwd" else 1)
     gflop = None if total is None else total / 1e9
     batch = config.layer_batch if name in LAYER_METHODS else config.mqar_batch if mode == "train" else config.batch

@@ -113,8 +113,8 @@ class ProbSeqConfig(PretrainedConfig):
         num_heads, num_v_heads, head_dim, expand_v: recurrent heads (see the module docstring).
         use_gate, use_short_conv, conv_size, conv_bias, output_gate_activation: fla's GDN / DeltaNet options.
         allow_neg_eigval: fla's option, refused (``True`` raises).
-        chunk_size: chunk length of the chunked filters (``mamba2`` and ``linear_attention`` default to
-            their own when ``None``).
+        chunk_size: chunk length of the chunked filters (``None``: each layer's own default — the delta-rule
+            layers' depends on the key head dim, :func:`~probseq.layers.utils.delta_chunk_size`).
         feature_map, decay: ``linear_attention``'s feature map (default ``"elu"``, parameter-free; fla's default
             is ``"elementwise_product"``) and decay (``None``, ``"scalar"``, ``"channel"``).
         state_size, expand, n_groups: ``mamba2``.

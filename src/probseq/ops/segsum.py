@@ -63,9 +63,12 @@ def segment_ratios(x: Tensor) -> Tensor:
     is written out (a product and two reductions instead of the masked cumulative sum's flips and masks). Entries
     below ``LOG_FLOOR`` (``-inf``: a gate of 0) are taken as it, which changes no ratio (exp of it is 0) and no
     gradient (each ratio through it is 0). Float64 ``x`` (the reference precision) takes ``segsum(x).exp()`` itself:
-    a difference of float64 sums would lose ``|cs|·eps`` there, more than float64's own rounding.
+    a difference of float64 sums would lose ``|cs|·eps`` there, more than float64's own rounding. (So does MPS, which
+    has no float64.) The forward's float64 ``[..., C, C]`` difference raises its peak memory by about half the
+    output's size over the masked cumulative sum's; ``torch.func`` transforms are not supported (no
+    ``setup_context``).
     """
-    if x.dtype == torch.float64:
+    if x.dtype == torch.float64 or x.device.type == "mps":  # MPS has no float64
         return segsum(x).exp()
     return _SegmentRatios.apply(x)
 
