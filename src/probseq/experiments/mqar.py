@@ -33,8 +33,8 @@ Presets (times measured on this project's shared 2-core machine; one training st
   machine, ≈ 7 h of wall time (s/step on 1 thread, idle: bayesian 1.04, mamba2 1.05, gated_deltanet 0.63,
   deltanet 0.57, linear_attention 0.31, attention 0.31; on 2 threads ≈ 0.6×), plus ≈ 1 min of evaluation per
   run. Since then (subnormals flushed, freed memory reused, chunk sizes; docs/training.md) one step on 2 threads
-  takes bayesian 0.68–0.73, gated_deltanet 0.54–0.55, deltanet 0.51–0.53, mamba2 0.48–0.56, linear_attention
-  0.32–0.33, attention 0.31–0.34 s (``probseq bench``, two idle runs, 2026-12-03, after ``segment_ratios`` and the
+  takes bayesian 0.61–0.64, gated_deltanet 0.45–0.46, deltanet 0.42, mamba2 0.41–0.43, linear_attention
+  0.27–0.31, attention 0.26–0.28 s (``probseq bench``, two idle runs, 2026-12-03, after ``segment_ratios`` and the
   delta-rule chunk sizes; the
   machine's absolute times drift by up to 2× between sessions, the ratios less; compile stays off: it saves
   7–20 % per step, ``results/bench_compiled.json``, but costs minutes per process and changes a run's identity).
