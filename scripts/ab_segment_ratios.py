@@ -12,58 +12,42 @@ order; prints the medians in ms and the change. Run it on an idle machine.
 from __future__ import annotations
 
 import argparse
-import random
-import statistics
-import time
 
 import torch
+from filter_timing import filter_inputs, interleaved_medians, single_threaded
 
 import probseq.ops.bayes.chunked as chunked
-from probseq.cpu import fast_cpu_arithmetic
 from probseq.ops.segsum import segment_ratios, segsum
-from probseq.types import BayesState
 
 SHAPES = ((64, 256, 2, 32), (64, 54, 2, 32), (4, 4096, 2, 64))
+MIXERS = ("bayesian", "gated_deltanet")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=12)
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    fast_cpu_arithmetic()
+    single_threaded()
     gen = torch.Generator().manual_seed(0)
     for batch, length, heads, dim in SHAPES:
-        q, v = (torch.randn(batch, length, heads, dim, generator=gen).requires_grad_() for _ in range(2))
-        k = torch.nn.functional.normalize(torch.randn(batch, length, heads, dim, generator=gen), dim=-1)
-        k.requires_grad_()
-        log_decay = (-0.1 * torch.rand(batch, length, heads, generator=gen)).requires_grad_()
-        noise = (0.05 + torch.rand(batch, length, heads, generator=gen)).requires_grad_()
-        retention = torch.rand(batch, length, heads, generator=gen).requires_grad_()
-        grad = torch.randn(batch, length, heads, dim, generator=gen)
-        state = BayesState(torch.zeros(batch, heads, dim, dim), torch.eye(dim).expand(batch, heads, dim, dim).clone())
+        x = filter_inputs(batch, length, heads, dim, gen)
 
-        def run(mixer: str, new: bool) -> None:
-            chunked.segment_ratios = segment_ratios if new else (lambda x: segsum(x).exp())
-            gamma, size = (retention, 32) if mixer == "bayesian" else (None, 64)
-            out = chunked.bayes_chunked(q, k, v, log_decay, noise, gamma, state, dim**-0.5, size, False)[0]
-            out.backward(grad)
+        def run(mixer: str, new: bool, x=x, dim=dim) -> None:
+            chunked.segment_ratios = segment_ratios if new else (lambda t: segsum(t).exp())
+            gamma, size = (x["retention"], 32) if mixer == "bayesian" else (None, 64)
+            inputs = (x["q"], x["k"], x["v"], x["log_decay"], x["noise"], gamma, x["state"])
+            chunked.bayes_chunked(*inputs, dim**-0.5, size, False)[0].backward(x["grad"])
 
-        cases = [(mixer, new) for mixer in ("bayesian", "gated_deltanet") for new in (False, True)]
-        for case in cases:
-            run(*case)
-        times = {case: [] for case in cases}
-        for _ in range(args.rounds):
-            for case in random.sample(cases, len(cases)):
-                start = time.perf_counter()
-                run(*case)
-                times[case].append(time.perf_counter() - start)
-        chunked.segment_ratios = segment_ratios
-        median = {case: 1000 * statistics.median(values) for case, values in times.items()}
+        try:
+            median = interleaved_medians(
+                {(m, new): lambda m=m, new=new: run(m, new) for m in MIXERS for new in (False, True)}, args.rounds
+            )
+        finally:
+            chunked.segment_ratios = segment_ratios
         line = " | ".join(
-            f"{mixer} {median[(mixer, False)]:.1f} → {median[(mixer, True)]:.1f} ms "
-            f"({median[(mixer, True)] / median[(mixer, False)] - 1:+.1%})"
-            for mixer in ("bayesian", "gated_deltanet")
+            f"{m} {1000 * median[(m, False)]:.1f} → {1000 * median[(m, True)]:.1f} ms "
+            f"({median[(m, True)] / median[(m, False)] - 1:+.1%})"
+            for m in MIXERS
         )
         print(f"B={batch} T={length} H={heads} K={dim}: {line}")
 

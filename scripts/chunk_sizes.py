@@ -12,53 +12,36 @@ the key head dim between 16 and 64) follows from it. Run it on an idle machine.
 from __future__ import annotations
 
 import argparse
-import random
-import statistics
-import time
 
 import torch
+from filter_timing import filter_inputs, interleaved_medians, single_threaded
 
-from probseq.cpu import fast_cpu_arithmetic
 from probseq.ops.bayes.chunked import bayes_chunked
-from probseq.types import BayesState
 
 SHAPES = ((64, 256, 2, 32), (64, 54, 2, 32), (4, 4096, 2, 64), (2, 2048, 4, 128))
 SIZES = (16, 32, 64)
+MIXERS = ("bayesian", "gated_deltanet")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=8)
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    fast_cpu_arithmetic()
+    single_threaded()
     gen = torch.Generator().manual_seed(0)
     for batch, length, heads, dim in SHAPES:
-        q, v = (torch.randn(batch, length, heads, dim, generator=gen).requires_grad_() for _ in range(2))
-        k = torch.nn.functional.normalize(torch.randn(batch, length, heads, dim, generator=gen), dim=-1)
-        k.requires_grad_()
-        log_decay = (-0.1 * torch.rand(batch, length, heads, generator=gen)).requires_grad_()
-        noise = (0.05 + torch.rand(batch, length, heads, generator=gen)).requires_grad_()
-        retention = torch.rand(batch, length, heads, generator=gen).requires_grad_()
-        grad = torch.randn(batch, length, heads, dim, generator=gen)
-        state = BayesState(torch.zeros(batch, heads, dim, dim), torch.eye(dim).expand(batch, heads, dim, dim).clone())
+        x = filter_inputs(batch, length, heads, dim, gen)
 
-        def run(size: int, mixer: str) -> None:
-            gamma = retention if mixer == "bayesian" else None
-            bayes_chunked(q, k, v, log_decay, noise, gamma, state, dim**-0.5, size, False)[0].backward(grad)
+        def run(size: int, mixer: str, x=x, dim=dim) -> None:
+            gamma = x["retention"] if mixer == "bayesian" else None
+            inputs = (x["q"], x["k"], x["v"], x["log_decay"], x["noise"], gamma, x["state"])
+            bayes_chunked(*inputs, dim**-0.5, size, False)[0].backward(x["grad"])
 
-        cases = [(size, mixer) for size in SIZES for mixer in ("bayesian", "gated_deltanet")]
-        for case in cases:
-            run(*case)
-        times = {case: [] for case in cases}
-        for _ in range(args.rounds):
-            for case in random.sample(cases, len(cases)):
-                start = time.perf_counter()
-                run(*case)
-                times[case].append(time.perf_counter() - start)
+        median = interleaved_medians(
+            {(size, mixer): lambda s=size, m=mixer: run(s, m) for size in SIZES for mixer in MIXERS}, args.rounds
+        )
         cells = " | ".join(
-            f"{mixer} " + " ".join(f"C={size} {1000 * statistics.median(times[(size, mixer)]):.1f}" for size in SIZES)
-            for mixer in ("bayesian", "gated_deltanet")
+            f"{mixer} " + " ".join(f"C={size} {1000 * median[(size, mixer)]:.1f}" for size in SIZES) for mixer in MIXERS
         )
         print(f"B={batch} T={length} H={heads} K={dim} (ms): {cells}")
 
