@@ -24,6 +24,7 @@ from probseq.train.distill import (
     recurrent_layers,
     set_retention,
     set_trainable,
+    stage_blocks,
     stage_steps,
 )
 from probseq.train.pretrain import pretrain, pretrain_config
@@ -190,6 +191,36 @@ def test_both_arms_train_on_the_same_tokens(teacher, tmp_path):
         )
     assert json.loads((tmp_path / "bayesian" / "train_log.json").read_text())["tokens"] == student["tokens"]
     assert stage_steps(distill_config("tiny", "t", 2560, overrides=["seq_len=64", "batch_size=4"])) == (256, 2, 8)
+
+
+@pytest.mark.integration
+def test_distillation_on_its_own_mixed_stream_and_the_stationary_student(teacher, tmp_path):
+    """With ``retrieval_share > 0`` every arm trains on distillation's own mixed stream (the same blocks for every
+    arm, each stage on its own consecutive blocks); the learned student's ``ρ`` is logged per layer and head;
+    ``retention=stationary`` distils into stationary Bayesian Layers."""
+    sets = ["seq_len=512", "batch_size=2", "save_steps=0", "valid_blocks=2", "retrieval_share=0.5", *TINY]
+    arms = {"bayesian": (False, []), "baseline": (True, []), "stationary": (False, ["retention=stationary"])}
+    logs = {
+        name: distill(distill_config("tiny", str(teacher), 4 * 2 * 512, baseline, [*sets, *extra]), tmp_path / name)
+        for name, (baseline, extra) in arms.items()
+    }
+    mix = logs["bayesian"]["mix"]
+    assert mix["purpose"] == "distill" and mix["blocks"] == 4 * 2 and min(mix["share_reached"]) >= 0.49
+    assert logs["baseline"]["mix"] == logs["stationary"]["mix"] == mix  # one stream for every arm
+    assert [s["steps"] for s in logs["bayesian"]["stages"]] == [1, 3]
+    config = distill_config("tiny", "t", 4 * 2 * 512, overrides=sets)
+    assert stage_blocks(config, (1, 3), world_size=1) == [(0, 2), (2, 8)]  # disjoint, every block once
+
+    scales = logs["bayesian"]["retention_scale"]
+    assert set(scales) == {"start", "after_stage1", "after_stage2"}
+    assert scales["start"] and all(rho == 0.5 for heads in scales["start"].values() for rho in heads)
+    assert scales["after_stage2"] != scales["start"]  # ρ trains
+    assert logs["bayesian"]["retention"] == "learned" and logs["baseline"]["retention"] is None
+    assert logs["stationary"]["retention"] == "stationary" and logs["stationary"]["retention_scale"] is None
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "stationary")
+    assert {b.attn.retention for b in model.model.layers} == {"stationary"}
+    with pytest.raises(ValueError, match="the baseline has none"):
+        distill_config("tiny", "t", 1000, True, ["retention=stationary"])
 
 
 def test_config_errors_name_the_key():

@@ -268,6 +268,26 @@ def test_mixed_stream_reaches_a_high_share_and_refuses_one_it_cannot(corpus, tok
         )
 
 
+def test_distillation_draws_a_stream_of_its_own(corpus, tokenizer, tmp_path):
+    """Distillation's mixed stream (``purpose="distill"``) has the same make-up as pretraining's with the same
+    settings but other documents: a student is not fine-tuned on its teacher's retrieval documents. Pretraining's
+    stream (and its cache key) are what they were."""
+    config = pretrain_config("tiny", [*TINY, "seq_len=512", "retrieval_share=0.5"])
+    pretraining, pre_summary = mixed_token_array(tokenizer, tmp_path, config, blocks=40)
+    distilling, summary = mixed_token_array(tokenizer, tmp_path, config, blocks=40, purpose="distill")
+    assert "purpose" not in pre_summary and summary["purpose"] == "distill"
+    assert all(share >= 0.49 for share in summary["share_reached"] + pre_summary["share_reached"])
+
+    def values(tokens) -> set[str]:
+        return set(re.findall(r" is:? (\d{7})\b", tokenizer.decode(tokens.tolist())))  # needles and answers
+
+    assert len(values(pretraining)) > 10 and len(values(distilling)) > 10
+    assert not values(pretraining) & values(distilling)  # no needle value of one stream in the other
+    assert len(list(tmp_path.glob("mix-*.npy"))) == 2  # cached apart
+    with pytest.raises(ValueError, match="purpose must be one of"):
+        mixed_token_array(tokenizer, tmp_path, config, blocks=40, purpose="finetune")
+
+
 def test_mixed_stream_refuses_a_block_no_document_fits(corpus, tokenizer, tmp_path):
     config = pretrain_config("tiny", [*TINY, "seq_len=16", "retrieval_share=0.5"])
     with pytest.raises(ValueError, match=r"longer than 16 tokens \(seq_len=16\)"):

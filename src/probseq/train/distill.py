@@ -18,6 +18,11 @@ gradient are zero (a function-preserving start is a stationary point of a teache
 - *Stage 2 — logits* (the rest of the tokens): ``L₂ = kl_weight · T² · KL(softmax(z_T/T) ‖ softmax(z_S/T)) +
   lm_weight · CE(next token)``, temperature ``T = 1``, every position; all parameters train.
 
+``retention="stationary"`` converts into stationary Bayesian Layers instead (``γ = α²``; a third arm, not the
+teacher's function at the start). With ``retrieval_share > 0`` the blocks come from distillation's own mixed stream
+(:func:`~probseq.train.pretrain.mixed_token_array` with ``purpose="distill"``: the teacher's make-up, other
+documents), stage 1 on its first blocks and stage 2 on the rest, in order; otherwise from the corpus as built.
+
 **Baseline arm** (``baseline=True``): the teacher itself (``mixer="gated_deltanet"``) is fine-tuned with the same
 data (same blocks in the same order), tokens, steps, batch, stage split, parameter subsets and optimiser, and
 ``L₂`` (LM + the same KL against the frozen original teacher) in both stages — the only difference from the
@@ -53,7 +58,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from probseq.files import NUMBER, ListOf, atomic_write_json, finite_or_none, json_problem, nonfinite_to_none, read_json
-from probseq.train.pretrain import LMRunConfig, PackedBlocks, check_run_config, copy_tokenizer, corpus_token_arrays
+from probseq.train.pretrain import (
+    LMRunConfig,
+    PackedBlocks,
+    check_run_config,
+    copy_tokenizer,
+    corpus_token_arrays,
+    mixed_token_array,
+)
 from probseq.train.schema import from_dict, non_negative, positive, with_overrides
 from probseq.train.trainer import TrainingDiverged, progress_bars, run_threads, run_trainer
 
@@ -69,6 +81,9 @@ class DistillConfig(LMRunConfig):
         tokens: the token budget of the whole run (both stages).
         baseline: fine-tune the GDN teacher itself instead of converting it.
         stage1_fraction: share of the steps spent in stage 1.
+        retention: the student's certainty retention: ``"learned"`` (``γ = α² · ρ · sigmoid(c_weight x + c_bias)``,
+            starting at ``ρ = retention_init``) or ``"stationary"`` (``γ = α²``: the stationary memory; the
+            conversion then does not start at the teacher's function, and ``retention_init`` is not used).
         retention_init: ``ρ`` of the student's Bayesian Layers when training starts (0: the exact conversion).
         stage1_learning_rate, learning_rate: peak learning rates of stage 1 and stage 2.
         kl_weight, lm_weight, temperature: stage 2's loss.
@@ -77,6 +92,7 @@ class DistillConfig(LMRunConfig):
     teacher: str
     tokens: int
     baseline: bool = False
+    retention: Literal["learned", "stationary"] = "learned"
     stage1_fraction: float = 0.25
     retention_init: float = 0.5
     stage1_learning_rate: float = 1e-4
@@ -96,6 +112,8 @@ class DistillConfig(LMRunConfig):
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
         if self.kl_weight == 0 and self.lm_weight == 0:
             raise ValueError("kl_weight and lm_weight are both 0: stage 2 would have no loss")
+        if self.baseline and self.retention != "learned":
+            raise ValueError(f"retention={self.retention!r} names the student's layers; the baseline has none")
 
 
 #: Settings per model size (``--preset``); ``tokens`` and ``teacher`` come from the command line.
@@ -167,12 +185,25 @@ def load_teacher(teacher_dir: str | os.PathLike):
     return teacher
 
 
-def convert_student(teacher_dir: str | os.PathLike, dst: Path):
-    """``convert_fla(teacher, dst, retention="learned")`` in float32 (saved in ``dst``): Bayesian Layers at ``ρ = 0``,
-    the teacher's function."""
+def convert_student(teacher_dir: str | os.PathLike, dst: Path, retention: str = "learned"):
+    """``convert_fla(teacher, dst, retention=retention)`` in float32 (saved in ``dst``): with ``"learned"``,
+    Bayesian Layers at ``ρ = 0``, the teacher's function; with ``"stationary"``, ``γ = α²`` (not the teacher's
+    function: the certainty is kept from the first token)."""
     from probseq.interop.fla import convert_fla
 
-    return convert_fla(teacher_dir, dst, retention="learned", dtype="float32").train()
+    return convert_fla(teacher_dir, dst, retention=retention, dtype="float32").train()
+
+
+def retention_scales(model) -> dict[str, list[float]]:
+    """``ρ`` per head (``clamp(c_scale, 0, 1)``, as the layer applies it) of every learned-retention Bayesian Layer
+    of ``model``, by layer index (empty for other models)."""
+    from probseq.layers import BayesianLayer
+
+    return {
+        str(module.layer_idx): module.c_scale.detach().clamp(0, 1).tolist()
+        for module in model.modules()
+        if isinstance(module, BayesianLayer) and module.retention == "learned"
+    }
 
 
 def set_retention(student, rho: float) -> None:
@@ -366,13 +397,23 @@ _TRAINER_CLASS = None
 
 
 def _stage_arguments(config: DistillConfig, out: Path, stage: int, steps: int):
-    """The ``TrainingArguments`` of stage ``stage`` (its learning rate; batch order seed ``seed + stage − 1``)."""
+    """The ``TrainingArguments`` of stage ``stage`` (its learning rate; batch order seed ``seed + stage − 1``; a
+    mixed stream's blocks in their order, each block once)."""
     return config.training_arguments(
         out / f"stage{stage}" / "checkpoints",
         max_steps=steps,
         learning_rate=config.stage1_learning_rate if stage == 1 else config.learning_rate,
         seed=config.seed + stage - 1,
+        in_order=config.retrieval_share > 0,
     )
+
+
+def stage_blocks(config: DistillConfig, steps: tuple[int, int], world_size: int) -> list[tuple[int, int]]:
+    """The block range ``[start, stop)`` of the mixed stream each stage trains on: consecutive, disjoint, the
+    stage's steps × ``batch_size · gradient_accumulation_steps · world_size`` blocks."""
+    per_step = config.batch_size * config.gradient_accumulation_steps * world_size
+    first = steps[0] * per_step
+    return [(0, first), (first, first + steps[1] * per_step)]
 
 
 def _checked(name: str, metrics: dict[str, float]) -> dict[str, float | None]:
@@ -426,8 +467,12 @@ def distill(config: DistillConfig, out: str | os.PathLike) -> dict[str, Any]:
         The ``train_log.json`` content: ``arm`` (``"bayesian"`` / ``"baseline"``), ``config``, ``tokens`` (trained),
         ``tokens_requested``, ``tokens_per_step``, ``stages`` (per stage: ``objective``, ``steps``, ``tokens``,
         ``learning_rate``, ``trainable_parameters``, ``train_loss``, ``seconds`` (this call), ``train_seconds``
-        (over all resumes), ``seconds_per_step``, ``history``) and ``eval``
-        (validation metrics: ``converted``, ``start``, ``after_stage1``, ``after_stage2``).
+        (over all resumes), ``seconds_per_step``, ``history``), ``eval``
+        (validation metrics: ``converted``, ``start``, ``after_stage1``, ``after_stage2``), ``retention`` (the
+        student's retention; ``None`` for the baseline), ``retention_scale`` (learned retention: ``ρ`` per layer
+        and head at ``start``, ``after_stage1``, ``after_stage2``; else ``None``) and ``mix`` (the summary of the
+        mixed stream, :func:`~probseq.train.pretrain.mixed_token_array`, when ``retrieval_share > 0``; else
+        ``None``).
     """
     from transformers import PrinterCallback, default_data_collator, set_seed
 
@@ -452,14 +497,25 @@ def distill(config: DistillConfig, out: str | os.PathLike) -> dict[str, Any]:
             if not layers:
                 raise ValueError(f"--teacher {config.teacher} has no Gated DeltaNet layers")
             arrays = corpus_token_arrays(tokenizer, out / "data", config.corpus_dir, config.seed)
+            mix = None
+            if config.retrieval_share > 0:  # distillation's own stream of the teacher's mix
+                blocks = (steps1 + steps2) * config.batch_size * config.gradient_accumulation_steps * world_size
+                arrays["train"], mix = mixed_token_array(tokenizer, out / "data", config, blocks, purpose="distill")
             if config.baseline:
                 student = copy.deepcopy(teacher).train().requires_grad_(True)
             elif probe.process_index == 0:
-                student = convert_student(config.teacher, out / "converted").to(device)
+                student = convert_student(config.teacher, out / "converted", config.retention).to(device)
             else:
                 with tempfile.TemporaryDirectory(prefix="probseq-student-") as tmp:
-                    student = convert_student(config.teacher, Path(tmp)).to(device)
+                    student = convert_student(config.teacher, Path(tmp), config.retention).to(device)
         train_data = PackedBlocks(arrays["train"], config.seq_len)
+        if mix is not None:  # each stage its own blocks of the stream, in order
+            stage_data = {
+                stage: PackedBlocks(arrays["train"][start * config.seq_len : stop * config.seq_len], config.seq_len)
+                for stage, (start, stop) in enumerate(stage_blocks(config, (steps1, steps2), world_size), start=1)
+            }
+        else:  # every stage draws its batches from the whole corpus
+            stage_data = {1: train_data, 2: train_data}
         valid_data = PackedBlocks(arrays["valid"], config.seq_len, limit=config.valid_blocks)
         if len(train_data) < config.batch_size * world_size:
             raise ValueError(
@@ -471,8 +527,9 @@ def distill(config: DistillConfig, out: str | os.PathLike) -> dict[str, Any]:
             evaluations["converted"] = _checked(
                 "converted", evaluate(student, teacher, valid_data, layers, config.batch_size)
             )
-        if not config.baseline:
+        if not config.baseline and config.retention == "learned":
             set_retention(student, config.retention_init)
+        retention = {"start": retention_scales(student)}
         if len(valid_data):
             evaluations["start"] = _checked("start", evaluate(student, teacher, valid_data, layers, config.batch_size))
 
@@ -500,7 +557,7 @@ def distill(config: DistillConfig, out: str | os.PathLike) -> dict[str, Any]:
                 trainer = trainer_class(
                     model=student,
                     args=args,
-                    train_dataset=train_data,
+                    train_dataset=stage_data[stage],
                     data_collator=default_data_collator,
                     teacher=teacher,
                     objective=objective,
@@ -529,6 +586,7 @@ def distill(config: DistillConfig, out: str | os.PathLike) -> dict[str, Any]:
                 stages.append(record)
             else:
                 stages.append(record)
+            retention[f"after_stage{stage}"] = retention_scales(student)
             if len(valid_data):
                 evaluations[f"after_stage{stage}"] = _checked(
                     f"after_stage{stage}", evaluate(student, teacher, valid_data, layers, config.batch_size)
@@ -536,6 +594,7 @@ def distill(config: DistillConfig, out: str | os.PathLike) -> dict[str, Any]:
     student.requires_grad_(True)
     log = {
         "arm": "baseline" if config.baseline else "bayesian",
+        "retention": None if config.baseline else config.retention,
         "kind": "distill",
         "teacher": str(config.teacher),
         "config": dataclasses.asdict(config),
@@ -545,6 +604,8 @@ def distill(config: DistillConfig, out: str | os.PathLike) -> dict[str, Any]:
         "world_size": world_size,
         "stages": stages,
         "eval": evaluations,
+        "retention_scale": retention if not config.baseline and config.retention == "learned" else None,
+        "mix": mix,
     }
     if int(os.environ.get("RANK", "0")) == 0:
         with progress_bars(config.progress):

@@ -68,6 +68,23 @@ class LMRunConfig:
         precision: ``"bf16"`` / ``"fp16"`` autocast on a GPU, ``"fp32"`` none.
         corpus_dir: the corpus cache (``""``: ``~/.cache/probseq/corpus`` or ``$PROBSEQ_CORPUS_DIR``).
         valid_blocks: validation sequences for the logged metrics (at most).
+        retrieval_share: fraction of the training tokens that are retrieval-format documents. 0 (the default):
+            the corpus as built (its retrieval documents are ≈ 18 % of the tokens). In (0, 1): the training
+            stream is built for the run (:func:`mixed_token_array`): the corpus' book documents (KJV, Python docs;
+            repeated in reshuffled epochs when the run needs more) and freshly generated retrieval documents
+            (stream ``EXTRA_RETRIEVAL_SEED + seed`` in pretraining, ``DISTILL_RETRIEVAL_SEED + seed`` in
+            distillation, so a student never sees its teacher's documents; the corpus' own retrieval documents are
+            not used) in this proportion, each document whole inside one block (longer ones are dropped), exactly
+            the tokens of the run's steps, read in order (no epoch repeats a block).
+        retrieval_scale: haystack size of the generated documents at the last stage (``scale`` of
+            :func:`~probseq.data.retrieval_text.retrieval_document`; 1: the corpus' sizes); stage ``k`` of
+            ``retrieval_stages`` draws at ``1 + (retrieval_scale − 1) · k / (stages − 1)``. Documents longer than
+            ``seq_len`` are dropped, so at ``seq_len`` 512 a larger scale mostly shifts the kept documents towards
+            the block's length (and the kinds towards the shorter ones): the summary of the mixed stream says how.
+        retrieval_curriculum: the run is cut into ``retrieval_stages`` consecutive parts, part ``k`` holding
+            retrieval documents of at most ``(k + 1)/stages · seq_len`` tokens (short haystacks first) and its share
+            of the book text; off: the stages' blocks shuffled over the whole run.
+        retrieval_stages: stages of haystack sizes (and parts of the run, with the curriculum).
         save_steps, save_total_limit, logging_steps, progress, num_threads: run settings (not the result).
     """
 
@@ -89,6 +106,11 @@ class LMRunConfig:
     logging_steps: int = 10
     progress: bool = True
     num_threads: int | None = None
+    # the retrieval mix (the teacher pilots); the defaults are the runs made before it: the corpus as built
+    retrieval_share: float = 0.0
+    retrieval_scale: float = 1.0
+    retrieval_curriculum: bool = False
+    retrieval_stages: int = 4
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -104,6 +126,16 @@ class LMRunConfig:
         )
         non_negative(self, "weight_decay", "warmup", "max_grad_norm", "save_steps", "seed", "valid_blocks")
         check_optimizer_run(self)
+        positive(self, "retrieval_scale", "retrieval_stages")
+        if not 0 <= self.retrieval_share < 1:
+            raise ValueError(f"retrieval_share must be in [0, 1), got {self.retrieval_share}")
+        if self.retrieval_scale < 1:
+            raise ValueError(f"retrieval_scale must be >= 1, got {self.retrieval_scale}")
+        if self.retrieval_share == 0 and (self.retrieval_scale != 1 or self.retrieval_curriculum):
+            raise ValueError(
+                "retrieval_scale and retrieval_curriculum shape the generated retrieval documents: set "
+                "retrieval_share > 0 as well"
+            )
 
     def identity(self) -> dict[str, Any]:
         """The fields that decide the trained model (a resumed run must match them). A field added after runs were
@@ -172,12 +204,17 @@ ADDED_FIELDS: dict[str, Any] = {
     "retrieval_scale": 1.0,
     "retrieval_curriculum": False,
     "retrieval_stages": 4,
+    "retention": "learned",  # distillation's student (DistillConfig)
 }
 
 #: Generated retrieval documents of a mixed run (``retrieval_share > 0``) come from the stream
 #: ``EXTRA_RETRIEVAL_SEED + seed`` of :func:`probseq.data.retrieval_text.retrieval_document`; the corpus' own come
 #: from stream 0 (``prepare_corpus``'s seed), the validation probes from their own streams (probseq.ruler.probes).
 EXTRA_RETRIEVAL_SEED = 1000
+#: Distillation's generated retrieval documents (``DISTILL_RETRIEVAL_SEED + seed``): a stream of their own, so a
+#: student is not fine-tuned on the very documents its teacher was pretrained on.
+DISTILL_RETRIEVAL_SEED = 2000
+RETRIEVAL_STREAMS = {"pretrain": EXTRA_RETRIEVAL_SEED, "distill": DISTILL_RETRIEVAL_SEED}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -191,22 +228,6 @@ class PretrainConfig(LMRunConfig):
         tokens: the token budget (sets the number of optimizer steps).
         learning_rate: AdamW's peak learning rate.
         tokenizer: an existing tokenizer folder to use instead of training one (``""``: train).
-        retrieval_share: fraction of the training tokens that are retrieval-format documents. 0 (the default):
-            the corpus as built (its retrieval documents are ≈ 18 % of the tokens). In (0, 1): the training
-            stream is built for the run (:func:`mixed_token_array`): the corpus' book documents (KJV, Python docs;
-            repeated in reshuffled epochs when the run needs more) and freshly generated retrieval documents
-            (stream ``EXTRA_RETRIEVAL_SEED + seed``; the corpus' own retrieval documents are not used) in this
-            proportion, each document whole inside one block (longer ones are dropped), exactly the tokens of
-            ``max_steps`` steps, read in order (no epoch repeats a block).
-        retrieval_scale: haystack size of the generated documents at the last stage (``scale`` of
-            :func:`~probseq.data.retrieval_text.retrieval_document`; 1: the corpus' sizes); stage ``k`` of
-            ``retrieval_stages`` draws at ``1 + (retrieval_scale − 1) · k / (stages − 1)``. Documents longer than
-            ``seq_len`` are dropped, so at ``seq_len`` 512 a larger scale mostly shifts the kept documents towards
-            the block's length (and the kinds towards the shorter ones): the summary of the mixed stream says how.
-        retrieval_curriculum: the run is cut into ``retrieval_stages`` consecutive parts, part ``k`` holding
-            retrieval documents of at most ``(k + 1)/stages · seq_len`` tokens (short haystacks first) and its share
-            of the book text; off: the stages' blocks shuffled over the whole run.
-        retrieval_stages: stages of haystack sizes (and parts of the run, with the curriculum).
         max_minutes: a training-time budget (minutes, evaluations included, over resumes; 0: none): the run stops
             at the first step past it, checkpoints, evaluates and exports as a finished run would (``train_log.json``
             ``out_of_time``). The schedule stays that of ``tokens``: size ``tokens`` to fit the budget.
@@ -242,10 +263,6 @@ class PretrainConfig(LMRunConfig):
     save_steps: int = 200
     save_total_limit: int = 2
     # the teacher pilots (docs/distillation.md, "Teacher pilots"); the defaults are the runs made before them
-    retrieval_share: float = 0.0
-    retrieval_scale: float = 1.0
-    retrieval_curriculum: bool = False
-    retrieval_stages: int = 4
     max_minutes: float = 0.0
     probe_every: int = 0
     probe_samples: int = 32
@@ -256,17 +273,8 @@ class PretrainConfig(LMRunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        positive(self, "retrieval_scale", "retrieval_stages", "probe_samples")
+        positive(self, "probe_samples")
         non_negative(self, "max_minutes", "probe_every", "probe_final_samples", "probe_seed")
-        if not 0 <= self.retrieval_share < 1:
-            raise ValueError(f"retrieval_share must be in [0, 1), got {self.retrieval_share}")
-        if self.retrieval_scale < 1:
-            raise ValueError(f"retrieval_scale must be >= 1, got {self.retrieval_scale}")
-        if self.retrieval_share == 0 and (self.retrieval_scale != 1 or self.retrieval_curriculum):
-            raise ValueError(
-                "retrieval_scale and retrieval_curriculum shape the generated retrieval documents: set "
-                "retrieval_share > 0 as well"
-            )
         if self.probe_every and (not self.probe_lengths or min(self.probe_lengths) < 64):
             raise ValueError(f"probe_lengths must be lengths >= 64 tokens, got {list(self.probe_lengths)}")
         positive(
@@ -467,7 +475,7 @@ def _document_ids(tokenizer, texts: list[str]) -> list[np.ndarray]:
 
 
 def mixed_token_array(
-    tokenizer, folder: Path, config: PretrainConfig, blocks: int
+    tokenizer, folder: Path, config: LMRunConfig, blocks: int, purpose: Literal["pretrain", "distill"] = "pretrain"
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """The training stream of a run with ``retrieval_share > 0``: ``blocks`` blocks of ``seq_len`` tokens, in the
     order they are trained on (cached as ``folder/mix-<key>.npy`` with its ``.json`` summary).
@@ -484,7 +492,7 @@ def mixed_token_array(
     ``seq_len`` tokens (short haystacks first; the last stage, every document that fits a block).
 
     The blocks are cut into ``retrieval_stages`` parts (one part without the curriculum). Part ``k`` uses retrieval
-    documents of stage ``k`` (generated from the stream ``EXTRA_RETRIEVAL_SEED + seed`` at :func:`stage_scales`
+    documents of stage ``k`` (generated from the stream ``RETRIEVAL_STREAMS[purpose] + seed`` at :func:`stage_scales`
     ``[k]``, filler from the corpus' KJV sentences as the corpus' own). A retrieval block takes the next documents
     in stream order that fit its remaining space (looking up to ``LOOKAHEAD`` documents ahead), and the rest of the
     block is book text (the corpus' KJV and Python-docs train documents, consecutive, from epochs each shuffled with
@@ -493,6 +501,9 @@ def mixed_token_array(
     retrieval block is a ``ValueError``; ``share_reached`` per part in the summary); the other blocks are book text
     alone. The blocks of a part are shuffled among themselves (with the curriculum, part after part; without it,
     the parts' blocks are shuffled together).
+
+    ``purpose="distill"`` draws every random choice (documents, book order, splits, block order) from streams of its
+    own: the same settings give another stream than pretraining's, with the same statistics.
 
     Returns:
         ``(tokens, summary)``: ``summary`` has ``book_tokens``, ``retrieval_tokens``, ``retrieval_documents``,
@@ -513,7 +524,11 @@ def mixed_token_array(
         "seq_len": config.seq_len,
         "blocks": blocks,
         "seed": config.seed,
+        **({} if purpose == "pretrain" else {"purpose": purpose}),  # pretraining's key and summary as before
     }
+    if purpose not in RETRIEVAL_STREAMS:
+        raise ValueError(f"purpose must be one of {tuple(RETRIEVAL_STREAMS)}, got {purpose!r}")
+    tag = "" if purpose == "pretrain" else f":{purpose}"  # appended to every random stream's name
     key = json.dumps(
         {
             "tokenizer": tokenizer.backend_tokenizer.to_str()
@@ -540,8 +555,8 @@ def mixed_token_array(
         for s in re.split(r"(?<=[.;:])\s+", d)
         if 20 <= len(s) <= 160
     ]
-    book = _BookTokens(book_docs, config.seed)
-    stream = EXTRA_RETRIEVAL_SEED + config.seed
+    book = _BookTokens(book_docs, f"{config.seed}{tag}")
+    stream = RETRIEVAL_STREAMS[purpose] + config.seed
     index = 0  # the next generated document of the stream
     kinds: dict[str, int] = {}
     dropped: dict[str, int] = {}
@@ -571,7 +586,7 @@ def mixed_token_array(
         """Half the needle documents whose answer is RULER's sentence (a stream of their own) with the question and
         the answer on one line, as RULER's prompts join them ("…in the provided text? The special magic number for K
         … is V")."""
-        if kind == "needle" and random.Random(f"probseq-pretrain-join:{config.seed}:{number}").random() < 0.5:
+        if kind == "needle" and random.Random(f"probseq-pretrain-join:{config.seed}:{number}{tag}").random() < 0.5:
             head, question, answer = text.rsplit("\n", 2)
             if question.endswith("?") and answer.startswith("The special magic"):  # RULER's answer sentence
                 text = f"{head}\n{question} {answer}"
@@ -582,7 +597,7 @@ def mixed_token_array(
     retrieval_tokens = retrieval_documents = retrieval_blocks = 0
     mean_lengths, reached = [], []
     for k, (scale, count) in enumerate(zip(scales, part_blocks)):
-        rng = random.Random(f"probseq-pretrain-mix:{MIX_VERSION}:{config.seed}:{k}")
+        rng = random.Random(f"probseq-pretrain-mix:{MIX_VERSION}:{config.seed}:{k}{tag}")
         target, made, kept, part = config.retrieval_share * count * seq_len, 0, 0, []
         # the curriculum's stage k keeps documents of at most (k + 1)/stages of a block: short haystacks first
         longest = seq_len * (k + 1) // len(scales) if config.retrieval_curriculum else seq_len
@@ -619,7 +634,7 @@ def mixed_token_array(
     order, ranges, start = [], [], 0
     for k, part in enumerate(parts):
         shuffled = list(range(start, start + len(part)))
-        random.Random(f"probseq-pretrain-blocks:{config.seed}:{k}").shuffle(shuffled)
+        random.Random(f"probseq-pretrain-blocks:{config.seed}:{k}{tag}").shuffle(shuffled)
         order.extend(shuffled)
         ranges.append([start, start + len(part)])
         start += len(part)
@@ -650,7 +665,7 @@ class _BookTokens:
     """The book documents as one token stream (consecutive documents from epochs each shuffled with the seed);
     :meth:`take` hands out the next ``n`` tokens."""
 
-    def __init__(self, documents: list[np.ndarray], seed: int):
+    def __init__(self, documents: list[np.ndarray], seed: int | str):
         self.documents, self.seed = documents, seed
         self.epoch, self.order, self.position = -1, [], 0
         self.buffer, self.used = documents[0][:0], 0
