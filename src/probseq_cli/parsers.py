@@ -441,6 +441,13 @@ def add_ruler(commands) -> None:
     parser.add_argument("--tasks", nargs="+", default=[",".join(RULER_TASKS)], help="tasks (space or comma separated)")
     parser.add_argument("--lengths", nargs="+", default=["512,1024,2048,4096"], help="context lengths in tokens")
     parser.add_argument("--samples", type=int, default=20, help="samples per task and length")
+    parser.add_argument(
+        "--samples-per-task",
+        nargs="+",
+        default=None,
+        metavar="TASK=N",
+        help="another count for the tasks named, e.g. niah_single_1=300 (space or comma separated)",
+    )
     parser.add_argument("--out", required=True, help=OUT_HELP)
     parser.add_argument("--seed", type=int, default=42, help="the generators' seed")
     parser.add_argument("--batch-size", type=int, default=4, help="prompts per generate call")

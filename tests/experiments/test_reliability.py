@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from probseq import cli
-from probseq.experiments import collision, mqar, recall, reproduce, ruler_eval
+from probseq.experiments import collision, mqar, recall, reproduce, ruler_eval, ruler_units
 from probseq.experiments.common import ResultCache, apply_overrides, write_csv
 from probseq.files import atomic_write_json, read_json
 from probseq.train import TrainConfig, from_dict, with_overrides
@@ -215,6 +215,52 @@ def test_collision_cache_with_wrong_content_is_an_error_naming_the_file(tmp_path
         collision.run_collision(TINY_COLLISION, tmp_path)
 
 
+def _ruler_model_and_config(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    config = ruler_eval.RulerConfig(model=str(model), tasks=("fwe",), lengths=(64,), samples=1, progress=False)
+    return model, config
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        [],
+        {},
+        {"task": "fwe", "length": 64, "seconds": 1.0, "predictions": []},
+        {"task": "vt", "length": 64, "seconds": 1.0, "predictions": [], "skipped": None},
+        {
+            "task": "fwe",
+            "length": 64,
+            "seconds": 1.0,
+            "skipped": None,
+            "predictions": [
+                {
+                    "task": "fwe",
+                    "length": 64,
+                    "index": 1,
+                    "prompt_tokens": 60,
+                    "references": ["a"],
+                    "prediction": "a",
+                    "score": 100.0,
+                }
+            ],
+        },
+    ],
+    ids=["list", "empty", "missing-keys", "other-task", "not-from-sample-0"],
+)
+def test_ruler_cache_with_wrong_content_is_an_error_naming_the_file(tmp_path, monkeypatch, content):
+    model, config = _ruler_model_and_config(tmp_path)
+    cache = ResultCache(
+        tmp_path / "out", ruler_units.UnitKey(ruler_eval._weights_fingerprint(model), 42, None, "float32")
+    )
+    cache.put("fwe-64", content)
+    monkeypatch.setattr(ruler_eval, "load_model", lambda *a, **k: pytest.fail("recomputed instead of refused"))
+    with pytest.raises(ValueError, match="(?s)fwe-64.json.*delete it to recompute"):
+        ruler_eval.run_ruler(config, tmp_path / "out")
+
+
 @pytest.mark.parametrize(
     "content",
     [
@@ -233,18 +279,28 @@ def test_collision_cache_with_wrong_content_is_an_error_naming_the_file(tmp_path
             "seconds": 1.0,
             "predictions": [],
         },
+        {
+            "task": "fwe",
+            "length": 64,
+            "status": "ok",
+            "score": 1.0,
+            "ci_low": 1.0,
+            "ci_high": 1.0,
+            "samples": 1,
+            "prompt_tokens": 60.0,
+            "seconds": 1.0,
+            "predictions": [],
+        },
     ],
-    ids=["list", "empty", "missing-keys", "other-task"],
+    ids=["list", "empty", "missing-keys", "other-task", "fewer-predictions"],
 )
-def test_ruler_cache_with_wrong_content_is_an_error_naming_the_file(tmp_path, monkeypatch, content):
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "config.json").write_text("{}")
-    config = ruler_eval.RulerConfig(model=str(model), tasks=("fwe",), lengths=(64,), samples=1, progress=False)
-    cache = ResultCache(
-        tmp_path / "out", ruler_eval._UnitKey(ruler_eval._weights_fingerprint(model), 1, 42, None, "float32")
-    )
-    cache.put("fwe-64", content)
+def test_ruler_cache_of_the_old_layout_with_wrong_content_is_an_error_naming_the_file(tmp_path, monkeypatch, content):
+    """A folder written before per-sample caching (the sample count in the key; results.json says which) is read,
+    and as strictly."""
+    model, config = _ruler_model_and_config(tmp_path)
+    old_key = ruler_units.LegacyUnitKey(ruler_eval._weights_fingerprint(model), 1, 42, None, "float32")
+    ResultCache(tmp_path / "out", old_key).put("fwe-64", content)
+    atomic_write_json(tmp_path / "out" / "results.json", {"config": dataclasses.asdict(config)})
     monkeypatch.setattr(ruler_eval, "load_model", lambda *a, **k: pytest.fail("recomputed instead of refused"))
     with pytest.raises(ValueError, match="(?s)fwe-64.json.*delete it to recompute"):
         ruler_eval.run_ruler(config, tmp_path / "out")

@@ -4,6 +4,8 @@ resume, fla folders and errors — on tiny random models with a tiny tokenizer t
 from __future__ import annotations
 
 import csv
+import dataclasses
+import gzip
 import json
 import math
 import re
@@ -16,10 +18,12 @@ from transformers import AutoModelForCausalLM
 import probseq.models  # noqa: F401  (registers the Auto classes)
 from probseq.cli import main
 from probseq.data import retrieval_documents, train_tokenizer
-from probseq.experiments import ruler_eval
+from probseq.experiments import ruler_eval, ruler_units
+from probseq.experiments.common import ResultCache
 from probseq.experiments.ruler_eval import RulerConfig, mean_ci, run_ruler
 from probseq.interop.fla import export_fla
 from probseq.models import ProbSeqConfig, ProbSeqForCausalLM
+from probseq.train.result_cache import config_hash
 from tests.helpers import REPO
 
 LENGTH = 640  # room for niah's template with this small vocabulary
@@ -107,7 +111,7 @@ def test_ruler_end_to_end_writes_files_and_scores(model_dir, tmp_path, capsys):
         ]
     )
     assert code == 0
-    for name in ("summary.csv", "predictions.jsonl", "results.json", "ruler.png"):
+    for name in ("summary.csv", "predictions.jsonl.gz", "results.json", "ruler.png"):
         assert (out / name).is_file(), name
     rows = list(csv.DictReader((out / "summary.csv").open()))
     assert [(r["task"], int(r["length"])) for r in rows] == [("niah_single_1", LENGTH), ("fwe", LENGTH), ("vt", LENGTH)]
@@ -116,12 +120,16 @@ def test_ruler_end_to_end_writes_files_and_scores(model_dir, tmp_path, capsys):
         assert 0 <= float(row["ci_low"]) <= float(row["score"]) <= float(row["ci_high"]) <= 100
         assert float(row["prompt_tokens"]) <= LENGTH
     assert rows[2]["status"].startswith("skipped:")  # vt's solved example alone needs ~500 tokens
-    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    predictions = read_predictions(out)
     assert len(predictions) == 6 and {p["task"] for p in predictions} == {"niah_single_1", "fwe"}
     assert all(isinstance(p["prediction"], str) and p["references"] for p in predictions)
     results = json.loads((out / "results.json").read_text())
     assert results["units"] == [{**r, "length": int(r["length"])} | _numbers(r) for r in rows]
     assert "niah_single_1" in capsys.readouterr().out
+
+
+def read_predictions(out: Path) -> list[dict]:
+    return [json.loads(line) for line in gzip.decompress((out / "predictions.jsonl.gz").read_bytes()).splitlines()]
 
 
 def _numbers(row: dict) -> dict:
@@ -132,32 +140,38 @@ def _numbers(row: dict) -> dict:
     return numbers
 
 
+class Oracle:
+    """A perfect model in place of ``ruler_eval.complete``: the reference answers of the prompts it is given (the
+    first 8 samples of niah_single_1 and fwe at LENGTH); ``seen`` holds how many prompts each call completed."""
+
+    def __init__(self):
+        self.seen: list[int] = []
+        self.answers: dict[str, str] | None = None
+
+    def __call__(self, model, tokenizer, prompts, max_new_tokens, batch_size, progress=False):
+        from probseq.ruler import generate
+
+        if self.answers is None:
+            records = [r for task in ("niah_single_1", "fwe") for r in generate(task, tokenizer, LENGTH, 8, 42)]
+            self.answers = {r["input"] + r["answer_prefix"]: " " + ", ".join(r["outputs"]) + "." for r in records}
+        self.seen.append(len(prompts))
+        return [self.answers[p] for p in prompts], [LENGTH] * len(prompts)
+
+
 @pytest.mark.integration
 def test_scores_reference_answers_100_and_resumes_per_unit(model_dir, tmp_path, monkeypatch):
     out = tmp_path / "oracle"
-    seen = []
-
-    def oracle(model, tokenizer, prompts, max_new_tokens, batch_size, progress=False):
-        seen.append(len(prompts))
-        from probseq.ruler import generate
-
-        # the reference answers of the prompts being completed, as a perfect model would write them
-        task = "niah_single_1" if "special magic" in prompts[0] else "fwe"
-        records = generate(task, tokenizer, LENGTH, len(prompts), 42)
-        assert [r["input"] + r["answer_prefix"] for r in records] == prompts
-        return [" " + ", ".join(r["outputs"]) + "." for r in records], [LENGTH] * len(prompts)
-
+    oracle = Oracle()
     monkeypatch.setattr(ruler_eval, "complete", oracle)
     results = run_ruler(config(model_dir), out)
-    assert [u["score"] for u in results["units"]] == [100.0, 100.0] and seen == [3, 3]
+    assert [u["score"] for u in results["units"]] == [100.0, 100.0] and oracle.seen == [3, 3]
     # a rerun reads every finished unit from the cache: no model is loaded, nothing is generated
     monkeypatch.setattr(ruler_eval, "load_model", lambda *a, **k: pytest.fail("the model was loaded again"))
     again = run_ruler(config(model_dir), out)
-    assert again["units"] == results["units"] and seen == [3, 3]
-    # so does one with other batches and threads (they change no unit); other samples, seed or dtype are refused
+    assert again["units"] == results["units"] and oracle.seen == [3, 3]
+    # so does one with other batches and threads (they change no unit); another seed or model is refused
     assert run_ruler(config(model_dir, batch_size=3, num_threads=2), out)["units"] == results["units"]
     for model, change, shown in (
-        (model_dir, {"samples": 4}, "samples (3 there, 4 now)"),
         (model_dir, {"seed": 1}, "seed (42 there, 1 now)"),
         (out, {}, "model ("),
     ):
@@ -166,8 +180,103 @@ def test_scores_reference_answers_100_and_resumes_per_unit(model_dir, tmp_path, 
     # a new length is one more unit; the old ones stay cached
     monkeypatch.undo()
     monkeypatch.setattr(ruler_eval, "complete", oracle)
-    with pytest.raises(AssertionError):  # the oracle only knows LENGTH: proves the new unit was computed
+    with pytest.raises(KeyError):  # the oracle only knows LENGTH: proves the new unit was computed
         run_ruler(config(model_dir, lengths=(LENGTH, 2 * LENGTH)), out)
+
+
+@pytest.mark.integration
+def test_more_samples_score_only_the_new_ones_and_fewer_report_the_first(model_dir, tmp_path, monkeypatch):
+    """A larger --samples (or --samples-per-task) in the same --out completes only the new samples of each unit,
+    keeping the cached ones; a smaller one reports the first samples without loading the model; a cached sample
+    whose prompt the generator no longer gives is an error, not a silent mix."""
+    out = tmp_path / "topup"
+    oracle = Oracle()
+    monkeypatch.setattr(ruler_eval, "complete", oracle)
+    first = run_ruler(config(model_dir), out)
+    before = read_predictions(out)
+    grown = run_ruler(config(model_dir, samples=5), out)
+    assert oracle.seen == [3, 3, 2, 2]  # two new prompts per unit
+    assert [u["samples"] for u in grown["units"]] == [5, 5] and [u["score"] for u in grown["units"]] == [100.0] * 2
+    after = read_predictions(out)
+    assert [(p["task"], p["index"]) for p in after] == [(t, i) for t in ("niah_single_1", "fwe") for i in range(5)]
+    assert [p for p in after if p["index"] < 3] == before  # the cached samples, as they were
+    with monkeypatch.context() as patch:
+        patch.setattr(ruler_eval, "load_model", lambda *a, **k: pytest.fail("the model was loaded for fewer samples"))
+        fewer = run_ruler(config(model_dir, samples=3), out)
+        assert fewer["units"] == first["units"] and read_predictions(out) == before
+    # per task: niah_single_1 gets 7 (two more prompts), fwe keeps its first 2; the CLI spells it TASK=N
+    code = main(
+        ["ruler", "--model", str(model_dir), "--tasks", "niah_single_1,fwe", "--lengths", str(LENGTH), "--samples", "2"]
+        + ["--samples-per-task", "niah_single_1=7", "--batch-size", "2", "--max-new-tokens", "6", "--out", str(out)]
+        + ["--threads", "1", "--no-progress"]
+    )
+    assert code == 0 and oracle.seen == [3, 3, 2, 2, 2]
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert [(r["task"], r["samples"]) for r in rows] == [("niah_single_1", "7"), ("fwe", "2")]
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["samples_per_task"] == {"niah_single_1": 7}
+    # a cached sample whose prompt changed (here: its references) stops a top-up
+    unit_file = next((out / "cache").glob("*/fwe-*.json"))
+    unit = json.loads(unit_file.read_text())
+    unit["predictions"][0]["references"] = ["something else"]
+    unit_file.write_text(json.dumps(unit))
+    with pytest.raises(ValueError, match="(?s)cached sample 0 .*prompts changed.*delete it to recompute"):
+        run_ruler(config(model_dir, samples=8), out)
+
+
+def test_samples_per_task_is_read_and_checked():
+    per_task = ruler_eval.per_task_counts
+    assert per_task(None) == {} and per_task(["niah_single_1=300,niah_multikey_2=200", "vt=5"]) == {
+        "niah_single_1": 300,
+        "niah_multikey_2": 200,
+        "vt": 5,
+    }
+    for bad, message in ((["niah_single_1"], "not TASK=N"), (["vt=x"], "not a count"), (["vt=1", "vt=2"], "twice")):
+        with pytest.raises(ValueError, match=message):
+            per_task(bad)
+    with pytest.raises(ValueError, match="unknown RULER task"):
+        RulerConfig(model="m", samples_per_task={"niah": 3})
+    with pytest.raises(ValueError, match="count >= 1"):
+        RulerConfig(model="m", samples_per_task={"vt": 0})
+    assert RulerConfig(model="m", samples=4, samples_per_task={"vt": 9}).samples_for("vt") == 9
+    assert RulerConfig(model="m", samples=4, samples_per_task={"vt": 9}).samples_for("cwe") == 4
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("finished", [True, False], ids=["finished", "interrupted"])
+def test_a_folder_of_the_old_layout_is_read_and_topped_up(model_dir, tmp_path, monkeypatch, finished):
+    """An --out written before per-sample caching (one file per unit under a key with the sample count;
+    predictions.jsonl) keeps working: the same count reads every unit without the model (vt's skip too, when
+    results.json says the count), a larger one completes only the new samples, and predictions.jsonl.gz replaces
+    predictions.jsonl. Interrupted (no results.json yet), the count comes from the unit files."""
+    oracle = Oracle()
+    monkeypatch.setattr(ruler_eval, "complete", oracle)
+    fresh = run_ruler(config(model_dir, tasks=("niah_single_1", "fwe", "vt")), tmp_path / "fresh")
+    # the old layout, as the code before per-sample caching wrote it
+    old = tmp_path / "old"
+    old_key = ruler_units.LegacyUnitKey(ruler_eval._weights_fingerprint(model_dir), 3, 42, 6, "float32")
+    new_key = ruler_units.UnitKey(ruler_eval._weights_fingerprint(model_dir), 42, 6, "float32")
+    for path in sorted((tmp_path / "fresh" / "cache" / config_hash(new_key)).glob("*.json")):
+        unit = json.loads(path.read_text())
+        summary = ruler_eval.unit_summary(unit, 3)
+        if not finished and summary["status"] != "ok":
+            continue  # its skip: rediscovered below
+        ResultCache(old, old_key).put(path.stem, summary)
+    (old / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in read_predictions(tmp_path / "fresh")))
+    if finished:
+        old_config = {k: v for k, v in dataclasses.asdict(config(model_dir)).items() if k != "samples_per_task"}
+        (old / "results.json").write_text(json.dumps({"config": old_config, "units": fresh["units"]}))
+    seen = len(oracle.seen)
+    if finished:
+        with monkeypatch.context() as patch:
+            patch.setattr(ruler_eval, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+            again = run_ruler(config(model_dir, tasks=("niah_single_1", "fwe", "vt")), old)
+    else:
+        again = run_ruler(config(model_dir, tasks=("niah_single_1", "fwe", "vt")), old)
+    assert again["units"] == fresh["units"] and len(oracle.seen) == seen
+    assert not (old / "predictions.jsonl").exists() and read_predictions(old) == read_predictions(tmp_path / "fresh")
+    grown = run_ruler(config(model_dir, tasks=("niah_single_1", "fwe", "vt"), samples=4), old)
+    assert oracle.seen[seen:] == [1, 1] and [u["samples"] for u in grown["units"]] == [4, 4, 0]
 
 
 @pytest.mark.integration

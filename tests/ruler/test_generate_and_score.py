@@ -230,6 +230,15 @@ def test_fwe_format(samples, length):
         assert counts[answer[0]] > counts[answer[1]] > counts[answer[2]]  # Zipf ranks 2, 3, 4
 
 
+def test_vt_answer_prefix_is_ruler_s_current_text():
+    """RULER's constants.py spelt "assgined" until its commit 4a216f4 ("fix typo", 2025-05-13); today's text (and
+    this one) says "assigned". A published score from an older RULER saw the typo."""
+    assert TASKS["vt"]["answer_prefix"] == (
+        " Answer: According to the chain(s) of variable assignment in the text above, {num_v} variables are"
+        " assigned the value {query}, they are: "
+    )
+
+
 def test_model_template(tok):
     (r,) = generate("niah_single_1", tok, 1024, 1, SEED, model_template="[INST] {task_template} [/INST]")
     assert r["input"].startswith("[INST] A special magic number is hidden")
@@ -249,6 +258,14 @@ def test_seeded(tok, samples, task):
     assert [r["input"] for r in other] != [r["input"] for r in again]
     assert [r["outputs"] for r in other] != [r["outputs"] for r in again]
     assert again[0]["input"] != again[1]["input"]  # samples differ within a run too
+
+
+@pytest.mark.parametrize("length", LENGTHS)
+@pytest.mark.parametrize("task", ALL)
+def test_the_first_samples_do_not_depend_on_how_many_are_drawn(tok, samples, task, length):
+    """Prefix-stable: the first n samples of a larger set are the n samples (probseq ruler's per-sample cache tops
+    a unit up on this)."""
+    assert generate(task, tok, length, N + 3, SEED)[:N] == samples[task, length]
 
 
 def test_registry_and_options(tok):

@@ -4,12 +4,15 @@ For each task × length (a *unit*): ``probseq.ruler.generate(task, tokenizer, le
 ``samples`` prompts that fill ``length`` tokens of the model's own tokenizer (RULER's length fitting, less the
 task's tokens to generate); the model completes ``input + answer_prefix`` greedily (``model.generate``, batches
 of ``batch_size`` left-padded prompts, ``tokens_to_generate(task)`` new tokens, stopping at eos); each completion
-is scored with ``probseq.ruler.score`` (RULER's substring recall, 0–100). Writes to ``OUT``:
+is scored with ``probseq.ruler.score`` (RULER's substring recall, 0–100). ``--samples N`` is the count of every
+task; ``--samples-per-task niah_single_1=300,niah_multikey_2=300`` overrides it for the tasks named. Writes to
+``OUT``:
 
 - ``summary.csv`` — one row per unit: ``task, length, score`` (mean over samples), ``ci_low, ci_high`` (95 %
   normal interval of the mean over samples, clipped to [0, 100]), ``samples``, ``prompt_tokens`` (mean),
   ``status`` (``ok``, or why the unit was skipped — e.g. ``vt`` needs more than 512 tokens for its solved example);
-- ``predictions.jsonl`` — one line per sample: task, length, index, references, prediction, score;
+- ``predictions.jsonl.gz`` — gzip of one JSON line per sample: task, length, index, prompt_tokens, references,
+  prediction, score (gzip keeps it small enough to copy into a repository: ~30 bytes a sample);
 - ``results.json`` — config, environment, the model, and the units;
 - ``ruler.png`` — score vs length (log scale), one line per task, with the intervals.
 
@@ -17,17 +20,24 @@ is scored with ``probseq.ruler.score`` (RULER's substring recall, 0–100). Writ
 or an fla ``GatedDeltaNetForCausalLM`` folder (``model_type = "gated_deltanet"``), which is converted on the fly
 (``convert_fla(retention="reset")``: the same model); its tokenizer files must be in the folder.
 
-Resumable: every finished unit is cached in ``OUT/cache/<key>/`` (the key covers the model's weights file sizes and
-times, samples, seed, new tokens and dtype), so a rerun computes only the missing units; a cache file that is not
-JSON or not a unit's record (of this task and length) is an error naming the file (delete it to recompute). Before
-any work, an unwritable ``OUT`` is an error, and so is an ``OUT`` holding the results of another model, samples,
-seed, dtype or ``--max-new-tokens`` (use another ``--out``); other ``--tasks`` or ``--lengths`` in the same ``OUT``
-evaluate only the units not cached yet, and the outputs then cover the units asked for.
+Resumable, sample by sample: every unit's scored samples are cached in ``OUT/cache/<key>/<task>-<length>.json``
+(the key covers the model's weights file sizes and times, seed, new tokens and dtype — not the sample count:
+RULER's generators are prefix-stable, :mod:`probseq.experiments.ruler_units`). A rerun computes only the missing
+units; a larger ``--samples`` (or ``--samples-per-task``) scores only the new samples of each unit, a smaller one
+reports the first ones. A cache file that is not JSON or not a unit's record (of this task and length) is an error
+naming the file (delete it to recompute). Before any work, an unwritable ``OUT`` is an error, and so is an ``OUT``
+holding the results of another model, seed, dtype or ``--max-new-tokens`` (use another ``--out``); other
+``--tasks``, ``--lengths`` or sample counts in the same ``OUT`` evaluate only what is not cached yet, and the
+outputs then cover the units and counts asked for. An ``OUT`` written before per-sample caching (its cache keyed
+with the count, ``predictions.jsonl``) is read as it is: its units are copied into the new layout, and the run
+writes ``predictions.jsonl.gz`` in place of ``predictions.jsonl``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import gzip
 import io
 import json
 import math
@@ -35,28 +45,42 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
 
 from probseq.experiments.common import ResultCache, environment, write_csv
+from probseq.experiments.ruler_units import (
+    LEGACY_UNIT_SPEC,
+    UNIT_SPEC,
+    UnitKey,
+    check_same_samples,
+    from_legacy,
+    legacy_unit_problem,
+    legacy_units,
+    unit_name,
+    unit_problem,
+)
 from probseq.files import (
-    NUMBER,
-    ListOf,
     atomic_write_bytes,
     atomic_write_json,
-    atomic_write_text,
     check_same_config,
     check_writable,
+    json_problem,
     read_json,
 )
+from probseq.train.result_cache import ADVICE, read_result
 
 DEFAULT_TASKS = ("niah_single_1", "niah_multikey_2", "niah_multikey_3", "vt", "cwe", "fwe")
-#: RulerConfig fields that change no unit's result: which units to evaluate (each is cached on its own, so other
-#: tasks or lengths in the same ``--out`` add units), and how (batching, device, threads, progress bars).
-CHOICE_FIELDS = ("tasks", "lengths", "batch_size", "device", "num_threads", "progress")
+#: RulerConfig fields that change no unit's result: which units and samples to evaluate (each unit is cached on its
+#: own, sample by sample, so other tasks, lengths or sample counts in the same ``--out`` add units or samples), and
+#: how (batching, device, threads, progress bars).
+CHOICE_FIELDS = ("tasks", "lengths", "samples", "samples_per_task", "batch_size", "device", "num_threads", "progress")
+SUMMARY_COLUMNS = ("task", "length", "score", "ci_low", "ci_high", "samples", "prompt_tokens", "status")
+FILES = ("summary.csv", "predictions.jsonl.gz", "results.json", "ruler.png")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -68,7 +92,9 @@ class RulerConfig:
         model: the model folder (``save_pretrained`` or fla Gated DeltaNet), with its tokenizer.
         tasks: RULER tasks (names of ``probseq.ruler.TASKS``).
         lengths: context lengths in tokens (prompt + tokens to generate).
-        samples: samples per task and length.
+        samples: samples per task and length (a top-up of a cached unit scores only the new ones).
+        samples_per_task: ``{task: samples}`` for tasks that take another count than ``samples`` (e.g. more for
+            the niah tasks, whose mean the study's paired interval is about).
         seed: the generators' seed (RULER's; the same for every unit, as RULER does per task).
         batch_size: prompts per ``generate`` call.
         max_new_tokens: new tokens per completion (``None``: the task's ``tokens_to_generate``).
@@ -82,6 +108,7 @@ class RulerConfig:
     tasks: tuple[str, ...] = DEFAULT_TASKS
     lengths: tuple[int, ...] = (512, 1024, 2048, 4096)
     samples: int = 20
+    samples_per_task: dict[str, int] = field(default_factory=dict)
     seed: int = 42
     batch_size: int = 4
     max_new_tokens: int | None = None
@@ -105,21 +132,20 @@ class RulerConfig:
         for name in ("samples", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        unknown = [t for t in self.samples_per_task if t not in TASKS]
+        if unknown:
+            raise ValueError(f"--samples-per-task: unknown RULER task(s) {unknown}; available: {sorted(TASKS)}")
+        for task, count in self.samples_per_task.items():
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise ValueError(f"--samples-per-task: {task}={count!r} must be a count >= 1")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
 
-
-@dataclass(frozen=True)
-class _UnitKey:
-    """What a cached unit depends on (besides its task and length)."""
-
-    weights: str
-    samples: int
-    seed: int
-    max_new_tokens: int | None
-    dtype: str
+    def samples_for(self, task: str) -> int:
+        """The sample count of ``task``: its ``samples_per_task`` entry, else ``samples``."""
+        return self.samples_per_task.get(task, self.samples)
 
 
 def _weights_fingerprint(folder: Path) -> str:
@@ -208,63 +234,46 @@ def complete(
     return texts, counts
 
 
-# A finished unit as cached (:func:`run_unit`'s dict).
-UNIT_SPEC = {
-    "task": str,
-    "length": int,
-    "status": str,
-    "score": (NUMBER, type(None)),
-    "ci_low": (NUMBER, type(None)),
-    "ci_high": (NUMBER, type(None)),
-    "samples": int,
-    "prompt_tokens": (NUMBER, type(None)),
-    "seconds": NUMBER,
-    "predictions": ListOf({"score": NUMBER, "prediction": str}),
-}
+def _failed_unit(unit: dict | None, task: str, length: int, samples: int, reason: str, seconds: float) -> dict:
+    """``unit`` (or a new unit file) marked as not drawable at ``samples`` prompts; its predictions stay."""
+    unit = unit or {"task": task, "length": length, "seconds": 0.0, "predictions": []}
+    return {**unit, "seconds": unit["seconds"] + seconds, "skipped": {"samples": samples, "reason": reason}}
 
 
-def _unit_problem(unit: dict, task: str, length: int) -> str | None:
-    """A cached unit (that matches :data:`UNIT_SPEC`) of another task or length, or an ``ok`` unit without a
-    score."""
-    if (unit["task"], unit["length"]) != (task, length):
-        return f"it is the unit of {unit['task']} at {unit['length']} tokens"
-    if unit["status"] == "ok" and unit["score"] is None:
-        return "status is ok but score is null"
-    return None
+def needs_work(unit: dict | None, samples: int) -> bool:
+    """Whether a unit file (:mod:`~probseq.experiments.ruler_units`' layout, or None) lacks what ``samples``
+    prompts need: fewer predictions, and no skip that holds for that count."""
+    if unit is None:
+        return True
+    if len(unit["predictions"]) >= samples:
+        return False
+    return unit["skipped"] is None or samples < unit["skipped"]["samples"]
 
 
-def run_unit(model, tokenizer, task: str, length: int, config: RulerConfig) -> dict:
-    """One task at one length: ``{"task", "length", "status", "score", "ci_low", "ci_high", "samples",
-    "prompt_tokens", "seconds", "predictions": [...]}``."""
+def grow_unit(model, tokenizer, unit: dict | None, task: str, length: int, samples: int, config: RulerConfig) -> dict:
+    """The unit file ``unit`` (None: none yet) grown to ``samples`` predictions: RULER's ``samples`` prompts are
+    generated, the cached ones checked against them, and only the others completed and scored. A length that
+    cannot hold the task (e.g. vt's solved example needs ~500 tokens) marks the unit skipped at that count."""
     from probseq.ruler import generate, score, tokens_to_generate
 
     started = time.perf_counter()
-    unit = {"task": task, "length": length}
+    cached = unit["predictions"] if unit is not None else []
     try:
-        records = generate(task, tokenizer, length, config.samples, config.seed)
-    except ValueError as error:  # the length cannot hold the task (e.g. vt's solved example needs ~500 tokens)
-        return {
-            **unit,
-            "status": f"skipped: {error}",
-            "score": None,
-            "ci_low": None,
-            "ci_high": None,
-            "samples": 0,
-            "prompt_tokens": None,
-            "seconds": time.perf_counter() - started,
-            "predictions": [],
-        }
-    new_tokens = config.max_new_tokens or tokens_to_generate(task)
+        records = generate(task, tokenizer, length, samples, config.seed)
+    except ValueError as error:
+        return _failed_unit(unit, task, length, samples, str(error), time.perf_counter() - started)
+    check_same_samples(cached, records, lambda row: row["references"], f"the cache of {unit_name(task, length)}")
+    todo = records[len(cached) :]
     texts, counts = complete(
         model,
         tokenizer,
-        [r["input"] + r["answer_prefix"] for r in records],
-        new_tokens,
+        [r["input"] + r["answer_prefix"] for r in todo],
+        config.max_new_tokens or tokens_to_generate(task),
         config.batch_size,
         config.progress,
     )
-    predictions = []
-    for record, text, count in zip(records, texts, counts):
+    predictions = list(cached)
+    for record, text, count in zip(todo, texts, counts):
         predictions.append(
             {
                 "task": task,
@@ -276,16 +285,30 @@ def run_unit(model, tokenizer, task: str, length: int, config: RulerConfig) -> d
                 "score": score(task, [text], [record["outputs"]]),
             }
         )
+    seconds = (unit["seconds"] if unit is not None else 0.0) + time.perf_counter() - started
+    return {"task": task, "length": length, "seconds": seconds, "predictions": predictions, "skipped": None}
+
+
+def unit_summary(unit: dict, samples: int) -> dict:
+    """The first ``samples`` predictions of a unit file as a row of ``summary.csv`` (with ``seconds`` and the
+    ``predictions`` used): ``{"task", "length", "score", "ci_low", "ci_high", "samples", "prompt_tokens", "status",
+    "seconds", "predictions"}``."""
+    row = {"task": unit["task"], "length": unit["length"]}
+    predictions = unit["predictions"][:samples]
+    if len(predictions) < samples:  # needs_work said the skip holds for this count
+        empty = dict.fromkeys(("score", "ci_low", "ci_high", "prompt_tokens"))
+        status = f"skipped: {unit['skipped']['reason']}"
+        return {**row, **empty, "samples": 0, "status": status, "seconds": unit["seconds"], "predictions": []}
     mean, low, high = mean_ci([p["score"] for p in predictions])
     return {
-        **unit,
-        "status": "ok",
+        **row,
         "score": mean,
         "ci_low": low,
         "ci_high": high,
-        "samples": len(predictions),
-        "prompt_tokens": sum(counts) / len(counts),
-        "seconds": time.perf_counter() - started,
+        "samples": samples,
+        "prompt_tokens": sum(p["prompt_tokens"] for p in predictions) / samples,
+        "status": "ok",
+        "seconds": unit["seconds"],
         "predictions": predictions,
     }
 
@@ -323,10 +346,35 @@ def plot(units: list[dict], title: str) -> bytes:
     return buffer.getvalue()
 
 
+def _cached_unit(cache: ResultCache, legacy: Callable[[], dict], task: str, length: int) -> dict | None:
+    """The unit file of ``task`` at ``length`` (:mod:`~probseq.experiments.ruler_units`' layout): from the cache,
+    else converted from a folder an older ``probseq ruler`` wrote (``legacy()``: :func:`legacy_units`), else None.
+    A file with wrong content is an error naming it."""
+    name = unit_name(task, length)
+    unit = cache.get(name, UNIT_SPEC, lambda value: unit_problem(value, task, length))
+    if unit is not None or name not in legacy():
+        return unit
+    path, samples = legacy()[name]
+    old = read_result(path, name, LEGACY_UNIT_SPEC, lambda value: legacy_unit_problem(value, task, length, samples))
+    unit = from_legacy(old, samples)
+    problem = json_problem(unit, UNIT_SPEC) or unit_problem(unit, task, length)
+    if problem is not None:
+        raise ValueError(f"cached result {path} does not hold a result of {name}: {problem}; {ADVICE}")
+    return unit
+
+
+def predictions_gz(units: list[dict]) -> bytes:
+    """``predictions.jsonl.gz``: one JSON line per sample of ``units`` (:func:`unit_summary` rows), gzip with no
+    timestamp (the same predictions give the same bytes)."""
+    text = "".join(json.dumps(p, allow_nan=False) + "\n" for u in units for p in u["predictions"])
+    return gzip.compress(text.encode(), mtime=0)
+
+
 def run_ruler(config: RulerConfig, out: str | os.PathLike) -> dict:
-    """Evaluate ``config`` into ``out`` (resuming finished units); returns ``results.json``'s content. An ``out``
-    holding the results of another model, samples, seed, dtype or ``max_new_tokens`` is refused before any work
-    (:data:`CHOICE_FIELDS`: other tasks or lengths only add units)."""
+    """Evaluate ``config`` into ``out`` (resuming finished units, topping up their samples); returns
+    ``results.json``'s content. An ``out`` holding the results of another model, seed, dtype or ``max_new_tokens``
+    is refused before any work (:data:`CHOICE_FIELDS`: other tasks, lengths or sample counts only add units or
+    samples)."""
     from tqdm.auto import tqdm
 
     out = check_writable(out)
@@ -338,36 +386,29 @@ def run_ruler(config: RulerConfig, out: str | os.PathLike) -> dict:
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
     try:
-        cache = ResultCache(
-            out,
-            _UnitKey(_weights_fingerprint(folder), config.samples, config.seed, config.max_new_tokens, config.dtype),
-        )
+        key = UnitKey(_weights_fingerprint(folder), config.seed, config.max_new_tokens, config.dtype)
+        cache = ResultCache(out, key)
+        legacy = functools.cache(lambda: legacy_units(out, key))
         model = tokenizer = description = None
         units = []
         todo = [(task, length) for task in config.tasks for length in config.lengths]
         for task, length in tqdm(todo, desc="RULER units", disable=None if config.progress else True):
-            name = f"{task}-{length}"
-            unit = cache.get(name, UNIT_SPEC, lambda value, t=task, n=length: _unit_problem(value, t, n))
-            if unit is None:
+            samples, name = config.samples_for(task), unit_name(task, length)
+            unit = _cached_unit(cache, legacy, task, length)
+            stored = unit is not None and cache.path(name).exists()  # not when converted from the old layout
+            if needs_work(unit, samples):
                 if model is None:
                     model, tokenizer, description = load_model(folder, config.dtype, config.device)
-                unit = run_unit(model, tokenizer, task, length, config)
+                unit, stored = grow_unit(model, tokenizer, unit, task, length, samples, config), False
+            if not stored:
                 cache.put(name, unit)
-            units.append(unit)
+            units.append(unit_summary(unit, samples))
     finally:
         torch.set_num_threads(before)
-    summary = [
-        {
-            key: unit[key]
-            for key in ("task", "length", "score", "ci_low", "ci_high", "samples", "prompt_tokens", "status")
-        }
-        for unit in units
-    ]
+    summary = [{key: unit[key] for key in SUMMARY_COLUMNS} for unit in units]
     write_csv(out / "summary.csv", summary)
-    atomic_write_text(
-        out / "predictions.jsonl",
-        "".join(json.dumps(p, allow_nan=False) + "\n" for u in units for p in u["predictions"]),
-    )
+    atomic_write_bytes(out / "predictions.jsonl.gz", predictions_gz(units))
+    (out / "predictions.jsonl").unlink(missing_ok=True)  # an older run's: predictions.jsonl.gz replaces it
     title = f"RULER: {folder.name}"
     atomic_write_bytes(out / "ruler.png", plot(units, title))
     results = {
@@ -376,7 +417,7 @@ def run_ruler(config: RulerConfig, out: str | os.PathLike) -> dict:
         "model": description or str(folder),
         "units": summary,
         "seconds": sum(u["seconds"] for u in units),
-        "files": ["summary.csv", "predictions.jsonl", "results.json", "ruler.png"],
+        "files": list(FILES),
     }
     atomic_write_json(out / "results.json", results)
     return results
@@ -390,12 +431,30 @@ def _list(text: list[str], kind=str) -> tuple:
         raise ValueError(f"cannot read {items} as {kind.__name__}s") from None
 
 
+def per_task_counts(text: list[str] | None) -> dict[str, int]:
+    """``--samples-per-task niah_single_1=300,niah_multikey_2=300`` (space or comma separated ``TASK=N``) as
+    ``{task: n}``; the names and counts are checked by :class:`RulerConfig`."""
+    counts = {}
+    for item in _list(text or []):
+        task, sep, count = item.partition("=")
+        if not sep or not task:
+            raise ValueError(f"--samples-per-task: {item!r} is not TASK=N")
+        if task in counts:
+            raise ValueError(f"--samples-per-task: {task} is given twice")
+        try:
+            counts[task] = int(count)
+        except ValueError:
+            raise ValueError(f"--samples-per-task: {item!r}: {count!r} is not a count") from None
+    return counts
+
+
 def main(args) -> int:
     config = RulerConfig(
         model=args.model,
         tasks=_list(args.tasks),
         lengths=_list(args.lengths, int),
         samples=args.samples,
+        samples_per_task=per_task_counts(args.samples_per_task),
         seed=args.seed,
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
@@ -412,8 +471,20 @@ def main(args) -> int:
             else unit["status"]
         )
         print(f"{unit['task']:>16} {unit['length']:>6}  {shown}")
-    print(f"wrote {Path(args.out) / 'summary.csv'}, predictions.jsonl, results.json, ruler.png", file=sys.stderr)
+    print(f"wrote {Path(args.out) / 'summary.csv'}, predictions.jsonl.gz, results.json, ruler.png", file=sys.stderr)
     return 0
 
 
-__all__ = ["DEFAULT_TASKS", "RulerConfig", "complete", "load_model", "main", "mean_ci", "run_ruler", "run_unit"]
+__all__ = [
+    "DEFAULT_TASKS",
+    "RulerConfig",
+    "complete",
+    "grow_unit",
+    "load_model",
+    "main",
+    "mean_ci",
+    "mean_interval",
+    "per_task_counts",
+    "run_ruler",
+    "unit_summary",
+]

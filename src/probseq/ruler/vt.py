@@ -1,7 +1,12 @@
 """Variable tracking (RULER ``variable_tracking.py``): chains ``VAR B = VAR A`` hidden in noise; the
 model lists every variable that ends up holding the chain's number. One short solved example (built
 first, fitted to 500 tokens, with 3-letter names and the value 12345) precedes each prompt, with its
-names and value redrawn per sample."""
+names and value redrawn per sample.
+
+The answer prefix is RULER's current text (``scripts/data/synthetic/constants.py``): "… variables are assigned the
+value …". RULER spelt it "assgined" until its commit 4a216f4 ("fix typo", 2025-05-13), so scores published with an
+older RULER saw the typo; its ``variable_tracking.py`` still has the old spelling in its unused ``--template``
+default, but ``prepare.py`` passes the constants' text."""
 
 from __future__ import annotations
 
