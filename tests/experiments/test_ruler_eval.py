@@ -7,7 +7,6 @@ import csv
 import dataclasses
 import gzip
 import json
-import math
 import re
 from pathlib import Path
 
@@ -343,89 +342,6 @@ def test_mean_ci():
     assert mean_ci([100.0]) == (100.0, 100.0, 100.0)
     mean, low, high = mean_ci([0.0, 100.0, 100.0, 100.0])
     assert mean == 75.0 and 0.0 <= low < 75.0 < high == 100.0
-
-
-@pytest.mark.integration
-def test_ruler_compare_tabulates_and_plots_the_three_arms(tmp_path, capsys):
-    """scripts/ruler_compare.py: every arm's score per task and length with its interval, the mean over the tasks
-    scored at every length by every arm (a skipped unit drops its task from the mean), and each stage's time."""
-    import runpy
-
-    fields = ["task", "length", "score", "ci_low", "ci_high", "samples", "prompt_tokens", "status"]
-    for offset, arm in enumerate(("teacher", "bayes", "gdn")):
-        folder = tmp_path / "ruler" / arm
-        folder.mkdir(parents=True)
-        with (folder / "summary.csv").open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields)
-            writer.writeheader()
-            for task, length in [("niah_single_1", 512), ("niah_single_1", 1024), ("vt", 512), ("vt", 1024)]:
-                skipped = task == "vt" and length == 512 and arm == "bayes"
-                writer.writerow(
-                    {
-                        "task": task,
-                        "length": length,
-                        "score": 0 if skipped else 10 * offset + length / 512,
-                        "ci_low": 0,
-                        "ci_high": 50,
-                        "samples": 4,
-                        "prompt_tokens": length - 10,
-                        "status": "needs 600 tokens" if skipped else "ok",
-                    }
-                )
-        (folder / "results.json").write_text(json.dumps({"seconds": 1800.0}))
-    (tmp_path / "distill" / "teacher").mkdir(parents=True)
-    (tmp_path / "distill" / "teacher" / "train_log.json").write_text(
-        json.dumps({"train_seconds": 7200.0, "tokens": 1000})
-    )
-    (tmp_path / "distill" / "bayes").mkdir(parents=True)
-    (tmp_path / "distill" / "bayes" / "train_log.json").write_text(
-        json.dumps({"tokens": 500, "stages": [{"train_seconds": 1800.0}, {"train_seconds": 1800.0}]})
-    )
-    main = runpy.run_path(str(REPO / "scripts" / "ruler_compare.py"))["main"]
-    assert main(str(tmp_path)) == 0
-    text = (tmp_path / "ruler" / "comparison.md").read_text()
-    assert "| niah_single_1 | 1024 | 2.0 [0.0, 50.0] | 12.0 [0.0, 50.0] | 22.0 [0.0, 50.0] |" in text
-    assert "| vt | 512 | 1.0 [0.0, 50.0] | needs 600 tokens | 21.0 [0.0, 50.0] |" in text
-    assert "| mean of 1 tasks | 512 | 1.0 | 11.0 | 21.0 |" in text  # vt is not scored everywhere: left out
-    assert "| pretrain (GDN teacher) | 2.00 | 1,000 |" in text and "| distill, Bayesian arm | 1.00 | 500 |" in text
-    assert "| ruler, gdn | 0.50 | |" in text
-    assert (tmp_path / "ruler" / "comparison.png").stat().st_size > 10_000
-    assert main(str(tmp_path / "empty")) == 1
-
-
-def test_ruler_compare_pairs_the_bayesian_arm_with_the_baseline_per_prompt(tmp_path):
-    """The paired difference Bayesian − GDN baseline: per unit and over all pairs, from predictions.jsonl; samples
-    with different references (not the same prompts) are an error."""
-    import runpy
-
-    module = runpy.run_path(str(REPO / "scripts" / "ruler_compare.py"))
-    scores = {
-        "bayes": {("vt", 512): [100, 100, 0, 50], ("vt", 1024): [0, 0]},
-        "gdn": {("vt", 512): [0, 100, 0, 50], ("vt", 1024): [100, 0], ("cwe", 512): [100]},
-    }
-    for arm, units in scores.items():
-        (tmp_path / "ruler" / arm).mkdir(parents=True)
-        lines = [
-            json.dumps({"task": task, "length": length, "index": i, "references": [f"r{i}"], "score": value})
-            for (task, length), values in units.items()
-            for i, value in enumerate(values)
-        ]
-        (tmp_path / "ruler" / arm / "predictions.jsonl").write_text("\n".join(lines) + "\n")
-    rows = module["paired_difference"](tmp_path)
-    by_unit = {(task, length): (mean, low, high, n) for task, length, mean, low, high, n in rows}
-    assert set(by_unit) == {("vt", "512"), ("vt", "1024"), ("all", "all")}  # cwe: only one arm scored it
-    mean, low, high, n = by_unit[("vt", "512")]
-    assert (mean, n) == (25.0, 4) and low < 0 < 25 < high  # differences 100, 0, 0, 0: sd 50, half-width 49
-    assert math.isclose(high - mean, 1.96 * 50 / 2)
-    assert by_unit[("vt", "1024")][:1] == (-50.0,) and by_unit[("all", "all")][0] == 0.0
-    assert by_unit[("all", "all")][3] == 6
-    text = module["markdown"]({"bayes": [], "gdn": []}, tmp_path)
-    assert "| vt | 512 | +25.0 | [-24.0, +74.0] | 4 |" in text and "| all | all | +0.0 |" in text
-    (tmp_path / "ruler" / "gdn" / "predictions.jsonl").write_text(
-        json.dumps({"task": "vt", "length": 512, "index": 0, "references": ["other"], "score": 0}) + "\n"
-    )
-    with pytest.raises(ValueError, match="different samples"):
-        module["paired_difference"](tmp_path)
 
 
 @pytest.mark.integration
