@@ -25,11 +25,23 @@ copy "$ROOT/experiments/reproduce_cpu" results/reproduce_cpu REPORT.md results.j
 for section in collision uncertainty; do
   copy "$ROOT/experiments/reproduce_cpu/$section" "results/reproduce_cpu/$section" '*.json' '*.csv' '*.png'
 done
-for arm in teacher bayes gdn; do
-  copy "$ROOT/distill/$arm" "results/distill/$arm" train_log.json config.json
-  copy "$ROOT/experiments/ruler/$arm" "results/ruler/$arm" summary.csv results.json ruler.png predictions.jsonl
+# the distillation study's arms, as many as there are: teacher, gdn, bayes, bayes_<variant>
+# (probseq.experiments.ruler_arms names them so; other folders are not arms)
+is_arm() { [[ $1 == teacher || $1 == gdn || $1 == bayes || $1 == bayes_* || $1 == bayes-* ]]; }
+for dir in "$ROOT"/distill/*/; do
+  dir=${dir%/}; arm=$(basename "$dir"); is_arm "$arm" || continue
+  copy "$dir" "results/distill/$arm" train_log.json config.json
+done
+for dir in "$ROOT"/experiments/ruler/*/; do
+  dir=${dir%/}; arm=$(basename "$dir"); is_arm "$arm" || continue
+  # the per-sample predictions are gzipped (~30 bytes a sample in the CPU study: 1 MB is ~30k samples); an older run's
+  # predictions.jsonl is removed unless the run still has one, so the comparison never pairs stale samples: a
+  # predictions file left out for its size makes scripts/ruler_compare.py fail, naming the arm
+  [[ -f "$dir/predictions.jsonl" ]] || rm -f "results/ruler/$arm/predictions.jsonl"
+  copy "$dir" "results/ruler/$arm" summary.csv results.json ruler.png predictions.jsonl.gz predictions.jsonl
 done
 # scripts/ruler_answer_likelihood.py's output (the needle value's likelihood against a foil), when it was run there
 copy "$ROOT/experiments/answer_likelihood" results/ruler answer_likelihood.csv answer_likelihood.md
-# the three arms side by side (results/ruler/comparison.md, .png), once RULER has run
+# the arms side by side (results/ruler/summary.csv, paired.csv, comparison.md, .png), once RULER has run; it exits
+# non-zero, saying why, when an arm in a pair lacks its predictions
 if [[ -d results/ruler ]]; then .venv/bin/python scripts/ruler_compare.py results; fi

@@ -318,3 +318,49 @@ def test_the_plot_draws_one_line_per_arm_and_the_teacher_distinctly(tmp_path):
         assert any(ax.get_title().startswith("niah mean: arm − gdn") for ax in fig.axes)
     finally:
         plt.close(fig)
+
+
+@pytest.mark.integration
+def test_collect_results_copies_every_arm_and_the_comparison_fails_when_predictions_are_left_out(tmp_path):
+    """scripts/collect_results.sh (run in a copy of the repository's layout): every arm folder (not the pilots)
+    is copied with its gzipped predictions; a stale predictions.jsonl is removed; a predictions file over 1 MB is
+    left out and the comparison then fails, naming the arm, instead of dropping its paired table."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    for script in ("collect_results.sh", "ruler_compare.py"):
+        shutil.copy(REPO / "scripts" / script, repo / "scripts" / script)
+    (repo / ".venv" / "bin").mkdir(parents=True)
+    python = repo / ".venv" / "bin" / "python"  # this interpreter (a symlink would lose its virtualenv)
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    cache = tmp_path / "cache"
+    study(cache / "experiments", arms=("teacher", "bayes_stationary", "gdn"))
+    write_arm(cache / "experiments", "teacher_pilots", {("niah_single_1", 512): [0]})
+    stale = repo / "results" / "ruler" / "gdn" / "predictions.jsonl"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("an older run's\n")
+    env = {**os.environ, "PROBSEQ_CACHE": str(cache), "PYTHONPATH": str(REPO / "src")}
+
+    def collect():
+        return subprocess.run(
+            ["bash", str(repo / "scripts" / "collect_results.sh")], env=env, capture_output=True, text=True, timeout=300
+        )
+
+    done = collect()
+    assert done.returncode == 0, done.stdout + done.stderr
+    arms = sorted(p.name for p in (repo / "results" / "ruler").iterdir() if p.is_dir())
+    assert arms == ["bayes_stationary", "gdn", "teacher"]
+    assert (repo / "results" / "ruler" / "gdn" / "predictions.jsonl.gz").is_file() and not stale.exists()
+    assert (repo / "results" / "ruler" / "paired.csv").is_file()
+    # an arm's predictions over 1 MB are left out: the comparison says which arm lacks them and exits non-zero
+    big = cache / "experiments" / "ruler" / "gdn" / "predictions.jsonl.gz"
+    big.write_bytes(big.read_bytes() + bytes(1_100_000))
+    (repo / "results" / "ruler" / "gdn" / "predictions.jsonl.gz").unlink()
+    done = collect()
+    assert "left out (over 1 MB)" in done.stdout and "gdn: no predictions" in done.stderr
+    assert done.returncode != 0

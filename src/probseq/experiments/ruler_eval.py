@@ -12,7 +12,7 @@ task; ``--samples-per-task niah_single_1=300,niah_multikey_2=300`` overrides it 
   normal interval of the mean over samples, clipped to [0, 100]), ``samples``, ``prompt_tokens`` (mean),
   ``status`` (``ok``, or why the unit was skipped — e.g. ``vt`` needs more than 512 tokens for its solved example);
 - ``predictions.jsonl.gz`` — gzip of one JSON line per sample: task, length, index, prompt_tokens, references,
-  prediction, score (gzip keeps it small enough to copy into a repository: ~30 bytes a sample);
+  prediction, score (gzip keeps it small enough to copy into a repository: ~30 bytes a sample in the CPU study);
 - ``results.json`` — config, environment, the model, and the units;
 - ``ruler.png`` — score vs length (log scale), one line per task, with the intervals.
 
