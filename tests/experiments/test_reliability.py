@@ -253,7 +253,7 @@ def _ruler_model_and_config(tmp_path):
 def test_ruler_cache_with_wrong_content_is_an_error_naming_the_file(tmp_path, monkeypatch, content):
     model, config = _ruler_model_and_config(tmp_path)
     cache = ResultCache(
-        tmp_path / "out", ruler_units.UnitKey(ruler_eval._weights_fingerprint(model), 42, None, "float32")
+        tmp_path / "out", ruler_units.UnitKey(ruler_eval.weights_fingerprint(model), 42, None, "float32")
     )
     cache.put("fwe-64", content)
     monkeypatch.setattr(ruler_eval, "load_model", lambda *a, **k: pytest.fail("recomputed instead of refused"))
@@ -298,7 +298,7 @@ def test_ruler_cache_of_the_old_layout_with_wrong_content_is_an_error_naming_the
     """A folder written before per-sample caching (the sample count in the key; results.json says which) is read,
     and as strictly."""
     model, config = _ruler_model_and_config(tmp_path)
-    old_key = ruler_units.LegacyUnitKey(ruler_eval._weights_fingerprint(model), 1, 42, None, "float32")
+    old_key = ruler_units.LegacyUnitKey(ruler_eval.weights_fingerprint(model), 1, 42, None, "float32")
     ResultCache(tmp_path / "out", old_key).put("fwe-64", content)
     atomic_write_json(tmp_path / "out" / "results.json", {"config": dataclasses.asdict(config)})
     monkeypatch.setattr(ruler_eval, "load_model", lambda *a, **k: pytest.fail("recomputed instead of refused"))

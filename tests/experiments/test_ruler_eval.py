@@ -253,8 +253,8 @@ def test_a_folder_of_the_old_layout_is_read_and_topped_up(model_dir, tmp_path, m
     fresh = run_ruler(config(model_dir, tasks=("niah_single_1", "fwe", "vt")), tmp_path / "fresh")
     # the old layout, as the code before per-sample caching wrote it
     old = tmp_path / "old"
-    old_key = ruler_units.LegacyUnitKey(ruler_eval._weights_fingerprint(model_dir), 3, 42, 6, "float32")
-    new_key = ruler_units.UnitKey(ruler_eval._weights_fingerprint(model_dir), 42, 6, "float32")
+    old_key = ruler_units.LegacyUnitKey(ruler_eval.weights_fingerprint(model_dir), 3, 42, 6, "float32")
+    new_key = ruler_units.UnitKey(ruler_eval.weights_fingerprint(model_dir), 42, 6, "float32")
     for path in sorted((tmp_path / "fresh" / "cache" / config_hash(new_key)).glob("*.json")):
         unit = json.loads(path.read_text())
         summary = ruler_eval.unit_summary(unit, 3)
@@ -395,3 +395,75 @@ def test_answer_likelihood_scores_reference_against_a_foil(model_dir, tokenizer,
     assert all(0.0 <= float(r["reference_preferred"]) <= 1.0 and float(r["logp_reference"]) < 0 for r in rows)
     text = (out / "answer_likelihood.md").read_text()
     assert "| all | all | +0.00 | [+0.00, +0.00] | 4 |" in text
+
+
+def test_answer_likelihood_multikey_foil_is_the_adjacent_needle(tokenizer):
+    """The niah_multikey_2 foil sits next to the reference's needle (before it for even samples, after it for odd
+    ones), not at a fixed place such as the prompt's first needle, so the margin does not mix in the depth; the
+    niah_single_1 foil of the last sample is the next sample's reference, whatever the count."""
+    import runpy
+
+    from probseq.ruler import generate
+
+    module = runpy.run_path(str(REPO / "scripts" / "ruler_answer_likelihood.py"))
+    records = generate("niah_multikey_2", tokenizer, LENGTH, 6, 42)
+    first_needle_differs = False
+    for record, foil in zip(records, module["foils"]("niah_multikey_2", records)):
+        values = module["NEEDLE"].findall(record["input"])
+        ref = values.index(record["outputs"][0])
+        side = -1 if record["index"] % 2 == 0 else 1
+        if not 0 <= ref + side < len(values):
+            side = -side  # at the haystack's edge: the other side
+        assert foil == values[ref + side] != record["outputs"][0]
+        first_needle_differs |= foil != next(v for v in values if v != record["outputs"][0])
+    assert first_needle_differs
+    single = generate("niah_single_1", tokenizer, LENGTH, 3, 42)
+    assert module["foils"]("niah_single_1", single)[:2] == [single[1]["outputs"][0], single[2]["outputs"][0]]
+
+
+@pytest.mark.integration
+def test_answer_likelihood_resumes_per_arm_and_sample(model_dir, tokenizer, tmp_path, monkeypatch):
+    """Arms discovered from a runs folder (teacher, gdn, bayes*; other folders are not arms); a rerun loads no
+    model and computes nothing; a larger per-task count computes only the new samples of that task; a new arm only
+    that arm."""
+    import runpy
+    import shutil
+
+    from probseq.ruler import generate
+
+    module = runpy.run_path(str(REPO / "scripts" / "ruler_answer_likelihood.py"))
+    calls = []  # one forward pass per log-likelihood
+    load = ruler_eval.load_model
+
+    def counted(*args, **kwargs):
+        model, tok, description = load(*args, **kwargs)
+        model.register_forward_pre_hook(lambda *_: calls.append(1))
+        return model, tok, description
+
+    monkeypatch.setattr(ruler_eval, "load_model", counted)
+    runs = tmp_path / "runs"
+    shutil.copytree(model_dir, runs / "bayes")
+    shutil.copytree(model_dir, runs / "teacher_pilots")  # a model folder, but not an arm
+    out = tmp_path / "likelihood"
+    argv = ["--runs", str(runs), "--out", str(out), "--lengths", str(LENGTH), "--samples", "2", "--threads", "1"]
+    assert module["main"](argv) == 0
+    assert len(calls) == 2 * 2 * 2  # 2 tasks × 2 samples × (reference, foil), one arm
+    (unit,) = [json.loads(p.read_text()) for p in out.glob("cache/*/niah_single_1-*.json")]
+    following = generate("niah_single_1", tokenizer, LENGTH, 3, 42)[2]["outputs"][0]
+    assert unit["rows"][1]["foil"] == following  # the last sample's foil: the next sample's reference, no wrap
+    rows = list(csv.DictReader((out / "answer_likelihood.csv").open()))
+    assert {r["model"] for r in rows} == {"bayes"} and {r["samples"] for r in rows} == {"2"}
+    with monkeypatch.context() as patch:
+        patch.setattr(ruler_eval, "load_model", lambda *a, **k: pytest.fail("a model was loaded again"))
+        assert module["main"](argv) == 0 and len(calls) == 8
+    assert module["main"](argv + ["--samples-per-task", "niah_multikey_2=3"]) == 0
+    assert len(calls) == 8 + 2  # one new niah_multikey_2 sample
+    rows = list(csv.DictReader((out / "answer_likelihood.csv").open()))
+    assert [(r["task"], r["samples"]) for r in rows] == [("niah_single_1", "2"), ("niah_multikey_2", "3")]
+    gdn = runs / "gdn"
+    tiny_model(tokenizer, mixer="gated_deltanet").save_pretrained(gdn)  # other weights: another cache key
+    tokenizer.save_pretrained(gdn)
+    assert module["main"](argv + ["--samples-per-task", "niah_multikey_2=3"]) == 0
+    assert len(calls) == 10 + 2 * (2 + 3)  # the new arm only
+    text = (out / "answer_likelihood.md").read_text()
+    assert "Margin of bayes − margin of gdn" in text and "teacher_pilots" not in text

@@ -148,7 +148,8 @@ class RulerConfig:
         return self.samples_per_task.get(task, self.samples)
 
 
-def _weights_fingerprint(folder: Path) -> str:
+def weights_fingerprint(folder: Path) -> str:
+    """The names, sizes and modification times of a model folder's weights and JSON files (a cache key part)."""
     files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".json") and p.is_file())
     return json.dumps([(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in files])
 
@@ -386,7 +387,7 @@ def run_ruler(config: RulerConfig, out: str | os.PathLike) -> dict:
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
     try:
-        key = UnitKey(_weights_fingerprint(folder), config.seed, config.max_new_tokens, config.dtype)
+        key = UnitKey(weights_fingerprint(folder), config.seed, config.max_new_tokens, config.dtype)
         cache = ResultCache(out, key)
         legacy = functools.cache(lambda: legacy_units(out, key))
         model = tokenizer = description = None
@@ -487,4 +488,5 @@ __all__ = [
     "per_task_counts",
     "run_ruler",
     "unit_summary",
+    "weights_fingerprint",
 ]
