@@ -1,0 +1,146 @@
+"""scripts/distill_study.py: the distillation study's jobs, their order, the teacher gate, failures and resuming —
+with the real commands checked for their shape and fake ones (tiny Python processes) run in their place."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "distill_study.py"
+
+
+@pytest.fixture
+def study():
+    namespace = runpy.run_path(str(SCRIPT))
+    return namespace, namespace["run"].__globals__  # the functions' globals: where a fake replaces a function
+
+
+def make_teacher(folder: Path, share: float = 0.5) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    config = {"seq_len": 512, "retrieval_share": share, "retrieval_scale": 1.0}
+    (folder / "train_log.json").write_text(json.dumps({"config": config}))
+    return folder
+
+
+def test_real_jobs_use_the_teachers_mix_and_the_plans_counts(study, tmp_path):
+    namespace, _ = study
+    teacher = make_teacher(tmp_path / "teacher")
+    jobs = {job.name: job for job in namespace["jobs"](tmp_path / "root", teacher)}
+    assert list(jobs) == [
+        "gate",
+        "distill_bayes",
+        "distill_gdn",
+        "ruler_teacher",
+        "ruler_bayes",
+        "ruler_gdn",
+        "distill_bayes_stationary",
+        "ruler_bayes_stationary",
+        "likelihood",
+    ]
+    bayes, gdn, stationary = (
+        " ".join(jobs[n].command) for n in ("distill_bayes", "distill_gdn", "distill_bayes_stationary")
+    )
+    assert "retrieval_share=0.5" in bayes and "retrieval_scale" not in bayes  # only what differs from the default
+    assert "--baseline" in gdn and "--baseline" not in bayes and "retention=stationary" in stationary
+    assert all("--tokens 5M" in c for c in (bayes, gdn, stationary))
+    ruler = " ".join(jobs["ruler_bayes"].command)
+    assert "--lengths 512 1024 2048 4096" in ruler and "niah_single_1=300" in ruler and "vt=100" in ruler
+    gate = " ".join(jobs["gate"].command)
+    assert (
+        "--tasks niah_single_1 --lengths 512 " in gate
+        and str(tmp_path / "root" / "experiments" / "ruler" / "teacher") in gate
+    )
+    assert not jobs["gate"].gated and not jobs["ruler_teacher"].gated and jobs["distill_bayes"].gated
+    from probseq_cli.parsers import build_parser
+
+    for job in jobs.values():  # every probseq command parses as the CLI reads it
+        if job.command[1:3] == ("-m", "probseq.cli"):
+            parsed = build_parser().parse_args(list(job.command[3:]))
+            assert parsed.command == job.command[3]
+    plain = make_teacher(tmp_path / "plain", share=0.0)
+    assert "retrieval_share" not in " ".join(namespace["jobs"](tmp_path / "root", plain)[1].command)
+
+
+def fake_jobs(namespace, gate_score: float, failing: str | None = None):
+    """Jobs of the real names and dependencies whose commands append their name to ``ROOT/order.txt`` (the gate's
+    also writes the teacher's RULER summary with ``gate_score``; ``failing`` exits 3)."""
+
+    def jobs(root: Path, teacher: Path):
+        out = []
+        for job in namespace["jobs"](root, teacher):
+            code = f"import pathlib; pathlib.Path({str(root / 'order.txt')!r}).open('a').write({job.name!r} + '\\n')"
+            if job.name == "gate":
+                summary = root / "experiments" / "ruler" / "teacher" / "summary.csv"
+                code += (
+                    f"; p = pathlib.Path({str(summary)!r}); p.parent.mkdir(parents=True, exist_ok=True)"
+                    f"; p.write_text('task,length,score,ci_low,ci_high,samples,prompt_tokens,status\\n"
+                    f"niah_single_1,512,{gate_score},0,0,300,400,ok\\n')"
+                )
+            if job.name == failing:
+                code += "; raise SystemExit(3)"
+            out.append(type(job)(job.name, job.needs, (sys.executable, "-c", code), job.gated))
+        return out
+
+    return jobs
+
+
+def run(namespace, root: Path, teacher: Path) -> int:
+    return namespace["main"](["run", "--teacher", str(teacher), "--root", str(root), "--poll", "0.05"])
+
+
+def test_runs_every_job_after_what_it_needs_and_skips_finished_ones(study, tmp_path):
+    namespace, module = study
+    teacher, root = make_teacher(tmp_path / "teacher"), tmp_path / "root"
+    module["jobs"] = fake_jobs(namespace, gate_score=62.0)
+    assert run(namespace, root, teacher) == 0
+    order = (root / "order.txt").read_text().split()
+    assert sorted(order) == sorted(job.name for job in module["jobs"](root, teacher))
+    for job in module["jobs"](root, teacher):
+        assert all(order.index(need) < order.index(job.name) for need in job.needs), job.name
+    state = root / "experiments" / "distill_study"
+    assert json.loads((state / "gate.json").read_text())["passed"] is True
+    assert (root / "distill" / "teacher").resolve() == teacher.resolve()
+    assert run(namespace, root, teacher) == 0  # everything done: nothing runs again
+    assert (root / "order.txt").read_text().split() == order
+
+
+def test_a_teacher_at_the_floor_stops_the_distillation_but_not_its_own_curve(study, tmp_path, capsys):
+    namespace, module = study
+    teacher, root = make_teacher(tmp_path / "teacher"), tmp_path / "root"
+    module["jobs"] = fake_jobs(namespace, gate_score=2.0)
+    assert run(namespace, root, teacher) == 0
+    assert (root / "order.txt").read_text().split() == ["gate", "ruler_teacher"]
+    gate = json.loads((root / "experiments" / "distill_study" / "gate.json").read_text())
+    assert gate == {"task": "niah_single_1", "length": 512, "score": 2.0, "threshold": 5.0, "passed": False}
+    assert "no distillation" in capsys.readouterr().out
+
+
+def test_a_failed_job_holds_back_its_dependants_and_is_retried(study, tmp_path):
+    namespace, module = study
+    teacher, root = make_teacher(tmp_path / "teacher"), tmp_path / "root"
+    module["jobs"] = fake_jobs(namespace, gate_score=62.0, failing="distill_gdn")
+    assert run(namespace, root, teacher) == 1
+    order = (root / "order.txt").read_text().split()
+    assert "distill_gdn" in order and "ruler_bayes" in order
+    assert not {"ruler_gdn", "distill_bayes_stationary", "likelihood"} & set(order)
+    state = root / "experiments" / "distill_study"
+    assert (state / "distill_gdn.failed").exists() and not (state / "distill_gdn.done").exists()
+    module["jobs"] = fake_jobs(namespace, gate_score=62.0)  # fixed: the rerun does only what is left
+    assert run(namespace, root, teacher) == 0
+    rerun = (root / "order.txt").read_text().split()[len(order) :]
+    assert rerun[0] == "distill_gdn" and "gate" not in rerun and "ruler_bayes" not in rerun
+    assert not (state / "distill_gdn.failed").exists()
+
+
+def test_refuses_a_root_linked_to_another_teacher(study, tmp_path):
+    namespace, module = study
+    root = tmp_path / "root"
+    module["jobs"] = fake_jobs(namespace, gate_score=62.0)
+    assert run(namespace, root, make_teacher(tmp_path / "a")) == 0
+    with pytest.raises(SystemExit, match="not .*use another --root"):
+        run(namespace, root, make_teacher(tmp_path / "b"))
