@@ -446,7 +446,8 @@ def add_ruler(commands) -> None:
         nargs="+",
         default=None,
         metavar="TASK=N",
-        help="another count for the tasks named, e.g. niah_single_1=300 (space or comma separated)",
+        help="another count for the tasks named, e.g. niah_single_1=300, or for one unit, niah_single_1@2048=800 "
+        "(space or comma separated)",
     )
     parser.add_argument("--out", required=True, help=OUT_HELP)
     parser.add_argument("--seed", type=int, default=42, help="the generators' seed")

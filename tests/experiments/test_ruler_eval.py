@@ -239,6 +239,14 @@ def test_samples_per_task_is_read_and_checked():
         RulerConfig(model="m", samples_per_task={"vt": 0})
     assert RulerConfig(model="m", samples=4, samples_per_task={"vt": 9}).samples_for("vt") == 9
     assert RulerConfig(model="m", samples=4, samples_per_task={"vt": 9}).samples_for("cwe") == 4
+    # one unit's count (a top-up of one length): TASK@LENGTH=N, before the task's own
+    unit = RulerConfig(model="m", samples=4, samples_per_task={"vt": 9, "vt@1024": 30, "cwe@2048": 7})
+    assert [unit.samples_for("vt", n) for n in (512, 1024)] == [9, 30]
+    assert [unit.samples_for("cwe", n) for n in (1024, 2048)] == [4, 7]
+    assert per_task(["vt@1024=30"]) == {"vt@1024": 30}
+    for bad in ("vt@x", "vt@0", "niah@512", "vt@"):
+        with pytest.raises(ValueError, match="unknown RULER task"):
+            RulerConfig(model="m", samples_per_task={bad: 3})
 
 
 @pytest.mark.integration

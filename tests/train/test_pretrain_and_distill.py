@@ -5,8 +5,10 @@ is needed. The real corpus is built by ``make corpus``."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -15,6 +17,7 @@ import probseq.models  # noqa: F401  (registers the Auto classes)
 from probseq.cli import main
 from probseq.data import corpus as corpus_lib
 from probseq.layers import BayesianLayer
+from probseq.train import distill as distill_module
 from probseq.train.distill import (
     convert_student,
     distill,
@@ -198,16 +201,45 @@ def test_distillation_on_its_own_mixed_stream_and_the_stationary_student(teacher
     """With ``retrieval_share > 0`` every arm trains on distillation's own mixed stream (the same blocks for every
     arm, each stage on its own consecutive blocks); the learned student's ``ρ`` is logged per layer and head;
     ``retention=stationary`` distils into stationary Bayesian Layers."""
-    sets = ["seq_len=512", "batch_size=2", "save_steps=0", "valid_blocks=2", "retrieval_share=0.5", *TINY]
+    sets = ["seq_len=512", "batch_size=2", "save_steps=1", "save_total_limit=5", "valid_blocks=2", *TINY]
+    sets += ["retrieval_share=0.5"]
+    seen = []  # (stage folder, the batch's input ids) of every training step
+    spy_base = distill_module.distill_trainer_class()
+
+    class Spy(spy_base):
+        def training_step(self, model, inputs, *args, **kwargs):
+            seen.append((Path(self.args.output_dir).parent.name, inputs["input_ids"].numpy().copy()))
+            return super().training_step(model, inputs, *args, **kwargs)
+
     arms = {"bayesian": (False, []), "baseline": (True, []), "stationary": (False, ["retention=stationary"])}
-    logs = {
-        name: distill(distill_config("tiny", str(teacher), 4 * 2 * 512, baseline, [*sets, *extra]), tmp_path / name)
-        for name, (baseline, extra) in arms.items()
-    }
+    logs = {}
+    for name, (baseline, extra) in arms.items():
+        with pytest.MonkeyPatch.context() as patch:
+            if name == "bayesian":
+                patch.setattr(distill_module, "distill_trainer_class", lambda: Spy)
+            config = distill_config("tiny", str(teacher), 4 * 2 * 512, baseline, [*sets, *extra])
+            logs[name] = distill(config, tmp_path / name)
     mix = logs["bayesian"]["mix"]
     assert mix["purpose"] == "distill" and mix["blocks"] == 4 * 2 and min(mix["share_reached"]) >= 0.49
     assert logs["baseline"]["mix"] == logs["stationary"]["mix"] == mix  # one stream for every arm
+    streams = [np.load(next((tmp_path / name / "data").glob("mix-*.npy"))) for name in arms]
+    assert all(np.array_equal(streams[0], other) for other in streams[1:])
     assert [s["steps"] for s in logs["bayesian"]["stages"]] == [1, 3]
+    # stage 1 trained on the stream's first 2 blocks, stage 2 on the other 6, in the stream's order
+    blocks = streams[0].reshape(-1, 512)
+    assert [stage for stage, _ in seen] == ["stage1"] + ["stage2"] * 3
+    assert np.array_equal(np.concatenate([ids for _, ids in seen]), blocks)
+    # resumed in stage 2 after its first step, the run reads the blocks it had not trained on yet
+    shutil.rmtree(tmp_path / "bayesian" / "stage2" / "final")
+    (tmp_path / "bayesian" / "stage2" / "stage_log.json").unlink()
+    for checkpoint in (tmp_path / "bayesian" / "stage2" / "checkpoints").glob("checkpoint-*"):
+        if checkpoint.name != "checkpoint-1":
+            shutil.rmtree(checkpoint)
+    seen.clear()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(distill_module, "distill_trainer_class", lambda: Spy)
+        distill(distill_config("tiny", str(teacher), 4 * 2 * 512, False, sets), tmp_path / "bayesian")
+    assert np.array_equal(np.concatenate([ids for _, ids in seen]), blocks[4:])
     config = distill_config("tiny", "t", 4 * 2 * 512, overrides=sets)
     assert stage_blocks(config, (1, 3), world_size=1) == [(0, 2), (2, 8)]  # disjoint, every block once
 

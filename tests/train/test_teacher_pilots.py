@@ -271,11 +271,13 @@ def test_mixed_stream_reaches_a_high_share_and_refuses_one_it_cannot(corpus, tok
 def test_distillation_draws_a_stream_of_its_own(corpus, tokenizer, tmp_path):
     """Distillation's mixed stream (``purpose="distill"``) has the same make-up as pretraining's with the same
     settings but other documents: a student is not fine-tuned on its teacher's retrieval documents. Pretraining's
-    stream (and its cache key) are what they were."""
+    stream is what it was (its cache key unchanged: no purpose in it)."""
     config = pretrain_config("tiny", [*TINY, "seq_len=512", "retrieval_share=0.5"])
     pretraining, pre_summary = mixed_token_array(tokenizer, tmp_path, config, blocks=40)
     distilling, summary = mixed_token_array(tokenizer, tmp_path, config, blocks=40, purpose="distill")
     assert "purpose" not in pre_summary and summary["purpose"] == "distill"
+    # pretraining's stream as before distillation's existed (measured on the commit before it)
+    assert hashlib.sha256(np.asarray(pretraining).tobytes()).hexdigest().startswith("adacd46a68ca6f73")
     assert all(share >= 0.49 for share in summary["share_reached"] + pre_summary["share_reached"])
 
     def values(tokens) -> set[str]:

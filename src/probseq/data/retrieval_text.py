@@ -239,11 +239,13 @@ def _coded(rng: random.Random, sentences: Sequence[str], scale: float) -> str:
 _MAKERS = {"needle": _needle, "kv_list": _kv_list, "variables": _variables, "words": _word_list, "coded": _coded}
 
 
-def retrieval_document(seed: int, index: int, sentences: Sequence[str] = (), scale: float = 1.0) -> tuple[str, str]:
+def retrieval_document(
+    seed: int | str, index: int, sentences: Sequence[str] = (), scale: float = 1.0
+) -> tuple[str, str]:
     """Document ``index`` of the stream ``seed``: ``(kind, text)``.
 
     Args:
-        seed: the stream (any int; documents of different seeds are independent).
+        seed: the stream (any int or string; documents of different seeds are independent).
         index: position in the stream.
         sentences: extra filler sentences (e.g. from the corpus), used in about half of the haystacks.
         scale: haystack size: the upper bound of every size draw (filler lines, distractor needles, listed pairs,

@@ -94,7 +94,8 @@ class RulerConfig:
         lengths: context lengths in tokens (prompt + tokens to generate).
         samples: samples per task and length (a top-up of a cached unit scores only the new ones).
         samples_per_task: ``{task: samples}`` for tasks that take another count than ``samples`` (e.g. more for
-            the niah tasks, whose mean the study's paired interval is about).
+            the niah tasks, whose mean the study's paired interval is about); a key ``"task@length"`` sets one
+            unit's count (a top-up of one length), before the task's.
         seed: the generators' seed (RULER's; the same for every unit, as RULER does per task).
         batch_size: prompts per ``generate`` call.
         max_new_tokens: new tokens per completion (``None``: the task's ``tokens_to_generate``).
@@ -132,7 +133,7 @@ class RulerConfig:
         for name in ("samples", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        unknown = [t for t in self.samples_per_task if t not in TASKS]
+        unknown = [key for key in self.samples_per_task if not _count_key_ok(key, TASKS)]
         if unknown:
             raise ValueError(f"--samples-per-task: unknown RULER task(s) {unknown}; available: {sorted(TASKS)}")
         for task, count in self.samples_per_task.items():
@@ -143,9 +144,16 @@ class RulerConfig:
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
 
-    def samples_for(self, task: str) -> int:
-        """The sample count of ``task``: its ``samples_per_task`` entry, else ``samples``."""
-        return self.samples_per_task.get(task, self.samples)
+    def samples_for(self, task: str, length: int | None = None) -> int:
+        """The sample count of ``task`` at ``length``: its ``samples_per_task`` entry ``"task@length"``, else
+        ``"task"``, else ``samples``."""
+        return self.samples_per_task.get(f"{task}@{length}", self.samples_per_task.get(task, self.samples))
+
+
+def _count_key_ok(key: str, tasks) -> bool:
+    """``key`` is ``TASK`` or ``TASK@LENGTH`` (a positive whole number of tokens) of a known task."""
+    task, at, length = key.partition("@")
+    return task in tasks and (not at or (length.isdigit() and int(length) > 0))
 
 
 def weights_fingerprint(folder: Path) -> str:
@@ -394,7 +402,7 @@ def run_ruler(config: RulerConfig, out: str | os.PathLike) -> dict:
         units = []
         todo = [(task, length) for task in config.tasks for length in config.lengths]
         for task, length in tqdm(todo, desc="RULER units", disable=None if config.progress else True):
-            samples, name = config.samples_for(task), unit_name(task, length)
+            samples, name = config.samples_for(task, length), unit_name(task, length)
             unit = _cached_unit(cache, legacy, task, length)
             stored = unit is not None and cache.path(name).exists()  # not when converted from the old layout
             if needs_work(unit, samples):
@@ -433,8 +441,8 @@ def _list(text: list[str], kind=str) -> tuple:
 
 
 def per_task_counts(text: list[str] | None) -> dict[str, int]:
-    """``--samples-per-task niah_single_1=300,niah_multikey_2=300`` (space or comma separated ``TASK=N``) as
-    ``{task: n}``; the names and counts are checked by :class:`RulerConfig`."""
+    """``--samples-per-task niah_single_1=300,niah_multikey_2=300`` (space or comma separated ``TASK=N``, or
+    ``TASK@LENGTH=N`` for one unit) as ``{key: n}``; the names and counts are checked by :class:`RulerConfig`."""
     counts = {}
     for item in _list(text or []):
         task, sep, count = item.partition("=")

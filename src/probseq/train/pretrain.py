@@ -72,7 +72,7 @@ class LMRunConfig:
             the corpus as built (its retrieval documents are ≈ 18 % of the tokens). In (0, 1): the training
             stream is built for the run (:func:`mixed_token_array`): the corpus' book documents (KJV, Python docs;
             repeated in reshuffled epochs when the run needs more) and freshly generated retrieval documents
-            (stream ``EXTRA_RETRIEVAL_SEED + seed`` in pretraining, ``DISTILL_RETRIEVAL_SEED + seed`` in
+            (stream ``EXTRA_RETRIEVAL_SEED + seed`` in pretraining, ``"distill:<seed>"`` in
             distillation, so a student never sees its teacher's documents; the corpus' own retrieval documents are
             not used) in this proportion, each document whole inside one block (longer ones are dropped), exactly
             the tokens of the run's steps, read in order (no epoch repeats a block).
@@ -211,10 +211,10 @@ ADDED_FIELDS: dict[str, Any] = {
 #: ``EXTRA_RETRIEVAL_SEED + seed`` of :func:`probseq.data.retrieval_text.retrieval_document`; the corpus' own come
 #: from stream 0 (``prepare_corpus``'s seed), the validation probes from their own streams (probseq.ruler.probes).
 EXTRA_RETRIEVAL_SEED = 1000
-#: Distillation's generated retrieval documents (``DISTILL_RETRIEVAL_SEED + seed``): a stream of their own, so a
-#: student is not fine-tuned on the very documents its teacher was pretrained on.
-DISTILL_RETRIEVAL_SEED = 2000
-RETRIEVAL_STREAMS = {"pretrain": EXTRA_RETRIEVAL_SEED, "distill": DISTILL_RETRIEVAL_SEED}
+#: The stream of a mixed run's generated retrieval documents per purpose: pretraining's ``EXTRA_RETRIEVAL_SEED +
+#: seed`` (an int), distillation's ``"distill:<seed>"`` (a name no int stream can take: a student is never fine-tuned
+#: on the documents of any pretraining seed).
+RETRIEVAL_STREAMS = {"pretrain": lambda seed: EXTRA_RETRIEVAL_SEED + seed, "distill": lambda seed: f"distill:{seed}"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -492,7 +492,7 @@ def mixed_token_array(
     ``seq_len`` tokens (short haystacks first; the last stage, every document that fits a block).
 
     The blocks are cut into ``retrieval_stages`` parts (one part without the curriculum). Part ``k`` uses retrieval
-    documents of stage ``k`` (generated from the stream ``RETRIEVAL_STREAMS[purpose] + seed`` at :func:`stage_scales`
+    documents of stage ``k`` (generated from the stream ``RETRIEVAL_STREAMS[purpose](seed)`` at :func:`stage_scales`
     ``[k]``, filler from the corpus' KJV sentences as the corpus' own). A retrieval block takes the next documents
     in stream order that fit its remaining space (looking up to ``LOOKAHEAD`` documents ahead), and the rest of the
     block is book text (the corpus' KJV and Python-docs train documents, consecutive, from epochs each shuffled with
@@ -556,7 +556,7 @@ def mixed_token_array(
         if 20 <= len(s) <= 160
     ]
     book = _BookTokens(book_docs, f"{config.seed}{tag}")
-    stream = RETRIEVAL_STREAMS[purpose] + config.seed
+    stream = RETRIEVAL_STREAMS[purpose](config.seed)
     index = 0  # the next generated document of the stream
     kinds: dict[str, int] = {}
     dropped: dict[str, int] = {}
