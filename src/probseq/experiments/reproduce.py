@@ -608,7 +608,11 @@ def report(summary: dict[str, Any]) -> str:
         "probseq ruler --model runs/student --tasks … --lengths … --samples N --out runs/ruler",
         "```",
         "",
-        "**Verdict:** not reproduced at this scale (not run).",
+        "**Verdict:** not tested yet. The first study (`results/ruler/`) could not answer: its teacher did not "
+        "retrieve, so every arm sat at RULER's floor. The next one — a teacher chosen by the pilots "
+        "(`scripts/teacher_pilots.py`), a gate on its niah_single_1, distillation's own mixed stream, paired "
+        "niah-mean verdicts per length — has its plan fixed in `results/ruler/README.md` and runs with "
+        "`python scripts/distill_study.py run --teacher DIR`.",
         "",
         "## 8. Efficiency: chunk-parallel training, constant-memory decoding",
         "",
