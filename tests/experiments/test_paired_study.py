@@ -124,6 +124,21 @@ def test_demo_report_says_when_the_paired_study_is_missing_unfinished_or_damaged
     assert reproduce.read_paired_studies(None) == {}
 
 
+def test_demo_report_says_a_verdict_at_the_floor_is_at_the_floor():
+    """The plan's amendment: a verdict where both arms are below 0.1 is reported as "at the floor"."""
+    row = {"analysis": "all", "seeds": 10, "mean_difference": 0.02, "low": 0.001, "high": 0.039, "verdict": "better"}
+    summary = {
+        "bayesian_layer": "bayesian_stationary",
+        "paired": [
+            {**row, "endpoint": "T512_k128", "at_floor": False},
+            {**row, "endpoint": "T1024_k256", "at_floor": True},
+        ],
+    }
+    text = reproduce.paired_verdict("mqar", summary)
+    assert "T512_k128 +0.020 [+0.001, +0.039] over 10 seeds: **better**" in text
+    assert "T1024_k256 +0.020 [+0.001, +0.039] over 10 seeds: **at the floor** (both arms below 0.1" in text
+
+
 def _rows(values: dict[int, float], learned: bool = True) -> dict[int, dict]:
     points = ("num_pairs=16", "num_pairs=32", "collisions=4")
     return {s: {"learned": learned, **{f"test_{p}": v for p in points}} for s, v in values.items()}

@@ -258,7 +258,11 @@ def paired_verdict(study: str, paired: dict[str, Any] | None) -> str:
         return f"**Paired study** ({folder}): under way; no paired difference yet (stage 2 not finished)."
     parts = [
         f"{r['endpoint']} {r['mean_difference']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] over {r['seeds']} seeds: "
-        f"**{r['verdict']}**"
+        + (
+            f"**at the floor** (both arms below 0.1; {r['verdict']} by the rule)"
+            if r.get("at_floor")
+            else f"**{r['verdict']}**"
+        )
         for r in rows
     ]
     return (
