@@ -112,9 +112,6 @@ def jobs(root: Path, teacher: Path) -> list[Job]:
     if context != DISTILL_CONTEXT:  # distil at the teacher's own context
         mix = [*mix, f"seq_len={context}"]
 
-    def ruler(arm: str) -> tuple[str, ...]:
-        return ruler_command(root, teacher, arm)
-
     def distill(arm: str, *extra: str) -> tuple[str, ...]:
         sets = [*mix, *extra, "num_threads=1", "progress=false"]
         return probseq_command(
@@ -135,11 +132,11 @@ def jobs(root: Path, teacher: Path) -> list[Job]:
         Job("gate", (), ruler_command(root, teacher, "teacher", tasks=["niah_single_1"], lengths=lengths[:1]), False),
         Job("distill_bayes", ("gate",), distill("bayes")),
         Job("distill_gdn", ("gate",), distill("gdn")),
-        Job("ruler_teacher", ("gate",), ruler("teacher"), gated=False),
-        Job("ruler_bayes", ("distill_bayes",), ruler("bayes")),
-        Job("ruler_gdn", ("distill_gdn",), ruler("gdn")),
+        Job("ruler_teacher", ("gate",), ruler_command(root, teacher, "teacher"), gated=False),
+        Job("ruler_bayes", ("distill_bayes",), ruler_command(root, teacher, "bayes")),
+        Job("ruler_gdn", ("distill_gdn",), ruler_command(root, teacher, "gdn")),
         Job("distill_bayes_stationary", both, distill("bayes_stationary", "retention=stationary")),
-        Job("ruler_bayes_stationary", ("distill_bayes_stationary",), ruler("bayes_stationary")),
+        Job("ruler_bayes_stationary", ("distill_bayes_stationary",), ruler_command(root, teacher, "bayes_stationary")),
         # the compared arms' likelihood does not wait for the secondary one; the second job adds it (cached per arm)
         Job("likelihood", ("ruler_teacher", "ruler_bayes", "ruler_gdn"), likelihood("teacher", "bayes", "gdn")),
         Job("likelihood_stationary", ("likelihood", "ruler_bayes_stationary"), likelihood()),
@@ -202,9 +199,10 @@ def _stop(signum, frame):
 
 def schedule(todo: list[Job], state: Path, workers: int, poll: float, gate=None) -> tuple[set[str], set[str]]:
     """Run ``todo`` (skipping jobs with a ``.done`` marker), at most ``workers`` at a time, each after the jobs it
-    needs; ``gate()`` (called once the job ``gate`` is done) is ``True`` / ``False`` / ``None`` (failed: recorded),
-    and a gated job starts only after ``True``. Returns ``(done, failed)``. On Ctrl-C or SIGTERM the running jobs
-    get SIGINT (they checkpoint and stop), then are waited for (terminated after a minute), and the signal goes on.
+    needs; ``gate()``, called once when the job ``gate`` is done, is ``True`` (open), ``False`` (shut) or ``None``
+    (the verdict cannot be read: the gate counts as failed), and a gated job starts only after ``True``. Returns
+    ``(done, failed)``. On Ctrl-C or SIGTERM the running jobs get SIGINT (they checkpoint and stop), then are waited
+    for (killed after a minute), and the signal goes on.
     """
     jobs_by_name = {job.name: job for job in todo}
     done = {name for name in jobs_by_name if (state / f"{name}.done").exists()}
@@ -213,11 +211,7 @@ def schedule(todo: list[Job], state: Path, workers: int, poll: float, gate=None)
     failed: set[str] = set()
     running: dict[str, subprocess.Popen] = {}
 
-    def gate_open() -> bool | None:
-        if gate is None or "gate" not in jobs_by_name:
-            return True
-        return gate() if "gate" in done else None
-
+    verdict = True if gate is None or "gate" not in jobs_by_name else None  # None: not known yet
     previous = signal.signal(signal.SIGTERM, _stop)
     try:
         while True:
@@ -232,16 +226,17 @@ def schedule(todo: list[Job], state: Path, workers: int, poll: float, gate=None)
                     failed.add(name)
                     (state / f"{name}.failed").write_text(f"exit {process.returncode}; see {name}.log\n")
                 log(f"{name}: {'done' if name in done else 'FAILED'}")
-            opened = gate_open()
-            if opened is False and "gate" in done and (state / "gate.failed").exists():
-                failed.add("gate")
+            if verdict is None and "gate" in done and "gate" not in failed:
+                verdict = gate()
+                if verdict is None:
+                    failed.add("gate")
             ready = [
                 job
                 for name, job in jobs_by_name.items()
                 if name not in done | failed | set(running)
                 and all(n in done for n in job.needs)
                 and not any(n in failed for n in job.needs)
-                and (not job.gated or opened is True)
+                and (not job.gated or verdict is True)
             ]
             for job in ready[: max(0, workers - len(running))]:
                 log(f"{job.name}: {shlex.join(job.command)}")
@@ -271,15 +266,15 @@ def schedule(todo: list[Job], state: Path, workers: int, poll: float, gate=None)
 
 def _gate(root: Path, teacher: Path, state: Path):
     """The ``gate`` callable of :func:`schedule`: the verdict, written to ``gate.json`` (recomputed from the
-    teacher's summary every time, so a lost ``gate.json`` cannot open the gate); ``False`` with ``gate.failed``
+    teacher's summary on every run, so a lost ``gate.json`` cannot open the gate); ``None`` with ``gate.failed``
     when the summary cannot be read."""
 
-    def gate() -> bool:
+    def gate() -> bool | None:
         try:
             result = gate_result(root, teacher)
         except ValueError as error:
             (state / "gate.failed").write_text(f"{error}\n")
-            return False
+            return None
         if not (state / "gate.json").exists() or json.loads((state / "gate.json").read_text()) != result:
             atomic_write_json(state / "gate.json", result)
             log(f"gate: {result}")
@@ -344,10 +339,7 @@ def topup(args: argparse.Namespace) -> int:
         arms = [job.name.removeprefix("ruler_") for job in jobs(root, teacher) if job.name.startswith("ruler_")]
         arms = [arm for arm in arms if (state / f"ruler_{arm}.done").exists()]
         atomic_write_json(record, {"counts": counts, "arms": arms, "finished": False})
-        todo = [
-            Job(f"topup_ruler_{arm}", (), command, gated=False)
-            for arm, command in ((arm, ruler_command(root, teacher, arm, counts)) for arm in arms)
-        ]
+        todo = [Job(f"topup_ruler_{arm}", (), ruler_command(root, teacher, arm, counts), gated=False) for arm in arms]
         done, failed = schedule(todo, state, args.workers, args.poll)
         if failed:
             print(f"failed: {', '.join(sorted(failed))} (logs in {state}); rerun to retry", file=sys.stderr)

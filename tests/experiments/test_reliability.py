@@ -261,36 +261,30 @@ def test_ruler_cache_with_wrong_content_is_an_error_naming_the_file(tmp_path, mo
         ruler_eval.run_ruler(config, tmp_path / "out")
 
 
+def _legacy_unit(task: str) -> dict:
+    """A complete unit record of the layout before per-sample caching, at length 64, with no predictions."""
+    return {
+        "task": task,
+        "length": 64,
+        "status": "ok",
+        "score": 1.0,
+        "ci_low": 1.0,
+        "ci_high": 1.0,
+        "samples": 1,
+        "prompt_tokens": 60.0,
+        "seconds": 1.0,
+        "predictions": [],
+    }
+
+
 @pytest.mark.parametrize(
     "content",
     [
         [],
         {},
         {"task": "fwe", "length": 64, "status": "ok", "score": None},
-        {
-            "task": "vt",
-            "length": 64,
-            "status": "ok",
-            "score": 1.0,
-            "ci_low": 1.0,
-            "ci_high": 1.0,
-            "samples": 1,
-            "prompt_tokens": 60.0,
-            "seconds": 1.0,
-            "predictions": [],
-        },
-        {
-            "task": "fwe",
-            "length": 64,
-            "status": "ok",
-            "score": 1.0,
-            "ci_low": 1.0,
-            "ci_high": 1.0,
-            "samples": 1,
-            "prompt_tokens": 60.0,
-            "seconds": 1.0,
-            "predictions": [],
-        },
+        _legacy_unit("vt"),
+        _legacy_unit("fwe"),  # one sample counted, no prediction
     ],
     ids=["list", "empty", "missing-keys", "other-task", "fewer-predictions"],
 )

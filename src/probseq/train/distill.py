@@ -497,9 +497,9 @@ def distill(config: DistillConfig, out: str | os.PathLike) -> dict[str, Any]:
             if not layers:
                 raise ValueError(f"--teacher {config.teacher} has no Gated DeltaNet layers")
             arrays = corpus_token_arrays(tokenizer, out / "data", config.corpus_dir, config.seed)
-            mix = None
-            if config.retrieval_share > 0:  # distillation's own stream of the teacher's mix
-                blocks = (steps1 + steps2) * config.batch_size * config.gradient_accumulation_steps * world_size
+            mix, ranges = None, stage_blocks(config, (steps1, steps2), world_size)
+            if config.retrieval_share > 0:  # distillation's own stream of the teacher's mix: exactly the run's blocks
+                blocks = ranges[-1][1]
                 arrays["train"], mix = mixed_token_array(tokenizer, out / "data", config, blocks, purpose="distill")
             if config.baseline:
                 student = copy.deepcopy(teacher).train().requires_grad_(True)
@@ -512,7 +512,7 @@ def distill(config: DistillConfig, out: str | os.PathLike) -> dict[str, Any]:
         if mix is not None:  # each stage its own blocks of the stream, in order
             stage_data = {
                 stage: PackedBlocks(arrays["train"][start * config.seq_len : stop * config.seq_len], config.seq_len)
-                for stage, (start, stop) in enumerate(stage_blocks(config, (steps1, steps2), world_size), start=1)
+                for stage, (start, stop) in enumerate(ranges, start=1)
             }
         else:  # every stage draws its batches from the whole corpus
             stage_data = {1: train_data, 2: train_data}
@@ -604,7 +604,7 @@ def distill(config: DistillConfig, out: str | os.PathLike) -> dict[str, Any]:
         "world_size": world_size,
         "stages": stages,
         "eval": evaluations,
-        "retention_scale": retention if not config.baseline and config.retention == "learned" else None,
+        "retention_scale": retention if retention["start"] else None,  # a learned retention's ρ, else none
         "mix": mix,
     }
     if int(os.environ.get("RANK", "0")) == 0:
