@@ -4,7 +4,12 @@
     python scripts/paired_study.py report recall --root ~/.cache/probseq/experiments/recall_paired \
         --out results/recall_paired
 
-(``mqar`` likewise.) ``run`` trains everything the plan below needs, stage by stage, as ``probseq recall`` /
+(``mqar`` likewise.) On a machine that has the committed results but not the runs (``~/.cache`` is not kept between
+machines): ``rank mqar --root R --first-study results/mqar_paired`` trains only the ranking arms, ``confirm recall
+--root R --first-study results/recall_paired`` the confirmation, each taking the first study's choices from its
+committed ``summary.json``/``calibration.csv``; ``archive --root R --out results/<study>/units`` copies every finished
+run's record (a few kB) for committing, and ``restore`` (same arguments) puts them back, so a study resumes unit by
+unit on the next machine. ``run`` trains everything the plan below needs, stage by stage, as ``probseq recall`` /
 ``probseq mqar`` sweeps (each resumable and cached, one single-threaded process per sweep; ``--workers`` sweeps at
 once, each arm going on to its stage 2 as soon as its stage 1 is done, so no core waits while another arm finishes
 its grid), and is itself resumable: rerun the same command. The schedule orders the runs, never changes one.
@@ -41,6 +46,7 @@ Bayesian variants' chosen lrs (as many seeds as stages 2–3), and ``report`` pa
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import statistics
@@ -52,6 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from probseq.experiments.common import write_csv
+from probseq.files import atomic_write_bytes
 from probseq.train.sweep import split_accuracy, sweep_units
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -320,6 +327,172 @@ def run(args: argparse.Namespace) -> None:
     print("done; python scripts/paired_study.py report --root ... --out ...", flush=True)
 
 
+def recorded_steps(task: Task, first_study: Path) -> tuple[str, ...]:
+    """The steps rule applied to the steps pilot's outcome as the study's committed ``summary.json`` records it
+    (``{"steps_pilot": {"runs", "learned"}}``), so a later stage can run on a machine that no longer holds the
+    pilot's runs without training them again."""
+    pilot = task.steps_pilot
+    if pilot is None:
+        return ()
+    path = first_study / "summary.json"
+    try:
+        record = json.loads(path.read_text())["steps_pilot"]
+        runs, learned = int(record["runs"]), int(record["learned"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise SystemExit(f"{path}: no readable steps_pilot record ({error})") from error
+    if runs != len(pilot.lrs) * len(pilot.seeds):
+        raise SystemExit(f"{path}: the steps pilot has {runs} runs, the plan {len(pilot.lrs) * len(pilot.seeds)}")
+    return (f"max_steps={pilot.steps if learned >= pilot.needed else pilot.fallback}",)
+
+
+def rank(args: argparse.Namespace) -> None:
+    """Only the ranking-only arms' stage 1 (``run``'s last chains), at the steps the committed first study's pilot
+    fixed: for a machine that has the study's committed results but not its runs."""
+    task, root = TASKS[args.task], Path(args.root).expanduser()
+    extra = recorded_steps(task, Path(args.first_study))
+    arms = [arm for arm in task_arms(task) if not arm.paired]
+    print(f"   ranking arms {[arm.name for arm in arms]}, {extra}", flush=True)
+    chosen = {}
+
+    def chain(arm: Arm) -> None:
+        chosen[arm.name], _ = stage1(task, root, arm, 1, extra, stop)
+        print(f"   {arm.name}: chosen lr {chosen[arm.name]:g}", flush=True)
+
+    stop = threading.Event()
+    with Sweeps(args.workers, stop) as sweeps:
+        sweeps.wait([sweeps.submit(chain, arm) for arm in arms])
+    print("done; python scripts/paired_study.py rank-report ... --out ...", flush=True)
+
+
+def read_calibration(path: Path) -> list[dict]:
+    """The rows of a committed ``calibration.csv`` (``report``'s), typed."""
+    try:
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        return [
+            {
+                "arm": r["arm"],
+                "lr": float(r["lr"]),
+                "seeds": int(r["seeds"]),
+                "learned": int(r["learned"]),
+                "mean_valid_all": float(r["mean_valid_all"]),
+                "stage1_score": float(r["stage1_score"]) if r["stage1_score"] else None,
+                "chosen": r["chosen"] == "True",
+            }
+            for r in rows
+        ]
+    except (OSError, KeyError, ValueError) as error:
+        raise SystemExit(f"{path}: not a readable calibration table ({error})") from error
+
+
+MAMBA2_LEARNS = 2  # of the 3 stage-1 seeds at its chosen lr: "Mamba-2 learns the easy segment" (fixed before its runs)
+
+
+def rank_report(args: argparse.Namespace) -> None:
+    """The plan's ranking check from stage 1 alike for every arm (seeds 0–2 at its chosen lr, the stage-1 score:
+    mean validation accuracy over every point): the ranking arms' runs under ``--root`` beside the other arms' rows
+    of the committed ``--out/calibration.csv``. Writes ``ranking.csv`` (every ranking arm's lr, ``calibration.csv``'s
+    columns), ``ranking.json`` (each arm's chosen lr and score, best first, and the three checks) and
+    ``ranking.png``."""
+    task, root, out = TASKS[args.task], Path(args.root).expanduser(), Path(args.out)
+    committed = [r for r in read_calibration(out / "calibration.csv") if r["chosen"]]
+    rows, scores, learned, edge = [], {}, {}, {}
+    for arm in (a for a in task_arms(task) if not a.paired):
+        records = all_records(root, arm, stage1_only=True)
+        try:
+            best, arm_scores = choose_lr(records, STAGE1_SEEDS)
+        except ValueError:  # no lr has all stage-1 seeds yet
+            continue
+        lrs = sorted(arm_scores)
+        edge[arm.name] = best in (lrs[0], lrs[-1])
+        for lr in sorted({lr for lr, _ in records}):
+            runs = [m for (rate, _), m in records.items() if rate == lr]
+            rows.append(
+                {
+                    "arm": arm.name,
+                    "lr": lr,
+                    "seeds": len(runs),
+                    "learned": sum(has_learned(task, m) for m in runs),
+                    "mean_valid_all": round(statistics.fmean(mean_valid(m) for m in runs), 4),
+                    "stage1_score": round(arm_scores[lr], 4) if lr in arm_scores else None,
+                    "chosen": lr == best,
+                }
+            )
+        scores[arm.name] = (best, arm_scores[best])
+        learned[arm.name] = sum(has_learned(task, records[(best, s)]) for s in STAGE1_SEEDS)
+    write_csv(out / "ranking.csv", rows)
+    for r in committed:
+        scores.setdefault(r["arm"], (r["lr"], r["stage1_score"]))
+    order = sorted(scores, key=lambda name: -scores[name][1])
+    checks = {}
+    if "attention" in scores:
+        checks["attention_first"] = order[0] == "attention"
+    if "linear_attention" in scores:
+        checks["delta_rule_above_linear_attention"] = all(
+            scores[name][1] > scores["linear_attention"][1] for name in ("gated_deltanet", "deltanet") if name in scores
+        )
+    if "mamba2" in learned:
+        checks["mamba2_learns_the_easy_segment"] = learned["mamba2"] >= MAMBA2_LEARNS
+    summary = {
+        "statistic": "stage-1 score: mean over seeds 0-2 at the arm's chosen lr of the mean validation accuracy",
+        "ranking": [{"arm": n, "lr": scores[n][0], "stage1_score": round(scores[n][1], 4)} for n in order],
+        "learned_at_chosen_lr": learned,
+        "chosen_on_grid_edge": edge,
+        "checks": checks,
+        "complete": set(learned) == {a.name for a in task_arms(task) if not a.paired},
+    }
+    (out / "ranking.json").write_text(json.dumps(summary, indent=1) + "\n")
+    plot_ranking(summary["ranking"], out / "ranking.png")
+    print(json.dumps(summary, indent=1))
+
+
+def plot_ranking(ranking: list[dict], path: Path) -> None:
+    if not ranking:
+        return
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    names = [r["arm"] for r in ranking]
+    ax.bar(range(len(names)), [r["stage1_score"] for r in ranking], color="tab:blue")
+    ax.set_xticks(range(len(names)), [f"{n}\nlr {r['lr']:g}" for n, r in zip(names, ranking)], fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("mean validation accuracy\n(seeds 0-2, all points)")
+    ax.set_title("MQAR ranking check (stage 1 at each arm's chosen lr)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def archive(args: argparse.Namespace) -> None:
+    """Copy each finished run's record under ``--root`` (``<arm>/<label>/cache/<name>-<fingerprint>.json``, a few
+    kB) to ``--out/<arm>/<label>/``, to be committed: the runs' folders live in ``~/.cache``, which a later session
+    may not have. ``restore`` puts them back; a sweep then reads each as its own finished unit (the file name
+    carries the run's fingerprint, and the sweep checks the record against its unit), so nothing trains twice."""
+    root, out = Path(args.root).expanduser(), Path(args.out)
+    copied = 0
+    for path in sorted(root.glob("**/cache/*.json")):
+        target = out / path.parent.parent.relative_to(root) / path.name
+        if not target.exists() or target.read_bytes() != path.read_bytes():
+            atomic_write_bytes(target, path.read_bytes())
+            copied += 1
+    print(f"{copied} record(s) copied to {out}")
+
+
+def restore(args: argparse.Namespace) -> None:
+    """Put ``archive``'s records back under ``--root`` (``<arm>/<label>/cache/``); a record already there is kept."""
+    root, out = Path(args.root).expanduser(), Path(args.out)
+    restored = 0
+    for path in sorted(out.glob("**/*.json")):
+        target = root / path.parent.relative_to(out) / "cache" / path.name
+        if not target.exists():
+            atomic_write_bytes(target, path.read_bytes())
+            restored += 1
+    print(f"{restored} record(s) restored under {root}; rerun the study's command to take them")
+
+
 class Sweeps:
     """A pool of ``slots`` threads, each driving single-worker sweeps, run in order of submission. The first failure
     (or Ctrl-C) stops what has not started — a call submitted earlier but not begun becomes a no-op — lets the
@@ -584,20 +757,50 @@ CONFIRM_SEEDS = tuple(range(20, 40))  # fresh seeds: the first study's 0–19 su
 CONFIRM_LABEL = "confirm"
 
 
+def committed_stage1_scores(first_study: Path, name: str) -> dict[float, float]:
+    """lr → stage-1 score of arm ``name`` as the first study's committed ``calibration.csv`` records it."""
+    path = first_study / "calibration.csv"
+    try:
+        with path.open(newline="") as handle:
+            rows = [r for r in csv.DictReader(handle) if r["arm"] == name and r["stage1_score"]]
+        return {float(r["lr"]): float(r["stage1_score"]) for r in rows}
+    except (OSError, KeyError, ValueError) as error:
+        raise SystemExit(f"{path}: no readable stage-1 scores ({error})") from error
+
+
+def stage1_scores(root: Path, name: str, first_study: Path | None = None) -> dict[float, float]:
+    """lr → stage-1 score (``choose_lr``'s) of arm ``name``: from its stage-1 runs under ``root``, over the scores
+    the committed ``first_study`` records (when given; a run under ``root`` wins)."""
+    scores = committed_stage1_scores(first_study, name) if first_study is not None else {}
+    records = all_records(root, ARM_BY_NAME[name], stage1_only=True)
+    if records:
+        scores |= choose_lr(records, STAGE1_SEEDS)[1]
+    if not scores:
+        raise SystemExit(f"{name}: no stage-1 runs under {root}" + (f" nor in {first_study}" if first_study else ""))
+    return scores
+
+
 def common_lr(
-    task: Task, root: Path, arms: tuple[str, str], workers: int = 1, extra: tuple[str, ...] = (), train: bool = True
+    task: Task,
+    root: Path,
+    arms: tuple[str, str],
+    workers: int = 1,
+    extra: tuple[str, ...] = (),
+    train: bool = True,
+    first_study: Path | None = None,
 ) -> tuple[float, dict[float, float]]:
     """The confirmation's common learning rate, on stage-1 validation data only: among the lrs both ``arms`` have
     (seeds 0–2 of their stage-1 sweeps), the one with the highest mean over the two arms of their stage-1 scores
     (ties: the smaller lr). On an edge of that common grid, the nearest lr beyond it that one arm has is added —
     the other arm trains it (seeds 0–2, a stage-1 sweep ``lr<value>``), at most twice — unless it cannot win: its
     joint score is at most (the score the arm has + 1) / 2. ``train=False``: never train (a missing run is an error).
+    ``first_study``: the first study's committed results, whose stage-1 scores stand in for runs ``root`` lacks.
 
     Returns:
         ``(lr, {lr: joint score})``.
     """
     for _ in range(3):
-        scores = [choose_lr(all_records(root, ARM_BY_NAME[a], stage1_only=True), STAGE1_SEEDS)[1] for a in arms]
+        scores = [stage1_scores(root, a, first_study) for a in arms]
         joint = {lr: (scores[0][lr] + scores[1][lr]) / 2 for lr in sorted(set(scores[0]) & set(scores[1]))}
         best = max(joint, key=lambda lr: (joint[lr], -lr))
         common = sorted(joint)
@@ -618,8 +821,18 @@ def common_lr(
     raise SystemExit("the common lr is still on the grid's edge after two extensions")
 
 
-def confirm_arms(task: Task, root: Path) -> tuple[str, str]:
-    """Gated DeltaNet and the Bayesian Layer the first study chose (plan item 3, stage 1 only)."""
+def confirm_arms(task: Task, root: Path, first_study: Path | None = None) -> tuple[str, str]:
+    """Gated DeltaNet and the Bayesian Layer the first study chose (plan item 3, stage 1 only): from its stage-1
+    runs under ``root``, or as its committed ``summary.json`` records it when ``first_study`` is given."""
+    if first_study is not None:
+        path = first_study / "summary.json"
+        try:
+            variant = json.loads(path.read_text())["bayesian_layer"]
+        except (OSError, ValueError, KeyError) as error:
+            raise SystemExit(f"{path}: no readable bayesian_layer ({error})") from error
+        if variant not in BAYESIAN:
+            raise SystemExit(f"{path}: bayesian_layer is {variant!r}, not one of {BAYESIAN}")
+        return "gated_deltanet", variant
     records, chosen = {}, {}
     for name in ("gated_deltanet", *BAYESIAN):
         records[name] = all_records(root, ARM_BY_NAME[name], stage1_only=True)
@@ -633,9 +846,10 @@ def confirm_arms(task: Task, root: Path) -> tuple[str, str]:
 def confirm(args: argparse.Namespace) -> None:
     """The confirmation study (results/recall_confirm/README.md): both arms at the common lr, seeds 20–39."""
     task, root = TASKS[args.task], Path(args.root).expanduser()
-    extra = choose_steps(task, root, args.workers)
-    arms = confirm_arms(task, root)
-    lr, joint = common_lr(task, root, arms, args.workers, extra)
+    first = Path(args.first_study) if args.first_study else None
+    extra = recorded_steps(task, first) if first is not None else choose_steps(task, root, args.workers)
+    arms = confirm_arms(task, root, first)
+    lr, joint = common_lr(task, root, arms, args.workers, extra, first_study=first)
     print(f"   common lr {lr:g} (joint stage-1 scores {json.dumps({f'{k:g}': round(v, 4) for k, v in joint.items()})})")
     with Sweeps(args.workers) as sweeps:
         sweeps.wait(
@@ -654,8 +868,9 @@ def confirm_report(args: argparse.Namespace) -> None:
     all 20 are in), ``summary.json`` and the plot, in ``--out``."""
     task, root, out = TASKS[args.task], Path(args.root).expanduser(), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    gdn, variant = confirm_arms(task, root)
-    lr, joint = common_lr(task, root, (gdn, variant), train=False)
+    first = Path(args.first_study) if args.first_study else None
+    gdn, variant = confirm_arms(task, root, first)
+    lr, joint = common_lr(task, root, (gdn, variant), train=False, first_study=first)
     rows = {
         name: {
             s: run_row(task, name, rate, s, m)
@@ -689,24 +904,48 @@ def confirm_report(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    run_parser = commands.add_parser("run", help="train every stage (resumable)")
-    run_parser.add_argument("task", choices=sorted(TASKS))
-    run_parser.add_argument("--root", required=True)
-    run_parser.add_argument("--workers", type=int, default=2)
-    report_parser = commands.add_parser("report", help="tables and plot from what has finished")
-    report_parser.add_argument("task", choices=sorted(TASKS))
-    report_parser.add_argument("--root", required=True)
-    report_parser.add_argument("--out", required=True)
-    confirm_parser = commands.add_parser("confirm", help="the confirmation study at a common lr (resumable)")
-    confirm_parser.add_argument("task", choices=sorted(TASKS))
-    confirm_parser.add_argument("--root", required=True, help="the first study's root (the runs go beside them)")
-    confirm_parser.add_argument("--workers", type=int, default=2)
-    confirm_report_parser = commands.add_parser("confirm-report", help="the confirmation's tables and plot")
-    confirm_report_parser.add_argument("task", choices=sorted(TASKS))
-    confirm_report_parser.add_argument("--root", required=True)
-    confirm_report_parser.add_argument("--out", required=True)
+
+    def command(name: str, help: str, *options: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help)
+        sub.add_argument("task", choices=sorted(TASKS))
+        sub.add_argument("--root", required=True, help="the study's runs (e.g. ~/.cache/probseq/experiments/…)")
+        if "out" in options:
+            sub.add_argument("--out", required=True)
+        if "workers" in options:
+            sub.add_argument("--workers", type=int, default=2)
+        return sub
+
+    command("run", "train every stage (resumable)", "workers")
+    command("report", "tables and plot from what has finished", "out")
+    first_study = "the study's committed results (its summary.json and calibration.csv), e.g. results/mqar_paired"
+    command("rank", "only the ranking arms' stage 1 (resumable)", "workers").add_argument(
+        "--first-study", required=True, help=first_study
+    )
+    command("rank-report", "the ranking check: the ranking arms beside the committed calibration", "out")
+    for name, help, options in (
+        ("confirm", "the confirmation study at a common lr (resumable)", "workers"),
+        ("confirm-report", "the confirmation's tables and plot", "out"),
+    ):
+        command(name, help, options).add_argument(
+            "--first-study", help=f"{first_study}; for a root without the first study's runs"
+        )
+    for name, help in (
+        ("archive", "copy every finished run's record under --root to --out (small JSON; commit them)"),
+        ("restore", "copy archived records from --out back under --root, so the sweeps take them instead of training"),
+    ):
+        command(name, help, "out")
     args = parser.parse_args(argv)
-    {"run": run, "report": report, "confirm": confirm, "confirm-report": confirm_report}[args.command](args)
+    handlers = {
+        "run": run,
+        "rank": rank,
+        "rank-report": rank_report,
+        "report": report,
+        "confirm": confirm,
+        "confirm-report": confirm_report,
+        "archive": archive,
+        "restore": restore,
+    }
+    handlers[args.command](args)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import runpy
 import statistics
@@ -206,7 +207,7 @@ def test_the_mqar_mamba2_arm_is_zoologys_mamba2_model_and_the_recall_arms_are_un
 def _fake_study(value, delay=0.02, fail=None):
     """The script's module with ``run_sweep`` replaced by a fake that writes every unit's metrics at once:
     ``value(arm, label, lr, seed, split)`` is each accuracy; ``fail`` an arm name whose sweeps raise. Returns the
-    module's namespace and the list of calls ``(arm, label, lrs, seeds, workers, sets)`` in start order."""
+    module's namespace and the list of calls ``(arm, label, lrs, seeds, workers, sets, extra)`` in start order."""
     study = runpy.run_path(str(SCRIPT))
     names = study["run"].__globals__
     task = study["TASKS"]["mqar"]
@@ -215,7 +216,7 @@ def _fake_study(value, delay=0.02, fail=None):
 
     def fake_sweep(task_, root, arm, label, lrs, seeds, workers, extra=(), out=None):
         with lock:
-            calls.append((arm.name, label, tuple(lrs), tuple(seeds), workers, arm.sets))
+            calls.append((arm.name, label, tuple(lrs), tuple(seeds), workers, arm.sets, tuple(extra)))
             active[0] += 1
             active[1] = max(active)
         try:
@@ -355,7 +356,7 @@ def test_confirmation_takes_a_common_lr_on_stage_1_validation_and_pairs_fresh_se
     if strong_extension:  # the learned arm's grid reached 9.49e-5 (an edge extension of its own stage 1)
         fake_sweep(task, root, arms["bayesian_learned"], "lr9.49e-05", [9.49e-5], [0, 1, 2], 1)
     calls.clear()
-    study["confirm"](argparse.Namespace(task="mqar", root=str(root), workers=2))
+    study["confirm"](argparse.Namespace(task="mqar", root=str(root), workers=2, first_study=None))
     labels = [(c[0], c[1]) for c in calls]
     # joint scores: 3e-4 0.875, 1e-3 0.83, 3e-3 0.75 → 3e-4, the common grid's lower edge; with the learned arm's
     # 9.49e-5 at 0.99 the bound (0.99 + 1)/2 beats 0.875: GDN trains it (0.95 → joint 0.97, the new optimum)
@@ -366,7 +367,7 @@ def test_confirmation_takes_a_common_lr_on_stage_1_validation_and_pairs_fresh_se
     assert all(c[2] == (expected_lr,) and c[3] == tuple(range(20, 40)) and c[4] == 1 for c in confirm)
 
     out = tmp_path / "report"
-    study["confirm_report"](argparse.Namespace(task="mqar", root=str(root), out=str(out)))
+    study["confirm_report"](argparse.Namespace(task="mqar", root=str(root), out=str(out), first_study=None))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["common_lr"] == expected_lr and summary["bayesian_layer"] == "bayesian_learned"
     rows = [r for r in summary["paired"] if r["analysis"] == f"confirmation, common lr {expected_lr:g}"]
@@ -375,3 +376,148 @@ def test_confirmation_takes_a_common_lr_on_stage_1_validation_and_pairs_fresh_se
         r["seeds"] == 20 and r["mean_difference"] == pytest.approx(0.02) and r["verdict"] == "better" for r in rows
     )
     assert (out / "paired_differences.png").is_file()
+
+
+def _committed_first_study(folder: Path, steps_learned: int = 6) -> Path:
+    """A first study's committed results as ``report`` writes them: ``calibration.csv`` and ``summary.json``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [
+        ("gated_deltanet", 3e-4, 0.80, False),
+        ("gated_deltanet", 1e-3, 0.85, False),
+        ("gated_deltanet", 3e-3, 0.86, True),
+        ("deltanet", 3e-3, 0.70, True),
+        ("attention", 1e-2, 0.94, True),
+        ("bayesian_learned", 3e-4, 0.90, True),
+        ("bayesian_learned", 1e-3, 0.80, False),
+        ("bayesian_learned", 3e-3, 0.70, False),
+        ("bayesian_stationary", 3e-3, 0.74, True),
+    ]
+    with (folder / "calibration.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["arm", "lr", "seeds", "learned", "mean_valid_all", "stage1_score", "chosen"])
+        writer.writerows([arm, lr, 3, 3, score, score, chosen] for arm, lr, score, chosen in rows)
+    summary = {"bayesian_layer": "bayesian_learned", "steps_pilot": {"runs": 6, "learned": steps_learned}}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+@pytest.mark.parametrize(("steps_learned", "steps"), [(6, 1500), (4, 3000)])
+def test_rank_trains_only_the_ranking_arms_at_the_committed_steps_and_checks_the_ranking(
+    tmp_path, steps_learned, steps
+):
+    """``rank`` on a machine without the study's runs: only the ranking-only arms' stage 1, at the steps the committed
+    pilot record implies (the plan's rule, no pilot retrained); ``rank-report`` ranks every arm by its stage-1 score
+    at its chosen lr, the ranking arms' from their runs, the others' from the committed ``calibration.csv``."""
+
+    def value(arm, label, lr, seed, split):  # linear attention 0.6 at its best lr; Mamba-2 learns in 2 of 3 seeds
+        if arm == "linear_attention":
+            return 0.6 if lr == 3e-3 else 0.4
+        return 0.95 if seed else 0.3
+
+    study, calls = _fake_study(value, delay=0.0)
+    out = _committed_first_study(tmp_path / "results", steps_learned)
+    study["rank"](argparse.Namespace(task="mqar", root=str(tmp_path / "root"), first_study=str(out), workers=2))
+    assert {c[0] for c in calls} == {"linear_attention", "mamba2"}
+    assert all(c[6] == (f"max_steps={steps}",) for c in calls)
+
+    study["rank_report"](argparse.Namespace(task="mqar", root=str(tmp_path / "root"), out=str(out)))
+    summary = json.loads((out / "ranking.json").read_text())
+    order = [r["arm"] for r in summary["ranking"]]
+    assert (
+        order[:2] == ["attention", "bayesian_learned"]
+        and order.index("linear_attention") == order.index("deltanet") + 1
+    )
+    by_arm = {r["arm"]: r for r in summary["ranking"]}
+    assert by_arm["linear_attention"] == {"arm": "linear_attention", "lr": 3e-3, "stage1_score": 0.6}
+    assert by_arm["gated_deltanet"]["lr"] == 3e-3  # the committed chosen row, not another lr
+    assert summary["checks"] == {
+        "attention_first": True,
+        "delta_rule_above_linear_attention": True,
+        "mamba2_learns_the_easy_segment": True,
+    }
+    assert summary["learned_at_chosen_lr"]["mamba2"] == 2 and summary["complete"]
+    assert summary["chosen_on_grid_edge"] == {"linear_attention": False, "mamba2": True}  # all tied: the smallest lr
+    with (out / "ranking.csv").open() as handle:
+        assert {r["arm"] for r in csv.DictReader(handle)} == {"linear_attention", "mamba2"}
+    assert (out / "ranking.png").is_file()
+
+
+def test_rank_refuses_a_first_study_without_its_steps_record(tmp_path):
+    study, calls = _fake_study(lambda *a: 0.5, delay=0.0)
+    (tmp_path / "summary.json").write_text(json.dumps({"bayesian_layer": "bayesian_learned"}))
+    with pytest.raises(SystemExit, match="no readable steps_pilot"):
+        study["rank"](
+            argparse.Namespace(task="mqar", root=str(tmp_path / "root"), first_study=str(tmp_path), workers=2)
+        )
+    assert not calls
+
+
+def test_confirmation_from_the_committed_first_study_takes_its_choices_without_its_runs(tmp_path):
+    """``confirm --first-study``: the Bayesian Layer from the committed ``summary.json``, the common lr from the
+    stage-1 scores of the committed ``calibration.csv`` (3e-4: joint 0.85 against 0.825 and 0.78), the steps from
+    its pilot record; nothing of the first study is retrained."""
+    study, calls = _fake_study(lambda arm, label, lr, seed, split: 0.9, delay=0.0)
+    out = _committed_first_study(tmp_path / "results")
+    root = tmp_path / "root"
+    study["confirm"](argparse.Namespace(task="mqar", root=str(root), workers=2, first_study=str(out)))
+    assert sorted(c[0] for c in calls) == ["bayesian_learned", "gated_deltanet"]
+    assert all(c[1] == "confirm" and c[2] == (3e-4,) and c[6] == ("max_steps=1500",) for c in calls)
+    report = tmp_path / "report"
+    study["confirm_report"](argparse.Namespace(task="mqar", root=str(root), out=str(report), first_study=str(out)))
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["common_lr"] == 3e-4 and summary["joint_stage1_scores"] == {
+        "0.0003": 0.85,
+        "0.001": 0.825,
+        "0.003": 0.78,
+    }
+
+
+def test_the_committed_recall_study_fixes_the_confirmations_common_lr_as_its_plan_states(study):
+    """The recall confirmation's plan (results/recall_confirm/README.md) computed its common lr, 3e-4, from the first
+    study's committed stage-1 scores; reading them back gives the same lr and joint scores."""
+    first = REPO / "results" / "recall_paired"
+    task = study["TASKS"]["recall"]
+    arms = study["confirm_arms"](task, REPO / "no-such-root", first)
+    lr, joint = study["common_lr"](task, REPO / "no-such-root", arms, train=False, first_study=first)
+    assert arms == ("gated_deltanet", "bayesian_learned") and lr == 3e-4
+    assert joint == pytest.approx({3e-4: 0.9025, 1e-3: 0.8624, 3e-3: 0.87635})
+
+
+@pytest.mark.integration
+def test_archived_records_restored_on_a_fresh_machine_are_taken_not_trained(study, tmp_path, monkeypatch):
+    """``archive`` copies a finished sweep's unit records out of the root; on a machine with neither the root nor
+    the runs' folders, ``restore`` puts them back and the same sweep takes them instead of training again."""
+    import shutil  # noqa: PLC0415
+
+    import probseq.train.trainer as trainer_module  # noqa: PLC0415
+    from probseq.experiments import mqar  # noqa: PLC0415
+    from probseq.experiments.common import apply_overrides  # noqa: PLC0415
+    from probseq.train.sweep import run_units, runs_root  # noqa: PLC0415
+    from tests.experiments.test_mqar_and_recall_sweeps import TINY_MQAR  # noqa: PLC0415
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    config = dataclasses.replace(
+        apply_overrides(mqar.PRESETS["quick"], TINY_MQAR),
+        mixers=("attention",),
+        learning_rates=(0.01,),
+        seeds=(0, 1),
+        max_steps=2,
+    )
+    units = config.units()
+    root, archive = tmp_path / "root", tmp_path / "results" / "units"
+    first = run_units(units, "mqar", root / "attention" / "grid", log=lambda line: None).metrics
+    study["archive"](argparse.Namespace(task="mqar", root=str(root), out=str(archive)))
+    assert sorted(p.name for p in archive.glob("attention/grid/*.json")) == sorted(
+        f"{u.name}-{u.config.fingerprint()}.json" for u in units
+    )
+    shutil.rmtree(root)
+    shutil.rmtree(runs_root())  # a fresh machine: no run folder, no final/ to take a unit from
+
+    study["restore"](argparse.Namespace(task="mqar", root=str(root), out=str(archive)))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(trainer_module, "train", no_training)
+    again = run_units(units, "mqar", root / "attention" / "grid", log=lambda line: None)
+    assert again.metrics == first and again.from_cache == len(units)
