@@ -4,6 +4,8 @@
     python scripts/teacher_pilots.py time --root ~/.cache/probseq/teacher_pilots   # tokens/s of each model shape
     python scripts/teacher_pilots.py run --root ~/.cache/probseq/teacher_pilots    # time (if not done), then pilots
     python scripts/teacher_pilots.py report --root ~/.cache/probseq/teacher_pilots --out results/ruler/teacher_pilots
+    python scripts/teacher_pilots.py archive --root ~/.cache/probseq/teacher_pilots   # at every stop; commit them
+    python scripts/teacher_pilots.py restore --root ~/.cache/probseq/teacher_pilots   # on a machine without them
 
 ``run`` times every model shape with a few optimizer steps (``ROOT/timing.json``, once), then trains the pilots
 one after another, each ``probseq pretrain --preset small --out ROOT/<pilot> --set …`` in its own process (log:
@@ -56,7 +58,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from probseq.files import atomic_write_json
+from probseq.files import atomic_write_bytes, atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 THREADS = 2
@@ -627,6 +629,39 @@ def report(args: argparse.Namespace) -> None:
     print("\n".join(text))
 
 
+# What marks the pilots' progress, each small: the timing, the fixed round-1 winner, each pilot's failure marker, and
+# each finished pilot's train_log.json (its "done") and learning curve. Not its weights: no later stage needs them.
+RECORDS = ("timing.json", WINNER_FILE, "*.failed.json", "*/train_log.json", "*/curve.json", "*/curve.csv")
+
+
+def archive(args: argparse.Namespace) -> None:
+    """Copy the pilots' records (``RECORDS``) from ``--root`` to ``--out`` for committing: ``~/.cache`` may not
+    survive to the next session's machine, and ``restore`` puts them back there, so ``run`` goes on from the next
+    unfinished pilot (a pilot cut off mid-run starts over)."""
+    root, out = Path(args.root).expanduser(), Path(args.out)
+    copied = 0
+    for pattern in RECORDS:
+        for path in sorted(root.glob(pattern)):
+            target = out / path.relative_to(root)
+            if not target.exists() or target.read_bytes() != path.read_bytes():
+                atomic_write_bytes(target, path.read_bytes())
+                copied += 1
+    print(f"{copied} record(s) copied to {out}")
+
+
+def restore(args: argparse.Namespace) -> None:
+    """Put ``archive``'s records back under ``--root``; a file already there is kept."""
+    root, out = Path(args.root).expanduser(), Path(args.out)
+    restored = 0
+    for pattern in RECORDS:
+        for path in sorted(out.glob(pattern)):
+            target = root / path.relative_to(out)
+            if not target.exists():
+                atomic_write_bytes(target, path.read_bytes())
+                restored += 1
+    print(f"{restored} record(s) restored under {root}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -652,11 +687,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     report_parser.add_argument("--root", required=True)
     report_parser.add_argument("--out", default=str(ROOT / "results/ruler/teacher_pilots"))
+    for name, help in (
+        ("archive", "copy the pilots' records (done markers, curves, timing) to --out for committing"),
+        ("restore", "put archived records back under --root (a new machine goes on where the last one stopped)"),
+    ):
+        sub = commands.add_parser(name, help=help)
+        sub.add_argument("--root", required=True)
+        sub.add_argument("--out", default=str(ROOT / "results/ruler/teacher_pilots/records"))
     args = parser.parse_args(argv)
     if args.command == "time":
         timing(args)
     else:
-        {"plan": plan, "run": run, "report": report}[args.command](args)
+        {"plan": plan, "run": run, "report": report, "archive": archive, "restore": restore}[args.command](args)
 
 
 if __name__ == "__main__":

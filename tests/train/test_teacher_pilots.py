@@ -496,3 +496,27 @@ def test_the_learning_curve_does_not_change_the_weights(corpus, tmp_path):
     plain, probed = (load_file(tmp_path / name / "model.safetensors") for name in ("plain", "probed"))
     assert plain.keys() == probed.keys() and all(torch.equal(plain[k], probed[k]) for k in plain)
     assert not (tmp_path / "plain" / "curve.json").exists() and read_curve(tmp_path / "probed")
+
+
+def test_archived_pilot_records_let_a_new_machine_go_on_from_the_next_pilot(tmp_path):
+    """``archive`` keeps what marks the pilots' progress (done markers, curves, timing, the round-1 winner, failure
+    markers) and nothing heavy; ``restore`` on an empty root makes ``run`` see the same finished pilots and winner."""
+    import runpy
+
+    script = runpy.run_path(str(ROOT / "scripts" / "teacher_pilots.py"))
+    first, records, second = tmp_path / "first", tmp_path / "records", tmp_path / "second"
+    fake_pilot(first, "baseline", (0.0, 0.0), (0.1, 0.0))
+    fake_pilot(first, "share50", (0.1, 0.0), (2.0, 1.0), retrieval_share=0.5)
+    (first / "timing.json").write_text("{}")
+    (first / "share80.failed.json").write_text(json.dumps({"exit": 1, "at": "now"}))
+    (first / "baseline" / "model.safetensors").write_bytes(b"weights")  # not a record
+    script["main"](["archive", "--root", str(first), "--out", str(records)])
+    assert not list(records.glob("**/*.safetensors")) and (records / "share80.failed.json").exists()
+
+    script["main"](["restore", "--root", str(second), "--out", str(records)])
+    for name in ("baseline", "share50", "share80"):
+        assert script["read_log"](second, name) == script["read_log"](first, name)
+        assert script["read_failure"](second, name) == script["read_failure"](first, name)
+    assert script["read_log"](second, "baseline") is not None
+    assert (second / "timing.json").exists() and not (second / "baseline" / "model.safetensors").exists()
+    assert script["round1_winner"](second) == script["round1_winner"](first)
