@@ -364,6 +364,102 @@ def rank(args: argparse.Namespace) -> None:
     print("done; python scripts/paired_study.py rank-report ... --out ...", flush=True)
 
 
+EXTENSION_LABEL = "extended"  # the sweeps of seeds 10–19 (stage 3, or the precision extension)
+
+
+def committed_choice(first_study: Path) -> tuple[str, dict[str, float]]:
+    """The Bayesian Layer and every arm's chosen lr, as the study's committed ``summary.json`` records them."""
+    path = first_study / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+        variant, chosen = summary["bayesian_layer"], {k: float(v) for k, v in summary["chosen_lr"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise SystemExit(f"{path}: no readable bayesian_layer and chosen_lr ({error})") from error
+    if variant not in BAYESIAN or not {"gated_deltanet", variant} <= set(chosen):
+        raise SystemExit(f"{path}: bayesian_layer {variant!r} or its lr, or Gated DeltaNet's, is missing")
+    return variant, chosen
+
+
+def extend(args: argparse.Namespace) -> None:
+    """Seeds 10–19 of Gated DeltaNet and the Bayesian Layer at their chosen lrs (the committed first study's), the
+    sweeps stage 3 would run: for a decided first look whose interval is still wider than the precision asked for.
+    Outside the plan's rule (which extends only an undecided endpoint): a deviation, stated where it is reported."""
+    task, root, first = TASKS[args.task], Path(args.root).expanduser(), Path(args.first_study)
+    extra = recorded_steps(task, first)
+    variant, chosen = committed_choice(first)
+    seeds = list(range(PAIRED_SEEDS, EXTENDED_SEEDS))
+    with Sweeps(args.workers) as sweeps:
+        sweeps.wait(
+            [
+                sweeps.submit(
+                    run_sweep, task, root, ARM_BY_NAME[name], EXTENSION_LABEL, [chosen[name]], seeds, 1, extra
+                )
+                for name in ("gated_deltanet", variant)
+            ]
+        )
+    print("done; python scripts/paired_study.py extend-report ... --out ...", flush=True)
+
+
+def committed_runs(first_study: Path) -> list[dict]:
+    """The rows of the study's committed ``runs.csv`` (``run_row``'s), typed."""
+    path = first_study / "runs.csv"
+
+    def number(text: str) -> float | None:
+        return float(text) if text else None
+
+    try:
+        with path.open(newline="") as handle:
+            return [
+                {
+                    **{k: number(v) for k, v in r.items() if k.startswith("test_")},
+                    "arm": r["arm"],
+                    "lr": float(r["lr"]),
+                    "seed": int(r["seed"]),
+                    "learned": r["learned"] == "True",
+                }
+                for r in csv.DictReader(handle)
+            ]
+    except (OSError, KeyError, ValueError) as error:
+        raise SystemExit(f"{path}: not a readable runs table ({error})") from error
+
+
+def extend_report(args: argparse.Namespace) -> None:
+    """The 20-seed analysis: the committed first look's runs (seeds 0–9, ``--first-study/runs.csv``) and the
+    extension's (seeds 10–19, under ``--root``), paired as ``paired_analysis`` pairs them; ``partial`` until all 20
+    pairs are in. Writes ``runs.csv`` (the extension's runs), ``paired.csv``, ``summary.json`` and the plot in
+    ``--out``."""
+    task, root, first, out = TASKS[args.task], Path(args.root).expanduser(), Path(args.first_study), Path(args.out)
+    variant, chosen = committed_choice(first)
+    names = ("gated_deltanet", variant)
+    rows = {name: {} for name in names}
+    for r in committed_runs(first):
+        if r["arm"] in rows and r["lr"] == chosen[r["arm"]] and r["seed"] < PAIRED_SEEDS:
+            rows[r["arm"]][r["seed"]] = r
+    new = []
+    for name in names:
+        for (lr, seed), m in sorted(read_sweep(sweep_dir(root, ARM_BY_NAME[name], EXTENSION_LABEL)).items()):
+            if lr == chosen[name] and PAIRED_SEEDS <= seed < EXTENDED_SEEDS:
+                rows[name][seed] = run_row(task, name, lr, seed, m)
+                new.append(rows[name][seed])
+    seeds = sorted(set(rows[variant]) & set(rows["gated_deltanet"]))
+    final = len(seeds) == EXTENDED_SEEDS
+    both = [s for s in seeds if rows[variant][s]["learned"] and rows["gated_deltanet"][s]["learned"]]
+    bayes, gdn = rows[variant], rows["gated_deltanet"]
+    label = f"{EXTENDED_SEEDS} seeds (precision extension)"
+    paired = difference_rows(task, variant, bayes, gdn, label, seeds, final)
+    paired += difference_rows(task, variant, bayes, gdn, f"{label}, both learned", both, final)
+    if task.secondary:
+        paired += difference_rows(task, variant, bayes, gdn, f"{label}, secondary points", seeds, final, task.secondary)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "runs.csv", new)
+    write_csv(out / "paired.csv", paired)
+    learned = {name: sum(r["learned"] for r in rows[name].values()) for name in names}
+    summary = {"bayesian_layer": variant, "lrs": {n: chosen[n] for n in names}, "seeds": seeds, "learned": learned}
+    (out / "summary.json").write_text(json.dumps({**summary, "paired": paired}, indent=1) + "\n")
+    plot(paired, out / "paired_differences.png")
+    print(json.dumps({**summary, "paired": paired}, indent=1))
+
+
 def read_calibration(path: Path) -> list[dict]:
     """The rows of a committed ``calibration.csv`` (``report``'s), typed."""
     try:
@@ -922,6 +1018,10 @@ def main(argv: list[str] | None = None) -> None:
         "--first-study", required=True, help=first_study
     )
     command("rank-report", "the ranking check: the ranking arms beside the committed calibration", "out")
+    command("extend", "seeds 10-19 of GDN and the Bayesian Layer at the committed choices (resumable)", "workers")
+    command("extend-report", "the 20-seed analysis: committed seeds 0-9 and the extension's 10-19", "out")
+    for name in ("extend", "extend-report"):
+        commands.choices[name].add_argument("--first-study", required=True, help=first_study)
     for name, help, options in (
         ("confirm", "the confirmation study at a common lr (resumable)", "workers"),
         ("confirm-report", "the confirmation's tables and plot", "out"),
@@ -939,6 +1039,8 @@ def main(argv: list[str] | None = None) -> None:
         "run": run,
         "rank": rank,
         "rank-report": rank_report,
+        "extend": extend,
+        "extend-report": extend_report,
         "report": report,
         "confirm": confirm,
         "confirm-report": confirm_report,

@@ -396,7 +396,11 @@ def _committed_first_study(folder: Path, steps_learned: int = 6) -> Path:
         writer = csv.writer(handle)
         writer.writerow(["arm", "lr", "seeds", "learned", "mean_valid_all", "stage1_score", "chosen"])
         writer.writerows([arm, lr, 3, 3, score, score, chosen] for arm, lr, score, chosen in rows)
-    summary = {"bayesian_layer": "bayesian_learned", "steps_pilot": {"runs": 6, "learned": steps_learned}}
+    summary = {
+        "bayesian_layer": "bayesian_learned",
+        "chosen_lr": {arm: lr for arm, lr, _, chosen in rows if chosen},
+        "steps_pilot": {"runs": 6, "learned": steps_learned},
+    }
     (folder / "summary.json").write_text(json.dumps(summary))
     return folder
 
@@ -521,3 +525,54 @@ def test_archived_records_restored_on_a_fresh_machine_are_taken_not_trained(stud
     monkeypatch.setattr(trainer_module, "train", no_training)
     again = run_units(units, "mqar", root / "attention" / "grid", log=lambda line: None)
     assert again.metrics == first and again.from_cache == len(units)
+
+
+def test_extension_runs_seeds_10_to_19_at_the_committed_choices_and_pairs_all_20(tmp_path):
+    """``extend``: GDN and the committed Bayesian Layer at their committed lrs, seeds 10–19 only; ``extend-report``
+    pairs the committed runs.csv's seeds 0–9 with them: the 20-seed mean difference and t-interval equal a direct
+    computation, and an unfinished extension is ``partial``."""
+
+    def value(arm, label, lr, seed, split):
+        if split == "valid":
+            return 0.95  # every run learned
+        return 0.3 + 0.01 * seed + (0.05 + 0.002 * (seed % 4) if arm == "bayesian_learned" else 0.0)
+
+    study, calls = _fake_study(value, delay=0.0)
+    first = _committed_first_study(tmp_path / "results")
+    task = study["TASKS"]["mqar"]
+    points = dict.fromkeys((*task.also, *task.primary, *task.secondary))
+    committed = [
+        {
+            "arm": arm,
+            "lr": lr,
+            "seed": s,
+            "learned": True,
+            **{f"test_{p}": value(arm, "", lr, s, "test") for p in points},
+        }
+        for arm, lr in (("gated_deltanet", 3e-3), ("bayesian_learned", 3e-4), ("deltanet", 3e-3))
+        for s in range(10)
+    ]
+    committed.append({**committed[0], "lr": 1e-3, "seed": 0, "test_T512_k128": 0.99})  # another lr: not paired
+    study["write_csv"](first / "runs.csv", committed)
+    root, out = tmp_path / "root", tmp_path / "extension"
+    study["extend"](argparse.Namespace(task="mqar", root=str(root), first_study=str(first), workers=2))
+    assert sorted((c[0], c[2], c[3], c[6]) for c in calls) == [
+        ("bayesian_learned", (3e-4,), tuple(range(10, 20)), ("max_steps=1500",)),
+        ("gated_deltanet", (3e-3,), tuple(range(10, 20)), ("max_steps=1500",)),
+    ]
+    study["extend_report"](argparse.Namespace(task="mqar", root=str(root), first_study=str(first), out=str(out)))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seeds"] == list(range(20)) and summary["learned"] == {"gated_deltanet": 20, "bayesian_learned": 20}
+    differences = [0.05 + 0.002 * (s % 4) for s in range(20)]
+    mean, half = statistics.fmean(differences), 2.093 * statistics.stdev(differences) / 20**0.5
+    row = next(r for r in summary["paired"] if r["endpoint"] == "T512_k128" and "both" not in r["analysis"])
+    assert row["seeds"] == 20 and row["mean_difference"] == pytest.approx(mean, abs=1e-4)
+    assert row["half_width_95"] == pytest.approx(half, abs=2e-4) and row["verdict"] == "better"
+
+    for folder in (root / "gated_deltanet" / "extended",):  # one extension run missing: partial
+        units = json.loads((folder / "results.json").read_text())["units"]
+        units.pop(next(iter(units)))
+        (folder / "results.json").write_text(json.dumps({"units": units}))
+    study["extend_report"](argparse.Namespace(task="mqar", root=str(root), first_study=str(first), out=str(out)))
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["seeds"]) == 19 and {r["verdict"] for r in summary["paired"]} == {"partial"}
