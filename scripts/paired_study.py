@@ -49,6 +49,7 @@ import argparse
 import csv
 import json
 import math
+import re
 import statistics
 import subprocess
 import sys
@@ -430,6 +431,7 @@ def extend_report(args: argparse.Namespace) -> None:
     ``--out``."""
     task, root, first, out = TASKS[args.task], Path(args.root).expanduser(), Path(args.first_study), Path(args.out)
     variant, chosen = committed_choice(first)
+    extra = recorded_steps(task, first)
     names = ("gated_deltanet", variant)
     rows = {name: {} for name in names}
     for r in committed_runs(first):
@@ -439,6 +441,8 @@ def extend_report(args: argparse.Namespace) -> None:
     for name in names:
         for (lr, seed), m in sorted(read_sweep(sweep_dir(root, ARM_BY_NAME[name], EXTENSION_LABEL)).items()):
             if lr == chosen[name] and PAIRED_SEEDS <= seed < EXTENDED_SEEDS:
+                if m.get("status") == "ok" and extra and f"max_steps={m.get('steps')}" != extra[0]:
+                    raise SystemExit(f"{name} seed {seed} trained {m.get('steps')} steps, the study {extra[0]}")
                 rows[name][seed] = run_row(task, name, lr, seed, m)
                 new.append(rows[name][seed])
     seeds = sorted(set(rows[variant]) & set(rows["gated_deltanet"]))
@@ -492,7 +496,7 @@ def rank_report(args: argparse.Namespace) -> None:
     ``ranking.png``."""
     task, root, out = TASKS[args.task], Path(args.root).expanduser(), Path(args.out)
     committed = [r for r in read_calibration(out / "calibration.csv") if r["chosen"]]
-    rows, scores, learned, edge = [], {}, {}, {}
+    rows, scores, learned, edge, provisional = [], {}, {}, {}, []
     for arm in (a for a in task_arms(task) if not a.paired):
         records = all_records(root, arm, stage1_only=True)
         try:
@@ -501,6 +505,12 @@ def rank_report(args: argparse.Namespace) -> None:
             continue
         lrs = sorted(arm_scores)
         edge[arm.name] = best in (lrs[0], lrs[-1])
+        # stage 1 is over (as ``stage1`` stops): every lr run has all its seeds, and the optimum is interior or
+        # the grid was extended as often as allowed; until then the arm's choice is provisional
+        if {lr for lr, _ in records} != set(arm_scores) or (
+            edge[arm.name] and len([lr for lr in lrs if lr not in arm.grid]) < MAX_EXTENSIONS
+        ):
+            provisional.append(arm.name)
         for lr in sorted({lr for lr, _ in records}):
             runs = [m for (rate, _), m in records.items() if rate == lr]
             rows.append(
@@ -520,22 +530,24 @@ def rank_report(args: argparse.Namespace) -> None:
     for r in committed:
         scores.setdefault(r["arm"], (r["lr"], r["stage1_score"]))
     order = sorted(scores, key=lambda name: -scores[name][1])
-    checks = {}
-    if "attention" in scores:
-        checks["attention_first"] = order[0] == "attention"
-    if "linear_attention" in scores:
-        checks["delta_rule_above_linear_attention"] = all(
-            scores[name][1] > scores["linear_attention"][1] for name in ("gated_deltanet", "deltanet") if name in scores
-        )
-    if "mamba2" in learned:
-        checks["mamba2_learns_the_easy_segment"] = learned["mamba2"] >= MAMBA2_LEARNS
+    delta = ("gated_deltanet", "deltanet", "linear_attention")
+    checks = {  # None: an arm the check needs has no score yet
+        "attention_first": order[0] == "attention" if "attention" in scores else None,
+        "delta_rule_above_linear_attention": (
+            all(scores[name][1] > scores["linear_attention"][1] for name in delta[:2])
+            if all(name in scores for name in delta)
+            else None
+        ),
+        "mamba2_learns_the_easy_segment": learned["mamba2"] >= MAMBA2_LEARNS if "mamba2" in learned else None,
+    }
     summary = {
         "statistic": "stage-1 score: mean over seeds 0-2 at the arm's chosen lr of the mean validation accuracy",
         "ranking": [{"arm": n, "lr": scores[n][0], "stage1_score": round(scores[n][1], 4)} for n in order],
         "learned_at_chosen_lr": learned,
         "chosen_on_grid_edge": edge,
         "checks": checks,
-        "complete": set(learned) == {a.name for a in task_arms(task) if not a.paired},
+        "provisional": provisional,  # arms whose stage 1 is not over: their lr and score may still change
+        "complete": not provisional and set(learned) == {a.name for a in task_arms(task) if not a.paired},
     }
     (out / "ranking.json").write_text(json.dumps(summary, indent=1) + "\n")
     plot_ranking(summary["ranking"], out / "ranking.png")
@@ -566,27 +578,44 @@ def archive(args: argparse.Namespace) -> None:
     """Copy each finished run's record under ``--root`` (``<arm>/<label>/cache/<name>-<fingerprint>.json``, a few
     kB) to ``--out/<arm>/<label>/``, to be committed: the runs' folders live in ``~/.cache``, which a later session
     may not have. ``restore`` puts them back; a sweep then reads each as its own finished unit (the file name
-    carries the run's fingerprint, and the sweep checks the record against its unit), so nothing trains twice."""
+    carries the run's fingerprint, and the sweep checks the record against its unit), so nothing trains twice.
+    A record already archived with other contents is an error (the fingerprint does not cover the code: the same
+    run trained again by other code must not replace it silently)."""
     root, out = Path(args.root).expanduser(), Path(args.out)
-    copied = 0
-    for path in sorted(root.glob("**/cache/*.json")):
+    copies, conflicts = [], []
+    for path in sorted(root.glob("*/*/cache/*.json")):
         target = out / path.parent.parent.relative_to(root) / path.name
-        if not target.exists() or target.read_bytes() != path.read_bytes():
-            atomic_write_bytes(target, path.read_bytes())
-            copied += 1
-    print(f"{copied} record(s) copied to {out}")
+        if not target.exists():
+            copies.append((path, target))
+        elif target.read_bytes() != path.read_bytes():
+            conflicts.append(str(target))
+    if conflicts:
+        raise SystemExit(f"archived records differ from the runs' (nothing copied): {conflicts}")
+    for path, target in copies:
+        atomic_write_bytes(target, path.read_bytes())
+    print(f"{len(copies)} record(s) copied to {out}")
+
+
+RECORD_NAME = re.compile(r".+-[0-9a-f]{12}\.json")  # <unit name>-<fingerprint>.json, a sweep's cache file
 
 
 def restore(args: argparse.Namespace) -> None:
-    """Put ``archive``'s records back under ``--root`` (``<arm>/<label>/cache/``); a record already there is kept."""
+    """Put ``archive``'s records (``--out/<arm>/<label>/<name>-<fingerprint>.json``; nothing else) back under
+    ``--root`` (``<arm>/<label>/cache/``). A record already there is kept; one that differs is named."""
     root, out = Path(args.root).expanduser(), Path(args.out)
-    restored = 0
-    for path in sorted(out.glob("**/*.json")):
+    restored, differing = 0, []
+    for path in sorted(out.glob("*/*/*.json")):
+        if not RECORD_NAME.fullmatch(path.name):
+            continue
         target = root / path.parent.relative_to(out) / "cache" / path.name
         if not target.exists():
             atomic_write_bytes(target, path.read_bytes())
             restored += 1
+        elif target.read_bytes() != path.read_bytes():
+            differing.append(str(target))
     print(f"{restored} record(s) restored under {root}; rerun the study's command to take them")
+    if differing:
+        print(f"kept the root's own records where they differ from the archive's: {differing}")
 
 
 class Sweeps:
@@ -1003,7 +1032,8 @@ def main(argv: list[str] | None = None) -> None:
 
     def command(name: str, help: str, *options: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help)
-        sub.add_argument("task", choices=sorted(TASKS))
+        if "no task" not in options:
+            sub.add_argument("task", choices=sorted(TASKS))
         sub.add_argument("--root", required=True, help="the study's runs (e.g. ~/.cache/probseq/experiments/…)")
         if "out" in options:
             sub.add_argument("--out", required=True)
@@ -1033,7 +1063,7 @@ def main(argv: list[str] | None = None) -> None:
         ("archive", "copy every finished run's record under --root to --out (small JSON; commit them)"),
         ("restore", "copy archived records from --out back under --root, so the sweeps take them instead of training"),
     ):
-        command(name, help, "out")
+        command(name, help, "out", "no task")
     args = parser.parse_args(argv)
     handlers = {
         "run": run,

@@ -631,21 +631,31 @@ def report(args: argparse.Namespace) -> None:
 
 # What marks the pilots' progress, each small: the timing, the fixed round-1 winner, each pilot's failure marker, and
 # each finished pilot's train_log.json (its "done") and learning curve. Not its weights: no later stage needs them.
+# An unfinished pilot's curve is not a record: the pilot restarts from step 0 on a new machine.
 RECORDS = ("timing.json", WINNER_FILE, "*.failed.json", "*/train_log.json", "*/curve.json", "*/curve.csv")
+
+
+def _records(root: Path) -> list[Path]:
+    """The files of ``RECORDS`` under ``root``; a curve only beside its pilot's ``train_log.json``."""
+    paths = [path for pattern in RECORDS for path in sorted(root.glob(pattern))]
+    return [p for p in paths if not p.name.startswith("curve.") or (p.parent / "train_log.json").exists()]
 
 
 def archive(args: argparse.Namespace) -> None:
     """Copy the pilots' records (``RECORDS``) from ``--root`` to ``--out`` for committing: ``~/.cache`` may not
     survive to the next session's machine, and ``restore`` puts them back there, so ``run`` goes on from the next
-    unfinished pilot (a pilot cut off mid-run starts over)."""
+    unfinished pilot (a pilot cut off mid-run starts over). A failure marker whose pilot has since finished is
+    removed from ``--out``."""
     root, out = Path(args.root).expanduser(), Path(args.out)
     copied = 0
-    for pattern in RECORDS:
-        for path in sorted(root.glob(pattern)):
-            target = out / path.relative_to(root)
-            if not target.exists() or target.read_bytes() != path.read_bytes():
-                atomic_write_bytes(target, path.read_bytes())
-                copied += 1
+    for path in _records(root):
+        target = out / path.relative_to(root)
+        if not target.exists() or target.read_bytes() != path.read_bytes():
+            atomic_write_bytes(target, path.read_bytes())
+            copied += 1
+    for stale in out.glob("*.failed.json"):
+        if (root / stale.name.removesuffix(".failed.json") / "train_log.json").exists():
+            stale.unlink()
     print(f"{copied} record(s) copied to {out}")
 
 
@@ -653,12 +663,11 @@ def restore(args: argparse.Namespace) -> None:
     """Put ``archive``'s records back under ``--root``; a file already there is kept."""
     root, out = Path(args.root).expanduser(), Path(args.out)
     restored = 0
-    for pattern in RECORDS:
-        for path in sorted(out.glob(pattern)):
-            target = root / path.relative_to(out)
-            if not target.exists():
-                atomic_write_bytes(target, path.read_bytes())
-                restored += 1
+    for path in _records(out):
+        target = root / path.relative_to(out)
+        if not target.exists():
+            atomic_write_bytes(target, path.read_bytes())
+            restored += 1
     print(f"{restored} record(s) restored under {root}")
 
 

@@ -226,6 +226,7 @@ def _fake_study(value, delay=0.02, fail=None):
             units = {
                 (lr, s): {
                     "status": "ok",
+                    "steps": int(dict(e.split("=") for e in extra).get("max_steps", 1500)),
                     "eval": {
                         f"{split}_{p}": {"accuracy": value(arm.name, label, lr, s, split)}
                         for split in ("valid", "test")
@@ -441,6 +442,25 @@ def test_rank_trains_only_the_ranking_arms_at_the_committed_steps_and_checks_the
     }
     assert summary["learned_at_chosen_lr"]["mamba2"] == 2 and summary["complete"]
     assert summary["chosen_on_grid_edge"] == {"linear_attention": False, "mamba2": True}  # all tied: the smallest lr
+    assert summary["provisional"] == []
+
+    assert [c[1] for c in calls if c[0] == "mamba2"] == ["grid", "lr0.000316", "lr9.99e-05"]  # two edge extensions
+
+    # as stage 1 stood before Mamba-2's second extension finished: its optimum on the edge, so provisional
+    task, arms, partial = (
+        study["TASKS"]["mqar"],
+        study["run"].__globals__["task_arms"](study["TASKS"]["mqar"]),
+        tmp_path / "partial",
+    )
+    fake_sweep = study["run"].__globals__["run_sweep"]
+    by_name = {arm.name: arm for arm in arms}
+    fake_sweep(task, partial, by_name["linear_attention"], "grid", [1e-3, 3e-3, 1e-2], [0, 1, 2], 1)
+    fake_sweep(task, partial, by_name["mamba2"], "grid", [1e-3, 3e-3, 1e-2], [0, 1, 2], 1)
+    fake_sweep(task, partial, by_name["mamba2"], "lr0.000316", [3.16e-4], [0, 1, 2], 1)
+    study["rank_report"](argparse.Namespace(task="mqar", root=str(partial), out=str(out)))
+    assert json.loads((out / "ranking.json").read_text())["provisional"] == ["mamba2"]
+    assert not json.loads((out / "ranking.json").read_text())["complete"]
+    study["rank_report"](argparse.Namespace(task="mqar", root=str(tmp_path / "root"), out=str(out)))
     with (out / "ranking.csv").open() as handle:
         assert {r["arm"] for r in csv.DictReader(handle)} == {"linear_attention", "mamba2"}
     assert (out / "ranking.png").is_file()
@@ -535,7 +555,7 @@ def test_extension_runs_seeds_10_to_19_at_the_committed_choices_and_pairs_all_20
     def value(arm, label, lr, seed, split):
         if split == "valid":
             return 0.95  # every run learned
-        return 0.3 + 0.01 * seed + (0.05 + 0.002 * (seed % 4) if arm == "bayesian_learned" else 0.0)
+        return 0.3 + 0.01 * seed + (0.05 + 0.04 * (seed % 4) if arm == "bayesian_learned" else 0.0)
 
     study, calls = _fake_study(value, delay=0.0)
     first = _committed_first_study(tmp_path / "results")
@@ -563,11 +583,22 @@ def test_extension_runs_seeds_10_to_19_at_the_committed_choices_and_pairs_all_20
     study["extend_report"](argparse.Namespace(task="mqar", root=str(root), first_study=str(first), out=str(out)))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["seeds"] == list(range(20)) and summary["learned"] == {"gated_deltanet": 20, "bayesian_learned": 20}
-    differences = [0.05 + 0.002 * (s % 4) for s in range(20)]
-    mean, half = statistics.fmean(differences), 2.093 * statistics.stdev(differences) / 20**0.5
+    differences = [0.05 + 0.04 * (s % 4) for s in range(20)]
+    mean, half = statistics.fmean(differences), 2.0930 * statistics.stdev(differences) / 20**0.5  # t_{0.975, 19}
     row = next(r for r in summary["paired"] if r["endpoint"] == "T512_k128" and "both" not in r["analysis"])
     assert row["seeds"] == 20 and row["mean_difference"] == pytest.approx(mean, abs=1e-4)
-    assert row["half_width_95"] == pytest.approx(half, abs=2e-4) and row["verdict"] == "better"
+    assert row["half_width_95"] == pytest.approx(half, abs=1e-4) and row["verdict"] == "better"
+
+    # a run of another step count (trained by other code or settings) is refused, not paired
+    folder = root / "bayesian_learned" / "extended"
+    units = json.loads((folder / "results.json").read_text())
+    key = next(iter(units["units"]))
+    units["units"][key]["metrics"]["steps"] = 3000
+    (folder / "results.json").write_text(json.dumps(units))
+    with pytest.raises(SystemExit, match="trained 3000 steps"):
+        study["extend_report"](argparse.Namespace(task="mqar", root=str(root), first_study=str(first), out=str(out)))
+    units["units"][key]["metrics"]["steps"] = 1500
+    (folder / "results.json").write_text(json.dumps(units))
 
     for folder in (root / "gated_deltanet" / "extended",):  # one extension run missing: partial
         units = json.loads((folder / "results.json").read_text())["units"]
@@ -576,3 +607,42 @@ def test_extension_runs_seeds_10_to_19_at_the_committed_choices_and_pairs_all_20
     study["extend_report"](argparse.Namespace(task="mqar", root=str(root), first_study=str(first), out=str(out)))
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["seeds"]) == 19 and {r["verdict"] for r in summary["paired"]} == {"partial"}
+
+
+def test_the_ranking_checks_say_none_without_the_arms_they_compare(study, tmp_path):
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "calibration.csv").write_text(
+        "arm,lr,seeds,learned,mean_valid_all,stage1_score,chosen\nattention,0.01,3,3,0.9,0.9,True\n"
+    )
+    study["rank_report"](argparse.Namespace(task="mqar", root=str(tmp_path / "root"), out=str(out)))
+    summary = json.loads((out / "ranking.json").read_text())
+    assert summary["checks"] == {
+        "attention_first": True,
+        "delta_rule_above_linear_attention": None,
+        "mamba2_learns_the_easy_segment": None,
+    }
+    assert not summary["complete"]
+
+
+def test_archive_refuses_to_replace_a_different_record_and_restore_takes_only_run_records(study, tmp_path, capsys):
+    root, out = tmp_path / "root", tmp_path / "units"
+    record = root / "gated_deltanet" / "grid" / "cache" / "gated_deltanet-d64-lr0.003-s0-0123456789ab.json"
+    record.parent.mkdir(parents=True)
+    record.write_text('{"a": 1}')
+    study["main"](["archive", "--root", str(root), "--out", str(out)])
+    archived = out / "gated_deltanet" / "grid" / record.name
+    assert archived.read_text() == '{"a": 1}'
+    record.write_text('{"a": 2}')  # the same run's record, trained again by other code
+    with pytest.raises(SystemExit, match="differ"):
+        study["main"](["archive", "--root", str(root), "--out", str(out)])
+    assert archived.read_text() == '{"a": 1}'
+
+    (out / "summary.json").write_text("{}")  # not a run record: never restored
+    (out / "mamba2" / "notes").mkdir(parents=True)
+    (out / "mamba2" / "notes" / "summary.json").write_text("{}")
+    fresh = tmp_path / "fresh"
+    study["main"](["restore", "--root", str(fresh), "--out", str(out)])
+    assert [p.relative_to(fresh) for p in fresh.rglob("*.json")] == [Path("gated_deltanet/grid/cache") / record.name]
+    study["main"](["restore", "--root", str(root), "--out", str(out)])  # the root's own record is kept, and named
+    assert record.read_text() == '{"a": 2}' and str(record) in capsys.readouterr().out

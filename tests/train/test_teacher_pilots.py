@@ -510,8 +510,13 @@ def test_archived_pilot_records_let_a_new_machine_go_on_from_the_next_pilot(tmp_
     (first / "timing.json").write_text("{}")
     (first / "share80.failed.json").write_text(json.dumps({"exit": 1, "at": "now"}))
     (first / "baseline" / "model.safetensors").write_bytes(b"weights")  # not a record
+    (first / "vocab2k").mkdir()
+    (first / "vocab2k" / "curve.json").write_text("[]")  # an unfinished pilot's curve: not a record
+    (records / "share50.failed.json").parent.mkdir(parents=True)
+    (records / "share50.failed.json").write_text("{}")  # failed once, finished since: dropped from the archive
     script["main"](["archive", "--root", str(first), "--out", str(records)])
     assert not list(records.glob("**/*.safetensors")) and (records / "share80.failed.json").exists()
+    assert not (records / "vocab2k").exists() and not (records / "share50.failed.json").exists()
 
     script["main"](["restore", "--root", str(second), "--out", str(records)])
     for name in ("baseline", "share50", "share80"):

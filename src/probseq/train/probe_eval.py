@@ -37,12 +37,10 @@ import torch
 
 from probseq.files import atomic_write_bytes, atomic_write_json, atomic_write_text, nonfinite_to_none, read_json
 from probseq.ruler.probes import MIRRORS, PROBES, probe_set
+from probseq.stats import t_975
 
 CURVE_JSON, CURVE_CSV, CURVE_PNG = "curve.json", "curve.csv", "curve.png"
 Z95 = 1.959963984540054
-#: Student's t 0.975 quantiles by degrees of freedom (beyond 30: the normal's).
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-_T975.update({12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042})
 
 
 def uniform_logp(answer: str) -> float:
@@ -69,8 +67,7 @@ def t_interval(values: list[float]) -> tuple[float, float, float]:
     if n == 1:
         return mean, mean, mean
     df = n - 1
-    quantile = Z95 if df > 30 else _T975[max(d for d in _T975 if d <= df)]  # the next lower df: conservative
-    half = quantile * math.sqrt(sum((v - mean) ** 2 for v in values) / df / n)
+    half = t_975(df) * math.sqrt(sum((v - mean) ** 2 for v in values) / df / n)
     return mean, mean - half, mean + half
 
 

@@ -48,26 +48,9 @@ from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
 from probseq.files import NUMBER, ListOf, MapOf, json_problem, read_json
+from probseq.stats import t_interval_95
 from probseq.train.config import TrainConfig
 from probseq.train.result_cache import ResultCache, read_result
-
-# Two-sided 95% Student-t quantiles by degrees of freedom (df > 30: the normal 1.96).
-T95 = {
-    1: 12.706,
-    2: 4.303,
-    3: 3.182,
-    4: 2.776,
-    5: 2.571,
-    6: 2.447,
-    7: 2.365,
-    8: 2.306,
-    9: 2.262,
-    10: 2.228,
-    15: 2.131,
-    20: 2.086,
-    25: 2.060,
-    30: 2.042,
-}
 
 
 class Unit(NamedTuple):
@@ -390,17 +373,8 @@ def run_columns(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def mean_ci95(values: list[float]) -> tuple[float, float]:
-    """Mean and 95% confidence half-width (Student's t; 0 for one value)."""
-    n = len(values)
-    if n == 0:
-        return math.nan, math.nan
-    mean = sum(values) / n
-    if n == 1:
-        return mean, 0.0
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    df = n - 1
-    quantile = 1.96 if df > 30 else T95[max(d for d in T95 if d <= df)]  # next lower df: conservative
-    return mean, quantile * std / math.sqrt(n)
+    """Mean and 95% confidence half-width (Student's t, :func:`probseq.stats.t_975`; 0 for one value)."""
+    return t_interval_95(values)
 
 
 def best_by_validation(runs: list[dict[str, Any]], point: str) -> dict[str, Any]:
