@@ -78,22 +78,65 @@ class ShortConvolution(nn.Conv1d):
             raise ValueError(
                 f"conv state must have shape [N, D, W] = {[batch, channels, width]}, got {list(cache.shape)}"
             )
-        # the last W inputs before the first token (zeros for a fresh sequence), then the W + T inputs
-        history = x.new_zeros(batch, channels, width) if cache is None else cache.to(x.dtype)
-        inputs = torch.cat([history, x.transpose(1, 2)], dim=-1)  # [N, D, W + T]
-        if length == 0:  # conv1d refuses an input shorter than its kernel
-            y = x.new_zeros(batch, 0, channels)
-        else:
-            y = F.conv1d(inputs[..., 1:], self.weight, self.bias, groups=channels).transpose(1, 2)  # [N, T, D]
+        # the last W inputs before the first token (zeros for a fresh sequence), then the T inputs: [N, W + T, D],
+        # channels last as x is (a transposed [N, D, T] layout made SiLU and the conv's backward several times slower)
+        history = x.new_zeros(batch, width, channels) if cache is None else cache.to(x.dtype).transpose(1, 2)
+        inputs = torch.cat([history, x], dim=1)
+        taps = self.weight[:, 0, :].t()  # [W, D]
+        y = causal_depthwise_conv(inputs[:, 1:], taps, self.bias)  # [N, T, D]
         if self.activation is not None:
             y = F.silu(y)
         state = None
         if output_final_state:
-            # the last W inputs of each sequence: inputs[..., len : len + W] (the history itself if len = 0)
+            # the last W inputs of each sequence: inputs[:, len : len + W] (the history itself if len = 0)
             ends = torch.full((batch,), length, device=x.device, dtype=torch.long) if lengths is None else lengths
             index = ends[:, None] + torch.arange(width, device=x.device)
-            state = inputs.gather(-1, index[:, None, :].expand(batch, channels, width))
+            state = inputs.gather(1, index[:, :, None].expand(batch, width, channels)).transpose(1, 2)
         return y, state
+
+
+class _CausalDepthwiseConv(torch.autograd.Function):
+    """``y[:, t] = bias + Σ_j taps[j] ⊙ p[:, t + j]`` over ``p [N, T + W − 1, D]``, ``taps [W, D]``: W multiply-adds of
+    shifted views forward, and backward ``∂p[:, t + j] += taps[j] ⊙ g[:, t]``, ``∂taps[j] = Σ g ⊙ p[:, j : j + T]``,
+    ``∂bias = Σ g`` — a few passes over ``[N, T, D]`` instead of the depthwise convolution's backward."""
+
+    @staticmethod
+    def forward(ctx, padded: Tensor, taps: Tensor, bias: Tensor | None) -> Tensor:
+        width = taps.shape[0]
+        length = padded.shape[1] - width + 1
+        y = padded[:, width - 1 :] * taps[width - 1]
+        for j in range(width - 1):
+            y.addcmul_(padded[:, j : j + length], taps[j])
+        if bias is not None:
+            y += bias
+        ctx.save_for_backward(padded, taps)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        padded, taps = ctx.saved_tensors
+        width, length = taps.shape[0], grad.shape[1]
+        grad_padded = grad_taps = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_padded = padded.new_zeros(padded.shape)
+            for j in range(width):
+                grad_padded[:, j : j + length].addcmul_(grad, taps[j])
+        if ctx.needs_input_grad[1]:
+            grad_taps = torch.stack([(grad * padded[:, j : j + length]).sum((0, 1)) for j in range(width)])
+            grad_taps = grad_taps.to(taps.dtype)
+        if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
+            grad_bias = grad.sum((0, 1)).to(ctx.bias_dtype)
+        return grad_padded, grad_taps, grad_bias
+
+
+def causal_depthwise_conv(padded: Tensor, taps: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Depthwise cross-correlation along time, channels last: ``padded [N, T + W − 1, D]`` (the ``W − 1`` inputs
+    before the first output, then ``T``), ``taps [W, D]``, ``bias [D]`` → ``[N, T, D]``; what
+    ``F.conv1d(padded.transpose(1, 2), taps.t()[:, None], bias, groups=D).transpose(1, 2)`` computes."""
+    if padded.shape[1] < taps.shape[0] - 1:
+        raise ValueError(f"need at least W - 1 = {taps.shape[0] - 1} inputs before the first output")
+    return _CausalDepthwiseConv.apply(padded, taps, bias)
 
 
 def add_qkv_convolutions(layer: nn.Module, qk_activation: str | None = "silu") -> None:
