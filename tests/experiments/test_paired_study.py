@@ -646,3 +646,40 @@ def test_archive_refuses_to_replace_a_different_record_and_restore_takes_only_ru
     assert [p.relative_to(fresh) for p in fresh.rglob("*.json")] == [Path("gated_deltanet/grid/cache") / record.name]
     study["main"](["restore", "--root", str(root), "--out", str(out)])  # the root's own record is kept, and named
     assert record.read_text() == '{"a": 2}' and str(record) in capsys.readouterr().out
+
+
+def test_demo_report_quotes_the_ranking_check_and_the_precision_extension(tmp_path):
+    folder = tmp_path / "mqar_paired"
+    (folder / "extension").mkdir(parents=True)
+    row = {"analysis": "all", "seeds": 10, "mean_difference": 0.11, "low": 0.04, "high": 0.18, "verdict": "better"}
+    (folder / "summary.json").write_text(
+        json.dumps({"bayesian_layer": "bayesian_stationary", "paired": [{**row, "endpoint": "T512_k128"}]})
+    )
+    ranking = {
+        "ranking": [
+            {"arm": "attention", "lr": 0.01, "stage1_score": 0.94},
+            {"arm": "linear_attention", "lr": 0.01, "stage1_score": 0.65},
+        ],
+        "checks": {
+            "attention_first": True,
+            "delta_rule_above_linear_attention": False,
+            "mamba2_learns_the_easy_segment": None,
+        },
+        "complete": False,
+    }
+    (folder / "ranking.json").write_text(json.dumps(ranking))
+    label = "20 seeds (precision extension)"
+    extension = {"paired": [{**row, "analysis": label, "seeds": 20, "endpoint": "T512_k128", "low": 0.06}]}
+    (folder / "extension" / "summary.json").write_text(json.dumps(extension))
+    text = reproduce.paired_verdict("mqar", reproduce.read_paired_studies(tmp_path)["mqar"])
+    assert "T512_k128 +0.110 [+0.040, +0.180] over 10 seeds: **better**" in text
+    assert (
+        "Precision extension (outside the plan, seeds 10–19 added): T512_k128 +0.110 [+0.060, +0.180] over 20" in text
+    )
+    assert "**provisional**" in text and "attention 0.940 > linear_attention 0.650" in text
+    assert "attention first: holds" in text and "delta rule above linear attention: **fails**" in text
+    assert "mamba2 learns the easy segment: not yet known" in text
+    (folder / "ranking.json").write_text("{broken")
+    assert "Ranking check: unreadable" in reproduce.paired_verdict(
+        "mqar", reproduce.read_paired_studies(tmp_path)["mqar"]
+    )

@@ -236,13 +236,49 @@ def read_paired_studies(evidence: str | os.PathLike | None) -> dict[str, Any]:
     if evidence is None:
         return found
     for study in PAIRED_STUDIES:
-        path = Path(evidence) / f"{study}_paired" / "summary.json"
+        folder = Path(evidence) / f"{study}_paired"
+        path = folder / "summary.json"
         if path.is_file():
             try:
                 found[study] = json.loads(path.read_text())
             except (OSError, ValueError) as error:
                 found[study] = {"error": f"{path}: {error}"}
+                continue
+            # beside it, when written: the ranking check (rank-report) and the precision extension (extend-report)
+            for key, extra in (
+                ("ranking", folder / "ranking.json"),
+                ("extension", folder / "extension" / "summary.json"),
+            ):
+                if extra.is_file():
+                    try:
+                        found[study][key] = json.loads(extra.read_text())
+                    except (OSError, ValueError) as error:
+                        found[study][key] = {"error": f"{extra}: {error}"}
     return found
+
+
+def _verdict_text(row: dict[str, Any]) -> str:
+    """``endpoint +d [low, high] over n seeds: **verdict**`` (at the floor said so)."""
+    return (
+        f"{row['endpoint']} {row['mean_difference']:+.3f} [{row['low']:+.3f}, {row['high']:+.3f}] over {row['seeds']} "
+        "seeds: "
+        + (
+            f"**at the floor** (both arms below 0.1; {row['verdict']} by the rule)"
+            if row.get("at_floor")
+            else f"**{row['verdict']}**"
+        )
+    )
+
+
+def ranking_text(ranking: dict[str, Any]) -> str:
+    """The ranking check of a paired study (``ranking.json``): each arm's stage-1 score, best first, and the checks."""
+    if "error" in ranking:
+        return f"Ranking check: unreadable ({ranking['error']})."
+    order = " > ".join(f"{r['arm']} {r['stage1_score']:.3f}" for r in ranking["ranking"])
+    words = {True: "holds", False: "**fails**", None: "not yet known"}
+    checks = "; ".join(f"{name.replace('_', ' ')}: {words[value]}" for name, value in ranking["checks"].items())
+    state = "" if ranking.get("complete") else " (**provisional**: stage 1 of the ranking arms not finished)"
+    return f"Ranking check{state}, mean validation accuracy at each arm's chosen lr (3 seeds): {order}. {checks}."
 
 
 def paired_verdict(study: str, paired: dict[str, Any] | None) -> str:
@@ -256,19 +292,26 @@ def paired_verdict(study: str, paired: dict[str, Any] | None) -> str:
     rows = [r for r in paired.get("paired", []) if r["analysis"] == "all"]
     if not rows:
         return f"**Paired study** ({folder}): under way; no paired difference yet (stage 2 not finished)."
-    parts = [
-        f"{r['endpoint']} {r['mean_difference']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] over {r['seeds']} seeds: "
-        + (
-            f"**at the floor** (both arms below 0.1; {r['verdict']} by the rule)"
-            if r.get("at_floor")
-            else f"**{r['verdict']}**"
-        )
-        for r in rows
-    ]
-    return (
+    text = (
         f"**Paired study** ({folder}, the evidence that decides; the Bayesian Layer = `{paired['bayesian_layer']}`): "
-        f"Bayesian − Gated DeltaNet test accuracy, 95 % interval — " + "; ".join(parts) + "."
+        f"Bayesian − Gated DeltaNet test accuracy, 95 % interval — " + "; ".join(map(_verdict_text, rows)) + "."
     )
+    extension = paired.get("extension")
+    if extension is not None:
+        if "error" in extension:
+            text += f" Precision extension: unreadable ({extension['error']})."
+        else:
+            label = next((r["analysis"] for r in extension.get("paired", [])), "")
+            final = [r for r in extension.get("paired", []) if r["analysis"] == label]
+            if final:
+                text += (
+                    " Precision extension (outside the plan, seeds 10–19 added): "
+                    + "; ".join(map(_verdict_text, final))
+                    + "."
+                )
+    if paired.get("ranking") is not None:
+        text += " " + ranking_text(paired["ranking"])
+    return text
 
 
 def _beyond_points(study: str, results: dict[str, Any]) -> list[dict[str, Any]]:
