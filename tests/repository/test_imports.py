@@ -37,7 +37,7 @@ LIBRARY = (
 )
 #: The evidence code: experiments, training, their tasks and data, the benchmark (floors 5–7). It may import the
 #: library; never the other way round.
-EVIDENCE = ("train", "tasks", "experiments", "ruler", "data", "bench")
+EVIDENCE = ("train", "tasks", "experiments", "ruler", "data", "bench", "stats")
 #: Neither: the command line's glue (it imports a command's module by the name its parser gives).
 GLUE = ("cli",)
 
