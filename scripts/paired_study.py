@@ -195,8 +195,17 @@ def run_sweep(
 
 
 def read_sweep(out: Path) -> dict:
-    """(lr, seed) → metrics of every finished unit of the sweep in ``out`` (its results.json)."""
-    return {(u["learning_rate"], u["seed"]): u["metrics"] for u in sweep_units(out)}
+    """(lr, seed) → metrics of every finished unit of the sweep in ``out``: its ``results.json`` (written when the
+    sweep ends), and before that the units finished so far (``out/cache/*.json``, each record with its config)."""
+    records = {}
+    for path in sorted((out / "cache").glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+            config = record["config"]
+            records[(float(config["learning_rate"]), int(config["seed"]))] = record["metrics"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise SystemExit(f"{path}: not a finished unit's record ({error}); delete it to train the unit again")
+    return records | {(u["learning_rate"], u["seed"]): u["metrics"] for u in sweep_units(out)}
 
 
 def has_learned(task: Task, metrics: dict) -> bool:

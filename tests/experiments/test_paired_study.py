@@ -683,3 +683,18 @@ def test_demo_report_quotes_the_ranking_check_and_the_precision_extension(tmp_pa
     assert "Ranking check: unreadable" in reproduce.paired_verdict(
         "mqar", reproduce.read_paired_studies(tmp_path)["mqar"]
     )
+
+
+def test_a_sweep_still_running_is_read_from_its_finished_units(study, tmp_path):
+    """Before a sweep writes results.json, its finished units' cache records are what the reports read."""
+    folder = tmp_path / "mamba2" / "grid"
+    (folder / "cache").mkdir(parents=True)
+    for seed in (0, 1):
+        record = {"unit": f"u{seed}", "config": {"learning_rate": 0.003, "seed": seed}, "metrics": _metrics(0.5 + seed)}
+        (folder / "cache" / f"mamba2-d64-lr0.003-s{seed}-0123456789ab.json").write_text(json.dumps(record))
+    assert sorted(study["read_sweep"](folder)) == [(0.003, 0), (0.003, 1)]
+    _write_sweep(folder.parent / "done", {(0.01, 0): _metrics(0.9)})
+    assert study["read_sweep"](folder.parent / "done") == {(0.01, 0): _metrics(0.9)}
+    (folder / "cache" / "broken-0123456789ab.json").write_text("{")
+    with pytest.raises(SystemExit, match="not a finished unit"):
+        study["read_sweep"](folder)
