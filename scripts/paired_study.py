@@ -571,10 +571,11 @@ def plot_ranking(ranking: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
     names = [r["arm"] for r in ranking]
     ax.bar(range(len(names)), [r["stage1_score"] for r in ranking], color="tab:blue")
-    ax.set_xticks(range(len(names)), [f"{n}\nlr {r['lr']:g}" for n, r in zip(names, ranking)], fontsize=7)
+    labels = [f"{n.replace('_', chr(10))}\nlr {r['lr']:g}" for n, r in zip(names, ranking)]
+    ax.set_xticks(range(len(names)), labels, fontsize=7)
     ax.set_ylim(0, 1)
     ax.set_ylabel("mean validation accuracy\n(seeds 0-2, all points)")
     ax.set_title("MQAR ranking check (stage 1 at each arm's chosen lr)", fontsize=9)
