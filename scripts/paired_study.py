@@ -894,13 +894,8 @@ CONFIRM_LABEL = "confirm"
 
 def committed_stage1_scores(first_study: Path, name: str) -> dict[float, float]:
     """lr → stage-1 score of arm ``name`` as the first study's committed ``calibration.csv`` records it."""
-    path = first_study / "calibration.csv"
-    try:
-        with path.open(newline="") as handle:
-            rows = [r for r in csv.DictReader(handle) if r["arm"] == name and r["stage1_score"]]
-        return {float(r["lr"]): float(r["stage1_score"]) for r in rows}
-    except (OSError, KeyError, ValueError) as error:
-        raise SystemExit(f"{path}: no readable stage-1 scores ({error})") from error
+    rows = read_calibration(first_study / "calibration.csv")
+    return {r["lr"]: r["stage1_score"] for r in rows if r["arm"] == name and r["stage1_score"] is not None}
 
 
 def stage1_scores(root: Path, name: str, first_study: Path | None = None) -> dict[float, float]:

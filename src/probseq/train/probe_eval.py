@@ -37,7 +37,7 @@ import torch
 
 from probseq.files import atomic_write_bytes, atomic_write_json, atomic_write_text, nonfinite_to_none, read_json
 from probseq.ruler.probes import MIRRORS, PROBES, probe_set
-from probseq.stats import t_975
+from probseq.stats import t_interval_95
 
 CURVE_JSON, CURVE_CSV, CURVE_PNG = "curve.json", "curve.csv", "curve.png"
 Z95 = 1.959963984540054
@@ -60,14 +60,7 @@ def wilson(successes: int, n: int) -> tuple[float, float]:
 
 def t_interval(values: list[float]) -> tuple[float, float, float]:
     """Mean and 95 % Student-t interval of the mean (one value: the value itself, twice)."""
-    n = len(values)
-    if n == 0:
-        return math.nan, math.nan, math.nan
-    mean = sum(values) / n
-    if n == 1:
-        return mean, mean, mean
-    df = n - 1
-    half = t_975(df) * math.sqrt(sum((v - mean) ** 2 for v in values) / df / n)
+    mean, half = t_interval_95(values)
     return mean, mean - half, mean + half
 
 
