@@ -61,7 +61,7 @@ def make(name: str, **overrides) -> torch.nn.Module:
 def flat_state(state, name: str) -> list[torch.Tensor]:
     """The tensors of a layer state that the next token depends on (a reset layer never reads P)."""
     if isinstance(state, KVState):
-        return list(state)
+        return [t for t in state if t is not None]  # (no padding: None)
     cov = state.memory.cov if name == "bayesian" else None
     return [*state.conv, state.memory.mean, *([] if cov is None else [cov])]
 
@@ -330,6 +330,33 @@ def test_left_padded_batch_equals_sequences_alone(name):
             pairs = zip(flat_state(cache.states[0], name), flat_state(alone_cache.states[0], name))
             for padded_state, alone_state in pairs:
                 assert_close(padded_state[i : i + 1], alone_state, 1e-5, f"{name}: state of sequence {i}")
+
+
+@pytest.mark.parametrize("name", list(MIXERS))
+def test_padding_anywhere_equals_sequences_alone_and_decoding_continues_them(name):
+    """Padding between real tokens and after them (a right-padded prompt): every real token, and the next tokens
+    decoded from the cache, are what the sequence gives alone — the short convolution skips padded tokens
+    instead of convolving zeros (which changed the tokens after a gap and left zeros in a right-padded state)."""
+    torch.manual_seed(0)
+    layer = make(name).eval()
+    length = 12
+    mask = torch.ones(3, length, dtype=torch.bool)
+    mask[0, 4:7] = False  # a gap
+    mask[1, 9:] = False  # right padding
+    mask[2, :2] = False  # left padding and a gap
+    mask[2, 5] = False
+    x = inputs(3, length).masked_fill(~mask[..., None], 3.0)  # padding content must not matter
+    steps = inputs(3, 2, seed=1)
+    cache = DictCache()
+    out = layer(x, attention_mask=mask.long(), past_key_values=cache, use_cache=True)[0]
+    full_mask = torch.cat([mask, torch.ones(3, 1, dtype=torch.bool)], 1)
+    step = layer(steps[:, :1], attention_mask=full_mask, past_key_values=cache, use_cache=True)[0]
+    for i in range(3):
+        real = x[i : i + 1, mask[i]]
+        alone = layer(torch.cat([real, steps[i : i + 1, :1]], 1))[0]
+        assert_close(out[i : i + 1, mask[i]], alone[:, :-1], 1e-5, f"{name}: sequence {i}, padded vs alone")
+        assert bool((out[i, ~mask[i]] == 0).all()), "padded positions must output zeros"
+        assert_close(step[i : i + 1], alone[:, -1:], 1e-5, f"{name}: sequence {i}, decoding after its padding")
 
 
 @pytest.mark.parametrize("name", list(MIXERS))

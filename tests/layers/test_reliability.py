@@ -77,7 +77,7 @@ def left_padded(lengths=(19, 7, 2), length=19) -> tuple[torch.Tensor, torch.Tens
 
 def state_tensors(state) -> list[torch.Tensor]:
     if isinstance(state, KVState):
-        return list(state)
+        return [t for t in state if t is not None]  # (no padding: None)
     return [*state.conv, *(t for t in state.memory if t is not None)]
 
 
@@ -395,3 +395,72 @@ def test_cpu_mask_with_cuda_hidden_states(name):
     assert torch.allclose(out.cpu(), make(name)(x, attention_mask=mask)[0], atol=1e-5)
     with pytest.raises(ValueError, match="hidden_states is on cpu"):
         layer(x)
+
+
+# --- found by a review of the layers as a user would adopt them (2026-12-03) -----------------------------------
+
+
+@pytest.mark.parametrize("name", list(MIXERS))
+@pytest.mark.parametrize("typo", ["atention_mask", "past_key_value", "cu_seqlen", "use_cahce"])
+def test_a_misspelt_forward_keyword_is_refused(name, typo):
+    """It was ignored: ``layer(x, atention_mask=m)`` ran unmasked."""
+    with pytest.raises(ValueError, match="did you mean"):
+        make(name)(inputs(), **{typo: None})
+
+
+@pytest.mark.parametrize("name", list(MIXERS))
+def test_a_models_other_keywords_are_ignored_as_fla_ignores_them(name):
+    layer, x = make(name), inputs()
+    assert torch.equal(layer(x, num_items_in_batch=7)[0], layer(x)[0])
+
+
+@pytest.mark.parametrize("name", list(MIXERS))
+def test_a_mask_wider_than_the_input_without_a_cache_is_refused(name):
+    """It was cut to its last ``T`` columns: a misaligned mask read as 'no padding'."""
+    x = inputs(2, 6)
+    with pytest.raises(ValueError, match="columns for 6 tokens and no cached state"):
+        make(name)(x, attention_mask=torch.ones(2, 9, dtype=torch.long))
+
+
+@pytest.mark.parametrize("step_mask", ["none", "current"])
+def test_attention_steps_remember_the_prompts_padding(step_mask):
+    """A decoding step without the cached tokens' mask skipped no padded key and restarted the positions at
+    ``S`` (off by 0.42 in a hybrid model); the cache now keeps the prompt's padding."""
+    layer = make("attention")
+    x, mask = left_padded((19, 7), 19)
+    step = inputs(2, 1, seed=3)
+    cache, reference = DictCache(), DictCache()
+    layer(x, attention_mask=mask, past_key_values=cache, use_cache=True)
+    layer(x, attention_mask=mask, past_key_values=reference, use_cache=True)
+    full = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1)
+    expected = layer(step, attention_mask=full, past_key_values=reference, use_cache=True)[0]
+    given = None if step_mask == "none" else torch.ones(2, 1, dtype=torch.long)
+    actual = layer(step, attention_mask=given, past_key_values=cache, use_cache=True)[0]
+    assert torch.allclose(actual, expected, atol=1e-6)
+    assert torch.equal(cache.states[0].padding, reference.states[0].padding)
+
+
+@pytest.mark.parametrize("name", list(MIXERS))
+def test_a_float64_layer_computes_in_float64(name):
+    """Gates, norms and rotations were computed in float32 (``.float()``) whatever the layer's dtype: decoding
+    agreed with the parallel form to 6e-7 in float64, and ``gradcheck`` failed."""
+    layer = make(name).double()
+    x = inputs(2, 11).double()
+    full = layer(x)[0]
+    cache = DictCache()
+    steps = [layer(x[:, t : t + 1], past_key_values=cache, use_cache=True)[0] for t in range(11)]
+    assert full.dtype == torch.float64
+    assert (torch.cat(steps, 1) - full).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize(
+    "norm", [RMSNorm(6), GatedRMSNorm(6), GatedRMSNorm(6, norm_before_gate=False)], ids=["rms", "gated", "gate_first"]
+)
+def test_norms_pass_gradcheck_in_float64(norm):
+    norm = norm.double()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    z = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    args = (x,) if isinstance(norm, RMSNorm) else (x, z)
+    assert torch.autograd.gradcheck(norm, args)

@@ -72,15 +72,21 @@ def test_superposition_filter_traces_as_one_graph():
     assert q.grad is not None and torch.isfinite(q.grad).all()
 
 
+@pytest.mark.parametrize("padded", [False, True], ids=["no_mask", "padding_mask"])
 @pytest.mark.parametrize("name", list(LAYERS))
-def test_layer_forward_and_backward_trace_as_one_graph_and_match_eager(name):
+def test_layer_forward_and_backward_trace_as_one_graph_and_match_eager(name, padded):
     cls, kwargs = LAYERS[name]
     torch.manual_seed(0)
     layer = cls(**kwargs)
     x = torch.randn(2, 40, 32, requires_grad=True)
+    mask = None
+    if padded:  # a left-padded row and a row with a gap: the mask's checks must not break the graph
+        mask = torch.ones(2, 40, dtype=torch.long)
+        mask[0, :9] = 0
+        mask[1, 20:25] = 0
 
     def run(x):
-        return layer(x)[0]
+        return layer(x, attention_mask=mask)[0]
 
     eager = _grads(run, [x]) + [p.grad.clone() for p in layer.parameters() if p.grad is not None]
     layer.zero_grad(set_to_none=True)

@@ -21,18 +21,27 @@ from torch import Tensor, nn
 
 from probseq.layers.norm import RMSNorm
 from probseq.layers.state import KVState, StateLayout, read_state, write_state
-from probseq.layers.utils import check_no_extra, check_positive, layer_inputs, zero_padding
+from probseq.layers.utils import (
+    check_forward_keywords,
+    check_mask_width,
+    check_no_extra,
+    check_positive,
+    layer_inputs,
+    upcast,
+    zero_padding,
+)
 from probseq.ops.varlen import Packing
 
 
 def rotate(x: Tensor, positions: Tensor, theta: float) -> Tensor:
     """Rotary embedding of ``x [B, T, H, D]`` at integer ``positions [B, T]`` (non-interleaved halves)."""
     half = x.shape[-1] // 2
-    inv_freq = theta ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
-    angles = positions.float()[..., None, None] * inv_freq  # [B, T, 1, D/2]
+    xf = upcast(x)  # float32 (float64 for a float64 layer)
+    inv_freq = theta ** (-torch.arange(half, device=x.device, dtype=xf.dtype) / half)
+    angles = positions.to(xf.dtype)[..., None, None] * inv_freq  # [B, T, 1, D/2]
     cos, sin = angles.cos(), angles.sin()
-    x1, x2 = x.float()[..., :half], x.float()[..., half : 2 * half]
-    rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, x.float()[..., 2 * half :]], dim=-1)
+    x1, x2 = xf[..., :half], xf[..., half : 2 * half]
+    rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, xf[..., 2 * half :]], dim=-1)
     return rotated.to(x.dtype)
 
 
@@ -152,10 +161,15 @@ class Attention(nn.Module):
         if last is not None and cu_seqlens is not None:
             raise ValueError("Attention cannot continue packed sequences (cu_seqlens) from a cache (past_key_values)")
         past = 0 if last is None else last.keys.shape[1]
+        check_mask_width(attention_mask, length, cached=last is not None)
+        check_forward_keywords(self, kwargs)
+        if past and (attention_mask is None or attention_mask.shape[1] == length):
+            # a step without the cached tokens' mask: take it from the cache (all real if it holds none)
+            attention_mask = self._with_cached_padding(last, attention_mask, batch, length, x.device)
         if attention_mask is not None and attention_mask.shape[1] < past + length:
             raise ValueError(
-                f"attention_mask must cover the {past} cached and {length} current tokens, got "
-                f"{attention_mask.shape[1]} columns"
+                f"attention_mask must cover the {past} cached and {length} current tokens ([B, S + T]), or "
+                f"the current ones only ([B, T]); got {attention_mask.shape[1]} columns"
             )
 
         q = rearrange(self.q_proj(x), "b t (h d) -> b t h d", d=self.head_dim)
@@ -171,7 +185,8 @@ class Attention(nn.Module):
         if last is not None:
             k, v = torch.cat([last.keys.to(k.dtype), k], dim=1), torch.cat([last.values.to(v.dtype), v], dim=1)
         if use_cache:
-            write_state(self, past_key_values, KVState(k, v), length)
+            seen = None if attention_mask is None else attention_mask[:, attention_mask.shape[1] - (past + length) :]
+            write_state(self, past_key_values, KVState(k, v, seen), length)
 
         allowed = self._allowed(batch, length, past, attention_mask, cu_seqlens, hidden_states.device)
         o = F.scaled_dot_product_attention(
@@ -184,6 +199,19 @@ class Attention(nn.Module):
         )
         o = self.o_proj(rearrange(o, "b h t d -> b t (h d)"))
         return zero_padding(o, mask), None, past_key_values
+
+    @staticmethod
+    def _with_cached_padding(
+        last: KVState, current: Tensor | None, batch: int, length: int, device: torch.device
+    ) -> Tensor | None:
+        """``[B, S + T]`` bool: the cached keys' padding, then ``current`` (``[B, T]``; ``None``: all real).
+        ``None`` when neither holds padding information."""
+        if last.padding is None and current is None:
+            return None
+        ones = torch.ones(batch, last.keys.shape[1] + length, dtype=torch.bool, device=device)
+        cached = last.padding if last.padding is not None else ones[:, : last.keys.shape[1]]
+        current = current if current is not None else ones[:, last.keys.shape[1] :]
+        return torch.cat([cached.to(device, torch.bool), current.to(device, torch.bool)], dim=1)
 
     @staticmethod
     def _allowed(

@@ -44,6 +44,8 @@ from probseq.layers.norm import GATE_ACTIVATIONS, GatedRMSNorm, RMSNorm
 from probseq.layers.state import RecurrentState, StateLayout, read_state, write_state
 from probseq.layers.utils import (
     MODES,
+    check_forward_keywords,
+    check_mask_width,
     check_mode,
     check_no_extra,
     check_positive,
@@ -58,6 +60,7 @@ from probseq.layers.utils import (
     num_sequences,
     own_stream,
     repeat_heads,
+    upcast,
     zero_padding,
 )
 from probseq.ops import R_MIN, bayes_filter
@@ -238,8 +241,8 @@ class BayesianLayer(nn.Module):
         # γ = α² · ρ · σ(c(x)): between the reset (0) and the stationary memory (α²). Certainty retained beyond
         # α² would keep the decayed mean αM as confident as M was (the prior's marginal covariance shrinks
         # below I): gains collapse and the memory stops writing (docs/layers.md, "Learned retention").
-        rho = _StraightThroughUnitClamp.apply(self.c_scale.float())  # ρ = clamp(c_scale, 0, 1)
-        return torch.exp(2 * g) * rho * torch.sigmoid(F.linear(x, self.c_weight).float() + self.c_bias.float())
+        rho = _StraightThroughUnitClamp.apply(upcast(self.c_scale))  # ρ = clamp(c_scale, 0, 1)
+        return torch.exp(2 * g) * rho * torch.sigmoid(upcast(F.linear(x, self.c_weight)) + upcast(self.c_bias))
 
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
@@ -290,10 +293,12 @@ class BayesianLayer(nn.Module):
         use_cache: bool | None,
         kwargs: dict,
     ) -> _FilterCall:
-        x, mask, _, cu_seqlens = layer_inputs(
+        x, mask, full, cu_seqlens = layer_inputs(
             self, hidden_states, attention_mask, kwargs.get("cu_seqlens"), self.q_proj.weight
         )
         last = read_state(self, past_key_values, num_sequences(x, cu_seqlens))
+        check_mask_width(full, x.shape[1], cached=last is not None)
+        check_forward_keywords(self, kwargs)
 
         q, k, v, conv_state = self._short_conv(x, mask, last.conv if last is not None else None, use_cache, cu_seqlens)
         q = rearrange(q, "b t (h d) -> b t h d", d=self.head_k_dim)
@@ -302,8 +307,8 @@ class BayesianLayer(nn.Module):
         groups = self.num_v_heads // self.num_heads
         q, k = repeat_heads(l2_normalize(q), groups), repeat_heads(l2_normalize(k), groups)
 
-        g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias.float())
-        beta = torch.sigmoid(self.b_proj(x).float())
+        g = -upcast(self.A_log).exp() * F.softplus(upcast(self.a_proj(x)) + upcast(self.dt_bias))
+        beta = torch.sigmoid(upcast(self.b_proj(x)))
         gamma = self.certainty_retention(x, g)
         k, g, beta, gamma = hold_padding(mask, k, g, guard_zero_keys(k, beta), gamma)
 

@@ -53,8 +53,9 @@ class ShortConvolution(nn.Conv1d):
 
         Args:
             x: ``[B, T, D]`` (``B = 1`` with ``cu_seqlens``).
-            mask: ``[B, T]`` real tokens; padded inputs are replaced by zeros (a selection, so NaN there does
-                not spread; a left-padded sequence then sees the zero history it would see alone).
+            mask: ``[B, T]`` real tokens, padding anywhere (left, right or between real tokens): each row's
+                real tokens are convolved as one contiguous sequence after ``cache``, so every real token and
+                the final state are what the sequence gives alone; outputs at padded positions are zero.
             cache: ``[N, D, W]`` state from the previous call (``N`` = batch or number of sequences).
             output_final_state: return the new state.
             cu_seqlens: ``[N + 1]`` packed sequence boundaries; the convolution restarts at each one.
@@ -67,7 +68,16 @@ class ShortConvolution(nn.Conv1d):
             packing = Packing(cu_seqlens, x.device)
             y, state = self._convolve(packing.pad(x), cache, output_final_state, packing.lengths)
             return packing.unpad(y), state
-        return self._convolve(zero_padding(x, mask), cache, output_final_state, None)
+        if mask is None:
+            return self._convolve(x, cache, output_final_state, None)
+        # real tokens first, in order (a stable sort of the padding flags), convolved as a packed batch of
+        # per-row lengths; then back to their positions. Padding is skipped, not convolved as zeros: a zero in
+        # the window would change the tokens after it, and a right-padded prefill's state would hold zeros.
+        order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices  # [B, T]
+        index = order[:, :, None].expand_as(x)
+        compact = zero_padding(x.gather(1, index), mask.gather(1, order))  # NaN at a padded token never spreads
+        y, state = self._convolve(compact, cache, output_final_state, mask.sum(1))
+        return zero_padding(torch.zeros_like(y).scatter(1, index, y), mask), state
 
     def _convolve(
         self, x: Tensor, cache: Tensor | None, output_final_state: bool, lengths: Tensor | None

@@ -22,6 +22,8 @@ from probseq.layers.norm import GatedRMSNorm, RMSNorm
 from probseq.layers.state import RecurrentState, StateLayout, read_state, write_state
 from probseq.layers.utils import (
     MODES,
+    check_forward_keywords,
+    check_mask_width,
     check_mode,
     check_no_extra,
     check_positive,
@@ -33,6 +35,7 @@ from probseq.layers.utils import (
     l2_normalize,
     layer_inputs,
     num_sequences,
+    upcast,
     zero_padding,
 )
 from probseq.ops import bayes_filter
@@ -137,10 +140,12 @@ class DeltaNet(nn.Module):
         **kwargs,
     ) -> tuple[Tensor, None, object]:
         """``hidden_states [B, T, D] → (o [B, T, D], None, past_key_values)``; ``kwargs``: ``cu_seqlens``."""
-        x, mask, _, cu_seqlens = layer_inputs(
+        x, mask, full, cu_seqlens = layer_inputs(
             self, hidden_states, attention_mask, kwargs.get("cu_seqlens"), self.q_proj.weight
         )
         last = read_state(self, past_key_values, num_sequences(x, cu_seqlens))
+        check_mask_width(full, x.shape[1], cached=last is not None)
+        check_forward_keywords(self, kwargs)
 
         if self.use_short_conv:
             q, k, v, conv_state = convolve_qkv(
@@ -154,7 +159,7 @@ class DeltaNet(nn.Module):
         k = _activate(rearrange(k, "b t (h d) -> b t h d", d=self.head_k_dim), self.qk_activation)
         v = rearrange(v, "b t (h d) -> b t h d", d=self.head_v_dim)
         q, k = l2_normalize(q), l2_normalize(k)
-        beta = torch.sigmoid(self.b_proj(x).float()) if self.use_beta else k.new_ones(k.shape[:3])
+        beta = torch.sigmoid(upcast(self.b_proj(x))) if self.use_beta else k.new_ones(k.shape[:3])
         k, _, beta, _ = hold_padding(mask, k, None, guard_zero_keys(k, beta))
 
         out = bayes_filter(

@@ -24,6 +24,8 @@ from probseq.layers.norm import RMSNorm
 from probseq.layers.state import RecurrentState, StateLayout, read_state, write_state
 from probseq.layers.utils import (
     MODES,
+    check_forward_keywords,
+    check_mask_width,
     check_mode,
     check_no_extra,
     check_positive,
@@ -32,6 +34,7 @@ from probseq.layers.utils import (
     layer_inputs,
     num_sequences,
     repeat_heads,
+    upcast,
     zero_padding,
 )
 from probseq.ops import superposition_filter
@@ -163,10 +166,12 @@ class LinearAttention(nn.Module):
         **kwargs,
     ) -> tuple[Tensor, None, object]:
         """``hidden_states [B, T, D] → (o [B, T, D], None, past_key_values)``; ``kwargs``: ``cu_seqlens``."""
-        x, mask, _, cu_seqlens = layer_inputs(
+        x, mask, full, cu_seqlens = layer_inputs(
             self, hidden_states, attention_mask, kwargs.get("cu_seqlens"), self.q_proj.weight
         )
         last = read_state(self, past_key_values, num_sequences(x, cu_seqlens))
+        check_mask_width(full, x.shape[1], cached=last is not None)
+        check_forward_keywords(self, kwargs)
 
         q = rearrange(self.q_proj(x), "b t (h d) -> b t h d", d=self.head_k_dim)
         k = repeat_heads(rearrange(self.k_proj(x), "b t (h d) -> b t h d", d=self.head_k_dim), self.num_kv_groups)
@@ -178,7 +183,7 @@ class LinearAttention(nn.Module):
             k = k / (k.sum(-1, keepdim=True) + 1e-4)
         g = None
         if self.decay is not None:
-            g = F.logsigmoid(self.gk_proj(x).float()) / self.gate_logit_normalizer
+            g = F.logsigmoid(upcast(self.gk_proj(x))) / self.gate_logit_normalizer
             if self.decay == "channel":
                 g = rearrange(g, "b t (h d) -> b t h d", d=self.head_k_dim)
         k, g, _, _ = hold_padding(mask, k, g)

@@ -25,6 +25,8 @@ from probseq.layers.conv import ShortConvolution
 from probseq.layers.norm import GatedRMSNorm
 from probseq.layers.state import RecurrentState, StateLayout, read_state, write_state
 from probseq.layers.utils import (
+    check_forward_keywords,
+    check_mask_width,
     check_no_extra,
     check_positive,
     hold_padding,
@@ -33,6 +35,7 @@ from probseq.layers.utils import (
     log_uniform_decay_rate,
     num_sequences,
     repeat_heads,
+    upcast,
     zero_padding,
 )
 from probseq.ops import superposition_filter
@@ -173,10 +176,12 @@ class Mamba2(nn.Module):
         **kwargs,
     ) -> tuple[Tensor, None, object]:
         """``hidden_states [B, T, D] → (o [B, T, D], None, past_key_values)``; ``kwargs``: ``cu_seqlens``."""
-        u, mask, _, cu_seqlens = layer_inputs(
+        u, mask, full, cu_seqlens = layer_inputs(
             self, hidden_states, attention_mask, kwargs.get("cu_seqlens"), self.in_proj.weight
         )
         last = read_state(self, past_key_values, num_sequences(u, cu_seqlens))
+        check_mask_width(full, u.shape[1], cached=last is not None)
+        check_forward_keywords(self, kwargs)
 
         z, xbc, dt = self.in_proj(u).split([self.intermediate_size, self.conv_dim, self.num_heads], -1)
         xbc, conv_state = self.conv1d(
@@ -193,8 +198,8 @@ class Mamba2(nn.Module):
         groups = self.num_heads // self.n_groups
         b = repeat_heads(rearrange(b, "b t (g n) -> b t g n", n=self.ssm_state_size), groups)
         c = repeat_heads(rearrange(c, "b t (g n) -> b t g n", n=self.ssm_state_size), groups)
-        delta = F.softplus(dt.float() + self.dt_bias.float()).clamp(*self.dt_limit)
-        log_decay = delta * -self.A_log.float().exp()
+        delta = F.softplus(upcast(dt) + upcast(self.dt_bias)).clamp(*self.dt_limit)
+        log_decay = delta * -upcast(self.A_log).exp()
         b, log_decay, _, _ = hold_padding(mask, b, log_decay)
 
         out = superposition_filter(

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from probseq.layers.utils import upcast
+
 GATE_ACTIVATIONS = ("swish", "silu", "sigmoid")
 
 
@@ -47,9 +49,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size)) if elementwise_affine else None
 
     def forward(self, x: Tensor) -> Tensor:
-        y = _rms(x.float(), self.eps)
+        y = _rms(upcast(x), self.eps)
         if self.weight is not None:
-            y = y * self.weight.float()
+            y = y * upcast(self.weight)
         return y.to(x.dtype)
 
     def extra_repr(self) -> str:
@@ -89,12 +91,12 @@ class GatedRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size))
 
     def forward(self, x: Tensor, z: Tensor) -> Tensor:
-        xf, zf = x.float(), z.float()
+        xf, zf = upcast(x), upcast(z)
         gate = torch.sigmoid(zf) if self.activation == "sigmoid" else F.silu(zf)
         if self.norm_before_gate:
-            y = _rms(xf, self.eps, self.group_size) * self.weight.float() * gate
+            y = _rms(xf, self.eps, self.group_size) * upcast(self.weight) * gate
         else:
-            y = _rms(xf * gate, self.eps, self.group_size) * self.weight.float()
+            y = _rms(xf * gate, self.eps, self.group_size) * upcast(self.weight)
         return y.to(x.dtype)
 
     def extra_repr(self) -> str:

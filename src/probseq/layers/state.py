@@ -35,10 +35,14 @@ class RecurrentState(NamedTuple):
 
 
 class KVState(NamedTuple):
-    """Keys and values of an attention layer, ``[B, S, H_kv, D_h]`` each (``S`` tokens seen)."""
+    """Keys and values of an attention layer, ``[B, S, H_kv, D_h]`` each (``S`` tokens seen), and which of
+    them are real tokens: ``padding`` ``[B, S]`` bool (``None``: all are). A decoding step that passes no
+    mask, or only its own tokens' ``[B, T]``, still skips the padded keys of a left-padded prompt and continues
+    its positions."""
 
     keys: Tensor
     values: Tensor
+    padding: Tensor | None = None
 
 
 LayerState = RecurrentState | KVState
@@ -121,6 +125,8 @@ def check_state(module: nn.Module, state: object, batch: int) -> None:
             ("keys", state.keys, layout.memory, "[N, S, H_kv, D_h]"),
             ("values", state.values, layout.memory, "[N, S, H_kv, D_h]"),
         ]
+        if state.padding is not None:
+            parts.append(("padding", state.padding, (state.keys.shape[1],), "[N, S]"))
     else:
         if len(state.conv) != len(layout.conv):
             raise ValueError(

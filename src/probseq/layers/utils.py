@@ -17,6 +17,7 @@ NaN or Inf at a padded position into the chunk sums of the real tokens.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import math
 from typing import NamedTuple
@@ -134,7 +135,7 @@ def full_padding_mask(hidden_states: Tensor, attention_mask: Tensor | None, cu_s
             "arbitrary [B, T, T] masks are not supported"
         )
     mask = attention_mask.to(hidden_states.device)
-    if mask.dtype != torch.bool:
+    if mask.dtype != torch.bool and not torch.compiler.is_compiling():  # (a data-dependent check: eager only)
         binary = (mask == 0) | (mask == 1)
         if not bool(binary.all()):
             bad = mask[~binary]
@@ -147,11 +148,51 @@ def full_padding_mask(hidden_states: Tensor, attention_mask: Tensor | None, cu_s
 
 
 def current_mask(full_mask: Tensor | None, length: int) -> Tensor | None:
-    """The last ``length`` columns of a bool mask ``[B, T_all]`` (``None`` if there are no padded ones)."""
+    """The last ``length`` columns of a bool mask ``[B, T_all]`` (``None`` if there are no padded ones; under
+    ``torch.compile`` the columns as they are, without the host read that would break the graph)."""
     if full_mask is None:
         return None
     mask = full_mask[:, full_mask.shape[1] - length :]
+    if torch.compiler.is_compiling():
+        return mask
     return None if bool(mask.all()) else mask
+
+
+def check_mask_width(full_mask: Tensor | None, length: int, cached: bool) -> None:
+    """A mixer's ``attention_mask`` ``[B, T_all]`` covers exactly the current ``length`` tokens when nothing is
+    cached (a wider one is misaligned, not a history: refusing it beats silently reading its last columns)."""
+    if full_mask is not None and not cached and full_mask.shape[1] != length:
+        raise ValueError(
+            f"attention_mask has {full_mask.shape[1]} columns for {length} tokens and no cached state: it must "
+            "be [B, T] (only while decoding from past_key_values may it also cover the cached tokens)"
+        )
+
+
+#: the keyword arguments a mixer's ``forward`` reads (besides its named ones); others are ignored, as fla's
+#: layers ignore them (a model passes its own extras, e.g. the Trainer's ``num_items_in_batch``)
+FORWARD_KEYWORDS = ("cu_seqlens", "position_ids", "cache_position", "output_variance")
+_FORWARD_NAMES = (
+    *FORWARD_KEYWORDS,
+    "hidden_states",
+    "attention_mask",
+    "past_key_values",
+    "use_cache",
+    "output_attentions",
+)
+
+
+def check_forward_keywords(layer: nn.Module, kwargs: dict) -> None:
+    """Refuse a keyword that misspells one a mixer reads (``atention_mask``, ``past_key_value``,
+    ``cu_seqlen``): it would otherwise be ignored, and the layer would run unmasked, uncached or unpacked."""
+    for key in kwargs:
+        if key in FORWARD_KEYWORDS:
+            continue
+        close = difflib.get_close_matches(key, _FORWARD_NAMES, n=1, cutoff=0.8)
+        if close:
+            raise ValueError(
+                f"{type(layer).__name__}.forward got the keyword {key!r}: did you mean {close[0]!r}? "
+                "(it would have been ignored)"
+            )
 
 
 def padding_mask(hidden_states: Tensor, attention_mask: Tensor | None, cu_seqlens: Tensor | None) -> Tensor | None:
@@ -195,6 +236,13 @@ def zero_padding(x: Tensor | None, mask: Tensor | None) -> Tensor | None:
     return keep_real(x, mask)
 
 
+def upcast(x: Tensor) -> Tensor:
+    """``x`` in float32, or in float64 if it is float64: the precision a layer computes its gates, norms and
+    rotations in (half-precision inputs go up to float32; a float64 layer stays float64, so ``gradcheck`` and
+    float64 references see float64 throughout)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def l2_normalize(x: Tensor, eps: float = 1e-6) -> Tensor:
     """``x / max(‖x‖, eps)`` along the last dim, in float32 (float64 stays float64).
 
@@ -202,8 +250,7 @@ def l2_normalize(x: Tensor, eps: float = 1e-6) -> Tensor:
     ``k/(‖k‖² + r)`` equal to the delta rule's ``β k`` (docs/design-model.md §6). fla's kernels divide by
     ``sqrt(‖x‖² + 1e-6)`` instead; the two differ by ``O(1e-6/‖x‖²)``.
     """
-    x = x if x.dtype == torch.float64 else x.float()
-    return torch.nn.functional.normalize(x, dim=-1, eps=eps)
+    return torch.nn.functional.normalize(upcast(x), dim=-1, eps=eps)
 
 
 def repeat_heads(x: Tensor, groups: int) -> Tensor:
