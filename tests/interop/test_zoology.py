@@ -172,3 +172,23 @@ def test_variance_side_channel():
     assert mixer.last_variance.shape == (2, 13, HEADS)
     assert (mixer.last_variance >= 0).all()
     torch.testing.assert_close(y, mixer(x))
+
+
+def test_zoology_config_keywords_are_taken():
+    """Zoology's configs pass ``dropout`` to attention and ``d_state`` to Mamba-2: both were refused."""
+    from probseq.zoology import AttentionMixer, Mamba2Mixer
+
+    assert Mamba2Mixer(64, d_state=8).layer.ssm_state_size == 8
+    with pytest.raises(ValueError, match="name the same size"):
+        Mamba2Mixer(64, d_state=8, state_size=16)
+    mixer = AttentionMixer(64, dropout=0.5)
+    x = torch.randn(2, 9, 64)
+    mixer.eval()
+    assert torch.equal(mixer(x), mixer(x))  # no dropout at evaluation
+    mixer.train()
+    torch.manual_seed(0)
+    dropped = mixer(x)
+    mixer.eval()
+    assert not torch.allclose(dropped, mixer(x))
+    with pytest.raises(ValueError, match="pass num_heads"):
+        AttentionMixer(200)

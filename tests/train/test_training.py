@@ -33,7 +33,7 @@ from probseq.train import (
 )
 from probseq.train.data import TokenDataset, generate, pad_collate
 from probseq.train.metrics import pre_shifted_cross_entropy, recall_metrics, scatter_predictions
-from probseq.train.trainer import TrainingClock, build_model
+from probseq.train.trainer import CONFIG_FILE, TrainingClock, build_model
 from tests.helpers import REPO, tiny_train_config
 
 
@@ -743,6 +743,41 @@ def test_output_dir_of_another_config_is_refused(tmp_path):
     train(tiny_train_config(output_dir=str(tmp_path), max_steps=1))
     with pytest.raises(ValueError, match="different config.*learning_rate"):
         train(tiny_train_config(output_dir=str(tmp_path), max_steps=1, learning_rate=5e-3))
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_gives_its_folder_back(tmp_path):
+    """The folder was claimed (its config recorded) before the model was built: a model that cannot be built
+    locked it, and the corrected config was refused as 'a different config'."""
+    with pytest.raises(ValueError, match="divisible by num_heads=3"):
+        train(tiny_train_config(output_dir=str(tmp_path), model=ModelSpec(mixer="bayesian", d_model=16, num_heads=3)))
+    assert not (tmp_path / CONFIG_FILE).exists()
+    result = train(tiny_train_config(output_dir=str(tmp_path), max_steps=1))
+    assert result["status"] == "ok" and (tmp_path / CONFIG_FILE).exists()
+
+
+def test_resume_false_refuses_a_folder_with_an_earlier_runs_checkpoints(tmp_path):
+    """They were kept and rotated by step number: the new run's checkpoint was deleted, the old one kept, and a
+    later resume continued the old run."""
+    train(tiny_train_config(output_dir=str(tmp_path), max_steps=2, save_steps=1))
+    with pytest.raises(ValueError, match="resume=False, but .* holds checkpoint-2, final of an earlier run"):
+        train(tiny_train_config(output_dir=str(tmp_path), max_steps=2, save_steps=1, resume=False))
+    assert (tmp_path / CONFIG_FILE).exists()  # the earlier run's folder is left as it was
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        (dict(seed=2**32), r"seed must be in \[0, 2\*\*32\)"),
+        (dict(data_seed=2**40), r"data_seed must be in \[0, 2\*\*32\)"),
+        (dict(warmup=1.5), "a whole number of steps"),
+        (dict(warmup=10.0), "longer than the run"),
+        (dict(batch_size=64), "fewer than one batch"),
+        (dict(batch_size=64, batching="by_segment"), "a train segment of at least one batch"),
+    ],
+)
+def test_config_values_that_failed_late_are_refused_at_construction(changes, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_train_config(**changes)
 
 
 @pytest.mark.integration

@@ -106,10 +106,13 @@ class MQARConfig(TrainingSweep):
                 f"train_examples needs one count per train segment ({len(self.train_segments)}), "
                 f"got {self.train_examples}"
             )
-        # every run's config is validated here, before any work (segment shapes, vocabulary, d_model, …)
+        # every run's config is validated here, before any work (segment shapes, vocabulary, d_model, the model's
+        # shape: an error found only when a unit builds its model would stop the sweep after hours of other units)
+        from probseq.train.trainer import zoology_config  # noqa: PLC0415 (torch: after the arguments are parsed)
+
         for mixer in self.mixers:
             for d_model in self.d_models:
-                self.train_config(mixer, d_model, self.learning_rates[0], self.seeds[0])
+                zoology_config(self.train_config(mixer, d_model, self.learning_rates[0], self.seeds[0]))
 
     @property
     def max_train_kv(self) -> int:

@@ -132,7 +132,10 @@ class RecallExperiment(TrainingSweep):
                 raise ValueError(
                     f"{knob} must all exceed the inside point's {field} = {inside}, got {getattr(self, knob)}"
                 )
-        self.train_config(self.mixers[0], self.learning_rates[0], self.seeds[0])  # validates every segment
+        from probseq.train.trainer import zoology_config  # noqa: PLC0415 (torch: after the arguments are parsed)
+
+        for mixer in self.mixers:  # every segment, and each mixer's model shape, before any work
+            zoology_config(self.train_config(mixer, self.learning_rates[0], self.seeds[0]))
 
     def task(self, num_pairs: int, gap: int, collisions: int, key_noise: float) -> RecallConfig:
         """A recall task of this vocabulary (:func:`recall_task`)."""

@@ -74,10 +74,14 @@ __all__ = [
 def default_heads(d_model: int, num_heads: int | None) -> int:
     """``num_heads`` or ``max(1, d_model // 64)``; ``d_model`` must split evenly into the heads."""
     check_positive(d_model=d_model)
+    given = num_heads
     num_heads = max(1, d_model // 64) if num_heads is None else num_heads
     check_positive(num_heads=num_heads)
     if d_model % num_heads:
-        raise ValueError(f"d_model={d_model} must be divisible by num_heads={num_heads}")
+        raise ValueError(
+            f"d_model={d_model} must be divisible by num_heads={num_heads}"
+            + (" (the default, d_model // 64): pass num_heads" if given is None else "")
+        )
     return num_heads
 
 
@@ -261,8 +265,9 @@ class LinearAttentionMixer(ZoologyMixer):
 
 class Mamba2Mixer(ZoologyMixer):
     """Mamba-2 (:class:`~probseq.layers.Mamba2`) as a Zoology mixer: ``expand = 2``, ``num_heads`` as above
-    (``head_dim = expand · d_model / num_heads``), ``state_size = 64``; ``kwargs`` go to the layer under its
-    fla names (``n_groups``, ``conv_kernel``, ``chunk_size`` …)."""
+    (``head_dim = expand · d_model / num_heads``), ``state_size = 64`` (``d_state``, Zoology's and mamba_ssm's
+    name, is taken for it); ``kwargs`` go to the layer under its fla names (``n_groups``, ``conv_kernel``,
+    ``chunk_size`` …)."""
 
     def __init__(
         self,
@@ -271,13 +276,17 @@ class Mamba2Mixer(ZoologyMixer):
         *,
         num_heads: int | None = None,
         expand: int = 2,
-        state_size: int = 64,
+        state_size: int | None = None,
+        d_state: int | None = None,
         l_max: int | None = None,
         **kwargs,
     ):
         super().__init__(d_model, layer_idx)
         _check_l_max(l_max)
         check_positive(expand=expand)
+        if state_size is not None and d_state is not None and state_size != d_state:
+            raise ValueError(f"state_size={state_size} and d_state={d_state} name the same size: pass one")
+        state_size = next((n for n in (state_size, d_state) if n is not None), 64)
         num_heads = default_heads(d_model, num_heads)
         self.layer = Mamba2(
             num_heads=num_heads,
@@ -297,7 +306,7 @@ class Mamba2Mixer(ZoologyMixer):
 class AttentionMixer(ZoologyMixer):
     """Causal softmax attention (:class:`~probseq.layers.Attention`, rotary positions) as a Zoology mixer:
     ``num_heads`` as above; ``kwargs`` go to the layer (``num_kv_heads``, ``rope_theta=None`` for no rotary
-    embedding, ``qk_norm`` …)."""
+    embedding, ``qk_norm``, ``dropout`` of the attention probabilities as Zoology's configs pass it …)."""
 
     def __init__(
         self,

@@ -62,7 +62,8 @@ def _check_position_ids(position_ids: Tensor, batch: int, length: int) -> None:
 
 
 class Attention(nn.Module):
-    """fla ``Attention``'s constructor and forward on SDPA (``window_size`` is refused).
+    """fla ``Attention``'s constructor and forward on SDPA (``window_size`` is refused); ``dropout`` (ours, as
+    Zoology's attention has it) drops attention probabilities in training mode.
 
     ``validate=True`` (ours, as in the recurrent mixers) checks ``hidden_states`` for NaN/Inf at real tokens,
     naming the first bad ``(batch, time)``, with one host synchronisation per call.
@@ -80,11 +81,15 @@ class Attention(nn.Module):
         max_position_embeddings: int | None = None,
         layer_idx: int | None = None,
         *,
+        dropout: float = 0.0,
         validate: bool = False,
         **kwargs,
     ):
         super().__init__()
         check_no_extra("Attention", kwargs)
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout (of attention probabilities, in training) must be in [0, 1), got {dropout!r}")
+        self.dropout = float(dropout)
         self.validate = bool(validate)
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         check_positive(hidden_size=hidden_size, num_heads=num_heads, num_kv_heads=num_kv_heads)
@@ -195,6 +200,7 @@ class Attention(nn.Module):
             v.transpose(1, 2),
             attn_mask=allowed,
             is_causal=allowed is None and past == 0 and length > 1,
+            dropout_p=self.dropout if self.training else 0.0,
             enable_gqa=self.num_kv_groups > 1,
         )
         o = self.o_proj(rearrange(o, "b h t d -> b t (h d)"))

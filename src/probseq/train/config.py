@@ -20,7 +20,16 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from probseq.train.data import MQARData, RecallData
-from probseq.train.schema import check_fields, check_optimizer_run, from_dict, non_negative, positive, with_overrides
+from probseq.train.schema import (
+    check_fields,
+    check_optimizer_run,
+    check_seeds,
+    check_warmup,
+    from_dict,
+    non_negative,
+    positive,
+    with_overrides,
+)
 
 MixerName = Literal["bayesian", "gated_deltanet", "deltanet", "linear_attention", "mamba2", "attention"]
 MIXER_NAMES: tuple[str, ...] = typing.get_args(MixerName)
@@ -99,7 +108,9 @@ class TrainConfig:
             :mod:`probseq.train.sweep` set it per run).
         save_steps: checkpoint every that many steps (0: none).
         save_total_limit: checkpoints kept (oldest deleted first).
-        resume: continue from the last checkpoint in ``output_dir`` if there is one.
+        resume: continue from the last checkpoint in ``output_dir`` if there is one. ``False`` refuses a folder
+            that holds checkpoints or final weights (they would be mixed with the new run's: checkpoint rotation
+            keeps the highest step, so a later resume would continue the old run); delete them to start over.
         logging_steps: log the training loss every that many steps.
         progress: tqdm progress bars (on a terminal only: never ``\r`` frames in a log file).
         num_threads: ``torch.set_num_threads`` for the run (``None``: leave it).
@@ -170,7 +181,19 @@ class TrainConfig:
         non_negative(self, "weight_decay", "max_grad_norm", "warmup", "save_steps", "seed")
         if self.data_seed is not None and self.data_seed < 0:
             raise ValueError(f"data_seed must be >= 0 or None, got {self.data_seed}")
+        check_seeds(self, "seed", "data_seed")
+        check_warmup(self.warmup, self.max_steps)
         check_optimizer_run(self)
+        examples = [split.num_examples for split in self.data.train]
+        if self.batching == "mixed" and sum(examples) < self.batch_size:
+            raise ValueError(
+                f"the train split has {sum(examples)} examples, fewer than one batch (batch_size={self.batch_size})"
+            )
+        if self.batching == "by_segment" and max(examples) < self.batch_size:
+            raise ValueError(
+                f"batching='by_segment' needs a train segment of at least one batch (batch_size={self.batch_size}); "
+                f"the segments have {examples} examples"
+            )
         if self.save_total_limit is not None and self.save_total_limit < 1:
             raise ValueError(f"save_total_limit must be >= 1 or None, got {self.save_total_limit}")
 

@@ -40,7 +40,16 @@ import torch
 
 from probseq.files import atomic_write_json, finite_or_none, nonfinite_to_none
 from probseq.train.run_folder import claim_run_folder
-from probseq.train.schema import check_fields, check_optimizer_run, from_dict, non_negative, positive, with_overrides
+from probseq.train.schema import (
+    check_fields,
+    check_optimizer_run,
+    check_seeds,
+    check_warmup,
+    from_dict,
+    non_negative,
+    positive,
+    with_overrides,
+)
 from probseq.train.trainer import (
     LossOnlyTrainer,
     TrainingDiverged,
@@ -125,6 +134,8 @@ class LMRunConfig:
             "save_total_limit",
         )
         non_negative(self, "weight_decay", "warmup", "max_grad_norm", "save_steps", "seed", "valid_blocks")
+        check_seeds(self, "seed")
+        check_warmup(self.warmup, None)
         check_optimizer_run(self)
         positive(self, "retrieval_scale", "retrieval_stages")
         if not 0 <= self.retrieval_share < 1:
@@ -347,11 +358,21 @@ def pretrain_config(preset: str = "small", overrides: list[str] | tuple[str, ...
 
 
 def model_config(config: PretrainConfig, tokenizer):
-    """The :class:`~probseq.models.ProbSeqConfig` of the Gated DeltaNet (special-token ids from ``tokenizer``)."""
+    """The :class:`~probseq.models.ProbSeqConfig` of the Gated DeltaNet (special-token ids from ``tokenizer``;
+    ``None``: ``config.vocab_size`` and no special ids — the shape alone, checked before a run claims its folder)."""
     from probseq.models import ProbSeqConfig
 
+    special = (
+        {}
+        if tokenizer is None
+        else {
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+        }
+    )
     return ProbSeqConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=config.vocab_size if tokenizer is None else len(tokenizer),
         hidden_size=config.hidden_size,
         num_hidden_layers=config.num_hidden_layers,
         mixer="gated_deltanet",
@@ -362,9 +383,7 @@ def model_config(config: PretrainConfig, tokenizer):
         conv_size=config.conv_size,
         tie_word_embeddings=config.tie_word_embeddings,
         max_position_embeddings=config.seq_len,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        **special,
     )
 
 
@@ -788,6 +807,7 @@ def pretrain(config: PretrainConfig, out: str | os.PathLike) -> dict[str, Any]:
     from probseq.models import ProbSeqForCausalLM
 
     out = Path(out)
+    model_config(config, None)  # a model shape that cannot be built is refused before the folder is claimed
     check_run_config(out, config.identity())
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     tokens_per_step = config.tokens_per_step(world_size)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,23 @@ def claim_run_folder(folder: str | os.PathLike, record: str, identity: dict[str,
     folder = check_writable(folder, option)
     check_saved_config(folder / record, identity, option)
     return folder
+
+
+@contextmanager
+def claimed_run_folder(folder: str | os.PathLike, record: str, identity: dict[str, Any], option: str) -> Iterator[Path]:
+    """:func:`claim_run_folder` for the length of a run. A run that fails before it leaves anything to resume
+    (no ``checkpoint-*`` and no ``final/`` under the folder) gives the folder back: the record it wrote is removed,
+    so a corrected config can claim it (an error found only while building the model or the data would otherwise
+    lock the folder to the config that failed)."""
+    path = Path(folder) / record
+    new = not path.exists()
+    claimed = claim_run_folder(folder, record, identity, option)
+    try:
+        yield claimed
+    except BaseException:
+        if new and not any(claimed.glob("**/checkpoint-*")) and not (claimed / "final").exists():
+            path.unlink(missing_ok=True)
+        raise
 
 
 def check_saved_config(path: Path, identity: dict[str, Any], option: str) -> None:
@@ -49,4 +68,4 @@ def check_saved_config(path: Path, identity: dict[str, Any], option: str) -> Non
         )
 
 
-__all__ = ["check_saved_config", "claim_run_folder"]
+__all__ = ["check_saved_config", "claim_run_folder", "claimed_run_folder"]

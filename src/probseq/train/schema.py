@@ -34,6 +34,24 @@ def non_negative(config: Any, *names: str) -> None:
             raise ValueError(f"{name} must be >= 0, got {value!r}")
 
 
+def check_seeds(config: Any, *names: str) -> None:
+    """Refuse a seed field of ``names`` outside numpy's ``[0, 2**32)`` (``None`` passes): it would fail only when
+    the run seeds its generators, with numpy's message, after the run folder was claimed."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and not 0 <= value < 2**32:
+            raise ValueError(f"{name} must be in [0, 2**32), got {value!r}")
+
+
+def check_warmup(warmup: float, max_steps: int | None) -> None:
+    """``warmup`` is a fraction of the steps (``< 1``) or a whole number of steps, at most ``max_steps``:
+    transformers would cut ``1.5`` to one step, and a warmup past the last step never reaches the lr."""
+    if warmup >= 1 and warmup != int(warmup):
+        raise ValueError(f"warmup must be a fraction of the steps (< 1) or a whole number of steps, got {warmup!r}")
+    if warmup >= 1 and max_steps is not None and warmup > max_steps:
+        raise ValueError(f"warmup of {int(warmup)} steps is longer than the run (max_steps={max_steps})")
+
+
 def check_optimizer_run(config: Any) -> None:
     """What every training config (:class:`~probseq.train.TrainConfig`, the language-model runs) refuses of
     AdamW's betas and the run's threads: a beta ≥ 1, a thread count < 1 (``None``: torch's own)."""

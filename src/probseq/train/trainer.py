@@ -64,7 +64,7 @@ from probseq.train.config import TrainConfig
 from probseq.train.data import SegmentBatches, TokenDataset, generate, pad_collate
 from probseq.train.metrics import pre_shifted_cross_entropy, recall_metrics, scatter_predictions
 from probseq.train.retention import RetentionTrace, retention_trace, split_retention_groups
-from probseq.train.run_folder import check_saved_config, claim_run_folder
+from probseq.train.run_folder import check_saved_config, claimed_run_folder
 
 # The config a run's output_dir was started with (its identity fields), checked before resuming.
 CONFIG_FILE = "probseq_train_config.json"
@@ -305,27 +305,31 @@ class DivergenceGuard(TrainerCallback):
         control.should_training_stop = True
 
 
+def zoology_config(config: TrainConfig) -> ZoologyConfig:
+    """The run's model config: every check of the model's shape (heads dividing ``d_model``, …), no weights."""
+    spec = config.model
+    return ZoologyConfig(
+        vocab_size=config.data.vocab,
+        d_model=spec.d_model,
+        n_layers=spec.n_layers,
+        mixer=spec.mixer,
+        conv_kernel=spec.conv_kernel,
+        num_heads=spec.num_heads,
+        expand_v=spec.expand_v,
+        state_size=spec.state_size,
+        use_gate=spec.use_gate,
+        retention=spec.retention,
+        retention_init=spec.retention_init,
+        init=spec.init,
+        layout=spec.layout,
+    )
+
+
 def build_model(config: TrainConfig) -> ZoologyModel:
     """The run's model, initialised from ``transformers.set_seed(config.seed)``."""
-    spec = config.model
+    model_config = zoology_config(config)
     set_seed(config.seed)
-    return ZoologyModel(
-        ZoologyConfig(
-            vocab_size=config.data.vocab,
-            d_model=spec.d_model,
-            n_layers=spec.n_layers,
-            mixer=spec.mixer,
-            conv_kernel=spec.conv_kernel,
-            num_heads=spec.num_heads,
-            expand_v=spec.expand_v,
-            state_size=spec.state_size,
-            use_gate=spec.use_gate,
-            retention=spec.retention,
-            retention_init=spec.retention_init,
-            init=spec.init,
-            layout=spec.layout,
-        )
-    )
+    return ZoologyModel(model_config)
 
 
 def shared_arguments(config) -> dict[str, Any]:
@@ -779,13 +783,22 @@ def progress_bars(enabled: bool) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _output_dir(config: TrainConfig) -> Iterator[Path]:
-    """``config.output_dir`` claimed for this config (:func:`~probseq.train.run_folder.claim_run_folder`), or a
+    """``config.output_dir`` claimed for this config (:func:`~probseq.train.run_folder.claimed_run_folder`), or a
     temporary folder."""
     if not config.output_dir:
         with tempfile.TemporaryDirectory(prefix="probseq-train-") as folder:
             yield Path(folder)
         return
-    yield claim_run_folder(config.output_dir, CONFIG_FILE, config.identity(), "output_dir")
+    with claimed_run_folder(config.output_dir, CONFIG_FILE, config.identity(), "output_dir") as folder:
+        if not config.resume:
+            earlier = sorted(p.name for p in [*folder.glob("checkpoint-*"), folder / FINAL_DIR] if p.exists())
+            if earlier:
+                raise ValueError(
+                    f"resume=False, but {folder} holds {', '.join(earlier)} of an earlier run: its checkpoints "
+                    "would be mixed with the new run's (and a later resume would continue the old one). Delete "
+                    "them to start over, or resume=True to continue"
+                )
+        yield folder
 
 
 __all__ = [
@@ -810,4 +823,5 @@ __all__ = [
     "save_final",
     "train",
     "training_arguments",
+    "zoology_config",
 ]
