@@ -17,11 +17,14 @@ RULER: pilots are compared on the retrieval probes (:mod:`probseq.ruler.probes`)
 The plan (fixed before the runs; ``results/ruler/teacher_pilots/README.md`` states it in words; amended before any
 pilot ran, after a review found retrieval documents cut across training blocks — see that README):
 
-1. **Budget.** Every pilot trains for at most ``--minutes`` (default 30) of wall-clock time on 2 threads: the
-   token budget (and so the cosine schedule) is its shape's measured tokens/s × ``minutes − 2`` × 0.92 (the rest:
-   six periodic evaluations and warm-up), and ``max_minutes = minutes − 2`` ends it cleanly if the machine is
-   slower (the report marks such a pilot "cut by time"); preparing the data before and the final evaluation and
-   export after take the remaining ≈ 2 minutes. Time it, and run it, on an otherwise idle machine: timing refuses
+1. **Budget.** Every pilot is sized for ``--minutes`` (default 30) of wall-clock time on 2 threads: its token
+   budget (and so its cosine schedule) is its shape's measured tokens/s × ``minutes − 2`` × 0.92 (the rest: six
+   periodic evaluations and warm-up); preparing the data before and the final evaluation and export after take the
+   remaining ≈ 2 minutes. **The budget is the tokens** (amended before any pilot ran): ``ROOT/timing.json`` is
+   measured once, at 2 threads, archived with the records and restored on another machine, so every pilot trains
+   its planned tokens whatever host runs it; ``max_minutes = 2 × (minutes − 2)`` is only a safety stop, and a pilot
+   it stops before 95 % of its steps is out of the comparison (``cut_short``). A finished pilot counts only if it
+   ran the settings the plan gives it (``check_planned``). Time it on an otherwise idle machine: timing refuses
    (and each pilot warns) when the 1-minute load average is above 1, unless ``--ignore-load``.
 2. **Round 1 — retrieval share.** ``baseline`` (the ``small`` preset: the corpus as built, ≈ 18 % retrieval
    tokens, documents running across blocks), ``share50`` and ``share80`` (``retrieval_share`` 0.5 and 0.8: every
@@ -35,7 +38,8 @@ pilot ran, after a review found retrieval documents cut across training blocks �
    and its log-likelihood against a uniform guess (``gain``, nats), per probe (``single``, ``multikey``).
 5. **Selection rule.** A pilot's *score* is the mean over the two probes of its final exact match at 512 tokens
    (the training context); its *gain* the mean of their answer gains at 512. The best pilot has the highest
-   score; pilots within 0.05 of it are told apart by gain (then by the plan's order). A pilot that failed
+   score; pilots within 0.05 of it (differences rounded to 1e-9: exactly 0.05 is within) are told apart by gain
+   (then by the plan's order). A pilot that failed
    (``ROOT/<pilot>.failed.json``; not retried unless ``--retry-failed``) or has no final evaluation is out; round 2
    does not start while a round-1 pilot has failed, unless ``--accept-failed``.
 6. **The ≤ 6 h teacher.** The round-1 winner's share, plus every round-2 change whose pilot beats the round-1
@@ -48,8 +52,10 @@ pilot ran, after a review found retrieval documents cut across training blocks �
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import platform
 import shlex
 import shutil
 import subprocess
@@ -64,6 +70,8 @@ ROOT = Path(__file__).resolve().parents[1]
 THREADS = 2
 FILL = 0.92  # of the training minutes spent on optimizer steps (the rest: six evaluations ≈ 1 min, first-step warm-up)
 CLOSE = 0.05  # exact-match scores closer than this are told apart by the answer gain
+SAFETY_STOP = 2  # × the planned training minutes: the budget is tokens, the clock only a safety stop
+COMPLETE = 0.95  # of its planned steps: a pilot stopped by the safety stop before this is out of the comparison
 TRAIN_LENGTH = 512
 TEACHER_HOURS = 6
 PROBE_SETS = (
@@ -168,8 +176,9 @@ def budget(sets: list[str], rates: dict, minutes: float) -> tuple[list[str], dic
     train_minutes = minutes - 2
     steps = max(1, int(rate * train_minutes * 60 * FILL / per_step))
     every = max(10, round(steps / 6 / 10) * 10)
-    info = {"tokens_per_second": rate, "steps": steps, "tokens": steps * per_step, "max_minutes": train_minutes}
-    return [f"tokens={steps * per_step}", f"max_minutes={train_minutes}", f"probe_every={every}"], info
+    stop = SAFETY_STOP * train_minutes
+    info = {"tokens_per_second": rate, "steps": steps, "tokens": steps * per_step, "max_minutes": stop}
+    return [f"tokens={steps * per_step}", f"max_minutes={stop}", f"probe_every={every}"], info
 
 
 # ------------------------------------------------------------------------------------------------ timing
@@ -185,6 +194,17 @@ class _Vocabulary:
 
     def __len__(self) -> int:
         return self.size
+
+
+def host() -> str:
+    """The CPU model and core count, as the timing records them."""
+    model = platform.processor() or "unknown CPU"
+    try:
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+        model = names[0] if names else model
+    except OSError:
+        pass
+    return f"{model} × {os.cpu_count()}"
 
 
 def measure(sets: list[str], threads: int, steps: int, micro_batches: int | None = None) -> dict:
@@ -217,6 +237,7 @@ def measure(sets: list[str], threads: int, steps: int, micro_batches: int | None
     tokens = config.batch_size * config.seq_len * micro
     return {
         "shape": shape(sets),
+        "host": host(),
         "threads": threads,
         "tokens_per_step": tokens,
         "seconds_per_step": seconds,
@@ -265,6 +286,19 @@ def timing(args: argparse.Namespace) -> dict:
     path = root / "timing.json"
     if path.exists() and not getattr(args, "again", False):
         rows = json.loads(path.read_text())
+        wrong = sorted({r.get("threads") for r in rows} - {THREADS}, key=str)
+        if wrong:
+            raise SystemExit(
+                f"{path} was measured with {wrong} thread(s); the pilots run on {THREADS}: "
+                "rerun `time --again` on an idle machine (before any pilot has run)"
+            )
+        hosts = {r.get("host") for r in rows}
+        if hosts != {host()}:
+            print(
+                f"   note: {path} was measured on {', '.join(map(str, sorted(hosts, key=str)))}, this is {host()}: "
+                "the budgets stay the plan's (tokens); this host may take longer per pilot",
+                flush=True,
+            )
     else:
         check_idle(args, "timing")
         rows = []
@@ -300,6 +334,8 @@ def read_failure(root: Path, name: str) -> dict | None:
 def score(log: dict | None) -> tuple[float, float] | None:
     """(mean exact match, mean answer gain) over the probes at the training length, from the final evaluation;
     ``None`` when there is none."""
+    if cut_short(log):
+        return None
     probes = (log or {}).get("probes") or {}
     units = [probes.get(p, {}).get(str(TRAIN_LENGTH)) for p in ("single", "multikey")]
     if not all(units) or any(u.get("gain") is None for u in units):
@@ -307,12 +343,25 @@ def score(log: dict | None) -> tuple[float, float] | None:
     return sum(u["exact"] for u in units) / 2, sum(u["gain"] for u in units) / 2
 
 
+def cut_short(log: dict | None) -> bool:
+    """The safety stop ended the pilot before ``COMPLETE`` of its planned steps: its learning rate had not decayed
+    (and a curriculum had not reached its long documents), so its score is not comparable — out of the selection."""
+    log = log or {}
+    return bool(log.get("out_of_time")) and log.get("steps", 0) < COMPLETE * log.get("max_steps", 0)
+
+
+def _apart(a: float, b: float) -> float:
+    """``a − b`` rounded to 1e-9: scores move in steps of 1/200, so a difference of exactly CLOSE must compare as
+    CLOSE, not as its float rounding."""
+    return round(a - b, 9)
+
+
 def beats(a: tuple[float, float], b: tuple[float, float]) -> bool:
     """Plan item 6: ``a`` is better than ``b`` (exact match by more than CLOSE, or within CLOSE and a gain more than
     GAIN_MARGIN higher: a change enters the teacher only when its pilot is clearly ahead)."""
-    if abs(a[0] - b[0]) > CLOSE:
+    if abs(_apart(a[0], b[0])) > CLOSE:
         return a[0] > b[0]
-    return a[1] > b[1] + GAIN_MARGIN
+    return _apart(a[1], b[1]) > GAIN_MARGIN
 
 
 def best(names: list[str], scores: dict[str, tuple[float, float] | None]) -> str | None:
@@ -321,7 +370,7 @@ def best(names: list[str], scores: dict[str, tuple[float, float] | None]) -> str
     if not scored:
         return None
     top = max(scores[n][0] for n in scored)
-    close = [n for n in scored if scores[n][0] >= top - CLOSE]
+    close = [n for n in scored if _apart(top, scores[n][0]) <= CLOSE]
     return max(close, key=lambda n: (scores[n][1], -names.index(n)))
 
 
@@ -394,6 +443,23 @@ def planned(rates: dict, minutes: float, winner: str | None, pilot: Pilot) -> tu
     return merge(tuple(sets), tuple(extra), PROBE_SETS, RUN_SETS), info
 
 
+def check_planned(pilot: Pilot, log: dict, sets: list[str]) -> None:
+    """A finished pilot counts only if it ran what the plan asks of it now: the same settings for every field its
+    ``--set`` overrides name (model, data, tokens, probes); else it is another plan's run — refuse to count it."""
+    from probseq.train.pretrain import pretrain_config
+
+    planned_config = json.loads(json.dumps(dataclasses.asdict(pretrain_config("small", sets))))
+    ran = log.get("config") or {}
+    keys = [s.split("=", 1)[0] for s in sets if s.split("=", 1)[0] not in ("max_minutes", "progress", "num_threads")]
+    differ = [k for k in keys if ran.get(k) != planned_config.get(k)]
+    if differ:
+        raise SystemExit(
+            f"{pilot.name} finished with other settings than the plan gives it now ({', '.join(differ)}: "
+            f"{[ran.get(k) for k in differ]} vs {[planned_config.get(k) for k in differ]}); move its folder away to "
+            "run it again"
+        )
+
+
 def run(args: argparse.Namespace) -> None:
     root = Path(args.root).expanduser()
     root.mkdir(parents=True, exist_ok=True)
@@ -405,8 +471,14 @@ def run(args: argparse.Namespace) -> None:
         if pilot.round == 2 and winner is None:
             winner = decide_round1(root, args.accept_failed)
             print(f"== round 1 winner: {winner}", flush=True)
-        if read_log(root, pilot.name) is not None:
-            print(f"== {pilot.name}: done", flush=True)
+        done = read_log(root, pilot.name)
+        if done is not None:
+            check_planned(pilot, done, planned(rates, args.minutes, winner, pilot)[0])
+            print(
+                f"== {pilot.name}: done"
+                + (" (cut short by the safety stop: out of the comparison)" if cut_short(done) else ""),
+                flush=True,
+            )
             continue
         failure = read_failure(root, pilot.name)
         if failure is not None and not args.retry_failed:
@@ -462,6 +534,7 @@ def summary_row(pilot: Pilot, log: dict) -> dict:
         "steps": log["steps"],
         "max_steps": log.get("max_steps"),
         "out_of_time": log.get("out_of_time"),
+        "cut_short": cut_short(log),
         "train_minutes": round(log["train_seconds"] / 60, 1),
         "tokens_per_second": round(log["tokens"] / log["train_seconds"]) if log["train_seconds"] else None,
         "valid_loss": log["valid_loss"],
@@ -602,7 +675,7 @@ def report(args: argparse.Namespace) -> None:
         "|---|---:|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|",
     ]
     for r in rows:
-        cut = " (cut by time)" if r["out_of_time"] else ""
+        cut = " (cut by the safety stop: out of the comparison)" if r["cut_short"] else ""
         s, m = f"single@{TRAIN_LENGTH}", f"multikey@{TRAIN_LENGTH}"
         text.append(
             f"| {r['pilot']} | {r['round']} | {r['changes'] or '—'} | {r['parameters']:,} | {r['tokens']:,}{cut} | "

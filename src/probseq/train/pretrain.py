@@ -466,7 +466,9 @@ def corpus_token_arrays(tokenizer, folder: Path, corpus_dir: str, seed: int) -> 
 #: 2: every retrieval document whole inside one block, documents longer than ``seq_len`` dropped (1: one stream cut
 #: into blocks, so a third to two thirds of the answers were trained without their needle)
 #: 3: half the needle documents with question and answer on one line; blocks filled looking ahead
-MIX_VERSION = 3
+#: 4: only RULER's answer sentence ("… mentioned in the provided text is V") is joined to its question (3 also
+#: joined "The special magic number for K is V.", which RULER never writes)
+MIX_VERSION = 4
 LOOKAHEAD = 32  # documents a retrieval block may skip ahead to fill its space
 SHARE_TOLERANCE = 0.01  # a part's retrieval share may fall short of retrieval_share by this much (whole documents)
 
@@ -607,7 +609,8 @@ def mixed_token_array(
         … is V")."""
         if kind == "needle" and random.Random(f"probseq-pretrain-join:{config.seed}:{number}{tag}").random() < 0.5:
             head, question, answer = text.rsplit("\n", 2)
-            if question.endswith("?") and answer.startswith("The special magic"):  # RULER's answer sentence
+            ruler = answer.startswith("The special magic") and "mentioned in the provided text is" in answer
+            if question.endswith("?") and ruler:  # RULER's answer sentence only
                 text = f"{head}\n{question} {answer}"
         return kind, text
 
