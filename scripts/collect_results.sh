@@ -28,6 +28,19 @@ done
 # the distillation study's arms, as many as there are: teacher, gdn, bayes, bayes_<variant>
 # (probseq.experiments.ruler_arms names them so; other folders are not arms)
 is_arm() { [[ $1 == teacher || $1 == gdn || $1 == bayes || $1 == bayes_* || $1 == bayes-* ]]; }
+# an earlier study's arm that this cache does not hold is removed from results/ (git keeps it), so the comparison
+# never pairs two studies' arms (e.g. a new teacher beside the old bayes and gdn); only when the cache holds arms
+drop_others() {  # drop_others CACHE_DIR RESULTS_DIR
+  local here=() dir arm
+  for dir in "$1"/*/; do arm=$(basename "${dir%/}"); is_arm "$arm" && here+=("$arm"); done
+  (( ${#here[@]} )) || return 0
+  for dir in "$2"/*/; do
+    arm=$(basename "${dir%/}"); is_arm "$arm" || continue
+    [[ " ${here[*]} " == *" $arm "* ]] || { rm -rf "${dir%/}"; echo "removed $2/$arm (not an arm of this study)"; }
+  done
+}
+drop_others "$ROOT/distill" results/distill
+drop_others "$ROOT/experiments/ruler" results/ruler
 for dir in "$ROOT"/distill/*/; do
   dir=${dir%/}; arm=$(basename "$dir"); is_arm "$arm" || continue
   copy "$dir" "results/distill/$arm" train_log.json config.json

@@ -308,19 +308,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def topup_counts(paired: Path) -> dict[str, int]:
-    """The plan's one top-up: for every length where the niah mean of ``bayes`` − ``gdn`` is ``undecided``, each niah
-    task's ``samples_needed`` there (at least the plan's count, at most ``TOPUP_MAX``), as ``{"task@length": n}``
-    where it exceeds the pairs scored."""
+    """The plan's one top-up (:func:`probseq.experiments.ruler_compare.top_up`) from ``paired.csv``: at least the
+    plan's count per task, at most ``TOPUP_MAX``, as ``{"task@length": n}``."""
+    from probseq.experiments.ruler_compare import top_up
+
     with paired.open() as handle:
-        rows = [r for r in csv.DictReader(handle) if r["arm"] == "bayes" and r["versus"] == "gdn"]
-    lengths = {r["length"] for r in rows if r["task"] == "niah mean" and r["verdict"] == "undecided"}
-    counts = {}
-    for row in rows:
-        if row["task"] != "niah mean" and row["length"] in lengths and row["samples_needed"]:
-            wanted = min(TOPUP_MAX, max(int(row["samples_needed"]), SAMPLES[row["task"]]))
-            if wanted > int(row["pairs"]):
-                counts[f"{row['task']}@{row['length']}"] = wanted
-    return counts
+        return top_up(list(csv.DictReader(handle)), SAMPLES, TOPUP_MAX)
 
 
 def topup(args: argparse.Namespace) -> int:

@@ -250,18 +250,20 @@ def test_the_paired_table_has_every_pair_and_the_niah_mean(tmp_path):
         assert row["verdict"] in ("better", "worse", "indistinguishable", "undecided", "uninformative")
     text = (tmp_path / "ruler" / "comparison.md").read_text()
     assert "| niah mean (niah_single_1, niah_multikey_2, niah_multikey_3) | 1024 |" in text
-    needed = ruler_compare.top_up(ruler_arms.discover_arms(tmp_path / "ruler"), [ruler_row(r) for r in rows])
-    assert (
-        needed
-        and all(n > 4 for n in needed.values())
-        and set(needed)
-        <= {
-            "niah_single_1",
-            "niah_multikey_2",
-            "niah_multikey_3",
-        }
-    )
-    assert "`--samples-per-task " + ",".join(f"{t}={n}" for t, n in needed.items()) + "`" in text
+    # the plan's one top-up: bayes − gdn only, undecided lengths only, per task and length, capped
+    needed = ruler_compare.top_up([ruler_row(r) for r in rows])
+    undecided = {
+        r["length"]
+        for r in rows
+        if (r["arm"], r["versus"], r["task"]) == ("bayes", "gdn", "niah mean") and r["verdict"] == "undecided"
+    }
+    assert needed and {unit.split("@")[1] for unit in needed} <= undecided
+    assert {unit.split("@")[0] for unit in needed} <= {"niah_single_1", "niah_multikey_2", "niah_multikey_3"}
+    assert all(4 < n <= ruler_compare.TOPUP_MAX for n in needed.values())
+    assert ruler_compare.top_up(rows) == needed  # the same from the CSV's strings
+    capped = ruler_compare.top_up([ruler_row(r) for r in rows], cap=5)  # units already at 5 pairs or more drop out
+    assert capped and set(capped) < set(needed) and set(capped.values()) == {5}
+    assert ", ".join(f"{unit}: {n}" for unit, n in needed.items()) in text
 
 
 def ruler_row(row: dict) -> dict:
@@ -344,6 +346,9 @@ def test_collect_results_copies_every_arm_and_the_comparison_fails_when_predicti
     stale = repo / "results" / "ruler" / "gdn" / "predictions.jsonl"
     stale.parent.mkdir(parents=True)
     stale.write_text("an older run's\n")
+    earlier = repo / "results" / "ruler" / "bayes"  # an arm of an earlier study that this cache does not hold
+    earlier.mkdir()
+    (earlier / "summary.csv").write_text("task,length\n")
     env = {**os.environ, "PROBSEQ_CACHE": str(cache), "PYTHONPATH": str(REPO / "src")}
 
     def collect():
@@ -354,7 +359,8 @@ def test_collect_results_copies_every_arm_and_the_comparison_fails_when_predicti
     done = collect()
     assert done.returncode == 0, done.stdout + done.stderr
     arms = sorted(p.name for p in (repo / "results" / "ruler").iterdir() if p.is_dir())
-    assert arms == ["bayes_stationary", "gdn", "teacher"]
+    assert arms == ["bayes_stationary", "gdn", "teacher"]  # the earlier study's bayes was removed, not paired
+    assert "removed results/ruler/bayes (not an arm of this study)" in done.stdout
     assert (repo / "results" / "ruler" / "gdn" / "predictions.jsonl.gz").is_file() and not stale.exists()
     assert (repo / "results" / "ruler" / "paired.csv").is_file()
     # an arm's predictions over 1 MB are left out: the comparison says which arm lacks them and exits non-zero
@@ -364,3 +370,16 @@ def test_collect_results_copies_every_arm_and_the_comparison_fails_when_predicti
     done = collect()
     assert "left out (over 1 MB)" in done.stdout and "gdn: no predictions" in done.stderr
     assert done.returncode != 0
+
+
+def test_arms_of_two_studies_are_refused(tmp_path):
+    """A results folder where the distillation arms name another teacher than the teacher arm (an earlier study's
+    bayes and gdn beside a new teacher) is an error, not a comparison."""
+    study(tmp_path)
+    for arm, teacher in (("bayes", "/runs/teacher"), ("gdn", "/runs/teacher"), ("bayes_stationary", "/runs/teacher")):
+        (tmp_path / "distill" / arm).mkdir(parents=True)
+        (tmp_path / "distill" / arm / "train_log.json").write_text(json.dumps({"config": {"teacher": teacher}}))
+    assert ruler_compare.main([str(tmp_path)]) == 0
+    (tmp_path / "distill" / "gdn" / "train_log.json").write_text(json.dumps({"config": {"teacher": "/old/teacher"}}))
+    with pytest.raises(ValueError, match="different teachers.*gdn: /old/teacher"):
+        ruler_compare.compare(tmp_path)

@@ -37,6 +37,7 @@ from pathlib import Path
 
 from probseq.experiments.ruler_arms import (
     BASELINE,
+    BAYES,
     TEACHER,
     arm_pairs,
     discover_arms,
@@ -166,21 +167,49 @@ def score_table(arms: dict[str, list[dict]]) -> tuple[list[str], list[tuple]]:
     return tasks, table
 
 
-def top_up(arms: dict[str, list[dict]], paired: list[dict]) -> dict[str, int]:
-    """``task → samples`` a rerun of every arm needs (``--samples-per-task``) for the niah mean of each Bayesian
-    arm − ``gdn`` to reach half-width :data:`MARGIN` at every length, given the observed variances: the largest
-    count needed over lengths and pairs, where it exceeds the arms' current count; empty when none does."""
-    current: dict[str, int] = defaultdict(int)
-    for rows in arms.values():
-        for row in rows:
-            if row["status"] == "ok":
-                current[row["task"]] = max(current[row["task"]], int(row["samples"]))
-    needed: dict[str, int] = {}
-    for row in paired:
-        if row["versus"] == BASELINE and is_bayesian(row["arm"]) and row["task"] != "niah mean":
-            if row["samples_needed"] is not None and row["samples_needed"] > current[row["task"]]:
-                needed[row["task"]] = max(needed.get(row["task"], 0), row["samples_needed"])
-    return needed
+#: the plan's cap on a unit's samples after its one top-up (results/ruler/README.md, "The next study")
+TOPUP_MAX = 1000
+
+
+def top_up(paired: list[dict], floor: dict[str, int] | None = None, cap: int = TOPUP_MAX) -> dict[str, int]:
+    """The plan's one top-up: at every length where the niah mean of ``bayes`` − ``gdn`` is ``undecided``, each niah
+    task's ``samples_needed`` there (at least ``floor[task]``, at most ``cap``), as ``{"task@length": n}`` where it
+    exceeds the pairs scored. ``paired``: ``paired.csv``'s rows, as :func:`paired_rows` returns them or as read
+    from the file (strings). Decided lengths, other arms (a secondary ``bayes_<variant>``) and other tasks get
+    nothing."""
+    rows = [r for r in paired if r["arm"] == BAYES and r["versus"] == BASELINE]
+    undecided = {str(r["length"]) for r in rows if r["task"] == "niah mean" and r["verdict"] == "undecided"}
+    counts = {}
+    for row in rows:
+        if row["task"] == "niah mean" or str(row["length"]) not in undecided or row["samples_needed"] in (None, ""):
+            continue
+        wanted = min(cap, max(int(row["samples_needed"]), (floor or {}).get(row["task"], 0)))
+        if wanted > int(row["pairs"]):
+            counts[f"{row['task']}@{row['length']}"] = wanted
+    return counts
+
+
+def check_one_teacher(root: Path, arms) -> None:
+    """Every arm comes from one teacher: the ``teacher`` each distillation arm's ``distill/<arm>/train_log.json``
+    names, and the model of ``ruler/teacher/results.json``, are one folder. A results folder holding arms of two
+    studies (a collect that left an earlier study's arm beside a new teacher) is refused, naming them."""
+    teachers = {}
+    for arm in arms:
+        if arm == TEACHER:
+            path = root / "ruler" / TEACHER / "results.json"
+            model = json.loads(path.read_text()).get("model") if path.is_file() else None
+            if isinstance(model, str):
+                teachers[arm] = model.split(" (")[0]
+        else:
+            path = root / "distill" / arm / "train_log.json"
+            teacher = json.loads(path.read_text()).get("config", {}).get("teacher") if path.is_file() else None
+            if isinstance(teacher, str):
+                teachers[arm] = teacher
+    if len(set(teachers.values())) > 1:
+        raise ValueError(
+            "the arms come from different teachers — results of two studies side by side: "
+            + "; ".join(f"{arm}: {teacher}" for arm, teacher in sorted(teachers.items()))
+        )
 
 
 def stage_times(root: Path, arms) -> list[tuple[str, float, int]]:
@@ -244,12 +273,13 @@ def markdown(arms: dict[str, list[dict]], paired: list[dict], stages: list[tuple
                 f"{row['ci_high']:+.1f}] | {row['pairs']} | {row['discordant']} | {row['score']:.1f} vs "
                 f"{row['score_versus']:.1f} | {row['verdict']} | {row['flag']} | {needed} |\n"
             )
-    needed = top_up(arms, paired)
+    needed = top_up(paired)
     if needed:
-        counts = ",".join(f"{task}={n}" for task, n in needed.items())
+        counts = ", ".join(f"{unit}: {n}" for unit, n in needed.items())
         out.write(
-            f"\nFor a niah-mean half-width of {MARGIN:g} points at every length (Bayesian − baseline, observed "
-            f"variances): rerun every arm with `--samples-per-task {counts}` (only the new samples are scored).\n"
+            f"\nThe plan's one top-up (lengths where the niah mean of Bayesian − baseline is undecided; each niah "
+            f"task to the samples a half-width of {MARGIN:g} points needs there, at most {TOPUP_MAX}): {counts} — "
+            "`python scripts/distill_study.py topup` runs it (only the new samples are scored).\n"
         )
     if stages:
         out.write("\n| stage | time (h) | tokens |\n|---|---:|---:|\n")
@@ -349,6 +379,7 @@ def compare(root: Path, context: int | None = None) -> str:
     arms = discover_arms(folder)
     if not arms:
         raise ValueError(f"no arm under {folder} (folders teacher, gdn, bayes, bayes_<variant> with a summary.csv)")
+    check_one_teacher(root, arms)
     context = context or training_context(root)
     paired_arms = {a for pair_ in arm_pairs(arms) for a in pair_}
     predictions = {arm: read_predictions(folder / arm, arms[arm]) for arm in arms if arm in paired_arms}
