@@ -21,7 +21,9 @@ from tests.helpers import REPO
 FIELDS = ["task", "length", "score", "ci_low", "ci_high", "samples", "prompt_tokens", "status"]
 
 
-def write_arm(root, arm, units, predictions="predictions.jsonl.gz", references=lambda task, length, i: [f"r{i}"]):
+def write_arm(
+    root, arm, units, predictions="predictions.jsonl.gz", references=lambda task, length, i: [f"r{i}"], sha=None
+):
     """A ``probseq ruler`` folder ``root/ruler/arm``: ``units`` maps ``(task, length)`` to per-sample scores (a
     unit scored ``ok``) or to a status (a skipped unit); ``predictions``: the predictions file's name, or None."""
     folder = root / "ruler" / arm
@@ -40,7 +42,8 @@ def write_arm(root, arm, units, predictions="predictions.jsonl.gz", references=l
             writer.writerow(row | {"samples": len(scores), "prompt_tokens": length - 10, "status": "ok"})
             for i, score in enumerate(scores):
                 refs = references(task, length, i)
-                lines.append({"task": task, "length": length, "index": i, "references": refs, "score": score})
+                line = {"task": task, "length": length, "index": i, "references": refs, "score": score}
+                lines.append(line if sha is None else {**line, "prompt_sha": sha(task, length, i)})
     text = "".join(json.dumps(line) + "\n" for line in lines)
     if predictions == "predictions.jsonl.gz":
         (folder / predictions).write_bytes(gzip.compress(text.encode()))
@@ -383,3 +386,17 @@ def test_arms_of_two_studies_are_refused(tmp_path):
     (tmp_path / "distill" / "gdn" / "train_log.json").write_text(json.dumps({"config": {"teacher": "/old/teacher"}}))
     with pytest.raises(ValueError, match="different teachers.*gdn: /old/teacher"):
         ruler_compare.compare(tmp_path)
+
+
+def test_prompts_with_the_same_references_but_other_text_are_not_paired(tmp_path):
+    """RULER reuses one random stream, so another tokenizer's prompts (other haystacks) often have the same
+    references: the prompt hash tells them apart (predictions without one, of older runs, pair by references)."""
+    units = {("niah_single_1", 512): [100, 0, 100]}
+    write_arm(tmp_path, "bayes", units, sha=lambda task, length, i: f"a{i}")
+    write_arm(tmp_path, "gdn", units, sha=lambda task, length, i: f"a{i}")
+    assert ruler_compare.main([str(tmp_path)]) == 0
+    write_arm(tmp_path, "gdn", units, sha=lambda task, length, i: f"b{i}")
+    with pytest.raises(ValueError, match="different prompts .*same references"):
+        ruler_compare.compare(tmp_path)
+    write_arm(tmp_path, "gdn", units)  # an older run's predictions, without hashes
+    assert ruler_compare.main([str(tmp_path)]) == 0

@@ -475,3 +475,16 @@ def test_answer_likelihood_resumes_per_arm_and_sample(model_dir, tokenizer, tmp_
     assert len(calls) == 10 + 2 * (2 + 3)  # the new arm only
     text = (out / "answer_likelihood.md").read_text()
     assert "Margin of bayes − margin of gdn" in text and "teacher_pilots" not in text
+
+
+def test_a_cached_sample_of_another_prompt_with_the_same_references_is_refused():
+    """The cache's check compared references only: another tokenizer's prompt with the same needle passed."""
+    from probseq.experiments.ruler_units import check_same_samples, prompt_sha
+
+    record = {"index": 0, "input": "haystack A", "answer_prefix": " Answer:", "outputs": ["1234567"]}
+    cached = [{"references": ["1234567"], "prompt_sha": prompt_sha(record)}]
+    check_same_samples(cached, [record], lambda row: row["references"], "the cache")
+    other = {**record, "input": "haystack B"}
+    check_same_samples([{"references": ["1234567"]}], [other], lambda row: row["references"], "an older cache")
+    with pytest.raises(ValueError, match="was another prompt"):
+        check_same_samples(cached, [{**record, "input": "haystack B"}], lambda row: row["references"], "the cache")

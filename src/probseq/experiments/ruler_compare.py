@@ -113,6 +113,12 @@ def check_same_prompts(arm: str, versus: str, key: tuple[str, int], first: dict,
                 f"{arm} and {versus} were scored on different samples at {(*key, index)}: "
                 f"{first[index]['references']} vs {second[index]['references']}"
             )
+        shas = (first[index].get("prompt_sha"), second[index].get("prompt_sha"))
+        if None not in shas and shas[0] != shas[1]:  # same references, other prompts (e.g. another tokenizer)
+            raise ValueError(
+                f"{arm} and {versus} were scored on different prompts at {(*key, index)} (same references, other "
+                "text: their tokenizers or generators differ)"
+            )
 
 
 def paired_rows(arms: dict[str, list[dict]], predictions: dict[str, dict], context: int) -> list[dict]:

@@ -12,7 +12,8 @@ task; ``--samples-per-task niah_single_1=300,niah_multikey_2=300`` overrides it 
   normal interval of the mean over samples, clipped to [0, 100]), ``samples``, ``prompt_tokens`` (mean),
   ``status`` (``ok``, or why the unit was skipped — e.g. ``vt`` needs more than 512 tokens for its solved example);
 - ``predictions.jsonl.gz`` — gzip of one JSON line per sample: task, length, index, prompt_tokens, references,
-  prediction, score (gzip keeps it small enough to copy into a repository: ~30 bytes a sample in the CPU study);
+  prediction, score, prompt_sha (a hash of the prompt, for pairing); gzip keeps it small enough to copy into a
+  repository (~50 bytes a sample with the hash);
 - ``results.json`` — config, environment, the model, and the units;
 - ``ruler.png`` — score vs length (log scale), one line per task, with the intervals.
 
@@ -61,6 +62,7 @@ from probseq.experiments.ruler_units import (
     from_legacy,
     legacy_unit_problem,
     legacy_units,
+    prompt_sha,
     unit_name,
     unit_problem,
 )
@@ -292,6 +294,7 @@ def grow_unit(model, tokenizer, unit: dict | None, task: str, length: int, sampl
                 "references": record["outputs"],
                 "prediction": text,
                 "score": score(task, [text], [record["outputs"]]),
+                "prompt_sha": prompt_sha(record),
             }
         )
     seconds = (unit["seconds"] if unit is not None else 0.0) + time.perf_counter() - started

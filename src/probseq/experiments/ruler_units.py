@@ -24,6 +24,7 @@ its units into a unit file of the layout above, which the run then writes; the o
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,6 +64,7 @@ PREDICTION_SPEC = {
     "references": ListOf(str),
     "prediction": str,
     "score": NUMBER,
+    "prompt_sha?": str,  # since 2026-12-03: references alone do not tell two tokenizers' prompts apart
 }
 #: A unit file of the per-sample layout.
 UNIT_SPEC = {
@@ -120,7 +122,8 @@ def from_legacy(unit: dict, samples: int) -> dict:
     if unit["status"] != "ok":
         skipped = {"samples": samples, "reason": unit["status"].removeprefix("skipped: ")}
     predictions = [
-        {key: p[key] for key in PREDICTION_SPEC if key in p} | {"task": unit["task"], "length": unit["length"]}
+        {k: p[k] for k in (key.removesuffix("?") for key in PREDICTION_SPEC) if k in p}
+        | {"task": unit["task"], "length": unit["length"]}
         for p in unit["predictions"]
     ]
     return {
@@ -168,19 +171,32 @@ def _samples_of(file: Path) -> int | None:
     return samples if isinstance(samples, int) and not isinstance(samples, bool) and samples > 0 else None
 
 
+def prompt_sha(record: dict) -> str:
+    """A short hash of a RULER sample's full prompt (``input + answer_prefix``): RULER's generators reuse one random
+    stream, so two tokenizers' prompts (other haystacks) often have the same references — the hash tells them apart."""
+    return hashlib.sha256((record["input"] + record["answer_prefix"]).encode()).hexdigest()[:16]
+
+
 def check_same_samples(cached: list[dict], records: list[dict], references: Callable[[dict], Any], where: str) -> None:
     """The first ``len(cached)`` of freshly generated ``records`` must be the cached samples: the same references
-    (``references(row)`` of a cached row against the record's ``outputs``), else a ``ValueError`` — the generator
-    changed since the file was written (``where`` names it; delete it to recompute)."""
+    (``references(row)`` of a cached row against the record's ``outputs``) and, where the row has one, the same
+    prompt hash (:func:`prompt_sha`), else a ``ValueError`` — the generator or the tokenizer changed since the file
+    was written (``where`` names it; delete it to recompute)."""
     for row, record in zip(cached, records):
         if references(row) != record["outputs"]:
             raise ValueError(
                 f"{where}: cached sample {record['index']} has references {references(row)}, the generator now "
                 f"gives {record['outputs']} (the prompts changed since it was written); delete it to recompute"
             )
+        if "prompt_sha" in row and "input" in record and row["prompt_sha"] != prompt_sha(record):
+            raise ValueError(
+                f"{where}: cached sample {record['index']} was another prompt (same references, other text: "
+                "another tokenizer's haystack, or a changed generator); delete it to recompute"
+            )
 
 
 __all__ = [
+    "prompt_sha",
     "LEGACY_UNIT_SPEC",
     "LegacyUnitKey",
     "UNIT_SPEC",
