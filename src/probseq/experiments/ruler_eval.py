@@ -21,7 +21,8 @@ task; ``--samples-per-task niah_single_1=300,niah_multikey_2=300`` overrides it 
 or an fla ``GatedDeltaNetForCausalLM`` folder (``model_type = "gated_deltanet"``), which is converted on the fly
 (``convert_fla(retention="reset")``: the same model); its tokenizer files must be in the folder.
 
-Resumable, sample by sample: every unit's scored samples are cached in ``OUT/cache/<key>/<task>-<length>.json``
+Resumable, sample by sample: every unit's scored samples are cached in ``OUT/cache/<key>/<task>-<length>.json``,
+written every :data:`SAVE_EVERY` completions while a unit grows (an interruption loses at most those)
 (the key covers the model's weights file sizes and times, seed, new tokens and dtype — not the sample count:
 RULER's generators are prefix-stable, :mod:`probseq.experiments.ruler_units`). A rerun computes only the missing
 units; a larger ``--samples`` (or ``--samples-per-task``) scores only the new samples of each unit, a smaller one
@@ -261,10 +262,25 @@ def needs_work(unit: dict | None, samples: int) -> bool:
     return unit["skipped"] is None or samples < unit["skipped"]["samples"]
 
 
-def grow_unit(model, tokenizer, unit: dict | None, task: str, length: int, samples: int, config: RulerConfig) -> dict:
+#: completions between two saves of a growing unit: an interruption loses at most these (plus a batch)
+SAVE_EVERY = 32
+
+
+def grow_unit(
+    model,
+    tokenizer,
+    unit: dict | None,
+    task: str,
+    length: int,
+    samples: int,
+    config: RulerConfig,
+    save: Callable[[dict], None] | None = None,
+) -> dict:
     """The unit file ``unit`` (None: none yet) grown to ``samples`` predictions: RULER's ``samples`` prompts are
-    generated, the cached ones checked against them, and only the others completed and scored. A length that
-    cannot hold the task (e.g. vt's solved example needs ~500 tokens) marks the unit skipped at that count."""
+    generated, the cached ones checked against them, and only the others completed and scored — ``save(unit)``
+    after every :data:`SAVE_EVERY` of them (at least a batch), so an interrupted unit resumes from its last save.
+    A length that cannot hold the task (e.g. vt's solved example needs ~500 tokens) marks the unit skipped at that
+    count."""
     from probseq.ruler import generate, score, tokens_to_generate
 
     started = time.perf_counter()
@@ -274,31 +290,45 @@ def grow_unit(model, tokenizer, unit: dict | None, task: str, length: int, sampl
     except ValueError as error:
         return _failed_unit(unit, task, length, samples, str(error), time.perf_counter() - started)
     check_same_samples(cached, records, lambda row: row["references"], f"the cache of {unit_name(task, length)}")
+    grown = {
+        "task": task,
+        "length": length,
+        "seconds": unit["seconds"] if unit is not None else 0.0,
+        "predictions": list(cached),
+        "skipped": None,
+    }
     todo = records[len(cached) :]
-    texts, counts = complete(
-        model,
-        tokenizer,
-        [r["input"] + r["answer_prefix"] for r in todo],
-        config.max_new_tokens or tokens_to_generate(task),
-        config.batch_size,
-        config.progress,
-    )
-    predictions = list(cached)
-    for record, text, count in zip(todo, texts, counts):
-        predictions.append(
-            {
-                "task": task,
-                "length": length,
-                "index": record["index"],
-                "prompt_tokens": count,
-                "references": record["outputs"],
-                "prediction": text,
-                "score": score(task, [text], [record["outputs"]]),
-                "prompt_sha": prompt_sha(record),
-            }
+    step = max(SAVE_EVERY, config.batch_size)
+    for start in range(0, len(todo), step):
+        part = todo[start : start + step]
+        texts, counts = complete(
+            model,
+            tokenizer,
+            [r["input"] + r["answer_prefix"] for r in part],
+            config.max_new_tokens or tokens_to_generate(task),
+            config.batch_size,
+            config.progress,
         )
-    seconds = (unit["seconds"] if unit is not None else 0.0) + time.perf_counter() - started
-    return {"task": task, "length": length, "seconds": seconds, "predictions": predictions, "skipped": None}
+        for record, text, count in zip(part, texts, counts):
+            grown["predictions"].append(
+                {
+                    "task": task,
+                    "length": length,
+                    "index": record["index"],
+                    "prompt_tokens": count,
+                    "references": record["outputs"],
+                    "prediction": text,
+                    "score": score(task, [text], [record["outputs"]]),
+                    "prompt_sha": prompt_sha(record),
+                }
+            )
+        now = time.perf_counter()
+        grown["seconds"] += now - started
+        started = now
+        if save is not None and start + step < len(todo):  # the caller stores the finished unit itself
+            save(grown)
+    grown["seconds"] += time.perf_counter() - started
+    return grown
 
 
 def unit_summary(unit: dict, samples: int) -> dict:
@@ -411,7 +441,8 @@ def run_ruler(config: RulerConfig, out: str | os.PathLike) -> dict:
             if needs_work(unit, samples):
                 if model is None:
                     model, tokenizer, description = load_model(folder, config.dtype, config.device)
-                unit, stored = grow_unit(model, tokenizer, unit, task, length, samples, config), False
+                save = functools.partial(cache.put, name)
+                unit, stored = grow_unit(model, tokenizer, unit, task, length, samples, config, save), False
             if not stored:
                 cache.put(name, unit)
             units.append(unit_summary(unit, samples))
