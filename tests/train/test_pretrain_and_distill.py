@@ -197,7 +197,7 @@ def test_both_arms_train_on_the_same_tokens(teacher, tmp_path):
 
 
 @pytest.mark.integration
-def test_distillation_on_its_own_mixed_stream_and_the_stationary_student(teacher, tmp_path):
+def test_distillation_on_its_own_mixed_stream_and_the_stationary_student(corpus, teacher, tmp_path):
     """With ``retrieval_share > 0`` every arm trains on distillation's own mixed stream (the same blocks for every
     arm, each stage on its own consecutive blocks); the learned student's ``ρ`` is logged per layer and head;
     ``retention=stationary`` distils into stationary Bayesian Layers."""
@@ -222,8 +222,14 @@ def test_distillation_on_its_own_mixed_stream_and_the_stationary_student(teacher
     mix = logs["bayesian"]["mix"]
     assert mix["purpose"] == "distill" and mix["blocks"] == 4 * 2 and min(mix["share_reached"]) >= 0.49
     assert logs["baseline"]["mix"] == logs["stationary"]["mix"] == mix  # one stream for every arm
-    streams = [np.load(next((tmp_path / name / "data").glob("mix-*.npy"))) for name in arms]
-    assert all(np.array_equal(streams[0], other) for other in streams[1:])
+    # built once, beside the corpus, for every arm (the key covers tokenizer, corpus and settings)
+    shared = [
+        path
+        for path in (corpus[0].manifest.parent / "streams").glob("mix-*.json")
+        if json.loads(path.read_text()) == mix
+    ]
+    assert len(shared) == 1 and not any(any((tmp_path / name).glob("data/mix-*")) for name in arms)
+    streams = [np.load(shared[0].with_suffix(".npy"))]
     assert [s["steps"] for s in logs["bayesian"]["stages"]] == [1, 3]
     # stage 1 trained on the stream's first 2 blocks, stage 2 on the other 6, in the stream's order
     blocks = streams[0].reshape(-1, 512)

@@ -500,7 +500,7 @@ def distill(config: DistillConfig, out: str | os.PathLike) -> dict[str, Any]:
             mix, ranges = None, stage_blocks(config, (steps1, steps2), world_size)
             if config.retrieval_share > 0:  # distillation's own stream of the teacher's mix: exactly the run's blocks
                 blocks = ranges[-1][1]
-                arrays["train"], mix = mixed_token_array(tokenizer, out / "data", config, blocks, purpose="distill")
+                arrays["train"], mix = mixed_token_array(tokenizer, None, config, blocks, purpose="distill")
             if config.baseline:
                 student = copy.deepcopy(teacher).train().requires_grad_(True)
             elif probe.process_index == 0:

@@ -456,7 +456,7 @@ def corpus_token_arrays(tokenizer, folder: Path, corpus_dir: str, seed: int) -> 
         path = folder / f"{split}-{digest}.npy"
         if not path.exists():
             tokens = tokenize_documents(tokenizer, list(corpus.iter_documents(paths, split)), seed)
-            tmp = folder / f".{path.name}.tmp.npy"
+            tmp = folder / f".{path.name}.{os.getpid()}.tmp.npy"  # two runs may build the same stream at once
             np.save(tmp, tokens)
             os.replace(tmp, path)
         arrays[split] = load_token_array(path)
@@ -496,10 +496,16 @@ def _document_ids(tokenizer, texts: list[str]) -> list[np.ndarray]:
 
 
 def mixed_token_array(
-    tokenizer, folder: Path, config: LMRunConfig, blocks: int, purpose: Literal["pretrain", "distill"] = "pretrain"
+    tokenizer,
+    folder: Path | None,
+    config: LMRunConfig,
+    blocks: int,
+    purpose: Literal["pretrain", "distill"] = "pretrain",
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """The training stream of a run with ``retrieval_share > 0``: ``blocks`` blocks of ``seq_len`` tokens, in the
-    order they are trained on (cached as ``folder/mix-<key>.npy`` with its ``.json`` summary).
+    order they are trained on (cached as ``folder/mix-<key>.npy`` with its ``.json`` summary; ``folder=None``: the
+    corpus' ``streams/`` folder, shared by every run — the key covers the tokenizer, the corpus and every setting,
+    so the distillation study's arms build their common stream once).
 
     **Every retrieval document lies whole inside one block** (a block is one training sequence, and the recurrent
     state starts at zero in each): a document cut by a block boundary would train the answer without its needle.
@@ -561,6 +567,7 @@ def mixed_token_array(
         sort_keys=True,
     )
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    folder = paths.manifest.parent / "streams" if folder is None else folder
     path, summary_path = folder / f"mix-{digest}.npy", folder / f"mix-{digest}.json"
     if path.exists() and summary_path.exists():
         return load_token_array(path), json.loads(summary_path.read_text())
@@ -676,7 +683,7 @@ def mixed_token_array(
         "parts": ranges,
     }
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{path.name}.tmp.npy"
+    tmp = folder / f".{path.name}.{os.getpid()}.tmp.npy"  # two runs may build the same stream at once
     np.save(tmp, tokens)
     os.replace(tmp, path)
     atomic_write_json(summary_path, summary)
@@ -838,7 +845,7 @@ def pretrain(config: PretrainConfig, out: str | os.PathLike) -> dict[str, Any]:
             mix = None
             if mixed:
                 blocks = max_steps * config.batch_size * config.gradient_accumulation_steps * world_size
-                arrays["train"], mix = mixed_token_array(tokenizer, out / "data", config, blocks)
+                arrays["train"], mix = mixed_token_array(tokenizer, None, config, blocks)
         train_data = PackedBlocks(arrays["train"], config.seq_len)
         valid_data = PackedBlocks(arrays["valid"], config.seq_len, limit=config.valid_blocks)
         if len(train_data) < config.batch_size * world_size:
