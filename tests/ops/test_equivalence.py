@@ -227,3 +227,29 @@ def test_superposition_chunked_over_several_segments(monkeypatch, per_channel):
     actual = _run_superposition(inputs, mean0, "chunked", 4)
     for i, (a, e) in enumerate(zip(actual, expected)):
         assert_close(a, e, 1e-9, f"segmented per_channel={per_channel} #{i}")
+
+
+def test_a_zero_key_with_no_noise_is_a_no_op_in_the_chunked_form_too():
+    """β = 1 and r_min = 0 at a zero key (r = 0): the recurrent form's update is a no-op, the chunked form's chunk
+    matrix had a zero row (its Cholesky failed: a misleading 'γ ≈ 1 and β ≈ 1' error, or NaN unvalidated). Outputs,
+    variances, the final state and the gradients agree."""
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 11, 2, n, generator=gen, dtype=torch.float64) for n in (4, 4, 3))
+    k[0, 3] = 0
+    k[1, 7, 1] = 0
+    g = -torch.rand(2, 11, 2, generator=gen, dtype=torch.float64)
+    beta = torch.rand(2, 11, 2, generator=gen, dtype=torch.float64)
+    beta[0, 3] = beta[1, 7, 1] = 1.0  # r = 0 exactly at the zero keys
+    gamma = torch.full((2, 11, 2), 0.5, dtype=torch.float64)
+    inputs = [t.requires_grad_() for t in (q, k, v, g, beta, gamma)]
+    results = {}
+    for impl in ("recurrent", "chunked"):
+        for x in inputs:
+            x.grad = None
+        out = bayes_filter(*inputs, r_min=0.0, impl=impl, chunk_size=4, output_variance=True, output_final_state=True)
+        (out.output.square().sum() + out.variance.sum()).backward()
+        # not ∂/∂k: at k = 0 with r = 0 the write k/‖k‖² is discontinuous (both forms give ~1e307 there)
+        results[impl] = [out.output, out.variance, *out.state, *(x.grad.clone() for x in inputs if x is not k)]
+    for a, b in zip(results["chunked"], results["recurrent"]):
+        assert torch.isfinite(a).all()
+        assert_close(a, b, 1e-10, "chunked vs recurrent with a zero key and r = 0")

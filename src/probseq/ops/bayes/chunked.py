@@ -101,6 +101,9 @@ def bayes_chunked(
         # The covariance path may run in a wider dtype (docs/numerics.md, "Accuracy per regime"): near recursive
         # least squares its chunk matrix has condition ~1/r, and float64 there restores float32 accuracy.
         wide = covariance_dtype or k.dtype
+        # a zero key writes nothing whatever r is (u_t = P⁻k_t = 0), but with r = 0 its row and column of the chunk
+        # matrix would be zero (no Cholesky): give it r = 1, as the chunks' padding gets — exact, not a change
+        noise = torch.where((k == 0).all(-1), 1.0, noise)
         paths = _covariance_path(
             *(t.to(wide) for t in (q, k, noise, to_chunks(retention, size, pad_value=1.0), state.cov.flatten(0, 1))),
             output_variance,
