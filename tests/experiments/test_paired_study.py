@@ -685,6 +685,33 @@ def test_demo_report_quotes_the_ranking_check_and_the_precision_extension(tmp_pa
     )
 
 
+def test_demo_report_quotes_the_confirmation_study_once_every_seed_is_in(tmp_path):
+    """results/<study>_confirm/summary.json (confirm-report) is quoted beside the paired study: "under way" while
+    its rows are partial, the verdicts once final, the both-learned rows left to its README."""
+    (tmp_path / "recall_paired").mkdir()
+    row = {"analysis": "all", "seeds": 20, "mean_difference": 0.02, "low": -0.1, "high": 0.14, "verdict": "undecided"}
+    (tmp_path / "recall_paired" / "summary.json").write_text(
+        json.dumps({"bayesian_layer": "bayesian_learned", "paired": [{**row, "endpoint": "num_pairs=16"}]})
+    )
+    (tmp_path / "recall_confirm").mkdir()
+    label = "confirmation, common lr 0.0003"
+    confirm = {"analysis": label, "endpoint": "num_pairs=32", "seeds": 11, "mean_difference": 0.004}
+    confirm.update({"low": -0.006, "high": 0.014, "verdict": "partial", "at_floor": False})
+    summary = {"common_lr": 3e-4, "seeds": list(range(20, 31)), "paired": [confirm]}
+    (tmp_path / "recall_confirm" / "summary.json").write_text(json.dumps(summary))
+    text = reproduce.paired_verdict("recall", reproduce.read_paired_studies(tmp_path)["recall"])
+    assert "common lr 0.0003 chosen on validation): under way (11 paired seeds finished" in text
+    final = {**confirm, "seeds": 20, "verdict": "indistinguishable"}
+    summary = {**summary, "seeds": list(range(20, 40)), "paired": [final, {**final, "analysis": f"{label}, both learned"}]}
+    (tmp_path / "recall_confirm" / "summary.json").write_text(json.dumps(summary))
+    text = reproduce.paired_verdict("recall", reproduce.read_paired_studies(tmp_path)["recall"])
+    assert "num_pairs=32 +0.004 [-0.006, +0.014] over 20 seeds: **indistinguishable**" in text
+    assert text.count("num_pairs=32") == 1  # the both-learned row is not quoted
+    (tmp_path / "recall_confirm" / "summary.json").write_text("{broken")
+    text = reproduce.paired_verdict("recall", reproduce.read_paired_studies(tmp_path)["recall"])
+    assert "Confirmation (`results/recall_confirm/`): unreadable" in text
+
+
 def test_a_sweep_still_running_is_read_from_its_finished_units(study, tmp_path):
     """Before a sweep writes results.json, its finished units' cache records are what the reports read."""
     folder = tmp_path / "mamba2" / "grid"

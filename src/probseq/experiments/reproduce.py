@@ -244,10 +244,12 @@ def read_paired_studies(evidence: str | os.PathLike | None) -> dict[str, Any]:
             except (OSError, ValueError) as error:
                 found[study] = {"error": f"{path}: {error}"}
                 continue
-            # beside it, when written: the ranking check (rank-report) and the precision extension (extend-report)
+            # beside it, when written: the ranking check (rank-report), the precision extension (extend-report) and
+            # the confirmation at one common lr on fresh seeds (confirm-report, results/<study>_confirm)
             for key, extra in (
                 ("ranking", folder / "ranking.json"),
                 ("extension", folder / "extension" / "summary.json"),
+                ("confirmation", Path(evidence) / f"{study}_confirm" / "summary.json"),
             ):
                 if extra.is_file():
                     try:
@@ -309,9 +311,27 @@ def paired_verdict(study: str, paired: dict[str, Any] | None) -> str:
                     + "; ".join(map(_verdict_text, final))
                     + "."
                 )
+    confirmation = paired.get("confirmation")
+    if confirmation is not None:
+        text += " " + confirmation_text(study, confirmation)
     if paired.get("ranking") is not None:
         text += " " + ranking_text(paired["ranking"])
     return text
+
+
+def confirmation_text(study: str, confirmation: dict[str, Any]) -> str:
+    """The confirmation study (``results/<study>_confirm/summary.json``): both arms at one common lr chosen on
+    validation, fresh seeds, plan fixed in advance — its "all seeds" rows, or "under way" while partial."""
+    folder = f"`results/{study}_confirm/`"
+    if "error" in confirmation:
+        return f"Confirmation ({folder}): unreadable ({confirmation['error']})."
+    rows = [r for r in confirmation.get("paired", []) if not r["analysis"].endswith("both learned")]
+    lr = confirmation.get("common_lr")
+    head = f"Confirmation ({folder}, fresh seeds, both arms at one common lr {lr:g} chosen on validation)"
+    if not rows or any(r["verdict"] == "partial" for r in rows):
+        done = len(confirmation.get("seeds", []))
+        return f"{head}: under way ({done} paired seeds finished; no verdict before all are in)."
+    return f"{head}: " + "; ".join(map(_verdict_text, rows)) + "."
 
 
 def _beyond_points(study: str, results: dict[str, Any]) -> list[dict[str, Any]]:
