@@ -33,10 +33,9 @@ Presets (times measured on this project's shared 2-core machine; one training st
   machine, ≈ 7 h of wall time (s/step on 1 thread, idle: bayesian 1.04, mamba2 1.05, gated_deltanet 0.63,
   deltanet 0.57, linear_attention 0.31, attention 0.31; on 2 threads ≈ 0.6×), plus ≈ 1 min of evaluation per
   run. Since then (subnormals flushed, freed memory reused, chunk sizes; docs/training.md) one step on 2 threads
-  takes bayesian 0.61–0.64, gated_deltanet 0.45–0.46, deltanet 0.42, mamba2 0.41–0.43, linear_attention
-  0.27–0.31, attention 0.26–0.28 s (``probseq bench``, two idle runs, 2026-12-03, after ``segment_ratios`` and the
-  delta-rule chunk sizes; the
-  machine's absolute times drift by up to 2× between sessions, the ratios less; compile stays off: it saves
+  takes bayesian 0.37–0.40, gated_deltanet 0.29–0.30, deltanet 0.29–0.33, mamba2 0.29, linear_attention
+  0.21–0.24, attention 0.22–0.23 s (``probseq bench``, two idle runs, 2026-12-04, after the short convolution's
+  rewrite, on a host with AVX-512; ``results/bench_quick*.json``; the machine's absolute times drift by up to 2× between sessions, the ratios less; compile stays off: it saves
   7–20 % per step, ``results/bench_compiled.json``, but costs minutes per process and changes a run's identity).
   Run it in the background; each finished run is kept.
 - ``paper`` — Zoology's grid for a GPU (not run here): d_model {64, 128, 256}, lrs logspace(−3, −1.5, 4),
