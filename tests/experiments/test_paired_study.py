@@ -702,7 +702,8 @@ def test_demo_report_quotes_the_confirmation_study_once_every_seed_is_in(tmp_pat
     text = reproduce.paired_verdict("recall", reproduce.read_paired_studies(tmp_path)["recall"])
     assert "common lr 0.0003 chosen on validation): under way (11 paired seeds finished" in text
     final = {**confirm, "seeds": 20, "verdict": "indistinguishable"}
-    summary = {**summary, "seeds": list(range(20, 40)), "paired": [final, {**final, "analysis": f"{label}, both learned"}]}
+    both = {**final, "analysis": f"{label}, both learned"}
+    summary = {**summary, "seeds": list(range(20, 40)), "paired": [final, both]}
     (tmp_path / "recall_confirm" / "summary.json").write_text(json.dumps(summary))
     text = reproduce.paired_verdict("recall", reproduce.read_paired_studies(tmp_path)["recall"])
     assert "num_pairs=32 +0.004 [-0.006, +0.014] over 20 seeds: **indistinguishable**" in text

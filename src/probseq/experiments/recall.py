@@ -27,7 +27,8 @@ Presets (times measured on this project's shared 2-core machine):
   thread per run (measured; 2.8 h of wall time as two workers; ms/step on one thread: bayesian ≈ 180,
   gated_deltanet, deltanet and mamba2 104–131, linear_attention and attention ≈ 50; on 2 threads, idle, after the
   speed work of docs/training.md, ``segment_ratios`` and the short convolution's rewrite: bayesian 66–79,
-  gated_deltanet 46–52, mamba2 37–41, ``probseq bench``, two idle runs on 2026-12-04 on a host with AVX-512 — absolute times on this machine drift by up to 2×, ratios
+  gated_deltanet 46–52, mamba2 37–41, ``probseq bench``, two idle runs on 2026-12-04 on a host with AVX-512 —
+  absolute times on this machine drift by up to 2×, ratios
   less).
   Results: ``results/recall_cpu/``.
 - ``paper`` — a GPU (documented, not run): d_model 128, 256 keys and values, 8–32 pairs, gaps 0–128, tested up
