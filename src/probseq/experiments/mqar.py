@@ -35,8 +35,8 @@ Presets (times measured on this project's shared 2-core machine; one training st
   run. Since then (subnormals flushed, freed memory reused, chunk sizes; docs/training.md) one step on 2 threads
   takes bayesian 0.37–0.40, gated_deltanet 0.29–0.30, deltanet 0.29–0.33, mamba2 0.29, linear_attention
   0.21–0.24, attention 0.22–0.23 s (``probseq bench``, two idle runs, 2026-12-04, after the short convolution's
-  rewrite, on a host with AVX-512; ``results/bench_quick*.json``; the machine's absolute times drift by up to 2×
-  between sessions, the ratios less; compile stays off: it saves
+  rewrite, on a host with AVX-512; ``results/bench_quick.json`` and ``results/bench_quick_2.json``; the
+  machine's absolute times drift by up to 2× between sessions, the ratios less; compile stays off: it saves
   7–20 % per step, ``results/bench_compiled.json``, but costs minutes per process and changes a run's identity).
   Run it in the background; each finished run is kept.
 - ``paper`` — Zoology's grid for a GPU (not run here): d_model {64, 128, 256}, lrs logspace(−3, −1.5, 4),
