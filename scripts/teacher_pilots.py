@@ -609,6 +609,10 @@ def plot(root: Path, logs: dict, path: Path) -> None:
     axes[1].set_ylabel(f"exact match at {TRAIN_LENGTH} (— single, -- multikey)")
     axes[2].set_ylabel(f"answer log-lik − uniform at {TRAIN_LENGTH} (nats)")
     axes[2].axhline(0, color="grey", lw=0.8)
+    low, high = axes[2].get_ylim()
+    if low < -5:  # the untrained model's −40 nats would flatten every later point into the zero line
+        axes[2].set_ylim(-5, max(high, 1.0))
+        axes[2].set_title("(gains below −5 nats, e.g. before training, off scale)", fontsize=7)
     for ax in axes:
         ax.set_xlabel("training tokens (M)")
     axes[0].legend(fontsize=7)
