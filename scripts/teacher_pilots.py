@@ -56,6 +56,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -609,9 +610,8 @@ def plot(root: Path, logs: dict, path: Path) -> None:
     axes[1].set_ylabel(f"exact match at {TRAIN_LENGTH} (— single, -- multikey)")
     axes[2].set_ylabel(f"answer log-lik − uniform at {TRAIN_LENGTH} (nats)")
     axes[2].axhline(0, color="grey", lw=0.8)
-    low, high = axes[2].get_ylim()
-    if low < -5:  # the untrained model's −40 nats would flatten every later point into the zero line
-        axes[2].set_ylim(-5, max(high, 1.0))
+    if axes[2].get_ylim()[0] < -5:  # the untrained model's −40 nats would flatten every later point into the zero line
+        axes[2].set_ylim(bottom=-5)
         axes[2].set_title("(gains below −5 nats, e.g. before training, off scale)", fontsize=7)
     for ax in axes:
         ax.set_xlabel("training tokens (M)")
@@ -697,10 +697,12 @@ def report(args: argparse.Namespace) -> None:
         text += ["", *teacher_command(sets, used, logs)]
     readme = out / "README.md"
     head = readme.read_text().split(MARKER)[0] if readme.exists() else "# Teacher pilots\n\n"
-    head = head.replace(" — plan, not yet run", "", 1).replace(
-        "**Status: plan, not yet run.** Everything below was fixed before any pilot ran",
-        f"**Status: {len(logs)} of {len(PILOTS)} pilots run.** The plan below was fixed before any pilot ran",
-        1,
+    # the status line: the plan's own, or the one an earlier report wrote
+    head = re.sub(
+        r"\*\*Status: (?:plan, not yet run|\d+ of \d+ pilots run)\.\*\* (?:Everything|The plan) below",
+        f"**Status: {len(logs)} of {len(PILOTS)} pilots run.** The plan below",
+        head.replace(" — plan, not yet run", "", 1),
+        count=1,
     )
     readme.write_text(head.rstrip("\n") + "\n\n" + MARKER + "\n\n" + "\n".join(text) + "\n")
     print("\n".join(text))

@@ -434,6 +434,11 @@ def test_pilot_script_plan_selection_and_report(tmp_path):
     assert len(csv_rows) == 7 and "single@512.exact" in csv_rows[0]
     assert (out / "curves.png").is_file() and (out / "curves" / "share80.csv").exists() is False
     assert (out / "curves" / "share80.json").is_file()
+    # a later report updates the status line the earlier one wrote
+    fake_pilot(tmp_path, "wide_shallow", (0.1, 0.0), (1.0, 0.0), retrieval_share=0.8, hidden_size=384)
+    script["main"](["report", "--root", str(tmp_path), "--out", str(out)])
+    readme = (out / "README.md").read_text()
+    assert "**Status: 7 of 7 pilots run.** The plan below" in readme and "6 of 7" not in readme
 
 
 def test_round_two_waits_for_round_one_and_failed_pilots_are_not_retried(tmp_path, monkeypatch):
