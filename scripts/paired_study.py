@@ -390,14 +390,23 @@ def committed_choice(first_study: Path) -> tuple[str, dict[str, float]]:
     return variant, chosen
 
 
+def extension_seeds(args: argparse.Namespace) -> int:
+    """The number of paired seeds after the extension (``--seeds``; stage 3's 20 by default)."""
+    total = getattr(args, "seeds", None) or EXTENDED_SEEDS
+    if total <= PAIRED_SEEDS:
+        raise SystemExit(f"--seeds {total}: an extension needs more than the first look's {PAIRED_SEEDS} seeds")
+    return total
+
+
 def extend(args: argparse.Namespace) -> None:
-    """Seeds 10–19 of Gated DeltaNet and the Bayesian Layer at their chosen lrs (the committed first study's), the
-    sweeps stage 3 would run: for a decided first look whose interval is still wider than the precision asked for.
-    Outside the plan's rule (which extends only an undecided endpoint): a deviation, stated where it is reported."""
+    """Seeds 10–19 (10 … ``--seeds`` − 1) of Gated DeltaNet and the Bayesian Layer at their chosen lrs (the
+    committed first study's), the sweeps stage 3 would run: for a decided first look whose interval is still wider
+    than the precision asked for. Outside the plan's rule (which extends only an undecided endpoint): a deviation,
+    stated where it is reported. Finished seeds (restored records included) are not trained again."""
     task, root, first = TASKS[args.task], Path(args.root).expanduser(), Path(args.first_study)
     extra = recorded_steps(task, first)
     variant, chosen = committed_choice(first)
-    seeds = list(range(PAIRED_SEEDS, EXTENDED_SEEDS))
+    seeds = list(range(PAIRED_SEEDS, extension_seeds(args)))
     with Sweeps(args.workers) as sweeps:
         sweeps.wait(
             [
@@ -434,13 +443,14 @@ def committed_runs(first_study: Path) -> list[dict]:
 
 
 def extend_report(args: argparse.Namespace) -> None:
-    """The 20-seed analysis: the committed first look's runs (seeds 0–9, ``--first-study/runs.csv``) and the
-    extension's (seeds 10–19, under ``--root``), paired as ``paired_analysis`` pairs them; ``partial`` until all 20
-    pairs are in. Writes ``runs.csv`` (the extension's runs), ``paired.csv``, ``summary.json`` and the plot in
-    ``--out``."""
+    """The 20-seed (``--seeds``) analysis: the committed first look's runs (seeds 0–9, ``--first-study/runs.csv``) and
+    the extension's (seeds 10–19, or up to ``--seeds`` − 1, under ``--root``), paired as ``paired_analysis`` pairs
+    them; ``partial`` until all pairs are in. Writes ``runs.csv`` (the extension's runs), ``paired.csv``,
+    ``summary.json`` and the plot in ``--out``."""
     task, root, first, out = TASKS[args.task], Path(args.root).expanduser(), Path(args.first_study), Path(args.out)
     variant, chosen = committed_choice(first)
     extra = recorded_steps(task, first)
+    total = extension_seeds(args)
     names = ("gated_deltanet", variant)
     rows = {name: {} for name in names}
     for r in committed_runs(first):
@@ -449,16 +459,16 @@ def extend_report(args: argparse.Namespace) -> None:
     new = []
     for name in names:
         for (lr, seed), m in sorted(read_sweep(sweep_dir(root, ARM_BY_NAME[name], EXTENSION_LABEL)).items()):
-            if lr == chosen[name] and PAIRED_SEEDS <= seed < EXTENDED_SEEDS:
+            if lr == chosen[name] and PAIRED_SEEDS <= seed < total:
                 if m.get("status") == "ok" and extra and f"max_steps={m.get('steps')}" != extra[0]:
                     raise SystemExit(f"{name} seed {seed} trained {m.get('steps')} steps, the study {extra[0]}")
                 rows[name][seed] = run_row(task, name, lr, seed, m)
                 new.append(rows[name][seed])
     seeds = sorted(set(rows[variant]) & set(rows["gated_deltanet"]))
-    final = len(seeds) == EXTENDED_SEEDS
+    final = len(seeds) == total
     both = [s for s in seeds if rows[variant][s]["learned"] and rows["gated_deltanet"][s]["learned"]]
     bayes, gdn = rows[variant], rows["gated_deltanet"]
-    label = f"{EXTENDED_SEEDS} seeds (precision extension)"
+    label = f"{total} seeds (precision extension)"
     paired = difference_rows(task, variant, bayes, gdn, label, seeds, final)
     paired += difference_rows(task, variant, bayes, gdn, f"{label}, both learned", both, final)
     if task.secondary:
@@ -1057,6 +1067,9 @@ def main(argv: list[str] | None = None) -> None:
     command("extend-report", "the 20-seed analysis: committed seeds 0-9 and the extension's 10-19", "out")
     for name in ("extend", "extend-report"):
         commands.choices[name].add_argument("--first-study", required=True, help=first_study)
+        commands.choices[name].add_argument(
+            "--seeds", type=int, default=EXTENDED_SEEDS, help="paired seeds in all after the extension (default 20)"
+        )
     for name, help, options in (
         ("confirm", "the confirmation study at a common lr (resumable)", "workers"),
         ("confirm-report", "the confirmation's tables and plot", "out"),

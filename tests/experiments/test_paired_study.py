@@ -609,6 +609,53 @@ def test_extension_runs_seeds_10_to_19_at_the_committed_choices_and_pairs_all_20
     assert len(summary["seeds"]) == 19 and {r["verdict"] for r in summary["paired"]} == {"partial"}
 
 
+def test_a_wider_extension_trains_only_the_new_seeds_and_pairs_all_of_them(tmp_path):
+    """``extend --seeds 24`` after a finished 20-seed extension: the sweeps are asked for seeds 10–23 (the finished
+    10–19 come from the real sweep's cache, so only 20–23 train) and ``extend-report --seeds 24`` pairs 24 seeds;
+    fewer seeds than the first look's are refused."""
+
+    def value(arm, label, lr, seed, split):
+        return 0.95 if split == "valid" else 0.3 + 0.01 * seed + (0.1 if arm == "bayesian_learned" else 0.0)
+
+    study, calls = _fake_study(value, delay=0.0)
+    first = _committed_first_study(tmp_path / "results")
+    task = study["TASKS"]["mqar"]
+    points = dict.fromkeys((*task.also, *task.primary, *task.secondary))
+    study["write_csv"](
+        first / "runs.csv",
+        [
+            {
+                "arm": arm,
+                "lr": lr,
+                "seed": s,
+                "learned": True,
+                **{f"test_{p}": value(arm, "", lr, s, "t") for p in points},
+            }
+            for arm, lr in (("gated_deltanet", 3e-3), ("bayesian_learned", 3e-4))
+            for s in range(10)
+        ],
+    )
+    root, out = tmp_path / "root", tmp_path / "extension"
+    args = dict(task="mqar", root=str(root), first_study=str(first))
+    study["extend"](argparse.Namespace(**args, workers=2))
+    calls.clear()
+    study["extend"](argparse.Namespace(**args, workers=2, seeds=24))
+    assert sorted((c[0], c[3]) for c in calls) == [
+        ("bayesian_learned", tuple(range(10, 24))),
+        ("gated_deltanet", tuple(range(10, 24))),
+    ]
+    study["extend_report"](argparse.Namespace(**args, out=str(out), seeds=24))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seeds"] == list(range(24))
+    row = next(r for r in summary["paired"] if r["endpoint"] == "T512_k128" and "both" not in r["analysis"])
+    assert row["seeds"] == 24 and row["mean_difference"] == pytest.approx(0.1, abs=1e-6)
+    assert row["analysis"].startswith("24 seeds")
+    study["extend_report"](argparse.Namespace(**args, out=str(out), seeds=28))  # 24 of 28 in: partial
+    assert {r["verdict"] for r in json.loads((out / "summary.json").read_text())["paired"]} == {"partial"}
+    with pytest.raises(SystemExit, match="more than the first look"):
+        study["extend"](argparse.Namespace(**args, workers=2, seeds=10))
+
+
 def test_the_ranking_checks_say_none_without_the_arms_they_compare(study, tmp_path):
     out = tmp_path / "results"
     out.mkdir()
