@@ -723,6 +723,13 @@ def test_demo_report_quotes_the_ranking_check_and_the_precision_extension(tmp_pa
     assert (
         "Precision extension (outside the plan, seeds 10–19 added): T512_k128 +0.110 [+0.060, +0.180] over 20" in text
     )
+    wider = {"paired": [{**row, "analysis": "24 seeds (precision extension)", "seeds": 24, "endpoint": "T512_k128"}]}
+    (folder / "extension24").mkdir()
+    (folder / "extension24" / "summary.json").write_text(json.dumps(wider))  # the widest extension is quoted
+    wide = reproduce.paired_verdict("mqar", reproduce.read_paired_studies(tmp_path)["mqar"])
+    assert (
+        "Precision extension (outside the plan, seeds 10–23 added): T512_k128 +0.110 [+0.040, +0.180] over 24" in wide
+    )
     assert "**provisional**" in text and "attention 0.940 > linear_attention 0.650" in text
     assert "attention first: holds" in text and "delta rule above linear attention: **fails**" in text
     assert "mamba2 learns the easy segment: not yet known" in text

@@ -248,7 +248,7 @@ def read_paired_studies(evidence: str | os.PathLike | None) -> dict[str, Any]:
             # the confirmation at one common lr on fresh seeds (confirm-report, results/<study>_confirm)
             for key, extra in (
                 ("ranking", folder / "ranking.json"),
-                ("extension", folder / "extension" / "summary.json"),
+                ("extension", _widest_extension(folder)),
                 ("confirmation", Path(evidence) / f"{study}_confirm" / "summary.json"),
             ):
                 if extra.is_file():
@@ -257,6 +257,17 @@ def read_paired_studies(evidence: str | os.PathLike | None) -> dict[str, Any]:
                     except (OSError, ValueError) as error:
                         found[study][key] = {"error": f"{extra}: {error}"}
     return found
+
+
+def _widest_extension(folder: Path) -> Path:
+    """The summary of the study's widest precision extension: ``extension<N>/`` (``extend-report --seeds N``) with the
+    largest ``N``, else ``extension/`` (20 seeds)."""
+    widest = sorted(
+        (int(p.parent.name.removeprefix("extension")), p)
+        for p in folder.glob("extension[0-9]*/summary.json")
+        if p.parent.name.removeprefix("extension").isdigit()
+    )
+    return widest[-1][1] if widest else folder / "extension" / "summary.json"
 
 
 def _verdict_text(row: dict[str, Any]) -> str:
@@ -306,8 +317,9 @@ def paired_verdict(study: str, paired: dict[str, Any] | None) -> str:
             label = next((r["analysis"] for r in extension.get("paired", [])), "")
             final = [r for r in extension.get("paired", []) if r["analysis"] == label]
             if final:
+                last = max(r["seeds"] for r in final) - 1
                 text += (
-                    " Precision extension (outside the plan, seeds 10–19 added): "
+                    f" Precision extension (outside the plan, seeds 10–{last} added): "
                     + "; ".join(map(_verdict_text, final))
                     + "."
                 )
