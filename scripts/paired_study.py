@@ -392,7 +392,8 @@ def committed_choice(first_study: Path) -> tuple[str, dict[str, float]]:
 
 def extension_seeds(args: argparse.Namespace) -> int:
     """The number of paired seeds after the extension (``--seeds``; stage 3's 20 by default)."""
-    total = getattr(args, "seeds", None) or EXTENDED_SEEDS
+    total = getattr(args, "seeds", None)
+    total = EXTENDED_SEEDS if total is None else total
     if total <= PAIRED_SEEDS:
         raise SystemExit(f"--seeds {total}: an extension needs more than the first look's {PAIRED_SEEDS} seeds")
     return total
@@ -1063,8 +1064,12 @@ def main(argv: list[str] | None = None) -> None:
         "--first-study", required=True, help=first_study
     )
     command("rank-report", "the ranking check: the ranking arms beside the committed calibration", "out")
-    command("extend", "seeds 10-19 of GDN and the Bayesian Layer at the committed choices (resumable)", "workers")
-    command("extend-report", "the 20-seed analysis: committed seeds 0-9 and the extension's 10-19", "out")
+    command(
+        "extend",
+        "seeds 10-19 (10 to --seeds - 1) of GDN and the Bayesian Layer at the committed choices (resumable)",
+        "workers",
+    )
+    command("extend-report", "the 20-seed (--seeds) analysis: committed seeds 0-9 and the extension's", "out")
     for name in ("extend", "extend-report"):
         commands.choices[name].add_argument("--first-study", required=True, help=first_study)
         commands.choices[name].add_argument(

@@ -609,7 +609,7 @@ def test_extension_runs_seeds_10_to_19_at_the_committed_choices_and_pairs_all_20
     assert len(summary["seeds"]) == 19 and {r["verdict"] for r in summary["paired"]} == {"partial"}
 
 
-def test_a_wider_extension_trains_only_the_new_seeds_and_pairs_all_of_them(tmp_path):
+def test_a_wider_extension_asks_for_every_extension_seed_and_pairs_all_of_them(tmp_path):
     """``extend --seeds 24`` after a finished 20-seed extension: the sweeps are asked for seeds 10–23 (the finished
     10–19 come from the real sweep's cache, so only 20–23 train) and ``extend-report --seeds 24`` pairs 24 seeds;
     fewer seeds than the first look's are refused."""
@@ -649,11 +649,12 @@ def test_a_wider_extension_trains_only_the_new_seeds_and_pairs_all_of_them(tmp_p
     assert summary["seeds"] == list(range(24))
     row = next(r for r in summary["paired"] if r["endpoint"] == "T512_k128" and "both" not in r["analysis"])
     assert row["seeds"] == 24 and row["mean_difference"] == pytest.approx(0.1, abs=1e-6)
-    assert row["analysis"].startswith("24 seeds")
+    assert row["analysis"].startswith("24 seeds") and row["verdict"] == "better"  # all 24 in: final, not partial
     study["extend_report"](argparse.Namespace(**args, out=str(out), seeds=28))  # 24 of 28 in: partial
     assert {r["verdict"] for r in json.loads((out / "summary.json").read_text())["paired"]} == {"partial"}
-    with pytest.raises(SystemExit, match="more than the first look"):
-        study["extend"](argparse.Namespace(**args, workers=2, seeds=10))
+    for seeds in (10, 0):
+        with pytest.raises(SystemExit, match="more than the first look"):
+            study["extend"](argparse.Namespace(**args, workers=2, seeds=seeds))
 
 
 def test_the_ranking_checks_say_none_without_the_arms_they_compare(study, tmp_path):
@@ -723,9 +724,11 @@ def test_demo_report_quotes_the_ranking_check_and_the_precision_extension(tmp_pa
     assert (
         "Precision extension (outside the plan, seeds 10–19 added): T512_k128 +0.110 [+0.060, +0.180] over 20" in text
     )
-    wider = {"paired": [{**row, "analysis": "24 seeds (precision extension)", "seeds": 24, "endpoint": "T512_k128"}]}
-    (folder / "extension24").mkdir()
-    (folder / "extension24" / "summary.json").write_text(json.dumps(wider))  # the widest extension is quoted
+    # the widest finished extension is quoted: extension24 over extension (20), not the partial extension100
+    for name, seeds, verdict in (("extension24", 24, "better"), ("extension100", 30, "partial")):
+        rows = [{**row, "analysis": f"{seeds} seeds", "seeds": seeds, "endpoint": "T512_k128", "verdict": verdict}]
+        (folder / name).mkdir()
+        (folder / name / "summary.json").write_text(json.dumps({"seeds": list(range(seeds)), "paired": rows}))
     wide = reproduce.paired_verdict("mqar", reproduce.read_paired_studies(tmp_path)["mqar"])
     assert (
         "Precision extension (outside the plan, seeds 10–23 added): T512_k128 +0.110 [+0.040, +0.180] over 24" in wide

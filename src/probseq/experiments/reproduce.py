@@ -260,14 +260,18 @@ def read_paired_studies(evidence: str | os.PathLike | None) -> dict[str, Any]:
 
 
 def _widest_extension(folder: Path) -> Path:
-    """The summary of the study's widest precision extension: ``extension<N>/`` (``extend-report --seeds N``) with the
-    largest ``N``, else ``extension/`` (20 seeds)."""
-    widest = sorted(
-        (int(p.parent.name.removeprefix("extension")), p)
-        for p in folder.glob("extension[0-9]*/summary.json")
-        if p.parent.name.removeprefix("extension").isdigit()
-    )
-    return widest[-1][1] if widest else folder / "extension" / "summary.json"
+    """The summary of the study's widest finished precision extension: ``extension/`` (``extend-report``, 20 seeds)
+    or ``extension<N>/`` (``--seeds N``), the one with the most paired seeds whose rows are final (none
+    ``partial``); while none is final, the widest one (its rows then say ``partial``)."""
+    candidates = []
+    for path in [folder / "extension" / "summary.json", *folder.glob("extension[0-9]*/summary.json")]:
+        try:
+            summary = json.loads(path.read_text())
+            seeds, final = len(summary["seeds"]), all(r["verdict"] != "partial" for r in summary["paired"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # unreadable: read_paired_studies reports it if it is the only one
+        candidates.append((final, seeds, path))
+    return max(candidates, key=lambda c: (c[0], c[1]))[2] if candidates else folder / "extension" / "summary.json"
 
 
 def _verdict_text(row: dict[str, Any]) -> str:
@@ -317,7 +321,8 @@ def paired_verdict(study: str, paired: dict[str, Any] | None) -> str:
             label = next((r["analysis"] for r in extension.get("paired", [])), "")
             final = [r for r in extension.get("paired", []) if r["analysis"] == label]
             if final:
-                last = max(r["seeds"] for r in final) - 1
+                seeds = extension.get("seeds") or [max(r["seeds"] for r in final) - 1]
+                last = max(seeds)
                 text += (
                     f" Precision extension (outside the plan, seeds 10–{last} added): "
                     + "; ".join(map(_verdict_text, final))
