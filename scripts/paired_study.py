@@ -392,8 +392,7 @@ def committed_choice(first_study: Path) -> tuple[str, dict[str, float]]:
 
 def extension_seeds(args: argparse.Namespace) -> int:
     """The number of paired seeds after the extension (``--seeds``; stage 3's 20 by default)."""
-    total = getattr(args, "seeds", None)
-    total = EXTENDED_SEEDS if total is None else total
+    total = getattr(args, "seeds", EXTENDED_SEEDS)
     if total <= PAIRED_SEEDS:
         raise SystemExit(f"--seeds {total}: an extension needs more than the first look's {PAIRED_SEEDS} seeds")
     return total

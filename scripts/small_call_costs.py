@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from unittest import mock
 
 import torch
 from torch.utils import benchmark
 
 sys.path.insert(0, str(Path(__file__).parent))
-from filter_timing import single_threaded  # noqa: E402
+from filter_timing import filter_inputs, single_threaded  # noqa: E402
 
 from probseq.layers.utils import delta_chunk_size  # noqa: E402
 from probseq.ops import bayes_filter  # noqa: E402
@@ -37,27 +38,23 @@ def median_ms(fn, seconds: float = 1.5) -> float:
 
 
 def filter_step(batch: int, length: int, heads: int, dim: int, covariance: bool):
-    gen = torch.Generator().manual_seed(0)
-    q, v = (torch.randn(batch, length, heads, dim, generator=gen).requires_grad_() for _ in range(2))
-    k = torch.nn.functional.normalize(torch.randn(batch, length, heads, dim, generator=gen), dim=-1).requires_grad_()
-    log_decay = (-0.1 * torch.rand(batch, length, heads, generator=gen)).requires_grad_()
-    noise, retention = (torch.rand(batch, length, heads, generator=gen).requires_grad_() for _ in range(2))
-    grad = torch.randn(batch, length, heads, dim, generator=gen)
+    x = filter_inputs(batch, length, heads, dim, torch.Generator().manual_seed(0))
     chunk = delta_chunk_size(dim, None, covariance=covariance)
+    retention = x["retention"] if covariance else None
 
     def step():
         out = bayes_filter(
-            q,
-            k,
-            v,
-            log_decay,
-            noise,
-            retention if covariance else None,
+            x["q"],
+            x["k"],
+            x["v"],
+            x["log_decay"],
+            x["noise"],
+            retention,
             impl="chunked",
             chunk_size=chunk,
             validate=False,
         ).output
-        out.backward(grad)
+        out.backward(x["grad"])
 
     return step, chunk
 
@@ -79,17 +76,12 @@ def covariance_path_steps(chunks: int, rows: int, chunk: int, dim: int):
             _covariance_path(q, k, noise, retention, cov0, True)
 
     # the scan's own inputs, as the path hands them over
-    captured = []
-    scan = chunked.covariance_scan
-    chunked.covariance_scan = lambda *inputs: captured.append(inputs) or scan(*inputs)
-    try:
+    with mock.patch.object(chunked, "covariance_scan", wraps=chunked.covariance_scan) as spy:
         forward()
-    finally:
-        chunked.covariance_scan = scan
-    inputs = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in captured[0]]
+    inputs = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in spy.call_args.args]
 
     def scan_both():
-        x, pivots, starts, cov, _ = scan(*inputs)
+        x, pivots, starts, cov, _ = chunked.covariance_scan(*inputs)
         (x.sum() + pivots.sum() + starts.sum() + cov.sum()).backward()
 
     return both, forward, scan_both

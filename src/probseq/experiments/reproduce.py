@@ -321,8 +321,7 @@ def paired_verdict(study: str, paired: dict[str, Any] | None) -> str:
             label = next((r["analysis"] for r in extension.get("paired", [])), "")
             final = [r for r in extension.get("paired", []) if r["analysis"] == label]
             if final:
-                seeds = extension.get("seeds") or [max(r["seeds"] for r in final) - 1]
-                last = max(seeds)
+                last = max(extension.get("seeds") or [r["seeds"] - 1 for r in final])
                 text += (
                     f" Precision extension (outside the plan, seeds 10–{last} added): "
                     + "; ".join(map(_verdict_text, final))
