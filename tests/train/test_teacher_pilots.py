@@ -285,9 +285,90 @@ def test_distillation_draws_a_stream_of_its_own(corpus, tokenizer, tmp_path):
 
     assert len(values(pretraining)) > 10 and len(values(distilling)) > 10
     assert not values(pretraining) & values(distilling)  # no needle value of one stream in the other
-    assert len(list(tmp_path.glob("mix-*.npy"))) == 2  # cached apart
+    assert len([p for p in tmp_path.glob("mix-*.npy") if not p.name.endswith(".answers.npy")]) == 2  # cached apart
     with pytest.raises(ValueError, match="purpose must be one of"):
         mixed_token_array(tokenizer, tmp_path, config, blocks=40, purpose="finetune")
+
+
+def test_answer_mask_marks_each_retrieval_documents_answer_line(corpus, tokenizer, tmp_path):
+    """The answer mask of a mixed stream is 1 on exactly the answer line of every generated document (the answer
+    sentence after a joined question; not the eos after it) and 0 on book text; a stream cached without its mask is
+    built again for it, to the same tokens."""
+    config = pretrain_config("tiny", [*TINY, "seq_len=512", "retrieval_share=0.6"])
+    tokens, summary, answers = mixed_token_array(tokenizer, tmp_path, config, blocks=40, answers=True)
+    tokens, answers = np.asarray(tokens), np.asarray(answers)
+    assert answers.shape == tokens.shape and answers.dtype == np.uint8 and set(np.unique(answers)) == {0, 1}
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], answers, [0]]).astype(int)))
+    runs = list(zip(edges[::2], edges[1::2]))
+    assert len(runs) == summary["retrieval_documents"]  # one answer per kept document
+    starts = ("Answer:", "The special magic", "The value of")
+    for begin, end in runs:
+        text = tokenizer.decode(tokens[begin:end].tolist()).strip()
+        assert text.startswith(starts), text
+        assert tokens[end] == tokenizer.eos_token_id  # the document ends right after its answer
+        before = tokenizer.decode(tokens[max(0, begin - 12) : begin].tolist())
+        assert before.endswith(("\n", "? ", "?")), before  # a line of its own, or the joined question before it
+    joined = [b for b, _ in runs if tokenizer.decode(tokens[b - 1 : b].tolist()).endswith("?")]
+    assert joined and len(joined) < len(runs)
+    share = answers.sum() / summary["retrieval_tokens"]
+    assert 0.02 < share < 0.2  # the answer lines are a small part of the retrieval text
+
+    masks = list(tmp_path.glob("mix-*.answers.npy"))
+    assert len(masks) == 1
+    masks[0].unlink()  # as cached before masks were written
+    again, _ = mixed_token_array(tokenizer, tmp_path, config, blocks=40)
+    assert np.array_equal(again, tokens) and not masks[0].exists()  # not needed, not built
+    again, _, rebuilt = mixed_token_array(tokenizer, tmp_path, config, blocks=40, answers=True)
+    assert np.array_equal(again, tokens) and np.array_equal(rebuilt, answers)
+
+
+def test_answer_weight_weighs_the_loss_of_the_answer_tokens(corpus, tmp_path):
+    """``AnswerWeightedTrainer``'s loss is the weighted mean of the next-token cross-entropies (checked by hand);
+    with every weight 1 it is the model's own loss; ``answer_weight`` is validated and leaves the identity of runs
+    without it unchanged."""
+    from transformers import TrainingArguments
+
+    from probseq.models import ProbSeqConfig, ProbSeqForCausalLM
+    from probseq.train.pretrain import PackedBlocks
+    from probseq.train.trainer import AnswerWeightedTrainer
+
+    torch.manual_seed(0)
+    model = ProbSeqForCausalLM(
+        ProbSeqConfig(
+            vocab_size=64, hidden_size=32, num_hidden_layers=1, num_heads=2, head_dim=16, mixer="gated_deltanet"
+        )
+    )
+    tokens = np.random.default_rng(0).integers(0, 64, 2 * 24).astype(np.uint16)
+    answers = np.zeros(len(tokens), np.uint8)
+    answers[[5, 6, 7, 30, 31]] = 1
+    data = PackedBlocks(tokens, 24, answers=answers, answer_weight=20.0)
+    batch = {k: torch.stack([data[i][k] for i in range(2)]) for k in data[0]}
+    assert batch["loss_weights"][0, 5] == 20 and batch["loss_weights"][0, 4] == 1
+    args = TrainingArguments(str(tmp_path / "t"), report_to="none", use_cpu=True, remove_unused_columns=False)
+    trainer = AnswerWeightedTrainer(model=model, args=args)
+    loss = trainer.compute_loss(model, batch)
+    logits = model(input_ids=batch["input_ids"]).logits[:, :-1]
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch["labels"][:, 1:], reduction="none")
+    w = batch["loss_weights"][:, 1:]
+    torch.testing.assert_close(loss, (w * ce).sum() / w.sum())
+    plain = {k: v for k, v in batch.items() if k != "loss_weights"}
+    ones = {**plain, "loss_weights": torch.ones_like(batch["loss_weights"])}
+    torch.testing.assert_close(trainer.compute_loss(model, ones), model(**plain).loss)
+    torch.testing.assert_close(trainer.compute_loss(model, plain), model(**plain).loss)
+
+    assert (
+        pretrain_config("small", ["retrieval_share=0.8"]).identity()
+        == pretrain_config("small", ["retrieval_share=0.8", "answer_weight=1"]).identity()
+    )
+    assert pretrain_config("small", ["retrieval_share=0.8", "answer_weight=20"]).identity()["answer_weight"] == 20
+    with pytest.raises(ValueError, match="retrieval_share > 0"):
+        pretrain_config("small", ["answer_weight=20"])
+    with pytest.raises(ValueError, match="answer_weight must be > 0"):
+        pretrain_config("small", ["retrieval_share=0.5", "answer_weight=0"])
+    with pytest.raises(ValueError, match="skip_logits"):
+        pretrain_config("small", ["retrieval_share=0.5", "answer_weight=2", "skip_logits=true"])
+    with pytest.raises(ValueError, match="answers has shape"):
+        PackedBlocks(tokens, 24, answers=answers[:-1])
 
 
 def test_mixed_stream_refuses_a_block_no_document_fits(corpus, tokenizer, tmp_path):

@@ -51,6 +51,7 @@ from probseq.train.schema import (
     with_overrides,
 )
 from probseq.train.trainer import (
+    AnswerWeightedTrainer,
     LossOnlyTrainer,
     TrainingDiverged,
     progress_bars,
@@ -216,6 +217,7 @@ ADDED_FIELDS: dict[str, Any] = {
     "retrieval_curriculum": False,
     "retrieval_stages": 4,
     "retention": "learned",  # distillation's student (DistillConfig)
+    "answer_weight": 1.0,
 }
 
 #: Generated retrieval documents of a mixed run (``retrieval_share > 0``) come from the stream
@@ -249,6 +251,11 @@ class PretrainConfig(LMRunConfig):
             one (0: ``probe_samples``; the first ``probe_samples`` are the periodic ones).
         probe_lengths: the probes' lengths in tokens (prompt + answer).
         probe_seed: the probes' seed.
+        answer_weight: the weight in the training loss of each generated retrieval document's answer-line tokens (1:
+            every token alike; > 1 needs ``retrieval_share`` > 0): the loss is the weighted mean of the next-token
+            cross-entropies (:class:`~probseq.train.trainer.AnswerWeightedTrainer`). At share 0.8 the answer lines
+            are ≈ 5 % of the tokens, so most of the loss is text no memory can predict (haystack lines, random
+            values); a weight of 20 gives the answers about half of it (docs/distillation.md, "Teacher pilots").
         skip_logits: training steps compute the loss without materialising the ``[B, T, V]`` logits
             (:class:`~probseq.train.trainer.LossOnlyTrainer`): the same loss and gradients to float rounding, far less
             memory at a large ``B·T·V`` (the ``340m`` preset's float32 logits would be 8.4 GB per device and step);
@@ -281,6 +288,7 @@ class PretrainConfig(LMRunConfig):
     probe_lengths: tuple[int, ...] = (256, 512, 1024)
     probe_seed: int = 0
     skip_logits: bool = False
+    answer_weight: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -302,6 +310,12 @@ class PretrainConfig(LMRunConfig):
             "learning_rate",
             "valid_blocks",
         )
+        if not self.answer_weight > 0:
+            raise ValueError(f"answer_weight must be > 0, got {self.answer_weight!r}")
+        if self.answer_weight != 1 and self.retrieval_share == 0:
+            raise ValueError("answer_weight weighs the generated retrieval documents' answers: set retrieval_share > 0")
+        if self.answer_weight != 1 and self.skip_logits:
+            raise ValueError("answer_weight != 1 needs the logits: set skip_logits=false")
         if self.vocab_size < 260:
             raise ValueError(f"vocab_size must be >= 260 (256 bytes and the special tokens), got {self.vocab_size}")
 
@@ -417,10 +431,23 @@ def tokenize_documents(tokenizer, documents: list[str], seed: int) -> np.ndarray
 class PackedBlocks(torch.utils.data.Dataset):
     """Consecutive blocks of ``seq_len`` tokens of a token array: ``{"input_ids": [T], "labels": [T]}`` (equal;
     the causal-LM loss shifts). Documents run across block boundaries here (the recurrent state starts at zero in
-    every block)."""
+    every block).
 
-    def __init__(self, tokens: np.ndarray, seq_len: int, limit: int | None = None):
-        self.tokens, self.seq_len = tokens, seq_len
+    With ``answers`` (a uint8 mask ``[N]`` beside the tokens, :func:`mixed_token_array`) each block also has
+    ``"loss_weights": [T]``: ``answer_weight`` where the mask is 1, else 1 (:class:`~probseq.train.trainer.
+    AnswerWeightedTrainer`)."""
+
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        seq_len: int,
+        limit: int | None = None,
+        answers: np.ndarray | None = None,
+        answer_weight: float = 1.0,
+    ):
+        if answers is not None and answers.shape != tokens.shape:
+            raise ValueError(f"answers has shape {list(answers.shape)}, the tokens {list(tokens.shape)}")
+        self.tokens, self.seq_len, self.answers, self.answer_weight = tokens, seq_len, answers, answer_weight
         self.count = len(tokens) // seq_len if limit is None else min(limit, len(tokens) // seq_len)
 
     def __len__(self) -> int:
@@ -429,8 +456,12 @@ class PackedBlocks(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not 0 <= index < self.count:
             raise IndexError(index)
-        ids = torch.from_numpy(self.tokens[index * self.seq_len : (index + 1) * self.seq_len].astype(np.int64))
-        return {"input_ids": ids, "labels": ids.clone()}
+        block = slice(index * self.seq_len, (index + 1) * self.seq_len)
+        ids = torch.from_numpy(self.tokens[block].astype(np.int64))
+        if self.answers is None:
+            return {"input_ids": ids, "labels": ids.clone()}
+        weights = 1 + (self.answer_weight - 1) * torch.from_numpy(self.answers[block].astype(np.float32))
+        return {"input_ids": ids, "labels": ids.clone(), "loss_weights": weights}
 
 
 def corpus_token_arrays(tokenizer, folder: Path, corpus_dir: str, seed: int) -> dict[str, np.ndarray]:
@@ -481,6 +512,25 @@ def stage_scales(config: PretrainConfig) -> list[float]:
     return [1 + (config.retrieval_scale - 1) * k / (stages - 1) for k in range(stages)]
 
 
+def _answer_tokens(tokenizer, texts: list[str], starts: list[int]) -> list[int]:
+    """For each text, how many of its last tokens (before the eos :func:`_document_ids` appends) cover the characters
+    from ``start`` on: the tokens whose character span ends after ``start``."""
+    counts = []
+    for begin in range(0, len(texts), 256):
+        batch, first = texts[begin : begin + 256], starts[begin : begin + 256]
+        try:
+            spans = tokenizer(batch, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        except NotImplementedError:  # a slow tokenizer: the tokens the text has beyond its prefix
+            spans = None
+        for i, (text, start) in enumerate(zip(batch, first)):
+            if spans is not None:
+                counts.append(sum(end > start for _, end in spans[i]))
+            else:
+                whole, prefix = (len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in (text, text[:start]))
+                counts.append(whole - prefix)
+    return counts
+
+
 def _document_ids(tokenizer, texts: list[str]) -> list[np.ndarray]:
     """``<|bos|> text <|eos|>`` of every text, as :func:`tokenize_documents` writes them (in the given order; uint16
     ids when the vocabulary fits, else int32)."""
@@ -501,7 +551,9 @@ def mixed_token_array(
     config: LMRunConfig,
     blocks: int,
     purpose: Literal["pretrain", "distill"] = "pretrain",
-) -> tuple[np.ndarray, dict[str, Any]]:
+    *,
+    answers: bool = False,
+) -> tuple[np.ndarray, dict[str, Any]] | tuple[np.ndarray, dict[str, Any], np.ndarray]:
     """The training stream of a run with ``retrieval_share > 0``: ``blocks`` blocks of ``seq_len`` tokens, in the
     order they are trained on (cached as ``folder/mix-<key>.npy`` with its ``.json`` summary; ``folder=None``: the
     corpus' ``streams/`` folder, shared by every run — the key covers the tokenizer, the corpus and every setting,
@@ -532,12 +584,17 @@ def mixed_token_array(
     ``purpose="distill"`` draws every random choice (documents, book order, splits, block order) from streams of its
     own: the same settings give another stream than pretraining's, with the same statistics.
 
+    ``answers=True`` also returns the stream's **answer mask** ``[N]`` (uint8): 1 on the tokens of every generated
+    document's answer line (its last line; for a needle document whose question and answer share a line, the answer
+    sentence after the question), 0 elsewhere (the eos after an answer, book text). It is cached beside the stream; a
+    stream cached without its mask is built again for it (the same tokens, checked).
+
     Returns:
-        ``(tokens, summary)``: ``summary`` has ``book_tokens``, ``retrieval_tokens``, ``retrieval_documents``,
-        ``retrieval_blocks``, ``book_epochs`` (book documents used, in corpus epochs), ``scales``,
-        ``retrieval_document_tokens`` (the mean length of a kept document per stage), ``kinds`` (kept documents
-        per kind), ``dropped`` (documents longer than ``seq_len``, per kind), ``parts`` (block ranges of the
-        curriculum's parts).
+        ``(tokens, summary)`` (``(tokens, summary, answers)`` with ``answers=True``): ``summary`` has
+        ``book_tokens``, ``retrieval_tokens``, ``retrieval_documents``, ``retrieval_blocks``, ``book_epochs`` (book
+        documents used, in corpus epochs), ``scales``, ``retrieval_document_tokens`` (the mean length of a kept
+        document per stage), ``kinds`` (kept documents per kind), ``dropped`` (documents longer than ``seq_len``,
+        per kind), ``parts`` (block ranges of the curriculum's parts).
     """
     from probseq.data import corpus
     from probseq.data.retrieval_text import retrieval_document
@@ -569,8 +626,10 @@ def mixed_token_array(
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     folder = paths.manifest.parent / "streams" if folder is None else folder
     path, summary_path = folder / f"mix-{digest}.npy", folder / f"mix-{digest}.json"
-    if path.exists() and summary_path.exists():
-        return load_token_array(path), json.loads(summary_path.read_text())
+    answers_path = folder / f"mix-{digest}.answers.npy"
+    if path.exists() and summary_path.exists() and (answers_path.exists() or not answers):
+        cached = load_token_array(path), json.loads(summary_path.read_text())
+        return (*cached, _answer_mask(answers_path, cached[0])) if answers else cached
 
     seq_len, scales = config.seq_len, settings["scales"]
     book_texts = list(corpus.iter_documents(paths, "train", ("kjv", "python_docs")))
@@ -590,14 +649,16 @@ def mixed_token_array(
     dropped: dict[str, int] = {}
 
     def documents(scale: float, longest: int):
-        """``(kind, ids)`` of the generated documents that fit a block, in stream order (longer ones counted in
-        ``dropped``)."""
+        """``(kind, ids, answer)`` of the generated documents that fit a block, in stream order (longer ones counted
+        in ``dropped``); ``answer``: how many of the last tokens before the eos are the answer line."""
         nonlocal index
         misses = 0
         while True:
             drawn = [_joined(*retrieval_document(stream, index + j, sentences, scale), index + j) for j in range(64)]
             index += len(drawn)
-            for (kind, _), ids in zip(drawn, _document_ids(tokenizer, [text for _, text in drawn])):
+            texts = [text for _, text, _ in drawn]
+            answers = _answer_tokens(tokenizer, texts, [start for _, _, start in drawn])
+            for (kind, _, _), ids, answer in zip(drawn, _document_ids(tokenizer, texts), answers):
                 if len(ids) > longest:
                     dropped[kind] = dropped.get(kind, 0) + 1
                     misses += 1
@@ -608,21 +669,23 @@ def mixed_token_array(
                         )
                     continue
                 misses = 0
-                yield kind, ids
+                yield kind, ids, answer
 
-    def _joined(kind: str, text: str, number: int) -> tuple[str, str]:
+    def _joined(kind: str, text: str, number: int) -> tuple[str, str, int]:
         """Half the needle documents whose answer is RULER's sentence (a stream of their own) with the question and
         the answer on one line, as RULER's prompts join them ("…in the provided text? The special magic number for K
-        … is V")."""
+        … is V"). Returns ``(kind, text, start)``: ``start``, the answer's first character (of the last line)."""
         if kind == "needle" and random.Random(f"probseq-pretrain-join:{config.seed}:{number}{tag}").random() < 0.5:
             head, question, answer = text.rsplit("\n", 2)
             ruler = answer.startswith("The special magic") and "mentioned in the provided text is" in answer
             if question.endswith("?") and ruler:  # RULER's answer sentence only
                 text = f"{head}\n{question} {answer}"
-        return kind, text
+                return kind, text, len(text) - len(answer)
+        return kind, text, text.rfind("\n") + 1
 
     part_blocks = [blocks // len(scales) + (k < blocks % len(scales)) for k in range(len(scales))]
     parts: list[list[np.ndarray]] = []
+    masks_of_parts: list[list[np.ndarray]] = []  # the answer masks of the parts' blocks
     retrieval_tokens = retrieval_documents = retrieval_blocks = 0
     mean_lengths, reached = [], []
     for k, (scale, count) in enumerate(zip(scales, part_blocks)):
@@ -630,20 +693,24 @@ def mixed_token_array(
         target, made, kept, part = config.retrieval_share * count * seq_len, 0, 0, []
         # the curriculum's stage k keeps documents of at most (k + 1)/stages of a block: short haystacks first
         longest = seq_len * (k + 1) // len(scales) if config.retrieval_curriculum else seq_len
-        source, waiting = documents(scale, longest), []
+        source, waiting, part_masks = documents(scale, longest), [], []
         while made < target and len(part) < count:
-            contents, free = [], seq_len
+            contents, masks, free = [], [], seq_len
             while True:  # the next documents in stream order that fit, looking up to LOOKAHEAD ahead
                 waiting.extend(next(source) for _ in range(LOOKAHEAD - len(waiting)))
-                fits = next((i for i, (_, ids) in enumerate(waiting) if len(ids) <= free), None)
+                fits = next((i for i, (_, ids, _) in enumerate(waiting) if len(ids) <= free), None)
                 if fits is None:
                     break
-                kind, ids = waiting.pop(fits)
+                kind, ids, answer = waiting.pop(fits)
                 contents.append(ids)
+                mask = np.zeros(len(ids), dtype=np.uint8)
+                mask[len(ids) - 1 - answer : len(ids) - 1] = 1  # the answer line's tokens, not the eos after it
+                masks.append(mask)
                 kinds[kind] = kinds.get(kind, 0) + 1
                 free -= len(ids)
             before = rng.randint(0, free)
             part.append(np.concatenate([book.take(before), *contents, book.take(free - before)]))
+            part_masks.append(np.concatenate([np.zeros(before, np.uint8), *masks, np.zeros(free - before, np.uint8)]))
             made += seq_len - free
             kept += len(contents)
         if made < target - SHARE_TOLERANCE * count * seq_len:
@@ -657,9 +724,12 @@ def mixed_token_array(
         retrieval_blocks += len(part)
         mean_lengths.append(made / max(1, kept))
         part.extend(book.take(seq_len) for _ in range(count - len(part)))
+        part_masks.extend(np.zeros(seq_len, np.uint8) for _ in range(count - len(part_masks)))
         parts.append(part)
+        masks_of_parts.append(part_masks)
     if len(scales) > 1 and not config.retrieval_curriculum:  # one part: the stages' blocks shuffled together
         parts = [[b for part in parts for b in part]]
+        masks_of_parts = [[m for part in masks_of_parts for m in part]]
     order, ranges, start = [], [], 0
     for k, part in enumerate(parts):
         shuffled = list(range(start, start + len(part)))
@@ -669,6 +739,7 @@ def mixed_token_array(
         start += len(part)
     grid = np.stack([b for part in parts for b in part])
     tokens = grid[np.asarray(order, dtype=np.int64)].reshape(-1)
+    mask = np.stack([m for part in masks_of_parts for m in part])[np.asarray(order, dtype=np.int64)].reshape(-1)
     summary = {
         **settings,
         "book_tokens": int(blocks * seq_len - retrieval_tokens),
@@ -683,11 +754,23 @@ def mixed_token_array(
         "parts": ranges,
     }
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{path.name}.{os.getpid()}.tmp.npy"  # two runs may build the same stream at once
-    np.save(tmp, tokens)
-    os.replace(tmp, path)
+    if path.exists() and not np.array_equal(load_token_array(path), tokens):  # rebuilt for its answer mask
+        raise ValueError(f"{path}: the cached stream differs from the one these settings build; delete it")
+    for array, target in ((mask, answers_path), (tokens, path)):  # the answers first: a stream implies them
+        tmp = folder / f".{target.name}.{os.getpid()}.tmp.npy"  # two runs may build the same stream at once
+        np.save(tmp, array)
+        os.replace(tmp, target)
     atomic_write_json(summary_path, summary)
-    return load_token_array(path), summary
+    tokens = load_token_array(path)
+    return (tokens, summary, _answer_mask(answers_path, tokens)) if answers else (tokens, summary)
+
+
+def _answer_mask(path: Path, tokens: np.ndarray) -> np.ndarray:
+    """The cached answer mask of a mixed stream (memory-mapped), checked against its tokens."""
+    mask = np.load(path, mmap_mode="r")
+    if mask.shape != tokens.shape or mask.dtype != np.uint8:
+        raise ValueError(f"{path}: not the answer mask of its stream ({mask.dtype} {list(mask.shape)}); delete it")
+    return mask
 
 
 class _BookTokens:
@@ -842,11 +925,14 @@ def pretrain(config: PretrainConfig, out: str | os.PathLike) -> dict[str, Any]:
                     corpus_lib.iter_documents(paths, "train"), out / "tokenizer", config.vocab_size
                 )
             arrays = corpus_token_arrays(tokenizer, out / "data", config.corpus_dir, config.seed)
-            mix = None
+            mix = answers = None
             if mixed:
                 blocks = max_steps * config.batch_size * config.gradient_accumulation_steps * world_size
-                arrays["train"], mix = mixed_token_array(tokenizer, None, config, blocks)
-        train_data = PackedBlocks(arrays["train"], config.seq_len)
+                if config.answer_weight != 1:
+                    arrays["train"], mix, answers = mixed_token_array(tokenizer, None, config, blocks, answers=True)
+                else:
+                    arrays["train"], mix = mixed_token_array(tokenizer, None, config, blocks)
+        train_data = PackedBlocks(arrays["train"], config.seq_len, answers=answers, answer_weight=config.answer_weight)
         valid_data = PackedBlocks(arrays["valid"], config.seq_len, limit=config.valid_blocks)
         if len(train_data) < config.batch_size * world_size:
             raise ValueError(
@@ -855,7 +941,9 @@ def pretrain(config: PretrainConfig, out: str | os.PathLike) -> dict[str, Any]:
             )
         set_seed(config.seed)
         model = ProbSeqForCausalLM(model_config(config, tokenizer))
-        trainer_class = LossOnlyTrainer if config.skip_logits else Trainer
+        trainer_class = (
+            AnswerWeightedTrainer if answers is not None else LossOnlyTrainer if config.skip_logits else Trainer
+        )
         trainer = trainer_class(model=model, args=args, train_dataset=train_data, data_collator=default_data_collator)
         if not config.progress:
             trainer.remove_callback(PrinterCallback)

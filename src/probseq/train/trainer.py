@@ -9,6 +9,7 @@ probseq adds:
 
 - :class:`LossOnlyTrainer`: a causal LM's training steps ask for the loss only (``skip_logits=True``: no
   ``[B, T, V]`` logits, :func:`probseq.ops.cross_entropy.linear_cross_entropy`), pretraining's Trainer;
+- :class:`AnswerWeightedTrainer`: a causal LM's loss weighted per target token (pretraining's answer weight);
 - :class:`PreShiftedTrainer`: the loss on pre-shifted labels (:func:`~probseq.train.metrics.pre_shifted_cross_entropy`,
   logits only at supervised positions when the model can) and argmax predictions for the metrics;
 - :func:`~probseq.train.metrics.recall_metrics`: accuracy at supervised positions, per-example accuracy;
@@ -83,6 +84,36 @@ class LossOnlyTrainer(Trainer):
         if not return_outputs and model.training and inputs.get("labels") is not None:
             inputs = {**inputs, "skip_logits": True}
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+class AnswerWeightedTrainer(Trainer):
+    """``Trainer`` for a causal LM whose training batches carry ``loss_weights`` ``[B, T]``: the loss is the
+    weighted mean of the next-token cross-entropies over the micro-batch,
+
+        L = Σ_{b,t≥1} w[b,t] · CE(logits[b,t−1], labels[b,t]) / Σ_{b,t≥1} w[b,t],
+
+    ``w[b,t]`` weighing the prediction *of* token ``t`` (the pretraining answer weight, docs/distillation.md). The
+    Trainer divides each micro-batch's loss by the accumulation steps (``loss_is_scaled_for_ga=False``), so with
+    every weight 1 it is the plain causal-LM loss of packed blocks (every block has the same number of targets).
+    Batches without ``loss_weights`` (evaluation) get the model's own loss."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_is_scaled_for_ga = False
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        weights = inputs.get("loss_weights")
+        if weights is None:  # the model's mean, which the Trainer divides by the accumulation steps
+            return super().compute_loss(model, inputs, return_outputs, None)
+        labels = inputs["labels"]
+        outputs = model(**{k: v for k, v in inputs.items() if k not in ("loss_weights", "labels")})
+        logits, targets = outputs.logits[:, :-1].float(), labels[:, 1:]
+        losses = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
+        ).view_as(targets)
+        w = weights[:, 1:].to(losses.dtype) * (targets != IGNORE_INDEX)
+        loss = (w * losses).sum() / w.sum().clamp_min(torch.finfo(losses.dtype).tiny)
+        return (loss, outputs) if return_outputs else loss
 
 
 class PreShiftedTrainer(Trainer):
@@ -807,6 +838,7 @@ __all__ = [
     "FINAL_DIR",
     "FINAL_METRICS",
     "NORM_TYPES",
+    "AnswerWeightedTrainer",
     "DivergenceGuard",
     "PreShiftedTrainer",
     "TimeBudget",
