@@ -76,6 +76,30 @@ def test_retrieval_text_is_unchanged_at_the_default_scale():
     assert sum(longer) > 1.5 * sum(len(retrieval_document(0, i)[1]) for i in range(200))
 
 
+def test_queries_documents_ask_every_needle_and_answer_it():
+    """``queries=True``: about half the documents are ``queries`` documents, each asking every needle's key once and
+    answering it with that needle's value; the other documents keep the usual kinds; off, nothing changes (above)."""
+    kinds = [retrieval_document(3, i, (), queries=True)[0] for i in range(400)]
+    assert 0.4 < kinds.count("queries") / len(kinds) < 0.6 and {"needle", "kv_list"} <= set(kinds)
+    checked = 0
+    for i in range(400):
+        kind, text = retrieval_document(3, i, (), queries=True)
+        if kind != "queries":
+            continue
+        needles = dict(re.findall(r"One of the special magic \w+ for (\S+) is: (\S+)\.", text))
+        answers = [line for line in text.split("\n") if line.startswith(("Answer:", "The special magic"))]
+        assert 2 <= len(needles) == len(answers)
+        for line in answers:
+            value = line.rstrip(".").rsplit(" ", 1)[-1]
+            keys = [k for k, v in needles.items() if v == value]
+            assert keys and (line.startswith("Answer: ") and " for " not in line or f" for {keys[0]} " in line)
+        assert text.count("\n") >= 2 * len(needles)  # a question line and an answer line per key
+        checked += 1
+    assert checked > 100
+    with pytest.raises(ValueError, match="retrieval_share"):
+        pretrain_config("small", ["retrieval_queries=true"])
+
+
 def test_probes_are_deterministic_fit_their_length_and_mirror_ruler(tokenizer):
     for probe in PROBES:
         for length in LENGTHS:
@@ -369,6 +393,24 @@ def test_answer_weight_weighs_the_loss_of_the_answer_tokens(corpus, tmp_path):
         pretrain_config("small", ["retrieval_share=0.5", "answer_weight=2", "skip_logits=true"])
     with pytest.raises(ValueError, match="answers has shape"):
         PackedBlocks(tokens, 24, answers=answers[:-1])
+
+
+def test_queries_stream_is_a_stream_of_its_own(corpus, tokenizer, tmp_path):
+    """``retrieval_queries`` builds another stream (its own cache key) holding ``queries`` documents; without it the
+    stream is the one before it (pinned in test_distillation_draws_a_stream_of_its_own)."""
+    sets = [*TINY, "seq_len=512", "retrieval_share=0.5"]
+    plain, plain_summary = mixed_token_array(tokenizer, tmp_path, pretrain_config("tiny", sets), blocks=40)
+    config = pretrain_config("tiny", [*sets, "retrieval_queries=true"])
+    dense, summary = mixed_token_array(tokenizer, tmp_path, config, blocks=40)
+    assert "queries" not in plain_summary["kinds"] and summary["kinds"]["queries"] > 0 and summary["queries"]
+    assert not np.array_equal(plain, dense) and all(share >= 0.49 for share in summary["share_reached"])
+    answers = len(re.findall(r"mentioned in the provided text is \d{7}", tokenizer.decode(np.asarray(dense).tolist())))
+    before = len(re.findall(r"mentioned in the provided text is \d{7}", tokenizer.decode(np.asarray(plain).tolist())))
+    assert answers > 1.5 * before  # more retrievals in as many tokens
+    assert (
+        pretrain_config("tiny", [*sets]).identity()
+        == pretrain_config("tiny", [*sets, "retrieval_queries=false"]).identity()
+    )
 
 
 def test_mixed_stream_refuses_a_block_no_document_fits(corpus, tokenizer, tmp_path):

@@ -24,6 +24,8 @@ Kinds (one is drawn per document, :data:`KINDS`):
               that holds the value is listed
 ``words``     a numbered word list in which a few words repeat; the most frequent are named
 ``coded``     random coded words with Zipf counts; the most frequent ones are named
+``queries``   only with ``queries=True``: needles for 2–8 keys in filler, then every key asked and
+              answered in a random order (dense retrieval in the needle format)
 ============  =================================================================================
 
 Example (``needle``, abridged)::
@@ -143,6 +145,28 @@ def _needle(rng: random.Random, sentences: Sequence[str], scale: float) -> str:
     )
 
 
+def _needle_queries(rng: random.Random, sentences: Sequence[str], scale: float) -> str:
+    """Needles for 2–8 distinct keys (× ``scale``) among filler, then a question and its answer for *every* key, in
+    a random order: the needle format with one retrieval per key instead of one per document."""
+    key_kind = rng.choice(("words", "words", "uuids", "numbers"))
+    value_kind = rng.choice(("numbers", "numbers", "uuids", "words"))
+    noun, one = value_kind, value_kind[:-1]
+    count, pairs = rng.randint(2, _top(8, scale)), {}
+    while len(pairs) < count:
+        pairs.setdefault(_value(rng, key_kind), _value(rng, value_kind))
+    lines = _filler(rng, sentences, rng.randint(4, _top(30, scale)))
+    for key, value in pairs.items():
+        lines.insert(rng.randint(0, len(lines)), NEEDLE.format(noun=noun, key=key, value=value))
+    asked = list(pairs.items())
+    rng.shuffle(asked)
+    questions = []
+    for key, value in asked:
+        questions.append(rng.choice(QUESTIONS).format(one=one, key=key))
+        questions.append(rng.choice(ANSWERS).format(one=one, key=key, value=value))
+    separator = rng.choice(("\n", " "))
+    return "\n".join([rng.choice(INSTRUCTIONS).format(noun=noun), separator.join(lines), *questions])
+
+
 def _kv_list(rng: random.Random, sentences: Sequence[str], scale: float) -> str:
     key_kind, value_kind = rng.choice((("uuids", "uuids"), ("words", "numbers"), ("words", "words")))
     pairs = [(_value(rng, key_kind), _value(rng, value_kind)) for _ in range(rng.randint(3, _top(16, scale)))]
@@ -236,11 +260,22 @@ def _coded(rng: random.Random, sentences: Sequence[str], scale: float) -> str:
     )
 
 
-_MAKERS = {"needle": _needle, "kv_list": _kv_list, "variables": _variables, "words": _word_list, "coded": _coded}
+_MAKERS = {
+    "needle": _needle,
+    "kv_list": _kv_list,
+    "variables": _variables,
+    "words": _word_list,
+    "coded": _coded,
+    "queries": _needle_queries,
+}
+#: With ``queries=True`` (:func:`retrieval_document`): half the documents are ``queries`` documents, the other half
+#: the usual kinds in their usual proportions.
+QUERY_KINDS = (*KINDS, "queries")
+QUERY_WEIGHTS = (*(w / 2 for w in WEIGHTS), 0.5)
 
 
 def retrieval_document(
-    seed: int | str, index: int, sentences: Sequence[str] = (), scale: float = 1.0
+    seed: int | str, index: int, sentences: Sequence[str] = (), scale: float = 1.0, queries: bool = False
 ) -> tuple[str, str]:
     """Document ``index`` of the stream ``seed``: ``(kind, text)``.
 
@@ -251,11 +286,14 @@ def retrieval_document(
         scale: haystack size: the upper bound of every size draw (filler lines, distractor needles, listed pairs,
             listed words, coded words) times ``scale`` (the lower bounds stay). 1 (the default) draws exactly the
             documents of the corpus; 3 makes needle haystacks up to about 120 lines (≈ 700 tokens).
+        queries: draw half the documents as ``queries`` documents (every needle's key asked and answered, in a
+            random order: one retrieval per key instead of one per document) and the rest as without it
+            (:data:`QUERY_KINDS`, :data:`QUERY_WEIGHTS`); off (the default), the stream is exactly as before it.
     """
     if not scale >= 1:
         raise ValueError(f"scale must be >= 1, got {scale!r}")
     rng = random.Random(f"probseq-retrieval-text:{seed}:{index}")
-    kind = rng.choices(KINDS, WEIGHTS)[0]
+    kind = rng.choices(QUERY_KINDS, QUERY_WEIGHTS)[0] if queries else rng.choices(KINDS, WEIGHTS)[0]
     return kind, _MAKERS[kind](rng, sentences, scale)
 
 

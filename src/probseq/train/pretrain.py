@@ -95,6 +95,9 @@ class LMRunConfig:
             retrieval documents of at most ``(k + 1)/stages · seq_len`` tokens (short haystacks first) and its share
             of the book text; off: the stages' blocks shuffled over the whole run.
         retrieval_stages: stages of haystack sizes (and parts of the run, with the curriculum).
+        retrieval_queries: half the generated documents are ``queries`` documents — needles for several keys, then
+            every key asked and answered (:func:`~probseq.data.retrieval_text.retrieval_document`, ``queries``): one
+            retrieval per key instead of one per document.
         save_steps, save_total_limit, logging_steps, progress, num_threads: run settings (not the result).
     """
 
@@ -121,6 +124,7 @@ class LMRunConfig:
     retrieval_scale: float = 1.0
     retrieval_curriculum: bool = False
     retrieval_stages: int = 4
+    retrieval_queries: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -143,10 +147,12 @@ class LMRunConfig:
             raise ValueError(f"retrieval_share must be in [0, 1), got {self.retrieval_share}")
         if self.retrieval_scale < 1:
             raise ValueError(f"retrieval_scale must be >= 1, got {self.retrieval_scale}")
-        if self.retrieval_share == 0 and (self.retrieval_scale != 1 or self.retrieval_curriculum):
+        if self.retrieval_share == 0 and (
+            self.retrieval_scale != 1 or self.retrieval_curriculum or self.retrieval_queries
+        ):
             raise ValueError(
-                "retrieval_scale and retrieval_curriculum shape the generated retrieval documents: set "
-                "retrieval_share > 0 as well"
+                "retrieval_scale, retrieval_curriculum and retrieval_queries shape the generated retrieval "
+                "documents: set retrieval_share > 0 as well"
             )
 
     def identity(self) -> dict[str, Any]:
@@ -216,6 +222,7 @@ ADDED_FIELDS: dict[str, Any] = {
     "retrieval_scale": 1.0,
     "retrieval_curriculum": False,
     "retrieval_stages": 4,
+    "retrieval_queries": False,
     "retention": "learned",  # distillation's student (DistillConfig)
     "answer_weight": 1.0,
 }
@@ -609,6 +616,7 @@ def mixed_token_array(
         "blocks": blocks,
         "seed": config.seed,
         **({} if purpose == "pretrain" else {"purpose": purpose}),  # pretraining's key and summary as before
+        **({"queries": True} if config.retrieval_queries else {}),  # the streams made before it keep their keys
     }
     if purpose not in RETRIEVAL_STREAMS:
         raise ValueError(f"purpose must be one of {tuple(RETRIEVAL_STREAMS)}, got {purpose!r}")
@@ -654,7 +662,10 @@ def mixed_token_array(
         nonlocal index
         misses = 0
         while True:
-            drawn = [_joined(*retrieval_document(stream, index + j, sentences, scale), index + j) for j in range(64)]
+            drawn = [
+                _joined(*retrieval_document(stream, index + j, sentences, scale, config.retrieval_queries), index + j)
+                for j in range(64)
+            ]
             index += len(drawn)
             texts = [text for _, text, _ in drawn]
             answers = _answer_tokens(tokenizer, texts, [start for _, _, start in drawn])
