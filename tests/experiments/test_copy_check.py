@@ -17,13 +17,15 @@ VOCAB, LENGTH = 50, 12
 
 
 class _Copier(torch.nn.Module):
-    """Uniform over the vocabulary in the first copy; in the second, certain of the token ``LENGTH`` back."""
+    """Uniform over the vocabulary in the first copy; in the second, certain of the token ``LENGTH`` back — and,
+    by a cheat no model has, certain of the second copy's first token too (so a first-copy slice that reached it
+    would fall below log V)."""
 
     def forward(self, input_ids):
         batch, steps = input_ids.shape
         logits = torch.zeros(batch, steps, VOCAB)
-        nxt = input_ids[:, 1 : steps - LENGTH]  # at position t ≥ LENGTH: the token after position t − LENGTH
-        logits[:, LENGTH : steps - 1].scatter_(-1, nxt[..., None], 50.0)
+        nxt = input_ids[:, : steps - LENGTH]  # at position t ≥ LENGTH − 1: the token after position t − LENGTH
+        logits[:, LENGTH - 1 : steps - 1].scatter_(-1, nxt[..., None], 50.0)
         return SimpleNamespace(logits=logits)
 
 

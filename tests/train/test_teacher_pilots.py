@@ -87,13 +87,16 @@ def test_queries_documents_ask_every_needle_and_answer_it():
         if kind != "queries":
             continue
         needles = dict(re.findall(r"One of the special magic \w+ for (\S+) is: (\S+)\.", text))
-        answers = [line for line in text.split("\n") if line.startswith(("Answer:", "The special magic"))]
-        assert 2 <= len(needles) == len(answers)
-        for line in answers:
-            value = line.rstrip(".").rsplit(" ", 1)[-1]
-            keys = [k for k, v in needles.items() if v == value]
-            assert keys and (line.startswith("Answer: ") and " for " not in line or f" for {keys[0]} " in line)
-        assert text.count("\n") >= 2 * len(needles)  # a question line and an answer line per key
+        lines = text.split("\n")
+        first = next(i for i, line in enumerate(lines) if line.endswith("?"))  # the first question
+        pairs = list(zip(lines[first::2], lines[first + 1 :: 2]))
+        assert 2 <= len(needles) == len(pairs) and first + 2 * len(pairs) == len(lines)
+        asked = []
+        for question, answer in pairs:
+            key = next(k for k in needles if f" {k}" in question)  # the key the question asks
+            asked.append(key)
+            assert answer.rstrip(".").endswith(f" {needles[key]}")  # answered with that key's value
+        assert sorted(asked) == sorted(needles)  # every key asked exactly once
         checked += 1
     assert checked > 100
     with pytest.raises(ValueError, match="retrieval_share"):
@@ -378,7 +381,8 @@ def test_answer_weight_weighs_the_loss_of_the_answer_tokens(corpus, tmp_path):
     plain = {k: v for k, v in batch.items() if k != "loss_weights"}
     ones = {**plain, "loss_weights": torch.ones_like(batch["loss_weights"])}
     torch.testing.assert_close(trainer.compute_loss(model, ones), model(**plain).loss)
-    torch.testing.assert_close(trainer.compute_loss(model, plain), model(**plain).loss)
+    model.eval()
+    torch.testing.assert_close(trainer.compute_loss(model, plain), model(**plain).loss)  # evaluation: unweighted
 
     assert (
         pretrain_config("small", ["retrieval_share=0.8"]).identity()
@@ -389,6 +393,13 @@ def test_answer_weight_weighs_the_loss_of_the_answer_tokens(corpus, tmp_path):
         pretrain_config("small", ["answer_weight=20"])
     with pytest.raises(ValueError, match="answer_weight must be > 0"):
         pretrain_config("small", ["retrieval_share=0.5", "answer_weight=0"])
+    with pytest.raises(ValueError, match="answer_weight must be a finite number"):
+        PretrainConfig(retrieval_share=0.5, answer_weight=float("inf"))
+    with pytest.raises(ValueError, match="retrieval_queries=false or answer_weight=1"):
+        pretrain_config("small", ["retrieval_share=0.5", "answer_weight=2", "retrieval_queries=true"])
+    model.train()
+    with pytest.raises(ValueError, match="without loss_weights"):
+        trainer.compute_loss(model, plain)
     with pytest.raises(ValueError, match="skip_logits"):
         pretrain_config("small", ["retrieval_share=0.5", "answer_weight=2", "skip_logits=true"])
     with pytest.raises(ValueError, match="answers has shape"):
@@ -411,6 +422,27 @@ def test_queries_stream_is_a_stream_of_its_own(corpus, tokenizer, tmp_path):
         pretrain_config("tiny", [*sets]).identity()
         == pretrain_config("tiny", [*sets, "retrieval_queries=false"]).identity()
     )
+
+
+def test_pretraining_with_an_answer_weight_trains_on_the_weighted_loss(corpus, tmp_path, monkeypatch):
+    """``answer_weight`` reaches the training batches through the data collator: every training step's batch has
+    ``loss_weights`` with the answer weight on the answer lines, and the run finishes with an unweighted validation
+    loss."""
+    from probseq.train import trainer as trainer_module
+
+    seen = []
+    original = trainer_module.AnswerWeightedTrainer.compute_loss
+
+    def recording(self, model, inputs, *args, **kwargs):
+        if model.training:
+            seen.append(set(inputs["loss_weights"].unique().tolist()))
+        return original(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module.AnswerWeightedTrainer, "compute_loss", recording)
+    sets = [*TINY, "seq_len=512", "tokens=4096", "retrieval_share=0.5", "answer_weight=5", "save_steps=0"]
+    log = pretrain(pretrain_config("tiny", sets), tmp_path)
+    assert log["steps"] == 4 and len(seen) == 4 and all(values <= {1.0, 5.0} for values in seen)
+    assert set().union(*seen) == {1.0, 5.0} and math.isfinite(log["valid_loss"])
 
 
 def test_mixed_stream_refuses_a_block_no_document_fits(corpus, tokenizer, tmp_path):

@@ -261,8 +261,8 @@ class PretrainConfig(LMRunConfig):
         answer_weight: the weight in the training loss of each generated retrieval document's answer-line tokens (1:
             every token alike; > 1 needs ``retrieval_share`` > 0): the loss is the weighted mean of the next-token
             cross-entropies (:class:`~probseq.train.trainer.AnswerWeightedTrainer`). At share 0.8 the answer lines
-            are ≈ 5 % of the tokens, so most of the loss is text no memory can predict (haystack lines, random
-            values); a weight of 20 gives the answers about half of it (docs/distillation.md, "Teacher pilots").
+            are ≈ 8 % of the tokens, so most of the loss is text no memory can predict (haystack lines, random
+            values); a weight of 20 gives the answers ≈ 64 % of it (docs/distillation.md, "Teacher pilots").
         skip_logits: training steps compute the loss without materialising the ``[B, T, V]`` logits
             (:class:`~probseq.train.trainer.LossOnlyTrainer`): the same loss and gradients to float rounding, far less
             memory at a large ``B·T·V`` (the ``340m`` preset's float32 logits would be 8.4 GB per device and step);
@@ -317,10 +317,15 @@ class PretrainConfig(LMRunConfig):
             "learning_rate",
             "valid_blocks",
         )
-        if not self.answer_weight > 0:
+        if not self.answer_weight > 0:  # (a non-finite number is refused by check_fields)
             raise ValueError(f"answer_weight must be > 0, got {self.answer_weight!r}")
         if self.answer_weight != 1 and self.retrieval_share == 0:
             raise ValueError("answer_weight weighs the generated retrieval documents' answers: set retrieval_share > 0")
+        if self.answer_weight != 1 and self.retrieval_queries:
+            raise ValueError(
+                "answer_weight weighs a document's last answer line only, and a queries document has several: "
+                "set retrieval_queries=false or answer_weight=1"
+            )
         if self.answer_weight != 1 and self.skip_logits:
             raise ValueError("answer_weight != 1 needs the logits: set skip_logits=false")
         if self.vocab_size < 260:
@@ -527,14 +532,11 @@ def _answer_tokens(tokenizer, texts: list[str], starts: list[int]) -> list[int]:
         batch, first = texts[begin : begin + 256], starts[begin : begin + 256]
         try:
             spans = tokenizer(batch, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-        except NotImplementedError:  # a slow tokenizer: the tokens the text has beyond its prefix
-            spans = None
-        for i, (text, start) in enumerate(zip(batch, first)):
-            if spans is not None:
-                counts.append(sum(end > start for _, end in spans[i]))
-            else:
-                whole, prefix = (len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in (text, text[:start]))
-                counts.append(whole - prefix)
+        except NotImplementedError:
+            raise ValueError(
+                "a mixed stream needs a fast tokenizer (character offsets, to find each document's answer)"
+            ) from None
+        counts.extend(sum(end > start for _, end in spans[i]) for i, start in enumerate(first))
     return counts
 
 

@@ -95,7 +95,8 @@ class AnswerWeightedTrainer(Trainer):
     ``w[b,t]`` weighing the prediction *of* token ``t`` (the pretraining answer weight, docs/distillation.md). The
     Trainer divides each micro-batch's loss by the accumulation steps (``loss_is_scaled_for_ga=False``), so with
     every weight 1 it is the plain causal-LM loss of packed blocks (every block has the same number of targets).
-    Batches without ``loss_weights`` (evaluation) get the model's own loss."""
+    Evaluation batches (no ``loss_weights``) get the model's own loss; a training batch without them is an error.
+    The logged training loss is the weighted one (the validation loss is not)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -103,8 +104,10 @@ class AnswerWeightedTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         weights = inputs.get("loss_weights")
-        if weights is None:  # the model's mean, which the Trainer divides by the accumulation steps
-            return super().compute_loss(model, inputs, return_outputs, None)
+        if weights is None:
+            if model.training:  # a weighted run must never train on the plain loss unnoticed
+                raise ValueError("a training batch without loss_weights (were the dataset's columns removed?)")
+            return super().compute_loss(model, inputs, return_outputs, None)  # evaluation: the model's mean
         labels = inputs["labels"]
         outputs = model(**{k: v for k, v in inputs.items() if k not in ("loss_weights", "labels")})
         logits, targets = outputs.logits[:, :-1].float(), labels[:, 1:]
