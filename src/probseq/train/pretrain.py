@@ -524,34 +524,40 @@ def stage_scales(config: PretrainConfig) -> list[float]:
     return [1 + (config.retrieval_scale - 1) * k / (stages - 1) for k in range(stages)]
 
 
-def _answer_tokens(tokenizer, texts: list[str], starts: list[int]) -> list[int]:
-    """For each text, how many of its last tokens (before the eos :func:`_document_ids` appends) cover the characters
-    from ``start`` on: the tokens whose character span ends after ``start``."""
-    counts = []
-    for begin in range(0, len(texts), 256):
-        batch, first = texts[begin : begin + 256], starts[begin : begin + 256]
+def _document_ids(tokenizer, texts: list[str]) -> list[np.ndarray]:
+    """``<|bos|> text <|eos|>`` of every text, as :func:`tokenize_documents` writes them (in the given order; uint16
+    ids when the vocabulary fits, else int32)."""
+    return [ids for batch in _encoded(tokenizer, texts) for ids in _framed(tokenizer, batch["input_ids"])]
+
+
+def _answered_document_ids(tokenizer, texts: list[str], starts: list[int]) -> tuple[list[np.ndarray], list[int]]:
+    """:func:`_document_ids` of generated documents, and for each how many of its last tokens before the eos are its
+    answer: the tokens whose character span ends after ``starts[i]`` (the answer's first character; one tokenizer
+    call gives the ids and their offsets, so a fast tokenizer is needed)."""
+    ids, counts = [], []
+    for begin, batch in zip(range(0, len(texts), 256), _encoded(tokenizer, texts, offsets=True)):
+        ids.extend(_framed(tokenizer, batch["input_ids"]))
+        first = starts[begin : begin + 256]
+        counts.extend(sum(end > start for _, end in spans) for spans, start in zip(batch["offset_mapping"], first))
+    return ids, counts
+
+
+def _encoded(tokenizer, texts: list[str], offsets: bool = False):
+    """``tokenizer(batch, add_special_tokens=True)`` of every 256 texts in turn (with ``offset_mapping``)."""
+    for start in range(0, len(texts), 256):
         try:
-            spans = tokenizer(batch, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+            yield tokenizer(texts[start : start + 256], add_special_tokens=True, return_offsets_mapping=offsets)
         except NotImplementedError:
             raise ValueError(
                 "a mixed stream needs a fast tokenizer (character offsets, to find each document's answer)"
             ) from None
-        counts.extend(sum(end > start for _, end in spans[i]) for i, start in enumerate(first))
-    return counts
 
 
-def _document_ids(tokenizer, texts: list[str]) -> list[np.ndarray]:
-    """``<|bos|> text <|eos|>`` of every text, as :func:`tokenize_documents` writes them (in the given order; uint16
-    ids when the vocabulary fits, else int32)."""
+def _framed(tokenizer, batch: list[list[int]]) -> list[np.ndarray]:
+    """Each id list with a bos in front (unless the tokenizer put one there) and an eos after it."""
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     dtype = np.uint16 if len(tokenizer) <= 65536 else np.int32
-    out = []
-    for start in range(0, len(texts), 256):
-        for ids in tokenizer(texts[start : start + 256], add_special_tokens=True)["input_ids"]:
-            if bos is not None and (not ids or ids[0] != bos):
-                ids = [bos, *ids]
-            out.append(np.asarray([*ids, eos], dtype=dtype))
-    return out
+    return [np.asarray([*([bos] if bos is not None and ids[:1] != [bos] else []), *ids, eos], dtype) for ids in batch]
 
 
 def mixed_token_array(
@@ -669,9 +675,8 @@ def mixed_token_array(
                 for j in range(64)
             ]
             index += len(drawn)
-            texts = [text for _, text, _ in drawn]
-            answers = _answer_tokens(tokenizer, texts, [start for _, _, start in drawn])
-            for (kind, _, _), ids, answer in zip(drawn, _document_ids(tokenizer, texts), answers):
+            texts, starts = [text for _, text, _ in drawn], [start for _, _, start in drawn]
+            for (kind, _, _), ids, answer in zip(drawn, *_answered_document_ids(tokenizer, texts, starts)):
                 if len(ids) > longest:
                     dropped[kind] = dropped.get(kind, 0) + 1
                     misses += 1
