@@ -445,6 +445,84 @@ def test_pretraining_with_an_answer_weight_trains_on_the_weighted_loss(corpus, t
     assert set().union(*seen) == {1.0, 5.0} and math.isfinite(log["valid_loss"])
 
 
+def test_copy_blocks_repeat_random_spans_in_a_share_of_the_blocks(tokenizer):
+    """``with_copy_blocks`` replaces ``round(share · blocks)`` blocks (the same ones for a seed, others for another)
+    by segments ``<bos> x x <eos>`` of non-special tokens, leaves every other block and the input array alone, zeroes
+    the answer mask on the copy blocks, and refuses a bad share; ``copy_share`` is validated and leaves the identity
+    of runs without it unchanged."""
+    from probseq.train.pretrain import COPY_SPAN, with_copy_blocks
+
+    seq_len, blocks = 128, 40
+    tokens = np.random.default_rng(1).integers(0, len(tokenizer), blocks * seq_len + 7).astype(np.uint16)
+    answers = np.ones(len(tokens), np.uint8)
+    before = tokens.copy()
+    out, mask, replaced = with_copy_blocks(tokens, seq_len, 0.25, 3, tokenizer, answers)
+    assert replaced == 10 and np.array_equal(tokens, before) and out.dtype == tokens.dtype
+    changed = [
+        b
+        for b in range(blocks)
+        if not np.array_equal(out[b * seq_len : (b + 1) * seq_len], before[b * seq_len : (b + 1) * seq_len])
+    ]
+    assert len(changed) == 10 and np.array_equal(out[blocks * seq_len :], before[blocks * seq_len :])
+    for b in range(blocks):
+        assert mask[b * seq_len : (b + 1) * seq_len].sum() == (0 if b in changed else seq_len)
+    bos, eos, special = tokenizer.bos_token_id, tokenizer.eos_token_id, set(tokenizer.all_special_ids)
+    spans = 0
+    for b in changed:
+        block = out[b * seq_len : (b + 1) * seq_len].tolist()
+        assert block[0] == bos
+        cuts = [i for i, t in enumerate(block) if t == bos] + [seq_len]
+        for start, end in zip(cuts, cuts[1:]):
+            segment = block[start + 1 : end]
+            if end == seq_len and (not segment or segment[-1] != eos):
+                continue  # the last segment, cut at the block's end
+            assert segment[-1] == eos
+            body = segment[:-1]
+            half = len(body) // 2
+            assert len(body) % 2 == 0 and body[:half] == body[half:] and COPY_SPAN[0] <= half <= COPY_SPAN[1]
+            assert not set(body) & special
+            spans += 1
+    assert spans >= 10
+    again, _, _ = with_copy_blocks(tokens, seq_len, 0.25, 3, tokenizer)
+    other, _, _ = with_copy_blocks(tokens, seq_len, 0.25, 4, tokenizer)
+    assert np.array_equal(again, out) and not np.array_equal(other, out)
+    assert with_copy_blocks(tokens, seq_len, 0.0, 3, tokenizer, answers) == (tokens, answers, 0)
+    with pytest.raises(ValueError, match="share must be in"):
+        with_copy_blocks(tokens, seq_len, 1.0, 3, tokenizer)
+    assert pretrain_config("small").identity() == pretrain_config("small", ["copy_share=0"]).identity()
+    assert pretrain_config("small", ["copy_share=0.5"]).identity()["copy_share"] == 0.5
+    with pytest.raises(ValueError, match="copy_share must be in"):
+        pretrain_config("small", ["copy_share=1"])
+
+
+def test_pretraining_with_copy_blocks_trains_on_them(corpus, tmp_path, monkeypatch):
+    """``copy_share`` reaches the training data of a mixed run: the blocks trained on hold the copy blocks (their
+    count is in the log) and the retrieval documents around them."""
+    from probseq.train import pretrain as pretrain_module
+
+    seen = []
+    original = pretrain_module.PackedBlocks.__getitem__
+
+    def recording(self, index):
+        item = original(self, index)
+        if self.count > 2:  # the training blocks, not the validation ones
+            seen.append(item["input_ids"])
+        return item
+
+    monkeypatch.setattr(pretrain_module.PackedBlocks, "__getitem__", recording)
+    sets = [*TINY, "seq_len=512", "tokens=8192", "retrieval_share=0.5", "copy_share=0.5", "save_steps=0"]
+    log = pretrain(pretrain_config("tiny", sets), tmp_path)
+    assert log["steps"] == 8 and log["copy_blocks"] == 8 and math.isfinite(log["valid_loss"])
+
+    def repeats(ids):  # a copy block: its first segment <bos> x x <eos>
+        ids = ids.tolist()
+        end = ids.index(ids[0], 1) if ids[0] in ids[1:] else len(ids)
+        body = ids[1 : end - 1]
+        return len(body) % 2 == 0 and len(body) > 0 and body[: len(body) // 2] == body[len(body) // 2 :]
+
+    assert sum(map(repeats, seen)) == 8 and len(seen) == 16
+
+
 def test_mixed_stream_refuses_a_block_no_document_fits(corpus, tokenizer, tmp_path):
     config = pretrain_config("tiny", [*TINY, "seq_len=16", "retrieval_share=0.5"])
     with pytest.raises(ValueError, match=r"longer than 16 tokens \(seq_len=16\)"):

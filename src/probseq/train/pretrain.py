@@ -225,6 +225,7 @@ ADDED_FIELDS: dict[str, Any] = {
     "retrieval_queries": False,
     "retention": "learned",  # distillation's student (DistillConfig)
     "answer_weight": 1.0,
+    "copy_share": 0.0,
 }
 
 #: Generated retrieval documents of a mixed run (``retrieval_share > 0``) come from the stream
@@ -263,6 +264,10 @@ class PretrainConfig(LMRunConfig):
             cross-entropies (:class:`~probseq.train.trainer.AnswerWeightedTrainer`). At share 0.8 the answer lines
             are ≈ 8 % of the tokens, so most of the loss is text no memory can predict (haystack lines, random
             values); a weight of 20 gives the answers ≈ 64 % of it (docs/distillation.md, "Teacher pilots").
+        copy_share: fraction of the training blocks replaced by **copy blocks** (:func:`with_copy_blocks`: random
+            token spans, each followed by itself again), the blocks chosen at random with the seed; 0 (the
+            default): none. Every token of a span's second copy is predictable only by finding its first copy —
+            the copying (induction) that no recipe without them started (docs/distillation.md, "Teacher pilots").
         skip_logits: training steps compute the loss without materialising the ``[B, T, V]`` logits
             (:class:`~probseq.train.trainer.LossOnlyTrainer`): the same loss and gradients to float rounding, far less
             memory at a large ``B·T·V`` (the ``340m`` preset's float32 logits would be 8.4 GB per device and step);
@@ -296,6 +301,7 @@ class PretrainConfig(LMRunConfig):
     probe_seed: int = 0
     skip_logits: bool = False
     answer_weight: float = 1.0
+    copy_share: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -328,6 +334,8 @@ class PretrainConfig(LMRunConfig):
             )
         if self.answer_weight != 1 and self.skip_logits:
             raise ValueError("answer_weight != 1 needs the logits: set skip_logits=false")
+        if not 0 <= self.copy_share < 1:
+            raise ValueError(f"copy_share must be in [0, 1), got {self.copy_share}")
         if self.vocab_size < 260:
             raise ValueError(f"vocab_size must be >= 260 (256 bytes and the special tokens), got {self.vocab_size}")
 
@@ -783,6 +791,61 @@ def mixed_token_array(
     return (tokens, summary, _answer_mask(answers_path, tokens)) if answers else (tokens, summary)
 
 
+#: A copy block's spans are ``COPY_SPAN`` = (shortest, longest) tokens long, uniformly; the random stream of the
+#: copy blocks is ``[COPY_STREAM, seed]`` (no other draw of a run uses it).
+COPY_SPAN = (8, 64)
+COPY_STREAM = 7919
+
+
+def with_copy_blocks(
+    tokens: np.ndarray, seq_len: int, share: float, seed: int, tokenizer, answers: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """The token array with ``round(share · blocks)`` of its ``seq_len`` blocks (chosen at random) replaced by copy
+    blocks: segments ``<bos> x x <eos>``, ``x`` a span of ``COPY_SPAN`` tokens drawn uniformly from the vocabulary's
+    non-special tokens, packed until the block is full (the last segment cut at the block's end).
+
+    In the second copy of ``x`` every token but the first is predictable exactly — by finding the previous
+    occurrence of the token before it and reading what followed (an induction step) — and by nothing else; the first
+    copy is unpredictable (≈ ln V nats a token). ``answers`` (a mask beside the tokens) is zeroed on the copy blocks.
+
+    Args:
+        tokens: ``[N]`` token ids (not modified: a copy is returned when any block is replaced).
+        seq_len: tokens per block; share: fraction of the ``N // seq_len`` blocks to replace, in [0, 1).
+        seed: the run's seed (stream ``[COPY_STREAM, seed]``).
+        tokenizer: its ``len`` and ``all_special_ids`` give the drawn ids; ``bos_token_id``/``eos_token_id`` the
+            separators (a missing bos is left out).
+
+    Returns:
+        ``(tokens, answers, replaced)``: ``replaced``, how many blocks are copy blocks.
+    """
+    if not 0 <= share < 1:
+        raise ValueError(f"share must be in [0, 1), got {share}")
+    count = len(tokens) // seq_len
+    replaced = round(share * count)
+    if replaced == 0:
+        return tokens, answers, 0
+    eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no eos token (a copy block's segments end with it)")
+    ids = np.setdiff1d(np.arange(len(tokenizer)), np.asarray(tokenizer.all_special_ids, dtype=np.int64))
+    rng = np.random.default_rng([COPY_STREAM, seed])
+    chosen = np.sort(rng.permutation(count)[:replaced])
+    tokens = np.array(tokens, copy=True)
+    answers = None if answers is None else np.array(answers, copy=True)
+    head = [] if bos is None else [bos]
+    for block in chosen:
+        pieces, filled = [], 0
+        while filled < seq_len:
+            span = rng.choice(ids, size=int(rng.integers(COPY_SPAN[0], COPY_SPAN[1] + 1)))
+            segment = np.concatenate([head, span, span, [eos]]).astype(tokens.dtype)
+            pieces.append(segment)
+            filled += len(segment)
+        tokens[block * seq_len : (block + 1) * seq_len] = np.concatenate(pieces)[:seq_len]
+        if answers is not None:
+            answers[block * seq_len : (block + 1) * seq_len] = 0
+    return tokens, answers, replaced
+
+
 def _answer_mask(path: Path, tokens: np.ndarray) -> np.ndarray:
     """The cached answer mask of a mixed stream (memory-mapped), checked against its tokens."""
     mask = np.load(path, mmap_mode="r")
@@ -950,6 +1013,9 @@ def pretrain(config: PretrainConfig, out: str | os.PathLike) -> dict[str, Any]:
                     arrays["train"], mix, answers = mixed_token_array(tokenizer, None, config, blocks, answers=True)
                 else:
                     arrays["train"], mix = mixed_token_array(tokenizer, None, config, blocks)
+        arrays["train"], answers, copy_blocks = with_copy_blocks(
+            arrays["train"], config.seq_len, config.copy_share, config.seed, tokenizer, answers
+        )
         train_data = PackedBlocks(arrays["train"], config.seq_len, answers=answers, answer_weight=config.answer_weight)
         valid_data = PackedBlocks(arrays["valid"], config.seq_len, limit=config.valid_blocks)
         if len(train_data) < config.batch_size * world_size:
@@ -1008,6 +1074,8 @@ def pretrain(config: PretrainConfig, out: str | os.PathLike) -> dict[str, Any]:
     }
     if config.retrieval_share or config.max_minutes or config.probe_every:  # the teacher pilots' fields
         log.update(max_steps=max_steps, out_of_time=run.out_of_time, mix=mix)
+    if config.copy_share:
+        log.update(copy_blocks=copy_blocks)
         if final_probes is not None:
             log.update(probes=nonfinite_to_none(final_probes), eval_seconds=curve.eval_seconds)
     if trainer.is_world_process_zero():
@@ -1029,4 +1097,5 @@ __all__ = [
     "pretrain",
     "pretrain_config",
     "tokenize_documents",
+    "with_copy_blocks",
 ]
