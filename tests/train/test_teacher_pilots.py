@@ -523,6 +523,20 @@ def test_pretraining_with_copy_blocks_trains_on_them(corpus, tmp_path, monkeypat
     assert sum(map(repeats, seen)) == 8 and len(seen) == 16
 
 
+def test_pretraining_without_the_output_gate_exports_a_model_without_it(corpus, tmp_path):
+    """``use_gate=false`` builds the Gated DeltaNet without its output gate (no ``g_proj``), the fla export says so
+    and loads back as such; at its default the identity of older runs is unchanged."""
+    from probseq.interop.fla import convert_fla
+
+    log = pretrain(pretrain_config("tiny", [*TINY, "tokens=1024", "use_gate=false", "save_steps=0"]), tmp_path / "r")
+    assert log["steps"] == 4 and math.isfinite(log["valid_loss"])
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["use_gate"] is False
+    model = convert_fla(tmp_path / "r", tmp_path / "converted")
+    assert model.config.use_gate is False and not any("g_proj" in name for name, _ in model.named_parameters())
+    assert pretrain_config("small").identity() == pretrain_config("small", ["use_gate=true"]).identity()
+    assert pretrain_config("small", ["use_gate=false"]).identity()["use_gate"] is False
+
+
 def test_mixed_stream_refuses_a_block_no_document_fits(corpus, tokenizer, tmp_path):
     config = pretrain_config("tiny", [*TINY, "seq_len=16", "retrieval_share=0.5"])
     with pytest.raises(ValueError, match=r"longer than 16 tokens \(seq_len=16\)"):

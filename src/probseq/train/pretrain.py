@@ -226,6 +226,7 @@ ADDED_FIELDS: dict[str, Any] = {
     "retention": "learned",  # distillation's student (DistillConfig)
     "answer_weight": 1.0,
     "copy_share": 0.0,
+    "use_gate": True,
 }
 
 #: Generated retrieval documents of a mixed run (``retrieval_share > 0``) come from the stream
@@ -244,7 +245,9 @@ class PretrainConfig(LMRunConfig):
 
     Attributes:
         hidden_size, num_hidden_layers, num_heads, head_dim, expand_v, hidden_ratio, conv_size,
-            tie_word_embeddings: the Gated DeltaNet (fla's ``GatedDeltaNetConfig`` fields of the same names).
+            tie_word_embeddings, use_gate: the Gated DeltaNet (fla's ``GatedDeltaNetConfig`` fields of the same
+            names; ``use_gate``: the output gate ``RMSNorm(o) ⊙ SiLU(g_proj x)``, fla's default, which at fla's
+            initialisation delays the copy the retrieval probes need: docs/distillation.md, "Teacher pilots").
         vocab_size: entries of the BPE tokenizer trained on the corpus (the model's vocabulary).
         tokens: the token budget (sets the number of optimizer steps).
         learning_rate: AdamW's peak learning rate.
@@ -282,6 +285,7 @@ class PretrainConfig(LMRunConfig):
     hidden_ratio: int = 4
     conv_size: int = 4
     tie_word_embeddings: bool = True
+    use_gate: bool = True
     vocab_size: int = 8192
     tokens: int = 20_000_000
     learning_rate: float = 1.5e-3
@@ -415,6 +419,7 @@ def model_config(config: PretrainConfig, tokenizer):
         expand_v=config.expand_v,
         hidden_ratio=config.hidden_ratio,
         conv_size=config.conv_size,
+        use_gate=config.use_gate,
         tie_word_embeddings=config.tie_word_embeddings,
         max_position_embeddings=config.seq_len,
         **special,
