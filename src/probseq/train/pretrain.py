@@ -1079,10 +1079,10 @@ def pretrain(config: PretrainConfig, out: str | os.PathLike) -> dict[str, Any]:
     }
     if config.retrieval_share or config.max_minutes or config.probe_every:  # the teacher pilots' fields
         log.update(max_steps=max_steps, out_of_time=run.out_of_time, mix=mix)
-    if config.copy_share:
-        log.update(copy_blocks=copy_blocks)
         if final_probes is not None:
             log.update(probes=nonfinite_to_none(final_probes), eval_seconds=curve.eval_seconds)
+    if config.copy_share:
+        log.update(copy_blocks=copy_blocks)
     if trainer.is_world_process_zero():
         with progress_bars(config.progress):
             export_fla(model, out)
