@@ -496,8 +496,8 @@ def test_copy_blocks_repeat_random_spans_in_a_share_of_the_blocks(tokenizer):
 
 
 def test_pretraining_with_copy_blocks_trains_on_them(corpus, tmp_path, monkeypatch):
-    """``copy_share`` reaches the training data of a mixed run: the blocks trained on hold the copy blocks (their
-    count is in the log) and the retrieval documents around them."""
+    """``copy_share`` reaches the training data of a mixed run: of the blocks trained on, exactly as many are copy
+    blocks as the log counts."""
     from probseq.train import pretrain as pretrain_module
 
     seen = []

@@ -247,7 +247,7 @@ class PretrainConfig(LMRunConfig):
         hidden_size, num_hidden_layers, num_heads, head_dim, expand_v, hidden_ratio, conv_size,
             tie_word_embeddings, use_gate: the Gated DeltaNet (fla's ``GatedDeltaNetConfig`` fields of the same
             names; ``use_gate``: the output gate ``RMSNorm(o) ⊙ SiLU(g_proj x)``, fla's default, which at fla's
-            initialisation delays the copy the retrieval probes need: docs/distillation.md, "Teacher pilots").
+            initialisation delays learning to copy on a pure copy task: docs/distillation.md, "Teacher pilots").
         vocab_size: entries of the BPE tokenizer trained on the corpus (the model's vocabulary).
         tokens: the token budget (sets the number of optimizer steps).
         learning_rate: AdamW's peak learning rate.
@@ -269,8 +269,8 @@ class PretrainConfig(LMRunConfig):
             values); a weight of 20 gives the answers ≈ 64 % of it (docs/distillation.md, "Teacher pilots").
         copy_share: fraction of the training blocks replaced by **copy blocks** (:func:`with_copy_blocks`: random
             token spans, each followed by itself again), the blocks chosen at random with the seed; 0 (the
-            default): none. Every token of a span's second copy is predictable only by finding its first copy —
-            the copying (induction) that no recipe without them started (docs/distillation.md, "Teacher pilots").
+            default): none. Every token of a span's second copy but its first is predictable only by finding the first
+            copy — the copy (induction) step a needle's answer needs (docs/distillation.md, "Teacher pilots").
         skip_logits: training steps compute the loss without materialising the ``[B, T, V]`` logits
             (:class:`~probseq.train.trainer.LossOnlyTrainer`): the same loss and gradients to float rounding, far less
             memory at a large ``B·T·V`` (the ``340m`` preset's float32 logits would be 8.4 GB per device and step);
