@@ -342,6 +342,7 @@ def test_set_overrides_keep_the_unit_keys_of_cached_runs():
             "loss_weighting=example",
             "num_threads=1",
             "layout=alternating",  # the default, written out: the key stays (the field came after these runs)
+            "expand_v=1",  # likewise
         ],
     )
     assert [unit_key(unit) for unit in config.units()] == ["gated_deltanet-lr0.0003-s0-89c3881b8b16"]
@@ -375,6 +376,30 @@ def test_set_layout_reaches_every_runs_model(experiment):
     assert not keys[0] & keys[1]
     with pytest.raises(ValueError, match="layout"):
         apply_overrides(base, ["layout=mamba"])
+
+
+@pytest.mark.parametrize("experiment", [mqar, recall])
+def test_set_expand_v_reaches_every_runs_model(experiment):
+    """``--set expand_v=2`` (Zoology's Gated DeltaNet: value dim twice the key dim) reaches the ModelSpec of every
+    run, doubles the recurrent state of the built model's mixer, and gives the runs keys of their own."""
+    from probseq.train.trainer import build_model
+
+    base = apply_overrides(experiment.PRESETS["cpu"], ['mixers=["gated_deltanet", "linear_attention"]', "n_layers=2"])
+    wide = apply_overrides(base, ["expand_v=2"])
+    assert {unit.config.model.expand_v for unit in wide.units()} == {2.0}
+    assert {unit.config.model.expand_v for unit in base.units()} == {1.0}
+    keys = [{unit.config.fingerprint() for unit in config.units()} for config in (base, wide)]
+    assert not keys[0] & keys[1]
+    for mixer in base.mixers:  # the first run of each mixer, narrow and wide
+        value_dims = [
+            dict(
+                build_model(next(u for u in config.units() if u.config.model.mixer == mixer).config).named_parameters()
+            )["layers.1.v_proj.weight"].shape[0]
+            for config in (base, wide)
+        ]
+        assert value_dims == [64, 128], mixer
+    with pytest.raises(ValueError, match="expand_v"):
+        apply_overrides(base, ["expand_v=0"])
 
 
 @pytest.mark.integration

@@ -34,6 +34,7 @@ class TrainingSweep:
         max_steps, batch_size, warmup, weight_decay: optimisation (AdamW, cosine schedule).
         eval_batch_size: evaluation batch.
         n_layers: blocks of the model (4 = ``[conv, mixer] × 2``).
+        expand_v: value dim / key dim of the recurrent mixers (1: the default; Zoology's Gated DeltaNet uses 2).
         layout: the model's blocks, ``"alternating"`` (conv block, mixer, …; the default) or ``"mixers"``
             (``n_layers`` mixers, no conv block: Zoology's Mamba-2 models) — :class:`~probseq.train.ModelSpec`'s.
         retention, retention_init, retention_lr_scale: the Bayesian Layer's certainty retention and, for
@@ -59,6 +60,7 @@ class TrainingSweep:
     weight_decay: float = 0.1
     eval_batch_size: int = 64
     n_layers: int = 4
+    expand_v: float = 1.0
     layout: Literal["alternating", "mixers"] = "alternating"
     retention: Literal["reset", "stationary", "learned"] = "learned"
     retention_init: float = 0.0
@@ -90,6 +92,7 @@ class TrainingSweep:
             mixer=mixer,
             d_model=d_model,
             n_layers=self.n_layers,
+            expand_v=self.expand_v,
             init=self.init,
             layout=self.layout,
             **({"retention": self.retention, "retention_init": self.retention_init} if mixer == "bayesian" else {}),
