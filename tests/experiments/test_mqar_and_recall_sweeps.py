@@ -343,6 +343,7 @@ def test_set_overrides_keep_the_unit_keys_of_cached_runs():
             "num_threads=1",
             "layout=alternating",  # the default, written out: the key stays (the field came after these runs)
             "expand_v=1",  # likewise
+            "decay_init_scale=1",  # likewise
         ],
     )
     assert [unit_key(unit) for unit in config.units()] == ["gated_deltanet-lr0.0003-s0-89c3881b8b16"]
@@ -400,6 +401,24 @@ def test_set_expand_v_reaches_every_runs_model(experiment):
         assert value_dims == [64, 128], mixer
     with pytest.raises(ValueError, match="expand_v"):
         apply_overrides(base, ["expand_v=0"])
+
+
+def test_set_decay_init_scale_reaches_every_runs_model_with_keys_of_its_own():
+    """``--set decay_init_scale=0.01`` reaches the ModelSpec (and the built model's decay rates) of every run;
+    the runs get keys of their own."""
+    import torch
+
+    from probseq.train.trainer import build_model
+
+    base = apply_overrides(mqar.PRESETS["cpu"], ['mixers=["gated_deltanet", "bayesian"]', "n_layers=2"])
+    slow = apply_overrides(base, ["decay_init_scale=0.01"])
+    assert {unit.config.model.decay_init_scale for unit in slow.units()} == {0.01}
+    keys = [{unit.config.fingerprint() for unit in config.units()} for config in (base, slow)]
+    assert not keys[0] & keys[1]
+    a_logs = [build_model(config.units()[0].config).layers[1].A_log for config in (base, slow)]
+    torch.testing.assert_close(a_logs[1].exp(), 0.01 * a_logs[0].exp())
+    with pytest.raises(ValueError, match="decay_init_scale"):
+        apply_overrides(base, ["decay_init_scale=0"])
 
 
 @pytest.mark.integration

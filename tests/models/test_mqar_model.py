@@ -132,3 +132,30 @@ def test_layout_round_trips_and_a_config_saved_before_it_loads_as_alternating(tm
     loaded = ZoologyModel.from_pretrained(tmp_path / "old")
     assert loaded.config.layout == "alternating" and [type(layer) for layer in loaded.layers] == [ConvBlock, Mamba2]
     assert torch.equal(loaded(ids()).logits, old(ids()).logits)
+
+
+@pytest.mark.parametrize("mixer", ["gated_deltanet", "bayesian", "mamba2"])
+def test_decay_init_scale_multiplies_the_initial_decay_rates_and_nothing_else(mixer):
+    """``decay_init_scale=s``: every mixer's ``A_log`` moves by ``ln s`` (initial half-lives ÷ s); every other
+    parameter is the one the same seed draws without it, so runs that differ only in it stay paired."""
+    plain = model(mixer, seed=5, n_layers=4).state_dict()
+    scaled = model(mixer, seed=5, n_layers=4, decay_init_scale=0.01).state_dict()
+    assert list(plain) == list(scaled)
+    decay_rates = [name for name in plain if name.endswith("A_log")]
+    assert len(decay_rates) == 2  # one per mixer block
+    for name, tensor in plain.items():
+        if name in decay_rates:
+            torch.testing.assert_close(scaled[name].exp(), 0.01 * tensor.exp())
+        else:
+            assert torch.equal(scaled[name], tensor), name
+
+
+def test_decay_init_scale_is_validated_and_round_trips(tmp_path):
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="decay_init_scale"):
+            ZoologyConfig(vocab_size=VOCAB, d_model=32, mixer="gated_deltanet", decay_init_scale=bad)
+    saved = model("gated_deltanet", decay_init_scale=0.1)
+    saved.save_pretrained(tmp_path)
+    loaded = ZoologyModel.from_pretrained(tmp_path)
+    assert loaded.config.decay_init_scale == 0.1
+    assert torch.equal(loaded.layers[1].A_log, saved.layers[1].A_log)  # the saved weights, not scaled again

@@ -35,6 +35,8 @@ class TrainingSweep:
         eval_batch_size: evaluation batch.
         n_layers: blocks of the model (4 = ``[conv, mixer] × 2``).
         expand_v: value dim / key dim of the recurrent mixers (1: the default; Zoology's Gated DeltaNet uses 2).
+        decay_init_scale: the mixers' initial decay rates multiplied by this (1: the default, their own
+            initialisation; :class:`~probseq.models.mqar_model.ZoologyConfig`).
         layout: the model's blocks, ``"alternating"`` (conv block, mixer, …; the default) or ``"mixers"``
             (``n_layers`` mixers, no conv block: Zoology's Mamba-2 models) — :class:`~probseq.train.ModelSpec`'s.
         retention, retention_init, retention_lr_scale: the Bayesian Layer's certainty retention and, for
@@ -61,6 +63,7 @@ class TrainingSweep:
     eval_batch_size: int = 64
     n_layers: int = 4
     expand_v: float = 1.0
+    decay_init_scale: float = 1.0
     layout: Literal["alternating", "mixers"] = "alternating"
     retention: Literal["reset", "stationary", "learned"] = "learned"
     retention_init: float = 0.0
@@ -93,6 +96,7 @@ class TrainingSweep:
             d_model=d_model,
             n_layers=self.n_layers,
             expand_v=self.expand_v,
+            decay_init_scale=self.decay_init_scale,
             init=self.init,
             layout=self.layout,
             **({"retention": self.retention, "retention_init": self.retention_init} if mixer == "bayesian" else {}),

@@ -91,6 +91,10 @@ class ZoologyConfig(PretrainedConfig):
         layout: the blocks, ``"alternating"`` (the default: conv block, mixer, conv block, …; Zoology's models but
             Mamba-2) or ``"mixers"`` (``n_layers`` mixers and no conv block; Zoology's Mamba-2 models, which are two
             Mamba-2 blocks). A config saved before this field loads as ``"alternating"``, the model it was.
+        decay_init_scale: every mixer's initial decay rates ``A`` (``A_log``: Gated DeltaNet, the Bayesian Layer,
+            Mamba-2) multiplied by this after initialisation, so its initial half-lives are divided by it (1: the
+            default, the mixers' own initialisation; 0.01: a hundred times longer memory at step 0). Nothing else
+            changes: the same seed draws the same weights.
 
     As :class:`~probseq.models.ProbSeqConfig`, a key the class does not know or an invalid value (a size that is
     not a positive int, an epsilon or rate that is not a finite number > 0, a choice outside its values) is a
@@ -118,6 +122,7 @@ class ZoologyConfig(PretrainedConfig):
         tie_word_embeddings: bool = True,
         init: str = "fla",
         layout: str = "alternating",
+        decay_init_scale: float = 1.0,
         **kwargs,
     ):
         self.vocab_size, self.d_model, self.n_layers, self.mixer = vocab_size, d_model, n_layers, mixer
@@ -125,6 +130,7 @@ class ZoologyConfig(PretrainedConfig):
         self.use_gate, self.retention, self.retention_init = use_gate, retention, retention_init
         self.feature_map, self.norm_eps, self.initializer_range = feature_map, norm_eps, initializer_range
         self.init, self.tie_word_embeddings, self.layout = init, tie_word_embeddings, layout
+        self.decay_init_scale = decay_init_scale
         check_config_keys(type(self).__name__, kwargs, config_keys(type(self)))
         for name in ("dtype", "torch_dtype"):  # transformers would look the name up in torch (an AttributeError)
             check_dtype(name, kwargs.get(name))
@@ -152,7 +158,7 @@ class ZoologyConfig(PretrainedConfig):
                 f"n_layers must be >= 2 with layout='alternating' (a conv block and a mixer), got {self.n_layers}"
             )
         positive_int("num_heads", self.num_heads, optional=True)
-        for name in ("expand_v", "norm_eps", "initializer_range"):
+        for name in ("expand_v", "norm_eps", "initializer_range", "decay_init_scale"):
             positive_real(name, getattr(self, name))
         real_in("retention_init", self.retention_init, 0.0, 1.0)
         boolean("use_gate", self.use_gate)
@@ -259,6 +265,16 @@ class ZoologyModel(ProbSeqPreTrainedModel):
         self.post_init()
         if config.init == "zoology":
             self._rescale_output_projections()
+        if config.decay_init_scale != 1.0:
+            self._scale_initial_decay(config.decay_init_scale)
+
+    @torch.no_grad()
+    def _scale_initial_decay(self, scale: float) -> None:
+        """``A ← scale · A`` for every mixer's decay rate (``A_log ← A_log + ln scale``): initial half-lives
+        ``ln 2 / (A Δ)`` divided by ``scale``; no random draw."""
+        for layer in self.layers:
+            if hasattr(layer, "A_log"):
+                layer.A_log.add_(math.log(scale))
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

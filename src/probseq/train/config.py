@@ -57,6 +57,8 @@ class ModelSpec:
         layout: the blocks (:class:`probseq.models.mqar_model.ZoologyConfig`): ``"alternating"`` (conv block,
             mixer, …; the default, what every run cached before this field had) or ``"mixers"`` (``n_layers``
             mixers, no conv block: Zoology's Mamba-2 models).
+        decay_init_scale: the mixers' initial decay rates multiplied by this
+            (:class:`probseq.models.mqar_model.ZoologyConfig`; 1, the default: their own initialisation).
     """
 
     mixer: MixerName = "bayesian"
@@ -71,10 +73,11 @@ class ModelSpec:
     retention_init: float = 0.0
     init: Literal["fla", "zoology"] = "fla"
     layout: Literal["alternating", "mixers"] = "alternating"
+    decay_init_scale: float = 1.0
 
     def __post_init__(self) -> None:
         check_fields(self)
-        positive(self, "d_model", "n_layers", "state_size", "conv_kernel", "expand_v")
+        positive(self, "d_model", "n_layers", "state_size", "conv_kernel", "expand_v", "decay_init_scale")
         if not 0 <= self.retention_init <= 1:
             raise ValueError(f"retention_init must be in [0, 1], got {self.retention_init!r}")
         if self.num_heads is not None:
@@ -227,6 +230,7 @@ ADDED_FIELDS = {
     ("model", "retention_init"): 0.0,
     ("model", "init"): "fla",
     ("model", "layout"): "alternating",
+    ("model", "decay_init_scale"): 1.0,
     (None, "loss_weighting"): "token",
     (None, "compile"): False,
     (None, "batching"): "mixed",

@@ -356,6 +356,7 @@ def zoology_config(config: TrainConfig) -> ZoologyConfig:
         retention_init=spec.retention_init,
         init=spec.init,
         layout=spec.layout,
+        decay_init_scale=spec.decay_init_scale,
     )
 
 
