@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import re
@@ -95,6 +96,8 @@ class Task:
     steps_pilot: StepsPilot | None = None  # the plan's rule for the number of steps (MQAR), None: the preset's
     secondary: tuple[str, ...] = ()  # further test points analysed like the primary ones (never a stage-3 trigger)
     arm_changes: tuple[Arm, ...] = ()  # this task's version of an arm of ARMS (same name)
+    only_arms: tuple[str, ...] | None = None  # the arms of ARMS this task runs (None: every arm)
+    fixed_variant: str | None = None  # the Bayesian Layer fixed in advance (None: chosen by plan item 3)
 
 
 @dataclass(frozen=True)
@@ -142,12 +145,28 @@ TASKS = {
         arm_changes=(Arm("mamba2", "mamba2", (1e-3, 3e-3, 1e-2), ("init=zoology", "layout=mixers"), paired=False),),
     ),
 }
+# The primary comparison again under a slow initial decay (results/mqar_paired/README.md, "The primary comparison
+# under a slow initial decay", planned before its runs): the MQAR study's recipe and 1,500 steps (its pilot's choice),
+# every decay rate at 0.01× its initial value, Gated DeltaNet and the stationary Bayesian Layer only (the first
+# study's choice), each over lr {1e-3, 3e-3, 1e-2}.
+TASKS["mqar_slow_decay"] = dataclasses.replace(
+    TASKS["mqar"],
+    base=(*TASKS["mqar"].base, "max_steps=1500", "decay_init_scale=0.01"),
+    steps_pilot=None,
+    arm_changes=(
+        Arm("gated_deltanet", "gated_deltanet", (1e-3, 3e-3, 1e-2)),
+        Arm("bayesian_stationary", "bayesian", (1e-3, 3e-3, 1e-2), ("retention=stationary",)),
+    ),
+    only_arms=("gated_deltanet", "bayesian_stationary"),
+    fixed_variant="bayesian_stationary",
+)
 
 
 def task_arms(task: Task) -> tuple[Arm, ...]:
     """The arms of ``task``: ARMS, with the task's ``arm_changes`` in place of the arms of the same name."""
     changes = {arm.name: arm for arm in task.arm_changes}
-    return tuple(changes.get(arm.name, arm) for arm in ARMS)
+    arms = tuple(changes.get(arm.name, arm) for arm in ARMS)
+    return arms if task.only_arms is None else tuple(arm for arm in arms if arm.name in task.only_arms)
 
 
 def sweep_dir(root: Path, arm: Arm, label: str) -> Path:
@@ -271,7 +290,10 @@ def stage1(
 
 
 def bayesian_layer(task: Task, records: dict, chosen: dict) -> str | None:
-    """Plan item 3: the Bayesian variant with the higher stage-1 mean validation accuracy at the primary points."""
+    """Plan item 3: the Bayesian variant with the higher stage-1 mean validation accuracy at the primary points
+    (the task's ``fixed_variant`` when its plan fixed it in advance)."""
+    if task.fixed_variant is not None:
+        return task.fixed_variant if task.fixed_variant in chosen else None
     if not all(b in chosen for b in BAYESIAN):
         return None
 
@@ -307,7 +329,7 @@ def run(args: argparse.Namespace) -> None:
         chosen[arm.name], _ = stage1(task, root, arm, 1, extra, stop)
         print(f"   {arm.name}: chosen lr {chosen[arm.name]:g}", flush=True)
 
-    decisive = ("gated_deltanet", *BAYESIAN)
+    decisive = tuple(name for name in ("gated_deltanet", *BAYESIAN) if name in by_name)
     paired = sorted((arm for arm in arms if arm.paired), key=lambda arm: (arm.name not in decisive, arms.index(arm)))
     with Sweeps(args.workers, stop) as sweeps:  # one worker per sweep, this many sweeps at once
         chains = {arm.name: sweeps.submit(paired_chain, arm) for arm in paired}
@@ -330,7 +352,7 @@ def run(args: argparse.Namespace) -> None:
         later += [sweeps.submit(ranking_chain, arm) for arm in arms if not arm.paired]
         sweeps.wait([*chains.values(), *later])
     # Exploratory, outside the plan (``same_lr_rows``): GDN at the Bayesian variants' lrs, as many seeds as stage 2/3.
-    same_lrs = sorted({chosen[b] for b in BAYESIAN} - {chosen["gated_deltanet"]})
+    same_lrs = sorted({chosen[b] for b in BAYESIAN if b in chosen} - {chosen["gated_deltanet"]})
     if same_lrs:
         seeds = list(range(EXTENDED_SEEDS if extended else PAIRED_SEEDS))
         run_sweep(task, root, by_name["gated_deltanet"], "same_lr", same_lrs, seeds, args.workers, extra)

@@ -321,6 +321,39 @@ def test_run_extends_an_undecided_study_and_report_chooses_lrs_on_stage_1_sweeps
     assert final and all(r["seeds"] == 20 for r in final)
 
 
+def test_the_slow_decay_study_runs_gdn_and_the_stationary_bayesian_layer_only_and_pairs_them(tmp_path):
+    """``mqar_slow_decay`` (the primary comparison again, every decay rate at 0.01× at step 0): the MQAR recipe plus
+    ``decay_init_scale=0.01`` and 1,500 steps, no steps pilot, only Gated DeltaNet and the stationary Bayesian Layer
+    (fixed in advance, never chosen) over lr {1e-3, 3e-3, 1e-2}; ``report`` pairs exactly those two."""
+
+    def value(arm, label, lr, seed, split):  # 3e-3 best for both (interior); Bayesian +0.2 on test
+        return (0.8 if lr == 3e-3 else 0.5) + (0.2 if arm.startswith("bayesian") and split == "test" else 0.0)
+
+    study, calls = _fake_study(value, delay=0.0)
+    task = study["TASKS"]["mqar_slow_decay"]
+    assert task.base == (*study["TASKS"]["mqar"].base, "max_steps=1500", "decay_init_scale=0.01")
+    study["run"](argparse.Namespace(task="mqar_slow_decay", root=str(tmp_path), workers=2))
+    assert {call[0] for call in calls} == {"gated_deltanet", "bayesian_stationary"}
+    assert sorted((call[0], call[1]) for call in calls) == [
+        ("bayesian_stationary", "grid"),
+        ("bayesian_stationary", "paired"),
+        ("gated_deltanet", "grid"),
+        ("gated_deltanet", "paired"),
+    ]
+    assert all(call[2] == (1e-3, 3e-3, 1e-2) for call in calls if call[1] == "grid")
+    assert [call[5] for call in calls if call[0] == "bayesian_stationary"][0] == ("retention=stationary",)
+
+    out = tmp_path / "report"
+    study["report"](argparse.Namespace(task="mqar_slow_decay", root=str(tmp_path), out=str(out)))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["bayesian_layer"] == "bayesian_stationary"
+    assert summary["chosen_lr"] == {"gated_deltanet": 3e-3, "bayesian_stationary": 3e-3}
+    primary = [r for r in summary["paired"] if r["analysis"] == "all"]
+    assert [r["endpoint"] for r in primary] == ["T512_k128", "T1024_k256"]
+    assert all(r["bayesian"] == "bayesian_stationary" for r in primary)
+    assert all(r["mean_difference"] == pytest.approx(0.2) and r["seeds"] == 10 for r in primary)
+
+
 def test_a_failing_arm_stops_the_arms_not_yet_started(tmp_path):
     """The first failure cancels the queued arms (the running ones end; every sweep stays resumable)."""
     study, calls = _fake_study(lambda *a: 0.8, delay=0.3, fail="bayesian_learned")
