@@ -403,18 +403,27 @@ def test_set_expand_v_reaches_every_runs_model(experiment):
         apply_overrides(base, ["expand_v=0"])
 
 
-def test_set_decay_init_scale_reaches_every_runs_model_with_keys_of_its_own():
-    """``--set decay_init_scale=0.01`` reaches the ModelSpec (and the built model's decay rates) of every run;
-    the runs get keys of their own."""
+@pytest.mark.parametrize("experiment", [mqar, recall])
+def test_set_decay_init_scale_reaches_the_decaying_mixers_runs_only(experiment):
+    """``--set decay_init_scale=0.01`` reaches the ModelSpec (and the built model's decay rates) of every run of a
+    mixer with a decay rate, which get keys of their own; the other mixers' runs keep theirs (nothing to scale)."""
     import torch
 
     from probseq.train.trainer import build_model
 
-    base = apply_overrides(mqar.PRESETS["cpu"], ['mixers=["gated_deltanet", "bayesian"]', "n_layers=2"])
+    mixers = 'mixers=["gated_deltanet", "bayesian", "mamba2", "deltanet", "linear_attention", "attention"]'
+    base = apply_overrides(experiment.PRESETS["cpu"], [mixers, "n_layers=2"])
     slow = apply_overrides(base, ["decay_init_scale=0.01"])
-    assert {unit.config.model.decay_init_scale for unit in slow.units()} == {0.01}
-    keys = [{unit.config.fingerprint() for unit in config.units()} for config in (base, slow)]
-    assert not keys[0] & keys[1]
+    decaying = {"gated_deltanet", "bayesian", "mamba2"}
+    for before, after in zip(base.units(), slow.units()):
+        assert before.name == after.name
+        if before.config.model.mixer in decaying:
+            assert after.config.model.decay_init_scale == 0.01
+            assert before.config.fingerprint() != after.config.fingerprint()
+        else:
+            assert after.config == before.config and after.config.model.decay_init_scale == 1.0
+    slow = apply_overrides(slow, ['mixers=["gated_deltanet", "bayesian"]'])
+    base = apply_overrides(base, ['mixers=["gated_deltanet", "bayesian"]'])
     a_logs = [build_model(config.units()[0].config).layers[1].A_log for config in (base, slow)]
     torch.testing.assert_close(a_logs[1].exp(), 0.01 * a_logs[0].exp())
     with pytest.raises(ValueError, match="decay_init_scale"):

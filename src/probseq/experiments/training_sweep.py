@@ -21,6 +21,9 @@ from probseq.train.config import MIXER_NAMES, RUN_ONLY_FIELDS, ModelSpec, TrainC
 from probseq.train.data import MQARData, RecallData
 from probseq.train.sweep import Unit, run_columns, run_units, train_seconds
 
+# the mixers with a decay rate A (decay_init_scale reaches only these runs)
+DECAYING_MIXERS = frozenset({"gated_deltanet", "bayesian", "mamba2"})
+
 
 @dataclass(frozen=True)
 class TrainingSweep:
@@ -35,8 +38,8 @@ class TrainingSweep:
         eval_batch_size: evaluation batch.
         n_layers: blocks of the model (4 = ``[conv, mixer] × 2``).
         expand_v: value dim / key dim of the recurrent mixers (1: the default; Zoology's Gated DeltaNet uses 2).
-        decay_init_scale: the mixers' initial decay rates multiplied by this (1: the default, their own
-            initialisation; :class:`~probseq.models.mqar_model.ZoologyConfig`).
+        decay_init_scale: the initial decay rates of the mixers that have one (``DECAYING_MIXERS``) multiplied by
+            this (1: the default, their own initialisation; :class:`~probseq.models.mqar_model.ZoologyConfig`).
         layout: the model's blocks, ``"alternating"`` (conv block, mixer, …; the default) or ``"mixers"``
             (``n_layers`` mixers, no conv block: Zoology's Mamba-2 models) — :class:`~probseq.train.ModelSpec`'s.
         retention, retention_init, retention_lr_scale: the Bayesian Layer's certainty retention and, for
@@ -96,10 +99,11 @@ class TrainingSweep:
             d_model=d_model,
             n_layers=self.n_layers,
             expand_v=self.expand_v,
-            decay_init_scale=self.decay_init_scale,
             init=self.init,
             layout=self.layout,
             **({"retention": self.retention, "retention_init": self.retention_init} if mixer == "bayesian" else {}),
+            # likewise the decay's initial scale: only the mixers with a decay rate
+            **({"decay_init_scale": self.decay_init_scale} if mixer in DECAYING_MIXERS else {}),
         )
         return TrainConfig(
             model=model,

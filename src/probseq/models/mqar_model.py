@@ -94,7 +94,9 @@ class ZoologyConfig(PretrainedConfig):
         decay_init_scale: every mixer's initial decay rates ``A`` (``A_log``: Gated DeltaNet, the Bayesian Layer,
             Mamba-2) multiplied by this after initialisation, so its initial half-lives are divided by it (1: the
             default, the mixers' own initialisation; 0.01: a hundred times longer memory at step 0). Nothing else
-            changes: the same seed draws the same weights.
+            changes: the same seed draws the same weights. Applied once, at construction: a saved model's
+            ``A_log`` loads as saved (a checkpoint that lacks it, loaded with ``strict=False``, gets the mixer's
+            own unscaled initialisation).
 
     As :class:`~probseq.models.ProbSeqConfig`, a key the class does not know or an invalid value (a size that is
     not a positive int, an epsilon or rate that is not a finite number > 0, a choice outside its values) is a
