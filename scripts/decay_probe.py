@@ -4,7 +4,7 @@ mixer (Gated DeltaNet, the Bayesian Layer), per head, on MQAR data — trained a
     python scripts/decay_probe.py --run RUN_OR_FOLDER [--run …] [--segment 256 64] [--examples 64] --out DIR
 
 The decay is the layer's own: ``g = −exp(A_log) · softplus(a_proj x + dt_bias)`` (log decay per token and head,
-``α = exp(g)``), computed from the mixer's input ``x`` as the layer computes it, on ``--examples`` MQAR examples of
+``α = exp(g)``), taken from the mixer's ``filter_inputs`` on the input it receives, on ``--examples`` MQAR examples of
 the segment ``(T, k)`` in the run's vocabulary (:func:`probseq.tasks.multiquery_ar`, ``--seed``). Per run, mixer
 layer and head (``decay.csv``):
 
@@ -27,23 +27,21 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from probseq.experiments.common import write_csv
 from probseq.train.saved import find_runs
+from probseq.train.trainer import FINAL_DIR
 
 
 def decaying_mixers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-    """The modules of ``model`` that compute Gated DeltaNet's decay (``A_log``, ``dt_bias``, ``a_proj``)."""
-    return [
-        (name, module)
-        for name, module in model.named_modules()
-        if all(hasattr(module, attribute) for attribute in ("A_log", "dt_bias", "a_proj"))
-    ]
+    """The Gated-DeltaNet-family mixers of ``model``: those that hand their filter a log decay ``g``
+    (``filter_inputs``: :class:`probseq.layers.BayesianLayer` and its subclasses)."""
+    return [(name, module) for name, module in model.named_modules() if hasattr(module, "filter_inputs")]
 
 
 def log_decays(model: torch.nn.Module, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``{mixer name: g [B, T, H]}`` (float64) of every decaying mixer of ``model`` on ``input_ids`` ``[B, T]``."""
+    """``{mixer name: g [B, T, H]}`` of every decaying mixer of ``model`` on ``input_ids`` ``[B, T]``: the ``g`` the
+    mixer's own ``filter_inputs`` computes from the input it receives in ``model``'s forward."""
     mixers = decaying_mixers(model)
     inputs: dict[str, torch.Tensor] = {}
 
@@ -57,11 +55,7 @@ def log_decays(model: torch.nn.Module, input_ids: torch.Tensor) -> dict[str, tor
     try:
         with torch.no_grad():
             model(input_ids)
-            return {
-                name: -module.A_log.double().exp()
-                * F.softplus(module.a_proj(inputs[name]).double() + module.dt_bias.double())
-                for name, module in mixers
-            }
+            return {name: module.filter_inputs(inputs[name])["g"].double() for name, module in mixers}
     finally:
         for handle in handles:
             handle.remove()
@@ -96,7 +90,7 @@ def probe(paths: list[str], seq_len: int, num_kv_pairs: int, examples: int, seed
     for run in runs:
         spec = run.config.model
         data = multiquery_ar(run.config.data.vocab, examples, seq_len, seed, num_kv_pairs=num_kv_pairs)
-        models = {"init": build_model(run.config), "trained": ZoologyModel.from_pretrained(run.folder / "final")}
+        models = {"init": build_model(run.config), "trained": ZoologyModel.from_pretrained(run.folder / FINAL_DIR)}
         identity = {
             "run": run.name,
             "mixer": spec.mixer,
@@ -106,7 +100,7 @@ def probe(paths: list[str], seq_len: int, num_kv_pairs: int, examples: int, seed
             "steps": run.config.max_steps,
         }
         for weights, model in models.items():
-            decays = log_decays(model.eval(), data.inputs)
+            decays = log_decays(model.double().eval(), data.inputs)  # float64: the decay as exact as it gets
             if not decays:
                 print(f"skipped: run {run.name} has no Gated-DeltaNet-family mixer", file=sys.stderr)
                 break
