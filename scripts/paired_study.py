@@ -98,6 +98,8 @@ class Task:
     arm_changes: tuple[Arm, ...] = ()  # this task's version of an arm of ARMS (same name)
     only_arms: tuple[str, ...] | None = None  # the arms of ARMS this task runs (None: every arm)
     fixed_variant: str | None = None  # the Bayesian Layer fixed in advance (None: chosen by plan item 3)
+    # the ranking check against a committed ranking.json (its arms that this task does not rerun stand as they are)
+    ranking_reference: str | None = None
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,11 @@ TASKS["mqar_slow_decay"] = dataclasses.replace(
     ),
     only_arms=("gated_deltanet", "bayesian_stationary"),
     fixed_variant="bayesian_stationary",
+    # linear attention, DeltaNet and attention have no decay rate: their ranking-check runs stand
+    ranking_reference="results/mqar_paired/ranking.json",
 )
+# the arms of a reference ranking that stand beside a rerun under another decay initialisation (no decay rate)
+UNDECAYED_ARMS = ("attention", "deltanet", "linear_attention")
 
 
 def task_arms(task: Task) -> tuple[Arm, ...]:
@@ -571,14 +577,7 @@ def rank_report(args: argparse.Namespace) -> None:
     for r in committed:
         scores.setdefault(r["arm"], (r["lr"], r["stage1_score"]))
     order = sorted(scores, key=lambda name: -scores[name][1])
-    delta = ("gated_deltanet", "deltanet", "linear_attention")
-    checks = {  # None: an arm the check needs has no score yet
-        "attention_first": order[0] == "attention" if "attention" in scores else None,
-        "delta_rule_above_linear_attention": (
-            all(scores[name][1] > scores["linear_attention"][1] for name in delta[:2])
-            if all(name in scores for name in delta)
-            else None
-        ),
+    checks = ranking_checks(scores) | {
         "mamba2_learns_the_easy_segment": learned["mamba2"] >= MAMBA2_LEARNS if "mamba2" in learned else None,
     }
     summary = {
@@ -593,6 +592,41 @@ def rank_report(args: argparse.Namespace) -> None:
     (out / "ranking.json").write_text(json.dumps(summary, indent=1) + "\n")
     plot_ranking(summary["ranking"], out / "ranking.png")
     print(json.dumps(summary, indent=1))
+
+
+def ranking_checks(scores: dict[str, tuple[float, float]]) -> dict[str, bool | None]:
+    """The ranking check's order checks from each arm's ``(lr, stage-1 score)``: attention first, and the delta
+    rule (Gated DeltaNet and DeltaNet) above linear attention (None: an arm the check needs has no score)."""
+    delta = ("gated_deltanet", "deltanet", "linear_attention")
+    best = max(scores, key=lambda name: scores[name][1]) if scores else None
+    return {
+        "attention_first": best == "attention" if "attention" in scores else None,
+        "delta_rule_above_linear_attention": (
+            all(scores[name][1] > scores["linear_attention"][1] for name in delta[:2])
+            if all(name in scores for name in delta)
+            else None
+        ),
+    }
+
+
+def reference_ranking(task: Task, scores: dict[str, tuple[float, float]]) -> dict | None:
+    """The ranking check of a task that reruns some arms (``task.ranking_reference``): this task's arms at their
+    chosen lr (``scores``: arm → (lr, stage-1 score)) beside the reference's arms without a decay rate, best first,
+    with the order checks; ``None`` without a reference or before Gated DeltaNet's stage 1 is over."""
+    if task.ranking_reference is None or "gated_deltanet" not in scores:
+        return None
+    reference = json.loads((ROOT / task.ranking_reference).read_text())
+    merged = {r["arm"]: (r["lr"], r["stage1_score"]) for r in reference["ranking"] if r["arm"] in UNDECAYED_ARMS}
+    merged |= scores
+    order = sorted(merged, key=lambda name: -merged[name][1])
+    return {
+        "reference": task.ranking_reference,
+        "ranking": [
+            {"arm": n, "lr": merged[n][0], "stage1_score": round(merged[n][1], 4), "this_study": n in scores}
+            for n in order
+        ],
+        "checks": ranking_checks(merged),
+    }
 
 
 def plot_ranking(ranking: list[dict], path: Path) -> None:
@@ -874,6 +908,12 @@ def report(args: argparse.Namespace) -> None:
         paired += same_lr_rows(task, records, chosen)
     write_csv(out / "paired.csv", paired)
     summary = {"chosen_lr": chosen, "bayesian_layer": variant, "paired": paired}
+    stage1 = {
+        r["arm"]: (r["lr"], r["stage1_score"]) for r in calibration if r["chosen"] and r["stage1_score"] is not None
+    }
+    ranking = reference_ranking(task, stage1)
+    if ranking is not None:
+        summary["ranking_check"] = ranking
     if task.steps_pilot is not None:
         pilot = read_sweep(root / PILOT_DIR)
         learned = sum(has_learned(task, m) for m in pilot.values())

@@ -352,6 +352,31 @@ def test_the_slow_decay_study_runs_gdn_and_the_stationary_bayesian_layer_only_an
     assert [r["endpoint"] for r in primary] == ["T512_k128", "T1024_k256"]
     assert all(r["bayesian"] == "bayesian_stationary" for r in primary)
     assert all(r["mean_difference"] == pytest.approx(0.2) and r["seeds"] == 10 for r in primary)
+    # the ranking check: this study's Gated DeltaNet (0.8) beside the committed first study's arms without a decay
+    # rate (its Gated DeltaNet, Mamba-2 and Bayesian arms left out)
+    reference = json.loads((REPO / "results" / "mqar_paired" / "ranking.json").read_text())
+    standing = {r["arm"]: r["stage1_score"] for r in reference["ranking"]}
+    ranking = summary["ranking_check"]
+    assert ranking["reference"] == "results/mqar_paired/ranking.json"
+    arms = {r["arm"]: r for r in ranking["ranking"]}
+    assert set(arms) == {"gated_deltanet", "bayesian_stationary", "attention", "deltanet", "linear_attention"}
+    assert arms["gated_deltanet"]["stage1_score"] == pytest.approx(0.8) and arms["gated_deltanet"]["this_study"]
+    assert arms["linear_attention"]["stage1_score"] == standing["linear_attention"]
+    assert not arms["linear_attention"]["this_study"]
+    scores = [r["stage1_score"] for r in ranking["ranking"]]
+    assert scores == sorted(scores, reverse=True)
+    expected = 0.8 > standing["linear_attention"] and standing["deltanet"] > standing["linear_attention"]
+    assert ranking["checks"]["delta_rule_above_linear_attention"] is expected
+    assert ranking["checks"]["attention_first"] is (standing["attention"] > 0.8 + 0.0)
+
+
+def test_ranking_checks_read_the_order(study):
+    checks = study["ranking_checks"]
+    scores = {"attention": (1e-2, 0.9), "gated_deltanet": (3e-3, 0.7), "deltanet": (3e-3, 0.72)}
+    assert checks(scores) == {"attention_first": True, "delta_rule_above_linear_attention": None}
+    assert checks(scores | {"linear_attention": (3e-2, 0.69)})["delta_rule_above_linear_attention"] is True
+    assert checks(scores | {"linear_attention": (3e-2, 0.71)})["delta_rule_above_linear_attention"] is False
+    assert checks(scores | {"linear_attention": (3e-2, 0.95)})["attention_first"] is False
 
 
 def test_a_failing_arm_stops_the_arms_not_yet_started(tmp_path):
