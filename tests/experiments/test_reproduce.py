@@ -185,3 +185,46 @@ def test_cpu_preset_reads_the_background_results_and_never_recomputes(tmp_path, 
         results = reproduce._learned(study, reproduce.ReproduceConfig(preset="cpu"), tmp_path / "out")
         assert results["num_units"] == 54 and results["source"].endswith(f"{study}_cpu/results.json")
         assert (tmp_path / "out" / study / "plot.png").exists()
+
+
+def _write_csv(path, header, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join([",".join(header), *(",".join(map(str, r)) for r in rows)]) + "\n")
+
+
+def test_the_report_quotes_the_committed_distillation_study(tmp_path):
+    """Section 7 reads ``results/ruler/paired.csv`` (the niah-mean rows of each distilled arm against the GDN
+    fine-tune) and the teacher's curve; without the file it says there is no study, a damaged file is named."""
+    header = ["arm", "versus", "task", "tasks", "length", "multiple", "pairs", "discordant", "score", "score_versus"]
+    header += ["difference", "ci_low", "ci_high", "half_width", "verdict", "flag", "samples_needed"]
+    rows = [
+        ["bayes", "gdn", "niah mean", "niah_single_1 niah_multikey_2", 512, 1, 600, 0, 50, 50, 0, 0, 0, 0]
+        + ["uninformative", "no discordant pairs", 0],
+        ["bayes", "gdn", "niah mean", "x", 1024, 2, 900, 6, 33, 32, 1.25, -0.5, 3.0, 1.75, "indistinguishable", "", 1],
+        ["bayes", "gdn", "niah_single_1", "niah_single_1", 1024, 2, 300, 6, 99, 98, 1, 0, 2, 1, "better", "", 1],
+        ["bayes", "teacher", "niah mean", "x", 1024, 2, 900, 6, 33, 32, 9, 8, 10, 1, "better", "", 1],
+        ["bayes_stationary", "gdn", "niah mean", "x", 1024, 2, 900, 6, 33, 33, -0.5, -1, 0, 0.5, "worse", "", 1],
+    ]
+    _write_csv(tmp_path / "ruler" / "paired.csv", header, rows)
+    teacher = [["niah_single_1", 1024, 98.0, 97, 99, 300, 800, "ok"], ["niah_single_1", 512, 99.0, 98, 100, 300, 400]]
+    teacher[1].append("ok")
+    teacher.append(["niah_multikey_3", 512, "", "", "", 0, "", "skipped: too long"])
+    _write_csv(tmp_path / "ruler" / "teacher" / "summary.csv", ["task", "length", "score", "ci_low", "ci_high"]
+               + ["samples", "prompt_tokens", "status"], teacher)  # fmt: skip
+    found = reproduce.read_distillation(tmp_path)
+    assert [(r["arm"], r["length"]) for r in found["niah_mean"]] == [
+        ("bayes", "512"), ("bayes", "1024"), ("bayes_stationary", "1024"),
+    ]  # fmt: skip
+    assert found["teacher"] == {"niah_single_1": {"1024": 98.0, "512": 99.0}}
+    text = reproduce.distillation_verdict(found)
+    assert text.startswith("**Verdict:**")
+    assert "`bayes` − `gdn`: 512 tokens +0.0 [+0.0, +0.0] **uninformative**, no discordant pairs" in text
+    assert "1024 tokens +1.2 [-0.5, +3.0] **indistinguishable**" in text
+    assert "`bayes_stationary` − `gdn`: 1024 tokens -0.5 [-1.0, +0.0] **worse**" in text
+    assert "niah_single_1 99.0 / 98.0 at 512 / 1024 tokens" in text
+
+    assert reproduce.read_distillation(tmp_path / "nowhere") is None
+    assert "no distillation study" in reproduce.distillation_verdict(None)
+    (tmp_path / "ruler" / "paired.csv").write_text("arm,task\nbayes,niah mean\n")  # columns missing
+    damaged = reproduce.read_distillation(tmp_path)
+    assert "error" in damaged and "unreadable" in reproduce.distillation_verdict(damaged)

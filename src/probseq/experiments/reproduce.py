@@ -21,6 +21,7 @@ Distillation + RULER and the efficiency benchmark are not run: the report gives 
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import os
@@ -218,6 +219,7 @@ def run_reproduce(
         "sections_from_cache": sum(t["cached"] for t in timing.values()),
         "num_sections": len(plan),
         "paired_studies": read_paired_studies(evidence),
+        "distillation": read_distillation(evidence),
     }
     atomic_write_json(out / "results.json", summary)
     atomic_write_text(out / "REPORT.md", report(summary))
@@ -257,6 +259,65 @@ def read_paired_studies(evidence: str | os.PathLike | None) -> dict[str, Any]:
                     except (OSError, ValueError) as error:
                         found[study][key] = {"error": f"{extra}: {error}"}
     return found
+
+
+def read_distillation(evidence: str | os.PathLike | None) -> dict[str, Any] | None:
+    """The committed distillation study (``results/ruler/``, written by ``scripts/ruler_compare.py``): the niah-mean
+    rows of ``paired.csv`` of every distilled arm against the GDN baseline, and the teacher's niah_single_1 and
+    niah_multikey_2 scores per length from ``teacher/summary.csv``; ``None`` without ``paired.csv``, an
+    ``{"error": ...}`` when a file cannot be read."""
+    if evidence is None:
+        return None
+    folder = Path(evidence) / "ruler"
+    paired_path, teacher_path = folder / "paired.csv", folder / "teacher" / "summary.csv"
+    if not paired_path.is_file():
+        return None
+    try:
+        with paired_path.open(newline="") as handle:
+            rows = [
+                {key: row[key] for key in ("arm", "length", "difference", "ci_low", "ci_high", "verdict", "flag")}
+                for row in csv.DictReader(handle)
+                if row["task"] == "niah mean" and row["versus"] == "gdn" and row["arm"] != "teacher"
+            ]
+        teacher: dict[str, dict[str, float]] = {}
+        if teacher_path.is_file():
+            with teacher_path.open(newline="") as handle:
+                for row in csv.DictReader(handle):
+                    if row["task"] in ("niah_single_1", "niah_multikey_2") and row["status"] == "ok":
+                        teacher.setdefault(row["task"], {})[row["length"]] = float(row["score"])
+    except (OSError, KeyError, ValueError) as error:
+        return {"error": f"{folder}: {error}"}
+    return {"niah_mean": rows, "teacher": teacher}
+
+
+def distillation_verdict(distillation: dict[str, Any] | None) -> str:
+    """Section 7's verdict from :func:`read_distillation`: per distilled arm and length, the niah-mean difference
+    against the GDN fine-tune with its interval and verdict, and the teacher's curve."""
+    if distillation is None:
+        return "**Verdict:** no distillation study in this checkout (`results/ruler/paired.csv`)."
+    if "error" in distillation:
+        return f"**Verdict:** the committed study is unreadable ({distillation['error']})."
+    arms: dict[str, list[str]] = {}
+    for row in distillation["niah_mean"]:
+        flag = f", {row['flag']}" if row["flag"] else ""
+        arms.setdefault(row["arm"], []).append(
+            f"{row['length']} tokens {float(row['difference']):+.1f} [{float(row['ci_low']):+.1f}, "
+            f"{float(row['ci_high']):+.1f}] **{row['verdict']}**{flag}"
+        )
+    text = "**Verdict:** distilled arms − the GDN fine-tune at matched compute (`results/ruler/`, paired over the same "
+    text += "prompts; niah mean, score points, 95 % interval): " + (
+        "; ".join(f"`{arm}` − `gdn`: " + ", ".join(parts) for arm, parts in arms.items()) or "no paired rows yet"
+    )
+    curve = distillation["teacher"]
+    if curve:
+        text += ". The teacher's curve (" + "; ".join(
+            f"{task} " + " / ".join(f"{score:.1f}" for _, score in sorted(scores.items(), key=lambda kv: int(kv[0])))
+            for task, scores in curve.items()
+        )
+        text += (
+            " at " + " / ".join(sorted(next(iter(curve.values())), key=int)) + " tokens) says how much room it left."
+        )
+    return text + " Read `results/ruler/README.md` for the study and its limits."
 
 
 def _widest_extension(folder: Path) -> Path:
@@ -691,11 +752,7 @@ def report(summary: dict[str, Any]) -> str:
         "probseq ruler --model runs/student --tasks … --lengths … --samples N --out runs/ruler",
         "```",
         "",
-        "**Verdict:** not tested yet. The first study (`results/ruler/`) could not answer: its teacher did not "
-        "retrieve, so every arm sat at RULER's floor. The next one — a teacher chosen by the pilots "
-        "(`scripts/teacher_pilots.py`), a gate on its niah_single_1, distillation's own mixed stream, paired "
-        "niah-mean verdicts per length — has its plan fixed in `results/ruler/README.md` and runs with "
-        "`python scripts/distill_study.py run --teacher DIR`.",
+        distillation_verdict(summary.get("distillation")),
         "",
         "## 8. Efficiency: chunk-parallel training, constant-memory decoding",
         "",
