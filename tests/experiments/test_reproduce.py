@@ -228,3 +228,14 @@ def test_the_report_quotes_the_committed_distillation_study(tmp_path):
     (tmp_path / "ruler" / "paired.csv").write_text("arm,task\nbayes,niah mean\n")  # columns missing
     damaged = reproduce.read_distillation(tmp_path)
     assert "error" in damaged and "unreadable" in reproduce.distillation_verdict(damaged)
+
+
+def test_the_committed_distillation_study_is_quoted_per_length():
+    """The repository's own ``results/ruler/`` gives the Bayesian arm's niah-mean row at every length of the study."""
+    from tests.helpers import REPO
+
+    found = reproduce.read_distillation(REPO / "results")
+    assert found is not None and "error" not in found
+    lengths = {row["length"] for row in found["niah_mean"] if row["arm"] == "bayes"}
+    assert lengths == {"512", "1024", "2048", "4096"}
+    assert set(found["teacher"]) == {"niah_single_1", "niah_multikey_2"}
