@@ -211,9 +211,10 @@ def test_intervals():
 
 
 def test_default_fields_keep_the_identity_of_older_runs():
-    """The teacher of results/distill was made before the new fields: its config, read back, has the same identity
-    (so its run folder resumes), and so does every preset; a new field set to another value changes it."""
-    old = json.loads((ROOT / "results/distill/teacher/train_log.json").read_text())["config"]
+    """The first distillation study's teacher (2026-11-30; its config kept in tests/train/data, as its
+    train_log.json recorded it) was made before the new fields: its config, read back, has the same identity (so its
+    run folder resumes), and so does every preset; a new field set to another value changes it."""
+    old = json.loads((Path(__file__).parent / "data" / "teacher_config_2026-11-30.json").read_text())
     old_run_only = {"save_steps", "save_total_limit", "logging_steps", "progress", "num_threads", "corpus_dir"}
     old_identity = {k: v for k, v in old.items() if k not in old_run_only | {"valid_blocks"}}
     config = from_dict(PretrainConfig, old)
