@@ -800,6 +800,43 @@ def test_demo_report_quotes_the_ranking_check_and_the_precision_extension(tmp_pa
     )
 
 
+def test_demo_report_quotes_the_repeat_under_a_slow_initial_decay(tmp_path):
+    """results/<study>_slow_decay/summary.json (``report mqar_slow_decay``) is quoted after the first study: its
+    "all seeds" rows and its ranking check; "under way" without rows; a damaged file is named."""
+    (tmp_path / "mqar_paired").mkdir()
+    row = {"analysis": "all", "seeds": 10, "mean_difference": 0.11, "low": 0.04, "high": 0.18, "verdict": "better"}
+    (tmp_path / "mqar_paired" / "summary.json").write_text(
+        json.dumps({"bayesian_layer": "bayesian_stationary", "paired": [{**row, "endpoint": "T512_k128"}]})
+    )
+    folder = tmp_path / "mqar_slow_decay"
+    folder.mkdir()
+    (folder / "summary.json").write_text(json.dumps({"paired": []}))
+    text = reproduce.paired_verdict("mqar", reproduce.read_paired_studies(tmp_path)["mqar"])
+    assert "Repeat under a slow initial decay (`results/mqar_slow_decay/`): under way." in text
+    repeat = {
+        "paired": [
+            {**row, "endpoint": "T512_k128", "mean_difference": 0.225, "low": 0.139, "high": 0.312},
+            {**row, "analysis": "secondary points", "endpoint": "T128_k32"},
+        ],
+        "ranking_check": {
+            "ranking": [
+                {"arm": "gated_deltanet", "stage1_score": 0.7002},
+                {"arm": "linear_attention", "stage1_score": 0.6958},
+            ],
+            "checks": {"attention_first": None, "delta_rule_above_linear_attention": True},
+        },
+    }
+    (folder / "summary.json").write_text(json.dumps(repeat))
+    text = reproduce.paired_verdict("mqar", reproduce.read_paired_studies(tmp_path)["mqar"])
+    assert text.index("T512_k128 +0.110") < text.index("Repeated with every decay rate at 0.01×")
+    assert "T512_k128 +0.225 [+0.139, +0.312] over 10 seeds: **better**" in text and "T128_k32" not in text
+    assert "gated_deltanet 0.700 > linear_attention 0.696" in text
+    assert "delta rule above linear attention: holds" in text and "attention first: not yet known" in text
+    (folder / "summary.json").write_text("{broken")
+    text = reproduce.paired_verdict("mqar", reproduce.read_paired_studies(tmp_path)["mqar"])
+    assert "Repeat under a slow initial decay (`results/mqar_slow_decay/`): unreadable" in text
+
+
 def test_demo_report_quotes_the_confirmation_study_once_every_seed_is_in(tmp_path):
     """results/<study>_confirm/summary.json (confirm-report) is quoted beside the paired study: "under way" while
     its rows are partial, the verdicts once final, the both-learned rows left to its README."""

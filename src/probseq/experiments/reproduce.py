@@ -250,6 +250,8 @@ def read_paired_studies(evidence: str | os.PathLike | None) -> dict[str, Any]:
             # the confirmation at one common lr on fresh seeds (confirm-report, results/<study>_confirm)
             for key, extra in (
                 ("ranking", folder / "ranking.json"),
+                # the primary comparison repeated under another initialisation (results/<study>_slow_decay)
+                ("slow_decay", Path(evidence) / f"{study}_slow_decay" / "summary.json"),
                 ("extension", _widest_extension(folder)),
                 ("confirmation", Path(evidence) / f"{study}_confirm" / "summary.json"),
             ):
@@ -393,6 +395,31 @@ def paired_verdict(study: str, paired: dict[str, Any] | None) -> str:
         text += " " + confirmation_text(study, confirmation)
     if paired.get("ranking") is not None:
         text += " " + ranking_text(paired["ranking"])
+    if paired.get("slow_decay") is not None:
+        text += " " + slow_decay_text(study, paired["slow_decay"])
+    return text
+
+
+def slow_decay_text(study: str, repeat: dict[str, Any]) -> str:
+    """The primary comparison repeated with every decay rate at 0.01× at step 0 (``results/<study>_slow_decay/``,
+    ``report``'s summary): its "all seeds" rows and its ranking check."""
+    folder = f"`results/{study}_slow_decay/`"
+    if "error" in repeat:
+        return f"Repeat under a slow initial decay ({folder}): unreadable ({repeat['error']})."
+    rows = [r for r in repeat.get("paired", []) if r["analysis"] == "all"]
+    if not rows:
+        return f"Repeat under a slow initial decay ({folder}): under way."
+    text = (
+        f"Repeated with every decay rate at 0.01× at step 0 ({folder}, plan fixed in advance): "
+        + "; ".join(map(_verdict_text, rows))
+        + "."
+    )
+    check = repeat.get("ranking_check")
+    if check is not None:
+        order = " > ".join(f"{r['arm']} {r['stage1_score']:.3f}" for r in check["ranking"])
+        words = {True: "holds", False: "**fails**", None: "not yet known"}
+        checks = "; ".join(f"{name.replace('_', ' ')}: {words[value]}" for name, value in check["checks"].items())
+        text += f" Its ranking check (the arms without a decay rate from the first study): {order}. {checks}."
     return text
 
 
