@@ -832,6 +832,19 @@ def test_demo_report_quotes_the_repeat_under_a_slow_initial_decay(tmp_path):
     assert "T512_k128 +0.225 [+0.139, +0.312] over 10 seeds: **better**" in text and "T128_k32" not in text
     assert "gated_deltanet 0.700 > linear_attention 0.696" in text
     assert "delta rule above linear attention: holds" in text and "attention first: not yet known" in text
+    assert text.count("Precision extension") == 0
+    # the repeat's own precision extension (extension30/, extend-report), quoted after its first look
+    (folder / "extension30").mkdir()
+    label = "30 seeds (precision extension)"
+    extended = {**row, "analysis": label, "seeds": 30, "endpoint": "T512_k128", "mean_difference": 0.2, "low": 0.16}
+    (folder / "extension30" / "summary.json").write_text(
+        json.dumps({"seeds": list(range(30)), "paired": [{**extended, "high": 0.24}]})
+    )
+    text = reproduce.paired_verdict("mqar", reproduce.read_paired_studies(tmp_path)["mqar"])
+    assert (
+        "Precision extension (outside the plan, seeds 10–29 added): T512_k128 +0.200 [+0.160, +0.240] over 30" in text
+    )
+    assert text.index("Repeated with every decay rate") < text.index("seeds 10–29 added")
     (folder / "summary.json").write_text("{broken")
     text = reproduce.paired_verdict("mqar", reproduce.read_paired_studies(tmp_path)["mqar"])
     assert "Repeat under a slow initial decay (`results/mqar_slow_decay/`): unreadable" in text

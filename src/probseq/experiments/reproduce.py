@@ -260,6 +260,13 @@ def read_paired_studies(evidence: str | os.PathLike | None) -> dict[str, Any]:
                         found[study][key] = json.loads(extra.read_text())
                     except (OSError, ValueError) as error:
                         found[study][key] = {"error": f"{extra}: {error}"}
+            repeat = found[study].get("slow_decay")
+            widest = _widest_extension(Path(evidence) / f"{study}_slow_decay")
+            if isinstance(repeat, dict) and "error" not in repeat and widest.is_file():
+                try:  # the repeat's own precision extension (extend-report --first-study results/<study>_slow_decay)
+                    repeat["extension"] = json.loads(widest.read_text())
+                except (OSError, ValueError) as error:
+                    repeat["extension"] = {"error": f"{widest}: {error}"}
     return found
 
 
@@ -376,20 +383,7 @@ def paired_verdict(study: str, paired: dict[str, Any] | None) -> str:
         f"**Paired study** ({folder}, the evidence that decides; the Bayesian Layer = `{paired['bayesian_layer']}`): "
         f"Bayesian − Gated DeltaNet test accuracy, 95 % interval — " + "; ".join(map(_verdict_text, rows)) + "."
     )
-    extension = paired.get("extension")
-    if extension is not None:
-        if "error" in extension:
-            text += f" Precision extension: unreadable ({extension['error']})."
-        else:
-            label = next((r["analysis"] for r in extension.get("paired", [])), "")
-            final = [r for r in extension.get("paired", []) if r["analysis"] == label]
-            if final:
-                last = max(extension.get("seeds") or [r["seeds"] - 1 for r in final])
-                text += (
-                    f" Precision extension (outside the plan, seeds 10–{last} added): "
-                    + "; ".join(map(_verdict_text, final))
-                    + "."
-                )
+    text += extension_text(paired.get("extension"))
     confirmation = paired.get("confirmation")
     if confirmation is not None:
         text += " " + confirmation_text(study, confirmation)
@@ -398,6 +392,23 @@ def paired_verdict(study: str, paired: dict[str, Any] | None) -> str:
     if paired.get("slow_decay") is not None:
         text += " " + slow_decay_text(study, paired["slow_decay"])
     return text
+
+
+def extension_text(extension: dict[str, Any] | None) -> str:
+    """A precision extension's first-analysis rows (``extend-report``'s summary), with a leading space; ``""`` when
+    there is none."""
+    if extension is None:
+        return ""
+    if "error" in extension:
+        return f" Precision extension: unreadable ({extension['error']})."
+    label = next((r["analysis"] for r in extension.get("paired", [])), "")
+    final = [r for r in extension.get("paired", []) if r["analysis"] == label]
+    if not final:
+        return ""
+    last = max(extension.get("seeds") or [r["seeds"] - 1 for r in final])
+    return (
+        f" Precision extension (outside the plan, seeds 10–{last} added): " + "; ".join(map(_verdict_text, final)) + "."
+    )
 
 
 def slow_decay_text(study: str, repeat: dict[str, Any]) -> str:
@@ -414,6 +425,7 @@ def slow_decay_text(study: str, repeat: dict[str, Any]) -> str:
         + "; ".join(map(_verdict_text, rows))
         + "."
     )
+    text += extension_text(repeat.get("extension"))
     check = repeat.get("ranking_check")
     if check is not None:
         order = " > ".join(f"{r['arm']} {r['stage1_score']:.3f}" for r in check["ranking"])
