@@ -361,11 +361,16 @@ def ranking_text(ranking: dict[str, Any]) -> str:
     """The ranking check of a paired study (``ranking.json``): each arm's stage-1 score, best first, and the checks."""
     if "error" in ranking:
         return f"Ranking check: unreadable ({ranking['error']})."
+    state = "" if ranking.get("complete") else " (**provisional**: stage 1 of the ranking arms not finished)"
+    return f"Ranking check{state}, mean validation accuracy at each arm's chosen lr (3 seeds): {_ranking_body(ranking)}"
+
+
+def _ranking_body(ranking: dict[str, Any]) -> str:
+    """``arm score > arm score …. check: holds; …`` from a ranking (``ranking`` best first, ``checks``)."""
     order = " > ".join(f"{r['arm']} {r['stage1_score']:.3f}" for r in ranking["ranking"])
     words = {True: "holds", False: "**fails**", None: "not yet known"}
     checks = "; ".join(f"{name.replace('_', ' ')}: {words[value]}" for name, value in ranking["checks"].items())
-    state = "" if ranking.get("complete") else " (**provisional**: stage 1 of the ranking arms not finished)"
-    return f"Ranking check{state}, mean validation accuracy at each arm's chosen lr (3 seeds): {order}. {checks}."
+    return f"{order}. {checks}."
 
 
 def paired_verdict(study: str, paired: dict[str, Any] | None) -> str:
@@ -428,10 +433,7 @@ def slow_decay_text(study: str, repeat: dict[str, Any]) -> str:
     text += extension_text(repeat.get("extension"))
     check = repeat.get("ranking_check")
     if check is not None:
-        order = " > ".join(f"{r['arm']} {r['stage1_score']:.3f}" for r in check["ranking"])
-        words = {True: "holds", False: "**fails**", None: "not yet known"}
-        checks = "; ".join(f"{name.replace('_', ' ')}: {words[value]}" for name, value in check["checks"].items())
-        text += f" Its ranking check (the arms without a decay rate from the first study): {order}. {checks}."
+        text += f" Its ranking check (the arms without a decay rate from the first study): {_ranking_body(check)}"
     return text
 
 
