@@ -434,14 +434,19 @@ def extend(args: argparse.Namespace) -> None:
     task, root, first = TASKS[args.task], Path(args.root).expanduser(), Path(args.first_study)
     extra = recorded_steps(task, first)
     variant, chosen = committed_choice(first)
-    seeds = list(range(PAIRED_SEEDS, extension_seeds(args)))
+    earlier = earlier_extension_rows(args, chosen)
+    todo = {
+        name: [s for s in range(PAIRED_SEEDS, extension_seeds(args)) if s not in earlier[name]]
+        for name in ("gated_deltanet", variant)
+    }
     with Sweeps(args.workers) as sweeps:
         sweeps.wait(
             [
                 sweeps.submit(
                     run_sweep, task, root, ARM_BY_NAME[name], EXTENSION_LABEL, [chosen[name]], seeds, 1, extra
                 )
-                for name in ("gated_deltanet", variant)
+                for name, seeds in todo.items()
+                if seeds
             ]
         )
     print("done; python scripts/paired_study.py extend-report ... --out ...", flush=True)
@@ -463,11 +468,24 @@ def committed_runs(first_study: Path) -> list[dict]:
                     "lr": float(r["lr"]),
                     "seed": int(r["seed"]),
                     "learned": r["learned"] == "True",
+                    "retention_scale": r.get("retention_scale") or None,
                 }
                 for r in csv.DictReader(handle)
             ]
     except (OSError, KeyError, ValueError) as error:
         raise SystemExit(f"{path}: not a readable runs table ({error})") from error
+
+
+def earlier_extension_rows(args: argparse.Namespace, chosen: dict[str, float]) -> dict[str, dict[int, dict]]:
+    """arm → seed → row of the runs an earlier ``extend-report`` committed (``--earlier``: its folder), at the
+    arm's chosen lr and an extension seed: what a machine that lost the runs' folders need not train again. Empty
+    (for every arm in ``chosen``) without ``--earlier``."""
+    rows = {name: {} for name in chosen}
+    if getattr(args, "earlier", None):
+        for r in committed_runs(Path(args.earlier)):
+            if r["arm"] in rows and r["lr"] == chosen[r["arm"]] and r["seed"] >= PAIRED_SEEDS:
+                rows[r["arm"]][r["seed"]] = r
+    return rows
 
 
 def extend_report(args: argparse.Namespace) -> None:
@@ -484,6 +502,7 @@ def extend_report(args: argparse.Namespace) -> None:
     for r in committed_runs(first):
         if r["arm"] in rows and r["lr"] == chosen[r["arm"]] and r["seed"] < PAIRED_SEEDS:
             rows[r["arm"]][r["seed"]] = r
+    earlier = earlier_extension_rows(args, chosen)
     new = []
     for name in names:
         for (lr, seed), m in sorted(read_sweep(sweep_dir(root, ARM_BY_NAME[name], EXTENSION_LABEL)).items()):
@@ -491,7 +510,18 @@ def extend_report(args: argparse.Namespace) -> None:
                 if m.get("status") == "ok" and extra and f"max_steps={m.get('steps')}" != extra[0]:
                     raise SystemExit(f"{name} seed {seed} trained {m.get('steps')} steps, the study {extra[0]}")
                 rows[name][seed] = run_row(task, name, lr, seed, m)
+                before = earlier[name].get(seed)
+                if before is not None and rows[name][seed] != before:
+                    raise SystemExit(
+                        f"{name} seed {seed} was trained again and differs from {args.earlier}'s row "
+                        f"({before} against {rows[name][seed]}): the run does not reproduce here"
+                    )
                 new.append(rows[name][seed])
+        for seed, r in sorted(earlier[name].items()):
+            if seed < total and seed not in rows[name]:
+                rows[name][seed] = r
+                new.append(r)
+    new.sort(key=lambda r: (names.index(r["arm"]), r["seed"]))
     seeds = sorted(set(rows[variant]) & set(rows["gated_deltanet"]))
     final = len(seeds) == total
     both = [s for s in seeds if rows[variant][s]["learned"] and rows["gated_deltanet"][s]["learned"]]
@@ -1135,6 +1165,11 @@ def main(argv: list[str] | None = None) -> None:
         commands.choices[name].add_argument("--first-study", required=True, help=first_study)
         commands.choices[name].add_argument(
             "--seeds", type=int, default=EXTENDED_SEEDS, help="paired seeds in all after the extension (default 20)"
+        )
+        commands.choices[name].add_argument(
+            "--earlier",
+            help="an earlier extend-report's --out (its runs.csv): its runs count as done (for a machine that lost "
+            "their folders); a run trained again must reproduce its row exactly",
         )
     for name, help, options in (
         ("confirm", "the confirmation study at a common lr (resumable)", "workers"),

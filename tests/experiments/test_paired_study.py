@@ -715,6 +715,68 @@ def test_a_wider_extension_asks_for_every_extension_seed_and_pairs_all_of_them(t
             study["extend"](argparse.Namespace(**args, workers=2, seeds=seeds))
 
 
+def test_an_extension_resumed_on_a_new_machine_takes_the_committed_runs_and_checks_a_retrained_one(tmp_path):
+    """``extend --earlier DIR`` (an earlier ``extend-report``'s folder; the runs' folders are gone) trains only the
+    seeds that table lacks; ``extend-report --earlier`` pairs its rows with the new runs as if all had trained here;
+    a seed trained again must reproduce its committed row exactly, or the report refuses."""
+
+    def value(arm, label, lr, seed, split):
+        return 0.95 if split == "valid" else 0.3 + 0.01 * seed + (0.1 if arm == "bayesian_learned" else 0.0)
+
+    study, calls = _fake_study(value, delay=0.0)
+    first = _committed_first_study(tmp_path / "results")
+    task = study["TASKS"]["mqar"]
+    points = dict.fromkeys((*task.also, *task.primary, *task.secondary))
+
+    def rows(arm, lr, seeds):
+        return [
+            {
+                "arm": arm,
+                "lr": lr,
+                "seed": s,
+                "learned": True,
+                **{f"test_{p}": value(arm, "", lr, s, "t") for p in points},
+            }
+            for s in seeds
+        ]
+
+    study["write_csv"](
+        first / "runs.csv", rows("gated_deltanet", 3e-3, range(10)) + rows("bayesian_learned", 3e-4, range(10))
+    )
+    earlier = tmp_path / "earlier"  # GDN 10-15 and Bayes 10-13 done; a row at another lr is not a done seed
+    earlier.mkdir()
+    study["write_csv"](
+        earlier / "runs.csv",
+        rows("gated_deltanet", 3e-3, range(10, 16))
+        + rows("bayesian_learned", 3e-4, range(10, 14))
+        + rows("bayesian_learned", 1e-3, [14]),
+    )
+    root, out = tmp_path / "root", tmp_path / "extension"
+    args = dict(task="mqar", root=str(root), first_study=str(first), seeds=20, earlier=str(earlier))
+    study["extend"](argparse.Namespace(**args, workers=2))
+    assert sorted((c[0], c[3]) for c in calls) == [
+        ("bayesian_learned", tuple(range(14, 20))),
+        ("gated_deltanet", tuple(range(16, 20))),
+    ]
+    study["extend_report"](argparse.Namespace(**args, out=str(out)))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seeds"] == list(range(20)) and summary["learned"] == {"gated_deltanet": 20, "bayesian_learned": 20}
+    row = next(r for r in summary["paired"] if r["endpoint"] == "T512_k128" and "both" not in r["analysis"])
+    assert row["seeds"] == 20 and row["mean_difference"] == pytest.approx(0.1, abs=1e-6) and row["verdict"] == "better"
+    with (out / "runs.csv").open(newline="") as handle:
+        table = [(r["arm"], int(r["seed"])) for r in csv.DictReader(handle)]
+    assert table == [("gated_deltanet", s) for s in range(10, 20)] + [("bayesian_learned", s) for s in range(10, 20)]
+
+    # a committed seed trained again here reproduces its row: accepted; one that does not is refused
+    study["extend"](argparse.Namespace(**{**args, "earlier": None}, workers=2))  # retrains the committed seeds too
+    study["extend_report"](argparse.Namespace(**args, out=str(out)))
+    changed = rows("gated_deltanet", 3e-3, range(10, 16))
+    changed[2]["test_T512_k128"] += 0.001
+    study["write_csv"](earlier / "runs.csv", changed)
+    with pytest.raises(SystemExit, match="gated_deltanet seed 12 was trained again and differs"):
+        study["extend_report"](argparse.Namespace(**args, out=str(out)))
+
+
 def test_the_ranking_checks_say_none_without_the_arms_they_compare(study, tmp_path):
     out = tmp_path / "results"
     out.mkdir()
