@@ -488,6 +488,20 @@ def earlier_extension_rows(args: argparse.Namespace, chosen: dict[str, float]) -
     return rows
 
 
+REPRODUCED = 1e-3  # largest test-accuracy difference of a run trained again that still counts as the same run
+
+
+def check_reproduced(row: dict, before: dict, run: str, source: str) -> None:
+    """A run trained again here against its committed row: the same ``learned`` verdict and every test accuracy
+    within ``REPRODUCED`` (float rounding in training or evaluation flips a handful of the ~10⁵ test answers);
+    prints the largest difference, raises beyond it."""
+    points = [k for k in before if k.startswith("test_") and before[k] is not None]
+    gap = max((abs(row[k] - before[k]) for k in points), default=0.0)
+    print(f"{run}: trained again, largest test-accuracy difference from {source}'s row {gap:.2e}", flush=True)
+    if row["learned"] != before["learned"] or gap > REPRODUCED:
+        raise SystemExit(f"{run} was trained again and differs from {source}'s row ({before} against {row})")
+
+
 def extend_report(args: argparse.Namespace) -> None:
     """The 20-seed (``--seeds``) analysis: the committed first look's runs (seeds 0–9, ``--first-study/runs.csv``) and
     the extension's (seeds 10–19, or up to ``--seeds`` − 1, under ``--root``), paired as ``paired_analysis`` pairs
@@ -511,11 +525,8 @@ def extend_report(args: argparse.Namespace) -> None:
                     raise SystemExit(f"{name} seed {seed} trained {m.get('steps')} steps, the study {extra[0]}")
                 rows[name][seed] = run_row(task, name, lr, seed, m)
                 before = earlier[name].get(seed)
-                if before is not None and rows[name][seed] != before:
-                    raise SystemExit(
-                        f"{name} seed {seed} was trained again and differs from {args.earlier}'s row "
-                        f"({before} against {rows[name][seed]}): the run does not reproduce here"
-                    )
+                if before is not None:
+                    check_reproduced(rows[name][seed], before, f"{name} seed {seed}", args.earlier)
                 new.append(rows[name][seed])
         for seed, r in sorted(earlier[name].items()):
             if seed < total and seed not in rows[name]:
@@ -1169,7 +1180,7 @@ def main(argv: list[str] | None = None) -> None:
         commands.choices[name].add_argument(
             "--earlier",
             help="an earlier extend-report's --out (its runs.csv): its runs count as done (for a machine that lost "
-            "their folders); a run trained again must reproduce its row exactly",
+            "their folders); a run trained again must reproduce its row (test accuracies within 1e-3)",
         )
     for name, help, options in (
         ("confirm", "the confirmation study at a common lr (resumable)", "workers"),
