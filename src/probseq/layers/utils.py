@@ -228,7 +228,7 @@ def hold_padding(
 def guard_zero_keys(k: Tensor, beta: Tensor) -> Tensor:
     """``β = 1/2`` wherever a key is exactly zero. Such a token writes nothing whatever ``β`` is, but with
     ``β = 1`` and no noise floor its innovation variance ``‖k‖² + r`` would be ``0/0``."""
-    return torch.where((k == 0).all(-1), 0.5, beta)
+    return torch.where(k.abs().amax(-1) == 0, 0.5, beta)  # = (k == 0).all(-1), 5× faster on a CPU
 
 
 def zero_padding(x: Tensor | None, mask: Tensor | None) -> Tensor | None:
