@@ -430,7 +430,8 @@ def extend(args: argparse.Namespace) -> None:
     """Seeds 10–19 (10 … ``--seeds`` − 1) of Gated DeltaNet and the Bayesian Layer at their chosen lrs (the
     committed first study's), the sweeps stage 3 would run: for a decided first look whose interval is still wider
     than the precision asked for. Outside the plan's rule (which extends only an undecided endpoint): a deviation,
-    stated where it is reported. Finished seeds (restored records included) are not trained again."""
+    stated where it is reported. Finished seeds (restored records included, and with ``--earlier`` the rows of an
+    earlier report's ``runs.csv``) are not trained again."""
     task, root, first = TASKS[args.task], Path(args.root).expanduser(), Path(args.first_study)
     extra = recorded_steps(task, first)
     variant, chosen = committed_choice(first)
@@ -505,8 +506,9 @@ def check_reproduced(row: dict, before: dict, run: str, source: str) -> None:
 def extend_report(args: argparse.Namespace) -> None:
     """The 20-seed (``--seeds``) analysis: the committed first look's runs (seeds 0–9, ``--first-study/runs.csv``) and
     the extension's (seeds 10–19, or up to ``--seeds`` − 1, under ``--root``), paired as ``paired_analysis`` pairs
-    them; ``partial`` until all pairs are in. Writes ``runs.csv`` (the extension's runs), ``paired.csv``,
-    ``summary.json`` and the plot in ``--out``."""
+    them, and with ``--earlier`` an earlier report's rows for the runs not under ``--root`` (a run under both must
+    reproduce its row: :func:`check_reproduced`); ``partial`` until all pairs are in. Writes ``runs.csv`` (the
+    extension's runs), ``paired.csv``, ``summary.json`` and the plot in ``--out``."""
     task, root, first, out = TASKS[args.task], Path(args.root).expanduser(), Path(args.first_study), Path(args.out)
     variant, chosen = committed_choice(first)
     extra = recorded_steps(task, first)
