@@ -217,6 +217,31 @@ def test_bayes_chunked_over_several_segments(monkeypatch, regime):
         assert_close(actual[name], value, TOLERANCE[torch.float64], f"segmented {name}")
 
 
+@pytest.mark.parametrize("chunk_size", [1, 4, 16, 32, 64])
+def test_chunks_are_evenly_filled(chunk_size):
+    """As many chunks as ``chunk_size`` needs, each at most that long, padding fewer tokens than there are chunks."""
+    from probseq.ops.run import balanced_chunk_size
+
+    for length in range(1, 300):
+        size = balanced_chunk_size(chunk_size, length)
+        chunks = -(-length // chunk_size)
+        assert size <= min(chunk_size, length) and -(-length // size) == chunks, (length, size)
+        assert chunks * size - length < chunks, (length, size)
+
+
+def test_the_chunked_forms_run_at_the_balanced_chunk_length(monkeypatch):
+    """T = 54 at C = 16 runs four chunks of 14 (not four of 16 with 10 tokens of padding), the same filter."""
+    import probseq.ops.run as filters
+
+    sizes, form = [], filters.bayes_chunked
+    monkeypatch.setattr(filters, "bayes_chunked", lambda *a: sizes.append(a[8]) or form(*a))
+    inputs = bayes_inputs(length=54, seed=9)
+    actual, expected = _run_bayes(inputs, "chunked", 16), _run_bayes(inputs, "reference")
+    assert sizes == [14]
+    for name, value in expected.items():
+        assert_close(actual[name], value, TOLERANCE[torch.float64], name)
+
+
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_superposition_chunked_over_several_segments(monkeypatch, per_channel):
     import probseq.ops.run as filters
