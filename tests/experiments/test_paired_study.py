@@ -605,6 +605,22 @@ def test_archived_records_restored_on_a_fresh_machine_are_taken_not_trained(stud
     assert again.metrics == first and again.from_cache == len(units)
 
 
+def _run_rows(study, value, arm: str, lr: float, seeds) -> list[dict]:
+    """Rows of a committed ``runs.csv`` (``run_row``'s columns) for ``arm`` at ``lr``: every run learned, test
+    accuracies from ``value(arm, label, lr, seed, split)``."""
+    task = study["TASKS"]["mqar"]
+    points = dict.fromkeys((*task.also, *task.primary, *task.secondary))
+    return [
+        {"arm": arm, "lr": lr, "seed": s, "learned": True, **{f"test_{p}": value(arm, "", lr, s, "t") for p in points}}
+        for s in seeds
+    ]
+
+
+def _bayesian_ahead_by_a_tenth(arm, label, lr, seed, split):
+    """Every run learned; the Bayesian Layer's test accuracy is GDN's + 0.1 on every seed."""
+    return 0.95 if split == "valid" else 0.3 + 0.01 * seed + (0.1 if arm == "bayesian_learned" else 0.0)
+
+
 def test_extension_runs_seeds_10_to_19_at_the_committed_choices_and_pairs_all_20(tmp_path):
     """``extend``: GDN and the committed Bayesian Layer at their committed lrs, seeds 10–19 only; ``extend-report``
     pairs the committed runs.csv's seeds 0–9 with them: the 20-seed mean difference and t-interval equal a direct
@@ -617,18 +633,10 @@ def test_extension_runs_seeds_10_to_19_at_the_committed_choices_and_pairs_all_20
 
     study, calls = _fake_study(value, delay=0.0)
     first = _committed_first_study(tmp_path / "results")
-    task = study["TASKS"]["mqar"]
-    points = dict.fromkeys((*task.also, *task.primary, *task.secondary))
     committed = [
-        {
-            "arm": arm,
-            "lr": lr,
-            "seed": s,
-            "learned": True,
-            **{f"test_{p}": value(arm, "", lr, s, "test") for p in points},
-        }
+        row
         for arm, lr in (("gated_deltanet", 3e-3), ("bayesian_learned", 3e-4), ("deltanet", 3e-3))
-        for s in range(10)
+        for row in _run_rows(study, value, arm, lr, range(10))
     ]
     committed.append({**committed[0], "lr": 1e-3, "seed": 0, "test_T512_k128": 0.99})  # another lr: not paired
     study["write_csv"](first / "runs.csv", committed)
@@ -672,26 +680,13 @@ def test_a_wider_extension_asks_for_every_extension_seed_and_pairs_all_of_them(t
     10–19 come from the real sweep's cache, so only 20–23 train) and ``extend-report --seeds 24`` pairs 24 seeds;
     fewer seeds than the first look's are refused."""
 
-    def value(arm, label, lr, seed, split):
-        return 0.95 if split == "valid" else 0.3 + 0.01 * seed + (0.1 if arm == "bayesian_learned" else 0.0)
-
+    value = _bayesian_ahead_by_a_tenth
     study, calls = _fake_study(value, delay=0.0)
     first = _committed_first_study(tmp_path / "results")
-    task = study["TASKS"]["mqar"]
-    points = dict.fromkeys((*task.also, *task.primary, *task.secondary))
     study["write_csv"](
         first / "runs.csv",
-        [
-            {
-                "arm": arm,
-                "lr": lr,
-                "seed": s,
-                "learned": True,
-                **{f"test_{p}": value(arm, "", lr, s, "t") for p in points},
-            }
-            for arm, lr in (("gated_deltanet", 3e-3), ("bayesian_learned", 3e-4))
-            for s in range(10)
-        ],
+        _run_rows(study, value, "gated_deltanet", 3e-3, range(10))
+        + _run_rows(study, value, "bayesian_learned", 3e-4, range(10)),
     )
     root, out = tmp_path / "root", tmp_path / "extension"
     args = dict(task="mqar", root=str(root), first_study=str(first))
@@ -720,25 +715,11 @@ def test_an_extension_resumed_on_a_new_machine_takes_the_committed_runs_and_chec
     seeds that table lacks; ``extend-report --earlier`` pairs its rows with the new runs as if all had trained here;
     a seed trained again must reproduce its committed row (to 1e-3, float rounding), or the report refuses."""
 
-    def value(arm, label, lr, seed, split):
-        return 0.95 if split == "valid" else 0.3 + 0.01 * seed + (0.1 if arm == "bayesian_learned" else 0.0)
-
-    study, calls = _fake_study(value, delay=0.0)
+    study, calls = _fake_study(_bayesian_ahead_by_a_tenth, delay=0.0)
     first = _committed_first_study(tmp_path / "results")
-    task = study["TASKS"]["mqar"]
-    points = dict.fromkeys((*task.also, *task.primary, *task.secondary))
 
     def rows(arm, lr, seeds):
-        return [
-            {
-                "arm": arm,
-                "lr": lr,
-                "seed": s,
-                "learned": True,
-                **{f"test_{p}": value(arm, "", lr, s, "t") for p in points},
-            }
-            for s in seeds
-        ]
+        return _run_rows(study, _bayesian_ahead_by_a_tenth, arm, lr, seeds)
 
     study["write_csv"](
         first / "runs.csv", rows("gated_deltanet", 3e-3, range(10)) + rows("bayesian_learned", 3e-4, range(10))
