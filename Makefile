@@ -17,13 +17,19 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[all]'
 	touch $(STAMP)
 
+# The compiled CPU covariance scan (src/probseq/ops/bayes/native.py): built once per machine and source into
+# ~/.cache/probseq/native; the demo runs without it if it cannot be built, the tests require it.
+NATIVE := $(PY) -c "from probseq.ops.bayes.native import build; build()"
+
 demo: install
+	-$(NATIVE)
 	$(VENV)/bin/probseq reproduce --preset quick --out reports/demo
 
 test: install
+	$(NATIVE)
 	$(VENV)/bin/ruff check src tests scripts
 	$(VENV)/bin/ruff format --check src tests scripts
-	$(PY) -m pytest -q
+	PROBSEQ_NATIVE=1 $(PY) -m pytest -q
 
 # The unit tests only: neither the slow ones nor the end-to-end runs (marker integration; tests/README.md).
 test-fast: install

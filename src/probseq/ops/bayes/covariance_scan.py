@@ -33,6 +33,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from probseq.ops.bayes import native
 from probseq.ops.triangular import solve_lower
 
 
@@ -77,6 +78,13 @@ class _CovarianceScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, k_hat, rhs_base, cum_sqrt, b_base, ratio_sqrt, tail_sqrt, retention_chunk, reset_chunk, cov0):
         ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None: no zeros to add
+        inputs = (k_hat, rhs_base, cum_sqrt, b_base, ratio_sqrt, tail_sqrt, retention_chunk, reset_chunk, cov0)
+        ctx.native = native.usable(k_hat)
+        if ctx.native:  # the same recursion as one compiled CPU kernel (native.py)
+            xs, factors_t, starts, cov, info, pks = torch.ops.probseq_native.covariance_scan_forward(*inputs)
+            ctx.save_for_backward(*inputs, starts, factors_t, xs, pks)
+            ctx.mark_non_differentiable(info)
+            return xs, factors_t.diagonal(dim1=-2, dim2=-1), starts, cov, info
         chunks = k_hat.shape[0]
         eye = torch.eye(k_hat.shape[-1], dtype=k_hat.dtype, device=k_hat.device)
         reset_eye = reset_chunk * eye  # (1 − G_C) I of every chunk, [N, B·H, K, K]
@@ -103,7 +111,6 @@ class _CovarianceScan(torch.autograd.Function):
                 alpha=-1,
                 out=out,
             )
-        inputs = (k_hat, rhs_base, cum_sqrt, b_base, ratio_sqrt, tail_sqrt, retention_chunk, reset_chunk, cov0)
         ctx.save_for_backward(*inputs, starts, factors_t, xs, pks)
         info = torch.stack(infos)
         ctx.mark_non_differentiable(info)
@@ -115,6 +122,12 @@ class _CovarianceScan(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: differentiate the plain loop, so higher orders are exact
             return _differentiable_backward(inputs, (grad_x, grad_pivots, grad_starts, grad_cov))
         k_hat, _, cum_sqrt, _, ratio_sqrt, tail_sqrt, retention_chunk, _, _ = inputs
+        if ctx.native:
+            grads = torch.ops.probseq_native.covariance_scan_backward(
+                k_hat, cum_sqrt, ratio_sqrt, tail_sqrt, retention_chunk, starts, factors_t, xs, pks,
+                grad_x, grad_pivots, grad_starts, grad_cov,
+            )  # fmt: skip
+            return tuple(grads)
         chunks = k_hat.shape[0]
         grad_k_hat, grad_rhs = torch.empty_like(k_hat), torch.empty_like(k_hat)
         grad_cum_sqrt = torch.empty_like(cum_sqrt)
