@@ -12,10 +12,11 @@ import torch
 
 from probseq.ops import bayes_filter
 from probseq.ops.bayes import native
-from probseq.ops.bayes.covariance_scan import covariance_scan
+from probseq.ops.bayes.covariance_scan import covariance_path
+from probseq.ops.segsum import segment_ratios
 from tests.helpers import assert_close, bayes_inputs
 
-NAMES = ["k_hat", "rhs", "cum_sqrt", "b_base", "ratio_sqrt", "tail_sqrt", "retention_chunk", "reset_chunk", "cov0"]
+NAMES = ["k", "noise", "ratio_sqrt", "cum_sqrt", "reset", "retention_chunk", "cov0"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -24,54 +25,73 @@ def _kernel():
         pytest.skip("the compiled covariance scan is unavailable here (PROBSEQ_NATIVE=1 makes this an error)")
 
 
-def _inputs(chunks, batch, size, key_dim, dtype=torch.float64, seed=0, symmetric_cov=True):
-    """Scan inputs shaped as the chunked path makes them: a positive definite chunk matrix, gates in (0, 1], a
-    covariance in (0, I] (symmetric unless asked otherwise), writes small enough to keep every chunk's covariance
-    positive definite."""
+def _inputs(chunks, batch, size, key_dim, dtype=torch.float64, seed=0, symmetric_cov=True, retention=(0.0, 1.0)):
+    """Inputs of steps 2–5 as the chunked form makes them: unit keys, noise, in-chunk retention ratios
+    ``g = sqrt(G_i/G_t)`` from per-token retentions in ``retention``, ``c = √G_t``, ``1 − G_t``, ``G_C`` and a
+    covariance in (0, I] (symmetric unless asked otherwise)."""
     gen = torch.Generator().manual_seed(seed)
     rand = lambda *shape: torch.rand(*shape, generator=gen, dtype=torch.float64)  # noqa: E731
-    randn = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64)  # noqa: E731
-    k_hat = 0.5 * randn(chunks, batch, size, key_dim) / key_dim**0.5
-    rhs = 0.3 * randn(chunks, batch, size, key_dim) / key_dim**0.5
-    cum_sqrt, tail_sqrt = 0.2 + rand(chunks, batch, size, 1), 0.2 + rand(chunks, batch, size, 1)
-    root = randn(chunks, batch, size, size)
-    b_base = root @ root.transpose(-1, -2) / size + torch.eye(size, dtype=torch.float64)
-    ratio_sqrt = (0.3 + rand(chunks, batch, size, size)).tril()
-    retention_chunk, reset_chunk = rand(chunks, batch, 1, 1), 0.5 + 0.5 * rand(chunks, batch, 1, 1)
-    root = randn(batch, key_dim, key_dim) / key_dim**0.5
+    k = torch.nn.functional.normalize(
+        torch.randn(chunks, batch, size, key_dim, generator=gen, dtype=torch.float64), dim=-1
+    )
+    noise = 0.05 + rand(chunks, batch, size)
+    low, high = retention
+    half_log = 0.5 * torch.log(low + (high - low) * rand(chunks, batch, size)).clamp_min(-30)
+    cum = half_log.cumsum(-1)
+    ratio_sqrt = segment_ratios(half_log)
+    cum_sqrt, reset = cum.exp(), -torch.expm1(2 * cum)
+    root = torch.randn(batch, key_dim, key_dim, generator=gen, dtype=torch.float64) / key_dim**0.5
     cov0 = torch.linalg.matrix_exp(-(root @ root.transpose(-1, -2)))
     if not symmetric_cov:
-        cov0 = cov0 + 1e-3 * randn(batch, key_dim, key_dim)
-    tensors = (k_hat, rhs, cum_sqrt, b_base, ratio_sqrt, tail_sqrt, retention_chunk, reset_chunk, cov0)
+        cov0 = cov0 + 1e-3 * torch.randn(batch, key_dim, key_dim, generator=gen, dtype=torch.float64)
+    tensors = (k, noise, ratio_sqrt, cum_sqrt, reset, cum_sqrt[..., -1].square(), cov0)
     return tuple(t.to(dtype).requires_grad_() for t in tensors)
 
 
 def _both(inputs, weights):
-    """(outputs, gradients) of the compiled scan and of the PyTorch scan on the same inputs."""
+    """(outputs, gradients) of steps 2–5 in the kernel and in PyTorch (scan_inputs + covariance_scan)."""
     results = []
     for use_native in (True, False):
-        context = contextlib.nullcontext() if use_native else native.disabled()
-        with context:
+        with contextlib.nullcontext() if use_native else native.disabled():
             assert native.usable(inputs[0]) is use_native
-            outputs = covariance_scan(*inputs)
+            outputs = covariance_path(*inputs)
             loss = sum((o * w).sum() for o, w in zip(outputs[:4], weights) if w is not None)
-            results.append((outputs, torch.autograd.grad(loss, inputs, allow_unused=True)))
+            grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+            # ratio_sqrt's gradient above its diagonal is never read (segment_ratios' output is 0 there)
+            grads = tuple(g.tril() if name == "ratio_sqrt" else g for name, g in zip(NAMES, grads))
+            results.append((outputs, grads))
     return results
+
+
+def _weights(inputs, seed, mask=(1, 1, 1, 1)):
+    gen = torch.Generator().manual_seed(seed)
+    with native.disabled():
+        outputs = covariance_path(*inputs)[:4]
+    return [torch.randn(o.shape, generator=gen, dtype=o.dtype) if m else None for m, o in zip(mask, outputs)]
 
 
 @pytest.mark.parametrize(
     "key_dim, size", [(16, 16), (32, 14), (32, 16), (32, 27), (64, 32), (128, 64), (16, 1), (64, 5)]
 )
-def test_outputs_and_every_gradient_match_the_pytorch_scan(key_dim, size):
+def test_outputs_and_every_gradient_match_pytorch(key_dim, size):
     inputs = _inputs(chunks=3, batch=3, size=size, key_dim=key_dim, seed=key_dim + size)
-    gen = torch.Generator().manual_seed(1)
-    weights = [torch.randn(o.shape, generator=gen, dtype=torch.float64) for o in covariance_scan(*inputs)[:4]]
-    (out_n, grad_n), (out_p, grad_p) = _both(inputs, weights)
+    (out_n, grad_n), (out_p, grad_p) = _both(inputs, _weights(inputs, 1))
     for name, a, b in zip(["x", "pivots", "starts", "cov"], out_n, out_p):
         assert_close(a, b, 1e-12, name)
     assert torch.equal(out_n[4], out_p[4]) and (out_n[4] == 0).all()
     for name, a, b in zip(NAMES, grad_n, grad_p):
         assert_close(a, b, 1e-11, name)
+
+
+@pytest.mark.parametrize("retention", [(0.0, 0.0), (1.0, 1.0), (0.999, 1.0)])
+def test_extreme_retentions(retention):
+    """γ ≡ 0 (every ratio 0, the learned retention's start), γ ≡ 1 (no forgetting) and γ ≈ 1."""
+    inputs = _inputs(chunks=3, batch=2, size=16, key_dim=32, seed=5, retention=retention)
+    (out_n, grad_n), (out_p, grad_p) = _both(inputs, _weights(inputs, 6))
+    for name, a, b in zip(["x", "pivots", "starts", "cov"], out_n, out_p):
+        assert_close(a, b, 1e-12, name)
+    for name, a, b in zip(NAMES, grad_n, grad_p):
+        assert_close(a, b, 1e-10, name)
 
 
 @pytest.mark.parametrize("used", ["x_and_cov", "cov_only", "x_only", "pivots_and_starts"])
@@ -84,24 +104,17 @@ def test_gradients_of_some_outputs_only(used):
         "x_only": (1, 0, 0, 0),
         "pivots_and_starts": (0, 1, 1, 0),
     }
-    gen = torch.Generator().manual_seed(2)
-    weights = [
-        torch.randn(o.shape, generator=gen, dtype=torch.float64) if m else None
-        for m, o in zip(mask[used], covariance_scan(*inputs)[:4])
-    ]
-    (_, grad_n), (_, grad_p) = _both(inputs, weights)
+    (_, grad_n), (_, grad_p) = _both(inputs, _weights(inputs, 2, mask[used]))
     for name, a, b in zip(NAMES, grad_n, grad_p):
         assert_close(a, b, 1e-11, name)
 
 
 def test_a_covariance_that_is_not_symmetric():
     """The backward uses P for Pᵀ only when the first covariance is exactly symmetric (the kernel's update keeps it
-    so); a user's unsymmetric one takes the transposes, and the gradient of every input still matches."""
+    so); a caller's unsymmetric one takes the transposes, and the gradient of every input still matches."""
     inputs = _inputs(chunks=3, batch=2, size=16, key_dim=32, seed=8, symmetric_cov=False)
-    assert not torch.equal(inputs[8], inputs[8].transpose(-1, -2))
-    gen = torch.Generator().manual_seed(3)
-    weights = [torch.randn(o.shape, generator=gen, dtype=torch.float64) for o in covariance_scan(*inputs)[:4]]
-    (_, grad_n), (_, grad_p) = _both(inputs, weights)
+    assert not torch.equal(inputs[6], inputs[6].transpose(-1, -2))
+    (_, grad_n), (_, grad_p) = _both(inputs, _weights(inputs, 3))
     for name, a, b in zip(NAMES, grad_n, grad_p):
         assert_close(a, b, 1e-11, name)
 
@@ -109,29 +122,44 @@ def test_a_covariance_that_is_not_symmetric():
 def test_float32_agrees_with_float64():
     inputs64 = _inputs(chunks=4, batch=4, size=16, key_dim=32, seed=9)
     inputs32 = tuple(t.detach().float().requires_grad_() for t in inputs64)
-    gen = torch.Generator().manual_seed(4)
-    weights = [torch.randn(o.shape, generator=gen, dtype=torch.float64) for o in covariance_scan(*inputs64)[:4]]
+    weights = _weights(inputs64, 4)
     with native.disabled():
-        outputs64 = covariance_scan(*inputs64)
+        outputs64 = covariance_path(*inputs64)
         grads64 = torch.autograd.grad(sum((o * w).sum() for o, w in zip(outputs64[:4], weights)), inputs64)
     assert native.usable(inputs32[0])
-    outputs32 = covariance_scan(*inputs32)
+    outputs32 = covariance_path(*inputs32)
     grads32 = torch.autograd.grad(sum((o * w.float()).sum() for o, w in zip(outputs32[:4], weights)), inputs32)
     for name, a, b in zip(["x", "pivots", "starts", "cov"], outputs32, outputs64):
         assert a.dtype == torch.float32
         assert_close(a.double(), b, 1e-5, name)
     for name, a, b in zip(NAMES, grads32, grads64):
+        a, b = (a.tril(), b.tril()) if name == "ratio_sqrt" else (a, b)
         assert_close(a.double(), b, 1e-4, name)
 
 
 def test_a_failed_factorisation_is_flagged_in_its_chunk():
     inputs = [t.detach().clone() for t in _inputs(chunks=3, batch=2, size=16, key_dim=16, seed=10)]
-    inputs[3][1, 1] = -torch.eye(16, dtype=torch.float64)  # chunk 1 of sequence 1: not positive definite
-    info = covariance_scan(*inputs)[4]
+    inputs[1][1, 1, 3] = -5.0  # chunk 1 of sequence 1: a negative noise, the chunk matrix is not positive definite
+    info = covariance_path(*inputs)[4]
     with native.disabled():
-        expected = covariance_scan(*inputs)[4]
+        expected = covariance_path(*inputs)[4]
     assert info.dtype == expected.dtype and torch.equal(info != 0, expected != 0)
-    assert info[1, 1] == 1 and (info[0] == 0).all() and info[1, 0] == 0
+    assert info[1, 1] != 0 and (info[0] == 0).all() and info[1, 0] == 0
+
+
+def test_double_backward_differentiates_the_plain_ops():
+    """create_graph=True: the backward is autograd through scan_inputs + scan_reference (exact to any order)."""
+    inputs = _inputs(chunks=2, batch=1, size=16, key_dim=16, seed=13)
+    weights = _weights(inputs, 5)
+    results = []
+    for context in (contextlib.nullcontext(), native.disabled()):
+        with context:
+            outputs = covariance_path(*inputs)
+            grads = torch.autograd.grad(
+                sum((o * w).sum() for o, w in zip(outputs[:4], weights)), inputs, create_graph=True
+            )
+            results.append(torch.autograd.grad(sum(g.square().sum() for g in grads[:2]), inputs[0]))
+    assert_close(results[0][0], results[1][0], 1e-10, "second derivative")
 
 
 @pytest.mark.parametrize("key_dim", [16, 32])
@@ -170,8 +198,8 @@ def test_which_inputs_run_in_the_kernel():
 def test_torch_compile_traces_the_pytorch_scan():
     """Under torch.compile the kernel is not called (the PyTorch scan is traced): no graph break."""
     inputs = [t.detach().float() for t in _inputs(chunks=2, batch=2, size=16, key_dim=16, seed=12)]
-    compiled = torch.compile(lambda *a: covariance_scan(*a)[3], fullgraph=True, backend="eager")
-    assert_close(compiled(*inputs).double(), covariance_scan(*inputs)[3].double(), 1e-5)
+    compiled = torch.compile(lambda *a: covariance_path(*a)[3], fullgraph=True, backend="eager")
+    assert_close(compiled(*inputs).double(), covariance_path(*inputs)[3].double(), 1e-5)
 
 
 def test_an_unbuildable_kernel_warns_and_falls_back(tmp_path, monkeypatch):

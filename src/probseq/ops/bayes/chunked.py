@@ -34,7 +34,9 @@ Because step 6 does not involve ``M_0``, it is solved for all chunks at once (``
 and step 7 runs for all chunks afterwards. The covariance path must run chunk by chunk (``B``
 depends on ``P_0``).
 
-Steps 3–5 run in :func:`~probseq.ops.bayes.covariance_scan.covariance_scan`, whose backward is written out.
+Steps 2–5 run in :func:`~probseq.ops.bayes.covariance_scan.covariance_path`: PyTorch ops and
+:func:`~probseq.ops.bayes.covariance_scan.covariance_scan` (its backward written out), or on a CPU one compiled kernel
+(:mod:`probseq.ops.bayes.native`).
 
 Per chunk per head the cost is ``O(C K² + C²(K+V) + C³ + C K V)``.
 
@@ -47,7 +49,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from probseq.ops.bayes.covariance_scan import covariance_scan
+from probseq.ops.bayes.covariance_scan import covariance_path
 from probseq.ops.chunks import from_chunks, to_chunks
 from probseq.ops.segsum import log_retention, one_minus_exp, segment_ratios
 from probseq.ops.triangular import solve_lower
@@ -169,29 +171,13 @@ def _covariance_path(
     half_log_retention = 0.5 * log_retention(retention)
     retention_ratio_sqrt = segment_ratios(half_log_retention)  # sqrt(G_i/G_t), lower triangular incl. diagonal
     half_log_retention_cum = half_log_retention.cumsum(-1)
-    retention_cum_sqrt = half_log_retention_cum.exp()[..., None]  # √G_t
-    retention_cum = retention_cum_sqrt[..., 0].square()  # G_t
+    retention_cum_sqrt = half_log_retention_cum.exp()  # √G_t
+    retention_cum = retention_cum_sqrt.square()  # G_t
     reset = one_minus_exp(2 * half_log_retention_cum)  # 1 − G_t, accurate when G_t ≈ 1
-    k_hat = retention_cum_sqrt * k  # K̂ = diag(√G) K
-    # 2. the P_0-free part of B: sqrt(G_i/G_t)(1 − G_t) S_it (i ≥ t, mirrored) + diag(r); the
-    # diagonal of the mask is (1 − G_t), counted twice by the mirroring.
-    mask = retention_ratio_sqrt * reset[..., None, :]
-    mask = mask + mask.transpose(-1, -2)
-    mask.diagonal(dim1=-2, dim2=-1).sub_(reset)
-    b_base = mask * (k @ k.transpose(-1, -2))
-    b_base.diagonal(dim1=-2, dim2=-1).add_(noise)
-    rhs_base = reset[..., None] * k  # (1 − G_t) k_t
-    # 3–5, chunk by chunk (covariance_scan: its backward is written out).
-    xs, pivots, starts, cov, info = covariance_scan(
-        k_hat,
-        rhs_base,
-        retention_cum_sqrt,
-        b_base,
-        retention_ratio_sqrt,
-        retention_ratio_sqrt[..., -1, :, None],  # sqrt(G_C/G_i)
-        retention_cum[..., -1, None, None],  # G_C
-        reset[..., -1, None, None],  # 1 − G_C
-        cov0,
+    # 2. the P_0-free part of B, K̂ and (1 − G) ∘ K (scan_inputs), then 3–5 chunk by chunk (covariance_scan: its
+    # backward is written out); on a CPU both in one compiled kernel (covariance_path, native.py)
+    xs, pivots, starts, cov, info = covariance_path(
+        k, noise, retention_ratio_sqrt, retention_cum_sqrt, reset, retention_cum[..., -1], cov0
     )
     failed = (info != 0).any()
     cov = 0.5 * (cov + cov.transpose(-1, -2))

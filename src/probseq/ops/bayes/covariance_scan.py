@@ -78,13 +78,6 @@ class _CovarianceScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, k_hat, rhs_base, cum_sqrt, b_base, ratio_sqrt, tail_sqrt, retention_chunk, reset_chunk, cov0):
         ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None: no zeros to add
-        inputs = (k_hat, rhs_base, cum_sqrt, b_base, ratio_sqrt, tail_sqrt, retention_chunk, reset_chunk, cov0)
-        ctx.native = native.usable(k_hat)
-        if ctx.native:  # the same recursion as one compiled CPU kernel (native.py)
-            xs, factors_t, starts, cov, info, pks = torch.ops.probseq_native.covariance_scan_forward(*inputs)
-            ctx.save_for_backward(*inputs, starts, factors_t, xs, pks)
-            ctx.mark_non_differentiable(info)
-            return xs, factors_t.diagonal(dim1=-2, dim2=-1), starts, cov, info
         chunks = k_hat.shape[0]
         eye = torch.eye(k_hat.shape[-1], dtype=k_hat.dtype, device=k_hat.device)
         reset_eye = reset_chunk * eye  # (1 − G_C) I of every chunk, [N, B·H, K, K]
@@ -111,6 +104,7 @@ class _CovarianceScan(torch.autograd.Function):
                 alpha=-1,
                 out=out,
             )
+        inputs = (k_hat, rhs_base, cum_sqrt, b_base, ratio_sqrt, tail_sqrt, retention_chunk, reset_chunk, cov0)
         ctx.save_for_backward(*inputs, starts, factors_t, xs, pks)
         info = torch.stack(infos)
         ctx.mark_non_differentiable(info)
@@ -122,12 +116,6 @@ class _CovarianceScan(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: differentiate the plain loop, so higher orders are exact
             return _differentiable_backward(inputs, (grad_x, grad_pivots, grad_starts, grad_cov))
         k_hat, _, cum_sqrt, _, ratio_sqrt, tail_sqrt, retention_chunk, _, _ = inputs
-        if ctx.native:
-            grads = torch.ops.probseq_native.covariance_scan_backward(
-                k_hat, cum_sqrt, ratio_sqrt, tail_sqrt, retention_chunk, starts, factors_t, xs, pks,
-                grad_x, grad_pivots, grad_starts, grad_cov,
-            )  # fmt: skip
-            return tuple(grads)
         chunks = k_hat.shape[0]
         grad_k_hat, grad_rhs = torch.empty_like(k_hat), torch.empty_like(k_hat)
         grad_cum_sqrt = torch.empty_like(cum_sqrt)
@@ -202,9 +190,10 @@ def scan_reference(
     return torch.stack(xs), torch.stack(pivots), torch.stack(starts), cov
 
 
-def _differentiable_backward(inputs, grads) -> tuple[Tensor | None, ...]:
-    """The scan's backward as a graph (``create_graph=True``): autograd through :func:`scan_reference`."""
-    outputs = scan_reference(*inputs)
+def _differentiable_backward(inputs, grads, function=None) -> tuple[Tensor | None, ...]:
+    """The scan's backward as a graph (``create_graph=True``): autograd through :func:`scan_reference` (or
+    ``function``, the same outputs from other inputs)."""
+    outputs = (function or scan_reference)(*inputs)
     used = [(out, grad) for out, grad in zip(outputs, grads) if grad is not None]
     wanted = [t for t in inputs if t.requires_grad]
     result = iter(
@@ -215,3 +204,71 @@ def _differentiable_backward(inputs, grads) -> tuple[Tensor | None, ...]:
         else [None] * len(wanted)
     )
     return tuple(next(result) if t.requires_grad else None for t in inputs)
+
+
+def scan_inputs(
+    k: Tensor, noise: Tensor, ratio_sqrt: Tensor, cum_sqrt: Tensor, reset: Tensor, retention_chunk: Tensor
+) -> tuple[Tensor, ...]:
+    """Step 2 of the chunked form: the scan's chunk-local inputs (all but ``cov0``, in :func:`covariance_scan`'s order)
+    from the chunked keys ``k [N, B·H, C, K]``, the noise ``r``, ``g = sqrt(G_i/G_t)`` ``[N, B·H, C, C]`` (lower
+    triangular), ``c = √G_t``, ``1 − G_t`` ``[N, B·H, C]`` and ``G_C`` ``[N, B·H]``.
+
+    ``B_base = M ∘ (K Kᵀ) + diag(r)`` with ``M_it = g_it (1 − G_t)`` for ``i > t`` (mirrored) and ``M_tt = 1 − G_t``;
+    ``K̂ = diag(c) K``; ``R_b = (1 − G) ∘ K``; ``τ = sqrt(G_C/G_t)``, the last row of ``g``.
+    """
+    mask = ratio_sqrt * reset[..., None, :]
+    mask = mask + mask.transpose(-1, -2)
+    mask.diagonal(dim1=-2, dim2=-1).sub_(reset)  # the diagonal (1 − G_t) was counted twice by the mirroring
+    b_base = mask * (k @ k.transpose(-1, -2))
+    b_base.diagonal(dim1=-2, dim2=-1).add_(noise)
+    return (
+        cum_sqrt[..., None] * k,
+        reset[..., None] * k,
+        cum_sqrt[..., None],
+        b_base,
+        ratio_sqrt,
+        ratio_sqrt[..., -1, :, None],
+        retention_chunk[..., None, None],
+        reset[..., -1, None, None],
+    )
+
+
+def covariance_path(
+    k: Tensor, noise: Tensor, ratio_sqrt: Tensor, cum_sqrt: Tensor, reset: Tensor, retention_chunk: Tensor, cov0: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Steps 2–5 of the chunked form: :func:`scan_inputs` then :func:`covariance_scan`, or, where the compiled CPU
+    kernel applies (:func:`probseq.ops.bayes.native.usable`), both in the kernel with its written-out backward.
+
+    Args: see :func:`scan_inputs`; cov0 ``[B·H, K, K]``. Returns: as :func:`covariance_scan`.
+    """
+    if native.usable(k):
+        return _CovariancePathKernel.apply(k, noise, ratio_sqrt, cum_sqrt, reset, retention_chunk, cov0)
+    return covariance_scan(*scan_inputs(k, noise, ratio_sqrt, cum_sqrt, reset, retention_chunk), cov0)
+
+
+class _CovariancePathKernel(torch.autograd.Function):
+    """Steps 2–5 in the compiled kernel (csrc/covariance_scan.cpp): forward, and the backward of the scan chained
+    through step 2 (docs/chunked-algorithm.md, "The covariance scan's backward")."""
+
+    @staticmethod
+    def forward(ctx, k, noise, ratio_sqrt, cum_sqrt, reset, retention_chunk, cov0):
+        ctx.set_materialize_grads(False)
+        inputs = (k, noise, ratio_sqrt, cum_sqrt, reset, retention_chunk, cov0)
+        xs, factors_t, starts, cov, info, pks = torch.ops.probseq_native.covariance_path_forward(*inputs)
+        ctx.save_for_backward(*inputs, starts, factors_t, xs, pks)
+        ctx.mark_non_differentiable(info)
+        return xs, factors_t.diagonal(dim1=-2, dim2=-1), starts, cov, info
+
+    @staticmethod
+    def backward(ctx, grad_x, grad_pivots, grad_starts, grad_cov, _grad_info):
+        *inputs, starts, factors_t, xs, pks = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: autograd through the plain ops, exact to any order
+            return _differentiable_backward(
+                inputs,
+                (grad_x, grad_pivots, grad_starts, grad_cov),
+                lambda *a: scan_reference(*scan_inputs(*a[:6]), a[6]),
+            )
+        grads = torch.ops.probseq_native.covariance_path_backward(
+            *inputs[:6], starts, factors_t, xs, pks, grad_x, grad_pivots, grad_starts, grad_cov
+        )
+        return tuple(grads)

@@ -216,43 +216,74 @@ inline int cholesky_upper(T* A, int C) {
   return bad;
 }
 
+// The inputs of one call, [N, BH, ...] contiguous (see the header), and where the results go.
+template <typename T>
+struct Path {
+  int64_t N, BH;
+  int C;
+  const T *k, *noise, *g, *c, *reset, *gc;  // keys, r, sqrt(G_i/G_t), √G_t, 1 − G_t, G_C
+  T *xs, *factors, *starts, *pks, *cov;      // outputs (starts[0] = cov0 on entry)
+  int32_t* info;
+};
+
+// The chunk-local pieces of step 2 (docs/chunked-algorithm.md): K̂ = diag(c) K, its transpose (padded to CP columns),
+// Kᵀ, and B_base = M ∘ (K Kᵀ) + diag(r) with M_it = g_it (1 − G_t) (i > t, mirrored), M_tt = 1 − G_t.
 template <typename T, int K, int NC>
-void forward_head(int64_t h, int64_t N, int64_t BH, int C, const T* kh, const T* rb, const T* cs, const T* bb,
-                  const T* gs, const T* ts, const T* gc, const T* rc, T* xo, T* fo, T* so, T* po, T* co, int32_t* io,
-                  T* khT, T* U, T* xt) {
+inline void chunk_pieces(const T* k, const T* c, const T* reset, const T* g, const T* noise, int C, T* kh, T* khT,
+                         T* kT, T* S, T* base) {
   constexpr int nv = NV<T, K>, CP = NC * L<T>;
+  for (int t = 0; t < C; ++t) {
+    const V<T> ct = splat(c[t]);
+#pragma GCC unroll 16
+    for (int v = 0; v < nv; ++v) store(kh + t * K + v * L<T>, ct * load(k + t * K + v * L<T>));
+  }
+  for (int j = 0; j < K; ++j)
+    for (int t = 0; t < CP; ++t) {
+      kT[j * CP + t] = t < C ? k[t * K + j] : T(0);
+      khT[j * CP + t] = t < C ? c[t] * k[t * K + j] : T(0);
+    }
+  rows_times_wide<T, K, NC>(nullptr, k, kT, S, C);  // S = K Kᵀ, C×CP
+  for (int i = 0; i < C; ++i)
+    for (int t = 0; t < C; ++t) {
+      const T m = i == t ? reset[t] : (i > t ? g[i * C + t] * reset[t] : g[t * C + i] * reset[i]);
+      base[i * C + t] = m * S[i * CP + t] + (i == t ? noise[t] : T(0));
+    }
+}
+
+template <typename T, int K, int NC>
+void forward_head(const Path<T>& a, int64_t h, T* kh, T* khT, T* kT, T* S, T* base, T* U, T* xt) {
+  constexpr int nv = NV<T, K>, CP = NC * L<T>;
+  const int C = a.C;
   const int64_t CK = (int64_t)C * K, CC = (int64_t)C * C, KK = (int64_t)K * K;
-  for (int64_t n = 0; n < N; ++n) {
-    const int64_t i_1 = n * BH + h, i_ck = i_1 * CK, i_cc = i_1 * CC, i_c = i_1 * C;
-    const T* P = so + i_1 * KK;
-    T* Pn = n + 1 < N ? so + ((n + 1) * BH + h) * KK : co + h * KK;
-    const T* khn = kh + i_ck;
-    T* pk = po + i_ck;
-    rows_times_square<T, K>(khn, P, pk, C);
-    for (int j = 0; j < K; ++j)
-      for (int t = 0; t < CP; ++t) khT[j * CP + t] = t < C ? khn[t * K + j] : T(0);
-    rows_times_wide<T, K, NC>(bb + i_cc, pk, khT, U, C);
+  for (int64_t n = 0; n < a.N; ++n) {
+    const int64_t i_1 = n * a.BH + h, i_ck = i_1 * CK, i_cc = i_1 * CC, i_c = i_1 * C;
+    const T* P = a.starts + i_1 * KK;
+    T* Pn = n + 1 < a.N ? a.starts + ((n + 1) * a.BH + h) * KK : a.cov + h * KK;
+    const T *k = a.k + i_ck, *c = a.c + i_c, *reset = a.reset + i_c, *g = a.g + i_cc;
+    chunk_pieces<T, K, NC>(k, c, reset, g, a.noise + i_c, C, kh, khT, kT, S, base);
+    T* pk = a.pks + i_ck;
+    rows_times_square<T, K>(kh, P, pk, C);      // pk = K̂ P
+    rows_times_wide<T, K, NC>(base, pk, khT, U, C);  // B = B_base + pk K̂ᵀ
     for (int i = 0; i < C; ++i)  // the lower triangle is the chunk matrix (as LAPACK reads it): mirror it
       for (int t = 0; t < i; ++t) U[t * CP + i] = U[i * CP + t];
-    io[i_1] = cholesky_upper<T, NC>(U, C);
-    T* fout = fo + i_cc;
+    a.info[i_1] = cholesky_upper<T, NC>(U, C);
+    T* fout = a.factors + i_cc;
     for (int i = 0; i < C; ++i)
       for (int t = 0; t < C; ++t) fout[i * C + t] = U[i * CP + t];
-    // X = (g ∘ F)⁻¹ (Rb + c ∘ pk), F[t][j] = U[j][t]
-    T* X = xo + i_ck;
-    const T* g = gs + i_cc;
+    // X = (g ∘ F)⁻¹ ((1 − G) ∘ K + c ∘ pk), F[t][j] = U[j][t]; X̃ = τ ∘ X with τ_t = g[C−1][t]
+    T* X = a.xs + i_ck;
     for (int t = 0; t < C; ++t) {
       V<T> row[nv];
-      const V<T> c = splat(cs[i_c + t]);
+      const V<T> ct = splat(c[t]), rt = splat(reset[t]);
 #pragma GCC unroll 16
-      for (int v = 0; v < nv; ++v) row[v] = load(rb + i_ck + t * K + v * L<T>) + c * load(pk + t * K + v * L<T>);
+      for (int v = 0; v < nv; ++v) row[v] = rt * load(k + t * K + v * L<T>) + ct * load(pk + t * K + v * L<T>);
       for (int j = 0; j < t; ++j) {
         const V<T> l = splat(g[t * C + j] * U[j * CP + t]);
 #pragma GCC unroll 16
         for (int v = 0; v < nv; ++v) row[v] -= l * load(X + j * K + v * L<T>);
       }
       const V<T> inv = splat(T(1) / (g[t * C + t] * U[t * CP + t]));
-      const V<T> tau = splat(ts[i_c + t]);
+      const V<T> tau = splat(g[(C - 1) * C + t]);
 #pragma GCC unroll 16
       for (int v = 0; v < nv; ++v) {
         const V<T> x = row[v] * inv;
@@ -260,102 +291,54 @@ void forward_head(int64_t h, int64_t N, int64_t BH, int C, const T* kh, const T*
         store(xt + t * K + v * L<T>, tau * x);
       }
     }
-    square_plus_outer<T, K>(P, gc[i_1], T(-1), rc[i_1], xt, xt, Pn, C);
+    // P' = (1 − G_C) I + G_C P − X̃ᵀ X̃
+    square_plus_outer<T, K>(P, a.gc[i_1], T(-1), reset[C - 1], xt, xt, Pn, C);
   }
 }
 
-template <typename T, int K, int NC>
-void scan_forward_impl(int64_t N, int64_t BH, int C, const T* kh, const T* rb, const T* cs, const T* bb, const T* gs,
-                       const T* ts, const T* gc, const T* rc, T* xo, T* fo, T* so, T* po, T* co, int32_t* io) {
-  constexpr int CP = NC * L<T>;
-  at::parallel_for(0, BH, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> khT(K * CP), U(CP * CP), xt(CP * K);
-    for (int64_t h = begin; h < end; ++h)
-      forward_head<T, K, NC>(h, N, BH, C, kh, rb, cs, bb, gs, ts, gc, rc, xo, fo, so, po, co, io, khT.data(), U.data(), xt.data());
-  });
-}
-
-template <typename T, int K>
-void dispatch_c(int nc, int64_t N, int64_t BH, int C, const T* kh, const T* rb, const T* cs, const T* bb, const T* gs,
-                const T* ts, const T* gc, const T* rc, T* xo, T* fo, T* so, T* po, T* co, int32_t* io) {
-  switch (nc) {
-    case 1: return scan_forward_impl<T, K, 1>(N, BH, C, kh, rb, cs, bb, gs, ts, gc, rc, xo, fo, so, po, co, io);
-    case 2: return scan_forward_impl<T, K, 2>(N, BH, C, kh, rb, cs, bb, gs, ts, gc, rc, xo, fo, so, po, co, io);
-    case 4: return scan_forward_impl<T, K, 4>(N, BH, C, kh, rb, cs, bb, gs, ts, gc, rc, xo, fo, so, po, co, io);
-    case 8: return scan_forward_impl<T, K, 8>(N, BH, C, kh, rb, cs, bb, gs, ts, gc, rc, xo, fo, so, po, co, io);
-    default: TORCH_CHECK(false, "chunk too long");
-  }
-}
-
-std::vector<at::Tensor> scan_forward(const at::Tensor& k_hat, const at::Tensor& rhs_base, const at::Tensor& cum_sqrt,
-                                     const at::Tensor& b_base, const at::Tensor& ratio_sqrt, const at::Tensor& tail_sqrt,
-                                     const at::Tensor& retention_chunk, const at::Tensor& reset_chunk,
-                                     const at::Tensor& cov0) {
-  const int64_t N = k_hat.size(0), BH = k_hat.size(1), C = k_hat.size(2), K = k_hat.size(3);
-  auto xs = at::empty_like(k_hat), pks = at::empty_like(k_hat), factors = at::empty_like(b_base);
-  auto starts = at::empty({N, BH, K, K}, k_hat.options());
-  starts[0].copy_(cov0);
-  auto cov = at::empty({BH, K, K}, k_hat.options());
-  auto info = at::empty({N, BH}, k_hat.options().dtype(at::kInt));
-  AT_DISPATCH_FLOATING_TYPES(k_hat.scalar_type(), "scan_forward", [&] {
-    using T = scalar_t;
-    auto a = k_hat.contiguous(), b = rhs_base.contiguous(), c = cum_sqrt.contiguous(), d = b_base.contiguous(),
-         e = ratio_sqrt.contiguous(), f = tail_sqrt.contiguous(), g = retention_chunk.contiguous(),
-         h = reset_chunk.contiguous();
-    int nc = 1;
-    while (nc * L<T> < C) nc *= 2;
-    auto args = std::make_tuple(nc, N, BH, (int)C, a.data_ptr<T>(), b.data_ptr<T>(), c.data_ptr<T>(), d.data_ptr<T>(),
-                                e.data_ptr<T>(), f.data_ptr<T>(), g.data_ptr<T>(), h.data_ptr<T>(), xs.data_ptr<T>(),
-                                factors.data_ptr<T>(), starts.data_ptr<T>(), pks.data_ptr<T>(), cov.data_ptr<T>(),
-                                info.data_ptr<int32_t>());
-    switch (K) {
-      case 16: std::apply(dispatch_c<T, 16>, args); break;
-      case 32: std::apply(dispatch_c<T, 32>, args); break;
-      case 64: std::apply(dispatch_c<T, 64>, args); break;
-      case 128: std::apply(dispatch_c<T, 128>, args); break;
-      default: TORCH_CHECK(false, "unsupported key dim ", K);
-    }
-  });
-  return {xs, factors, starts, cov, info, pks};
-}
-
-
+// Gradients of the outputs (each may be absent) and of the inputs.
+template <typename T>
+struct PathGrads {
+  const T *x, *pivots, *starts;  // of xs, diag F, starts (nullptr: zero)
+  T *k, *noise, *g, *c, *reset, *gc;
+};
 
 template <typename T, int K, int NC>
-void backward_head(int64_t h, int64_t N, int64_t BH, int C, const T* kh, const T* cs, const T* gs, const T* ts,
-                   const T* gc, const T* so, const T* fo, const T* xo, const T* po, const T* gx, const T* gp,
-                   const T* gst, T* Pb, T* Pbt, bool symmetric, T* gkh, T* grhs, T* gcs, T* gb, T* ggs, T* gts, T* ggc, T* grc,
-                   T* S, T* PT, T* xt, T* gxt, T* Rb, T* XT, T* W, T* W2, T* tmp) {
+void backward_head(const Path<T>& a, const PathGrads<T>& d, int64_t h, T* Pb, T* Pbt, bool symmetric, T* kh, T* khT,
+                   T* kT, T* S, T* base, T* SS, T* PT, T* xt, T* gxt, T* Rb, T* XT, T* W, T* W2, T* tmp) {
   constexpr int nv = NV<T, K>, CP = NC * L<T>;
+  const int C = a.C;
   const int64_t CK = (int64_t)C * K, CC = (int64_t)C * C, KK = (int64_t)K * K;
-  for (int64_t n = N - 1; n >= 0; --n) {
-    const int64_t i_1 = n * BH + h, i_ck = i_1 * CK, i_cc = i_1 * CC, i_c = i_1 * C;
-    const T* P = so + i_1 * KK;
-    const T* U = fo + i_cc;  // Fᵀ, C×C
-    const T* X = xo + i_ck;
-    const T* pk = po + i_ck;
-    const T* khn = kh + i_ck;
-    const T* g = gs + i_cc;
-    // 1. G_C, 1 − G_C
+  for (int64_t n = a.N - 1; n >= 0; --n) {
+    const int64_t i_1 = n * a.BH + h, i_ck = i_1 * CK, i_cc = i_1 * CC, i_c = i_1 * C;
+    const T* P = a.starts + i_1 * KK;
+    const T* U = a.factors + i_cc;  // Fᵀ, C×C
+    const T* X = a.xs + i_ck;
+    const T* pk = a.pks + i_ck;
+    const T *k = a.k + i_ck, *c = a.c + i_c, *reset = a.reset + i_c, *g = a.g + i_cc;
+    const T* tau = g + (C - 1) * C;  // sqrt(G_C/G_t)
+    T *dk = d.k + i_ck, *dc = d.c + i_c, *dreset = d.reset + i_c, *dg = d.g + i_cc;
+    chunk_pieces<T, K, NC>(k, c, reset, g, a.noise + i_c, C, kh, khT, kT, S, base);
+    // 1. G_C and 1 − G_C (the latter is reset[C−1])
     T tr = 0;
-    for (int a = 0; a < K; ++a) tr += Pb[a * K + a];
-    grc[i_1] = tr;
-    ggc[i_1] = vdot<T>(P, Pb, KK);
+    for (int q = 0; q < K; ++q) tr += Pb[q * K + q];
+    d.gc[i_1] = vdot<T>(P, Pb, KK);
     // 2–4. X̃̄ = −X̃ (P̄' + P̄'ᵀ) (P̄'ᵀ is carried alongside P̄'); τ̄; X̄
-    for (int64_t e = 0; e < KK; e += L<T>) store(S + e, -(load(Pb + e) + load(Pbt + e)));
+    for (int64_t e = 0; e < KK; e += L<T>) store(SS + e, -(load(Pb + e) + load(Pbt + e)));
     for (int t = 0; t < C; ++t) {
-      const V<T> tau = splat(ts[i_c + t]);
+      const V<T> tt = splat(tau[t]);
 #pragma GCC unroll 16
-      for (int v = 0; v < nv; ++v) store(xt + t * K + v * L<T>, tau * load(X + t * K + v * L<T>));
+      for (int v = 0; v < nv; ++v) store(xt + t * K + v * L<T>, tt * load(X + t * K + v * L<T>));
     }
-    rows_times<T, K>(xt, K, K, S, nullptr, gxt, C);
+    rows_times<T, K>(xt, K, K, SS, nullptr, gxt, C);
+    T dtau[CP];
     for (int t = 0; t < C; ++t) {
-      gts[i_c + t] = vdot<T>(X + t * K, gxt + t * K, K);
-      const V<T> tau = splat(ts[i_c + t]);
+      dtau[t] = vdot<T>(X + t * K, gxt + t * K, K);
+      const V<T> tt = splat(tau[t]);
 #pragma GCC unroll 16
       for (int v = 0; v < nv; ++v) {
-        V<T> y = tau * load(gxt + t * K + v * L<T>);
-        if (gx) y += load(gx + i_ck + t * K + v * L<T>);
+        V<T> y = tt * load(gxt + t * K + v * L<T>);
+        if (d.x) y += load(d.x + i_ck + t * K + v * L<T>);
         store(gxt + t * K + v * L<T>, y);
       }
     }
@@ -373,177 +356,241 @@ void backward_head(int64_t h, int64_t N, int64_t BH, int C, const T* kh, const T
 #pragma GCC unroll 16
       for (int v = 0; v < nv; ++v) store(Rb + t * K + v * L<T>, row[v] * inv);
     }
-    for (int64_t e = 0; e < CK; ++e) grhs[i_ck + e] = Rb[e];
-    for (int t = 0; t < C; ++t) gcs[i_c + t] = vdot<T>(pk + t * K, Rb + t * K, K);
-    // 6–7. (g∘F)̄ = −tril(R̄ Xᵀ); ḡ = F ∘ (g∘F)̄; F̄ = g ∘ (g∘F)̄ (+ pivots), into W (C×CP)
-    for (int k = 0; k < K; ++k)
-      for (int t = 0; t < CP; ++t) XT[k * CP + t] = t < C ? X[t * K + k] : T(0);
+    // R = (1 − G) ∘ K + c ∘ pk: c̄ and (1 − G)̄ from R̄ (the rest of both below)
+    for (int t = 0; t < C; ++t) {
+      dc[t] = vdot<T>(pk + t * K, Rb + t * K, K);
+      dreset[t] = vdot<T>(k + t * K, Rb + t * K, K);
+    }
+    dreset[C - 1] += tr;
+    // 6–7. (g∘F)̄ = −tril(R̄ Xᵀ); ḡ = F ∘ (g∘F)̄ (+ τ̄ on the last row); F̄ = g ∘ (g∘F)̄ (+ pivots), into W
+    for (int q = 0; q < K; ++q)
+      for (int t = 0; t < CP; ++t) XT[q * CP + t] = t < C ? X[t * K + q] : T(0);
     rows_times_wide<T, K, NC>(nullptr, Rb, XT, W, C);
     for (int i = 0; i < C; ++i)
       for (int t = 0; t < CP; ++t) {
         if (t <= i) {
-          const T d = -W[i * CP + t];
-          ggs[i_cc + i * C + t] = U[t * C + i] * d;
-          W[i * CP + t] = g[i * C + t] * d + (t == i && gp ? gp[i_c + i] : T(0));
+          const T e = -W[i * CP + t];
+          dg[i * C + t] = U[t * C + i] * e + (i == C - 1 ? dtau[t] : T(0));
+          W[i * CP + t] = g[i * C + t] * e + (t == i && d.pivots ? d.pivots[i_c + i] : T(0));
         } else {
-          if (t < C) ggs[i_cc + i * C + t] = 0;
+          if (t < C) dg[i * C + t] = 0;
           W[i * CP + t] = 0;
         }
       }
     // 9. phi = tril(Fᵀ F̄), (Fᵀ F̄)[a][:] = Σ_i U[a][i] F̄[i][:]; Φ = ½(phi + tril₋₁(phi)ᵀ) into W2
-    for (int a = 0; a < C; ++a) {
+    for (int r = 0; r < C; ++r) {
       V<T> row[NC];
 #pragma GCC unroll 8
-      for (int c = 0; c < NC; ++c) row[c] = splat<T>(0);
-      for (int i = a; i < C; ++i) {
-        const V<T> u = splat(U[a * C + i]);
+      for (int q = 0; q < NC; ++q) row[q] = splat<T>(0);
+      for (int i = r; i < C; ++i) {
+        const V<T> u = splat(U[r * C + i]);
 #pragma GCC unroll 8
-        for (int c = 0; c < NC; ++c) row[c] += u * load(W + i * CP + c * L<T>);
+        for (int q = 0; q < NC; ++q) row[q] += u * load(W + i * CP + q * L<T>);
       }
 #pragma GCC unroll 8
-      for (int c = 0; c < NC; ++c) store(tmp + a * CP + c * L<T>, row[c]);
+      for (int q = 0; q < NC; ++q) store(tmp + r * CP + q * L<T>, row[q]);
     }
-    for (int a = 0; a < C; ++a)
+    for (int r = 0; r < C; ++r)
       for (int b = 0; b < CP; ++b)
-        W2[a * CP + b] = b >= C ? T(0) : (b <= a ? T(0.5) * tmp[a * CP + b] : T(0.5) * tmp[b * CP + a]);
+        W2[r * CP + b] = b >= C ? T(0) : (b <= r ? T(0.5) * tmp[r * CP + b] : T(0.5) * tmp[b * CP + r]);
     // 10. B̄ = F⁻ᵀ Φ F⁻¹: M1 = F⁻ᵀ Φ (back substitution with U), then B̄ᵀ = F⁻ᵀ M1ᵀ
     for (int pass = 0; pass < 2; ++pass) {
       for (int t = C - 1; t >= 0; --t) {
         V<T> row[NC];
 #pragma GCC unroll 8
-        for (int c = 0; c < NC; ++c) row[c] = load(W2 + t * CP + c * L<T>);
+        for (int q = 0; q < NC; ++q) row[q] = load(W2 + t * CP + q * L<T>);
         for (int i = t + 1; i < C; ++i) {
           const V<T> u = splat(U[t * C + i]);
 #pragma GCC unroll 8
-          for (int c = 0; c < NC; ++c) row[c] -= u * load(W2 + i * CP + c * L<T>);
+          for (int q = 0; q < NC; ++q) row[q] -= u * load(W2 + i * CP + q * L<T>);
         }
         const V<T> inv = splat(T(1) / U[t * C + t]);
 #pragma GCC unroll 8
-        for (int c = 0; c < NC; ++c) store(W2 + t * CP + c * L<T>, row[c] * inv);
+        for (int q = 0; q < NC; ++q) store(W2 + t * CP + q * L<T>, row[q] * inv);
       }
-      for (int a = 0; a < C; ++a)  // transpose in place (C×C part)
-        for (int b = 0; b < a; ++b) std::swap(W2[a * CP + b], W2[b * CP + a]);
+      for (int r = 0; r < C; ++r)  // transpose in place (C×C part)
+        for (int b = 0; b < r; ++b) std::swap(W2[r * CP + b], W2[b * CP + r]);
     }
-    // W2 is now B̄ (after the second transpose)
+    // W2 is B̄. B_base = M ∘ S + diag(r): r̄ = diag B̄; S̄ = M ∘ B̄ (K̄ += (S̄ + S̄ᵀ) K); M̄ = S ∘ B̄ into g and 1 − G
+    for (int t = 0; t < C; ++t) d.noise[i_c + t] = W2[t * CP + t];
     for (int i = 0; i < C; ++i)
-      for (int t = 0; t < C; ++t) gb[i_cc + i * C + t] = W2[i * CP + t];
+      for (int t = 0; t <= i; ++t) {
+        const T bsum = W2[i * CP + t] + W2[t * CP + i];  // B̄_it + B̄_ti
+        const T s = S[i * CP + t];
+        if (i == t) {  // M_tt = 1 − G_t
+          dreset[t] += s * W2[t * CP + t];
+          tmp[t * CP + t] = reset[t] * 2 * W2[t * CP + t];
+        } else {  // M_it = M_ti = g_it (1 − G_t)
+          dg[i * C + t] += reset[t] * s * bsum;
+          dreset[t] += g[i * C + t] * s * bsum;
+          tmp[i * CP + t] = tmp[t * CP + i] = g[i * C + t] * reset[t] * bsum;  // S̄_it + S̄_ti
+        }
+      }
+    for (int i = 0; i < C; ++i)  // the diagonal of M is 2 g_tt (1 − G_t) − (1 − G_t) in the mask's own terms
+      dg[i * C + i] += 2 * reset[i] * S[i * CP + i] * W2[i * CP + i];
+    for (int i = 0; i < C; ++i)
+      for (int b = C; b < CP; ++b) tmp[i * CP + b] = 0;
     // 11. p̄k = c ∘ R̄ + B̄ K̂ (into xt)
     for (int t = 0; t < C; ++t) {
-      const V<T> c = splat(cs[i_c + t]);
+      const V<T> ct = splat(c[t]);
 #pragma GCC unroll 16
-      for (int v = 0; v < nv; ++v) store(tmp + t * K + v * L<T>, c * load(Rb + t * K + v * L<T>));
+      for (int v = 0; v < nv; ++v) store(W + t * K + v * L<T>, ct * load(Rb + t * K + v * L<T>));
     }
-    rows_times<T, K>(W2, CP, C, khn, tmp, xt, C);
-    // 12. K̂̄ = B̄ pk + p̄k Pᵀ
-    const T* Pt = P;  // Pᵀ: P itself when the chunk-start covariance is symmetric (see symmetric_starts)
+    rows_times<T, K>(W2, CP, C, kh, W, xt, C);
+    // 12. K̂̄ = B̄ pk + p̄k Pᵀ (into gxt); then K̄ = c ∘ K̂̄ + (1 − G) ∘ R̄ + (S̄ + S̄ᵀ) K, c̄ += rowsum(K ∘ K̂̄)
+    const T* Pt = P;  // Pᵀ: P itself when the first covariance is symmetric (the forward keeps it so, exactly)
     if (!symmetric) {
-      for (int a = 0; a < K; ++a)
-        for (int b = 0; b < K; ++b) PT[a * K + b] = P[b * K + a];
+      for (int r = 0; r < K; ++r)
+        for (int b = 0; b < K; ++b) PT[r * K + b] = P[b * K + r];
       Pt = PT;
     }
     rows_times<T, K>(W2, CP, C, pk, nullptr, gxt, C);
-    rows_times<T, K>(xt, K, K, Pt, gxt, gkh + i_ck, C);
+    rows_times<T, K>(xt, K, K, Pt, gxt, gxt, C);
+    for (int t = 0; t < C; ++t) {
+      dc[t] += vdot<T>(k + t * K, gxt + t * K, K);
+      const V<T> ct = splat(c[t]), rt = splat(reset[t]);
+#pragma GCC unroll 16
+      for (int v = 0; v < nv; ++v)
+        store(W + t * K + v * L<T>, ct * load(gxt + t * K + v * L<T>) + rt * load(Rb + t * K + v * L<T>));
+    }
+    rows_times<T, K>(tmp, CP, C, k, W, dk, C);
     // 13. P̄ = G_C P̄' + K̂ᵀ p̄k (+ the gradient of P as an output), and its transpose
-    square_plus_outer<T, K>(Pb, gc[i_1], T(1), T(0), khn, xt, Pb, C);
-    square_plus_outer<T, K>(Pbt, gc[i_1], T(1), T(0), xt, khn, Pbt, C);
-    if (gst) {
-      const T* gn = gst + i_1 * KK;
-      for (int a = 0; a < K; ++a)
+    square_plus_outer<T, K>(Pb, a.gc[i_1], T(1), T(0), kh, xt, Pb, C);
+    square_plus_outer<T, K>(Pbt, a.gc[i_1], T(1), T(0), xt, kh, Pbt, C);
+    if (d.starts) {
+      const T* gn = d.starts + i_1 * KK;
+      for (int r = 0; r < K; ++r)
         for (int b = 0; b < K; ++b) {
-          Pb[a * K + b] += gn[a * K + b];
-          Pbt[a * K + b] += gn[b * K + a];
+          Pb[r * K + b] += gn[r * K + b];
+          Pbt[r * K + b] += gn[b * K + r];
         }
     }
   }
 }
 
 template <typename T, int K, int NC>
-void scan_backward_impl(int64_t N, int64_t BH, int C, const T* kh, const T* cs, const T* gs, const T* ts, const T* gc,
-                        const T* so, const T* fo, const T* xo, const T* po, const T* gx, const T* gp, const T* gst,
-                        T* Pb, T* gkh, T* grhs, T* gcs, T* gb, T* ggs, T* gts, T* ggc, T* grc) {
+void forward_all(const Path<T>& a) {
   constexpr int CP = NC * L<T>;
-  at::parallel_for(0, BH, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> S(K * K), PT(K * K), Pbt(K * K), xt(CP * K), gxt(CP * K), Rb(CP * K), XT(K * CP), W(CP * CP),
-        W2(CP * CP), tmp(CP * (CP > K ? CP : K));
+  at::parallel_for(0, a.BH, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> kh(CP * K), khT(K * CP), kT(K * CP), S(CP * CP), base(CP * CP), U(CP * CP), xt(CP * K);
+    for (int64_t h = begin; h < end; ++h)
+      forward_head<T, K, NC>(a, h, kh.data(), khT.data(), kT.data(), S.data(), base.data(), U.data(), xt.data());
+  });
+}
+
+template <typename T, int K, int NC>
+void backward_all(const Path<T>& a, const PathGrads<T>& d, T* Pb) {
+  constexpr int CP = NC * L<T>;
+  at::parallel_for(0, a.BH, 1, [&](int64_t begin, int64_t end) {
+    const int W_ = CP > K ? CP : K;
+    std::vector<T> kh(CP * K), khT(K * CP), kT(K * CP), S(CP * CP), base(CP * CP), SS(K * K), PT(K * K), Pbt(K * K),
+        xt(CP * K), gxt(CP * K), Rb(CP * K), XT(K * CP), W(CP * W_), W2(CP * CP), tmp(CP * W_);
     for (int64_t h = begin; h < end; ++h) {
       T* Pb_h = Pb + h * K * K;
-      for (int a = 0; a < K; ++a)
-        for (int b = 0; b < K; ++b) Pbt[a * K + b] = Pb_h[b * K + a];
-      // The forward kernel keeps P exactly symmetric (its update is, entry by entry) when the first P is.
-      const T* P0 = so + h * K * K;
+      for (int r = 0; r < K; ++r)
+        for (int b = 0; b < K; ++b) Pbt[r * K + b] = Pb_h[b * K + r];
+      // The forward keeps P exactly symmetric (its update is, entry by entry) when the first P is.
+      const T* P0 = a.starts + h * K * K;
       bool symmetric = true;
-      for (int a = 0; a < K && symmetric; ++a)
-        for (int b = 0; b < a; ++b)
-          if (P0[a * K + b] != P0[b * K + a]) { symmetric = false; break; }
-      backward_head<T, K, NC>(h, N, BH, C, kh, cs, gs, ts, gc, so, fo, xo, po, gx, gp, gst, Pb_h, Pbt.data(), symmetric, gkh, grhs,
-                              gcs, gb, ggs, gts, ggc, grc, S.data(), PT.data(), xt.data(), gxt.data(), Rb.data(),
-                              XT.data(), W.data(), W2.data(), tmp.data());
+      for (int r = 0; r < K && symmetric; ++r)
+        for (int b = 0; b < r; ++b)
+          if (P0[r * K + b] != P0[b * K + r]) { symmetric = false; break; }
+      backward_head<T, K, NC>(a, d, h, Pb_h, Pbt.data(), symmetric, kh.data(), khT.data(), kT.data(), S.data(),
+                              base.data(), SS.data(), PT.data(), xt.data(), gxt.data(), Rb.data(), XT.data(), W.data(),
+                              W2.data(), tmp.data());
     }
   });
 }
 
-template <typename T, int K>
-void dispatch_bc(int nc, int64_t N, int64_t BH, int C, const T* kh, const T* cs, const T* gs, const T* ts, const T* gc,
-                 const T* so, const T* fo, const T* xo, const T* po, const T* gx, const T* gp, const T* gst, T* Pb,
-                 T* gkh, T* grhs, T* gcs, T* gb, T* ggs, T* gts, T* ggc, T* grc) {
-#define PROBSEQ_B(NCV) scan_backward_impl<T, K, NCV>(N, BH, C, kh, cs, gs, ts, gc, so, fo, xo, po, gx, gp, gst, Pb, gkh, grhs, gcs, gb, ggs, gts, ggc, grc)
-  switch (nc) {
-    case 1: PROBSEQ_B(1); return;
-    case 2: PROBSEQ_B(2); return;
-    case 4: PROBSEQ_B(4); return;
-    case 8: PROBSEQ_B(8); return;
-    default: TORCH_CHECK(false, "chunk too long");
-  }
-#undef PROBSEQ_B
+// Calls f.template operator()<T, K, NC>() for the tensor's dtype, key dim and padded chunk width.
+template <typename F>
+void dispatch(const at::Tensor& k, F&& f) {
+  const int64_t C = k.size(2), K = k.size(3);
+  TORCH_CHECK(C >= 1 && C <= 64, "covariance path kernel: chunk length ", C, " outside 1..64");
+  AT_DISPATCH_FLOATING_TYPES(k.scalar_type(), "covariance_path", [&] {
+    using T = scalar_t;
+    int nc = 1;
+    while (nc * L<T> < C) nc *= 2;
+    auto by_nc = [&]<int KK>() {
+      switch (nc) {
+        case 1: return f.template operator()<T, KK, 1>();
+        case 2: return f.template operator()<T, KK, 2>();
+        case 4: return f.template operator()<T, KK, 4>();
+        case 8: return f.template operator()<T, KK, 8>();
+        default: TORCH_CHECK(false, "chunk too long");
+      }
+    };
+    switch (K) {
+      case 16: by_nc.template operator()<16>(); break;
+      case 32: by_nc.template operator()<32>(); break;
+      case 64: by_nc.template operator()<64>(); break;
+      case 128: by_nc.template operator()<128>(); break;
+      default: TORCH_CHECK(false, "covariance path kernel: key dim ", K, " not in {16, 32, 64, 128}");
+    }
+  });
 }
 
-// Returns the gradients of (k_hat, rhs_base, cum_sqrt, b_base, ratio_sqrt, tail_sqrt, retention_chunk, reset_chunk, cov0).
-std::vector<at::Tensor> scan_backward(const at::Tensor& k_hat, const at::Tensor& cum_sqrt, const at::Tensor& ratio_sqrt,
-                                      const at::Tensor& tail_sqrt, const at::Tensor& retention_chunk,
+// (xs, factors Fᵀ, starts, final covariance, info, pks)
+std::vector<at::Tensor> path_forward(const at::Tensor& k_, const at::Tensor& noise_, const at::Tensor& g_,
+                                     const at::Tensor& c_, const at::Tensor& reset_, const at::Tensor& gc_,
+                                     const at::Tensor& cov0) {
+  const auto k = k_.contiguous(), noise = noise_.contiguous(), g = g_.contiguous(), c = c_.contiguous(),
+             reset = reset_.contiguous(), gc = gc_.contiguous();
+  const int64_t N = k.size(0), BH = k.size(1), K = k.size(3);
+  auto xs = at::empty_like(k), pks = at::empty_like(k), factors = at::empty_like(g);
+  auto starts = at::empty({N, BH, K, K}, k.options());
+  starts[0].copy_(cov0);
+  auto cov = at::empty({BH, K, K}, k.options());
+  auto info = at::empty({N, BH}, k.options().dtype(at::kInt));
+  dispatch(k, [&]<typename T, int KK, int NC>() {
+    Path<T> a{N, BH, (int)k.size(2), k.data_ptr<T>(), noise.data_ptr<T>(), g.data_ptr<T>(), c.data_ptr<T>(),
+              reset.data_ptr<T>(), gc.data_ptr<T>(), xs.data_ptr<T>(), factors.data_ptr<T>(), starts.data_ptr<T>(),
+              pks.data_ptr<T>(), cov.data_ptr<T>(), info.data_ptr<int32_t>()};
+    forward_all<T, KK, NC>(a);
+  });
+  return {xs, factors, starts, cov, info, pks};
+}
+
+// The gradients of (k, noise, g, c, reset, gc, cov0).
+std::vector<at::Tensor> path_backward(const at::Tensor& k_, const at::Tensor& noise_, const at::Tensor& g_,
+                                      const at::Tensor& c_, const at::Tensor& reset_, const at::Tensor& gc_,
                                       const at::Tensor& starts, const at::Tensor& factors, const at::Tensor& xs,
                                       const at::Tensor& pks, const std::optional<at::Tensor>& grad_x,
                                       const std::optional<at::Tensor>& grad_pivots,
                                       const std::optional<at::Tensor>& grad_starts,
                                       const std::optional<at::Tensor>& grad_cov) {
-  const int64_t N = k_hat.size(0), BH = k_hat.size(1), C = k_hat.size(2), K = k_hat.size(3);
-  auto Pb = grad_cov.has_value() ? grad_cov->contiguous().clone() : at::zeros({BH, K, K}, k_hat.options());
-  auto gkh = at::empty_like(k_hat), grhs = at::empty_like(k_hat), gcs = at::empty_like(cum_sqrt),
-       gb = at::empty_like(factors), ggs = at::empty_like(ratio_sqrt), gts = at::empty_like(tail_sqrt),
-       ggc = at::empty_like(retention_chunk), grc = at::empty_like(retention_chunk);
-  AT_DISPATCH_FLOATING_TYPES(k_hat.scalar_type(), "scan_backward", [&] {
-    using T = scalar_t;
-    auto c = [](const at::Tensor& t) { return t.contiguous(); };
-    auto a_kh = c(k_hat), a_cs = c(cum_sqrt), a_gs = c(ratio_sqrt), a_ts = c(tail_sqrt), a_gc = c(retention_chunk),
-         a_so = c(starts), a_fo = c(factors), a_xo = c(xs), a_po = c(pks);
-    at::Tensor a_gx, a_gp, a_gst;
-    if (grad_x) a_gx = c(*grad_x);
-    if (grad_pivots) a_gp = c(*grad_pivots);
-    if (grad_starts) a_gst = c(*grad_starts);
-    int nc = 1;
-    while (nc * L<T> < C) nc *= 2;
-    auto args = std::make_tuple(nc, N, BH, (int)C, a_kh.data_ptr<T>(), a_cs.data_ptr<T>(), a_gs.data_ptr<T>(),
-                                a_ts.data_ptr<T>(), a_gc.data_ptr<T>(), a_so.data_ptr<T>(), a_fo.data_ptr<T>(),
-                                a_xo.data_ptr<T>(), a_po.data_ptr<T>(),
-                                (const T*)(grad_x ? a_gx.data_ptr<T>() : nullptr),
-                                (const T*)(grad_pivots ? a_gp.data_ptr<T>() : nullptr),
-                                (const T*)(grad_starts ? a_gst.data_ptr<T>() : nullptr), Pb.data_ptr<T>(),
-                                gkh.data_ptr<T>(), grhs.data_ptr<T>(), gcs.data_ptr<T>(), gb.data_ptr<T>(),
-                                ggs.data_ptr<T>(), gts.data_ptr<T>(), ggc.data_ptr<T>(), grc.data_ptr<T>());
-    switch (K) {
-      case 16: std::apply(dispatch_bc<T, 16>, args); break;
-      case 32: std::apply(dispatch_bc<T, 32>, args); break;
-      case 64: std::apply(dispatch_bc<T, 64>, args); break;
-      case 128: std::apply(dispatch_bc<T, 128>, args); break;
-      default: TORCH_CHECK(false, "unsupported key dim ", K);
-    }
+  const auto k = k_.contiguous(), noise = noise_.contiguous(), g = g_.contiguous(), c = c_.contiguous(),
+             reset = reset_.contiguous(), gc = gc_.contiguous();
+  const int64_t N = k.size(0), BH = k.size(1), K = k.size(3);
+  auto Pb = grad_cov.has_value() ? grad_cov->contiguous().clone() : at::zeros({BH, K, K}, k.options());
+  auto dk = at::empty_like(k), dnoise = at::empty_like(noise), dg = at::empty_like(g), dc = at::empty_like(c),
+       dreset = at::empty_like(reset), dgc = at::empty_like(gc);
+  at::Tensor gx, gp, gst;
+  if (grad_x) gx = grad_x->contiguous();
+  if (grad_pivots) gp = grad_pivots->contiguous();
+  if (grad_starts) gst = grad_starts->contiguous();
+  dispatch(k, [&]<typename T, int KK, int NC>() {
+    Path<T> a{N, BH, (int)k.size(2), k.data_ptr<T>(), noise.data_ptr<T>(), g.data_ptr<T>(), c.data_ptr<T>(),
+              reset.data_ptr<T>(), gc.data_ptr<T>(), xs.data_ptr<T>(), factors.data_ptr<T>(), starts.data_ptr<T>(),
+              pks.data_ptr<T>(), nullptr, nullptr};
+    PathGrads<T> d{grad_x ? gx.data_ptr<T>() : nullptr, grad_pivots ? gp.data_ptr<T>() : nullptr,
+                   grad_starts ? gst.data_ptr<T>() : nullptr, dk.data_ptr<T>(), dnoise.data_ptr<T>(),
+                   dg.data_ptr<T>(), dc.data_ptr<T>(), dreset.data_ptr<T>(), dgc.data_ptr<T>()};
+    backward_all<T, KK, NC>(a, d, Pb.data_ptr<T>());
   });
-  return {gkh, grhs, gcs, gb, ggs, gts, ggc, grc, Pb};
+  return {dk, dnoise, dg, dc, dreset, dgc, Pb};
 }
 
 }  // namespace
 
 TORCH_LIBRARY(probseq_native, m) {
-  m.def("covariance_scan_forward(Tensor k_hat, Tensor rhs_base, Tensor cum_sqrt, Tensor b_base, Tensor ratio_sqrt, Tensor tail_sqrt, Tensor retention_chunk, Tensor reset_chunk, Tensor cov0) -> Tensor[]");
-  m.def("covariance_scan_backward(Tensor k_hat, Tensor cum_sqrt, Tensor ratio_sqrt, Tensor tail_sqrt, Tensor retention_chunk, Tensor starts, Tensor factors, Tensor xs, Tensor pks, Tensor? grad_x, Tensor? grad_pivots, Tensor? grad_starts, Tensor? grad_cov) -> Tensor[]");
+  m.def("covariance_path_forward(Tensor k, Tensor noise, Tensor ratio_sqrt, Tensor cum_sqrt, Tensor reset, "
+        "Tensor retention_chunk, Tensor cov0) -> Tensor[]");
+  m.def("covariance_path_backward(Tensor k, Tensor noise, Tensor ratio_sqrt, Tensor cum_sqrt, Tensor reset, "
+        "Tensor retention_chunk, Tensor starts, Tensor factors, Tensor xs, Tensor pks, Tensor? grad_x, "
+        "Tensor? grad_pivots, Tensor? grad_starts, Tensor? grad_cov) -> Tensor[]");
 }
-TORCH_LIBRARY_IMPL(probseq_native, CPU, m) { m.impl("covariance_scan_forward", &scan_forward); m.impl("covariance_scan_backward", &scan_backward); }
+TORCH_LIBRARY_IMPL(probseq_native, CPU, m) {
+  m.impl("covariance_path_forward", &path_forward);
+  m.impl("covariance_path_backward", &path_backward);
+}
