@@ -491,7 +491,8 @@ def _layer(name: str, config: BenchConfig) -> torch.nn.Module:
     )
     if name == "layer_gdn":
         return GatedDeltaNet(**sizes, chunk_size=config.chunk_size)  # None: the layers' defaults
-    return BayesianLayer(**sizes, retention="learned", chunk_size=config.bayes_chunk_size)
+    _, mean_chunk, _ = chunk_sizes(config, config.layer_head_dim)  # the filter rows' mean path
+    return BayesianLayer(**sizes, retention="learned", chunk_size=config.bayes_chunk_size, mean_chunk_size=mean_chunk)
 
 
 def _filter_arguments(layer: torch.nn.Module, x: torch.Tensor) -> dict[str, object]:

@@ -29,8 +29,8 @@ def _fresh_dynamo():
     torch._dynamo.reset()
 
 
-def _filter_inputs(gen):
-    batch, length, heads, key_dim = 2, 40, 2, 8
+def _filter_inputs(gen, length=40):
+    batch, heads, key_dim = 2, 2, 8
     q, k, v = (torch.randn(batch, length, heads, key_dim, generator=gen, requires_grad=True) for _ in range(3))
     g = (-torch.rand(batch, length, heads, generator=gen)).requires_grad_()
     beta, gamma = (torch.rand(batch, length, heads, generator=gen).requires_grad_() for _ in range(2))
@@ -59,6 +59,22 @@ def test_bayes_filter_traces_as_one_graph_and_matches_eager(reset):
     assert len(actual) == len(expected) == (6 if reset else 7)
     for name, a, b in zip(["output", "dq", "dk", "dv", "dg", "dbeta", "dgamma"], actual, expected):
         assert_close(a, b, 1e-6, name)
+
+
+def test_bayes_filter_with_two_chunk_lengths_traces_at_new_lengths_too():
+    """Covariance chunks of 8, mean chunks of 16, then a second length (dynamo traces it with a symbolic length):
+    one graph each time, equal to eager."""
+
+    def run(q, k, v, g, beta, gamma):
+        return bayes_filter(
+            q, k, v, g, beta, gamma, impl="chunked", chunk_size=8, mean_chunk_size=16, validate=False
+        ).output
+
+    compiled = torch.compile(run, fullgraph=True, backend="eager")
+    for length in (40, 70):
+        inputs = _filter_inputs(torch.Generator().manual_seed(length), length)
+        for a, b in zip(_grads(compiled, inputs), _grads(run, inputs)):
+            assert_close(a, b, 1e-6, f"T={length}")
 
 
 def test_superposition_filter_traces_as_one_graph():

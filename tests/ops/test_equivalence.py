@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from probseq.ops import BayesState, bayes_filter, superposition_filter
+from probseq.design import superposition_design
+from probseq.ops import BayesState, bayes_filter, run_filter, superposition_filter
 from tests.helpers import FIELDS, TOLERANCE, assert_close, bayes_inputs, stable_seed
 
 
@@ -251,6 +252,29 @@ def test_two_chunk_lengths_over_several_segments_and_in_float32(monkeypatch):
     expected = _run_bayes(inputs, "reference")
     for name, value in _run_bayes(inputs, "chunked", 4, mean_chunk_size=6).items():
         assert_close(value, expected[name], TOLERANCE[torch.float64], f"segmented {name}")
+
+
+def test_each_path_runs_at_its_own_chunk_length_and_segments_hold_the_longer_chunks(monkeypatch):
+    """What the equality tests cannot see (every pair is the same filter): the covariance path's ratio matrices are
+    C × C, the mean path's C_m × C_m, the reset path has only the latter, and a long sequence is cut into segments
+    of SEGMENT_CHUNKS of the longer chunks; ``mean_chunk_size`` is refused where there is no covariance path to
+    differ from (superposition)."""
+    import probseq.ops.bayes.chunked as chunked
+    import probseq.ops.run as filters
+
+    sizes, lengths = [], []
+    ratios, forms = chunked.segment_ratios, filters.bayes_chunked
+    monkeypatch.setattr(chunked, "segment_ratios", lambda x: sizes.append(x.shape[-1]) or ratios(x))
+    monkeypatch.setattr(filters, "bayes_chunked", lambda q, *a: lengths.append(q.shape[1]) or forms(q, *a))
+    monkeypatch.setattr(filters, "SEGMENT_CHUNKS", 2)
+    inputs = bayes_inputs(length=45, seed=3)
+    for reset, expected_sizes in ((False, {4, 6}), (True, {6})):
+        sizes.clear(), lengths.clear()
+        _run_bayes(inputs, "chunked", 4, reset=reset, mean_chunk_size=6)
+        assert set(sizes) == expected_sizes and lengths == [12, 12, 12, 9], (reset, sizes, lengths)
+    design = superposition_design(inputs["g"], None, scale=0.5)
+    with pytest.raises(ValueError, match="mean_chunk_size is for regression designs"):
+        run_filter(design, inputs["q"], inputs["k"], inputs["v"], impl="chunked", chunk_size=4, mean_chunk_size=8)
 
 
 @pytest.mark.parametrize("per_channel", [False, True])

@@ -86,8 +86,10 @@ def run_filter(
         covariance_dtype: ``torch.float64`` runs the chunked form's covariance path in float64 (float32
             accuracy near recursive least squares, where float32 loses up to 1e-2; docs/numerics.md);
             ``None`` uses the compute dtype.
-        mean_chunk_size: the chunk length of the chunked form's mean path for regression designs with a
-            retention (``chunk_size`` then chunks only the covariance path); ``None``: ``chunk_size``.
+        mean_chunk_size: regression designs only: the chunk length of the chunked form's mean path
+            (``chunk_size`` then chunks only the covariance path; without a retention, the covariance reset, there
+            is no covariance path and this is the one chunk length); ``None``: ``chunk_size``. Superposition
+            designs have no covariance path and refuse it.
 
     Returns:
         :class:`FilterOutput` ``(output [B, T, H, V], state or None, variance [B, T, H] or None)``.
@@ -101,6 +103,8 @@ def run_filter(
     cu_seqlens = check_cu_seqlens(cu_seqlens, batch, length, checks)
     batch_state = batch if cu_seqlens is None else cu_seqlens.numel() - 1
     design = _check_design(design, (batch, length, heads), key_dim, value_dim, batch_state, checks, k.device)
+    if mean_chunk_size is not None and not design.tracks_covariance:
+        raise ValueError("mean_chunk_size is for regression designs; a superposition design has one chunk length")
     if checks is not None:
         for name, x in (("q", q), ("k", k), ("v", v)):
             checks.finite(name, x)
@@ -338,7 +342,8 @@ def _regression(
     if retention is None:  # the covariance reset has no covariance path: every chunk is the mean path's
         chunk_size = mean_chunk_size
     outputs, variances, failures = [], [], []
-    segment = math.lcm(chunk_size, mean_chunk_size)  # whole chunks of both paths in every segment
+    # segments of SEGMENT_CHUNKS of the longer chunks (exact for any lengths: a segment's last chunk may be padded)
+    segment = max(chunk_size, mean_chunk_size)
     for q_s, k_s, v_s, log_decay_s, noise_s, retention_s in _segments(segment, q, k, v, log_decay, noise, retention):
         out, state, var, failed = bayes_chunked(
             q_s,

@@ -63,7 +63,8 @@ def bayes_filter(
         chunk_size: ``C`` for the chunked form (with ``mean_chunk_size``: of its covariance path only).
         mean_chunk_size: the chunk length of the chunked form's mean path, when it should differ from the
             covariance path's (``None``: ``chunk_size``). Exact for any pair: the mean path needs only the
-            per-token write keys (docs/chunked-algorithm.md, "Two chunk lengths").
+            per-token write keys (docs/chunked-algorithm.md, "Two chunk lengths"). With ``gamma=None`` there is
+            no covariance path, and this is the one chunk length.
         r_min: floor on ``r`` (``0`` is exact for the delta rule; with ``γ = β = 1`` it makes the
             covariance singular after ``K`` writes).
         cu_seqlens: packed variable-length sequences (``B == 1``), see :func:`probseq.ops.run_filter`.
