@@ -40,6 +40,7 @@ def median_ms(fn, seconds: float = 1.5) -> float:
 def filter_step(batch: int, length: int, heads: int, dim: int, covariance: bool):
     x = filter_inputs(batch, length, heads, dim, torch.Generator().manual_seed(0))
     chunk = delta_chunk_size(dim, None, covariance=covariance)
+    mean_chunk = delta_chunk_size(dim, None, covariance=False)  # the layers' mean path (Gated DeltaNet's length)
     retention = x["retention"] if covariance else None
 
     def step():
@@ -52,6 +53,7 @@ def filter_step(batch: int, length: int, heads: int, dim: int, covariance: bool)
             retention,
             impl="chunked",
             chunk_size=chunk,
+            mean_chunk_size=mean_chunk,
             validate=False,
         ).output
         out.backward(x["grad"])

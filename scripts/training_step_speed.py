@@ -41,10 +41,12 @@ torch.set_flush_denormal(flush)
 config = bench.PRESETS["quick"]
 model, step = (bench.mqar_training_step(mixer, config.mqar_length, config) if task == "mqar"
                else bench.recall_training_step(mixer, config))
-if chunk is not None:
+if chunk is not None:  # one chunk length for both of the Bayesian Layer's paths, as before mean_chunk_size
     for module in model.modules():
         if module is not model and hasattr(module, "chunk_size"):
             module.chunk_size = chunk
+            if hasattr(module, "mean_chunk_size"):
+                module.mean_chunk_size = chunk
 step(); step()
 times = []
 for _ in range(steps):

@@ -79,22 +79,25 @@ def test_recall_training_step_is_an_optimizer_step_on_the_recall_segment(mixer):
 
 def test_the_experiments_filter_shape_uses_each_form_at_its_default_chunk_size(monkeypatch):
     """``_small``: one sequence of B·H = 128 heads, K = V = 32 — the MQAR/recall layers' filter calls; by default the
-    Bayesian form and Gated DeltaNet each at its layer's default chunk size for K = 32."""
+    Bayesian form and Gated DeltaNet each at its layer's default chunk sizes for K = 32 (the Bayesian covariance path
+    at 16, its mean path at Gated DeltaNet's 32); the layer rows pass the filter rows' pair."""
     from probseq.layers import BayesianLayer, GatedDeltaNet
 
     x = bench._inputs(TINY, 64, requires_grad=False, small=True)
     assert x["q"].shape == (1, 64, 128, 32) and x["v"].shape == (1, 64, 128, 32)
     assert TINY.chunk_size is None and TINY.bayes_chunk_size is None
+    layer = BayesianLayer(hidden_size=64, num_heads=2, head_dim=32)
     expected = {
-        False: BayesianLayer(hidden_size=64, num_heads=2, head_dim=32).chunk_size,
-        True: GatedDeltaNet(hidden_size=64, num_heads=2, head_dim=32, expand_v=1).chunk_size,
+        False: (layer.chunk_size, layer.mean_chunk_size),
+        True: (GatedDeltaNet(hidden_size=64, num_heads=2, head_dim=32, expand_v=1).chunk_size, None),
     }
-    assert expected == {False: 16, True: 32}
+    assert expected == {False: (16, 32), True: (32, None)}
     calls = {}
     original = bench.bayes_filter
 
     def spy(*args, **kwargs):
-        calls[kwargs["gamma"] is None if "gamma" in kwargs else args[5] is None] = kwargs["chunk_size"]
+        reset = kwargs["gamma"] is None if "gamma" in kwargs else args[5] is None
+        calls[reset] = (kwargs["chunk_size"], kwargs.get("mean_chunk_size"))
         return original(*args, **kwargs)
 
     monkeypatch.setattr(bench, "bayes_filter", spy)
@@ -105,7 +108,9 @@ def test_the_experiments_filter_shape_uses_each_form_at_its_default_chunk_size(m
     calls.clear()
     bench._method("bayes_chunked_small", pinned)(x)
     bench._method("gdn_chunked_small", pinned)(x)
-    assert calls == {False: 32, True: 64}
+    assert calls == {False: (32, 64), True: (64, None)}
+    layer = bench._layer("layer_bayes", dataclasses.replace(pinned, layer_head_dim=32))
+    assert (layer.chunk_size, layer.mean_chunk_size) == (32, 64)
 
 
 def test_layer_filter_case_runs_on_the_layers_own_filter_inputs():

@@ -352,8 +352,8 @@ def _inputs(config: BenchConfig, length: int, requires_grad: bool, small: bool =
 
 
 def chunk_sizes(config: BenchConfig, key_dim: int) -> tuple[int, int, int]:
-    """(Bayesian covariance path, Gated DeltaNet, other chunked filters) chunk sizes at ``key_dim``: the config's,
-    or the layers' defaults (:func:`~probseq.layers.utils.delta_chunk_size`) and 64."""
+    """(Bayesian covariance path, Gated DeltaNet and the Bayesian mean path, other chunked filters) chunk sizes at
+    ``key_dim``: the config's, or the layers' defaults (:func:`~probseq.layers.utils.delta_chunk_size`) and 64."""
     bayes = config.bayes_chunk_size or delta_chunk_size(key_dim, None)
     gdn = config.chunk_size or delta_chunk_size(key_dim, None, covariance=False)
     return bayes, gdn, config.chunk_size or 64
@@ -370,9 +370,13 @@ def _method(name: str, config: BenchConfig) -> Callable[[dict], torch.Tensor] | 
 
     c = chunk_sizes(config, config.key_dim)[2]
     if name == "bayes_chunked":
-        return lambda x: bayes_filter(**x, impl="chunked", chunk_size=cb(x)).output
+        return lambda x: bayes_filter(**x, impl="chunked", chunk_size=cb(x), mean_chunk_size=cg(x)).output
     if name == "bayes_chunked_cov64":  # the covariance path in float64 (accuracy near RLS; docs/numerics.md)
-        return lambda x: bayes_filter(**x, impl="chunked", chunk_size=cb(x), covariance_dtype=torch.float64).output
+        return lambda x: (
+            bayes_filter(
+                **x, impl="chunked", chunk_size=cb(x), mean_chunk_size=cg(x), covariance_dtype=torch.float64
+            ).output
+        )
     if name == "bayes_recurrent":
         return lambda x: bayes_filter(**x, impl="recurrent").output
     if name == "bayes_reference":
@@ -487,7 +491,8 @@ def _layer(name: str, config: BenchConfig) -> torch.nn.Module:
     )
     if name == "layer_gdn":
         return GatedDeltaNet(**sizes, chunk_size=config.chunk_size)  # None: the layers' defaults
-    return BayesianLayer(**sizes, retention="learned", chunk_size=config.bayes_chunk_size)
+    _, mean_chunk, _ = chunk_sizes(config, config.layer_head_dim)  # the filter rows' mean path
+    return BayesianLayer(**sizes, retention="learned", chunk_size=config.bayes_chunk_size, mean_chunk_size=mean_chunk)
 
 
 def _filter_arguments(layer: torch.nn.Module, x: torch.Tensor) -> dict[str, object]:

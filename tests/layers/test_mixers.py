@@ -238,6 +238,24 @@ def test_stationary_retention_is_alpha_squared():
     assert_close(layer.certainty_retention(inputs(length=5), g), torch.exp(g) ** 2, 1e-6, "γ = α²")
 
 
+def test_the_bayesian_layer_chunks_its_mean_path_like_gated_deltanet_by_default():
+    """K = 32: covariance path in chunks of 16, mean path in Gated DeltaNet's 32; a given ``chunk_size`` sets both
+    unless ``mean_chunk_size`` is given too. The output does not depend on the pair (float rounding)."""
+    kwargs = dict(hidden_size=64, head_dim=32, num_heads=2, retention="stationary", layer_idx=0)
+    default = BayesianLayer(**kwargs)
+    assert (default.chunk_size, default.mean_chunk_size) == (16, 32)
+    assert GatedDeltaNet(hidden_size=64, head_dim=32, num_heads=2).mean_chunk_size == 32
+    one = BayesianLayer(**kwargs, chunk_size=16)
+    assert (one.chunk_size, one.mean_chunk_size) == (16, 16)
+    assert BayesianLayer(**kwargs, chunk_size=8, mean_chunk_size=64).mean_chunk_size == 64
+    one.load_state_dict(default.state_dict())
+    x = torch.randn(2, 70, 64)
+    assert default.filter_inputs(x)["mean_chunk_size"] == 32
+    assert_close(default(x)[0], one(x)[0], 1e-5, "mean path in chunks of 32 vs 16")
+    with pytest.raises(ValueError, match="mean_chunk_size must be a positive int"):
+        BayesianLayer(**kwargs, mean_chunk_size=0)
+
+
 def test_variance_side_channel():
     layer = make("bayesian")
     x = inputs()

@@ -75,6 +75,22 @@ def test_bayes_filter_traces_again_at_a_new_length():
             assert_close(a, b, 1e-6, f"T={length}")
 
 
+def test_bayes_filter_with_two_chunk_lengths_traces_at_new_lengths_too():
+    """Covariance chunks of 8, mean chunks of 16, then a second length (dynamo traces it with a symbolic length):
+    one graph each time, equal to eager."""
+
+    def run(q, k, v, g, beta, gamma):
+        return bayes_filter(
+            q, k, v, g, beta, gamma, impl="chunked", chunk_size=8, mean_chunk_size=16, validate=False
+        ).output
+
+    compiled = torch.compile(run, fullgraph=True, backend="eager")
+    for length in (40, 70):
+        inputs = _filter_inputs(torch.Generator().manual_seed(length), length)
+        for a, b in zip(_grads(compiled, inputs), _grads(run, inputs)):
+            assert_close(a, b, 1e-6, f"T={length}")
+
+
 def test_superposition_filter_traces_as_one_graph():
     q, k, v, g, beta, _ = _filter_inputs(torch.Generator().manual_seed(1))
     run = torch.compile(

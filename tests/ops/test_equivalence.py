@@ -7,11 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from probseq.ops import BayesState, bayes_filter, superposition_filter
+from probseq.design import superposition_design
+from probseq.ops import BayesState, bayes_filter, run_filter, superposition_filter
 from tests.helpers import FIELDS, TOLERANCE, assert_close, bayes_inputs, stable_seed
 
 
-def _run_bayes(inputs, impl, chunk_size=16, requires_grad=True, reset=False):
+def _run_bayes(inputs, impl, chunk_size=16, requires_grad=True, reset=False, mean_chunk_size=None):
     """Filter, then backpropagate a fixed random projection of every output into every input.
 
     ``reset``: pass ``gamma=None`` (the covariance-reset fast path, Gated DeltaNet) instead of ``inputs["gamma"]``.
@@ -23,7 +24,13 @@ def _run_bayes(inputs, impl, chunk_size=16, requires_grad=True, reset=False):
     if state is not None:
         state = BayesState(*(t.clone().requires_grad_(requires_grad) for t in state))
     out = bayes_filter(
-        **leaves, initial_state=state, output_final_state=True, output_variance=True, impl=impl, chunk_size=chunk_size
+        **leaves,
+        initial_state=state,
+        output_final_state=True,
+        output_variance=True,
+        impl=impl,
+        chunk_size=chunk_size,
+        mean_chunk_size=mean_chunk_size,
     )
     results = {"output": out.output, "mean": out.state.mean, "cov": out.state.cov, "variance": out.variance}
     if requires_grad:
@@ -240,6 +247,59 @@ def test_the_chunked_forms_run_at_the_balanced_chunk_length(monkeypatch):
     assert sizes == [14]
     for name, value in expected.items():
         assert_close(actual[name], value, TOLERANCE[torch.float64], name)
+
+
+@pytest.mark.parametrize("regime", ["random", "retain", "reset", "mixed"])
+@pytest.mark.parametrize("chunk_size,mean_chunk_size", [(8, 32), (16, 32), (4, 6), (32, 8)])
+def test_the_mean_path_may_chunk_differently_from_the_covariance_path(regime, chunk_size, mean_chunk_size):
+    """The mean path needs only the per-token write keys, so any pair of chunk lengths is the same filter: outputs,
+    state, variance and every gradient equal the reference (and the reset path, which has no covariance path,
+    takes the mean path's chunk length)."""
+    inputs = bayes_inputs(length=45, regime=regime, seed=stable_seed(regime, chunk_size, mean_chunk_size))
+    for reset in (False, True):
+        expected = _run_bayes(inputs, "reference", reset=reset)
+        actual = _run_bayes(inputs, "chunked", chunk_size, reset=reset, mean_chunk_size=mean_chunk_size)
+        for name, value in expected.items():
+            assert_close(actual[name], value, TOLERANCE[torch.float64], f"{regime}/reset={reset}/{name}")
+
+
+def test_two_chunk_lengths_over_several_segments_and_in_float32(monkeypatch):
+    """Segments hold whole chunks of both paths; float32 with two chunk lengths is as accurate as with one."""
+    import probseq.ops.run as filters
+
+    inputs = bayes_inputs(length=150, key_dim=16, value_dim=8, seed=5, dtype=torch.float32)
+    expected = _run_bayes(bayes_inputs(length=150, key_dim=16, value_dim=8, seed=5), "reference")
+    for name, value in _run_bayes(inputs, "chunked", 16, mean_chunk_size=32).items():
+        assert value.dtype == torch.float32, name
+        assert_close(value, expected[name], TOLERANCE[torch.float32], f"float32 {name}")
+    monkeypatch.setattr(filters, "SEGMENT_CHUNKS", 2)  # segments of lcm(4, 6) · 2 = 24 tokens
+    inputs = bayes_inputs(length=61, seed=22)
+    expected = _run_bayes(inputs, "reference")
+    for name, value in _run_bayes(inputs, "chunked", 4, mean_chunk_size=6).items():
+        assert_close(value, expected[name], TOLERANCE[torch.float64], f"segmented {name}")
+
+
+def test_each_path_runs_at_its_own_chunk_length_and_segments_hold_the_longer_chunks(monkeypatch):
+    """What the equality tests cannot see (every pair is the same filter): the covariance path's ratio matrices are
+    C × C, the mean path's C_m × C_m, the reset path has only the latter, and a long sequence is cut into segments
+    of SEGMENT_CHUNKS of the longer chunks; ``mean_chunk_size`` is refused where there is no covariance path to
+    differ from (superposition)."""
+    import probseq.ops.bayes.chunked as chunked
+    import probseq.ops.run as filters
+
+    sizes, lengths = [], []
+    ratios, forms = chunked.segment_ratios, filters.bayes_chunked
+    monkeypatch.setattr(chunked, "segment_ratios", lambda x: sizes.append(x.shape[-1]) or ratios(x))
+    monkeypatch.setattr(filters, "bayes_chunked", lambda q, *a: lengths.append(q.shape[1]) or forms(q, *a))
+    monkeypatch.setattr(filters, "SEGMENT_CHUNKS", 2)
+    inputs = bayes_inputs(length=45, seed=3)
+    for reset, expected_sizes in ((False, {4, 6}), (True, {6})):
+        sizes.clear(), lengths.clear()
+        _run_bayes(inputs, "chunked", 4, reset=reset, mean_chunk_size=6)
+        assert set(sizes) == expected_sizes and lengths == [12, 12, 12, 9], (reset, sizes, lengths)
+    design = superposition_design(inputs["g"], None, scale=0.5)
+    with pytest.raises(ValueError, match="mean_chunk_size is for regression designs"):
+        run_filter(design, inputs["q"], inputs["k"], inputs["v"], impl="chunked", chunk_size=4, mean_chunk_size=8)
 
 
 @pytest.mark.parametrize("per_channel", [False, True])

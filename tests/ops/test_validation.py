@@ -36,6 +36,8 @@ X = bayes_inputs(2, 5, 3, 4, 2, seed=0, with_state=False)
         (dict(q=X["q"].long()), r"q must have a floating dtype"),
         (dict(impl="fast"), r"impl must be one of"),
         (dict(chunk_size=0), r"chunk_size must be a positive int"),
+        (dict(mean_chunk_size=2.5), r"mean_chunk_size must be a positive int"),
+        (dict(mean_chunk_size=True), r"mean_chunk_size must be a positive int"),
         (dict(scale=-1.0), r"scale must be a finite float > 0"),
         (dict(r_min=-1.0), r"r_min must be a finite float >= 0"),
         (

@@ -99,8 +99,11 @@ class BayesianLayer(nn.Module):
         retention: ``"reset" | "stationary" | "learned"``, see the module docstring.
         retention_init: initial ``ρ`` of ``learned`` in ``[0, 1]``; ``0`` is the function-preserving start.
         r_min: noise floor of the filter; default ``0`` for ``reset`` and ``R_MIN = 1e-4`` otherwise.
-        chunk_size: chunk length of the chunked form; ``None`` (default): half the key head dim between 16 (32 for
-            ``reset``) and 64 (:func:`~probseq.layers.utils.delta_chunk_size`: the fastest measured on CPU).
+        chunk_size: chunk length of the chunked form's covariance path; ``None`` (default): half the key head dim
+            between 16 (32 for ``reset``) and 64 (:func:`~probseq.layers.utils.delta_chunk_size`: the fastest
+            measured on CPU).
+        mean_chunk_size: chunk length of its mean path (exact for any pair, docs/chunked-algorithm.md); ``None``:
+            ``chunk_size`` when that is given, else Gated DeltaNet's default chunk length (32 at K = 32).
         validate: check ``hidden_states`` (NaN/Inf, naming the first bad ``(batch, time)``) and the filter's
             values, one host synchronisation each per call (docs/numerics.md, "Validation").
 
@@ -134,6 +137,7 @@ class BayesianLayer(nn.Module):
         retention_init: float = 0.0,
         r_min: float | None = None,
         chunk_size: int | None = None,
+        mean_chunk_size: int | None = None,
         validate: bool = False,
         **kwargs,
     ):
@@ -191,6 +195,11 @@ class BayesianLayer(nn.Module):
         self.layer_idx, self.norm_eps, self.output_gate_activation = layer_idx, norm_eps, output_gate_activation
         self.retention, self.r_min = retention, float(r_min)
         self.chunk_size = delta_chunk_size(head_dim, chunk_size, covariance=retention != "reset")
+        if mean_chunk_size is None:
+            mean_chunk_size = chunk_size
+        else:
+            check_positive(mean_chunk_size=mean_chunk_size)
+        self.mean_chunk_size = delta_chunk_size(head_dim, mean_chunk_size, covariance=False)
         self.last_variance: Tensor | None = None
 
         # Parameters in fla's order, so one seed gives fla's initial weights.
@@ -324,6 +333,7 @@ class BayesianLayer(nn.Module):
             output_variance=bool(kwargs.get("output_variance", False)),
             impl=MODES[self.mode],
             chunk_size=self.chunk_size,
+            mean_chunk_size=self.mean_chunk_size,
             r_min=self.r_min,
             cu_seqlens=cu_seqlens,
             validate=self.validate,

@@ -36,7 +36,7 @@ class GatedDeltaNet(BayesianLayer):
         validate: bool = False,
         **kwargs,
     ):
-        for name in ("retention", "retention_init", "r_min"):
+        for name in ("retention", "retention_init", "r_min", "mean_chunk_size"):
             if name in kwargs:
                 raise ValueError(
                     f"GatedDeltaNet is the covariance reset (retention='reset', r_min=0); it takes no "

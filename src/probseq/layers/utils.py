@@ -290,9 +290,9 @@ def check_positive(**values: object) -> None:
 
 def delta_chunk_size(head_dim: int, chunk_size: int | None, covariance: bool = True) -> int:
     """The chunk length of a delta-rule layer's chunked form: ``chunk_size``, or by default half the key head dim
-    between 16 (with a covariance path; 32 without: Gated DeltaNet, DeltaNet) and 64 — K = 32 → 16 (32), 64 → 32,
-    ≥ 128 → 64. Exact for every length; on a CPU it was the fastest measured, or within 5 %, at K = 32, 64 and 128
-    (docs/numerics.md, "Chunk sizes"; ``python scripts/chunk_sizes.py``)."""
+    between 16 (with a covariance path; 32 without: Gated DeltaNet, DeltaNet, and the Bayesian Layer's mean path) and
+    64 — K = 32 → 16 (32), 64 → 32, ≥ 128 → 64. Exact for every length; on a CPU it was the fastest measured, or
+    within 5 %, at K = 32, 64 and 128 (docs/numerics.md, "Chunk sizes"; ``python scripts/chunk_sizes.py``)."""
     if chunk_size is None:
         return min(64, max(16 if covariance else 32, head_dim // 2))
     check_positive(chunk_size=chunk_size)

@@ -66,6 +66,7 @@ def run_filter(
     cu_seqlens: Tensor | None = None,
     validate: bool = True,
     covariance_dtype: torch.dtype | None = None,
+    mean_chunk_size: int | None = None,
 ) -> FilterOutput:
     """The exact filter of any design model, in the form ``impl``.
 
@@ -85,6 +86,10 @@ def run_filter(
         covariance_dtype: ``torch.float64`` runs the chunked form's covariance path in float64 (float32
             accuracy near recursive least squares, where float32 loses up to 1e-2; docs/numerics.md);
             ``None`` uses the compute dtype.
+        mean_chunk_size: regression designs only: the chunk length of the chunked form's mean path
+            (``chunk_size`` then chunks only the covariance path; without a retention, the covariance reset, there
+            is no covariance path and this is the one chunk length); ``None``: ``chunk_size``. Superposition
+            designs have no covariance path and refuse it.
 
     Returns:
         :class:`FilterOutput` ``(output [B, T, H, V], state or None, variance [B, T, H] or None)``.
@@ -92,11 +97,14 @@ def run_filter(
     batch, length, heads, key_dim, value_dim = check_qkv(q, k, v)
     form = resolve_impl(impl, length)
     chunk_size = check_chunk_size(chunk_size)
+    mean_chunk_size = None if mean_chunk_size is None else check_chunk_size(mean_chunk_size, "mean_chunk_size")
     covariance_dtype = check_covariance_dtype(covariance_dtype)
     checks = ValueChecks() if validate else None
     cu_seqlens = check_cu_seqlens(cu_seqlens, batch, length, checks)
     batch_state = batch if cu_seqlens is None else cu_seqlens.numel() - 1
     design = _check_design(design, (batch, length, heads), key_dim, value_dim, batch_state, checks, k.device)
+    if mean_chunk_size is not None and not design.tracks_covariance:
+        raise ValueError("mean_chunk_size is for regression designs; a superposition design has one chunk length")
     if checks is not None:
         for name, x in (("q", q), ("k", k), ("v", v)):
             checks.finite(name, x)
@@ -113,6 +121,7 @@ def run_filter(
         cu_seqlens=cu_seqlens,
         validate=validate,
         covariance_dtype=covariance_dtype,
+        mean_chunk_size=mean_chunk_size,
     )
 
 
@@ -182,6 +191,7 @@ def filter_design(
     cu_seqlens: Tensor | None,
     validate: bool,
     covariance_dtype: torch.dtype | None = None,
+    mean_chunk_size: int | None = None,
 ) -> FilterOutput:
     """Filter validated inputs: compute dtype, varlen packing, dispatch to one form, and (with ``validate``)
     the check that the result is finite — all with the shapes of :func:`run_filter`.
@@ -198,7 +208,7 @@ def filter_design(
         padded, q, k, v = _pad_sequences(design, q, k, v, packing)
     with full_precision(k.device.type):  # the forms compute in `dtype`; autocast must not cast their matmuls down
         result, failed = _dispatch(
-            padded, q, k, v, form, chunk_size, output_final_state, output_variance, covariance_dtype
+            padded, q, k, v, form, chunk_size, output_final_state, output_variance, covariance_dtype, mean_chunk_size
         )
     if packing is not None:
         state = result.state
@@ -277,6 +287,7 @@ def _dispatch(
     output_final_state: bool,
     output_variance: bool,
     covariance_dtype: torch.dtype | None,
+    mean_chunk_size: int | None = None,
 ) -> tuple[FilterOutput, Tensor | None]:
     """One form on inputs already in the design's dtype. Returns the output and the chunked form's
     factorisation failure flag (``None`` for the other forms)."""
@@ -299,9 +310,10 @@ def _dispatch(
         batch, heads, key_dim, v.shape[-1], track_cov=regression, dtype=dtype, device=v.device
     )
     chunk_size = balanced_chunk_size(chunk_size, length)
+    mean_chunk_size = chunk_size if mean_chunk_size is None else balanced_chunk_size(mean_chunk_size, length)
     if regression:
         output, state, variance, failed = _regression(
-            design, q, k, v, state, form, chunk_size, output_variance, covariance_dtype
+            design, q, k, v, state, form, chunk_size, output_variance, covariance_dtype, mean_chunk_size
         )
     else:
         output, state, variance, failed = _superposition(design, q, k, v, state, form, chunk_size)
@@ -318,6 +330,7 @@ def _regression(
     chunk_size: int,
     output_variance: bool,
     covariance_dtype: torch.dtype | None,
+    mean_chunk_size: int,
 ) -> tuple[Tensor, BayesState, Tensor | None, Tensor | None]:
     log_decay = design.dynamics.log_decay
     if log_decay is None:
@@ -326,8 +339,12 @@ def _regression(
     if form == "recurrent":
         output, state, variance = bayes_recurrent(q, k, v, log_decay, noise, retention, state, scale)
         return output, state, variance if output_variance else None, None
+    if retention is None:  # the covariance reset has no covariance path: every chunk is the mean path's
+        chunk_size = mean_chunk_size
     outputs, variances, failures = [], [], []
-    for q_s, k_s, v_s, log_decay_s, noise_s, retention_s in _segments(chunk_size, q, k, v, log_decay, noise, retention):
+    # segments of SEGMENT_CHUNKS of the longer chunks (exact for any lengths: a segment's last chunk may be padded)
+    segment = max(chunk_size, mean_chunk_size)
+    for q_s, k_s, v_s, log_decay_s, noise_s, retention_s in _segments(segment, q, k, v, log_decay, noise, retention):
         out, state, var, failed = bayes_chunked(
             q_s,
             k_s,
@@ -340,6 +357,7 @@ def _regression(
             chunk_size,
             output_variance,
             covariance_dtype,
+            mean_chunk_size,
         )
         outputs.append(out)
         variances.append(var)

@@ -202,9 +202,9 @@ def check_r_min(r_min: float) -> float:
     return check_positive_number("r_min", r_min, allow_zero=True, hint=" (the floor on the write noise r)")
 
 
-def check_chunk_size(chunk_size: int) -> int:
+def check_chunk_size(chunk_size: int, name: str = "chunk_size") -> int:
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int (16, 32, 64 or 128 are typical), got {chunk_size!r}")
+        raise ValueError(f"{name} must be a positive int (16, 32, 64 or 128 are typical), got {chunk_size!r}")
     return int(chunk_size)
 
 

@@ -68,6 +68,7 @@ def bayes_chunked(
     chunk_size: int,
     output_variance: bool,
     covariance_dtype: torch.dtype | None = None,
+    mean_chunk_size: int | None = None,
 ) -> tuple[Tensor, BayesState, Tensor | None, Tensor | None]:
     """Chunk-parallel exact filter on validated inputs in the compute dtype (names: docs/notation.md).
 
@@ -78,6 +79,11 @@ def bayes_chunked(
             retention ``γ``: ``[B, T, H]`` or ``None`` (covariance reset).
         state: ``BayesState(mean [B, H, V, K], cov [B, H, K, K])``.
         covariance_dtype: dtype of steps 1–5 (``None``: the compute dtype).
+        chunk_size: the chunk length of steps 1–5 (and of 6–9 unless ``mean_chunk_size`` is given).
+        mean_chunk_size: the chunk length of steps 6–9 (``None``: ``chunk_size``). The write keys ``w_t`` are
+            per token, so the mean path may chunk the sequence differently from the covariance path: the
+            covariance path is cheapest at short chunks (its C × C factorisation is sequential), the mean
+            path at the longer ones Gated DeltaNet uses.
 
     Returns:
         ``(output [B, T, H, V], state, variance [B, T, H] or None, failed)``; ``failed`` is a bool scalar
@@ -86,8 +92,9 @@ def bayes_chunked(
     """
     batch, length, heads, key_dim = k.shape
     size = chunk_size
-    q, k, v, log_decay = (to_chunks(x, size) for x in (q * scale, k, v, log_decay))
-    noise = to_chunks(noise, size, pad_value=1.0)
+    mean_size = mean_chunk_size or size
+    q_tokens, k_tokens = q * scale, k
+    q, k, v, log_decay = (to_chunks(x, mean_size) for x in (q_tokens, k_tokens, v, log_decay))
     mean = state.mean.flatten(0, 1)  # [B·H, V, K]
 
     # In-chunk decay ratios (mean path): A_t and A_t/A_j, lower triangular.
@@ -95,6 +102,7 @@ def bayes_chunked(
     decay_ratio = segment_ratios(log_decay)  # [N, B·H, C, C]
 
     if retention is None:
+        noise = to_chunks(noise, mean_size, pad_value=1.0)
         # Covariance reset: P_t^- = I, so u_t = k_t and s_t = ‖k_t‖² + r_t (Gated DeltaNet).
         s = ((k * k).sum(-1) + noise).clamp_min(torch.finfo(k.dtype).tiny)
         w = k / s[..., None]
@@ -103,17 +111,21 @@ def bayes_chunked(
         # The covariance path may run in a wider dtype (docs/numerics.md, "Accuracy per regime"): near recursive
         # least squares its chunk matrix has condition ~1/r, and float64 there restores float32 accuracy.
         wide = covariance_dtype or k.dtype
+        qc, kc = (q, k) if mean_size == size else (to_chunks(q_tokens, size), to_chunks(k_tokens, size))
+        noise = to_chunks(noise, size, pad_value=1.0)
         # a zero key writes nothing whatever r is (u_t = P⁻k_t = 0), but with r = 0 its row and column of the chunk
         # matrix would be zero (no Cholesky): give it r = 1, as the chunks' padding gets — exact, not a change
-        noise = torch.where(k.abs().amax(-1) == 0, 1.0, noise)  # = (k == 0).all(-1), 5× faster on a CPU
+        noise = torch.where(kc.abs().amax(-1) == 0, 1.0, noise)  # = (kc == 0).all(-1), 5× faster on a CPU
         paths = _covariance_path(
-            *(t.to(wide) for t in (q, k, noise, to_chunks(retention, size, pad_value=1.0), state.cov.flatten(0, 1))),
+            *(t.to(wide) for t in (qc, kc, noise, to_chunks(retention, size, pad_value=1.0), state.cov.flatten(0, 1))),
             output_variance,
         )
         x, pivot, retention_ratio, prior_var, cov_final, failed = (
             t.to(k.dtype) if t is not None and t.is_floating_point() else t for t in paths
         )
         w = x / pivot[..., None]
+        if mean_size != size:
+            w = to_chunks(from_chunks(w, length, batch), mean_size)
 
     # 6. (I + T) Ẽ = ·, solved for all chunks at once (T strictly lower; unit diagonal implied).
     t_low = decay_ratio * (k @ w.transpose(-1, -2))
@@ -136,7 +148,7 @@ def bayes_chunked(
 
     if retention is None:
         # P_T = I − u uᵀ/s of the last real token (the covariance is reset before every write).
-        last = (length - 1) % size
+        last = (length - 1) % mean_size
         u_last = k[-1, :, last] * s[-1, :, last, None].rsqrt()
         cov = torch.eye(key_dim, dtype=k.dtype, device=k.device) - u_last[..., :, None] * u_last[..., None, :]
     else:
@@ -147,7 +159,7 @@ def bayes_chunked(
         if retention is None:  # only the token's own write survives the reset
             variance = (q * q).sum(-1) - (q * k).sum(-1).square() / s
         else:  # 8., with (u_jᵀ q̃_t)² / s_j = (x_jᵀ q̃_t)²
-            variance = prior_var - (retention_ratio * (q @ x.transpose(-1, -2)).square()).sum(-1)
+            variance = prior_var - (retention_ratio * (qc @ x.transpose(-1, -2)).square()).sum(-1)
         variance = from_chunks(variance, length, batch)
     unflat = (batch, heads)
     return output, BayesState(mean.unflatten(0, unflat), cov.unflatten(0, unflat)), variance, failed

@@ -40,6 +40,7 @@ def bayes_filter(
     cu_seqlens: Tensor | None = None,
     validate: bool = True,
     covariance_dtype: torch.dtype | None = None,
+    mean_chunk_size: int | None = None,
 ) -> FilterOutput:
     """The Bayesian Layer: exact filter of the regression design (docs/design-model.md; symbols and names:
     docs/notation.md).
@@ -59,7 +60,11 @@ def bayes_filter(
             prior ``(0, I)``. The covariance is symmetrised and checked to lie in ``[0, I]``.
         output_final_state, output_variance: return the final state / predictive variance ``[B, T, H]``.
         impl: ``"reference" | "recurrent" | "chunked" | "auto"``.
-        chunk_size: ``C`` for the chunked form.
+        chunk_size: ``C`` for the chunked form (with ``mean_chunk_size``: of its covariance path only).
+        mean_chunk_size: the chunk length of the chunked form's mean path, when it should differ from the
+            covariance path's (``None``: ``chunk_size``). Exact for any pair: the mean path needs only the
+            per-token write keys (docs/chunked-algorithm.md, "Two chunk lengths"). With ``gamma=None`` there is
+            no covariance path, and this is the one chunk length.
         r_min: floor on ``r`` (``0`` is exact for the delta rule; with ``γ = β = 1`` it makes the
             covariance singular after ``K`` writes).
         cu_seqlens: packed variable-length sequences (``B == 1``), see :func:`probseq.ops.run_filter`.
@@ -77,6 +82,7 @@ def bayes_filter(
     batch, length, heads, key_dim, value_dim = check_qkv(q, k, v)
     form = resolve_impl(impl, length)
     chunk_size, scale, r_min = check_chunk_size(chunk_size), check_scale(scale, key_dim), check_r_min(r_min)
+    mean_chunk_size = None if mean_chunk_size is None else check_chunk_size(mean_chunk_size, "mean_chunk_size")
     covariance_dtype = check_covariance_dtype(covariance_dtype)
     checks = ValueChecks() if validate else None
     cu_seqlens = check_cu_seqlens(cu_seqlens, batch, length, checks)
@@ -112,6 +118,7 @@ def bayes_filter(
         cu_seqlens=cu_seqlens,
         validate=validate,
         covariance_dtype=covariance_dtype,
+        mean_chunk_size=mean_chunk_size,
     )
 
 
