@@ -1,24 +1,24 @@
-"""The compiled CPU covariance scan (``csrc/covariance_scan.cpp``): built on first use, used when it can be.
+"""The compiled CPU covariance path (``csrc/covariance_scan.cpp``): built on first use, used when it can be.
 
-The Bayesian filter's covariance scan (:mod:`probseq.ops.bayes.covariance_scan`) is, in PyTorch, a few dozen small
-batched calls per chunk. On a CPU the kernel in ``csrc/`` runs the same recursion and the same written-out backward
-per (batch·head) with the chunk's matrices in cache: 2.5–3.5× faster at the experiments' shapes (docs/numerics.md,
-"The compiled covariance scan"). It changes the summation order only, so results agree with the PyTorch scan to
-float rounding (``tests/ops/test_native_scan.py``).
+The Bayesian filter's covariance path (steps 2–5, :func:`probseq.ops.bayes.covariance_scan.covariance_path`) is, in
+PyTorch, a few dozen small batched calls per chunk. On a CPU the kernel in ``csrc/`` runs the same recursion and the
+same written-out backward per (batch·head) with the chunk's matrices in cache: the filter's forward+backward 1.5×
+faster at the experiments' shapes, 1.65× at K = 64 (docs/numerics.md, "The compiled covariance scan"). It changes
+the summation order only, so results agree with the PyTorch path to float rounding (``tests/ops/test_native_scan.py``).
 
-Building needs a C++17 compiler with OpenMP (``$CXX``, default ``c++``); it takes about a minute, once per machine,
+Building needs a C++20 compiler with OpenMP (GCC ≥ 10, Clang ≥ 11) (``$CXX``, default ``c++``); it takes about a minute, once per machine,
 torch version and source: the library is cached under ``$PROBSEQ_NATIVE_DIR`` (default ``~/.cache/probseq/native``;
 not ``$XDG_CACHE_HOME``, which runs and tests point elsewhere), keyed by a hash of the source, the compiler, torch's
 version and the processor's flags (the code is built for the processor it runs on, ``-march=native``).
 ``PROBSEQ_NATIVE`` chooses:
 
-- unset (default): use the kernel when it builds; if it does not, warn once and use the PyTorch scan;
-- ``0``: never build or use it (the PyTorch scan everywhere);
+- unset (default): use the kernel when it builds; if it does not, warn once and use the PyTorch path;
+- ``0``: never build or use it (the PyTorch path everywhere);
 - ``1``: it must build (an error otherwise) — what the test suite asks for.
 
-It is used for contiguous-or-not CPU float32/float64 inputs with ``K ∈ {16, 32, 64, 128}`` and ``C ≤ 64``, outside
-``torch.compile`` tracing (where the PyTorch scan is traced instead) and not under ``create_graph=True`` (double
-backward differentiates the plain loop). :func:`disabled` turns it off in a block (tests compare both).
+It is used for CPU float32/float64 inputs with ``K ∈ {16, 32, 64, 128}`` and ``C ≤ 64``, outside
+``torch.compile`` tracing (where the PyTorch ops are traced instead) and not under ``create_graph=True`` (double
+backward differentiates the plain ops). :func:`disabled` turns it off in a block (tests compare both).
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def _load() -> bool:
         if setting == "1":
             raise NativeBuildError(f"{_ENV}=1 but the compiled covariance scan is unavailable: {error}") from error
         warnings.warn(
-            f"probseq: the compiled covariance scan could not be built; using the PyTorch scan (set {_ENV}=0 to "
+            f"probseq: the compiled covariance scan could not be built; using the PyTorch path (set {_ENV}=0 to "
             f"skip trying). {str(error)[:2000]}",
             RuntimeWarning,
             stacklevel=3,
@@ -167,7 +167,7 @@ def available() -> bool:
 
 
 def usable(k_hat: Tensor) -> bool:
-    """Whether the scan of these chunked keys ``[N, B·H, C, K]`` runs in the kernel."""
+    """Whether the covariance path of these chunked keys ``[N, B·H, C, K]`` runs in the kernel."""
     return (
         _enabled
         and k_hat.device.type == "cpu"
@@ -181,7 +181,7 @@ def usable(k_hat: Tensor) -> bool:
 
 @contextlib.contextmanager
 def disabled() -> Iterator[None]:
-    """Run the PyTorch scan inside the block (tests compare the two; not thread-safe)."""
+    """Run the PyTorch path inside the block (tests compare the two; not thread-safe)."""
     global _enabled
     previous, _enabled = _enabled, False
     try:

@@ -1,19 +1,21 @@
-// The covariance scan (probseq/ops/bayes/covariance_scan.py) as one CPU kernel per (batch·head): forward and
-// hand-written backward, the same recursion and the same formulas, with every chunk's matrices in L1 cache.
+// Steps 2–5 of the chunked Bayesian filter — the covariance path (probseq/ops/bayes/covariance_scan.py:
+// scan_inputs, then covariance_scan) — as one CPU kernel per (batch·head): forward and hand-written backward, the
+// same recursion and formulas, with every chunk's matrices in L1 cache.
 //
-// Why: in PyTorch the scan is ~12 (forward) and ~30 (backward) small batched calls per chunk, each a pass over
-// [B·H, C, K] or [B·H, K, K] tensors, and LAPACK runs the C×C factorisations and solves one matrix at a time.
-// Here one thread carries one (batch·head) through all chunks; the K-wide products are register-blocked
-// (R rows of the left factor per loaded row of the right one, GCC vector types of 64 bytes), the C×C work runs on
-// rows padded to CP = a multiple of the vector length.
+// Why: in PyTorch the path is ~20 chunk-local ops over [N, B·H, C, C] tensors plus ~12 (forward) and ~30 (backward)
+// small batched calls per chunk, and LAPACK runs the C×C factorisations and solves one matrix at a time. Here one
+// thread carries one (batch·head) through all chunks; the K-wide products are register-blocked (R rows of the left
+// factor per loaded row of the right one, GCC vector types of 64 bytes), the C×C work runs on rows padded to CP, a
+// multiple of the vector length.
 //
 // Built on first use by probseq/ops/bayes/native.py (-O3 -march=native -fopenmp, against the installed torch).
-// Supported: float32/float64, K in {16, 32, 64, 128}, C <= 64. Results equal the PyTorch scan to float rounding
+// Supported: float32/float64, K in {16, 32, 64, 128}, C <= 64. Results equal the PyTorch path to float rounding
 // (tests/ops/test_native_scan.py); the summation order differs, the algebra does not.
 //
-// Shapes (contiguous): k_hat, rhs_base, xs, pks [N, BH, C, K]; cum_sqrt, tail_sqrt [N, BH, C, 1];
-// b_base, ratio_sqrt, factors (Fᵀ, upper) [N, BH, C, C]; retention_chunk, reset_chunk [N, BH, 1, 1];
+// Inputs (contiguous): k, xs, pks [N, BH, C, K]; noise r, cum_sqrt √G_t, reset 1 − G_t [N, BH, C];
+// ratio_sqrt g = sqrt(G_i/G_t) (lower) and factors (Fᵀ, upper) [N, BH, C, C]; retention_chunk G_C [N, BH];
 // cov0, cov [BH, K, K]; starts [N, BH, K, K]; info [N, BH] (int32: 0, or 1 + the first non-positive pivot).
+
 #include <torch/library.h>
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -172,14 +174,14 @@ inline void square_plus_outer(const T* in, T beta, T alpha, T diag, const T* __r
   }
 }
 
-// out[C×CP] = base[C×C] (padded) + A[C×K] · Bt[K×CP]   (CP = nc vectors)
+// out[C×CP] = base[C×C] (its lower triangle; padded) + A[C×K] · Bt[K×CP]   (CP = nc vectors)
 template <typename T, int K, int NC>
 inline void rows_times_wide(const T* __restrict base, const T* __restrict A, const T* __restrict Bt, T* __restrict out, int C) {
   constexpr int CP = NC * L<T>;
   for (int i = 0; i < C; ++i) {
     V<T> acc[NC];
     T tmp[CP] = {};
-    if (base) for (int t = 0; t < C; ++t) tmp[t] = base[i * C + t];
+    if (base) for (int t = 0; t <= i; ++t) tmp[t] = base[i * C + t];  // the lower triangle of base only
 #pragma GCC unroll 8
     for (int c = 0; c < NC; ++c) acc[c] = load(tmp + c * L<T>);
     for (int j = 0; j < K; ++j) {
@@ -226,9 +228,10 @@ struct Path {
   int32_t* info;
 };
 
-// The chunk-local pieces of step 2 (docs/chunked-algorithm.md): K̂ = diag(c) K, its transpose (padded to CP columns),
-// Kᵀ, and B_base = M ∘ (K Kᵀ) + diag(r) with M_it = g_it (1 − G_t) (i > t, mirrored), M_tt = 1 − G_t.
-template <typename T, int K, int NC>
+// The chunk-local pieces of step 2 (docs/chunked-algorithm.md): K̂ = diag(c) K and S = K Kᵀ (C×CP rows), and for the
+// forward also K̂ᵀ (K×CP, zero-padded) and the lower triangle of B_base = M ∘ S + diag(r), with M_it = g_it (1 − G_t)
+// (i > t) and M_tt = 1 − G_t (the upper triangle is never read: the factorisation mirrors the lower one).
+template <typename T, int K, int NC, bool Forward>
 inline void chunk_pieces(const T* k, const T* c, const T* reset, const T* g, const T* noise, int C, T* kh, T* khT,
                          T* kT, T* S, T* base) {
   constexpr int nv = NV<T, K>, CP = NC * L<T>;
@@ -237,17 +240,22 @@ inline void chunk_pieces(const T* k, const T* c, const T* reset, const T* g, con
 #pragma GCC unroll 16
     for (int v = 0; v < nv; ++v) store(kh + t * K + v * L<T>, ct * load(k + t * K + v * L<T>));
   }
+  for (int t = 0; t < C; ++t)
+    for (int j = 0; j < K; ++j) kT[j * CP + t] = k[t * K + j];
   for (int j = 0; j < K; ++j)
-    for (int t = 0; t < CP; ++t) {
-      kT[j * CP + t] = t < C ? k[t * K + j] : T(0);
-      khT[j * CP + t] = t < C ? c[t] * k[t * K + j] : T(0);
-    }
+    for (int t = C; t < CP; ++t) kT[j * CP + t] = T(0);
   rows_times_wide<T, K, NC>(nullptr, k, kT, S, C);  // S = K Kᵀ, C×CP
-  for (int i = 0; i < C; ++i)
-    for (int t = 0; t < C; ++t) {
-      const T m = i == t ? reset[t] : (i > t ? g[i * C + t] * reset[t] : g[t * C + i] * reset[i]);
-      base[i * C + t] = m * S[i * CP + t] + (i == t ? noise[t] : T(0));
+  if constexpr (Forward) {
+    T cp[CP] = {};
+    for (int t = 0; t < C; ++t) cp[t] = c[t];
+    for (int j = 0; j < K; ++j)
+#pragma GCC unroll 8
+      for (int q = 0; q < NC; ++q) store(khT + j * CP + q * L<T>, load(cp + q * L<T>) * load(kT + j * CP + q * L<T>));
+    for (int i = 0; i < C; ++i) {
+      for (int t = 0; t < i; ++t) base[i * C + t] = g[i * C + t] * reset[t] * S[i * CP + t];
+      base[i * C + i] = reset[i] * S[i * CP + i] + noise[i];
     }
+  }
 }
 
 template <typename T, int K, int NC>
@@ -260,7 +268,7 @@ void forward_head(const Path<T>& a, int64_t h, T* kh, T* khT, T* kT, T* S, T* ba
     const T* P = a.starts + i_1 * KK;
     T* Pn = n + 1 < a.N ? a.starts + ((n + 1) * a.BH + h) * KK : a.cov + h * KK;
     const T *k = a.k + i_ck, *c = a.c + i_c, *reset = a.reset + i_c, *g = a.g + i_cc;
-    chunk_pieces<T, K, NC>(k, c, reset, g, a.noise + i_c, C, kh, khT, kT, S, base);
+    chunk_pieces<T, K, NC, true>(k, c, reset, g, a.noise + i_c, C, kh, khT, kT, S, base);
     T* pk = a.pks + i_ck;
     rows_times_square<T, K>(kh, P, pk, C);      // pk = K̂ P
     rows_times_wide<T, K, NC>(base, pk, khT, U, C);  // B = B_base + pk K̂ᵀ
@@ -318,7 +326,7 @@ void backward_head(const Path<T>& a, const PathGrads<T>& d, int64_t h, T* Pb, T*
     const T *k = a.k + i_ck, *c = a.c + i_c, *reset = a.reset + i_c, *g = a.g + i_cc;
     const T* tau = g + (C - 1) * C;  // sqrt(G_C/G_t)
     T *dk = d.k + i_ck, *dc = d.c + i_c, *dreset = d.reset + i_c, *dg = d.g + i_cc;
-    chunk_pieces<T, K, NC>(k, c, reset, g, a.noise + i_c, C, kh, khT, kT, S, base);
+    chunk_pieces<T, K, NC, false>(k, c, reset, g, a.noise + i_c, C, kh, nullptr, kT, S, nullptr);
     // 1. G_C and 1 − G_C (the latter is reset[C−1])
     T tr = 0;
     for (int q = 0; q < K; ++q) tr += Pb[q * K + q];
