@@ -30,7 +30,9 @@ Presets (times measured on this project's shared 2-core machine):
   gated_deltanet 46–52, mamba2 37–41, ``probseq bench``, two idle runs on 2026-12-04 on a host with AVX-512 —
   absolute times on this machine drift by up to 2×, ratios
   less; chunks filled evenly since 2026-12-05 — T = 54 no longer pads to 64 — took 12–19 % off each delta-rule
-  mixer's step: bayesian 136–150 → 110–132, gated_deltanet 102–105 → 84–89 on a slower host, docs/numerics.md).
+  mixer's step: bayesian 136–150 → 110–132, gated_deltanet 102–105 → 84–89 on a slower host, docs/numerics.md;
+  with the compiled covariance path and the mean path at 32, two bench runs: bayesian 88–93, gated_deltanet 61–78,
+  mamba2 57–70 — 1.17–1.18× Gated DeltaNet interleaved, ``scripts/ab_native_scan.py --steps``).
   Results: ``results/recall_cpu/``.
 - ``paper`` — a GPU (documented, not run): d_model 128, 256 keys and values, 8–32 pairs, gaps 0–128, tested up
   to 128 pairs and gap 2048; 4 lrs, 3 seeds, 20k steps of batch 256, bf16.

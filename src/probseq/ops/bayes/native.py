@@ -2,14 +2,16 @@
 
 The Bayesian filter's covariance path (steps 2–5, :func:`probseq.ops.bayes.covariance_scan.covariance_path`) is, in
 PyTorch, a few dozen small batched calls per chunk. On a CPU the kernel in ``csrc/`` runs the same recursion and the
-same written-out backward per (batch·head) with the chunk's matrices in cache: the filter's forward+backward 1.5×
-faster at the experiments' shapes, 1.65× at K = 64 (docs/numerics.md, "The compiled covariance scan"). It changes
-the summation order only, so results agree with the PyTorch path to float rounding (``tests/ops/test_native_scan.py``).
+same written-out backward per (batch·head) with the chunk's matrices in cache: the filter's forward+backward
+1.3–1.5× faster at the experiments' shapes, 1.5–1.65× at K = 64 (docs/numerics.md, "The compiled covariance scan").
+It changes the summation order only, so results agree with the PyTorch path to float rounding
+(``tests/ops/test_native_scan.py``).
 
-Building needs a C++20 compiler with OpenMP (GCC ≥ 10, Clang ≥ 11) (``$CXX``, default ``c++``); it takes about a minute, once per machine,
-torch version and source: the library is cached under ``$PROBSEQ_NATIVE_DIR`` (default ``~/.cache/probseq/native``;
-not ``$XDG_CACHE_HOME``, which runs and tests point elsewhere), keyed by a hash of the source, the compiler, torch's
-version and the processor's flags (the code is built for the processor it runs on, ``-march=native``).
+Building needs a C++20 compiler with OpenMP (GCC ≥ 10, Clang ≥ 11; ``$CXX``, default ``c++``); it takes about a
+minute, once per machine, torch version and source: the library is cached under ``$PROBSEQ_NATIVE_DIR`` (default
+``~/.cache/probseq/native``; not ``$XDG_CACHE_HOME``, which runs and tests point elsewhere), keyed by a hash of the
+source, the compiler, torch's version and the processor's flags (the code is built for the processor it runs on,
+``-march=native``).
 ``PROBSEQ_NATIVE`` chooses:
 
 - unset (default): use the kernel when it builds; if it does not, warn once and use the PyTorch path;
