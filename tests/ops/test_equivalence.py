@@ -264,7 +264,8 @@ def test_the_mean_path_may_chunk_differently_from_the_covariance_path(regime, ch
 
 
 def test_two_chunk_lengths_over_several_segments_and_in_float32(monkeypatch):
-    """Segments hold whole chunks of both paths; float32 with two chunk lengths is as accurate as with one."""
+    """Segments of SEGMENT_CHUNKS of the longer chunks (where the lengths do not divide each other a segment's last
+    chunk of the other path is padded, which is exact); float32 with two chunk lengths is as accurate as with one."""
     import probseq.ops.run as filters
 
     inputs = bayes_inputs(length=150, key_dim=16, value_dim=8, seed=5, dtype=torch.float32)
@@ -272,7 +273,7 @@ def test_two_chunk_lengths_over_several_segments_and_in_float32(monkeypatch):
     for name, value in _run_bayes(inputs, "chunked", 16, mean_chunk_size=32).items():
         assert value.dtype == torch.float32, name
         assert_close(value, expected[name], TOLERANCE[torch.float32], f"float32 {name}")
-    monkeypatch.setattr(filters, "SEGMENT_CHUNKS", 2)  # segments of lcm(4, 6) · 2 = 24 tokens
+    monkeypatch.setattr(filters, "SEGMENT_CHUNKS", 2)  # segments of max(4, 6) · 2 = 12 tokens
     inputs = bayes_inputs(length=61, seed=22)
     expected = _run_bayes(inputs, "reference")
     for name, value in _run_bayes(inputs, "chunked", 4, mean_chunk_size=6).items():

@@ -119,8 +119,23 @@ def test_a_covariance_that_is_not_symmetric():
         assert_close(a, b, 1e-11, name)
 
 
-def test_float32_agrees_with_float64():
-    inputs64 = _inputs(chunks=4, batch=4, size=16, key_dim=32, seed=9)
+def test_an_exactly_symmetric_covariance_uses_p_for_its_transpose():
+    """A bitwise-symmetric first covariance (as the filter's states are: symmetrised after every call): the forward
+    keeps every chunk-start covariance exactly symmetric and the backward reads P for Pᵀ; every gradient matches."""
+    inputs = list(_inputs(chunks=4, batch=2, size=16, key_dim=32, seed=14))
+    cov0 = inputs[6].detach()
+    inputs[6] = (0.5 * (cov0 + cov0.transpose(-1, -2))).requires_grad_()
+    assert torch.equal(inputs[6], inputs[6].transpose(-1, -2))
+    starts = covariance_path(*inputs)[2]
+    assert torch.equal(starts, starts.transpose(-1, -2)), "the kernel's covariances are exactly symmetric"
+    (_, grad_n), (_, grad_p) = _both(inputs, _weights(inputs, 7))
+    for name, a, b in zip(NAMES, grad_n, grad_p):
+        assert_close(a, b, 1e-11, name)
+
+
+@pytest.mark.parametrize("key_dim, size", [(16, 17), (32, 16), (64, 33), (128, 64)])
+def test_float32_agrees_with_float64(key_dim, size):
+    inputs64 = _inputs(chunks=4, batch=4, size=size, key_dim=key_dim, seed=9)
     inputs32 = tuple(t.detach().float().requires_grad_() for t in inputs64)
     weights = _weights(inputs64, 4)
     with native.disabled():
@@ -181,6 +196,56 @@ def test_the_chunked_filter_with_the_kernel_equals_the_reference(key_dim):
     assert_close(out_n.variance, reference.variance, 1e-10, "variance vs reference")
     for name, a, b in zip("q k v g beta gamma".split(), grads_n, grads_p):
         assert_close(a, b, 1e-11, name)
+
+
+def test_two_chunk_lengths_over_several_segments_run_in_the_kernel(monkeypatch):
+    """Covariance chunks of 4, mean chunks of 6, segments of 12 tokens, K = 16 (the kernel's smallest): every segment
+    goes through the kernel, and the result equals the token-by-token reference, gradients included."""
+    import probseq.ops.bayes.covariance_scan as scan
+    import probseq.ops.run as filters
+
+    calls = []
+    kernel = scan._CovariancePathKernel.apply
+    monkeypatch.setattr(scan._CovariancePathKernel, "apply", lambda *a: calls.append(1) or kernel(*a))
+    monkeypatch.setattr(filters, "SEGMENT_CHUNKS", 2)
+    x = bayes_inputs(batch=2, length=61, heads=2, key_dim=16, value_dim=8, seed=15)
+    leaves = [x[n].requires_grad_() for n in ("q", "k", "v", "g", "beta", "gamma")]
+    results = []
+    for impl, extra in (("chunked", {"chunk_size": 4, "mean_chunk_size": 6}), ("reference", {})):
+        out = bayes_filter(**x, impl=impl, output_final_state=True, **extra)
+        loss = out.output.square().sum() + out.state.cov.sum() + out.state.mean.sum()
+        results.append((out, torch.autograd.grad(loss, leaves)))
+    assert len(calls) == 6, f"{len(calls)} segments through the kernel"
+    (chunked, grads_c), (reference, grads_r) = results
+    assert_close(chunked.output, reference.output, 1e-10, "output")
+    assert_close(chunked.state.cov, reference.state.cov, 1e-10, "cov")
+    for name, a, b in zip("q k v g beta gamma".split(), grads_c, grads_r):
+        assert_close(a, b, 1e-9, name)
+
+
+def test_the_kernel_refuses_inputs_of_the_wrong_shape():
+    """The op is public (torch.ops.probseq_native): mismatched shapes are an error, not a write out of bounds."""
+    inputs = [t.detach() for t in _inputs(chunks=4, batch=2, size=16, key_dim=16, seed=16)]
+    short = list(inputs)
+    short[2] = inputs[2][:1]  # ratio_sqrt for one chunk of four
+    with pytest.raises(RuntimeError, match="ratio_sqrt must be"):
+        torch.ops.probseq_native.covariance_path_forward(*short)
+    mixed = list(inputs)
+    mixed[1] = inputs[1].float()
+    with pytest.raises(RuntimeError, match="noise is Float"):
+        torch.ops.probseq_native.covariance_path_forward(*mixed)
+
+
+def test_an_unknown_setting_is_an_error(monkeypatch):
+    monkeypatch.setenv("PROBSEQ_NATIVE", "false")
+    native._load.cache_clear()
+    try:
+        with pytest.raises(ValueError, match="PROBSEQ_NATIVE must be 0"):
+            native.available()
+    finally:
+        monkeypatch.undo()
+        native._load.cache_clear()
+    assert native.available()
 
 
 def test_which_inputs_run_in_the_kernel():

@@ -239,7 +239,11 @@ def covariance_path(
     """Steps 2–5 of the chunked form: :func:`scan_inputs` then :func:`covariance_scan`, or, where the compiled CPU
     kernel applies (:func:`probseq.ops.bayes.native.usable`), both in the kernel with its written-out backward.
 
-    Args: see :func:`scan_inputs`; cov0 ``[B·H, K, K]``. Returns: as :func:`covariance_scan`.
+    Args: see :func:`scan_inputs`; cov0 ``[B·H, K, K]``. ``ratio_sqrt`` must be what
+    :func:`~probseq.ops.segsum.segment_ratios` gives: lower triangular with a unit diagonal. The kernel relies on it
+    (``M_tt = 1 − G_t``) and returns a zero gradient above the diagonal, which ``segment_ratios`` never reads.
+
+    Returns: as :func:`covariance_scan`.
     """
     if native.usable(k):
         return _CovariancePathKernel.apply(k, noise, ratio_sqrt, cum_sqrt, reset, retention_chunk, cov0)

@@ -48,6 +48,7 @@ SOURCE = Path(__file__).with_name("csrc") / "covariance_scan.cpp"
 KEY_DIMS = (16, 32, 64, 128)
 MAX_CHUNK = 64
 _ENV = "PROBSEQ_NATIVE"
+_BUILD_TIMEOUT = 900  # seconds; a build takes about one minute
 _enabled = True  # switched by disabled()
 
 
@@ -60,15 +61,24 @@ def _cache_dir() -> Path:
 
 
 def _cpu_flags() -> str:
-    """The processor's feature flags (what ``-march=native`` builds for), so a shared cache never hands a library
-    built for one processor to another."""
+    """The processor's model and feature flags (what ``-march=native`` builds for: ``flags`` on x86, ``Features`` on
+    ARM), so a shared cache never hands a library built for one processor to another."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        lines = []
+    wanted = [line for line in lines if line.split(":")[0].strip() in ("flags", "Features", "model name", "CPU part")]
+    return "\n".join(dict.fromkeys(wanted)) or f"{platform.machine()} {platform.processor()}"
+
+
+def _compiler_version() -> str:
+    try:
+        result = subprocess.run(
+            [*shlex.split(os.environ.get("CXX", "c++")), "--version"], capture_output=True, text=True
+        )
+    except OSError:
+        return "no compiler"
+    return result.stdout
 
 
 def _command(output: Path) -> list[str]:
@@ -101,14 +111,17 @@ def _command(output: Path) -> list[str]:
 
 
 def _library_path() -> Path:
-    source = SOURCE.read_bytes()
-    compiler = os.environ.get("CXX", "c++")
-    key = hashlib.sha256(
-        b"\0".join(
-            part if isinstance(part, bytes) else part.encode()
-            for part in (source, compiler, torch.__version__, _cpu_flags(), sys.version, sysconfig.get_platform())
-        )
-    ).hexdigest()[:16]
+    """Where the library for this source, compiler, command, torch and processor lives in the cache."""
+    parts = (
+        SOURCE.read_bytes(),
+        _compiler_version(),
+        " ".join(_command(Path("OUT"))),
+        torch.__version__,
+        _cpu_flags(),
+        sys.version,
+        sysconfig.get_platform(),
+    )
+    key = hashlib.sha256(b"\0".join(p if isinstance(p, bytes) else p.encode() for p in parts)).hexdigest()[:16]
     return _cache_dir() / key / "covariance_scan.so"
 
 
@@ -132,9 +145,11 @@ def build() -> Path:
         with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
             partial = Path(scratch) / path.name
             try:
-                result = subprocess.run(_command(partial), capture_output=True, text=True)
+                result = subprocess.run(_command(partial), capture_output=True, text=True, timeout=_BUILD_TIMEOUT)
             except OSError as error:  # no compiler
                 raise NativeBuildError(f"cannot run the C++ compiler: {error}") from error
+            except subprocess.TimeoutExpired as error:
+                raise NativeBuildError(f"the C++ compiler ran longer than {_BUILD_TIMEOUT} s") from error
             if result.returncode != 0:
                 raise NativeBuildError(f"compiling {SOURCE.name} failed:\n{result.stderr[-4000:]}")
             os.replace(partial, path)
@@ -146,9 +161,13 @@ def _load() -> bool:
     """Build (if needed) and load the kernel once per process; ``False`` when it is turned off or cannot be built
     (with one warning), unless ``PROBSEQ_NATIVE=1``, which raises instead."""
     setting = os.environ.get(_ENV, "").strip()
+    if setting not in ("", "0", "1"):
+        raise ValueError(f"{_ENV} must be 0 (never), 1 (required) or unset (when it builds); got {setting!r}")
     if setting == "0":
         return False
     try:
+        if os.name != "posix":
+            raise NativeBuildError(f"building needs a POSIX system with a C++ compiler, not {os.name!r}")
         torch.ops.load_library(str(build()))
     except (NativeBuildError, OSError, RuntimeError) as error:
         if setting == "1":
@@ -165,7 +184,7 @@ def _load() -> bool:
 
 def available() -> bool:
     """Whether the kernel is built and loaded (building it now if needed), and not turned off."""
-    return _enabled and os.name == "posix" and _load()
+    return _enabled and _load()
 
 
 def usable(k_hat: Tensor) -> bool:

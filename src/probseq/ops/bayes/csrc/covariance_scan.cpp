@@ -20,6 +20,8 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <cmath>
+#include <optional>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -258,10 +260,21 @@ inline void chunk_pieces(const T* k, const T* c, const T* reset, const T* g, con
   }
 }
 
+// Whether a K×K matrix is exactly symmetric.
+template <typename T, int K>
+inline bool is_symmetric(const T* P) {
+  for (int r = 0; r < K; ++r)
+    for (int q = 0; q < r; ++q)
+      if (P[r * K + q] != P[q * K + r]) return false;
+  return true;
+}
+
 template <typename T, int K, int NC>
 void forward_head(const Path<T>& a, int64_t h, T* kh, T* khT, T* kT, T* S, T* base, T* U, T* xt) {
   constexpr int nv = NV<T, K>, CP = NC * L<T>;
   const int C = a.C;
+  // A symmetric first covariance keeps every P exactly symmetric (mirrored below), so the backward may use P for Pᵀ.
+  const bool symmetric = is_symmetric<T, K>(a.starts + h * (int64_t)K * K);
   const int64_t CK = (int64_t)C * K, CC = (int64_t)C * C, KK = (int64_t)K * K;
   for (int64_t n = 0; n < a.N; ++n) {
     const int64_t i_1 = n * a.BH + h, i_ck = i_1 * CK, i_cc = i_1 * CC, i_c = i_1 * C;
@@ -301,8 +314,12 @@ void forward_head(const Path<T>& a, int64_t h, T* kh, T* khT, T* kT, T* S, T* ba
     }
     // P' = (1 − G_C) I + G_C P − X̃ᵀ X̃
     square_plus_outer<T, K>(P, a.gc[i_1], T(-1), reset[C - 1], xt, xt, Pn, C);
+    if (symmetric)  // the update is symmetric entry by entry; mirroring makes that exact whatever the compiler did
+      for (int r = 0; r < K; ++r)
+        for (int q = 0; q < r; ++q) Pn[q * K + r] = Pn[r * K + q];
   }
 }
+
 
 // Gradients of the outputs (each may be absent) and of the inputs.
 template <typename T>
@@ -446,7 +463,7 @@ void backward_head(const Path<T>& a, const PathGrads<T>& d, int64_t h, T* Pb, T*
     }
     rows_times<T, K>(W2, CP, C, kh, W, xt, C);
     // 12. K̂̄ = B̄ pk + p̄k Pᵀ (into gxt); then K̄ = c ∘ K̂̄ + (1 − G) ∘ R̄ + (S̄ + S̄ᵀ) K, c̄ += rowsum(K ∘ K̂̄)
-    const T* Pt = P;  // Pᵀ: P itself when the first covariance is symmetric (the forward keeps it so, exactly)
+    const T* Pt = P;  // Pᵀ: P itself when the first covariance is symmetric (the forward keeps it so, mirrored)
     if (!symmetric) {
       for (int r = 0; r < K; ++r)
         for (int b = 0; b < K; ++b) PT[r * K + b] = P[b * K + r];
@@ -497,12 +514,8 @@ void backward_all(const Path<T>& a, const PathGrads<T>& d, T* Pb) {
       T* Pb_h = Pb + h * K * K;
       for (int r = 0; r < K; ++r)
         for (int b = 0; b < K; ++b) Pbt[r * K + b] = Pb_h[b * K + r];
-      // The forward keeps P exactly symmetric (its update is, entry by entry) when the first P is.
-      const T* P0 = a.starts + h * K * K;
-      bool symmetric = true;
-      for (int r = 0; r < K && symmetric; ++r)
-        for (int b = 0; b < r; ++b)
-          if (P0[r * K + b] != P0[b * K + r]) { symmetric = false; break; }
+      // The forward keeps every P exactly symmetric (mirrored) when the first P is.
+      const bool symmetric = is_symmetric<T, K>(a.starts + h * K * K);
       backward_head<T, K, NC>(a, d, h, Pb_h, Pbt.data(), symmetric, kh.data(), khT.data(), kT.data(), S.data(),
                               base.data(), SS.data(), PT.data(), xt.data(), gxt.data(), Rb.data(), XT.data(), W.data(),
                               W2.data(), tmp.data());
@@ -539,9 +552,29 @@ void dispatch(const at::Tensor& k, F&& f) {
 }
 
 // (xs, factors Fᵀ, starts, final covariance, info, pks)
+// Every input on the CPU, in k's dtype, with the shapes of the header (k: [N, BH, C, K]).
+void check_inputs(const at::Tensor& k, const at::Tensor& noise, const at::Tensor& g, const at::Tensor& c,
+                  const at::Tensor& reset, const at::Tensor& gc, const at::Tensor& cov) {
+  TORCH_CHECK(k.dim() == 4, "covariance path kernel: k must be [N, B·H, C, K], got ", k.sizes());
+  const int64_t N = k.size(0), BH = k.size(1), C = k.size(2), K = k.size(3);
+  const std::pair<const at::Tensor*, std::vector<int64_t>> expected[] = {
+      {&noise, {N, BH, C}}, {&g, {N, BH, C, C}}, {&c, {N, BH, C}}, {&reset, {N, BH, C}}, {&gc, {N, BH}}, {&cov, {BH, K, K}}};
+  const char* names[] = {"noise", "ratio_sqrt", "cum_sqrt", "reset", "retention_chunk", "cov0"};
+  for (int i = 0; i < 6; ++i) {
+    const at::Tensor& t = *expected[i].first;
+    TORCH_CHECK(t.sizes() == at::IntArrayRef(expected[i].second), "covariance path kernel: ", names[i], " must be ",
+                at::IntArrayRef(expected[i].second), ", got ", t.sizes());
+    TORCH_CHECK(t.scalar_type() == k.scalar_type(), "covariance path kernel: ", names[i], " is ", t.scalar_type(),
+                ", k is ", k.scalar_type());
+    TORCH_CHECK(t.device().is_cpu(), "covariance path kernel: ", names[i], " is not on the CPU");
+  }
+  TORCH_CHECK(k.device().is_cpu(), "covariance path kernel: k is not on the CPU");
+}
+
 std::vector<at::Tensor> path_forward(const at::Tensor& k_, const at::Tensor& noise_, const at::Tensor& g_,
                                      const at::Tensor& c_, const at::Tensor& reset_, const at::Tensor& gc_,
                                      const at::Tensor& cov0) {
+  check_inputs(k_, noise_, g_, c_, reset_, gc_, cov0);
   const auto k = k_.contiguous(), noise = noise_.contiguous(), g = g_.contiguous(), c = c_.contiguous(),
              reset = reset_.contiguous(), gc = gc_.contiguous();
   const int64_t N = k.size(0), BH = k.size(1), K = k.size(3);
@@ -562,11 +595,26 @@ std::vector<at::Tensor> path_forward(const at::Tensor& k_, const at::Tensor& noi
 // The gradients of (k, noise, g, c, reset, gc, cov0).
 std::vector<at::Tensor> path_backward(const at::Tensor& k_, const at::Tensor& noise_, const at::Tensor& g_,
                                       const at::Tensor& c_, const at::Tensor& reset_, const at::Tensor& gc_,
-                                      const at::Tensor& starts, const at::Tensor& factors, const at::Tensor& xs,
-                                      const at::Tensor& pks, const std::optional<at::Tensor>& grad_x,
+                                      const at::Tensor& starts_, const at::Tensor& factors_, const at::Tensor& xs_,
+                                      const at::Tensor& pks_, const std::optional<at::Tensor>& grad_x,
                                       const std::optional<at::Tensor>& grad_pivots,
                                       const std::optional<at::Tensor>& grad_starts,
                                       const std::optional<at::Tensor>& grad_cov) {
+  check_inputs(k_, noise_, g_, c_, reset_, gc_, starts_[0]);
+  TORCH_CHECK(starts_.sizes() == at::IntArrayRef({k_.size(0), k_.size(1), k_.size(3), k_.size(3)}) &&
+                  factors_.sizes() == g_.sizes() && xs_.sizes() == k_.sizes() && pks_.sizes() == k_.sizes(),
+              "covariance path kernel: the saved tensors do not match the inputs");
+  const auto starts = starts_.contiguous(), factors = factors_.contiguous(), xs = xs_.contiguous(),
+             pks = pks_.contiguous();
+  for (const auto* grad : {&grad_x, &grad_pivots, &grad_starts, &grad_cov})
+    if (grad->has_value())
+      TORCH_CHECK((*grad)->scalar_type() == k_.scalar_type() && (*grad)->device().is_cpu(),
+                  "covariance path kernel: a gradient is not a CPU tensor of k's dtype");
+  TORCH_CHECK(!grad_x || grad_x->sizes() == k_.sizes(), "covariance path kernel: grad_x has the wrong shape");
+  TORCH_CHECK(!grad_pivots || grad_pivots->sizes() == at::IntArrayRef({k_.size(0), k_.size(1), k_.size(2)}),
+              "covariance path kernel: grad_pivots has the wrong shape");
+  TORCH_CHECK(!grad_starts || grad_starts->sizes() == starts_.sizes(), "covariance path kernel: grad_starts has the wrong shape");
+  TORCH_CHECK(!grad_cov || grad_cov->sizes() == starts_[0].sizes(), "covariance path kernel: grad_cov has the wrong shape");
   const auto k = k_.contiguous(), noise = noise_.contiguous(), g = g_.contiguous(), c = c_.contiguous(),
              reset = reset_.contiguous(), gc = gc_.contiguous();
   const int64_t N = k.size(0), BH = k.size(1), K = k.size(3);
