@@ -1,4 +1,4 @@
-"""Interleaved A/B of the compiled covariance scan (probseq.ops.bayes.native) against the PyTorch scan.
+"""Interleaved A/B of the compiled covariance path (probseq.ops.bayes.native) against the PyTorch path.
 
     python scripts/ab_native_scan.py [--rounds 15] [--threads 2] [--steps]
 
