@@ -290,7 +290,7 @@ def test_an_unbuildable_kernel_warns_and_falls_back(tmp_path, monkeypatch):
     assert native.available()  # the real kernel again
 
 
-def test_the_build_is_cached(tmp_path):
+def test_the_build_is_cached():
     path = native.build()
     assert path.exists() and path.parent.parent == native._cache_dir()
     assert native.build() == path  # a second call finds it

@@ -62,48 +62,6 @@ template <typename T> inline T vdot(const T* __restrict a, const T* __restrict b
 template <typename T, int K> constexpr int NV = K / L<T>;
 template <typename T, int K> constexpr int RB = NV<T, K> >= 16 ? 1 : (16 / NV<T, K> > 8 ? 8 : 16 / NV<T, K>);
 
-// out[C×K] = A[C×K] · M[K×K]
-template <typename T, int K>
-inline void rows_times_square(const T* __restrict A, const T* __restrict M, T* __restrict out, int C) {
-  constexpr int nv = NV<T, K>, R = RB<T, K>;
-  int t = 0;
-  for (; t + R <= C; t += R) {
-    V<T> acc[R][nv];
-#pragma GCC unroll 16
-    for (int r = 0; r < R; ++r)
-#pragma GCC unroll 16
-      for (int v = 0; v < nv; ++v) acc[r][v] = splat<T>(0);
-    for (int j = 0; j < K; ++j) {
-      V<T> m[nv];
-#pragma GCC unroll 16
-      for (int v = 0; v < nv; ++v) m[v] = load(M + j * K + v * L<T>);
-#pragma GCC unroll 16
-      for (int r = 0; r < R; ++r) {
-        const V<T> a = splat(A[(t + r) * K + j]);
-#pragma GCC unroll 16
-        for (int v = 0; v < nv; ++v) acc[r][v] += a * m[v];
-      }
-    }
-#pragma GCC unroll 16
-    for (int r = 0; r < R; ++r)
-#pragma GCC unroll 16
-      for (int v = 0; v < nv; ++v) store(out + (t + r) * K + v * L<T>, acc[r][v]);
-  }
-  for (; t < C; ++t) {
-    V<T> acc[nv];
-#pragma GCC unroll 16
-    for (int v = 0; v < nv; ++v) acc[v] = splat<T>(0);
-    for (int j = 0; j < K; ++j) {
-      const V<T> a = splat(A[t * K + j]);
-#pragma GCC unroll 16
-      for (int v = 0; v < nv; ++v) acc[v] += a * load(M + j * K + v * L<T>);
-    }
-#pragma GCC unroll 16
-    for (int v = 0; v < nv; ++v) store(out + t * K + v * L<T>, acc[v]);
-  }
-}
-
-
 // out[C×K] = (init or 0) + A[C×inner] (row stride lda) · M[inner×K]
 template <typename T, int K>
 inline void rows_times(const T* __restrict A, int lda, int inner, const T* __restrict M, const T* init, T* out, int C) {
@@ -283,7 +241,7 @@ void forward_head(const Path<T>& a, int64_t h, T* kh, T* khT, T* kT, T* S, T* ba
     const T *k = a.k + i_ck, *c = a.c + i_c, *reset = a.reset + i_c, *g = a.g + i_cc;
     chunk_pieces<T, K, NC, true>(k, c, reset, g, a.noise + i_c, C, kh, khT, kT, S, base);
     T* pk = a.pks + i_ck;
-    rows_times_square<T, K>(kh, P, pk, C);      // pk = K̂ P
+    rows_times<T, K>(kh, K, K, P, nullptr, pk, C);  // pk = K̂ P
     rows_times_wide<T, K, NC>(base, pk, khT, U, C);  // B = B_base + pk K̂ᵀ
     for (int i = 0; i < C; ++i)  // the lower triangle is the chunk matrix (as LAPACK reads it): mirror it
       for (int t = 0; t < i; ++t) U[t * CP + i] = U[i * CP + t];
