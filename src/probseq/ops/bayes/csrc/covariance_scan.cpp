@@ -20,6 +20,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <cmath>
+#include <memory>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -33,6 +34,11 @@ template <typename T> constexpr int L = 64 / sizeof(T);
 template <typename T> inline V<T> load(const T* p) { V<T> v; __builtin_memcpy(&v, p, 64); return v; }
 template <typename T> inline void store(T* p, V<T> v) { __builtin_memcpy(p, &v, 64); }
 template <typename T> inline V<T> splat(T x) { V<T> v = {}; return v + x; }
+// Asks for n elements from p into the cache (the next chunk's inputs, while this one computes).
+template <typename T> inline void prefetch(const T* p, int64_t n) {
+  const char* bytes = reinterpret_cast<const char*>(p);
+  for (int64_t b = 0; b < n * int64_t(sizeof(T)); b += 64) __builtin_prefetch(bytes + b);
+}
 
 // Σ of the lanes: the two halves added, then their halves (vextract + add, not a scalar loop)
 template <typename T> inline T hsum(V<T> v) {
@@ -51,21 +57,29 @@ template <typename T> inline T hsum(V<T> v) {
   return s;
 }
 template <typename T> inline T vdot(const T* __restrict a, const T* __restrict b, int64_t n) {  // n: a multiple of L
-  V<T> acc0 = splat<T>(0), acc1 = splat<T>(0);
+  // four independent accumulators: one chain of dependent FMAs would wait on the FMA's latency at every vector
+  V<T> acc[4] = {splat<T>(0), splat<T>(0), splat<T>(0), splat<T>(0)};
   int64_t i = 0;
-  for (; i + 2 * L<T> <= n; i += 2 * L<T>) { acc0 += load(a + i) * load(b + i); acc1 += load(a + i + L<T>) * load(b + i + L<T>); }
-  for (; i < n; i += L<T>) acc0 += load(a + i) * load(b + i);
-  return hsum<T>(acc0 + acc1);
+  for (; i + 4 * L<T> <= n; i += 4 * L<T>)
+#pragma GCC unroll 4
+    for (int u = 0; u < 4; ++u) acc[u] += load(a + i + u * L<T>) * load(b + i + u * L<T>);
+  if (i + 2 * L<T> <= n) {  // the rest (at most three vectors), without indexing acc by a variable (a spill)
+    acc[0] += load(a + i) * load(b + i);
+    acc[1] += load(a + i + L<T>) * load(b + i + L<T>);
+    i += 2 * L<T>;
+  }
+  if (i < n) acc[2] += load(a + i) * load(b + i);
+  return hsum<T>((acc[0] + acc[1]) + (acc[2] + acc[3]));
 }
 
 // rows of K (NV vectors) per register block of R rows
 template <typename T, int K> constexpr int NV = K / L<T>;
 template <typename T, int K> constexpr int RB = NV<T, K> >= 16 ? 1 : (16 / NV<T, K> > 8 ? 8 : 16 / NV<T, K>);
 
-// out[C×K] = (init or 0) + A[C×inner] (row stride lda) · M[inner×K]
-template <typename T, int K>
+// out[C×W] = (init or 0) + A[C×inner] (row stride lda) · M[inner×W]; W a multiple of the vector length
+template <typename T, int W>
 inline void rows_times(const T* __restrict A, int lda, int inner, const T* __restrict M, const T* init, T* out, int C) {
-  constexpr int nv = NV<T, K>, R = RB<T, K>;
+  constexpr int K = W, nv = NV<T, K>, R = RB<T, K>;
   int t = 0;
   for (; t + R <= C; t += R) {
     V<T> acc[R][nv];
@@ -134,26 +148,6 @@ inline void square_plus_outer(const T* in, T beta, T alpha, T diag, const T* __r
   }
 }
 
-// out[C×CP] = base[C×C] (its lower triangle; padded) + A[C×K] · Bt[K×CP]   (CP = nc vectors)
-template <typename T, int K, int NC>
-inline void rows_times_wide(const T* __restrict base, const T* __restrict A, const T* __restrict Bt, T* __restrict out, int C) {
-  constexpr int CP = NC * L<T>;
-  for (int i = 0; i < C; ++i) {
-    V<T> acc[NC];
-    T tmp[CP] = {};
-    if (base) for (int t = 0; t <= i; ++t) tmp[t] = base[i * C + t];  // the lower triangle of base only
-#pragma GCC unroll 8
-    for (int c = 0; c < NC; ++c) acc[c] = load(tmp + c * L<T>);
-    for (int j = 0; j < K; ++j) {
-      const V<T> a = splat(A[i * K + j]);
-#pragma GCC unroll 8
-      for (int c = 0; c < NC; ++c) acc[c] += a * load(Bt + j * CP + c * L<T>);
-    }
-#pragma GCC unroll 8
-    for (int c = 0; c < NC; ++c) store(out + i * CP + c * L<T>, acc[c]);
-  }
-}
-
 // In place: A (C×CP rows, symmetric in its C×C part) → U = Fᵀ, upper (zero below). Returns 0 or 1 + first bad pivot.
 template <typename T, int NC>
 inline int cholesky_upper(T* A, int C) {
@@ -164,9 +158,11 @@ inline int cholesky_upper(T* A, int C) {
     if (!(d > 0)) { if (!bad) bad = t + 1; d = T(1); }
     const T u = std::sqrt(d), inv = T(1) / u;
     T* row = A + t * CP;
+    const V<T> scale = splat(inv);
+#pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c) store(row + c * L<T>, load(row + c * L<T>) * scale);
     for (int k = 0; k < t; ++k) row[k] = 0;
     row[t] = u;
-    for (int k = t + 1; k < C; ++k) row[k] *= inv;
     for (int k = C; k < CP; ++k) row[k] = 0;
     for (int j = t + 1; j < C; ++j) {
       const V<T> s = splat(row[j]);
@@ -204,7 +200,7 @@ inline void chunk_pieces(const T* k, const T* c, const T* reset, const T* g, con
     for (int j = 0; j < K; ++j) kT[j * CP + t] = k[t * K + j];
   for (int j = 0; j < K; ++j)
     for (int t = C; t < CP; ++t) kT[j * CP + t] = T(0);
-  rows_times_wide<T, K, NC>(nullptr, k, kT, S, C);  // S = K Kᵀ, C×CP
+  rows_times<T, CP>(k, K, K, kT, nullptr, S, C);  // S = K Kᵀ, C×CP
   if constexpr (Forward) {
     T cp[CP] = {};
     for (int t = 0; t < C; ++t) cp[t] = c[t];
@@ -212,8 +208,10 @@ inline void chunk_pieces(const T* k, const T* c, const T* reset, const T* g, con
 #pragma GCC unroll 8
       for (int q = 0; q < NC; ++q) store(khT + j * CP + q * L<T>, load(cp + q * L<T>) * load(kT + j * CP + q * L<T>));
     for (int i = 0; i < C; ++i) {
-      for (int t = 0; t < i; ++t) base[i * C + t] = g[i * C + t] * reset[t] * S[i * CP + t];
-      base[i * C + i] = reset[i] * S[i * CP + i] + noise[i];
+      T* row = base + i * CP;
+      for (int t = 0; t < i; ++t) row[t] = g[i * C + t] * reset[t] * S[i * CP + t];
+      row[i] = reset[i] * S[i * CP + i] + noise[i];
+      for (int t = i + 1; t < CP; ++t) row[t] = T(0);
     }
   }
 }
@@ -239,10 +237,16 @@ void forward_head(const Path<T>& a, int64_t h, T* kh, T* khT, T* kT, T* S, T* ba
     const T* P = a.starts + i_1 * KK;
     T* Pn = n + 1 < a.N ? a.starts + ((n + 1) * a.BH + h) * KK : a.cov + h * KK;
     const T *k = a.k + i_ck, *c = a.c + i_c, *reset = a.reset + i_c, *g = a.g + i_cc;
+    if (n + 1 < a.N) {  // the next chunk's inputs
+      const int64_t n_1 = i_1 + a.BH;
+      prefetch(a.k + n_1 * CK, CK);
+      prefetch(a.g + n_1 * CC, CC);
+      for (const T* base : {a.c, a.reset, a.noise}) prefetch(base + n_1 * C, C);
+    }
     chunk_pieces<T, K, NC, true>(k, c, reset, g, a.noise + i_c, C, kh, khT, kT, S, base);
     T* pk = a.pks + i_ck;
     rows_times<T, K>(kh, K, K, P, nullptr, pk, C);  // pk = K̂ P
-    rows_times_wide<T, K, NC>(base, pk, khT, U, C);  // B = B_base + pk K̂ᵀ
+    rows_times<T, CP>(pk, K, K, khT, base, U, C);  // B = B_base + pk K̂ᵀ (lower triangle)
     for (int i = 0; i < C; ++i)  // the lower triangle is the chunk matrix (as LAPACK reads it): mirror it
       for (int t = 0; t < i; ++t) U[t * CP + i] = U[i * CP + t];
     a.info[i_1] = cholesky_upper<T, NC>(U, C);
@@ -286,11 +290,27 @@ struct PathGrads {
   T *k, *noise, *g, *c, *reset, *gc;
 };
 
+// One thread's buffers for backward_head: K×K, C×K and C×CP matrices (rows padded to CP; W and tmp are C×max(CP, K)).
 template <typename T, int K, int NC>
-void backward_head(const Path<T>& a, const PathGrads<T>& d, int64_t h, T* Pb, T* Pbt, bool symmetric, T* kh, T* khT,
-                   T* kT, T* S, T* base, T* SS, T* PT, T* xt, T* gxt, T* Rb, T* XT, T* W, T* W2, T* tmp) {
+struct BackwardScratch {
+  static constexpr int CP = NC * L<T>, WIDE = CP > K ? CP : K;
+  alignas(64) T Pbt[K * K], SS[K * K], PT[K * K];
+  alignas(64) T kh[CP * K], kT[K * CP], xt[CP * K], gxt[CP * K], Rb[CP * K], XT[K * CP];
+  alignas(64) T S[CP * CP], W[CP * WIDE], W2[CP * CP], tmp[CP * WIDE], Fp[CP * CP], gS[CP * CP], DG[CP * CP],
+      BT[CP * CP], strict[CP * CP];
+  explicit BackwardScratch(int C) {  // the strictly lower mask of a C×C matrix (rows padded)
+    for (int i = 0; i < CP; ++i)
+      for (int t = 0; t < CP; ++t) strict[i * CP + t] = i < C && t < i ? T(1) : T(0);
+  }
+};
+
+template <typename T, int K, int NC>
+void backward_head(const Path<T>& a, const PathGrads<T>& d, int64_t h, T* Pb, bool symmetric, BackwardScratch<T, K, NC>& m) {
   constexpr int nv = NV<T, K>, CP = NC * L<T>;
   const int C = a.C;
+  T *Pbt = m.Pbt, *kh = m.kh, *kT = m.kT, *S = m.S, *SS = m.SS, *PT = m.PT, *xt = m.xt, *gxt = m.gxt, *Rb = m.Rb,
+    *XT = m.XT, *W = m.W, *W2 = m.W2, *tmp = m.tmp, *Fp = m.Fp, *gS = m.gS, *DG = m.DG, *BT = m.BT;
+  const T* strict = m.strict;
   const int64_t CK = (int64_t)C * K, CC = (int64_t)C * C, KK = (int64_t)K * K;
   for (int64_t n = a.N - 1; n >= 0; --n) {
     const int64_t i_1 = n * a.BH + h, i_ck = i_1 * CK, i_cc = i_1 * CC, i_c = i_1 * C;
@@ -301,6 +321,14 @@ void backward_head(const Path<T>& a, const PathGrads<T>& d, int64_t h, T* Pb, T*
     const T *k = a.k + i_ck, *c = a.c + i_c, *reset = a.reset + i_c, *g = a.g + i_cc;
     const T* tau = g + (C - 1) * C;  // sqrt(G_C/G_t)
     T *dk = d.k + i_ck, *dc = d.c + i_c, *dreset = d.reset + i_c, *dg = d.g + i_cc;
+    if (n > 0) {  // the previous chunk's inputs, read next
+      const int64_t p_1 = i_1 - a.BH;
+      for (const T* base : {a.k, (const T*)a.xs, (const T*)a.pks}) prefetch(base + p_1 * CK, CK);
+      for (const T* base : {a.g, (const T*)a.factors}) prefetch(base + p_1 * CC, CC);
+      for (const T* base : {a.c, a.reset, a.noise}) prefetch(base + p_1 * C, C);
+      prefetch(a.starts + p_1 * KK, KK);
+      if (d.x) prefetch(d.x + p_1 * CK, CK);
+    }
     chunk_pieces<T, K, NC, false>(k, c, reset, g, a.noise + i_c, C, kh, nullptr, kT, S, nullptr);
     // 1. G_C and 1 − G_C (the latter is reset[C−1])
     T tr = 0;
@@ -314,7 +342,7 @@ void backward_head(const Path<T>& a, const PathGrads<T>& d, int64_t h, T* Pb, T*
       for (int v = 0; v < nv; ++v) store(xt + t * K + v * L<T>, tt * load(X + t * K + v * L<T>));
     }
     rows_times<T, K>(xt, K, K, SS, nullptr, gxt, C);
-    T dtau[CP];
+    T dtau[CP] = {};
     for (int t = 0; t < C; ++t) {
       dtau[t] = vdot<T>(X + t * K, gxt + t * K, K);
       const V<T> tt = splat(tau[t]);
@@ -348,71 +376,81 @@ void backward_head(const Path<T>& a, const PathGrads<T>& d, int64_t h, T* Pb, T*
     // 6–7. (g∘F)̄ = −tril(R̄ Xᵀ); ḡ = F ∘ (g∘F)̄ (+ τ̄ on the last row); F̄ = g ∘ (g∘F)̄ (+ pivots), into W
     for (int q = 0; q < K; ++q)
       for (int t = 0; t < CP; ++t) XT[q * CP + t] = t < C ? X[t * K + q] : T(0);
-    rows_times_wide<T, K, NC>(nullptr, Rb, XT, W, C);
+    rows_times<T, CP>(Rb, K, K, XT, nullptr, W, C);
+    // padded rows (CP wide) of F (F_it = U_ti), of the strictly lower g, and of 1 − G; ḡ collects in DG
+    T resetP[CP] = {};
+    for (int t = 0; t < C; ++t) resetP[t] = reset[t];
     for (int i = 0; i < C; ++i)
       for (int t = 0; t < CP; ++t) {
-        if (t <= i) {
-          const T e = -W[i * CP + t];
-          dg[i * C + t] = U[t * C + i] * e + (i == C - 1 ? dtau[t] : T(0));
-          W[i * CP + t] = g[i * C + t] * e + (t == i && d.pivots ? d.pivots[i_c + i] : T(0));
-        } else {
-          if (t < C) dg[i * C + t] = 0;
-          W[i * CP + t] = 0;
-        }
+        Fp[i * CP + t] = t <= i ? U[t * C + i] : T(0);
+        gS[i * CP + t] = t < i ? g[i * C + t] : T(0);
       }
-    // 9. phi = tril(Fᵀ F̄), (Fᵀ F̄)[a][:] = Σ_i U[a][i] F̄[i][:]; Φ = ½(phi + tril₋₁(phi)ᵀ) into W2
-    for (int r = 0; r < C; ++r) {
-      V<T> row[NC];
+    for (int i = 0; i < C; ++i) {
+      T* w = W + i * CP;
+      const T e_ii = -w[i];
 #pragma GCC unroll 8
-      for (int q = 0; q < NC; ++q) row[q] = splat<T>(0);
-      for (int i = r; i < C; ++i) {
-        const V<T> u = splat(U[r * C + i]);
-#pragma GCC unroll 8
-        for (int q = 0; q < NC; ++q) row[q] += u * load(W + i * CP + q * L<T>);
+      for (int q = 0; q < NC; ++q) {
+        const V<T> e = -load(w + q * L<T>);
+        V<T> dgv = load(Fp + i * CP + q * L<T>) * e;  // zero above the diagonal (F is lower)
+        if (i == C - 1) dgv += load(dtau + q * L<T>);
+        store(DG + i * CP + q * L<T>, dgv);
+        store(w + q * L<T>, load(gS + i * CP + q * L<T>) * e);
       }
-#pragma GCC unroll 8
-      for (int q = 0; q < NC; ++q) store(tmp + r * CP + q * L<T>, row[q]);
+      w[i] = g[i * C + i] * e_ii + (d.pivots ? d.pivots[i_c + i] : T(0));
     }
+    // 9. phi = tril(Fᵀ F̄), Fᵀ F̄ = U F̄ (U is zero below its diagonal); Φ = ½(phi + tril₋₁(phi)ᵀ) into W2
+    rows_times<T, CP>(U, C, C, W, nullptr, tmp, C);
     for (int r = 0; r < C; ++r)
       for (int b = 0; b < CP; ++b)
         W2[r * CP + b] = b >= C ? T(0) : (b <= r ? T(0.5) * tmp[r * CP + b] : T(0.5) * tmp[b * CP + r]);
-    // 10. B̄ = F⁻ᵀ Φ F⁻¹: M1 = F⁻ᵀ Φ (back substitution with U), then B̄ᵀ = F⁻ᵀ M1ᵀ
+    // 10. B̄ = F⁻ᵀ Φ F⁻¹: M1 = F⁻ᵀ Φ = U⁻¹ Φ, then B̄ᵀ = U⁻¹ M1ᵀ; each a back substitution by columns (a finished
+    // row is subtracted from every row above it: independent updates, not one chain per row)
     for (int pass = 0; pass < 2; ++pass) {
       for (int t = C - 1; t >= 0; --t) {
+        const V<T> inv = splat(T(1) / U[t * C + t]);
         V<T> row[NC];
 #pragma GCC unroll 8
-        for (int q = 0; q < NC; ++q) row[q] = load(W2 + t * CP + q * L<T>);
-        for (int i = t + 1; i < C; ++i) {
-          const V<T> u = splat(U[t * C + i]);
+        for (int q = 0; q < NC; ++q) store(W2 + t * CP + q * L<T>, row[q] = load(W2 + t * CP + q * L<T>) * inv);
+        for (int i = 0; i < t; ++i) {
+          const V<T> u = splat(U[i * C + t]);
 #pragma GCC unroll 8
-          for (int q = 0; q < NC; ++q) row[q] -= u * load(W2 + i * CP + q * L<T>);
+          for (int q = 0; q < NC; ++q) store(W2 + i * CP + q * L<T>, load(W2 + i * CP + q * L<T>) - u * row[q]);
         }
-        const V<T> inv = splat(T(1) / U[t * C + t]);
-#pragma GCC unroll 8
-        for (int q = 0; q < NC; ++q) store(W2 + t * CP + q * L<T>, row[q] * inv);
       }
+      if (pass == 1)  // W2 is B̄ᵀ: keep it
+        for (int e = 0; e < C * CP; e += L<T>) store(BT + e, load(W2 + e));
       for (int r = 0; r < C; ++r)  // transpose in place (C×C part)
         for (int b = 0; b < r; ++b) std::swap(W2[r * CP + b], W2[b * CP + r]);
     }
-    // W2 is B̄. B_base = M ∘ S + diag(r): r̄ = diag B̄; S̄ = M ∘ B̄ (K̄ += (S̄ + S̄ᵀ) K); M̄ = S ∘ B̄ into g and 1 − G
+    // W2 is B̄. B_base = M ∘ S + diag(r): r̄ = diag B̄; S̄ = M ∘ B̄ (K̄ += (S̄ + S̄ᵀ) K); M̄ = S ∘ B̄ into g and 1 − G.
+    // Below the diagonal M_it = M_ti = g_it (1 − G_t); on it M_tt = 1 − G_t.
     for (int t = 0; t < C; ++t) d.noise[i_c + t] = W2[t * CP + t];
-    for (int i = 0; i < C; ++i)
-      for (int t = 0; t <= i; ++t) {
-        const T bsum = W2[i * CP + t] + W2[t * CP + i];  // B̄_it + B̄_ti
-        const T s = S[i * CP + t];
-        if (i == t) {  // M_tt = 1 − G_t
-          dreset[t] += s * W2[t * CP + t];
-          tmp[t * CP + t] = reset[t] * 2 * W2[t * CP + t];
-        } else {  // M_it = M_ti = g_it (1 − G_t)
-          dg[i * C + t] += reset[t] * s * bsum;
-          dreset[t] += g[i * C + t] * s * bsum;
-          tmp[i * CP + t] = tmp[t * CP + i] = g[i * C + t] * reset[t] * bsum;  // S̄_it + S̄_ti
-        }
+    V<T> dres[NC];
+#pragma GCC unroll 8
+    for (int q = 0; q < NC; ++q) dres[q] = splat<T>(0);
+    for (int i = 0; i < C; ++i) {
+#pragma GCC unroll 8
+      for (int q = 0; q < NC; ++q) {
+        const int o = i * CP + q * L<T>;
+        const V<T> bsum = load(W2 + o) + load(BT + o), sb = load(S + o) * bsum;  // B̄_it + B̄_ti; S ∘ it
+        const V<T> gs = load(gS + o), rs = load(resetP + q * L<T>);
+        store(DG + o, load(DG + o) + load(strict + o) * rs * sb);
+        dres[q] += gs * sb;
+        store(tmp + o, gs * rs * bsum);  // S̄_it + S̄_ti below the diagonal (mirrored below), zero elsewhere
       }
-    for (int i = 0; i < C; ++i)  // the diagonal of M is 2 g_tt (1 − G_t) − (1 − G_t) in the mask's own terms
-      dg[i * C + i] += 2 * reset[i] * S[i * CP + i] * W2[i * CP + i];
-    for (int i = 0; i < C; ++i)
-      for (int b = C; b < CP; ++b) tmp[i * CP + b] = 0;
+      const T b = W2[i * CP + i], s = S[i * CP + i];
+      dreset[i] += s * b;
+      tmp[i * CP + i] = 2 * reset[i] * b;
+      DG[i * CP + i] += 2 * reset[i] * s * b;  // the diagonal of M is 2 g_tt (1 − G_t) − (1 − G_t) in the mask's terms
+    }
+    T dres_lanes[CP];
+#pragma GCC unroll 8
+    for (int q = 0; q < NC; ++q) store(dres_lanes + q * L<T>, dres[q]);
+    for (int t = 0; t < C; ++t) dreset[t] += dres_lanes[t];
+    for (int i = 0; i < C; ++i) {
+      for (int t = 0; t < i; ++t) tmp[t * CP + i] = tmp[i * CP + t];
+      for (int t = 0; t < C; ++t) dg[i * C + t] = DG[i * CP + t];
+    }
     // 11. p̄k = c ∘ R̄ + B̄ K̂ (into xt)
     for (int t = 0; t < C; ++t) {
       const V<T> ct = splat(c[t]);
@@ -463,20 +501,15 @@ void forward_all(const Path<T>& a) {
 
 template <typename T, int K, int NC>
 void backward_all(const Path<T>& a, const PathGrads<T>& d, T* Pb) {
-  constexpr int CP = NC * L<T>;
   at::parallel_for(0, a.BH, 1, [&](int64_t begin, int64_t end) {
-    const int W_ = CP > K ? CP : K;
-    std::vector<T> kh(CP * K), khT(K * CP), kT(K * CP), S(CP * CP), base(CP * CP), SS(K * K), PT(K * K), Pbt(K * K),
-        xt(CP * K), gxt(CP * K), Rb(CP * K), XT(K * CP), W(CP * W_), W2(CP * CP), tmp(CP * W_);
+    auto scratch = std::make_unique<BackwardScratch<T, K, NC>>(a.C);  // up to ~0.5 MB (K = 128, float64): the heap
     for (int64_t h = begin; h < end; ++h) {
       T* Pb_h = Pb + h * K * K;
       for (int r = 0; r < K; ++r)
-        for (int b = 0; b < K; ++b) Pbt[r * K + b] = Pb_h[b * K + r];
+        for (int b = 0; b < K; ++b) scratch->Pbt[r * K + b] = Pb_h[b * K + r];
       // The forward keeps every P exactly symmetric (mirrored) when the first P is.
       const bool symmetric = is_symmetric<T, K>(a.starts + h * K * K);
-      backward_head<T, K, NC>(a, d, h, Pb_h, Pbt.data(), symmetric, kh.data(), khT.data(), kT.data(), S.data(),
-                              base.data(), SS.data(), PT.data(), xt.data(), gxt.data(), Rb.data(), XT.data(), W.data(),
-                              W2.data(), tmp.data());
+      backward_head<T, K, NC>(a, d, h, Pb_h, symmetric, *scratch);
     }
   });
 }
