@@ -288,16 +288,18 @@ def test_each_path_runs_at_its_own_chunk_length_and_segments_hold_the_longer_chu
     import probseq.ops.bayes.chunked as chunked
     import probseq.ops.run as filters
 
-    sizes, lengths = [], []
-    ratios, forms = chunked.segment_ratios, filters.bayes_chunked
-    monkeypatch.setattr(chunked, "segment_ratios", lambda x: sizes.append(x.shape[-1]) or ratios(x))
+    mean_sizes, covariance_sizes, lengths = [], [], []
+    ratios, path, forms = chunked.segment_ratios, chunked.covariance_path, filters.bayes_chunked
+    monkeypatch.setattr(chunked, "segment_ratios", lambda x: mean_sizes.append(x.shape[-1]) or ratios(x))
+    monkeypatch.setattr(chunked, "covariance_path", lambda k, *a: covariance_sizes.append(k.shape[2]) or path(k, *a))
     monkeypatch.setattr(filters, "bayes_chunked", lambda q, *a: lengths.append(q.shape[1]) or forms(q, *a))
     monkeypatch.setattr(filters, "SEGMENT_CHUNKS", 2)
     inputs = bayes_inputs(length=45, seed=3)
-    for reset, expected_sizes in ((False, {4, 6}), (True, {6})):
-        sizes.clear(), lengths.clear()
+    for reset, expected_covariance in ((False, {4}), (True, set())):
+        mean_sizes.clear(), covariance_sizes.clear(), lengths.clear()
         _run_bayes(inputs, "chunked", 4, reset=reset, mean_chunk_size=6)
-        assert set(sizes) == expected_sizes and lengths == [12, 12, 12, 9], (reset, sizes, lengths)
+        assert set(mean_sizes) == {6} and set(covariance_sizes) == expected_covariance, (reset, mean_sizes)
+        assert lengths == [12, 12, 12, 9], (reset, lengths)
     design = superposition_design(inputs["g"], None, scale=0.5)
     with pytest.raises(ValueError, match="mean_chunk_size is for regression designs"):
         run_filter(design, inputs["q"], inputs["k"], inputs["v"], impl="chunked", chunk_size=4, mean_chunk_size=8)

@@ -13,10 +13,9 @@ import torch
 from probseq.ops import bayes_filter
 from probseq.ops.bayes import native
 from probseq.ops.bayes.covariance_scan import covariance_path
-from probseq.ops.segsum import segment_ratios
 from tests.helpers import assert_close, bayes_inputs
 
-NAMES = ["k", "noise", "ratio_sqrt", "cum_sqrt", "reset", "retention_chunk", "cov0"]
+NAMES = ["k", "noise", "half_log_retention", "cov0"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -26,9 +25,8 @@ def _kernel():
 
 
 def _inputs(chunks, batch, size, key_dim, dtype=torch.float64, seed=0, symmetric_cov=True, retention=(0.0, 1.0)):
-    """Inputs of steps 2–5 as the chunked form makes them: unit keys, noise, in-chunk retention ratios
-    ``g = sqrt(G_i/G_t)`` from per-token retentions in ``retention``, ``c = √G_t``, ``1 − G_t``, ``G_C`` and a
-    covariance in (0, I] (symmetric unless asked otherwise)."""
+    """Inputs of steps 2–5 as the chunked form makes them: unit keys, noise, ``h = ½ log γ`` of per-token retentions
+    in ``retention`` (floored at e⁻³⁰) and a covariance in (0, I] (symmetric unless asked otherwise)."""
     gen = torch.Generator().manual_seed(seed)
     rand = lambda *shape: torch.rand(*shape, generator=gen, dtype=torch.float64)  # noqa: E731
     k = torch.nn.functional.normalize(
@@ -37,19 +35,17 @@ def _inputs(chunks, batch, size, key_dim, dtype=torch.float64, seed=0, symmetric
     noise = 0.05 + rand(chunks, batch, size)
     low, high = retention
     half_log = 0.5 * torch.log(low + (high - low) * rand(chunks, batch, size)).clamp_min(-30)
-    cum = half_log.cumsum(-1)
-    ratio_sqrt = segment_ratios(half_log)
-    cum_sqrt, reset = cum.exp(), -torch.expm1(2 * cum)
     root = torch.randn(batch, key_dim, key_dim, generator=gen, dtype=torch.float64) / key_dim**0.5
     cov0 = torch.linalg.matrix_exp(-(root @ root.transpose(-1, -2)))
     if not symmetric_cov:
         cov0 = cov0 + 1e-3 * torch.randn(batch, key_dim, key_dim, generator=gen, dtype=torch.float64)
-    tensors = (k, noise, ratio_sqrt, cum_sqrt, reset, cum_sqrt[..., -1].square(), cov0)
+    tensors = (k, noise, half_log, cov0)
     return tuple(t.to(dtype).requires_grad_() for t in tensors)
 
 
 def _both(inputs, weights):
-    """(outputs, gradients) of steps 2–5 in the kernel and in PyTorch (scan_inputs + covariance_scan)."""
+    """(outputs, gradients) of steps 2–5 in the kernel and in PyTorch (retention_terms, scan_inputs and
+    covariance_scan)."""
     results = []
     for use_native in (True, False):
         with contextlib.nullcontext() if use_native else native.disabled():
@@ -57,8 +53,6 @@ def _both(inputs, weights):
             outputs = covariance_path(*inputs)
             loss = sum((o * w).sum() for o, w in zip(outputs[:4], weights) if w is not None)
             grads = torch.autograd.grad(loss, inputs, allow_unused=True)
-            # ratio_sqrt's gradient above its diagonal is never read (segment_ratios' output is 0 there)
-            grads = tuple(g.tril() if name == "ratio_sqrt" else g for name, g in zip(NAMES, grads))
             results.append((outputs, grads))
     return results
 
@@ -113,7 +107,7 @@ def test_a_covariance_that_is_not_symmetric():
     """The backward uses P for Pᵀ only when the first covariance is exactly symmetric (the kernel's update keeps it
     so); a caller's unsymmetric one takes the transposes, and the gradient of every input still matches."""
     inputs = _inputs(chunks=3, batch=2, size=16, key_dim=32, seed=8, symmetric_cov=False)
-    assert not torch.equal(inputs[6], inputs[6].transpose(-1, -2))
+    assert not torch.equal(inputs[3], inputs[3].transpose(-1, -2))
     (_, grad_n), (_, grad_p) = _both(inputs, _weights(inputs, 3))
     for name, a, b in zip(NAMES, grad_n, grad_p):
         assert_close(a, b, 1e-11, name)
@@ -123,9 +117,9 @@ def test_an_exactly_symmetric_covariance_uses_p_for_its_transpose():
     """A bitwise-symmetric first covariance (as the filter's states are: symmetrised after every call): the forward
     keeps every chunk-start covariance exactly symmetric and the backward reads P for Pᵀ; every gradient matches."""
     inputs = list(_inputs(chunks=4, batch=2, size=16, key_dim=32, seed=14))
-    cov0 = inputs[6].detach()
-    inputs[6] = (0.5 * (cov0 + cov0.transpose(-1, -2))).requires_grad_()
-    assert torch.equal(inputs[6], inputs[6].transpose(-1, -2))
+    cov0 = inputs[3].detach()
+    inputs[3] = (0.5 * (cov0 + cov0.transpose(-1, -2))).requires_grad_()
+    assert torch.equal(inputs[3], inputs[3].transpose(-1, -2))
     starts = covariance_path(*inputs)[2]
     assert torch.equal(starts, starts.transpose(-1, -2)), "the kernel's covariances are exactly symmetric"
     (_, grad_n), (_, grad_p) = _both(inputs, _weights(inputs, 7))
@@ -148,7 +142,6 @@ def test_float32_agrees_with_float64(key_dim, size):
         assert a.dtype == torch.float32
         assert_close(a.double(), b, 1e-5, name)
     for name, a, b in zip(NAMES, grads32, grads64):
-        a, b = (a.tril(), b.tril()) if name == "ratio_sqrt" else (a, b)
         assert_close(a.double(), b, 1e-4, name)
 
 
@@ -163,7 +156,8 @@ def test_a_failed_factorisation_is_flagged_in_its_chunk():
 
 
 def test_double_backward_differentiates_the_plain_ops():
-    """create_graph=True: the backward is autograd through scan_inputs + scan_reference (exact to any order)."""
+    """create_graph=True: the backward is autograd through the plain ops (retention_terms, scan_inputs,
+    scan_reference; exact to any order)."""
     inputs = _inputs(chunks=2, batch=1, size=16, key_dim=16, seed=13)
     weights = _weights(inputs, 5)
     results = []
@@ -227,8 +221,8 @@ def test_the_kernel_refuses_inputs_of_the_wrong_shape():
     """The op is public (torch.ops.probseq_native): mismatched shapes are an error, not a write out of bounds."""
     inputs = [t.detach() for t in _inputs(chunks=4, batch=2, size=16, key_dim=16, seed=16)]
     short = list(inputs)
-    short[2] = inputs[2][:1]  # ratio_sqrt for one chunk of four
-    with pytest.raises(RuntimeError, match="ratio_sqrt must be"):
+    short[2] = inputs[2][:1]  # h for one chunk of four
+    with pytest.raises(RuntimeError, match="half_log_retention must be"):
         torch.ops.probseq_native.covariance_path_forward(*short)
     mixed = list(inputs)
     mixed[1] = inputs[1].float()

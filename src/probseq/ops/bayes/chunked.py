@@ -9,7 +9,7 @@ their names in the code: docs/notation.md.
 docs/chunked-algorithm.md §3 relates the algorithm in the certainty ``Z = I − P`` to this one: substituting
 ``R = K Z_0 Kᵀ = S − K P_0 Kᵀ`` gives the same algebra in ``P``, which never forms a difference of
 near-equal numbers when ``P → 0`` (recursive least squares). With ``K̂ = diag(√G) K``,
-``g_it = sqrt(G_i/G_t)`` and ``1 − G_t`` from :func:`one_minus_exp`:
+``g_it = sqrt(G_i/G_t)`` and ``1 − G_t`` from :func:`~probseq.ops.segsum.one_minus_exp`:
 
 Covariance path (keys, gates, ``r`` and ``P_0`` only; sequential over chunks through ``P``):
   1. ``S = K Kᵀ``.
@@ -49,9 +49,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from probseq.ops.bayes.covariance_scan import covariance_path
+from probseq.ops.bayes.covariance_scan import covariance_path, retention_terms
 from probseq.ops.chunks import from_chunks, to_chunks
-from probseq.ops.segsum import log_retention, one_minus_exp, segment_ratios
+from probseq.ops.segsum import log_retention, segment_ratios
 from probseq.ops.triangular import solve_lower
 from probseq.types import BayesState
 
@@ -181,19 +181,15 @@ def _covariance_path(
         scalar: some chunk matrix was not positive definite; checked by the caller, without a sync here).
     """
     half_log_retention = 0.5 * log_retention(retention)
-    retention_ratio_sqrt = segment_ratios(half_log_retention)  # sqrt(G_i/G_t), lower triangular incl. diagonal
-    half_log_retention_cum = half_log_retention.cumsum(-1)
-    retention_cum_sqrt = half_log_retention_cum.exp()  # √G_t
-    retention_cum = retention_cum_sqrt.square()  # G_t
-    reset = one_minus_exp(2 * half_log_retention_cum)  # 1 − G_t, accurate when G_t ≈ 1
-    # 2. the P_0-free part of B, K̂ and (1 − G) ∘ K (scan_inputs), then 3–5 chunk by chunk (covariance_scan: its
-    # backward is written out); on a CPU both in one compiled kernel (covariance_path, native.py)
-    xs, pivots, starts, cov, info = covariance_path(
-        k, noise, retention_ratio_sqrt, retention_cum_sqrt, reset, retention_cum[..., -1], cov0
-    )
+    # the in-chunk retention terms (retention_terms), step 2's chunk-local inputs (scan_inputs), then 3–5 chunk by chunk
+    # (covariance_scan: its backward is written out); on a CPU all in one compiled kernel (covariance_path, native.py)
+    terms = retention_terms(half_log_retention) if output_variance else None
+    xs, pivots, starts, cov, info = covariance_path(k, noise, half_log_retention, cov0, terms)
     failed = (info != 0).any()
     cov = 0.5 * (cov + cov.transpose(-1, -2))
     if not output_variance:
         return xs, pivots, None, None, cov, failed
+    retention_ratio_sqrt, retention_cum_sqrt, reset, _ = terms
+    retention_cum = retention_cum_sqrt.square()  # G_t
     prior_var = reset * (q * q).sum(-1) + retention_cum * ((q @ starts) * q).sum(-1)
     return xs, pivots, retention_ratio_sqrt.square(), prior_var, cov, failed  # G_t/G_j

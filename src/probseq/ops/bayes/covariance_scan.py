@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from probseq.ops.bayes import native
+from probseq.ops.segsum import one_minus_exp, segment_ratios
 from probseq.ops.triangular import solve_lower
 
 
@@ -233,31 +234,54 @@ def scan_inputs(
     )
 
 
-def covariance_path(
-    k: Tensor, noise: Tensor, ratio_sqrt: Tensor, cum_sqrt: Tensor, reset: Tensor, retention_chunk: Tensor, cov0: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Steps 2–5 of the chunked form: :func:`scan_inputs` then :func:`covariance_scan`, or, where the compiled CPU
-    kernel applies (:func:`probseq.ops.bayes.native.usable`), both in the kernel with its written-out backward.
+def retention_terms(half_log_retention: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The in-chunk retention terms of step 2 from ``h = ½ log γ`` ``[N, B·H, C]``, in :func:`scan_inputs`' order:
+    ``g = sqrt(G_i/G_t)`` ``[N, B·H, C, C]`` (lower triangular with a unit diagonal:
+    :func:`~probseq.ops.segsum.segment_ratios`), ``c = √G_t`` and ``1 − G_t`` ``[N, B·H, C]`` (the latter from
+    :func:`~probseq.ops.segsum.one_minus_exp`: accurate when ``G_t ≈ 1``), and ``G_C`` ``[N, B·H]``."""
+    cum = half_log_retention.cumsum(-1)
+    cum_sqrt = cum.exp()
+    return segment_ratios(half_log_retention), cum_sqrt, one_minus_exp(2 * cum), cum_sqrt[..., -1].square()
 
-    Args: see :func:`scan_inputs`; cov0 ``[B·H, K, K]``. ``ratio_sqrt`` must be what
-    :func:`~probseq.ops.segsum.segment_ratios` gives: lower triangular with a unit diagonal. The kernel relies on it
-    (``M_tt = 1 − G_t``) and returns a zero gradient above the diagonal, which ``segment_ratios`` never reads.
+
+def covariance_path(
+    k: Tensor,
+    noise: Tensor,
+    half_log_retention: Tensor,
+    cov0: Tensor,
+    terms: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Steps 2–5 of the chunked form: :func:`retention_terms`, :func:`scan_inputs` and :func:`covariance_scan`, or,
+    where the compiled CPU kernel applies (:func:`probseq.ops.bayes.native.usable`), all three in the kernel with its
+    written-out backward.
+
+    Args:
+        k: the chunked keys ``[N, B·H, C, K]``; noise ``r``, half_log_retention ``h = ½ log γ``: ``[N, B·H, C]``;
+            cov0 ``[B·H, K, K]``.
+        terms: :func:`retention_terms` of ``h`` where the caller has them already (the PyTorch path uses them; the
+            kernel makes its own from ``h``, with the same gradient).
 
     Returns: as :func:`covariance_scan`.
     """
     if native.usable(k):
-        return _CovariancePathKernel.apply(k, noise, ratio_sqrt, cum_sqrt, reset, retention_chunk, cov0)
-    return covariance_scan(*scan_inputs(k, noise, ratio_sqrt, cum_sqrt, reset, retention_chunk), cov0)
+        return _CovariancePathKernel.apply(k, noise, half_log_retention, cov0)
+    terms = terms or retention_terms(half_log_retention)
+    return covariance_scan(*scan_inputs(k, noise, *terms), cov0)
+
+
+def _plain_path(k: Tensor, noise: Tensor, half_log_retention: Tensor, cov0: Tensor) -> tuple[Tensor, ...]:
+    """Steps 2–5 as plain differentiable ops (double backward of the kernel)."""
+    return scan_reference(*scan_inputs(k, noise, *retention_terms(half_log_retention)), cov0)
 
 
 class _CovariancePathKernel(torch.autograd.Function):
     """Steps 2–5 in the compiled kernel (csrc/covariance_scan.cpp): forward, and the backward of the scan chained
-    through step 2 (docs/chunked-algorithm.md, "The covariance scan's backward")."""
+    through step 2 and the retention terms (docs/chunked-algorithm.md, "The covariance scan's backward")."""
 
     @staticmethod
-    def forward(ctx, k, noise, ratio_sqrt, cum_sqrt, reset, retention_chunk, cov0):
+    def forward(ctx, k, noise, half_log_retention, cov0):
         ctx.set_materialize_grads(False)
-        inputs = (k, noise, ratio_sqrt, cum_sqrt, reset, retention_chunk, cov0)
+        inputs = (k, noise, half_log_retention, cov0)
         xs, factors_t, starts, cov, info, pks = torch.ops.probseq_native.covariance_path_forward(*inputs)
         ctx.save_for_backward(*inputs, starts, factors_t, xs, pks)
         ctx.mark_non_differentiable(info)
@@ -267,12 +291,8 @@ class _CovariancePathKernel(torch.autograd.Function):
     def backward(ctx, grad_x, grad_pivots, grad_starts, grad_cov, _grad_info):
         *inputs, starts, factors_t, xs, pks = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: autograd through the plain ops, exact to any order
-            return _differentiable_backward(
-                inputs,
-                (grad_x, grad_pivots, grad_starts, grad_cov),
-                lambda *a: scan_reference(*scan_inputs(*a[:6]), a[6]),
-            )
+            return _differentiable_backward(inputs, (grad_x, grad_pivots, grad_starts, grad_cov), _plain_path)
         grads = torch.ops.probseq_native.covariance_path_backward(
-            *inputs[:6], starts, factors_t, xs, pks, grad_x, grad_pivots, grad_starts, grad_cov
+            *inputs[:3], starts, factors_t, xs, pks, grad_x, grad_pivots, grad_starts, grad_cov
         )
         return tuple(grads)

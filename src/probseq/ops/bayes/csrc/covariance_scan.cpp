@@ -1,20 +1,20 @@
 // Steps 2–5 of the chunked Bayesian filter — the covariance path (probseq/ops/bayes/covariance_scan.py:
-// scan_inputs, then covariance_scan) — as one CPU kernel per (batch·head): forward and hand-written backward, the
-// same recursion and formulas, with every chunk's matrices in L1 cache.
+// retention_terms, scan_inputs, then covariance_scan) — as one CPU kernel per (batch·head): forward and hand-written
+// backward, the same recursion and formulas, with every chunk's matrices in L1 cache.
 //
-// Why: in PyTorch the path is ~20 chunk-local ops over [N, B·H, C, C] tensors plus ~12 (forward) and ~30 (backward)
+// Why: in PyTorch the path is ~25 chunk-local ops over [N, B·H, C, C] tensors plus ~12 (forward) and ~30 (backward)
 // small batched calls per chunk, and LAPACK runs the C×C factorisations and solves one matrix at a time. Here one
 // thread carries one (batch·head) through all chunks; the K-wide products are register-blocked (R rows of the left
 // factor per loaded row of the right one, GCC vector types of 64 bytes), the C×C work runs on rows padded to CP, a
-// multiple of the vector length.
+// multiple of the vector length, and the in-chunk retention ratios are made from h = ½ log γ where they are used.
 //
 // Built on first use by probseq/ops/bayes/native.py (-O3 -march=native -fopenmp, against the installed torch).
 // Supported: float32/float64, K in {16, 32, 64, 128}, C <= 64. Results equal the PyTorch path to float rounding
 // (tests/ops/test_native_scan.py); the summation order differs, the algebra does not.
 //
-// Inputs (contiguous): k, xs, pks [N, BH, C, K]; noise r, cum_sqrt √G_t, reset 1 − G_t [N, BH, C];
-// ratio_sqrt g = sqrt(G_i/G_t) (lower) and factors (Fᵀ, upper) [N, BH, C, C]; retention_chunk G_C [N, BH];
-// cov0, cov [BH, K, K]; starts [N, BH, K, K]; info [N, BH] (int32: 0, or 1 + the first non-positive pivot).
+// Inputs (contiguous): k, xs, pks [N, BH, C, K]; noise r and half_log_retention h = ½ log γ [N, BH, C];
+// factors (Fᵀ, upper) [N, BH, C, C]; cov0, cov [BH, K, K]; starts [N, BH, K, K]; info [N, BH] (int32: 0, or 1 + the
+// first non-positive pivot).
 
 #include <torch/library.h>
 #include <ATen/ATen.h>
@@ -174,12 +174,51 @@ inline int cholesky_upper(T* A, int C) {
   return bad;
 }
 
+// The in-chunk retention terms from h_t = ½ log γ_t, with cs_t = Σ_{l≤t} h_l (summed in double): c_t = exp(cs_t) = √G_t,
+// reset_t = 1 − G_t = −expm1(2 cs_t) (accurate when G_t ≈ 1) and g_it = sqrt(G_i/G_t) = Π_{l=t+1}^{i} exp(h_l) for i ≥ t
+// (a running product in double: C exponentials a chunk, not C²; 0 above the diagonal). Returns G_C = exp(2 cs_{C−1}).
+template <typename T>
+inline T retention_terms(const T* h, int C, T* g, T* c, T* reset) {
+  double factor[64], cs = 0;
+  for (int t = 0; t < C; ++t) {
+    cs += double(h[t]);
+    factor[t] = std::exp(double(h[t]));
+    c[t] = T(std::exp(cs));
+    reset[t] = T(-std::expm1(2 * cs));
+  }
+  for (int t = 0; t < C; ++t) {
+    for (int i = 0; i < t; ++i) g[i * C + t] = T(0);
+    double ratio = 1;
+    g[t * C + t] = T(1);
+    for (int i = t + 1; i < C; ++i) g[i * C + t] = T(ratio *= factor[i]);
+  }
+  return T(std::exp(2 * cs));
+}
+
+// The gradient of h from those of c, 1 − G, G_C and g (ḡ: C×CP rows, only i > t read): with ∂c_t/∂cs_t = c_t,
+// ∂(1 − G_t)/∂cs_t = −2 G_t, ∂G_C/∂cs_{C−1} = 2 G_C and ∂g_it/∂cs_i = −∂g_it/∂cs_t = g_it, then h̄_l = Σ_{t≥l} cs̄_t.
+template <typename T, int CP>
+inline void retention_backward(const T* g, const T* c, T gc, const T* dc, const T* dreset, T dgc, const T* dg, int C,
+                               T* dh) {
+  double dcs[64];
+  for (int t = 0; t < C; ++t) dcs[t] = double(c[t]) * dc[t] - 2 * double(c[t]) * c[t] * dreset[t];
+  dcs[C - 1] += 2 * double(gc) * dgc;
+  for (int i = 1; i < C; ++i)
+    for (int t = 0; t < i; ++t) {
+      const double q = double(g[i * C + t]) * dg[i * CP + t];
+      dcs[i] += q;
+      dcs[t] -= q;
+    }
+  double total = 0;
+  for (int l = C - 1; l >= 0; --l) dh[l] = T(total += dcs[l]);
+}
+
 // The inputs of one call, [N, BH, ...] contiguous (see the header), and where the results go.
 template <typename T>
 struct Path {
   int64_t N, BH;
   int C;
-  const T *k, *noise, *g, *c, *reset, *gc;  // keys, r, sqrt(G_i/G_t), √G_t, 1 − G_t, G_C
+  const T *k, *noise, *h;  // keys, r, h_t = ½ log γ_t
   T *xs, *factors, *starts, *pks, *cov;      // outputs (starts[0] = cov0 on entry)
   int32_t* info;
 };
@@ -226,7 +265,7 @@ inline bool is_symmetric(const T* P) {
 }
 
 template <typename T, int K, int NC>
-void forward_head(const Path<T>& a, int64_t h, T* kh, T* khT, T* kT, T* S, T* base, T* U, T* xt) {
+void forward_head(const Path<T>& a, int64_t h, T* kh, T* khT, T* kT, T* S, T* base, T* U, T* xt, T* g, T* c, T* reset) {
   constexpr int nv = NV<T, K>, CP = NC * L<T>;
   const int C = a.C;
   // A symmetric first covariance keeps every P exactly symmetric (mirrored below), so the backward may use P for Pᵀ.
@@ -236,12 +275,12 @@ void forward_head(const Path<T>& a, int64_t h, T* kh, T* khT, T* kT, T* S, T* ba
     const int64_t i_1 = n * a.BH + h, i_ck = i_1 * CK, i_cc = i_1 * CC, i_c = i_1 * C;
     const T* P = a.starts + i_1 * KK;
     T* Pn = n + 1 < a.N ? a.starts + ((n + 1) * a.BH + h) * KK : a.cov + h * KK;
-    const T *k = a.k + i_ck, *c = a.c + i_c, *reset = a.reset + i_c, *g = a.g + i_cc;
+    const T* k = a.k + i_ck;
+    const T gc = retention_terms<T>(a.h + i_c, C, g, c, reset);
     if (n + 1 < a.N) {  // the next chunk's inputs
       const int64_t n_1 = i_1 + a.BH;
       prefetch(a.k + n_1 * CK, CK);
-      prefetch(a.g + n_1 * CC, CC);
-      for (const T* base : {a.c, a.reset, a.noise}) prefetch(base + n_1 * C, C);
+      for (const T* base : {a.h, a.noise}) prefetch(base + n_1 * C, C);
     }
     chunk_pieces<T, K, NC, true>(k, c, reset, g, a.noise + i_c, C, kh, khT, kT, S, base);
     T* pk = a.pks + i_ck;
@@ -275,7 +314,7 @@ void forward_head(const Path<T>& a, int64_t h, T* kh, T* khT, T* kT, T* S, T* ba
       }
     }
     // P' = (1 − G_C) I + G_C P − X̃ᵀ X̃
-    square_plus_outer<T, K>(P, a.gc[i_1], T(-1), reset[C - 1], xt, xt, Pn, C);
+    square_plus_outer<T, K>(P, gc, T(-1), reset[C - 1], xt, xt, Pn, C);
     if (symmetric)  // the update is symmetric entry by entry; mirroring makes that exact whatever the compiler did
       for (int r = 0; r < K; ++r)
         for (int q = 0; q < r; ++q) Pn[q * K + r] = Pn[r * K + q];
@@ -287,14 +326,14 @@ void forward_head(const Path<T>& a, int64_t h, T* kh, T* khT, T* kT, T* S, T* ba
 template <typename T>
 struct PathGrads {
   const T *x, *pivots, *starts;  // of xs, diag F, starts (nullptr: zero)
-  T *k, *noise, *g, *c, *reset, *gc;
+  T *k, *noise, *h;
 };
 
 // One thread's buffers for backward_head: K×K, C×K and C×CP matrices (rows padded to CP; W and tmp are C×max(CP, K)).
 template <typename T, int K, int NC>
 struct BackwardScratch {
   static constexpr int CP = NC * L<T>, WIDE = CP > K ? CP : K;
-  alignas(64) T Pbt[K * K], SS[K * K], PT[K * K];
+  alignas(64) T Pbt[K * K], SS[K * K], PT[K * K], g[CP * CP], c[CP], reset[CP];
   alignas(64) T kh[CP * K], kT[K * CP], xt[CP * K], gxt[CP * K], Rb[CP * K], XT[K * CP];
   alignas(64) T S[CP * CP], W[CP * WIDE], W2[CP * CP], tmp[CP * WIDE], Fp[CP * CP], gS[CP * CP], DG[CP * CP],
       BT[CP * CP], strict[CP * CP];
@@ -311,6 +350,7 @@ void backward_head(const Path<T>& a, const PathGrads<T>& d, int64_t h, T* Pb, bo
   T *Pbt = m.Pbt, *kh = m.kh, *kT = m.kT, *S = m.S, *SS = m.SS, *PT = m.PT, *xt = m.xt, *gxt = m.gxt, *Rb = m.Rb,
     *XT = m.XT, *W = m.W, *W2 = m.W2, *tmp = m.tmp, *Fp = m.Fp, *gS = m.gS, *DG = m.DG, *BT = m.BT;
   const T* strict = m.strict;
+  T *g = m.g, *c = m.c, *reset = m.reset;  // the chunk's retention terms (retention_terms)
   const int64_t CK = (int64_t)C * K, CC = (int64_t)C * C, KK = (int64_t)K * K;
   for (int64_t n = a.N - 1; n >= 0; --n) {
     const int64_t i_1 = n * a.BH + h, i_ck = i_1 * CK, i_cc = i_1 * CC, i_c = i_1 * C;
@@ -318,14 +358,16 @@ void backward_head(const Path<T>& a, const PathGrads<T>& d, int64_t h, T* Pb, bo
     const T* U = a.factors + i_cc;  // Fᵀ, C×C
     const T* X = a.xs + i_ck;
     const T* pk = a.pks + i_ck;
-    const T *k = a.k + i_ck, *c = a.c + i_c, *reset = a.reset + i_c, *g = a.g + i_cc;
+    const T* k = a.k + i_ck;
+    const T gc = retention_terms<T>(a.h + i_c, C, g, c, reset);
     const T* tau = g + (C - 1) * C;  // sqrt(G_C/G_t)
-    T *dk = d.k + i_ck, *dc = d.c + i_c, *dreset = d.reset + i_c, *dg = d.g + i_cc;
+    T* dk = d.k + i_ck;
+    T dc[CP], dreset[CP];
     if (n > 0) {  // the previous chunk's inputs, read next
       const int64_t p_1 = i_1 - a.BH;
       for (const T* base : {a.k, (const T*)a.xs, (const T*)a.pks}) prefetch(base + p_1 * CK, CK);
-      for (const T* base : {a.g, (const T*)a.factors}) prefetch(base + p_1 * CC, CC);
-      for (const T* base : {a.c, a.reset, a.noise}) prefetch(base + p_1 * C, C);
+      prefetch(a.factors + p_1 * CC, CC);
+      for (const T* base : {a.h, a.noise}) prefetch(base + p_1 * C, C);
       prefetch(a.starts + p_1 * KK, KK);
       if (d.x) prefetch(d.x + p_1 * CK, CK);
     }
@@ -333,7 +375,7 @@ void backward_head(const Path<T>& a, const PathGrads<T>& d, int64_t h, T* Pb, bo
     // 1. G_C and 1 − G_C (the latter is reset[C−1])
     T tr = 0;
     for (int q = 0; q < K; ++q) tr += Pb[q * K + q];
-    d.gc[i_1] = vdot<T>(P, Pb, KK);
+    const T dgc = vdot<T>(P, Pb, KK);
     // 2–4. X̃̄ = −X̃ (P̄' + P̄'ᵀ) (P̄'ᵀ is carried alongside P̄'); τ̄; X̄
     for (int64_t e = 0; e < KK; e += L<T>) store(SS + e, -(load(Pb + e) + load(Pbt + e)));
     for (int t = 0; t < C; ++t) {
@@ -449,7 +491,6 @@ void backward_head(const Path<T>& a, const PathGrads<T>& d, int64_t h, T* Pb, bo
     for (int t = 0; t < C; ++t) dreset[t] += dres_lanes[t];
     for (int i = 0; i < C; ++i) {
       for (int t = 0; t < i; ++t) tmp[t * CP + i] = tmp[i * CP + t];
-      for (int t = 0; t < C; ++t) dg[i * C + t] = DG[i * CP + t];
     }
     // 11. p̄k = c ∘ R̄ + B̄ K̂ (into xt)
     for (int t = 0; t < C; ++t) {
@@ -476,8 +517,9 @@ void backward_head(const Path<T>& a, const PathGrads<T>& d, int64_t h, T* Pb, bo
     }
     rows_times<T, K>(tmp, CP, C, k, W, dk, C);
     // 13. P̄ = G_C P̄' + K̂ᵀ p̄k (+ the gradient of P as an output), and its transpose
-    square_plus_outer<T, K>(Pb, a.gc[i_1], T(1), T(0), kh, xt, Pb, C);
-    square_plus_outer<T, K>(Pbt, a.gc[i_1], T(1), T(0), xt, kh, Pbt, C);
+    retention_backward<T, CP>(g, c, gc, dc, dreset, dgc, DG, C, d.h + i_c);
+    square_plus_outer<T, K>(Pb, gc, T(1), T(0), kh, xt, Pb, C);
+    square_plus_outer<T, K>(Pbt, gc, T(1), T(0), xt, kh, Pbt, C);
     if (d.starts) {
       const T* gn = d.starts + i_1 * KK;
       for (int r = 0; r < K; ++r)
@@ -493,9 +535,11 @@ template <typename T, int K, int NC>
 void forward_all(const Path<T>& a) {
   constexpr int CP = NC * L<T>;
   at::parallel_for(0, a.BH, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> kh(CP * K), khT(K * CP), kT(K * CP), S(CP * CP), base(CP * CP), U(CP * CP), xt(CP * K);
+    std::vector<T> kh(CP * K), khT(K * CP), kT(K * CP), S(CP * CP), base(CP * CP), U(CP * CP), xt(CP * K), g(CP * CP),
+        c(CP), reset(CP);
     for (int64_t h = begin; h < end; ++h)
-      forward_head<T, K, NC>(a, h, kh.data(), khT.data(), kT.data(), S.data(), base.data(), U.data(), xt.data());
+      forward_head<T, K, NC>(a, h, kh.data(), khT.data(), kT.data(), S.data(), base.data(), U.data(), xt.data(), g.data(),
+                             c.data(), reset.data());
   });
 }
 
@@ -544,14 +588,13 @@ void dispatch(const at::Tensor& k, F&& f) {
 
 // (xs, factors Fᵀ, starts, final covariance, info, pks)
 // Every input on the CPU, in k's dtype, with the shapes of the header (k: [N, BH, C, K]).
-void check_inputs(const at::Tensor& k, const at::Tensor& noise, const at::Tensor& g, const at::Tensor& c,
-                  const at::Tensor& reset, const at::Tensor& gc, const at::Tensor& cov) {
+void check_inputs(const at::Tensor& k, const at::Tensor& noise, const at::Tensor& h, const at::Tensor& cov) {
   TORCH_CHECK(k.dim() == 4, "covariance path kernel: k must be [N, B·H, C, K], got ", k.sizes());
   const int64_t N = k.size(0), BH = k.size(1), C = k.size(2), K = k.size(3);
   const std::pair<const at::Tensor*, std::vector<int64_t>> expected[] = {
-      {&noise, {N, BH, C}}, {&g, {N, BH, C, C}}, {&c, {N, BH, C}}, {&reset, {N, BH, C}}, {&gc, {N, BH}}, {&cov, {BH, K, K}}};
-  const char* names[] = {"noise", "ratio_sqrt", "cum_sqrt", "reset", "retention_chunk", "cov0"};
-  for (int i = 0; i < 6; ++i) {
+      {&noise, {N, BH, C}}, {&h, {N, BH, C}}, {&cov, {BH, K, K}}};
+  const char* names[] = {"noise", "half_log_retention", "cov0"};
+  for (int i = 0; i < 3; ++i) {
     const at::Tensor& t = *expected[i].first;
     TORCH_CHECK(t.sizes() == at::IntArrayRef(expected[i].second), "covariance path kernel: ", names[i], " must be ",
                 at::IntArrayRef(expected[i].second), ", got ", t.sizes());
@@ -562,38 +605,36 @@ void check_inputs(const at::Tensor& k, const at::Tensor& noise, const at::Tensor
   TORCH_CHECK(k.device().is_cpu(), "covariance path kernel: k is not on the CPU");
 }
 
-std::vector<at::Tensor> path_forward(const at::Tensor& k_, const at::Tensor& noise_, const at::Tensor& g_,
-                                     const at::Tensor& c_, const at::Tensor& reset_, const at::Tensor& gc_,
+// (xs, factors Fᵀ, starts, final covariance, info, pks)
+std::vector<at::Tensor> path_forward(const at::Tensor& k_, const at::Tensor& noise_, const at::Tensor& h_,
                                      const at::Tensor& cov0) {
-  check_inputs(k_, noise_, g_, c_, reset_, gc_, cov0);
-  const auto k = k_.contiguous(), noise = noise_.contiguous(), g = g_.contiguous(), c = c_.contiguous(),
-             reset = reset_.contiguous(), gc = gc_.contiguous();
-  const int64_t N = k.size(0), BH = k.size(1), K = k.size(3);
-  auto xs = at::empty_like(k), pks = at::empty_like(k), factors = at::empty_like(g);
+  check_inputs(k_, noise_, h_, cov0);
+  const auto k = k_.contiguous(), noise = noise_.contiguous(), h = h_.contiguous();
+  const int64_t N = k.size(0), BH = k.size(1), C = k.size(2), K = k.size(3);
+  auto xs = at::empty_like(k), pks = at::empty_like(k), factors = at::empty({N, BH, C, C}, k.options());
   auto starts = at::empty({N, BH, K, K}, k.options());
   starts[0].copy_(cov0);
   auto cov = at::empty({BH, K, K}, k.options());
   auto info = at::empty({N, BH}, k.options().dtype(at::kInt));
   dispatch(k, [&]<typename T, int KK, int NC>() {
-    Path<T> a{N, BH, (int)k.size(2), k.data_ptr<T>(), noise.data_ptr<T>(), g.data_ptr<T>(), c.data_ptr<T>(),
-              reset.data_ptr<T>(), gc.data_ptr<T>(), xs.data_ptr<T>(), factors.data_ptr<T>(), starts.data_ptr<T>(),
-              pks.data_ptr<T>(), cov.data_ptr<T>(), info.data_ptr<int32_t>()};
+    Path<T> a{N, BH, (int)C, k.data_ptr<T>(), noise.data_ptr<T>(), h.data_ptr<T>(), xs.data_ptr<T>(),
+              factors.data_ptr<T>(), starts.data_ptr<T>(), pks.data_ptr<T>(), cov.data_ptr<T>(), info.data_ptr<int32_t>()};
     forward_all<T, KK, NC>(a);
   });
   return {xs, factors, starts, cov, info, pks};
 }
 
-// The gradients of (k, noise, g, c, reset, gc, cov0).
-std::vector<at::Tensor> path_backward(const at::Tensor& k_, const at::Tensor& noise_, const at::Tensor& g_,
-                                      const at::Tensor& c_, const at::Tensor& reset_, const at::Tensor& gc_,
+// The gradients of (k, noise, h, cov0).
+std::vector<at::Tensor> path_backward(const at::Tensor& k_, const at::Tensor& noise_, const at::Tensor& h_,
                                       const at::Tensor& starts_, const at::Tensor& factors_, const at::Tensor& xs_,
                                       const at::Tensor& pks_, const std::optional<at::Tensor>& grad_x,
                                       const std::optional<at::Tensor>& grad_pivots,
                                       const std::optional<at::Tensor>& grad_starts,
                                       const std::optional<at::Tensor>& grad_cov) {
-  check_inputs(k_, noise_, g_, c_, reset_, gc_, starts_[0]);
-  TORCH_CHECK(starts_.sizes() == at::IntArrayRef({k_.size(0), k_.size(1), k_.size(3), k_.size(3)}) &&
-                  factors_.sizes() == g_.sizes() && xs_.sizes() == k_.sizes() && pks_.sizes() == k_.sizes(),
+  check_inputs(k_, noise_, h_, starts_[0]);
+  const int64_t N = k_.size(0), BH = k_.size(1), C = k_.size(2), K = k_.size(3);
+  TORCH_CHECK(starts_.sizes() == at::IntArrayRef({N, BH, K, K}) && factors_.sizes() == at::IntArrayRef({N, BH, C, C}) &&
+                  xs_.sizes() == k_.sizes() && pks_.sizes() == k_.sizes(),
               "covariance path kernel: the saved tensors do not match the inputs");
   const auto starts = starts_.contiguous(), factors = factors_.contiguous(), xs = xs_.contiguous(),
              pks = pks_.contiguous();
@@ -602,40 +643,33 @@ std::vector<at::Tensor> path_backward(const at::Tensor& k_, const at::Tensor& no
       TORCH_CHECK((*grad)->scalar_type() == k_.scalar_type() && (*grad)->device().is_cpu(),
                   "covariance path kernel: a gradient is not a CPU tensor of k's dtype");
   TORCH_CHECK(!grad_x || grad_x->sizes() == k_.sizes(), "covariance path kernel: grad_x has the wrong shape");
-  TORCH_CHECK(!grad_pivots || grad_pivots->sizes() == at::IntArrayRef({k_.size(0), k_.size(1), k_.size(2)}),
+  TORCH_CHECK(!grad_pivots || grad_pivots->sizes() == at::IntArrayRef({N, BH, C}),
               "covariance path kernel: grad_pivots has the wrong shape");
   TORCH_CHECK(!grad_starts || grad_starts->sizes() == starts_.sizes(), "covariance path kernel: grad_starts has the wrong shape");
   TORCH_CHECK(!grad_cov || grad_cov->sizes() == starts_[0].sizes(), "covariance path kernel: grad_cov has the wrong shape");
-  const auto k = k_.contiguous(), noise = noise_.contiguous(), g = g_.contiguous(), c = c_.contiguous(),
-             reset = reset_.contiguous(), gc = gc_.contiguous();
-  const int64_t N = k.size(0), BH = k.size(1), K = k.size(3);
+  const auto k = k_.contiguous(), noise = noise_.contiguous(), h = h_.contiguous();
   auto Pb = grad_cov.has_value() ? grad_cov->contiguous().clone() : at::zeros({BH, K, K}, k.options());
-  auto dk = at::empty_like(k), dnoise = at::empty_like(noise), dg = at::empty_like(g), dc = at::empty_like(c),
-       dreset = at::empty_like(reset), dgc = at::empty_like(gc);
+  auto dk = at::empty_like(k), dnoise = at::empty_like(noise), dh = at::empty_like(h);
   at::Tensor gx, gp, gst;
   if (grad_x) gx = grad_x->contiguous();
   if (grad_pivots) gp = grad_pivots->contiguous();
   if (grad_starts) gst = grad_starts->contiguous();
   dispatch(k, [&]<typename T, int KK, int NC>() {
-    Path<T> a{N, BH, (int)k.size(2), k.data_ptr<T>(), noise.data_ptr<T>(), g.data_ptr<T>(), c.data_ptr<T>(),
-              reset.data_ptr<T>(), gc.data_ptr<T>(), xs.data_ptr<T>(), factors.data_ptr<T>(), starts.data_ptr<T>(),
-              pks.data_ptr<T>(), nullptr, nullptr};
+    Path<T> a{N, BH, (int)C, k.data_ptr<T>(), noise.data_ptr<T>(), h.data_ptr<T>(), xs.data_ptr<T>(),
+              factors.data_ptr<T>(), starts.data_ptr<T>(), pks.data_ptr<T>(), nullptr, nullptr};
     PathGrads<T> d{grad_x ? gx.data_ptr<T>() : nullptr, grad_pivots ? gp.data_ptr<T>() : nullptr,
-                   grad_starts ? gst.data_ptr<T>() : nullptr, dk.data_ptr<T>(), dnoise.data_ptr<T>(),
-                   dg.data_ptr<T>(), dc.data_ptr<T>(), dreset.data_ptr<T>(), dgc.data_ptr<T>()};
+                   grad_starts ? gst.data_ptr<T>() : nullptr, dk.data_ptr<T>(), dnoise.data_ptr<T>(), dh.data_ptr<T>()};
     backward_all<T, KK, NC>(a, d, Pb.data_ptr<T>());
   });
-  return {dk, dnoise, dg, dc, dreset, dgc, Pb};
+  return {dk, dnoise, dh, Pb};
 }
 
 }  // namespace
 
 TORCH_LIBRARY(probseq_native, m) {
-  m.def("covariance_path_forward(Tensor k, Tensor noise, Tensor ratio_sqrt, Tensor cum_sqrt, Tensor reset, "
-        "Tensor retention_chunk, Tensor cov0) -> Tensor[]");
-  m.def("covariance_path_backward(Tensor k, Tensor noise, Tensor ratio_sqrt, Tensor cum_sqrt, Tensor reset, "
-        "Tensor retention_chunk, Tensor starts, Tensor factors, Tensor xs, Tensor pks, Tensor? grad_x, "
-        "Tensor? grad_pivots, Tensor? grad_starts, Tensor? grad_cov) -> Tensor[]");
+  m.def("covariance_path_forward(Tensor k, Tensor noise, Tensor half_log_retention, Tensor cov0) -> Tensor[]");
+  m.def("covariance_path_backward(Tensor k, Tensor noise, Tensor half_log_retention, Tensor starts, Tensor factors, "
+        "Tensor xs, Tensor pks, Tensor? grad_x, Tensor? grad_pivots, Tensor? grad_starts, Tensor? grad_cov) -> Tensor[]");
 }
 TORCH_LIBRARY_IMPL(probseq_native, CPU, m) {
   m.impl("covariance_path_forward", &path_forward);
