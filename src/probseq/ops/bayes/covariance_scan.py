@@ -282,17 +282,17 @@ class _CovariancePathKernel(torch.autograd.Function):
     def forward(ctx, k, noise, half_log_retention, cov0):
         ctx.set_materialize_grads(False)
         inputs = (k, noise, half_log_retention, cov0)
-        xs, factors_t, starts, cov, info, pks = torch.ops.probseq_native.covariance_path_forward(*inputs)
-        ctx.save_for_backward(*inputs, starts, factors_t, xs, pks)
+        xs, factors_t, starts, cov, info, pks, grams = torch.ops.probseq_native.covariance_path_forward(*inputs)
+        ctx.save_for_backward(*inputs, starts, factors_t, xs, pks, grams)
         ctx.mark_non_differentiable(info)
         return xs, factors_t.diagonal(dim1=-2, dim2=-1), starts, cov, info
 
     @staticmethod
     def backward(ctx, grad_x, grad_pivots, grad_starts, grad_cov, _grad_info):
-        *inputs, starts, factors_t, xs, pks = ctx.saved_tensors
+        *inputs, starts, factors_t, xs, pks, grams = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: autograd through the plain ops, exact to any order
             return _differentiable_backward(inputs, (grad_x, grad_pivots, grad_starts, grad_cov), _plain_path)
         grads = torch.ops.probseq_native.covariance_path_backward(
-            *inputs[:3], starts, factors_t, xs, pks, grad_x, grad_pivots, grad_starts, grad_cov
+            *inputs[:3], starts, factors_t, xs, pks, grams, grad_x, grad_pivots, grad_starts, grad_cov
         )
         return tuple(grads)

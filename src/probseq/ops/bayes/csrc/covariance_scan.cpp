@@ -13,8 +13,8 @@
 // (tests/ops/test_native_scan.py); the summation order differs, the algebra does not.
 //
 // Inputs (contiguous): k, xs, pks [N, BH, C, K]; noise r and half_log_retention h = ½ log γ [N, BH, C];
-// factors (Fᵀ, upper) [N, BH, C, C]; cov0, cov [BH, K, K]; starts [N, BH, K, K]; info [N, BH] (int32: 0, or 1 + the
-// first non-positive pivot).
+// factors (Fᵀ, upper) and grams (S = K Kᵀ) [N, BH, C, C]; cov0, cov [BH, K, K]; starts [N, BH, K, K]; info [N, BH]
+// (int32: 0, or 1 + the first non-positive pivot).
 
 #include <torch/library.h>
 #include <ATen/ATen.h>
@@ -219,39 +219,43 @@ struct Path {
   int64_t N, BH;
   int C;
   const T *k, *noise, *h;  // keys, r, h_t = ½ log γ_t
-  T *xs, *factors, *starts, *pks, *cov;      // outputs (starts[0] = cov0 on entry)
+  T *xs, *factors, *starts, *pks, *grams, *cov;  // outputs (starts[0] = cov0 on entry); grams: S = K Kᵀ
   int32_t* info;
 };
 
 // The chunk-local pieces of step 2 (docs/chunked-algorithm.md): K̂ = diag(c) K and S = K Kᵀ (C×CP rows), and for the
 // forward also K̂ᵀ (K×CP, zero-padded) and the lower triangle of B_base = M ∘ S + diag(r), with M_it = g_it (1 − G_t)
 // (i > t) and M_tt = 1 − G_t (the upper triangle is never read: the factorisation mirrors the lower one).
-template <typename T, int K, int NC, bool Forward>
-inline void chunk_pieces(const T* k, const T* c, const T* reset, const T* g, const T* noise, int C, T* kh, T* khT,
-                         T* kT, T* S, T* base) {
-  constexpr int nv = NV<T, K>, CP = NC * L<T>;
+template <typename T, int K>
+inline void scaled_keys(const T* k, const T* c, int C, T* kh) {  // K̂ = diag(c) K
+  constexpr int nv = NV<T, K>;
   for (int t = 0; t < C; ++t) {
     const V<T> ct = splat(c[t]);
 #pragma GCC unroll 16
     for (int v = 0; v < nv; ++v) store(kh + t * K + v * L<T>, ct * load(k + t * K + v * L<T>));
   }
+}
+
+template <typename T, int K, int NC>
+inline void chunk_pieces(const T* k, const T* c, const T* reset, const T* g, const T* noise, int C, T* kh, T* khT,
+                         T* kT, T* S, T* base) {
+  constexpr int CP = NC * L<T>;
+  scaled_keys<T, K>(k, c, C, kh);
   for (int t = 0; t < C; ++t)
     for (int j = 0; j < K; ++j) kT[j * CP + t] = k[t * K + j];
   for (int j = 0; j < K; ++j)
     for (int t = C; t < CP; ++t) kT[j * CP + t] = T(0);
   rows_times<T, CP>(k, K, K, kT, nullptr, S, C);  // S = K Kᵀ, C×CP
-  if constexpr (Forward) {
-    T cp[CP] = {};
-    for (int t = 0; t < C; ++t) cp[t] = c[t];
-    for (int j = 0; j < K; ++j)
+  T cp[CP] = {};
+  for (int t = 0; t < C; ++t) cp[t] = c[t];
+  for (int j = 0; j < K; ++j)
 #pragma GCC unroll 8
-      for (int q = 0; q < NC; ++q) store(khT + j * CP + q * L<T>, load(cp + q * L<T>) * load(kT + j * CP + q * L<T>));
-    for (int i = 0; i < C; ++i) {
-      T* row = base + i * CP;
-      for (int t = 0; t < i; ++t) row[t] = g[i * C + t] * reset[t] * S[i * CP + t];
-      row[i] = reset[i] * S[i * CP + i] + noise[i];
-      for (int t = i + 1; t < CP; ++t) row[t] = T(0);
-    }
+    for (int q = 0; q < NC; ++q) store(khT + j * CP + q * L<T>, load(cp + q * L<T>) * load(kT + j * CP + q * L<T>));
+  for (int i = 0; i < C; ++i) {
+    T* row = base + i * CP;
+    for (int t = 0; t < i; ++t) row[t] = g[i * C + t] * reset[t] * S[i * CP + t];
+    row[i] = reset[i] * S[i * CP + i] + noise[i];
+    for (int t = i + 1; t < CP; ++t) row[t] = T(0);
   }
 }
 
@@ -282,7 +286,10 @@ void forward_head(const Path<T>& a, int64_t h, T* kh, T* khT, T* kT, T* S, T* ba
       prefetch(a.k + n_1 * CK, CK);
       for (const T* base : {a.h, a.noise}) prefetch(base + n_1 * C, C);
     }
-    chunk_pieces<T, K, NC, true>(k, c, reset, g, a.noise + i_c, C, kh, khT, kT, S, base);
+    chunk_pieces<T, K, NC>(k, c, reset, g, a.noise + i_c, C, kh, khT, kT, S, base);
+    T* gram = a.grams + i_cc;  // S for the backward
+    for (int i = 0; i < C; ++i)
+      for (int t = 0; t < C; ++t) gram[i * C + t] = S[i * CP + t];
     T* pk = a.pks + i_ck;
     rows_times<T, K>(kh, K, K, P, nullptr, pk, C);  // pk = K̂ P
     rows_times<T, CP>(pk, K, K, khT, base, U, C);  // B = B_base + pk K̂ᵀ (lower triangle)
@@ -293,24 +300,28 @@ void forward_head(const Path<T>& a, int64_t h, T* kh, T* khT, T* kT, T* S, T* ba
     for (int i = 0; i < C; ++i)
       for (int t = 0; t < C; ++t) fout[i * C + t] = U[i * CP + t];
     // X = (g ∘ F)⁻¹ ((1 − G) ∘ K + c ∘ pk), F[t][j] = U[j][t]; X̃ = τ ∘ X with τ_t = g[C−1][t]
+    // by columns: a finished row x_t is subtracted from every row below it (independent updates, not one chain)
     T* X = a.xs + i_ck;
     for (int t = 0; t < C; ++t) {
-      V<T> row[nv];
       const V<T> ct = splat(c[t]), rt = splat(reset[t]);
 #pragma GCC unroll 16
-      for (int v = 0; v < nv; ++v) row[v] = rt * load(k + t * K + v * L<T>) + ct * load(pk + t * K + v * L<T>);
-      for (int j = 0; j < t; ++j) {
-        const V<T> l = splat(g[t * C + j] * U[j * CP + t]);
-#pragma GCC unroll 16
-        for (int v = 0; v < nv; ++v) row[v] -= l * load(X + j * K + v * L<T>);
-      }
+      for (int v = 0; v < nv; ++v)
+        store(X + t * K + v * L<T>, rt * load(k + t * K + v * L<T>) + ct * load(pk + t * K + v * L<T>));
+    }
+    for (int t = 0; t < C; ++t) {
       const V<T> inv = splat(T(1) / (g[t * C + t] * U[t * CP + t]));
       const V<T> tau = splat(g[(C - 1) * C + t]);
+      V<T> x[nv];
 #pragma GCC unroll 16
       for (int v = 0; v < nv; ++v) {
-        const V<T> x = row[v] * inv;
-        store(X + t * K + v * L<T>, x);
-        store(xt + t * K + v * L<T>, tau * x);
+        x[v] = load(X + t * K + v * L<T>) * inv;
+        store(X + t * K + v * L<T>, x[v]);
+        store(xt + t * K + v * L<T>, tau * x[v]);
+      }
+      for (int j = t + 1; j < C; ++j) {
+        const V<T> l = splat(g[j * C + t] * U[t * CP + j]);
+#pragma GCC unroll 16
+        for (int v = 0; v < nv; ++v) store(X + j * K + v * L<T>, load(X + j * K + v * L<T>) - l * x[v]);
       }
     }
     // P' = (1 − G_C) I + G_C P − X̃ᵀ X̃
@@ -334,10 +345,11 @@ template <typename T, int K, int NC>
 struct BackwardScratch {
   static constexpr int CP = NC * L<T>, WIDE = CP > K ? CP : K;
   alignas(64) T Pbt[K * K], SS[K * K], PT[K * K], g[CP * CP], c[CP], reset[CP];
-  alignas(64) T kh[CP * K], kT[K * CP], xt[CP * K], gxt[CP * K], Rb[CP * K], XT[K * CP];
+  alignas(64) T kh[CP * K], xt[CP * K], gxt[CP * K], Rb[CP * K], XT[K * CP];
   alignas(64) T S[CP * CP], W[CP * WIDE], W2[CP * CP], tmp[CP * WIDE], Fp[CP * CP], gS[CP * CP], DG[CP * CP],
       BT[CP * CP], strict[CP * CP];
-  explicit BackwardScratch(int C) {  // the strictly lower mask of a C×C matrix (rows padded)
+  explicit BackwardScratch(int C) {  // S zero (its padding is never written); the strictly lower mask of a C×C matrix
+    for (int e = 0; e < CP * CP; ++e) S[e] = T(0);
     for (int i = 0; i < CP; ++i)
       for (int t = 0; t < CP; ++t) strict[i * CP + t] = i < C && t < i ? T(1) : T(0);
   }
@@ -347,7 +359,7 @@ template <typename T, int K, int NC>
 void backward_head(const Path<T>& a, const PathGrads<T>& d, int64_t h, T* Pb, bool symmetric, BackwardScratch<T, K, NC>& m) {
   constexpr int nv = NV<T, K>, CP = NC * L<T>;
   const int C = a.C;
-  T *Pbt = m.Pbt, *kh = m.kh, *kT = m.kT, *S = m.S, *SS = m.SS, *PT = m.PT, *xt = m.xt, *gxt = m.gxt, *Rb = m.Rb,
+  T *Pbt = m.Pbt, *kh = m.kh, *S = m.S, *SS = m.SS, *PT = m.PT, *xt = m.xt, *gxt = m.gxt, *Rb = m.Rb,
     *XT = m.XT, *W = m.W, *W2 = m.W2, *tmp = m.tmp, *Fp = m.Fp, *gS = m.gS, *DG = m.DG, *BT = m.BT;
   const T* strict = m.strict;
   T *g = m.g, *c = m.c, *reset = m.reset;  // the chunk's retention terms (retention_terms)
@@ -366,12 +378,14 @@ void backward_head(const Path<T>& a, const PathGrads<T>& d, int64_t h, T* Pb, bo
     if (n > 0) {  // the previous chunk's inputs, read next
       const int64_t p_1 = i_1 - a.BH;
       for (const T* base : {a.k, (const T*)a.xs, (const T*)a.pks}) prefetch(base + p_1 * CK, CK);
-      prefetch(a.factors + p_1 * CC, CC);
+      for (const T* base : {(const T*)a.factors, (const T*)a.grams}) prefetch(base + p_1 * CC, CC);
       for (const T* base : {a.h, a.noise}) prefetch(base + p_1 * C, C);
       prefetch(a.starts + p_1 * KK, KK);
       if (d.x) prefetch(d.x + p_1 * CK, CK);
     }
-    chunk_pieces<T, K, NC, false>(k, c, reset, g, a.noise + i_c, C, kh, nullptr, kT, S, nullptr);
+    scaled_keys<T, K>(k, c, C, kh);
+    for (int i = 0; i < C; ++i)  // S = K Kᵀ as the forward made it (padding: zero since the scratch was made)
+      for (int t = 0; t < C; ++t) S[i * CP + t] = a.grams[i_cc + i * C + t];
     // 1. G_C and 1 − G_C (the latter is reset[C−1])
     T tr = 0;
     for (int q = 0; q < K; ++q) tr += Pb[q * K + q];
@@ -396,18 +410,18 @@ void backward_head(const Path<T>& a, const PathGrads<T>& d, int64_t h, T* Pb, bo
       }
     }
     // 5. R̄ = (g ∘ F)⁻ᵀ X̄: back substitution, (g∘F)ᵀ[t][i] = g[i,t] U[t][i]
+    // (by columns, as the forward's solve)
+    for (int e = 0; e < C * K; e += L<T>) store(Rb + e, load(gxt + e));
     for (int t = C - 1; t >= 0; --t) {
-      V<T> row[nv];
-#pragma GCC unroll 16
-      for (int v = 0; v < nv; ++v) row[v] = load(gxt + t * K + v * L<T>);
-      for (int i = t + 1; i < C; ++i) {
-        const V<T> l = splat(g[i * C + t] * U[t * C + i]);
-#pragma GCC unroll 16
-        for (int v = 0; v < nv; ++v) row[v] -= l * load(Rb + i * K + v * L<T>);
-      }
       const V<T> inv = splat(T(1) / (g[t * C + t] * U[t * C + t]));
+      V<T> r[nv];
 #pragma GCC unroll 16
-      for (int v = 0; v < nv; ++v) store(Rb + t * K + v * L<T>, row[v] * inv);
+      for (int v = 0; v < nv; ++v) store(Rb + t * K + v * L<T>, r[v] = load(Rb + t * K + v * L<T>) * inv);
+      for (int i = 0; i < t; ++i) {
+        const V<T> l = splat(g[t * C + i] * U[i * C + t]);
+#pragma GCC unroll 16
+        for (int v = 0; v < nv; ++v) store(Rb + i * K + v * L<T>, load(Rb + i * K + v * L<T>) - l * r[v]);
+      }
     }
     // R = (1 − G) ∘ K + c ∘ pk: c̄ and (1 − G)̄ from R̄ (the rest of both below)
     for (int t = 0; t < C; ++t) {
@@ -586,7 +600,6 @@ void dispatch(const at::Tensor& k, F&& f) {
   });
 }
 
-// (xs, factors Fᵀ, starts, final covariance, info, pks)
 // Every input on the CPU, in k's dtype, with the shapes of the header (k: [N, BH, C, K]).
 void check_inputs(const at::Tensor& k, const at::Tensor& noise, const at::Tensor& h, const at::Tensor& cov) {
   TORCH_CHECK(k.dim() == 4, "covariance path kernel: k must be [N, B·H, C, K], got ", k.sizes());
@@ -605,39 +618,42 @@ void check_inputs(const at::Tensor& k, const at::Tensor& noise, const at::Tensor
   TORCH_CHECK(k.device().is_cpu(), "covariance path kernel: k is not on the CPU");
 }
 
-// (xs, factors Fᵀ, starts, final covariance, info, pks)
+// (xs, factors Fᵀ, starts, final covariance, info, pks = K̂ P, grams S = K Kᵀ); the last two for the backward
 std::vector<at::Tensor> path_forward(const at::Tensor& k_, const at::Tensor& noise_, const at::Tensor& h_,
                                      const at::Tensor& cov0) {
   check_inputs(k_, noise_, h_, cov0);
   const auto k = k_.contiguous(), noise = noise_.contiguous(), h = h_.contiguous();
   const int64_t N = k.size(0), BH = k.size(1), C = k.size(2), K = k.size(3);
-  auto xs = at::empty_like(k), pks = at::empty_like(k), factors = at::empty({N, BH, C, C}, k.options());
+  auto xs = at::empty_like(k), pks = at::empty_like(k), factors = at::empty({N, BH, C, C}, k.options()),
+       grams = at::empty({N, BH, C, C}, k.options());
   auto starts = at::empty({N, BH, K, K}, k.options());
   starts[0].copy_(cov0);
   auto cov = at::empty({BH, K, K}, k.options());
   auto info = at::empty({N, BH}, k.options().dtype(at::kInt));
   dispatch(k, [&]<typename T, int KK, int NC>() {
     Path<T> a{N, BH, (int)C, k.data_ptr<T>(), noise.data_ptr<T>(), h.data_ptr<T>(), xs.data_ptr<T>(),
-              factors.data_ptr<T>(), starts.data_ptr<T>(), pks.data_ptr<T>(), cov.data_ptr<T>(), info.data_ptr<int32_t>()};
+              factors.data_ptr<T>(), starts.data_ptr<T>(), pks.data_ptr<T>(), grams.data_ptr<T>(), cov.data_ptr<T>(),
+              info.data_ptr<int32_t>()};
     forward_all<T, KK, NC>(a);
   });
-  return {xs, factors, starts, cov, info, pks};
+  return {xs, factors, starts, cov, info, pks, grams};
 }
 
 // The gradients of (k, noise, h, cov0).
 std::vector<at::Tensor> path_backward(const at::Tensor& k_, const at::Tensor& noise_, const at::Tensor& h_,
                                       const at::Tensor& starts_, const at::Tensor& factors_, const at::Tensor& xs_,
-                                      const at::Tensor& pks_, const std::optional<at::Tensor>& grad_x,
+                                      const at::Tensor& pks_, const at::Tensor& grams_,
+                                      const std::optional<at::Tensor>& grad_x,
                                       const std::optional<at::Tensor>& grad_pivots,
                                       const std::optional<at::Tensor>& grad_starts,
                                       const std::optional<at::Tensor>& grad_cov) {
   check_inputs(k_, noise_, h_, starts_[0]);
   const int64_t N = k_.size(0), BH = k_.size(1), C = k_.size(2), K = k_.size(3);
   TORCH_CHECK(starts_.sizes() == at::IntArrayRef({N, BH, K, K}) && factors_.sizes() == at::IntArrayRef({N, BH, C, C}) &&
-                  xs_.sizes() == k_.sizes() && pks_.sizes() == k_.sizes(),
+                  grams_.sizes() == factors_.sizes() && xs_.sizes() == k_.sizes() && pks_.sizes() == k_.sizes(),
               "covariance path kernel: the saved tensors do not match the inputs");
   const auto starts = starts_.contiguous(), factors = factors_.contiguous(), xs = xs_.contiguous(),
-             pks = pks_.contiguous();
+             pks = pks_.contiguous(), grams = grams_.contiguous();
   for (const auto* grad : {&grad_x, &grad_pivots, &grad_starts, &grad_cov})
     if (grad->has_value())
       TORCH_CHECK((*grad)->scalar_type() == k_.scalar_type() && (*grad)->device().is_cpu(),
@@ -656,7 +672,7 @@ std::vector<at::Tensor> path_backward(const at::Tensor& k_, const at::Tensor& no
   if (grad_starts) gst = grad_starts->contiguous();
   dispatch(k, [&]<typename T, int KK, int NC>() {
     Path<T> a{N, BH, (int)C, k.data_ptr<T>(), noise.data_ptr<T>(), h.data_ptr<T>(), xs.data_ptr<T>(),
-              factors.data_ptr<T>(), starts.data_ptr<T>(), pks.data_ptr<T>(), nullptr, nullptr};
+              factors.data_ptr<T>(), starts.data_ptr<T>(), pks.data_ptr<T>(), grams.data_ptr<T>(), nullptr, nullptr};
     PathGrads<T> d{grad_x ? gx.data_ptr<T>() : nullptr, grad_pivots ? gp.data_ptr<T>() : nullptr,
                    grad_starts ? gst.data_ptr<T>() : nullptr, dk.data_ptr<T>(), dnoise.data_ptr<T>(), dh.data_ptr<T>()};
     backward_all<T, KK, NC>(a, d, Pb.data_ptr<T>());
@@ -669,7 +685,7 @@ std::vector<at::Tensor> path_backward(const at::Tensor& k_, const at::Tensor& no
 TORCH_LIBRARY(probseq_native, m) {
   m.def("covariance_path_forward(Tensor k, Tensor noise, Tensor half_log_retention, Tensor cov0) -> Tensor[]");
   m.def("covariance_path_backward(Tensor k, Tensor noise, Tensor half_log_retention, Tensor starts, Tensor factors, "
-        "Tensor xs, Tensor pks, Tensor? grad_x, Tensor? grad_pivots, Tensor? grad_starts, Tensor? grad_cov) -> Tensor[]");
+        "Tensor xs, Tensor pks, Tensor grams, Tensor? grad_x, Tensor? grad_pivots, Tensor? grad_starts, Tensor? grad_cov) -> Tensor[]");
 }
 TORCH_LIBRARY_IMPL(probseq_native, CPU, m) {
   m.impl("covariance_path_forward", &path_forward);
