@@ -171,6 +171,35 @@ def test_double_backward_differentiates_the_plain_ops():
     assert_close(results[0][0], results[1][0], 1e-10, "second derivative")
 
 
+def _rows(t, per_row):
+    """[R·M, B·H, C, ...] → [R, B·H, M·C, ...]: M chunks a row (the mean path's layout at M covariance chunks)."""
+    return t.unflatten(0, (-1, per_row)).transpose(1, 2).flatten(2, 3)
+
+
+@pytest.mark.parametrize("per_row, size, key_dim", [(2, 16, 32), (4, 8, 16), (3, 5, 64)])
+def test_rows_of_several_chunks_are_read_in_place(per_row, size, key_dim):
+    """Keys in the mean path's layout, ``per_row`` covariance chunks a row: the kernel reads them in place, the PyTorch
+    path re-chunks them; both equal the same chunks handed over one a row (outputs and every gradient)."""
+    inputs = _inputs(chunks=3 * per_row, batch=2, size=size, key_dim=key_dim, seed=17 + size)
+    weights = _weights(inputs, 8)
+    with native.disabled():
+        expected = covariance_path(*inputs)
+        expected_grads = torch.autograd.grad(sum((o * w).sum() for o, w in zip(expected[:4], weights)), inputs)
+    row_weights = [_rows(weights[0], per_row), _rows(weights[1], per_row), *weights[2:]]
+    for use_native in (True, False):
+        rows = [_rows(t.detach(), per_row).requires_grad_() for t in inputs[:3]] + [inputs[3]]
+        with contextlib.nullcontext() if use_native else native.disabled():
+            assert native.usable(rows[0], size) is use_native
+            outputs = covariance_path(*rows, chunk=size)
+            grads = torch.autograd.grad(sum((o * w).sum() for o, w in zip(outputs[:4], row_weights)), rows)
+        for name, a, b in zip(["x", "pivots"], outputs, expected):
+            assert_close(a, _rows(b, per_row), 1e-12, name)
+        for name, a, b in zip(["starts", "cov", "info"], outputs[2:], expected[2:]):
+            assert_close(a.double(), b.double(), 1e-12, name)
+        for name, a, b in zip(NAMES, grads, expected_grads):
+            assert_close(a, _rows(b, per_row) if name != "cov0" else b, 1e-11, name)
+
+
 @pytest.mark.parametrize("key_dim", [16, 32])
 def test_the_chunked_filter_with_the_kernel_equals_the_reference(key_dim):
     """End to end: bayes_filter's chunked form (kernel inside) against the token-by-token float64 reference, and
@@ -192,24 +221,26 @@ def test_the_chunked_filter_with_the_kernel_equals_the_reference(key_dim):
         assert_close(a, b, 1e-11, name)
 
 
-def test_two_chunk_lengths_over_several_segments_run_in_the_kernel(monkeypatch):
-    """Covariance chunks of 4, mean chunks of 6, segments of 12 tokens, K = 16 (the kernel's smallest): every segment
-    goes through the kernel, and the result equals the token-by-token reference, gradients included."""
+@pytest.mark.parametrize("mean_chunk, row, segments", [(6, 4, 6), (8, 8, 4)])
+def test_two_chunk_lengths_over_several_segments_run_in_the_kernel(monkeypatch, mean_chunk, row, segments):
+    """Covariance chunks of 4, mean chunks of 6 (the keys re-chunked: rows of 4 tokens) or 8 (read in place: rows of
+    two chunks), segments of two mean chunks, K = 16 (the kernel's smallest): every segment goes through the kernel,
+    and the result equals the token-by-token reference, gradients included."""
     import probseq.ops.bayes.covariance_scan as scan
     import probseq.ops.run as filters
 
-    calls = []
+    rows = []
     kernel = scan._CovariancePathKernel.apply
-    monkeypatch.setattr(scan._CovariancePathKernel, "apply", lambda *a: calls.append(1) or kernel(*a))
+    monkeypatch.setattr(scan._CovariancePathKernel, "apply", lambda k, *a: rows.append(k.shape[2]) or kernel(k, *a))
     monkeypatch.setattr(filters, "SEGMENT_CHUNKS", 2)
     x = bayes_inputs(batch=2, length=61, heads=2, key_dim=16, value_dim=8, seed=15)
     leaves = [x[n].requires_grad_() for n in ("q", "k", "v", "g", "beta", "gamma")]
     results = []
-    for impl, extra in (("chunked", {"chunk_size": 4, "mean_chunk_size": 6}), ("reference", {})):
+    for impl, extra in (("chunked", {"chunk_size": 4, "mean_chunk_size": mean_chunk}), ("reference", {})):
         out = bayes_filter(**x, impl=impl, output_final_state=True, **extra)
         loss = out.output.square().sum() + out.state.cov.sum() + out.state.mean.sum()
         results.append((out, torch.autograd.grad(loss, leaves)))
-    assert len(calls) == 6, f"{len(calls)} segments through the kernel"
+    assert rows == [row] * segments, f"rows of {rows} tokens through the kernel"
     (chunked, grads_c), (reference, grads_r) = results
     assert_close(chunked.output, reference.output, 1e-10, "output")
     assert_close(chunked.state.cov, reference.state.cov, 1e-10, "cov")
@@ -223,11 +254,13 @@ def test_the_kernel_refuses_inputs_of_the_wrong_shape():
     short = list(inputs)
     short[2] = inputs[2][:1]  # h for one chunk of four
     with pytest.raises(RuntimeError, match="half_log_retention must be"):
-        torch.ops.probseq_native.covariance_path_forward(*short)
+        torch.ops.probseq_native.covariance_path_forward(*short, 16)
     mixed = list(inputs)
     mixed[1] = inputs[1].float()
     with pytest.raises(RuntimeError, match="noise is Float"):
-        torch.ops.probseq_native.covariance_path_forward(*mixed)
+        torch.ops.probseq_native.covariance_path_forward(*mixed, 16)
+    with pytest.raises(RuntimeError, match="chunk 5 does not divide 16"):
+        torch.ops.probseq_native.covariance_path_forward(*inputs, 5)
 
 
 def test_an_unknown_setting_is_an_error(monkeypatch):

@@ -111,20 +111,27 @@ def bayes_chunked(
         # The covariance path may run in a wider dtype (docs/numerics.md, "Accuracy per regime"): near recursive
         # least squares its chunk matrix has condition ~1/r, and float64 there restores float32 accuracy.
         wide = covariance_dtype or k.dtype
-        qc, kc = (q, k) if mean_size == size else (to_chunks(q_tokens, size), to_chunks(k_tokens, size))
-        noise = to_chunks(noise, size, pad_value=1.0)
+        # The covariance path runs at chunks of `size`. When the mean path's chunks are a multiple of them (and no
+        # variance is asked for, which is per covariance chunk), it takes the mean path's chunked tensors as they are
+        # (rows of mean_size / size chunks): nothing is re-chunked on the way in or out.
+        layout = mean_size if mean_size == size or (mean_size % size == 0 and not output_variance) else size
+        qc = None if not output_variance else q if layout == mean_size else to_chunks(q_tokens, size)
+        kc = k if layout == mean_size else to_chunks(k_tokens, size)
+        noise = to_chunks(noise, layout, pad_value=1.0)
         # a zero key writes nothing whatever r is (u_t = P⁻k_t = 0), but with r = 0 its row and column of the chunk
         # matrix would be zero (no Cholesky): give it r = 1, as the chunks' padding gets — exact, not a change
         noise = torch.where(kc.abs().amax(-1) == 0, 1.0, noise)  # = (kc == 0).all(-1), 5× faster on a CPU
         paths = _covariance_path(
-            *(t.to(wide) for t in (qc, kc, noise, to_chunks(retention, size, pad_value=1.0), state.cov.flatten(0, 1))),
+            None if qc is None else qc.to(wide),
+            *(t.to(wide) for t in (kc, noise, to_chunks(retention, layout, pad_value=1.0), state.cov.flatten(0, 1))),
             output_variance,
+            chunk=size,
         )
         x, pivot, retention_ratio, prior_var, cov_final, failed = (
             t.to(k.dtype) if t is not None and t.is_floating_point() else t for t in paths
         )
         w = x / pivot[..., None]
-        if mean_size != size:
+        if layout != mean_size:
             w = to_chunks(from_chunks(w, length, batch), mean_size)
 
     # 6. (I + T) Ẽ = ·, solved for all chunks at once (T strictly lower; unit diagonal implied).
@@ -166,13 +173,22 @@ def bayes_chunked(
 
 
 def _covariance_path(
-    q: Tensor, k: Tensor, noise: Tensor, retention: Tensor, cov0: Tensor, output_variance: bool
+    q: Tensor | None,
+    k: Tensor,
+    noise: Tensor,
+    retention: Tensor,
+    cov0: Tensor,
+    output_variance: bool,
+    chunk: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor, Tensor]:
     """Steps 1–5, chunk by chunk through the covariance ``P`` (the P-form: docs/chunked-algorithm.md §3).
 
     Args:
-        q, k: ``[N, B·H, C, K]`` (``q`` already scaled); noise ``r``, retention ``γ``: ``[N, B·H, C]``;
-            cov0: the chunk-start ``P_0`` ``[B·H, K, K]``.
+        q, k: ``[N, B·H, C, K]`` (``q`` already scaled; only read, and may be ``None``, without ``output_variance``);
+            noise ``r``, retention ``γ``: ``[N, B·H, C]``; cov0: the chunk-start ``P_0`` ``[B·H, K, K]``.
+        chunk: the covariance path's chunk length when it is shorter than ``C``, a divisor (each row then holds
+            ``C / chunk`` chunks: :func:`~probseq.ops.bayes.covariance_scan.covariance_path`; not with
+            ``output_variance``).
 
     Returns:
         ``x [N, B·H, C, K]`` (``u_t = √s_t x_t``), the pivots ``√s [N, B·H, C]``, ``G_t/G_j [N, B·H, C, C]``
@@ -184,7 +200,7 @@ def _covariance_path(
     # the in-chunk retention terms (retention_terms), step 2's chunk-local inputs (scan_inputs), then 3–5 chunk by chunk
     # (covariance_scan: its backward is written out); on a CPU all in one compiled kernel (covariance_path, native.py)
     terms = retention_terms(half_log_retention) if output_variance else None
-    xs, pivots, starts, cov, info = covariance_path(k, noise, half_log_retention, cov0, terms)
+    xs, pivots, starts, cov, info = covariance_path(k, noise, half_log_retention, cov0, terms, chunk)
     failed = (info != 0).any()
     cov = 0.5 * (cov + cov.transpose(-1, -2))
     if not output_variance:

@@ -250,28 +250,57 @@ def covariance_path(
     half_log_retention: Tensor,
     cov0: Tensor,
     terms: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
+    chunk: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Steps 2–5 of the chunked form: :func:`retention_terms`, :func:`scan_inputs` and :func:`covariance_scan`, or,
     where the compiled CPU kernel applies (:func:`probseq.ops.bayes.native.usable`), all three in the kernel with its
     written-out backward.
 
     Args:
-        k: the chunked keys ``[N, B·H, C, K]``; noise ``r``, half_log_retention ``h = ½ log γ``: ``[N, B·H, C]``;
-            cov0 ``[B·H, K, K]``.
-        terms: :func:`retention_terms` of ``h`` where the caller has them already (the PyTorch path uses them; the
-            kernel makes its own from ``h``, with the same gradient).
+        k: the keys ``[R, B·H, M·C, K]``, each row ``M`` chunks of ``C = chunk`` tokens (``M = 1`` by default: the
+            chunked keys); noise ``r``, half_log_retention ``h = ½ log γ``: ``[R, B·H, M·C]``; cov0 ``[B·H, K, K]``.
+            With ``M > 1`` the per-token tensors keep the mean path's layout when its chunks are ``M`` covariance
+            chunks long: the kernel reads and writes them in place, the PyTorch path re-chunks.
+        terms: :func:`retention_terms` of ``h`` where the caller has them already (``M = 1``; the PyTorch path uses
+            them, the kernel makes its own from ``h``, with the same gradient).
 
-    Returns: as :func:`covariance_scan`.
+    Returns:
+        ``x`` ``[R, B·H, M·C, K]`` and the pivots ``diag F`` ``[R, B·H, M·C]`` per token as ``k``; the chunk-start
+        covariances ``[N, B·H, K, K]`` and ``info [N, B·H]`` per chunk (``N = R·M``, ``cov0`` first); the final
+        covariance ``[B·H, K, K]`` (see :func:`covariance_scan`).
     """
-    if native.usable(k):
-        return _CovariancePathKernel.apply(k, noise, half_log_retention, cov0)
+    chunk = chunk or k.shape[2]
+    if native.usable(k, chunk):
+        return _CovariancePathKernel.apply(k, noise, half_log_retention, cov0, chunk)
+    per_row = k.shape[2] // chunk
+    if per_row > 1:
+        k, noise, half_log_retention = (_split_rows(t, chunk) for t in (k, noise, half_log_retention))
     terms = terms or retention_terms(half_log_retention)
-    return covariance_scan(*scan_inputs(k, noise, *terms), cov0)
+    xs, pivots, starts, cov, info = covariance_scan(*scan_inputs(k, noise, *terms), cov0)
+    if per_row > 1:
+        xs, pivots = _merge_rows(xs, per_row), _merge_rows(pivots, per_row)
+    return xs, pivots, starts, cov, info
 
 
-def _plain_path(k: Tensor, noise: Tensor, half_log_retention: Tensor, cov0: Tensor) -> tuple[Tensor, ...]:
-    """Steps 2–5 as plain differentiable ops (double backward of the kernel)."""
-    return scan_reference(*scan_inputs(k, noise, *retention_terms(half_log_retention)), cov0)
+def _split_rows(x: Tensor, chunk: int) -> Tensor:
+    """``[R, B·H, M·C, ...]`` → ``[R·M, B·H, C, ...]``: one chunk of ``C = chunk`` tokens per row."""
+    return x.unflatten(2, (-1, chunk)).transpose(1, 2).flatten(0, 1)
+
+
+def _merge_rows(x: Tensor, per_row: int) -> Tensor:
+    """The inverse of :func:`_split_rows`: ``[R·M, B·H, C, ...]`` → ``[R, B·H, M·C, ...]``."""
+    return x.unflatten(0, (-1, per_row)).transpose(1, 2).flatten(2, 3)
+
+
+def _plain_path(k: Tensor, noise: Tensor, half_log_retention: Tensor, cov0: Tensor, chunk: int) -> tuple[Tensor, ...]:
+    """Steps 2–5 as plain differentiable ops (double backward of the kernel), outputs as :func:`covariance_path`'s."""
+    per_row = k.shape[2] // chunk
+    if per_row > 1:
+        k, noise, half_log_retention = (_split_rows(t, chunk) for t in (k, noise, half_log_retention))
+    xs, pivots, starts, cov = scan_reference(*scan_inputs(k, noise, *retention_terms(half_log_retention)), cov0)
+    if per_row > 1:
+        xs, pivots = _merge_rows(xs, per_row), _merge_rows(pivots, per_row)
+    return xs, pivots, starts, cov
 
 
 class _CovariancePathKernel(torch.autograd.Function):
@@ -279,20 +308,27 @@ class _CovariancePathKernel(torch.autograd.Function):
     through step 2 and the retention terms (docs/chunked-algorithm.md, "The covariance scan's backward")."""
 
     @staticmethod
-    def forward(ctx, k, noise, half_log_retention, cov0):
+    def forward(ctx, k, noise, half_log_retention, cov0, chunk):
         ctx.set_materialize_grads(False)
         inputs = (k, noise, half_log_retention, cov0)
-        xs, factors_t, starts, cov, info, pks, grams = torch.ops.probseq_native.covariance_path_forward(*inputs)
+        outputs = torch.ops.probseq_native.covariance_path_forward(*inputs, chunk)
+        xs, pivots, factors_t, starts, cov, info, pks, grams = outputs
+        ctx.chunk = chunk
         ctx.save_for_backward(*inputs, starts, factors_t, xs, pks, grams)
         ctx.mark_non_differentiable(info)
-        return xs, factors_t.diagonal(dim1=-2, dim2=-1), starts, cov, info
+        return xs, pivots, starts, cov, info
 
     @staticmethod
     def backward(ctx, grad_x, grad_pivots, grad_starts, grad_cov, _grad_info):
         *inputs, starts, factors_t, xs, pks, grams = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: autograd through the plain ops, exact to any order
-            return _differentiable_backward(inputs, (grad_x, grad_pivots, grad_starts, grad_cov), _plain_path)
+            grads = _differentiable_backward(
+                inputs,
+                (grad_x, grad_pivots, grad_starts, grad_cov),
+                lambda *a: _plain_path(*a, chunk=ctx.chunk),
+            )
+            return *grads, None
         grads = torch.ops.probseq_native.covariance_path_backward(
-            *inputs[:3], starts, factors_t, xs, pks, grams, grad_x, grad_pivots, grad_starts, grad_cov
+            *inputs[:3], starts, factors_t, xs, pks, grams, ctx.chunk, grad_x, grad_pivots, grad_starts, grad_cov
         )
-        return tuple(grads)
+        return *grads, None

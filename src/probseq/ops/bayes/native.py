@@ -187,14 +187,15 @@ def available() -> bool:
     return _enabled and _load()
 
 
-def usable(k_hat: Tensor) -> bool:
-    """Whether the covariance path of these chunked keys ``[N, B·H, C, K]`` runs in the kernel."""
+def usable(k: Tensor, chunk: int | None = None) -> bool:
+    """Whether the covariance path of these chunked keys ``[N, B·H, C, K]`` (chunks of ``chunk`` tokens, ``C`` by
+    default) runs in the kernel."""
     return (
         _enabled
-        and k_hat.device.type == "cpu"
-        and k_hat.dtype in (torch.float32, torch.float64)
-        and k_hat.shape[-1] in KEY_DIMS
-        and k_hat.shape[-2] <= MAX_CHUNK
+        and k.device.type == "cpu"
+        and k.dtype in (torch.float32, torch.float64)
+        and k.shape[-1] in KEY_DIMS
+        and (chunk or k.shape[-2]) <= MAX_CHUNK
         and not torch.compiler.is_compiling()
         and available()
     )

@@ -12,9 +12,10 @@
 // Supported: float32/float64, K in {16, 32, 64, 128}, C <= 64. Results equal the PyTorch path to float rounding
 // (tests/ops/test_native_scan.py); the summation order differs, the algebra does not.
 //
-// Inputs (contiguous): k, xs, pks [N, BH, C, K]; noise r and half_log_retention h = ½ log γ [N, BH, C];
-// factors (Fᵀ, upper) and grams (S = K Kᵀ) [N, BH, C, C]; cov0, cov [BH, K, K]; starts [N, BH, K, K]; info [N, BH]
-// (int32: 0, or 1 + the first non-positive pivot).
+// Per token (contiguous, M chunks of C tokens in each row: [N/M, BH, M·C, ·], the mean path's layout when its chunks are
+// M covariance chunks long): k, xs, pks [·, K]; noise r, half_log_retention h = ½ log γ and pivots diag F [·].
+// Per chunk: factors (Fᵀ, upper) and grams (S = K Kᵀ) [N, BH, C, C]; starts [N, BH, K, K]; info [N, BH] (int32: 0, or
+// 1 + the first non-positive pivot). cov0, cov [BH, K, K].
 
 #include <torch/library.h>
 #include <ATen/ATen.h>
@@ -217,10 +218,13 @@ inline void retention_backward(const T* g, const T* c, T gc, const T* dc, const 
 template <typename T>
 struct Path {
   int64_t N, BH;
-  int C;
+  int C, M;  // the chunk length; chunks per row of the per-token tensors
   const T *k, *noise, *h;  // keys, r, h_t = ½ log γ_t
-  T *xs, *factors, *starts, *pks, *grams, *cov;  // outputs (starts[0] = cov0 on entry); grams: S = K Kᵀ
+  T *xs, *pivots, *factors, *starts, *pks, *grams, *cov;  // outputs (starts[0] = cov0 on entry); grams: S = K Kᵀ
   int32_t* info;
+  // Per-token tensors (k, xs, pks, noise, h, pivots and their gradients) are [N/M, BH, M·C, ·]: chunk n of head h
+  // starts at this token; per-chunk ones (factors, grams, starts, info) are [N, BH, ·].
+  int64_t token(int64_t n, int64_t h) const { return ((n / M) * BH + h) * (int64_t(M) * C) + (n % M) * C; }
 };
 
 // The chunk-local pieces of step 2 (docs/chunked-algorithm.md): K̂ = diag(c) K and S = K Kᵀ (C×CP rows), and for the
@@ -276,15 +280,15 @@ void forward_head(const Path<T>& a, int64_t h, T* kh, T* khT, T* kT, T* S, T* ba
   const bool symmetric = is_symmetric<T, K>(a.starts + h * (int64_t)K * K);
   const int64_t CK = (int64_t)C * K, CC = (int64_t)C * C, KK = (int64_t)K * K;
   for (int64_t n = 0; n < a.N; ++n) {
-    const int64_t i_1 = n * a.BH + h, i_ck = i_1 * CK, i_cc = i_1 * CC, i_c = i_1 * C;
+    const int64_t i_1 = n * a.BH + h, i_cc = i_1 * CC, i_c = a.token(n, h), i_ck = i_c * K;
     const T* P = a.starts + i_1 * KK;
     T* Pn = n + 1 < a.N ? a.starts + ((n + 1) * a.BH + h) * KK : a.cov + h * KK;
     const T* k = a.k + i_ck;
     const T gc = retention_terms<T>(a.h + i_c, C, g, c, reset);
     if (n + 1 < a.N) {  // the next chunk's inputs
-      const int64_t n_1 = i_1 + a.BH;
-      prefetch(a.k + n_1 * CK, CK);
-      for (const T* base : {a.h, a.noise}) prefetch(base + n_1 * C, C);
+      const int64_t n_1 = a.token(n + 1, h);
+      prefetch(a.k + n_1 * K, CK);
+      for (const T* base : {a.h, a.noise}) prefetch(base + n_1, C);
     }
     chunk_pieces<T, K, NC>(k, c, reset, g, a.noise + i_c, C, kh, khT, kT, S, base);
     T* gram = a.grams + i_cc;  // S for the backward
@@ -296,6 +300,7 @@ void forward_head(const Path<T>& a, int64_t h, T* kh, T* khT, T* kT, T* S, T* ba
     for (int i = 0; i < C; ++i)  // the lower triangle is the chunk matrix (as LAPACK reads it): mirror it
       for (int t = 0; t < i; ++t) U[t * CP + i] = U[i * CP + t];
     a.info[i_1] = cholesky_upper<T, NC>(U, C);
+    for (int t = 0; t < C; ++t) a.pivots[i_c + t] = U[t * CP + t];
     T* fout = a.factors + i_cc;
     for (int i = 0; i < C; ++i)
       for (int t = 0; t < C; ++t) fout[i * C + t] = U[i * CP + t];
@@ -365,7 +370,7 @@ void backward_head(const Path<T>& a, const PathGrads<T>& d, int64_t h, T* Pb, bo
   T *g = m.g, *c = m.c, *reset = m.reset;  // the chunk's retention terms (retention_terms)
   const int64_t CK = (int64_t)C * K, CC = (int64_t)C * C, KK = (int64_t)K * K;
   for (int64_t n = a.N - 1; n >= 0; --n) {
-    const int64_t i_1 = n * a.BH + h, i_ck = i_1 * CK, i_cc = i_1 * CC, i_c = i_1 * C;
+    const int64_t i_1 = n * a.BH + h, i_cc = i_1 * CC, i_c = a.token(n, h), i_ck = i_c * K;
     const T* P = a.starts + i_1 * KK;
     const T* U = a.factors + i_cc;  // Fᵀ, C×C
     const T* X = a.xs + i_ck;
@@ -376,12 +381,12 @@ void backward_head(const Path<T>& a, const PathGrads<T>& d, int64_t h, T* Pb, bo
     T* dk = d.k + i_ck;
     T dc[CP], dreset[CP];
     if (n > 0) {  // the previous chunk's inputs, read next
-      const int64_t p_1 = i_1 - a.BH;
-      for (const T* base : {a.k, (const T*)a.xs, (const T*)a.pks}) prefetch(base + p_1 * CK, CK);
+      const int64_t p_1 = i_1 - a.BH, p_c = a.token(n - 1, h);
+      for (const T* base : {a.k, (const T*)a.xs, (const T*)a.pks}) prefetch(base + p_c * K, CK);
       for (const T* base : {(const T*)a.factors, (const T*)a.grams}) prefetch(base + p_1 * CC, CC);
-      for (const T* base : {a.h, a.noise}) prefetch(base + p_1 * C, C);
+      for (const T* base : {a.h, a.noise}) prefetch(base + p_c, C);
       prefetch(a.starts + p_1 * KK, KK);
-      if (d.x) prefetch(d.x + p_1 * CK, CK);
+      if (d.x) prefetch(d.x + p_c * K, CK);
     }
     scaled_keys<T, K>(k, c, C, kh);
     for (int i = 0; i < C; ++i)  // S = K Kᵀ as the forward made it (padding: zero since the scratch was made)
@@ -574,8 +579,8 @@ void backward_all(const Path<T>& a, const PathGrads<T>& d, T* Pb) {
 
 // Calls f.template operator()<T, K, NC>() for the tensor's dtype, key dim and padded chunk width.
 template <typename F>
-void dispatch(const at::Tensor& k, F&& f) {
-  const int64_t C = k.size(2), K = k.size(3);
+void dispatch(const at::Tensor& k, int64_t C, F&& f) {
+  const int64_t K = k.size(3);
   TORCH_CHECK(C >= 1 && C <= 64, "covariance path kernel: chunk length ", C, " outside 1..64");
   AT_DISPATCH_FLOATING_TYPES(k.scalar_type(), "covariance_path", [&] {
     using T = scalar_t;
@@ -600,12 +605,14 @@ void dispatch(const at::Tensor& k, F&& f) {
   });
 }
 
-// Every input on the CPU, in k's dtype, with the shapes of the header (k: [N, BH, C, K]).
-void check_inputs(const at::Tensor& k, const at::Tensor& noise, const at::Tensor& h, const at::Tensor& cov) {
+// Every input on the CPU, in k's dtype, with the shapes of the header (k: [N/M, BH, M·C, K]); returns M.
+int64_t check_inputs(const at::Tensor& k, const at::Tensor& noise, const at::Tensor& h, const at::Tensor& cov,
+                     int64_t chunk) {
   TORCH_CHECK(k.dim() == 4, "covariance path kernel: k must be [N, B·H, C, K], got ", k.sizes());
-  const int64_t N = k.size(0), BH = k.size(1), C = k.size(2), K = k.size(3);
+  const int64_t rows = k.size(0), BH = k.size(1), length = k.size(2), K = k.size(3);
+  TORCH_CHECK(chunk >= 1 && length % chunk == 0, "covariance path kernel: chunk ", chunk, " does not divide ", length);
   const std::pair<const at::Tensor*, std::vector<int64_t>> expected[] = {
-      {&noise, {N, BH, C}}, {&h, {N, BH, C}}, {&cov, {BH, K, K}}};
+      {&noise, {rows, BH, length}}, {&h, {rows, BH, length}}, {&cov, {BH, K, K}}};
   const char* names[] = {"noise", "half_log_retention", "cov0"};
   for (int i = 0; i < 3; ++i) {
     const at::Tensor& t = *expected[i].first;
@@ -616,39 +623,42 @@ void check_inputs(const at::Tensor& k, const at::Tensor& noise, const at::Tensor
     TORCH_CHECK(t.device().is_cpu(), "covariance path kernel: ", names[i], " is not on the CPU");
   }
   TORCH_CHECK(k.device().is_cpu(), "covariance path kernel: k is not on the CPU");
+  return length / chunk;
 }
 
-// (xs, factors Fᵀ, starts, final covariance, info, pks = K̂ P, grams S = K Kᵀ); the last two for the backward
+// (xs, pivots diag F, factors Fᵀ, starts, final covariance, info, pks = K̂ P, grams S = K Kᵀ); the last two for the
+// backward. xs, pivots and pks per token as k; factors, grams, starts and info per chunk ([N, BH, ·], N = M · rows).
 std::vector<at::Tensor> path_forward(const at::Tensor& k_, const at::Tensor& noise_, const at::Tensor& h_,
-                                     const at::Tensor& cov0) {
-  check_inputs(k_, noise_, h_, cov0);
+                                     const at::Tensor& cov0, int64_t chunk) {
+  const int64_t M = check_inputs(k_, noise_, h_, cov0, chunk);
   const auto k = k_.contiguous(), noise = noise_.contiguous(), h = h_.contiguous();
-  const int64_t N = k.size(0), BH = k.size(1), C = k.size(2), K = k.size(3);
-  auto xs = at::empty_like(k), pks = at::empty_like(k), factors = at::empty({N, BH, C, C}, k.options()),
-       grams = at::empty({N, BH, C, C}, k.options());
+  const int64_t N = k.size(0) * M, BH = k.size(1), C = chunk, K = k.size(3);
+  auto xs = at::empty_like(k), pks = at::empty_like(k), pivots = at::empty_like(noise),
+       factors = at::empty({N, BH, C, C}, k.options()), grams = at::empty({N, BH, C, C}, k.options());
   auto starts = at::empty({N, BH, K, K}, k.options());
   starts[0].copy_(cov0);
   auto cov = at::empty({BH, K, K}, k.options());
   auto info = at::empty({N, BH}, k.options().dtype(at::kInt));
-  dispatch(k, [&]<typename T, int KK, int NC>() {
-    Path<T> a{N, BH, (int)C, k.data_ptr<T>(), noise.data_ptr<T>(), h.data_ptr<T>(), xs.data_ptr<T>(),
-              factors.data_ptr<T>(), starts.data_ptr<T>(), pks.data_ptr<T>(), grams.data_ptr<T>(), cov.data_ptr<T>(),
-              info.data_ptr<int32_t>()};
+  dispatch(k, C, [&]<typename T, int KK, int NC>() {
+    Path<T> a{N, BH, (int)C, (int)M, k.data_ptr<T>(), noise.data_ptr<T>(), h.data_ptr<T>(), xs.data_ptr<T>(),
+              pivots.data_ptr<T>(), factors.data_ptr<T>(), starts.data_ptr<T>(), pks.data_ptr<T>(), grams.data_ptr<T>(),
+              cov.data_ptr<T>(), info.data_ptr<int32_t>()};
     forward_all<T, KK, NC>(a);
   });
-  return {xs, factors, starts, cov, info, pks, grams};
+  return {xs, pivots, factors, starts, cov, info, pks, grams};
 }
 
 // The gradients of (k, noise, h, cov0).
 std::vector<at::Tensor> path_backward(const at::Tensor& k_, const at::Tensor& noise_, const at::Tensor& h_,
                                       const at::Tensor& starts_, const at::Tensor& factors_, const at::Tensor& xs_,
-                                      const at::Tensor& pks_, const at::Tensor& grams_,
+                                      const at::Tensor& pks_, const at::Tensor& grams_, int64_t chunk,
                                       const std::optional<at::Tensor>& grad_x,
                                       const std::optional<at::Tensor>& grad_pivots,
                                       const std::optional<at::Tensor>& grad_starts,
                                       const std::optional<at::Tensor>& grad_cov) {
-  check_inputs(k_, noise_, h_, starts_[0]);
-  const int64_t N = k_.size(0), BH = k_.size(1), C = k_.size(2), K = k_.size(3);
+  TORCH_CHECK(starts_.dim() == 4, "covariance path kernel: starts must be [N, B·H, K, K]");
+  const int64_t M = check_inputs(k_, noise_, h_, starts_[0], chunk);
+  const int64_t N = k_.size(0) * M, BH = k_.size(1), C = chunk, K = k_.size(3);
   TORCH_CHECK(starts_.sizes() == at::IntArrayRef({N, BH, K, K}) && factors_.sizes() == at::IntArrayRef({N, BH, C, C}) &&
                   grams_.sizes() == factors_.sizes() && xs_.sizes() == k_.sizes() && pks_.sizes() == k_.sizes(),
               "covariance path kernel: the saved tensors do not match the inputs");
@@ -659,7 +669,7 @@ std::vector<at::Tensor> path_backward(const at::Tensor& k_, const at::Tensor& no
       TORCH_CHECK((*grad)->scalar_type() == k_.scalar_type() && (*grad)->device().is_cpu(),
                   "covariance path kernel: a gradient is not a CPU tensor of k's dtype");
   TORCH_CHECK(!grad_x || grad_x->sizes() == k_.sizes(), "covariance path kernel: grad_x has the wrong shape");
-  TORCH_CHECK(!grad_pivots || grad_pivots->sizes() == at::IntArrayRef({N, BH, C}),
+  TORCH_CHECK(!grad_pivots || grad_pivots->sizes() == noise_.sizes(),
               "covariance path kernel: grad_pivots has the wrong shape");
   TORCH_CHECK(!grad_starts || grad_starts->sizes() == starts_.sizes(), "covariance path kernel: grad_starts has the wrong shape");
   TORCH_CHECK(!grad_cov || grad_cov->sizes() == starts_[0].sizes(), "covariance path kernel: grad_cov has the wrong shape");
@@ -670,8 +680,8 @@ std::vector<at::Tensor> path_backward(const at::Tensor& k_, const at::Tensor& no
   if (grad_x) gx = grad_x->contiguous();
   if (grad_pivots) gp = grad_pivots->contiguous();
   if (grad_starts) gst = grad_starts->contiguous();
-  dispatch(k, [&]<typename T, int KK, int NC>() {
-    Path<T> a{N, BH, (int)C, k.data_ptr<T>(), noise.data_ptr<T>(), h.data_ptr<T>(), xs.data_ptr<T>(),
+  dispatch(k, C, [&]<typename T, int KK, int NC>() {
+    Path<T> a{N, BH, (int)C, (int)M, k.data_ptr<T>(), noise.data_ptr<T>(), h.data_ptr<T>(), xs.data_ptr<T>(), nullptr,
               factors.data_ptr<T>(), starts.data_ptr<T>(), pks.data_ptr<T>(), grams.data_ptr<T>(), nullptr, nullptr};
     PathGrads<T> d{grad_x ? gx.data_ptr<T>() : nullptr, grad_pivots ? gp.data_ptr<T>() : nullptr,
                    grad_starts ? gst.data_ptr<T>() : nullptr, dk.data_ptr<T>(), dnoise.data_ptr<T>(), dh.data_ptr<T>()};
@@ -683,9 +693,10 @@ std::vector<at::Tensor> path_backward(const at::Tensor& k_, const at::Tensor& no
 }  // namespace
 
 TORCH_LIBRARY(probseq_native, m) {
-  m.def("covariance_path_forward(Tensor k, Tensor noise, Tensor half_log_retention, Tensor cov0) -> Tensor[]");
+  m.def("covariance_path_forward(Tensor k, Tensor noise, Tensor half_log_retention, Tensor cov0, int chunk) -> Tensor[]");
   m.def("covariance_path_backward(Tensor k, Tensor noise, Tensor half_log_retention, Tensor starts, Tensor factors, "
-        "Tensor xs, Tensor pks, Tensor grams, Tensor? grad_x, Tensor? grad_pivots, Tensor? grad_starts, Tensor? grad_cov) -> Tensor[]");
+        "Tensor xs, Tensor pks, Tensor grams, int chunk, Tensor? grad_x, Tensor? grad_pivots, Tensor? grad_starts, "
+        "Tensor? grad_cov) -> Tensor[]");
 }
 TORCH_LIBRARY_IMPL(probseq_native, CPU, m) {
   m.impl("covariance_path_forward", &path_forward);
