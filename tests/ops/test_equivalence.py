@@ -236,6 +236,25 @@ def test_chunks_are_evenly_filled(chunk_size):
         assert chunks * size - length < chunks, (length, size)
 
 
+@pytest.mark.parametrize("chunk_size, mean_chunk_size", [(16, 32), (8, 32), (4, 12), (16, 24), (32, 8)])
+def test_a_mean_chunk_that_is_a_multiple_of_the_covariance_chunk_stays_one(chunk_size, mean_chunk_size):
+    """The mean chunk is balanced alone; where it was asked to be M covariance chunks, the covariance chunk divides it
+    (its 1/M, or all of it), so the covariance path reads it in place; otherwise the covariance chunk is balanced
+    alone too."""
+    from probseq.ops.run import balanced_chunk_size, balanced_chunk_sizes
+
+    for length in range(1, 300):
+        size, mean = balanced_chunk_sizes(chunk_size, mean_chunk_size, length)
+        assert mean == balanced_chunk_size(mean_chunk_size, length), (length, mean)
+        if mean_chunk_size % chunk_size == 0:
+            per_row = mean_chunk_size // chunk_size
+            assert size == (mean // per_row if mean % per_row == 0 else mean), (length, size, mean)
+        else:
+            assert size == balanced_chunk_size(chunk_size, length), (length, size)
+    assert balanced_chunk_sizes(16, 32, 256) == (16, 32) and balanced_chunk_sizes(16, 32, 54) == (27, 27)
+    assert balanced_chunk_sizes(16, 32, 60) == (15, 30)
+
+
 def test_the_chunked_forms_run_at_the_balanced_chunk_length(monkeypatch):
     """T = 54 at C = 16 runs four chunks of 14 (not four of 16 with 10 tokens of padding), the same filter."""
     import probseq.ops.run as filters

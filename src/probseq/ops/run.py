@@ -309,8 +309,10 @@ def _dispatch(
     state = design.prior.initial_state(
         batch, heads, key_dim, v.shape[-1], track_cov=regression, dtype=dtype, device=v.device
     )
-    chunk_size = balanced_chunk_size(chunk_size, length)
-    mean_chunk_size = chunk_size if mean_chunk_size is None else balanced_chunk_size(mean_chunk_size, length)
+    if mean_chunk_size is None:
+        chunk_size = mean_chunk_size = balanced_chunk_size(chunk_size, length)
+    else:
+        chunk_size, mean_chunk_size = balanced_chunk_sizes(chunk_size, mean_chunk_size, length)
     if regression:
         output, state, variance, failed = _regression(
             design, q, k, v, state, form, chunk_size, output_variance, covariance_dtype, mean_chunk_size
@@ -390,6 +392,20 @@ def balanced_chunk_size(chunk_size: int, length: int) -> int:
     becomes the sequence. Integer arithmetic only, so ``torch.compile`` traces it with a symbolic length."""
     chunks = -(-length // chunk_size)
     return -(-length // chunks)
+
+
+def balanced_chunk_sizes(chunk_size: int, mean_chunk_size: int, length: int) -> tuple[int, int]:
+    """The covariance path's and the mean path's chunk lengths, each :func:`balanced_chunk_size` — except that when
+    the mean chunk asked for is ``M`` covariance chunks (32 = 2 · 16) the covariance chunk stays a divisor of the
+    balanced mean chunk: ``1/M`` of it where ``M`` divides it, else all of it. The covariance path then reads the
+    mean path's chunks in place (:func:`~probseq.ops.bayes.covariance_scan.covariance_path`). At ``T = 256``: 16 and 32;
+    at the recall study's ``T = 54``: 27 and 27 (14 and 27 would re-chunk; 14 and 28 would pad two tokens; measured
+    in docs/numerics.md, "Chunk sizes")."""
+    mean = balanced_chunk_size(mean_chunk_size, length)
+    if mean_chunk_size % chunk_size:
+        return balanced_chunk_size(chunk_size, length), mean
+    per_row = mean_chunk_size // chunk_size
+    return (mean // per_row if mean % per_row == 0 else mean), mean
 
 
 def _segments(chunk_size: int, *tensors: Tensor | None) -> list[tuple[Tensor | None, ...]]:
