@@ -38,10 +38,10 @@ Presets (times measured on this project's shared 2-core machine; one training st
   rewrite, on a host with AVX-512; ``results/bench_quick.json`` and ``results/bench_quick_2.json``; the
   machine's absolute times drift by up to 2× between sessions, the ratios less; compile stays off: it saves
   7–20 % per step, ``results/bench_compiled.json``, but costs minutes per process and changes a run's identity).
-  With the compiled covariance path and the mean path at 32 (2026-12-05, a slower host; ``results/bench_quick.json``
-  and ``results/bench_quick_2.json`` now): bayesian 0.54–0.55, gated_deltanet 0.48–0.50, deltanet 0.45–0.49,
-  mamba2 0.48, linear_attention 0.31–0.32, attention 0.28–0.34 s — the Bayesian step 1.09–1.12× Gated DeltaNet's,
-  against 1.26–1.33× before.
+  With the compiled covariance path (2026-12-05, three idle runs on a slower host: ``results/bench_quick.json``,
+  ``results/bench_quick_2.json`` now and ``results/speed/bench_2026-12-05_9.json``): bayesian 0.60–0.64,
+  gated_deltanet 0.55–0.60, deltanet 0.54–0.56, mamba2 0.55–0.61, linear_attention 0.37–0.45, attention
+  0.37–0.41 s — the Bayesian step 1.07–1.08× Gated DeltaNet's, against 1.26–1.33× before the kernel.
   Run it in the background; each finished run is kept.
 - ``paper`` — Zoology's grid for a GPU (not run here): d_model {64, 128, 256}, lrs logspace(−3, −1.5, 4),
   100k + 4 × 20k train examples, batch 256 for ≈ 32 epochs (22.5k steps), 3 seeds, bf16, Zoology's 2-layer

@@ -31,8 +31,8 @@ Presets (times measured on this project's shared 2-core machine):
   absolute times on this machine drift by up to 2×, ratios
   less; chunks filled evenly since 2026-12-05 — T = 54 no longer pads to 64 — took 12–19 % off each delta-rule
   mixer's step: bayesian 136–150 → 110–132, gated_deltanet 102–105 → 84–89 on a slower host, docs/numerics.md;
-  with the compiled covariance path and the mean path at 32, two bench runs: bayesian 88–93, gated_deltanet 61–78,
-  mamba2 57–70 — 1.17–1.18× Gated DeltaNet interleaved, ``scripts/ab_native_scan.py --steps``).
+  with the compiled covariance path, three idle bench runs on 2026-12-05: bayesian 99–116, gated_deltanet 92–109,
+  mamba2 80–87 — 1.06–1.08× Gated DeltaNet's step; 1.13× interleaved, ``scripts/ab_native_scan.py --steps``).
   Results: ``results/recall_cpu/``.
 - ``paper`` — a GPU (documented, not run): d_model 128, 256 keys and values, 8–32 pairs, gaps 0–128, tested up
   to 128 pairs and gap 2048; 4 lrs, 3 seeds, 20k steps of batch 256, bf16.
