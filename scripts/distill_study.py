@@ -197,6 +197,13 @@ def _stop(signum, frame):
     raise Stopped
 
 
+def _default_sigint() -> None:
+    """In a job, before it starts: SIGINT at its default, so that Python turns it into KeyboardInterrupt (the job
+    checkpoints and stops). A driver started in the background (``nohup … &``) inherits SIGINT ignored, and so would
+    its jobs — they would then run on until killed, losing what they had not saved."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def schedule(todo: list[Job], state: Path, workers: int, poll: float, gate=None) -> tuple[set[str], set[str]]:
     """Run ``todo`` (skipping jobs with a ``.done`` marker), at most ``workers`` at a time, each after the jobs it
     needs; ``gate()``, called once when the job ``gate`` is done, is ``True`` (open), ``False`` (shut) or ``None``
@@ -247,6 +254,7 @@ def schedule(todo: list[Job], state: Path, workers: int, poll: float, gate=None)
                         stdout=handle,
                         stderr=subprocess.STDOUT,
                         env={**os.environ, "OMP_NUM_THREADS": "1"},
+                        preexec_fn=_default_sigint,
                     )
             if not running:
                 return done, failed

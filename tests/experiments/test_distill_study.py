@@ -224,8 +224,10 @@ def test_one_driver_per_root(study, tmp_path):
     assert not (root / "order.txt").exists()
 
 
-def test_sigterm_stops_the_running_jobs_and_waits_for_them(study, tmp_path):
-    """A driver stopped by SIGTERM sends its running jobs SIGINT and waits for them: none outlives it."""
+@pytest.mark.parametrize("in_the_background", [False, True])
+def test_sigterm_stops_the_running_jobs_and_waits_for_them(study, tmp_path, in_the_background):
+    """A driver stopped by SIGTERM sends its running jobs SIGINT and waits for them: none outlives it — also when the
+    driver was started in the background (``nohup … &``: SIGINT ignored, which its jobs must not inherit)."""
     import os
     import signal
     import subprocess
@@ -243,7 +245,8 @@ def test_sigterm_stops_the_running_jobs_and_waits_for_them(study, tmp_path):
         " Job('b', (), (sys.executable, '-c', code), False)]\n"
         f"sys.exit(ns['main'](['run', '--teacher', {str(teacher)!r}, '--root', {str(root)!r}, '--poll', '0.05']))\n"
     )
-    process = subprocess.Popen([sys.executable, "-c", driver])
+    ignore_sigint = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if in_the_background else None
+    process = subprocess.Popen([sys.executable, "-c", driver], preexec_fn=ignore_sigint)
     deadline = time.time() + 30
     while time.time() < deadline and len(pids.read_text().split() if pids.exists() else []) < 2:
         time.sleep(0.1)

@@ -236,23 +236,29 @@ def test_chunks_are_evenly_filled(chunk_size):
         assert chunks * size - length < chunks, (length, size)
 
 
-@pytest.mark.parametrize("chunk_size, mean_chunk_size", [(16, 32), (8, 32), (4, 12), (16, 24), (32, 8)])
+@pytest.mark.parametrize(
+    "chunk_size, mean_chunk_size", [(16, 32), (8, 32), (4, 12), (16, 24), (32, 8), (16, 64), (64, 128)]
+)
 def test_a_mean_chunk_that_is_a_multiple_of_the_covariance_chunk_stays_one(chunk_size, mean_chunk_size):
-    """The mean chunk is balanced alone; where it was asked to be M covariance chunks, the covariance chunk divides it
-    (its 1/M, or all of it), so the covariance path reads it in place; otherwise the covariance chunk is balanced
-    alone too."""
+    """The mean chunk is balanced alone; where it was asked to be M covariance chunks, the covariance chunk is its 1/M
+    when M divides it, else all of it when that is short (at most twice the covariance chunk asked for, and 64), else
+    balanced alone; a mean chunk that is not a multiple leaves the covariance chunk balanced alone."""
     from probseq.ops.run import balanced_chunk_size, balanced_chunk_sizes
 
     for length in range(1, 300):
         size, mean = balanced_chunk_sizes(chunk_size, mean_chunk_size, length)
+        alone = balanced_chunk_size(chunk_size, length)
         assert mean == balanced_chunk_size(mean_chunk_size, length), (length, mean)
-        if mean_chunk_size % chunk_size == 0:
-            per_row = mean_chunk_size // chunk_size
-            assert size == (mean // per_row if mean % per_row == 0 else mean), (length, size, mean)
+        if mean_chunk_size % chunk_size:
+            assert size == alone, (length, size)
+        elif mean % (mean_chunk_size // chunk_size) == 0:
+            assert size == mean // (mean_chunk_size // chunk_size), (length, size, mean)
         else:
-            assert size == balanced_chunk_size(chunk_size, length), (length, size)
+            assert size == alone or (size == mean and mean <= min(2 * chunk_size, 64)), (length, size, mean)
     assert balanced_chunk_sizes(16, 32, 256) == (16, 32) and balanced_chunk_sizes(16, 32, 54) == (27, 27)
     assert balanced_chunk_sizes(16, 32, 60) == (15, 30)
+    assert balanced_chunk_sizes(16, 64, 189) == (16, 63), "a mean chunk of 63 is too long to be one covariance chunk"
+    assert balanced_chunk_sizes(32, 128, 254) == (32, 127), "nor one longer than the kernel's 64"
 
 
 def test_the_chunked_forms_run_at_the_balanced_chunk_length(monkeypatch):

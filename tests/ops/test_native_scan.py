@@ -176,6 +176,46 @@ def _rows(t, per_row):
     return t.unflatten(0, (-1, per_row)).transpose(1, 2).flatten(2, 3)
 
 
+@pytest.mark.parametrize("use_native", [True, False])
+@pytest.mark.parametrize("per_row", [1, 2])
+def test_double_backward_agrees_with_plain_autograd(use_native, per_row):
+    """create_graph=True through the kernel or the PyTorch path, rows of one or two chunks: the first derivatives of
+    every input (h included) equal those without create_graph and plain autograd's through the same ops
+    (_plain_path), and so do the second derivatives."""
+    from probseq.ops.bayes.covariance_scan import _plain_path
+
+    inputs = _inputs(chunks=2 * per_row, batch=2, size=5, key_dim=16, seed=19, retention=(0.5, 1.0))
+    rows = [_rows(t.detach(), per_row).requires_grad_() for t in inputs[:3]] + [inputs[3].detach().requires_grad_()]
+    weights = _weights(inputs, 9)
+    weights = [_rows(weights[0], per_row), _rows(weights[1], per_row), *weights[2:]]
+
+    def first(path, create_graph):
+        outputs = path(*rows, chunk=5)
+        loss = sum((o * w).sum() for o, w in zip(outputs[:4], weights))
+        return torch.autograd.grad(loss, rows, create_graph=create_graph)
+
+    with contextlib.nullcontext() if use_native else native.disabled():
+        assert native.usable(rows[0], 5) is use_native
+        plain, graph = first(covariance_path, False), first(covariance_path, True)
+    reference = first(_plain_path, True)
+    for name, a, b, c in zip(NAMES, plain, graph, reference):
+        assert_close(b, a, 1e-11, f"{name}: with create_graph")
+        assert_close(b, c, 1e-11, f"{name}: against plain autograd")
+    second = torch.autograd.grad(sum(g.square().sum() for g in graph), rows)
+    expected = torch.autograd.grad(sum(g.square().sum() for g in reference), rows)
+    for name, a, b in zip(NAMES, second, expected):
+        assert_close(a, b, 1e-10, f"{name}: second derivative")
+
+
+def test_a_chunk_that_does_not_divide_the_rows_is_refused():
+    inputs = _inputs(chunks=2, batch=1, size=16, key_dim=16, seed=20)
+    for use_native in (True, False):
+        with contextlib.nullcontext() if use_native else native.disabled():
+            for chunk in (0, 5, 10, 32):
+                with pytest.raises(ValueError, match=f"chunk {chunk} does not divide"):
+                    covariance_path(*inputs, chunk=chunk)
+
+
 @pytest.mark.parametrize("per_row, size, key_dim", [(2, 16, 32), (4, 8, 16), (3, 5, 64)])
 def test_rows_of_several_chunks_are_read_in_place(per_row, size, key_dim):
     """Keys in the mean path's layout, ``per_row`` covariance chunks a row: the kernel reads them in place, the PyTorch

@@ -396,16 +396,20 @@ def balanced_chunk_size(chunk_size: int, length: int) -> int:
 
 def balanced_chunk_sizes(chunk_size: int, mean_chunk_size: int, length: int) -> tuple[int, int]:
     """The covariance path's and the mean path's chunk lengths, each :func:`balanced_chunk_size` — except that when
-    the mean chunk asked for is ``M`` covariance chunks (32 = 2 · 16) the covariance chunk stays a divisor of the
-    balanced mean chunk: ``1/M`` of it where ``M`` divides it, else all of it. The covariance path then reads the
-    mean path's chunks in place (:func:`~probseq.ops.bayes.covariance_scan.covariance_path`). At ``T = 256``: 16 and 32;
-    at the recall study's ``T = 54``: 27 and 27 (14 and 27 would re-chunk; 14 and 28 would pad two tokens; measured
-    in docs/numerics.md, "Chunk sizes")."""
+    the mean chunk asked for is ``M`` covariance chunks (32 = 2 · 16), the covariance chunk stays a divisor of the
+    balanced mean chunk where that costs little: ``1/M`` of it where ``M`` divides it, else all of it if that is at most
+    twice the covariance chunk asked for and at most 64 (the compiled kernel's longest). The covariance path then reads
+    the mean path's chunks in place (:func:`~probseq.ops.bayes.covariance_scan.covariance_path`). At ``T = 256``: 16
+    and 32; at the recall study's ``T = 54``: 27 and 27 (14 and 27 would re-chunk, 14 and 28 would pad two tokens; both
+    measured slower, docs/numerics.md, "Chunk sizes")."""
     mean = balanced_chunk_size(mean_chunk_size, length)
-    if mean_chunk_size % chunk_size:
-        return balanced_chunk_size(chunk_size, length), mean
-    per_row = mean_chunk_size // chunk_size
-    return (mean // per_row if mean % per_row == 0 else mean), mean
+    if mean_chunk_size % chunk_size == 0:
+        per_row = mean_chunk_size // chunk_size
+        if mean % per_row == 0:
+            return mean // per_row, mean
+        if mean <= min(2 * chunk_size, 64):
+            return mean, mean
+    return balanced_chunk_size(chunk_size, length), mean
 
 
 def _segments(chunk_size: int, *tensors: Tensor | None) -> list[tuple[Tensor | None, ...]]:

@@ -227,7 +227,10 @@ def scan_inputs(
         reset[..., None] * k,
         cum_sqrt[..., None],
         b_base,
-        ratio_sqrt,
+        # a node of its own: B_base and τ are made from ratio_sqrt, and the double backward
+        # (_differentiable_backward) asks autograd for the gradient of each input separately — the same node here would
+        # count the paths through B_base and τ twice
+        ratio_sqrt.view_as(ratio_sqrt),
         ratio_sqrt[..., -1, :, None],
         retention_chunk[..., None, None],
         reset[..., -1, None, None],
@@ -269,7 +272,11 @@ def covariance_path(
         covariances ``[N, B·H, K, K]`` and ``info [N, B·H]`` per chunk (``N = R·M``, ``cov0`` first); the final
         covariance ``[B·H, K, K]`` (see :func:`covariance_scan`).
     """
-    chunk = chunk or k.shape[2]
+    chunk = k.shape[2] if chunk is None else chunk
+    if chunk < 1 or k.shape[2] % chunk:
+        raise ValueError(f"covariance_path: chunk {chunk} does not divide the rows of {k.shape[2]} tokens")
+    if terms is not None and chunk != k.shape[2]:
+        raise ValueError("covariance_path: terms are for rows of one chunk (chunk = the row length)")
     if native.usable(k, chunk):
         return _CovariancePathKernel.apply(k, noise, half_log_retention, cov0, chunk)
     per_row = k.shape[2] // chunk
