@@ -279,14 +279,19 @@ def covariance_path(
         raise ValueError("covariance_path: terms are for rows of one chunk (chunk = the row length)")
     if native.usable(k, chunk):
         return _CovariancePathKernel.apply(k, noise, half_log_retention, cov0, chunk)
+    return _pytorch_path(covariance_scan, k, noise, half_log_retention, cov0, chunk, terms)
+
+
+def _pytorch_path(scan, k, noise, half_log_retention, cov0, chunk, terms=None) -> tuple[Tensor, ...]:
+    """Steps 2–5 in PyTorch ops with ``scan`` (:func:`covariance_scan`, or :func:`scan_reference`: plain autograd),
+    rows of several chunks re-chunked to one a row and back; outputs as :func:`covariance_path`'s (``scan``'s)."""
     per_row = k.shape[2] // chunk
     if per_row > 1:
         k, noise, half_log_retention = (_split_rows(t, chunk) for t in (k, noise, half_log_retention))
-    terms = terms or retention_terms(half_log_retention)
-    xs, pivots, starts, cov, info = covariance_scan(*scan_inputs(k, noise, *terms), cov0)
+    xs, pivots, *rest = scan(*scan_inputs(k, noise, *(terms or retention_terms(half_log_retention))), cov0)
     if per_row > 1:
         xs, pivots = _merge_rows(xs, per_row), _merge_rows(pivots, per_row)
-    return xs, pivots, starts, cov, info
+    return xs, pivots, *rest
 
 
 def _split_rows(x: Tensor, chunk: int) -> Tensor:
@@ -300,14 +305,8 @@ def _merge_rows(x: Tensor, per_row: int) -> Tensor:
 
 
 def _plain_path(k: Tensor, noise: Tensor, half_log_retention: Tensor, cov0: Tensor, chunk: int) -> tuple[Tensor, ...]:
-    """Steps 2–5 as plain differentiable ops (double backward of the kernel), outputs as :func:`covariance_path`'s."""
-    per_row = k.shape[2] // chunk
-    if per_row > 1:
-        k, noise, half_log_retention = (_split_rows(t, chunk) for t in (k, noise, half_log_retention))
-    xs, pivots, starts, cov = scan_reference(*scan_inputs(k, noise, *retention_terms(half_log_retention)), cov0)
-    if per_row > 1:
-        xs, pivots = _merge_rows(xs, per_row), _merge_rows(pivots, per_row)
-    return xs, pivots, starts, cov
+    """Steps 2–5 as plain differentiable ops (the kernel's double backward): x, pivots, starts, final covariance."""
+    return _pytorch_path(scan_reference, k, noise, half_log_retention, cov0, chunk)
 
 
 class _CovariancePathKernel(torch.autograd.Function):
