@@ -23,11 +23,19 @@ import probseq.ops.run as run
 from probseq.bench import BenchConfig, _call, recall_training_step
 from probseq.cpu import fast_cpu_arithmetic
 
-RULES = {
-    "divisor (27, 27)": run.balanced_chunk_sizes,
-    "alone (14, 27)": lambda c, m, t: (run.balanced_chunk_size(c, t), run.balanced_chunk_size(m, t)),
-    "padded (14, 28)": lambda c, m, t: (lambda mean: (mean // 2, mean))(-(-run.balanced_chunk_size(m, t) // 2) * 2),
-}
+
+def _alone(chunk: int, mean_chunk: int, length: int) -> tuple[int, int]:
+    return run.balanced_chunk_size(chunk, length), run.balanced_chunk_size(mean_chunk, length)
+
+
+def _padded(chunk: int, mean_chunk: int, length: int) -> tuple[int, int]:
+    """The balanced mean chunk rounded up to a multiple of mean_chunk / chunk, the covariance chunk that fraction."""
+    per_row = mean_chunk // chunk
+    mean = -(-run.balanced_chunk_size(mean_chunk, length) // per_row) * per_row
+    return mean // per_row, mean
+
+
+RULES = {"divisor (27, 27)": run.balanced_chunk_sizes, "alone (14, 27)": _alone, "padded (14, 28)": _padded}
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ from probseq.design import (
     reference_filter,
 )
 from probseq.ops.bayes.chunked import bayes_chunked
+from probseq.ops.bayes.native import MAX_CHUNK
 from probseq.ops.bayes.recurrent import bayes_recurrent
 from probseq.ops.precision import full_precision
 from probseq.ops.superposition.chunked import superposition_chunked
@@ -398,16 +399,16 @@ def balanced_chunk_sizes(chunk_size: int, mean_chunk_size: int, length: int) -> 
     """The covariance path's and the mean path's chunk lengths, each :func:`balanced_chunk_size` — except that when
     the mean chunk asked for is ``M`` covariance chunks (32 = 2 · 16), the covariance chunk stays a divisor of the
     balanced mean chunk where that costs little: ``1/M`` of it where ``M`` divides it, else all of it if that is at most
-    twice the covariance chunk asked for and at most 64 (the compiled kernel's longest). The covariance path then reads
-    the mean path's chunks in place (:func:`~probseq.ops.bayes.covariance_scan.covariance_path`). At ``T = 256``: 16
-    and 32; at the recall study's ``T = 54``: 27 and 27 (14 and 27 would re-chunk, 14 and 28 would pad two tokens; both
-    measured slower, docs/numerics.md, "Chunk sizes")."""
+    twice the covariance chunk asked for and at most the compiled kernel's longest (``MAX_CHUNK``, 64). The covariance
+    path then reads the mean path's chunks in place (:func:`~probseq.ops.bayes.covariance_scan.covariance_path`). At
+    ``T = 256``: 16 and 32; at the recall study's ``T = 54``: 27 and 27 (14 and 27 would re-chunk, 14 and 28 would pad
+    two tokens; both measured slower, docs/numerics.md, "Chunk sizes")."""
     mean = balanced_chunk_size(mean_chunk_size, length)
     if mean_chunk_size % chunk_size == 0:
         per_row = mean_chunk_size // chunk_size
         if mean % per_row == 0:
             return mean // per_row, mean
-        if mean <= min(2 * chunk_size, 64):
+        if mean <= min(2 * chunk_size, MAX_CHUNK):
             return mean, mean
     return balanced_chunk_size(chunk_size, length), mean
 

@@ -73,25 +73,25 @@ template <typename T> inline T vdot(const T* __restrict a, const T* __restrict b
   return hsum<T>((acc[0] + acc[1]) + (acc[2] + acc[3]));
 }
 
-// rows of K (NV vectors) per register block of R rows
-template <typename T, int K> constexpr int NV = K / L<T>;
-template <typename T, int K> constexpr int RB = NV<T, K> >= 16 ? 1 : (16 / NV<T, K> > 8 ? 8 : 16 / NV<T, K>);
+// rows of W elements (NV vectors) per register block of R rows
+template <typename T, int W> constexpr int NV = W / L<T>;
+template <typename T, int W> constexpr int RB = NV<T, W> >= 16 ? 1 : (16 / NV<T, W> > 8 ? 8 : 16 / NV<T, W>);
 
 // out[C×W] = (init or 0) + A[C×inner] (row stride lda) · M[inner×W]; W a multiple of the vector length
 template <typename T, int W>
 inline void rows_times(const T* __restrict A, int lda, int inner, const T* __restrict M, const T* init, T* out, int C) {
-  constexpr int K = W, nv = NV<T, K>, R = RB<T, K>;
+  constexpr int nv = NV<T, W>, R = RB<T, W>;
   int t = 0;
   for (; t + R <= C; t += R) {
     V<T> acc[R][nv];
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
-      for (int v = 0; v < nv; ++v) acc[r][v] = init ? load(init + (t + r) * K + v * L<T>) : splat<T>(0);
+      for (int v = 0; v < nv; ++v) acc[r][v] = init ? load(init + (t + r) * W + v * L<T>) : splat<T>(0);
     for (int j = 0; j < inner; ++j) {
       V<T> m[nv];
 #pragma GCC unroll 16
-      for (int v = 0; v < nv; ++v) m[v] = load(M + j * K + v * L<T>);
+      for (int v = 0; v < nv; ++v) m[v] = load(M + j * W + v * L<T>);
 #pragma GCC unroll 16
       for (int r = 0; r < R; ++r) {
         const V<T> a = splat(A[(t + r) * lda + j]);
@@ -102,19 +102,19 @@ inline void rows_times(const T* __restrict A, int lda, int inner, const T* __res
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
-      for (int v = 0; v < nv; ++v) store(out + (t + r) * K + v * L<T>, acc[r][v]);
+      for (int v = 0; v < nv; ++v) store(out + (t + r) * W + v * L<T>, acc[r][v]);
   }
   for (; t < C; ++t) {
     V<T> acc[nv];
 #pragma GCC unroll 16
-    for (int v = 0; v < nv; ++v) acc[v] = init ? load(init + t * K + v * L<T>) : splat<T>(0);
+    for (int v = 0; v < nv; ++v) acc[v] = init ? load(init + t * W + v * L<T>) : splat<T>(0);
     for (int j = 0; j < inner; ++j) {
       const V<T> a = splat(A[t * lda + j]);
 #pragma GCC unroll 16
-      for (int v = 0; v < nv; ++v) acc[v] += a * load(M + j * K + v * L<T>);
+      for (int v = 0; v < nv; ++v) acc[v] += a * load(M + j * W + v * L<T>);
     }
 #pragma GCC unroll 16
-    for (int v = 0; v < nv; ++v) store(out + t * K + v * L<T>, acc[v]);
+    for (int v = 0; v < nv; ++v) store(out + t * W + v * L<T>, acc[v]);
   }
 }
 
